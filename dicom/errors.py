@@ -1,0 +1,43 @@
+"""Typed errors of the :mod:`dicom` package.
+
+Every error that this package raises on purpose derives from :class:`DicomError`, itself a
+:class:`ValueError`, so that callers outside the package can tell bad input (which a retry cannot
+fix) from everything else without importing anything but this module.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DicomError",
+    "DicomDecodeError",
+    "UnsupportedDicomError",
+    "DecompressionBombError",
+]
+
+
+class DicomError(ValueError):
+    """Base class of the errors raised on purpose by the :mod:`dicom` package."""
+
+
+class DicomDecodeError(DicomError):
+    """The input is not a readable DICOM object or its pixel data cannot be decoded.
+
+    Raised for truncated files, wrong element lengths, excessive sequence nesting, pixel data
+    whose length disagrees with the image attributes and codestreams that a decoder rejects.
+    """
+
+
+class UnsupportedDicomError(DicomError):
+    """The input is well formed DICOM but outside what the node accepts.
+
+    The message names the attribute and the value that is not supported (SOP class, transfer
+    syntax, photometric interpretation, bit depth, ...).
+    """
+
+
+class DecompressionBombError(DicomError):
+    """The declared image size exceeds the configured limit.
+
+    Checked before any pixel data is decoded, so that a small file cannot make the node allocate
+    an arbitrarily large amount of memory.
+    """

@@ -1,0 +1,172 @@
+"""Malformed input raises the typed errors, never anything else, and never hangs."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+from dicom import pixels
+from dicom.errors import DecompressionBombError, DicomDecodeError, DicomError
+from tests.dicom import inputs
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def _part10(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def valid_bytes(smear_rgb) -> bytes:
+    return _part10(inputs.make_image(smear_rgb, "RGB", 8))
+
+
+@pytest.fixture
+def compressed_bytes(smear_rgb) -> bytes:
+    return _part10(inputs.encode(inputs.make_image(smear_rgb, "RGB", 8), JPEGLSLossless))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 0.9, 0.999])
+def test_truncated_native_file(valid_bytes, fraction):
+    cut = valid_bytes[: int(len(valid_bytes) * fraction)]
+    with pytest.raises(DicomDecodeError):
+        pixels.decode_file(cut)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9, 0.99])
+def test_truncated_compressed_file(compressed_bytes, fraction):
+    cut = compressed_bytes[: int(len(compressed_bytes) * fraction)]
+    with pytest.raises(DicomDecodeError):
+        pixels.decode_file(cut)
+
+
+def test_garbage_is_not_dicom():
+    rng = np.random.default_rng(1)
+    with pytest.raises(DicomDecodeError):
+        pixels.decode_file(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(DicomDecodeError):
+        pixels.decode_file(b"\0" * 128 + b"DICM" + b"\xff" * 64)
+
+
+def test_missing_file_is_typed(tmp_path):
+    with pytest.raises(DicomDecodeError):
+        pixels.decode_file(tmp_path / "absent.dcm")
+
+
+@pytest.mark.parametrize("length", [0x7FFFFFF0, 0xFFFFFF00, 0x00100000])
+def test_element_length_beyond_the_file(valid_bytes, length):
+    # Patient ID (0010,0020) LO: tag, VR, 2-byte length in explicit VR little endian.
+    marker = struct.pack("<HH", 0x0010, 0x0020) + b"LO"
+    pos = valid_bytes.index(marker)
+    # Turn it into an OB-style long element whose declared length runs past the end.
+    broken = (
+        valid_bytes[:pos]
+        + struct.pack("<HH", 0x0010, 0x0020)
+        + b"UN\0\0"
+        + struct.pack("<I", length)
+        + valid_bytes[pos + 8 :]
+    )
+    with pytest.raises(DicomDecodeError):
+        pixels.decode_file(broken)
+
+
+def test_pixel_data_shorter_than_declared(smear_rgb):
+    ds = inputs.make_image(smear_rgb, "RGB", 8)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    with pytest.raises(DicomDecodeError, match="Pixel Data has"):
+        pixels.decode_file(_part10(ds))
+
+
+def _nested_sequences(depth: int) -> bytes:
+    """Explicit VR LE body with ``depth`` nested undefined-length sequences."""
+    open_sq = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + b"\xff\xff\xff\xff"
+    open_item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    close_item = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    close_sq = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return (open_sq + open_item) * depth + (close_item + close_sq) * depth
+
+
+@pytest.mark.parametrize("depth", [40, 400, 20000])
+def test_deep_sequence_nesting(smear_rgb, depth):
+    ds = inputs.make_image(smear_rgb[:8, :8], "RGB", 8)
+    data = _part10(ds)
+    pos = data.index(struct.pack("<HH", 0x7FE0, 0x0010))
+    nested = data[:pos] + _nested_sequences(depth) + data[pos:]
+    with pytest.raises(DicomDecodeError, match="nesting"):
+        pixels.decode_file(nested)
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns", "frames"),
+    [(65535, 65535, 1), (4096, 4096, 10000), (1, 1, 2**31 - 1)],
+)
+def test_huge_declared_size_is_refused_before_decoding(smear_rgb, rows, columns, frames):
+    ds = inputs.make_image(smear_rgb[:8, :8], "RGB", 8)
+    ds.Rows, ds.Columns = rows, columns
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    with pytest.raises(DecompressionBombError, match="exceeds the limit"):
+        pixels.decode_file(_part10(ds))
+
+
+def test_limit_is_configurable(valid_bytes):
+    with pytest.raises(DecompressionBombError):
+        pixels.decode_file(valid_bytes, max_pixels=100)
+
+
+def test_codestream_declaring_another_size_is_refused(smear_rgb):
+    ds = inputs.encode(inputs.make_image(smear_rgb, "RGB", 8), JPEG2000Lossless)
+    ds.Rows, ds.Columns = 32, 32  # the SIZ marker still says 96 x 128
+    with pytest.raises(DicomDecodeError, match="codestream declares"):
+        pixels.decode_file(_part10(ds))
+
+
+def test_corrupt_codestream_is_typed(smear_rgb):
+    ds = inputs.encode(inputs.make_image(smear_rgb, "RGB", 8), JPEGLSLossless)
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"\x00\x0b\x08\x00\x60\x00\x80\x03" + b"\x13" * 500])
+    with pytest.raises(DicomDecodeError):
+        pixels.decode_file(_part10(ds))
+
+
+def test_corrupt_rle_is_typed(smear_rgb):
+    ds = inputs.encode(inputs.make_image(smear_rgb, "RGB", 8), RLELossless)
+    ds.PixelData = encapsulate([struct.pack("<16I", 3, 64, 70, 80, *([0] * 12)) + b"\x7f" * 40])
+    with pytest.raises(DicomDecodeError):
+        pixels.decode_file(_part10(ds))
+
+
+def test_missing_encapsulated_frames(smear_rgb):
+    stack = np.stack([smear_rgb] * 3)
+    ds = inputs.encode(inputs.make_image(stack, "RGB", 8, sop_class="1.2.840.10008.5.1.4.1.1.7.4"), RLELossless)
+    ds.NumberOfFrames = 5
+    with pytest.raises(DicomError):
+        pixels.decode_file(_part10(ds))
+
+
+def test_deflate_bomb_is_refused(tmp_path):
+    ds = inputs.make_image(np.zeros((8, 8, 3), dtype=np.uint8), "RGB", 8)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    data = bytearray(_part10(ds))
+    meta_end = 132 + 12 + struct.unpack("<I", data[140:144])[0]
+    # 64 MiB of private OB zeros, deflated to a few tens of kilobytes.
+    body = struct.pack("<HH", 0x0009, 0x1010) + b"OB\0\0" + struct.pack("<I", 64 * 2**20)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = compressor.compress(body) + compressor.compress(bytes(64 * 2**20)) + compressor.flush()
+    assert len(bomb) < 200_000
+    with pytest.raises(DecompressionBombError, match="inflates"):
+        pixels.read_dataset(bytes(data[:meta_end]) + bomb, max_pixels=1000)
+
+
+def test_file_object_must_be_binary(tmp_path):
+    with pytest.raises(TypeError):
+        pixels.read_dataset(io.StringIO("DICM"))
+    with pytest.raises(TypeError):
+        pixels.read_dataset(12345)

@@ -1,0 +1,50 @@
+"""Check written DICOM files with dciodvfy (dicom3tools).
+
+``dciodvfy`` checks an object against the IOD and module definitions of the standard. Its lines
+that start with ``Error`` are failures; warnings (``Warning``) and the informative lines are not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+__all__ = ["DCIODVFY", "dciodvfy_errors", "assert_dciodvfy_clean"]
+
+DCIODVFY = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
+
+
+def dciodvfy_errors(path: str | os.PathLike[str], *, timeout: float = 60.0) -> list[str]:
+    """Run ``dciodvfy`` on a file and return its error lines.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A DICOM Part 10 file.
+    timeout : float, optional
+        Seconds before the check is abandoned.
+
+    Returns
+    -------
+    list of str
+        The lines that start with ``Error`` (empty if the object is valid).
+    """
+    if not os.path.exists(DCIODVFY):
+        raise FileNotFoundError(f"dciodvfy is not installed at {DCIODVFY!r}")
+    proc = subprocess.run(
+        [DCIODVFY, os.fspath(path)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        check=False,
+    )
+    lines = (proc.stdout + "\n" + proc.stderr).splitlines()
+    return [line.strip() for line in lines if line.lstrip().startswith("Error")]
+
+
+def assert_dciodvfy_clean(path: str | os.PathLike[str]) -> None:
+    """Fail the test with dciodvfy's messages unless it reports no errors on ``path``."""
+    errors = dciodvfy_errors(path)
+    assert not errors, f"dciodvfy reports errors on {os.fspath(path)}:\n" + "\n".join(errors)

@@ -1,0 +1,83 @@
+"""A throw-away PostgreSQL server on loopback for the tests (Debian's binaries)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+
+def _bin_dir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(found[-1]).parent if found else None
+
+
+class PostgresServer:
+    """``initdb`` + ``postgres`` in a temporary folder on a free port; stop() kills by PID."""
+
+    def __init__(self, port: int) -> None:
+        bin_dir = _bin_dir()
+        if bin_dir is None:
+            raise FileNotFoundError("PostgreSQL server binaries not found (Debian: postgresql)")
+        self.bin = bin_dir
+        self.port = port
+        self.root = Path(tempfile.mkdtemp(prefix="bcd-pg-"))
+        self.datadir = self.root / "data"
+        self.process: subprocess.Popen[bytes] | None = None
+        # PostgreSQL refuses to run as root: run it as the 'postgres' user when we are root.
+        self.run_as: str | None = "postgres" if os.geteuid() == 0 else None
+        if self.run_as:
+            entry = pwd.getpwnam(self.run_as)
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+
+    def _cmd(self, *args: str) -> list[str]:
+        return (["runuser", "-u", self.run_as, "--"] if self.run_as else []) + list(args)
+
+    def start(self, timeout: float = 60) -> None:
+        subprocess.run(self._cmd(str(self.bin / "initdb"), "-D", str(self.datadir), "-U", "bcd",
+                                 "--auth=trust", "-E", "UTF8", "--no-sync"),
+                       check=True, capture_output=True, timeout=timeout)
+        log = open(self.root / "server.log", "wb")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(
+            self._cmd(str(self.bin / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
+                      "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
+                      "-c", "fsync=off"),
+            stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("postgres exited: " + (self.root / "server.log").read_text())
+            try:
+                with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=2) as conn:
+                    conn.execute("CREATE DATABASE bcd")
+                return
+            except psycopg.OperationalError:
+                time.sleep(0.2)
+        raise TimeoutError("postgres did not start in time")
+
+    @property
+    def admin_dsn(self) -> str:
+        return f"host=127.0.0.1 port={self.port} user=bcd dbname=postgres"
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL of the test database."""
+        return f"postgresql+psycopg://bcd@127.0.0.1:{self.port}/bcd"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGINT)  # fast shutdown
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
