@@ -1,0 +1,491 @@
+"""Typed, frozen settings read once from one TOML file and the environment.
+
+The file is ``config/bcd-node.toml`` (or ``--config FILE``); every key and its default is listed
+there with a comment. Environment variables ``BCD_<SECTION>_<KEY>`` override single keys, e.g.
+``BCD_DICOM_PORT=11113`` or ``BCD_DATABASE_URL=postgresql+psycopg://...``. Destinations are
+configured in the file only.
+
+Any unknown key, wrong type or impossible value raises :class:`SettingsError`, whose message names
+the key and the value; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = PROJECT_ROOT / "config" / "bcd-node.toml"
+
+#: Environment variables that start with ``BCD_`` but are not settings.
+RESERVED_ENV = frozenset({"BCD_ADMIN_PASSWORD", "BCD_CONFIG"})
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
+_UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+}
+
+
+class SettingsError(ValueError):
+    """An invalid configuration; the message names the key and the value."""
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        self.key = key
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid setting {key} = {value!r}: {reason}")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DicomSettings:
+    """The DICOM listener (SCP)."""
+
+    ae_title: str = "BCD_NODE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allowed_calling_aes: tuple[str, ...] = ()
+    require_called_ae: bool = True
+    max_associations: int = 10
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    max_pdu: int = 262144
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A PACS that receives our results."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where received images, results and secrets live."""
+
+    data_dir: Path = Path("data")
+    min_free_disk: int = 1024**3
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """The database; empty url means SQLite in the data folder."""
+
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The analysis model."""
+
+    weights: Path | None = None
+    review_threshold: float = 0.6
+    precision: str = "auto"
+    threads: int = 0
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """The web console."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class UidSettings:
+    """Root under which the node derives the UIDs of the objects it creates."""
+
+    root: str = "2.25"
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long to keep things; 0 keeps them forever."""
+
+    images_days: int = 0
+    results_days: int = 0
+    audit_days: int = 0
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Log output."""
+
+    level: str = "INFO"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of one node, frozen after loading."""
+
+    dicom: DicomSettings = field(default_factory=DicomSettings)
+    destinations: tuple[Destination, ...] = ()
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    uids: UidSettings = field(default_factory=UidSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    source: Path | None = None
+
+    @property
+    def database_url(self) -> str:
+        """The effective SQLAlchemy URL (SQLite in the data folder unless configured)."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.storage.data_dir / 'bcd-node.db').resolve()}"
+
+
+_SECTIONS: dict[str, type] = {
+    "dicom": DicomSettings,
+    "storage": StorageSettings,
+    "database": DatabaseSettings,
+    "model": ModelSettings,
+    "web": WebSettings,
+    "uids": UidSettings,
+    "retention": RetentionSettings,
+    "logging": LoggingSettings,
+}
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _field_types(cls: type) -> dict[str, str]:
+    return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+
+
+def _convert(key: str, type_name: str, value: Any, from_env: bool) -> Any:
+    """Convert one raw value (TOML or environment string) to the field's type."""
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str) and value.lower() in {"1", "true", "yes", "on",
+                                                                       "0", "false", "no", "off"}:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise SettingsError(key, value, "expected true or false")
+    if type_name == "int":
+        if isinstance(value, bool):
+            raise SettingsError(key, value, "expected an integer")
+        if isinstance(value, int):
+            return value
+        if from_env and isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            return int(value)
+        raise SettingsError(key, value, "expected an integer")
+    if type_name == "float":
+        if isinstance(value, bool):
+            raise SettingsError(key, value, "expected a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if from_env and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise SettingsError(key, value, "expected a number")
+    if type_name == "str":
+        if isinstance(value, str):
+            return value
+        raise SettingsError(key, value, "expected a string")
+    if type_name in {"Path", "Path | None"}:
+        if isinstance(value, str):
+            if value:
+                return Path(value)
+            if "None" in type_name:
+                return None
+            raise SettingsError(key, value, "must not be empty")
+        raise SettingsError(key, value, "expected a path string")
+    if type_name == "tuple[str, ...]":
+        if from_env and isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise SettingsError(key, value, "expected a list of strings")
+    raise AssertionError(f"unhandled settings type {type_name} for {key}")  # pragma: no cover
+
+
+def parse_size(key: str, value: Any) -> int:
+    """Parse a byte size: an integer, or a string such as ``"500 MB"`` or ``"2GiB"``."""
+    if isinstance(value, bool):
+        raise SettingsError(key, value, "expected a size such as 2GiB or 500MB")
+    if isinstance(value, int):
+        if value < 0:
+            raise SettingsError(key, value, "must not be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m and m.group(2) is not None and m.group(2).lower() in _SIZE_UNITS:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+        if m and m.group(2) is None:
+            return int(float(m.group(1)))
+    raise SettingsError(key, value, "expected a size such as 2GiB or 500MB")
+
+
+def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    types = _field_types(cls)
+    values: dict[str, Any] = {}
+    if not isinstance(raw, Mapping):
+        raise SettingsError(name, raw, "expected a table")
+    for key, value in raw.items():
+        if key not in types:
+            raise SettingsError(f"{name}.{key}", value, f"unknown key (known: {', '.join(types)})")
+        values[key] = (value, False)
+    for key, value in env.items():
+        values[key] = (value, True)
+    out: dict[str, Any] = {}
+    for key, (value, from_env) in values.items():
+        full = f"{name}.{key}"
+        if name == "storage" and key == "min_free_disk":
+            if from_env and isinstance(value, str) and value.strip().isdigit():
+                value = int(value)
+            out[key] = parse_size(full, value)
+        else:
+            out[key] = _convert(full, types[key], value, from_env)
+    return cls(**out)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Collect ``BCD_<SECTION>_<KEY>`` variables by section; unknown ones are errors."""
+    found: dict[str, dict[str, str]] = {}
+    for var, value in environ.items():
+        if not var.startswith("BCD_") or var in RESERVED_ENV:
+            continue
+        rest = var[4:].lower()
+        section, _, key = rest.partition("_")
+        if section not in _SECTIONS or not key:
+            raise SettingsError(var, value, "unknown environment setting "
+                                f"(expected BCD_<SECTION>_<KEY>, sections: {', '.join(_SECTIONS)})")
+        if key not in _field_types(_SECTIONS[section]):
+            raise SettingsError(f"{section}.{key}", value, f"unknown key (from environment {var})")
+        found.setdefault(section, {})[key] = value
+    return found
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_port(key: str, port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise SettingsError(key, port, "a TCP port must be between 1 and 65535")
+
+
+def _check_ae(key: str, ae: str) -> None:
+    if not _AE_RE.match(ae) or ae.strip() == "" or ae != ae.strip():
+        raise SettingsError(key, ae, "an AE title has 1-16 printable characters, no backslash, "
+                                     "and no leading or trailing spaces")
+
+
+def _check_host(key: str, host: str) -> None:
+    if not host:
+        raise SettingsError(key, host, "must not be empty")
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", host):
+        raise SettingsError(key, host, "expected an IP address or a host name")
+
+
+def _validate(s: Settings) -> None:
+    d = s.dicom
+    _check_ae("dicom.ae_title", d.ae_title)
+    _check_host("dicom.host", d.host)
+    _check_port("dicom.port", d.port)
+    for i, ae in enumerate(d.allowed_calling_aes):
+        _check_ae(f"dicom.allowed_calling_aes[{i}]", ae)
+    if not 1 <= d.max_associations <= 1000:
+        raise SettingsError("dicom.max_associations", d.max_associations, "must be 1-1000")
+    for name in ("acse_timeout", "dimse_timeout", "network_timeout"):
+        value = getattr(d, name)
+        if not 0 < value <= 3600:
+            raise SettingsError(f"dicom.{name}", value, "must be more than 0 and at most 3600 s")
+    if d.max_pdu != 0 and not 4096 <= d.max_pdu <= 2**32 - 1:
+        raise SettingsError("dicom.max_pdu", d.max_pdu, "must be 0 (unlimited) or 4096-4294967295")
+
+    names: set[str] = set()
+    for i, dest in enumerate(s.destinations):
+        key = f"destinations[{i}]"
+        if not dest.name or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", dest.name):
+            raise SettingsError(f"{key}.name", dest.name, "1-64 letters, digits, '_', '.', '-'")
+        if dest.name in names:
+            raise SettingsError(f"{key}.name", dest.name, "destination names must be unique")
+        names.add(dest.name)
+        _check_ae(f"{key}.ae_title", dest.ae_title)
+        _check_host(f"{key}.host", dest.host)
+        _check_port(f"{key}.port", dest.port)
+
+    if s.storage.data_dir.exists() and not s.storage.data_dir.is_dir():
+        raise SettingsError("storage.data_dir", str(s.storage.data_dir), "exists and is not a folder")
+
+    url = s.database.url
+    if url and not re.match(r"^(sqlite|postgresql)(\+\w+)?://", url):
+        raise SettingsError("database.url", mask_url(url),
+                            "expected sqlite:///PATH or postgresql+psycopg://USER@HOST/DB")
+
+    m = s.model
+    if m.weights is not None and not m.weights.is_file():
+        raise SettingsError("model.weights", str(m.weights), "file not found")
+    if not 0.0 <= m.review_threshold <= 1.0:
+        raise SettingsError("model.review_threshold", m.review_threshold, "must be 0-1")
+    if m.precision not in {"auto", "float32", "bfloat16"}:
+        raise SettingsError("model.precision", m.precision, "must be auto, float32 or bfloat16")
+    if not 0 <= m.threads <= 1024:
+        raise SettingsError("model.threads", m.threads, "must be 0 (automatic) to 1024")
+    if not 1 <= m.batch_size <= 1024:
+        raise SettingsError("model.batch_size", m.batch_size, "must be 1-1024")
+
+    _check_host("web.host", s.web.host)
+    _check_port("web.port", s.web.port)
+
+    root = s.uids.root
+    if not _UID_ROOT_RE.match(root) or len(root) > 40:
+        raise SettingsError("uids.root", root, "a UID root is dotted digits without leading "
+                                               "zeros, at most 40 characters (e.g. 2.25)")
+    for name in ("images_days", "results_days", "audit_days"):
+        if getattr(s.retention, name) < 0:
+            raise SettingsError(f"retention.{name}", getattr(s.retention, name),
+                                "must be 0 (keep forever) or a number of days")
+    if s.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise SettingsError("logging.level", s.logging.level, "DEBUG, INFO, WARNING or ERROR")
+    if s.logging.format not in {"text", "json"}:
+        raise SettingsError("logging.format", s.logging.format, "must be text or json")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                          base_dir: Path | None = None, source: Path | None = None) -> Settings:
+    """Build validated settings from a parsed TOML mapping and environment overrides.
+
+    Parameters
+    ----------
+    raw
+        The parsed TOML document.
+    environ
+        Environment variables (``os.environ`` when None); ``BCD_<SECTION>_<KEY>`` override keys.
+    base_dir
+        Relative paths are resolved against this folder (the current one when None).
+    source
+        The file the settings came from, shown by ``config show``.
+    """
+    environ = os.environ if environ is None else environ
+    env = _env_overrides(environ)
+    known = set(_SECTIONS) | {"destinations"}
+    for key in raw:
+        if key not in known:
+            raise SettingsError(key, raw[key], f"unknown section (known: {', '.join(sorted(known))})")
+    sections = {name: _build_section(name, cls, raw.get(name, {}), env.get(name, {}))
+                for name, cls in _SECTIONS.items()}
+
+    dests_raw = raw.get("destinations", [])
+    if not isinstance(dests_raw, list):
+        raise SettingsError("destinations", dests_raw, "expected [[destinations]] tables")
+    destinations = []
+    dest_types = _field_types(Destination)
+    for i, item in enumerate(dests_raw):
+        if not isinstance(item, Mapping):
+            raise SettingsError(f"destinations[{i}]", item, "expected a table")
+        for key in item:
+            if key not in dest_types:
+                raise SettingsError(f"destinations[{i}].{key}", item[key],
+                                    f"unknown key (known: {', '.join(dest_types)})")
+        for key in dest_types:
+            if key not in item:
+                raise SettingsError(f"destinations[{i}].{key}", None, "missing")
+        destinations.append(Destination(**{k: _convert(f"destinations[{i}].{k}", t, item[k], False)
+                                           for k, t in dest_types.items()}))
+
+    base = base_dir or Path.cwd()
+    storage = sections["storage"]
+    sections["storage"] = dataclasses.replace(storage, data_dir=_absolute(storage.data_dir, base))
+    model = sections["model"]
+    if model.weights is not None:
+        sections["model"] = dataclasses.replace(model, weights=_absolute(model.weights, base))
+    sections["logging"] = dataclasses.replace(sections["logging"],
+                                              level=sections["logging"].level.upper())
+    settings = Settings(destinations=tuple(destinations), source=source, **sections)
+    _validate(settings)
+    return settings
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def load_settings(path: str | Path | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the config file (``path``, else ``$BCD_CONFIG``, else the default) and the environment.
+
+    Relative paths in the file (data folder, weights) are resolved against the current working
+    directory, so ``make run`` from the project folder keeps its data in ``./data``.
+
+    Raises
+    ------
+    SettingsError
+        When the file is missing or unreadable, or a key is unknown, mistyped or impossible.
+    """
+    environ = os.environ if environ is None else environ
+    chosen = Path(path) if path else Path(environ.get("BCD_CONFIG") or DEFAULT_CONFIG)
+    try:
+        raw = tomllib.loads(chosen.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError("--config", str(chosen), "file not found") from None
+    except OSError as exc:
+        raise SettingsError("--config", str(chosen), f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError("--config", str(chosen), f"not valid TOML: {exc}") from None
+    return settings_from_mapping(raw, environ, source=chosen.resolve())
+
+
+# --------------------------------------------------------------------------- display
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a database URL."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def to_display_dict(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain TOML-able data, secrets masked."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if value is None:
+            return ""
+        return value
+
+    out: dict[str, Any] = {}
+    for name in _SECTIONS:
+        section = getattr(settings, name)
+        out[name] = {f.name: plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
+    out["database"]["url"] = mask_url(settings.database_url)
+    out["destinations"] = [dataclasses.asdict(d) for d in settings.destinations]
+    return out

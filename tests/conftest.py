@@ -1,0 +1,72 @@
+"""Suite-wide fixtures: strict pydicom, free ports, temporary configs, real-peer helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Callable
+
+import pydicom.config
+import pytest
+
+# Every DICOM object the tests read or write must be valid: no silent fix-ups.
+pydicom.config.settings.reading_validation_mode = pydicom.config.RAISE
+pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_tool(name: str) -> str:
+    """The path of an external program; skips the test when missing (fails under CI)."""
+    path = shutil.which(name) or (name if os.path.isfile(name) and os.access(name, os.X_OK)
+                                  else None)
+    if path is None:
+        message = f"{name} is not installed (make test installs it as root: make deps-debian)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def port_factory() -> Callable[[], int]:
+    """Hands out free loopback ports."""
+    return free_port
+
+
+@pytest.fixture(autouse=True)
+def _clean_bcd_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The developer's own BCD_* variables must not leak into the tests.
+    for var in list(os.environ):
+        if var.startswith("BCD_"):
+            monkeypatch.delenv(var)
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a config file: the default one with ``extra`` TOML appended, data in tmp_path."""
+
+    def write(extra: str = "", *, data_dir: Path | None = None, name: str = "bcd-node.toml",
+              dicom_port: int | None = None, web_port: int | None = None,
+              database_url: str = "") -> Path:
+        data = data_dir or tmp_path / "data"
+        text = (
+            f'[dicom]\nport = {dicom_port or free_port()}\n\n'
+            f'[storage]\ndata_dir = "{data}"\nmin_free_disk = "1MB"\n\n'
+            f'[database]\nurl = "{database_url}"\n\n'
+            f'[web]\nport = {web_port or free_port()}\n\n'
+        ) + extra
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write

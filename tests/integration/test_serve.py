@@ -1,0 +1,122 @@
+"""`bcd-node serve` as a hospital's IT would run it: a real process, real DCMTK peer, HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, require_tool
+
+pytestmark = pytest.mark.integration
+BCD_NODE = Path(sys.executable).with_name("bcd-node")
+
+
+class Node:
+    """A `bcd-node serve` process started by a test and stopped by its PID."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log = config.with_suffix(".log")
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, web_port: int, timeout: float = 60) -> None:
+        self.proc = subprocess.Popen([str(BCD_NODE), "--config", str(self.config), "serve"],
+                                     stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {self.output()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"serve did not answer in {timeout}s: {self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+                raise AssertionError("serve did not stop on SIGTERM within 30 s") from None
+        return self.proc.returncode
+
+
+def test_serve_answers_dicom_and_http_and_stops_on_sigterm(write_config) -> None:
+    echoscu = require_tool("echoscu")
+    dicom_port, web_port = free_port(), free_port()
+    node = Node(write_config(dicom_port=dicom_port, web_port=web_port))
+    try:
+        node.start(web_port)
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        ok = subprocess.run([echoscu, "-aet", "SCANNER", "-aec", "BCD_NODE", "127.0.0.1",
+                             str(dicom_port)], capture_output=True, env=env, timeout=30)
+        assert ok.returncode == 0, ok.stderr
+        wrong = subprocess.run([echoscu, "-aet", "SCANNER", "-aec", "NOT_US", "127.0.0.1",
+                                str(dicom_port)], capture_output=True, env=env, timeout=30)
+        assert wrong.returncode != 0  # called AE title checked
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=5) as resp:
+            ready = json.load(resp)
+        assert ready["checks"]["database"] is True and ready["checks"]["dicom"] is True
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=5) as resp:
+            page = resp.read().decode()
+            assert "nosniff" == resp.headers["X-Content-Type-Options"]
+        assert "BCD_NODE" in page and "not available" in page
+    finally:
+        code = node.stop()
+    assert code == 0
+    out = node.output()
+    assert "one-time password" in out
+    assert "workers: not available" in out  # says what it does not run yet
+    assert "stopped" in out
+
+    # Second start: users exist, so no new password is printed.
+    node2 = Node(node.config)
+    node2.log = node.config.with_name("second.log")
+    try:
+        node2.start(web_port)
+    finally:
+        assert node2.stop() == 0
+    assert "one-time password" not in node2.output()
+
+
+def test_serve_refuses_a_busy_port_naming_the_key(write_config) -> None:
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cfg = write_config(dicom_port=busy.getsockname()[1])
+        done = subprocess.run([str(BCD_NODE), "--config", str(cfg), "serve"],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "dicom.port" in done.stderr
+
+
+def test_bad_config_exits_2_naming_the_key(write_config) -> None:
+    cfg = write_config("[model]\nweights = \"/no/such/weights.json\"\n")
+    done = subprocess.run([str(BCD_NODE), "--config", str(cfg), "serve"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "model.weights" in done.stderr and "/no/such/weights.json" in done.stderr
+    env = {**os.environ, "BCD_DICOM_PORT": "70000"}
+    done = subprocess.run([str(BCD_NODE), "config", "show"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 2 and "dicom.port" in done.stderr

@@ -1,0 +1,78 @@
+"""The command line: every command has --help; logging formats; layout rules."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from bcd_node.cli import build_parser, main
+from bcd_node.logs import configure_logging
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list:
+    paths = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths.append(prefix + (name,))
+                paths.extend(_command_paths(sub, prefix + (name,)))
+    return paths
+
+
+COMMANDS = _command_paths(build_parser())
+
+
+def test_required_commands_exist() -> None:
+    for path in [("serve",), ("db", "upgrade"), ("config", "show"), ("users", "add"),
+                 ("users", "list"), ("users", "disable"), ("users", "set-password"),
+                 ("audit", "verify")]:
+        assert path in COMMANDS
+
+
+@pytest.mark.parametrize("path", [(), *COMMANDS], ids=lambda p: " ".join(p) or "bcd-node")
+def test_every_command_has_help(path: tuple[str, ...], capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*path, "--help"])
+    assert info.value.code == 0
+    assert "usage: bcd-node" in capsys.readouterr().out
+
+
+def test_json_log_format(capsys) -> None:
+    configure_logging("INFO", "json")
+    try:
+        logging.getLogger("bcd_node.test").info("job %d claimed", 7, extra={"job_id": 7})
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        record = json.loads(line)
+        assert record["message"] == "job 7 claimed"
+        assert record["logger"] == "bcd_node.test" and record["level"] == "INFO"
+        assert record["job_id"] == 7
+    finally:
+        configure_logging("WARNING", "text")
+
+
+def _imports(package: str, allow: tuple[str, ...] = ()) -> set[str]:
+    found: set[str] = set()
+    for path in (ROOT / package).rglob("*.py"):
+        if path.relative_to(ROOT).as_posix() in allow:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_dependency_direction() -> None:
+    """webadmin → bcd_node → dicom, never back."""
+    assert not {"bcd_node", "webadmin", "flask"} & _imports("dicom")
+    # bcd_node/serve.py is the composition root of `bcd-node serve`: it alone starts the console.
+    assert not {"webadmin", "flask", "flask_login", "flask_wtf"} & _imports(
+        "bcd_node", allow=("bcd_node/serve.py",))

@@ -1,0 +1,164 @@
+"""Settings: defaults, file, environment overrides and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bcd_node.cli import main
+from bcd_node.settings import (DEFAULT_CONFIG, Settings, SettingsError, load_settings, mask_url,
+                               settings_from_mapping, to_display_dict)
+
+
+def test_default_config_file_matches_code_defaults(tmp_path: Path) -> None:
+    from_file = load_settings(DEFAULT_CONFIG, environ={})
+    from_code = settings_from_mapping({}, environ={}, source=from_file.source)
+    assert from_file == from_code
+    assert from_file.dicom.ae_title == "BCD_NODE"
+    assert from_file.dicom.port == 11112
+    assert (from_file.web.host, from_file.web.port) == ("127.0.0.1", 8080)
+    assert from_file.database_url.startswith("sqlite:///")
+    assert from_file.database_url.endswith("/data/bcd-node.db")
+
+
+def test_default_config_lists_every_key() -> None:
+    import tomllib
+    text = DEFAULT_CONFIG.read_text()
+    raw = tomllib.loads(text)
+    shown = to_display_dict(settings_from_mapping({}, environ={}))
+    for section, keys in shown.items():
+        if section == "destinations":
+            assert "[[destinations]]" in text  # documented as a commented example
+            continue
+        assert set(raw[section]) == set(keys), section
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[dicom]\nport = 104\nallowed_calling_aes = ["A"]\n')
+    s = load_settings(cfg, environ={"BCD_DICOM_PORT": "11113",
+                                    "BCD_DICOM_ALLOWED_CALLING_AES": "SCANNER1, PACS",
+                                    "BCD_DICOM_REQUIRE_CALLED_AE": "false",
+                                    "BCD_STORAGE_MIN_FREE_DISK": "2GiB",
+                                    "BCD_DATABASE_URL": "postgresql+psycopg://u:pw@db/bcd",
+                                    "BCD_ADMIN_PASSWORD": "not a setting"})
+    assert s.dicom.port == 11113
+    assert s.dicom.allowed_calling_aes == ("SCANNER1", "PACS")
+    assert s.dicom.require_called_ae is False
+    assert s.storage.min_free_disk == 2 * 1024**3
+    assert s.database_url == "postgresql+psycopg://u:pw@db/bcd"
+
+
+def test_settings_are_frozen() -> None:
+    s = settings_from_mapping({}, environ={})
+    with pytest.raises(AttributeError):
+        s.dicom.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("raw", "env", "key"), [
+    ({"dicom": {"port": 70000}}, {}, "dicom.port"),
+    ({}, {"BCD_DICOM_PORT": "70000"}, "dicom.port"),
+    ({}, {"BCD_DICOM_PORT": "eleven"}, "dicom.port"),
+    ({"dicom": {"port": "11112"}}, {}, "dicom.port"),
+    ({"dicom": {"prot": 104}}, {}, "dicom.prot"),
+    ({}, {"BCD_DICOM_PROT": "104"}, "dicom.prot"),
+    ({}, {"BCD_NOSECTION_KEY": "1"}, "BCD_NOSECTION_KEY"),
+    ({"dicmo": {}}, {}, "dicmo"),
+    ({"dicom": {"ae_title": "A_TITLE_LONGER_THAN_16"}}, {}, "dicom.ae_title"),
+    ({"dicom": {"ae_title": "BAD\\AE"}}, {}, "dicom.ae_title"),
+    ({"dicom": {"allowed_calling_aes": "SCANNER"}}, {}, "dicom.allowed_calling_aes"),
+    ({"dicom": {"max_associations": 0}}, {}, "dicom.max_associations"),
+    ({"dicom": {"acse_timeout": 0}}, {}, "dicom.acse_timeout"),
+    ({"dicom": {"require_called_ae": "yes"}}, {}, "dicom.require_called_ae"),
+    ({"dicom": {"max_pdu": 100}}, {}, "dicom.max_pdu"),
+    ({"storage": {"min_free_disk": "lots"}}, {}, "storage.min_free_disk"),
+    ({"storage": {"data_dir": ""}}, {}, "storage.data_dir"),
+    ({"database": {"url": "mysql://x/y"}}, {}, "database.url"),
+    ({"model": {"weights": "/nonexistent/model.json"}}, {}, "model.weights"),
+    ({"model": {"precision": "fp8"}}, {}, "model.precision"),
+    ({"model": {"review_threshold": 1.5}}, {}, "model.review_threshold"),
+    ({"web": {"port": 0}}, {}, "web.port"),
+    ({"web": {"host": "not a host!"}}, {}, "web.host"),
+    ({"uids": {"root": "1.2.03"}}, {}, "uids.root"),
+    ({"uids": {"root": "abc"}}, {}, "uids.root"),
+    ({"retention": {"images_days": -1}}, {}, "retention.images_days"),
+    ({"logging": {"format": "xml"}}, {}, "logging.format"),
+    ({"destinations": [{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1"}]}, {},
+     "destinations[0].port"),
+    ({"destinations": [{"name": "pacs", "ae_title": "ORTHANC", "host": "h", "port": 99999}]}, {},
+     "destinations[0].port"),
+    ({"destinations": [{"name": "p", "ae_title": "A", "host": "h", "port": 1, "tls": True}]}, {},
+     "destinations[0].tls"),
+    ({"destinations": [{"name": "p", "ae_title": "A", "host": "h", "port": 1},
+                       {"name": "p", "ae_title": "B", "host": "h", "port": 2}]}, {},
+     "destinations[1].name"),
+])
+def test_invalid_settings_name_the_key(raw: dict, env: dict, key: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        settings_from_mapping(raw, environ=env)
+    assert info.value.key == key
+    assert key in str(info.value)
+
+
+def test_missing_weights_file_names_key_and_value(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.json"
+    with pytest.raises(SettingsError, match=r"model\.weights") as info:
+        settings_from_mapping({"model": {"weights": str(missing)}}, environ={})
+    assert str(missing) in str(info.value)
+
+
+def test_destinations_parsed() -> None:
+    s = settings_from_mapping({"destinations": [
+        {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}]}, environ={})
+    assert s.destinations[0].ae_title == "ORTHANC"
+    assert s.destinations[0].port == 4242
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[dicom\nport=1")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(bad, environ={})
+    with pytest.raises(SettingsError, match="file not found"):
+        load_settings(tmp_path / "absent.toml", environ={})
+
+
+def test_relative_paths_resolve_against_working_directory(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = settings_from_mapping({"storage": {"data_dir": "var/data"}}, environ={})
+    assert s.storage.data_dir == tmp_path / "var/data"
+
+
+def test_mask_url() -> None:
+    assert mask_url("postgresql+psycopg://bcd:s3cret@db:5432/bcd") == \
+        "postgresql+psycopg://bcd:***@db:5432/bcd"
+    assert mask_url("sqlite:////x/y.db") == "sqlite:////x/y.db"
+
+
+def test_config_show_prints_effective_settings(write_config, capsys, monkeypatch) -> None:
+    cfg = write_config('[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\n'
+                       'host = "127.0.0.1"\nport = 4242\n',
+                       database_url="postgresql+psycopg://bcd:topsecret@db/bcd")
+    monkeypatch.setenv("BCD_DICOM_AE_TITLE", "OTHER_AE")
+    assert main(["--config", str(cfg), "config", "show"]) == 0
+    out = capsys.readouterr().out
+    import tomllib
+    shown = tomllib.loads(out)
+    assert shown["dicom"]["ae_title"] == "OTHER_AE"
+    assert shown["destinations"][0]["name"] == "pacs"
+    assert "topsecret" not in out
+    assert shown["database"]["url"] == "postgresql+psycopg://bcd:***@db/bcd"
+
+
+def test_config_show_bad_port_exits_2_naming_key(write_config, capsys, monkeypatch) -> None:
+    cfg = write_config()
+    monkeypatch.setenv("BCD_DICOM_PORT", "70000")
+    assert main(["--config", str(cfg), "config", "show"]) == 2
+    err = capsys.readouterr().err
+    assert "dicom.port" in err and "70000" in err
+
+
+def test_settings_type() -> None:
+    assert isinstance(settings_from_mapping({}, environ={}), Settings)

@@ -1,0 +1,169 @@
+"""User commands, argon2id passwords, the first admin, secrets and the audit chain."""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from bcd_node.audit import verify_chain
+from bcd_node.cli import main
+from bcd_node.db.models import AuditEvent, User, UserState
+from bcd_node.runtime import open_node
+from bcd_node.secrets_store import ensure_secrets
+from bcd_node.serve import bootstrap_admin
+from bcd_node.settings import load_settings
+from bcd_node.users import verify_password
+
+
+@pytest.fixture
+def cfg(write_config) -> Path:
+    return write_config()
+
+
+def run(cfg: Path, *args: str, stdin: str | None = None,
+        monkeypatch: pytest.MonkeyPatch | None = None) -> int:
+    if stdin is not None:
+        assert monkeypatch is not None
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    return main(["--config", str(cfg), *args])
+
+
+def users(cfg: Path) -> dict[str, User]:
+    ctx = open_node(load_settings(cfg), migrate=False)
+    with ctx.session_factory() as session:
+        return {u.username: u for u in session.execute(select(User)).scalars()}
+
+
+def test_users_add_list_disable_set_password(cfg, capsys, monkeypatch) -> None:
+    assert run(cfg, "users", "add", "dr.house", "--role", "doctor", "--full-name", "G House",
+               "--password-stdin", stdin="vicodin-and-lupus\n", monkeypatch=monkeypatch) == 0
+    assert run(cfg, "users", "add", "root2", "--role", "admin", "--password-stdin",
+               stdin="another-long-secret\n", monkeypatch=monkeypatch) == 0
+    u = users(cfg)
+    assert u["dr.house"].role.value == "doctor"
+    assert u["dr.house"].password_hash.startswith("$argon2id$")
+    assert "vicodin" not in u["dr.house"].password_hash
+    assert verify_password(u["dr.house"].password_hash, "vicodin-and-lupus")
+
+    capsys.readouterr()
+    assert run(cfg, "users", "list", "--json") == 0
+    listed = {r["username"]: r for r in json.loads(capsys.readouterr().out)}
+    assert listed["dr.house"]["state"] == "active" and listed["root2"]["role"] == "admin"
+
+    assert run(cfg, "users", "set-password", "dr.house", "--password-stdin",
+               stdin="a-brand-new-password\n", monkeypatch=monkeypatch) == 0
+    u = users(cfg)
+    assert verify_password(u["dr.house"].password_hash, "a-brand-new-password")
+    assert not verify_password(u["dr.house"].password_hash, "vicodin-and-lupus")
+
+    assert run(cfg, "users", "disable", "dr.house") == 0
+    assert users(cfg)["dr.house"].state is UserState.DISABLED
+
+    # Each act is in the audit log, and the chain verifies.
+    ctx = open_node(load_settings(cfg), migrate=False)
+    with ctx.session_factory() as session:
+        actions = [e.action for e in session.execute(
+            select(AuditEvent).order_by(AuditEvent.id)).scalars()]
+    assert actions == ["user_add", "user_add", "user_set_password", "user_disable"]
+    assert run(cfg, "audit", "verify") == 0
+
+
+@pytest.mark.parametrize(("args", "stdin", "message"), [
+    (["users", "add", "x", "--role", "doctor", "--password-stdin"], "long-enough-pass\n",
+     "invalid user name"),
+    (["users", "add", "shorty", "--role", "doctor", "--password-stdin"], "short\n", "too short"),
+    (["users", "add", "nopass", "--role", "doctor", "--password-stdin"], "\n", "no password"),
+    (["users", "disable", "ghost"], None, "no user 'ghost'"),
+    (["users", "set-password", "ghost", "--password-stdin"], "long-enough-pass\n",
+     "no user 'ghost'"),
+])
+def test_user_command_errors(cfg, capsys, monkeypatch, args, stdin, message) -> None:
+    assert run(cfg, *args, stdin=stdin, monkeypatch=monkeypatch) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_duplicate_user_and_last_admin(cfg, capsys, monkeypatch) -> None:
+    assert run(cfg, "users", "add", "boss", "--role", "admin", "--password-stdin",
+               stdin="a-strong-password\n", monkeypatch=monkeypatch) == 0
+    assert run(cfg, "users", "add", "boss", "--role", "doctor", "--password-stdin",
+               stdin="a-strong-password\n", monkeypatch=monkeypatch) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert run(cfg, "users", "disable", "boss") == 1
+    assert "last active admin" in capsys.readouterr().err
+
+
+def test_password_from_non_tty_without_flag_is_refused(cfg, capsys, monkeypatch) -> None:
+    assert run(cfg, "users", "add", "dr.a", "--role", "doctor", stdin="x\n",
+               monkeypatch=monkeypatch) == 1
+    assert "--password-stdin" in capsys.readouterr().err
+
+
+def test_first_admin_random_password_printed_once(cfg) -> None:
+    ctx = open_node(load_settings(cfg))
+    out = io.StringIO()
+    bootstrap_admin(ctx, out)
+    text = out.getvalue()
+    password = text.split("one-time password:")[1].split()[0]
+    assert len(password) >= 16
+    with ctx.session_factory() as session:
+        admin = session.execute(select(User).where(User.username == "admin")).scalar_one()
+        assert verify_password(admin.password_hash, password)
+        assert admin.role.value == "admin"
+    again = io.StringIO()
+    bootstrap_admin(ctx, again)
+    assert again.getvalue() == ""
+
+
+def test_first_admin_password_from_environment(cfg, monkeypatch) -> None:
+    monkeypatch.setenv("BCD_ADMIN_PASSWORD", "from-the-environment")
+    ctx = open_node(load_settings(cfg))
+    out = io.StringIO()
+    bootstrap_admin(ctx, out)
+    assert "from-the-environment" not in out.getvalue()
+    with ctx.session_factory() as session:
+        admin = session.execute(select(User)).scalar_one()
+        assert verify_password(admin.password_hash, "from-the-environment")
+
+
+def test_two_nodes_never_share_a_secret(tmp_path: Path) -> None:
+    a = ensure_secrets(tmp_path / "a")
+    b = ensure_secrets(tmp_path / "b")
+    assert a.session_key != b.session_key and a.api_token_salt != b.api_token_salt
+    assert ensure_secrets(tmp_path / "a") == a  # stable once generated
+    for name in ("session_key", "api_token_salt"):
+        mode = stat.S_IMODE((tmp_path / "a" / "secrets" / name).stat().st_mode)
+        assert mode == 0o600
+    assert stat.S_IMODE((tmp_path / "a" / "secrets").stat().st_mode) == 0o700
+
+
+def test_loose_secret_permissions_are_tightened(tmp_path: Path) -> None:
+    ensure_secrets(tmp_path)
+    key = tmp_path / "secrets" / "session_key"
+    key.chmod(0o644)
+    ensure_secrets(tmp_path)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete"])
+def test_tampered_audit_row_fails_verify(cfg, capsys, monkeypatch, tamper) -> None:
+    for name in ("dr.a", "dr.b", "dr.c"):
+        assert run(cfg, "users", "add", name, "--role", "doctor", "--password-stdin",
+                   stdin="long-enough-password\n", monkeypatch=monkeypatch) == 0
+    ctx = open_node(load_settings(cfg), migrate=False)
+    with ctx.session_factory.begin() as session:
+        assert verify_chain(session).ok
+        second = session.execute(select(AuditEvent).order_by(AuditEvent.id)).scalars().all()[1]
+        if tamper == "edit":
+            session.execute(update(AuditEvent).where(AuditEvent.id == second.id)
+                            .values(actor="someone-else"))
+        else:
+            session.delete(second)
+    capsys.readouterr()
+    assert run(cfg, "audit", "verify") == 1
+    out = capsys.readouterr().out
+    assert "BROKEN" in out
