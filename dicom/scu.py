@@ -1,0 +1,149 @@
+"""Sending to a peer: C-ECHO and C-STORE as a service class user, with every timeout set."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pydicom
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from dicom.errors import DicomError
+
+LOGGER = logging.getLogger(__name__)
+
+
+class PeerUnavailableError(DicomError):
+    """The peer could not be reached or refused the association (worth retrying)."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A remote Application Entity.
+
+    Parameters
+    ----------
+    ae_title, host, port
+        Where to send.
+    calling_ae
+        Our AE title on the association.
+    """
+
+    ae_title: str
+    host: str
+    port: int
+    calling_ae: str = "BCD_NODE"
+    connect_timeout: float = 10.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.ae_title or len(self.ae_title) > 16:
+            raise ValueError(f"ae_title must have 1-16 characters, got {self.ae_title!r}")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be 1-65535, got {self.port!r}")
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What the peer answered for one object."""
+
+    path: str
+    sop_instance_uid: str
+    status: int | None          # None: no response (association lost)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Success or a warning (0xB000, 0xB006, 0xB007: stored with coercion)."""
+        return self.status is not None and (self.status == 0 or (self.status >> 12) == 0xB)
+
+    @property
+    def permanent_failure(self) -> bool:
+        """A refusal that a retry will not change (e.g. 0xA9xx data set mismatch, 0x0122)."""
+        if self.status is None or self.ok:
+            return False
+        return (self.status >> 8) in (0xA9, 0xC0) or self.status in (0x0122, 0x0124, 0x0211)
+
+
+def _ae(peer: Peer) -> AE:
+    ae = AE(ae_title=peer.calling_ae)
+    ae.connection_timeout = peer.connect_timeout
+    ae.acse_timeout = peer.acse_timeout
+    ae.dimse_timeout = peer.dimse_timeout
+    ae.network_timeout = peer.network_timeout
+    return ae
+
+
+def echo(peer: Peer) -> int:
+    """C-ECHO the peer; return the status (0 is success).
+
+    Raises
+    ------
+    PeerUnavailableError
+        When no association could be established.
+    """
+    ae = _ae(peer)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        raise PeerUnavailableError(f"cannot associate with {peer.ae_title}@{peer.host}:{peer.port}")
+    try:
+        status = assoc.send_c_echo()
+        if not status or "Status" not in status:
+            raise PeerUnavailableError("no C-ECHO response")
+        return int(status.Status)
+    finally:
+        assoc.release()
+
+
+def send_files(peer: Peer, paths: Sequence[str | Path]) -> list[StoreOutcome]:
+    """C-STORE each file on one association, in their own transfer syntax.
+
+    Raises
+    ------
+    PeerUnavailableError
+        When no association could be established (nothing was sent).
+    """
+    datasets = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        datasets.append((str(path), ds))
+    if not datasets:
+        return []
+    ae = _ae(peer)
+    contexts = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+                       for _, ds in datasets})
+    if len(contexts) > 128:
+        raise ValueError(f"too many presentation contexts for one association: {len(contexts)}")
+    for sop_class, syntax in contexts:
+        ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        raise PeerUnavailableError(f"cannot associate with {peer.ae_title}@{peer.host}:{peer.port}")
+    outcomes: list[StoreOutcome] = []
+    try:
+        for path, ds in datasets:
+            uid = str(ds.SOPInstanceUID)
+            if not assoc.is_established:
+                outcomes.append(StoreOutcome(path, uid, None, "association lost"))
+                continue
+            try:
+                status = assoc.send_c_store(ds)
+            except (ValueError, RuntimeError) as exc:
+                outcomes.append(StoreOutcome(path, uid, None, str(exc)))
+                continue
+            if not status or "Status" not in status:
+                outcomes.append(StoreOutcome(path, uid, None, "no response (timeout or abort)"))
+            else:
+                code = int(status.Status)
+                outcomes.append(StoreOutcome(path, uid, code,
+                                             "" if code == 0 else f"status 0x{code:04X}"))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return outcomes

@@ -1,0 +1,170 @@
+"""DICOM Segmentation of the blast cells (highdicom).
+
+One segment, "Blast cells", coded as category SCT "Cell" and type ``99BCD`` "Blast cell", with
+the algorithm's identification. BINARY by default; FRACTIONAL (probability, 8 bit) on request.
+Patient and study are copied from the source image by highdicom; the slide's container and
+specimen description are copied here so the SEG stays with its slide.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from dicom import codes, sop, uids
+from dicom.algorithm import Algorithm
+
+__all__ = ["SEGMENT_LABEL", "build_segmentation"]
+
+LOGGER = logging.getLogger(__name__)
+
+SEGMENT_LABEL = "Blast cells"
+#: Display colour of the segment (CIELab of a saturated magenta, overlay-friendly on smears).
+_DISPLAY_RGB = (255, 0, 160)
+_SPECIMEN_KEYWORDS = (
+    "ContainerIdentifier",
+    "IssuerOfTheContainerIdentifierSequence",
+    "ContainerTypeCodeSequence",
+    "SpecimenDescriptionSequence",
+)
+
+
+def _check_source(source: object) -> Dataset:
+    if not isinstance(source, Dataset):
+        raise TypeError(f"source must be a pydicom Dataset, got {type(source).__name__}")
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "Rows", "Columns"):
+        if keyword not in source:
+            raise ValueError(f"source image has no {keyword}")
+    if not sop.is_accepted_sop_class(source.SOPClassUID):
+        raise ValueError(f"source SOP class {source.SOPClassUID!r} is not an accepted image")
+    return source
+
+
+def _check_mask(mask: object, source: Dataset, fractional: bool) -> np.ndarray:
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"mask must be a numpy array, got {type(mask).__name__}")
+    frames = int(source.get("NumberOfFrames", 1))
+    shape = (int(source.Rows), int(source.Columns))
+    expected = (frames, *shape) if frames > 1 else shape
+    if mask.shape not in (expected, (1, *shape) if frames == 1 else expected):
+        raise ValueError(f"mask shape {mask.shape} does not match the source image {expected}")
+    if fractional:
+        if mask.dtype.kind != "f":
+            raise TypeError(f"a FRACTIONAL mask must be floating point, got dtype {mask.dtype}")
+        if not np.all(np.isfinite(mask)) or mask.min(initial=0.0) < 0 or mask.max(initial=0.0) > 1:
+            raise ValueError("a FRACTIONAL mask must hold finite values in [0, 1]")
+        return mask.astype(np.float32)
+    if mask.dtype == np.bool_:
+        return mask
+    if mask.dtype.kind in "ui" and set(np.unique(mask).tolist()) <= {0, 1}:
+        return mask.astype(bool)
+    raise TypeError(
+        f"a BINARY mask must be bool or 0/1 integers, got dtype {mask.dtype}"
+    )
+
+
+def build_segmentation(
+    source: Dataset,
+    mask: np.ndarray,
+    *,
+    algorithm: Algorithm,
+    fractional: bool = False,
+    uid_root: str = uids.DEFAULT_ROOT,
+    series_number: int = 901,
+    instance_number: int = 1,
+    device_serial_number: str = "1",
+) -> hd.seg.Segmentation:
+    """Build the SEG of the blast cells found in a source image.
+
+    Parameters
+    ----------
+    source : pydicom.dataset.Dataset
+        The analysed image (an accepted SOP class).
+    mask : numpy.ndarray
+        ``(rows, columns)`` (or ``(frames, rows, columns)`` for a multi-frame source): bool or
+        0/1 for BINARY, floating point probabilities in [0, 1] for FRACTIONAL.
+    algorithm : Algorithm
+        The model that produced the mask.
+    fractional : bool, optional
+        Build a FRACTIONAL (PROBABILITY) segmentation instead of BINARY.
+    uid_root : str, optional
+        Root of the derived series and instance UIDs.
+    series_number, instance_number : int, optional
+        Series Number and Instance Number of the SEG.
+    device_serial_number : str, optional
+        Device Serial Number of the node.
+
+    Returns
+    -------
+    highdicom.seg.Segmentation
+        The SEG; UIDs are derived from the source SOP Instance UID and the model version, so
+        building it twice gives the same UIDs.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument and value that is not valid.
+    """
+    source = _check_source(source)
+    if not isinstance(algorithm, Algorithm):
+        raise TypeError(f"algorithm must be an Algorithm, got {type(algorithm).__name__}")
+    if not isinstance(fractional, bool):
+        raise TypeError(f"fractional must be a bool, got {fractional!r}")
+    for name, value in (("series_number", series_number), ("instance_number", instance_number)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    pixels = _check_mask(mask, source, fractional)
+
+    source_uid = str(source.SOPInstanceUID)
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=SEGMENT_LABEL,
+        segmented_property_category=codes.CELL,
+        segmented_property_type=codes.BLAST_CELL,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm.identification_sequence(),
+        tracking_uid=uids.derive_uid(source_uid, algorithm.version, "seg-tracking", root=uid_root),
+        tracking_id=SEGMENT_LABEL,
+        display_color=hd.color.CIELabColor.from_rgb(*_DISPLAY_RGB)
+        if hasattr(hd.color.CIELabColor, "from_rgb")
+        else None,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=pixels,
+        segmentation_type=(
+            hd.seg.SegmentationTypeValues.FRACTIONAL
+            if fractional
+            else hd.seg.SegmentationTypeValues.BINARY
+        ),
+        segment_descriptions=[description],
+        series_instance_uid=uids.derive_uid(source_uid, algorithm.version, "seg-series", root=uid_root),
+        series_number=series_number,
+        sop_instance_uid=uids.derive_uid(source_uid, algorithm.version, "seg", root=uid_root),
+        instance_number=instance_number,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.model_name,
+        software_versions=algorithm.software_versions,  # a list: strict mode refuses tuples
+        device_serial_number=device_serial_number,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+        content_description="Blast cells segmented by the model",
+        content_label="BLASTS",
+        omit_empty_frames=False,
+        contributing_equipment=[algorithm.contributing_equipment()],
+    )
+    for keyword in _SPECIMEN_KEYWORDS:
+        if keyword in source and keyword not in seg:
+            seg[keyword] = copy.deepcopy(source[keyword])
+    if "FrameOfReferenceUID" not in seg and "PatientOrientation" not in seg:
+        # General Image: Type 2C without a frame of reference; a smear has no orientation.
+        seg.PatientOrientation = source.get("PatientOrientation", "")
+    if "CodingSchemeIdentificationSequence" not in seg:
+        seg.CodingSchemeIdentificationSequence = [codes.coding_scheme_identification()]
+    if "SeriesDescription" not in seg:
+        seg.SeriesDescription = f"Blast cell segmentation ({algorithm.model_name})"[:64]
+    LOGGER.info("built SEG %s for %s", seg.SOPInstanceUID, source_uid)
+    return seg

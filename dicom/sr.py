@@ -1,0 +1,416 @@
+"""Comprehensive 3D SR with a TID 1500 Measurement Report of one analysed image.
+
+Content tree (see ``docs/conformance.md``)::
+
+    TID 1500 Imaging Measurement Report
+      TID 1204 language, TID 1001 observation context
+        device observer: the algorithm (name, manufacturer, model "name version")
+        person observer: the verifying doctor (verified successor only)
+        subject: the specimen (slide) when the source carries one
+      procedure reported: (BCD-SCREEN, 99BCD)
+      image library: the source image
+      imaging measurements
+        TID 1501 measurement group "Blood smear classification" (the whole image)
+          algorithm identification (TID 4019)
+          qualitative evaluation: stage by the algorithm (BCD-STAGE)
+          qualitative evaluation: image quality (DCM 111101: RID12 / RID13)
+          qualitative evaluation: stage by the doctor (BCD-STAGE-REVIEWED; verified only)
+          text: doctor's comment (DCM 121106; verified only, if given)
+          numeric: probability of each of the four stages (PROB-*, UCUM "1")
+        TID 1411 measurement group "Blast cells" (references SEG segment 1, no frame)
+          numeric: blast cell count (UCUM {cells}), blast cell area fraction (UCUM "1")
+
+The algorithm's result is COMPLETE and UNVERIFIED. The doctor-verified successor is built by the
+same function with a :class:`Verification` and the superseded document: VERIFIED, the verifying
+observer (name, organisation, time), the doctor's stage and comment, and the superseded document
+in the Predecessor Documents Sequence.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as pydicom_codes
+from pydicom.valuerep import PersonName
+
+from dicom import codes, sop, uids
+from dicom.algorithm import Algorithm
+from dicom.codes import Stage
+
+__all__ = ["Findings", "Verification", "build_sr", "SR_SERIES_NUMBER"]
+
+LOGGER = logging.getLogger(__name__)
+
+SR_SERIES_NUMBER = 902
+_PROBABILITY_SUM_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class Findings:
+    """The algorithm's result for one image.
+
+    Parameters
+    ----------
+    stage : Stage or str
+        The stage with the highest calibrated probability.
+    probabilities : Mapping[Stage or str, float]
+        Calibrated probability of each of the four stages, in [0, 1], summing to 1 (within 0.01).
+    blast_count : int
+        Number of blast cells (connected components of the mask).
+    blast_area_fraction : float
+        Fraction of the image area covered by blast cells, in [0, 1].
+    quality_ok : bool
+        Whether the image passed the quality checks (focus, exposure, stain).
+    """
+
+    stage: Stage | str
+    probabilities: Mapping[Stage | str, float]
+    blast_count: int
+    blast_area_fraction: float
+    quality_ok: bool
+
+    def __post_init__(self) -> None:
+        codes.stage_code(self.stage)  # raises on an unknown stage
+        object.__setattr__(self, "stage", Stage(self.stage))
+        if not isinstance(self.probabilities, Mapping):
+            raise TypeError(f"probabilities must be a mapping, got {self.probabilities!r}")
+        probs: dict[Stage, float] = {}
+        for key, value in self.probabilities.items():
+            codes.stage_code(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"probability of {key!r} must be a number, got {value!r}")
+            if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"probability of {key!r} must be in [0, 1], got {value!r}")
+            probs[Stage(key)] = float(value)
+        if set(probs) != set(Stage):
+            raise ValueError(
+                f"probabilities must give all four stages, got {sorted(s.value for s in probs)}"
+            )
+        total = sum(probs.values())
+        if abs(total - 1.0) > _PROBABILITY_SUM_TOLERANCE:
+            raise ValueError(f"probabilities must sum to 1, got {total!r}")
+        object.__setattr__(self, "probabilities", probs)
+        if isinstance(self.blast_count, bool) or not isinstance(self.blast_count, int):
+            raise TypeError(f"blast_count must be an int, got {self.blast_count!r}")
+        if self.blast_count < 0:
+            raise ValueError(f"blast_count must be >= 0, got {self.blast_count!r}")
+        fraction = self.blast_area_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise TypeError(f"blast_area_fraction must be a number, got {fraction!r}")
+        if not math.isfinite(fraction) or not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"blast_area_fraction must be in [0, 1], got {fraction!r}")
+        if not isinstance(self.quality_ok, bool):
+            raise TypeError(f"quality_ok must be a bool, got {self.quality_ok!r}")
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A doctor's verification of a result.
+
+    Parameters
+    ----------
+    observer_name : str
+        The verifying doctor as DICOM PN, ``Family^Given``.
+    organization : str
+        The doctor's organisation (hospital).
+    datetime : datetime.datetime
+        When the doctor verified the result (timezone-aware preferred).
+    stage : Stage or str
+        The stage the doctor assigns (may differ from the algorithm's).
+    comment : str, optional
+        Free text comment of the doctor.
+    """
+
+    observer_name: str
+    organization: str
+    datetime: dt.datetime
+    stage: Stage | str
+    comment: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.observer_name, str) or not self.observer_name.strip():
+            raise ValueError(f"observer_name must be a non-empty PN, got {self.observer_name!r}")
+        parts = self.observer_name.split("^")
+        if len(parts) > 5 or any(len(p) > 64 for p in parts) or "\\" in self.observer_name:
+            raise ValueError(f"observer_name is not a valid PN, got {self.observer_name!r}")
+        if (
+            not isinstance(self.organization, str)
+            or not self.organization.strip()
+            or len(self.organization) > 64
+            or "\\" in self.organization
+        ):
+            raise ValueError(f"organization must be 1 to 64 characters, got {self.organization!r}")
+        if not isinstance(self.datetime, dt.datetime):
+            raise TypeError(f"datetime must be a datetime.datetime, got {self.datetime!r}")
+        codes.stage_code(self.stage)
+        object.__setattr__(self, "stage", Stage(self.stage))
+        if self.comment is not None:
+            if not isinstance(self.comment, str):
+                raise TypeError(f"comment must be a str, got {self.comment!r}")
+            if len(self.comment) > 10240:
+                raise ValueError(f"comment must be at most 10240 characters, got {len(self.comment)}")
+
+
+def _check_dataset(name: str, value: object, sop_classes: set[str]) -> Dataset:
+    if not isinstance(value, Dataset):
+        raise TypeError(f"{name} must be a pydicom Dataset, got {type(value).__name__}")
+    if str(value.get("SOPClassUID", "")) not in sop_classes:
+        raise ValueError(f"{name} has SOP class {value.get('SOPClassUID')!r}, expected {sorted(sop_classes)}")
+    return value
+
+
+def _subject_context(source: Dataset) -> hd.sr.SubjectContext | None:
+    descriptions = source.get("SpecimenDescriptionSequence")
+    if not descriptions:
+        return None
+    item = descriptions[0]
+    return hd.sr.SubjectContext(
+        subject_class=pydicom_codes.DCM.Specimen,
+        subject_class_specific_context=hd.sr.SubjectContextSpecimen(
+            uid=str(item.SpecimenUID),
+            identifier=str(item.SpecimenIdentifier),
+            container_identifier=str(source.get("ContainerIdentifier", "")) or None,
+        ),
+    )
+
+
+def build_sr(
+    source: Dataset,
+    segmentation: Dataset,
+    findings: Findings,
+    *,
+    algorithm: Algorithm,
+    verification: Verification | None = None,
+    predecessor: Dataset | None = None,
+    uid_root: str = uids.DEFAULT_ROOT,
+    series_number: int = SR_SERIES_NUMBER,
+    institution_name: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """Build the TID 1500 report of an image, unverified or as the doctor-verified successor.
+
+    Parameters
+    ----------
+    source : pydicom.dataset.Dataset
+        The analysed image.
+    segmentation : pydicom.dataset.Dataset
+        The SEG of the blast cells built from ``source`` (segment 1 is referenced).
+    findings : Findings
+        The algorithm's result.
+    algorithm : Algorithm
+        The model, named as device observer and in the measurement groups.
+    verification : Verification, optional
+        The doctor's verification; builds the VERIFIED successor of ``predecessor``.
+    predecessor : pydicom.dataset.Dataset, optional
+        The SR this one supersedes; required with ``verification``.
+    uid_root : str, optional
+        Root of the derived UIDs.
+    series_number : int, optional
+        Series Number of the SR series.
+    institution_name : str, optional
+        Institution Name written on the SR.
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        COMPLETE and UNVERIFIED without ``verification``, else COMPLETE and VERIFIED.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument and value that is not valid.
+    """
+    source = _check_dataset("source", source, {str(u) for u in sop.ACCEPTED_SOP_CLASSES})
+    segmentation = _check_dataset("segmentation", segmentation, {str(sop.SEGMENTATION)})
+    if not isinstance(findings, Findings):
+        raise TypeError(f"findings must be Findings, got {type(findings).__name__}")
+    if not isinstance(algorithm, Algorithm):
+        raise TypeError(f"algorithm must be an Algorithm, got {type(algorithm).__name__}")
+    if segmentation.StudyInstanceUID != source.StudyInstanceUID:
+        raise ValueError(
+            f"segmentation belongs to study {segmentation.StudyInstanceUID!r}, "
+            f"the source to {source.StudyInstanceUID!r}"
+        )
+    referenced = {
+        str(ref.ReferencedSOPInstanceUID)
+        for series in segmentation.get("ReferencedSeriesSequence", [])
+        for ref in series.get("ReferencedInstanceSequence", [])
+    }
+    if str(source.SOPInstanceUID) not in referenced:
+        raise ValueError(
+            f"segmentation {segmentation.SOPInstanceUID!r} does not reference the source "
+            f"{source.SOPInstanceUID!r}"
+        )
+    if verification is not None and not isinstance(verification, Verification):
+        raise TypeError(f"verification must be a Verification, got {type(verification).__name__}")
+    if (verification is None) != (predecessor is None):
+        raise ValueError(
+            "verification and predecessor go together: a verified SR supersedes a document, "
+            f"got verification={verification!r}, predecessor={'a dataset' if predecessor is not None else None}"
+        )
+    if predecessor is not None:
+        predecessor = _check_dataset("predecessor", predecessor, {str(sop.COMPREHENSIVE_3D_SR)})
+        if predecessor.StudyInstanceUID != source.StudyInstanceUID:
+            raise ValueError(f"predecessor belongs to study {predecessor.StudyInstanceUID!r}")
+    if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 1:
+        raise ValueError(f"series_number must be a positive int, got {series_number!r}")
+
+    source_uid = str(source.SOPInstanceUID)
+    version = algorithm.version
+
+    def derived(kind: str) -> str:
+        return uids.derive_uid(source_uid, version, kind, root=uid_root)
+
+    if verification is None:
+        sop_instance_uid = derived("sr")
+        instance_number = 1
+    else:
+        stamp = verification.datetime.strftime("%Y%m%d%H%M%S%f")
+        sop_instance_uid = uids.derive_uid(
+            str(predecessor.SOPInstanceUID), version, f"sr-verified-{stamp}", root=uid_root
+        )
+        instance_number = int(predecessor.get("InstanceNumber", 1)) + 1
+
+    device = hd.sr.ObserverContext(
+        observer_type=pydicom_codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=algorithm.device_uid(uid_root),
+            name=algorithm.name,
+            manufacturer_name=algorithm.manufacturer,
+            model_name=algorithm.model_name,
+        ),
+    )
+    person = None
+    if verification is not None:
+        person = hd.sr.ObserverContext(
+            observer_type=pydicom_codes.DCM.Person,
+            observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+                name=verification.observer_name,
+                organization_name=verification.organization,
+            ),
+        )
+    observation_context = hd.sr.ObservationContext(
+        observer_person_context=person,
+        observer_device_context=device,
+        subject_context=_subject_context(source),
+    )
+
+    evaluations = [
+        hd.sr.QualitativeEvaluation(codes.STAGE_FINDING, codes.stage_code(findings.stage)),
+        hd.sr.QualitativeEvaluation(
+            codes.IMAGE_QUALITY,
+            codes.QUALITY_ADEQUATE if findings.quality_ok else codes.QUALITY_LIMITED,
+        ),
+    ]
+    if verification is not None:
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                codes.REVIEWED_STAGE_FINDING, codes.stage_code(verification.stage)
+            )
+        )
+    probabilities = [
+        hd.sr.Measurement(
+            name=codes.probability_code(stage),
+            value=findings.probabilities[stage],
+            unit=codes.UNIT_NONE,
+            algorithm_id=algorithm.sr_identification(),
+        )
+        for stage in Stage
+    ]
+    classification = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived("tracking-classification"), identifier="Blood smear classification"
+        ),
+        finding_type=codes.CLASSIFICATION_GROUP,
+        algorithm_id=algorithm.sr_identification(),
+        measurements=probabilities,
+        qualitative_evaluations=evaluations,
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+    )
+    if verification is not None and verification.comment:
+        classification[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=codes.COMMENT,
+                value=verification.comment,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+
+    # TID 1411 with a segment reference (segment number without frame numbers): a reference
+    # to one SEG frame would put both in one item, which the IMAGE content item forbids.
+    blasts = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived("seg-tracking"), identifier="Blast cells"
+        ),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=str(segmentation.SOPClassUID),
+            sop_instance_uid=str(segmentation.SOPInstanceUID),
+            segment_number=1,
+            source_images=[hd.sr.SourceImageForSegmentation.from_source_image(source)],
+        ),
+        finding_type=codes.BLAST_CELL,
+        algorithm_id=algorithm.sr_identification(),
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.BLAST_COUNT,
+                value=findings.blast_count,
+                unit=codes.UNIT_CELLS,
+                algorithm_id=algorithm.sr_identification(),
+            ),
+            hd.sr.Measurement(
+                name=codes.BLAST_AREA_FRACTION,
+                value=findings.blast_area_fraction,
+                unit=codes.UNIT_NONE,
+                algorithm_id=algorithm.sr_identification(),
+            ),
+        ],
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context,
+        procedure_reported=codes.PROCEDURE,
+        imaging_measurements=[classification, blasts],
+        referenced_images=[source],
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[source, segmentation],
+        content=report[0],
+        series_instance_uid=derived("sr-series"),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=algorithm.manufacturer,
+        is_complete=True,
+        is_final=False,
+        is_verified=verification is not None,
+        institution_name=institution_name or algorithm.institution_name,
+        verifying_observer_name=verification.observer_name if verification else None,
+        verifying_organization=verification.organization if verification else None,
+        previous_versions=[predecessor] if predecessor is not None else None,
+        contributing_equipment=[algorithm.contributing_equipment()],
+    )
+    if verification is not None:
+        when = verification.datetime
+        observer = sr.VerifyingObserverSequence[0]
+        observer.VerificationDateTime = when.strftime("%Y%m%d%H%M%S") + (
+            when.strftime("%z") if when.tzinfo else ""
+        )
+        observer.VerifyingObserverName = PersonName(verification.observer_name)
+    sr.SeriesDescription = f"ALL screening report ({algorithm.model_name})"[:64]
+    scheme = codes.coding_scheme_identification()
+    existing = sr.get("CodingSchemeIdentificationSequence")
+    if existing is None:
+        sr.CodingSchemeIdentificationSequence = [scheme]
+    elif not any(i.get("CodingSchemeDesignator") == codes.SCHEME for i in existing):
+        existing.append(scheme)
+    LOGGER.info(
+        "built %s SR %s for %s",
+        "VERIFIED" if verification else "UNVERIFIED",
+        sr.SOPInstanceUID,
+        source_uid,
+    )
+    return sr

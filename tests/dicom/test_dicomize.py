@@ -1,0 +1,104 @@
+"""DICOMized uploads: VL Microscopic Image and Secondary Capture."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from dicom import pixels, sop
+from dicom.dicomize import dicomize
+from tests.support.dicomcheck import assert_dciodvfy_clean
+
+FIELDS = {
+    "patient_id": "PAT-001",
+    "patient_name": "Müller^Jürgen",
+    "birth_date": "1975-03-09",
+    "sex": "M",
+    "accession_number": "ACC-9",
+    "specimen_id": "SLIDE-12",
+    "stain": "May-Grünwald-Giemsa",
+}
+
+
+@pytest.mark.integration
+def test_vl_microscopic_round_trip(tmp_path, smear_rgb):
+    ds = dicomize(smear_rgb, **FIELDS, study_description="Blood smear")
+    path = tmp_path / "vl.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert_dciodvfy_clean(path)
+
+    back = pydicom.dcmread(path)
+    assert back.SOPClassUID == sop.VL_MICROSCOPIC_IMAGE
+    assert back.Modality == "GM"
+    assert back.PatientID == "PAT-001"
+    assert str(back.PatientName) == "Müller^Jürgen"
+    assert back.PatientBirthDate == "19750309"
+    assert back.PatientSex == "M"
+    assert back.AccessionNumber == "ACC-9"
+    assert back.ContainerIdentifier == "SLIDE-12"
+    assert back.SOPInstanceUID.startswith("2.25.")
+    specimen = hd.SpecimenDescription.from_dataset(back.SpecimenDescriptionSequence[0])
+    assert specimen.specimen_id == "SLIDE-12"
+    staining = specimen.specimen_preparation_steps[0].processing_procedure
+    assert list(staining.substances) == ["May-Grünwald-Giemsa"]
+    # the reader accepts what the node writes, pixel for pixel
+    np.testing.assert_array_equal(pixels.decode_file(path)[0], smear_rgb)
+
+
+@pytest.mark.integration
+def test_secondary_capture_round_trip(tmp_path, smear_rgb):
+    fields = {k: v for k, v in FIELDS.items() if k not in ("specimen_id", "stain")}
+    study = "1.2.3.4.5"
+    ds = dicomize(smear_rgb, **fields, secondary_capture=True, study_instance_uid=study,
+                  lossy_source=True, uid_root="1.2.3.4.6")
+    path = tmp_path / "sc.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert_dciodvfy_clean(path)
+    back = pydicom.dcmread(path)
+    assert back.SOPClassUID == sop.SECONDARY_CAPTURE_IMAGE
+    assert back.StudyInstanceUID == study
+    assert back.SOPInstanceUID.startswith("1.2.3.4.6.")
+    assert back.LossyImageCompression == "01"
+    np.testing.assert_array_equal(pixels.decode_file(path)[0], smear_rgb)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"patient_id": ""}, ValueError, "patient_id"),
+        ({"patient_id": "x" * 65}, ValueError, "patient_id"),
+        ({"patient_name": "A^B^C^D^E^F"}, ValueError, "patient_name"),
+        ({"patient_name": None}, ValueError, "patient_name"),
+        ({"birth_date": "1975-13-40"}, ValueError, "birth_date"),
+        ({"birth_date": "09/03/1975"}, ValueError, "birth_date"),
+        ({"birth_date": (dt.date.today() + dt.timedelta(days=2)).isoformat()}, ValueError, "future"),
+        ({"sex": "X"}, ValueError, "sex"),
+        ({"accession_number": "A" * 17}, ValueError, "accession_number"),
+        ({"specimen_id": None}, ValueError, "specimen_id"),
+        ({"stain": "a\\b"}, ValueError, "stain"),
+        ({"study_instance_uid": "1.02"}, ValueError, "study_instance_uid"),
+        ({"uid_root": "1.2.826.0.1.3680043.8.498"}, ValueError, "toolkit"),
+    ],
+)
+def test_fields_are_validated(smear_rgb, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        dicomize(smear_rgb, **(FIELDS | kwargs))
+
+
+@pytest.mark.parametrize(
+    ("image", "error"),
+    [
+        (np.zeros((10, 10), np.uint8), ValueError),
+        (np.zeros((10, 10, 4), np.uint8), ValueError),
+        (np.zeros((10, 10, 3), np.float32), TypeError),
+        ([[0, 0, 0]], TypeError),
+        (np.zeros((0, 10, 3), np.uint8), ValueError),
+    ],
+)
+def test_image_is_validated(image, error):
+    with pytest.raises(error):
+        dicomize(image, **FIELDS)

@@ -1,0 +1,136 @@
+"""SEG of the blast cells: written, read back with highdicom, checked with dciodvfy."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+import pytest
+
+from dicom import codes, uids
+from dicom.algorithm import Algorithm
+from dicom.seg import SEGMENT_LABEL, build_segmentation
+from tests.support.dicomcheck import assert_dciodvfy_clean
+
+
+@pytest.fixture
+def algorithm() -> Algorithm:
+    return Algorithm("bcd-vgg16-unet", "0.1.0-demo", software_version="0.1.0")
+
+
+@pytest.mark.integration
+def test_binary_seg_round_trip(tmp_path, source_image, blast_mask, algorithm):
+    seg = build_segmentation(source_image, blast_mask, algorithm=algorithm)
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path)
+    assert_dciodvfy_clean(path)
+
+    back = hd.seg.segread(path)
+    assert back.segmentation_type == hd.seg.SegmentationTypeValues.BINARY
+    np.testing.assert_array_equal(back.get_segment_mask(1) if hasattr(back, "get_segment_mask") else
+                                  back.get_pixels_by_source_instance(
+                                      [source_image.SOPInstanceUID], segment_numbers=[1]
+                                  )[0, ..., 0].astype(bool), blast_mask)
+    description = back.get_segment_description(1)
+    assert description.segment_label == SEGMENT_LABEL
+    assert description.segmented_property_type == codes.BLAST_CELL
+    assert description.segmented_property_category == codes.CELL
+    algo = description.algorithm_identification[0]
+    assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("bcd-vgg16-unet", "0.1.0-demo")
+    assert algo.AlgorithmFamilyCodeSequence[0].CodeValue == codes.ARTIFICIAL_INTELLIGENCE.value
+    # patient, study and specimen context come from the source
+    for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex",
+                    "StudyInstanceUID", "AccessionNumber", "ContainerIdentifier"):
+        assert back[keyword].value == source_image[keyword].value, keyword
+    assert (back.SpecimenDescriptionSequence[0].SpecimenUID
+            == source_image.SpecimenDescriptionSequence[0].SpecimenUID)
+    # IHE AI Results: the algorithm as contributing equipment
+    [equipment] = [
+        item
+        for item in back.ContributingEquipmentSequence
+        if item.get("ManufacturerModelName") == algorithm.model_name
+    ]
+    assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    # deterministic UIDs under the root, never a toolkit prefix
+    assert back.SOPInstanceUID == uids.derive_uid(source_image.SOPInstanceUID, "0.1.0-demo", "seg")
+    assert back.SOPInstanceUID.startswith("2.25.")
+    assert back.SeriesInstanceUID.startswith("2.25.")
+    assert (back.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+            == source_image.SOPInstanceUID)
+
+
+@pytest.mark.integration
+def test_fractional_seg_round_trip(tmp_path, source_image, blast_mask, algorithm):
+    probability = np.where(blast_mask, 0.8, 0.1).astype(np.float32)
+    seg = build_segmentation(source_image, probability, algorithm=algorithm, fractional=True)
+    path = tmp_path / "segf.dcm"
+    seg.save_as(path)
+    assert_dciodvfy_clean(path)
+    back = hd.seg.segread(path)
+    assert back.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL
+    assert back.segmentation_fractional_type == hd.seg.SegmentationFractionalTypeValues.PROBABILITY
+    pixels = back.get_pixels_by_source_instance(
+        [source_image.SOPInstanceUID], segment_numbers=[1], rescale_fractional=True
+    )[0, ..., 0]
+    np.testing.assert_allclose(pixels, probability, atol=1 / 255)
+
+
+def test_same_input_same_uids(source_image, blast_mask, algorithm):
+    a = build_segmentation(source_image, blast_mask, algorithm=algorithm)
+    b = build_segmentation(source_image, blast_mask, algorithm=algorithm)
+    assert (a.SOPInstanceUID, a.SeriesInstanceUID) == (b.SOPInstanceUID, b.SeriesInstanceUID)
+    other = Algorithm("bcd-vgg16-unet", "0.2.0")
+    c = build_segmentation(source_image, blast_mask, algorithm=other)
+    assert c.SOPInstanceUID != a.SOPInstanceUID
+
+
+def test_custom_uid_root(source_image, blast_mask, algorithm):
+    seg = build_segmentation(source_image, blast_mask, algorithm=algorithm, uid_root="1.2.3.4")
+    assert seg.SOPInstanceUID.startswith("1.2.3.4.")
+
+
+@pytest.mark.parametrize(
+    ("mask", "error"),
+    [
+        (np.zeros((10, 10), dtype=bool), ValueError),  # wrong shape
+        (np.full((96, 128), 2, dtype=np.uint8), TypeError),  # not 0/1
+        (np.zeros((96, 128), dtype=np.float32), TypeError),  # float for BINARY
+        ([[0, 1]], TypeError),
+    ],
+)
+def test_bad_masks_are_refused(source_image, algorithm, mask, error):
+    with pytest.raises(error):
+        build_segmentation(source_image, mask, algorithm=algorithm)
+
+
+def test_bad_fractional_mask_is_refused(source_image, algorithm):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        build_segmentation(
+            source_image, np.full((96, 128), 1.5, np.float32), algorithm=algorithm, fractional=True
+        )
+    with pytest.raises(TypeError):
+        build_segmentation(
+            source_image, np.zeros((96, 128), bool), algorithm=algorithm, fractional=True
+        )
+
+
+def test_bad_arguments_are_refused(source_image, blast_mask, algorithm):
+    with pytest.raises(TypeError, match="algorithm"):
+        build_segmentation(source_image, blast_mask, algorithm="bcd")
+    with pytest.raises(TypeError, match="source"):
+        build_segmentation({"SOPInstanceUID": "1.2"}, blast_mask, algorithm=algorithm)
+    with pytest.raises(ValueError, match="series_number"):
+        build_segmentation(source_image, blast_mask, algorithm=algorithm, series_number=0)
+    ct = source_image.copy()
+    ct.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    with pytest.raises(ValueError, match="SOP class"):
+        build_segmentation(ct, blast_mask, algorithm=algorithm)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"name": ""}, {"version": "x" * 65}, {"name": "a\\b"}, {"version": 1}],
+)
+def test_algorithm_is_validated(kwargs):
+    args = {"name": "m", "version": "1"} | kwargs
+    with pytest.raises((TypeError, ValueError)):
+        Algorithm(**args)
