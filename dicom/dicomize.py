@@ -15,17 +15,15 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
 from dicom import sop, uids
 from dicom.algorithm import Algorithm
 
-__all__ = ["dicomize", "IMPLEMENTATION_VERSION_NAME"]
+__all__ = ["dicomize"]
 
 LOGGER = logging.getLogger(__name__)
-
-IMPLEMENTATION_VERSION_NAME = "BCD_NODE_1"
 
 #: SNOMED CT "Microscope slide" (CID 8101 container types).
 _SLIDE = hd.sr.CodedConcept("433466003", "SCT", "Microscope slide")
@@ -204,8 +202,8 @@ def dicomize(
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    ds.file_meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
+    ds.file_meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
     ds.SpecificCharacterSet = "ISO_IR 192"
 
     # SOP Common

@@ -69,6 +69,14 @@ def build_ae(policy: ScpPolicy) -> AE:
     return ae
 
 
+def storage_contexts() -> list[tuple[str, list[str]]]:
+    """Presentation contexts for every accepted storage SOP class and transfer syntax."""
+    from dicom.sop import ACCEPTED_SOP_CLASSES, ACCEPTED_TRANSFER_SYNTAXES
+
+    syntaxes = [str(uid) for uid in ACCEPTED_TRANSFER_SYNTAXES]
+    return [(str(sop_class), syntaxes) for sop_class in sorted(ACCEPTED_SOP_CLASSES)]
+
+
 def start_scp(policy: ScpPolicy, host: str, port: int,
               handlers: Sequence[Handler] = ()) -> ThreadedAssociationServer:
     """Start listening in background threads; stop with ``server.shutdown()``."""

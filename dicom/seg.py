@@ -159,6 +159,13 @@ def build_segmentation(
     for keyword in _SPECIMEN_KEYWORDS:
         if keyword in source and keyword not in seg:
             seg[keyword] = copy.deepcopy(source[keyword])
+    # highdicom names the dimension organisation under its own prefix; name it under ours.
+    organisation = uids.derive_uid(source_uid, algorithm.version, "seg-dimensions", root=uid_root)
+    for item in seg.get("DimensionOrganizationSequence", []):
+        item.DimensionOrganizationUID = organisation
+    for item in seg.get("DimensionIndexSequence", []):
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = organisation
     if "FrameOfReferenceUID" not in seg and "PatientOrientation" not in seg:
         # General Image: Type 2C without a frame of reference; a smear has no orientation.
         seg.PatientOrientation = source.get("PatientOrientation", "")
@@ -166,5 +173,7 @@ def build_segmentation(
         seg.CodingSchemeIdentificationSequence = [codes.coding_scheme_identification()]
     if "SeriesDescription" not in seg:
         seg.SeriesDescription = f"Blast cell segmentation ({algorithm.model_name})"[:64]
+    seg.file_meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
+    seg.file_meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
     LOGGER.info("built SEG %s for %s", seg.SOPInstanceUID, source_uid)
     return seg

@@ -407,6 +407,8 @@ def build_sr(
         sr.CodingSchemeIdentificationSequence = [scheme]
     elif not any(i.get("CodingSchemeDesignator") == codes.SCHEME for i in existing):
         existing.append(scheme)
+    sr.file_meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
+    sr.file_meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
     LOGGER.info(
         "built %s SR %s for %s",
         "VERIFIED" if verification else "UNVERIFIED",

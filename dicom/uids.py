@@ -26,6 +26,8 @@ __all__ = [
     "validate_root",
     "derive_uid",
     "new_uid",
+    "IMPLEMENTATION_CLASS_UID",
+    "IMPLEMENTATION_VERSION_NAME",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -46,6 +48,10 @@ OUTPUT_KINDS = (
     "pdf",
     "frame-of-reference",
 )
+
+#: Implementation Class UID written in the file meta information of our files (a fixed UUID).
+IMPLEMENTATION_CLASS_UID = "2.25.146339216452957389153458219413185741121"
+IMPLEMENTATION_VERSION_NAME = "BCD_NODE_1"
 
 #: Namespace of the name-based UUIDs (itself a fixed, random UUID of this project).
 _NAMESPACE = uuid.UUID("6f0d6b0e-5b0a-4c1f-9a57-2f3b8d9c4e11")

@@ -66,3 +66,8 @@ def test_new_uid_is_random_and_valid():
     assert a.startswith("2.25.") and b.startswith("1.2.3.4.")
     uids.validate_uid(a)
     uids.validate_uid(b)
+
+
+def test_implementation_class_uid_is_ours():
+    uids.validate_uid(uids.IMPLEMENTATION_CLASS_UID)
+    assert not uids.IMPLEMENTATION_CLASS_UID.startswith(uids.FORBIDDEN_ROOTS)

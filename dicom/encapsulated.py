@@ -1,0 +1,168 @@
+"""Encapsulated PDF (Modality DOC) wrapping the node's PDF report (pydicom)."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom import sop, uids
+from dicom.algorithm import Algorithm
+
+__all__ = ["build_encapsulated_pdf", "PDF_SERIES_NUMBER"]
+
+LOGGER = logging.getLogger(__name__)
+
+PDF_SERIES_NUMBER = 903
+_MAX_PDF_BYTES = 0xFFFFFFFE - 1
+
+_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+)
+_SPECIMEN = (
+    "ContainerIdentifier",
+    "IssuerOfTheContainerIdentifierSequence",
+    "ContainerTypeCodeSequence",
+    "SpecimenDescriptionSequence",
+)
+
+
+def build_encapsulated_pdf(
+    source: Dataset,
+    pdf: bytes,
+    *,
+    algorithm: Algorithm,
+    title: str = "Blood smear screening report",
+    verified_at: dt.datetime | None = None,
+    uid_root: str = uids.DEFAULT_ROOT,
+    series_number: int = PDF_SERIES_NUMBER,
+    now: dt.datetime | None = None,
+) -> Dataset:
+    """Wrap a PDF report as an Encapsulated PDF in the source image's study.
+
+    Parameters
+    ----------
+    source : pydicom.dataset.Dataset
+        The analysed image; patient, study and specimen attributes are copied from it and it is
+        referenced in the Source Instance Sequence.
+    pdf : bytes
+        The PDF document (must start with ``%PDF-``).
+    algorithm : Algorithm
+        The model whose result the report shows (contributing equipment, UID derivation).
+    title : str, optional
+        Document Title.
+    verified_at : datetime.datetime, optional
+        Time of the doctor's verification for the report of a verified result; gives the
+        document its own UID (one per verification), else the UID of the unverified report.
+    uid_root : str, optional
+        Root of the derived UIDs.
+    series_number : int, optional
+        Series Number.
+    now : datetime.datetime, optional
+        Content date and time (default: now).
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        The Encapsulated PDF, with file meta information, ready to save.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument and value that is not valid.
+    """
+    if not isinstance(source, Dataset):
+        raise TypeError(f"source must be a pydicom Dataset, got {type(source).__name__}")
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"):
+        if keyword not in source:
+            raise ValueError(f"source has no {keyword}")
+    if not isinstance(pdf, (bytes, bytearray)):
+        raise TypeError(f"pdf must be bytes, got {type(pdf).__name__}")
+    if not bytes(pdf[:5]) == b"%PDF-":
+        raise ValueError(f"pdf does not start with %PDF-: {bytes(pdf[:8])!r}")
+    if len(pdf) > _MAX_PDF_BYTES:
+        raise ValueError(f"pdf of {len(pdf)} bytes is too large to encapsulate")
+    if not isinstance(algorithm, Algorithm):
+        raise TypeError(f"algorithm must be an Algorithm, got {type(algorithm).__name__}")
+    if not isinstance(title, str) or not title.strip() or len(title) > 64 or "\\" in title:
+        raise ValueError(f"title must be 1 to 64 characters, got {title!r}")
+    if verified_at is not None and not isinstance(verified_at, dt.datetime):
+        raise TypeError(f"verified_at must be a datetime, got {verified_at!r}")
+    if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 1:
+        raise ValueError(f"series_number must be a positive int, got {series_number!r}")
+
+    source_uid = str(source.SOPInstanceUID)
+    kind = "pdf" if verified_at is None else f"pdf-verified-{verified_at:%Y%m%d%H%M%S%f}"
+    now = now or dt.datetime.now()
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop.ENCAPSULATED_PDF
+    ds.file_meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
+    ds.file_meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
+    ds.SpecificCharacterSet = source.get("SpecificCharacterSet", "ISO_IR 192")
+
+    ds.SOPClassUID = sop.ENCAPSULATED_PDF
+    ds.SOPInstanceUID = uids.derive_uid(source_uid, algorithm.version, kind, root=uid_root)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S")
+
+    for keyword in _PATIENT_STUDY + _SPECIMEN:
+        if keyword in source:
+            ds[keyword] = copy.deepcopy(source[keyword])
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+                    "AccessionNumber"):
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+
+    # Encapsulated Document Series
+    ds.Modality = "DOC"
+    ds.SeriesInstanceUID = uids.derive_uid(source_uid, algorithm.version, "pdf-series", root=uid_root)
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = f"ALL screening report PDF ({algorithm.model_name})"[:64]
+
+    # General Equipment and SC Equipment
+    ds.Manufacturer = algorithm.manufacturer
+    ds.ManufacturerModelName = algorithm.model_name
+    ds.SoftwareVersions = algorithm.software_versions
+    if algorithm.institution_name:
+        ds.InstitutionName = algorithm.institution_name
+    ds.ConversionType = "SYN"
+
+    # Encapsulated Document
+    ds.InstanceNumber = 1 if verified_at is None else 2
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    ds.BurnedInAnnotation = "YES"  # the report names the patient
+    ds.DocumentTitle = title
+    ds.ConceptNameCodeSequence = Sequence()
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source_uid
+    ds.SourceInstanceSequence = Sequence([reference])
+    ds.EncapsulatedDocumentLength = len(pdf)
+    ds.EncapsulatedDocument = bytes(pdf) + (b"\0" if len(pdf) % 2 else b"")
+
+    ds.ContributingEquipmentSequence = Sequence([algorithm.contributing_equipment(now)])
+    LOGGER.info("built Encapsulated PDF %s for %s", ds.SOPInstanceUID, source_uid)
+    return ds

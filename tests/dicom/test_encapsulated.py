@@ -1,0 +1,72 @@
+"""Encapsulated PDF (Modality DOC)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pydicom
+import pytest
+
+from dicom import sop, uids
+from dicom.algorithm import Algorithm
+from dicom.encapsulated import build_encapsulated_pdf
+from tests.support.dicomcheck import assert_dciodvfy_clean
+
+#: A minimal, odd-length PDF (the padding byte must not change the document).
+PDF = (
+    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+    b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+)
+
+
+@pytest.fixture
+def algorithm() -> Algorithm:
+    return Algorithm("bcd-vgg16-unet", "0.1.0-demo")
+
+
+@pytest.mark.integration
+def test_encapsulated_pdf_round_trip(tmp_path, source_image, algorithm):
+    assert len(PDF) % 2 == 1
+    ds = build_encapsulated_pdf(source_image, PDF, algorithm=algorithm)
+    path = tmp_path / "pdf.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert_dciodvfy_clean(path)
+
+    back = pydicom.dcmread(path)
+    assert back.SOPClassUID == sop.ENCAPSULATED_PDF
+    assert back.Modality == "DOC"
+    assert back.MIMETypeOfEncapsulatedDocument == "application/pdf"
+    assert back.EncapsulatedDocument[: back.EncapsulatedDocumentLength] == PDF
+    for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber",
+                    "ContainerIdentifier"):
+        assert back[keyword].value == source_image[keyword].value
+    assert back.SourceInstanceSequence[0].ReferencedSOPInstanceUID == source_image.SOPInstanceUID
+    assert back.SOPInstanceUID == uids.derive_uid(source_image.SOPInstanceUID, "0.1.0-demo", "pdf")
+    assert back.ContributingEquipmentSequence[0].ManufacturerModelName == algorithm.model_name
+
+
+def test_verified_report_gets_its_own_uid(source_image, algorithm):
+    first = build_encapsulated_pdf(source_image, PDF, algorithm=algorithm)
+    when = dt.datetime(2026, 11, 24, 11, 0)
+    verified = build_encapsulated_pdf(source_image, PDF, algorithm=algorithm, verified_at=when)
+    assert verified.SOPInstanceUID != first.SOPInstanceUID
+    assert verified.SeriesInstanceUID == first.SeriesInstanceUID
+    again = build_encapsulated_pdf(source_image, PDF, algorithm=algorithm, verified_at=when)
+    assert again.SOPInstanceUID == verified.SOPInstanceUID
+
+
+@pytest.mark.parametrize(
+    ("pdf", "kwargs", "error"),
+    [
+        (b"GIF89a", {}, ValueError),
+        ("%PDF-1.4", {}, TypeError),
+        (PDF, {"title": ""}, ValueError),
+        (PDF, {"verified_at": "2026-11-24"}, TypeError),
+        (PDF, {"series_number": 0}, ValueError),
+        (PDF, {"algorithm": "bcd"}, TypeError),
+    ],
+)
+def test_arguments_are_validated(source_image, algorithm, pdf, kwargs, error):
+    args = {"algorithm": algorithm} | kwargs
+    with pytest.raises(error):
+        build_encapsulated_pdf(source_image, pdf, **args)
