@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -50,6 +50,8 @@ class NodeContext:
     session_factory: sessionmaker[Session]
     secrets: NodeSecrets
     components: dict[str, Component] = field(default_factory=dict)
+    #: The process's :class:`bcd_node.intake.Intake` once started (shared by SCP and console).
+    intake: Any = None
 
 
 def open_node(settings: Settings, *, migrate: bool = True) -> NodeContext:

@@ -44,16 +44,32 @@ def bootstrap_admin(context: NodeContext, out: Any = None) -> None:
         print("=" * 72 + "\n", file=out, flush=True)
 
 
+def _start_intake(context: NodeContext) -> tuple[Component, Callable[[], None]]:
+    from bcd_node.intake import Intake
+
+    context.intake = Intake(context).start()
+    return Component("intake", True, "durable intake (group commit)"), context.intake.stop
+
+
 def _start_scp(context: NodeContext) -> tuple[Component, Callable[[], None]]:
-    from dicom.scp import ScpPolicy, start_scp
+    from pynetdicom import evt
+
+    from bcd_node.scp_handlers import handle_rejected, handle_store
+    from dicom.scp import ScpPolicy, start_scp, storage_contexts
 
     d = context.settings.dicom
     policy = ScpPolicy(ae_title=d.ae_title, allowed_calling_aes=d.allowed_calling_aes,
                        require_called_ae=d.require_called_ae, max_associations=d.max_associations,
                        acse_timeout=d.acse_timeout, dimse_timeout=d.dimse_timeout,
-                       network_timeout=d.network_timeout, max_pdu=d.max_pdu)
+                       network_timeout=d.network_timeout, max_pdu=d.max_pdu,
+                       storage_contexts=storage_contexts())
+    handlers = [
+        (evt.EVT_C_STORE, handle_store, [context.intake, context.session_factory]),
+        (evt.EVT_REJECTED, handle_rejected,
+         [context.session_factory, tuple(d.allowed_calling_aes), d.ae_title]),
+    ]
     try:
-        server = start_scp(policy, d.host, d.port)
+        server = start_scp(policy, d.host, d.port, handlers)
     except OSError as exc:
         raise StartupError(f"cannot listen for DICOM on {d.host}:{d.port} (dicom.host/dicom.port): "
                            f"{exc.strerror or exc}") from None
@@ -61,7 +77,7 @@ def _start_scp(context: NodeContext) -> tuple[Component, Callable[[], None]]:
     def alive() -> bool:
         return server.socket is not None and server.socket.fileno() >= 0
 
-    detail = f"listening on {d.host}:{d.port} as {d.ae_title} (C-ECHO; C-STORE not built yet)"
+    detail = f"listening on {d.host}:{d.port} as {d.ae_title} (C-ECHO, C-STORE)"
     return Component("dicom", True, detail, alive), server.shutdown
 
 
@@ -101,7 +117,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     bootstrap_admin(context)
     stoppers: list[Callable[[], None]] = []
     try:
-        for starter in (_start_scp, _start_web):
+        for starter in (_start_intake, _start_scp, _start_web):
             component, stopper = starter(context)
             context.components[component.name] = component
             stoppers.append(stopper)

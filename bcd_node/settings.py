@@ -78,6 +78,33 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class WorkerSettings:
+    """The analysis workers and their queue."""
+
+    count: int = 1
+    lease_seconds: float = 300.0
+    poll_interval: float = 0.5
+    max_attempts: int = 5
+    retry_delay: float = 30.0
+    study_quiet_seconds: float = 120.0
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """Sending results to the destinations."""
+
+    interval: float = 2.0
+    initial_backoff: float = 30.0
+    max_backoff: float = 600.0
+    max_attempts: int = 10
+    echo_interval: float = 60.0
+    connect_timeout: float = 10.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class StorageSettings:
     """Where received images, results and secrets live."""
 
@@ -142,6 +169,8 @@ class Settings:
     dicom: DicomSettings = field(default_factory=DicomSettings)
     destinations: tuple[Destination, ...] = ()
     storage: StorageSettings = field(default_factory=StorageSettings)
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     web: WebSettings = field(default_factory=WebSettings)
@@ -161,6 +190,8 @@ class Settings:
 _SECTIONS: dict[str, type] = {
     "dicom": DicomSettings,
     "storage": StorageSettings,
+    "workers": WorkerSettings,
+    "delivery": DeliverySettings,
     "database": DatabaseSettings,
     "model": ModelSettings,
     "web": WebSettings,
@@ -339,6 +370,27 @@ def _validate(s: Settings) -> None:
 
     if s.storage.data_dir.exists() and not s.storage.data_dir.is_dir():
         raise SettingsError("storage.data_dir", str(s.storage.data_dir), "exists and is not a folder")
+
+    w = s.workers
+    if not 0 <= w.count <= 64:
+        raise SettingsError("workers.count", w.count, "must be 0 (no workers in this process) to 64")
+    for name in ("lease_seconds", "poll_interval", "retry_delay", "study_quiet_seconds"):
+        value = getattr(w, name)
+        if not 0 < value <= 86400:
+            raise SettingsError(f"workers.{name}", value, "must be more than 0 and at most 86400 s")
+    if not 1 <= w.max_attempts <= 100:
+        raise SettingsError("workers.max_attempts", w.max_attempts, "must be 1-100")
+    dl = s.delivery
+    for name in ("interval", "initial_backoff", "max_backoff", "echo_interval", "connect_timeout",
+                 "acse_timeout", "dimse_timeout", "network_timeout"):
+        value = getattr(dl, name)
+        if not 0 < value <= 86400:
+            raise SettingsError(f"delivery.{name}", value, "must be more than 0 and at most 86400 s")
+    if dl.max_backoff < dl.initial_backoff:
+        raise SettingsError("delivery.max_backoff", dl.max_backoff,
+                            "must not be less than delivery.initial_backoff")
+    if not 1 <= dl.max_attempts <= 1000:
+        raise SettingsError("delivery.max_attempts", dl.max_attempts, "must be 1-1000")
 
     url = s.database.url
     if url and not re.match(r"^(sqlite|postgresql)(\+\w+)?://", url):

@@ -1,0 +1,80 @@
+"""Turn an uploaded PNG/JPEG and the form's patient fields into a DICOM file for the intake."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pydicom.filebase import DicomBytesIO
+
+from bcd_node import __version__
+from bcd_node.errors import PermanentError
+from dicom.dicomize import dicomize
+
+LOGGER = logging.getLogger(__name__)
+MAX_UPLOAD_PIXELS = 50_000_000
+ALLOWED_FORMATS = {"PNG", "JPEG"}
+
+
+class UploadError(PermanentError):
+    """An upload that cannot be turned into an image; the message is meant for the user."""
+
+
+def read_image(data: bytes, filename: str = "") -> tuple[np.ndarray, bool]:
+    """Decode PNG/JPEG bytes to RGB uint8; returns the array and whether it was lossy (JPEG)."""
+    Image.MAX_IMAGE_PIXELS = MAX_UPLOAD_PIXELS
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format
+            if fmt not in ALLOWED_FORMATS:
+                raise UploadError(f"{filename or 'the file'} is {fmt or 'not an image'}; "
+                                  "upload a PNG, JPEG or DICOM file")
+            img.load()
+            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except UploadError:
+        raise
+    except Image.DecompressionBombError:
+        raise UploadError(f"{filename or 'the image'} is too large "
+                          f"(more than {MAX_UPLOAD_PIXELS} pixels)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UploadError(f"{filename or 'the file'} is not a readable PNG or JPEG image "
+                          f"({exc})") from None
+    if rgb.shape[0] < 32 or rgb.shape[1] < 32:
+        raise UploadError(f"{filename or 'the image'} is only {rgb.shape[1]}x{rgb.shape[0]} "
+                          "pixels; at least 32x32 is needed")
+    return rgb, fmt == "JPEG"
+
+
+def dicomize_upload_bytes(data: bytes, filename: str, fields: dict[str, str], *,
+                          uid_root: str) -> bytes:
+    """PNG/JPEG + patient/study/specimen fields → DICOM Part 10 bytes.
+
+    A VL Microscopic Image when a specimen (slide) id is given, else a Secondary Capture Image.
+
+    ``fields`` keys: ``patient_id``, ``patient_name`` (required), ``birth_date``, ``sex``,
+    ``accession_number``, ``specimen_id``, ``stain``, ``study_description``.
+    """
+    rgb, lossy = read_image(data, filename)
+    if not (fields.get("patient_id") or "").strip():
+        raise UploadError("patient ID is required")
+    if not (fields.get("patient_name") or "").strip():
+        raise UploadError("patient name is required")
+    try:
+        ds = dicomize(rgb, patient_id=fields["patient_id"].strip(),
+                      patient_name=fields["patient_name"].strip(),
+                      birth_date=(fields.get("birth_date") or None),
+                      sex=(fields.get("sex") or None),
+                      accession_number=(fields.get("accession_number") or None),
+                      specimen_id=(fields.get("specimen_id") or None),
+                      stain=(fields.get("stain") or None),
+                      study_description=(fields.get("study_description") or None),
+                      # Without a slide (container) id a VL Microscopic Image would be invalid.
+                      secondary_capture=not (fields.get("specimen_id") or "").strip(),
+                      uid_root=uid_root, software_version=__version__, lossy_source=lossy)
+    except (ValueError, TypeError) as exc:
+        raise UploadError(str(exc)) from None
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -1,0 +1,379 @@
+"""Intake: an image becomes durable (file fsynced, rows and queued job committed) before it is
+acknowledged.
+
+``Intake.accept`` runs in the caller's thread (a C-STORE handler, an upload view) up to the
+durable file write; the database part is handed to one committer thread that writes every
+pending image of all concurrent associations in one transaction (group commit), so N
+associations cost one WAL fsync instead of N. The caller waits for its own item's outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bcd_node import audit
+from bcd_node.db.models import (Instance, Job, JobKind, Patient, Series, Study, utcnow)
+from bcd_node.errors import BcdError, PermanentError, TransientError
+from bcd_node.runtime import NodeContext
+from bcd_node.storage import StorageFullError, Store
+from dicom.errors import DicomError, UnsupportedDicomError
+from dicom.pixels import inspect_image, iter_frames, read_dataset
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = ["Accepted", "Intake", "InvalidImageError", "UnsupportedImageError",
+           "SopClassMismatchError", "StorageFullError", "accept_upload"]
+
+
+class InvalidImageError(PermanentError):
+    """The data is not a readable, decodable image (DIMSE 0xC210 range)."""
+
+
+class UnsupportedImageError(PermanentError):
+    """A readable dataset of a kind the node does not analyse."""
+
+
+class SopClassMismatchError(PermanentError):
+    """The dataset's SOP class differs from the one negotiated (DIMSE 0xA900)."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The outcome of a successful intake."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    instance_id: int
+    job_id: int | None
+    duplicate: bool = False   # same UID and same content: nothing new to do
+    replaced: bool = False    # same UID, different content: re-analysed
+
+
+@dataclass
+class _Item:
+    meta: dict[str, Any]
+    relpath: str
+    folder: Path
+    sha256: str
+    size: int
+    source: str
+    calling_ae: str
+    uploaded_by: str
+    peer: str
+    future: Future[Accepted] = field(default_factory=Future)
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str:
+    value = ds.get(keyword, "")
+    return ("" if value is None else str(value)).strip()[:limit]
+
+
+def _extract(ds: Dataset) -> dict[str, Any]:
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not _text(ds, keyword, 64):
+            raise InvalidImageError(f"{keyword} is missing")
+    series_number = ds.get("SeriesNumber")
+    return {
+        "sop_instance_uid": _text(ds, "SOPInstanceUID", 64),
+        "sop_class_uid": _text(ds, "SOPClassUID", 64),
+        "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID),
+        "study_instance_uid": _text(ds, "StudyInstanceUID", 64),
+        "series_instance_uid": _text(ds, "SeriesInstanceUID", 64),
+        "patient_id": _text(ds, "PatientID", 64),
+        "issuer": _text(ds, "IssuerOfPatientID", 64),
+        "patient_name": _text(ds, "PatientName", 324),
+        "birth_date": _text(ds, "PatientBirthDate", 8),
+        "sex": _text(ds, "PatientSex", 16),
+        "accession_number": _text(ds, "AccessionNumber", 16),
+        "study_date": _text(ds, "StudyDate", 8),
+        "study_time": _text(ds, "StudyTime", 16),
+        "study_description": _text(ds, "StudyDescription", 64),
+        "referring_physician": _text(ds, "ReferringPhysicianName", 324),
+        "modality": _text(ds, "Modality", 16),
+        "series_number": int(series_number) if series_number not in (None, "") else None,
+        "series_description": _text(ds, "SeriesDescription", 64),
+    }
+
+
+class Intake:
+    """Accepts images for one node process; start() before use, stop() at shutdown."""
+
+    def __init__(self, context: NodeContext, *, max_batch: int = 64,
+                 max_pixels: int = 100_000_000, commit_timeout: float = 60.0) -> None:
+        self.context = context
+        self.store = Store(context.settings.storage.data_dir,
+                           context.settings.storage.min_free_disk)
+        self.max_batch = max_batch
+        self.max_pixels = max_pixels
+        self.commit_timeout = commit_timeout
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> Intake:
+        """Start the committer thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="intake-commit", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Commit what is pending and stop the committer thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def __enter__(self) -> Intake:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- accept
+
+    def validate(self, data: bytes, expected_sop_class: str | None = None) -> Dataset:
+        """Read, check and partly decode ``data``; raise the typed error when it is unusable."""
+        try:
+            ds = read_dataset(data, max_pixels=self.max_pixels)
+        except DicomError as exc:
+            raise InvalidImageError(str(exc)) from exc
+        sop_class = _text(ds, "SOPClassUID", 64)
+        if expected_sop_class and sop_class != expected_sop_class:
+            raise SopClassMismatchError(f"dataset SOP class {sop_class} differs from the "
+                                        f"negotiated {expected_sop_class}")
+        try:
+            info = inspect_image(ds, max_pixels=self.max_pixels)
+            # Decoding the first frame proves the codec and the pixel data before we answer.
+            next(iter_frames(ds, max_pixels=self.max_pixels))
+        except UnsupportedDicomError as exc:
+            raise UnsupportedImageError(str(exc)) from exc
+        except DicomError as exc:
+            raise InvalidImageError(str(exc)) from exc
+        LOGGER.debug("validated %s: %dx%d, %d frame(s)", ds.get("SOPInstanceUID", "?"),
+                     info.rows, info.columns, info.frames)
+        return ds
+
+    def accept(self, data: bytes, *, source: str = "dicom", calling_ae: str = "",
+               uploaded_by: str = "", peer: str = "", expected_sop_class: str | None = None,
+               dataset: Dataset | None = None) -> Accepted:
+        """Make ``data`` (a DICOM Part 10 file) durable and queue its analysis.
+
+        Returns only after the file is fsynced and its rows and job are committed.
+
+        Raises
+        ------
+        InvalidImageError, UnsupportedImageError, SopClassMismatchError
+            Permanent: the data is refused and nothing is stored.
+        StorageFullError
+            Free space is under the configured mark; nothing is stored.
+        TransientError
+            The database did not commit in time.
+        """
+        ds = dataset if dataset is not None else self.validate(data, expected_sop_class)
+        meta = _extract(ds)
+        self.store.check_space(len(data))
+        sha = hashlib.sha256(data).hexdigest()
+        relpath = Store.instance_relpath(sha)
+        target = self.store.write(relpath, data)
+        item = _Item(meta=meta, relpath=relpath, folder=target.parent, sha256=sha,
+                     size=len(data), source=source, calling_ae=calling_ae,
+                     uploaded_by=uploaded_by, peer=peer)
+        item.meta["rows"] = int(ds.get("Rows", 0) or 0)
+        item.meta["columns"] = int(ds.get("Columns", 0) or 0)
+        item.meta["frames"] = int(ds.get("NumberOfFrames", 1) or 1)
+        if self._thread is None:
+            raise RuntimeError("Intake.start() was not called")
+        self._queue.put(item)
+        try:
+            return item.future.result(timeout=self.commit_timeout)
+        except TimeoutError:
+            raise TransientError("database commit timed out") from None
+
+    # ----------------------------------------------------------------- committer
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            Store.sync_dirs({item.folder for item in batch})
+        except OSError as exc:
+            for item in batch:
+                item.future.set_exception(TransientError(f"cannot sync folder: {exc}"))
+            return
+        try:
+            with self.context.session_factory.begin() as session:
+                outcomes = [self._record(session, item) for item in batch]
+        except IntegrityError:
+            # A concurrent process created the same patient/study/series: redo one by one.
+            LOGGER.info("intake batch of %d conflicted; committing items singly", len(batch))
+            for item in batch:
+                self._commit_single(item)
+            return
+        except Exception as exc:  # noqa: BLE001 - every waiting caller must hear about it
+            LOGGER.exception("intake batch of %d failed", len(batch))
+            for item in batch:
+                item.future.set_exception(TransientError(f"database error: {exc}"))
+            return
+        for item, outcome in zip(batch, outcomes):
+            self._after_commit(item, outcome)
+        LOGGER.debug("committed %d image(s) in %.1f ms", len(batch),
+                     (time.perf_counter() - started) * 1000)
+
+    def _commit_single(self, item: _Item) -> None:
+        for attempt in range(3):
+            try:
+                with self.context.session_factory.begin() as session:
+                    outcome = self._record(session, item)
+            except IntegrityError:
+                if attempt == 2:
+                    item.future.set_exception(TransientError("database conflict, retry"))
+                    return
+                continue
+            except Exception as exc:  # noqa: BLE001
+                item.future.set_exception(TransientError(f"database error: {exc}"))
+                return
+            self._after_commit(item, outcome)
+            return
+
+    def _after_commit(self, item: _Item, outcome: tuple[Accepted, str | None]) -> None:
+        accepted, obsolete = outcome
+        if obsolete:
+            self.store.remove(obsolete)
+        item.future.set_result(accepted)
+
+    def _record(self, session: Session, item: _Item) -> tuple[Accepted, str | None]:
+        """Rows for one image; returns the outcome and a file path that is no longer needed."""
+        m = item.meta
+        now = utcnow()
+        patient = session.execute(select(Patient).where(
+            Patient.patient_id == m["patient_id"], Patient.issuer == m["issuer"])).scalar_one_or_none()
+        if patient is None:
+            patient = Patient(patient_id=m["patient_id"], issuer=m["issuer"],
+                              name=m["patient_name"], birth_date=m["birth_date"], sex=m["sex"])
+            session.add(patient)
+            session.flush()
+        study = session.execute(select(Study).where(
+            Study.study_instance_uid == m["study_instance_uid"])).scalar_one_or_none()
+        if study is None:
+            study = Study(patient_fk=patient.id, study_instance_uid=m["study_instance_uid"],
+                          accession_number=m["accession_number"], study_date=m["study_date"],
+                          study_time=m["study_time"], description=m["study_description"],
+                          referring_physician=m["referring_physician"])
+            session.add(study)
+            session.flush()
+        series = session.execute(select(Series).where(
+            Series.series_instance_uid == m["series_instance_uid"])).scalar_one_or_none()
+        if series is None:
+            series = Series(study_fk=study.id, series_instance_uid=m["series_instance_uid"],
+                            modality=m["modality"], series_number=m["series_number"],
+                            description=m["series_description"])
+            session.add(series)
+            session.flush()
+
+        inst = session.execute(select(Instance).where(
+            Instance.sop_instance_uid == m["sop_instance_uid"])).scalar_one_or_none()
+        obsolete: str | None = None
+        replaced = False
+        if inst is not None and inst.sha256 == item.sha256:
+            # Same image again (a PACS retry): acknowledge, keep the first copy, no new job.
+            return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], inst.id, None,
+                             duplicate=True), item.relpath if item.relpath != inst.path else None)
+        if inst is not None:
+            obsolete = inst.path
+            replaced = True
+            inst.series_fk = series.id
+            inst.path = item.relpath
+            inst.sha256 = item.sha256
+            inst.size_bytes = item.size
+            inst.sop_class_uid = m["sop_class_uid"]
+            inst.transfer_syntax_uid = m["transfer_syntax_uid"]
+            inst.rows, inst.columns, inst.frames = m["rows"], m["columns"], m["frames"]
+            inst.received_at = now
+            audit.record(session, actor=item.calling_ae or item.uploaded_by or "unknown",
+                         actor_kind="dicom" if item.source == "dicom" else "user",
+                         source=item.peer, action="instance_replaced",
+                         patient_id=m["patient_id"], study_instance_uid=m["study_instance_uid"],
+                         object_ref=f"instance:{m['sop_instance_uid']}",
+                         details={"reason": "same SOP Instance UID with different content; "
+                                            "re-analysing", "sha256": item.sha256})
+        else:
+            inst = Instance(series_fk=series.id, sop_instance_uid=m["sop_instance_uid"],
+                            sop_class_uid=m["sop_class_uid"],
+                            transfer_syntax_uid=m["transfer_syntax_uid"], path=item.relpath,
+                            sha256=item.sha256, size_bytes=item.size, rows=m["rows"],
+                            columns=m["columns"], frames=m["frames"], source=item.source,
+                            calling_ae=item.calling_ae, uploaded_by=item.uploaded_by,
+                            received_at=now)
+            session.add(inst)
+            session.flush()
+        job = Job(kind=JobKind.ANALYZE, instance_fk=inst.id, study_fk=study.id,
+                  max_attempts=self.context.settings.workers.max_attempts)
+        session.add(job)
+        study.last_received_at = now
+        study.summary_done_at = None
+        if study.status not in ("analysing",):
+            study.status = "queued"
+        session.flush()
+        return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], inst.id, job.id,
+                         replaced=replaced), obsolete)
+
+
+def accept_upload(context: NodeContext, data: bytes, filename: str, fields: dict[str, str],
+                  uploaded_by: str) -> Accepted:
+    """Accept a console upload: a DICOM file as it is, or a PNG/JPEG DICOMized with ``fields``.
+
+    Raises
+    ------
+    PermanentError
+        With a message a user can act on (unreadable image, missing patient id...).
+    """
+    from bcd_node.dicomize_upload import dicomize_upload_bytes
+
+    intake: Intake | None = getattr(context, "intake", None)
+    own = intake is None
+    if own:
+        intake = Intake(context).start()
+    try:
+        if len(data) >= 132 and data[128:132] == b"DICM":
+            payload = data
+        else:
+            payload = dicomize_upload_bytes(data, filename, fields, uid_root=context.settings.uids.root)
+        return intake.accept(payload, source="upload", uploaded_by=uploaded_by)
+    except BcdError:
+        raise
+    finally:
+        if own:
+            intake.stop()

@@ -1,0 +1,134 @@
+"""The durable job queue in the database: claim with a lease, finish, fail, retry.
+
+Claiming is one ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING``:
+on PostgreSQL several workers on several machines never take the same job; on SQLite the
+statement runs under the database's write lock. A job whose lease has expired (its worker died)
+is claimable again; delivery is therefore at least once, and the pipeline is idempotent.
+Every update after the claim is fenced by the lease owner, so a worker that lost its lease
+cannot overwrite the work of the one that took the job over.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from bcd_node.db.models import Job, JobKind, JobState, utcnow
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job claimed by one worker."""
+
+    id: int
+    kind: JobKind
+    instance_fk: int | None
+    study_fk: int | None
+    result_fk: int | None
+    attempts: int
+    max_attempts: int
+    owner: str
+
+
+def claim(session: Session, owner: str, lease_seconds: float,
+          kinds: tuple[JobKind, ...] | None = None) -> Claimed | None:
+    """Claim the next due job for ``owner``; None when nothing is due. The caller commits."""
+    now = utcnow()
+    due = or_(
+        and_(Job.state == JobState.QUEUED, Job.next_attempt_at <= now),
+        and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now),
+    )
+    pick = select(Job.id).where(due, Job.attempts < Job.max_attempts)
+    if kinds:
+        pick = pick.where(Job.kind.in_(kinds))
+    pick = pick.order_by(Job.next_attempt_at, Job.id).limit(1).with_for_update(skip_locked=True)
+    row = session.execute(
+        update(Job).where(Job.id == pick.scalar_subquery())
+        .values(state=JobState.RUNNING, lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=Job.attempts + 1, updated_at=now)
+        .returning(Job.id, Job.kind, Job.instance_fk, Job.study_fk, Job.result_fk, Job.attempts,
+                   Job.max_attempts)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        return None
+    LOGGER.debug("job %d (%s) claimed by %s, attempt %d", row.id, row.kind, owner, row.attempts)
+    return Claimed(id=row.id, kind=JobKind(row.kind), instance_fk=row.instance_fk,
+                   study_fk=row.study_fk, result_fk=row.result_fk, attempts=row.attempts,
+                   max_attempts=row.max_attempts, owner=owner)
+
+
+def _fenced(job: Claimed) -> tuple:
+    return (Job.id == job.id, Job.lease_owner == job.owner, Job.state == JobState.RUNNING)
+
+
+def complete(session: Session, job: Claimed) -> bool:
+    """Mark the job done; False if the lease was lost to another worker."""
+    now = utcnow()
+    done = session.execute(update(Job).where(*_fenced(job)).values(
+        state=JobState.DONE, finished_at=now, updated_at=now, lease_owner=None,
+        lease_expires_at=None, last_error=None).execution_options(synchronize_session=False))
+    return done.rowcount == 1
+
+
+def fail(session: Session, job: Claimed, error: str) -> bool:
+    """Fail the job for good with ``error`` visible."""
+    now = utcnow()
+    done = session.execute(update(Job).where(*_fenced(job)).values(
+        state=JobState.FAILED, finished_at=now, updated_at=now, lease_owner=None,
+        lease_expires_at=None, last_error=error[:4000]).execution_options(
+            synchronize_session=False))
+    LOGGER.warning("job %d failed: %s", job.id, error)
+    return done.rowcount == 1
+
+
+def retry_later(session: Session, job: Claimed, error: str, delay: float) -> bool:
+    """Put the job back in the queue after ``delay`` seconds, or fail it when out of tries."""
+    if job.attempts >= job.max_attempts:
+        return fail(session, job, f"gave up after {job.attempts} attempts: {error}")
+    now = utcnow()
+    done = session.execute(update(Job).where(*_fenced(job)).values(
+        state=JobState.QUEUED, next_attempt_at=now + timedelta(seconds=delay), updated_at=now,
+        lease_owner=None, lease_expires_at=None, last_error=error[:4000]).execution_options(
+            synchronize_session=False))
+    LOGGER.info("job %d will be retried in %.0f s: %s", job.id, delay, error)
+    return done.rowcount == 1
+
+
+def release(session: Session, job: Claimed) -> bool:
+    """Give a job back untouched (graceful shutdown): it is due again at once."""
+    now = utcnow()
+    done = session.execute(update(Job).where(*_fenced(job)).values(
+        state=JobState.QUEUED, next_attempt_at=now, updated_at=now, lease_owner=None,
+        lease_expires_at=None, attempts=Job.attempts - 1).execution_options(
+            synchronize_session=False))
+    return done.rowcount == 1
+
+
+def fail_exhausted(session: Session) -> int:
+    """Fail jobs whose lease expired on their last allowed attempt; returns how many."""
+    now = utcnow()
+    done = session.execute(update(Job).where(
+        Job.state == JobState.RUNNING, Job.lease_expires_at < now,
+        Job.attempts >= Job.max_attempts).values(
+            state=JobState.FAILED, finished_at=now, updated_at=now, lease_owner=None,
+            lease_expires_at=None,
+            last_error="worker lost on the last attempt (lease expired)").execution_options(
+                synchronize_session=False))
+    return done.rowcount
+
+
+def depth(session: Session) -> dict[str, int]:
+    """Jobs per state."""
+    from sqlalchemy import func
+    rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+    counts = {state.value: 0 for state in JobState}
+    counts.update({JobState(state).value: n for state, n in rows})
+    return counts

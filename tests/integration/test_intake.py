@@ -1,0 +1,203 @@
+"""Intake through the real SCP: DCMTK storescu and pynetdicom peers on loopback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pydicom
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import SecondaryCaptureImageStorage, VLMicroscopicImageStorage
+from sqlalchemy import func, select
+
+from bcd_node.db.models import AuditEvent, Instance, Job, Patient, Study
+from bcd_node.intake import Intake
+from bcd_node.runtime import NodeContext, open_node
+from bcd_node.scp_handlers import handle_rejected, handle_store
+from bcd_node.settings import load_settings
+from dicom.scp import ScpPolicy, start_scp, storage_contexts
+from tests.conftest import free_port, require_tool
+from tests.support.images import vl_micro, write_vl_micro
+
+pytestmark = pytest.mark.integration
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+class RunningScp:
+    def __init__(self, context: NodeContext, port: int) -> None:
+        self.context = context
+        self.port = port
+
+
+@pytest.fixture
+def scp_factory(write_config) -> Iterator:
+    started: list = []
+
+    def start(extra: str = "") -> RunningScp:
+        port = free_port()
+        ctx = open_node(load_settings(write_config(extra, dicom_port=port)))
+        ctx.intake = Intake(ctx).start()
+        d = ctx.settings.dicom
+        policy = ScpPolicy(ae_title=d.ae_title, allowed_calling_aes=d.allowed_calling_aes,
+                           storage_contexts=storage_contexts())
+        server = start_scp(policy, "127.0.0.1", port, [
+            (evt.EVT_C_STORE, handle_store, [ctx.intake, ctx.session_factory]),
+            (evt.EVT_REJECTED, handle_rejected,
+             [ctx.session_factory, tuple(d.allowed_calling_aes), d.ae_title])])
+        started.append((server, ctx))
+        return RunningScp(ctx, port)
+
+    yield start
+    for server, ctx in started:
+        server.shutdown()
+        ctx.intake.stop()
+        ctx.engine.dispose()
+
+
+def storescu(port: int, *files: Path, aet: str = "SCANNER") -> subprocess.CompletedProcess:
+    exe = require_tool("storescu")
+    return subprocess.run([exe, "-aet", aet, "-aec", "BCD_NODE", "127.0.0.1", str(port),
+                           *map(str, files)], capture_output=True, text=True, env=ENV,
+                          timeout=120)
+
+
+def count(ctx: NodeContext, model) -> int:
+    with ctx.session_factory() as s:
+        return s.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def audit_actions(ctx: NodeContext) -> list[str]:
+    with ctx.session_factory() as s:
+        return list(s.execute(select(AuditEvent.action).order_by(AuditEvent.id)).scalars())
+
+
+def test_storescu_images_become_durable_rows_and_jobs(scp_factory, tmp_path) -> None:
+    scp = scp_factory()
+    study = pydicom.uid.generate_uid(prefix="2.25.")
+    files = write_vl_micro(tmp_path / "in", 6, study_uid=study)
+    done = storescu(scp.port, *files)
+    assert done.returncode == 0, done.stderr
+    ctx = scp.context
+    assert count(ctx, Instance) == 6 and count(ctx, Job) == 6
+    assert count(ctx, Study) == 1 and count(ctx, Patient) == 1
+    with ctx.session_factory() as s:
+        for inst in s.execute(select(Instance)).scalars():
+            stored = ctx.settings.storage.data_dir / inst.path
+            assert stored.is_file()
+            assert pydicom.dcmread(stored).SOPInstanceUID == inst.sop_instance_uid
+            assert inst.calling_ae == "SCANNER" and inst.rows == 128
+            # No path component comes from DICOM values.
+            assert inst.sop_instance_uid not in inst.path
+        assert s.execute(select(Study.status)).scalar_one() == "queued"
+
+    # The same images again (a PACS retry): acknowledged, no second job, no second file.
+    again = storescu(scp.port, *files)
+    assert again.returncode == 0, again.stderr
+    assert count(ctx, Job) == 6
+    stored_files = list((ctx.settings.storage.data_dir / "instances").rglob("*.dcm"))
+    assert len(stored_files) == 6
+
+
+def test_changed_content_under_same_uid_is_reanalysed_and_audited(scp_factory, tmp_path) -> None:
+    scp = scp_factory()
+    first = vl_micro(1)
+    path = tmp_path / "a.dcm"
+    first.save_as(path, enforce_file_format=True)
+    assert storescu(scp.port, path).returncode == 0
+    changed = vl_micro(2)
+    changed.SOPInstanceUID = first.SOPInstanceUID
+    changed.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    changed.StudyInstanceUID = first.StudyInstanceUID
+    changed.SeriesInstanceUID = first.SeriesInstanceUID
+    changed.save_as(path, enforce_file_format=True)
+    assert storescu(scp.port, path).returncode == 0
+    assert count(scp.context, Instance) == 1 and count(scp.context, Job) == 2
+    assert "instance_replaced" in audit_actions(scp.context)
+    assert len(list((scp.context.settings.storage.data_dir / "instances").rglob("*.dcm"))) == 1
+
+
+def test_unknown_calling_ae_is_rejected_with_security_alert(scp_factory, tmp_path) -> None:
+    files = write_vl_micro(tmp_path, 1)
+    ctx_allowed = scp_factory_allow(scp_factory)
+    done = storescu(ctx_allowed.port, *files, aet="INTRUDER")
+    assert done.returncode != 0
+    assert count(ctx_allowed.context, Instance) == 0
+    assert "security_alert" in audit_actions(ctx_allowed.context)
+    ok = storescu(ctx_allowed.port, *files, aet="SCANNER")
+    assert ok.returncode == 0, ok.stderr
+
+
+def scp_factory_allow(factory) -> RunningScp:
+    # write_config already writes a [dicom] table, so the allow-list comes from the environment.
+    os.environ["BCD_DICOM_ALLOWED_CALLING_AES"] = "SCANNER"
+    try:
+        return factory()
+    finally:
+        del os.environ["BCD_DICOM_ALLOWED_CALLING_AES"]
+
+
+def test_storage_under_watermark_answers_a700_and_keeps_nothing(scp_factory, tmp_path) -> None:
+    os.environ["BCD_STORAGE_MIN_FREE_DISK"] = "1000000TB"
+    try:
+        scp = scp_factory()
+    finally:
+        del os.environ["BCD_STORAGE_MIN_FREE_DISK"]
+    ds = vl_micro(3)
+    status = send_with_pynetdicom(scp.port, ds)
+    assert status == 0xA700
+    assert count(scp.context, Instance) == 0
+    assert not list((scp.context.settings.storage.data_dir).rglob("*.dcm"))
+    assert "storage_full" in audit_actions(scp.context)
+
+
+def send_with_pynetdicom(port: int, ds_or_path, context_class=VLMicroscopicImageStorage) -> int:
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(context_class, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", port, ae_title="BCD_NODE")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(ds_or_path)
+        return int(status.Status)
+    finally:
+        assoc.release()
+
+
+def test_malformed_dataset_gets_c210_and_audit(scp_factory) -> None:
+    scp = scp_factory()
+    ds = vl_micro(4)
+    del ds.PixelData
+    assert send_with_pynetdicom(scp.port, ds) in range(0xC210, 0xC220)
+    assert count(scp.context, Instance) == 0
+    assert "store_refused" in audit_actions(scp.context)
+
+
+def test_sop_class_mismatch_gets_a900(scp_factory, tmp_path, monkeypatch) -> None:
+    import pynetdicom._config
+    # Send the file's bytes as they are, on the context named by its file meta.
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+    scp = scp_factory()
+    ds = vl_micro(5)
+    # The file meta claims VL Microscopic (so it goes on that context); the dataset says SC.
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = VLMicroscopicImageStorage
+    path = tmp_path / "mismatch.dcm"
+    ds.preamble = b"\0" * 128
+    ds.save_as(path, enforce_file_format=False)
+    assert pydicom.dcmread(path).file_meta.MediaStorageSOPClassUID == VLMicroscopicImageStorage
+    assert send_with_pynetdicom(scp.port, path) == 0xA900
+    assert count(scp.context, Instance) == 0
+
+
+def test_unsupported_sop_class_is_refused_at_negotiation(scp_factory, tmp_path) -> None:
+    scp = scp_factory()
+    ds = vl_micro(6)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    path = tmp_path / "ct.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    done = storescu(scp.port, path)
+    assert done.returncode != 0
+    assert count(scp.context, Instance) == 0

@@ -1,0 +1,43 @@
+"""Test images: smear-like RGB arrays DICOMized as the node would receive them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from dicom.dicomize import dicomize
+
+
+def rgb_field(seed: int, size: int = 128) -> np.ndarray:
+    """A deterministic pale RGB field with a few dark round cells."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = (235, 215, 210)
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(4):
+        cy, cx, r = rng.integers(10, size - 10, 2).tolist() + [int(rng.integers(5, 12))]
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (120, 60, 150)
+    noise = rng.integers(0, 8, img.shape, dtype=np.uint8)
+    return img - noise
+
+
+def vl_micro(seed: int, *, size: int = 128, patient_id: str = "PAT-1",
+             study_uid: str | None = None) -> Dataset:
+    """A VL Microscopic Image of :func:`rgb_field`."""
+    return dicomize(rgb_field(seed, size), patient_id=patient_id, patient_name="Test^Patient",
+                    specimen_id=f"SLIDE-{seed}", stain="Wright-Giemsa",
+                    study_instance_uid=study_uid, accession_number="ACC1")
+
+
+def write_vl_micro(folder: Path, count: int, *, size: int = 128, first_seed: int = 0,
+                   study_uid: str | None = None) -> list[Path]:
+    """Write ``count`` VL Microscopic Image files; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(first_seed, first_seed + count):
+        path = folder / f"img{i:04d}.dcm"
+        vl_micro(i, size=size, study_uid=study_uid).save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
