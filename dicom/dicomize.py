@@ -192,7 +192,8 @@ def dicomize(
     if not secondary_capture and not container:
         raise ValueError(
             "specimen_id (the slide's container identifier) is required for a VL Microscopic "
-            f"Image, got {specimen_id!r}; choose secondary_capture=True without one"
+            f"Image, got {specimen_id!r}; without one build a Secondary Capture "
+            "(secondary_capture=True, --secondary-capture)"
         )
     root = uids.validate_root(uid_root)
     now = now or dt.datetime.now()
