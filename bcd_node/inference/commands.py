@@ -1,0 +1,224 @@
+"""Sub-commands of ``bcd-node``: ``synth``, ``train``, ``evaluate``, ``analyze``.
+
+:func:`register` adds them to the CLI's sub-parsers; each handler takes the parsed
+:class:`argparse.Namespace` and returns the exit code. Heavy imports (Keras) happen inside the
+handlers so ``bcd-node --help`` stays fast. ``python -m bcd_node.inference.commands`` runs the same
+commands without the rest of the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+LOGGER = logging.getLogger(__name__)
+
+
+def _model_settings(args: argparse.Namespace) -> Any:
+    """``settings.model`` from ``--config`` (None when settings cannot be loaded)."""
+    try:
+        from bcd_node.settings import load_settings
+    except ImportError:  # pragma: no cover - settings ship with bcd-node
+        return None
+    return load_settings(getattr(args, "config", None)).model
+
+
+def _predictor_options(args: argparse.Namespace) -> dict[str, Any]:
+    model = _model_settings(args)
+    opts: dict[str, Any] = {}
+    if model is not None:
+        opts = {"weights": model.weights, "precision": model.precision, "threads": model.threads,
+                "batch_size": model.batch_size, "review_threshold": model.review_threshold}
+    for key in ("weights", "precision", "threads", "batch_size", "review_threshold"):
+        value = getattr(args, key, None)
+        if value is not None:
+            opts[key] = value
+    return opts
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Write a synthetic data set."""
+    from bcd_node.inference.synth import write_dataset
+    labels = write_dataset(args.out, args.count, args.seed, size=args.size,
+                           fields_per_patient=args.fields_per_patient)
+    print(labels)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model and write weights + manifest."""
+    from bcd_node.inference.predictor import configure_threads
+    from bcd_node.inference.train import TrainConfig, train
+    configure_threads(args.threads)
+    config = TrainConfig(width=args.width, input_size=args.input_size, epochs=args.epochs,
+                         batch_size=args.batch_size, learning_rate=args.learning_rate,
+                         patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
+                         augment=not args.no_augment, vgg16_weights=args.vgg16_weights,
+                         name=args.name, version=args.model_version)
+    tail = getattr(args, "argv_tail", None)
+    if tail is None and "train" in sys.argv:
+        tail = sys.argv[sys.argv.index("train") + 1:]
+    command = "bcd-node train " + " ".join(shlex.quote(a) for a in tail or [])
+    manifest = train(args.data, args.out, config, test_dir=args.test, cache_dir=args.cache,
+                     command=command)
+    print(json.dumps({"weights": str(Path(args.out) / manifest["weights_file"]),
+                      "metrics": {k: {m: v[m] for m in ("accuracy", "macro_f1", "mean_dice", "ece")}
+                                  for k, v in manifest["metrics"].items()}}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a model on a labelled folder and print the metrics as JSON."""
+    from bcd_node.inference import data as data_mod
+    from bcd_node.inference.evaluate import evaluate_model
+    from bcd_node.inference.predictor import Predictor
+    opts = _predictor_options(args)
+    predictor = Predictor(**opts, warm_up=False)
+    samples = data_mod.scan_dataset(args.data)
+    size = predictor.input_size
+    images, labels, masks = data_mod.load_arrays(samples, size)
+    report = evaluate_model(predictor.model, predictor.temperature, images, labels, masks,
+                            predictor.batch_size)
+    report["data"] = str(args.data)
+    report["patients"] = len({s.patient for s in samples})
+    report["model"] = predictor.model_info
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _overlay(image: Any, mask: Any) -> Any:
+    import cv2
+    import numpy as np
+    over = image.copy()
+    tint = np.zeros_like(image)
+    tint[..., 0] = 255
+    sel = mask.astype(bool)
+    over[sel] = (0.55 * image[sel] + 0.45 * tint[sel]).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(over, contours, -1, (255, 255, 0), 1)
+    return over
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Analyse image files; print one JSON object per file (per frame for multi-frame DICOM)."""
+    import cv2
+    from bcd_node.inference.predictor import Predictor, load_image_frames
+    predictor = Predictor(**_predictor_options(args))
+    out_dir = Path(args.out) if args.out else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    status = 0
+    for name in args.files:
+        try:
+            frames = load_image_frames(name)
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
+            print(json.dumps({"file": name, "error": str(exc)}) if args.json
+                  else f"{name}: error: {exc}")
+            status = 1
+            continue
+        results = predictor.predict(frames)
+        for index, (frame, result) in enumerate(zip(frames, results)):
+            record = result.to_dict(name)
+            if len(frames) > 1:
+                record["frame"] = index + 1
+            if out_dir is not None and result.mask is not None:
+                stem = Path(name).stem + (f"_f{index + 1}" if len(frames) > 1 else "")
+                mask_path, overlay_path = out_dir / f"{stem}_mask.png", out_dir / f"{stem}_overlay.png"
+                cv2.imwrite(str(mask_path), result.mask * 255)
+                cv2.imwrite(str(overlay_path),
+                            cv2.cvtColor(_overlay(frame, result.mask), cv2.COLOR_RGB2BGR))
+                record["mask_png"], record["overlay_png"] = str(mask_path), str(overlay_path)
+            if args.json:
+                print(json.dumps(record))
+            else:
+                probs = record["probabilities"]
+                top = f"{max(probs.values()):.2f}" if probs else "-"
+                print(f"{name}: {record['stage'] or 'quality insufficient'} (p={top}) "
+                      f"blasts={record['blast_count']} review={record['needs_review']} "
+                      f"quality={record['quality']['status']}")
+    return status
+
+
+def _predictor_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", type=Path, default=None,
+                   help="weights file or manifest.json (default: model.weights, else bundled)")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=None,
+                   help="compute precision (default: model.precision)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads, 0 = automatic")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None,
+                   help="tiles per model call")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``synth``, ``train``, ``evaluate`` and ``analyze`` to the CLI's sub-parsers."""
+    p = subparsers.add_parser("synth", help="write synthetic blood-smear fields",
+                              description="Write synthetic blood-smear fields (SMEARS.md): "
+                                          "images/, masks/, labels.csv.")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--count", required=True, type=int, help="number of fields")
+    p.add_argument("--seed", required=True, type=int, help="base seed (same seed, same bytes)")
+    p.add_argument("--size", type=int, default=256, help="field size in pixels (default 256)")
+    p.add_argument("--fields-per-patient", dest="fields_per_patient", type=int, default=8)
+    p.set_defaults(func=cmd_synth)
+
+    p = subparsers.add_parser("train", help="train the VGG16 + U-Net model",
+                              description="Train on a labelled folder (synthetic layout, public ALL "
+                                          "layout Original/ + Segmented/, or class folders).")
+    p.add_argument("data", type=Path, help="training data folder (split by patient into train/val)")
+    p.add_argument("--out", required=True, type=Path, help="folder for weights + manifest.json")
+    p.add_argument("--test", type=Path, default=None, help="held-out test folder to evaluate")
+    p.add_argument("--width", type=float, default=0.125, help="filter width multiplier")
+    p.add_argument("--input-size", dest="input_size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    p.add_argument("--learning-rate", dest="learning_rate", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=4, help="early-stopping patience (epochs)")
+    p.add_argument("--val-fraction", dest="val_fraction", type=float, default=0.12)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no-augment", dest="no_augment", action="store_true")
+    p.add_argument("--vgg16-weights", dest="vgg16_weights", default=None,
+                   help="local VGG16 ImageNet notop weights file (width 1.0 only)")
+    p.add_argument("--cache", type=Path, default=None, help="folder for cached arrays (.npz)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = automatic")
+    p.add_argument("--name", default="bcd-vgg16unet-synthetic")
+    p.add_argument("--model-version", dest="model_version", default="1.0.0")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("evaluate", help="evaluate a model on a labelled folder (JSON)",
+                              description="Print accuracy, macro-F1, confusion matrix, mean Dice "
+                                          "and ECE as JSON.")
+    p.add_argument("data", type=Path, help="labelled folder")
+    _predictor_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("analyze", help="analyse PNG/JPEG/DICOM files",
+                              description="Analyse blood-smear images (demonstration model, not "
+                                          "for clinical use).")
+    p.add_argument("files", nargs="+", help="PNG, JPEG or DICOM files")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--out", type=Path, default=None, help="write mask and overlay PNGs here")
+    p.add_argument("--review-threshold", dest="review_threshold", type=float, default=None)
+    _predictor_arguments(p)
+    p.set_defaults(func=cmd_analyze)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sub-commands without the rest of the CLI (``python -m bcd_node.inference.commands``)."""
+    parser = argparse.ArgumentParser(prog="python -m bcd_node.inference.commands")
+    parser.add_argument("--config", default=None)
+    register(parser.add_subparsers(dest="command", required=True))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv_tail = argv[argv.index(args.command) + 1:]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

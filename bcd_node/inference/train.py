@@ -1,0 +1,265 @@
+"""Training: augmentation, patient-level split, early stopping, temperature scaling, manifest.
+
+:func:`train` is the whole pipeline behind ``bcd-node train``: scan a data set
+(:mod:`bcd_node.inference.data`), split it by patient, train the VGG16 + U-Net with augmentation and
+early stopping on the validation loss, fit a calibration temperature on the validation set, write the
+weights and their manifest, and (optionally) evaluate on a held-out test folder.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import keras
+import numpy as np
+
+import bcd_node
+from bcd_node.inference import data as data_mod
+from bcd_node.inference.evaluate import evaluate_model, fit_temperature, predict_arrays
+from bcd_node.inference.loader import (MANIFEST_NAME, WEIGHTS_FORMAT, sha256_file,
+                                       write_manifest)
+from bcd_node.inference.model import ARCHITECTURE, CLASSES, build_vgg16_unet
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train` (the defaults reproduce the bundled model)."""
+
+    width: float = 0.125
+    input_size: int = 256
+    epochs: int = 14
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    patience: int = 4
+    val_fraction: float = 0.12
+    seed: int = 1
+    augment: bool = True
+    steps_per_epoch: int | None = None
+    vgg16_weights: str | None = None
+    name: str = "bcd-vgg16unet-synthetic"
+    version: str = "1.0.0"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def augment_batch(images: np.ndarray, masks: np.ndarray,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random rot90/flips (image and mask together) and stain/brightness/blur jitter (image only).
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        (N, H, W, 3) uint8, square.
+    masks : numpy.ndarray
+        (N, H, W) uint8.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    images : numpy.ndarray
+        float32 0–255.
+    masks : numpy.ndarray
+        uint8.
+    """
+    out_i = np.empty(images.shape, np.float32)
+    out_m = np.empty_like(masks)
+    for n in range(len(images)):
+        k = int(rng.integers(0, 4))
+        img, msk = np.rot90(images[n], k), np.rot90(masks[n], k)
+        if rng.random() < 0.5:
+            img, msk = img[:, ::-1], msk[:, ::-1]
+        img = np.ascontiguousarray(img)
+        if rng.random() < 0.3:
+            img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.3, 1.2)))
+        x = img.astype(np.float32)
+        gain = rng.uniform(0.92, 1.08, size=3).astype(np.float32)
+        x = x * gain * np.float32(rng.uniform(0.9, 1.1)) + np.float32(rng.uniform(-10, 10))
+        out_i[n] = np.clip(x, 0, 255)
+        out_m[n] = msk
+    return out_i, out_m
+
+
+class SmearBatches(keras.utils.PyDataset):
+    """Shuffled, augmented batches of cached arrays for ``model.fit``."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, masks: np.ndarray, batch_size: int,
+                 seed: int, augment: bool = True, steps: int | None = None) -> None:
+        super().__init__()
+        self.images, self.labels, self.masks = images, labels, masks
+        self.batch_size = batch_size
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+        self.steps = steps or math.ceil(len(images) / batch_size)
+        self.order = self.rng.permutation(len(images))
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, idx: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        n = len(self.images)
+        sel = self.order[np.arange(idx * self.batch_size, (idx + 1) * self.batch_size) % n]
+        imgs, msks = self.images[sel], self.masks[sel]
+        if self.augment:
+            x, m = augment_batch(imgs, msks, self.rng)
+        else:
+            x, m = imgs.astype(np.float32), msks
+        return x, {"stage": self.labels[sel], "mask": m[..., None].astype(np.float32)}
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.images))
+
+
+def dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
+    """Binary cross-entropy plus soft Dice (per image, smoothed) of the mask head."""
+    ops = keras.ops
+    y_true = ops.cast(y_true, "float32")
+    y_pred = ops.cast(y_pred, "float32")
+    bce = ops.mean(keras.losses.binary_crossentropy(y_true, y_pred), axis=(1, 2))
+    inter = ops.sum(y_true * y_pred, axis=(1, 2, 3))
+    total = ops.sum(y_true, axis=(1, 2, 3)) + ops.sum(y_pred, axis=(1, 2, 3))
+    dice = (2.0 * inter + 1.0) / (total + 1.0)
+    return bce + (1.0 - dice)
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
+    """Compile with Adam, cross-entropy on ``stage`` and BCE + Dice on ``mask``."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss={"stage": "sparse_categorical_crossentropy", "mask": dice_bce_loss},
+                  metrics={"stage": ["accuracy"]})
+    return model
+
+
+def _resize_arrays(images: np.ndarray, masks: np.ndarray,
+                   size: int) -> tuple[np.ndarray, np.ndarray]:
+    if images.shape[1] == size:
+        return images, masks
+    imgs = np.stack([cv2.resize(i, (size, size), interpolation=cv2.INTER_AREA) for i in images])
+    msks = np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST) for m in masks])
+    return imgs, msks
+
+
+def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None = None,
+          test_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+          command: str | None = None) -> dict[str, Any]:
+    """Train a model on ``data_dir`` and write weights + manifest to ``out_dir``.
+
+    Parameters
+    ----------
+    data_dir : str or pathlib.Path
+        A data set in one of the layouts of :mod:`bcd_node.inference.data`.
+    out_dir : str or pathlib.Path
+        Folder for ``<name>-w<width>.weights.h5`` and ``manifest.json``.
+    config : TrainConfig, optional
+    test_dir : str or pathlib.Path, optional
+        Held-out data set (other seeds/patients) evaluated after training; its metrics go into the
+        manifest under ``metrics.test``.
+    cache_dir : str or pathlib.Path, optional
+        Where decoded arrays are cached as ``.npz``.
+    command : str, optional
+        The command line, recorded in the manifest.
+
+    Returns
+    -------
+    dict
+        The manifest written.
+    """
+    cfg = config or TrainConfig()
+    if cfg.input_size % 16 or cfg.input_size < 32:
+        raise ValueError(f"input_size must be >= 32 and divisible by 16, got {cfg.input_size!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+    samples = data_mod.scan_dataset(data_dir)
+    train_s, val_s, _ = data_mod.patient_split(samples, cfg.val_fraction, 0.0, cfg.seed)
+    if not train_s or not val_s:
+        raise data_mod.DatasetError(f"{data_dir}: too few patients for a split "
+                                    f"({len(train_s)} train / {len(val_s)} val fields)")
+    cache = Path(cache_dir) if cache_dir else None
+    load_size = max(cfg.input_size, 256) if cfg.input_size <= 256 else cfg.input_size
+    tr = data_mod.load_arrays(train_s, load_size, cache / "train.npz" if cache else None)
+    va = data_mod.load_arrays(val_s, load_size, cache / "val.npz" if cache else None)
+    tr_x, tr_m = _resize_arrays(tr[0], tr[2], cfg.input_size)
+    va_x, va_m = _resize_arrays(va[0], va[2], cfg.input_size)
+    tr_y, va_y = tr[1], va[1]
+    LOGGER.info("training on %d fields (%d patients), validating on %d fields (%d patients)",
+                len(tr_y), len({s.patient for s in train_s}), len(va_y),
+                len({s.patient for s in val_s}))
+
+    model = build_vgg16_unet((cfg.input_size, cfg.input_size, 3), len(CLASSES), cfg.width,
+                             vgg16_weights=cfg.vgg16_weights)
+    compile_model(model, cfg.learning_rate)
+    batches = SmearBatches(tr_x, tr_y, tr_m, cfg.batch_size, cfg.seed, cfg.augment,
+                           cfg.steps_per_epoch)
+    val_data = (va_x.astype(np.float32), {"stage": va_y, "mask": va_m[..., None].astype(np.float32)})
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                      restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                          patience=max(1, cfg.patience // 2)),
+    ]
+    started = time.time()
+    history = model.fit(batches, validation_data=val_data, epochs=cfg.epochs,
+                        batch_size=cfg.batch_size, callbacks=callbacks, verbose=2)
+    seconds = time.time() - started
+    raw, _ = predict_arrays(model, va_x, cfg.batch_size)
+    temperature = fit_temperature(raw, va_y)
+    val_report = evaluate_model(model, temperature, va_x, va_y, va_m, cfg.batch_size)
+    LOGGER.info("validation: accuracy %.3f, ECE %.3f (T=%.3f)", val_report["accuracy"],
+                val_report["ece"], temperature)
+
+    weights_name = f"{cfg.name}-w{cfg.width:g}.weights.h5"
+    weights_path = out_dir / weights_name
+    model.save_weights(str(weights_path))
+    manifest: dict[str, Any] = {
+        "name": cfg.name,
+        "version": cfg.version,
+        "architecture": ARCHITECTURE,
+        "format": WEIGHTS_FORMAT,
+        "width": cfg.width,
+        "input_shape": [cfg.input_size, cfg.input_size, 3],
+        "classes": list(CLASSES),
+        "temperature": temperature,
+        "weights_file": weights_name,
+        "sha256": sha256_file(weights_path),
+        "size_bytes": weights_path.stat().st_size,
+        "parameters": int(model.count_params()),
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "software": {"bcd_node": bcd_node.__version__, "keras": keras.__version__,
+                     "backend": keras.backend.backend()},
+        "training": {
+            "data": str(data_dir), "fields": len(samples), "train_fields": int(len(tr_y)),
+            "val_fields": int(len(va_y)), "seed": cfg.seed, "val_fraction": cfg.val_fraction,
+            "epochs_run": len(history.history.get("loss", [])), "epochs_max": cfg.epochs,
+            "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
+            "augment": cfg.augment, "seconds": round(seconds, 1),
+            "vgg16_imagenet": cfg.vgg16_weights is not None, "command": command,
+            **cfg.extra,
+        },
+        "metrics": {"validation": val_report},
+    }
+    if test_dir is not None:
+        test_s = data_mod.scan_dataset(test_dir)
+        te = data_mod.load_arrays(test_s, load_size, cache / "test.npz" if cache else None)
+        te_x, te_m = _resize_arrays(te[0], te[2], cfg.input_size)
+        test_report = evaluate_model(model, temperature, te_x, te[1], te_m, cfg.batch_size)
+        test_report["data"] = str(test_dir)
+        test_report["patients"] = len({s.patient for s in test_s})
+        overlap = {s.patient for s in test_s} & {s.patient for s in samples}
+        if overlap:
+            LOGGER.warning("test set shares %d patients with the training data", len(overlap))
+        test_report["patients_shared_with_training"] = len(overlap)
+        manifest["metrics"]["test"] = test_report
+        LOGGER.info("test: accuracy %.3f, macro-F1 %.3f, Dice %.3f, ECE %.3f",
+                    test_report["accuracy"], test_report["macro_f1"], test_report["mean_dice"],
+                    test_report["ece"])
+    write_manifest(out_dir / MANIFEST_NAME, manifest)
+    return manifest
+

@@ -1,0 +1,81 @@
+"""The sub-commands, called through an argparse parser as the CLI does."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from bcd_node.inference import commands
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bcd-node")
+    parser.add_argument("--config", default=None)
+    commands.register(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def _run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    return args.func(args)
+
+
+def test_register_adds_commands() -> None:
+    parser = _parser()
+    for argv in (["synth", "--out", "x", "--count", "2", "--seed", "1"],
+                 ["train", "data", "--out", "w"], ["evaluate", "data"],
+                 ["analyze", "a.png", "--json"]):
+        args = parser.parse_args(argv)
+        assert callable(args.func)
+
+
+def test_synth_command(tmp_path: Path, capsys) -> None:
+    assert _run(["synth", "--out", str(tmp_path), "--count", "4", "--seed", "9"]) == 0
+    assert (tmp_path / "labels.csv").is_file()
+    assert len(list((tmp_path / "images").iterdir())) == 4
+
+
+@pytest.fixture()
+def no_settings(monkeypatch) -> None:
+    monkeypatch.setattr(commands, "_model_settings", lambda args: None)
+
+
+def test_analyze_json_and_out(tmp_path: Path, tiny_weights: Path, capsys, no_settings) -> None:
+    _run(["synth", "--out", str(tmp_path / "s"), "--count", "2", "--seed", "9"])
+    files = sorted(str(p) for p in (tmp_path / "s" / "images").iterdir())
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((128, 128, 3), 255, np.uint8))
+    capsys.readouterr()
+    code = _run(["analyze", *files, str(blank), "--json", "--out", str(tmp_path / "o"),
+                 "--weights", str(tiny_weights), "--precision", "float32"])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3
+    for record in lines:
+        assert {"file", "stage", "probabilities", "blast_count", "blast_area_fraction", "quality",
+                "needs_review"} <= set(record)
+    assert lines[2]["stage"] is None and lines[2]["quality"]["status"] == "insufficient"
+    assert Path(lines[0]["mask_png"]).is_file() and Path(lines[0]["overlay_png"]).is_file()
+
+
+def test_analyze_reports_unreadable_files(tmp_path: Path, tiny_weights: Path, capsys,
+                                          no_settings) -> None:
+    code = _run(["analyze", str(tmp_path / "missing.png"), "--json", "--weights",
+                 str(tiny_weights)])
+    assert code == 1
+    assert "error" in json.loads(capsys.readouterr().out.splitlines()[-1])
+
+
+def test_evaluate_command(tmp_path: Path, tiny_weights: Path, capsys, no_settings) -> None:
+    _run(["synth", "--out", str(tmp_path), "--count", "8", "--seed", "5"])
+    capsys.readouterr()
+    assert _run(["evaluate", str(tmp_path), "--weights", str(tiny_weights)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("accuracy", "macro_f1", "confusion_matrix", "mean_dice", "ece", "per_class"):
+        assert key in report
+    assert report["n"] == 8

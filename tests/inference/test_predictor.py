@@ -1,0 +1,111 @@
+"""Predictor: batching over images and tiles, quality gate, result fields, files, bundled model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from bcd_node.inference import predictor as pr
+from bcd_node.inference import synth
+from bcd_node.inference.loader import LoadedModel, bundled_weights_dir
+from bcd_node.inference.model import CLASSES
+
+
+@pytest.fixture(scope="module")
+def tiny_predictor(tiny_loaded: LoadedModel) -> pr.Predictor:
+    return pr.Predictor(loaded=tiny_loaded, batch_size=4, review_threshold=0.9)
+
+
+@pytest.fixture(scope="module")
+def fields() -> list[np.ndarray]:
+    params = synth.patient_params(np.random.default_rng(1))
+    return [synth.generate_field(300 + k, CLASSES[k % 4], params)[0] for k in range(4)]
+
+
+def test_predict_batched_and_tiled(tiny_predictor: pr.Predictor, fields: list) -> None:
+    big = np.concatenate([np.concatenate(fields[:2], 1), np.concatenate(fields[2:], 1)], 0)
+    blank = np.full((256, 256, 3), 250, np.uint8)
+    results = tiny_predictor.predict([fields[0][:64, :64], big, blank, fields[1]])
+    assert len(results) == 4
+    small, tiled, bad, one = results
+    assert tiled.tiles > 1 and tiled.mask.shape == big.shape[:2]
+    assert one.mask.shape == (256, 256) and one.tiles > 1  # 256 px > the tiny model's 64 px input
+    assert small.tiles == 1 and small.mask.shape == (64, 64)
+    for r in (small, tiled, one):
+        assert r.stage in CLASSES
+        assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert 0.0 <= r.blast_area_fraction <= 1.0 and r.blast_count >= 0
+        assert r.quality.ok
+        assert r.needs_review == (max(r.probabilities.values()) < 0.9)
+    assert bad.stage is None and bad.probabilities is None and bad.needs_review
+    assert not bad.quality.ok and "not_a_smear" in bad.quality.flags
+    d = tiled.to_dict("x.png")
+    assert set(d) == {"file", "stage", "probabilities", "blast_count", "blast_area_fraction",
+                      "quality", "needs_review"}
+
+
+def test_batching_does_not_change_results(tiny_loaded: LoadedModel, fields: list) -> None:
+    a = pr.Predictor(loaded=tiny_loaded, batch_size=1, warm_up=False).predict(fields[:3])
+    b = pr.Predictor(loaded=tiny_loaded, batch_size=8, warm_up=False).predict(fields[:3])
+    for x, y in zip(a, b):
+        for c in CLASSES:
+            assert x.probabilities[c] == pytest.approx(y.probabilities[c], abs=1e-4)
+
+
+def test_count_blasts() -> None:
+    mask = np.zeros((64, 64), np.uint8)
+    mask[2:12, 2:12] = 1
+    mask[30:50, 30:50] = 1
+    mask[60, 60] = 1
+    assert pr.count_blasts(mask, 50) == 2
+
+
+def test_precision_and_arguments(tiny_loaded: LoadedModel, monkeypatch) -> None:
+    assert pr.resolve_precision("float32", True) == "float32"
+    assert pr.resolve_precision("auto", True) == "bfloat16"
+    monkeypatch.setattr(pr, "cpu_supports_bf16", lambda: False)
+    assert pr.resolve_precision("auto", False) == "float32"
+    monkeypatch.setattr(pr, "cpu_supports_bf16", lambda: True)
+    assert pr.resolve_precision("auto", False) == "bfloat16"
+    with pytest.raises(ValueError):
+        pr.resolve_precision("int8", False)
+    for kwargs in ({"batch_size": 0}, {"review_threshold": 1.5}, {"mask_threshold": 1.0},
+                   {"aggregate": "vote"}):
+        with pytest.raises(ValueError):
+            pr.Predictor(loaded=tiny_loaded, warm_up=False, **kwargs)
+
+
+def test_load_image_frames(tmp_path: Path, fields: list) -> None:
+    png = tmp_path / "a.png"
+    cv2.imwrite(str(png), cv2.cvtColor(fields[0], cv2.COLOR_RGB2BGR))
+    frames = pr.load_image_frames(png)
+    assert len(frames) == 1 and np.array_equal(frames[0], fields[0])
+    jpg = tmp_path / "a.jpg"
+    cv2.imwrite(str(jpg), cv2.cvtColor(fields[0], cv2.COLOR_RGB2BGR))
+    assert pr.load_image_frames(jpg)[0].shape == (256, 256, 3)
+    with pytest.raises(FileNotFoundError):
+        pr.load_image_frames(tmp_path / "missing.png")
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError):
+        pr.load_image_frames(tmp_path / "junk.png")
+
+
+@pytest.mark.slow
+def test_bundled_model_on_fresh_synthetic_fields() -> None:
+    if not (bundled_weights_dir() / "manifest.json").is_file():
+        pytest.skip("no bundled weights in this checkout")
+    predictor = pr.Predictor(precision="float32", batch_size=8)
+    rng = np.random.default_rng(2024)
+    images, labels = [], []
+    for k in range(24):
+        params = synth.patient_params(rng)
+        images.append(synth.generate_field(900_000 + k, CLASSES[k % 4], params)[0])
+        labels.append(CLASSES[k % 4])
+    results = predictor.predict(images)
+    accuracy = np.mean([r.stage == y for r, y in zip(results, labels)])
+    assert accuracy >= 0.7
+    benign = [r for r, y in zip(results, labels) if y == "Benign" and r.stage == "Benign"]
+    assert all(r.blast_area_fraction < 0.02 for r in benign)
