@@ -1,0 +1,376 @@
+"""Render the PDF report of one analysed image (reportlab).
+
+The report shows who and what was analysed (patient, study, specimen), the image and the blast
+overlay, the stage and the calibrated probability of each stage, the blast measurements, the
+image quality and the review status, the model name and version, and once a doctor has verified
+the result: the doctor, the doctor's stage, comment and time. While the demonstration model is
+loaded every page carries a "NOT FOR CLINICAL USE" banner.
+
+The output is deterministic for the same input (reportlab's invariant mode), so a job that runs
+twice produces the same document.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+from PIL import Image as PILImage
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+__all__ = ["STAGES", "ReportData", "render_report", "NOT_FOR_CLINICAL_USE"]
+
+LOGGER = logging.getLogger(__name__)
+
+#: The four stages in the model's order.
+STAGES = ("Benign", "Malignant-Early", "Malignant-Pre", "Malignant-Pro")
+NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+
+_FONT_CANDIDATES = (
+    ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+     "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
+)
+_MAX_IMAGE_SIDE = 1200  # pixels kept in the PDF per picture (keeps reports small)
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything the PDF report shows.
+
+    Parameters
+    ----------
+    patient_name : str
+        As DICOM PN (``Family^Given``) or plain text.
+    patient_id : str
+        Patient ID.
+    image : numpy.ndarray
+        The analysed image, ``(rows, columns, 3)`` RGB ``uint8``.
+    overlay : numpy.ndarray
+        The image with the blast cells marked, same kind of array.
+    stage : str
+        The algorithm's stage, one of :data:`STAGES`.
+    probabilities : Mapping[str, float]
+        Calibrated probability of each stage.
+    blast_count : int
+        Number of blast cells.
+    blast_area_fraction : float
+        Fraction of the image area covered by blasts, in [0, 1].
+    quality_ok : bool
+        Whether the image passed the quality checks.
+    model_name, model_version : str
+        The model that produced the result.
+    demonstration_model : bool
+        Whether the demonstration model is loaded (prints "NOT FOR CLINICAL USE").
+    created_at : datetime.datetime
+        When the result was produced.
+    birth_date, sex, accession_number, study_date, study_instance_uid, specimen_id, stain, \
+institution : str, optional
+        Further identification, printed when given.
+    quality_notes : str, optional
+        Why the quality check failed, for example.
+    verified_by, verified_organization : str, optional
+        The verifying doctor and organisation (verified reports).
+    verified_stage : str, optional
+        The stage the doctor assigned.
+    verified_comment : str, optional
+        The doctor's comment.
+    verified_at : datetime.datetime, optional
+        When the doctor verified the result.
+    """
+
+    patient_name: str
+    patient_id: str
+    image: np.ndarray
+    overlay: np.ndarray
+    stage: str
+    probabilities: Mapping[str, float]
+    blast_count: int
+    blast_area_fraction: float
+    quality_ok: bool
+    model_name: str
+    model_version: str
+    demonstration_model: bool
+    created_at: dt.datetime
+    birth_date: str | None = None
+    sex: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None
+    study_instance_uid: str | None = None
+    specimen_id: str | None = None
+    stain: str | None = None
+    institution: str | None = None
+    quality_notes: str | None = None
+    verified_by: str | None = None
+    verified_organization: str | None = None
+    verified_stage: str | None = None
+    verified_comment: str | None = None
+    verified_at: dt.datetime | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("patient_name", "patient_id", "model_name", "model_version"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must be a non-empty str, got {value!r}")
+        for name in ("image", "overlay"):
+            _check_rgb(name, getattr(self, name))
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if not isinstance(self.probabilities, Mapping) or set(self.probabilities) != set(STAGES):
+            raise ValueError(f"probabilities must give each of {STAGES}, got {self.probabilities!r}")
+        for stage, p in self.probabilities.items():
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+                raise ValueError(f"probability of {stage} must be in [0, 1], got {p!r}")
+        if isinstance(self.blast_count, bool) or not isinstance(self.blast_count, int) or self.blast_count < 0:
+            raise ValueError(f"blast_count must be an int >= 0, got {self.blast_count!r}")
+        fraction = self.blast_area_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+            math.isfinite(fraction) and 0 <= fraction <= 1
+        ):
+            raise ValueError(f"blast_area_fraction must be in [0, 1], got {fraction!r}")
+        for name in ("quality_ok", "demonstration_model"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.created_at, dt.datetime):
+            raise TypeError(f"created_at must be a datetime, got {self.created_at!r}")
+        if self.verified_stage is not None and self.verified_stage not in STAGES:
+            raise ValueError(f"verified_stage must be one of {STAGES}, got {self.verified_stage!r}")
+        verified = (self.verified_by, self.verified_at)
+        if any(v is not None for v in verified) and not all(v is not None for v in verified):
+            raise ValueError(
+                "verified_by and verified_at go together, got "
+                f"verified_by={self.verified_by!r}, verified_at={self.verified_at!r}"
+            )
+        if self.verified_at is not None and not isinstance(self.verified_at, dt.datetime):
+            raise TypeError(f"verified_at must be a datetime, got {self.verified_at!r}")
+
+    @property
+    def is_verified(self) -> bool:
+        """Return whether a doctor has verified the result."""
+        return self.verified_by is not None
+
+
+def _check_rgb(name: str, value: object) -> None:
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(value).__name__}")
+    if value.dtype != np.uint8 or value.ndim != 3 or value.shape[2] != 3 or 0 in value.shape:
+        raise ValueError(f"{name} must be (rows, columns, 3) uint8, got {value.shape} {value.dtype}")
+
+
+def _fonts() -> tuple[str, str]:
+    """Register a Unicode TrueType font (DejaVu, else reportlab's Vera); return (regular, bold)."""
+    if "BcdSans" in pdfmetrics.getRegisteredFontNames():
+        return "BcdSans", "BcdSans-Bold"
+    for regular, bold in _FONT_CANDIDATES:
+        if Path(regular).is_file() and Path(bold).is_file():
+            break
+    else:
+        import reportlab
+
+        base = Path(reportlab.__file__).parent / "fonts"
+        regular, bold = str(base / "Vera.ttf"), str(base / "VeraBd.ttf")
+    pdfmetrics.registerFont(TTFont("BcdSans", regular))
+    pdfmetrics.registerFont(TTFont("BcdSans-Bold", bold))
+    return "BcdSans", "BcdSans-Bold"
+
+
+def _picture(array: np.ndarray, width: float) -> Image:
+    img = PILImage.fromarray(array, mode="RGB")
+    if max(img.size) > _MAX_IMAGE_SIDE:
+        img.thumbnail((_MAX_IMAGE_SIDE, _MAX_IMAGE_SIDE))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    buf.seek(0)
+    height = width * img.size[1] / img.size[0]
+    return Image(buf, width=width, height=height)
+
+
+def _person(name: str) -> str:
+    """Show a DICOM PN (Family^Given^Middle^Prefix^Suffix) as 'FAMILY, Given Middle'."""
+    parts = name.split("^")
+    if len(parts) == 1:
+        return name
+    family, rest = parts[0], " ".join(p for p in parts[1:3] if p)
+    return f"{family.upper()}, {rest}" if rest else family.upper()
+
+
+def _when(value: dt.datetime) -> str:
+    text = value.strftime("%Y-%m-%d %H:%M")
+    return f"{text} {value.tzname()}" if value.tzinfo else text
+
+
+def render_report(data: ReportData) -> bytes:
+    """Render the report as PDF.
+
+    Parameters
+    ----------
+    data : ReportData
+        What to show.
+
+    Returns
+    -------
+    bytes
+        The PDF document.
+    """
+    if not isinstance(data, ReportData):
+        raise TypeError(f"data must be ReportData, got {type(data).__name__}")
+    regular, bold = _fonts()
+    styles = getSampleStyleSheet()
+    body = ParagraphStyle("body", parent=styles["BodyText"], fontName=regular, fontSize=9.5,
+                          leading=12)
+    label = ParagraphStyle("label", parent=body, fontName=bold)
+    heading = ParagraphStyle("heading", parent=styles["Heading2"], fontName=bold, fontSize=12,
+                             spaceBefore=4, spaceAfter=2)
+    title = ParagraphStyle("title", parent=styles["Title"], fontName=bold, fontSize=14,
+                           spaceAfter=4)
+    banner = ParagraphStyle("banner", parent=body, fontName=bold, fontSize=13, leading=16,
+                            textColor=colors.white, alignment=1)
+
+    def p(text: object, style: ParagraphStyle = body) -> Paragraph:
+        return Paragraph(escape(str(text)), style)
+
+    def grid(rows: list[tuple[str, object]]) -> Table:
+        table = Table([[p(k, label), p(v if v not in (None, "") else "—")] for k, v in rows],
+                      colWidths=[45 * mm, 125 * mm], hAlign="LEFT")
+        table.setStyle(TableStyle([
+            ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey),
+            ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+            ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+        ]))
+        return table
+
+    def grid2(rows: list[tuple[str, object]]) -> Table:
+        cells = [[p(k, label), p(v if v not in (None, "") else "—")] for k, v in rows]
+        if len(cells) % 2:
+            cells.append([p(""), p("")])
+        half = len(cells) // 2
+        table = Table([cells[i] + cells[half + i] for i in range(half)],
+                      colWidths=[30 * mm, 55 * mm, 30 * mm, 55 * mm], hAlign="LEFT")
+        table.setStyle(TableStyle([
+            ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey),
+            ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+            ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+        ]))
+        return table
+
+    story: list = []
+    if data.demonstration_model:
+        warning = Table(
+            [[p(f"{NOT_FOR_CLINICAL_USE} — demonstration model, results are not a diagnosis",
+                banner)]],
+            colWidths=[170 * mm],
+        )
+        warning.setStyle(TableStyle([
+            ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#b00020")),
+            ("TOPPADDING", (0, 0), (-1, -1), 6),
+            ("BOTTOMPADDING", (0, 0), (-1, -1), 6),
+        ]))
+        story += [warning, Spacer(1, 4 * mm)]
+    story.append(p("Blood smear screening report (acute lymphoblastic leukaemia)", title))
+    if data.institution:
+        story.append(p(data.institution))
+
+    story.append(p("Patient and study", heading))
+    story.append(grid2([
+        ("Patient", _person(data.patient_name)),
+        ("Patient ID", data.patient_id),
+        ("Birth date", data.birth_date),
+        ("Sex", data.sex),
+        ("Accession number", data.accession_number),
+        ("Study date", data.study_date),
+        ("Study UID", data.study_instance_uid),
+        ("Specimen (slide)", data.specimen_id),
+        ("Stain", data.stain),
+        *data.extra.items(),
+    ]))
+
+    story.append(p("Image and blast overlay", heading))
+    pictures = Table([[_picture(data.image, 55 * mm), _picture(data.overlay, 55 * mm)],
+                      [p("Image"), p("Blast cells marked")]], colWidths=[85 * mm, 85 * mm])
+    pictures.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER")]))
+    story.append(pictures)
+
+    story.append(p("Result", heading))
+    stage_row = Table([[p("Stage (algorithm)", label), p(data.stage, ParagraphStyle(
+        "stage", parent=label, fontSize=13, leading=16))]], colWidths=[45 * mm, 125 * mm])
+    story.append(stage_row)
+    prob_rows = [[p("Stage", label), p("Probability", label)]]
+    for stage in STAGES:
+        value = float(data.probabilities[stage])
+        style = label if stage == data.stage else body
+        prob_rows.append([p(stage, style), p(f"{value * 100:.1f} %", style)])
+    probs = Table(prob_rows, colWidths=[45 * mm, 40 * mm], hAlign="LEFT")
+    probs.setStyle(TableStyle([
+        ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.black),
+        ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.lightgrey),
+    ]))
+    story += [Spacer(1, 2 * mm), probs, Spacer(1, 2 * mm)]
+    story.append(grid([
+        ("Blast cell count", str(data.blast_count)),
+        ("Blast cell area", f"{data.blast_area_fraction * 100:.2f} % of the image"),
+        ("Image quality", ("adequate" if data.quality_ok else "LIMITED — interpret with care")
+         + (f" ({data.quality_notes})" if data.quality_notes else "")),
+        ("Model", f"{data.model_name} version {data.model_version}"
+         + (" (demonstration model)" if data.demonstration_model else "")),
+        ("Analysed", _when(data.created_at)),
+    ]))
+
+    story.append(p("Review", heading))
+    if data.is_verified:
+        story.append(grid2([
+            ("Review status", "VERIFIED"),
+            ("Verified by", _person(data.verified_by or "")),
+            ("Organisation", data.verified_organization),
+            ("Verified", _when(data.verified_at) if data.verified_at else None),
+            ("Stage (doctor)", data.verified_stage),
+        ]))
+        story.append(grid([("Comment", data.verified_comment)]))
+    else:
+        story.append(grid([
+            ("Review status", "UNVERIFIED — awaiting review by a doctor"),
+        ]))
+
+    def decorate(canvas, doc) -> None:  # noqa: ANN001 - reportlab callback
+        canvas.saveState()
+        canvas.setFont(regular, 7.5)
+        footer = (f"{data.model_name} {data.model_version} · patient ID {data.patient_id} · "
+                  f"page {doc.page}")
+        canvas.drawString(20 * mm, 10 * mm, footer)
+        if data.demonstration_model:
+            canvas.setFont(bold, 9)
+            canvas.setFillColor(colors.HexColor("#b00020"))
+            canvas.drawRightString(190 * mm, 10 * mm, NOT_FOR_CLINICAL_USE)
+        canvas.restoreState()
+
+    buf = io.BytesIO()
+    doc = SimpleDocTemplate(
+        buf,
+        pagesize=A4,
+        leftMargin=20 * mm,
+        rightMargin=20 * mm,
+        topMargin=15 * mm,
+        bottomMargin=18 * mm,
+        title="Blood smear screening report",
+        author=f"{data.model_name} {data.model_version}",
+        subject=NOT_FOR_CLINICAL_USE if data.demonstration_model else "Screening report",
+        invariant=1,
+    )
+    doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
+    pdf = buf.getvalue()
+    LOGGER.debug("rendered report of %d bytes (verified: %s)", len(pdf), data.is_verified)
+    return pdf
