@@ -41,3 +41,30 @@ def write_vl_micro(folder: Path, count: int, *, size: int = 128, first_seed: int
         vl_micro(i, size=size, study_uid=study_uid).save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def smear(seed: int, label: str = "Malignant-Pre", size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic blood-smear field of ``label`` (see SMEARS.md) and its blast mask."""
+    from bcd_node.inference.synth import generate_field, patient_params
+
+    params = patient_params(np.random.default_rng(seed))
+    image, mask, _count = generate_field(seed, label, params, size=size)
+    return image, mask
+
+
+def write_smears(folder: Path, count: int, *, study_uid: str | None = None, size: int = 256,
+                 first_seed: int = 100, patient_id: str = "PAT-1") -> list[Path]:
+    """Write ``count`` DICOMized synthetic smears (VL Microscopic Image) of one study."""
+    from bcd_node.inference.model import CLASSES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(first_seed, first_seed + count):
+        image, _ = smear(i, CLASSES[i % len(CLASSES)], size)
+        ds = dicomize(image, patient_id=patient_id, patient_name="Test^Patient",
+                      specimen_id=f"SLIDE-{i}", stain="Wright-Giemsa", study_instance_uid=study_uid,
+                      accession_number="ACC1")
+        path = folder / f"smear{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

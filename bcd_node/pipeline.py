@@ -1,0 +1,305 @@
+"""The analysis pipeline: one function per job kind, callable without the worker framework.
+
+analyse: decode pixels → predict → PDF report → SEG + SR + Encapsulated PDF → result row and one
+outbox row per output and destination, all in one transaction with the job's completion.
+Output UIDs derive from (input SOP Instance UID, model version, output kind), and output paths
+from our own ids, so running a job twice writes the same files and the same rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bcd_node import __version__
+from bcd_node.db.models import (Delivery, Instance, Job, JobKind, JobState, Patient, Result,
+                                Series, Study, utcnow)
+from bcd_node.errors import PermanentError
+from bcd_node.jobqueue import Claimed, complete
+from bcd_node.report.pdf import ReportData, render_report
+from bcd_node.runtime import NodeContext
+from bcd_node.storage import Store
+from dicom.algorithm import Algorithm
+from dicom.encapsulated import build_encapsulated_pdf
+from dicom.errors import DicomError
+from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_dataset
+from dicom.seg import build_segmentation
+from dicom.sop import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
+from dicom.sr import Findings, build_sr
+
+LOGGER = logging.getLogger(__name__)
+OVERLAY_COLOUR = np.array([255, 0, 64], np.float32)
+MAX_FRAMES = 64
+
+
+class PredictionLike(Protocol):
+    """What the pipeline needs of a prediction (see :class:`bcd_node.inference.predictor`)."""
+
+    stage: str | None
+    probabilities: dict[str, float] | None
+    blast_count: int | None
+    blast_area_fraction: float | None
+    mask: np.ndarray | None
+    quality: Any
+    needs_review: bool
+
+
+class Analyzer(Protocol):
+    """A warm model: :class:`bcd_node.inference.predictor.Predictor` or a test double."""
+
+    model_info: dict[str, Any]
+
+    def predict(self, images: list[Any]) -> list[PredictionLike]: ...
+
+
+@dataclass(frozen=True)
+class Combined:
+    """The findings of one instance (all of its frames)."""
+
+    stage: str | None
+    probabilities: dict[str, float] | None
+    blast_count: int
+    blast_area_fraction: float
+    masks: np.ndarray          # (frames, rows, cols) uint8
+    quality: dict[str, Any]
+    needs_review: bool
+
+
+def combine(predictions: list[PredictionLike], review_threshold: float) -> Combined:
+    """Merge the per-frame predictions of one instance (mean probabilities, summed blasts)."""
+    masks = np.stack([p.mask if p.mask is not None else np.zeros((1, 1), np.uint8)
+                      for p in predictions]) if all(p.mask is not None for p in predictions) \
+        else None
+    usable = [p for p in predictions if p.stage is not None and p.probabilities]
+    quality = predictions[0].quality.as_dict() if len(predictions) == 1 else {
+        "status": "ok" if usable else "insufficient",
+        "frames": [p.quality.as_dict() for p in predictions]}
+    if not usable:
+        shape = predictions[0].mask.shape if predictions[0].mask is not None else (1, 1)
+        return Combined(None, None, 0, 0.0, np.zeros((len(predictions), *shape), np.uint8),
+                        quality, True)
+    names = list(usable[0].probabilities)
+    probs = {n: float(np.mean([p.probabilities[n] for p in usable])) for n in names}
+    total = sum(probs.values())
+    probs = {n: v / total for n, v in probs.items()}
+    stage = max(probs, key=probs.get)
+    area = float(np.mean([p.blast_area_fraction or 0.0 for p in usable]))
+    return Combined(stage, probs, int(sum(p.blast_count or 0 for p in usable)), area,
+                    masks if masks is not None else np.zeros((1, 1, 1), np.uint8), quality,
+                    any(p.needs_review for p in predictions) or probs[stage] < review_threshold)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The image with blast pixels tinted and their outline drawn."""
+    import cv2
+    out = image.astype(np.float32)
+    sel = mask.astype(bool)
+    out[sel] = (1 - alpha) * out[sel] + alpha * OVERLAY_COLOUR
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    result = np.ascontiguousarray(out.clip(0, 255).astype(np.uint8))
+    cv2.drawContours(result, contours, -1, (255, 0, 64), 1)
+    return result
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG", optimize=False, compress_level=3)
+    return buffer.getvalue()
+
+
+def _dicom_bytes(ds: Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class Pipeline:
+    """Runs the jobs of one worker process with a warm analyzer."""
+
+    def __init__(self, context: NodeContext, analyzer: Analyzer,
+                 demonstration_model: bool = True) -> None:
+        self.context = context
+        self.analyzer = analyzer
+        self.settings = context.settings
+        self.store = Store(context.settings.storage.data_dir,
+                           context.settings.storage.min_free_disk)
+        info = analyzer.model_info
+        self.model_name = str(info["name"])
+        self.model_version = str(info["version"])
+        self.demonstration_model = demonstration_model
+        self.algorithm = Algorithm(name=self.model_name, version=self.model_version,
+                                   software_version=__version__)
+
+    def run(self, job: Claimed) -> None:
+        """Do ``job`` and complete it in the same transaction as its results."""
+        if job.kind is JobKind.ANALYZE:
+            self.analyze(job)
+        else:
+            raise PermanentError(f"job kind {job.kind.value} is not handled by this version")
+
+    # ------------------------------------------------------------------ analyse
+
+    def _load(self, job: Claimed) -> tuple[Instance, Series, Study, Patient]:
+        with self.context.session_factory() as session:
+            inst = session.get(Instance, job.instance_fk) if job.instance_fk else None
+            if inst is None:
+                raise PermanentError(f"job {job.id}: instance {job.instance_fk} no longer exists")
+            series = session.get(Series, inst.series_fk)
+            study = session.get(Study, series.study_fk)
+            patient = session.get(Patient, study.patient_fk)
+            session.expunge_all()
+        return inst, series, study, patient
+
+    def _pixels(self, ds: Dataset) -> list[np.ndarray]:
+        try:
+            if str(ds.SOPClassUID) == str(VL_WHOLE_SLIDE_MICROSCOPY_IMAGE):
+                return [assemble_total_pixel_matrix(ds)]
+            frames = decode_frames(ds)
+        except DicomError as exc:
+            raise PermanentError(f"cannot decode the image: {exc}") from exc
+        if len(frames) > MAX_FRAMES:
+            raise PermanentError(f"{len(frames)} frames: at most {MAX_FRAMES} are analysed")
+        return list(frames)
+
+    def analyze(self, job: Claimed) -> int:
+        """Analyse one received image; returns the result id."""
+        inst, _series, study, patient = self._load(job)
+        try:
+            ds = read_dataset(self.store.path(inst.path))
+        except FileNotFoundError as exc:
+            raise PermanentError(f"stored file {inst.path} is missing") from exc
+        except DicomError as exc:
+            raise PermanentError(f"stored file is not readable: {exc}") from exc
+        images = self._pixels(ds)
+        combined = combine(self.analyzer.predict(images), self.settings.model.review_threshold)
+        folder = f"results/{inst.id}/{self.model_version}"
+        outputs: list[tuple[str, Dataset, str]] = []  # (kind, dataset, relpath)
+        self.store.write(f"{folder}/mask.png", _png(combined.masks[0] * 255))
+        over = overlay(images[0], combined.masks[0])
+        self.store.write(f"{folder}/overlay.png", _png(over), sync_dir=True)
+        pdf_rel = None
+        if combined.stage is not None:
+            now = utcnow()
+            seg_mask = combined.masks if len(images) > 1 else combined.masks[0]
+            seg = build_segmentation(ds, seg_mask, algorithm=self.algorithm,
+                                     uid_root=self.settings.uids.root)
+            findings = Findings(stage=combined.stage, probabilities=combined.probabilities,
+                                blast_count=combined.blast_count,
+                                blast_area_fraction=min(1.0, combined.blast_area_fraction),
+                                quality_ok=True)
+            sr = build_sr(ds, seg, findings, algorithm=self.algorithm,
+                          uid_root=self.settings.uids.root)
+            pdf = render_report(self._report_data(ds, patient, study, images[0], over,
+                                                  combined, now))
+            pdf_rel = f"{folder}/report.pdf"
+            self.store.write(pdf_rel, pdf)
+            enc = build_encapsulated_pdf(ds, pdf, algorithm=self.algorithm,
+                                         uid_root=self.settings.uids.root)
+            outputs = [("seg", seg, f"{folder}/seg.dcm"), ("sr", sr, f"{folder}/sr.dcm"),
+                       ("pdf", enc, f"{folder}/pdf.dcm")]
+            for _kind, dataset, rel in outputs:
+                self.store.write(rel, _dicom_bytes(dataset))
+            self.store.sync_dirs([self.store.path(folder)])
+
+        with self.context.session_factory.begin() as session:
+            result = session.execute(select(Result).where(
+                Result.instance_fk == inst.id, Result.scope == "instance",
+                Result.model_version == self.model_version)).scalar_one_or_none()
+            if result is None:
+                result = Result(instance_fk=inst.id, study_fk=study.id, scope="instance",
+                                model_name=self.model_name, model_version=self.model_version)
+                session.add(result)
+            result.stage = combined.stage
+            result.probabilities = combined.probabilities or {}
+            result.confidence = (combined.probabilities[combined.stage]
+                                 if combined.stage else None)
+            result.blast_count = combined.blast_count
+            result.blast_area_fraction = combined.blast_area_fraction
+            result.quality = combined.quality
+            result.needs_review = combined.needs_review
+            result.mask_path = f"{folder}/mask.png"
+            result.overlay_path = f"{folder}/overlay.png"
+            result.pdf_path = pdf_rel
+            uids = {kind: str(dataset.SOPInstanceUID) for kind, dataset, _ in outputs}
+            result.seg_sop_instance_uid = uids.get("seg")
+            result.sr_sop_instance_uid = uids.get("sr")
+            result.pdf_sop_instance_uid = uids.get("pdf")
+            session.flush()
+            self._queue_deliveries(session, result.id, outputs)
+            if not complete(session, job):
+                raise LeaseLostError(f"job {job.id}: lease lost; another worker took it over")
+            self._update_study(session, study.id)
+        LOGGER.info("job %d: instance %s analysed: stage %s, %d blasts%s", job.id,
+                    inst.sop_instance_uid, combined.stage or "none (quality insufficient)",
+                    combined.blast_count, ", needs review" if combined.needs_review else "")
+        return result.id
+
+    def _report_data(self, ds: Dataset, patient: Patient, study: Study, image: np.ndarray,
+                     over: np.ndarray, c: Combined, now: dt.datetime) -> ReportData:
+        specimen = ds.get("SpecimenDescriptionSequence")
+        return ReportData(
+            patient_name=patient.name or "(no name)", patient_id=patient.patient_id or "(no id)",
+            image=image, overlay=over, stage=c.stage, probabilities=c.probabilities,
+            blast_count=c.blast_count, blast_area_fraction=min(1.0, c.blast_area_fraction),
+            quality_ok=True, model_name=self.model_name, model_version=self.model_version,
+            demonstration_model=self.demonstration_model, created_at=now,
+            birth_date=patient.birth_date or None, sex=patient.sex or None,
+            accession_number=study.accession_number or None, study_date=study.study_date or None,
+            study_instance_uid=study.study_instance_uid,
+            specimen_id=str(ds.get("ContainerIdentifier", "")) or None,
+            stain=(str(specimen[0].get("SpecimenShortDescription", "")) or None)
+            if specimen else None)
+
+    def _queue_deliveries(self, session: Session, result_id: int,
+                          outputs: list[tuple[str, Dataset, str]]) -> None:
+        for dest in self.settings.destinations:
+            for kind, dataset, rel in outputs:
+                uid = str(dataset.SOPInstanceUID)
+                exists = session.execute(select(Delivery.id).where(
+                    Delivery.destination == dest.name,
+                    Delivery.sop_instance_uid == uid)).first()
+                if exists:
+                    continue  # a re-run: the same object is already queued or delivered
+                session.add(Delivery(result_fk=result_id, destination=dest.name, kind=kind,
+                                     sop_class_uid=str(dataset.SOPClassUID),
+                                     sop_instance_uid=uid, path=rel))
+
+    def _update_study(self, session: Session, study_id: int) -> None:
+        """Keep the worklist columns of the study current."""
+        study = session.get(Study, study_id)
+        results = session.execute(select(Result).where(
+            Result.study_fk == study_id, Result.scope == "instance")).scalars().all()
+        pending = session.execute(select(Job.id).where(
+            Job.study_fk == study_id, Job.kind == JobKind.ANALYZE,
+            Job.state.in_([JobState.QUEUED, JobState.RUNNING]))).first()
+        staged = [r for r in results if r.stage]
+        if staged:
+            votes = Counter(r.stage for r in staged)
+            study.stage = max(votes, key=lambda s: (votes[s], STAGE_ORDER.get(s, 0)))
+            study.confidence = float(np.mean([r.confidence for r in staged
+                                              if r.stage == study.stage]))
+        if pending:
+            study.status = "analysing"
+        elif any(r.needs_review for r in results):
+            study.status = "needs_review"
+        else:
+            study.status = "done"
+
+
+STAGE_ORDER = {"Benign": 0, "Malignant-Early": 1, "Malignant-Pre": 2, "Malignant-Pro": 3}
+
+
+class LeaseLostError(PermanentError):
+    """The job's lease passed to another worker; this worker's results are discarded."""

@@ -1,0 +1,108 @@
+"""Delivery to a real PACS (Orthanc) with backoff, dead letter and retry."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth
+from bcd_node.delivery import Deliverer, backoff_seconds, retry_dead
+from bcd_node.runtime import open_node
+from bcd_node.settings import load_settings
+from tests.conftest import free_port
+from tests.support.images import write_vl_micro
+from tests.support.peers import Orthanc
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def orthanc():
+    server = Orthanc().start()
+    yield server
+    server.cleanup()
+
+
+def node_for(write_config, orthanc_port: int, max_attempts: int = 10):
+    cfg = write_config(
+        "[delivery]\ninitial_backoff = 0.2\nmax_backoff = 0.4\n"
+        f"max_attempts = {max_attempts}\nconnect_timeout = 2.0\n\n"
+        '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
+        f"port = {orthanc_port}\n")
+    return open_node(load_settings(cfg))
+
+
+def queue_files(ctx, paths: list[Path]) -> None:
+    data_dir = ctx.settings.storage.data_dir
+    with ctx.session_factory.begin() as session:
+        for p in paths:
+            target = data_dir / "outputs" / p.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(p.read_bytes())
+            ds = pydicom.dcmread(p)
+            session.add(Delivery(destination="pacs", kind="seg", sop_class_uid=ds.SOPClassUID,
+                                 sop_instance_uid=ds.SOPInstanceUID,
+                                 path=f"outputs/{p.name}"))
+
+
+def states(ctx) -> list[DeliveryState]:
+    with ctx.session_factory() as s:
+        return list(s.execute(select(Delivery.state).order_by(Delivery.id)).scalars())
+
+
+def test_backoff_doubles_to_the_cap() -> None:
+    assert [backoff_seconds(n, 30, 600) for n in range(0, 7)] == [0, 30, 60, 120, 240, 480, 600]
+
+
+def test_delivers_to_orthanc_and_records_echo(write_config, orthanc, tmp_path) -> None:
+    ctx = node_for(write_config, orthanc.dicom_port)
+    files = write_vl_micro(tmp_path / "out", 3)
+    queue_files(ctx, files)
+    summary = Deliverer(ctx).run_once()
+    assert summary.sent == 3
+    assert states(ctx) == [DeliveryState.DONE] * 3
+    stored = {i["SOPInstanceUID"] for i in orthanc.instances()}
+    assert stored == {str(pydicom.dcmread(p).SOPInstanceUID) for p in files}
+    assert Deliverer(ctx).run_once().sent == 0  # nothing sent twice
+    assert Deliverer(ctx).echo_all() == {"pacs": True}
+    with ctx.session_factory() as s:
+        assert s.get(DestinationHealth, "pacs").last_echo_ok is True
+
+
+def test_pacs_down_backs_off_then_delivers_when_back(write_config, tmp_path) -> None:
+    port = free_port()
+    ctx = node_for(write_config, port)
+    queue_files(ctx, write_vl_micro(tmp_path / "out", 2))
+    first = Deliverer(ctx).run_once()
+    assert first.sent == 0 and first.retried == 2
+    with ctx.session_factory() as s:
+        row = s.execute(select(Delivery)).scalars().first()
+        assert row.attempts == 1 and "cannot associate" in row.last_error
+    assert Deliverer(ctx).echo_all() == {"pacs": False}
+    server = Orthanc(dicom_port=port).start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and states(ctx) != [DeliveryState.DONE] * 2:
+            Deliverer(ctx).run_once()
+            time.sleep(0.2)
+        assert states(ctx) == [DeliveryState.DONE] * 2
+        assert len(server.instances()) == 2
+    finally:
+        server.cleanup()
+
+
+def test_dead_letter_and_audited_retry(write_config, tmp_path) -> None:
+    ctx = node_for(write_config, free_port(), max_attempts=2)
+    queue_files(ctx, write_vl_micro(tmp_path / "out", 1))
+    deliverer = Deliverer(ctx)
+    deliverer.run_once()
+    time.sleep(0.3)
+    deliverer.run_once()
+    assert states(ctx) == [DeliveryState.DEAD]
+    with ctx.session_factory.begin() as session:
+        assert retry_dead(session, actor="admin", actor_kind="cli") == 1
+    assert states(ctx) == [DeliveryState.PENDING]

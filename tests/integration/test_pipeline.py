@@ -1,0 +1,100 @@
+"""The analysis pipeline end to end: intake → worker → SEG/SR/PDF → Orthanc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select, update
+
+from bcd_node.db.models import Delivery, Job, JobState, Result, Study
+from bcd_node.delivery import Deliverer
+from bcd_node.inference.loader import load_model
+from bcd_node.inference.predictor import Predictor
+from bcd_node.intake import Intake
+from bcd_node.pipeline import Pipeline
+from bcd_node.runtime import open_node
+from bcd_node.settings import load_settings
+from bcd_node.worker import Workers
+from tests.inference.conftest import make_weights
+from tests.support.dicomcheck import assert_dciodvfy_clean
+from tests.support.images import write_smears
+from tests.support.peers import Orthanc
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory) -> Predictor:
+    manifest = make_weights(tmp_path_factory.mktemp("w"))
+    return Predictor(loaded=load_model(manifest), batch_size=4)
+
+
+@pytest.fixture
+def orthanc():
+    server = Orthanc().start()
+    yield server
+    server.cleanup()
+
+
+def drain(workers: Workers) -> int:
+    n = 0
+    while workers.step("test-worker"):
+        n += 1
+    return n
+
+
+def test_images_are_analysed_and_results_reach_orthanc(write_config, orthanc, predictor,
+                                                       tmp_path) -> None:
+    cfg = write_config('[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\n'
+                       f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\n')
+    ctx = open_node(load_settings(cfg))
+    study_uid = pydicom.uid.generate_uid(prefix="2.25.")
+    files = write_smears(tmp_path / "in", 2, study_uid=study_uid)
+    with Intake(ctx) as intake:
+        for f in files:
+            intake.accept(f.read_bytes(), calling_ae="SCANNER")
+    pipeline = Pipeline(ctx, predictor)
+    workers = Workers(ctx, pipeline.run, count=0)
+    assert drain(workers) == 2
+
+    with ctx.session_factory() as s:
+        jobs = s.execute(select(Job)).scalars().all()
+        assert [j.state for j in jobs] == [JobState.DONE] * 2, [j.last_error for j in jobs]
+        results = s.execute(select(Result)).scalars().all()
+        assert len(results) == 2
+        study = s.execute(select(Study)).scalar_one()
+        assert study.status in {"done", "needs_review"} and study.stage is not None
+    for r in results:
+        assert r.stage is not None and abs(sum(r.probabilities.values()) - 1) < 1e-3
+        for kind in ("seg", "sr", "pdf"):
+            out = ctx.settings.storage.data_dir / f"results/{r.instance_fk}/0.0.1/{kind}.dcm"
+            assert_dciodvfy_clean(out)
+        assert (ctx.settings.storage.data_dir / r.overlay_path).is_file()
+
+    assert Deliverer(ctx).run_once().sent == 6
+    stored = orthanc.instances()
+    modalities = sorted(i["Modality"] for i in stored)
+    assert modalities == ["DOC", "DOC", "SEG", "SEG", "SR", "SR"]
+    assert {i["StudyInstanceUID"] for i in stored} == {study_uid}
+    sources = {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
+    seg_ids = [i for i in orthanc.get("/instances")
+               if orthanc.get(f"/instances/{i}/simplified-tags")["Modality"] == "SEG"]
+    referenced = set()
+    for i in seg_ids:
+        tags = orthanc.get(f"/instances/{i}/simplified-tags")
+        for item in tags["ReferencedSeriesSequence"]:
+            referenced |= {r["ReferencedSOPInstanceUID"]
+                           for r in item["ReferencedInstanceSequence"]}
+    assert referenced == sources
+
+    # Re-running a job makes the same objects: same UIDs, nothing new to deliver.
+    with ctx.session_factory.begin() as s:
+        before = {r.instance_fk: r.sr_sop_instance_uid for r in s.execute(select(Result)).scalars()}
+        s.execute(update(Job).values(state=JobState.QUEUED, attempts=0))
+    assert drain(workers) == 2
+    with ctx.session_factory() as s:
+        after = {r.instance_fk: r.sr_sop_instance_uid for r in s.execute(select(Result)).scalars()}
+        assert after == before
+        assert len(s.execute(select(Delivery)).scalars().all()) == 6
