@@ -41,6 +41,12 @@ def _check_source(source: object) -> Dataset:
             raise ValueError(f"source image has no {keyword}")
     if not sop.is_accepted_sop_class(source.SOPClassUID):
         raise ValueError(f"source SOP class {source.SOPClassUID!r} is not an accepted image")
+    frames = int(source.get("NumberOfFrames", 1))
+    if frames > 1 and "FrameOfReferenceUID" not in source:
+        raise ValueError(
+            f"source has {frames} frames and no Frame of Reference UID: a SEG can only reference "
+            "the frames of such an image one at a time; segment a single-frame image"
+        )
     return source
 
 
@@ -85,7 +91,8 @@ def build_segmentation(
     source : pydicom.dataset.Dataset
         The analysed image (an accepted SOP class).
     mask : numpy.ndarray
-        ``(rows, columns)`` (or ``(frames, rows, columns)`` for a multi-frame source): bool or
+        ``(rows, columns)`` (or ``(frames, rows, columns)`` for a multi-frame source with a
+        Frame of Reference, e.g. a whole-slide image): bool or
         0/1 for BINARY, floating point probabilities in [0, 1] for FRACTIONAL.
     algorithm : Algorithm
         The model that produced the mask.

@@ -134,3 +134,13 @@ def test_algorithm_is_validated(kwargs):
     args = {"name": "m", "version": "1"} | kwargs
     with pytest.raises((TypeError, ValueError)):
         Algorithm(**args)
+
+
+def test_multiframe_source_without_frame_of_reference_is_refused(smear_rgb, algorithm):
+    from dicom import sop
+    from tests.dicom import inputs
+
+    stack = np.stack([smear_rgb] * 2)
+    source = inputs.make_image(stack, "RGB", 8, sop_class=sop.MULTIFRAME_TRUE_COLOR_SC_IMAGE)
+    with pytest.raises(ValueError, match="Frame of Reference"):
+        build_segmentation(source, np.zeros(stack.shape[:3], bool), algorithm=algorithm)
