@@ -28,8 +28,11 @@ def _check_lo(name: str, value: object, *, required: bool = True) -> None:
         return
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}: {value!r}")
-    if not value.strip() or len(value) > _LO_MAX or "\\" in value or any(c in value for c in "\r\n"):
-        raise ValueError(f"{name} must be 1 to {_LO_MAX} characters without backslash, got {value!r}")
+    bad = "\\" in value or any(c in value for c in "\r\n")
+    if not value.strip() or len(value) > _LO_MAX or bad:
+        raise ValueError(
+            f"{name} must be 1 to {_LO_MAX} characters without backslash, got {value!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,9 @@ class Algorithm:
             software_versions=self.software_versions,
             institution_name=self.institution_name,
             contribution_datetime=when or dt.datetime.now(dt.timezone.utc),
-            contribution_description=f"Automated analysis by {self.name} version {self.version}"[:_LO_MAX],
+            contribution_description=(
+                f"Automated analysis by {self.name} version {self.version}"[:_LO_MAX]
+            ),
         )
 
 

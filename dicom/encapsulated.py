@@ -135,7 +135,9 @@ def build_encapsulated_pdf(
 
     # Encapsulated Document Series
     ds.Modality = "DOC"
-    ds.SeriesInstanceUID = uids.derive_uid(source_uid, algorithm.version, "pdf-series", root=uid_root)
+    ds.SeriesInstanceUID = uids.derive_uid(
+        source_uid, algorithm.version, "pdf-series", root=uid_root
+    )
     ds.SeriesNumber = series_number
     ds.SeriesDescription = f"ALL screening report PDF ({algorithm.model_name})"[:64]
 

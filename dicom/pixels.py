@@ -73,7 +73,9 @@ MAX_SEQUENCE_DEPTH = 32
 #: Header bytes inflated from a deflated dataset, on top of the pixel budget.
 _DEFLATE_HEADROOM = 16 * 1024 * 1024
 
-_ENCAPSULATED_JPEG_FAMILY = frozenset(str(u) for u in (*JPEG_TRANSFER_SYNTAXES, *JPEG_LS_TRANSFER_SYNTAXES))
+_ENCAPSULATED_JPEG_FAMILY = frozenset(
+    str(u) for u in (*JPEG_TRANSFER_SYNTAXES, *JPEG_LS_TRANSFER_SYNTAXES)
+)
 _J2K = frozenset(str(u) for u in JPEG_2000_TRANSFER_SYNTAXES)
 
 
@@ -321,7 +323,8 @@ def _inspect(ds: Dataset, max_pixels: int, check_sop_class: bool) -> ImageInfo:
         raise UnsupportedDicomError(
             f"photometric interpretation {photometric!r} is only valid with JPEG 2000, not {ts!r}"
         )
-    expected_samples = 1 if photometric.startswith("MONOCHROME") or photometric == "PALETTE COLOR" else 3
+    single = photometric.startswith("MONOCHROME") or photometric == "PALETTE COLOR"
+    expected_samples = 1 if single else 3
     if samples != expected_samples:
         raise UnsupportedDicomError(
             f"samples per pixel {samples} does not match photometric interpretation {photometric!r}"
@@ -595,7 +598,9 @@ def _tile_positions(ds: Dataset, info: ImageInfo) -> list[tuple[int, int]]:
     tiles_across = math.ceil(total_cols / info.columns)
     tiles_down = math.ceil(total_rows / info.rows)
     count = min(info.frames, tiles_across * tiles_down)
-    return [((i // tiles_across) * info.rows, (i % tiles_across) * info.columns) for i in range(count)]
+    return [
+        ((i // tiles_across) * info.rows, (i % tiles_across) * info.columns) for i in range(count)
+    ]
 
 
 def assemble_total_pixel_matrix(

@@ -149,7 +149,9 @@ def build_segmentation(
             else hd.seg.SegmentationTypeValues.BINARY
         ),
         segment_descriptions=[description],
-        series_instance_uid=uids.derive_uid(source_uid, algorithm.version, "seg-series", root=uid_root),
+        series_instance_uid=uids.derive_uid(
+            source_uid, algorithm.version, "seg-series", root=uid_root
+        ),
         series_number=series_number,
         sop_instance_uid=uids.derive_uid(source_uid, algorithm.version, "seg", root=uid_root),
         instance_number=instance_number,

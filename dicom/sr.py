@@ -154,14 +154,18 @@ class Verification:
             if not isinstance(self.comment, str):
                 raise TypeError(f"comment must be a str, got {self.comment!r}")
             if len(self.comment) > 10240:
-                raise ValueError(f"comment must be at most 10240 characters, got {len(self.comment)}")
+                raise ValueError(
+                    f"comment must be at most 10240 characters, got {len(self.comment)}"
+                )
 
 
 def _check_dataset(name: str, value: object, sop_classes: set[str]) -> Dataset:
     if not isinstance(value, Dataset):
         raise TypeError(f"{name} must be a pydicom Dataset, got {type(value).__name__}")
     if str(value.get("SOPClassUID", "")) not in sop_classes:
-        raise ValueError(f"{name} has SOP class {value.get('SOPClassUID')!r}, expected {sorted(sop_classes)}")
+        raise ValueError(
+            f"{name} has SOP class {value.get('SOPClassUID')!r}, expected {sorted(sop_classes)}"
+        )
     return value
 
 
@@ -251,7 +255,8 @@ def build_sr(
     if (verification is None) != (predecessor is None):
         raise ValueError(
             "verification and predecessor go together: a verified SR supersedes a document, "
-            f"got verification={verification!r}, predecessor={'a dataset' if predecessor is not None else None}"
+            f"got verification={verification!r}, "
+            f"predecessor={'a dataset' if predecessor is not None else None}"
         )
     if predecessor is not None:
         predecessor = _check_dataset("predecessor", predecessor, {str(sop.COMPREHENSIVE_3D_SR)})

@@ -88,7 +88,9 @@ def validate_uid(value: str, *, name: str = "UID") -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}: {value!r}")
     if len(value) > _MAX_LEN or not _UID_RE.match(value):
-        raise ValueError(f"{name} is not a valid DICOM UID (<= 64 chars, digits and dots): {value!r}")
+        raise ValueError(
+            f"{name} is not a valid DICOM UID (<= 64 chars, digits and dots): {value!r}"
+        )
     return value
 
 

@@ -130,11 +130,14 @@ institution : str, optional
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if not isinstance(self.probabilities, Mapping) or set(self.probabilities) != set(STAGES):
-            raise ValueError(f"probabilities must give each of {STAGES}, got {self.probabilities!r}")
+            raise ValueError(
+                f"probabilities must give each of {STAGES}, got {self.probabilities!r}"
+            )
         for stage, p in self.probabilities.items():
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
                 raise ValueError(f"probability of {stage} must be in [0, 1], got {p!r}")
-        if isinstance(self.blast_count, bool) or not isinstance(self.blast_count, int) or self.blast_count < 0:
+        count = self.blast_count
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"blast_count must be an int >= 0, got {self.blast_count!r}")
         fraction = self.blast_area_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
@@ -167,7 +170,9 @@ def _check_rgb(name: str, value: object) -> None:
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(value).__name__}")
     if value.dtype != np.uint8 or value.ndim != 3 or value.shape[2] != 3 or 0 in value.shape:
-        raise ValueError(f"{name} must be (rows, columns, 3) uint8, got {value.shape} {value.dtype}")
+        raise ValueError(
+            f"{name} must be (rows, columns, 3) uint8, got {value.shape} {value.dtype}"
+        )
 
 
 def _fonts() -> tuple[str, str]:

@@ -11,7 +11,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -22,11 +21,8 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000,
-    JPEG2000Lossless,
     JPEGBaseline8Bit,
-    JPEGLSLossless,
     JPEGLSNearLossless,
-    RLELossless,
     generate_uid,
 )
 
@@ -130,21 +126,3 @@ def write(ds: Dataset, path: Path) -> Path:
     implicit = ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     ds.save_as(path, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
     return path
-
-
-__all__ = [
-    "NATIVE",
-    "base_dataset",
-    "make_image",
-    "palette",
-    "ybr422_bytes",
-    "jpeg_baseline",
-    "encode",
-    "write",
-    "JPEG2000",
-    "JPEG2000Lossless",
-    "JPEGLSLossless",
-    "JPEGLSNearLossless",
-    "RLELossless",
-    "pydicom",
-]

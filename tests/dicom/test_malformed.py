@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from dicom import pixels
 from dicom.errors import DecompressionBombError, DicomDecodeError, DicomError
@@ -131,7 +131,8 @@ def test_codestream_declaring_another_size_is_refused(smear_rgb):
 
 def test_corrupt_codestream_is_typed(smear_rgb):
     ds = inputs.encode(inputs.make_image(smear_rgb, "RGB", 8), JPEGLSLossless)
-    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"\x00\x0b\x08\x00\x60\x00\x80\x03" + b"\x13" * 500])
+    sof55 = b"\xff\xd8\xff\xf7" + b"\x00\x0b\x08\x00\x60\x00\x80\x03"
+    ds.PixelData = encapsulate([sof55 + b"\x13" * 500])
     with pytest.raises(DicomDecodeError):
         pixels.decode_file(_part10(ds))
 
@@ -145,7 +146,8 @@ def test_corrupt_rle_is_typed(smear_rgb):
 
 def test_missing_encapsulated_frames(smear_rgb):
     stack = np.stack([smear_rgb] * 3)
-    ds = inputs.encode(inputs.make_image(stack, "RGB", 8, sop_class="1.2.840.10008.5.1.4.1.1.7.4"), RLELossless)
+    source = inputs.make_image(stack, "RGB", 8, sop_class="1.2.840.10008.5.1.4.1.1.7.4")
+    ds = inputs.encode(source, RLELossless)
     ds.NumberOfFrames = 5
     with pytest.raises(DicomError):
         pixels.decode_file(_part10(ds))

@@ -70,8 +70,9 @@ def build_input(kind: str, ts: str, rgb: np.ndarray):
     if kind == "YBR_FULL_422":
         rgb = np.repeat(rgb[:, 0::2], 2, axis=1)  # chroma constant over each pixel pair
     if ts == JPEGBaseline8Bit:
-        ds = inputs.make_image(grey if photometric.startswith("MONO") else rgb, "MONOCHROME2" if photometric.startswith("MONO") else "RGB", 8)
-        if photometric.startswith("MONO"):
+        mono = photometric.startswith("MONO")
+        ds = inputs.make_image(grey if mono else rgb, "MONOCHROME2" if mono else "RGB", 8)
+        if mono:
             stored = grey if photometric == "MONOCHROME2" else 255 - grey
             inputs.jpeg_baseline(ds, stored, photometric)
             return ds, np.repeat(grey[..., None], 3, axis=-1), 3.0
@@ -169,7 +170,8 @@ def test_syntaxes_without_encoder_here_decode_from_pydicom_files(name, ts, photo
 def test_colour_test_pattern_is_rgb():
     """dcmtk's YBR and RGB encodings of the same pattern decode to the same RGB."""
     reference = pixels.decode_file(get_testdata_file("SC_rgb_rle.dcm"))
-    for name in ("SC_rgb_dcmtk_+eb+cy+n1.dcm", "SC_rgb_dcmtk_+eb+cy+s2.dcm", "SC_rgb_jpeg_dcmtk.dcm"):
+    names = ("SC_rgb_dcmtk_+eb+cy+n1.dcm", "SC_rgb_dcmtk_+eb+cy+s2.dcm", "SC_rgb_jpeg_dcmtk.dcm")
+    for name in names:
         decoded = pixels.decode_file(get_testdata_file(name))
         assert np.abs(decoded.astype(int) - reference.astype(int)).mean() < 3, name
 

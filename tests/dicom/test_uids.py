@@ -30,7 +30,9 @@ def test_every_kind_is_distinct():
     assert len(derived) == len(uids.OUTPUT_KINDS)
 
 
-@pytest.mark.parametrize("root", ["1.2.3", "1.3.6.1.4.1.99999.42", "1.3.6.1.4.1.99999.1.2.3.4.5.6.7.8.9.10.11.12.13"])
+@pytest.mark.parametrize(
+    "root", ["1.2.3", "1.3.6.1.4.1.99999.42", "1.3.6.1.4.1.99999.1.2.3.4.5.6.7.8.9.10.11.12.13"]
+)
 def test_custom_root(root):
     uid = uids.derive_uid(SOURCE, "1.0.0", "sr", root=root)
     assert uid.startswith(root + ".")
@@ -39,7 +41,10 @@ def test_custom_root(root):
     assert uid == uids.derive_uid(SOURCE, "1.0.0", "sr", root=root + ".")
 
 
-@pytest.mark.parametrize("root", ["1.2.826.0.1.3680043.8.498", "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.10.511.3"])
+@pytest.mark.parametrize(
+    "root",
+    ["1.2.826.0.1.3680043.8.498", "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.10.511.3"],
+)
 def test_toolkit_prefixes_are_refused(root):
     with pytest.raises(ValueError, match="toolkit"):
         uids.derive_uid(SOURCE, "1", "seg", root=root)
@@ -53,7 +58,14 @@ def test_bad_roots_are_refused(root):
 
 @pytest.mark.parametrize(
     ("source", "version", "kind"),
-    [("1.2.03", "1", "seg"), ("x", "1", "seg"), (SOURCE, "", "seg"), (SOURCE, "1", "SEG"), (SOURCE, "1", "a b"), (None, "1", "seg")],
+    [
+        ("1.2.03", "1", "seg"),
+        ("x", "1", "seg"),
+        (SOURCE, "", "seg"),
+        (SOURCE, "1", "SEG"),
+        (SOURCE, "1", "a b"),
+        (None, "1", "seg"),
+    ],
 )
 def test_bad_arguments_are_refused(source, version, kind):
     with pytest.raises((ValueError, TypeError)):
