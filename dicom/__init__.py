@@ -1,5 +1,34 @@
 """DICOM I/O for bcd-node as a small, strict library.
 
 This package imports nothing from the rest of the project: pydicom, pynetdicom, highdicom and
-numpy only.
+numpy only. Builders refuse to build invalid objects (``TypeError``/``ValueError`` naming the
+received value); the reader raises the typed errors of :mod:`dicom.errors`.
+
+Modules
+-------
+errors
+    ``DicomError`` (a ``ValueError``) and its subclasses ``DicomDecodeError``,
+    ``UnsupportedDicomError``, ``DecompressionBombError``.
+sop
+    Accepted and emitted SOP classes, transfer syntaxes, photometric interpretations.
+pixels
+    ``read_dataset``, ``inspect_image``, ``iter_frames``, ``decode_frames``, ``decode_file``,
+    ``assemble_total_pixel_matrix``: any accepted input to RGB ``uint8`` frames.
+uids
+    Deterministic output UIDs (``derive_uid``) under a configured root, ``new_uid``.
+codes
+    Coded concepts, the four stages and the private ``99BCD`` scheme.
+algorithm
+    ``Algorithm``: identification of the model on every output (IHE AI Results).
+seg
+    ``build_segmentation``: the blast cell SEG (BINARY or FRACTIONAL).
+sr
+    ``Findings``, ``Verification``, ``build_sr``: TID 1500 SR, unverified or verified successor.
+encapsulated
+    ``build_encapsulated_pdf``: the PDF report as Encapsulated PDF (Modality DOC).
+dicomize
+    ``dicomize``: an RGB array plus patient/study/specimen fields as a VL Microscopic Image or
+    Secondary Capture Image.
+outputs
+    ``build_result_objects`` (SEG + SR + PDF together) and ``write_dataset`` (durable write).
 """

@@ -19,7 +19,6 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
 from dicom import sop, uids
-from dicom.algorithm import Algorithm
 
 __all__ = ["dicomize"]
 
@@ -27,7 +26,7 @@ LOGGER = logging.getLogger(__name__)
 
 #: SNOMED CT "Microscope slide" (CID 8101 container types).
 _SLIDE = hd.sr.CodedConcept("433466003", "SCT", "Microscope slide")
-#: SNOMED CT "Peripheral blood specimen"... kept generic: "Blood specimen" (CID 8103 is extensible).
+#: SNOMED CT "Blood specimen" (CID 8103 Anatomic Pathology Specimen Types is extensible).
 _BLOOD_SPECIMEN = hd.sr.CodedConcept("119297000", "SCT", "Blood specimen")
 
 _DA_RE = re.compile(r"^\d{8}$")
@@ -119,7 +118,6 @@ def dicomize(
     manufacturer: str = "bcd-node",
     software_version: str | None = None,
     lossy_source: bool = False,
-    algorithm: Algorithm | None = None,
     now: dt.datetime | None = None,
 ) -> Dataset:
     """Build a VL Microscopic Image (or Secondary Capture Image) from an RGB array.
@@ -157,8 +155,6 @@ def dicomize(
         Software Versions of the converting equipment.
     lossy_source : bool, optional
         Whether the upload was lossy compressed (JPEG): sets Lossy Image Compression ``01``.
-    algorithm : Algorithm, optional
-        Not used for the image itself; accepted so callers can pass one context object.
     now : datetime.datetime, optional
         Content date and time (default: now).
 
@@ -172,7 +168,6 @@ def dicomize(
     TypeError, ValueError
         Naming the argument and value that is not valid.
     """
-    del algorithm
     pixels = _check_image(image)
     patient_id = _text("patient_id", patient_id, 64, required=True)
     name = _person_name(patient_name)

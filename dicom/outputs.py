@@ -1,0 +1,134 @@
+"""Build and write the result objects of one analysed image together.
+
+A convenience over :mod:`dicom.seg`, :mod:`dicom.sr` and :mod:`dicom.encapsulated` for the
+worker and ``bcd-node analyze``: one call builds the SEG, the SR referencing it and the
+Encapsulated PDF, and :func:`write_dataset` writes a file durably (temporary name, fsync,
+rename).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from dicom import uids
+from dicom.algorithm import Algorithm
+from dicom.encapsulated import build_encapsulated_pdf
+from dicom.seg import build_segmentation
+from dicom.sr import Findings, build_sr
+
+__all__ = ["ResultObjects", "build_result_objects", "write_dataset"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResultObjects:
+    """The objects the node sends for one image.
+
+    Attributes
+    ----------
+    seg : pydicom.dataset.Dataset
+        The blast cell segmentation.
+    sr : pydicom.dataset.Dataset
+        The TID 1500 report (unverified).
+    pdf : pydicom.dataset.Dataset or None
+        The Encapsulated PDF report, if a PDF was given.
+    """
+
+    seg: Dataset
+    sr: Dataset
+    pdf: Dataset | None = None
+
+    def named(self) -> list[tuple[str, Dataset]]:
+        """Return ``(file name, dataset)`` pairs; the file name says which object it is."""
+        pairs = [("seg", self.seg), ("sr", self.sr)]
+        if self.pdf is not None:
+            pairs.append(("pdf", self.pdf))
+        return [(f"{kind}-{ds.SOPInstanceUID}.dcm", ds) for kind, ds in pairs]
+
+
+def build_result_objects(
+    source: Dataset,
+    mask: np.ndarray,
+    findings: Findings,
+    *,
+    algorithm: Algorithm,
+    pdf: bytes | None = None,
+    fractional: bool = False,
+    uid_root: str = uids.DEFAULT_ROOT,
+) -> ResultObjects:
+    """Build the SEG, SR and (optionally) Encapsulated PDF of one analysed image.
+
+    Parameters
+    ----------
+    source : pydicom.dataset.Dataset
+        The analysed image.
+    mask : numpy.ndarray
+        The blast cell mask (see :func:`dicom.seg.build_segmentation`).
+    findings : Findings
+        The algorithm's result.
+    algorithm : Algorithm
+        The model.
+    pdf : bytes, optional
+        The rendered PDF report to encapsulate.
+    fractional : bool, optional
+        Build a FRACTIONAL SEG.
+    uid_root : str, optional
+        Root of the derived UIDs.
+
+    Returns
+    -------
+    ResultObjects
+        The objects; building them twice gives the same UIDs.
+    """
+    seg = build_segmentation(
+        source, mask, algorithm=algorithm, fractional=fractional, uid_root=uid_root
+    )
+    sr = build_sr(source, seg, findings, algorithm=algorithm, uid_root=uid_root)
+    encapsulated = None
+    if pdf is not None:
+        encapsulated = build_encapsulated_pdf(source, pdf, algorithm=algorithm, uid_root=uid_root)
+    return ResultObjects(seg=seg, sr=sr, pdf=encapsulated)
+
+
+def write_dataset(ds: Dataset, path: str | os.PathLike[str]) -> Path:
+    """Write a dataset as a DICOM Part 10 file, durably.
+
+    The file is written under a temporary name in the same folder, flushed to disk and renamed,
+    so a reader never sees a partial file.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The dataset (with file meta information).
+    path : str or os.PathLike
+        Destination file.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    if not isinstance(ds, Dataset):
+        raise TypeError(f"ds must be a pydicom Dataset, got {type(ds).__name__}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            ds.save_as(fh, enforce_file_format=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    LOGGER.debug("wrote %s to %s", ds.get("SOPInstanceUID", "?"), target.name)
+    return target

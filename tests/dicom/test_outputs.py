@@ -1,0 +1,40 @@
+"""Build and write all result objects of one image."""
+
+from __future__ import annotations
+
+import pydicom
+import pytest
+
+from dicom import sop
+from dicom.algorithm import Algorithm
+from dicom.outputs import build_result_objects, write_dataset
+from dicom.sr import Findings
+from tests.support.dicomcheck import assert_dciodvfy_clean
+
+FINDINGS = Findings("Benign", {"Benign": 0.9, "Malignant-Early": 0.05, "Malignant-Pre": 0.03,
+                               "Malignant-Pro": 0.02}, 0, 0.0, True)
+
+
+@pytest.mark.integration
+def test_build_and_write_all(tmp_path, source_image, blast_mask):
+    algorithm = Algorithm("bcd-vgg16-unet", "0.1.0-demo")
+    objects = build_result_objects(source_image, blast_mask, FINDINGS, algorithm=algorithm,
+                                   pdf=b"%PDF-1.4\n%%EOF\n")
+    written = [write_dataset(ds, tmp_path / "out" / name) for name, ds in objects.named()]
+    assert [p.name.split("-")[0] for p in written] == ["seg", "sr", "pdf"]
+    classes = []
+    for path in written:
+        assert_dciodvfy_clean(path)
+        classes.append(pydicom.dcmread(path).SOPClassUID)
+    assert classes == [sop.SEGMENTATION, sop.COMPREHENSIVE_3D_SR, sop.ENCAPSULATED_PDF]
+    assert not list((tmp_path / "out").glob(".tmp-*"))
+    again = build_result_objects(source_image, blast_mask, FINDINGS, algorithm=algorithm)
+    assert again.pdf is None
+    assert [ds.SOPInstanceUID for _, ds in again.named()] == [
+        ds.SOPInstanceUID for _, ds in objects.named()[:2]
+    ]
+
+
+def test_write_dataset_refuses_non_datasets(tmp_path):
+    with pytest.raises(TypeError):
+        write_dataset({"PatientID": "x"}, tmp_path / "x.dcm")
