@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import re
 import sys
 from typing import Any, Callable, Sequence
 
@@ -45,6 +46,86 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the node."""
     from bcd_node.serve import serve
     return serve(settings_for(args))
+
+
+def cmd_role(args: argparse.Namespace) -> int:
+    """Run one role."""
+    from bcd_node.serve import run
+    return run(settings_for(args), (args.command,))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print queue and delivery state."""
+    from sqlalchemy import func, select
+
+    from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, Job, JobState
+
+    ctx = _context(args)
+    with ctx.session_factory() as session:
+        jobs = {JobState(s).value: n for s, n in session.execute(
+            select(Job.state, func.count()).group_by(Job.state))}
+        deliveries: dict[str, dict[str, int]] = {}
+        for dest, state, n in session.execute(select(Delivery.destination, Delivery.state,
+                                                     func.count())
+                                              .group_by(Delivery.destination, Delivery.state)):
+            deliveries.setdefault(dest, {})[DeliveryState(state).value] = n
+        failed = [{"job": j.id, "kind": j.kind.value, "error": j.last_error}
+                  for j in session.execute(select(Job).where(Job.state == JobState.FAILED)
+                                           .order_by(Job.id.desc()).limit(10)).scalars()]
+        health = {h.name: {"ok": h.last_echo_ok,
+                           "at": h.last_echo_at.isoformat() if h.last_echo_at else None,
+                           "error": h.last_error}
+                  for h in session.execute(select(DestinationHealth)).scalars()}
+    state = {"jobs": {s.value: jobs.get(s.value, 0) for s in JobState},
+             "deliveries": deliveries, "destinations": health, "recent_failures": failed}
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    print("jobs:       " + ", ".join(f"{k} {v}" for k, v in state["jobs"].items()))
+    for dest in [d.name for d in settings_for(args).destinations] or ["(no destinations)"]:
+        counts = deliveries.get(dest, {})
+        h = health.get(dest, {})
+        echo = "never checked" if not h else ("C-ECHO ok" if h["ok"] else f"C-ECHO failing: "
+                                                                        f"{h['error']}")
+        print(f"{dest:<11} " + ", ".join(f"{s.value} {counts.get(s.value, 0)}"
+                                         for s in DeliveryState) + f"; {echo}")
+    for f in failed:
+        print(f"failed job {f['job']} ({f['kind']}): {f['error']}")
+    return 0
+
+
+def cmd_deliveries_retry(args: argparse.Namespace) -> int:
+    """Retry dead-lettered deliveries."""
+    from bcd_node.delivery import retry_dead
+
+    ctx = _context(args)
+    with ctx.session_factory.begin() as session:
+        n = retry_dead(session, actor=_cli_actor(), actor_kind="cli", ids=args.ids or None)
+    print(f"{n} deliver{'y' if n == 1 else 'ies'} queued again")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Send files to a peer by C-STORE."""
+    from dicom.scu import Peer, PeerUnavailableError, send_files
+
+    match = re.fullmatch(r"([^@]{1,16})@([^:]+):(\d{1,5})", args.to)
+    if not match:
+        raise CommandError(f"--to {args.to!r}: expected AE@HOST:PORT")
+    d = settings_for(args).delivery
+    peer = Peer(ae_title=match[1], host=match[2], port=int(match[3]),
+                calling_ae=settings_for(args).dicom.ae_title, connect_timeout=d.connect_timeout,
+                acse_timeout=d.acse_timeout, dimse_timeout=d.dimse_timeout,
+                network_timeout=d.network_timeout)
+    try:
+        outcomes = send_files(peer, args.files)
+    except PeerUnavailableError as exc:
+        raise CommandError(str(exc)) from None
+    failed = 0
+    for o in outcomes:
+        print(f"{o.path}: {'ok' if o.ok else 'FAILED ' + o.error}")
+        failed += not o.ok
+    return 1 if failed else 0
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -200,6 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     _add(sub, "serve", cmd_serve, "run the DICOM listener, workers, scheduler and web console")
+    _add(sub, "scp", cmd_role, "run only the DICOM listener and intake (multi-process mode)")
+    _add(sub, "worker", cmd_role,
+         "run only the analysis workers and the delivery scheduler (multi-process mode)")
+    _add(sub, "web", cmd_role, "run only the web console and API (multi-process mode)")
+    st = _add(sub, "status", cmd_status, "print queue and delivery state")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    snd = _add(sub, "send", cmd_send, "send DICOM files to a peer by C-STORE")
+    snd.add_argument("files", nargs="+", metavar="FILE")
+    snd.add_argument("--to", required=True, metavar="AE@HOST:PORT")
+    dl = sub.add_parser("deliveries", help="deliveries to PACS", description="deliveries to PACS")
+    dl_sub = dl.add_subparsers(dest="deliveries_command", metavar="COMMAND", required=True)
+    rt = _add(dl_sub, "retry", cmd_deliveries_retry,
+              "queue deliveries that need attention (dead letter) again")
+    rt.add_argument("ids", nargs="*", type=int, help="delivery ids (default: all that need "
+                                                     "attention)")
 
     db = sub.add_parser("db", help="database maintenance", description="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)

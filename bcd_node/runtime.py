@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -52,6 +53,12 @@ class NodeContext:
     components: dict[str, Component] = field(default_factory=dict)
     #: The process's :class:`bcd_node.intake.Intake` once started (shared by SCP and console).
     intake: Any = None
+    #: The process's :class:`bcd_node.metrics.Metrics`.
+    metrics: Any = None
+    #: The process's :class:`bcd_node.worker.Workers` when it runs the worker role.
+    workers: Any = None
+    #: Set once every component of the process has started (``/readyz`` waits for it).
+    started: threading.Event = field(default_factory=threading.Event)
 
 
 def open_node(settings: Settings, *, migrate: bool = True) -> NodeContext:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,7 +43,7 @@ def _audit(factory: sessionmaker[Session], **kwargs: Any) -> None:
 
 
 def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
-                 timings: Callable[[float], None] | None = None) -> int:
+                 metrics: Any = None) -> int:
     """C-STORE: durable intake, then Success; the right failure status otherwise."""
     started = time.perf_counter()
     calling_ae, peer = _peer(event)
@@ -51,6 +51,8 @@ def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
     sop_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
 
     def refuse(status: int, reason: str, action: str = "store_refused") -> int:
+        if metrics is not None:
+            metrics.refused.labels(f"0x{status:04X}").inc()
         LOGGER.warning("C-STORE %s from %s refused (0x%04X): %s", sop_uid, calling_ae, status,
                        reason)
         _audit(factory, actor=calling_ae, actor_kind="dicom", source=peer, action=action,
@@ -78,8 +80,9 @@ def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
         return refuse(PROCESSING_FAILURE, f"{type(exc).__name__}: {exc}")
     if accepted.replaced:
         LOGGER.info("instance %s replaced with new content; re-analysing", sop_uid)
-    if timings is not None:
-        timings(time.perf_counter() - started)
+    if metrics is not None:
+        metrics.received.labels("dicom").inc()
+        metrics.store_seconds.observe(time.perf_counter() - started)
     return SUCCESS
 
 

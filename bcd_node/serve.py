@@ -1,7 +1,10 @@
-"""``bcd-node serve``: run the listener, workers, scheduler and console in one process.
+"""Running the node: ``serve`` (every role in one process) or one role per process.
 
-Parts that are not built yet are reported as "not available" at start-up and on the console's
-landing page, so an operator sees exactly what this version runs.
+Roles: ``scp`` (DICOM listener + durable intake), ``worker`` (analysis workers and the scheduler:
+delivery, C-ECHO health, study summaries, retention) and ``web`` (console, API, health and
+metrics). ``bcd-node serve`` runs all three on one database; ``bcd-node scp``/``worker``/``web``
+run one each, against PostgreSQL when they are separate processes. This module is the
+composition root: the only one in ``bcd_node`` that starts the console.
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from bcd_node.errors import BcdError
+from bcd_node.metrics import Metrics
 from bcd_node.runtime import Component, NodeContext, open_node
-from bcd_node.settings import Settings
+from bcd_node.settings import PROJECT_ROOT, Settings
 from bcd_node.users import ensure_initial_admin
 
 LOGGER = logging.getLogger(__name__)
+ROLES = ("scp", "worker", "web")
 
 
 class StartupError(BcdError):
@@ -44,14 +49,17 @@ def bootstrap_admin(context: NodeContext, out: Any = None) -> None:
         print("=" * 72 + "\n", file=out, flush=True)
 
 
-def _start_intake(context: NodeContext) -> tuple[Component, Callable[[], None]]:
+Stopper = Callable[[], None]
+
+
+def _start_intake(context: NodeContext) -> tuple[Component, Stopper]:
     from bcd_node.intake import Intake
 
     context.intake = Intake(context).start()
     return Component("intake", True, "durable intake (group commit)"), context.intake.stop
 
 
-def _start_scp(context: NodeContext) -> tuple[Component, Callable[[], None]]:
+def _start_scp(context: NodeContext) -> tuple[Component, Stopper]:
     from pynetdicom import evt
 
     from bcd_node.scp_handlers import handle_rejected, handle_store
@@ -64,7 +72,8 @@ def _start_scp(context: NodeContext) -> tuple[Component, Callable[[], None]]:
                        network_timeout=d.network_timeout, max_pdu=d.max_pdu,
                        storage_contexts=storage_contexts())
     handlers = [
-        (evt.EVT_C_STORE, handle_store, [context.intake, context.session_factory]),
+        (evt.EVT_C_STORE, handle_store, [context.intake, context.session_factory,
+                                         context.metrics]),
         (evt.EVT_REJECTED, handle_rejected,
          [context.session_factory, tuple(d.allowed_calling_aes), d.ae_title]),
     ]
@@ -81,7 +90,64 @@ def _start_scp(context: NodeContext) -> tuple[Component, Callable[[], None]]:
     return Component("dicom", True, detail, alive), server.shutdown
 
 
-def _start_web(context: NodeContext) -> tuple[Component, Callable[[], None]]:
+def _start_workers(context: NodeContext) -> tuple[Component, Stopper]:
+    from bcd_node.inference.loader import WeightsError
+    from bcd_node.inference.predictor import Predictor
+    from bcd_node.pipeline import Pipeline
+    from bcd_node.worker import Workers
+
+    m = context.settings.model
+    count = context.settings.workers.count
+    if count == 0:
+        return Component("workers", False, "workers.count = 0 (run `bcd-node worker`)"), \
+            lambda: None
+    try:
+        predictor = Predictor(m.weights, precision=m.precision, threads=m.threads,
+                              batch_size=m.batch_size, review_threshold=m.review_threshold)
+    except (WeightsError, FileNotFoundError) as exc:
+        context.components["model"] = Component("model", False, str(exc))
+        return Component("workers", False, f"no model: {exc}"), lambda: None
+    info = predictor.model_info
+    demo = bool(predictor.manifest.get("demonstration", True))
+    context.components["model"] = Component(
+        "model", True, f"{info['name']} {info['version']} (width {info['width']}, "
+                       f"{info['precision']}){' — demonstration model, not for clinical use' if demo else ''}")
+    pipeline = Pipeline(context, predictor, demonstration_model=demo)
+    metrics = context.metrics
+
+    def on_done(_job: Any, seconds: float, outcome: str) -> None:
+        metrics.processed.labels(outcome).inc()
+        metrics.inference_seconds.observe(seconds)
+
+    workers = Workers(context, pipeline.run, count, on_done=on_done).start()
+    context.workers = workers
+    return Component("workers", True, f"{count} analysis worker(s)", workers.alive), workers.stop
+
+
+def _start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from bcd_node.delivery import Deliverer
+
+    deliverer = Deliverer(context)
+    d = context.settings.delivery
+    scheduler = BackgroundScheduler(timezone="UTC", job_defaults={
+        "coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
+    scheduler.add_job(deliverer.run_once, "interval", seconds=d.interval, id="deliver")
+    scheduler.add_job(deliverer.echo_all, "interval", seconds=d.echo_interval, id="echo",
+                      next_run_time=None if not context.settings.destinations else _soon())
+    scheduler.start()
+    names = ", ".join(x.name for x in context.settings.destinations) or "none configured"
+    return Component("delivery", True, f"delivery to {names}", lambda: scheduler.running), \
+        lambda: scheduler.shutdown(wait=True)
+
+
+def _soon() -> Any:
+    from datetime import datetime, timedelta, timezone
+    return datetime.now(timezone.utc) + timedelta(seconds=1)
+
+
+def _start_web(context: NodeContext) -> tuple[Component, Stopper]:
     from waitress.server import create_server
 
     from webadmin import create_app
@@ -100,35 +166,45 @@ def _start_web(context: NodeContext) -> tuple[Component, Callable[[], None]]:
         server.close
 
 
-def _model_component(settings: Settings) -> Component:
-    if settings.model.weights is not None:
-        return Component("model", True, f"weights {settings.model.weights}")
-    from bcd_node.settings import PROJECT_ROOT
-    bundled = sorted((PROJECT_ROOT / "weights").glob("*.json"))
-    if bundled:
-        return Component("model", True, f"bundled weights {bundled[0].name}")
-    return Component("model", False, "no bundled weights yet (model issue)")
+def _bundled_model_present(settings: Settings) -> bool:
+    return settings.model.weights is not None or \
+        (PROJECT_ROOT / "weights" / "manifest.json").is_file()
 
 
-def serve(settings: Settings, stop: threading.Event | None = None) -> int:
-    """Run every role until SIGTERM/SIGINT (or ``stop`` is set); return the exit code."""
+STARTERS: dict[str, tuple[Callable[[NodeContext], tuple[Component, Stopper]], ...]] = {
+    "scp": (_start_intake, _start_scp),
+    "worker": (_start_workers, _start_scheduler),
+    "web": (_start_web,),
+}
+
+
+def run(settings: Settings, roles: Iterable[str] = ROLES,
+        stop: threading.Event | None = None) -> int:
+    """Run ``roles`` until SIGTERM/SIGINT (or ``stop`` is set); return the exit code.
+
+    Shutdown is graceful: the listener stops accepting first, then the intake commits what it
+    holds, the workers finish the job in hand, the scheduler finishes a running delivery.
+    """
+    # Started console first and listener last, stopped in reverse: nothing new is accepted
+    # while the intake, the workers and the scheduler drain.
+    roles = tuple(r for r in ("web", "worker", "scp") if r in set(roles))
     stop = stop or threading.Event()
     context = open_node(settings, migrate=True)
-    bootstrap_admin(context)
-    stoppers: list[Callable[[], None]] = []
+    context.metrics = Metrics(context)
+    if "web" in roles:
+        bootstrap_admin(context)
+    stoppers: list[Stopper] = []
     try:
-        for starter in (_start_intake, _start_scp, _start_web):
-            component, stopper = starter(context)
-            context.components[component.name] = component
-            stoppers.append(stopper)
-        context.components["model"] = _model_component(settings)
-        context.components["workers"] = Component(
-            "workers", False, "analysis pipeline not built yet (node issue)")
-        context.components["delivery"] = Component(
-            "delivery", False, "delivery to PACS not built yet (node issue)")
+        if "worker" not in roles and not _bundled_model_present(settings):
+            context.components["model"] = Component("model", False, "no weights")
+        for role in roles:
+            for starter in STARTERS[role]:
+                component, stopper = starter(context)
+                context.components[component.name] = component
+                stoppers.append(stopper)
         for component in context.components.values():
             LOGGER.info("%s: %s", component.name, component.describe())
-
+        context.started.set()
         if threading.current_thread() is threading.main_thread():
             def on_signal(signum: int, _frame: Any) -> None:
                 LOGGER.info("received %s, shutting down", signal.Signals(signum).name)
@@ -146,6 +222,11 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         context.engine.dispose()
         LOGGER.info("stopped")
     return 0
+
+
+def serve(settings: Settings, stop: threading.Event | None = None) -> int:
+    """``bcd-node serve``: every role in one process."""
+    return run(settings, ROLES, stop)
 
 
 def _notify_ready() -> None:

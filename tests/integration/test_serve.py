@@ -37,7 +37,7 @@ class Node:
             if self.proc.poll() is not None:
                 raise AssertionError(f"serve exited {self.proc.returncode}: {self.output()}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=2):
+                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=2):
                     return
             except OSError:
                 time.sleep(0.2)
@@ -79,13 +79,13 @@ def test_serve_answers_dicom_and_http_and_stops_on_sigterm(write_config) -> None
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=5) as resp:
             page = resp.read().decode()
             assert "nosniff" == resp.headers["X-Content-Type-Options"]
-        assert "BCD_NODE" in page and "not available" in page
+        assert "BCD_NODE" in page and "dicom" in page
     finally:
         code = node.stop()
     assert code == 0
     out = node.output()
     assert "one-time password" in out
-    assert "workers: not available" in out  # says what it does not run yet
+    assert "dicom: listening on" in out and "model:" in out  # says what runs
     assert "stopped" in out
 
     # Second start: users exist, so no new password is printed.
