@@ -70,6 +70,9 @@ DEFAULT_MAX_PIXELS = 100_000_000
 #: Deepest sequence nesting accepted; real microscopy objects nest fewer than ten levels.
 MAX_SEQUENCE_DEPTH = 32
 
+#: Largest stored size of one pixel (3 samples x 16 bits); bounds the file size we read.
+_MAX_BYTES_PER_PIXEL = 6
+
 #: Header bytes inflated from a deflated dataset, on top of the pixel budget.
 _DEFLATE_HEADROOM = 16 * 1024 * 1024
 
@@ -189,11 +192,17 @@ def read_dataset(
         If a deflated dataset inflates beyond the budget.
     """
     _check_limit(max_pixels)
+    max_bytes = max_pixels * _MAX_BYTES_PER_PIXEL + _DEFLATE_HEADROOM
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):
         try:
             with open(source, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size > max_bytes:
+                    raise DecompressionBombError(
+                        f"file of {size} bytes exceeds the limit of {max_bytes} bytes"
+                    )
                 data = fh.read()
         except OSError as exc:
             raise DicomDecodeError(f"cannot read {os.fspath(source)!r}: {exc}") from exc
@@ -203,6 +212,8 @@ def read_dataset(
             raise TypeError(f"source must be opened in binary mode, read() returned {type(data)!r}")
     else:
         raise TypeError(f"source must be a path, bytes or a binary file, got {type(source)!r}")
+    if len(data) > max_bytes:
+        raise DecompressionBombError(f"input of {len(data)} bytes exceeds the limit of {max_bytes}")
 
     try:
         fp = io.BytesIO(data)

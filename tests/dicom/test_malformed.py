@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -172,3 +173,13 @@ def test_file_object_must_be_binary(tmp_path):
         pixels.read_dataset(io.StringIO("DICM"))
     with pytest.raises(TypeError):
         pixels.read_dataset(12345)
+
+
+def test_oversized_file_is_refused_before_reading(tmp_path, valid_bytes):
+    path = tmp_path / "big.dcm"
+    path.write_bytes(valid_bytes)
+    os.truncate(path, 40 * 2**20)  # sparse: cheap to make, larger than 10 pixels + headroom
+    with pytest.raises(DecompressionBombError, match="bytes exceeds"):
+        pixels.read_dataset(path, max_pixels=10)
+    with pytest.raises(DecompressionBombError, match="bytes exceeds"):
+        pixels.read_dataset(valid_bytes + bytes(17 * 2**20), max_pixels=10)
