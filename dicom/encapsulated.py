@@ -34,12 +34,6 @@ _PATIENT_STUDY = (
     "AccessionNumber",
     "StudyDescription",
 )
-_SPECIMEN = (
-    "ContainerIdentifier",
-    "IssuerOfTheContainerIdentifierSequence",
-    "ContainerTypeCodeSequence",
-    "SpecimenDescriptionSequence",
-)
 
 
 def build_encapsulated_pdf(
@@ -58,7 +52,7 @@ def build_encapsulated_pdf(
     Parameters
     ----------
     source : pydicom.dataset.Dataset
-        The analysed image; patient, study and specimen attributes are copied from it and it is
+        The analysed image; patient and study attributes are copied from it and it is
         referenced in the Source Instance Sequence.
     pdf : bytes
         The PDF document (must start with ``%PDF-``).
@@ -124,7 +118,8 @@ def build_encapsulated_pdf(
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
 
-    for keyword in _PATIENT_STUDY + _SPECIMEN:
+    # The Encapsulated PDF IOD has no Specimen module: the slide is named in the PDF itself.
+    for keyword in _PATIENT_STUDY:
         if keyword in source:
             ds[keyword] = copy.deepcopy(source[keyword])
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
