@@ -8,6 +8,7 @@ from our own ids, so running a job twice writes the same files and the same rows
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import logging
@@ -24,19 +25,19 @@ from sqlalchemy.orm import Session
 
 from bcd_node import __version__
 from bcd_node.db.models import (Delivery, Instance, Job, JobKind, JobState, Patient, Result,
-                                Series, Study, utcnow)
+                                Series, Study, User, utcnow)
 from bcd_node.errors import PermanentError
 from bcd_node.jobqueue import Claimed, complete
 from bcd_node.report.pdf import ReportData, render_report
 from bcd_node.runtime import NodeContext
 from bcd_node.storage import Store
 from dicom.algorithm import Algorithm
-from dicom.encapsulated import build_encapsulated_pdf
 from dicom.errors import DicomError
 from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_dataset
-from dicom.seg import build_segmentation
 from dicom.sop import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
-from dicom.sr import Findings, build_sr
+from dicom.outputs import build_result_objects
+from dicom.encapsulated import build_encapsulated_pdf
+from dicom.sr import Findings, Verification, build_sr
 
 LOGGER = logging.getLogger(__name__)
 OVERLAY_COLOUR = np.array([255, 0, 64], np.float32)
@@ -146,6 +147,8 @@ class Pipeline:
         """Do ``job`` and complete it in the same transaction as its results."""
         if job.kind is JobKind.ANALYZE:
             self.analyze(job)
+        elif job.kind is JobKind.VERIFIED_REPORT:
+            self.verified_report(job)
         else:
             raise PermanentError(f"job kind {job.kind.value} is not handled by this version")
 
@@ -191,24 +194,19 @@ class Pipeline:
         self.store.write(f"{folder}/overlay.png", _png(over), sync_dir=True)
         pdf_rel = None
         if combined.stage is not None:
-            now = utcnow()
-            seg_mask = combined.masks if len(images) > 1 else combined.masks[0]
-            seg = build_segmentation(ds, seg_mask, algorithm=self.algorithm,
-                                     uid_root=self.settings.uids.root)
             findings = Findings(stage=combined.stage, probabilities=combined.probabilities,
                                 blast_count=combined.blast_count,
                                 blast_area_fraction=min(1.0, combined.blast_area_fraction),
                                 quality_ok=True)
-            sr = build_sr(ds, seg, findings, algorithm=self.algorithm,
-                          uid_root=self.settings.uids.root)
             pdf = render_report(self._report_data(ds, patient, study, images[0], over,
-                                                  combined, now))
+                                                  combined, utcnow()))
             pdf_rel = f"{folder}/report.pdf"
             self.store.write(pdf_rel, pdf)
-            enc = build_encapsulated_pdf(ds, pdf, algorithm=self.algorithm,
-                                         uid_root=self.settings.uids.root)
-            outputs = [("seg", seg, f"{folder}/seg.dcm"), ("sr", sr, f"{folder}/sr.dcm"),
-                       ("pdf", enc, f"{folder}/pdf.dcm")]
+            objects = build_result_objects(
+                ds, combined.masks if len(images) > 1 else combined.masks[0], findings,
+                algorithm=self.algorithm, pdf=pdf, uid_root=self.settings.uids.root)
+            outputs = [(kind, dataset, f"{folder}/{kind}.dcm") for kind, dataset in
+                       (("seg", objects.seg), ("sr", objects.sr), ("pdf", objects.pdf))]
             for _kind, dataset, rel in outputs:
                 self.store.write(rel, _dicom_bytes(dataset))
             self.store.sync_dirs([self.store.path(folder)])
@@ -245,6 +243,71 @@ class Pipeline:
                     inst.sop_instance_uid, combined.stage or "none (quality insufficient)",
                     combined.blast_count, ", needs review" if combined.needs_review else "")
         return result.id
+
+    def verified_report(self, job: Claimed) -> None:
+        """A doctor verified a result: build the VERIFIED SR and the updated PDF, queue them."""
+        with self.context.session_factory() as session:
+            result = session.get(Result, job.result_fk) if job.result_fk else None
+            if result is None or result.instance_fk is None:
+                raise PermanentError(f"job {job.id}: result {job.result_fk} not found")
+            if result.verification != "verified" or result.verified_at is None:
+                raise PermanentError(f"job {job.id}: result {result.id} is not verified")
+            if not result.sr_sop_instance_uid:
+                raise PermanentError(f"job {job.id}: result {result.id} has no SR to supersede "
+                                     "(quality insufficient)")
+            doctor = session.get(User, result.verified_by_fk) if result.verified_by_fk else None
+            session.expunge_all()
+        job_instance = Claimed(job.id, job.kind, result.instance_fk, job.study_fk, job.result_fk,
+                               job.attempts, job.max_attempts, job.owner)
+        inst, _series, study, patient = self._load(job_instance)
+        ds = read_dataset(self.store.path(inst.path))
+        folder = f"results/{inst.id}/{result.model_version}"
+        seg = read_dataset(self.store.path(f"{folder}/seg.dcm"))
+        predecessor = read_dataset(self.store.path(f"{folder}/sr.dcm"))
+        name = (doctor.full_name or doctor.username) if doctor else "unknown"
+        verification = Verification(
+            observer_name=_person_name(name),
+            organization=self.settings.dicom.institution_name or "bcd-node",
+            datetime=result.verified_at, stage=result.verified_stage or result.stage,
+            comment=result.verified_comment or None)
+        findings = Findings(stage=result.stage, probabilities=result.probabilities,
+                            blast_count=result.blast_count,
+                            blast_area_fraction=min(1.0, result.blast_area_fraction),
+                            quality_ok=True)
+        sr = build_sr(ds, seg, findings, algorithm=self.algorithm, verification=verification,
+                      predecessor=predecessor, uid_root=self.settings.uids.root)
+        image = self._pixels(ds)[0]
+        over = np.asarray(Image.open(self.store.path(result.overlay_path)).convert("RGB"))
+        combined = Combined(result.stage, result.probabilities, result.blast_count,
+                            result.blast_area_fraction, np.zeros((1, 1, 1), np.uint8),
+                            result.quality, result.needs_review)
+        data = self._report_data(ds, patient, study, image, over, combined, result.created_at)
+        data = dataclasses.replace(
+            data, verified_by=name, verified_organization=verification.organization,
+            verified_stage=verification.stage.value if hasattr(verification.stage, "value")
+            else str(verification.stage), verified_comment=result.verified_comment,
+            verified_at=result.verified_at)
+        pdf = render_report(data)
+        enc = build_encapsulated_pdf(ds, pdf, algorithm=self.algorithm,
+                                     verified_at=result.verified_at,
+                                     uid_root=self.settings.uids.root)
+        stamp = result.verified_at.strftime("%Y%m%dT%H%M%S%f")
+        pdf_rel = f"{folder}/report-verified-{stamp}.pdf"
+        self.store.write(pdf_rel, pdf)
+        outputs = [("verified_sr", sr, f"{folder}/sr-verified-{stamp}.dcm"),
+                   ("verified_pdf", enc, f"{folder}/pdf-verified-{stamp}.dcm")]
+        for _kind, dataset, rel in outputs:
+            self.store.write(rel, _dicom_bytes(dataset))
+        self.store.sync_dirs([self.store.path(folder)])
+        with self.context.session_factory.begin() as session:
+            row = session.get(Result, result.id)
+            row.verified_sr_sop_instance_uid = str(sr.SOPInstanceUID)
+            row.verified_pdf_path = pdf_rel
+            self._queue_deliveries(session, row.id, outputs)
+            if not complete(session, job):
+                raise LeaseLostError(f"job {job.id}: lease lost; another worker took it over")
+            self._update_study(session, row.study_fk)
+        LOGGER.info("job %d: verified report of result %d queued", job.id, result.id)
 
     def _report_data(self, ds: Dataset, patient: Patient, study: Study, image: np.ndarray,
                      over: np.ndarray, c: Combined, now: dt.datetime) -> ReportData:
@@ -296,6 +359,15 @@ class Pipeline:
             study.status = "needs_review"
         else:
             study.status = "done"
+
+
+def _person_name(name: str) -> str:
+    """"Gregory House" → "House^Gregory" (DICOM PN); a name with ^ is kept."""
+    name = " ".join(name.replace("\\", " ").split())[:64] or "unknown"
+    if "^" in name or " " not in name:
+        return name
+    given, family = name.rsplit(" ", 1)
+    return f"{family}^{given}"
 
 
 STAGE_ORDER = {"Benign": 0, "Malignant-Early": 1, "Malignant-Pre": 2, "Malignant-Pro": 3}

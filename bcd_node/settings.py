@@ -65,6 +65,7 @@ class DicomSettings:
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
     max_pdu: int = 262144
+    institution_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -353,6 +354,9 @@ def _validate(s: Settings) -> None:
         value = getattr(d, name)
         if not 0 < value <= 3600:
             raise SettingsError(f"dicom.{name}", value, "must be more than 0 and at most 3600 s")
+    if len(d.institution_name) > 64 or "\\" in d.institution_name:
+        raise SettingsError("dicom.institution_name", d.institution_name,
+                            "at most 64 characters, no backslash")
     if d.max_pdu != 0 and not 4096 <= d.max_pdu <= 2**32 - 1:
         raise SettingsError("dicom.max_pdu", d.max_pdu, "must be 0 (unlimited) or 4096-4294967295")
 

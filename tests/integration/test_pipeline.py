@@ -98,3 +98,52 @@ def test_images_are_analysed_and_results_reach_orthanc(write_config, orthanc, pr
         after = {r.instance_fk: r.sr_sop_instance_uid for r in s.execute(select(Result)).scalars()}
         assert after == before
         assert len(s.execute(select(Delivery)).scalars().all()) == 6
+
+
+def test_verification_produces_a_verified_sr_and_pdf(write_config, predictor, tmp_path) -> None:
+    from bcd_node.db.models import JobKind, Role, User, utcnow
+    from bcd_node.users import hash_password
+
+    ctx = open_node(load_settings(write_config(
+        '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
+        "port = 1\n")))
+    files = write_smears(tmp_path / "in", 1)
+    with Intake(ctx) as intake:
+        intake.accept(files[0].read_bytes())
+    workers = Workers(ctx, Pipeline(ctx, predictor).run, count=0)
+    assert drain(workers) == 1
+    with ctx.session_factory.begin() as s:
+        doctor = User(username="dr.house", password_hash=hash_password("x" * 12),
+                      role=Role.DOCTOR, full_name="Gregory House")
+        s.add(doctor)
+        s.flush()
+        result = s.execute(select(Result)).scalar_one()
+        corrected = "Malignant-Pro" if result.stage != "Malignant-Pro" else "Benign"
+        result.verification, result.verified_by_fk = "verified", doctor.id
+        result.verified_at, result.verified_stage = utcnow(), corrected
+        result.verified_comment = "Blasts with cleft nuclei."
+        s.add(Job(kind=JobKind.VERIFIED_REPORT, result_fk=result.id, study_fk=result.study_fk))
+    assert drain(workers) == 1
+    with ctx.session_factory() as s:
+        result = s.execute(select(Result)).scalar_one()
+        job = s.execute(select(Job).where(Job.kind == JobKind.VERIFIED_REPORT)).scalar_one()
+        assert job.state == JobState.DONE, job.last_error
+        kinds = sorted(d.kind for d in s.execute(select(Delivery)).scalars())
+    assert kinds == ["pdf", "seg", "sr", "verified_pdf", "verified_sr"]
+    assert result.stage != corrected  # the AI's original stays on record
+    folder = ctx.settings.storage.data_dir / f"results/{result.instance_fk}/0.0.1"
+    verified = next(folder.glob("sr-verified-*.dcm"))
+    assert_dciodvfy_clean(verified)
+    assert_dciodvfy_clean(next(folder.glob("pdf-verified-*.dcm")))
+    sr = pydicom.dcmread(verified)
+    assert sr.VerificationFlag == "VERIFIED" and sr.CompletionFlag == "COMPLETE"
+    assert sr.SOPInstanceUID == result.verified_sr_sop_instance_uid
+    assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "House^Gregory"
+    predecessor = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0] \
+        .ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert predecessor == result.sr_sop_instance_uid
+    import subprocess
+    text = subprocess.run(["pdftotext", str(ctx.settings.storage.data_dir /
+                                             result.verified_pdf_path), "-"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "Blasts with cleft nuclei." in text and corrected in text
