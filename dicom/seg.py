@@ -50,14 +50,23 @@ def _check_source(source: object) -> Dataset:
     return source
 
 
+def _is_total_pixel_matrix(mask: np.ndarray, source: Dataset) -> bool:
+    """Whether ``mask`` covers a whole-slide image's total pixel matrix (tiled by highdicom)."""
+    if str(source.SOPClassUID) != str(sop.VL_WHOLE_SLIDE_MICROSCOPY_IMAGE):
+        return False
+    rows = int(source.get("TotalPixelMatrixRows", 0))
+    columns = int(source.get("TotalPixelMatrixColumns", 0))
+    return mask.shape == (rows, columns)
+
+
 def _check_mask(mask: object, source: Dataset, fractional: bool) -> np.ndarray:
     if not isinstance(mask, np.ndarray):
         raise TypeError(f"mask must be a numpy array, got {type(mask).__name__}")
     frames = int(source.get("NumberOfFrames", 1))
     shape = (int(source.Rows), int(source.Columns))
-    expected = (frames, *shape) if frames > 1 else shape
-    if mask.shape not in (expected, (1, *shape) if frames == 1 else expected):
-        raise ValueError(f"mask shape {mask.shape} does not match the source image {expected}")
+    accepted = [(frames, *shape)] if frames > 1 else [shape, (1, *shape)]
+    if not (mask.shape in accepted or _is_total_pixel_matrix(mask, source)):
+        raise ValueError(f"mask shape {mask.shape} does not match the source image {accepted[0]}")
     if fractional:
         if mask.dtype.kind != "f":
             raise TypeError(f"a FRACTIONAL mask must be floating point, got dtype {mask.dtype}")
@@ -91,8 +100,9 @@ def build_segmentation(
     source : pydicom.dataset.Dataset
         The analysed image (an accepted SOP class).
     mask : numpy.ndarray
-        ``(rows, columns)`` (or ``(frames, rows, columns)`` for a multi-frame source with a
-        Frame of Reference, e.g. a whole-slide image): bool or
+        ``(rows, columns)``; for a multi-frame source with a Frame of Reference
+        ``(frames, rows, columns)``, and for a whole-slide image also its total pixel matrix
+        ``(total rows, total columns)`` (tiled like the source). Bool or
         0/1 for BINARY, floating point probabilities in [0, 1] for FRACTIONAL.
     algorithm : Algorithm
         The model that produced the mask.
@@ -163,6 +173,7 @@ def build_segmentation(
         content_description="Blast cells segmented by the model",
         content_label="BLASTS",
         omit_empty_frames=False,
+        tile_pixel_array=_is_total_pixel_matrix(pixels, source),
         contributing_equipment=[algorithm.contributing_equipment()],
     )
     for keyword in _SPECIMEN_KEYWORDS:
@@ -175,8 +186,8 @@ def build_segmentation(
     for item in seg.get("DimensionIndexSequence", []):
         if "DimensionOrganizationUID" in item:
             item.DimensionOrganizationUID = organisation
-    if "FrameOfReferenceUID" not in seg and "PatientOrientation" not in seg:
-        # General Image: Type 2C without a frame of reference; a smear has no orientation.
+    if "PatientOrientation" not in seg:
+        # General Image: Type 2C (dciodvfy requires it here); a smear has no patient orientation.
         seg.PatientOrientation = source.get("PatientOrientation", "")
     if "CodingSchemeIdentificationSequence" not in seg:
         seg.CodingSchemeIdentificationSequence = [codes.coding_scheme_identification()]

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from pydicom.pixels.utils import set_pixel_data
+from pydicom.sequence import Sequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -126,3 +127,42 @@ def write(ds: Dataset, path: Path) -> Path:
     implicit = ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     ds.save_as(path, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
     return path
+
+
+def whole_slide_image(total: np.ndarray, tile: int = 48) -> Dataset:
+    """Return a TILED_FULL VL Whole Slide Microscopy Image of an RGB total pixel matrix."""
+    rows, cols = total.shape[:2]
+    tiles = []
+    for r in range(0, rows, tile):
+        for c in range(0, cols, tile):
+            block = np.zeros((tile, tile, 3), np.uint8)
+            part = total[r : r + tile, c : c + tile]
+            block[: part.shape[0], : part.shape[1]] = part
+            tiles.append(block)
+    ds = make_image(np.stack(tiles), "RGB", 8, sop_class=sop.VL_WHOLE_SLIDE_MICROSCOPY_IMAGE)
+    for keyword in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        setattr(ds, keyword, "")
+    ds.PatientName = "Doe^Jane"
+    ds.Modality = "SM"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = rows, cols
+    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.FrameOfReferenceUID = generate_uid(prefix="2.25.")
+    ds.ImageOrientationSlide = [0, -1, 0, -1, 0, 0]
+    origin = Dataset()
+    origin.XOffsetInSlideCoordinateSystem = 20.0
+    origin.YOffsetInSlideCoordinateSystem = 40.0
+    ds.TotalPixelMatrixOriginSequence = Sequence([origin])
+    measures = Dataset()
+    measures.PixelSpacing = [0.00025, 0.00025]
+    measures.SliceThickness = 0.001
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds.NumberOfOpticalPaths = 1
+    ds.TotalPixelMatrixFocalPlanes = 1
+    path = Dataset()
+    path.OpticalPathIdentifier = "1"
+    ds.OpticalPathSequence = Sequence([path])
+    return ds

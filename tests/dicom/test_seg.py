@@ -144,3 +144,35 @@ def test_multiframe_source_without_frame_of_reference_is_refused(smear_rgb, algo
     source = inputs.make_image(stack, "RGB", 8, sop_class=sop.MULTIFRAME_TRUE_COLOR_SC_IMAGE)
     with pytest.raises(ValueError, match="Frame of Reference"):
         build_segmentation(source, np.zeros(stack.shape[:3], bool), algorithm=algorithm)
+
+
+@pytest.mark.integration
+def test_whole_slide_seg_from_total_pixel_matrix(tmp_path, smear_rgb, blast_mask, algorithm):
+    import pydicom
+
+    from dicom import pixels
+    from dicom.sr import Findings, build_sr
+    from tests.dicom import inputs
+
+    total, mask = smear_rgb[:80, :120], blast_mask[:80, :120]
+    source_path = tmp_path / "wsi.dcm"
+    inputs.write(inputs.whole_slide_image(total), source_path)
+    source = pixels.read_dataset(source_path)
+    np.testing.assert_array_equal(pixels.assemble_total_pixel_matrix(source), total)
+
+    seg = build_segmentation(source, mask, algorithm=algorithm)
+    path = tmp_path / "seg-wsi.dcm"
+    seg.save_as(path)
+    assert_dciodvfy_clean(path)
+    back = hd.seg.segread(path)
+    assert back.TotalPixelMatrixRows == 80 and back.NumberOfFrames == source.NumberOfFrames
+    np.testing.assert_array_equal(
+        back.get_total_pixel_matrix(segment_numbers=[1])[..., 0].astype(bool), mask
+    )
+
+    findings = Findings("Benign", {"Benign": 0.7, "Malignant-Early": 0.1, "Malignant-Pre": 0.1,
+                                   "Malignant-Pro": 0.1}, 1, float(mask.mean()), True)
+    sr = build_sr(source, pydicom.dcmread(path), findings, algorithm=algorithm)
+    sr_path = tmp_path / "sr-wsi.dcm"
+    sr.save_as(sr_path)
+    assert_dciodvfy_clean(sr_path)
