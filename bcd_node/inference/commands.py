@@ -21,6 +21,9 @@ LOGGER = logging.getLogger(__name__)
 
 def _model_settings(args: argparse.Namespace) -> Any:
     """``settings.model`` from ``--config`` (None when settings cannot be loaded)."""
+    cached = getattr(args, "_settings", None)  # loaded once by bcd_node.cli
+    if cached is not None:
+        return cached.model
     try:
         from bcd_node.settings import load_settings
     except ImportError:  # pragma: no cover - settings ship with bcd-node
@@ -55,7 +58,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bcd_node.inference.predictor import configure_threads
     from bcd_node.inference.train import TrainConfig, train
     configure_threads(args.threads)
-    config = TrainConfig(width=args.width, input_size=args.input_size, epochs=args.epochs,
+    config = TrainConfig(width=args.width, input_size=args.input_size,
+                         field_size=args.field_size or args.input_size, epochs=args.epochs,
                          batch_size=args.batch_size, learning_rate=args.learning_rate,
                          patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
                          augment=not args.no_augment, vgg16_weights=args.vgg16_weights,
@@ -76,9 +80,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a model on a labelled folder and print the metrics as JSON."""
     from bcd_node.inference import data as data_mod
     from bcd_node.inference.evaluate import evaluate_model
+    from bcd_node.inference.loader import WeightsError
     from bcd_node.inference.predictor import Predictor
-    opts = _predictor_options(args)
-    predictor = Predictor(**opts, warm_up=False)
+    try:
+        predictor = Predictor(**_predictor_options(args), warm_up=False)
+    except WeightsError as exc:
+        print(f"bcd-node: model error: {exc}", file=sys.stderr)
+        return 1
     samples = data_mod.scan_dataset(args.data)
     size = predictor.input_size
     images, labels, masks = data_mod.load_arrays(samples, size)
@@ -108,8 +116,13 @@ def _overlay(image: Any, mask: Any) -> Any:
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Analyse image files; print one JSON object per file (per frame for multi-frame DICOM)."""
     import cv2
+    from bcd_node.inference.loader import WeightsError
     from bcd_node.inference.predictor import Predictor, load_image_frames
-    predictor = Predictor(**_predictor_options(args))
+    try:
+        predictor = Predictor(**_predictor_options(args))
+    except WeightsError as exc:
+        print(f"bcd-node: model error: {exc}", file=sys.stderr)
+        return 1
     out_dir = Path(args.out) if args.out else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,11 +187,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder for weights + manifest.json")
     p.add_argument("--test", type=Path, default=None, help="held-out test folder to evaluate")
     p.add_argument("--width", type=float, default=0.125, help="filter width multiplier")
-    p.add_argument("--input-size", dest="input_size", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--input-size", dest="input_size", type=int, default=128,
+                   help="model input side (default 128)")
+    p.add_argument("--field-size", dest="field_size", type=int, default=256,
+                   help="side of one field of view in image pixels, resized to --input-size "
+                        "(default 256)")
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
     p.add_argument("--learning-rate", dest="learning_rate", type=float, default=1e-3)
-    p.add_argument("--patience", type=int, default=4, help="early-stopping patience (epochs)")
+    p.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
     p.add_argument("--val-fraction", dest="val_fraction", type=float, default=0.12)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-augment", dest="no_augment", action="store_true")

@@ -116,6 +116,9 @@ def validate_manifest(manifest: Any, source: str = "manifest") -> dict[str, Any]
             or not all(isinstance(v, int) and v >= 32 and v % 16 == 0 for v in shape[:2])):
         raise ManifestError(f"{source}: input_shape must be [h, w, 3] with sides divisible by 16, "
                             f"got {shape!r}")
+    field = manifest.get("field_size", shape[0])
+    if isinstance(field, bool) or not isinstance(field, int) or field < shape[0]:
+        raise ManifestError(f"{source}: field_size must be an int >= the input side, got {field!r}")
     t = manifest["temperature"]
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
         raise ManifestError(f"{source}: temperature must be > 0, got {t!r}")

@@ -209,6 +209,10 @@ class Predictor:
         self.manifest = self.loaded.manifest
         self.temperature = self.loaded.temperature
         self.input_size = int(self.manifest["input_shape"][0])
+        # One field of view is ``field_size`` image pixels across; the model sees it resized to
+        # ``input_size`` (older manifests without the key: the same).
+        self.field_size = int(self.manifest.get("field_size", self.input_size))
+        self.scale = self.input_size / self.field_size
         self.batch_size = batch_size
         self.review_threshold = review_threshold
         self.mask_threshold = mask_threshold
@@ -218,8 +222,6 @@ class Predictor:
         options = self.manifest.get("preprocess", {})
         self.stain_normalize = bool(options.get("stain_normalize", False))
         self.denoise_strength = float(options.get("denoise", 0.0))
-        self.min_blast_area = max(1, int(round(MIN_BLAST_AREA_FRACTION_OF_FIELD
-                                               * self.input_size ** 2)))
         if warm_up:
             self._run(np.zeros((1, self.input_size, self.input_size, 3), np.uint8))
 
@@ -247,9 +249,12 @@ class Predictor:
     def _tiles_of(self, image: np.ndarray) -> tuple[np.ndarray, pp.Tiling | None]:
         s = self.input_size
         h, w = image.shape[:2]
-        if h <= s and w <= s:
+        if h <= self.field_size and w <= self.field_size:
             # One field of view (e.g. a 224-px public-set image): scale it to the model input.
             return pp.resize(image, (s, s))[None], None
+        # Larger images: bring them to the model's pixel scale, then tile with overlap.
+        if self.scale != 1.0:
+            image = pp.resize(image, (max(1, round(h * self.scale)), max(1, round(w * self.scale))))
         return pp.make_tiles(image, s, self.tile_overlap)
 
     def predict(self, images: list[Any]) -> list[Prediction]:
@@ -286,17 +291,20 @@ class Predictor:
         probs_tiles = apply_temperature(raw_stage, self.temperature)
         probs = pp.aggregate_stage(probs_tiles, self.aggregate)
         if tiling is None:
-            prob_map = cv2.resize(mask_probs[0], (w, h), interpolation=cv2.INTER_LINEAR)
-            scale = (h * w) / float(self.input_size ** 2)
+            prob_map = mask_probs[0]
+            field_area = float(h * w)  # the whole image is one field
         else:
             prob_map = pp.stitch(mask_probs, tiling)
-            scale = 1.0
+            field_area = float(self.field_size ** 2)
+        if prob_map.shape != (h, w):
+            prob_map = cv2.resize(prob_map, (w, h), interpolation=cv2.INTER_LINEAR)
         mask = (prob_map >= self.mask_threshold).astype(np.uint8)
         top = int(np.argmax(probs))
+        min_area = max(1, int(MIN_BLAST_AREA_FRACTION_OF_FIELD * field_area))
         return Prediction(
             stage=CLASSES[top],
             probabilities={c: float(p) for c, p in zip(CLASSES, probs)},
-            blast_count=count_blasts(mask, max(1, int(self.min_blast_area * scale))),
+            blast_count=count_blasts(mask, min_area),
             blast_area_fraction=float(mask.mean()),
             mask=mask,
             quality=quality,

@@ -32,14 +32,20 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of :func:`train` (the defaults reproduce the bundled model)."""
+    """Hyper-parameters of :func:`train` (the defaults reproduce the bundled model).
+
+    ``field_size`` is the side, in image pixels, of one field of view; it is resized to
+    ``input_size`` for the model (128 for a 256-pixel field halves every length, which made
+    training on two CPU cores five times faster). The predictor applies the same scale.
+    """
 
     width: float = 0.125
-    input_size: int = 256
-    epochs: int = 14
+    input_size: int = 128
+    field_size: int = 256
+    epochs: int = 30
     batch_size: int = 16
     learning_rate: float = 1e-3
-    patience: int = 4
+    patience: int = 6
     val_fraction: float = 0.12
     seed: int = 1
     augment: bool = True
@@ -174,6 +180,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     cfg = config or TrainConfig()
     if cfg.input_size % 16 or cfg.input_size < 32:
         raise ValueError(f"input_size must be >= 32 and divisible by 16, got {cfg.input_size!r}")
+    if cfg.field_size < cfg.input_size:
+        raise ValueError(f"field_size must be >= input_size, got {cfg.field_size!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
@@ -183,7 +191,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
         raise data_mod.DatasetError(f"{data_dir}: too few patients for a split "
                                     f"({len(train_s)} train / {len(val_s)} val fields)")
     cache = Path(cache_dir) if cache_dir else None
-    load_size = max(cfg.input_size, 256) if cfg.input_size <= 256 else cfg.input_size
+    load_size = cfg.field_size
     tr = data_mod.load_arrays(train_s, load_size, cache / "train.npz" if cache else None)
     va = data_mod.load_arrays(val_s, load_size, cache / "val.npz" if cache else None)
     tr_x, tr_m = _resize_arrays(tr[0], tr[2], cfg.input_size)
@@ -225,6 +233,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
         "format": WEIGHTS_FORMAT,
         "width": cfg.width,
         "input_shape": [cfg.input_size, cfg.input_size, 3],
+        "field_size": cfg.field_size,
         "classes": list(CLASSES),
         "temperature": temperature,
         "weights_file": weights_name,

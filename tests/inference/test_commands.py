@@ -79,3 +79,9 @@ def test_evaluate_command(tmp_path: Path, tiny_weights: Path, capsys, no_setting
     for key in ("accuracy", "macro_f1", "confusion_matrix", "mean_dice", "ece", "per_class"):
         assert key in report
     assert report["n"] == 8
+
+
+def test_bad_weights_exit_1(tmp_path: Path, capsys, no_settings) -> None:
+    code = _run(["analyze", "x.png", "--weights", str(tmp_path / "manifest.json")])
+    assert code == 1
+    assert "model error" in capsys.readouterr().err

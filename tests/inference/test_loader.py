@@ -72,7 +72,7 @@ def test_tampered_weights(weights_copy: Path) -> None:
 @pytest.mark.parametrize("changes", [
     {"architecture": "resnet50-unet"}, {"classes": ["A", "B", "C", "D"]}, {"width": 2.0},
     {"input_shape": [64, 64]}, {"temperature": 0}, {"sha256": "abc"},
-    {"weights_file": "../elsewhere.h5"}, {"format": "onnx"},
+    {"weights_file": "../elsewhere.h5"}, {"format": "onnx"}, {"field_size": 32},
 ])
 def test_wrong_manifest(weights_copy: Path, changes: dict) -> None:
     _edit(weights_copy, **changes)

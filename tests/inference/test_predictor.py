@@ -55,6 +55,21 @@ def test_batching_does_not_change_results(tiny_loaded: LoadedModel, fields: list
             assert x.probabilities[c] == pytest.approx(y.probabilities[c], abs=1e-4)
 
 
+def test_field_size_scales_large_images(tiny_weights: Path, tmp_path: Path, fields: list) -> None:
+    import json
+    import shutil
+    from bcd_node.inference.loader import load_model
+    folder = tmp_path / "w"
+    shutil.copytree(tiny_weights.parent, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["field_size"] = 128  # the 64-px model sees 128-px fields at half scale
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    predictor = pr.Predictor(loaded=load_model(folder), batch_size=4, warm_up=False)
+    one, big = predictor.predict([fields[0][:128, :128], fields[1]])
+    assert one.tiles == 1 and one.mask.shape == (128, 128)
+    assert big.tiles == 9 and big.mask.shape == (256, 256)  # 256 → 128 px, 3 × 3 tiles of 64
+
+
 def test_count_blasts() -> None:
     mask = np.zeros((64, 64), np.uint8)
     mask[2:12, 2:12] = 1
