@@ -515,7 +515,7 @@ def iter_frames(
                     ) from None
                 _check_codestream(info, frame_bytes, index)
             arr = pixel_array(ds, index=index if info.frames > 1 else None, raw=False)
-            if info.frames > 1 and arr.ndim == len(("r", "c", "s")) + 1:
+            if info.frames > 1 and arr.ndim == 4:  # (1, rows, columns, samples)
                 arr = arr[0]
             if info.samples_per_pixel == 1 and arr.ndim == 3 and arr.shape[-1] == 1:
                 arr = arr[..., 0]

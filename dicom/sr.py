@@ -20,10 +20,10 @@ Content tree (see ``docs/conformance.md``)::
         TID 1411 measurement group "Blast cells" (references SEG segment 1, no frame)
           numeric: blast cell count (UCUM {cells}), blast cell area fraction (UCUM "1")
 
-The algorithm's result is COMPLETE and UNVERIFIED. The doctor-verified successor is built by the
-same function with a :class:`Verification` and the superseded document: VERIFIED, the verifying
-observer (name, organisation, time), the doctor's stage and comment, and the superseded document
-in the Predecessor Documents Sequence.
+The algorithm's result is COMPLETE, UNVERIFIED and PRELIMINARY. The doctor-verified successor is
+built by the same function with a :class:`Verification` and the superseded document: VERIFIED
+and FINAL, the verifying observer (name, organisation, time), the doctor's stage and comment, and
+the superseded document in the Predecessor Documents Sequence.
 """
 
 from __future__ import annotations
@@ -222,7 +222,8 @@ def build_sr(
     Returns
     -------
     highdicom.sr.Comprehensive3DSR
-        COMPLETE and UNVERIFIED without ``verification``, else COMPLETE and VERIFIED.
+        COMPLETE, UNVERIFIED and PRELIMINARY without ``verification``, else COMPLETE, VERIFIED
+        and FINAL.
 
     Raises
     ------
@@ -390,7 +391,7 @@ def build_sr(
         instance_number=instance_number,
         manufacturer=algorithm.manufacturer,
         is_complete=True,
-        is_final=False,
+        is_final=verification is not None,  # Preliminary Flag FINAL once verified
         is_verified=verification is not None,
         institution_name=institution_name or algorithm.institution_name,
         verifying_observer_name=verification.observer_name if verification else None,

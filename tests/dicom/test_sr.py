@@ -82,6 +82,7 @@ def test_unverified_sr_round_trip(tmp_path, source_image, segmentation, findings
 
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
     assert (ds.CompletionFlag, ds.VerificationFlag) == ("COMPLETE", "UNVERIFIED")
+    assert ds.PreliminaryFlag == "PRELIMINARY"
     assert "VerifyingObserverSequence" not in ds
     assert "PredecessorDocumentsSequence" not in ds
     assert ds.SOPInstanceUID == uids.derive_uid(source_image.SOPInstanceUID, "0.1.0-demo", "sr")
@@ -161,6 +162,7 @@ def test_verified_successor_round_trip(
     ds, back = _write_read(verified, tmp_path / "sr2.dcm")
 
     assert (ds.CompletionFlag, ds.VerificationFlag) == ("COMPLETE", "VERIFIED")
+    assert ds.PreliminaryFlag == "FINAL"
     observer = ds.VerifyingObserverSequence[0]
     assert str(observer.VerifyingObserverName) == "House^Gregory"
     assert observer.VerifyingOrganization == "Princeton-Plainsboro Teaching Hospital"
