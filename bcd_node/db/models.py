@@ -128,7 +128,10 @@ class Study(Base):
     """A study (one Study Instance UID)."""
 
     __tablename__ = "studies"
-    __table_args__ = (Index("ix_studies_last_received_at", "last_received_at"),)
+    __table_args__ = (Index("ix_studies_last_received_at", "last_received_at"),
+                      # The console's worklist: newest first, optionally by status or stage.
+                      Index("ix_studies_status_received", "status", "last_received_at"),
+                      Index("ix_studies_stage_received", "stage", "last_received_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"),
@@ -310,6 +313,9 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column()
     password_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Self-registration: who approved the account and when (None for accounts an admin created).
+    approved_by: Mapped[str | None] = mapped_column(String(64))
+    approved_at: Mapped[datetime | None] = mapped_column()
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user")
 
@@ -336,7 +342,9 @@ class AuditEvent(Base):
     """One audited act; rows are hash-chained (``hash`` covers the row and ``prev_hash``)."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_at", "at"),)
+    __table_args__ = (Index("ix_audit_events_at", "at"),
+                      # Per-IP login rate limit: recent failures from one source.
+                      Index("ix_audit_events_action_source_at", "action", "source", "at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -351,3 +359,18 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class WebSession(Base):
+    """A console login; the browser's cookie names it, so logout and idle expiry end it here."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # random, new at every login
+    user_fk: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column()
+    end_reason: Mapped[str | None] = mapped_column(String(32))  # logout | idle | disabled
+    ip: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(255), default="")

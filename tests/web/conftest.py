@@ -1,0 +1,99 @@
+"""Fixtures for the console: a node on a temporary SQLite, the app, clients, signed-in users."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterator
+
+import pytest
+from argon2 import PasswordHasher
+from flask import Flask
+from flask.testing import FlaskClient
+
+from bcd_node import users as users_module
+from bcd_node.db.models import Role
+from bcd_node.runtime import NodeContext, open_node
+from bcd_node.settings import load_settings
+from bcd_node.users import add_user
+from webadmin import create_app
+
+ADMIN_PASSWORD = "admin-password-123"
+DOCTOR_PASSWORD = "doctor-password-123"
+
+
+@pytest.fixture(autouse=True)
+def _fast_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Still argon2id, with parameters cheap enough for many sign-ins on a shared machine.
+    monkeypatch.setattr(users_module, "_HASHER",
+                        PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
+@pytest.fixture
+def context(write_config: Callable[..., Any]) -> Iterator[NodeContext]:
+    """A node on a temporary data folder with an admin and a doctor."""
+    ctx = open_node(load_settings(write_config()))
+    with ctx.session_factory.begin() as session:
+        add_user(session, "admin", ADMIN_PASSWORD, Role.ADMIN, full_name="Ada Admin")
+        add_user(session, "doctor", DOCTOR_PASSWORD, Role.DOCTOR, full_name="Dr. Grace Hopper")
+    yield ctx
+    ctx.engine.dispose()
+
+
+@pytest.fixture
+def app(context: NodeContext) -> Flask:
+    """The console app in testing mode (CSRF stays on: tests send the token)."""
+    return create_app(context, {"TESTING": True})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """An anonymous browser."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> Any:
+    """The app's CLI runner."""
+    return app.test_cli_runner()
+
+
+_CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"|'
+                      r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_token(client: FlaskClient, url: str) -> str:
+    """The CSRF token of the first form on ``url``."""
+    page = client.get(url).get_data(as_text=True)
+    match = _CSRF_RE.search(page)
+    assert match, f"no CSRF token on {url}"
+    return match.group(1) or match.group(2)
+
+
+def login(client: FlaskClient, username: str, password: str) -> Any:
+    """Sign in through the form; return the response (not followed)."""
+    token = csrf_token(client, "/login")
+    return client.post("/login", data={"username": username, "password": password,
+                                       "csrf_token": token})
+
+
+def post_form(client: FlaskClient, page: str, url: str, data: dict[str, Any] | None = None,
+              **kwargs: Any) -> Any:
+    """Post to ``url`` with the CSRF token taken from ``page``."""
+    return client.post(url, data={**(data or {}), "csrf_token": csrf_token(client, page)},
+                       **kwargs)
+
+
+@pytest.fixture
+def admin_client(app: Flask) -> FlaskClient:
+    """A browser signed in as the admin."""
+    c = app.test_client()
+    assert login(c, "admin", ADMIN_PASSWORD).status_code == 302
+    return c
+
+
+@pytest.fixture
+def doctor_client(app: Flask) -> FlaskClient:
+    """A browser signed in as the doctor."""
+    c = app.test_client()
+    assert login(c, "doctor", DOCTOR_PASSWORD).status_code == 302
+    return c

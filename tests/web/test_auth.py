@@ -1,0 +1,244 @@
+"""Accounts and security: login required, roles, CSRF, lockout, sessions, headers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from bcd_node.db.models import AuditEvent, User, UserState, WebSession
+from tests.web.conftest import (ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, login,
+                                post_form)
+
+# Every page of the console with sample arguments; only login and registration are public.
+PAGES = [
+    "/", "/worklist", "/worklist?status=done", "/studies/1.2.3", "/instances/1/image.png",
+    "/results/1/overlay.png", "/results/1/mask.png", "/results/1/report.pdf", "/patients/",
+    "/patients/1", "/upload", "/admin/users", "/admin/users/admin", "/admin/system",
+    "/admin/statistics", "/admin/audit/", "/admin/audit/export.csv", "/admin/audit/export.json",
+]
+ADMIN_PAGES = [p for p in PAGES if p.startswith("/admin")]
+POSTS = [
+    "/logout", "/results/1/verify", "/upload", "/admin/users", "/admin/users/doctor/approve",
+    "/admin/users/doctor/disable", "/admin/users/doctor/role", "/admin/users/doctor/password",
+    "/admin/users/doctor/tokens", "/admin/tokens/1/revoke", "/admin/deliveries/1/retry",
+    "/admin/audit/verify",
+]
+
+
+def test_every_page_is_listed(app: Flask) -> None:
+    """The lists above cover every GET route, so a new page cannot skip the login check."""
+    listed = {p.split("?")[0] for p in PAGES}
+    public = {"/login", "/register", "/healthz", "/readyz"}
+    for rule in app.url_map.iter_rules():
+        if "GET" not in rule.methods or rule.endpoint in ("static",) or \
+                rule.rule.startswith("/api/") or rule.rule in public:
+            continue
+        sample = (rule.rule.replace("<uid>", "1.2.3").replace("<int:instance_id>", "1")
+                  .replace("<int:result_id>", "1").replace("<int:patient_pk>", "1")
+                  .replace("<username>", "admin"))
+        if "<any(overlay, mask):kind>" in sample:
+            assert {sample.replace("<any(overlay, mask):kind>", k) for k in ("overlay", "mask")} \
+                <= listed
+        elif "<any(csv, json):fmt>" in sample:
+            assert {sample.replace("<any(csv, json):fmt>", k) for k in ("csv", "json")} <= listed
+        else:
+            assert sample in listed, f"{rule.rule} missing from PAGES"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_anonymous_is_sent_to_login(client: FlaskClient, page: str) -> None:
+    resp = client.get(page)
+    assert resp.status_code == 302
+    assert resp.headers["Location"].startswith("/login?next=")
+
+
+@pytest.mark.parametrize("page", ["/login", "/register", "/healthz", "/readyz"])
+def test_public_pages_answer(client: FlaskClient, page: str) -> None:
+    # /readyz says 503 until the node's components have started; it never redirects.
+    assert client.get(page).status_code in ((200, 503) if page == "/readyz" else (200,))
+
+
+def test_login_page_shows_node_status(client: FlaskClient) -> None:
+    page = client.get("/login").get_data(as_text=True)
+    assert "BCD_NODE" in page
+
+
+@pytest.mark.parametrize("page", ADMIN_PAGES)
+def test_doctor_gets_403_on_admin_pages(doctor_client: FlaskClient, page: str) -> None:
+    assert doctor_client.get(page).status_code == 403
+
+
+def test_admin_opens_admin_pages(admin_client: FlaskClient) -> None:
+    for page in ADMIN_PAGES:
+        assert admin_client.get(page).status_code == 200, page
+
+
+@pytest.mark.parametrize("url", POSTS)
+def test_posts_without_csrf_token_are_refused(admin_client: FlaskClient, url: str) -> None:
+    resp = admin_client.post(url, data={"decision": "accept", "role": "admin", "name": "x"})
+    assert resp.status_code == 400
+    assert "security token" in resp.get_data(as_text=True)
+
+
+def test_login_without_csrf_token_is_refused(client: FlaskClient) -> None:
+    resp = client.post("/login", data={"username": "admin", "password": ADMIN_PASSWORD})
+    assert resp.status_code == 400
+
+
+def test_wrong_password_then_lockout(app: Flask, client: FlaskClient) -> None:
+    for _ in range(5):
+        resp = login(client, "doctor", "wrong-password-xyz")
+        assert resp.status_code == 401
+    # Locked: even the right password is refused, with the same message.
+    resp = login(client, "doctor", DOCTOR_PASSWORD)
+    assert resp.status_code == 401
+    assert "locked" in resp.get_data(as_text=True)
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory() as session:
+        user = session.execute(select(User).where(User.username == "doctor")).scalar_one()
+        assert user.locked_until is not None
+        actions = session.execute(select(AuditEvent.action, AuditEvent.details)).all()
+        user.locked_until = user.locked_until - timedelta(hours=1)  # the lock runs out
+        session.commit()
+    assert [a for a, _ in actions].count("login_failed") == 6
+    assert "user_locked" in [a for a, _ in actions]
+    assert {"reason": "locked"} in [d for _, d in actions]
+    assert login(client, "doctor", DOCTOR_PASSWORD).status_code == 302
+
+
+def test_per_ip_rate_limit(app: Flask, client: FlaskClient) -> None:
+    app.config["LOGIN_RATE_LIMIT"] = 3
+    for name in ("a1", "a2", "a3"):  # different (unknown) users: no account lockout involved
+        assert login(client, name, "whatever-password").status_code == 401
+    resp = login(client, "admin", ADMIN_PASSWORD)
+    assert resp.status_code == 429
+    other = app.test_client()
+    other.environ_base["REMOTE_ADDR"] = "10.0.0.9"
+    assert login(other, "admin", ADMIN_PASSWORD).status_code == 302
+
+
+def test_session_cookie_replayed_after_logout_is_refused(app: Flask) -> None:
+    browser = app.test_client()
+    assert login(browser, "doctor", DOCTOR_PASSWORD).status_code == 302
+    cookie = browser.get_cookie("bcd_session").value
+    assert browser.get("/worklist").status_code == 200
+    resp = post_form(browser, "/worklist", "/logout")
+    assert resp.status_code == 302
+    attacker = app.test_client()
+    attacker.set_cookie("bcd_session", cookie)
+    resp = attacker.get("/worklist")
+    assert resp.status_code == 302 and resp.headers["Location"].startswith("/login")
+
+
+def test_session_id_is_new_at_every_login(app: Flask) -> None:
+    browser = app.test_client()
+    browser.get("/login")
+    before = browser.get_cookie("bcd_session").value
+    login(browser, "doctor", DOCTOR_PASSWORD)
+    first = browser.get_cookie("bcd_session").value
+    post_form(browser, "/worklist", "/logout")
+    login(browser, "doctor", DOCTOR_PASSWORD)
+    second = browser.get_cookie("bcd_session").value
+    assert len({before, first, second}) == 3
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory() as session:
+        sessions = session.execute(select(WebSession).order_by(WebSession.created_at)).scalars().all()
+    assert len(sessions) == 2 and sessions[0].end_reason == "logout" and sessions[1].ended_at is None
+
+
+def test_idle_session_expires(app: Flask, doctor_client: FlaskClient) -> None:
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        ws = session.execute(select(WebSession)).scalar_one()
+        ws.last_seen_at = ws.last_seen_at - timedelta(hours=1)
+    resp = doctor_client.get("/worklist")
+    assert resp.status_code == 302
+    with ctx.session_factory() as session:
+        assert session.execute(select(WebSession.end_reason)).scalar_one() == "idle"
+        assert "session_expired" in session.execute(select(AuditEvent.action)).scalars().all()
+
+
+def test_disabling_a_user_ends_their_sessions(app: Flask, doctor_client: FlaskClient,
+                                              admin_client: FlaskClient) -> None:
+    assert doctor_client.get("/worklist").status_code == 200
+    post_form(admin_client, "/admin/users/doctor", "/admin/users/doctor/disable")
+    assert doctor_client.get("/worklist").status_code == 302
+
+
+def test_self_registration_waits_for_approval(app: Flask, client: FlaskClient,
+                                              admin_client: FlaskClient) -> None:
+    data = {"username": "newdoc", "full_name": "Dr. New", "email": "new@hospital.example",
+            "password": "a-long-password-1", "confirm": "a-long-password-1"}
+    resp = post_form(client, "/register", "/register", data)
+    assert resp.status_code == 302
+    resp = login(client, "newdoc", "a-long-password-1")
+    assert resp.status_code == 401 and "approval" in resp.get_data(as_text=True)
+    assert "newdoc" in admin_client.get("/admin/users").get_data(as_text=True)
+    resp = post_form(admin_client, "/admin/users", "/admin/users/newdoc/approve")
+    assert resp.status_code == 302
+    assert login(client, "newdoc", "a-long-password-1").status_code == 302
+    with app.extensions["bcd_node"].session_factory() as session:
+        user = session.execute(select(User).where(User.username == "newdoc")).scalar_one()
+        assert user.state == UserState.ACTIVE and user.approved_by == "admin"
+
+
+def test_registration_errors_are_readable(client: FlaskClient) -> None:
+    data = {"username": "Bad Name", "full_name": "x", "email": "nope", "password": "short",
+            "confirm": "other"}
+    page = post_form(client, "/register", "/register", data).get_data(as_text=True)
+    assert "lower-case" in page and "e-mail" in page and "differ" in page
+
+
+def test_open_redirect_after_login_is_ignored(client: FlaskClient) -> None:
+    token = csrf_token(client, "/login")
+    resp = client.post("/login?next=https://evil.example/", data={
+        "username": "doctor", "password": DOCTOR_PASSWORD, "csrf_token": token})
+    assert resp.headers["Location"] == "/worklist"
+
+
+def test_security_headers_and_cookie_flags(app: Flask) -> None:
+    browser = app.test_client()
+    resp = browser.get("/login")
+    csp = resp.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert resp.headers["Referrer-Policy"] == "same-origin"
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    # The test node listens on loopback; elsewhere the cookie is Secure.
+    assert app.config["SESSION_COOKIE_SECURE"] is False
+
+
+def test_cookie_is_secure_off_loopback(context, write_config) -> None:
+    import dataclasses
+
+    from webadmin import create_app
+    settings = dataclasses.replace(context.settings,
+                                   web=dataclasses.replace(context.settings.web, host="0.0.0.0"))
+    ctx = dataclasses.replace(context, settings=settings)
+    app = create_app(ctx)
+    assert app.config["SESSION_COOKIE_SECURE"] is True
+    assert "Secure" in app.test_client().get("/login").headers["Set-Cookie"]
+
+
+def test_no_inline_script_or_style_in_pages(admin_client: FlaskClient) -> None:
+    for page in ADMIN_PAGES[:4] + ["/worklist", "/patients/"]:
+        html = admin_client.get(page).get_data(as_text=True)
+        assert "<script>" not in html and " style=" not in html and "<style" not in html, page
+
+
+def test_logout_is_audited_and_login_too(app: Flask) -> None:
+    browser = app.test_client()
+    login(browser, "doctor", DOCTOR_PASSWORD)
+    post_form(browser, "/worklist", "/logout")
+    with app.extensions["bcd_node"].session_factory() as session:
+        rows = session.execute(select(AuditEvent).where(
+            AuditEvent.action.in_(["login", "logout"])).order_by(AuditEvent.id)).scalars().all()
+    assert [(r.action, r.actor, r.source) for r in rows] == [
+        ("login", "doctor", "127.0.0.1"), ("logout", "doctor", "127.0.0.1")]

@@ -1,0 +1,270 @@
+"""Doctor's pages: worklist, review, verification, images, PDFs, patients, upload."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from bcd_node.db.models import AuditEvent, Job, JobKind, Result, Study
+from bcd_node.errors import PermanentError
+from tests.web.seed import add_analysed_study, add_study, png_bytes, seed_worklist, smear_image
+from tests.web.conftest import post_form
+
+UID = "1.2.826.0.1.3680043.10.1.1"
+
+
+@pytest.fixture
+def analysed(app: Flask) -> dict[str, Any]:
+    """One analysed study (low confidence) with overlay, mask, preview and PDF."""
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        study, inst, result = add_analysed_study(session, ctx.settings.storage.data_dir, uid=UID)
+        return {"study_id": study.id, "instance_id": inst.id, "result_id": result.id}
+
+
+def audit_rows(app: Flask, action: str) -> list[AuditEvent]:
+    with app.extensions["bcd_node"].session_factory() as session:
+        return list(session.execute(select(AuditEvent).where(AuditEvent.action == action)
+                                    .order_by(AuditEvent.id)).scalars())
+
+
+def test_worklist_filters_and_pages(app: Flask, doctor_client: FlaskClient) -> None:
+    ctx = app.extensions["bcd_node"]
+    app.config["PAGE_SIZE"] = 25
+    with ctx.session_factory.begin() as session:
+        seed_worklist(session, 120)
+        add_study(session, patient_id="X-42", name="Lovelace^Ada", uid="9.9.9", status="failed")
+    page = doctor_client.get("/worklist").get_data(as_text=True)
+    assert "121 in all" in page and "page 1 of 5" in page
+    page = doctor_client.get("/worklist?patient=lovelace").get_data(as_text=True)
+    assert "Lovelace, Ada" in page and "1 in all" in page
+    page = doctor_client.get("/worklist?patient=X-42&status=failed").get_data(as_text=True)
+    assert "1 in all" in page
+    page = doctor_client.get("/worklist?stage=Benign&page=2").get_data(as_text=True)
+    assert "page 2 of" in page
+    with ctx.session_factory() as session:
+        n_verified = len(session.execute(select(Study.id).where(
+            Study.status == "verified")).all())
+    assert f"{n_verified} in all" in doctor_client.get("/worklist?status=verified").get_data(
+        as_text=True)
+    assert "0 in all" in doctor_client.get("/worklist?from=2000-01-01&to=2000-01-02").get_data(
+        as_text=True)
+    assert doctor_client.get("/worklist?from=nonsense&page=x").status_code == 200
+
+
+def test_review_page_shows_findings_and_warning(app: Flask, doctor_client: FlaskClient,
+                                                analysed: dict[str, Any]) -> None:
+    page = doctor_client.get(f"/studies/{UID}").get_data(as_text=True)
+    assert "Malignant-Pre" in page and "Low confidence" in page
+    assert f"/results/{analysed['result_id']}/overlay.png" in page
+    assert f"/results/{analysed['result_id']}/mask.png" in page
+    assert "review.js" in page and "data-opacity" in page
+    assert "Blast cells" in page and "55.0 %" in page
+    rows = audit_rows(app, "view_study")
+    assert rows[-1].actor == "doctor" and rows[-1].patient_id == "P0001" \
+        and rows[-1].study_instance_uid == UID and rows[-1].source == "127.0.0.1"
+
+
+def test_quality_insufficient_is_shown(app: Flask, doctor_client: FlaskClient,
+                                       analysed: dict[str, Any]) -> None:
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        result = session.get(Result, analysed["result_id"])
+        result.stage = None
+        result.confidence = None
+        result.quality = {"status": "insufficient", "flags": ["too_blurry"], "measures": {}}
+    page = doctor_client.get(f"/studies/{UID}").get_data(as_text=True)
+    assert "Quality insufficient" in page and "too blurry" in page
+
+
+def test_images_and_pdf_are_served_and_audited(app: Flask, doctor_client: FlaskClient,
+                                               analysed: dict[str, Any]) -> None:
+    rid, iid = analysed["result_id"], analysed["instance_id"]
+    for url in (f"/instances/{iid}/image.png", f"/results/{rid}/overlay.png",
+                f"/results/{rid}/mask.png"):
+        resp = doctor_client.get(url)
+        assert resp.status_code == 200 and resp.data.startswith(b"\x89PNG"), url
+        assert resp.headers["Cache-Control"] == "no-store"
+    resp = doctor_client.get(f"/results/{rid}/report.pdf?version=ai")
+    assert resp.status_code == 200 and resp.data.startswith(b"%PDF")
+    assert "attachment" in resp.headers["Content-Disposition"]
+    assert [r.object_ref for r in audit_rows(app, "view_image")] == [
+        f"instance:{iid}", f"result:{rid}:overlay", f"result:{rid}:mask"]
+    assert audit_rows(app, "view_pdf")[0].patient_id == "P0001"
+    assert doctor_client.get("/results/999/report.pdf").status_code == 404
+
+
+def test_image_is_rendered_from_the_stored_dicom(app: Flask, doctor_client: FlaskClient,
+                                                 analysed: dict[str, Any]) -> None:
+    """Without a cached preview, the stored DICOM file is decoded (through the upload path)."""
+    from bcd_node.dicomize_upload import dicomize_upload_bytes
+    ctx = app.extensions["bcd_node"]
+    data_dir = ctx.settings.storage.data_dir
+    dicom_bytes = dicomize_upload_bytes(png_bytes(smear_image(64)[0]), "x.png",
+                                        {"patient_id": "P0001", "patient_name": "Doe^Jane"},
+                                        uid_root="2.25")
+    (data_dir / "store").mkdir(exist_ok=True)
+    (data_dir / f"store/{UID}.dcm").write_bytes(dicom_bytes)
+    (data_dir / "previews" / f"{analysed['instance_id']}.png").unlink()
+    resp = doctor_client.get(f"/instances/{analysed['instance_id']}/image.png")
+    assert resp.status_code == 200 and resp.data.startswith(b"\x89PNG")
+
+
+def test_data_paths_cannot_leave_the_data_folder(app: Flask, doctor_client: FlaskClient,
+                                                 analysed: dict[str, Any]) -> None:
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        session.get(Result, analysed["result_id"]).mask_path = "../../../../etc/passwd"
+    assert doctor_client.get(f"/results/{analysed['result_id']}/mask.png").status_code == 404
+
+
+def test_verify_with_correction_keeps_ai_finding_and_queues_report(
+        app: Flask, doctor_client: FlaskClient, analysed: dict[str, Any]) -> None:
+    rid = analysed["result_id"]
+    resp = post_form(doctor_client, f"/studies/{UID}", f"/results/{rid}/verify",
+                     {f"r{rid}-decision": "correct", f"r{rid}-stage": "Malignant-Pro",
+                      f"r{rid}-comment": "Many blasts in the periphery."})
+    assert resp.status_code == 302
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory() as session:
+        result = session.get(Result, rid)
+        assert result.stage == "Malignant-Pre"  # the AI's own finding stays
+        assert (result.verification, result.verified_stage) == ("corrected", "Malignant-Pro")
+        assert result.verified_comment == "Many blasts in the periphery."
+        assert result.verified_by_fk is not None and result.verified_at is not None
+        job = session.execute(select(Job)).scalar_one()
+        assert job.kind == JobKind.VERIFIED_REPORT and job.result_fk == rid
+        study = session.get(Study, analysed["study_id"])
+        assert study.status == "verified" and study.stage == "Malignant-Pro"
+    event = audit_rows(app, "verify_correct")[0]
+    assert event.details["ai_stage"] == "Malignant-Pre"
+    assert event.details["verified_stage"] == "Malignant-Pro"
+    assert event.patient_id == "P0001" and event.study_instance_uid == UID
+    page = doctor_client.get(f"/studies/{UID}").get_data(as_text=True)
+    assert "Corrected" in page and "AI said Malignant-Pre" in page
+    # A second verification is refused; nothing more is queued.
+    post_form(doctor_client, f"/studies/{UID}", f"/results/{rid}/verify",
+              {f"r{rid}-decision": "accept"})
+    with ctx.session_factory() as session:
+        assert len(session.execute(select(Job)).all()) == 1
+
+
+def test_verify_accept(app: Flask, doctor_client: FlaskClient, analysed: dict[str, Any]) -> None:
+    rid = analysed["result_id"]
+    post_form(doctor_client, f"/studies/{UID}", f"/results/{rid}/verify",
+              {f"r{rid}-decision": "accept"})
+    with app.extensions["bcd_node"].session_factory() as session:
+        result = session.get(Result, rid)
+        assert (result.verification, result.verified_stage) == ("accepted", "Malignant-Pre")
+    assert len(audit_rows(app, "verify_accept")) == 1
+
+
+def test_correction_needs_a_stage(app: Flask, doctor_client: FlaskClient,
+                                  analysed: dict[str, Any]) -> None:
+    rid = analysed["result_id"]
+    resp = post_form(doctor_client, f"/studies/{UID}", f"/results/{rid}/verify",
+                     {f"r{rid}-decision": "correct"}, follow_redirects=True)
+    assert "Choose the corrected stage" in resp.get_data(as_text=True)
+    with app.extensions["bcd_node"].session_factory() as session:
+        assert session.get(Result, rid).verification == "unverified"
+
+
+def test_admin_may_not_verify(admin_client: FlaskClient, analysed: dict[str, Any]) -> None:
+    rid = analysed["result_id"]
+    resp = post_form(admin_client, f"/studies/{UID}", f"/results/{rid}/verify",
+                     {f"r{rid}-decision": "accept"})
+    assert resp.status_code == 403
+
+
+def test_patient_search_and_history(app: Flask, doctor_client: FlaskClient,
+                                    analysed: dict[str, Any]) -> None:
+    page = doctor_client.get("/patients/?q=doe").get_data(as_text=True)
+    assert "Doe, Jane" in page and "1 in all" in page
+    with app.extensions["bcd_node"].session_factory() as session:
+        pk = session.get(Study, analysed["study_id"]).patient_fk
+    page = doctor_client.get(f"/patients/{pk}").get_data(as_text=True)
+    assert UID in page and "Malignant-Pre" in page
+    assert audit_rows(app, "view_patient")[0].patient_id == "P0001"
+    assert audit_rows(app, "search_patients")[0].details["q"] == "doe"
+    assert doctor_client.get("/patients/9999").status_code == 404
+
+
+UPLOAD_FIELDS = {"patient_name": "Doe, John", "patient_id": "P-77", "birth_date": "1980-02-03",
+                 "sex": "M"}
+
+
+def _upload(client: FlaskClient, data: bytes, name: str, **fields: str) -> Any:
+    form = {**UPLOAD_FIELDS, **fields, "image": (io.BytesIO(data), name)}
+    return post_form(client, "/upload", "/upload", form, content_type="multipart/form-data")
+
+
+def test_upload_goes_through_the_intake(app: Flask, doctor_client: FlaskClient,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake(context: Any, data: bytes, filename: str, fields: dict[str, str],
+             uploaded_by: str) -> Any:
+        calls.append((filename, fields, uploaded_by, len(data)))
+        return SimpleNamespace(study_instance_uid="1.2.3.4", sop_instance_uid="1.2.3.4.5")
+
+    monkeypatch.setattr("bcd_node.intake.accept_upload", fake)
+    resp = _upload(doctor_client, png_bytes(smear_image(64)[0]), "smear.png")
+    assert resp.status_code == 302 and resp.headers["Location"] == "/studies/1.2.3.4"
+    filename, fields, who, _size = calls[0]
+    assert (filename, who) == ("smear.png", "doctor")
+    assert fields["patient_name"] == "Doe^John" and fields["birth_date"] == "19800203"
+    event = audit_rows(app, "upload")[0]
+    assert event.outcome == "success" and event.patient_id == "P-77"
+    assert event.study_instance_uid == "1.2.3.4"
+
+
+def test_upload_for_real_queues_an_analysis(app: Flask, doctor_client: FlaskClient) -> None:
+    resp = _upload(doctor_client, png_bytes(smear_image(64)[0]), "smear.png")
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    with app.extensions["bcd_node"].session_factory() as session:
+        study = session.execute(select(Study)).scalar_one()
+        assert study.patient.patient_id == "P-77" and study.patient.name == "Doe^John"
+        assert session.execute(select(Job.kind)).scalars().all() == [JobKind.ANALYZE]
+    page = doctor_client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert "Not analysed yet" in page
+
+
+@pytest.mark.parametrize("data,name,message", [
+    (b"GIF89a" + b"\0" * 100, "x.gif", "Only PNG, JPEG or DICOM"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 50, "x.jpg", "content is PNG"),
+    (b"", "x.png", "empty"),
+])
+def test_upload_refuses_bad_files_readably(app: Flask, doctor_client: FlaskClient,
+                                           data: bytes, name: str, message: str) -> None:
+    resp = _upload(doctor_client, data, name)
+    assert resp.status_code == 400 and message in resp.get_data(as_text=True)
+    assert audit_rows(app, "upload")[0].outcome == "failure"
+
+
+def test_upload_reports_intake_errors(doctor_client: FlaskClient,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise PermanentError("smear.png is not a readable PNG or JPEG image")
+
+    monkeypatch.setattr("bcd_node.intake.accept_upload", refuse)
+    resp = _upload(doctor_client, b"\x89PNG\r\n\x1a\n" + b"\0" * 50, "smear.png")
+    assert resp.status_code == 400 and "not a readable PNG" in resp.get_data(as_text=True)
+
+
+def test_upload_validates_patient_fields(doctor_client: FlaskClient) -> None:
+    resp = _upload(doctor_client, png_bytes(smear_image(64)[0]), "s.png", patient_id="",
+                   birth_date="2999-01-01")
+    page = resp.get_data(as_text=True)
+    assert "This field is required" in page and "future" in page
+
+
+def test_upload_size_limit(app: Flask, doctor_client: FlaskClient) -> None:
+    app.config["UPLOAD_MAX_BYTES"] = 1000
+    resp = _upload(doctor_client, b"\x89PNG\r\n\x1a\n" + b"\0" * 2000, "big.png")
+    assert resp.status_code == 400 and "larger than" in resp.get_data(as_text=True)

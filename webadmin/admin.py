@@ -1,0 +1,332 @@
+"""Administration: users and API tokens, system status, statistics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from sqlalchemy import func, select
+
+from bcd_node.db.models import (ApiToken, Delivery, DeliveryState, DestinationHealth, Job,
+                                JobState, Result, Study, User, UserState, utcnow)
+from bcd_node.users import (UserError, add_user, approve_user, disable_user, issue_token,
+                            reset_password, revoke_token, set_role)
+from webadmin.auth import admin_required
+from webadmin.charts import bar_chart
+from webadmin.db import audit_event, client_ip, db, node
+from webadmin.forms import STAGES, ActionForm, RoleForm, TokenForm, UserCreateForm
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+@bp.before_request
+@admin_required
+def _only_admins() -> None:
+    """Every page here is for admins."""
+    return None
+
+
+def _me() -> str:
+    from flask_login import current_user
+    return current_user.username
+
+
+@bp.get("/users")
+def users() -> Any:
+    """Users: pending approvals first, then everyone."""
+    session = db()
+    everyone = session.execute(select(User).order_by(User.username)).scalars().all()
+    pending = [u for u in everyone if u.state == UserState.PENDING]
+    return render_template("admin/users.html", users=everyone, pending=pending,
+                           create_form=UserCreateForm(), action=ActionForm())
+
+
+@bp.post("/users")
+def create_user() -> Any:
+    """Create an account."""
+    form = UserCreateForm()
+    session = db()
+    if form.validate_on_submit():
+        try:
+            add_user(session, form.username.data, form.password.data, form.role.data,
+                     full_name=form.full_name.data or "", email=form.email.data or "",
+                     actor=_me(), actor_kind="user", source=client_ip())
+        except UserError as exc:
+            session.rollback()
+            flash(str(exc), "error")
+        else:
+            session.commit()
+            flash(f"User {form.username.data} created.", "success")
+            return redirect(url_for("admin.user", username=form.username.data))
+    else:
+        for field, errors in form.errors.items():
+            for error in errors:
+                flash(f"{getattr(form, field).label.text}: {error}", "error")
+    everyone = session.execute(select(User).order_by(User.username)).scalars().all()
+    return render_template("admin/users.html", users=everyone,
+                           pending=[u for u in everyone if u.state == UserState.PENDING],
+                           create_form=form, action=ActionForm()), 400
+
+
+def _user_or_404(username: str) -> User:
+    user = db().execute(select(User).where(User.username == username)).scalar_one_or_none()
+    if user is None:
+        abort(404)
+    return user
+
+
+@bp.get("/users/<username>")
+def user(username: str) -> Any:
+    """One user: state, role, password reset and API tokens."""
+    u = _user_or_404(username)
+    tokens = db().execute(select(ApiToken).where(ApiToken.user_fk == u.id)
+                          .order_by(ApiToken.created_at.desc())).scalars().all()
+    role_form = RoleForm(role=u.role.value)
+    return render_template("admin/user.html", user=u, tokens=tokens, action=ActionForm(),
+                           role_form=role_form, token_form=TokenForm(),
+                           new_password=None, new_token=None)
+
+
+def _user_action(username: str, do: Any, done: str) -> Any:
+    form = ActionForm()
+    if not form.validate_on_submit():
+        abort(400)
+    session = db()
+    _user_or_404(username)
+    try:
+        do(session)
+    except UserError as exc:
+        session.rollback()
+        flash(str(exc), "error")
+    else:
+        session.commit()
+        flash(done, "success")
+    return redirect(request.form.get("back") == "list" and url_for("admin.users")
+                    or url_for("admin.user", username=username))
+
+
+@bp.post("/users/<username>/approve")
+def approve(username: str) -> Any:
+    """Approve a pending account (or re-enable a disabled one)."""
+    return _user_action(username, lambda s: approve_user(s, username, actor=_me(),
+                                                         source=client_ip()),
+                        f"{username} can now sign in.")
+
+
+@bp.post("/users/<username>/disable")
+def disable(username: str) -> Any:
+    """Disable an account; its sessions and tokens stop working."""
+    return _user_action(username, lambda s: disable_user(s, username, actor=_me(),
+                                                         actor_kind="user", source=client_ip()),
+                        f"{username} is disabled.")
+
+
+@bp.post("/users/<username>/role")
+def role(username: str) -> Any:
+    """Change a user's role."""
+    form = RoleForm()
+    if not form.validate_on_submit():
+        abort(400)
+    session = db()
+    try:
+        set_role(session, username, form.role.data, actor=_me(), source=client_ip())
+    except UserError as exc:
+        session.rollback()
+        flash(str(exc), "error")
+    else:
+        session.commit()
+        flash(f"{username} is now {form.role.data}.", "success")
+    return redirect(url_for("admin.user", username=username))
+
+
+@bp.post("/users/<username>/password")
+def password(username: str) -> Any:
+    """Reset a password to a random one, shown once."""
+    form = ActionForm()
+    if not form.validate_on_submit():
+        abort(400)
+    session = db()
+    u = _user_or_404(username)
+    new_password = reset_password(session, username, actor=_me(), source=client_ip())
+    session.commit()
+    tokens = session.execute(select(ApiToken).where(ApiToken.user_fk == u.id)
+                             .order_by(ApiToken.created_at.desc())).scalars().all()
+    return render_template("admin/user.html", user=u, tokens=tokens, action=ActionForm(),
+                           role_form=RoleForm(role=u.role.value), token_form=TokenForm(),
+                           new_password=new_password, new_token=None)
+
+
+@bp.post("/users/<username>/tokens")
+def token_issue(username: str) -> Any:
+    """Issue an API token, shown once."""
+    form = TokenForm()
+    session = db()
+    u = _user_or_404(username)
+    new_token = None
+    if form.validate_on_submit():
+        try:
+            _token, new_token = issue_token(session, username, form.name.data,
+                                            node().secrets.api_token_salt, actor=_me(),
+                                            source=client_ip())
+        except UserError as exc:
+            session.rollback()
+            flash(str(exc), "error")
+        else:
+            session.commit()
+    tokens = session.execute(select(ApiToken).where(ApiToken.user_fk == u.id)
+                             .order_by(ApiToken.created_at.desc())).scalars().all()
+    return render_template("admin/user.html", user=u, tokens=tokens, action=ActionForm(),
+                           role_form=RoleForm(role=u.role.value), token_form=TokenForm(),
+                           new_password=None, new_token=new_token)
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+def token_revoke(token_id: int) -> Any:
+    """Revoke an API token."""
+    form = ActionForm()
+    if not form.validate_on_submit():
+        abort(400)
+    session = db()
+    try:
+        token = revoke_token(session, token_id, actor=_me(), source=client_ip())
+    except UserError:
+        abort(404)
+    username = token.user.username
+    session.commit()
+    flash("Token revoked.", "success")
+    return redirect(url_for("admin.user", username=username))
+
+
+# --------------------------------------------------------------------------- system
+
+
+def _model_info() -> dict[str, Any]:
+    component = node().components.get("model")
+    info: dict[str, Any] = {"available": bool(component and component.available),
+                            "detail": component.describe() if component else "not reported"}
+    from bcd_node.settings import PROJECT_ROOT
+    weights = node().settings.model.weights
+    candidates = [weights] if weights and weights.suffix == ".json" else \
+        sorted((PROJECT_ROOT / "weights").glob("*.json"))
+    for manifest in candidates:
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        info.update(name=data.get("name"), version=data.get("version"),
+                    classes=data.get("classes"), metrics=data.get("metrics"))
+        card = data.get("model_card") or data.get("card")
+        card_path = manifest.parent / card if isinstance(card, str) else None
+        if card_path is None:
+            found = sorted(manifest.parent.glob("*card*.md")) + sorted(
+                manifest.parent.glob("*CARD*.md"))
+            card_path = found[0] if found else None
+        if card_path and card_path.is_file():
+            info["card"] = card_path.read_text(encoding="utf-8", errors="replace")[:20000]
+        break
+    return info
+
+
+@bp.get("/system")
+def system() -> Any:
+    """System status: components, queue, deliveries, destinations, model, disk."""
+    session = db()
+    settings = node().settings
+    jobs = session.execute(select(Job.kind, Job.state, func.count()).group_by(
+        Job.kind, Job.state)).all()
+    queue_depth = sum(n for _k, s, n in jobs if s in (JobState.QUEUED, JobState.RUNNING))
+    delivery_counts = dict(session.execute(select(Delivery.state, func.count())
+                                           .group_by(Delivery.state)).all())
+    attention = session.execute(select(Delivery).where(Delivery.state.in_(
+        [DeliveryState.DEAD, DeliveryState.PENDING])).order_by(
+        Delivery.state, Delivery.created_at.desc()).limit(100)).scalars().all()
+    health = {h.name: h for h in session.execute(select(DestinationHealth)).scalars()}
+    disk = shutil.disk_usage(settings.storage.data_dir)
+    return render_template("admin/system.html", components=node().components, jobs=jobs,
+                           queue_depth=queue_depth, delivery_counts=delivery_counts,
+                           attention=attention, destinations=settings.destinations,
+                           health=health, disk=disk, min_free=settings.storage.min_free_disk,
+                           model=_model_info(), action=ActionForm(), settings=settings,
+                           DeliveryState=DeliveryState)
+
+
+@bp.post("/deliveries/<int:delivery_id>/retry")
+def retry_delivery(delivery_id: int) -> Any:
+    """Send a dead-lettered (or waiting) delivery again now."""
+    form = ActionForm()
+    if not form.validate_on_submit():
+        abort(400)
+    session = db()
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is None:
+        abort(404)
+    if delivery.state not in (DeliveryState.DEAD, DeliveryState.PENDING):
+        flash("Only waiting or dead-lettered deliveries can be retried.", "error")
+        return redirect(url_for("admin.system"))
+    previous = delivery.state.value
+    delivery.state = DeliveryState.PENDING
+    delivery.attempts = 0
+    delivery.next_attempt_at = utcnow()
+    patient_id = study_uid = ""
+    if delivery.result_fk:
+        result = session.get(Result, delivery.result_fk)
+        if result is not None:
+            st = session.get(Study, result.study_fk)
+            patient_id, study_uid = st.patient.patient_id, st.study_instance_uid
+    audit_event("delivery_retry", patient_id=patient_id, study_instance_uid=study_uid,
+                object_ref=f"delivery:{delivery.id}",
+                details={"destination": delivery.destination, "kind": delivery.kind,
+                         "from": previous, "last_error": (delivery.last_error or "")[:200]})
+    session.commit()
+    flash(f"Delivery {delivery.id} to {delivery.destination} will be sent again.", "success")
+    return redirect(url_for("admin.system"))
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def statistics_data(days: int = 30) -> dict[str, Any]:
+    """Figures for the statistics page (also used by the API)."""
+    session = db()
+    today = utcnow().date()
+    since = today - timedelta(days=days - 1)
+    from webadmin.helpers import day_start
+    created = session.execute(select(Study.created_at).where(
+        Study.created_at >= day_start(since))).scalars().all()
+    per_day = Counter(c.date() for c in created)
+    day_points = [((since + timedelta(days=i)).strftime("%m-%d"),
+                   float(per_day.get(since + timedelta(days=i), 0))) for i in range(days)]
+    stage_rows = dict(session.execute(select(Result.stage, func.count()).where(
+        Result.scope == "instance").group_by(Result.stage)).all())
+    stage_points = [(s, float(stage_rows.get(s, 0))) for s in STAGES]
+    stage_points.append(("Insufficient", float(stage_rows.get(None, 0))))
+    total_results = sum(stage_rows.values())
+    needs_review = session.execute(select(func.count()).select_from(Result).where(
+        Result.needs_review.is_(True))).scalar_one()
+    verified = session.execute(select(Result.stage, Result.verified_stage).where(
+        Result.verification != "unverified")).all()
+    agree = sum(1 for ai, doc in verified if ai == doc)
+    matrix = {ai: {doc: 0 for doc in STAGES} for ai in list(STAGES) + [None]}
+    for ai, doc in verified:
+        if doc in STAGES:
+            matrix.setdefault(ai, {d: 0 for d in STAGES})[doc] += 1
+    return {
+        "per_day": bar_chart(day_points, title=f"Studies per day (last {days} days)"),
+        "stages": bar_chart(stage_points, title="AI stage distribution (images)"),
+        "total_results": total_results,
+        "needs_review": needs_review,
+        "review_share": (needs_review / total_results) if total_results else None,
+        "verified": len(verified),
+        "agreement": (agree / len(verified)) if verified else None,
+        "matrix": matrix,
+    }
+
+
+@bp.get("/statistics")
+def statistics() -> Any:
+    """Studies per day, stage distribution, review share, AI vs doctor agreement."""
+    return render_template("admin/statistics.html", stats=statistics_data(), stages=STAGES)

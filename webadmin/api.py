@@ -1,0 +1,154 @@
+"""JSON API under ``/api/v1``: bearer tokens an admin issues, or basic auth for scripts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, g, jsonify, request
+from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
+from sqlalchemy import func, select
+
+from bcd_node.db.models import Delivery, DeliveryState, Job, JobState, Result, Study, User
+from bcd_node.users import authenticate, find_token
+from webadmin.db import audit_event, client_ip, db, node
+from webadmin.helpers import page_number
+
+bp = Blueprint("api", __name__)
+basic = HTTPBasicAuth(realm="bcd-node")
+token = HTTPTokenAuth(scheme="Bearer", realm="bcd-node")
+auth = MultiAuth(token, basic)
+
+
+@token.verify_token
+def _verify_token(text: str) -> User | None:
+    found = find_token(db(), node().secrets.api_token_salt, text or "")
+    if found is None:
+        from bcd_node import audit
+        audit.record(db(), actor="?", actor_kind="api", source=client_ip(),
+                     action="api_auth_failed", outcome="failure",
+                     details={"scheme": "bearer", "prefix": (text or "")[:12]})
+        db().commit()
+        return None
+    db().commit()
+    g.api_user = found.user
+    return found.user
+
+
+@basic.verify_password
+def _verify_password(username: str, password: str) -> User | None:
+    outcome = authenticate(db(), (username or "").strip().lower(), password or "",
+                           source=client_ip(), actor_kind="api")
+    db().commit()
+    if outcome.user is not None:
+        g.api_user = outcome.user
+    return outcome.user
+
+
+def _unauthorized(status: int) -> Any:
+    response = jsonify(error="unauthorized",
+                       message="Send 'Authorization: Bearer <token>' or basic credentials.")
+    response.status_code = status
+    return response
+
+
+token.error_handler(_unauthorized)
+basic.error_handler(_unauthorized)
+
+
+@bp.before_request
+@auth.login_required
+def _authenticated() -> None:
+    """Every API call needs a token or basic credentials."""
+    return None
+
+
+def _study_json(st: Study) -> dict[str, Any]:
+    return {"study_instance_uid": st.study_instance_uid, "patient_id": st.patient.patient_id,
+            "patient_name": st.patient.name, "study_date": st.study_date,
+            "accession_number": st.accession_number, "status": st.status, "stage": st.stage,
+            "confidence": st.confidence, "last_received_at": st.last_received_at.isoformat()}
+
+
+def _result_json(r: Result) -> dict[str, Any]:
+    return {"id": r.id, "scope": r.scope, "model": {"name": r.model_name,
+                                                   "version": r.model_version},
+            "stage": r.stage, "confidence": r.confidence, "probabilities": r.probabilities,
+            "blast_count": r.blast_count, "blast_area_fraction": r.blast_area_fraction,
+            "quality": r.quality, "needs_review": r.needs_review,
+            "verification": r.verification, "verified_stage": r.verified_stage,
+            "verified_comment": r.verified_comment,
+            "verified_at": r.verified_at.isoformat() if r.verified_at else None,
+            "pdf": bool(r.pdf_path), "verified_pdf": bool(r.verified_pdf_path)}
+
+
+@bp.get("/status")
+def status() -> Any:
+    """Node status: components, queue depth, deliveries."""
+    session = db()
+    queued = session.execute(select(func.count()).select_from(Job).where(
+        Job.state.in_([JobState.QUEUED, JobState.RUNNING]))).scalar_one()
+    deliveries = {s.value: n for s, n in session.execute(
+        select(Delivery.state, func.count()).group_by(Delivery.state)).all()}
+    return jsonify(ae_title=node().settings.dicom.ae_title,
+                   components={n: {"available": c.available, "detail": c.describe()}
+                               for n, c in node().components.items()},
+                   queue_depth=queued,
+                   deliveries={s.value: deliveries.get(s.value, 0) for s in DeliveryState})
+
+
+@bp.get("/studies")
+def studies() -> Any:
+    """Studies, newest first, with the worklist's filters (status, stage, from, to, patient)."""
+    from webadmin.worklist import worklist_page
+    try:
+        per_page = min(500, max(1, int(request.args.get("per_page", "100"))))
+    except ValueError:
+        per_page = 100
+    page = worklist_page(request.args.to_dict(), page_number(), per_page)
+    audit_event("api_list_studies", details={k: v for k, v in request.args.items() if v})
+    db().commit()
+    return jsonify(page=page.page, pages=page.pages, total=page.total,
+                   studies=[_study_json(st) for st, _patient in page.items])
+
+
+@bp.get("/studies/<uid>")
+def study(uid: str) -> Any:
+    """One study with its results."""
+    session = db()
+    st = session.execute(select(Study).where(Study.study_instance_uid == uid)).scalar_one_or_none()
+    if st is None:
+        abort(404)
+    results = session.execute(select(Result).where(Result.study_fk == st.id)
+                              .order_by(Result.id)).scalars().all()
+    audit_event("view_study", patient_id=st.patient.patient_id,
+                study_instance_uid=st.study_instance_uid, object_ref=f"study:{st.id}")
+    session.commit()
+    return jsonify(**_study_json(st), results=[_result_json(r) for r in results])
+
+
+@bp.get("/results/<int:result_id>")
+def result(result_id: int) -> Any:
+    """One result."""
+    session = db()
+    r = session.get(Result, result_id)
+    if r is None:
+        abort(404)
+    st = session.get(Study, r.study_fk)
+    audit_event("view_result", patient_id=st.patient.patient_id,
+                study_instance_uid=st.study_instance_uid, object_ref=f"result:{r.id}")
+    session.commit()
+    return jsonify(study_instance_uid=st.study_instance_uid, **_result_json(r))
+
+
+@bp.get("/results/<int:result_id>/pdf")
+def result_pdf(result_id: int) -> Any:
+    """A result's PDF (verified when it exists; ``?version=ai`` for the AI's own)."""
+    from webadmin.worklist import pdf
+    return pdf(result_id)
+
+
+@bp.errorhandler(404)
+def _not_found(_exc: Any) -> Any:
+    return jsonify(error="not found"), 404
+
+

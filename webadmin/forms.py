@@ -1,0 +1,130 @@
+"""Forms (Flask-WTF: every one carries a CSRF token)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileField, FileRequired
+from wtforms.fields.choices import SelectChoice
+from wtforms import (DateField, HiddenField, IntegerField, PasswordField, SelectField,
+                     StringField, TextAreaField)
+from wtforms.validators import (DataRequired, EqualTo, Length, NumberRange, Optional,
+                                Regexp, ValidationError)
+
+from bcd_node.users import MIN_PASSWORD_LENGTH
+
+STAGES = ("Benign", "Malignant-Early", "Malignant-Pre", "Malignant-Pro")
+STATUSES = ("queued", "analysing", "done", "failed", "needs_review", "verified")
+EMAIL = Regexp(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", message="Not an e-mail address.")
+USERNAME = Regexp(r"^[a-z0-9][a-z0-9._-]{1,63}$",
+                  message="2-64 lower-case letters, digits, '.', '_' or '-'")
+
+
+def _choices(*pairs: tuple[str, str]) -> list[SelectChoice]:
+    return [SelectChoice(value, label) for value, label in pairs]
+
+
+class LoginForm(FlaskForm):
+    """Sign in."""
+
+    username = StringField("User name", validators=[DataRequired(), Length(max=64)],
+                           render_kw={"autocomplete": "username", "autofocus": True})
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)],
+                             render_kw={"autocomplete": "current-password"})
+
+
+class RegisterForm(FlaskForm):
+    """A doctor's request for an account."""
+
+    username = StringField("User name", validators=[DataRequired(), USERNAME],
+                           render_kw={"autocomplete": "username"})
+    full_name = StringField("Full name", validators=[DataRequired(), Length(max=128)])
+    email = StringField("Hospital e-mail", validators=[DataRequired(), EMAIL,
+                                                      Length(max=254)])
+    password = PasswordField("Password", validators=[
+        DataRequired(), Length(min=MIN_PASSWORD_LENGTH, max=256)],
+        render_kw={"autocomplete": "new-password"})
+    confirm = PasswordField("Repeat password", validators=[
+        DataRequired(), EqualTo("password", message="The passwords differ.")],
+        render_kw={"autocomplete": "new-password"})
+
+
+class ActionForm(FlaskForm):
+    """A button that only needs its CSRF token (approve, disable, revoke, retry...)."""
+
+
+class VerifyForm(FlaskForm):
+    """A doctor's verification of one result."""
+
+    decision = SelectField("Decision", choices=_choices(("accept", "Accept the AI's stage"),
+                                                    ("correct", "Correct the stage")),
+                           validators=[DataRequired()])
+    stage = SelectField("Corrected stage", choices=_choices(("", "—"), *((s, s) for s in STAGES)),
+                        validators=[Optional()])
+    comment = TextAreaField("Comment", validators=[Length(max=2000)])
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        """A correction names a stage (checked here: the field itself is optional)."""
+        ok = super().validate(extra_validators)
+        if ok and self.decision.data == "correct" and not self.stage.data:
+            self.stage.errors = ["Choose the corrected stage."]
+            return False
+        return ok
+
+
+def _not_in_future(_form: FlaskForm, field: DateField) -> None:
+    import datetime as _dt
+    if field.data and field.data > _dt.date.today():
+        raise ValidationError("The birth date is in the future.")
+
+
+class UploadForm(FlaskForm):
+    """An image uploaded by a doctor with the patient's details."""
+
+    image = FileField("Image (PNG, JPEG or DICOM)", validators=[FileRequired("Choose a file.")])
+    patient_name = StringField("Patient name", validators=[DataRequired(), Length(max=128)],
+                               description="Family name, given name")
+    patient_id = StringField("Patient ID", validators=[
+        DataRequired(), Length(max=64),
+        Regexp(r"^[A-Za-z0-9._\-/]+$", message="Letters, digits, '.', '_', '-' or '/'.")])
+    birth_date = DateField("Birth date", validators=[Optional(), _not_in_future])
+    age = IntegerField("or age (years)", validators=[Optional(), NumberRange(min=0, max=130)])
+    sex = SelectField("Sex", choices=_choices(("", "unknown"), ("F", "female"), ("M", "male"),
+                                         ("O", "other")), validators=[Optional()])
+    accession_number = StringField("Accession number", validators=[Optional(), Length(max=16)])
+    description = StringField("Description", validators=[Optional(), Length(max=64)])
+    specimen_id = StringField("Slide (specimen) ID", validators=[Optional(), Length(max=64)],
+                              description="Makes it a VL Microscopic Image")
+    stain = StringField("Stain", validators=[Optional(), Length(max=64)],
+                        description="e.g. May-Grünwald-Giemsa")
+
+
+class UserCreateForm(FlaskForm):
+    """An admin creates an account."""
+
+    username = StringField("User name", validators=[DataRequired(), USERNAME])
+    full_name = StringField("Full name", validators=[Optional(), Length(max=128)])
+    email = StringField("E-mail", validators=[Optional(), EMAIL])
+    role = SelectField("Role", choices=_choices(("doctor", "doctor"), ("admin", "admin")))
+    password = PasswordField("Initial password", validators=[
+        DataRequired(), Length(min=MIN_PASSWORD_LENGTH, max=256)])
+
+
+class RoleForm(FlaskForm):
+    """Change a user's role."""
+
+    role = SelectField("Role", choices=_choices(("doctor", "doctor"), ("admin", "admin")))
+
+
+class TokenForm(FlaskForm):
+    """Issue an API token."""
+
+    name = StringField("Token name", validators=[DataRequired(), Length(max=64)],
+                       description="What it is for, e.g. 'PACS reporting script'")
+
+
+class AuditVerifyForm(FlaskForm):
+    """Verify the audit chain."""
+
+    confirm = HiddenField(default="1")

@@ -1,0 +1,117 @@
+"""Template filters, pagination and small shared helpers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date, datetime, time, timezone
+from typing import Any
+
+from flask import Flask, request, url_for
+
+STATUS_LABELS = {
+    "queued": "Queued", "analysing": "Analysing", "done": "Done", "failed": "Failed",
+    "needs_review": "Needs review", "verified": "Verified",
+}
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list: its rows and where the others are."""
+
+    items: list[Any]
+    page: int
+    per_page: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        """How many pages there are (at least one)."""
+        return max(1, math.ceil(self.total / self.per_page))
+
+    @property
+    def has_prev(self) -> bool:
+        """Whether there is a page before."""
+        return self.page > 1
+
+    @property
+    def has_next(self) -> bool:
+        """Whether there is a page after."""
+        return self.page < self.pages
+
+
+def page_number() -> int:
+    """The ``page`` query argument, at least 1."""
+    try:
+        return max(1, int(request.args.get("page", "1")))
+    except ValueError:
+        return 1
+
+
+def parse_day(value: str | None) -> date | None:
+    """A ``YYYY-MM-DD`` query argument, or None when absent or malformed."""
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def day_start(day: date) -> datetime:
+    """Midnight UTC at the start of ``day``."""
+    return datetime.combine(day, time.min, tzinfo=timezone.utc)
+
+
+def url_with(**changes: Any) -> str:
+    """The current URL with some query arguments changed (None removes one)."""
+    args = request.args.to_dict()
+    for key, value in changes.items():
+        if value is None:
+            args.pop(key, None)
+        else:
+            args[key] = value
+    return url_for(request.endpoint or "index", **(request.view_args or {}), **args)
+
+
+def fmt_dt(value: datetime | None) -> str:
+    """A time as ``YYYY-MM-DD HH:MM`` UTC."""
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M") if value else "—"
+
+
+def fmt_da(value: str | None) -> str:
+    """A DICOM date ``YYYYMMDD`` as ``YYYY-MM-DD``."""
+    if value and len(value) == 8 and value.isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return value or "—"
+
+
+def fmt_pn(value: str | None) -> str:
+    """A DICOM person name ``Family^Given`` as ``Family, Given``."""
+    if not value:
+        return "—"
+    parts = [p for p in value.split("^") if p]
+    return ", ".join(parts[:2]) + (" " + " ".join(parts[2:]) if len(parts) > 2 else "")
+
+
+def fmt_pct(value: float | None) -> str:
+    """A fraction as a percentage."""
+    return "—" if value is None else f"{value * 100:.1f} %"
+
+
+def fmt_bytes(value: int | None) -> str:
+    """A size in bytes for people."""
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size} B"  # pragma: no cover
+
+
+def register_template_helpers(app: Flask) -> None:
+    """Make the filters and helpers available to every template."""
+    app.jinja_env.filters.update(dt=fmt_dt, da=fmt_da, pn=fmt_pn, pct=fmt_pct, bytes=fmt_bytes)
+    app.jinja_env.globals.update(url_with=url_with, STATUS_LABELS=STATUS_LABELS)

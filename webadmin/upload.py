@@ -1,0 +1,97 @@
+"""Upload of PNG, JPEG or DICOM images with the patient's details."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, flash, redirect, render_template, url_for
+from flask_login import current_user
+
+from bcd_node import intake
+from bcd_node.errors import BcdError, PermanentError
+from webadmin.db import audit_event, db, node
+from webadmin.forms import UploadForm
+
+bp = Blueprint("upload", __name__)
+
+ALLOWED_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".dcm": "dicom",
+                    ".dicom": "dicom", "": "dicom"}
+
+
+def sniff(data: bytes) -> str | None:
+    """The kind of file by its first bytes: ``png``, ``jpeg``, ``dicom`` or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+
+def person_name(text: str) -> str:
+    """``Family, Given`` as typed by people → DICOM ``Family^Given``."""
+    text = " ".join(text.split())
+    if "^" in text or "," not in text:
+        return text
+    family, _, given = text.partition(",")
+    return f"{family.strip()}^{given.strip()}"
+
+
+@bp.route("/upload", methods=["GET", "POST"])
+def index() -> Any:
+    """Upload an image for analysis."""
+    form = UploadForm()
+    if form.validate_on_submit():
+        storage = form.image.data
+        filename = (storage.filename or "upload").rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
+        data = storage.read(current_app.config["UPLOAD_MAX_BYTES"] + 1)
+        suffix = ("." + filename.rsplit(".", 1)[1].lower()) if "." in filename else ""
+        kind = sniff(data)
+        error = None
+        if len(data) > current_app.config["UPLOAD_MAX_BYTES"]:
+            error = (f"The file is larger than "
+                     f"{current_app.config['UPLOAD_MAX_BYTES'] // (1024 * 1024)} MB.")
+        elif not data:
+            error = "The file is empty."
+        elif kind is None or suffix not in ALLOWED_SUFFIXES:
+            error = "Only PNG, JPEG or DICOM (Part 10) files can be uploaded."
+        elif ALLOWED_SUFFIXES[suffix] != kind and suffix:
+            error = f"The file's content is {kind.upper()} but its name ends in {suffix}."
+        if error is None:
+            fields = {
+                "patient_name": person_name(form.patient_name.data),
+                "patient_id": form.patient_id.data.strip(),
+                "birth_date": form.birth_date.data.strftime("%Y%m%d") if form.birth_date.data
+                else "",
+                "age": "" if form.age.data is None else str(form.age.data),
+                "sex": form.sex.data or "",
+                "accession_number": (form.accession_number.data or "").strip(),
+                "study_description": (form.description.data or "").strip(),
+                "specimen_id": (form.specimen_id.data or "").strip(),
+                "stain": (form.stain.data or "").strip(),
+            }
+            try:
+                accepted = intake.accept_upload(node(), data, filename, fields,
+                                                current_user.username)
+            except PermanentError as exc:
+                error = str(exc)
+            except BcdError as exc:
+                error = f"The node could not store the image right now ({exc}). Try again later."
+            else:
+                audit_event("upload", patient_id=fields["patient_id"],
+                            study_instance_uid=accepted.study_instance_uid,
+                            object_ref=f"sop:{accepted.sop_instance_uid}",
+                            details={"filename": filename[:128], "kind": kind,
+                                     "bytes": len(data)})
+                db().commit()
+                flash("The image was received and queued for analysis.", "success")
+                return redirect(url_for("worklist.study", uid=accepted.study_instance_uid))
+        audit_event("upload", outcome="failure",
+                    patient_id=(form.patient_id.data or "").strip()[:64],
+                    details={"filename": filename[:128], "error": error[:255]})
+        db().commit()
+        form.image.errors = list(form.image.errors) + [error]
+        return render_template("upload.html", form=form), 400
+    return render_template("upload.html", form=form)

@@ -1,0 +1,264 @@
+"""Doctors' worklist, the review page, verification, images and PDF reports."""
+
+from __future__ import annotations
+
+import io
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import (Blueprint, abort, flash, redirect, render_template, request, send_file,
+                   url_for)
+from flask_login import current_user
+from sqlalchemy import func, or_, select
+
+from bcd_node.db.models import (Instance, Job, JobKind, Patient, Result, Role, Series, Study,
+                                utcnow)
+from webadmin.db import audit_event, db, node
+from webadmin.forms import STAGES, STATUSES, VerifyForm
+from webadmin.helpers import Page, day_start, page_number, parse_day
+
+bp = Blueprint("worklist", __name__)
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+PREVIEW_MAX_SIDE = 4096
+
+
+def data_file(relpath: str | None) -> Path:
+    """A file under the data folder named by a stored relative path; 404 if absent or outside."""
+    if not relpath:
+        abort(404)
+    root = node().settings.storage.data_dir.resolve()
+    path = (root / relpath).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        abort(404)
+    return path
+
+
+def worklist_query(args: dict[str, str]) -> Any:
+    """The worklist's select with the filters in ``args`` (status, stage, from, to, patient)."""
+    query = select(Study, Patient).join(Patient, Study.patient_fk == Patient.id)
+    if args.get("status") in STATUSES:
+        query = query.where(Study.status == args["status"])
+    if args.get("stage") in STAGES:
+        query = query.where(Study.stage == args["stage"])
+    if args.get("stage") == "none":
+        query = query.where(Study.stage.is_(None))
+    day_from, day_to = parse_day(args.get("from")), parse_day(args.get("to"))
+    if day_from:
+        query = query.where(Study.last_received_at >= day_start(day_from))
+    if day_to:
+        query = query.where(Study.last_received_at < day_start(day_to) + timedelta(days=1))
+    term = (args.get("patient") or "").strip()
+    if term:
+        like = f"%{term.replace('%', '').replace('_', '')}%"
+        query = query.where(or_(Patient.patient_id == term, Patient.name.ilike(like)))
+    return query
+
+
+def worklist_page(args: dict[str, str], page: int, per_page: int) -> Page:
+    """One page of the worklist, newest first."""
+    session = db()
+    query = worklist_query(args)
+    total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+    rows = session.execute(query.order_by(Study.last_received_at.desc(), Study.id.desc())
+                           .limit(per_page).offset((page - 1) * per_page)).all()
+    return Page(list(rows), page, per_page, total)
+
+
+@bp.get("/worklist")
+def index() -> Any:
+    """The worklist: studies with status, stage and confidence, filtered and paginated."""
+    from flask import current_app
+    args = request.args.to_dict()
+    page = worklist_page(args, page_number(), current_app.config["PAGE_SIZE"])
+    audit_event("view_worklist", details={k: v for k, v in args.items() if v})
+    db().commit()
+    return render_template("worklist/index.html", page=page, args=args, stages=STAGES,
+                           statuses=STATUSES,
+                           threshold=node().settings.model.review_threshold)
+
+
+def _study_or_404(uid: str) -> Study:
+    study = db().execute(select(Study).where(Study.study_instance_uid == uid)).scalar_one_or_none()
+    if study is None:
+        abort(404)
+    return study
+
+
+def warnings_for(result: Result) -> list[str]:
+    """The warnings a doctor must see for a result."""
+    out = []
+    quality = result.quality or {}
+    if result.stage is None or quality.get("status") == "insufficient":
+        out.append("Quality insufficient: the image could not be classified reliably.")
+    threshold = node().settings.model.review_threshold
+    if result.confidence is not None and result.confidence < threshold:
+        out.append(f"Low confidence ({result.confidence * 100:.0f} % < "
+                   f"{threshold * 100:.0f} %): review carefully.")
+    if quality.get("flags") and quality.get("status") != "insufficient":
+        out.append("Quality flags: " + ", ".join(str(f).replace("_", " ")
+                                                 for f in quality["flags"]) + ".")
+    if result.needs_review and result.stage is not None and not (
+            result.confidence is not None and result.confidence < threshold):
+        out.append("Flagged for review by the pipeline.")
+    return out
+
+
+@bp.get("/studies/<uid>")
+def study(uid: str) -> Any:
+    """Review a study: each image with overlay, mask, probabilities and findings."""
+    session = db()
+    st = _study_or_404(uid)
+    instances = session.execute(
+        select(Instance).join(Series).where(Series.study_fk == st.id)
+        .order_by(Series.series_number, Instance.id)).scalars().all()
+    results = session.execute(select(Result).where(Result.study_fk == st.id)
+                              .order_by(Result.id)).scalars().all()
+    by_instance: dict[int | None, list[Result]] = {}
+    for result in results:
+        by_instance.setdefault(result.instance_fk, []).append(result)
+    verifiers = {r.verified_by_fk for r in results if r.verified_by_fk}
+    from bcd_node.db.models import User
+    names = dict(session.execute(select(User.id, User.username).where(User.id.in_(verifiers))).all()) \
+        if verifiers else {}
+    audit_event("view_study", patient_id=st.patient.patient_id,
+                study_instance_uid=st.study_instance_uid, object_ref=f"study:{st.id}")
+    session.commit()
+    forms = {r.id: VerifyForm(prefix=f"r{r.id}") for r in results}
+    return render_template("worklist/study.html", study=st, patient=st.patient,
+                           instances=instances, by_instance=by_instance,
+                           study_results=by_instance.get(None, []), forms=forms,
+                           warnings_for=warnings_for, names=names, stages=STAGES,
+                           can_verify=current_user.role == Role.DOCTOR)
+
+
+@bp.post("/results/<int:result_id>/verify")
+def verify(result_id: int) -> Any:
+    """Accept or correct the AI's stage; queue the VERIFIED SR and updated PDF."""
+    if current_user.role != Role.DOCTOR:
+        abort(403)
+    session = db()
+    result = session.get(Result, result_id)
+    if result is None:
+        abort(404)
+    st = session.get(Study, result.study_fk)
+    form = VerifyForm(prefix=f"r{result.id}")
+    back = redirect(url_for("worklist.study", uid=st.study_instance_uid) + f"#result-{result.id}")
+    if not form.validate_on_submit():
+        for errors in form.errors.values():
+            for error in errors:
+                flash(error, "error")
+        return back
+    if result.verification != "unverified":
+        flash("This result has already been verified.", "error")
+        return back
+    corrected = form.decision.data == "correct"
+    result.verification = "corrected" if corrected else "accepted"
+    result.verified_stage = form.stage.data if corrected else result.stage
+    if corrected and form.stage.data == result.stage:
+        result.verification = "accepted"
+        corrected = False
+    result.verified_comment = (form.comment.data or "").strip() or None
+    result.verified_by_fk = current_user.user_id
+    result.verified_at = utcnow()
+    session.add(Job(kind=JobKind.VERIFIED_REPORT, result_fk=result.id, study_fk=st.id,
+                    instance_fk=result.instance_fk))
+    pending = session.execute(select(func.count()).select_from(Result).where(
+        Result.study_fk == st.id, Result.verification == "unverified",
+        Result.id != result.id)).scalar_one()
+    if pending == 0:
+        st.status = "verified"
+        st.stage = result.verified_stage if result.scope == "study" or st.stage is None \
+            or corrected else st.stage
+    audit_event("verify_correct" if corrected else "verify_accept",
+                patient_id=st.patient.patient_id, study_instance_uid=st.study_instance_uid,
+                object_ref=f"result:{result.id}",
+                details={"ai_stage": result.stage, "verified_stage": result.verified_stage,
+                         "comment": result.verified_comment or ""})
+    session.commit()
+    flash("Verification recorded. The verified report is being produced and sent to PACS.",
+          "success")
+    return back
+
+
+def _preview_png(instance: Instance) -> Path:
+    """A PNG of a stored image for the browser, made once and kept under ``previews/``."""
+    root = node().settings.storage.data_dir
+    target = root / "previews" / f"{instance.id}.png"
+    if target.is_file():
+        return target
+    source = data_file(instance.path)
+    from PIL import Image
+
+    # The same pixels the pipeline analyses (first frame, or a whole slide's total matrix), so
+    # that the overlay lines up. TODO(lead): a bcd_node helper, so webadmin needs no dicom import.
+    from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_dataset
+    ds = read_dataset(source)
+    if str(ds.SOPClassUID) == WSI_SOP_CLASS:
+        pixels = assemble_total_pixel_matrix(ds)
+    else:
+        pixels = decode_frames(ds)[0]
+    picture = Image.fromarray(pixels)
+    picture.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    picture.save(tmp, format="PNG")
+    tmp.replace(target)
+    return target
+
+
+def _image_response(path: Path, mimetype: str, *, as_attachment: bool = False,
+                    download_name: str | None = None) -> Any:
+    data = path.read_bytes()
+    response = send_file(io.BytesIO(data), mimetype=mimetype, as_attachment=as_attachment,
+                         download_name=download_name, max_age=0)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _audit_view(action: str, st: Study, ref: str) -> None:
+    audit_event(action, patient_id=st.patient.patient_id,
+                study_instance_uid=st.study_instance_uid, object_ref=ref)
+    db().commit()
+
+
+@bp.get("/instances/<int:instance_id>/image.png")
+def image(instance_id: int) -> Any:
+    """The received image as PNG."""
+    session = db()
+    inst = session.get(Instance, instance_id)
+    if inst is None:
+        abort(404)
+    st = inst.series.study
+    try:
+        path = _preview_png(inst)
+    except Exception:  # noqa: BLE001 - an undecodable file must not take the page down
+        abort(404)
+    _audit_view("view_image", st, f"instance:{inst.id}")
+    return _image_response(path, "image/png")
+
+
+@bp.get("/results/<int:result_id>/<any(overlay, mask):kind>.png")
+def result_image(result_id: int, kind: str) -> Any:
+    """The blast overlay or mask of a result as PNG."""
+    result = db().get(Result, result_id)
+    if result is None:
+        abort(404)
+    path = data_file(result.overlay_path if kind == "overlay" else result.mask_path)
+    _audit_view("view_image", db().get(Study, result.study_fk), f"result:{result.id}:{kind}")
+    return _image_response(path, "image/png")
+
+
+@bp.get("/results/<int:result_id>/report.pdf")
+def pdf(result_id: int) -> Any:
+    """Download a result's PDF report (the verified one when it exists, or ?version=ai)."""
+    result = db().get(Result, result_id)
+    if result is None:
+        abort(404)
+    st = db().get(Study, result.study_fk)
+    verified = request.args.get("version") != "ai" and result.verified_pdf_path
+    path = data_file(result.verified_pdf_path if verified else result.pdf_path)
+    _audit_view("view_pdf", st, f"result:{result.id}:{'verified' if verified else 'ai'}")
+    name = f"bcd-report-{result.id}{'-verified' if verified else ''}.pdf"
+    return _image_response(path, "application/pdf", as_attachment=True, download_name=name)
