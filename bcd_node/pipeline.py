@@ -29,6 +29,7 @@ from bcd_node.db.models import (Delivery, Instance, Job, JobKind, JobState, Pati
 from bcd_node.errors import PermanentError
 from bcd_node.jobqueue import Claimed, complete
 from bcd_node.report.pdf import ReportData, render_report
+from bcd_node.report.summary import FieldRow, SummaryData, render_summary
 from bcd_node.runtime import NodeContext
 from bcd_node.storage import Store
 from dicom.algorithm import Algorithm
@@ -38,6 +39,7 @@ from dicom.sop import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
 from dicom.outputs import build_result_objects
 from dicom.encapsulated import build_encapsulated_pdf
 from dicom.sr import Findings, Verification, build_sr
+from dicom.summary import StudyFindings, build_study_summary_sr, summary_kind
 
 LOGGER = logging.getLogger(__name__)
 OVERLAY_COLOUR = np.array([255, 0, 64], np.float32)
@@ -144,11 +146,23 @@ class Pipeline:
                                    software_version=__version__)
 
     def run(self, job: Claimed) -> None:
-        """Do ``job`` and complete it in the same transaction as its results."""
+        """Do ``job`` and complete it in the same transaction as its results.
+
+        A builder that refuses its input (ValueError/TypeError naming the value) fails the job
+        at once: retrying cannot make the input valid.
+        """
+        try:
+            self._dispatch(job)
+        except (ValueError, TypeError) as exc:
+            raise PermanentError(f"cannot build the results: {exc}") from exc
+
+    def _dispatch(self, job: Claimed) -> None:
         if job.kind is JobKind.ANALYZE:
             self.analyze(job)
         elif job.kind is JobKind.VERIFIED_REPORT:
             self.verified_report(job)
+        elif job.kind is JobKind.STUDY_SUMMARY:
+            self.study_summary(job)
         else:
             raise PermanentError(f"job kind {job.kind.value} is not handled by this version")
 
@@ -309,6 +323,93 @@ class Pipeline:
             self._update_study(session, row.study_fk)
         LOGGER.info("job %d: verified report of result %d queued", job.id, result.id)
 
+    def study_summary(self, job: Claimed) -> None:
+        """Combine every analysed field of a quiet study into a study-level SR and PDF."""
+        with self.context.session_factory() as session:
+            study = session.get(Study, job.study_fk) if job.study_fk else None
+            if study is None:
+                raise PermanentError(f"job {job.id}: study {job.study_fk} not found")
+            patient = session.get(Patient, study.patient_fk)
+            rows = session.execute(
+                select(Result, Instance).join(Instance, Result.instance_fk == Instance.id)
+                .where(Result.study_fk == study.id, Result.scope == "instance",
+                       Result.model_version == self.model_version)
+                .order_by(Instance.received_at, Instance.id)).all()
+            session.expunge_all()
+        staged = [(r, i) for r, i in rows if r.stage]
+        if not staged:
+            with self.context.session_factory.begin() as session:
+                session.get(Study, study.id).summary_done_at = utcnow()
+                if not complete(session, job):
+                    raise LeaseLostError(f"job {job.id}: lease lost")
+            LOGGER.info("job %d: study %s has no diagnosable field; no summary", job.id,
+                        study.study_instance_uid)
+            return
+        votes = Counter(r.stage for r, _ in staged)
+        stage = max(votes, key=lambda s: (votes[s], STAGE_ORDER.get(s, 0)))
+        names = list(STAGE_ORDER)
+        probs = {n: float(np.mean([r.probabilities.get(n, 0.0) for r, _ in staged]))
+                 for n in names}
+        total = sum(probs.values()) or 1.0
+        probs = {n: v / total for n, v in probs.items()}
+        pixels = [max(1, i.rows * i.columns * i.frames) for _, i in staged]
+        fraction = sum(r.blast_area_fraction * p for (r, _), p in zip(staged, pixels)) / sum(pixels)
+        findings = StudyFindings(
+            stage=stage, probabilities=probs, fields_analysed=len(staged),
+            fields_needing_review=sum(r.needs_review for r, _ in rows),
+            fields_quality_insufficient=len(rows) - len(staged),
+            total_blasts=int(sum(r.blast_count for r, _ in staged)),
+            blast_area_fraction=min(1.0, fraction))
+        sources = [read_dataset(self.store.path(i.path)) for _, i in staged]
+        sr = build_study_summary_sr(sources, findings, algorithm=self.algorithm,
+                                    uid_root=self.settings.uids.root)
+        kind = summary_kind(sources)
+        pdf = render_summary(SummaryData(
+            patient_name=patient.name or "(no name)", patient_id=patient.patient_id or "(no id)",
+            study_instance_uid=study.study_instance_uid,
+            accession_number=study.accession_number, study_date=study.study_date, stage=stage,
+            probabilities=probs, total_blasts=findings.total_blasts,
+            blast_area_fraction=findings.blast_area_fraction,
+            fields=[FieldRow(i.sop_instance_uid, r.stage, r.confidence, r.blast_count,
+                             r.needs_review) for r, i in rows],
+            model_name=self.model_name, model_version=self.model_version,
+            demonstration_model=self.demonstration_model, created_at=utcnow()))
+        enc = build_encapsulated_pdf(sources[0], pdf, algorithm=self.algorithm,
+                                     title="Blood smear study summary", uid_kind=f"{kind}-pdf",
+                                     uid_root=self.settings.uids.root)
+        folder = f"results/study-{study.id}/{self.model_version}"
+        pdf_rel = f"{folder}/{kind}.pdf"
+        self.store.write(pdf_rel, pdf)
+        outputs = [("summary_sr", sr, f"{folder}/{kind}-sr.dcm"),
+                   ("summary_pdf", enc, f"{folder}/{kind}-pdf.dcm")]
+        for _kind, dataset, rel in outputs:
+            self.store.write(rel, _dicom_bytes(dataset))
+        self.store.sync_dirs([self.store.path(folder)])
+        with self.context.session_factory.begin() as session:
+            result = session.execute(select(Result).where(
+                Result.study_fk == study.id, Result.scope == "study",
+                Result.model_version == self.model_version)).scalar_one_or_none()
+            if result is None:
+                result = Result(study_fk=study.id, scope="study", model_name=self.model_name,
+                                model_version=self.model_version)
+                session.add(result)
+            result.stage, result.probabilities, result.confidence = stage, probs, probs[stage]
+            result.blast_count = findings.total_blasts
+            result.blast_area_fraction = findings.blast_area_fraction
+            result.needs_review = findings.fields_needing_review > 0
+            result.quality = {"fields": len(rows), "quality_insufficient":
+                              findings.fields_quality_insufficient}
+            result.pdf_path = pdf_rel
+            result.sr_sop_instance_uid = str(sr.SOPInstanceUID)
+            result.pdf_sop_instance_uid = str(enc.SOPInstanceUID)
+            session.flush()
+            self._queue_deliveries(session, result.id, outputs)
+            session.get(Study, study.id).summary_done_at = utcnow()
+            if not complete(session, job):
+                raise LeaseLostError(f"job {job.id}: lease lost; another worker took it over")
+        LOGGER.info("job %d: study %s summarised over %d field(s): %s", job.id,
+                    study.study_instance_uid, len(staged), stage)
+
     def _report_data(self, ds: Dataset, patient: Patient, study: Study, image: np.ndarray,
                      over: np.ndarray, c: Combined, now: dt.datetime) -> ReportData:
         specimen = ds.get("SpecimenDescriptionSequence")
@@ -359,6 +460,32 @@ class Pipeline:
             study.status = "needs_review"
         else:
             study.status = "done"
+
+
+def enqueue_study_summaries(context: NodeContext) -> int:
+    """Queue a summary for each study quiet for ``workers.study_quiet_seconds``; returns how many.
+
+    A study qualifies when it has no summary since its last image, none of its analyses is
+    still queued or running, and no summary job is already waiting.
+    """
+    from datetime import timedelta
+
+    quiet = context.settings.workers.study_quiet_seconds
+    cutoff = utcnow() - timedelta(seconds=quiet)
+    busy = select(Job.study_fk).where(
+        Job.kind.in_([JobKind.ANALYZE, JobKind.STUDY_SUMMARY]),
+        Job.state.in_([JobState.QUEUED, JobState.RUNNING]), Job.study_fk.is_not(None))
+    with context.session_factory.begin() as session:
+        ids = session.execute(select(Study.id).where(
+            Study.summary_done_at.is_(None), Study.last_received_at < cutoff,
+            Study.id.not_in(busy)).limit(100)).scalars().all()
+        for study_id in ids:
+            session.add(Job(kind=JobKind.STUDY_SUMMARY, study_fk=study_id,
+                            max_attempts=context.settings.workers.max_attempts))
+    if ids:
+        LOGGER.info("queued study summaries for %d quiet stud%s", len(ids),
+                    "y" if len(ids) == 1 else "ies")
+    return len(ids)
 
 
 def _person_name(name: str) -> str:

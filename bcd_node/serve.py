@@ -133,7 +133,12 @@ def _start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
     d = context.settings.delivery
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={
         "coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
+    from bcd_node.pipeline import enqueue_study_summaries
+
     scheduler.add_job(deliverer.run_once, "interval", seconds=d.interval, id="deliver")
+    scheduler.add_job(enqueue_study_summaries, "interval", args=[context],
+                      seconds=min(10.0, context.settings.workers.study_quiet_seconds),
+                      id="study-summaries")
     scheduler.add_job(deliverer.echo_all, "interval", seconds=d.echo_interval, id="echo",
                       next_run_time=None if not context.settings.destinations else _soon())
     scheduler.start()

@@ -46,6 +46,7 @@ def build_encapsulated_pdf(
     uid_root: str = uids.DEFAULT_ROOT,
     series_number: int = PDF_SERIES_NUMBER,
     now: dt.datetime | None = None,
+    uid_kind: str | None = None,
 ) -> Dataset:
     """Wrap a PDF report as an Encapsulated PDF in the source image's study.
 
@@ -69,6 +70,9 @@ def build_encapsulated_pdf(
         Series Number.
     now : datetime.datetime, optional
         Content date and time (default: now).
+    uid_kind : str, optional
+        Output kind the document's UIDs derive from (default ``pdf``, or the verified kind);
+        e.g. the study summary's own kind, so its PDF never shares a UID with a field's.
 
     Returns
     -------
@@ -102,6 +106,8 @@ def build_encapsulated_pdf(
 
     source_uid = str(source.SOPInstanceUID)
     kind = "pdf" if verified_at is None else f"pdf-verified-{verified_at:%Y%m%d%H%M%S%f}"
+    if uid_kind is not None:
+        kind = uid_kind
     now = now or dt.datetime.now()
 
     ds = Dataset()
@@ -131,7 +137,8 @@ def build_encapsulated_pdf(
     # Encapsulated Document Series
     ds.Modality = "DOC"
     ds.SeriesInstanceUID = uids.derive_uid(
-        source_uid, algorithm.version, "pdf-series", root=uid_root
+        source_uid, algorithm.version, "pdf-series" if uid_kind is None else f"{uid_kind}-series",
+        root=uid_root,
     )
     ds.SeriesNumber = series_number
     ds.SeriesDescription = f"ALL screening report PDF ({algorithm.model_name})"[:64]

@@ -147,3 +147,49 @@ def test_verification_produces_a_verified_sr_and_pdf(write_config, predictor, tm
                                              result.verified_pdf_path), "-"],
                           capture_output=True, text=True, check=True).stdout
     assert "Blasts with cleft nuclei." in text and corrected in text
+
+
+def test_quiet_study_gets_one_summary_sr_and_pdf(write_config, predictor, tmp_path) -> None:
+    from datetime import timedelta
+
+    from bcd_node.db.models import JobKind, utcnow
+    from bcd_node.pipeline import enqueue_study_summaries
+
+    ctx = open_node(load_settings(write_config(
+        '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
+        "port = 1\n")))
+    study_uid = pydicom.uid.generate_uid(prefix="2.25.")
+    files = write_smears(tmp_path / "in", 3, study_uid=study_uid)
+    with Intake(ctx) as intake:
+        for f in files:
+            intake.accept(f.read_bytes())
+    workers = Workers(ctx, Pipeline(ctx, predictor).run, count=0)
+    assert enqueue_study_summaries(ctx) == 0  # images still being analysed / not quiet
+    assert drain(workers) == 3
+    assert enqueue_study_summaries(ctx) == 0  # not quiet yet
+    with ctx.session_factory.begin() as s:
+        s.execute(update(Study).values(last_received_at=utcnow() - timedelta(hours=1)))
+    assert enqueue_study_summaries(ctx) == 1
+    assert enqueue_study_summaries(ctx) == 0  # already queued
+    assert drain(workers) == 1
+    assert enqueue_study_summaries(ctx) == 0  # done until a new image arrives
+    with ctx.session_factory() as s:
+        job = s.execute(select(Job).where(Job.kind == JobKind.STUDY_SUMMARY)).scalar_one()
+        assert job.state == JobState.DONE, job.last_error
+        summary = s.execute(select(Result).where(Result.scope == "study")).scalar_one()
+        fields = s.execute(select(Result).where(Result.scope == "instance")).scalars().all()
+        kinds = sorted(d.kind for d in s.execute(select(Delivery)).scalars())
+    assert kinds.count("summary_sr") == 1 and kinds.count("summary_pdf") == 1
+    assert summary.blast_count == sum(f.blast_count for f in fields)
+    folder = ctx.settings.storage.data_dir / f"results/study-{summary.study_fk}/0.0.1"
+    sr_path = next(folder.glob("*-sr.dcm"))
+    assert_dciodvfy_clean(sr_path)
+    assert_dciodvfy_clean(next(folder.glob("*-pdf.dcm")))
+    sr = pydicom.dcmread(sr_path)
+    assert sr.StudyInstanceUID == study_uid and sr.SOPInstanceUID == summary.sr_sop_instance_uid
+    evidence = {r.ReferencedSOPInstanceUID
+                for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
+    assert evidence == {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
+    pdf = pydicom.dcmread(next(folder.glob("*-pdf.dcm")))
+    assert pdf.SOPInstanceUID not in {f.pdf_sop_instance_uid for f in fields}

@@ -1,0 +1,193 @@
+"""The study-level summary: one TID 1500 SR that combines every analysed field of a study.
+
+Built when a study has been quiet for a while (no new images): the stage by vote with the mean
+calibrated probabilities, the total blast count, the blast area fraction across all fields, and
+how many fields need review or were of insufficient quality. Every field is evidence and source.
+Codes: :mod:`dicom.codes` plus three private ``99BCD`` codes defined here (see the conformance
+statement).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr import codes as pydicom_codes
+
+from dicom import codes, sop, uids
+from dicom.algorithm import Algorithm
+from dicom.codes import Stage
+
+__all__ = ["StudyFindings", "build_study_summary_sr", "summary_kind", "FIELDS_ANALYSED", "FIELDS_NEEDING_REVIEW",
+           "FIELDS_QUALITY_INSUFFICIENT", "STUDY_SUMMARY_GROUP"]
+
+LOGGER = logging.getLogger(__name__)
+SUMMARY_SERIES_NUMBER = 904
+
+STUDY_SUMMARY_GROUP = codes._private("BCD-STUDY-SUMMARY", "Blood smear study summary")
+FIELDS_ANALYSED = codes._private("FIELDS-ANALYSED", "Fields analysed")
+FIELDS_NEEDING_REVIEW = codes._private("FIELDS-NEEDING-REVIEW", "Fields needing review")
+FIELDS_QUALITY_INSUFFICIENT = codes._private("FIELDS-QUALITY-INSUFFICIENT",
+                                             "Fields of insufficient quality")
+UNIT_FIELDS = hd.sr.CodedConcept("{fields}", "UCUM", "fields")
+
+
+@dataclass(frozen=True)
+class StudyFindings:
+    """The combined result of a study's fields.
+
+    Parameters
+    ----------
+    stage : Stage or str
+        The stage that won the vote of the fields.
+    probabilities : Mapping[Stage or str, float]
+        Mean calibrated probability of each stage over the fields, summing to 1 (within 0.01).
+    fields_analysed : int
+        Fields with a diagnosis (quality sufficient).
+    fields_needing_review : int
+        Fields flagged for review (low confidence or quality insufficient).
+    fields_quality_insufficient : int
+        Fields the quality gate refused.
+    total_blasts : int
+        Blast cells over all fields.
+    blast_area_fraction : float
+        Blast pixels over all analysed pixels, in [0, 1].
+    """
+
+    stage: Stage | str
+    probabilities: Mapping[Stage | str, float]
+    fields_analysed: int
+    fields_needing_review: int
+    fields_quality_insufficient: int
+    total_blasts: int
+    blast_area_fraction: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stage", Stage(codes._as_stage(self.stage)))
+        probs = {Stage(codes._as_stage(k)): v for k, v in dict(self.probabilities).items()}
+        if set(probs) != set(Stage):
+            raise ValueError(f"probabilities must give all four stages, got {self.probabilities!r}")
+        for key, value in probs.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or not 0 <= value <= 1:
+                raise ValueError(f"probability of {key.value} must be in [0, 1], got {value!r}")
+        if abs(sum(probs.values()) - 1) > 0.01:
+            raise ValueError(f"probabilities must sum to 1, got {sum(probs.values())!r}")
+        object.__setattr__(self, "probabilities", probs)
+        for name in ("fields_analysed", "fields_needing_review", "fields_quality_insufficient",
+                     "total_blasts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.fields_analysed < 1:
+            raise ValueError(f"fields_analysed must be at least 1, got {self.fields_analysed!r}")
+        f = self.blast_area_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) \
+                or not 0 <= f <= 1:
+            raise ValueError(f"blast_area_fraction must be in [0, 1], got {f!r}")
+
+
+def summary_kind(sources: Sequence[Dataset]) -> str:
+    """The output kind of a summary over ``sources``: one per set of fields, so a study that
+    receives more images gets a new summary while the same fields always give the same UIDs."""
+    key = ",".join(sorted(str(ds.SOPInstanceUID) for ds in sources))
+    return "study-summary-" + hashlib.sha256(key.encode("ascii")).hexdigest()[:16]
+
+
+def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, *,
+                           algorithm: Algorithm, uid_root: str = uids.DEFAULT_ROOT,
+                           institution_name: str | None = None) -> hd.sr.Comprehensive3DSR:
+    """Build the study-level TID 1500 report (COMPLETE, UNVERIFIED).
+
+    Parameters
+    ----------
+    sources : Sequence[pydicom.dataset.Dataset]
+        The analysed images of one study (at least one).
+    findings : StudyFindings
+        The combined result.
+    algorithm : Algorithm
+        The model (device observer, algorithm identification, contributing equipment).
+    uid_root : str, optional
+        Root of the derived UIDs; they derive from the Study Instance UID, the model version
+        and the set of fields, so the same summary is built twice with the same UID.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument and value that is not valid.
+    """
+    if not isinstance(findings, StudyFindings):
+        raise TypeError(f"findings must be StudyFindings, got {type(findings).__name__}")
+    if not isinstance(algorithm, Algorithm):
+        raise TypeError(f"algorithm must be an Algorithm, got {type(algorithm).__name__}")
+    if not sources:
+        raise ValueError("sources must hold at least one image, got none")
+    accepted = {str(u) for u in sop.ACCEPTED_SOP_CLASSES}
+    for i, ds in enumerate(sources):
+        if not isinstance(ds, Dataset):
+            raise TypeError(f"sources[{i}] must be a Dataset, got {type(ds).__name__}")
+        if str(ds.get("SOPClassUID", "")) not in accepted:
+            raise ValueError(f"sources[{i}] has SOP class {ds.get('SOPClassUID')!r}, "
+                             "not an accepted image")
+    study_uids = {str(ds.StudyInstanceUID) for ds in sources}
+    if len(study_uids) != 1:
+        raise ValueError(f"sources belong to {len(study_uids)} studies: {sorted(study_uids)}")
+    study_uid = study_uids.pop()
+    kind = summary_kind(sources)
+
+    def derived(suffix: str) -> str:
+        return uids.derive_uid(study_uid, algorithm.version, f"{kind}{suffix}", root=uid_root)
+
+    device = hd.sr.ObserverContext(
+        observer_type=pydicom_codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=algorithm.device_uid(uid_root), name=algorithm.name,
+            manufacturer_name=algorithm.manufacturer, model_name=algorithm.model_name))
+    context = hd.sr.ObservationContext(observer_device_context=device)
+    algo = algorithm.sr_identification()
+
+    def count(name: hd.sr.CodedConcept, value: float, unit: hd.sr.CodedConcept) -> hd.sr.Measurement:
+        return hd.sr.Measurement(name=name, value=value, unit=unit, algorithm_id=algo)
+
+    measurements = [count(codes.probability_code(stage), findings.probabilities[stage],
+                          codes.UNIT_NONE) for stage in Stage]
+    measurements += [
+        count(codes.BLAST_COUNT, findings.total_blasts, codes.UNIT_CELLS),
+        count(codes.BLAST_AREA_FRACTION, findings.blast_area_fraction, codes.UNIT_NONE),
+        count(FIELDS_ANALYSED, findings.fields_analysed, UNIT_FIELDS),
+        count(FIELDS_NEEDING_REVIEW, findings.fields_needing_review, UNIT_FIELDS),
+        count(FIELDS_QUALITY_INSUFFICIENT, findings.fields_quality_insufficient, UNIT_FIELDS),
+    ]
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=derived("-tracking"),
+                                                     identifier="Study summary"),
+        finding_type=STUDY_SUMMARY_GROUP, algorithm_id=algo, measurements=measurements,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(codes.STAGE_FINDING, codes.stage_code(findings.stage))],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
+                       for ds in sources])
+    report = hd.sr.MeasurementReport(observation_context=context,
+                                     procedure_reported=codes.PROCEDURE,
+                                     imaging_measurements=[group], referenced_images=list(sources))
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=list(sources), content=report[0], series_instance_uid=derived("-series"),
+        series_number=SUMMARY_SERIES_NUMBER, sop_instance_uid=derived(""), instance_number=1,
+        manufacturer=algorithm.manufacturer, is_complete=True, is_final=False, is_verified=False,
+        institution_name=institution_name or algorithm.institution_name,
+        contributing_equipment=[algorithm.contributing_equipment()])
+    sr.SeriesDescription = f"ALL screening study summary ({algorithm.model_name})"[:64]
+    scheme = codes.coding_scheme_identification()
+    existing = sr.get("CodingSchemeIdentificationSequence")
+    if existing is None:
+        sr.CodingSchemeIdentificationSequence = [scheme]
+    elif not any(i.get("CodingSchemeDesignator") == codes.SCHEME for i in existing):
+        existing.append(scheme)
+    sr.file_meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
+    sr.file_meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
+    LOGGER.info("built study summary SR %s over %d field(s)", sr.SOPInstanceUID, len(sources))
+    return sr
