@@ -62,10 +62,6 @@ def create_user() -> Any:
             session.commit()
             flash(f"User {form.username.data} created.", "success")
             return redirect(url_for("admin.user", username=form.username.data))
-    else:
-        for field, errors in form.errors.items():
-            for error in errors:
-                flash(f"{getattr(form, field).label.text}: {error}", "error")
     everyone = session.execute(select(User).order_by(User.username)).scalars().all()
     return render_template("admin/users.html", users=everyone,
                            pending=[u for u in everyone if u.state == UserState.PENDING],

@@ -104,7 +104,8 @@ def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
 def require_login() -> Any:
     """Before every request: anything but the public pages and the API needs a signed-in user."""
     endpoint = request.endpoint or ""
-    if endpoint in PUBLIC_ENDPOINTS or endpoint.startswith("api."):
+    if endpoint in PUBLIC_ENDPOINTS or endpoint.startswith("api.") or \
+            request.path.startswith("/api/"):
         return None
     if not current_user.is_authenticated:
         return login_manager.unauthorized()

@@ -1,0 +1,126 @@
+"""A console served by waitress on a free loopback port, and headless Debian Chromium."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from argon2 import PasswordHasher
+
+from bcd_node import users as users_module
+from bcd_node.db.models import Role
+from bcd_node.runtime import NodeContext, open_node
+from bcd_node.settings import PROJECT_ROOT, load_settings
+from bcd_node.users import add_user
+from tests.conftest import IN_CI, free_port, require_tool
+
+ADMIN_PASSWORD = "admin-password-123"
+SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
+
+
+class LiveConsole:
+    """The console of one node, served by waitress in a thread."""
+
+    def __init__(self, context: NodeContext, port: int) -> None:
+        from waitress.server import create_server
+
+        from webadmin import create_app
+        self.context = context
+        self.url = f"http://127.0.0.1:{port}"
+        self.app = create_app(context)
+        self.server = create_server(self.app, host="127.0.0.1", port=port, threads=4,
+                                    clear_untrusted_proxy_headers=True)
+        self.thread = threading.Thread(target=self.server.run, name="console", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("console did not answer")
+
+    def stop(self) -> None:
+        self.server.close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_console(write_config: Callable[..., Path],
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveConsole]:
+    """A node with an admin, its console on a free port."""
+    monkeypatch.setattr(users_module, "_HASHER",
+                        PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    port = free_port()
+    context = open_node(load_settings(write_config(web_port=port)))
+    with context.session_factory.begin() as session:
+        add_user(session, "admin", ADMIN_PASSWORD, Role.ADMIN, full_name="Ada Admin")
+    console = LiveConsole(context, port)
+    console.start()
+    try:
+        yield console
+    finally:
+        console.stop()
+        context.engine.dispose()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Debian Chromium through its packaged chromedriver (nothing is downloaded)."""
+    chromium = require_tool("/usr/bin/chromium")
+    driver_path = require_tool("/usr/bin/chromedriver")
+    os.environ["SE_OFFLINE"] = "1"  # Selenium Manager must never download a browser
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+                "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.add_experimental_option("prefs", {
+        "download.default_directory": str(downloads), "download.prompt_for_download": False,
+        "plugins.always_open_pdf_externally": True})
+    try:
+        driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path),
+                                  options=options)
+    except Exception as exc:  # noqa: BLE001 - a broken browser install is a skip outside CI
+        if IN_CI:
+            raise
+        pytest.skip(f"chromium could not start: {exc}")
+    driver.implicitly_wait(0)
+    driver.downloads = downloads  # type: ignore[attr-defined]
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def screenshot(browser: Any) -> Callable[[str], Path]:
+    """Save a full-window screenshot under test-artifacts/screenshots/."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def take(name: str) -> Path:
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1400, max(900, min(int(height) + 140, 3000)))
+        browser.execute_script("window.scrollTo(0, 0)")
+        path = SCREENSHOTS / f"{name}.png"
+        browser.save_screenshot(str(path))
+        browser.set_window_size(1400, 1000)
+        return path
+
+    return take

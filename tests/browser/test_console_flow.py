@@ -1,0 +1,222 @@
+"""The console in headless Chromium: approval, upload, review with overlay, verification,
+PDF download, and the admin reading it all in the audit log.
+
+The analysis itself is not run here: after the real upload (intake, DICOMized, job queued) the
+test writes the analysed result for the uploaded image straight into the database, with a mask,
+overlay and PDF it generates, as the worker would.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from sqlalchemy import select
+
+from bcd_node.db.models import Instance, Job, JobKind, Result, Study
+from tests.browser.conftest import ADMIN_PASSWORD, LiveConsole
+from tests.web.seed import minimal_pdf, overlay_rgba, png_bytes, smear_image
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+DOCTOR_PASSWORD = "doctor-password-123"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+def fill(driver: Any, name: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+    field = driver.find_element(By.NAME, name)
+    field.clear()
+    field.send_keys(value)
+
+
+def sign_in(driver: Any, url: str, username: str, password: str) -> None:
+    from selenium.webdriver.common.by import By
+    driver.get(url + "/login")
+    fill(driver, "username", username)
+    fill(driver, "password", password)
+    driver.find_element(By.ID, "sign-in").click()
+    wait_for(lambda: driver.find_elements(By.ID, "logout"), what="signed-in page")
+
+
+def sign_out(driver: Any) -> None:
+    from selenium.webdriver.common.by import By
+    driver.find_element(By.ID, "logout").click()
+    wait_for(lambda: "/login" in driver.current_url, what="login page")
+
+
+def seed_analysis(console: LiveConsole, image: Any, mask: Any) -> int:
+    """What the worker would write for the uploaded image: result, mask, overlay and PDF."""
+    ctx = console.context
+    data_dir = ctx.settings.storage.data_dir
+    with ctx.session_factory.begin() as session:
+        inst = session.execute(select(Instance)).scalar_one()
+        study = inst.series.study
+        folder = data_dir / "results" / str(inst.id) / "test"
+        folder.mkdir(parents=True)
+        (folder / "mask.png").write_bytes(png_bytes(mask.astype("uint8") * 255))
+        tinted = image.copy()
+        tinted[mask] = (0.55 * tinted[mask] + 0.45 * overlay_rgba(mask)[mask][:, :3]).astype("uint8")
+        (folder / "overlay.png").write_bytes(png_bytes(tinted))
+        (folder / "report.pdf").write_bytes(minimal_pdf("AI report Malignant-Early"))
+        rel = f"results/{inst.id}/test"
+        result = Result(scope="instance", instance_fk=inst.id, study_fk=study.id,
+                        model_name="bcd-vgg16-unet", model_version="test",
+                        stage="Malignant-Early", confidence=0.48,
+                        probabilities={"Benign": 0.12, "Malignant-Early": 0.48,
+                                       "Malignant-Pre": 0.31, "Malignant-Pro": 0.09},
+                        blast_count=5, blast_area_fraction=float(mask.mean()),
+                        quality={"status": "ok", "flags": [],
+                                 "measures": {"sharpness": 38.1, "brightness": 181.0}},
+                        needs_review=True, mask_path=f"{rel}/mask.png",
+                        overlay_path=f"{rel}/overlay.png", pdf_path=f"{rel}/report.pdf")
+        session.add(result)
+        session.execute(Job.__table__.update().values(state="done"))
+        study.status, study.stage, study.confidence = "needs_review", "Malignant-Early", 0.48
+        session.flush()
+        return result.id
+
+
+def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: Any,
+                                           screenshot: Callable[[str], Path],
+                                           tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    url = live_console.url
+
+    # A doctor asks for an account.
+    browser.get(url + "/login")
+    screenshot("01-login")
+    browser.find_element(By.LINK_TEXT, "Request one").click()
+    for name, value in (("username", "hopper"), ("full_name", "Dr. Grace Hopper"),
+                        ("email", "hopper@hospital.example"), ("password", DOCTOR_PASSWORD),
+                        ("confirm", DOCTOR_PASSWORD)):
+        fill(browser, name, value)
+    screenshot("02-register")
+    browser.find_element(By.ID, "register").click()
+    wait_for(lambda: "approval" in browser.page_source, what="pending notice")
+
+    # Not yet: the account waits for an admin.
+    fill(browser, "username", "hopper")
+    fill(browser, "password", DOCTOR_PASSWORD)
+    browser.find_element(By.ID, "sign-in").click()
+    wait_for(lambda: "waiting for an administrator" in browser.page_source, what="refusal")
+
+    # The admin approves.
+    sign_in(browser, url, "admin", ADMIN_PASSWORD)
+    assert "Waiting for approval (1)" in browser.page_source
+    screenshot("03-admin-users-pending")
+    browser.find_element(By.XPATH, "//tr[td[text()='hopper']]//button[text()='Approve']").click()
+    wait_for(lambda: "hopper can now sign in" in browser.page_source, what="approval")
+    sign_out(browser)
+
+    # The doctor signs in and uploads an image.
+    sign_in(browser, url, "hopper", DOCTOR_PASSWORD)
+    image, mask = smear_image(384, seed=3)
+    upload = tmp_path / "smear.png"
+    upload.write_bytes(png_bytes(image))
+    browser.find_element(By.LINK_TEXT, "Upload").click()
+    browser.find_element(By.NAME, "image").send_keys(str(upload))
+    fill(browser, "patient_name", "Lovelace, Ada")
+    fill(browser, "patient_id", "MRN-1815")
+    Select(browser.find_element(By.NAME, "sex")).select_by_value("F")
+    fill(browser, "accession_number", "ACC-77")
+    screenshot("04-upload")
+    browser.find_element(By.ID, "upload").click()
+    wait_for(lambda: "queued for analysis" in browser.page_source, what="upload accepted")
+    assert "Not analysed yet" in browser.page_source
+
+    # (The worker's part, written directly: see the module docstring.)
+    result_id = seed_analysis(live_console, image, mask)
+
+    browser.get(url + "/worklist")
+    assert "Lovelace, Ada" in browser.page_source and "Needs review" in browser.page_source
+    screenshot("05-worklist")
+    browser.find_element(By.LINK_TEXT, "Lovelace, Ada").click()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "img.overlay"), what="overlay")
+    assert "Low confidence" in browser.page_source
+
+    # The overlay is shown, can be faded and hidden (review.js).
+    overlay = browser.find_element(By.CSS_SELECTOR, "img.overlay")
+    wait_for(lambda: browser.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth", overlay), what="overlay load")
+    def opacity() -> str:  # the value review.js set (the computed one is mid-transition)
+        return browser.execute_script("return arguments[0].style.opacity", overlay)
+
+    assert opacity() == "0.6"
+    slider = browser.find_element(By.CSS_SELECTOR, "[data-opacity]")
+    browser.execute_script("arguments[0].value = 25; arguments[0].dispatchEvent("
+                           "new Event('input'))", slider)
+    assert opacity() == "0.25"
+    browser.find_element(By.CSS_SELECTOR, "[data-toggle]").click()
+    assert opacity() == "0"
+    browser.find_element(By.CSS_SELECTOR, "[data-toggle]").click()
+    base = browser.find_element(By.CSS_SELECTOR, "img.base")
+    assert browser.execute_script("return arguments[0].naturalWidth", base) == 384
+    screenshot("06-review")
+
+    # Verify with a corrected stage.
+    Select(browser.find_element(By.CSS_SELECTOR, "[data-decision]")).select_by_value("correct")
+    stage = browser.find_element(By.CSS_SELECTOR, "[data-stage]")
+    assert stage.is_enabled()
+    Select(stage).select_by_value("Malignant-Pre")
+    browser.find_element(By.NAME, f"r{result_id}-comment").send_keys(
+        "Blasts more mature than the model thinks.")
+    browser.find_element(By.ID, f"verify-{result_id}").click()
+    wait_for(lambda: "Verification recorded" in browser.page_source, what="verification")
+    assert "Corrected" in browser.page_source and "AI said Malignant-Early" in browser.page_source
+    screenshot("07-verified")
+    with live_console.context.session_factory() as session:
+        result = session.get(Result, result_id)
+        assert (result.stage, result.verified_stage) == ("Malignant-Early", "Malignant-Pre")
+        jobs = session.execute(select(Job.kind).where(Job.result_fk == result_id)).scalars().all()
+        assert jobs == [JobKind.VERIFIED_REPORT]
+        assert session.execute(select(Study.status)).scalar_one() == "verified"
+
+    # Download the PDF report.
+    browser.find_element(By.CSS_SELECTOR, "[data-pdf=ai]").click()
+    pdf = wait_for(lambda: [p for p in browser.downloads.glob("*.pdf")], what="PDF download")[0]
+    assert pdf.read_bytes().startswith(b"%PDF")
+
+    browser.find_element(By.LINK_TEXT, "Patients").click()
+    fill(browser, "q", "lovelace")
+    browser.find_element(By.XPATH, "//button[text()='Search']").click()
+    browser.find_element(By.LINK_TEXT, "Lovelace, Ada").click()
+    wait_for(lambda: "History" in browser.page_source, what="patient history")
+    screenshot("08-patient-history")
+    sign_out(browser)
+
+    # The admin reads it all in the audit log.
+    sign_in(browser, url, "admin", ADMIN_PASSWORD)
+    browser.get(url + "/admin/audit/?user=hopper")
+    page = browser.page_source
+    for action in ("login", "upload", "view_study", "view_image", "verify_correct", "view_pdf",
+                   "view_patient", "logout"):
+        assert f'<td class="action">{action}</td>' in page, action
+    screenshot("09-audit-log")
+    browser.get(url + "/admin/audit/?action=user_approve")
+    assert "user:hopper" in browser.page_source
+    browser.get(url + "/admin/audit/")
+    browser.find_element(By.ID, "verify-chain").click()
+    wait_for(lambda: "chain is intact" in browser.page_source, what="chain verified")
+    browser.get(url + "/admin/system")
+    screenshot("10-system")
+    browser.get(url + "/admin/statistics")
+    assert "<svg" in browser.page_source
+    screenshot("11-statistics")
+    browser.get(url + "/admin/users/hopper")
+    screenshot("12-admin-user")
+    # No script or style was refused by the CSP on the way.
+    errors = [e for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert errors == []
