@@ -63,7 +63,7 @@ def _start_scp(context: NodeContext) -> tuple[Component, Stopper]:
     from pynetdicom import evt
 
     from bcd_node.scp_handlers import handle_rejected, handle_store
-    from dicom.scp import ScpPolicy, start_scp, storage_contexts
+    from dicom.scp import ScpPolicy, start_scp, storage_contexts, tls_context
 
     d = context.settings.dicom
     policy = ScpPolicy(ae_title=d.ae_title, allowed_calling_aes=d.allowed_calling_aes,
@@ -77,8 +77,16 @@ def _start_scp(context: NodeContext) -> tuple[Component, Stopper]:
         (evt.EVT_REJECTED, handle_rejected,
          [context.session_factory, tuple(d.allowed_calling_aes), d.ae_title]),
     ]
+    ssl_context = None
+    if d.tls_certificate and d.tls_private_key:
+        try:
+            ssl_context = tls_context(str(d.tls_certificate), str(d.tls_private_key),
+                                      str(d.tls_client_ca) if d.tls_client_ca else None)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot load the TLS certificate/key (dicom.tls_certificate, "
+                               f"dicom.tls_private_key): {exc}") from None
     try:
-        server = start_scp(policy, d.host, d.port, handlers)
+        server = start_scp(policy, d.host, d.port, handlers, ssl_context=ssl_context)
     except OSError as exc:
         raise StartupError(f"cannot listen for DICOM on {d.host}:{d.port} (dicom.host/dicom.port): "
                            f"{exc.strerror or exc}") from None
@@ -86,7 +94,8 @@ def _start_scp(context: NodeContext) -> tuple[Component, Stopper]:
     def alive() -> bool:
         return server.socket is not None and server.socket.fileno() >= 0
 
-    detail = f"listening on {d.host}:{d.port} as {d.ae_title} (C-ECHO, C-STORE)"
+    detail = (f"listening on {d.host}:{d.port} as {d.ae_title} (C-ECHO, C-STORE"
+              f"{', TLS' if ssl_context else ''}{', client certificates' if d.tls_client_ca else ''})")
     return Component("dicom", True, detail, alive), server.shutdown
 
 
@@ -194,6 +203,13 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
     # while the intake, the workers and the scheduler drain.
     roles = tuple(r for r in ("web", "worker", "scp") if r in set(roles))
     stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        # Installed first, so a SIGTERM during start-up also ends in an orderly stop.
+        def on_signal(signum: int, _frame: Any) -> None:
+            LOGGER.info("received %s, shutting down", signal.Signals(signum).name)
+            stop.set()
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
     context = open_node(settings, migrate=True)
     context.metrics = Metrics(context)
     if "web" in roles:
@@ -210,12 +226,6 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
         for component in context.components.values():
             LOGGER.info("%s: %s", component.name, component.describe())
         context.started.set()
-        if threading.current_thread() is threading.main_thread():
-            def on_signal(signum: int, _frame: Any) -> None:
-                LOGGER.info("received %s, shutting down", signal.Signals(signum).name)
-                stop.set()
-            signal.signal(signal.SIGTERM, on_signal)
-            signal.signal(signal.SIGINT, on_signal)
         _notify_ready()
         stop.wait()
     finally:

@@ -66,6 +66,9 @@ class DicomSettings:
     network_timeout: float = 60.0
     max_pdu: int = 262144
     institution_name: str = ""
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_client_ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -354,6 +357,17 @@ def _validate(s: Settings) -> None:
         value = getattr(d, name)
         if not 0 < value <= 3600:
             raise SettingsError(f"dicom.{name}", value, "must be more than 0 and at most 3600 s")
+    for name in ("tls_certificate", "tls_private_key", "tls_client_ca"):
+        value = getattr(d, name)
+        if value is not None and not value.is_file():
+            raise SettingsError(f"dicom.{name}", str(value), "file not found")
+    if (d.tls_certificate is None) != (d.tls_private_key is None):
+        raise SettingsError("dicom.tls_private_key" if d.tls_certificate else
+                            "dicom.tls_certificate", "", "TLS needs both a certificate and its "
+                            "private key")
+    if d.tls_client_ca is not None and d.tls_certificate is None:
+        raise SettingsError("dicom.tls_client_ca", str(d.tls_client_ca),
+                            "client certificates need TLS: set dicom.tls_certificate too")
     if len(d.institution_name) > 64 or "\\" in d.institution_name:
         raise SettingsError("dicom.institution_name", d.institution_name,
                             "at most 64 characters, no backslash")
@@ -478,6 +492,11 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
     base = base_dir or Path.cwd()
     storage = sections["storage"]
     sections["storage"] = dataclasses.replace(storage, data_dir=_absolute(storage.data_dir, base))
+    dicom = sections["dicom"]
+    sections["dicom"] = dataclasses.replace(dicom, **{
+        name: _absolute(getattr(dicom, name), base)
+        for name in ("tls_certificate", "tls_private_key", "tls_client_ca")
+        if getattr(dicom, name) is not None})
     model = sections["model"]
     if model.weights is not None:
         sections["model"] = dataclasses.replace(model, weights=_absolute(model.weights, base))

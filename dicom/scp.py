@@ -7,6 +7,9 @@ services; the C-ECHO handler lives here because it needs nothing else.
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -77,11 +80,59 @@ def storage_contexts() -> list[tuple[str, list[str]]]:
     return [(str(sop_class), syntaxes) for sop_class in sorted(ACCEPTED_SOP_CLASSES)]
 
 
-def start_scp(policy: ScpPolicy, host: str, port: int,
-              handlers: Sequence[Handler] = ()) -> ThreadedAssociationServer:
+class HardenedServer(ThreadedAssociationServer):
+    """An association server whose TLS handshake runs in the connection's own thread.
+
+    pynetdicom's server completes the handshake in its accept loop, so one client that
+    connects and sends nothing stalls every other peer. Here the accept loop only accepts; the
+    handshake runs in the per-connection thread with ``handshake_timeout``.
+    """
+
+    handshake_timeout: float = 10.0
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True,
+                                                  do_handshake_on_connect=False)
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if self.ssl_context:
+            try:
+                request.settimeout(self.handshake_timeout)
+                request.do_handshake()
+                request.settimeout(None)
+            except (OSError, ssl.SSLError) as exc:
+                LOGGER.warning("TLS handshake with %s failed: %s", client_address, exc)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+
+def tls_context(certificate: str, private_key: str, client_ca: str | None = None) -> ssl.SSLContext:
+    """A server TLS context (TLS 1.2+); with ``client_ca`` peers must present a certificate it
+    signed."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certificate, private_key)
+    if client_ca:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def start_scp(policy: ScpPolicy, host: str, port: int, handlers: Sequence[Handler] = (),
+              ssl_context: ssl.SSLContext | None = None) -> ThreadedAssociationServer:
     """Start listening in background threads; stop with ``server.shutdown()``."""
     ae = build_ae(policy)
     all_handlers = [(evt.EVT_C_ECHO, handle_echo), *handlers]
-    server = ae.start_server((host, port), block=False, evt_handlers=all_handlers)
-    LOGGER.info("DICOM listener %s on %s:%d", policy.ae_title, host, port)
+    server = ae.make_server((host, port), ssl_context=ssl_context, evt_handlers=all_handlers,
+                            server_class=HardenedServer)
+    thread = threading.Thread(target=server.serve_forever, name=f"dicom-listener-{port}",
+                              daemon=True)
+    thread.start()
+    ae._servers.append(server)  # pynetdicom's server.shutdown() removes itself from this list
+    LOGGER.info("DICOM listener %s on %s:%d%s", policy.ae_title, host, port,
+                " (TLS)" if ssl_context else "")
     return server

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -125,7 +126,11 @@ def test_unknown_calling_ae_is_rejected_with_security_alert(scp_factory, tmp_pat
     done = storescu(ctx_allowed.port, *files, aet="INTRUDER")
     assert done.returncode != 0
     assert count(ctx_allowed.context, Instance) == 0
-    assert "security_alert" in audit_actions(ctx_allowed.context)
+    # The rejection is audited by the association's thread, just after it answers.
+    deadline = time.monotonic() + 10
+    while "security_alert" not in audit_actions(ctx_allowed.context):
+        assert time.monotonic() < deadline, "no security_alert audit event"
+        time.sleep(0.05)
     ok = storescu(ctx_allowed.port, *files, aet="SCANNER")
     assert ok.returncode == 0, ok.stderr
 
