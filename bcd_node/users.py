@@ -166,8 +166,16 @@ def ensure_initial_admin(session: Session, env_password: str | None) -> InitialA
 #: Failed logins in a row after which an account is locked for :data:`LOCKOUT_SECONDS`.
 LOCKOUT_THRESHOLD = 5
 LOCKOUT_SECONDS = 15 * 60
-# A hash to verify against when the user does not exist, so both cases take the same time.
-_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+_DUMMY: dict[int, str] = {}
+
+
+def _dummy_hash() -> str:
+    # A hash to verify against when the user does not exist, so both cases take the same time;
+    # made on first use (not at import) with the hasher in use.
+    key = id(_HASHER)
+    if key not in _DUMMY:
+        _DUMMY[key] = _HASHER.hash(secrets.token_urlsafe(16))
+    return _DUMMY[key]
 
 
 @dataclass(frozen=True)
@@ -196,7 +204,7 @@ def authenticate(session: Session, username: str, password: str, *, source: str 
         return LoginOutcome(None, reason)
 
     if user is None:
-        verify_password(_DUMMY_HASH, password)
+        verify_password(_dummy_hash(), password)
         return fail("unknown user")
     if user.locked_until is not None and user.locked_until > now:
         return fail("locked")

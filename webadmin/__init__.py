@@ -89,7 +89,8 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-        response.headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+        response.headers.setdefault("Permissions-Policy",
+                                    "camera=(), microphone=(), geolocation=()")
         if request.endpoint != "static":
             # Patient data must not linger in shared workstations' caches.
             response.headers.setdefault("Cache-Control", "no-store")

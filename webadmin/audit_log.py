@@ -8,7 +8,8 @@ import json
 from datetime import timedelta
 from typing import Any, Iterator
 
-from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, url_for
+from flask import (Blueprint, Response, current_app, flash, redirect, render_template, request,
+                   url_for)
 from sqlalchemy import func, select
 
 from bcd_node.audit import verify_chain

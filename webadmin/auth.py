@@ -202,8 +202,8 @@ def register() -> Any:
                             source=client_ip())
         except UserError as exc:
             session_db.rollback()
-            form.username.errors.append(str(exc)) if "user" in str(exc) else \
-                form.password.errors.append(str(exc))
+            field = form.password if str(exc).startswith("password") else form.username
+            field.errors = [*field.errors, str(exc)]
         else:
             session_db.commit()
             flash("Thank you. Your account is waiting for an administrator's approval.", "info")

@@ -14,7 +14,7 @@ from flask_login import current_user
 from sqlalchemy import func, or_, select
 
 from bcd_node.db.models import (Instance, Job, JobKind, Patient, Result, Role, Series, Study,
-                                utcnow)
+                                User, utcnow)
 from webadmin.db import audit_event, db, node
 from webadmin.forms import STAGES, STATUSES, VerifyForm
 from webadmin.helpers import Page, day_start, page_number, parse_day
@@ -119,9 +119,8 @@ def study(uid: str) -> Any:
     for result in results:
         by_instance.setdefault(result.instance_fk, []).append(result)
     verifiers = {r.verified_by_fk for r in results if r.verified_by_fk}
-    from bcd_node.db.models import User
-    names = dict(session.execute(select(User.id, User.username).where(User.id.in_(verifiers))).all()) \
-        if verifiers else {}
+    names = dict(session.execute(select(User.id, User.username).where(
+        User.id.in_(verifiers))).all()) if verifiers else {}
     audit_event("view_study", patient_id=st.patient.patient_id,
                 study_instance_uid=st.study_instance_uid, object_ref=f"study:{st.id}")
     session.commit()

@@ -66,7 +66,8 @@ def seed_analysis(console: LiveConsole, image: Any, mask: Any) -> int:
         folder.mkdir(parents=True)
         (folder / "mask.png").write_bytes(png_bytes(mask.astype("uint8") * 255))
         tinted = image.copy()
-        tinted[mask] = (0.55 * tinted[mask] + 0.45 * overlay_rgba(mask)[mask][:, :3]).astype("uint8")
+        tint = overlay_rgba(mask)[mask][:, :3]
+        tinted[mask] = (0.55 * tinted[mask] + 0.45 * tint).astype("uint8")
         (folder / "overlay.png").write_bytes(png_bytes(tinted))
         (folder / "report.pdf").write_bytes(minimal_pdf("AI report Malignant-Early"))
         rel = f"results/{inst.id}/test"

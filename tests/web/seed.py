@@ -76,7 +76,8 @@ def add_analysed_study(session: Session, data_dir: Path, *, patient_id: str = "P
                       confidence=confidence)
     series = Series(study=study, series_instance_uid=uid + ".1", modality="SM", series_number=1)
     image, mask = smear_image(seed=seed)
-    inst = Instance(series=series, sop_instance_uid=uid + ".1.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+    inst = Instance(series=series, sop_instance_uid=uid + ".1.1",
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
                     transfer_syntax_uid="1.2.840.10008.1.2.1", path=f"store/{uid}.dcm",
                     sha256="0" * 64, size_bytes=1, rows=image.shape[0], columns=image.shape[1],
                     source="upload", uploaded_by="")
@@ -128,7 +129,8 @@ def minimal_pdf(text: str) -> bytes:
     out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
     for off in offsets:
         out += f"{off:010d} 00000 n \n".encode()
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    out += (f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\n"
+            f"startxref\n{xref}\n%%EOF\n").encode()
     return bytes(out)
 
 

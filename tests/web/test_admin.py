@@ -7,16 +7,14 @@ import csv
 import io
 import json
 import re
-from typing import Any
 
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from bcd_node.audit import verify_chain
 from bcd_node.db.models import (ApiToken, AuditEvent, Delivery, DeliveryState,
-                                DestinationHealth, Job, JobKind, Result, Role, User, UserState)
+                                DestinationHealth, Job, JobKind, Role, User, UserState)
 from tests.web.conftest import DOCTOR_PASSWORD, login, post_form
 from tests.web.seed import add_analysed_study
 
@@ -120,7 +118,8 @@ def test_api_with_token_and_basic_auth(app: Flask, admin_client: FlaskClient,
         events = session.execute(select(AuditEvent).where(AuditEvent.actor_kind == "api")
                                  ).scalars().all()
     kinds = [e.action for e in events]
-    assert {"api_list_studies", "view_study", "view_result", "view_pdf", "login_failed"} <= set(kinds)
+    assert {"api_list_studies", "view_study", "view_result", "view_pdf",
+            "login_failed"} <= set(kinds)
     assert all(e.actor in ("doctor", "?") for e in events)
 
 
@@ -230,7 +229,8 @@ def test_every_audited_action_names_who_where_and_what(app: Flask, admin_client:
     post_form(doctor_client, f"/studies/{UID}", "/results/1/verify", {"r1-decision": "accept"})
     issue(admin_client)
     with ctx.session_factory() as session:
-        events = session.execute(select(AuditEvent).where(AuditEvent.actor != "cli")).scalars().all()
+        events = session.execute(select(AuditEvent).where(
+            AuditEvent.actor != "cli")).scalars().all()
     by_action = {e.action: e for e in events}
     for action in ("login", "view_study", "view_image", "view_pdf", "verify_accept",
                    "token_issue"):

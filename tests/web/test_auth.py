@@ -50,8 +50,8 @@ def test_every_page_is_listed(app: Flask) -> None:
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_anonymous_is_sent_to_login(client: FlaskClient, page: str) -> None:
-    resp = client.get(page)
+def test_anonymous_is_sent_to_login(shared_app: Flask, page: str) -> None:
+    resp = shared_app.test_client().get(page)
     assert resp.status_code == 302
     assert resp.headers["Location"].startswith("/login?next=")
 
@@ -68,8 +68,8 @@ def test_login_page_shows_node_status(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize("page", ADMIN_PAGES)
-def test_doctor_gets_403_on_admin_pages(doctor_client: FlaskClient, page: str) -> None:
-    assert doctor_client.get(page).status_code == 403
+def test_doctor_gets_403_on_admin_pages(shared_doctor: FlaskClient, page: str) -> None:
+    assert shared_doctor.get(page).status_code == 403
 
 
 def test_admin_opens_admin_pages(admin_client: FlaskClient) -> None:
@@ -78,8 +78,8 @@ def test_admin_opens_admin_pages(admin_client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize("url", POSTS)
-def test_posts_without_csrf_token_are_refused(admin_client: FlaskClient, url: str) -> None:
-    resp = admin_client.post(url, data={"decision": "accept", "role": "admin", "name": "x"})
+def test_posts_without_csrf_token_are_refused(shared_admin: FlaskClient, url: str) -> None:
+    resp = shared_admin.post(url, data={"decision": "accept", "role": "admin", "name": "x"})
     assert resp.status_code == 400
     assert "security token" in resp.get_data(as_text=True)
 
@@ -146,8 +146,10 @@ def test_session_id_is_new_at_every_login(app: Flask) -> None:
     assert len({before, first, second}) == 3
     ctx = app.extensions["bcd_node"]
     with ctx.session_factory() as session:
-        sessions = session.execute(select(WebSession).order_by(WebSession.created_at)).scalars().all()
-    assert len(sessions) == 2 and sessions[0].end_reason == "logout" and sessions[1].ended_at is None
+        sessions = session.execute(select(WebSession).order_by(
+            WebSession.created_at)).scalars().all()
+    assert len(sessions) == 2
+    assert sessions[0].end_reason == "logout" and sessions[1].ended_at is None
 
 
 def test_idle_session_expires(app: Flask, doctor_client: FlaskClient) -> None:
@@ -242,3 +244,13 @@ def test_logout_is_audited_and_login_too(app: Flask) -> None:
             AuditEvent.action.in_(["login", "logout"])).order_by(AuditEvent.id)).scalars().all()
     assert [(r.action, r.actor, r.source) for r in rows] == [
         ("login", "doctor", "127.0.0.1"), ("logout", "doctor", "127.0.0.1")]
+
+
+def test_registration_of_a_taken_name_is_refused(client: FlaskClient) -> None:
+    data = {"username": "doctor", "full_name": "Dr. Two", "email": "two@hospital.example",
+            "password": "a-long-password-2", "confirm": "a-long-password-2"}
+    resp = post_form(client, "/register", "/register", data)
+    assert resp.status_code == 200 and "already exists" in resp.get_data(as_text=True)
+    data.update(username="samepass1234", password="samepass1234", confirm="samepass1234")
+    page = post_form(client, "/register", "/register", data).get_data(as_text=True)
+    assert "must not be the user name" in page
