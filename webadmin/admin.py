@@ -6,6 +6,7 @@ import json
 import shutil
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -200,30 +201,35 @@ def token_revoke(token_id: int) -> Any:
 # --------------------------------------------------------------------------- system
 
 
+def _manifest_path(weights: Path | None) -> Path:
+    # The rule of bcd_node.inference.loader.resolve_manifest, without importing TensorFlow.
+    from bcd_node.settings import PROJECT_ROOT
+    if weights is None:
+        return PROJECT_ROOT / "weights" / "manifest.json"
+    if weights.is_dir():
+        return weights / "manifest.json"
+    return weights if weights.suffix.lower() == ".json" else weights.parent / "manifest.json"
+
+
 def _model_info() -> dict[str, Any]:
     component = node().components.get("model")
     info: dict[str, Any] = {"available": bool(component and component.available),
                             "detail": component.describe() if component else "not reported"}
-    from bcd_node.settings import PROJECT_ROOT
-    weights = node().settings.model.weights
-    candidates = [weights] if weights and weights.suffix == ".json" else \
-        sorted((PROJECT_ROOT / "weights").glob("*.json"))
-    for manifest in candidates:
-        try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        info.update(name=data.get("name"), version=data.get("version"),
-                    classes=data.get("classes"), metrics=data.get("metrics"))
-        card = data.get("model_card") or data.get("card")
-        card_path = manifest.parent / card if isinstance(card, str) else None
-        if card_path is None:
-            found = sorted(manifest.parent.glob("*card*.md")) + sorted(
-                manifest.parent.glob("*CARD*.md"))
-            card_path = found[0] if found else None
-        if card_path and card_path.is_file():
-            info["card"] = card_path.read_text(encoding="utf-8", errors="replace")[:20000]
-        break
+    manifest = _manifest_path(node().settings.model.weights)
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return info
+    info.update(name=data.get("name"), version=data.get("version"), classes=data.get("classes"),
+                metrics=data.get("metrics"), demonstration=data.get("demonstration"),
+                manifest=str(manifest))
+    card = data.get("model_card") or data.get("card")
+    candidates = [manifest.parent / card] if isinstance(card, str) else []
+    candidates += [manifest.parent / n for n in ("MODEL_CARD.md", "model_card.md", "README.md")]
+    for path in candidates:
+        if path.is_file() and path.resolve().is_relative_to(manifest.parent.resolve()):
+            info["card"] = path.read_text(encoding="utf-8", errors="replace")[:20000]
+            break
     return info
 
 

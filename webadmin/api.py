@@ -76,6 +76,7 @@ def _result_json(r: Result) -> dict[str, Any]:
             "blast_count": r.blast_count, "blast_area_fraction": r.blast_area_fraction,
             "quality": r.quality, "needs_review": r.needs_review,
             "verification": r.verification, "verified_stage": r.verified_stage,
+            "corrected": r.verification != "unverified" and r.verified_stage != r.stage,
             "verified_comment": r.verified_comment,
             "verified_at": r.verified_at.isoformat() if r.verified_at else None,
             "pdf": bool(r.pdf_path), "verified_pdf": bool(r.verified_pdf_path)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -152,32 +153,40 @@ def verify(result_id: int) -> Any:
     if result.verification != "unverified":
         flash("This result has already been verified.", "error")
         return back
-    corrected = form.decision.data == "correct"
-    result.verification = "corrected" if corrected else "accepted"
+    corrected = form.decision.data == "correct" and form.stage.data != result.stage
+    # One state, "verified"; a correction is a verified stage that differs from the AI's.
+    result.verification = "verified"
     result.verified_stage = form.stage.data if corrected else result.stage
-    if corrected and form.stage.data == result.stage:
-        result.verification = "accepted"
-        corrected = False
     result.verified_comment = (form.comment.data or "").strip() or None
     result.verified_by_fk = current_user.user_id
     result.verified_at = utcnow()
-    session.add(Job(kind=JobKind.VERIFIED_REPORT, result_fk=result.id, study_fk=st.id,
-                    instance_fk=result.instance_fk))
-    pending = session.execute(select(func.count()).select_from(Result).where(
-        Result.study_fk == st.id, Result.verification == "unverified",
-        Result.id != result.id)).scalar_one()
-    if pending == 0:
+    # The VERIFIED SR supersedes the AI's SR; without one (quality insufficient) there is
+    # nothing to supersede, and the verification stays on record here only.
+    report = bool(result.sr_sop_instance_uid)
+    if report:
+        session.add(Job(kind=JobKind.VERIFIED_REPORT, result_fk=result.id, study_fk=st.id,
+                        instance_fk=result.instance_fk))
+    session.flush()
+    results = session.execute(select(Result).where(Result.study_fk == st.id)).scalars().all()
+    if all(r.verification != "unverified" for r in results):
         st.status = "verified"
-        st.stage = result.verified_stage if result.scope == "study" or st.stage is None \
-            or corrected else st.stage
+        votes = Counter(r.verified_stage for r in results if r.verified_stage)
+        if votes:
+            st.stage = max(votes, key=lambda s: (votes[s], STAGES.index(s)
+                                                 if s in STAGES else -1))
     audit_event("verify_correct" if corrected else "verify_accept",
                 patient_id=st.patient.patient_id, study_instance_uid=st.study_instance_uid,
                 object_ref=f"result:{result.id}",
                 details={"ai_stage": result.stage, "verified_stage": result.verified_stage,
-                         "comment": result.verified_comment or ""})
+                         "comment": result.verified_comment or "",
+                         "verified_report": "queued" if report else "none (no AI SR)"})
     session.commit()
-    flash("Verification recorded. The verified report is being produced and sent to PACS.",
-          "success")
+    if report:
+        flash("Verification recorded. The verified report is being produced and sent to PACS.",
+              "success")
+    else:
+        flash("Verification recorded. No verified report is produced: the AI made no report "
+              "for this image.", "success")
     return back
 
 

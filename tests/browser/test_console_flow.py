@@ -80,7 +80,9 @@ def seed_analysis(console: LiveConsole, image: Any, mask: Any) -> int:
                         quality={"status": "ok", "flags": [],
                                  "measures": {"sharpness": 38.1, "brightness": 181.0}},
                         needs_review=True, mask_path=f"{rel}/mask.png",
-                        overlay_path=f"{rel}/overlay.png", pdf_path=f"{rel}/report.pdf")
+                        overlay_path=f"{rel}/overlay.png", pdf_path=f"{rel}/report.pdf",
+                        seg_sop_instance_uid=f"{inst.sop_instance_uid}.1",
+                        sr_sop_instance_uid=f"{inst.sop_instance_uid}.2")
         session.add(result)
         session.execute(Job.__table__.update().values(state="done"))
         study.status, study.stage, study.confidence = "needs_review", "Malignant-Early", 0.48
@@ -185,10 +187,23 @@ def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: 
         assert jobs == [JobKind.VERIFIED_REPORT]
         assert session.execute(select(Study.status)).scalar_one() == "verified"
 
-    # Download the PDF report.
+    # Download the AI's PDF report.
     browser.find_element(By.CSS_SELECTOR, "[data-pdf=ai]").click()
-    pdf = wait_for(lambda: [p for p in browser.downloads.glob("*.pdf")], what="PDF download")[0]
+    pdf = wait_for(lambda: list(browser.downloads.glob("*.pdf")), what="PDF download")[0]
     assert pdf.read_bytes().startswith(b"%PDF")
+
+    # The worker's VERIFIED_REPORT job (the lead's handler) writes the verified PDF; simulated.
+    ctx = live_console.context
+    with ctx.session_factory.begin() as session:
+        result = session.get(Result, result_id)
+        rel = result.pdf_path.replace("report.pdf", "report-verified.pdf")
+        (ctx.settings.storage.data_dir / rel).write_bytes(minimal_pdf("VERIFIED Malignant-Pre"))
+        result.verified_pdf_path = rel
+    browser.refresh()
+    browser.find_element(By.CSS_SELECTOR, "[data-pdf=verified]").click()
+    verified = wait_for(lambda: list(browser.downloads.glob("*-verified.pdf")),
+                        what="verified PDF download")[0]
+    assert b"VERIFIED Malignant-Pre" in verified.read_bytes()
 
     browser.find_element(By.LINK_TEXT, "Patients").click()
     fill(browser, "q", "lovelace")

@@ -103,7 +103,8 @@ def add_analysed_study(session: Session, data_dir: Path, *, patient_id: str = "P
                     needs_review=confidence < 0.6,
                     mask_path=f"results/{inst.id}-mask.png",
                     overlay_path=f"results/{inst.id}-overlay.png",
-                    pdf_path=f"results/{inst.id}.pdf" if with_pdf else None)
+                    pdf_path=f"results/{inst.id}.pdf" if with_pdf else None,
+                    sr_sop_instance_uid=uid + ".1.1.2", seg_sop_instance_uid=uid + ".1.1.1")
     session.add(result)
     session.flush()
     return study, inst, result

@@ -160,7 +160,7 @@ def test_statistics_page_draws_svg(app: Flask, admin_client: FlaskClient) -> Non
                                                 uid=f"{UID}.{i}", patient_id=f"P{i}",
                                                 stage=stage, confidence=0.9)
             if i:
-                result.verification = "corrected" if i == 2 else "accepted"
+                result.verification = "verified"
                 result.verified_stage = "Malignant-Pro" if i == 2 else stage
     page = admin_client.get("/admin/statistics").get_data(as_text=True)
     assert page.count("<svg") >= 2 and "<rect" in page
@@ -240,3 +240,24 @@ def test_every_audited_action_names_who_where_and_what(app: Flask, admin_client:
     for action in ("view_study", "view_image", "view_pdf", "verify_accept"):
         assert by_action[action].patient_id == "P0001"
         assert by_action[action].study_instance_uid == UID
+
+
+def test_system_page_shows_model_manifest_and_card(app: Flask, admin_client: FlaskClient,
+                                                   tmp_path) -> None:
+    import dataclasses
+
+    from bcd_node.runtime import Component
+    ctx = app.extensions["bcd_node"]
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({
+        "name": "bcd-vgg16-unet", "version": "2.1.0", "classes": ["Benign", "Malignant-Early"],
+        "metrics": {"accuracy": 0.93}, "demonstration": True}))
+    (folder / "MODEL_CARD.md").write_text("# Model card\nTrained on synthetic smears.")
+    app.extensions["bcd_node"] = dataclasses.replace(ctx, settings=dataclasses.replace(
+        ctx.settings, model=dataclasses.replace(ctx.settings.model, weights=folder)))
+    app.extensions["bcd_node"].components["model"] = Component("model", True,
+                                                               "bcd-vgg16-unet 2.1.0")
+    page = admin_client.get("/admin/system").get_data(as_text=True)
+    assert "2.1.0" in page and "Trained on synthetic smears" in page
+    assert "not for clinical use" in page and "accuracy" in page

@@ -135,7 +135,7 @@ def test_verify_with_correction_keeps_ai_finding_and_queues_report(
     with ctx.session_factory() as session:
         result = session.get(Result, rid)
         assert result.stage == "Malignant-Pre"  # the AI's own finding stays
-        assert (result.verification, result.verified_stage) == ("corrected", "Malignant-Pro")
+        assert (result.verification, result.verified_stage) == ("verified", "Malignant-Pro")
         assert result.verified_comment == "Many blasts in the periphery."
         assert result.verified_by_fk is not None and result.verified_at is not None
         job = session.execute(select(Job)).scalar_one()
@@ -161,8 +161,27 @@ def test_verify_accept(app: Flask, doctor_client: FlaskClient, analysed: dict[st
               {f"r{rid}-decision": "accept"})
     with app.extensions["bcd_node"].session_factory() as session:
         result = session.get(Result, rid)
-        assert (result.verification, result.verified_stage) == ("accepted", "Malignant-Pre")
+        assert (result.verification, result.verified_stage) == ("verified", "Malignant-Pre")
+        assert session.execute(select(Job.kind)).scalars().all() == [JobKind.VERIFIED_REPORT]
     assert len(audit_rows(app, "verify_accept")) == 1
+
+
+def test_verify_without_ai_report_queues_nothing(app: Flask, doctor_client: FlaskClient,
+                                                 analysed: dict[str, Any]) -> None:
+    rid = analysed["result_id"]
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        result = session.get(Result, rid)
+        result.stage, result.confidence, result.sr_sop_instance_uid = None, None, None
+        result.quality = {"status": "insufficient", "flags": ["too_dark"], "measures": {}}
+    resp = post_form(doctor_client, f"/studies/{UID}", f"/results/{rid}/verify",
+                     {f"r{rid}-decision": "correct", f"r{rid}-stage": "Benign"},
+                     follow_redirects=True)
+    assert "No verified report is produced" in resp.get_data(as_text=True)
+    with ctx.session_factory() as session:
+        assert session.get(Result, rid).verified_stage == "Benign"
+        assert session.execute(select(Job)).first() is None
+    assert audit_rows(app, "verify_correct")[0].details["verified_report"] == "none (no AI SR)"
 
 
 def test_correction_needs_a_stage(app: Flask, doctor_client: FlaskClient,
