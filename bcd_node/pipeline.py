@@ -39,7 +39,8 @@ from dicom.sop import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
 from dicom.outputs import build_result_objects
 from dicom.encapsulated import build_encapsulated_pdf
 from dicom.sr import Findings, Verification, build_sr
-from dicom.summary import StudyFindings, build_study_summary_sr, summary_kind
+from dicom.summary import (SUMMARY_SERIES_NUMBER, StudyFindings, build_study_summary_sr,
+                           summary_kind)
 
 LOGGER = logging.getLogger(__name__)
 OVERLAY_COLOUR = np.array([255, 0, 64], np.float32)
@@ -376,6 +377,7 @@ class Pipeline:
             demonstration_model=self.demonstration_model, created_at=utcnow()))
         enc = build_encapsulated_pdf(sources[0], pdf, algorithm=self.algorithm,
                                      title="Blood smear study summary", uid_kind=f"{kind}-pdf",
+                                     series_number=SUMMARY_SERIES_NUMBER,
                                      uid_root=self.settings.uids.root)
         folder = f"results/study-{study.id}/{self.model_version}"
         pdf_rel = f"{folder}/{kind}.pdf"

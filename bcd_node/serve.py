@@ -150,6 +150,12 @@ def _start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
                       id="study-summaries")
     scheduler.add_job(deliverer.echo_all, "interval", seconds=d.echo_interval, id="echo",
                       next_run_time=None if not context.settings.destinations else _soon())
+    from bcd_node.retention import purge
+
+    if any((context.settings.retention.images_days, context.settings.retention.results_days,
+            context.settings.retention.audit_days)):
+        scheduler.add_job(purge, "interval", args=[context], hours=1, id="retention",
+                          next_run_time=_soon())
     scheduler.start()
     names = ", ".join(x.name for x in context.settings.destinations) or "none configured"
     return Component("delivery", True, f"delivery to {names}", lambda: scheduler.running), \

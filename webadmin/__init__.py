@@ -13,7 +13,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, jsonify, redirect, render_template, request, url_for
+from flask import Flask, Response, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy import text
@@ -91,6 +91,8 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
         response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
         response.headers.setdefault("Permissions-Policy",
                                     "camera=(), microphone=(), geolocation=()")
+        if request.is_secure:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         if request.endpoint != "static":
             # Patient data must not linger in shared workstations' caches.
             response.headers.setdefault("Cache-Control", "no-store")
@@ -141,6 +143,16 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
                 checks[name] = component.healthy()
         ok = all(checks.values())
         return jsonify(status="ready" if ok else "not ready", checks=checks), (200 if ok else 503)
+
+    @app.get("/metrics")
+    def metrics() -> Any:
+        """Prometheus metrics (no patient data): counters of this process, queue from the DB."""
+        from bcd_node.metrics import Metrics
+
+        if context.metrics is None:
+            context.metrics = Metrics(context)
+        return Response(context.metrics.exposition(),
+                        mimetype="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/")
     def index() -> Any:

@@ -19,9 +19,10 @@ from flask_login import LoginManager, UserMixin, current_user, login_user, logou
 from sqlalchemy import func, select
 
 from bcd_node.db.models import AuditEvent, Role, User, UserState, WebSession, utcnow
-from bcd_node.users import UserError, authenticate, register_doctor
+from bcd_node.users import (UserError, authenticate, register_doctor, set_password,
+                            verify_password)
 from webadmin.db import audit_event, client_ip, db, node
-from webadmin.forms import LoginForm, RegisterForm
+from webadmin.forms import LoginForm, PasswordChangeForm, RegisterForm
 
 bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
@@ -33,7 +34,8 @@ login_manager.login_message_category = "info"
 login_manager.session_protection = None
 
 #: Endpoints reachable without signing in.
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.register", "healthz", "readyz", "static"})
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.register", "healthz", "readyz", "metrics",
+                              "static"})
 
 
 class ConsoleUser(UserMixin):
@@ -55,6 +57,18 @@ class ConsoleUser(UserMixin):
 def _end(ws: WebSession, reason: str) -> None:
     ws.ended_at = utcnow()
     ws.end_reason = reason
+
+
+def end_sessions(session_db: Any, user_id: int, reason: str, *, keep: str | None = None) -> int:
+    """End every live console session of a user (but ``keep``); return how many ended."""
+    live = session_db.execute(select(WebSession).where(
+        WebSession.user_fk == user_id, WebSession.ended_at.is_(None))).scalars().all()
+    ended = 0
+    for ws in live:
+        if ws.id != keep:
+            _end(ws, reason)
+            ended += 1
+    return ended
 
 
 @login_manager.user_loader
@@ -121,7 +135,8 @@ def _safe_next(target: str | None) -> str | None:
     return target
 
 
-def _rate_limited(ip: str) -> bool:
+def rate_limited(ip: str) -> bool:
+    """Whether ``ip`` has failed to sign in too often within the window."""
     cfg = current_app.config
     since = utcnow() - timedelta(seconds=cfg["LOGIN_RATE_WINDOW_SECONDS"])
     failures = db().execute(select(func.count()).select_from(AuditEvent).where(
@@ -140,7 +155,7 @@ def login() -> Any:
     if form.validate_on_submit():
         ip = client_ip()
         session_db = db()
-        if _rate_limited(ip):
+        if rate_limited(ip):
             audit_event_for(form.username.data[:64], "login_rate_limited", outcome="failure",
                             details={"ip": ip})
             session_db.commit()
@@ -209,3 +224,37 @@ def register() -> Any:
             flash("Thank you. Your account is waiting for an administrator's approval.", "info")
             return redirect(url_for("auth.login"))
     return render_template("auth/register.html", form=form)
+
+
+@bp.route("/account", methods=["GET", "POST"])
+def account() -> Any:
+    """Your account: details, and a new password (your other sessions end)."""
+    session_db = db()
+    user = session_db.get(User, current_user.user_id)
+    form = PasswordChangeForm()
+    status = 200
+    if form.validate_on_submit():
+        if not verify_password(user.password_hash, form.current.data):
+            form.current.errors = ["Not your current password."]
+            audit_event("password_change", outcome="failure", object_ref=f"user:{user.username}",
+                        details={"reason": "wrong current password"})
+            session_db.commit()
+            status = 400
+        else:
+            try:
+                set_password(session_db, user.username, form.password.data,
+                             actor=user.username, actor_kind="user", source=client_ip())
+            except UserError as exc:
+                session_db.rollback()
+                form.password.errors = [str(exc)]
+                status = 400
+            else:
+                ended = end_sessions(session_db, user.id, "password_change",
+                                     keep=current_user.id)
+                session_db.commit()
+                flash("Your password is changed." + (
+                    f" {ended} other session(s) were signed out." if ended else ""), "success")
+                return redirect(url_for("auth.account"))
+    elif request.method == "POST":
+        status = 400
+    return render_template("auth/account.html", user=user, form=form), status

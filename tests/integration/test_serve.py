@@ -41,7 +41,14 @@ class Node:
                     return
             except OSError:
                 time.sleep(0.2)
+        self.kill()
         raise AssertionError(f"serve did not answer in {timeout}s: {self.output()}")
+
+    def kill(self) -> None:
+        """SIGKILL the process (a test that gives up must leave nothing running)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -120,3 +127,26 @@ def test_bad_config_exits_2_naming_the_key(write_config) -> None:
     done = subprocess.run([str(BCD_NODE), "config", "show"], capture_output=True, text=True,
                           timeout=60, env=env)
     assert done.returncode == 2 and "dicom.port" in done.stderr
+
+
+def test_metrics_count_received_images(write_config, tmp_path) -> None:
+    storescu = require_tool("storescu")
+    from tests.support.images import write_vl_micro
+
+    dicom_port, web_port = free_port(), free_port()
+    node = Node(write_config("[workers]\ncount = 0\n", dicom_port=dicom_port,
+                             web_port=web_port))
+    try:
+        node.start(web_port)
+        files = write_vl_micro(tmp_path / "in", 3)
+        done = subprocess.run([storescu, "-aec", "BCD_NODE", "127.0.0.1", str(dicom_port),
+                               *map(str, files)], capture_output=True,
+                              env={**os.environ, "TCP_NODELAY": "1"}, timeout=60)
+        assert done.returncode == 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert 'bcd_images_received_total{source="dicom"} 3.0' in text
+        assert 'bcd_jobs{state="queued"} 3.0' in text
+        assert "bcd_store_handler_seconds_count 3.0" in text
+    finally:
+        assert node.stop() == 0
