@@ -16,7 +16,7 @@ from bcd_node.db.models import (ApiToken, Delivery, DeliveryState, DestinationHe
                                 JobState, Result, Study, User, UserState, utcnow)
 from bcd_node.users import (UserError, add_user, approve_user, disable_user, issue_token,
                             reset_password, revoke_token, set_role)
-from webadmin.auth import admin_required
+from webadmin.auth import admin_required, end_sessions
 from webadmin.charts import bar_chart
 from webadmin.db import audit_event, client_ip, db, node
 from webadmin.forms import STAGES, ActionForm, RoleForm, TokenForm, UserCreateForm
@@ -149,6 +149,7 @@ def password(username: str) -> Any:
     session = db()
     u = _user_or_404(username)
     new_password = reset_password(session, username, actor=_me(), source=client_ip())
+    end_sessions(session, u.id, "password_reset")
     session.commit()
     tokens = session.execute(select(ApiToken).where(ApiToken.user_fk == u.id)
                              .order_by(ApiToken.created_at.desc())).scalars().all()

@@ -36,6 +36,9 @@ def _verify_token(text: str) -> User | None:
 
 @basic.verify_password
 def _verify_password(username: str, password: str) -> User | None:
+    from webadmin.auth import rate_limited
+    if rate_limited(client_ip()):
+        return None  # too many failures from this address: not even checked
     outcome = authenticate(db(), (username or "").strip().lower(), password or "",
                            source=client_ip(), actor_kind="api")
     db().commit()

@@ -30,7 +30,7 @@ class BarChart:
     title: str
 
 
-def bar_chart(points: list[tuple[str, float]], *, title: str, width: int = 640,
+def bar_chart(points: list[tuple[str, float]], *, title: str, width: int = 960,
               height: int = 220, value_format: str = "{:.0f}") -> BarChart:
     """Lay out ``points`` (label, value) as bars that fill ``width`` x ``height``."""
     top, bottom, left, right = 18.0, 34.0, 8.0, 8.0

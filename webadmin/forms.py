@@ -50,6 +50,19 @@ class RegisterForm(FlaskForm):
         render_kw={"autocomplete": "new-password"})
 
 
+class PasswordChangeForm(FlaskForm):
+    """A user changes their own password."""
+
+    current = PasswordField("Current password", validators=[DataRequired(), Length(max=256)],
+                            render_kw={"autocomplete": "current-password"})
+    password = PasswordField("New password", validators=[
+        DataRequired(), Length(min=MIN_PASSWORD_LENGTH, max=256)],
+        render_kw={"autocomplete": "new-password"})
+    confirm = PasswordField("Repeat new password", validators=[
+        DataRequired(), EqualTo("password", message="The passwords differ.")],
+        render_kw={"autocomplete": "new-password"})
+
+
 class ActionForm(FlaskForm):
     """A button that only needs its CSRF token (approve, disable, revoke, retry...)."""
 

@@ -261,3 +261,15 @@ def test_system_page_shows_model_manifest_and_card(app: Flask, admin_client: Fla
     page = admin_client.get("/admin/system").get_data(as_text=True)
     assert "2.1.0" in page and "Trained on synthetic smears" in page
     assert "not for clinical use" in page and "accuracy" in page
+
+
+def test_api_basic_auth_obeys_the_per_ip_limit(app: Flask, client: FlaskClient) -> None:
+    app.config["LOGIN_RATE_LIMIT"] = 2
+
+    def basic(password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(
+            f"doctor:{password}".encode()).decode()}
+
+    for _ in range(2):
+        assert client.get("/api/v1/status", headers=basic("wrong")).status_code == 401
+    assert client.get("/api/v1/status", headers=basic(DOCTOR_PASSWORD)).status_code == 401

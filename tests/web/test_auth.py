@@ -15,14 +15,14 @@ from tests.web.conftest import (ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, log
 
 # Every page of the console with sample arguments; only login and registration are public.
 PAGES = [
-    "/", "/worklist", "/worklist?status=done", "/studies/1.2.3", "/instances/1/image.png",
+    "/", "/account", "/worklist", "/worklist?status=done", "/studies/1.2.3", "/instances/1/image.png",
     "/results/1/overlay.png", "/results/1/mask.png", "/results/1/report.pdf", "/patients/",
     "/patients/1", "/upload", "/admin/users", "/admin/users/admin", "/admin/system",
     "/admin/statistics", "/admin/audit/", "/admin/audit/export.csv", "/admin/audit/export.json",
 ]
 ADMIN_PAGES = [p for p in PAGES if p.startswith("/admin")]
 POSTS = [
-    "/logout", "/results/1/verify", "/upload", "/admin/users", "/admin/users/doctor/approve",
+    "/logout", "/account", "/results/1/verify", "/upload", "/admin/users", "/admin/users/doctor/approve",
     "/admin/users/doctor/disable", "/admin/users/doctor/role", "/admin/users/doctor/password",
     "/admin/users/doctor/tokens", "/admin/tokens/1/revoke", "/admin/deliveries/1/retry",
     "/admin/audit/verify",
@@ -254,3 +254,27 @@ def test_registration_of_a_taken_name_is_refused(client: FlaskClient) -> None:
     data.update(username="samepass1234", password="samepass1234", confirm="samepass1234")
     page = post_form(client, "/register", "/register", data).get_data(as_text=True)
     assert "must not be the user name" in page
+
+
+def test_user_changes_own_password_and_other_sessions_end(app: Flask) -> None:
+    here, elsewhere = app.test_client(), app.test_client()
+    login(here, "doctor", DOCTOR_PASSWORD)
+    login(elsewhere, "doctor", DOCTOR_PASSWORD)
+    resp = post_form(here, "/account", "/account", {
+        "current": "not-it-at-all", "password": "brand-new-password-1",
+        "confirm": "brand-new-password-1"})
+    assert resp.status_code == 400 and "Not your current password" in resp.get_data(as_text=True)
+    resp = post_form(here, "/account", "/account", {
+        "current": DOCTOR_PASSWORD, "password": "brand-new-password-1",
+        "confirm": "brand-new-password-1"}, follow_redirects=True)
+    assert "1 other session(s) were signed out" in resp.get_data(as_text=True)
+    assert here.get("/worklist").status_code == 200
+    assert elsewhere.get("/worklist").status_code == 302
+    assert login(app.test_client(), "doctor", "brand-new-password-1").status_code == 302
+
+
+def test_admin_password_reset_ends_the_users_sessions(app: Flask, doctor_client: FlaskClient,
+                                                      admin_client: FlaskClient) -> None:
+    assert doctor_client.get("/worklist").status_code == 200
+    post_form(admin_client, "/admin/users/doctor", "/admin/users/doctor/password")
+    assert doctor_client.get("/worklist").status_code == 302
