@@ -249,6 +249,7 @@ class Intake:
             return
         for item, outcome in zip(batch, outcomes):
             self._after_commit(item, outcome)
+        self.context.wake_workers()
         LOGGER.debug("committed %d image(s) in %.1f ms", len(batch),
                      (time.perf_counter() - started) * 1000)
 

@@ -254,6 +254,7 @@ class Pipeline:
             if not complete(session, job):
                 raise LeaseLostError(f"job {job.id}: lease lost; another worker took it over")
             self._update_study(session, study.id)
+        self.context.wake_delivery()
         LOGGER.info("job %d: instance %s analysed: stage %s, %d blasts%s", job.id,
                     inst.sop_instance_uid, combined.stage or "none (quality insufficient)",
                     combined.blast_count, ", needs review" if combined.needs_review else "")
@@ -322,6 +323,7 @@ class Pipeline:
             if not complete(session, job):
                 raise LeaseLostError(f"job {job.id}: lease lost; another worker took it over")
             self._update_study(session, row.study_fk)
+        self.context.wake_delivery()
         LOGGER.info("job %d: verified report of result %d queued", job.id, result.id)
 
     def study_summary(self, job: Claimed) -> None:
@@ -409,6 +411,7 @@ class Pipeline:
             session.get(Study, study.id).summary_done_at = utcnow()
             if not complete(session, job):
                 raise LeaseLostError(f"job {job.id}: lease lost; another worker took it over")
+        self.context.wake_delivery()
         LOGGER.info("job %d: study %s summarised over %d field(s): %s", job.id,
                     study.study_instance_uid, len(staged), stage)
 

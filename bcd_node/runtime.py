@@ -57,6 +57,9 @@ class NodeContext:
     metrics: Any = None
     #: The process's :class:`bcd_node.worker.Workers` when it runs the worker role.
     workers: Any = None
+    #: Hooks that cut polling latency inside one process: new job queued, new outputs queued.
+    wake_workers: Callable[[], None] = lambda: None
+    wake_delivery: Callable[[], None] = lambda: None
     #: Set once every component of the process has started (``/readyz`` waits for it).
     started: threading.Event = field(default_factory=threading.Event)
 

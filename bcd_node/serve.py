@@ -130,6 +130,7 @@ def _start_workers(context: NodeContext) -> tuple[Component, Stopper]:
 
     workers = Workers(context, pipeline.run, count, on_done=on_done).start()
     context.workers = workers
+    context.wake_workers = workers.wake
     return Component("workers", True, f"{count} analysis worker(s)", workers.alive), workers.stop
 
 
@@ -157,14 +158,21 @@ def _start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
         scheduler.add_job(purge, "interval", args=[context], hours=1, id="retention",
                           next_run_time=_soon())
     scheduler.start()
+
+    def deliver_now() -> None:
+        job = scheduler.get_job("deliver")
+        if job is not None:
+            job.modify(next_run_time=_soon(0))
+
+    context.wake_delivery = deliver_now
     names = ", ".join(x.name for x in context.settings.destinations) or "none configured"
     return Component("delivery", True, f"delivery to {names}", lambda: scheduler.running), \
         lambda: scheduler.shutdown(wait=True)
 
 
-def _soon() -> Any:
+def _soon(seconds: float = 1.0) -> Any:
     from datetime import datetime, timedelta, timezone
-    return datetime.now(timezone.utc) + timedelta(seconds=1)
+    return datetime.now(timezone.utc) + timedelta(seconds=seconds)
 
 
 def _start_web(context: NodeContext) -> tuple[Component, Stopper]:
