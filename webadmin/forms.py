@@ -96,10 +96,11 @@ class UploadForm(FlaskForm):
     """An image uploaded by a doctor with the patient's details."""
 
     image = FileField("Image (PNG, JPEG or DICOM)", validators=[FileRequired("Choose a file.")])
-    patient_name = StringField("Patient name", validators=[DataRequired(), Length(max=128)],
+    # Required for PNG/JPEG (checked by the view): a DICOM file brings its own.
+    patient_name = StringField("Patient name", validators=[Optional(), Length(max=128)],
                                description="Family name, given name")
     patient_id = StringField("Patient ID", validators=[
-        DataRequired(), Length(max=64),
+        Optional(), Length(max=64),
         Regexp(r"^[A-Za-z0-9._\-/]+$", message="Letters, digits, '.', '_', '-' or '/'.")])
     birth_date = DateField("Birth date", validators=[Optional(), _not_in_future])
     age = IntegerField("or age (years)", validators=[Optional(), NumberRange(min=0, max=130)])

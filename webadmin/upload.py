@@ -59,10 +59,16 @@ def index() -> Any:
             error = "Only PNG, JPEG or DICOM (Part 10) files can be uploaded."
         elif ALLOWED_SUFFIXES[suffix] != kind and suffix:
             error = f"The file's content is {kind.upper()} but its name ends in {suffix}."
+        elif kind != "dicom" and not (form.patient_name.data or "").strip():
+            form.patient_name.errors = ["Required for PNG or JPEG images."]
+            error = "Enter the patient's name and ID."
+        elif kind != "dicom" and not (form.patient_id.data or "").strip():
+            form.patient_id.errors = ["Required for PNG or JPEG images."]
+            error = "Enter the patient's name and ID."
         if error is None:
             fields = {
-                "patient_name": person_name(form.patient_name.data),
-                "patient_id": form.patient_id.data.strip(),
+                "patient_name": person_name(form.patient_name.data or ""),
+                "patient_id": (form.patient_id.data or "").strip(),
                 "birth_date": form.birth_date.data.strftime("%Y%m%d") if form.birth_date.data
                 else "",
                 "age": "" if form.age.data is None else str(form.age.data),

@@ -280,7 +280,22 @@ def test_upload_validates_patient_fields(doctor_client: FlaskClient) -> None:
     resp = _upload(doctor_client, png_bytes(smear_image(64)[0]), "s.png", patient_id="",
                    birth_date="2999-01-01")
     page = resp.get_data(as_text=True)
-    assert "This field is required" in page and "future" in page
+    assert "future" in page
+    resp = _upload(doctor_client, png_bytes(smear_image(64)[0]), "s.png", patient_id="")
+    assert resp.status_code == 400
+    assert "Required for PNG or JPEG images" in resp.get_data(as_text=True)
+
+
+def test_upload_of_dicom_keeps_its_own_patient(app: Flask, doctor_client: FlaskClient) -> None:
+    from bcd_node.dicomize_upload import dicomize_upload_bytes
+    data = dicomize_upload_bytes(png_bytes(smear_image(64)[0]), "x.png",
+                                 {"patient_id": "DCM-1", "patient_name": "Curie^Marie"},
+                                 uid_root="2.25")
+    resp = _upload(doctor_client, data, "image.dcm", patient_id="", patient_name="")
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    with app.extensions["bcd_node"].session_factory() as session:
+        study = session.execute(select(Study)).scalar_one()
+        assert (study.patient.patient_id, study.patient.name) == ("DCM-1", "Curie^Marie")
 
 
 def test_upload_size_limit(app: Flask, doctor_client: FlaskClient) -> None:
