@@ -71,7 +71,8 @@ def index() -> Any:
                 "patient_id": (form.patient_id.data or "").strip(),
                 "birth_date": form.birth_date.data.strftime("%Y%m%d") if form.birth_date.data
                 else "",
-                "age": "" if form.age.data is None else str(form.age.data),
+                # DICOM Age String (PatientAge), e.g. "045Y"; the intake does not use it yet.
+                "age": "" if form.age.data is None else f"{form.age.data:03d}Y",
                 "sex": form.sex.data or "",
                 "accession_number": (form.accession_number.data or "").strip(),
                 "study_description": (form.description.data or "").strip(),
