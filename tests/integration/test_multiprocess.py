@@ -1,0 +1,94 @@
+"""Multi-process mode: `bcd-node scp` + two `bcd-node worker` + `bcd-node web` on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import func, select
+
+from bcd_node.db.models import Delivery, DeliveryState, Job, JobState
+from bcd_node.runtime import open_node
+from bcd_node.settings import load_settings
+from tests.conftest import free_port
+from tests.integration.test_node_e2e import outputs_by_source, push, wait_for
+from tests.support.images import write_smears
+from tests.support.net import wait_for_port
+from tests.support.peers import Orthanc
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+BCD_NODE = Path(sys.executable).with_name("bcd-node")
+
+
+def test_roles_share_postgres_and_each_image_is_processed_once(write_config, postgres_url,
+                                                               tmp_path) -> None:
+    from tests.inference.conftest import make_weights
+
+    manifest = make_weights(tmp_path / "weights")
+    orthanc = Orthanc().start()
+    dicom_port, web_port = free_port(), free_port()
+    cfg = write_config(
+        f'[model]\nweights = "{manifest}"\nprecision = "float32"\n\n'
+        "[workers]\ncount = 1\npoll_interval = 0.1\n\n[delivery]\ninterval = 0.3\n\n"
+        '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
+        f"port = {orthanc.dicom_port}\n", dicom_port=dicom_port, web_port=web_port,
+        database_url=postgres_url)
+    assert subprocess.run([str(BCD_NODE), "--config", str(cfg), "db", "upgrade"],
+                          capture_output=True, timeout=120).returncode == 0
+    procs: list[subprocess.Popen] = []
+    logs = []
+    try:
+        for role in ("scp", "worker", "worker", "web"):
+            log = tmp_path / f"{role}-{len(procs)}.log"
+            logs.append(log)
+            procs.append(subprocess.Popen([str(BCD_NODE), "--config", str(cfg), role],
+                                          stdout=open(log, "wb"), stderr=subprocess.STDOUT))
+        wait_for_port(dicom_port, timeout=120)
+        wait_for(lambda: _ready(web_port), 120, "web role ready")
+        files = write_smears(tmp_path / "in", 8,
+                             study_uid=pydicom.uid.generate_uid(prefix="2.25."))
+        sources = {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
+        assert push(dicom_port, files).returncode == 0
+        wait_for(lambda: len(orthanc.get("/instances")) >= 3 * len(files), 300,
+                 "outputs of every image at Orthanc")
+        by_source = outputs_by_source(orthanc, sources)
+        assert set(by_source) == sources
+        assert all(sorted(v) == ["DOC", "SEG", "SR"] for v in by_source.values())
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait(timeout=10)
+        orthanc.cleanup()
+    assert all(p.returncode == 0 for p in procs), [log.read_text()[-1500:] for log in logs]
+    ctx = open_node(load_settings(cfg), migrate=False)
+    with ctx.session_factory() as s:
+        jobs = s.execute(select(Job)).scalars().all()
+        assert [j.state for j in jobs if j.kind.value == "analyze"] == [JobState.DONE] * 8
+        assert all(j.attempts == 1 for j in jobs)  # no job ran twice
+        owners = {j.lease_owner for j in jobs}
+        assert s.execute(select(func.count()).select_from(Delivery).where(
+            Delivery.state != DeliveryState.DONE)).scalar_one() == 0
+    ctx.engine.dispose()
+    # Both workers took part (claims are spread by SKIP LOCKED).
+    worked = [log for log in logs if "analysed" in log.read_text()]
+    assert len([log for log in worked if "worker" in log.name]) == 2, owners
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
+            return True
+    except OSError:
+        return False
