@@ -117,6 +117,11 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
     def not_found(_exc: Any) -> Any:
         return error_page(404, "Not found", "There is nothing at this address.")
 
+    @app.errorhandler(500)
+    def server_error(_exc: Any) -> Any:
+        return error_page(500, "Something went wrong", "The node could not complete this "
+                          "request. It has been logged; try again, or tell your administrator.")
+
     @app.errorhandler(413)
     def too_large(_exc: Any) -> Any:
         limit = app.config["UPLOAD_MAX_BYTES"] // (1024 * 1024)

@@ -278,3 +278,17 @@ def test_admin_password_reset_ends_the_users_sessions(app: Flask, doctor_client:
     assert doctor_client.get("/worklist").status_code == 200
     post_form(admin_client, "/admin/users/doctor", "/admin/users/doctor/password")
     assert doctor_client.get("/worklist").status_code == 302
+
+
+def test_server_errors_get_a_plain_page(app: Flask, doctor_client: FlaskClient,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import webadmin.worklist
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(webadmin.worklist, "worklist_page", broken)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    resp = doctor_client.get("/worklist")
+    assert resp.status_code == 500 and "Something went wrong" in resp.get_data(as_text=True)
+    assert "database went away" not in resp.get_data(as_text=True)
