@@ -12,7 +12,6 @@ import dataclasses
 import datetime as dt
 import io
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +31,7 @@ from bcd_node.report.pdf import ReportData, render_report
 from bcd_node.report.summary import FieldRow, SummaryData, render_summary
 from bcd_node.runtime import NodeContext
 from bcd_node.storage import Store
+from bcd_node.studies import STAGE_ORDER, refresh_study, vote
 from dicom.algorithm import Algorithm
 from dicom.errors import DicomError
 from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_dataset
@@ -348,8 +348,7 @@ class Pipeline:
             LOGGER.info("job %d: study %s has no diagnosable field; no summary", job.id,
                         study.study_instance_uid)
             return
-        votes = Counter(r.stage for r, _ in staged)
-        stage = max(votes, key=lambda s: (votes[s], STAGE_ORDER.get(s, 0)))
+        stage = vote([r.stage for r, _ in staged])
         names = list(STAGE_ORDER)
         probs = {n: float(np.mean([r.probabilities.get(n, 0.0) for r, _ in staged]))
                  for n in names}
@@ -446,25 +445,13 @@ class Pipeline:
                                      sop_instance_uid=uid, path=rel))
 
     def _update_study(self, session: Session, study_id: int) -> None:
-        """Keep the worklist columns of the study current."""
-        study = session.get(Study, study_id)
-        results = session.execute(select(Result).where(
-            Result.study_fk == study_id, Result.scope == "instance")).scalars().all()
-        pending = session.execute(select(Job.id).where(
-            Job.study_fk == study_id, Job.kind == JobKind.ANALYZE,
-            Job.state.in_([JobState.QUEUED, JobState.RUNNING]))).first()
-        staged = [r for r in results if r.stage]
-        if staged:
-            votes = Counter(r.stage for r in staged)
-            study.stage = max(votes, key=lambda s: (votes[s], STAGE_ORDER.get(s, 0)))
-            study.confidence = float(np.mean([r.confidence for r in staged
-                                              if r.stage == study.stage]))
-        if pending:
-            study.status = "analysing"
-        elif any(r.needs_review for r in results):
-            study.status = "needs_review"
-        else:
-            study.status = "done"
+        refresh_study(session, study_id)
+
+    def job_failed(self, job: Claimed) -> None:
+        """After a job failed for good: the study shows it."""
+        if job.study_fk is not None:
+            with self.context.session_factory.begin() as session:
+                refresh_study(session, job.study_fk)
 
 
 def enqueue_study_summaries(context: NodeContext) -> int:
@@ -500,9 +487,6 @@ def _person_name(name: str) -> str:
         return name
     given, family = name.rsplit(" ", 1)
     return f"{family}^{given}"
-
-
-STAGE_ORDER = {"Benign": 0, "Malignant-Early": 1, "Malignant-Pre": 2, "Malignant-Pro": 3}
 
 
 class LeaseLostError(PermanentError):

@@ -128,7 +128,8 @@ def _start_workers(context: NodeContext) -> tuple[Component, Stopper]:
         metrics.processed.labels(outcome).inc()
         metrics.inference_seconds.observe(seconds)
 
-    workers = Workers(context, pipeline.run, count, on_done=on_done).start()
+    workers = Workers(context, pipeline.run, count, on_done=on_done,
+                      on_failed=pipeline.job_failed).start()
     context.workers = workers
     context.wake_workers = workers.wake
     return Component("workers", True, f"{count} analysis worker(s)", workers.alive), workers.stop

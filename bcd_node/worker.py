@@ -27,11 +27,13 @@ class Workers:
     """``count`` threads that drain the job queue with ``run(job)``."""
 
     def __init__(self, context: NodeContext, run: Callable[[Claimed], Any], count: int,
-                 on_done: Callable[[Claimed, float, str], None] | None = None) -> None:
+                 on_done: Callable[[Claimed, float, str], None] | None = None,
+                 on_failed: Callable[[Claimed], None] | None = None) -> None:
         self.context = context
         self.run_job = run
         self.count = count
         self.on_done = on_done
+        self.on_failed = on_failed
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._wake = threading.Event()
@@ -90,11 +92,15 @@ class Workers:
             outcome = "failed"
             with self.context.session_factory.begin() as session:
                 jobqueue.fail(session, job, str(exc))
+            if self.on_failed is not None:
+                self.on_failed(job)
         except Exception as exc:  # noqa: BLE001 - unknown errors are retried, bounded
             LOGGER.exception("job %d raised; will retry", job.id)
             outcome = "retry"
             with self.context.session_factory.begin() as session:
                 jobqueue.retry_later(session, job, f"{type(exc).__name__}: {exc}", s.retry_delay)
+            if job.attempts >= job.max_attempts and self.on_failed is not None:
+                self.on_failed(job)
         if self.on_done is not None:
             self.on_done(job, time.perf_counter() - started, outcome)
         return True

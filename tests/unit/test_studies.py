@@ -1,0 +1,106 @@
+"""Worklist columns of a study follow its jobs, results and verifications; workers classify
+errors."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from bcd_node.db.models import (Instance, Job, JobKind, JobState, Patient, Result, Series, Study,
+                                utcnow)
+from bcd_node.errors import PermanentError
+from bcd_node.runtime import open_node
+from bcd_node.settings import load_settings
+from bcd_node.studies import refresh_study, vote
+from bcd_node.worker import Workers
+
+
+def test_vote_prefers_majority_then_severity() -> None:
+    assert vote(["Benign", "Benign", "Malignant-Pro"]) == "Benign"
+    assert vote(["Benign", "Malignant-Pre"]) == "Malignant-Pre"
+    assert vote([]) is None
+
+
+@pytest.fixture
+def ctx(write_config):
+    return open_node(load_settings(write_config()))
+
+
+def _study(session, n_images: int = 2) -> tuple[Study, list[Instance]]:
+    study = Study(patient=Patient(patient_id="P"), study_instance_uid="1.2.3")
+    series = Series(study=study, series_instance_uid="1.2.3.1")
+    insts = [Instance(series=series, sop_instance_uid=f"1.2.3.1.{i}", sop_class_uid="1.2",
+                      transfer_syntax_uid="1.2", path=f"p{i}", sha256="0" * 64, size_bytes=1,
+                      rows=1, columns=1) for i in range(n_images)]
+    session.add_all([study, series, *insts])
+    session.flush()
+    return study, insts
+
+
+def _result(study, inst, stage, needs_review=False, **kw) -> Result:
+    return Result(study_fk=study.id, instance_fk=inst.id, model_name="m", model_version="1",
+                  stage=stage, confidence=0.9, probabilities={}, needs_review=needs_review, **kw)
+
+
+def test_status_follows_jobs_results_and_verification(ctx) -> None:
+    with ctx.session_factory.begin() as s:
+        study, (a, b) = _study(s)
+        jobs = [Job(kind=JobKind.ANALYZE, instance_fk=i.id, study_fk=study.id) for i in (a, b)]
+        s.add_all(jobs)
+        s.flush()
+        assert refresh_study(s, study.id).status == "analysing"
+        for j in jobs:
+            j.state = JobState.DONE
+        s.add_all([_result(study, a, "Benign"), _result(study, b, "Malignant-Pro", True)])
+        s.flush()
+        st = refresh_study(s, study.id)
+        assert (st.status, st.stage) == ("needs_review", "Malignant-Pro")
+        for r in s.execute(select(Result)).scalars():
+            r.verification, r.verified_stage, r.verified_at = "verified", "Benign", utcnow()
+        s.flush()
+        st = refresh_study(s, study.id)
+        assert (st.status, st.stage) == ("verified", "Benign")
+
+
+def test_permanent_failure_fails_at_once_and_marks_the_study(ctx) -> None:
+    with ctx.session_factory.begin() as s:
+        study, (a,) = _study(s, 1)
+        s.add(Job(kind=JobKind.ANALYZE, instance_fk=a.id, study_fk=study.id))
+
+    def run(job):
+        raise PermanentError("unsupported photometric interpretation")
+
+    failed = []
+    workers = Workers(ctx, run, 0, on_failed=lambda job: failed.append(job.id))
+    assert workers.step("w")
+    with ctx.session_factory.begin() as s:
+        job = s.execute(select(Job)).scalar_one()
+        assert job.state is JobState.FAILED and job.attempts == 1
+        assert "photometric" in job.last_error
+        refresh_study(s, study.id)
+        assert s.get(Study, study.id).status == "failed"
+    assert failed == [job.id]
+    assert not workers.step("w")
+
+
+def test_transient_failure_is_retried_then_given_up(write_config) -> None:
+    ctx = open_node(load_settings(write_config(
+        "[workers]\nmax_attempts = 2\nretry_delay = 0.01\n")))
+    with ctx.session_factory.begin() as s:
+        study, (a,) = _study(s, 1)
+        s.add(Job(kind=JobKind.ANALYZE, instance_fk=a.id, study_fk=study.id, max_attempts=2))
+
+    def run(job):
+        raise OSError("NFS hiccup")
+
+    workers = Workers(ctx, run, 0)
+    assert workers.step("w")
+    with ctx.session_factory() as s:
+        job = s.execute(select(Job)).scalar_one()
+        assert job.state is JobState.QUEUED and "NFS hiccup" in job.last_error
+    import time
+    time.sleep(0.05)
+    assert workers.step("w")
+    with ctx.session_factory() as s:
+        job = s.execute(select(Job)).scalar_one()
+        assert job.state is JobState.FAILED and job.attempts == 2
