@@ -12,13 +12,13 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from bcd_node.dicomize_upload import UploadError, read_image
 from dicom import uids
+from dicom.outputs import write_dataset
 from dicom.dicomize import dicomize
 
 __all__ = ["register", "cmd_import", "import_image", "read_picture", "ImportFailed"]
@@ -27,7 +27,6 @@ LOGGER = logging.getLogger(__name__)
 
 #: Largest picture accepted (pixels); Pillow refuses bigger ones before decoding.
 MAX_PICTURE_PIXELS = 100_000_000
-_FORMATS = ("PNG", "JPEG")
 
 
 class ImportFailed(Exception):
@@ -52,25 +51,17 @@ def read_picture(path: str | os.PathLike[str]) -> tuple[np.ndarray, bool]:
     ImportFailed
         If the file is missing, not PNG/JPEG, unreadable or larger than the limit.
     """
-    Image.MAX_IMAGE_PIXELS = MAX_PICTURE_PIXELS
     try:
-        with Image.open(path) as img:
-            fmt = img.format
-            if fmt not in _FORMATS:
-                raise ImportFailed(f"{os.fspath(path)} is {fmt or 'not an image'}, not PNG or JPEG")
-            img.load()
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except ImportFailed:
-        raise
-    except Image.DecompressionBombError:
-        raise ImportFailed(
-            f"{os.fspath(path)} has more than {MAX_PICTURE_PIXELS} pixels"
-        ) from None
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ImportFailed(f"{os.fspath(path)} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImportFailed(f"{os.fspath(path)} is not a readable PNG or JPEG ({exc})") from None
-    return np.ascontiguousarray(rgb), fmt == "JPEG"
+    except OSError as exc:
+        raise ImportFailed(f"{os.fspath(path)} cannot be read ({exc.strerror})") from None
+    try:
+        rgb, lossy = read_image(data, os.fspath(path), max_pixels=MAX_PICTURE_PIXELS)
+    except UploadError as exc:
+        raise ImportFailed(str(exc)) from None
+    return np.ascontiguousarray(rgb), lossy
 
 
 def import_image(
@@ -129,18 +120,7 @@ study_instance_uid, study_description, secondary_capture, uid_root, software_ver
         software_version=software_version,
         lossy_source=lossy,
     )
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".import-", suffix=".dcm", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_dataset(ds, out_path)
     LOGGER.info("imported %s as %s", ds.SOPClassUID.name, ds.SOPInstanceUID)
     return str(ds.SOPInstanceUID)
 

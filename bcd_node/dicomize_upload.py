@@ -22,22 +22,28 @@ class UploadError(PermanentError):
     """An upload that cannot be turned into an image; the message is meant for the user."""
 
 
-def read_image(data: bytes, filename: str = "") -> tuple[np.ndarray, bool]:
-    """Decode PNG/JPEG bytes to RGB uint8; returns the array and whether it was lossy (JPEG)."""
-    Image.MAX_IMAGE_PIXELS = MAX_UPLOAD_PIXELS
+def read_image(data: bytes, filename: str = "",
+               max_pixels: int = MAX_UPLOAD_PIXELS) -> tuple[np.ndarray, bool]:
+    """Decode PNG/JPEG bytes to RGB uint8; returns the array and whether it was lossy (JPEG).
+
+    Pillow refuses images over ``max_pixels`` before decoding them.
+    """
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format
             if fmt not in ALLOWED_FORMATS:
                 raise UploadError(f"{filename or 'the file'} is {fmt or 'not an image'}; "
                                   "upload a PNG, JPEG or DICOM file")
+            width, height = img.size
+            if width * height > max_pixels:  # checked before decoding
+                raise UploadError(f"{filename or 'the image'} is too large: {width}x{height} "
+                                  f"pixels, at most {max_pixels} are accepted")
             img.load()
             rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except UploadError:
         raise
     except Image.DecompressionBombError:
-        raise UploadError(f"{filename or 'the image'} is too large "
-                          f"(more than {MAX_UPLOAD_PIXELS} pixels)") from None
+        raise UploadError(f"{filename or 'the image'} is too large to decode safely") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UploadError(f"{filename or 'the file'} is not a readable PNG or JPEG image "
                           f"({exc})") from None

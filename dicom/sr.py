@@ -407,6 +407,18 @@ def build_sr(
         )
         observer.VerifyingObserverName = PersonName(verification.observer_name)
     sr.SeriesDescription = f"ALL screening report ({algorithm.model_name})"[:64]
+    identify_private_codes(sr)
+    LOGGER.info(
+        "built %s SR %s for %s",
+        "VERIFIED" if verification else "UNVERIFIED",
+        sr.SOPInstanceUID,
+        source_uid,
+    )
+    return sr
+
+
+def identify_private_codes(sr: Dataset) -> None:
+    """Name our private coding scheme in the SR and our implementation in its file meta."""
     scheme = codes.coding_scheme_identification()
     existing = sr.get("CodingSchemeIdentificationSequence")
     if existing is None:
@@ -415,10 +427,3 @@ def build_sr(
         existing.append(scheme)
     sr.file_meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
     sr.file_meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
-    LOGGER.info(
-        "built %s SR %s for %s",
-        "VERIFIED" if verification else "UNVERIFIED",
-        sr.SOPInstanceUID,
-        source_uid,
-    )
-    return sr

@@ -22,6 +22,7 @@ from pydicom.sr import codes as pydicom_codes
 from dicom import codes, sop, uids
 from dicom.algorithm import Algorithm
 from dicom.codes import Stage
+from dicom.sr import identify_private_codes
 
 __all__ = ["StudyFindings", "build_study_summary_sr", "summary_kind", "FIELDS_ANALYSED", "FIELDS_NEEDING_REVIEW",
            "FIELDS_QUALITY_INSUFFICIENT", "STUDY_SUMMARY_GROUP"]
@@ -181,13 +182,6 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
         institution_name=institution_name or algorithm.institution_name,
         contributing_equipment=[algorithm.contributing_equipment()])
     sr.SeriesDescription = f"ALL screening study summary ({algorithm.model_name})"[:64]
-    scheme = codes.coding_scheme_identification()
-    existing = sr.get("CodingSchemeIdentificationSequence")
-    if existing is None:
-        sr.CodingSchemeIdentificationSequence = [scheme]
-    elif not any(i.get("CodingSchemeDesignator") == codes.SCHEME for i in existing):
-        existing.append(scheme)
-    sr.file_meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
-    sr.file_meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
+    identify_private_codes(sr)
     LOGGER.info("built study summary SR %s over %d field(s)", sr.SOPInstanceUID, len(sources))
     return sr

@@ -21,7 +21,7 @@ from tests.integration.test_serve import Node
 from tests.support.images import write_smears
 from tests.support.peers import Orthanc
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 ASSOCIATIONS, PER_ASSOCIATION = 4, 100
 
 
@@ -66,7 +66,7 @@ def test_four_associations_times_100_exactly_once(write_config, tiny_manifest, t
         print(f"\n{ASSOCIATIONS}x{PER_ASSOCIATION} images received in {received:.1f} s "
               f"({len(sources) / received:.0f} images/s) while inference ran")
         expected = 3 * len(sources) + 2 * ASSOCIATIONS  # SEG+SR+PDF each, summary SR+PDF per study
-        wait_for(lambda: len(orthanc.get("/instances")) >= expected, 1200,
+        wait_for(lambda: len(orthanc.get("/instances")) >= expected, 2000,
                  "every output of every acknowledged image at Orthanc")
         time.sleep(3)
         assert len(orthanc.get("/instances")) == expected
