@@ -7,6 +7,7 @@ afterwards is refused.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from datetime import timedelta
 from functools import wraps
@@ -43,6 +44,7 @@ class ConsoleUser(UserMixin):
 
     def __init__(self, user: User, session_id: str) -> None:
         self.id = session_id  # Flask-Login stores this in the cookie
+        self.session_key = session_key(session_id)
         self.user_id = user.id
         self.username = user.username
         self.full_name = user.full_name
@@ -52,6 +54,11 @@ class ConsoleUser(UserMixin):
     def is_admin(self) -> bool:
         """Whether the user administers the node."""
         return self.role == Role.ADMIN
+
+
+def session_key(session_id: str) -> str:
+    """The stored form of a session id (its SHA-256): a copy of the table opens no session."""
+    return hashlib.sha256(session_id.encode("ascii", "replace")).hexdigest()
 
 
 def _end(ws: WebSession, reason: str) -> None:
@@ -75,7 +82,7 @@ def end_sessions(session_db: Any, user_id: int, reason: str, *, keep: str | None
 def load_user(session_id: str) -> ConsoleUser | None:
     """The user of a live session; ends sessions idle for too long or of disabled users."""
     session_db = db()
-    ws = session_db.get(WebSession, session_id)
+    ws = session_db.get(WebSession, session_key(session_id))
     if ws is None or ws.ended_at is not None:
         return None
     user = session_db.get(User, ws.user_fk)
@@ -93,7 +100,7 @@ def load_user(session_id: str) -> ConsoleUser | None:
     if (now - ws.last_seen_at).total_seconds() > 15:  # keep writes rare
         ws.last_seen_at = now
         session_db.commit()
-    return ConsoleUser(user, ws.id)
+    return ConsoleUser(user, session_id)
 
 
 def audit_event_for(username: str, action: str, **kwargs: Any) -> None:
@@ -177,13 +184,14 @@ def login() -> Any:
         else:
             user = outcome.user
             session.clear()  # a fresh cookie: nothing from before the login carries over
-            ws = WebSession(id=secrets.token_urlsafe(32), user_fk=user.id, ip=ip[:64],
+            session_id = secrets.token_urlsafe(32)
+            ws = WebSession(id=session_key(session_id), user_fk=user.id, ip=ip[:64],
                             user_agent=(request.user_agent.string or "")[:255])
             session_db.add(ws)
             audit_event_for(user.username, "login", object_ref=f"session:{ws.id[:8]}")
             session_db.commit()
             session.permanent = True
-            login_user(ConsoleUser(user, ws.id), remember=False)
+            login_user(ConsoleUser(user, session_id), remember=False)
             default = "admin.users" if user.role == Role.ADMIN else "worklist.index"
             return redirect(_safe_next(request.args.get("next")) or url_for(default))
     elif request.method == "POST":
@@ -194,10 +202,10 @@ def login() -> Any:
 @bp.post("/logout")
 def logout() -> Any:
     """Sign out: end the server-side session so the cookie is worthless."""
-    ws = db().get(WebSession, current_user.id)
+    ws = db().get(WebSession, current_user.session_key)
     if ws is not None and ws.ended_at is None:
         _end(ws, "logout")
-    audit_event("logout", object_ref=f"session:{current_user.id[:8]}")
+    audit_event("logout", object_ref=f"session:{current_user.session_key[:8]}")
     db().commit()
     logout_user()
     session.clear()
@@ -250,7 +258,7 @@ def account() -> Any:
                 status = 400
             else:
                 ended = end_sessions(session_db, user.id, "password_change",
-                                     keep=current_user.id)
+                                     keep=current_user.session_key)
                 session_db.commit()
                 flash("Your password is changed." + (
                     f" {ended} other session(s) were signed out." if ended else ""), "success")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from sqlalchemy import func, or_, select
 
 from bcd_node.db.models import (Instance, Job, JobKind, Patient, Result, Role, Series, Study,
                                 User, utcnow)
+from bcd_node.studies import refresh_study
 from webadmin.db import audit_event, db, node
 from webadmin.forms import STAGES, STATUSES, VerifyForm
 from webadmin.helpers import Page, day_start, page_number, parse_day
@@ -167,13 +167,7 @@ def verify(result_id: int) -> Any:
         session.add(Job(kind=JobKind.VERIFIED_REPORT, result_fk=result.id, study_fk=st.id,
                         instance_fk=result.instance_fk))
     session.flush()
-    results = session.execute(select(Result).where(Result.study_fk == st.id)).scalars().all()
-    if all(r.verification != "unverified" for r in results):
-        st.status = "verified"
-        votes = Counter(r.verified_stage for r in results if r.verified_stage)
-        if votes:
-            st.stage = max(votes, key=lambda s: (votes[s], STAGES.index(s)
-                                                 if s in STAGES else -1))
+    refresh_study(session, st.id)  # worklist columns: "verified" and the doctors' stage
     audit_event("verify_correct" if corrected else "verify_accept",
                 patient_id=st.patient.patient_id, study_instance_uid=st.study_instance_uid,
                 object_ref=f"result:{result.id}",

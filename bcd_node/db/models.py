@@ -366,7 +366,8 @@ class WebSession(Base):
 
     __tablename__ = "web_sessions"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # random, new at every login
+    # SHA-256 of the random id in the cookie (new at every login); the id itself is not kept.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_fk: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)

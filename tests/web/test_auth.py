@@ -292,3 +292,13 @@ def test_server_errors_get_a_plain_page(app: Flask, doctor_client: FlaskClient,
     resp = doctor_client.get("/worklist")
     assert resp.status_code == 500 and "Something went wrong" in resp.get_data(as_text=True)
     assert "database went away" not in resp.get_data(as_text=True)
+
+
+def test_session_ids_are_stored_hashed(app: Flask, doctor_client: FlaskClient) -> None:
+    from webadmin.auth import session_key
+    cookie = doctor_client.get_cookie("bcd_session").value
+    serializer = app.session_interface.get_signing_serializer(app)
+    session_id = serializer.loads(cookie)["_user_id"]
+    with app.extensions["bcd_node"].session_factory() as session:
+        stored = session.execute(select(WebSession.id)).scalar_one()
+    assert stored == session_key(session_id) and stored != session_id
