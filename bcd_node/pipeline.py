@@ -13,6 +13,7 @@ import datetime as dt
 import io
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,7 +37,7 @@ from dicom.algorithm import Algorithm
 from dicom.errors import DicomError
 from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_dataset
 from dicom.sop import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
-from dicom.outputs import build_result_objects
+from dicom.outputs import ResultObjects, build_result_objects, write_dataset
 from dicom.encapsulated import build_encapsulated_pdf
 from dicom.sr import Findings, Verification, build_sr
 from dicom.summary import (SUMMARY_SERIES_NUMBER, StudyFindings, build_study_summary_sr,
@@ -129,6 +130,87 @@ def _dicom_bytes(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def report_data(ds: Dataset, image: np.ndarray, over: np.ndarray, c: Combined, *,
+                algorithm: Algorithm, demonstration_model: bool,
+                created_at: dt.datetime) -> ReportData:
+    """What the PDF report of ``ds`` shows; identification comes from the image itself."""
+    specimen = ds.get("SpecimenDescriptionSequence")
+
+    def text(keyword: str) -> str | None:
+        value = ds.get(keyword)
+        return str(value).strip() or None if value not in (None, "") else None
+
+    return ReportData(
+        patient_name=text("PatientName") or "(no name)", patient_id=text("PatientID") or "(no id)",
+        image=image, overlay=over, stage=c.stage, probabilities=c.probabilities,
+        blast_count=c.blast_count, blast_area_fraction=min(1.0, c.blast_area_fraction),
+        quality_ok=True, model_name=algorithm.name, model_version=algorithm.version,
+        demonstration_model=demonstration_model, created_at=created_at,
+        birth_date=text("PatientBirthDate"), sex=text("PatientSex"),
+        accession_number=text("AccessionNumber"), study_date=text("StudyDate"),
+        study_instance_uid=text("StudyInstanceUID"), specimen_id=text("ContainerIdentifier"),
+        stain=(str(specimen[0].get("SpecimenShortDescription", "")) or None)
+        if specimen else None)
+
+
+def decode_for_analysis(ds: Dataset) -> list[np.ndarray]:
+    """The RGB image(s) to analyse: the assembled slide, or each frame."""
+    try:
+        if str(ds.SOPClassUID) == str(VL_WHOLE_SLIDE_MICROSCOPY_IMAGE):
+            return [assemble_total_pixel_matrix(ds)]
+        frames = decode_frames(ds)
+    except DicomError as exc:
+        raise PermanentError(f"cannot decode the image: {exc}") from exc
+    if len(frames) > MAX_FRAMES:
+        raise PermanentError(f"{len(frames)} frames: at most {MAX_FRAMES} are analysed")
+    return list(frames)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything made from one image: findings, overlay, and (with a stage) PDF and objects."""
+
+    images: list[np.ndarray]
+    combined: Combined
+    overlay: np.ndarray
+    pdf: bytes | None
+    objects: ResultObjects | None
+
+
+def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
+                    review_threshold: float, uid_root: str,
+                    demonstration_model: bool = True) -> Analysis:
+    """Predict on one image and build what the node sends for it (no database, no files).
+
+    ``bcd-node analyze --dicom-out`` and the worker both call this, so the files a user makes on
+    the command line are the ones the node would send.
+    """
+    images = decode_for_analysis(ds)
+    combined = combine(analyzer.predict(images), review_threshold)
+    over = overlay(images[0], combined.masks[0])
+    if combined.stage is None:
+        return Analysis(images, combined, over, None, None)
+    findings = Findings(stage=combined.stage, probabilities=combined.probabilities,
+                        blast_count=combined.blast_count,
+                        blast_area_fraction=min(1.0, combined.blast_area_fraction),
+                        quality_ok=True)
+    pdf = render_report(report_data(ds, images[0], over, combined, algorithm=algorithm,
+                                    demonstration_model=demonstration_model,
+                                    created_at=utcnow()))
+    objects = build_result_objects(ds, combined.masks if len(images) > 1 else combined.masks[0],
+                                   findings, algorithm=algorithm, pdf=pdf, uid_root=uid_root)
+    return Analysis(images, combined, over, pdf, objects)
+
+
+def write_dicom_outputs(analysis: Analysis, folder: Path, stem: str) -> list[Path]:
+    """Write the SEG, SR and Encapsulated PDF of ``analysis`` as ``STEM-seg.dcm`` and so on."""
+    if analysis.objects is None:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_dataset(ds, folder / f"{stem}-{kind}.dcm")
+            for kind, ds in analysis.objects.by_kind()]
+
+
 class Pipeline:
     """Runs the jobs of one worker process with a warm analyzer."""
 
@@ -180,17 +262,6 @@ class Pipeline:
             session.expunge_all()
         return inst, series, study, patient
 
-    def _pixels(self, ds: Dataset) -> list[np.ndarray]:
-        try:
-            if str(ds.SOPClassUID) == str(VL_WHOLE_SLIDE_MICROSCOPY_IMAGE):
-                return [assemble_total_pixel_matrix(ds)]
-            frames = decode_frames(ds)
-        except DicomError as exc:
-            raise PermanentError(f"cannot decode the image: {exc}") from exc
-        if len(frames) > MAX_FRAMES:
-            raise PermanentError(f"{len(frames)} frames: at most {MAX_FRAMES} are analysed")
-        return list(frames)
-
     def analyze(self, job: Claimed) -> int:
         """Analyse one received image; returns the result id."""
         inst, _series, study, patient = self._load(job)
@@ -200,28 +271,21 @@ class Pipeline:
             raise PermanentError(f"stored file {inst.path} is missing") from exc
         except DicomError as exc:
             raise PermanentError(f"stored file is not readable: {exc}") from exc
-        images = self._pixels(ds)
-        combined = combine(self.analyzer.predict(images), self.settings.model.review_threshold)
+        analysis = analyze_dataset(ds, self.analyzer, algorithm=self.algorithm,
+                                   review_threshold=self.settings.model.review_threshold,
+                                   uid_root=self.settings.uids.root,
+                                   demonstration_model=self.demonstration_model)
+        combined = analysis.combined
         folder = f"results/{inst.id}/{self.model_version}"
         outputs: list[tuple[str, Dataset, str]] = []  # (kind, dataset, relpath)
         self.store.write(f"{folder}/mask.png", _png(combined.masks[0] * 255))
-        over = overlay(images[0], combined.masks[0])
-        self.store.write(f"{folder}/overlay.png", _png(over), sync_dir=True)
+        self.store.write(f"{folder}/overlay.png", _png(analysis.overlay), sync_dir=True)
         pdf_rel = None
-        if combined.stage is not None:
-            findings = Findings(stage=combined.stage, probabilities=combined.probabilities,
-                                blast_count=combined.blast_count,
-                                blast_area_fraction=min(1.0, combined.blast_area_fraction),
-                                quality_ok=True)
-            pdf = render_report(self._report_data(ds, patient, study, images[0], over,
-                                                  combined, utcnow()))
+        if analysis.objects is not None and analysis.pdf is not None:
             pdf_rel = f"{folder}/report.pdf"
-            self.store.write(pdf_rel, pdf)
-            objects = build_result_objects(
-                ds, combined.masks if len(images) > 1 else combined.masks[0], findings,
-                algorithm=self.algorithm, pdf=pdf, uid_root=self.settings.uids.root)
+            self.store.write(pdf_rel, analysis.pdf)
             outputs = [(kind, dataset, f"{folder}/{kind}.dcm") for kind, dataset in
-                       (("seg", objects.seg), ("sr", objects.sr), ("pdf", objects.pdf))]
+                       analysis.objects.by_kind()]
             for _kind, dataset, rel in outputs:
                 self.store.write(rel, _dicom_bytes(dataset))
             self.store.sync_dirs([self.store.path(folder)])
@@ -292,12 +356,14 @@ class Pipeline:
                             quality_ok=True)
         sr = build_sr(ds, seg, findings, algorithm=self.algorithm, verification=verification,
                       predecessor=predecessor, uid_root=self.settings.uids.root)
-        image = self._pixels(ds)[0]
+        image = decode_for_analysis(ds)[0]
         over = np.asarray(Image.open(self.store.path(result.overlay_path)).convert("RGB"))
         combined = Combined(result.stage, result.probabilities, result.blast_count,
                             result.blast_area_fraction, np.zeros((1, 1, 1), np.uint8),
                             result.quality, result.needs_review)
-        data = self._report_data(ds, patient, study, image, over, combined, result.created_at)
+        data = report_data(ds, image, over, combined, algorithm=self.algorithm,
+                           demonstration_model=self.demonstration_model,
+                           created_at=result.created_at)
         data = dataclasses.replace(
             data, verified_by=name, verified_organization=verification.organization,
             verified_stage=verification.stage.value if hasattr(verification.stage, "value")
@@ -414,21 +480,6 @@ class Pipeline:
         LOGGER.info("job %d: study %s summarised over %d field(s): %s", job.id,
                     study.study_instance_uid, len(staged), stage)
 
-    def _report_data(self, ds: Dataset, patient: Patient, study: Study, image: np.ndarray,
-                     over: np.ndarray, c: Combined, now: dt.datetime) -> ReportData:
-        specimen = ds.get("SpecimenDescriptionSequence")
-        return ReportData(
-            patient_name=patient.name or "(no name)", patient_id=patient.patient_id or "(no id)",
-            image=image, overlay=over, stage=c.stage, probabilities=c.probabilities,
-            blast_count=c.blast_count, blast_area_fraction=min(1.0, c.blast_area_fraction),
-            quality_ok=True, model_name=self.model_name, model_version=self.model_version,
-            demonstration_model=self.demonstration_model, created_at=now,
-            birth_date=patient.birth_date or None, sex=patient.sex or None,
-            accession_number=study.accession_number or None, study_date=study.study_date or None,
-            study_instance_uid=study.study_instance_uid,
-            specimen_id=str(ds.get("ContainerIdentifier", "")) or None,
-            stain=(str(specimen[0].get("SpecimenShortDescription", "")) or None)
-            if specimen else None)
 
     def _queue_deliveries(self, session: Session, result_id: int,
                           outputs: list[tuple[str, Dataset, str]]) -> None:

@@ -46,12 +46,16 @@ class ResultObjects:
     sr: Dataset
     pdf: Dataset | None = None
 
-    def named(self) -> list[tuple[str, Dataset]]:
-        """Return ``(file name, dataset)`` pairs; the file name says which object it is."""
+    def by_kind(self) -> list[tuple[str, Dataset]]:
+        """Return ``(kind, dataset)`` pairs: ``seg``, ``sr`` and, if present, ``pdf``."""
         pairs = [("seg", self.seg), ("sr", self.sr)]
         if self.pdf is not None:
             pairs.append(("pdf", self.pdf))
-        return [(f"{kind}-{ds.SOPInstanceUID}.dcm", ds) for kind, ds in pairs]
+        return pairs
+
+    def named(self) -> list[tuple[str, Dataset]]:
+        """Return ``(file name, dataset)`` pairs; the file name says which object it is."""
+        return [(f"{kind}-{ds.SOPInstanceUID}.dcm", ds) for kind, ds in self.by_kind()]
 
 
 def build_result_objects(
