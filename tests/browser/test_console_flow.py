@@ -55,6 +55,21 @@ def sign_out(driver: Any) -> None:
     wait_for(lambda: "/login" in driver.current_url, what="login page")
 
 
+def _alert(driver: Any) -> Any:
+    from selenium.common.exceptions import NoAlertPresentException
+    try:
+        return driver.switch_to.alert
+    except NoAlertPresentException:
+        return None
+
+
+def _events(console: LiveConsole, action: str) -> list[dict[str, str]]:
+    from bcd_node.db.models import AuditEvent
+    with console.context.session_factory() as session:
+        return [{"object_ref": e.object_ref} for e in session.execute(
+            select(AuditEvent).where(AuditEvent.action == action)).scalars()]
+
+
 def seed_analysis(console: LiveConsole, image: Any, mask: Any) -> int:
     """What the worker would write for the uploaded image: result, mask, overlay and PDF."""
     ctx = console.context
@@ -233,6 +248,12 @@ def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: 
     screenshot("11-statistics")
     browser.get(url + "/admin/users/hopper")
     screenshot("12-admin-user")
+    # Dangerous buttons ask first (app.js); dismissing sends nothing.
+    browser.find_element(By.XPATH, "//button[text()='Disable']").click()
+    alert = wait_for(lambda: _alert(browser), what="confirmation")
+    assert "Disable hopper?" in alert.text
+    alert.dismiss()
+    assert "user:hopper" not in [e["object_ref"] for e in _events(live_console, "user_disable")]
     # No script or style was refused by the CSP on the way.
     errors = [e for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
     assert errors == []
