@@ -59,6 +59,7 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
         IDLE_TIMEOUT_SECONDS=30 * 60,
         LOGIN_RATE_LIMIT=20,            # failed sign-ins per IP ...
         LOGIN_RATE_WINDOW_SECONDS=300,  # ... within this window
+        REGISTER_RATE_LIMIT=5,          # account requests per IP and hour
         UPLOAD_MAX_BYTES=50 * 1024 * 1024,
         MAX_CONTENT_LENGTH=64 * 1024 * 1024,
         WTF_CSRF_TIME_LIMIT=None,  # the token is bound to the session, which expires itself

@@ -142,14 +142,17 @@ def _safe_next(target: str | None) -> str | None:
     return target
 
 
+def _recent(action: str, ip: str, seconds: int) -> int:
+    since = utcnow() - timedelta(seconds=seconds)
+    return db().execute(select(func.count()).select_from(AuditEvent).where(
+        AuditEvent.action == action, AuditEvent.source == ip,
+        AuditEvent.at >= since)).scalar_one()
+
+
 def rate_limited(ip: str) -> bool:
     """Whether ``ip`` has failed to sign in too often within the window."""
     cfg = current_app.config
-    since = utcnow() - timedelta(seconds=cfg["LOGIN_RATE_WINDOW_SECONDS"])
-    failures = db().execute(select(func.count()).select_from(AuditEvent).where(
-        AuditEvent.action == "login_failed", AuditEvent.source == ip,
-        AuditEvent.at >= since)).scalar_one()
-    return failures >= cfg["LOGIN_RATE_LIMIT"]
+    return _recent("login_failed", ip, cfg["LOGIN_RATE_WINDOW_SECONDS"]) >= cfg["LOGIN_RATE_LIMIT"]
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -219,6 +222,9 @@ def register() -> Any:
     form = RegisterForm()
     if form.validate_on_submit():
         session_db = db()
+        if _recent("user_add", client_ip(), 3600) >= current_app.config["REGISTER_RATE_LIMIT"]:
+            flash("Too many account requests from this computer. Try again later.", "error")
+            return render_template("auth/register.html", form=form), 429
         try:
             register_doctor(session_db, form.username.data.strip().lower(), form.password.data,
                             full_name=form.full_name.data.strip(), email=form.email.data.strip(),

@@ -15,17 +15,18 @@ from tests.web.conftest import (ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, log
 
 # Every page of the console with sample arguments; only login and registration are public.
 PAGES = [
-    "/", "/account", "/worklist", "/worklist?status=done", "/studies/1.2.3", "/instances/1/image.png",
-    "/results/1/overlay.png", "/results/1/mask.png", "/results/1/report.pdf", "/patients/",
-    "/patients/1", "/upload", "/admin/users", "/admin/users/admin", "/admin/system",
-    "/admin/statistics", "/admin/audit/", "/admin/audit/export.csv", "/admin/audit/export.json",
+    "/", "/account", "/worklist", "/worklist?status=done", "/studies/1.2.3",
+    "/instances/1/image.png", "/results/1/overlay.png", "/results/1/mask.png",
+    "/results/1/report.pdf", "/patients/", "/patients/1", "/upload", "/admin/users",
+    "/admin/users/admin", "/admin/system", "/admin/statistics", "/admin/audit/",
+    "/admin/audit/export.csv", "/admin/audit/export.json",
 ]
 ADMIN_PAGES = [p for p in PAGES if p.startswith("/admin")]
 POSTS = [
-    "/logout", "/account", "/results/1/verify", "/upload", "/admin/users", "/admin/users/doctor/approve",
-    "/admin/users/doctor/disable", "/admin/users/doctor/role", "/admin/users/doctor/password",
-    "/admin/users/doctor/tokens", "/admin/tokens/1/revoke", "/admin/deliveries/1/retry",
-    "/admin/audit/verify",
+    "/logout", "/account", "/results/1/verify", "/upload", "/admin/users",
+    "/admin/users/doctor/approve", "/admin/users/doctor/disable", "/admin/users/doctor/role",
+    "/admin/users/doctor/password", "/admin/users/doctor/tokens", "/admin/tokens/1/revoke",
+    "/admin/deliveries/1/retry", "/admin/audit/verify",
 ]
 
 
@@ -302,3 +303,12 @@ def test_session_ids_are_stored_hashed(app: Flask, doctor_client: FlaskClient) -
     with app.extensions["bcd_node"].session_factory() as session:
         stored = session.execute(select(WebSession.id)).scalar_one()
     assert stored == session_key(session_id) and stored != session_id
+
+
+def test_registration_is_rate_limited_per_ip(app: Flask, client: FlaskClient) -> None:
+    app.config["REGISTER_RATE_LIMIT"] = 2
+    for i in range(3):
+        data = {"username": f"doc{i}", "full_name": "Dr. X", "email": "x@hospital.example",
+                "password": "a-long-password-1", "confirm": "a-long-password-1"}
+        resp = post_form(client, "/register", "/register", data)
+    assert resp.status_code == 429 and "Too many account requests" in resp.get_data(as_text=True)
