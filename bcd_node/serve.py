@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 from bcd_node.errors import BcdError
 from bcd_node.metrics import Metrics
 from bcd_node.runtime import Component, NodeContext, open_node
-from bcd_node.settings import PROJECT_ROOT, Settings
+from bcd_node.settings import Settings
 from bcd_node.users import ensure_initial_admin
 
 LOGGER = logging.getLogger(__name__)
@@ -195,9 +195,56 @@ def _start_web(context: NodeContext) -> tuple[Component, Stopper]:
         server.close
 
 
-def _bundled_model_present(settings: Settings) -> bool:
-    return settings.model.weights is not None or \
-        (PROJECT_ROOT / "weights" / "manifest.json").is_file()
+def _start_worker_process(context: NodeContext) -> tuple[Component, Stopper]:
+    """``serve``: the worker role in a child process, so inference never holds the listener's
+    interpreter lock; the child ends with its parent (PR_SET_PDEATHSIG)."""
+    import ctypes
+    import subprocess
+
+    settings = context.settings
+    if settings.workers.count == 0:
+        return Component("workers", False, "workers.count = 0 (run `bcd-node worker`)"), \
+            lambda: None
+    context.components["model"] = _model_component(settings)
+    argv = [sys.executable, "-m", "bcd_node.cli"]
+    if settings.source is not None:
+        argv += ["--config", str(settings.source)]
+    argv += ["--log-format", settings.logging.format, "worker"]
+
+    def die_with_parent() -> None:  # runs in the child between fork and exec
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    child = subprocess.Popen(argv, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
+
+    def stop() -> None:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGTERM)  # the child finishes or releases its job
+            try:
+                child.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                LOGGER.error("worker process %d did not stop; killing it", child.pid)
+                os.kill(child.pid, signal.SIGKILL)
+                child.wait(timeout=10)
+
+    return Component("workers", True, f"{settings.workers.count} analysis worker(s) and the "
+                                      f"delivery scheduler in process {child.pid}",
+                     lambda: child.poll() is None), stop
+
+
+def _model_component(settings: Settings) -> Component:
+    """What the manifest says about the model (read without loading it)."""
+    import json
+
+    from bcd_node.inference.loader import resolve_manifest
+
+    path = resolve_manifest(settings.model.weights)
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return Component("model", False, f"cannot read {path}: {exc}")
+    demo = " — demonstration model, not for clinical use" if m.get("demonstration", True) else ""
+    return Component("model", True, f"{m.get('name')} {m.get('version')} "
+                                    f"(width {m.get('width')}){demo}")
 
 
 STARTERS: dict[str, tuple[Callable[[NodeContext], tuple[Component, Stopper]], ...]] = {
@@ -217,6 +264,7 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
     # Started console first and listener last, stopped in reverse: nothing new is accepted
     # while the intake, the workers and the scheduler drain.
     roles = tuple(r for r in ("web", "worker", "scp") if r in set(roles))
+    separate_worker = len(roles) > 1 and "worker" in roles and "scp" in roles
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         # Installed first, so a SIGTERM during start-up also ends in an orderly stop.
@@ -231,10 +279,12 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
         bootstrap_admin(context)
     stoppers: list[Stopper] = []
     try:
-        if "worker" not in roles and not _bundled_model_present(settings):
-            context.components["model"] = Component("model", False, "no weights")
+        if "worker" not in roles:
+            context.components["model"] = _model_component(settings)
         for role in roles:
-            for starter in STARTERS[role]:
+            starters = (_start_worker_process,) if role == "worker" and separate_worker \
+                else STARTERS[role]
+            for starter in starters:
                 component, stopper = starter(context)
                 context.components[component.name] = component
                 stoppers.append(stopper)
@@ -255,7 +305,7 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
 
 
 def serve(settings: Settings, stop: threading.Event | None = None) -> int:
-    """``bcd-node serve``: every role in one process."""
+    """``bcd-node serve``: every role; the workers in a child process it owns."""
     return run(settings, ROLES, stop)
 
 

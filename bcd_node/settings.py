@@ -97,7 +97,7 @@ class WorkerSettings:
 class DeliverySettings:
     """Sending results to the destinations."""
 
-    interval: float = 2.0
+    interval: float = 1.0
     initial_backoff: float = 30.0
     max_backoff: float = 600.0
     max_attempts: int = 10
