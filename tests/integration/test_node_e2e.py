@@ -101,6 +101,9 @@ def test_storescu_to_node_to_orthanc(write_config, tiny_manifest, orthanc, tmp_p
             assert sorted(by_source[uid]) == ["DOC", "SEG", "SR"], by_source[uid]
     finally:
         assert node.stop() == 0
+    log = node.output()
+    assert "analysed" in log and "delivered" in log  # the log tells the story ...
+    assert "Test^Patient" not in log and "PAT-1" not in log  # ... without patient data
 
 
 def test_kill_9_loses_nothing_and_duplicates_nothing(write_config, tiny_manifest, orthanc,
