@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -59,7 +60,8 @@ def dicomize_upload_bytes(data: bytes, filename: str, fields: dict[str, str], *,
 
     A VL Microscopic Image when a specimen (slide) id is given, else a Secondary Capture Image.
 
-    ``fields`` keys: ``patient_id``, ``patient_name`` (required), ``birth_date``, ``sex``,
+    ``fields`` keys: ``patient_id``, ``patient_name`` (required), ``birth_date``, ``age`` (DICOM
+    AS, e.g. ``045Y``), ``sex``,
     ``accession_number``, ``specimen_id``, ``stain``, ``study_description``.
     """
     rgb, lossy = read_image(data, filename)
@@ -81,6 +83,11 @@ def dicomize_upload_bytes(data: bytes, filename: str, fields: dict[str, str], *,
                       uid_root=uid_root, software_version=__version__, lossy_source=lossy)
     except (ValueError, TypeError) as exc:
         raise UploadError(str(exc)) from None
+    age = (fields.get("age") or "").strip()
+    if age:
+        if not re.fullmatch(r"\d{3}[DWMY]", age):
+            raise UploadError(f"age {age!r} must be like 045Y, 006M, 003W or 010D")
+        ds.PatientAge = age
     buffer = DicomBytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -166,6 +166,15 @@ def decode_for_analysis(ds: Dataset) -> list[np.ndarray]:
     return list(frames)
 
 
+def analysed_pixels(path: Path) -> np.ndarray:
+    """The RGB image the pipeline analyses for a stored file (first frame or whole slide)."""
+    try:
+        ds = read_dataset(path)
+    except DicomError as exc:
+        raise PermanentError(f"stored file is not readable: {exc}") from exc
+    return decode_for_analysis(ds)[0]
+
+
 @dataclass(frozen=True)
 class Analysis:
     """Everything made from one image: findings, overlay, and (with a stage) PDF and objects."""

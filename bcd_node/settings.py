@@ -140,6 +140,10 @@ class WebSettings:
 
     host: str = "127.0.0.1"
     port: int = 8080
+    secure_cookies: str = "auto"
+    idle_timeout_minutes: int = 30
+    login_rate_limit: int = 20
+    login_rate_window_seconds: int = 300
 
 
 @dataclass(frozen=True)
@@ -429,6 +433,17 @@ def _validate(s: Settings) -> None:
 
     _check_host("web.host", s.web.host)
     _check_port("web.port", s.web.port)
+    if s.web.secure_cookies not in {"auto", "true", "false"}:
+        raise SettingsError("web.secure_cookies", s.web.secure_cookies,
+                            "must be auto (secure unless listening on loopback), true or false")
+    if not 1 <= s.web.idle_timeout_minutes <= 24 * 60:
+        raise SettingsError("web.idle_timeout_minutes", s.web.idle_timeout_minutes,
+                            "must be 1-1440")
+    if not 1 <= s.web.login_rate_limit <= 10000:
+        raise SettingsError("web.login_rate_limit", s.web.login_rate_limit, "must be 1-10000")
+    if not 1 <= s.web.login_rate_window_seconds <= 86400:
+        raise SettingsError("web.login_rate_window_seconds", s.web.login_rate_window_seconds,
+                            "must be 1-86400")
 
     root = s.uids.root
     if not _UID_ROOT_RE.match(root) or len(root) > 40:

@@ -46,6 +46,7 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
         Flask config overrides for tests.
     """
     app = Flask(__name__)
+    web = context.settings.web
     app.config.update(
         SECRET_KEY=context.secrets.session_key,
         SESSION_COOKIE_NAME="bcd_session",
@@ -53,12 +54,13 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
         SESSION_COOKIE_SAMESITE="Lax",
         # Off only where the console listens on loopback (plain HTTP on the node itself);
         # anywhere else it is reached through TLS, and the cookie must never travel in clear.
-        SESSION_COOKIE_SECURE=not _is_loopback(context.settings.web.host),
+        SESSION_COOKIE_SECURE=(not _is_loopback(web.host) if web.secure_cookies == "auto"
+                               else web.secure_cookies == "true"),
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         REMEMBER_COOKIE_HTTPONLY=True,
-        IDLE_TIMEOUT_SECONDS=30 * 60,
-        LOGIN_RATE_LIMIT=20,            # failed sign-ins per IP ...
-        LOGIN_RATE_WINDOW_SECONDS=300,  # ... within this window
+        IDLE_TIMEOUT_SECONDS=web.idle_timeout_minutes * 60,
+        LOGIN_RATE_LIMIT=web.login_rate_limit,  # failed sign-ins per IP ...
+        LOGIN_RATE_WINDOW_SECONDS=web.login_rate_window_seconds,  # ... within this window
         REGISTER_RATE_LIMIT=5,          # account requests per IP and hour
         UPLOAD_MAX_BYTES=50 * 1024 * 1024,
         MAX_CONTENT_LENGTH=64 * 1024 * 1024,

@@ -21,7 +21,6 @@ from webadmin.forms import STAGES, STATUSES, VerifyForm
 from webadmin.helpers import Page, day_start, page_number, parse_day
 
 bp = Blueprint("worklist", __name__)
-WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 PREVIEW_MAX_SIDE = 4096
 
 
@@ -193,15 +192,10 @@ def _preview_png(instance: Instance) -> Path:
     source = data_file(instance.path)
     from PIL import Image
 
-    # The same pixels the pipeline analyses (first frame, or a whole slide's total matrix), so
-    # that the overlay lines up. TODO(lead): a bcd_node helper, so webadmin needs no dicom import.
-    from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_dataset
-    ds = read_dataset(source)
-    if str(ds.SOPClassUID) == WSI_SOP_CLASS:
-        pixels = assemble_total_pixel_matrix(ds)
-    else:
-        pixels = decode_frames(ds)[0]
-    picture = Image.fromarray(pixels)
+    from bcd_node.pipeline import analysed_pixels
+
+    # The same pixels the pipeline analyses, so that the overlay lines up.
+    picture = Image.fromarray(analysed_pixels(source))
     picture.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")

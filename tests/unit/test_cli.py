@@ -76,3 +76,4 @@ def test_dependency_direction() -> None:
     # bcd_node/serve.py is the composition root of `bcd-node serve`: it alone starts the console.
     assert not {"webadmin", "flask", "flask_login", "flask_wtf"} & _imports(
         "bcd_node", allow=("bcd_node/serve.py",))
+    assert "dicom" not in _imports("webadmin")

@@ -13,7 +13,7 @@ from bcd_node.dicomize_upload import UploadError, dicomize_upload_bytes, read_im
 from tests.support.images import rgb_field
 
 FIELDS = {"patient_id": "P-7", "patient_name": "Doe^Jane", "birth_date": "1970-02-03",
-          "sex": "F"}
+          "sex": "F", "age": "056Y"}
 
 
 def encoded(fmt: str, size: int = 64) -> bytes:
@@ -33,6 +33,7 @@ def test_png_and_jpeg_become_dicom(fmt, extra, sop_class) -> None:
     assert ds.SOPClassUID == sop_class
     assert ds.PatientID == "P-7" and str(ds.PatientName) == "Doe^Jane"
     assert ds.PatientBirthDate == "19700203" and ds.PatientSex == "F"
+    assert ds.PatientAge == "056Y"
     assert ds.SOPInstanceUID.startswith("2.25.")
     assert ds.pixel_array.shape == (64, 64, 3)
 
@@ -43,6 +44,7 @@ def test_png_and_jpeg_become_dicom(fmt, extra, sop_class) -> None:
     (None, {**FIELDS, "patient_id": ""}, "patient ID is required"),
     (None, {**FIELDS, "patient_name": " "}, "patient name is required"),
     (None, {**FIELDS, "birth_date": "31/02/1970"}, "birth"),
+    (None, {**FIELDS, "age": "56 years"}, "age"),
 ])
 def test_bad_uploads_get_readable_messages(data, fields, message) -> None:
     with pytest.raises(UploadError, match=message):
