@@ -230,6 +230,69 @@ def cmd_users_set_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users_approve(args: argparse.Namespace) -> int:
+    """Activate a pending or disabled user."""
+    from bcd_node.users import approve_user
+
+    ctx = _context(args)
+    with ctx.session_factory.begin() as session:
+        approve_user(session, args.username, actor=_cli_actor(), actor_kind="cli")
+    print(f"user {args.username} is active")
+    return 0
+
+
+def cmd_users_role(args: argparse.Namespace) -> int:
+    """Change a user's role."""
+    from bcd_node.users import set_role
+
+    ctx = _context(args)
+    with ctx.session_factory.begin() as session:
+        set_role(session, args.username, args.role, actor=_cli_actor(), actor_kind="cli")
+    print(f"user {args.username} is now {args.role}")
+    return 0
+
+
+def cmd_tokens_issue(args: argparse.Namespace) -> int:
+    """Issue an API token."""
+    from bcd_node.users import issue_token
+
+    ctx = _context(args)
+    with ctx.session_factory.begin() as session:
+        token, text = issue_token(session, args.username, args.name, ctx.secrets.api_token_salt,
+                                  actor=_cli_actor(), actor_kind="cli")
+        token_id = token.id
+    print(f"token {token_id} for {args.username}; shown only now:\n{text}")
+    return 0
+
+
+def cmd_tokens_list(args: argparse.Namespace) -> int:
+    """List API tokens."""
+    from sqlalchemy import select
+
+    from bcd_node.db.models import ApiToken, User
+
+    ctx = _context(args)
+    with ctx.session_factory() as session:
+        rows = session.execute(select(ApiToken, User.username).join(
+            User, ApiToken.user_fk == User.id).order_by(ApiToken.id)).all()
+        print(f"{'ID':>4} {'USER':<20} {'NAME':<20} {'PREFIX':<10} STATE")
+        for token, username in rows:
+            state = "revoked" if token.revoked_at else "active"
+            print(f"{token.id:>4} {username:<20} {token.name:<20} {token.prefix:<10} {state}")
+    return 0
+
+
+def cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    """Revoke an API token."""
+    from bcd_node.users import revoke_token
+
+    ctx = _context(args)
+    with ctx.session_factory.begin() as session:
+        revoke_token(session, args.id, actor=_cli_actor(), actor_kind="cli")
+    print(f"token {args.id} revoked")
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Verify the audit hash chain."""
     from bcd_node.audit import verify_chain
@@ -327,6 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("username")
     pw.add_argument("--password-stdin", action="store_true",
                     help="read the password from the first line of standard input")
+
+    ap = _add(users_sub, "approve", cmd_users_approve,
+              "activate a self-registered (pending) or disabled user")
+    ap.add_argument("username")
+    rl = _add(users_sub, "role", cmd_users_role, "change a user's role (never the last admin's)")
+    rl.add_argument("username")
+    rl.add_argument("--role", choices=("admin", "doctor"), required=True)
+    tok = users_sub.add_parser("tokens", help="API tokens", description="API tokens")
+    tok_sub = tok.add_subparsers(dest="tokens_command", metavar="COMMAND", required=True)
+    ti = _add(tok_sub, "issue", cmd_tokens_issue, "issue a bearer token (printed once)")
+    ti.add_argument("username")
+    ti.add_argument("--name", required=True, help="what the token is for")
+    _add(tok_sub, "list", cmd_tokens_list, "list tokens (never their secret)")
+    tr = _add(tok_sub, "revoke", cmd_tokens_revoke, "revoke a token")
+    tr.add_argument("id", type=int)
 
     aud = sub.add_parser("audit", help="audit log", description="audit log")
     aud_sub = aud.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)

@@ -167,3 +167,31 @@ def test_tampered_audit_row_fails_verify(cfg, capsys, monkeypatch, tamper) -> No
     assert run(cfg, "audit", "verify") == 1
     out = capsys.readouterr().out
     assert "BROKEN" in out
+
+
+def test_approve_role_and_tokens_from_the_command_line(cfg, capsys, monkeypatch) -> None:
+    from bcd_node.db.models import ApiToken
+    from bcd_node.users import find_token, register_doctor
+
+    assert run(cfg, "users", "add", "boss", "--role", "admin", "--password-stdin",
+               stdin="a-strong-password\n", monkeypatch=monkeypatch) == 0
+    ctx = open_node(load_settings(cfg), migrate=False)
+    with ctx.session_factory.begin() as s:
+        register_doctor(s, "dr.new", "another-long-password")
+    assert users(cfg)["dr.new"].state is UserState.PENDING
+    assert run(cfg, "users", "approve", "dr.new") == 0
+    assert users(cfg)["dr.new"].state is UserState.ACTIVE
+    assert run(cfg, "users", "role", "dr.new", "--role", "admin") == 0
+    assert users(cfg)["dr.new"].role.value == "admin"
+    capsys.readouterr()
+    assert run(cfg, "users", "tokens", "issue", "dr.new", "--name", "ris") == 0
+    text = capsys.readouterr().out.strip().splitlines()[-1]
+    with ctx.session_factory() as s:
+        assert find_token(s, ctx.secrets.api_token_salt, text) is not None
+        token_id = s.execute(select(ApiToken.id)).scalar_one()
+    assert run(cfg, "users", "tokens", "list") == 0
+    listing = capsys.readouterr().out
+    assert "ris" in listing and text not in listing
+    assert run(cfg, "users", "tokens", "revoke", str(token_id)) == 0
+    with ctx.session_factory() as s:
+        assert find_token(s, ctx.secrets.api_token_salt, text) is None
