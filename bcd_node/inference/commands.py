@@ -63,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, learning_rate=args.learning_rate,
                          patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
                          augment=not args.no_augment, vgg16_weights=args.vgg16_weights,
-                         name=args.name, version=args.model_version)
+                         name=args.name, version=args.model_version, max_minutes=args.max_minutes)
     tail = getattr(args, "argv_tail", None)
     if tail is None and "train" in sys.argv:
         tail = sys.argv[sys.argv.index("train") + 1:]
@@ -202,6 +202,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--vgg16-weights", dest="vgg16_weights", default=None,
                    help="local VGG16 ImageNet notop weights file (width 1.0 only)")
     p.add_argument("--cache", type=Path, default=None, help="folder for cached arrays (.npz)")
+    p.add_argument("--max-minutes", dest="max_minutes", type=float, default=None,
+                   help="stop after the epoch that passes this wall-time budget")
     p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = automatic")
     p.add_argument("--name", default="bcd-vgg16unet-synthetic")
     p.add_argument("--model-version", dest="model_version", default="1.0.0")

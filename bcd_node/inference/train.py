@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 1
     augment: bool = True
     steps_per_epoch: int | None = None
+    max_minutes: float | None = None
     vgg16_weights: str | None = None
     name: str = "bcd-vgg16unet-synthetic"
     version: str = "1.0.0"
@@ -91,6 +92,22 @@ def augment_batch(images: np.ndarray, masks: np.ndarray,
         out_i[n] = np.clip(x, 0, 255)
         out_m[n] = msk
     return out_i, out_m
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training at the end of the first epoch that ends after ``minutes``."""
+
+    def __init__(self, minutes: float) -> None:
+        super().__init__()
+        self.minutes = minutes
+        self.started = time.time()
+        self.stopped_epoch: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if time.time() - self.started > self.minutes * 60:
+            LOGGER.info("time budget of %.0f min reached after epoch %d", self.minutes, epoch + 1)
+            self.stopped_epoch = epoch + 1
+            self.model.stop_training = True
 
 
 class SmearBatches(keras.utils.PyDataset):
@@ -212,7 +229,13 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
                                       restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                           patience=max(1, cfg.patience // 2)),
+        # The best weights so far survive an interrupted run.
+        keras.callbacks.ModelCheckpoint(str(out_dir / "checkpoint.weights.h5"), monitor="val_loss",
+                                        save_best_only=True, save_weights_only=True),
     ]
+    budget = TimeBudget(cfg.max_minutes) if cfg.max_minutes else None
+    if budget is not None:
+        callbacks.append(budget)
     started = time.time()
     history = model.fit(batches, validation_data=val_data, epochs=cfg.epochs,
                         batch_size=cfg.batch_size, callbacks=callbacks, verbose=2)
@@ -226,6 +249,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     weights_name = f"{cfg.name}-w{cfg.width:g}.weights.h5"
     weights_path = out_dir / weights_name
     model.save_weights(str(weights_path))
+    (out_dir / "checkpoint.weights.h5").unlink(missing_ok=True)
     manifest: dict[str, Any] = {
         "name": cfg.name,
         "version": cfg.version,
@@ -247,8 +271,13 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
             "data": str(data_dir), "fields": len(samples), "train_fields": int(len(tr_y)),
             "val_fields": int(len(va_y)), "seed": cfg.seed, "val_fraction": cfg.val_fraction,
             "epochs_run": len(history.history.get("loss", [])), "epochs_max": cfg.epochs,
+            "best_epoch": int(getattr(callbacks[0], "best_epoch", -1)) + 1,
+            "history": {k: [round(float(v), 5) for v in vals]
+                        for k, vals in history.history.items()},
             "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
             "augment": cfg.augment, "seconds": round(seconds, 1),
+            "max_minutes": cfg.max_minutes,
+            "stopped_by_time_budget": bool(budget is not None and budget.stopped_epoch),
             "vgg16_imagenet": cfg.vgg16_weights is not None, "command": command,
             **cfg.extra,
         },

@@ -69,3 +69,13 @@ def test_train_pipeline_writes_loadable_weights(tiny_set: Path, tmp_path: Path) 
     assert manifest["temperature"] > 0
     loaded = load_model(tmp_path / "manifest.json")
     assert loaded.manifest["sha256"] == manifest["sha256"]
+
+
+def test_time_budget_stops_training() -> None:
+    from bcd_node.inference.train import TimeBudget
+    model = build_vgg16_unet((32, 32, 3), 4, 0.0625)
+    budget = TimeBudget(0.0)
+    budget.set_model(model)
+    model.stop_training = False
+    budget.on_epoch_end(0)
+    assert model.stop_training and budget.stopped_epoch == 1
