@@ -81,27 +81,28 @@ class Combined:
     needs_review: bool
 
 
-def combine(predictions: list[PredictionLike], review_threshold: float) -> Combined:
-    """Merge the per-frame predictions of one instance (mean probabilities, summed blasts)."""
-    masks = np.stack([p.mask if p.mask is not None else np.zeros((1, 1), np.uint8)
-                      for p in predictions]) if all(p.mask is not None for p in predictions) \
-        else None
+def combine(predictions: list[PredictionLike], images: list[np.ndarray],
+            review_threshold: float) -> Combined:
+    """Merge the per-frame predictions of one instance (mean probabilities, summed blasts).
+
+    A frame without a mask (quality insufficient) gets an empty one of its own size.
+    """
+    masks = np.stack([p.mask if p.mask is not None else np.zeros(img.shape[:2], np.uint8)
+                      for p, img in zip(predictions, images)])
     usable = [p for p in predictions if p.stage is not None and p.probabilities]
     quality = predictions[0].quality.as_dict() if len(predictions) == 1 else {
         "status": "ok" if usable else "insufficient",
         "frames": [p.quality.as_dict() for p in predictions]}
     if not usable:
-        shape = predictions[0].mask.shape if predictions[0].mask is not None else (1, 1)
-        return Combined(None, None, 0, 0.0, np.zeros((len(predictions), *shape), np.uint8),
-                        quality, True)
+        return Combined(None, None, 0, 0.0, masks, quality, True)
     names = list(usable[0].probabilities)
     probs = {n: float(np.mean([p.probabilities[n] for p in usable])) for n in names}
     total = sum(probs.values())
     probs = {n: v / total for n, v in probs.items()}
     stage = max(probs, key=probs.get)
     area = float(np.mean([p.blast_area_fraction or 0.0 for p in usable]))
-    return Combined(stage, probs, int(sum(p.blast_count or 0 for p in usable)), area,
-                    masks if masks is not None else np.zeros((1, 1, 1), np.uint8), quality,
+    return Combined(stage, probs, int(sum(p.blast_count or 0 for p in usable)), area, masks,
+                    quality,
                     any(p.needs_review for p in predictions) or probs[stage] < review_threshold)
 
 
@@ -195,7 +196,7 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
     the command line are the ones the node would send.
     """
     images = decode_for_analysis(ds)
-    combined = combine(analyzer.predict(images), review_threshold)
+    combined = combine(analyzer.predict(images), images, review_threshold)
     over = overlay(images[0], combined.masks[0])
     if combined.stage is None:
         return Analysis(images, combined, over, None, None)

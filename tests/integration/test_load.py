@@ -41,7 +41,7 @@ def test_four_associations_times_100_exactly_once(write_config, tiny_manifest, t
         "[delivery]\ninterval = 0.5\ninitial_backoff = 0.5\nmax_backoff = 1.0\n\n"
         '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
         f"port = {orthanc.dicom_port}\n", dicom_port=dicom_port, web_port=web_port)
-    batches = [write_smears(tmp_path / f"a{a}", PER_ASSOCIATION, size=128,
+    batches = [write_smears(tmp_path / f"a{a}", PER_ASSOCIATION,
                             first_seed=1000 * (a + 1), patient_id=f"LOAD-{a}",
                             study_uid=pydicom.uid.generate_uid(prefix="2.25."))
                for a in range(ASSOCIATIONS)]
