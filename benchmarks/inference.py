@@ -41,9 +41,11 @@ import keras  # noqa: E402
 from bcd_node.inference import data as data_mod  # noqa: E402
 from bcd_node.inference.evaluate import evaluate_model  # noqa: E402
 from bcd_node.inference.loader import LoadedModel, load_model  # noqa: E402
-from bcd_node.inference.model import ARCHITECTURE, CLASSES, build_vgg16_unet, count_flops  # noqa: E402
+from bcd_node.inference.model import (ARCHITECTURE, CLASSES, build_vgg16_unet,  # noqa: E402
+                                      count_flops)
 from bcd_node.inference.predictor import Predictor, cpu_flags, gpu_devices  # noqa: E402
-from bcd_node.inference.synth import CLASSES as SYN_CLASSES, generate_field, patient_params  # noqa: E402
+from bcd_node.inference.preprocess import resize  # noqa: E402
+from bcd_node.inference.synth import generate_field, patient_params  # noqa: E402
 
 
 def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -63,15 +65,16 @@ def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
 def test_images(count: int, size: int = 256) -> list[np.ndarray]:
     """Synthetic fields (one patient per field, classes cycling)."""
     rng = np.random.default_rng(123)
-    return [generate_field(10_000 + k, SYN_CLASSES[k % 4], patient_params(rng), size)[0]
+    return [generate_field(10_000 + k, CLASSES[k % 4], patient_params(rng), size)[0]
             for k in range(count)]
 
 
-def full_width_loaded(dtype: str | None) -> LoadedModel:
-    """An untrained full-width model wrapped like a loaded one."""
-    model = build_vgg16_unet((256, 256, 3), len(CLASSES), 1.0, dtype=dtype)
-    manifest = {"name": "vgg16-unet-full-width-untrained", "version": "0", "architecture":
-                ARCHITECTURE, "width": 1.0, "input_shape": [256, 256, 3], "classes": list(CLASSES),
+def untrained_loaded(width: float, dtype: str | None, size: int = 256) -> LoadedModel:
+    """An untrained model at ``size`` × ``size`` wrapped like a loaded one (speed only)."""
+    model = build_vgg16_unet((size, size, 3), len(CLASSES), width, dtype=dtype)
+    manifest = {"name": f"vgg16-unet-w{width:g}-untrained", "version": "0", "architecture":
+                ARCHITECTURE, "width": width, "input_shape": [size, size, 3],
+                "classes": list(CLASSES),
                 "temperature": 1.0, "sha256": "0" * 64, "weights_file": "-", "format": "-"}
     return LoadedModel(model, manifest, 1.0, Path("-"))
 
@@ -91,11 +94,11 @@ def time_model_only(model: Any, images: np.ndarray, batch_size: int) -> float:
     """Images/s of ``predict_on_batch`` alone (no pre/post-processing), for the GFLOP/s figure."""
     x = images[:batch_size].astype(np.float32)
     model.predict_on_batch(x)
-    reps = max(1, len(images) // batch_size)
+    reps = max(2, len(images) // len(x))
     t = time.perf_counter()
     for _ in range(reps):
         model.predict_on_batch(x)
-    return reps * batch_size / (time.perf_counter() - t)
+    return reps * len(x) / (time.perf_counter() - t)
 
 
 def time_naive(model: Any, images: list[np.ndarray]) -> float:
@@ -112,8 +115,11 @@ def bench_config(label: str, loaded: LoadedModel, precision: str, images: list[n
     predictor = Predictor(loaded=loaded, precision=precision, batch_size=batch_size, warm_up=True)
     flops = count_flops(loaded.model)
     batched = time_predictor(predictor, images)
-    model_only = time_model_only(loaded.model, np.stack(images), batch_size)
-    naive = time_naive(loaded.model, images[:naive_count])
+    side = predictor.input_size
+    # The model's own input (the predictor resizes 256-px fields to it when they differ).
+    model_images = [resize(img, (side, side)) for img in images]
+    model_only = time_model_only(loaded.model, np.stack(model_images), batch_size)
+    naive = time_naive(loaded.model, model_images[:naive_count])
     row = {
         "model": label, "width": loaded.manifest["width"], "precision": precision,
         "gflop_per_image": flops / 1e9, "batch_size": batch_size,
@@ -123,7 +129,7 @@ def bench_config(label: str, loaded: LoadedModel, precision: str, images: list[n
         "achieved_gflops": model_only * flops / 1e9,
         "fraction_of_gemm": model_only * flops / 1e9 / gemm,
     }
-    print(f"{label:<10} {precision:<9} {flops / 1e9:8.2f} {batched:9.2f} {naive:9.2f} "
+    print(f"{label:<12} {precision:<9} {flops / 1e9:8.2f} {batched:9.2f} {naive:9.2f} "
           f"{batched / naive:6.2f}x {model_only * flops / 1e9:9.1f} "
           f"{100 * model_only * flops / 1e9 / gemm:6.1f}%", flush=True)
     return row
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     width = bundled.manifest["width"]
     precisions = ["float32"] + ([] if args.skip_bf16 else ["bfloat16"])
     images = test_images(max(args.images, args.full_images))
-    print(f"{'model':<10} {'precision':<9} {'GFLOP/im':>8} {'batched/s':>9} {'naive/s':>9} "
+    print(f"{'model':<12} {'precision':<9} {'GFLOP/im':>8} {'batched/s':>9} {'naive/s':>9} "
           f"{'speed':>7} {'GFLOP/s':>9} {'%GEMM':>7}")
     rows = []
     for precision in precisions:
@@ -187,10 +193,14 @@ def main(argv: list[str] | None = None) -> int:
                                                                    dtype="mixed_bfloat16")
         rows.append(bench_config(f"w{width:g}", loaded, precision, images[:args.images],
                                  args.naive, args.batch_size, gemm))
+        # The bundled width at the full 256 × 256 input (untrained: speed does not need weights).
+        loaded = untrained_loaded(width, None if precision == "float32" else "mixed_bfloat16")
+        rows.append(bench_config(f"w{width:g}@256", loaded, precision, images[:args.images],
+                                 args.naive, args.batch_size, gemm))
     if not args.skip_full:
         for precision in precisions:
-            loaded = full_width_loaded(None if precision == "float32" else "mixed_bfloat16")
-            rows.append(bench_config("w1", loaded, precision, images[:args.full_images],
+            loaded = untrained_loaded(1.0, None if precision == "float32" else "mixed_bfloat16")
+            rows.append(bench_config("w1@256", loaded, precision, images[:args.full_images],
                                      max(2, min(args.naive, args.full_images) // 2),
                                      min(args.batch_size, 8), gemm))
     result: dict[str, Any] = {"environment": env, "gemm_gflops": gemm, "rows": rows}

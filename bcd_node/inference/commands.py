@@ -142,7 +142,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 record["frame"] = index + 1
             if out_dir is not None and result.mask is not None:
                 stem = Path(name).stem + (f"_f{index + 1}" if len(frames) > 1 else "")
-                mask_path, overlay_path = out_dir / f"{stem}_mask.png", out_dir / f"{stem}_overlay.png"
+                mask_path = out_dir / f"{stem}_mask.png"
+                overlay_path = out_dir / f"{stem}_overlay.png"
                 cv2.imwrite(str(mask_path), result.mask * 255)
                 cv2.imwrite(str(overlay_path),
                             cv2.cvtColor(_overlay(frame, result.mask), cv2.COLOR_RGB2BGR))
@@ -181,8 +182,9 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_synth)
 
     p = subparsers.add_parser("train", help="train the VGG16 + U-Net model",
-                              description="Train on a labelled folder (synthetic layout, public ALL "
-                                          "layout Original/ + Segmented/, or class folders).")
+                              description="Train on a labelled folder (synthetic layout, "
+                                          "public ALL layout Original/ + Segmented/, or class "
+                                          "folders).")
     p.add_argument("data", type=Path, help="training data folder (split by patient into train/val)")
     p.add_argument("--out", required=True, type=Path, help="folder for weights + manifest.json")
     p.add_argument("--test", type=Path, default=None, help="held-out test folder to evaluate")
@@ -228,7 +230,10 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the sub-commands without the rest of the CLI (``python -m bcd_node.inference.commands``)."""
+    """Run the sub-commands without the rest of the CLI.
+
+    ``python -m bcd_node.inference.commands synth|train|evaluate|analyze ...``
+    """
     parser = argparse.ArgumentParser(prog="python -m bcd_node.inference.commands")
     parser.add_argument("--config", default=None)
     register(parser.add_subparsers(dest="command", required=True))

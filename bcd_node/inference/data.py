@@ -13,8 +13,8 @@ Three layouts are understood, detected in this order:
 
 Patients: the public set's file names (e.g. ``WBC-Malignant-Early-001.jpg``) carry no patient
 identifier. A ``patients.csv`` (columns file, patient; ``file`` relative to the root) in the root
-gives one; without it every image becomes its own "patient" and a warning says that the split is then
-per image and its metrics are optimistic (fields of one patient may land in train and test).
+gives one; without it every image becomes its own "patient" and a warning says that the split is
+then per image and its metrics are optimistic (fields of one patient may land in train and test).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Folder names of the public set and common spellings → our class names.
 _CLASS_ALIASES = {
     "benign": "Benign", "hematogone": "Benign", "hematogones": "Benign",
-    "early": "Malignant-Early", "malignant-early": "Malignant-Early", "early pre-b": "Malignant-Early",
+    "early": "Malignant-Early", "malignant-early": "Malignant-Early",
+    "early pre-b": "Malignant-Early",
     "pre": "Malignant-Pre", "malignant-pre": "Malignant-Pre", "pre-b": "Malignant-Pre",
     "pro": "Malignant-Pro", "malignant-pro": "Malignant-Pro", "pro-b": "Malignant-Pro",
 }

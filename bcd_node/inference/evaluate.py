@@ -138,7 +138,7 @@ def metrics_report(y_true: np.ndarray, probs: np.ndarray, true_masks: np.ndarray
 
 def predict_arrays(model: Any, images: np.ndarray,
                    batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Run the model over uint8 images in batches; returns raw stage probabilities and mask probs."""
+    """Run the model over uint8 images in batches; return stage and mask probabilities (raw)."""
     stages, masks = [], []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].astype(np.float32)

@@ -2,9 +2,9 @@
 
 A weights file travels with a JSON manifest (``manifest.json`` in the same folder) that names the
 architecture, width, input shape, classes, calibration temperature, training data and seed, metrics,
-and the file's sha256. :func:`load_model` refuses a missing file, a wrong checksum, or a manifest that
-does not describe the architecture, each with its own :class:`WeightsError` subclass. Nothing is
-ever downloaded.
+and the file's sha256. :func:`load_model` refuses a missing file, a wrong checksum, or a manifest
+that does not describe the architecture, each with its own :class:`WeightsError` subclass.
+Nothing is ever downloaded.
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ def _validate(input_shape: Any, num_classes: Any, width: Any) -> tuple[int | Non
     for side in (h, w):
         if side is not None and (not isinstance(side, int) or side < 32 or side % 16):
             raise ValueError(
-                f"input_shape sides must be None or ints >= 32 divisible by 16, got {input_shape!r}")
+                "input_shape sides must be None or ints >= 32 divisible by 16, "
+                f"got {input_shape!r}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 1.0:
@@ -160,7 +161,8 @@ def load_vgg16_notop(model: keras.Model, path: str | Path) -> int:
     model : keras.Model
         A full-width model from :func:`build_vgg16_unet`.
     path : str or pathlib.Path
-        keras.applications weights file (e.g. ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``).
+        keras.applications weights file
+        (e.g. ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``).
 
     Returns
     -------

@@ -125,7 +125,8 @@ def make_tiles(image: np.ndarray, tile: int, overlap: int = 32) -> tuple[np.ndar
         pad = [(0, ph), (0, pw)] + [(0, 0)] * (image.ndim - 2)
         image = np.pad(image, pad, mode="reflect" if min(h, w) > 1 else "edge")
     H, W = image.shape[:2]
-    positions = [(y, x) for y in tile_starts(H, tile, overlap) for x in tile_starts(W, tile, overlap)]
+    positions = [(y, x) for y in tile_starts(H, tile, overlap)
+                 for x in tile_starts(W, tile, overlap)]
     tiles = np.stack([image[y:y + tile, x:x + tile] for y, x in positions])
     return tiles, Tiling((H, W), (h, w), tile, positions)
 

@@ -100,7 +100,8 @@ def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int], amount: int) ->
 
 
 def _free_spot(rng: np.random.Generator, centres: list[tuple[float, float, float]], radius: float,
-               lo: float, hi: float, limit: float | None, middle: float) -> tuple[float, float] | None:
+               lo: float, hi: float, limit: float | None,
+               middle: float) -> tuple[float, float] | None:
     """Rejection-sample a centre that does not overlap the given discs."""
     for _ in range(200):
         x, y = rng.uniform(lo, hi, size=2)

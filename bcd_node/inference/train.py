@@ -2,8 +2,8 @@
 
 :func:`train` is the whole pipeline behind ``bcd-node train``: scan a data set
 (:mod:`bcd_node.inference.data`), split it by patient, train the VGG16 + U-Net with augmentation and
-early stopping on the validation loss, fit a calibration temperature on the validation set, write the
-weights and their manifest, and (optionally) evaluate on a held-out test folder.
+early stopping on the validation loss, fit a calibration temperature on the validation set, write
+the weights and their manifest, and (optionally) evaluate on a held-out test folder.
 """
 
 from __future__ import annotations
@@ -223,7 +223,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     compile_model(model, cfg.learning_rate)
     batches = SmearBatches(tr_x, tr_y, tr_m, cfg.batch_size, cfg.seed, cfg.augment,
                            cfg.steps_per_epoch)
-    val_data = (va_x.astype(np.float32), {"stage": va_y, "mask": va_m[..., None].astype(np.float32)})
+    val_data = (va_x.astype(np.float32),
+                {"stage": va_y, "mask": va_m[..., None].astype(np.float32)})
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                       restore_best_weights=True),

@@ -124,3 +124,11 @@ def test_bundled_model_on_fresh_synthetic_fields() -> None:
     assert accuracy >= 0.7
     benign = [r for r, y in zip(results, labels) if y == "Benign" and r.stage == "Benign"]
     assert all(r.blast_area_fraction < 0.02 for r in benign)
+
+
+@pytest.mark.gpu
+def test_predictor_uses_the_gpu(tiny_loaded: LoadedModel) -> None:
+    if not pr.gpu_devices():
+        pytest.skip("the Keras backend sees no GPU")
+    predictor = pr.Predictor(loaded=tiny_loaded, warm_up=False)
+    assert predictor.gpus and predictor.precision == "bfloat16"
