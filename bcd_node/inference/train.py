@@ -263,6 +263,9 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
         "temperature": temperature,
         "weights_file": weights_name,
         "sha256": sha256_file(weights_path),
+        # Read by the console and the SR: results of a demonstration model say so. Set it to false
+        # only for a model validated for its intended clinical use.
+        "demonstration": True,
         "size_bytes": weights_path.stat().st_size,
         "parameters": int(model.count_params()),
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
