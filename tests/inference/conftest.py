@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -39,7 +38,3 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_loaded(tiny_weights: Path) -> LoadedModel:
     """The tiny model, loaded through the loader."""
     return load_model(tiny_weights)
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
