@@ -99,23 +99,50 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overlay(image: Any, mask: Any) -> Any:
-    import cv2
-    import numpy as np
-    over = image.copy()
-    tint = np.zeros_like(image)
-    tint[..., 0] = 255
-    sel = mask.astype(bool)
-    over[sel] = (0.55 * image[sel] + 0.45 * tint[sel]).astype(np.uint8)
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(over, contours, -1, (255, 255, 0), 1)
-    return over
+def _analyze_to_dicom(args: argparse.Namespace, predictor: Any, name: str) -> int:
+    """Analyse one DICOM file and write the SEG, SR and Encapsulated PDF the node would send."""
+    from bcd_node import __version__
+    from bcd_node.errors import PermanentError
+    from bcd_node.pipeline import analyze_dataset, write_dicom_outputs
+    from dicom.algorithm import Algorithm
+    from dicom.errors import DicomError
+    from dicom.pixels import read_dataset
+
+    info = predictor.model_info
+    settings = getattr(args, "_settings", None)
+    root = settings.uids.root if settings is not None else "2.25"
+    try:
+        ds = read_dataset(name)
+        analysis = analyze_dataset(
+            ds, predictor, algorithm=Algorithm(name=info["name"], version=info["version"],
+                                               software_version=__version__),
+            review_threshold=predictor.review_threshold, uid_root=root,
+            demonstration_model=bool(predictor.manifest.get("demonstration", True)))
+        written = write_dicom_outputs(analysis, Path(args.dicom_out), Path(name).stem)
+    except (DicomError, PermanentError, OSError, ValueError) as exc:
+        message = f"{exc} (--dicom-out needs a DICOM image; `bcd-node import` makes one)" \
+            if isinstance(exc, DicomError) else str(exc)
+        print(json.dumps({"file": name, "error": message}) if args.json
+              else f"{name}: error: {message}")
+        return 1
+    c = analysis.combined
+    record = {"file": name, "stage": c.stage, "probabilities": c.probabilities,
+              "blast_count": c.blast_count, "blast_area_fraction": c.blast_area_fraction,
+              "quality": c.quality, "needs_review": c.needs_review,
+              "dicom_outputs": [str(p) for p in written]}
+    if args.json:
+        print(json.dumps(record))
+    else:
+        outputs = ", ".join(str(p) for p in written) or "none (quality insufficient)"
+        print(f"{name}: {c.stage or 'quality insufficient'}; wrote {outputs}")
+    return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Analyse image files; print one JSON object per file (per frame for multi-frame DICOM)."""
     import cv2
+
+    from bcd_node.pipeline import overlay
     from bcd_node.inference.loader import WeightsError
     from bcd_node.inference.predictor import Predictor, load_image_frames
     try:
@@ -128,6 +155,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
     status = 0
     for name in args.files:
+        if args.dicom_out is not None:
+            status |= _analyze_to_dicom(args, predictor, name)
+            continue
         try:
             frames = load_image_frames(name)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
@@ -146,7 +176,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 overlay_path = out_dir / f"{stem}_overlay.png"
                 cv2.imwrite(str(mask_path), result.mask * 255)
                 cv2.imwrite(str(overlay_path),
-                            cv2.cvtColor(_overlay(frame, result.mask), cv2.COLOR_RGB2BGR))
+                            cv2.cvtColor(overlay(frame, result.mask), cv2.COLOR_RGB2BGR))
                 record["mask_png"], record["overlay_png"] = str(mask_path), str(overlay_path)
             if args.json:
                 print(json.dumps(record))
@@ -224,6 +254,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("files", nargs="+", help="PNG, JPEG or DICOM files")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--out", type=Path, default=None, help="write mask and overlay PNGs here")
+    p.add_argument("--dicom-out", dest="dicom_out", type=Path, default=None,
+                   help="for DICOM inputs: write the SEG, SR and Encapsulated PDF the node would "
+                        "send (FILE-seg.dcm, FILE-sr.dcm, FILE-pdf.dcm) here")
     p.add_argument("--review-threshold", dest="review_threshold", type=float, default=None)
     _predictor_arguments(p)
     p.set_defaults(func=cmd_analyze)

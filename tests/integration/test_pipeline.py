@@ -193,3 +193,29 @@ def test_quiet_study_gets_one_summary_sr_and_pdf(write_config, predictor, tmp_pa
     assert evidence == {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
     pdf = pydicom.dcmread(next(folder.glob("*-pdf.dcm")))
     assert pdf.SOPInstanceUID not in {f.pdf_sop_instance_uid for f in fields}
+
+
+def test_analyze_dicom_out_writes_the_objects_the_node_sends(tmp_path, capsys) -> None:
+    import json
+
+    from bcd_node.cli import main
+
+    manifest = make_weights(tmp_path / "w")
+    [source] = write_smears(tmp_path / "in", 1)
+    png = tmp_path / "plain.png"
+    from PIL import Image
+    Image.new("RGB", (64, 64)).save(png)
+    out = tmp_path / "out"
+    code = main(["analyze", str(source), str(png), "--weights", str(manifest), "--json",
+                 "--dicom-out", str(out), "--precision", "float32"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert code == 1  # the PNG is refused with a message; the DICOM is analysed
+    assert "import" in lines[1]["error"]
+    written = sorted(p.name for p in out.iterdir())
+    assert written == [f"{source.stem}-pdf.dcm", f"{source.stem}-seg.dcm",
+                       f"{source.stem}-sr.dcm"]
+    assert lines[0]["stage"] is not None and len(lines[0]["dicom_outputs"]) == 3
+    for p in out.iterdir():
+        assert_dciodvfy_clean(p)
+    sr = pydicom.dcmread(out / f"{source.stem}-sr.dcm")
+    assert sr.CurrentRequestedProcedureEvidenceSequence  # references its source
