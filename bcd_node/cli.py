@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import json
 import logging
-import os
 import re
 import sys
 from typing import Any, Callable, Sequence
@@ -419,8 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bcd-node``; returns the exit code."""
-    # TensorFlow's C++ start-up chatter is not for an operator's log (errors still show).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

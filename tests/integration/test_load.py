@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pydicom
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from bcd_node.db.models import Delivery, DeliveryState, Instance
+from bcd_node.db.models import Delivery, DeliveryState, Instance, Result
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from tests.conftest import free_port, require_tool
@@ -65,19 +65,37 @@ def test_four_associations_times_100_exactly_once(write_config, tiny_manifest, t
             assert r.returncode == 0, r.stderr[-2000:]
         print(f"\n{ASSOCIATIONS}x{PER_ASSOCIATION} images received in {received:.1f} s "
               f"({len(sources) / received:.0f} images/s) while inference ran")
-        expected = 3 * len(sources) + 2 * ASSOCIATIONS  # SEG+SR+PDF each, summary SR+PDF per study
-        wait_for(lambda: len(orthanc.get("/instances")) >= expected, 2000,
-                 "every output of every acknowledged image at Orthanc")
+        # Every acknowledged image gets a result; the quality gate may refuse a few synthetic
+        # fields (no diagnosis, nothing to send), so the outputs are counted from the results.
+        ctx = open_node(load_settings(cfg), migrate=False)
+
+        def analysed() -> bool:
+            with ctx.session_factory() as s:
+                return s.execute(select(func.count()).select_from(Result).where(
+                    Result.scope == "instance")).scalar_one() == len(sources) and \
+                    s.execute(select(func.count()).select_from(Result).where(
+                        Result.scope == "study")).scalar_one() == ASSOCIATIONS
+
+        wait_for(analysed, 2000, "a result for every acknowledged image and a summary per study")
+        with ctx.session_factory() as s:
+            diagnosed = set(s.execute(select(Instance.sop_instance_uid).join(
+                Result, Result.instance_fk == Instance.id).where(
+                Result.stage.is_not(None))).scalars())
+        expected = 3 * len(diagnosed) + 2 * ASSOCIATIONS  # + summary SR and PDF per study
+        print(f"{len(diagnosed)} of {len(sources)} fields diagnosed, "
+              f"{len(sources) - len(diagnosed)} refused by the quality gate")
+        assert len(diagnosed) >= 0.95 * len(sources)
+        wait_for(lambda: len(orthanc.get("/instances")) >= expected, 600,
+                 "every output of every analysed image at Orthanc")
         time.sleep(3)
         assert len(orthanc.get("/instances")) == expected
         by_source = outputs_by_source(orthanc, sources)
-        assert set(by_source) == sources
+        assert set(by_source) == diagnosed
         bad = {k: v for k, v in by_source.items() if sorted(v) != ["DOC", "SEG", "SR"]}
         assert not bad
     finally:
         node.stop()
         orthanc.cleanup()
-    ctx = open_node(load_settings(cfg), migrate=False)
     with ctx.session_factory() as s:
         assert len(s.execute(select(Instance)).all()) == len(sources)
         rows = s.execute(select(Delivery)).scalars().all()
