@@ -25,6 +25,7 @@ from bcd_node.users import ensure_initial_admin
 
 LOGGER = logging.getLogger(__name__)
 ROLES = ("scp", "worker", "web")
+READY_FD_ENV = "BCD_INTERNAL_READY_FD"
 
 
 class StartupError(BcdError):
@@ -214,7 +215,22 @@ def _start_worker_process(context: NodeContext) -> tuple[Component, Stopper]:
     def die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
-    child = subprocess.Popen(argv, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
+    # The child reports "started" (model loaded, threads running) on a pipe; until then the
+    # workers component is not healthy and /readyz answers 503.
+    read_fd, write_fd = os.pipe()
+    child = subprocess.Popen(argv, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL,
+                             pass_fds=(write_fd,),
+                             env={**os.environ, READY_FD_ENV: str(write_fd)})
+    os.close(write_fd)
+    ready = threading.Event()
+
+    def wait_ready() -> None:
+        with os.fdopen(read_fd, "rb") as pipe:
+            if pipe.read(1):
+                ready.set()
+                LOGGER.info("worker process %d is ready", child.pid)
+
+    threading.Thread(target=wait_ready, name="worker-ready", daemon=True).start()
 
     def stop() -> None:
         if child.poll() is None:
@@ -228,7 +244,7 @@ def _start_worker_process(context: NodeContext) -> tuple[Component, Stopper]:
 
     return Component("workers", True, f"{settings.workers.count} analysis worker(s) and the "
                                       f"delivery scheduler in process {child.pid}",
-                     lambda: child.poll() is None), stop
+                     lambda: ready.is_set() and child.poll() is None), stop
 
 
 def _model_component(settings: Settings) -> Component:
@@ -291,6 +307,7 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
         for component in context.components.values():
             LOGGER.info("%s: %s", component.name, component.describe())
         context.started.set()
+        _tell_parent_ready()
         _notify_ready()
         stop.wait()
     finally:
@@ -307,6 +324,18 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
 def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     """``bcd-node serve``: every role; the workers in a child process it owns."""
     return run(settings, ROLES, stop)
+
+
+def _tell_parent_ready() -> None:
+    """A worker process started by ``serve`` tells its parent that it runs."""
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), b"1")
+        os.close(int(fd))
+    except OSError:
+        LOGGER.warning("could not tell the parent process that the workers are ready")
 
 
 def _notify_ready() -> None:

@@ -24,7 +24,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "bcd-node.toml"
 
 #: Environment variables that start with ``BCD_`` but are not settings.
-RESERVED_ENV = frozenset({"BCD_ADMIN_PASSWORD", "BCD_CONFIG"})
+RESERVED_ENV = frozenset({"BCD_ADMIN_PASSWORD", "BCD_CONFIG", "BCD_INTERNAL_READY_FD"})
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
 _UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")

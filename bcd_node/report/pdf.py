@@ -16,6 +16,7 @@ import datetime as dt
 import io
 import logging
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,21 +176,31 @@ def _check_rgb(name: str, value: object) -> None:
         )
 
 
-def _fonts() -> tuple[str, str]:
-    """Register a Unicode TrueType font (DejaVu, else reportlab's Vera); return (regular, bold)."""
-    if "BcdSans" in pdfmetrics.getRegisteredFontNames():
-        return "BcdSans", "BcdSans-Bold"
-    for regular, bold in _FONT_CANDIDATES:
-        if Path(regular).is_file() and Path(bold).is_file():
-            break
-    else:
-        import reportlab
+_FONT_LOCK = threading.Lock()
 
-        base = Path(reportlab.__file__).parent / "fonts"
-        regular, bold = str(base / "Vera.ttf"), str(base / "VeraBd.ttf")
-    pdfmetrics.registerFont(TTFont("BcdSans", regular))
-    pdfmetrics.registerFont(TTFont("BcdSans-Bold", bold))
-    return "BcdSans", "BcdSans-Bold"
+
+def _fonts() -> tuple[str, str]:
+    """Register a Unicode TrueType font (DejaVu, else reportlab's Vera); return (regular, bold).
+
+    Worker threads render reports at the same time: registration happens once, under a lock,
+    and the bold face is registered before anyone can see the family.
+    """
+    with _FONT_LOCK:
+        if "BcdSans-Bold" in pdfmetrics.getRegisteredFontNames():
+            return "BcdSans", "BcdSans-Bold"
+        for regular, bold in _FONT_CANDIDATES:
+            if Path(regular).is_file() and Path(bold).is_file():
+                break
+        else:
+            import reportlab
+
+            base = Path(reportlab.__file__).parent / "fonts"
+            regular, bold = str(base / "Vera.ttf"), str(base / "VeraBd.ttf")
+        pdfmetrics.registerFont(TTFont("BcdSans", regular))
+        pdfmetrics.registerFont(TTFont("BcdSans-Bold", bold))
+        pdfmetrics.registerFontFamily("BcdSans", normal="BcdSans", bold="BcdSans-Bold",
+                                      italic="BcdSans", boldItalic="BcdSans-Bold")
+        return "BcdSans", "BcdSans-Bold"
 
 
 def _picture(array: np.ndarray, width: float) -> Image:

@@ -71,3 +71,27 @@ def test_quality_insufficient_image_makes_no_diagnosis_and_no_objects() -> None:
                                review_threshold=0.6, uid_root="2.25")
     assert analysis.combined.stage is None and analysis.objects is None and analysis.pdf is None
     assert analysis.overlay.shape == analysis.images[0].shape
+
+
+def test_reports_render_in_parallel_threads() -> None:
+    """Worker threads render at once; the first renders must not race the font set-up."""
+    import subprocess
+    import sys
+    code = '''
+import datetime as dt, numpy as np
+from concurrent.futures import ThreadPoolExecutor
+from bcd_node.report.pdf import ReportData, render_report, STAGES
+img = np.zeros((32, 32, 3), np.uint8)
+data = ReportData(patient_name="Doe^Jane", patient_id="P", image=img, overlay=img,
+                  stage=STAGES[2], probabilities={s: 0.25 for s in STAGES}, blast_count=1,
+                  blast_area_fraction=0.1, quality_ok=True, model_name="m", model_version="1",
+                  demonstration_model=True, created_at=dt.datetime(2026, 1, 1))
+with ThreadPoolExecutor(8) as pool:
+    pdfs = list(pool.map(lambda _: render_report(data), range(8)))
+assert all(p.startswith(b"%PDF") for p in pdfs)
+'''
+    # A fresh interpreter, so the fonts are not registered yet.
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
