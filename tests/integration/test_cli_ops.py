@@ -1,0 +1,58 @@
+"""Operations commands against real peers: send (to DCMTK storescp), status, deliveries retry."""
+
+from __future__ import annotations
+
+import json
+
+import pydicom
+import pytest
+
+from bcd_node.cli import main
+from bcd_node.db.models import Delivery, DeliveryState
+from bcd_node.runtime import open_node
+from bcd_node.settings import load_settings
+from tests.conftest import free_port
+from tests.support.images import write_vl_micro
+from tests.support.peers import StoreScp
+
+pytestmark = pytest.mark.integration
+
+
+def test_send_files_to_a_pacs(tmp_path, capsys, write_config) -> None:
+    pacs = StoreScp(tmp_path / "pacs").start()
+    try:
+        files = write_vl_micro(tmp_path / "in", 2)
+        cfg = write_config()
+        assert main(["--config", str(cfg), "send", *map(str, files),
+                     "--to", f"PACS@127.0.0.1:{pacs.port}"]) == 0
+        out = capsys.readouterr().out
+        assert out.count(": ok") == 2
+        received = {pydicom.dcmread(p).SOPInstanceUID for p in pacs.files()}
+        assert received == {pydicom.dcmread(f).SOPInstanceUID for f in files}
+    finally:
+        pacs.stop()
+    assert main(["--config", str(cfg), "send", str(files[0]),
+                 "--to", f"PACS@127.0.0.1:{free_port()}"]) == 1
+    assert "cannot associate" in capsys.readouterr().err
+    assert main(["--config", str(cfg), "send", str(files[0]), "--to", "nonsense"]) == 1
+
+
+def test_status_and_retry_of_dead_deliveries(tmp_path, capsys, write_config) -> None:
+    cfg = write_config('[[destinations]]\nname = "pacs"\nae_title = "PACS"\n'
+                       'host = "127.0.0.1"\nport = 104\n')
+    ctx = open_node(load_settings(cfg))
+    with ctx.session_factory.begin() as s:
+        for i, state in enumerate((DeliveryState.DEAD, DeliveryState.DEAD, DeliveryState.DONE)):
+            s.add(Delivery(destination="pacs", kind="sr", sop_class_uid="1.2",
+                           sop_instance_uid=f"1.2.3.{i}", path="x", state=state, attempts=10,
+                           last_error="association rejected"))
+    assert main(["--config", str(cfg), "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["deliveries"]["pacs"] == {"dead": 2, "done": 1}
+    assert main(["--config", str(cfg), "status"]) == 0
+    assert "dead 2" in capsys.readouterr().out
+    assert main(["--config", str(cfg), "deliveries", "retry"]) == 0
+    assert "2 deliveries queued again" in capsys.readouterr().out
+    assert main(["--config", str(cfg), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["deliveries"]["pacs"] == {"pending": 2, "done": 1}
+    assert main(["--config", str(cfg), "audit", "verify"]) == 0
