@@ -16,7 +16,6 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from bcd_node import audit
 from bcd_node.db.models import (Instance, Job, JobKind, Patient, Series, Study, utcnow)
-from bcd_node.errors import BcdError, PermanentError, TransientError
+from bcd_node.errors import PermanentError, TransientError
 from bcd_node.runtime import NodeContext
 from bcd_node.storage import StorageFullError, Store
 from dicom.errors import DicomError, UnsupportedDicomError
@@ -373,8 +372,6 @@ def accept_upload(context: NodeContext, data: bytes, filename: str, fields: dict
         else:
             payload = dicomize_upload_bytes(data, filename, fields, uid_root=context.settings.uids.root)
         return intake.accept(payload, source="upload", uploaded_by=uploaded_by)
-    except BcdError:
-        raise
     finally:
         if own:
             intake.stop()
