@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bcd_node import audit
-from bcd_node.db.models import (Instance, Job, JobKind, Patient, Series, Study, utcnow)
+from bcd_node.db.models import (Instance, Job, JobKind, JobState, Patient, Series, Study,
+                                utcnow)
 from bcd_node.errors import PermanentError, TransientError
 from bcd_node.runtime import NodeContext
 from bcd_node.storage import StorageFullError, Store
@@ -108,6 +109,24 @@ def _extract(ds: Dataset) -> dict[str, Any]:
     }
 
 
+# Statements with bound parameters, built once: the committer runs them for every image, and
+# building a statement costs more than running it on SQLite.
+_FIND_PATIENT = select(Patient.id).where(Patient.patient_id == bindparam("patient_id"),
+                                         Patient.issuer == bindparam("issuer"))
+_ADD_PATIENT = insert(Patient.__table__).returning(Patient.__table__.c.id)
+_FIND_STUDY = select(Study.id).where(Study.study_instance_uid == bindparam("uid"))
+_ADD_STUDY = insert(Study.__table__).returning(Study.__table__.c.id)
+_FIND_SERIES = select(Series.id).where(Series.series_instance_uid == bindparam("uid"))
+_ADD_SERIES = insert(Series.__table__).returning(Series.__table__.c.id)
+_FIND_INSTANCE = select(Instance.id, Instance.sha256, Instance.path).where(
+    Instance.sop_instance_uid == bindparam("uid"))
+_ADD_INSTANCE = insert(Instance.__table__).returning(Instance.__table__.c.id)
+_ADD_JOB = insert(Job.__table__).returning(Job.__table__.c.id)
+_TOUCH_STUDY = update(Study.__table__).where(Study.__table__.c.id == bindparam("study_id")) \
+    .values(last_received_at=bindparam("now"), summary_done_at=None,
+            status=case((Study.__table__.c.status == "analysing", "analysing"), else_="queued"))
+
+
 class Intake:
     """Accepts images for one node process; start() before use, stop() at shutdown."""
 
@@ -120,6 +139,8 @@ class Intake:
         self.max_pixels = max_pixels
         self.commit_timeout = commit_timeout
         self._queue: queue.Queue[_Item | None] = queue.Queue()
+        # Committed patient/study/series ids by their keys (only the committer thread uses it).
+        self._ids: dict[tuple[str, ...], int] = {}
         self._thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -232,9 +253,10 @@ class Intake:
             for item in batch:
                 item.future.set_exception(TransientError(f"cannot sync folder: {exc}"))
             return
+        fresh: dict[tuple[str, ...], int] = {}
         try:
             with self.context.session_factory.begin() as session:
-                outcomes = [self._record(session, item) for item in batch]
+                outcomes = [self._record(session, item, fresh) for item in batch]
         except IntegrityError:
             # A concurrent process created the same patient/study/series: redo one by one.
             LOGGER.info("intake batch of %d conflicted; committing items singly", len(batch))
@@ -246,6 +268,7 @@ class Intake:
             for item in batch:
                 item.future.set_exception(TransientError(f"database error: {exc}"))
             return
+        self._remember(fresh)
         for item, outcome in zip(batch, outcomes):
             self._after_commit(item, outcome)
         self.context.wake_workers()
@@ -254,9 +277,10 @@ class Intake:
 
     def _commit_single(self, item: _Item) -> None:
         for attempt in range(3):
+            fresh: dict[tuple[str, ...], int] = {}
             try:
                 with self.context.session_factory.begin() as session:
-                    outcome = self._record(session, item)
+                    outcome = self._record(session, item, fresh)
             except IntegrityError:
                 if attempt == 2:
                     item.future.set_exception(TransientError("database conflict, retry"))
@@ -265,8 +289,14 @@ class Intake:
             except Exception as exc:  # noqa: BLE001
                 item.future.set_exception(TransientError(f"database error: {exc}"))
                 return
+            self._remember(fresh)
             self._after_commit(item, outcome)
             return
+
+    def _remember(self, ids: dict[tuple[str, ...], int]) -> None:
+        if len(self._ids) > 100_000:  # bounded: a long-running node sees many studies
+            self._ids.clear()
+        self._ids.update(ids)
 
     def _after_commit(self, item: _Item, outcome: tuple[Accepted, str | None]) -> None:
         accepted, obsolete = outcome
@@ -274,54 +304,66 @@ class Intake:
             self.store.remove(obsolete)
         item.future.set_result(accepted)
 
-    def _record(self, session: Session, item: _Item) -> tuple[Accepted, str | None]:
+    def _parent_ids(self, session: Session, m: dict[str, Any],
+                    fresh: dict[tuple[str, ...], int]) -> tuple[int, int, int]:
+        """Ids of the patient, study and series of ``m``, created when new.
+
+        Known ids come from a cache (filled only after a commit, so it never holds the id of a
+        rolled-back row); ``fresh`` collects the ones this transaction creates.
+        """
+        def lookup(key: tuple[str, ...], find: Any, find_args: dict[str, Any], add: Any,
+                   row: dict[str, Any]) -> int:
+            found = self._ids.get(key) or fresh.get(key)
+            if found is None:
+                found = session.execute(find, find_args).scalar()
+            if found is None:
+                found = session.execute(add, row).scalar_one()
+            fresh[key] = found
+            return found
+
+        now = utcnow()
+        patient_id = lookup(
+            ("patient", m["patient_id"], m["issuer"]), _FIND_PATIENT,
+            {"patient_id": m["patient_id"], "issuer": m["issuer"]}, _ADD_PATIENT,
+            {"patient_id": m["patient_id"], "issuer": m["issuer"], "name": m["patient_name"],
+             "birth_date": m["birth_date"], "sex": m["sex"], "created_at": now})
+        study_id = lookup(
+            ("study", m["study_instance_uid"]), _FIND_STUDY, {"uid": m["study_instance_uid"]},
+            _ADD_STUDY,
+            {"patient_fk": patient_id, "study_instance_uid": m["study_instance_uid"],
+             "accession_number": m["accession_number"], "study_date": m["study_date"],
+             "study_time": m["study_time"], "description": m["study_description"],
+             "referring_physician": m["referring_physician"], "status": "queued",
+             "last_received_at": now, "created_at": now})
+        series_id = lookup(
+            ("series", m["series_instance_uid"]), _FIND_SERIES,
+            {"uid": m["series_instance_uid"]}, _ADD_SERIES,
+            {"study_fk": study_id, "series_instance_uid": m["series_instance_uid"],
+             "modality": m["modality"], "series_number": m["series_number"],
+             "description": m["series_description"]})
+        return patient_id, study_id, series_id
+
+    def _record(self, session: Session, item: _Item,
+                fresh: dict[tuple[str, ...], int]) -> tuple[Accepted, str | None]:
         """Rows for one image; returns the outcome and a file path that is no longer needed."""
         m = item.meta
         now = utcnow()
-        patient = session.execute(select(Patient).where(
-            Patient.patient_id == m["patient_id"], Patient.issuer == m["issuer"])).scalar_one_or_none()
-        if patient is None:
-            patient = Patient(patient_id=m["patient_id"], issuer=m["issuer"],
-                              name=m["patient_name"], birth_date=m["birth_date"], sex=m["sex"])
-            session.add(patient)
-            session.flush()
-        study = session.execute(select(Study).where(
-            Study.study_instance_uid == m["study_instance_uid"])).scalar_one_or_none()
-        if study is None:
-            study = Study(patient_fk=patient.id, study_instance_uid=m["study_instance_uid"],
-                          accession_number=m["accession_number"], study_date=m["study_date"],
-                          study_time=m["study_time"], description=m["study_description"],
-                          referring_physician=m["referring_physician"])
-            session.add(study)
-            session.flush()
-        series = session.execute(select(Series).where(
-            Series.series_instance_uid == m["series_instance_uid"])).scalar_one_or_none()
-        if series is None:
-            series = Series(study_fk=study.id, series_instance_uid=m["series_instance_uid"],
-                            modality=m["modality"], series_number=m["series_number"],
-                            description=m["series_description"])
-            session.add(series)
-            session.flush()
-
-        inst = session.execute(select(Instance).where(
-            Instance.sop_instance_uid == m["sop_instance_uid"])).scalar_one_or_none()
-        obsolete: str | None = None
-        replaced = False
-        if inst is not None and inst.sha256 == item.sha256:
+        _patient_id, study_id, series_id = self._parent_ids(session, m, fresh)
+        existing = session.execute(_FIND_INSTANCE, {"uid": m["sop_instance_uid"]}).first()
+        if existing is not None and existing.sha256 == item.sha256:
             # Same image again (a PACS retry): acknowledge, keep the first copy, no new job.
-            return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], inst.id, None,
-                             duplicate=True), item.relpath if item.relpath != inst.path else None)
-        if inst is not None:
-            obsolete = inst.path
-            replaced = True
-            inst.series_fk = series.id
-            inst.path = item.relpath
-            inst.sha256 = item.sha256
-            inst.size_bytes = item.size
-            inst.sop_class_uid = m["sop_class_uid"]
-            inst.transfer_syntax_uid = m["transfer_syntax_uid"]
-            inst.rows, inst.columns, inst.frames = m["rows"], m["columns"], m["frames"]
-            inst.received_at = now
+            return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], existing.id, None,
+                             duplicate=True),
+                    item.relpath if item.relpath != existing.path else None)
+        values = dict(series_fk=series_id, sop_class_uid=m["sop_class_uid"],
+                      transfer_syntax_uid=m["transfer_syntax_uid"], path=item.relpath,
+                      sha256=item.sha256, size_bytes=item.size, rows=m["rows"],
+                      columns=m["columns"], frames=m["frames"], received_at=now)
+        obsolete: str | None = None
+        if existing is not None:
+            obsolete = existing.path
+            instance_id = existing.id
+            session.execute(update(Instance).where(Instance.id == instance_id).values(**values))
             audit.record(session, actor=item.calling_ae or item.uploaded_by or "unknown",
                          actor_kind="dicom" if item.source == "dicom" else "user",
                          source=item.peer, action="instance_replaced",
@@ -330,25 +372,18 @@ class Intake:
                          details={"reason": "same SOP Instance UID with different content; "
                                             "re-analysing", "sha256": item.sha256})
         else:
-            inst = Instance(series_fk=series.id, sop_instance_uid=m["sop_instance_uid"],
-                            sop_class_uid=m["sop_class_uid"],
-                            transfer_syntax_uid=m["transfer_syntax_uid"], path=item.relpath,
-                            sha256=item.sha256, size_bytes=item.size, rows=m["rows"],
-                            columns=m["columns"], frames=m["frames"], source=item.source,
-                            calling_ae=item.calling_ae, uploaded_by=item.uploaded_by,
-                            received_at=now)
-            session.add(inst)
-            session.flush()
-        job = Job(kind=JobKind.ANALYZE, instance_fk=inst.id, study_fk=study.id,
-                  max_attempts=self.context.settings.workers.max_attempts)
-        session.add(job)
-        study.last_received_at = now
-        study.summary_done_at = None
-        if study.status not in ("analysing",):
-            study.status = "queued"
-        session.flush()
-        return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], inst.id, job.id,
-                         replaced=replaced), obsolete)
+            instance_id = session.execute(_ADD_INSTANCE, {
+                "sop_instance_uid": m["sop_instance_uid"], "source": item.source,
+                "calling_ae": item.calling_ae, "uploaded_by": item.uploaded_by,
+                **values}).scalar_one()
+        job_id = session.execute(_ADD_JOB, {
+            "kind": JobKind.ANALYZE, "state": JobState.QUEUED, "instance_fk": instance_id,
+            "study_fk": study_id, "result_fk": None, "attempts": 0,
+            "max_attempts": self.context.settings.workers.max_attempts,
+            "next_attempt_at": now, "created_at": now, "updated_at": now}).scalar_one()
+        session.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now})
+        return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], instance_id, job_id,
+                         replaced=existing is not None), obsolete)
 
 
 def accept_upload(context: NodeContext, data: bytes, filename: str, fields: dict[str, str],
