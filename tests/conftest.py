@@ -6,7 +6,7 @@ import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pydicom.config
 import pytest
@@ -70,3 +70,32 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator["PostgresServer"]:
+    """A PostgreSQL server for the whole session, on a free loopback port."""
+    from tests.support.postgres import PostgresServer
+
+    try:
+        server = PostgresServer(free_port())
+    except FileNotFoundError as exc:
+        if IN_CI:
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres) -> Iterator[str]:
+    """A freshly emptied database on the session's PostgreSQL server."""
+    import psycopg
+
+    with psycopg.connect(postgres.admin_dsn, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS bcd WITH (FORCE)")
+        conn.execute("CREATE DATABASE bcd")
+    yield postgres.url

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -13,7 +11,6 @@ from bcd_node.db.models import Job, JobKind, Result, Role
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from bcd_node.users import add_user
-from tests.conftest import IN_CI, free_port
 from tests.web.conftest import ADMIN_PASSWORD, DOCTOR_PASSWORD, login, post_form
 from tests.web.seed import add_analysed_study, seed_worklist
 from webadmin import create_app
@@ -22,29 +19,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 UID = "1.2.826.0.1.3680043.10.1.1"
 
 
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL server on a free loopback port with an empty database."""
-    from tests.support.postgres import PostgresServer
-    try:
-        server = PostgresServer(free_port())
-    except FileNotFoundError as exc:
-        if IN_CI:
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    server.start()
-    try:
-        import psycopg
-        with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS bcd WITH (FORCE)")
-            conn.execute("CREATE DATABASE bcd")
-        yield server.url
-    finally:
-        server.stop()
-
-
-def test_console_on_postgresql(pg_url: str, write_config) -> None:
-    ctx = open_node(load_settings(write_config(database_url=pg_url)))
+def test_console_on_postgresql(postgres_url: str, write_config) -> None:
+    ctx = open_node(load_settings(write_config(database_url=postgres_url)))
     try:
         with ctx.session_factory.begin() as session:
             add_user(session, "admin", ADMIN_PASSWORD, Role.ADMIN)
