@@ -6,7 +6,6 @@ import json
 import shutil
 from collections import Counter
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -20,6 +19,7 @@ from webadmin.auth import admin_required, end_sessions
 from webadmin.charts import bar_chart
 from webadmin.db import audit_event, client_ip, db, node
 from webadmin.forms import STAGES, ActionForm, RoleForm, TokenForm, UserCreateForm
+from webadmin.model_use import manifest_path
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -202,21 +202,11 @@ def token_revoke(token_id: int) -> Any:
 # --------------------------------------------------------------------------- system
 
 
-def _manifest_path(weights: Path | None) -> Path:
-    # The rule of bcd_node.inference.loader.resolve_manifest, without importing TensorFlow.
-    from bcd_node.settings import PROJECT_ROOT
-    if weights is None:
-        return PROJECT_ROOT / "weights" / "manifest.json"
-    if weights.is_dir():
-        return weights / "manifest.json"
-    return weights if weights.suffix.lower() == ".json" else weights.parent / "manifest.json"
-
-
 def _model_info() -> dict[str, Any]:
     component = node().components.get("model")
     info: dict[str, Any] = {"available": bool(component and component.available),
                             "detail": component.describe() if component else "not reported"}
-    manifest = _manifest_path(node().settings.model.weights)
+    manifest = manifest_path(node().settings.model.weights)
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):

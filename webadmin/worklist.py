@@ -19,6 +19,8 @@ from bcd_node.studies import refresh_study
 from webadmin.db import audit_event, db, node
 from webadmin.forms import STAGES, STATUSES, VerifyForm
 from webadmin.helpers import Page, day_start, page_number, parse_day
+from webadmin.model_use import (configured_manifest, demonstration_note,
+                                manifest_is_demonstration, results_banner)
 
 bp = Blueprint("worklist", __name__)
 PREVIEW_MAX_SIDE = 4096
@@ -74,9 +76,12 @@ def index() -> Any:
     page = worklist_page(args, page_number(), current_app.config["PAGE_SIZE"])
     audit_event("view_worklist", details={k: v for k, v in args.items() if v})
     db().commit()
+    manifest = configured_manifest()
     return render_template("worklist/index.html", page=page, args=args, stages=STAGES,
                            statuses=STATUSES,
-                           threshold=node().settings.model.review_threshold)
+                           threshold=node().settings.model.review_threshold,
+                           demo_note=demonstration_note(manifest)
+                           if manifest_is_demonstration(manifest) else None)
 
 
 def _study_or_404(uid: str) -> Study:
@@ -125,11 +130,13 @@ def study(uid: str) -> Any:
                 study_instance_uid=st.study_instance_uid, object_ref=f"study:{st.id}")
     session.commit()
     forms = {r.id: VerifyForm(prefix=f"r{r.id}") for r in results}
+    demonstration, demo_note = results_banner(list(results), configured_manifest())
     return render_template("worklist/study.html", study=st, patient=st.patient,
                            instances=instances, by_instance=by_instance,
                            study_results=by_instance.get(None, []), forms=forms,
                            warnings_for=warnings_for, names=names, stages=STAGES,
-                           can_verify=current_user.role == Role.DOCTOR)
+                           can_verify=current_user.role == Role.DOCTOR,
+                           demonstration=demonstration, demo_note=demo_note)
 
 
 @bp.post("/results/<int:result_id>/verify")
