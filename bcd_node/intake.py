@@ -32,8 +32,11 @@ from bcd_node.runtime import NodeContext
 from bcd_node.storage import StorageFullError, Store
 from dicom.errors import DicomError, UnsupportedDicomError
 from dicom.pixels import inspect_image, iter_frames, read_dataset
+from dicom.sop import NATIVE_TRANSFER_SYNTAXES
 
 LOGGER = logging.getLogger(__name__)
+
+_NATIVE = frozenset(str(uid) for uid in NATIVE_TRANSFER_SYNTAXES)
 
 __all__ = ["Accepted", "Intake", "InvalidImageError", "UnsupportedImageError",
            "SopClassMismatchError", "StorageFullError", "accept_upload"]
@@ -168,25 +171,40 @@ class Intake:
     # ----------------------------------------------------------------- accept
 
     def validate(self, data: bytes, expected_sop_class: str | None = None) -> Dataset:
-        """Read, check and partly decode ``data``; raise the typed error when it is unusable."""
+        """Read, check and partly decode ``data``; raise the typed error when it is unusable.
+
+        Checked before an image is acknowledged: the file structure (every top-level element
+        has its declared length), the SOP class, the attributes the node files the image by
+        (:func:`_extract`), the image pixel module (with the Pixel Data length) and, unless the
+        image is native RGB, the decoding of its first frame. Other
+        values are converted only when the image is analysed (converting all of them costs more
+        than the rest of the C-STORE handler together); a malformed one fails that job with its
+        reason.
+        """
         try:
-            ds = read_dataset(data, max_pixels=self.max_pixels)
+            ds = read_dataset(data, max_pixels=self.max_pixels, convert_all=False)
         except DicomError as exc:
             raise InvalidImageError(str(exc)) from exc
-        sop_class = _text(ds, "SOPClassUID", 64)
+        try:
+            sop_class = _text(ds, "SOPClassUID", 64)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on bad values
+            raise InvalidImageError(f"malformed SOP Class UID: {exc}") from exc
         if expected_sop_class and sop_class != expected_sop_class:
             raise SopClassMismatchError(f"dataset SOP class {sop_class} differs from the "
                                         f"negotiated {expected_sop_class}")
         try:
             info = inspect_image(ds, max_pixels=self.max_pixels)
             # Decoding the first frame proves the codec and the pixel data before we answer.
-            next(iter_frames(ds, max_pixels=self.max_pixels))
+            # Native RGB needs no decoding: inspect_image has checked the Pixel Data length.
+            if not (info.photometric_interpretation == "RGB"
+                    and info.transfer_syntax_uid in _NATIVE):
+                next(iter_frames(ds, max_pixels=self.max_pixels))
         except UnsupportedDicomError as exc:
             raise UnsupportedImageError(str(exc)) from exc
         except DicomError as exc:
             raise InvalidImageError(str(exc)) from exc
-        LOGGER.debug("validated %s: %dx%d, %d frame(s)", ds.get("SOPInstanceUID", "?"),
-                     info.rows, info.columns, info.frames)
+        LOGGER.debug("validated an image: %dx%d, %d frame(s)", info.rows, info.columns,
+                     info.frames)
         return ds
 
     def accept(self, data: bytes, *, source: str = "dicom", calling_ae: str = "",
@@ -206,7 +224,13 @@ class Intake:
             The database did not commit in time.
         """
         ds = dataset if dataset is not None else self.validate(data, expected_sop_class)
-        meta = _extract(ds)
+        try:
+            meta = _extract(ds)
+        except InvalidImageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on bad values
+            raise InvalidImageError(f"malformed identifying attribute: "
+                                    f"{type(exc).__name__}: {exc}") from exc
         self.store.check_space(len(data))
         sha = hashlib.sha256(data).hexdigest()
         relpath = Store.instance_relpath(sha)
@@ -311,13 +335,15 @@ class Intake:
         Known ids come from a cache (filled only after a commit, so it never holds the id of a
         rolled-back row); ``fresh`` collects the ones this transaction creates.
         """
+        conn = session.connection()  # Core execution: the ORM layer costs more than SQLite
+
         def lookup(key: tuple[str, ...], find: Any, find_args: dict[str, Any], add: Any,
                    row: dict[str, Any]) -> int:
             found = self._ids.get(key) or fresh.get(key)
             if found is None:
-                found = session.execute(find, find_args).scalar()
+                found = conn.execute(find, find_args).scalar()
             if found is None:
-                found = session.execute(add, row).scalar_one()
+                found = conn.execute(add, row).scalar_one()
             fresh[key] = found
             return found
 
@@ -349,7 +375,8 @@ class Intake:
         m = item.meta
         now = utcnow()
         _patient_id, study_id, series_id = self._parent_ids(session, m, fresh)
-        existing = session.execute(_FIND_INSTANCE, {"uid": m["sop_instance_uid"]}).first()
+        conn = session.connection()
+        existing = conn.execute(_FIND_INSTANCE, {"uid": m["sop_instance_uid"]}).first()
         if existing is not None and existing.sha256 == item.sha256:
             # Same image again (a PACS retry): acknowledge, keep the first copy, no new job.
             return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], existing.id, None,
@@ -363,7 +390,8 @@ class Intake:
         if existing is not None:
             obsolete = existing.path
             instance_id = existing.id
-            session.execute(update(Instance).where(Instance.id == instance_id).values(**values))
+            conn.execute(update(Instance.__table__).where(Instance.__table__.c.id == instance_id)
+                         .values(**values))
             audit.record(session, actor=item.calling_ae or item.uploaded_by or "unknown",
                          actor_kind="dicom" if item.source == "dicom" else "user",
                          source=item.peer, action="instance_replaced",
@@ -372,16 +400,16 @@ class Intake:
                          details={"reason": "same SOP Instance UID with different content; "
                                             "re-analysing", "sha256": item.sha256})
         else:
-            instance_id = session.execute(_ADD_INSTANCE, {
+            instance_id = conn.execute(_ADD_INSTANCE, {
                 "sop_instance_uid": m["sop_instance_uid"], "source": item.source,
                 "calling_ae": item.calling_ae, "uploaded_by": item.uploaded_by,
                 **values}).scalar_one()
-        job_id = session.execute(_ADD_JOB, {
+        job_id = conn.execute(_ADD_JOB, {
             "kind": JobKind.ANALYZE, "state": JobState.QUEUED, "instance_fk": instance_id,
             "study_fk": study_id, "result_fk": None, "attempts": 0,
             "max_attempts": self.context.settings.workers.max_attempts,
             "next_attempt_at": now, "created_at": now, "updated_at": now}).scalar_one()
-        session.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now})
+        conn.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now})
         return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], instance_id, job_id,
                          replaced=existing is not None), obsolete)
 

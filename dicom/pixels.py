@@ -129,8 +129,17 @@ def _check_elements(ds: Dataset, depth: int = 0) -> None:
     """Refuse short values, convert every element (bad values fail now), bound the nesting."""
     if depth > MAX_SEQUENCE_DEPTH:
         raise DicomDecodeError(f"sequence nesting deeper than {MAX_SEQUENCE_DEPTH} levels")
+    _check_lengths(ds)
     for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _check_elements(item, depth + 1)
+
+
+def _check_lengths(ds: Dataset) -> None:
+    """Refuse a top-level element whose value is shorter than its declared length (truncation)."""
+    for raw in ds._dict.values():
         if (
             isinstance(raw, RawDataElement)
             and raw.length != 0xFFFFFFFF
@@ -138,13 +147,30 @@ def _check_elements(ds: Dataset, depth: int = 0) -> None:
             and len(raw.value) < raw.length
         ):
             raise DicomDecodeError(
-                f"element {tag} declares {raw.length} bytes but the file ends after "
+                f"element {raw.tag} declares {raw.length} bytes but the file ends after "
                 f"{len(raw.value)} (truncated or wrong length)"
             )
-        elem = ds[tag]
-        if elem.VR == "SQ":
-            for item in elem.value:
-                _check_elements(item, depth + 1)
+
+
+_DEFLATED_UID = str(DeflatedExplicitVRLittleEndian).encode("ascii")
+
+
+def _file_meta_bytes(data: bytes) -> bytes | None:
+    """The file meta information of a Part 10 file as its group length gives it; None when the
+    file does not start with a (0002,0000) group length."""
+    if data[128:132] != b"DICM" or data[132:138] != b"\x02\x00\x00\x00UL":
+        return None
+    return data[:144 + int.from_bytes(data[140:144], "little")]
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if not ts:
+        raise DicomDecodeError(
+            "the file meta information has no Transfer Syntax UID (truncated or not Part 10)"
+        )
+    return ts
 
 
 def _inflate_bounded(data: bytes, limit: int) -> None:
@@ -168,6 +194,7 @@ def read_dataset(
     source: str | os.PathLike[str] | bytes | BinaryIO,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    convert_all: bool = True,
 ) -> Dataset:
     """Read a DICOM Part 10 file, refusing anything malformed with a typed error.
 
@@ -178,11 +205,17 @@ def read_dataset(
     max_pixels : int, optional
         Pixel budget; a deflated dataset may inflate to at most about three bytes per pixel of
         it (plus headroom for the header) before it is refused.
+    convert_all : bool, optional
+        Convert every element now, so that any malformed value fails here (default). With
+        ``False`` only the structure is checked (every top-level element has its declared
+        length) and values are converted when they are read: the fast path of the C-STORE
+        handler, which then reads the attributes it needs.
 
     Returns
     -------
     pydicom.dataset.Dataset
-        The dataset, with every element already converted (values validated).
+        The dataset, with every element already converted (values validated) unless
+        ``convert_all`` is false.
 
     Raises
     ------
@@ -216,19 +249,23 @@ def read_dataset(
         raise DecompressionBombError(f"input of {len(data)} bytes exceeds the limit of {max_bytes}")
 
     try:
-        fp = io.BytesIO(data)
-        meta_ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=[(0x0002, 0x0010)])
-        ts = str(meta_ds.file_meta.get("TransferSyntaxUID", ""))
-        if not ts:
-            raise DicomDecodeError(
-                "the file meta information has no Transfer Syntax UID (truncated or not Part 10)"
-            )
-        if ts == str(DeflatedExplicitVRLittleEndian):
-            # pydicom inflates the whole remainder in one call; measure it first, bounded.
-            start = 132 + 12 + int(meta_ds.file_meta.get("FileMetaInformationGroupLength", 0))
-            _inflate_bounded(data[start:], max_pixels * 3 + _DEFLATE_HEADROOM)
+        ts = ""
+        meta_bytes = _file_meta_bytes(data)
+        if meta_bytes is None or _DEFLATED_UID in meta_bytes:
+            # Maybe deflated: pydicom inflates the whole remainder in one call, so read the
+            # file meta first and measure the inflated size, bounded.
+            meta_ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
+                                      specific_tags=[(0x0002, 0x0010)])
+            ts = _transfer_syntax(meta_ds)
+            if ts == str(DeflatedExplicitVRLittleEndian):
+                start = 132 + 12 + int(meta_ds.file_meta.get("FileMetaInformationGroupLength", 0))
+                _inflate_bounded(data[start:], max_pixels * 3 + _DEFLATE_HEADROOM)
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
-        _check_elements(ds)
+        ts = ts or _transfer_syntax(ds)
+        if convert_all:
+            _check_elements(ds)
+        else:
+            _check_lengths(ds)
     except DicomError:
         raise
     except RecursionError as exc:

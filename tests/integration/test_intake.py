@@ -179,6 +179,39 @@ def test_malformed_dataset_gets_c210_and_audit(scp_factory) -> None:
     assert "store_refused" in audit_actions(scp.context)
 
 
+def test_truncated_pixel_data_gets_c210(scp_factory, tmp_path, monkeypatch) -> None:
+    import pynetdicom._config
+    # The file's bytes as they are: its Pixel Data declares more bytes than the file holds.
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+    scp = scp_factory()
+    [path] = write_vl_micro(tmp_path / "whole", 1, first_seed=6)
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(path.read_bytes()[:-1000])
+    assert send_with_pynetdicom(scp.port, cut) in range(0xC210, 0xC220)
+    assert count(scp.context, Instance) == 0
+
+
+def test_malformed_identifying_value_gets_c210_not_a_processing_failure(
+        scp_factory, tmp_path, monkeypatch) -> None:
+    # Values are converted lazily on the fast path; a bad one the node files by must still be
+    # "cannot understand", not 0x0110.
+    import pynetdicom._config
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+    scp = scp_factory()
+    [path] = write_vl_micro(tmp_path / "good", 1, first_seed=7)
+    ds = pydicom.dcmread(path)
+    ds.SeriesNumber = 12
+    ds.save_as(path, enforce_file_format=True)
+    good = b"\x20\x00\x11\x00IS\x02\x0012"
+    data = path.read_bytes()
+    assert data.count(good) == 1
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(data.replace(good, b"\x20\x00\x11\x00IS\x02\x00x1"))
+    assert send_with_pynetdicom(scp.port, bad) in range(0xC210, 0xC220)
+    assert count(scp.context, Instance) == 0
+    assert "store_refused" in audit_actions(scp.context)
+
+
 def test_sop_class_mismatch_gets_a900(scp_factory, tmp_path, monkeypatch) -> None:
     import pynetdicom._config
     # Send the file's bytes as they are, on the context named by its file meta.
