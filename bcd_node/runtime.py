@@ -62,6 +62,8 @@ class NodeContext:
     wake_delivery: Callable[[], None] = lambda: None
     #: Set once every component of the process has started (``/readyz`` waits for it).
     started: threading.Event = field(default_factory=threading.Event)
+    #: Set to ask the process to stop (SIGTERM does; so does a component that cannot go on).
+    stop_requested: threading.Event = field(default_factory=threading.Event)
 
 
 def open_node(settings: Settings, *, migrate: bool = True) -> NodeContext:

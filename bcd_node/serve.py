@@ -60,15 +60,29 @@ def _start_intake(context: NodeContext) -> tuple[Component, Stopper]:
     return Component("intake", True, "durable intake (group commit)"), context.intake.stop
 
 
-def _start_scp(context: NodeContext) -> tuple[Component, Stopper]:
+LISTEN_FD_ENV = "BCD_INTERNAL_LISTEN_FD"
+LISTENERS_ENV = "BCD_INTERNAL_LISTENERS"
+
+
+def listener_process_count(settings: Settings) -> int:
+    """How many processes receive images: ``dicom.listener_processes``, 0 meaning one per CPU
+    core (at most 4)."""
+    n = settings.dicom.listener_processes
+    return n if n > 0 else max(1, min(4, os.cpu_count() or 1))
+
+
+def _scp_setup(context: NodeContext, share: int = 1) -> tuple[Any, list[Any], Any]:
+    """The listener's policy, handlers and TLS context; ``share`` processes split
+    ``max_associations``."""
     from pynetdicom import evt
 
     from bcd_node.scp_handlers import handle_rejected, handle_store
-    from dicom.scp import ScpPolicy, start_scp, storage_contexts, tls_context
+    from dicom.scp import ScpPolicy, storage_contexts, tls_context
 
     d = context.settings.dicom
     policy = ScpPolicy(ae_title=d.ae_title, allowed_calling_aes=d.allowed_calling_aes,
-                       require_called_ae=d.require_called_ae, max_associations=d.max_associations,
+                       require_called_ae=d.require_called_ae,
+                       max_associations=-(-d.max_associations // share),
                        acse_timeout=d.acse_timeout, dimse_timeout=d.dimse_timeout,
                        network_timeout=d.network_timeout, max_pdu=d.max_pdu,
                        storage_contexts=storage_contexts())
@@ -86,6 +100,30 @@ def _start_scp(context: NodeContext) -> tuple[Component, Stopper]:
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot load the TLS certificate/key (dicom.tls_certificate, "
                                f"dicom.tls_private_key): {exc}") from None
+    return policy, handlers, ssl_context
+
+
+def _scp_detail(settings: Settings, tls: bool) -> str:
+    d = settings.dicom
+    return (f"listening on {d.host}:{d.port} as {d.ae_title} (C-ECHO, C-STORE"
+            f"{', TLS' if tls else ''}{', client certificates' if d.tls_client_ca else ''})")
+
+
+def _start_scp(context: NodeContext) -> tuple[Component, Stopper]:
+    from dicom.scp import SharedSocketListener, start_scp
+
+    d = context.settings.dicom
+    inherited = os.environ.pop(LISTEN_FD_ENV, None)
+    if inherited is not None:
+        # A listener process of ``serve``/``scp``: accept on the socket its parent listens on.
+        share = int(os.environ.pop(LISTENERS_ENV, "1"))
+        policy, handlers, ssl_context = _scp_setup(context, share)
+        sock = socket.socket(fileno=int(inherited))
+        listener = SharedSocketListener(policy, sock, handlers, ssl_context,
+                                        on_end=context.stop_requested.set).start()
+        return Component("dicom", True, _scp_detail(context.settings, bool(ssl_context)),
+                         listener.alive), listener.stop
+    policy, handlers, ssl_context = _scp_setup(context)
     try:
         server = start_scp(policy, d.host, d.port, handlers, ssl_context=ssl_context)
     except OSError as exc:
@@ -95,9 +133,104 @@ def _start_scp(context: NodeContext) -> tuple[Component, Stopper]:
     def alive() -> bool:
         return server.socket is not None and server.socket.fileno() >= 0
 
-    detail = (f"listening on {d.host}:{d.port} as {d.ae_title} (C-ECHO, C-STORE"
-              f"{', TLS' if ssl_context else ''}{', client certificates' if d.tls_client_ca else ''})")
-    return Component("dicom", True, detail, alive), server.shutdown
+    return Component("dicom", True, _scp_detail(context.settings, bool(ssl_context)), alive), \
+        server.shutdown
+
+
+class _Child:
+    """A child process of the node that tells when it runs (a pipe) and ends with its parent."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str],
+                 pass_fds: tuple[int, ...] = ()) -> None:
+        import ctypes
+        import subprocess
+
+        def die_with_parent() -> None:  # runs in the child between fork and exec
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PDEATHSIG
+
+        read_fd, write_fd = os.pipe()
+        env = {k: v for k, v in env.items() if k != "NOTIFY_SOCKET"}  # systemd hears the parent
+        self.name = name
+        self.ready = threading.Event()
+        self.process = subprocess.Popen(argv, preexec_fn=die_with_parent,
+                                        stdin=subprocess.DEVNULL,
+                                        pass_fds=(write_fd, *pass_fds),
+                                        env={**env, READY_FD_ENV: str(write_fd)})
+        os.close(write_fd)
+        threading.Thread(target=self._wait_ready, args=(read_fd,), name=f"{name}-ready",
+                         daemon=True).start()
+
+    def _wait_ready(self, read_fd: int) -> None:
+        with os.fdopen(read_fd, "rb") as pipe:
+            if pipe.read(1):
+                self.ready.set()
+                LOGGER.info("%s process %d is ready", self.name, self.process.pid)
+
+    def running(self) -> bool:
+        return self.ready.is_set() and self.process.poll() is None
+
+    def stop(self, timeout: float = 120.0) -> None:
+        import subprocess
+
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)  # the child finishes its work in hand
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                LOGGER.error("%s process %d did not stop; killing it", self.name,
+                             self.process.pid)
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+def _child_argv(settings: Settings, role: str) -> list[str]:
+    argv = [sys.executable, "-m", "bcd_node.cli"]
+    if settings.source is not None:
+        argv += ["--config", str(settings.source)]
+    return argv + ["--log-format", settings.logging.format, role]
+
+
+def _start_listener_processes(context: NodeContext) -> tuple[Component, Stopper]:
+    """Several processes accept on one listening socket (made here, inherited by each), each
+    with its own durable intake, so that concurrent associations use every core. A listener
+    process that dies is started again."""
+    from dicom.scp import listening_socket, stop_accepting
+
+    settings = context.settings
+    d = settings.dicom
+    count = listener_process_count(settings)
+    _, _, ssl_context = _scp_setup(context)  # a bad certificate stops start-up here
+    try:
+        sock = listening_socket(d.host, d.port)
+    except OSError as exc:
+        raise StartupError(f"cannot listen for DICOM on {d.host}:{d.port} (dicom.host/dicom.port): "
+                           f"{exc.strerror or exc}") from None
+    argv = _child_argv(settings, "scp")
+    env = {**os.environ, LISTEN_FD_ENV: str(sock.fileno()), LISTENERS_ENV: str(count)}
+    stopping = threading.Event()
+    children = [_Child(f"listener-{i}", argv, env, (sock.fileno(),)) for i in range(count)]
+
+    def supervise() -> None:
+        while not stopping.wait(1.0):
+            for i, child in enumerate(children):
+                code = child.process.poll()
+                if code is not None and not stopping.is_set():
+                    LOGGER.error("DICOM listener process %d ended (exit code %s); starting "
+                                 "another", child.process.pid, code)
+                    children[i] = _Child(f"listener-{i}", argv, env, (sock.fileno(),))
+
+    threading.Thread(target=supervise, name="listener-supervisor", daemon=True).start()
+
+    def stop() -> None:
+        stopping.set()
+        stop_accepting(sock)  # every listener process stops accepting at once
+        for child in children:
+            child.stop()
+        sock.close()
+
+    detail = f"{_scp_detail(settings, bool(ssl_context))} in {count} processes"
+    return Component("dicom", True, detail,
+                     lambda: all(child.running() for child in children)), stop
 
 
 def _start_workers(context: NodeContext) -> tuple[Component, Stopper]:
@@ -199,52 +332,17 @@ def _start_web(context: NodeContext) -> tuple[Component, Stopper]:
 def _start_worker_process(context: NodeContext) -> tuple[Component, Stopper]:
     """``serve``: the worker role in a child process, so inference never holds the listener's
     interpreter lock; the child ends with its parent (PR_SET_PDEATHSIG)."""
-    import ctypes
-    import subprocess
-
     settings = context.settings
     if settings.workers.count == 0:
         return Component("workers", False, "workers.count = 0 (run `bcd-node worker`)"), \
             lambda: None
     context.components["model"] = _model_component(settings)
-    argv = [sys.executable, "-m", "bcd_node.cli"]
-    if settings.source is not None:
-        argv += ["--config", str(settings.source)]
-    argv += ["--log-format", settings.logging.format, "worker"]
-
-    def die_with_parent() -> None:  # runs in the child between fork and exec
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
     # The child reports "started" (model loaded, threads running) on a pipe; until then the
     # workers component is not healthy and /readyz answers 503.
-    read_fd, write_fd = os.pipe()
-    child = subprocess.Popen(argv, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL,
-                             pass_fds=(write_fd,),
-                             env={**os.environ, READY_FD_ENV: str(write_fd)})
-    os.close(write_fd)
-    ready = threading.Event()
-
-    def wait_ready() -> None:
-        with os.fdopen(read_fd, "rb") as pipe:
-            if pipe.read(1):
-                ready.set()
-                LOGGER.info("worker process %d is ready", child.pid)
-
-    threading.Thread(target=wait_ready, name="worker-ready", daemon=True).start()
-
-    def stop() -> None:
-        if child.poll() is None:
-            os.kill(child.pid, signal.SIGTERM)  # the child finishes or releases its job
-            try:
-                child.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                LOGGER.error("worker process %d did not stop; killing it", child.pid)
-                os.kill(child.pid, signal.SIGKILL)
-                child.wait(timeout=10)
-
+    child = _Child("worker", _child_argv(settings, "worker"), dict(os.environ))
     return Component("workers", True, f"{settings.workers.count} analysis worker(s) and the "
-                                      f"delivery scheduler in process {child.pid}",
-                     lambda: ready.is_set() and child.poll() is None), stop
+                                      f"delivery scheduler in process {child.process.pid}",
+                     child.running), child.stop
 
 
 def _model_component(settings: Settings) -> Component:
@@ -290,16 +388,32 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     context = open_node(settings, migrate=True)
+    context.stop_requested = stop
     context.metrics = Metrics(context)
+    # Child processes (listeners, workers) write their counters here; the process that serves
+    # /metrics adds them up.
+    metrics_dir = settings.storage.data_dir / "run" / "metrics"
+    stoppers_first: list[Stopper] = []
+    if READY_FD_ENV in os.environ:
+        stoppers_first.append(context.metrics.export_to(metrics_dir))
+    elif "web" in roles:
+        Metrics.clear_snapshots(metrics_dir)
+        context.metrics.merge_from(metrics_dir)
     if "web" in roles:
         bootstrap_admin(context)
-    stoppers: list[Stopper] = []
+    stoppers: list[Stopper] = stoppers_first
     try:
         if "worker" not in roles:
             context.components["model"] = _model_component(settings)
+        listener_processes = "scp" in roles and LISTEN_FD_ENV not in os.environ \
+            and listener_process_count(settings) > 1
         for role in roles:
-            starters = (_start_worker_process,) if role == "worker" and separate_worker \
-                else STARTERS[role]
+            starters = STARTERS[role]
+            if role == "worker" and separate_worker:
+                starters = (_start_worker_process,)
+            elif role == "scp" and listener_processes:
+                # This process keeps an intake for console uploads.
+                starters = (_start_intake, _start_listener_processes)
             for starter in starters:
                 component, stopper = starter(context)
                 context.components[component.name] = component
@@ -308,7 +422,8 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
             LOGGER.info("%s: %s", component.name, component.describe())
         context.started.set()
         _tell_parent_ready()
-        _notify_ready()
+        threading.Thread(target=_notify_when_healthy, args=(context, stop),
+                         name="notify-ready", daemon=True).start()
         stop.wait()
     finally:
         for stopper in reversed(stoppers):
@@ -336,6 +451,17 @@ def _tell_parent_ready() -> None:
         os.close(int(fd))
     except OSError:
         LOGGER.warning("could not tell the parent process that the workers are ready")
+
+
+def _notify_when_healthy(context: NodeContext, stop: threading.Event) -> None:
+    """Tell systemd READY=1 once every available component is healthy (child processes
+    included: the model is loaded, every listener accepts)."""
+    while not stop.is_set():
+        if all(c.healthy() for c in context.components.values() if c.available):
+            LOGGER.info("ready")
+            _notify_ready()
+            return
+        stop.wait(0.2)
 
 
 def _notify_ready() -> None:

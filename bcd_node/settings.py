@@ -24,7 +24,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "bcd-node.toml"
 
 #: Environment variables that start with ``BCD_`` but are not settings.
-RESERVED_ENV = frozenset({"BCD_ADMIN_PASSWORD", "BCD_CONFIG", "BCD_INTERNAL_READY_FD"})
+RESERVED_ENV = frozenset({"BCD_ADMIN_PASSWORD", "BCD_CONFIG", "BCD_INTERNAL_READY_FD",
+                          "BCD_INTERNAL_LISTEN_FD", "BCD_INTERNAL_LISTENERS"})
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
 _UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -61,6 +62,7 @@ class DicomSettings:
     allowed_calling_aes: tuple[str, ...] = ()
     require_called_ae: bool = True
     max_associations: int = 10
+    listener_processes: int = 0
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
@@ -357,6 +359,9 @@ def _validate(s: Settings) -> None:
         _check_ae(f"dicom.allowed_calling_aes[{i}]", ae)
     if not 1 <= d.max_associations <= 1000:
         raise SettingsError("dicom.max_associations", d.max_associations, "must be 1-1000")
+    if not 0 <= d.listener_processes <= 64:
+        raise SettingsError("dicom.listener_processes", d.listener_processes,
+                            "must be 0 (one per CPU core, at most 4) to 64")
     for name in ("acse_timeout", "dimse_timeout", "network_timeout"):
         value = getattr(d, name)
         if not 0 < value <= 3600:

@@ -136,3 +136,112 @@ def start_scp(policy: ScpPolicy, host: str, port: int, handlers: Sequence[Handle
     LOGGER.info("DICOM listener %s on %s:%d%s", policy.ae_title, host, port,
                 " (TLS)" if ssl_context else "")
     return server
+
+
+class _NoBindServer(HardenedServer):
+    """A :class:`HardenedServer` that serves connections accepted elsewhere (no socket of its
+    own)."""
+
+    def server_bind(self) -> None:
+        pass
+
+    def server_activate(self) -> None:
+        pass
+
+
+class SharedSocketListener:
+    """Serves associations accepted from a listening socket shared with other processes.
+
+    Every process that shares the socket blocks in ``accept()``; the kernel hands each new
+    connection to one of them, in turn. Stop accepting in every process at once by shutting
+    the shared socket down (:func:`stop_accepting`); :meth:`stop` then ends this process's own
+    accept thread and releases its copy of the socket.
+    """
+
+    def __init__(self, policy: ScpPolicy, sock: socket.socket, handlers: Sequence[Handler] = (),
+                 ssl_context: ssl.SSLContext | None = None,
+                 on_end: Callable[[], None] | None = None) -> None:
+        self.on_end = on_end
+        self.ae = build_ae(policy)
+        self.sock = sock
+        self.sock.setblocking(True)
+        host, port = sock.getsockname()[:2]
+        self.server = self.ae.make_server((host, port), ssl_context=ssl_context,
+                                          evt_handlers=[(evt.EVT_C_ECHO, handle_echo), *handlers],
+                                          server_class=_NoBindServer)
+        self.server.socket.close()  # the unbound socket socketserver made; never used
+        self.server.socket = sock
+        self._thread = threading.Thread(target=self._accept_loop, name=f"dicom-accept-{port}",
+                                        daemon=True)
+        self._stopped = threading.Event()
+
+    def start(self) -> SharedSocketListener:
+        self._thread.start()
+        return self
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _accept_loop(self) -> None:
+        ssl_context = self.server.ssl_context
+        while not self._stopped.is_set():
+            try:
+                client, address = self.sock.accept()
+            except OSError:
+                # EINVAL once the shared socket is shut down; anything else ends this process's
+                # accepting too (its parent sees the listener die and says so).
+                if not self._stopped.is_set():
+                    LOGGER.info("the shared DICOM socket stopped accepting")
+                break
+            if self._stopped.is_set():
+                client.close()
+                break
+            if ssl_context:
+                client = ssl_context.wrap_socket(client, server_side=True,
+                                                 do_handshake_on_connect=False)
+            try:
+                self.server.process_request(client, address)
+            except Exception:  # noqa: BLE001 - one bad connection must not end accepting
+                LOGGER.exception("cannot start serving a connection from %s", address)
+                self.server.shutdown_request(client)
+        if self.on_end is not None:
+            self.on_end()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting, let running associations finish for up to ``timeout`` seconds."""
+        self._stopped.set()
+        stop_accepting(self.sock)
+        self._thread.join(timeout=5)
+        deadline = threading.Event()
+        waited = 0.0
+        while self.server.active_associations and waited < timeout:
+            deadline.wait(0.1)
+            waited += 0.1
+        for assoc in self.server.active_associations:
+            assoc.abort()
+        self.sock.close()
+
+
+def stop_accepting(sock: socket.socket) -> None:
+    """Make a (possibly shared) listening socket refuse new connections and wake its
+    ``accept()`` callers."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def listening_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """A bound, listening, blocking TCP socket that child processes can inherit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+

@@ -19,7 +19,7 @@ from typing import Any
 
 import bcd_node
 from bcd_node.errors import PermanentError
-from bcd_node.inference.model import ARCHITECTURE, CLASSES, build_vgg16_unet
+from bcd_node.inference.spec import ARCHITECTURE, CLASSES
 
 LOGGER = logging.getLogger(__name__)
 
@@ -199,6 +199,8 @@ def load_model(weights: str | Path | None = None, dtype: str | None = None) -> L
     if digest != manifest["sha256"]:
         raise ChecksumError(f"{weights_path}: sha256 {digest} differs from the manifest's "
                             f"{manifest['sha256']}")
+    from bcd_node.inference.model import build_vgg16_unet  # Keras: only when a model is built
+
     model = build_vgg16_unet(tuple(manifest["input_shape"]), len(manifest["classes"]),
                              float(manifest["width"]), dtype=dtype)
     try:

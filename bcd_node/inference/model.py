@@ -18,10 +18,9 @@ from typing import Any
 import keras
 from keras import layers
 
-LOGGER = logging.getLogger(__name__)
+from bcd_node.inference.spec import ARCHITECTURE, CLASSES  # noqa: F401 - CLASSES re-exported
 
-CLASSES: tuple[str, ...] = ("Benign", "Malignant-Early", "Malignant-Pre", "Malignant-Pro")
-ARCHITECTURE = "vgg16-unet"
+LOGGER = logging.getLogger(__name__)
 
 # (block, convolutions, filters at width 1.0) — keras.applications.VGG16.
 VGG16_BLOCKS: tuple[tuple[int, int, int], ...] = (

@@ -143,8 +143,16 @@ def test_metrics_count_received_images(write_config, tmp_path) -> None:
                                *map(str, files)], capture_output=True,
                               env={**os.environ, "TCP_NODELAY": "1"}, timeout=60)
         assert done.returncode == 0
-        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as r:
-            text = r.read().decode()
+        # The listener processes write their counters every second; the parent adds them up.
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics",
+                                        timeout=5) as r:
+                text = r.read().decode()
+            if 'bcd_images_received_total{source="dicom"} 3.0' in text \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
         assert 'bcd_images_received_total{source="dicom"} 3.0' in text
         assert 'bcd_jobs{state="queued"} 3.0' in text
         assert "bcd_store_handler_seconds_count 3.0" in text

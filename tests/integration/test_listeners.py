@@ -1,0 +1,174 @@
+"""Listener processes of `bcd-node serve`: one port, several processes, each with its own intake;
+a dead one is replaced; SIGTERM ends them all; systemd hears READY=1 only when all run."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from bcd_node.db.models import Instance, Job
+from tests.conftest import free_port, require_tool
+from tests.integration.test_serve import BCD_NODE, Node
+from tests.support.images import write_vl_micro
+
+pytestmark = pytest.mark.integration
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def children(pid: int) -> list[int]:
+    """PIDs of the direct children of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def listener_pids(node: Node) -> list[int]:
+    pids = []
+    for pid in children(node.proc.pid):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if b"BCD_INTERNAL_LISTEN_FD=" in environ:
+            pids.append(pid)
+    return sorted(pids)
+
+
+def push(port: int, files: list[Path], associations: int) -> None:
+    storescu = require_tool("storescu")
+
+    def one(chunk: list[Path]) -> subprocess.CompletedProcess:
+        return subprocess.run([storescu, "-aet", "SCANNER", "-aec", "BCD_NODE", "127.0.0.1",
+                               str(port), *map(str, chunk)], capture_output=True, text=True,
+                              env=ENV, timeout=120)
+
+    with ThreadPoolExecutor(associations) as pool:
+        done = list(pool.map(one, [files[i::associations] for i in range(associations)]))
+    for d in done:
+        assert d.returncode == 0, d.stderr[-2000:]
+
+
+def db_counts(data_dir: Path) -> tuple[int, int]:
+    engine = create_engine(f"sqlite:///{data_dir / 'bcd-node.db'}")
+    try:
+        with engine.connect() as conn:
+            return (conn.execute(select(func.count()).select_from(Instance)).scalar_one(),
+                    conn.execute(select(func.count()).select_from(Job)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def wait_ready(web_port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError("not ready again") from None
+            time.sleep(0.2)
+
+
+def test_listener_processes_share_the_port_and_each_commits(write_config, tmp_path) -> None:
+    dicom_port, web_port = free_port(), free_port()
+    config = write_config("[workers]\ncount = 0\n", dicom_port=dicom_port, web_port=web_port)
+    config.write_text(config.read_text().replace("[dicom]\n", "[dicom]\nlistener_processes = 3\n"))
+    data_dir = tmp_path / "data"
+    node = Node(config)
+    try:
+        node.start(web_port)
+        pids = listener_pids(node)
+        assert len(pids) == 3, node.output()
+        files = write_vl_micro(tmp_path / "in", 24)
+        push(dicom_port, files, associations=6)
+        assert db_counts(data_dir) == (24, 24)
+        # The kernel hands connections to the waiting processes in turn: all of them served
+        # (each process's own counter, from the snapshot it writes every second).
+        deadline = time.monotonic() + 10
+        served: dict[int, float] = {}
+        while time.monotonic() < deadline:
+            served = {pid: _received(data_dir / "run" / "metrics" / f"{pid}.prom")
+                      for pid in pids}
+            if sum(served.values()) == 24:
+                break
+            time.sleep(0.3)
+        assert sum(served.values()) == 24 and all(n > 0 for n in served.values()), served
+    finally:
+        assert node.stop() == 0, node.output()
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "listeners left running"
+
+
+def _received(path: Path) -> float:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines
+               if line.startswith('bcd_images_received_total{source="dicom"}'))
+
+
+def test_a_killed_listener_process_is_replaced(write_config, tmp_path) -> None:
+    dicom_port, web_port = free_port(), free_port()
+    config = write_config("[workers]\ncount = 0\n", dicom_port=dicom_port, web_port=web_port)
+    config.write_text(config.read_text().replace("[dicom]\n", "[dicom]\nlistener_processes = 2\n"))
+    node = Node(config)
+    try:
+        node.start(web_port)
+        before = listener_pids(node)
+        assert len(before) == 2
+        os.kill(before[0], 9)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            after = listener_pids(node)
+            if len(after) == 2 and before[0] not in after:
+                break
+            time.sleep(0.2)
+        assert len(after) == 2 and before[0] not in after and before[1] in after, node.output()
+        wait_ready(web_port)
+        # Every association is served again (several, so both processes take some).
+        push(dicom_port, write_vl_micro(tmp_path / "in", 4), associations=4)
+        assert "ended (exit code -9); starting another" in node.output()
+    finally:
+        assert node.stop() == 0, node.output()
+
+
+def test_systemd_hears_ready_only_when_every_process_runs(write_config, tmp_path) -> None:
+    """READY=1 comes after the worker process has loaded the model and the listeners accept."""
+    dicom_port, web_port = free_port(), free_port()
+    config = write_config(dicom_port=dicom_port, web_port=web_port)
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(120)
+        node = Node(config, env={"NOTIFY_SOCKET": address})
+        node.proc = subprocess.Popen([str(BCD_NODE), "--config", str(config), "serve"],
+                                     stdout=open(node.log, "wb"), stderr=subprocess.STDOUT,
+                                     env=node.env)
+        try:
+            message, _ = sock.recvfrom(256)
+            assert message == b"READY=1"
+            # At that moment the node is ready, model and listeners included.
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=5) as r:
+                assert r.status == 200
+            sock.settimeout(1)
+            with pytest.raises(TimeoutError):  # only the parent talks to systemd, once
+                sock.recvfrom(256)
+        finally:
+            assert node.stop() == 0, node.output()
+
