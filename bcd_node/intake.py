@@ -9,15 +9,18 @@ associations cost one WAL fsync instead of N. The caller waits for its own item'
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pydicom.dataset import Dataset
 from sqlalchemy import bindparam, case, insert, select, update
@@ -116,15 +119,24 @@ def _extract(ds: Dataset) -> dict[str, Any]:
 # building a statement costs more than running it on SQLite.
 _FIND_PATIENT = select(Patient.id).where(Patient.patient_id == bindparam("patient_id"),
                                          Patient.issuer == bindparam("issuer"))
-_ADD_PATIENT = insert(Patient.__table__).returning(Patient.__table__.c.id)
 _FIND_STUDY = select(Study.id).where(Study.study_instance_uid == bindparam("uid"))
-_ADD_STUDY = insert(Study.__table__).returning(Study.__table__.c.id)
 _FIND_SERIES = select(Series.id).where(Series.series_instance_uid == bindparam("uid"))
-_ADD_SERIES = insert(Series.__table__).returning(Series.__table__.c.id)
 _FIND_INSTANCE = select(Instance.id, Instance.sha256, Instance.path).where(
     Instance.sop_instance_uid == bindparam("uid"))
-_ADD_INSTANCE = insert(Instance.__table__).returning(Instance.__table__.c.id)
 _ADD_JOB = insert(Job.__table__).returning(Job.__table__.c.id)
+
+
+def _insert_new(dialect: str, table: Any, *keys: str) -> Any:
+    """INSERT ... ON CONFLICT (keys) DO NOTHING RETURNING id: the new row's id, or no row when
+    one with the same keys exists (one statement instead of a lookup and an insert)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:
+        raise ValueError(f"no intake statements for the {dialect} database")
+    return dialect_insert(table).on_conflict_do_nothing(index_elements=list(keys)) \
+        .returning(table.c.id)
 _TOUCH_STUDY = update(Study.__table__).where(Study.__table__.c.id == bindparam("study_id")) \
     .values(last_received_at=bindparam("now"), summary_done_at=None,
             status=case((Study.__table__.c.status == "analysing", "analysing"), else_="queued"))
@@ -145,6 +157,15 @@ class Intake:
         # Committed patient/study/series ids by their keys (only the committer thread uses it).
         self._ids: dict[tuple[str, ...], int] = {}
         self._thread: threading.Thread | None = None
+        sqlite = context.engine.dialect.name == "sqlite"
+        self._lock_path = (context.settings.storage.data_dir / "run" / "intake.lock"
+                           if sqlite else None)
+        self._lock_fd: int | None = None
+        dialect = context.engine.dialect.name
+        self._add_patient = _insert_new(dialect, Patient.__table__, "patient_id", "issuer")
+        self._add_study = _insert_new(dialect, Study.__table__, "study_instance_uid")
+        self._add_series = _insert_new(dialect, Series.__table__, "series_instance_uid")
+        self._add_instance = _insert_new(dialect, Instance.__table__, "sop_instance_uid")
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -279,7 +300,7 @@ class Intake:
             return
         fresh: dict[tuple[str, ...], int] = {}
         try:
-            with self.context.session_factory.begin() as session:
+            with self._writer_lock(), self.context.session_factory.begin() as session:
                 outcomes = [self._record(session, item, fresh) for item in batch]
         except IntegrityError:
             # A concurrent process created the same patient/study/series: redo one by one.
@@ -298,6 +319,27 @@ class Intake:
         self.context.wake_workers()
         LOGGER.debug("committed %d image(s) in %.1f ms", len(batch),
                      (time.perf_counter() - started) * 1000)
+
+    @contextlib.contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        """On SQLite, one intake commit at a time across the node's processes.
+
+        SQLite lets one writer in and makes the others poll with growing sleeps (1, 2, 5,
+        10... ms); with several listener processes that polling, not the work, set the
+        C-STORE latency. A file lock queues them in the kernel instead: the next one runs the
+        moment the lock is free. PostgreSQL needs none.
+        """
+        if self._lock_path is None:
+            yield
+            return
+        if self._lock_fd is None:
+            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _commit_single(self, item: _Item) -> None:
         for attempt in range(3):
@@ -329,33 +371,38 @@ class Intake:
         item.future.set_result(accepted)
 
     def _parent_ids(self, session: Session, m: dict[str, Any],
-                    fresh: dict[tuple[str, ...], int]) -> tuple[int, int, int]:
-        """Ids of the patient, study and series of ``m``, created when new.
+                    fresh: dict[tuple[str, ...], int]) -> tuple[int, int, int, bool]:
+        """Ids of the patient, study and series of ``m``, created when new, and whether the
+        study was created now.
 
         Known ids come from a cache (filled only after a commit, so it never holds the id of a
         rolled-back row); ``fresh`` collects the ones this transaction creates.
         """
         conn = session.connection()  # Core execution: the ORM layer costs more than SQLite
 
+        created: set[str] = set()
+
         def lookup(key: tuple[str, ...], find: Any, find_args: dict[str, Any], add: Any,
                    row: dict[str, Any]) -> int:
             found = self._ids.get(key) or fresh.get(key)
             if found is None:
-                found = conn.execute(find, find_args).scalar()
-            if found is None:
-                found = conn.execute(add, row).scalar_one()
+                found = conn.execute(add, row).scalar()
+                if found is None:  # it exists (made by another process or an earlier run)
+                    found = conn.execute(find, find_args).scalar_one()
+                else:
+                    created.add(key[0])
             fresh[key] = found
             return found
 
         now = utcnow()
         patient_id = lookup(
             ("patient", m["patient_id"], m["issuer"]), _FIND_PATIENT,
-            {"patient_id": m["patient_id"], "issuer": m["issuer"]}, _ADD_PATIENT,
+            {"patient_id": m["patient_id"], "issuer": m["issuer"]}, self._add_patient,
             {"patient_id": m["patient_id"], "issuer": m["issuer"], "name": m["patient_name"],
              "birth_date": m["birth_date"], "sex": m["sex"], "created_at": now})
         study_id = lookup(
             ("study", m["study_instance_uid"]), _FIND_STUDY, {"uid": m["study_instance_uid"]},
-            _ADD_STUDY,
+            self._add_study,
             {"patient_fk": patient_id, "study_instance_uid": m["study_instance_uid"],
              "accession_number": m["accession_number"], "study_date": m["study_date"],
              "study_time": m["study_time"], "description": m["study_description"],
@@ -363,31 +410,36 @@ class Intake:
              "last_received_at": now, "created_at": now})
         series_id = lookup(
             ("series", m["series_instance_uid"]), _FIND_SERIES,
-            {"uid": m["series_instance_uid"]}, _ADD_SERIES,
+            {"uid": m["series_instance_uid"]}, self._add_series,
             {"study_fk": study_id, "series_instance_uid": m["series_instance_uid"],
              "modality": m["modality"], "series_number": m["series_number"],
              "description": m["series_description"]})
-        return patient_id, study_id, series_id
+        return patient_id, study_id, series_id, "study" in created
 
     def _record(self, session: Session, item: _Item,
                 fresh: dict[tuple[str, ...], int]) -> tuple[Accepted, str | None]:
         """Rows for one image; returns the outcome and a file path that is no longer needed."""
         m = item.meta
         now = utcnow()
-        _patient_id, study_id, series_id = self._parent_ids(session, m, fresh)
+        _patient_id, study_id, series_id, new_study = self._parent_ids(session, m, fresh)
         conn = session.connection()
-        existing = conn.execute(_FIND_INSTANCE, {"uid": m["sop_instance_uid"]}).first()
-        if existing is not None and existing.sha256 == item.sha256:
-            # Same image again (a PACS retry): acknowledge, keep the first copy, no new job.
-            return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], existing.id, None,
-                             duplicate=True),
-                    item.relpath if item.relpath != existing.path else None)
         values = dict(series_fk=series_id, sop_class_uid=m["sop_class_uid"],
                       transfer_syntax_uid=m["transfer_syntax_uid"], path=item.relpath,
                       sha256=item.sha256, size_bytes=item.size, rows=m["rows"],
                       columns=m["columns"], frames=m["frames"], received_at=now)
+        instance_id = conn.execute(self._add_instance, {
+            "sop_instance_uid": m["sop_instance_uid"], "source": item.source,
+            "calling_ae": item.calling_ae, "uploaded_by": item.uploaded_by,
+            **values}).scalar()
+        existing = None
         obsolete: str | None = None
-        if existing is not None:
+        if instance_id is None:
+            existing = conn.execute(_FIND_INSTANCE, {"uid": m["sop_instance_uid"]}).one()
+            if existing.sha256 == item.sha256:
+                # Same image again (a PACS retry): acknowledge, keep the first copy, no job.
+                return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], existing.id,
+                                 None, duplicate=True),
+                        item.relpath if item.relpath != existing.path else None)
             obsolete = existing.path
             instance_id = existing.id
             conn.execute(update(Instance.__table__).where(Instance.__table__.c.id == instance_id)
@@ -399,17 +451,13 @@ class Intake:
                          object_ref=f"instance:{m['sop_instance_uid']}",
                          details={"reason": "same SOP Instance UID with different content; "
                                             "re-analysing", "sha256": item.sha256})
-        else:
-            instance_id = conn.execute(_ADD_INSTANCE, {
-                "sop_instance_uid": m["sop_instance_uid"], "source": item.source,
-                "calling_ae": item.calling_ae, "uploaded_by": item.uploaded_by,
-                **values}).scalar_one()
         job_id = conn.execute(_ADD_JOB, {
             "kind": JobKind.ANALYZE, "state": JobState.QUEUED, "instance_fk": instance_id,
             "study_fk": study_id, "result_fk": None, "attempts": 0,
             "max_attempts": self.context.settings.workers.max_attempts,
             "next_attempt_at": now, "created_at": now, "updated_at": now}).scalar_one()
-        conn.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now})
+        if not new_study:  # a new study row already says queued, received now
+            conn.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now})
         return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], instance_id, job_id,
                          replaced=existing is not None), obsolete)
 

@@ -167,7 +167,8 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=self.registry)
         self.store_seconds = Histogram(
             "bcd_store_handler_seconds", "C-STORE handler time until the answer",
-            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1), registry=self.registry)
+            buckets=(0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02, 0.025, 0.03, 0.04,
+                     0.05, 0.075, 0.1, 0.25, 0.5, 1, 5), registry=self.registry)
         # What a child exports: this process's own counts, never the database gauges.
         self._own: tuple[Counter | Histogram, ...] = (
             self.received, self.refused, self.processed, self.inference_seconds,

@@ -16,6 +16,7 @@ from bcd_node import audit
 from bcd_node.intake import (Intake, InvalidImageError, SopClassMismatchError, StorageFullError,
                              UnsupportedImageError)
 from bcd_node.errors import TransientError
+from dicom.part10 import file_meta_bytes
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,7 +63,14 @@ def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
         return status
 
     try:
-        data = event.encoded_dataset(include_meta=True)
+        request = event.request
+        header = file_meta_bytes(negotiated, sop_uid, str(event.context.transfer_syntax),
+                                 calling_ae)
+    except ValueError as exc:
+        return refuse(CANNOT_UNDERSTAND, f"C-STORE request: {exc}")
+    try:
+        # The data set as the peer sent it, behind a Part 10 header: nothing re-encoded.
+        data = header + request.DataSet.getvalue()
         accepted = intake.accept(data, source="dicom", calling_ae=calling_ae, peer=peer,
                                  expected_sop_class=negotiated)
     except SopClassMismatchError as exc:

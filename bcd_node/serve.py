@@ -116,11 +116,14 @@ def _start_scp(context: NodeContext) -> tuple[Component, Stopper]:
     inherited = os.environ.pop(LISTEN_FD_ENV, None)
     if inherited is not None:
         # A listener process of ``serve``/``scp``: accept on the socket its parent listens on.
-        share = int(os.environ.pop(LISTENERS_ENV, "1"))
-        policy, handlers, ssl_context = _scp_setup(context, share)
+        from dicom.scp import LoadBoard
+
+        slot, _, share = os.environ.pop(LISTENERS_ENV, "0:1").partition(":")
+        policy, handlers, ssl_context = _scp_setup(context, int(share))
         sock = socket.socket(fileno=int(inherited))
+        board = LoadBoard(_board_path(context.settings), int(slot), int(share))
         listener = SharedSocketListener(policy, sock, handlers, ssl_context,
-                                        on_end=context.stop_requested.set).start()
+                                        on_end=context.stop_requested.set, board=board).start()
         return Component("dicom", True, _scp_detail(context.settings, bool(ssl_context)),
                          listener.alive), listener.stop
     policy, handlers, ssl_context = _scp_setup(context)
@@ -135,6 +138,11 @@ def _start_scp(context: NodeContext) -> tuple[Component, Stopper]:
 
     return Component("dicom", True, _scp_detail(context.settings, bool(ssl_context)), alive), \
         server.shutdown
+
+
+def _board_path(settings: Settings) -> Any:
+    """The listener processes' shared count of open connections."""
+    return settings.storage.data_dir / "run" / "listeners.board"
 
 
 class _Child:
@@ -205,10 +213,20 @@ def _start_listener_processes(context: NodeContext) -> tuple[Component, Stopper]
     except OSError as exc:
         raise StartupError(f"cannot listen for DICOM on {d.host}:{d.port} (dicom.host/dicom.port): "
                            f"{exc.strerror or exc}") from None
+    from dicom.scp import LoadBoard
+
+    board = _board_path(settings)
+    board.parent.mkdir(parents=True, exist_ok=True)
+    LoadBoard.create(board, count)
     argv = _child_argv(settings, "scp")
-    env = {**os.environ, LISTEN_FD_ENV: str(sock.fileno()), LISTENERS_ENV: str(count)}
+    env = {**os.environ, LISTEN_FD_ENV: str(sock.fileno())}
     stopping = threading.Event()
-    children = [_Child(f"listener-{i}", argv, env, (sock.fileno(),)) for i in range(count)]
+
+    def start_child(i: int) -> _Child:
+        return _Child(f"listener-{i}", argv, {**env, LISTENERS_ENV: f"{i}:{count}"},
+                      (sock.fileno(),))
+
+    children = [start_child(i) for i in range(count)]
 
     def supervise() -> None:
         while not stopping.wait(1.0):
@@ -217,7 +235,7 @@ def _start_listener_processes(context: NodeContext) -> tuple[Component, Stopper]
                 if code is not None and not stopping.is_set():
                     LOGGER.error("DICOM listener process %d ended (exit code %s); starting "
                                  "another", child.process.pid, code)
-                    children[i] = _Child(f"listener-{i}", argv, env, (sock.fileno(),))
+                    children[i] = start_child(i)
 
     threading.Thread(target=supervise, name="listener-supervisor", daemon=True).start()
 

@@ -8,9 +8,11 @@ Reproduce with::
 What it measures, in one run on this machine:
 
 1. images/s received over one association and over four concurrent associations (DCMTK
-   ``storescu`` pushing 512x512 RGB VL Microscopic Images, ``TCP_NODELAY=1``) by the node's real
-   listener and durable intake (file fsynced, rows and job committed before Success), with the
-   C-STORE handler's p50/p99 time;
+   ``storescu`` pushing 512x512 RGB VL Microscopic Images, ``TCP_NODELAY=1``) by ``bcd-node
+   serve`` as installed (its listener processes and durable intake: file fsynced, rows and job
+   committed before Success; no workers), with the C-STORE handler's p50/p99 time from the
+   node's own /metrics histogram, the node's CPU time per image and the CPU steal of the
+   machine during the run (a busy host slows everything);
 2. the same files pushed to DCMTK ``storescp`` (writes files, no fsync) for comparison;
 3. end-to-end latency from C-STORE to the SEG, SR and PDF stored at Orthanc (p50, p95), with the
    bundled model (or ``--weights``), images sent one at a time.
@@ -32,15 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pynetdicom import evt  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from bcd_node.intake import Intake  # noqa: E402
 from bcd_node.runtime import open_node  # noqa: E402
-from bcd_node.scp_handlers import handle_store  # noqa: E402
-from bcd_node.settings import settings_from_mapping  # noqa: E402
 from dicom.dicomize import dicomize  # noqa: E402
-from dicom.scp import ScpPolicy, start_scp, storage_contexts  # noqa: E402
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -90,54 +87,123 @@ def push(port: int, files: list[Path], ae: str = "BCD_NODE", associations: int =
     return elapsed
 
 
-class Timings:
-    """Stands in for the node's metrics and keeps every handler time."""
-
-    def __init__(self) -> None:
-        self.samples: list[float] = []
-        outer = self
-
-        class _H:
-            def observe(self, value: float) -> None:
-                outer.samples.append(value)
-
-        class _C:
-            def labels(self, *_a: str) -> "_C":
-                return self
-
-            def inc(self) -> None:
-                pass
-
-        self.store_seconds = _H()
-        self.received = _C()
-        self.refused = _C()
-
-
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def node_ingest(files: list[Path], workdir: Path, associations: int) -> dict:
-    settings = settings_from_mapping({"storage": {"data_dir": str(workdir / "node"),
-                                                  "min_free_disk": "100MB"}}, environ={})
-    ctx = open_node(settings)
-    intake = Intake(ctx).start()
-    timings = Timings()
-    port = free_port()
-    server = start_scp(ScpPolicy(ae_title="BCD_NODE", max_associations=16,
-                                 storage_contexts=storage_contexts()), "127.0.0.1", port,
-                       [(evt.EVT_C_STORE, handle_store, [intake, ctx.session_factory, timings])])
+def histogram(text: str, name: str) -> list[tuple[float, float]]:
+    """Cumulative (upper bound, count) pairs of a Prometheus histogram in ``text``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return sorted((float(s.labels["le"]), s.value) for s in family.samples
+                          if s.name.endswith("_bucket"))
+    return []
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Prometheus' histogram_quantile: linear within the bucket that holds quantile ``q``."""
+    total = buckets[-1][1]
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = upper, count
+    return lower
+
+
+def fraction_within(buckets: list[tuple[float, float]], bound: float) -> float:
+    return next(count for upper, count in buckets if upper >= bound) / buckets[-1][1]
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of ``pid`` and its children, from /proc."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_steal() -> tuple[int, int]:
+    """(steal, total) jiffies of the machine: time the hypervisor gave to others."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return fields[7], sum(fields)
+
+
+def start_node(workdir: Path, extra: str = "") -> tuple[subprocess.Popen, int, int]:
+    """``bcd-node serve`` on free ports with its data in ``workdir``; returns it when ready."""
+    import urllib.request
+
+    port, web_port = free_port(), free_port()
+    cfg = workdir / "bcd-node.toml"
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(f"[dicom]\nport = {port}\nmax_associations = 16\n{extra}\n"
+                   f"[web]\nport = {web_port}\n\n"
+                   f'[storage]\ndata_dir = "{workdir / "data"}"\nmin_free_disk = "100MB"\n\n')
+    node = subprocess.Popen([str(ROOT / ".venv/bin/bcd-node"), "--config", str(cfg), "serve"],
+                            stdout=open(workdir / "node.log", "wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=2)
+            return node, port, web_port
+        except OSError:
+            if time.monotonic() > deadline or node.poll() is not None:
+                node.kill()
+                raise RuntimeError("node did not start: " +
+                                   (workdir / "node.log").read_text()[-2000:])
+            time.sleep(0.3)
+
+
+def stop_node(node: subprocess.Popen) -> None:
+    node.terminate()
     try:
+        node.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        node.kill()
+        node.wait(timeout=10)
+
+
+def node_ingest(files: list[Path], workdir: Path, associations: int,
+                listeners: int | None = None) -> dict:
+    """The real node (``bcd-node serve``, no workers, its listener processes) receiving."""
+    import urllib.request
+
+    extra = "" if listeners is None else f"listener_processes = {listeners}\n"
+    node, port, web_port = start_node(workdir, extra + "\n[workers]\ncount = 0\n")
+    try:
+        cpu0, (steal0, total0) = tree_cpu_seconds(node.pid), cpu_steal()
         seconds = push(port, files, associations=associations)
+        cpu1, (steal1, total1) = tree_cpu_seconds(node.pid), cpu_steal()
+        # Listener processes report their counters every second; wait until all are in.
+        deadline = time.monotonic() + 10
+        while True:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics",
+                                          timeout=5).read().decode()
+            buckets = histogram(text, "bcd_store_handler_seconds")
+            if (buckets and buckets[-1][1] >= len(files)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
     finally:
-        server.shutdown()
-        intake.stop()
-        ctx.engine.dispose()
+        stop_node(node)
     return {"images_per_s": len(files) / seconds, "seconds": seconds,
-            "handler_p50_ms": percentile(timings.samples, 50) * 1000,
-            "handler_p99_ms": percentile(timings.samples, 99) * 1000,
-            "stored": len(timings.samples)}
+            "handler_p50_ms": quantile(buckets, 0.50) * 1000,
+            "handler_p99_ms": quantile(buckets, 0.99) * 1000,
+            "handler_within_20ms": fraction_within(buckets, 0.02),
+            "stored": int(buckets[-1][1]) if buckets else 0,
+            "node_cpu_ms_per_image": (cpu1 - cpu0) / len(files) * 1000,
+            "steal_percent": 100 * (steal1 - steal0) / max(total1 - total0, 1)}
 
 
 def storescp_ingest(files: list[Path], workdir: Path, associations: int) -> dict:
@@ -163,39 +229,25 @@ def end_to_end(files: list[Path], workdir: Path, weights: str | None) -> dict:
     from tests.support.peers import Orthanc
 
     orthanc = Orthanc(root=workdir / "orthanc").start()
-    port, web_port = free_port(), free_port()
-    cfg = workdir / "e2e.toml"
-    cfg.write_text(
-        f'[dicom]\nport = {port}\n\n[web]\nport = {web_port}\n\n'
-        f'[storage]\ndata_dir = "{workdir / "e2e"}"\nmin_free_disk = "100MB"\n\n'
-        + (f'[model]\nweights = "{weights}"\n\n' if weights else "")
-        + "[workers]\ncount = 1\n\n[delivery]\ninterval = 2.0\n\n"
-        f'[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
-        f"port = {orthanc.dicom_port}\n")
-    node = subprocess.Popen([str(ROOT / ".venv/bin/bcd-node"), "--config", str(cfg), "serve"],
-                            stdout=open(workdir / "e2e.log", "wb"), stderr=subprocess.STDOUT)
     try:
-        import urllib.request
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or node.poll() is not None:
-                    raise RuntimeError("node did not start: " +
-                                       (workdir / "e2e.log").read_text()[-2000:])
-                time.sleep(0.3)
-        for f in files:
-            push(port, [f])
-            time.sleep(1.0)  # one image at a time: latency, not backlog
-        deadline = time.monotonic() + 600
-        while len(orthanc.get("/instances")) < 3 * len(files) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        node, port, _web_port = start_node(
+            workdir, (f'\n[model]\nweights = "{weights}"\n' if weights else "")
+            + "\n[workers]\ncount = 1\n\n"
+            f'[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
+            f"port = {orthanc.dicom_port}\n")
+        try:
+            for f in files:
+                push(port, [f])
+                time.sleep(1.0)  # one image at a time: latency, not backlog
+            deadline = time.monotonic() + 600
+            while len(orthanc.get("/instances")) < 3 * len(files) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.5)
+        finally:
+            stop_node(node)
     finally:
-        node.terminate()
-        node.wait(timeout=60)
         orthanc.cleanup()
+    cfg = workdir / "bcd-node.toml"
     from bcd_node.settings import load_settings
     ctx = open_node(load_settings(cfg), migrate=False)
     latencies = []
@@ -216,6 +268,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--e2e-images", type=int, default=20)
     parser.add_argument("--weights", help="model manifest (default: the bundled model)")
+    parser.add_argument("--listeners", type=int,
+                        help="dicom.listener_processes (default: the node's default)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     for tool in ("storescu", "storescp", "Orthanc"):
@@ -227,9 +281,10 @@ def main() -> int:
         files = make_images(work / "images", args.images)
         size_mb = sum(f.stat().st_size for f in files) / len(files) / 1e6
         report: dict = {"machine": f"{os.cpu_count()} cores", "images": len(files),
-                        "image_mb": round(size_mb, 2)}
+                        "image_mb": round(size_mb, 2),
+                        "listener_processes": args.listeners or "default (one per core, at most 4)"}
         for n in (1, 4):
-            report[f"node_{n}_assoc"] = node_ingest(files, work / f"n{n}", n)
+            report[f"node_{n}_assoc"] = node_ingest(files, work / f"n{n}", n, args.listeners)
             report[f"storescp_{n}_assoc"] = storescp_ingest(files, work / f"s{n}", n)
         if args.e2e_images:
             report["end_to_end"] = end_to_end(files[:args.e2e_images], work / "e2e",
@@ -240,14 +295,18 @@ def main() -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"ingest of {report['images']} images of {report['image_mb']} MB "
-          f"(512x512 RGB VL Microscopic) on {report['machine']}:")
+          f"(512x512 RGB VL Microscopic) on {report['machine']}, by `bcd-node serve` "
+          f"(listener processes: {report['listener_processes']}, no workers):")
     for n in (1, 4):
         node, scp = report[f"node_{n}_assoc"], report[f"storescp_{n}_assoc"]
         print(f"  {n} association(s): bcd-node {node['images_per_s']:.1f} images/s "
               f"(durable: fsync + commit before Success), storescp {scp['images_per_s']:.1f} "
-              f"images/s (no fsync) -> ratio {node['images_per_s'] / scp['images_per_s']:.2f}; "
-              f"C-STORE handler p50 {node['handler_p50_ms']:.1f} ms, "
-              f"p99 {node['handler_p99_ms']:.1f} ms")
+              f"images/s (no fsync) -> ratio {node['images_per_s'] / scp['images_per_s']:.2f}")
+        print(f"      C-STORE handler p50 {node['handler_p50_ms']:.1f} ms, p99 "
+              f"{node['handler_p99_ms']:.1f} ms (histogram_quantile over /metrics buckets); "
+              f"{100 * node['handler_within_20ms']:.1f}% within 20 ms; node CPU "
+              f"{node['node_cpu_ms_per_image']:.1f} ms per image; CPU steal "
+              f"{node['steal_percent']:.1f}%")
     if "end_to_end" in report:
         e = report["end_to_end"]
         print(f"  end to end (C-STORE -> SEG+SR+PDF stored at Orthanc), {e['complete']}/"

@@ -7,15 +7,21 @@ services; the C-ECHO handler lives here because it needs nothing else.
 from __future__ import annotations
 
 import logging
+import mmap
+import os
+import queue
+import select
 import socket
 import ssl
+import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 LOGGER = logging.getLogger(__name__)
 
@@ -80,6 +86,90 @@ def storage_contexts() -> list[tuple[str, list[str]]]:
     return [(str(sop_class), syntaxes) for sop_class in sorted(ACCEPTED_SOP_CLASSES)]
 
 
+#: Longest a quiet association's threads wait before looking around again (release, abort,
+#: timers). pynetdicom polls every millisecond instead, which costs ~7% of a core per open
+#: association; here the threads wake at once when data or a message arrives.
+IDLE_WAIT = 0.02
+
+
+class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+    """A queue that wakes the reader of a socket pair whenever something is put on it."""
+
+    def __init__(self, waker: socket.socket) -> None:
+        super().__init__()
+        self._waker = waker
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        try:
+            self._waker.send(b"\0")
+        except OSError:  # full (already awake) or closed (association over)
+            pass
+
+
+class _QuietSocket(AssociationSocket):
+    """An association socket whose ``ready`` waits up to :data:`IDLE_WAIT` for incoming data
+    or for a primitive to send, instead of answering at once (pynetdicom's reactor then sleeps
+    and asks again, a thousand times a second)."""
+
+    _wake_r: socket.socket
+    _wake_w: socket.socket
+
+    @property
+    def ready(self) -> bool:
+        if AssociationSocket.ready.fget(self):  # type: ignore[attr-defined]
+            return True
+        if self.socket is None or self._is_connected is False:
+            return False
+        try:
+            readable, _, _ = select.select([self.socket, self._wake_r], [], [], IDLE_WAIT)
+        except (OSError, ValueError):
+            readable = []
+        if self._wake_r in readable:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except OSError:  # drained (EAGAIN) or closed
+                pass
+        return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        super().close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _quiet_get_msg(dimse: Any) -> Callable[..., Any]:
+    """``DIMSEServiceProvider.get_msg`` that, asked not to block, still waits up to
+    :data:`IDLE_WAIT` for a message (returned the moment it is complete)."""
+
+    def get_msg(block: bool = False) -> Any:
+        try:
+            return dimse.msg_queue.get(block=True,
+                                       timeout=dimse.dimse_timeout if block else IDLE_WAIT)
+        except queue.Empty:
+            return None, None
+
+    return get_msg
+
+
+class QuietRequestHandler(RequestHandler):
+    """pynetdicom's request handler, with associations that wait for events instead of
+    polling (see :data:`IDLE_WAIT`)."""
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        sock = assoc.dul.socket
+        sock.__class__ = _QuietSocket
+        sock._wake_r, sock._wake_w = socket.socketpair()
+        sock._wake_r.setblocking(False)
+        sock._wake_w.setblocking(False)
+        assoc.dul.to_provider_queue = _WakingQueue(sock._wake_w)
+        assoc.dul._run_loop_delay = 0
+        assoc.dimse.get_msg = _quiet_get_msg(assoc.dimse)
+        return assoc
+
+
 class HardenedServer(ThreadedAssociationServer):
     """An association server whose TLS handshake runs in the connection's own thread.
 
@@ -128,7 +218,7 @@ def start_scp(policy: ScpPolicy, host: str, port: int, handlers: Sequence[Handle
     ae = build_ae(policy)
     all_handlers = [(evt.EVT_C_ECHO, handle_echo), *handlers]
     server = ae.make_server((host, port), ssl_context=ssl_context, evt_handlers=all_handlers,
-                            server_class=HardenedServer)
+                            server_class=HardenedServer, request_handler=QuietRequestHandler)
     thread = threading.Thread(target=server.serve_forever, name=f"dicom-listener-{port}",
                               daemon=True)
     thread.start()
@@ -149,26 +239,68 @@ class _NoBindServer(HardenedServer):
         pass
 
 
+class LoadBoard:
+    """Open connections of each listener process, in a small shared file (one int per slot).
+
+    Each process writes only its own slot; every process reads them all to decide whether it
+    is among the least busy and should take the next connection.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], slot: int, slots: int) -> None:
+        if not 0 <= slot < slots:
+            raise ValueError(f"slot {slot} outside 0..{slots - 1}")
+        self.slot, self.slots = slot, slots
+        fd = os.open(path, os.O_RDWR)
+        try:
+            if os.fstat(fd).st_size < 4 * slots:
+                raise ValueError(f"{path} is too small for {slots} slots")
+            self._map = mmap.mmap(fd, 4 * slots)
+        finally:
+            os.close(fd)
+        self.set(0)
+
+    @staticmethod
+    def create(path: str | os.PathLike[str], slots: int) -> None:
+        """Make (or reset) the shared file for ``slots`` processes."""
+        with open(path, "wb") as fh:
+            fh.write(b"\0" * 4 * slots)
+
+    def set(self, connections: int) -> None:
+        """Publish this process's number of open connections."""
+        struct.pack_into("<i", self._map, 4 * self.slot, connections)
+
+    def least(self) -> int:
+        return min(struct.unpack_from(f"<{self.slots}i", self._map))
+
+
 class SharedSocketListener:
     """Serves associations accepted from a listening socket shared with other processes.
 
-    Every process that shares the socket blocks in ``accept()``; the kernel hands each new
-    connection to one of them, in turn. Stop accepting in every process at once by shutting
-    the shared socket down (:func:`stop_accepting`); :meth:`stop` then ends this process's own
-    accept thread and releases its copy of the socket.
+    Every process that shares the (non-blocking) socket waits for it to be readable; with a
+    :class:`LoadBoard` only a process with the fewest open connections takes the next one, so
+    concurrent associations spread over the processes (the kernel alone may give one process
+    several while another idles). A process that waited ``fair_wait`` seconds for a less busy
+    one to take a connection takes it itself. Stop accepting in every process at once by
+    shutting the shared socket down (:func:`stop_accepting`); :meth:`stop` then ends this
+    process's accept thread and lets its associations finish.
     """
 
     def __init__(self, policy: ScpPolicy, sock: socket.socket, handlers: Sequence[Handler] = (),
                  ssl_context: ssl.SSLContext | None = None,
-                 on_end: Callable[[], None] | None = None) -> None:
+                 on_end: Callable[[], None] | None = None, board: LoadBoard | None = None,
+                 fair_wait: float = 0.05) -> None:
         self.on_end = on_end
+        self.board = board
+        self.fair_wait = fair_wait
         self.ae = build_ae(policy)
         self.sock = sock
-        self.sock.setblocking(True)
+        self.sock.setblocking(False)
         host, port = sock.getsockname()[:2]
+        all_handlers = [(evt.EVT_C_ECHO, handle_echo), *handlers]
+        self._connections: list[socket.socket] = []  # accepted here; closed ones pruned
         self.server = self.ae.make_server((host, port), ssl_context=ssl_context,
-                                          evt_handlers=[(evt.EVT_C_ECHO, handle_echo), *handlers],
-                                          server_class=_NoBindServer)
+                                          evt_handlers=all_handlers, server_class=_NoBindServer,
+                                          request_handler=QuietRequestHandler)
         self.server.socket.close()  # the unbound socket socketserver made; never used
         self.server.socket = sock
         self._thread = threading.Thread(target=self._accept_loop, name=f"dicom-accept-{port}",
@@ -182,23 +314,64 @@ class SharedSocketListener:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def _accept_loop(self) -> None:
-        ssl_context = self.server.ssl_context
+    def _open_connections(self) -> int:
+        self._connections = [c for c in self._connections if c.fileno() != -1]
+        return len(self._connections)
+
+    def _my_turn(self, waiting_since: float) -> bool:
+        if self.board is None:
+            return True
+        mine = self._open_connections()
+        self.board.set(mine)
+        if mine <= self.board.least():
+            return True
+        return time.monotonic() - waiting_since >= self.fair_wait
+
+    def _accept(self) -> tuple[socket.socket, Any] | None:
+        """The next connection for this process; None when the socket stops accepting."""
+        waiting_since: float | None = None
         while not self._stopped.is_set():
             try:
+                readable, _, _ = select.select([self.sock], [], [], 1.0)
+            except (OSError, ValueError):
+                return None
+            if not readable:
+                waiting_since = None
+                continue
+            waiting_since = waiting_since or time.monotonic()
+            if not self._my_turn(waiting_since):
+                time.sleep(0.001)  # a less busy process takes this one
+                continue
+            try:
                 client, address = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                waiting_since = None  # another process took it
+                continue
             except OSError:
-                # EINVAL once the shared socket is shut down; anything else ends this process's
-                # accepting too (its parent sees the listener die and says so).
+                return None  # EINVAL once the shared socket is shut down
+            client.setblocking(True)
+            return client, address
+        return None
+
+    def _accept_loop(self) -> None:
+        ssl_context = self.server.ssl_context
+        while True:
+            accepted = self._accept()
+            if accepted is None:
                 if not self._stopped.is_set():
                     LOGGER.info("the shared DICOM socket stopped accepting")
                 break
+            client, address = accepted
             if self._stopped.is_set():
                 client.close()
                 break
             if ssl_context:
                 client = ssl_context.wrap_socket(client, server_side=True,
                                                  do_handshake_on_connect=False)
+            if self.board is not None:
+                # Counted until the association (or a failed handshake) closes the socket.
+                self._connections.append(client)
+                self.board.set(self._open_connections())
             try:
                 self.server.process_request(client, address)
             except Exception:  # noqa: BLE001 - one bad connection must not end accepting
@@ -212,11 +385,9 @@ class SharedSocketListener:
         self._stopped.set()
         stop_accepting(self.sock)
         self._thread.join(timeout=5)
-        deadline = threading.Event()
-        waited = 0.0
-        while self.server.active_associations and waited < timeout:
-            deadline.wait(0.1)
-            waited += 0.1
+        deadline = time.monotonic() + timeout
+        while self.server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.1)
         for assoc in self.server.active_associations:
             assoc.abort()
         self.sock.close()
@@ -232,7 +403,7 @@ def stop_accepting(sock: socket.socket) -> None:
 
 
 def listening_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
-    """A bound, listening, blocking TCP socket that child processes can inherit."""
+    """A bound, listening, non-blocking TCP socket that child processes can inherit."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -242,6 +413,7 @@ def listening_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
     except OSError:
         sock.close()
         raise
+    sock.setblocking(False)
     sock.set_inheritable(True)
     return sock
 

@@ -88,18 +88,19 @@ def wait_ready(web_port: int, timeout: float = 60) -> None:
 def test_listener_processes_share_the_port_and_each_commits(write_config, tmp_path) -> None:
     dicom_port, web_port = free_port(), free_port()
     config = write_config("[workers]\ncount = 0\n", dicom_port=dicom_port, web_port=web_port)
-    config.write_text(config.read_text().replace("[dicom]\n", "[dicom]\nlistener_processes = 3\n"))
+    config.write_text(config.read_text().replace("[dicom]\n", "[dicom]\nlistener_processes = 2\n"))
     data_dir = tmp_path / "data"
     node = Node(config)
     try:
         node.start(web_port)
         pids = listener_pids(node)
-        assert len(pids) == 3, node.output()
+        assert len(pids) == 2, node.output()
         files = write_vl_micro(tmp_path / "in", 24)
-        push(dicom_port, files, associations=6)
+        push(dicom_port, files, associations=4)
         assert db_counts(data_dir) == (24, 24)
-        # The kernel hands connections to the waiting processes in turn: all of them served
-        # (each process's own counter, from the snapshot it writes every second).
+        # Four associations of six images at once: the least busy process takes each new
+        # connection, so each process serves two (the kernel alone often gives one three).
+        # Each process's own counter comes from the snapshot it writes every second.
         deadline = time.monotonic() + 10
         served: dict[int, float] = {}
         while time.monotonic() < deadline:
@@ -108,7 +109,7 @@ def test_listener_processes_share_the_port_and_each_commits(write_config, tmp_pa
             if sum(served.values()) == 24:
                 break
             time.sleep(0.3)
-        assert sum(served.values()) == 24 and all(n > 0 for n in served.values()), served
+        assert sorted(served.values()) == [12.0, 12.0], served
     finally:
         assert node.stop() == 0, node.output()
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "listeners left running"
@@ -172,3 +173,57 @@ def test_systemd_hears_ready_only_when_every_process_runs(write_config, tmp_path
         finally:
             assert node.stop() == 0, node.output()
 
+
+
+def test_idle_associations_do_not_spin(write_config, tmp_path) -> None:
+    """Open but quiet associations cost (almost) no CPU: the listener waits for events instead
+    of polling every millisecond as pynetdicom does (~7% of a core per association)."""
+    import resource
+    import sys
+
+    from pynetdicom import evt
+
+    from bcd_node.intake import Intake
+    from bcd_node.runtime import open_node
+    from bcd_node.scp_handlers import handle_store
+    from bcd_node.settings import load_settings
+    from dicom.scp import ScpPolicy, start_scp, storage_contexts
+
+    port = free_port()
+    ctx = open_node(load_settings(write_config(dicom_port=port)))
+    ctx.intake = Intake(ctx).start()
+    server = start_scp(ScpPolicy(ae_title="BCD_NODE", storage_contexts=storage_contexts()),
+                       "127.0.0.1", port,
+                       [(evt.EVT_C_STORE, handle_store, [ctx.intake, ctx.session_factory])])
+    client = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+ae = AE(ae_title="SCANNER"); ae.add_requested_context(Verification)
+assocs = [ae.associate("127.0.0.1", {port}, ae_title="BCD_NODE") for _ in range(4)]
+print(all(a.is_established for a in assocs), flush=True)
+sys.stdin.readline()
+for a in assocs:
+    a.release()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "True"
+        time.sleep(0.5)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        time.sleep(3)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        assert used / 3 < 0.12, f"4 idle associations used {used / 3:.0%} of a core"
+        # ...and they still work: a C-ECHO on a fresh association, then a clean release.
+        echo = subprocess.run([require_tool("echoscu"), "-aec", "BCD_NODE", "127.0.0.1",
+                               str(port)], capture_output=True, env=ENV, timeout=30)
+        assert echo.returncode == 0
+        client.stdin.write("\n")
+        client.stdin.flush()
+        assert client.wait(timeout=30) == 0
+    finally:
+        if client.poll() is None:
+            client.kill()
+        server.shutdown()
+        ctx.intake.stop()
+        ctx.engine.dispose()
