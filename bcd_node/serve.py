@@ -284,7 +284,21 @@ def _start_workers(context: NodeContext) -> tuple[Component, Stopper]:
                       on_failed=pipeline.job_failed).start()
     context.workers = workers
     context.wake_workers = workers.wake
-    return Component("workers", True, f"{count} analysis worker(s)", workers.alive), workers.stop
+    # Listener processes on this machine wake the workers when they queue jobs.
+    from bcd_node.wake import WakeListener, workers_address
+
+    try:
+        waker = WakeListener(workers_address(context.settings.storage.data_dir), workers.wake)
+    except OSError as exc:
+        LOGGER.info("workers poll the queue only (no wake-up socket: %s)", exc)
+        waker = None
+
+    def stop() -> None:
+        if waker is not None:
+            waker.close()
+        workers.stop()
+
+    return Component("workers", True, f"{count} analysis worker(s)", workers.alive), stop
 
 
 def _start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
@@ -407,6 +421,10 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
         signal.signal(signal.SIGINT, on_signal)
     context = open_node(settings, migrate=True)
     context.stop_requested = stop
+    # Jobs queued here wake a worker process on this machine; in-process workers replace this.
+    from bcd_node.wake import Notifier, workers_address
+
+    context.wake_workers = Notifier(workers_address(settings.storage.data_dir))
     context.metrics = Metrics(context)
     # Child processes (listeners, workers) write their counters here; the process that serves
     # /metrics adds them up.

@@ -227,3 +227,33 @@ for a in assocs:
         server.shutdown()
         ctx.intake.stop()
         ctx.engine.dispose()
+
+
+def test_a_listener_process_wakes_the_worker_process(write_config, tmp_path) -> None:
+    """With workers polling only every 60 s, an image is still analysed within seconds: the
+    listener process that queued the job wakes the worker process."""
+    from bcd_node.db.models import JobState
+
+    dicom_port, web_port = free_port(), free_port()
+    config = write_config("[workers]\ncount = 1\npoll_interval = 60.0\n",
+                          dicom_port=dicom_port, web_port=web_port)
+    node = Node(config)
+    try:
+        node.start(web_port, timeout=180)
+        time.sleep(1.0)  # the workers' first look at the (empty) queue is over
+        push(dicom_port, write_vl_micro(tmp_path / "in", 1), associations=1)
+        engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'bcd-node.db'}")
+        try:
+            deadline = time.monotonic() + 30
+            state = None
+            while time.monotonic() < deadline:
+                with engine.connect() as conn:
+                    state = conn.execute(select(Job.state)).scalar()
+                if state == JobState.DONE:
+                    break
+                time.sleep(0.2)
+        finally:
+            engine.dispose()
+        assert state == JobState.DONE, node.output()[-3000:]
+    finally:
+        assert node.stop() == 0, node.output()
