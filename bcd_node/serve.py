@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Any, Callable, Iterable
 
 from bcd_node.errors import BcdError
@@ -228,14 +229,20 @@ def _start_listener_processes(context: NodeContext) -> tuple[Component, Stopper]
 
     children = [start_child(i) for i in range(count)]
 
+    started_at = [time.monotonic()] * count
+
     def supervise() -> None:
         while not stopping.wait(1.0):
             for i, child in enumerate(children):
                 code = child.process.poll()
-                if code is not None and not stopping.is_set():
-                    LOGGER.error("DICOM listener process %d ended (exit code %s); starting "
-                                 "another", child.process.pid, code)
-                    children[i] = start_child(i)
+                # One that keeps dying is started at most every 30 s.
+                if code is None or stopping.is_set() or \
+                        (time.monotonic() - started_at[i] < 30 and not child.ready.is_set()):
+                    continue
+                LOGGER.error("DICOM listener process %d ended (exit code %s); starting "
+                             "another", child.process.pid, code)
+                children[i] = start_child(i)
+                started_at[i] = time.monotonic()
 
     threading.Thread(target=supervise, name="listener-supervisor", daemon=True).start()
 

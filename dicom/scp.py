@@ -280,9 +280,9 @@ class SharedSocketListener:
     :class:`LoadBoard` only a process with the fewest open connections takes the next one, so
     concurrent associations spread over the processes (the kernel alone may give one process
     several while another idles). A process that waited ``fair_wait`` seconds for a less busy
-    one to take a connection takes it itself. Stop accepting in every process at once by
-    shutting the shared socket down (:func:`stop_accepting`); :meth:`stop` then ends this
-    process's accept thread and lets its associations finish.
+    one to take a connection takes it itself. The process that owns the socket stops every
+    listener at once by shutting it down (:func:`stop_accepting`); :meth:`stop` ends this
+    process's accepting only and lets its associations finish.
     """
 
     def __init__(self, policy: ScpPolicy, sock: socket.socket, handlers: Sequence[Handler] = (),
@@ -381,9 +381,13 @@ class SharedSocketListener:
             self.on_end()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop accepting, let running associations finish for up to ``timeout`` seconds."""
+        """Stop accepting in this process (within a second), let its running associations
+        finish for up to ``timeout`` seconds.
+
+        The shared socket itself stays open: the other processes go on accepting. The process
+        that made it stops them all with :func:`stop_accepting`.
+        """
         self._stopped.set()
-        stop_accepting(self.sock)
         self._thread.join(timeout=5)
         deadline = time.monotonic() + timeout
         while self.server.active_associations and time.monotonic() < deadline:
