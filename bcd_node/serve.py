@@ -192,6 +192,40 @@ class _Child:
                 self.process.wait(timeout=10)
 
 
+class _ChildGroup:
+    """Child processes started by ``start(i)`` and started again when one ends (at once when it
+    had come up, else at most every 30 s), until :meth:`stop`."""
+
+    def __init__(self, what: str, start: Callable[[int], _Child], count: int) -> None:
+        self.what = what
+        self.start = start
+        self.stopping = threading.Event()
+        self.children = [start(i) for i in range(count)]
+        self.started_at = [time.monotonic()] * count
+        threading.Thread(target=self._supervise, name=f"{what} supervisor",
+                         daemon=True).start()
+
+    def _supervise(self) -> None:
+        while not self.stopping.wait(1.0):
+            for i, child in enumerate(self.children):
+                code = child.process.poll()
+                if code is None or self.stopping.is_set() or (
+                        time.monotonic() - self.started_at[i] < 30 and not child.ready.is_set()):
+                    continue
+                LOGGER.error("%s process %d ended (exit code %s); starting another", self.what,
+                             child.process.pid, code)
+                self.children[i] = self.start(i)
+                self.started_at[i] = time.monotonic()
+
+    def running(self) -> bool:
+        return all(child.running() for child in self.children)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for child in self.children:
+            child.stop()
+
+
 def _child_argv(settings: Settings, role: str) -> list[str]:
     argv = [sys.executable, "-m", "bcd_node.cli"]
     if settings.source is not None:
@@ -221,41 +255,21 @@ def _start_listener_processes(context: NodeContext) -> tuple[Component, Stopper]
     LoadBoard.create(board, count)
     argv = _child_argv(settings, "scp")
     env = {**os.environ, LISTEN_FD_ENV: str(sock.fileno())}
-    stopping = threading.Event()
 
     def start_child(i: int) -> _Child:
         return _Child(f"listener-{i}", argv, {**env, LISTENERS_ENV: f"{i}:{count}"},
                       (sock.fileno(),))
 
-    children = [start_child(i) for i in range(count)]
-
-    started_at = [time.monotonic()] * count
-
-    def supervise() -> None:
-        while not stopping.wait(1.0):
-            for i, child in enumerate(children):
-                code = child.process.poll()
-                # One that keeps dying is started at most every 30 s.
-                if code is None or stopping.is_set() or \
-                        (time.monotonic() - started_at[i] < 30 and not child.ready.is_set()):
-                    continue
-                LOGGER.error("DICOM listener process %d ended (exit code %s); starting "
-                             "another", child.process.pid, code)
-                children[i] = start_child(i)
-                started_at[i] = time.monotonic()
-
-    threading.Thread(target=supervise, name="listener-supervisor", daemon=True).start()
+    group = _ChildGroup("DICOM listener", start_child, count)
 
     def stop() -> None:
-        stopping.set()
+        group.stopping.set()
         stop_accepting(sock)  # every listener process stops accepting at once
-        for child in children:
-            child.stop()
+        group.stop()
         sock.close()
 
     detail = f"{_scp_detail(settings, bool(ssl_context))} in {count} processes"
-    return Component("dicom", True, detail,
-                     lambda: all(child.running() for child in children)), stop
+    return Component("dicom", True, detail, group.running), stop
 
 
 def _start_workers(context: NodeContext) -> tuple[Component, Stopper]:
@@ -378,10 +392,11 @@ def _start_worker_process(context: NodeContext) -> tuple[Component, Stopper]:
     context.components["model"] = _model_component(settings)
     # The child reports "started" (model loaded, threads running) on a pipe; until then the
     # workers component is not healthy and /readyz answers 503.
-    child = _Child("worker", _child_argv(settings, "worker"), dict(os.environ))
+    argv = _child_argv(settings, "worker")
+    group = _ChildGroup("worker", lambda _i: _Child("worker", argv, dict(os.environ)), 1)
     return Component("workers", True, f"{settings.workers.count} analysis worker(s) and the "
-                                      f"delivery scheduler in process {child.process.pid}",
-                     child.running), child.stop
+                                      f"delivery scheduler in a child process (started again "
+                                      f"if it ends)", group.running), group.stop
 
 
 def _model_component(settings: Settings) -> Component:

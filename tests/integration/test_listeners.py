@@ -262,3 +262,33 @@ def test_a_listener_process_wakes_the_worker_process(write_config, tmp_path) -> 
         assert state == JobState.DONE, node.output()[-3000:]
     finally:
         assert node.stop() == 0, node.output()
+
+
+def worker_pids(node: Node) -> list[int]:
+    pids = []
+    for pid in children(node.proc.pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"worker" in argv:
+            pids.append(pid)
+    return pids
+
+
+def test_a_killed_worker_process_is_replaced(write_config, tmp_path) -> None:
+    dicom_port, web_port = free_port(), free_port()
+    node = Node(write_config(dicom_port=dicom_port, web_port=web_port))
+    try:
+        node.start(web_port, timeout=180)
+        [before] = worker_pids(node)
+        os.kill(before, 9)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and worker_pids(node) in ([], [before]):
+            time.sleep(0.2)
+        after = worker_pids(node)
+        assert len(after) == 1 and after != [before], node.output()[-3000:]
+        wait_ready(web_port, timeout=180)  # the new one has loaded the model
+        assert "worker process" in node.output() and "starting another" in node.output()
+    finally:
+        assert node.stop() == 0, node.output()
