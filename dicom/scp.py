@@ -120,6 +120,7 @@ class _QuietSocket(AssociationSocket):
         if AssociationSocket.ready.fget(self):  # type: ignore[attr-defined]
             return True
         if self.socket is None or self._is_connected is False:
+            time.sleep(0.001)  # closed: pynetdicom's own pace until its reactor stops
             return False
         try:
             readable, _, _ = select.select([self.socket, self._wake_r], [], [], IDLE_WAIT)
@@ -338,6 +339,8 @@ class SharedSocketListener:
             if not readable:
                 waiting_since = None
                 continue
+            if self._stopped.is_set():
+                return None  # leave it to the processes that go on
             waiting_since = waiting_since or time.monotonic()
             if not self._my_turn(waiting_since):
                 time.sleep(0.001)  # a less busy process takes this one
@@ -361,10 +364,7 @@ class SharedSocketListener:
                 if not self._stopped.is_set():
                     LOGGER.info("the shared DICOM socket stopped accepting")
                 break
-            client, address = accepted
-            if self._stopped.is_set():
-                client.close()
-                break
+            client, address = accepted  # served even if stop() came meanwhile: never dropped
             if ssl_context:
                 client = ssl_context.wrap_socket(client, server_side=True,
                                                  do_handshake_on_connect=False)
@@ -388,6 +388,8 @@ class SharedSocketListener:
         that made it stops them all with :func:`stop_accepting`.
         """
         self._stopped.set()
+        if self.board is not None:
+            self.board.set(1 << 30)  # the others need not wait for this one to take anything
         self._thread.join(timeout=5)
         deadline = time.monotonic() + timeout
         while self.server.active_associations and time.monotonic() < deadline:
