@@ -182,6 +182,9 @@ class Intake:
             self._queue.put(None)
             self._thread.join(timeout=30)
             self._thread = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def __enter__(self) -> Intake:
         return self.start()
