@@ -70,7 +70,8 @@ def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
         return refuse(CANNOT_UNDERSTAND, f"C-STORE request: {exc}")
     try:
         # The data set as the peer sent it, behind a Part 10 header: nothing re-encoded.
-        data = header + request.DataSet.getvalue()
+        with request.DataSet.getbuffer() as received:  # no intermediate copy
+            data = header + received
         accepted = intake.accept(data, source="dicom", calling_ae=calling_ae, peer=peer,
                                  expected_sop_class=negotiated)
     except SopClassMismatchError as exc:

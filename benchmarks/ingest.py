@@ -122,17 +122,9 @@ def fraction_within(buckets: list[tuple[float, float]], bound: float) -> float:
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of ``pid`` and its children, from /proc."""
-    ticks = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry) == pid or int(fields[1]) == pid:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    from tests.support.procs import children, cpu_seconds
+
+    return sum(cpu_seconds(p) for p in (pid, *children(pid)))
 
 
 def cpu_steal() -> tuple[int, int]:

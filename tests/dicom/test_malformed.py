@@ -183,3 +183,23 @@ def test_oversized_file_is_refused_before_reading(tmp_path, valid_bytes):
         pixels.read_dataset(path, max_pixels=10)
     with pytest.raises(DecompressionBombError, match="bytes exceeds"):
         pixels.read_dataset(valid_bytes + bytes(17 * 2**20), max_pixels=10)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 0.9, 0.999])
+def test_structure_check_alone_refuses_truncation(valid_bytes, fraction):
+    """The C-STORE fast path (no value conversion, no decoding of native RGB) still refuses a
+    truncated file: read_dataset(convert_all=False) checks element lengths, inspect_image the
+    Pixel Data length."""
+    cut = valid_bytes[: int(len(valid_bytes) * fraction)]
+    with pytest.raises(DicomError):
+        pixels.inspect_image(pixels.read_dataset(cut, convert_all=False))
+
+
+@pytest.mark.parametrize("length", [0x7FFFFFF0, 0x00100000])
+def test_structure_check_alone_refuses_long_elements(valid_bytes, length):
+    marker = struct.pack("<HH", 0x0010, 0x0020) + b"LO"
+    pos = valid_bytes.index(marker)
+    broken = (valid_bytes[:pos] + struct.pack("<HH", 0x0010, 0x0020) + b"UN\0\0"
+              + struct.pack("<I", length) + valid_bytes[pos + 8:])
+    with pytest.raises(DicomDecodeError):
+        pixels.read_dataset(broken, convert_all=False)

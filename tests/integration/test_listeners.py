@@ -18,23 +18,10 @@ from bcd_node.db.models import Instance, Job
 from tests.conftest import free_port, require_tool
 from tests.integration.test_serve import BCD_NODE, Node
 from tests.support.images import write_vl_micro
+from tests.support.procs import children
 
 pytestmark = pytest.mark.integration
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def children(pid: int) -> list[int]:
-    """PIDs of the direct children of ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def listener_pids(node: Node) -> list[int]:
