@@ -1,0 +1,98 @@
+"""The listener's association socket and handler set-up (dicom.scp), without a peer process."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import pytest
+from pynetdicom import _config, evt
+
+from dicom.scp import ScpPolicy, _QuietSocket, build_ae, storage_contexts
+
+
+def quiet_socket(sock: socket.socket) -> _QuietSocket:
+    wrapper = _QuietSocket.__new__(_QuietSocket)  # only the socket is needed for recv
+    wrapper.socket = sock
+    return wrapper
+
+
+def test_recv_returns_exactly_the_bytes_asked_for_across_small_sends() -> None:
+    ours, peer = socket.socketpair()
+    payload = bytes(range(256)) * 1000  # 256 000 bytes
+    try:
+        def send_in_pieces() -> None:
+            for start in range(0, len(payload), 3000):
+                peer.sendall(payload[start:start + 3000])
+
+        sender = threading.Thread(target=send_in_pieces)
+        sender.start()
+        first = quiet_socket(ours).recv(100_000)
+        rest = quiet_socket(ours).recv(len(payload) - 100_000)
+        sender.join(timeout=10)
+        assert isinstance(first, bytearray)
+        assert bytes(first) == payload[:100_000]
+        assert bytes(rest) == payload[100_000:]
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_recv_returns_what_came_when_the_peer_closes() -> None:
+    ours, peer = socket.socketpair()
+    try:
+        peer.sendall(b"x" * 5000)
+        peer.close()
+        assert bytes(quiet_socket(ours).recv(10_000)) == b"x" * 5000
+    finally:
+        ours.close()
+
+
+def test_recv_of_a_huge_claimed_length_allocates_only_what_arrives() -> None:
+    # A PDU header may claim up to 4 GiB; the buffer must not be made that big up front.
+    ours, peer = socket.socketpair()
+    try:
+        peer.sendall(b"y" * 10)
+        peer.close()
+        started = time.monotonic()
+        assert bytes(quiet_socket(ours).recv(2**32 - 1)) == b"y" * 10
+        assert time.monotonic() - started < 1.0
+    finally:
+        ours.close()
+
+
+def test_recv_times_out_like_pynetdicom() -> None:
+    ours, peer = socket.socketpair()
+    try:
+        ours.settimeout(0.05)
+        with pytest.raises(TimeoutError):
+            quiet_socket(ours).recv(10)
+    finally:
+        ours.close()
+        peer.close()
+
+
+def policy() -> ScpPolicy:
+    return ScpPolicy(ae_title="BCD_NODE", allowed_calling_aes=(),
+                     storage_contexts=storage_contexts())
+
+
+@pytest.mark.parametrize("level, bound", [(logging.WARNING, False), (logging.INFO, True)])
+def test_pynetdicom_logging_handlers_are_bound_only_when_their_lines_are_kept(
+        monkeypatch, level, bound) -> None:
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "standard")
+    logger = logging.getLogger("pynetdicom")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        ae = build_ae(policy())
+        server = ae.start_server(("127.0.0.1", 0), block=False)
+    finally:
+        logger.setLevel(before)
+    try:
+        assert bool(server._handlers.get(evt.EVT_DIMSE_RECV)) is bound
+        assert bool(server._handlers.get(evt.EVT_PDU_RECV)) is bound
+    finally:
+        server.shutdown()
