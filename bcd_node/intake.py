@@ -19,6 +19,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -247,26 +248,34 @@ class Intake:
         TransientError
             The database did not commit in time.
         """
-        ds = dataset if dataset is not None else self.validate(data, expected_sop_class)
+        if self._thread is None:
+            raise RuntimeError("Intake.start() was not called")
+        self.store.check_space(len(data))  # before anything is written
+        when = datetime.now(timezone.utc)
+        # The disk writes the file while this thread hashes and validates the data; the fsync
+        # after that has little left to wait for.
+        pending = self.store.begin_write(Store.instance_folder(when), data)
         try:
-            meta = _extract(ds)
-        except InvalidImageError:
+            sha = hashlib.sha256(data).hexdigest()
+            ds = dataset if dataset is not None else self.validate(data, expected_sop_class)
+            try:
+                meta = _extract(ds)
+                meta["rows"] = int(ds.get("Rows", 0) or 0)
+                meta["columns"] = int(ds.get("Columns", 0) or 0)
+                meta["frames"] = int(ds.get("NumberOfFrames", 1) or 1)
+            except InvalidImageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on bad values
+                raise InvalidImageError(f"malformed identifying attribute: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            pending.abandon()
             raise
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on bad values
-            raise InvalidImageError(f"malformed identifying attribute: "
-                                    f"{type(exc).__name__}: {exc}") from exc
-        self.store.check_space(len(data))
-        sha = hashlib.sha256(data).hexdigest()
-        relpath = Store.instance_relpath(sha)
-        target = self.store.write(relpath, data)
+        relpath = Store.instance_relpath(sha, when)
+        target = self.store.publish(pending.finish(), relpath)
         item = _Item(meta=meta, relpath=relpath, folder=target.parent, sha256=sha,
                      size=len(data), source=source, calling_ae=calling_ae,
                      uploaded_by=uploaded_by, peer=peer)
-        item.meta["rows"] = int(ds.get("Rows", 0) or 0)
-        item.meta["columns"] = int(ds.get("Columns", 0) or 0)
-        item.meta["frames"] = int(ds.get("NumberOfFrames", 1) or 1)
-        if self._thread is None:
-            raise RuntimeError("Intake.start() was not called")
         self._queue.put(item)
         try:
             return item.future.result(timeout=self.commit_timeout)

@@ -340,7 +340,12 @@ def _start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
     scheduler.add_job(deliverer.echo_all, "interval", seconds=d.echo_interval, id="echo",
                       next_run_time=None if not context.settings.destinations else _soon())
     from bcd_node.retention import purge
+    from bcd_node.storage import Store
 
+    # Temporary files of writes that a crash or kill cut short (a live write is younger).
+    store = Store(context.settings.storage.data_dir, context.settings.storage.min_free_disk)
+    scheduler.add_job(store.sweep_temporary, "interval", hours=1, id="sweep-temporary",
+                      next_run_time=_soon())
     if any((context.settings.retention.images_days, context.settings.retention.results_days,
             context.settings.retention.audit_days)):
         scheduler.add_job(purge, "interval", args=[context], hours=1, id="retention",

@@ -7,20 +7,81 @@ durable by fsyncing the folder, which the intake does once per batch.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from bcd_node.errors import TransientError
 
 LOGGER = logging.getLogger(__name__)
 
 
+#: Ending of the names of files being written (see :meth:`Store.write_temp`).
+TEMP_SUFFIX = ".tmp"
+
+
 class StorageFullError(TransientError):
     """Free space is under ``storage.min_free_disk``."""
+
+
+def _load_sync_file_range() -> Callable[..., int] | None:
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call  # type: ignore[no-any-return]
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s dirty pages to disk now, without waiting
+    (Linux ``sync_file_range``; elsewhere a no-op). Only a head start: the fsync that
+    follows is what makes the file durable, so a failure here changes nothing."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+def _raise_if_full(exc: OSError, where: str) -> None:
+    """Raise :class:`StorageFullError` for a full disk or quota; other errors stay as they are."""
+    if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+        raise StorageFullError(f"disk full while writing into {where}") from exc
+
+
+class PendingWrite:
+    """A temporary file written by :meth:`Store.begin_write`, not yet fsynced."""
+
+    def __init__(self, path: Path, fd: int, folder: str) -> None:
+        self.path, self._fd, self._folder = path, fd, folder
+
+    def finish(self) -> Path:
+        """fsync and close the file; returns its temporary path (for :meth:`Store.publish`)."""
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self.abandon()
+            _raise_if_full(exc, self._folder)
+            raise
+        os.close(self._fd)
+        self._fd = -1
+        return self.path
+
+    def abandon(self) -> None:
+        """Close and remove the file: it will not be published."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.path.unlink(missing_ok=True)
 
 
 class Store:
@@ -49,10 +110,15 @@ class Store:
                                    f"{self.min_free_disk} bytes kept free (storage.min_free_disk)")
 
     @staticmethod
+    def instance_folder(when: datetime | None = None) -> str:
+        """The folder of the files received on ``when`` (default: now, UTC)."""
+        when = when or datetime.now(timezone.utc)
+        return f"instances/{when:%Y/%m/%d}"
+
+    @staticmethod
     def instance_relpath(sha256: str, when: datetime | None = None) -> str:
         """Where a received file goes: by day, named by its content hash."""
-        when = when or datetime.now(timezone.utc)
-        return f"instances/{when:%Y/%m/%d}/{sha256}.dcm"
+        return f"{Store.instance_folder(when)}/{sha256}.dcm"
 
     def write(self, relpath: str, data: bytes, *, sync_dir: bool = False) -> Path:
         """Write ``data`` durably to ``relpath`` (temporary name, fsync, rename).
@@ -63,28 +129,66 @@ class Store:
             Also fsync the folder so the new name survives a crash; callers that write many
             files may instead call :meth:`sync_dirs` once for the batch.
         """
-        target = self.path(relpath)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                raise StorageFullError(f"disk full while writing {relpath}") from exc
-            raise
+        folder, _, name = relpath.rpartition("/")
+        target = self.publish(self.begin_write(folder, data, name).finish(), relpath)
         if sync_dir:
             self.sync_dirs([target.parent])
         return target
+
+    def begin_write(self, folder: str, data: bytes, name: str = "") -> PendingWrite:
+        """Write ``data`` to a new temporary file in ``folder`` and have the kernel start
+        writing it to disk; :meth:`PendingWrite.finish` then fsyncs it (quick if the disk was
+        done meanwhile) and :meth:`publish` gives it its name. Temporary names start with a
+        dot and end with ``TEMP_SUFFIX``; :meth:`sweep_temporary` removes those a crash left."""
+        directory = self.path(folder)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{name or 'incoming'}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        fd = -1
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            _start_writeback(fd)
+        except OSError as exc:
+            if fd >= 0:
+                os.close(fd)
+            tmp.unlink(missing_ok=True)
+            _raise_if_full(exc, folder)
+            raise
+        return PendingWrite(tmp, fd, folder)
+
+    def publish(self, tmp: Path, relpath: str) -> Path:
+        """Rename a file from :meth:`begin_write` to ``relpath`` in the same folder (atomic;
+        the folder still needs an fsync for the name to survive a crash)."""
+        target = self.path(relpath)
+        if tmp.parent != target.parent:
+            raise ValueError(f"{relpath!r} is not in the folder of its temporary file")
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        return target
+
+    def sweep_temporary(self, older_than: float = 3600.0) -> int:
+        """Remove temporary files (of writes a crash interrupted) older than ``older_than``
+        seconds under ``instances/`` and ``results/``; younger ones may belong to a write in
+        progress. Returns how many were removed."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for top in ("instances", "results"):
+            for tmp in (self.root / top).rglob(f".*{TEMP_SUFFIX}"):
+                try:
+                    if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                        tmp.unlink()
+                        removed += 1
+                except FileNotFoundError:  # published or removed meanwhile
+                    continue
+        if removed:
+            LOGGER.info("removed %d temporary file(s) left by interrupted writes", removed)
+        return removed
 
     @staticmethod
     def sync_dirs(folders: list[Path] | set[Path]) -> None:

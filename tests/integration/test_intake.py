@@ -70,6 +70,12 @@ def count(ctx: NodeContext, model) -> int:
         return s.execute(select(func.count()).select_from(model)).scalar_one()
 
 
+def instance_files(ctx: NodeContext) -> list[str]:
+    """Every file under the data folder's instances/, temporary ones (dot names) included."""
+    root = ctx.settings.storage.data_dir / "instances"
+    return sorted(p.name for p in root.rglob("*") if p.is_file())
+
+
 def audit_actions(ctx: NodeContext) -> list[str]:
     with ctx.session_factory() as s:
         return list(s.execute(select(AuditEvent.action).order_by(AuditEvent.id)).scalars())
@@ -98,8 +104,9 @@ def test_storescu_images_become_durable_rows_and_jobs(scp_factory, tmp_path) -> 
     again = storescu(scp.port, *files)
     assert again.returncode == 0, again.stderr
     assert count(ctx, Job) == 6
-    stored_files = list((ctx.settings.storage.data_dir / "instances").rglob("*.dcm"))
-    assert len(stored_files) == 6
+    stored_files = instance_files(ctx)
+    assert len(stored_files) == 6  # and no temporary file left behind
+    assert all(name.endswith(".dcm") and not name.startswith(".") for name in stored_files)
 
 
 def test_changed_content_under_same_uid_is_reanalysed_and_audited(scp_factory, tmp_path) -> None:
@@ -176,6 +183,7 @@ def test_malformed_dataset_gets_c210_and_audit(scp_factory) -> None:
     del ds.PixelData
     assert send_with_pynetdicom(scp.port, ds) in range(0xC210, 0xC220)
     assert count(scp.context, Instance) == 0
+    assert instance_files(scp.context) == []  # its temporary file is gone too
     assert "store_refused" in audit_actions(scp.context)
 
 
@@ -189,6 +197,7 @@ def test_truncated_pixel_data_gets_c210(scp_factory, tmp_path, monkeypatch) -> N
     cut.write_bytes(path.read_bytes()[:-1000])
     assert send_with_pynetdicom(scp.port, cut) in range(0xC210, 0xC220)
     assert count(scp.context, Instance) == 0
+    assert instance_files(scp.context) == []
 
 
 def test_malformed_identifying_value_gets_c210_not_a_processing_failure(
@@ -209,6 +218,7 @@ def test_malformed_identifying_value_gets_c210_not_a_processing_failure(
     bad.write_bytes(data.replace(good, b"\x20\x00\x11\x00IS\x02\x00x1"))
     assert send_with_pynetdicom(scp.port, bad) in range(0xC210, 0xC220)
     assert count(scp.context, Instance) == 0
+    assert instance_files(scp.context) == []
     assert "store_refused" in audit_actions(scp.context)
 
 
@@ -227,6 +237,7 @@ def test_sop_class_mismatch_gets_a900(scp_factory, tmp_path, monkeypatch) -> Non
     assert pydicom.dcmread(path).file_meta.MediaStorageSOPClassUID == VLMicroscopicImageStorage
     assert send_with_pynetdicom(scp.port, path) == 0xA900
     assert count(scp.context, Instance) == 0
+    assert instance_files(scp.context) == []
 
 
 def test_unsupported_sop_class_is_refused_at_negotiation(scp_factory, tmp_path) -> None:

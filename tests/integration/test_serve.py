@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bcd_node.settings import load_settings
 from tests.conftest import free_port, require_tool
 
 pytestmark = pytest.mark.integration
@@ -70,8 +71,21 @@ def test_serve_answers_dicom_and_http_and_stops_on_sigterm(write_config) -> None
     echoscu = require_tool("echoscu")
     dicom_port, web_port = free_port(), free_port()
     node = Node(write_config(dicom_port=dicom_port, web_port=web_port))
+    # Temporary files a crash left: the old one is swept at start, a young one may be a write
+    # in progress and stays.
+    data_dir = load_settings(node.config).storage.data_dir
+    old_tmp = data_dir / "instances/2026/01/01/.incoming.cut-short.tmp"
+    young_tmp = data_dir / "instances/2026/01/01/.incoming.in-progress.tmp"
+    old_tmp.parent.mkdir(parents=True)
+    old_tmp.write_bytes(b"cut short")
+    young_tmp.write_bytes(b"being written")
+    os.utime(old_tmp, (time.time() - 7200, time.time() - 7200))
     try:
         node.start(web_port)
+        deadline = time.monotonic() + 20
+        while old_tmp.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not old_tmp.exists() and young_tmp.exists()
         env = {**os.environ, "TCP_NODELAY": "1"}
         ok = subprocess.run([echoscu, "-aet", "SCANNER", "-aec", "BCD_NODE", "127.0.0.1",
                              str(dicom_port)], capture_output=True, env=env, timeout=30)
