@@ -22,7 +22,7 @@ from bcd_node.errors import TransientError
 LOGGER = logging.getLogger(__name__)
 
 
-#: Ending of the names of files being written (see :meth:`Store.write_temp`).
+#: Ending of the names of files being written (see :meth:`Store.begin_write`).
 TEMP_SUFFIX = ".tmp"
 
 
