@@ -272,7 +272,7 @@ class Intake:
             pending.abandon()
             raise
         relpath = Store.instance_relpath(sha, when)
-        target = self.store.publish(pending.finish(), relpath)
+        target = pending.finish(relpath.rpartition("/")[2])
         item = _Item(meta=meta, relpath=relpath, folder=target.parent, sha256=sha,
                      size=len(data), source=source, calling_ae=calling_ae,
                      uploaded_by=uploaded_by, peer=peer)

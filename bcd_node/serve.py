@@ -342,10 +342,12 @@ def _start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
     from bcd_node.retention import purge
     from bcd_node.storage import Store
 
-    # Temporary files of writes that a crash or kill cut short (a live write is younger).
+    # Temporary files of writes that a crash or kill cut short (a live write is younger): the
+    # whole data folder at start, then hourly the folders the intake writes into now.
     store = Store(context.settings.storage.data_dir, context.settings.storage.min_free_disk)
-    scheduler.add_job(store.sweep_temporary, "interval", hours=1, id="sweep-temporary",
-                      next_run_time=_soon())
+    scheduler.add_job(store.sweep_temporary, "date", run_date=_soon(), id="sweep-temporary")
+    scheduler.add_job(store.sweep_temporary, "interval", kwargs={"recent_only": True}, hours=1,
+                      id="sweep-recent-temporary")
     if any((context.settings.retention.images_days, context.settings.retention.results_days,
             context.settings.retention.audit_days)):
         scheduler.add_job(purge, "interval", args=[context], hours=1, id="retention",

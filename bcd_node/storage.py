@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -64,20 +64,26 @@ class PendingWrite:
     def __init__(self, path: Path, fd: int, folder: str) -> None:
         self.path, self._fd, self._folder = path, fd, folder
 
-    def finish(self) -> Path:
-        """fsync and close the file; returns its temporary path (for :meth:`Store.publish`)."""
+    def finish(self, name: str) -> Path:
+        """fsync and close the file, then rename it to ``name`` in its folder (atomic; the
+        folder still needs an fsync for the name to survive a crash). Returns the new path."""
+        if not name or "/" in name or name in (".", "..") or name.endswith(TEMP_SUFFIX):
+            self.abandon()
+            raise ValueError(f"{name!r} is not a file name for {self._folder}")
         try:
             os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            target = self.path.with_name(name)
+            os.replace(self.path, target)
         except OSError as exc:
             self.abandon()
             _raise_if_full(exc, self._folder)
             raise
-        os.close(self._fd)
-        self._fd = -1
-        return self.path
+        return target
 
     def abandon(self) -> None:
-        """Close and remove the file: it will not be published."""
+        """Close and remove the file: it will not be kept."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -130,7 +136,7 @@ class Store:
             files may instead call :meth:`sync_dirs` once for the batch.
         """
         folder, _, name = relpath.rpartition("/")
-        target = self.publish(self.begin_write(folder, data, name).finish(), relpath)
+        target = self.begin_write(folder, data, name).finish(name)
         if sync_dir:
             self.sync_dirs([target.parent])
         return target
@@ -138,7 +144,7 @@ class Store:
     def begin_write(self, folder: str, data: bytes, name: str = "") -> PendingWrite:
         """Write ``data`` to a new temporary file in ``folder`` and have the kernel start
         writing it to disk; :meth:`PendingWrite.finish` then fsyncs it (quick if the disk was
-        done meanwhile) and :meth:`publish` gives it its name. Temporary names start with a
+        done meanwhile) and gives it its name. Temporary names start with a
         dot and end with ``TEMP_SUFFIX``; :meth:`sweep_temporary` removes those a crash left."""
         directory = self.path(folder)
         directory.mkdir(parents=True, exist_ok=True)
@@ -159,32 +165,26 @@ class Store:
             raise
         return PendingWrite(tmp, fd, folder)
 
-    def publish(self, tmp: Path, relpath: str) -> Path:
-        """Rename a file from :meth:`begin_write` to ``relpath`` in the same folder (atomic;
-        the folder still needs an fsync for the name to survive a crash)."""
-        target = self.path(relpath)
-        if tmp.parent != target.parent:
-            raise ValueError(f"{relpath!r} is not in the folder of its temporary file")
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-        return target
-
-    def sweep_temporary(self, older_than: float = 3600.0) -> int:
+    def sweep_temporary(self, older_than: float = 3600.0, *, recent_only: bool = False) -> int:
         """Remove temporary files (of writes a crash interrupted) older than ``older_than``
         seconds under ``instances/`` and ``results/``; younger ones may belong to a write in
-        progress. Returns how many were removed."""
+        progress. With ``recent_only``, only the instance folders of today and yesterday
+        (where the intake writes): cheap enough to run often on a large archive. Returns how
+        many were removed."""
         cutoff = time.time() - older_than
+        if recent_only:
+            now = datetime.now(timezone.utc)
+            tops = [self.instance_folder(now - timedelta(days=d)) for d in (0, 1)]
+        else:
+            tops = ["instances", "results"]
         removed = 0
-        for top in ("instances", "results"):
+        for top in tops:
             for tmp in (self.root / top).rglob(f".*{TEMP_SUFFIX}"):
                 try:
                     if tmp.is_file() and tmp.stat().st_mtime < cutoff:
                         tmp.unlink()
                         removed += 1
-                except FileNotFoundError:  # published or removed meanwhile
+                except FileNotFoundError:  # renamed or removed meanwhile
                     continue
         if removed:
             LOGGER.info("removed %d temporary file(s) left by interrupted writes", removed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -32,16 +33,17 @@ def test_a_pending_write_is_invisible_until_published_and_gone_when_abandoned(tm
     assert len(names) == 2 and all(Path(n).name.startswith(".") for n in names)
     assert all(n.endswith(TEMP_SUFFIX) for n in names)
     dropped.abandon()
-    store.publish(kept.finish(), "instances/2026/11/24/abc.dcm")
+    assert kept.finish("abc.dcm") == tmp_path / "instances/2026/11/24/abc.dcm"
     assert files_under(tmp_path) == ["instances/2026/11/24/abc.dcm"]
     assert (tmp_path / "instances/2026/11/24/abc.dcm").read_bytes() == b"one"
 
 
-def test_publish_refuses_another_folder(tmp_path) -> None:
-    store = Store(tmp_path, 0)
-    tmp = store.begin_write("instances/a", b"x").finish()
+@pytest.mark.parametrize("name", ["../b/x.dcm", "b/x.dcm", "..", "", ".x.tmp"])
+def test_finish_refuses_a_name_outside_its_folder_and_keeps_nothing(tmp_path, name) -> None:
+    pending = Store(tmp_path, 0).begin_write("instances/a", b"x")
     with pytest.raises(ValueError):
-        store.publish(tmp, "instances/b/x.dcm")
+        pending.finish(name)
+    assert files_under(tmp_path) == []
 
 
 def test_a_full_disk_while_writing_is_storage_full_and_leaves_no_file(tmp_path,
@@ -64,7 +66,7 @@ def test_a_full_disk_at_fsync_is_storage_full_and_leaves_no_file(tmp_path, monke
 
     monkeypatch.setattr(storage.os, "fsync", full)
     with pytest.raises(StorageFullError):
-        pending.finish()
+        pending.finish("x.dcm")
     assert files_under(tmp_path) == []
 
 
@@ -91,6 +93,21 @@ def test_sweep_removes_only_old_temporary_files(tmp_path) -> None:
     assert store.sweep_temporary(older_than=3600) == 2
     assert not old_image.exists() and not old_result.exists()
     assert young.exists() and published.exists()
+
+
+def test_recent_sweep_looks_only_at_the_instance_folders_of_today_and_yesterday(
+        tmp_path) -> None:
+    store = Store(tmp_path, 0)
+    now = datetime.now(timezone.utc)
+    today = store.begin_write(Store.instance_folder(now), b"cut short").path
+    yesterday = store.begin_write(Store.instance_folder(now - timedelta(days=1)), b"x").path
+    older = store.begin_write(Store.instance_folder(now - timedelta(days=5)), b"x").path
+    hour_ago = time.time() - 7200
+    for path in (today, yesterday, older):
+        os.utime(path, (hour_ago, hour_ago))
+    assert store.sweep_temporary(recent_only=True) == 2
+    assert not today.exists() and not yesterday.exists() and older.exists()
+    assert store.sweep_temporary() == 1 and not older.exists()
 
 
 def test_sweep_of_an_empty_data_folder_removes_nothing(tmp_path) -> None:
