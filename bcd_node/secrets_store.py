@@ -21,25 +21,48 @@ class NodeSecrets:
 
 
 def _read_or_create(path: Path) -> str:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            LOGGER.warning("secret file %s has mode %o; tightening to 0600", path, mode)
-            path.chmod(0o600)
-        value = path.read_text(encoding="ascii").strip()
-        if len(value) < 32:
-            raise ValueError(f"secret file {path} is shorter than 32 characters; delete it "
-                             "to have a new one generated")
-        return value
-    value = secrets.token_urlsafe(48)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(value + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    LOGGER.info("generated secret %s", path.name)
+    """The secret in ``path``; a new one when there is none.
+
+    Roles started together (``scp``, ``worker``, ``web``) may all find the file missing. Each
+    writes its candidate to a private temporary file and links it into place; ``link`` fails
+    when the name exists, so exactly one candidate wins, and no process ever reads a file that
+    another one is still writing.
+    """
+    if not path.exists():
+        value = secrets.token_urlsafe(48)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as fh:
+                fh.write(value + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process was first: use its secret
+        else:
+            _fsync_folder(path.parent)
+            LOGGER.info("generated secret %s", path.name)
+            return value
+        finally:
+            tmp.unlink(missing_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        LOGGER.warning("secret file %s has mode %o; tightening to 0600", path, mode)
+        path.chmod(0o600)
+    value = path.read_text(encoding="ascii").strip()
+    if len(value) < 32:
+        raise ValueError(f"secret file {path} is shorter than 32 characters; delete it "
+                         "to have a new one generated")
     return value
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def ensure_secrets(data_dir: Path) -> NodeSecrets:

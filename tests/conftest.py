@@ -51,6 +51,20 @@ def _clean_bcd_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(var)
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    # `bcd-node` commands run in-process bind a handler to the sys.stderr of that test, which
+    # pytest closes afterwards; later records would then fail with "I/O operation on closed file".
+    import logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logging.getLogger("pynetdicom").level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    logging.getLogger("pynetdicom").setLevel(saved[2])
+
+
 @pytest.fixture
 def write_config(tmp_path: Path) -> Callable[..., Path]:
     """Write a config file: the default one with ``extra`` TOML appended, data in tmp_path."""

@@ -71,7 +71,9 @@ def test_roles_share_postgres_and_each_image_is_processed_once(write_config, pos
                 os.kill(p.pid, signal.SIGKILL)
                 p.wait(timeout=10)
         orthanc.cleanup()
-    assert all(p.returncode == 0 for p in procs), [log.read_text()[-1500:] for log in logs]
+    failed = {log.name: (p.returncode, log.read_text()[-3000:])
+              for p, log in zip(procs, logs) if p.returncode != 0}
+    assert not failed, failed
     ctx = open_node(load_settings(cfg), migrate=False)
     with ctx.session_factory() as s:
         jobs = s.execute(select(Job)).scalars().all()

@@ -195,3 +195,48 @@ def test_approve_role_and_tokens_from_the_command_line(cfg, capsys, monkeypatch)
     assert run(cfg, "users", "tokens", "revoke", str(token_id)) == 0
     with ctx.session_factory() as s:
         assert find_token(s, ctx.secrets.api_token_salt, text) is None
+
+
+def test_roles_started_together_agree_on_the_secrets(tmp_path: Path, monkeypatch) -> None:
+    """Two processes creating the secrets at once never read a half-written file: the one
+    that is slower to generate its secret takes the one already in place."""
+    import secrets as std_secrets
+    import threading
+
+    from bcd_node import secrets_store
+
+    first_generated = threading.Event()
+    other_done = threading.Event()
+    real = std_secrets.token_urlsafe
+    calls = []
+
+    def slow_first(n: int) -> str:
+        calls.append(threading.current_thread().name)
+        if threading.current_thread().name == "slow" and not first_generated.is_set():
+            first_generated.set()
+            assert other_done.wait(10)
+        return real(n)
+
+    monkeypatch.setattr(secrets_store.secrets, "token_urlsafe", slow_first)
+    results: dict[str, object] = {}
+
+    def start(name: str) -> None:
+        try:
+            results[name] = ensure_secrets(tmp_path)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            results[name] = exc
+        finally:
+            if name == "fast":
+                other_done.set()
+
+    slow = threading.Thread(target=start, args=("slow",), name="slow")
+    slow.start()
+    assert first_generated.wait(10)
+    fast = threading.Thread(target=start, args=("fast",), name="fast")
+    fast.start()
+    fast.join(10)
+    slow.join(10)
+    assert not isinstance(results["fast"], Exception), results["fast"]
+    assert results["slow"] == results["fast"]
+    assert sorted(p.name for p in (tmp_path / "secrets").iterdir()) == sorted(
+        secrets_store.SECRET_NAMES)  # no temporary file left
