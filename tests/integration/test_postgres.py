@@ -39,3 +39,28 @@ def test_cli_against_postgres(postgres_url: str, write_config, capsys) -> None:
     assert main(["--config", str(cfg), "users", "list", "--json"]) == 0
     assert '"dr.who"' in capsys.readouterr().out
     assert main(["--config", str(cfg), "audit", "verify"]) == 0
+
+
+def test_roles_started_together_on_a_new_database_migrate_once(postgres_url: str,
+                                                               write_config) -> None:
+    """`scp`, `worker` and `web` all apply pending migrations at start; started together on a
+    new release, one migrates and the others wait for it instead of failing on tables that
+    appeared meanwhile."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = write_config(database_url=postgres_url)
+    bcd_node = Path(sys.executable).with_name("bcd-node")
+    # Python started together, the migration itself released at once to all of them.
+    procs = [subprocess.Popen([str(bcd_node), "--config", str(cfg), "db", "upgrade"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for _ in range(4)]
+    outputs = [p.communicate(timeout=180)[0].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outputs
+    engine = make_engine(postgres_url)
+    try:
+        assert current_revision(engine) == head_revision()
+        assert_schema_matches_models(engine)
+    finally:
+        engine.dispose()
