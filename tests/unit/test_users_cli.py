@@ -240,3 +240,27 @@ def test_roles_started_together_agree_on_the_secrets(tmp_path: Path, monkeypatch
     assert results["slow"] == results["fast"]
     assert sorted(p.name for p in (tmp_path / "secrets").iterdir()) == sorted(
         secrets_store.SECRET_NAMES)  # no temporary file left
+
+
+def test_first_admin_made_by_another_web_process_meanwhile(cfg, monkeypatch) -> None:
+    """Two `web` roles starting together on a new database: the one that loses the race to
+    create `admin` starts normally and prints no password (the other one printed its own)."""
+    from bcd_node import users
+    from bcd_node.users import Role, add_user
+
+    ctx = open_node(load_settings(cfg))
+    real = users.generate_password
+
+    def other_process_first() -> str:
+        with ctx.session_factory.begin() as other:
+            add_user(other, "admin", "the-other-process-password", Role.ADMIN,
+                     actor="system", actor_kind="system")
+        return real()
+
+    monkeypatch.setattr(users, "generate_password", other_process_first)
+    out = io.StringIO()
+    bootstrap_admin(ctx, out)
+    assert out.getvalue() == ""
+    with ctx.session_factory() as session:
+        admin = session.execute(select(User)).scalar_one()
+        assert verify_password(admin.password_hash, "the-other-process-password")
