@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 CONSTRAINTS := constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: run install install-test deps-debian test test-quick lint clean help
+.PHONY: run install install-test deps-debian test test-quick clean help
 
 help:
 	@echo "make run         install into $(VENV) and start the node (SQLite, bundled model, local ports)"
