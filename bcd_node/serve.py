@@ -36,12 +36,18 @@ class StartupError(BcdError):
 def bootstrap_admin(context: NodeContext, out: Any = None) -> None:
     """Create the first admin when there are no users; print a generated password once."""
     out = out or sys.stdout
+    from sqlalchemy import func, select
     from sqlalchemy.exc import IntegrityError
+
+    from bcd_node.db.models import User
 
     try:
         with context.session_factory.begin() as session:
             created = ensure_initial_admin(session, os.environ.get("BCD_ADMIN_PASSWORD") or None)
     except (UserError, IntegrityError):
+        with context.session_factory() as session:
+            if not session.execute(select(func.count()).select_from(User)).scalar_one():
+                raise  # e.g. a BCD_ADMIN_PASSWORD too weak
         # Another process (a second `web` started at the same time) created it meanwhile and
         # printed its password.
         LOGGER.info("the first admin was created by another process")

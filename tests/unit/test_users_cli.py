@@ -264,3 +264,14 @@ def test_first_admin_made_by_another_web_process_meanwhile(cfg, monkeypatch) -> 
     with ctx.session_factory() as session:
         admin = session.execute(select(User)).scalar_one()
         assert verify_password(admin.password_hash, "the-other-process-password")
+
+
+def test_too_weak_admin_password_from_environment_is_refused(cfg, monkeypatch) -> None:
+    from bcd_node.users import UserError
+
+    monkeypatch.setenv("BCD_ADMIN_PASSWORD", "short")
+    ctx = open_node(load_settings(cfg))
+    with pytest.raises(UserError, match="too short"):
+        bootstrap_admin(ctx, io.StringIO())
+    with ctx.session_factory() as session:
+        assert session.execute(select(User)).first() is None
