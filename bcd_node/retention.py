@@ -37,7 +37,12 @@ class PurgeSummary:
 
 
 def purge(context: NodeContext) -> PurgeSummary:
-    """Apply the retention settings once."""
+    """Apply the retention settings once.
+
+    Every worker process runs it; on PostgreSQL the rows that another purge holds at that
+    moment are skipped (``FOR UPDATE SKIP LOCKED``), so two purges share the work instead of
+    waiting for each other and then failing on rows already gone.
+    """
     r = context.settings.retention
     store = Store(context.settings.storage.data_dir, context.settings.storage.min_free_disk)
     now = utcnow()
@@ -48,7 +53,7 @@ def purge(context: NodeContext) -> PurgeSummary:
         with context.session_factory.begin() as session:
             old = session.execute(select(Instance).where(
                 Instance.received_at < now - timedelta(days=r.images_days), Instance.path != "",
-                Instance.id.not_in(busy))).scalars().all()
+                Instance.id.not_in(busy)).with_for_update(skip_locked=True)).scalars().all()
             for inst in old:
                 store.remove(inst.path)
                 inst.path = ""
@@ -60,7 +65,7 @@ def purge(context: NodeContext) -> PurgeSummary:
         with context.session_factory.begin() as session:
             old = session.execute(select(Result).where(
                 Result.created_at < now - timedelta(days=r.results_days),
-                Result.id.not_in(pending))).scalars().all()
+                Result.id.not_in(pending)).with_for_update(skip_locked=True)).scalars().all()
             for result in old:
                 folder = (f"results/{result.instance_fk}/{result.model_version}"
                           if result.scope == "instance"

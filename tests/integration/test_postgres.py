@@ -64,3 +64,50 @@ def test_roles_started_together_on_a_new_database_migrate_once(postgres_url: str
         assert_schema_matches_models(engine)
     finally:
         engine.dispose()
+
+
+def test_two_workers_purging_at_once_split_the_work(postgres_url: str, write_config) -> None:
+    """Every worker process runs the hourly retention purge; on PostgreSQL two of them at the
+    same moment must neither wait for each other nor fail on rows the other removed: rows
+    another purge holds are skipped."""
+    import threading
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+    from sqlalchemy.orm import Session
+
+    from bcd_node.db.models import Instance, Job, JobState, utcnow
+    from bcd_node.intake import Intake
+    from bcd_node.retention import purge
+    from bcd_node.runtime import open_node
+    from bcd_node.settings import load_settings
+    from tests.unit.test_retention import _bytes
+
+    cfg = write_config("[retention]\nimages_days = 30\n", database_url=postgres_url)
+    ctx = open_node(load_settings(cfg))
+    try:
+        with Intake(ctx) as intake:
+            first, second = (intake.accept(_bytes(i)) for i in (11, 12))
+        with ctx.session_factory.begin() as s:
+            s.execute(update(Job).values(state=JobState.DONE))
+            s.execute(update(Instance).values(received_at=utcnow() - timedelta(days=400)))
+        other = Session(ctx.engine)  # the other worker, in the middle of its purge
+        try:
+            other.execute(select(Instance).where(Instance.id == first.instance_id)
+                          .with_for_update())
+            outcome: list = []
+            thread = threading.Thread(target=lambda: outcome.append(purge(ctx)), daemon=True)
+            thread.start()
+            thread.join(20)
+            assert not thread.is_alive(), "purge waited for the rows another purge holds"
+        finally:
+            other.rollback()
+            other.close()
+        thread.join(20)
+        assert outcome and outcome[0].images == 1
+        with ctx.session_factory() as s:
+            paths = dict(s.execute(select(Instance.id, Instance.path)).all())
+        assert paths[first.instance_id] and paths[second.instance_id] == ""
+        assert purge(ctx).images == 1  # the skipped one goes at the next run
+    finally:
+        ctx.engine.dispose()
