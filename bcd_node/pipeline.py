@@ -529,9 +529,15 @@ def enqueue_study_summaries(context: NodeContext) -> int:
         Job.kind.in_([JobKind.ANALYZE, JobKind.STUDY_SUMMARY]),
         Job.state.in_([JobState.QUEUED, JobState.RUNNING]), Job.study_fk.is_not(None))
     with context.session_factory.begin() as session:
+        # Every worker process runs this on the same schedule. On PostgreSQL a study that
+        # another one is queueing right now is locked: skip it. Looking again once the rows
+        # are locked (a fresh snapshot) catches a job committed in between.
         ids = session.execute(select(Study.id).where(
             Study.summary_done_at.is_(None), Study.last_received_at < cutoff,
-            Study.id.not_in(busy)).limit(100)).scalars().all()
+            Study.id.not_in(busy)).limit(100).with_for_update(skip_locked=True)).scalars().all()
+        if ids:
+            taken = set(session.execute(busy.where(Job.study_fk.in_(ids))).scalars())
+            ids = [i for i in ids if i not in taken]
         for study_id in ids:
             session.add(Job(kind=JobKind.STUDY_SUMMARY, study_fk=study_id,
                             max_attempts=context.settings.workers.max_attempts))

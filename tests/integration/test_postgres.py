@@ -111,3 +111,52 @@ def test_two_workers_purging_at_once_split_the_work(postgres_url: str, write_con
         assert purge(ctx).images == 1  # the skipped one goes at the next run
     finally:
         ctx.engine.dispose()
+
+
+def test_two_workers_queue_one_summary_for_a_quiet_study(postgres_url: str,
+                                                         write_config) -> None:
+    """Every worker process looks for quiet studies on the same schedule; one that finds the
+    other in the middle of queueing a study's summary leaves that study alone."""
+    import threading
+    from datetime import timedelta
+
+    from sqlalchemy import func, select, update
+    from sqlalchemy.orm import Session
+
+    from bcd_node.db.models import Job, JobKind, JobState, Study, utcnow
+    from bcd_node.intake import Intake
+    from bcd_node.pipeline import enqueue_study_summaries
+    from bcd_node.runtime import open_node
+    from bcd_node.settings import load_settings
+    from tests.unit.test_retention import _bytes
+
+    ctx = open_node(load_settings(write_config(database_url=postgres_url)))
+    try:
+        with Intake(ctx) as intake:
+            accepted = intake.accept(_bytes(21))
+        with ctx.session_factory.begin() as s:
+            s.execute(update(Job).values(state=JobState.DONE))
+            s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
+            study_id = s.execute(select(Study.id).where(
+                Study.study_instance_uid == accepted.study_instance_uid)).scalar_one()
+        other = Session(ctx.engine)  # the other worker: found the study, job not committed
+        try:
+            other.execute(select(Study).where(Study.id == study_id).with_for_update())
+            other.add(Job(kind=JobKind.STUDY_SUMMARY, study_fk=study_id, max_attempts=3))
+            other.flush()
+            queued: list[int] = []
+            thread = threading.Thread(
+                target=lambda: queued.append(enqueue_study_summaries(ctx)), daemon=True)
+            thread.start()
+            thread.join(20)
+            assert not thread.is_alive(), "waited for the other worker"
+            other.commit()
+        finally:
+            other.close()
+        assert queued == [0]
+        assert enqueue_study_summaries(ctx) == 0
+        with ctx.session_factory() as s:
+            assert s.execute(select(func.count()).select_from(Job).where(
+                Job.kind == JobKind.STUDY_SUMMARY)).scalar_one() == 1
+    finally:
+        ctx.engine.dispose()
