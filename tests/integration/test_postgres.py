@@ -160,3 +160,19 @@ def test_two_workers_queue_one_summary_for_a_quiet_study(postgres_url: str,
                 Job.kind == JobKind.STUDY_SUMMARY)).scalar_one() == 1
     finally:
         ctx.engine.dispose()
+
+
+def test_results_purge_on_postgres(postgres_url: str, write_config) -> None:
+    from bcd_node.retention import purge
+    from bcd_node.runtime import open_node
+    from bcd_node.settings import load_settings
+    from tests.unit.test_retention import old_results
+
+    ctx = open_node(load_settings(write_config("[retention]\nresults_days = 30\n",
+                                               database_url=postgres_url)))
+    try:
+        old_results(ctx)
+        assert purge(ctx).results == 1
+        assert purge(ctx).results == 0
+    finally:
+        ctx.engine.dispose()

@@ -72,3 +72,48 @@ def test_zero_keeps_everything(write_config) -> None:
     with ctx.session_factory.begin() as s:
         s.execute(update(Instance).values(received_at=utcnow() - timedelta(days=5000)))
     assert purge(ctx) == PurgeSummary(0, 0, 0)
+
+
+def old_results(ctx) -> tuple[int, int]:
+    """Two results from 400 days ago with their folders: the first delivered, the second
+    still waiting for delivery. Returns their ids."""
+    from bcd_node.db.models import Delivery, DeliveryState, Result
+
+    with Intake(ctx) as intake:
+        done, waiting = (intake.accept(_bytes(i)) for i in (31, 32))
+    long_ago = utcnow() - timedelta(days=400)
+    ids = []
+    with ctx.session_factory.begin() as s:
+        s.execute(update(Job).values(state=JobState.DONE))
+        for accepted, state in ((done, DeliveryState.DONE), (waiting, DeliveryState.PENDING)):
+            study_fk = s.get(Instance, accepted.instance_id).series.study_fk
+            result = Result(scope="instance", instance_fk=accepted.instance_id,
+                            study_fk=study_fk, model_name="m", model_version="1.0",
+                            created_at=long_ago)
+            s.add(result)
+            s.flush()
+            s.add(Delivery(result_fk=result.id, destination="pacs", kind="pdf",
+                           sop_class_uid="1.2.840.10008.5.1.4.1.1.104.1",
+                           sop_instance_uid=f"2.25.{result.id}", path="x", state=state))
+            folder = ctx.settings.storage.data_dir / "results" / str(accepted.instance_id) / "1.0"
+            folder.mkdir(parents=True)
+            (folder / "report.pdf").write_bytes(b"%PDF-1.4\n")
+            ids.append(result.id)
+    return ids[0], ids[1]
+
+
+def test_old_results_are_purged_those_awaiting_delivery_kept(write_config) -> None:
+    from bcd_node.db.models import Delivery, Result
+
+    ctx = open_node(load_settings(write_config("[retention]\nresults_days = 30\n")))
+    done_id, waiting_id = old_results(ctx)
+    with ctx.session_factory() as s:
+        folders = {r.id: ctx.settings.storage.data_dir / "results" / str(r.instance_fk) / "1.0"
+                   for r in s.execute(select(Result)).scalars()}
+    assert purge(ctx).results == 1
+    with ctx.session_factory() as s:
+        assert set(s.execute(select(Result.id)).scalars()) == {waiting_id}
+        assert set(s.execute(select(Delivery.result_fk)).scalars()) == {waiting_id}
+    assert not folders[done_id].exists()
+    assert (folders[waiting_id] / "report.pdf").exists()
+    assert purge(ctx).results == 0
