@@ -8,6 +8,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from bcd_node.storage import Store
+
 LOGGER = logging.getLogger(__name__)
 SECRET_NAMES = ("session_key", "api_token_salt")
 
@@ -41,7 +43,7 @@ def _read_or_create(path: Path) -> str:
         except FileExistsError:
             pass  # another process was first: use its secret
         else:
-            _fsync_folder(path.parent)
+            Store.sync_dirs([path.parent])
             LOGGER.info("generated secret %s", path.name)
             return value
         finally:
@@ -55,14 +57,6 @@ def _read_or_create(path: Path) -> str:
         raise ValueError(f"secret file {path} is shorter than 32 characters; delete it "
                          "to have a new one generated")
     return value
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def ensure_secrets(data_dir: Path) -> NodeSecrets:

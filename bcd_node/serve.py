@@ -22,7 +22,7 @@ from bcd_node.errors import BcdError
 from bcd_node.metrics import Metrics
 from bcd_node.runtime import Component, NodeContext, open_node
 from bcd_node.settings import Settings
-from bcd_node.users import UserError, ensure_initial_admin
+from bcd_node.users import UserError, any_users, ensure_initial_admin
 
 LOGGER = logging.getLogger(__name__)
 ROLES = ("scp", "worker", "web")
@@ -36,17 +36,14 @@ class StartupError(BcdError):
 def bootstrap_admin(context: NodeContext, out: Any = None) -> None:
     """Create the first admin when there are no users; print a generated password once."""
     out = out or sys.stdout
-    from sqlalchemy import func, select
     from sqlalchemy.exc import IntegrityError
-
-    from bcd_node.db.models import User
 
     try:
         with context.session_factory.begin() as session:
             created = ensure_initial_admin(session, os.environ.get("BCD_ADMIN_PASSWORD") or None)
     except (UserError, IntegrityError):
         with context.session_factory() as session:
-            if not session.execute(select(func.count()).select_from(User)).scalar_one():
+            if not any_users(session):
                 raise  # e.g. a BCD_ADMIN_PASSWORD too weak
         # Another process (a second `web` started at the same time) created it meanwhile and
         # printed its password.

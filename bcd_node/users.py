@@ -147,13 +147,18 @@ class InitialAdmin:
     password: str | None
 
 
+def any_users(session: Session) -> bool:
+    """Whether any user account exists (whatever its state)."""
+    return session.execute(select(User.id).limit(1)).first() is not None
+
+
 def ensure_initial_admin(session: Session, env_password: str | None) -> InitialAdmin | None:
     """Create ``admin`` when there are no users at all; None when users already exist.
 
     The password is ``env_password`` (from ``BCD_ADMIN_PASSWORD``) or a random one that the
     caller prints once; there is no default password.
     """
-    if session.execute(select(func.count()).select_from(User)).scalar_one() > 0:
+    if any_users(session):
         return None
     password = env_password or generate_password()
     add_user(session, "admin", password, Role.ADMIN, full_name="Administrator",
