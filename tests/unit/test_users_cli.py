@@ -208,10 +208,8 @@ def test_roles_started_together_agree_on_the_secrets(tmp_path: Path, monkeypatch
     first_generated = threading.Event()
     other_done = threading.Event()
     real = std_secrets.token_urlsafe
-    calls = []
 
     def slow_first(n: int) -> str:
-        calls.append(threading.current_thread().name)
         if threading.current_thread().name == "slow" and not first_generated.is_set():
             first_generated.set()
             assert other_done.wait(10)
