@@ -33,6 +33,29 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10, what: str = "") 
     raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
+def navigate(driver: Any, by: str, value: str, timeout: float = 10) -> None:
+    """Click what loads a new page, and wait until that page has replaced the old one.
+
+    A find right after a plain click can still see the old page (a link that is on both) and
+    then fail with a stale element once the new page arrives.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(by, value).click()
+
+    def gone() -> bool:
+        try:
+            old.is_enabled()  # any call on an element of a replaced page raises
+        except StaleElementReferenceException:
+            return True
+        return False
+
+    wait_for(gone, timeout, what=f"the page after clicking {value!r}")
+    wait_for(lambda: driver.execute_script("return document.readyState") == "complete",
+             timeout, what="page load")
+
+
 def fill(driver: Any, name: str, value: str) -> None:
     from selenium.webdriver.common.by import By
     field = driver.find_element(By.NAME, name)
@@ -45,13 +68,13 @@ def sign_in(driver: Any, url: str, username: str, password: str) -> None:
     driver.get(url + "/login")
     fill(driver, "username", username)
     fill(driver, "password", password)
-    driver.find_element(By.ID, "sign-in").click()
+    navigate(driver, By.ID, "sign-in")
     wait_for(lambda: driver.find_elements(By.ID, "logout"), what="signed-in page")
 
 
 def sign_out(driver: Any) -> None:
     from selenium.webdriver.common.by import By
-    driver.find_element(By.ID, "logout").click()
+    navigate(driver, By.ID, "logout")
     wait_for(lambda: "/login" in driver.current_url, what="login page")
 
 
@@ -116,26 +139,26 @@ def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: 
     # A doctor asks for an account.
     browser.get(url + "/login")
     screenshot("01-login")
-    browser.find_element(By.LINK_TEXT, "Request one").click()
+    navigate(browser, By.LINK_TEXT, "Request one")
     for name, value in (("username", "hopper"), ("full_name", "Dr. Grace Hopper"),
                         ("email", "hopper@hospital.example"), ("password", DOCTOR_PASSWORD),
                         ("confirm", DOCTOR_PASSWORD)):
         fill(browser, name, value)
     screenshot("02-register")
-    browser.find_element(By.ID, "register").click()
+    navigate(browser, By.ID, "register")
     wait_for(lambda: "approval" in browser.page_source, what="pending notice")
 
     # Not yet: the account waits for an admin.
     fill(browser, "username", "hopper")
     fill(browser, "password", DOCTOR_PASSWORD)
-    browser.find_element(By.ID, "sign-in").click()
+    navigate(browser, By.ID, "sign-in")
     wait_for(lambda: "waiting for an administrator" in browser.page_source, what="refusal")
 
     # The admin approves.
     sign_in(browser, url, "admin", ADMIN_PASSWORD)
     assert "Waiting for approval (1)" in browser.page_source
     screenshot("03-admin-users-pending")
-    browser.find_element(By.XPATH, "//tr[td[text()='hopper']]//button[text()='Approve']").click()
+    navigate(browser, By.XPATH, "//tr[td[text()='hopper']]//button[text()='Approve']")
     wait_for(lambda: "hopper can now sign in" in browser.page_source, what="approval")
     sign_out(browser)
 
@@ -144,14 +167,14 @@ def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: 
     image, mask = smear_image(384, seed=3)
     upload = tmp_path / "smear.png"
     upload.write_bytes(png_bytes(image))
-    browser.find_element(By.LINK_TEXT, "Upload").click()
+    navigate(browser, By.LINK_TEXT, "Upload")
     browser.find_element(By.NAME, "image").send_keys(str(upload))
     fill(browser, "patient_name", "Lovelace, Ada")
     fill(browser, "patient_id", "MRN-1815")
     Select(browser.find_element(By.NAME, "sex")).select_by_value("F")
     fill(browser, "accession_number", "ACC-77")
     screenshot("04-upload")
-    browser.find_element(By.ID, "upload").click()
+    navigate(browser, By.ID, "upload")
     wait_for(lambda: "queued for analysis" in browser.page_source, what="upload accepted")
     assert "Not analysed yet" in browser.page_source
 
@@ -161,7 +184,7 @@ def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: 
     browser.get(url + "/worklist")
     assert "Lovelace, Ada" in browser.page_source and "Needs review" in browser.page_source
     screenshot("05-worklist")
-    browser.find_element(By.LINK_TEXT, "Lovelace, Ada").click()
+    navigate(browser, By.LINK_TEXT, "Lovelace, Ada")
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "img.overlay"), what="overlay")
     assert "Low confidence" in browser.page_source
 
@@ -191,7 +214,7 @@ def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: 
     Select(stage).select_by_value("Malignant-Pre")
     browser.find_element(By.NAME, f"r{result_id}-comment").send_keys(
         "Blasts more mature than the model thinks.")
-    browser.find_element(By.ID, f"verify-{result_id}").click()
+    navigate(browser, By.ID, f"verify-{result_id}")
     wait_for(lambda: "Verification recorded" in browser.page_source, what="verification")
     assert "Corrected" in browser.page_source and "AI said Malignant-Early" in browser.page_source
     screenshot("07-verified")
@@ -220,10 +243,10 @@ def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: 
                         what="verified PDF download")[0]
     assert b"VERIFIED Malignant-Pre" in verified.read_bytes()
 
-    browser.find_element(By.LINK_TEXT, "Patients").click()
+    navigate(browser, By.LINK_TEXT, "Patients")
     fill(browser, "q", "lovelace")
-    browser.find_element(By.XPATH, "//button[text()='Search']").click()
-    browser.find_element(By.LINK_TEXT, "Lovelace, Ada").click()
+    navigate(browser, By.XPATH, "//button[text()='Search']")
+    navigate(browser, By.LINK_TEXT, "Lovelace, Ada")
     wait_for(lambda: "History" in browser.page_source, what="patient history")
     screenshot("08-patient-history")
     sign_out(browser)
@@ -239,7 +262,7 @@ def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: 
     browser.get(url + "/admin/audit/?action=user_approve")
     assert "user:hopper" in browser.page_source
     browser.get(url + "/admin/audit/")
-    browser.find_element(By.ID, "verify-chain").click()
+    navigate(browser, By.ID, "verify-chain")
     wait_for(lambda: "chain is intact" in browser.page_source, what="chain verified")
     browser.get(url + "/admin/system")
     screenshot("10-system")

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from bcd_node.db.models import Job, JobState, Result, Role, Study
 from bcd_node.users import add_user
 from tests.browser.conftest import LiveConsole
-from tests.browser.test_console_flow import fill, sign_in, wait_for
+from tests.browser.test_console_flow import fill, navigate, sign_in, wait_for
 from tests.web.seed import png_bytes
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -66,7 +66,7 @@ def test_upload_analyse_review_verify_with_the_real_pipeline(
     fill(browser, "patient_id", "MRN-1920")
     fill(browser, "specimen_id", "SLIDE-7")
     fill(browser, "stain", "Wright-Giemsa")
-    browser.find_element(By.ID, "upload").click()
+    navigate(browser, By.ID, "upload")
     wait_for(lambda: "queued for analysis" in browser.page_source, what="upload accepted")
 
     jobs = drain(ctx, predictor)
@@ -89,7 +89,7 @@ def test_upload_analyse_review_verify_with_the_real_pipeline(
     Select(browser.find_element(By.CSS_SELECTOR, "[data-decision]")).select_by_value("correct")
     Select(browser.find_element(By.CSS_SELECTOR, "[data-stage]")).select_by_value(corrected)
     browser.find_element(By.NAME, f"r{rid}-comment").send_keys("Checked at the microscope.")
-    browser.find_element(By.ID, f"verify-{rid}").click()
+    navigate(browser, By.ID, f"verify-{rid}")
     wait_for(lambda: "Verification recorded" in browser.page_source, what="verification")
 
     jobs = drain(ctx, predictor)
