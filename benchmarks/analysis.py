@@ -107,8 +107,9 @@ def main() -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"analysis of {n} images of {args.size}x{args.size} ({diagnosed} diagnosed, the others "
-          f"refused by the quality gate) with {report['model']} on {report['machine']}: "
+    refused = f", {n - diagnosed} refused by the quality gate" if diagnosed < n else ""
+    print(f"analysis of {n} images of {args.size}x{args.size} ({diagnosed} diagnosed{refused}) "
+          f"with {report['model']} on {report['machine']}: "
           f"{report['per_image_ms']:.0f} ms per image")
     for stage, ms in report["stages_ms"].items():
         print(f"  {stage:<28} {ms:7.1f} ms")
