@@ -290,17 +290,20 @@ class Intake:
             first = self._queue.get()
             if first is None:
                 break
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            self._commit(batch)
+            # The batch is made up once the writer lock is ours: what arrived while another
+            # process committed goes into this commit too.
+            with self._writer_lock():
+                batch = [first]
+                while len(batch) < self.max_batch:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stopping = True
+                        break
+                    batch.append(nxt)
+                self._commit(batch)
 
     def _commit(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
@@ -312,7 +315,7 @@ class Intake:
             return
         fresh: dict[tuple[str, ...], int] = {}
         try:
-            with self._writer_lock(), self.context.session_factory.begin() as session:
+            with self.context.session_factory.begin() as session:
                 outcomes = [self._record(session, item, fresh) for item in batch]
         except IntegrityError:
             # A concurrent process created the same patient/study/series: redo one by one.
@@ -340,14 +343,23 @@ class Intake:
         10... ms); with several listener processes that polling, not the work, set the
         C-STORE latency. A file lock queues them in the kernel instead: the next one runs the
         moment the lock is free. PostgreSQL needs none.
+
+        The lock only orders the commits (SQLite keeps them correct without it), so when it
+        cannot be taken the commit goes ahead without it.
         """
         if self._lock_path is None:
             yield
             return
-        if self._lock_fd is None:
-            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            if self._lock_fd is None:
+                self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            LOGGER.warning("intake writer lock %s unavailable (%s); committing without it",
+                           self._lock_path, exc)
+            yield
+            return
         try:
             yield
         finally:
