@@ -14,7 +14,9 @@ What it measures, in one run on this machine:
    committed before Success; no workers), with the C-STORE handler's p50/p99 time from the
    node's own /metrics histogram, the node's CPU time per image and the CPU steal of the
    machine during the run (a busy host slows everything);
-2. the same files pushed to DCMTK ``storescp`` (writes files, no fsync) for comparison;
+2. the same files pushed to DCMTK ``storescp`` (writes files, no fsync) for comparison, and
+   written durably by the node's own file code alone (no DICOM, no database) by as many
+   threads as there are associations: the disk's floor under the handler's latency;
 3. end-to-end latency from C-STORE to the SEG, SR and PDF stored at Orthanc (p50, p95), with the
    bundled model (or ``--weights``), images sent one at a time.
 """
@@ -223,6 +225,33 @@ def storescp_ingest(files: list[Path], workdir: Path, associations: int) -> dict
     return {"images_per_s": len(files) / seconds, "seconds": seconds}
 
 
+def disk_alone(files: list[Path], workdir: Path, writers: int) -> dict:
+    """The disk's share: the same files made durable the way the intake does it (the node's
+    own ``Store``: temporary name, fsync, rename, folder fsync), one folder fsync per file, by
+    ``writers`` threads at once; no DICOM, no database. Its per-file latency is a floor under
+    the C-STORE handler's, which adds the work and the database commit on top."""
+    from bcd_node.storage import Store
+
+    store = Store(workdir, 0)
+    blobs = [f.read_bytes() for f in files]
+    latencies: list[float] = []
+
+    def write(index: int) -> None:
+        started = time.perf_counter()
+        pending = store.begin_write("disk", blobs[index])
+        target = pending.finish(f"{index:06d}.dcm")
+        Store.sync_dirs([target.parent])
+        latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(write, range(len(blobs))))
+    seconds = time.perf_counter() - started
+    shutil.rmtree(workdir / "disk", ignore_errors=True)
+    return {"images_per_s": len(blobs) / seconds, "seconds": seconds,
+            "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99)}
+
+
 def end_to_end(files: list[Path], workdir: Path, weights: str | None) -> dict:
     """Latency from C-STORE to every output stored at Orthanc, images sent one at a time."""
     from bcd_node.db.models import Delivery, Instance, Result
@@ -291,12 +320,14 @@ def main() -> int:
         report["repeats"] = args.repeat
         for n in (1, 4):
             # Node and storescp runs alternate, so a slow spell of the host hits both.
-            nodes, scps = [], []
+            nodes, scps, disks = [], [], []
             for r in range(args.repeat):
                 nodes.append(node_ingest(files, work / f"n{n}-{r}", n, args.listeners))
                 scps.append(storescp_ingest(files, work / f"s{n}-{r}", n))
+                disks.append(disk_alone(files, work / f"d{n}-{r}", n))
             report[f"node_{n}_assoc"] = median_run(nodes)
             report[f"storescp_{n}_assoc"] = median_run(scps)
+            report[f"disk_{n}_writers"] = median_run(disks)
         if args.e2e_images:
             report["end_to_end"] = end_to_end(files[:args.e2e_images], work / "e2e",
                                               args.weights)
@@ -321,6 +352,10 @@ def main() -> int:
               f"{100 * node['handler_within_20ms']:.1f}% within 20 ms; node CPU "
               f"{node['node_cpu_ms_per_image']:.1f} ms per image; CPU steal "
               f"{node['steal_percent']:.1f}%")
+        disk = report[f"disk_{n}_writers"]
+        print(f"      disk alone, {n} writer(s) (temporary file, fsync, rename, folder fsync; "
+              f"no DICOM, no database): {disk['images_per_s']:.0f} files/s, per file p50 "
+              f"{disk['p50_ms']:.1f} ms, p99 {disk['p99_ms']:.1f} ms")
     if "end_to_end" in report:
         e = report["end_to_end"]
         print(f"  end to end (C-STORE -> SEG+SR+PDF stored at Orthanc), {e['complete']}/"
