@@ -319,7 +319,7 @@ def main() -> int:
                         "listener_processes": args.listeners or "default (one per core, at most 4)"}
         report["repeats"] = args.repeat
         for n in (1, 4):
-            # Node and storescp runs alternate, so a slow spell of the host hits both.
+            # Node, storescp and disk runs alternate, so a slow spell of the host hits all.
             nodes, scps, disks = [], [], []
             for r in range(args.repeat):
                 nodes.append(node_ingest(files, work / f"n{n}-{r}", n, args.listeners))
@@ -346,7 +346,8 @@ def main() -> int:
               f"images/s (no fsync) -> ratio {node['images_per_s'] / scp['images_per_s']:.2f}")
         if report["repeats"] > 1:
             print(f"      median of {report['repeats']} runs; bcd-node runs "
-                  f"{node['images_per_s_all']} images/s, storescp {scp['images_per_s_all']}")
+                  f"{node['images_per_s_all']} images/s, storescp {scp['images_per_s_all']}, "
+                  f"disk alone {report[f'disk_{n}_writers']['images_per_s_all']} files/s")
         print(f"      C-STORE handler p50 {node['handler_p50_ms']:.1f} ms, p99 "
               f"{node['handler_p99_ms']:.1f} ms (histogram_quantile over /metrics buckets); "
               f"{100 * node['handler_within_20ms']:.1f}% within 20 ms; node CPU "
