@@ -6,6 +6,8 @@ import argparse
 import ast
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,44 @@ def test_json_log_format(capsys) -> None:
         assert record["job_id"] == 7
     finally:
         configure_logging("WARNING", "text")
+
+
+_READ_BAD_VALUES = """
+import io, pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from bcd_node.logs import configure_logging
+
+configure_logging("INFO", {fmt!r})
+pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+ds = Dataset()
+ds.file_meta = FileMetaDataset()
+ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.3"
+ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = "1.2.3.4"
+ds.PatientBirthDate = "1961x0707"
+ds.PatientSex = "o'neil-x"
+buffer = io.BytesIO()
+ds.save_as(buffer, enforce_file_format=True)
+pydicom.config.settings.writing_validation_mode = pydicom.config.WARN  # the library default
+read = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+print(read.PatientBirthDate, read.PatientSex)  # converted: pydicom checks and reports them
+"""
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_invalid_values_pydicom_reports_stay_out_of_the_log(fmt) -> None:
+    done = subprocess.run([sys.executable, "-c", _READ_BAD_VALUES.format(fmt=fmt)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1961x0707", "o'neil-x"]  # the data itself is unchanged
+    log = done.stderr
+    assert "1961x0707" not in log and "neil" not in log
+    lines = log.strip().splitlines()
+    # Each report once (pydicom also repeats it as a Python warning), value withheld.
+    assert len(lines) == 2, log
+    assert "Invalid value for VR DA: '…'" in lines[0] and "Invalid value for VR CS" in lines[1]
+    if fmt == "json":
+        assert [json.loads(line)["logger"] for line in lines] == ["pydicom", "pydicom"]
 
 
 def _imports(package: str, allow: tuple[str, ...] = ()) -> set[str]:
