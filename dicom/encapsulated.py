@@ -12,6 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom import sop, uids
 from dicom.algorithm import Algorithm
+from dicom.derivation import derivation_source
 
 __all__ = ["build_encapsulated_pdf", "PDF_SERIES_NUMBER"]
 
@@ -104,6 +105,7 @@ def build_encapsulated_pdf(
     if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 1:
         raise ValueError(f"series_number must be a positive int, got {series_number!r}")
 
+    source = derivation_source(source)
     source_uid = str(source.SOPInstanceUID)
     kind = "pdf" if verified_at is None else f"pdf-verified-{verified_at:%Y%m%d%H%M%S%f}"
     if uid_kind is not None:

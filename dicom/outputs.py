@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from dicom import uids
 from dicom.algorithm import Algorithm
+from dicom.derivation import derivation_source
 from dicom.encapsulated import build_encapsulated_pdf
 from dicom.seg import build_segmentation
 from dicom.sr import Findings, build_sr
@@ -92,6 +93,7 @@ def build_result_objects(
     ResultObjects
         The objects; building them twice gives the same UIDs.
     """
+    source = derivation_source(source)  # checked once for the three objects
     seg = build_segmentation(
         source, mask, algorithm=algorithm, fractional=fractional, uid_root=uid_root
     )

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from dicom import codes, sop, uids
 from dicom.algorithm import Algorithm
+from dicom.derivation import derivation_source
 
 __all__ = ["SEGMENT_LABEL", "build_segmentation"]
 
@@ -126,7 +127,7 @@ def build_segmentation(
     TypeError, ValueError
         Naming the argument and value that is not valid.
     """
-    source = _check_source(source)
+    source = derivation_source(_check_source(source))
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"algorithm must be an Algorithm, got {type(algorithm).__name__}")
     if not isinstance(fractional, bool):

@@ -41,6 +41,7 @@ from pydicom.valuerep import PersonName
 
 from dicom import codes, sop, uids
 from dicom.algorithm import Algorithm
+from dicom.derivation import derivation_source
 from dicom.codes import Stage
 
 __all__ = ["Findings", "Verification", "build_sr", "SR_SERIES_NUMBER"]
@@ -230,7 +231,8 @@ def build_sr(
     TypeError, ValueError
         Naming the argument and value that is not valid.
     """
-    source = _check_dataset("source", source, {str(u) for u in sop.ACCEPTED_SOP_CLASSES})
+    source = derivation_source(
+        _check_dataset("source", source, {str(u) for u in sop.ACCEPTED_SOP_CLASSES}))
     segmentation = _check_dataset("segmentation", segmentation, {str(sop.SEGMENTATION)})
     if not isinstance(findings, Findings):
         raise TypeError(f"findings must be Findings, got {type(findings).__name__}")

@@ -21,6 +21,7 @@ from pydicom.sr import codes as pydicom_codes
 
 from dicom import codes, sop, uids
 from dicom.algorithm import Algorithm
+from dicom.derivation import derivation_source
 from dicom.codes import Stage
 from dicom.sr import identify_private_codes
 
@@ -139,6 +140,7 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
     if len(study_uids) != 1:
         raise ValueError(f"sources belong to {len(study_uids)} studies: {sorted(study_uids)}")
     study_uid = study_uids.pop()
+    sources = [derivation_source(ds) for ds in sources]
     kind = summary_kind(sources)
 
     def derived(suffix: str) -> str:

@@ -89,6 +89,13 @@ def test_storescu_to_node_to_orthanc(write_config, tiny_manifest, orthanc, tmp_p
                             web_port))
     files = write_smears(tmp_path / "in", 4, study_uid=pydicom.uid.generate_uid(prefix="2.25."))
     sources = {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
+    # One image as some scanners send them: a birth date and a sex that are not valid DICOM.
+    # It gets its results all the same, and its values stay out of the log.
+    with pydicom.config.disable_value_validation():
+        malformed = pydicom.dcmread(files[0])
+        del malformed.PatientBirthDate, malformed.PatientSex
+        malformed.PatientBirthDate, malformed.PatientSex = "1961-07-07", "sx!7"
+        malformed.save_as(files[0], enforce_file_format=True)
     try:
         node.start(web_port, timeout=120)
         done = push(dicom_port, files)
@@ -104,6 +111,8 @@ def test_storescu_to_node_to_orthanc(write_config, tiny_manifest, orthanc, tmp_p
     log = node.output()
     assert "analysed" in log and "delivered" in log  # the log tells the story ...
     assert "Test^Patient" not in log and "PAT-1" not in log  # ... without patient data
+    assert "1961-07-07" not in log and "sx!7" not in log
+    assert "left empty in the derived objects: PatientBirthDate, PatientSex" in log
 
 
 def test_kill_9_loses_nothing_and_duplicates_nothing(write_config, tiny_manifest, orthanc,
