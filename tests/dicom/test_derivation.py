@@ -72,3 +72,22 @@ def test_results_of_an_image_with_malformed_values(malformed_source, blast_mask,
         [malformed_source], StudyFindings("Benign", FINDINGS.probabilities, 1, 0, 0, 0, 0.0),
         algorithm=ALGORITHM)
     assert summary.PatientBirthDate == "" and summary.PatientID == "PAT-001"
+
+
+ABSENT = ("PatientSex", "AccessionNumber", "StudyID", "StudyTime")
+
+
+@pytest.mark.integration
+def test_results_of_an_image_without_type_2_attributes(source_image, blast_mask, tmp_path):
+    for keyword in ABSENT:  # highdicom reads each without a default
+        if keyword in source_image:
+            del source_image[keyword]
+    objects = build_result_objects(source_image, blast_mask, FINDINGS, algorithm=ALGORITHM,
+                                   pdf=b"%PDF-1.4\n%%EOF\n")
+    assert not any(keyword in source_image for keyword in ABSENT)  # the source is untouched
+    for name, ds in objects.named():
+        path = write_dataset(ds, tmp_path / name)
+        assert_dciodvfy_clean(path)
+        read = pydicom.dcmread(path)
+        for keyword in ABSENT:
+            assert keyword in read and read.get(keyword) == "", (name, keyword)
