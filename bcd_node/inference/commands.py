@@ -125,6 +125,11 @@ def _analyze_to_dicom(args: argparse.Namespace, predictor: Any, name: str) -> in
         print(json.dumps({"file": name, "error": message}) if args.json
               else f"{name}: error: {message}")
         return 1
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
+        message = f"{type(exc).__name__}: {exc}"
+        print(json.dumps({"file": name, "error": message}) if args.json
+              else f"{name}: error: {message}")
+        return 1
     c = analysis.combined
     record = {"file": name, "stage": c.stage, "probabilities": c.probabilities,
               "blast_count": c.blast_count, "blast_area_fraction": c.blast_area_fraction,

@@ -218,3 +218,30 @@ def test_analyze_dicom_out_writes_the_objects_the_node_sends(tmp_path, capsys) -
         assert_dciodvfy_clean(p)
     sr = pydicom.dcmread(out / f"{source.stem}-sr.dcm")
     assert sr.CurrentRequestedProcedureEvidenceSequence  # references its source
+
+
+def test_analyze_dicom_out_goes_on_after_an_unexpected_error(tmp_path, capsys,
+                                                            monkeypatch) -> None:
+    import json
+
+    import bcd_node.pipeline
+    from bcd_node.cli import main
+
+    manifest = make_weights(tmp_path / "w")
+    first, second = write_smears(tmp_path / "in", 2)
+    broken = str(pydicom.dcmread(first).SOPInstanceUID)
+    analyze = bcd_node.pipeline.analyze_dataset
+
+    def analyze_or_fail(ds, *args, **kwargs):
+        if str(ds.SOPInstanceUID) == broken:
+            raise RuntimeError("a builder failed")
+        return analyze(ds, *args, **kwargs)
+
+    monkeypatch.setattr(bcd_node.pipeline, "analyze_dataset", analyze_or_fail)
+    out = tmp_path / "out"
+    code = main(["analyze", str(first), str(second), "--weights", str(manifest), "--json",
+                 "--dicom-out", str(out), "--precision", "float32"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert code == 1
+    assert lines[0] == {"file": str(first), "error": "RuntimeError: a builder failed"}
+    assert lines[1]["file"] == str(second) and len(lines[1]["dicom_outputs"]) == 3
