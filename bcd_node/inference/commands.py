@@ -119,14 +119,13 @@ def _analyze_to_dicom(args: argparse.Namespace, predictor: Any, name: str) -> in
             review_threshold=predictor.review_threshold, uid_root=root,
             demonstration_model=bool(predictor.manifest.get("demonstration", True)))
         written = write_dicom_outputs(analysis, Path(args.dicom_out), Path(name).stem)
-    except (DicomError, PermanentError, OSError, ValueError) as exc:
-        message = f"{exc} (--dicom-out needs a DICOM image; `bcd-node import` makes one)" \
-            if isinstance(exc, DicomError) else str(exc)
-        print(json.dumps({"file": name, "error": message}) if args.json
-              else f"{name}: error: {message}")
-        return 1
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
-        message = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, DicomError):
+            message = f"{exc} (--dicom-out needs a DICOM image; `bcd-node import` makes one)"
+        elif isinstance(exc, (PermanentError, OSError, ValueError)):
+            message = str(exc)
+        else:  # unexpected: name its kind
+            message = f"{type(exc).__name__}: {exc}"
         print(json.dumps({"file": name, "error": message}) if args.json
               else f"{name}: error: {message}")
         return 1
