@@ -184,16 +184,23 @@ def _check_rgb(name: str, value: object) -> None:
         )
 
 
-_FONT_LOCK = threading.Lock()
+#: reportlab is not thread-safe. It keeps process-wide state that it fills in lazily (the table
+#: of named colours: a thread that looks up "black" while another fills the table is told the
+#: colour does not exist) and shares each registered TrueType face between documents (subsetting
+#: a font reads it through one shared cursor, so two documents embedding glyphs at once get
+#: IndexErrors or wrong glyphs). Every use of reportlab in the node therefore holds this lock:
+#: one document at a time per process. Rendering is pure Python, so under the interpreter lock
+#: threads gain nothing from rendering at once; processes render in parallel.
+REPORTLAB_LOCK = threading.RLock()
 
 
 def _fonts() -> tuple[str, str]:
     """Register a Unicode TrueType font (DejaVu, else reportlab's Vera); return (regular, bold).
 
-    Worker threads render reports at the same time: registration happens once, under a lock,
-    and the bold face is registered before anyone can see the family.
+    Registration happens once, under :data:`REPORTLAB_LOCK`, and the bold face is registered
+    before anyone can see the family.
     """
-    with _FONT_LOCK:
+    with REPORTLAB_LOCK:
         if "BcdSans-Bold" in pdfmetrics.getRegisteredFontNames():
             return "BcdSans", "BcdSans-Bold"
         for regular, bold in _FONT_CANDIDATES:
@@ -253,6 +260,11 @@ def render_report(data: ReportData) -> bytes:
     """
     if not isinstance(data, ReportData):
         raise TypeError(f"data must be ReportData, got {type(data).__name__}")
+    with REPORTLAB_LOCK:
+        return _render(data)
+
+
+def _render(data: ReportData) -> bytes:
     regular, bold = _fonts()
     styles = getSampleStyleSheet()
     body = ParagraphStyle("body", parent=styles["BodyText"], fontName=regular, fontSize=9.5,

@@ -14,7 +14,8 @@ from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from bcd_node.report.pdf import NOT_FOR_CLINICAL_USE, STAGES, _fonts, _person, _when
+from bcd_node.report.pdf import (NOT_FOR_CLINICAL_USE, REPORTLAB_LOCK, STAGES, _fonts, _person,
+                                 _when)
 
 __all__ = ["FieldRow", "SummaryData", "render_summary"]
 
@@ -57,7 +58,13 @@ class SummaryData:
 
 
 def render_summary(data: SummaryData) -> bytes:
-    """The study summary as PDF bytes."""
+    """The study summary as PDF bytes (one document at a time per process: reportlab is not
+    thread-safe, see :data:`bcd_node.report.pdf.REPORTLAB_LOCK`)."""
+    with REPORTLAB_LOCK:
+        return _render(data)
+
+
+def _render(data: SummaryData) -> bytes:
     regular, bold = _fonts()
     base = getSampleStyleSheet()
     body = ParagraphStyle("b", parent=base["Normal"], fontName=regular, fontSize=9.5, leading=12)
