@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -19,6 +18,7 @@ from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import PROJECT_ROOT, load_settings
 from bcd_node.users import add_user
 from tests.conftest import IN_CI, free_port, require_tool
+from tests.support.waiting import wait_for
 
 ADMIN_PASSWORD = "admin-password-123"
 SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
@@ -40,14 +40,15 @@ class LiveConsole:
 
     def start(self) -> None:
         self.thread.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=2):
-                    return
+                    return True
             except OSError:
-                time.sleep(0.1)
-        raise AssertionError("console did not answer")
+                return False
+
+        wait_for(answers, 20, what="the console's /healthz")
 
     def stop(self) -> None:
         self.server.close()

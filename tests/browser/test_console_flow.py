@@ -8,7 +8,6 @@ overlay and PDF it generates, as the worker would.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,65 +16,12 @@ from sqlalchemy import select
 
 from bcd_node.db.models import Instance, Job, JobKind, Result, Study
 from tests.browser.conftest import ADMIN_PASSWORD, LiveConsole
+from tests.support.browser import fill, navigate, sign_in, sign_out
+from tests.support.waiting import wait_for
 from tests.web.seed import minimal_pdf, overlay_rgba, png_bytes, smear_image
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 DOCTOR_PASSWORD = "doctor-password-123"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
-
-
-def navigate(driver: Any, by: str, value: str, timeout: float = 10) -> None:
-    """Click what loads a new page, and wait until that page has replaced the old one.
-
-    A find right after a plain click can still see the old page (a link that is on both) and
-    then fail with a stale element once the new page arrives.
-    """
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-    old = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(by, value).click()
-
-    def gone() -> bool:
-        try:
-            old.is_enabled()  # any call on an element of a replaced page raises
-        except StaleElementReferenceException:
-            return True
-        return False
-
-    wait_for(gone, timeout, what=f"the page after clicking {value!r}")
-    wait_for(lambda: driver.execute_script("return document.readyState") == "complete",
-             timeout, what="page load")
-
-
-def fill(driver: Any, name: str, value: str) -> None:
-    from selenium.webdriver.common.by import By
-    field = driver.find_element(By.NAME, name)
-    field.clear()
-    field.send_keys(value)
-
-
-def sign_in(driver: Any, url: str, username: str, password: str) -> None:
-    from selenium.webdriver.common.by import By
-    driver.get(url + "/login")
-    fill(driver, "username", username)
-    fill(driver, "password", password)
-    navigate(driver, By.ID, "sign-in")
-    wait_for(lambda: driver.find_elements(By.ID, "logout"), what="signed-in page")
-
-
-def sign_out(driver: Any) -> None:
-    from selenium.webdriver.common.by import By
-    navigate(driver, By.ID, "logout")
-    wait_for(lambda: "/login" in driver.current_url, what="login page")
 
 
 def _alert(driver: Any) -> Any:

@@ -14,7 +14,8 @@ from sqlalchemy import select
 from bcd_node.db.models import Job, JobState, Result, Role, Study
 from bcd_node.users import add_user
 from tests.browser.conftest import LiveConsole
-from tests.browser.test_console_flow import fill, navigate, sign_in, wait_for
+from tests.support.browser import fill, navigate, sign_in
+from tests.support.waiting import wait_for
 from tests.web.seed import png_bytes
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
