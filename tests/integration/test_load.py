@@ -16,7 +16,7 @@ from bcd_node.db.models import Delivery, DeliveryState, Instance, Result
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from tests.conftest import free_port, require_tool
-from tests.integration.test_node_e2e import outputs_by_source, wait_for
+from tests.integration.test_node_e2e import outbox_settled, outputs_by_source, wait_for
 from tests.integration.test_serve import Node
 from tests.support.images import write_smears
 from tests.support.peers import Orthanc
@@ -87,7 +87,7 @@ def test_four_associations_times_100_exactly_once(write_config, tiny_manifest, t
         assert len(diagnosed) >= 0.95 * len(sources)
         wait_for(lambda: len(orthanc.get("/instances")) >= expected, 600,
                  "every output of every analysed image at Orthanc")
-        time.sleep(3)
+        wait_for(lambda: outbox_settled(cfg), 60, "nothing left to send")
         assert len(orthanc.get("/instances")) == expected
         by_source = outputs_by_source(orthanc, sources)
         assert set(by_source) == diagnosed

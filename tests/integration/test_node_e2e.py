@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pydicom
@@ -17,6 +16,7 @@ from tests.inference.conftest import make_weights
 from tests.integration.test_serve import Node
 from tests.support.images import write_smears
 from tests.support.peers import Orthanc
+from tests.support.waiting import wait_for as _wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -53,12 +53,24 @@ def push(port: int, files: list[Path]) -> subprocess.CompletedProcess:
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """Wait for a condition of the whole node (a database or REST query: twice a second)."""
+    _wait_for(predicate, timeout, what, interval=0.5)
+
+
+def outbox_settled(config: Path) -> bool:
+    """Whether every outbox row of the node is delivered: nothing more will reach the PACS."""
+    from sqlalchemy import func, select
+
+    from bcd_node.db.models import Delivery, DeliveryState
+    from bcd_node.runtime import open_node
+    from bcd_node.settings import load_settings
+    ctx = open_node(load_settings(config), migrate=False)
+    try:
+        with ctx.session_factory() as s:
+            return s.execute(select(func.count()).select_from(Delivery).where(
+                Delivery.state != DeliveryState.DONE)).scalar_one() == 0
+    finally:
+        ctx.engine.dispose()
 
 
 def outputs_by_source(orthanc: Orthanc, sources: set[str]) -> dict[str, list[str]]:
@@ -139,7 +151,7 @@ def test_kill_9_loses_nothing_and_duplicates_nothing(write_config, tiny_manifest
         again.start(web_port, timeout=120)
         wait_for(lambda: len(orthanc.get("/instances")) >= 3 * len(files), 240,
                  "every acknowledged image delivered after the restart")
-        time.sleep(2)  # anything sent twice would show up now
+        wait_for(lambda: outbox_settled(cfg), 60, "nothing left to send")
         by_source = outputs_by_source(orthanc, sources)
         assert set(by_source) == sources
         assert all(sorted(v) == ["DOC", "SEG", "SR"] for v in by_source.values())

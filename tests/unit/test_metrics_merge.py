@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -160,8 +161,8 @@ def test_export_writes_own_counters_periodically_and_a_final_value(tmp_path: Pat
         stop()
     assert _samples(path.read_text())[dicom] == 7  # the final snapshot
     stop()  # idempotent
+    assert not [t for t in threading.enumerate() if t.name == "metrics-export"]  # joined
     child.received.labels("dicom").inc()
-    time.sleep(0.2)
     assert _samples(path.read_text())[dicom] == 7  # the thread is gone; the file stays
     assert [p.name for p in folder.iterdir()] == [path.name]  # no temporary file left
 

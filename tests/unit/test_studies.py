@@ -13,6 +13,7 @@ from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from bcd_node.studies import refresh_study, vote
 from bcd_node.worker import Workers
+from tests.support.waiting import wait_for
 
 
 def test_vote_prefers_majority_then_severity() -> None:
@@ -98,9 +99,7 @@ def test_transient_failure_is_retried_then_given_up(write_config) -> None:
     with ctx.session_factory() as s:
         job = s.execute(select(Job)).scalar_one()
         assert job.state is JobState.QUEUED and "NFS hiccup" in job.last_error
-    import time
-    time.sleep(0.05)
-    assert workers.step("w")
+    wait_for(lambda: workers.step("w"), 10, "the retry to fall due")
     with ctx.session_factory() as s:
         job = s.execute(select(Job)).scalar_one()
         assert job.state is JobState.FAILED and job.attempts == 2
