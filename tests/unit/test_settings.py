@@ -80,6 +80,14 @@ def test_settings_are_frozen() -> None:
     ({"model": {"review_threshold": 1.5}}, {}, "model.review_threshold"),
     ({"web": {"port": 0}}, {}, "web.port"),
     ({"web": {"host": "not a host!"}}, {}, "web.host"),
+    ({"web": {"session_lifetime_hours": 0}}, {}, "web.session_lifetime_hours"),
+    ({"web": {"session_lifetime_hours": 1, "idle_timeout_minutes": 90}}, {},
+     "web.session_lifetime_hours"),
+    ({"web": {"trusted_proxies": -1}}, {}, "web.trusted_proxies"),
+    ({"web": {"metrics_token": "short"}}, {}, "web.metrics_token"),
+    ({}, {"BCD_WEB_METRICS_TOKEN": "has spaces in the token"}, "web.metrics_token"),
+    ({"web": {"upload_memory": "1MB"}}, {}, "web.upload_memory"),
+    ({"web": {"upload_memory": "plenty"}}, {}, "web.upload_memory"),
     ({"uids": {"root": "1.2.03"}}, {}, "uids.root"),
     ({"uids": {"root": "abc"}}, {}, "uids.root"),
     ({"retention": {"images_days": -1}}, {}, "retention.images_days"),
@@ -129,6 +137,19 @@ def test_relative_paths_resolve_against_working_directory(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     s = settings_from_mapping({"storage": {"data_dir": "var/data"}}, environ={})
     assert s.storage.data_dir == tmp_path / "var/data"
+
+
+def test_new_web_keys_parse_and_the_token_is_masked() -> None:
+    s = settings_from_mapping({"web": {"upload_memory": "512MiB", "trusted_proxies": 1}},
+                              environ={"BCD_WEB_METRICS_TOKEN": "0123456789abcdef-token",
+                                       "BCD_WEB_SESSION_LIFETIME_HOURS": "8"})
+    assert s.web.upload_memory == 512 * 1024**2 and s.web.trusted_proxies == 1
+    assert s.web.session_lifetime_hours == 8
+    assert s.web.metrics_token == "0123456789abcdef-token"
+    assert to_display_dict(s)["web"]["metrics_token"] == "***"
+    with pytest.raises(SettingsError) as info:
+        settings_from_mapping({"web": {"metrics_token": "a b"}}, environ={})
+    assert "a b" not in str(info.value)  # a secret is not echoed, even a bad one
 
 
 def test_mask_url() -> None:

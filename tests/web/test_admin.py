@@ -272,4 +272,7 @@ def test_api_basic_auth_obeys_the_per_ip_limit(app: Flask, client: FlaskClient) 
 
     for _ in range(2):
         assert client.get("/api/v1/status", headers=basic("wrong")).status_code == 401
-    assert client.get("/api/v1/status", headers=basic(DOCTOR_PASSWORD)).status_code == 401
+    # As on the sign-in page: refused unchecked, 429 with when to come back.
+    resp = client.get("/api/v1/status", headers=basic(DOCTOR_PASSWORD))
+    assert resp.status_code == 429 and int(resp.headers["Retry-After"]) > 0
+    assert "Too many failed sign-ins" in resp.get_json()["message"]
