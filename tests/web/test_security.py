@@ -303,3 +303,21 @@ def test_a_session_older_than_its_lifetime_is_refused(app: Flask,
     expired = audit_rows(app, "session_expired")
     assert expired[-1].details == {"reason": "lifetime"}
     assert login(app.test_client(), "doctor", DOCTOR_PASSWORD).status_code == 302
+
+
+@pytest.mark.parametrize("proxies", [0, 1])
+def test_the_served_console_honours_trusted_proxies(context: Any, proxies: int) -> None:
+    """Through waitress as `serve` runs it: forwarded headers count only from trusted proxies."""
+    import requests
+
+    from bcd_node.serve import _start_web
+    settings = dataclasses.replace(context.settings, web=dataclasses.replace(
+        context.settings.web, trusted_proxies=proxies, secure_cookies="false"))
+    _component, stop = _start_web(dataclasses.replace(context, settings=settings))
+    try:
+        url = f"http://127.0.0.1:{settings.web.port}/login"
+        resp = requests.get(url, headers={"X-Forwarded-Proto": "https"}, timeout=10)
+    finally:
+        stop()
+    assert resp.status_code == 200
+    assert ("Strict-Transport-Security" in resp.headers) is (proxies == 1)
