@@ -79,6 +79,9 @@ def count_source_failure(session: Session, source: str, window_seconds: int,
     now = now or utcnow()
     entry = row(session, SOURCE, source)
     if entry.window_end is None or entry.window_end <= now:
+        # Once per source and window: drop the rows that hold nothing any more, so that
+        # names tried once do not pile up.
+        prune(session, now, keep=entry.id)
         entry.window_start = now
         entry.window_end = now + timedelta(seconds=window_seconds)
         entry.failures = 0
@@ -142,11 +145,12 @@ def clear_name(session: Session, name: str) -> bool:
     return was_locked
 
 
-def prune(session: Session, now: datetime | None = None) -> int:
+def prune(session: Session, now: datetime | None = None, keep: int | None = None) -> int:
     """Drop rows that hold nothing any more (idle for :data:`LOCKOUT_MEMORY`, no lock, nothing
-    waiting for the audit log); return how many."""
+    waiting for the audit log), except row ``keep``; return how many."""
     now = now or utcnow()
     result = session.execute(delete(AuthThrottle).where(
+        AuthThrottle.id != (keep if keep is not None else -1),
         AuthThrottle.updated_at < now - LOCKOUT_MEMORY,
         (AuthThrottle.locked_until.is_(None)) | (AuthThrottle.locked_until < now),
         (AuthThrottle.kind.in_([SOURCE, NAME])) | (AuthThrottle.failures == 0)))

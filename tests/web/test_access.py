@@ -32,7 +32,7 @@ ACCESS = {
     "worklist.verify": "doctor",
     "admin.users": "admin", "admin.create_user": "admin", "admin.user": "admin",
     "admin.approve": "admin", "admin.disable": "admin", "admin.role": "admin",
-    "admin.password": "admin", "admin.token_issue": "admin", "admin.token_revoke": "admin",
+    "admin.password": "admin", "admin.unlock": "admin", "admin.token_issue": "admin", "admin.token_revoke": "admin",
     "admin.system": "admin", "admin.retry_delivery": "admin", "admin.statistics": "admin",
     "audit.index": "admin", "audit.export": "admin", "audit.verify": "admin",
     "api.status": "api", "api.studies": "api", "api.study": "api", "api.result": "api",

@@ -29,7 +29,8 @@ ADMIN_PAGES = [p for p in PAGES if p.startswith("/admin")]
 POSTS = [
     "/logout", "/account", "/results/1/verify", "/upload", "/admin/users",
     "/admin/users/doctor/approve", "/admin/users/doctor/disable", "/admin/users/doctor/role",
-    "/admin/users/doctor/password", "/admin/users/doctor/tokens", "/admin/tokens/1/revoke",
+    "/admin/users/doctor/password", "/admin/users/doctor/unlock",
+    "/admin/users/doctor/tokens", "/admin/tokens/1/revoke",
     "/admin/deliveries/1/retry", "/admin/audit/verify",
 ]
 
