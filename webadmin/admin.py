@@ -41,11 +41,18 @@ def _me() -> str:
 @bp.get("/users")
 def users() -> Any:
     """Users: pending approvals first, then everyone."""
+    return _users_page(UserCreateForm())
+
+
+def _users_page(form: UserCreateForm) -> str:
     session = db()
     everyone = session.execute(select(User).order_by(User.username)).scalars().all()
-    pending = [u for u in everyone if u.state == UserState.PENDING]
-    return render_template("admin/users.html", users=everyone, pending=pending,
-                           create_form=UserCreateForm(), action=ActionForm())
+    locks = dict(session.execute(select(AuthThrottle.key, AuthThrottle.locked_until).where(
+        AuthThrottle.kind == throttle.NAME, AuthThrottle.locked_until > utcnow(),
+        AuthThrottle.key.in_([u.username for u in everyone]))).all()) if everyone else {}
+    return render_template("admin/users.html", users=everyone, locks=locks,
+                           pending=[u for u in everyone if u.state == UserState.PENDING],
+                           create_form=form, action=ActionForm())
 
 
 @bp.post("/users")
@@ -65,10 +72,7 @@ def create_user() -> Any:
             session.commit()
             flash(f"User {form.username.data} created.", "success")
             return redirect(url_for("admin.user", username=form.username.data))
-    everyone = session.execute(select(User).order_by(User.username)).scalars().all()
-    return render_template("admin/users.html", users=everyone,
-                           pending=[u for u in everyone if u.state == UserState.PENDING],
-                           create_form=form, action=ActionForm()), 400
+    return _users_page(form), 400
 
 
 def _user_or_404(username: str) -> User:

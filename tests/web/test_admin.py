@@ -284,6 +284,8 @@ def test_admin_sees_a_lock_and_lifts_it(app: Flask, admin_client: FlaskClient,
         login(client, "doctor", "wrong-password-1")
     page = admin_client.get("/admin/users/doctor").get_data(as_text=True)
     assert "sign-in locked until" in page and "Unlock sign-in" in page
+    listed = admin_client.get("/admin/users").get_data(as_text=True)
+    assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d UTC</td>", listed)
     resp = post_form(admin_client, "/admin/users/doctor", "/admin/users/doctor/unlock",
                      follow_redirects=True)
     assert "doctor can sign in again" in resp.get_data(as_text=True)
