@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from bcd_node import throttle
 from bcd_node.db.models import AuditEvent, AuthThrottle, utcnow
 
 LOGGER = logging.getLogger(__name__)
@@ -97,8 +98,6 @@ def record_failure(session: Session, *, action: str, source: str, actor: str, ac
     full (and returned); the others of that window are counted and written by
     :func:`flush_failures` as one row once the window is over. The caller commits.
     """
-    from bcd_node import throttle
-
     now = utcnow()
     flush_failures(session, now)
     entry = throttle.row(session, _AGGREGATE + action, source)

@@ -173,11 +173,6 @@ def safe_next(target: str | None) -> str | None:
     return target
 
 
-def client_source() -> str:
-    """The source whose failures are counted: the client's address."""
-    return client_ip()
-
-
 @dataclass(frozen=True)
 class SignIn:
     """The outcome of :func:`sign_in`: the user, or the HTTP status and message of a refusal."""
@@ -204,7 +199,7 @@ def sign_in(username: str, password: str, *, actor_kind: str) -> SignIn:
     """Check credentials with the per-source rate limit and the per-name lockout (both the
     console's form and the API's basic auth); audits and commits."""
     cfg = current_app.config
-    ip = client_source()
+    ip = client_ip()
     session_db = db()
     window = cfg["LOGIN_RATE_WINDOW_SECONDS"]
     name = username.strip().lower()[:64]
