@@ -4,6 +4,12 @@ Each row's ``hash`` is the SHA-256 of its own fields and the previous row's hash
 inserted or deleted row breaks the chain and :func:`verify_chain` finds it. Appends are serialised:
 on SQLite by the database write lock (the row is inserted before its predecessor is read), on
 PostgreSQL by a transaction-scoped advisory lock.
+
+Repeated failures of anonymous clients (wrong passwords, bad tokens, refused sign-ins) would let
+anyone grow the log without limit, so :func:`record_failure` writes the first failure of a kind
+from one source in full and only counts the others of the same window; :func:`flush_failures`
+then writes one row with their count (and the names tried). Every other event is written as it
+happens.
 """
 
 from __future__ import annotations
@@ -13,12 +19,14 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from bcd_node.db.models import AuditEvent, utcnow
+from bcd_node import throttle
+from bcd_node.db.models import AuditEvent, AuthThrottle, utcnow
 
 LOGGER = logging.getLogger(__name__)
 GENESIS = "0" * 64
@@ -74,6 +82,74 @@ def record(session: Session, *, actor: str, actor_kind: str, action: str, source
     session.flush()
     LOGGER.debug("audit %s by %s (%s) event %d", action, actor, outcome, event.id)
     return event
+
+
+_AGGREGATE = "audit:"
+#: At most this many distinct names and reasons are listed in one aggregated row.
+_MAX_LISTED = 20
+
+
+def record_failure(session: Session, *, action: str, source: str, actor: str, actor_kind: str,
+                   window_seconds: int, object_ref: str = "", reason: str = "",
+                   details: dict[str, Any] | None = None) -> AuditEvent | None:
+    """Audit a failure of an unauthenticated client, aggregated per source and window.
+
+    The first ``action`` failure from ``source`` in a window of ``window_seconds`` is written in
+    full (and returned); the others of that window are counted and written by
+    :func:`flush_failures` as one row once the window is over. The caller commits.
+    """
+    now = utcnow()
+    flush_failures(session, now)
+    entry = throttle.row(session, _AGGREGATE + action, source)
+    if entry.window_end is None or entry.window_end <= now:
+        entry.window_start = now
+        entry.window_end = now + timedelta(seconds=window_seconds)
+        entry.failures = 0
+        entry.details = {"actor_kind": actor_kind}
+        entry.updated_at = now
+        return record(session, actor=actor, actor_kind=actor_kind, action=action, source=source,
+                      outcome="failure", object_ref=object_ref,
+                      details={**(details or {}), **({"reason": reason} if reason else {}),
+                               "aggregation": f"further {action} from this source until "
+                                              f"{entry.window_end.isoformat(timespec='seconds')} "
+                                              "are counted in one row"})
+    listed = dict(entry.details or {})
+    names = list(listed.get("names", []))
+    if actor and actor not in names and len(names) < _MAX_LISTED:
+        names.append(actor[:64])
+    reasons = dict(listed.get("reasons", {}))
+    if reason and (reason in reasons or len(reasons) < _MAX_LISTED):
+        reasons[reason] = reasons.get(reason, 0) + 1
+    listed.update(names=names, reasons=reasons, last_at=now.isoformat(timespec="seconds"))
+    entry.details = listed  # a new dict: the JSON column notices the change
+    entry.failures += 1
+    entry.updated_at = now
+    return None
+
+
+def flush_failures(session: Session, now: datetime | None = None) -> int:
+    """Write one row for each source whose aggregation window is over and that failed again
+    within it (the count, the names tried, the reasons); return how many rows were written."""
+    now = now or utcnow()
+    due = session.execute(select(AuthThrottle).where(
+        AuthThrottle.kind.startswith(_AGGREGATE), AuthThrottle.failures > 0,
+        AuthThrottle.window_end <= now).order_by(AuthThrottle.id)
+        .with_for_update(skip_locked=True)).scalars().all()
+    for entry in due:
+        action = entry.kind[len(_AGGREGATE):]
+        listed = entry.details or {}
+        record(session, actor="?", actor_kind=str(listed.get("actor_kind", "user")),
+               action=action, source=entry.key, outcome="failure",
+               details={"count": entry.failures,
+                        "from": entry.window_start.isoformat(timespec="seconds")
+                        if entry.window_start else "",
+                        "to": listed.get("last_at", ""),
+                        "names": listed.get("names", []),
+                        "reasons": listed.get("reasons", {}),
+                        "aggregated": True})
+        entry.failures = 0
+        entry.details = {}
+    return len(due)
 
 
 @dataclass(frozen=True)

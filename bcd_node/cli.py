@@ -229,6 +229,18 @@ def cmd_users_set_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users_unlock(args: argparse.Namespace) -> int:
+    """Lift a user's sign-in lock."""
+    from bcd_node.users import unlock_user
+
+    ctx = _context(args)
+    with ctx.session_factory.begin() as session:
+        was_locked = unlock_user(session, args.username, actor=_cli_actor(), actor_kind="cli")
+    print(f"sign-in of {args.username} unlocked" if was_locked
+          else f"{args.username} was not locked; failed attempts forgotten")
+    return 0
+
+
 def cmd_users_approve(args: argparse.Namespace) -> int:
     """Activate a pending or disabled user."""
     from bcd_node.users import approve_user
@@ -390,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--password-stdin", action="store_true",
                     help="read the password from the first line of standard input")
 
+    ul = _add(users_sub, "unlock", cmd_users_unlock,
+              "lift a sign-in lock after failed attempts (the password stays)")
+    ul.add_argument("username")
     ap = _add(users_sub, "approve", cmd_users_approve,
               "activate a self-registered (pending) or disabled user")
     ap.add_argument("username")

@@ -389,8 +389,10 @@ def _start_web(context: NodeContext) -> tuple[Component, Stopper]:
     w = context.settings.web
     app = create_app(context)
     try:
+        # Without trusted proxies waitress drops every X-Forwarded-* header; with them the
+        # app's ProxyFix (web.trusted_proxies) takes the hops it trusts and ignores the rest.
         server = create_server(app, host=w.host, port=w.port, threads=8, ident="bcd-node",
-                               clear_untrusted_proxy_headers=True)
+                               clear_untrusted_proxy_headers=w.trusted_proxies == 0)
     except OSError as exc:
         raise StartupError(f"cannot listen for the web console on {w.host}:{w.port} "
                            f"(web.host/web.port): {exc.strerror or exc}") from None

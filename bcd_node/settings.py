@@ -144,8 +144,12 @@ class WebSettings:
     port: int = 8080
     secure_cookies: str = "auto"
     idle_timeout_minutes: int = 30
+    session_lifetime_hours: int = 12
     login_rate_limit: int = 20
     login_rate_window_seconds: int = 300
+    trusted_proxies: int = 0
+    metrics_token: str = ""
+    upload_memory: int = 1024**3
 
 
 @dataclass(frozen=True)
@@ -284,6 +288,9 @@ def parse_size(key: str, value: Any) -> int:
     raise SettingsError(key, value, "expected a size such as 2GiB or 500MB")
 
 
+_SIZE_KEYS = {("storage", "min_free_disk"), ("web", "upload_memory")}
+
+
 def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
     types = _field_types(cls)
     values: dict[str, Any] = {}
@@ -298,7 +305,7 @@ def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[st
     out: dict[str, Any] = {}
     for key, (value, from_env) in values.items():
         full = f"{name}.{key}"
-        if name == "storage" and key == "min_free_disk":
+        if (name, key) in _SIZE_KEYS:
             if from_env and isinstance(value, str) and value.strip().isdigit():
                 value = int(value)
             out[key] = parse_size(full, value)
@@ -444,6 +451,22 @@ def _validate(s: Settings) -> None:
     if not 1 <= s.web.idle_timeout_minutes <= 24 * 60:
         raise SettingsError("web.idle_timeout_minutes", s.web.idle_timeout_minutes,
                             "must be 1-1440")
+    if not 1 <= s.web.session_lifetime_hours <= 24 * 30:
+        raise SettingsError("web.session_lifetime_hours", s.web.session_lifetime_hours,
+                            "must be 1-720")
+    if s.web.session_lifetime_hours * 60 < s.web.idle_timeout_minutes:
+        raise SettingsError("web.session_lifetime_hours", s.web.session_lifetime_hours,
+                            "must not be shorter than web.idle_timeout_minutes")
+    if not 0 <= s.web.trusted_proxies <= 10:
+        raise SettingsError("web.trusted_proxies", s.web.trusted_proxies,
+                            "must be 0 (no reverse proxy) to 10")
+    token = s.web.metrics_token
+    if token and (len(token) < 16 or not re.fullmatch(r"[\x21-\x7e]+", token)):
+        raise SettingsError("web.metrics_token", "***", "at least 16 printable characters "
+                            "without spaces, or empty (no token)")
+    if s.web.upload_memory < 64 * 1024**2:
+        raise SettingsError("web.upload_memory", s.web.upload_memory,
+                            "must be at least 64MiB")
     if not 1 <= s.web.login_rate_limit <= 10000:
         raise SettingsError("web.login_rate_limit", s.web.login_rate_limit, "must be 1-10000")
     if not 1 <= s.web.login_rate_window_seconds <= 86400:
@@ -582,5 +605,7 @@ def to_display_dict(settings: Settings) -> dict[str, Any]:
         section = getattr(settings, name)
         out[name] = {f.name: plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
     out["database"]["url"] = mask_url(settings.database_url)
+    if settings.web.metrics_token:
+        out["web"]["metrics_token"] = "***"
     out["destinations"] = [dataclasses.asdict(d) for d in settings.destinations]
     return out

@@ -9,14 +9,14 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bcd_node import audit
+from bcd_node import audit, throttle
 from bcd_node.db.models import ApiToken, Role, User, UserState, utcnow
 
 LOGGER = logging.getLogger(__name__)
@@ -28,6 +28,10 @@ _HASHER = PasswordHasher()
 
 class UserError(ValueError):
     """A user command that cannot be carried out (bad name, weak password, unknown user)."""
+
+
+class NameTaken(UserError):
+    """The user name already has an account."""
 
 
 def hash_password(password: str) -> str:
@@ -87,7 +91,7 @@ def add_user(session: Session, username: str, password: str, role: str | Role, *
     role = _role(role)
     exists = session.execute(select(User.id).where(User.username == username)).first()
     if exists:
-        raise UserError(f"user {username!r} already exists")
+        raise NameTaken(f"user {username!r} already exists")
     user = User(username=username, password_hash=hash_password(password), role=role,
                 state=state, full_name=full_name, email=email)
     session.add(user)
@@ -126,8 +130,7 @@ def set_password(session: Session, username: str, password: str, *, actor: str =
     check_password_strength(password, username)
     user.password_hash = hash_password(password)
     user.password_changed_at = utcnow()
-    user.failed_logins = 0
-    user.locked_until = None
+    throttle.clear_name(session, username)
     audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
                  action="user_set_password", object_ref=f"user:{username}")
     LOGGER.info("password of user %s set", username)
@@ -168,9 +171,6 @@ def ensure_initial_admin(session: Session, env_password: str | None) -> InitialA
 
 # --------------------------------------------------------------------------- console sign-in
 
-#: Failed logins in a row after which an account is locked for :data:`LOCKOUT_SECONDS`.
-LOCKOUT_THRESHOLD = 5
-LOCKOUT_SECONDS = 15 * 60
 _DUMMY: dict[int, str] = {}
 
 
@@ -185,61 +185,98 @@ def _dummy_hash() -> str:
 
 @dataclass(frozen=True)
 class LoginOutcome:
-    """The result of :func:`authenticate`: the user, or None and why (for the audit log only)."""
+    """The result of :func:`authenticate`: the user, or None and why.
+
+    ``reason`` is for the audit log only, except ``locked``: then ``locked_until`` says until
+    when, and the caller may say so (it is the same for names with and without an account).
+    """
 
     user: User | None
     reason: str = ""
+    locked_until: datetime | None = None
 
 
 def authenticate(session: Session, username: str, password: str, *, source: str = "",
-                 actor_kind: str = "user") -> LoginOutcome:
+                 actor_kind: str = "user", window_seconds: int = 300) -> LoginOutcome:
     """Check a username and password with lockout; failures are audited, the caller commits.
 
-    A wrong password counts towards the lockout; :data:`LOCKOUT_THRESHOLD` failures in a row lock
-    the account for :data:`LOCKOUT_SECONDS`. Locked, pending and disabled accounts are refused even
-    with the right password. A hash made with older parameters is replaced on success.
+    A wrong password for a name counts towards its lockout (see :mod:`bcd_node.throttle`),
+    whether an account has that name or not; while a name is locked every password is refused
+    unchecked, so that a right guess reveals nothing. Pending and disabled accounts are refused
+    even with the right password. A hash made with older parameters is replaced on success.
+    Failures are audited per source in windows of ``window_seconds`` (:func:`audit.record_failure`).
     """
     user = session.execute(select(User).where(User.username == username)).scalar_one_or_none()
     now = utcnow()
 
-    def fail(reason: str) -> LoginOutcome:
-        audit.record(session, actor=username[:64] or "?", actor_kind=actor_kind, source=source,
-                     action="login_failed", outcome="failure", object_ref=f"user:{username[:58]}",
-                     details={"reason": reason})
-        return LoginOutcome(None, reason)
+    def fail(reason: str, locked_until: datetime | None = None) -> LoginOutcome:
+        audit.record_failure(session, action="login_failed", source=source,
+                             actor=username[:64] or "?", actor_kind=actor_kind,
+                             window_seconds=window_seconds, reason=reason,
+                             object_ref=f"user:{username[:58]}")
+        return LoginOutcome(None, reason, locked_until)
 
-    if user is None:
-        verify_password(_dummy_hash(), password)
-        return fail("unknown user")
-    if user.locked_until is not None and user.locked_until > now:
-        return fail("locked")
-    if not verify_password(user.password_hash, password):
-        user.failed_logins = (user.failed_logins or 0) + 1
-        if user.failed_logins >= LOCKOUT_THRESHOLD:
-            user.locked_until = now + timedelta(seconds=LOCKOUT_SECONDS)
-            user.failed_logins = 0
-            audit.record(session, actor="system", actor_kind="system", source=source,
-                         action="user_locked", object_ref=f"user:{username}",
-                         details={"seconds": LOCKOUT_SECONDS})
-            LOGGER.warning("user %s locked after %d failed logins", username, LOCKOUT_THRESHOLD)
-        return fail("wrong password")
+    locked = throttle.name_locked_until(session, username, now)
+    if locked is not None:
+        return fail("locked", locked)
+    if not verify_password(user.password_hash if user is not None else _dummy_hash(), password):
+        counted = throttle.count_name_failure(session, username, now)
+        if counted.locked_until is not None:
+            if user is not None:  # a lock of a name without an account is only counted
+                audit.record(session, actor="system", actor_kind="system", source=source,
+                             action="user_locked", object_ref=f"user:{username}",
+                             details={"seconds": counted.seconds,
+                                      "lockouts_in_a_row": counted.lockouts,
+                                      "until": counted.locked_until.isoformat()})
+            LOGGER.warning("sign-in locked for a user name for %d s after %d failed attempts "
+                           "(lock %d in a row)", counted.seconds, throttle.LOCKOUT_THRESHOLD,
+                           counted.lockouts)
+            return fail("wrong password" if user is not None else "unknown user",
+                        counted.locked_until)
+        return fail("wrong password" if user is not None else "unknown user")
+    assert user is not None  # the dummy hash matches no password
     if user.state == UserState.PENDING:
         return fail("pending approval")
     if user.state != UserState.ACTIVE:
         return fail("disabled")
-    user.failed_logins = 0
-    user.locked_until = None
+    throttle.clear_name(session, username)
     user.last_login_at = now
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     return LoginOutcome(user)
 
 
+def unlock_user(session: Session, username: str, *, actor: str = "cli", actor_kind: str = "cli",
+                source: str = "") -> bool:
+    """Lift the sign-in lock of ``username`` (audited); return whether it was locked."""
+    get_user(session, username)
+    was_locked = throttle.clear_name(session, username)
+    audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
+                 action="user_unlock", object_ref=f"user:{username}",
+                 details={"was_locked": was_locked})
+    LOGGER.info("sign-in lock of user %s lifted (was locked: %s)", username, was_locked)
+    return was_locked
+
+
 def register_doctor(session: Session, username: str, password: str, *, full_name: str = "",
                     email: str = "", source: str = "") -> User:
-    """A doctor's self-registration: the account stays pending until an admin approves it."""
-    return add_user(session, username, password, Role.DOCTOR, full_name=full_name, email=email,
-                    state=UserState.PENDING, actor=username, actor_kind="user", source=source)
+    """A doctor's self-registration: the account stays pending until an admin approves it.
+
+    Raises
+    ------
+    NameTaken
+        When the name has an account; the password has been hashed all the same, so that the
+        answer takes as long as a registration (the caller must not tell the two apart).
+    UserError
+        For an invalid name or a weak password.
+    """
+    try:
+        return add_user(session, username, password, Role.DOCTOR, full_name=full_name,
+                        email=email, state=UserState.PENDING, actor=username, actor_kind="user",
+                        source=source)
+    except NameTaken:
+        hash_password(password)
+        raise
 
 
 def approve_user(session: Session, username: str, *, actor: str, actor_kind: str = "user",
@@ -252,8 +289,7 @@ def approve_user(session: Session, username: str, *, actor: str, actor_kind: str
     user.state = UserState.ACTIVE
     user.approved_by = actor[:64]
     user.approved_at = utcnow()
-    user.failed_logins = 0
-    user.locked_until = None
+    throttle.clear_name(session, username)
     audit.record(session, actor=actor, actor_kind=actor_kind, source=source, action=action,
                  object_ref=f"user:{username}")
     LOGGER.info("user %s activated by %s", username, actor)

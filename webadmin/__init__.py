@@ -8,16 +8,22 @@ tokens, system, statistics), ``audit`` (the audit log) and ``api`` (JSON under `
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, Response, jsonify, redirect, render_template, request, url_for
+from flask import (Flask, Response, current_app, jsonify, make_response, redirect,
+                   render_template, request, url_for)
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy import text
+from werkzeug.datastructures import ImmutableDict
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
 
+from bcd_node.memory_budget import MemoryBudget
 from bcd_node.runtime import NodeContext
 
 LOGGER = logging.getLogger(__name__)
@@ -35,6 +41,44 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+class ConsoleFlask(Flask):
+    """Flask whose routes answer only the methods they declare: no automatic OPTIONS (there is
+    no cross-origin use), so anything else, TRACE included, is 405. Set as a default so that
+    the static route, made when the app is, follows it too."""
+
+    default_config = ImmutableDict({**Flask.default_config, "PROVIDE_AUTOMATIC_OPTIONS": False})
+
+
+class BoundedIntConverter(IntegerConverter):
+    """``<int:...>`` that matches only ids the database can hold (1 to 2**31 - 1)."""
+
+    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:  # noqa: A002 - werkzeug
+        kwargs.setdefault("max", 2**31 - 1)
+        super().__init__(map, *args, **kwargs)
+
+
+def metrics_denied() -> Response | None:
+    """None when the request may read ``/metrics``, else the 401 answer.
+
+    Open without ``web.metrics_token`` (the counters hold no patient data, and Prometheus
+    scrapers usually sit on a management network); with one, the scraper sends it as a
+    bearer token.
+    """
+    expected = current_app.config["METRICS_TOKEN"]
+    if not expected:
+        return None
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(),
+                                                          expected.encode()):
+        return None
+    response = jsonify(error="unauthorized", message="Send 'Authorization: Bearer <token>' "
+                       "with the token of web.metrics_token.")
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = 'Bearer realm="bcd-node metrics"'
+    return response
+
+
 def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) -> Flask:
     """Build the console for one node.
 
@@ -45,7 +89,7 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
     test_config
         Flask config overrides for tests.
     """
-    app = Flask(__name__)
+    app = ConsoleFlask(__name__)
     web = context.settings.web
     app.config.update(
         SECRET_KEY=context.secrets.session_key,
@@ -56,13 +100,17 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
         # anywhere else it is reached through TLS, and the cookie must never travel in clear.
         SESSION_COOKIE_SECURE=(not _is_loopback(web.host) if web.secure_cookies == "auto"
                                else web.secure_cookies == "true"),
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        # The cookie's own expiry; the server-side session row enforces the same lifetime.
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=web.session_lifetime_hours),
+        SESSION_LIFETIME_SECONDS=web.session_lifetime_hours * 3600,
         REMEMBER_COOKIE_HTTPONLY=True,
         IDLE_TIMEOUT_SECONDS=web.idle_timeout_minutes * 60,
         LOGIN_RATE_LIMIT=web.login_rate_limit,  # failed sign-ins per IP ...
         LOGIN_RATE_WINDOW_SECONDS=web.login_rate_window_seconds,  # ... within this window
         REGISTER_RATE_LIMIT=5,          # account requests per IP and hour
         UPLOAD_MAX_BYTES=50 * 1024 * 1024,
+        UPLOAD_WAIT_SECONDS=10.0,  # an upload waits this long for memory, then "busy"
+        METRICS_TOKEN=web.metrics_token,
         MAX_CONTENT_LENGTH=64 * 1024 * 1024,
         WTF_CSRF_TIME_LIMIT=None,  # the token is bound to the session, which expires itself
         PAGE_SIZE=50,
@@ -70,10 +118,26 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
     if test_config:
         app.config.update(test_config)
     app.extensions["bcd_node"] = context
+    app.extensions["bcd_upload_budget"] = MemoryBudget(web.upload_memory)
+    # Ids in URLs fit the database's integer: a longer number is "not found", not an error.
+    app.url_map.converters["int"] = BoundedIntConverter
+    if web.trusted_proxies:
+        # Behind reverse proxies the client's address and scheme come from the X-Forwarded-For
+        # and -Proto headers that the last ``trusted_proxies`` hops appended; anything a client
+        # put there itself is ignored.
+        n = web.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
     from webadmin import admin, api, audit_log, auth, patients, upload, worklist
     from webadmin.db import close_db
     from webadmin.helpers import register_template_helpers
+
+    @app.before_request
+    def only_served_methods() -> None:
+        # Routing failed (405 for a method the route does not serve, 404): say so before the
+        # sign-in check would turn it into a redirect.
+        if request.routing_exception is not None:
+            raise request.routing_exception
 
     csrf.init_app(app)
     auth.login_manager.init_app(app)
@@ -94,7 +158,8 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
         response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
         response.headers.setdefault("Permissions-Policy",
                                     "camera=(), microphone=(), geolocation=()")
-        if request.is_secure:
+        if request.is_secure or app.config["SESSION_COOKIE_SECURE"]:
+            # Secure cookies mean the console is reached over TLS only: browsers keep to it.
             response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         if request.endpoint != "static":
             # Patient data must not linger in shared workstations' caches.
@@ -119,6 +184,15 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
     @app.errorhandler(404)
     def not_found(_exc: Any) -> Any:
         return error_page(404, "Not found", "There is nothing at this address.")
+
+    @app.errorhandler(405)
+    def method_not_allowed(exc: Any) -> Any:
+        response = make_response(error_page(405, "Method not allowed",
+                                            "This address does not answer that kind of request."))
+        allowed = getattr(exc, "valid_methods", None)
+        if allowed:
+            response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
 
     @app.errorhandler(500)
     def server_error(_exc: Any) -> Any:
@@ -157,6 +231,9 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
         """Prometheus metrics (no patient data): counters of this process, queue from the DB."""
         from bcd_node.metrics import Metrics
 
+        denied = metrics_denied()
+        if denied is not None:
+            return denied
         if context.metrics is None:
             context.metrics = Metrics(context)
         return Response(context.metrics.exposition(),

@@ -11,10 +11,12 @@ from typing import Any
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
-from bcd_node.db.models import (ApiToken, Delivery, DeliveryState, DestinationHealth, Job,
-                                JobState, Result, Study, User, UserState, utcnow)
+from bcd_node import throttle
+from bcd_node.db.models import (ApiToken, AuthThrottle, Delivery, DeliveryState,
+                                DestinationHealth, Job, JobState, Result, Study, User, UserState,
+                                utcnow)
 from bcd_node.users import (UserError, add_user, approve_user, disable_user, issue_token,
-                            reset_password, revoke_token, set_role)
+                            reset_password, revoke_token, set_role, unlock_user)
 from webadmin.auth import admin_required, end_sessions
 from webadmin.charts import bar_chart
 from webadmin.db import audit_event, client_ip, db, node
@@ -39,11 +41,18 @@ def _me() -> str:
 @bp.get("/users")
 def users() -> Any:
     """Users: pending approvals first, then everyone."""
+    return _users_page(UserCreateForm())
+
+
+def _users_page(form: UserCreateForm) -> str:
     session = db()
     everyone = session.execute(select(User).order_by(User.username)).scalars().all()
-    pending = [u for u in everyone if u.state == UserState.PENDING]
-    return render_template("admin/users.html", users=everyone, pending=pending,
-                           create_form=UserCreateForm(), action=ActionForm())
+    locks = dict(session.execute(select(AuthThrottle.key, AuthThrottle.locked_until).where(
+        AuthThrottle.kind == throttle.NAME, AuthThrottle.locked_until > utcnow(),
+        AuthThrottle.key.in_([u.username for u in everyone]))).all()) if everyone else {}
+    return render_template("admin/users.html", users=everyone, locks=locks,
+                           pending=[u for u in everyone if u.state == UserState.PENDING],
+                           create_form=form, action=ActionForm())
 
 
 @bp.post("/users")
@@ -63,10 +72,7 @@ def create_user() -> Any:
             session.commit()
             flash(f"User {form.username.data} created.", "success")
             return redirect(url_for("admin.user", username=form.username.data))
-    everyone = session.execute(select(User).order_by(User.username)).scalars().all()
-    return render_template("admin/users.html", users=everyone,
-                           pending=[u for u in everyone if u.state == UserState.PENDING],
-                           create_form=form, action=ActionForm()), 400
+    return _users_page(form), 400
 
 
 def _user_or_404(username: str) -> User:
@@ -76,16 +82,25 @@ def _user_or_404(username: str) -> User:
     return user
 
 
+def _user_page(u: User, *, new_password: str | None = None,
+               new_token: str | None = None) -> str:
+    session = db()
+    tokens = session.execute(select(ApiToken).where(ApiToken.user_fk == u.id)
+                             .order_by(ApiToken.created_at.desc())).scalars().all()
+    lock = session.execute(select(AuthThrottle).where(
+        AuthThrottle.kind == throttle.NAME, AuthThrottle.key == u.username)).scalar_one_or_none()
+    return render_template("admin/user.html", user=u, tokens=tokens, action=ActionForm(),
+                           role_form=RoleForm(role=u.role.value), token_form=TokenForm(),
+                           new_password=new_password, new_token=new_token,
+                           failures=lock.failures if lock else 0,
+                           locked_until=lock.locked_until if lock and lock.locked_until
+                           and lock.locked_until > utcnow() else None)
+
+
 @bp.get("/users/<username>")
 def user(username: str) -> Any:
-    """One user: state, role, password reset and API tokens."""
-    u = _user_or_404(username)
-    tokens = db().execute(select(ApiToken).where(ApiToken.user_fk == u.id)
-                          .order_by(ApiToken.created_at.desc())).scalars().all()
-    role_form = RoleForm(role=u.role.value)
-    return render_template("admin/user.html", user=u, tokens=tokens, action=ActionForm(),
-                           role_form=role_form, token_form=TokenForm(),
-                           new_password=None, new_token=None)
+    """One user: state, role, sign-in lock, password reset and API tokens."""
+    return _user_page(_user_or_404(username))
 
 
 def _user_action(username: str, do: Any, done: str) -> Any:
@@ -151,11 +166,15 @@ def password(username: str) -> Any:
     new_password = reset_password(session, username, actor=_me(), source=client_ip())
     end_sessions(session, u.id, "password_reset")
     session.commit()
-    tokens = session.execute(select(ApiToken).where(ApiToken.user_fk == u.id)
-                             .order_by(ApiToken.created_at.desc())).scalars().all()
-    return render_template("admin/user.html", user=u, tokens=tokens, action=ActionForm(),
-                           role_form=RoleForm(role=u.role.value), token_form=TokenForm(),
-                           new_password=new_password, new_token=None)
+    return _user_page(u, new_password=new_password)
+
+
+@bp.post("/users/<username>/unlock")
+def unlock(username: str) -> Any:
+    """Lift a sign-in lock (after failed attempts); the password stays."""
+    return _user_action(username, lambda s: unlock_user(s, username, actor=_me(),
+                                                        actor_kind="user", source=client_ip()),
+                        f"{username} can sign in again.")
 
 
 @bp.post("/users/<username>/tokens")
@@ -175,11 +194,7 @@ def token_issue(username: str) -> Any:
             flash(str(exc), "error")
         else:
             session.commit()
-    tokens = session.execute(select(ApiToken).where(ApiToken.user_fk == u.id)
-                             .order_by(ApiToken.created_at.desc())).scalars().all()
-    return render_template("admin/user.html", user=u, tokens=tokens, action=ActionForm(),
-                           role_form=RoleForm(role=u.role.value), token_form=TokenForm(),
-                           new_password=None, new_token=new_token)
+    return _user_page(u, new_token=new_token)
 
 
 @bp.post("/tokens/<int:token_id>/revoke")

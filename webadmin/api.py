@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, g, jsonify, request
+from flask import Blueprint, abort, current_app, g, jsonify, request
 from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
 from sqlalchemy import func, select
 
 from bcd_node.db.models import Delivery, DeliveryState, Job, JobState, Result, Study, User
-from bcd_node.users import authenticate, find_token
+from bcd_node.users import find_token
 from webadmin.db import audit_event, client_ip, db, node
 from webadmin.helpers import page_number
 
@@ -24,9 +24,11 @@ def _verify_token(text: str) -> User | None:
     found = find_token(db(), node().secrets.api_token_salt, text or "")
     if found is None:
         from bcd_node import audit
-        audit.record(db(), actor="?", actor_kind="api", source=client_ip(),
-                     action="api_auth_failed", outcome="failure",
-                     details={"scheme": "bearer", "prefix": (text or "")[:12]})
+        audit.record_failure(db(), action="api_auth_failed", source=client_ip(), actor="?",
+                             actor_kind="api",
+                             window_seconds=current_app.config["LOGIN_RATE_WINDOW_SECONDS"],
+                             reason="bad or revoked token",
+                             details={"scheme": "bearer", "prefix": (text or "")[:12]})
         db().commit()
         return None
     db().commit()
@@ -36,18 +38,25 @@ def _verify_token(text: str) -> User | None:
 
 @basic.verify_password
 def _verify_password(username: str, password: str) -> User | None:
-    from webadmin.auth import rate_limited
-    if rate_limited(client_ip()):
-        return None  # too many failures from this address: not even checked
-    outcome = authenticate(db(), (username or "").strip().lower(), password or "",
-                           source=client_ip(), actor_kind="api")
-    db().commit()
-    if outcome.user is not None:
-        g.api_user = outcome.user
-    return outcome.user
+    # The same checks as the console's sign-in form: per-source rate limit, per-name lockout.
+    from webadmin.auth import sign_in
+    result = sign_in(username or "", password or "", actor_kind="api")
+    if result.user is None:
+        g.api_refusal = result
+        return None
+    g.api_user = result.user
+    return result.user
 
 
 def _unauthorized(status: int) -> Any:
+    refusal = g.get("api_refusal")
+    if refusal is not None:
+        response = jsonify(error="too many failures" if refusal.status == 429
+                           else "unauthorized", message=refusal.message)
+        response.status_code = refusal.status
+        if refusal.retry_after:
+            response.headers["Retry-After"] = str(refusal.retry_after)
+        return response
     response = jsonify(error="unauthorized",
                        message="Send 'Authorization: Bearer <token>' or basic credentials.")
     response.status_code = status

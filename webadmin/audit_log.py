@@ -12,12 +12,12 @@ from flask import (Blueprint, Response, current_app, flash, redirect, render_tem
                    url_for)
 from sqlalchemy import func, select
 
-from bcd_node.audit import verify_chain
+from bcd_node.audit import flush_failures, verify_chain
 from bcd_node.db.models import AuditEvent
 from webadmin.auth import admin_required
 from webadmin.db import audit_event, db
 from webadmin.forms import ActionForm
-from webadmin.helpers import Page, day_start, page_number, parse_day
+from webadmin.helpers import Page, clamp_page, day_start, page_number, parse_day
 
 bp = Blueprint("audit", __name__, url_prefix="/admin/audit")
 EXPORT_FIELDS = ("id", "at", "actor", "actor_kind", "source", "action", "outcome", "patient_id",
@@ -27,8 +27,25 @@ EXPORT_FIELDS = ("id", "at", "actor", "actor_kind", "source", "action", "outcome
 @bp.before_request
 @admin_required
 def _only_admins() -> None:
-    """Every page here is for admins."""
+    """Every page here is for admins; they see aggregated failures whose window is over."""
+    session = db()
+    if flush_failures(session):
+        session.commit()
     return None
+
+
+#: Spreadsheets run a cell that starts with one of these as a formula (OWASP, CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that no spreadsheet runs: text starting like a formula gets a leading ``'``.
+
+    Numbers stay numbers; the JSON export keeps every value as it is.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def filtered(args: dict[str, str]) -> Any:
@@ -57,8 +74,8 @@ def index() -> Any:
     args = request.args.to_dict()
     query = filtered(args)
     per_page = current_app.config["PAGE_SIZE"]
-    page_no = page_number()
     total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+    page_no = clamp_page(page_number(), per_page, total)
     events = session.execute(query.order_by(AuditEvent.id.desc()).limit(per_page)
                              .offset((page_no - 1) * per_page)).scalars().all()
     actions = session.execute(select(AuditEvent.action).distinct().order_by(
@@ -97,7 +114,8 @@ def export(fmt: str) -> Any:
         writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "details": json.dumps(row["details"], sort_keys=True)})
+            cells = {**row, "details": json.dumps(row["details"], sort_keys=True)}
+            writer.writerow({k: spreadsheet_safe(v) for k, v in cells.items()})
         body = out.getvalue()
         mimetype = "text/csv"
     return Response(body, mimetype=mimetype, headers={

@@ -8,19 +8,22 @@ afterwards is refused.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from functools import wraps
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
-from flask import (Blueprint, abort, current_app, flash, redirect, render_template, request,
-                   session, url_for)
+from flask import (Blueprint, abort, current_app, flash, make_response, redirect,
+                   render_template, request, session, url_for)
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from sqlalchemy import func, select
+from werkzeug.exceptions import HTTPException
 
+from bcd_node import audit, throttle
 from bcd_node.db.models import AuditEvent, Role, User, UserState, WebSession, utcnow
-from bcd_node.users import (UserError, authenticate, register_doctor, set_password,
+from bcd_node.users import (NameTaken, UserError, authenticate, register_doctor, set_password,
                             verify_password)
 from webadmin.db import audit_event, client_ip, db, node
 from webadmin.forms import LoginForm, PasswordChangeForm, RegisterForm
@@ -80,7 +83,8 @@ def end_sessions(session_db: Any, user_id: int, reason: str, *, keep: str | None
 
 @login_manager.user_loader
 def load_user(session_id: str) -> ConsoleUser | None:
-    """The user of a live session; ends sessions idle for too long or of disabled users."""
+    """The user of a live session; ends sessions idle for too long, older than their lifetime
+    or of disabled users."""
     session_db = db()
     ws = session_db.get(WebSession, session_key(session_id))
     if ws is None or ws.ended_at is not None:
@@ -92,11 +96,17 @@ def load_user(session_id: str) -> ConsoleUser | None:
         _end(ws, "disabled")
         session_db.commit()
         return None
-    if now - ws.last_seen_at > idle:
-        _end(ws, "idle")
-        audit_event_for(user.username, "session_expired", object_ref=f"session:{ws.id[:8]}")
-        session_db.commit()
-        return None
+    lifetime = timedelta(seconds=current_app.config["SESSION_LIFETIME_SECONDS"])
+    for reason, expired in (("lifetime", now - ws.created_at > lifetime),
+                            ("idle", now - ws.last_seen_at > idle)):
+        if expired:
+            # However active, a session ends after its lifetime: a stolen cookie is not
+            # good forever.
+            _end(ws, reason)
+            audit_event_for(user.username, "session_expired", object_ref=f"session:{ws.id[:8]}",
+                            details={"reason": reason})
+            session_db.commit()
+            return None
     if (now - ws.last_seen_at).total_seconds() > 15:  # keep writes rare
         ws.last_seen_at = now
         session_db.commit()
@@ -133,26 +143,97 @@ def require_login() -> Any:
     return None
 
 
-def _safe_next(target: str | None) -> str | None:
-    if not target:
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._~-]*(?:/[A-Za-z0-9._~-]+)*/?$")
+
+
+def safe_next(target: str | None) -> str | None:
+    """``target`` when it is a page of this console to return to after signing in, else None.
+
+    An allow-list rather than a block-list: the path must be plain (letters, digits and
+    ``/._~-``; no backslash, percent escape, ``//``, dot segment or control character, which
+    browsers and proxies read in different ways) and must name a GET route of the console; the
+    query string must not hold spaces or control characters.
+    """
+    if not target or len(target) > 2048:
         return None
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    path, sep, query = target.partition("?")
+    if not _SAFE_PATH.match(path) or "//" in path:
+        return None
+    if any(seg in (".", "..") for seg in path.split("/")):
+        return None
+    if sep and (any(ord(c) < 33 or ord(c) == 127 for c in query) or "\\" in query):
+        return None
+    adapter = current_app.url_map.bind("localhost")
+    try:
+        endpoint, _args = adapter.match(path, method="GET")
+    except HTTPException:  # no such page, or a redirect (the adapter would add a host)
+        return None
+    if endpoint in ("static", "auth.login", "auth.register") or endpoint.startswith("api."):
         return None
     return target
 
 
-def _recent(action: str, ip: str, seconds: int) -> int:
+@dataclass(frozen=True)
+class SignIn:
+    """The outcome of :func:`sign_in`: the user, or the HTTP status and message of a refusal."""
+
+    user: User | None
+    status: int = 200
+    message: str = ""
+    retry_after: int | None = None
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def lock_message(until: datetime) -> str:
+    """What a locked name is told: the same whether an account has the name or not."""
+    return (f"Sign-in is locked for this user name until {_when(until)} after repeated failed "
+            "attempts; until then every password is refused. An administrator can lift the "
+            "lock at once on the node with 'bcd-node users unlock NAME' (or 'bcd-node users "
+            "set-password NAME').")
+
+
+def sign_in(username: str, password: str, *, actor_kind: str) -> SignIn:
+    """Check credentials with the per-source rate limit and the per-name lockout (both the
+    console's form and the API's basic auth); audits and commits."""
+    cfg = current_app.config
+    ip = client_ip()
+    session_db = db()
+    window = cfg["LOGIN_RATE_WINDOW_SECONDS"]
+    name = username.strip().lower()[:64]
+    blocked = throttle.source_blocked_until(session_db, ip, cfg["LOGIN_RATE_LIMIT"])
+    if blocked is not None:
+        audit.record_failure(session_db, action="login_rate_limited", source=ip,
+                             actor=name or "?", actor_kind=actor_kind, window_seconds=window,
+                             reason="too many failures from this source")
+        session_db.commit()
+        return SignIn(None, 429, "Too many failed sign-ins from this computer. Try again after "
+                                 f"{_when(blocked)}.",
+                      max(1, int((blocked - utcnow()).total_seconds()) + 1))
+    outcome = authenticate(session_db, name, password, source=ip, actor_kind=actor_kind,
+                           window_seconds=window)
+    if outcome.user is not None:
+        session_db.commit()
+        return SignIn(outcome.user)
+    throttle.count_source_failure(session_db, ip, window)
+    session_db.commit()
+    if outcome.locked_until is not None:
+        return SignIn(None, 401, lock_message(outcome.locked_until))
+    if outcome.reason == "disabled":  # only said to someone who knows the password
+        return SignIn(None, 401, "This account is disabled. Ask an administrator.")
+    # A pending account gets the same answer as a wrong password: registering a name and then
+    # signing in with it must not tell whether the name already had an account.
+    return SignIn(None, 401, "Wrong user name or password, or the account is still waiting for "
+                             "an administrator's approval.")
+
+
+def _recent(actions: tuple[str, ...], ip: str, seconds: int) -> int:
     since = utcnow() - timedelta(seconds=seconds)
     return db().execute(select(func.count()).select_from(AuditEvent).where(
-        AuditEvent.action == action, AuditEvent.source == ip,
+        AuditEvent.action.in_(actions), AuditEvent.source == ip,
         AuditEvent.at >= since)).scalar_one()
-
-
-def rate_limited(ip: str) -> bool:
-    """Whether ``ip`` has failed to sign in too often within the window."""
-    cfg = current_app.config
-    return _recent("login_failed", ip, cfg["LOGIN_RATE_WINDOW_SECONDS"]) >= cfg["LOGIN_RATE_LIMIT"]
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -163,40 +244,27 @@ def login() -> Any:
     form = LoginForm()
     status = 200
     if form.validate_on_submit():
-        ip = client_ip()
+        result = sign_in(form.username.data, form.password.data, actor_kind="user")
+        if result.user is None:
+            flash(result.message, "error")
+            response = make_response(render_template("auth/login.html", form=form,
+                                                     context=node()), result.status)
+            if result.retry_after:
+                response.headers["Retry-After"] = str(result.retry_after)
+            return response
+        user = result.user
         session_db = db()
-        if rate_limited(ip):
-            audit_event_for(form.username.data[:64], "login_rate_limited", outcome="failure",
-                            details={"ip": ip})
-            session_db.commit()
-            flash("Too many failed sign-ins from this computer. Wait a few minutes and try again.",
-                  "error")
-            return render_template("auth/login.html", form=form, context=node()), 429
-        outcome = authenticate(session_db, form.username.data.strip().lower(),
-                               form.password.data, source=ip)
-        if outcome.user is None:
-            session_db.commit()
-            if outcome.reason == "pending approval":
-                flash("Your account is waiting for an administrator's approval.", "error")
-            elif outcome.reason == "disabled":
-                flash("This account is disabled. Ask an administrator.", "error")
-            else:
-                flash("Wrong user name or password, or the account is locked for a while.",
-                      "error")
-            status = 401
-        else:
-            user = outcome.user
-            session.clear()  # a fresh cookie: nothing from before the login carries over
-            session_id = secrets.token_urlsafe(32)
-            ws = WebSession(id=session_key(session_id), user_fk=user.id, ip=ip[:64],
-                            user_agent=(request.user_agent.string or "")[:255])
-            session_db.add(ws)
-            audit_event_for(user.username, "login", object_ref=f"session:{ws.id[:8]}")
-            session_db.commit()
-            session.permanent = True
-            login_user(ConsoleUser(user, session_id), remember=False)
-            default = "admin.users" if user.role == Role.ADMIN else "worklist.index"
-            return redirect(_safe_next(request.args.get("next")) or url_for(default))
+        session.clear()  # a fresh cookie: nothing from before the login carries over
+        session_id = secrets.token_urlsafe(32)
+        ws = WebSession(id=session_key(session_id), user_fk=user.id, ip=client_ip()[:64],
+                        user_agent=(request.user_agent.string or "")[:255])
+        session_db.add(ws)
+        audit_event_for(user.username, "login", object_ref=f"session:{ws.id[:8]}")
+        session_db.commit()
+        session.permanent = True
+        login_user(ConsoleUser(user, session_id), remember=False)
+        default = "admin.users" if user.role == Role.ADMIN else "worklist.index"
+        return redirect(safe_next(request.args.get("next")) or url_for(default))
     elif request.method == "POST":
         status = 400
     return render_template("auth/login.html", form=form, context=node()), status
@@ -216,26 +284,42 @@ def logout() -> Any:
     return redirect(url_for("auth.login"))
 
 
+REGISTERED = "Thank you. Your account is waiting for an administrator's approval."
+
+
 @bp.route("/register", methods=["GET", "POST"])
 def register() -> Any:
     """A doctor asks for an account; an admin approves it."""
     form = RegisterForm()
     if form.validate_on_submit():
         session_db = db()
-        if _recent("user_add", client_ip(), 3600) >= current_app.config["REGISTER_RATE_LIMIT"]:
+        ip = client_ip()
+        if _recent(("user_add", "register_refused"), ip, 3600) >= \
+                current_app.config["REGISTER_RATE_LIMIT"]:
             flash("Too many account requests from this computer. Try again later.", "error")
             return render_template("auth/register.html", form=form), 429
+        name = form.username.data.strip().lower()
         try:
-            register_doctor(session_db, form.username.data.strip().lower(), form.password.data,
+            register_doctor(session_db, name, form.password.data,
                             full_name=form.full_name.data.strip(), email=form.email.data.strip(),
-                            source=client_ip())
+                            source=ip)
+        except NameTaken:
+            # Answered like a registration, so that the page reveals no user names; the admins
+            # see the attempt in the audit log.
+            session_db.rollback()
+            audit.record(session_db, actor=name, actor_kind="user", source=ip,
+                         action="register_refused", outcome="failure", object_ref=f"user:{name}",
+                         details={"reason": "name taken"})
+            session_db.commit()
+            flash(REGISTERED, "info")
+            return redirect(url_for("auth.login"))
         except UserError as exc:
             session_db.rollback()
             field = form.password if str(exc).startswith("password") else form.username
             field.errors = [*field.errors, str(exc)]
         else:
             session_db.commit()
-            flash("Thank you. Your account is waiting for an administrator's approval.", "info")
+            flash(REGISTERED, "info")
             return redirect(url_for("auth.login"))
     return render_template("auth/register.html", form=form)
 

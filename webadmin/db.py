@@ -32,7 +32,8 @@ def close_db(_exc: BaseException | None = None) -> None:
 
 
 def client_ip() -> str:
-    """Where the request came from (waitress has cleared untrusted proxy headers)."""
+    """Where the request came from: the TCP peer, or behind ``web.trusted_proxies`` reverse
+    proxies the address they forwarded (ProxyFix); other forwarded headers are ignored."""
     return request.remote_addr or ""
 
 

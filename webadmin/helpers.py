@@ -40,12 +40,23 @@ class Page:
         return self.page < self.pages
 
 
+#: Pages beyond this are not asked for by anyone; the number stays far inside any database's
+#: integer range once multiplied by a page size.
+MAX_PAGE = 1_000_000
+
+
 def page_number() -> int:
-    """The ``page`` query argument, at least 1."""
-    try:
-        return max(1, int(request.args.get("page", "1")))
-    except ValueError:
+    """The ``page`` query argument: 1 when absent or not a number, at most :data:`MAX_PAGE`
+    (views then show the last page when it is beyond it, see :func:`clamp_page`)."""
+    text = request.args.get("page", "1").strip()
+    if not (text.isascii() and text.isdigit()):  # no sign, no "1e9", no "²"
         return 1
+    return max(1, MAX_PAGE if len(text) > 7 else min(MAX_PAGE, int(text)))
+
+
+def clamp_page(page: int, per_page: int, total: int) -> int:
+    """``page``, or the last page when ``page`` lies beyond it."""
+    return max(1, min(page, math.ceil(total / per_page) if total else 1))
 
 
 def parse_day(value: str | None) -> date | None:

@@ -9,7 +9,7 @@ from sqlalchemy import func, or_, select
 
 from bcd_node.db.models import Patient, Result, Study
 from webadmin.db import audit_event, db
-from webadmin.helpers import Page, page_number
+from webadmin.helpers import Page, clamp_page, page_number
 
 bp = Blueprint("patients", __name__, url_prefix="/patients")
 
@@ -24,8 +24,8 @@ def search() -> Any:
         like = f"%{term.replace('%', '').replace('_', '')}%"
         query = query.where(or_(Patient.patient_id.ilike(like), Patient.name.ilike(like)))
     per_page = current_app.config["PAGE_SIZE"]
-    page_no = page_number()
     total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+    page_no = clamp_page(page_number(), per_page, total)
     patients = session.execute(query.order_by(Patient.name, Patient.id).limit(per_page)
                                .offset((page_no - 1) * per_page)).scalars().all()
     counts = dict(session.execute(select(Study.patient_fk, func.count()).where(

@@ -1,14 +1,23 @@
-"""Upload of PNG, JPEG or DICOM images with the patient's details."""
+"""Upload of PNG, JPEG or DICOM images with the patient's details.
+
+Each upload reserves the memory its decoding will take (estimated from the file's header) from
+one budget, ``web.upload_memory``, before anything is decoded; an upload that does not fit
+waits up to ``UPLOAD_WAIT_SECONDS`` for others to finish, then is answered 503 "busy, try
+again" with nothing stored.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, flash, redirect, render_template, url_for
+from flask import (Blueprint, current_app, flash, make_response, redirect, render_template,
+                   url_for)
 from flask_login import current_user
 
 from bcd_node import intake
+from bcd_node.dicomize_upload import upload_memory
 from bcd_node.errors import BcdError, PermanentError
+from bcd_node.memory_budget import Busy, MemoryBudget, TooLarge
 from webadmin.db import audit_event, db, node
 from webadmin.forms import UploadForm
 
@@ -28,6 +37,11 @@ def sniff(data: bytes) -> str | None:
         return "dicom"
     return None
 
+
+
+def upload_budget() -> MemoryBudget:
+    """The memory that uploads (and image previews) being decoded share in this process."""
+    return current_app.extensions["bcd_upload_budget"]
 
 
 def person_name(text: str) -> str:
@@ -50,6 +64,7 @@ def index() -> Any:
         suffix = ("." + filename.rsplit(".", 1)[1].lower()) if "." in filename else ""
         kind = sniff(data)
         error = None
+        status = 400
         if len(data) > current_app.config["UPLOAD_MAX_BYTES"]:
             error = (f"The file is larger than "
                      f"{current_app.config['UPLOAD_MAX_BYTES'] // (1024 * 1024)} MB.")
@@ -80,8 +95,17 @@ def index() -> Any:
                 "stain": (form.stain.data or "").strip(),
             }
             try:
-                accepted = intake.accept_upload(node(), data, filename, fields,
-                                                current_user.username)
+                with upload_budget().reserve(upload_memory(data),
+                                             current_app.config["UPLOAD_WAIT_SECONDS"]):
+                    accepted = intake.accept_upload(node(), data, filename, fields,
+                                                    current_user.username)
+            except Busy:
+                status = 503
+                error = ("The node is busy with other uploads right now. Try again in a "
+                         "minute; nothing was stored.")
+            except TooLarge:
+                error = ("This image is too large for the node to process: it needs more "
+                         "memory than uploads may take at once (web.upload_memory).")
             except PermanentError as exc:
                 error = str(exc)
             except BcdError as exc:
@@ -100,5 +124,8 @@ def index() -> Any:
                     details={"filename": filename[:128], "error": error[:255]})
         db().commit()
         form.image.errors = list(form.image.errors) + [error]
-        return render_template("upload.html", form=form), 400
+        response = make_response(render_template("upload.html", form=form), status)
+        if status == 503:
+            response.headers["Retry-After"] = "30"
+        return response
     return render_template("upload.html", form=form)

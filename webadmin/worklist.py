@@ -8,17 +8,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from flask import (Blueprint, abort, flash, redirect, render_template, request, send_file,
-                   url_for)
+from flask import (Blueprint, abort, current_app, flash, make_response, redirect,
+                   render_template, request, send_file, url_for)
 from flask_login import current_user
 from sqlalchemy import func, or_, select
 
 from bcd_node.db.models import (Instance, Job, JobKind, Patient, Result, Role, Series, Study,
                                 User, utcnow)
+from bcd_node.memory_budget import Busy
 from bcd_node.studies import refresh_study
 from webadmin.db import audit_event, db, node
 from webadmin.forms import STAGES, STATUSES, VerifyForm
-from webadmin.helpers import Page, day_start, page_number, parse_day
+from webadmin.helpers import Page, clamp_page, day_start, page_number, parse_day
 from webadmin.model_use import (configured_manifest, demonstration_note,
                                 manifest_is_demonstration, results_banner)
 
@@ -63,6 +64,7 @@ def worklist_page(args: dict[str, str], page: int, per_page: int) -> Page:
     session = db()
     query = worklist_query(args)
     total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+    page = clamp_page(page, per_page, total)
     rows = session.execute(query.order_by(Study.last_received_at.desc(), Study.id.desc())
                            .limit(per_page).offset((page - 1) * per_page)).all()
     return Page(list(rows), page, per_page, total)
@@ -71,7 +73,6 @@ def worklist_page(args: dict[str, str], page: int, per_page: int) -> Page:
 @bp.get("/worklist")
 def index() -> Any:
     """The worklist: studies with status, stage and confidence, filtered and paginated."""
-    from flask import current_app
     args = request.args.to_dict()
     page = worklist_page(args, page_number(), current_app.config["PAGE_SIZE"])
     audit_event("view_worklist", details={k: v for k, v in args.items() if v})
@@ -199,11 +200,16 @@ def _preview_png(instance: Instance) -> Path:
     source = data_file(instance.path)
     from PIL import Image
 
+    from bcd_node.dicomize_upload import UPLOAD_MEMORY_FACTOR
     from bcd_node.pipeline import analysed_pixels
+    from webadmin.upload import upload_budget
 
-    # The same pixels the pipeline analyses, so that the overlay lines up.
-    picture = Image.fromarray(analysed_pixels(source))
-    picture.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
+    # Decoding the whole stored image shares the uploads' memory budget (Busy when taken).
+    need = UPLOAD_MEMORY_FACTOR * (instance.rows or 1) * (instance.columns or 1) * 3
+    with upload_budget().reserve(need, current_app.config["UPLOAD_WAIT_SECONDS"]):
+        # The same pixels the pipeline analyses, so that the overlay lines up.
+        picture = Image.fromarray(analysed_pixels(source))
+        picture.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
     picture.save(tmp, format="PNG")
@@ -236,7 +242,12 @@ def image(instance_id: int) -> Any:
     st = inst.series.study
     try:
         path = _preview_png(inst)
-    except Exception:  # noqa: BLE001 - an undecodable file must not take the page down
+    except Busy:
+        response = make_response("The node is busy decoding other images; try again in a "
+                                 "minute.", 503)
+        response.headers["Retry-After"] = "30"
+        return response
+    except Exception:  # noqa: BLE001 - an undecodable or too large file must not fail the page
         abort(404)
     _audit_view("view_image", st, f"instance:{inst.id}")
     return _image_response(path, "image/png")

@@ -308,8 +308,6 @@ class User(Base):
     state: Mapped[UserState] = mapped_column(_enum(UserState), default=UserState.ACTIVE)
     full_name: Mapped[str] = mapped_column(String(128), default="")
     email: Mapped[str] = mapped_column(String(254), default="")
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column()
     password_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -359,6 +357,29 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuthThrottle(Base):
+    """Counters of failed authentication, one row per ``(kind, key)``.
+
+    ``kind`` is ``source`` (an address: the per-source rate limit), ``name`` (a user name as
+    typed, whether an account has it or not: the lockout) or ``audit:<action>`` (repeated
+    failures from one source waiting to be written to the audit log as one row).
+    """
+
+    __tablename__ = "auth_throttles"
+    __table_args__ = (UniqueConstraint("kind", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(128))
+    window_start: Mapped[datetime | None] = mapped_column()
+    window_end: Mapped[datetime | None] = mapped_column(index=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column()
+    lockouts: Mapped[int] = mapped_column(Integer, default=0)  # in a row: the delay grows
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class WebSession(Base):

@@ -34,6 +34,26 @@ def test_default_config_lists_every_key() -> None:
         assert set(raw[section]) == set(keys), section
 
 
+def test_production_example_loads(tmp_path: Path) -> None:
+    """config/production.toml (cited by the docs) is valid, key by key, with the loader."""
+    import tomllib
+    path = DEFAULT_CONFIG.parent / "production.toml"
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    # The TLS files it names exist only on the real machine: stand-ins here.
+    for key in ("tls_certificate", "tls_private_key", "tls_client_ca"):
+        assert raw["dicom"][key].startswith("/etc/bcd-node/tls/"), key
+        stand_in = tmp_path / Path(raw["dicom"][key]).name
+        stand_in.write_text("PEM")
+        raw["dicom"][key] = str(stand_in)
+    s = settings_from_mapping(raw, environ={}, source=path)
+    assert s.database_url.startswith("postgresql+psycopg://")
+    assert s.dicom.tls_client_ca is not None and s.dicom.host == "0.0.0.0"
+    assert (s.web.trusted_proxies, s.web.secure_cookies, s.web.host) == (1, "true", "127.0.0.1")
+    assert s.destinations[0].name == "pacs" and s.logging.format == "json"
+    assert ":" not in s.database.url.split("//", 1)[1].split("@", 1)[0]  # no password in it
+    assert "proxy_set_header X-Forwarded-For" in path.read_text(encoding="utf-8")
+
+
 def test_environment_overrides_file(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[dicom]\nport = 104\nallowed_calling_aes = ["A"]\n')
@@ -80,6 +100,14 @@ def test_settings_are_frozen() -> None:
     ({"model": {"review_threshold": 1.5}}, {}, "model.review_threshold"),
     ({"web": {"port": 0}}, {}, "web.port"),
     ({"web": {"host": "not a host!"}}, {}, "web.host"),
+    ({"web": {"session_lifetime_hours": 0}}, {}, "web.session_lifetime_hours"),
+    ({"web": {"session_lifetime_hours": 1, "idle_timeout_minutes": 90}}, {},
+     "web.session_lifetime_hours"),
+    ({"web": {"trusted_proxies": -1}}, {}, "web.trusted_proxies"),
+    ({"web": {"metrics_token": "short"}}, {}, "web.metrics_token"),
+    ({}, {"BCD_WEB_METRICS_TOKEN": "has spaces in the token"}, "web.metrics_token"),
+    ({"web": {"upload_memory": "1MB"}}, {}, "web.upload_memory"),
+    ({"web": {"upload_memory": "plenty"}}, {}, "web.upload_memory"),
     ({"uids": {"root": "1.2.03"}}, {}, "uids.root"),
     ({"uids": {"root": "abc"}}, {}, "uids.root"),
     ({"retention": {"images_days": -1}}, {}, "retention.images_days"),
@@ -129,6 +157,19 @@ def test_relative_paths_resolve_against_working_directory(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     s = settings_from_mapping({"storage": {"data_dir": "var/data"}}, environ={})
     assert s.storage.data_dir == tmp_path / "var/data"
+
+
+def test_new_web_keys_parse_and_the_token_is_masked() -> None:
+    s = settings_from_mapping({"web": {"upload_memory": "512MiB", "trusted_proxies": 1}},
+                              environ={"BCD_WEB_METRICS_TOKEN": "0123456789abcdef-token",
+                                       "BCD_WEB_SESSION_LIFETIME_HOURS": "8"})
+    assert s.web.upload_memory == 512 * 1024**2 and s.web.trusted_proxies == 1
+    assert s.web.session_lifetime_hours == 8
+    assert s.web.metrics_token == "0123456789abcdef-token"
+    assert to_display_dict(s)["web"]["metrics_token"] == "***"
+    with pytest.raises(SettingsError) as info:
+        settings_from_mapping({"web": {"metrics_token": "a b"}}, environ={})
+    assert "a b" not in str(info.value)  # a secret is not echoed, even a bad one
 
 
 def test_mask_url() -> None:

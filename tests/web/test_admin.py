@@ -272,4 +272,23 @@ def test_api_basic_auth_obeys_the_per_ip_limit(app: Flask, client: FlaskClient) 
 
     for _ in range(2):
         assert client.get("/api/v1/status", headers=basic("wrong")).status_code == 401
-    assert client.get("/api/v1/status", headers=basic(DOCTOR_PASSWORD)).status_code == 401
+    # As on the sign-in page: refused unchecked, 429 with when to come back.
+    resp = client.get("/api/v1/status", headers=basic(DOCTOR_PASSWORD))
+    assert resp.status_code == 429 and int(resp.headers["Retry-After"]) > 0
+    assert "Too many failed sign-ins" in resp.get_json()["message"]
+
+
+def test_admin_sees_a_lock_and_lifts_it(app: Flask, admin_client: FlaskClient,
+                                       client: FlaskClient) -> None:
+    for _ in range(5):
+        login(client, "doctor", "wrong-password-1")
+    page = admin_client.get("/admin/users/doctor").get_data(as_text=True)
+    assert "sign-in locked until" in page and "Unlock sign-in" in page
+    listed = admin_client.get("/admin/users").get_data(as_text=True)
+    assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d UTC</td>", listed)
+    resp = post_form(admin_client, "/admin/users/doctor", "/admin/users/doctor/unlock",
+                     follow_redirects=True)
+    assert "doctor can sign in again" in resp.get_data(as_text=True)
+    assert "sign-in locked until" not in resp.get_data(as_text=True)
+    assert login(client, "doctor", DOCTOR_PASSWORD).status_code == 302
+    assert "user_unlock" in actions(app)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import base64
+import html
+import re
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from bcd_node.db.models import AuditEvent, User, UserState, WebSession
+from bcd_node.db.models import AuditEvent, AuthThrottle, User, UserState, WebSession, utcnow
 from tests.web.conftest import (ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, login,
                                 post_form)
 
@@ -25,7 +29,8 @@ ADMIN_PAGES = [p for p in PAGES if p.startswith("/admin")]
 POSTS = [
     "/logout", "/account", "/results/1/verify", "/upload", "/admin/users",
     "/admin/users/doctor/approve", "/admin/users/doctor/disable", "/admin/users/doctor/role",
-    "/admin/users/doctor/password", "/admin/users/doctor/tokens", "/admin/tokens/1/revoke",
+    "/admin/users/doctor/password", "/admin/users/doctor/unlock",
+    "/admin/users/doctor/tokens", "/admin/tokens/1/revoke",
     "/admin/deliveries/1/retry", "/admin/audit/verify",
 ]
 
@@ -90,25 +95,96 @@ def test_login_without_csrf_token_is_refused(client: FlaskClient) -> None:
     assert resp.status_code == 400
 
 
-def test_wrong_password_then_lockout(app: Flask, client: FlaskClient) -> None:
-    for _ in range(5):
+_FLASH_RE = re.compile(r'<div class="flash error" role="alert">([^<]*)</div>')
+_UNTIL_RE = re.compile(r"until (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
+
+
+def flash_error(resp: Any) -> str:
+    """The error message a response shows (unescaped)."""
+    match = _FLASH_RE.search(resp.get_data(as_text=True))
+    assert match, resp.get_data(as_text=True)[:2000]
+    return html.unescape(match.group(1))
+
+
+def locked_until(app: Flask, name: str) -> datetime | None:
+    with app.extensions["bcd_node"].session_factory() as session:
+        row = session.execute(select(AuthThrottle).where(
+            AuthThrottle.kind == "name", AuthThrottle.key == name)).scalar_one_or_none()
+        return None if row is None else row.locked_until
+
+
+def test_lockout_says_until_when_whatever_the_password(app: Flask, client: FlaskClient) -> None:
+    for attempt in range(5):
         resp = login(client, "doctor", "wrong-password-xyz")
         assert resp.status_code == 401
-    # Locked: even the right password is refused, with the same message.
-    resp = login(client, "doctor", DOCTOR_PASSWORD)
-    assert resp.status_code == 401
-    assert "locked" in resp.get_data(as_text=True)
+        if attempt < 4:
+            assert "locked" not in flash_error(resp)
+    # The fifth failure hits the limit, and the page says so at once.
+    message = flash_error(resp)
+    until = locked_until(app, "doctor")
+    assert until is not None
+    assert _UNTIL_RE.search(message).group(1) == until.strftime("%Y-%m-%d %H:%M:%S")
+    assert "bcd-node users unlock NAME" in message and "users set-password NAME" in message
+    # Locked: the right password and a wrong one get the very same answer.
+    right, wrong = login(client, "doctor", DOCTOR_PASSWORD), login(client, "doctor", "x" * 12)
+    assert right.status_code == wrong.status_code == 401
+    assert flash_error(right) == flash_error(wrong) == message
+    # A name without an account that reaches the limit is told the same (its own time).
+    for _ in range(5):
+        resp = login(client, "nobody-here", "wrong-password-xyz")
+    assert _UNTIL_RE.sub("", flash_error(resp)) == _UNTIL_RE.sub("", message)
+    assert flash_error(login(client, "nobody-here", "x" * 12)) == flash_error(resp)
     ctx = app.extensions["bcd_node"]
     with ctx.session_factory() as session:
-        user = session.execute(select(User).where(User.username == "doctor")).scalar_one()
-        assert user.locked_until is not None
-        actions = session.execute(select(AuditEvent.action, AuditEvent.details)).all()
-        user.locked_until = user.locked_until - timedelta(hours=1)  # the lock runs out
-        session.commit()
-    assert [a for a, _ in actions].count("login_failed") == 6
-    assert "user_locked" in [a for a, _ in actions]
-    assert {"reason": "locked"} in [d for _, d in actions]
+        locks = session.execute(select(AuditEvent.object_ref).where(
+            AuditEvent.action == "user_locked")).scalars().all()
+    assert locks == ["user:doctor"]  # only accounts' locks are distinct events for the admins
+    with ctx.session_factory.begin() as session:  # the lock runs out
+        session.execute(update(AuthThrottle).where(AuthThrottle.key == "doctor").values(
+            locked_until=utcnow() - timedelta(seconds=1)))
     assert login(client, "doctor", DOCTOR_PASSWORD).status_code == 302
+    assert locked_until(app, "doctor") is None  # a success forgets the failures
+
+
+def test_each_lock_in_a_row_lasts_longer(app: Flask, client: FlaskClient) -> None:
+    seconds = []
+    for _round in range(3):
+        for _ in range(5):
+            login(client, "doctor", "wrong-password-xyz")
+        until = locked_until(app, "doctor")
+        seconds.append(round((until - utcnow()).total_seconds() / 60))
+        with app.extensions["bcd_node"].session_factory.begin() as session:
+            session.execute(update(AuthThrottle).where(AuthThrottle.key == "doctor").values(
+                locked_until=utcnow() - timedelta(seconds=1)))
+    assert seconds == [1, 2, 4]  # minutes
+
+
+def test_locked_admin_gets_back_through_the_command_line(app: Flask, client: FlaskClient) -> None:
+    from bcd_node.cli import main
+    for _ in range(5):
+        login(client, "admin", "wrong-password-xyz")
+    # The API (basic auth) refuses the right password with the same message, as JSON.
+    basic = {"Authorization": "Basic " + base64.b64encode(
+        f"admin:{ADMIN_PASSWORD}".encode()).decode()}
+    resp = client.get("/api/v1/status", headers=basic)
+    assert resp.status_code == 401
+    assert resp.get_json()["message"] == flash_error(login(client, "admin", ADMIN_PASSWORD))
+    config = app.extensions["bcd_node"].settings.source
+    assert main(["--config", str(config), "users", "unlock", "admin"]) == 0
+    assert client.get("/api/v1/status", headers=basic).status_code == 200
+    assert login(client, "admin", ADMIN_PASSWORD).status_code == 302
+    with app.extensions["bcd_node"].session_factory() as session:
+        assert "user_unlock" in session.execute(select(AuditEvent.action)).scalars().all()
+
+
+def test_set_password_lifts_a_lock(app: Flask, client: FlaskClient) -> None:
+    from bcd_node.users import set_password
+    for _ in range(5):
+        login(client, "admin", "wrong-password-xyz")
+    assert locked_until(app, "admin") is not None
+    with app.extensions["bcd_node"].session_factory.begin() as session:
+        set_password(session, "admin", "a-new-admin-password")
+    assert login(client, "admin", "a-new-admin-password").status_code == 302
 
 
 def test_per_ip_rate_limit(app: Flask, client: FlaskClient) -> None:
@@ -247,12 +323,34 @@ def test_logout_is_audited_and_login_too(app: Flask) -> None:
         ("login", "doctor", "127.0.0.1"), ("logout", "doctor", "127.0.0.1")]
 
 
-def test_registration_of_a_taken_name_is_refused(client: FlaskClient) -> None:
-    data = {"username": "doctor", "full_name": "Dr. Two", "email": "two@hospital.example",
-            "password": "a-long-password-2", "confirm": "a-long-password-2"}
-    resp = post_form(client, "/register", "/register", data)
-    assert resp.status_code == 200 and "already exists" in resp.get_data(as_text=True)
-    data.update(username="samepass1234", password="samepass1234", confirm="samepass1234")
+def test_registration_does_not_reveal_taken_names(app: Flask, client: FlaskClient) -> None:
+    def register(name: str) -> tuple[Any, str]:
+        data = {"username": name, "full_name": "Dr. Two", "email": "two@hospital.example",
+                "password": "a-long-password-2", "confirm": "a-long-password-2"}
+        browser = app.test_client()
+        resp = post_form(browser, "/register", "/register", data)
+        page = browser.get(resp.headers.get("Location", "/login")).get_data(as_text=True)
+        return resp, re.sub(r'name="csrf_token"[^>]*>', "", page)
+
+    taken, taken_page = register("doctor")
+    fresh, fresh_page = register("brand-new-doc")
+    assert (taken.status_code, taken.headers["Location"]) == \
+        (fresh.status_code, fresh.headers["Location"]) == (302, "/login")
+    assert taken_page == fresh_page and "waiting for an administrator" in taken_page
+    # Signing in with the password just chosen does not tell the two apart either.
+    assert flash_error(login(client, "doctor", "a-long-password-2")) == \
+        flash_error(login(client, "brand-new-doc", "a-long-password-2"))
+    with app.extensions["bcd_node"].session_factory() as session:
+        doctor = session.execute(select(User).where(User.username == "doctor")).scalar_one()
+        assert doctor.state == UserState.ACTIVE and doctor.full_name == "Dr. Grace Hopper"
+        refused = session.execute(select(AuditEvent).where(
+            AuditEvent.action == "register_refused")).scalar_one()
+    assert refused.object_ref == "user:doctor" and refused.outcome == "failure"
+
+
+def test_registration_password_rules_still_shown(client: FlaskClient) -> None:
+    data = {"username": "samepass1234", "full_name": "Dr. Two", "email": "two@hospital.example",
+            "password": "samepass1234", "confirm": "samepass1234"}
     page = post_form(client, "/register", "/register", data).get_data(as_text=True)
     assert "must not be the user name" in page
 

@@ -46,8 +46,12 @@ def test_worklist_filters_and_pages(app: Flask, doctor_client: FlaskClient) -> N
     assert "Lovelace, Ada" in page and "1 in all" in page
     page = doctor_client.get("/worklist?patient=X-42&status=failed").get_data(as_text=True)
     assert "1 in all" in page
-    page = doctor_client.get("/worklist?stage=Benign&page=2").get_data(as_text=True)
-    assert "page 2 of" in page
+    page = doctor_client.get("/worklist?page=2").get_data(as_text=True)
+    assert "page 2 of 5" in page
+    # A page beyond the last (however large the number) shows the last one.
+    for beyond in ("6", "99999999999999999999", "1" * 400):
+        page = doctor_client.get(f"/worklist?page={beyond}").get_data(as_text=True)
+        assert "page 5 of 5" in page, beyond
     with ctx.session_factory() as session:
         n_verified = len(session.execute(select(Study.id).where(
             Study.status == "verified")).all())

@@ -51,3 +51,50 @@ def test_console_on_postgresql(postgres_url: str, write_config) -> None:
             assert verify_chain(session).ok
     finally:
         ctx.engine.dispose()
+
+
+def test_lockout_and_aggregated_failures_on_postgresql(postgres_url: str, write_config) -> None:
+    """The throttle rows under concurrent failures: one row per key, counts add up."""
+    import threading
+
+    from sqlalchemy import update
+
+    from bcd_node.db.models import AuditEvent, AuthThrottle, utcnow
+
+    ctx = open_node(load_settings(write_config(database_url=postgres_url)))
+    try:
+        with ctx.session_factory.begin() as session:
+            add_user(session, "admin", ADMIN_PASSWORD, Role.ADMIN)
+            add_user(session, "doctor", DOCTOR_PASSWORD, Role.DOCTOR)
+        app = create_app(ctx, {"TESTING": True})
+        admin = app.test_client()
+        assert login(admin, "admin", ADMIN_PASSWORD).status_code == 302
+        statuses: list[int] = []
+
+        def bad_tokens(n: int) -> None:
+            client = app.test_client()
+            for i in range(n):
+                statuses.append(client.get("/api/v1/status", headers={
+                    "Authorization": f"Bearer bcd_bad_{i}"}).status_code)
+
+        threads = [threading.Thread(target=bad_tokens, args=(10,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert statuses == [401] * 40
+        browser = app.test_client()
+        for _ in range(5):
+            resp = login(browser, "doctor", "wrong-password-1")
+        assert "locked for this user name until" in resp.get_data(as_text=True)
+        with ctx.session_factory.begin() as session:
+            session.execute(update(AuthThrottle).where(AuthThrottle.kind.startswith("audit:"))
+                            .values(window_end=utcnow()))
+        assert admin.get("/admin/audit/").status_code == 200
+        with ctx.session_factory() as session:
+            rows = session.execute(select(AuditEvent).where(
+                AuditEvent.action == "api_auth_failed").order_by(AuditEvent.id)).scalars().all()
+            assert len(rows) == 2 and rows[1].details["count"] == 39
+            assert verify_chain(session).ok
+    finally:
+        ctx.engine.dispose()
