@@ -32,6 +32,7 @@ from bcd_node import audit
 from bcd_node.db.models import (Instance, Job, JobKind, JobState, Patient, Series, Study,
                                 utcnow)
 from bcd_node.errors import PermanentError, TransientError
+from bcd_node.revisions import supersede_results
 from bcd_node.runtime import NodeContext
 from bcd_node.storage import StorageFullError, Store
 from dicom.errors import DicomError, UnsupportedDicomError
@@ -43,7 +44,8 @@ LOGGER = logging.getLogger(__name__)
 _NATIVE = frozenset(str(uid) for uid in NATIVE_TRANSFER_SYNTAXES)
 
 __all__ = ["Accepted", "Intake", "InvalidImageError", "UnsupportedImageError",
-           "SopClassMismatchError", "StorageFullError", "accept_upload"]
+           "SopClassMismatchError", "IdentityConflictError", "StorageFullError",
+           "accept_upload"]
 
 
 class InvalidImageError(PermanentError):
@@ -58,6 +60,33 @@ class SopClassMismatchError(PermanentError):
     """The dataset's SOP class differs from the one negotiated (DIMSE 0xA900)."""
 
 
+class IdentityConflictError(PermanentError):
+    """A known SOP Instance UID arrived for another patient, study or series: refused.
+
+    An image never moves: its stored file, rows and results stay as they were. The message
+    is meant for a person (the console shows it); :attr:`comment` is the short form for the
+    DIMSE Error Comment (at most 64 characters). Neither names a patient.
+
+    Attributes
+    ----------
+    conflict : str
+        ``patient``, ``study`` or ``series``: the first that differs.
+    comment : str
+        Error Comment for the C-STORE response.
+    """
+
+    def __init__(self, sop_instance_uid: str, conflict: str) -> None:
+        self.sop_instance_uid = sop_instance_uid
+        self.conflict = conflict
+        self.comment = f"SOP Instance UID already stored for another {conflict}"
+        super().__init__(
+            f"An image with this SOP Instance UID ({sop_instance_uid}) is already stored for "
+            f"another {conflict}. It was refused and nothing was changed: an image cannot move "
+            f"to another {conflict}. If the stored image belongs to the wrong {conflict}, "
+            "correct it at its source and send the corrected image with a new SOP Instance "
+            "UID.")
+
+
 @dataclass(frozen=True)
 class Accepted:
     """The outcome of a successful intake."""
@@ -68,6 +97,8 @@ class Accepted:
     job_id: int | None
     duplicate: bool = False   # same UID and same content: nothing new to do
     replaced: bool = False    # same UID, different content: re-analysed
+    revision: int = 0         # of the stored content (see Instance.revision)
+    verifications_withdrawn: int = 0  # of the results of the content it replaced
 
 
 @dataclass
@@ -76,6 +107,7 @@ class _Item:
     relpath: str
     folder: Path
     sha256: str
+    content_sha256: str
     size: int
     source: str
     calling_ae: str
@@ -122,9 +154,40 @@ _FIND_PATIENT = select(Patient.id).where(Patient.patient_id == bindparam("patien
                                          Patient.issuer == bindparam("issuer"))
 _FIND_STUDY = select(Study.id).where(Study.study_instance_uid == bindparam("uid"))
 _FIND_SERIES = select(Series.id).where(Series.series_instance_uid == bindparam("uid"))
-_FIND_INSTANCE = select(Instance.id, Instance.sha256, Instance.path).where(
+_FIND_INSTANCE = select(Instance.id, Instance.sha256, Instance.content_sha256, Instance.path,
+                        Instance.revision, Instance.series_fk).where(
     Instance.sop_instance_uid == bindparam("uid"))
+# Where a known instance is filed (only read when a SOP Instance UID comes again).
+_FILED_UNDER = select(Series.series_instance_uid, Study.id, Study.study_instance_uid,
+                      Patient.patient_id, Patient.issuer) \
+    .join(Study, Series.study_fk == Study.id).join(Patient, Study.patient_fk == Patient.id) \
+    .where(Series.id == bindparam("series_id"))
 _ADD_JOB = insert(Job.__table__).returning(Job.__table__.c.id)
+
+
+def content_digest(data: bytes | memoryview, transfer_syntax_uid: str) -> str:
+    """SHA-256 of a Part 10 file's data set as sent: its transfer syntax and the bytes after
+    the File Meta Information.
+
+    The File Meta Information is the receiver's (the C-STORE handler writes the calling AE
+    into it; an uploaded file brings its own), so the same data set from another sender, or
+    by upload, has the same digest. A file without a File Meta Information Group Length is
+    hashed whole.
+    """
+    view = memoryview(data)
+    start = 0
+    if (bytes(view[128:132]) == b"DICM" and bytes(view[132:136]) == b"\x02\x00\x00\x00"
+            and bytes(view[136:138]) == b"UL"):
+        end = 144 + int.from_bytes(view[140:144], "little")
+        if end <= len(view):
+            start = end
+    digest = hashlib.sha256(transfer_syntax_uid.encode("ascii", "replace") + b"\0")
+    digest.update(view[start:])
+    return digest.hexdigest()
+
+
+class _Raced(Exception):
+    """Another process stored the same SOP Instance UID after this transaction looked."""
 
 
 def _insert_new(dialect: str, table: Any, *keys: str) -> Any:
@@ -260,6 +323,7 @@ class Intake:
             ds = dataset if dataset is not None else self.validate(data, expected_sop_class)
             try:
                 meta = _extract(ds)
+                content_sha = content_digest(data, meta["transfer_syntax_uid"])
                 meta["rows"] = int(ds.get("Rows", 0) or 0)
                 meta["columns"] = int(ds.get("Columns", 0) or 0)
                 meta["frames"] = int(ds.get("NumberOfFrames", 1) or 1)
@@ -274,7 +338,8 @@ class Intake:
         relpath = Store.instance_relpath(sha, when)
         target = pending.finish(relpath.rpartition("/")[2])
         item = _Item(meta=meta, relpath=relpath, folder=target.parent, sha256=sha,
-                     size=len(data), source=source, calling_ae=calling_ae,
+                     content_sha256=content_sha, size=len(data), source=source,
+                     calling_ae=calling_ae,
                      uploaded_by=uploaded_by, peer=peer)
         self._queue.put(item)
         try:
@@ -317,7 +382,7 @@ class Intake:
         try:
             with self.context.session_factory.begin() as session:
                 outcomes = [self._record(session, item, fresh) for item in batch]
-        except IntegrityError:
+        except (IntegrityError, _Raced):
             # A concurrent process created the same patient/study/series: redo one by one.
             LOGGER.info("intake batch of %d conflicted; committing items singly", len(batch))
             for item in batch:
@@ -371,7 +436,7 @@ class Intake:
             try:
                 with self.context.session_factory.begin() as session:
                     outcome = self._record(session, item, fresh)
-            except IntegrityError:
+            except (IntegrityError, _Raced):
                 if attempt == 2:
                     item.future.set_exception(TransientError("database conflict, retry"))
                     return
@@ -388,11 +453,15 @@ class Intake:
             self._ids.clear()
         self._ids.update(ids)
 
-    def _after_commit(self, item: _Item, outcome: tuple[Accepted, str | None]) -> None:
+    def _after_commit(self, item: _Item,
+                      outcome: tuple[Accepted | PermanentError, str | None]) -> None:
         accepted, obsolete = outcome
         if obsolete:
             self.store.remove(obsolete)
-        item.future.set_result(accepted)
+        if isinstance(accepted, PermanentError):
+            item.future.set_exception(accepted)
+        else:
+            item.future.set_result(accepted)
 
     def _parent_ids(self, session: Session, m: dict[str, Any],
                     fresh: dict[tuple[str, ...], int]) -> tuple[int, int, int, bool]:
@@ -440,50 +509,117 @@ class Intake:
              "description": m["series_description"]})
         return patient_id, study_id, series_id, "study" in created
 
-    def _record(self, session: Session, item: _Item,
-                fresh: dict[tuple[str, ...], int]) -> tuple[Accepted, str | None]:
-        """Rows for one image; returns the outcome and a file path that is no longer needed."""
+    def _record(self, session: Session, item: _Item, fresh: dict[tuple[str, ...], int]
+                ) -> tuple[Accepted | PermanentError, str | None]:
+        """Rows for one image; returns the outcome (or the refusal) and a file path that is no
+        longer needed."""
         m = item.meta
+        conn = session.connection()
+        # Looked up before anything is written, so that a refusal writes nothing of the image
+        # (no patient, study or series row of the other patient).
+        known = conn.execute(_FIND_INSTANCE, {"uid": m["sop_instance_uid"]}).first()
+        if known is not None:
+            return self._record_known(session, item, known)
         now = utcnow()
         _patient_id, study_id, series_id, new_study = self._parent_ids(session, m, fresh)
-        conn = session.connection()
-        values = dict(series_fk=series_id, sop_class_uid=m["sop_class_uid"],
-                      transfer_syntax_uid=m["transfer_syntax_uid"], path=item.relpath,
-                      sha256=item.sha256, size_bytes=item.size, rows=m["rows"],
-                      columns=m["columns"], frames=m["frames"], received_at=now)
         instance_id = conn.execute(self._add_instance, {
             "sop_instance_uid": m["sop_instance_uid"], "source": item.source,
             "calling_ae": item.calling_ae, "uploaded_by": item.uploaded_by,
-            **values}).scalar()
-        existing = None
-        obsolete: str | None = None
+            **self._instance_values(item, series_id, now)}).scalar()
         if instance_id is None:
-            existing = conn.execute(_FIND_INSTANCE, {"uid": m["sop_instance_uid"]}).one()
-            if existing.sha256 == item.sha256:
-                # Same image again (a PACS retry): acknowledge, keep the first copy, no job.
-                return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], existing.id,
-                                 None, duplicate=True),
-                        item.relpath if item.relpath != existing.path else None)
-            obsolete = existing.path
-            instance_id = existing.id
-            conn.execute(update(Instance.__table__).where(Instance.__table__.c.id == instance_id)
-                         .values(**values))
-            audit.record(session, actor=item.calling_ae or item.uploaded_by or "unknown",
-                         actor_kind="dicom" if item.source == "dicom" else "user",
-                         source=item.peer, action="instance_replaced",
-                         patient_id=m["patient_id"], study_instance_uid=m["study_instance_uid"],
-                         object_ref=f"instance:{m['sop_instance_uid']}",
-                         details={"reason": "same SOP Instance UID with different content; "
-                                            "re-analysing", "sha256": item.sha256})
-        job_id = conn.execute(_ADD_JOB, {
+            # Stored by another process since the lookup: redo this item alone, where the
+            # lookup then finds it and checks it like any known instance.
+            raise _Raced(m["sop_instance_uid"])
+        job_id = self._add_job(conn, instance_id, study_id, now)
+        if not new_study:  # a new study row already says queued, received now
+            conn.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now})
+        return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], instance_id, job_id),
+                None)
+
+    def _instance_values(self, item: _Item, series_id: int, now: Any) -> dict[str, Any]:
+        m = item.meta
+        return dict(series_fk=series_id, sop_class_uid=m["sop_class_uid"],
+                    transfer_syntax_uid=m["transfer_syntax_uid"], path=item.relpath,
+                    sha256=item.sha256, content_sha256=item.content_sha256,
+                    size_bytes=item.size, rows=m["rows"], columns=m["columns"],
+                    frames=m["frames"], received_at=now)
+
+    def _add_job(self, conn: Any, instance_id: int, study_id: int, now: Any) -> int:
+        return conn.execute(_ADD_JOB, {
             "kind": JobKind.ANALYZE, "state": JobState.QUEUED, "instance_fk": instance_id,
             "study_fk": study_id, "result_fk": None, "attempts": 0,
             "max_attempts": self.context.settings.workers.max_attempts,
             "next_attempt_at": now, "created_at": now, "updated_at": now}).scalar_one()
-        if not new_study:  # a new study row already says queued, received now
-            conn.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now})
-        return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], instance_id, job_id,
-                         replaced=existing is not None), obsolete)
+
+    def _record_known(self, session: Session, item: _Item, known: Any
+                      ) -> tuple[Accepted | PermanentError, str | None]:
+        """A SOP Instance UID that is already stored: refuse it for another patient, study
+        or series; acknowledge the same content again; store changed content as the next
+        revision and analyse it again."""
+        m = item.meta
+        conn = session.connection()
+        filed = conn.execute(_FILED_UNDER, {"series_id": known.series_fk}).one()
+        conflict = next((what for what, stored, sent in (
+            ("patient", (filed.patient_id, filed.issuer), (m["patient_id"], m["issuer"])),
+            ("study", filed.study_instance_uid, m["study_instance_uid"]),
+            ("series", filed.series_instance_uid, m["series_instance_uid"]))
+            if stored != sent), None)
+        spare = item.relpath if item.relpath != known.path else None
+        actor = item.calling_ae or item.uploaded_by or "unknown"
+        actor_kind = "dicom" if item.source == "dicom" else "user"
+        if conflict is not None:
+            LOGGER.warning("SOP Instance UID %s refused: it is stored for another %s",
+                           m["sop_instance_uid"], conflict)
+            audit.record(
+                session, actor=actor, actor_kind=actor_kind, source=item.peer,
+                action="security_alert", outcome="failure", patient_id=filed.patient_id,
+                study_instance_uid=filed.study_instance_uid,
+                object_ref=f"instance:{m['sop_instance_uid']}",
+                details={"reason": f"SOP Instance UID already stored for another {conflict}; "
+                                   "refused, the stored image and its results unchanged",
+                         "conflict": conflict, "channel": item.source,
+                         "stored": {"patient_id": filed.patient_id, "issuer": filed.issuer,
+                                    "study_instance_uid": filed.study_instance_uid,
+                                    "series_instance_uid": filed.series_instance_uid},
+                         "sent": {"patient_id": m["patient_id"], "issuer": m["issuer"],
+                                  "study_instance_uid": m["study_instance_uid"],
+                                  "series_instance_uid": m["series_instance_uid"],
+                                  "sha256": item.sha256}})
+            return IdentityConflictError(m["sop_instance_uid"], conflict), spare
+        same = (known.content_sha256 == item.content_sha256 if known.content_sha256
+                else known.sha256 == item.sha256)  # stored before content digests were kept
+        if same:
+            # Same image again (a PACS retry, or from another sender): acknowledge, keep the
+            # first copy, no job.
+            return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], known.id, None,
+                             duplicate=True, revision=known.revision), spare)
+        now = utcnow()
+        revision = known.revision + 1
+        conn.execute(update(Instance.__table__).where(Instance.__table__.c.id == known.id)
+                     .values(revision=revision,
+                             **self._instance_values(item, known.series_fk, now)))
+        superseded = supersede_results(
+            session, instance_id=known.id, sop_instance_uid=m["sop_instance_uid"],
+            old_revision=known.revision, uid_root=self.context.settings.uids.root, actor=actor,
+            actor_kind=actor_kind, source=item.peer, patient_id=m["patient_id"],
+            study_instance_uid=m["study_instance_uid"])
+        audit.record(session, actor=actor, actor_kind=actor_kind, source=item.peer,
+                     action="instance_replaced", patient_id=m["patient_id"],
+                     study_instance_uid=m["study_instance_uid"],
+                     object_ref=f"instance:{m['sop_instance_uid']}",
+                     details={"reason": "same SOP Instance UID, patient, study and series with "
+                                        "different content; analysed again under new result "
+                                        "UIDs", "sha256": item.sha256, "revision": revision,
+                              "verifications_withdrawn": superseded.verifications_withdrawn,
+                              "unsent_deliveries_dropped": superseded.deliveries_dropped})
+        job_id = self._add_job(conn, known.id, filed.id, now)
+        conn.execute(_TOUCH_STUDY, {"study_id": filed.id, "now": now})
+        LOGGER.info("instance %s: changed content stored as revision %d; analysing again",
+                    m["sop_instance_uid"], revision)
+        return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], known.id, job_id,
+                         replaced=True, revision=revision,
+                         verifications_withdrawn=superseded.verifications_withdrawn),
+                known.path)
 
 
 def accept_upload(context: NodeContext, data: bytes, filename: str, fields: dict[str, str],
