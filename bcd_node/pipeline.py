@@ -289,6 +289,9 @@ class Pipeline:
                 return None
             raise PermanentError(f"stored file {inst.path} is missing") from exc
         except DicomError as exc:
+            # read_dataset reports a missing file as unreadable too.
+            if self._superseded(job, inst):
+                return None
             raise PermanentError(f"stored file is not readable: {exc}") from exc
         supersedes = self._supersedes(inst, study)
         analysis = analyze_dataset(ds, self.analyzer, algorithm=self.algorithm,
