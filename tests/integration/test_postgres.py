@@ -176,3 +176,25 @@ def test_results_purge_on_postgres(postgres_url: str, write_config) -> None:
         assert purge(ctx).results == 0
     finally:
         ctx.engine.dispose()
+
+
+@pytest.mark.parametrize("case", ["another_patient", "changed_image"])
+def test_known_uid_again_on_postgres(postgres_url: str, write_config, case: str) -> None:
+    """The refusal of another patient's image under a known SOP Instance UID, and the next
+    revision of a changed one (withdrawn verification, dropped unsent objects, the JSON list of
+    superseded reports), on PostgreSQL."""
+    from bcd_node.runtime import open_node
+    from bcd_node.settings import load_settings
+    from tests.unit import test_intake_revisions as revisions
+
+    ctx = open_node(load_settings(write_config(
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n',
+        database_url=postgres_url)))
+    try:
+        if case == "another_patient":
+            revisions.test_known_uid_for_another_patient_study_or_series_is_refused(
+                ctx, "patient", {"patient_id": "PAT-B"})
+        else:
+            revisions.test_changed_image_of_same_patient_is_the_next_revision(ctx)
+    finally:
+        ctx.engine.dispose()
