@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pydicom.dataset import Dataset
-from sqlalchemy import bindparam, case, insert, select, update
+from sqlalchemy import bindparam, case, insert, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -61,30 +61,48 @@ class SopClassMismatchError(PermanentError):
 
 
 class IdentityConflictError(PermanentError):
-    """A known SOP Instance UID arrived for another patient, study or series: refused.
+    """A known UID arrived for another owner: refused, and nothing is changed.
 
-    An image never moves: its stored file, rows and results stay as they were. The message
-    is meant for a person (the console shows it); :attr:`comment` is the short form for the
-    DIMSE Error Comment (at most 64 characters). Neither names a patient.
+    An image never moves to another patient, study or series, and a study or series never
+    gets images of another patient or study: the stored image, its rows and results stay as
+    they were. The message is meant for a person (the console shows it); :attr:`comment` is
+    the short form for the DIMSE Error Comment (at most 64 characters). Neither names a
+    patient.
 
     Attributes
     ----------
+    uid : str
+        The UID that is already stored.
+    level : str
+        Which UID: ``SOP Instance`` (the image), ``Study`` or ``Series``.
     conflict : str
-        ``patient``, ``study`` or ``series``: the first that differs.
+        What differs: ``patient``, ``study`` or ``series``.
     comment : str
         Error Comment for the C-STORE response.
+    stored : dict
+        The stored identity (patient ID, issuer, study and series UIDs) for the audit log.
     """
 
-    def __init__(self, sop_instance_uid: str, conflict: str) -> None:
-        self.sop_instance_uid = sop_instance_uid
+    def __init__(self, uid: str, conflict: str, level: str = "SOP Instance") -> None:
+        self.uid = uid
+        self.level = level
         self.conflict = conflict
-        self.comment = f"SOP Instance UID already stored for another {conflict}"
-        super().__init__(
-            f"An image with this SOP Instance UID ({sop_instance_uid}) is already stored for "
-            f"another {conflict}. It was refused and nothing was changed: an image cannot move "
-            f"to another {conflict}. If the stored image belongs to the wrong {conflict}, "
-            "correct it at its source and send the corrected image with a new SOP Instance "
-            "UID.")
+        self.stored: dict[str, str] = {}
+        self.uid_name = ("SOP Instance UID" if level == "SOP Instance"
+                         else f"{level} Instance UID")
+        self.comment = f"{self.uid_name} already stored for another {conflict}"
+        if level == "SOP Instance":
+            text = (f"An image with this SOP Instance UID ({uid}) is already stored for another "
+                    f"{conflict}. It was refused and nothing was changed: an image cannot move "
+                    f"to another {conflict}. If the stored image belongs to the wrong "
+                    f"{conflict}, correct it at its source and send the corrected image with a "
+                    "new SOP Instance UID.")
+        else:
+            text = (f"The {level.lower()} of this image ({level} Instance UID {uid}) is already "
+                    f"stored for another {conflict}. The image was refused and nothing was "
+                    f"changed: a {level.lower()} cannot hold images of two {conflict}s. Check "
+                    f"the image's {conflict} and {level.lower()} at its source.")
+        super().__init__(text)
 
 
 @dataclass(frozen=True)
@@ -150,10 +168,12 @@ def _extract(ds: Dataset) -> dict[str, Any]:
 
 # Statements with bound parameters, built once: the committer runs them for every image, and
 # building a statement costs more than running it on SQLite.
-_FIND_PATIENT = select(Patient.id).where(Patient.patient_id == bindparam("patient_id"),
+_FIND_PATIENT = select(Patient.id, null()).where(Patient.patient_id == bindparam("patient_id"),
                                          Patient.issuer == bindparam("issuer"))
-_FIND_STUDY = select(Study.id).where(Study.study_instance_uid == bindparam("uid"))
-_FIND_SERIES = select(Series.id).where(Series.series_instance_uid == bindparam("uid"))
+_FIND_STUDY = select(Study.id, Study.patient_fk).where(
+    Study.study_instance_uid == bindparam("uid"))
+_FIND_SERIES = select(Series.id, Series.study_fk).where(
+    Series.series_instance_uid == bindparam("uid"))
 _FIND_INSTANCE = select(Instance.id, Instance.sha256, Instance.content_sha256, Instance.path,
                         Instance.revision, Instance.series_fk).where(
     Instance.sop_instance_uid == bindparam("uid"))
@@ -162,6 +182,8 @@ _FILED_UNDER = select(Series.series_instance_uid, Study.id, Study.study_instance
                       Patient.patient_id, Patient.issuer) \
     .join(Study, Series.study_fk == Study.id).join(Patient, Study.patient_fk == Patient.id) \
     .where(Series.id == bindparam("series_id"))
+_STUDY_OWNER = select(Patient.patient_id, Patient.issuer) \
+    .join(Study, Study.patient_fk == Patient.id).where(Study.id == bindparam("study_id"))
 _ADD_JOB = insert(Job.__table__).returning(Job.__table__.c.id)
 
 
@@ -218,8 +240,9 @@ class Intake:
         self.max_pixels = max_pixels
         self.commit_timeout = commit_timeout
         self._queue: queue.Queue[_Item | None] = queue.Queue()
-        # Committed patient/study/series ids by their keys (only the committer thread uses it).
-        self._ids: dict[tuple[str, ...], int] = {}
+        # Committed patient/study/series ids and their parents' ids by their keys (only the
+        # committer thread uses it).
+        self._ids: dict[tuple[str, ...], tuple[int, int | None]] = {}
         self._thread: threading.Thread | None = None
         sqlite = context.engine.dialect.name == "sqlite"
         self._lock_path = (context.settings.storage.data_dir / "run" / "intake.lock"
@@ -378,7 +401,7 @@ class Intake:
             for item in batch:
                 item.future.set_exception(TransientError(f"cannot sync folder: {exc}"))
             return
-        fresh: dict[tuple[str, ...], int] = {}
+        fresh: dict[tuple[str, ...], tuple[int, int | None]] = {}
         try:
             with self.context.session_factory.begin() as session:
                 outcomes = [self._record(session, item, fresh) for item in batch]
@@ -432,7 +455,7 @@ class Intake:
 
     def _commit_single(self, item: _Item) -> None:
         for attempt in range(3):
-            fresh: dict[tuple[str, ...], int] = {}
+            fresh: dict[tuple[str, ...], tuple[int, int | None]] = {}
             try:
                 with self.context.session_factory.begin() as session:
                     outcome = self._record(session, item, fresh)
@@ -448,7 +471,7 @@ class Intake:
             self._after_commit(item, outcome)
             return
 
-    def _remember(self, ids: dict[tuple[str, ...], int]) -> None:
+    def _remember(self, ids: dict[tuple[str, ...], tuple[int, int | None]]) -> None:
         if len(self._ids) > 100_000:  # bounded: a long-running node sees many studies
             self._ids.clear()
         self._ids.update(ids)
@@ -464,52 +487,93 @@ class Intake:
             item.future.set_result(accepted)
 
     def _parent_ids(self, session: Session, m: dict[str, Any],
-                    fresh: dict[tuple[str, ...], int]) -> tuple[int, int, int, bool]:
+                    fresh: dict[tuple[str, ...], tuple[int, int | None]]
+                    ) -> tuple[int, int, int, bool] | IdentityConflictError:
         """Ids of the patient, study and series of ``m``, created when new, and whether the
-        study was created now.
+        study was created now; or the refusal when the study is stored for another patient or
+        the series for another study (checked before anything is written).
 
-        Known ids come from a cache (filled only after a commit, so it never holds the id of a
-        rolled-back row); ``fresh`` collects the ones this transaction creates.
+        Known ids, with their parent's id, come from a cache (filled only after a commit, so it
+        never holds the id of a rolled-back row); ``fresh`` collects the ones this transaction
+        finds or creates.
         """
         conn = session.connection()  # Core execution: the ORM layer costs more than SQLite
 
-        created: set[str] = set()
-
-        def lookup(key: tuple[str, ...], find: Any, find_args: dict[str, Any], add: Any,
-                   row: dict[str, Any]) -> int:
+        def known(key: tuple[str, ...], find: Any, args: dict[str, Any]
+                  ) -> tuple[int, int | None] | None:
             found = self._ids.get(key) or fresh.get(key)
             if found is None:
-                found = conn.execute(add, row).scalar()
-                if found is None:  # it exists (made by another process or an earlier run)
-                    found = conn.execute(find, find_args).scalar_one()
-                else:
-                    created.add(key[0])
-            fresh[key] = found
+                row = conn.execute(find, args).first()
+                if row is not None:
+                    found = fresh[key] = (row[0], row[1])
             return found
 
+        patient_key = ("patient", m["patient_id"], m["issuer"])
+        study_key = ("study", m["study_instance_uid"])
+        series_key = ("series", m["series_instance_uid"])
+        # Child first: a series another process committed comes with its study and patient,
+        # which the later statements then see too (PostgreSQL reads committed rows anew).
+        series = known(series_key, _FIND_SERIES, {"uid": m["series_instance_uid"]})
+        study = known(study_key, _FIND_STUDY, {"uid": m["study_instance_uid"]})
+        patient = known(patient_key, _FIND_PATIENT,
+                        {"patient_id": m["patient_id"], "issuer": m["issuer"]})
+        # A study (series) UID belongs to one patient (study): a new image may not add another
+        # patient's image to it, which would show it, and its results, in that patient's study.
+        if study is not None and (patient is None or study[1] != patient[0]):
+            error = IdentityConflictError(m["study_instance_uid"], "patient", "Study")
+            owner = conn.execute(_STUDY_OWNER, {"study_id": study[0]}).one()
+            error.stored = {"patient_id": owner.patient_id, "issuer": owner.issuer,
+                            "study_instance_uid": m["study_instance_uid"]}
+            return error
+        if series is not None and (study is None or series[1] != study[0]):
+            error = IdentityConflictError(m["series_instance_uid"], "study", "Series")
+            owner = conn.execute(_FILED_UNDER, {"series_id": series[0]}).one()
+            error.stored = {"patient_id": owner.patient_id, "issuer": owner.issuer,
+                            "study_instance_uid": owner.study_instance_uid,
+                            "series_instance_uid": m["series_instance_uid"]}
+            return error
+
+        created: set[str] = set()
+
+        def add(key: tuple[str, ...], statement: Any, row: dict[str, Any], find: Any,
+                args: dict[str, Any], parent: int | None) -> int:
+            new = conn.execute(statement, row).scalar()
+            if new is not None:
+                created.add(key[0])
+                fresh[key] = (new, parent)
+                return new
+            # Made by another process since the lookup (its commit came first).
+            LOGGER.debug("a %s row was created by another process meanwhile", key[0])
+            found = conn.execute(find, args).one()
+            if parent is not None and found[1] != parent:
+                raise _Raced(key)  # for another parent: redo the item alone, to refuse it
+            fresh[key] = (found[0], found[1])
+            return found[0]
+
         now = utcnow()
-        patient_id = lookup(
-            ("patient", m["patient_id"], m["issuer"]), _FIND_PATIENT,
-            {"patient_id": m["patient_id"], "issuer": m["issuer"]}, self._add_patient,
-            {"patient_id": m["patient_id"], "issuer": m["issuer"], "name": m["patient_name"],
-             "birth_date": m["birth_date"], "sex": m["sex"], "created_at": now})
-        study_id = lookup(
-            ("study", m["study_instance_uid"]), _FIND_STUDY, {"uid": m["study_instance_uid"]},
-            self._add_study,
+        patient_args = {"patient_id": m["patient_id"], "issuer": m["issuer"]}
+        patient_id = patient[0] if patient is not None else add(
+            patient_key, self._add_patient,
+            {**patient_args, "name": m["patient_name"], "birth_date": m["birth_date"],
+             "sex": m["sex"], "created_at": now}, _FIND_PATIENT, patient_args, None)
+        study_id = study[0] if study is not None else add(
+            study_key, self._add_study,
             {"patient_fk": patient_id, "study_instance_uid": m["study_instance_uid"],
              "accession_number": m["accession_number"], "study_date": m["study_date"],
              "study_time": m["study_time"], "description": m["study_description"],
              "referring_physician": m["referring_physician"], "status": "queued",
-             "last_received_at": now, "created_at": now})
-        series_id = lookup(
-            ("series", m["series_instance_uid"]), _FIND_SERIES,
-            {"uid": m["series_instance_uid"]}, self._add_series,
+             "last_received_at": now, "created_at": now}, _FIND_STUDY,
+            {"uid": m["study_instance_uid"]}, patient_id)
+        series_id = series[0] if series is not None else add(
+            series_key, self._add_series,
             {"study_fk": study_id, "series_instance_uid": m["series_instance_uid"],
              "modality": m["modality"], "series_number": m["series_number"],
-             "description": m["series_description"]})
+             "description": m["series_description"]}, _FIND_SERIES,
+            {"uid": m["series_instance_uid"]}, study_id)
         return patient_id, study_id, series_id, "study" in created
 
-    def _record(self, session: Session, item: _Item, fresh: dict[tuple[str, ...], int]
+    def _record(self, session: Session, item: _Item,
+                fresh: dict[tuple[str, ...], tuple[int, int | None]]
                 ) -> tuple[Accepted | PermanentError, str | None]:
         """Rows for one image; returns the outcome (or the refusal) and a file path that is no
         longer needed."""
@@ -521,7 +585,11 @@ class Intake:
         if known is not None:
             return self._record_known(session, item, known)
         now = utcnow()
-        _patient_id, study_id, series_id, new_study = self._parent_ids(session, m, fresh)
+        parents = self._parent_ids(session, m, fresh)
+        if isinstance(parents, IdentityConflictError):
+            self._alert(session, item, parents)
+            return parents, item.relpath
+        _patient_id, study_id, series_id, new_study = parents
         instance_id = conn.execute(self._add_instance, {
             "sop_instance_uid": m["sop_instance_uid"], "source": item.source,
             "calling_ae": item.calling_ae, "uploaded_by": item.uploaded_by,
@@ -535,6 +603,27 @@ class Intake:
             conn.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now})
         return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], instance_id, job_id),
                 None)
+
+    def _alert(self, session: Session, item: _Item, error: IdentityConflictError) -> None:
+        """Audit a refused identity conflict as a security alert, in the commit's transaction
+        (every channel: C-STORE, console upload)."""
+        m = item.meta
+        LOGGER.warning("SOP Instance UID %s refused: its %s %s is stored for another %s",
+                       m["sop_instance_uid"], error.uid_name, error.uid, error.conflict)
+        audit.record(
+            session, actor=item.calling_ae or item.uploaded_by or "unknown",
+            actor_kind="dicom" if item.source == "dicom" else "user", source=item.peer,
+            action="security_alert", outcome="failure",
+            patient_id=error.stored.get("patient_id", ""),
+            study_instance_uid=error.stored.get("study_instance_uid", ""),
+            object_ref=f"instance:{m['sop_instance_uid']}",
+            details={"reason": f"{error.comment}; refused, nothing changed",
+                     "conflict": error.conflict, "level": error.level, "channel": item.source,
+                     "stored": error.stored,
+                     "sent": {"patient_id": m["patient_id"], "issuer": m["issuer"],
+                              "study_instance_uid": m["study_instance_uid"],
+                              "series_instance_uid": m["series_instance_uid"],
+                              "sha256": item.sha256}})
 
     def _instance_values(self, item: _Item, series_id: int, now: Any) -> dict[str, Any]:
         m = item.meta
@@ -568,24 +657,12 @@ class Intake:
         actor = item.calling_ae or item.uploaded_by or "unknown"
         actor_kind = "dicom" if item.source == "dicom" else "user"
         if conflict is not None:
-            LOGGER.warning("SOP Instance UID %s refused: it is stored for another %s",
-                           m["sop_instance_uid"], conflict)
-            audit.record(
-                session, actor=actor, actor_kind=actor_kind, source=item.peer,
-                action="security_alert", outcome="failure", patient_id=filed.patient_id,
-                study_instance_uid=filed.study_instance_uid,
-                object_ref=f"instance:{m['sop_instance_uid']}",
-                details={"reason": f"SOP Instance UID already stored for another {conflict}; "
-                                   "refused, the stored image and its results unchanged",
-                         "conflict": conflict, "channel": item.source,
-                         "stored": {"patient_id": filed.patient_id, "issuer": filed.issuer,
-                                    "study_instance_uid": filed.study_instance_uid,
-                                    "series_instance_uid": filed.series_instance_uid},
-                         "sent": {"patient_id": m["patient_id"], "issuer": m["issuer"],
-                                  "study_instance_uid": m["study_instance_uid"],
-                                  "series_instance_uid": m["series_instance_uid"],
-                                  "sha256": item.sha256}})
-            return IdentityConflictError(m["sop_instance_uid"], conflict), spare
+            error = IdentityConflictError(m["sop_instance_uid"], conflict)
+            error.stored = {"patient_id": filed.patient_id, "issuer": filed.issuer,
+                            "study_instance_uid": filed.study_instance_uid,
+                            "series_instance_uid": filed.series_instance_uid}
+            self._alert(session, item, error)
+            return error, spare
         same = (known.content_sha256 == item.content_sha256 if known.content_sha256
                 else known.sha256 == item.sha256)  # stored before content digests were kept
         if same:

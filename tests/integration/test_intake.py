@@ -311,3 +311,22 @@ def test_known_uid_in_another_study_is_refused(scp_factory, tmp_path) -> None:
     assert send_with_pynetdicom(scp.port, moved) == 0xC240
     assert count(scp.context, Study) == 1 and count(scp.context, Job) == 1
     assert "security_alert" in audit_actions(scp.context)
+
+
+def test_new_image_of_another_patient_in_a_known_study_is_refused(scp_factory) -> None:
+    scp = scp_factory()
+    first = vl_micro(15, patient_id="PAT-A")
+    assert send_with_pynetdicom(scp.port, first) == 0
+    intruder = vl_micro(16, patient_id="PAT-B", study_uid=str(first.StudyInstanceUID))
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(VLMicroscopicImageStorage, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="BCD_NODE")
+    try:
+        status = assoc.send_c_store(intruder)
+    finally:
+        assoc.release()
+    assert status.Status == 0xC240
+    assert status.ErrorComment == "Study Instance UID already stored for another patient"
+    assert count(scp.context, Instance) == 1 and count(scp.context, Patient) == 1
+    assert len(instance_files(scp.context)) == 1
+    assert "security_alert" in audit_actions(scp.context)

@@ -248,7 +248,15 @@ def test_refusal_inside_a_group_commit_leaves_the_batch_alone(ctx: NodeContext) 
     lock = ctx.settings.storage.data_dir / "run" / "intake.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, Any] = {}
+    queued = threading.Semaphore(0)
     with Intake(ctx) as intake:
+        put = intake._queue.put
+
+        def put_and_tell(item: Any, *args: Any, **kwargs: Any) -> None:
+            put(item, *args, **kwargs)
+            queued.release()
+
+        intake._queue.put = put_and_tell  # type: ignore[method-assign]
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)  # the committer waits for it with what it has taken
 
@@ -261,15 +269,14 @@ def test_refusal_inside_a_group_commit_leaves_the_batch_alone(ctx: NodeContext) 
         try:
             a = threading.Thread(target=send, args=("a", encode(image(1))))
             a.start()
+            assert queued.acquire(timeout=10)
             deadline = time.monotonic() + 10
-            while not intake._queue.empty():  # the committer has taken the first item
+            while not intake._queue.empty():  # the committer has taken it and waits
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             b = threading.Thread(target=send, args=("b", encode(image(2, patient_id="PAT-B"))))
             b.start()
-            while intake._queue.qsize() < 1:  # the second waits in the queue
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            assert queued.acquire(timeout=10)  # the second waits in the queue
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
@@ -281,3 +288,66 @@ def test_refusal_inside_a_group_commit_leaves_the_batch_alone(ctx: NodeContext) 
         assert s.execute(select(Patient.patient_id)).scalars().all() == ["PAT-A"]
     assert count(ctx, Job) == 1 and count(ctx, Instance) == 1
     assert len(stored_files(ctx)) == 1
+
+
+def new_image(seed: int, *, patient_id: str, study_uid: str = STUDY_UID,
+              series_uid: str | None = None) -> bytes:
+    """An image with a SOP Instance UID of its own."""
+    ds = vl_micro(seed, patient_id=patient_id, study_uid=study_uid)
+    if series_uid is not None:
+        ds.SeriesInstanceUID = series_uid
+    return encode(ds)
+
+
+@pytest.mark.parametrize("patient_b_known", [False, True])
+def test_new_image_in_another_patients_study_is_refused(ctx: NodeContext,
+                                                        patient_b_known: bool) -> None:
+    with Intake(ctx) as intake:
+        intake.accept(encode(image(1)))
+        if patient_b_known:
+            intake.accept(new_image(2, patient_id="PAT-B", study_uid="2.25.77"))
+        before = snapshot_rows(ctx)
+        with pytest.raises(IdentityConflictError) as refused:
+            intake.accept(new_image(3, patient_id="PAT-B"), calling_ae="OTHER")
+    assert (refused.value.level, refused.value.conflict) == ("Study", "patient")
+    assert refused.value.comment == "Study Instance UID already stored for another patient"
+    assert STUDY_UID in str(refused.value) and "PAT-A" not in str(refused.value)
+    assert snapshot_rows(ctx) == before
+    assert len(stored_files(ctx)) == (2 if patient_b_known else 1)
+    [alert] = alerts(ctx)
+    assert alert.patient_id == "PAT-A" and alert.details["sent"]["patient_id"] == "PAT-B"
+    assert alert.details["level"] == "Study"
+
+
+def test_new_image_in_another_studys_series_is_refused(ctx: NodeContext) -> None:
+    with Intake(ctx) as intake:
+        intake.accept(encode(image(1)))
+        before = snapshot_rows(ctx)
+        with pytest.raises(IdentityConflictError) as refused:
+            intake.accept(new_image(4, patient_id="PAT-A", study_uid="2.25.78",
+                                    series_uid=SERIES_UID))
+    assert (refused.value.level, refused.value.conflict) == ("Series", "study")
+    assert snapshot_rows(ctx) == before  # no row for the new study either
+    [alert] = alerts(ctx)
+    assert alert.details["stored"]["study_instance_uid"] == STUDY_UID
+
+
+def test_new_images_of_known_patient_study_and_series_are_accepted(ctx: NodeContext) -> None:
+    with Intake(ctx) as intake:
+        intake.accept(encode(image(1)))
+        same_series = intake.accept(new_image(5, patient_id="PAT-A", series_uid=SERIES_UID))
+        new_series = intake.accept(new_image(6, patient_id="PAT-A"))
+        other_study = intake.accept(new_image(7, patient_id="PAT-A", study_uid="2.25.79"))
+    assert all(a.job_id is not None for a in (same_series, new_series, other_study))
+    assert count(ctx, Patient) == 1 and count(ctx, Study) == 2 and count(ctx, Series) == 3
+    assert not alerts(ctx)
+
+
+def snapshot_rows(ctx: NodeContext) -> dict[str, Any]:
+    with ctx.session_factory() as s:
+        return {"patients": s.execute(select(Patient.id, Patient.patient_id)).all(),
+                "studies": s.execute(select(Study.id, Study.patient_fk,
+                                            Study.last_received_at)).all(),
+                "series": s.execute(select(Series.id, Series.study_fk)).all(),
+                "instances": s.execute(select(Instance.id, Instance.series_fk)).all(),
+                "jobs": s.execute(select(Job.id)).all()}
