@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from pydicom.dataset import Dataset
 from sqlalchemy import bindparam, case, insert, null, select, update
@@ -206,6 +206,14 @@ def content_digest(data: bytes | memoryview, transfer_syntax_uid: str) -> str:
     digest = hashlib.sha256(transfer_syntax_uid.encode("ascii", "replace") + b"\0")
     digest.update(view[start:])
     return digest.hexdigest()
+
+
+class _Parents(NamedTuple):
+    """The stored series, study and patient of an image as (id, parent's id); None if new."""
+
+    series: tuple[int, int | None] | None
+    study: tuple[int, int | None] | None
+    patient: tuple[int, int | None] | None
 
 
 class _Raced(Exception):
@@ -486,18 +494,14 @@ class Intake:
         else:
             item.future.set_result(accepted)
 
-    def _parent_ids(self, session: Session, m: dict[str, Any],
-                    fresh: dict[tuple[str, ...], tuple[int, int | None]]
-                    ) -> tuple[int, int, int, bool] | IdentityConflictError:
-        """Ids of the patient, study and series of ``m``, created when new, and whether the
-        study was created now; or the refusal when the study is stored for another patient or
-        the series for another study (checked before anything is written).
+    def _find_parents(self, conn: Any, m: dict[str, Any],
+                      fresh: dict[tuple[str, ...], tuple[int, int | None]]) -> _Parents:
+        """The stored series, study and patient of ``m`` as (id, parent id), None when new.
 
-        Known ids, with their parent's id, come from a cache (filled only after a commit, so it
-        never holds the id of a rolled-back row); ``fresh`` collects the ones this transaction
-        finds or creates.
+        Known ids come from a cache (filled only after a commit, so it never holds the id of a
+        rolled-back row); ``fresh`` collects the ones this transaction finds or creates.
+        Nothing is written.
         """
-        conn = session.connection()  # Core execution: the ORM layer costs more than SQLite
 
         def known(key: tuple[str, ...], find: Any, args: dict[str, Any]
                   ) -> tuple[int, int | None] | None:
@@ -508,17 +512,22 @@ class Intake:
                     found = fresh[key] = (row[0], row[1])
             return found
 
-        patient_key = ("patient", m["patient_id"], m["issuer"])
-        study_key = ("study", m["study_instance_uid"])
-        series_key = ("series", m["series_instance_uid"])
         # Child first: a series another process committed comes with its study and patient,
         # which the later statements then see too (PostgreSQL reads committed rows anew).
-        series = known(series_key, _FIND_SERIES, {"uid": m["series_instance_uid"]})
-        study = known(study_key, _FIND_STUDY, {"uid": m["study_instance_uid"]})
-        patient = known(patient_key, _FIND_PATIENT,
-                        {"patient_id": m["patient_id"], "issuer": m["issuer"]})
-        # A study (series) UID belongs to one patient (study): a new image may not add another
-        # patient's image to it, which would show it, and its results, in that patient's study.
+        return _Parents(
+            known(("series", m["series_instance_uid"]), _FIND_SERIES,
+                  {"uid": m["series_instance_uid"]}),
+            known(("study", m["study_instance_uid"]), _FIND_STUDY,
+                  {"uid": m["study_instance_uid"]}),
+            known(("patient", m["patient_id"], m["issuer"]), _FIND_PATIENT,
+                  {"patient_id": m["patient_id"], "issuer": m["issuer"]}))
+
+    def _parent_conflict(self, conn: Any, m: dict[str, Any], found: _Parents
+                         ) -> IdentityConflictError | None:
+        """The refusal when the study of ``m`` is stored for another patient or its series in
+        another study: a new image may not add one patient's image (and its results) to
+        another patient's study."""
+        series, study, patient = found
         if study is not None and (patient is None or study[1] != patient[0]):
             error = IdentityConflictError(m["study_instance_uid"], "patient", "Study")
             owner = conn.execute(_STUDY_OWNER, {"study_id": study[0]}).one()
@@ -532,7 +541,13 @@ class Intake:
                             "study_instance_uid": owner.study_instance_uid,
                             "series_instance_uid": m["series_instance_uid"]}
             return error
+        return None
 
+    def _add_parents(self, conn: Any, m: dict[str, Any], found: _Parents,
+                     fresh: dict[tuple[str, ...], tuple[int, int | None]]
+                     ) -> tuple[int, int, int, bool]:
+        """Ids of the patient, study and series of ``m``, the missing ones created, and
+        whether the study was created now."""
         created: set[str] = set()
 
         def add(key: tuple[str, ...], statement: Any, row: dict[str, Any], find: Any,
@@ -544,20 +559,21 @@ class Intake:
                 return new
             # Made by another process since the lookup (its commit came first).
             LOGGER.debug("a %s row was created by another process meanwhile", key[0])
-            found = conn.execute(find, args).one()
-            if parent is not None and found[1] != parent:
+            other = conn.execute(find, args).one()
+            if parent is not None and other[1] != parent:
                 raise _Raced(key)  # for another parent: redo the item alone, to refuse it
-            fresh[key] = (found[0], found[1])
-            return found[0]
+            fresh[key] = (other[0], other[1])
+            return other[0]
 
+        series, study, patient = found
         now = utcnow()
         patient_args = {"patient_id": m["patient_id"], "issuer": m["issuer"]}
         patient_id = patient[0] if patient is not None else add(
-            patient_key, self._add_patient,
+            ("patient", m["patient_id"], m["issuer"]), self._add_patient,
             {**patient_args, "name": m["patient_name"], "birth_date": m["birth_date"],
              "sex": m["sex"], "created_at": now}, _FIND_PATIENT, patient_args, None)
         study_id = study[0] if study is not None else add(
-            study_key, self._add_study,
+            ("study", m["study_instance_uid"]), self._add_study,
             {"patient_fk": patient_id, "study_instance_uid": m["study_instance_uid"],
              "accession_number": m["accession_number"], "study_date": m["study_date"],
              "study_time": m["study_time"], "description": m["study_description"],
@@ -565,7 +581,7 @@ class Intake:
              "last_received_at": now, "created_at": now}, _FIND_STUDY,
             {"uid": m["study_instance_uid"]}, patient_id)
         series_id = series[0] if series is not None else add(
-            series_key, self._add_series,
+            ("series", m["series_instance_uid"]), self._add_series,
             {"study_fk": study_id, "series_instance_uid": m["series_instance_uid"],
              "modality": m["modality"], "series_number": m["series_number"],
              "description": m["series_description"]}, _FIND_SERIES,
@@ -576,27 +592,38 @@ class Intake:
                 fresh: dict[tuple[str, ...], tuple[int, int | None]]
                 ) -> tuple[Accepted | PermanentError, str | None]:
         """Rows for one image; returns the outcome (or the refusal) and a file path that is no
-        longer needed."""
+        longer needed.
+
+        Nothing of an image is written before it is known to be acceptable: a known SOP
+        Instance UID is checked against where it is filed, a study against its patient, a
+        series against its study.
+        """
         m = item.meta
-        conn = session.connection()
-        # Looked up before anything is written, so that a refusal writes nothing of the image
-        # (no patient, study or series row of the other patient).
-        known = conn.execute(_FIND_INSTANCE, {"uid": m["sop_instance_uid"]}).first()
-        if known is not None:
-            return self._record_known(session, item, known)
+        conn = session.connection()  # Core execution: the ORM layer costs more than SQLite
+        found = self._find_parents(conn, m, fresh)
+        conflict = self._parent_conflict(conn, m, found)
+        filed = None not in found
+        if conflict is not None or not filed:
+            # Before writing anything: the SOP Instance UID may be known (then its own checks
+            # apply, with the more precise refusal).
+            known = conn.execute(_FIND_INSTANCE, {"uid": m["sop_instance_uid"]}).first()
+            if known is not None:
+                return self._record_known(session, item, known)
+            if conflict is not None:
+                self._alert(session, item, conflict)
+                return conflict, item.relpath
         now = utcnow()
-        parents = self._parent_ids(session, m, fresh)
-        if isinstance(parents, IdentityConflictError):
-            self._alert(session, item, parents)
-            return parents, item.relpath
-        _patient_id, study_id, series_id, new_study = parents
+        _patient_id, study_id, series_id, new_study = self._add_parents(conn, m, found, fresh)
         instance_id = conn.execute(self._add_instance, {
             "sop_instance_uid": m["sop_instance_uid"], "source": item.source,
             "calling_ae": item.calling_ae, "uploaded_by": item.uploaded_by,
             **self._instance_values(item, series_id, now)}).scalar()
         if instance_id is None:
-            # Stored by another process since the lookup: redo this item alone, where the
-            # lookup then finds it and checks it like any known instance.
+            if filed:  # nothing written for this image yet: check it as a known one
+                known = conn.execute(_FIND_INSTANCE, {"uid": m["sop_instance_uid"]}).one()
+                return self._record_known(session, item, known)
+            # Stored by another process after the lookup, and parents were written: redo this
+            # item alone, where the lookup finds it.
             raise _Raced(m["sop_instance_uid"])
         job_id = self._add_job(conn, instance_id, study_id, now)
         if not new_study:  # a new study row already says queued, received now
