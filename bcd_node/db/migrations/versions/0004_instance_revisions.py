@@ -1,6 +1,6 @@
 """instance revisions: a changed image under a known SOP Instance UID gets new result UIDs
 
-Revision ID: 0003
+Revision ID: 0004
 Revises: 0002
 Create Date: 2026-12-01
 """
@@ -9,7 +9,7 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0003'
+revision = '0004'
 down_revision = '0002'
 branch_labels = None
 depends_on = None
