@@ -168,8 +168,8 @@ def _extract(ds: Dataset) -> dict[str, Any]:
 
 # Statements with bound parameters, built once: the committer runs them for every image, and
 # building a statement costs more than running it on SQLite.
-_FIND_PATIENT = select(Patient.id, null()).where(Patient.patient_id == bindparam("patient_id"),
-                                         Patient.issuer == bindparam("issuer"))
+_FIND_PATIENT = select(Patient.id, null()).where(  # (id, no parent), like the others
+    Patient.patient_id == bindparam("patient_id"), Patient.issuer == bindparam("issuer"))
 _FIND_STUDY = select(Study.id, Study.patient_fk).where(
     Study.study_instance_uid == bindparam("uid"))
 _FIND_SERIES = select(Series.id, Series.study_fk).where(
