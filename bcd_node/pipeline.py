@@ -2,8 +2,11 @@
 
 analyse: decode pixels → predict → PDF report → SEG + SR + Encapsulated PDF → result row and one
 outbox row per output and destination, all in one transaction with the job's completion.
-Output UIDs derive from (input SOP Instance UID, model version, output kind), and output paths
-from our own ids, so running a job twice writes the same files and the same rows.
+Output UIDs derive from (input SOP Instance UID, model version, output kind, input revision),
+and output paths from our own ids and the revision, so running a job twice writes the same files
+and the same rows, while a changed version of an image (the next revision, see
+:mod:`bcd_node.revisions`) gets new objects in a folder of their own, whose SR supersedes the
+earlier revision's reports, and the objects already sent are never overwritten.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bcd_node import __version__
+from bcd_node import __version__, audit
 from bcd_node.db.models import (Delivery, Instance, Job, JobKind, JobState, Patient, Result,
                                 Series, Study, User, utcnow)
 from bcd_node.errors import PermanentError
@@ -39,7 +42,7 @@ from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_datase
 from dicom.sop import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
 from dicom.outputs import ResultObjects, build_result_objects, write_dataset
 from dicom.encapsulated import build_encapsulated_pdf
-from dicom.sr import Findings, Verification, build_sr
+from dicom.sr import Findings, Verification, build_sr, document_reference
 from dicom.summary import (SUMMARY_SERIES_NUMBER, StudyFindings, build_study_summary_sr,
                            summary_kind)
 
@@ -189,11 +192,13 @@ class Analysis:
 
 def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
                     review_threshold: float, uid_root: str,
-                    demonstration_model: bool = True) -> Analysis:
+                    demonstration_model: bool = True, revision: int = 0,
+                    supersedes: list[Dataset] | None = None) -> Analysis:
     """Predict on one image and build what the node sends for it (no database, no files).
 
     ``bcd-node analyze --dicom-out`` and the worker both call this, so the files a user makes on
-    the command line are the ones the node would send.
+    the command line are the ones the node would send. ``revision`` and ``supersedes`` are the
+    stored image's revision and the earlier revision's SR documents the new SR replaces.
     """
     images = decode_for_analysis(ds)
     combined = combine(analyzer.predict(images), images, review_threshold)
@@ -208,7 +213,8 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
                                     demonstration_model=demonstration_model,
                                     created_at=utcnow()))
     objects = build_result_objects(ds, combined.masks if len(images) > 1 else combined.masks[0],
-                                   findings, algorithm=algorithm, pdf=pdf, uid_root=uid_root)
+                                   findings, algorithm=algorithm, pdf=pdf, uid_root=uid_root,
+                                   revision=revision, supersedes=supersedes or ())
     return Analysis(images, combined, over, pdf, objects)
 
 
@@ -272,21 +278,29 @@ class Pipeline:
             session.expunge_all()
         return inst, series, study, patient
 
-    def analyze(self, job: Claimed) -> int:
-        """Analyse one received image; returns the result id."""
+    def analyze(self, job: Claimed) -> int | None:
+        """Analyse one received image; returns the result id (None when a newer version of the
+        image arrived meanwhile: its own job makes the result)."""
         inst, _series, study, patient = self._load(job)
         try:
             ds = read_dataset(self.store.path(inst.path))
         except FileNotFoundError as exc:
+            if self._superseded(job, inst):
+                return None
             raise PermanentError(f"stored file {inst.path} is missing") from exc
         except DicomError as exc:
+            # read_dataset reports a missing file as unreadable too.
+            if self._superseded(job, inst):
+                return None
             raise PermanentError(f"stored file is not readable: {exc}") from exc
+        supersedes = self._supersedes(inst, study)
         analysis = analyze_dataset(ds, self.analyzer, algorithm=self.algorithm,
                                    review_threshold=self.settings.model.review_threshold,
                                    uid_root=self.settings.uids.root,
-                                   demonstration_model=self.demonstration_model)
+                                   demonstration_model=self.demonstration_model,
+                                   revision=inst.revision, supersedes=supersedes)
         combined = analysis.combined
-        folder = f"results/{inst.id}/{self.model_version}"
+        folder = result_folder(inst.id, self.model_version, inst.revision)
         outputs: list[tuple[str, Dataset, str]] = []  # (kind, dataset, relpath)
         self.store.write(f"{folder}/mask.png", _png(combined.masks[0] * 255))
         self.store.write(f"{folder}/overlay.png", _png(analysis.overlay), sync_dir=True)
@@ -301,6 +315,15 @@ class Pipeline:
             self.store.sync_dirs([self.store.path(folder)])
 
         with self.context.session_factory.begin() as session:
+            current = session.get(Instance, inst.id)
+            if current is None or current.revision != inst.revision:
+                # A changed version arrived while this one was analysed; its job (queued by
+                # the intake) makes the result. Nothing of this revision is queued for PACS.
+                if not complete(session, job):
+                    raise LeaseLostError(f"job {job.id}: lease lost; another worker took it over")
+                LOGGER.info("job %d: instance %s changed during the analysis; its newer version "
+                            "is analysed by its own job", job.id, inst.sop_instance_uid)
+                return None
             result = session.execute(select(Result).where(
                 Result.instance_fk == inst.id, Result.scope == "instance",
                 Result.model_version == self.model_version)).scalar_one_or_none()
@@ -308,6 +331,9 @@ class Pipeline:
                 result = Result(instance_fk=inst.id, study_fk=study.id, scope="instance",
                                 model_name=self.model_name, model_version=self.model_version)
                 session.add(result)
+            elif result.instance_revision != inst.revision:
+                self._withdraw_stale_verification(session, result, inst, study, patient)
+            result.instance_revision = inst.revision
             result.stage = combined.stage
             result.probabilities = combined.probabilities or {}
             result.confidence = (combined.probabilities[combined.stage]
@@ -329,10 +355,61 @@ class Pipeline:
                 raise LeaseLostError(f"job {job.id}: lease lost; another worker took it over")
             self._update_study(session, study.id)
         self.context.wake_delivery()
-        LOGGER.info("job %d: instance %s analysed: stage %s, %d blasts%s", job.id,
-                    inst.sop_instance_uid, combined.stage or "none (quality insufficient)",
+        LOGGER.info("job %d: instance %s%s analysed: stage %s, %d blasts%s", job.id,
+                    inst.sop_instance_uid,
+                    f" (revision {inst.revision})" if inst.revision else "",
+                    combined.stage or "none (quality insufficient)",
                     combined.blast_count, ", needs review" if combined.needs_review else "")
         return result.id
+
+    def _superseded(self, job: Claimed, inst: Instance) -> bool:
+        """Whether ``inst`` changed since the job loaded it (its file then is the replaced one,
+        removed by the intake); if so the job completes, and the newer version's job does the
+        work."""
+        with self.context.session_factory.begin() as session:
+            current = session.get(Instance, inst.id)
+            if current is None or current.revision == inst.revision:
+                return False
+            if not complete(session, job):
+                raise LeaseLostError(f"job {job.id}: lease lost; another worker took it over")
+        LOGGER.info("job %d: instance %s was replaced by a changed version before it was "
+                    "analysed; the newer version is analysed by its own job", job.id,
+                    inst.sop_instance_uid)
+        return True
+
+    def _supersedes(self, inst: Instance, study: Study) -> list[Dataset]:
+        """The earlier revision's SR documents that this revision's SR replaces (recorded by
+        the intake when the image changed; kept, so that a re-run builds the same SR)."""
+        if not inst.revision:
+            return []
+        with self.context.session_factory() as session:
+            recorded = session.execute(select(Result.supersedes).where(
+                Result.instance_fk == inst.id, Result.scope == "instance",
+                Result.model_version == self.model_version)).scalar_one_or_none()
+        return [document_reference(study.study_instance_uid, ref["series"], ref["sop"])
+                for ref in recorded or []]
+
+    def _withdraw_stale_verification(self, session: Session, result: Result, inst: Instance,
+                                     study: Study, patient: Patient) -> None:
+        """The result is of an earlier revision. The intake withdrew its verification when the
+        image changed; one made since (the console refuses it) is withdrawn here, audited."""
+        if result.verification != "unverified":
+            audit.record(session, actor="system", actor_kind="system",
+                         action="verification_withdrawn", patient_id=patient.patient_id,
+                         study_instance_uid=study.study_instance_uid,
+                         object_ref=f"result:{result.id}",
+                         details={"reason": "verified while the changed image waited for its "
+                                            "analysis", "verified_by_fk": result.verified_by_fk,
+                                  "instance_revision": result.instance_revision})
+            LOGGER.warning("result %d: verification of an earlier version of instance %s "
+                           "withdrawn", result.id, inst.sop_instance_uid)
+        result.verification = "unverified"
+        result.verified_by_fk = None
+        result.verified_at = None
+        result.verified_stage = None
+        result.verified_comment = None
+        result.verified_sr_sop_instance_uid = None
+        result.verified_pdf_path = None
 
     def verified_report(self, job: Claimed) -> None:
         """A doctor verified a result: build the VERIFIED SR and the updated PDF, queue them."""
@@ -350,8 +427,11 @@ class Pipeline:
         job_instance = Claimed(job.id, job.kind, result.instance_fk, job.study_fk, job.result_fk,
                                job.attempts, job.max_attempts, job.owner)
         inst, _series, study, patient = self._load(job_instance)
+        if inst.revision != result.instance_revision:
+            raise PermanentError(f"job {job.id}: result {result.id} is of an earlier version of "
+                                 "the image (it was replaced); nothing to verify")
         ds = read_dataset(self.store.path(inst.path))
-        folder = f"results/{inst.id}/{result.model_version}"
+        folder = result_folder(inst.id, result.model_version, result.instance_revision)
         seg = read_dataset(self.store.path(f"{folder}/seg.dcm"))
         predecessor = read_dataset(self.store.path(f"{folder}/sr.dcm"))
         name = (doctor.full_name or doctor.username) if doctor else "unknown"
@@ -365,7 +445,8 @@ class Pipeline:
                             blast_area_fraction=min(1.0, result.blast_area_fraction),
                             quality_ok=True)
         sr = build_sr(ds, seg, findings, algorithm=self.algorithm, verification=verification,
-                      predecessor=predecessor, uid_root=self.settings.uids.root)
+                      predecessor=predecessor, uid_root=self.settings.uids.root,
+                      revision=result.instance_revision)
         image = decode_for_analysis(ds)[0]
         over = np.asarray(Image.open(self.store.path(result.overlay_path)).convert("RGB"))
         combined = Combined(result.stage, result.probabilities, result.blast_count,
@@ -382,7 +463,8 @@ class Pipeline:
         pdf = render_report(data)
         enc = build_encapsulated_pdf(ds, pdf, algorithm=self.algorithm,
                                      verified_at=result.verified_at,
-                                     uid_root=self.settings.uids.root)
+                                     uid_root=self.settings.uids.root,
+                                     revision=result.instance_revision)
         stamp = result.verified_at.strftime("%Y%m%dT%H%M%S%f")
         pdf_rel = f"{folder}/report-verified-{stamp}.pdf"
         self.store.write(pdf_rel, pdf)
@@ -393,6 +475,15 @@ class Pipeline:
         self.store.sync_dirs([self.store.path(folder)])
         with self.context.session_factory.begin() as session:
             row = session.get(Result, result.id)
+            if (row is None or row.verification != "verified"
+                    or row.verified_at != result.verified_at
+                    or row.instance_revision != result.instance_revision):
+                # Withdrawn while it was made (the image was replaced): nothing goes to PACS.
+                if not complete(session, job):
+                    raise LeaseLostError(f"job {job.id}: lease lost; another worker took it over")
+                LOGGER.info("job %d: verification of result %d was withdrawn meanwhile; no "
+                            "verified report", job.id, result.id)
+                return
             row.verified_sr_sop_instance_uid = str(sr.SOPInstanceUID)
             row.verified_pdf_path = pdf_rel
             self._queue_deliveries(session, row.id, outputs)
@@ -439,9 +530,11 @@ class Pipeline:
             total_blasts=int(sum(r.blast_count for r, _ in staged)),
             blast_area_fraction=min(1.0, fraction))
         sources = [read_dataset(self.store.path(i.path)) for _, i in staged]
+        # A changed field (a new revision) makes a new summary, as a new field does.
+        revisions = {i.sop_instance_uid: i.revision for _, i in staged}
         sr = build_study_summary_sr(sources, findings, algorithm=self.algorithm,
-                                    uid_root=self.settings.uids.root)
-        kind = summary_kind(sources)
+                                    uid_root=self.settings.uids.root, revisions=revisions)
+        kind = summary_kind(sources, revisions)
         pdf = render_summary(SummaryData(
             patient_name=patient.name or "(no name)", patient_id=patient.patient_id or "(no id)",
             study_instance_uid=study.study_instance_uid,
@@ -545,6 +638,13 @@ def enqueue_study_summaries(context: NodeContext) -> int:
         LOGGER.info("queued study summaries for %d quiet stud%s", len(ids),
                     "y" if len(ids) == 1 else "ies")
     return len(ids)
+
+
+def result_folder(instance_id: int, model_version: str, revision: int) -> str:
+    """Where the files of an instance's result are: revision 0 where they always were, a later
+    revision in a folder of its own (the earlier objects stay as they were sent)."""
+    base = f"results/{instance_id}/{model_version}"
+    return base if not revision else f"{base}/r{revision}"
 
 
 def _person_name(name: str) -> str:

@@ -10,11 +10,12 @@ import logging
 import time
 from typing import Any
 
+from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from bcd_node import audit
-from bcd_node.intake import (Intake, InvalidImageError, SopClassMismatchError, StorageFullError,
-                             UnsupportedImageError)
+from bcd_node.intake import (IdentityConflictError, Intake, InvalidImageError,
+                             SopClassMismatchError, StorageFullError, UnsupportedImageError)
 from bcd_node.errors import TransientError
 from dicom.part10 import file_meta_bytes
 
@@ -27,6 +28,8 @@ OUT_OF_RESOURCES_BUSY = 0xA701
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC210
 UNSUPPORTED = 0xC211
+# A known SOP Instance UID for another patient, study or series (docs/conformance.md 1.1).
+IDENTITY_CONFLICT = 0xC240
 PROCESSING_FAILURE = 0x0110
 
 
@@ -44,14 +47,15 @@ def _audit(factory: sessionmaker[Session], **kwargs: Any) -> None:
 
 
 def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
-                 metrics: Any = None) -> int:
+                 metrics: Any = None) -> int | Dataset:
     """C-STORE: durable intake, then Success; the right failure status otherwise."""
     started = time.perf_counter()
     calling_ae, peer = _peer(event)
     negotiated = str(event.context.abstract_syntax)
     sop_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
 
-    def refuse(status: int, reason: str, action: str = "store_refused") -> int:
+    def refuse(status: int, reason: str, action: str = "store_refused",
+               comment: str | None = None) -> int | Dataset:
         if metrics is not None:
             metrics.refused.labels(f"0x{status:04X}").inc()
         LOGGER.warning("C-STORE %s from %s refused (0x%04X): %s", sop_uid, calling_ae, status,
@@ -60,7 +64,12 @@ def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
                outcome="failure", object_ref=f"instance:{sop_uid}",
                details={"status": f"0x{status:04X}", "reason": reason[:500],
                         "sop_class": negotiated})
-        return status
+        if comment is None:
+            return status
+        response = Dataset()
+        response.Status = status
+        response.ErrorComment = comment[:64]  # LO
+        return response
 
     try:
         request = event.request
@@ -76,6 +85,9 @@ def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
                                  expected_sop_class=negotiated)
     except SopClassMismatchError as exc:
         return refuse(DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+    except IdentityConflictError as exc:
+        # The intake has audited it as a security alert, with both identities.
+        return refuse(IDENTITY_CONFLICT, exc.comment, comment=exc.comment)
     except UnsupportedImageError as exc:
         return refuse(UNSUPPORTED, str(exc))
     except InvalidImageError as exc:

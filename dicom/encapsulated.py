@@ -48,6 +48,7 @@ def build_encapsulated_pdf(
     series_number: int = PDF_SERIES_NUMBER,
     now: dt.datetime | None = None,
     uid_kind: str | None = None,
+    revision: int = 0,
 ) -> Dataset:
     """Wrap a PDF report as an Encapsulated PDF in the source image's study.
 
@@ -74,6 +75,9 @@ def build_encapsulated_pdf(
     uid_kind : str, optional
         Output kind the document's UIDs derive from (default ``pdf``, or the verified kind);
         e.g. the study summary's own kind, so its PDF never shares a UID with a field's.
+    revision : int, optional
+        Revision of the source under its SOP Instance UID (0: as first received); a changed
+        source gets new UIDs (:func:`dicom.uids.derive_uid`).
 
     Returns
     -------
@@ -104,6 +108,7 @@ def build_encapsulated_pdf(
         raise TypeError(f"verified_at must be a datetime, got {verified_at!r}")
     if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 1:
         raise ValueError(f"series_number must be a positive int, got {series_number!r}")
+    uids.validate_revision(revision)
 
     source = derivation_source(source)
     source_uid = str(source.SOPInstanceUID)
@@ -121,7 +126,8 @@ def build_encapsulated_pdf(
     ds.SpecificCharacterSet = source.get("SpecificCharacterSet", "ISO_IR 192")
 
     ds.SOPClassUID = sop.ENCAPSULATED_PDF
-    ds.SOPInstanceUID = uids.derive_uid(source_uid, algorithm.version, kind, root=uid_root)
+    ds.SOPInstanceUID = uids.derive_uid(source_uid, algorithm.version, kind, root=uid_root,
+                                        revision=revision)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
@@ -140,7 +146,7 @@ def build_encapsulated_pdf(
     ds.Modality = "DOC"
     ds.SeriesInstanceUID = uids.derive_uid(
         source_uid, algorithm.version, "pdf-series" if uid_kind is None else f"{uid_kind}-series",
-        root=uid_root,
+        root=uid_root, revision=revision,
     )
     ds.SeriesNumber = series_number
     ds.SeriesDescription = f"ALL screening report PDF ({algorithm.model_name})"[:64]

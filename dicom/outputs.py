@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,8 @@ def build_result_objects(
     pdf: bytes | None = None,
     fractional: bool = False,
     uid_root: str = uids.DEFAULT_ROOT,
+    revision: int = 0,
+    supersedes: Sequence[Dataset] = (),
 ) -> ResultObjects:
     """Build the SEG, SR and (optionally) Encapsulated PDF of one analysed image.
 
@@ -87,6 +90,12 @@ def build_result_objects(
         Build a FRACTIONAL SEG.
     uid_root : str, optional
         Root of the derived UIDs.
+    revision : int, optional
+        Revision of the source under its SOP Instance UID (0: as first received); the objects
+        of a changed source get new UIDs.
+    supersedes : Sequence[pydicom.dataset.Dataset], optional
+        The reports of the source's earlier version that the SR replaces (see
+        :func:`dicom.sr.build_sr`).
 
     Returns
     -------
@@ -95,12 +104,15 @@ def build_result_objects(
     """
     source = derivation_source(source)  # checked once for the three objects
     seg = build_segmentation(
-        source, mask, algorithm=algorithm, fractional=fractional, uid_root=uid_root
+        source, mask, algorithm=algorithm, fractional=fractional, uid_root=uid_root,
+        revision=revision,
     )
-    sr = build_sr(source, seg, findings, algorithm=algorithm, uid_root=uid_root)
+    sr = build_sr(source, seg, findings, algorithm=algorithm, uid_root=uid_root,
+                  revision=revision, supersedes=supersedes)
     encapsulated = None
     if pdf is not None:
-        encapsulated = build_encapsulated_pdf(source, pdf, algorithm=algorithm, uid_root=uid_root)
+        encapsulated = build_encapsulated_pdf(source, pdf, algorithm=algorithm, uid_root=uid_root,
+                                              revision=revision)
     return ResultObjects(seg=seg, sr=sr, pdf=encapsulated)
 
 

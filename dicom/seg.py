@@ -93,6 +93,7 @@ def build_segmentation(
     series_number: int = 901,
     instance_number: int = 1,
     device_serial_number: str = "1",
+    revision: int = 0,
 ) -> hd.seg.Segmentation:
     """Build the SEG of the blast cells found in a source image.
 
@@ -115,6 +116,9 @@ def build_segmentation(
         Series Number and Instance Number of the SEG.
     device_serial_number : str, optional
         Device Serial Number of the node.
+    revision : int, optional
+        Revision of the source under its SOP Instance UID (0: as first received); a changed
+        source gets new UIDs (:func:`dicom.uids.derive_uid`).
 
     Returns
     -------
@@ -136,8 +140,14 @@ def build_segmentation(
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     pixels = _check_mask(mask, source, fractional)
+    uids.validate_revision(revision)
 
     source_uid = str(source.SOPInstanceUID)
+
+    def derived(kind: str) -> str:
+        return uids.derive_uid(source_uid, algorithm.version, kind, root=uid_root,
+                               revision=revision)
+
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=SEGMENT_LABEL,
@@ -145,7 +155,7 @@ def build_segmentation(
         segmented_property_type=codes.BLAST_CELL,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm.identification_sequence(),
-        tracking_uid=uids.derive_uid(source_uid, algorithm.version, "seg-tracking", root=uid_root),
+        tracking_uid=derived("seg-tracking"),
         tracking_id=SEGMENT_LABEL,
         display_color=hd.color.CIELabColor.from_rgb(*_DISPLAY_RGB)
         if hasattr(hd.color.CIELabColor, "from_rgb")
@@ -160,11 +170,9 @@ def build_segmentation(
             else hd.seg.SegmentationTypeValues.BINARY
         ),
         segment_descriptions=[description],
-        series_instance_uid=uids.derive_uid(
-            source_uid, algorithm.version, "seg-series", root=uid_root
-        ),
+        series_instance_uid=derived("seg-series"),
         series_number=series_number,
-        sop_instance_uid=uids.derive_uid(source_uid, algorithm.version, "seg", root=uid_root),
+        sop_instance_uid=derived("seg"),
         instance_number=instance_number,
         manufacturer=algorithm.manufacturer,
         manufacturer_model_name=algorithm.model_name,
@@ -181,7 +189,7 @@ def build_segmentation(
         if keyword in source and keyword not in seg:
             seg[keyword] = copy.deepcopy(source[keyword])
     # highdicom names the dimension organisation under its own prefix; name it under ours.
-    organisation = uids.derive_uid(source_uid, algorithm.version, "seg-dimensions", root=uid_root)
+    organisation = derived("seg-dimensions")
     for item in seg.get("DimensionOrganizationSequence", []):
         item.DimensionOrganizationUID = organisation
     for item in seg.get("DimensionIndexSequence", []):

@@ -23,7 +23,10 @@ Content tree (see ``docs/conformance.md``)::
 The algorithm's result is COMPLETE, UNVERIFIED and PRELIMINARY. The doctor-verified successor is
 built by the same function with a :class:`Verification` and the superseded document: VERIFIED
 and FINAL, the verifying observer (name, organisation, time), the doctor's stage and comment, and
-the superseded document in the Predecessor Documents Sequence.
+the superseded document in the Predecessor Documents Sequence. The result of a changed version
+of the source (same SOP Instance UID, next revision) is a new unverified document whose
+Predecessor Documents Sequence names the reports of the earlier version it replaces
+(:func:`document_reference`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -44,7 +47,7 @@ from dicom.algorithm import Algorithm
 from dicom.derivation import derivation_source
 from dicom.codes import Stage
 
-__all__ = ["Findings", "Verification", "build_sr", "SR_SERIES_NUMBER"]
+__all__ = ["Findings", "Verification", "build_sr", "document_reference", "SR_SERIES_NUMBER"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -170,6 +173,36 @@ def _check_dataset(name: str, value: object, sop_classes: set[str]) -> Dataset:
     return value
 
 
+def document_reference(study_instance_uid: str, series_instance_uid: str,
+                       sop_instance_uid: str,
+                       sop_class_uid: str = str(sop.COMPREHENSIVE_3D_SR)) -> Dataset:
+    """The identifiers of an earlier SR document, enough to name it as a predecessor.
+
+    Parameters
+    ----------
+    study_instance_uid, series_instance_uid, sop_instance_uid : str
+        Where the earlier document is.
+    sop_class_uid : str, optional
+        Its SOP class (default Comprehensive 3D SR).
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        A data set with only those four attributes (for ``supersedes`` of :func:`build_sr`).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If a UID is not valid.
+    """
+    ref = Dataset()
+    ref.StudyInstanceUID = uids.validate_uid(study_instance_uid, name="study_instance_uid")
+    ref.SeriesInstanceUID = uids.validate_uid(series_instance_uid, name="series_instance_uid")
+    ref.SOPInstanceUID = uids.validate_uid(sop_instance_uid, name="sop_instance_uid")
+    ref.SOPClassUID = uids.validate_uid(sop_class_uid, name="sop_class_uid")
+    return ref
+
+
 def _subject_context(source: Dataset) -> hd.sr.SubjectContext | None:
     descriptions = source.get("SpecimenDescriptionSequence")
     if not descriptions:
@@ -196,6 +229,8 @@ def build_sr(
     uid_root: str = uids.DEFAULT_ROOT,
     series_number: int = SR_SERIES_NUMBER,
     institution_name: str | None = None,
+    revision: int = 0,
+    supersedes: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 report of an image, unverified or as the doctor-verified successor.
 
@@ -219,6 +254,13 @@ def build_sr(
         Series Number of the SR series.
     institution_name : str, optional
         Institution Name written on the SR.
+    revision : int, optional
+        Revision of the source under its SOP Instance UID (0: as first received); a changed
+        source gets new UIDs (:func:`dicom.uids.derive_uid`).
+    supersedes : Sequence[pydicom.dataset.Dataset], optional
+        The reports of an earlier version of the source that this unverified report replaces
+        (e.g. from :func:`document_reference`), named in the Predecessor Documents Sequence.
+        Not with ``verification`` (a verified report supersedes ``predecessor``).
 
     Returns
     -------
@@ -267,12 +309,25 @@ def build_sr(
             raise ValueError(f"predecessor belongs to study {predecessor.StudyInstanceUID!r}")
     if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 1:
         raise ValueError(f"series_number must be a positive int, got {series_number!r}")
+    uids.validate_revision(revision)
+    supersedes = list(supersedes)
+    if supersedes and verification is not None:
+        raise ValueError("supersedes is for an unverified report of a changed source; a verified "
+                         "report supersedes its predecessor")
+    for i, earlier in enumerate(supersedes):
+        earlier = _check_dataset(f"supersedes[{i}]", earlier, {str(sop.COMPREHENSIVE_3D_SR)})
+        if earlier.get("StudyInstanceUID") != source.StudyInstanceUID:
+            raise ValueError(f"supersedes[{i}] belongs to study "
+                             f"{earlier.get('StudyInstanceUID')!r}, the source to "
+                             f"{source.StudyInstanceUID!r}")
+        for keyword in ("SeriesInstanceUID", "SOPInstanceUID"):
+            uids.validate_uid(str(earlier.get(keyword, "")), name=f"supersedes[{i}].{keyword}")
 
     source_uid = str(source.SOPInstanceUID)
     version = algorithm.version
 
     def derived(kind: str) -> str:
-        return uids.derive_uid(source_uid, version, kind, root=uid_root)
+        return uids.derive_uid(source_uid, version, kind, root=uid_root, revision=revision)
 
     if verification is None:
         sop_instance_uid = derived("sr")
@@ -398,7 +453,8 @@ def build_sr(
         institution_name=institution_name or algorithm.institution_name,
         verifying_observer_name=verification.observer_name if verification else None,
         verifying_organization=verification.organization if verification else None,
-        previous_versions=[predecessor] if predecessor is not None else None,
+        previous_versions=([predecessor] if predecessor is not None
+                           else supersedes or None),
         contributing_equipment=[algorithm.contributing_equipment()],
     )
     if verification is not None:

@@ -94,16 +94,31 @@ class StudyFindings:
             raise ValueError(f"blast_area_fraction must be in [0, 1], got {f!r}")
 
 
-def summary_kind(sources: Sequence[Dataset]) -> str:
-    """The output kind of a summary over ``sources``: one per set of fields, so a study that
-    receives more images gets a new summary while the same fields always give the same UIDs."""
-    key = ",".join(sorted(str(ds.SOPInstanceUID) for ds in sources))
+def summary_kind(sources: Sequence[Dataset],
+                 revisions: Mapping[str, int] | None = None) -> str:
+    """The output kind of a summary over ``sources``: one per set of fields (and revisions of
+    them), so a study that receives more images, or a changed version of one, gets a new
+    summary while the same fields always give the same UIDs.
+
+    ``revisions`` maps a field's SOP Instance UID to its revision (absent: 0); a field at
+    revision 0 counts as it did before revisions existed.
+    """
+    revisions = revisions or {}
+
+    def field(ds: Dataset) -> str:
+        uid = str(ds.SOPInstanceUID)
+        revision = uids.validate_revision(revisions.get(uid, 0))
+        return f"{uid}#{revision}" if revision else uid
+
+    key = ",".join(sorted(field(ds) for ds in sources))
     return "study-summary-" + hashlib.sha256(key.encode("ascii")).hexdigest()[:16]
 
 
 def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, *,
                            algorithm: Algorithm, uid_root: str = uids.DEFAULT_ROOT,
-                           institution_name: str | None = None) -> hd.sr.Comprehensive3DSR:
+                           institution_name: str | None = None,
+                           revisions: Mapping[str, int] | None = None
+                           ) -> hd.sr.Comprehensive3DSR:
     """Build the study-level TID 1500 report (COMPLETE, UNVERIFIED).
 
     Parameters
@@ -117,6 +132,8 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
     uid_root : str, optional
         Root of the derived UIDs; they derive from the Study Instance UID, the model version
         and the set of fields, so the same summary is built twice with the same UID.
+    revisions : Mapping[str, int], optional
+        Revision of each field by SOP Instance UID (absent: 0), see :func:`summary_kind`.
 
     Raises
     ------
@@ -141,7 +158,7 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
         raise ValueError(f"sources belong to {len(study_uids)} studies: {sorted(study_uids)}")
     study_uid = study_uids.pop()
     sources = [derivation_source(ds) for ds in sources]
-    kind = summary_kind(sources)
+    kind = summary_kind(sources, revisions)
 
     def derived(suffix: str) -> str:
         return uids.derive_uid(study_uid, algorithm.version, f"{kind}{suffix}", root=uid_root)

@@ -1,8 +1,9 @@
 """Deterministic UIDs of the objects the node creates.
 
-An output UID is derived from (input SOP Instance UID, model version, output kind) under a
-configured root, so that a job which runs twice produces the same objects and PACS de-duplicates
-them. The default root ``2.25`` is the UUID-derived form of ISO/IEC 9834-8 (DICOM PS3.5 B.2),
+An output UID is derived from (input SOP Instance UID, model version, output kind and, once the
+input has been changed under the same SOP Instance UID, its revision) under a configured root, so
+that a job which runs twice produces the same objects and PACS de-duplicates them, while the
+results of a changed input are new objects. The default root ``2.25`` is the UUID-derived form of ISO/IEC 9834-8 (DICOM PS3.5 B.2),
 which needs no registration: the UID is ``2.25.`` followed by the decimal value of a name-based
 (SHA-1, version 5) UUID. Under any other root the decimal value of a SHA-256 digest fills the
 remaining room up to the 64 characters a UID may have.
@@ -24,6 +25,7 @@ __all__ = [
     "OUTPUT_KINDS",
     "validate_uid",
     "validate_root",
+    "validate_revision",
     "derive_uid",
     "new_uid",
     "IMPLEMENTATION_CLASS_UID",
@@ -127,6 +129,33 @@ def validate_root(root: str) -> str:
     return root
 
 
+def validate_revision(revision: int) -> int:
+    """Return ``revision`` if it is a usable input revision (an int of at least 0), else raise.
+
+    Parameters
+    ----------
+    revision : int
+        Revision of an input image (0 for the version first received).
+
+    Returns
+    -------
+    int
+        ``revision`` unchanged.
+
+    Raises
+    ------
+    TypeError
+        If ``revision`` is not an int (a bool is not accepted).
+    ValueError
+        If ``revision`` is negative.
+    """
+    if isinstance(revision, bool) or not isinstance(revision, int):
+        raise TypeError(f"revision must be an int, got {type(revision).__name__}: {revision!r}")
+    if revision < 0:
+        raise ValueError(f"revision must be 0 or more, got {revision!r}")
+    return revision
+
+
 def _under_root(root: str, digest: bytes) -> str:
     if root == DEFAULT_ROOT:
         return f"{root}.{uuid.UUID(bytes=digest[:16], version=5).int}"
@@ -135,7 +164,8 @@ def _under_root(root: str, digest: bytes) -> str:
     return f"{root}.{number}"
 
 
-def derive_uid(source_uid: str, model_version: str, kind: str, *, root: str = DEFAULT_ROOT) -> str:
+def derive_uid(source_uid: str, model_version: str, kind: str, *, root: str = DEFAULT_ROOT,
+               revision: int = 0) -> str:
     """Derive the UID of an output deterministically.
 
     Parameters
@@ -149,6 +179,10 @@ def derive_uid(source_uid: str, model_version: str, kind: str, *, root: str = DE
         verified revision; lower case letters, digits and hyphens.
     root : str, optional
         UID root (default ``2.25``).
+    revision : int, optional
+        Revision of the input: 0 for the image as first received, one more for each changed
+        version received later under the same SOP Instance UID. Revision 0 gives the UIDs this
+        function gave before revisions existed.
 
     Returns
     -------
@@ -159,15 +193,20 @@ def derive_uid(source_uid: str, model_version: str, kind: str, *, root: str = DE
     ------
     TypeError, ValueError
         If an argument is not a str, ``source_uid`` is not a UID, ``model_version`` is empty,
-        ``kind`` has other characters or ``root`` is not usable (see :func:`validate_root`).
+        ``kind`` has other characters, ``revision`` is not an int of at least 0 or ``root`` is
+        not usable (see :func:`validate_root`).
     """
     validate_uid(source_uid, name="source_uid")
     if not isinstance(model_version, str) or not model_version.strip():
         raise ValueError(f"model_version must be a non-empty str, got {model_version!r}")
     if not isinstance(kind, str) or not _KIND_RE.match(kind):
         raise ValueError(f"kind must match [a-z][a-z0-9-]*, got {kind!r}")
+    revision = validate_revision(revision)
     root = validate_root(root)
     name = "\x1f".join((source_uid, model_version, kind))
+    if revision:
+        # Appended only from revision 1 on: the first version keeps the UIDs it always had.
+        name += f"\x1frevision-{revision}"
     if root == DEFAULT_ROOT:
         digest = uuid.uuid5(_NAMESPACE, name).bytes
     else:

@@ -53,6 +53,21 @@ def person_name(text: str) -> str:
     return f"{family.strip()}^{given.strip()}"
 
 
+def _received_message(accepted: Any) -> str:
+    """What the doctor is told about an accepted upload."""
+    if getattr(accepted, "duplicate", False):
+        return ("This image was already received (same SOP Instance UID and content); it is not "
+                "analysed again.")
+    if getattr(accepted, "replaced", False):
+        message = ("This image replaces an earlier version with the same SOP Instance UID. It "
+                   "is analysed again; its new results are sent to PACS and supersede the "
+                   "earlier ones.")
+        if getattr(accepted, "verifications_withdrawn", 0):
+            message += " The earlier verification was withdrawn: verify the new result."
+        return message
+    return "The image was received and queued for analysis."
+
+
 @bp.route("/upload", methods=["GET", "POST"])
 def index() -> Any:
     """Upload an image for analysis."""
@@ -117,7 +132,7 @@ def index() -> Any:
                             details={"filename": filename[:128], "kind": kind,
                                      "bytes": len(data)})
                 db().commit()
-                flash("The image was received and queued for analysis.", "success")
+                flash(_received_message(accepted), "success")
                 return redirect(url_for("worklist.study", uid=accepted.study_instance_uid))
         audit_event("upload", outcome="failure",
                     patient_id=(form.patient_id.data or "").strip()[:64],

@@ -160,6 +160,11 @@ def verify(result_id: int) -> Any:
     if result.verification != "unverified":
         flash("This result has already been verified.", "error")
         return back
+    instance = session.get(Instance, result.instance_fk) if result.instance_fk else None
+    if instance is not None and instance.revision != result.instance_revision:
+        flash("This image was replaced by a changed version, which is being analysed. Verify "
+              "its new result once it is shown.", "error")
+        return back
     corrected = form.decision.data == "correct" and form.stage.data != result.stage
     # One state, "verified"; a correction is a verified stage that differs from the AI's.
     result.verification = "verified"

@@ -182,7 +182,14 @@ class Instance(Base):
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     # Relative to storage.data_dir; built from our own ids/hashes, never from DICOM values.
     path: Mapped[str] = mapped_column(String(255))
-    sha256: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))  # of the file as stored
+    # Of the data set as received (transfer syntax and the bytes after the File Meta
+    # Information, which names the sender): the same image from another AE or by upload is the
+    # same content. None for rows stored before it was kept (their file hash is compared).
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
+    # 0 as first received; one more each time a changed version arrives under the same SOP
+    # Instance UID (same patient, study and series). Output UIDs derive from it.
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     rows: Mapped[int] = mapped_column(Integer)
     columns: Mapped[int] = mapped_column(Integer)
@@ -254,6 +261,12 @@ class Result(Base):
     verified_comment: Mapped[str | None] = mapped_column(Text)
     verified_sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     verified_pdf_path: Mapped[str | None] = mapped_column(String(255))
+    # The instance revision these findings and objects were made from; lower than the
+    # instance's while a changed version waits for its analysis.
+    instance_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The SR documents of an earlier revision that this result's SR replaces (its Predecessor
+    # Documents Sequence): [{"series": UID, "sop": UID}, ...]; set when the image changes.
+    supersedes: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     instance: Mapped[Instance | None] = relationship(back_populates="results")

@@ -38,3 +38,49 @@ def test_build_and_write_all(tmp_path, source_image, blast_mask):
 def test_write_dataset_refuses_non_datasets(tmp_path):
     with pytest.raises(TypeError):
         write_dataset({"PatientID": "x"}, tmp_path / "x.dcm")
+
+
+@pytest.mark.integration
+def test_a_changed_source_gets_new_objects_that_supersede_the_earlier_report(
+        tmp_path, source_image, blast_mask):
+    """Revision 1 of the same SOP Instance UID: every UID is new (and again the same when built
+    twice); the SR names the earlier reports as predecessors; dciodvfy finds no error."""
+    from dicom.sr import document_reference
+
+    algorithm = Algorithm("bcd-vgg16-unet", "0.1.0-demo")
+    first = build_result_objects(source_image, blast_mask, FINDINGS, algorithm=algorithm,
+                                 pdf=b"%PDF-1.4\n%%EOF\n")
+    earlier = [document_reference(first.sr.StudyInstanceUID, first.sr.SeriesInstanceUID,
+                                  first.sr.SOPInstanceUID),
+               document_reference(first.sr.StudyInstanceUID, first.sr.SeriesInstanceUID,
+                                  "2.25.123456789")]  # a verified SR of the first revision
+
+    def build():
+        return build_result_objects(source_image, blast_mask, FINDINGS, algorithm=algorithm,
+                                    pdf=b"%PDF-1.4\n%%EOF\n", revision=1, supersedes=earlier)
+
+    second = build()
+
+    def identifiers(objects):
+        out = []
+        for _, ds in objects.by_kind():
+            out += [ds.SOPInstanceUID, ds.SeriesInstanceUID]
+        out.append(objects.seg.SegmentSequence[0].TrackingUID)
+        out.append(objects.seg.DimensionOrganizationSequence[0].DimensionOrganizationUID)
+        return out
+
+    assert not set(identifiers(first)) & set(identifiers(second))
+    assert identifiers(build()) == identifiers(second)
+    for name, ds in second.named():
+        path = write_dataset(ds, tmp_path / name)
+        assert_dciodvfy_clean(path)
+        back = pydicom.dcmread(path)
+        assert back.StudyInstanceUID == source_image.StudyInstanceUID
+    sr = pydicom.dcmread(tmp_path / f"sr-{second.sr.SOPInstanceUID}.dcm")
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.PreliminaryFlag == "PRELIMINARY"
+    [study] = sr.PredecessorDocumentsSequence
+    [series] = study.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == first.sr.SeriesInstanceUID
+    assert [r.ReferencedSOPInstanceUID for r in series.ReferencedSOPSequence] == [
+        first.sr.SOPInstanceUID, "2.25.123456789"]
+    assert "PredecessorDocumentsSequence" not in first.sr

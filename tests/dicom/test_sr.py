@@ -282,3 +282,28 @@ def test_references_are_checked(source_image, segmentation, findings, algorithm)
         build_sr(other, segmentation, findings, algorithm=algorithm)
     with pytest.raises(TypeError, match="findings"):
         build_sr(source_image, segmentation, {"stage": "Benign"}, algorithm=algorithm)
+
+
+def test_supersedes_is_checked(source_image, segmentation, findings, algorithm, verification):
+    from dicom.sr import document_reference
+
+    ref = document_reference(source_image.StudyInstanceUID, "2.25.1", "2.25.2")
+    with pytest.raises(ValueError, match="supersedes"):
+        build_sr(source_image, segmentation, findings, algorithm=algorithm,
+                 verification=verification, predecessor=_predecessor(
+                     source_image, segmentation, findings, algorithm), supersedes=[ref])
+    other = document_reference("2.25.999", "2.25.1", "2.25.2")
+    with pytest.raises(ValueError, match="study"):
+        build_sr(source_image, segmentation, findings, algorithm=algorithm, supersedes=[other])
+    seg_ref = document_reference(source_image.StudyInstanceUID, "2.25.1", "2.25.2",
+                                 sop_class_uid=str(segmentation.SOPClassUID))
+    with pytest.raises(ValueError, match="SOP class"):
+        build_sr(source_image, segmentation, findings, algorithm=algorithm, supersedes=[seg_ref])
+    with pytest.raises(ValueError, match="revision"):
+        build_sr(source_image, segmentation, findings, algorithm=algorithm, revision=-1)
+    with pytest.raises(ValueError, match="UID"):
+        document_reference(source_image.StudyInstanceUID, "2.25.1", "not-a-uid")
+
+
+def _predecessor(source_image, segmentation, findings, algorithm):
+    return build_sr(source_image, segmentation, findings, algorithm=algorithm)

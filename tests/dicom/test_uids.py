@@ -83,3 +83,44 @@ def test_new_uid_is_random_and_valid():
 def test_implementation_class_uid_is_ours():
     uids.validate_uid(uids.IMPLEMENTATION_CLASS_UID)
     assert not uids.IMPLEMENTATION_CLASS_UID.startswith(uids.FORBIDDEN_ROOTS)
+
+
+def test_revision_zero_keeps_the_uids_derived_before_revisions():
+    # A re-run of a job stored before revisions existed must make the objects already sent.
+    for root in ("2.25", "1.3.6.1.4.1.99999.42"):
+        assert uids.derive_uid(SOURCE, "1.0.0", "seg", root=root, revision=0) == \
+            uids.derive_uid(SOURCE, "1.0.0", "seg", root=root)
+    # The value derived before revisions existed (pinned so that it cannot drift).
+    assert uids.derive_uid(SOURCE, "1.0.0", "seg") == "2.25.163491472649025308056001377831039885628"
+
+
+def test_each_revision_gets_its_own_deterministic_uids():
+    derived = [uids.derive_uid(SOURCE, "1.0.0", "sr", revision=r) for r in range(4)]
+    assert len(set(derived)) == 4
+    assert derived == [uids.derive_uid(SOURCE, "1.0.0", "sr", revision=r) for r in range(4)]
+    custom = uids.derive_uid(SOURCE, "1.0.0", "sr", root="1.2.3", revision=1)
+    assert custom != uids.derive_uid(SOURCE, "1.0.0", "sr", root="1.2.3")
+
+
+@pytest.mark.parametrize("revision,error", [(-1, ValueError), (1.0, TypeError),
+                                            (True, TypeError), ("1", TypeError)])
+def test_bad_revisions_are_refused(revision, error):
+    with pytest.raises(error, match="revision"):
+        uids.derive_uid(SOURCE, "1", "seg", revision=revision)
+
+
+def test_a_changed_field_gives_a_new_study_summary_kind():
+    from pydicom.dataset import Dataset
+
+    from dicom.summary import summary_kind
+
+    fields = []
+    for n in (1, 2):
+        ds = Dataset()
+        ds.SOPInstanceUID = f"2.25.{n}"
+        fields.append(ds)
+    kind = summary_kind(fields)
+    assert summary_kind(fields, {"2.25.1": 0, "2.25.2": 0}) == kind  # as before revisions
+    changed = summary_kind(fields, {"2.25.2": 1})
+    assert changed != kind and changed == summary_kind(fields, {"2.25.2": 1})
+    assert summary_kind(fields, {"2.25.2": 2}) not in (kind, changed)

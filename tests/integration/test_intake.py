@@ -250,3 +250,83 @@ def test_unsupported_sop_class_is_refused_at_negotiation(scp_factory, tmp_path) 
     done = storescu(scp.port, path)
     assert done.returncode != 0
     assert count(scp.context, Instance) == 0
+
+
+def _same_uid_as(first, seed: int, **changes: str):
+    """Another image under ``first``'s SOP Instance UID (and study and series, unless changed)."""
+    ds = vl_micro(seed, patient_id=changes.get("patient_id", str(first.PatientID)))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    ds.StudyInstanceUID = changes.get("study_uid", first.StudyInstanceUID)
+    ds.SeriesInstanceUID = first.SeriesInstanceUID
+    return ds
+
+
+def test_known_uid_for_another_patient_is_refused_c240_with_comment_and_alert(
+        scp_factory, tmp_path) -> None:
+    scp = scp_factory()
+    ctx = scp.context
+    first = vl_micro(11, patient_id="PAT-A")
+    path_a = tmp_path / "a.dcm"
+    first.save_as(path_a, enforce_file_format=True)
+    assert storescu(scp.port, path_a).returncode == 0
+    with ctx.session_factory() as s:
+        inst = s.execute(select(Instance)).scalar_one()
+        stored = (inst.path, inst.sha256, inst.series_fk)
+    other = _same_uid_as(first, 12, patient_id="PAT-B")
+    path_b = tmp_path / "b.dcm"
+    other.save_as(path_b, enforce_file_format=True)
+    done = subprocess.run([require_tool("storescu"), "-d", "-aet", "INTRUDER", "-aec",
+                           "BCD_NODE", "127.0.0.1", str(scp.port), str(path_b)],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    report = (done.stdout + done.stderr).lower()
+    assert "0xc240" in report, report
+    assert "already stored for another patient" in report  # the Error Comment
+    # The same refusal through pynetdicom: status and Error Comment as the sender sees them.
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(VLMicroscopicImageStorage, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="BCD_NODE")
+    try:
+        status = assoc.send_c_store(other)
+    finally:
+        assoc.release()
+    assert status.Status == 0xC240
+    assert status.ErrorComment == "SOP Instance UID already stored for another patient"
+    # Patient A's image is where it was, unchanged; nothing of patient B was written.
+    with ctx.session_factory() as s:
+        inst = s.execute(select(Instance)).scalar_one()
+        assert (inst.path, inst.sha256, inst.series_fk) == stored
+        assert s.execute(select(Patient.patient_id)).scalars().all() == ["PAT-A"]
+        assert pydicom.dcmread(ctx.settings.storage.data_dir / inst.path).PatientID == "PAT-A"
+    assert count(ctx, Job) == 1 and count(ctx, Study) == 1
+    assert len(instance_files(ctx)) == 1
+    actions = audit_actions(ctx)
+    assert actions.count("security_alert") == 2 and actions.count("store_refused") == 2
+
+
+def test_known_uid_in_another_study_is_refused(scp_factory, tmp_path) -> None:
+    scp = scp_factory()
+    first = vl_micro(13)
+    assert send_with_pynetdicom(scp.port, first) == 0
+    moved = _same_uid_as(first, 14, study_uid=pydicom.uid.generate_uid(prefix="2.25."))
+    assert send_with_pynetdicom(scp.port, moved) == 0xC240
+    assert count(scp.context, Study) == 1 and count(scp.context, Job) == 1
+    assert "security_alert" in audit_actions(scp.context)
+
+
+def test_new_image_of_another_patient_in_a_known_study_is_refused(scp_factory) -> None:
+    scp = scp_factory()
+    first = vl_micro(15, patient_id="PAT-A")
+    assert send_with_pynetdicom(scp.port, first) == 0
+    intruder = vl_micro(16, patient_id="PAT-B", study_uid=str(first.StudyInstanceUID))
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(VLMicroscopicImageStorage, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="BCD_NODE")
+    try:
+        status = assoc.send_c_store(intruder)
+    finally:
+        assoc.release()
+    assert status.Status == 0xC240
+    assert status.ErrorComment == "Study Instance UID already stored for another patient"
+    assert count(scp.context, Instance) == 1 and count(scp.context, Patient) == 1
+    assert len(instance_files(scp.context)) == 1
+    assert "security_alert" in audit_actions(scp.context)

@@ -176,3 +176,96 @@ def test_results_purge_on_postgres(postgres_url: str, write_config) -> None:
         assert purge(ctx).results == 0
     finally:
         ctx.engine.dispose()
+
+
+@pytest.mark.parametrize("case", ["another_patient", "changed_image"])
+def test_known_uid_again_on_postgres(postgres_url: str, write_config, case: str) -> None:
+    """The refusal of another patient's image under a known SOP Instance UID, and the next
+    revision of a changed one (withdrawn verification, dropped unsent objects, the JSON list of
+    superseded reports), on PostgreSQL."""
+    from bcd_node.runtime import open_node
+    from bcd_node.settings import load_settings
+    from tests.unit import test_intake_revisions as revisions
+
+    ctx = open_node(load_settings(write_config(
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n',
+        database_url=postgres_url)))
+    try:
+        if case == "another_patient":
+            revisions.test_known_uid_for_another_patient_study_or_series_is_refused(
+                ctx, "patient", {"patient_id": "PAT-B"})
+        else:
+            revisions.test_changed_image_of_same_patient_is_the_next_revision(ctx)
+    finally:
+        ctx.engine.dispose()
+
+
+def test_two_intakes_filing_one_new_study_at_once_on_postgres(postgres_url: str,
+                                                              write_config) -> None:
+    """Two listener processes' intakes (two engines) create the same new patient, study and
+    series at once: every image is stored under one of each. Then two images of one new study
+    for two patients at once: one is stored, the other refused, and the study holds one
+    patient."""
+    import threading
+
+    from bcd_node.db.models import Instance, Patient, Series, Study
+    from bcd_node.intake import IdentityConflictError, Intake
+    from bcd_node.runtime import open_node
+    from bcd_node.settings import load_settings
+    from sqlalchemy import func, select
+    from tests.unit.test_intake_revisions import encode
+    from tests.support.images import vl_micro
+
+    cfg = write_config(database_url=postgres_url)
+    contexts = [open_node(load_settings(cfg)) for _ in range(2)]
+    intakes = [Intake(c).start() for c in contexts]
+    try:
+        def race(images: list[list[bytes]]) -> list[object]:
+            outcomes: list[object] = []
+            barrier = threading.Barrier(len(images))
+
+            def send(intake: Intake, batch: list[bytes]) -> None:
+                barrier.wait(timeout=30)
+                for data in batch:
+                    try:
+                        outcomes.append(intake.accept(data))
+                    except IdentityConflictError as exc:
+                        outcomes.append(exc)
+
+            threads = [threading.Thread(target=send, args=(intake, batch))
+                       for intake, batch in zip(intakes, images)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            return outcomes
+
+        study = "2.25.5550001"
+        series = "2.25.5550002"
+
+        def image(seed: int, patient: str, study_uid: str) -> bytes:
+            ds = vl_micro(seed, patient_id=patient, study_uid=study_uid)
+            ds.SeriesInstanceUID = series if study_uid == study else f"{study_uid}.1"
+            return encode(ds)
+
+        outcomes = race([[image(i, "PAT-A", study) for i in range(4)],
+                         [image(i, "PAT-A", study) for i in range(4, 8)]])
+        assert not [o for o in outcomes if isinstance(o, Exception)]
+        with contexts[0].session_factory() as s:
+            assert s.execute(select(func.count()).select_from(Instance)).scalar_one() == 8
+            for model in (Patient, Study, Series):
+                assert s.execute(select(func.count()).select_from(model)).scalar_one() == 1
+        other = "2.25.5550003"
+        outcomes = race([[image(10, "PAT-C", other)], [image(11, "PAT-D", other)]])
+        assert sorted(type(o).__name__ for o in outcomes) == ["Accepted",
+                                                              "IdentityConflictError"]
+        with contexts[0].session_factory() as s:
+            owners = s.execute(select(Patient.patient_id).join(Study).where(
+                Study.study_instance_uid == other)).scalars().all()
+            assert len(owners) == 1
+            assert s.execute(select(Patient.patient_id)).scalars().all().count(owners[0]) == 1
+    finally:
+        for intake in intakes:
+            intake.stop()
+        for c in contexts:
+            c.engine.dispose()
