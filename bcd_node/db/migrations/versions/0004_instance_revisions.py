@@ -1,7 +1,7 @@
 """instance revisions: a changed image under a known SOP Instance UID gets new result UIDs
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-01
 """
 
