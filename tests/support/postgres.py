@@ -38,19 +38,29 @@ class PostgresServer:
             entry = pwd.getpwnam(self.run_as)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
 
-    def _cmd(self, *args: str) -> list[str]:
-        return (["runuser", "-u", self.run_as, "--"] if self.run_as else []) + list(args)
+    def _as_owner(self) -> dict[str, object]:
+        """Popen arguments that run a program as the data folder's owner. The program itself
+        is started (no ``runuser`` in between), so the PID that stop() signals is the
+        postmaster's: a signal to runuser did not reach it, and a killed runuser left the
+        server running."""
+        if not self.run_as:
+            return {}
+        entry = pwd.getpwnam(self.run_as)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [],
+                "env": {**os.environ, "HOME": entry.pw_dir, "USER": self.run_as}}
 
     def start(self, timeout: float = 60) -> None:
-        subprocess.run(self._cmd(str(self.bin / "initdb"), "-D", str(self.datadir), "-U", "bcd",
-                                 "--auth=trust", "-E", "UTF8", "--no-sync"),
-                       check=True, capture_output=True, timeout=timeout)
+        subprocess.run([str(self.bin / "initdb"), "-D", str(self.datadir), "-U", "bcd",
+                        "--auth=trust", "-E", "UTF8", "--no-sync"],
+                       check=True, capture_output=True, timeout=timeout, cwd=self.root,
+                       **self._as_owner())  # type: ignore[call-overload]
         log = open(self.root / "server.log", "wb")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
-            self._cmd(str(self.bin / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
-                      "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
-                      "-c", "fsync=off"),
-            stdout=log, stderr=subprocess.STDOUT)
+            [str(self.bin / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
+             "-c", "fsync=off"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+            **self._as_owner())  # type: ignore[call-overload]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
