@@ -27,7 +27,8 @@ from bcd_node import __version__
 from bcd_node.db.models import (Delivery, Instance, Job, JobKind, JobState, Patient, Result,
                                 Series, Study, User, utcnow)
 from bcd_node.errors import PermanentError
-from bcd_node.jobqueue import Claimed, complete
+from bcd_node.jobqueue import Claimed, LeaseLostError, complete
+from bcd_node.layout import DataLayout
 from bcd_node.report.pdf import ReportData, render_report
 from bcd_node.report.summary import FieldRow, SummaryData, render_summary
 from bcd_node.runtime import NodeContext
@@ -286,7 +287,7 @@ class Pipeline:
                                    uid_root=self.settings.uids.root,
                                    demonstration_model=self.demonstration_model)
         combined = analysis.combined
-        folder = f"results/{inst.id}/{self.model_version}"
+        folder = DataLayout.instance_results(inst.id, self.model_version)
         outputs: list[tuple[str, Dataset, str]] = []  # (kind, dataset, relpath)
         self.store.write(f"{folder}/mask.png", _png(combined.masks[0] * 255))
         self.store.write(f"{folder}/overlay.png", _png(analysis.overlay), sync_dir=True)
@@ -351,7 +352,7 @@ class Pipeline:
                                job.attempts, job.max_attempts, job.owner)
         inst, _series, study, patient = self._load(job_instance)
         ds = read_dataset(self.store.path(inst.path))
-        folder = f"results/{inst.id}/{result.model_version}"
+        folder = DataLayout.instance_results(inst.id, result.model_version)
         seg = read_dataset(self.store.path(f"{folder}/seg.dcm"))
         predecessor = read_dataset(self.store.path(f"{folder}/sr.dcm"))
         name = (doctor.full_name or doctor.username) if doctor else "unknown"
@@ -456,7 +457,7 @@ class Pipeline:
                                      title="Blood smear study summary", uid_kind=f"{kind}-pdf",
                                      series_number=SUMMARY_SERIES_NUMBER,
                                      uid_root=self.settings.uids.root)
-        folder = f"results/study-{study.id}/{self.model_version}"
+        folder = DataLayout.study_results(study.id, self.model_version)
         pdf_rel = f"{folder}/{kind}.pdf"
         self.store.write(pdf_rel, pdf)
         outputs = [("summary_sr", sr, f"{folder}/{kind}-sr.dcm"),
@@ -555,6 +556,3 @@ def _person_name(name: str) -> str:
     given, family = name.rsplit(" ", 1)
     return f"{family}^{given}"
 
-
-class LeaseLostError(PermanentError):
-    """The job's lease passed to another worker; this worker's results are discarded."""
