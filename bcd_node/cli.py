@@ -438,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     aud = sub.add_parser("audit", help="audit log", description="audit log")
     aud_sub = aud.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
     _add(aud_sub, "verify", cmd_audit_verify,
-         "check the audit log's hash chain; exit 1 when a row was changed or removed")
+         "check the database's integrity and the audit log's hash chain; exit 1 when the "
+         "database is damaged or a row was changed or removed")
 
     for module_name in COMMAND_MODULES:
         if importlib.util.find_spec(module_name) is not None:

@@ -115,7 +115,7 @@ def storescp_node(write_config, pacs, extra: str = ""):
     return open_node(load_settings(cfg))
 
 
-def test_one_missing_file_fails_alone_and_the_rest_is_sent(write_config, tmp_path) -> None:
+def test_one_bad_file_fails_alone_and_the_rest_is_sent(write_config, tmp_path) -> None:
     from tests.support.peers import StoreScp
 
     pacs = StoreScp(tmp_path / "pacs").start()
@@ -123,19 +123,23 @@ def test_one_missing_file_fails_alone_and_the_rest_is_sent(write_config, tmp_pat
         ctx = storescp_node(write_config, pacs)
         files = write_vl_micro(tmp_path / "out", 5)
         queue_files(ctx, files)
-        (ctx.settings.storage.data_dir / "outputs" / files[2].name).unlink()
+        outputs = ctx.settings.storage.data_dir / "outputs"
+        (outputs / files[2].name).unlink()
+        (outputs / files[4].name).write_bytes(b"not DICOM at all")
         summary = Deliverer(ctx).run_once()
         received = {str(pydicom.dcmread(p).SOPInstanceUID) for p in pacs.files()}
     finally:
         pacs.stop()
-    assert (summary.sent, summary.dead, summary.retried) == (4, 1, 0)
-    assert states(ctx) == [DeliveryState.DONE] * 2 + [DeliveryState.DEAD] + \
-        [DeliveryState.DONE] * 2
-    assert received == {str(pydicom.dcmread(p).SOPInstanceUID) for i, p in enumerate(files)
-                        if i != 2}
+    assert (summary.sent, summary.dead, summary.retried) == (3, 2, 0)
+    assert states(ctx) == [DeliveryState.DONE, DeliveryState.DONE, DeliveryState.DEAD,
+                           DeliveryState.DONE, DeliveryState.DEAD]
+    assert received == {str(pydicom.dcmread(files[i]).SOPInstanceUID) for i in (0, 1, 3)}
     with ctx.session_factory() as s:
-        dead = s.execute(select(Delivery).where(Delivery.state == DeliveryState.DEAD)).scalar_one()
-    assert dead.attempts == 1 and f"{files[2].name} is missing" in dead.last_error
+        dead = s.execute(select(Delivery).where(Delivery.state == DeliveryState.DEAD)
+                         .order_by(Delivery.id)).scalars().all()
+    assert [d.attempts for d in dead] == [1, 1]
+    assert f"{files[2].name} is missing" in dead[0].last_error
+    assert "cannot read the file" in dead[1].last_error
 
 
 def test_each_failed_attempt_is_logged_with_its_reason(write_config, tmp_path, caplog) -> None:

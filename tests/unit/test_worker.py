@@ -10,7 +10,6 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
 
 from bcd_node import jobqueue
 from bcd_node.db.models import Job, JobKind, JobState, utcnow
