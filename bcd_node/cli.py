@@ -16,6 +16,8 @@ import re
 import sys
 from typing import Any, Callable, Sequence
 
+from sqlalchemy.exc import DBAPIError
+
 from bcd_node import __version__
 from bcd_node.errors import BcdError
 from bcd_node.logs import configure_logging
@@ -58,37 +60,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print queue and delivery state."""
     from sqlalchemy import func, select
 
-    from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, Job, JobState
+    from bcd_node.db.models import DeliveryState, Job, JobState
+    from bcd_node.delivery import delivery_overview
 
     ctx = _context(args)
+    settings = settings_for(args)
     with ctx.session_factory() as session:
         jobs = {JobState(s).value: n for s, n in session.execute(
             select(Job.state, func.count()).group_by(Job.state))}
-        deliveries: dict[str, dict[str, int]] = {}
-        for dest, state, n in session.execute(select(Delivery.destination, Delivery.state,
-                                                     func.count())
-                                              .group_by(Delivery.destination, Delivery.state)):
-            deliveries.setdefault(dest, {})[DeliveryState(state).value] = n
         failed = [{"job": j.id, "kind": j.kind.value, "error": j.last_error}
                   for j in session.execute(select(Job).where(Job.state == JobState.FAILED)
                                            .order_by(Job.id.desc()).limit(10)).scalars()]
-        health = {h.name: {"ok": h.last_echo_ok,
-                           "at": h.last_echo_at.isoformat() if h.last_echo_at else None,
-                           "error": h.last_error}
-                  for h in session.execute(select(DestinationHealth)).scalars()}
+        overview = delivery_overview(session, settings, limit=args.limit)
+    health = {d.name: {"ok": d.echo_ok, "at": d.echo_at.isoformat() if d.echo_at else None,
+                       "error": d.echo_error}
+              for d in overview.destinations if d.echo_at is not None or d.echo_ok is not None}
     state = {"jobs": {s.value: jobs.get(s.value, 0) for s in JobState},
-             "deliveries": deliveries, "destinations": health, "recent_failures": failed}
+             "deliveries": {d.name: d.counts for d in overview.destinations if d.counts},
+             "destinations": health,
+             "waiting_total": overview.waiting_total,
+             "waiting": [w.as_dict() for w in overview.waiting],
+             "recent_failures": failed}
     if args.json:
         print(json.dumps(state, indent=2))
         return 0
-    print("jobs:       " + ", ".join(f"{k} {v}" for k, v in state["jobs"].items()))
-    for dest in [d.name for d in settings_for(args).destinations] or ["(no destinations)"]:
-        counts = deliveries.get(dest, {})
-        h = health.get(dest, {})
-        echo = "never checked" if not h else ("C-ECHO ok" if h["ok"] else f"C-ECHO failing: "
-                                                                        f"{h['error']}")
-        print(f"{dest:<11} " + ", ".join(f"{s.value} {counts.get(s.value, 0)}"
-                                         for s in DeliveryState) + f"; {echo}")
+    print("jobs:        " + ", ".join(f"{k} {v}" for k, v in state["jobs"].items()))
+    for dest in overview.destinations or []:
+        echo = ("C-ECHO never checked" if dest.echo_ok is None else
+                "C-ECHO ok" if dest.echo_ok else f"C-ECHO failing: {dest.echo_error}")
+        verdict = "OK" if dest.ok else (f"{dest.waiting} waiting" if dest.waiting
+                                        else "not answering")
+        print(f"{dest.name:<12} {verdict}; " + ", ".join(
+            f"{s.value} {dest.counts.get(s.value, 0)}" for s in DeliveryState) + f"; {echo}")
+    if not overview.destinations:
+        print("deliveries:  no destinations configured")
+    if overview.waiting:
+        more = overview.waiting_total - len(overview.waiting)
+        print(f"deliveries waiting ({overview.waiting_total}"
+              f"{f', first {len(overview.waiting)} shown' if more else ''}):")
+        for w in overview.waiting:
+            print(f"  {w.describe()}")
+    else:
+        print("deliveries waiting: none")
     for f in failed:
         print(f"failed job {f['job']} ({f['kind']}): {f['error']}")
     return 0
@@ -96,12 +109,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_deliveries_retry(args: argparse.Namespace) -> int:
     """Retry dead-lettered deliveries."""
-    from bcd_node.delivery import retry_dead
+    from bcd_node.delivery import DeliveryRetryError, retry_deliveries
 
     ctx = _context(args)
-    with ctx.session_factory.begin() as session:
-        n = retry_dead(session, actor=_cli_actor(), actor_kind="cli", ids=args.ids or None)
-    print(f"{n} deliver{'y' if n == 1 else 'ies'} queued again")
+    try:
+        with ctx.session_factory.begin() as session:
+            done = retry_deliveries(session, args.ids or None, actor=_cli_actor(),
+                                    actor_kind="cli")
+    except DeliveryRetryError as exc:
+        raise CommandError(str(exc)) from None
+    n = len(done)
+    print(f"{n} deliver{'y' if n == 1 else 'ies'} queued again"
+          + (": " + ", ".join(map(str, done)) if args.ids else ""))
     return 0
 
 
@@ -305,10 +324,17 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Verify the audit hash chain."""
+    """Verify the database's integrity and the audit hash chain."""
     from bcd_node.audit import verify_chain
+    from bcd_node.db.integrity import quick_check
 
     ctx = _context(args)
+    problems = quick_check(ctx.engine)
+    if problems:
+        print("database DAMAGED (PRAGMA quick_check): " + "; ".join(problems)[:1000]
+              + "\nRestore it from a backup (docs/operations.md); the audit chain cannot be "
+              "trusted until then.")
+        return 1
     with ctx.session_factory() as session:
         report = verify_chain(session)
     if report.ok:
@@ -360,8 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add(sub, "worker", cmd_role,
          "run only the analysis workers and the delivery scheduler (multi-process mode)")
     _add(sub, "web", cmd_role, "run only the web console and API (multi-process mode)")
-    st = _add(sub, "status", cmd_status, "print queue and delivery state")
+    st = _add(sub, "status", cmd_status, "print queue and delivery state, and the deliveries "
+              "waiting (attempts, next attempt, last error)")
     st.add_argument("--json", action="store_true", help="print JSON")
+    st.add_argument("--limit", type=int, default=50, metavar="N",
+                    help="list at most N waiting deliveries (default 50)")
     snd = _add(sub, "send", cmd_send, "send DICOM files to a peer by C-STORE")
     snd.add_argument("files", nargs="+", metavar="FILE")
     snd.add_argument("--to", required=True, metavar="AE@HOST:PORT")
@@ -369,8 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     dl_sub = dl.add_subparsers(dest="deliveries_command", metavar="COMMAND", required=True)
     rt = _add(dl_sub, "retry", cmd_deliveries_retry,
               "queue deliveries that need attention (dead letter) again")
-    rt.add_argument("ids", nargs="*", type=int, help="delivery ids (default: all that need "
-                                                     "attention)")
+    rt.add_argument("ids", nargs="*", type=int,
+                    help="delivery ids (default: all that need attention); an id that is "
+                         "unknown or does not need attention is an error (exit 1)")
 
     db = sub.add_parser("db", help="database maintenance", description="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
@@ -423,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     aud = sub.add_parser("audit", help="audit log", description="audit log")
     aud_sub = aud.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
     _add(aud_sub, "verify", cmd_audit_verify,
-         "check the audit log's hash chain; exit 1 when a row was changed or removed")
+         "check the database's integrity and the audit log's hash chain; exit 1 when the "
+         "database is damaged or a row was changed or removed")
 
     for module_name in COMMAND_MODULES:
         if importlib.util.find_spec(module_name) is not None:
@@ -449,6 +480,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (BcdError, ValueError) as exc:
         print(f"bcd-node: error: {exc}", file=sys.stderr)
+        return 1
+    except DBAPIError as exc:
+        from bcd_node.db.integrity import is_damage
+
+        what = "is damaged" if is_damage(exc) else "cannot be used"
+        print(f"bcd-node: error: the database {what}: {exc.orig}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -2,31 +2,45 @@
 
 Retry state lives in the ``deliveries`` table; the scheduler only calls :meth:`Deliverer.run_once`.
 Rows are claimed by setting them ``sending`` with a lease in ``next_attempt_at`` (``FOR UPDATE
-SKIP LOCKED`` on PostgreSQL), so two processes never send the same row at the same time and a
-process that dies mid-send leaves rows that become due again. A failed send backs off
-exponentially (``initial_backoff`` doubling to ``max_backoff``); after ``max_attempts`` the row
-is ``dead`` ("needs attention") until an operator retries it.
+SKIP LOCKED`` on PostgreSQL), so two processes never send the same row at the same time. The
+lease (``delivery.lease_seconds``) is renewed while the association runs
+(:class:`~bcd_node.leases.LeaseKeeper`), so it can be short: rows of a process that dies
+mid-send are due again within one lease. Every update after the claim is fenced by the row's
+``attempts`` as claimed (each claim increments it): a process whose lease passed to another one
+cannot overwrite that one's outcome.
+
+A failed send backs off exponentially (``initial_backoff`` doubling to ``max_backoff``); after
+``max_attempts``, or at once for a refusal a retry cannot change (a permanent DIMSE status, a
+result file that is missing or unreadable), the row is ``dead`` ("needs attention") until an
+operator retries it (:func:`retry_deliveries`, used by the CLI and the console alike). Each
+failed attempt is logged with its reason (the DIMSE status or the network error).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Sequence
 
-from sqlalchemy import and_, or_, select, true, update
+from sqlalchemy import and_, case, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from bcd_node import audit
-from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, utcnow
+from bcd_node.db.models import (Delivery, DeliveryState, DestinationHealth, Result, Study,
+                                utcnow)
+from bcd_node.errors import BcdError
+from bcd_node.layout import DataLayout
+from bcd_node.leases import LeaseKeeper
 from bcd_node.runtime import NodeContext
-from bcd_node.settings import Destination
-from dicom.scu import Peer, PeerUnavailableError, echo, send_files
+from bcd_node.settings import Destination, Settings
+from dicom.scu import Peer, PeerUnavailableError, StoreOutcome, echo, send_files
 
 LOGGER = logging.getLogger(__name__)
-SEND_LEASE_SECONDS = 600
 BATCH = 50
+#: The states of a delivery that is not finished.
+WAITING_STATES = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.DEAD)
 
 
 def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
@@ -43,6 +57,14 @@ class RunSummary:
     sent: int = 0
     retried: int = 0
     dead: int = 0
+    #: Rows whose lease passed to another process meanwhile (their outcome is that one's).
+    lost: int = 0
+
+
+def _fenced(row: Delivery) -> tuple[Any, ...]:
+    """The row as this process claimed it (a later claim has incremented ``attempts``)."""
+    return (Delivery.id == row.id, Delivery.state == DeliveryState.SENDING,
+            Delivery.attempts == row.attempts)
 
 
 class Deliverer:
@@ -51,6 +73,7 @@ class Deliverer:
     def __init__(self, context: NodeContext) -> None:
         self.context = context
         self.settings = context.settings
+        self.layout = DataLayout(context.settings.storage.data_dir)
 
     def peer(self, dest: Destination) -> Peer:
         """The SCU parameters for ``dest``."""
@@ -72,12 +95,22 @@ class Deliverer:
                 return []
             session.execute(update(Delivery).where(Delivery.id.in_(ids)).values(
                 state=DeliveryState.SENDING,
-                next_attempt_at=now + timedelta(seconds=SEND_LEASE_SECONDS),
+                next_attempt_at=now + timedelta(seconds=self.settings.delivery.lease_seconds),
                 attempts=Delivery.attempts + 1))
             rows = session.execute(select(Delivery).where(Delivery.id.in_(ids))
                                    .order_by(Delivery.id)).scalars().all()
             session.expunge_all()
             return list(rows)
+
+    def _renew(self, rows: Sequence[Delivery]) -> bool:
+        """Extend the lease of ``rows`` that are still ours; False when none is."""
+        until = utcnow() + timedelta(seconds=self.settings.delivery.lease_seconds)
+        kept = 0
+        with self.context.session_factory.begin() as session:
+            for row in rows:
+                kept += session.execute(update(Delivery).where(*_fenced(row)).values(
+                    next_attempt_at=until)).rowcount
+        return kept > 0
 
     def run_once(self) -> RunSummary:
         """Send what is due to every destination; never raises for a peer's failure."""
@@ -90,22 +123,59 @@ class Deliverer:
                 if not rows:
                     break
                 part = self._send(dest, rows)
-                summary = RunSummary(summary.sent + part.sent, summary.retried + part.retried,
-                                     summary.dead + part.dead)
-                if part.sent < len(rows):
-                    break  # the peer is struggling: leave the rest for the next pass
+                summary = self._merge(summary, part)
+                if part.retried or part.lost:
+                    break  # the peer is struggling (or another process is at work): next pass
         return summary
 
     def _send(self, dest: Destination, rows: Sequence[Delivery]) -> RunSummary:
-        store = self.context.settings.storage.data_dir
+        lease = self.settings.delivery.lease_seconds
+        keeper = LeaseKeeper(lambda: self._renew(rows), lease,
+                             f"{len(rows)} deliver{'y' if len(rows) == 1 else 'ies'} to "
+                             f"{dest.name}")
+        outcomes: dict[int, StoreOutcome] = {}
+        sendable: list[tuple[Delivery, Path]] = []
+        for row in rows:
+            # One object that cannot be sent fails alone, with its reason; the others go.
+            try:
+                path = self.layout.resolve(row.path)
+            except ValueError:
+                outcomes[row.id] = StoreOutcome(row.path, row.sop_instance_uid, None,
+                                                "stored path leaves the data folder",
+                                                readable=False)
+                continue
+            if not path.is_file():
+                outcomes[row.id] = StoreOutcome(row.path, row.sop_instance_uid, None,
+                                                f"result file {row.path} is missing",
+                                                readable=False)
+                continue
+            sendable.append((row, path))
         try:
-            outcomes = send_files(self.peer(dest), [store / row.path for row in rows])
+            with keeper:
+                sent = send_files(self.peer(dest), [path for _, path in sendable])
         except PeerUnavailableError as exc:
-            return self._record_failures(rows, str(exc))
+            return self._merge(self._record(dest, [r for r in rows if r.id in outcomes],
+                                            list(outcomes.values())),
+                               self._record_failures(dest, [r for r, _ in sendable], str(exc)))
         except (OSError, ValueError) as exc:
             LOGGER.exception("cannot send to %s", dest.name)
-            return self._record_failures(rows, f"{type(exc).__name__}: {exc}")
-        sent = retried = dead = 0
+            return self._merge(self._record(dest, [r for r in rows if r.id in outcomes],
+                                            list(outcomes.values())),
+                               self._record_failures(dest, [r for r, _ in sendable],
+                                                     f"{type(exc).__name__}: {exc}"))
+        outcomes.update((row.id, outcome) for (row, _), outcome in zip(sendable, sent))
+        return self._record(dest, rows, [outcomes[row.id] for row in rows])
+
+    @staticmethod
+    def _merge(a: RunSummary, b: RunSummary) -> RunSummary:
+        return RunSummary(a.sent + b.sent, a.retried + b.retried, a.dead + b.dead,
+                          a.lost + b.lost)
+
+    def _record(self, dest: Destination, rows: Sequence[Delivery],
+                outcomes: Sequence[StoreOutcome]) -> RunSummary:
+        if not rows:
+            return RunSummary()
+        sent = retried = dead = lost = 0
         now = utcnow()
         d = self.settings.delivery
         with self.context.session_factory.begin() as session:
@@ -113,40 +183,73 @@ class Deliverer:
                 if outcome.ok:
                     values = dict(state=DeliveryState.DONE, delivered_at=now, last_error=None,
                                   next_attempt_at=now)
-                    sent += 1
                 elif outcome.permanent_failure or row.attempts >= d.max_attempts:
                     values = dict(state=DeliveryState.DEAD, last_error=outcome.error,
                                   next_attempt_at=now)
-                    dead += 1
-                    LOGGER.error("delivery %d of %s to %s needs attention: %s", row.id,
-                                 row.sop_instance_uid, dest.name, outcome.error)
                 else:
                     delay = backoff_seconds(row.attempts, d.initial_backoff, d.max_backoff)
                     values = dict(state=DeliveryState.PENDING, last_error=outcome.error,
                                   next_attempt_at=now + timedelta(seconds=delay))
+                if not session.execute(update(Delivery).where(*_fenced(row))
+                                       .values(**values)).rowcount:
+                    lost += 1
+                    continue
+                if outcome.ok:
+                    sent += 1
+                elif values["state"] is DeliveryState.DEAD:
+                    dead += 1
+                    LOGGER.error("delivery %d (%s %s) to %s needs attention after attempt %d: "
+                                 "%s", row.id, row.kind, row.sop_instance_uid, dest.name,
+                                 row.attempts, outcome.error)
+                else:
                     retried += 1
-                session.execute(update(Delivery).where(Delivery.id == row.id).values(**values))
+                    LOGGER.warning("delivery %d (%s %s) to %s failed (attempt %d of %d): %s; "
+                                   "next attempt in %.0f s", row.id, row.kind,
+                                   row.sop_instance_uid, dest.name, row.attempts, d.max_attempts,
+                                   outcome.error, backoff_seconds(row.attempts, d.initial_backoff,
+                                                                  d.max_backoff))
+        if lost:
+            LOGGER.warning("%d deliver%s to %s had passed to another process; their outcome "
+                           "is not recorded here", lost, "y" if lost == 1 else "ies", dest.name)
         LOGGER.info("delivered %d object(s) to %s (%d to retry, %d need attention)", sent,
                     dest.name, retried, dead)
-        return RunSummary(sent, retried, dead)
+        return RunSummary(sent, retried, dead, lost)
 
-    def _record_failures(self, rows: Sequence[Delivery], error: str) -> RunSummary:
+    def _record_failures(self, dest: Destination, rows: Sequence[Delivery],
+                         error: str) -> RunSummary:
+        """The whole batch failed (no association): one reason for every row."""
         d = self.settings.delivery
         now = utcnow()
-        retried = dead = 0
+        retried: list[Delivery] = []
+        dead: list[Delivery] = []
+        lost = 0
         with self.context.session_factory.begin() as session:
             for row in rows:
                 if row.attempts >= d.max_attempts:
                     values = dict(state=DeliveryState.DEAD, last_error=error, next_attempt_at=now)
-                    dead += 1
                 else:
                     delay = backoff_seconds(row.attempts, d.initial_backoff, d.max_backoff)
                     values = dict(state=DeliveryState.PENDING, last_error=error,
                                   next_attempt_at=now + timedelta(seconds=delay))
-                    retried += 1
-                session.execute(update(Delivery).where(Delivery.id == row.id).values(**values))
-        LOGGER.warning("delivery of %d object(s) failed: %s", len(rows), error)
-        return RunSummary(0, retried, dead)
+                if session.execute(update(Delivery).where(*_fenced(row))
+                                   .values(**values)).rowcount:
+                    (dead if values["state"] is DeliveryState.DEAD else retried).append(row)
+                else:
+                    lost += 1
+        if retried:
+            low = min(r.attempts for r in retried)
+            high = max(r.attempts for r in retried)
+            LOGGER.warning("delivery of %d object(s) to %s failed (attempt %s of %d): %s; next "
+                           "attempt in %.0f s", len(retried), dest.name,
+                           str(low) if low == high else f"{low}-{high}", d.max_attempts, error,
+                           backoff_seconds(low, d.initial_backoff, d.max_backoff))
+        if dead:
+            LOGGER.error("%d deliver%s to %s need%s attention after %d attempts: %s (ids %s)",
+                         len(dead), "y" if len(dead) == 1 else "ies", dest.name,
+                         "s" if len(dead) == 1 else "", d.max_attempts, error,
+                         ", ".join(str(r.id) for r in dead[:20]) + (" …" if len(dead) > 20
+                                                                    else ""))
+        return RunSummary(0, len(retried), len(dead), lost)
 
     def _bury_unconfigured(self, names: set[str]) -> None:
         with self.context.session_factory.begin() as session:
@@ -177,15 +280,191 @@ class Deliverer:
         return health
 
 
-def retry_dead(session: Session, *, actor: str, actor_kind: str, source: str = "",
-               ids: Sequence[int] | None = None) -> int:
-    """Put dead (needs attention) deliveries back in the queue (audited); returns how many."""
-    query = update(Delivery).where(Delivery.state == DeliveryState.DEAD)
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class WaitingDelivery:
+    """A delivery that is not done: queued, retrying, being sent, or needing attention."""
+
+    id: int
+    destination: str
+    kind: str
+    sop_instance_uid: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+
+    @property
+    def needs_attention(self) -> bool:
+        """Retries are exhausted or the object was refused for good."""
+        return self.state is DeliveryState.DEAD
+
+    @property
+    def retrying(self) -> bool:
+        """At least one attempt has failed and another one will come."""
+        return self.state is not DeliveryState.DEAD and (self.attempts > 0
+                                                         and bool(self.last_error))
+
+    def describe(self) -> str:
+        """One line for ``bcd-node status``."""
+        head = f"delivery {self.id} ({self.kind} {self.sop_instance_uid}) to {self.destination}"
+        if self.needs_attention:
+            text = f"needs attention after {self.attempts} attempt(s)"
+        elif self.state is DeliveryState.SENDING:
+            text = f"{self.state.value}, attempt {self.attempts}"
+        else:
+            when = (self.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+                    if self.next_attempt_at else "now")
+            text = (f"{self.state.value}, {self.attempts} attempt(s) so far, next attempt "
+                    f"{when}")
+        error = f"; last error: {self.last_error}" if self.last_error else ""
+        return f"{head}: {text}{error}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """For ``bcd-node status --json`` and the API."""
+        return {"id": self.id, "destination": self.destination, "kind": self.kind,
+                "sop_instance_uid": self.sop_instance_uid, "state": self.state.value,
+                "needs_attention": self.needs_attention, "retrying": self.retrying,
+                "attempts": self.attempts,
+                "next_attempt_at": (self.next_attempt_at.isoformat()
+                                    if self.next_attempt_at and not self.needs_attention
+                                    else None),
+                "last_error": self.last_error}
+
+
+@dataclass(frozen=True)
+class DestinationStatus:
+    """One destination: its deliveries by state and its last C-ECHO."""
+
+    name: str
+    counts: dict[str, int]
+    echo_ok: bool | None = None
+    echo_at: datetime | None = None
+    echo_error: str | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Deliveries not done (queued, retrying, sending, needing attention)."""
+        return sum(self.counts.get(s.value, 0) for s in WAITING_STATES)
+
+    @property
+    def ok(self) -> bool:
+        """Nothing is waiting and the last C-ECHO (if any) succeeded."""
+        return self.waiting == 0 and self.echo_ok is not False
+
+
+@dataclass(frozen=True)
+class DeliveryOverview:
+    """Deliveries of the node as the console and ``bcd-node status`` show them."""
+
+    destinations: list[DestinationStatus]
+    counts: dict[str, int]
+    #: The waiting deliveries, those needing attention first, then by next attempt.
+    waiting: list[WaitingDelivery] = field(default_factory=list)
+
+    @property
+    def waiting_total(self) -> int:
+        """How many deliveries are not done (may exceed ``len(waiting)``)."""
+        return sum(self.counts.get(s.value, 0) for s in WAITING_STATES)
+
+    @property
+    def needs_attention(self) -> int:
+        """How many deliveries need an operator."""
+        return self.counts.get(DeliveryState.DEAD.value, 0)
+
+
+def delivery_overview(session: Session, settings: Settings, limit: int = 100
+                      ) -> DeliveryOverview:
+    """Counts per destination and state, C-ECHO health, and the ``limit`` first waiting
+    deliveries with their attempts, next attempt time and last error."""
+    per_dest: dict[str, dict[str, int]] = {}
+    for dest, state, n in session.execute(select(Delivery.destination, Delivery.state,
+                                                 func.count())
+                                          .group_by(Delivery.destination, Delivery.state)):
+        per_dest.setdefault(dest, {})[DeliveryState(state).value] = n
+    health = {h.name: h for h in session.execute(select(DestinationHealth)).scalars()}
+    names = [d.name for d in settings.destinations]
+    names += sorted(set(per_dest) - set(names))  # rows for destinations no longer configured
+    destinations = []
+    for name in names:
+        h = health.get(name)
+        destinations.append(DestinationStatus(
+            name=name, counts=per_dest.get(name, {}), echo_ok=h.last_echo_ok if h else None,
+            echo_at=h.last_echo_at if h else None, echo_error=h.last_error if h else None))
+    counts: dict[str, int] = {}
+    for c in per_dest.values():
+        for state, n in c.items():
+            counts[state] = counts.get(state, 0) + n
+    first_dead = case((Delivery.state == DeliveryState.DEAD, 0), else_=1)
+    rows = session.execute(select(Delivery).where(Delivery.state.in_(WAITING_STATES))
+                           .order_by(first_dead, Delivery.next_attempt_at, Delivery.id)
+                           .limit(limit)).scalars().all()
+    waiting = [WaitingDelivery(id=r.id, destination=r.destination, kind=r.kind,
+                               sop_instance_uid=r.sop_instance_uid, state=r.state,
+                               attempts=r.attempts, next_attempt_at=r.next_attempt_at,
+                               last_error=r.last_error) for r in rows]
+    return DeliveryOverview(destinations=destinations, counts=counts, waiting=waiting)
+
+
+# --------------------------------------------------------------------------- retry
+
+
+class DeliveryRetryError(BcdError):
+    """A retry that names a delivery that does not exist or does not need attention."""
+
+
+def retry_deliveries(session: Session, ids: Sequence[int] | None = None, *, actor: str,
+                     actor_kind: str, source: str = "") -> list[int]:
+    """Queue deliveries that need attention (dead) again, one audit event each; the caller
+    commits. Returns the ids queued again.
+
+    Parameters
+    ----------
+    ids
+        The deliveries to retry; None (or empty) retries every one that needs attention.
+
+    Raises
+    ------
+    DeliveryRetryError
+        When an id is unknown or its delivery does not need attention (it is done, or still
+        being retried by the node); nothing is changed then.
+    """
+    query = select(Delivery).where(Delivery.state == DeliveryState.DEAD)
     if ids:
-        query = query.where(Delivery.id.in_(list(ids)))
-    done = session.execute(query.values(state=DeliveryState.PENDING, attempts=0,
-                                        next_attempt_at=utcnow(), last_error=None))
-    count = done.rowcount
-    audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
-                 action="delivery_retry", details={"count": count, "ids": list(ids or [])})
-    return count
+        wanted = sorted(set(ids))
+        found = {d.id: d for d in session.execute(select(Delivery).where(
+            Delivery.id.in_(wanted))).scalars()}
+        unknown = [i for i in wanted if i not in found]
+        busy = [i for i in wanted if i in found and found[i].state is not DeliveryState.DEAD]
+        problems = []
+        if unknown:
+            problems.append(f"no delivery {', '.join(map(str, unknown))}")
+        if busy:
+            problems.append("; ".join(f"delivery {i} does not need attention (it is "
+                                      f"{found[i].state.value})" for i in busy))
+        if problems:
+            raise DeliveryRetryError("; ".join(problems) + ": nothing was queued again")
+        query = query.where(Delivery.id.in_(wanted))
+    rows = session.execute(query.order_by(Delivery.id).with_for_update()).scalars().all()
+    now = utcnow()
+    for row in rows:
+        patient_id = study_uid = ""
+        result = session.get(Result, row.result_fk) if row.result_fk else None
+        study = session.get(Study, result.study_fk) if result is not None else None
+        if study is not None:
+            patient_id, study_uid = study.patient.patient_id, study.study_instance_uid
+        audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
+                     action="delivery_retry", patient_id=patient_id,
+                     study_instance_uid=study_uid, object_ref=f"delivery:{row.id}",
+                     details={"destination": row.destination, "kind": row.kind, "from": "dead",
+                              "attempts": row.attempts,
+                              "last_error": (row.last_error or "")[:200]})
+        row.state, row.attempts, row.next_attempt_at = DeliveryState.PENDING, 0, now
+        row.last_error = None
+    if rows:
+        LOGGER.info("%s queued %d deliver%s again: %s", actor, len(rows),
+                    "y" if len(rows) == 1 else "ies",
+                    ", ".join(str(r.id) for r in rows[:20]) + (" …" if len(rows) > 20 else ""))
+    return [r.id for r in rows]

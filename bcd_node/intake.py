@@ -253,8 +253,7 @@ class Intake:
         self._ids: dict[tuple[str, ...], tuple[int, int | None]] = {}
         self._thread: threading.Thread | None = None
         sqlite = context.engine.dialect.name == "sqlite"
-        self._lock_path = (context.settings.storage.data_dir / "run" / "intake.lock"
-                           if sqlite else None)
+        self._lock_path = self.store.layout.intake_lock if sqlite else None
         self._lock_fd: int | None = None
         dialect = context.engine.dialect.name
         self._add_patient = _insert_new(dialect, Patient.__table__, "patient_id", "issuer")

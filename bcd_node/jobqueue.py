@@ -5,7 +5,12 @@ on PostgreSQL several workers on several machines never take the same job; on SQ
 statement runs under the database's write lock. A job whose lease has expired (its worker died)
 is claimable again; delivery is therefore at least once, and the pipeline is idempotent.
 Every update after the claim is fenced by the lease owner, so a worker that lost its lease
-cannot overwrite the work of the one that took the job over.
+cannot overwrite the work of the one that took the job over. A worker renews its lease while
+it works (:func:`renew`, through :class:`~bcd_node.leases.LeaseKeeper`), so leases are short
+and the job of a worker that died is taken over within one lease.
+
+The queue logs nothing per attempt: the worker logs each failed attempt in one line and a job
+that fails for good once, with its reason.
 """
 
 from __future__ import annotations
@@ -18,8 +23,13 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from bcd_node.db.models import Job, JobKind, JobState, utcnow
+from bcd_node.errors import PermanentError
 
 LOGGER = logging.getLogger(__name__)
+
+
+class LeaseLostError(PermanentError):
+    """The job's lease passed to another worker; this worker's results are discarded."""
 
 
 @dataclass(frozen=True)
@@ -78,28 +88,41 @@ def complete(session: Session, job: Claimed) -> bool:
     return done.rowcount == 1
 
 
+def renew(session: Session, job: Claimed, lease_seconds: float) -> bool:
+    """Extend the job's lease by ``lease_seconds`` from now; False if it was lost."""
+    now = utcnow()
+    done = session.execute(update(Job).where(*_fenced(job)).values(
+        lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+        .execution_options(synchronize_session=False))
+    return done.rowcount == 1
+
+
 def fail(session: Session, job: Claimed, error: str) -> bool:
-    """Fail the job for good with ``error`` visible."""
+    """Fail the job for good with ``error`` visible; False if the lease was lost."""
     now = utcnow()
     done = session.execute(update(Job).where(*_fenced(job)).values(
         state=JobState.FAILED, finished_at=now, updated_at=now, lease_owner=None,
         lease_expires_at=None, last_error=error[:4000]).execution_options(
             synchronize_session=False))
-    LOGGER.warning("job %d failed: %s", job.id, error)
     return done.rowcount == 1
 
 
 def retry_later(session: Session, job: Claimed, error: str, delay: float) -> bool:
-    """Put the job back in the queue after ``delay`` seconds, or fail it when out of tries."""
-    if job.attempts >= job.max_attempts:
+    """Put the job back in the queue after ``delay`` seconds, or fail it when out of tries
+    (:func:`will_retry` tells which); False if the lease was lost."""
+    if not will_retry(job):
         return fail(session, job, f"gave up after {job.attempts} attempts: {error}")
     now = utcnow()
     done = session.execute(update(Job).where(*_fenced(job)).values(
         state=JobState.QUEUED, next_attempt_at=now + timedelta(seconds=delay), updated_at=now,
         lease_owner=None, lease_expires_at=None, last_error=error[:4000]).execution_options(
             synchronize_session=False))
-    LOGGER.info("job %d will be retried in %.0f s: %s", job.id, delay, error)
     return done.rowcount == 1
+
+
+def will_retry(job: Claimed) -> bool:
+    """Whether :func:`retry_later` queues ``job`` again (it has attempts left)."""
+    return job.attempts < job.max_attempts
 
 
 def release(session: Session, job: Claimed) -> bool:

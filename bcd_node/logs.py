@@ -2,6 +2,12 @@
 
 Modules log with ``logging.getLogger(__name__)`` and log UIDs and job ids, never patient names
 or pixel data.
+
+What the libraries say is kept when it informs an administrator and dropped or summarised when
+it does not: highdicom's INFO lines (one per module it copies, with the module name quoted and
+therefore blanked out) are below the threshold; APScheduler's warning for every run it skips
+because the previous one is still going (a slow delivery with a one-second interval) becomes
+one summary line per :data:`SKIP_SUMMARY_SECONDS`.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ import json
 import logging
 import re
 import sys
+import threading
+import time
 from datetime import datetime, timezone
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -36,6 +44,51 @@ class WithoutDicomValues(logging.Filter):
         if record.name == "py.warnings" and "/pydicom/" in message.replace("\\", "/"):
             return False  # pydicom logged it already
         record.msg, record.args = _QUOTED.sub("'…'", message), None
+        return True
+
+
+#: Seconds between two summaries of the scheduler's skipped runs.
+SKIP_SUMMARY_SECONDS = 600.0
+_SKIPPED = ('Execution of job "%s" skipped', 'Run time of job "%s" was missed')
+
+
+class SkippedRunsSummary(logging.Filter):
+    """APScheduler warns each time a periodic job's run is skipped (the previous run still
+    going) or missed (the scheduler was late). Both are expected under load and say nothing an
+    administrator can act on, one per second. The first one is let through, rewritten as a
+    summary; the others within ``every`` seconds are counted, and the next one after that
+    reports the count.
+    """
+
+    def __init__(self, every: float = SKIP_SUMMARY_SECONDS) -> None:
+        super().__init__()
+        self.every = every
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self._counts: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(_SKIPPED):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        job = str(getattr(args[0], "id", None) or args[0]) if args else "a job"
+        now = time.monotonic()
+        with self._lock:
+            self._counts[job] = self._counts.get(job, 0) + 1
+            if self._last is not None and now - self._last < self.every:
+                return False
+            counts, self._counts = self._counts, {}
+            first, self._last = self._last is None, now
+        listed = ", ".join(f'"{name}" {n}×' for name, n in sorted(counts.items()))
+        if first:
+            text = (f"scheduler: a run of {listed} was skipped or late because the previous "
+                    f"one was still going (expected under load; counted, summarised every "
+                    f"{self.every:.0f} s)")
+        else:
+            text = (f"scheduler: runs skipped or late in the last {self.every:.0f} s because "
+                    f"the previous one was still going: {listed}")
+        record.msg, record.args = text, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
         return True
 
 
@@ -76,5 +129,13 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # pynetdicom logs every PDU at INFO; its DEBUG dumps would include dataset contents.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
-    for noisy in ("waitress", "apscheduler", "alembic", "tensorflow", "absl"):
+    # highdicom logs a line per module it copies; its warnings stay.
+    for noisy in ("waitress", "apscheduler", "alembic", "tensorflow", "absl", "highdicom"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    summary = SkippedRunsSummary()
+    for name in ("apscheduler.scheduler", "apscheduler.executors.default"):
+        scheduler_logger = logging.getLogger(name)
+        for old_filter in list(scheduler_logger.filters):
+            if isinstance(old_filter, SkippedRunsSummary):
+                scheduler_logger.removeFilter(old_filter)
+        scheduler_logger.addFilter(summary)

@@ -30,7 +30,8 @@ from bcd_node import __version__, audit
 from bcd_node.db.models import (Delivery, Instance, Job, JobKind, JobState, Patient, Result,
                                 Series, Study, User, utcnow)
 from bcd_node.errors import PermanentError
-from bcd_node.jobqueue import Claimed, complete
+from bcd_node.jobqueue import Claimed, LeaseLostError, complete
+from bcd_node.layout import DataLayout
 from bcd_node.report.pdf import ReportData, render_report
 from bcd_node.report.summary import FieldRow, SummaryData, render_summary
 from bcd_node.runtime import NodeContext
@@ -300,7 +301,7 @@ class Pipeline:
                                    demonstration_model=self.demonstration_model,
                                    revision=inst.revision, supersedes=supersedes)
         combined = analysis.combined
-        folder = result_folder(inst.id, self.model_version, inst.revision)
+        folder = DataLayout.instance_results(inst.id, self.model_version, inst.revision)
         outputs: list[tuple[str, Dataset, str]] = []  # (kind, dataset, relpath)
         self.store.write(f"{folder}/mask.png", _png(combined.masks[0] * 255))
         self.store.write(f"{folder}/overlay.png", _png(analysis.overlay), sync_dir=True)
@@ -431,7 +432,8 @@ class Pipeline:
             raise PermanentError(f"job {job.id}: result {result.id} is of an earlier version of "
                                  "the image (it was replaced); nothing to verify")
         ds = read_dataset(self.store.path(inst.path))
-        folder = result_folder(inst.id, result.model_version, result.instance_revision)
+        folder = DataLayout.instance_results(inst.id, result.model_version,
+                                             result.instance_revision)
         seg = read_dataset(self.store.path(f"{folder}/seg.dcm"))
         predecessor = read_dataset(self.store.path(f"{folder}/sr.dcm"))
         name = (doctor.full_name or doctor.username) if doctor else "unknown"
@@ -549,7 +551,7 @@ class Pipeline:
                                      title="Blood smear study summary", uid_kind=f"{kind}-pdf",
                                      series_number=SUMMARY_SERIES_NUMBER,
                                      uid_root=self.settings.uids.root)
-        folder = f"results/study-{study.id}/{self.model_version}"
+        folder = DataLayout.study_results(study.id, self.model_version)
         pdf_rel = f"{folder}/{kind}.pdf"
         self.store.write(pdf_rel, pdf)
         outputs = [("summary_sr", sr, f"{folder}/{kind}-sr.dcm"),
@@ -640,13 +642,6 @@ def enqueue_study_summaries(context: NodeContext) -> int:
     return len(ids)
 
 
-def result_folder(instance_id: int, model_version: str, revision: int) -> str:
-    """Where the files of an instance's result are: revision 0 where they always were, a later
-    revision in a folder of its own (the earlier objects stay as they were sent)."""
-    base = f"results/{instance_id}/{model_version}"
-    return base if not revision else f"{base}/r{revision}"
-
-
 def _person_name(name: str) -> str:
     """"Gregory House" → "House^Gregory" (DICOM PN); a name with ^ is kept."""
     name = " ".join(name.replace("\\", " ").split())[:64] or "unknown"
@@ -655,6 +650,3 @@ def _person_name(name: str) -> str:
     given, family = name.rsplit(" ", 1)
     return f"{family}^{given}"
 
-
-class LeaseLostError(PermanentError):
-    """The job's lease passed to another worker; this worker's results are discarded."""

@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bcd_node.db.engine import make_engine, make_session_factory
+from bcd_node.db.integrity import DatabaseHealth, quick_check
 from bcd_node.db.migrate import current_revision, head_revision, upgrade
 from bcd_node.errors import BcdError
+from bcd_node.layout import DataLayout
 from bcd_node.secrets_store import NodeSecrets, ensure_secrets
 from bcd_node.settings import Settings, mask_url
 
@@ -24,18 +27,32 @@ class SchemaError(BcdError):
     """The database is not at the schema this version needs."""
 
 
+class DatabaseUnusableError(BcdError):
+    """The database cannot be opened or read (damaged, not a database, unreadable)."""
+
+
 @dataclass
 class Component:
-    """One part of the node (listener, workers, console...) and whether it runs."""
+    """One part of the node (listener, workers, console...) and whether it runs.
+
+    ``check`` says whether it works right now; ``reason``, when given, says why not (for
+    ``/readyz`` and the console), e.g. "cannot accept connections: too many open files".
+    """
 
     name: str
     available: bool
     detail: str = ""
     check: Callable[[], bool] | None = None
+    reason: Callable[[], str] | None = None
 
     def healthy(self) -> bool:
         """Whether the component works right now (True when it has no check)."""
         return self.check() if self.check else True
+
+    def problem(self) -> str:
+        """Why the component is not healthy (call when :meth:`healthy` is False)."""
+        text = self.reason() if self.reason else ""
+        return text or f"{self.name} is not running"
 
     def describe(self) -> str:
         """One line for the console and the start-up summary."""
@@ -64,9 +81,12 @@ class NodeContext:
     started: threading.Event = field(default_factory=threading.Event)
     #: Set to ask the process to stop (SIGTERM does; so does a component that cannot go on).
     stop_requested: threading.Event = field(default_factory=threading.Event)
+    #: The database's integrity (:class:`bcd_node.db.integrity.DatabaseHealth`).
+    database_health: Any = None
 
 
-def open_node(settings: Settings, *, migrate: bool = True) -> NodeContext:
+def open_node(settings: Settings, *, migrate: bool = True,
+              check_integrity: bool = False) -> NodeContext:
     """Prepare the data folder, the database and the secrets.
 
     Parameters
@@ -74,17 +94,39 @@ def open_node(settings: Settings, *, migrate: bool = True) -> NodeContext:
     migrate
         Upgrade the schema to the newest revision. Without it, an empty database is still
         initialised, but one at an older revision raises :class:`SchemaError`.
+    check_integrity
+        Run ``PRAGMA quick_check`` first (SQLite): a damaged database is logged and noted for
+        ``/readyz`` (:class:`~bcd_node.db.integrity.DatabaseHealth`); the node still starts
+        when its schema can be read, so that the console and ``/readyz`` can say why it is
+        not ready.
+
+    Raises
+    ------
+    DatabaseUnusableError
+        When the database cannot be opened or its schema cannot be read.
     """
     data_dir = settings.storage.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o750)
+    layout = DataLayout(data_dir)
     engine = make_engine(settings.database_url)
-    current = current_revision(engine)
-    if migrate or current is None:
-        upgrade(engine)
-    elif current != head_revision():
-        raise SchemaError(f"database {mask_url(settings.database_url)} is at revision {current}, "
-                          f"this version needs {head_revision()}: run 'bcd-node db upgrade'")
+    health = DatabaseHealth(engine, layout.database_health).watch()
+    problems = health.check() if check_integrity else []
+    try:
+        current = current_revision(engine)
+        if migrate or current is None:
+            upgrade(engine)
+        elif current != head_revision():
+            raise SchemaError(f"database {mask_url(settings.database_url)} is at revision "
+                              f"{current}, this version needs {head_revision()}: run "
+                              "'bcd-node db upgrade'")
+    except DBAPIError as exc:
+        engine.dispose()
+        found = "; ".join(problems or quick_check(engine))
+        raise DatabaseUnusableError(
+            f"cannot use the database {mask_url(settings.database_url)}: {exc.orig}"
+            + (f" (PRAGMA quick_check: {found[:300]})" if found else "")
+            + ". Restore it from a backup (docs/operations.md).") from None
     return NodeContext(settings=settings, engine=engine,
                        session_factory=make_session_factory(engine),
-                       secrets=ensure_secrets(data_dir))
+                       secrets=ensure_secrets(data_dir), database_health=health)

@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from bcd_node.layout import DataLayout
 from bcd_node.storage import Store
 
 LOGGER = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _read_or_create(path: Path) -> str:
 
 def ensure_secrets(data_dir: Path) -> NodeSecrets:
     """Read the node's secrets from ``data_dir/secrets``, generating missing ones (mode 0600)."""
-    folder = data_dir / "secrets"
+    folder = DataLayout(data_dir).secrets
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     folder.chmod(0o700)
     values = {name: _read_or_create(folder / name) for name in SECRET_NAMES}

@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from bcd_node.errors import BcdError
+from bcd_node.layout import DataLayout
 from bcd_node.metrics import Metrics
 from bcd_node.runtime import Component, NodeContext, open_node
 from bcd_node.settings import Settings
@@ -154,7 +155,7 @@ def _start_scp(context: NodeContext) -> tuple[Component, Stopper]:
 
 def _board_path(settings: Settings) -> Any:
     """The listener processes' shared count of open connections."""
-    return settings.storage.data_dir / "run" / "listeners.board"
+    return DataLayout(settings.storage.data_dir).listeners_board
 
 
 class _Child:
@@ -359,10 +360,10 @@ def _start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
     scheduler.add_job(store.sweep_temporary, "date", run_date=_soon(), id="sweep-temporary")
     scheduler.add_job(store.sweep_temporary, "interval", kwargs={"recent_only": True}, hours=1,
                       id="sweep-recent-temporary")
-    if any((context.settings.retention.images_days, context.settings.retention.results_days,
-            context.settings.retention.audit_days)):
-        scheduler.add_job(purge, "interval", args=[context], hours=1, id="retention",
-                          next_run_time=_soon())
+    # Hourly even when every retention period is 0: previews of images that are gone (replaced
+    # or deleted) are removed whatever the settings.
+    scheduler.add_job(purge, "interval", args=[context], hours=1, id="retention",
+                      next_run_time=_soon())
     scheduler.start()
 
     def deliver_now() -> None:
@@ -461,7 +462,8 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
             stop.set()
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-    context = open_node(settings, migrate=True)
+    # The integrity check runs once per node start, in the process that starts the others.
+    context = open_node(settings, migrate=True, check_integrity=READY_FD_ENV not in os.environ)
     context.stop_requested = stop
     # Jobs queued here wake a worker process on this machine; in-process workers replace this.
     from bcd_node.wake import Notifier, workers_address
@@ -470,7 +472,7 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
     context.metrics = Metrics(context)
     # Child processes (listeners, workers) write their counters here; the process that serves
     # /metrics adds them up.
-    metrics_dir = settings.storage.data_dir / "run" / "metrics"
+    metrics_dir = DataLayout(settings.storage.data_dir).metrics
     stoppers_first: list[Stopper] = []
     if READY_FD_ENV in os.environ:
         stoppers_first.append(context.metrics.export_to(metrics_dir))

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from bcd_node.layout import DataLayout
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "bcd-node.toml"
 
@@ -88,7 +90,7 @@ class WorkerSettings:
     """The analysis workers and their queue."""
 
     count: int = 1
-    lease_seconds: float = 300.0
+    lease_seconds: float = 30.0
     poll_interval: float = 0.5
     max_attempts: int = 5
     retry_delay: float = 30.0
@@ -100,6 +102,7 @@ class DeliverySettings:
     """Sending results to the destinations."""
 
     interval: float = 1.0
+    lease_seconds: float = 30.0
     initial_backoff: float = 30.0
     max_backoff: float = 600.0
     max_attempts: int = 10
@@ -198,7 +201,7 @@ class Settings:
         """The effective SQLAlchemy URL (SQLite in the data folder unless configured)."""
         if self.database.url:
             return self.database.url
-        return f"sqlite:///{(self.storage.data_dir / 'bcd-node.db').resolve()}"
+        return f"sqlite:///{DataLayout(self.storage.data_dir).database.resolve()}"
 
 
 _SECTIONS: dict[str, type] = {
@@ -415,8 +418,8 @@ def _validate(s: Settings) -> None:
     if not 1 <= w.max_attempts <= 100:
         raise SettingsError("workers.max_attempts", w.max_attempts, "must be 1-100")
     dl = s.delivery
-    for name in ("interval", "initial_backoff", "max_backoff", "echo_interval", "connect_timeout",
-                 "acse_timeout", "dimse_timeout", "network_timeout"):
+    for name in ("interval", "lease_seconds", "initial_backoff", "max_backoff", "echo_interval",
+                 "connect_timeout", "acse_timeout", "dimse_timeout", "network_timeout"):
         value = getattr(dl, name)
         if not 0 < value <= 86400:
             raise SettingsError(f"delivery.{name}", value, "must be more than 0 and at most 86400 s")

@@ -13,21 +13,59 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
 from bcd_node.errors import TransientError
+from bcd_node.layout import PREVIEWS, TEMP_SUFFIX, DataLayout
 
 LOGGER = logging.getLogger(__name__)
 
-
-#: Ending of the names of files being written (see :meth:`Store.begin_write`).
-TEMP_SUFFIX = ".tmp"
+__all__ = ["TEMP_SUFFIX", "DiskStatus", "PendingWrite", "StorageFullError", "Store",
+           "disk_status"]
 
 
 class StorageFullError(TransientError):
     """Free space is under ``storage.min_free_disk``."""
+
+
+@dataclass(frozen=True)
+class DiskStatus:
+    """Free space of the data folder against ``storage.min_free_disk``."""
+
+    free: int
+    total: int
+    min_free: int
+
+    @property
+    def ok(self) -> bool:
+        """Whether the free space is at or above the mark."""
+        return self.free >= self.min_free
+
+    @property
+    def reason(self) -> str:
+        """Why the node pauses (empty when it does not)."""
+        if self.ok:
+            return ""
+        return (f"free disk space {_size(self.free)} is under storage.min_free_disk "
+                f"({_size(self.min_free)}): new images are refused and analysis is paused")
+
+
+def disk_status(data_dir: Path, min_free_disk: int) -> DiskStatus:
+    """The free space of the file system that holds ``data_dir``."""
+    usage = shutil.disk_usage(data_dir)
+    return DiskStatus(free=usage.free, total=usage.total, min_free=min_free_disk)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} bytes"  # pragma: no cover
 
 
 def _load_sync_file_range() -> Callable[..., int] | None:
@@ -95,18 +133,20 @@ class Store:
 
     def __init__(self, data_dir: Path, min_free_disk: int) -> None:
         self.root = data_dir
+        self.layout = DataLayout(data_dir)
         self.min_free_disk = min_free_disk
 
     def path(self, relpath: str) -> Path:
         """The absolute path of a stored file; refuses paths that leave the data folder."""
-        full = (self.root / relpath).resolve()
-        if not full.is_relative_to(self.root.resolve()):
-            raise ValueError(f"path {relpath!r} leaves the data folder")
-        return full
+        return self.layout.resolve(relpath)
 
     def free_bytes(self) -> int:
         """Free space on the data folder's file system."""
         return shutil.disk_usage(self.root).free
+
+    def disk(self) -> DiskStatus:
+        """Free space against ``storage.min_free_disk``."""
+        return disk_status(self.root, self.min_free_disk)
 
     def check_space(self, incoming: int) -> None:
         """Raise :class:`StorageFullError` if writing ``incoming`` bytes would cross the mark."""
@@ -115,16 +155,10 @@ class Store:
             raise StorageFullError(f"free disk {free} bytes, need {incoming} more than the "
                                    f"{self.min_free_disk} bytes kept free (storage.min_free_disk)")
 
-    @staticmethod
-    def instance_folder(when: datetime | None = None) -> str:
-        """The folder of the files received on ``when`` (default: now, UTC)."""
-        when = when or datetime.now(timezone.utc)
-        return f"instances/{when:%Y/%m/%d}"
-
-    @staticmethod
-    def instance_relpath(sha256: str, when: datetime | None = None) -> str:
-        """Where a received file goes: by day, named by its content hash."""
-        return f"{Store.instance_folder(when)}/{sha256}.dcm"
+    #: See :meth:`bcd_node.layout.DataLayout.instance_folder`.
+    instance_folder = staticmethod(DataLayout.instance_folder)
+    #: See :meth:`bcd_node.layout.DataLayout.instance_relpath`.
+    instance_relpath = staticmethod(DataLayout.instance_relpath)
 
     def write(self, relpath: str, data: bytes, *, sync_dir: bool = False) -> Path:
         """Write ``data`` durably to ``relpath`` (temporary name, fsync, rename).
@@ -134,7 +168,14 @@ class Store:
         sync_dir
             Also fsync the folder so the new name survives a crash; callers that write many
             files may instead call :meth:`sync_dirs` once for the batch.
+
+        Raises
+        ------
+        StorageFullError
+            Writing would leave less than ``storage.min_free_disk`` free, or the disk is full;
+            nothing is written.
         """
+        self.check_space(len(data))
         folder, _, name = relpath.rpartition("/")
         target = self.begin_write(folder, data, name).finish(name)
         if sync_dir:
@@ -167,19 +208,21 @@ class Store:
 
     def sweep_temporary(self, older_than: float = 3600.0, *, recent_only: bool = False) -> int:
         """Remove temporary files (of writes a crash interrupted) older than ``older_than``
-        seconds under ``instances/`` and ``results/``; younger ones may belong to a write in
-        progress. With ``recent_only``, only the instance folders of today and yesterday
-        (where the intake writes): cheap enough to run often on a large archive. Returns how
+        seconds under every folder with patient data (images, previews, results; see
+        :mod:`bcd_node.layout`); younger ones may belong to a write in progress. With
+        ``recent_only``, only the image folders of today and yesterday (where the intake
+        writes) and the previews: cheap enough to run often on a large archive. Returns how
         many were removed."""
         cutoff = time.time() - older_than
         if recent_only:
             now = datetime.now(timezone.utc)
-            tops = [self.instance_folder(now - timedelta(days=d)) for d in (0, 1)]
+            tops = [self.root / self.instance_folder(now - timedelta(days=d)) for d in (0, 1)]
+            tops.append(self.root / PREVIEWS)
         else:
-            tops = ["instances", "results"]
+            tops = self.layout.temporary_tops()
         removed = 0
         for top in tops:
-            for tmp in (self.root / top).rglob(f".*{TEMP_SUFFIX}"):
+            for tmp in top.rglob(f".*{TEMP_SUFFIX}"):
                 try:
                     if tmp.is_file() and tmp.stat().st_mtime < cutoff:
                         tmp.unlink()

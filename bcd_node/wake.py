@@ -12,12 +12,14 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from bcd_node.layout import DataLayout
+
 LOGGER = logging.getLogger(__name__)
 
 
 def workers_address(data_dir: Path) -> Path:
     """The socket the worker process listens on."""
-    return data_dir / "run" / "wake-workers.sock"
+    return DataLayout(data_dir).wake_socket
 
 
 class Notifier:

@@ -2,8 +2,19 @@
 
 Errors decide what happens to a job: a :class:`~bcd_node.errors.PermanentError` (bad input, a
 builder refusing invalid data) fails it at once with its reason; anything else is retried after
-``workers.retry_delay`` until ``workers.max_attempts``. On shutdown a worker finishes the job in
-hand (or, if told to hurry, releases it) before it exits.
+``workers.retry_delay`` until ``workers.max_attempts``. Each failed attempt is logged in one
+line without a traceback (the traceback is at DEBUG); a job that fails for good is logged once,
+as a warning, with its reason (and the traceback when the error was not one of the node's own,
+i.e. a bug).
+
+The lease of the job in hand is renewed while it runs (:class:`~bcd_node.leases.LeaseKeeper`);
+a job whose lease passed to another worker is left to that one, and its results are discarded
+(the pipeline's fenced completion refuses them).
+
+The workers respect the disk guard: while the data folder's free space is under
+``storage.min_free_disk`` they claim nothing (jobs stay queued) and log it once; a job that runs
+into a full disk is given back to the queue without using up an attempt. On shutdown a worker
+finishes the job in hand before it exits.
 """
 
 from __future__ import annotations
@@ -16,9 +27,11 @@ import time
 from typing import Any, Callable
 
 from bcd_node import jobqueue
-from bcd_node.errors import PermanentError
-from bcd_node.jobqueue import Claimed
+from bcd_node.errors import BcdError, PermanentError
+from bcd_node.jobqueue import Claimed, LeaseLostError
+from bcd_node.leases import LeaseKeeper
 from bcd_node.runtime import NodeContext
+from bcd_node.storage import DiskStatus, StorageFullError, disk_status
 
 LOGGER = logging.getLogger(__name__)
 
@@ -38,6 +51,9 @@ class Workers:
         self._threads: list[threading.Thread] = []
         self._wake = threading.Event()
         self.owner_prefix = f"{socket.gethostname()}:{os.getpid()}"
+        self._pause_lock = threading.Lock()
+        #: Why the workers claim nothing right now (empty while they work).
+        self.paused = ""
 
     def start(self) -> Workers:
         """Start the threads."""
@@ -76,31 +92,91 @@ class Workers:
                 self._wake.wait(s.poll_interval)
                 self._wake.clear()
 
+    def disk(self) -> DiskStatus:
+        """The data folder's free space against ``storage.min_free_disk``."""
+        storage = self.context.settings.storage
+        return disk_status(storage.data_dir, storage.min_free_disk)
+
+    def _set_paused(self, reason: str) -> None:
+        """Log a change between paused and working once, whichever thread sees it first."""
+        with self._pause_lock:
+            if reason == self.paused:
+                return
+            if reason:
+                LOGGER.warning("workers paused, jobs stay queued: %s", reason)
+            else:
+                LOGGER.info("workers resumed: free disk space is above storage.min_free_disk")
+            self.paused = reason
+
     def step(self, owner: str) -> bool:
-        """Claim and run one job; False when none was due."""
+        """Claim and run one job; False when none was due (or the workers are paused)."""
+        disk = self.disk()
+        self._set_paused(disk.reason)
+        if not disk.ok:
+            return False
         s = self.context.settings.workers
         with self.context.session_factory.begin() as session:
-            jobqueue.fail_exhausted(session)
+            exhausted = jobqueue.fail_exhausted(session)
             job = jobqueue.claim(session, owner, s.lease_seconds)
+        if exhausted:
+            LOGGER.warning("%d job(s) failed: their worker was lost on the last attempt",
+                           exhausted)
         if job is None:
             return False
         started = time.perf_counter()
-        outcome = "done"
-        try:
-            self.run_job(job)
-        except PermanentError as exc:
-            outcome = "failed"
-            with self.context.session_factory.begin() as session:
-                jobqueue.fail(session, job, str(exc))
-            if self.on_failed is not None:
-                self.on_failed(job)
-        except Exception as exc:  # noqa: BLE001 - unknown errors are retried, bounded
-            LOGGER.exception("job %d raised; will retry", job.id)
-            outcome = "retry"
-            with self.context.session_factory.begin() as session:
-                jobqueue.retry_later(session, job, f"{type(exc).__name__}: {exc}", s.retry_delay)
-            if job.attempts >= job.max_attempts and self.on_failed is not None:
-                self.on_failed(job)
+        outcome = self._run(job)
         if self.on_done is not None:
             self.on_done(job, time.perf_counter() - started, outcome)
         return True
+
+    def _run(self, job: Claimed) -> str:
+        """Run ``job`` with its lease kept; record the outcome. Returns it (for metrics)."""
+        s = self.context.settings.workers
+
+        def renew() -> bool:
+            with self.context.session_factory.begin() as session:
+                return jobqueue.renew(session, job, s.lease_seconds)
+
+        what = f"job {job.id} ({job.kind.value})"
+        try:
+            with LeaseKeeper(renew, s.lease_seconds, f"job {job.id}"):
+                self.run_job(job)
+        except LeaseLostError:
+            LOGGER.warning("%s: the lease passed to another worker; this worker's results "
+                           "are discarded", what)
+            return "lost"
+        except StorageFullError as exc:
+            self._set_paused(str(exc))
+            with self.context.session_factory.begin() as session:
+                jobqueue.release(session, job)
+            LOGGER.info("%s given back to the queue: %s", what, exc)
+            return "paused"
+        except PermanentError as exc:
+            with self.context.session_factory.begin() as session:
+                recorded = jobqueue.fail(session, job, str(exc))
+            if recorded:
+                LOGGER.warning("%s failed: %s", what, exc)
+                if self.on_failed is not None:
+                    self.on_failed(job)
+            return "failed"
+        except Exception as exc:  # noqa: BLE001 - unknown errors are retried, bounded
+            reason = f"{type(exc).__name__}: {exc}"
+            retry = jobqueue.will_retry(job)
+            with self.context.session_factory.begin() as session:
+                recorded = jobqueue.retry_later(session, job, reason, s.retry_delay)
+            if not recorded:
+                LOGGER.warning("%s: the lease passed to another worker; its error is not "
+                               "recorded here: %s", what, reason)
+                return "lost"
+            if retry:
+                LOGGER.info("%s: attempt %d of %d failed: %s; next attempt in %.0f s", what,
+                            job.attempts, job.max_attempts, reason, s.retry_delay)
+                LOGGER.debug("%s: traceback of attempt %d", what, job.attempts, exc_info=True)
+                return "retry"
+            # A bug (not one of the node's own errors) shows its traceback, once.
+            LOGGER.warning("%s failed after %d attempts: %s", what, job.attempts, reason,
+                           exc_info=not isinstance(exc, BcdError))
+            if self.on_failed is not None:
+                self.on_failed(job)
+            return "failed"
+        return "done"

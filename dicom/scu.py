@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Sequence
 
 import pydicom
+from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
+from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS
 
 from dicom.errors import DicomError
 
@@ -54,8 +56,10 @@ class StoreOutcome:
 
     path: str
     sop_instance_uid: str
-    status: int | None          # None: no response (association lost)
+    status: int | None          # None: no response (association lost), or not sent
     error: str = ""
+    #: False when the file could not be read (missing, not DICOM): it was not sent.
+    readable: bool = True
 
     @property
     def ok(self) -> bool:
@@ -64,7 +68,10 @@ class StoreOutcome:
 
     @property
     def permanent_failure(self) -> bool:
-        """A refusal that a retry will not change (e.g. 0xA9xx data set mismatch, 0x0122)."""
+        """A refusal that a retry will not change (e.g. 0xA9xx data set mismatch, 0x0122), or
+        a file that cannot be read."""
+        if not self.readable:
+            return True
         if self.status is None or self.ok:
             return False
         return (self.status >> 8) in (0xA9, 0xC0) or self.status in (0x0122, 0x0124, 0x0211)
@@ -101,23 +108,40 @@ def echo(peer: Peer) -> int:
         assoc.release()
 
 
+def status_text(code: int) -> str:
+    """A DIMSE status of a C-STORE response as text: ``0xA700 (Refused: Out of Resources)``."""
+    meaning = STORAGE_SERVICE_CLASS_STATUS.get(code) or GENERAL_STATUS.get(code)
+    return f"status 0x{code:04X}" + (f" ({meaning[1]})" if meaning and meaning[1] else "")
+
+
 def send_files(peer: Peer, paths: Sequence[str | Path]) -> list[StoreOutcome]:
     """C-STORE each file on one association, in their own transfer syntax.
+
+    Returns one outcome per path, in order. A file that cannot be read (missing, not DICOM)
+    is not sent and gets an outcome with ``readable`` False; the others are sent.
 
     Raises
     ------
     PeerUnavailableError
         When no association could be established (nothing was sent).
     """
+    outcomes: dict[int, StoreOutcome] = {}
     datasets = []
-    for path in paths:
-        ds = pydicom.dcmread(path)
-        datasets.append((str(path), ds))
+    for index, path in enumerate(paths):
+        try:
+            ds = pydicom.dcmread(path)
+            str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID)
+        except (OSError, InvalidDicomError, AttributeError, ValueError) as exc:
+            reason = ("file is missing" if isinstance(exc, FileNotFoundError)
+                      else f"cannot read the file: {type(exc).__name__}: {exc}")
+            outcomes[index] = StoreOutcome(str(path), "", None, reason, readable=False)
+            continue
+        datasets.append((index, str(path), ds))
     if not datasets:
-        return []
+        return [outcomes[i] for i in range(len(paths))]
     ae = _ae(peer)
     contexts = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
-                       for _, ds in datasets})
+                       for _, _, ds in datasets})
     if len(contexts) > 128:
         raise ValueError(f"too many presentation contexts for one association: {len(contexts)}")
     for sop_class, syntax in contexts:
@@ -125,25 +149,24 @@ def send_files(peer: Peer, paths: Sequence[str | Path]) -> list[StoreOutcome]:
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
         raise PeerUnavailableError(f"cannot associate with {peer.ae_title}@{peer.host}:{peer.port}")
-    outcomes: list[StoreOutcome] = []
     try:
-        for path, ds in datasets:
+        for index, path, ds in datasets:
             uid = str(ds.SOPInstanceUID)
             if not assoc.is_established:
-                outcomes.append(StoreOutcome(path, uid, None, "association lost"))
+                outcomes[index] = StoreOutcome(path, uid, None, "association lost")
                 continue
             try:
                 status = assoc.send_c_store(ds)
             except (ValueError, RuntimeError) as exc:
-                outcomes.append(StoreOutcome(path, uid, None, str(exc)))
+                outcomes[index] = StoreOutcome(path, uid, None, str(exc))
                 continue
             if not status or "Status" not in status:
-                outcomes.append(StoreOutcome(path, uid, None, "no response (timeout or abort)"))
+                outcomes[index] = StoreOutcome(path, uid, None, "no response (timeout or abort)")
             else:
                 code = int(status.Status)
-                outcomes.append(StoreOutcome(path, uid, code,
-                                             "" if code == 0 else f"status 0x{code:04X}"))
+                outcomes[index] = StoreOutcome(path, uid, code,
+                                               "" if code == 0 else status_text(code))
     finally:
         if assoc.is_established:
             assoc.release()
-    return outcomes
+    return [outcomes[i] for i in range(len(paths))]

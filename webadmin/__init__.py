@@ -18,10 +18,10 @@ from flask import (Flask, Response, current_app, jsonify, make_response, redirec
                    render_template, request, url_for)
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from sqlalchemy import text
 from werkzeug.datastructures import ImmutableDict
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
+from sqlalchemy.exc import DBAPIError
 
 from bcd_node.memory_budget import MemoryBudget
 from bcd_node.runtime import NodeContext
@@ -199,6 +199,44 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
         return error_page(500, "Something went wrong", "The node could not complete this "
                           "request. It has been logged; try again, or tell your administrator.")
 
+    @app.errorhandler(DBAPIError)
+    def database_error(exc: DBAPIError) -> Any:
+        from bcd_node.db.integrity import is_damage, is_full
+
+        if is_full(exc):
+            LOGGER.error("%s %s: the database cannot be written: %s", request.method,
+                         request.path, exc.orig)
+            return error_page(503, "Disk full", "The node's disk is full, so this cannot be "
+                              "saved (sign-ins included) until space is freed. Tell your "
+                              "administrator.")
+        if is_damage(exc):
+            LOGGER.error("%s %s: the database is damaged: %s", request.method, request.path,
+                         exc.orig)
+            return error_page(503, "Database damaged", "The node's database cannot be read. "
+                              "Tell your administrator (it needs to be restored from a "
+                              "backup).")
+        LOGGER.error("%s %s failed", request.method, request.path, exc_info=exc)
+        return server_error(exc)
+
+    @app.context_processor
+    def node_alerts() -> dict[str, Any]:
+        """Why the node is not working normally, for the banner on every page."""
+        from bcd_node.storage import disk_status
+
+        alerts = []
+        storage = context.settings.storage
+        try:
+            disk = disk_status(storage.data_dir, storage.min_free_disk)
+            if not disk.ok:
+                alerts.append(f"Disk almost full: {disk.reason}.")
+        except OSError:
+            pass
+        problem = (context.database_health.problem()
+                   if context.database_health is not None else None)
+        if problem:
+            alerts.append(f"The database is {problem}: restore it from a backup.")
+        return {"node_alerts": alerts}
+
     @app.errorhandler(413)
     def too_large(_exc: Any) -> Any:
         limit = app.config["UPLOAD_MAX_BYTES"] // (1024 * 1024)
@@ -211,20 +249,16 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
 
     @app.get("/readyz")
     def readyz() -> Any:
-        """Ready: the database answers and every started component is up."""
-        checks: dict[str, bool] = {"started": context.started.is_set()}
-        try:
-            with context.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            checks["database"] = True
-        except Exception:  # noqa: BLE001 - any failure means not ready
-            LOGGER.exception("readiness: database check failed")
-            checks["database"] = False
-        for name, component in context.components.items():
-            if component.available:
-                checks[name] = component.healthy()
-        ok = all(checks.values())
-        return jsonify(status="ready" if ok else "not ready", checks=checks), (200 if ok else 503)
+        """Ready: started, database readable and intact, disk above the mark, components up
+        (503 with a reason for each failing check)."""
+        from bcd_node.health import readiness
+
+        checks = readiness(context)
+        ok = all(c.ok for c in checks)
+        return jsonify(status="ready" if ok else "not ready",
+                       checks={c.name: c.ok for c in checks},
+                       reasons={c.name: c.reason for c in checks if not c.ok}), \
+            (200 if ok else 503)
 
     @app.get("/metrics")
     def metrics() -> Any:

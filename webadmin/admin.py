@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -13,13 +12,13 @@ from sqlalchemy import func, select
 
 from bcd_node import throttle
 from bcd_node.db.models import (ApiToken, AuthThrottle, Delivery, DeliveryState,
-                                DestinationHealth, Job, JobState, Result, Study, User, UserState,
+                                Job, JobState, Result, Study, User, UserState,
                                 utcnow)
 from bcd_node.users import (UserError, add_user, approve_user, disable_user, issue_token,
                             reset_password, revoke_token, set_role, unlock_user)
 from webadmin.auth import admin_required, end_sessions
 from webadmin.charts import bar_chart
-from webadmin.db import audit_event, client_ip, db, node
+from webadmin.db import actor, client_ip, db, node
 from webadmin.forms import STAGES, ActionForm, RoleForm, TokenForm, UserCreateForm
 from webadmin.model_use import manifest_path
 
@@ -241,56 +240,48 @@ def _model_info() -> dict[str, Any]:
 
 @bp.get("/system")
 def system() -> Any:
-    """System status: components, queue, deliveries, destinations, model, disk."""
+    """System status: readiness, components, queue, deliveries, destinations, model, disk."""
+    from bcd_node.delivery import delivery_overview
+    from bcd_node.health import readiness
+    from bcd_node.storage import disk_status
+
     session = db()
     settings = node().settings
     jobs = session.execute(select(Job.kind, Job.state, func.count()).group_by(
         Job.kind, Job.state)).all()
     queue_depth = sum(n for _k, s, n in jobs if s in (JobState.QUEUED, JobState.RUNNING))
-    delivery_counts = dict(session.execute(select(Delivery.state, func.count())
-                                           .group_by(Delivery.state)).all())
-    attention = session.execute(select(Delivery).where(Delivery.state.in_(
-        [DeliveryState.DEAD, DeliveryState.PENDING])).order_by(
-        Delivery.state, Delivery.created_at.desc()).limit(100)).scalars().all()
-    health = {h.name: h for h in session.execute(select(DestinationHealth)).scalars()}
-    disk = shutil.disk_usage(settings.storage.data_dir)
+    overview = delivery_overview(session, settings)
+    disk = disk_status(settings.storage.data_dir, settings.storage.min_free_disk)
+    problems = [c for c in readiness(node()) if not c.ok]
     return render_template("admin/system.html", components=node().components, jobs=jobs,
-                           queue_depth=queue_depth, delivery_counts=delivery_counts,
-                           attention=attention, destinations=settings.destinations,
-                           health=health, disk=disk, min_free=settings.storage.min_free_disk,
-                           model=_model_info(), action=ActionForm(), settings=settings,
-                           DeliveryState=DeliveryState)
+                           queue_depth=queue_depth, overview=overview, problems=problems,
+                           configured={d.name: d for d in settings.destinations},
+                           disk=disk, model=_model_info(), action=ActionForm(),
+                           settings=settings, DeliveryState=DeliveryState)
 
 
 @bp.post("/deliveries/<int:delivery_id>/retry")
 def retry_delivery(delivery_id: int) -> Any:
-    """Send a dead-lettered (or waiting) delivery again now."""
+    """Queue a delivery that needs attention again (the rules of ``bcd-node deliveries
+    retry``)."""
+    from bcd_node.delivery import DeliveryRetryError, retry_deliveries
+
     form = ActionForm()
     if not form.validate_on_submit():
         abort(400)
     session = db()
-    delivery = session.get(Delivery, delivery_id)
-    if delivery is None:
+    if session.get(Delivery, delivery_id) is None:
         abort(404)
-    if delivery.state not in (DeliveryState.DEAD, DeliveryState.PENDING):
-        flash("Only waiting or dead-lettered deliveries can be retried.", "error")
+    name, kind = actor()
+    try:
+        retry_deliveries(session, [delivery_id], actor=name, actor_kind=kind,
+                         source=client_ip())
+    except DeliveryRetryError as exc:
+        session.rollback()
+        flash(str(exc), "error")
         return redirect(url_for("admin.system"))
-    previous = delivery.state.value
-    delivery.state = DeliveryState.PENDING
-    delivery.attempts = 0
-    delivery.next_attempt_at = utcnow()
-    patient_id = study_uid = ""
-    if delivery.result_fk:
-        result = session.get(Result, delivery.result_fk)
-        if result is not None:
-            st = session.get(Study, result.study_fk)
-            patient_id, study_uid = st.patient.patient_id, st.study_instance_uid
-    audit_event("delivery_retry", patient_id=patient_id, study_instance_uid=study_uid,
-                object_ref=f"delivery:{delivery.id}",
-                details={"destination": delivery.destination, "kind": delivery.kind,
-                         "from": previous, "last_error": (delivery.last_error or "")[:200]})
     session.commit()
-    flash(f"Delivery {delivery.id} to {delivery.destination} will be sent again.", "success")
+    flash(f"Delivery {delivery_id} will be sent again.", "success")
     return redirect(url_for("admin.system"))
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bcd_node.db.models import Result
+from bcd_node.layout import DataLayout
 from bcd_node.report.pdf import NOT_FOR_CLINICAL_USE
 from webadmin.db import node
 
@@ -99,9 +100,9 @@ def report_says_demonstration(relpath: str | None) -> bool | None:
     report, or not one of this node's reports)."""
     if not relpath:
         return None
-    root = node().settings.storage.data_dir.resolve()
-    path = (root / relpath).resolve()
-    if not path.is_relative_to(root):
+    try:
+        path = DataLayout(node().settings.storage.data_dir).resolve(relpath)
+    except ValueError:
         return None
     stamp = _stamp(path)
     subject = _pdf_subject(*stamp) if stamp else None

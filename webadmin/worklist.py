@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from sqlalchemy import func, or_, select
 
 from bcd_node.db.models import (Instance, Job, JobKind, Patient, Result, Role, Series, Study,
                                 User, utcnow)
+from bcd_node.layout import DataLayout
 from bcd_node.memory_budget import Busy
 from bcd_node.studies import refresh_study
 from webadmin.db import audit_event, db, node
@@ -24,16 +24,17 @@ from webadmin.model_use import (configured_manifest, demonstration_note,
                                 manifest_is_demonstration, results_banner)
 
 bp = Blueprint("worklist", __name__)
-PREVIEW_MAX_SIDE = 4096
 
 
 def data_file(relpath: str | None) -> Path:
     """A file under the data folder named by a stored relative path; 404 if absent or outside."""
     if not relpath:
         abort(404)
-    root = node().settings.storage.data_dir.resolve()
-    path = (root / relpath).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
+    try:
+        path = DataLayout(node().settings.storage.data_dir).resolve(relpath)
+    except ValueError:
+        abort(404)
+    if not path.is_file():
         abort(404)
     return path
 
@@ -196,35 +197,28 @@ def verify(result_id: int) -> Any:
     return back
 
 
-def _preview_png(instance: Instance) -> Path:
-    """A PNG of a stored image for the browser, made once and kept under ``previews/``."""
-    root = node().settings.storage.data_dir
-    target = root / "previews" / f"{instance.id}.png"
-    if target.is_file():
-        return target
-    source = data_file(instance.path)
-    from PIL import Image
-
+def _preview_png(instance: Instance) -> bytes:
+    """A PNG of a stored image for the browser (kept under the data folder's previews)."""
     from bcd_node.dicomize_upload import UPLOAD_MEMORY_FACTOR
-    from bcd_node.pipeline import analysed_pixels
+    from bcd_node.previews import preview_png
+    from bcd_node.storage import Store
     from webadmin.upload import upload_budget
 
+    settings = node().settings
     # Decoding the whole stored image shares the uploads' memory budget (Busy when taken).
     need = UPLOAD_MEMORY_FACTOR * (instance.rows or 1) * (instance.columns or 1) * 3
-    with upload_budget().reserve(need, current_app.config["UPLOAD_WAIT_SECONDS"]):
-        # The same pixels the pipeline analyses, so that the overlay lines up.
-        picture = Image.fromarray(analysed_pixels(source))
-        picture.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    picture.save(tmp, format="PNG")
-    tmp.replace(target)
-    return target
+    wait = current_app.config["UPLOAD_WAIT_SECONDS"]
+    data = preview_png(Store(settings.storage.data_dir, settings.storage.min_free_disk),
+                       instance.id, instance.path, instance.sha256,
+                       decoding=lambda: upload_budget().reserve(need, wait))
+    if data is None:
+        abort(404)  # the image is no longer kept (retention) or its file is gone
+    return data
 
 
-def _image_response(path: Path, mimetype: str, *, as_attachment: bool = False,
+def _image_response(path: Path | bytes, mimetype: str, *, as_attachment: bool = False,
                     download_name: str | None = None) -> Any:
-    data = path.read_bytes()
+    data = path if isinstance(path, bytes) else path.read_bytes()
     response = send_file(io.BytesIO(data), mimetype=mimetype, as_attachment=as_attachment,
                          download_name=download_name, max_age=0)
     response.headers["Cache-Control"] = "no-store"
@@ -246,7 +240,7 @@ def image(instance_id: int) -> Any:
         abort(404)
     st = inst.series.study
     try:
-        path = _preview_png(inst)
+        png = _preview_png(inst)
     except Busy:
         response = make_response("The node is busy decoding other images; try again in a "
                                  "minute.", 503)
@@ -255,7 +249,7 @@ def image(instance_id: int) -> Any:
     except Exception:  # noqa: BLE001 - an undecodable or too large file must not fail the page
         abort(404)
     _audit_view("view_image", st, f"instance:{inst.id}")
-    return _image_response(path, "image/png")
+    return _image_response(png, "image/png")
 
 
 @bp.get("/results/<int:result_id>/<any(overlay, mask):kind>.png")

@@ -56,3 +56,62 @@ def test_status_and_retry_of_dead_deliveries(tmp_path, capsys, write_config) -> 
     assert main(["--config", str(cfg), "status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["deliveries"]["pacs"] == {"pending": 2, "done": 1}
     assert main(["--config", str(cfg), "audit", "verify"]) == 0
+
+
+def test_status_shows_a_failing_delivery_as_pending_with_its_reason(tmp_path, capsys,
+                                                                    write_config) -> None:
+    """A PACS that refuses what it is sent (storescp cannot write: 0xA700)."""
+    from bcd_node.delivery import Deliverer
+    from tests.integration.test_delivery import queue_files
+
+    pacs = StoreScp(tmp_path / "pacs").start()
+    try:
+        cfg = write_config('[delivery]\ninitial_backoff = 300\nmax_backoff = 600\n\n'
+                           '[[destinations]]\nname = "pacs"\nae_title = "PACS"\n'
+                           f'host = "127.0.0.1"\nport = {pacs.port}\n')
+        ctx = open_node(load_settings(cfg))
+        assert main(["--config", str(cfg), "status"]) == 0
+        out = capsys.readouterr().out
+        assert "pacs         OK;" in out and "deliveries waiting: none" in out
+        queue_files(ctx, write_vl_micro(tmp_path / "out", 1))
+        import shutil
+        shutil.rmtree(tmp_path / "pacs")  # the PACS can no longer store anything
+        assert Deliverer(ctx).run_once().retried == 1
+    finally:
+        pacs.stop()
+    assert main(["--config", str(cfg), "status"]) == 0
+    out = capsys.readouterr().out
+    assert "OK" not in out and "none" not in out
+    line = next(x for x in out.splitlines() if x.strip().startswith("delivery 1 "))
+    assert "pending, 1 attempt(s) so far, next attempt 20" in line
+    assert "last error: status 0xA700 (Refused: Out of Resources)" in line
+    assert main(["--config", str(cfg), "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    (waiting,) = status["waiting"]
+    assert waiting["state"] == "pending" and waiting["attempts"] == 1 and waiting["retrying"]
+    assert waiting["next_attempt_at"] and "0xA700" in waiting["last_error"]
+    assert status["waiting_total"] == 1
+
+
+def test_retry_of_an_unknown_or_busy_delivery_says_so_and_exits_1(tmp_path, capsys,
+                                                                  write_config) -> None:
+    cfg = write_config('[[destinations]]\nname = "pacs"\nae_title = "PACS"\n'
+                       'host = "127.0.0.1"\nport = 104\n')
+    ctx = open_node(load_settings(cfg))
+    with ctx.session_factory.begin() as s:
+        for i, state in enumerate((DeliveryState.DEAD, DeliveryState.PENDING)):
+            s.add(Delivery(destination="pacs", kind="sr", sop_class_uid="1.2",
+                           sop_instance_uid=f"1.2.3.{i}", path="x", state=state, attempts=3,
+                           last_error="association rejected"))
+    assert main(["--config", str(cfg), "deliveries", "retry", "42"]) == 1
+    assert "no delivery 42" in capsys.readouterr().err
+    assert main(["--config", str(cfg), "deliveries", "retry", "2"]) == 1
+    assert "delivery 2 does not need attention (it is pending)" in capsys.readouterr().err
+    assert main(["--config", str(cfg), "deliveries", "retry", "1", "42"]) == 1  # all or nothing
+    capsys.readouterr()
+    with ctx.session_factory() as s:
+        assert s.get(Delivery, 1).state is DeliveryState.DEAD
+    assert main(["--config", str(cfg), "deliveries", "retry", "1"]) == 0
+    assert "1 delivery queued again: 1" in capsys.readouterr().out
+    assert main(["--config", str(cfg), "deliveries", "retry", "1"]) == 1  # not dead any more
+    assert "does not need attention" in capsys.readouterr().err

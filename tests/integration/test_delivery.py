@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pydicom
 import pytest
 from sqlalchemy import select
 
-from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth
-from bcd_node.delivery import Deliverer, backoff_seconds, retry_dead
+from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, utcnow
+from bcd_node.delivery import Deliverer, backoff_seconds, retry_deliveries
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from tests.conftest import free_port
@@ -104,5 +105,103 @@ def test_dead_letter_and_audited_retry(write_config, tmp_path) -> None:
     deliverer.run_once()
     assert states(ctx) == [DeliveryState.DEAD]
     with ctx.session_factory.begin() as session:
-        assert retry_dead(session, actor="admin", actor_kind="cli") == 1
+        assert retry_deliveries(session, actor="admin", actor_kind="cli") == [1]
     assert states(ctx) == [DeliveryState.PENDING]
+
+
+def storescp_node(write_config, pacs, extra: str = ""):
+    cfg = write_config(extra + '\n[[destinations]]\nname = "pacs"\nae_title = "PACS"\n'
+                       f'host = "127.0.0.1"\nport = {pacs.port}\n')
+    return open_node(load_settings(cfg))
+
+
+def test_one_bad_file_fails_alone_and_the_rest_is_sent(write_config, tmp_path) -> None:
+    from tests.support.peers import StoreScp
+
+    pacs = StoreScp(tmp_path / "pacs").start()
+    try:
+        ctx = storescp_node(write_config, pacs)
+        files = write_vl_micro(tmp_path / "out", 5)
+        queue_files(ctx, files)
+        outputs = ctx.settings.storage.data_dir / "outputs"
+        (outputs / files[2].name).unlink()
+        (outputs / files[4].name).write_bytes(b"not DICOM at all")
+        summary = Deliverer(ctx).run_once()
+        received = {str(pydicom.dcmread(p).SOPInstanceUID) for p in pacs.files()}
+    finally:
+        pacs.stop()
+    assert (summary.sent, summary.dead, summary.retried) == (3, 2, 0)
+    assert states(ctx) == [DeliveryState.DONE, DeliveryState.DONE, DeliveryState.DEAD,
+                           DeliveryState.DONE, DeliveryState.DEAD]
+    assert received == {str(pydicom.dcmread(files[i]).SOPInstanceUID) for i in (0, 1, 3)}
+    with ctx.session_factory() as s:
+        dead = s.execute(select(Delivery).where(Delivery.state == DeliveryState.DEAD)
+                         .order_by(Delivery.id)).scalars().all()
+    assert [d.attempts for d in dead] == [1, 1]
+    assert f"{files[2].name} is missing" in dead[0].last_error
+    assert "cannot read the file" in dead[1].last_error
+
+
+def test_each_failed_attempt_is_logged_with_its_reason(write_config, tmp_path, caplog) -> None:
+    import logging
+    import shutil
+
+    from tests.support.peers import StoreScp
+
+    pacs = StoreScp(tmp_path / "pacs").start()
+    try:
+        ctx = storescp_node(write_config, pacs)
+        queue_files(ctx, write_vl_micro(tmp_path / "out", 1))
+        shutil.rmtree(tmp_path / "pacs")  # storescp answers 0xA700: it cannot write
+        with caplog.at_level(logging.INFO, logger="bcd_node.delivery"):
+            assert Deliverer(ctx).run_once().retried == 1
+    finally:
+        pacs.stop()
+    (failure,) = [r for r in caplog.records
+                  if r.levelno >= logging.WARNING and r.name == "bcd_node.delivery"]
+    message = failure.getMessage()
+    assert "to pacs failed (attempt 1 of 10)" in message
+    assert "status 0xA700 (Refused: Out of Resources)" in message
+    caplog.clear()
+    ctx2 = node_for(write_config, free_port())  # nobody listens: a network error
+    queue_files(ctx2, write_vl_micro(tmp_path / "out2", 2))
+    with caplog.at_level(logging.INFO, logger="bcd_node.delivery"):
+        assert Deliverer(ctx2).run_once().retried == 2
+    (failure,) = [r for r in caplog.records
+                  if r.levelno >= logging.WARNING and r.name == "bcd_node.delivery"]
+    message = failure.getMessage()
+    assert "2 object(s) to pacs failed (attempt 1 of 10)" in message
+    assert "cannot associate" in message
+
+
+def test_a_slow_send_keeps_its_lease_and_is_sent_once(write_config, tmp_path) -> None:
+    """A send that outlasts the lease (1 s) keeps it: another process's pass takes nothing."""
+    import threading
+
+    from tests.support.peers import StoreScp
+
+    pacs = StoreScp(tmp_path / "pacs").start(["--sleep-after", "3"])
+    try:
+        ctx = storescp_node(write_config, pacs, "[delivery]\nlease_seconds = 1.0\n")
+        queue_files(ctx, write_vl_micro(tmp_path / "out", 1))
+        first: list = []
+        sending = threading.Thread(target=lambda: first.append(Deliverer(ctx).run_once()))
+        sending.start()
+        deadline = time.monotonic() + 10
+        while states(ctx) != [DeliveryState.SENDING] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert states(ctx) == [DeliveryState.SENDING]
+        with ctx.session_factory() as s:
+            claimed_until = s.execute(select(Delivery.next_attempt_at)).scalar_one()
+        # Past the first lease: without renewal the row would be due again now.
+        while time.monotonic() < deadline and utcnow() < claimed_until + timedelta(seconds=1):
+            time.sleep(0.05)
+        second = Deliverer(ctx).run_once()
+        sending.join(timeout=30)
+    finally:
+        pacs.stop()
+    assert second.sent == 0 and first[0].sent == 1
+    with ctx.session_factory() as s:
+        row = s.execute(select(Delivery)).scalar_one()
+    assert (row.state, row.attempts) == (DeliveryState.DONE, 1)
+

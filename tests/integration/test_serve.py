@@ -172,3 +172,50 @@ def test_metrics_count_received_images(write_config, tmp_path) -> None:
         assert "bcd_store_handler_seconds_count 3.0" in text
     finally:
         assert node.stop() == 0
+
+
+def _readyz(web_port: int, node: Node, timeout: float = 60) -> tuple[int, dict]:
+    """The first answer of /readyz, whatever its status."""
+    import urllib.error
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.proc is not None and node.proc.poll() is not None:
+            raise AssertionError(f"serve exited {node.proc.returncode}: {node.output()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz",
+                                        timeout=2) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"no answer from /readyz in {timeout}s: {node.output()}")
+
+
+def test_readyz_is_503_with_the_reason_on_a_damaged_database(write_config) -> None:
+    from bcd_node.runtime import open_node
+    from tests.support.damage import damage_table
+
+    dicom_port, web_port = free_port(), free_port()
+    config = write_config("[workers]\ncount = 0\n", dicom_port=dicom_port, web_port=web_port)
+    settings = load_settings(config)
+    ctx = open_node(settings)  # a database with its schema, then a bad page in a table
+    ctx.engine.dispose()
+    damage_table(settings.storage.data_dir / "bcd-node.db", "jobs")
+    node = Node(config, env={"BCD_ADMIN_PASSWORD": "first-admin-password"})
+    node.proc = subprocess.Popen([str(BCD_NODE), "--config", str(config), "serve"],
+                                 stdout=open(node.log, "wb"), stderr=subprocess.STDOUT,
+                                 env=node.env)
+    try:
+        status, body = _readyz(web_port, node)
+        deadline = time.monotonic() + 30  # started, but never ready
+        while status == 503 and not body["checks"]["started"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status, body = _readyz(web_port, node)
+        assert status == 503 and body["checks"]["started"] is True
+        assert body["checks"]["database"] is False
+        assert "damaged" in body["reasons"]["database"], body
+    finally:
+        assert node.stop() == 0
+    assert "is damaged" in node.output() and "Traceback" not in node.output()

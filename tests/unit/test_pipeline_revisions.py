@@ -121,7 +121,7 @@ def test_a_job_queued_before_the_change_analyses_the_newest_version(node) -> Non
     assert pipeline.analyze(first) is not None
     result = result_row(ctx)
     assert result.instance_revision == 1 and result.supersedes is None
-    assert result.mask_path.startswith(f"results/{result.instance_fk}/1.0/r1/")
+    assert result.mask_path.startswith(f"results/{result.instance_fk}/1.0@r1/")
     assert run_all(ctx, pipeline) == 1  # the new version's own job: the same objects again
     assert set(s for _, s in states(ctx)) == {JobState.DONE}
     assert delivered_kinds(ctx) == ["pdf", "seg", "sr"]
@@ -161,7 +161,7 @@ def test_a_version_arriving_during_the_analysis_wins(node) -> None:
                     result.pdf_sop_instance_uid}
     with ctx.session_factory() as s:  # revision 0's objects were made but never queued
         paths = set(s.execute(select(Delivery.path)).scalars())
-    assert all(p.startswith(f"results/{result.instance_fk}/1.0/r1/") for p in paths)
+    assert all(p.startswith(f"results/{result.instance_fk}/1.0@r1/") for p in paths)
 
 
 def test_verification_withdrawn_while_its_report_is_made_sends_nothing(node,
@@ -212,7 +212,7 @@ def test_verified_report_of_a_revision_lives_in_its_series(node) -> None:
     verify(ctx)
     assert run_all(ctx, pipeline) == 1
     result = result_row(ctx)
-    folder = ctx.settings.storage.data_dir / f"results/{result.instance_fk}/1.0/r1"
+    folder = ctx.settings.storage.data_dir / f"results/{result.instance_fk}/1.0@r1"
     ai = pydicom.dcmread(folder / "sr.dcm")
     verified_path = next(folder.glob("sr-verified-*.dcm"))
     assert_dciodvfy_clean(verified_path)

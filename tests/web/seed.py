@@ -13,6 +13,7 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from bcd_node.db.models import (Instance, Patient, Result, Series, Study, utcnow)
+from bcd_node.layout import DataLayout
 
 STAGES = ("Benign", "Malignant-Early", "Malignant-Pre", "Malignant-Pro")
 
@@ -86,8 +87,11 @@ def add_analysed_study(session: Session, data_dir: Path, *, patient_id: str = "P
     results_dir = data_dir / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "previews").mkdir(parents=True, exist_ok=True)
-    # The console shows previews/<instance id>.png; seeding it avoids needing a DICOM file.
-    (data_dir / "previews" / f"{inst.id}.png").write_bytes(png_bytes(image))
+    # The console shows the image's preview; seeding it avoids decoding a DICOM file (the
+    # image file itself only needs to exist).
+    (data_dir / DataLayout.preview_relpath(inst.id, inst.sha256)).write_bytes(png_bytes(image))
+    (data_dir / "store").mkdir(parents=True, exist_ok=True)
+    (data_dir / inst.path).touch()
     (results_dir / f"{inst.id}-mask.png").write_bytes(png_bytes(mask.astype(np.uint8) * 255))
     (results_dir / f"{inst.id}-overlay.png").write_bytes(png_bytes(overlay_rgba(mask)))
     if with_pdf:

@@ -115,7 +115,8 @@ def test_image_is_rendered_from_the_stored_dicom(app: Flask, doctor_client: Flas
                                         uid_root="2.25")
     (data_dir / "store").mkdir(exist_ok=True)
     (data_dir / f"store/{UID}.dcm").write_bytes(dicom_bytes)
-    (data_dir / "previews" / f"{analysed['instance_id']}.png").unlink()
+    for preview in (data_dir / "previews").glob(f"{analysed['instance_id']}-*.png"):
+        preview.unlink()
     resp = doctor_client.get(f"/instances/{analysed['instance_id']}/image.png")
     assert resp.status_code == 200 and resp.data.startswith(b"\x89PNG")
 

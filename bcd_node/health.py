@@ -1,0 +1,73 @@
+"""Readiness: named checks, each with the reason when it fails (``/readyz``, the console).
+
+A node is ready when it has started, its database can be read and passed its integrity check,
+the data folder's disk is above ``storage.min_free_disk``, and every component it runs is
+healthy. A component says why it is not (:meth:`bcd_node.runtime.Component.problem`), so a part
+of the node adds a check by registering a component in ``context.components``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+
+from bcd_node.db.integrity import is_damage
+from bcd_node.db.models import Job
+from bcd_node.runtime import NodeContext
+from bcd_node.storage import disk_status
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One readiness check: its name, whether it passes, and why not."""
+
+    name: str
+    ok: bool
+    reason: str = ""
+
+
+def database_check(context: NodeContext) -> Check:
+    """The database answers a read of the job queue and is not known to be damaged."""
+    health = context.database_health
+    problem = health.problem() if health is not None else None
+    if problem:
+        health.suspect()  # checked again now and then: a repaired database becomes ready
+        return Check("database", False, f"the database is {problem}")
+    try:
+        with context.session_factory() as session:
+            session.execute(select(Job.id).order_by(Job.id.desc()).limit(1)).all()
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        if health is not None and is_damage(exc):
+            health.suspect()
+        cause = exc.orig if isinstance(exc, DBAPIError) else exc
+        LOGGER.warning("readiness: cannot read the database: %s", cause)
+        return Check("database", False, f"cannot read the database: {cause}")
+    return Check("database", True)
+
+
+def disk_check(context: NodeContext) -> Check:
+    """The data folder's free space is at or above ``storage.min_free_disk``."""
+    storage = context.settings.storage
+    try:
+        disk = disk_status(storage.data_dir, storage.min_free_disk)
+    except OSError as exc:
+        return Check("disk", False, f"cannot read the free space of {storage.data_dir}: "
+                                    f"{exc.strerror}")
+    return Check("disk", disk.ok, disk.reason)
+
+
+def readiness(context: NodeContext) -> list[Check]:
+    """Every readiness check of this process, in a stable order."""
+    started = context.started.is_set()
+    checks = [Check("started", started, "" if started else "the node is still starting"),
+              database_check(context), disk_check(context)]
+    for name, component in list(context.components.items()):
+        if component.available:
+            ok = component.healthy()
+            checks.append(Check(name, ok, "" if ok else component.problem()))
+    return checks

@@ -1,0 +1,74 @@
+"""The node's log is for an administrator: library chatter is dropped or summarised, what
+carries information stays (each in a fresh interpreter, configured as the CLI does)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_BUILD_RESULTS = """
+import io, numpy as np, pydicom
+from bcd_node.logs import configure_logging
+from dicom.algorithm import Algorithm
+from dicom.outputs import build_result_objects
+from dicom.sr import Findings
+from tests.support.images import vl_micro
+
+configure_logging("INFO", "text")
+buf = io.BytesIO()
+vl_micro(3).save_as(buf, enforce_file_format=True)
+source = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+mask = np.zeros((128, 128), bool)
+mask[40:60, 40:60] = True
+findings = Findings("Benign", {"Benign": 0.9, "Malignant-Early": 0.05, "Malignant-Pre": 0.03,
+                               "Malignant-Pro": 0.02}, 1, 0.02, True)
+objects = build_result_objects(source, mask, findings, algorithm=Algorithm("m", "1"),
+                               pdf=b"%PDF-1.4\\n%%EOF\\n")
+print(len(objects.named()))
+"""
+
+
+def test_building_results_logs_what_was_built_not_highdicom_chatter() -> None:
+    done = subprocess.run([sys.executable, "-c", _BUILD_RESULTS], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3"]
+    lines = done.stderr.strip().splitlines()
+    assert not [line for line in lines if "highdicom" in line], done.stderr
+    assert any("dicom.seg: built SEG" in line for line in lines)  # our own lines stay
+    assert all("'…'" not in line for line in lines)  # no line emptied of its content
+
+
+_SKIPPING_SCHEDULER = """
+import threading, time
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+from apscheduler.schedulers.background import BackgroundScheduler
+from bcd_node.logs import configure_logging
+
+configure_logging("INFO", "text")
+release, skipped = threading.Event(), []
+scheduler = BackgroundScheduler(timezone="UTC", job_defaults={
+    "coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
+scheduler.add_listener(lambda event: skipped.append(event), EVENT_JOB_MAX_INSTANCES)
+scheduler.add_job(lambda: release.wait(60), "interval", seconds=0.05, id="deliver")
+scheduler.start()
+deadline = time.monotonic() + 30
+while len(skipped) < 40 and time.monotonic() < deadline:
+    time.sleep(0.01)
+release.set()
+scheduler.shutdown(wait=True)
+print(len(skipped))
+"""
+
+
+def test_skipped_scheduler_runs_are_summarised_not_warned_each_time() -> None:
+    done = subprocess.run([sys.executable, "-c", _SKIPPING_SCHEDULER], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 40  # the scheduler did skip that often
+    lines = [line for line in done.stderr.strip().splitlines() if "apscheduler" in line]
+    assert len(lines) == 1, done.stderr
+    assert "INFO" in lines[0] and '"deliver' in lines[0] and "summarised every" in lines[0]

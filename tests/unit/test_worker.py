@@ -1,0 +1,158 @@
+"""Workers: leases kept while working, fencing, the disk guard, and one log line per failure."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from bcd_node import jobqueue
+from bcd_node.db.models import Job, JobKind, JobState, utcnow
+from bcd_node.runtime import open_node
+from bcd_node.settings import load_settings
+from bcd_node.storage import StorageFullError
+from bcd_node.worker import Workers
+
+
+@pytest.fixture
+def ctx(write_config):
+    context = open_node(load_settings(write_config(
+        "[workers]\nlease_seconds = 0.6\nmax_attempts = 3\nretry_delay = 0.01\n"
+        "poll_interval = 0.05\n")))
+    yield context
+    context.engine.dispose()
+
+
+def _job(ctx, max_attempts: int = 3) -> int:
+    with ctx.session_factory.begin() as s:
+        job = Job(kind=JobKind.STUDY_SUMMARY, max_attempts=max_attempts)
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def _get(ctx, job_id: int) -> Job:
+    with ctx.session_factory() as s:
+        return s.get(Job, job_id)
+
+
+def _wait(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def test_a_job_longer_than_its_lease_keeps_it(ctx) -> None:
+    job_id = _job(ctx)
+    running, release = threading.Event(), threading.Event()
+
+    def run(job) -> None:
+        running.set()
+        release.wait(30)
+        with ctx.session_factory.begin() as s:
+            assert jobqueue.complete(s, job)
+
+    workers = Workers(ctx, run, 1).start()
+    try:
+        assert running.wait(20)
+        claimed_until = _get(ctx, job_id).lease_expires_at
+        # Three leases later, the job is still this worker's: nobody else may claim it.
+        _wait(lambda: utcnow() > claimed_until + timedelta(seconds=1.2))
+        with ctx.session_factory.begin() as s:
+            assert jobqueue.claim(s, "another-worker", 0.6) is None
+        assert _get(ctx, job_id).lease_expires_at > claimed_until
+        release.set()
+        _wait(lambda: _get(ctx, job_id).state is JobState.DONE)
+    finally:
+        release.set()
+        workers.stop()
+    assert _get(ctx, job_id).attempts == 1
+
+
+def test_a_worker_that_lost_its_lease_does_not_publish(ctx) -> None:
+    job_id = _job(ctx)
+    with ctx.session_factory.begin() as s:
+        stale = jobqueue.claim(s, "stale-worker", 0.01)
+    _wait(lambda: utcnow() > _get(ctx, job_id).lease_expires_at)
+    with ctx.session_factory.begin() as s:
+        fresh = jobqueue.claim(s, "fresh-worker", 30)
+    assert fresh is not None and fresh.id == stale.id
+    with ctx.session_factory.begin() as s:
+        assert not jobqueue.renew(s, stale, 30)
+        assert not jobqueue.complete(s, stale)
+        assert not jobqueue.fail(s, stale, "stale")
+    job = _get(ctx, job_id)
+    assert (job.state, job.lease_owner) == (JobState.RUNNING, "fresh-worker")
+
+
+def test_a_failing_job_is_logged_once_with_its_reason(ctx, caplog) -> None:
+    job_id = _job(ctx, max_attempts=3)
+    calls = []
+
+    def run(job) -> None:
+        calls.append(job.attempts)
+        raise RuntimeError("model server unreachable")
+
+    workers = Workers(ctx, run, 0)
+    with caplog.at_level(logging.DEBUG, logger="bcd_node"):
+        for _ in range(3):
+            _wait(lambda: workers.step("w"))
+    assert calls == [1, 2, 3] and _get(ctx, job_id).state is JobState.FAILED
+    records = [r for r in caplog.records if r.name.startswith("bcd_node")]
+    attempts = [r for r in records if r.levelno == logging.INFO and "attempt" in r.getMessage()]
+    assert len(attempts) == 2 and not any(r.exc_info for r in attempts)
+    assert all("model server unreachable" in r.getMessage() for r in attempts)
+    final = [r for r in records if r.levelno >= logging.WARNING]
+    assert len(final) == 1
+    assert f"job {job_id} (study_summary) failed after 3 attempts: RuntimeError: model server " \
+           "unreachable" == final[0].getMessage()
+    assert final[0].exc_info  # not one of the node's errors: a bug shows its traceback once
+
+
+def _min_free(ctx, value: int) -> None:
+    ctx.settings = dataclasses.replace(ctx.settings, storage=dataclasses.replace(
+        ctx.settings.storage, min_free_disk=value))
+
+
+def test_workers_pause_under_the_disk_mark_and_resume(ctx, caplog) -> None:
+    job_id = _job(ctx)
+    free = shutil.disk_usage(ctx.settings.storage.data_dir).free
+    _min_free(ctx, free + 10**12)  # as if the disk had filled up
+    ran = []
+    workers = Workers(ctx, lambda job: ran.append(job.id), 1)
+    with caplog.at_level(logging.INFO, logger="bcd_node.worker"):
+        workers.start()
+        try:
+            _wait(lambda: workers.paused)
+            assert "storage.min_free_disk" in workers.paused
+            for _ in range(3):  # still polling, still paused
+                workers.wake()
+                time.sleep(0.05)
+            assert ran == [] and _get(ctx, job_id).state is JobState.QUEUED
+            _min_free(ctx, 1)
+            workers.wake()
+            _wait(lambda: ran == [job_id])
+        finally:
+            workers.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "bcd_node.worker"]
+    assert sum("paused" in m for m in lines) == 1 and sum("resumed" in m for m in lines) == 1
+
+
+def test_a_job_that_meets_a_full_disk_goes_back_to_the_queue(ctx) -> None:
+    job_id = _job(ctx)
+
+    def run(job) -> None:
+        raise StorageFullError("disk full while writing into results")
+
+    workers = Workers(ctx, run, 0)
+    assert workers.step("w")
+    job = _get(ctx, job_id)
+    assert (job.state, job.attempts, job.last_error) == (JobState.QUEUED, 0, None)
+    assert "disk full" in workers.paused
