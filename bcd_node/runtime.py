@@ -32,10 +32,18 @@ class Component:
     available: bool
     detail: str = ""
     check: Callable[[], bool] | None = None
+    #: Why the component is not healthy (asked only when ``check`` fails), for ``/readyz``.
+    why: Callable[[], str | None] | None = None
 
     def healthy(self) -> bool:
         """Whether the component works right now (True when it has no check)."""
         return self.check() if self.check else True
+
+    def problem(self) -> str | None:
+        """None while the component is healthy, else a short reason."""
+        if self.healthy():
+            return None
+        return (self.why() if self.why else None) or "not healthy"
 
     def describe(self) -> str:
         """One line for the console and the start-up summary."""

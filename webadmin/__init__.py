@@ -146,11 +146,16 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
         except Exception:  # noqa: BLE001 - any failure means not ready
             LOGGER.exception("readiness: database check failed")
             checks["database"] = False
+        reasons: dict[str, str] = {}
         for name, component in context.components.items():
             if component.available:
-                checks[name] = component.healthy()
+                problem = component.problem()
+                checks[name] = problem is None
+                if problem is not None:
+                    reasons[name] = problem
         ok = all(checks.values())
-        return jsonify(status="ready" if ok else "not ready", checks=checks), (200 if ok else 503)
+        return jsonify(status="ready" if ok else "not ready", checks=checks,
+                       reasons=reasons), (200 if ok else 503)
 
     @app.get("/metrics")
     def metrics() -> Any:
