@@ -18,8 +18,8 @@ from bcd_node import audit
 from bcd_node.intake import (DatasetTooLargeError, Intake, InvalidImageError,
                              SopClassMismatchError, StorageFullError, UnsupportedImageError)
 from bcd_node.errors import TransientError
+from dicom.association import dataset_overflow
 from dicom.part10 import file_meta_bytes
-from dicom.scp import dataset_overflow
 
 LOGGER = logging.getLogger(__name__)
 

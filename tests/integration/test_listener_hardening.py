@@ -164,8 +164,8 @@ def many_descriptors() -> Iterator[None]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 2048:
         pytest.skip(f"RLIMIT_NOFILE hard limit {hard} leaves no room above 1023")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048) if soft != resource.RLIM_INFINITY
-                                                 else soft, hard))
+    wanted = soft if soft == resource.RLIM_INFINITY else max(soft, 2048)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     base = os.open(os.devnull, os.O_RDONLY)
     held = [base]
     try:
