@@ -356,6 +356,7 @@ class SharedSocketListener:
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop a listener that owns its socket: refuse new connections, then :meth:`stop`."""
+        self._stopped.set()  # before the socket's shutdown wakes the loop: no "stopped" notice
         stop_accepting(self.sock)
         self.stop(timeout)
 
