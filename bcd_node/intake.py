@@ -33,6 +33,7 @@ from bcd_node.db.models import (Instance, Job, JobKind, JobState, Patient, Serie
                                 utcnow)
 from bcd_node.errors import PermanentError, TransientError
 from bcd_node.runtime import NodeContext
+from bcd_node.settings import format_size
 from bcd_node.storage import StorageFullError, Store
 from dicom.errors import DicomError, InflationLimitError, UnsupportedDicomError
 from dicom.pixels import inspect_image, iter_frames, read_dataset
@@ -62,7 +63,11 @@ class SopClassMismatchError(PermanentError):
 
 class DatasetTooLargeError(PermanentError):
     """The data set, as sent or as inflated, is larger than ``dicom.max_dataset_bytes``
-    (DIMSE 0xA700)."""
+    (DIMSE 0xA700); ``comment`` says so in the 64 characters of an Error Comment."""
+
+    def __init__(self, message: str, comment: str) -> None:
+        super().__init__(message)
+        self.comment = comment
 
 
 @dataclass(frozen=True)
@@ -215,14 +220,18 @@ class Intake:
         them costs more than the rest of the C-STORE handler together); a malformed one fails
         that job with its reason.
         """
+        limit = format_size(self.max_dataset_bytes)
         if len(data) > self.max_dataset_bytes + _PART10_HEADER_ALLOWANCE:
-            raise DatasetTooLargeError(f"data set of {len(data)} bytes exceeds "
-                                       f"{self.max_dataset_bytes} bytes (dicom.max_dataset_bytes)")
+            raise DatasetTooLargeError(
+                f"data set of {len(data)} bytes exceeds {limit} (dicom.max_dataset_bytes)",
+                f"data set exceeds {limit} (dicom.max_dataset_bytes)")
         try:
             ds = read_dataset(data, max_pixels=self.max_pixels, convert_all=False,
                               max_inflated_bytes=self.max_dataset_bytes)
         except InflationLimitError as exc:
-            raise DatasetTooLargeError(f"{exc} (dicom.max_dataset_bytes)") from exc
+            raise DatasetTooLargeError(
+                f"{exc} (dicom.max_dataset_bytes)",
+                f"inflated data set exceeds {limit} (dicom.max_dataset_bytes)") from exc
         except DicomError as exc:
             raise InvalidImageError(str(exc)) from exc
         try:

@@ -18,6 +18,7 @@ from bcd_node import audit
 from bcd_node.intake import (DatasetTooLargeError, Intake, InvalidImageError,
                              SopClassMismatchError, StorageFullError, UnsupportedImageError)
 from bcd_node.errors import TransientError
+from bcd_node.settings import format_size
 from dicom.association import dataset_overflow
 from dicom.part10 import file_meta_bytes
 
@@ -66,7 +67,8 @@ def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
     negotiated = str(event.context.abstract_syntax)
     sop_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
 
-    def refuse(status: int, reason: str, action: str = "store_refused") -> Dataset:
+    def refuse(status: int, reason: str, action: str = "store_refused",
+               comment: str | None = None) -> Dataset:
         if metrics is not None:
             metrics.refused.labels(f"0x{status:04X}").inc()
         LOGGER.warning("C-STORE %s from %s refused (0x%04X): %s", sop_uid, calling_ae, status,
@@ -75,13 +77,15 @@ def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
                outcome="failure", object_ref=f"instance:{sop_uid}",
                details={"status": f"0x{status:04X}", "reason": reason[:500],
                         "sop_class": negotiated})
-        return status_with_comment(status, reason)
+        return status_with_comment(status, comment or reason)
 
     overflow = dataset_overflow(event.request)
     if overflow is not None:
-        # The listener kept none of it (dicom.max_dataset_bytes bounds memory per association).
-        return refuse(OUT_OF_RESOURCES, f"data set of {overflow[0]} bytes exceeds {overflow[1]} "
-                                        f"bytes (dicom.max_dataset_bytes)")
+        # The listener dropped it as it arrived (the limit bounds memory per association).
+        limit = format_size(overflow[1])
+        return refuse(OUT_OF_RESOURCES, f"data set of {overflow[0]} bytes exceeds {limit} "
+                                        f"(dicom.max_dataset_bytes)",
+                      comment=f"data set exceeds {limit} (dicom.max_dataset_bytes)")
     try:
         request = event.request
         header = file_meta_bytes(negotiated, sop_uid, str(event.context.transfer_syntax),
@@ -95,7 +99,7 @@ def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
         accepted = intake.accept(data, source="dicom", calling_ae=calling_ae, peer=peer,
                                  expected_sop_class=negotiated)
     except DatasetTooLargeError as exc:
-        return refuse(OUT_OF_RESOURCES, str(exc))
+        return refuse(OUT_OF_RESOURCES, str(exc), comment=exc.comment)
     except SopClassMismatchError as exc:
         return refuse(DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc))
     except UnsupportedImageError as exc:

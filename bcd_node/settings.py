@@ -286,6 +286,14 @@ def parse_size(key: str, value: Any) -> int:
     raise SettingsError(key, value, "expected a size such as 2GiB or 500MB")
 
 
+def format_size(size: int) -> str:
+    """``size`` bytes as :func:`parse_size` reads it back: "256MiB", "1500000 bytes"."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size} bytes"
+
+
 #: Keys that take a byte size (an integer or a string such as "256MiB").
 _SIZE_KEYS = frozenset({"storage.min_free_disk", "dicom.max_dataset_bytes"})
 

@@ -313,10 +313,11 @@ def test_a_dataset_over_max_dataset_bytes_is_refused(scp, tmp_path, monkeypatch)
     path = tmp_path / "big.dcm"
     vl_micro(2, size=1024).save_as(path, enforce_file_format=True)  # 3 MiB of pixels
     comment = refused(send_file(running.port, path, monkeypatch=monkeypatch), 0xA700)
-    assert "1048576" in comment
+    assert comment == "data set exceeds 1MiB (dicom.max_dataset_bytes)"
     assert running.instances() == 0
     [event] = running.audit("store_refused")
     assert event.details["status"] == "0xA700"
+    assert "bytes exceeds 1MiB" in event.details["reason"]
     done = echoscu(running.port)
     assert done.returncode == 0, done.stderr
 
@@ -350,7 +351,7 @@ def test_a_deflate_bomb_is_refused(scp, tmp_path, monkeypatch) -> None:
     assert path.stat().st_size < 400_000
     comment = refused(send_file(running.port, path, DeflatedExplicitVRLittleEndian,
                                 monkeypatch=monkeypatch), 0xA700)
-    assert "inflates" in comment
+    assert comment == "inflated data set exceeds 256MiB (dicom.max_dataset_bytes)"
     assert running.instances() == 0
     [event] = running.audit("store_refused")
     assert event.details["status"] == "0xA700"
