@@ -405,7 +405,12 @@ class SharedSocketListener:
                     except OSError:
                         pass
                 else:
-                    self._advance(cast(_Pending, key.data), selector)
+                    pending = cast(_Pending, key.data)
+                    try:
+                        self._advance(pending, selector)
+                    except Exception:  # noqa: BLE001 - one bad connection must not end accepting
+                        LOGGER.exception("error on a connection from %s", pending.address)
+                        self._drop(pending, selector, "internal error", True)
             now = time.monotonic()
             if listening and not acceptable:
                 waiting_since = None
@@ -463,7 +468,11 @@ class SharedSocketListener:
                     return "busy"
                 return "ended"  # EINVAL once the shared socket is shut down
             accepted = True
-            self._accepted(client, address, selector)
+            try:
+                self._accepted(client, address, selector)
+            except Exception:  # noqa: BLE001 - one bad connection must not end accepting
+                LOGGER.exception("cannot take the connection from %s", address)
+                close_socket(client)
         return "accepted"
 
     def _cannot_accept(self, exc: OSError) -> None:
@@ -513,9 +522,14 @@ class SharedSocketListener:
                                          f"waited to associate", True)
         pending = _Pending(client, address, time.monotonic() + self.policy.preassociation_timeout,
                            self.ssl_context is not None)
+        try:
+            selector.register(client, selectors.EVENT_READ, pending)
+        except (OSError, ValueError) as exc:
+            close_socket(client)
+            self._drops.note(address, f"cannot wait for the connection: {exc}", True)
+            return
         with self._lock:
             self._pending[client.fileno()] = pending
-        selector.register(client, selectors.EVENT_READ, pending)
         self._publish()
 
     def _advance(self, pending: _Pending, selector: selectors.BaseSelector) -> None:

@@ -432,6 +432,7 @@ def test_a_port_scan_leaves_no_descriptors_and_echo_keeps_working(node) -> None:
     assert status == 200, body
 
 
+@pytest.mark.slow
 def test_a_listener_that_cannot_accept_makes_readyz_fail(node) -> None:
     running, dicom_port, web_port = node
     victim = listener_pids(running)[0]
