@@ -34,18 +34,21 @@ from bcd_node.db.models import (Instance, Job, JobKind, JobState, Patient, Serie
 from bcd_node.errors import PermanentError, TransientError
 from bcd_node.revisions import supersede_results
 from bcd_node.runtime import NodeContext
+from bcd_node.settings import format_size
 from bcd_node.storage import StorageFullError, Store
-from dicom.errors import DicomError, UnsupportedDicomError
+from dicom.errors import DicomError, InflationLimitError, UnsupportedDicomError
 from dicom.pixels import inspect_image, iter_frames, read_dataset
 from dicom.sop import NATIVE_TRANSFER_SYNTAXES
 
 LOGGER = logging.getLogger(__name__)
 
 _NATIVE = frozenset(str(uid) for uid in NATIVE_TRANSFER_SYNTAXES)
+#: The data set limit counts the data set; a Part 10 file adds its preamble and file meta.
+_PART10_HEADER_ALLOWANCE = 64 * 1024
 
 __all__ = ["Accepted", "Intake", "InvalidImageError", "UnsupportedImageError",
            "SopClassMismatchError", "IdentityConflictError", "StorageFullError",
-           "accept_upload"]
+           "DatasetTooLargeError", "accept_upload"]
 
 
 class InvalidImageError(PermanentError):
@@ -103,6 +106,15 @@ class IdentityConflictError(PermanentError):
                     f"changed: a {level.lower()} cannot hold images of two {conflict}s. Check "
                     f"the image's {conflict} and {level.lower()} at its source.")
         super().__init__(text)
+
+
+class DatasetTooLargeError(PermanentError):
+    """The data set, as sent or as inflated, is larger than ``dicom.max_dataset_bytes``
+    (DIMSE 0xA700); ``comment`` says so in the 64 characters of an Error Comment."""
+
+    def __init__(self, message: str, comment: str) -> None:
+        super().__init__(message)
+        self.comment = comment
 
 
 @dataclass(frozen=True)
@@ -246,6 +258,7 @@ class Intake:
                            context.settings.storage.min_free_disk)
         self.max_batch = max_batch
         self.max_pixels = max_pixels
+        self.max_dataset_bytes = context.settings.dicom.max_dataset_bytes
         self.commit_timeout = commit_timeout
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         # Committed patient/study/series ids and their parents' ids by their keys (only the
@@ -291,16 +304,27 @@ class Intake:
     def validate(self, data: bytes, expected_sop_class: str | None = None) -> Dataset:
         """Read, check and partly decode ``data``; raise the typed error when it is unusable.
 
-        Checked before an image is acknowledged: the file structure (every top-level element
-        has its declared length), the SOP class, the attributes the node files the image by
-        (:func:`_extract`), the image pixel module (with the Pixel Data length) and, unless the
-        image is native RGB, the decoding of its first frame. Other
-        values are converted only when the image is analysed (converting all of them costs more
-        than the rest of the C-STORE handler together); a malformed one fails that job with its
-        reason.
+        Checked before an image is acknowledged: the size (``dicom.max_dataset_bytes``, also
+        as inflated for a deflated transfer syntax), the file structure (every top-level element
+        has its declared length, sequences nest at most 32 levels), the SOP class, the
+        attributes the node files the image by (:func:`_extract`), the image pixel module (with
+        the Pixel Data length) and, unless the image is native RGB, the decoding of its first
+        frame. Other values are converted only when the image is analysed (converting all of
+        them costs more than the rest of the C-STORE handler together); a malformed one fails
+        that job with its reason.
         """
+        limit = format_size(self.max_dataset_bytes)
+        if len(data) > self.max_dataset_bytes + _PART10_HEADER_ALLOWANCE:
+            raise DatasetTooLargeError(
+                f"data set of {len(data)} bytes exceeds {limit} (dicom.max_dataset_bytes)",
+                f"data set exceeds {limit} (dicom.max_dataset_bytes)")
         try:
-            ds = read_dataset(data, max_pixels=self.max_pixels, convert_all=False)
+            ds = read_dataset(data, max_pixels=self.max_pixels, convert_all=False,
+                              max_inflated_bytes=self.max_dataset_bytes)
+        except InflationLimitError as exc:
+            raise DatasetTooLargeError(
+                f"{exc} (dicom.max_dataset_bytes)",
+                f"inflated data set exceeds {limit} (dicom.max_dataset_bytes)") from exc
         except DicomError as exc:
             raise InvalidImageError(str(exc)) from exc
         try:
@@ -334,7 +358,7 @@ class Intake:
 
         Raises
         ------
-        InvalidImageError, UnsupportedImageError, SopClassMismatchError
+        InvalidImageError, UnsupportedImageError, SopClassMismatchError, DatasetTooLargeError
             Permanent: the data is refused and nothing is stored.
         StorageFullError
             Free space is under the configured mark; nothing is stored.

@@ -43,7 +43,8 @@ class Component:
     available: bool
     detail: str = ""
     check: Callable[[], bool] | None = None
-    reason: Callable[[], str] | None = None
+    #: Why the component is not healthy (asked only when ``check`` fails), for ``/readyz``.
+    reason: Callable[[], str | None] | None = None
 
     def healthy(self) -> bool:
         """Whether the component works right now (True when it has no check)."""

@@ -7,6 +7,7 @@ handler arguments, as in pynetdicom's qrscp application.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -14,9 +15,12 @@ from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from bcd_node import audit
-from bcd_node.intake import (IdentityConflictError, Intake, InvalidImageError,
-                             SopClassMismatchError, StorageFullError, UnsupportedImageError)
+from bcd_node.intake import (DatasetTooLargeError, IdentityConflictError, Intake,
+                             InvalidImageError, SopClassMismatchError, StorageFullError,
+                             UnsupportedImageError)
 from bcd_node.errors import TransientError
+from bcd_node.settings import format_size
+from dicom.association import dataset_overflow
 from dicom.part10 import file_meta_bytes
 
 LOGGER = logging.getLogger(__name__)
@@ -38,6 +42,17 @@ def _peer(event: Any) -> tuple[str, str]:
     return str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}"
 
 
+def status_with_comment(status: int, reason: str) -> Dataset:
+    """A DIMSE status with the reason as its Error Comment (0000,0902): LO, so at most 64
+    characters of the default repertoire and no backslash."""
+    answer = Dataset()
+    answer.Status = status
+    comment = re.sub(r"[^\x20-\x5b\x5d-\x7e]", "?", " ".join(reason.split()))[:64].strip()
+    if comment:
+        answer.ErrorComment = comment
+    return answer
+
+
 def _audit(factory: sessionmaker[Session], **kwargs: Any) -> None:
     try:
         with factory.begin() as session:
@@ -48,14 +63,15 @@ def _audit(factory: sessionmaker[Session], **kwargs: Any) -> None:
 
 def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
                  metrics: Any = None) -> int | Dataset:
-    """C-STORE: durable intake, then Success; the right failure status otherwise."""
+    """C-STORE: durable intake, then Success; the right failure status (with an Error Comment)
+    otherwise."""
     started = time.perf_counter()
     calling_ae, peer = _peer(event)
     negotiated = str(event.context.abstract_syntax)
     sop_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
 
     def refuse(status: int, reason: str, action: str = "store_refused",
-               comment: str | None = None) -> int | Dataset:
+               comment: str | None = None) -> Dataset:
         if metrics is not None:
             metrics.refused.labels(f"0x{status:04X}").inc()
         LOGGER.warning("C-STORE %s from %s refused (0x%04X): %s", sop_uid, calling_ae, status,
@@ -64,13 +80,15 @@ def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
                outcome="failure", object_ref=f"instance:{sop_uid}",
                details={"status": f"0x{status:04X}", "reason": reason[:500],
                         "sop_class": negotiated})
-        if comment is None:
-            return status
-        response = Dataset()
-        response.Status = status
-        response.ErrorComment = comment[:64]  # LO
-        return response
+        return status_with_comment(status, comment or reason)
 
+    overflow = dataset_overflow(event.request)
+    if overflow is not None:
+        # The listener dropped it as it arrived (the limit bounds memory per association).
+        limit = format_size(overflow[1])
+        return refuse(OUT_OF_RESOURCES, f"data set of {overflow[0]} bytes exceeds {limit} "
+                                        f"(dicom.max_dataset_bytes)",
+                      comment=f"data set exceeds {limit} (dicom.max_dataset_bytes)")
     try:
         request = event.request
         header = file_meta_bytes(negotiated, sop_uid, str(event.context.transfer_syntax),
@@ -83,6 +101,8 @@ def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
             data = header + received
         accepted = intake.accept(data, source="dicom", calling_ae=calling_ae, peer=peer,
                                  expected_sop_class=negotiated)
+    except DatasetTooLargeError as exc:
+        return refuse(OUT_OF_RESOURCES, str(exc), comment=exc.comment)
     except SopClassMismatchError as exc:
         return refuse(DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc))
     except IdentityConflictError as exc:
@@ -107,18 +127,44 @@ def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
     return SUCCESS
 
 
+#: A-ASSOCIATE-RJ (result source, diagnostic) -> what the audit says (PS3.8 9.3.4).
+_REJECT_REASONS = {
+    (0x01, 0x02): "application context name not supported",
+    (0x01, 0x03): "calling AE title not recognised",
+    (0x01, 0x07): "called AE title not recognised",
+    (0x02, 0x02): "protocol version not supported",
+    (0x03, 0x01): "temporary congestion",
+    (0x03, 0x02): "local limit exceeded (dicom.max_associations)",
+}
+
+
 def handle_rejected(event: Any, factory: sessionmaker[Session], allowed: tuple[str, ...],
                     our_ae: str) -> None:
-    """An association was rejected: audit it, as a security alert for an unknown calling AE."""
+    """An association was rejected: audit it against the peer that asked (its calling AE and
+    address), with the reason sent in the A-ASSOCIATE-RJ; a calling AE that is not allowed is
+    a security alert whatever else was wrong."""
     calling_ae, peer = _peer(event)
     primitive = getattr(event.assoc.requestor, "primitive", None)
     called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+    answer = getattr(event.assoc.acceptor, "primitive", None)
+    code = (getattr(answer, "result_source", None), getattr(answer, "diagnostic", None))
+    reason = _REJECT_REASONS.get(code, "rejected by policy")  # type: ignore[arg-type]
+    action = "association_rejected"
     if allowed and calling_ae not in allowed:
-        action, reason = "security_alert", f"calling AE {calling_ae!r} is not allowed"
-    elif called and called != our_ae:
-        action, reason = "association_rejected", f"called AE {called!r} is not ours"
-    else:
-        action, reason = "association_rejected", "too many associations or other policy"
+        action, reason = "security_alert", f"calling AE {calling_ae!r} is not allowed ({reason})"
+    elif code == (0x01, 0x07):
+        reason = f"called AE {called!r} is not ours ({our_ae!r})"
     LOGGER.warning("association from %s (%s) rejected: %s", calling_ae, peer, reason)
     _audit(factory, actor=calling_ae or "unknown", actor_kind="dicom", source=peer,
            action=action, outcome="failure", details={"reason": reason})
+
+
+def handle_aborted(event: Any, factory: sessionmaker[Session]) -> None:
+    """An association was aborted: audit it when the listener aborted it for a protocol
+    violation (a PDU longer than we accept, an invalid PDU); the peer's own aborts are routine."""
+    reason = getattr(event.assoc, "abort_reason", None)
+    if not reason:
+        return
+    calling_ae, peer = _peer(event)
+    _audit(factory, actor=calling_ae or "unknown", actor_kind="dicom", source=peer,
+           action="association_aborted", outcome="failure", details={"reason": reason[:500]})

@@ -89,7 +89,7 @@ def _scp_setup(context: NodeContext, share: int = 1) -> tuple[Any, list[Any], An
     ``max_associations``."""
     from pynetdicom import evt
 
-    from bcd_node.scp_handlers import handle_rejected, handle_store
+    from bcd_node.scp_handlers import handle_aborted, handle_rejected, handle_store
     from dicom.scp import ScpPolicy, storage_contexts, tls_context
 
     d = context.settings.dicom
@@ -98,12 +98,15 @@ def _scp_setup(context: NodeContext, share: int = 1) -> tuple[Any, list[Any], An
                        max_associations=-(-d.max_associations // share),
                        acse_timeout=d.acse_timeout, dimse_timeout=d.dimse_timeout,
                        network_timeout=d.network_timeout, max_pdu=d.max_pdu,
+                       preassociation_timeout=d.preassociation_timeout,
+                       max_dataset_bytes=d.max_dataset_bytes,
                        storage_contexts=storage_contexts())
     handlers = [
         (evt.EVT_C_STORE, handle_store, [context.intake, context.session_factory,
                                          context.metrics]),
         (evt.EVT_REJECTED, handle_rejected,
          [context.session_factory, tuple(d.allowed_calling_aes), d.ae_title]),
+        (evt.EVT_ABORTED, handle_aborted, [context.session_factory]),
     ]
     ssl_context = None
     if d.tls_certificate and d.tls_private_key:
@@ -137,20 +140,17 @@ def _start_scp(context: NodeContext) -> tuple[Component, Stopper]:
         board = LoadBoard(_board_path(context.settings), int(slot), int(share))
         listener = SharedSocketListener(policy, sock, handlers, ssl_context,
                                         on_end=context.stop_requested.set, board=board).start()
+        # The parent process (which answers /readyz) reads this one's health on the board.
         return Component("dicom", True, _scp_detail(context.settings, bool(ssl_context)),
-                         listener.alive), listener.stop
+                         listener.healthy, listener.problem), listener.stop
     policy, handlers, ssl_context = _scp_setup(context)
     try:
-        server = start_scp(policy, d.host, d.port, handlers, ssl_context=ssl_context)
+        listener = start_scp(policy, d.host, d.port, handlers, ssl_context=ssl_context)
     except OSError as exc:
         raise StartupError(f"cannot listen for DICOM on {d.host}:{d.port} (dicom.host/dicom.port): "
                            f"{exc.strerror or exc}") from None
-
-    def alive() -> bool:
-        return server.socket is not None and server.socket.fileno() >= 0
-
-    return Component("dicom", True, _scp_detail(context.settings, bool(ssl_context)), alive), \
-        server.shutdown
+    return Component("dicom", True, _scp_detail(context.settings, bool(ssl_context)),
+                     listener.healthy, listener.problem), listener.shutdown
 
 
 def _board_path(settings: Settings) -> Any:
@@ -262,9 +262,10 @@ def _start_listener_processes(context: NodeContext) -> tuple[Component, Stopper]
                            f"{exc.strerror or exc}") from None
     from dicom.scp import LoadBoard
 
-    board = _board_path(settings)
-    board.parent.mkdir(parents=True, exist_ok=True)
-    LoadBoard.create(board, count)
+    board_path = _board_path(settings)
+    board_path.parent.mkdir(parents=True, exist_ok=True)
+    LoadBoard.create(board_path, count)
+    board = LoadBoard(board_path, None, count)  # read here: each process's accept status
     argv = _child_argv(settings, "scp")
     env = {**os.environ, LISTEN_FD_ENV: str(sock.fileno())}
 
@@ -280,8 +281,18 @@ def _start_listener_processes(context: NodeContext) -> tuple[Component, Stopper]
         group.stop()
         sock.close()
 
+    def problem() -> str | None:
+        problems = []
+        for i, (child, status) in enumerate(zip(group.children, board.statuses())):
+            if not child.running():
+                problems.append(f"listener process {i} is not running")
+            elif status:
+                problems.append(f"listener process {i} (pid {child.process.pid}) cannot accept "
+                                f"connections: {os.strerror(status)}")
+        return "; ".join(problems) or None
+
     detail = f"{_scp_detail(settings, bool(ssl_context))} in {count} processes"
-    return Component("dicom", True, detail, group.running), stop
+    return Component("dicom", True, detail, lambda: problem() is None, problem), stop
 
 
 def _start_workers(context: NodeContext) -> tuple[Component, Stopper]:
@@ -392,8 +403,11 @@ def _start_web(context: NodeContext) -> tuple[Component, Stopper]:
     try:
         # Without trusted proxies waitress drops every X-Forwarded-* header; with them the
         # app's ProxyFix (web.trusted_proxies) takes the hops it trusts and ignores the rest.
+        # poll(), not select(): select() fails once a file number passes 1023 (e.g. when the
+        # DICOM listener in this process holds many connections).
         server = create_server(app, host=w.host, port=w.port, threads=8, ident="bcd-node",
-                               clear_untrusted_proxy_headers=w.trusted_proxies == 0)
+                               clear_untrusted_proxy_headers=w.trusted_proxies == 0,
+                               asyncore_use_poll=True)
     except OSError as exc:
         raise StartupError(f"cannot listen for the web console on {w.host}:{w.port} "
                            f"(web.host/web.port): {exc.strerror or exc}") from None

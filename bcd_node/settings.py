@@ -69,6 +69,8 @@ class DicomSettings:
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
     max_pdu: int = 262144
+    preassociation_timeout: float = 5.0
+    max_dataset_bytes: int = 256 * 1024**2
     institution_name: str = ""
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
@@ -291,7 +293,17 @@ def parse_size(key: str, value: Any) -> int:
     raise SettingsError(key, value, "expected a size such as 2GiB or 500MB")
 
 
-_SIZE_KEYS = {("storage", "min_free_disk"), ("web", "upload_memory")}
+def format_size(size: int) -> str:
+    """``size`` bytes as :func:`parse_size` reads it back: "256MiB", "1500000 bytes"."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size} bytes"
+
+
+#: Keys that take a byte size (an integer or a string such as "256MiB").
+_SIZE_KEYS = frozenset({"storage.min_free_disk", "dicom.max_dataset_bytes",
+                        "web.upload_memory"})
 
 
 def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
@@ -308,7 +320,7 @@ def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[st
     out: dict[str, Any] = {}
     for key, (value, from_env) in values.items():
         full = f"{name}.{key}"
-        if (name, key) in _SIZE_KEYS:
+        if full in _SIZE_KEYS:
             if from_env and isinstance(value, str) and value.strip().isdigit():
                 value = int(value)
             out[key] = parse_size(full, value)
@@ -392,6 +404,12 @@ def _validate(s: Settings) -> None:
                             "at most 64 characters, no backslash")
     if d.max_pdu != 0 and not 4096 <= d.max_pdu <= 2**32 - 1:
         raise SettingsError("dicom.max_pdu", d.max_pdu, "must be 0 (unlimited) or 4096-4294967295")
+    if not 0 < d.preassociation_timeout <= 600:
+        raise SettingsError("dicom.preassociation_timeout", d.preassociation_timeout,
+                            "must be more than 0 and at most 600 s")
+    if not 64 * 1024 <= d.max_dataset_bytes <= 64 * 1024**3:
+        raise SettingsError("dicom.max_dataset_bytes", d.max_dataset_bytes,
+                            "must be between 64KiB and 64GiB")
 
     names: set[str] = set()
     for i, dest in enumerate(s.destinations):

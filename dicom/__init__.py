@@ -8,7 +8,7 @@ Modules
 -------
 errors
     ``DicomError`` (a ``ValueError``) and its subclasses ``DicomDecodeError``,
-    ``UnsupportedDicomError``, ``DecompressionBombError``.
+    ``UnsupportedDicomError``, ``DecompressionBombError`` (and ``InflationLimitError``).
 sop
     Accepted and emitted SOP classes, transfer syntaxes, photometric interpretations.
 pixels
@@ -31,4 +31,10 @@ dicomize
     Secondary Capture Image.
 outputs
     ``build_result_objects`` (SEG + SR + PDF together) and ``write_dataset`` (durable write).
+scp
+    The DICOM listener: ``ScpPolicy``, ``start_scp``, ``SharedSocketListener`` (accepting and
+    the pre-association phase, several processes on one port), ``LoadBoard``.
+association
+    The associations it serves: pynetdicom's acceptor waiting for events, reading within the
+    advertised PDU and data set limits (``dataset_overflow``), closing every file it holds.
 """

@@ -12,6 +12,7 @@ __all__ = [
     "DicomDecodeError",
     "UnsupportedDicomError",
     "DecompressionBombError",
+    "InflationLimitError",
 ]
 
 
@@ -40,4 +41,11 @@ class DecompressionBombError(DicomError):
 
     Checked before any pixel data is decoded, so that a small file cannot make the node allocate
     an arbitrarily large amount of memory.
+    """
+
+
+class InflationLimitError(DecompressionBombError):
+    """A deflated data set inflates beyond the configured limit (a "zip bomb").
+
+    Found by inflating into a bounded buffer that is thrown away, before the data set is read.
     """

@@ -28,18 +28,20 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.datadict import dictionary_VR
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import _get_jpg_parameters, pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from dicom.errors import DecompressionBombError, DicomDecodeError, DicomError, UnsupportedDicomError
+from dicom.errors import (DecompressionBombError, DicomDecodeError, DicomError,
+                          InflationLimitError, UnsupportedDicomError)
 from dicom.sop import (
     ACCEPTED_PHOTOMETRIC_INTERPRETATIONS,
     ACCEPTED_SOP_CLASSES,
@@ -137,6 +139,25 @@ def _check_elements(ds: Dataset, depth: int = 0) -> None:
                 _check_elements(item, depth + 1)
 
 
+def _check_nesting(ds: Dataset, depth: int = 0) -> None:
+    """Bound the sequence nesting, looking at sequences only (the C-STORE fast path: no other
+    value is converted)."""
+    if depth > MAX_SEQUENCE_DEPTH:
+        raise DicomDecodeError(f"sequence nesting deeper than {MAX_SEQUENCE_DEPTH} levels")
+    for tag, elem in list(ds._dict.items()):
+        if elem.VR == "SQ" or (elem.VR is None and isinstance(elem, RawDataElement)
+                               and _dictionary_vr(tag) == "SQ"):
+            for item in ds[tag].value:
+                _check_nesting(item, depth + 1)
+
+
+def _dictionary_vr(tag: Any) -> str | None:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
+
+
 def _check_lengths(ds: Dataset) -> None:
     """Refuse a top-level element whose value is shorter than its declared length (truncation)."""
     for raw in ds._dict.values():
@@ -174,7 +195,8 @@ def _transfer_syntax(ds: Dataset) -> str:
 
 
 def _inflate_bounded(data: bytes, limit: int) -> None:
-    """Refuse a deflated dataset that inflates beyond ``limit`` bytes (a zip bomb)."""
+    """Refuse a deflated dataset that inflates beyond ``limit`` bytes (a zip bomb); what is
+    inflated is thrown away a megabyte at a time."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     total = 0
     chunk = data
@@ -182,7 +204,7 @@ def _inflate_bounded(data: bytes, limit: int) -> None:
         out = inflater.decompress(chunk, 1024 * 1024)
         total += len(out)
         if total > limit:
-            raise DecompressionBombError(
+            raise InflationLimitError(
                 f"deflated dataset inflates to more than {limit} bytes"
             )
         chunk = inflater.unconsumed_tail
@@ -195,6 +217,7 @@ def read_dataset(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     convert_all: bool = True,
+    max_inflated_bytes: int | None = None,
 ) -> Dataset:
     """Read a DICOM Part 10 file, refusing anything malformed with a typed error.
 
@@ -208,8 +231,12 @@ def read_dataset(
     convert_all : bool, optional
         Convert every element now, so that any malformed value fails here (default). With
         ``False`` only the structure is checked (every top-level element has its declared
-        length) and values are converted when they are read: the fast path of the C-STORE
-        handler, which then reads the attributes it needs.
+        length, sequences nest at most :data:`MAX_SEQUENCE_DEPTH` levels) and values are
+        converted when they are read: the fast path of the C-STORE handler, which then reads
+        the attributes it needs.
+    max_inflated_bytes : int, optional
+        Largest size a deflated dataset may inflate to; by default about three bytes per pixel
+        of ``max_pixels`` plus headroom for the header.
 
     Returns
     -------
@@ -221,10 +248,16 @@ def read_dataset(
     ------
     DicomDecodeError
         If the input is not DICOM Part 10, is truncated, has wrong lengths or is nested too deeply.
-    DecompressionBombError
+    InflationLimitError
         If a deflated dataset inflates beyond the budget.
     """
     _check_limit(max_pixels)
+    if max_inflated_bytes is None:
+        max_inflated_bytes = max_pixels * 3 + _DEFLATE_HEADROOM
+    elif isinstance(max_inflated_bytes, bool) or not isinstance(max_inflated_bytes, int) \
+            or max_inflated_bytes < 1:
+        raise ValueError(f"max_inflated_bytes must be a positive int, got "
+                         f"{max_inflated_bytes!r}")
     max_bytes = max_pixels * _MAX_BYTES_PER_PIXEL + _DEFLATE_HEADROOM
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -259,13 +292,14 @@ def read_dataset(
             ts = _transfer_syntax(meta_ds)
             if ts == str(DeflatedExplicitVRLittleEndian):
                 start = 132 + 12 + int(meta_ds.file_meta.get("FileMetaInformationGroupLength", 0))
-                _inflate_bounded(data[start:], max_pixels * 3 + _DEFLATE_HEADROOM)
+                _inflate_bounded(data[start:], max_inflated_bytes)
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
         ts = ts or _transfer_syntax(ds)
         if convert_all:
             _check_elements(ds)
         else:
             _check_lengths(ds)
+            _check_nesting(ds)
     except DicomError:
         raise
     except RecursionError as exc:

@@ -13,7 +13,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from dicom import pixels
-from dicom.errors import DecompressionBombError, DicomDecodeError, DicomError
+from dicom.errors import (DecompressionBombError, DicomDecodeError, DicomError,
+                          InflationLimitError)
 from tests.dicom import inputs
 
 pytestmark = pytest.mark.timeout(20)
@@ -105,6 +106,19 @@ def test_deep_sequence_nesting(smear_rgb, depth):
         pixels.decode_file(nested)
 
 
+@pytest.mark.parametrize("depth", [33, 40])
+def test_deep_sequence_nesting_on_the_fast_path(smear_rgb, depth):
+    """The C-STORE fast path (no value conversion) bounds the nesting too."""
+    ds = inputs.make_image(smear_rgb[:8, :8], "RGB", 8)
+    data = _part10(ds)
+    pos = data.index(struct.pack("<HH", 0x7FE0, 0x0010))
+    with pytest.raises(DicomDecodeError, match="nesting"):
+        pixels.read_dataset(data[:pos] + _nested_sequences(depth) + data[pos:],
+                            convert_all=False)
+    shallow = data[:pos] + _nested_sequences(32) + data[pos:]
+    assert pixels.read_dataset(shallow, convert_all=False).SOPInstanceUID == ds.SOPInstanceUID
+
+
 @pytest.mark.parametrize(
     ("rows", "columns", "frames"),
     [(65535, 65535, 1), (4096, 4096, 10000), (1, 1, 2**31 - 1)],
@@ -166,6 +180,20 @@ def test_deflate_bomb_is_refused(tmp_path):
     assert len(bomb) < 200_000
     with pytest.raises(DecompressionBombError, match="inflates"):
         pixels.read_dataset(bytes(data[:meta_end]) + bomb, max_pixels=1000)
+
+
+def test_deflated_inflation_limit_is_configurable():
+    ds = inputs.make_image(np.zeros((8, 8, 3), dtype=np.uint8), "RGB", 8)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    data = bytearray(_part10(ds))
+    meta_end = 132 + 12 + struct.unpack("<I", data[140:144])[0]
+    body = struct.pack("<HH", 0x0009, 0x1010) + b"OB\0\0" + struct.pack("<I", 4 * 2**20)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = compressor.compress(body) + compressor.compress(bytes(4 * 2**20)) + compressor.flush()
+    with pytest.raises(InflationLimitError, match="more than 1048576 bytes"):
+        pixels.read_dataset(bytes(data[:meta_end]) + bomb, max_inflated_bytes=2**20)
+    with pytest.raises(ValueError, match="max_inflated_bytes"):
+        pixels.read_dataset(bytes(data), max_inflated_bytes=0)
 
 
 def test_file_object_must_be_binary(tmp_path):

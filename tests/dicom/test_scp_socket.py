@@ -10,7 +10,8 @@ import time
 import pytest
 from pynetdicom import _config, evt
 
-from dicom.scp import ScpPolicy, _QuietSocket, build_ae, storage_contexts
+from dicom.association import _QuietSocket
+from dicom.scp import ScpPolicy, build_ae, storage_contexts
 
 
 def quiet_socket(sock: socket.socket) -> _QuietSocket:

@@ -61,12 +61,16 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
                                     "BCD_DICOM_ALLOWED_CALLING_AES": "SCANNER1, PACS",
                                     "BCD_DICOM_REQUIRE_CALLED_AE": "false",
                                     "BCD_STORAGE_MIN_FREE_DISK": "2GiB",
+                                    "BCD_DICOM_MAX_DATASET_BYTES": "512MiB",
+                                    "BCD_DICOM_PREASSOCIATION_TIMEOUT": "2.5",
                                     "BCD_DATABASE_URL": "postgresql+psycopg://u:pw@db/bcd",
                                     "BCD_ADMIN_PASSWORD": "not a setting"})
     assert s.dicom.port == 11113
     assert s.dicom.allowed_calling_aes == ("SCANNER1", "PACS")
     assert s.dicom.require_called_ae is False
     assert s.storage.min_free_disk == 2 * 1024**3
+    assert s.dicom.max_dataset_bytes == 512 * 1024**2
+    assert s.dicom.preassociation_timeout == 2.5
     assert s.database_url == "postgresql+psycopg://u:pw@db/bcd"
 
 
@@ -92,6 +96,10 @@ def test_settings_are_frozen() -> None:
     ({"dicom": {"acse_timeout": 0}}, {}, "dicom.acse_timeout"),
     ({"dicom": {"require_called_ae": "yes"}}, {}, "dicom.require_called_ae"),
     ({"dicom": {"max_pdu": 100}}, {}, "dicom.max_pdu"),
+    ({"dicom": {"preassociation_timeout": 0}}, {}, "dicom.preassociation_timeout"),
+    ({"dicom": {"max_dataset_bytes": "lots"}}, {}, "dicom.max_dataset_bytes"),
+    ({"dicom": {"max_dataset_bytes": "1KiB"}}, {}, "dicom.max_dataset_bytes"),
+    ({}, {"BCD_DICOM_MAX_DATASET_BYTES": "-5"}, "dicom.max_dataset_bytes"),
     ({"storage": {"min_free_disk": "lots"}}, {}, "storage.min_free_disk"),
     ({"storage": {"data_dir": ""}}, {}, "storage.data_dir"),
     ({"database": {"url": "mysql://x/y"}}, {}, "database.url"),

@@ -410,3 +410,21 @@ def test_registration_is_rate_limited_per_ip(app: Flask, client: FlaskClient) ->
                 "password": "a-long-password-1", "confirm": "a-long-password-1"}
         resp = post_form(client, "/register", "/register", data)
     assert resp.status_code == 429 and "Too many account requests" in resp.get_data(as_text=True)
+
+
+def test_readyz_names_why_a_component_is_not_ready(context, client: FlaskClient) -> None:
+    from bcd_node.runtime import Component
+
+    context.started.set()
+    problem: list[str] = []
+    context.components["dicom"] = Component("dicom", True, "listener", lambda: not problem,
+                                            lambda: problem[0])
+    resp = client.get("/readyz")
+    assert resp.status_code == 200
+    assert resp.get_json()["reasons"] == {}
+    problem.append("listener process 0 cannot accept connections: Too many open files")
+    resp = client.get("/readyz")
+    assert resp.status_code == 503
+    body = resp.get_json()
+    assert body["checks"]["dicom"] is False
+    assert body["reasons"] == {"dicom": problem[0]}
