@@ -134,7 +134,7 @@ def test_known_uid_again_refused_reanalysed_or_acknowledged(scp_factory, orthanc
     assert new.id == old.id and new.instance_revision == 1 and new.verification == "unverified"
     new_uids = {new.seg_sop_instance_uid, new.sr_sop_instance_uid, new.pdf_sop_instance_uid}
     assert None not in new_uids and not new_uids & old_uids
-    folder = data / f"results/{new.instance_fk}/0.0.1/r1"
+    folder = data / f"results/{new.instance_fk}/0.0.1@r1"
     for kind in ("seg", "sr", "pdf"):
         assert_dciodvfy_clean(folder / f"{kind}.dcm")
     sr = pydicom.dcmread(folder / "sr.dcm")
