@@ -17,6 +17,7 @@ from bcd_node.settings import load_settings
 from tests.conftest import free_port
 from tests.support.images import write_vl_micro
 from tests.support.peers import Orthanc
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -101,9 +102,9 @@ def test_dead_letter_and_audited_retry(write_config, tmp_path) -> None:
     queue_files(ctx, write_vl_micro(tmp_path / "out", 1))
     deliverer = Deliverer(ctx)
     deliverer.run_once()
-    time.sleep(0.3)
-    deliverer.run_once()
-    assert states(ctx) == [DeliveryState.DEAD]
+    assert states(ctx) == [DeliveryState.PENDING]  # one attempt failed; the next one is due
+    wait_for(lambda: deliverer.run_once().sent == 0 and states(ctx) == [DeliveryState.DEAD],
+             10, "the second failed attempt, then the dead letter")
     with ctx.session_factory.begin() as session:
         assert retry_deliveries(session, actor="admin", actor_kind="cli") == [1]
     assert states(ctx) == [DeliveryState.PENDING]

@@ -19,6 +19,7 @@ from tests.conftest import free_port, require_tool
 from tests.integration.test_serve import BCD_NODE, Node
 from tests.support.images import write_vl_micro
 from tests.support.procs import children
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -232,21 +233,24 @@ def test_a_listener_process_wakes_the_worker_process(write_config, tmp_path) -> 
     node = Node(config)
     try:
         node.start(web_port, timeout=180)
-        time.sleep(1.0)  # the workers' first look at the (empty) queue is over
-        push(dicom_port, write_vl_micro(tmp_path / "in", 1), associations=1)
         engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'bcd-node.db'}")
+
+        def all_done() -> bool:
+            with engine.connect() as conn:
+                states = conn.execute(select(Job.state)).scalars().all()
+            return bool(states) and all(state == JobState.DONE for state in states)
+
         try:
-            deadline = time.monotonic() + 30
-            state = None
-            while time.monotonic() < deadline:
-                with engine.connect() as conn:
-                    state = conn.execute(select(Job.state)).scalar()
-                if state == JobState.DONE:
-                    break
-                time.sleep(0.2)
+            # The first image may be found by the workers' first look at the queue; once it is
+            # done, they look again, find nothing and wait 60 s: only a wake-up brings the
+            # second one in within seconds.
+            push(dicom_port, write_vl_micro(tmp_path / "first", 1), associations=1)
+            wait_for(all_done, 60, "the first image analysed")
+            push(dicom_port, write_vl_micro(tmp_path / "second", 1, first_seed=1),
+                 associations=1)
+            wait_for(all_done, 30, "the second image analysed (woken, not polled)")
         finally:
             engine.dispose()
-        assert state == JobState.DONE, node.output()[-3000:]
     finally:
         assert node.stop() == 0, node.output()
 
