@@ -217,6 +217,7 @@ for a in assocs:
     finally:
         if client.poll() is None:
             client.kill()
+            client.wait(timeout=10)
         server.shutdown()
         ctx.intake.stop()
         ctx.engine.dispose()
