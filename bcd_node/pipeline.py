@@ -27,25 +27,41 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bcd_node import __version__, audit
-from bcd_node.db.models import (Delivery, Instance, Job, JobKind, JobState, Patient, Result,
-                                Series, Study, User, utcnow)
+from bcd_node.db.models import (
+    Delivery,
+    Instance,
+    Job,
+    JobKind,
+    JobState,
+    Patient,
+    Result,
+    Series,
+    Study,
+    User,
+    utcnow,
+)
 from bcd_node.errors import PermanentError
 from bcd_node.jobqueue import Claimed, LeaseLostError, complete
 from bcd_node.layout import DataLayout
 from bcd_node.report.pdf import ReportData, render_report
 from bcd_node.report.summary import FieldRow, SummaryData, render_summary
+from bcd_node.revisions import clear_verification
 from bcd_node.runtime import NodeContext
 from bcd_node.storage import Store
 from bcd_node.studies import STAGE_ORDER, refresh_study, vote
 from dicom.algorithm import Algorithm
+from dicom.encapsulated import build_encapsulated_pdf
 from dicom.errors import DicomError
+from dicom.outputs import ResultObjects, build_result_objects, write_dataset
 from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_dataset
 from dicom.sop import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
-from dicom.outputs import ResultObjects, build_result_objects, write_dataset
-from dicom.encapsulated import build_encapsulated_pdf
 from dicom.sr import Findings, Verification, build_sr, document_reference
-from dicom.summary import (SUMMARY_SERIES_NUMBER, StudyFindings, build_study_summary_sr,
-                           summary_kind)
+from dicom.summary import (
+    SUMMARY_SERIES_NUMBER,
+    StudyFindings,
+    build_study_summary_sr,
+    summary_kind,
+)
 
 LOGGER = logging.getLogger(__name__)
 OVERLAY_COLOUR = np.array([255, 0, 64], np.float32)
@@ -404,13 +420,7 @@ class Pipeline:
                                   "instance_revision": result.instance_revision})
             LOGGER.warning("result %d: verification of an earlier version of instance %s "
                            "withdrawn", result.id, inst.sop_instance_uid)
-        result.verification = "unverified"
-        result.verified_by_fk = None
-        result.verified_at = None
-        result.verified_stage = None
-        result.verified_comment = None
-        result.verified_sr_sop_instance_uid = None
-        result.verified_pdf_path = None
+        clear_verification(result)
 
     def verified_report(self, job: Claimed) -> None:
         """A doctor verified a result: build the VERIFIED SR and the updated PDF, queue them."""

@@ -30,7 +30,7 @@ from dicom.uids import derive_uid
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["Superseded", "supersede_results", "sr_series_uid"]
+__all__ = ["Superseded", "clear_verification", "supersede_results", "sr_series_uid"]
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,7 @@ def supersede_results(session: Session, *, instance_id: int, sop_instance_uid: s
                          details=_verification(result))
             LOGGER.warning("result %d: verification withdrawn: instance %s was replaced by a "
                            "changed version", result.id, sop_instance_uid)
-        result.verification = "unverified"
-        result.verified_by_fk = None
-        result.verified_at = None
-        result.verified_stage = None
-        result.verified_comment = None
-        result.verified_sr_sop_instance_uid = None
-        result.verified_pdf_path = None
+        clear_verification(result)
     ids = [r.id for r in results]
     dropped = cancelled = 0
     if ids:
@@ -125,3 +119,14 @@ def _verification(result: Result) -> dict[str, Any]:
             "verified_at": result.verified_at.isoformat() if result.verified_at else None,
             "verified_stage": result.verified_stage, "ai_stage": result.stage,
             "instance_revision": result.instance_revision}
+
+
+def clear_verification(result: Result) -> None:
+    """Make ``result`` unverified again: no doctor, verdict, comment or verified objects."""
+    result.verification = "unverified"
+    result.verified_by_fk = None
+    result.verified_at = None
+    result.verified_stage = None
+    result.verified_comment = None
+    result.verified_sr_sop_instance_uid = None
+    result.verified_pdf_path = None

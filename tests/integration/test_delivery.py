@@ -22,13 +22,6 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def orthanc():
-    server = Orthanc().start()
-    yield server
-    server.cleanup()
-
-
 def node_for(write_config, orthanc_port: int, max_attempts: int = 10):
     cfg = write_config(
         "[delivery]\ninitial_backoff = 0.2\nmax_backoff = 0.4\n"

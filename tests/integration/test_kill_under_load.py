@@ -69,13 +69,10 @@ def kill_tree(node: Node) -> None:
                  30, f"process {pid} gone")
 
 
-def test_kill_9_under_four_associations(write_config, tmp_path: Path) -> None:
-    from tests.inference.conftest import make_weights
-    from tests.support.peers import Orthanc
-
-    orthanc = Orthanc().start()
+def test_kill_9_under_four_associations(write_config, tiny_manifest: Path, orthanc,
+                                        tmp_path: Path) -> None:
     dicom_port, web_port = free_port(), free_port()
-    cfg = node_config(write_config, make_weights(tmp_path / "weights"), orthanc.dicom_port,
+    cfg = node_config(write_config, tiny_manifest, orthanc.dicom_port,
                       dicom_port, web_port)
     batches = [write_smears(tmp_path / f"a{a}", PER_ASSOCIATION, first_seed=200 + 50 * a,
                             patient_id=f"KILL-{a}",
@@ -133,7 +130,6 @@ def test_kill_9_under_four_associations(write_config, tmp_path: Path) -> None:
         assert len(orthanc.get("/instances")) == sent == 3 * len(diagnosed)
     finally:
         node.kill()
-        orthanc.cleanup()
         if ctx is not None:
             ctx.engine.dispose()
     print(f"\n{len(acked)} of {total} images acknowledged before kill -9, "

@@ -25,12 +25,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240
 ASSOCIATIONS, PER_ASSOCIATION = 4, 100
 
 
-@pytest.fixture(scope="module")
-def tiny_manifest(tmp_path_factory):
-    from tests.inference.conftest import make_weights
-    return make_weights(tmp_path_factory.mktemp("weights"))
-
-
 def test_four_associations_times_100_exactly_once(write_config, tiny_manifest, tmp_path) -> None:
     storescu = require_tool("storescu")
     orthanc = Orthanc().start()

@@ -12,7 +12,6 @@ import pytest
 
 from dicom.summary import SUMMARY_SERIES_NUMBER
 from tests.conftest import free_port, require_tool
-from tests.inference.conftest import make_weights
 from tests.integration.test_serve import Node
 from tests.support.images import write_smears
 from tests.support.peers import Orthanc
@@ -20,18 +19,6 @@ from tests.support.waiting import wait_for as _wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-@pytest.fixture(scope="module")
-def tiny_manifest(tmp_path_factory) -> Path:
-    return make_weights(tmp_path_factory.mktemp("weights"))
-
-
-@pytest.fixture
-def orthanc():
-    server = Orthanc().start()
-    yield server
-    server.cleanup()
 
 
 def node_config(write_config, manifest: Path, orthanc_port: int, dicom_port: int,

@@ -2,46 +2,22 @@
 
 from __future__ import annotations
 
-
 import pydicom
 import pytest
 from sqlalchemy import select, update
 
 from bcd_node.db.models import Delivery, Job, JobState, Result, Study
 from bcd_node.delivery import Deliverer
-from bcd_node.inference.loader import load_model
-from bcd_node.inference.predictor import Predictor
 from bcd_node.intake import Intake
 from bcd_node.pipeline import Pipeline
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from bcd_node.worker import Workers
-from tests.inference.conftest import make_weights
 from tests.support.dicomcheck import assert_dciodvfy_clean
 from tests.support.images import write_smears
-from tests.support.peers import Orthanc
+from tests.support.jobs import drain
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory) -> Predictor:
-    manifest = make_weights(tmp_path_factory.mktemp("w"))
-    return Predictor(loaded=load_model(manifest), batch_size=4)
-
-
-@pytest.fixture
-def orthanc():
-    server = Orthanc().start()
-    yield server
-    server.cleanup()
-
-
-def drain(workers: Workers) -> int:
-    n = 0
-    while workers.step("test-worker"):
-        n += 1
-    return n
 
 
 def test_images_are_analysed_and_results_reach_orthanc(write_config, orthanc, predictor,
@@ -194,12 +170,13 @@ def test_quiet_study_gets_one_summary_sr_and_pdf(write_config, predictor, tmp_pa
     assert pdf.SOPInstanceUID not in {f.pdf_sop_instance_uid for f in fields}
 
 
-def test_analyze_dicom_out_writes_the_objects_the_node_sends(tmp_path, capsys) -> None:
+def test_analyze_dicom_out_writes_the_objects_the_node_sends(tmp_path, capsys,
+                                                          tiny_manifest) -> None:
     import json
 
     from bcd_node.cli import main
 
-    manifest = make_weights(tmp_path / "w")
+    manifest = tiny_manifest
     [source] = write_smears(tmp_path / "in", 1)
     png = tmp_path / "plain.png"
     from PIL import Image
@@ -220,14 +197,14 @@ def test_analyze_dicom_out_writes_the_objects_the_node_sends(tmp_path, capsys) -
     assert sr.CurrentRequestedProcedureEvidenceSequence  # references its source
 
 
-def test_analyze_dicom_out_goes_on_after_an_unexpected_error(tmp_path, capsys,
-                                                            monkeypatch) -> None:
+def test_analyze_dicom_out_goes_on_after_an_unexpected_error(tmp_path, capsys, monkeypatch,
+                                                            tiny_manifest) -> None:
     import json
 
     import bcd_node.pipeline
     from bcd_node.cli import main
 
-    manifest = make_weights(tmp_path / "w")
+    manifest = tiny_manifest
     first, second = write_smears(tmp_path / "in", 2)
     broken = str(pydicom.dcmread(first).SOPInstanceUID)
     analyze = bcd_node.pipeline.analyze_dataset

@@ -208,13 +208,14 @@ def test_two_intakes_filing_one_new_study_at_once_on_postgres(postgres_url: str,
     patient."""
     import threading
 
+    from sqlalchemy import func, select
+
     from bcd_node.db.models import Instance, Patient, Series, Study
     from bcd_node.intake import IdentityConflictError, Intake
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings
-    from sqlalchemy import func, select
-    from tests.unit.test_intake_revisions import encode
     from tests.support.images import vl_micro
+    from tests.unit.test_intake_revisions import encode
 
     cfg = write_config(database_url=postgres_url)
     contexts = [open_node(load_settings(cfg)) for _ in range(2)]

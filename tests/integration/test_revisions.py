@@ -7,46 +7,35 @@ earlier (verified) report; an identical re-send changes nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pydicom
 import pytest
 from sqlalchemy import func, select, update
 
-from bcd_node.db.models import (AuditEvent, Delivery, Instance, Job, JobKind, JobState, Result,
-                                Role, User, utcnow)
+from bcd_node.db.models import (
+    AuditEvent,
+    Delivery,
+    Instance,
+    Job,
+    JobKind,
+    JobState,
+    Result,
+    Role,
+    User,
+    utcnow,
+)
 from bcd_node.delivery import Deliverer
-from bcd_node.inference.loader import load_model
-from bcd_node.inference.predictor import Predictor
 from bcd_node.pipeline import Pipeline
 from bcd_node.users import hash_password
 from bcd_node.worker import Workers
 from dicom.dicomize import dicomize
-from tests.inference.conftest import make_weights
 from tests.integration.test_intake import scp_factory, storescu  # noqa: F401 - fixture
 from tests.support.dicomcheck import assert_dciodvfy_clean
 from tests.support.images import smear, write_smears
-from tests.support.peers import Orthanc
+from tests.support.jobs import drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory) -> Predictor:
-    manifest = make_weights(tmp_path_factory.mktemp("w"))
-    return Predictor(loaded=load_model(manifest), batch_size=4)
-
-
-@pytest.fixture
-def orthanc():
-    server = Orthanc().start()
-    yield server
-    server.cleanup()
-
-
-def drain(workers: Workers) -> int:
-    n = 0
-    while workers.step("test-worker"):
-        n += 1
-    return n
 
 
 def under_same_uids(first: pydicom.Dataset, seed: int, patient_id: str) -> pydicom.Dataset:
@@ -60,7 +49,7 @@ def under_same_uids(first: pydicom.Dataset, seed: int, patient_id: str) -> pydic
     return ds
 
 
-def orthanc_objects(orthanc: Orthanc) -> dict[str, dict]:
+def orthanc_objects(orthanc: Any) -> dict[str, dict]:
     return {tags["SOPInstanceUID"]: tags for tags in orthanc.instances()}
 
 
