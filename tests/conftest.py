@@ -8,10 +8,13 @@ import shutil
 import socket
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pydicom.config
 import pytest
+
+if TYPE_CHECKING:
+    from tests.support.postgres import PostgresServer
 
 # Every DICOM object the tests read or write must be valid: no silent fix-ups.
 pydicom.config.settings.reading_validation_mode = pydicom.config.RAISE
@@ -122,7 +125,7 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator["PostgresServer"]:
+def postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server for the whole session, on a free loopback port."""
     from tests.support.postgres import PostgresServer
 
