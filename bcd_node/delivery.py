@@ -28,13 +28,12 @@ from sqlalchemy import and_, case, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from bcd_node import audit
-from bcd_node.db.models import (Delivery, DeliveryState, DestinationHealth, Result, Study,
-                                utcnow)
+from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, Result, Study, utcnow
 from bcd_node.errors import BcdError
-from bcd_node.layout import DataLayout
 from bcd_node.leases import LeaseKeeper
 from bcd_node.runtime import NodeContext
 from bcd_node.settings import Destination, Settings
+from bcd_node.store.layout import DataLayout
 from dicom.scu import Peer, PeerUnavailableError, StoreOutcome, echo, send_files
 
 LOGGER = logging.getLogger(__name__)

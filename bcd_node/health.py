@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from bcd_node.db.integrity import is_damage
 from bcd_node.db.models import Job
 from bcd_node.runtime import NodeContext
-from bcd_node.storage import disk_status
+from bcd_node.store.storage import disk_status
 
 LOGGER = logging.getLogger(__name__)
 

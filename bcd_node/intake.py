@@ -29,13 +29,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bcd_node import audit
-from bcd_node.db.models import (Instance, Job, JobKind, JobState, Patient, Series, Study,
-                                utcnow)
+from bcd_node.db.models import Instance, Job, JobKind, JobState, Patient, Series, Study, utcnow
 from bcd_node.errors import PermanentError, TransientError
 from bcd_node.revisions import supersede_results
 from bcd_node.runtime import NodeContext
 from bcd_node.settings import format_size
-from bcd_node.storage import StorageFullError, Store
+from bcd_node.store.storage import StorageFullError, Store
 from dicom.errors import DicomError, InflationLimitError, UnsupportedDicomError
 from dicom.pixels import inspect_image, iter_frames, read_dataset
 from dicom.sop import NATIVE_TRANSFER_SYNTAXES

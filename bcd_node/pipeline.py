@@ -42,12 +42,12 @@ from bcd_node.db.models import (
 )
 from bcd_node.errors import PermanentError
 from bcd_node.jobqueue import Claimed, LeaseLostError, complete
-from bcd_node.layout import DataLayout
 from bcd_node.report.pdf import ReportData, render_report
 from bcd_node.report.summary import FieldRow, SummaryData, render_summary
 from bcd_node.revisions import clear_verification
 from bcd_node.runtime import NodeContext
-from bcd_node.storage import Store
+from bcd_node.store.layout import DataLayout
+from bcd_node.store.storage import Store
 from bcd_node.studies import STAGE_ORDER, refresh_study, vote
 from dicom.algorithm import Algorithm
 from dicom.encapsulated import build_encapsulated_pdf

@@ -2,8 +2,8 @@
 
 A preview is a copy of a patient's image, so it lives no longer than the image: it is named by
 the image's content hash (``previews/<instance id>-<hash prefix>.png``, see
-:mod:`bcd_node.layout`), none is made or served once the image is purged, and retention removes
-the previews of images that are gone (:func:`bcd_node.retention.sweep_previews`).
+:mod:`bcd_node.store.layout`), none is made or served once the image is purged, and retention
+removes the previews of images that are gone (:func:`bcd_node.store.retention.sweep_previews`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import logging
 from collections.abc import Callable
 from typing import ContextManager
 
-from bcd_node.layout import DataLayout
-from bcd_node.retention import remove_previews
-from bcd_node.storage import StorageFullError, Store
+from bcd_node.store.layout import DataLayout
+from bcd_node.store.retention import remove_previews
+from bcd_node.store.storage import StorageFullError, Store
 
 LOGGER = logging.getLogger(__name__)
 #: Longest side of a preview, in pixels.

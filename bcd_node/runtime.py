@@ -16,9 +16,9 @@ from bcd_node.db.engine import make_engine, make_session_factory
 from bcd_node.db.integrity import DatabaseHealth, quick_check
 from bcd_node.db.migrate import current_revision, head_revision, upgrade
 from bcd_node.errors import BcdError
-from bcd_node.layout import DataLayout
-from bcd_node.secrets_store import NodeSecrets, ensure_secrets
 from bcd_node.settings import Settings, mask_url
+from bcd_node.store.layout import DataLayout
+from bcd_node.store.secrets import NodeSecrets, ensure_secrets
 
 LOGGER = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ import time
 from typing import Any, Callable, Iterable
 
 from bcd_node.errors import BcdError
-from bcd_node.layout import DataLayout
 from bcd_node.metrics import Metrics
 from bcd_node.runtime import Component, NodeContext, open_node
 from bcd_node.settings import Settings
+from bcd_node.store.layout import DataLayout
 from bcd_node.users import UserError, any_users, ensure_initial_admin
 
 LOGGER = logging.getLogger(__name__)
@@ -362,8 +362,8 @@ def _start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
                       id="study-summaries")
     scheduler.add_job(deliverer.echo_all, "interval", seconds=d.echo_interval, id="echo",
                       next_run_time=None if not context.settings.destinations else _soon())
-    from bcd_node.retention import purge
-    from bcd_node.storage import Store
+    from bcd_node.store.retention import purge
+    from bcd_node.store.storage import Store
 
     # Temporary files of writes that a crash or kill cut short (a live write is younger): the
     # whole data folder at start, then hourly the folders the intake writes into now.

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from bcd_node.layout import DataLayout
+from bcd_node.store.layout import DataLayout
 
 LOGGER = logging.getLogger(__name__)
 

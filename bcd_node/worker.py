@@ -31,7 +31,7 @@ from bcd_node.errors import BcdError, PermanentError
 from bcd_node.jobqueue import Claimed, LeaseLostError
 from bcd_node.leases import LeaseKeeper
 from bcd_node.runtime import NodeContext
-from bcd_node.storage import DiskStatus, StorageFullError, disk_status
+from bcd_node.store.storage import DiskStatus, StorageFullError, disk_status
 
 LOGGER = logging.getLogger(__name__)
 

@@ -54,8 +54,9 @@ def free_port() -> int:
 
 def make_images(folder: Path, count: int, size: int = 512) -> list[Path]:
     """``count`` distinct 512x512 RGB VL Microscopic Images (synthetic smears, varied by seed)."""
-    from bcd_node.inference.synth import generate_field, patient_params
     import numpy as np
+
+    from bcd_node.inference.synth import generate_field, patient_params
 
     folder.mkdir(parents=True, exist_ok=True)
     base, _, _ = generate_field(7, "Malignant-Pre", patient_params(np.random.default_rng(7)),
@@ -230,7 +231,7 @@ def disk_alone(files: list[Path], workdir: Path, writers: int) -> dict:
     own ``Store``: temporary name, fsync, rename, folder fsync), one folder fsync per file, by
     ``writers`` threads at once; no DICOM, no database. Its per-file latency is a floor under
     the C-STORE handler's, which adds the work and the database commit on top."""
-    from bcd_node.storage import Store
+    from bcd_node.store.storage import Store
 
     store = Store(workdir, 0)
     blobs = [f.read_bytes() for f in files]

@@ -14,14 +14,23 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from flask import (Flask, Response, current_app, jsonify, make_response, redirect,
-                   render_template, request, url_for)
+from flask import (
+    Flask,
+    Response,
+    current_app,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.exc import DBAPIError
 from werkzeug.datastructures import ImmutableDict
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
-from sqlalchemy.exc import DBAPIError
 
 from bcd_node.memory_budget import MemoryBudget
 from bcd_node.runtime import NodeContext
@@ -221,7 +230,7 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
     @app.context_processor
     def node_alerts() -> dict[str, Any]:
         """Why the node is not working normally, for the banner on every page."""
-        from bcd_node.storage import disk_status
+        from bcd_node.store.storage import disk_status
 
         alerts = []
         storage = context.settings.storage

@@ -11,11 +11,30 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from sqlalchemy import func, select
 
 from bcd_node import throttle
-from bcd_node.db.models import (ApiToken, AuthThrottle, Delivery, DeliveryState,
-                                Job, JobState, Result, Study, User, UserState,
-                                utcnow)
-from bcd_node.users import (UserError, add_user, approve_user, disable_user, issue_token,
-                            reset_password, revoke_token, set_role, unlock_user)
+from bcd_node.db.models import (
+    ApiToken,
+    AuthThrottle,
+    Delivery,
+    DeliveryState,
+    Job,
+    JobState,
+    Result,
+    Study,
+    User,
+    UserState,
+    utcnow,
+)
+from bcd_node.users import (
+    UserError,
+    add_user,
+    approve_user,
+    disable_user,
+    issue_token,
+    reset_password,
+    revoke_token,
+    set_role,
+    unlock_user,
+)
 from webadmin.auth import admin_required, end_sessions
 from webadmin.charts import bar_chart
 from webadmin.db import actor, client_ip, db, node
@@ -243,7 +262,7 @@ def system() -> Any:
     """System status: readiness, components, queue, deliveries, destinations, model, disk."""
     from bcd_node.delivery import delivery_overview
     from bcd_node.health import readiness
-    from bcd_node.storage import disk_status
+    from bcd_node.store.storage import disk_status
 
     session = db()
     settings = node().settings

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bcd_node.db.models import Result
-from bcd_node.layout import DataLayout
 from bcd_node.report.pdf import NOT_FOR_CLINICAL_USE
+from bcd_node.store.layout import DataLayout
 from webadmin.db import node
 
 LOGGER = logging.getLogger(__name__)

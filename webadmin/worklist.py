@@ -7,21 +7,45 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from flask import (Blueprint, abort, current_app, flash, make_response, redirect,
-                   render_template, request, send_file, url_for)
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
 from flask_login import current_user
 from sqlalchemy import func, or_, select
 
-from bcd_node.db.models import (Instance, Job, JobKind, Patient, Result, Role, Series, Study,
-                                User, utcnow)
-from bcd_node.layout import DataLayout
+from bcd_node.db.models import (
+    Instance,
+    Job,
+    JobKind,
+    Patient,
+    Result,
+    Role,
+    Series,
+    Study,
+    User,
+    utcnow,
+)
 from bcd_node.memory_budget import Busy
+from bcd_node.store.layout import DataLayout
 from bcd_node.studies import refresh_study
 from webadmin.db import audit_event, db, node
 from webadmin.forms import STAGES, STATUSES, VerifyForm
 from webadmin.helpers import Page, clamp_page, day_start, page_number, parse_day
-from webadmin.model_use import (configured_manifest, demonstration_note,
-                                manifest_is_demonstration, results_banner)
+from webadmin.model_use import (
+    configured_manifest,
+    demonstration_note,
+    manifest_is_demonstration,
+    results_banner,
+)
 
 bp = Blueprint("worklist", __name__)
 
@@ -201,7 +225,7 @@ def _preview_png(instance: Instance) -> bytes:
     """A PNG of a stored image for the browser (kept under the data folder's previews)."""
     from bcd_node.dicomize_upload import UPLOAD_MEMORY_FACTOR
     from bcd_node.previews import preview_png
-    from bcd_node.storage import Store
+    from bcd_node.store.storage import Store
     from webadmin.upload import upload_budget
 
     settings = node().settings

@@ -4,9 +4,9 @@ A damaged SQLite file can look healthy to ``SELECT 1`` while every write to a da
 fails. :class:`DatabaseHealth` runs SQLite's ``PRAGMA quick_check`` when a role starts and again
 whenever a statement fails with a sign of damage (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``, an I/O
 error), and keeps what it found in a note in the data folder's ``run/`` (see
-:mod:`bcd_node.layout`), so that ``/readyz`` in the console's process also knows what a listener
-or worker process found. The note is removed once a check passes again. PostgreSQL checks its
-own pages; there only reachability is tested (by ``/readyz``).
+:mod:`bcd_node.store.layout`), so that ``/readyz`` in the console's process also knows what a
+listener or worker process found. The note is removed once a check passes again. PostgreSQL
+checks its own pages; there only reachability is tested (by ``/readyz``).
 """
 
 from __future__ import annotations

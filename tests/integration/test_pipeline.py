@@ -226,18 +226,18 @@ def test_analyze_dicom_out_goes_on_after_an_unexpected_error(tmp_path, capsys, m
 
 def test_every_file_the_node_writes_has_an_owner_that_removes_it(write_config, predictor,
                                                                   tmp_path) -> None:
-    """Each kind of file in the data folder (bcd_node.layout) is written by a real run, and the
-    kinds with patient data are gone once retention (or the sweep) has passed."""
+    """Each kind of file in the data folder (bcd_node.store.layout) is written by a real run, and
+    the kinds with patient data are gone once retention (or the sweep) has passed."""
     import os
     import time
     from datetime import timedelta
 
     from bcd_node.db.models import Instance, utcnow
-    from bcd_node.layout import REMOVED_BY, FileKind, classify
     from bcd_node.pipeline import enqueue_study_summaries
     from bcd_node.previews import preview_png
-    from bcd_node.retention import purge
-    from bcd_node.storage import Store
+    from bcd_node.store.layout import REMOVED_BY, FileKind, classify
+    from bcd_node.store.retention import purge
+    from bcd_node.store.storage import Store
 
     ctx = open_node(load_settings(write_config(
         "[retention]\nimages_days = 30\nresults_days = 30\n")))
@@ -266,7 +266,7 @@ def test_every_file_the_node_writes_has_an_owner_that_removes_it(write_config, p
             if path.is_file() or path.is_socket():
                 rel = path.relative_to(data).as_posix()
                 kind = classify(rel)
-                assert kind is not None, f"{rel}: no kind in bcd_node.layout"
+                assert kind is not None, f"{rel}: no kind in bcd_node.store.layout"
                 found.setdefault(kind, []).append(rel)
         return found
 

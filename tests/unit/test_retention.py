@@ -11,9 +11,9 @@ from bcd_node import audit
 from bcd_node.audit import verify_chain
 from bcd_node.db.models import AuditEvent, Instance, Job, JobState, utcnow
 from bcd_node.intake import Intake
-from bcd_node.retention import PurgeSummary, purge
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
+from bcd_node.store.retention import PurgeSummary, purge
 from tests.support.images import vl_micro
 
 

@@ -1,4 +1,4 @@
-"""Durable files under the data folder (bcd_node.storage)."""
+"""Durable files under the data folder (bcd_node.store.storage)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bcd_node import storage
-from bcd_node.storage import TEMP_SUFFIX, StorageFullError, Store
+from bcd_node.store import storage
+from bcd_node.store.storage import TEMP_SUFFIX, StorageFullError, Store
 
 
 def files_under(root: Path) -> list[str]:

@@ -14,9 +14,9 @@ from bcd_node.audit import verify_chain
 from bcd_node.cli import main
 from bcd_node.db.models import AuditEvent, User, UserState
 from bcd_node.runtime import open_node
-from bcd_node.secrets_store import ensure_secrets
 from bcd_node.serve import bootstrap_admin
 from bcd_node.settings import load_settings
+from bcd_node.store.secrets import ensure_secrets
 from bcd_node.users import verify_password
 
 
@@ -203,7 +203,7 @@ def test_roles_started_together_agree_on_the_secrets(tmp_path: Path, monkeypatch
     import secrets as std_secrets
     import threading
 
-    from bcd_node import secrets_store
+    from bcd_node.store import secrets as node_secrets
 
     first_generated = threading.Event()
     other_done = threading.Event()
@@ -215,7 +215,7 @@ def test_roles_started_together_agree_on_the_secrets(tmp_path: Path, monkeypatch
             assert other_done.wait(10)
         return real(n)
 
-    monkeypatch.setattr(secrets_store.secrets, "token_urlsafe", slow_first)
+    monkeypatch.setattr(node_secrets.secrets, "token_urlsafe", slow_first)
     results: dict[str, object] = {}
 
     def start(name: str) -> None:
@@ -237,7 +237,7 @@ def test_roles_started_together_agree_on_the_secrets(tmp_path: Path, monkeypatch
     assert not isinstance(results["fast"], Exception), results["fast"]
     assert results["slow"] == results["fast"]
     assert sorted(p.name for p in (tmp_path / "secrets").iterdir()) == sorted(
-        secrets_store.SECRET_NAMES)  # no temporary file left
+        node_secrets.SECRET_NAMES)  # no temporary file left
 
 
 def test_first_admin_made_by_another_web_process_meanwhile(cfg, monkeypatch) -> None:

@@ -15,7 +15,7 @@ from bcd_node import jobqueue
 from bcd_node.db.models import Job, JobKind, JobState, utcnow
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
-from bcd_node.storage import StorageFullError
+from bcd_node.store.storage import StorageFullError
 from bcd_node.worker import Workers
 
 

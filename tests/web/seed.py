@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from bcd_node.db.models import (Instance, Patient, Result, Series, Study, utcnow)
-from bcd_node.layout import DataLayout
+from bcd_node.db.models import Instance, Patient, Result, Series, Study, utcnow
+from bcd_node.store.layout import DataLayout
 
 STAGES = ("Benign", "Malignant-Early", "Malignant-Pre", "Malignant-Pro")
 

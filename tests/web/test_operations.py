@@ -13,13 +13,20 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
-from bcd_node.db.models import (AuditEvent, Delivery, DeliveryState, DestinationHealth, Instance,
-                                Job, JobState, utcnow)
+from bcd_node.db.models import (
+    AuditEvent,
+    Delivery,
+    DeliveryState,
+    DestinationHealth,
+    Instance,
+    Job,
+    JobState,
+    utcnow,
+)
 from tests.web.conftest import ADMIN_PASSWORD, csrf_token, login, post_form
 from tests.web.seed import add_analysed_study
 
@@ -191,9 +198,9 @@ def test_a_purged_image_is_no_longer_served(write_config, tmp_path) -> None:
 
     from bcd_node.db.models import Role
     from bcd_node.intake import Intake
-    from bcd_node.retention import purge
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings
+    from bcd_node.store.retention import purge
     from bcd_node.users import add_user
     from tests.support.images import vl_micro
     from tests.web.conftest import DOCTOR_PASSWORD

@@ -8,8 +8,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from bcd_node.layout import DataLayout
-from bcd_node.storage import Store
+from bcd_node.store.layout import DataLayout
+from bcd_node.store.storage import Store
 
 LOGGER = logging.getLogger(__name__)
 SECRET_NAMES = ("session_key", "api_token_salt")

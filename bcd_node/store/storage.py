@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from bcd_node.errors import TransientError
-from bcd_node.layout import PREVIEWS, TEMP_SUFFIX, DataLayout
+from bcd_node.store.layout import PREVIEWS, TEMP_SUFFIX, DataLayout
 
 LOGGER = logging.getLogger(__name__)
 
@@ -155,9 +155,9 @@ class Store:
             raise StorageFullError(f"free disk {free} bytes, need {incoming} more than the "
                                    f"{self.min_free_disk} bytes kept free (storage.min_free_disk)")
 
-    #: See :meth:`bcd_node.layout.DataLayout.instance_folder`.
+    #: See :meth:`bcd_node.store.layout.DataLayout.instance_folder`.
     instance_folder = staticmethod(DataLayout.instance_folder)
-    #: See :meth:`bcd_node.layout.DataLayout.instance_relpath`.
+    #: See :meth:`bcd_node.store.layout.DataLayout.instance_relpath`.
     instance_relpath = staticmethod(DataLayout.instance_relpath)
 
     def write(self, relpath: str, data: bytes, *, sync_dir: bool = False) -> Path:
@@ -209,7 +209,7 @@ class Store:
     def sweep_temporary(self, older_than: float = 3600.0, *, recent_only: bool = False) -> int:
         """Remove temporary files (of writes a crash interrupted) older than ``older_than``
         seconds under every folder with patient data (images, previews, results; see
-        :mod:`bcd_node.layout`); younger ones may belong to a write in progress. With
+        :mod:`bcd_node.store.layout`); younger ones may belong to a write in progress. With
         ``recent_only``, only the image folders of today and yesterday (where the intake
         writes) and the previews: cheap enough to run often on a large archive. Returns how
         many were removed."""

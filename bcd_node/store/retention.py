@@ -1,6 +1,7 @@
 """Retention: purge what is older than ``[retention]`` allows (0 keeps it forever).
 
-Every kind of file under the data folder (:mod:`bcd_node.layout`) has an owner that removes it:
+Every kind of file under the data folder (:mod:`bcd_node.store.layout`) has an owner that removes
+it:
 
 - ``images_days``: received image files are deleted with their console previews; their rows
   stay (the worklist history remains) with an empty path.
@@ -24,10 +25,18 @@ from pathlib import Path
 from sqlalchemy import delete, select
 
 from bcd_node import audit
-from bcd_node.db.models import (AuditEvent, Delivery, DeliveryState, Instance, Job, JobState,
-                                Result, utcnow)
-from bcd_node.layout import PREVIEWS, DataLayout, preview_instance
+from bcd_node.db.models import (
+    AuditEvent,
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobState,
+    Result,
+    utcnow,
+)
 from bcd_node.runtime import NodeContext
+from bcd_node.store.layout import PREVIEWS, DataLayout, preview_instance
 
 LOGGER = logging.getLogger(__name__)
 _CHUNK = 500
