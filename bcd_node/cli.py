@@ -194,7 +194,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 def cmd_users_add(args: argparse.Namespace) -> int:
     """Add a user."""
-    from bcd_node.users import add_user
+    from bcd_node.records.users import add_user
 
     password = _read_password(args)
     ctx = _context(args)
@@ -207,7 +207,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 
 def cmd_users_list(args: argparse.Namespace) -> int:
     """List users."""
-    from bcd_node.users import list_users
+    from bcd_node.records.users import list_users
 
     ctx = _context(args)
     with ctx.session_factory() as session:
@@ -227,7 +227,7 @@ def cmd_users_list(args: argparse.Namespace) -> int:
 
 def cmd_users_disable(args: argparse.Namespace) -> int:
     """Disable a user."""
-    from bcd_node.users import disable_user
+    from bcd_node.records.users import disable_user
 
     ctx = _context(args)
     with ctx.session_factory.begin() as session:
@@ -238,7 +238,7 @@ def cmd_users_disable(args: argparse.Namespace) -> int:
 
 def cmd_users_set_password(args: argparse.Namespace) -> int:
     """Set a user's password."""
-    from bcd_node.users import set_password
+    from bcd_node.records.users import set_password
 
     password = _read_password(args)
     ctx = _context(args)
@@ -250,7 +250,7 @@ def cmd_users_set_password(args: argparse.Namespace) -> int:
 
 def cmd_users_unlock(args: argparse.Namespace) -> int:
     """Lift a user's sign-in lock."""
-    from bcd_node.users import unlock_user
+    from bcd_node.records.users import unlock_user
 
     ctx = _context(args)
     with ctx.session_factory.begin() as session:
@@ -262,7 +262,7 @@ def cmd_users_unlock(args: argparse.Namespace) -> int:
 
 def cmd_users_approve(args: argparse.Namespace) -> int:
     """Activate a pending or disabled user."""
-    from bcd_node.users import approve_user
+    from bcd_node.records.users import approve_user
 
     ctx = _context(args)
     with ctx.session_factory.begin() as session:
@@ -273,7 +273,7 @@ def cmd_users_approve(args: argparse.Namespace) -> int:
 
 def cmd_users_role(args: argparse.Namespace) -> int:
     """Change a user's role."""
-    from bcd_node.users import set_role
+    from bcd_node.records.users import set_role
 
     ctx = _context(args)
     with ctx.session_factory.begin() as session:
@@ -284,7 +284,7 @@ def cmd_users_role(args: argparse.Namespace) -> int:
 
 def cmd_tokens_issue(args: argparse.Namespace) -> int:
     """Issue an API token."""
-    from bcd_node.users import issue_token
+    from bcd_node.records.users import issue_token
 
     ctx = _context(args)
     with ctx.session_factory.begin() as session:
@@ -314,7 +314,7 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
 
 def cmd_tokens_revoke(args: argparse.Namespace) -> int:
     """Revoke an API token."""
-    from bcd_node.users import revoke_token
+    from bcd_node.records.users import revoke_token
 
     ctx = _context(args)
     with ctx.session_factory.begin() as session:
@@ -325,8 +325,8 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Verify the database's integrity and the audit hash chain."""
-    from bcd_node.audit import verify_chain
     from bcd_node.db.integrity import quick_check
+    from bcd_node.records.audit import verify_chain
 
     ctx = _context(args)
     problems = quick_check(ctx.engine)

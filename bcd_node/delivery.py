@@ -27,10 +27,10 @@ from typing import Any, Sequence
 from sqlalchemy import and_, case, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
-from bcd_node import audit
 from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, Result, Study, utcnow
 from bcd_node.errors import BcdError
 from bcd_node.leases import LeaseKeeper
+from bcd_node.records import audit
 from bcd_node.runtime import NodeContext
 from bcd_node.settings import Destination, Settings
 from bcd_node.store.layout import DataLayout

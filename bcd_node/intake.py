@@ -28,10 +28,10 @@ from sqlalchemy import bindparam, case, insert, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bcd_node import audit
 from bcd_node.db.models import Instance, Job, JobKind, JobState, Patient, Series, Study, utcnow
 from bcd_node.errors import PermanentError, TransientError
-from bcd_node.revisions import supersede_results
+from bcd_node.records import audit
+from bcd_node.records.revisions import supersede_results
 from bcd_node.runtime import NodeContext
 from bcd_node.settings import format_size
 from bcd_node.store.storage import StorageFullError, Store

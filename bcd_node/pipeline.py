@@ -5,8 +5,8 @@ outbox row per output and destination, all in one transaction with the job's com
 Output UIDs derive from (input SOP Instance UID, model version, output kind, input revision),
 and output paths from our own ids and the revision, so running a job twice writes the same files
 and the same rows, while a changed version of an image (the next revision, see
-:mod:`bcd_node.revisions`) gets new objects in a folder of their own, whose SR supersedes the
-earlier revision's reports, and the objects already sent are never overwritten.
+:mod:`bcd_node.records.revisions`) gets new objects in a folder of their own, whose SR supersedes
+the earlier revision's reports, and the objects already sent are never overwritten.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bcd_node import __version__, audit
+from bcd_node import __version__
 from bcd_node.db.models import (
     Delivery,
     Instance,
@@ -42,13 +42,14 @@ from bcd_node.db.models import (
 )
 from bcd_node.errors import PermanentError
 from bcd_node.jobqueue import Claimed, LeaseLostError, complete
+from bcd_node.records import audit
+from bcd_node.records.revisions import clear_verification
+from bcd_node.records.studies import STAGE_ORDER, refresh_study, vote
 from bcd_node.report.pdf import ReportData, render_report
 from bcd_node.report.summary import FieldRow, SummaryData, render_summary
-from bcd_node.revisions import clear_verification
 from bcd_node.runtime import NodeContext
 from bcd_node.store.layout import DataLayout
 from bcd_node.store.storage import Store
-from bcd_node.studies import STAGE_ORDER, refresh_study, vote
 from dicom.algorithm import Algorithm
 from dicom.encapsulated import build_encapsulated_pdf
 from dicom.errors import DicomError

@@ -14,11 +14,17 @@ from typing import Any
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
-from bcd_node import audit
-from bcd_node.intake import (DatasetTooLargeError, IdentityConflictError, Intake,
-                             InvalidImageError, SopClassMismatchError, StorageFullError,
-                             UnsupportedImageError)
 from bcd_node.errors import TransientError
+from bcd_node.intake import (
+    DatasetTooLargeError,
+    IdentityConflictError,
+    Intake,
+    InvalidImageError,
+    SopClassMismatchError,
+    StorageFullError,
+    UnsupportedImageError,
+)
+from bcd_node.records import audit
 from bcd_node.settings import format_size
 from dicom.association import dataset_overflow
 from dicom.part10 import file_meta_bytes

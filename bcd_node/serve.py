@@ -20,10 +20,10 @@ from typing import Any, Callable, Iterable
 
 from bcd_node.errors import BcdError
 from bcd_node.metrics import Metrics
+from bcd_node.records.users import UserError, any_users, ensure_initial_admin
 from bcd_node.runtime import Component, NodeContext, open_node
 from bcd_node.settings import Settings
 from bcd_node.store.layout import DataLayout
-from bcd_node.users import UserError, any_users, ensure_initial_admin
 
 LOGGER = logging.getLogger(__name__)
 ROLES = ("scp", "worker", "web")

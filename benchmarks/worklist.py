@@ -23,9 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bcd_node.db.models import Role  # noqa: E402
+from bcd_node.records.users import add_user  # noqa: E402
 from bcd_node.runtime import open_node  # noqa: E402
 from bcd_node.settings import load_settings  # noqa: E402
-from bcd_node.users import add_user  # noqa: E402
 from tests.web.seed import seed_worklist  # noqa: E402
 from webadmin import create_app  # noqa: E402
 

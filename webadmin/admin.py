@@ -10,7 +10,6 @@ from typing import Any
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
-from bcd_node import throttle
 from bcd_node.db.models import (
     ApiToken,
     AuthThrottle,
@@ -24,7 +23,8 @@ from bcd_node.db.models import (
     UserState,
     utcnow,
 )
-from bcd_node.users import (
+from bcd_node.records import throttle
+from bcd_node.records.users import (
     UserError,
     add_user,
     approve_user,

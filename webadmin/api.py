@@ -9,7 +9,7 @@ from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
 from sqlalchemy import func, select
 
 from bcd_node.db.models import Delivery, DeliveryState, Job, JobState, Result, Study, User
-from bcd_node.users import find_token
+from bcd_node.records.users import find_token
 from webadmin.db import audit_event, client_ip, db, node
 from webadmin.helpers import page_number
 
@@ -23,7 +23,7 @@ auth = MultiAuth(token, basic)
 def _verify_token(text: str) -> User | None:
     found = find_token(db(), node().secrets.api_token_salt, text or "")
     if found is None:
-        from bcd_node import audit
+        from bcd_node.records import audit
         audit.record_failure(db(), action="api_auth_failed", source=client_ip(), actor="?",
                              actor_kind="api",
                              window_seconds=current_app.config["LOGIN_RATE_WINDOW_SECONDS"],

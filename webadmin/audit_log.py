@@ -8,12 +8,20 @@ import json
 from datetime import timedelta
 from typing import Any, Iterator
 
-from flask import (Blueprint, Response, current_app, flash, redirect, render_template, request,
-                   url_for)
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from sqlalchemy import func, select
 
-from bcd_node.audit import flush_failures, verify_chain
 from bcd_node.db.models import AuditEvent
+from bcd_node.records.audit import flush_failures, verify_chain
 from webadmin.auth import admin_required
 from webadmin.db import audit_event, db
 from webadmin.forms import ActionForm

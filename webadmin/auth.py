@@ -15,16 +15,32 @@ from datetime import datetime, timedelta, timezone
 from functools import wraps
 from typing import Any, Callable
 
-from flask import (Blueprint, abort, current_app, flash, make_response, redirect,
-                   render_template, request, session, url_for)
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 
-from bcd_node import audit, throttle
 from bcd_node.db.models import AuditEvent, Role, User, UserState, WebSession, utcnow
-from bcd_node.users import (NameTaken, UserError, authenticate, register_doctor, set_password,
-                            verify_password)
+from bcd_node.records import audit, throttle
+from bcd_node.records.users import (
+    NameTaken,
+    UserError,
+    authenticate,
+    register_doctor,
+    set_password,
+    verify_password,
+)
 from webadmin.db import audit_event, client_ip, db, node
 from webadmin.forms import LoginForm, PasswordChangeForm, RegisterForm
 
@@ -115,7 +131,7 @@ def load_user(session_id: str) -> ConsoleUser | None:
 
 def audit_event_for(username: str, action: str, **kwargs: Any) -> None:
     """An audit event for a named user (before or after Flask-Login knows them)."""
-    from bcd_node import audit
+    from bcd_node.records import audit
     audit.record(db(), actor=username, actor_kind="user", action=action, source=client_ip(),
                  **kwargs)
 

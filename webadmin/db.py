@@ -8,7 +8,7 @@ from flask import current_app, g, request
 from flask_login import current_user
 from sqlalchemy.orm import Session
 
-from bcd_node import audit
+from bcd_node.records import audit
 from bcd_node.runtime import NodeContext
 
 

@@ -6,13 +6,27 @@ from typing import Any
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
+from wtforms import (
+    DateField,
+    HiddenField,
+    IntegerField,
+    PasswordField,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.fields.choices import SelectChoice
-from wtforms import (DateField, HiddenField, IntegerField, PasswordField, SelectField,
-                     StringField, TextAreaField)
-from wtforms.validators import (DataRequired, EqualTo, Length, NumberRange, Optional,
-                                Regexp, ValidationError)
+from wtforms.validators import (
+    DataRequired,
+    EqualTo,
+    Length,
+    NumberRange,
+    Optional,
+    Regexp,
+    ValidationError,
+)
 
-from bcd_node.users import MIN_PASSWORD_LENGTH
+from bcd_node.records.users import MIN_PASSWORD_LENGTH
 
 STAGES = ("Benign", "Malignant-Early", "Malignant-Pre", "Malignant-Pro")
 STATUSES = ("queued", "analysing", "done", "failed", "needs_review", "verified")

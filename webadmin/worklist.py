@@ -35,8 +35,8 @@ from bcd_node.db.models import (
     utcnow,
 )
 from bcd_node.memory_budget import Busy
+from bcd_node.records.studies import refresh_study
 from bcd_node.store.layout import DataLayout
-from bcd_node.studies import refresh_study
 from webadmin.db import audit_event, db, node
 from webadmin.forms import STAGES, STATUSES, VerifyForm
 from webadmin.helpers import Page, clamp_page, day_start, page_number, parse_day

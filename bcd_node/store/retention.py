@@ -24,7 +24,6 @@ from pathlib import Path
 
 from sqlalchemy import delete, select
 
-from bcd_node import audit
 from bcd_node.db.models import (
     AuditEvent,
     Delivery,
@@ -35,6 +34,7 @@ from bcd_node.db.models import (
     Result,
     utcnow,
 )
+from bcd_node.records import audit
 from bcd_node.runtime import NodeContext
 from bcd_node.store.layout import PREVIEWS, DataLayout, preview_instance
 

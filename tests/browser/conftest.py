@@ -12,11 +12,11 @@ from typing import Any, Callable, Iterator
 import pytest
 from argon2 import PasswordHasher
 
-from bcd_node import users as users_module
 from bcd_node.db.models import Role
+from bcd_node.records import users as users_module
+from bcd_node.records.users import add_user
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import PROJECT_ROOT, load_settings
-from bcd_node.users import add_user
 from tests.conftest import IN_CI, free_port, require_tool
 from tests.support.waiting import wait_for
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from bcd_node.db.models import Job, JobState, Result, Role, Study
-from bcd_node.users import add_user
+from bcd_node.records.users import add_user
 from tests.browser.conftest import LiveConsole
 from tests.support.browser import fill, navigate, sign_in
 from tests.support.waiting import wait_for

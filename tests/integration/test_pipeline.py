@@ -77,7 +77,7 @@ def test_images_are_analysed_and_results_reach_orthanc(write_config, orthanc, pr
 
 def test_verification_produces_a_verified_sr_and_pdf(write_config, predictor, tmp_path) -> None:
     from bcd_node.db.models import JobKind, Role, User, utcnow
-    from bcd_node.users import hash_password
+    from bcd_node.records.users import hash_password
 
     ctx = open_node(load_settings(write_config(
         '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'

@@ -17,13 +17,26 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from sqlalchemy import func, select
 
-from bcd_node.db.models import (AuditEvent, Delivery, DeliveryState, Instance, Job, JobKind,
-                                JobState, Patient, Result, Role, Series, Study, User,
-                                utcnow)
+from bcd_node.db.models import (
+    AuditEvent,
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobKind,
+    JobState,
+    Patient,
+    Result,
+    Role,
+    Series,
+    Study,
+    User,
+    utcnow,
+)
 from bcd_node.intake import Accepted, IdentityConflictError, Intake, content_digest
+from bcd_node.records.users import hash_password
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
-from bcd_node.users import hash_password
 from tests.support.images import vl_micro
 
 SOP_UID = "2.25.1111111111111111111111111111111111"

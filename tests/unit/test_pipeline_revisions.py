@@ -14,14 +14,25 @@ from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select, update
 
 import bcd_node.pipeline
-from bcd_node.db.models import (AuditEvent, Delivery, Instance, Job, JobKind, JobState, Result,
-                                Role, Study, User, utcnow)
+from bcd_node.db.models import (
+    AuditEvent,
+    Delivery,
+    Instance,
+    Job,
+    JobKind,
+    JobState,
+    Result,
+    Role,
+    Study,
+    User,
+    utcnow,
+)
 from bcd_node.intake import Intake
 from bcd_node.jobqueue import claim
 from bcd_node.pipeline import Pipeline, enqueue_study_summaries
+from bcd_node.records.users import hash_password
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
-from bcd_node.users import hash_password
 from tests.support.dicomcheck import assert_dciodvfy_clean
 from tests.support.images import vl_micro
 from tests.unit.test_pipeline_units import PROBS, Pred

@@ -7,10 +7,10 @@ from datetime import timedelta
 from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select, update
 
-from bcd_node import audit
-from bcd_node.audit import verify_chain
 from bcd_node.db.models import AuditEvent, Instance, Job, JobState, utcnow
 from bcd_node.intake import Intake
+from bcd_node.records import audit
+from bcd_node.records.audit import verify_chain
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from bcd_node.store.retention import PurgeSummary, purge
@@ -48,7 +48,7 @@ def test_audit_purge_keeps_the_chain_verifiable(write_config, monkeypatch) -> No
     ctx = open_node(load_settings(write_config("[retention]\naudit_days = 365\n")))
     long_ago = utcnow() - timedelta(days=400)
     with monkeypatch.context() as m:
-        m.setattr("bcd_node.audit.utcnow", lambda: long_ago)
+        m.setattr("bcd_node.records.audit.utcnow", lambda: long_ago)
         with ctx.session_factory.begin() as s:
             for i in range(3):
                 audit.record(s, actor="x", actor_kind="user", action=f"old{i}")

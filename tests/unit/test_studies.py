@@ -6,12 +6,21 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from bcd_node.db.models import (Instance, Job, JobKind, JobState, Patient, Result, Series, Study,
-                                utcnow)
+from bcd_node.db.models import (
+    Instance,
+    Job,
+    JobKind,
+    JobState,
+    Patient,
+    Result,
+    Series,
+    Study,
+    utcnow,
+)
 from bcd_node.errors import PermanentError
+from bcd_node.records.studies import refresh_study, vote
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
-from bcd_node.studies import refresh_study, vote
 from bcd_node.worker import Workers
 from tests.support.waiting import wait_for
 

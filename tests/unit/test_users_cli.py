@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from bcd_node.audit import verify_chain
 from bcd_node.cli import main
 from bcd_node.db.models import AuditEvent, User, UserState
+from bcd_node.records.audit import verify_chain
+from bcd_node.records.users import verify_password
 from bcd_node.runtime import open_node
 from bcd_node.serve import bootstrap_admin
 from bcd_node.settings import load_settings
 from bcd_node.store.secrets import ensure_secrets
-from bcd_node.users import verify_password
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def test_tampered_audit_row_fails_verify(cfg, capsys, monkeypatch, tamper) -> No
 
 def test_approve_role_and_tokens_from_the_command_line(cfg, capsys, monkeypatch) -> None:
     from bcd_node.db.models import ApiToken
-    from bcd_node.users import find_token, register_doctor
+    from bcd_node.records.users import find_token, register_doctor
 
     assert run(cfg, "users", "add", "boss", "--role", "admin", "--password-stdin",
                stdin="a-strong-password\n", monkeypatch=monkeypatch) == 0
@@ -243,8 +243,8 @@ def test_roles_started_together_agree_on_the_secrets(tmp_path: Path, monkeypatch
 def test_first_admin_made_by_another_web_process_meanwhile(cfg, monkeypatch) -> None:
     """Two `web` roles starting together on a new database: the one that loses the race to
     create `admin` starts normally and prints no password (the other one printed its own)."""
-    from bcd_node import users
-    from bcd_node.users import Role, add_user
+    from bcd_node.records import users
+    from bcd_node.records.users import Role, add_user
 
     ctx = open_node(load_settings(cfg))
     real = users.generate_password
@@ -265,7 +265,7 @@ def test_first_admin_made_by_another_web_process_meanwhile(cfg, monkeypatch) -> 
 
 
 def test_too_weak_admin_password_from_environment_is_refused(cfg, monkeypatch) -> None:
-    from bcd_node.users import UserError
+    from bcd_node.records.users import UserError
 
     monkeypatch.setenv("BCD_ADMIN_PASSWORD", "short")
     ctx = open_node(load_settings(cfg))

@@ -12,11 +12,11 @@ from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
 
-from bcd_node import users as users_module
 from bcd_node.db.models import Role
+from bcd_node.records import users as users_module
+from bcd_node.records.users import add_user
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
-from bcd_node.users import add_user
 from webadmin import create_app
 
 ADMIN_PASSWORD = "admin-password-123"

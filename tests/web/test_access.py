@@ -74,7 +74,7 @@ CASES = sorted({(rule.endpoint, method, _sample(rule))
 @pytest.fixture(scope="module")
 def api_headers(shared_app: Flask) -> dict[str, dict[str, str]]:
     """Tokens issued once for the doctor and the admin of the shared app."""
-    from bcd_node.users import issue_token
+    from bcd_node.records.users import issue_token
     ctx = shared_app.extensions["bcd_node"]
     headers = {}
     with ctx.session_factory.begin() as session:

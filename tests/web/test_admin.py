@@ -12,9 +12,19 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
-from bcd_node.audit import verify_chain
-from bcd_node.db.models import (ApiToken, AuditEvent, Delivery, DeliveryState,
-                                DestinationHealth, Job, JobKind, Role, User, UserState)
+from bcd_node.db.models import (
+    ApiToken,
+    AuditEvent,
+    Delivery,
+    DeliveryState,
+    DestinationHealth,
+    Job,
+    JobKind,
+    Role,
+    User,
+    UserState,
+)
+from bcd_node.records.audit import verify_chain
 from tests.web.conftest import DOCTOR_PASSWORD, login, post_form
 from tests.web.seed import add_analysed_study
 

@@ -14,8 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from bcd_node.db.models import AuditEvent, AuthThrottle, User, UserState, WebSession, utcnow
-from tests.web.conftest import (ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, login,
-                                post_form)
+from tests.web.conftest import ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, login, post_form
 
 # Every page of the console with sample arguments; only login and registration are public.
 PAGES = [
@@ -178,7 +177,7 @@ def test_locked_admin_gets_back_through_the_command_line(app: Flask, client: Fla
 
 
 def test_set_password_lifts_a_lock(app: Flask, client: FlaskClient) -> None:
-    from bcd_node.users import set_password
+    from bcd_node.records.users import set_password
     for _ in range(5):
         login(client, "admin", "wrong-password-xyz")
     assert locked_until(app, "admin") is not None

@@ -160,9 +160,9 @@ def tiny_filesystem(tmp_path) -> Iterator[Path]:
 def test_sign_in_on_a_full_disk_is_503_with_the_reason(write_config, migrated_db,
                                                         tiny_filesystem) -> None:
     from bcd_node.db.models import Role
+    from bcd_node.records.users import add_user
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings
-    from bcd_node.users import add_user
     from webadmin import create_app
 
     data = tiny_filesystem / "data"
@@ -198,10 +198,10 @@ def test_a_purged_image_is_no_longer_served(write_config, tmp_path) -> None:
 
     from bcd_node.db.models import Role
     from bcd_node.intake import Intake
+    from bcd_node.records.users import add_user
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings
     from bcd_node.store.retention import purge
-    from bcd_node.users import add_user
     from tests.support.images import vl_micro
     from tests.web.conftest import DOCTOR_PASSWORD
     from webadmin import create_app

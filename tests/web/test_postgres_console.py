@@ -6,11 +6,11 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from bcd_node.audit import verify_chain
 from bcd_node.db.models import Job, JobKind, Result, Role
+from bcd_node.records.audit import verify_chain
+from bcd_node.records.users import add_user
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
-from bcd_node.users import add_user
 from tests.web.conftest import ADMIN_PASSWORD, DOCTOR_PASSWORD, login, post_form
 from tests.web.seed import add_analysed_study, seed_worklist
 from webadmin import create_app

@@ -15,8 +15,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
-from bcd_node.audit import verify_chain
 from bcd_node.db.models import AuditEvent, AuthThrottle, WebSession, utcnow
+from bcd_node.records.audit import verify_chain
 from tests.web.conftest import DOCTOR_PASSWORD, csrf_token, login
 
 
@@ -156,7 +156,7 @@ def test_metrics_token_comes_from_the_config(context: Any) -> None:
 @pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
 def test_audit_csv_cells_never_start_a_formula(app: Flask, admin_client: FlaskClient,
                                                start: str) -> None:
-    from bcd_node import audit
+    from bcd_node.records import audit
     value = f"{start}cmd|' /C calc'!A0"
     with app.extensions["bcd_node"].session_factory.begin() as session:
         audit.record(session, actor=f"{start}SCANNER", actor_kind="dicom", action="store",
@@ -225,7 +225,7 @@ def test_huge_page_numbers_and_ids_are_not_errors(shared_app: Flask, shared_admi
 
 
 def test_api_paging_is_bounded(app: Flask, admin_client: FlaskClient) -> None:
-    from bcd_node.users import issue_token
+    from bcd_node.records.users import issue_token
     ctx = app.extensions["bcd_node"]
     with ctx.session_factory.begin() as session:
         _token, text = issue_token(session, "doctor", "t", ctx.secrets.api_token_salt,

@@ -172,7 +172,7 @@ def test_hostile_values_are_text_everywhere(app: Flask, doctor_client: FlaskClie
     assert shown == set(SHOWN)  # every value was on some page, escaped
 
     # The JSON API keeps the values exactly, served as JSON that browsers do not sniff.
-    from bcd_node.users import issue_token
+    from bcd_node.records.users import issue_token
     ctx = app.extensions["bcd_node"]
     with ctx.session_factory.begin() as session:
         _token, text = issue_token(session, "doctor", "xss", ctx.secrets.api_token_salt,

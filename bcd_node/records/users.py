@@ -16,8 +16,8 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bcd_node import audit, throttle
 from bcd_node.db.models import ApiToken, Role, User, UserState, utcnow
+from bcd_node.records import audit, throttle
 
 LOGGER = logging.getLogger(__name__)
 MIN_PASSWORD_LENGTH = 12
@@ -200,7 +200,7 @@ def authenticate(session: Session, username: str, password: str, *, source: str 
                  actor_kind: str = "user", window_seconds: int = 300) -> LoginOutcome:
     """Check a username and password with lockout; failures are audited, the caller commits.
 
-    A wrong password for a name counts towards its lockout (see :mod:`bcd_node.throttle`),
+    A wrong password for a name counts towards its lockout (see :mod:`bcd_node.records.throttle`),
     whether an account has that name or not; while a name is locked every password is refused
     unchecked, so that a right guess reveals nothing. Pending and disabled accounts are refused
     even with the right password. A hash made with older parameters is replaced on success.

@@ -25,8 +25,8 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from bcd_node import throttle
 from bcd_node.db.models import AuditEvent, AuthThrottle, utcnow
+from bcd_node.records import throttle
 
 LOGGER = logging.getLogger(__name__)
 GENESIS = "0" * 64

@@ -24,8 +24,8 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from bcd_node import audit
 from bcd_node.db.models import Delivery, DeliveryState, Job, JobKind, JobState, Result, utcnow
+from bcd_node.records import audit
 from dicom.uids import derive_uid
 
 LOGGER = logging.getLogger(__name__)

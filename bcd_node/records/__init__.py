@@ -1,0 +1,10 @@
+"""What the node records about people, their acts and the state of a case, in the database.
+
+:mod:`~bcd_node.records.audit` keeps the hash-chained audit log, :mod:`~bcd_node.records.users`
+the console users and API tokens, :mod:`~bcd_node.records.throttle` the failed sign-ins,
+:mod:`~bcd_node.records.studies` the worklist columns of a study, and
+:mod:`~bcd_node.records.revisions` what a changed version of an image does to its earlier
+results. It is shared below the stages of the flow: intake, analysis, delivery, the console and
+the CLI record through it, so it never calls a stage; it may call only :mod:`bcd_node.db`,
+:mod:`bcd_node.settings` and :mod:`bcd_node.errors`.
+"""
