@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bcd_node.dicomize_upload import UploadError, read_image
+from bcd_node.intake.upload import UploadError, read_image
 from dicom import uids
-from dicom.outputs import write_dataset
 from dicom.dicomize import dicomize
+from dicom.outputs import write_dataset
 
 __all__ = ["register", "cmd_import", "import_image", "read_picture", "ImportFailed"]
 

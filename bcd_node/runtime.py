@@ -69,7 +69,8 @@ class NodeContext:
     session_factory: sessionmaker[Session]
     secrets: NodeSecrets
     components: dict[str, Component] = field(default_factory=dict)
-    #: The process's :class:`bcd_node.intake.Intake` once started (shared by SCP and console).
+    #: The process's :class:`bcd_node.intake.intake.Intake` once started (shared by SCP and
+    #: console).
     intake: Any = None
     #: The process's :class:`bcd_node.metrics.Metrics`.
     metrics: Any = None

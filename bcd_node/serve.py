@@ -67,7 +67,7 @@ Stopper = Callable[[], None]
 
 
 def _start_intake(context: NodeContext) -> tuple[Component, Stopper]:
-    from bcd_node.intake import Intake
+    from bcd_node.intake.intake import Intake
 
     context.intake = Intake(context).start()
     return Component("intake", True, "durable intake (group commit)"), context.intake.stop
@@ -89,7 +89,7 @@ def _scp_setup(context: NodeContext, share: int = 1) -> tuple[Any, list[Any], An
     ``max_associations``."""
     from pynetdicom import evt
 
-    from bcd_node.scp_handlers import handle_aborted, handle_rejected, handle_store
+    from bcd_node.intake.handlers import handle_aborted, handle_rejected, handle_store
     from dicom.scp import ScpPolicy, storage_contexts, tls_context
 
     d = context.settings.dicom

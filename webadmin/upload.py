@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import (Blueprint, current_app, flash, make_response, redirect, render_template,
-                   url_for)
+from flask import Blueprint, current_app, flash, make_response, redirect, render_template, url_for
 from flask_login import current_user
 
-from bcd_node import intake
-from bcd_node.dicomize_upload import upload_memory
 from bcd_node.errors import BcdError, PermanentError
+from bcd_node.intake import intake
+from bcd_node.intake.upload import upload_memory
 from bcd_node.memory_budget import Busy, MemoryBudget, TooLarge
 from webadmin.db import audit_event, db, node
 from webadmin.forms import UploadForm

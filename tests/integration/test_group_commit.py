@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bcd_node.db.models import Instance, Job
-from bcd_node.intake import Intake
+from bcd_node.intake.intake import Intake
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from tests.support.images import write_vl_micro

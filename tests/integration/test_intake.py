@@ -15,9 +15,9 @@ from pynetdicom.sop_class import SecondaryCaptureImageStorage, VLMicroscopicImag
 from sqlalchemy import func, select
 
 from bcd_node.db.models import AuditEvent, Instance, Job, Patient, Study
-from bcd_node.intake import Intake
+from bcd_node.intake.handlers import handle_rejected, handle_store
+from bcd_node.intake.intake import Intake
 from bcd_node.runtime import NodeContext, open_node
-from bcd_node.scp_handlers import handle_rejected, handle_store
 from bcd_node.settings import load_settings
 from dicom.scp import ScpPolicy, start_scp, storage_contexts
 from tests.conftest import free_port, require_tool

@@ -32,7 +32,7 @@ from pynetdicom.sop_class import Verification, VLMicroscopicImageStorage
 from sqlalchemy import select
 
 from bcd_node.db.models import AuditEvent, Instance
-from bcd_node.intake import Intake
+from bcd_node.intake.intake import Intake
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
 from tests.conftest import free_port, require_tool

@@ -176,9 +176,9 @@ def test_idle_associations_do_not_spin(write_config, tmp_path) -> None:
 
     from pynetdicom import evt
 
-    from bcd_node.intake import Intake
+    from bcd_node.intake.handlers import handle_store
+    from bcd_node.intake.intake import Intake
     from bcd_node.runtime import open_node
-    from bcd_node.scp_handlers import handle_store
     from bcd_node.settings import load_settings
     from dicom.scp import ScpPolicy, start_scp, storage_contexts
 

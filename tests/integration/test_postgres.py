@@ -77,7 +77,7 @@ def test_two_workers_purging_at_once_split_the_work(postgres_url: str, write_con
     from sqlalchemy.orm import Session
 
     from bcd_node.db.models import Instance, Job, JobState, utcnow
-    from bcd_node.intake import Intake
+    from bcd_node.intake.intake import Intake
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings
     from bcd_node.store.retention import purge
@@ -124,7 +124,7 @@ def test_two_workers_queue_one_summary_for_a_quiet_study(postgres_url: str,
     from sqlalchemy.orm import Session
 
     from bcd_node.db.models import Job, JobKind, JobState, Study, utcnow
-    from bcd_node.intake import Intake
+    from bcd_node.intake.intake import Intake
     from bcd_node.pipeline import enqueue_study_summaries
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings
@@ -211,7 +211,7 @@ def test_two_intakes_filing_one_new_study_at_once_on_postgres(postgres_url: str,
     from sqlalchemy import func, select
 
     from bcd_node.db.models import Instance, Patient, Series, Study
-    from bcd_node.intake import IdentityConflictError, Intake
+    from bcd_node.intake.intake import IdentityConflictError, Intake
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings
     from tests.support.images import vl_micro

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from bcd_node.dicomize_upload import UploadError, dicomize_upload_bytes, read_image
+from bcd_node.intake.upload import UploadError, dicomize_upload_bytes, read_image
 from tests.support.images import rgb_field
 
 FIELDS = {"patient_id": "P-7", "patient_name": "Doe^Jane", "birth_date": "1970-02-03",

@@ -33,7 +33,7 @@ from bcd_node.db.models import (
     User,
     utcnow,
 )
-from bcd_node.intake import Accepted, IdentityConflictError, Intake, content_digest
+from bcd_node.intake.intake import Accepted, IdentityConflictError, Intake, content_digest
 from bcd_node.records.users import hash_password
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings

@@ -8,7 +8,7 @@ from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select, update
 
 from bcd_node.db.models import AuditEvent, Instance, Job, JobState, utcnow
-from bcd_node.intake import Intake
+from bcd_node.intake.intake import Intake
 from bcd_node.records import audit
 from bcd_node.records.audit import verify_chain
 from bcd_node.runtime import open_node

@@ -6,7 +6,7 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from bcd_node.scp_handlers import status_with_comment
+from bcd_node.intake.handlers import status_with_comment
 from bcd_node.settings import format_size, parse_size
 
 

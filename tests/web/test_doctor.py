@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from bcd_node.db.models import AuditEvent, Job, JobKind, Result, Study
 from bcd_node.errors import PermanentError
-from tests.web.seed import add_analysed_study, add_study, png_bytes, seed_worklist, smear_image
 from tests.web.conftest import post_form
+from tests.web.seed import add_analysed_study, add_study, png_bytes, seed_worklist, smear_image
 
 UID = "1.2.826.0.1.3680043.10.1.1"
 
@@ -107,7 +107,7 @@ def test_images_and_pdf_are_served_and_audited(app: Flask, doctor_client: FlaskC
 def test_image_is_rendered_from_the_stored_dicom(app: Flask, doctor_client: FlaskClient,
                                                  analysed: dict[str, Any]) -> None:
     """Without a cached preview, the stored DICOM file is decoded (through the upload path)."""
-    from bcd_node.dicomize_upload import dicomize_upload_bytes
+    from bcd_node.intake.upload import dicomize_upload_bytes
     ctx = app.extensions["bcd_node"]
     data_dir = ctx.settings.storage.data_dir
     dicom_bytes = dicomize_upload_bytes(png_bytes(smear_image(64)[0]), "x.png",
@@ -237,7 +237,7 @@ def test_upload_goes_through_the_intake(app: Flask, doctor_client: FlaskClient,
         calls.append((filename, fields, uploaded_by, len(data)))
         return SimpleNamespace(study_instance_uid="1.2.3.4", sop_instance_uid="1.2.3.4.5")
 
-    monkeypatch.setattr("bcd_node.intake.accept_upload", fake)
+    monkeypatch.setattr("bcd_node.intake.intake.accept_upload", fake)
     resp = _upload(doctor_client, png_bytes(smear_image(64)[0]), "smear.png")
     assert resp.status_code == 302 and resp.headers["Location"] == "/studies/1.2.3.4"
     filename, fields, who, _size = calls[0]
@@ -276,7 +276,7 @@ def test_upload_reports_intake_errors(doctor_client: FlaskClient,
     def refuse(*_args: Any, **_kwargs: Any) -> Any:
         raise PermanentError("smear.png is not a readable PNG or JPEG image")
 
-    monkeypatch.setattr("bcd_node.intake.accept_upload", refuse)
+    monkeypatch.setattr("bcd_node.intake.intake.accept_upload", refuse)
     resp = _upload(doctor_client, b"\x89PNG\r\n\x1a\n" + b"\0" * 50, "smear.png")
     assert resp.status_code == 400 and "not a readable PNG" in resp.get_data(as_text=True)
 
@@ -292,7 +292,7 @@ def test_upload_validates_patient_fields(doctor_client: FlaskClient) -> None:
 
 
 def test_upload_of_dicom_keeps_its_own_patient(app: Flask, doctor_client: FlaskClient) -> None:
-    from bcd_node.dicomize_upload import dicomize_upload_bytes
+    from bcd_node.intake.upload import dicomize_upload_bytes
     data = dicomize_upload_bytes(png_bytes(smear_image(64)[0]), "x.png",
                                  {"patient_id": "DCM-1", "patient_name": "Curie^Marie"},
                                  uid_root="2.25")

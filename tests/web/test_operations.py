@@ -197,7 +197,7 @@ def test_a_purged_image_is_no_longer_served(write_config, tmp_path) -> None:
     from pydicom.filebase import DicomBytesIO
 
     from bcd_node.db.models import Role
-    from bcd_node.intake import Intake
+    from bcd_node.intake.intake import Intake
     from bcd_node.records.users import add_user
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings

@@ -757,7 +757,7 @@ def accept_upload(context: NodeContext, data: bytes, filename: str, fields: dict
     PermanentError
         With a message a user can act on (unreadable image, missing patient id...).
     """
-    from bcd_node.dicomize_upload import dicomize_upload_bytes
+    from bcd_node.intake.upload import dicomize_upload_bytes
 
     intake: Intake | None = getattr(context, "intake", None)
     own = intake is None

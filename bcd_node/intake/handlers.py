@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from bcd_node.errors import TransientError
-from bcd_node.intake import (
+from bcd_node.intake.intake import (
     DatasetTooLargeError,
     IdentityConflictError,
     Intake,
