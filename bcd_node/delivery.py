@@ -4,7 +4,7 @@ Retry state lives in the ``deliveries`` table; the scheduler only calls :meth:`D
 Rows are claimed by setting them ``sending`` with a lease in ``next_attempt_at`` (``FOR UPDATE
 SKIP LOCKED`` on PostgreSQL), so two processes never send the same row at the same time. The
 lease (``delivery.lease_seconds``) is renewed while the association runs
-(:class:`~bcd_node.leases.LeaseKeeper`), so it can be short: rows of a process that dies
+(:class:`~bcd_node.jobs.leases.LeaseKeeper`), so it can be short: rows of a process that dies
 mid-send are due again within one lease. Every update after the claim is fenced by the row's
 ``attempts`` as claimed (each claim increments it): a process whose lease passed to another one
 cannot overwrite that one's outcome.
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, Result, Study, utcnow
 from bcd_node.errors import BcdError
-from bcd_node.leases import LeaseKeeper
+from bcd_node.jobs.leases import LeaseKeeper
 from bcd_node.records import audit
 from bcd_node.runtime import NodeContext
 from bcd_node.settings import Destination, Settings

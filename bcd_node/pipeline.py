@@ -41,7 +41,7 @@ from bcd_node.db.models import (
     utcnow,
 )
 from bcd_node.errors import PermanentError
-from bcd_node.jobqueue import Claimed, LeaseLostError, complete
+from bcd_node.jobs.queue import Claimed, LeaseLostError, complete
 from bcd_node.records import audit
 from bcd_node.records.revisions import clear_verification
 from bcd_node.records.studies import STAGE_ORDER, refresh_study, vote

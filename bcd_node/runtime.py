@@ -74,7 +74,7 @@ class NodeContext:
     intake: Any = None
     #: The process's :class:`bcd_node.metrics.Metrics`.
     metrics: Any = None
-    #: The process's :class:`bcd_node.worker.Workers` when it runs the worker role.
+    #: The process's :class:`bcd_node.jobs.workers.Workers` when it runs the worker role.
     workers: Any = None
     #: Hooks that cut polling latency inside one process: new job queued, new outputs queued.
     wake_workers: Callable[[], None] = lambda: None

@@ -298,8 +298,8 @@ def _start_listener_processes(context: NodeContext) -> tuple[Component, Stopper]
 def _start_workers(context: NodeContext) -> tuple[Component, Stopper]:
     from bcd_node.inference.loader import WeightsError
     from bcd_node.inference.predictor import Predictor
+    from bcd_node.jobs.workers import Workers
     from bcd_node.pipeline import Pipeline
-    from bcd_node.worker import Workers
 
     m = context.settings.model
     count = context.settings.workers.count

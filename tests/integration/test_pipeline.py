@@ -9,10 +9,10 @@ from sqlalchemy import select, update
 from bcd_node.db.models import Delivery, Job, JobState, Result, Study
 from bcd_node.delivery import Deliverer
 from bcd_node.intake.intake import Intake
+from bcd_node.jobs.workers import Workers
 from bcd_node.pipeline import Pipeline
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
-from bcd_node.worker import Workers
 from tests.support.dicomcheck import assert_dciodvfy_clean
 from tests.support.images import write_smears
 from tests.support.jobs import drain

@@ -26,9 +26,9 @@ from bcd_node.db.models import (
     utcnow,
 )
 from bcd_node.delivery import Deliverer
+from bcd_node.jobs.workers import Workers
 from bcd_node.pipeline import Pipeline
 from bcd_node.records.users import hash_password
-from bcd_node.worker import Workers
 from dicom.dicomize import dicomize
 from tests.integration.test_intake import scp_factory, storescu  # noqa: F401 - fixture
 from tests.support.dicomcheck import assert_dciodvfy_clean

@@ -6,7 +6,7 @@ from typing import Any
 
 
 def drain(workers: Any, owner: str = "test-worker") -> int:
-    """Run queued jobs with ``workers`` (a :class:`bcd_node.worker.Workers`) until none is
+    """Run queued jobs with ``workers`` (a :class:`bcd_node.jobs.workers.Workers`) until none is
     due; return how many ran."""
     count = 0
     while workers.step(owner):

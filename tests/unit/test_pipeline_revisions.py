@@ -28,7 +28,7 @@ from bcd_node.db.models import (
     utcnow,
 )
 from bcd_node.intake.intake import Intake
-from bcd_node.jobqueue import claim
+from bcd_node.jobs.queue import claim
 from bcd_node.pipeline import Pipeline, enqueue_study_summaries
 from bcd_node.records.users import hash_password
 from bcd_node.runtime import NodeContext, open_node

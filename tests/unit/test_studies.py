@@ -18,10 +18,10 @@ from bcd_node.db.models import (
     utcnow,
 )
 from bcd_node.errors import PermanentError
+from bcd_node.jobs.workers import Workers
 from bcd_node.records.studies import refresh_study, vote
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
-from bcd_node.worker import Workers
 from tests.support.waiting import wait_for
 
 

@@ -11,12 +11,12 @@ from datetime import timedelta
 
 import pytest
 
-from bcd_node import jobqueue
 from bcd_node.db.models import Job, JobKind, JobState, utcnow
+from bcd_node.jobs import queue
+from bcd_node.jobs.workers import Workers
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from bcd_node.store.storage import StorageFullError
-from bcd_node.worker import Workers
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_a_job_longer_than_its_lease_keeps_it(ctx) -> None:
         running.set()
         release.wait(30)
         with ctx.session_factory.begin() as s:
-            assert jobqueue.complete(s, job)
+            assert queue.complete(s, job)
 
     workers = Workers(ctx, run, 1).start()
     try:
@@ -66,7 +66,7 @@ def test_a_job_longer_than_its_lease_keeps_it(ctx) -> None:
         # Three leases later, the job is still this worker's: nobody else may claim it.
         _wait(lambda: utcnow() > claimed_until + timedelta(seconds=1.2))
         with ctx.session_factory.begin() as s:
-            assert jobqueue.claim(s, "another-worker", 0.6) is None
+            assert queue.claim(s, "another-worker", 0.6) is None
         assert _get(ctx, job_id).lease_expires_at > claimed_until
         release.set()
         _wait(lambda: _get(ctx, job_id).state is JobState.DONE)
@@ -79,15 +79,15 @@ def test_a_job_longer_than_its_lease_keeps_it(ctx) -> None:
 def test_a_worker_that_lost_its_lease_does_not_publish(ctx) -> None:
     job_id = _job(ctx)
     with ctx.session_factory.begin() as s:
-        stale = jobqueue.claim(s, "stale-worker", 0.01)
+        stale = queue.claim(s, "stale-worker", 0.01)
     _wait(lambda: utcnow() > _get(ctx, job_id).lease_expires_at)
     with ctx.session_factory.begin() as s:
-        fresh = jobqueue.claim(s, "fresh-worker", 30)
+        fresh = queue.claim(s, "fresh-worker", 30)
     assert fresh is not None and fresh.id == stale.id
     with ctx.session_factory.begin() as s:
-        assert not jobqueue.renew(s, stale, 30)
-        assert not jobqueue.complete(s, stale)
-        assert not jobqueue.fail(s, stale, "stale")
+        assert not queue.renew(s, stale, 30)
+        assert not queue.complete(s, stale)
+        assert not queue.fail(s, stale, "stale")
     job = _get(ctx, job_id)
     assert (job.state, job.lease_owner) == (JobState.RUNNING, "fresh-worker")
 
@@ -127,7 +127,7 @@ def test_workers_pause_under_the_disk_mark_and_resume(ctx, caplog) -> None:
     _min_free(ctx, free + 10**12)  # as if the disk had filled up
     ran = []
     workers = Workers(ctx, lambda job: ran.append(job.id), 1)
-    with caplog.at_level(logging.INFO, logger="bcd_node.worker"):
+    with caplog.at_level(logging.INFO, logger="bcd_node.jobs.workers"):
         workers.start()
         try:
             _wait(lambda: workers.paused)
@@ -141,7 +141,7 @@ def test_workers_pause_under_the_disk_mark_and_resume(ctx, caplog) -> None:
             _wait(lambda: ran == [job_id])
         finally:
             workers.stop()
-    lines = [r.getMessage() for r in caplog.records if r.name == "bcd_node.worker"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "bcd_node.jobs.workers"]
     assert sum("paused" in m for m in lines) == 1 and sum("resumed" in m for m in lines) == 1
 
 

@@ -7,7 +7,7 @@ line without a traceback (the traceback is at DEBUG); a job that fails for good 
 as a warning, with its reason (and the traceback when the error was not one of the node's own,
 i.e. a bug).
 
-The lease of the job in hand is renewed while it runs (:class:`~bcd_node.leases.LeaseKeeper`);
+The lease of the job in hand is renewed while it runs (:class:`~bcd_node.jobs.leases.LeaseKeeper`);
 a job whose lease passed to another worker is left to that one, and its results are discarded
 (the pipeline's fenced completion refuses them).
 
@@ -26,10 +26,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from bcd_node import jobqueue
 from bcd_node.errors import BcdError, PermanentError
-from bcd_node.jobqueue import Claimed, LeaseLostError
-from bcd_node.leases import LeaseKeeper
+from bcd_node.jobs import queue
+from bcd_node.jobs.leases import LeaseKeeper
+from bcd_node.jobs.queue import Claimed, LeaseLostError
 from bcd_node.runtime import NodeContext
 from bcd_node.store.storage import DiskStatus, StorageFullError, disk_status
 
@@ -116,8 +116,8 @@ class Workers:
             return False
         s = self.context.settings.workers
         with self.context.session_factory.begin() as session:
-            exhausted = jobqueue.fail_exhausted(session)
-            job = jobqueue.claim(session, owner, s.lease_seconds)
+            exhausted = queue.fail_exhausted(session)
+            job = queue.claim(session, owner, s.lease_seconds)
         if exhausted:
             LOGGER.warning("%d job(s) failed: their worker was lost on the last attempt",
                            exhausted)
@@ -135,7 +135,7 @@ class Workers:
 
         def renew() -> bool:
             with self.context.session_factory.begin() as session:
-                return jobqueue.renew(session, job, s.lease_seconds)
+                return queue.renew(session, job, s.lease_seconds)
 
         what = f"job {job.id} ({job.kind.value})"
         try:
@@ -148,12 +148,12 @@ class Workers:
         except StorageFullError as exc:
             self._set_paused(str(exc))
             with self.context.session_factory.begin() as session:
-                jobqueue.release(session, job)
+                queue.release(session, job)
             LOGGER.info("%s given back to the queue: %s", what, exc)
             return "paused"
         except PermanentError as exc:
             with self.context.session_factory.begin() as session:
-                recorded = jobqueue.fail(session, job, str(exc))
+                recorded = queue.fail(session, job, str(exc))
             if recorded:
                 LOGGER.warning("%s failed: %s", what, exc)
                 if self.on_failed is not None:
@@ -161,9 +161,9 @@ class Workers:
             return "failed"
         except Exception as exc:  # noqa: BLE001 - unknown errors are retried, bounded
             reason = f"{type(exc).__name__}: {exc}"
-            retry = jobqueue.will_retry(job)
+            retry = queue.will_retry(job)
             with self.context.session_factory.begin() as session:
-                recorded = jobqueue.retry_later(session, job, reason, s.retry_delay)
+                recorded = queue.retry_later(session, job, reason, s.retry_delay)
             if not recorded:
                 LOGGER.warning("%s: the lease passed to another worker; its error is not "
                                "recorded here: %s", what, reason)

@@ -6,7 +6,7 @@ statement runs under the database's write lock. A job whose lease has expired (i
 is claimable again; delivery is therefore at least once, and the pipeline is idempotent.
 Every update after the claim is fenced by the lease owner, so a worker that lost its lease
 cannot overwrite the work of the one that took the job over. A worker renews its lease while
-it works (:func:`renew`, through :class:`~bcd_node.leases.LeaseKeeper`), so leases are short
+it works (:func:`renew`, through :class:`~bcd_node.jobs.leases.LeaseKeeper`), so leases are short
 and the job of a worker that died is taken over within one lease.
 
 The queue logs nothing per attempt: the worker logs each failed attempt in one line and a job
