@@ -296,10 +296,10 @@ def _start_listener_processes(context: NodeContext) -> tuple[Component, Stopper]
 
 
 def _start_workers(context: NodeContext) -> tuple[Component, Stopper]:
+    from bcd_node.analysis.pipeline import Pipeline
     from bcd_node.inference.loader import WeightsError
     from bcd_node.inference.predictor import Predictor
     from bcd_node.jobs.workers import Workers
-    from bcd_node.pipeline import Pipeline
 
     m = context.settings.model
     count = context.settings.workers.count
@@ -354,7 +354,7 @@ def _start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
     d = context.settings.delivery
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={
         "coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
-    from bcd_node.pipeline import enqueue_study_summaries
+    from bcd_node.analysis.pipeline import enqueue_study_summaries
 
     scheduler.add_job(deliverer.run_once, "interval", seconds=d.interval, id="deliver")
     scheduler.add_job(enqueue_study_summaries, "interval", args=[context],

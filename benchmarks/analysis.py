@@ -1,8 +1,8 @@
 """Analysis benchmark: where a worker's time goes for one image, stage by stage.
 
-Runs the worker's own code (:func:`bcd_node.pipeline.analyze_dataset`, then the SEG, SR and
-Encapsulated PDF written as the worker writes them) on 512 x 512 RGB VL Microscopic Images with
-the bundled model (or ``--weights``), after a warm-up, and prints the mean time per image of
+Runs the worker's own code (:func:`bcd_node.analysis.pipeline.analyze_dataset`, then the SEG,
+SR and Encapsulated PDF written as the worker writes them) on 512 x 512 RGB VL Microscopic Images
+with the bundled model (or ``--weights``), after a warm-up, and prints the mean time per image of
 each stage: decoding, prediction, overlay, PDF report, SEG, SR, Encapsulated PDF and the durable
 writes. No database and no network: this is the CPU cost of one analysis.
 
@@ -27,7 +27,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bcd_node import pipeline  # noqa: E402
+from bcd_node.analysis import pipeline  # noqa: E402
 from dicom import outputs  # noqa: E402
 
 #: (module, function) pairs that analyze_dataset and build_result_objects call, timed in place.

@@ -223,8 +223,8 @@ def verify(result_id: int) -> Any:
 
 def _preview_png(instance: Instance) -> bytes:
     """A PNG of a stored image for the browser (kept under the data folder's previews)."""
+    from bcd_node.analysis.previews import preview_png
     from bcd_node.intake.upload import UPLOAD_MEMORY_FACTOR
-    from bcd_node.previews import preview_png
     from bcd_node.store.storage import Store
     from webadmin.upload import upload_budget
 

@@ -102,8 +102,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _analyze_to_dicom(args: argparse.Namespace, predictor: Any, name: str) -> int:
     """Analyse one DICOM file and write the SEG, SR and Encapsulated PDF the node would send."""
     from bcd_node import __version__
+    from bcd_node.analysis.pipeline import analyze_dataset, write_dicom_outputs
     from bcd_node.errors import PermanentError
-    from bcd_node.pipeline import analyze_dataset, write_dicom_outputs
     from dicom.algorithm import Algorithm
     from dicom.errors import DicomError
     from dicom.pixels import read_dataset
@@ -146,7 +146,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Analyse image files; print one JSON object per file (per frame for multi-frame DICOM)."""
     import cv2
 
-    from bcd_node.pipeline import overlay
+    from bcd_node.analysis.pipeline import overlay
     from bcd_node.inference.loader import WeightsError
     from bcd_node.inference.predictor import Predictor, load_image_frames
     try:

@@ -24,8 +24,8 @@ PASSWORD = "doctor-password-123"
 
 def drain(context: Any, predictor: Any) -> list[Job]:
     """Run every queued job with the real pipeline, in this thread."""
+    from bcd_node.analysis.pipeline import Pipeline
     from bcd_node.jobs.workers import Workers
-    from bcd_node.pipeline import Pipeline
     workers = Workers(context, Pipeline(context, predictor).run, count=0)
     while workers.step("browser-test"):
         pass

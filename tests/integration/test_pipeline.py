@@ -6,11 +6,11 @@ import pydicom
 import pytest
 from sqlalchemy import select, update
 
+from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.db.models import Delivery, Job, JobState, Result, Study
 from bcd_node.delivery import Deliverer
 from bcd_node.intake.intake import Intake
 from bcd_node.jobs.workers import Workers
-from bcd_node.pipeline import Pipeline
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from tests.support.dicomcheck import assert_dciodvfy_clean
@@ -127,8 +127,8 @@ def test_verification_produces_a_verified_sr_and_pdf(write_config, predictor, tm
 def test_quiet_study_gets_one_summary_sr_and_pdf(write_config, predictor, tmp_path) -> None:
     from datetime import timedelta
 
+    from bcd_node.analysis.pipeline import enqueue_study_summaries
     from bcd_node.db.models import JobKind, utcnow
-    from bcd_node.pipeline import enqueue_study_summaries
 
     ctx = open_node(load_settings(write_config(
         '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
@@ -201,20 +201,20 @@ def test_analyze_dicom_out_goes_on_after_an_unexpected_error(tmp_path, capsys, m
                                                             tiny_manifest) -> None:
     import json
 
-    import bcd_node.pipeline
+    import bcd_node.analysis.pipeline
     from bcd_node.cli import main
 
     manifest = tiny_manifest
     first, second = write_smears(tmp_path / "in", 2)
     broken = str(pydicom.dcmread(first).SOPInstanceUID)
-    analyze = bcd_node.pipeline.analyze_dataset
+    analyze = bcd_node.analysis.pipeline.analyze_dataset
 
     def analyze_or_fail(ds, *args, **kwargs):
         if str(ds.SOPInstanceUID) == broken:
             raise RuntimeError("a builder failed")
         return analyze(ds, *args, **kwargs)
 
-    monkeypatch.setattr(bcd_node.pipeline, "analyze_dataset", analyze_or_fail)
+    monkeypatch.setattr(bcd_node.analysis.pipeline, "analyze_dataset", analyze_or_fail)
     out = tmp_path / "out"
     code = main(["analyze", str(first), str(second), "--weights", str(manifest), "--json",
                  "--dicom-out", str(out), "--precision", "float32"])
@@ -232,9 +232,9 @@ def test_every_file_the_node_writes_has_an_owner_that_removes_it(write_config, p
     import time
     from datetime import timedelta
 
+    from bcd_node.analysis.pipeline import enqueue_study_summaries
+    from bcd_node.analysis.previews import preview_png
     from bcd_node.db.models import Instance, utcnow
-    from bcd_node.pipeline import enqueue_study_summaries
-    from bcd_node.previews import preview_png
     from bcd_node.store.layout import REMOVED_BY, FileKind, classify
     from bcd_node.store.retention import purge
     from bcd_node.store.storage import Store

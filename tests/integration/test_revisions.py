@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select, update
 
+from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.db.models import (
     AuditEvent,
     Delivery,
@@ -27,7 +28,6 @@ from bcd_node.db.models import (
 )
 from bcd_node.delivery import Deliverer
 from bcd_node.jobs.workers import Workers
-from bcd_node.pipeline import Pipeline
 from bcd_node.records.users import hash_password
 from dicom.dicomize import dicomize
 from tests.integration.test_intake import scp_factory, storescu  # noqa: F401 - fixture

@@ -13,7 +13,8 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select, update
 
-import bcd_node.pipeline
+import bcd_node.analysis.pipeline
+from bcd_node.analysis.pipeline import Pipeline, enqueue_study_summaries
 from bcd_node.db.models import (
     AuditEvent,
     Delivery,
@@ -29,7 +30,6 @@ from bcd_node.db.models import (
 )
 from bcd_node.intake.intake import Intake
 from bcd_node.jobs.queue import claim
-from bcd_node.pipeline import Pipeline, enqueue_study_summaries
 from bcd_node.records.users import hash_password
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
@@ -181,14 +181,14 @@ def test_verification_withdrawn_while_its_report_is_made_sends_nothing(node,
     intake.accept(version(1))
     assert run_all(ctx, pipeline) == 1
     verify(ctx)
-    build_sr = bcd_node.pipeline.build_sr
+    build_sr = bcd_node.analysis.pipeline.build_sr
 
     def build_then_replace(*args: Any, **kwargs: Any) -> Any:
         sr = build_sr(*args, **kwargs)
         intake.accept(version(2))  # the doctor's image changes meanwhile
         return sr
 
-    monkeypatch.setattr(bcd_node.pipeline, "build_sr", build_then_replace)
+    monkeypatch.setattr(bcd_node.analysis.pipeline, "build_sr", build_then_replace)
     job = next_job(ctx)
     assert job.kind is JobKind.VERIFIED_REPORT
     pipeline.run(job)

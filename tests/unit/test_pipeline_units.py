@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bcd_node.pipeline import analyze_dataset, combine, overlay
+from bcd_node.analysis.pipeline import analyze_dataset, combine, overlay
 from dicom.algorithm import Algorithm
 from tests.support.images import vl_micro
 

@@ -26,11 +26,11 @@ from markupsafe import escape
 from pynetdicom import evt
 from sqlalchemy import select
 
+from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.db.models import Instance, Patient, Result, Study
 from bcd_node.intake.handlers import handle_rejected, handle_store
 from bcd_node.intake.intake import Intake
 from bcd_node.jobs.workers import Workers
-from bcd_node.pipeline import Pipeline
 from bcd_node.runtime import NodeContext
 from dicom.dicomize import dicomize
 from dicom.scp import ScpPolicy, start_scp, storage_contexts
