@@ -61,7 +61,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from sqlalchemy import func, select
 
     from bcd_node.db.models import DeliveryState, Job, JobState
-    from bcd_node.delivery import delivery_overview
+    from bcd_node.delivery.outbox import delivery_overview
 
     ctx = _context(args)
     settings = settings_for(args)
@@ -109,7 +109,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_deliveries_retry(args: argparse.Namespace) -> int:
     """Retry dead-lettered deliveries."""
-    from bcd_node.delivery import DeliveryRetryError, retry_deliveries
+    from bcd_node.delivery.outbox import DeliveryRetryError, retry_deliveries
 
     ctx = _context(args)
     try:

@@ -348,7 +348,7 @@ def _start_workers(context: NodeContext) -> tuple[Component, Stopper]:
 def _start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    from bcd_node.delivery import Deliverer
+    from bcd_node.delivery.outbox import Deliverer
 
     deliverer = Deliverer(context)
     d = context.settings.delivery

@@ -260,7 +260,7 @@ def _model_info() -> dict[str, Any]:
 @bp.get("/system")
 def system() -> Any:
     """System status: readiness, components, queue, deliveries, destinations, model, disk."""
-    from bcd_node.delivery import delivery_overview
+    from bcd_node.delivery.outbox import delivery_overview
     from bcd_node.health import readiness
     from bcd_node.store.storage import disk_status
 
@@ -283,7 +283,7 @@ def system() -> Any:
 def retry_delivery(delivery_id: int) -> Any:
     """Queue a delivery that needs attention again (the rules of ``bcd-node deliveries
     retry``)."""
-    from bcd_node.delivery import DeliveryRetryError, retry_deliveries
+    from bcd_node.delivery.outbox import DeliveryRetryError, retry_deliveries
 
     form = ActionForm()
     if not form.validate_on_submit():

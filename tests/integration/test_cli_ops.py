@@ -61,7 +61,7 @@ def test_status_and_retry_of_dead_deliveries(tmp_path, capsys, write_config) -> 
 def test_status_shows_a_failing_delivery_as_pending_with_its_reason(tmp_path, capsys,
                                                                     write_config) -> None:
     """A PACS that refuses what it is sent (storescp cannot write: 0xA700)."""
-    from bcd_node.delivery import Deliverer
+    from bcd_node.delivery.outbox import Deliverer
     from tests.integration.test_delivery import queue_files
 
     pacs = StoreScp(tmp_path / "pacs").start()

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, utcnow
-from bcd_node.delivery import Deliverer, backoff_seconds, retry_deliveries
+from bcd_node.delivery.outbox import Deliverer, backoff_seconds, retry_deliveries
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from tests.conftest import free_port
@@ -147,22 +147,22 @@ def test_each_failed_attempt_is_logged_with_its_reason(write_config, tmp_path, c
         ctx = storescp_node(write_config, pacs)
         queue_files(ctx, write_vl_micro(tmp_path / "out", 1))
         shutil.rmtree(tmp_path / "pacs")  # storescp answers 0xA700: it cannot write
-        with caplog.at_level(logging.INFO, logger="bcd_node.delivery"):
+        with caplog.at_level(logging.INFO, logger="bcd_node.delivery.outbox"):
             assert Deliverer(ctx).run_once().retried == 1
     finally:
         pacs.stop()
     (failure,) = [r for r in caplog.records
-                  if r.levelno >= logging.WARNING and r.name == "bcd_node.delivery"]
+                  if r.levelno >= logging.WARNING and r.name == "bcd_node.delivery.outbox"]
     message = failure.getMessage()
     assert "to pacs failed (attempt 1 of 10)" in message
     assert "status 0xA700 (Refused: Out of Resources)" in message
     caplog.clear()
     ctx2 = node_for(write_config, free_port())  # nobody listens: a network error
     queue_files(ctx2, write_vl_micro(tmp_path / "out2", 2))
-    with caplog.at_level(logging.INFO, logger="bcd_node.delivery"):
+    with caplog.at_level(logging.INFO, logger="bcd_node.delivery.outbox"):
         assert Deliverer(ctx2).run_once().retried == 2
     (failure,) = [r for r in caplog.records
-                  if r.levelno >= logging.WARNING and r.name == "bcd_node.delivery"]
+                  if r.levelno >= logging.WARNING and r.name == "bcd_node.delivery.outbox"]
     message = failure.getMessage()
     assert "2 object(s) to pacs failed (attempt 1 of 10)" in message
     assert "cannot associate" in message

@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 
 from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.db.models import Delivery, Job, JobState, Result, Study
-from bcd_node.delivery import Deliverer
+from bcd_node.delivery.outbox import Deliverer
 from bcd_node.intake.intake import Intake
 from bcd_node.jobs.workers import Workers
 from bcd_node.runtime import open_node

@@ -26,7 +26,7 @@ from bcd_node.db.models import (
     User,
     utcnow,
 )
-from bcd_node.delivery import Deliverer
+from bcd_node.delivery.outbox import Deliverer
 from bcd_node.jobs.workers import Workers
 from bcd_node.records.users import hash_password
 from dicom.dicomize import dicomize
