@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bcd_node import __version__
 from bcd_node.errors import BcdError
-from bcd_node.logs import configure_logging
+from bcd_node.node.logs import configure_logging
 from bcd_node.settings import Settings, SettingsError, load_settings, to_display_dict
 
 LOGGER = logging.getLogger(__name__)
@@ -46,13 +46,13 @@ def _context(args: argparse.Namespace) -> Any:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the node."""
-    from bcd_node.serve import serve
+    from bcd_node.node.serve import serve
     return serve(settings_for(args))
 
 
 def cmd_role(args: argparse.Namespace) -> int:
     """Run one role."""
-    from bcd_node.serve import run
+    from bcd_node.node.serve import run
     return run(settings_for(args), (args.command,))
 
 

@@ -1,4 +1,10 @@
-"""What every role of the node shares at run time: settings, database, secrets, components."""
+"""What every role of the node shares at run time: settings, database, secrets, components.
+
+A :class:`NodeContext` is handed to every stage of the flow (intake, jobs, analysis, delivery)
+and to the console, so this module sits at the top of the package with :mod:`bcd_node.settings`
+and :mod:`bcd_node.errors`, below the stages, rather than in :mod:`bcd_node.node` with the
+processes that open it (:func:`open_node`): a stage must not import the composition root.
+"""
 
 from __future__ import annotations
 
@@ -72,7 +78,7 @@ class NodeContext:
     #: The process's :class:`bcd_node.intake.intake.Intake` once started (shared by SCP and
     #: console).
     intake: Any = None
-    #: The process's :class:`bcd_node.metrics.Metrics`.
+    #: The process's :class:`bcd_node.node.metrics.Metrics`.
     metrics: Any = None
     #: The process's :class:`bcd_node.jobs.workers.Workers` when it runs the worker role.
     workers: Any = None

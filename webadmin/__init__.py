@@ -32,7 +32,7 @@ from werkzeug.datastructures import ImmutableDict
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
-from bcd_node.memory_budget import MemoryBudget
+from bcd_node.node.memory_budget import MemoryBudget
 from bcd_node.runtime import NodeContext
 
 LOGGER = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
     def readyz() -> Any:
         """Ready: started, database readable and intact, disk above the mark, components up
         (503 with a reason for each failing check)."""
-        from bcd_node.health import readiness
+        from bcd_node.node.health import readiness
 
         checks = readiness(context)
         ok = all(c.ok for c in checks)
@@ -272,7 +272,7 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
     @app.get("/metrics")
     def metrics() -> Any:
         """Prometheus metrics (no patient data): counters of this process, queue from the DB."""
-        from bcd_node.metrics import Metrics
+        from bcd_node.node.metrics import Metrics
 
         denied = metrics_denied()
         if denied is not None:

@@ -261,7 +261,7 @@ def _model_info() -> dict[str, Any]:
 def system() -> Any:
     """System status: readiness, components, queue, deliveries, destinations, model, disk."""
     from bcd_node.delivery.outbox import delivery_overview
-    from bcd_node.health import readiness
+    from bcd_node.node.health import readiness
     from bcd_node.store.storage import disk_status
 
     session = db()

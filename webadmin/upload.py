@@ -16,7 +16,7 @@ from flask_login import current_user
 from bcd_node.errors import BcdError, PermanentError
 from bcd_node.intake import intake
 from bcd_node.intake.upload import upload_memory
-from bcd_node.memory_budget import Busy, MemoryBudget, TooLarge
+from bcd_node.node.memory_budget import Busy, MemoryBudget, TooLarge
 from webadmin.db import audit_event, db, node
 from webadmin.forms import UploadForm
 

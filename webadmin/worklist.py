@@ -34,7 +34,7 @@ from bcd_node.db.models import (
     User,
     utcnow,
 )
-from bcd_node.memory_budget import Busy
+from bcd_node.node.memory_budget import Busy
 from bcd_node.records.studies import refresh_study
 from bcd_node.store.layout import DataLayout
 from webadmin.db import audit_event, db, node

@@ -1,7 +1,7 @@
 """The DICOM listener under attack: port scans, idle and slow connections, huge declared PDUs,
 oversized, deflate-bomb and deeply nested datasets (issues 12 and 19).
 
-The in-process tests run the listener as ``bcd-node scp`` wires it (bcd_node.serve); the port
+The in-process tests run the listener as ``bcd-node scp`` wires it (bcd_node.node.serve); the port
 scan and readiness tests run ``bcd-node serve`` with two listener processes.
 """
 
@@ -72,7 +72,7 @@ class InProcessScp:
 
 @pytest.fixture
 def scp(write_config) -> Iterator[Callable[..., InProcessScp]]:
-    from bcd_node.serve import _scp_setup
+    from bcd_node.node.serve import _scp_setup
     from dicom.scp import start_scp
 
     started: list[InProcessScp] = []

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bcd_node.cli import build_parser, main
-from bcd_node.logs import configure_logging
+from bcd_node.node.logs import configure_logging
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,7 +62,7 @@ def test_json_log_format(capsys) -> None:
 _READ_BAD_VALUES = """
 import io, pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from bcd_node.logs import configure_logging
+from bcd_node.node.logs import configure_logging
 
 configure_logging("INFO", {fmt!r})
 pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
@@ -113,7 +113,8 @@ def _imports(package: str, allow: tuple[str, ...] = ()) -> set[str]:
 def test_dependency_direction() -> None:
     """webadmin → bcd_node → dicom, never back."""
     assert not {"bcd_node", "webadmin", "flask"} & _imports("dicom")
-    # bcd_node/serve.py is the composition root of `bcd-node serve`: it alone starts the console.
+    # bcd_node/node/serve.py is the composition root of `bcd-node serve`: it alone starts the
+    # console.
     assert not {"webadmin", "flask", "flask_login", "flask_wtf"} & _imports(
-        "bcd_node", allow=("bcd_node/serve.py",))
+        "bcd_node", allow=("bcd_node/node/serve.py",))
     assert "dicom" not in _imports("webadmin")

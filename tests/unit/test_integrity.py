@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from bcd_node.cli import main
 from bcd_node.db.models import Job, JobKind
-from bcd_node.health import readiness
+from bcd_node.node.health import readiness
 from bcd_node.runtime import DatabaseUnusableError, open_node
 from bcd_node.settings import load_settings
 from bcd_node.store.layout import DataLayout

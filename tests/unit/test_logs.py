@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 _BUILD_RESULTS = """
 import io, numpy as np, pydicom
-from bcd_node.logs import configure_logging
+from bcd_node.node.logs import configure_logging
 from dicom.algorithm import Algorithm
 from dicom.outputs import build_result_objects
 from dicom.sr import Findings
@@ -46,7 +46,7 @@ _SKIPPING_SCHEDULER = """
 import threading, time
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from apscheduler.schedulers.background import BackgroundScheduler
-from bcd_node.logs import configure_logging
+from bcd_node.node.logs import configure_logging
 
 configure_logging("INFO", "text")
 release, skipped = threading.Event(), []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bcd_node.metrics import Metrics
+from bcd_node.node.metrics import Metrics
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 

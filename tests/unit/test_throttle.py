@@ -10,7 +10,7 @@ from sqlalchemy import select
 from bcd_node.db.engine import make_engine, make_session_factory
 from bcd_node.db.migrate import upgrade
 from bcd_node.db.models import AuthThrottle, utcnow
-from bcd_node.memory_budget import Busy, MemoryBudget, TooLarge
+from bcd_node.node.memory_budget import Busy, MemoryBudget, TooLarge
 from bcd_node.records import throttle
 
 

@@ -12,10 +12,10 @@ from sqlalchemy import select, update
 
 from bcd_node.cli import main
 from bcd_node.db.models import AuditEvent, User, UserState
+from bcd_node.node.serve import bootstrap_admin
 from bcd_node.records.audit import verify_chain
 from bcd_node.records.users import verify_password
 from bcd_node.runtime import open_node
-from bcd_node.serve import bootstrap_admin
 from bcd_node.settings import load_settings
 from bcd_node.store.secrets import ensure_secrets
 

@@ -310,7 +310,7 @@ def test_the_served_console_honours_trusted_proxies(context: Any, proxies: int) 
     """Through waitress as `serve` runs it: forwarded headers count only from trusted proxies."""
     import requests
 
-    from bcd_node.serve import _start_web
+    from bcd_node.node.serve import _start_web
     settings = dataclasses.replace(context.settings, web=dataclasses.replace(
         context.settings.web, trusted_proxies=proxies, secure_cookies="false"))
     _component, stop = _start_web(dataclasses.replace(context, settings=settings))

@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from bcd_node.errors import BcdError
-from bcd_node.metrics import Metrics
+from bcd_node.node.metrics import Metrics
 from bcd_node.records.users import UserError, any_users, ensure_initial_admin
 from bcd_node.runtime import Component, NodeContext, open_node
 from bcd_node.settings import Settings
@@ -329,7 +329,7 @@ def _start_workers(context: NodeContext) -> tuple[Component, Stopper]:
     context.workers = workers
     context.wake_workers = workers.wake
     # Listener processes on this machine wake the workers when they queue jobs.
-    from bcd_node.wake import WakeListener, workers_address
+    from bcd_node.node.wake import WakeListener, workers_address
 
     try:
         waker = WakeListener(workers_address(context.settings.storage.data_dir), workers.wake)
@@ -480,7 +480,7 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
     context = open_node(settings, migrate=True, check_integrity=READY_FD_ENV not in os.environ)
     context.stop_requested = stop
     # Jobs queued here wake a worker process on this machine; in-process workers replace this.
-    from bcd_node.wake import Notifier, workers_address
+    from bcd_node.node.wake import Notifier, workers_address
 
     context.wake_workers = Notifier(workers_address(settings.storage.data_dir))
     context.metrics = Metrics(context)
