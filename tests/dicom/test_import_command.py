@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from bcd_node import dicom_commands
+from bcd_node.cli import dicom_commands
 from dicom import pixels, sop
 from tests.support.dicomcheck import assert_dciodvfy_clean
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bcd_node.cli import build_parser, main
+from bcd_node.cli.commands import build_parser, main
 from bcd_node.node.logs import configure_logging
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,6 @@
-"""The ``bcd-node`` command line.
+"""The ``bcd-node`` command line: the parser, the node's own commands (the roles, status,
+deliveries, send, db, config, users, audit) and :func:`main`; the modules in
+:data:`COMMAND_MODULES` add theirs (the model's, ``import``).
 
 Exit codes: 0 success, 1 the command failed, 2 bad usage or invalid configuration (the message
 names the setting).
@@ -26,7 +28,7 @@ from bcd_node.settings import Settings, SettingsError, load_settings, to_display
 LOGGER = logging.getLogger(__name__)
 
 #: Modules that add their own sub-commands with ``register(subparsers)``.
-COMMAND_MODULES = ("bcd_node.inference.commands", "bcd_node.dicom_commands")
+COMMAND_MODULES = ("bcd_node.inference.commands", "bcd_node.cli.dicom_commands")
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
@@ -490,6 +492,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
