@@ -26,7 +26,7 @@ from bcd_node.db.models import Role  # noqa: E402
 from bcd_node.records.users import add_user  # noqa: E402
 from bcd_node.runtime import open_node  # noqa: E402
 from bcd_node.settings import load_settings  # noqa: E402
-from tests.web.seed import seed_worklist  # noqa: E402
+from tests.support.seed import seed_worklist  # noqa: E402
 from webadmin import create_app  # noqa: E402
 
 LIMIT_MS = 300.0

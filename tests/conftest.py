@@ -1,17 +1,19 @@
-"""Suite-wide fixtures: strict pydicom, free ports, temporary configs, real-peer helpers."""
+"""Suite-wide fixtures: strict pydicom, free ports, temporary configs, PostgreSQL, the images of
+the DICOM tests. Helpers that tests import live in :mod:`tests.support`, not here."""
 
 from __future__ import annotations
 
 import os
-import random
-import shutil
-import socket
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
+import numpy as np
+import pydicom
 import pydicom.config
 import pytest
+
+from tests.support.net import free_port
+from tests.support.tools import IN_CI
 
 if TYPE_CHECKING:
     from tests.support.postgres import PostgresServer
@@ -19,60 +21,6 @@ if TYPE_CHECKING:
 # Every DICOM object the tests read or write must be valid: no silent fix-ups.
 pydicom.config.settings.reading_validation_mode = pydicom.config.RAISE
 pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
-
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def require_tool(name: str) -> str:
-    """The path of an external program; skips the test when missing (fails under CI)."""
-    path = shutil.which(name) or (name if os.path.isfile(name) and os.access(name, os.X_OK)
-                                  else None)
-    if path is None:
-        message = f"{name} is not installed (make test installs it as root: make deps-debian)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def _port_range() -> range:
-    """Ports below the kernel's ephemeral range: the kernel never hands them to a socket bound
-    to port 0 or to an outgoing connection, so a port chosen here stays free until the peer
-    that the test starts binds it (a port taken with ``bind(0)`` and released can be reused by
-    any connection in the meantime)."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    return range(10000, min(low, 32768))
-
-
-_PORTS = _port_range()
-_port_lock = threading.Lock()
-# Each test process starts at its own place in the range, so two suites on one machine rarely
-# try the same ports; within a process no port is handed out twice.
-_next_port = [random.Random(os.getpid()).randrange(len(_PORTS))] if len(_PORTS) else [0]
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on, never handed out before in this run."""
-    with _port_lock:
-        for _ in range(len(_PORTS)):
-            port = _PORTS[_next_port[0] % len(_PORTS)]
-            _next_port[0] += 1
-            if port in _handed_out:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            _handed_out.add(port)
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # range exhausted
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -151,3 +99,47 @@ def postgres_url(postgres) -> Iterator[str]:
         conn.execute("DROP DATABASE IF EXISTS bcd WITH (FORCE)")
         conn.execute("CREATE DATABASE bcd")
     yield postgres.url
+
+
+# The images of the DICOM library tests, shared with the tests of what the node builds from them
+# (report, analysis, the import command).
+@pytest.fixture
+def smear_rgb() -> np.ndarray:
+    """A smooth 96 x 128 RGB image with a few dark round 'cells' (compresses well, lossy too)."""
+    rows, cols = 96, 128
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    img = np.empty((rows, cols, 3), dtype=np.float64)
+    img[..., 0] = 200 + 40 * np.sin(xx / 17.0)
+    img[..., 1] = 160 + 30 * np.cos(yy / 13.0)
+    img[..., 2] = 190 + 20 * np.sin((xx + yy) / 23.0)
+    for cy, cx, r in ((30, 40, 10), (60, 90, 14), (70, 25, 8)):
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        img[inside] = (90, 40, 140)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def blast_mask(smear_rgb: np.ndarray) -> np.ndarray:
+    """Boolean mask of the dark 'cells' in :func:`smear_rgb`."""
+    return smear_rgb[..., 1] < 60
+
+
+@pytest.fixture
+def source_image(tmp_path, smear_rgb):
+    """A VL Microscopic Image dataset, written and read back, to derive outputs from."""
+    from dicom.dicomize import dicomize
+
+    ds = dicomize(
+        smear_rgb,
+        patient_id="PAT-001",
+        patient_name="Doe^Jane",
+        birth_date="19800102",
+        sex="F",
+        accession_number="ACC-42",
+        specimen_id="SMEAR-7",
+        stain="Wright-Giemsa",
+        uid_root="2.25",
+    )
+    path = tmp_path / "source.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return pydicom.dcmread(path)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -15,44 +13,14 @@ from argon2 import PasswordHasher
 from bcd_node.db.models import Role
 from bcd_node.records import users as users_module
 from bcd_node.records.users import add_user
-from bcd_node.runtime import NodeContext, open_node
+from bcd_node.runtime import open_node
 from bcd_node.settings import PROJECT_ROOT, load_settings
-from tests.conftest import IN_CI, free_port, require_tool
-from tests.support.waiting import wait_for
+from tests.support.console import LiveConsole
+from tests.support.net import free_port
+from tests.support.tools import IN_CI, require_tool
+from tests.support.web import ADMIN_PASSWORD
 
-ADMIN_PASSWORD = "admin-password-123"
 SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
-
-
-class LiveConsole:
-    """The console of one node, served by waitress in a thread."""
-
-    def __init__(self, context: NodeContext, port: int) -> None:
-        from waitress.server import create_server
-
-        from webadmin import create_app
-        self.context = context
-        self.url = f"http://127.0.0.1:{port}"
-        self.app = create_app(context)
-        self.server = create_server(self.app, host="127.0.0.1", port=port, threads=4,
-                                    clear_untrusted_proxy_headers=True)
-        self.thread = threading.Thread(target=self.server.run, name="console", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-        def answers() -> bool:
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(answers, 20, what="the console's /healthz")
-
-    def stop(self) -> None:
-        self.server.close()
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture

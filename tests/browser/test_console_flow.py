@@ -15,10 +15,11 @@ import pytest
 from sqlalchemy import select
 
 from bcd_node.db.models import Instance, Job, JobKind, Result, Study
-from tests.browser.conftest import ADMIN_PASSWORD, LiveConsole
 from tests.support.browser import fill, navigate, sign_in, sign_out
+from tests.support.console import LiveConsole
+from tests.support.seed import minimal_pdf, overlay_rgba, png_bytes, smear_image
 from tests.support.waiting import wait_for
-from tests.web.seed import minimal_pdf, overlay_rgba, png_bytes, smear_image
+from tests.support.web import ADMIN_PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 DOCTOR_PASSWORD = "doctor-password-123"

@@ -13,10 +13,10 @@ from sqlalchemy import select
 
 from bcd_node.db.models import Job, JobState, Result, Role, Study
 from bcd_node.records.users import add_user
-from tests.browser.conftest import LiveConsole
 from tests.support.browser import fill, navigate, sign_in
+from tests.support.console import LiveConsole
+from tests.support.seed import png_bytes
 from tests.support.waiting import wait_for
-from tests.web.seed import png_bytes
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
 PASSWORD = "doctor-password-123"
@@ -39,7 +39,7 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Any:
     pytest.importorskip("tensorflow")
     from bcd_node.inference.loader import load_model
     from bcd_node.inference.predictor import Predictor
-    from tests.inference.conftest import make_weights
+    from tests.support.weights import make_weights
     return Predictor(loaded=load_model(make_weights(tmp_path_factory.mktemp("weights"))),
                      batch_size=2)
 

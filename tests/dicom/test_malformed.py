@@ -13,9 +13,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from dicom import pixels
-from dicom.errors import (DecompressionBombError, DicomDecodeError, DicomError,
-                          InflationLimitError)
-from tests.dicom import inputs
+from dicom.errors import DecompressionBombError, DicomDecodeError, DicomError, InflationLimitError
+from tests.support import dicom_inputs as inputs
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -10,10 +10,10 @@ import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.pixels import convert_color_space
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
@@ -23,7 +23,7 @@ from pydicom.uid import (
 
 from dicom import pixels, sop
 from dicom.errors import DicomDecodeError, DicomError, UnsupportedDicomError
-from tests.dicom import inputs
+from tests.support import dicom_inputs as inputs
 
 NATIVE = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
 LOSSY = {JPEGBaseline8Bit, JPEGLSNearLossless, JPEG2000}

@@ -138,7 +138,7 @@ def test_algorithm_is_validated(kwargs):
 
 def test_multiframe_source_without_frame_of_reference_is_refused(smear_rgb, algorithm):
     from dicom import sop
-    from tests.dicom import inputs
+    from tests.support import dicom_inputs as inputs
 
     stack = np.stack([smear_rgb] * 2)
     source = inputs.make_image(stack, "RGB", 8, sop_class=sop.MULTIFRAME_TRUE_COLOR_SC_IMAGE)
@@ -152,7 +152,7 @@ def test_whole_slide_seg_from_total_pixel_matrix(tmp_path, smear_rgb, blast_mask
 
     from dicom import pixels
     from dicom.sr import Findings, build_sr
-    from tests.dicom import inputs
+    from tests.support import dicom_inputs as inputs
 
     total, mask = smear_rgb[:80, :120], blast_mask[:80, :120]
     source_path = tmp_path / "wsi.dcm"

@@ -12,10 +12,8 @@ import pytest
 import bcd_node
 from bcd_node.errors import PermanentError
 from bcd_node.inference import loader
-from bcd_node.inference.loader import (ChecksumError, ManifestError, WeightsNotFoundError,
-                                       load_model)
-
-from .conftest import make_weights
+from bcd_node.inference.loader import ChecksumError, ManifestError, WeightsNotFoundError, load_model
+from tests.support.weights import make_weights
 
 
 @pytest.fixture()

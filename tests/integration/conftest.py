@@ -1,5 +1,5 @@
-"""Real peers and the tiny model for the integration tests (the PostgreSQL fixtures live in
-tests/conftest.py)."""
+"""Real peers, the node's listener in the test's process and the tiny model for the integration
+tests (the PostgreSQL fixtures live in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pynetdicom import evt
 
+from bcd_node.intake.handlers import handle_rejected, handle_store
+from bcd_node.intake.intake import Intake
+from bcd_node.runtime import open_node
+from bcd_node.settings import load_settings
+from dicom.scp import ScpPolicy, start_scp, storage_contexts
+from tests.support.listener import RunningScp
+from tests.support.net import free_port
 from tests.support.peers import Orthanc
 
 
@@ -23,7 +31,7 @@ def orthanc() -> Iterator[Orthanc]:
 @pytest.fixture(scope="module")
 def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The manifest of an untrained tiny model (width 1/16), made once per module."""
-    from tests.inference.conftest import make_weights
+    from tests.support.weights import make_weights
     return make_weights(tmp_path_factory.mktemp("weights"))
 
 
@@ -33,3 +41,30 @@ def predictor(tiny_manifest: Path) -> Any:
     from bcd_node.inference.loader import load_model
     from bcd_node.inference.predictor import Predictor
     return Predictor(loaded=load_model(tiny_manifest), batch_size=4)
+
+
+@pytest.fixture
+def scp_factory(write_config) -> Iterator:
+    """Starts the node's DICOM listener (handlers, intake) in this process on a free port, with
+    ``extra`` config; stops every one it started."""
+    started: list = []
+
+    def start(extra: str = "") -> RunningScp:
+        port = free_port()
+        ctx = open_node(load_settings(write_config(extra, dicom_port=port)))
+        ctx.intake = Intake(ctx).start()
+        d = ctx.settings.dicom
+        policy = ScpPolicy(ae_title=d.ae_title, allowed_calling_aes=d.allowed_calling_aes,
+                           storage_contexts=storage_contexts())
+        server = start_scp(policy, "127.0.0.1", port, [
+            (evt.EVT_C_STORE, handle_store, [ctx.intake, ctx.session_factory]),
+            (evt.EVT_REJECTED, handle_rejected,
+             [ctx.session_factory, tuple(d.allowed_calling_aes), d.ae_title])])
+        started.append((server, ctx))
+        return RunningScp(ctx, port)
+
+    yield start
+    for server, ctx in started:
+        server.shutdown()
+        ctx.intake.stop()
+        ctx.engine.dispose()

@@ -11,8 +11,8 @@ from bcd_node.cli import main
 from bcd_node.db.models import Delivery, DeliveryState
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
-from tests.conftest import free_port
 from tests.support.images import write_vl_micro
+from tests.support.net import free_port
 from tests.support.peers import StoreScp
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ def test_status_shows_a_failing_delivery_as_pending_with_its_reason(tmp_path, ca
                                                                     write_config) -> None:
     """A PACS that refuses what it is sent (storescp cannot write: 0xA700)."""
     from bcd_node.delivery.outbox import Deliverer
-    from tests.integration.test_delivery import queue_files
+    from tests.support.outbox import queue_files
 
     pacs = StoreScp(tmp_path / "pacs").start()
     try:

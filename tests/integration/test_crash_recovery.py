@@ -16,10 +16,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.conftest import free_port, require_tool
-from tests.inference.conftest import make_weights
 from tests.support.images import write_smears
+from tests.support.net import free_port
 from tests.support.peers import StoreScp
+from tests.support.tools import require_tool
+from tests.support.weights import make_weights
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BCD_NODE = Path(sys.executable).with_name("bcd-node")

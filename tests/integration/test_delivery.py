@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -14,8 +13,9 @@ from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, utcno
 from bcd_node.delivery.outbox import Deliverer, backoff_seconds, retry_deliveries
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
-from tests.conftest import free_port
 from tests.support.images import write_vl_micro
+from tests.support.net import free_port
+from tests.support.outbox import queue_files
 from tests.support.peers import Orthanc
 from tests.support.waiting import wait_for
 
@@ -29,19 +29,6 @@ def node_for(write_config, orthanc_port: int, max_attempts: int = 10):
         '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
         f"port = {orthanc_port}\n")
     return open_node(load_settings(cfg))
-
-
-def queue_files(ctx, paths: list[Path]) -> None:
-    data_dir = ctx.settings.storage.data_dir
-    with ctx.session_factory.begin() as session:
-        for p in paths:
-            target = data_dir / "outputs" / p.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(p.read_bytes())
-            ds = pydicom.dcmread(p)
-            session.add(Delivery(destination="pacs", kind="seg", sop_class_uid=ds.SOPClassUID,
-                                 sop_instance_uid=ds.SOPInstanceUID,
-                                 path=f"outputs/{p.name}"))
 
 
 def states(ctx) -> list[DeliveryState]:

@@ -5,64 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from pathlib import Path
-from typing import Iterator
 
 import pydicom
 import pytest
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import SecondaryCaptureImageStorage, VLMicroscopicImageStorage
 from sqlalchemy import func, select
 
 from bcd_node.db.models import AuditEvent, Instance, Job, Patient, Study
-from bcd_node.intake.handlers import handle_rejected, handle_store
-from bcd_node.intake.intake import Intake
-from bcd_node.runtime import NodeContext, open_node
-from bcd_node.settings import load_settings
-from dicom.scp import ScpPolicy, start_scp, storage_contexts
-from tests.conftest import free_port, require_tool
+from bcd_node.runtime import NodeContext
 from tests.support.images import vl_micro, write_vl_micro
+from tests.support.listener import ENV, RunningScp, storescu
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.integration
-ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-class RunningScp:
-    def __init__(self, context: NodeContext, port: int) -> None:
-        self.context = context
-        self.port = port
-
-
-@pytest.fixture
-def scp_factory(write_config) -> Iterator:
-    started: list = []
-
-    def start(extra: str = "") -> RunningScp:
-        port = free_port()
-        ctx = open_node(load_settings(write_config(extra, dicom_port=port)))
-        ctx.intake = Intake(ctx).start()
-        d = ctx.settings.dicom
-        policy = ScpPolicy(ae_title=d.ae_title, allowed_calling_aes=d.allowed_calling_aes,
-                           storage_contexts=storage_contexts())
-        server = start_scp(policy, "127.0.0.1", port, [
-            (evt.EVT_C_STORE, handle_store, [ctx.intake, ctx.session_factory]),
-            (evt.EVT_REJECTED, handle_rejected,
-             [ctx.session_factory, tuple(d.allowed_calling_aes), d.ae_title])])
-        started.append((server, ctx))
-        return RunningScp(ctx, port)
-
-    yield start
-    for server, ctx in started:
-        server.shutdown()
-        ctx.intake.stop()
-        ctx.engine.dispose()
-
-
-def storescu(port: int, *files: Path, aet: str = "SCANNER") -> subprocess.CompletedProcess:
-    exe = require_tool("storescu")
-    return subprocess.run([exe, "-aet", aet, "-aec", "BCD_NODE", "127.0.0.1", str(port),
-                           *map(str, files)], capture_output=True, text=True, env=ENV,
-                          timeout=120)
 
 
 def count(ctx: NodeContext, model) -> int:

@@ -15,10 +15,9 @@ from sqlalchemy import func, select
 from bcd_node.db.models import Delivery, DeliveryState, Instance, Result
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
-from tests.conftest import free_port
-from tests.integration.test_node_e2e import node_config, outputs_by_source
-from tests.integration.test_serve import Node
 from tests.support.images import write_smears
+from tests.support.net import free_port
+from tests.support.node import Node, node_config, outputs_by_source
 from tests.support.procs import children
 from tests.support.waiting import wait_for
 

@@ -35,11 +35,11 @@ from bcd_node.db.models import AuditEvent, Instance
 from bcd_node.intake.intake import Intake
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
-from tests.conftest import free_port, require_tool
-from tests.integration.test_listeners import listener_pids
-from tests.integration.test_serve import Node
 from tests.support import dul
 from tests.support.images import vl_micro
+from tests.support.net import free_port
+from tests.support.node import Node, listener_pids
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.integration
 ENV = {**os.environ, "TCP_NODELAY": "1"}

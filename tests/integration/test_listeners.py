@@ -15,26 +15,15 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from bcd_node.db.models import Instance, Job
-from tests.conftest import free_port, require_tool
-from tests.integration.test_serve import BCD_NODE, Node
 from tests.support.images import write_vl_micro
+from tests.support.net import free_port
+from tests.support.node import BCD_NODE, Node, listener_pids
 from tests.support.procs import children
+from tests.support.tools import require_tool
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def listener_pids(node: Node) -> list[int]:
-    pids = []
-    for pid in children(node.proc.pid):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if b"BCD_INTERNAL_LISTEN_FD=" in environ:
-            pids.append(pid)
-    return sorted(pids)
 
 
 def push(port: int, files: list[Path], associations: int) -> None:

@@ -15,11 +15,11 @@ from sqlalchemy import func, select
 from bcd_node.db.models import Delivery, DeliveryState, Instance, Result
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
-from tests.conftest import free_port, require_tool
-from tests.integration.test_node_e2e import outbox_settled, outputs_by_source, wait_for
-from tests.integration.test_serve import Node
 from tests.support.images import write_smears
+from tests.support.net import free_port
+from tests.support.node import Node, outbox_settled, outputs_by_source, wait_for
 from tests.support.peers import Orthanc
+from tests.support.tools import require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 ASSOCIATIONS, PER_ASSOCIATION = 4, 100

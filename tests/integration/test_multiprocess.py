@@ -16,10 +16,9 @@ from sqlalchemy import func, select
 from bcd_node.db.models import Delivery, DeliveryState, Job, JobState
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
-from tests.conftest import free_port
-from tests.integration.test_node_e2e import outputs_by_source, push, wait_for
 from tests.support.images import write_smears
-from tests.support.net import wait_for_port
+from tests.support.net import free_port, wait_for_port
+from tests.support.node import outputs_by_source, push, wait_for
 from tests.support.peers import Orthanc
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,7 +27,7 @@ BCD_NODE = Path(sys.executable).with_name("bcd-node")
 
 def test_roles_share_postgres_and_each_image_is_processed_once(write_config, postgres_url,
                                                                tmp_path) -> None:
-    from tests.inference.conftest import make_weights
+    from tests.support.weights import make_weights
 
     manifest = make_weights(tmp_path / "weights")
     orthanc = Orthanc().start()

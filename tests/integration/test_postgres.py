@@ -7,7 +7,7 @@ import pytest
 from bcd_node.cli import main
 from bcd_node.db.engine import make_engine
 from bcd_node.db.migrate import current_revision, head_revision, upgrade
-from tests.unit.test_db import assert_schema_matches_models, exercise_models
+from tests.support.schema import assert_schema_matches_models, exercise_models
 
 pytestmark = pytest.mark.integration
 
@@ -81,13 +81,13 @@ def test_two_workers_purging_at_once_split_the_work(postgres_url: str, write_con
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings
     from bcd_node.store.retention import purge
-    from tests.unit.test_retention import _bytes
+    from tests.support.images import vl_micro_bytes
 
     cfg = write_config("[retention]\nimages_days = 30\n", database_url=postgres_url)
     ctx = open_node(load_settings(cfg))
     try:
         with Intake(ctx) as intake:
-            first, second = (intake.accept(_bytes(i)) for i in (11, 12))
+            first, second = (intake.accept(vl_micro_bytes(i)) for i in (11, 12))
         with ctx.session_factory.begin() as s:
             s.execute(update(Job).values(state=JobState.DONE))
             s.execute(update(Instance).values(received_at=utcnow() - timedelta(days=400)))
@@ -128,12 +128,12 @@ def test_two_workers_queue_one_summary_for_a_quiet_study(postgres_url: str,
     from bcd_node.intake.intake import Intake
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings
-    from tests.unit.test_retention import _bytes
+    from tests.support.images import vl_micro_bytes
 
     ctx = open_node(load_settings(write_config(database_url=postgres_url)))
     try:
         with Intake(ctx) as intake:
-            accepted = intake.accept(_bytes(21))
+            accepted = intake.accept(vl_micro_bytes(21))
         with ctx.session_factory.begin() as s:
             s.execute(update(Job).values(state=JobState.DONE))
             s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
@@ -166,7 +166,7 @@ def test_results_purge_on_postgres(postgres_url: str, write_config) -> None:
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings
     from bcd_node.store.retention import purge
-    from tests.unit.test_retention import old_results
+    from tests.support.results import old_results
 
     ctx = open_node(load_settings(write_config("[retention]\nresults_days = 30\n",
                                                database_url=postgres_url)))
@@ -174,28 +174,6 @@ def test_results_purge_on_postgres(postgres_url: str, write_config) -> None:
         old_results(ctx)
         assert purge(ctx).results == 1
         assert purge(ctx).results == 0
-    finally:
-        ctx.engine.dispose()
-
-
-@pytest.mark.parametrize("case", ["another_patient", "changed_image"])
-def test_known_uid_again_on_postgres(postgres_url: str, write_config, case: str) -> None:
-    """The refusal of another patient's image under a known SOP Instance UID, and the next
-    revision of a changed one (withdrawn verification, dropped unsent objects, the JSON list of
-    superseded reports), on PostgreSQL."""
-    from bcd_node.runtime import open_node
-    from bcd_node.settings import load_settings
-    from tests.unit import test_intake_revisions as revisions
-
-    ctx = open_node(load_settings(write_config(
-        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n',
-        database_url=postgres_url)))
-    try:
-        if case == "another_patient":
-            revisions.test_known_uid_for_another_patient_study_or_series_is_refused(
-                ctx, "patient", {"patient_id": "PAT-B"})
-        else:
-            revisions.test_changed_image_of_same_patient_is_the_next_revision(ctx)
     finally:
         ctx.engine.dispose()
 
@@ -214,8 +192,7 @@ def test_two_intakes_filing_one_new_study_at_once_on_postgres(postgres_url: str,
     from bcd_node.intake.intake import IdentityConflictError, Intake
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings
-    from tests.support.images import vl_micro
-    from tests.unit.test_intake_revisions import encode
+    from tests.support.images import part10_bytes, vl_micro
 
     cfg = write_config(database_url=postgres_url)
     contexts = [open_node(load_settings(cfg)) for _ in range(2)]
@@ -247,7 +224,7 @@ def test_two_intakes_filing_one_new_study_at_once_on_postgres(postgres_url: str,
         def image(seed: int, patient: str, study_uid: str) -> bytes:
             ds = vl_micro(seed, patient_id=patient, study_uid=study_uid)
             ds.SeriesInstanceUID = series if study_uid == study else f"{study_uid}.1"
-            return encode(ds)
+            return part10_bytes(ds)
 
         outcomes = race([[image(i, "PAT-A", study) for i in range(4)],
                          [image(i, "PAT-A", study) for i in range(4, 8)]])

@@ -30,10 +30,10 @@ from bcd_node.delivery.outbox import Deliverer
 from bcd_node.jobs.workers import Workers
 from bcd_node.records.users import hash_password
 from dicom.dicomize import dicomize
-from tests.integration.test_intake import scp_factory, storescu  # noqa: F401 - fixture
 from tests.support.dicomcheck import assert_dciodvfy_clean
 from tests.support.images import smear, write_smears
 from tests.support.jobs import drain
+from tests.support.listener import storescu
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,7 +53,7 @@ def orthanc_objects(orthanc: Any) -> dict[str, dict]:
     return {tags["SOPInstanceUID"]: tags for tags in orthanc.instances()}
 
 
-def test_known_uid_again_refused_reanalysed_or_acknowledged(scp_factory, orthanc,  # noqa: F811
+def test_known_uid_again_refused_reanalysed_or_acknowledged(scp_factory, orthanc,
                                                             predictor, tmp_path) -> None:
     scp = scp_factory('[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\n'
                       f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\n')

@@ -13,7 +13,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicom.scp import ScpPolicy, start_scp, tls_context
-from tests.conftest import free_port, require_tool
+from tests.support.net import free_port
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.integration
 

@@ -4,69 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from bcd_node.settings import load_settings
-from tests.conftest import free_port, require_tool
+from tests.support.net import free_port
+from tests.support.node import BCD_NODE, Node
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.integration
-BCD_NODE = Path(sys.executable).with_name("bcd-node")
-
-
-class Node:
-    """A `bcd-node serve` process started by a test and stopped by its PID."""
-
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
-        self.config = config
-        self.log = config.with_suffix(".log")
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, web_port: int, timeout: float = 60) -> None:
-        self.proc = subprocess.Popen([str(BCD_NODE), "--config", str(self.config), "serve"],
-                                     stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
-                                     env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited {self.proc.returncode}: {self.output()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        self.kill()
-        raise AssertionError(f"serve did not answer in {timeout}s: {self.output()}")
-
-    def kill(self) -> None:
-        """SIGKILL the process (a test that gives up must leave nothing running)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-                raise AssertionError("serve did not stop on SIGTERM within 30 s") from None
-        return self.proc.returncode
-
-
 def test_serve_answers_dicom_and_http_and_stops_on_sigterm(write_config) -> None:
     echoscu = require_tool("echoscu")
     dicom_port, web_port = free_port(), free_port()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
 
 from dicom.dicomize import dicomize
 
@@ -29,6 +30,18 @@ def vl_micro(seed: int, *, size: int = 128, patient_id: str = "PAT-1",
     return dicomize(rgb_field(seed, size), patient_id=patient_id, patient_name="Test^Patient",
                     specimen_id=f"SLIDE-{seed}", stain="Wright-Giemsa",
                     study_instance_uid=study_uid, accession_number="ACC1")
+
+
+def part10_bytes(ds: Dataset) -> bytes:
+    """A data set as the Part 10 file bytes a C-STORE or an upload hands to the intake."""
+    buf = DicomBytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def vl_micro_bytes(seed: int) -> bytes:
+    """:func:`vl_micro` as Part 10 file bytes."""
+    return part10_bytes(vl_micro(seed))
 
 
 def write_vl_micro(folder: Path, count: int, *, size: int = 128, first_seed: int = 0,

@@ -17,7 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import free_port, require_tool
+from tests.support.net import free_port
+from tests.support.tools import require_tool
 
 
 def _stop(proc: subprocess.Popen | None, timeout: float = 20) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -17,10 +16,8 @@ from bcd_node.records import users as users_module
 from bcd_node.records.users import add_user
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
+from tests.support.web import ADMIN_PASSWORD, DOCTOR_PASSWORD, login
 from webadmin import create_app
-
-ADMIN_PASSWORD = "admin-password-123"
-DOCTOR_PASSWORD = "doctor-password-123"
 
 
 @pytest.fixture(autouse=True)
@@ -76,37 +73,11 @@ def runner(app: Flask) -> Any:
     return app.test_cli_runner()
 
 
-_CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"|'
-                      r'name="csrf_token" value="([^"]+)"')
-
-
-def csrf_token(client: FlaskClient, url: str) -> str:
-    """The CSRF token of the first form on ``url``."""
-    page = client.get(url).get_data(as_text=True)
-    match = _CSRF_RE.search(page)
-    assert match, f"no CSRF token on {url}"
-    return match.group(1) or match.group(2)
-
-
-def login(client: FlaskClient, username: str, password: str) -> Any:
-    """Sign in through the form; return the response (not followed)."""
-    token = csrf_token(client, "/login")
-    return client.post("/login", data={"username": username, "password": password,
-                                       "csrf_token": token})
-
-
-def post_form(client: FlaskClient, page: str, url: str, data: dict[str, Any] | None = None,
-              **kwargs: Any) -> Any:
-    """Post to ``url`` with the CSRF token taken from ``page``."""
-    return client.post(url, data={**(data or {}), "csrf_token": csrf_token(client, page)},
-                       **kwargs)
-
-
 @pytest.fixture(scope="session")
 def shared_app(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> Iterator[Flask]:
     """One app for the read-only checks (login redirects, 403s, refused posts): cheaper than
     a node per parametrised case. Tests that change data use ``app``."""
-    from tests.conftest import free_port
+    from tests.support.net import free_port
     base = tmp_path_factory.mktemp("shared")
     cfg = base / "bcd-node.toml"
     cfg.write_text(f'[dicom]\nport = {free_port()}\n\n[storage]\ndata_dir = "{base / "data"}"\n'

@@ -17,7 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from bcd_node.settings import settings_from_mapping
-from tests.web.conftest import ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, login
+from tests.support.web import ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, login
 
 #: Who may use each endpoint: ``public`` (anyone), ``user`` (any signed-in user), ``doctor``,
 #: ``admin`` (signed in with that role), ``api`` (an API token or basic credentials; the

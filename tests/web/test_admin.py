@@ -25,8 +25,8 @@ from bcd_node.db.models import (
     UserState,
 )
 from bcd_node.records.audit import verify_chain
-from tests.web.conftest import DOCTOR_PASSWORD, login, post_form
-from tests.web.seed import add_analysed_study
+from tests.support.seed import add_analysed_study
+from tests.support.web import DOCTOR_PASSWORD, login, post_form
 
 UID = "1.2.826.0.1.3680043.10.1.1"
 

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from bcd_node.db.models import AuditEvent, AuthThrottle, User, UserState, WebSession, utcnow
-from tests.web.conftest import ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, login, post_form
+from tests.support.web import ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, login, post_form
 
 # Every page of the console with sample arguments; only login and registration are public.
 PAGES = [

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 
 from bcd_node.report import STAGES, ReportData, render_report
 from bcd_node.settings import PROJECT_ROOT
-from tests.web.seed import add_analysed_study
+from tests.support.seed import add_analysed_study
 
 BANNER = "Demonstration model — not for clinical use."
 SYNTHETIC = "Results are from a model trained on synthetic smears."

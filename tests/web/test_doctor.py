@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from bcd_node.db.models import AuditEvent, Job, JobKind, Result, Study
 from bcd_node.errors import PermanentError
-from tests.web.conftest import post_form
-from tests.web.seed import add_analysed_study, add_study, png_bytes, seed_worklist, smear_image
+from tests.support.seed import add_analysed_study, add_study, png_bytes, seed_worklist, smear_image
+from tests.support.web import post_form
 
 UID = "1.2.826.0.1.3680043.10.1.1"
 

@@ -27,8 +27,8 @@ from bcd_node.db.models import (
     JobState,
     utcnow,
 )
-from tests.web.conftest import ADMIN_PASSWORD, csrf_token, login, post_form
-from tests.web.seed import add_analysed_study
+from tests.support.seed import add_analysed_study
+from tests.support.web import ADMIN_PASSWORD, csrf_token, login, post_form
 
 UID = "1.2.826.0.1.3680043.10.7"
 
@@ -203,7 +203,7 @@ def test_a_purged_image_is_no_longer_served(write_config, tmp_path) -> None:
     from bcd_node.settings import load_settings
     from bcd_node.store.retention import purge
     from tests.support.images import vl_micro
-    from tests.web.conftest import DOCTOR_PASSWORD
+    from tests.support.web import DOCTOR_PASSWORD
     from webadmin import create_app
 
     ctx = open_node(load_settings(write_config("[retention]\nimages_days = 30\n")))

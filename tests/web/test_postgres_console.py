@@ -11,8 +11,8 @@ from bcd_node.records.audit import verify_chain
 from bcd_node.records.users import add_user
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
-from tests.web.conftest import ADMIN_PASSWORD, DOCTOR_PASSWORD, login, post_form
-from tests.web.seed import add_analysed_study, seed_worklist
+from tests.support.seed import add_analysed_study, seed_worklist
+from tests.support.web import ADMIN_PASSWORD, DOCTOR_PASSWORD, login, post_form
 from webadmin import create_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 
 from bcd_node.db.models import AuditEvent, AuthThrottle, WebSession, utcnow
 from bcd_node.records.audit import verify_chain
-from tests.web.conftest import DOCTOR_PASSWORD, csrf_token, login
+from tests.support.web import DOCTOR_PASSWORD, csrf_token, login
 
 
 def audit_rows(app: Flask, action: str) -> list[AuditEvent]:

@@ -14,10 +14,9 @@ from flask.testing import FlaskClient
 from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select
 
-from bcd_node.db.models import (AuditEvent, Instance, Job, Patient, Result, Role, Study, User,
-                                utcnow)
+from bcd_node.db.models import AuditEvent, Instance, Job, Patient, Result, Role, Study, User, utcnow
 from tests.support.images import vl_micro
-from tests.web.conftest import post_form
+from tests.support.web import post_form
 
 FIELDS = {"patient_name": "", "patient_id": "", "sex": ""}
 

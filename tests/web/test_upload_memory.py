@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 from bcd_node.db.models import Instance
 from bcd_node.intake.upload import decoded_size, upload_memory
 from bcd_node.node.memory_budget import MemoryBudget
-from tests.web.conftest import DOCTOR_PASSWORD, csrf_token, login
-from tests.web.seed import png_bytes, smear_image
+from tests.support.seed import png_bytes, smear_image
+from tests.support.web import DOCTOR_PASSWORD, csrf_token, login
 
 FIELDS = {"patient_name": "Doe, John", "patient_id": "P-77"}
 

@@ -34,8 +34,8 @@ from bcd_node.jobs.workers import Workers
 from bcd_node.runtime import NodeContext
 from dicom.dicomize import dicomize
 from dicom.scp import ScpPolicy, start_scp, storage_contexts
-from tests.conftest import require_tool
 from tests.support.images import rgb_field
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.integration
 

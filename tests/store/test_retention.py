@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select, update
 
 from bcd_node.db.models import AuditEvent, Instance, Job, JobState, utcnow
@@ -14,19 +13,14 @@ from bcd_node.records.audit import verify_chain
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from bcd_node.store.retention import PurgeSummary, purge
-from tests.support.images import vl_micro
-
-
-def _bytes(seed: int) -> bytes:
-    buf = DicomBytesIO()
-    vl_micro(seed).save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+from tests.support.images import vl_micro_bytes
+from tests.support.results import old_results
 
 
 def test_old_finished_images_are_purged_recent_and_busy_kept(write_config) -> None:
     ctx = open_node(load_settings(write_config("[retention]\nimages_days = 30\n")))
     with Intake(ctx) as intake:
-        old, busy, new = (intake.accept(_bytes(i)) for i in (1, 2, 3))
+        old, busy, new = (intake.accept(vl_micro_bytes(i)) for i in (1, 2, 3))
     long_ago = utcnow() - timedelta(days=400)
     with ctx.session_factory.begin() as s:
         s.execute(update(Job).values(state=JobState.DONE))
@@ -68,38 +62,10 @@ def test_audit_purge_keeps_the_chain_verifiable(write_config, monkeypatch) -> No
 def test_zero_keeps_everything(write_config) -> None:
     ctx = open_node(load_settings(write_config()))
     with Intake(ctx) as intake:
-        intake.accept(_bytes(9))
+        intake.accept(vl_micro_bytes(9))
     with ctx.session_factory.begin() as s:
         s.execute(update(Instance).values(received_at=utcnow() - timedelta(days=5000)))
     assert purge(ctx) == PurgeSummary(0, 0, 0)
-
-
-def old_results(ctx) -> tuple[int, int]:
-    """Two results from 400 days ago with their folders: the first delivered, the second
-    still waiting for delivery. Returns their ids."""
-    from bcd_node.db.models import Delivery, DeliveryState, Result
-
-    with Intake(ctx) as intake:
-        done, waiting = (intake.accept(_bytes(i)) for i in (31, 32))
-    long_ago = utcnow() - timedelta(days=400)
-    ids = []
-    with ctx.session_factory.begin() as s:
-        s.execute(update(Job).values(state=JobState.DONE))
-        for accepted, state in ((done, DeliveryState.DONE), (waiting, DeliveryState.PENDING)):
-            study_fk = s.get(Instance, accepted.instance_id).series.study_fk
-            result = Result(scope="instance", instance_fk=accepted.instance_id,
-                            study_fk=study_fk, model_name="m", model_version="1.0",
-                            created_at=long_ago)
-            s.add(result)
-            s.flush()
-            s.add(Delivery(result_fk=result.id, destination="pacs", kind="pdf",
-                           sop_class_uid="1.2.840.10008.5.1.4.1.1.104.1",
-                           sop_instance_uid=f"2.25.{result.id}", path="x", state=state))
-            folder = ctx.settings.storage.data_dir / "results" / str(accepted.instance_id) / "1.0"
-            folder.mkdir(parents=True)
-            (folder / "report.pdf").write_bytes(b"%PDF-1.4\n")
-            ids.append(result.id)
-    return ids[0], ids[1]
 
 
 def test_old_results_are_purged_those_awaiting_delivery_kept(write_config) -> None:

@@ -35,7 +35,7 @@ from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
 from tests.support.dicomcheck import assert_dciodvfy_clean
 from tests.support.images import vl_micro
-from tests.unit.test_pipeline_units import PROBS, Pred
+from tests.support.predictions import PROBS, Pred
 
 
 class Analyzer:

@@ -18,10 +18,10 @@ from pydicom.pixels import convert_color_space
 from pydicom.pixels.utils import set_pixel_data
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEGBaseline8Bit,
     JPEGLSNearLossless,
     generate_uid,

@@ -1,9 +1,9 @@
-"""Database: migrations build exactly the models' schema; SQLite is durable (WAL, FULL)."""
+"""Checks of the database that run on SQLite and on PostgreSQL: the migrated schema is the
+models' schema, and the models store and read back a job chain with aware UTC times."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -11,10 +11,18 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import StatementError
 
-from bcd_node.db.engine import make_engine, make_session_factory
-from bcd_node.db.migrate import current_revision, head_revision, upgrade
-from bcd_node.db.models import (Base, Instance, Job, JobKind, JobState, Patient, Series, Study,
-                                utcnow)
+from bcd_node.db.engine import make_session_factory
+from bcd_node.db.models import (
+    Base,
+    Instance,
+    Job,
+    JobKind,
+    JobState,
+    Patient,
+    Series,
+    Study,
+    utcnow,
+)
 
 
 def assert_schema_matches_models(engine: Engine) -> None:
@@ -45,31 +53,3 @@ def exercise_models(engine: Engine) -> None:
     with factory.begin() as session, pytest.raises(StatementError, match="naive"):
         session.add(Job(kind=JobKind.ANALYZE, next_attempt_at=datetime(2026, 1, 1)))
         session.flush()
-
-
-def test_sqlite_migrations_build_the_models(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'db' / 'bcd.db'}")
-    assert current_revision(engine) is None
-    assert upgrade(engine) == head_revision()
-    assert upgrade(engine) == head_revision()  # idempotent
-    assert_schema_matches_models(engine)
-    exercise_models(engine)
-
-
-def test_sqlite_is_wal_with_full_sync(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'bcd.db'}")
-    with engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
-        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-
-
-def test_aware_times_survive_sqlite(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'bcd.db'}")
-    upgrade(engine)
-    factory = make_session_factory(engine)
-    when = datetime(2026, 11, 24, 3, 4, 5, 123456, tzinfo=timezone.utc)
-    with factory.begin() as session:
-        session.add(Patient(patient_id="X", created_at=when))
-    with factory() as session:
-        assert session.execute(select(Patient.created_at)).scalar_one() == when

@@ -10,7 +10,6 @@ from sqlalchemy import select
 from bcd_node.db.engine import make_engine, make_session_factory
 from bcd_node.db.migrate import upgrade
 from bcd_node.db.models import AuthThrottle, utcnow
-from bcd_node.node.memory_budget import Busy, MemoryBudget, TooLarge
 from bcd_node.records import throttle
 
 
@@ -63,22 +62,3 @@ def test_source_window_and_prune(tmp_path: Path) -> None:
     with make() as session:
         keys = set(session.execute(select(AuthThrottle.key)).scalars())
     assert keys == {"10.0.0.2"}
-
-
-def test_memory_budget() -> None:
-    budget = MemoryBudget(100)
-    with budget.reserve(60, wait=0):
-        assert (budget.used, budget.holders) == (60, 1)
-        try:
-            with budget.reserve(50, wait=0.05):
-                raise AssertionError("should not fit")
-        except Busy:
-            pass
-        with budget.reserve(40, wait=0):
-            assert budget.used == 100
-    assert budget.used == 0
-    try:
-        with budget.reserve(101, wait=10):
-            raise AssertionError("can never fit")
-    except TooLarge as exc:
-        assert "101" in str(exc)

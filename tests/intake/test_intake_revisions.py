@@ -231,6 +231,25 @@ def test_changed_image_of_same_patient_is_the_next_revision(ctx: NodeContext) ->
     assert len(stored_files(ctx)) == 1  # the replaced file is removed
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("case", ["another_patient", "changed_image"])
+def test_known_uid_again_on_postgres(postgres_url: str, write_config, case: str) -> None:
+    """The refusal of another patient's image under a known SOP Instance UID, and the next
+    revision of a changed one (withdrawn verification, dropped unsent objects, the JSON list of
+    superseded reports), on PostgreSQL."""
+    ctx = open_node(load_settings(write_config(
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n',
+        database_url=postgres_url)))
+    try:
+        if case == "another_patient":
+            test_known_uid_for_another_patient_study_or_series_is_refused(
+                ctx, "patient", {"patient_id": "PAT-B"})
+        else:
+            test_changed_image_of_same_patient_is_the_next_revision(ctx)
+    finally:
+        ctx.engine.dispose()
+
+
 def test_a_revision_replaced_before_its_analysis_keeps_what_it_supersedes(
         ctx: NodeContext) -> None:
     with Intake(ctx) as intake:

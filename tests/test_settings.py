@@ -7,8 +7,15 @@ from pathlib import Path
 import pytest
 
 from bcd_node.cli import main
-from bcd_node.settings import (DEFAULT_CONFIG, Settings, SettingsError, load_settings, mask_url,
-                               settings_from_mapping, to_display_dict)
+from bcd_node.settings import (
+    DEFAULT_CONFIG,
+    Settings,
+    SettingsError,
+    load_settings,
+    mask_url,
+    settings_from_mapping,
+    to_display_dict,
+)
 
 
 def test_default_config_file_matches_code_defaults(tmp_path: Path) -> None:

@@ -1,0 +1,144 @@
+"""The node as a process, as the end-to-end tests run it: ``bcd-node serve`` started and
+stopped by its PID, its processes, its config, images pushed to it with DCMTK, and what reached
+the PACS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from dicom.summary import SUMMARY_SERIES_NUMBER
+from tests.support.peers import Orthanc
+from tests.support.procs import children
+from tests.support.tools import require_tool
+from tests.support.waiting import wait_for as _wait_for
+
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+BCD_NODE = Path(sys.executable).with_name("bcd-node")
+
+
+class Node:
+    """A `bcd-node serve` process started by a test and stopped by its PID."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log = config.with_suffix(".log")
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, web_port: int, timeout: float = 60) -> None:
+        self.proc = subprocess.Popen([str(BCD_NODE), "--config", str(self.config), "serve"],
+                                     stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {self.output()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.kill()
+        raise AssertionError(f"serve did not answer in {timeout}s: {self.output()}")
+
+    def kill(self) -> None:
+        """SIGKILL the process (a test that gives up must leave nothing running)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+                raise AssertionError("serve did not stop on SIGTERM within 30 s") from None
+        return self.proc.returncode
+
+
+def listener_pids(node: Node) -> list[int]:
+    pids = []
+    for pid in children(node.proc.pid):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if b"BCD_INTERNAL_LISTEN_FD=" in environ:
+            pids.append(pid)
+    return sorted(pids)
+
+
+def node_config(write_config, manifest: Path, orthanc_port: int, dicom_port: int,
+                web_port: int) -> Path:
+    return write_config(
+        f'[model]\nweights = "{manifest}"\nprecision = "float32"\n\n'
+        # No study summaries during these tests: they count the objects of each field.
+        "[workers]\ncount = 2\npoll_interval = 0.1\nlease_seconds = 30.0\n"
+        "study_quiet_seconds = 3600.0\n\n"
+        "[delivery]\ninterval = 0.5\ninitial_backoff = 0.5\nmax_backoff = 1.0\n\n"
+        '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
+        f"port = {orthanc_port}\n", dicom_port=dicom_port, web_port=web_port)
+
+
+def push(port: int, files: list[Path]) -> subprocess.CompletedProcess:
+    return subprocess.run([require_tool("storescu"), "-aet", "SCANNER", "-aec", "BCD_NODE",
+                           "127.0.0.1", str(port), *map(str, files)], capture_output=True,
+                          text=True, env=ENV, timeout=300)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    """Wait for a condition of the whole node (a database or REST query: twice a second)."""
+    _wait_for(predicate, timeout, what, interval=0.5)
+
+
+def outbox_settled(config: Path) -> bool:
+    """Whether every outbox row of the node is delivered: nothing more will reach the PACS."""
+    from sqlalchemy import func, select
+
+    from bcd_node.db.models import Delivery, DeliveryState
+    from bcd_node.runtime import open_node
+    from bcd_node.settings import load_settings
+    ctx = open_node(load_settings(config), migrate=False)
+    try:
+        with ctx.session_factory() as s:
+            return s.execute(select(func.count()).select_from(Delivery).where(
+                Delivery.state != DeliveryState.DONE)).scalar_one() == 0
+    finally:
+        ctx.engine.dispose()
+
+
+def outputs_by_source(orthanc: Orthanc, sources: set[str]) -> dict[str, list[str]]:
+    """Modalities of our outputs per referenced source image, as Orthanc holds them."""
+    found: dict[str, list[str]] = {}
+    for i in orthanc.get("/instances"):
+        tags = orthanc.get(f"/instances/{i}/simplified-tags")
+        modality = tags.get("Modality")
+        if tags.get("SeriesNumber") == str(SUMMARY_SERIES_NUMBER):
+            continue  # the study summary references every field
+        if modality == "SEG":
+            refs = [r["ReferencedSOPInstanceUID"] for s in tags["ReferencedSeriesSequence"]
+                    for r in s["ReferencedInstanceSequence"]]
+        elif modality in ("SR", "DOC"):
+            refs = [r["ReferencedSOPInstanceUID"]
+                    for s in tags.get("CurrentRequestedProcedureEvidenceSequence", [])
+                    for se in s["ReferencedSeriesSequence"]
+                    for r in se["ReferencedSOPSequence"]] if modality == "SR" else \
+                   [r["ReferencedSOPInstanceUID"] for r in tags.get("SourceInstanceSequence", [])]
+        else:
+            continue
+        for ref in set(refs) & sources:  # an SR also references its SEG
+            found.setdefault(ref, []).append(modality)
+    return found
