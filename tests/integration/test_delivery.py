@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, utcnow
-from bcd_node.delivery.outbox import Deliverer, backoff_seconds, retry_deliveries
+from bcd_node.delivery.outbox import Deliverer, retry_deliveries
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from tests.support.images import write_vl_micro
@@ -34,10 +34,6 @@ def node_for(write_config, orthanc_port: int, max_attempts: int = 10):
 def states(ctx) -> list[DeliveryState]:
     with ctx.session_factory() as s:
         return list(s.execute(select(Delivery.state).order_by(Delivery.id)).scalars())
-
-
-def test_backoff_doubles_to_the_cap() -> None:
-    assert [backoff_seconds(n, 30, 600) for n in range(0, 7)] == [0, 30, 60, 120, 240, 480, 600]
 
 
 def test_delivers_to_orthanc_and_records_echo(write_config, orthanc, tmp_path) -> None:
