@@ -5,6 +5,7 @@ the console users and API tokens, :mod:`~bcd_node.records.throttle` the failed s
 :mod:`~bcd_node.records.studies` the worklist columns of a study, and
 :mod:`~bcd_node.records.revisions` what a changed version of an image does to its earlier
 results. It is shared below the stages of the flow: intake, analysis, delivery, the console and
-the CLI record through it, so it never calls a stage; it may call only :mod:`bcd_node.db`,
-:mod:`bcd_node.settings` and :mod:`bcd_node.errors`.
+the CLI record through it, so it never calls a stage; it may call only :mod:`bcd_node.db`, the
+shared top-level modules (:mod:`bcd_node.settings`, :mod:`bcd_node.errors`) and the
+:mod:`dicom` library (revisions derives the SR series UID of a superseded result with it).
 """
