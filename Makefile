@@ -7,11 +7,12 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 CONSTRAINTS := constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: run install install-test deps-debian test test-quick clean help
+.PHONY: run install install-test deps-debian lint test test-quick clean help
 
 help:
 	@echo "make run         install into $(VENV) and start the node (SQLite, bundled model, local ports)"
 	@echo "make test        install test extras and Debian test peers, then run the whole suite"
+	@echo "make lint        ruff, mypy (strict) and the import contracts (docs/architecture.md)"
 	@echo "make test-quick  unit tests only (no DCMTK/Orthanc/PostgreSQL/Chromium, nothing slow)"
 	@echo "make clean       remove the virtual environment and caches (keeps ./data)"
 
@@ -38,7 +39,12 @@ run: install
 deps-debian:
 	@scripts/install-debian-deps
 
-test: install-test deps-debian
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: install-test deps-debian lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-quick: install-test

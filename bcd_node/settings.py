@@ -424,11 +424,13 @@ def _validate(s: Settings) -> None:
         _check_port(f"{key}.port", dest.port)
 
     if s.storage.data_dir.exists() and not s.storage.data_dir.is_dir():
-        raise SettingsError("storage.data_dir", str(s.storage.data_dir), "exists and is not a folder")
+        raise SettingsError("storage.data_dir", str(s.storage.data_dir),
+                            "exists and is not a folder")
 
     w = s.workers
     if not 0 <= w.count <= 64:
-        raise SettingsError("workers.count", w.count, "must be 0 (no workers in this process) to 64")
+        raise SettingsError("workers.count", w.count,
+                            "must be 0 (no workers in this process) to 64")
     for name in ("lease_seconds", "poll_interval", "retry_delay", "study_quiet_seconds"):
         value = getattr(w, name)
         if not 0 < value <= 86400:
@@ -440,7 +442,8 @@ def _validate(s: Settings) -> None:
                  "connect_timeout", "acse_timeout", "dimse_timeout", "network_timeout"):
         value = getattr(dl, name)
         if not 0 < value <= 86400:
-            raise SettingsError(f"delivery.{name}", value, "must be more than 0 and at most 86400 s")
+            raise SettingsError(f"delivery.{name}", value,
+                                "must be more than 0 and at most 86400 s")
     if dl.max_backoff < dl.initial_backoff:
         raise SettingsError("delivery.max_backoff", dl.max_backoff,
                             "must not be less than delivery.initial_backoff")
@@ -531,7 +534,8 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
     known = set(_SECTIONS) | {"destinations"}
     for key in raw:
         if key not in known:
-            raise SettingsError(key, raw[key], f"unknown section (known: {', '.join(sorted(known))})")
+            raise SettingsError(key, raw[key],
+                                f"unknown section (known: {', '.join(sorted(known))})")
     sections = {name: _build_section(name, cls, raw.get(name, {}), env.get(name, {}))
                 for name, cls in _SECTIONS.items()}
 

@@ -41,8 +41,7 @@ import keras  # noqa: E402
 from bcd_node.inference import data as data_mod  # noqa: E402
 from bcd_node.inference.evaluate import evaluate_model  # noqa: E402
 from bcd_node.inference.loader import LoadedModel, load_model  # noqa: E402
-from bcd_node.inference.model import (ARCHITECTURE, CLASSES, build_vgg16_unet,  # noqa: E402
-                                      count_flops)
+from bcd_node.inference.model import ARCHITECTURE, CLASSES, build_vgg16_unet, count_flops  # noqa: E402
 from bcd_node.inference.predictor import Predictor, cpu_flags, gpu_devices  # noqa: E402
 from bcd_node.inference.preprocess import resize  # noqa: E402
 from bcd_node.inference.synth import generate_field, patient_params  # noqa: E402

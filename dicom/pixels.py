@@ -32,16 +32,21 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.datadict import dictionary_VR
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import _get_jpg_parameters, pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from dicom.errors import (DecompressionBombError, DicomDecodeError, DicomError,
-                          InflationLimitError, UnsupportedDicomError)
+from dicom.errors import (
+    DecompressionBombError,
+    DicomDecodeError,
+    DicomError,
+    InflationLimitError,
+    UnsupportedDicomError,
+)
 from dicom.sop import (
     ACCEPTED_PHOTOMETRIC_INTERPRETATIONS,
     ACCEPTED_SOP_CLASSES,

@@ -39,9 +39,14 @@ from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom.association import (ABORT_INVALID_PARAMETER, ABORT_UNEXPECTED_PDU,
-                               MAX_ASSOCIATE_RQ, MAX_COMMAND_SET, QuietRequestHandler,
-                               close_socket)
+from dicom.association import (
+    ABORT_INVALID_PARAMETER,
+    ABORT_UNEXPECTED_PDU,
+    MAX_ASSOCIATE_RQ,
+    MAX_COMMAND_SET,
+    QuietRequestHandler,
+    close_socket,
+)
 
 LOGGER = logging.getLogger(__name__)
 

@@ -44,8 +44,8 @@ from pydicom.valuerep import PersonName
 
 from dicom import codes, sop, uids
 from dicom.algorithm import Algorithm
-from dicom.derivation import derivation_source
 from dicom.codes import Stage
+from dicom.derivation import derivation_source
 
 __all__ = ["Findings", "Verification", "build_sr", "document_reference", "SR_SERIES_NUMBER"]
 

@@ -21,12 +21,12 @@ from pydicom.sr import codes as pydicom_codes
 
 from dicom import codes, sop, uids
 from dicom.algorithm import Algorithm
-from dicom.derivation import derivation_source
 from dicom.codes import Stage
+from dicom.derivation import derivation_source
 from dicom.sr import identify_private_codes
 
-__all__ = ["StudyFindings", "build_study_summary_sr", "summary_kind", "FIELDS_ANALYSED", "FIELDS_NEEDING_REVIEW",
-           "FIELDS_QUALITY_INSUFFICIENT", "STUDY_SUMMARY_GROUP"]
+__all__ = ["StudyFindings", "build_study_summary_sr", "summary_kind", "FIELDS_ANALYSED",
+           "FIELDS_NEEDING_REVIEW", "FIELDS_QUALITY_INSUFFICIENT", "STUDY_SUMMARY_GROUP"]
 
 LOGGER = logging.getLogger(__name__)
 SUMMARY_SERIES_NUMBER = 904
@@ -171,7 +171,8 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
     context = hd.sr.ObservationContext(observer_device_context=device)
     algo = algorithm.sr_identification()
 
-    def count(name: hd.sr.CodedConcept, value: float, unit: hd.sr.CodedConcept) -> hd.sr.Measurement:
+    def count(name: hd.sr.CodedConcept, value: float,
+              unit: hd.sr.CodedConcept) -> hd.sr.Measurement:
         return hd.sr.Measurement(name=name, value=value, unit=unit, algorithm_id=algo)
 
     measurements = [count(codes.probability_code(stage), findings.probabilities[stage],

@@ -3,10 +3,10 @@
 An output UID is derived from (input SOP Instance UID, model version, output kind and, once the
 input has been changed under the same SOP Instance UID, its revision) under a configured root, so
 that a job which runs twice produces the same objects and PACS de-duplicates them, while the
-results of a changed input are new objects. The default root ``2.25`` is the UUID-derived form of ISO/IEC 9834-8 (DICOM PS3.5 B.2),
-which needs no registration: the UID is ``2.25.`` followed by the decimal value of a name-based
-(SHA-1, version 5) UUID. Under any other root the decimal value of a SHA-256 digest fills the
-remaining room up to the 64 characters a UID may have.
+results of a changed input are new objects. The default root ``2.25`` is the UUID-derived form
+of ISO/IEC 9834-8 (DICOM PS3.5 B.2), which needs no registration: the UID is ``2.25.`` followed
+by the decimal value of a name-based (SHA-1, version 5) UUID. Under any other root the decimal
+value of a SHA-256 digest fills the remaining room up to the 64 characters a UID may have.
 
 pydicom's and highdicom's own prefixes are never used for outputs: they identify those toolkits,
 not this node.

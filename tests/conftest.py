@@ -16,6 +16,7 @@ from tests.support.net import free_port
 from tests.support.tools import IN_CI
 
 if TYPE_CHECKING:
+    from bcd_node.inference.loader import LoadedModel
     from tests.support.postgres import PostgresServer
 
 # Every DICOM object the tests read or write must be valid: no silent fix-ups.
@@ -143,3 +144,17 @@ def source_image(tmp_path, smear_rgb):
     path = tmp_path / "source.dcm"
     ds.save_as(path, enforce_file_format=True)
     return pydicom.dcmread(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Manifest path of an untrained tiny model (width 1/16, 64 × 64 input)."""
+    from tests.support.weights import make_weights
+    return make_weights(tmp_path_factory.mktemp("tiny_weights"))
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_weights: Path) -> LoadedModel:
+    """The tiny model, loaded through the loader."""
+    from bcd_node.inference.loader import load_model
+    return load_model(tiny_weights)

@@ -3,7 +3,7 @@
 A preview is a copy of a patient's image, so it lives no longer than the image: it is named by
 the image's content hash (``previews/<instance id>-<hash prefix>.png``, see
 :mod:`bcd_node.store.layout`), none is made or served once the image is purged, and retention
-removes the previews of images that are gone (:func:`bcd_node.store.retention.sweep_previews`).
+removes the previews of images that are gone (:func:`bcd_node.jobs.retention.sweep_previews`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from collections.abc import Callable
 from typing import ContextManager
 
 from bcd_node.store.layout import DataLayout
-from bcd_node.store.retention import remove_previews
-from bcd_node.store.storage import StorageFullError, Store
+from bcd_node.store.storage import StorageFullError, Store, remove_previews
 
 LOGGER = logging.getLogger(__name__)
 #: Longest side of a preview, in pixels.

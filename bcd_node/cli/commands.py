@@ -28,7 +28,7 @@ from bcd_node.settings import Settings, SettingsError, load_settings, to_display
 LOGGER = logging.getLogger(__name__)
 
 #: Modules that add their own sub-commands with ``register(subparsers)``.
-COMMAND_MODULES = ("bcd_node.inference.commands", "bcd_node.cli.dicom_commands")
+COMMAND_MODULES = ("bcd_node.cli.model_commands", "bcd_node.cli.dicom_commands")
 
 
 def settings_for(args: argparse.Namespace) -> Settings:

@@ -206,7 +206,9 @@ def patient_split(samples: list[Sample], val_fraction: float = 0.12, test_fracti
         val_p.update(order[:n_val])
         test_p.update(order[n_val:n_val + n_test])
         train_p.update(order[n_val + n_test:])
-    pick = (lambda chosen: [s for s in samples if s.patient in chosen])
+    def pick(chosen: set[str]) -> list[Sample]:
+        return [s for s in samples if s.patient in chosen]
+
     return pick(train_p), pick(val_p), pick(test_p)
 
 

@@ -23,8 +23,7 @@ import numpy as np
 import bcd_node
 from bcd_node.inference import data as data_mod
 from bcd_node.inference.evaluate import evaluate_model, fit_temperature, predict_arrays
-from bcd_node.inference.loader import (MANIFEST_NAME, WEIGHTS_FORMAT, sha256_file,
-                                       write_manifest)
+from bcd_node.inference.loader import MANIFEST_NAME, WEIGHTS_FORMAT, sha256_file, write_manifest
 from bcd_node.inference.model import ARCHITECTURE, CLASSES, build_vgg16_unet
 
 LOGGER = logging.getLogger(__name__)

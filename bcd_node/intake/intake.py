@@ -767,7 +767,8 @@ def accept_upload(context: NodeContext, data: bytes, filename: str, fields: dict
         if len(data) >= 132 and data[128:132] == b"DICM":
             payload = data
         else:
-            payload = dicomize_upload_bytes(data, filename, fields, uid_root=context.settings.uids.root)
+            payload = dicomize_upload_bytes(data, filename, fields,
+                                            uid_root=context.settings.uids.root)
         return intake.accept(payload, source="upload", uploaded_by=uploaded_by)
     finally:
         if own:

@@ -314,9 +314,10 @@ def _start_workers(context: NodeContext) -> tuple[Component, Stopper]:
         return Component("workers", False, f"no model: {exc}"), lambda: None
     info = predictor.model_info
     demo = bool(predictor.manifest.get("demonstration", True))
+    note = " — demonstration model, not for clinical use" if demo else ""
     context.components["model"] = Component(
         "model", True, f"{info['name']} {info['version']} (width {info['width']}, "
-                       f"{info['precision']}){' — demonstration model, not for clinical use' if demo else ''}")
+                       f"{info['precision']}){note}")
     pipeline = Pipeline(context, predictor, demonstration_model=demo)
     metrics = context.metrics
 
@@ -362,7 +363,7 @@ def _start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
                       id="study-summaries")
     scheduler.add_job(deliverer.echo_all, "interval", seconds=d.echo_interval, id="echo",
                       next_run_time=None if not context.settings.destinations else _soon())
-    from bcd_node.store.retention import purge
+    from bcd_node.jobs.retention import purge
     from bcd_node.store.storage import Store
 
     # Temporary files of writes that a crash or kill cut short (a live write is younger): the

@@ -14,8 +14,7 @@ from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from bcd_node.report.pdf import (NOT_FOR_CLINICAL_USE, REPORTLAB_LOCK, STAGES, _fonts, _person,
-                                 _when)
+from bcd_node.report.pdf import NOT_FOR_CLINICAL_USE, REPORTLAB_LOCK, STAGES, _fonts, _person, _when
 
 __all__ = ["FieldRow", "SummaryData", "render_summary"]
 

@@ -246,3 +246,21 @@ class Store:
     def remove(self, relpath: str) -> None:
         """Delete a stored file if it exists."""
         self.path(relpath).unlink(missing_ok=True)
+
+
+def remove_previews(layout: DataLayout, instance_id: int, keep: str | None = None) -> int:
+    """Delete the previews of one image (except ``keep``, a relative path); returns how many.
+
+    Also the ``previews/<id>.png`` of versions before previews were named by the image's hash.
+    """
+    folder = layout.root / PREVIEWS
+    removed = 0
+    for path in [*folder.glob(f"{int(instance_id)}-*.png"), folder / f"{int(instance_id)}.png"]:
+        if keep is not None and path.name == keep.rpartition("/")[2]:
+            continue
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            continue
+    return removed

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from bcd_node.inference import synth
-from bcd_node.inference.data import (DatasetError, class_index, load_arrays, patient_split,
-                                     scan_dataset)
+from bcd_node.inference.data import (
+    DatasetError,
+    class_index,
+    load_arrays,
+    patient_split,
+    scan_dataset,
+)
 
 
 def _write(path: Path, value: int, size: int = 224) -> None:

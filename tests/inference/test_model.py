@@ -6,8 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from bcd_node.inference.model import (CLASSES, SKIP_LAYERS, build_vgg16_unet, count_flops,
-                                      scaled_filters)
+from bcd_node.inference.model import (
+    CLASSES,
+    SKIP_LAYERS,
+    build_vgg16_unet,
+    count_flops,
+    scaled_filters,
+)
 
 VGG16_CONVS = [f"block{b}_conv{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
                for i in range(1, n + 1)]

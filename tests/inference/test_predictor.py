@@ -58,6 +58,7 @@ def test_batching_does_not_change_results(tiny_loaded: LoadedModel, fields: list
 def test_field_size_scales_large_images(tiny_weights: Path, tmp_path: Path, fields: list) -> None:
     import json
     import shutil
+
     from bcd_node.inference.loader import load_model
     folder = tmp_path / "w"
     shutil.copytree(tiny_weights.parent, folder)

@@ -65,7 +65,9 @@ def test_stain_normalisation_and_denoise(field: np.ndarray) -> None:
     shifted[..., 0] = (shifted[..., 0].astype(int) + 6) % 180
     shifted = cv2.cvtColor(shifted, cv2.COLOR_HSV2RGB)
     a, b = pp.normalize_stain(field), pp.normalize_stain(shifted)
-    lab = lambda x: cv2.cvtColor(x, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(float).mean(0)
+    def lab(x):
+        return cv2.cvtColor(x, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(float).mean(0)
+
     assert np.abs(lab(a) - lab(b)).max() < np.abs(lab(field) - lab(shifted)).max() + 1e-6
     assert np.abs(lab(a) - np.array(pp.REFERENCE_LAB_MEAN)).max() < 3
     noisy = np.clip(field + np.random.default_rng(0).normal(0, 12, field.shape), 0, 255)

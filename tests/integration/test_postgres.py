@@ -78,9 +78,9 @@ def test_two_workers_purging_at_once_split_the_work(postgres_url: str, write_con
 
     from bcd_node.db.models import Instance, Job, JobState, utcnow
     from bcd_node.intake.intake import Intake
+    from bcd_node.jobs.retention import purge
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings
-    from bcd_node.store.retention import purge
     from tests.support.images import vl_micro_bytes
 
     cfg = write_config("[retention]\nimages_days = 30\n", database_url=postgres_url)
@@ -163,9 +163,9 @@ def test_two_workers_queue_one_summary_for_a_quiet_study(postgres_url: str,
 
 
 def test_results_purge_on_postgres(postgres_url: str, write_config) -> None:
+    from bcd_node.jobs.retention import purge
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings
-    from bcd_node.store.retention import purge
     from tests.support.results import old_results
 
     ctx = open_node(load_settings(write_config("[retention]\nresults_days = 30\n",

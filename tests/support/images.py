@@ -56,7 +56,8 @@ def write_vl_micro(folder: Path, count: int, *, size: int = 128, first_seed: int
     return paths
 
 
-def smear(seed: int, label: str = "Malignant-Pre", size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def smear(seed: int, label: str = "Malignant-Pre",
+          size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic blood-smear field of ``label`` (see SMEARS.md) and its blast mask."""
     from bcd_node.inference.synth import generate_field, patient_params
 

@@ -198,10 +198,10 @@ def test_a_purged_image_is_no_longer_served(write_config, tmp_path) -> None:
 
     from bcd_node.db.models import Role
     from bcd_node.intake.intake import Intake
+    from bcd_node.jobs.retention import purge
     from bcd_node.records.users import add_user
     from bcd_node.runtime import open_node
     from bcd_node.settings import load_settings
-    from bcd_node.store.retention import purge
     from tests.support.images import vl_micro
     from tests.support.web import DOCTOR_PASSWORD
     from webadmin import create_app

@@ -2,7 +2,7 @@
 
 :func:`register` adds them to the CLI's sub-parsers; each handler takes the parsed
 :class:`argparse.Namespace` and returns the exit code. Heavy imports (Keras) happen inside the
-handlers so ``bcd-node --help`` stays fast. ``python -m bcd_node.inference.commands`` runs the same
+handlers so ``bcd-node --help`` stays fast. ``python -m bcd_node.cli.model_commands`` runs the same
 commands without the rest of the CLI.
 """
 
@@ -269,9 +269,9 @@ def register(subparsers: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the sub-commands without the rest of the CLI.
 
-    ``python -m bcd_node.inference.commands synth|train|evaluate|analyze ...``
+    ``python -m bcd_node.cli.model_commands synth|train|evaluate|analyze ...``
     """
-    parser = argparse.ArgumentParser(prog="python -m bcd_node.inference.commands")
+    parser = argparse.ArgumentParser(prog="python -m bcd_node.cli.model_commands")
     parser.add_argument("--config", default=None)
     register(parser.add_subparsers(dest="command", required=True))
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -8,11 +8,11 @@ from sqlalchemy import select, update
 
 from bcd_node.db.models import AuditEvent, Instance, Job, JobState, utcnow
 from bcd_node.intake.intake import Intake
+from bcd_node.jobs.retention import PurgeSummary, purge
 from bcd_node.records import audit
 from bcd_node.records.audit import verify_chain
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
-from bcd_node.store.retention import PurgeSummary, purge
 from tests.support.images import vl_micro_bytes
 from tests.support.results import old_results
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bcd_node.inference import commands
+from bcd_node.cli import model_commands as commands
 
 
 def _parser() -> argparse.ArgumentParser:

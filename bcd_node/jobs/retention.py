@@ -1,5 +1,9 @@
 """Retention: purge what is older than ``[retention]`` allows (0 keeps it forever).
 
+A job of the worker role (the scheduler runs :func:`purge` hourly): it removes rows and files
+together, so it lives above the data folder (:mod:`bcd_node.store`, which only names, writes
+and deletes files) and the records it audits with.
+
 Every kind of file under the data folder (:mod:`bcd_node.store.layout`) has an owner that removes
 it:
 
@@ -37,6 +41,7 @@ from bcd_node.db.models import (
 from bcd_node.records import audit
 from bcd_node.runtime import NodeContext
 from bcd_node.store.layout import PREVIEWS, DataLayout, preview_instance
+from bcd_node.store.storage import remove_previews
 
 LOGGER = logging.getLogger(__name__)
 _CHUNK = 500
@@ -106,24 +111,6 @@ def purge(context: NodeContext) -> PurgeSummary:
         LOGGER.info("retention: purged %d image file(s), %d result(s), %d audit event(s), "
                     "%d preview(s) of images no longer kept", images, results, events, previews)
     return PurgeSummary(images, results, events, previews)
-
-
-def remove_previews(layout: DataLayout, instance_id: int, keep: str | None = None) -> int:
-    """Delete the previews of one image (except ``keep``, a relative path); returns how many.
-
-    Also the ``previews/<id>.png`` of versions before previews were named by the image's hash.
-    """
-    folder = layout.root / PREVIEWS
-    removed = 0
-    for path in [*folder.glob(f"{int(instance_id)}-*.png"), folder / f"{int(instance_id)}.png"]:
-        if keep is not None and path.name == keep.rpartition("/")[2]:
-            continue
-        try:
-            path.unlink()
-            removed += 1
-        except FileNotFoundError:
-            continue
-    return removed
 
 
 def sweep_previews(context: NodeContext) -> int:
