@@ -3,7 +3,17 @@
 Every error the service raises on purpose derives from :class:`BcdError`. The job queue and the
 delivery outbox decide between failing at once and retrying by the subclass:
 :class:`PermanentError` (bad input, nothing a retry can fix) or :class:`TransientError`
-(a peer down, a timeout, a full disk).
+(a peer down, a timeout, a full disk). :class:`ValidationError` is the permanent error of a
+function that refuses an argument; it names the value.
+
+The :mod:`dicom` library has its own, as it imports nothing of the service:
+:class:`dicom.errors.DicomError` (a ``ValueError``: bad input, with
+:class:`~dicom.errors.DicomValidationError` for a builder that refuses its arguments) and
+:class:`dicom.scu.PeerUnavailableError` (a ``ConnectionError``: transient).
+
+Anything else (a bare ``ValueError``, ``TypeError`` or ``KeyError``) is a bug, not bad input:
+the workers retry it a bounded number of times and log its traceback, and the command line
+shows it as the crash it is instead of as a user's mistake.
 """
 
 
@@ -13,6 +23,13 @@ class BcdError(Exception):
 
 class PermanentError(BcdError):
     """An error that a retry cannot fix (invalid input, unsupported data)."""
+
+
+class ValidationError(PermanentError, ValueError):
+    """A function refused an argument or a value it was given; the message names the value.
+
+    A ``ValueError`` too, so that callers that expect one of a builder keep working.
+    """
 
 
 class TransientError(BcdError):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from bcd_node.errors import PermanentError
 from bcd_node.store.layout import DataLayout
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ _SIZE_UNITS = {
 }
 
 
-class SettingsError(ValueError):
+class SettingsError(PermanentError, ValueError):
     """An invalid configuration; the message names the key and the value."""
 
     def __init__(self, key: str, value: object, reason: str) -> None:

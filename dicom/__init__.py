@@ -1,14 +1,16 @@
 """DICOM I/O for bcd-node as a small, strict library.
 
 This package imports nothing from the rest of the project: pydicom, pynetdicom, highdicom and
-numpy only. Builders refuse to build invalid objects (``TypeError``/``ValueError`` naming the
-received value); the reader raises the typed errors of :mod:`dicom.errors`.
+numpy only. Builders refuse to build invalid objects (``DicomValidationError``, a ``ValueError``,
+naming the received value; ``TypeError`` for an argument of the wrong type); the reader raises the
+typed errors of :mod:`dicom.errors`.
 
 Modules
 -------
 errors
-    ``DicomError`` (a ``ValueError``) and its subclasses ``DicomDecodeError``,
-    ``UnsupportedDicomError``, ``DecompressionBombError`` (and ``InflationLimitError``).
+    ``DicomError`` (a ``ValueError``: bad input) and its subclasses ``DicomValidationError``,
+    ``DicomDecodeError``, ``UnsupportedDicomError``, ``DecompressionBombError`` (and
+    ``InflationLimitError``).
 sop
     Accepted and emitted SOP classes, transfer syntaxes, photometric interpretations.
 pixels

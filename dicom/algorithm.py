@@ -15,6 +15,7 @@ import highdicom as hd
 from highdicom.sr import CodedConcept
 
 from dicom import codes, uids
+from dicom.errors import DicomValidationError
 
 __all__ = ["Algorithm"]
 
@@ -30,7 +31,7 @@ def _check_lo(name: str, value: object, *, required: bool = True) -> None:
         raise TypeError(f"{name} must be a str, got {type(value).__name__}: {value!r}")
     bad = "\\" in value or any(c in value for c in "\r\n")
     if not value.strip() or len(value) > _LO_MAX or bad:
-        raise ValueError(
+        raise DicomValidationError(
             f"{name} must be 1 to {_LO_MAX} characters without backslash, got {value!r}"
         )
 

@@ -13,6 +13,8 @@ import enum
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 
+from dicom.errors import DicomValidationError
+
 __all__ = [
     "SCHEME",
     "SCHEME_NAME",
@@ -77,7 +79,7 @@ def _as_stage(stage: Stage | str) -> Stage:
     try:
         return Stage(stage)
     except ValueError:
-        raise ValueError(
+        raise DicomValidationError(
             f"stage must be one of {[s.value for s in Stage]}, got {stage!r}"
         ) from None
 
@@ -115,7 +117,8 @@ def stage_from_code(code: CodedConcept | Dataset) -> Stage:
     for stage, value in _STAGE_VALUES.items():
         if code.CodingSchemeDesignator == SCHEME and code.CodeValue == value:
             return stage
-    raise ValueError(f"not a stage code: {code.CodeValue!r} ({code.CodingSchemeDesignator!r})")
+    raise DicomValidationError(f"not a stage code: {code.CodeValue!r} "
+                               f"({code.CodingSchemeDesignator!r})")
 
 
 def probability_code(stage: Stage | str) -> CodedConcept:

@@ -19,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
 from dicom import sop, uids
+from dicom.errors import DicomValidationError
 
 __all__ = ["dicomize"]
 
@@ -36,14 +37,14 @@ _MAX_SIDE = 65535
 def _text(name: str, value: object, max_len: int, *, required: bool = False) -> str:
     if value is None:
         if required:
-            raise ValueError(f"{name} is required, got None")
+            raise DicomValidationError(f"{name} is required, got None")
         return ""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}: {value!r}")
     if required and not value.strip():
-        raise ValueError(f"{name} must not be empty, got {value!r}")
+        raise DicomValidationError(f"{name} must not be empty, got {value!r}")
     if len(value) > max_len or "\\" in value or any(ord(c) < 32 for c in value):
-        raise ValueError(
+        raise DicomValidationError(
             f"{name} must be at most {max_len} characters without backslash or control "
             f"characters, got {value!r}"
         )
@@ -54,7 +55,7 @@ def _person_name(value: object) -> PersonName:
     text = _text("patient_name", value, 64 * 5, required=True)
     components = text.split("^")
     if len(components) > 5 or any(len(c) > 64 for c in components) or "=" in text:
-        raise ValueError(
+        raise DicomValidationError(
             f"patient_name must be a DICOM PN (Family^Given^Middle^Prefix^Suffix), got {value!r}"
         )
     return PersonName(text)
@@ -71,13 +72,13 @@ def _birth_date(value: object) -> str:
         raise TypeError(f"birth_date must be a date or YYYYMMDD/YYYY-MM-DD str, got {value!r}")
     text = value.replace("-", "") if re.match(r"^\d{4}-\d{2}-\d{2}$", value) else value
     if not _DA_RE.match(text):
-        raise ValueError(f"birth_date must be YYYYMMDD or YYYY-MM-DD, got {value!r}")
+        raise DicomValidationError(f"birth_date must be YYYYMMDD or YYYY-MM-DD, got {value!r}")
     try:
         day = dt.datetime.strptime(text, "%Y%m%d").date()
     except ValueError:
-        raise ValueError(f"birth_date is not a calendar date: {value!r}") from None
+        raise DicomValidationError(f"birth_date is not a calendar date: {value!r}") from None
     if day > dt.date.today():
-        raise ValueError(f"birth_date lies in the future: {value!r}")
+        raise DicomValidationError(f"birth_date lies in the future: {value!r}")
     return text
 
 
@@ -85,7 +86,7 @@ def _sex(value: object) -> str:
     if value is None or value == "":
         return ""
     if not isinstance(value, str) or value.upper() not in ("M", "F", "O"):
-        raise ValueError(f"sex must be 'M', 'F', 'O' or empty, got {value!r}")
+        raise DicomValidationError(f"sex must be 'M', 'F', 'O' or empty, got {value!r}")
     return value.upper()
 
 
@@ -95,9 +96,10 @@ def _check_image(image: object) -> np.ndarray:
     if image.dtype != np.uint8:
         raise TypeError(f"image must be uint8, got dtype {image.dtype}")
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must have shape (rows, columns, 3), got {image.shape}")
+        raise DicomValidationError(f"image must have shape (rows, columns, 3), got {image.shape}")
     if not (1 <= image.shape[0] <= _MAX_SIDE and 1 <= image.shape[1] <= _MAX_SIDE):
-        raise ValueError(f"image sides must be 1..{_MAX_SIDE} pixels, got {image.shape[:2]}")
+        raise DicomValidationError(f"image sides must be 1..{_MAX_SIDE} pixels, got "
+                                   f"{image.shape[:2]}")
     return np.ascontiguousarray(image)
 
 
@@ -185,7 +187,7 @@ def dicomize(
     if not isinstance(secondary_capture, bool):
         raise TypeError(f"secondary_capture must be a bool, got {secondary_capture!r}")
     if not secondary_capture and not container:
-        raise ValueError(
+        raise DicomValidationError(
             "specimen_id (the slide's container identifier) is required for a VL Microscopic "
             f"Image, got {specimen_id!r}; without one build a Secondary Capture "
             "(secondary_capture=True, --secondary-capture)"

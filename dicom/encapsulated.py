@@ -13,6 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dicom import sop, uids
 from dicom.algorithm import Algorithm
 from dicom.derivation import derivation_source
+from dicom.errors import DicomValidationError
 
 __all__ = ["build_encapsulated_pdf", "PDF_SERIES_NUMBER"]
 
@@ -93,21 +94,21 @@ def build_encapsulated_pdf(
         raise TypeError(f"source must be a pydicom Dataset, got {type(source).__name__}")
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"):
         if keyword not in source:
-            raise ValueError(f"source has no {keyword}")
+            raise DicomValidationError(f"source has no {keyword}")
     if not isinstance(pdf, (bytes, bytearray)):
         raise TypeError(f"pdf must be bytes, got {type(pdf).__name__}")
     if not bytes(pdf[:5]) == b"%PDF-":
-        raise ValueError(f"pdf does not start with %PDF-: {bytes(pdf[:8])!r}")
+        raise DicomValidationError(f"pdf does not start with %PDF-: {bytes(pdf[:8])!r}")
     if len(pdf) > _MAX_PDF_BYTES:
-        raise ValueError(f"pdf of {len(pdf)} bytes is too large to encapsulate")
+        raise DicomValidationError(f"pdf of {len(pdf)} bytes is too large to encapsulate")
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"algorithm must be an Algorithm, got {type(algorithm).__name__}")
     if not isinstance(title, str) or not title.strip() or len(title) > 64 or "\\" in title:
-        raise ValueError(f"title must be 1 to 64 characters, got {title!r}")
+        raise DicomValidationError(f"title must be 1 to 64 characters, got {title!r}")
     if verified_at is not None and not isinstance(verified_at, dt.datetime):
         raise TypeError(f"verified_at must be a datetime, got {verified_at!r}")
     if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 1:
-        raise ValueError(f"series_number must be a positive int, got {series_number!r}")
+        raise DicomValidationError(f"series_number must be a positive int, got {series_number!r}")
     uids.validate_revision(revision)
 
     source = derivation_source(source)

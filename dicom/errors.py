@@ -1,14 +1,18 @@
 """Typed errors of the :mod:`dicom` package.
 
-Every error that this package raises on purpose derives from :class:`DicomError`, itself a
-:class:`ValueError`, so that callers outside the package can tell bad input (which a retry cannot
-fix) from everything else without importing anything but this module.
+Every error that this package raises on purpose about its input derives from
+:class:`DicomError`, itself a :class:`ValueError`, so that callers outside the package can tell bad
+input (which a retry cannot fix) from everything else without importing anything but this module:
+a builder that refuses its arguments raises :class:`DicomValidationError`, the reader the others.
+A bare ``ValueError`` from inside the package is a bug. A peer that cannot be reached is not bad
+input: :class:`dicom.scu.PeerUnavailableError` is a :class:`ConnectionError` (worth retrying).
 """
 
 from __future__ import annotations
 
 __all__ = [
     "DicomError",
+    "DicomValidationError",
     "DicomDecodeError",
     "UnsupportedDicomError",
     "DecompressionBombError",
@@ -18,6 +22,14 @@ __all__ = [
 
 class DicomError(ValueError):
     """Base class of the errors raised on purpose by the :mod:`dicom` package."""
+
+
+class DicomValidationError(DicomError):
+    """A builder refused one of its arguments; the message names the argument and the value.
+
+    Raised where a builder (SEG, SR, Encapsulated PDF, DICOMized image, UIDs, codes, the SCP's
+    and SCU's parameters) validates what it was given, before it builds anything.
+    """
 
 
 class DicomDecodeError(DicomError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import struct
 
 from dicom import uids
+from dicom.errors import DicomValidationError
 
 __all__ = ["file_meta_bytes"]
 
@@ -22,7 +23,7 @@ def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
 def _text(value: str, vr: bytes, limit: int) -> bytes:
     data = value.strip().encode("ascii")
     if not data or len(data) > limit or b"\\" in data:
-        raise ValueError(f"{vr.decode()} value {value!r} is empty, too long or not ASCII")
+        raise DicomValidationError(f"{vr.decode()} value {value!r} is empty, too long or not ASCII")
     if len(data) % 2:
         data += b"\0" if vr == b"UI" else b" "
     return data

@@ -44,6 +44,7 @@ from dicom.errors import (
     DecompressionBombError,
     DicomDecodeError,
     DicomError,
+    DicomValidationError,
     InflationLimitError,
     UnsupportedDicomError,
 )
@@ -129,7 +130,7 @@ class ImageInfo:
 
 def _check_limit(max_pixels: int) -> None:
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+        raise DicomValidationError(f"max_pixels must be a positive int, got {max_pixels!r}")
 
 
 def _check_elements(ds: Dataset, depth: int = 0) -> None:
@@ -261,8 +262,8 @@ def read_dataset(
         max_inflated_bytes = max_pixels * 3 + _DEFLATE_HEADROOM
     elif isinstance(max_inflated_bytes, bool) or not isinstance(max_inflated_bytes, int) \
             or max_inflated_bytes < 1:
-        raise ValueError(f"max_inflated_bytes must be a positive int, got "
-                         f"{max_inflated_bytes!r}")
+        raise DicomValidationError(f"max_inflated_bytes must be a positive int, got "
+                                   f"{max_inflated_bytes!r}")
     max_bytes = max_pixels * _MAX_BYTES_PER_PIXEL + _DEFLATE_HEADROOM
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)

@@ -47,6 +47,7 @@ from dicom.association import (
     QuietRequestHandler,
     close_socket,
 )
+from dicom.errors import DicomValidationError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -90,16 +91,18 @@ class ScpPolicy:
 
     def __post_init__(self) -> None:
         if not self.ae_title or len(self.ae_title) > 16:
-            raise ValueError(f"ae_title must have 1-16 characters, got {self.ae_title!r}")
+            raise DicomValidationError(f"ae_title must have 1-16 characters, got {self.ae_title!r}")
         if self.max_associations < 1:
-            raise ValueError(f"max_associations must be >= 1, got {self.max_associations!r}")
+            raise DicomValidationError("max_associations must be >= 1, got "
+                                       f"{self.max_associations!r}")
         if not self.preassociation_timeout > 0:
-            raise ValueError(f"preassociation_timeout must be > 0, got "
-                             f"{self.preassociation_timeout!r}")
+            raise DicomValidationError(f"preassociation_timeout must be > 0, got "
+                                       f"{self.preassociation_timeout!r}")
         if self.max_dataset_bytes < 1:
-            raise ValueError(f"max_dataset_bytes must be >= 1, got {self.max_dataset_bytes!r}")
+            raise DicomValidationError("max_dataset_bytes must be >= 1, got "
+                                       f"{self.max_dataset_bytes!r}")
         if self.max_pending < 1:
-            raise ValueError(f"max_pending must be >= 1, got {self.max_pending!r}")
+            raise DicomValidationError(f"max_pending must be >= 1, got {self.max_pending!r}")
 
     @property
     def pdu_receive_limit(self) -> int:
@@ -167,12 +170,12 @@ class LoadBoard:
 
     def __init__(self, path: str | os.PathLike[str], slot: int | None, slots: int) -> None:
         if slot is not None and not 0 <= slot < slots:
-            raise ValueError(f"slot {slot} outside 0..{slots - 1}")
+            raise DicomValidationError(f"slot {slot} outside 0..{slots - 1}")
         self.slot, self.slots = slot, slots
         fd = os.open(path, os.O_RDWR)
         try:
             if os.fstat(fd).st_size < 8 * slots:
-                raise ValueError(f"{path} is too small for {slots} slots")
+                raise DicomValidationError(f"{path} is too small for {slots} slots")
             self._map = mmap.mmap(fd, 8 * slots)
         finally:
             os.close(fd)

@@ -13,13 +13,17 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS
 
-from dicom.errors import DicomError
+from dicom.errors import DicomValidationError
 
 LOGGER = logging.getLogger(__name__)
 
 
-class PeerUnavailableError(DicomError):
-    """The peer could not be reached or refused the association (worth retrying)."""
+class PeerUnavailableError(ConnectionError):
+    """The peer could not be reached or refused the association (worth retrying).
+
+    A :class:`ConnectionError`, not a :class:`~dicom.errors.DicomError`: nothing is wrong with
+    the input, and a later attempt may succeed.
+    """
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,9 @@ class Peer:
 
     def __post_init__(self) -> None:
         if not self.ae_title or len(self.ae_title) > 16:
-            raise ValueError(f"ae_title must have 1-16 characters, got {self.ae_title!r}")
+            raise DicomValidationError(f"ae_title must have 1-16 characters, got {self.ae_title!r}")
         if not 1 <= self.port <= 65535:
-            raise ValueError(f"port must be 1-65535, got {self.port!r}")
+            raise DicomValidationError(f"port must be 1-65535, got {self.port!r}")
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,8 @@ def send_files(peer: Peer, paths: Sequence[str | Path]) -> list[StoreOutcome]:
     contexts = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
                        for _, _, ds in datasets})
     if len(contexts) > 128:
-        raise ValueError(f"too many presentation contexts for one association: {len(contexts)}")
+        raise DicomValidationError("too many presentation contexts for one association: "
+                                   f"{len(contexts)}")
     for sop_class, syntax in contexts:
         ae.add_requested_context(sop_class, syntax)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)

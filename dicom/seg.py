@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from dicom import codes, sop, uids
 from dicom.algorithm import Algorithm
 from dicom.derivation import derivation_source
+from dicom.errors import DicomValidationError
 
 __all__ = ["SEGMENT_LABEL", "build_segmentation"]
 
@@ -39,12 +40,13 @@ def _check_source(source: object) -> Dataset:
         raise TypeError(f"source must be a pydicom Dataset, got {type(source).__name__}")
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "Rows", "Columns"):
         if keyword not in source:
-            raise ValueError(f"source image has no {keyword}")
+            raise DicomValidationError(f"source image has no {keyword}")
     if not sop.is_accepted_sop_class(source.SOPClassUID):
-        raise ValueError(f"source SOP class {source.SOPClassUID!r} is not an accepted image")
+        raise DicomValidationError(f"source SOP class {source.SOPClassUID!r} is not an accepted "
+                                   "image")
     frames = int(source.get("NumberOfFrames", 1))
     if frames > 1 and "FrameOfReferenceUID" not in source:
-        raise ValueError(
+        raise DicomValidationError(
             f"source has {frames} frames and no Frame of Reference UID: a SEG can only reference "
             "the frames of such an image one at a time; segment a single-frame image"
         )
@@ -67,12 +69,13 @@ def _check_mask(mask: object, source: Dataset, fractional: bool) -> np.ndarray:
     shape = (int(source.Rows), int(source.Columns))
     accepted = [(frames, *shape)] if frames > 1 else [shape, (1, *shape)]
     if not (mask.shape in accepted or _is_total_pixel_matrix(mask, source)):
-        raise ValueError(f"mask shape {mask.shape} does not match the source image {accepted[0]}")
+        raise DicomValidationError(f"mask shape {mask.shape} does not match the source image "
+                                   f"{accepted[0]}")
     if fractional:
         if mask.dtype.kind != "f":
             raise TypeError(f"a FRACTIONAL mask must be floating point, got dtype {mask.dtype}")
         if not np.all(np.isfinite(mask)) or mask.min(initial=0.0) < 0 or mask.max(initial=0.0) > 1:
-            raise ValueError("a FRACTIONAL mask must hold finite values in [0, 1]")
+            raise DicomValidationError("a FRACTIONAL mask must hold finite values in [0, 1]")
         return mask.astype(np.float32)
     if mask.dtype == np.bool_:
         return mask
@@ -138,7 +141,7 @@ def build_segmentation(
         raise TypeError(f"fractional must be a bool, got {fractional!r}")
     for name, value in (("series_number", series_number), ("instance_number", instance_number)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+            raise DicomValidationError(f"{name} must be a positive int, got {value!r}")
     pixels = _check_mask(mask, source, fractional)
     uids.validate_revision(revision)
 

@@ -46,6 +46,7 @@ from dicom import codes, sop, uids
 from dicom.algorithm import Algorithm
 from dicom.codes import Stage
 from dicom.derivation import derivation_source
+from dicom.errors import DicomValidationError
 
 __all__ = ["Findings", "Verification", "build_sr", "document_reference", "SR_SERIES_NUMBER"]
 
@@ -90,25 +91,26 @@ class Findings:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"probability of {key!r} must be a number, got {value!r}")
             if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"probability of {key!r} must be in [0, 1], got {value!r}")
+                raise DicomValidationError(f"probability of {key!r} must be in [0, 1], got "
+                                           f"{value!r}")
             probs[Stage(key)] = float(value)
         if set(probs) != set(Stage):
-            raise ValueError(
+            raise DicomValidationError(
                 f"probabilities must give all four stages, got {sorted(s.value for s in probs)}"
             )
         total = sum(probs.values())
         if abs(total - 1.0) > _PROBABILITY_SUM_TOLERANCE:
-            raise ValueError(f"probabilities must sum to 1, got {total!r}")
+            raise DicomValidationError(f"probabilities must sum to 1, got {total!r}")
         object.__setattr__(self, "probabilities", probs)
         if isinstance(self.blast_count, bool) or not isinstance(self.blast_count, int):
             raise TypeError(f"blast_count must be an int, got {self.blast_count!r}")
         if self.blast_count < 0:
-            raise ValueError(f"blast_count must be >= 0, got {self.blast_count!r}")
+            raise DicomValidationError(f"blast_count must be >= 0, got {self.blast_count!r}")
         fraction = self.blast_area_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
             raise TypeError(f"blast_area_fraction must be a number, got {fraction!r}")
         if not math.isfinite(fraction) or not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"blast_area_fraction must be in [0, 1], got {fraction!r}")
+            raise DicomValidationError(f"blast_area_fraction must be in [0, 1], got {fraction!r}")
         if not isinstance(self.quality_ok, bool):
             raise TypeError(f"quality_ok must be a bool, got {self.quality_ok!r}")
 
@@ -139,17 +141,20 @@ class Verification:
 
     def __post_init__(self) -> None:
         if not isinstance(self.observer_name, str) or not self.observer_name.strip():
-            raise ValueError(f"observer_name must be a non-empty PN, got {self.observer_name!r}")
+            raise DicomValidationError("observer_name must be a non-empty PN, got "
+                                       f"{self.observer_name!r}")
         parts = self.observer_name.split("^")
         if len(parts) > 5 or any(len(p) > 64 for p in parts) or "\\" in self.observer_name:
-            raise ValueError(f"observer_name is not a valid PN, got {self.observer_name!r}")
+            raise DicomValidationError("observer_name is not a valid PN, got "
+                                       f"{self.observer_name!r}")
         if (
             not isinstance(self.organization, str)
             or not self.organization.strip()
             or len(self.organization) > 64
             or "\\" in self.organization
         ):
-            raise ValueError(f"organization must be 1 to 64 characters, got {self.organization!r}")
+            raise DicomValidationError("organization must be 1 to 64 characters, got "
+                                       f"{self.organization!r}")
         if not isinstance(self.datetime, dt.datetime):
             raise TypeError(f"datetime must be a datetime.datetime, got {self.datetime!r}")
         codes.stage_code(self.stage)
@@ -158,7 +163,7 @@ class Verification:
             if not isinstance(self.comment, str):
                 raise TypeError(f"comment must be a str, got {self.comment!r}")
             if len(self.comment) > 10240:
-                raise ValueError(
+                raise DicomValidationError(
                     f"comment must be at most 10240 characters, got {len(self.comment)}"
                 )
 
@@ -167,7 +172,7 @@ def _check_dataset(name: str, value: object, sop_classes: set[str]) -> Dataset:
     if not isinstance(value, Dataset):
         raise TypeError(f"{name} must be a pydicom Dataset, got {type(value).__name__}")
     if str(value.get("SOPClassUID", "")) not in sop_classes:
-        raise ValueError(
+        raise DicomValidationError(
             f"{name} has SOP class {value.get('SOPClassUID')!r}, expected {sorted(sop_classes)}"
         )
     return value
@@ -281,7 +286,7 @@ def build_sr(
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"algorithm must be an Algorithm, got {type(algorithm).__name__}")
     if segmentation.StudyInstanceUID != source.StudyInstanceUID:
-        raise ValueError(
+        raise DicomValidationError(
             f"segmentation belongs to study {segmentation.StudyInstanceUID!r}, "
             f"the source to {source.StudyInstanceUID!r}"
         )
@@ -291,14 +296,14 @@ def build_sr(
         for ref in series.get("ReferencedInstanceSequence", [])
     }
     if str(source.SOPInstanceUID) not in referenced:
-        raise ValueError(
+        raise DicomValidationError(
             f"segmentation {segmentation.SOPInstanceUID!r} does not reference the source "
             f"{source.SOPInstanceUID!r}"
         )
     if verification is not None and not isinstance(verification, Verification):
         raise TypeError(f"verification must be a Verification, got {type(verification).__name__}")
     if (verification is None) != (predecessor is None):
-        raise ValueError(
+        raise DicomValidationError(
             "verification and predecessor go together: a verified SR supersedes a document, "
             f"got verification={verification!r}, "
             f"predecessor={'a dataset' if predecessor is not None else None}"
@@ -306,20 +311,22 @@ def build_sr(
     if predecessor is not None:
         predecessor = _check_dataset("predecessor", predecessor, {str(sop.COMPREHENSIVE_3D_SR)})
         if predecessor.StudyInstanceUID != source.StudyInstanceUID:
-            raise ValueError(f"predecessor belongs to study {predecessor.StudyInstanceUID!r}")
+            raise DicomValidationError("predecessor belongs to study "
+                                       f"{predecessor.StudyInstanceUID!r}")
     if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 1:
-        raise ValueError(f"series_number must be a positive int, got {series_number!r}")
+        raise DicomValidationError(f"series_number must be a positive int, got {series_number!r}")
     uids.validate_revision(revision)
     supersedes = list(supersedes)
     if supersedes and verification is not None:
-        raise ValueError("supersedes is for an unverified report of a changed source; a verified "
-                         "report supersedes its predecessor")
+        raise DicomValidationError("supersedes is for an unverified report of a changed source; a "
+                                   "verified "
+                                   "report supersedes its predecessor")
     for i, earlier in enumerate(supersedes):
         earlier = _check_dataset(f"supersedes[{i}]", earlier, {str(sop.COMPREHENSIVE_3D_SR)})
         if earlier.get("StudyInstanceUID") != source.StudyInstanceUID:
-            raise ValueError(f"supersedes[{i}] belongs to study "
-                             f"{earlier.get('StudyInstanceUID')!r}, the source to "
-                             f"{source.StudyInstanceUID!r}")
+            raise DicomValidationError(f"supersedes[{i}] belongs to study "
+                                       f"{earlier.get('StudyInstanceUID')!r}, the source to "
+                                       f"{source.StudyInstanceUID!r}")
         for keyword in ("SeriesInstanceUID", "SOPInstanceUID"):
             uids.validate_uid(str(earlier.get(keyword, "")), name=f"supersedes[{i}].{keyword}")
 

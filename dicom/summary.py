@@ -23,6 +23,7 @@ from dicom import codes, sop, uids
 from dicom.algorithm import Algorithm
 from dicom.codes import Stage
 from dicom.derivation import derivation_source
+from dicom.errors import DicomValidationError
 from dicom.sr import identify_private_codes
 
 __all__ = ["StudyFindings", "build_study_summary_sr", "summary_kind", "FIELDS_ANALYSED",
@@ -73,25 +74,28 @@ class StudyFindings:
         object.__setattr__(self, "stage", Stage(codes._as_stage(self.stage)))
         probs = {Stage(codes._as_stage(k)): v for k, v in dict(self.probabilities).items()}
         if set(probs) != set(Stage):
-            raise ValueError(f"probabilities must give all four stages, got {self.probabilities!r}")
+            raise DicomValidationError("probabilities must give all four stages, got "
+                                       f"{self.probabilities!r}")
         for key, value in probs.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not math.isfinite(value) or not 0 <= value <= 1:
-                raise ValueError(f"probability of {key.value} must be in [0, 1], got {value!r}")
+                raise DicomValidationError(f"probability of {key.value} must be in [0, 1], got "
+                                           f"{value!r}")
         if abs(sum(probs.values()) - 1) > 0.01:
-            raise ValueError(f"probabilities must sum to 1, got {sum(probs.values())!r}")
+            raise DicomValidationError(f"probabilities must sum to 1, got {sum(probs.values())!r}")
         object.__setattr__(self, "probabilities", probs)
         for name in ("fields_analysed", "fields_needing_review", "fields_quality_insufficient",
                      "total_blasts"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+                raise DicomValidationError(f"{name} must be an int >= 0, got {value!r}")
         if self.fields_analysed < 1:
-            raise ValueError(f"fields_analysed must be at least 1, got {self.fields_analysed!r}")
+            raise DicomValidationError("fields_analysed must be at least 1, got "
+                                       f"{self.fields_analysed!r}")
         f = self.blast_area_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) \
                 or not 0 <= f <= 1:
-            raise ValueError(f"blast_area_fraction must be in [0, 1], got {f!r}")
+            raise DicomValidationError(f"blast_area_fraction must be in [0, 1], got {f!r}")
 
 
 def summary_kind(sources: Sequence[Dataset],
@@ -145,17 +149,18 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"algorithm must be an Algorithm, got {type(algorithm).__name__}")
     if not sources:
-        raise ValueError("sources must hold at least one image, got none")
+        raise DicomValidationError("sources must hold at least one image, got none")
     accepted = {str(u) for u in sop.ACCEPTED_SOP_CLASSES}
     for i, ds in enumerate(sources):
         if not isinstance(ds, Dataset):
             raise TypeError(f"sources[{i}] must be a Dataset, got {type(ds).__name__}")
         if str(ds.get("SOPClassUID", "")) not in accepted:
-            raise ValueError(f"sources[{i}] has SOP class {ds.get('SOPClassUID')!r}, "
-                             "not an accepted image")
+            raise DicomValidationError(f"sources[{i}] has SOP class {ds.get('SOPClassUID')!r}, "
+                                       "not an accepted image")
     study_uids = {str(ds.StudyInstanceUID) for ds in sources}
     if len(study_uids) != 1:
-        raise ValueError(f"sources belong to {len(study_uids)} studies: {sorted(study_uids)}")
+        raise DicomValidationError(f"sources belong to {len(study_uids)} studies: "
+                                   f"{sorted(study_uids)}")
     study_uid = study_uids.pop()
     sources = [derivation_source(ds) for ds in sources]
     kind = summary_kind(sources, revisions)

@@ -19,6 +19,8 @@ import logging
 import re
 import uuid
 
+from dicom.errors import DicomValidationError
+
 __all__ = [
     "DEFAULT_ROOT",
     "FORBIDDEN_ROOTS",
@@ -90,7 +92,7 @@ def validate_uid(value: str, *, name: str = "UID") -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}: {value!r}")
     if len(value) > _MAX_LEN or not _UID_RE.match(value):
-        raise ValueError(
+        raise DicomValidationError(
             f"{name} is not a valid DICOM UID (<= 64 chars, digits and dots): {value!r}"
         )
     return value
@@ -121,9 +123,9 @@ def validate_root(root: str) -> str:
     validate_uid(root if "." in root else root + ".0", name="UID root")
     for forbidden in FORBIDDEN_ROOTS:
         if root == forbidden or root.startswith(forbidden + "."):
-            raise ValueError(f"UID root {root!r} is a toolkit's prefix, not this node's")
+            raise DicomValidationError(f"UID root {root!r} is a toolkit's prefix, not this node's")
     if root != DEFAULT_ROOT and _MAX_LEN - len(root) - 1 < _MIN_DIGITS:
-        raise ValueError(
+        raise DicomValidationError(
             f"UID root {root!r} is too long: it must leave {_MIN_DIGITS} of the 64 characters"
         )
     return root
@@ -152,7 +154,7 @@ def validate_revision(revision: int) -> int:
     if isinstance(revision, bool) or not isinstance(revision, int):
         raise TypeError(f"revision must be an int, got {type(revision).__name__}: {revision!r}")
     if revision < 0:
-        raise ValueError(f"revision must be 0 or more, got {revision!r}")
+        raise DicomValidationError(f"revision must be 0 or more, got {revision!r}")
     return revision
 
 
@@ -198,9 +200,9 @@ def derive_uid(source_uid: str, model_version: str, kind: str, *, root: str = DE
     """
     validate_uid(source_uid, name="source_uid")
     if not isinstance(model_version, str) or not model_version.strip():
-        raise ValueError(f"model_version must be a non-empty str, got {model_version!r}")
+        raise DicomValidationError(f"model_version must be a non-empty str, got {model_version!r}")
     if not isinstance(kind, str) or not _KIND_RE.match(kind):
-        raise ValueError(f"kind must match [a-z][a-z0-9-]*, got {kind!r}")
+        raise DicomValidationError(f"kind must match [a-z][a-z0-9-]*, got {kind!r}")
     revision = validate_revision(revision)
     root = validate_root(root)
     name = "\x1f".join((source_uid, model_version, kind))

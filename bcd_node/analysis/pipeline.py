@@ -265,12 +265,13 @@ class Pipeline:
     def run(self, job: Claimed) -> None:
         """Do ``job`` and complete it in the same transaction as its results.
 
-        A builder that refuses its input (ValueError/TypeError naming the value) fails the job
-        at once: retrying cannot make the input valid.
+        A builder that refuses its input (a :class:`~dicom.errors.DicomError` naming the value;
+        the node's own raise :class:`~bcd_node.errors.ValidationError`) fails the job at once:
+        retrying cannot make the input valid. Any other error is a bug: retried, bounded.
         """
         try:
             self._dispatch(job)
-        except (ValueError, TypeError) as exc:
+        except DicomError as exc:
             raise PermanentError(f"cannot build the results: {exc}") from exc
 
     def _dispatch(self, job: Claimed) -> None:

@@ -24,6 +24,7 @@ from bcd_node import __version__
 from bcd_node.errors import BcdError
 from bcd_node.node.logs import configure_logging
 from bcd_node.settings import Settings, SettingsError, load_settings, to_display_dict
+from dicom.errors import DicomError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -480,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"bcd-node: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (BcdError, ValueError) as exc:
+    except (BcdError, DicomError) as exc:  # a bug's ValueError is shown as the crash it is
         print(f"bcd-node: error: {exc}", file=sys.stderr)
         return 1
     except DBAPIError as exc:

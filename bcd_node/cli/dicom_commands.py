@@ -19,6 +19,7 @@ import numpy as np
 from bcd_node.intake.upload import UploadError, read_image
 from dicom import uids
 from dicom.dicomize import dicomize
+from dicom.errors import DicomValidationError
 from dicom.outputs import write_dataset
 
 __all__ = ["register", "cmd_import", "import_image", "read_picture", "ImportFailed"]
@@ -100,7 +101,7 @@ study_instance_uid, study_description, secondary_capture, uid_root, software_ver
     ------
     ImportFailed
         If the picture cannot be read.
-    ValueError, TypeError
+    dicom.errors.DicomValidationError
         If a field is not valid (the message names it).
     """
     rgb, lossy = read_picture(image_path)
@@ -163,7 +164,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     except ImportFailed as exc:
         print(f"bcd-node import: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError) as exc:
+    except DicomValidationError as exc:
         print(f"bcd-node import: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

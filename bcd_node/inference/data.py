@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bcd_node.errors import ValidationError
 from bcd_node.inference.model import CLASSES
 
 LOGGER = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ _CLASS_ALIASES = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(ValidationError):
     """A data set folder that cannot be read (unknown layout, missing files, bad labels)."""
 
 
@@ -185,7 +186,7 @@ def patient_split(samples: list[Sample], val_fraction: float = 0.12, test_fracti
         No patient appears in two of them.
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ValueError(f"bad fractions: val={val_fraction!r}, test={test_fraction!r}")
+        raise ValidationError(f"bad fractions: val={val_fraction!r}, test={test_fraction!r}")
     by_patient: dict[str, list[Sample]] = {}
     for s in samples:
         by_patient.setdefault(s.patient, []).append(s)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from bcd_node.errors import ValidationError
 from bcd_node.inference.model import CLASSES
 
 LOGGER = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     """Rescale softmax probabilities by a temperature (softmax of log(p) / T)."""
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        raise ValidationError(f"temperature must be > 0, got {temperature!r}")
     logits = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1.0)) / temperature
     logits -= logits.max(axis=-1, keepdims=True)
     e = np.exp(logits)

@@ -18,6 +18,7 @@ from typing import Any
 import keras
 from keras import layers
 
+from bcd_node.errors import ValidationError
 from bcd_node.inference.spec import ARCHITECTURE, CLASSES  # noqa: F401 - CLASSES re-exported
 
 LOGGER = logging.getLogger(__name__)
@@ -51,19 +52,19 @@ def scaled_filters(filters: int, width: float) -> int:
 
 def _validate(input_shape: Any, num_classes: Any, width: Any) -> tuple[int | None, int | None, int]:
     if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (height, width, 3), got {input_shape!r}")
+        raise ValidationError(f"input_shape must be (height, width, 3), got {input_shape!r}")
     h, w, c = input_shape
     if c != 3:
-        raise ValueError(f"input_shape must have 3 channels (RGB), got {input_shape!r}")
+        raise ValidationError(f"input_shape must have 3 channels (RGB), got {input_shape!r}")
     for side in (h, w):
         if side is not None and (not isinstance(side, int) or side < 32 or side % 16):
-            raise ValueError(
+            raise ValidationError(
                 "input_shape sides must be None or ints >= 32 divisible by 16, "
                 f"got {input_shape!r}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        raise ValidationError(f"num_classes must be an int >= 2, got {num_classes!r}")
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 1.0:
-        raise ValueError(f"width must be a float in (0, 1], got {width!r}")
+        raise ValidationError(f"width must be a float in (0, 1], got {width!r}")
     return h, w, c
 
 
@@ -96,7 +97,7 @@ def build_vgg16_unet(input_shape: tuple[int | None, int | None, int] = (256, 256
     _validate(input_shape, num_classes, width)
     if vgg16_weights is not None:
         if width != 1.0:
-            raise ValueError(f"vgg16_weights need width 1.0, got width={width!r}")
+            raise ValidationError(f"vgg16_weights need width 1.0, got width={width!r}")
         if not Path(vgg16_weights).is_file():
             raise FileNotFoundError(f"VGG16 weights file not found: {vgg16_weights}")
 
@@ -201,7 +202,7 @@ def count_flops(model: keras.Model, input_hw: tuple[int, int] | None = None) -> 
     in_h, in_w = model.input_shape[1:3]
     if in_h is None or in_w is None:
         if input_hw is None:
-            raise ValueError("input_hw is needed for a model with a variable input size")
+            raise ValidationError("input_hw is needed for a model with a variable input size")
         in_h, in_w = input_hw
     flops = 0
     for layer in model.layers:

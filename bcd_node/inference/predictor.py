@@ -19,6 +19,7 @@ import cv2
 import keras
 import numpy as np
 
+from bcd_node.errors import ValidationError
 from bcd_node.inference import preprocess as pp
 from bcd_node.inference.evaluate import apply_temperature
 from bcd_node.inference.loader import LoadedModel, load_model
@@ -71,7 +72,7 @@ def gpu_devices() -> list[str]:
 def configure_threads(threads: int) -> None:
     """Set intra-/inter-op thread counts (0 leaves the backend's choice); before the first op."""
     if threads < 0:
-        raise ValueError(f"threads must be >= 0, got {threads!r}")
+        raise ValidationError(f"threads must be >= 0, got {threads!r}")
     if threads == 0:
         return
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -90,7 +91,7 @@ def configure_threads(threads: int) -> None:
 def resolve_precision(precision: str, has_gpu: bool) -> str:
     """``auto`` → bfloat16 on a GPU or a CPU with native bf16, else float32."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ValidationError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
         return precision
     return "bfloat16" if has_gpu or cpu_supports_bf16() else "float32"
@@ -187,13 +188,13 @@ class Predictor:
                  quality: pp.QualityThresholds | None = None, loaded: LoadedModel | None = None,
                  warm_up: bool = True) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise ValidationError(f"batch_size must be a positive int, got {batch_size!r}")
         if not 0.0 <= review_threshold <= 1.0:
-            raise ValueError(f"review_threshold must be in [0, 1], got {review_threshold!r}")
+            raise ValidationError(f"review_threshold must be in [0, 1], got {review_threshold!r}")
         if not 0.0 < mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold!r}")
+            raise ValidationError(f"mask_threshold must be in (0, 1), got {mask_threshold!r}")
         if aggregate not in ("mean", "max"):
-            raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
+            raise ValidationError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
         configure_threads(threads)
         self.gpus = gpu_devices()
         self.precision = resolve_precision(precision, bool(self.gpus))
@@ -331,7 +332,7 @@ def load_image_frames(path: str | Path) -> list[np.ndarray]:
         return _dicom_frames(path)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise ValueError(f"cannot decode image file {path}")
+        raise ValidationError(f"cannot decode image file {path}")
     if img.ndim == 3 and img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
     elif img.ndim == 3:

@@ -14,6 +14,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from bcd_node.errors import ValidationError
+
 LOGGER = logging.getLogger(__name__)
 
 # Reinhard reference: mean and std of L*a*b* (OpenCV 8-bit scale) of a typical Wright–Giemsa field
@@ -32,8 +34,8 @@ def to_rgb_uint8(pixels: Any) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-        raise ValueError(f"expected an image of shape (H, W), (H, W, 3) or (H, W, 4), "
-                         f"got {arr.shape}")
+        raise ValidationError(f"expected an image of shape (H, W), (H, W, 3) or (H, W, 4), "
+                              f"got {arr.shape}")
     if arr.dtype != np.uint8:
         if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
             raise TypeError(f"expected numeric pixels, got dtype {arr.dtype}")
@@ -79,8 +81,8 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of side ``tile`` covering ``length`` with at least ``overlap``."""
     if tile <= 0 or not 0 <= overlap < tile:
-        raise ValueError(f"need tile > 0 and 0 <= overlap < tile, got tile={tile!r}, "
-                         f"overlap={overlap!r}")
+        raise ValidationError(f"need tile > 0 and 0 <= overlap < tile, got tile={tile!r}, "
+                              f"overlap={overlap!r}")
     if length <= tile:
         return [0]
     step = tile - overlap
@@ -160,13 +162,13 @@ def aggregate_stage(tile_probs: np.ndarray, method: str = "mean") -> np.ndarray:
     """
     p = np.asarray(tile_probs, np.float64)
     if p.ndim != 2 or len(p) == 0:
-        raise ValueError(f"expected (n, classes) probabilities, got shape {p.shape}")
+        raise ValidationError(f"expected (n, classes) probabilities, got shape {p.shape}")
     if method == "mean":
         out = p.mean(axis=0)
     elif method == "max":
         out = p.max(axis=0)
     else:
-        raise ValueError(f"method must be 'mean' or 'max', got {method!r}")
+        raise ValidationError(f"method must be 'mean' or 'max', got {method!r}")
     return out / out.sum()
 
 

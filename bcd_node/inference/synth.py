@@ -25,6 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bcd_node.errors import ValidationError
+
 LOGGER = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = ("Benign", "Malignant-Early", "Malignant-Pre", "Malignant-Pro")
@@ -242,9 +244,9 @@ def generate_field(seed: int, label: str, params: PatientParams,
         Number of blasts drawn.
     """
     if label not in _CLASS_SPECS:
-        raise ValueError(f"label must be one of {CLASSES}, got {label!r}")
+        raise ValidationError(f"label must be one of {CLASSES}, got {label!r}")
     if not isinstance(size, int) or size < 128:
-        raise ValueError(f"size must be an int >= 128, got {size!r}")
+        raise ValidationError(f"size must be an int >= 128, got {size!r}")
     rng = np.random.default_rng(seed)
     spec = _CLASS_SPECS[label]
     # Draw on a larger canvas so any rotation leaves no empty corners.
@@ -368,11 +370,12 @@ def write_dataset(out: str | Path, count: int, seed: int, size: int = 256,
         Path of ``labels.csv``.
     """
     if not isinstance(count, int) or count <= 0:
-        raise ValueError(f"count must be a positive int, got {count!r}")
+        raise ValidationError(f"count must be a positive int, got {count!r}")
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise ValidationError(f"seed must be a non-negative int, got {seed!r}")
     if not isinstance(fields_per_patient, int) or fields_per_patient <= 0:
-        raise ValueError(f"fields_per_patient must be a positive int, got {fields_per_patient!r}")
+        raise ValidationError("fields_per_patient must be a positive int, got "
+                              f"{fields_per_patient!r}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 import bcd_node
+from bcd_node.errors import ValidationError
 from bcd_node.inference import data as data_mod
 from bcd_node.inference.evaluate import evaluate_model, fit_temperature, predict_arrays
 from bcd_node.inference.loader import MANIFEST_NAME, WEIGHTS_FORMAT, sha256_file, write_manifest
@@ -195,9 +196,10 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
     """
     cfg = config or TrainConfig()
     if cfg.input_size % 16 or cfg.input_size < 32:
-        raise ValueError(f"input_size must be >= 32 and divisible by 16, got {cfg.input_size!r}")
+        raise ValidationError("input_size must be >= 32 and divisible by 16, got "
+                              f"{cfg.input_size!r}")
     if cfg.field_size < cfg.input_size:
-        raise ValueError(f"field_size must be >= input_size, got {cfg.field_size!r}")
+        raise ValidationError(f"field_size must be >= input_size, got {cfg.field_size!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)

@@ -13,6 +13,7 @@ from pydicom.filebase import DicomBytesIO
 from bcd_node import __version__
 from bcd_node.errors import PermanentError
 from dicom.dicomize import dicomize
+from dicom.errors import DicomValidationError
 
 LOGGER = logging.getLogger(__name__)
 MAX_UPLOAD_PIXELS = 50_000_000
@@ -140,7 +141,7 @@ def dicomize_upload_bytes(data: bytes, filename: str, fields: dict[str, str], *,
                       # Without a slide (container) id a VL Microscopic Image would be invalid.
                       secondary_capture=not (fields.get("specimen_id") or "").strip(),
                       uid_root=uid_root, software_version=__version__, lossy_source=lossy)
-    except (ValueError, TypeError) as exc:
+    except DicomValidationError as exc:
         raise UploadError(str(exc)) from None
     del rgb  # the dataset holds its own copy of the pixels
     age = (fields.get("age") or "").strip()

@@ -23,13 +23,17 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from bcd_node.db.models import Job, JobKind, JobState, utcnow
-from bcd_node.errors import PermanentError
+from bcd_node.errors import BcdError
 
 LOGGER = logging.getLogger(__name__)
 
 
-class LeaseLostError(PermanentError):
-    """The job's lease passed to another worker; this worker's results are discarded."""
+class LeaseLostError(BcdError):
+    """The job's lease passed to another worker; this worker's results are discarded.
+
+    Neither permanent nor transient: the job has not failed, it is another worker's now, so
+    nothing is recorded for it here (the worker logs it as a lost lease).
+    """
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,8 @@ def will_retry(job: Claimed) -> bool:
 
 
 def release(session: Session, job: Claimed) -> bool:
-    """Give a job back untouched (graceful shutdown): it is due again at once."""
+    """Give a job back without using up an attempt (the disk is full): it is due again at once;
+    False if the lease was lost."""
     now = utcnow()
     done = session.execute(update(Job).where(*_fenced(job)).values(
         state=JobState.QUEUED, next_attempt_at=now, updated_at=now, lease_owner=None,

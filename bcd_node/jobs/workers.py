@@ -7,14 +7,16 @@ line without a traceback (the traceback is at DEBUG); a job that fails for good 
 as a warning, with its reason (and the traceback when the error was not one of the node's own,
 i.e. a bug).
 
-The lease of the job in hand is renewed while it runs (:class:`~bcd_node.jobs.leases.LeaseKeeper`);
-a job whose lease passed to another worker is left to that one, and its results are discarded
-(the pipeline's fenced completion refuses them).
+The lease of the job in hand is renewed while it runs
+(:class:`~bcd_node.jobs.leases.LeaseKeeper`); a job whose lease passed to another worker is left
+to that one: its results are discarded (the pipeline's fenced completion refuses them), its
+error is not recorded, and the log says the lease was lost, not that the job failed.
 
 The workers respect the disk guard: while the data folder's free space is under
 ``storage.min_free_disk`` they claim nothing (jobs stay queued) and log it once; a job that runs
-into a full disk is given back to the queue without using up an attempt. On shutdown a worker
-finishes the job in hand before it exits.
+into a full disk is given back to the queue without using up an attempt. On shutdown
+(:meth:`Workers.stop`) each thread finishes the job in hand, waited for up to ``timeout``; a job
+still running then is not given back: its lease runs out and another worker takes it over.
 """
 
 from __future__ import annotations
@@ -148,16 +150,19 @@ class Workers:
         except StorageFullError as exc:
             self._set_paused(str(exc))
             with self.context.session_factory.begin() as session:
-                queue.release(session, job)
+                given_back = queue.release(session, job)
+            if not given_back:
+                return self._lost(what, f"it is not given back to the queue here: {exc}")
             LOGGER.info("%s given back to the queue: %s", what, exc)
             return "paused"
         except PermanentError as exc:
             with self.context.session_factory.begin() as session:
                 recorded = queue.fail(session, job, str(exc))
-            if recorded:
-                LOGGER.warning("%s failed: %s", what, exc)
-                if self.on_failed is not None:
-                    self.on_failed(job)
+            if not recorded:
+                return self._lost(what, f"its failure is not recorded here: {exc}")
+            LOGGER.warning("%s failed: %s", what, exc)
+            if self.on_failed is not None:
+                self.on_failed(job)
             return "failed"
         except Exception as exc:  # noqa: BLE001 - unknown errors are retried, bounded
             reason = f"{type(exc).__name__}: {exc}"
@@ -165,9 +170,7 @@ class Workers:
             with self.context.session_factory.begin() as session:
                 recorded = queue.retry_later(session, job, reason, s.retry_delay)
             if not recorded:
-                LOGGER.warning("%s: the lease passed to another worker; its error is not "
-                               "recorded here: %s", what, reason)
-                return "lost"
+                return self._lost(what, f"its error is not recorded here: {reason}")
             if retry:
                 LOGGER.info("%s: attempt %d of %d failed: %s; next attempt in %.0f s", what,
                             job.attempts, job.max_attempts, reason, s.retry_delay)
@@ -180,3 +183,9 @@ class Workers:
                 self.on_failed(job)
             return "failed"
         return "done"
+
+    @staticmethod
+    def _lost(what: str, consequence: str) -> str:
+        """Log that the job in hand is another worker's now (not a failure of the job)."""
+        LOGGER.warning("%s: the lease passed to another worker; %s", what, consequence)
+        return "lost"

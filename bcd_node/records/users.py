@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bcd_node.db.models import ApiToken, Role, User, UserState, utcnow
+from bcd_node.errors import ValidationError
 from bcd_node.records import audit, throttle
 
 LOGGER = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ _USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 _HASHER = PasswordHasher()
 
 
-class UserError(ValueError):
+class UserError(ValidationError):
     """A user command that cannot be carried out (bad name, weak password, unknown user)."""
 
 

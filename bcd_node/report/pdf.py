@@ -35,6 +35,8 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
+from bcd_node.errors import ValidationError
+
 __all__ = ["STAGES", "ReportData", "render_report", "NOT_FOR_CLINICAL_USE"]
 
 LOGGER = logging.getLogger(__name__)
@@ -133,36 +135,37 @@ institution : str, optional
         for name in ("patient_name", "patient_id", "model_name", "model_version"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{name} must be a non-empty str, got {value!r}")
+                raise ValidationError(f"{name} must be a non-empty str, got {value!r}")
         for name in ("image", "overlay"):
             _check_rgb(name, getattr(self, name))
         if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+            raise ValidationError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if not isinstance(self.probabilities, Mapping) or set(self.probabilities) != set(STAGES):
-            raise ValueError(
+            raise ValidationError(
                 f"probabilities must give each of {STAGES}, got {self.probabilities!r}"
             )
         for stage, p in self.probabilities.items():
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-                raise ValueError(f"probability of {stage} must be in [0, 1], got {p!r}")
+                raise ValidationError(f"probability of {stage} must be in [0, 1], got {p!r}")
         count = self.blast_count
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"blast_count must be an int >= 0, got {self.blast_count!r}")
+            raise ValidationError(f"blast_count must be an int >= 0, got {self.blast_count!r}")
         fraction = self.blast_area_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
             math.isfinite(fraction) and 0 <= fraction <= 1
         ):
-            raise ValueError(f"blast_area_fraction must be in [0, 1], got {fraction!r}")
+            raise ValidationError(f"blast_area_fraction must be in [0, 1], got {fraction!r}")
         for name in ("quality_ok", "demonstration_model"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.created_at, dt.datetime):
             raise TypeError(f"created_at must be a datetime, got {self.created_at!r}")
         if self.verified_stage is not None and self.verified_stage not in STAGES:
-            raise ValueError(f"verified_stage must be one of {STAGES}, got {self.verified_stage!r}")
+            raise ValidationError(f"verified_stage must be one of {STAGES}, got "
+                                  f"{self.verified_stage!r}")
         verified = (self.verified_by, self.verified_at)
         if any(v is not None for v in verified) and not all(v is not None for v in verified):
-            raise ValueError(
+            raise ValidationError(
                 "verified_by and verified_at go together, got "
                 f"verified_by={self.verified_by!r}, verified_at={self.verified_at!r}"
             )
@@ -179,7 +182,7 @@ def _check_rgb(name: str, value: object) -> None:
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(value).__name__}")
     if value.dtype != np.uint8 or value.ndim != 3 or value.shape[2] != 3 or 0 in value.shape:
-        raise ValueError(
+        raise ValidationError(
             f"{name} must be (rows, columns, 3) uint8, got {value.shape} {value.dtype}"
         )
 

@@ -14,6 +14,7 @@ from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
+from bcd_node.errors import ValidationError
 from bcd_node.report.pdf import NOT_FOR_CLINICAL_USE, REPORTLAB_LOCK, STAGES, _fonts, _person, _when
 
 __all__ = ["FieldRow", "SummaryData", "render_summary"]
@@ -51,9 +52,9 @@ class SummaryData:
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+            raise ValidationError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if not self.fields:
-            raise ValueError("fields must list at least one field")
+            raise ValidationError("fields must list at least one field")
 
 
 def render_summary(data: SummaryData) -> bytes:

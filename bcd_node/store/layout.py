@@ -29,6 +29,8 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bcd_node.errors import ValidationError
+
 #: The SQLite database of the embedded default (``database.url`` empty).
 DATABASE_FILE = "bcd-node.db"
 INSTANCES = "instances"
@@ -150,7 +152,7 @@ class DataLayout:
         """The absolute path of ``relpath``; refuses a path that leaves the data folder."""
         full = (self.root / relpath).resolve()
         if not full.is_relative_to(self.root.resolve()):
-            raise ValueError(f"path {relpath!r} leaves the data folder")
+            raise ValidationError(f"path {relpath!r} leaves the data folder")
         return full
 
     @property
@@ -202,5 +204,5 @@ def _safe_name(value: str) -> str:
     """A model version as one path component (our own value, but never a separator)."""
     name = re.sub(r"[^A-Za-z0-9._+-]", "_", value)
     if name in ("", ".", ".."):
-        raise ValueError(f"model version {value!r} is not usable as a folder name")
+        raise ValidationError(f"model version {value!r} is not usable as a folder name")
     return name

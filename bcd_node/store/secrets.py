@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from bcd_node.errors import ValidationError
 from bcd_node.store.layout import DataLayout
 from bcd_node.store.storage import Store
 
@@ -55,8 +56,8 @@ def _read_or_create(path: Path) -> str:
         path.chmod(0o600)
     value = path.read_text(encoding="ascii").strip()
     if len(value) < 32:
-        raise ValueError(f"secret file {path} is shorter than 32 characters; delete it "
-                         "to have a new one generated")
+        raise ValidationError(f"secret file {path} is shorter than 32 characters; delete it "
+                              "to have a new one generated")
     return value
 
 

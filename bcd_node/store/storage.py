@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from bcd_node.errors import TransientError
+from bcd_node.errors import TransientError, ValidationError
 from bcd_node.store.layout import PREVIEWS, TEMP_SUFFIX, DataLayout
 
 LOGGER = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class PendingWrite:
         folder still needs an fsync for the name to survive a crash). Returns the new path."""
         if not name or "/" in name or name in (".", "..") or name.endswith(TEMP_SUFFIX):
             self.abandon()
-            raise ValueError(f"{name!r} is not a file name for {self._folder}")
+            raise ValidationError(f"{name!r} is not a file name for {self._folder}")
         try:
             os.fsync(self._fd)
             os.close(self._fd)

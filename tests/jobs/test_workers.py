@@ -12,7 +12,9 @@ from datetime import timedelta
 import pytest
 
 from bcd_node.db.models import Job, JobKind, JobState, utcnow
+from bcd_node.errors import BcdError, PermanentError
 from bcd_node.jobs import queue
+from bcd_node.jobs.queue import LeaseLostError
 from bcd_node.jobs.workers import Workers
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
@@ -156,3 +158,42 @@ def test_a_job_that_meets_a_full_disk_goes_back_to_the_queue(ctx) -> None:
     job = _get(ctx, job_id)
     assert (job.state, job.attempts, job.last_error) == (JobState.QUEUED, 0, None)
     assert "disk full" in workers.paused
+
+
+def _take_over(ctx, job_id: int) -> None:
+    """Another worker takes the job over (as after this one's lease ran out)."""
+    with ctx.session_factory.begin() as s:
+        s.get(Job, job_id).lease_owner = "another-worker"
+
+
+@pytest.mark.parametrize("error", [PermanentError("unsupported image"),
+                                   StorageFullError("disk full while writing into results")])
+def test_a_job_whose_lease_was_lost_is_logged_as_lost_not_as_failed(ctx, caplog,
+                                                                     error) -> None:
+    job_id = _job(ctx)
+    outcomes, failed = [], []
+
+    def run(job) -> None:
+        _take_over(ctx, job.id)
+        raise error
+
+    workers = Workers(ctx, run, 0, on_done=lambda job, _s, outcome: outcomes.append(outcome),
+                      on_failed=failed.append)
+    with caplog.at_level(logging.INFO, logger="bcd_node.jobs.workers"):
+        assert workers.step("w")
+    job = _get(ctx, job_id)
+    # The other worker's job, untouched: not failed, not given back, no error recorded here.
+    assert (job.state, job.lease_owner, job.last_error) == (JobState.RUNNING, "another-worker",
+                                                            None)
+    assert outcomes == ["lost"] and failed == []
+    lines = [r.getMessage() for r in caplog.records if r.name == "bcd_node.jobs.workers"
+             and f"job {job_id}" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert f"job {job_id} (study_summary): the lease passed to another worker" in lines[0]
+    assert str(error) in lines[0] and "failed:" not in lines[0]
+
+
+def test_a_lost_lease_is_not_a_permanent_failure() -> None:
+    # Code that fails a job for good on a PermanentError must not fail another worker's job.
+    assert not issubclass(LeaseLostError, PermanentError)
+    assert issubclass(LeaseLostError, BcdError)

@@ -1,0 +1,49 @@
+"""``bcd-node`` tells a user's mistake (exit 1, one line) from a bug (a traceback)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+import pytest
+
+from bcd_node.cli import commands
+from bcd_node.records.users import UserError
+from dicom.errors import DicomValidationError
+from dicom.scu import Peer
+
+
+def _status_raising(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    def cmd_status(_args: argparse.Namespace) -> int:
+        raise error
+
+    monkeypatch.setattr(commands, "cmd_status", cmd_status)
+
+
+@pytest.mark.parametrize("error", [UserError("no user 'nobody'"),
+                                   DicomValidationError("port must be 1-65535, got 70000")])
+def test_a_users_mistake_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch,
+                                                write_config: Callable[..., object],
+                                                capsys: pytest.CaptureFixture[str],
+                                                error: Exception) -> None:
+    _status_raising(monkeypatch, error)
+    assert commands.main(["--config", str(write_config()), "status"]) == 1
+    assert capsys.readouterr().err == f"bcd-node: error: {error}\n"
+
+
+def test_a_bugs_value_error_is_not_taken_for_a_users_mistake(
+        monkeypatch: pytest.MonkeyPatch, write_config: Callable[..., object]) -> None:
+    _status_raising(monkeypatch, ValueError("too many values to unpack (expected 2)"))
+    with pytest.raises(ValueError, match="too many values"):
+        commands.main(["--config", str(write_config()), "status"])
+
+
+def test_send_to_a_bad_port_is_a_users_mistake(write_config: Callable[..., object],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # The SCU's parameters are checked by the builder (its validation error), before any
+    # network traffic.
+    with pytest.raises(DicomValidationError):
+        Peer(ae_title="PACS", host="127.0.0.1", port=70000)
+    assert commands.main(["--config", str(write_config()), "send", "x.dcm",
+                          "--to", "PACS@127.0.0.1:70000"]) == 1
+    assert "port must be 1-65535" in capsys.readouterr().err
