@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bcd_node.analysis import pipeline  # noqa: E402
+from bcd_node.inference.spec import CLASSES  # noqa: E402
 from dicom import outputs  # noqa: E402
 
 #: (module, function) pairs that analyze_dataset and build_result_objects call, timed in place.
@@ -74,7 +75,7 @@ def main() -> int:
         setattr(module, name, timed(spent, name, getattr(module, name)))
     predictor.predict = timed(spent, "predict", predictor.predict)  # type: ignore[method-assign]
 
-    classes = ("Benign", "Malignant-Early", "Malignant-Pre", "Malignant-Pro")
+    classes = CLASSES
     datasets = []
     for i in range(args.warmup + args.images):
         image, _, _ = generate_field(100 + i, classes[i % 4],

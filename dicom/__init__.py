@@ -18,8 +18,10 @@ pixels
     ``assemble_total_pixel_matrix``: any accepted input to RGB ``uint8`` frames.
 uids
     Deterministic output UIDs (``derive_uid``) under a configured root, ``new_uid``.
+stages
+    ``Stage``: the four stages' names, defined once (no highdicom import).
 codes
-    Coded concepts, the four stages and the private ``99BCD`` scheme.
+    Coded concepts, the codes of the four stages and the private ``99BCD`` scheme.
 algorithm
     ``Algorithm``: identification of the model on every output (IHE AI Results).
 seg

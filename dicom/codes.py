@@ -8,12 +8,11 @@ SR). ``99`` designators are reserved for private schemes by PS3.16 8.2.
 
 from __future__ import annotations
 
-import enum
-
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 
 from dicom.errors import DicomValidationError
+from dicom.stages import Stage
 
 __all__ = [
     "SCHEME",
@@ -46,15 +45,6 @@ __all__ = [
 SCHEME = "99BCD"
 SCHEME_NAME = "bcd-node blood smear codes"
 SCHEME_VERSION = "1"
-
-
-class Stage(str, enum.Enum):
-    """The four classes of the model, in the order of its output."""
-
-    BENIGN = "Benign"
-    MALIGNANT_EARLY = "Malignant-Early"
-    MALIGNANT_PRE = "Malignant-Pre"
-    MALIGNANT_PRO = "Malignant-Pro"
 
 
 _STAGE_VALUES = {

@@ -14,13 +14,12 @@ from bcd_node.db.models import (
     ApiToken,
     AuthThrottle,
     Delivery,
-    DeliveryState,
-    Job,
-    JobState,
     Result,
+    ResultScope,
     Study,
     User,
     UserState,
+    VerificationState,
     utcnow,
 )
 from bcd_node.records import throttle
@@ -260,23 +259,18 @@ def _model_info() -> dict[str, Any]:
 @bp.get("/system")
 def system() -> Any:
     """System status: readiness, components, queue, deliveries, destinations, model, disk."""
-    from bcd_node.delivery.outbox import delivery_overview
+    from bcd_node.delivery.status import node_status
     from bcd_node.node.health import readiness
-    from bcd_node.store.storage import disk_status
 
-    session = db()
     settings = node().settings
-    jobs = session.execute(select(Job.kind, Job.state, func.count()).group_by(
-        Job.kind, Job.state)).all()
-    queue_depth = sum(n for _k, s, n in jobs if s in (JobState.QUEUED, JobState.RUNNING))
-    overview = delivery_overview(session, settings)
-    disk = disk_status(settings.storage.data_dir, settings.storage.min_free_disk)
+    # The figures of `bcd-node status`, from the same function.
+    status = node_status(db(), settings)
     problems = [c for c in readiness(node()) if not c.ok]
-    return render_template("admin/system.html", components=node().components, jobs=jobs,
-                           queue_depth=queue_depth, overview=overview, problems=problems,
+    return render_template("admin/system.html", components=node().components,
+                           jobs=status.jobs, overview=status.deliveries, disk=status.disk,
+                           problems=problems,
                            configured={d.name: d for d in settings.destinations},
-                           disk=disk, model=_model_info(), action=ActionForm(),
-                           settings=settings, DeliveryState=DeliveryState)
+                           model=_model_info(), action=ActionForm(), settings=settings)
 
 
 @bp.post("/deliveries/<int:delivery_id>/retry")
@@ -308,7 +302,7 @@ def retry_delivery(delivery_id: int) -> Any:
 
 
 def statistics_data(days: int = 30) -> dict[str, Any]:
-    """Figures for the statistics page (also used by the API)."""
+    """Figures for the statistics page."""
     session = db()
     today = utcnow().date()
     since = today - timedelta(days=days - 1)
@@ -319,14 +313,14 @@ def statistics_data(days: int = 30) -> dict[str, Any]:
     day_points = [((since + timedelta(days=i)).strftime("%m-%d"),
                    float(per_day.get(since + timedelta(days=i), 0))) for i in range(days)]
     stage_rows = dict(session.execute(select(Result.stage, func.count()).where(
-        Result.scope == "instance").group_by(Result.stage)).all())
+        Result.scope == ResultScope.INSTANCE).group_by(Result.stage)).all())
     stage_points = [(s, float(stage_rows.get(s, 0))) for s in STAGES]
     stage_points.append(("Insufficient", float(stage_rows.get(None, 0))))
     total_results = sum(stage_rows.values())
     needs_review = session.execute(select(func.count()).select_from(Result).where(
         Result.needs_review.is_(True))).scalar_one()
     verified = session.execute(select(Result.stage, Result.verified_stage).where(
-        Result.verification != "unverified")).all()
+        Result.verification != VerificationState.UNVERIFIED)).all()
     agree = sum(1 for ai, doc in verified if ai == doc)
     matrix = {ai: {doc: 0 for doc in STAGES} for ai in list(STAGES) + [None]}
     for ai, doc in verified:

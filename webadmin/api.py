@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, g, jsonify, request
 from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from bcd_node.db.models import Delivery, DeliveryState, Job, JobState, Result, Study, User
+from bcd_node.db.models import DeliveryState, Result, Study, User, VerificationState
 from bcd_node.records.users import find_token
 from webadmin.db import audit_event, client_ip, db, node
 from webadmin.helpers import page_number
@@ -88,7 +88,8 @@ def _result_json(r: Result) -> dict[str, Any]:
             "blast_count": r.blast_count, "blast_area_fraction": r.blast_area_fraction,
             "quality": r.quality, "needs_review": r.needs_review,
             "verification": r.verification, "verified_stage": r.verified_stage,
-            "corrected": r.verification != "unverified" and r.verified_stage != r.stage,
+            "corrected": r.verification != VerificationState.UNVERIFIED
+            and r.verified_stage != r.stage,
             "verified_comment": r.verified_comment,
             "verified_at": r.verified_at.isoformat() if r.verified_at else None,
             "pdf": bool(r.pdf_path), "verified_pdf": bool(r.verified_pdf_path)}
@@ -96,17 +97,16 @@ def _result_json(r: Result) -> dict[str, Any]:
 
 @bp.get("/status")
 def status() -> Any:
-    """Node status: components, queue depth, deliveries."""
-    session = db()
-    queued = session.execute(select(func.count()).select_from(Job).where(
-        Job.state.in_([JobState.QUEUED, JobState.RUNNING]))).scalar_one()
-    deliveries = {s.value: n for s, n in session.execute(
-        select(Delivery.state, func.count()).group_by(Delivery.state)).all()}
+    """Node status: components, queue depth, deliveries (the figures of ``bcd-node status``)."""
+    from bcd_node.delivery.status import node_status
+
+    status = node_status(db(), node().settings, waiting=0, failures=0)
+    counts = status.deliveries.counts
     return jsonify(ae_title=node().settings.dicom.ae_title,
                    components={n: {"available": c.available, "detail": c.describe()}
                                for n, c in node().components.items()},
-                   queue_depth=queued,
-                   deliveries={s.value: deliveries.get(s.value, 0) for s in DeliveryState})
+                   queue_depth=status.jobs.active,
+                   deliveries={s.value: counts.get(s.value, 0) for s in DeliveryState})
 
 
 @bp.get("/studies")

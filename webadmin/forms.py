@@ -8,7 +8,6 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import (
     DateField,
-    HiddenField,
     IntegerField,
     PasswordField,
     SelectField,
@@ -26,10 +25,13 @@ from wtforms.validators import (
     ValidationError,
 )
 
+from bcd_node.db.models import Role, Stage, StudyStatus
 from bcd_node.records.users import MIN_PASSWORD_LENGTH
+from bcd_node.records.verification import MAX_COMMENT, Decision
 
-STAGES = ("Benign", "Malignant-Early", "Malignant-Pre", "Malignant-Pro")
-STATUSES = ("queued", "analysing", "done", "failed", "needs_review", "verified")
+#: The values of the worklist's filters and the verification's stage (the node's enums).
+STAGES: tuple[str, ...] = tuple(stage.value for stage in Stage)
+STATUSES: tuple[str, ...] = tuple(status.value for status in StudyStatus)
 EMAIL = Regexp(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", message="Not an e-mail address.")
 USERNAME = Regexp(r"^[a-z0-9][a-z0-9._-]{1,63}$",
                   message="2-64 lower-case letters, digits, '.', '_' or '-'")
@@ -37,6 +39,9 @@ USERNAME = Regexp(r"^[a-z0-9][a-z0-9._-]{1,63}$",
 
 def _choices(*pairs: tuple[str, str]) -> list[SelectChoice]:
     return [SelectChoice(value, label) for value, label in pairs]
+
+
+ROLES = _choices(*((role.value, role.value) for role in (Role.DOCTOR, Role.ADMIN)))
 
 
 class LoginForm(FlaskForm):
@@ -84,17 +89,18 @@ class ActionForm(FlaskForm):
 class VerifyForm(FlaskForm):
     """A doctor's verification of one result."""
 
-    decision = SelectField("Decision", choices=_choices(("accept", "Accept the AI's stage"),
-                                                    ("correct", "Correct the stage")),
+    decision = SelectField("Decision",
+                           choices=_choices((Decision.ACCEPT.value, "Accept the AI's stage"),
+                                            (Decision.CORRECT.value, "Correct the stage")),
                            validators=[DataRequired()])
     stage = SelectField("Corrected stage", choices=_choices(("", "—"), *((s, s) for s in STAGES)),
                         validators=[Optional()])
-    comment = TextAreaField("Comment", validators=[Length(max=2000)])
+    comment = TextAreaField("Comment", validators=[Length(max=MAX_COMMENT)])
 
     def validate(self, extra_validators: Any = None) -> bool:
         """A correction names a stage (checked here: the field itself is optional)."""
         ok = super().validate(extra_validators)
-        if ok and self.decision.data == "correct" and not self.stage.data:
+        if ok and self.decision.data == Decision.CORRECT and not self.stage.data:
             self.stage.errors = ["Choose the corrected stage."]
             return False
         return ok
@@ -134,7 +140,7 @@ class UserCreateForm(FlaskForm):
     username = StringField("User name", validators=[DataRequired(), USERNAME])
     full_name = StringField("Full name", validators=[Optional(), Length(max=128)])
     email = StringField("E-mail", validators=[Optional(), EMAIL])
-    role = SelectField("Role", choices=_choices(("doctor", "doctor"), ("admin", "admin")))
+    role = SelectField("Role", choices=ROLES)
     password = PasswordField("Initial password", validators=[
         DataRequired(), Length(min=MIN_PASSWORD_LENGTH, max=256)])
 
@@ -142,7 +148,7 @@ class UserCreateForm(FlaskForm):
 class RoleForm(FlaskForm):
     """Change a user's role."""
 
-    role = SelectField("Role", choices=_choices(("doctor", "doctor"), ("admin", "admin")))
+    role = SelectField("Role", choices=ROLES)
 
 
 class TokenForm(FlaskForm):
@@ -150,9 +156,3 @@ class TokenForm(FlaskForm):
 
     name = StringField("Token name", validators=[DataRequired(), Length(max=64)],
                        description="What it is for, e.g. 'PACS reporting script'")
-
-
-class AuditVerifyForm(FlaskForm):
-    """Verify the audit chain."""
-
-    confirm = HiddenField(default="1")

@@ -9,9 +9,12 @@ from typing import Any
 
 from flask import Flask, request, url_for
 
-STATUS_LABELS = {
-    "queued": "Queued", "analysing": "Analysing", "done": "Done", "failed": "Failed",
-    "needs_review": "Needs review", "verified": "Verified",
+from bcd_node.db.models import DeliveryState, StudyStatus, UserState, VerificationState
+
+STATUS_LABELS: dict[str, str] = {
+    StudyStatus.QUEUED: "Queued", StudyStatus.ANALYSING: "Analysing", StudyStatus.DONE: "Done",
+    StudyStatus.FAILED: "Failed", StudyStatus.NEEDS_REVIEW: "Needs review",
+    StudyStatus.VERIFIED: "Verified",
 }
 
 
@@ -125,4 +128,8 @@ def fmt_bytes(value: int | None) -> str:
 def register_template_helpers(app: Flask) -> None:
     """Make the filters and helpers available to every template."""
     app.jinja_env.filters.update(dt=fmt_dt, da=fmt_da, pn=fmt_pn, pct=fmt_pct, bytes=fmt_bytes)
-    app.jinja_env.globals.update(url_with=url_with, STATUS_LABELS=STATUS_LABELS)
+    # The node's enums, so that templates compare with their values, not with spelled-out
+    # strings.
+    app.jinja_env.globals.update(url_with=url_with, STATUS_LABELS=STATUS_LABELS,
+                                 StudyStatus=StudyStatus, VerificationState=VerificationState,
+                                 DeliveryState=DeliveryState, UserState=UserState)

@@ -24,20 +24,18 @@ from sqlalchemy import func, or_, select
 
 from bcd_node.db.models import (
     Instance,
-    Job,
-    JobKind,
     Patient,
     Result,
     Role,
     Series,
     Study,
     User,
-    utcnow,
 )
+from bcd_node.errors import ValidationError
 from bcd_node.node.memory_budget import Busy
-from bcd_node.records.studies import refresh_study
+from bcd_node.records.verification import VerificationRefused, verify_result
 from bcd_node.store.layout import DataLayout
-from webadmin.db import audit_event, db, node
+from webadmin.db import actor, audit_event, client_ip, db, node
 from webadmin.forms import STAGES, STATUSES, VerifyForm
 from webadmin.helpers import Page, clamp_page, day_start, page_number, parse_day
 from webadmin.model_use import (
@@ -167,7 +165,8 @@ def study(uid: str) -> Any:
 
 @bp.post("/results/<int:result_id>/verify")
 def verify(result_id: int) -> Any:
-    """Accept or correct the AI's stage; queue the VERIFIED SR and updated PDF."""
+    """Accept or correct the AI's stage; queue the VERIFIED SR and updated PDF (the rules are
+    ``bcd_node.records.verification``'s)."""
     if current_user.role != Role.DOCTOR:
         abort(403)
     session = db()
@@ -182,37 +181,17 @@ def verify(result_id: int) -> Any:
             for error in errors:
                 flash(error, "error")
         return back
-    if result.verification != "unverified":
-        flash("This result has already been verified.", "error")
+    name, kind = actor()
+    try:
+        done = verify_result(session, result, form.decision.data, stage=form.stage.data or None,
+                             comment=form.comment.data, user_id=current_user.user_id,
+                             actor=name, actor_kind=kind, source=client_ip())
+    except (VerificationRefused, ValidationError) as exc:
+        session.rollback()
+        flash(str(exc), "error")
         return back
-    instance = session.get(Instance, result.instance_fk) if result.instance_fk else None
-    if instance is not None and instance.revision != result.instance_revision:
-        flash("This image was replaced by a changed version, which is being analysed. Verify "
-              "its new result once it is shown.", "error")
-        return back
-    corrected = form.decision.data == "correct" and form.stage.data != result.stage
-    # One state, "verified"; a correction is a verified stage that differs from the AI's.
-    result.verification = "verified"
-    result.verified_stage = form.stage.data if corrected else result.stage
-    result.verified_comment = (form.comment.data or "").strip() or None
-    result.verified_by_fk = current_user.user_id
-    result.verified_at = utcnow()
-    # The VERIFIED SR supersedes the AI's SR; without one (quality insufficient) there is
-    # nothing to supersede, and the verification stays on record here only.
-    report = bool(result.sr_sop_instance_uid)
-    if report:
-        session.add(Job(kind=JobKind.VERIFIED_REPORT, result_fk=result.id, study_fk=st.id,
-                        instance_fk=result.instance_fk))
-    session.flush()
-    refresh_study(session, st.id)  # worklist columns: "verified" and the doctors' stage
-    audit_event("verify_correct" if corrected else "verify_accept",
-                patient_id=st.patient.patient_id, study_instance_uid=st.study_instance_uid,
-                object_ref=f"result:{result.id}",
-                details={"ai_stage": result.stage, "verified_stage": result.verified_stage,
-                         "comment": result.verified_comment or "",
-                         "verified_report": "queued" if report else "none (no AI SR)"})
     session.commit()
-    if report:
+    if done.report_queued:
         flash("Verification recorded. The verified report is being produced and sent to PACS.",
               "success")
     else:

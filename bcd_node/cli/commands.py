@@ -60,34 +60,19 @@ def cmd_role(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print queue and delivery state."""
-    from sqlalchemy import func, select
-
-    from bcd_node.db.models import DeliveryState, Job, JobState
-    from bcd_node.delivery.outbox import delivery_overview
+    """Print queue and delivery state (the console's System page shows the same)."""
+    from bcd_node.db.models import DeliveryState
+    from bcd_node.delivery.status import node_status
 
     ctx = _context(args)
-    settings = settings_for(args)
     with ctx.session_factory() as session:
-        jobs = {JobState(s).value: n for s, n in session.execute(
-            select(Job.state, func.count()).group_by(Job.state))}
-        failed = [{"job": j.id, "kind": j.kind.value, "error": j.last_error}
-                  for j in session.execute(select(Job).where(Job.state == JobState.FAILED)
-                                           .order_by(Job.id.desc()).limit(10)).scalars()]
-        overview = delivery_overview(session, settings, limit=args.limit)
-    health = {d.name: {"ok": d.echo_ok, "at": d.echo_at.isoformat() if d.echo_at else None,
-                       "error": d.echo_error}
-              for d in overview.destinations if d.echo_at is not None or d.echo_ok is not None}
-    state = {"jobs": {s.value: jobs.get(s.value, 0) for s in JobState},
-             "deliveries": {d.name: d.counts for d in overview.destinations if d.counts},
-             "destinations": health,
-             "waiting_total": overview.waiting_total,
-             "waiting": [w.as_dict() for w in overview.waiting],
-             "recent_failures": failed}
+        status = node_status(session, settings_for(args), waiting=args.limit)
     if args.json:
-        print(json.dumps(state, indent=2))
+        print(json.dumps(status.as_dict(), indent=2))
         return 0
-    print("jobs:        " + ", ".join(f"{k} {v}" for k, v in state["jobs"].items()))
+    overview = status.deliveries
+    print("jobs:        " + ", ".join(f"{state.value} {n}"
+                                      for state, n in status.jobs.by_state.items()))
     for dest in overview.destinations or []:
         echo = ("C-ECHO never checked" if dest.echo_ok is None else
                 "C-ECHO ok" if dest.echo_ok else f"C-ECHO failing: {dest.echo_error}")
@@ -105,8 +90,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {w.describe()}")
     else:
         print("deliveries waiting: none")
-    for f in failed:
-        print(f"failed job {f['job']} ({f['kind']}): {f['error']}")
+    for f in status.recent_failures:
+        print(f"failed job {f.id} ({f.kind.value}): {f.error}")
+    print(f"disk:        {status.disk.describe()}")
     return 0
 
 

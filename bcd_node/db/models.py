@@ -31,6 +31,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+# The stages' names are defined once, in the dicom library that codes them; re-exported here for
+# the console, which imports nothing of dicom.
+from dicom.stages import Stage as Stage
+
 # Stable constraint names so that migrations are the same on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -72,7 +76,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UtcDateTime(), dict[str, Any]: JSON()}
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """Where a job is in the queue."""
 
     QUEUED = "queued"
@@ -81,7 +85,11 @@ class JobState(str, enum.Enum):
     FAILED = "failed"
 
 
-class JobKind(str, enum.Enum):
+#: The states of a job that is not finished (the queue's depth).
+ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
+class JobKind(enum.StrEnum):
     """What a job does."""
 
     ANALYZE = "analyze"            # one received image
@@ -89,7 +97,7 @@ class JobKind(str, enum.Enum):
     VERIFIED_REPORT = "verified_report"  # a doctor's verification → VERIFIED SR and PDF
 
 
-class DeliveryState(str, enum.Enum):
+class DeliveryState(enum.StrEnum):
     """Where an outbox row is."""
 
     PENDING = "pending"
@@ -98,14 +106,39 @@ class DeliveryState(str, enum.Enum):
     DEAD = "dead"  # needs attention: retries exhausted or refused permanently
 
 
-class Role(str, enum.Enum):
+class StudyStatus(enum.StrEnum):
+    """A study's status on the worklist (see :func:`bcd_node.records.studies.refresh_study`)."""
+
+    QUEUED = "queued"
+    ANALYSING = "analysing"
+    DONE = "done"
+    FAILED = "failed"
+    NEEDS_REVIEW = "needs_review"
+    VERIFIED = "verified"
+
+
+class VerificationState(enum.StrEnum):
+    """Whether a doctor has verified a result (a correction is a verified stage that differs)."""
+
+    UNVERIFIED = "unverified"
+    VERIFIED = "verified"
+
+
+class ResultScope(enum.StrEnum):
+    """What a result is about: one image, or a whole study (its summary)."""
+
+    INSTANCE = "instance"
+    STUDY = "study"
+
+
+class Role(enum.StrEnum):
     """What a console user may do."""
 
     ADMIN = "admin"
     DOCTOR = "doctor"
 
 
-class UserState(str, enum.Enum):
+class UserState(enum.StrEnum):
     """Whether a user may log in."""
 
     PENDING = "pending"    # self-registered, waiting for an admin
@@ -113,11 +146,11 @@ class UserState(str, enum.Enum):
     DISABLED = "disabled"
 
 
-def _enum(cls: type[enum.Enum]) -> Enum:
-    # Stored as plain strings (no native ENUM type) so that adding a value needs no migration
-    # dance on PostgreSQL.
-    return Enum(cls, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e],
-                validate_strings=True)
+def _enum(cls: type[enum.Enum], length: int = 32) -> Enum:
+    # Stored as plain strings (no native ENUM type, no CHECK constraint) so that adding a value
+    # needs no migration dance on PostgreSQL.
+    return Enum(cls, native_enum=False, length=length,
+                values_callable=lambda e: [m.value for m in e], validate_strings=True)
 
 
 class Patient(Base):
@@ -156,8 +189,9 @@ class Study(Base):
     description: Mapped[str] = mapped_column(String(64), default="")
     referring_physician: Mapped[str] = mapped_column(String(324), default="")
     # Worklist status, kept up to date by the pipeline so the console need not aggregate.
-    status: Mapped[str] = mapped_column(String(32), default="queued", index=True)
-    stage: Mapped[str | None] = mapped_column(String(32), index=True)
+    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus), default=StudyStatus.QUEUED,
+                                                index=True)
+    stage: Mapped[Stage | None] = mapped_column(_enum(Stage), index=True)
     confidence: Mapped[float | None] = mapped_column(Float)
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     summary_done_at: Mapped[datetime | None] = mapped_column()
@@ -247,13 +281,14 @@ class Result(Base):
     __tablename__ = "results"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    scope: Mapped[str] = mapped_column(String(16), default="instance")
+    scope: Mapped[ResultScope] = mapped_column(_enum(ResultScope, 16),
+                                               default=ResultScope.INSTANCE)
     instance_fk: Mapped[int | None] = mapped_column(
         ForeignKey("instances.id", ondelete="CASCADE"), index=True)
     study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(32))
-    stage: Mapped[str | None] = mapped_column(String(32))  # None when quality is insufficient
+    stage: Mapped[Stage | None] = mapped_column(_enum(Stage))  # None: quality insufficient
     probabilities: Mapped[dict[str, Any]] = mapped_column(default=dict)
     confidence: Mapped[float | None] = mapped_column(Float)
     blast_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -267,10 +302,11 @@ class Result(Base):
     sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     pdf_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     # The doctor's verification; the AI's own findings above stay as they were.
-    verification: Mapped[str] = mapped_column(String(16), default="unverified", index=True)
+    verification: Mapped[VerificationState] = mapped_column(
+        _enum(VerificationState, 16), default=VerificationState.UNVERIFIED, index=True)
     verified_by_fk: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     verified_at: Mapped[datetime | None] = mapped_column()
-    verified_stage: Mapped[str | None] = mapped_column(String(32))
+    verified_stage: Mapped[Stage | None] = mapped_column(_enum(Stage))
     verified_comment: Mapped[str | None] = mapped_column(Text)
     verified_sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     verified_pdf_path: Mapped[str | None] = mapped_column(String(255))

@@ -28,18 +28,19 @@ import cv2
 import numpy as np
 
 from bcd_node.errors import ValidationError
-from bcd_node.inference.model import CLASSES
+from bcd_node.inference.spec import CLASSES
+from dicom.stages import Stage
 
 LOGGER = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Folder names of the public set and common spellings → our class names.
-_CLASS_ALIASES = {
-    "benign": "Benign", "hematogone": "Benign", "hematogones": "Benign",
-    "early": "Malignant-Early", "malignant-early": "Malignant-Early",
-    "early pre-b": "Malignant-Early",
-    "pre": "Malignant-Pre", "malignant-pre": "Malignant-Pre", "pre-b": "Malignant-Pre",
-    "pro": "Malignant-Pro", "malignant-pro": "Malignant-Pro", "pro-b": "Malignant-Pro",
+_CLASS_ALIASES: dict[str, str] = {
+    "benign": Stage.BENIGN, "hematogone": Stage.BENIGN, "hematogones": Stage.BENIGN,
+    "early": Stage.MALIGNANT_EARLY, "early pre-b": Stage.MALIGNANT_EARLY,
+    "pre": Stage.MALIGNANT_PRE, "pre-b": Stage.MALIGNANT_PRE,
+    "pro": Stage.MALIGNANT_PRO, "pro-b": Stage.MALIGNANT_PRO,
+    **{stage.value.lower(): stage for stage in Stage},  # "malignant-early", ...
 }
 
 

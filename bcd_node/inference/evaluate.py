@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from bcd_node.errors import ValidationError
-from bcd_node.inference.model import CLASSES
+from bcd_node.inference.spec import CLASSES
 
 LOGGER = logging.getLogger(__name__)
 

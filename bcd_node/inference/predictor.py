@@ -23,7 +23,7 @@ from bcd_node.errors import ValidationError
 from bcd_node.inference import preprocess as pp
 from bcd_node.inference.evaluate import apply_temperature
 from bcd_node.inference.loader import LoadedModel, load_model
-from bcd_node.inference.model import CLASSES
+from bcd_node.inference.spec import CLASSES
 
 LOGGER = logging.getLogger(__name__)
 

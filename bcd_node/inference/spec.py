@@ -3,5 +3,8 @@ architecture name a manifest must declare."""
 
 from __future__ import annotations
 
-CLASSES: tuple[str, ...] = ("Benign", "Malignant-Early", "Malignant-Pre", "Malignant-Pro")
+from dicom.stages import Stage
+
+#: The model's classes, in the order of its output: the stages' names (:class:`Stage`).
+CLASSES: tuple[str, ...] = tuple(stage.value for stage in Stage)
 ARCHITECTURE = "vgg16-unet"

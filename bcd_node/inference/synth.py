@@ -26,22 +26,23 @@ import cv2
 import numpy as np
 
 from bcd_node.errors import ValidationError
+from bcd_node.inference.spec import CLASSES
+from dicom.stages import Stage
 
 LOGGER = logging.getLogger(__name__)
 
-CLASSES: tuple[str, ...] = ("Benign", "Malignant-Early", "Malignant-Pre", "Malignant-Pro")
 FIELDS_PER_PATIENT = 8
 
 # Per-class morphology (SMEARS.md table). Ranges are inclusive.
 _CLASS_SPECS: dict[str, dict[str, tuple[int, int]]] = {
-    "Benign": {"blasts": (0, 0), "size": (0, 0), "nucleoli": (0, 0), "indent": (0, 0),
-               "lymph": (1, 4)},
-    "Malignant-Early": {"blasts": (1, 2), "size": (45, 58), "nucleoli": (0, 1), "indent": (0, 0),
-                        "lymph": (0, 2)},
-    "Malignant-Pre": {"blasts": (2, 4), "size": (52, 68), "nucleoli": (1, 2), "indent": (0, 1),
-                      "lymph": (0, 2)},
-    "Malignant-Pro": {"blasts": (3, 6), "size": (60, 80), "nucleoli": (2, 3), "indent": (1, 2),
-                      "lymph": (0, 1)},
+    Stage.BENIGN: {"blasts": (0, 0), "size": (0, 0), "nucleoli": (0, 0), "indent": (0, 0),
+                   "lymph": (1, 4)},
+    Stage.MALIGNANT_EARLY: {"blasts": (1, 2), "size": (45, 58), "nucleoli": (0, 1),
+                            "indent": (0, 0), "lymph": (0, 2)},
+    Stage.MALIGNANT_PRE: {"blasts": (2, 4), "size": (52, 68), "nucleoli": (1, 2),
+                          "indent": (0, 1), "lymph": (0, 2)},
+    Stage.MALIGNANT_PRO: {"blasts": (3, 6), "size": (60, 80), "nucleoli": (2, 3),
+                          "indent": (1, 2), "lymph": (0, 1)},
 }
 # indent: 0 = round, 1 = indented, 2 = cleft.
 

@@ -25,7 +25,8 @@ from bcd_node.errors import ValidationError
 from bcd_node.inference import data as data_mod
 from bcd_node.inference.evaluate import evaluate_model, fit_temperature, predict_arrays
 from bcd_node.inference.loader import MANIFEST_NAME, WEIGHTS_FORMAT, sha256_file, write_manifest
-from bcd_node.inference.model import ARCHITECTURE, CLASSES, build_vgg16_unet
+from bcd_node.inference.model import build_vgg16_unet
+from bcd_node.inference.spec import ARCHITECTURE, CLASSES
 
 LOGGER = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from bcd_node.db.models import Job, JobKind, JobState, utcnow
+from bcd_node.db.models import ACTIVE_JOB_STATES, Job, JobKind, JobState, utcnow
 from bcd_node.errors import BcdError
 
 LOGGER = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def claim(session: Session, owner: str, lease_seconds: float,
                    max_attempts=row.max_attempts, owner=owner)
 
 
-def _fenced(job: Claimed) -> tuple:
+def _fenced(job: Claimed) -> tuple[ColumnElement[bool], ...]:
     return (Job.id == job.id, Job.lease_owner == job.owner, Job.state == JobState.RUNNING)
 
 
@@ -153,10 +153,34 @@ def fail_exhausted(session: Session) -> int:
     return done.rowcount
 
 
-def depth(session: Session) -> dict[str, int]:
-    """Jobs per state."""
-    from sqlalchemy import func
-    rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
-    counts = {state.value: 0 for state in JobState}
-    counts.update({JobState(state).value: n for state, n in rows})
-    return counts
+@dataclass(frozen=True)
+class JobCounts:
+    """How many jobs there are of each kind in each state (the one count of the queue, for the
+    console, the API, ``bcd-node status`` and the metrics)."""
+
+    #: (kind, state) → jobs; pairs without a job are absent.
+    by_kind: dict[tuple[JobKind, JobState], int]
+
+    @property
+    def by_state(self) -> dict[JobState, int]:
+        """Jobs per state, every state listed (0 when none)."""
+        totals = dict.fromkeys(JobState, 0)
+        for (_kind, state), n in self.by_kind.items():
+            totals[state] += n
+        return totals
+
+    @property
+    def active(self) -> int:
+        """Jobs queued or running: the queue's depth."""
+        by_state = self.by_state
+        return sum(by_state[state] for state in ACTIVE_JOB_STATES)
+
+
+def counts(session: Session) -> JobCounts:
+    """Count the jobs per kind and state."""
+    rows = session.execute(select(Job.kind, Job.state, func.count())
+                           .group_by(Job.kind, Job.state)).tuples()
+    found = {(JobKind(kind), JobState(state)): n for kind, state, n in rows}
+    order = {member: i for i, member in enumerate([*JobKind, *JobState])}
+    return JobCounts(dict(sorted(found.items(), key=lambda item: (order[item[0][0]],
+                                                                  order[item[0][1]]))))

@@ -28,7 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 from sqlalchemy import func, select
 
-from bcd_node.db.models import Delivery, Job
+from bcd_node.db.models import Delivery
+from bcd_node.jobs.queue import counts
 from bcd_node.runtime import NodeContext
 
 LOGGER = logging.getLogger(__name__)
@@ -57,9 +58,8 @@ class _DatabaseCollector:
         backlog = GaugeMetricFamily("bcd_deliveries", "Outbox rows by state", labels=["state"])
         try:
             with self.context.session_factory() as session:
-                for state, n in session.execute(select(Job.state, func.count())
-                                                .group_by(Job.state)):
-                    jobs.add_metric([getattr(state, "value", state)], n)
+                for state, n in counts(session).by_state.items():
+                    jobs.add_metric([state.value], n)
                 for state, n in session.execute(select(Delivery.state, func.count())
                                                 .group_by(Delivery.state)):
                     backlog.add_metric([getattr(state, "value", state)], n)

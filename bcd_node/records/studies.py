@@ -7,22 +7,35 @@ so the worklist reads plain indexed columns and never aggregates.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bcd_node.db.models import Job, JobKind, JobState, Result, Study
+from bcd_node.db.models import (
+    ACTIVE_JOB_STATES,
+    Job,
+    JobKind,
+    JobState,
+    Result,
+    ResultScope,
+    Stage,
+    Study,
+    StudyStatus,
+    VerificationState,
+)
 
-#: Stages from least to most advanced; a tied vote goes to the more advanced one.
-STAGE_ORDER = {"Benign": 0, "Malignant-Early": 1, "Malignant-Pre": 2, "Malignant-Pro": 3}
+#: Stages from least to most advanced (the order of :class:`Stage`); a tied vote goes to the
+#: more advanced one.
+STAGE_ORDER: dict[str, int] = {stage: i for i, stage in enumerate(Stage)}
 
 
-def vote(stages: list[str]) -> str | None:
+def vote(stages: Sequence[str]) -> Stage | None:
     """The most frequent stage; ties go to the more advanced stage."""
     if not stages:
         return None
-    votes = Counter(stages)
-    return max(votes, key=lambda s: (votes[s], STAGE_ORDER.get(s, 0)))
+    votes = Counter(Stage(s) for s in stages)
+    return max(votes, key=lambda s: (votes[s], STAGE_ORDER[s]))
 
 
 def refresh_study(session: Session, study_id: int) -> Study:
@@ -34,30 +47,34 @@ def refresh_study(session: Session, study_id: int) -> Study:
     once everything is verified, otherwise the model's vote.
     """
     study = session.get(Study, study_id)
+    if study is None:
+        raise LookupError(f"study {study_id} does not exist")
     results = session.execute(select(Result).where(
-        Result.study_fk == study_id, Result.scope == "instance")).scalars().all()
+        Result.study_fk == study_id, Result.scope == ResultScope.INSTANCE)).scalars().all()
     states = session.execute(select(Job.state).where(
         Job.study_fk == study_id, Job.kind == JobKind.ANALYZE)).scalars().all()
-    pending = any(s in (JobState.QUEUED, JobState.RUNNING) for s in states)
+    pending = any(s in ACTIVE_JOB_STATES for s in states)
     failed = any(s == JobState.FAILED for s in states)
-    verified = bool(results) and all(r.verification != "unverified" for r in results)
-    staged = [r for r in results if r.stage]
+    verified = bool(results) and all(r.verification != VerificationState.UNVERIFIED
+                                     for r in results)
     if verified:
-        study.stage = vote([r.verified_stage or r.stage for r in results
-                            if r.verified_stage or r.stage])
+        study.stage = vote([stage for r in results if (stage := r.verified_stage or r.stage)])
         study.confidence = None
-    elif staged:
-        study.stage = vote([r.stage for r in staged])
-        study.confidence = sum(r.confidence or 0.0 for r in staged if r.stage == study.stage) / \
-            max(1, sum(r.stage == study.stage for r in staged))
-    if pending:
-        study.status = "analysing"
-    elif not results and failed:
-        study.status = "failed"
-    elif verified and not failed:
-        study.status = "verified"
-    elif failed or any(r.needs_review for r in results):
-        study.status = "needs_review"
     else:
-        study.status = "done"
+        staged = [(r.stage, r.confidence) for r in results if r.stage]
+        if staged:
+            study.stage = vote([stage for stage, _ in staged])
+            agreeing = [confidence or 0.0 for stage, confidence in staged
+                        if stage == study.stage]
+            study.confidence = sum(agreeing) / max(1, len(agreeing))
+    if pending:
+        study.status = StudyStatus.ANALYSING
+    elif not results and failed:
+        study.status = StudyStatus.FAILED
+    elif verified and not failed:
+        study.status = StudyStatus.VERIFIED
+    elif failed or any(r.needs_review for r in results):
+        study.status = StudyStatus.NEEDS_REVIEW
+    else:
+        study.status = StudyStatus.DONE
     return study

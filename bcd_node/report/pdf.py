@@ -36,13 +36,14 @@ from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from bcd_node.errors import ValidationError
+from dicom.stages import Stage
 
 __all__ = ["STAGES", "ReportData", "render_report", "NOT_FOR_CLINICAL_USE"]
 
 LOGGER = logging.getLogger(__name__)
 
-#: The four stages in the model's order.
-STAGES = ("Benign", "Malignant-Early", "Malignant-Pre", "Malignant-Pro")
+#: The four stages' names in the model's order (:class:`~dicom.stages.Stage`).
+STAGES: tuple[str, ...] = tuple(stage.value for stage in Stage)
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
 
 _FONT_CANDIDATES = (

@@ -52,6 +52,15 @@ class DiskStatus:
         return (f"free disk space {_size(self.free)} is under storage.min_free_disk "
                 f"({_size(self.min_free)}): new images are refused and analysis is paused")
 
+    def describe(self) -> str:
+        """One line for ``bcd-node status``."""
+        return (f"{_size(self.free)} free of {_size(self.total)} (storage.min_free_disk "
+                f"{_size(self.min_free)})" + (f": {self.reason}" if not self.ok else ""))
+
+    def as_dict(self) -> dict[str, int | bool]:
+        """For ``bcd-node status --json``."""
+        return {"free": self.free, "total": self.total, "min_free": self.min_free, "ok": self.ok}
+
 
 def disk_status(data_dir: Path, min_free_disk: int) -> DiskStatus:
     """The free space of the file system that holds ``data_dir``."""

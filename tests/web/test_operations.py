@@ -227,3 +227,49 @@ def test_a_purged_image_is_no_longer_served(write_config, tmp_path) -> None:
     assert not previews[0].exists()
     assert summary.images == 1 and summary.previews == 1
     ctx.engine.dispose()
+
+
+def test_the_system_page_the_api_and_the_cli_show_the_same_status(
+        app: Flask, admin_client: FlaskClient, client: FlaskClient,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import base64
+    import json
+
+    from bcd_node.cli.commands import main
+    from bcd_node.db.models import JobKind
+    from bcd_node.delivery.status import node_status
+
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        for kind, state in [(JobKind.ANALYZE, JobState.QUEUED), (JobKind.ANALYZE, JobState.RUNNING),
+                            (JobKind.ANALYZE, JobState.FAILED), (JobKind.ANALYZE, JobState.DONE),
+                            (JobKind.STUDY_SUMMARY, JobState.QUEUED)]:
+            session.add(Job(kind=kind, state=state, last_error="unsupported photometric "
+                            "interpretation" if state is JobState.FAILED else None))
+    _delivery(app, DeliveryState.DEAD, 10, "association rejected", uid="2.25.1")
+    _delivery(app, DeliveryState.PENDING, 2, "cannot associate", uid="2.25.2")
+    with ctx.session_factory() as session:
+        status = node_status(session, ctx.settings)
+    assert status.jobs.active == 3 and status.jobs.by_state[JobState.FAILED] == 1
+    assert status.deliveries.counts == {"dead": 1, "pending": 1}
+
+    page = admin_client.get("/admin/system").get_data(as_text=True)
+    assert f'<span class="big">{status.jobs.active}</span><span>jobs queued or running' in page
+    for (kind, state), n in status.jobs.by_kind.items():
+        assert (f"<tr><td>{kind.value}</td><td>{state.value}</td><td class=\"num\">{n}</td>"
+                in page)
+
+    basic = {"Authorization": "Basic " + base64.b64encode(
+        f"admin:{ADMIN_PASSWORD}".encode()).decode()}
+    api = client.get("/api/v1/status", headers=basic).get_json()
+    assert api["queue_depth"] == status.jobs.active
+    assert api["deliveries"] == {"pending": 1, "sending": 0, "done": 0, "dead": 1}
+
+    assert main(["--config", str(ctx.settings.source), "status", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = json.loads(json.dumps(status.as_dict()))
+    for key in ("jobs", "deliveries", "waiting_total", "waiting", "recent_failures"):
+        assert printed[key] == expected[key], key
+    assert [(f["kind"], f["error"]) for f in printed["recent_failures"]] == [
+        ("analyze", "unsupported photometric interpretation")]
+    assert set(printed["disk"]) == {"free", "total", "min_free", "ok"}

@@ -1,0 +1,153 @@
+"""A doctor's verification of a result: accept the AI's stage, or correct it.
+
+:func:`verify_result` is the one implementation; the console's review page calls it, and so must
+any other client (an API or command that verifies). In the caller's transaction it checks that
+the result may be verified, records the decision next to the AI's own findings (which stay as
+they were), queues the job that makes the VERIFIED SR and PDF when there is an AI SR for them to
+supersede, refreshes the study's worklist columns and writes the audit event.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from bcd_node.db.models import (
+    Instance,
+    Job,
+    JobKind,
+    Result,
+    Role,
+    Stage,
+    Study,
+    User,
+    UserState,
+    VerificationState,
+    utcnow,
+)
+from bcd_node.errors import PermanentError, ValidationError
+from bcd_node.records import audit
+from bcd_node.records.studies import refresh_study
+
+#: The longest comment a doctor may add to a verification.
+MAX_COMMENT = 2000
+
+
+class Decision(enum.StrEnum):
+    """What the doctor decides about the AI's stage."""
+
+    ACCEPT = "accept"
+    CORRECT = "correct"
+
+
+class VerificationRefused(PermanentError):
+    """The result cannot be verified now; the message says why, for the doctor."""
+
+
+class NotADoctorError(VerificationRefused):
+    """Only an active doctor verifies results."""
+
+
+class AlreadyVerifiedError(VerificationRefused):
+    """The result has been verified before; a verification is final."""
+
+
+class ImageReplacedError(VerificationRefused):
+    """The image changed since the result was made; its new result is verified instead."""
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What a verification did."""
+
+    result_id: int
+    #: The doctor's stage differs from the AI's.
+    corrected: bool
+    #: A VERIFIED SR and PDF will be made and sent (False when the AI made no SR, e.g. quality
+    #: insufficient: the verification then stays on record here only).
+    report_queued: bool
+
+
+def verify_result(session: Session, result: Result, decision: Decision | str, *,
+                  stage: Stage | str | None, comment: str | None, user_id: int, actor: str,
+                  actor_kind: str, source: str = "") -> Verified:
+    """Record a doctor's verification of ``result`` in ``session`` (the caller commits).
+
+    Parameters
+    ----------
+    result
+        The result, loaded in ``session``.
+    decision
+        Accept the AI's stage, or correct it to ``stage``.
+    stage
+        The corrected stage (needed for a correction; ignored when accepting). A correction to
+        the AI's own stage is an acceptance.
+    comment
+        The doctor's comment (blank for none; at most :data:`MAX_COMMENT` characters).
+    user_id
+        The verifying doctor.
+    actor, actor_kind, source
+        For the audit event.
+
+    Raises
+    ------
+    VerificationRefused
+        When the user is not an active doctor, the result was verified before, or its image
+        was replaced by a changed version (whose own result is verified instead).
+    ValidationError
+        For a decision, stage or comment that is not valid.
+    """
+    try:
+        decision = Decision(decision)
+    except ValueError:
+        raise ValidationError(f"decision must be accept or correct, got {decision!r}") from None
+    corrected_stage: Stage | None = None
+    if decision is Decision.CORRECT:
+        try:
+            corrected_stage = Stage(stage) if stage else None
+        except ValueError:
+            raise ValidationError(f"stage must be one of {[s.value for s in Stage]}, got "
+                                  f"{stage!r}") from None
+        if corrected_stage is None:
+            raise ValidationError("Choose the corrected stage.")
+    text = (comment or "").strip()
+    if len(text) > MAX_COMMENT:
+        raise ValidationError(f"the comment has {len(text)} characters; at most {MAX_COMMENT}")
+    user = session.get(User, user_id)
+    if user is None or user.role is not Role.DOCTOR or user.state is not UserState.ACTIVE:
+        raise NotADoctorError("Only a doctor can verify results.")
+    if result.verification != VerificationState.UNVERIFIED:
+        raise AlreadyVerifiedError("This result has already been verified.")
+    instance = session.get(Instance, result.instance_fk) if result.instance_fk else None
+    if instance is not None and instance.revision != result.instance_revision:
+        raise ImageReplacedError("This image was replaced by a changed version, which is being "
+                                 "analysed. Verify its new result once it is shown.")
+    study = session.get(Study, result.study_fk)
+    if study is None:  # the foreign key cascades: a result has its study
+        raise LookupError(f"result {result.id}: study {result.study_fk} does not exist")
+
+    corrected = corrected_stage is not None and corrected_stage != result.stage
+    # One state, "verified"; a correction is a verified stage that differs from the AI's.
+    result.verification = VerificationState.VERIFIED
+    result.verified_stage = corrected_stage if corrected else result.stage
+    result.verified_comment = text or None
+    result.verified_by_fk = user.id
+    result.verified_at = utcnow()
+    # The VERIFIED SR supersedes the AI's SR; without one (quality insufficient) there is
+    # nothing to supersede, and the verification stays on record here only.
+    report = bool(result.sr_sop_instance_uid)
+    if report:
+        session.add(Job(kind=JobKind.VERIFIED_REPORT, result_fk=result.id, study_fk=study.id,
+                        instance_fk=result.instance_fk))
+    session.flush()
+    refresh_study(session, study.id)  # worklist columns: "verified" and the doctors' stage
+    audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
+                 action="verify_correct" if corrected else "verify_accept",
+                 patient_id=study.patient.patient_id,
+                 study_instance_uid=study.study_instance_uid, object_ref=f"result:{result.id}",
+                 details={"ai_stage": result.stage, "verified_stage": result.verified_stage,
+                          "comment": result.verified_comment or "",
+                          "verified_report": "queued" if report else "none (no AI SR)"})
+    return Verified(result.id, corrected, report)

@@ -1,0 +1,121 @@
+"""A doctor's verification, as bcd_node.records.verification does it for every client (the
+console's review page calls it): what it records, what it queues, what it refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from sqlalchemy import select
+
+from bcd_node.db.models import (
+    AuditEvent,
+    Instance,
+    Job,
+    JobKind,
+    Result,
+    Role,
+    Stage,
+    Study,
+    StudyStatus,
+    VerificationState,
+)
+from bcd_node.errors import ValidationError
+from bcd_node.records.users import add_user
+from bcd_node.records.verification import (
+    AlreadyVerifiedError,
+    Decision,
+    ImageReplacedError,
+    NotADoctorError,
+    verify_result,
+)
+from bcd_node.runtime import NodeContext, open_node
+from bcd_node.settings import load_settings
+from tests.support.seed import add_analysed_study
+
+PASSWORD = "a long enough password"
+
+
+@pytest.fixture
+def ctx(write_config: Callable[..., Path]) -> Iterator[NodeContext]:
+    context = open_node(load_settings(write_config()))
+    with context.session_factory.begin() as session:
+        add_user(session, "dr.who", PASSWORD, Role.DOCTOR)
+        add_user(session, "ada", PASSWORD, Role.ADMIN)
+        add_analysed_study(session, context.settings.storage.data_dir, confidence=0.9)
+    yield context
+    context.engine.dispose()
+
+
+def _verify(ctx: NodeContext, decision: str, stage: str | None = None, *,
+            user: str = "dr.who", comment: str = "") -> Any:
+    from bcd_node.db.models import User
+
+    with ctx.session_factory.begin() as session:
+        user_id = session.execute(select(User.id).where(User.username == user)).scalar_one()
+        result = session.execute(select(Result)).scalar_one()
+        return verify_result(session, result, decision, stage=stage, comment=comment,
+                             user_id=user_id, actor=user, actor_kind="user", source="10.0.0.7")
+
+
+def test_a_correction_keeps_the_ai_finding_queues_the_report_and_is_audited(
+        ctx: NodeContext) -> None:
+    done = _verify(ctx, Decision.CORRECT, "Malignant-Pro", comment="  Cleft nuclei.  ")
+    assert done.corrected and done.report_queued
+    with ctx.session_factory() as session:
+        result = session.execute(select(Result)).scalar_one()
+        assert result.stage is Stage.MALIGNANT_PRE  # the AI's own finding stays
+        assert (result.verification, result.verified_stage, result.verified_comment) == (
+            VerificationState.VERIFIED, Stage.MALIGNANT_PRO, "Cleft nuclei.")
+        [job] = session.execute(select(Job)).scalars().all()
+        assert (job.kind, job.result_fk) == (JobKind.VERIFIED_REPORT, result.id)
+        study = session.execute(select(Study)).scalar_one()
+        assert (study.status, study.stage) == (StudyStatus.VERIFIED, Stage.MALIGNANT_PRO)
+        [event] = session.execute(select(AuditEvent).where(
+            AuditEvent.action == "verify_correct")).scalars().all()
+    assert (event.actor, event.source, event.object_ref) == ("dr.who", "10.0.0.7",
+                                                             f"result:{result.id}")
+    assert event.details == {"ai_stage": "Malignant-Pre", "verified_stage": "Malignant-Pro",
+                             "comment": "Cleft nuclei.", "verified_report": "queued"}
+
+
+def test_a_correction_to_the_ai_stage_is_an_acceptance(ctx: NodeContext) -> None:
+    done = _verify(ctx, "correct", "Malignant-Pre")
+    assert not done.corrected
+    with ctx.session_factory() as session:
+        assert [e.action for e in session.execute(select(AuditEvent)).scalars()
+                if e.action.startswith("verify")] == ["verify_accept"]
+
+
+def test_a_verification_is_final(ctx: NodeContext) -> None:
+    _verify(ctx, "accept")
+    with pytest.raises(AlreadyVerifiedError, match="already been verified"):
+        _verify(ctx, "correct", "Benign")
+    with ctx.session_factory() as session:
+        assert len(session.execute(select(Job)).all()) == 1
+        assert session.execute(select(Result.verified_stage)).scalar_one() is Stage.MALIGNANT_PRE
+
+
+def test_only_a_doctor_verifies(ctx: NodeContext) -> None:
+    with pytest.raises(NotADoctorError):
+        _verify(ctx, "accept", user="ada")
+
+
+def test_the_result_of_a_replaced_image_is_not_verified(ctx: NodeContext) -> None:
+    with ctx.session_factory.begin() as session:
+        session.execute(select(Instance)).scalar_one().revision = 1
+    with pytest.raises(ImageReplacedError, match="replaced by a changed version"):
+        _verify(ctx, "accept")
+
+
+@pytest.mark.parametrize("decision, stage, comment", [
+    ("approve", None, ""), ("correct", None, ""), ("correct", "Malignant-Late", ""),
+    ("accept", None, "x" * 2001)])
+def test_a_bad_decision_stage_or_comment_is_refused(ctx: NodeContext, decision: str,
+                                                    stage: str | None, comment: str) -> None:
+    with pytest.raises(ValidationError):
+        _verify(ctx, decision, stage, comment=comment)
+    with ctx.session_factory() as session:
+        assert session.execute(select(Result.verification)).scalar_one() \
+            is VerificationState.UNVERIFIED
