@@ -22,6 +22,7 @@ from bcd_node.db.models import (
     VerificationState,
     utcnow,
 )
+from bcd_node.inference.loader import resolve_manifest
 from bcd_node.records import throttle
 from bcd_node.records.users import (
     UserError,
@@ -38,7 +39,6 @@ from webadmin.auth import admin_required, end_sessions
 from webadmin.charts import bar_chart
 from webadmin.db import actor, client_ip, db, node
 from webadmin.forms import STAGES, ActionForm, RoleForm, TokenForm, UserCreateForm
-from webadmin.model_use import manifest_path
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -238,7 +238,7 @@ def _model_info() -> dict[str, Any]:
     component = node().components.get("model")
     info: dict[str, Any] = {"available": bool(component and component.available),
                             "detail": component.describe() if component else "not reported"}
-    manifest = manifest_path(node().settings.model.weights)
+    manifest = resolve_manifest(node().settings.model.weights)
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):

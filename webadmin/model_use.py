@@ -1,50 +1,25 @@
 """Whether a result comes from a demonstration model (not for clinical use), for the console.
 
-The result row records the model's name and version only. What the node did keep of the model's
-intended use is the AI report it wrote at analysis time: its PDF says "NOT FOR CLINICAL USE" in
-its document information exactly when the model was a demonstration model. So an old result keeps
-the flag of the model that produced it, whatever model is configured now. Where there is no such
-report (quality insufficient, study summaries), the manifest of the configured model answers for
-the results of that model (same name and version); any other result counts as a demonstration
-result, which is also what a manifest without the key means.
+The pipeline records it on each result (``Result.demonstration_model``, from the manifest of the
+model that made the findings), so an old result keeps the flag of the model that produced it,
+whatever model is configured now. A result stored before the flag was kept (None) is judged by
+the manifest of the configured model when it comes from that model (same name and version) and
+counts as a demonstration result otherwise, which is also what a manifest without the key means.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from bcd_node.db.models import Result
-from bcd_node.report.pdf import NOT_FOR_CLINICAL_USE
-from bcd_node.store.layout import DataLayout
+from bcd_node.inference.loader import resolve_manifest
 from webadmin.db import node
 
 LOGGER = logging.getLogger(__name__)
-
-#: The Subject that :func:`bcd_node.report.pdf.render_report` gives a report of a model that is
-#: not a demonstration model (a demonstration model's report has NOT_FOR_CLINICAL_USE).
-CLINICAL_SUBJECT = "Screening report"
-#: reportlab writes the document information after the pages, next to the end of the file.
-_TAIL_BYTES = 64 * 1024
-_MAX_PDF_BYTES = 64 * 1024 * 1024
-_SUBJECT_RE = re.compile(rb"/Subject\s*\(((?:[^()\\]|\\.)*)\)")
-
-
-def manifest_path(weights: Path | None) -> Path:
-    """The manifest of the configured weights.
-
-    The rule of ``bcd_node.inference.loader.resolve_manifest``, without importing TensorFlow.
-    """
-    from bcd_node.settings import PROJECT_ROOT
-    if weights is None:
-        return PROJECT_ROOT / "weights" / "manifest.json"
-    if weights.is_dir():
-        return weights / "manifest.json"
-    return weights if weights.suffix.lower() == ".json" else weights.parent / "manifest.json"
 
 
 def _stamp(path: Path) -> tuple[str, int, int] | None:
@@ -57,6 +32,7 @@ def _stamp(path: Path) -> tuple[str, int, int] | None:
 
 @lru_cache(maxsize=8)
 def _read_manifest(path: str, _mtime_ns: int, _size: int) -> dict[str, Any] | None:
+    # Keyed by modification time and size: a replaced manifest is read again.
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -67,50 +43,13 @@ def _read_manifest(path: str, _mtime_ns: int, _size: int) -> dict[str, Any] | No
 
 def configured_manifest() -> dict[str, Any] | None:
     """The manifest of the configured model, or None when it cannot be read."""
-    stamp = _stamp(manifest_path(node().settings.model.weights))
+    stamp = _stamp(resolve_manifest(node().settings.model.weights))
     return _read_manifest(*stamp) if stamp else None
 
 
 def manifest_is_demonstration(manifest: dict[str, Any] | None) -> bool:
     """A manifest's "demonstration" flag: true when absent, and when there is no manifest."""
     return manifest is None or bool(manifest.get("demonstration", True))
-
-
-@lru_cache(maxsize=4096)
-def _pdf_subject(path: str, _mtime_ns: int, size: int) -> str | None:
-    # Keyed by modification time and size: a report file is written once, under a new name.
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, size - _TAIL_BYTES))
-            data = fh.read()
-            if not _SUBJECT_RE.search(data) and _TAIL_BYTES < size <= _MAX_PDF_BYTES:
-                fh.seek(0)
-                data = fh.read()
-    except OSError:
-        return None
-    matches = _SUBJECT_RE.findall(data)
-    if not matches:
-        return None
-    # The last one: an incremental update appends a newer document information dictionary.
-    return re.sub(rb"\\(.)", rb"\1", matches[-1]).decode("latin-1").strip()
-
-
-def report_says_demonstration(relpath: str | None) -> bool | None:
-    """What the stored AI report ``relpath`` says: True (demonstration), False, or None (no
-    report, or not one of this node's reports)."""
-    if not relpath:
-        return None
-    try:
-        path = DataLayout(node().settings.storage.data_dir).resolve(relpath)
-    except ValueError:
-        return None
-    stamp = _stamp(path)
-    subject = _pdf_subject(*stamp) if stamp else None
-    if subject == NOT_FOR_CLINICAL_USE:
-        return True
-    if subject == CLINICAL_SUBJECT:
-        return False
-    return None
 
 
 def made_by(result: Result, manifest: dict[str, Any] | None) -> bool:
@@ -122,10 +61,8 @@ def made_by(result: Result, manifest: dict[str, Any] | None) -> bool:
 def is_demonstration(result: Result, manifest: dict[str, Any] | None) -> bool:
     """Whether ``result`` was produced by a demonstration model (``manifest``: the configured
     model's, from :func:`configured_manifest`)."""
-    # The AI report, not the verified one: that is made later, by whatever model is loaded then.
-    said = report_says_demonstration(result.pdf_path)
-    if said is not None:
-        return said
+    if result.demonstration_model is not None:
+        return result.demonstration_model
     if made_by(result, manifest):
         return manifest_is_demonstration(manifest)
     return True

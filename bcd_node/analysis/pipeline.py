@@ -361,6 +361,7 @@ class Pipeline:
             result.blast_area_fraction = combined.blast_area_fraction
             result.quality = combined.quality
             result.needs_review = combined.needs_review
+            result.demonstration_model = self.demonstration_model
             result.mask_path = f"{folder}/mask.png"
             result.overlay_path = f"{folder}/overlay.png"
             result.pdf_path = pdf_rel
@@ -583,6 +584,7 @@ class Pipeline:
             result.blast_count = findings.total_blasts
             result.blast_area_fraction = findings.blast_area_fraction
             result.needs_review = findings.fields_needing_review > 0
+            result.demonstration_model = self.demonstration_model
             result.quality = {"fields": len(rows), "quality_insufficient":
                               findings.fields_quality_insufficient}
             result.pdf_path = pdf_rel

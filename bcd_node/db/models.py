@@ -295,6 +295,10 @@ class Result(Base):
     blast_area_fraction: Mapped[float] = mapped_column(Float, default=0.0)
     quality: Mapped[dict[str, Any]] = mapped_column(default=dict)
     needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Whether the model that made these findings is a demonstration model (its manifest's
+    # "demonstration"), recorded by the pipeline; None for results stored before it was kept
+    # (migration 0005), which the console judges by the configured model's manifest.
+    demonstration_model: Mapped[bool | None] = mapped_column(Boolean)
     mask_path: Mapped[str | None] = mapped_column(String(255))
     overlay_path: Mapped[str | None] = mapped_column(String(255))
     pdf_path: Mapped[str | None] = mapped_column(String(255))

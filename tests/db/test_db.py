@@ -10,7 +10,11 @@ from sqlalchemy import select
 from bcd_node.db.engine import make_engine, make_session_factory
 from bcd_node.db.migrate import current_revision, head_revision, upgrade
 from bcd_node.db.models import Patient
-from tests.support.schema import assert_schema_matches_models, exercise_models
+from tests.support.schema import (
+    assert_results_keep_their_rows_through_0005,
+    assert_schema_matches_models,
+    exercise_models,
+)
 
 
 def test_sqlite_migrations_build_the_models(tmp_path: Path) -> None:
@@ -20,6 +24,14 @@ def test_sqlite_migrations_build_the_models(tmp_path: Path) -> None:
     assert upgrade(engine) == head_revision()  # idempotent
     assert_schema_matches_models(engine)
     exercise_models(engine)
+
+
+def test_sqlite_migration_0005_keeps_the_results(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'bcd.db'}")
+    try:
+        assert_results_keep_their_rows_through_0005(engine)
+    finally:
+        engine.dispose()
 
 
 def test_sqlite_is_wal_with_full_sync(tmp_path: Path) -> None:

@@ -7,7 +7,11 @@ import pytest
 from bcd_node.cli import main
 from bcd_node.db.engine import make_engine
 from bcd_node.db.migrate import current_revision, head_revision, upgrade
-from tests.support.schema import assert_schema_matches_models, exercise_models
+from tests.support.schema import (
+    assert_results_keep_their_rows_through_0005,
+    assert_schema_matches_models,
+    exercise_models,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -19,6 +23,15 @@ def test_postgres_migrations_build_the_models(postgres_url: str) -> None:
         assert upgrade(engine) == head_revision()
         assert_schema_matches_models(engine)
         exercise_models(engine)
+    finally:
+        engine.dispose()
+
+
+def test_postgres_migration_0005_keeps_the_results(postgres_url: str) -> None:
+    engine = make_engine(postgres_url)
+    try:
+        assert_results_keep_their_rows_through_0005(engine)
+        assert_schema_matches_models(engine)
     finally:
         engine.dispose()
 

@@ -53,3 +53,41 @@ def exercise_models(engine: Engine) -> None:
     with factory.begin() as session, pytest.raises(StatementError, match="naive"):
         session.add(Job(kind=JobKind.ANALYZE, next_attempt_at=datetime(2026, 1, 1)))
         session.flush()
+
+
+def assert_results_keep_their_rows_through_0005(engine: Engine) -> None:
+    """Migration 0005 adds ``results.demonstration_model``: rows stored before keep their data
+    and get NULL (not recorded); rows stored after record the flag."""
+    from sqlalchemy import text
+
+    from bcd_node.db.migrate import upgrade
+    from bcd_node.db.models import Result
+
+    assert upgrade(engine, "0004") == "0004"
+    now = {"now": utcnow()}
+    with engine.begin() as conn:
+        patient = conn.execute(text(
+            "INSERT INTO patients (patient_id, issuer, name, birth_date, sex, created_at) "
+            "VALUES ('P1', '', '', '', '', :now) RETURNING id"), now).scalar_one()
+        study = conn.execute(text(
+            "INSERT INTO studies (patient_fk, study_instance_uid, accession_number, study_date, "
+            "study_time, description, referring_physician, status, stage, last_received_at, "
+            "created_at) VALUES (:patient, '1.2.3', '', '', '', '', '', 'done', 'Benign', :now, "
+            ":now) RETURNING id"), {**now, "patient": patient}).scalar_one()
+        result = conn.execute(text(
+            "INSERT INTO results (scope, study_fk, model_name, model_version, stage, "
+            "probabilities, blast_count, blast_area_fraction, quality, needs_review, "
+            "verification, instance_revision, created_at) VALUES ('study', :study, 'm', '1', "
+            "'Benign', '{}', 0, 0.0, '{}', false, 'unverified', 0, :now) RETURNING id"),
+            {**now, "study": study}).scalar_one()
+    assert upgrade(engine) == "0005"
+    factory = make_session_factory(engine)
+    with factory.begin() as session:
+        old = session.get(Result, result)
+        assert old is not None and (old.model_name, old.stage) == ("m", "Benign")
+        assert old.demonstration_model is None
+        session.add(Result(scope="study", study_fk=study, model_name="m", model_version="2",
+                           demonstration_model=False))
+    with factory() as session:
+        assert session.execute(select(Result.demonstration_model).order_by(Result.id)
+                               ).scalars().all() == [None, False]

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
+from bcd_node.db.models import Result
 from bcd_node.report import STAGES, ReportData, render_report
 from bcd_node.settings import PROJECT_ROOT
 from tests.support.seed import add_analysed_study
@@ -41,8 +43,9 @@ def use_manifest(app: Flask, tmp_path: Path) -> Callable[[dict[str, Any]], None]
 
 def analysed(app: Flask, n: int, *, model: tuple[str, str], report: bool | None = None,
              with_pdf: bool = True) -> str:
-    """A study analysed by ``model`` (name, version); ``report`` True/False replaces its PDF by
-    a report of this node rendered for a demonstration model or not. Returns the study UID."""
+    """A study analysed by ``model`` (name, version). ``report`` True/False: the pipeline
+    recorded that the model was a demonstration model or not (and its PDF is a report rendered
+    so); None: a result stored before the flag was kept. Returns the study UID."""
     ctx = app.extensions["bcd_node"]
     uid = f"1.2.826.0.1.3680043.10.7.{n}"
     with ctx.session_factory.begin() as session:
@@ -50,6 +53,7 @@ def analysed(app: Flask, n: int, *, model: tuple[str, str], report: bool | None 
                                                    patient_id=f"DEMO-{n}", uid=uid,
                                                    confidence=0.9, with_pdf=with_pdf)
         result.model_name, result.model_version = model
+        result.demonstration_model = report
         if report is not None:
             image = np.full((64, 64, 3), 200, dtype=np.uint8)
             pdf = render_report(ReportData(
@@ -145,3 +149,21 @@ def test_the_report_of_a_clinical_model_wins_over_a_demonstration_configuration(
     page = review(doctor_client, uid)
     assert not banners(page) and MARK not in page
     assert banners(doctor_client.get("/worklist").get_data(as_text=True))
+
+
+def test_the_recorded_flag_decides_not_the_report_file(
+        app: Flask, doctor_client: FlaskClient,
+        use_manifest: Callable[[dict[str, Any]], None]) -> None:
+    use_manifest({"name": "clinic-model", "version": "2.0.0", "demonstration": False})
+    # Recorded as a clinical model's result, whatever its PDF file says (no file is read).
+    uid = analysed(app, 1, model=("clinic-model", "1.0.0"), report=True)
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        session.execute(select(Result)).scalar_one().demonstration_model = False
+    page = review(doctor_client, uid)
+    assert not banners(page) and MARK not in page
+    # And a demonstration model's result shows the banner, whatever is configured now.
+    with ctx.session_factory.begin() as session:
+        session.execute(select(Result)).scalar_one().demonstration_model = True
+    page = review(doctor_client, uid)
+    assert BANNER in "".join(banners(page)) and MARK in page

@@ -1,0 +1,50 @@
+"""The pipeline records on each result whether its model is a demonstration model; the console
+reads that column instead of the stored PDF."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from bcd_node.analysis.pipeline import Pipeline
+from bcd_node.db.models import Job, JobKind, Result, ResultScope
+from bcd_node.intake.intake import Intake
+from bcd_node.jobs.workers import Workers
+from bcd_node.runtime import open_node
+from bcd_node.settings import load_settings
+from tests.support.images import vl_micro_bytes
+from tests.support.jobs import drain
+from tests.support.predictions import PROBS, Pred
+
+
+class Analyzer:
+    model_info = {"name": "test-model", "version": "1.0"}
+
+    def predict(self, images: list[np.ndarray]) -> list[Pred]:
+        return [Pred("Malignant-Pre", PROBS, 1, 0.01, np.zeros(i.shape[:2], np.uint8))
+                for i in images]
+
+
+@pytest.mark.parametrize("demonstration", [True, False])
+def test_results_record_whether_their_model_is_a_demonstration_model(
+        write_config: Callable[..., Any], demonstration: bool) -> None:
+    ctx = open_node(load_settings(write_config()))
+    try:
+        with Intake(ctx) as intake:
+            intake.accept(vl_micro_bytes(1), calling_ae="SCANNER")
+        workers = Workers(ctx, Pipeline(ctx, Analyzer(), demonstration_model=demonstration).run,
+                          0)
+        assert drain(workers) == 1
+        with ctx.session_factory.begin() as session:
+            study_fk = session.execute(select(Result.study_fk)).scalar_one()
+            session.add(Job(kind=JobKind.STUDY_SUMMARY, study_fk=study_fk))
+        assert drain(workers) == 1
+        with ctx.session_factory() as session:
+            flags = dict(session.execute(select(Result.scope, Result.demonstration_model))
+                         .tuples().all())
+        assert flags == {ResultScope.INSTANCE: demonstration, ResultScope.STUDY: demonstration}
+    finally:
+        ctx.engine.dispose()
