@@ -8,7 +8,6 @@ processes that open it (:func:`open_node`): a stage must not import the composit
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -25,8 +24,6 @@ from bcd_node.errors import BcdError
 from bcd_node.settings import Settings, mask_url
 from bcd_node.store.layout import DataLayout
 from bcd_node.store.secrets import NodeSecrets, ensure_secrets
-
-LOGGER = logging.getLogger(__name__)
 
 
 class SchemaError(BcdError):

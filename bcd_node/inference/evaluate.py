@@ -6,15 +6,12 @@ All functions are plain numpy so tests and the benchmark can call them without a
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
 
 from bcd_node.errors import ValidationError
 from bcd_node.inference.spec import CLASSES
-
-LOGGER = logging.getLogger(__name__)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

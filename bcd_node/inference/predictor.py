@@ -313,10 +313,6 @@ class Predictor:
             tiles=len(raw_stage),
         )
 
-    def predict_one(self, image: Any) -> Prediction:
-        """Analyse one decoded image."""
-        return self.predict([image])[0]
-
 
 def load_image_frames(path: str | Path) -> list[np.ndarray]:
     """Decode a PNG/JPEG (or other OpenCV-readable) or DICOM file into RGB uint8 frames.

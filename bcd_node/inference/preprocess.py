@@ -7,7 +7,6 @@ training code and the tests call the same code.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +14,6 @@ import cv2
 import numpy as np
 
 from bcd_node.errors import ValidationError
-
-LOGGER = logging.getLogger(__name__)
 
 # Reinhard reference: mean and std of L*a*b* (OpenCV 8-bit scale) of a typical Wright–Giemsa field
 # of the synthetic generator (pale plasma, pink cells, purple nuclei).
