@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from sqlalchemy import and_, case, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
+from bcd_node.db.engine import rowcount
 from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, Result, Study, utcnow
 from bcd_node.errors import BcdError
 from bcd_node.jobs.leases import LeaseKeeper
@@ -46,7 +47,7 @@ def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
     """Delay before the next try after ``attempts`` failed ones: initial × 2^(n-1), capped."""
     if attempts < 1:
         return 0.0
-    return min(initial * (2 ** (attempts - 1)), maximum)
+    return min(initial * 2.0 ** (attempts - 1), maximum)
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,8 @@ class Deliverer:
         kept = 0
         with self.context.session_factory.begin() as session:
             for row in rows:
-                kept += session.execute(update(Delivery).where(*_fenced(row)).values(
-                    next_attempt_at=until)).rowcount
+                kept += rowcount(session.execute(update(Delivery).where(*_fenced(row)).values(
+                    next_attempt_at=until)))
         return kept > 0
 
     def run_once(self) -> RunSummary:
@@ -189,8 +190,8 @@ class Deliverer:
                     delay = backoff_seconds(row.attempts, d.initial_backoff, d.max_backoff)
                     values = dict(state=DeliveryState.PENDING, last_error=outcome.error,
                                   next_attempt_at=now + timedelta(seconds=delay))
-                if not session.execute(update(Delivery).where(*_fenced(row))
-                                       .values(**values)).rowcount:
+                if not rowcount(session.execute(update(Delivery).where(*_fenced(row))
+                                                .values(**values))):
                     lost += 1
                     continue
                 if outcome.ok:
@@ -230,8 +231,8 @@ class Deliverer:
                     delay = backoff_seconds(row.attempts, d.initial_backoff, d.max_backoff)
                     values = dict(state=DeliveryState.PENDING, last_error=error,
                                   next_attempt_at=now + timedelta(seconds=delay))
-                if session.execute(update(Delivery).where(*_fenced(row))
-                                   .values(**values)).rowcount:
+                if rowcount(session.execute(update(Delivery).where(*_fenced(row))
+                                            .values(**values))):
                     (dead if values["state"] is DeliveryState.DEAD else retried).append(row)
                 else:
                     lost += 1
@@ -393,9 +394,9 @@ def delivery_overview(session: Session, settings: Settings, limit: int = 100
             name=name, counts=per_dest.get(name, {}), echo_ok=h.last_echo_ok if h else None,
             echo_at=h.last_echo_at if h else None, echo_error=h.last_error if h else None))
     counts: dict[str, int] = {}
-    for c in per_dest.values():
-        for state, n in c.items():
-            counts[state] = counts.get(state, 0) + n
+    for per_state in per_dest.values():
+        for value, n in per_state.items():
+            counts[value] = counts.get(value, 0) + n
     first_dead = case((Delivery.state == DeliveryState.DEAD, 0), else_=1)
     rows = session.execute(select(Delivery).where(Delivery.state.in_(WAITING_STATES))
                            .order_by(first_dead, Delivery.next_attempt_at, Delivery.id)

@@ -229,7 +229,7 @@ def read_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
     raw = cv2.imread(str(sample.mask), cv2.IMREAD_GRAYSCALE)
     if raw is None:
         raise DatasetError(f"cannot decode mask {sample.mask}")
-    mask = (raw > 10).astype(np.uint8)
+    mask: np.ndarray = (raw > 10).astype(np.uint8)
     if sample.empty_mask:
         mask[:] = 0
     if mask.shape != shape:

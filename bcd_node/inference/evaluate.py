@@ -63,7 +63,8 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     logits = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1.0)) / temperature
     logits -= logits.max(axis=-1, keepdims=True)
     e = np.exp(logits)
-    return e / e.sum(axis=-1, keepdims=True)
+    rescaled: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return rescaled
 
 
 def fit_temperature(probs: np.ndarray, y_true: np.ndarray) -> float:

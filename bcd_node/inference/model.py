@@ -32,7 +32,7 @@ _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 @keras.saving.register_keras_serializable(package="bcd_node")
-class CaffePreprocess(layers.Layer):
+class CaffePreprocess(layers.Layer):  # type: ignore[misc]  # Keras is untyped: Layer is Any
     """RGB 0–255 → BGR minus the ImageNet mean (what VGG16's ImageNet weights expect)."""
 
     def call(self, inputs: Any) -> Any:

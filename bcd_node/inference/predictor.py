@@ -337,16 +337,6 @@ def load_image_frames(path: str | Path) -> list[np.ndarray]:
 
 
 def _dicom_frames(path: Path) -> list[np.ndarray]:
-    try:
-        from dicom import pixels as dicom_pixels
-    except ImportError:  # pragma: no cover - the dicom package ships with bcd-node
-        dicom_pixels = None
-    if dicom_pixels is not None and hasattr(dicom_pixels, "decode_file"):
-        return list(dicom_pixels.decode_file(str(path)))
-    if dicom_pixels is not None and hasattr(dicom_pixels, "read_frames"):
-        return list(dicom_pixels.read_frames(str(path)))
-    # STOPGAP: plain pydicom decoding, only if the project's dicom.pixels reader is unavailable.
-    import pydicom
-    arr = pydicom.dcmread(str(path)).pixel_array
-    frames = arr if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) else arr[None]
-    return [pp.to_rgb_uint8(f) for f in frames]
+    from dicom.pixels import decode_file  # the strict reader: RGB uint8 frames
+
+    return list(decode_file(str(path)))

@@ -56,7 +56,8 @@ def normalize_stain(image: np.ndarray, mean: tuple[float, float, float] = REFERE
     flat = lab.reshape(-1, 3)
     m, s = flat.mean(axis=0), flat.std(axis=0) + 1e-6
     out = (lab - m) / s * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
-    return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    rgb: np.ndarray = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    return rgb
 
 
 def denoise(image: np.ndarray, strength: float = 3.0) -> np.ndarray:
@@ -142,9 +143,9 @@ def stitch(tile_maps: np.ndarray, tiling: Tiling) -> np.ndarray:
     extra = tile_maps.shape[3:]
     acc = np.zeros(tiling.shape + extra, np.float64)
     norm = np.zeros(tiling.shape, np.float64)
+    spread = weight.reshape(weight.shape + (1,) * len(extra))
     for m, (y, x) in zip(tile_maps, tiling.positions):
-        w = weight.reshape(weight.shape + (1,) * len(extra))
-        acc[y:y + tile, x:x + tile] += m * w
+        acc[y:y + tile, x:x + tile] += m * spread
         norm[y:y + tile, x:x + tile] += weight
     out = acc / norm.reshape(norm.shape + (1,) * len(extra))
     h, w = tiling.original
@@ -160,13 +161,15 @@ def aggregate_stage(tile_probs: np.ndarray, method: str = "mean") -> np.ndarray:
     p = np.asarray(tile_probs, np.float64)
     if p.ndim != 2 or len(p) == 0:
         raise ValidationError(f"expected (n, classes) probabilities, got shape {p.shape}")
+    out: np.ndarray
     if method == "mean":
         out = p.mean(axis=0)
     elif method == "max":
         out = p.max(axis=0)
     else:
         raise ValidationError(f"method must be 'mean' or 'max', got {method!r}")
-    return out / out.sum()
+    normalised: np.ndarray = out / out.sum()
+    return normalised
 
 
 @dataclass(frozen=True)

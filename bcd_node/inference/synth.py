@@ -148,10 +148,10 @@ def _textured_fill(img: np.ndarray, region: np.ndarray, colour: tuple[int, ...],
         return
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     h, w = y1 - y0, x1 - x0
-    noise = rng.standard_normal((h, w)).astype(np.float32)
+    noise: np.ndarray = rng.standard_normal((h, w)).astype(np.float32)
     if grain > 0:
-        noise = cv2.GaussianBlur(noise, (0, 0), grain)
-        noise /= noise.std() + 1e-6
+        blurred = cv2.GaussianBlur(noise, (0, 0), grain)
+        noise = blurred / (blurred.std() + 1e-6)
     patch = np.asarray(colour, np.float32)[None, None, :] + amplitude * noise[..., None]
     sub = region[y0:y1, x0:x1]
     target = img[y0:y1, x0:x1]
@@ -253,9 +253,10 @@ def generate_field(seed: int, label: str, params: PatientParams,
     # Draw on a larger canvas so any rotation leaves no empty corners.
     canvas = int(math.ceil(size * 1.45)) + 2
     mid = canvas / 2.0
-    img = np.empty((canvas, canvas, 3), np.uint8)
+    # Typed as any array: OpenCV's results are typed more loosely than numpy's constructors.
+    img: np.ndarray = np.empty((canvas, canvas, 3), np.uint8)
     img[:] = params.plasma
-    mask = np.zeros((canvas, canvas), np.uint8)
+    mask: np.ndarray = np.zeros((canvas, canvas), np.uint8)
     # Mild plasma unevenness.
     low = cv2.GaussianBlur(rng.standard_normal((canvas, canvas)).astype(np.float32), (0, 0), 12)
     low *= 4.0 / (low.std() + 1e-6)
@@ -329,7 +330,10 @@ def generate_field(seed: int, label: str, params: PatientParams,
                            [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:  # pragma: no cover - OpenCV always encodes a valid array
         raise RuntimeError("JPEG encoding failed")
-    img = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if decoded is None:  # pragma: no cover - OpenCV decodes what it encoded
+        raise RuntimeError("JPEG decoding failed")
+    img = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
     return img, mask, drawn
 
 

@@ -95,7 +95,7 @@ def augment_batch(images: np.ndarray, masks: np.ndarray,
     return out_i, out_m
 
 
-class TimeBudget(keras.callbacks.Callback):
+class TimeBudget(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
     """Stop training at the end of the first epoch that ends after ``minutes``."""
 
     def __init__(self, minutes: float) -> None:
@@ -111,7 +111,7 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class SmearBatches(keras.utils.PyDataset):
+class SmearBatches(keras.utils.PyDataset):  # type: ignore[misc]  # Keras is untyped
     """Shuffled, augmented batches of cached arrays for ``model.fit``."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, masks: np.ndarray, batch_size: int,

@@ -22,6 +22,7 @@ from datetime import timedelta
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from bcd_node.db.engine import rowcount
 from bcd_node.db.models import ACTIVE_JOB_STATES, Job, JobKind, JobState, utcnow
 from bcd_node.errors import BcdError
 
@@ -89,7 +90,7 @@ def complete(session: Session, job: Claimed) -> bool:
     done = session.execute(update(Job).where(*_fenced(job)).values(
         state=JobState.DONE, finished_at=now, updated_at=now, lease_owner=None,
         lease_expires_at=None, last_error=None).execution_options(synchronize_session=False))
-    return done.rowcount == 1
+    return rowcount(done) == 1
 
 
 def renew(session: Session, job: Claimed, lease_seconds: float) -> bool:
@@ -98,7 +99,7 @@ def renew(session: Session, job: Claimed, lease_seconds: float) -> bool:
     done = session.execute(update(Job).where(*_fenced(job)).values(
         lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
         .execution_options(synchronize_session=False))
-    return done.rowcount == 1
+    return rowcount(done) == 1
 
 
 def fail(session: Session, job: Claimed, error: str) -> bool:
@@ -108,7 +109,7 @@ def fail(session: Session, job: Claimed, error: str) -> bool:
         state=JobState.FAILED, finished_at=now, updated_at=now, lease_owner=None,
         lease_expires_at=None, last_error=error[:4000]).execution_options(
             synchronize_session=False))
-    return done.rowcount == 1
+    return rowcount(done) == 1
 
 
 def retry_later(session: Session, job: Claimed, error: str, delay: float) -> bool:
@@ -121,7 +122,7 @@ def retry_later(session: Session, job: Claimed, error: str, delay: float) -> boo
         state=JobState.QUEUED, next_attempt_at=now + timedelta(seconds=delay), updated_at=now,
         lease_owner=None, lease_expires_at=None, last_error=error[:4000]).execution_options(
             synchronize_session=False))
-    return done.rowcount == 1
+    return rowcount(done) == 1
 
 
 def will_retry(job: Claimed) -> bool:
@@ -137,7 +138,7 @@ def release(session: Session, job: Claimed) -> bool:
         state=JobState.QUEUED, next_attempt_at=now, updated_at=now, lease_owner=None,
         lease_expires_at=None, attempts=Job.attempts - 1).execution_options(
             synchronize_session=False))
-    return done.rowcount == 1
+    return rowcount(done) == 1
 
 
 def fail_exhausted(session: Session) -> int:
@@ -150,7 +151,7 @@ def fail_exhausted(session: Session) -> int:
             lease_expires_at=None,
             last_error="worker lost on the last attempt (lease expired)").execution_options(
                 synchronize_session=False))
-    return done.rowcount
+    return rowcount(done)
 
 
 @dataclass(frozen=True)

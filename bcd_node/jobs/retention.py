@@ -28,14 +28,16 @@ from pathlib import Path
 
 from sqlalchemy import delete, select
 
+from bcd_node.db.engine import rowcount
 from bcd_node.db.models import (
+    ACTIVE_JOB_STATES,
     AuditEvent,
     Delivery,
     DeliveryState,
     Instance,
     Job,
-    JobState,
     Result,
+    ResultScope,
     utcnow,
 )
 from bcd_node.records import audit
@@ -68,7 +70,7 @@ def purge(context: NodeContext) -> PurgeSummary:
     layout = DataLayout(context.settings.storage.data_dir)
     now = utcnow()
     images = results = events = previews = 0
-    busy = select(Job.instance_fk).where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]),
+    busy = select(Job.instance_fk).where(Job.state.in_(ACTIVE_JOB_STATES),
                                          Job.instance_fk.is_not(None))
     if r.images_days:
         with context.session_factory.begin() as session:
@@ -85,24 +87,24 @@ def purge(context: NodeContext) -> PurgeSummary:
             Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING]),
             Delivery.result_fk.is_not(None))
         with context.session_factory.begin() as session:
-            old = session.execute(select(Result).where(
+            old_results = session.execute(select(Result).where(
                 Result.created_at < now - timedelta(days=r.results_days),
                 Result.id.not_in(pending)).with_for_update(skip_locked=True)).scalars().all()
-            for result in old:
+            for result in old_results:
                 folder = layout.resolve(
                     layout.instance_results(result.instance_fk, result.model_version,
                                             result.instance_revision)
-                    if result.scope == "instance" and result.instance_fk is not None
+                    if result.scope == ResultScope.INSTANCE and result.instance_fk is not None
                     else layout.study_results(result.study_fk, result.model_version))
                 shutil.rmtree(folder, ignore_errors=True)
                 _remove_if_empty(folder.parent)
                 session.execute(delete(Delivery).where(Delivery.result_fk == result.id))
                 session.delete(result)
-            results = len(old)
+            results = len(old_results)
     if r.audit_days:
         with context.session_factory.begin() as session:
             cutoff = now - timedelta(days=r.audit_days)
-            events = session.execute(delete(AuditEvent).where(AuditEvent.at < cutoff)).rowcount
+            events = rowcount(session.execute(delete(AuditEvent).where(AuditEvent.at < cutoff)))
             if events:
                 audit.record(session, actor="system", actor_kind="system", action="audit_purged",
                              details={"events": events, "before": cutoff.isoformat()})

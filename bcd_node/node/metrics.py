@@ -58,8 +58,8 @@ class _DatabaseCollector:
         backlog = GaugeMetricFamily("bcd_deliveries", "Outbox rows by state", labels=["state"])
         try:
             with self.context.session_factory() as session:
-                for state, n in counts(session).by_state.items():
-                    jobs.add_metric([state.value], n)
+                for job_state, n in counts(session).by_state.items():
+                    jobs.add_metric([job_state.value], n)
                 for state, n in session.execute(select(Delivery.state, func.count())
                                                 .group_by(Delivery.state)):
                     backlog.add_metric([getattr(state, "value", state)], n)

@@ -24,7 +24,17 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from bcd_node.db.models import Delivery, DeliveryState, Job, JobKind, JobState, Result, utcnow
+from bcd_node.db.engine import rowcount
+from bcd_node.db.models import (
+    Delivery,
+    DeliveryState,
+    Job,
+    JobKind,
+    JobState,
+    Result,
+    VerificationState,
+    utcnow,
+)
 from bcd_node.records import audit
 from dicom.uids import derive_uid
 
@@ -98,16 +108,15 @@ def supersede_results(session: Session, *, instance_id: int, sop_instance_uid: s
     if ids:
         # Not sent yet, and now describing an image that is no longer the stored one. Rows
         # being sent right now (SENDING) finish; what PACS has is superseded by the new SR.
-        dropped = session.execute(delete(Delivery).where(
+        dropped = rowcount(session.execute(delete(Delivery).where(
             Delivery.result_fk.in_(ids),
-            Delivery.state.in_([DeliveryState.PENDING, DeliveryState.DEAD]))).rowcount or 0
+            Delivery.state.in_([DeliveryState.PENDING, DeliveryState.DEAD]))))
         now = utcnow()
-        cancelled = session.execute(update(Job).where(
+        cancelled = rowcount(session.execute(update(Job).where(
             Job.result_fk.in_(ids), Job.kind == JobKind.VERIFIED_REPORT,
             Job.state == JobState.QUEUED).values(
                 state=JobState.DONE, finished_at=now, updated_at=now,
-                last_error="not made: the verification was withdrawn (the image was replaced)")
-        ).rowcount or 0
+                last_error="not made: the verification was withdrawn (the image was replaced)")))
     session.flush()
     return Superseded(len(results), withdrawn, dropped, cancelled)
 
@@ -123,7 +132,7 @@ def _verification(result: Result) -> dict[str, Any]:
 
 def clear_verification(result: Result) -> None:
     """Make ``result`` unverified again: no doctor, verdict, comment or verified objects."""
-    result.verification = "unverified"
+    result.verification = VerificationState.UNVERIFIED
     result.verified_by_fk = None
     result.verified_at = None
     result.verified_stage = None

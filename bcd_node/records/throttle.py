@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from bcd_node.db.engine import rowcount
 from bcd_node.db.models import AuthThrottle, utcnow
 
 #: Failed sign-ins in a row after which a name is locked.
@@ -104,7 +105,7 @@ class NameFailure:
 
 def lock_seconds(lockouts: int) -> int:
     """The length of the ``lockouts``-th lock in a row (1-based)."""
-    return min(LOCKOUT_MAX_SECONDS, LOCKOUT_BASE_SECONDS * 2 ** max(0, min(lockouts - 1, 20)))
+    return min(LOCKOUT_MAX_SECONDS, LOCKOUT_BASE_SECONDS << max(0, min(lockouts - 1, 20)))
 
 
 def name_locked_until(session: Session, name: str, now: datetime | None = None
@@ -154,4 +155,4 @@ def prune(session: Session, now: datetime | None = None, keep: int | None = None
         AuthThrottle.updated_at < now - LOCKOUT_MEMORY,
         (AuthThrottle.locked_until.is_(None)) | (AuthThrottle.locked_until < now),
         (AuthThrottle.kind.in_([SOURCE, NAME])) | (AuthThrottle.failures == 0)))
-    return result.rowcount or 0
+    return rowcount(result)

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -310,7 +311,7 @@ def _render(data: ReportData) -> bytes:
         ]))
         return table
 
-    story: list = []
+    story: list[Any] = []  # reportlab's flowables (the library has no type information)
     if data.demonstration_model:
         warning = Table(
             [[p(f"{NOT_FOR_CLINICAL_USE} — demonstration model, results are not a diagnosis",
@@ -387,7 +388,7 @@ def _render(data: ReportData) -> bytes:
             ("Review status", "UNVERIFIED — awaiting review by a doctor"),
         ]))
 
-    def decorate(canvas, doc) -> None:  # noqa: ANN001 - reportlab callback
+    def decorate(canvas: Any, doc: Any) -> None:  # reportlab's page callback (untyped)
         canvas.saveState()
         canvas.setFont(regular, 7.5)
         footer = (f"{data.model_name} {data.model_version} · patient ID {data.patient_id} · "

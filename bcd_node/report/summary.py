@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 from xml.sax.saxutils import escape
 
 from reportlab.lib import colors
@@ -74,7 +74,7 @@ def _render(data: SummaryData) -> bytes:
     banner = ParagraphStyle("x", parent=body, fontName=bold, fontSize=12,
                             textColor=colors.white, backColor=colors.HexColor("#b00020"),
                             alignment=1, borderPadding=4)
-    story: list = []
+    story: list[Any] = []  # reportlab's flowables (the library has no type information)
     if data.demonstration_model:
         story += [Paragraph(f"{NOT_FOR_CLINICAL_USE} — demonstration model", banner),
                   Spacer(1, 4 * mm)]

@@ -84,7 +84,7 @@ def _load_sync_file_range() -> Callable[..., int] | None:
         return None
     call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     call.restype = ctypes.c_int
-    return call  # type: ignore[no-any-return]
+    return call
 
 
 _sync_file_range = _load_sync_file_range()
