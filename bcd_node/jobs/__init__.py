@@ -1,7 +1,8 @@
 """Jobs, the second stage of the flow: the durable queue of work and the threads that drain it.
 
 :mod:`~bcd_node.jobs.queue` claims a job with a lease (``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL), completes, fails and retries it, every update fenced by the lease's owner;
+PostgreSQL), completes, fails and retries it, every update fenced by the lease's owner, and
+counts the jobs per kind and state;
 :mod:`~bcd_node.jobs.leases` keeps a claimed row's lease while its work runs (a job here, an
 outbox row in :mod:`bcd_node.delivery`); :mod:`~bcd_node.jobs.workers` runs the threads that
 claim jobs and hand each to the function they were given. That function is the analysis

@@ -32,6 +32,7 @@ from bcd_node.db.models import (
     JobKind,
     JobState,
     Result,
+    ResultScope,
     VerificationState,
     utcnow,
 )
@@ -82,7 +83,7 @@ def supersede_results(session: Session, *, instance_id: int, sop_instance_uid: s
         How many results, verifications, unsent deliveries and verified reports it touched.
     """
     results = session.execute(select(Result).where(
-        Result.instance_fk == instance_id, Result.scope == "instance")).scalars().all()
+        Result.instance_fk == instance_id, Result.scope == ResultScope.INSTANCE)).scalars().all()
     withdrawn = 0
     for result in results:
         # A result of the revision just replaced names its SRs as what the next SR supersedes;
@@ -94,7 +95,7 @@ def supersede_results(session: Session, *, instance_id: int, sop_instance_uid: s
             result.supersedes = [{"series": series, "sop": uid} for uid in
                                  (result.sr_sop_instance_uid, result.verified_sr_sop_instance_uid)
                                  if uid]
-        if result.verification != "unverified":
+        if result.verification != VerificationState.UNVERIFIED:
             withdrawn += 1
             audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
                          action="verification_withdrawn", patient_id=patient_id,
