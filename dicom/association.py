@@ -19,7 +19,7 @@ import ssl
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from dicom.scp import ScpPolicy
 
 LOGGER = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: Largest A-ASSOCIATE-RQ (and any other PDU but P-DATA-TF) we read: 128 presentation contexts
 #: with several transfer syntaxes each and a user identity stay well below it.
@@ -61,7 +63,7 @@ ABORT_UNEXPECTED_PDU = _abort_pdu(0x02)
 ABORT_INVALID_PARAMETER = _abort_pdu(0x06)
 
 
-class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+class _WakingQueue(queue.Queue[Any]):
     """A queue that wakes the reader of a socket pair whenever something is put on it."""
 
     def __init__(self, waker: socket.socket) -> None:
@@ -217,7 +219,8 @@ class _BoundedDUL(DULServiceProvider):
                      str(assoc.requestor.ae_title or "?").strip(), assoc.requestor.address,
                      assoc.requestor.port, reason)
         self.violation = reason
-        assoc.abort_reason = reason  # type: ignore[attr-defined]
+        # QuietRequestHandler swaps in this DUL and _Association together.
+        cast(_Association, assoc).abort_reason = reason
         self.event_queue.put("Evt19")  # invalid PDU: A-ABORT to the peer, A-P-ABORT to us
 
     def _is_transport_event(self) -> bool:
@@ -376,27 +379,34 @@ class _Association(Association):
             on_end()
 
 
+def _become(obj: object, cls: type[_T]) -> _T:
+    """``obj``, now an instance of ``cls``: a subclass of its class that adds methods and
+    class-level defaults only (pynetdicom has no hook to build its parts from subclasses)."""
+    obj.__class__ = cls
+    if not isinstance(obj, cls):  # cannot happen: the assignment above raises instead
+        raise TypeError(f"cannot make a {type(obj).__name__} a {cls.__name__}")
+    return obj
+
+
 class QuietRequestHandler(RequestHandler):
     """pynetdicom's request handler, with associations that wait for events instead of
     polling (see :data:`IDLE_WAIT`), read within the policy's limits, start from the
     A-ASSOCIATE-RQ the listener has read already, and close their files when they end."""
 
-    def _create_association(self) -> Any:
-        assoc = super()._create_association()
+    def _create_association(self) -> _Association:
+        assoc = _become(super()._create_association(), _Association)
         server = self.server
-        assoc.__class__ = _Association
         assoc.on_end = getattr(server, "on_association_end", None)
-        sock = assoc.dul.socket
-        sock.__class__ = _QuietSocket
+        sock = _become(assoc.dul.socket, _QuietSocket)
         sock.setup(getattr(server, "preread", {}).pop(self.request.fileno(), b""))
         policy: ScpPolicy | None = getattr(server, "policy", None)
-        assoc.dul.__class__ = _BoundedDUL
-        assoc.dimse.__class__ = _BoundedDIMSE
+        dul = _become(assoc.dul, _BoundedDUL)
+        dimse = _become(assoc.dimse, _BoundedDIMSE)
         if policy is not None:
-            assoc.dul.pdu_limit = policy.pdu_receive_limit
-            assoc.dimse.dataset_limit = policy.max_dataset_bytes
-        assoc.dul.to_provider_queue = _WakingQueue(sock._wake_w)
-        assoc.dul._run_loop_delay = 0
+            dul.pdu_limit = policy.pdu_receive_limit
+            dimse.dataset_limit = policy.max_dataset_bytes
+        dul.to_provider_queue = _WakingQueue(sock._wake_w)
+        dul._run_loop_delay = 0
         return assoc
 
     def handle(self) -> None:

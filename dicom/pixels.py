@@ -36,7 +36,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import _get_jpg_parameters, pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
@@ -491,7 +491,8 @@ def _to_uint8_colour(arr: np.ndarray, bits_stored: int) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr
     shift = max(bits_stored - 8, 0)
-    return np.clip(arr.astype(np.uint32) >> shift, 0, 255).astype(np.uint8)
+    clipped: np.ndarray = np.clip(arr.astype(np.uint32) >> shift, 0, 255)
+    return clipped.astype(np.uint8)
 
 
 def _monochrome_to_rgb(arr: np.ndarray, ds: Dataset, info: ImageInfo) -> np.ndarray:

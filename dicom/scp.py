@@ -36,7 +36,6 @@ from typing import Any, Callable, Sequence, cast
 
 from pynetdicom import AE, _config, evt
 from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom.association import (
@@ -48,6 +47,7 @@ from dicom.association import (
     close_socket,
 )
 from dicom.errors import DicomValidationError
+from dicom.sop import VERIFICATION
 
 LOGGER = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def build_ae(policy: ScpPolicy) -> AE:
     ae.maximum_pdu_size = policy.max_pdu
     ae.require_called_aet = policy.require_called_ae
     ae.require_calling_aet = list(policy.allowed_calling_aes)
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(VERIFICATION)
     for sop_class, syntaxes in policy.storage_contexts:
         ae.add_supported_context(sop_class, list(syntaxes))
     return ae
@@ -151,6 +151,13 @@ def storage_contexts() -> list[tuple[str, list[str]]]:
 class _NoBindServer(ThreadedAssociationServer):
     """pynetdicom's association server, holding the handlers and contexts of associations whose
     connections the listener accepted (no socket of its own, no serving loop)."""
+
+    #: Set by :class:`SharedSocketListener`; read by the associations it starts
+    #: (:class:`dicom.association.QuietRequestHandler`).
+    policy: ScpPolicy
+    #: The A-ASSOCIATE-RQ bytes the listener read, by the connection's file number.
+    preread: dict[int, bytes]
+    on_association_end: Callable[[], None]
 
     def server_bind(self) -> None:
         pass
@@ -194,7 +201,8 @@ class LoadBoard:
         struct.pack_into("<i", self._map, 4 * cast(int, self.slot), connections)
 
     def least(self) -> int:
-        return min(struct.unpack_from(f"<{self.slots}i", self._map))
+        counts: tuple[int, ...] = struct.unpack_from(f"<{self.slots}i", self._map)
+        return min(counts)
 
     def set_status(self, code: int) -> None:
         """Publish this process's accept status (0, or an ``errno``)."""
@@ -293,14 +301,17 @@ class SharedSocketListener:
         host, port = sock.getsockname()[:2]
         self.address: tuple[str, int] = (host, port)
         all_handlers = [(evt.EVT_C_ECHO, handle_echo), *handlers]
-        self.server = self.ae.make_server((host, port), ssl_context=ssl_context,
-                                          evt_handlers=all_handlers, server_class=_NoBindServer,
-                                          request_handler=QuietRequestHandler)
-        self.server.socket.close()  # the unbound socket socketserver made; never used
-        self.server.socket = sock
-        self.server.policy = policy  # type: ignore[attr-defined]
-        self.server.preread = {}  # type: ignore[attr-defined]
-        self.server.on_association_end = self._association_ended  # type: ignore[attr-defined]
+        server = self.ae.make_server((host, port), ssl_context=ssl_context,
+                                     evt_handlers=all_handlers, server_class=_NoBindServer,
+                                     request_handler=QuietRequestHandler)
+        if not isinstance(server, _NoBindServer):  # make_server builds the class it is given
+            raise TypeError(f"pynetdicom made a {type(server).__name__}, not a _NoBindServer")
+        self.server = server
+        close_socket(server.socket)  # the unbound socket socketserver made; never used
+        server.socket = sock
+        server.policy = policy
+        server.preread = {}
+        server.on_association_end = self._association_ended
         self._pending: dict[int, _Pending] = {}  # by file number, oldest first
         self._associations = 0
         self._lock = threading.Lock()
@@ -603,7 +614,7 @@ class SharedSocketListener:
         with self._lock:
             self._forget(pending, selector)
             self._associations += 1
-        preread: dict[int, bytes] = self.server.preread  # type: ignore[attr-defined]
+        preread = self.server.preread
         try:
             sock.setblocking(True)
             preread[fd] = data

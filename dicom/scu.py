@@ -10,9 +10,9 @@ from typing import Sequence
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS
 
+from dicom import sop
 from dicom.errors import DicomValidationError
 
 LOGGER = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def echo(peer: Peer) -> int:
         When no association could be established.
     """
     ae = _ae(peer)
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(sop.VERIFICATION)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
         raise PeerUnavailableError(f"cannot associate with {peer.ae_title}@{peer.host}:{peer.port}")

@@ -179,7 +179,9 @@ def build_segmentation(
         instance_number=instance_number,
         manufacturer=algorithm.manufacturer,
         manufacturer_model_name=algorithm.model_name,
-        software_versions=algorithm.software_versions,  # a list: strict mode refuses tuples
+        # A list: strict mode refuses tuples. highdicom annotates ``str | tuple[str]`` (one
+        # value); what it does is store the values as given, as ContributingEquipment does.
+        software_versions=algorithm.software_versions,  # type: ignore[arg-type]
         device_serial_number=device_serial_number,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         content_description="Blast cells segmented by the model",

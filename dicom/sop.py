@@ -23,6 +23,7 @@ from pydicom.uid import (
 )
 
 __all__ = [
+    "VERIFICATION",
     "VL_MICROSCOPIC_IMAGE",
     "VL_SLIDE_COORDINATES_MICROSCOPIC_IMAGE",
     "VL_WHOLE_SLIDE_MICROSCOPY_IMAGE",
@@ -46,6 +47,9 @@ __all__ = [
     "is_accepted_sop_class",
     "is_accepted_transfer_syntax",
 ]
+
+#: The Verification SOP class (C-ECHO), offered by the SCP and requested by the SCU.
+VERIFICATION = UID("1.2.840.10008.1.1")
 
 #: Storage SOP classes whose pixel data the node decodes and analyses.
 VL_MICROSCOPIC_IMAGE = UID("1.2.840.10008.5.1.4.1.1.77.1.2")

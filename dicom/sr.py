@@ -336,15 +336,15 @@ def build_sr(
     def derived(kind: str) -> str:
         return uids.derive_uid(source_uid, version, kind, root=uid_root, revision=revision)
 
-    if verification is None:
-        sop_instance_uid = derived("sr")
-        instance_number = 1
-    else:
+    if verification is not None and predecessor is not None:  # both or neither (checked above)
         stamp = verification.datetime.strftime("%Y%m%d%H%M%S%f")
         sop_instance_uid = uids.derive_uid(
             str(predecessor.SOPInstanceUID), version, f"sr-verified-{stamp}", root=uid_root
         )
         instance_number = int(predecessor.get("InstanceNumber", 1)) + 1
+    else:
+        sop_instance_uid = derived("sr")
+        instance_number = 1
 
     device = hd.sr.ObserverContext(
         observer_type=pydicom_codes.DCM.Device,

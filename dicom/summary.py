@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import highdicom as hd
 from pydicom.dataset import Dataset
-from pydicom.sr import codes as pydicom_codes
+from pydicom.sr.codedict import codes as pydicom_codes
 
 from dicom import codes, sop, uids
 from dicom.algorithm import Algorithm

@@ -19,6 +19,8 @@ import logging
 import re
 import uuid
 
+from pydicom.uid import UID
+
 from dicom.errors import DicomValidationError
 
 __all__ = [
@@ -54,7 +56,7 @@ OUTPUT_KINDS = (
 )
 
 #: Implementation Class UID written in the file meta information of our files (a fixed UUID).
-IMPLEMENTATION_CLASS_UID = "2.25.146339216452957389153458219413185741121"
+IMPLEMENTATION_CLASS_UID = UID("2.25.146339216452957389153458219413185741121")
 IMPLEMENTATION_VERSION_NAME = "BCD_NODE_1"
 
 #: Namespace of the name-based UUIDs (itself a fixed, random UUID of this project).

@@ -1,5 +1,6 @@
 """Suite-wide fixtures: strict pydicom, free ports, temporary configs, PostgreSQL, the images of
-the DICOM tests. Helpers that tests import live in :mod:`tests.support`, not here."""
+the DICOM tests, the tiny model. Helpers that tests import live in :mod:`tests.support`, not
+here."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from tests.support.tools import IN_CI
 
 if TYPE_CHECKING:
     from bcd_node.inference.loader import LoadedModel
+    from bcd_node.inference.predictor import Predictor
+    from bcd_node.runtime import NodeContext
     from tests.support.postgres import PostgresServer
 
 # Every DICOM object the tests read or write must be valid: no silent fix-ups.
@@ -71,6 +74,18 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def ctx(write_config: Callable[..., Path]) -> Iterator[NodeContext]:
+    """A node on a temporary SQLite whose one destination, "pacs", nobody listens at (port 1):
+    what it queues for the PACS stays in the outbox. tests/jobs/ has its own (short leases)."""
+    from bcd_node.runtime import open_node
+    from bcd_node.settings import load_settings
+    context = open_node(load_settings(write_config(
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n')))
+    yield context
+    context.engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -158,3 +173,10 @@ def tiny_loaded(tiny_weights: Path) -> LoadedModel:
     """The tiny model, loaded through the loader."""
     from bcd_node.inference.loader import load_model
     return load_model(tiny_weights)
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_loaded: LoadedModel) -> Predictor:
+    """The tiny model through the real predictor, as the pipeline runs it."""
+    from bcd_node.inference.predictor import Predictor
+    return Predictor(loaded=tiny_loaded, batch_size=4)

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select, update
 
 import bcd_node.analysis.pipeline
@@ -31,10 +30,9 @@ from bcd_node.db.models import (
 from bcd_node.intake.intake import Intake
 from bcd_node.jobs.queue import claim
 from bcd_node.records.users import hash_password
-from bcd_node.runtime import NodeContext, open_node
-from bcd_node.settings import load_settings
+from bcd_node.runtime import NodeContext
 from tests.support.dicomcheck import assert_dciodvfy_clean
-from tests.support.images import vl_micro
+from tests.support.images import part10_bytes, vl_micro
 from tests.support.predictions import PROBS, Pred
 
 
@@ -68,19 +66,14 @@ def version(seed: int) -> bytes:
     for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         setattr(ds, keyword, _FIRST.get(keyword))
     ds.file_meta.MediaStorageSOPInstanceUID = _FIRST.SOPInstanceUID
-    buf = DicomBytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return part10_bytes(ds)
 
 
 @pytest.fixture
-def node(write_config) -> Any:
-    ctx = open_node(load_settings(write_config(
-        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n')))
+def node(ctx: NodeContext) -> Any:
     analyzer = Analyzer()
     with Intake(ctx) as intake:
         yield ctx, intake, analyzer, Pipeline(ctx, analyzer)
-    ctx.engine.dispose()
 
 
 def next_job(ctx: NodeContext) -> Any:
@@ -215,6 +208,7 @@ def test_a_verification_made_while_the_change_waited_is_withdrawn_by_the_analysi
     assert event.actor == "system" and event.details["instance_revision"] == 0
 
 
+@pytest.mark.integration  # dciodvfy
 def test_verified_report_of_a_revision_lives_in_its_series(node) -> None:
     ctx, intake, _analyzer, pipeline = node
     intake.accept(version(1))

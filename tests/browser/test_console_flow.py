@@ -75,6 +75,7 @@ def seed_analysis(console: LiveConsole, image: Any, mask: Any) -> int:
         return result.id
 
 
+@pytest.mark.slow
 def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: Any,
                                            screenshot: Callable[[str], Path],
                                            tmp_path: Path) -> None:

@@ -33,17 +33,6 @@ def drain(context: Any, predictor: Any) -> list[Job]:
         return list(session.execute(select(Job).order_by(Job.id)).scalars())
 
 
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The untrained tiny model (width 1/16) through the real loader and predictor."""
-    pytest.importorskip("tensorflow")
-    from bcd_node.inference.loader import load_model
-    from bcd_node.inference.predictor import Predictor
-    from tests.support.weights import make_weights
-    return Predictor(loaded=load_model(make_weights(tmp_path_factory.mktemp("weights"))),
-                     batch_size=2)
-
-
 def test_upload_analyse_review_verify_with_the_real_pipeline(
         live_console: LiveConsole, browser: Any, screenshot: Callable[[str], Path],
         predictor: Any, tmp_path: Path) -> None:

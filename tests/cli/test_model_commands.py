@@ -8,9 +8,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pydicom
 import pytest
 
 from bcd_node.cli import model_commands as commands
+from tests.support.images import write_smears
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,3 +87,28 @@ def test_bad_weights_exit_1(tmp_path: Path, capsys, no_settings) -> None:
     code = _run(["analyze", "x.png", "--weights", str(tmp_path / "manifest.json")])
     assert code == 1
     assert "model error" in capsys.readouterr().err
+
+
+def test_analyze_dicom_out_goes_on_after_an_unexpected_error(tmp_path, capsys, monkeypatch,
+                                                            tiny_weights) -> None:
+    import bcd_node.analysis.pipeline
+    from bcd_node.cli import main
+
+    manifest = tiny_weights
+    first, second = write_smears(tmp_path / "in", 2)
+    broken = str(pydicom.dcmread(first).SOPInstanceUID)
+    analyze = bcd_node.analysis.pipeline.analyze_dataset
+
+    def analyze_or_fail(ds, *args, **kwargs):
+        if str(ds.SOPInstanceUID) == broken:
+            raise RuntimeError("a builder failed")
+        return analyze(ds, *args, **kwargs)
+
+    monkeypatch.setattr(bcd_node.analysis.pipeline, "analyze_dataset", analyze_or_fail)
+    out = tmp_path / "out"
+    code = main(["analyze", str(first), str(second), "--weights", str(manifest), "--json",
+                 "--dicom-out", str(out), "--precision", "float32"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert code == 1
+    assert lines[0] == {"file": str(first), "error": "RuntimeError: a builder failed"}
+    assert lines[1]["file"] == str(second) and len(lines[1]["dicom_outputs"]) == 3

@@ -6,12 +6,11 @@ import datetime as dt
 
 import highdicom as hd
 import numpy as np
-import pydicom
 import pytest
 
 from dicom import pixels, sop
 from dicom.dicomize import dicomize
-from tests.support.dicomcheck import assert_dciodvfy_clean
+from tests.support.dicomcheck import write_checked
 
 FIELDS = {
     "patient_id": "PAT-001",
@@ -28,10 +27,7 @@ FIELDS = {
 def test_vl_microscopic_round_trip(tmp_path, smear_rgb):
     ds = dicomize(smear_rgb, **FIELDS, study_description="Blood smear")
     path = tmp_path / "vl.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    assert_dciodvfy_clean(path)
-
-    back = pydicom.dcmread(path)
+    back = write_checked(ds, path)
     assert back.SOPClassUID == sop.VL_MICROSCOPIC_IMAGE
     assert back.Modality == "GM"
     assert back.PatientID == "PAT-001"
@@ -56,9 +52,7 @@ def test_secondary_capture_round_trip(tmp_path, smear_rgb):
     ds = dicomize(smear_rgb, **fields, secondary_capture=True, study_instance_uid=study,
                   lossy_source=True, uid_root="1.2.3.4.6")
     path = tmp_path / "sc.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    assert_dciodvfy_clean(path)
-    back = pydicom.dcmread(path)
+    back = write_checked(ds, path)
     assert back.SOPClassUID == sop.SECONDARY_CAPTURE_IMAGE
     assert back.StudyInstanceUID == study
     assert back.SOPInstanceUID.startswith("1.2.3.4.6.")

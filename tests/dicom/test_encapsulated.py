@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pydicom
 import pytest
 
 from dicom import sop, uids
-from dicom.algorithm import Algorithm
 from dicom.encapsulated import build_encapsulated_pdf
-from tests.support.dicomcheck import assert_dciodvfy_clean
+from tests.support.dicomcheck import write_checked
 
 #: A minimal, odd-length PDF (the padding byte must not change the document).
 PDF = (
@@ -19,20 +17,11 @@ PDF = (
 )
 
 
-@pytest.fixture
-def algorithm() -> Algorithm:
-    return Algorithm("bcd-vgg16-unet", "0.1.0-demo")
-
-
 @pytest.mark.integration
 def test_encapsulated_pdf_round_trip(tmp_path, source_image, algorithm):
     assert len(PDF) % 2 == 1
     ds = build_encapsulated_pdf(source_image, PDF, algorithm=algorithm)
-    path = tmp_path / "pdf.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    assert_dciodvfy_clean(path)
-
-    back = pydicom.dcmread(path)
+    back = write_checked(ds, tmp_path / "pdf.dcm")
     assert back.SOPClassUID == sop.ENCAPSULATED_PDF
     assert back.Modality == "DOC"
     assert back.MIMETypeOfEncapsulatedDocument == "application/pdf"

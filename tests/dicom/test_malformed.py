@@ -15,24 +15,19 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 from dicom import pixels
 from dicom.errors import DecompressionBombError, DicomDecodeError, DicomError, InflationLimitError
 from tests.support import dicom_inputs as inputs
+from tests.support.images import part10_bytes
 
 pytestmark = pytest.mark.timeout(20)
 
 
-def _part10(ds) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 @pytest.fixture
 def valid_bytes(smear_rgb) -> bytes:
-    return _part10(inputs.make_image(smear_rgb, "RGB", 8))
+    return part10_bytes(inputs.make_image(smear_rgb, "RGB", 8))
 
 
 @pytest.fixture
 def compressed_bytes(smear_rgb) -> bytes:
-    return _part10(inputs.encode(inputs.make_image(smear_rgb, "RGB", 8), JPEGLSLossless))
+    return part10_bytes(inputs.encode(inputs.make_image(smear_rgb, "RGB", 8), JPEGLSLossless))
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 0.9, 0.999])
@@ -83,7 +78,7 @@ def test_pixel_data_shorter_than_declared(smear_rgb):
     ds = inputs.make_image(smear_rgb, "RGB", 8)
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
     with pytest.raises(DicomDecodeError, match="Pixel Data has"):
-        pixels.decode_file(_part10(ds))
+        pixels.decode_file(part10_bytes(ds))
 
 
 def _nested_sequences(depth: int) -> bytes:
@@ -98,7 +93,7 @@ def _nested_sequences(depth: int) -> bytes:
 @pytest.mark.parametrize("depth", [40, 400, 20000])
 def test_deep_sequence_nesting(smear_rgb, depth):
     ds = inputs.make_image(smear_rgb[:8, :8], "RGB", 8)
-    data = _part10(ds)
+    data = part10_bytes(ds)
     pos = data.index(struct.pack("<HH", 0x7FE0, 0x0010))
     nested = data[:pos] + _nested_sequences(depth) + data[pos:]
     with pytest.raises(DicomDecodeError, match="nesting"):
@@ -109,7 +104,7 @@ def test_deep_sequence_nesting(smear_rgb, depth):
 def test_deep_sequence_nesting_on_the_fast_path(smear_rgb, depth):
     """The C-STORE fast path (no value conversion) bounds the nesting too."""
     ds = inputs.make_image(smear_rgb[:8, :8], "RGB", 8)
-    data = _part10(ds)
+    data = part10_bytes(ds)
     pos = data.index(struct.pack("<HH", 0x7FE0, 0x0010))
     with pytest.raises(DicomDecodeError, match="nesting"):
         pixels.read_dataset(data[:pos] + _nested_sequences(depth) + data[pos:],
@@ -128,7 +123,7 @@ def test_huge_declared_size_is_refused_before_decoding(smear_rgb, rows, columns,
     if frames > 1:
         ds.NumberOfFrames = frames
     with pytest.raises(DecompressionBombError, match="exceeds the limit"):
-        pixels.decode_file(_part10(ds))
+        pixels.decode_file(part10_bytes(ds))
 
 
 def test_limit_is_configurable(valid_bytes):
@@ -140,7 +135,7 @@ def test_codestream_declaring_another_size_is_refused(smear_rgb):
     ds = inputs.encode(inputs.make_image(smear_rgb, "RGB", 8), JPEG2000Lossless)
     ds.Rows, ds.Columns = 32, 32  # the SIZ marker still says 96 x 128
     with pytest.raises(DicomDecodeError, match="codestream declares"):
-        pixels.decode_file(_part10(ds))
+        pixels.decode_file(part10_bytes(ds))
 
 
 def test_corrupt_codestream_is_typed(smear_rgb):
@@ -148,14 +143,14 @@ def test_corrupt_codestream_is_typed(smear_rgb):
     sof55 = b"\xff\xd8\xff\xf7" + b"\x00\x0b\x08\x00\x60\x00\x80\x03"
     ds.PixelData = encapsulate([sof55 + b"\x13" * 500])
     with pytest.raises(DicomDecodeError):
-        pixels.decode_file(_part10(ds))
+        pixels.decode_file(part10_bytes(ds))
 
 
 def test_corrupt_rle_is_typed(smear_rgb):
     ds = inputs.encode(inputs.make_image(smear_rgb, "RGB", 8), RLELossless)
     ds.PixelData = encapsulate([struct.pack("<16I", 3, 64, 70, 80, *([0] * 12)) + b"\x7f" * 40])
     with pytest.raises(DicomDecodeError):
-        pixels.decode_file(_part10(ds))
+        pixels.decode_file(part10_bytes(ds))
 
 
 def test_missing_encapsulated_frames(smear_rgb):
@@ -164,31 +159,37 @@ def test_missing_encapsulated_frames(smear_rgb):
     ds = inputs.encode(source, RLELossless)
     ds.NumberOfFrames = 5
     with pytest.raises(DicomError):
-        pixels.decode_file(_part10(ds))
+        pixels.decode_file(part10_bytes(ds))
+
+
+def _deflated_image() -> tuple[bytes, int]:
+    """An 8 x 8 image as a Part 10 file in Deflated Explicit VR Little Endian, and the offset
+    where its data set starts (after the file meta information)."""
+    ds = inputs.make_image(np.zeros((8, 8, 3), dtype=np.uint8), "RGB", 8)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    data = part10_bytes(ds)
+    return data, 132 + 12 + struct.unpack("<I", data[140:144])[0]
+
+
+def _deflated_zeros(size: int) -> bytes:
+    """A deflated data set of one private OB element of ``size`` zero bytes."""
+    body = struct.pack("<HH", 0x0009, 0x1010) + b"OB\0\0" + struct.pack("<I", size)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(body) + compressor.compress(bytes(size)) + compressor.flush()
 
 
 def test_deflate_bomb_is_refused(tmp_path):
-    ds = inputs.make_image(np.zeros((8, 8, 3), dtype=np.uint8), "RGB", 8)
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
-    data = bytearray(_part10(ds))
-    meta_end = 132 + 12 + struct.unpack("<I", data[140:144])[0]
+    data, meta_end = _deflated_image()
     # 64 MiB of private OB zeros, deflated to a few tens of kilobytes.
-    body = struct.pack("<HH", 0x0009, 0x1010) + b"OB\0\0" + struct.pack("<I", 64 * 2**20)
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    bomb = compressor.compress(body) + compressor.compress(bytes(64 * 2**20)) + compressor.flush()
+    bomb = _deflated_zeros(64 * 2**20)
     assert len(bomb) < 200_000
     with pytest.raises(DecompressionBombError, match="inflates"):
         pixels.read_dataset(bytes(data[:meta_end]) + bomb, max_pixels=1000)
 
 
 def test_deflated_inflation_limit_is_configurable():
-    ds = inputs.make_image(np.zeros((8, 8, 3), dtype=np.uint8), "RGB", 8)
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
-    data = bytearray(_part10(ds))
-    meta_end = 132 + 12 + struct.unpack("<I", data[140:144])[0]
-    body = struct.pack("<HH", 0x0009, 0x1010) + b"OB\0\0" + struct.pack("<I", 4 * 2**20)
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    bomb = compressor.compress(body) + compressor.compress(bytes(4 * 2**20)) + compressor.flush()
+    data, meta_end = _deflated_image()
+    bomb = _deflated_zeros(4 * 2**20)
     with pytest.raises(InflationLimitError, match="more than 1048576 bytes"):
         pixels.read_dataset(bytes(data[:meta_end]) + bomb, max_inflated_bytes=2**20)
     with pytest.raises(ValueError, match="max_inflated_bytes"):

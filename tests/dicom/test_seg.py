@@ -12,11 +12,6 @@ from dicom.seg import SEGMENT_LABEL, build_segmentation
 from tests.support.dicomcheck import assert_dciodvfy_clean
 
 
-@pytest.fixture
-def algorithm() -> Algorithm:
-    return Algorithm("bcd-vgg16-unet", "0.1.0-demo", software_version="0.1.0")
-
-
 @pytest.mark.integration
 def test_binary_seg_round_trip(tmp_path, source_image, blast_mask, algorithm):
     seg = build_segmentation(source_image, blast_mask, algorithm=algorithm)

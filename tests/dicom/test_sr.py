@@ -9,7 +9,6 @@ import pydicom
 import pytest
 
 from dicom import codes, uids
-from dicom.algorithm import Algorithm
 from dicom.codes import Stage
 from dicom.seg import build_segmentation
 from dicom.sr import Findings, Verification, build_sr
@@ -21,11 +20,6 @@ PROBABILITIES = {
     "Malignant-Pre": 0.7,
     "Malignant-Pro": 0.1,
 }
-
-
-@pytest.fixture
-def algorithm() -> Algorithm:
-    return Algorithm("bcd-vgg16-unet", "0.1.0-demo", software_version="0.1.0")
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_tiny_training_lowers_the_loss(tiny_set: Path) -> None:
     keras.utils.set_random_seed(0)
     images, labels, masks = load_arrays(scan_dataset(tiny_set), 64)

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from sqlalchemy import func, select
 
 from bcd_node.db.models import (
@@ -37,7 +36,7 @@ from bcd_node.intake.intake import Accepted, IdentityConflictError, Intake, cont
 from bcd_node.records.users import hash_password
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
-from tests.support.images import vl_micro
+from tests.support.images import part10_bytes, vl_micro
 
 SOP_UID = "2.25.1111111111111111111111111111111111"
 STUDY_UID = "2.25.2222222222222222222222222222222222"
@@ -63,17 +62,7 @@ def image(seed: int = 1, *, patient_id: str = "PAT-A", study_uid: str = STUDY_UI
 def encode(ds: Dataset, *, source_ae: str | None = None) -> bytes:
     if source_ae is not None:
         ds.file_meta.SourceApplicationEntityTitle = source_ae
-    buf = DicomBytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
-@pytest.fixture
-def ctx(write_config) -> NodeContext:
-    context = open_node(load_settings(write_config(
-        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n')))
-    yield context
-    context.engine.dispose()
+    return part10_bytes(ds)
 
 
 def count(ctx: NodeContext, model: Any) -> int:

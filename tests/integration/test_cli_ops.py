@@ -8,7 +8,6 @@ import pydicom
 import pytest
 
 from bcd_node.cli import main
-from bcd_node.db.models import Delivery, DeliveryState
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from tests.support.images import write_vl_micro
@@ -35,27 +34,6 @@ def test_send_files_to_a_pacs(tmp_path, capsys, write_config) -> None:
                  "--to", f"PACS@127.0.0.1:{free_port()}"]) == 1
     assert "cannot associate" in capsys.readouterr().err
     assert main(["--config", str(cfg), "send", str(files[0]), "--to", "nonsense"]) == 1
-
-
-def test_status_and_retry_of_dead_deliveries(tmp_path, capsys, write_config) -> None:
-    cfg = write_config('[[destinations]]\nname = "pacs"\nae_title = "PACS"\n'
-                       'host = "127.0.0.1"\nport = 104\n')
-    ctx = open_node(load_settings(cfg))
-    with ctx.session_factory.begin() as s:
-        for i, state in enumerate((DeliveryState.DEAD, DeliveryState.DEAD, DeliveryState.DONE)):
-            s.add(Delivery(destination="pacs", kind="sr", sop_class_uid="1.2",
-                           sop_instance_uid=f"1.2.3.{i}", path="x", state=state, attempts=10,
-                           last_error="association rejected"))
-    assert main(["--config", str(cfg), "status", "--json"]) == 0
-    status = json.loads(capsys.readouterr().out)
-    assert status["deliveries"]["pacs"] == {"dead": 2, "done": 1}
-    assert main(["--config", str(cfg), "status"]) == 0
-    assert "dead 2" in capsys.readouterr().out
-    assert main(["--config", str(cfg), "deliveries", "retry"]) == 0
-    assert "2 deliveries queued again" in capsys.readouterr().out
-    assert main(["--config", str(cfg), "status", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["deliveries"]["pacs"] == {"pending": 2, "done": 1}
-    assert main(["--config", str(cfg), "audit", "verify"]) == 0
 
 
 def test_status_shows_a_failing_delivery_as_pending_with_its_reason(tmp_path, capsys,
@@ -91,27 +69,3 @@ def test_status_shows_a_failing_delivery_as_pending_with_its_reason(tmp_path, ca
     assert waiting["state"] == "pending" and waiting["attempts"] == 1 and waiting["retrying"]
     assert waiting["next_attempt_at"] and "0xA700" in waiting["last_error"]
     assert status["waiting_total"] == 1
-
-
-def test_retry_of_an_unknown_or_busy_delivery_says_so_and_exits_1(tmp_path, capsys,
-                                                                  write_config) -> None:
-    cfg = write_config('[[destinations]]\nname = "pacs"\nae_title = "PACS"\n'
-                       'host = "127.0.0.1"\nport = 104\n')
-    ctx = open_node(load_settings(cfg))
-    with ctx.session_factory.begin() as s:
-        for i, state in enumerate((DeliveryState.DEAD, DeliveryState.PENDING)):
-            s.add(Delivery(destination="pacs", kind="sr", sop_class_uid="1.2",
-                           sop_instance_uid=f"1.2.3.{i}", path="x", state=state, attempts=3,
-                           last_error="association rejected"))
-    assert main(["--config", str(cfg), "deliveries", "retry", "42"]) == 1
-    assert "no delivery 42" in capsys.readouterr().err
-    assert main(["--config", str(cfg), "deliveries", "retry", "2"]) == 1
-    assert "delivery 2 does not need attention (it is pending)" in capsys.readouterr().err
-    assert main(["--config", str(cfg), "deliveries", "retry", "1", "42"]) == 1  # all or nothing
-    capsys.readouterr()
-    with ctx.session_factory() as s:
-        assert s.get(Delivery, 1).state is DeliveryState.DEAD
-    assert main(["--config", str(cfg), "deliveries", "retry", "1"]) == 0
-    assert "1 delivery queued again: 1" in capsys.readouterr().out
-    assert main(["--config", str(cfg), "deliveries", "retry", "1"]) == 1  # not dead any more
-    assert "does not need attention" in capsys.readouterr().err

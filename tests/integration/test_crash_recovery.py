@@ -17,14 +17,13 @@ import pydicom
 import pytest
 
 from tests.support.images import write_smears
+from tests.support.listener import ENV
 from tests.support.net import free_port
 from tests.support.peers import StoreScp
 from tests.support.tools import require_tool
-from tests.support.weights import make_weights
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BCD_NODE = Path(sys.executable).with_name("bcd-node")
-ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 def _counts(database: Path) -> dict[str, int]:
@@ -87,9 +86,9 @@ class Serve:
                 self.kill()
 
 
-def test_kill_9_mid_work_then_everything_goes_out_within_a_minute(write_config,
+def test_kill_9_mid_work_then_everything_goes_out_within_a_minute(write_config, tiny_weights,
                                                                   tmp_path) -> None:
-    manifest = make_weights(tmp_path / "weights")
+    manifest = tiny_weights
     dicom_port, web_port, pacs_port = free_port(), free_port(), free_port()
     # A PACS that takes its time (2 s after each object), so that sends are under way when
     # the node is killed.

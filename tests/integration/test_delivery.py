@@ -10,30 +10,15 @@ import pytest
 from sqlalchemy import select
 
 from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, utcnow
-from bcd_node.delivery.outbox import Deliverer, retry_deliveries
+from bcd_node.delivery.outbox import Deliverer
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from tests.support.images import write_vl_micro
 from tests.support.net import free_port
-from tests.support.outbox import queue_files
+from tests.support.outbox import node_for, queue_files, states
 from tests.support.peers import Orthanc
-from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def node_for(write_config, orthanc_port: int, max_attempts: int = 10):
-    cfg = write_config(
-        "[delivery]\ninitial_backoff = 0.2\nmax_backoff = 0.4\n"
-        f"max_attempts = {max_attempts}\nconnect_timeout = 2.0\n\n"
-        '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
-        f"port = {orthanc_port}\n")
-    return open_node(load_settings(cfg))
-
-
-def states(ctx) -> list[DeliveryState]:
-    with ctx.session_factory() as s:
-        return list(s.execute(select(Delivery.state).order_by(Delivery.id)).scalars())
 
 
 def test_delivers_to_orthanc_and_records_echo(write_config, orthanc, tmp_path) -> None:
@@ -71,19 +56,6 @@ def test_pacs_down_backs_off_then_delivers_when_back(write_config, tmp_path) -> 
         assert len(server.instances()) == 2
     finally:
         server.cleanup()
-
-
-def test_dead_letter_and_audited_retry(write_config, tmp_path) -> None:
-    ctx = node_for(write_config, free_port(), max_attempts=2)
-    queue_files(ctx, write_vl_micro(tmp_path / "out", 1))
-    deliverer = Deliverer(ctx)
-    deliverer.run_once()
-    assert states(ctx) == [DeliveryState.PENDING]  # one attempt failed; the next one is due
-    wait_for(lambda: deliverer.run_once().sent == 0 and states(ctx) == [DeliveryState.DEAD],
-             10, "the second failed attempt, then the dead letter")
-    with ctx.session_factory.begin() as session:
-        assert retry_deliveries(session, actor="admin", actor_kind="cli") == [1]
-    assert states(ctx) == [DeliveryState.PENDING]
 
 
 def storescp_node(write_config, pacs, extra: str = ""):

@@ -8,14 +8,13 @@ import time
 
 import pydicom
 import pytest
-from pynetdicom import AE
 from pynetdicom.sop_class import SecondaryCaptureImageStorage, VLMicroscopicImageStorage
 from sqlalchemy import func, select
 
 from bcd_node.db.models import AuditEvent, Instance, Job, Patient, Study
 from bcd_node.runtime import NodeContext
 from tests.support.images import vl_micro, write_vl_micro
-from tests.support.listener import ENV, RunningScp, storescu
+from tests.support.listener import ENV, RunningScp, c_store, storescu
 from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.integration
@@ -122,15 +121,7 @@ def test_storage_under_watermark_answers_a700_and_keeps_nothing(scp_factory, tmp
 
 
 def send_with_pynetdicom(port: int, ds_or_path, context_class=VLMicroscopicImageStorage) -> int:
-    ae = AE(ae_title="SCANNER")
-    ae.add_requested_context(context_class, ["1.2.840.10008.1.2.1"])
-    assoc = ae.associate("127.0.0.1", port, ae_title="BCD_NODE")
-    assert assoc.is_established
-    try:
-        status = assoc.send_c_store(ds_or_path)
-        return int(status.Status)
-    finally:
-        assoc.release()
+    return int(c_store(port, ds_or_path, sop_class=context_class).Status)
 
 
 def test_malformed_dataset_gets_c210_and_audit(scp_factory) -> None:
@@ -238,13 +229,7 @@ def test_known_uid_for_another_patient_is_refused_c240_with_comment_and_alert(
     assert "0xc240" in report, report
     assert "already stored for another patient" in report  # the Error Comment
     # The same refusal through pynetdicom: status and Error Comment as the sender sees them.
-    ae = AE(ae_title="INTRUDER")
-    ae.add_requested_context(VLMicroscopicImageStorage, ["1.2.840.10008.1.2.1"])
-    assoc = ae.associate("127.0.0.1", scp.port, ae_title="BCD_NODE")
-    try:
-        status = assoc.send_c_store(other)
-    finally:
-        assoc.release()
+    status = c_store(scp.port, other, aet="INTRUDER")
     assert status.Status == 0xC240
     assert status.ErrorComment == "SOP Instance UID already stored for another patient"
     # Patient A's image is where it was, unchanged; nothing of patient B was written.
@@ -274,13 +259,7 @@ def test_new_image_of_another_patient_in_a_known_study_is_refused(scp_factory) -
     first = vl_micro(15, patient_id="PAT-A")
     assert send_with_pynetdicom(scp.port, first) == 0
     intruder = vl_micro(16, patient_id="PAT-B", study_uid=str(first.StudyInstanceUID))
-    ae = AE(ae_title="SCANNER")
-    ae.add_requested_context(VLMicroscopicImageStorage, ["1.2.840.10008.1.2.1"])
-    assoc = ae.associate("127.0.0.1", scp.port, ae_title="BCD_NODE")
-    try:
-        status = assoc.send_c_store(intruder)
-    finally:
-        assoc.release()
+    status = c_store(scp.port, intruder)
     assert status.Status == 0xC240
     assert status.ErrorComment == "Study Instance UID already stored for another patient"
     assert count(scp.context, Instance) == 1 and count(scp.context, Patient) == 1

@@ -68,10 +68,10 @@ def kill_tree(node: Node) -> None:
                  30, f"process {pid} gone")
 
 
-def test_kill_9_under_four_associations(write_config, tiny_manifest: Path, orthanc,
+def test_kill_9_under_four_associations(write_config, tiny_weights: Path, orthanc,
                                         tmp_path: Path) -> None:
     dicom_port, web_port = free_port(), free_port()
-    cfg = node_config(write_config, tiny_manifest, orthanc.dicom_port,
+    cfg = node_config(write_config, tiny_weights, orthanc.dicom_port,
                       dicom_port, web_port)
     batches = [write_smears(tmp_path / f"a{a}", PER_ASSOCIATION, first_seed=200 + 50 * a,
                             patient_id=f"KILL-{a}",

@@ -23,12 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import pydicom
 import pytest
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification, VLMicroscopicImageStorage
+from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
 from bcd_node.db.models import AuditEvent, Instance
@@ -36,13 +35,13 @@ from bcd_node.intake.intake import Intake
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
 from tests.support import dul
-from tests.support.images import vl_micro
+from tests.support.images import part10_bytes, vl_micro
+from tests.support.listener import ENV, c_store
 from tests.support.net import free_port
 from tests.support.node import Node, listener_pids
 from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.integration
-ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -109,21 +108,7 @@ def send_file(port: int, path: Path, transfer_syntax: str = ExplicitVRLittleEndi
 
     assert monkeypatch is not None
     monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
-    ae = AE(ae_title="SCANNER")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-    ae.add_requested_context(VLMicroscopicImageStorage, [transfer_syntax])
-    assoc = ae.associate("127.0.0.1", port, ae_title="BCD_NODE")
-    assert assoc.is_established
-    try:
-        return assoc.send_c_store(path)
-    finally:
-        assoc.release()
-
-
-def part10(ds: pydicom.Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return c_store(port, path, transfer_syntax=transfer_syntax, timeout=60)
 
 
 def rss_bytes(pid: int | str = "self") -> int:
@@ -326,7 +311,7 @@ def deflate_bomb(path: Path, inflated: int) -> Path:
     """A VL Microscopic Image in Deflated Explicit VR Little Endian whose data set inflates to
     more than ``inflated`` bytes (a private OB element of zeros)."""
     ds = vl_micro(3, size=32)
-    plain = part10(ds)
+    plain = part10_bytes(ds)
     meta_end = 144 + struct.unpack("<I", plain[140:144])[0]
     body = plain[meta_end:]
     creator = struct.pack("<HH", 0x0009, 0x0010) + b"LO" + struct.pack("<H", 4) + b"BOMB"
@@ -359,7 +344,7 @@ def test_a_deflate_bomb_is_refused(scp, tmp_path, monkeypatch) -> None:
 
 def test_a_sequence_nested_40_levels_deep_is_refused(scp, tmp_path, monkeypatch) -> None:
     running = scp()
-    plain = part10(vl_micro(4, size=32))
+    plain = part10_bytes(vl_micro(4, size=32))
     open_sq = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + b"\xff\xff\xff\xff"
     open_item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
     close_item = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, func, select
 
 from bcd_node.db.models import Instance, Job
 from tests.support.images import write_vl_micro
+from tests.support.listener import ENV
 from tests.support.net import free_port
 from tests.support.node import BCD_NODE, Node, listener_pids
 from tests.support.procs import children
@@ -23,7 +24,6 @@ from tests.support.tools import require_tool
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 def push(port: int, files: list[Path], associations: int) -> None:
@@ -101,6 +101,7 @@ def _received(path: Path) -> float:
                if line.startswith('bcd_images_received_total{source="dicom"}'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [9, 15])
 def test_a_killed_listener_process_is_replaced(write_config, tmp_path, sig) -> None:
     """SIGKILL or SIGTERM to one listener process: the others go on accepting (a stopping
@@ -131,6 +132,7 @@ def test_a_killed_listener_process_is_replaced(write_config, tmp_path, sig) -> N
         assert node.stop() == 0, node.output()
 
 
+@pytest.mark.slow
 def test_systemd_hears_ready_only_when_every_process_runs(write_config, tmp_path) -> None:
     """READY=1 comes after the worker process has loaded the model and the listeners accept."""
     dicom_port, web_port = free_port(), free_port()
@@ -212,6 +214,7 @@ for a in assocs:
         ctx.engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_listener_process_wakes_the_worker_process(write_config, tmp_path) -> None:
     """With workers polling only every 60 s, an image is still analysed within seconds: the
     listener process that queued the job wakes the worker process."""
@@ -257,6 +260,7 @@ def worker_pids(node: Node) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 def test_a_killed_worker_process_is_replaced(write_config, tmp_path) -> None:
     dicom_port, web_port = free_port(), free_port()
     node = Node(write_config(dicom_port=dicom_port, web_port=web_port))

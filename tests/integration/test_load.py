@@ -25,12 +25,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240
 ASSOCIATIONS, PER_ASSOCIATION = 4, 100
 
 
-def test_four_associations_times_100_exactly_once(write_config, tiny_manifest, tmp_path) -> None:
+def test_four_associations_times_100_exactly_once(write_config, tiny_weights, tmp_path) -> None:
     storescu = require_tool("storescu")
     orthanc = Orthanc().start()
     dicom_port, web_port = free_port(), free_port()
     cfg = write_config(
-        f'[model]\nweights = "{tiny_manifest}"\nprecision = "float32"\n\n'
+        f'[model]\nweights = "{tiny_weights}"\nprecision = "float32"\n\n'
         "[workers]\ncount = 2\npoll_interval = 0.1\nstudy_quiet_seconds = 10.0\n\n"
         "[delivery]\ninterval = 0.5\ninitial_backoff = 0.5\nmax_backoff = 1.0\n\n"
         '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'

@@ -26,10 +26,8 @@ BCD_NODE = Path(sys.executable).with_name("bcd-node")
 
 
 def test_roles_share_postgres_and_each_image_is_processed_once(write_config, postgres_url,
-                                                               tmp_path) -> None:
-    from tests.support.weights import make_weights
-
-    manifest = make_weights(tmp_path / "weights")
+                                                               tiny_weights, tmp_path) -> None:
+    manifest = tiny_weights
     orthanc = Orthanc().start()
     dicom_port, web_port = free_port(), free_port()
     cfg = write_config(

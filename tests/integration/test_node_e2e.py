@@ -13,9 +13,9 @@ from tests.support.node import Node, node_config, outbox_settled, outputs_by_sou
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_storescu_to_node_to_orthanc(write_config, tiny_manifest, orthanc, tmp_path) -> None:
+def test_storescu_to_node_to_orthanc(write_config, tiny_weights, orthanc, tmp_path) -> None:
     dicom_port, web_port = free_port(), free_port()
-    node = Node(node_config(write_config, tiny_manifest, orthanc.dicom_port, dicom_port,
+    node = Node(node_config(write_config, tiny_weights, orthanc.dicom_port, dicom_port,
                             web_port))
     files = write_smears(tmp_path / "in", 4, study_uid=pydicom.uid.generate_uid(prefix="2.25."))
     sources = {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
@@ -45,10 +45,10 @@ def test_storescu_to_node_to_orthanc(write_config, tiny_manifest, orthanc, tmp_p
     assert "left empty in the derived objects: PatientBirthDate, PatientSex" in log
 
 
-def test_kill_9_loses_nothing_and_duplicates_nothing(write_config, tiny_manifest, orthanc,
+def test_kill_9_loses_nothing_and_duplicates_nothing(write_config, tiny_weights, orthanc,
                                                      tmp_path) -> None:
     dicom_port, web_port = free_port(), free_port()
-    cfg = node_config(write_config, tiny_manifest, orthanc.dicom_port, dicom_port, web_port)
+    cfg = node_config(write_config, tiny_weights, orthanc.dicom_port, dicom_port, web_port)
     files = write_smears(tmp_path / "in", 12, study_uid=pydicom.uid.generate_uid(prefix="2.25."))
     sources = {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
     node = Node(cfg)

@@ -16,6 +16,9 @@ from tests.support.node import BCD_NODE, Node
 from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.mark.slow
 def test_serve_answers_dicom_and_http_and_stops_on_sigterm(write_config) -> None:
     echoscu = require_tool("echoscu")
     dicom_port, web_port = free_port(), free_port()

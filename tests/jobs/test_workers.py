@@ -1,4 +1,5 @@
-"""Workers: leases kept while working, fencing, the disk guard, and one log line per failure."""
+"""Workers: leases kept while working, the disk guard, and one log line per failure (the
+queue's own lease fencing: test_queue.py)."""
 
 from __future__ import annotations
 
@@ -11,48 +12,18 @@ from datetime import timedelta
 
 import pytest
 
-from bcd_node.db.models import Job, JobKind, JobState, utcnow
+from bcd_node.db.models import Job, JobState, utcnow
 from bcd_node.errors import BcdError, PermanentError
 from bcd_node.jobs import queue
 from bcd_node.jobs.queue import LeaseLostError
 from bcd_node.jobs.workers import Workers
-from bcd_node.runtime import open_node
-from bcd_node.settings import load_settings
 from bcd_node.store.storage import StorageFullError
-
-
-@pytest.fixture
-def ctx(write_config):
-    context = open_node(load_settings(write_config(
-        "[workers]\nlease_seconds = 0.6\nmax_attempts = 3\nretry_delay = 0.01\n"
-        "poll_interval = 0.05\n")))
-    yield context
-    context.engine.dispose()
-
-
-def _job(ctx, max_attempts: int = 3) -> int:
-    with ctx.session_factory.begin() as s:
-        job = Job(kind=JobKind.STUDY_SUMMARY, max_attempts=max_attempts)
-        s.add(job)
-        s.flush()
-        return job.id
-
-
-def _get(ctx, job_id: int) -> Job:
-    with ctx.session_factory() as s:
-        return s.get(Job, job_id)
-
-
-def _wait(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
+from tests.support.jobs import add_job, job_row
+from tests.support.waiting import wait_for
 
 
 def test_a_job_longer_than_its_lease_keeps_it(ctx) -> None:
-    job_id = _job(ctx)
+    job_id = add_job(ctx)
     running, release = threading.Event(), threading.Event()
 
     def run(job) -> None:
@@ -64,38 +35,22 @@ def test_a_job_longer_than_its_lease_keeps_it(ctx) -> None:
     workers = Workers(ctx, run, 1).start()
     try:
         assert running.wait(20)
-        claimed_until = _get(ctx, job_id).lease_expires_at
+        claimed_until = job_row(ctx, job_id).lease_expires_at
         # Three leases later, the job is still this worker's: nobody else may claim it.
-        _wait(lambda: utcnow() > claimed_until + timedelta(seconds=1.2))
+        wait_for(lambda: utcnow() > claimed_until + timedelta(seconds=1.2), 20)
         with ctx.session_factory.begin() as s:
             assert queue.claim(s, "another-worker", 0.6) is None
-        assert _get(ctx, job_id).lease_expires_at > claimed_until
+        assert job_row(ctx, job_id).lease_expires_at > claimed_until
         release.set()
-        _wait(lambda: _get(ctx, job_id).state is JobState.DONE)
+        wait_for(lambda: job_row(ctx, job_id).state is JobState.DONE, 20)
     finally:
         release.set()
         workers.stop()
-    assert _get(ctx, job_id).attempts == 1
-
-
-def test_a_worker_that_lost_its_lease_does_not_publish(ctx) -> None:
-    job_id = _job(ctx)
-    with ctx.session_factory.begin() as s:
-        stale = queue.claim(s, "stale-worker", 0.01)
-    _wait(lambda: utcnow() > _get(ctx, job_id).lease_expires_at)
-    with ctx.session_factory.begin() as s:
-        fresh = queue.claim(s, "fresh-worker", 30)
-    assert fresh is not None and fresh.id == stale.id
-    with ctx.session_factory.begin() as s:
-        assert not queue.renew(s, stale, 30)
-        assert not queue.complete(s, stale)
-        assert not queue.fail(s, stale, "stale")
-    job = _get(ctx, job_id)
-    assert (job.state, job.lease_owner) == (JobState.RUNNING, "fresh-worker")
+    assert job_row(ctx, job_id).attempts == 1
 
 
 def test_a_failing_job_is_logged_once_with_its_reason(ctx, caplog) -> None:
-    job_id = _job(ctx, max_attempts=3)
+    job_id = add_job(ctx, max_attempts=3)
     calls = []
 
     def run(job) -> None:
@@ -105,8 +60,8 @@ def test_a_failing_job_is_logged_once_with_its_reason(ctx, caplog) -> None:
     workers = Workers(ctx, run, 0)
     with caplog.at_level(logging.DEBUG, logger="bcd_node"):
         for _ in range(3):
-            _wait(lambda: workers.step("w"))
-    assert calls == [1, 2, 3] and _get(ctx, job_id).state is JobState.FAILED
+            wait_for(lambda: workers.step("w"), 20)
+    assert calls == [1, 2, 3] and job_row(ctx, job_id).state is JobState.FAILED
     records = [r for r in caplog.records if r.name.startswith("bcd_node")]
     attempts = [r for r in records if r.levelno == logging.INFO and "attempt" in r.getMessage()]
     assert len(attempts) == 2 and not any(r.exc_info for r in attempts)
@@ -124,7 +79,7 @@ def _min_free(ctx, value: int) -> None:
 
 
 def test_workers_pause_under_the_disk_mark_and_resume(ctx, caplog) -> None:
-    job_id = _job(ctx)
+    job_id = add_job(ctx)
     free = shutil.disk_usage(ctx.settings.storage.data_dir).free
     _min_free(ctx, free + 10**12)  # as if the disk had filled up
     ran = []
@@ -132,15 +87,15 @@ def test_workers_pause_under_the_disk_mark_and_resume(ctx, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="bcd_node.jobs.workers"):
         workers.start()
         try:
-            _wait(lambda: workers.paused)
+            wait_for(lambda: workers.paused, 20)
             assert "storage.min_free_disk" in workers.paused
             for _ in range(3):  # still polling, still paused
                 workers.wake()
                 time.sleep(0.05)
-            assert ran == [] and _get(ctx, job_id).state is JobState.QUEUED
+            assert ran == [] and job_row(ctx, job_id).state is JobState.QUEUED
             _min_free(ctx, 1)
             workers.wake()
-            _wait(lambda: ran == [job_id])
+            wait_for(lambda: ran == [job_id], 20)
         finally:
             workers.stop()
     lines = [r.getMessage() for r in caplog.records if r.name == "bcd_node.jobs.workers"]
@@ -148,14 +103,14 @@ def test_workers_pause_under_the_disk_mark_and_resume(ctx, caplog) -> None:
 
 
 def test_a_job_that_meets_a_full_disk_goes_back_to_the_queue(ctx) -> None:
-    job_id = _job(ctx)
+    job_id = add_job(ctx)
 
     def run(job) -> None:
         raise StorageFullError("disk full while writing into results")
 
     workers = Workers(ctx, run, 0)
     assert workers.step("w")
-    job = _get(ctx, job_id)
+    job = job_row(ctx, job_id)
     assert (job.state, job.attempts, job.last_error) == (JobState.QUEUED, 0, None)
     assert "disk full" in workers.paused
 
@@ -170,7 +125,7 @@ def _take_over(ctx, job_id: int) -> None:
                                    StorageFullError("disk full while writing into results")])
 def test_a_job_whose_lease_was_lost_is_logged_as_lost_not_as_failed(ctx, caplog,
                                                                      error) -> None:
-    job_id = _job(ctx)
+    job_id = add_job(ctx)
     outcomes, failed = [], []
 
     def run(job) -> None:
@@ -181,7 +136,7 @@ def test_a_job_whose_lease_was_lost_is_logged_as_lost_not_as_failed(ctx, caplog,
                       on_failed=failed.append)
     with caplog.at_level(logging.INFO, logger="bcd_node.jobs.workers"):
         assert workers.step("w")
-    job = _get(ctx, job_id)
+    job = job_row(ctx, job_id)
     # The other worker's job, untouched: not failed, not given back, no error recorded here.
     assert (job.state, job.lease_owner, job.last_error) == (JobState.RUNNING, "another-worker",
                                                             None)

@@ -132,6 +132,7 @@ def test_report_data_is_validated(data, changes, error):
         dataclasses.replace(data, **changes)
 
 
+@pytest.mark.integration  # pdfimages (poppler)
 def test_pictures_are_lossless_and_deflated_without_ascii85(tmp_path, data):
     """The field and its overlay go in pixel for pixel, as deflated binary streams."""
     from PIL import Image

@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
-__all__ = ["DCIODVFY", "dciodvfy_errors", "assert_dciodvfy_clean"]
+import pydicom
+from pydicom.dataset import Dataset
+
+__all__ = ["DCIODVFY", "dciodvfy_errors", "assert_dciodvfy_clean", "write_checked"]
 
 DCIODVFY = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
 
@@ -48,3 +52,11 @@ def assert_dciodvfy_clean(path: str | os.PathLike[str]) -> None:
     """Fail the test with dciodvfy's messages unless it reports no errors on ``path``."""
     errors = dciodvfy_errors(path)
     assert not errors, f"dciodvfy reports errors on {os.fspath(path)}:\n" + "\n".join(errors)
+
+
+def write_checked(ds: Dataset, path: Path) -> Dataset:
+    """Write ``ds`` as a Part 10 file at ``path``, fail unless dciodvfy finds no error in it, and
+    return the data set read back from the file."""
+    ds.save_as(path, enforce_file_format=True)
+    assert_dciodvfy_clean(path)
+    return pydicom.dcmread(path)

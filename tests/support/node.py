@@ -13,12 +13,12 @@ import urllib.request
 from pathlib import Path
 
 from dicom.summary import SUMMARY_SERIES_NUMBER
+from tests.support.listener import ENV
 from tests.support.peers import Orthanc
 from tests.support.procs import children
 from tests.support.tools import require_tool
 from tests.support.waiting import wait_for as _wait_for
 
-ENV = {**os.environ, "TCP_NODELAY": "1"}
 BCD_NODE = Path(sys.executable).with_name("bcd-node")
 
 

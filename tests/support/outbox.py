@@ -1,12 +1,33 @@
-"""Outbox rows made directly in the database, for the delivery tests."""
+"""A node with one destination and outbox rows made directly in the database, for the delivery
+tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pydicom
+from sqlalchemy import select
 
-from bcd_node.db.models import Delivery
+from bcd_node.db.models import Delivery, DeliveryState
+from bcd_node.runtime import NodeContext, open_node
+from bcd_node.settings import load_settings
+
+
+def node_for(write_config, orthanc_port: int, max_attempts: int = 10) -> NodeContext:
+    """A node whose one destination, "pacs" (AE title ORTHANC), listens on ``orthanc_port`` on
+    loopback; retries come after 0.2 to 0.4 s."""
+    cfg = write_config(
+        "[delivery]\ninitial_backoff = 0.2\nmax_backoff = 0.4\n"
+        f"max_attempts = {max_attempts}\nconnect_timeout = 2.0\n\n"
+        '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
+        f"port = {orthanc_port}\n")
+    return open_node(load_settings(cfg))
+
+
+def states(ctx: NodeContext) -> list[DeliveryState]:
+    """The state of every outbox row, oldest first."""
+    with ctx.session_factory() as s:
+        return list(s.execute(select(Delivery.state).order_by(Delivery.id)).scalars())
 
 
 def queue_files(ctx, paths: list[Path]) -> None:

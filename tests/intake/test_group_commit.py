@@ -1,14 +1,13 @@
 """Group commit of the intake on SQLite: images that arrive while another listener process
-holds the database writer lock are committed together, in one transaction."""
+holds the database writer lock are committed together, in one transaction (in this process,
+no peer: the other listener is a lock taken by the test)."""
 
 from __future__ import annotations
 
 import fcntl
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 from sqlalchemy import func, select
 
 from bcd_node.db.models import Instance, Job
@@ -16,16 +15,7 @@ from bcd_node.intake.intake import Intake
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from tests.support.images import write_vl_micro
-
-pytestmark = pytest.mark.integration
-
-
-def _wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.01)
+from tests.support.waiting import wait_for
 
 
 def test_images_waiting_for_the_writer_lock_share_one_commit(write_config, tmp_path) -> None:
@@ -49,10 +39,11 @@ def test_images_waiting_for_the_writer_lock_share_one_commit(write_config, tmp_p
         with ThreadPoolExecutor(4) as pool:
             first = pool.submit(intake.accept, files[0].read_bytes())
             # The committer has taken the first image and waits for the lock ...
-            _wait_for(lambda: intake._queue.qsize() == 0 and intake._queue.unfinished_tasks)
+            wait_for(lambda: intake._queue.qsize() == 0 and intake._queue.unfinished_tasks,
+                     interval=0.01)
             rest = [pool.submit(intake.accept, f.read_bytes()) for f in files[1:]]
             # ... while three more arrive and queue up behind it.
-            _wait_for(lambda: intake._queue.qsize() == 3)
+            wait_for(lambda: intake._queue.qsize() == 3, interval=0.01)
             assert not first.done()
             fcntl.flock(other, fcntl.LOCK_UN)
             accepted = [f.result(timeout=30) for f in (first, *rest)]
