@@ -15,7 +15,6 @@ import socket
 import struct
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 import zlib
@@ -40,6 +39,7 @@ from tests.support.listener import ENV, c_store
 from tests.support.net import free_port
 from tests.support.node import Node, listener_pids
 from tests.support.tools import require_tool
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -122,14 +122,6 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.1)
-
-
 def closed_by_peer(sock: socket.socket) -> bool:
     """Whether the listener has closed ``sock`` (EOF or reset); never blocks."""
     try:
@@ -208,7 +200,7 @@ def test_idle_and_slow_connections_do_not_take_the_association_slots(scp) -> Non
             done = echoscu(running.port)
             assert done.returncode == 0, done.stdout + done.stderr
         # The pre-association deadline (default 5 s) ends them, the slow one included.
-        wait_until(lambda: all(closed_by_peer(s) for s in [*idle, loris]), 15,
+        wait_for(lambda: all(closed_by_peer(s) for s in [*idle, loris]), 15,
                    "connections that never associate are closed")
     finally:
         stop.set()
@@ -234,7 +226,7 @@ def test_a_refused_association_is_audited_against_its_own_peer(scp) -> None:
     finally:
         for sock in idle:
             sock.close()
-    wait_until(lambda: bool(running.audit("security_alert")), 10, "the refusal is audited")
+    wait_for(lambda: bool(running.audit("security_alert")), 10, "the refusal is audited")
     [alert] = running.audit("security_alert")
     assert (alert.actor, alert.source) == ("INTRUDER", f"127.0.0.1:{source_port}")
     assert "INTRUDER" in alert.details["reason"]
@@ -262,7 +254,7 @@ def test_a_pdu_declaring_4_gib_is_aborted_before_it_is_buffered(scp) -> None:
         sent = dul.stream_until_cut_off(sock, 256 << 20)
     assert sent < 64 << 20, f"the listener took {sent >> 20} MiB of a 4 GiB PDU"
     assert rss_bytes() - rss_before < 64 << 20
-    wait_until(lambda: bool(running.audit("association_aborted")), 10, "the abort is audited")
+    wait_for(lambda: bool(running.audit("association_aborted")), 10, "the abort is audited")
     [aborted] = running.audit("association_aborted")
     assert aborted.actor == "SCANNER"
     assert "4294967295" in aborted.details["reason"]
@@ -372,7 +364,7 @@ def node(write_config) -> Iterator[tuple[Node, int, int]]:
     running = Node(config, env={"TCP_NODELAY": "1"})
     running.start(web_port)
     try:
-        wait_until(lambda: len(listener_pids(running)) == 2, 30, "two listener processes")
+        wait_for(lambda: len(listener_pids(running)) == 2, 30, "two listener processes")
         yield running, dicom_port, web_port
     finally:
         assert running.stop() == 0, running.output()[-3000:]
@@ -409,7 +401,7 @@ def test_a_port_scan_leaves_no_descriptors_and_echo_keeps_working(node) -> None:
             scan.result()
     assert echoes and all(e.returncode == 0 for e in echoes), \
         [e.stdout + e.stderr for e in echoes if e.returncode]
-    wait_until(lambda: all(open_fds(pid) <= baseline[pid] + 3 for pid in pids), 20,
+    wait_for(lambda: all(open_fds(pid) <= baseline[pid] + 3 for pid in pids), 20,
                f"descriptors back to {baseline}")
     after = echoscu(dicom_port)
     assert after.returncode == 0, after.stderr
@@ -428,7 +420,7 @@ def test_a_listener_that_cannot_accept_makes_readyz_fail(node) -> None:
             connect_and_close(dicom_port, 5)
             return readyz(web_port)[0] == 503
 
-        wait_until(unready, 20, "/readyz answers 503")
+        wait_for(unready, 20, "/readyz answers 503")
         status, body = readyz(web_port)
         assert body["checks"]["dicom"] is False
         assert "Too many open files" in body["reasons"]["dicom"], body
@@ -438,7 +430,7 @@ def test_a_listener_that_cannot_accept_makes_readyz_fail(node) -> None:
         assert done.returncode == 0, done.stderr
     finally:
         resource.prlimit(victim, resource.RLIMIT_NOFILE, (soft, hard))
-    wait_until(lambda: readyz(web_port)[0] == 200, 20, "/readyz answers 200 again")
+    wait_for(lambda: readyz(web_port)[0] == 200, 20, "/readyz answers 200 again")
     assert victim in listener_pids(running)  # recovered, not restarted
 
 
@@ -454,9 +446,9 @@ def test_the_oldest_waiting_connections_make_room_for_new_ones() -> None:
     try:
         for _ in range(10):
             idle.append(socket.create_connection(("127.0.0.1", port)))
-            wait_until(lambda: listener.open_connections == min(len(idle), 4), 10,
+            wait_for(lambda: listener.open_connections == min(len(idle), 4), 10,
                        "the connection is taken")
-        wait_until(lambda: all(closed_by_peer(s) for s in idle[:6]), 10,
+        wait_for(lambda: all(closed_by_peer(s) for s in idle[:6]), 10,
                    "the six oldest are closed")
         assert not any(closed_by_peer(s) for s in idle[6:])
         done = echoscu(port)

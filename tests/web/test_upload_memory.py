@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from bcd_node.db.models import Instance
 from bcd_node.intake.upload import decoded_size, upload_memory
 from bcd_node.node.memory_budget import MemoryBudget
 from tests.support.seed import png_bytes, smear_image
+from tests.support.waiting import wait_for
 from tests.support.web import DOCTOR_PASSWORD, csrf_token, login
 
 FIELDS = {"patient_name": "Doe, John", "patient_id": "P-77"}
@@ -38,13 +38,6 @@ def upload(client: FlaskClient, data: bytes, token: str) -> Any:
 def instances(app: Flask) -> int:
     with app.extensions["bcd_node"].session_factory() as session:
         return session.execute(select(func.count()).select_from(Instance)).scalar_one()
-
-
-def wait_for(condition: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_cost_is_read_from_the_header() -> None:
