@@ -68,7 +68,7 @@ def node_status(session: Session, settings: Settings, *, waiting: int = 100,
     deliveries (with the ``waiting`` first that are not done) and the data folder's disk."""
     failed = session.execute(select(Job.id, Job.kind, Job.last_error)
                              .where(Job.state == JobState.FAILED)
-                             .order_by(Job.id.desc()).limit(failures)).tuples()
+                             .order_by(Job.id.desc()).limit(failures))
     return NodeStatus(
         jobs=counts(session),
         recent_failures=[FailedJob(job_id, JobKind(kind), error) for job_id, kind, error in failed],

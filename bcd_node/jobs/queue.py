@@ -180,7 +180,7 @@ class JobCounts:
 def counts(session: Session) -> JobCounts:
     """Count the jobs per kind and state."""
     rows = session.execute(select(Job.kind, Job.state, func.count())
-                           .group_by(Job.kind, Job.state)).tuples()
+                           .group_by(Job.kind, Job.state))
     found = {(JobKind(kind), JobState(state)): n for kind, state, n in rows}
     order = {member: i for i, member in enumerate([*JobKind, *JobState])}
     return JobCounts(dict(sorted(found.items(), key=lambda item: (order[item[0][0]],
