@@ -80,7 +80,7 @@ class VerifiedReports:
                             result.blast_area_fraction, np.zeros((1, 1, 1), np.uint8),
                             result.quality, result.needs_review)
         data = report_data(ds, image, over, combined, algorithm=ctx.algorithm,
-                           demonstration_model=ctx.demonstration_model,
+                           demonstration_model=self._demonstration(result),
                            created_at=result.created_at)
         data = dataclasses.replace(
             data, verified_by=name, verified_organization=verification.organization,
@@ -111,6 +111,16 @@ class VerifiedReports:
             publish(session, job, row, outputs, settings.destinations, study_id=row.study_fk)
         ctx.node.wake_delivery()
         LOGGER.info("job %d: verified report of result %d queued", job.id, result.id)
+
+    def _demonstration(self, result: Result) -> bool:
+        """Whether ``result`` was made by a demonstration model: its own record, else (a result
+        stored before the flag was kept) the warm model's flag when that model made it, and
+        true otherwise (as the console judges it, :mod:`webadmin.model_use`)."""
+        if result.demonstration_model is not None:
+            return result.demonstration_model
+        made_here = (result.model_name, result.model_version) == (self.context.model_name,
+                                                                  self.context.model_version)
+        return self.context.demonstration_model if made_here else True
 
 
 def _person_name(name: str) -> str:
