@@ -1,6 +1,6 @@
 """Analysis benchmark: where a worker's time goes for one image, stage by stage.
 
-Runs the worker's own code (:func:`bcd_node.analysis.pipeline.analyze_dataset`, then the SEG,
+Runs the worker's own code (:func:`bcd_node.analysis.findings.analyze_dataset`, then the SEG,
 SR and Encapsulated PDF written as the worker writes them) on 512 x 512 RGB VL Microscopic Images
 with the bundled model (or ``--weights``), after a warm-up, and prints the mean time per image of
 each stage: decoding, prediction, overlay, PDF report, SEG, SR, Encapsulated PDF and the durable
@@ -27,13 +27,13 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bcd_node.analysis import pipeline  # noqa: E402
+from bcd_node.analysis import findings  # noqa: E402
 from bcd_node.inference.spec import CLASSES  # noqa: E402
 from dicom import outputs  # noqa: E402
 
 #: (module, function) pairs that analyze_dataset and build_result_objects call, timed in place.
-STAGES = ((pipeline, "decode_for_analysis"), (pipeline, "overlay"),
-          (pipeline, "render_report"), (outputs, "build_segmentation"), (outputs, "build_sr"),
+STAGES = ((findings, "decode_for_analysis"), (findings, "overlay"),
+          (findings, "render_report"), (outputs, "build_segmentation"), (outputs, "build_sr"),
           (outputs, "build_encapsulated_pdf"))
 
 
@@ -90,10 +90,10 @@ def main() -> int:
                 spent.clear()
                 total = 0.0
             started = time.perf_counter()
-            analysis = pipeline.analyze_dataset(ds, predictor, algorithm=algorithm,
+            analysis = findings.analyze_dataset(ds, predictor, algorithm=algorithm,
                                                 review_threshold=0.6, uid_root="2.25")
             write_started = time.perf_counter()
-            pipeline.write_dicom_outputs(analysis, Path(out), f"img{i}")
+            findings.write_dicom_outputs(analysis, Path(out), f"img{i}")
             spent["write SEG+SR+PDF files"] = (spent.get("write SEG+SR+PDF files", 0.0)
                                                + time.perf_counter() - write_started)
             total += time.perf_counter() - started

@@ -48,7 +48,7 @@ def preview_png(store: Store, instance_id: int, image_relpath: str, sha256: str,
         return target.read_bytes()
     from PIL import Image
 
-    from bcd_node.analysis.pipeline import analysed_pixels
+    from bcd_node.analysis.findings import analysed_pixels
 
     with decoding():
         # The same pixels the pipeline analyses, so that the overlay lines up.

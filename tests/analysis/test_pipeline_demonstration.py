@@ -1,5 +1,5 @@
 """The pipeline records on each result whether its model is a demonstration model; the console
-reads that column instead of the stored PDF."""
+and the verified report read that column instead of the stored PDF or the running model."""
 
 from __future__ import annotations
 
@@ -9,10 +9,21 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+import bcd_node.analysis.verified
 from bcd_node.analysis.pipeline import Pipeline
-from bcd_node.db.models import Job, JobKind, Result, ResultScope
+from bcd_node.db.models import (
+    Job,
+    JobKind,
+    Result,
+    ResultScope,
+    Role,
+    User,
+    VerificationState,
+    utcnow,
+)
 from bcd_node.intake.intake import Intake
 from bcd_node.jobs.workers import Workers
+from bcd_node.records.users import hash_password
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from tests.support.images import vl_micro_bytes
@@ -46,5 +57,43 @@ def test_results_record_whether_their_model_is_a_demonstration_model(
             flags = dict(session.execute(select(Result.scope, Result.demonstration_model))
                          .tuples().all())
         assert flags == {ResultScope.INSTANCE: demonstration, ResultScope.STUDY: demonstration}
+    finally:
+        ctx.engine.dispose()
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_the_verified_report_says_what_the_result_recorded(
+        write_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+        recorded: bool) -> None:
+    """The verified PDF marks a demonstration model by the result's own flag, not by the
+    flag of the model that runs when the doctor verifies."""
+    ctx = open_node(load_settings(write_config()))
+    try:
+        with Intake(ctx) as intake:
+            intake.accept(vl_micro_bytes(1), calling_ae="SCANNER")
+        assert drain(Workers(ctx, Pipeline(ctx, Analyzer(), demonstration_model=recorded).run,
+                             0)) == 1
+        with ctx.session_factory.begin() as session:
+            doctor = User(username="dr.a", password_hash=hash_password("x" * 12),
+                          role=Role.DOCTOR, full_name="Ada Doctor")
+            session.add(doctor)
+            session.flush()
+            result = session.execute(select(Result)).scalar_one()
+            result.verification, result.verified_by_fk = VerificationState.VERIFIED, doctor.id
+            result.verified_at = utcnow()
+            session.add(Job(kind=JobKind.VERIFIED_REPORT, result_fk=result.id,
+                            study_fk=result.study_fk, instance_fk=result.instance_fk))
+        rendered: list[Any] = []
+        render = bcd_node.analysis.verified.render_report
+
+        def keep(data: Any) -> bytes:
+            rendered.append(data)
+            return render(data)
+
+        monkeypatch.setattr(bcd_node.analysis.verified, "render_report", keep)
+        later = Pipeline(ctx, Analyzer(), demonstration_model=not recorded)
+        assert drain(Workers(ctx, later.run, 0)) == 1
+        [data] = rendered
+        assert data.demonstration_model is recorded and data.verified_by == "Ada Doctor"
     finally:
         ctx.engine.dispose()

@@ -12,8 +12,9 @@ import pydicom
 import pytest
 from sqlalchemy import select, update
 
-import bcd_node.analysis.pipeline
-from bcd_node.analysis.pipeline import Pipeline, enqueue_study_summaries
+import bcd_node.analysis.verified
+from bcd_node.analysis.pipeline import Pipeline
+from bcd_node.analysis.summary import enqueue_study_summaries
 from bcd_node.db.models import (
     AuditEvent,
     Delivery,
@@ -135,14 +136,14 @@ def test_job_whose_file_was_replaced_under_it_completes_without_results(node,
                                                                         monkeypatch) -> None:
     ctx, intake, _analyzer, pipeline = node
     intake.accept(version(1))
-    load = pipeline._load
+    load = pipeline.images._load
 
     def load_then_replace(job: Any) -> Any:
         loaded = load(job)
         intake.accept(version(2))  # removes the file just loaded
         return loaded
 
-    monkeypatch.setattr(pipeline, "_load", load_then_replace)
+    monkeypatch.setattr(pipeline.images, "_load", load_then_replace)
     assert pipeline.analyze(next_job(ctx)) is None
     monkeypatch.undo()
     assert result_row(ctx) is None and delivered_kinds(ctx) == []
@@ -174,14 +175,14 @@ def test_verification_withdrawn_while_its_report_is_made_sends_nothing(node,
     intake.accept(version(1))
     assert run_all(ctx, pipeline) == 1
     verify(ctx)
-    build_sr = bcd_node.analysis.pipeline.build_sr
+    build_sr = bcd_node.analysis.verified.build_sr
 
     def build_then_replace(*args: Any, **kwargs: Any) -> Any:
         sr = build_sr(*args, **kwargs)
         intake.accept(version(2))  # the doctor's image changes meanwhile
         return sr
 
-    monkeypatch.setattr(bcd_node.analysis.pipeline, "build_sr", build_then_replace)
+    monkeypatch.setattr(bcd_node.analysis.verified, "build_sr", build_then_replace)
     job = next_job(ctx)
     assert job.kind is JobKind.VERIFIED_REPORT
     pipeline.run(job)

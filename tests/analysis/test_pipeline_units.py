@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bcd_node.analysis.pipeline import analyze_dataset, combine, overlay
+from bcd_node.analysis.findings import analyze_dataset, combine, overlay
 from dicom.algorithm import Algorithm
 from tests.support.images import vl_micro
 from tests.support.predictions import PROBS, Pred, Quality

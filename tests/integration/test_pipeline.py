@@ -127,7 +127,7 @@ def test_verification_produces_a_verified_sr_and_pdf(write_config, predictor, tm
 def test_quiet_study_gets_one_summary_sr_and_pdf(write_config, predictor, tmp_path) -> None:
     from datetime import timedelta
 
-    from bcd_node.analysis.pipeline import enqueue_study_summaries
+    from bcd_node.analysis.summary import enqueue_study_summaries
     from bcd_node.db.models import JobKind, utcnow
 
     ctx = open_node(load_settings(write_config(

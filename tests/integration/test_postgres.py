@@ -136,7 +136,7 @@ def test_two_workers_queue_one_summary_for_a_quiet_study(postgres_url: str,
     from sqlalchemy import func, select, update
     from sqlalchemy.orm import Session
 
-    from bcd_node.analysis.pipeline import enqueue_study_summaries
+    from bcd_node.analysis.summary import enqueue_study_summaries
     from bcd_node.db.models import Job, JobKind, JobState, Study, utcnow
     from bcd_node.intake.intake import Intake
     from bcd_node.runtime import open_node

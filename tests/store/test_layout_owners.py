@@ -24,8 +24,8 @@ def test_every_file_the_node_writes_has_an_owner_that_removes_it(write_config, p
     import time
     from datetime import timedelta
 
-    from bcd_node.analysis.pipeline import enqueue_study_summaries
     from bcd_node.analysis.previews import preview_png
+    from bcd_node.analysis.summary import enqueue_study_summaries
     from bcd_node.db.models import Instance, utcnow
     from bcd_node.jobs.retention import purge
     from bcd_node.store.layout import REMOVED_BY, FileKind, classify

@@ -1,0 +1,222 @@
+"""What one image yields, without database or files: findings, overlay, PDF and DICOM objects.
+
+:func:`analyze_dataset` decodes the pixels, predicts, renders the PDF report and builds the SEG,
+SR and Encapsulated PDF. The worker's image job (:mod:`bcd_node.analysis.image`) and
+``bcd-node analyze --dicom-out`` both call it, so the files a user makes on the command line are
+the ones the node would send. The output UIDs derive from (input SOP Instance UID, model version,
+output kind, input revision) (:mod:`dicom.outputs`), so building twice gives the same objects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from bcd_node.db.models import utcnow
+from bcd_node.errors import PermanentError
+from bcd_node.report.pdf import ReportData, render_report
+from dicom.algorithm import Algorithm
+from dicom.errors import DicomError
+from dicom.outputs import ResultObjects, build_result_objects, write_dataset
+from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_dataset
+from dicom.sop import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
+from dicom.sr import Findings
+
+OVERLAY_COLOUR = np.array([255, 0, 64], np.float32)
+MAX_FRAMES = 64
+
+
+class QualityLike(Protocol):
+    """What the pipeline needs of a quality report (see
+    :class:`bcd_node.inference.preprocess.QualityReport`)."""
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class PredictionLike(Protocol):
+    """What the pipeline needs of a prediction (see
+    :class:`bcd_node.inference.predictor.Prediction`); it only reads them."""
+
+    @property
+    def stage(self) -> str | None: ...
+    @property
+    def probabilities(self) -> dict[str, float] | None: ...
+    @property
+    def blast_count(self) -> int | None: ...
+    @property
+    def blast_area_fraction(self) -> float | None: ...
+    @property
+    def mask(self) -> np.ndarray | None: ...
+    @property
+    def quality(self) -> QualityLike: ...
+    @property
+    def needs_review(self) -> bool: ...
+
+
+class Analyzer(Protocol):
+    """A warm model: :class:`bcd_node.inference.predictor.Predictor` or a test double."""
+
+    @property
+    def model_info(self) -> dict[str, Any]: ...
+
+    def predict(self, images: list[np.ndarray]) -> Sequence[PredictionLike]: ...
+
+
+@dataclass(frozen=True)
+class Combined:
+    """The findings of one instance (all of its frames)."""
+
+    stage: str | None
+    probabilities: dict[str, float] | None
+    blast_count: int
+    blast_area_fraction: float
+    masks: np.ndarray          # (frames, rows, cols) uint8
+    quality: dict[str, Any]
+    needs_review: bool
+
+
+def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
+            review_threshold: float) -> Combined:
+    """Merge the per-frame predictions of one instance (mean probabilities, summed blasts).
+
+    A frame without a mask (quality insufficient) gets an empty one of its own size.
+    """
+    masks = np.stack([p.mask if p.mask is not None else np.zeros(img.shape[:2], np.uint8)
+                      for p, img in zip(predictions, images)])
+    usable = [(p, p.probabilities) for p in predictions
+              if p.stage is not None and p.probabilities]
+    quality = predictions[0].quality.as_dict() if len(predictions) == 1 else {
+        "status": "ok" if usable else "insufficient",
+        "frames": [p.quality.as_dict() for p in predictions]}
+    if not usable:
+        return Combined(None, None, 0, 0.0, masks, quality, True)
+    names = list(usable[0][1])
+    probs = {n: float(np.mean([probabilities[n] for _, probabilities in usable]))
+             for n in names}
+    total = sum(probs.values())
+    probs = {n: v / total for n, v in probs.items()}
+    stage = max(probs, key=probs.__getitem__)
+    area = float(np.mean([p.blast_area_fraction or 0.0 for p, _ in usable]))
+    return Combined(stage, probs, int(sum(p.blast_count or 0 for p, _ in usable)), area, masks,
+                    quality,
+                    any(p.needs_review for p in predictions) or probs[stage] < review_threshold)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The image with blast pixels tinted and their outline drawn."""
+    import cv2
+    out = image.astype(np.float32)
+    sel = mask.astype(bool)
+    out[sel] = (1 - alpha) * out[sel] + alpha * OVERLAY_COLOUR
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    result = np.ascontiguousarray(out.clip(0, 255).astype(np.uint8))
+    cv2.drawContours(result, contours, -1, (255, 0, 64), 1)
+    return result
+
+
+def report_data(ds: Dataset, image: np.ndarray, over: np.ndarray, c: Combined, *,
+                algorithm: Algorithm, demonstration_model: bool,
+                created_at: dt.datetime) -> ReportData:
+    """What the PDF report of ``ds`` shows; identification comes from the image itself.
+
+    Raises
+    ------
+    ValueError
+        ``c`` has no stage (quality insufficient): such an image gets no report.
+    """
+    if c.stage is None or c.probabilities is None:
+        raise ValueError("an image without a stage (quality insufficient) gets no report")
+    specimen = ds.get("SpecimenDescriptionSequence")
+
+    def text(keyword: str) -> str | None:
+        value = ds.get(keyword)
+        return str(value).strip() or None if value not in (None, "") else None
+
+    return ReportData(
+        patient_name=text("PatientName") or "(no name)", patient_id=text("PatientID") or "(no id)",
+        image=image, overlay=over, stage=c.stage, probabilities=c.probabilities,
+        blast_count=c.blast_count, blast_area_fraction=min(1.0, c.blast_area_fraction),
+        quality_ok=True, model_name=algorithm.name, model_version=algorithm.version,
+        demonstration_model=demonstration_model, created_at=created_at,
+        birth_date=text("PatientBirthDate"), sex=text("PatientSex"),
+        accession_number=text("AccessionNumber"), study_date=text("StudyDate"),
+        study_instance_uid=text("StudyInstanceUID"), specimen_id=text("ContainerIdentifier"),
+        stain=(str(specimen[0].get("SpecimenShortDescription", "")) or None)
+        if specimen else None)
+
+
+def decode_for_analysis(ds: Dataset) -> list[np.ndarray]:
+    """The RGB image(s) to analyse: the assembled slide, or each frame."""
+    try:
+        if str(ds.SOPClassUID) == str(VL_WHOLE_SLIDE_MICROSCOPY_IMAGE):
+            return [assemble_total_pixel_matrix(ds)]
+        frames = decode_frames(ds)
+    except DicomError as exc:
+        raise PermanentError(f"cannot decode the image: {exc}") from exc
+    if len(frames) > MAX_FRAMES:
+        raise PermanentError(f"{len(frames)} frames: at most {MAX_FRAMES} are analysed")
+    return list(frames)
+
+
+def analysed_pixels(path: Path) -> np.ndarray:
+    """The RGB image the pipeline analyses for a stored file (first frame or whole slide)."""
+    try:
+        ds = read_dataset(path)
+    except DicomError as exc:
+        raise PermanentError(f"stored file is not readable: {exc}") from exc
+    return decode_for_analysis(ds)[0]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything made from one image: findings, overlay, and (with a stage) PDF and objects."""
+
+    images: list[np.ndarray]
+    combined: Combined
+    overlay: np.ndarray
+    pdf: bytes | None
+    objects: ResultObjects | None
+
+
+def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
+                    review_threshold: float, uid_root: str,
+                    demonstration_model: bool = True, revision: int = 0,
+                    supersedes: list[Dataset] | None = None) -> Analysis:
+    """Predict on one image and build what the node sends for it (no database, no files).
+
+    ``bcd-node analyze --dicom-out`` and the worker both call this, so the files a user makes on
+    the command line are the ones the node would send. ``revision`` and ``supersedes`` are the
+    stored image's revision and the earlier revision's SR documents the new SR replaces.
+    """
+    images = decode_for_analysis(ds)
+    combined = combine(analyzer.predict(images), images, review_threshold)
+    over = overlay(images[0], combined.masks[0])
+    if combined.stage is None or combined.probabilities is None:
+        return Analysis(images, combined, over, None, None)
+    findings = Findings(stage=combined.stage, probabilities=combined.probabilities,
+                        blast_count=combined.blast_count,
+                        blast_area_fraction=min(1.0, combined.blast_area_fraction),
+                        quality_ok=True)
+    pdf = render_report(report_data(ds, images[0], over, combined, algorithm=algorithm,
+                                    demonstration_model=demonstration_model,
+                                    created_at=utcnow()))
+    objects = build_result_objects(ds, combined.masks if len(images) > 1 else combined.masks[0],
+                                   findings, algorithm=algorithm, pdf=pdf, uid_root=uid_root,
+                                   revision=revision, supersedes=supersedes or ())
+    return Analysis(images, combined, over, pdf, objects)
+
+
+def write_dicom_outputs(analysis: Analysis, folder: Path, stem: str) -> list[Path]:
+    """Write the SEG, SR and Encapsulated PDF of ``analysis`` as ``STEM-seg.dcm`` and so on."""
+    if analysis.objects is None:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_dataset(ds, folder / f"{stem}-{kind}.dcm")
+            for kind, ds in analysis.objects.by_kind()]

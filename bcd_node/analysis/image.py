@@ -1,0 +1,183 @@
+"""The analysis of one received image: findings, files, the result row and its outbox rows.
+
+Output UIDs derive from (input SOP Instance UID, model version, output kind, input revision),
+and output paths from our own ids and the revision, so running a job twice writes the same files
+and the same rows, while a changed version of an image (the next revision, see
+:mod:`bcd_node.records.revisions`) gets new objects in a folder of their own, whose SR supersedes
+the earlier revision's reports, and the objects already sent are never overwritten. A job whose
+image changed before or while it ran completes without results: the newer version's own job
+makes them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bcd_node.analysis.context import AnalysisContext, Loaded
+from bcd_node.analysis.findings import Analyzer, analyze_dataset
+from bcd_node.analysis.publish import Output, complete_or_raise, publish, write_files
+from bcd_node.db.models import (
+    Instance,
+    Patient,
+    Result,
+    ResultScope,
+    Study,
+    VerificationState,
+)
+from bcd_node.errors import PermanentError
+from bcd_node.jobs.queue import Claimed
+from bcd_node.records import audit
+from bcd_node.records.revisions import clear_verification
+from bcd_node.store.layout import DataLayout
+from dicom.errors import DicomError
+from dicom.pixels import read_dataset
+from dicom.sr import document_reference
+from dicom.stages import Stage
+
+LOGGER = logging.getLogger(__name__)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG", optimize=False, compress_level=3)
+    return buffer.getvalue()
+
+
+class ImageAnalysis:
+    """The ``analyze`` job: one received image through the warm ``analyzer``."""
+
+    def __init__(self, context: AnalysisContext, analyzer: Analyzer) -> None:
+        self.context = context
+        self.analyzer = analyzer
+
+    def _load(self, job: Claimed) -> Loaded:
+        return self.context.load(job.id, job.instance_fk)
+
+    def analyze(self, job: Claimed) -> int | None:
+        """Analyse one received image; returns the result id (None when a newer version of the
+        image arrived meanwhile: its own job makes the result)."""
+        ctx = self.context
+        settings = ctx.settings
+        inst, _series, study, patient = self._load(job)
+        try:
+            ds = read_dataset(ctx.store.path(inst.path))
+        except FileNotFoundError as exc:
+            if self._superseded(job, inst):
+                return None
+            raise PermanentError(f"stored file {inst.path} is missing") from exc
+        except DicomError as exc:
+            # read_dataset reports a missing file as unreadable too.
+            if self._superseded(job, inst):
+                return None
+            raise PermanentError(f"stored file is not readable: {exc}") from exc
+        supersedes = self._supersedes(inst, study)
+        analysis = analyze_dataset(ds, self.analyzer, algorithm=ctx.algorithm,
+                                   review_threshold=settings.model.review_threshold,
+                                   uid_root=settings.uids.root,
+                                   demonstration_model=ctx.demonstration_model,
+                                   revision=inst.revision, supersedes=supersedes)
+        combined = analysis.combined
+        folder = DataLayout.instance_results(inst.id, ctx.model_version, inst.revision)
+        outputs: list[Output] = []
+        ctx.store.write(f"{folder}/mask.png", _png(combined.masks[0] * 255))
+        ctx.store.write(f"{folder}/overlay.png", _png(analysis.overlay), sync_dir=True)
+        pdf_rel = None
+        if analysis.objects is not None and analysis.pdf is not None:
+            pdf_rel = f"{folder}/report.pdf"
+            outputs = [Output(kind, dataset, f"{folder}/{kind}.dcm") for kind, dataset in
+                       analysis.objects.by_kind()]
+            write_files(ctx.store, folder, (pdf_rel, analysis.pdf), outputs)
+
+        with ctx.node.session_factory.begin() as session:
+            current = session.get(Instance, inst.id)
+            if current is None or current.revision != inst.revision:
+                # A changed version arrived while this one was analysed; its job (queued by
+                # the intake) makes the result. Nothing of this revision is queued for PACS.
+                complete_or_raise(session, job)
+                LOGGER.info("job %d: instance %s changed during the analysis; its newer version "
+                            "is analysed by its own job", job.id, inst.sop_instance_uid)
+                return None
+            result = session.execute(select(Result).where(
+                Result.instance_fk == inst.id, Result.scope == ResultScope.INSTANCE,
+                Result.model_version == ctx.model_version)).scalar_one_or_none()
+            if result is None:
+                result = Result(instance_fk=inst.id, study_fk=study.id,
+                                scope=ResultScope.INSTANCE, model_name=ctx.model_name,
+                                model_version=ctx.model_version)
+                session.add(result)
+            elif result.instance_revision != inst.revision:
+                self._withdraw_stale_verification(session, result, inst, study, patient)
+            result.instance_revision = inst.revision
+            result.stage = Stage(combined.stage) if combined.stage is not None else None
+            result.probabilities = combined.probabilities or {}
+            result.confidence = (combined.probabilities[combined.stage]
+                                 if combined.stage and combined.probabilities else None)
+            result.blast_count = combined.blast_count
+            result.blast_area_fraction = combined.blast_area_fraction
+            result.quality = combined.quality
+            result.needs_review = combined.needs_review
+            result.demonstration_model = ctx.demonstration_model
+            result.mask_path = f"{folder}/mask.png"
+            result.overlay_path = f"{folder}/overlay.png"
+            result.pdf_path = pdf_rel
+            uids = {kind: str(dataset.SOPInstanceUID) for kind, dataset, _ in outputs}
+            result.seg_sop_instance_uid = uids.get("seg")
+            result.sr_sop_instance_uid = uids.get("sr")
+            result.pdf_sop_instance_uid = uids.get("pdf")
+            publish(session, job, result, outputs, settings.destinations, study_id=study.id)
+        ctx.node.wake_delivery()
+        LOGGER.info("job %d: instance %s%s analysed: stage %s, %d blasts%s", job.id,
+                    inst.sop_instance_uid,
+                    f" (revision {inst.revision})" if inst.revision else "",
+                    combined.stage or "none (quality insufficient)",
+                    combined.blast_count, ", needs review" if combined.needs_review else "")
+        return result.id
+
+    def _superseded(self, job: Claimed, inst: Instance) -> bool:
+        """Whether ``inst`` changed since the job loaded it (its file then is the replaced one,
+        removed by the intake); if so the job completes, and the newer version's job does the
+        work."""
+        with self.context.node.session_factory.begin() as session:
+            current = session.get(Instance, inst.id)
+            if current is None or current.revision == inst.revision:
+                return False
+            complete_or_raise(session, job)
+        LOGGER.info("job %d: instance %s was replaced by a changed version before it was "
+                    "analysed; the newer version is analysed by its own job", job.id,
+                    inst.sop_instance_uid)
+        return True
+
+    def _supersedes(self, inst: Instance, study: Study) -> list[Dataset]:
+        """The earlier revision's SR documents that this revision's SR replaces (recorded by
+        the intake when the image changed; kept, so that a re-run builds the same SR)."""
+        if not inst.revision:
+            return []
+        with self.context.node.session_factory() as session:
+            recorded = session.execute(select(Result.supersedes).where(
+                Result.instance_fk == inst.id, Result.scope == ResultScope.INSTANCE,
+                Result.model_version == self.context.model_version)).scalar_one_or_none()
+        return [document_reference(study.study_instance_uid, ref["series"], ref["sop"])
+                for ref in recorded or []]
+
+    def _withdraw_stale_verification(self, session: Session, result: Result, inst: Instance,
+                                     study: Study, patient: Patient) -> None:
+        """The result is of an earlier revision. The intake withdrew its verification when the
+        image changed; one made since (the console refuses it) is withdrawn here, audited."""
+        if result.verification != VerificationState.UNVERIFIED:
+            audit.record(session, actor="system", actor_kind="system",
+                         action="verification_withdrawn", patient_id=patient.patient_id,
+                         study_instance_uid=study.study_instance_uid,
+                         object_ref=f"result:{result.id}",
+                         details={"reason": "verified while the changed image waited for its "
+                                            "analysis", "verified_by_fk": result.verified_by_fk,
+                                  "instance_revision": result.instance_revision})
+            LOGGER.warning("result %d: verification of an earlier version of instance %s "
+                           "withdrawn", result.id, inst.sop_instance_uid)
+        clear_verification(result)

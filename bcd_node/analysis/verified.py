@@ -1,0 +1,132 @@
+"""The verified report: a doctor verified (or corrected) a result, so a VERIFIED SR that
+supersedes the AI's SR and an updated PDF go to PACS.
+
+The verified objects live in the result's folder, named by the time of the verification, and
+the SR in the AI SR's series. A verification withdrawn while its report was made (the image
+was replaced meanwhile) sends nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+from PIL import Image
+
+from bcd_node.analysis.context import AnalysisContext
+from bcd_node.analysis.findings import Combined, decode_for_analysis, report_data
+from bcd_node.analysis.publish import Output, complete_or_raise, publish, write_files
+from bcd_node.db.models import Result, User, VerificationState
+from bcd_node.errors import PermanentError
+from bcd_node.jobs.queue import Claimed
+from bcd_node.report.pdf import render_report
+from bcd_node.store.layout import DataLayout
+from dicom.encapsulated import build_encapsulated_pdf
+from dicom.pixels import read_dataset
+from dicom.sr import Findings, Verification, build_sr
+
+LOGGER = logging.getLogger(__name__)
+
+
+class VerifiedReports:
+    """The ``verified_report`` job."""
+
+    def __init__(self, context: AnalysisContext) -> None:
+        self.context = context
+
+    def make(self, job: Claimed) -> None:
+        """A doctor verified a result: build the VERIFIED SR and the updated PDF, queue them."""
+        ctx = self.context
+        settings = ctx.settings
+        with ctx.node.session_factory() as session:
+            result = session.get(Result, job.result_fk) if job.result_fk else None
+            if result is None or result.instance_fk is None:
+                raise PermanentError(f"job {job.id}: result {job.result_fk} not found")
+            if result.verification != VerificationState.VERIFIED or result.verified_at is None:
+                raise PermanentError(f"job {job.id}: result {result.id} is not verified")
+            if (not result.sr_sop_instance_uid or result.stage is None
+                    or result.overlay_path is None):
+                raise PermanentError(f"job {job.id}: result {result.id} has no SR to supersede "
+                                     "(quality insufficient)")
+            doctor = session.get(User, result.verified_by_fk) if result.verified_by_fk else None
+            session.expunge_all()
+        verified_at = result.verified_at
+        inst, _series, _study, _patient = ctx.load(job.id, result.instance_fk)
+        if inst.revision != result.instance_revision:
+            raise PermanentError(f"job {job.id}: result {result.id} is of an earlier version of "
+                                 "the image (it was replaced); nothing to verify")
+        ds = read_dataset(ctx.store.path(inst.path))
+        folder = DataLayout.instance_results(inst.id, result.model_version,
+                                             result.instance_revision)
+        seg = read_dataset(ctx.store.path(f"{folder}/seg.dcm"))
+        predecessor = read_dataset(ctx.store.path(f"{folder}/sr.dcm"))
+        name = (doctor.full_name or doctor.username) if doctor else "unknown"
+        verification = Verification(
+            observer_name=_person_name(name),
+            organization=settings.dicom.institution_name or "bcd-node",
+            datetime=verified_at, stage=result.verified_stage or result.stage,
+            comment=result.verified_comment or None)
+        findings = Findings(stage=result.stage, probabilities=result.probabilities,
+                            blast_count=result.blast_count,
+                            blast_area_fraction=min(1.0, result.blast_area_fraction),
+                            quality_ok=True)
+        sr = build_sr(ds, seg, findings, algorithm=ctx.algorithm, verification=verification,
+                      predecessor=predecessor, uid_root=settings.uids.root,
+                      revision=result.instance_revision)
+        image = decode_for_analysis(ds)[0]
+        over = np.asarray(Image.open(ctx.store.path(result.overlay_path)).convert("RGB"))
+        combined = Combined(result.stage, result.probabilities, result.blast_count,
+                            result.blast_area_fraction, np.zeros((1, 1, 1), np.uint8),
+                            result.quality, result.needs_review)
+        data = report_data(ds, image, over, combined, algorithm=ctx.algorithm,
+                           demonstration_model=self._demonstration(result),
+                           created_at=result.created_at)
+        data = dataclasses.replace(
+            data, verified_by=name, verified_organization=verification.organization,
+            verified_stage=str(verification.stage), verified_comment=result.verified_comment,
+            verified_at=verified_at)
+        pdf = render_report(data)
+        enc = build_encapsulated_pdf(ds, pdf, algorithm=ctx.algorithm,
+                                     verified_at=verified_at,
+                                     uid_root=settings.uids.root,
+                                     revision=result.instance_revision)
+        stamp = verified_at.strftime("%Y%m%dT%H%M%S%f")
+        pdf_rel = f"{folder}/report-verified-{stamp}.pdf"
+        outputs = [Output("verified_sr", sr, f"{folder}/sr-verified-{stamp}.dcm"),
+                   Output("verified_pdf", enc, f"{folder}/pdf-verified-{stamp}.dcm")]
+        write_files(ctx.store, folder, (pdf_rel, pdf), outputs)
+        with ctx.node.session_factory.begin() as session:
+            row = session.get(Result, result.id)
+            if (row is None or row.verification != VerificationState.VERIFIED
+                    or row.verified_at != verified_at
+                    or row.instance_revision != result.instance_revision):
+                # Withdrawn while it was made (the image was replaced): nothing goes to PACS.
+                complete_or_raise(session, job)
+                LOGGER.info("job %d: verification of result %d was withdrawn meanwhile; no "
+                            "verified report", job.id, result.id)
+                return
+            row.verified_sr_sop_instance_uid = str(sr.SOPInstanceUID)
+            row.verified_pdf_path = pdf_rel
+            publish(session, job, row, outputs, settings.destinations, study_id=row.study_fk)
+        ctx.node.wake_delivery()
+        LOGGER.info("job %d: verified report of result %d queued", job.id, result.id)
+
+    def _demonstration(self, result: Result) -> bool:
+        """Whether ``result`` was made by a demonstration model: its own record, else (a result
+        stored before the flag was kept) the warm model's flag when that model made it, and
+        true otherwise (as the console judges it, :mod:`webadmin.model_use`)."""
+        if result.demonstration_model is not None:
+            return result.demonstration_model
+        made_here = (result.model_name, result.model_version) == (self.context.model_name,
+                                                                  self.context.model_version)
+        return self.context.demonstration_model if made_here else True
+
+
+def _person_name(name: str) -> str:
+    """"Gregory House" → "House^Gregory" (DICOM PN); a name with ^ is kept."""
+    name = " ".join(name.replace("\\", " ").split())[:64] or "unknown"
+    if "^" in name or " " not in name:
+        return name
+    given, family = name.rsplit(" ", 1)
+    return f"{family}^{given}"
