@@ -67,11 +67,15 @@ class VerifiedReports:
             organization=settings.dicom.institution_name or "bcd-node",
             datetime=verified_at, stage=result.verified_stage or result.stage,
             comment=result.verified_comment or None)
+        # The report is the analysis' own, signed: it names the model that made it, which may
+        # not be the model that runs now.
+        algorithm = dataclasses.replace(ctx.algorithm, name=result.model_name,
+                                        version=result.model_version)
         findings = Findings(stage=result.stage, probabilities=result.probabilities,
                             blast_count=result.blast_count,
                             blast_area_fraction=min(1.0, result.blast_area_fraction),
                             quality_ok=True)
-        sr = build_sr(ds, seg, findings, algorithm=ctx.algorithm, verification=verification,
+        sr = build_sr(ds, seg, findings, algorithm=algorithm, verification=verification,
                       predecessor=predecessor, uid_root=settings.uids.root,
                       revision=result.instance_revision)
         image = decode_for_analysis(ds)[0]
@@ -79,7 +83,7 @@ class VerifiedReports:
         combined = Combined(result.stage, result.probabilities, result.blast_count,
                             result.blast_area_fraction, np.zeros((1, 1, 1), np.uint8),
                             result.quality, result.needs_review)
-        data = report_data(ds, image, over, combined, algorithm=ctx.algorithm,
+        data = report_data(ds, image, over, combined, algorithm=algorithm,
                            demonstration_model=self._demonstration(result),
                            created_at=result.created_at)
         data = dataclasses.replace(
@@ -87,7 +91,7 @@ class VerifiedReports:
             verified_stage=str(verification.stage), verified_comment=result.verified_comment,
             verified_at=verified_at)
         pdf = render_report(data)
-        enc = build_encapsulated_pdf(ds, pdf, algorithm=ctx.algorithm,
+        enc = build_encapsulated_pdf(ds, pdf, algorithm=algorithm,
                                      verified_at=verified_at,
                                      uid_root=settings.uids.root,
                                      revision=result.instance_revision)

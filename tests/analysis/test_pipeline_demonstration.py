@@ -3,10 +3,13 @@ and the verified report read that column instead of the stored PDF or the runnin
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pydicom
 import pytest
+from pydicom import Dataset
 from sqlalchemy import select
 
 import bcd_node.analysis.verified
@@ -39,6 +42,12 @@ class Analyzer:
                 for i in images]
 
 
+class LaterAnalyzer(Analyzer):
+    """The model installed after the analysis, running when the doctor verifies."""
+
+    model_info = {"name": "test-model", "version": "2.0"}
+
+
 @pytest.mark.parametrize("demonstration", [True, False])
 def test_results_record_whether_their_model_is_a_demonstration_model(
         write_config: Callable[..., Any], demonstration: bool) -> None:
@@ -61,12 +70,23 @@ def test_results_record_whether_their_model_is_a_demonstration_model(
         ctx.engine.dispose()
 
 
+def algorithm_versions(ds: Dataset) -> set[str]:
+    """Every Algorithm Version named in an SR's content tree."""
+    found: set[str] = set()
+    for item in ds.get("ContentSequence", []):
+        name = item.get("ConceptNameCodeSequence")
+        if name and name[0].CodeMeaning == "Algorithm Version":
+            found.add(str(item.TextValue))
+        found |= algorithm_versions(item)
+    return found
+
+
 @pytest.mark.parametrize("recorded", [True, False])
 def test_the_verified_report_says_what_the_result_recorded(
         write_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
         recorded: bool) -> None:
-    """The verified PDF marks a demonstration model by the result's own flag, not by the
-    flag of the model that runs when the doctor verifies."""
+    """The verified PDF and SR name the model that made the result and mark a demonstration
+    model by the result's own flag, not by the model that runs when the doctor verifies."""
     ctx = open_node(load_settings(write_config()))
     try:
         with Intake(ctx) as intake:
@@ -91,9 +111,12 @@ def test_the_verified_report_says_what_the_result_recorded(
             return render(data)
 
         monkeypatch.setattr(bcd_node.analysis.verified, "render_report", keep)
-        later = Pipeline(ctx, Analyzer(), demonstration_model=not recorded)
+        later = Pipeline(ctx, LaterAnalyzer(), demonstration_model=not recorded)
         assert drain(Workers(ctx, later.run, 0)) == 1
         [data] = rendered
         assert data.demonstration_model is recorded and data.verified_by == "Ada Doctor"
+        assert (data.model_name, data.model_version) == ("test-model", "1.0")
+        [sr_file] = Path(ctx.settings.storage.data_dir).rglob("sr-verified-*.dcm")
+        assert algorithm_versions(pydicom.dcmread(sr_file)) == {"1.0"}
     finally:
         ctx.engine.dispose()
