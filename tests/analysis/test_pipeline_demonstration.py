@@ -64,7 +64,7 @@ def test_results_record_whether_their_model_is_a_demonstration_model(
         assert drain(workers) == 1
         with ctx.session_factory() as session:
             flags = dict(session.execute(select(Result.scope, Result.demonstration_model))
-                         .tuples().all())
+                         .all())
         assert flags == {ResultScope.INSTANCE: demonstration, ResultScope.STUDY: demonstration}
     finally:
         ctx.engine.dispose()
