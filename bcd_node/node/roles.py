@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, cast
 
 from bcd_node.errors import BcdError
 from bcd_node.node.processes import Child, ChildGroup, child_argv
@@ -22,6 +22,7 @@ from bcd_node.runtime import Component, NodeContext
 from bcd_node.settings import Settings
 
 if TYPE_CHECKING:
+    from bcd_node.analysis.pipeline import Analyzer
     from bcd_node.jobs.queue import Claimed
     from bcd_node.node.metrics import Metrics
 
@@ -70,7 +71,11 @@ def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
     context.components["model"] = Component(
         "model", True, f"{info['name']} {info['version']} (width {info['width']}, "
                        f"{info['precision']}){note}")
-    pipeline = Pipeline(context, predictor, demonstration_model=demo)
+    # A Predictor is an Analyzer; the cast is there because the Protocol (in analysis/) declares
+    # model_info a settable attribute and predict's list invariant, which the Predictor's
+    # read-only property and list[Prediction] do not match. It can go once the Protocol says
+    # what the pipeline needs (a read-only property, a Sequence).
+    pipeline = Pipeline(context, cast("Analyzer", predictor), demonstration_model=demo)
     metrics: Metrics = context.metrics
 
     def on_done(_job: Claimed, seconds: float, outcome: str) -> None:
