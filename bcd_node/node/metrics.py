@@ -8,7 +8,8 @@ snapshots of them to a folder (:meth:`Metrics.export_to`); the process that serv
 adds them up at scrape time (:meth:`Metrics.merge_from`). A child's last snapshot stays when it
 exits, so a sum never goes backwards while the node runs. The parent removes the snapshots at
 start (:meth:`Metrics.clear_snapshots`): counters restart at zero when the node restarts, which
-Prometheus expects of a counter (``rate()`` and ``increase()`` handle resets).
+Prometheus expects of a counter (``rate()`` and ``increase()`` handle resets). Why this and not
+prometheus_client's multiprocess mode: ``docs/architecture.md`` (Processes).
 """
 
 from __future__ import annotations
