@@ -7,18 +7,15 @@ report → SEG + SR + Encapsulated PDF, built by :mod:`~bcd_node.analysis.findin
 :mod:`~bcd_node.analysis.summary`. Each ends the same way (:mod:`~bcd_node.analysis.publish`):
 result row and one outbox row per output and destination, all in one transaction with the job's
 completion.
-
-The names the command line and the node use (:func:`analyze_dataset`, :func:`overlay`,
-:func:`write_dicom_outputs`, :func:`enqueue_study_summaries`) are importable from here too.
 """
 
 from __future__ import annotations
 
 from bcd_node import __version__
 from bcd_node.analysis.context import AnalysisContext
-from bcd_node.analysis.findings import Analyzer, analyze_dataset, overlay, write_dicom_outputs
+from bcd_node.analysis.findings import Analyzer
 from bcd_node.analysis.image import ImageAnalysis
-from bcd_node.analysis.summary import StudySummaries, enqueue_study_summaries
+from bcd_node.analysis.summary import StudySummaries
 from bcd_node.analysis.verified import VerifiedReports
 from bcd_node.db.models import JobKind
 from bcd_node.errors import PermanentError
@@ -28,10 +25,6 @@ from bcd_node.runtime import NodeContext
 from bcd_node.store.storage import Store
 from dicom.algorithm import Algorithm
 from dicom.errors import DicomError
-
-# The command line (``bcd-node analyze``) and the node import these from here.
-__all__ = ["Pipeline", "analyze_dataset", "enqueue_study_summaries", "overlay",
-           "write_dicom_outputs"]
 
 
 class Pipeline:

@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import sys
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sqlalchemy.exc import DBAPIError
 
@@ -26,6 +26,9 @@ from bcd_node.node.logs import configure_logging
 from bcd_node.settings import Settings, SettingsError, load_settings, to_display_dict
 from dicom.errors import DicomError
 
+if TYPE_CHECKING:
+    from bcd_node.runtime import NodeContext
+
 LOGGER = logging.getLogger(__name__)
 
 #: Modules that add their own sub-commands with ``register(subparsers)``.
@@ -34,12 +37,13 @@ COMMAND_MODULES = ("bcd_node.cli.model_commands", "bcd_node.cli.dicom_commands")
 
 def settings_for(args: argparse.Namespace) -> Settings:
     """Load the settings named by ``--config`` (cached on ``args``)."""
-    if getattr(args, "_settings", None) is None:
-        args._settings = load_settings(args.config)
-    return args._settings
+    settings: Settings | None = getattr(args, "_settings", None)
+    if settings is None:
+        settings = args._settings = load_settings(args.config)
+    return settings
 
 
-def _context(args: argparse.Namespace) -> Any:
+def _context(args: argparse.Namespace) -> NodeContext:
     from bcd_node.runtime import open_node
     return open_node(settings_for(args), migrate=False)
 
@@ -348,7 +352,8 @@ class CommandError(BcdError):
 # --------------------------------------------------------------------------- parser
 
 
-def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_: str,
+def _add(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+         func: Callable[[argparse.Namespace], int], help_: str,
          **kwargs: Any) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_, description=help_, **kwargs)
     parser.set_defaults(func=func)

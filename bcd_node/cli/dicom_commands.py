@@ -175,7 +175,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``import`` sub-command to the ``bcd-node`` parser."""
     parser = subparsers.add_parser(
         "import",

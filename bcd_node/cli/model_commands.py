@@ -14,14 +14,40 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Literal, TypedDict
+
+if TYPE_CHECKING:
+    from bcd_node.inference.predictor import Predictor
+    from bcd_node.settings import ModelSettings, Settings
 
 LOGGER = logging.getLogger(__name__)
 
 
-def _model_settings(args: argparse.Namespace) -> Any:
+class _PredictorOptions(TypedDict, total=False):
+    """Keyword arguments of :class:`~bcd_node.inference.predictor.Predictor` from the settings
+    and the command line."""
+
+    weights: Path | None
+    precision: str
+    threads: int
+    batch_size: int
+    review_threshold: float
+
+
+_OptionName = Literal["weights", "precision", "threads", "batch_size", "review_threshold"]
+_OPTION_NAMES: tuple[_OptionName, ...] = ("weights", "precision", "threads", "batch_size",
+                                          "review_threshold")
+
+
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """The settings ``bcd_node.cli`` loaded once (None when run without it)."""
+    cached: Settings | None = getattr(args, "_settings", None)
+    return cached
+
+
+def _model_settings(args: argparse.Namespace) -> ModelSettings | None:
     """``settings.model`` from ``--config`` (None when settings cannot be loaded)."""
-    cached = getattr(args, "_settings", None)  # loaded once by bcd_node.cli
+    cached = _settings(args)  # loaded once by bcd_node.cli
     if cached is not None:
         return cached.model
     try:
@@ -31,13 +57,13 @@ def _model_settings(args: argparse.Namespace) -> Any:
     return load_settings(getattr(args, "config", None)).model
 
 
-def _predictor_options(args: argparse.Namespace) -> dict[str, Any]:
+def _predictor_options(args: argparse.Namespace) -> _PredictorOptions:
     model = _model_settings(args)
-    opts: dict[str, Any] = {}
+    opts: _PredictorOptions = {}
     if model is not None:
         opts = {"weights": model.weights, "precision": model.precision, "threads": model.threads,
                 "batch_size": model.batch_size, "review_threshold": model.review_threshold}
-    for key in ("weights", "precision", "threads", "batch_size", "review_threshold"):
+    for key in _OPTION_NAMES:
         value = getattr(args, key, None)
         if value is not None:
             opts[key] = value
@@ -99,23 +125,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _analyze_to_dicom(args: argparse.Namespace, predictor: Any, name: str) -> int:
+def _analyze_to_dicom(args: argparse.Namespace, predictor: Predictor, name: str) -> int:
     """Analyse one DICOM file and write the SEG, SR and Encapsulated PDF the node would send."""
     from bcd_node import __version__
-    from bcd_node.analysis.pipeline import analyze_dataset, write_dicom_outputs
+    from bcd_node.analysis.findings import analyze_dataset, write_dicom_outputs
     from bcd_node.errors import PermanentError
     from dicom.algorithm import Algorithm
     from dicom.errors import DicomError
     from dicom.pixels import read_dataset
 
     info = predictor.model_info
-    settings = getattr(args, "_settings", None)
+    settings = _settings(args)
     root = settings.uids.root if settings is not None else "2.25"
     try:
         ds = read_dataset(name)
         analysis = analyze_dataset(
             ds, predictor, algorithm=Algorithm(name=info["name"], version=info["version"],
-                                               software_version=__version__),
+                                              software_version=__version__),
             review_threshold=predictor.review_threshold, uid_root=root,
             demonstration_model=bool(predictor.manifest.get("demonstration", True)))
         written = write_dicom_outputs(analysis, Path(args.dicom_out), Path(name).stem)
@@ -146,7 +172,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Analyse image files; print one JSON object per file (per frame for multi-frame DICOM)."""
     import cv2
 
-    from bcd_node.analysis.pipeline import overlay
+    from bcd_node.analysis.findings import overlay
     from bcd_node.inference.loader import WeightsError
     from bcd_node.inference.predictor import Predictor, load_image_frames
     try:
@@ -203,7 +229,7 @@ def _predictor_arguments(p: argparse.ArgumentParser) -> None:
                    help="tiles per model call")
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``synth``, ``train``, ``evaluate`` and ``analyze`` to the CLI's sub-parsers."""
     p = subparsers.add_parser("synth", help="write synthetic blood-smear fields",
                               description="Write synthetic blood-smear fields (SMEARS.md): "

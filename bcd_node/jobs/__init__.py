@@ -6,7 +6,7 @@ counts the jobs per kind and state;
 :mod:`~bcd_node.jobs.leases` keeps a claimed row's lease while its work runs (a job here, an
 outbox row in :mod:`bcd_node.delivery`); :mod:`~bcd_node.jobs.workers` runs the threads that
 claim jobs and hand each to the function they were given. That function is the analysis
-pipeline, passed in by the composition root (:mod:`bcd_node.node.serve`), so jobs never imports
+pipeline, passed in by the worker role (:mod:`bcd_node.node.roles`), so jobs never imports
 :mod:`bcd_node.analysis`. :mod:`~bcd_node.jobs.retention` is the worker role's hourly purge of
 what ``[retention]`` no longer keeps. Jobs may call :mod:`bcd_node.store`,
 :mod:`bcd_node.records`, :mod:`bcd_node.db` and the shared top-level modules. Later stages may

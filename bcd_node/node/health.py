@@ -35,7 +35,7 @@ def database_check(context: NodeContext) -> Check:
     """The database answers a read of the job queue and is not known to be damaged."""
     health = context.database_health
     problem = health.problem() if health is not None else None
-    if problem:
+    if health is not None and problem:
         health.suspect()  # checked again now and then: a repaired database becomes ready
         return Check("database", False, f"the database is {problem}")
     try:

@@ -96,7 +96,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any ``extra`` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {
+        out: dict[str, str | int | float | bool | None] = {
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
                 timespec="milliseconds"),
             "level": record.levelname,

@@ -8,7 +8,8 @@ snapshots of them to a folder (:meth:`Metrics.export_to`); the process that serv
 adds them up at scrape time (:meth:`Metrics.merge_from`). A child's last snapshot stays when it
 exits, so a sum never goes backwards while the node runs. The parent removes the snapshots at
 start (:meth:`Metrics.clear_snapshots`): counters restart at zero when the node restarts, which
-Prometheus expects of a counter (``rate()`` and ``increase()`` handle resets).
+Prometheus expects of a counter (``rate()`` and ``increase()`` handle resets). Why this and not
+prometheus_client's multiprocess mode: ``docs/architecture.md`` (Processes).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 from sqlalchemy import func, select
 
 from bcd_node.db.models import Delivery
@@ -47,6 +48,8 @@ _SUFFIXES = {"counter": ("_total", "_created"),
              "summary": ("", "_count", "_sum", "_created"),
              "gaugehistogram": ("_bucket", "_gcount", "_gsum")}
 _LabelKey = tuple[tuple[str, str], ...]
+#: A number as the text format spells it (prometheus_client's function has no annotations).
+_float_to_go_string: Callable[[float], str] = _untyped_float_to_go_string
 
 
 class _DatabaseCollector:
@@ -132,7 +135,7 @@ def _label_key(labels: dict[str, str]) -> _LabelKey:
     for k, v in sorted(labels.items()):
         if k in ("le", "quantile"):
             try:
-                v = floatToGoString(float(v))
+                v = _float_to_go_string(float(v))
             except ValueError:
                 pass
         items.append((k, v))

@@ -91,20 +91,20 @@ def test_bad_weights_exit_1(tmp_path: Path, capsys, no_settings) -> None:
 
 def test_analyze_dicom_out_goes_on_after_an_unexpected_error(tmp_path, capsys, monkeypatch,
                                                             tiny_weights) -> None:
-    import bcd_node.analysis.pipeline
+    import bcd_node.analysis.findings
     from bcd_node.cli import main
 
     manifest = tiny_weights
     first, second = write_smears(tmp_path / "in", 2)
     broken = str(pydicom.dcmread(first).SOPInstanceUID)
-    analyze = bcd_node.analysis.pipeline.analyze_dataset
+    analyze = bcd_node.analysis.findings.analyze_dataset
 
     def analyze_or_fail(ds, *args, **kwargs):
         if str(ds.SOPInstanceUID) == broken:
             raise RuntimeError("a builder failed")
         return analyze(ds, *args, **kwargs)
 
-    monkeypatch.setattr(bcd_node.analysis.pipeline, "analyze_dataset", analyze_or_fail)
+    monkeypatch.setattr(bcd_node.analysis.findings, "analyze_dataset", analyze_or_fail)
     out = tmp_path / "out"
     code = main(["analyze", str(first), str(second), "--weights", str(manifest), "--json",
                  "--dicom-out", str(out), "--precision", "float32"])

@@ -1,8 +1,8 @@
 """The DICOM listener under attack: port scans, idle and slow connections, huge declared PDUs,
 oversized, deflate-bomb and deeply nested datasets (issues 12 and 19).
 
-The in-process tests run the listener as ``bcd-node scp`` wires it (bcd_node.node.serve); the port
-scan and readiness tests run ``bcd-node serve`` with two listener processes.
+The in-process tests run the listener as ``bcd-node scp`` wires it (bcd_node.node.listeners); the
+port scan and readiness tests run ``bcd-node serve`` with two listener processes.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class InProcessScp:
 
 @pytest.fixture
 def scp(write_config) -> Iterator[Callable[..., InProcessScp]]:
-    from bcd_node.node.serve import _scp_setup
+    from bcd_node.node.listeners import scp_setup
     from dicom.scp import start_scp
 
     started: list[InProcessScp] = []
@@ -83,7 +83,7 @@ def scp(write_config) -> Iterator[Callable[..., InProcessScp]]:
         config.write_text(config.read_text().replace("[dicom]\n", f"[dicom]\n{dicom}\n", 1))
         ctx = open_node(load_settings(config))
         ctx.intake = Intake(ctx).start()
-        policy, handlers, ssl_context = _scp_setup(ctx)
+        policy, handlers, ssl_context = scp_setup(ctx)
         server = start_scp(policy, "127.0.0.1", port, handlers, ssl_context=ssl_context)
         started.append(InProcessScp(ctx, server, port))
         return started[-1]

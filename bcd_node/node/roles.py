@@ -1,0 +1,132 @@
+"""What the roles start in a process, besides the DICOM listener (:mod:`~bcd_node.node.listeners`),
+the scheduler (:mod:`~bcd_node.node.scheduler`) and the console (started by
+:mod:`~bcd_node.node.serve` alone, the composition root that may import :mod:`webadmin`).
+
+Each starter takes the process's :class:`~bcd_node.runtime.NodeContext` and returns its
+:class:`~bcd_node.runtime.Component` and a function that stops it (a :data:`Stopper`), or raises
+:class:`StartupError`. Here: the durable intake (of the ``scp`` role, and of the console's
+uploads), the analysis workers with their model (the ``worker`` role in this process), and the
+worker role as a child process of ``serve`` (:func:`start_worker_process`), for which the model
+is described from its manifest without loading it (:func:`model_component`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Callable
+
+from bcd_node.errors import BcdError
+from bcd_node.node.processes import Child, ChildGroup, child_argv
+from bcd_node.runtime import Component, NodeContext
+from bcd_node.settings import Settings
+
+if TYPE_CHECKING:
+    from bcd_node.jobs.queue import Claimed
+    from bcd_node.node.metrics import Metrics
+
+LOGGER = logging.getLogger(__name__)
+
+#: Stops a started component (called in the reverse order of starting).
+Stopper = Callable[[], None]
+#: Starts one component of a role in this process.
+Starter = Callable[[NodeContext], tuple[Component, Stopper]]
+
+
+class StartupError(BcdError):
+    """A component could not start (e.g. its port is in use)."""
+
+
+def start_intake(context: NodeContext) -> tuple[Component, Stopper]:
+    """The process's durable intake (group commit), shared by the listener and the console."""
+    from bcd_node.intake.intake import Intake
+
+    intake = Intake(context).start()
+    context.intake = intake
+    return Component("intake", True, "durable intake (group commit)"), intake.stop
+
+
+def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
+    """The analysis workers in this process, with the model loaded here (its component too)."""
+    from bcd_node.analysis.pipeline import Pipeline
+    from bcd_node.inference.loader import WeightsError
+    from bcd_node.inference.predictor import Predictor
+    from bcd_node.jobs.workers import Workers
+
+    m = context.settings.model
+    count = context.settings.workers.count
+    if count == 0:
+        return Component("workers", False, "workers.count = 0 (run `bcd-node worker`)"), \
+            lambda: None
+    try:
+        predictor = Predictor(m.weights, precision=m.precision, threads=m.threads,
+                              batch_size=m.batch_size, review_threshold=m.review_threshold)
+    except (WeightsError, FileNotFoundError) as exc:
+        context.components["model"] = Component("model", False, str(exc))
+        return Component("workers", False, f"no model: {exc}"), lambda: None
+    info = predictor.model_info
+    demo = bool(predictor.manifest.get("demonstration", True))
+    note = " — demonstration model, not for clinical use" if demo else ""
+    context.components["model"] = Component(
+        "model", True, f"{info['name']} {info['version']} (width {info['width']}, "
+                       f"{info['precision']}){note}")
+    pipeline = Pipeline(context, predictor, demonstration_model=demo)
+    metrics: Metrics = context.metrics
+
+    def on_done(_job: Claimed, seconds: float, outcome: str) -> None:
+        metrics.processed.labels(outcome).inc()
+        metrics.inference_seconds.observe(seconds)
+
+    workers = Workers(context, pipeline.run, count, on_done=on_done,
+                      on_failed=pipeline.job_failed).start()
+    context.workers = workers
+    context.wake_workers = workers.wake
+    # Listener processes on this machine wake the workers when they queue jobs.
+    from bcd_node.node.wake import WakeListener, workers_address
+
+    try:
+        waker: WakeListener | None = WakeListener(
+            workers_address(context.settings.storage.data_dir), workers.wake)
+    except OSError as exc:
+        LOGGER.info("workers poll the queue only (no wake-up socket: %s)", exc)
+        waker = None
+
+    def stop() -> None:
+        if waker is not None:
+            waker.close()
+        workers.stop()
+
+    return Component("workers", True, f"{count} analysis worker(s)", workers.alive), stop
+
+
+def start_worker_process(context: NodeContext) -> tuple[Component, Stopper]:
+    """``serve``: the worker role in a child process, so inference never holds the listener's
+    interpreter lock; the child ends with its parent (PR_SET_PDEATHSIG)."""
+    settings = context.settings
+    if settings.workers.count == 0:
+        return Component("workers", False, "workers.count = 0 (run `bcd-node worker`)"), \
+            lambda: None
+    context.components["model"] = model_component(settings)
+    # The child reports "started" (model loaded, threads running) on a pipe; until then the
+    # workers component is not healthy and /readyz answers 503.
+    argv = child_argv(settings, "worker")
+    group = ChildGroup("worker", lambda _i: Child("worker", argv, dict(os.environ)), 1)
+    return Component("workers", True, f"{settings.workers.count} analysis worker(s) and the "
+                                      f"delivery scheduler in a child process (started again "
+                                      f"if it ends)", group.running), group.stop
+
+
+def model_component(settings: Settings) -> Component:
+    """What the manifest says about the model (read without loading it)."""
+    import json
+
+    from bcd_node.inference.loader import resolve_manifest
+
+    path = resolve_manifest(settings.model.weights)
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return Component("model", False, f"cannot read {path}: {exc}")
+    demo = " — demonstration model, not for clinical use" if m.get("demonstration", True) else ""
+    return Component("model", True, f"{m.get('name')} {m.get('version')} "
+                                    f"(width {m.get('width')}){demo}")
