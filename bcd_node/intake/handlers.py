@@ -15,17 +15,17 @@ from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from bcd_node.errors import TransientError
-from bcd_node.intake.intake import (
+from bcd_node.intake.intake import Intake
+from bcd_node.intake.validate import (
     DatasetTooLargeError,
     IdentityConflictError,
-    Intake,
     InvalidImageError,
     SopClassMismatchError,
-    StorageFullError,
     UnsupportedImageError,
 )
 from bcd_node.records import audit
 from bcd_node.settings import format_size
+from bcd_node.store.storage import StorageFullError
 from dicom.association import dataset_overflow
 from dicom.part10 import file_meta_bytes
 
