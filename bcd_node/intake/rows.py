@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 from sqlalchemy import (
     Connection,
@@ -132,9 +132,11 @@ _TOUCH_STUDY = update(_STUDIES).where(_STUDIES.c.id == bindparam("study_id")) \
             status=case((_STUDIES.c.status == StudyStatus.ANALYSING,
                          StudyStatus.ANALYSING.value), else_=StudyStatus.QUEUED.value))
 
+# Type aliases as strings: SQLAlchemy 2.0 takes one tuple argument where 2.1 takes the columns.
 #: A lookup of a parent row: its id and its own parent's id.
-_Find = Select[int, int | None]
-_KnownInstance = Row[int, str, str | None, str, int, int]
+_Find: TypeAlias = "Select[int, int | None]"
+#: An instance row of _FIND_INSTANCE.
+_KnownInstance: TypeAlias = "Row[int, str, str | None, str, int, int]"
 
 
 def _insert_new(dialect: str, table: Table, *keys: str) -> ReturningInsert[int]:
