@@ -6,26 +6,30 @@ handler arguments, as in pynetdicom's qrscp application.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, Protocol
 
+from prometheus_client import Counter, Histogram
 from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
 from sqlalchemy.orm import Session, sessionmaker
 
 from bcd_node.errors import TransientError
-from bcd_node.intake.intake import (
+from bcd_node.intake.intake import Intake
+from bcd_node.intake.validate import (
     DatasetTooLargeError,
     IdentityConflictError,
-    Intake,
     InvalidImageError,
     SopClassMismatchError,
-    StorageFullError,
     UnsupportedImageError,
 )
 from bcd_node.records import audit
 from bcd_node.settings import format_size
+from bcd_node.store.storage import StorageFullError
 from dicom.association import dataset_overflow
 from dicom.part10 import file_meta_bytes
 
@@ -43,7 +47,15 @@ IDENTITY_CONFLICT = 0xC240
 PROCESSING_FAILURE = 0x0110
 
 
-def _peer(event: Any) -> tuple[str, str]:
+class StoreMetrics(Protocol):
+    """The counters the C-STORE handler keeps (:class:`bcd_node.node.metrics.Metrics`)."""
+
+    received: Counter
+    refused: Counter
+    store_seconds: Histogram
+
+
+def _peer(event: Event) -> tuple[str, str]:
     requestor = event.assoc.requestor
     return str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}"
 
@@ -67,8 +79,8 @@ def _audit(factory: sessionmaker[Session], **kwargs: Any) -> None:
         LOGGER.exception("could not write audit event %s", kwargs.get("action"))
 
 
-def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
-                 metrics: Any = None) -> int | Dataset:
+def handle_store(event: Event, intake: Intake, factory: sessionmaker[Session],
+                 metrics: StoreMetrics | None = None) -> int | Dataset:
     """C-STORE: durable intake, then Success; the right failure status (with an Error Comment)
     otherwise."""
     started = time.perf_counter()
@@ -102,6 +114,8 @@ def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
     except ValueError as exc:
         return refuse(CANNOT_UNDERSTAND, f"C-STORE request: {exc}")
     try:
+        if not isinstance(request, C_STORE) or not isinstance(request.DataSet, io.BytesIO):
+            raise TypeError("a C-STORE event without the data set of a C-STORE request")
         # The data set as the peer sent it, behind a Part 10 header: nothing re-encoded.
         with request.DataSet.getbuffer() as received:  # no intermediate copy
             data = header + received
@@ -134,7 +148,7 @@ def handle_store(event: Any, intake: Intake, factory: sessionmaker[Session],
 
 
 #: A-ASSOCIATE-RJ (result source, diagnostic) -> what the audit says (PS3.8 9.3.4).
-_REJECT_REASONS = {
+_REJECT_REASONS: dict[tuple[int | None, int | None], str] = {
     (0x01, 0x02): "application context name not supported",
     (0x01, 0x03): "calling AE title not recognised",
     (0x01, 0x07): "called AE title not recognised",
@@ -144,7 +158,7 @@ _REJECT_REASONS = {
 }
 
 
-def handle_rejected(event: Any, factory: sessionmaker[Session], allowed: tuple[str, ...],
+def handle_rejected(event: Event, factory: sessionmaker[Session], allowed: tuple[str, ...],
                     our_ae: str) -> None:
     """An association was rejected: audit it against the peer that asked (its calling AE and
     address), with the reason sent in the A-ASSOCIATE-RJ; a calling AE that is not allowed is
@@ -153,8 +167,9 @@ def handle_rejected(event: Any, factory: sessionmaker[Session], allowed: tuple[s
     primitive = getattr(event.assoc.requestor, "primitive", None)
     called = str(getattr(primitive, "called_ae_title", "") or "").strip()
     answer = getattr(event.assoc.acceptor, "primitive", None)
-    code = (getattr(answer, "result_source", None), getattr(answer, "diagnostic", None))
-    reason = _REJECT_REASONS.get(code, "rejected by policy")  # type: ignore[arg-type]
+    code: tuple[int | None, int | None] = (getattr(answer, "result_source", None),
+                                           getattr(answer, "diagnostic", None))
+    reason = _REJECT_REASONS.get(code, "rejected by policy")
     action = "association_rejected"
     if allowed and calling_ae not in allowed:
         action, reason = "security_alert", f"calling AE {calling_ae!r} is not allowed ({reason})"
@@ -165,7 +180,7 @@ def handle_rejected(event: Any, factory: sessionmaker[Session], allowed: tuple[s
            action=action, outcome="failure", details={"reason": reason})
 
 
-def handle_aborted(event: Any, factory: sessionmaker[Session]) -> None:
+def handle_aborted(event: Event, factory: sessionmaker[Session]) -> None:
     """An association was aborted: audit it when the listener aborted it for a protocol
     violation (a PDU longer than we accept, an invalid PDU); the peer's own aborts are routine."""
     reason = getattr(event.assoc, "abort_reason", None)

@@ -21,14 +21,15 @@ from tests.support.waiting import wait_for
 def test_images_waiting_for_the_writer_lock_share_one_commit(write_config, tmp_path) -> None:
     ctx = open_node(load_settings(write_config()))
     intake = Intake(ctx).start()
+    committer = intake._committer
     batches: list[int] = []
-    commit = intake._commit
+    commit = committer._commit
 
     def recording_commit(batch):
         batches.append(len(batch))
         commit(batch)
 
-    intake._commit = recording_commit  # type: ignore[method-assign]
+    committer._commit = recording_commit  # type: ignore[method-assign]
     files = write_vl_micro(tmp_path / "in", 4)
     lock_path = ctx.settings.storage.data_dir / "run" / "intake.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,11 +40,11 @@ def test_images_waiting_for_the_writer_lock_share_one_commit(write_config, tmp_p
         with ThreadPoolExecutor(4) as pool:
             first = pool.submit(intake.accept, files[0].read_bytes())
             # The committer has taken the first image and waits for the lock ...
-            wait_for(lambda: intake._queue.qsize() == 0 and intake._queue.unfinished_tasks,
+            wait_for(lambda: committer._queue.qsize() == 0 and committer._queue.unfinished_tasks,
                      interval=0.01)
             rest = [pool.submit(intake.accept, f.read_bytes()) for f in files[1:]]
             # ... while three more arrive and queue up behind it.
-            wait_for(lambda: intake._queue.qsize() == 3, interval=0.01)
+            wait_for(lambda: committer._queue.qsize() == 3, interval=0.01)
             assert not first.done()
             fcntl.flock(other, fcntl.LOCK_UN)
             accepted = [f.result(timeout=30) for f in (first, *rest)]

@@ -271,13 +271,13 @@ def test_refusal_inside_a_group_commit_leaves_the_batch_alone(ctx: NodeContext) 
     outcomes: dict[str, Any] = {}
     queued = threading.Semaphore(0)
     with Intake(ctx) as intake:
-        put = intake._queue.put
+        put = intake._committer._queue.put
 
         def put_and_tell(item: Any, *args: Any, **kwargs: Any) -> None:
             put(item, *args, **kwargs)
             queued.release()
 
-        intake._queue.put = put_and_tell  # type: ignore[method-assign]
+        intake._committer._queue.put = put_and_tell  # type: ignore[method-assign]
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)  # the committer waits for it with what it has taken
 
@@ -292,7 +292,7 @@ def test_refusal_inside_a_group_commit_leaves_the_batch_alone(ctx: NodeContext) 
             a.start()
             assert queued.acquire(timeout=10)
             deadline = time.monotonic() + 10
-            while not intake._queue.empty():  # the committer has taken it and waits
+            while not intake._committer._queue.empty():  # the committer has taken it and waits
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             b = threading.Thread(target=send, args=("b", encode(image(2, patient_id="PAT-B"))))
