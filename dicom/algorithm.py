@@ -85,6 +85,12 @@ class Algorithm:
             versions.append(self.software_version)
         return versions
 
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """The text values the node writes on its outputs besides the source's (their
+        Specific Character Set must represent them too)."""
+        return (self.manufacturer, self.model_name, self.institution_name or "")
+
     def identification_sequence(self) -> hd.AlgorithmIdentificationSequence:
         """Return the Algorithm Identification Sequence of a SEG segment."""
         return hd.AlgorithmIdentificationSequence(

@@ -7,19 +7,44 @@ attribute), so one malformed or missing Type 2 attribute would leave an image wi
 result. The builders take their source through :func:`derivation_source` instead: a copy in
 which each such attribute is present and empty (Type 2: present, without a value). The source
 image itself is stored and kept as it was received.
+
+What real DICOMizers write is prepared the same way in that copy:
+
+* a Secondary Capture without Modality (optional in the SC Equipment module; DCMTK's
+  ``img2dcm`` writes none) gets ``OT`` (other), the value highdicom needs to reference it;
+* a multi-frame image of one frame without a Frame of Reference (``img2dcm -nsc``) is given to
+  highdicom as the single image it is: highdicom would look for the functional groups of an
+  enhanced image, which a multi-frame Secondary Capture does not have. A reference to the
+  instance applies to all its frames, here the one frame, so no frame number is needed;
+* the Specific Character Set is kept when highdicom can write it and it can represent every
+  value of the source's text attributes, with an empty first value (the usual form of
+  ``\\ISO 2022 IR 87``) written as the ``ISO 2022 IR 6`` it stands for; otherwise the derived
+  objects use UTF-8 (``ISO_IR 192``).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterable
 from typing import Callable
 
 import highdicom as hd
+from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
-from pydicom.valuerep import DA, TM
+from pydicom.multival import MultiValue
+from pydicom.valuerep import DA, TM, PersonName
 
-__all__ = ["derivation_source", "unusable_values"]
+from dicom import sop
+
+__all__ = ["UTF8", "derivation_source", "output_character_set", "unusable_values"]
+
+UTF8 = "ISO_IR 192"
+#: The default repertoire: the first value of a Specific Character Set with code extensions,
+#: written empty in the usual form (PS3.3 C.12.1.1.2).
+_DEFAULT_REPERTOIRE = "ISO 2022 IR 6"
+#: Text value representations whose values the Specific Character Set applies to.
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
 
 LOGGER = logging.getLogger(__name__)
 
@@ -66,18 +91,126 @@ def unusable_values(source: Dataset) -> list[str]:
     return unusable
 
 
-def derivation_source(source: Dataset) -> Dataset:
-    """``source`` itself, or a copy with the values of :func:`unusable_values` emptied and the
-    absent Type 2 attributes highdicom needs added empty.
+def _terms(value: object) -> list[str]:
+    if value in (None, ""):
+        return []
+    if isinstance(value, (list, tuple, MultiValue)):
+        return [str(term).strip() for term in value]
+    return [str(value).strip()]
+
+
+def _python_codecs(terms: list[str]) -> list[str] | None:
+    """Python codecs of a Specific Character Set, ``None`` for a term pydicom does not know."""
+    codecs = []
+    for term in terms or [_DEFAULT_REPERTOIRE]:
+        if term in ("", "ISO_IR 6", _DEFAULT_REPERTOIRE):
+            codecs.append("ascii")  # pydicom reads it as Latin-1; the standard says ASCII
+        elif term in python_encoding:
+            codecs.append(python_encoding[term])
+        else:
+            return None
+    return codecs
+
+
+def _representable(text: str, codecs: list[str]) -> bool:
+    for char in text:
+        for codec in codecs:
+            try:
+                char.encode(codec)
+                break
+            except (UnicodeEncodeError, LookupError):
+                continue
+        else:
+            return False
+    return True
+
+
+def _texts(ds: Dataset) -> Iterable[str]:
+    for element in ds.iterall():
+        if element.VR not in _TEXT_VRS or element.value in (None, ""):
+            continue
+        values = element.value if isinstance(element.value, (list, MultiValue)) \
+            else [element.value]
+        for value in values:
+            if isinstance(value, (str, PersonName)):
+                yield str(value)
+
+
+def _reencode(ds: Dataset) -> None:
+    """Drop the bytes person names keep from their source encoding, so that they are written
+    in the copy's own Specific Character Set."""
+    for element in ds.iterall():
+        if element.VR != "PN" or element.value in (None, ""):
+            continue
+        if isinstance(element.value, (list, MultiValue)):
+            element.value = [str(value) for value in element.value]
+        else:
+            element.value = str(element.value)
+
+
+def output_character_set(source: Dataset, texts: Iterable[str] = ()) -> str | list[str]:
+    """The Specific Character Set of the objects derived from ``source``.
+
+    The source's own, when highdicom can write it and it can represent every text value of
+    the source and every one of ``texts`` (what the node adds: institution name, model name);
+    an empty first value (the default repertoire of ISO 2022 code extensions) is written as
+    ``ISO 2022 IR 6``. Otherwise UTF-8 (``ISO_IR 192``).
+    """
+    terms = _terms(source.get("SpecificCharacterSet"))
+    if len(terms) > 1 and terms[0] == "":
+        terms[0] = _DEFAULT_REPERTOIRE
+    codecs = _python_codecs(terms)
+    try:
+        for term in terms:
+            hd.SpecificCharacterSetValues(term)
+    except ValueError:
+        codecs = None
+    if codecs is not None and all(_representable(text, codecs)
+                                  for text in (*_texts(source), *texts)):
+        if not terms:
+            return ""  # no Specific Character Set: the default repertoire, as the source
+        return terms[0] if len(terms) == 1 else terms
+    return UTF8
+
+
+def _single_frame_view(source: Dataset) -> bool:
+    """Whether ``source`` is a multi-frame image of one frame without a Frame of Reference."""
+    return ("NumberOfFrames" in source and int(source.NumberOfFrames or 1) == 1
+            and "FrameOfReferenceUID" not in source
+            and str(source.get("SOPClassUID", "")) != str(sop.VL_WHOLE_SLIDE_MICROSCOPY_IMAGE))
+
+
+def derivation_source(source: Dataset, texts: Iterable[str] = ()) -> Dataset:
+    """``source`` itself, or a copy with the values of :func:`unusable_values` emptied, the
+    absent Type 2 attributes highdicom needs added empty, ``OT`` for an absent Modality, a
+    multi-frame image of one frame shown as a single frame, and the Specific Character Set of
+    :func:`output_character_set` (given the ``texts`` the node adds).
 
     The copy is a deep one (pydicom's shallow copy shares the elements with the original), made
     only for an image that needs it. The keywords are logged, never the values (patient data).
     """
     unusable = unusable_values(source)
     absent = [keyword for keyword in _REQUIRED if keyword not in source]
-    if not unusable and not absent:
+    modality = str(source.get("Modality", "") or "").strip()
+    single_frame = _single_frame_view(source)
+    charset = output_character_set(source, texts)
+    keep_charset = _terms(source.get("SpecificCharacterSet")) == _terms(charset)
+    if not unusable and not absent and modality and not single_frame and keep_charset:
         return source
     derived = copy.deepcopy(source)
+    if not modality:
+        derived.Modality = "OT"
+    if single_frame:
+        # highdicom reads the pixel measures of a multi-frame SOP class from the shared
+        # functional groups; an empty item here, dropped from the SEG (dicom.seg).
+        shared = Dataset()
+        shared.PixelMeasuresSequence = [Dataset()]
+        derived.SharedFunctionalGroupsSequence = [shared]
+    if not keep_charset:
+        derived.SpecificCharacterSet = charset
+        _reencode(derived)
+        LOGGER.info("%s: derived objects use Specific Character Set %s", source.get(
+            "SOPInstanceUID", "?"), "\\".join(_terms(charset)))
     uid = source.get("SOPInstanceUID", "?")
     for keyword in unusable:
         derived[keyword].value = ""

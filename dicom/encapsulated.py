@@ -111,7 +111,7 @@ def build_encapsulated_pdf(
         raise DicomValidationError(f"series_number must be a positive int, got {series_number!r}")
     uids.validate_revision(revision)
 
-    source = derivation_source(source)
+    source = derivation_source(source, algorithm.texts)
     source_uid = str(source.SOPInstanceUID)
     kind = "pdf" if verified_at is None else f"pdf-verified-{verified_at:%Y%m%d%H%M%S%f}"
     if uid_kind is not None:

@@ -102,7 +102,7 @@ def build_result_objects(
     ResultObjects
         The objects; building them twice gives the same UIDs.
     """
-    source = derivation_source(source)  # checked once for the three objects
+    source = derivation_source(source, algorithm.texts)  # checked once for the three objects
     seg = build_segmentation(
         source, mask, algorithm=algorithm, fractional=fractional, uid_root=uid_root,
         revision=revision,

@@ -134,9 +134,10 @@ def build_segmentation(
     TypeError, ValueError
         Naming the argument and value that is not valid.
     """
-    source = derivation_source(_check_source(source))
+    source = _check_source(source)
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"algorithm must be an Algorithm, got {type(algorithm).__name__}")
+    source = derivation_source(source, algorithm.texts)
     if not isinstance(fractional, bool):
         raise TypeError(f"fractional must be a bool, got {fractional!r}")
     for name, value in (("series_number", series_number), ("instance_number", instance_number)):
@@ -190,6 +191,11 @@ def build_segmentation(
         tile_pixel_array=_is_total_pixel_matrix(pixels, source),
         contributing_equipment=[algorithm.contributing_equipment()],
     )
+    for shared in seg.get("SharedFunctionalGroupsSequence", []):
+        # The empty pixel measures of a one-frame multi-frame source (dicom.derivation).
+        measures = shared.get("PixelMeasuresSequence")
+        if measures is not None and all(len(item) == 0 for item in measures):
+            del shared.PixelMeasuresSequence
     for keyword in _SPECIMEN_KEYWORDS:
         if keyword in source and keyword not in seg:
             seg[keyword] = copy.deepcopy(source[keyword])

@@ -278,13 +278,13 @@ def build_sr(
     TypeError, ValueError
         Naming the argument and value that is not valid.
     """
-    source = derivation_source(
-        _check_dataset("source", source, {str(u) for u in sop.ACCEPTED_SOP_CLASSES}))
+    source = _check_dataset("source", source, {str(u) for u in sop.ACCEPTED_SOP_CLASSES})
     segmentation = _check_dataset("segmentation", segmentation, {str(sop.SEGMENTATION)})
     if not isinstance(findings, Findings):
         raise TypeError(f"findings must be Findings, got {type(findings).__name__}")
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"algorithm must be an Algorithm, got {type(algorithm).__name__}")
+    source = derivation_source(source, algorithm.texts)
     if segmentation.StudyInstanceUID != source.StudyInstanceUID:
         raise DicomValidationError(
             f"segmentation belongs to study {segmentation.StudyInstanceUID!r}, "
