@@ -21,7 +21,7 @@ from bcd_node.errors import PermanentError
 from bcd_node.settings import format_size
 from dicom.errors import DicomError, InflationLimitError, UnsupportedDicomError
 from dicom.pixels import inspect_image, iter_frames, read_dataset
-from dicom.sop import NATIVE_TRANSFER_SYNTAXES
+from dicom.sop import NATIVE_TRANSFER_SYNTAXES, VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
 
 LOGGER = logging.getLogger(__name__)
 
@@ -139,7 +139,9 @@ def validate_image(data: bytes, expected_sop_class: str | None = None, *, max_pi
     as inflated for a deflated transfer syntax), the file structure (every top-level element
     has its declared length, sequences nest at most 32 levels), the SOP class, the
     attributes the node files the image by (:func:`identify`), the image pixel module (with
-    the Pixel Data length) and, unless the image is native RGB, the decoding of its first
+    the Pixel Data length), a Frame of Reference for a multi-frame image of several frames
+    (other than a whole-slide image: the results of such frames cannot be built without one)
+    and, unless the image is native RGB, the decoding of its first
     frame. Other values are converted only when the image is analysed (converting all of
     them costs more than the rest of the C-STORE handler together); a malformed one fails
     that job with its reason.
@@ -167,6 +169,12 @@ def validate_image(data: bytes, expected_sop_class: str | None = None, *, max_pi
                                     f"negotiated {expected_sop_class}")
     try:
         info = inspect_image(ds, max_pixels=max_pixels)
+        if (info.frames > 1 and "FrameOfReferenceUID" not in ds
+                and sop_class != str(VL_WHOLE_SLIDE_MICROSCOPY_IMAGE)):
+            # Its results could reference only one frame at a time (docs/conformance.md 3.2):
+            # refused now rather than acknowledged and never answered.
+            raise UnsupportedDicomError(
+                f"{info.frames} frames without a Frame of Reference: not analysed")
         # Decoding the first frame proves the codec and the pixel data before we answer.
         # Native RGB needs no decoding: inspect_image has checked the Pixel Data length.
         if not (info.photometric_interpretation == "RGB"
