@@ -207,16 +207,9 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
     pdf = render_report(report_data(ds, images[0], over, combined, algorithm=algorithm,
                                     demonstration_model=demonstration_model,
                                     created_at=utcnow()))
-    try:
-        objects = build_result_objects(
-            ds, combined.masks if len(images) > 1 else combined.masks[0], findings,
-            algorithm=algorithm, pdf=pdf, uid_root=uid_root, revision=revision,
-            supersedes=supersedes or ())
-    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
-        # Building the objects reads nothing but the image and the findings: what fails once
-        # (an attribute the builders or highdicom need, a value they refuse) fails again.
-        raise PermanentError(f"cannot build the result objects: {type(exc).__name__}: "
-                             f"{exc}") from exc
+    objects = build_result_objects(ds, combined.masks if len(images) > 1 else combined.masks[0],
+                                   findings, algorithm=algorithm, pdf=pdf, uid_root=uid_root,
+                                   revision=revision, supersedes=supersedes or ())
     return Analysis(images, combined, over, pdf, objects)
 
 
