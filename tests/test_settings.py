@@ -262,3 +262,25 @@ def test_destination_tls_paths_resolve_and_show(tmp_path: Path) -> None:
     assert (plain.tls_ca, plain.tls_certificate, plain.tls_server_name) == (None, None, "")
     shown = to_display_dict(s)["destinations"]
     assert shown[0]["tls_ca"] == str(tmp_path / "ca.pem") and shown[1]["tls_ca"] == ""
+
+
+@pytest.mark.parametrize("name", ["production.toml", "bcd-node.toml"])
+def test_commented_tls_destination_examples_load(tmp_path: Path, name: str) -> None:
+    """The commented TLS destination of each shipped config, uncommented, loads (its files
+    replaced by stand-ins)."""
+    import re
+    import tomllib
+    text = (DEFAULT_CONFIG.parent / name).read_text(encoding="utf-8")
+    block = re.search(r"^# \[\[destinations\]\]\n((?:# .*\n)+)", text, re.MULTILINE)
+    assert block is not None
+    lines = [line[2:] for line in block.group(0).splitlines()
+             if re.match(r"# (\[\[destinations\]\]|[a-z_]+ = )", line)]
+    raw = tomllib.loads("\n".join(lines))
+    dest = raw["destinations"][0]
+    assert "tls_ca" in dest and "tls_private_key" in dest
+    for key in ("tls_ca", "tls_certificate", "tls_private_key"):
+        stand_in = tmp_path / f"{key}.pem"
+        stand_in.write_text("PEM")
+        dest[key] = str(stand_in)
+    s = settings_from_mapping(raw, environ={})
+    assert s.destinations[0].tls_ca == tmp_path / "tls_ca.pem"
