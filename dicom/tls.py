@@ -142,6 +142,9 @@ def handshake_failure(context: ssl.SSLContext) -> str | None:
         else:
             hint = ""
         return f"TLS handshake failed: {text}{hint}"
+    if isinstance(exc, TimeoutError):
+        during = " during the TLS handshake" if "handshake" in str(exc) else ""
+        return f"connection failed: no answer in time{during}"
     if isinstance(exc, (ConnectionResetError, ConnectionAbortedError)):
         return f"TLS handshake failed: the peer closed the connection ({exc.strerror or exc})" \
                " (does the peer speak TLS on this port?)"
