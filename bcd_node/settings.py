@@ -80,12 +80,25 @@ class DicomSettings:
 
 @dataclass(frozen=True)
 class Destination:
-    """A PACS that receives our results."""
+    """A PACS that receives our results; over DICOM TLS when ``tls_ca`` is set."""
 
     name: str
     ae_title: str
     host: str
     port: int
+    #: CA certificate(s) (PEM) that signed the peer's certificate: set, associations use TLS.
+    tls_ca: Path | None = None
+    #: Our client certificate and key (PEM), for a peer that requires client certificates.
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    #: The name the peer's certificate must carry (and the SNI); empty: ``host``.
+    tls_server_name: str = ""
+    #: False: any certificate signed by ``tls_ca`` is accepted, whatever name it carries.
+    tls_check_hostname: bool = True
+
+
+#: A destination's keys that name TLS files.
+DESTINATION_TLS_FILES = ("tls_ca", "tls_certificate", "tls_private_key")
 
 
 @dataclass(frozen=True)
@@ -373,6 +386,27 @@ def _check_host(key: str, host: str) -> None:
         raise SettingsError(key, host, "expected an IP address or a host name")
 
 
+def _check_destination_tls(key: str, dest: Destination) -> None:
+    """The files exist and go together; :func:`destination_tls` loads them at start."""
+    for name in DESTINATION_TLS_FILES:
+        value = getattr(dest, name)
+        if value is not None and not value.is_file():
+            raise SettingsError(f"{key}.{name}", str(value), "file not found")
+    if (dest.tls_certificate is None) != (dest.tls_private_key is None):
+        raise SettingsError(f"{key}.tls_private_key" if dest.tls_certificate else
+                            f"{key}.tls_certificate", "", "a client certificate needs both "
+                            "the certificate and its private key")
+    if dest.tls_ca is None:
+        for name, unset in (("tls_certificate", None), ("tls_server_name", ""),
+                            ("tls_check_hostname", True)):
+            value = getattr(dest, name)
+            if value != unset:
+                raise SettingsError(f"{key}.{name}", str(value) if name != "tls_check_hostname"
+                                    else value, f"TLS needs the peer's CA: set {key}.tls_ca")
+    if dest.tls_server_name:
+        _check_host(f"{key}.tls_server_name", dest.tls_server_name)
+
+
 def _validate(s: Settings) -> None:
     d = s.dicom
     _check_ae("dicom.ae_title", d.ae_title)
@@ -423,6 +457,7 @@ def _validate(s: Settings) -> None:
         _check_ae(f"{key}.ae_title", dest.ae_title)
         _check_host(f"{key}.host", dest.host)
         _check_port(f"{key}.port", dest.port)
+        _check_destination_tls(key, dest)
 
     if s.storage.data_dir.exists() and not s.storage.data_dir.is_dir():
         raise SettingsError("storage.data_dir", str(s.storage.data_dir),
@@ -544,6 +579,7 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
     if not isinstance(dests_raw, list):
         raise SettingsError("destinations", dests_raw, "expected [[destinations]] tables")
     destinations = []
+    base = base_dir or Path.cwd()
     dest_types = _field_types(Destination)
     for i, item in enumerate(dests_raw):
         if not isinstance(item, Mapping):
@@ -552,13 +588,16 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
             if key not in dest_types:
                 raise SettingsError(f"destinations[{i}].{key}", item[key],
                                     f"unknown key (known: {', '.join(dest_types)})")
-        for key in dest_types:
-            if key not in item:
-                raise SettingsError(f"destinations[{i}].{key}", None, "missing")
-        destinations.append(Destination(**{k: _convert(f"destinations[{i}].{k}", t, item[k], False)
-                                           for k, t in dest_types.items()}))
+        for f in dataclasses.fields(Destination):
+            if f.default is dataclasses.MISSING and f.name not in item:
+                raise SettingsError(f"destinations[{i}].{f.name}", None, "missing")
+        dest = Destination(**{k: _convert(f"destinations[{i}].{k}", t, item[k], False)
+                              for k, t in dest_types.items() if k in item})
+        files: dict[str, Any] = {name: _absolute(getattr(dest, name), base)
+                                 for name in DESTINATION_TLS_FILES
+                                 if getattr(dest, name) is not None}
+        destinations.append(dataclasses.replace(dest, **files))
 
-    base = base_dir or Path.cwd()
     storage = sections["storage"]
     sections["storage"] = dataclasses.replace(storage, data_dir=_absolute(storage.data_dir, base))
     dicom = sections["dicom"]
@@ -633,5 +672,6 @@ def to_display_dict(settings: Settings) -> dict[str, Any]:
     out["database"]["url"] = mask_url(settings.database_url)
     if settings.web.metrics_token:
         out["web"]["metrics_token"] = "***"
-    out["destinations"] = [dataclasses.asdict(d) for d in settings.destinations]
+    out["destinations"] = [{f.name: plain(getattr(d, f.name)) for f in dataclasses.fields(d)}
+                           for d in settings.destinations]
     return out

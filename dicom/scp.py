@@ -667,18 +667,6 @@ class SharedSocketListener:
             self.board.set(self.open_connections)
 
 
-def tls_context(certificate: str, private_key: str, client_ca: str | None = None) -> ssl.SSLContext:
-    """A server TLS context (TLS 1.2+); with ``client_ca`` peers must present a certificate it
-    signed."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(certificate, private_key)
-    if client_ca:
-        context.load_verify_locations(client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
 def start_scp(policy: ScpPolicy, host: str, port: int, handlers: Sequence[Handler] = (),
               ssl_context: ssl.SSLContext | None = None) -> SharedSocketListener:
     """Listen on ``host:port`` in a background thread; stop with ``listener.shutdown()``.

@@ -1,4 +1,5 @@
-"""Sending to a peer: C-ECHO and C-STORE as a service class user, with every timeout set."""
+"""Sending to a peer: C-ECHO and C-STORE as a service class user, with every timeout set, over
+TLS where the peer requires it (:class:`~dicom.tls.ClientTls`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Sequence
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS
 
 from dicom import sop
 from dicom.errors import DicomValidationError
+from dicom.tls import ClientTls, client_context, handshake_failure
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ class Peer:
         Where to send.
     calling_ae
         Our AE title on the association.
+    tls
+        When set, every association with the peer uses TLS as it says.
     """
 
     ae_title: str
@@ -46,6 +51,7 @@ class Peer:
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
+    tls: ClientTls | None = None
 
     def __post_init__(self) -> None:
         if not self.ae_title or len(self.ae_title) > 16:
@@ -90,6 +96,33 @@ def _ae(peer: Peer) -> AE:
     return ae
 
 
+def _associate(ae: AE, peer: Peer) -> Association:
+    """An established association with ``peer`` (over TLS when it requires it).
+
+    Raises
+    ------
+    PeerUnavailableError
+        When none could be established; the message says why TLS failed, when it did.
+    """
+    if peer.tls is None:
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        failure = None
+    else:
+        try:
+            context = client_context(peer.tls)
+        except OSError as exc:  # ssl.SSLError too: a file went missing or bad since the start
+            raise PeerUnavailableError(f"cannot load the TLS files for {peer.ae_title}: "
+                                       f"{exc}") from None
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
+                             tls_args=(context, peer.tls.server_name or peer.host))
+        failure = handshake_failure(context)
+    if not assoc.is_established:
+        reason = f": {failure}" if failure else ": rejected" if assoc.is_rejected else ""
+        raise PeerUnavailableError(f"cannot associate with {peer.ae_title}@{peer.host}:"
+                                   f"{peer.port}{' (TLS)' if peer.tls else ''}{reason}")
+    return assoc
+
+
 def echo(peer: Peer) -> int:
     """C-ECHO the peer; return the status (0 is success).
 
@@ -100,9 +133,7 @@ def echo(peer: Peer) -> int:
     """
     ae = _ae(peer)
     ae.add_requested_context(sop.VERIFICATION)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
-    if not assoc.is_established:
-        raise PeerUnavailableError(f"cannot associate with {peer.ae_title}@{peer.host}:{peer.port}")
+    assoc = _associate(ae, peer)
     try:
         status = assoc.send_c_echo()
         if not status or "Status" not in status:
@@ -151,9 +182,7 @@ def send_files(peer: Peer, paths: Sequence[str | Path]) -> list[StoreOutcome]:
                                    f"{len(contexts)}")
     for sop_class, syntax in contexts:
         ae.add_requested_context(sop_class, syntax)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
-    if not assoc.is_established:
-        raise PeerUnavailableError(f"cannot associate with {peer.ae_title}@{peer.host}:{peer.port}")
+    assoc = _associate(ae, peer)
     try:
         for index, path, ds in datasets:
             uid = str(ds.SOPInstanceUID)

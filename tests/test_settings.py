@@ -218,3 +218,69 @@ def test_config_show_bad_port_exits_2_naming_key(write_config, capsys, monkeypat
 
 def test_settings_type() -> None:
     assert isinstance(settings_from_mapping({}, environ={}), Settings)
+
+
+@pytest.mark.parametrize("tls, key", [
+    ({"tls_ca": "missing.pem"}, "tls_ca"),
+    ({"tls_ca": "ca.pem", "tls_certificate": "missing.pem", "tls_private_key": "client.key"},
+     "tls_certificate"),
+    ({"tls_ca": "ca.pem", "tls_certificate": "client.pem", "tls_private_key": "missing.key"},
+     "tls_private_key"),
+    ({"tls_ca": "ca.pem", "tls_certificate": "client.pem"}, "tls_private_key"),
+    ({"tls_ca": "ca.pem", "tls_private_key": "client.key"}, "tls_certificate"),
+    ({"tls_certificate": "client.pem", "tls_private_key": "client.key"}, "tls_certificate"),
+    ({"tls_server_name": "pacs.example"}, "tls_server_name"),
+    ({"tls_check_hostname": False}, "tls_check_hostname"),
+    ({"tls_ca": "ca.pem", "tls_server_name": "not a host"}, "tls_server_name"),
+    ({"tls_ca": "ca.pem", "tls_check_hostname": "no"}, "tls_check_hostname"),
+])
+def test_destination_tls_settings_name_the_key(tmp_path: Path, tls: dict, key: str) -> None:
+    """A missing file, a certificate without its key (or the reverse), and TLS keys without the
+    CA that makes the destination a TLS one are refused at load, naming the key."""
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("PEM")
+    with pytest.raises(SettingsError) as info:
+        settings_from_mapping({"destinations": [
+            {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104, **tls}]},
+            environ={}, base_dir=tmp_path)
+    assert info.value.key == f"destinations[0].{key}"
+    assert f"destinations[0].{key}" in str(info.value)
+
+
+def test_destination_tls_paths_resolve_and_show(tmp_path: Path) -> None:
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("PEM")
+    s = settings_from_mapping({"destinations": [
+        {"name": "pacs", "ae_title": "PACS", "host": "10.0.0.5", "port": 2762,
+         "tls_ca": "ca.pem", "tls_certificate": "client.pem", "tls_private_key": "client.key",
+         "tls_server_name": "pacs.hospital.example"},
+        {"name": "plain", "ae_title": "PLAIN", "host": "10.0.0.6", "port": 104}]},
+        environ={}, base_dir=tmp_path)
+    tls, plain = s.destinations
+    assert tls.tls_ca == tmp_path / "ca.pem" and tls.tls_private_key == tmp_path / "client.key"
+    assert (tls.tls_server_name, tls.tls_check_hostname) == ("pacs.hospital.example", True)
+    assert (plain.tls_ca, plain.tls_certificate, plain.tls_server_name) == (None, None, "")
+    shown = to_display_dict(s)["destinations"]
+    assert shown[0]["tls_ca"] == str(tmp_path / "ca.pem") and shown[1]["tls_ca"] == ""
+
+
+@pytest.mark.parametrize("name", ["production.toml", "bcd-node.toml"])
+def test_commented_tls_destination_examples_load(tmp_path: Path, name: str) -> None:
+    """The commented TLS destination of each shipped config, uncommented, loads (its files
+    replaced by stand-ins)."""
+    import re
+    import tomllib
+    text = (DEFAULT_CONFIG.parent / name).read_text(encoding="utf-8")
+    block = re.search(r"^# \[\[destinations\]\]\n((?:# .*\n)+)", text, re.MULTILINE)
+    assert block is not None
+    lines = [line[2:] for line in block.group(0).splitlines()
+             if re.match(r"# (\[\[destinations\]\]|[a-z_]+ = )", line)]
+    raw = tomllib.loads("\n".join(lines))
+    dest = raw["destinations"][0]
+    assert "tls_ca" in dest and "tls_private_key" in dest
+    for key in ("tls_ca", "tls_certificate", "tls_private_key"):
+        stand_in = tmp_path / f"{key}.pem"
+        stand_in.write_text("PEM")
+        dest[key] = str(stand_in)
+    s = settings_from_mapping(raw, environ={})
+    assert s.destinations[0].tls_ca == tmp_path / "tls_ca.pem"

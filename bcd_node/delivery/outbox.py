@@ -14,6 +14,11 @@ A failed send backs off exponentially (``initial_backoff`` doubling to ``max_bac
 result file that is missing or unreadable), the row is ``dead`` ("needs attention") until an
 operator retries it (:func:`retry_deliveries`, used by the CLI and the console alike). Each
 failed attempt is logged with its reason (the DIMSE status or the network error).
+
+A destination with ``tls_ca`` is reached over DICOM TLS (:func:`client_tls`); its files are
+loaded when the :class:`Deliverer` is made (at start), so a bad file stops the start with the
+key named. A failed handshake (an unknown CA, a peer that does not speak TLS) is a failed
+attempt like any other, its reason in ``last_error``.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from bcd_node.errors import BcdError
 from bcd_node.jobs.leases import LeaseKeeper
 from bcd_node.records import audit
 from bcd_node.runtime import NodeContext
-from bcd_node.settings import Destination, Settings
+from bcd_node.settings import Destination, Settings, SettingsError
 from bcd_node.store.layout import DataLayout
 from dicom.scu import Peer, PeerUnavailableError, StoreOutcome, echo, send_files
+from dicom.tls import ClientTls, client_context
 
 LOGGER = logging.getLogger(__name__)
 BATCH = 50
@@ -67,13 +73,57 @@ def _fenced(row: Delivery) -> tuple[Any, ...]:
             Delivery.attempts == row.attempts)
 
 
+def client_tls(dest: Destination) -> ClientTls | None:
+    """How to reach ``dest`` over TLS; None for a plain destination."""
+    if dest.tls_ca is None:
+        return None
+    return ClientTls(ca_file=str(dest.tls_ca),
+                     certificate=str(dest.tls_certificate) if dest.tls_certificate else None,
+                     private_key=str(dest.tls_private_key) if dest.tls_private_key else None,
+                     server_name=dest.tls_server_name, check_hostname=dest.tls_check_hostname)
+
+
+def check_tls_files(settings: Settings) -> None:
+    """Load every destination's TLS files once.
+
+    Raises
+    ------
+    SettingsError
+        Naming the key of the file that cannot be loaded (unreadable, not PEM, a key that does
+        not match its certificate).
+    """
+    for i, dest in enumerate(settings.destinations):
+        tls = client_tls(dest)
+        if tls is None:
+            continue
+        key = f"destinations[{i}]"
+        try:
+            client_context(ClientTls(tls.ca_file))
+        except OSError as exc:  # ssl.SSLError is an OSError
+            raise SettingsError(f"{key}.tls_ca", tls.ca_file,
+                                f"cannot load the CA certificate: {exc}") from None
+        try:
+            client_context(tls)
+        except OSError as exc:
+            raise SettingsError(f"{key}.tls_certificate, {key}.tls_private_key",
+                                f"{tls.certificate}, {tls.private_key}",
+                                f"cannot load the client certificate and key: {exc}") from None
+
+
 class Deliverer:
-    """Sends due outbox rows of one node."""
+    """Sends due outbox rows of one node.
+
+    Raises
+    ------
+    SettingsError
+        When a destination's TLS files cannot be loaded (:func:`check_tls_files`).
+    """
 
     def __init__(self, context: NodeContext) -> None:
         self.context = context
         self.settings = context.settings
         self.layout = DataLayout(context.settings.storage.data_dir)
+        check_tls_files(self.settings)
 
     def peer(self, dest: Destination) -> Peer:
         """The SCU parameters for ``dest``."""
@@ -81,7 +131,7 @@ class Deliverer:
         return Peer(ae_title=dest.ae_title, host=dest.host, port=dest.port,
                     calling_ae=self.settings.dicom.ae_title, connect_timeout=d.connect_timeout,
                     acse_timeout=d.acse_timeout, dimse_timeout=d.dimse_timeout,
-                    network_timeout=d.network_timeout)
+                    network_timeout=d.network_timeout, tls=client_tls(dest))
 
     def _claim(self, destination: str) -> list[Delivery]:
         now = utcnow()

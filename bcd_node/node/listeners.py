@@ -48,7 +48,8 @@ def scp_setup(context: NodeContext, share: int = 1
     from pynetdicom import evt
 
     from bcd_node.intake.handlers import handle_aborted, handle_rejected, handle_store
-    from dicom.scp import ScpPolicy, storage_contexts, tls_context
+    from dicom.scp import ScpPolicy, storage_contexts
+    from dicom.tls import server_context
 
     d = context.settings.dicom
     policy = ScpPolicy(ae_title=d.ae_title, allowed_calling_aes=d.allowed_calling_aes,
@@ -69,8 +70,8 @@ def scp_setup(context: NodeContext, share: int = 1
     ssl_context = None
     if d.tls_certificate and d.tls_private_key:
         try:
-            ssl_context = tls_context(str(d.tls_certificate), str(d.tls_private_key),
-                                      str(d.tls_client_ca) if d.tls_client_ca else None)
+            ssl_context = server_context(str(d.tls_certificate), str(d.tls_private_key),
+                                         str(d.tls_client_ca) if d.tls_client_ca else None)
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot load the TLS certificate/key (dicom.tls_certificate, "
                                f"dicom.tls_private_key): {exc}") from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,30 +11,12 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from dicom.scp import ScpPolicy, start_scp, tls_context
+from dicom.scp import ScpPolicy, start_scp
+from dicom.tls import server_context as tls_context
 from tests.support.net import free_port
-from tests.support.tools import require_tool
+from tests.support.pki import make_cert
 
 pytestmark = pytest.mark.integration
-
-
-def make_cert(folder: Path, name: str, ca: tuple[Path, Path] | None = None) -> tuple[Path, Path]:
-    openssl = require_tool("openssl")
-    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
-    if ca is None:
-        subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-keyout", key, "-out", cert, "-subj", f"/CN={name}",
-                        "-addext", "subjectAltName=IP:127.0.0.1"],
-                       check=True, capture_output=True, timeout=60)
-    else:
-        csr = folder / f"{name}.csr"
-        subprocess.run([openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                        "-out", csr, "-subj", f"/CN={name}"], check=True, capture_output=True,
-                       timeout=60)
-        subprocess.run([openssl, "x509", "-req", "-in", csr, "-CA", ca[1], "-CAkey", ca[0],
-                        "-CAcreateserial", "-days", "1", "-out", cert], check=True,
-                       capture_output=True, timeout=60)
-    return key, cert
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,16 @@ from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
 
 
-def node_for(write_config, orthanc_port: int, max_attempts: int = 10) -> NodeContext:
+def node_for(write_config, orthanc_port: int, max_attempts: int = 10,
+             destination: str = "") -> NodeContext:
     """A node whose one destination, "pacs" (AE title ORTHANC), listens on ``orthanc_port`` on
-    loopback; retries come after 0.2 to 0.4 s."""
+    loopback; retries come after 0.2 to 0.4 s. ``destination``: more TOML lines of that
+    destination (e.g. its TLS keys)."""
     cfg = write_config(
         "[delivery]\ninitial_backoff = 0.2\nmax_backoff = 0.4\n"
         f"max_attempts = {max_attempts}\nconnect_timeout = 2.0\n\n"
         '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
-        f"port = {orthanc_port}\n")
+        f"port = {orthanc_port}\n{destination}")
     return open_node(load_settings(cfg))
 
 
