@@ -153,11 +153,7 @@ def build_encapsulated_pdf(
     ds.SeriesDescription = f"ALL screening report PDF ({algorithm.model_name})"[:64]
 
     # General Equipment and SC Equipment
-    ds.Manufacturer = algorithm.manufacturer
-    ds.ManufacturerModelName = algorithm.model_name
-    ds.SoftwareVersions = algorithm.software_versions
-    if algorithm.institution_name:
-        ds.InstitutionName = algorithm.institution_name
+    algorithm.write_equipment(ds)
     ds.ConversionType = "SYN"
 
     # Encapsulated Document
