@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import highdicom as hd
 from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
 
 from dicom import codes, uids
 from dicom.errors import DicomValidationError
@@ -90,6 +91,15 @@ class Algorithm:
         """The text values the node writes on its outputs besides the source's (their
         Specific Character Set must represent them too)."""
         return (self.manufacturer, self.model_name, self.institution_name or "")
+
+    def write_equipment(self, ds: Dataset) -> None:
+        """Write the General Equipment attributes naming the node on an output: Manufacturer,
+        Manufacturer's Model Name, Software Versions and (when set) Institution Name."""
+        ds.Manufacturer = self.manufacturer
+        ds.ManufacturerModelName = self.model_name
+        ds.SoftwareVersions = self.software_versions
+        if self.institution_name:
+            ds.InstitutionName = self.institution_name
 
     def identification_sequence(self) -> hd.AlgorithmIdentificationSequence:
         """Return the Algorithm Identification Sequence of a SEG segment."""

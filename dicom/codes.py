@@ -39,6 +39,13 @@ __all__ = [
     "COMMENT",
     "UNIT_NONE",
     "UNIT_CELLS",
+    "UNIT_PERCENT",
+    "MAX_CODE_VALUE_LENGTH",
+    "BLOOD",
+    "MORPHOLOGICALLY_ABNORMAL_STRUCTURE",
+    "MEAN",
+    "TOTAL",
+    "stain_code",
 ]
 
 #: Private coding scheme designator of this node.
@@ -61,7 +68,15 @@ _STAGE_MEANINGS = {
 }
 
 
+#: Code Value is SH (16 characters); a longer one goes into Long Code Value, which some readers
+#: (highdicom 0.22 and 0.28 reading a segment reference) do not follow.
+MAX_CODE_VALUE_LENGTH = 16
+
+
 def _private(value: str, meaning: str) -> CodedConcept:
+    if not 0 < len(value) <= MAX_CODE_VALUE_LENGTH:
+        raise DicomValidationError(f"private code value {value!r} must be 1 to "
+                                   f"{MAX_CODE_VALUE_LENGTH} characters")
     return CodedConcept(value, SCHEME, meaning)
 
 
@@ -143,14 +158,19 @@ def coding_scheme_identification() -> Dataset:
 STAGE_FINDING = _private("BCD-STAGE", "Blood smear acute lymphoblastic leukaemia stage")
 #: Concept name of the stage assigned by the verifying doctor.
 REVIEWED_STAGE_FINDING = _private(
-    "BCD-STAGE-REVIEWED", "Blood smear acute lymphoblastic leukaemia stage, reviewed"
+    "BCD-STAGE-REV", "Blood smear acute lymphoblastic leukaemia stage, reviewed"
 )
-#: Segmented property type and finding type of the blast cells.
+#: Segmented property type modifier of the SEG segment and finding type of the SR's blast group.
 BLAST_CELL = _private("BLAST-CELL", "Blast cell")
-#: Segmented property category (SNOMED CT "Cell", CID 7150).
+#: Segmented property type of the SEG segment (SNOMED CT "Cell", CID 8135 Microscopy Annotation
+#: Property Types), modified by :data:`BLAST_CELL`.
 CELL = CodedConcept("4421005", "SCT", "Cell")
+#: Segmented property category of the SEG segment (CID 7150 Segmentation Property Categories).
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE = CodedConcept(
+    "49755003", "SCT", "Morphologically Abnormal Structure"
+)
 BLAST_COUNT = _private("BLAST-COUNT", "Blast cell count")
-BLAST_AREA_FRACTION = _private("BLAST-AREA-FRACTION", "Blast cell area fraction")
+BLAST_AREA_FRACTION = _private("BLAST-AREA-FRAC", "Blast cell area fraction")
 #: Image quality (DCM) with values from CID 7036 Image Quality Assessment (RadLex).
 IMAGE_QUALITY = CodedConcept("111101", "DCM", "Image Quality")
 QUALITY_ADEQUATE = CodedConcept("RID12", "RADLEX", "Diagnostic quality")
@@ -158,7 +178,7 @@ QUALITY_LIMITED = CodedConcept("RID13", "RADLEX", "Limited quality")
 #: Procedure reported in the measurement report.
 PROCEDURE = _private("BCD-SCREEN", "Blood smear screening for acute lymphoblastic leukaemia")
 #: Finding type of the image-level classification group.
-CLASSIFICATION_GROUP = _private("BCD-CLASSIFICATION", "Blood smear classification")
+CLASSIFICATION_GROUP = _private("BCD-CLASSIF", "Blood smear classification")
 #: Algorithm family (CID 7162).
 ARTIFICIAL_INTELLIGENCE = CodedConcept("123110", "DCM", "Artificial Intelligence")
 #: Purpose of reference of the Contributing Equipment Sequence.
@@ -166,3 +186,45 @@ PROCESSING_EQUIPMENT = CodedConcept("109102", "DCM", "Processing Equipment")
 COMMENT = CodedConcept("121106", "DCM", "Comment")
 UNIT_NONE = CodedConcept("1", "UCUM", "no units")
 UNIT_CELLS = CodedConcept("{cells}", "UCUM", "cells")
+#: Unit of probabilities and area fractions: DCMTK's dsr2html prints the code value ("2 %").
+UNIT_PERCENT = CodedConcept("%", "UCUM", "percent")
+#: Finding Site of every measurement group (SNOMED CT "Blood", CID 7151).
+BLOOD = CodedConcept("87612001", "SCT", "Blood")
+#: Derivation (121401, DCM) of the study summary's figures (CID 7464).
+MEAN = CodedConcept("373098007", "SCT", "Mean")
+TOTAL = CodedConcept("255619001", "SCT", "Total")
+
+#: Stains of CID 8112 (Pathology Staining Substances) by their usual names, lower case; the
+#: codes are those of pydicom's code dictionary (PS3.16). A stain without a verified code
+#: (e.g. "Wright-Giemsa") is written as text.
+_STAINS = {
+    "wright": CodedConcept("373682001", "SCT", "wright stain"),
+    "giemsa": CodedConcept("373646006", "SCT", "giemsa stain"),
+    "may-grunwald giemsa": CodedConcept("255803006", "SCT", "may-Grunwald giemsa stain"),
+    "jenner-giemsa": CodedConcept("255801008", "SCT", "Jenner-Giemsa stain"),
+    "leishman": CodedConcept("255802001", "SCT", "Leishman stain"),
+    "romanowsky": CodedConcept("255810000", "SCT", "Romanowsky stain"),
+    "field": CodedConcept("255798002", "SCT", "field's stain"),
+}
+_STAIN_ALIASES = {
+    "may-grünwald-giemsa": "may-grunwald giemsa",
+    "may-grunwald-giemsa": "may-grunwald giemsa",
+    "may-grünwald giemsa": "may-grunwald giemsa",
+    "mgg": "may-grunwald giemsa",
+    "jenner giemsa": "jenner-giemsa",
+    "field's": "field",
+}
+
+
+def stain_code(stain: str) -> CodedConcept | None:
+    """Return the CID 8112 code of a stain named in words, or None when none is known.
+
+    ``"Wright"``, ``"Wright stain"``, ``"Giemsa"``, ``"May-Grünwald-Giemsa"`` (or ``"MGG"``),
+    ``"Jenner-Giemsa"``, ``"Leishman"``, ``"Romanowsky"`` and ``"Field"`` are known, in any
+    case, with or without the word "stain".
+    """
+    key = " ".join(stain.strip().lower().split())
+    if key.endswith(" stain"):
+        key = key[: -len(" stain")].strip()
+    key = _STAIN_ALIASES.get(key, key)
+    return _STAINS.get(key)

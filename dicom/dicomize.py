@@ -18,7 +18,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
-from dicom import sop, uids
+from dicom import codes, sop, uids
 from dicom.errors import DicomValidationError
 
 __all__ = ["dicomize"]
@@ -142,7 +142,8 @@ def dicomize(
         Slide (container) identifier; also the specimen identifier. Required for a VL
         Microscopic Image, whose Specimen module needs a container.
     stain : str, optional
-        Staining substance, e.g. ``"Wright-Giemsa"``.
+        Staining substance, e.g. ``"Wright-Giemsa"``; written coded (CID 8112, SNOMED CT) when
+        :func:`dicom.codes.stain_code` knows it, else as text.
     study_instance_uid : str, optional
         Study to add the image to (default: a new study).
     study_description : str, optional
@@ -300,7 +301,10 @@ def _add_specimen(ds: Dataset, container: str, stain: str, root: str) -> None:
         steps = [
             hd.SpecimenPreparationStep(
                 specimen_id=container,
-                processing_procedure=hd.SpecimenStaining(substances=[stain]),
+                # The CID 8112 code where the stain has one (Wright, Giemsa, ...), else the text.
+                processing_procedure=hd.SpecimenStaining(
+                    substances=[codes.stain_code(stain) or stain]
+                ),
             )
         ]
     description = hd.SpecimenDescription(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
+from collections.abc import Sequence as SequenceOf
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -50,6 +51,7 @@ def build_encapsulated_pdf(
     now: dt.datetime | None = None,
     uid_kind: str | None = None,
     revision: int = 0,
+    further_sources: SequenceOf[Dataset] = (),
 ) -> Dataset:
     """Wrap a PDF report as an Encapsulated PDF in the source image's study.
 
@@ -79,6 +81,9 @@ def build_encapsulated_pdf(
     revision : int, optional
         Revision of the source under its SOP Instance UID (0: as first received); a changed
         source gets new UIDs (:func:`dicom.uids.derive_uid`).
+    further_sources : Sequence[pydicom.dataset.Dataset], optional
+        Further images of the same study the document reports on (a study summary's other
+        fields), referenced in the Source Instance Sequence after ``source``.
 
     Returns
     -------
@@ -153,11 +158,7 @@ def build_encapsulated_pdf(
     ds.SeriesDescription = f"ALL screening report PDF ({algorithm.model_name})"[:64]
 
     # General Equipment and SC Equipment
-    ds.Manufacturer = algorithm.manufacturer
-    ds.ManufacturerModelName = algorithm.model_name
-    ds.SoftwareVersions = algorithm.software_versions
-    if algorithm.institution_name:
-        ds.InstitutionName = algorithm.institution_name
+    algorithm.write_equipment(ds)
     ds.ConversionType = "SYN"
 
     # Encapsulated Document
@@ -169,10 +170,18 @@ def build_encapsulated_pdf(
     ds.DocumentTitle = title
     ds.ConceptNameCodeSequence = Sequence()
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = source.SOPClassUID
-    reference.ReferencedSOPInstanceUID = source_uid
-    ds.SourceInstanceSequence = Sequence([reference])
+    references: list[Dataset] = []
+    for image in (source, *further_sources):
+        if str(image.get("StudyInstanceUID", "")) != str(source.StudyInstanceUID):
+            raise DicomValidationError(f"further source {image.get('SOPInstanceUID')!r} is not "
+                                       f"of the study {source.StudyInstanceUID!r}")
+        if any(r.ReferencedSOPInstanceUID == image.SOPInstanceUID for r in references):
+            continue
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = image.SOPClassUID
+        reference.ReferencedSOPInstanceUID = image.SOPInstanceUID
+        references.append(reference)
+    ds.SourceInstanceSequence = Sequence(references)
     ds.EncapsulatedDocumentLength = len(pdf)
     ds.EncapsulatedDocument = bytes(pdf) + (b"\0" if len(pdf) % 2 else b"")
 

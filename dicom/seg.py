@@ -1,7 +1,8 @@
 """DICOM Segmentation of the blast cells (highdicom).
 
-One segment, "Blast cells", coded as category SCT "Cell" and type ``99BCD`` "Blast cell", with
-the algorithm's identification. BINARY by default; FRACTIONAL (probability, 8 bit) on request.
+One segment, "Blast cells", coded as category SCT "Morphologically Abnormal Structure" (CID
+7150), type SCT "Cell" and type modifier ``99BCD`` "Blast cell", with the algorithm's
+identification. BINARY by default; FRACTIONAL (probability, 8 bit) on request.
 Patient and study are copied from the source image by highdicom; the slide's container and
 specimen description are copied here so the SEG stays with its slide.
 """
@@ -155,8 +156,8 @@ def build_segmentation(
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=SEGMENT_LABEL,
-        segmented_property_category=codes.CELL,
-        segmented_property_type=codes.BLAST_CELL,
+        segmented_property_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        segmented_property_type=codes.CELL,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm.identification_sequence(),
         tracking_uid=derived("seg-tracking"),
@@ -165,6 +166,10 @@ def build_segmentation(
         if hasattr(hd.color.CIELabColor, "from_rgb")
         else None,
     )
+    # The blast is the modifier of the standard type: no standard code for a blast cell exists.
+    description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+        codes.BLAST_CELL
+    ]
     seg = hd.seg.Segmentation(
         source_images=[source],
         pixel_array=pixels,
@@ -206,6 +211,7 @@ def build_segmentation(
     for item in seg.get("DimensionIndexSequence", []):
         if "DimensionOrganizationUID" in item:
             item.DimensionOrganizationUID = organisation
+    algorithm.write_equipment(seg)
     if "PatientOrientation" not in seg:
         # General Image: Type 2C (dciodvfy requires it here); a smear has no patient orientation.
         seg.PatientOrientation = source.get("PatientOrientation", "")

@@ -10,23 +10,24 @@ Content tree (see ``docs/conformance.md``)::
       procedure reported: (BCD-SCREEN, 99BCD)
       image library: the source image
       imaging measurements
-        TID 1501 measurement group "Blood smear classification" (the whole image)
+        TID 1501 measurement group "Blood smear classification" (the whole image; finding
+          site Blood, SCT 87612001, as in the blast group)
           algorithm identification (TID 4019)
           qualitative evaluation: stage by the algorithm (BCD-STAGE)
           qualitative evaluation: image quality (DCM 111101: RID12 / RID13)
-          qualitative evaluation: stage by the doctor (BCD-STAGE-REVIEWED; verified only)
+          qualitative evaluation: stage by the doctor (BCD-STAGE-REV; verified only)
           text: doctor's comment (DCM 121106; verified only, if given)
-          numeric: probability of each of the four stages (PROB-*, UCUM "1")
+          numeric: probability of each of the four stages (PROB-*, UCUM "%")
         TID 1411 measurement group "Blast cells" (references SEG segment 1, no frame)
-          numeric: blast cell count (UCUM {cells}), blast cell area fraction (UCUM "1")
+          numeric: blast cell count (UCUM {cells}), blast cell area fraction (UCUM "%")
 
-The algorithm's result is COMPLETE, UNVERIFIED and PRELIMINARY. The doctor-verified successor is
-built by the same function with a :class:`Verification` and the superseded document: VERIFIED
-and FINAL, the verifying observer (name, organisation, time), the doctor's stage and comment, and
-the superseded document in the Predecessor Documents Sequence. The result of a changed version
-of the source (same SOP Instance UID, next revision) is a new unverified document whose
-Predecessor Documents Sequence names the reports of the earlier version it replaces
-(:func:`document_reference`).
+Every CONTAINER is SEPARATE (:func:`separate_containers`). The algorithm's result is COMPLETE,
+UNVERIFIED and PRELIMINARY. The doctor-verified successor is built by the same function with a
+:class:`Verification` and the superseded document: VERIFIED and FINAL, the verifying observer
+(name, organisation, time), the doctor's stage and comment, and the superseded document in the
+Predecessor Documents Sequence. The result of a changed version of the source (same SOP Instance
+UID, next revision) is a new unverified document whose Predecessor Documents Sequence names the
+reports of the earlier version it replaces (:func:`document_reference`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from dicom.codes import Stage
 from dicom.derivation import derivation_source
 from dicom.errors import DicomValidationError
 
-__all__ = ["Findings", "Verification", "build_sr", "document_reference", "SR_SERIES_NUMBER"]
+__all__ = ["Findings", "Verification", "build_sr", "document_reference", "SR_SERIES_NUMBER",
+           "percent", "separate_containers"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -386,8 +388,8 @@ def build_sr(
     probabilities = [
         hd.sr.Measurement(
             name=codes.probability_code(stage),
-            value=findings.probabilities[stage],
-            unit=codes.UNIT_NONE,
+            value=percent(findings.probabilities[stage]),
+            unit=codes.UNIT_PERCENT,
             algorithm_id=algorithm.sr_identification(),
         )
         for stage in Stage
@@ -398,6 +400,7 @@ def build_sr(
         ),
         finding_type=codes.CLASSIFICATION_GROUP,
         algorithm_id=algorithm.sr_identification(),
+        finding_sites=[hd.sr.FindingSite(codes.BLOOD)],
         measurements=probabilities,
         qualitative_evaluations=evaluations,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
@@ -425,6 +428,7 @@ def build_sr(
         ),
         finding_type=codes.BLAST_CELL,
         algorithm_id=algorithm.sr_identification(),
+        finding_sites=[hd.sr.FindingSite(codes.BLOOD)],
         measurements=[
             hd.sr.Measurement(
                 name=codes.BLAST_COUNT,
@@ -434,8 +438,8 @@ def build_sr(
             ),
             hd.sr.Measurement(
                 name=codes.BLAST_AREA_FRACTION,
-                value=findings.blast_area_fraction,
-                unit=codes.UNIT_NONE,
+                value=percent(findings.blast_area_fraction),
+                unit=codes.UNIT_PERCENT,
                 algorithm_id=algorithm.sr_identification(),
             ),
         ],
@@ -472,6 +476,8 @@ def build_sr(
         )
         observer.VerifyingObserverName = PersonName(verification.observer_name)
     sr.SeriesDescription = f"ALL screening report ({algorithm.model_name})"[:64]
+    algorithm.write_equipment(sr)
+    separate_containers(sr)
     identify_private_codes(sr)
     LOGGER.info(
         "built %s SR %s for %s",
@@ -480,6 +486,27 @@ def build_sr(
         source_uid,
     )
     return sr
+
+
+def percent(fraction: float) -> float:
+    """A fraction in [0, 1] as the percentage an SR carries (UCUM ``%``), to 4 decimals: the
+    Decimal String stays short, so a reader shows ``2 %`` rather than ``2.00000000000001 %``."""
+    return round(float(fraction) * 100.0, 4)
+
+
+def separate_containers(sr: Dataset) -> None:
+    """Make every CONTAINER of the content tree SEPARATE (highdicom writes CONTINUOUS).
+
+    The items of a TID 1500 container are separate statements, not one running text: with
+    CONTINUOUS, DCMTK's ``dsr2html`` renders the numbers of a measurement group without their
+    names ("0.02 1"); with SEPARATE it prints "Probability of Benign: 2 %".
+    """
+    stack: list[Dataset] = [sr]
+    while stack:
+        item = stack.pop()
+        if item.get("ValueType") == "CONTAINER":
+            item.ContinuityOfContent = "SEPARATE"
+        stack.extend(item.get("ContentSequence", []))
 
 
 def identify_private_codes(sr: Dataset) -> None:

@@ -24,7 +24,7 @@ from dicom.algorithm import Algorithm
 from dicom.codes import Stage
 from dicom.derivation import derivation_source
 from dicom.errors import DicomValidationError
-from dicom.sr import identify_private_codes
+from dicom.sr import identify_private_codes, percent, separate_containers
 
 __all__ = ["StudyFindings", "build_study_summary_sr", "summary_kind", "FIELDS_ANALYSED",
            "FIELDS_NEEDING_REVIEW", "FIELDS_QUALITY_INSUFFICIENT", "STUDY_SUMMARY_GROUP"]
@@ -32,11 +32,10 @@ __all__ = ["StudyFindings", "build_study_summary_sr", "summary_kind", "FIELDS_AN
 LOGGER = logging.getLogger(__name__)
 SUMMARY_SERIES_NUMBER = 904
 
-STUDY_SUMMARY_GROUP = codes._private("BCD-STUDY-SUMMARY", "Blood smear study summary")
+STUDY_SUMMARY_GROUP = codes._private("BCD-STUDY-SUM", "Blood smear study summary")
 FIELDS_ANALYSED = codes._private("FIELDS-ANALYSED", "Fields analysed")
-FIELDS_NEEDING_REVIEW = codes._private("FIELDS-NEEDING-REVIEW", "Fields needing review")
-FIELDS_QUALITY_INSUFFICIENT = codes._private("FIELDS-QUALITY-INSUFFICIENT",
-                                             "Fields of insufficient quality")
+FIELDS_NEEDING_REVIEW = codes._private("FIELDS-REVIEW", "Fields needing review")
+FIELDS_QUALITY_INSUFFICIENT = codes._private("FIELDS-LOW-QUAL", "Fields of insufficient quality")
 UNIT_FIELDS = hd.sr.CodedConcept("{fields}", "UCUM", "fields")
 
 
@@ -176,23 +175,28 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
     context = hd.sr.ObservationContext(observer_device_context=device)
     algo = algorithm.sr_identification()
 
-    def count(name: hd.sr.CodedConcept, value: float,
-              unit: hd.sr.CodedConcept) -> hd.sr.Measurement:
-        return hd.sr.Measurement(name=name, value=value, unit=unit, algorithm_id=algo)
+    def count(name: hd.sr.CodedConcept, value: float, unit: hd.sr.CodedConcept,
+              derivation: hd.sr.CodedConcept | None = None) -> hd.sr.Measurement:
+        return hd.sr.Measurement(name=name, value=value, unit=unit, algorithm_id=algo,
+                                 derivation=derivation)
 
-    measurements = [count(codes.probability_code(stage), findings.probabilities[stage],
-                          codes.UNIT_NONE) for stage in Stage]
+    # Derivation (121401, DCM): the probabilities are the fields' mean, the counts their total.
+    measurements = [count(codes.probability_code(stage), percent(findings.probabilities[stage]),
+                          codes.UNIT_PERCENT, codes.MEAN) for stage in Stage]
     measurements += [
-        count(codes.BLAST_COUNT, findings.total_blasts, codes.UNIT_CELLS),
-        count(codes.BLAST_AREA_FRACTION, findings.blast_area_fraction, codes.UNIT_NONE),
-        count(FIELDS_ANALYSED, findings.fields_analysed, UNIT_FIELDS),
-        count(FIELDS_NEEDING_REVIEW, findings.fields_needing_review, UNIT_FIELDS),
-        count(FIELDS_QUALITY_INSUFFICIENT, findings.fields_quality_insufficient, UNIT_FIELDS),
+        count(codes.BLAST_COUNT, findings.total_blasts, codes.UNIT_CELLS, codes.TOTAL),
+        count(codes.BLAST_AREA_FRACTION, percent(findings.blast_area_fraction),
+              codes.UNIT_PERCENT),
+        count(FIELDS_ANALYSED, findings.fields_analysed, UNIT_FIELDS, codes.TOTAL),
+        count(FIELDS_NEEDING_REVIEW, findings.fields_needing_review, UNIT_FIELDS, codes.TOTAL),
+        count(FIELDS_QUALITY_INSUFFICIENT, findings.fields_quality_insufficient, UNIT_FIELDS,
+              codes.TOTAL),
     ]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=derived("-tracking"),
                                                      identifier="Study summary"),
         finding_type=STUDY_SUMMARY_GROUP, algorithm_id=algo, measurements=measurements,
+        finding_sites=[hd.sr.FindingSite(codes.BLOOD)],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(codes.STAGE_FINDING, codes.stage_code(findings.stage))],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
@@ -207,6 +211,8 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
         institution_name=institution_name or algorithm.institution_name,
         contributing_equipment=[algorithm.contributing_equipment()])
     sr.SeriesDescription = f"ALL screening study summary ({algorithm.model_name})"[:64]
+    algorithm.write_equipment(sr)
+    separate_containers(sr)
     identify_private_codes(sr)
     LOGGER.info("built study summary SR %s over %d field(s)", sr.SOPInstanceUID, len(sources))
     return sr

@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from bcd_node.db.models import utcnow
 from bcd_node.errors import PermanentError
 from bcd_node.report.pdf import ReportData, render_report
+from dicom import describe
 from dicom.algorithm import Algorithm
 from dicom.errors import DicomError
 from dicom.outputs import ResultObjects, build_result_objects, write_dataset
@@ -133,8 +134,6 @@ def report_data(ds: Dataset, image: np.ndarray, over: np.ndarray, c: Combined, *
     """
     if c.stage is None or c.probabilities is None:
         raise ValueError("an image without a stage (quality insufficient) gets no report")
-    specimen = ds.get("SpecimenDescriptionSequence")
-
     def text(keyword: str) -> str | None:
         value = ds.get(keyword)
         return str(value).strip() or None if value not in (None, "") else None
@@ -148,8 +147,8 @@ def report_data(ds: Dataset, image: np.ndarray, over: np.ndarray, c: Combined, *
         birth_date=text("PatientBirthDate"), sex=text("PatientSex"),
         accession_number=text("AccessionNumber"), study_date=text("StudyDate"),
         study_instance_uid=text("StudyInstanceUID"), specimen_id=text("ContainerIdentifier"),
-        stain=(str(specimen[0].get("SpecimenShortDescription", "")) or None)
-        if specimen else None)
+        stain=describe.stain(ds), age=describe.patient_age(ds),
+        institution=algorithm.institution_name)
 
 
 def decode_for_analysis(ds: Dataset) -> list[np.ndarray]:

@@ -35,7 +35,8 @@ class Pipeline:
         self.context = context
         info = analyzer.model_info
         algorithm = Algorithm(name=str(info["name"]), version=str(info["version"]),
-                              software_version=__version__)
+                              software_version=__version__,
+                              institution_name=context.settings.dicom.institution_name or None)
         shared = AnalysisContext(
             node=context, algorithm=algorithm, demonstration_model=demonstration_model,
             store=Store(context.settings.storage.data_dir,

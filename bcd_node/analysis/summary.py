@@ -98,9 +98,10 @@ class StudySummaries:
             fields_quality_insufficient=len(rows) - len(staged),
             total_blasts=int(sum(r.blast_count for r, _ in staged)),
             blast_area_fraction=min(1.0, fraction))
-        sources = [read_dataset(ctx.store.path(i.path)) for _, i in staged]
+        # Every field is referenced, the non-diagnostic ones too: the summary speaks of them.
+        sources = [read_dataset(ctx.store.path(i.path)) for _, i in rows]
         # A changed field (a new revision) makes a new summary, as a new field does.
-        revisions = {i.sop_instance_uid: i.revision for _, i in staged}
+        revisions = {i.sop_instance_uid: i.revision for _, i in rows}
         sr = build_study_summary_sr(sources, findings, algorithm=ctx.algorithm,
                                     uid_root=settings.uids.root, revisions=revisions)
         kind = summary_kind(sources, revisions)
@@ -115,6 +116,7 @@ class StudySummaries:
             model_name=ctx.model_name, model_version=ctx.model_version,
             demonstration_model=ctx.demonstration_model, created_at=utcnow()))
         enc = build_encapsulated_pdf(sources[0], pdf, algorithm=ctx.algorithm,
+                                     further_sources=sources[1:],
                                      title="Blood smear study summary", uid_kind=f"{kind}-pdf",
                                      series_number=SUMMARY_SERIES_NUMBER,
                                      uid_root=settings.uids.root)

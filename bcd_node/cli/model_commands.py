@@ -140,8 +140,10 @@ def _analyze_to_dicom(args: argparse.Namespace, predictor: Predictor, name: str)
     try:
         ds = read_dataset(name)
         analysis = analyze_dataset(
-            ds, predictor, algorithm=Algorithm(name=info["name"], version=info["version"],
-                                              software_version=__version__),
+            ds, predictor, algorithm=Algorithm(
+                name=info["name"], version=info["version"], software_version=__version__,
+                institution_name=(settings.dicom.institution_name or None)
+                if settings is not None else None),
             review_threshold=predictor.review_threshold, uid_root=root,
             demonstration_model=bool(predictor.manifest.get("demonstration", True)))
         written = write_dicom_outputs(analysis, Path(args.dicom_out), Path(name).stem)

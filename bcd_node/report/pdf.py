@@ -89,9 +89,10 @@ class ReportData:
         Whether the demonstration model is loaded (prints "NOT FOR CLINICAL USE").
     created_at : datetime.datetime
         When the result was produced.
-    birth_date, sex, accession_number, study_date, study_instance_uid, specimen_id, stain, \
-institution : str, optional
-        Further identification, printed when given.
+    birth_date, age, sex, accession_number, study_date, study_instance_uid, specimen_id, \
+stain, institution : str, optional
+        Further identification, printed when given (``stain``: the staining step's substance,
+        ``age``: in words, e.g. "45 years").
     quality_notes : str, optional
         Why the quality check failed, for example.
     verified_by, verified_organization : str, optional
@@ -118,6 +119,7 @@ institution : str, optional
     demonstration_model: bool
     created_at: dt.datetime
     birth_date: str | None = None
+    age: str | None = None
     sex: str | None = None
     accession_number: str | None = None
     study_date: str | None = None
@@ -333,6 +335,7 @@ def _render(data: ReportData) -> bytes:
         ("Patient", _person(data.patient_name)),
         ("Patient ID", data.patient_id),
         ("Birth date", data.birth_date),
+        ("Age", data.age),
         ("Sex", data.sex),
         ("Accession number", data.accession_number),
         ("Study date", data.study_date),

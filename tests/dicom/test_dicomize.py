@@ -8,7 +8,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 
-from dicom import pixels, sop
+from dicom import describe, pixels, sop
 from dicom.dicomize import dicomize
 from tests.support.dicomcheck import write_checked
 
@@ -40,9 +40,30 @@ def test_vl_microscopic_round_trip(tmp_path, smear_rgb):
     specimen = hd.SpecimenDescription.from_dataset(back.SpecimenDescriptionSequence[0])
     assert specimen.specimen_id == "SLIDE-12"
     staining = specimen.specimen_preparation_steps[0].processing_procedure
-    assert list(staining.substances) == ["May-Grünwald-Giemsa"]
+    # a stain of CID 8112 is written coded (it was text before issue 14)
+    assert list(staining.substances) == [
+        hd.sr.CodedConcept("255803006", "SCT", "may-Grunwald giemsa stain")
+    ]
     # the reader accepts what the node writes, pixel for pixel
     np.testing.assert_array_equal(pixels.decode_file(path)[0], smear_rgb)
+
+
+@pytest.mark.parametrize(("stain", "substance"), [
+    ("Wright", hd.sr.CodedConcept("373682001", "SCT", "wright stain")),
+    ("giemsa stain", hd.sr.CodedConcept("373646006", "SCT", "giemsa stain")),
+    ("MGG", hd.sr.CodedConcept("255803006", "SCT", "may-Grunwald giemsa stain")),
+    ("Leishman", hd.sr.CodedConcept("255802001", "SCT", "Leishman stain")),
+    # no verified SNOMED CT code: kept as the text the user typed
+    ("Wright-Giemsa", "Wright-Giemsa"),
+])
+def test_stain_is_coded_where_a_standard_code_exists(tmp_path, smear_rgb, stain, substance):
+    ds = dicomize(smear_rgb, **(FIELDS | {"stain": stain}))
+    back = write_checked(ds, tmp_path / "vl.dcm")
+    specimen = hd.SpecimenDescription.from_dataset(back.SpecimenDescriptionSequence[0])
+    staining = specimen.specimen_preparation_steps[0].processing_procedure
+    assert list(staining.substances) == [substance]
+    assert describe.stain(back) == (substance if isinstance(substance, str)
+                                    else substance.meaning)
 
 
 @pytest.mark.integration

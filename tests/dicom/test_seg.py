@@ -27,8 +27,14 @@ def test_binary_seg_round_trip(tmp_path, source_image, blast_mask, algorithm):
                                   )[0, ..., 0].astype(bool), blast_mask)
     description = back.get_segment_description(1)
     assert description.segment_label == SEGMENT_LABEL
-    assert description.segmented_property_type == codes.BLAST_CELL
-    assert description.segmented_property_category == codes.CELL
+    # issue 14: a CID 7150 category, SCT "Cell" as type and the private blast code as modifier
+    # (before: category SCT "Cell", type BLAST-CELL)
+    assert description.segmented_property_category == codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE
+    assert description.segmented_property_category.value == "49755003"
+    assert description.segmented_property_type == codes.CELL
+    [modifier] = description.SegmentedPropertyTypeCodeSequence[0] \
+        .SegmentedPropertyTypeModifierCodeSequence
+    assert (modifier.CodeValue, modifier.CodingSchemeDesignator) == ("BLAST-CELL", "99BCD")
     algo = description.algorithm_identification[0]
     assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("bcd-vgg16-unet", "0.1.0-demo")
     assert algo.AlgorithmFamilyCodeSequence[0].CodeValue == codes.ARTIFICIAL_INTELLIGENCE.value
@@ -45,6 +51,9 @@ def test_binary_seg_round_trip(tmp_path, source_image, blast_mask, algorithm):
         if item.get("ManufacturerModelName") == algorithm.model_name
     ]
     assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    # General Equipment names the node (issue 14)
+    assert (back.Manufacturer, back.ManufacturerModelName) == ("bcd-node", algorithm.model_name)
+    assert list(back.SoftwareVersions) == ["0.1.0-demo", "0.1.0"]
     # deterministic UIDs under the root, never a toolkit prefix
     assert back.SOPInstanceUID == uids.derive_uid(source_image.SOPInstanceUID, "0.1.0-demo", "seg")
     assert back.SOPInstanceUID.startswith("2.25.")

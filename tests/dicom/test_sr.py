@@ -88,18 +88,22 @@ def test_unverified_sr_round_trip(tmp_path, source_image, segmentation, findings
     evaluations = _evaluations(report)
     assert codes.stage_from_code(evaluations["BCD-STAGE"]) is Stage.MALIGNANT_PRE
     assert evaluations["111101"] == codes.QUALITY_ADEQUATE
-    assert "BCD-STAGE-REVIEWED" not in evaluations
+    assert "BCD-STAGE-REV" not in evaluations
 
     [group] = report.get_image_measurement_groups()
     probabilities = {m.name.value: m.value for m in group.get_measurements()}
+    # issue 14: in percent (UCUM "%"), so that a reader prints "5 %" (before: 0..1, unit "1")
     for stage, p in PROBABILITIES.items():
-        assert probabilities[codes.probability_code(stage).value] == pytest.approx(p)
+        assert probabilities[codes.probability_code(stage).value] == pytest.approx(p * 100)
+    assert {m.unit.value for m in group.get_measurements()} == {"%"}
+    assert [s.value.value for s in group.finding_sites] == ["87612001"]
     assert group.source_images[0].referenced_sop_instance_uid == source_image.SOPInstanceUID
 
     [blasts] = report.get_volumetric_roi_measurement_groups()
     values = {m.name.value: (m.value, m.unit.value) for m in blasts.get_measurements()}
     assert values["BLAST-COUNT"] == (3, "{cells}")
-    assert values["BLAST-AREA-FRACTION"][0] == pytest.approx(0.045)
+    assert values["BLAST-AREA-FRAC"] == (pytest.approx(4.5), "%")  # issue 14: was 0.045, "1"
+    assert [s.value.value for s in blasts.finding_sites] == ["87612001"]
     # the SEG segment is referenced (segment number, no frame)
     images = [i for i in _code_items(ds) if i.ValueType == "IMAGE"]
     seg_refs = [
@@ -169,7 +173,7 @@ def test_verified_successor_round_trip(
 
     evaluations = _evaluations(back.content)
     assert codes.stage_from_code(evaluations["BCD-STAGE"]) is Stage.MALIGNANT_PRE
-    assert codes.stage_from_code(evaluations["BCD-STAGE-REVIEWED"]) is Stage.MALIGNANT_PRO
+    assert codes.stage_from_code(evaluations["BCD-STAGE-REV"]) is Stage.MALIGNANT_PRO
     comments = [
         i.TextValue
         for i in _code_items(ds)
