@@ -30,6 +30,9 @@ sr
     ``Findings``, ``Verification``, ``build_sr``: TID 1500 SR, unverified or verified successor.
 encapsulated
     ``build_encapsulated_pdf``: the PDF report as Encapsulated PDF (Modality DOC).
+series
+    ``ResultKind``, ``result_series``, ``series_uid``, ``instance_number``: one series per
+    kind of result, model version and study; Instance Numbers by field.
 dicomize
     ``dicomize``: an RGB array plus patient/study/specimen fields as a VL Microscopic Image or
     Secondary Capture Image.

@@ -15,12 +15,13 @@ from dicom import sop, uids
 from dicom.algorithm import Algorithm
 from dicom.derivation import derivation_source
 from dicom.errors import DicomValidationError
+from dicom.series import SERIES_NUMBERS, ResultKind, instance_number, result_series
 
 __all__ = ["build_encapsulated_pdf", "PDF_SERIES_NUMBER"]
 
 LOGGER = logging.getLogger(__name__)
 
-PDF_SERIES_NUMBER = 903
+PDF_SERIES_NUMBER = SERIES_NUMBERS[ResultKind.PDF]
 _MAX_PDF_BYTES = 0xFFFFFFFE - 1
 
 _PATIENT_STUDY = (
@@ -47,11 +48,13 @@ def build_encapsulated_pdf(
     title: str = "Blood smear screening report",
     verified_at: dt.datetime | None = None,
     uid_root: str = uids.DEFAULT_ROOT,
-    series_number: int = PDF_SERIES_NUMBER,
+    series_number: int | None = None,
     now: dt.datetime | None = None,
     uid_kind: str | None = None,
     revision: int = 0,
     further_sources: SequenceOf[Dataset] = (),
+    series_kind: ResultKind | str | None = None,
+    field_number: int | None = None,
 ) -> Dataset:
     """Wrap a PDF report as an Encapsulated PDF in the source image's study.
 
@@ -72,7 +75,7 @@ def build_encapsulated_pdf(
     uid_root : str, optional
         Root of the derived UIDs.
     series_number : int, optional
-        Series Number.
+        Series Number instead of the series' own (:mod:`dicom.series`).
     now : datetime.datetime, optional
         Content date and time (default: now).
     uid_kind : str, optional
@@ -84,6 +87,13 @@ def build_encapsulated_pdf(
     further_sources : Sequence[pydicom.dataset.Dataset], optional
         Further images of the same study the document reports on (a study summary's other
         fields), referenced in the Source Instance Sequence after ``source``.
+    series_kind : ResultKind or str, optional
+        The study's series the document goes in (:func:`dicom.series.result_series`): by
+        default the reports' PDF series, or with ``verified_at`` the verified PDF series; the
+        study summary's PDF names :attr:`~dicom.series.ResultKind.SUMMARY_PDF`.
+    field_number : int, optional
+        The Instance Number: the field's number in its study (default: the source's Instance
+        Number, see :func:`dicom.series.instance_number`).
 
     Returns
     -------
@@ -112,8 +122,11 @@ def build_encapsulated_pdf(
         raise DicomValidationError(f"title must be 1 to 64 characters, got {title!r}")
     if verified_at is not None and not isinstance(verified_at, dt.datetime):
         raise TypeError(f"verified_at must be a datetime, got {verified_at!r}")
-    if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 1:
-        raise DicomValidationError(f"series_number must be a positive int, got {series_number!r}")
+    if series_kind is None:
+        series_kind = ResultKind.PDF if verified_at is None else ResultKind.VERIFIED_PDF
+    series = result_series(str(source.StudyInstanceUID), algorithm, series_kind, root=uid_root,
+                           series_number=series_number)
+    number = instance_number(source, field_number)
     uids.validate_revision(revision)
 
     source = derivation_source(source, algorithm.texts)
@@ -150,19 +163,14 @@ def build_encapsulated_pdf(
 
     # Encapsulated Document Series
     ds.Modality = "DOC"
-    ds.SeriesInstanceUID = uids.derive_uid(
-        source_uid, algorithm.version, "pdf-series" if uid_kind is None else f"{uid_kind}-series",
-        root=uid_root, revision=revision,
-    )
-    ds.SeriesNumber = series_number
-    ds.SeriesDescription = f"ALL screening report PDF ({algorithm.model_name})"[:64]
+    series.apply(ds)
 
     # General Equipment and SC Equipment
     algorithm.write_equipment(ds)
     ds.ConversionType = "SYN"
 
     # Encapsulated Document
-    ds.InstanceNumber = 1 if verified_at is None else 2
+    ds.InstanceNumber = number
     ds.ContentDate = now.strftime("%Y%m%d")
     ds.ContentTime = now.strftime("%H%M%S")
     ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")

@@ -71,6 +71,7 @@ def build_result_objects(
     uid_root: str = uids.DEFAULT_ROOT,
     revision: int = 0,
     supersedes: Sequence[Dataset] = (),
+    field_number: int | None = None,
 ) -> ResultObjects:
     """Build the SEG, SR and (optionally) Encapsulated PDF of one analysed image.
 
@@ -96,23 +97,27 @@ def build_result_objects(
     supersedes : Sequence[pydicom.dataset.Dataset], optional
         The reports of the source's earlier version that the SR replaces (see
         :func:`dicom.sr.build_sr`).
+    field_number : int, optional
+        The field's number in its study, the Instance Number of the three objects in their
+        series (default: the source's Instance Number, see :func:`dicom.series.instance_number`).
 
     Returns
     -------
     ResultObjects
-        The objects; building them twice gives the same UIDs.
+        The objects, each in its kind's series of the study (:mod:`dicom.series`); building
+        them twice gives the same UIDs.
     """
     source = derivation_source(source, algorithm.texts)  # checked once for the three objects
     seg = build_segmentation(
         source, mask, algorithm=algorithm, fractional=fractional, uid_root=uid_root,
-        revision=revision,
+        revision=revision, field_number=field_number,
     )
     sr = build_sr(source, seg, findings, algorithm=algorithm, uid_root=uid_root,
-                  revision=revision, supersedes=supersedes)
+                  revision=revision, supersedes=supersedes, field_number=field_number)
     encapsulated = None
     if pdf is not None:
         encapsulated = build_encapsulated_pdf(source, pdf, algorithm=algorithm, uid_root=uid_root,
-                                              revision=revision)
+                                              revision=revision, field_number=field_number)
     return ResultObjects(seg=seg, sr=sr, pdf=encapsulated)
 
 

@@ -20,6 +20,7 @@ from dicom import codes, sop, uids
 from dicom.algorithm import Algorithm
 from dicom.derivation import derivation_source
 from dicom.errors import DicomValidationError
+from dicom.series import ResultKind, instance_number, result_series
 
 __all__ = ["SEGMENT_LABEL", "build_segmentation"]
 
@@ -94,8 +95,8 @@ def build_segmentation(
     algorithm: Algorithm,
     fractional: bool = False,
     uid_root: str = uids.DEFAULT_ROOT,
-    series_number: int = 901,
-    instance_number: int = 1,
+    series_number: int | None = None,
+    field_number: int | None = None,
     device_serial_number: str = "1",
     revision: int = 0,
 ) -> hd.seg.Segmentation:
@@ -116,8 +117,11 @@ def build_segmentation(
         Build a FRACTIONAL (PROBABILITY) segmentation instead of BINARY.
     uid_root : str, optional
         Root of the derived series and instance UIDs.
-    series_number, instance_number : int, optional
-        Series Number and Instance Number of the SEG.
+    series_number : int, optional
+        Series Number instead of the SEG series' own (:mod:`dicom.series`).
+    field_number : int, optional
+        The field's number in its study: the SEG's Instance Number (default: the source's
+        Instance Number, see :func:`dicom.series.instance_number`).
     device_serial_number : str, optional
         Device Serial Number of the node.
     revision : int, optional
@@ -127,8 +131,9 @@ def build_segmentation(
     Returns
     -------
     highdicom.seg.Segmentation
-        The SEG; UIDs are derived from the source SOP Instance UID and the model version, so
-        building it twice gives the same UIDs.
+        The SEG, in the study's SEG series (:func:`dicom.series.result_series`); its UID is
+        derived from the source SOP Instance UID and the model version, so building it twice
+        gives the same UIDs.
 
     Raises
     ------
@@ -141,9 +146,9 @@ def build_segmentation(
     source = derivation_source(source, algorithm.texts)
     if not isinstance(fractional, bool):
         raise TypeError(f"fractional must be a bool, got {fractional!r}")
-    for name, value in (("series_number", series_number), ("instance_number", instance_number)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
-            raise DicomValidationError(f"{name} must be a positive int, got {value!r}")
+    series = result_series(str(source.StudyInstanceUID), algorithm, ResultKind.SEG,
+                           root=uid_root, series_number=series_number)
+    number = instance_number(source, field_number)
     pixels = _check_mask(mask, source, fractional)
     uids.validate_revision(revision)
 
@@ -179,10 +184,10 @@ def build_segmentation(
             else hd.seg.SegmentationTypeValues.BINARY
         ),
         segment_descriptions=[description],
-        series_instance_uid=derived("seg-series"),
-        series_number=series_number,
+        series_instance_uid=series.uid,
+        series_number=series.number,
         sop_instance_uid=derived("seg"),
-        instance_number=instance_number,
+        instance_number=number,
         manufacturer=algorithm.manufacturer,
         manufacturer_model_name=algorithm.model_name,
         # A list: strict mode refuses tuples. highdicom annotates ``str | tuple[str]`` (one
@@ -217,8 +222,7 @@ def build_segmentation(
         seg.PatientOrientation = source.get("PatientOrientation", "")
     if "CodingSchemeIdentificationSequence" not in seg:
         seg.CodingSchemeIdentificationSequence = [codes.coding_scheme_identification()]
-    if "SeriesDescription" not in seg:
-        seg.SeriesDescription = f"Blast cell segmentation ({algorithm.model_name})"[:64]
+    seg.SeriesDescription = series.description
     seg.file_meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
     seg.file_meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
     LOGGER.info("built SEG %s for %s", seg.SOPInstanceUID, source_uid)

@@ -48,13 +48,14 @@ from dicom.algorithm import Algorithm
 from dicom.codes import Stage
 from dicom.derivation import derivation_source
 from dicom.errors import DicomValidationError
+from dicom.series import SERIES_NUMBERS, ResultKind, instance_number, result_series
 
 __all__ = ["Findings", "Verification", "build_sr", "document_reference", "SR_SERIES_NUMBER",
            "percent", "separate_containers"]
 
 LOGGER = logging.getLogger(__name__)
 
-SR_SERIES_NUMBER = 902
+SR_SERIES_NUMBER = SERIES_NUMBERS[ResultKind.SR]
 _PROBABILITY_SUM_TOLERANCE = 0.01
 
 
@@ -234,10 +235,11 @@ def build_sr(
     verification: Verification | None = None,
     predecessor: Dataset | None = None,
     uid_root: str = uids.DEFAULT_ROOT,
-    series_number: int = SR_SERIES_NUMBER,
+    series_number: int | None = None,
     institution_name: str | None = None,
     revision: int = 0,
     supersedes: Sequence[Dataset] = (),
+    field_number: int | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 report of an image, unverified or as the doctor-verified successor.
 
@@ -258,7 +260,8 @@ def build_sr(
     uid_root : str, optional
         Root of the derived UIDs.
     series_number : int, optional
-        Series Number of the SR series.
+        Series Number instead of the series' own (:mod:`dicom.series`): the study's SR series,
+        or with ``verification`` its verified SR series.
     institution_name : str, optional
         Institution Name written on the SR.
     revision : int, optional
@@ -268,6 +271,9 @@ def build_sr(
         The reports of an earlier version of the source that this unverified report replaces
         (e.g. from :func:`document_reference`), named in the Predecessor Documents Sequence.
         Not with ``verification`` (a verified report supersedes ``predecessor``).
+    field_number : int, optional
+        The field's number in its study: the SR's Instance Number (default: the source's
+        Instance Number, see :func:`dicom.series.instance_number`).
 
     Returns
     -------
@@ -315,8 +321,10 @@ def build_sr(
         if predecessor.StudyInstanceUID != source.StudyInstanceUID:
             raise DicomValidationError("predecessor belongs to study "
                                        f"{predecessor.StudyInstanceUID!r}")
-    if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 1:
-        raise DicomValidationError(f"series_number must be a positive int, got {series_number!r}")
+    series = result_series(str(source.StudyInstanceUID), algorithm,
+                           ResultKind.SR if verification is None else ResultKind.VERIFIED_SR,
+                           root=uid_root, series_number=series_number)
+    number = instance_number(source, field_number)
     uids.validate_revision(revision)
     supersedes = list(supersedes)
     if supersedes and verification is not None:
@@ -343,10 +351,8 @@ def build_sr(
         sop_instance_uid = uids.derive_uid(
             str(predecessor.SOPInstanceUID), version, f"sr-verified-{stamp}", root=uid_root
         )
-        instance_number = int(predecessor.get("InstanceNumber", 1)) + 1
     else:
         sop_instance_uid = derived("sr")
-        instance_number = 1
 
     device = hd.sr.ObserverContext(
         observer_type=pydicom_codes.DCM.Device,
@@ -453,10 +459,10 @@ def build_sr(
     sr = hd.sr.Comprehensive3DSR(
         evidence=[source, segmentation],
         content=report[0],
-        series_instance_uid=derived("sr-series"),
-        series_number=series_number,
+        series_instance_uid=series.uid,
+        series_number=series.number,
         sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
+        instance_number=number,
         manufacturer=algorithm.manufacturer,
         is_complete=True,
         is_final=verification is not None,  # Preliminary Flag FINAL once verified
@@ -475,7 +481,7 @@ def build_sr(
             when.strftime("%z") if when.tzinfo else ""
         )
         observer.VerifyingObserverName = PersonName(verification.observer_name)
-    sr.SeriesDescription = f"ALL screening report ({algorithm.model_name})"[:64]
+    sr.SeriesDescription = series.description
     algorithm.write_equipment(sr)
     separate_containers(sr)
     identify_private_codes(sr)

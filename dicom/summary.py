@@ -24,13 +24,14 @@ from dicom.algorithm import Algorithm
 from dicom.codes import Stage
 from dicom.derivation import derivation_source
 from dicom.errors import DicomValidationError
+from dicom.series import SERIES_NUMBERS, ResultKind, result_series
 from dicom.sr import identify_private_codes, percent, separate_containers
 
 __all__ = ["StudyFindings", "build_study_summary_sr", "summary_kind", "FIELDS_ANALYSED",
            "FIELDS_NEEDING_REVIEW", "FIELDS_QUALITY_INSUFFICIENT", "STUDY_SUMMARY_GROUP"]
 
 LOGGER = logging.getLogger(__name__)
-SUMMARY_SERIES_NUMBER = 904
+SUMMARY_SERIES_NUMBER = SERIES_NUMBERS[ResultKind.SUMMARY_SR]
 
 STUDY_SUMMARY_GROUP = codes._private("BCD-STUDY-SUM", "Blood smear study summary")
 FIELDS_ANALYSED = codes._private("FIELDS-ANALYSED", "Fields analysed")
@@ -138,6 +139,13 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
     revisions : Mapping[str, int], optional
         Revision of each field by SOP Instance UID (absent: 0), see :func:`summary_kind`.
 
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        The summary, in the study's summary SR series (:func:`dicom.series.result_series`),
+        with the number of fields it covers as its Instance Number (a summary over more fields
+        comes later in the series).
+
     Raises
     ------
     TypeError, ValueError
@@ -163,6 +171,7 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
     study_uid = study_uids.pop()
     sources = [derivation_source(ds) for ds in sources]
     kind = summary_kind(sources, revisions)
+    series = result_series(study_uid, algorithm, ResultKind.SUMMARY_SR, root=uid_root)
 
     def derived(suffix: str) -> str:
         return uids.derive_uid(study_uid, algorithm.version, f"{kind}{suffix}", root=uid_root)
@@ -205,12 +214,12 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
                                      procedure_reported=codes.PROCEDURE,
                                      imaging_measurements=[group], referenced_images=list(sources))
     sr = hd.sr.Comprehensive3DSR(
-        evidence=list(sources), content=report[0], series_instance_uid=derived("-series"),
-        series_number=SUMMARY_SERIES_NUMBER, sop_instance_uid=derived(""), instance_number=1,
+        evidence=list(sources), content=report[0], series_instance_uid=series.uid,
+        series_number=series.number, sop_instance_uid=derived(""), instance_number=len(sources),
         manufacturer=algorithm.manufacturer, is_complete=True, is_final=False, is_verified=False,
         institution_name=institution_name or algorithm.institution_name,
         contributing_equipment=[algorithm.contributing_equipment()])
-    sr.SeriesDescription = f"ALL screening study summary ({algorithm.model_name})"[:64]
+    sr.SeriesDescription = series.description
     algorithm.write_equipment(sr)
     separate_containers(sr)
     identify_private_codes(sr)

@@ -44,13 +44,12 @@ DEFAULT_ROOT = "2.25"
 #: Roots of toolkit implementations (pydicom, highdicom) that must not name our objects.
 FORBIDDEN_ROOTS = ("1.2.826.0.1.3680043.8.498", "1.2.826.0.1.3680043.10.511")
 
-#: Output kinds named in the derivation; others must match ``[a-z][a-z0-9-]*``.
+#: Output kinds named in the derivation from a source image's UID; others must match
+#: ``[a-z][a-z0-9-]*``. The series of the results derive from the Study Instance UID, with the
+#: kinds ``series-<kind>`` of :class:`dicom.series.ResultKind`.
 OUTPUT_KINDS = (
-    "seg-series",
     "seg",
-    "sr-series",
     "sr",
-    "pdf-series",
     "pdf",
     "frame-of-reference",
 )

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from sqlalchemy import func, select
+
 from bcd_node.db.models import Instance, Patient, Series, Study
 from bcd_node.errors import PermanentError
 from bcd_node.runtime import NodeContext
@@ -65,3 +67,17 @@ class AnalysisContext:
                 raise PermanentError(f"job {job_id}: instance {instance_id} no longer exists")
             session.expunge_all()
         return Loaded(inst, series, study, patient)
+
+    def field_number(self, instance: Instance, study: Study) -> int:
+        """The number of image ``instance`` among its study's images, from 1, in the order the
+        node received them (by row id): the Instance Number of its results in their series
+        (:mod:`dicom.series`).
+
+        A later image never changes an earlier one's number, and a changed image (a new
+        revision) keeps its row and so its number, so a re-run gives the same number.
+        """
+        with self.node.session_factory() as session:
+            earlier = session.execute(
+                select(func.count(Instance.id)).join(Series, Instance.series_fk == Series.id)
+                .where(Series.study_fk == study.id, Instance.id < instance.id)).scalar_one()
+        return int(earlier) + 1

@@ -187,12 +187,15 @@ class Analysis:
 def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
                     review_threshold: float, uid_root: str,
                     demonstration_model: bool = True, revision: int = 0,
-                    supersedes: list[Dataset] | None = None) -> Analysis:
+                    supersedes: list[Dataset] | None = None,
+                    field_number: int | None = None) -> Analysis:
     """Predict on one image and build what the node sends for it (no database, no files).
 
     ``bcd-node analyze --dicom-out`` and the worker both call this, so the files a user makes on
     the command line are the ones the node would send. ``revision`` and ``supersedes`` are the
-    stored image's revision and the earlier revision's SR documents the new SR replaces.
+    stored image's revision and the earlier revision's SR documents the new SR replaces;
+    ``field_number`` the image's number in its study, the Instance Number of its results (the
+    command line, without one, numbers them as the source image is numbered).
     """
     images = decode_for_analysis(ds)
     combined = combine(analyzer.predict(images), images, review_threshold)
@@ -208,7 +211,8 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
                                     created_at=utcnow()))
     objects = build_result_objects(ds, combined.masks if len(images) > 1 else combined.masks[0],
                                    findings, algorithm=algorithm, pdf=pdf, uid_root=uid_root,
-                                   revision=revision, supersedes=supersedes or ())
+                                   revision=revision, supersedes=supersedes or (),
+                                   field_number=field_number)
     return Analysis(images, combined, over, pdf, objects)
 
 

@@ -82,7 +82,8 @@ class ImageAnalysis:
                                    review_threshold=settings.model.review_threshold,
                                    uid_root=settings.uids.root,
                                    demonstration_model=ctx.demonstration_model,
-                                   revision=inst.revision, supersedes=supersedes)
+                                   revision=inst.revision, supersedes=supersedes,
+                                   field_number=ctx.field_number(inst, study))
         combined = analysis.combined
         folder = DataLayout.instance_results(inst.id, ctx.model_version, inst.revision)
         outputs: list[Output] = []

@@ -37,12 +37,8 @@ from bcd_node.runtime import NodeContext
 from bcd_node.store.layout import DataLayout
 from dicom.encapsulated import build_encapsulated_pdf
 from dicom.pixels import read_dataset
-from dicom.summary import (
-    SUMMARY_SERIES_NUMBER,
-    StudyFindings,
-    build_study_summary_sr,
-    summary_kind,
-)
+from dicom.series import ResultKind
+from dicom.summary import StudyFindings, build_study_summary_sr, summary_kind
 
 LOGGER = logging.getLogger(__name__)
 
@@ -118,8 +114,8 @@ class StudySummaries:
         enc = build_encapsulated_pdf(sources[0], pdf, algorithm=ctx.algorithm,
                                      further_sources=sources[1:],
                                      title="Blood smear study summary", uid_kind=f"{kind}-pdf",
-                                     series_number=SUMMARY_SERIES_NUMBER,
-                                     uid_root=settings.uids.root)
+                                     series_kind=ResultKind.SUMMARY_PDF,
+                                     field_number=len(sources), uid_root=settings.uids.root)
         folder = DataLayout.study_results(study.id, ctx.model_version)
         pdf_rel = f"{folder}/{kind}.pdf"
         outputs = [Output("summary_sr", sr, f"{folder}/{kind}-sr.dcm"),

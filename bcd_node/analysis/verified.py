@@ -1,9 +1,10 @@
 """The verified report: a doctor verified (or corrected) a result, so a VERIFIED SR that
 supersedes the AI's SR and an updated PDF go to PACS.
 
-The verified objects live in the result's folder, named by the time of the verification, and
-the SR in the AI SR's series. A verification withdrawn while its report was made (the image
-was replaced meanwhile) sends nothing.
+The verified objects live in the result's folder, named by the time of the verification; at
+PACS the study's verified SRs and verified PDFs are each a series of their own
+(:mod:`dicom.series`), numbered by field as the AI's reports are. A verification withdrawn
+while its report was made (the image was replaced meanwhile) sends nothing.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class VerifiedReports:
             doctor = session.get(User, result.verified_by_fk) if result.verified_by_fk else None
             session.expunge_all()
         verified_at = result.verified_at
-        inst, _series, _study, _patient = ctx.load(job.id, result.instance_fk)
+        inst, _series, study, _patient = ctx.load(job.id, result.instance_fk)
         if inst.revision != result.instance_revision:
             raise PermanentError(f"job {job.id}: result {result.id} is of an earlier version of "
                                  "the image (it was replaced); nothing to verify")
@@ -75,9 +76,10 @@ class VerifiedReports:
                             blast_count=result.blast_count,
                             blast_area_fraction=min(1.0, result.blast_area_fraction),
                             quality_ok=True)
+        field_number = ctx.field_number(inst, study)
         sr = build_sr(ds, seg, findings, algorithm=algorithm, verification=verification,
                       predecessor=predecessor, uid_root=settings.uids.root,
-                      revision=result.instance_revision)
+                      revision=result.instance_revision, field_number=field_number)
         image = decode_for_analysis(ds)[0]
         over = np.asarray(Image.open(ctx.store.path(result.overlay_path)).convert("RGB"))
         combined = Combined(result.stage, result.probabilities, result.blast_count,
@@ -94,7 +96,8 @@ class VerifiedReports:
         enc = build_encapsulated_pdf(ds, pdf, algorithm=algorithm,
                                      verified_at=verified_at,
                                      uid_root=settings.uids.root,
-                                     revision=result.instance_revision)
+                                     revision=result.instance_revision,
+                                     field_number=field_number)
         stamp = verified_at.strftime("%Y%m%dT%H%M%S%f")
         pdf_rel = f"{folder}/report-verified-{stamp}.pdf"
         outputs = [Output("verified_sr", sr, f"{folder}/sr-verified-{stamp}.dcm"),

@@ -37,7 +37,7 @@ from bcd_node.db.models import (
     utcnow,
 )
 from bcd_node.records import audit
-from dicom.uids import derive_uid
+from dicom.series import ResultKind, series_uid
 
 LOGGER = logging.getLogger(__name__)
 
@@ -54,9 +54,12 @@ class Superseded:
     reports_cancelled: int = 0
 
 
-def sr_series_uid(source_uid: str, model_version: str, revision: int, uid_root: str) -> str:
-    """The SR series of a result (the same derivation as :func:`dicom.sr.build_sr`)."""
-    return derive_uid(source_uid, model_version, "sr-series", root=uid_root, revision=revision)
+def sr_series_uid(study_instance_uid: str, model_version: str, uid_root: str, *,
+                  verified: bool = False) -> str:
+    """The series of a result's SR, or of its verified SR, in the study (the same derivation as
+    :func:`dicom.sr.build_sr`, :mod:`dicom.series`)."""
+    return series_uid(study_instance_uid, model_version,
+                      ResultKind.VERIFIED_SR if verified else ResultKind.SR, root=uid_root)
 
 
 def supersede_results(session: Session, *, instance_id: int, sop_instance_uid: str,
@@ -90,11 +93,11 @@ def supersede_results(session: Session, *, instance_id: int, sop_instance_uid: s
         # one that is older still (a revision replaced before it was analysed) keeps the list
         # it already has.
         if result.instance_revision == old_revision:
-            series = sr_series_uid(sop_instance_uid, result.model_version, old_revision,
-                                   uid_root)
-            result.supersedes = [{"series": series, "sop": uid} for uid in
-                                 (result.sr_sop_instance_uid, result.verified_sr_sop_instance_uid)
-                                 if uid]
+            result.supersedes = [
+                {"series": sr_series_uid(study_instance_uid, result.model_version, uid_root,
+                                         verified=verified), "sop": uid}
+                for uid, verified in ((result.sr_sop_instance_uid, False),
+                                      (result.verified_sr_sop_instance_uid, True)) if uid]
         if result.verification != VerificationState.UNVERIFIED:
             withdrawn += 1
             audit.record(session, actor=actor, actor_kind=actor_kind, source=source,

@@ -32,6 +32,7 @@ from bcd_node.intake.intake import Intake
 from bcd_node.jobs.queue import claim
 from bcd_node.records.users import hash_password
 from bcd_node.runtime import NodeContext
+from dicom.series import ResultKind, series_uid
 from tests.support.dicomcheck import assert_dciodvfy_clean
 from tests.support.images import part10_bytes, vl_micro
 from tests.support.predictions import PROBS, Pred
@@ -225,7 +226,14 @@ def test_verified_report_of_a_revision_lives_in_its_series(node) -> None:
     assert_dciodvfy_clean(next(folder.glob("pdf-verified-*.dcm")))
     verified = pydicom.dcmread(verified_path)
     assert verified.SOPInstanceUID == result.verified_sr_sop_instance_uid
-    assert verified.SeriesInstanceUID == ai.SeriesInstanceUID
+    # Issue 14: the study's verified SRs are a series of their own, numbered by field as the
+    # AI's SRs, whatever the field's revision.
+    assert verified.SeriesInstanceUID == series_uid(
+        ai.StudyInstanceUID, result.model_version, ResultKind.VERIFIED_SR,
+        root=ctx.settings.uids.root)
+    assert ai.SeriesInstanceUID == series_uid(ai.StudyInstanceUID, result.model_version,
+                                              ResultKind.SR, root=ctx.settings.uids.root)
+    assert verified.InstanceNumber == ai.InstanceNumber == 1
     assert verified.VerificationFlag == "VERIFIED"
 
 

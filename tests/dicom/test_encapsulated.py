@@ -8,6 +8,7 @@ import pytest
 
 from dicom import sop, uids
 from dicom.encapsulated import build_encapsulated_pdf
+from dicom.series import ResultKind, series_uid
 from tests.support.dicomcheck import write_checked
 
 #: A minimal, odd-length PDF (the padding byte must not change the document).
@@ -39,7 +40,12 @@ def test_verified_report_gets_its_own_uid(source_image, algorithm):
     when = dt.datetime(2026, 11, 24, 11, 0)
     verified = build_encapsulated_pdf(source_image, PDF, algorithm=algorithm, verified_at=when)
     assert verified.SOPInstanceUID != first.SOPInstanceUID
-    assert verified.SeriesInstanceUID == first.SeriesInstanceUID
+    # Issue 14: the verified PDFs are a series of their own in the study, not the reports' one.
+    assert verified.SeriesInstanceUID != first.SeriesInstanceUID
+    assert verified.SeriesInstanceUID == series_uid(source_image.StudyInstanceUID,
+                                                    algorithm.version, ResultKind.VERIFIED_PDF)
+    assert verified.SeriesNumber != first.SeriesNumber
+    assert verified.InstanceNumber == first.InstanceNumber
     again = build_encapsulated_pdf(source_image, PDF, algorithm=algorithm, verified_at=when)
     assert again.SOPInstanceUID == verified.SOPInstanceUID
 

@@ -43,8 +43,9 @@ def test_write_dataset_refuses_non_datasets(tmp_path):
 @pytest.mark.integration
 def test_a_changed_source_gets_new_objects_that_supersede_the_earlier_report(
         tmp_path, source_image, blast_mask):
-    """Revision 1 of the same SOP Instance UID: every UID is new (and again the same when built
-    twice); the SR names the earlier reports as predecessors; dciodvfy finds no error."""
+    """Revision 1 of the same SOP Instance UID: every object UID is new (and again the same when
+    built twice), in the same series of the study; the SR names the earlier reports as
+    predecessors; dciodvfy finds no error."""
     from dicom.sr import document_reference
 
     algorithm = Algorithm("bcd-vgg16-unet", "0.1.0-demo")
@@ -64,13 +65,16 @@ def test_a_changed_source_gets_new_objects_that_supersede_the_earlier_report(
     def identifiers(objects):
         out = []
         for _, ds in objects.by_kind():
-            out += [ds.SOPInstanceUID, ds.SeriesInstanceUID]
+            out.append(ds.SOPInstanceUID)
         out.append(objects.seg.SegmentSequence[0].TrackingUID)
         out.append(objects.seg.DimensionOrganizationSequence[0].DimensionOrganizationUID)
         return out
 
     assert not set(identifiers(first)) & set(identifiers(second))
     assert identifiers(build()) == identifiers(second)
+    # Issue 14: one series per kind in the study, whatever the revision of a field.
+    for (_, a), (_, b) in zip(first.by_kind(), second.by_kind(), strict=True):
+        assert (a.SeriesInstanceUID, a.InstanceNumber) == (b.SeriesInstanceUID, b.InstanceNumber)
     for name, ds in second.named():
         path = write_dataset(ds, tmp_path / name)
         assert_dciodvfy_clean(path)

@@ -11,6 +11,7 @@ import pytest
 from dicom import codes, uids
 from dicom.codes import Stage
 from dicom.seg import build_segmentation
+from dicom.series import ResultKind, series_uid
 from dicom.sr import Findings, Verification, build_sr
 from tests.support.dicomcheck import assert_dciodvfy_clean
 
@@ -166,8 +167,12 @@ def test_verified_successor_round_trip(
     assert observer.VerifyingOrganization == "Princeton-Plainsboro Teaching Hospital"
     assert observer.VerificationDateTime.startswith("20261124103005")
     assert ds.SOPInstanceUID != predecessor.SOPInstanceUID
-    assert ds.SeriesInstanceUID == predecessor.SeriesInstanceUID
-    assert ds.InstanceNumber == predecessor.InstanceNumber + 1
+    # Issue 14: the verified SRs are a series of their own in the study, numbered by field.
+    assert ds.SeriesInstanceUID != predecessor.SeriesInstanceUID
+    assert ds.SeriesInstanceUID == series_uid(source_image.StudyInstanceUID, algorithm.version,
+                                              ResultKind.VERIFIED_SR)
+    assert ds.SeriesNumber != predecessor.SeriesNumber
+    assert ds.InstanceNumber == predecessor.InstanceNumber
     ref = ds.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert ref.ReferencedSOPInstanceUID == predecessor.SOPInstanceUID
 
@@ -200,7 +205,9 @@ def test_verified_successor_round_trip(
     other = build_sr(source_image, segmentation, findings, algorithm=algorithm,
                      verification=later, predecessor=ds)
     assert other.SOPInstanceUID not in (ds.SOPInstanceUID, predecessor.SOPInstanceUID)
-    assert other.InstanceNumber == 3
+    # Issue 14: the same field's later verification is in the same series, with its number.
+    assert (other.SeriesInstanceUID, other.InstanceNumber) == (ds.SeriesInstanceUID,
+                                                               ds.InstanceNumber)
 
 
 def test_poor_quality_is_coded(source_image, segmentation, algorithm):

@@ -36,6 +36,7 @@ from bcd_node.intake.intake import Accepted, IdentityConflictError, Intake, cont
 from bcd_node.records.users import hash_password
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
+from dicom.series import ResultKind, series_uid
 from tests.support.images import part10_bytes, vl_micro
 
 SOP_UID = "2.25.1111111111111111111111111111111111"
@@ -199,8 +200,13 @@ def test_changed_image_of_same_patient_is_the_next_revision(ctx: NodeContext) ->
         assert result.verified_at is None and result.verified_pdf_path is None
         assert result.verified_sr_sop_instance_uid is None and result.instance_revision == 0
         assert result.stage == "Benign"
-        # The next SR supersedes this revision's SR and the verified one.
+        # The next SR supersedes this revision's SR and the verified one, named in their
+        # series of the study (issue 14: the SRs' series and the verified SRs' series).
         assert [r["sop"] for r in result.supersedes] == ["2.25.41", "2.25.44"]
+        root = ctx.settings.uids.root
+        assert [r["series"] for r in result.supersedes] == [
+            series_uid(STUDY_UID, "0.0.1", kind, root=root)
+            for kind in (ResultKind.SR, ResultKind.VERIFIED_SR)]
         # Sent objects stay on record; unsent ones of the old revision are not sent any more.
         assert sorted(s.execute(select(Delivery.sop_instance_uid)).scalars()) == [
             "2.25.41", "2.25.42"]

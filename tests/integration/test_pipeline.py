@@ -170,6 +170,61 @@ def test_quiet_study_gets_one_summary_sr_and_pdf(write_config, predictor, tmp_pa
     assert pdf.SOPInstanceUID not in {f.pdf_sop_instance_uid for f in fields}
 
 
+@pytest.mark.slow
+def test_a_multi_field_study_arrives_at_orthanc_as_five_result_series(
+        write_config, orthanc, predictor, tmp_path) -> None:
+    """Issue 14: a 12-field study's results are one series per kind at the PACS (the fields'
+    SEGs, SRs and PDFs, the summary SR and PDF), each with its own number and description, the
+    fields' objects numbered in the order the node received the fields."""
+    from datetime import timedelta
+
+    from bcd_node.analysis.summary import enqueue_study_summaries
+    from bcd_node.db.models import utcnow
+
+    fields = 12
+    cfg = write_config('[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\n'
+                       f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\n')
+    ctx = open_node(load_settings(cfg))
+    study_uid = pydicom.uid.generate_uid(prefix="2.25.")
+    files = write_smears(tmp_path / "in", fields, study_uid=study_uid)
+    sources = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
+    with Intake(ctx) as intake:
+        for f in files:  # each smear is a series of its own, as img2dcm makes them
+            intake.accept(f.read_bytes(), calling_ae="SCANNER")
+    workers = Workers(ctx, Pipeline(ctx, predictor).run, count=0)
+    assert drain(workers) == fields
+    with ctx.session_factory.begin() as s:
+        s.execute(update(Study).values(last_received_at=utcnow() - timedelta(hours=1)))
+    assert enqueue_study_summaries(ctx) == 1
+    assert drain(workers) == 1
+    with ctx.session_factory() as s:
+        kinds = sorted(d.kind for d in s.execute(select(Delivery)).scalars())
+    assert kinds.count("summary_sr") == 1 and kinds.count("seg") == fields
+    assert Deliverer(ctx).run_once().sent == len(kinds)
+
+    [study] = [i for i in orthanc.get("/studies")
+               if orthanc.get(f"/studies/{i}")["MainDicomTags"]["StudyInstanceUID"] == study_uid]
+    series = orthanc.get(f"/studies/{study}/series")
+    assert len(series) <= 5
+    tags = [s["MainDicomTags"] for s in series]
+    assert sorted(t["Modality"] for t in tags) == ["DOC", "DOC", "SEG", "SR", "SR"]
+    assert len({t["SeriesNumber"] for t in tags}) == len(tags)
+    assert len({t["SeriesDescription"] for t in tags}) == len(tags)
+    assert sum(len(s["Instances"]) for s in series) == len(kinds)
+    for s in series:
+        if s["MainDicomTags"]["Modality"] != "SEG":
+            continue
+        assert len(s["Instances"]) == fields
+        numbers = {}
+        for i in s["Instances"]:
+            instance = orthanc.get(f"/instances/{i}/simplified-tags")
+            [referenced] = [r["ReferencedSOPInstanceUID"]
+                            for item in instance["ReferencedSeriesSequence"]
+                            for r in item["ReferencedInstanceSequence"]]
+            numbers[referenced] = int(instance["InstanceNumber"])
+        assert [numbers[uid] for uid in sources] == list(range(1, fields + 1))
+
+
 def test_analyze_dicom_out_writes_the_objects_the_node_sends(tmp_path, capsys,
                                                           tiny_weights) -> None:
     import json

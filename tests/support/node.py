@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from dicom.summary import SUMMARY_SERIES_NUMBER
+from dicom.series import SERIES_NUMBERS, ResultKind
 from tests.support.listener import ENV
 from tests.support.peers import Orthanc
 from tests.support.procs import children
@@ -126,8 +126,9 @@ def outputs_by_source(orthanc: Orthanc, sources: set[str]) -> dict[str, list[str
     for i in orthanc.get("/instances"):
         tags = orthanc.get(f"/instances/{i}/simplified-tags")
         modality = tags.get("Modality")
-        if tags.get("SeriesNumber") == str(SUMMARY_SERIES_NUMBER):
-            continue  # the study summary references every field
+        if tags.get("SeriesNumber") in {str(SERIES_NUMBERS[ResultKind.SUMMARY_SR]),
+                                        str(SERIES_NUMBERS[ResultKind.SUMMARY_PDF])}:
+            continue  # the study summary (SR and PDF) references every field
         if modality == "SEG":
             refs = [r["ReferencedSOPInstanceUID"] for s in tags["ReferencedSeriesSequence"]
                     for r in s["ReferencedInstanceSequence"]]
