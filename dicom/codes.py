@@ -32,6 +32,10 @@ __all__ = [
     "IMAGE_QUALITY",
     "QUALITY_ADEQUATE",
     "QUALITY_LIMITED",
+    "QUALITY_NON_DIAGNOSTIC",
+    "QUALITY_FINDING",
+    "ANALYSIS_FAILED",
+    "quality_flag_code",
     "PROCEDURE",
     "CLASSIFICATION_GROUP",
     "ARTIFICIAL_INTELLIGENCE",
@@ -175,6 +179,29 @@ BLAST_AREA_FRACTION = _private("BLAST-AREA-FRAC", "Blast cell area fraction")
 IMAGE_QUALITY = CodedConcept("111101", "DCM", "Image Quality")
 QUALITY_ADEQUATE = CodedConcept("RID12", "RADLEX", "Diagnostic quality")
 QUALITY_LIMITED = CodedConcept("RID13", "RADLEX", "Limited quality")
+#: The image quality of an image the quality gate refused, or could not be analysed (CID 7036).
+QUALITY_NON_DIAGNOSTIC = CodedConcept("RID14", "RADLEX", "Non-diagnostic quality")
+#: Concept name of each reason a non-diagnostic report gives (DCM "Quality Finding").
+QUALITY_FINDING = CodedConcept("111052", "DCM", "Quality Finding")
+#: The reason of a non-diagnostic report of an image whose analysis failed for good.
+ANALYSIS_FAILED = _private("ANALYSIS-FAILED", "Analysis failed")
+#: The quality gate's flags (:class:`bcd_node.inference.preprocess.QualityReport`) as values of
+#: :data:`QUALITY_FINDING`; no standard code says these of a blood smear field, so they are
+#: private.
+_QUALITY_FLAGS = {
+    "too_small": _private("Q-TOO-SMALL", "Image too small"),
+    "too_blurred": _private("Q-BLURRED", "Image out of focus"),
+    "too_dark": _private("Q-TOO-DARK", "Image too dark"),
+    "too_bright": _private("Q-TOO-BRIGHT", "Image too bright"),
+    "not_a_smear": _private("Q-NOT-SMEAR", "Not a stained blood smear"),
+}
+_QUALITY_OTHER = _private("Q-OTHER", "Other image quality problem")
+
+
+def quality_flag_code(flag: str) -> CodedConcept:
+    """Return the coded value of a quality flag (``too_small``, ``too_blurred``, ...); a flag
+    this version does not know is ``(Q-OTHER, 99BCD, "Other image quality problem")``."""
+    return _QUALITY_FLAGS.get(flag, _QUALITY_OTHER)
 #: Procedure reported in the measurement report.
 PROCEDURE = _private("BCD-SCREEN", "Blood smear screening for acute lymphoblastic leukaemia")
 #: Finding type of the image-level classification group.

@@ -22,10 +22,12 @@ from dicom import uids
 from dicom.algorithm import Algorithm
 from dicom.derivation import derivation_source
 from dicom.encapsulated import build_encapsulated_pdf
+from dicom.nondiagnostic import NonDiagnostic, build_non_diagnostic_sr
 from dicom.seg import build_segmentation
 from dicom.sr import Findings, build_sr
 
-__all__ = ["ResultObjects", "build_result_objects", "write_dataset"]
+__all__ = ["ResultObjects", "build_result_objects", "build_non_diagnostic_objects",
+           "write_dataset"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,21 +38,23 @@ class ResultObjects:
 
     Attributes
     ----------
-    seg : pydicom.dataset.Dataset
-        The blast cell segmentation.
+    seg : pydicom.dataset.Dataset or None
+        The blast cell segmentation (None in a non-diagnostic answer: there is no mask).
     sr : pydicom.dataset.Dataset
-        The TID 1500 report (unverified).
+        The TID 1500 report (unverified), or the non-diagnostic report.
     pdf : pydicom.dataset.Dataset or None
         The Encapsulated PDF report, if a PDF was given.
     """
 
-    seg: Dataset
+    seg: Dataset | None
     sr: Dataset
     pdf: Dataset | None = None
 
     def by_kind(self) -> list[tuple[str, Dataset]]:
-        """Return ``(kind, dataset)`` pairs: ``seg``, ``sr`` and, if present, ``pdf``."""
-        pairs = [("seg", self.seg), ("sr", self.sr)]
+        """Return ``(kind, dataset)`` pairs: ``seg`` (if present), ``sr`` and, if present,
+        ``pdf``."""
+        pairs = [("seg", self.seg)] if self.seg is not None else []
+        pairs.append(("sr", self.sr))
         if self.pdf is not None:
             pairs.append(("pdf", self.pdf))
         return pairs
@@ -119,6 +123,53 @@ def build_result_objects(
         encapsulated = build_encapsulated_pdf(source, pdf, algorithm=algorithm, uid_root=uid_root,
                                               revision=revision, field_number=field_number)
     return ResultObjects(seg=seg, sr=sr, pdf=encapsulated)
+
+
+def build_non_diagnostic_objects(
+    source: Dataset,
+    why: NonDiagnostic,
+    pdf: bytes,
+    *,
+    algorithm: Algorithm,
+    uid_root: str = uids.DEFAULT_ROOT,
+    revision: int = 0,
+    supersedes: Sequence[Dataset] = (),
+    field_number: int | None = None,
+) -> ResultObjects:
+    """Build the non-diagnostic SR and Encapsulated PDF of an image that gets no diagnosis.
+
+    The image was refused by the quality gate, or (``why.failure``) its analysis failed for
+    good. The objects go in the study's SR and PDF series with the field's number, as a
+    diagnostic result would (:func:`build_result_objects`); there is no SEG. Their UIDs derive
+    from the kinds ``sr-nondiag`` and ``pdf-nondiag`` (``sr-failed``, ``pdf-failed`` for a
+    failure), so a later diagnostic result of the image never shares them.
+
+    Parameters
+    ----------
+    source : pydicom.dataset.Dataset
+        The image.
+    why : NonDiagnostic
+        The reasons (:class:`dicom.nondiagnostic.NonDiagnostic`).
+    pdf : bytes
+        The rendered PDF that says so.
+    algorithm, uid_root, revision, supersedes, field_number
+        As for :func:`build_result_objects`.
+
+    Returns
+    -------
+    ResultObjects
+        ``seg`` None, ``sr`` and ``pdf``.
+    """
+    source = derivation_source(source, algorithm.texts)
+    kind = "failed" if why.failure is not None else "nondiag"
+    sr = build_non_diagnostic_sr(source, why, algorithm=algorithm, uid_root=uid_root,
+                                 revision=revision, supersedes=supersedes,
+                                 field_number=field_number, uid_kind=f"sr-{kind}")
+    encapsulated = build_encapsulated_pdf(source, pdf, algorithm=algorithm, uid_root=uid_root,
+                                          revision=revision, field_number=field_number,
+                                          uid_kind=f"pdf-{kind}",
+                                          title="Blood smear screening: not analysed")
+    return ResultObjects(seg=None, sr=sr, pdf=encapsulated)
 
 
 def write_dataset(ds: Dataset, path: str | os.PathLike[str]) -> Path:

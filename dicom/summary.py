@@ -2,7 +2,9 @@
 
 Built when a study has been quiet for a while (no new images): the stage by vote with the mean
 calibrated probabilities, the total blast count, the blast area fraction across all fields, and
-how many fields need review or were of insufficient quality. Every field is evidence and source.
+how many fields were analysed, need review, were of insufficient quality (non-diagnostic) or
+could not be analysed. A study without any diagnostic field gets a summary too: no stage, Image
+Quality "Non-diagnostic quality" (RID14) and the counts. Every field is evidence and source.
 Codes: :mod:`dicom.codes` plus three private ``99BCD`` codes defined here (see the conformance
 statement).
 """
@@ -28,7 +30,8 @@ from dicom.series import SERIES_NUMBERS, ResultKind, result_series
 from dicom.sr import identify_private_codes, percent, separate_containers
 
 __all__ = ["StudyFindings", "build_study_summary_sr", "summary_kind", "FIELDS_ANALYSED",
-           "FIELDS_NEEDING_REVIEW", "FIELDS_QUALITY_INSUFFICIENT", "STUDY_SUMMARY_GROUP"]
+           "FIELDS_NEEDING_REVIEW", "FIELDS_QUALITY_INSUFFICIENT", "FIELDS_FAILED",
+           "STUDY_SUMMARY_GROUP"]
 
 LOGGER = logging.getLogger(__name__)
 SUMMARY_SERIES_NUMBER = SERIES_NUMBERS[ResultKind.SUMMARY_SR]
@@ -37,6 +40,7 @@ STUDY_SUMMARY_GROUP = codes._private("BCD-STUDY-SUM", "Blood smear study summary
 FIELDS_ANALYSED = codes._private("FIELDS-ANALYSED", "Fields analysed")
 FIELDS_NEEDING_REVIEW = codes._private("FIELDS-REVIEW", "Fields needing review")
 FIELDS_QUALITY_INSUFFICIENT = codes._private("FIELDS-LOW-QUAL", "Fields of insufficient quality")
+FIELDS_FAILED = codes._private("FIELDS-FAILED", "Fields that could not be analysed")
 UNIT_FIELDS = hd.sr.CodedConcept("{fields}", "UCUM", "fields")
 
 
@@ -46,12 +50,13 @@ class StudyFindings:
 
     Parameters
     ----------
-    stage : Stage or str
-        The stage that won the vote of the fields.
-    probabilities : Mapping[Stage or str, float]
-        Mean calibrated probability of each stage over the fields, summing to 1 (within 0.01).
+    stage : Stage or str or None
+        The stage that won the vote of the fields; None when no field has one.
+    probabilities : Mapping[Stage or str, float] or None
+        Mean calibrated probability of each stage over the fields, summing to 1 (within 0.01);
+        None with ``stage`` None.
     fields_analysed : int
-        Fields with a diagnosis (quality sufficient).
+        Fields with a diagnosis (quality sufficient); 0 exactly when ``stage`` is None.
     fields_needing_review : int
         Fields flagged for review (low confidence or quality insufficient).
     fields_quality_insufficient : int
@@ -60,18 +65,41 @@ class StudyFindings:
         Blast cells over all fields.
     blast_area_fraction : float
         Blast pixels over all analysed pixels, in [0, 1].
+    fields_failed : int, optional
+        Fields whose analysis failed for good.
     """
 
-    stage: Stage | str
-    probabilities: Mapping[Stage | str, float]
+    stage: Stage | str | None
+    probabilities: Mapping[Stage | str, float] | None
     fields_analysed: int
     fields_needing_review: int
     fields_quality_insufficient: int
     total_blasts: int
     blast_area_fraction: float
+    fields_failed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("fields_analysed", "fields_needing_review", "fields_quality_insufficient",
+                     "total_blasts", "fields_failed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise DicomValidationError(f"{name} must be an int >= 0, got {value!r}")
+        f = self.blast_area_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) \
+                or not 0 <= f <= 1:
+            raise DicomValidationError(f"blast_area_fraction must be in [0, 1], got {f!r}")
+        if self.stage is None:
+            if self.probabilities is not None or self.fields_analysed:
+                raise DicomValidationError(
+                    "a summary without a stage has no probabilities and no analysed field, got "
+                    f"probabilities={self.probabilities!r}, "
+                    f"fields_analysed={self.fields_analysed!r}")
+            if not self.fields_quality_insufficient + self.fields_failed:
+                raise DicomValidationError("a summary must speak of at least one field")
+            return
         object.__setattr__(self, "stage", Stage(codes._as_stage(self.stage)))
+        if self.probabilities is None:
+            raise DicomValidationError("a summary with a stage gives the probabilities")
         probs = {Stage(codes._as_stage(k)): v for k, v in dict(self.probabilities).items()}
         if set(probs) != set(Stage):
             raise DicomValidationError("probabilities must give all four stages, got "
@@ -84,18 +112,9 @@ class StudyFindings:
         if abs(sum(probs.values()) - 1) > 0.01:
             raise DicomValidationError(f"probabilities must sum to 1, got {sum(probs.values())!r}")
         object.__setattr__(self, "probabilities", probs)
-        for name in ("fields_analysed", "fields_needing_review", "fields_quality_insufficient",
-                     "total_blasts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise DicomValidationError(f"{name} must be an int >= 0, got {value!r}")
         if self.fields_analysed < 1:
             raise DicomValidationError("fields_analysed must be at least 1, got "
                                        f"{self.fields_analysed!r}")
-        f = self.blast_area_fraction
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) \
-                or not 0 <= f <= 1:
-            raise DicomValidationError(f"blast_area_fraction must be in [0, 1], got {f!r}")
 
 
 def summary_kind(sources: Sequence[Dataset],
@@ -190,26 +209,41 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
                                  derivation=derivation)
 
     # Derivation (121401, DCM): the probabilities are the fields' mean, the counts their total.
-    measurements = [count(codes.probability_code(stage), percent(findings.probabilities[stage]),
-                          codes.UNIT_PERCENT, codes.MEAN) for stage in Stage]
+    measurements: list[hd.sr.Measurement] = []
+    evaluations: list[hd.sr.QualitativeEvaluation] = []
+    if findings.stage is not None and findings.probabilities is not None:
+        probabilities = findings.probabilities
+        measurements += [count(codes.probability_code(stage), percent(probabilities[stage]),
+                               codes.UNIT_PERCENT, codes.MEAN) for stage in Stage]
+        measurements += [
+            count(codes.BLAST_COUNT, findings.total_blasts, codes.UNIT_CELLS, codes.TOTAL),
+            count(codes.BLAST_AREA_FRACTION, percent(findings.blast_area_fraction),
+                  codes.UNIT_PERCENT)]
+        evaluations.append(hd.sr.QualitativeEvaluation(codes.STAGE_FINDING,
+                                                       codes.stage_code(findings.stage)))
+    else:  # no field could be diagnosed: the study gets an answer that says so
+        evaluations.append(hd.sr.QualitativeEvaluation(codes.IMAGE_QUALITY,
+                                                       codes.QUALITY_NON_DIAGNOSTIC))
     measurements += [
-        count(codes.BLAST_COUNT, findings.total_blasts, codes.UNIT_CELLS, codes.TOTAL),
-        count(codes.BLAST_AREA_FRACTION, percent(findings.blast_area_fraction),
-              codes.UNIT_PERCENT),
         count(FIELDS_ANALYSED, findings.fields_analysed, UNIT_FIELDS, codes.TOTAL),
         count(FIELDS_NEEDING_REVIEW, findings.fields_needing_review, UNIT_FIELDS, codes.TOTAL),
         count(FIELDS_QUALITY_INSUFFICIENT, findings.fields_quality_insufficient, UNIT_FIELDS,
               codes.TOTAL),
+        count(FIELDS_FAILED, findings.fields_failed, UNIT_FIELDS, codes.TOTAL),
     ]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=derived("-tracking"),
                                                      identifier="Study summary"),
         finding_type=STUDY_SUMMARY_GROUP, algorithm_id=algo, measurements=measurements,
         finding_sites=[hd.sr.FindingSite(codes.BLOOD)],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(codes.STAGE_FINDING, codes.stage_code(findings.stage))],
+        qualitative_evaluations=evaluations,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
                        for ds in sources])
+    if findings.stage is None:
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=codes.COMMENT, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            value=(f"No field could be diagnosed: {findings.fields_quality_insufficient} of "
+                   f"insufficient quality, {findings.fields_failed} could not be analysed.")))
     report = hd.sr.MeasurementReport(observation_context=context,
                                      procedure_reported=codes.PROCEDURE,
                                      imaging_measurements=[group], referenced_images=list(sources))
