@@ -20,11 +20,17 @@ from pydicom.dataset import Dataset
 
 from bcd_node.db.models import utcnow
 from bcd_node.errors import PermanentError
-from bcd_node.report.pdf import ReportData, render_report
+from bcd_node.report.pdf import NotAnalysedData, ReportData, render_not_analysed, render_report
 from dicom import describe
 from dicom.algorithm import Algorithm
 from dicom.errors import DicomError
-from dicom.outputs import ResultObjects, build_result_objects, write_dataset
+from dicom.nondiagnostic import NonDiagnostic
+from dicom.outputs import (
+    ResultObjects,
+    build_non_diagnostic_objects,
+    build_result_objects,
+    write_dataset,
+)
 from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_dataset
 from dicom.sop import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
 from dicom.sr import Findings
@@ -173,15 +179,61 @@ def analysed_pixels(path: Path) -> np.ndarray:
     return decode_for_analysis(ds)[0]
 
 
+def quality_flags(quality: dict[str, Any]) -> tuple[str, ...]:
+    """The quality gate's flags of an image (of each frame, without repeats)."""
+    found: list[str] = []
+    for item in [quality, *quality.get("frames", [])]:
+        for flag in item.get("flags", []) if isinstance(item, dict) else []:
+            if isinstance(flag, str) and flag not in found:
+                found.append(flag)
+    return tuple(found)
+
+
+def non_diagnostic_answer(ds: Dataset, why: NonDiagnostic, *, algorithm: Algorithm,
+                          demonstration_model: bool, uid_root: str, image: np.ndarray | None,
+                          revision: int = 0, supersedes: list[Dataset] | None = None,
+                          field_number: int | None = None) -> tuple[bytes, ResultObjects]:
+    """The PDF and the non-diagnostic SR and Encapsulated PDF of an image that gets no
+    diagnosis (``why``: the quality gate refused it, or its analysis failed for good)."""
+    def text(keyword: str) -> str | None:
+        value = ds.get(keyword)
+        return str(value).strip() or None if value not in (None, "") else None
+
+    if image is not None and (image.dtype != np.uint8 or image.ndim != 3
+                              or image.shape[2] != 3 or 0 in image.shape):
+        image = None  # not an RGB picture the report can show
+    pdf = render_not_analysed(NotAnalysedData(
+        patient_name=text("PatientName") or "(no name)", patient_id=text("PatientID") or "(no id)",
+        headline=why.headline, reasons=tuple(why.reasons), model_name=algorithm.name,
+        model_version=algorithm.version, demonstration_model=demonstration_model,
+        created_at=utcnow(), image=image, birth_date=text("PatientBirthDate"),
+        sex=text("PatientSex"), accession_number=text("AccessionNumber"),
+        study_date=text("StudyDate"), study_instance_uid=text("StudyInstanceUID"),
+        specimen_id=text("ContainerIdentifier"), stain=describe.stain(ds),
+        age=describe.patient_age(ds), institution=algorithm.institution_name))
+    objects = build_non_diagnostic_objects(ds, why, pdf, algorithm=algorithm, uid_root=uid_root,
+                                           revision=revision, supersedes=supersedes or (),
+                                           field_number=field_number)
+    return pdf, objects
+
+
 @dataclass(frozen=True)
 class Analysis:
-    """Everything made from one image: findings, overlay, and (with a stage) PDF and objects."""
+    """Everything made from one image: findings, overlay, PDF and objects (with a stage the
+    diagnostic SEG, SR and PDF; without one, the non-diagnostic SR and PDF).
+
+    ``diagnostic`` says which."""
 
     images: list[np.ndarray]
     combined: Combined
     overlay: np.ndarray
     pdf: bytes | None
     objects: ResultObjects | None
+
+    @property
+    def diagnostic(self) -> bool:
+        """Whether the image got a stage (else its objects are the non-diagnostic answer)."""
+        return self.combined.stage is not None
 
 
 def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
@@ -201,7 +253,13 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
     combined = combine(analyzer.predict(images), images, review_threshold)
     over = overlay(images[0], combined.masks[0])
     if combined.stage is None or combined.probabilities is None:
-        return Analysis(images, combined, over, None, None)
+        # The quality gate refused it: the sender still gets an answer, saying why.
+        why = NonDiagnostic(flags=quality_flags(combined.quality))
+        pdf, objects = non_diagnostic_answer(
+            ds, why, algorithm=algorithm, demonstration_model=demonstration_model,
+            uid_root=uid_root, image=images[0], revision=revision, supersedes=supersedes,
+            field_number=field_number)
+        return Analysis(images, combined, over, pdf, objects)
     findings = Findings(stage=combined.stage, probabilities=combined.probabilities,
                         blast_count=combined.blast_count,
                         blast_area_fraction=min(1.0, combined.blast_area_fraction),

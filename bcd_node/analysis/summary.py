@@ -4,7 +4,10 @@ PDF.
 A study is summarised once no image arrived for ``workers.study_quiet_seconds`` and none of its
 analyses is still queued or running (:func:`enqueue_study_summaries`, run on a schedule by every
 worker process). The summary's stage is the vote of the fields' stages, its probabilities their
-mean; a changed field (a new revision) makes a new summary, as a new field does.
+mean; a changed field (a new revision) makes a new summary, as a new field does. The summary
+counts the fields analysed, non-diagnostic (refused by the quality gate) and failed (their
+``analyze`` job failed for good), and references each of them whose file can be read; a study
+without any diagnostic field gets a summary too, without a stage.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from bcd_node.db.models import (
     Instance,
     Job,
     JobKind,
+    JobState,
     Patient,
     Result,
     ResultScope,
@@ -36,6 +40,7 @@ from bcd_node.report.summary import FieldRow, SummaryData, render_summary
 from bcd_node.runtime import NodeContext
 from bcd_node.store.layout import DataLayout
 from dicom.encapsulated import build_encapsulated_pdf
+from dicom.errors import DicomError
 from dicom.pixels import read_dataset
 from dicom.series import ResultKind
 from dicom.summary import StudyFindings, build_study_summary_sr, summary_kind
@@ -71,33 +76,54 @@ class StudySummaries:
                 .where(Result.study_fk == study.id, Result.scope == ResultScope.INSTANCE,
                        Result.model_version == ctx.model_version)
                 .order_by(Instance.received_at, Instance.id)).all()
+            # Fields whose analysis failed for good (and that have no result of this model).
+            with_result = {i.id for _, i in rows}
+            failed = [i for i in session.execute(
+                select(Instance).join(Job, Job.instance_fk == Instance.id)
+                .where(Job.study_fk == study.id, Job.kind == JobKind.ANALYZE,
+                       Job.state == JobState.FAILED)
+                .order_by(Instance.received_at, Instance.id)).scalars().unique()
+                if i.id not in with_result]
             session.expunge_all()
         staged = [(r, i) for r, i in rows if r.stage]
         stage = vote([r.stage for r, _ in rows if r.stage])
-        if stage is None:
+        # Every field is referenced, the non-diagnostic and failed ones too: the summary speaks
+        # of them (a failed field whose file cannot be read is counted, not referenced).
+        sources = [read_dataset(ctx.store.path(i.path)) for _, i in rows]
+        referenced = [i for _, i in rows]
+        for inst in failed:
+            try:
+                sources.append(read_dataset(ctx.store.path(inst.path)))
+                referenced.append(inst)
+            except (DicomError, OSError) as exc:
+                LOGGER.warning("job %d: failed field %s is not referenced by the summary: %s",
+                               job.id, inst.sop_instance_uid, exc)
+        if not sources:
             with ctx.node.session_factory.begin() as session:
                 _summary_done(session, study.id)
                 complete_or_raise(session, job)
-            LOGGER.info("job %d: study %s has no diagnosable field; no summary", job.id,
-                        study.study_instance_uid)
+            LOGGER.info("job %d: study %s has no field that can be referenced; no summary",
+                        job.id, study.study_instance_uid)
             return
-        names = list(STAGE_ORDER)
-        probs = {n: float(np.mean([r.probabilities.get(n, 0.0) for r, _ in staged]))
-                 for n in names}
-        total = sum(probs.values()) or 1.0
-        probs = {n: v / total for n, v in probs.items()}
-        pixels = [max(1, i.rows * i.columns * i.frames) for _, i in staged]
-        fraction = sum(r.blast_area_fraction * p for (r, _), p in zip(staged, pixels)) / sum(pixels)
+        probs: dict[str, float] | None = None
+        fraction = 0.0
+        if stage is not None:
+            names = list(STAGE_ORDER)
+            means = {n: float(np.mean([r.probabilities.get(n, 0.0) for r, _ in staged]))
+                     for n in names}
+            total = sum(means.values()) or 1.0
+            probs = {n: v / total for n, v in means.items()}
+            pixels = [max(1, i.rows * i.columns * i.frames) for _, i in staged]
+            fraction = sum(r.blast_area_fraction * p
+                           for (r, _), p in zip(staged, pixels)) / sum(pixels)
         findings = StudyFindings(
             stage=stage, probabilities=probs, fields_analysed=len(staged),
             fields_needing_review=sum(r.needs_review for r, _ in rows),
             fields_quality_insufficient=len(rows) - len(staged),
             total_blasts=int(sum(r.blast_count for r, _ in staged)),
-            blast_area_fraction=min(1.0, fraction))
-        # Every field is referenced, the non-diagnostic ones too: the summary speaks of them.
-        sources = [read_dataset(ctx.store.path(i.path)) for _, i in rows]
+            blast_area_fraction=min(1.0, fraction), fields_failed=len(failed))
         # A changed field (a new revision) makes a new summary, as a new field does.
-        revisions = {i.sop_instance_uid: i.revision for _, i in rows}
+        revisions = {i.sop_instance_uid: i.revision for i in referenced}
         sr = build_study_summary_sr(sources, findings, algorithm=ctx.algorithm,
                                     uid_root=settings.uids.root, revisions=revisions)
         kind = summary_kind(sources, revisions)
@@ -108,7 +134,8 @@ class StudySummaries:
             probabilities=probs, total_blasts=findings.total_blasts,
             blast_area_fraction=findings.blast_area_fraction,
             fields=[FieldRow(i.sop_instance_uid, r.stage, r.confidence, r.blast_count,
-                             r.needs_review) for r, i in rows],
+                             r.needs_review) for r, i in rows]
+            + [FieldRow(i.sop_instance_uid, None, None, 0, False, failed=True) for i in failed],
             model_name=ctx.model_name, model_version=ctx.model_version,
             demonstration_model=ctx.demonstration_model, created_at=utcnow()))
         enc = build_encapsulated_pdf(sources[0], pdf, algorithm=ctx.algorithm,
@@ -129,21 +156,27 @@ class StudySummaries:
                 result = Result(study_fk=study.id, scope=ResultScope.STUDY,
                                 model_name=ctx.model_name, model_version=ctx.model_version)
                 session.add(result)
-            result.stage, result.probabilities, result.confidence = stage, probs, probs[stage]
+            result.stage = stage
+            result.probabilities = probs or {}
+            result.confidence = probs[stage] if probs is not None and stage is not None else None
             result.blast_count = findings.total_blasts
             result.blast_area_fraction = findings.blast_area_fraction
             result.needs_review = findings.fields_needing_review > 0
             result.demonstration_model = ctx.demonstration_model
-            result.quality = {"fields": len(rows), "quality_insufficient":
-                              findings.fields_quality_insufficient}
+            result.quality = {"fields": len(rows) + len(failed),
+                              "analysed": findings.fields_analysed,
+                              "quality_insufficient": findings.fields_quality_insufficient,
+                              "failed": findings.fields_failed}
             result.pdf_path = pdf_rel
             result.sr_sop_instance_uid = str(sr.SOPInstanceUID)
             result.pdf_sop_instance_uid = str(enc.SOPInstanceUID)
             publish(session, job, result, outputs, settings.destinations, study_id=study.id,
                     update_study=_summary_done)
         ctx.node.wake_delivery()
-        LOGGER.info("job %d: study %s summarised over %d field(s): %s", job.id,
-                    study.study_instance_uid, len(staged), stage)
+        LOGGER.info("job %d: study %s summarised: %d field(s) analysed, %d non-diagnostic, %d "
+                    "failed: %s", job.id, study.study_instance_uid, len(staged),
+                    findings.fields_quality_insufficient, len(failed),
+                    stage or "no stage")
 
 
 def enqueue_study_summaries(context: NodeContext) -> int:

@@ -135,9 +135,10 @@ def verify_result(session: Session, result: Result, decision: Decision | str, *,
     result.verified_comment = text or None
     result.verified_by_fk = user.id
     result.verified_at = utcnow()
-    # The VERIFIED SR supersedes the AI's SR; without one (quality insufficient) there is
-    # nothing to supersede, and the verification stays on record here only.
-    report = bool(result.sr_sop_instance_uid)
+    # The VERIFIED SR supersedes the AI's diagnostic SR. Without one there is nothing to
+    # supersede, and the verification stays on record here only: an image the quality gate
+    # refused has a stage of None and, at most, a non-diagnostic SR, which no doctor verifies.
+    report = bool(result.sr_sop_instance_uid) and result.stage is not None
     if report:
         session.add(Job(kind=JobKind.VERIFIED_REPORT, result_fk=result.id, study_fk=study.id,
                         instance_fk=result.instance_fk))

@@ -39,7 +39,8 @@ from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Spacer, Tabl
 from bcd_node.errors import ValidationError
 from dicom.stages import Stage
 
-__all__ = ["STAGES", "ReportData", "render_report", "NOT_FOR_CLINICAL_USE"]
+__all__ = ["STAGES", "ReportData", "render_report", "NOT_FOR_CLINICAL_USE", "NotAnalysedData",
+           "render_not_analysed"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -420,3 +421,129 @@ def _render(data: ReportData) -> bytes:
     pdf = buf.getvalue()
     LOGGER.debug("rendered report of %d bytes (verified: %s)", len(pdf), data.is_verified)
     return pdf
+
+
+@dataclass(frozen=True)
+class NotAnalysedData:
+    """What the report of an image that got no diagnosis shows.
+
+    Parameters
+    ----------
+    patient_name, patient_id, model_name, model_version : str
+        As in :class:`ReportData`.
+    headline : str
+        E.g. "Not analysed: quality insufficient" or "Could not be analysed".
+    reasons : Sequence[str]
+        Why, in plain words (at least one).
+    demonstration_model : bool
+        Whether the demonstration model is loaded.
+    created_at : datetime.datetime
+        When the answer was made.
+    image : numpy.ndarray, optional
+        The image, ``(rows, columns, 3)`` RGB ``uint8``, when it could be decoded.
+    birth_date, age, sex, accession_number, study_date, study_instance_uid, specimen_id, \
+stain, institution : str, optional
+        Further identification, as in :class:`ReportData`.
+    """
+
+    patient_name: str
+    patient_id: str
+    headline: str
+    reasons: tuple[str, ...]
+    model_name: str
+    model_version: str
+    demonstration_model: bool
+    created_at: dt.datetime
+    image: np.ndarray | None = None
+    birth_date: str | None = None
+    age: str | None = None
+    sex: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None
+    study_instance_uid: str | None = None
+    specimen_id: str | None = None
+    stain: str | None = None
+    institution: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("patient_name", "patient_id", "model_name", "model_version", "headline"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValidationError(f"{name} must be a non-empty str, got {value!r}")
+        reasons = tuple(self.reasons)
+        if not reasons or any(not isinstance(r, str) or not r.strip() for r in reasons):
+            raise ValidationError(f"reasons must be non-empty strings, got {self.reasons!r}")
+        object.__setattr__(self, "reasons", reasons)
+        if self.image is not None:
+            _check_rgb("image", self.image)
+        if not isinstance(self.demonstration_model, bool):
+            raise TypeError(f"demonstration_model must be a bool, got "
+                            f"{self.demonstration_model!r}")
+        if not isinstance(self.created_at, dt.datetime):
+            raise TypeError(f"created_at must be a datetime, got {self.created_at!r}")
+
+
+def render_not_analysed(data: NotAnalysedData) -> bytes:
+    """Render the report of an image that got no diagnosis ("not analysed", and why) as PDF."""
+    if not isinstance(data, NotAnalysedData):
+        raise TypeError(f"data must be NotAnalysedData, got {type(data).__name__}")
+    with REPORTLAB_LOCK:
+        return _render_not_analysed(data)
+
+
+def _render_not_analysed(data: NotAnalysedData) -> bytes:
+    regular, bold = _fonts()
+    styles = getSampleStyleSheet()
+    body = ParagraphStyle("body", parent=styles["BodyText"], fontName=regular, fontSize=9.5,
+                          leading=12)
+    label = ParagraphStyle("label", parent=body, fontName=bold)
+    heading = ParagraphStyle("heading", parent=styles["Heading2"], fontName=bold, fontSize=12,
+                             spaceBefore=4, spaceAfter=2)
+    title = ParagraphStyle("title", parent=styles["Title"], fontName=bold, fontSize=14,
+                           spaceAfter=4)
+    banner = ParagraphStyle("banner", parent=body, fontName=bold, fontSize=12, leading=15,
+                            textColor=colors.white, backColor=colors.HexColor("#b00020"),
+                            alignment=1, borderPadding=4)
+    big = ParagraphStyle("big", parent=label, fontSize=13, leading=16)
+
+    def p(text: object, style: ParagraphStyle = body) -> Paragraph:
+        return Paragraph(escape(str(text)), style)
+
+    story: list[Any] = []  # reportlab's flowables (the library has no type information)
+    if data.demonstration_model:
+        story += [p(f"{NOT_FOR_CLINICAL_USE} — demonstration model", banner), Spacer(1, 4 * mm)]
+    story.append(p("Blood smear screening report (acute lymphoblastic leukaemia)", title))
+    if data.institution:
+        story.append(p(data.institution))
+    story.append(p("Patient and study", heading))
+    ident = [("Patient", _person(data.patient_name)), ("Patient ID", data.patient_id),
+             ("Birth date", data.birth_date), ("Age", data.age), ("Sex", data.sex),
+             ("Accession number", data.accession_number), ("Study date", data.study_date),
+             ("Study UID", data.study_instance_uid), ("Specimen (slide)", data.specimen_id),
+             ("Stain", data.stain)]
+    table = Table([[p(k, label), p(v if v not in (None, "") else "—")] for k, v in ident],
+                  colWidths=[45 * mm, 125 * mm], hAlign="LEFT")
+    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"),
+                               ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey)]))
+    story.append(table)
+    story.append(p("Result", heading))
+    story.append(p(data.headline, big))
+    story.append(p("No stage is given for this image. Reasons:", body))
+    for reason in data.reasons:
+        story.append(p(f"• {reason}", body))
+    story.append(Spacer(1, 2 * mm))
+    story.append(p("Please check the image and send a better one if a result is needed.", body))
+    if data.image is not None:
+        story += [p("Image", heading), _picture(data.image, 70 * mm)]
+    story += [Spacer(1, 3 * mm), p(
+        f"Model {data.model_name} version {data.model_version}"
+        + (" (demonstration model)" if data.demonstration_model else "")
+        + f"; produced {_when(data.created_at)}.", body)]
+    buf = io.BytesIO()
+    doc = SimpleDocTemplate(buf, pagesize=A4, leftMargin=20 * mm, rightMargin=20 * mm,
+                            topMargin=15 * mm, bottomMargin=18 * mm,
+                            title="Blood smear screening report: not analysed",
+                            author=f"{data.model_name} {data.model_version}",
+                            subject=data.headline, invariant=1)
+    doc.build(story)
+    return buf.getvalue()

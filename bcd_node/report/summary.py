@@ -29,6 +29,7 @@ class FieldRow:
     confidence: float | None
     blast_count: int
     needs_review: bool
+    failed: bool = False       # its analysis failed for good
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class SummaryData:
     study_instance_uid: str
     accession_number: str
     study_date: str
-    stage: str
-    probabilities: Mapping[str, float]
+    stage: str | None          # None: no field could be diagnosed
+    probabilities: Mapping[str, float] | None
     total_blasts: int
     blast_area_fraction: float
     fields: Sequence[FieldRow]
@@ -51,7 +52,10 @@ class SummaryData:
     created_at: dt.datetime
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
+        if self.stage is None:
+            if self.probabilities is not None:
+                raise ValidationError("a summary without a stage has no probabilities")
+        elif self.stage not in STAGES or self.probabilities is None:
             raise ValidationError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if not self.fields:
             raise ValidationError("fields must list at least one field")
@@ -90,20 +94,30 @@ def _render(data: SummaryData) -> bytes:
                                ("SPAN", (1, 2), (3, 2))]))
     story += [table, Paragraph("Combined result (unverified)", sub)]
     reviewing = sum(f.needs_review for f in data.fields)
-    story.append(Paragraph(
-        f"<b>Stage by vote: {escape(data.stage)}</b> — {len(data.fields)} field(s), "
-        f"{data.total_blasts} blast cell(s), blast area {data.blast_area_fraction:.1%} of the "
-        f"analysed area, {reviewing} field(s) needing review.", body))
-    probs = [["Stage", "Mean probability"]] + [[s, f"{data.probabilities[s]:.1%}"]
-                                               for s in STAGES]
-    pt = Table(probs, colWidths=[45 * mm, 35 * mm])
-    pt.setStyle(TableStyle([("FONT", (0, 0), (-1, -1), regular, 9),
-                            ("FONT", (0, 0), (-1, 0), bold, 9),
-                            ("GRID", (0, 0), (-1, -1), 0.3, colors.grey)]))
-    story += [Spacer(1, 2 * mm), pt, Paragraph("Fields", sub)]
+    analysed = sum(f.stage is not None for f in data.fields)
+    failed = sum(f.failed for f in data.fields)
+    counts = (f"{analysed} field(s) analysed, {len(data.fields) - analysed - failed} "
+              f"non-diagnostic (quality insufficient), {failed} could not be analysed")
+    if data.stage is None or data.probabilities is None:
+        story.append(Paragraph(
+            f"<b>No stage: no field could be diagnosed.</b> {counts}.", body))
+        story.append(Paragraph("Fields", sub))
+    else:
+        story.append(Paragraph(
+            f"<b>Stage by vote: {escape(data.stage)}</b> — {counts}; "
+            f"{data.total_blasts} blast cell(s), blast area {data.blast_area_fraction:.1%} of "
+            f"the analysed area, {reviewing} field(s) needing review.", body))
+        probs = [["Stage", "Mean probability"]] + [[s, f"{data.probabilities[s]:.1%}"]
+                                                   for s in STAGES]
+        pt = Table(probs, colWidths=[45 * mm, 35 * mm])
+        pt.setStyle(TableStyle([("FONT", (0, 0), (-1, -1), regular, 9),
+                                ("FONT", (0, 0), (-1, 0), bold, 9),
+                                ("GRID", (0, 0), (-1, -1), 0.3, colors.grey)]))
+        story += [Spacer(1, 2 * mm), pt, Paragraph("Fields", sub)]
     rows = [["#", "Stage", "Confidence", "Blasts", "Review", "SOP Instance UID"]]
     for i, f in enumerate(data.fields, 1):
-        rows.append([str(i), f.stage or "quality insufficient",
+        rows.append([str(i), "could not be analysed" if f.failed
+                     else f.stage or "quality insufficient",
                      "—" if f.confidence is None else f"{f.confidence:.0%}", str(f.blast_count),
                      "yes" if f.needs_review else "", Paragraph(escape(f.sop_instance_uid),
                                                                 ParagraphStyle(

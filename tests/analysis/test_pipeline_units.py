@@ -41,12 +41,31 @@ class InsufficientAnalyzer:
                 for _ in images]
 
 
-def test_quality_insufficient_image_makes_no_diagnosis_and_no_objects() -> None:
+@pytest.mark.integration  # pdftotext
+def test_quality_insufficient_image_makes_no_diagnosis_but_a_non_diagnostic_answer() -> None:
     analysis = analyze_dataset(vl_micro(1), InsufficientAnalyzer(),
                                algorithm=Algorithm(name="test", version="1"),
-                               review_threshold=0.6, uid_root="2.25")
-    assert analysis.combined.stage is None and analysis.objects is None and analysis.pdf is None
+                               review_threshold=0.6, uid_root="2.25", field_number=2)
+    assert analysis.combined.stage is None and not analysis.diagnostic
     assert analysis.overlay.shape == analysis.images[0].shape
+    # issue 14: the sender hears why: a non-diagnostic SR and a PDF, no SEG (no mask)
+    assert analysis.objects is not None and analysis.pdf is not None
+    assert [kind for kind, _ in analysis.objects.by_kind()] == ["sr", "pdf"]
+    assert analysis.objects.sr.InstanceNumber == 2
+    assert b"Not analysed: quality insufficient" in _pdf_text(analysis.pdf)
+    assert b"not look like a stained blood smear" in _pdf_text(analysis.pdf)
+
+
+def _pdf_text(pdf: bytes) -> bytes:
+    """The text of a PDF as poppler's pdftotext reads it."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("pdftotext")
+    if tool is None:
+        pytest.skip("pdftotext is not installed")
+    return subprocess.run([tool, "-", "-"], input=pdf, capture_output=True, check=True,
+                          timeout=60).stdout
 
 
 # Renders field reports and study summaries in 4 threads at once, first use in the process,

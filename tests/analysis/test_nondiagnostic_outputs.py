@@ -1,0 +1,192 @@
+"""Every analysed image gets an answer at the PACS (issue 14): a field the quality gate refuses
+gets a non-diagnostic SR and PDF, queued like a diagnostic result's; the study summary is always
+made and counts the fields analysed, non-diagnostic and failed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import cv2
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from sqlalchemy import select, update
+
+from bcd_node.analysis.pipeline import Pipeline
+from bcd_node.analysis.summary import enqueue_study_summaries
+from bcd_node.db.models import Delivery, Instance, Job, JobState, Result, Study, utcnow
+from bcd_node.inference.preprocess import assess_quality
+from bcd_node.intake.intake import Intake
+from bcd_node.jobs.queue import claim, fail
+from bcd_node.records.users import add_user
+from bcd_node.records.verification import verify_result
+from bcd_node.runtime import NodeContext, open_node
+from bcd_node.settings import load_settings
+from dicom.dicomize import dicomize
+from dicom.series import SERIES_NUMBERS, ResultKind
+from tests.support.images import part10_bytes, smear
+from tests.support.predictions import PROBS, Pred
+
+
+class GateAnalyzer:
+    """The node's own quality gate in front of a model double that says Malignant-Pre."""
+
+    model_info = {"name": "test-model", "version": "1.0"}
+
+    def predict(self, images: list[np.ndarray]) -> list[Pred]:
+        out = []
+        for image in images:
+            quality = assess_quality(image)
+            if not quality.ok:
+                out.append(Pred(None, None, None, None, None, quality, True))
+                continue
+            mask = np.zeros(image.shape[:2], np.uint8)
+            mask[10:20, 10:20] = 1
+            out.append(Pred("Malignant-Pre", PROBS, 1, 0.01, mask, quality))
+        return out
+
+
+@pytest.fixture
+def node(write_config) -> Any:
+    ctx = open_node(load_settings(write_config(
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n')))
+    with Intake(ctx) as intake:
+        yield ctx, intake, Pipeline(ctx, GateAnalyzer())
+    ctx.engine.dispose()
+
+
+def _field(image: np.ndarray, study_uid: str) -> pydicom.Dataset:
+    return dicomize(np.ascontiguousarray(image), patient_id="PAT-1", patient_name="Test^Patient",
+                    stain="Wright", specimen_id="SLIDE-1", study_instance_uid=study_uid,
+                    accession_number="ACC1")
+
+
+def _run_all(ctx: NodeContext, pipeline: Pipeline, *, fail_sop: str | None = None) -> int:
+    """Run every queued job; the job of ``fail_sop`` fails for good instead (as the workers
+    record a permanent failure)."""
+    n = 0
+    while True:
+        with ctx.session_factory.begin() as s:
+            job = claim(s, "test-worker", 60)
+        if job is None:
+            return n
+        if fail_sop is not None and job.instance_fk is not None:
+            with ctx.session_factory.begin() as s:
+                if s.get(Instance, job.instance_fk).sop_instance_uid == fail_sop:
+                    assert fail(s, job, "cannot decode the image: broken")
+                    pipeline.job_failed(job)
+                    n += 1
+                    continue
+        pipeline.run(job)
+        n += 1
+
+
+def _summarise(ctx: NodeContext, pipeline: Pipeline) -> Result:
+    with ctx.session_factory.begin() as s:
+        s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
+    assert enqueue_study_summaries(ctx) == 1
+    assert _run_all(ctx, pipeline) == 1
+    with ctx.session_factory() as s:
+        return s.execute(select(Result).where(Result.scope == "study")).scalar_one()
+
+
+def test_refused_fields_get_a_non_diagnostic_sr_and_pdf_and_the_summary_counts_them(
+        node) -> None:
+    ctx, intake, pipeline = node
+    study_uid = pydicom.uid.generate_uid(prefix="2.25.")
+    good, _ = smear(101)
+    blurred = cv2.GaussianBlur(good, (0, 0), 8)
+    tiny = np.ascontiguousarray(good[:40, :40])
+    grey = np.repeat(cv2.cvtColor(good, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    broken, _ = smear(102)
+    fields = [_field(img, study_uid) for img in (good, blurred, tiny, grey, broken)]
+    for ds in fields:
+        intake.accept(part10_bytes(ds))
+    assert _run_all(ctx, pipeline, fail_sop=str(fields[4].SOPInstanceUID)) == 5
+
+    with ctx.session_factory() as s:
+        results = {i.sop_instance_uid: r for r, i in s.execute(
+            select(Result, Instance).join(Instance, Result.instance_fk == Instance.id))}
+        deliveries = s.execute(select(Delivery)).scalars().all()
+        assert s.execute(select(Job.state).where(Job.state == JobState.FAILED)).all()
+    assert len(results) == 4  # the failed field has no result
+    by_result: dict[int, set[str]] = {}
+    for d in deliveries:
+        by_result.setdefault(d.result_fk, set()).add(d.kind)
+    data = Path(ctx.settings.storage.data_dir)
+    expected_flags = {1: "too_blurred", 2: "too_small", 3: "not_a_smear"}
+    for number, flag in expected_flags.items():
+        result = results[str(fields[number].SOPInstanceUID)]
+        assert result.stage is None, flag
+        assert flag in result.quality["flags"]
+        assert result.seg_sop_instance_uid is None
+        assert result.sr_sop_instance_uid and result.pdf_sop_instance_uid and result.pdf_path
+        assert by_result[result.id] == {"sr", "pdf"}  # queued for the PACS; no SEG
+        assert (data / result.pdf_path).read_bytes().startswith(b"%PDF-")
+        [sr_row] = [d for d in deliveries if d.result_fk == result.id and d.kind == "sr"]
+        assert sr_row.sop_instance_uid == result.sr_sop_instance_uid
+        sr = hd.sr.srread(data / sr_row.path)
+        assert sr.SeriesNumber == SERIES_NUMBERS[ResultKind.SR]
+        assert sr.InstanceNumber == number + 1  # the field's number
+        [group] = sr.content.get_image_measurement_groups()
+        values = {e.value.value for e in group.get_qualitative_evaluations()}
+        assert "RID14" in values, values
+    diagnostic = results[str(fields[0].SOPInstanceUID)]
+    assert diagnostic.stage == "Malignant-Pre" and by_result[diagnostic.id] == {
+        "seg", "sr", "pdf"}
+
+    summary = _summarise(ctx, pipeline)
+    assert summary.stage == "Malignant-Pre"
+    assert summary.quality == {"fields": 5, "analysed": 1, "quality_insufficient": 3,
+                               "failed": 1}
+    sr = hd.sr.srread(data / next(
+        d.path for d in _deliveries(ctx) if d.kind == "summary_sr"))
+    [group] = sr.content.get_image_measurement_groups()
+    figures = {m.name.value: m.value for m in group.get_measurements()}
+    assert (figures["FIELDS-ANALYSED"], figures["FIELDS-LOW-QUAL"],
+            figures["FIELDS-FAILED"]) == (1, 3, 1)
+    evidence = {r.ReferencedSOPInstanceUID
+                for e in sr.CurrentRequestedProcedureEvidenceSequence
+                for se in e.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
+    assert evidence == {str(ds.SOPInstanceUID) for ds in fields}  # the failed field too
+
+
+def _deliveries(ctx: NodeContext) -> list[Delivery]:
+    with ctx.session_factory() as s:
+        return list(s.execute(select(Delivery)).scalars())
+
+
+def test_a_study_without_a_usable_field_gets_a_summary_without_a_stage(node) -> None:
+    ctx, intake, pipeline = node
+    study_uid = pydicom.uid.generate_uid(prefix="2.25.")
+    good, _ = smear(103)
+    for image in (good[:30, :30], cv2.GaussianBlur(good, (0, 0), 8)):
+        intake.accept(part10_bytes(_field(image, study_uid)))
+    assert _run_all(ctx, pipeline) == 2
+    summary = _summarise(ctx, pipeline)
+    assert summary.stage is None and summary.confidence is None
+    assert summary.quality == {"fields": 2, "analysed": 0, "quality_insufficient": 2,
+                               "failed": 0}
+    assert summary.sr_sop_instance_uid and summary.pdf_sop_instance_uid
+    kinds = sorted(d.kind for d in _deliveries(ctx) if d.result_fk == summary.id)
+    assert kinds == ["summary_pdf", "summary_sr"]
+
+
+def test_a_doctor_s_verification_of_a_non_diagnostic_result_queues_no_verified_report(
+        node) -> None:
+    ctx, intake, pipeline = node
+    good, _ = smear(104)
+    intake.accept(part10_bytes(_field(good[:30, :30], pydicom.uid.generate_uid())))
+    assert _run_all(ctx, pipeline) == 1
+    with ctx.session_factory.begin() as s:
+        user = add_user(s, "doc", "Long-enough-pass-42", "doctor")
+        result = s.execute(select(Result)).scalar_one()
+        assert result.sr_sop_instance_uid  # it now has the non-diagnostic SR
+        done = verify_result(s, result, "accept", stage=None, comment=None, user_id=user.id,
+                             actor="doc", actor_kind="user")
+        assert not done.report_queued
+    with ctx.session_factory() as s:
+        assert s.execute(select(Job).where(Job.kind == "verified_report")).first() is None
