@@ -119,7 +119,10 @@ def warnings_for(result: Result) -> list[str]:
     """The warnings a doctor must see for a result."""
     out = []
     quality = result.quality or {}
-    if result.stage is None or quality.get("status") == "insufficient":
+    if quality.get("status") == "failed":
+        out.append(f"Analysis failed: {quality.get('reason') or 'see the job'}. The PACS was "
+                   "sent a report saying the image could not be analysed.")
+    elif result.stage is None or quality.get("status") == "insufficient":
         out.append("Quality insufficient: the image could not be classified reliably.")
     threshold = node().settings.model.review_threshold
     if result.confidence is not None and result.confidence < threshold:

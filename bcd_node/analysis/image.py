@@ -21,10 +21,23 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bcd_node.analysis.context import AnalysisContext, Loaded
-from bcd_node.analysis.findings import Analyzer, analyze_dataset
-from bcd_node.analysis.publish import Output, complete_or_raise, publish, write_files
+from bcd_node.analysis.findings import (
+    Analyzer,
+    analyze_dataset,
+    decode_for_analysis,
+    non_diagnostic_answer,
+)
+from bcd_node.analysis.publish import (
+    Output,
+    complete_or_raise,
+    publish,
+    queue_deliveries,
+    write_files,
+)
 from bcd_node.db.models import (
     Instance,
+    Job,
+    JobState,
     Patient,
     Result,
     ResultScope,
@@ -35,8 +48,10 @@ from bcd_node.errors import PermanentError
 from bcd_node.jobs.queue import Claimed
 from bcd_node.records import audit
 from bcd_node.records.revisions import clear_verification
+from bcd_node.records.studies import refresh_study
 from bcd_node.store.layout import DataLayout
 from dicom.errors import DicomError
+from dicom.nondiagnostic import NonDiagnostic
 from dicom.pixels import read_dataset
 from dicom.sr import document_reference
 from dicom.stages import Stage
@@ -140,6 +155,81 @@ class ImageAnalysis:
                     combined.stage or "none (quality insufficient)",
                     combined.blast_count, ", needs review" if combined.needs_review else "")
         return result.id
+
+    def answer_failure(self, job: Claimed) -> int | None:
+        """After ``job`` failed for good: send "could not be analysed" and its reason.
+
+        The non-diagnostic SR and PDF (:func:`~bcd_node.analysis.findings.non_diagnostic_answer`)
+        are built from the stored image, recorded on the image's result (no stage, quality
+        ``failed`` with the reason, needing review) and queued for every destination. Nothing
+        is sent when the stored file cannot be read (there is nothing to reference: the study
+        summary counts the field as failed), when the image changed meanwhile (its newer
+        version has its own job) or when the image already has a result of this revision.
+        Returns the result id, or None.
+        """
+        ctx = self.context
+        settings = ctx.settings
+        with ctx.node.session_factory() as session:
+            row = session.get(Job, job.id)
+            if row is None or row.state != JobState.FAILED:
+                return None
+            reason = (row.last_error or "the analysis failed").strip()
+        try:
+            inst, _series, study, _patient = self._load(job)
+            ds = read_dataset(ctx.store.path(inst.path))
+        except (PermanentError, DicomError, OSError) as exc:
+            LOGGER.warning("job %d: the failed image cannot be read, so no answer is sent for "
+                           "it: %s", job.id, exc)
+            return None
+        try:
+            image: np.ndarray | None = decode_for_analysis(ds)[0]
+        except (PermanentError, DicomError, ValueError):
+            image = None  # the PDF then shows no picture
+        pdf, objects = non_diagnostic_answer(
+            ds, NonDiagnostic(failure=reason), algorithm=ctx.algorithm,
+            demonstration_model=ctx.demonstration_model, uid_root=settings.uids.root,
+            image=image, revision=inst.revision, supersedes=self._supersedes(inst, study),
+            field_number=ctx.field_number(inst, study))
+        folder = DataLayout.instance_results(inst.id, ctx.model_version, inst.revision)
+        pdf_rel = f"{folder}/failed-report.pdf"
+        outputs = [Output(kind, dataset, f"{folder}/failed-{kind}.dcm")
+                   for kind, dataset in objects.by_kind()]
+        write_files(ctx.store, folder, (pdf_rel, pdf), outputs)
+        with ctx.node.session_factory.begin() as session:
+            current = session.get(Instance, inst.id)
+            if current is None or current.revision != inst.revision:
+                return None
+            result = session.execute(select(Result).where(
+                Result.instance_fk == inst.id, Result.scope == ResultScope.INSTANCE,
+                Result.model_version == ctx.model_version)).scalar_one_or_none()
+            if result is not None and result.instance_revision == inst.revision \
+                    and result.sr_sop_instance_uid:
+                return None  # this revision has its answer already
+            if result is None:
+                result = Result(instance_fk=inst.id, study_fk=study.id,
+                                scope=ResultScope.INSTANCE, model_name=ctx.model_name,
+                                model_version=ctx.model_version)
+                session.add(result)
+            result.instance_revision = inst.revision
+            result.stage, result.probabilities, result.confidence = None, {}, None
+            result.blast_count, result.blast_area_fraction = 0, 0.0
+            result.quality = {"status": "failed", "reason": reason[:500]}
+            result.needs_review = True
+            result.demonstration_model = ctx.demonstration_model
+            result.mask_path = result.overlay_path = None
+            result.pdf_path = pdf_rel
+            uids = {kind: str(dataset.SOPInstanceUID) for kind, dataset, _ in outputs}
+            result.seg_sop_instance_uid = None
+            result.sr_sop_instance_uid = uids.get("sr")
+            result.pdf_sop_instance_uid = uids.get("pdf")
+            session.flush()
+            queue_deliveries(session, result.id, outputs, settings.destinations)
+            refresh_study(session, study.id)
+            result_id = result.id
+        ctx.node.wake_delivery()
+        LOGGER.info("job %d: instance %s could not be analysed; its answer is queued: %s",
+                    job.id, inst.sop_instance_uid, reason)
+        return result_id
 
     def _superseded(self, job: Claimed, inst: Instance) -> bool:
         """Whether ``inst`` changed since the job loaded it (its file then is the replaced one,

@@ -11,6 +11,8 @@ completion.
 
 from __future__ import annotations
 
+import logging
+
 from bcd_node import __version__
 from bcd_node.analysis.context import AnalysisContext
 from bcd_node.analysis.findings import Analyzer
@@ -25,6 +27,8 @@ from bcd_node.runtime import NodeContext
 from bcd_node.store.storage import Store
 from dicom.algorithm import Algorithm
 from dicom.errors import DicomError
+
+LOGGER = logging.getLogger(__name__)
 
 
 class Pipeline:
@@ -81,7 +85,17 @@ class Pipeline:
         self.summaries.make(job)
 
     def job_failed(self, job: Claimed) -> None:
-        """After a job failed for good: the study shows it."""
+        """After a job failed for good: an image's analysis is answered "could not be
+        analysed" with its reason (:meth:`ImageAnalysis.answer_failure`); the study shows it.
+
+        Never raises: the failure is recorded already, and its answer is a best effort.
+        """
+        if job.kind is JobKind.ANALYZE and job.instance_fk is not None:
+            try:
+                self.images.answer_failure(job)
+            except Exception:  # noqa: BLE001 - the failure itself is on record
+                LOGGER.warning("job %d: the answer to its failure could not be made", job.id,
+                               exc_info=True)
         if job.study_fk is not None:
             with self.context.session_factory.begin() as session:
                 refresh_study(session, job.study_fk)

@@ -86,6 +86,8 @@ class StudySummaries:
                 if i.id not in with_result]
             session.expunge_all()
         staged = [(r, i) for r, i in rows if r.stage]
+        # A field whose failure was answered "could not be analysed" has a result too.
+        answered_failures = {r.id for r, _ in rows if (r.quality or {}).get("status") == "failed"}
         stage = vote([r.stage for r, _ in rows if r.stage])
         # Every field is referenced, the non-diagnostic and failed ones too: the summary speaks
         # of them (a failed field whose file cannot be read is counted, not referenced).
@@ -119,9 +121,10 @@ class StudySummaries:
         findings = StudyFindings(
             stage=stage, probabilities=probs, fields_analysed=len(staged),
             fields_needing_review=sum(r.needs_review for r, _ in rows),
-            fields_quality_insufficient=len(rows) - len(staged),
+            fields_quality_insufficient=len(rows) - len(staged) - len(answered_failures),
             total_blasts=int(sum(r.blast_count for r, _ in staged)),
-            blast_area_fraction=min(1.0, fraction), fields_failed=len(failed))
+            blast_area_fraction=min(1.0, fraction),
+            fields_failed=len(answered_failures) + len(failed))
         # A changed field (a new revision) makes a new summary, as a new field does.
         revisions = {i.sop_instance_uid: i.revision for i in referenced}
         sr = build_study_summary_sr(sources, findings, algorithm=ctx.algorithm,
@@ -134,7 +137,7 @@ class StudySummaries:
             probabilities=probs, total_blasts=findings.total_blasts,
             blast_area_fraction=findings.blast_area_fraction,
             fields=[FieldRow(i.sop_instance_uid, r.stage, r.confidence, r.blast_count,
-                             r.needs_review) for r, i in rows]
+                             r.needs_review, failed=r.id in answered_failures) for r, i in rows]
             + [FieldRow(i.sop_instance_uid, None, None, 0, False, failed=True) for i in failed],
             model_name=ctx.model_name, model_version=ctx.model_version,
             demonstration_model=ctx.demonstration_model, created_at=utcnow()))
@@ -175,7 +178,7 @@ class StudySummaries:
         ctx.node.wake_delivery()
         LOGGER.info("job %d: study %s summarised: %d field(s) analysed, %d non-diagnostic, %d "
                     "failed: %s", job.id, study.study_instance_uid, len(staged),
-                    findings.fields_quality_insufficient, len(failed),
+                    findings.fields_quality_insufficient, findings.fields_failed,
                     stage or "no stage")
 
 

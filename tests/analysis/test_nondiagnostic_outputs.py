@@ -1,6 +1,7 @@
 """Every analysed image gets an answer at the PACS (issue 14): a field the quality gate refuses
-gets a non-diagnostic SR and PDF, queued like a diagnostic result's; the study summary is always
-made and counts the fields analysed, non-diagnostic and failed."""
+gets a non-diagnostic SR and PDF, queued like a diagnostic result's, and so does a field whose
+analysis failed for good ("could not be analysed: reason"); the study summary is always made
+and counts the fields analysed, non-diagnostic and failed."""
 
 from __future__ import annotations
 
@@ -75,11 +76,13 @@ def _run_all(ctx: NodeContext, pipeline: Pipeline, *, fail_sop: str | None = Non
             return n
         if fail_sop is not None and job.instance_fk is not None:
             with ctx.session_factory.begin() as s:
-                if s.get(Instance, job.instance_fk).sop_instance_uid == fail_sop:
+                failing = s.get(Instance, job.instance_fk).sop_instance_uid == fail_sop
+                if failing:
                     assert fail(s, job, "cannot decode the image: broken")
-                    pipeline.job_failed(job)
-                    n += 1
-                    continue
+            if failing:
+                pipeline.job_failed(job)  # as the workers do once the failure is recorded
+                n += 1
+                continue
         pipeline.run(job)
         n += 1
 
@@ -112,7 +115,7 @@ def test_refused_fields_get_a_non_diagnostic_sr_and_pdf_and_the_summary_counts_t
             select(Result, Instance).join(Instance, Result.instance_fk == Instance.id))}
         deliveries = s.execute(select(Delivery)).scalars().all()
         assert s.execute(select(Job.state).where(Job.state == JobState.FAILED)).all()
-    assert len(results) == 4  # the failed field has no result
+    assert len(results) == 5  # the failed field's answer is on record too
     by_result: dict[int, set[str]] = {}
     for d in deliveries:
         by_result.setdefault(d.result_fk, set()).add(d.kind)
@@ -134,6 +137,22 @@ def test_refused_fields_get_a_non_diagnostic_sr_and_pdf_and_the_summary_counts_t
         [group] = sr.content.get_image_measurement_groups()
         values = {e.value.value for e in group.get_qualitative_evaluations()}
         assert "RID14" in values, values
+    # the permanent failure is sent as "could not be analysed: reason"
+    failed = results[str(fields[4].SOPInstanceUID)]
+    assert failed.stage is None and failed.needs_review
+    assert failed.quality == {"status": "failed", "reason": "cannot decode the image: broken"}
+    assert by_result[failed.id] == {"sr", "pdf"}
+    [sr_row] = [d for d in deliveries if d.result_fk == failed.id and d.kind == "sr"]
+    sr = hd.sr.srread(data / sr_row.path)
+    assert sr.InstanceNumber == 5
+    [group] = sr.content.get_image_measurement_groups()
+    assert {e.value.value for e in group.get_qualitative_evaluations()} == {
+        "RID14", "ANALYSIS-FAILED"}
+    assert b"Could not be analysed: cannot decode the image: broken." in (
+        data / sr_row.path).read_bytes()
+    assert sr_row.sop_instance_uid not in {r.sr_sop_instance_uid for r in results.values()
+                                           if r.id != failed.id}
+    assert (data / failed.pdf_path).read_bytes().startswith(b"%PDF-")
     diagnostic = results[str(fields[0].SOPInstanceUID)]
     assert diagnostic.stage == "Malignant-Pre" and by_result[diagnostic.id] == {
         "seg", "sr", "pdf"}

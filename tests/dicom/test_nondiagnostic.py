@@ -115,6 +115,8 @@ def test_non_diagnostic_sr_and_pdf_are_clean_and_readable(tmp_path, source_image
     assert failed.sr.SOPInstanceUID != sr.SOPInstanceUID
     assert failed.pdf is not None and failed.pdf.SOPInstanceUID != pdf.SOPInstanceUID
     assert failed.sr.SeriesInstanceUID == sr.SeriesInstanceUID  # the same series
+    for kind, ds in failed.by_kind():
+        assert_dciodvfy_clean(write_dataset(ds, tmp_path / f"failed-{kind}.dcm"))
     for item in (sr, failed.sr):
         for code in item.CodingSchemeIdentificationSequence:
             assert code.CodingSchemeDesignator in {"99BCD", "DCM", "SCT", "UCUM", "RADLEX"}
