@@ -1,10 +1,13 @@
 """Inputs as real DICOMizers write them: DCMTK ``img2dcm`` (Secondary Capture without Modality,
-``-nsc`` Multi-frame True Colour SC of one frame), a Japanese name in ``\\ISO 2022 IR 87`` and a
-multi-frame SC of several frames without a Frame of Reference."""
+``-nsc`` Multi-frame True Colour SC of one frame), a Japanese name in ``\\ISO 2022 IR 87``, a
+multi-frame SC of several frames without a Frame of Reference, and :func:`build_corpus`, issue
+14's corpus of more than 25 kinds of input made with DCMTK's tools and pydicom's encoders, each
+with the answer the node owes it."""
 
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from tests.support.listener import ENV
 from tests.support.tools import require_tool
 
-__all__ = ["img2dcm", "japanese_name", "multiframe_without_frame_of_reference", "JAPANESE_NAME"]
+__all__ = ["DIAGNOSTIC", "JAPANESE_NAME", "NON_DIAGNOSTIC", "REFUSED", "CorpusInput",
+           "build_corpus", "dcmtk", "img2dcm", "japanese_name",
+           "multiframe_without_frame_of_reference", "pydicom_image"]
 
 JAPANESE_NAME = "Yamada^Tarou=山田^太郎=やまだ^たろう"
 
@@ -82,4 +87,190 @@ def multiframe_without_frame_of_reference(rgb: np.ndarray, out: Path, frames: in
     ds.BurnedInAnnotation = "NO"
     ds.PixelData = np.stack([rgb] * frames).tobytes()
     ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+# --- The corpus of issue 14: at least 25 kinds of input, each made by a tool nobody here wrote
+# (DCMTK, pydicom's encoders, highdicom), each with the answer the node owes it.
+
+#: Expected outcomes of a corpus input.
+REFUSED, DIAGNOSTIC, NON_DIAGNOSTIC = "refused", "diagnostic", "non_diagnostic"
+
+
+@dataclass(frozen=True)
+class CorpusInput:
+    """One input of the corpus: its file, how it was made, and what the node owes it.
+
+    ``expected`` is :data:`REFUSED` (``reason`` is a substring of the Error Comment),
+    :data:`DIAGNOSTIC` (SEG, SR and PDF at the PACS) or :data:`NON_DIAGNOSTIC` (the quality
+    gate refuses it: an SR and a PDF saying why)."""
+
+    kind: str
+    path: Path
+    expected: str
+    reason: str = ""
+
+
+def dcmtk(tool: str, source: Path, out: Path, *options: str) -> Path:
+    """Run the DCMTK converter ``tool`` (dcmcjpeg, dcmcjpls, dcmcrle, dcmconv) on ``source``."""
+    done = subprocess.run([require_tool(tool), *options, str(source), str(out)],
+                          capture_output=True, text=True, env=ENV, timeout=60, check=False)
+    assert done.returncode == 0, f"{tool} {options}: {done.stderr}"
+    return out
+
+
+def _renew(ds: Dataset, patient_id: str) -> Dataset:
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(prefix="2.25.")
+    ds.SeriesInstanceUID = generate_uid(prefix="2.25.")
+    ds.StudyInstanceUID = generate_uid(prefix="2.25.")
+    ds.PatientID = patient_id
+    return ds
+
+
+def pydicom_image(arr: np.ndarray, photometric: str, bits_stored: int, out: Path, *,
+                  patient_id: str, sop_class: str = "1.2.840.10008.5.1.4.1.1.7",
+                  frames: int = 1, charset: str | list[str] | None = None,
+                  patient_name: str = "") -> Path:
+    """A Secondary Capture (or multi-frame SC) written by pydicom's own encoders:
+    ``arr`` holds the stored values in ``photometric`` (``frames`` copies of it)."""
+    from pydicom.pixels.utils import set_pixel_data
+
+    ds = Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
+    for keyword in ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "ReferringPhysicianName", "StudyID", "AccessionNumber", "SeriesNumber",
+                    "InstanceNumber", "PatientOrientation"):
+        setattr(ds, keyword, "")
+    ds.PatientName = patient_name
+    ds.Modality = "OT"
+    ds.ConversionType = "WSD"
+    _renew(ds, patient_id)
+    data = np.stack([arr] * frames) if frames > 1 else arr
+    set_pixel_data(ds, data, "RGB" if photometric == "YBR_FULL_422" else photometric,
+                   bits_stored, generate_instance_uid=False)
+    ds.PhotometricInterpretation = photometric
+    if frames > 1 or sop_class != "1.2.840.10008.5.1.4.1.1.7":
+        ds.NumberOfFrames = frames
+        ds.FrameIncrementPointer = 0x00181063  # Frame Time
+        ds.FrameTime = 100
+        ds.BurnedInAnnotation = "NO"
+    if photometric.startswith("MONOCHROME") and bits_stored > 8:
+        ds.WindowCenter, ds.WindowWidth = 1 << (bits_stored - 1), 1 << bits_stored
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def _grey(rgb: np.ndarray, bits: int) -> np.ndarray:
+    grey = (rgb.astype(np.float64) @ [0.299, 0.587, 0.114])
+    if bits == 8:
+        return np.rint(grey).astype(np.uint8)
+    return np.rint(grey * ((1 << bits) - 1) / 255).astype(np.uint16)
+
+
+def _palette(rgb: np.ndarray, ds_path: Path, patient_id: str) -> Path:
+    """PALETTE COLOR from Pillow's adaptive palette of ``rgb``, 16-bit LUT entries."""
+    image = Image.fromarray(rgb).quantize(colors=256)
+    indices = np.asarray(image, dtype=np.uint8)
+    lut = np.zeros((256, 3), dtype=np.uint16)
+    pal = np.asarray(image.getpalette()[:768], dtype=np.uint16).reshape(-1, 3)
+    lut[:len(pal)] = pal * 257
+    pydicom_image(indices, "PALETTE COLOR", 8, ds_path, patient_id=patient_id)
+    ds = pydicom.dcmread(ds_path)
+    for i, colour in enumerate(("Red", "Green", "Blue")):
+        ds.add_new(f"{colour}PaletteColorLookupTableDescriptor", "US", [256, 0, 16])
+        ds.add_new(f"{colour}PaletteColorLookupTableData", "OW", lut[:, i].tobytes())
+    ds.save_as(ds_path, enforce_file_format=True)
+    return ds_path
+
+
+#: Names in the character sets of the corpus (each value representable in its set).
+CHARSET_NAMES: dict[str, tuple[str | list[str], str]] = {
+    "charset_iso_ir_100": ("ISO_IR 100", "Müller^Françoise"),
+    "charset_iso_ir_192": ("ISO_IR 192", "Ωmega^Ζωή=山田^太郎"),
+    "charset_iso_2022_ir_87": (["", "ISO 2022 IR 87"], JAPANESE_NAME),
+    "charset_iso_2022_ir_149": (["", "ISO 2022 IR 149"], "Hong^Gildong=홍^길동"),
+    "charset_gb18030": ("GB18030", "Wang^XiaoDong=王^小东"),
+}
+
+_SC = "1.2.840.10008.5.1.4.1.1.7"
+_MF_BYTE = "1.2.840.10008.5.1.4.1.1.7.2"
+_MF_WORD = "1.2.840.10008.5.1.4.1.1.7.3"
+_MF_COLOUR = "1.2.840.10008.5.1.4.1.1.7.4"
+_NO_FOR = "without a Frame of Reference"
+
+
+def build_corpus(rgb: np.ndarray, folder: Path) -> list[CorpusInput]:
+    """Every kind of input of the corpus, made from the RGB field ``rgb`` (at most 256x256)
+    in ``folder``: DCMTK's img2dcm, dcmcjpeg, dcmcjpls, dcmcrle and dcmconv, pydicom's
+    encoders (photometric interpretations, bit depths, character sets, multi-frame SC)."""
+    assert rgb.shape[0] <= 256 and rgb.shape[1] <= 256
+    folder.mkdir(parents=True, exist_ok=True)
+    out: list[CorpusInput] = []
+
+    def add(kind: str, path: Path, expected: str = DIAGNOSTIC, reason: str = "") -> Path:
+        out.append(CorpusInput(kind, path, expected, reason))
+        return path
+
+    # DCMTK img2dcm: SC without Modality, new SC (Multi-frame True Colour, one frame), VL
+    # Photographic, from JPEG (encapsulated as sent) and from BMP (native RGB).
+    sc_bmp = add("img2dcm_sc_bmp", img2dcm(rgb, folder, "img2dcm_sc_bmp", image_format="BMP"))
+    add("img2dcm_sc_jpeg", img2dcm(rgb, folder, "img2dcm_sc_jpeg"))
+    add("img2dcm_nsc_bmp", img2dcm(rgb, folder, "img2dcm_nsc_bmp", "-nsc", image_format="BMP"))
+    add("img2dcm_nsc_jpeg", img2dcm(rgb, folder, "img2dcm_nsc_jpeg", "-nsc"))
+    add("img2dcm_keep_appn", img2dcm(rgb, folder, "img2dcm_keep_appn", "--keep-appn"))
+    add("img2dcm_vlp_jpeg", img2dcm(rgb, folder, "img2dcm_vlp_jpeg", "-vlp"))
+    # DCMTK codecs and transfer syntaxes, from the native SC.
+    for kind, tool, options in (
+            ("dcmcjpeg_baseline", "dcmcjpeg", ("+eb",)),
+            ("dcmcjpeg_baseline_444", "dcmcjpeg", ("+eb", "+s4")),
+            ("dcmcjpeg_lossless", "dcmcjpeg", ("+e1",)),
+            ("dcmcjpls_lossless", "dcmcjpls", ("+el",)),
+            ("dcmcjpls_near_lossless", "dcmcjpls", ("+en",)),
+            ("dcmcrle", "dcmcrle", ()),
+            ("dcmconv_implicit", "dcmconv", ("+ti",)),
+            ("dcmconv_big_endian", "dcmconv", ("+tb",)),
+            ("dcmconv_deflated", "dcmconv", ("+td",))):
+        made = dcmtk(tool, sc_bmp, folder / f"{kind}.dcm", *options)
+        ds = pydicom.dcmread(made)  # a new identity, so every input is an image of its own
+        _renew(ds, kind.upper()[:16])
+        ds.save_as(made)  # as read: the transfer syntax stays the tool's
+        add(kind, made)
+    # pydicom: colour spaces, the palette, grayscale of 8 and 16 bits.
+    from pydicom.pixels import convert_color_space
+
+    add("pydicom_ybr_full", pydicom_image(convert_color_space(rgb, "RGB", "YBR_FULL"),
+                                          "YBR_FULL", 8, folder / "ybr_full.dcm",
+                                          patient_id="YBR-FULL"))
+    add("pydicom_rgb_native", pydicom_image(rgb, "RGB", 8, folder / "rgb.dcm",
+                                            patient_id="RGB"))
+    add("pydicom_palette", _palette(rgb, folder / "palette.dcm", "PALETTE"))
+    for photometric in ("MONOCHROME1", "MONOCHROME2"):
+        for bits in (8, 12):  # 12 bits stored in 16 allocated
+            grey = _grey(rgb, bits)
+            if photometric == "MONOCHROME1":
+                grey = (((1 << bits) - 1) - grey).astype(grey.dtype)
+            kind = f"pydicom_{photometric.lower()}_{8 if bits == 8 else 16}bit"
+            add(kind, pydicom_image(grey, photometric, bits,
+                                    folder / f"{kind}.dcm", patient_id=kind[8:24].upper()),
+                NON_DIAGNOSTIC)
+    # Character sets, ISO 2022 forms with the usual empty first value included.
+    for kind, (charset, name) in CHARSET_NAMES.items():
+        add(kind, pydicom_image(rgb, "RGB", 8, folder / f"{kind}.dcm", patient_id=kind[8:24],
+                                charset=charset, patient_name=name))
+    # Multi-frame SC: True Colour, Grayscale Byte, Grayscale Word, with one frame or several.
+    for kind, sop_class, photometric, bits, arr, expected in (
+            ("mf_true_colour", _MF_COLOUR, "RGB", 8, rgb, DIAGNOSTIC),
+            ("mf_grayscale_byte", _MF_BYTE, "MONOCHROME2", 8, _grey(rgb, 8), NON_DIAGNOSTIC),
+            ("mf_grayscale_word", _MF_WORD, "MONOCHROME2", 12, _grey(rgb, 12), NON_DIAGNOSTIC)):
+        add(f"{kind}_1_frame", pydicom_image(arr, photometric, bits, folder / f"{kind}_1.dcm",
+                                             patient_id=f"{kind[3:]}-1"[:16],
+                                             sop_class=sop_class), expected)
+        add(f"{kind}_3_frames", pydicom_image(arr, photometric, bits, folder / f"{kind}_3.dcm",
+                                              patient_id=f"{kind[3:]}-3"[:16],
+                                              sop_class=sop_class, frames=3),
+            REFUSED, _NO_FOR)
     return out

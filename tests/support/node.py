@@ -93,9 +93,10 @@ def node_config(write_config, manifest: Path, orthanc_port: int, dicom_port: int
         f"port = {orthanc_port}\n", dicom_port=dicom_port, web_port=web_port)
 
 
-def push(port: int, files: list[Path]) -> subprocess.CompletedProcess:
+def push(port: int, files: list[Path], *options: str) -> subprocess.CompletedProcess:
+    """storescu ``options`` ``files`` to the node on ``port``."""
     return subprocess.run([require_tool("storescu"), "-aet", "SCANNER", "-aec", "BCD_NODE",
-                           "127.0.0.1", str(port), *map(str, files)], capture_output=True,
+                           *options, "127.0.0.1", str(port), *map(str, files)], capture_output=True,
                           text=True, env=ENV, timeout=300)
 
 
