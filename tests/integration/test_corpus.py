@@ -38,11 +38,6 @@ from tests.support.node import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-#: Whether the node sends a non-diagnostic SR and PDF for an image its quality gate refuses
-#: (issue 14, "Non-diagnostic answers"). Flip to True when that lands: the grayscale inputs of
-#: the corpus then must have their SR and PDF at Orthanc too.
-NON_DIAGNOSTIC_ANSWERS_SENT = False
-
 #: storescu's option proposing each compressed transfer syntax of the corpus.
 PROPOSE = {str(JPEGBaseline8Bit): "-xy", str(JPEGLosslessSV1): "-xs",
            str(JPEGLSLossless): "-xt", str(JPEGLSNearLossless): "-xu",
@@ -123,13 +118,8 @@ def test_corpus_is_refused_with_a_reason_or_answered_at_the_pacs(write_config, t
         if c.expected == DIAGNOSTIC:
             ok = outputs == ["DOC", "SEG", "SR"]
         else:
-            assert c.expected == NON_DIAGNOSTIC
-            if not NON_DIAGNOSTIC_ANSWERS_SENT:
-                continue  # expected to fail until the non-diagnostic answers land
-            ok = "SR" in outputs and "DOC" in outputs
+            assert c.expected == NON_DIAGNOSTIC  # an SR and a PDF that say why, no SEG
+            ok = outputs == ["DOC", "SR"]
         if not ok:
             missing.append((c.kind, outputs))
     assert not missing, missing
-    if not NON_DIAGNOSTIC_ANSWERS_SENT:
-        pytest.xfail("non-diagnostic SR and PDF not sent yet: "
-                     + ", ".join(c.kind for c in answered if c.expected == NON_DIAGNOSTIC))
