@@ -272,8 +272,9 @@ def render_report(data: ReportData) -> bytes:
         return _render(data)
 
 
-def _render(data: ReportData) -> bytes:
-    regular, bold = _fonts()
+def _text_styles(regular: str, bold: str) -> tuple[ParagraphStyle, ParagraphStyle,
+                                                  ParagraphStyle, ParagraphStyle]:
+    """The reports' body, label, heading and title styles, in the given fonts."""
     styles = getSampleStyleSheet()
     body = ParagraphStyle("body", parent=styles["BodyText"], fontName=regular, fontSize=9.5,
                           leading=12)
@@ -282,6 +283,12 @@ def _render(data: ReportData) -> bytes:
                              spaceBefore=4, spaceAfter=2)
     title = ParagraphStyle("title", parent=styles["Title"], fontName=bold, fontSize=14,
                            spaceAfter=4)
+    return body, label, heading, title
+
+
+def _render(data: ReportData) -> bytes:
+    regular, bold = _fonts()
+    body, label, heading, title = _text_styles(regular, bold)
     banner = ParagraphStyle("banner", parent=body, fontName=bold, fontSize=13, leading=16,
                             textColor=colors.white, alignment=1)
 
@@ -493,14 +500,7 @@ def render_not_analysed(data: NotAnalysedData) -> bytes:
 
 def _render_not_analysed(data: NotAnalysedData) -> bytes:
     regular, bold = _fonts()
-    styles = getSampleStyleSheet()
-    body = ParagraphStyle("body", parent=styles["BodyText"], fontName=regular, fontSize=9.5,
-                          leading=12)
-    label = ParagraphStyle("label", parent=body, fontName=bold)
-    heading = ParagraphStyle("heading", parent=styles["Heading2"], fontName=bold, fontSize=12,
-                             spaceBefore=4, spaceAfter=2)
-    title = ParagraphStyle("title", parent=styles["Title"], fontName=bold, fontSize=14,
-                           spaceAfter=4)
+    body, label, heading, title = _text_styles(regular, bold)
     banner = ParagraphStyle("banner", parent=body, fontName=bold, fontSize=12, leading=15,
                             textColor=colors.white, backColor=colors.HexColor("#b00020"),
                             alignment=1, borderPadding=4)
