@@ -86,6 +86,10 @@ class Combined:
     masks: np.ndarray          # (frames, rows, cols) uint8
     quality: dict[str, Any]
     needs_review: bool
+    #: The model's blast probability per pixel of the first frame (the mask's), when the
+    #: analyzer gives it, and the fewest pixels of a blast there (for the cells).
+    probability: np.ndarray | None = None
+    min_blast_area: int = 1
 
 
 def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
@@ -101,8 +105,11 @@ def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
     quality = predictions[0].quality.as_dict() if len(predictions) == 1 else {
         "status": "ok" if usable else "insufficient",
         "frames": [p.quality.as_dict() for p in predictions]}
+    first = predictions[0] if predictions else None
+    probability = getattr(first, "probability", None)
+    min_area = int(getattr(first, "min_blast_area", None) or 1)
     if not usable:
-        return Combined(None, None, 0, 0.0, masks, quality, True)
+        return Combined(None, None, 0, 0.0, masks, quality, True, None, min_area)
     names = list(usable[0][1])
     probs = {n: float(np.mean([probabilities[n] for _, probabilities in usable]))
              for n in names}
@@ -112,7 +119,9 @@ def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
     area = float(np.mean([p.blast_area_fraction or 0.0 for p, _ in usable]))
     return Combined(stage, probs, int(sum(p.blast_count or 0 for p, _ in usable)), area, masks,
                     quality,
-                    any(p.needs_review for p in predictions) or probs[stage] < review_threshold)
+                    any(p.needs_review for p in predictions) or probs[stage] < review_threshold,
+                    probability if isinstance(probability, np.ndarray)
+                    and probability.shape == masks[0].shape else None, min_area)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:

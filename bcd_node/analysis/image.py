@@ -17,7 +17,7 @@ import logging
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from bcd_node.analysis.context import AnalysisContext, Loaded
@@ -35,6 +35,7 @@ from bcd_node.analysis.publish import (
     write_files,
 )
 from bcd_node.db.models import (
+    CellRejection,
     Instance,
     Job,
     JobState,
@@ -47,9 +48,11 @@ from bcd_node.db.models import (
 from bcd_node.errors import PermanentError
 from bcd_node.jobs.queue import Claimed
 from bcd_node.records import audit
+from bcd_node.records.cells import split_cells
 from bcd_node.records.revisions import clear_verification
 from bcd_node.records.studies import refresh_study
 from bcd_node.store.layout import DataLayout
+from dicom import describe
 from dicom.errors import DicomError
 from dicom.nondiagnostic import NonDiagnostic
 from dicom.pixels import read_dataset
@@ -103,6 +106,16 @@ class ImageAnalysis:
         folder = DataLayout.instance_results(inst.id, ctx.model_version, inst.revision)
         outputs: list[Output] = []
         ctx.store.write(f"{folder}/mask.png", _png(combined.masks[0] * 255))
+        probability_rel = None
+        if combined.probability is not None:
+            # 8 bit is plenty for a score per cell, and the PNG stays small (mostly zeros).
+            probability_rel = f"{folder}/probability.png"
+            ctx.store.write(probability_rel, _png(
+                np.round(np.clip(combined.probability, 0.0, 1.0) * 255).astype(np.uint8)))
+        cells = (split_cells(combined.masks[0], combined.probability,
+                             min_area=combined.min_blast_area,
+                             spacing_mm=describe.pixel_spacing_mm(ds)).as_json()
+                 if combined.stage is not None else None)
         ctx.store.write(f"{folder}/overlay.png", _png(analysis.overlay), sync_dir=True)
         pdf_rel = None
         if analysis.objects is not None and analysis.pdf is not None:
@@ -130,6 +143,9 @@ class ImageAnalysis:
                 session.add(result)
             elif result.instance_revision != inst.revision:
                 self._withdraw_stale_verification(session, result, inst, study, patient)
+                # The cells of the earlier version are not this version's.
+                session.execute(delete(CellRejection).where(
+                    CellRejection.result_fk == result.id))
             result.instance_revision = inst.revision
             result.stage = Stage(combined.stage) if combined.stage is not None else None
             result.probabilities = combined.probabilities or {}
@@ -142,6 +158,8 @@ class ImageAnalysis:
             result.demonstration_model = ctx.demonstration_model
             result.mask_path = f"{folder}/mask.png"
             result.overlay_path = f"{folder}/overlay.png"
+            result.probability_path = probability_rel
+            result.cells = cells
             result.pdf_path = pdf_rel
             uids = {kind: str(dataset.SOPInstanceUID) for kind, dataset, _ in outputs}
             result.seg_sop_instance_uid = uids.get("seg")
@@ -216,7 +234,8 @@ class ImageAnalysis:
             result.quality = {"status": "failed", "reason": reason[:500]}
             result.needs_review = True
             result.demonstration_model = ctx.demonstration_model
-            result.mask_path = result.overlay_path = None
+            result.mask_path = result.overlay_path = result.probability_path = None
+            result.cells = None
             result.pdf_path = pdf_rel
             uids = {kind: str(dataset.SOPInstanceUID) for kind, dataset, _ in outputs}
             result.seg_sop_instance_uid = None

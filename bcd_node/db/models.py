@@ -320,9 +320,33 @@ class Result(Base):
     # The SR documents of an earlier revision that this result's SR replaces (its Predecessor
     # Documents Sequence): [{"series": UID, "sop": UID}, ...]; set when the image changes.
     supersedes: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
+    # The model's blast probability per pixel of the field (8-bit PNG), next to the mask; None
+    # for results made before it was kept (their cells have no score).
+    probability_path: Mapped[str | None] = mapped_column(String(255))
+    # The field's blast cells as the pipeline listed them (bcd_node/records/cells.py):
+    # {"min_area": px, "spacing_mm": [row, col] | None, "cells": [{index, x, y, ...}, ...]}.
+    cells: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The corrected SEG sent with the verified report when the doctor rejected cells.
+    corrected_seg_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     instance: Mapped[Instance | None] = relationship(back_populates="results")
+
+
+class CellRejection(Base):
+    """A doctor's "not a blast" for one cell of a field's result, until the field is verified
+    (then it is part of the verified report: the corrected SEG and count)."""
+
+    __tablename__ = "cell_rejections"
+    __table_args__ = (UniqueConstraint("result_fk", "cell_index",
+                                       name="uq_cell_rejections_result_cell"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_fk: Mapped[int] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"),
+                                           index=True)
+    cell_index: Mapped[int] = mapped_column(Integer)
+    rejected_by_fk: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    rejected_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Delivery(Base):

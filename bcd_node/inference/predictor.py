@@ -118,6 +118,11 @@ class Prediction:
         True when the top probability is under the review threshold, or the quality is insufficient.
     tiles : int
         Model inputs the image was cut into.
+    probability : numpy.ndarray or None
+        ``(H, W)`` float32: the model's blast probability per pixel, which ``mask`` thresholds
+        (the cells' scores, :mod:`bcd_node.records.cells`).
+    min_blast_area : int or None
+        The fewest pixels a region of ``mask`` has to count as a blast.
     """
 
     stage: str | None
@@ -129,6 +134,8 @@ class Prediction:
     needs_review: bool
     tiles: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    probability: np.ndarray | None = None
+    min_blast_area: int | None = None
 
     def to_dict(self, file: str | None = None) -> dict[str, Any]:
         """JSON-ready form (without the mask)."""
@@ -311,6 +318,8 @@ class Predictor:
             quality=quality,
             needs_review=bool(probs[top] < self.review_threshold),
             tiles=len(raw_stage),
+            probability=prob_map.astype(np.float32, copy=False),
+            min_blast_area=min_area,
         )
 
 

@@ -4,7 +4,8 @@
 the console users and API tokens, :mod:`~bcd_node.records.throttle` the failed sign-ins,
 :mod:`~bcd_node.records.studies` the worklist columns of a study,
 :mod:`~bcd_node.records.verification` a doctor's verification of a result (for the console and
-any other client), and :mod:`~bcd_node.records.revisions` what a changed version of an image
+any other client), :mod:`~bcd_node.records.cells` a field's blast cells and the cells a doctor
+rejected, and :mod:`~bcd_node.records.revisions` what a changed version of an image
 does to its earlier results. It is shared below the stages of the flow: intake, analysis,
 delivery, the console and the CLI record through it, so it never calls a stage; it may call only
 :mod:`bcd_node.db`, the shared top-level modules (:mod:`bcd_node.settings`,

@@ -143,3 +143,4 @@ def clear_verification(result: Result) -> None:
     result.verified_comment = None
     result.verified_sr_sop_instance_uid = None
     result.verified_pdf_path = None
+    result.corrected_seg_sop_instance_uid = None

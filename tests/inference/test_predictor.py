@@ -133,3 +133,8 @@ def test_predictor_uses_the_gpu(tiny_loaded: LoadedModel) -> None:
         pytest.skip("the Keras backend sees no GPU")
     predictor = pr.Predictor(loaded=tiny_loaded, warm_up=False)
     assert predictor.gpus and predictor.precision == "bfloat16"
+def test_predictor_keeps_the_probability_map_and_the_smallest_blast(predictor, smear_rgb):
+    (p,) = predictor.predict([smear_rgb])
+    assert p.probability is not None and p.probability.shape == p.mask.shape
+    assert ((p.probability >= predictor.mask_threshold) == (p.mask > 0)).all()
+    assert p.min_blast_area and p.min_blast_area >= 1

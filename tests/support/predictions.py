@@ -30,3 +30,40 @@ class Pred:
 
 
 PROBS = {"Benign": 0.1, "Malignant-Early": 0.2, "Malignant-Pre": 0.6, "Malignant-Pro": 0.1}
+
+
+@dataclass
+class CellPred(Pred):
+    """A prediction with the model's per-pixel probability, as the predictor gives it."""
+
+    probability: np.ndarray | None = None
+    min_blast_area: int | None = None
+
+
+def touching_cells_mask(shape: tuple[int, int]) -> np.ndarray:
+    """Three blasts on a field of ``shape`` (at least 128 × 128): two round ones that touch
+    (one connected region) and a smaller one apart."""
+    import cv2
+
+    mask = np.zeros(shape, np.uint8)
+    cv2.circle(mask, (30, 40), 16, 1, thickness=-1)
+    cv2.circle(mask, (60, 40), 16, 1, thickness=-1)
+    cv2.circle(mask, (90, 100), 12, 1, thickness=-1)
+    return mask
+
+
+class CellAnalyzer:
+    """An analyzer whose every field has :func:`touching_cells_mask`, with a probability map
+    that is higher on the touching pair (0.9) than on the one apart (0.6)."""
+
+    model_info = {"name": "test-model", "version": "1.0"}
+
+    def predict(self, images: list[np.ndarray]) -> list[CellPred]:
+        out = []
+        for image in images:
+            mask = touching_cells_mask(image.shape[:2])
+            probability = np.where(mask > 0, 0.9, 0.05).astype(np.float32)
+            probability[80:, 70:][mask[80:, 70:] > 0] = 0.6
+            out.append(CellPred("Malignant-Pre", PROBS, 2, float(mask.mean()), mask,
+                                probability=probability, min_blast_area=50))
+        return out
