@@ -2,8 +2,9 @@
 
 Pages are server-rendered; the app is served by waitress inside ``bcd-node serve`` or
 ``bcd-node web``. One blueprint per area: ``auth`` (sign-in, registration), ``worklist``
-(worklist, review, verification, images, PDFs), ``patients``, ``upload``, ``admin`` (users,
-tokens, system, statistics), ``audit`` (the audit log) and ``api`` (JSON under ``/api/v1``).
+(worklist, review, verification, images, PDFs), ``gallery`` (a field's cells),
+``patients``, ``upload``, ``admin`` (users, tokens, system, statistics), ``audit`` (the audit
+log) and ``api`` (JSON under ``/api/v1``).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
         n = web.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
-    from webadmin import admin, api, audit_log, auth, patients, upload, worklist
+    from webadmin import admin, api, audit_log, auth, gallery, patients, upload, worklist
     from webadmin.db import close_db
     from webadmin.helpers import register_template_helpers
 
@@ -152,7 +153,8 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
     auth.login_manager.init_app(app)
     app.teardown_appcontext(close_db)
     app.before_request(auth.require_login)
-    for blueprint in (auth.bp, worklist.bp, patients.bp, upload.bp, admin.bp, audit_log.bp):
+    for blueprint in (auth.bp, worklist.bp, gallery.bp, patients.bp, upload.bp, admin.bp,
+                      audit_log.bp):
         app.register_blueprint(blueprint)
     csrf.exempt(api.bp)  # bearer/basic auth, no cookies: nothing for CSRF to protect
     app.register_blueprint(api.bp, url_prefix="/api/v1")

@@ -33,6 +33,7 @@ from bcd_node.db.models import (
 )
 from bcd_node.errors import ValidationError
 from bcd_node.node.memory_budget import Busy
+from bcd_node.records.cells import case_blast_count, corrected_blast_count
 from bcd_node.records.verification import VerificationRefused, verify_result
 from bcd_node.store.layout import DataLayout
 from webadmin.db import actor, audit_event, client_ip, db, node
@@ -157,13 +158,17 @@ def study(uid: str) -> Any:
                 study_instance_uid=st.study_instance_uid, object_ref=f"study:{st.id}")
     session.commit()
     forms = {r.id: VerifyForm(prefix=f"r{r.id}") for r in results}
+    field_counts = {r.id: corrected_blast_count(session, r) for r in results
+                    if r.instance_fk is not None}
     demonstration, demo_note = results_banner(list(results), configured_manifest())
     return render_template("worklist/study.html", study=st, patient=st.patient,
                            instances=instances, by_instance=by_instance,
                            study_results=by_instance.get(None, []), forms=forms,
                            warnings_for=warnings_for, names=names, stages=STAGES,
                            can_verify=current_user.role == Role.DOCTOR,
-                           demonstration=demonstration, demo_note=demo_note)
+                           demonstration=demonstration, demo_note=demo_note,
+                           field_counts=field_counts,
+                           case_count=case_blast_count(session, st.id))
 
 
 @bp.post("/results/<int:result_id>/verify")

@@ -79,19 +79,23 @@ class CellList:
     cells: tuple[Cell, ...]
     min_area: int
     spacing_mm: tuple[float, float] | None
+    #: The mask's (rows, columns): the pixels the boxes are in.
+    shape: tuple[int, int] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The form :attr:`Result.cells` stores."""
         return {"min_area": self.min_area,
                 "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None,
+                "shape": list(self.shape) if self.shape else None,
                 "cells": [c.as_dict() for c in self.cells]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CellList:
         """The inverse of :meth:`as_json`."""
-        spacing = data.get("spacing_mm")
+        spacing, shape = data.get("spacing_mm"), data.get("shape")
         return cls(tuple(Cell(**c) for c in data.get("cells", [])), int(data.get("min_area", 1)),
-                   (float(spacing[0]), float(spacing[1])) if spacing else None)
+                   (float(spacing[0]), float(spacing[1])) if spacing else None,
+                   (int(shape[0]), int(shape[1])) if shape else None)
 
 
 def _split_component(component: np.ndarray, min_area: int) -> np.ndarray:
@@ -220,7 +224,7 @@ def split_cells(mask: np.ndarray, probability: np.ndarray | None = None, *, min_
                 area_um2=(round(area * spacing_mm[0] * spacing_mm[1] * 1e6, 2)
                           if spacing_mm else None),
                 score=round(float(sums[index]) / area, 4) if sums is not None else None))
-    return CellList(tuple(cells), min_area, spacing_mm)
+    return CellList(tuple(cells), min_area, spacing_mm, (mask.shape[0], mask.shape[1]))
 
 
 # --- the doctor's rejections ---------------------------------------------------------------
@@ -310,3 +314,15 @@ def restore_cell(session: Session, result: Result, index: int, *, actor: str, ac
                  object_ref=f"result:{result.id}:cell:{index}",
                  details={"blast_count": corrected_blast_count(session, result)})
     return True
+
+
+def case_blast_count(session: Session, study_id: int) -> int:
+    """The study's blast count after the doctor's review: the sum over its fields (each
+    field's newest result with a stage) of :func:`corrected_blast_count`."""
+    newest: dict[int, Result] = {}
+    for result in session.execute(select(Result).where(
+            Result.study_fk == study_id, Result.instance_fk.is_not(None),
+            Result.stage.is_not(None)).order_by(Result.id)).scalars():
+        if result.instance_fk is not None:
+            newest[result.instance_fk] = result
+    return sum(corrected_blast_count(session, r) for r in newest.values())

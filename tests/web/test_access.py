@@ -29,7 +29,7 @@ ACCESS = {
     "worklist.index": "user", "worklist.study": "user", "worklist.image": "user",
     "worklist.result_image": "user", "worklist.pdf": "user", "patients.search": "user",
     "patients.history": "user", "upload.index": "user",
-    "worklist.verify": "doctor",
+    "worklist.verify": "doctor", "gallery.cells": "user", "gallery.change": "doctor",
     "admin.users": "admin", "admin.create_user": "admin", "admin.user": "admin",
     "admin.approve": "admin", "admin.disable": "admin", "admin.role": "admin",
     "admin.password": "admin", "admin.unlock": "admin", "admin.token_issue": "admin",

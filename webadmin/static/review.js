@@ -14,6 +14,24 @@
     opacity.addEventListener("input", apply);
     apply();
   });
+  // A crop clicked in the cell gallery (gallery.js): mark the cell on its field.
+  document.addEventListener("bcd:show-cell", function (event) {
+    var cell = event.detail;
+    var viewer = document.querySelector('.viewer[data-instance="' + cell.instance + '"]');
+    if (!viewer || !cell.shape || viewer.hasAttribute("data-zoomable")) { return; }
+    var mark = viewer.querySelector(".cell-mark");
+    if (!mark) {
+      mark = document.createElement("div");
+      mark.className = "cell-mark";
+      viewer.appendChild(mark);
+    }
+    mark.style.left = (100 * cell.x / cell.shape[1]) + "%";
+    mark.style.top = (100 * cell.y / cell.shape[0]) + "%";
+    mark.style.width = (100 * cell.width / cell.shape[1]) + "%";
+    mark.style.height = (100 * cell.height / cell.shape[0]) + "%";
+    mark.dataset.cell = String(cell.index);
+    viewer.scrollIntoView({ block: "nearest", behavior: "smooth" });
+  });
   document.querySelectorAll("[data-verify]").forEach(function (form) {
     var decision = form.querySelector("[data-decision]");
     var stage = form.querySelector("[data-stage]");
