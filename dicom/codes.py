@@ -50,6 +50,11 @@ __all__ = [
     "MEAN",
     "TOTAL",
     "stain_code",
+    "AI_ASSESSMENT",
+    "AI_ACCEPTED",
+    "AI_MODIFIED",
+    "AI_REJECTED",
+    "SOURCE_FOR_PROCESSING",
 ]
 
 #: Private coding scheme designator of this node.
@@ -255,3 +260,18 @@ def stain_code(stain: str) -> CodedConcept | None:
         key = key[: -len(" stain")].strip()
     key = _STAIN_ALIASES.get(key, key)
     return _STAINS.get(key)
+
+
+#: The doctor's assessment of the AI's result (the idea of IHE AI Result Assessment): a
+#: qualitative evaluation of the verified SR. PS3.16 as bundled with pydicom has no concept for
+#: it, so the codes are private (see docs/conformance.md).
+AI_ASSESSMENT = _private("AI-ASSESSMENT", "Assessment of the AI result")
+#: The AI's result stands as it was.
+AI_ACCEPTED = _private("AI-ACCEPTED", "AI result accepted")
+#: The AI's stage stands, its segmentation was corrected (cells rejected as not blasts).
+AI_MODIFIED = _private("AI-MODIFIED", "AI result modified")
+#: The doctor assigned another stage than the AI's.
+AI_REJECTED = _private("AI-REJECTED", "AI result rejected")
+#: Purpose of reference of the AI's SEG in a corrected SEG's derivation (CID 7202).
+SOURCE_FOR_PROCESSING = CodedConcept("121322", "DCM",
+                                     "Source image for image processing operation")

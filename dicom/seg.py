@@ -22,7 +22,7 @@ from dicom.derivation import derivation_source
 from dicom.errors import DicomValidationError
 from dicom.series import ResultKind, instance_number, result_series
 
-__all__ = ["SEGMENT_LABEL", "build_segmentation"]
+__all__ = ["SEGMENT_LABEL", "build_segmentation", "build_corrected_segmentation"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -140,13 +140,26 @@ def build_segmentation(
     TypeError, ValueError
         Naming the argument and value that is not valid.
     """
+    return _segmentation(source, mask, algorithm=algorithm, fractional=fractional,
+                         uid_root=uid_root, series_number=series_number,
+                         field_number=field_number, device_serial_number=device_serial_number,
+                         revision=revision, kind=ResultKind.SEG, uid_kind="seg",
+                         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                         content_description="Blast cells segmented by the model")
+
+
+def _segmentation(source: Dataset, mask: np.ndarray, *, algorithm: Algorithm, fractional: bool,
+                  uid_root: str, series_number: int | None, field_number: int | None,
+                  device_serial_number: str, revision: int, kind: ResultKind, uid_kind: str,
+                  algorithm_type: hd.seg.SegmentAlgorithmTypeValues,
+                  content_description: str) -> hd.seg.Segmentation:
     source = _check_source(source)
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"algorithm must be an Algorithm, got {type(algorithm).__name__}")
     source = derivation_source(source, algorithm.texts)
     if not isinstance(fractional, bool):
         raise TypeError(f"fractional must be a bool, got {fractional!r}")
-    series = result_series(str(source.StudyInstanceUID), algorithm, ResultKind.SEG,
+    series = result_series(str(source.StudyInstanceUID), algorithm, kind,
                            root=uid_root, series_number=series_number)
     number = instance_number(source, field_number)
     pixels = _check_mask(mask, source, fractional)
@@ -163,7 +176,7 @@ def build_segmentation(
         segment_label=SEGMENT_LABEL,
         segmented_property_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
         segmented_property_type=codes.CELL,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_type=algorithm_type,
         algorithm_identification=algorithm.identification_sequence(),
         tracking_uid=derived("seg-tracking"),
         tracking_id=SEGMENT_LABEL,
@@ -186,7 +199,7 @@ def build_segmentation(
         segment_descriptions=[description],
         series_instance_uid=series.uid,
         series_number=series.number,
-        sop_instance_uid=derived("seg"),
+        sop_instance_uid=derived(uid_kind),
         instance_number=number,
         manufacturer=algorithm.manufacturer,
         manufacturer_model_name=algorithm.model_name,
@@ -195,16 +208,22 @@ def build_segmentation(
         software_versions=algorithm.software_versions,  # type: ignore[arg-type]
         device_serial_number=device_serial_number,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
-        content_description="Blast cells segmented by the model",
+        content_description=content_description,
         content_label="BLASTS",
         omit_empty_frames=False,
         tile_pixel_array=_is_total_pixel_matrix(pixels, source),
         contributing_equipment=[algorithm.contributing_equipment()],
     )
     for shared in seg.get("SharedFunctionalGroupsSequence", []):
-        # The empty pixel measures of a one-frame multi-frame source (dicom.derivation).
+        # The empty pixel measures of a one-frame multi-frame source (dicom.derivation), and
+        # the Pixel Spacing alone of a 2-D image without a frame of reference (a VL
+        # Microscopic Image with Pixel Spacing): highdicom cannot read pixel measures without
+        # a Slice Thickness back, and such a SEG needs none.
         measures = shared.get("PixelMeasuresSequence")
-        if measures is not None and all(len(item) == 0 for item in measures):
+        if measures is not None and (
+                all(len(item) == 0 for item in measures)
+                or ("FrameOfReferenceUID" not in source
+                    and all("SliceThickness" not in item for item in measures))):
             del shared.PixelMeasuresSequence
     for keyword in _SPECIMEN_KEYWORDS:
         if keyword in source and keyword not in seg:
@@ -226,4 +245,110 @@ def build_segmentation(
     seg.file_meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
     seg.file_meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
     LOGGER.info("built SEG %s for %s", seg.SOPInstanceUID, source_uid)
+    return seg
+
+
+def build_corrected_segmentation(
+    source: Dataset,
+    ai_segmentation: Dataset,
+    mask: np.ndarray,
+    *,
+    algorithm: Algorithm,
+    reviewer_name: str,
+    rejected_cells: int,
+    uid_root: str = uids.DEFAULT_ROOT,
+    field_number: int | None = None,
+    device_serial_number: str = "1",
+    revision: int = 0,
+    verified_stamp: str = "",
+) -> hd.seg.Segmentation:
+    """Build the SEG of the blast cells after a doctor's review: the AI's, less the cells the
+    doctor rejected ("not a blast").
+
+    It is a new SEG in the study's corrected-SEG series (908, :mod:`dicom.series`),
+    SEMIAUTOMATIC (the model's segmentation edited by a person), whose every frame derives from
+    the source image and from the AI's SEG: the Derivation Image Sequence names both (the AI's
+    SEG with purpose (121322, DCM, "Source image for image processing operation")) and says in
+    its Derivation Description what was changed; the Referenced Series Sequence lists the AI's
+    SEG series with the source's, and the Content Creator is the doctor.
+
+    Parameters
+    ----------
+    source : pydicom.dataset.Dataset
+        The analysed image.
+    ai_segmentation : pydicom.dataset.Dataset
+        The AI's SEG of ``source`` (:func:`build_segmentation`).
+    mask : numpy.ndarray
+        The corrected BINARY mask, shaped as :func:`build_segmentation` takes it.
+    algorithm : Algorithm
+        The model whose segmentation this corrects.
+    reviewer_name : str
+        The doctor, as DICOM PN (``Family^Given``).
+    rejected_cells : int
+        How many cells the doctor rejected (at least 1).
+    uid_root, field_number, device_serial_number, revision
+        As for :func:`build_segmentation`.
+    verified_stamp : str
+        Names the verification (e.g. its time) in the UID, so that a later verification of a
+        changed review gets a new object.
+
+    Returns
+    -------
+    highdicom.seg.Segmentation
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument and value that is not valid.
+    """
+    if not isinstance(ai_segmentation, Dataset) or \
+            str(ai_segmentation.get("SOPClassUID", "")) != str(sop.SEGMENTATION):
+        raise DicomValidationError("ai_segmentation must be a Segmentation data set")
+    if str(ai_segmentation.get("StudyInstanceUID", "")) != str(source.get("StudyInstanceUID")):
+        raise DicomValidationError("ai_segmentation belongs to another study than the source")
+    if isinstance(rejected_cells, bool) or not isinstance(rejected_cells, int) \
+            or rejected_cells < 1:
+        raise DicomValidationError(f"rejected_cells must be a positive int, got "
+                                   f"{rejected_cells!r}")
+    if not isinstance(reviewer_name, str) or not reviewer_name.strip() or \
+            len(reviewer_name) > 64 * 5:
+        raise DicomValidationError(f"reviewer_name must be a PN, got {reviewer_name!r}")
+    if not isinstance(verified_stamp, str) or not all(c.isalnum() for c in verified_stamp):
+        raise DicomValidationError(f"verified_stamp must be letters and digits, got "
+                                   f"{verified_stamp!r}")
+    kind = "seg-corrected" + (f"-{verified_stamp.lower()}" if verified_stamp else "")
+    seg = _segmentation(
+        source, mask, algorithm=algorithm, fractional=False, uid_root=uid_root,
+        series_number=None, field_number=field_number,
+        device_serial_number=device_serial_number, revision=revision,
+        kind=ResultKind.CORRECTED_SEG, uid_kind=kind,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+        content_description="Blast cells after the physician's review")
+    ai_uid = str(ai_segmentation.SOPInstanceUID)
+    description = (f"Blast cell segmentation {ai_uid} of the AI, less {rejected_cells} "
+                   f"cell{'s' if rejected_cells != 1 else ''} the reviewing physician "
+                   "rejected as not blasts")
+    ai_frames = int(ai_segmentation.get("NumberOfFrames", 1))
+    for number, frame in enumerate(seg.get("PerFrameFunctionalGroupsSequence", []), start=1):
+        for derivation in frame.get("DerivationImageSequence", []):
+            derivation.DerivationDescription = description
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = str(ai_segmentation.SOPClassUID)
+            ref.ReferencedSOPInstanceUID = ai_uid
+            ref.ReferencedFrameNumber = min(number, ai_frames)
+            purpose = Dataset()
+            purpose.CodeValue = codes.SOURCE_FOR_PROCESSING.value
+            purpose.CodingSchemeDesignator = codes.SOURCE_FOR_PROCESSING.scheme_designator
+            purpose.CodeMeaning = codes.SOURCE_FOR_PROCESSING.meaning
+            ref.PurposeOfReferenceCodeSequence = [purpose]
+            derivation.SourceImageSequence.append(ref)
+    series_item = Dataset()
+    series_item.SeriesInstanceUID = str(ai_segmentation.SeriesInstanceUID)
+    instance_item = Dataset()
+    instance_item.ReferencedSOPClassUID = str(ai_segmentation.SOPClassUID)
+    instance_item.ReferencedSOPInstanceUID = ai_uid
+    series_item.ReferencedInstanceSequence = [instance_item]
+    seg.ReferencedSeriesSequence.append(series_item)
+    seg.ContentCreatorName = reviewer_name
+    LOGGER.info("built corrected SEG %s from %s", seg.SOPInstanceUID, ai_uid)
     return seg

@@ -2,13 +2,14 @@
 
 A PACS user opens a study and finds the node's results grouped by kind, not one series per
 object: the fields' SEGs in one series, their SRs in one, their Encapsulated PDFs in one, the
-study summary SR and PDF each in their own, and the doctor-verified SRs and PDFs each in their
-own. A series is named by (Study Instance UID, model version, kind)
+study summary SR and PDF each in their own, the doctor-verified SRs and PDFs each in their
+own, and the SEGs a doctor corrected (cells rejected as "not a blast", derived from the AI's
+SEG) in their own. A series is named by (Study Instance UID, model version, kind)
 (:func:`dicom.uids.derive_uid` with kind ``series-<kind>``), so every field of a study, every
 re-run and every revision of a field lands in the same series; the objects in it keep their own
 UIDs, derived from the field (and its revision).
 
-Series Numbers 901 to 907 (:data:`SERIES_NUMBERS`) and the Series Descriptions (the kind and
+Series Numbers 901 to 908 (:data:`SERIES_NUMBERS`) and the Series Descriptions (the kind and
 the model's name and version) are distinct within one model version's results. Within a series
 the Instance Number is the field's number (:func:`instance_number`): the caller's order of the
 field in the study, else the source image's own Instance Number.
@@ -49,6 +50,7 @@ class ResultKind(enum.StrEnum):
     SUMMARY_PDF = "summary-pdf"
     VERIFIED_SR = "verified-sr"
     VERIFIED_PDF = "verified-pdf"
+    CORRECTED_SEG = "corrected-seg"
 
 
 #: Series Number of each kind (distinct, in the order a reader meets them).
@@ -60,6 +62,7 @@ SERIES_NUMBERS: dict[ResultKind, int] = {
     ResultKind.SUMMARY_PDF: 905,
     ResultKind.VERIFIED_SR: 906,
     ResultKind.VERIFIED_PDF: 907,
+    ResultKind.CORRECTED_SEG: 908,
 }
 
 #: What each kind's Series Description says before the model's name and version.
@@ -71,6 +74,7 @@ SERIES_LABELS: dict[ResultKind, str] = {
     ResultKind.SUMMARY_PDF: "ALL screening study summary PDF",
     ResultKind.VERIFIED_SR: "ALL screening verified reports",
     ResultKind.VERIFIED_PDF: "ALL screening verified reports PDF",
+    ResultKind.CORRECTED_SEG: "Blast cell segmentation, reviewed",
 }
 
 

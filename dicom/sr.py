@@ -16,10 +16,14 @@ Content tree (see ``docs/conformance.md``)::
           qualitative evaluation: stage by the algorithm (BCD-STAGE)
           qualitative evaluation: image quality (DCM 111101: RID12 / RID13)
           qualitative evaluation: stage by the doctor (BCD-STAGE-REV; verified only)
+          qualitative evaluation: the doctor's assessment of the AI's result (AI-ASSESSMENT:
+            AI-ACCEPTED, AI-MODIFIED or AI-REJECTED; verified only)
           text: doctor's comment (DCM 121106; verified only, if given)
           numeric: probability of each of the four stages (PROB-*, UCUM "%")
-        TID 1411 measurement group "Blast cells" (references SEG segment 1, no frame)
-          numeric: blast cell count (UCUM {cells}), blast cell area fraction (UCUM "%")
+        TID 1411 measurement group "Blast cells" (references SEG segment 1, no frame: the
+          AI's SEG, or in a verified report with rejected cells the corrected SEG)
+          numeric: blast cell count (UCUM {cells}), blast cell area fraction (UCUM "%"), of
+            the SEG it references
 
 Every CONTAINER is SEPARATE (:func:`separate_containers`). The algorithm's result is COMPLETE,
 UNVERIFIED and PRELIMINARY. The doctor-verified successor is built by the same function with a
@@ -134,6 +138,9 @@ class Verification:
         The stage the doctor assigns (may differ from the algorithm's).
     comment : str, optional
         Free text comment of the doctor.
+    rejected_cells : int, optional
+        How many of the AI's blast cells the doctor rejected as not blasts (the report then
+        references the corrected SEG, and counts without them).
     """
 
     observer_name: str
@@ -141,6 +148,14 @@ class Verification:
     datetime: dt.datetime
     stage: Stage | str
     comment: str | None = None
+    rejected_cells: int = 0
+
+    def assessment(self, ai_stage: Stage | str) -> hd.sr.CodedConcept:
+        """The doctor's decision about the AI's result: rejected (another stage), modified
+        (the stage stands, cells were rejected) or accepted."""
+        if Stage(self.stage) != Stage(ai_stage):
+            return codes.AI_REJECTED
+        return codes.AI_MODIFIED if self.rejected_cells else codes.AI_ACCEPTED
 
     def __post_init__(self) -> None:
         if not isinstance(self.observer_name, str) or not self.observer_name.strip():
@@ -162,6 +177,10 @@ class Verification:
             raise TypeError(f"datetime must be a datetime.datetime, got {self.datetime!r}")
         codes.stage_code(self.stage)
         object.__setattr__(self, "stage", Stage(self.stage))
+        if isinstance(self.rejected_cells, bool) or not isinstance(self.rejected_cells, int) \
+                or self.rejected_cells < 0:
+            raise DicomValidationError(f"rejected_cells must be an int >= 0, got "
+                                       f"{self.rejected_cells!r}")
         if self.comment is not None:
             if not isinstance(self.comment, str):
                 raise TypeError(f"comment must be a str, got {self.comment!r}")
@@ -240,6 +259,7 @@ def build_sr(
     revision: int = 0,
     supersedes: Sequence[Dataset] = (),
     field_number: int | None = None,
+    derived_from: Dataset | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 report of an image, unverified or as the doctor-verified successor.
 
@@ -274,6 +294,9 @@ def build_sr(
     field_number : int, optional
         The field's number in its study: the SR's Instance Number (default: the source's
         Instance Number, see :func:`dicom.series.instance_number`).
+    derived_from : pydicom.dataset.Dataset, optional
+        With ``verification``, when ``segmentation`` is the doctor's corrected SEG: the AI's
+        SEG it derives from, listed in the evidence with it.
 
     Returns
     -------
@@ -308,6 +331,14 @@ def build_sr(
             f"segmentation {segmentation.SOPInstanceUID!r} does not reference the source "
             f"{source.SOPInstanceUID!r}"
         )
+    if derived_from is not None:
+        derived_from = _check_dataset("derived_from", derived_from, {str(sop.SEGMENTATION)})
+        if verification is None:
+            raise DicomValidationError("derived_from names the AI's SEG of a verified report "
+                                       "with a corrected SEG; give a verification")
+        if derived_from.StudyInstanceUID != source.StudyInstanceUID:
+            raise DicomValidationError(f"derived_from belongs to study "
+                                       f"{derived_from.StudyInstanceUID!r}")
     if verification is not None and not isinstance(verification, Verification):
         raise TypeError(f"verification must be a Verification, got {type(verification).__name__}")
     if (verification is None) != (predecessor is None):
@@ -391,6 +422,10 @@ def build_sr(
                 codes.REVIEWED_STAGE_FINDING, codes.stage_code(verification.stage)
             )
         )
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(codes.AI_ASSESSMENT,
+                                        verification.assessment(findings.stage))
+        )
     probabilities = [
         hd.sr.Measurement(
             name=codes.probability_code(stage),
@@ -457,7 +492,7 @@ def build_sr(
         referenced_images=[source],
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[source, segmentation],
+        evidence=[source, segmentation, *([derived_from] if derived_from is not None else [])],
         content=report[0],
         series_instance_uid=series.uid,
         series_number=series.number,

@@ -112,10 +112,12 @@ class ImageAnalysis:
             probability_rel = f"{folder}/probability.png"
             ctx.store.write(probability_rel, _png(
                 np.round(np.clip(combined.probability, 0.0, 1.0) * 255).astype(np.uint8)))
+        # The cells of a one-image field (or a whole slide's matrix): the mask kept is its
+        # only one. A multi-frame image's other frames have no stored mask to correct.
         cells = (split_cells(combined.masks[0], combined.probability,
                              min_area=combined.min_blast_area,
                              spacing_mm=describe.pixel_spacing_mm(ds)).as_json()
-                 if combined.stage is not None else None)
+                 if combined.stage is not None and len(analysis.images) == 1 else None)
         ctx.store.write(f"{folder}/overlay.png", _png(analysis.overlay), sync_dir=True)
         pdf_rel = None
         if analysis.objects is not None and analysis.pdf is not None:

@@ -1,8 +1,14 @@
 """The verified report: a doctor verified (or corrected) a result, so a VERIFIED SR that
 supersedes the AI's SR and an updated PDF go to PACS.
 
+When the doctor rejected cells of the field ("not a blast", :mod:`bcd_node.records.cells`), a
+corrected SEG goes first: the AI's mask without those cells, derived from the AI's SEG
+(:func:`dicom.seg.build_corrected_segmentation`); the VERIFIED SR then references it and counts
+the cells that remain, and records the doctor's assessment of the AI's result (accepted,
+modified or rejected).
+
 The verified objects live in the result's folder, named by the time of the verification; at
-PACS the study's verified SRs and verified PDFs are each a series of their own
+PACS the study's verified SRs, verified PDFs and corrected SEGs are each a series of their own
 (:mod:`dicom.series`), numbered by field as the AI's reports are. A verification withdrawn
 while its report was made (the image was replaced meanwhile) sends nothing.
 """
@@ -11,20 +17,29 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from bcd_node.analysis.context import AnalysisContext
-from bcd_node.analysis.findings import Combined, decode_for_analysis, report_data
+from bcd_node.analysis.findings import Combined, decode_for_analysis, overlay, report_data
 from bcd_node.analysis.publish import Output, complete_or_raise, publish, write_files
 from bcd_node.db.models import Result, User, VerificationState
 from bcd_node.errors import PermanentError
 from bcd_node.jobs.queue import Claimed
+from bcd_node.records.cells import (
+    CellList,
+    corrected_blast_count,
+    label_cells,
+    rejected_indices,
+    result_cells,
+)
 from bcd_node.report.pdf import render_report
 from bcd_node.store.layout import DataLayout
 from dicom.encapsulated import build_encapsulated_pdf
 from dicom.pixels import read_dataset
+from dicom.seg import build_corrected_segmentation
 from dicom.sr import Findings, Verification, build_sr
 
 LOGGER = logging.getLogger(__name__)
@@ -51,6 +66,8 @@ class VerifiedReports:
                 raise PermanentError(f"job {job.id}: result {result.id} has no SR to supersede "
                                      "(quality insufficient)")
             doctor = session.get(User, result.verified_by_fk) if result.verified_by_fk else None
+            rejected = sorted(rejected_indices(session, result.id))
+            corrected_count = corrected_blast_count(session, result)
             session.expunge_all()
         verified_at = result.verified_at
         inst, _series, study, _patient = ctx.load(job.id, result.instance_fk)
@@ -67,24 +84,40 @@ class VerifiedReports:
             observer_name=_person_name(name),
             organization=settings.dicom.institution_name or "bcd-node",
             datetime=verified_at, stage=result.verified_stage or result.stage,
-            comment=result.verified_comment or None)
+            comment=result.verified_comment or None, rejected_cells=len(rejected))
         # The report is the analysis' own, signed: it names the model that made it, which may
         # not be the model that runs now.
         algorithm = dataclasses.replace(ctx.algorithm, name=result.model_name,
                                         version=result.model_version)
-        findings = Findings(stage=result.stage, probabilities=result.probabilities,
-                            blast_count=result.blast_count,
-                            blast_area_fraction=min(1.0, result.blast_area_fraction),
-                            quality_ok=True)
         field_number = ctx.field_number(inst, study)
-        sr = build_sr(ds, seg, findings, algorithm=algorithm, verification=verification,
-                      predecessor=predecessor, uid_root=settings.uids.root,
-                      revision=result.instance_revision, field_number=field_number)
+        stamp = verified_at.strftime("%Y%m%dT%H%M%S%f")
         image = decode_for_analysis(ds)[0]
-        over = np.asarray(Image.open(ctx.store.path(result.overlay_path)).convert("RGB"))
-        combined = Combined(result.stage, result.probabilities, result.blast_count,
-                            result.blast_area_fraction, np.zeros((1, 1, 1), np.uint8),
-                            result.quality, result.needs_review)
+        blast_count, area_fraction = result.blast_count, result.blast_area_fraction
+        corrected_seg = None
+        if rejected:
+            # The doctor rejected cells: a SEG without them, derived from the AI's, and the
+            # report counts and shows what it holds.
+            mask = corrected_mask(ctx.store.path(result.mask_path or ""), result_cells(result),
+                                  rejected)
+            corrected_seg = build_corrected_segmentation(
+                ds, seg, mask, algorithm=algorithm, reviewer_name=verification.observer_name,
+                rejected_cells=len(rejected), uid_root=settings.uids.root,
+                field_number=field_number, revision=result.instance_revision,
+                verified_stamp=stamp)
+            blast_count, area_fraction = corrected_count, float(mask.mean())
+            over = overlay(image, mask)
+        else:
+            over = np.asarray(Image.open(ctx.store.path(result.overlay_path)).convert("RGB"))
+        findings = Findings(stage=result.stage, probabilities=result.probabilities,
+                            blast_count=blast_count,
+                            blast_area_fraction=min(1.0, area_fraction), quality_ok=True)
+        sr = build_sr(ds, corrected_seg if corrected_seg is not None else seg, findings,
+                      algorithm=algorithm, verification=verification,
+                      predecessor=predecessor, uid_root=settings.uids.root,
+                      revision=result.instance_revision, field_number=field_number,
+                      derived_from=seg if corrected_seg is not None else None)
+        combined = Combined(result.stage, result.probabilities, blast_count, area_fraction,
+                            np.zeros((1, 1, 1), np.uint8), result.quality, result.needs_review)
         data = report_data(ds, image, over, combined, algorithm=algorithm,
                            demonstration_model=self._demonstration(result),
                            created_at=result.created_at)
@@ -98,10 +131,13 @@ class VerifiedReports:
                                      uid_root=settings.uids.root,
                                      revision=result.instance_revision,
                                      field_number=field_number)
-        stamp = verified_at.strftime("%Y%m%dT%H%M%S%f")
         pdf_rel = f"{folder}/report-verified-{stamp}.pdf"
         outputs = [Output("verified_sr", sr, f"{folder}/sr-verified-{stamp}.dcm"),
                    Output("verified_pdf", enc, f"{folder}/pdf-verified-{stamp}.dcm")]
+        if corrected_seg is not None:
+            # First, so that the PACS holds the SEG before the report that references it.
+            outputs.insert(0, Output("corrected_seg", corrected_seg,
+                                     f"{folder}/seg-corrected-{stamp}.dcm"))
         write_files(ctx.store, folder, (pdf_rel, pdf), outputs)
         with ctx.node.session_factory.begin() as session:
             row = session.get(Result, result.id)
@@ -114,6 +150,8 @@ class VerifiedReports:
                             "verified report", job.id, result.id)
                 return
             row.verified_sr_sop_instance_uid = str(sr.SOPInstanceUID)
+            row.corrected_seg_sop_instance_uid = (str(corrected_seg.SOPInstanceUID)
+                                                  if corrected_seg is not None else None)
             row.verified_pdf_path = pdf_rel
             publish(session, job, row, outputs, settings.destinations, study_id=row.study_fk)
         ctx.node.wake_delivery()
@@ -128,6 +166,26 @@ class VerifiedReports:
         made_here = (result.model_name, result.model_version) == (self.context.model_name,
                                                                   self.context.model_version)
         return self.context.demonstration_model if made_here else True
+
+
+def corrected_mask(mask_path: Path, listed: CellList, rejected: list[int]) -> np.ndarray:
+    """The field's mask without the ``rejected`` cells (0/1 uint8).
+
+    Raises
+    ------
+    PermanentError
+        The stored mask does not give the cells the doctor saw (it changed, or is missing).
+    """
+    try:
+        mask = (np.asarray(Image.open(mask_path).convert("L")) > 0).astype(np.uint8)
+    except OSError as exc:
+        raise PermanentError(f"the field's mask cannot be read: {exc}") from exc
+    labels, n = label_cells(mask, listed.min_area)
+    if n != len(listed.cells) or (listed.shape and tuple(listed.shape) != mask.shape):
+        raise PermanentError(f"the field's mask gives {n} cells, the doctor reviewed "
+                             f"{len(listed.cells)}: the corrected SEG is not made")
+    mask[np.isin(labels, rejected)] = 0
+    return mask
 
 
 def _person_name(name: str) -> str:

@@ -3,6 +3,7 @@ verified report's corrected SEG and SR."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from bcd_node.analysis.pipeline import Pipeline
-from bcd_node.db.models import AuditEvent, Result, Role, User
+from bcd_node.db.models import AuditEvent, Job, JobKind, Result, Role, User
 from bcd_node.intake.intake import Intake
 from bcd_node.jobs.queue import claim
 from bcd_node.records.cells import (
@@ -105,3 +106,115 @@ def test_a_rejected_cell_is_audited_undoable_and_counted(field) -> None:
             restore_cell(s, result, 3, actor="dr.c", actor_kind="user")
         with pytest.raises(CellRefused):
             reject_cell(s, result, 2, user_id=doctor, actor="dr.c", actor_kind="user")
+
+
+def _dsrdump(path: Path) -> str:
+    import os
+    import subprocess
+
+    from tests.support.tools import require_tool
+
+    proc = subprocess.run([require_tool("dsrdump"), "+Pu", os.fspath(path)], capture_output=True,
+                          text=True, check=True, env={**os.environ, "TCP_NODELAY": "1"})
+    return proc.stdout
+
+
+def _verify_with_rejection(field, *, stage: str | None = None) -> Result:
+    ctx, pipeline, result_id, doctor = field
+    with ctx.session_factory.begin() as s:
+        result = s.get(Result, result_id)
+        for index in (1, 3):  # one of the touching pair, and the one apart
+            reject_cell(s, result, index, user_id=doctor, actor="dr.c", actor_kind="user")
+        verify_result(s, result, "correct" if stage else "accept", stage=stage,
+                      comment="one cell is a large lymphocyte", user_id=doctor, actor="dr.c",
+                      actor_kind="user")
+    assert run_all(ctx, pipeline) == 1
+    with ctx.session_factory() as s:
+        job = s.execute(select(Job).where(Job.kind == JobKind.VERIFIED_REPORT)).scalar_one()
+        assert job.state == "done", job.last_error
+        return s.get(Result, result_id)
+
+
+@pytest.mark.integration
+def test_a_rejected_cell_gives_a_corrected_seg_and_a_modified_verified_sr(field) -> None:
+    import highdicom as hd
+    import pydicom
+
+    from bcd_node.db.models import Delivery
+    from tests.support.dicomcheck import assert_dciodvfy_clean
+
+    ctx = field[0]
+    result = _verify_with_rejection(field)
+    data = ctx.settings.storage.data_dir
+    assert result.corrected_seg_sop_instance_uid
+    with ctx.session_factory() as s:
+        kinds = {d.kind: d for d in s.execute(select(Delivery).where(
+            Delivery.result_fk == result.id)).scalars()}
+    assert {"corrected_seg", "verified_sr", "verified_pdf"} <= set(kinds)
+    seg_path = data / kinds["corrected_seg"].path
+    sr_path = data / kinds["verified_sr"].path
+    folder = seg_path.parent
+    for path in (seg_path, sr_path):
+        assert_dciodvfy_clean(path)
+
+    ai_seg = pydicom.dcmread(folder / "seg.dcm")
+    ai_sr = pydicom.dcmread(folder / "sr.dcm")
+    corrected = hd.seg.segread(seg_path)
+    assert corrected.SOPInstanceUID == result.corrected_seg_sop_instance_uid
+    assert (int(corrected.SeriesNumber), corrected.SeriesInstanceUID) != (
+        int(ai_seg.SeriesNumber), ai_seg.SeriesInstanceUID)
+    assert int(corrected.SeriesNumber) == 908
+    assert corrected.get_segment_description(1).algorithm_type.value == "SEMIAUTOMATIC"
+    # It derives from the AI's SEG: every frame's derivation names it, and its series is listed.
+    derivation = corrected.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+    assert "less 2 cells" in derivation.DerivationDescription
+    assert derivation.DerivationCodeSequence[0].CodeValue == "113076"
+    sources = {str(ref.ReferencedSOPInstanceUID) for ref in derivation.SourceImageSequence}
+    assert str(ai_seg.SOPInstanceUID) in sources
+    assert str(ai_seg.SeriesInstanceUID) in {
+        str(item.SeriesInstanceUID) for item in corrected.ReferencedSeriesSequence}
+    # Without the rejected cells: their pixels are gone, the other cell's stay.
+    ai_pixels = hd.seg.segread(folder / "seg.dcm").pixel_array.astype(bool)
+    kept = corrected.pixel_array.astype(bool)
+    first, second, third = result_cells(result).cells
+    box = (slice(third.y, third.y + third.height), slice(third.x, third.x + third.width))
+    assert ai_pixels[box].any() and not kept[box].any()
+    assert kept.sum() == ai_pixels.sum() - first.area_px - third.area_px == second.area_px
+
+    sr = hd.sr.srread(sr_path)
+    assert sr.VerificationFlag == "VERIFIED"
+    assert sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0] \
+        .ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ai_sr.SOPInstanceUID
+    evidence = {str(ref.ReferencedSOPInstanceUID)
+                for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence
+                for ref in series.ReferencedSOPSequence}
+    assert {str(ai_seg.SOPInstanceUID), corrected.SOPInstanceUID} <= evidence
+    dump = _dsrdump(sr_path)
+    assert "AI result modified" in dump and "Assessment of the AI result" in dump
+    # One cell of three remains (the AI counted two regions: the touching pair as one).
+    assert '"Blast cell count")="1"' in dump.replace(".0\"", "\""), dump
+    # The blast group references the corrected SEG.
+    assert f'(SG image,"{corrected.SOPInstanceUID}",1)' in dump, dump
+
+
+@pytest.mark.integration
+def test_a_corrected_stage_is_a_rejected_ai_result(field) -> None:
+    result = _verify_with_rejection(field, stage="Malignant-Pro")
+    sr_path = next((field[0].settings.storage.data_dir / result.mask_path).parent.glob(
+        "sr-verified-*.dcm"))
+    dump = _dsrdump(sr_path)
+    assert "AI result rejected" in dump
+
+
+def test_an_accepted_field_without_rejections_sends_no_corrected_seg(field) -> None:
+    ctx, pipeline, result_id, doctor = field
+    with ctx.session_factory.begin() as s:
+        verify_result(s, s.get(Result, result_id), "accept", stage=None, comment=None,
+                      user_id=doctor, actor="dr.c", actor_kind="user")
+    assert run_all(ctx, pipeline) == 1
+    with ctx.session_factory() as s:
+        result = s.get(Result, result_id)
+        assert result.verified_sr_sop_instance_uid and not result.corrected_seg_sop_instance_uid
+    folder = (ctx.settings.storage.data_dir / result.mask_path).parent
+    assert not list(folder.glob("seg-corrected-*.dcm"))

@@ -180,3 +180,17 @@ def test_whole_slide_seg_from_total_pixel_matrix(tmp_path, smear_rgb, blast_mask
     sr_path = tmp_path / "sr-wsi.dcm"
     sr.save_as(sr_path)
     assert_dciodvfy_clean(sr_path)
+
+
+@pytest.mark.integration
+def test_seg_of_an_image_with_pixel_spacing_reads_back(tmp_path, source_image, blast_mask,
+                                                       algorithm):
+    # issue 15: a VL Microscopic Image with Pixel Spacing (no frame of reference) gave a SEG
+    # whose pixel measures highdicom could not read back (no Slice Thickness).
+    source_image.PixelSpacing = [0.00025, 0.00025]
+    seg = build_segmentation(source_image, blast_mask, algorithm=algorithm)
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path)
+    assert_dciodvfy_clean(path)
+    back = hd.seg.segread(path)
+    assert back.pixel_array.astype(bool).sum() == blast_mask.astype(bool).sum()

@@ -13,6 +13,7 @@ from dicom import uids
 from dicom.algorithm import Algorithm
 from dicom.encapsulated import build_encapsulated_pdf
 from dicom.outputs import build_result_objects
+from dicom.seg import build_corrected_segmentation
 from dicom.series import (
     SERIES_NUMBERS,
     ResultKind,
@@ -56,10 +57,18 @@ def _study_outputs(fields: list[pydicom.Dataset], mask, algorithm: Algorithm
         out[ResultKind.SR].append(objects.sr)
         out[ResultKind.PDF].append(objects.pdf)
         if number in (2, 3):
-            verification = Verification("House^Gregory", "PPTH", WHEN, "Benign")
+            verification = Verification("House^Gregory", "PPTH", WHEN, "Benign",
+                                        rejected_cells=1 if number == 3 else 0)
+            segmentation = objects.seg
+            if number == 3:  # a doctor rejected a cell: the corrected SEG is referenced
+                segmentation = build_corrected_segmentation(
+                    field, objects.seg, mask, algorithm=algorithm,
+                    reviewer_name="House^Gregory", rejected_cells=1, field_number=number)
+                out[ResultKind.CORRECTED_SEG].append(segmentation)
             out[ResultKind.VERIFIED_SR].append(build_sr(
-                field, objects.seg, FINDINGS, algorithm=algorithm, verification=verification,
-                predecessor=objects.sr, field_number=number))
+                field, segmentation, FINDINGS, algorithm=algorithm, verification=verification,
+                predecessor=objects.sr, field_number=number,
+                derived_from=objects.seg if number == 3 else None))
             out[ResultKind.VERIFIED_PDF].append(build_encapsulated_pdf(
                 field, PDF, algorithm=algorithm, verified_at=WHEN, field_number=number))
     study = StudyFindings("Benign", FINDINGS.probabilities, len(fields), 0, 0, 9, 0.01)
@@ -86,7 +95,7 @@ def test_a_study_has_one_series_per_kind_numbered_by_field(source_image, blast_m
         assert number == SERIES_NUMBERS[kind]
         assert algorithm.model_name in description
         series[kind] = (uid, number, description)
-    assert len(series) == len(ResultKind) == 7
+    assert len(series) == len(ResultKind) == 8
     for position in range(3):  # distinct UIDs, numbers and descriptions
         assert len({s[position] for s in series.values()}) == len(series)
     # No result series is one of the fields' own.
