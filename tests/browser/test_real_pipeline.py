@@ -68,10 +68,10 @@ def test_upload_analyse_review_verify_with_the_real_pipeline(
     assert ai_stage is not None, "the synthetic smear should pass the quality gate"
 
     browser.refresh()
-    overlay = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "img.overlay"),
-                       what="overlay")[0]
-    wait_for(lambda: browser.execute_script("return arguments[0].naturalWidth", overlay) == 256,
-             what="overlay image")
+    viewer = wait_for(lambda: browser.find_elements(
+        By.CSS_SELECTOR, ".viewer[data-ready='true'][data-overlay='true']"),
+        what="field viewer with its overlay")[0]
+    assert viewer.get_attribute("data-image-width") == "256"
     assert "Stage probabilities" in browser.page_source
     screenshot("13-review-real-pipeline")
 
