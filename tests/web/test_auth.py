@@ -20,13 +20,14 @@ from tests.support.web import ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, login
 PAGES = [
     "/", "/account", "/worklist", "/worklist?status=done", "/studies/1.2.3",
     "/instances/1/image.png", "/results/1/overlay.png", "/results/1/mask.png",
-    "/results/1/report.pdf", "/patients/", "/patients/1", "/upload", "/admin/users",
+    "/results/1/report.pdf", "/results/1/cells", "/patients/", "/patients/1", "/upload", "/admin/users",
     "/admin/users/admin", "/admin/system", "/admin/statistics", "/admin/audit/",
     "/admin/audit/export.csv", "/admin/audit/export.json",
 ]
 ADMIN_PAGES = [p for p in PAGES if p.startswith("/admin")]
 POSTS = [
-    "/logout", "/account", "/results/1/verify", "/upload", "/admin/users",
+    "/logout", "/account", "/results/1/verify", "/results/1/cells/1/reject",
+    "/results/1/cells/1/restore", "/upload", "/admin/users",
     "/admin/users/doctor/approve", "/admin/users/doctor/disable", "/admin/users/doctor/role",
     "/admin/users/doctor/password", "/admin/users/doctor/unlock",
     "/admin/users/doctor/tokens", "/admin/tokens/1/revoke",
