@@ -8,7 +8,16 @@ from flask import Blueprint, abort, current_app, g, jsonify, request
 from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
 from sqlalchemy import select
 
-from bcd_node.db.models import DeliveryState, Result, Study, User, VerificationState
+from bcd_node.db.models import (
+    DeliveryState,
+    Instance,
+    Result,
+    Study,
+    User,
+    VerificationState,
+)
+from bcd_node.records.cells import corrected_blast_count
+from bcd_node.records.studies import field_numbers
 from bcd_node.records.users import find_token
 from webadmin.db import audit_event, client_ip, db, node
 from webadmin.helpers import page_number
@@ -81,17 +90,34 @@ def _study_json(st: Study) -> dict[str, Any]:
             "confidence": st.confidence, "last_received_at": st.last_received_at.isoformat()}
 
 
-def _result_json(r: Result) -> dict[str, Any]:
+def _result_json(r: Result, *, numbers: dict[int, int] | None = None) -> dict[str, Any]:
+    """A result as the API gives it; ``numbers`` are the study's field numbers
+    (:func:`bcd_node.records.studies.field_numbers`), looked up when not given."""
+    session = db()
+    image = None
+    if r.instance_fk is not None:
+        inst = session.get(Instance, r.instance_fk)
+        if numbers is None:
+            numbers = field_numbers(session, r.study_fk)
+        image = {"sop_instance_uid": inst.sop_instance_uid if inst else None,
+                 "field_number": numbers.get(r.instance_fk)}
+    verifier = session.get(User, r.verified_by_fk) if r.verified_by_fk else None
     return {"id": r.id, "scope": r.scope, "model": {"name": r.model_name,
                                                    "version": r.model_version},
+            "image": image,
             "stage": r.stage, "confidence": r.confidence, "probabilities": r.probabilities,
             "blast_count": r.blast_count, "blast_area_fraction": r.blast_area_fraction,
+            "corrected_blast_count": (corrected_blast_count(session, r)
+                                      if r.instance_fk is not None else None),
             "quality": r.quality, "needs_review": r.needs_review,
             "verification": r.verification, "verified_stage": r.verified_stage,
             "corrected": r.verification != VerificationState.UNVERIFIED
             and r.verified_stage != r.stage,
             "verified_comment": r.verified_comment,
             "verified_at": r.verified_at.isoformat() if r.verified_at else None,
+            "verified_by": ({"username": verifier.username,
+                             "full_name": verifier.full_name or None}
+                            if verifier is not None else None),
             "pdf": bool(r.pdf_path), "verified_pdf": bool(r.verified_pdf_path)}
 
 
@@ -136,7 +162,10 @@ def study(uid: str) -> Any:
     audit_event("view_study", patient_id=st.patient.patient_id,
                 study_instance_uid=st.study_instance_uid, object_ref=f"study:{st.id}")
     session.commit()
-    return jsonify(**_study_json(st), results=[_result_json(r) for r in results])
+    numbers = field_numbers(session, st.id)
+    body = _study_json(st)
+    body["results"] = [_result_json(r, numbers=numbers) for r in results]
+    return jsonify(body)
 
 
 @bp.get("/results/<int:result_id>")
@@ -151,6 +180,14 @@ def result(result_id: int) -> Any:
                 study_instance_uid=st.study_instance_uid, object_ref=f"result:{r.id}")
     session.commit()
     return jsonify(study_instance_uid=st.study_instance_uid, **_result_json(r))
+
+
+@bp.get("/openapi.json")
+def openapi() -> Any:
+    """This API described as an OpenAPI 3 document."""
+    from webadmin.openapi import document
+
+    return jsonify(document())
 
 
 @bp.get("/results/<int:result_id>/pdf")

@@ -78,3 +78,14 @@ def refresh_study(session: Session, study_id: int) -> Study:
     else:
         study.status = StudyStatus.DONE
     return study
+
+
+def field_numbers(session: Session, study_id: int) -> dict[int, int]:
+    """Each image of a study by its number in the study (instance id → number, from 1): the
+    order the node received them, as the Instance Number of their results
+    (:meth:`bcd_node.analysis.context.AnalysisContext.field_number`)."""
+    from bcd_node.db.models import Instance, Series
+
+    ids = session.execute(select(Instance.id).join(Series, Instance.series_fk == Series.id)
+                          .where(Series.study_fk == study_id).order_by(Instance.id)).scalars()
+    return {instance_id: number for number, instance_id in enumerate(ids, start=1)}

@@ -37,7 +37,7 @@ ACCESS = {
     "admin.system": "admin", "admin.retry_delivery": "admin", "admin.statistics": "admin",
     "audit.index": "admin", "audit.export": "admin", "audit.verify": "admin",
     "api.status": "api", "api.studies": "api", "api.study": "api", "api.result": "api",
-    "api.result_pdf": "api",
+    "api.result_pdf": "api", "api.openapi": "api",
 }
 
 #: The clients: three browsers (session cookie) and three API callers (a header, no cookie).

@@ -20,7 +20,8 @@ from tests.support.web import ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, login
 PAGES = [
     "/", "/account", "/worklist", "/worklist?status=done", "/studies/1.2.3",
     "/instances/1/image.png", "/results/1/overlay.png", "/results/1/mask.png",
-    "/results/1/report.pdf", "/results/1/cells", "/patients/", "/patients/1", "/upload", "/admin/users",
+    "/results/1/report.pdf", "/results/1/cells", "/patients/", "/patients/1", "/upload",
+    "/admin/users",
     "/admin/users/admin", "/admin/system", "/admin/statistics", "/admin/audit/",
     "/admin/audit/export.csv", "/admin/audit/export.json",
 ]
