@@ -40,30 +40,60 @@ class CellPred(Pred):
     min_blast_area: int | None = None
 
 
-def touching_cells_mask(shape: tuple[int, int]) -> np.ndarray:
+def touching_cells_mask(shape: tuple[int, int], touching: bool = True) -> np.ndarray:
     """Three blasts on a field of ``shape`` (at least 128 × 128): two round ones that touch
-    (one connected region) and a smaller one apart."""
+    (one connected region; 8 px apart without ``touching``) and a smaller one apart."""
     import cv2
 
     mask = np.zeros(shape, np.uint8)
     cv2.circle(mask, (30, 40), 16, 1, thickness=-1)
-    cv2.circle(mask, (60, 40), 16, 1, thickness=-1)
+    cv2.circle(mask, (60 if touching else 72, 40), 16, 1, thickness=-1)
     cv2.circle(mask, (90, 100), 12, 1, thickness=-1)
     return mask
 
 
 class CellAnalyzer:
     """An analyzer whose every field has :func:`touching_cells_mask`, with a probability map
-    that is higher on the touching pair (0.9) than on the one apart (0.6)."""
+    that is higher on the pair (0.9) than on the one apart (0.6); the AI's count is the
+    regions of the mask, as the predictor counts them."""
 
     model_info = {"name": "test-model", "version": "1.0"}
 
+    def __init__(self, touching: bool = True) -> None:
+        self.touching = touching
+
     def predict(self, images: list[np.ndarray]) -> list[CellPred]:
+        import cv2
+
         out = []
         for image in images:
-            mask = touching_cells_mask(image.shape[:2])
+            mask = touching_cells_mask(image.shape[:2], self.touching)
             probability = np.where(mask > 0, 0.9, 0.05).astype(np.float32)
             probability[80:, 70:][mask[80:, 70:] > 0] = 0.6
-            out.append(CellPred("Malignant-Pre", PROBS, 2, float(mask.mean()), mask,
+            regions = cv2.connectedComponents(mask, connectivity=8)[0] - 1
+            out.append(CellPred("Malignant-Pre", PROBS, regions, float(mask.mean()), mask,
                                 probability=probability, min_blast_area=50))
         return out
+
+
+class KnownMaskAnalyzer:
+    """An analyzer that marks, on every image, a given mask (e.g. a synthetic smear's true
+    blasts), with a probability that is higher in a cell's middle than at its rim."""
+
+    model_info = {"name": "test-model", "version": "1.0"}
+
+    def __init__(self, mask: np.ndarray, stage: str = "Malignant-Pro") -> None:
+        self.mask = (mask > 0).astype(np.uint8)
+        self.stage = stage
+
+    def predict(self, images: list[np.ndarray]) -> list[CellPred]:
+        import cv2
+
+        depth = cv2.distanceTransform(self.mask, cv2.DIST_L2, 5)
+        probability = np.where(self.mask > 0, 0.55 + 0.4 * np.minimum(depth / 30.0, 1.0),
+                               0.02).astype(np.float32)
+        regions = cv2.connectedComponents(self.mask, connectivity=8)[0] - 1
+        return [CellPred(self.stage, {**PROBS, "Malignant-Pre": 0.1, "Malignant-Pro": 0.6},
+                         regions, float(self.mask.mean()), self.mask.copy(),
+                         probability=probability, min_blast_area=160)
+                for _ in images]

@@ -91,6 +91,8 @@
         var item = document.createElement("li");
         item.className = "cell" + (cell.rejected ? " rejected" : "");
         item.dataset.cell = String(cell.index);
+        item.dataset.area = String(cell.area_px);
+        item.dataset.score = cell.score === null ? "" : String(cell.score);
         var show = document.createElement("button");
         show.type = "button";
         show.className = "crop";

@@ -1,0 +1,220 @@
+"""The cell gallery in Chromium (issue 15): a doctor sorts a field's cells, shows one on the
+zoomable field, rejects one as "not a blast" (the counts follow) and verifies the field; Orthanc
+then holds the corrected SEG and the VERIFIED SR with the corrected count.
+
+The field is a synthetic smear; the analysis runs the node's pipeline with a test double of the
+model that marks the smear's true blasts (so the cells are known), in the test's thread;
+delivery is the node's deliverer, to a real Orthanc.
+"""
+
+from __future__ import annotations
+
+import io
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pydicom
+import pytest
+from argon2 import PasswordHasher
+from sqlalchemy import select
+
+from bcd_node.db.models import Job, JobState, Result, Role
+from bcd_node.records import users as users_module
+from bcd_node.records.cells import split_cells
+from bcd_node.records.users import add_user
+from bcd_node.runtime import open_node
+from bcd_node.settings import load_settings
+from dicom.dicomize import dicomize
+from tests.support.browser import navigate, sign_in
+from tests.support.console import LiveConsole
+from tests.support.images import part10_bytes, smear
+from tests.support.net import free_port
+from tests.support.peers import Orthanc
+from tests.support.predictions import KnownMaskAnalyzer
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.timeout(300)]
+PASSWORD = "doctor-password-123"
+STUDY = "2.25.7070707070707"
+
+
+@pytest.fixture
+def orthanc() -> Iterator[Orthanc]:
+    server = Orthanc().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def console(write_config: Callable[..., Path], orthanc: Orthanc,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveConsole]:
+    """A node whose one destination is the Orthanc, with a doctor, its console on a free
+    port."""
+    monkeypatch.setattr(users_module, "_HASHER",
+                        PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    port = free_port()
+    context = open_node(load_settings(write_config(
+        f'[[destinations]]\nname = "orthanc"\nae_title = "{orthanc.ae_title}"\n'
+        f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\n', web_port=port)))
+    with context.session_factory.begin() as session:
+        add_user(session, "osler", PASSWORD, Role.DOCTOR, full_name="Dr. William Osler")
+    live = LiveConsole(context, port)
+    live.start()
+    try:
+        yield live
+    finally:
+        live.stop()
+        context.engine.dispose()
+
+
+def drain(context: Any, analyzer: KnownMaskAnalyzer) -> list[Job]:
+    """Run every queued job with the node's pipeline and the test double, in this thread."""
+    from bcd_node.analysis.pipeline import Pipeline
+    from bcd_node.jobs.workers import Workers
+
+    workers = Workers(context, Pipeline(context, analyzer).run, count=0)
+    while workers.step("browser-test"):
+        pass
+    with context.session_factory() as session:
+        return list(session.execute(select(Job).order_by(Job.id)).scalars())
+
+
+def deliver(context: Any, orthanc: Orthanc, count: int) -> list[dict[str, Any]]:
+    """Send the outbox to the Orthanc until it holds ``count`` instances."""
+    from bcd_node.delivery.outbox import Deliverer
+
+    deliverer = Deliverer(context)
+
+    def arrived() -> list[dict[str, Any]] | None:
+        deliverer.run_once()
+        found = orthanc.instances()
+        return found if len(found) >= count else None
+
+    return wait_for(arrived, 60, what=f"{count} instances at Orthanc")
+
+
+def orthanc_file(orthanc: Orthanc, sop_instance_uid: str) -> pydicom.Dataset:
+    [found] = [i for i in orthanc.get("/instances")
+               if orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"]
+               == sop_instance_uid]
+    url = f"http://127.0.0.1:{orthanc.http_port}/instances/{found}/file"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return pydicom.dcmread(io.BytesIO(answer.read()))
+
+
+def test_reject_a_cell_in_the_gallery_and_verify(console: LiveConsole, orthanc: Orthanc,
+                                                 browser: Any,
+                                                 screenshot: Callable[[str], Path]) -> None:
+    from selenium.webdriver.common.by import By
+
+    from bcd_node.intake.intake import Intake
+
+    ctx = console.context
+    image, mask = smear(21, "Malignant-Pro", 512)
+    analyzer = KnownMaskAnalyzer(mask)
+    cells = split_cells(analyzer.mask, min_area=160).cells
+    assert len(cells) >= 3, "the smear should have a few blasts"
+    field = dicomize(image, patient_id="PAT-G", patient_name="Gallery^Test",
+                     study_instance_uid=STUDY, specimen_id="SLIDE-G", stain="Wright-Giemsa")
+    with Intake(ctx) as intake:
+        intake.accept(part10_bytes(field))
+    assert [j.state for j in drain(ctx, analyzer)] == [JobState.DONE]
+    deliver(ctx, orthanc, 3)  # the AI's SEG, SR and PDF
+    with ctx.session_factory() as session:
+        result = session.execute(select(Result)).scalar_one()
+        rid, ai_count = result.id, result.blast_count
+
+    sign_in(browser, console.url, "osler", PASSWORD)
+    browser.get(f"{console.url}/studies/{STUDY}")
+    items = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "[data-gallery] li.cell"),
+                     what="the gallery's cells")
+    assert len(items) == len(cells)
+
+    def shown(attribute: str) -> list[float]:
+        return [float(li.get_attribute(attribute)) for li in
+                browser.find_elements(By.CSS_SELECTOR, "[data-gallery] li.cell")]
+
+    browser.find_element(By.CSS_SELECTOR, "[data-sort=score]").click()
+    assert shown("data-score") == sorted(shown("data-score"), reverse=True)
+    browser.find_element(By.CSS_SELECTOR, "[data-sort=size]").click()
+    sizes = shown("data-area")
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
+    # The smallest cell (last by size) is the one the doctor rejects.
+    target = browser.find_elements(By.CSS_SELECTOR, "[data-gallery] li.cell")[-1] \
+        .get_attribute("data-cell")
+
+    # A crop shows its cell on the zoomable field.
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".viewer[data-ready='true']"),
+             what="the field viewer")
+    browser.find_element(By.CSS_SELECTOR, f"li.cell[data-cell='{target}'] .crop").click()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR,
+                                           f".viewer[data-shown-cell='{target}']"),
+             what="the cell shown on the field")
+    assert browser.find_elements(By.CSS_SELECTOR, f".viewer .cell-mark[data-cell='{target}']")
+
+    # Not a blast: the field's and the case's counts follow, and it can be taken back.
+    browser.find_element(By.CSS_SELECTOR,
+                         f"li.cell[data-cell='{target}'] [data-action=reject]").click()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR,
+                                                 f"li.cell.rejected[data-cell='{target}']"),
+             what="the cell rejected")
+
+    def counts() -> set[str]:
+        return {el.text for el in browser.find_elements(
+            By.CSS_SELECTOR, f"[data-field-count='{rid}'], [data-case-count]")}
+
+    after = str(len(cells) - 1)
+    wait_for(lambda: counts() == {after}, what="the counts after the rejection")
+    browser.find_element(By.CSS_SELECTOR,
+                         f"li.cell[data-cell='{target}'] [data-action=restore]").click()
+    wait_for(lambda: counts() == {str(ai_count)}, what="the counts after the undo")
+    browser.find_element(By.CSS_SELECTOR,
+                         f"li.cell[data-cell='{target}'] [data-action=reject]").click()
+    wait_for(lambda: counts() == {after}, what="the counts after the second rejection")
+    browser.execute_script("document.querySelector('[data-gallery]').scrollIntoView()")
+    screenshot("15-cell-gallery")
+    # The page, reloaded, shows what was stored.
+    browser.refresh()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR,
+                                                 f"li.cell.rejected[data-cell='{target}']"),
+             what="the rejection after a reload")
+    assert counts() == {after}
+
+    navigate(browser, By.ID, f"verify-{rid}")
+    wait_for(lambda: "Verification recorded" in browser.page_source, what="verification")
+    assert not browser.find_elements(By.CSS_SELECTOR, "[data-gallery] [data-action]")
+    jobs = drain(ctx, analyzer)
+    assert [j.state for j in jobs] == [JobState.DONE] * 2, [j.last_error for j in jobs]
+    found = deliver(ctx, orthanc, 6)  # + the corrected SEG, the VERIFIED SR and its PDF
+    with ctx.session_factory() as session:
+        result = session.get(Result, rid)
+        corrected_uid = result.corrected_seg_sop_instance_uid
+        verified_uid = result.verified_sr_sop_instance_uid
+    assert corrected_uid and verified_uid
+    assert {corrected_uid, verified_uid} <= {i["SOPInstanceUID"] for i in found}
+
+    seg = orthanc_file(orthanc, corrected_uid)
+    assert seg.Modality == "SEG" and int(seg.SeriesNumber) == 908
+    sr = orthanc_file(orthanc, verified_uid)
+    assert sr.VerificationFlag == "VERIFIED"
+    counted = [item for item in _walk(sr) if item.get("ValueType") == "NUM"
+               and item.ConceptNameCodeSequence[0].CodeValue == "BLAST-COUNT"]
+    assert [float(c.MeasuredValueSequence[0].NumericValue) for c in counted] == [len(cells) - 1]
+    segments = [item for item in _walk(sr) if item.get("ValueType") == "IMAGE"
+                and "ReferencedSOPSequence" in item
+                and item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == corrected_uid]
+    assert segments, "the VERIFIED SR references the corrected SEG"
+    assessments = [item.ConceptCodeSequence[0].CodeValue for item in _walk(sr)
+                   if item.get("ValueType") == "CODE"
+                   and item.ConceptNameCodeSequence[0].CodeValue == "AI-ASSESSMENT"]
+    assert assessments == ["AI-MODIFIED"]
+    browser.refresh()
+    screenshot("16-cell-gallery-verified")
+
+
+def _walk(ds: pydicom.Dataset) -> Iterator[pydicom.Dataset]:
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _walk(item)
