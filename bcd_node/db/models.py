@@ -362,7 +362,7 @@ class Delivery(Base):
     result_fk: Mapped[int | None] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"),
                                                   index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))  # seg | sr | pdf | verified_sr
+    kind: Mapped[str] = mapped_column(String(16))  # seg | sr | pdf | verified_sr | corrected_seg ...
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     sop_instance_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(255))
