@@ -362,7 +362,8 @@ class Delivery(Base):
     result_fk: Mapped[int | None] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"),
                                                   index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))  # seg | sr | pdf | verified_sr | corrected_seg ...
+    kind: Mapped[str] = mapped_column(String(16))  # seg | sr | pdf | verified_sr | ...
+    # (verified_pdf, corrected_seg: the outputs of bcd_node/analysis)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     sop_instance_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(255))
