@@ -12,11 +12,12 @@ from typing import Any
 from flask import Blueprint, abort, jsonify
 from flask_login import current_user
 
-from bcd_node.db.models import Result, ResultScope, Role, VerificationState
+from bcd_node.db.models import Result, ResultScope, Role
 from bcd_node.errors import ValidationError
 from bcd_node.records.cells import (
     CellRefused,
     case_blast_count,
+    cells_final,
     corrected_blast_count,
     reject_cell,
     rejected_indices,
@@ -43,7 +44,7 @@ def cells_payload(result: Result) -> dict[str, Any]:
     return {
         "result_id": result.id,
         "study_id": result.study_fk,
-        "editable": (result.verification == VerificationState.UNVERIFIED
+        "editable": (cells_final(session, result) is None
                      and current_user.role == Role.DOCTOR),
         "area_unit": "µm²" if listed.spacing_mm else "px",
         "shape": list(listed.shape) if listed.shape else None,

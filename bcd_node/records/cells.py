@@ -16,7 +16,8 @@ no score. The area is in µm² when the image gives its pixel spacing, else in p
 The pipeline lists the cells once, when it makes the result (:attr:`Result.cells`); the console,
 the API and the verified report read that list (:func:`result_cells`). A doctor rejects a cell
 ("not a blast") with :func:`reject_cell` and takes it back with :func:`restore_cell` until the
-field is verified; :func:`corrected_blast_count` is the count a verification reports.
+field or its case is verified (:func:`cells_final`); :func:`corrected_blast_count` is the count a
+verification reports.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bcd_node.db.models import CellRejection, Result, Study, VerificationState, utcnow
+from bcd_node.db.models import (
+    CellRejection,
+    Result,
+    ResultScope,
+    Study,
+    VerificationState,
+    utcnow,
+)
 from bcd_node.errors import PermanentError, ValidationError
 from bcd_node.records import audit
 
@@ -258,9 +266,23 @@ def corrected_blast_count(session: Session, result: Result) -> int:
     return sum(1 for c in cells if c.index not in rejected)
 
 
-def _check_editable(session: Session, result: Result, index: int) -> Study:
+def cells_final(session: Session, result: Result) -> str | None:
+    """Why the cells of ``result`` can no longer be changed, or None while they can: once the
+    field, or its case (the study's summary), is verified, its cells are part of the record."""
     if result.verification != VerificationState.UNVERIFIED:
-        raise CellRefused("This field has been verified; its cells can no longer be changed.")
+        return "This field has been verified; its cells can no longer be changed."
+    signed = session.execute(select(Result.id).where(
+        Result.study_fk == result.study_fk, Result.scope == ResultScope.STUDY,
+        Result.verification != VerificationState.UNVERIFIED).limit(1)).first()
+    if signed is not None:
+        return "This case has been signed; its cells can no longer be changed."
+    return None
+
+
+def _check_editable(session: Session, result: Result, index: int) -> Study:
+    why = cells_final(session, result)
+    if why is not None:
+        raise CellRefused(why)
     if not any(c.index == index for c in result_cells(result).cells):
         raise ValidationError(f"result {result.id} has no cell {index!r}")
     study = session.get(Study, result.study_fk)
@@ -278,7 +300,7 @@ def reject_cell(session: Session, result: Result, index: int, *, user_id: int, a
     Raises
     ------
     CellRefused
-        The field is verified.
+        The field or its case is verified.
     ValidationError
         The result has no such cell.
     """

@@ -218,3 +218,18 @@ def test_an_accepted_field_without_rejections_sends_no_corrected_seg(field) -> N
         assert result.verified_sr_sop_instance_uid and not result.corrected_seg_sop_instance_uid
     folder = (ctx.settings.storage.data_dir / result.mask_path).parent
     assert not list(folder.glob("seg-corrected-*.dcm"))
+
+
+def test_cells_are_final_once_the_case_is_signed(field) -> None:
+    from bcd_node.db.models import ResultScope, utcnow
+
+    ctx, _pipeline, result_id, doctor = field
+    with ctx.session_factory.begin() as s:
+        result = s.get(Result, result_id)
+        s.add(Result(scope=ResultScope.STUDY, study_fk=result.study_fk, model_name="m",
+                     model_version="1", verification="verified", verified_by_fk=doctor,
+                     verified_at=utcnow()))
+    with ctx.session_factory.begin() as s:
+        with pytest.raises(CellRefused, match="case has been signed"):
+            reject_cell(s, s.get(Result, result_id), 1, user_id=doctor, actor="dr.c",
+                        actor_kind="user")
