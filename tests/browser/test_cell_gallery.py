@@ -131,6 +131,13 @@ def test_reject_a_cell_in_the_gallery_and_verify(console: LiveConsole, orthanc: 
     items = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "[data-gallery] li.cell"),
                      what="the gallery's cells")
     assert len(items) == len(cells)
+    # The crops are drawn from the picture the field viewer loaded: one download of the field.
+    wait_for(lambda: len(browser.find_elements(
+        By.CSS_SELECTOR, "[data-gallery] canvas[data-drawn='true']")) == len(cells),
+        what="the crops drawn")
+    assert browser.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter(function (e) { return e.name.indexOf('/image.png') >= 0; }).length") == 1
 
     def shown(attribute: str) -> list[float]:
         return [float(li.get_attribute(attribute)) for li in

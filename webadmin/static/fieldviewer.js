@@ -37,6 +37,12 @@
       // What a test (or a curious user) can read: the picture's own size, at full resolution.
       box.dataset.imageWidth = String(viewer.world.getItemAt(0).getContentSize().x);
       box.dataset.ready = "true";
+      // The picture, once loaded, also serves the cell gallery's crops (gallery.js): one
+      // download of the field, not two.
+      var picture = viewer.world.getItemAt(0).source.image || null;
+      box.fieldImage = picture;
+      document.dispatchEvent(new CustomEvent("bcd:field-image", { detail: {
+        instance: box.dataset.instance, image: picture } }));
       if (!box.dataset.overlayUrl) { return; }
       viewer.addTiledImage({
         tileSource: { type: "image", url: box.dataset.overlayUrl, buildPyramid: true },

@@ -17,18 +17,40 @@
     });
   }
 
-  function fieldImage(gallery) {
-    // The field's picture already on the page (same request, same audit event), else our own.
-    var shown = document.querySelector('img[data-field-image="' + gallery.dataset.instance + '"]');
-    if (shown) { return shown; }
+  function ownImage(gallery) {
     var img = new Image();
     img.src = gallery.dataset.imageUrl;
-    return img;
+    return new Promise(function (resolve) {
+      if (img.complete && img.naturalWidth) { resolve(img); return; }
+      img.addEventListener("load", function () { resolve(img); }, { once: true });
+    });
   }
 
-  function whenLoaded(img, then) {
-    if (img.complete && img.naturalWidth) { then(); return; }
-    img.addEventListener("load", then, { once: true });
+  function fieldImage(gallery) {
+    // The field's picture as the page already loads it: the zoomable viewer's (fieldviewer.js)
+    // or a plain <img data-field-image>; only without either, a download of our own.
+    var instance = gallery.dataset.instance;
+    var viewer = document.querySelector('.viewer[data-zoomable][data-instance="' + instance + '"]');
+    if (viewer && typeof OpenSeadragon !== "undefined") {
+      if (viewer.dataset.ready) {
+        return viewer.fieldImage ? Promise.resolve(viewer.fieldImage) : ownImage(gallery);
+      }
+      return new Promise(function (resolve) {
+        document.addEventListener("bcd:field-image", function listen(event) {
+          if (event.detail.instance !== instance) { return; }
+          document.removeEventListener("bcd:field-image", listen);
+          if (event.detail.image) { resolve(event.detail.image); } else { resolve(ownImage(gallery)); }
+        });
+      });
+    }
+    var shown = document.querySelector('img[data-field-image="' + instance + '"]');
+    if (shown) {
+      return new Promise(function (resolve) {
+        if (shown.complete && shown.naturalWidth) { resolve(shown); return; }
+        shown.addEventListener("load", function () { resolve(shown); }, { once: true });
+      });
+    }
+    return ownImage(gallery);
   }
 
   function drawCrop(canvas, img, cell, shape) {
@@ -76,7 +98,7 @@
   function setup(gallery) {
     var grid = gallery.querySelector("[data-grid]");
     var status = gallery.querySelector("[data-gallery-status]");
-    var img = fieldImage(gallery);
+    var picture = fieldImage(gallery);
     var state = { data: null, sort: "index" };
 
     function render() {
@@ -100,7 +122,10 @@
         var canvas = document.createElement("canvas");
         canvas.setAttribute("aria-hidden", "true");
         show.appendChild(canvas);
-        whenLoaded(img, function () { drawCrop(canvas, img, cell, data.shape); });
+        picture.then(function (img) {
+          drawCrop(canvas, img, cell, data.shape);
+          canvas.dataset.drawn = "true";
+        });
         show.addEventListener("click", function () {
           gallery.querySelectorAll(".cell.selected").forEach(function (el) {
             el.classList.remove("selected");
