@@ -100,7 +100,7 @@ class VerifiedReports:
                             result.quality, result.needs_review)
         data = report_data(ds, image, over, combined, algorithm=algorithm,
                            demonstration_model=self._demonstration(result),
-                           created_at=result.created_at)
+                           created_at=result.created_at, timezone=settings.web.tzinfo)
         data = dataclasses.replace(
             data, verified_by=name, verified_organization=verification.organization,
             verified_stage=str(verification.stage), verified_comment=result.verified_comment,

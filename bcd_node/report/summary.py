@@ -207,14 +207,15 @@ def _render(data: SummaryData) -> bytes:
     else:
         story.append(facts([
             ("AI stage", f"{data.stage} (vote of the fields)"),
-            ("Confidence", f"{data.confidence:.0%} (mean probability of that stage)"),
+            ("Confidence", f"{(data.confidence or 0) * 100:.0f} % (mean probability of the "
+                           "stage)"),
             ("Blast cells", f"{data.total_blasts} in all fields"),
             ("Blast area", f"{data.blast_area_fraction:.1%} of the analysed area")]))
         story.append(Spacer(1, 1.5 * mm))
         story.append(p(counts, body))
         probs = Table([[p("Stage", label)] + [p(s, label) for s in STAGES],
                        [p("Mean probability", label)]
-                       + [p(f"{data.probabilities[s]:.1%}") for s in STAGES]],
+                       + [p(f"{data.probabilities[s] * 100:.1f} %") for s in STAGES]],
                       colWidths=[34 * mm] + [35 * mm] * 4, hAlign="LEFT")
         probs.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.3, colors.grey),
                                    ("BACKGROUND", (0, 0), (-1, 0), _PALE)]))
@@ -226,10 +227,10 @@ def _render(data: SummaryData) -> bytes:
     for f in data.fields:
         stage = "could not be analysed" if f.failed else f.stage or "quality insufficient"
         rows.append([p(str(f.number)), p(stage),
-                     p("—" if f.confidence is None else f"{f.confidence:.0%}"),
+                     p("—" if f.confidence is None else f"{f.confidence * 100:.0f} %"),
                      p(str(f.blast_count) if f.stage else "—"),
                      p(", ".join(f.flags) or "—", small)])
-    ft = Table(rows, colWidths=[14 * mm, 40 * mm, 22 * mm, 16 * mm, 82 * mm], repeatRows=1,
+    ft = Table(rows, colWidths=[14 * mm, 38 * mm, 27 * mm, 16 * mm, 79 * mm], repeatRows=1,
                hAlign="LEFT")
     ft.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.3, colors.grey),
                             ("BACKGROUND", (0, 0), (-1, 0), _PALE),

@@ -12,8 +12,8 @@ from bcd_node.db.migrate import current_revision, head_revision, upgrade
 from bcd_node.db.models import Patient
 from tests.support.schema import (
     assert_results_keep_their_rows_through_0005,
-    assert_statuses_renamed_through_0006,
     assert_schema_matches_models,
+    assert_statuses_renamed_through_0006,
     exercise_models,
 )
 

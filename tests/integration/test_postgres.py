@@ -9,8 +9,8 @@ from bcd_node.db.engine import make_engine
 from bcd_node.db.migrate import current_revision, head_revision, upgrade
 from tests.support.schema import (
     assert_results_keep_their_rows_through_0005,
-    assert_statuses_renamed_through_0006,
     assert_schema_matches_models,
+    assert_statuses_renamed_through_0006,
     exercise_models,
 )
 
