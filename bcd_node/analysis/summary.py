@@ -116,7 +116,8 @@ class StudySummaries:
         kind = summary_kind(sources, revisions)
         pdf = render_summary(summary_data(patient, study, fields, findings, ctx.model_name,
                                           ctx.model_version, ctx.demonstration_model,
-                                          utcnow(), settings.web.tzinfo, sources[0]))
+                                          utcnow(), settings.web.tzinfo, sources[0],
+                                          settings.model.review_threshold))
         enc = build_encapsulated_pdf(sources[0], pdf, algorithm=ctx.algorithm,
                                      further_sources=sources[1:],
                                      title="Blood smear study summary", uid_kind=f"{kind}-pdf",
@@ -229,7 +230,7 @@ class StudySummaries:
         data = summary_data(patient, study, fields, findings, result.model_name,
                             result.model_version, bool(result.demonstration_model),
                             result.created_at, settings.web.tzinfo,
-                            sources[0] if sources else None)
+                            sources[0] if sources else None, settings.model.review_threshold)
         data = dataclasses.replace(
             data, verified_by=doctor_name, verified_organization=organization,
             verified_stage=str(verification.stage), verified_comment=result.verified_comment,
@@ -328,13 +329,16 @@ def gather_fields(session: Session, study_id: int, model_version: str) -> Fields
 
 def summary_data(patient: Patient, study: Study, fields: Fields, findings: StudyFindings,
                  model_name: str, model_version: str, demonstration_model: bool,
-                 created_at: datetime, tz: tzinfo, source: Dataset | None) -> SummaryData:
+                 created_at: datetime, tz: tzinfo, source: Dataset | None,
+                 review_threshold: float = 0.0) -> SummaryData:
     """What the summary PDF shows (unverified; a signed summary adds the doctor's verdict).
     ``source`` is a field's image, for the stain and the patient's age."""
     failures = fields.answered_failures
     numbers = fields.numbers
     rows = [FieldRow(numbers[i.id], r.stage, r.confidence, r.blast_count, r.needs_review,
-                     failed=r.id in failures, flags=field_flags(r)) for r, i in fields.rows]
+                     failed=r.id in failures,
+                     flags=field_flags(r, review_threshold=review_threshold))
+            for r, i in fields.rows]
     rows += [FieldRow(numbers[i.id], None, None, 0, False, failed=True) for i in fields.failed]
     rows.sort(key=lambda row: row.number)
     probs = ({str(k): v for k, v in findings.probabilities.items()}

@@ -169,3 +169,27 @@ def test_a_failed_signed_report_shows_on_the_case(node) -> None:
     pipeline.job_failed(job)
     with ctx.session_factory() as s:
         assert s.execute(select(Study.status)).scalar_one() == StudyStatus.FAILED
+
+
+@pytest.mark.integration
+def test_a_field_after_the_signature_makes_a_new_summary_to_sign(node) -> None:
+    ctx, intake, pipeline = node
+    study_uid = _summarised_study(ctx, intake, pipeline, 1)
+    _sign(ctx, "accept", None, "")
+    assert _run_all(ctx, pipeline) == 1
+    with ctx.session_factory() as s:
+        assert s.execute(select(Study.status)).scalar_one() == StudyStatus.SIGNED
+    # A late field: the case is receiving again, then its new summary awaits a signature.
+    intake.accept(part10_bytes(vl_micro(9, study_uid=study_uid)))
+    with ctx.session_factory() as s:
+        assert s.execute(select(Study.status)).scalar_one() == StudyStatus.ANALYSING
+    assert _run_all(ctx, pipeline) == 1
+    with ctx.session_factory.begin() as s:
+        s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
+    assert enqueue_study_summaries(ctx) == 1
+    assert _run_all(ctx, pipeline) == 1
+    with ctx.session_factory() as s:
+        summary = s.execute(select(Result).where(Result.scope == ResultScope.STUDY)).scalar_one()
+        assert summary.verification == "unverified" and summary.verified_pdf_path is None
+        assert summary.quality["fields"] == 2
+        assert s.execute(select(Study.status)).scalar_one() == StudyStatus.AWAITING_REVIEW
