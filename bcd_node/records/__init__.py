@@ -1,4 +1,5 @@
 """What the node records about people, their acts and the state of a case, in the database.
+
 :mod:`~bcd_node.records.audit` keeps the hash-chained audit log, :mod:`~bcd_node.records.users`
 the console users and API tokens, :mod:`~bcd_node.records.throttle` the failed sign-ins,
 :mod:`~bcd_node.records.cases` what a case (a study under review) is: its status, confidence,
