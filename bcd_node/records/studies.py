@@ -49,8 +49,8 @@ def refresh_study(session: Session, study_id: int) -> Study:
     """Recompute status, stage and confidence of one study in ``session``.
 
     The status is :func:`~bcd_node.records.cases.case_status`'s. The stage is the signed
-    stage once the case is signed, otherwise the AI's vote over the fields; the confidence is
-    the case's one confidence (:func:`~bcd_node.records.cases.case_findings`), the AI's.
+    stage once the case is signed (then without a confidence), otherwise the AI's vote over the
+    fields with the case's one confidence (:func:`~bcd_node.records.cases.case_findings`).
     """
     study = session.get(Study, study_id)
     if study is None:
@@ -74,8 +74,10 @@ def refresh_study(session: Session, study_id: int) -> Study:
         report_failed=signed and summary is not None
         and report_job_failed(session, summary) is not None)
     if signed and summary is not None:
+        # The doctor's stage: the AI's confidence in its own stage would not describe it.
         study.stage = summary.verified_stage or summary.stage
+        study.confidence = None
     else:
         study.stage = findings.stage
-    study.confidence = findings.confidence
+        study.confidence = findings.confidence
     return study
