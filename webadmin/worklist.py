@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+from collections import OrderedDict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from flask import (
 )
 from flask_login import current_user
 from sqlalchemy import func, or_, select
+from werkzeug.exceptions import HTTPException
 
 from bcd_node.db.models import (
     Instance,
@@ -414,27 +417,51 @@ def image(instance_id: int) -> Any:
 
 #: The longest side of a field's thumbnail on the case page, in pixels.
 THUMB_SIDE = 320
+#: Thumbnails kept in this process (about 100 KB each), so that opening a case again does not
+#: decode its fields' full previews again. Keyed by the image's content hash: a replaced image
+#: gets a new one; a purged image's is never served (its file is checked first).
+THUMB_CACHE_SIZE = 256
+_thumbs: OrderedDict[tuple[int, str], bytes] = OrderedDict()
+_thumbs_lock = threading.Lock()
+
+
+def _thumbnail(inst: Instance) -> bytes:
+    from PIL import Image as PILImage
+
+    key = (inst.id, inst.sha256)
+    with _thumbs_lock:
+        if key in _thumbs:
+            _thumbs.move_to_end(key)
+            return _thumbs[key]
+    with PILImage.open(io.BytesIO(_preview_png(inst))) as picture:
+        picture.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        out = io.BytesIO()
+        picture.convert("RGB").save(out, format="PNG")
+    data = out.getvalue()
+    with _thumbs_lock:
+        _thumbs[key] = data
+        while len(_thumbs) > THUMB_CACHE_SIZE:
+            _thumbs.popitem(last=False)
+    return data
 
 
 @bp.get("/instances/<int:instance_id>/thumb.png")
 def thumb(instance_id: int) -> Any:
     """A small PNG of the received image, for the case page's grid."""
-    from PIL import Image as PILImage
-
     inst = db().get(Instance, instance_id)
-    if inst is None:
+    if inst is None or not inst.path:
         abort(404)
     try:
-        png = _preview_png(inst)
+        if not data_file(inst.path).is_file():  # 404s when the image is no longer kept
+            abort(404)
+        png = _thumbnail(inst)
     except Busy:
         return _busy()
+    except HTTPException:
+        raise
     except Exception:  # noqa: BLE001 - as image()
         abort(404)
-    with PILImage.open(io.BytesIO(png)) as picture:
-        picture.thumbnail((THUMB_SIDE, THUMB_SIDE))
-        out = io.BytesIO()
-        picture.convert("RGB").save(out, format="PNG", optimize=False)
-    return _image_response(out.getvalue(), "image/png")
+    return _image_response(png, "image/png")
 
 
 @bp.get("/results/<int:result_id>/<any(overlay, mask):kind>.png")

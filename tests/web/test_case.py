@@ -3,6 +3,7 @@ live state; and an audit log an auditor can read (one view per page, one event p
 
 from __future__ import annotations
 
+import io
 import re
 from typing import Any
 
@@ -115,3 +116,21 @@ def test_one_case_review_is_one_view_event_plus_one_per_download(
     events = _events(app)[before:]
     assert [e.action for e in events] == ["view_case", "download_pdf", "download_image"]
     assert {e.study_instance_uid for e in events} == {UID}
+
+
+def test_thumbnails_are_small_and_gone_with_their_image(app: Flask, doctor_client: FlaskClient,
+                                                        case: dict[str, Any]) -> None:
+    from PIL import Image
+
+    from bcd_node.db.models import Instance
+
+    with app.extensions["bcd_node"].session_factory() as session:
+        inst = session.execute(select(Instance).order_by(Instance.id)).scalars().first()
+        iid = inst.id
+    first = doctor_client.get(f"/instances/{iid}/thumb.png")
+    assert first.status_code == 200
+    assert max(Image.open(io.BytesIO(first.data)).size) <= 320
+    assert doctor_client.get(f"/instances/{iid}/thumb.png").data == first.data
+    with app.extensions["bcd_node"].session_factory.begin() as session:
+        session.get(Instance, iid).path = ""  # purged by retention
+    assert doctor_client.get(f"/instances/{iid}/thumb.png").status_code == 404
