@@ -39,10 +39,15 @@ from bcd_node.errors import ValidationError
 from bcd_node.node.memory_budget import Busy
 from bcd_node.records.cases import STATUS_LABELS, Case, load_case
 from bcd_node.records.studies import report_job_failed
-from bcd_node.records.verification import VerificationRefused, sign_case, verify_result
+from bcd_node.records.verification import (
+    VerificationRefused,
+    retry_signed_report,
+    sign_case,
+    verify_result,
+)
 from bcd_node.store.layout import DataLayout
 from webadmin.db import actor, audit_event, client_ip, db, node
-from webadmin.forms import STAGES, STATUSES, SignCaseForm, VerifyForm
+from webadmin.forms import STAGES, STATUSES, ActionForm, SignCaseForm, VerifyForm
 from webadmin.helpers import Page, clamp_page, day_start, fmt_dt, page_number, parse_day
 from webadmin.model_use import (
     configured_manifest,
@@ -256,6 +261,7 @@ def case(uid: str) -> Any:
         [*results, *([current.summary] if current.summary else [])], configured_manifest())
     return render_template("worklist/case.html", case=current, study=st, patient=st.patient,
                            shown=shown, results=results, forms=forms, sign_form=SignCaseForm(),
+                           retry_form=ActionForm(),
                            warnings_for=warnings_for, names=names, stages=STAGES,
                            can_verify=current_user.role == Role.DOCTOR,
                            demonstration=demonstration, demo_note=demo_note,
@@ -301,6 +307,22 @@ def sign(uid: str) -> Any:
     else:
         flash("Case signed. No signed report is made: no field could be diagnosed.", "success")
     return back
+
+
+@bp.post("/cases/<uid>/retry-report")
+def retry_report(uid: str) -> Any:
+    """Make a signed case's report again after its job failed for good."""
+    session = db()
+    st = _study_or_404(uid)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    name, kind = actor()
+    if retry_signed_report(session, st, actor=name, actor_kind=kind, source=client_ip()):
+        session.commit()
+        flash("The signed report is being made again.", "success")
+    else:
+        flash("There is no failed signed report to make again.", "error")
+    return redirect(url_for("worklist.case", uid=uid))
 
 
 @bp.post("/results/<int:result_id>/verify")

@@ -188,3 +188,23 @@ def sign_case(session: Session, study: Study, decision: Decision | str, *,
                                 "signed once its summary is made.")
     return verify_result(session, summary, decision, stage=stage, comment=comment,
                          user_id=user_id, actor=actor, actor_kind=actor_kind, source=source)
+
+
+def retry_signed_report(session: Session, study: Study, *, actor: str, actor_kind: str,
+                        source: str = "") -> bool:
+    """Queue the signed report of a signed case again when its job failed for good (a full
+    disk, a bug fixed since); returns whether a job was queued. Audited."""
+    from bcd_node.records.studies import current_summary, refresh_study, report_job_failed
+
+    summary = current_summary(session, study.id)
+    error = report_job_failed(session, summary) if summary is not None else None
+    if summary is None or error is None:
+        return False
+    session.add(Job(kind=JobKind.VERIFIED_REPORT, result_fk=summary.id, study_fk=study.id))
+    session.flush()
+    refresh_study(session, study.id)
+    audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
+                 action="signed_report_retry", patient_id=study.patient.patient_id,
+                 study_instance_uid=study.study_instance_uid,
+                 object_ref=f"result:{summary.id}", details={"error": error[:500]})
+    return True

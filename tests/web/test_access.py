@@ -31,7 +31,7 @@ ACCESS = {
     "patients.history": "user", "upload.index": "user",
     "worklist.case": "user", "worklist.case_state_json": "user", "worklist.state_json": "user",
     "worklist.thumb": "user",
-    "worklist.verify": "doctor", "worklist.sign": "doctor",
+    "worklist.verify": "doctor", "worklist.sign": "doctor", "worklist.retry_report": "user",
     "admin.users": "admin", "admin.create_user": "admin", "admin.user": "admin",
     "admin.approve": "admin", "admin.disable": "admin", "admin.role": "admin",
     "admin.password": "admin", "admin.unlock": "admin", "admin.token_issue": "admin",

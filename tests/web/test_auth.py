@@ -27,7 +27,8 @@ PAGES = [
 ]
 ADMIN_PAGES = [p for p in PAGES if p.startswith("/admin")]
 POSTS = [
-    "/logout", "/account", "/results/1/verify", "/cases/1.2.3/sign", "/upload", "/admin/users",
+    "/logout", "/account", "/results/1/verify", "/cases/1.2.3/sign", "/cases/1.2.3/retry-report",
+    "/upload", "/admin/users",
     "/admin/users/doctor/approve", "/admin/users/doctor/disable", "/admin/users/doctor/role",
     "/admin/users/doctor/password", "/admin/users/doctor/unlock",
     "/admin/users/doctor/tokens", "/admin/tokens/1/revoke",

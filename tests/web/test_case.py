@@ -134,3 +134,34 @@ def test_thumbnails_are_small_and_gone_with_their_image(app: Flask, doctor_clien
     with app.extensions["bcd_node"].session_factory.begin() as session:
         session.get(Instance, iid).path = ""  # purged by retention
     assert doctor_client.get(f"/instances/{iid}/thumb.png").status_code == 404
+
+
+def test_a_failed_signed_report_is_shown_and_can_be_made_again(
+        app: Flask, doctor_client: FlaskClient, case: dict[str, Any]) -> None:
+    from bcd_node.db.models import JobState
+    from bcd_node.records.studies import refresh_study
+
+    doctor_client.post(f"/cases/{UID}/sign", data={
+        "csrf_token": csrf_token(doctor_client, f"/cases/{UID}"), "decision": "accept"})
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        job = session.execute(select(Job)).scalar_one()
+        job.state, job.last_error = JobState.FAILED, "disk full"
+        session.flush()
+        refresh_study(session, case["study_id"])
+    page = doctor_client.get(f"/cases/{UID}").get_data(as_text=True)
+    assert "data-report-failed" in page and "disk full" in page and "Failed" in page
+    assert "data-report-pending" not in page  # not "being made" forever
+    doctor_client.post(f"/cases/{UID}/retry-report",
+                       data={"csrf_token": csrf_token(doctor_client, f"/cases/{UID}")})
+    with ctx.session_factory() as session:
+        jobs = session.execute(select(Job).order_by(Job.id)).scalars().all()
+        study = session.get(Study, case["study_id"])
+    assert [j.state for j in jobs] == [JobState.FAILED, JobState.QUEUED]
+    assert jobs[1].kind == JobKind.VERIFIED_REPORT and study.status == StudyStatus.SIGNED
+    assert [e.action for e in _events(app)].count("signed_report_retry") == 1
+    # Nothing to make again now.
+    doctor_client.post(f"/cases/{UID}/retry-report",
+                       data={"csrf_token": csrf_token(doctor_client, f"/cases/{UID}")})
+    with ctx.session_factory() as session:
+        assert len(session.execute(select(Job)).all()) == 2
