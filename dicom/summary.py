@@ -5,6 +5,8 @@ calibrated probabilities, the total blast count, the blast area fraction across 
 how many fields were analysed, need review, were of insufficient quality (non-diagnostic) or
 could not be analysed. A study without any diagnostic field gets a summary too: no stage, Image
 Quality "Non-diagnostic quality" (RID14) and the counts. Every field is evidence and source.
+A doctor's signature of the case makes the summary's VERIFIED, FINAL successor: the doctor as
+observer, the stage as signed as Reviewed Stage Finding, the comment, the summary as predecessor.
 Codes: :mod:`dicom.codes` plus three private ``99BCD`` codes defined here (see the conformance
 statement).
 """
