@@ -12,11 +12,11 @@ from typing import Any
 from flask import Blueprint, abort, jsonify
 from flask_login import current_user
 
-from bcd_node.db.models import Result, ResultScope, Role
+from bcd_node.db.models import Result, ResultScope, Role, Study
 from bcd_node.errors import ValidationError
+from bcd_node.records.cases import load_case
 from bcd_node.records.cells import (
     CellRefused,
-    case_blast_count,
     cells_final,
     corrected_blast_count,
     reject_cell,
@@ -24,7 +24,7 @@ from bcd_node.records.cells import (
     restore_cell,
     result_cells,
 )
-from webadmin.db import actor, client_ip, db
+from webadmin.db import actor, client_ip, db, node
 
 bp = Blueprint("gallery", __name__)
 
@@ -34,6 +34,16 @@ def _field_result(result_id: int) -> Result:
     if result is None or result.scope != ResultScope.INSTANCE:
         abort(404)
     return result
+
+
+def _case_count(result: Result) -> int:
+    """The case's blast count as the case page shows it (:func:`load_case`)."""
+    settings = node().settings
+    study = db().get(Study, result.study_fk)
+    if study is None:
+        abort(404)
+    return load_case(db(), study, quiet_seconds=settings.workers.study_quiet_seconds,
+                     review_threshold=settings.model.review_threshold).blast_count
 
 
 def cells_payload(result: Result) -> dict[str, Any]:
@@ -50,7 +60,7 @@ def cells_payload(result: Result) -> dict[str, Any]:
         "shape": list(listed.shape) if listed.shape else None,
         "ai_count": result.blast_count,
         "field_count": corrected_blast_count(session, result),
-        "case_count": case_blast_count(session, result.study_fk),
+        "case_count": _case_count(result),
         "cells": [{**cell.as_dict(), "rejected": cell.index in rejected}
                   for cell in listed.cells],
     }

@@ -22,6 +22,7 @@ verification reports.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -338,13 +339,17 @@ def restore_cell(session: Session, result: Result, index: int, *, actor: str, ac
     return True
 
 
-def case_blast_count(session: Session, study_id: int) -> int:
-    """The study's blast count after the doctor's review: the sum over its fields (each
-    field's newest result with a stage) of :func:`corrected_blast_count`."""
-    newest: dict[int, Result] = {}
-    for result in session.execute(select(Result).where(
-            Result.study_fk == study_id, Result.instance_fk.is_not(None),
-            Result.stage.is_not(None)).order_by(Result.id)).scalars():
-        if result.instance_fk is not None:
-            newest[result.instance_fk] = result
-    return sum(corrected_blast_count(session, r) for r in newest.values())
+
+def corrected_counts(session: Session, results: Iterable[Result]) -> dict[int, int]:
+    """The corrected count (:func:`corrected_blast_count`) of each of ``results`` whose cells a
+    doctor rejected, by result id (the others keep the AI's count)."""
+    by_id = {r.id: r for r in results}
+    if not by_id:
+        return {}
+    rejected: dict[int, set[int]] = {}
+    for result_id, index in session.execute(select(
+            CellRejection.result_fk, CellRejection.cell_index).where(
+            CellRejection.result_fk.in_(by_id))).all():
+        rejected.setdefault(result_id, set()).add(index)
+    return {rid: sum(1 for c in result_cells(by_id[rid]).cells if c.index not in indices)
+            for rid, indices in rejected.items()}

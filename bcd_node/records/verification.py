@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bcd_node.db.models import (
@@ -22,6 +23,7 @@ from bcd_node.db.models import (
     Role,
     Stage,
     Study,
+    StudyStatus,
     User,
     UserState,
     VerificationState,
@@ -119,7 +121,8 @@ def verify_result(session: Session, result: Result, decision: Decision | str, *,
     if user is None or user.role is not Role.DOCTOR or user.state is not UserState.ACTIVE:
         raise NotADoctorError("Only a doctor can verify results.")
     if result.verification != VerificationState.UNVERIFIED:
-        raise AlreadyVerifiedError("This result has already been verified.")
+        raise AlreadyVerifiedError("This case has already been signed." if result.instance_fk
+                                   is None else "This result has already been verified.")
     instance = session.get(Instance, result.instance_fk) if result.instance_fk else None
     if instance is not None and instance.revision != result.instance_revision:
         raise ImageReplacedError("This image was replaced by a changed version, which is being "
@@ -145,10 +148,89 @@ def verify_result(session: Session, result: Result, decision: Decision | str, *,
     session.flush()
     refresh_study(session, study.id)  # worklist columns: "verified" and the doctors' stage
     audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
-                 action="verify_correct" if corrected else "verify_accept",
+                 action=("sign_case_" if result.instance_fk is None else "verify_")
+                 + ("correct" if corrected else "accept"),
                  patient_id=study.patient.patient_id,
                  study_instance_uid=study.study_instance_uid, object_ref=f"result:{result.id}",
                  details={"ai_stage": result.stage, "verified_stage": result.verified_stage,
                           "comment": result.verified_comment or "",
                           "verified_report": "queued" if report else "none (no AI SR)"})
     return Verified(result.id, corrected, report)
+
+
+class CaseNotReadyError(VerificationRefused):
+    """The case cannot be signed yet (still receiving or analysing, or no summary)."""
+
+
+def sign_case(session: Session, study: Study, decision: Decision | str, *,
+              stage: Stage | str | None, comment: str | None, user_id: int, actor: str,
+              actor_kind: str, source: str = "") -> Verified:
+    """Sign a case: the doctor's verification of its study summary (accept the AI's case
+    stage, or correct it), which queues the VERIFIED summary SR and the signed PDF.
+
+    A case is signed only through its summary: verifying each field does not sign it
+    (:mod:`bcd_node.records.cases`). The fields the doctor did not verify one by one are
+    covered by the signed summary and get no VERIFIED SR of their own, except those whose
+    cells the doctor rejected: they are verified with the case (their stage accepted), so
+    that their corrected SEG and count reach the PACS.
+
+    Raises
+    ------
+    CaseNotReadyError
+        The case is still receiving or analysing, or has no summary yet.
+    VerificationRefused, ValidationError
+        As :func:`verify_result`.
+    """
+    from bcd_node.records.studies import current_summary, refresh_study
+
+    refresh_study(session, study.id)
+    summary = current_summary(session, study.id)
+    if summary is None or study.summary_done_at is None or study.status in (
+            StudyStatus.ANALYSING,):
+        raise CaseNotReadyError("This case is still receiving or being analysed; it can be "
+                                "signed once its summary is made.")
+    signed = verify_result(session, summary, decision, stage=stage, comment=comment,
+                           user_id=user_id, actor=actor, actor_kind=actor_kind, source=source)
+    _verify_fields_with_rejected_cells(session, study, user_id=user_id, actor=actor,
+                                       actor_kind=actor_kind, source=source)
+    return signed
+
+
+def _verify_fields_with_rejected_cells(session: Session, study: Study, *, user_id: int,
+                                       actor: str, actor_kind: str, source: str) -> None:
+    """The fields whose cells the doctor rejected and did not verify one by one are verified
+    with the case (their stage accepted): each gets its VERIFIED SR with the corrected count
+    and its corrected SEG, which the signed summary alone cannot carry."""
+    from bcd_node.db.models import CellRejection, ResultScope
+
+    rows = session.execute(select(Result).where(
+        Result.study_fk == study.id, Result.scope == ResultScope.INSTANCE,
+        Result.verification == VerificationState.UNVERIFIED,
+        Result.id.in_(select(CellRejection.result_fk))).order_by(Result.id)).scalars().all()
+    for field in rows:
+        try:
+            verify_result(session, field, Decision.ACCEPT, stage=None,
+                          comment="Cells corrected; verified with the signed case.",
+                          user_id=user_id, actor=actor, actor_kind=actor_kind, source=source)
+        except ImageReplacedError:
+            continue  # its new version, analysed again, has no rejected cells
+
+
+def retry_signed_report(session: Session, study: Study, *, actor: str, actor_kind: str,
+                        source: str = "") -> bool:
+    """Queue the signed report of a signed case again when its job failed for good (a full
+    disk, a bug fixed since); returns whether a job was queued. Audited."""
+    from bcd_node.records.studies import current_summary, refresh_study, report_job_failed
+
+    summary = current_summary(session, study.id)
+    error = report_job_failed(session, summary) if summary is not None else None
+    if summary is None or error is None:
+        return False
+    session.add(Job(kind=JobKind.VERIFIED_REPORT, result_fk=summary.id, study_fk=study.id))
+    session.flush()
+    refresh_study(session, study.id)
+    audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
+                 action="signed_report_retry", patient_id=study.patient.patient_id,
+                 study_instance_uid=study.study_instance_uid,
+                 object_ref=f"result:{summary.id}", details={"error": error[:500]})
+    return True

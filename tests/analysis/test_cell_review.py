@@ -233,3 +233,49 @@ def test_cells_are_final_once_the_case_is_signed(field) -> None:
         with pytest.raises(CellRefused, match="case has been signed"):
             reject_cell(s, s.get(Result, result_id), 1, user_id=doctor, actor="dr.c",
                         actor_kind="user")
+
+
+def test_signing_the_case_sends_the_corrected_field_and_counts_without_rejected_cells(
+        field) -> None:
+    from datetime import timedelta
+
+    import pydicom
+    from sqlalchemy import update
+
+    from bcd_node.analysis.summary import enqueue_study_summaries
+    from bcd_node.db.models import ResultScope, Study, utcnow
+    from bcd_node.records.verification import sign_case
+
+    ctx, pipeline, result_id, doctor = field
+    with ctx.session_factory.begin() as s:
+        s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
+    assert enqueue_study_summaries(ctx) == 1
+    assert run_all(ctx, pipeline) == 1
+    with ctx.session_factory.begin() as s:
+        for index in (1, 3):
+            reject_cell(s, s.get(Result, result_id), index, user_id=doctor, actor="dr.c",
+                        actor_kind="user")
+        study = s.execute(select(Study)).scalar_one()
+        sign_case(s, study, "accept", stage=None, comment=None, user_id=doctor, actor="dr.c",
+                  actor_kind="user")
+    assert run_all(ctx, pipeline) == 2  # the signed summary and the corrected field
+    with ctx.session_factory() as s:
+        jobs = s.execute(select(Job).where(Job.kind == JobKind.VERIFIED_REPORT)).scalars().all()
+        assert [j.state for j in jobs] == ["done", "done"], [j.last_error for j in jobs]
+        result = s.get(Result, result_id)
+        summary = s.execute(select(Result).where(Result.scope == ResultScope.STUDY)
+                            ).scalar_one()
+        assert result.verification == "verified" and result.corrected_seg_sop_instance_uid
+        signed_sr = next((ctx.settings.storage.data_dir / summary.pdf_path).parent.glob(
+            "*-sr-verified-*.dcm"))
+    sr = pydicom.dcmread(signed_sr)
+
+    def walk(ds):
+        for item in ds.get("ContentSequence", []):
+            yield item
+            yield from walk(item)
+
+    counts = [float(i.MeasuredValueSequence[0].NumericValue) for i in walk(sr)
+              if i.get("ValueType") == "NUM"
+              and i.ConceptNameCodeSequence[0].CodeValue == "BLAST-COUNT"]
+    assert counts == [1.0]  # three cells, two rejected (the AI counted 2 regions)

@@ -18,7 +18,8 @@ from tests.support.web import ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, login
 
 # Every page of the console with sample arguments; only login and registration are public.
 PAGES = [
-    "/", "/account", "/worklist", "/worklist?status=done", "/studies/1.2.3",
+    "/", "/account", "/worklist", "/worklist?status=awaiting_review", "/worklist/state.json",
+    "/studies/1.2.3", "/cases/1.2.3", "/cases/1.2.3/state.json", "/instances/1/thumb.png",
     "/instances/1/image.png", "/results/1/overlay.png", "/results/1/mask.png",
     "/results/1/report.pdf", "/results/1/cells", "/patients/", "/patients/1", "/upload",
     "/admin/users",
@@ -28,7 +29,8 @@ PAGES = [
 ADMIN_PAGES = [p for p in PAGES if p.startswith("/admin")]
 POSTS = [
     "/logout", "/account", "/results/1/verify", "/results/1/cells/1/reject",
-    "/results/1/cells/1/restore", "/upload", "/admin/users",
+    "/results/1/cells/1/restore", "/cases/1.2.3/sign", "/cases/1.2.3/retry-report",
+    "/upload", "/admin/users",
     "/admin/users/doctor/approve", "/admin/users/doctor/disable", "/admin/users/doctor/role",
     "/admin/users/doctor/password", "/admin/users/doctor/unlock",
     "/admin/users/doctor/tokens", "/admin/tokens/1/revoke",
