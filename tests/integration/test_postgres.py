@@ -33,6 +33,7 @@ def test_postgres_migration_0005_keeps_the_results(postgres_url: str) -> None:
     try:
         assert_results_keep_their_rows_through_0005(engine)
         assert_statuses_renamed_through_0006(engine)
+        assert upgrade(engine) == head_revision()  # the later migrations
         assert_schema_matches_models(engine)
     finally:
         engine.dispose()

@@ -61,7 +61,6 @@ def assert_results_keep_their_rows_through_0005(engine: Engine) -> None:
     from sqlalchemy import text
 
     from bcd_node.db.migrate import upgrade
-    from bcd_node.db.models import Result
 
     assert upgrade(engine, "0004") == "0004"
     now = {"now": utcnow()}
@@ -81,17 +80,19 @@ def assert_results_keep_their_rows_through_0005(engine: Engine) -> None:
             "'Benign', '{}', 0, 0.0, '{}', false, 'unverified', 0, :now) RETURNING id"),
             {**now, "study": study}).scalar_one()
     assert upgrade(engine, "0005") == "0005"
-    upgrade(engine)  # the later migrations, so that the models read the rows
-    factory = make_session_factory(engine)
-    with factory.begin() as session:
-        old = session.get(Result, result)
-        assert old is not None and (old.model_name, old.stage) == ("m", "Benign")
-        assert old.demonstration_model is None
-        session.add(Result(scope="study", study_fk=study, model_name="m", model_version="2",
-                           demonstration_model=False))
-    with factory() as session:
-        assert session.execute(select(Result.demonstration_model).order_by(Result.id)
-                               ).scalars().all() == [None, False]
+    # Plain SQL: the models have the columns of later migrations.
+    with engine.begin() as conn:
+        old = conn.execute(text("SELECT model_name, stage, demonstration_model FROM results "
+                                "WHERE id = :id"), {"id": result}).one()
+        assert tuple(old) == ("m", "Benign", None)
+        conn.execute(text(
+            "INSERT INTO results (scope, study_fk, model_name, model_version, probabilities, "
+            "blast_count, blast_area_fraction, quality, needs_review, verification, "
+            "instance_revision, demonstration_model, created_at) VALUES ('study', :study, 'm', "
+            "'2', '{}', 0, 0.0, '{}', false, 'unverified', 0, false, :now)"),
+            {**now, "study": study})
+        assert conn.execute(text("SELECT demonstration_model FROM results ORDER BY id")
+                            ).scalars().all() == [None, False]
 
 
 def assert_statuses_renamed_through_0006(engine: Engine) -> None:
