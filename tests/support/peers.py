@@ -77,6 +77,20 @@ class Orthanc:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
             return json.load(r)
 
+    def get_bytes(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as r:
+            return r.read()
+
+    def download(self, folder: Path) -> list[Path]:
+        """Every stored instance as the Part 10 file Orthanc holds, written into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i in self.get("/instances"):
+            path = folder / f"{i}.dcm"
+            path.write_bytes(self.get_bytes(f"/instances/{i}/file"))
+            paths.append(path)
+        return paths
+
     def instances(self) -> list[dict[str, Any]]:
         """Every stored instance with its main tags."""
         return [self.get(f"/instances/{i}/simplified-tags") for i in self.get("/instances")]
