@@ -1,10 +1,10 @@
-"""Issue 14's corpus: inputs made with tools nobody here wrote (DCMTK img2dcm, dcmcjpeg,
-dcmcjpls, dcmcrle, dcmconv; pydicom's encoders) pushed with storescu to ``bcd-node serve`` with
-Orthanc as the PACS. Every input is refused at C-STORE with a reason (an Error Comment, and the
-reason in the audit log), or has at Orthanc an SR and a PDF referencing it (and a SEG when it is
-diagnostic), and its study a summary SR and PDF. No job ends failed. Every object at Orthanc is
-dciodvfy-clean, each SEG read back by highdicom, each SR by highdicom (TID 1500) and DCMTK's
-dsrdump."""
+"""Issue 14's corpus: inputs made with tools nobody here wrote (DCMTK img2dcm, dcmcjpeg, dcmcjpls,
+dcmcrle, dcmconv; pydicom's encoders; highdicom's whole-slide parts) pushed with storescu to
+``bcd-node serve`` with Orthanc as the PACS. Every input is refused at C-STORE with a reason (an
+Error Comment, and the reason in the audit log), or has at Orthanc an SR and a PDF referencing
+it (and a SEG when it is diagnostic), and its study a summary SR and PDF. No job ends failed.
+Every object at Orthanc is dciodvfy-clean, each SEG read back by highdicom, each SR by highdicom
+(TID 1500) and DCMTK's dsrdump."""
 
 from __future__ import annotations
 
@@ -74,17 +74,20 @@ def test_corpus_is_refused_with_a_reason_or_answered_at_the_pacs(write_config, t
     try:
         node.start(web_port, timeout=120)
         # Each file in the transfer syntax it was made in: storescu proposes it.
-        by_syntax: dict[str, list[Path]] = {}
-        for c in answered:
-            ts = str(pydicom.dcmread(c.path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-            by_syntax.setdefault(PROPOSE.get(ts, "-x="), []).append(c.path)
-        for option, files in by_syntax.items():
-            done = push(dicom_port, files, option)
-            assert done.returncode == 0, done.stderr
-        push(dicom_port, [c.path for c in refused])  # storescu goes on after a refusal
+        for inputs in (answered, refused):
+            by_syntax: dict[str, list[Path]] = {}
+            for c in inputs:
+                ts = str(pydicom.dcmread(c.path, stop_before_pixels=True)
+                         .file_meta.TransferSyntaxUID)
+                by_syntax.setdefault(PROPOSE.get(ts, "-x="), []).append(c.path)
+            for option, files in by_syntax.items():
+                # -R: propose the files' own SOP classes (VL Whole Slide is not among its defaults)
+                done = push(dicom_port, files, option, "-R")  # goes on after a refusal
+                assert done.returncode == 0 or inputs is refused, done.stderr
         for c in refused:  # the Error Comment, as a sender reads it
             ds = pydicom.dcmread(c.path)
-            status = c_store(dicom_port, ds, sop_class=str(ds.SOPClassUID))
+            status = c_store(dicom_port, ds, sop_class=str(ds.SOPClassUID),
+                             transfer_syntax=str(ds.file_meta.TransferSyntaxUID))
             assert status.Status != 0x0000, c.kind
             assert c.reason in status.get("ErrorComment", ""), (c.kind, status)
         wait_for(lambda: len(_terminal(config) or []) >= len(answered), 300,

@@ -55,9 +55,12 @@ def _dsrdump(path: Path) -> tuple[int, str]:
 
 
 def _source_uids(seg: hd.seg.Segmentation) -> list[tuple[str, list[int]]]:
-    """The source images of a SEG's frames and the frames of them its frames derive from."""
-    out: dict[str, set[int]] = {}
-    for frame in seg.PerFrameFunctionalGroupsSequence:
+    """The source images of a SEG and the frames of them its frames derive from."""
+    out: dict[str, set[int]] = {
+        str(instance.ReferencedSOPInstanceUID): set()
+        for series in seg.ReferencedSeriesSequence
+        for instance in series.ReferencedInstanceSequence}
+    for frame in seg.get("PerFrameFunctionalGroupsSequence", []):  # none when TILED_FULL
         for derivation in frame.get("DerivationImageSequence", []):
             for source in derivation.SourceImageSequence:
                 frames = out.setdefault(str(source.ReferencedSOPInstanceUID), set())
