@@ -47,10 +47,12 @@ def _check_source(source: object) -> Dataset:
         raise DicomValidationError(f"source SOP class {source.SOPClassUID!r} is not an accepted "
                                    "image")
     frames = int(source.get("NumberOfFrames", 1))
-    if frames > 1 and "FrameOfReferenceUID" not in source:
+    if frames > 1 and str(source.SOPClassUID) != str(sop.VL_WHOLE_SLIDE_MICROSCOPY_IMAGE):
+        # A multi-frame Secondary Capture has no coordinate system (with or without a Frame of
+        # Reference), so highdicom cannot place a SEG's frames over its frames.
         raise DicomValidationError(
-            f"source has {frames} frames and no Frame of Reference UID: a SEG can only reference "
-            "the frames of such an image one at a time; segment a single-frame image"
+            f"source has {frames} frames: a SEG is built for a single-frame image or a "
+            "whole-slide image only; segment each frame as an image of its own"
         )
     return source
 
@@ -107,9 +109,8 @@ def build_segmentation(
     source : pydicom.dataset.Dataset
         The analysed image (an accepted SOP class).
     mask : numpy.ndarray
-        ``(rows, columns)``; for a multi-frame source with a Frame of Reference
-        ``(frames, rows, columns)``, and for a whole-slide image also its total pixel matrix
-        ``(total rows, total columns)`` (tiled like the source). Bool or
+        ``(rows, columns)``; for a whole-slide image ``(frames, rows, columns)`` or its
+        total pixel matrix ``(total rows, total columns)`` (tiled like the source). Bool or
         0/1 for BINARY, floating point probabilities in [0, 1] for FRACTIONAL.
     algorithm : Algorithm
         The model that produced the mask.

@@ -130,9 +130,10 @@ def _renew(ds: Dataset, patient_id: str) -> Dataset:
 def pydicom_image(arr: np.ndarray, photometric: str, bits_stored: int, out: Path, *,
                   patient_id: str, sop_class: str = "1.2.840.10008.5.1.4.1.1.7",
                   frames: int = 1, charset: str | list[str] | None = None,
-                  patient_name: str = "") -> Path:
+                  patient_name: str = "", frame_of_reference: bool = False) -> Path:
     """A Secondary Capture (or multi-frame SC) written by pydicom's own encoders:
-    ``arr`` holds the stored values in ``photometric`` (``frames`` copies of it)."""
+    ``arr`` holds the stored values in ``photometric`` (``frames`` copies of it), with a Frame
+    of Reference if asked."""
     from pydicom.pixels.utils import set_pixel_data
 
     ds = Dataset()
@@ -158,6 +159,9 @@ def pydicom_image(arr: np.ndarray, photometric: str, bits_stored: int, out: Path
         ds.FrameIncrementPointer = 0x00181063  # Frame Time
         ds.FrameTime = 100
         ds.BurnedInAnnotation = "NO"
+    if frame_of_reference:  # the Frame of Reference module (Type U in the multi-frame SC IODs)
+        ds.FrameOfReferenceUID = generate_uid(prefix="2.25.")
+        ds.PositionReferenceIndicator = ""
     if photometric.startswith("MONOCHROME") and bits_stored > 8:
         ds.WindowCenter, ds.WindowWidth = 1 << (bits_stored - 1), 1 << bits_stored
     ds.save_as(out, enforce_file_format=True)
@@ -200,7 +204,7 @@ _SC = "1.2.840.10008.5.1.4.1.1.7"
 _MF_BYTE = "1.2.840.10008.5.1.4.1.1.7.2"
 _MF_WORD = "1.2.840.10008.5.1.4.1.1.7.3"
 _MF_COLOUR = "1.2.840.10008.5.1.4.1.1.7.4"
-_NO_FOR = "without a Frame of Reference"
+_SEVERAL_FRAMES = "3 frames: each field must be sent as an image of its own"
 
 
 def highdicom_wsi(rgb: np.ndarray, out: Path, *, tile: int, patient_id: str,
@@ -390,7 +394,12 @@ def build_corpus(rgb: np.ndarray, folder: Path) -> list[CorpusInput]:
         add(f"{kind}_3_frames", pydicom_image(arr, photometric, bits, folder / f"{kind}_3.dcm",
                                               patient_id=f"{kind[3:]}-3"[:16],
                                               sop_class=sop_class, frames=3),
-            REFUSED, _NO_FOR)
+            REFUSED, _SEVERAL_FRAMES)
+        # with a Frame of Reference: still no coordinate system the frames' SEG could use
+        add(f"{kind}_3_frames_for", pydicom_image(
+            arr, photometric, bits, folder / f"{kind}_3_for.dcm",
+            patient_id=f"{kind[3:]}-3F"[:16], sop_class=sop_class, frames=3,
+            frame_of_reference=True), REFUSED, _SEVERAL_FRAMES)
     # Whole-slide images made with highdicom's parts: small single-plane slides are analysed
     # (assembled), others refused with the reason.
     add("highdicom_wsi_jpeg", highdicom_wsi(rgb, folder / "wsi_jpeg.dcm", tile=96,
