@@ -209,3 +209,35 @@ def test_a_doctor_s_verification_of_a_non_diagnostic_result_queues_no_verified_r
         assert not done.report_queued
     with ctx.session_factory() as s:
         assert s.execute(select(Job).where(Job.kind == "verified_report")).first() is None
+
+
+def test_a_job_whose_worker_died_on_its_last_attempt_is_answered_as_failed(node) -> None:
+    """The sweep fails it for good (its lease expired on the last attempt) and the workers
+    answer it like any other failure: the "could not be analysed" SR and PDF are queued."""
+    from bcd_node.jobs.queue import LOST_ON_LAST_ATTEMPT
+    from bcd_node.jobs.workers import Workers
+
+    ctx, intake, pipeline = node
+    good, _ = smear(105)
+    ds = _field(good, pydicom.uid.generate_uid(prefix="2.25."))
+    intake.accept(part10_bytes(ds))
+    with ctx.session_factory.begin() as s:
+        s.execute(update(Job).values(max_attempts=1))
+        dead = claim(s, "a-worker-that-dies", 60)
+        assert dead is not None
+        # its worker died: the lease has run out
+        s.execute(update(Job).where(Job.id == dead.id).values(
+            lease_expires_at=utcnow() - timedelta(seconds=1)))
+    workers = Workers(ctx, pipeline.run, 0, on_failed=pipeline.job_failed)
+    assert workers.step("the-sweeping-worker") is False  # nothing left to claim
+    with ctx.session_factory() as s:
+        job = s.get(Job, dead.id)
+        assert (job.state, job.last_error) == (JobState.FAILED, LOST_ON_LAST_ATTEMPT)
+        result = s.execute(select(Result)).scalar_one()
+        kinds = sorted(d.kind for d in s.execute(select(Delivery)).scalars())
+    assert result.stage is None and result.needs_review
+    assert result.quality == {"status": "failed", "reason": LOST_ON_LAST_ATTEMPT}
+    assert kinds == ["pdf", "sr"]
+    data = Path(ctx.settings.storage.data_dir)
+    assert b"Could not be analysed: worker lost on the last attempt" in next(
+        (data / d.path).read_bytes() for d in _deliveries(ctx) if d.kind == "sr")
