@@ -47,7 +47,12 @@ def scp_setup(context: NodeContext, share: int = 1
     ``max_associations``."""
     from pynetdicom import evt
 
-    from bcd_node.intake.handlers import handle_aborted, handle_rejected, handle_store
+    from bcd_node.intake.handlers import (
+        handle_aborted,
+        handle_accepted,
+        handle_rejected,
+        handle_store,
+    )
     from dicom.scp import ScpPolicy, storage_contexts
     from dicom.tls import server_context
 
@@ -66,6 +71,7 @@ def scp_setup(context: NodeContext, share: int = 1
         (evt.EVT_REJECTED, handle_rejected,
          [context.session_factory, tuple(d.allowed_calling_aes), d.ae_title]),
         (evt.EVT_ABORTED, handle_aborted, [context.session_factory]),
+        (evt.EVT_ACCEPTED, handle_accepted, [context.session_factory]),
     ]
     ssl_context = None
     if d.tls_certificate and d.tls_private_key:
