@@ -90,6 +90,22 @@ def _check_mask(mask: object, source: Dataset, fractional: bool) -> np.ndarray:
     )
 
 
+def _segment_per_frame(seg: Dataset) -> None:
+    """Name the segment in each frame's functional groups rather than once in the shared
+    ones (both are valid): highdicom before 0.23 reads it only per frame, and fails on a SEG of
+    one segment as 0.28 writes it. A TILED_FULL SEG has no per-frame items; it keeps it
+    shared."""
+    frames = seg.get("PerFrameFunctionalGroupsSequence")
+    shared = seg.get("SharedFunctionalGroupsSequence")
+    if not frames or not shared or "SegmentIdentificationSequence" not in shared[0]:
+        return
+    for frame in frames:
+        if "SegmentIdentificationSequence" not in frame:
+            frame.SegmentIdentificationSequence = copy.deepcopy(
+                shared[0].SegmentIdentificationSequence)
+    del shared[0].SegmentIdentificationSequence
+
+
 def build_segmentation(
     source: Dataset,
     mask: np.ndarray,
@@ -207,6 +223,7 @@ def build_segmentation(
         measures = shared.get("PixelMeasuresSequence")
         if measures is not None and all(len(item) == 0 for item in measures):
             del shared.PixelMeasuresSequence
+    _segment_per_frame(seg)
     for keyword in _SPECIMEN_KEYWORDS:
         if keyword in source and keyword not in seg:
             seg[keyword] = copy.deepcopy(source[keyword])

@@ -21,6 +21,11 @@ def test_binary_seg_round_trip(tmp_path, source_image, blast_mask, algorithm):
 
     back = hd.seg.segread(path)
     assert back.segmentation_type == hd.seg.SegmentationTypeValues.BINARY
+    # the segment named in each frame's functional groups, not the shared ones: highdicom
+    # before 0.23 (0.22 tried: docs/conformance.md 3.2) reads it only there
+    assert "SegmentIdentificationSequence" not in back.SharedFunctionalGroupsSequence[0]
+    for frame in back.PerFrameFunctionalGroupsSequence:
+        assert frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber == 1
     np.testing.assert_array_equal(back.get_segment_mask(1) if hasattr(back, "get_segment_mask") else
                                   back.get_pixels_by_source_instance(
                                       [source_image.SOPInstanceUID], segment_numbers=[1]
