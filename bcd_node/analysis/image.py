@@ -99,6 +99,7 @@ class ImageAnalysis:
                                    uid_root=settings.uids.root,
                                    demonstration_model=ctx.demonstration_model,
                                    revision=inst.revision, supersedes=supersedes,
+                                   timezone=settings.web.tzinfo,
                                    field_number=ctx.field_number(inst, study))
         combined = analysis.combined
         folder = DataLayout.instance_results(inst.id, ctx.model_version, inst.revision)
@@ -190,7 +191,7 @@ class ImageAnalysis:
             ds, NonDiagnostic(failure=reason), algorithm=ctx.algorithm,
             demonstration_model=ctx.demonstration_model, uid_root=settings.uids.root,
             image=image, revision=inst.revision, supersedes=self._supersedes(inst, study),
-            field_number=ctx.field_number(inst, study))
+            field_number=ctx.field_number(inst, study), timezone=settings.web.tzinfo)
         folder = DataLayout.instance_results(inst.id, ctx.model_version, inst.revision)
         pdf_rel = f"{folder}/failed-report.pdf"
         outputs = [Output(kind, dataset, f"{folder}/failed-{kind}.dcm")
