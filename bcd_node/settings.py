@@ -3,7 +3,7 @@
 The file is ``config/bcd-node.toml`` (or ``--config FILE``); every key and its default is listed
 there with a comment. Environment variables ``BCD_<SECTION>_<KEY>`` override single keys, e.g.
 ``BCD_DICOM_PORT=11113`` or ``BCD_DATABASE_URL=postgresql+psycopg://...``. Destinations are
-configured in the file only.
+configured in the file only (``[[destinations]]``, ``[[lis]]``).
 
 Any unknown key, wrong type or impossible value raises :class:`SettingsError`, whose message names
 the key and the value; the CLI turns it into exit code 2.
@@ -31,6 +31,8 @@ RESERVED_ENV = frozenset({"BCD_ADMIN_PASSWORD", "BCD_CONFIG", "BCD_INTERNAL_READ
                           "BCD_INTERNAL_LISTEN_FD", "BCD_INTERNAL_LISTENERS"})
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
+#: An HL7 namespace or application name: printable, without the HL7 delimiters.
+_HD_RE = re.compile(r"^[\x20-\x25\x27-\x5b\x5d\x5f-\x7b\x7d]*$")
 _UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -99,6 +101,27 @@ class Destination:
 
 #: A destination's keys that name TLS files.
 DESTINATION_TLS_FILES = ("tls_ca", "tls_certificate", "tls_private_key")
+
+
+@dataclass(frozen=True)
+class LisDestination:
+    """A laboratory information system that receives each case's result as an HL7 v2.5.1
+    ORU^R01 over MLLP (``docs/hl7.md``); over TLS when ``tls_ca`` is set."""
+
+    name: str
+    host: str
+    port: int
+    #: MSH-5 and MSH-6: the LIS application and its facility.
+    receiving_application: str
+    receiving_facility: str = ""
+    #: MSH-3 and MSH-4: this node and its facility.
+    sending_application: str = "BCD-NODE"
+    sending_facility: str = ""
+    tls_ca: Path | None = None
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_server_name: str = ""
+    tls_check_hostname: bool = True
 
 
 @dataclass(frozen=True)
@@ -201,6 +224,7 @@ class Settings:
 
     dicom: DicomSettings = field(default_factory=DicomSettings)
     destinations: tuple[Destination, ...] = ()
+    lis: tuple[LisDestination, ...] = ()
     storage: StorageSettings = field(default_factory=StorageSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
@@ -386,7 +410,7 @@ def _check_host(key: str, host: str) -> None:
         raise SettingsError(key, host, "expected an IP address or a host name")
 
 
-def _check_destination_tls(key: str, dest: Destination) -> None:
+def _check_destination_tls(key: str, dest: Destination | LisDestination) -> None:
     """The files exist and go together; :func:`destination_tls` loads them at start."""
     for name in DESTINATION_TLS_FILES:
         value = getattr(dest, name)
@@ -458,6 +482,26 @@ def _validate(s: Settings) -> None:
         _check_host(f"{key}.host", dest.host)
         _check_port(f"{key}.port", dest.port)
         _check_destination_tls(key, dest)
+
+    for i, lis in enumerate(s.lis):
+        key = f"lis[{i}]"
+        if not lis.name or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", lis.name):
+            raise SettingsError(f"{key}.name", lis.name, "1-64 letters, digits, '_', '.', '-'")
+        if lis.name in names:
+            raise SettingsError(f"{key}.name", lis.name, "destination names must be unique "
+                                "(across [[destinations]] and [[lis]])")
+        names.add(lis.name)
+        _check_host(f"{key}.host", lis.host)
+        _check_port(f"{key}.port", lis.port)
+        for name in ("sending_application", "sending_facility", "receiving_application",
+                     "receiving_facility"):
+            value = getattr(lis, name)
+            if len(value) > 180 or not _HD_RE.fullmatch(value):
+                raise SettingsError(f"{key}.{name}", value, "at most 180 printable characters, "
+                                    "none of | ^ ~ \\ &")
+            if name in ("sending_application", "receiving_application") and not value:
+                raise SettingsError(f"{key}.{name}", value, "must not be empty")
+        _check_destination_tls(key, lis)
 
     if s.storage.data_dir.exists() and not s.storage.data_dir.is_dir():
         raise SettingsError("storage.data_dir", str(s.storage.data_dir),
@@ -567,7 +611,7 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
     """
     environ = os.environ if environ is None else environ
     env = _env_overrides(environ)
-    known = set(_SECTIONS) | {"destinations"}
+    known = set(_SECTIONS) | {"destinations", "lis"}
     for key in raw:
         if key not in known:
             raise SettingsError(key, raw[key],
@@ -575,28 +619,9 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
     sections = {name: _build_section(name, cls, raw.get(name, {}), env.get(name, {}))
                 for name, cls in _SECTIONS.items()}
 
-    dests_raw = raw.get("destinations", [])
-    if not isinstance(dests_raw, list):
-        raise SettingsError("destinations", dests_raw, "expected [[destinations]] tables")
-    destinations = []
     base = base_dir or Path.cwd()
-    dest_types = _field_types(Destination)
-    for i, item in enumerate(dests_raw):
-        if not isinstance(item, Mapping):
-            raise SettingsError(f"destinations[{i}]", item, "expected a table")
-        for key in item:
-            if key not in dest_types:
-                raise SettingsError(f"destinations[{i}].{key}", item[key],
-                                    f"unknown key (known: {', '.join(dest_types)})")
-        for f in dataclasses.fields(Destination):
-            if f.default is dataclasses.MISSING and f.name not in item:
-                raise SettingsError(f"destinations[{i}].{f.name}", None, "missing")
-        dest = Destination(**{k: _convert(f"destinations[{i}].{k}", t, item[k], False)
-                              for k, t in dest_types.items() if k in item})
-        files: dict[str, Any] = {name: _absolute(getattr(dest, name), base)
-                                 for name in DESTINATION_TLS_FILES
-                                 if getattr(dest, name) is not None}
-        destinations.append(dataclasses.replace(dest, **files))
+    destinations = _tables(raw, "destinations", Destination, base)
+    lis = _tables(raw, "lis", LisDestination, base)
 
     storage = sections["storage"]
     sections["storage"] = dataclasses.replace(storage, data_dir=_absolute(storage.data_dir, base))
@@ -610,9 +635,36 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
         sections["model"] = dataclasses.replace(model, weights=_absolute(model.weights, base))
     sections["logging"] = dataclasses.replace(sections["logging"],
                                               level=sections["logging"].level.upper())
-    settings = Settings(destinations=tuple(destinations), source=source, **sections)
+    settings = Settings(destinations=tuple(destinations), lis=tuple(lis), source=source,
+                        **sections)
     _validate(settings)
     return settings
+
+
+def _tables(raw: Mapping[str, Any], section: str, cls: Any, base: Path) -> list[Any]:
+    """The ``[[section]]`` tables as ``cls`` (a destination class), TLS files made absolute."""
+    items = raw.get(section, [])
+    if not isinstance(items, list):
+        raise SettingsError(section, items, f"expected [[{section}]] tables")
+    out = []
+    types = _field_types(cls)
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise SettingsError(f"{section}[{i}]", item, "expected a table")
+        for key in item:
+            if key not in types:
+                raise SettingsError(f"{section}[{i}].{key}", item[key],
+                                    f"unknown key (known: {', '.join(types)})")
+        for f in dataclasses.fields(cls):
+            if f.default is dataclasses.MISSING and f.name not in item:
+                raise SettingsError(f"{section}[{i}].{f.name}", None, "missing")
+        dest = cls(**{k: _convert(f"{section}[{i}].{k}", t, item[k], False)
+                      for k, t in types.items() if k in item})
+        files: dict[str, Any] = {name: _absolute(getattr(dest, name), base)
+                                 for name in DESTINATION_TLS_FILES
+                                 if getattr(dest, name) is not None}
+        out.append(dataclasses.replace(dest, **files))
+    return out
 
 
 def _absolute(path: Path, base: Path) -> Path:
@@ -674,4 +726,6 @@ def to_display_dict(settings: Settings) -> dict[str, Any]:
         out["web"]["metrics_token"] = "***"
     out["destinations"] = [{f.name: plain(getattr(d, f.name)) for f in dataclasses.fields(d)}
                            for d in settings.destinations]
+    out["lis"] = [{f.name: plain(getattr(d, f.name)) for f in dataclasses.fields(d)}
+                  for d in settings.lis]
     return out

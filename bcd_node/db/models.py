@@ -95,6 +95,7 @@ class JobKind(enum.StrEnum):
     ANALYZE = "analyze"            # one received image
     STUDY_SUMMARY = "study_summary"  # a quiet study's combined report
     VERIFIED_REPORT = "verified_report"  # a doctor's verification → VERIFIED SR and PDF
+    LIS_REPORT = "lis_report"  # a doctor's verification of a reported case → ORU^R01 F or C
 
 
 class DeliveryState(enum.StrEnum):
@@ -104,6 +105,15 @@ class DeliveryState(enum.StrEnum):
     SENDING = "sending"
     DONE = "done"
     DEAD = "dead"  # needs attention: retries exhausted or refused permanently
+
+
+class LisMessageKind(enum.StrEnum):
+    """The ``kind`` of an outbox row that carries an HL7 ORU^R01 to a LIS, by its result status
+    (OBX-11)."""
+
+    PRELIMINARY = "oru_p"
+    FINAL = "oru_f"
+    CORRECTED = "oru_c"
 
 
 class StudyStatus(enum.StrEnum):
@@ -326,7 +336,12 @@ class Result(Base):
 
 
 class Delivery(Base):
-    """One output object to send to one destination (the outbox)."""
+    """One output object to send to one destination (the outbox).
+
+    A DICOM object is named by its SOP Class and Instance UIDs; an HL7 message to a LIS (kind
+    :class:`LisMessageKind`) by ``sop_class_uid`` ``"ORU^R01"`` and its message control id
+    (MSH-10) in ``sop_instance_uid``, its ER7 text in the file at ``path``.
+    """
 
     __tablename__ = "deliveries"
     __table_args__ = (
@@ -338,7 +353,8 @@ class Delivery(Base):
     result_fk: Mapped[int | None] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"),
                                                   index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))  # seg | sr | pdf | verified_sr
+    # seg | sr | pdf | verified_sr | ... | oru_p | oru_f | oru_c (LisMessageKind)
+    kind: Mapped[str] = mapped_column(String(16))
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     sop_instance_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(255))

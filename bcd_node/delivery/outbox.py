@@ -15,6 +15,12 @@ result file that is missing or unreadable), the row is ``dead`` ("needs attentio
 operator retries it (:func:`retry_deliveries`, used by the CLI and the console alike). Each
 failed attempt is logged with its reason (the DIMSE status or the network error).
 
+A laboratory information system (``[[lis]]``) gets the HL7 ORU^R01 messages the analysis
+queued for it (their ER7 text in the row's file) over MLLP (:mod:`~bcd_node.delivery.mllp`),
+one at a time and in the order they were queued for a case: a message waits while an earlier
+one of the same case is not delivered. Its ACK must answer it (MSA-2 = MSH-10); ``AE``, a
+dropped connection or no ACK in time back off like a DICOM failure, ``AR`` is dead at once.
+
 A destination with ``tls_ca`` is reached over DICOM TLS (:func:`client_tls`); its files are
 loaded when the :class:`Deliverer` is made (at start), so a bad file stops the start with the
 key named. A failed handshake (an unknown CA, a peer that does not speak TLS) is a failed
@@ -29,16 +35,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
-from sqlalchemy import and_, case, func, or_, select, true, update
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, case, exists, func, or_, select, true, update
+from sqlalchemy.orm import Session, aliased
 
 from bcd_node.db.engine import rowcount
 from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, Result, Study, utcnow
+from bcd_node.delivery.mllp import AckError, MllpClient, MllpError, parse_ack
 from bcd_node.errors import BcdError
 from bcd_node.jobs.leases import LeaseKeeper
 from bcd_node.records import audit
 from bcd_node.runtime import NodeContext
-from bcd_node.settings import Destination, Settings, SettingsError
+from bcd_node.settings import Destination, LisDestination, Settings, SettingsError
 from bcd_node.store.layout import DataLayout
 from dicom.scu import Peer, PeerUnavailableError, StoreOutcome, echo, send_files
 from dicom.tls import ClientTls, client_context
@@ -73,7 +80,17 @@ def _fenced(row: Delivery) -> tuple[Any, ...]:
             Delivery.attempts == row.attempts)
 
 
-def client_tls(dest: Destination) -> ClientTls | None:
+@dataclass(frozen=True)
+class SendOutcome:
+    """What happened to one row sent by another protocol than DICOM (an HL7 message)."""
+
+    ok: bool
+    error: str = ""
+    #: A refusal that a retry will not change (an AR, a file that cannot be read).
+    permanent_failure: bool = False
+
+
+def client_tls(dest: Destination | LisDestination) -> ClientTls | None:
     """How to reach ``dest`` over TLS; None for a plain destination."""
     if dest.tls_ca is None:
         return None
@@ -92,11 +109,13 @@ def check_tls_files(settings: Settings) -> None:
         Naming the key of the file that cannot be loaded (unreadable, not PEM, a key that does
         not match its certificate).
     """
-    for i, dest in enumerate(settings.destinations):
+    tables: list[tuple[str, Destination | LisDestination]] = [
+        (f"destinations[{i}]", d) for i, d in enumerate(settings.destinations)]
+    tables += [(f"lis[{i}]", d) for i, d in enumerate(settings.lis)]
+    for key, dest in tables:
         tls = client_tls(dest)
         if tls is None:
             continue
-        key = f"destinations[{i}]"
         try:
             client_context(ClientTls(tls.ca_file))
         except OSError as exc:  # ssl.SSLError is an OSError
@@ -133,11 +152,19 @@ class Deliverer:
                     acse_timeout=d.acse_timeout, dimse_timeout=d.dimse_timeout,
                     network_timeout=d.network_timeout, tls=client_tls(dest))
 
-    def _claim(self, destination: str) -> list[Delivery]:
+    def _claim(self, destination: str, in_order: bool = False) -> list[Delivery]:
+        """Claim due rows of ``destination``; ``in_order``: not those that wait for an earlier
+        row of the same result (a case's HL7 messages go one after the other)."""
         now = utcnow()
         due = and_(Delivery.destination == destination, Delivery.next_attempt_at <= now,
                    or_(Delivery.state == DeliveryState.PENDING,
                        Delivery.state == DeliveryState.SENDING))
+        if in_order:
+            earlier = aliased(Delivery)
+            due = and_(due, ~exists().where(
+                earlier.destination == Delivery.destination,
+                earlier.result_fk == Delivery.result_fk, earlier.id < Delivery.id,
+                earlier.state.in_(WAITING_STATES)))
         with self.context.session_factory.begin() as session:
             ids = session.execute(select(Delivery.id).where(due).order_by(Delivery.id)
                                   .limit(BATCH).with_for_update(skip_locked=True)).scalars().all()
@@ -165,17 +192,73 @@ class Deliverer:
     def run_once(self) -> RunSummary:
         """Send what is due to every destination; never raises for a peer's failure."""
         summary = RunSummary()
-        configured = {d.name: d for d in self.settings.destinations}
+        configured: dict[str, Destination | LisDestination] = {
+            d.name: d for d in self.settings.destinations}
+        configured.update((d.name, d) for d in self.settings.lis)
         self._bury_unconfigured(set(configured))
         for name, dest in configured.items():
+            lis = isinstance(dest, LisDestination)
             while True:
-                rows = self._claim(name)
+                rows = self._claim(name, in_order=lis)
                 if not rows:
                     break
-                part = self._send(dest, rows)
+                part = (self._send_hl7(dest, rows) if isinstance(dest, LisDestination)
+                        else self._send(dest, rows))
                 summary = self._merge(summary, part)
                 if part.retried or part.lost:
                     break  # the peer is struggling (or another process is at work): next pass
+        return summary
+
+    def _send_hl7(self, lis: LisDestination, rows: Sequence[Delivery]) -> RunSummary:
+        """Send each row's HL7 message on one MLLP connection and match its ACK."""
+        d = self.settings.delivery
+        tls = client_tls(lis)
+        keeper = LeaseKeeper(lambda: self._renew(rows), d.lease_seconds,
+                             f"{len(rows)} HL7 message(s) to {lis.name}")
+        outcomes: dict[int, SendOutcome] = {}
+        client = MllpClient(lis.host, lis.port, connect_timeout=d.connect_timeout,
+                            ack_timeout=d.network_timeout,
+                            tls=client_context(tls) if tls is not None else None,
+                            server_name=tls.server_name if tls is not None else "")
+        with keeper:
+            for row in rows:
+                try:
+                    # Bytes: a text read would turn the segments' CRs into LFs.
+                    text = self.layout.resolve(row.path).read_bytes().decode("utf-8")
+                except (OSError, ValueError) as exc:
+                    outcomes[row.id] = SendOutcome(False, f"message file {row.path} cannot be "
+                                                   f"read: {exc}", permanent_failure=True)
+                    continue
+                try:
+                    if client.sock is None:
+                        client.connect()
+                    answer = client.send(text)
+                except MllpError as exc:
+                    outcomes[row.id] = SendOutcome(False, str(exc))
+                    break  # the connection is gone: the rest waits for the next pass
+                try:
+                    ack = parse_ack(answer, row.sop_instance_uid)
+                except AckError as exc:
+                    client.close()  # out of step with the LIS: start afresh
+                    outcomes[row.id] = SendOutcome(False, str(exc))
+                    break
+                if ack.accepted:
+                    outcomes[row.id] = SendOutcome(True)
+                else:
+                    reason = f"the LIS answered {ack.code}" + (f": {ack.text}" if ack.text
+                                                              else "")
+                    outcomes[row.id] = SendOutcome(False, reason,
+                                                   permanent_failure=ack.rejected)
+            client.close()
+        sent = [r for r in rows if r.id in outcomes]
+        summary = self._record(lis, sent, [outcomes[r.id] for r in sent])
+        unsent = [r for r in rows if r.id not in outcomes]
+        if unsent:  # after a lost connection: not tried, so not counted as an attempt
+            with self.context.session_factory.begin() as session:
+                for row in unsent:
+                    session.execute(update(Delivery).where(*_fenced(row)).values(
+                        state=DeliveryState.PENDING, attempts=row.attempts - 1,
+                        next_attempt_at=utcnow()))
         return summary
 
     def _send(self, dest: Destination, rows: Sequence[Delivery]) -> RunSummary:
@@ -221,8 +304,8 @@ class Deliverer:
         return RunSummary(a.sent + b.sent, a.retried + b.retried, a.dead + b.dead,
                           a.lost + b.lost)
 
-    def _record(self, dest: Destination, rows: Sequence[Delivery],
-                outcomes: Sequence[StoreOutcome]) -> RunSummary:
+    def _record(self, dest: Destination | LisDestination, rows: Sequence[Delivery],
+                outcomes: Sequence[StoreOutcome | SendOutcome]) -> RunSummary:
         if not rows:
             return RunSummary()
         sent = retried = dead = lost = 0
@@ -435,7 +518,7 @@ def delivery_overview(session: Session, settings: Settings, limit: int = 100
                                           .group_by(Delivery.destination, Delivery.state)):
         per_dest.setdefault(dest, {})[DeliveryState(state).value] = n
     health = {h.name: h for h in session.execute(select(DestinationHealth)).scalars()}
-    names = [d.name for d in settings.destinations]
+    names = [d.name for d in settings.destinations] + [d.name for d in settings.lis]
     names += sorted(set(per_dest) - set(names))  # rows for destinations no longer configured
     destinations = []
     for name in names:
