@@ -82,12 +82,22 @@ class DicomSettings:
 
 @dataclass(frozen=True)
 class Destination:
-    """A PACS that receives our results; over DICOM TLS when ``tls_ca`` is set."""
+    """A PACS that receives our results: by C-STORE (``type = "dimse"``, over DICOM TLS when
+    ``tls_ca`` is set) or by DICOMweb STOW-RS (``type = "dicomweb"``, at ``url``)."""
 
     name: str
-    ae_title: str
-    host: str
-    port: int
+    #: dimse (C-STORE to ae_title@host:port) or dicomweb (STOW-RS to url).
+    type: str = "dimse"
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    #: DICOMweb: the service's base URL (``https://archive/dicom-web``) and its authentication:
+    #: none, basic (username, password) or bearer (token).
+    url: str = ""
+    auth: str = "none"
+    username: str = ""
+    password: str = ""
+    token: str = ""
     #: CA certificate(s) (PEM) that signed the peer's certificate: set, associations use TLS.
     tls_ca: Path | None = None
     #: Our client certificate and key (PEM), for a peer that requires client certificates.
@@ -410,6 +420,32 @@ def _check_host(key: str, host: str) -> None:
         raise SettingsError(key, host, "expected an IP address or a host name")
 
 
+def _check_dicomweb(key: str, dest: Destination) -> None:
+    """A STOW-RS destination: an http(s) URL and the credentials its ``auth`` needs."""
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", dest.url):
+        raise SettingsError(f"{key}.url", dest.url, "expected the DICOMweb service's base URL, "
+                            "http(s)://HOST[:PORT]/PATH (without ?query or #fragment)")
+    for name in ("ae_title", "host", "port"):
+        if getattr(dest, name):
+            raise SettingsError(f"{key}.{name}", getattr(dest, name),
+                                "not for a DICOMweb destination (it is reached at url)")
+    needed = {"none": (), "basic": ("username", "password"), "bearer": ("token",)}
+    if dest.auth not in needed:
+        raise SettingsError(f"{key}.auth", dest.auth, "must be none, basic or bearer")
+    for name in ("username", "password", "token"):
+        value = getattr(dest, name)
+        shown = "***" if name != "username" else value
+        if name in needed[dest.auth] and not value:
+            raise SettingsError(f"{key}.{name}", "", f"auth = \"{dest.auth}\" needs it")
+        if name not in needed[dest.auth] and value:
+            raise SettingsError(f"{key}.{name}", shown, f"not used with auth = \"{dest.auth}\"")
+        if any(c in value for c in "\r\n") or (name == "username" and ":" in value):
+            raise SettingsError(f"{key}.{name}", shown, "no line breaks (and no ':' in a user "
+                                "name)")
+    if dest.tls_ca is not None and not dest.url.startswith("https:"):
+        raise SettingsError(f"{key}.tls_ca", str(dest.tls_ca), "TLS needs an https:// url")
+
+
 def _check_destination_tls(key: str, dest: Destination | LisDestination) -> None:
     """The files exist and go together; :func:`destination_tls` loads them at start."""
     for name in DESTINATION_TLS_FILES:
@@ -478,9 +514,22 @@ def _validate(s: Settings) -> None:
         if dest.name in names:
             raise SettingsError(f"{key}.name", dest.name, "destination names must be unique")
         names.add(dest.name)
-        _check_ae(f"{key}.ae_title", dest.ae_title)
-        _check_host(f"{key}.host", dest.host)
-        _check_port(f"{key}.port", dest.port)
+        if dest.type == "dimse":
+            for name in ("ae_title", "host", "port"):
+                if not getattr(dest, name):
+                    raise SettingsError(f"{key}.{name}", None, "missing")
+            _check_ae(f"{key}.ae_title", dest.ae_title)
+            _check_host(f"{key}.host", dest.host)
+            _check_port(f"{key}.port", dest.port)
+            for name in ("url", "username", "password", "token"):
+                if getattr(dest, name):
+                    raise SettingsError(f"{key}.{name}", "***" if name in ("password", "token")
+                                        else getattr(dest, name),
+                                        'only for a DICOMweb destination (type = "dicomweb")')
+        elif dest.type == "dicomweb":
+            _check_dicomweb(key, dest)
+        else:
+            raise SettingsError(f"{key}.type", dest.type, "must be dimse or dicomweb")
         _check_destination_tls(key, dest)
 
     for i, lis in enumerate(s.lis):
@@ -724,7 +773,9 @@ def to_display_dict(settings: Settings) -> dict[str, Any]:
     out["database"]["url"] = mask_url(settings.database_url)
     if settings.web.metrics_token:
         out["web"]["metrics_token"] = "***"
-    out["destinations"] = [{f.name: plain(getattr(d, f.name)) for f in dataclasses.fields(d)}
+    out["destinations"] = [{f.name: ("***" if f.name in ("password", "token")
+                                     and getattr(d, f.name) else plain(getattr(d, f.name)))
+                            for f in dataclasses.fields(d)}
                            for d in settings.destinations]
     out["lis"] = [{f.name: plain(getattr(d, f.name)) for f in dataclasses.fields(d)}
                   for d in settings.lis]

@@ -310,3 +310,28 @@ def test_lis_destinations_are_read_and_a_bad_value_names_its_key(tmp_path) -> No
     with pytest.raises(SettingsError, match="unique") as caught:
         settings_from_mapping({"destinations": [pacs], "lis": [lis]}, {})
     assert caught.value.key == "lis[0].name"
+
+
+def test_dicomweb_destinations_need_a_url_and_their_credentials() -> None:
+    from bcd_node.settings import settings_from_mapping
+
+    web = {"name": "cloud", "type": "dicomweb", "url": "https://archive.example/dicom-web",
+           "auth": "bearer", "token": "s3cret"}
+    (dest,) = settings_from_mapping({"destinations": [web]}, {}).destinations
+    assert (dest.type, dest.url, dest.auth) == ("dicomweb", web["url"], "bearer")
+    shown = to_display_dict(settings_from_mapping({"destinations": [web]}, {}))
+    assert shown["destinations"][0]["token"] == "***"
+    for change, key in (({"url": "archive.example"}, "destinations[0].url"),
+                        ({"auth": "digest"}, "destinations[0].auth"),
+                        ({"token": ""}, "destinations[0].token"),
+                        ({"password": "x"}, "destinations[0].password"),
+                        ({"port": 104}, "destinations[0].port"),
+                        ({"type": "ftp"}, "destinations[0].type")):
+        with pytest.raises(SettingsError) as caught:
+            settings_from_mapping({"destinations": [{**web, **change}]}, {})
+        assert caught.value.key == key
+        assert "s3cret" not in str(caught.value)
+    with pytest.raises(SettingsError) as caught:
+        settings_from_mapping({"destinations": [{"name": "pacs", "host": "127.0.0.1",
+                                                 "port": 104}]}, {})
+    assert caught.value.key == "destinations[0].ae_title"

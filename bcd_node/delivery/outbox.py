@@ -40,7 +40,9 @@ from sqlalchemy.orm import Session, aliased
 
 from bcd_node.db.engine import rowcount
 from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, Result, Study, utcnow
+from bcd_node.delivery.dicomweb import StowTarget, stow_files, stow_reachable
 from bcd_node.delivery.mllp import AckError, MllpClient, MllpError, parse_ack
+from bcd_node.delivery.outcome import SendOutcome
 from bcd_node.errors import BcdError
 from bcd_node.jobs.leases import LeaseKeeper
 from bcd_node.records import audit
@@ -78,16 +80,6 @@ def _fenced(row: Delivery) -> tuple[Any, ...]:
     """The row as this process claimed it (a later claim has incremented ``attempts``)."""
     return (Delivery.id == row.id, Delivery.state == DeliveryState.SENDING,
             Delivery.attempts == row.attempts)
-
-
-@dataclass(frozen=True)
-class SendOutcome:
-    """What happened to one row sent by another protocol than DICOM (an HL7 message)."""
-
-    ok: bool
-    error: str = ""
-    #: A refusal that a retry will not change (an AR, a file that cannot be read).
-    permanent_failure: bool = False
 
 
 def client_tls(dest: Destination | LisDestination) -> ClientTls | None:
@@ -151,6 +143,17 @@ class Deliverer:
                     calling_ae=self.settings.dicom.ae_title, connect_timeout=d.connect_timeout,
                     acse_timeout=d.acse_timeout, dimse_timeout=d.dimse_timeout,
                     network_timeout=d.network_timeout, tls=client_tls(dest))
+
+    def stow_target(self, dest: Destination) -> StowTarget:
+        """The STOW-RS parameters for a DICOMweb destination."""
+        return StowTarget(url=dest.url, auth=dest.auth, username=dest.username,
+                          password=dest.password, token=dest.token,
+                          timeout=self.settings.delivery.network_timeout,
+                          tls_ca=str(dest.tls_ca) if dest.tls_ca else None,
+                          tls_certificate=str(dest.tls_certificate) if dest.tls_certificate
+                          else None,
+                          tls_private_key=str(dest.tls_private_key) if dest.tls_private_key
+                          else None)
 
     def _claim(self, destination: str, in_order: bool = False) -> list[Delivery]:
         """Claim due rows of ``destination``; ``in_order``: not those that wait for an earlier
@@ -266,7 +269,7 @@ class Deliverer:
         keeper = LeaseKeeper(lambda: self._renew(rows), lease,
                              f"{len(rows)} deliver{'y' if len(rows) == 1 else 'ies'} to "
                              f"{dest.name}")
-        outcomes: dict[int, StoreOutcome] = {}
+        outcomes: dict[int, StoreOutcome | SendOutcome] = {}
         sendable: list[tuple[Delivery, Path]] = []
         for row in rows:
             # One object that cannot be sent fails alone, with its reason; the others go.
@@ -285,7 +288,10 @@ class Deliverer:
             sendable.append((row, path))
         try:
             with keeper:
-                sent = send_files(self.peer(dest), [path for _, path in sendable])
+                paths = [path for _, path in sendable]
+                sent: Sequence[StoreOutcome | SendOutcome] = (
+                    stow_files(self.stow_target(dest), paths) if dest.type == "dicomweb"
+                    else send_files(self.peer(dest), paths))
         except PeerUnavailableError as exc:
             return self._merge(self._record(dest, [r for r in rows if r.id in outcomes],
                                             list(outcomes.values())),
@@ -393,12 +399,15 @@ class Deliverer:
                     last_error="destination is no longer configured"))
 
     def echo_all(self) -> dict[str, bool]:
-        """C-ECHO every destination and record its health."""
+        """C-ECHO every destination (a DICOMweb one: a QIDO-RS query) and record its health."""
         health: dict[str, bool] = {}
         for dest in self.settings.destinations:
             error = None
             try:
-                ok = echo(self.peer(dest)) == 0
+                if dest.type == "dicomweb":
+                    ok = stow_reachable(self.stow_target(dest))
+                else:
+                    ok = echo(self.peer(dest)) == 0
                 if not ok:
                     error = "C-ECHO answered with a failure status"
             except (PeerUnavailableError, OSError) as exc:
