@@ -107,6 +107,8 @@ class Destination:
     tls_server_name: str = ""
     #: False: any certificate signed by ``tls_ca`` is accepted, whatever name it carries.
     tls_check_hostname: bool = True
+    #: Ask for Storage Commitment (push model) after sending; "delivered" only once committed.
+    storage_commitment: bool = False
 
 
 #: A destination's keys that name TLS files.
@@ -160,6 +162,10 @@ class DeliverySettings:
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
+    #: Storage commitment: seconds to wait for the report on the requesting association, and
+    #: seconds after which a request not answered (here or at the listener) is made again.
+    commitment_wait: float = 5.0
+    commitment_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -528,6 +534,10 @@ def _validate(s: Settings) -> None:
                                         'only for a DICOMweb destination (type = "dicomweb")')
         elif dest.type == "dicomweb":
             _check_dicomweb(key, dest)
+            if dest.storage_commitment:
+                raise SettingsError(f"{key}.storage_commitment", True,
+                                    "storage commitment is a DIMSE service: only for type = "
+                                    '"dimse"')
         else:
             raise SettingsError(f"{key}.type", dest.type, "must be dimse or dicomweb")
         _check_destination_tls(key, dest)
@@ -568,7 +578,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError("workers.max_attempts", w.max_attempts, "must be 1-100")
     dl = s.delivery
     for name in ("interval", "lease_seconds", "initial_backoff", "max_backoff", "echo_interval",
-                 "connect_timeout", "acse_timeout", "dimse_timeout", "network_timeout"):
+                 "connect_timeout", "acse_timeout", "dimse_timeout", "network_timeout",
+                 "commitment_wait", "commitment_timeout"):
         value = getattr(dl, name)
         if not 0 < value <= 86400:
             raise SettingsError(f"delivery.{name}", value,

@@ -103,6 +103,9 @@ class DeliveryState(enum.StrEnum):
 
     PENDING = "pending"
     SENDING = "sending"
+    # Stored, waiting for the destination's storage commitment (a destination that asks for
+    # it); "done" once committed.
+    COMMITTING = "committing"
     DONE = "done"
     DEAD = "dead"  # needs attention: retries exhausted or refused permanently
 
@@ -365,6 +368,10 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column()
+    # Storage commitment: the Transaction UID of the latest N-ACTION that asked for this object,
+    # and when the destination reported it committed.
+    commit_transaction_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    committed_at: Mapped[datetime | None] = mapped_column()
 
 
 class DestinationHealth(Base):

@@ -35,11 +35,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
+from pydicom.uid import generate_uid
 from sqlalchemy import and_, case, exists, func, or_, select, true, update
 from sqlalchemy.orm import Session, aliased
 
 from bcd_node.db.engine import rowcount
 from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, Result, Study, utcnow
+from bcd_node.delivery.commitment import record_report
 from bcd_node.delivery.dicomweb import StowTarget, stow_files, stow_reachable
 from bcd_node.delivery.mllp import AckError, MllpClient, MllpError, parse_ack
 from bcd_node.delivery.outcome import SendOutcome
@@ -49,13 +51,15 @@ from bcd_node.records import audit
 from bcd_node.runtime import NodeContext
 from bcd_node.settings import Destination, LisDestination, Settings, SettingsError
 from bcd_node.store.layout import DataLayout
+from dicom.commitment import request_commitment
 from dicom.scu import Peer, PeerUnavailableError, StoreOutcome, echo, send_files
 from dicom.tls import ClientTls, client_context
 
 LOGGER = logging.getLogger(__name__)
 BATCH = 50
 #: The states of a delivery that is not finished.
-WAITING_STATES = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.DEAD)
+WAITING_STATES = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.COMMITTING,
+                  DeliveryState.DEAD)
 
 
 def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
@@ -200,6 +204,8 @@ class Deliverer:
         configured.update((d.name, d) for d in self.settings.lis)
         self._bury_unconfigured(set(configured))
         for name, dest in configured.items():
+            if isinstance(dest, Destination) and dest.storage_commitment:
+                self._recommit(dest)
             lis = isinstance(dest, LisDestination)
             while True:
                 rows = self._claim(name, in_order=lis)
@@ -303,7 +309,67 @@ class Deliverer:
                                self._record_failures(dest, [r for r, _ in sendable],
                                                      f"{type(exc).__name__}: {exc}"))
         outcomes.update((row.id, outcome) for (row, _), outcome in zip(sendable, sent))
-        return self._record(dest, rows, [outcomes[row.id] for row in rows])
+        transaction = generate_uid(prefix=None) if dest.storage_commitment else None
+        summary = self._record(dest, rows, [outcomes[row.id] for row in rows],
+                               transaction=transaction)
+        if transaction is not None:
+            self._request_commitment(dest, transaction)
+        return summary
+
+    def _request_commitment(self, dest: Destination, transaction: str) -> None:
+        """Ask ``dest`` to commit the rows waiting under ``transaction``; record its report
+        when it comes on the same association."""
+        d = self.settings.delivery
+        with self.context.session_factory() as session:
+            refs = [(str(c), str(u)) for c, u in session.execute(
+                select(Delivery.sop_class_uid, Delivery.sop_instance_uid).where(
+                    Delivery.commit_transaction_uid == transaction,
+                    Delivery.state == DeliveryState.COMMITTING))]
+        if not refs:
+            return
+        try:
+            report = request_commitment(self.peer(dest), transaction, refs, d.commitment_wait)
+        except (PeerUnavailableError, OSError, ValueError) as exc:
+            # Asked again once the backoff passes (as after a timeout), each time an attempt.
+            LOGGER.warning("storage commitment request %s to %s failed: %s", transaction,
+                           dest.name, exc)
+            with self.context.session_factory.begin() as session:
+                session.execute(update(Delivery).where(
+                    Delivery.commit_transaction_uid == transaction,
+                    Delivery.state == DeliveryState.COMMITTING).values(
+                        last_error=f"storage commitment request failed: {exc}",
+                        next_attempt_at=utcnow() + timedelta(seconds=d.initial_backoff)))
+            return
+        if report is not None:
+            with self.context.session_factory.begin() as session:
+                record_report(session, d, report)
+
+    def _recommit(self, dest: Destination) -> None:
+        """Ask again for what ``dest`` has not reported within ``delivery.commitment_timeout``
+        (a new transaction, one more attempt); after ``max_attempts``, it needs attention."""
+        d = self.settings.delivery
+        now = utcnow()
+        transaction = generate_uid(prefix=None)
+        with self.context.session_factory.begin() as session:
+            rows = session.execute(select(Delivery).where(
+                Delivery.destination == dest.name, Delivery.state == DeliveryState.COMMITTING,
+                Delivery.next_attempt_at <= now).order_by(Delivery.id).limit(BATCH)
+                .with_for_update(skip_locked=True)).scalars().all()
+            for row in rows:
+                if row.attempts >= d.max_attempts:
+                    row.state, row.next_attempt_at = DeliveryState.DEAD, now
+                    row.last_error = (row.last_error or "no storage commitment report") + \
+                        f" (after {row.attempts} attempts)"
+                    LOGGER.error("delivery %d (%s %s) to %s needs attention: %s", row.id,
+                                 row.kind, row.sop_instance_uid, dest.name, row.last_error)
+                    continue
+                row.attempts += 1
+                row.commit_transaction_uid = transaction
+                row.next_attempt_at = now + timedelta(seconds=d.commitment_timeout)
+                if not row.last_error:
+                    row.last_error = "no storage commitment report in time; asked again"
+        if rows:
+            self._request_commitment(dest, transaction)
 
     @staticmethod
     def _merge(a: RunSummary, b: RunSummary) -> RunSummary:
@@ -311,7 +377,10 @@ class Deliverer:
                           a.lost + b.lost)
 
     def _record(self, dest: Destination | LisDestination, rows: Sequence[Delivery],
-                outcomes: Sequence[StoreOutcome | SendOutcome]) -> RunSummary:
+                outcomes: Sequence[StoreOutcome | SendOutcome],
+                transaction: str | None = None) -> RunSummary:
+        """Record each row's outcome; with ``transaction`` (storage commitment), a stored row
+        waits ``committing`` under it instead of being done."""
         if not rows:
             return RunSummary()
         sent = retried = dead = lost = 0
@@ -319,7 +388,11 @@ class Deliverer:
         d = self.settings.delivery
         with self.context.session_factory.begin() as session:
             for row, outcome in zip(rows, outcomes):
-                if outcome.ok:
+                if outcome.ok and transaction is not None:
+                    values = dict(state=DeliveryState.COMMITTING, last_error=None,
+                                  commit_transaction_uid=transaction,
+                                  next_attempt_at=now + timedelta(seconds=d.commitment_timeout))
+                elif outcome.ok:
                     values = dict(state=DeliveryState.DONE, delivered_at=now, last_error=None,
                                   next_attempt_at=now)
                 elif outcome.permanent_failure or row.attempts >= d.max_attempts:

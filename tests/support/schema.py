@@ -80,7 +80,7 @@ def assert_results_keep_their_rows_through_0005(engine: Engine) -> None:
             "verification, instance_revision, created_at) VALUES ('study', :study, 'm', '1', "
             "'Benign', '{}', 0, 0.0, '{}', false, 'unverified', 0, :now) RETURNING id"),
             {**now, "study": study}).scalar_one()
-    assert upgrade(engine) == "0005"
+    assert upgrade(engine, "0005") == "0005"
     factory = make_session_factory(engine)
     with factory.begin() as session:
         old = session.get(Result, result)
