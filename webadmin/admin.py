@@ -292,10 +292,19 @@ def retry_delivery(delivery_id: int) -> Any:
     except DeliveryRetryError as exc:
         session.rollback()
         flash(str(exc), "error")
-        return redirect(url_for("admin.system"))
+        return redirect(_back_or(url_for("admin.system")))
     session.commit()
     flash(f"Delivery {delivery_id} will be sent again.", "success")
-    return redirect(url_for("admin.system"))
+    return redirect(_back_or(url_for("admin.system")))
+
+
+def _back_or(default: str) -> str:
+    """The form's ``back`` (a page of this console, e.g. the study the retry came from), else
+    ``default``."""
+    back = request.form.get("back", "")
+    if back.startswith("/") and not back.startswith("//") and "\\" not in back:
+        return back
+    return default
 
 
 # --------------------------------------------------------------------------- statistics

@@ -31,12 +31,13 @@ from bcd_node.db.models import (
     Study,
     User,
 )
+from bcd_node.delivery.outbox import case_deliveries
 from bcd_node.errors import ValidationError
 from bcd_node.node.memory_budget import Busy
 from bcd_node.records.verification import VerificationRefused, verify_result
 from bcd_node.store.layout import DataLayout
 from webadmin.db import actor, audit_event, client_ip, db, node
-from webadmin.forms import STAGES, STATUSES, VerifyForm
+from webadmin.forms import STAGES, STATUSES, ActionForm, VerifyForm
 from webadmin.helpers import Page, clamp_page, day_start, page_number, parse_day
 from webadmin.model_use import (
     configured_manifest,
@@ -157,13 +158,16 @@ def study(uid: str) -> Any:
                 study_instance_uid=st.study_instance_uid, object_ref=f"study:{st.id}")
     session.commit()
     forms = {r.id: VerifyForm(prefix=f"r{r.id}") for r in results}
+    deliveries = case_deliveries(session, node().settings, st.id)
     demonstration, demo_note = results_banner(list(results), configured_manifest())
     return render_template("worklist/study.html", study=st, patient=st.patient,
                            instances=instances, by_instance=by_instance,
                            study_results=by_instance.get(None, []), forms=forms,
                            warnings_for=warnings_for, names=names, stages=STAGES,
                            can_verify=current_user.role == Role.DOCTOR,
-                           demonstration=demonstration, demo_note=demo_note)
+                           demonstration=demonstration, demo_note=demo_note,
+                           deliveries=deliveries, action=ActionForm(),
+                           is_admin=current_user.role == Role.ADMIN)
 
 
 @bp.post("/results/<int:result_id>/verify")

@@ -623,6 +623,53 @@ def delivery_overview(session: Session, settings: Settings, limit: int = 100
     return DeliveryOverview(destinations=destinations, counts=counts, waiting=waiting)
 
 
+@dataclass(frozen=True)
+class CaseDestination:
+    """What one destination has of one case (study): acknowledged (stored, or ACKed by the
+    LIS), committed (storage commitment), pending (queued, being sent, or waiting for its
+    commitment) and dead-lettered (needing attention, listed with their reasons)."""
+
+    name: str
+    #: "PACS (DICOM)", "PACS (DICOMweb)" or "LIS (HL7)"; "not configured" for a removed one.
+    protocol: str
+    commitment: bool
+    acknowledged: int
+    committed: int
+    pending: int
+    dead: list[WaitingDelivery] = field(default_factory=list)
+
+
+def case_deliveries(session: Session, settings: Settings, study_id: int
+                    ) -> list[CaseDestination]:
+    """Each destination's deliveries of study ``study_id``'s results, configured destinations
+    first (in the order of the settings), then any other that rows name."""
+    rows = session.execute(select(Delivery).where(Delivery.result_fk.in_(
+        select(Result.id).where(Result.study_fk == study_id))).order_by(Delivery.id)
+    ).scalars().all()
+    protocols: dict[str, tuple[str, bool]] = {
+        d.name: ("PACS (DICOMweb)" if d.type == "dicomweb" else "PACS (DICOM)",
+                 d.storage_commitment) for d in settings.destinations}
+    protocols.update((d.name, ("LIS (HL7)", False)) for d in settings.lis)
+    names = list(protocols) + sorted({r.destination for r in rows} - set(protocols))
+    out = []
+    for name in names:
+        mine = [r for r in rows if r.destination == name]
+        protocol, commitment = protocols.get(name, ("not configured", False))
+        out.append(CaseDestination(
+            name=name, protocol=protocol, commitment=commitment,
+            acknowledged=sum(r.state in (DeliveryState.DONE, DeliveryState.COMMITTING)
+                             for r in mine),
+            committed=sum(r.committed_at is not None for r in mine),
+            pending=sum(r.state in (DeliveryState.PENDING, DeliveryState.SENDING,
+                                    DeliveryState.COMMITTING) for r in mine),
+            dead=[WaitingDelivery(id=r.id, destination=r.destination, kind=r.kind,
+                                  sop_instance_uid=r.sop_instance_uid, state=r.state,
+                                  attempts=r.attempts, next_attempt_at=r.next_attempt_at,
+                                  last_error=r.last_error)
+                  for r in mine if r.state is DeliveryState.DEAD]))
+    return out
+
+
 # --------------------------------------------------------------------------- retry
 
 
