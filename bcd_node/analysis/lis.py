@@ -42,7 +42,14 @@ from bcd_node.db.models import (
 from bcd_node.errors import PermanentError
 from bcd_node.jobs.queue import Claimed
 from bcd_node.records.studies import vote
-from bcd_node.report.hl7 import CaseResult, Doctor, Endpoints, ResultStatus, build_oru
+from bcd_node.report.hl7 import (
+    CaseResult,
+    Doctor,
+    Endpoints,
+    MessageError,
+    ResultStatus,
+    build_oru,
+)
 from bcd_node.settings import LisDestination
 from bcd_node.store.layout import DataLayout
 from bcd_node.store.storage import Store
@@ -161,10 +168,18 @@ def queue_case_messages(session: Session, store: Store, lis: tuple[LisDestinatio
             status = ResultStatus.CORRECTED
         else:
             status = ResultStatus.FINAL
-        text = build_oru(case_result(study, summary, status, signature),
-                         Endpoints(dest.sending_application, dest.sending_facility,
-                                   dest.receiving_application, dest.receiving_facility),
-                         message_id, now)
+        try:
+            text = build_oru(case_result(study, summary, status, signature),
+                             Endpoints(dest.sending_application, dest.sending_facility,
+                                       dest.receiving_application, dest.receiving_facility),
+                             message_id, now)
+        except MessageError as exc:
+            # The PACS results of the job go all the same. The reason may quote a patient's
+            # value, so the log names its kind only.
+            LOGGER.error("study %s: its ORU^R01 for %s cannot be built (%s); the LIS does not "
+                         "hear of this change", study.study_instance_uid, dest.name,
+                         type(exc.__cause__ or exc).__name__)
+            continue
         folder = f"{DataLayout.study_results(study_id, summary.model_version)}/hl7"
         rel = f"{folder}/{message_id}.hl7"
         store.write(rel, text.encode("utf-8"), sync_dir=True)

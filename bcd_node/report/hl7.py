@@ -10,6 +10,7 @@ library, never joined into the text by hand. ``docs/hl7.md`` lists the segments 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -138,6 +139,17 @@ def _coded(field: Any, code: tuple[str, str], system: str = CODING_SYSTEM) -> No
     _set(field, code[0], code[1], system)
 
 
+def _dtm(date: str, time: str = "") -> str:
+    """A DICOM DA (and TM) as an HL7 DTM; empty when the DICOM value is not a valid one (a
+    malformed date from a modality must not stop the message)."""
+    if not re.fullmatch(r"\d{8}", date or ""):
+        return ""
+    digits = (time or "").split(".")[0]
+    if not re.fullmatch(r"(\d{2}){0,3}", digits):
+        digits = ""
+    return date + digits
+
+
 def _sex(value: str) -> str:
     return value.upper() if value.upper() in {"M", "F", "O"} else "U" if value else ""
 
@@ -175,8 +187,8 @@ def build_oru(case: CaseResult, endpoints: Endpoints, message_id: str,
         _set(pid.pid_3, case.patient_id, "", "", case.patient_issuer)
         family, given, middle, prefix, suffix = (case.patient_name.split("^") + [""] * 5)[:5]
         _set(pid.pid_5, family, given, middle, suffix, prefix)
-        if case.birth_date:
-            pid.pid_7 = case.birth_date
+        if _dtm(case.birth_date):
+            pid.pid_7 = _dtm(case.birth_date)
         if _sex(case.sex):
             pid.pid_8 = _sex(case.sex)
         order = result.add_group("ORU_R01_ORDER_OBSERVATION")
@@ -187,7 +199,7 @@ def build_oru(case: CaseResult, endpoints: Endpoints, message_id: str,
         obr.obr_1 = "1"
         _set(obr.obr_3, case.accession_number)
         _coded(obr.obr_4, SERVICE)
-        observed = (case.study_date + case.study_time.split(".")[0])[:14]
+        observed = _dtm(case.study_date, case.study_time)
         if observed:
             obr.obr_7 = observed
         obr.obr_22 = hl7_time(case.verified_at or case.observed_at)

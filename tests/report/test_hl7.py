@@ -52,6 +52,16 @@ def test_a_case_without_stage_has_no_stage_or_probability() -> None:
     assert codes == ["BCD-BLASTS", "BCD-BLAST-AREA", "BCD-FIELDS", "BCD-FIELDS-ND"]
 
 
+def test_malformed_dicom_dates_are_left_out() -> None:
+    text = build_oru(replace(CASE, birth_date="1980-01", study_date="2026", study_time="1x"),
+                     ENDS, "P4", NOW)
+    message = hl7.parse(text)
+    assert str(message.segment("PID")(7)) == "" and str(message.segment("OBR")(7)) == ""
+    text = build_oru(replace(CASE, study_date="20261203", study_time="101112.5"), ENDS, "P5",
+                     NOW)
+    assert str(hl7.parse(text).segment("OBR")(7)) == "20261203101112"
+
+
 def test_refusals_say_why() -> None:
     with pytest.raises(MessageError, match="needs its verifying doctor"):
         build_oru(replace(CASE, status=ResultStatus.FINAL), ENDS, "F1", NOW)
