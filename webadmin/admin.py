@@ -269,7 +269,8 @@ def system() -> Any:
     return render_template("admin/system.html", components=node().components,
                            jobs=status.jobs, overview=status.deliveries, disk=status.disk,
                            problems=problems,
-                           configured={d.name: d for d in settings.destinations},
+                           configured={d.name: d for d in (*settings.destinations,
+                                                           *settings.lis)},
                            model=_model_info(), action=ActionForm(), settings=settings)
 
 

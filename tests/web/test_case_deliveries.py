@@ -93,3 +93,13 @@ def test_the_admin_retries_a_dead_delivery_from_the_study_page(app, context) -> 
     response = post_form(client, page, f"/admin/deliveries/{dead}/retry",
                          {"back": "//evil.example/"})
     assert response.headers["Location"].endswith("/admin/system")
+
+
+def test_the_system_page_names_each_kind_of_destination(app) -> None:
+    client = app.test_client()
+    assert login(client, "admin", ADMIN_PASSWORD).status_code == 302
+    page = client.get("/admin/system").get_data(as_text=True)
+    assert "<code>PACS</code>" in page and "127.0.0.1:1" in page
+    assert "DICOMweb" in page and "http://127.0.0.1:1/dicom-web" in page
+    assert "HL7 <code>LIS</code>" in page
+    assert "no longer configured" not in page
