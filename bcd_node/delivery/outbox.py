@@ -204,7 +204,7 @@ class Deliverer:
         configured.update((d.name, d) for d in self.settings.lis)
         self._bury_unconfigured(set(configured))
         for name, dest in configured.items():
-            if isinstance(dest, Destination) and dest.storage_commitment:
+            if isinstance(dest, Destination) and dest.type == "dimse":
                 self._recommit(dest)
             lis = isinstance(dest, LisDestination)
             while True:
@@ -346,14 +346,23 @@ class Deliverer:
 
     def _recommit(self, dest: Destination) -> None:
         """Ask again for what ``dest`` has not reported within ``delivery.commitment_timeout``
-        (a new transaction, one more attempt); after ``max_attempts``, it needs attention."""
+        (a new transaction, one more attempt); after ``max_attempts``, it needs attention. A
+        destination no longer asked for commitment has what it stored delivered."""
         d = self.settings.delivery
         now = utcnow()
         transaction = generate_uid(prefix=None)
+        waiting = and_(Delivery.destination == dest.name,
+                       Delivery.state == DeliveryState.COMMITTING)
+        if not dest.storage_commitment:
+            # Commitment is no longer asked of this destination: what it stored is delivered.
+            with self.context.session_factory.begin() as session:
+                session.execute(update(Delivery).where(waiting).values(
+                    state=DeliveryState.DONE, delivered_at=now, next_attempt_at=now,
+                    last_error=None))
+            return
         with self.context.session_factory.begin() as session:
             rows = session.execute(select(Delivery).where(
-                Delivery.destination == dest.name, Delivery.state == DeliveryState.COMMITTING,
-                Delivery.next_attempt_at <= now).order_by(Delivery.id).limit(BATCH)
+                waiting, Delivery.next_attempt_at <= now).order_by(Delivery.id).limit(BATCH)
                 .with_for_update(skip_locked=True)).scalars().all()
             for row in rows:
                 if row.attempts >= d.max_attempts:
@@ -466,7 +475,8 @@ class Deliverer:
     def _bury_unconfigured(self, names: set[str]) -> None:
         with self.context.session_factory.begin() as session:
             session.execute(update(Delivery).where(
-                Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING]),
+                Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING,
+                                    DeliveryState.COMMITTING]),
                 Delivery.destination.not_in(names) if names else true()).values(
                     state=DeliveryState.DEAD,
                     last_error="destination is no longer configured"))
