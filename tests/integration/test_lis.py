@@ -19,7 +19,6 @@ from bcd_node.db.models import (
     JobKind,
     Result,
     Role,
-    Study,
     User,
 )
 from bcd_node.delivery.outbox import Deliverer, retry_deliveries
@@ -45,16 +44,22 @@ def peer() -> Iterator[MllpPeer]:
     server.stop()
 
 
-@pytest.fixture
-def node(write_config: Callable[..., Path], peer: MllpPeer) -> Iterator[NodeContext]:
+def _open(write_config: Callable[..., Path], peer: MllpPeer,
+          database_url: str = "") -> NodeContext:
     context = open_node(load_settings(write_config(
         "[delivery]\ninitial_backoff = 0.2\nmax_backoff = 0.4\nconnect_timeout = 2.0\n"
         "network_timeout = 5.0\n\n"
         f'[[lis]]\nname = "lab"\nhost = "127.0.0.1"\nport = {peer.port}\n'
         'receiving_application = "TEST-LIS"\nreceiving_facility = "HAEM"\n'
-        'sending_facility = "BCD LAB"\n')))
+        'sending_facility = "BCD LAB"\n', database_url=database_url)))
     with context.session_factory.begin() as session:
         add_user(session, "dr.who", PASSWORD, Role.DOCTOR, full_name="John Smith")
+    return context
+
+
+@pytest.fixture
+def node(write_config: Callable[..., Path], peer: MllpPeer) -> Iterator[NodeContext]:
+    context = _open(write_config, peer)
     yield context
     context.engine.dispose()
 
@@ -194,8 +199,19 @@ def test_ae_and_a_dropped_connection_are_retried(node: NodeContext, peer: MllpPe
     assert len({m.text for m in got}) == 1  # the same message each time
 
 
-def test_ar_is_dead_at_once_and_the_console_retry_sends_it_again(node: NodeContext,
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_node(request: pytest.FixtureRequest, write_config: Callable[..., Path],
+             peer: MllpPeer) -> Iterator[NodeContext]:
+    """The node on SQLite, and on PostgreSQL (the claim in order, with SKIP LOCKED)."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else ""
+    context = _open(write_config, peer, url)
+    yield context
+    context.engine.dispose()
+
+
+def test_ar_is_dead_at_once_and_the_console_retry_sends_it_again(any_node: NodeContext,
                                                                  peer: MllpPeer) -> None:
+    node = any_node
     study_id = _study(node, "1.2.826.0.1.3680043.10.1.3")
     _summarised(node, study_id)
     peer.then("AR")
@@ -213,6 +229,3 @@ def test_ar_is_dead_at_once_and_the_console_retry_sends_it_again(node: NodeConte
     _deliver_all(node)
     assert [r.state for r in _rows(node)] == [DeliveryState.DONE] * 2
     assert [m.fields["OBR-25"] for m in peer.messages()] == ["P", "P", "F"]
-    with node.session_factory() as session:
-        study = session.get(Study, study_id)
-        assert study is not None
