@@ -229,3 +229,37 @@ def test_ar_is_dead_at_once_and_the_console_retry_sends_it_again(any_node: NodeC
     _deliver_all(node)
     assert [r.state for r in _rows(node)] == [DeliveryState.DONE] * 2
     assert [m.fields["OBR-25"] for m in peer.messages()] == ["P", "P", "F"]
+
+
+def test_mllp_over_tls_checks_the_lis_certificate(write_config: Callable[..., Path],
+                                                  tmp_path: Path) -> None:
+    import ssl
+
+    from tests.support.pki import make_cert
+
+    ca = make_cert(tmp_path, "ca")
+    key, cert = make_cert(tmp_path, "lis", ca=ca)
+    _other_key, other_ca = make_cert(tmp_path, "other-ca")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    peer = MllpPeer(tls=server).start()
+    try:
+        for trusted, delivered in ((other_ca, False), (ca[1], True)):
+            ctx = open_node(load_settings(write_config(
+                "[delivery]\nconnect_timeout = 2.0\nnetwork_timeout = 5.0\n\n"
+                f'[[lis]]\nname = "lab"\nhost = "127.0.0.1"\nport = {peer.port}\n'
+                f'receiving_application = "TEST-LIS"\ntls_ca = "{trusted}"\n',
+                data_dir=tmp_path / f"data-{delivered}")))
+            _summarised(ctx, _study(ctx, "1.2.826.0.1.3680043.10.1.9"))
+            summary = Deliverer(ctx).run_once()
+            (row,) = _rows(ctx)
+            if delivered:
+                assert summary.sent == 1 and row.state is DeliveryState.DONE
+            else:
+                assert summary.retried == 1 and "TLS" in row.last_error
+                assert "certificate verify failed" in row.last_error
+            ctx.engine.dispose()
+        assert [m.valid for m in peer.messages()] == [True]
+    finally:
+        peer.stop()
+

@@ -6,6 +6,7 @@ command. It runs in a thread of the test on a free loopback port and is stopped 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,8 +37,10 @@ class MllpPeer:
     """A LIS on loopback. ``script`` answers the next messages in order ("AA", "AE", "AR",
     "drop"); once it is empty, every message is answered AA (AR when it does not validate)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: a server context; every connection is then TLS."""
         self.port = port or free_port()
+        self.tls = tls
         self.received: list[Received] = []
         self.script: deque[str] = deque()
         self._lock = threading.Lock()
@@ -74,7 +77,20 @@ class MllpPeer:
                 return
             threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
 
-    def _talk(self, conn: socket.socket) -> None:
+    def _handshake(self, conn: socket.socket) -> socket.socket | None:
+        if self.tls is None:
+            return conn
+        conn.settimeout(5)
+        try:
+            return self.tls.wrap_socket(conn, server_side=True)
+        except OSError:
+            conn.close()
+            return None
+
+    def _talk(self, raw: socket.socket) -> None:
+        conn = self._handshake(raw)
+        if conn is None:
+            return
         conn.settimeout(0.2)
         buffer = b""
         with conn:
