@@ -7,7 +7,7 @@ study) and queues it, in the caller's transaction:
 - the AI's result, ``P`` (preliminary), when the study summary is made (a changed summary, after
   a new or changed field, is sent again);
 - ``F`` (final) once the case is signed: the study's summary result is verified, or (until the
-  case is signed as a whole) every field's result is;
+  case is signed as a whole) every diagnostic field's result is;
 - ``C`` (corrected) when a doctor changes a case whose ``F`` (or an earlier ``C``) was queued.
 
 It is called by the study summary job and by the ``lis_report`` job, which
@@ -72,16 +72,18 @@ class Signature:
 
 
 def case_signature(session: Session, summary: Result) -> Signature | None:
-    """The case's signature: the verification of its summary result, else (every field's
-    result verified) the last field verification with the doctors' vote; None while unsigned."""
+    """The case's signature: the verification of its summary result, else (every diagnostic
+    field's result verified) the last field verification with the doctors' vote; None while
+    unsigned."""
     if summary.verification == VerificationState.VERIFIED and summary.verified_at is not None:
         doctor = session.get(User, summary.verified_by_fk) if summary.verified_by_fk else None
         if doctor is not None:
             return Signature(doctor, summary.verified_at,
                              summary.verified_stage or summary.stage)
+    # The diagnostic fields: a non-diagnostic one (no stage) is not for a doctor to verify.
     fields = session.execute(select(Result).where(
-        Result.study_fk == summary.study_fk,
-        Result.scope == ResultScope.INSTANCE)).scalars().all()
+        Result.study_fk == summary.study_fk, Result.scope == ResultScope.INSTANCE,
+        Result.stage.is_not(None))).scalars().all()
     if not fields or any(r.verification != VerificationState.VERIFIED or r.verified_at is None
                          for r in fields):
         return None
