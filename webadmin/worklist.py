@@ -35,6 +35,7 @@ from bcd_node.db.models import (
     Study,
     User,
 )
+from bcd_node.delivery.outbox import case_deliveries
 from bcd_node.errors import ValidationError
 from bcd_node.node.memory_budget import Busy
 from bcd_node.records.cases import STATUS_LABELS, Case, load_case
@@ -190,6 +191,7 @@ def study(uid: str) -> Any:
     forms = {r.id: VerifyForm(prefix=f"r{r.id}") for r in results}
     field_counts = {r.id: corrected_blast_count(session, r) for r in results
                     if r.instance_fk is not None}
+    deliveries = case_deliveries(session, node().settings, st.id)
     demonstration, demo_note = results_banner(list(results), configured_manifest())
     return render_template("worklist/study.html", study=st, patient=st.patient,
                            instances=instances, by_instance=by_instance,
@@ -197,7 +199,9 @@ def study(uid: str) -> Any:
                            warnings_for=warnings_for, names=names, stages=STAGES,
                            can_verify=current_user.role == Role.DOCTOR,
                            demonstration=demonstration, demo_note=demo_note,
-                           field_counts=field_counts, case_count=_case(st).blast_count)
+                           field_counts=field_counts, case_count=_case(st).blast_count,
+                           deliveries=deliveries, action=ActionForm(),
+                           is_admin=current_user.role == Role.ADMIN)
 
 
 @bp.app_template_global()
@@ -271,7 +275,9 @@ def case(uid: str) -> Any:
                            can_verify=current_user.role == Role.DOCTOR,
                            demonstration=demonstration, demo_note=demo_note,
                            state=case_state(current), field_counts=field_counts,
-                           quiet_minutes=node().settings.workers.study_quiet_seconds / 60)
+                           quiet_minutes=node().settings.workers.study_quiet_seconds / 60,
+                           deliveries=case_deliveries(db(), node().settings, st.id),
+                           action=ActionForm(), is_admin=current_user.role == Role.ADMIN)
 
 
 @bp.get("/cases/<uid>/state.json")

@@ -20,6 +20,7 @@ from bcd_node.db.models import (
     DestinationHealth,
     Job,
     JobKind,
+    JobState,
     Role,
     User,
     UserState,
@@ -160,6 +161,31 @@ def test_system_page_and_delivery_retry(app: Flask, admin_client: FlaskClient) -
         event = session.execute(select(AuditEvent).where(
             AuditEvent.action == "delivery_retry")).scalar_one()
         assert event.patient_id == "P0001" and event.details["from"] == "dead"
+
+
+def test_system_page_lists_failed_jobs_and_retries_one(app: Flask,
+                                                       admin_client: FlaskClient) -> None:
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        session.add(Job(kind=JobKind.STUDY_SUMMARY, state=JobState.FAILED, attempts=5,
+                        last_error="model server unreachable"))
+        session.add(Job(kind=JobKind.STUDY_SUMMARY, state=JobState.DONE))
+    page = admin_client.get("/admin/system").get_data(as_text=True)
+    failed = page.split('id="failed-jobs"')[1].split("</table>")[0]
+    assert "model server unreachable" in failed and "Retry" in failed
+    resp = post_form(admin_client, "/admin/system", "/admin/jobs/2/retry")  # not failed
+    assert resp.status_code == 302
+    with ctx.session_factory() as session:
+        assert session.get(Job, 2).state is JobState.DONE
+    resp = post_form(admin_client, "/admin/system", "/admin/jobs/1/retry")
+    assert resp.status_code == 302
+    with ctx.session_factory() as session:
+        job = session.get(Job, 1)
+        assert (job.state, job.attempts) == (JobState.QUEUED, 0)
+        event = session.execute(select(AuditEvent).where(
+            AuditEvent.action == "job_retry")).scalar_one()
+        assert event.object_ref == "job:1" and event.actor_kind == "user"
+    assert "No failed jobs." in admin_client.get("/admin/system").get_data(as_text=True)
 
 
 def test_statistics_page_draws_svg(app: Flask, admin_client: FlaskClient) -> None:

@@ -34,7 +34,7 @@ POSTS = [
     "/admin/users/doctor/approve", "/admin/users/doctor/disable", "/admin/users/doctor/role",
     "/admin/users/doctor/password", "/admin/users/doctor/unlock",
     "/admin/users/doctor/tokens", "/admin/tokens/1/revoke",
-    "/admin/deliveries/1/retry", "/admin/audit/verify",
+    "/admin/deliveries/1/retry", "/admin/jobs/1/retry", "/admin/audit/verify",
 ]
 
 

@@ -1,7 +1,7 @@
 """cell gallery: the probability map and cells of a result, the doctor's rejected cells
 
 Revision ID: 0007
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-03
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '0007'
-down_revision = '0006'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
