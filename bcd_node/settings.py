@@ -106,6 +106,7 @@ class WorkerSettings:
     """The analysis workers and their queue."""
 
     count: int = 1
+    batch_size: int = 8
     lease_seconds: float = 30.0
     poll_interval: float = 0.5
     max_attempts: int = 5
@@ -467,6 +468,8 @@ def _validate(s: Settings) -> None:
     if not 0 <= w.count <= 64:
         raise SettingsError("workers.count", w.count,
                             "must be 0 (no workers in this process) to 64")
+    if not 1 <= w.batch_size <= 256:
+        raise SettingsError("workers.batch_size", w.batch_size, "must be 1-256")
     for name in ("lease_seconds", "poll_interval", "retry_delay", "study_quiet_seconds"):
         value = getattr(w, name)
         if not 0 < value <= 86400:

@@ -50,8 +50,8 @@ def main() -> int:
     import dicom.sr
     from bcd_node.analysis import findings as F
     from bcd_node.db.models import utcnow
-    from bcd_node.inference.synth import generate_field, patient_params
     from bcd_node.inference.spec import CLASSES
+    from bcd_node.inference.synth import generate_field, patient_params
     from bcd_node.report.pdf import render_report
     from dicom.algorithm import Algorithm
     from dicom.derivation import derivation_source

@@ -113,6 +113,8 @@ def test_settings_are_frozen() -> None:
     ({"model": {"weights": "/nonexistent/model.json"}}, {}, "model.weights"),
     ({"model": {"precision": "fp8"}}, {}, "model.precision"),
     ({"model": {"review_threshold": 1.5}}, {}, "model.review_threshold"),
+    ({"workers": {"batch_size": 0}}, {}, "workers.batch_size"),
+    ({}, {"BCD_WORKERS_BATCH_SIZE": "lots"}, "workers.batch_size"),
     ({"web": {"port": 0}}, {}, "web.port"),
     ({"web": {"host": "not a host!"}}, {}, "web.host"),
     ({"web": {"session_lifetime_hours": 0}}, {}, "web.session_lifetime_hours"),

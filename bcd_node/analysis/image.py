@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -23,9 +25,11 @@ from sqlalchemy.orm import Session
 from bcd_node.analysis.context import AnalysisContext, Loaded
 from bcd_node.analysis.findings import (
     Analyzer,
-    analyze_dataset,
+    PredictionLike,
+    build_analysis,
     decode_for_analysis,
     non_diagnostic_answer,
+    predict_each,
 )
 from bcd_node.analysis.publish import (
     Output,
@@ -59,6 +63,19 @@ from dicom.stages import Stage
 LOGGER = logging.getLogger(__name__)
 
 
+class Prepared(NamedTuple):
+    """An image read and decoded for its analysis, with what its results need."""
+
+    job: Claimed
+    instance: Instance
+    study: Study
+    patient: Patient
+    dataset: Dataset
+    images: list[np.ndarray]
+    supersedes: list[Dataset]
+    field_number: int
+
+
 def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, "PNG", optimize=False, compress_level=3)
@@ -78,8 +95,39 @@ class ImageAnalysis:
     def analyze(self, job: Claimed) -> int | None:
         """Analyse one received image; returns the result id (None when a newer version of the
         image arrived meanwhile: its own job makes the result)."""
+        prepared = self.prepare(job)
+        if prepared is None:
+            return None
+        return self.finish(prepared, self.analyzer.predict(prepared.images))
+
+    def analyze_many(self, jobs: list[Claimed]) -> list[Exception | None]:
+        """Analyse several received images with one batched prediction over all of them; each
+        job's results are published in a transaction of its own. Returns each job's error
+        (None: done), in order: a job that fails fails alone."""
+        errors: list[Exception | None] = [None] * len(jobs)
+        ready: list[tuple[int, Prepared]] = []
+        for i, job in enumerate(jobs):
+            try:
+                prepared = self.prepare(job)
+            except Exception as exc:  # noqa: BLE001 - this job's own error
+                errors[i] = exc
+                continue
+            if prepared is not None:
+                ready.append((i, prepared))
+        predictions = predict_each(self.analyzer, [p.images for _, p in ready])
+        for (i, prepared), predicted in zip(ready, predictions):
+            try:
+                if isinstance(predicted, Exception):
+                    raise predicted
+                self.finish(prepared, predicted)
+            except Exception as exc:  # noqa: BLE001 - this job's own error
+                errors[i] = exc
+        return errors
+
+    def prepare(self, job: Claimed) -> Prepared | None:
+        """The image of ``job`` read and decoded, with what its results need from the
+        database; None when a changed version replaced it (the job is then complete)."""
         ctx = self.context
-        settings = ctx.settings
         inst, _series, study, patient = self._load(job)
         try:
             ds = read_dataset(ctx.store.path(inst.path))
@@ -92,13 +140,22 @@ class ImageAnalysis:
             if self._superseded(job, inst):
                 return None
             raise PermanentError(f"stored file is not readable: {exc}") from exc
-        supersedes = self._supersedes(inst, study)
-        analysis = analyze_dataset(ds, self.analyzer, algorithm=ctx.algorithm,
-                                   review_threshold=settings.model.review_threshold,
-                                   uid_root=settings.uids.root,
-                                   demonstration_model=ctx.demonstration_model,
-                                   revision=inst.revision, supersedes=supersedes,
-                                   field_number=ctx.field_number(inst, study))
+        return Prepared(job, inst, study, patient, ds, decode_for_analysis(ds),
+                        self._supersedes(inst, study), ctx.field_number(inst, study))
+
+    def finish(self, prepared: Prepared, predictions: Sequence[PredictionLike]) -> int | None:
+        """Build, write and publish the results of a prepared image from its predictions."""
+        ctx = self.context
+        settings = ctx.settings
+        job, inst, study, patient = prepared.job, prepared.instance, prepared.study, \
+            prepared.patient
+        analysis = build_analysis(prepared.dataset, prepared.images, predictions,
+                                  algorithm=ctx.algorithm,
+                                  review_threshold=settings.model.review_threshold,
+                                  uid_root=settings.uids.root,
+                                  demonstration_model=ctx.demonstration_model,
+                                  revision=inst.revision, supersedes=prepared.supersedes,
+                                  field_number=prepared.field_number)
         combined = analysis.combined
         folder = DataLayout.instance_results(inst.id, ctx.model_version, inst.revision)
         outputs: list[Output] = []

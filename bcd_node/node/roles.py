@@ -78,7 +78,7 @@ def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
         metrics.inference_seconds.observe(seconds)
 
     workers = Workers(context, pipeline.run, count, on_done=on_done,
-                      on_failed=pipeline.job_failed).start()
+                      on_failed=pipeline.job_failed, run_batch=pipeline.run_batch).start()
     context.workers = workers
     context.wake_workers = workers.wake
     # Listener processes on this machine wake the workers when they queue jobs.
