@@ -179,12 +179,14 @@ def stop_node(node: subprocess.Popen) -> None:
 
 
 def node_ingest(files: list[Path], workdir: Path, associations: int,
-                listeners: int | None = None) -> dict:
-    """The real node (``bcd-node serve``, no workers, its listener processes) receiving."""
+                listeners: int | None = None, analysis: str = "") -> dict:
+    """The real node (``bcd-node serve``, its listener processes) receiving; without workers,
+    or with ``analysis``, the ``[workers]``/``[model]`` settings of a worker that analyses
+    what arrives while it arrives."""
     import urllib.request
 
     extra = "" if listeners is None else f"listener_processes = {listeners}\n"
-    node, port, web_port = start_node(workdir, extra + "\n[workers]\ncount = 0\n")
+    node, port, web_port = start_node(workdir, extra + (analysis or "\n[workers]\ncount = 0\n"))
     try:
         cpu0, (steal0, total0) = tree_cpu_seconds(node.pid), cpu_steal()
         seconds = push(port, files, associations=associations)

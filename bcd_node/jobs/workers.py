@@ -44,7 +44,7 @@ LOGGER = logging.getLogger(__name__)
 
 
 #: Runs a batch of claimed jobs: one outcome per job, in order (None: done; else its error).
-RunBatch = Callable[[list[Claimed]], list[BaseException | None]]
+RunBatch = Callable[[list[Claimed]], list[Exception | None]]
 
 
 class Workers:
