@@ -97,16 +97,18 @@ def burst(args: argparse.Namespace) -> int:
         pipeline = Pipeline(context, predictor)
         workers = Workers(context, pipeline.run, 0, on_failed=pipeline.job_failed,
                           run_batch=pipeline.run_batch if args.batch_size > 1 else None)
+        from sqlalchemy import func, select
+
         from bcd_node.db.models import Instance, Job, JobKind, JobState
         with context.session_factory() as s:
-            paths = [str(p) for p in s.query(Instance.path).order_by(Instance.id).scalars()]
+            paths = list(s.execute(select(Instance.path).order_by(Instance.id)).scalars())
         started = time.perf_counter()
         while workers.step("bench"):
             pass
         worker_seconds = time.perf_counter() - started
         with context.session_factory() as s:
-            done = s.query(Job).filter(Job.kind == JobKind.ANALYZE,
-                                       Job.state == JobState.DONE).count()
+            done = s.execute(select(func.count(Job.id)).where(
+                Job.kind == JobKind.ANALYZE, Job.state == JobState.DONE)).scalar_one()
         # The model alone, on the same images decoded, in batches of the same size.
         images = [decode_for_analysis(read_dataset(Path(work) / "data" / p)) for p in paths]
         started = time.perf_counter()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from bcd_node import __version__
+from bcd_node.analysis.builders import Builders
 from bcd_node.analysis.context import AnalysisContext
 from bcd_node.analysis.findings import Analyzer
 from bcd_node.analysis.image import ImageAnalysis
@@ -45,7 +46,7 @@ class Pipeline:
     """Runs the jobs of one worker process with a warm analyzer."""
 
     def __init__(self, context: NodeContext, analyzer: Analyzer,
-                 demonstration_model: bool = True) -> None:
+                 demonstration_model: bool = True, builders: Builders | None = None) -> None:
         self.context = context
         info = analyzer.model_info
         algorithm = Algorithm(name=str(info["name"]), version=str(info["version"]),
@@ -55,7 +56,7 @@ class Pipeline:
             node=context, algorithm=algorithm, demonstration_model=demonstration_model,
             store=Store(context.settings.storage.data_dir,
                         context.settings.storage.min_free_disk))
-        self.images = ImageAnalysis(shared, analyzer)
+        self.images = ImageAnalysis(shared, analyzer, builders)
         self.verified_reports = VerifiedReports(shared)
         self.summaries = StudySummaries(shared)
 

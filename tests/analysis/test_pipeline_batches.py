@@ -1,6 +1,7 @@
 """A worker's batch of jobs (workers.batch_size): one batched prediction over the images of all
-its jobs, each job published in its own transaction; a job that fails in a batch fails alone,
-and a job's results are the same whether it ran alone or in a batch."""
+its jobs, their outputs built in a pool of processes (workers.output_builders), each job
+published in its own transaction; a job that fails in a batch fails alone, and a job's results
+are the same whether it ran alone (built in the worker) or in a batch (built in the pool)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
+from bcd_node.analysis.builders import Builders
 from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.db.models import Instance, Job, JobKind, JobState, Result
 from bcd_node.intake.intake import Intake
@@ -65,8 +67,8 @@ def nodes(write_config: Callable[..., Path], tmp_path: Path) -> Iterator[dict[st
         context.engine.dispose()
 
 
-def _workers(context: NodeContext, analyzer: Any) -> Workers:
-    pipeline = Pipeline(context, analyzer)
+def _workers(context: NodeContext, analyzer: Any, builders: Builders | None = None) -> Workers:
+    pipeline = Pipeline(context, analyzer, builders=builders)
     return Workers(context, pipeline.run, 0, on_failed=pipeline.job_failed,
                    run_batch=pipeline.run_batch)
 
@@ -107,11 +109,17 @@ def _results(context: NodeContext) -> dict[str, dict[str, Any]]:
     return out
 
 
+@pytest.mark.parametrize("builders", [0, pytest.param(2, marks=pytest.mark.slow)],
+                         ids=["built in the worker", "built in a pool"])
 def test_jobs_in_a_batch_share_one_prediction_and_give_what_they_give_alone(
-        nodes: dict[str, NodeContext], predictor: Any) -> None:
+        nodes: dict[str, NodeContext], predictor: Any, builders: int) -> None:
     alone, batch = Counting(predictor), Counting(predictor)
     assert drain(_workers(nodes["alone"], alone)) == len(IMAGES)
-    assert drain(_workers(nodes["batch"], batch)) == 1
+    pool = Builders(builders)  # 2: the batch's outputs built in two other processes
+    try:
+        assert drain(_workers(nodes["batch"], batch, pool)) == 1
+    finally:
+        pool.close()
     assert alone.calls == [1] * len(IMAGES)
     assert batch.calls == [len(IMAGES)]  # one batched prediction over the four images
 
