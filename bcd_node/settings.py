@@ -108,7 +108,7 @@ class WorkerSettings:
     count: int = 1
     batch_size: int = 8
     niceness: int = 10
-    output_builders: int = 2
+    output_builders: int = 0
     lease_seconds: float = 30.0
     poll_interval: float = 0.5
     max_attempts: int = 5

@@ -94,18 +94,27 @@ def burst(args: argparse.Namespace) -> int:
                 buffer = DicomBytesIO()
                 ds.save_as(buffer, enforce_file_format=True)
                 intake.accept(buffer.getvalue(), calling_ae="BENCH")
-        pipeline = Pipeline(context, predictor)
-        workers = Workers(context, pipeline.run, 0, on_failed=pipeline.job_failed,
-                          run_batch=pipeline.run_batch if args.batch_size > 1 else None)
-        from sqlalchemy import func, select
+        from sqlalchemy import func, select, update
 
+        from bcd_node.analysis.builders import Builders
         from bcd_node.db.models import Instance, Job, JobKind, JobState
         with context.session_factory() as s:
             paths = list(s.execute(select(Instance.path).order_by(Instance.id)).scalars())
-        started = time.perf_counter()
-        while workers.step("bench"):
-            pass
-        worker_seconds = time.perf_counter() - started
+        worker_seconds: dict[int, float] = {}
+        for round_, count in enumerate(args.builders):
+            if round_:  # the same burst again: every job queued anew
+                with context.session_factory.begin() as s:
+                    s.execute(update(Job).values(state=JobState.QUEUED, attempts=0,
+                                                 lease_owner=None, lease_expires_at=None))
+            builders = Builders(count)  # a pool starts with the first batch, timed with it
+            pipeline = Pipeline(context, predictor, builders=builders)
+            workers = Workers(context, pipeline.run, 0, on_failed=pipeline.job_failed,
+                              run_batch=pipeline.run_batch if args.batch_size > 1 else None)
+            started = time.perf_counter()
+            while workers.step("bench"):
+                pass
+            worker_seconds[count] = time.perf_counter() - started
+            builders.close()
         with context.session_factory() as s:
             done = s.execute(select(func.count(Job.id)).where(
                 Job.kind == JobKind.ANALYZE, Job.state == JobState.DONE)).scalar_one()
@@ -122,19 +131,22 @@ def burst(args: argparse.Namespace) -> int:
     report = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
               "images": n, "size": args.size, "analysed": done,
               "batch_size": args.batch_size, "model": f"{info['name']} {info['version']}",
-              "worker_images_per_s": round(n / worker_seconds, 2),
+              "worker_images_per_s": {count: round(n / sec, 2)
+                                      for count, sec in worker_seconds.items()},
               "model_only_images_per_s": round(n / model_seconds, 2),
-              "ratio": round(model_seconds / worker_seconds, 2)}
+              "ratio": {count: round(model_seconds / sec, 2)
+                        for count, sec in worker_seconds.items()}}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"burst of {n} images of {args.size}x{args.size} with {report['model']} on "
           f"{report['machine']} (workers.batch_size {args.batch_size}, {done} analysed):")
-    print(f"  through the worker (claim -> publish): {report['worker_images_per_s']:.2f} "
-          f"images/s")
+    for count, rate in report["worker_images_per_s"].items():
+        where = f"{count} output builder processes" if count else "outputs built in the worker"
+        print(f"  through the worker (claim -> publish), {where}: {rate:.2f} images/s; "
+              f"worker / model alone {report['ratio'][count]:.2f}")
     print(f"  the model alone, same images, batched: {report['model_only_images_per_s']:.2f} "
           f"images/s")
-    print(f"  worker / model alone: {report['ratio']:.2f}")
     print("reproduce: .venv/bin/python benchmarks/analysis.py " + " ".join(sys.argv[1:]))
     return 0
 
@@ -145,6 +157,8 @@ def main() -> int:
                         help="time each stage of one image instead of a burst")
     parser.add_argument("--burst", type=int, default=200, help="images of the burst")
     parser.add_argument("--batch-size", type=int, default=8, help="workers.batch_size")
+    parser.add_argument("--builders", type=int, nargs="+", default=[2],
+                        help="workers.output_builders; several values: one burst each")
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")

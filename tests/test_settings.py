@@ -115,6 +115,7 @@ def test_settings_are_frozen() -> None:
     ({"model": {"review_threshold": 1.5}}, {}, "model.review_threshold"),
     ({"workers": {"batch_size": 0}}, {}, "workers.batch_size"),
     ({"workers": {"niceness": 20}}, {}, "workers.niceness"),
+    ({"workers": {"output_builders": -1}}, {}, "workers.output_builders"),
     ({}, {"BCD_WORKERS_BATCH_SIZE": "lots"}, "workers.batch_size"),
     ({"web": {"port": 0}}, {}, "web.port"),
     ({"web": {"host": "not a host!"}}, {}, "web.host"),
