@@ -12,10 +12,13 @@ the key and the value; the CLI turns it into exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import functools
 import ipaddress
 import os
 import re
 import tomllib
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -158,6 +161,46 @@ class ModelSettings:
     batch_size: int = 8
 
 
+def display_zone(name: str) -> dt.tzinfo:
+    """The time zone named ``name`` (IANA, e.g. ``Europe/Zurich``), or the machine's zone for
+    ``""`` (``TZ``, else ``/etc/localtime``; UTC when neither names one).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not a known zone.
+    """
+    if name:
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("expected an IANA time zone such as Europe/Zurich or UTC") from None
+    return _machine_zone()
+
+
+@functools.cache
+def _machine_zone() -> dt.tzinfo:
+    env = os.environ.get("TZ", "").lstrip(":")
+    candidates = [env] if env else []
+    try:
+        target = os.path.realpath("/etc/localtime")
+        if "zoneinfo/" in target:
+            candidates.append(target.split("zoneinfo/", 1)[1])
+    except OSError:
+        pass
+    try:
+        candidates.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
+    except OSError:
+        pass
+    for name in candidates:
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            continue
+    local = dt.datetime.now().astimezone().tzinfo
+    return local if local is not None else dt.timezone.utc
+
+
 @dataclass(frozen=True)
 class WebSettings:
     """The web console."""
@@ -172,6 +215,14 @@ class WebSettings:
     trusted_proxies: int = 0
     metrics_token: str = ""
     upload_memory: int = 1024**3
+    #: IANA zone the console and the PDF reports show times in ("" = the machine's zone).
+    #: Times are stored in UTC whatever it says.
+    timezone: str = ""
+
+    @property
+    def tzinfo(self) -> dt.tzinfo:
+        """The zone of :attr:`timezone` (checked when the settings are loaded)."""
+        return display_zone(self.timezone)
 
 
 @dataclass(frozen=True)
@@ -515,6 +566,10 @@ def _validate(s: Settings) -> None:
 
     _check_host("web.host", s.web.host)
     _check_port("web.port", s.web.port)
+    try:
+        display_zone(s.web.timezone)
+    except ValueError as exc:
+        raise SettingsError("web.timezone", s.web.timezone, str(exc)) from None
     if s.web.secure_cookies not in {"auto", "true", "false"}:
         raise SettingsError("web.secure_cookies", s.web.secure_cookies,
                             "must be auto (secure unless listening on loopback), true or false")

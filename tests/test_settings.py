@@ -288,3 +288,16 @@ def test_commented_tls_destination_examples_load(tmp_path: Path, name: str) -> N
         dest[key] = str(stand_in)
     s = settings_from_mapping(raw, environ={})
     assert s.destinations[0].tls_ca == tmp_path / "tls_ca.pem"
+
+
+def test_web_timezone_defaults_to_the_machines_zone_and_a_bad_one_names_its_key() -> None:
+    import zoneinfo
+
+    s = settings_from_mapping({"web": {"timezone": "Europe/Zurich"}}, environ={})
+    assert s.web.tzinfo == zoneinfo.ZoneInfo("Europe/Zurich")
+    default = settings_from_mapping({}, environ={})
+    assert default.web.timezone == "" and default.web.tzinfo is not None
+    with pytest.raises(SettingsError, match="web.timezone"):
+        settings_from_mapping({"web": {"timezone": "Mars/Olympus_Mons"}}, environ={})
+    with pytest.raises(SettingsError, match="web.timezone"):
+        settings_from_mapping({}, environ={"BCD_WEB_TIMEZONE": "../../etc/passwd"})

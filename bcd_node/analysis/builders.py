@@ -11,6 +11,7 @@ GPU: one process feeds the accelerator, several CPUs build). The bytes are the s
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
 import multiprocessing
@@ -45,6 +46,8 @@ class BuildRequest:
     revision: int
     supersedes: list[Dataset]
     field_number: int
+    #: The time zone the PDF report shows times in (``web.timezone``).
+    timezone: dt.tzinfo | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def build(request: BuildRequest) -> Built:
                               uid_root=request.uid_root,
                               demonstration_model=request.demonstration_model,
                               revision=request.revision, supersedes=request.supersedes,
-                              field_number=request.field_number)
+                              field_number=request.field_number, timezone=request.timezone)
     objects: tuple[BuiltObject, ...] = ()
     if analysis.objects is not None and analysis.pdf is not None:
         objects = tuple(BuiltObject(kind, str(ds.SOPClassUID), str(ds.SOPInstanceUID),

@@ -130,7 +130,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndar
 
 def report_data(ds: Dataset, image: np.ndarray, over: np.ndarray, c: Combined, *,
                 algorithm: Algorithm, demonstration_model: bool,
-                created_at: dt.datetime) -> ReportData:
+                created_at: dt.datetime, timezone: dt.tzinfo | None = None) -> ReportData:
     """What the PDF report of ``ds`` shows; identification comes from the image itself.
 
     Raises
@@ -154,7 +154,7 @@ def report_data(ds: Dataset, image: np.ndarray, over: np.ndarray, c: Combined, *
         accession_number=text("AccessionNumber"), study_date=text("StudyDate"),
         study_instance_uid=text("StudyInstanceUID"), specimen_id=text("ContainerIdentifier"),
         stain=describe.stain(ds), age=describe.patient_age(ds),
-        institution=algorithm.institution_name)
+        institution=algorithm.institution_name, timezone=timezone)
 
 
 def decode_for_analysis(ds: Dataset) -> list[np.ndarray]:
@@ -192,7 +192,8 @@ def quality_flags(quality: dict[str, Any]) -> tuple[str, ...]:
 def non_diagnostic_answer(ds: Dataset, why: NonDiagnostic, *, algorithm: Algorithm,
                           demonstration_model: bool, uid_root: str, image: np.ndarray | None,
                           revision: int = 0, supersedes: list[Dataset] | None = None,
-                          field_number: int | None = None) -> tuple[bytes, ResultObjects]:
+                          field_number: int | None = None,
+                          timezone: dt.tzinfo | None = None) -> tuple[bytes, ResultObjects]:
     """The PDF and the non-diagnostic SR and Encapsulated PDF of an image that gets no
     diagnosis (``why``: the quality gate refused it, or its analysis failed for good)."""
     def text(keyword: str) -> str | None:
@@ -210,7 +211,8 @@ def non_diagnostic_answer(ds: Dataset, why: NonDiagnostic, *, algorithm: Algorit
         sex=text("PatientSex"), accession_number=text("AccessionNumber"),
         study_date=text("StudyDate"), study_instance_uid=text("StudyInstanceUID"),
         specimen_id=text("ContainerIdentifier"), stain=describe.stain(ds),
-        age=describe.patient_age(ds), institution=algorithm.institution_name))
+        age=describe.patient_age(ds), institution=algorithm.institution_name,
+        timezone=timezone))
     objects = build_non_diagnostic_objects(ds, why, pdf, algorithm=algorithm, uid_root=uid_root,
                                            revision=revision, supersedes=supersedes or (),
                                            field_number=field_number)
@@ -240,7 +242,8 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
                     review_threshold: float, uid_root: str,
                     demonstration_model: bool = True, revision: int = 0,
                     supersedes: list[Dataset] | None = None,
-                    field_number: int | None = None) -> Analysis:
+                    field_number: int | None = None,
+                    timezone: dt.tzinfo | None = None) -> Analysis:
     """Predict on one image and build what the node sends for it (no database, no files).
 
     ``bcd-node analyze --dicom-out`` and the worker both call this, so the files a user makes on
@@ -253,7 +256,7 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
     return build_analysis(ds, images, analyzer.predict(images), algorithm=algorithm,
                           review_threshold=review_threshold, uid_root=uid_root,
                           demonstration_model=demonstration_model, revision=revision,
-                          supersedes=supersedes, field_number=field_number)
+                          supersedes=supersedes, field_number=field_number, timezone=timezone)
 
 
 def predict_each(analyzer: Analyzer, batch: Sequence[list[np.ndarray]]
@@ -289,7 +292,8 @@ def build_analysis(ds: Dataset, images: list[np.ndarray],
                    predictions: Sequence[PredictionLike], *, algorithm: Algorithm,
                    review_threshold: float, uid_root: str, demonstration_model: bool = True,
                    revision: int = 0, supersedes: list[Dataset] | None = None,
-                   field_number: int | None = None) -> Analysis:
+                   field_number: int | None = None,
+                   timezone: dt.tzinfo | None = None) -> Analysis:
     """What the node sends for image ``ds`` given its decoded ``images`` and their
     ``predictions`` (the arguments as for :func:`analyze_dataset`)."""
     combined = combine(predictions, images, review_threshold)
@@ -300,7 +304,7 @@ def build_analysis(ds: Dataset, images: list[np.ndarray],
         pdf, objects = non_diagnostic_answer(
             ds, why, algorithm=algorithm, demonstration_model=demonstration_model,
             uid_root=uid_root, image=images[0], revision=revision, supersedes=supersedes,
-            field_number=field_number)
+            field_number=field_number, timezone=timezone)
         return Analysis(images, combined, over, pdf, objects)
     findings = Findings(stage=combined.stage, probabilities=combined.probabilities,
                         blast_count=combined.blast_count,
@@ -308,7 +312,7 @@ def build_analysis(ds: Dataset, images: list[np.ndarray],
                         quality_ok=True)
     pdf = render_report(report_data(ds, images[0], over, combined, algorithm=algorithm,
                                     demonstration_model=demonstration_model,
-                                    created_at=utcnow()))
+                                    created_at=utcnow(), timezone=timezone))
     objects = build_result_objects(ds, combined.masks if len(images) > 1 else combined.masks[0],
                                    findings, algorithm=algorithm, pdf=pdf, uid_root=uid_root,
                                    revision=revision, supersedes=supersedes or (),

@@ -180,7 +180,7 @@ class ImageAnalysis:
                             ctx.algorithm, ctx.settings.model.review_threshold,
                             ctx.settings.uids.root, ctx.demonstration_model,
                             prepared.instance.revision, prepared.supersedes,
-                            prepared.field_number)
+                            prepared.field_number, ctx.settings.web.tzinfo)
 
     def _folder(self, prepared: Prepared) -> str:
         inst = prepared.instance
@@ -286,7 +286,7 @@ class ImageAnalysis:
             ds, NonDiagnostic(failure=reason), algorithm=ctx.algorithm,
             demonstration_model=ctx.demonstration_model, uid_root=settings.uids.root,
             image=image, revision=inst.revision, supersedes=self._supersedes(inst, study),
-            field_number=ctx.field_number(inst, study))
+            field_number=ctx.field_number(inst, study), timezone=settings.web.tzinfo)
         folder = DataLayout.instance_results(inst.id, ctx.model_version, inst.revision)
         pdf_rel = f"{folder}/failed-report.pdf"
         outputs = [Output(kind, dataset, f"{folder}/failed-{kind}.dcm")

@@ -57,8 +57,8 @@ class Pipeline:
             store=Store(context.settings.storage.data_dir,
                         context.settings.storage.min_free_disk))
         self.images = ImageAnalysis(shared, analyzer, builders)
-        self.verified_reports = VerifiedReports(shared)
         self.summaries = StudySummaries(shared)
+        self.verified_reports = VerifiedReports(shared, self.summaries)
 
     def run(self, job: Claimed) -> None:
         """Do ``job`` and complete it in the same transaction as its results.

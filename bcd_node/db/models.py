@@ -107,14 +107,14 @@ class DeliveryState(enum.StrEnum):
 
 
 class StudyStatus(enum.StrEnum):
-    """A study's status on the worklist (see :func:`bcd_node.records.studies.refresh_study`)."""
+    """A case's (study's) status on the worklist and its page; the rule that derives it is
+    :func:`bcd_node.records.cases.case_status` (migration 0006 renamed the earlier values)."""
 
-    QUEUED = "queued"
     ANALYSING = "analysing"
-    DONE = "done"
+    AWAITING_REVIEW = "awaiting_review"
+    SIGNED = "signed"
+    SIGNED_CORRECTED = "signed_corrected"
     FAILED = "failed"
-    NEEDS_REVIEW = "needs_review"
-    VERIFIED = "verified"
 
 
 class VerificationState(enum.StrEnum):
@@ -189,7 +189,7 @@ class Study(Base):
     description: Mapped[str] = mapped_column(String(64), default="")
     referring_physician: Mapped[str] = mapped_column(String(324), default="")
     # Worklist status, kept up to date by the pipeline so the console need not aggregate.
-    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus), default=StudyStatus.QUEUED,
+    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus), default=StudyStatus.ANALYSING,
                                                 index=True)
     stage: Mapped[Stage | None] = mapped_column(_enum(Stage), index=True)
     confidence: Mapped[float | None] = mapped_column(Float)

@@ -22,6 +22,7 @@ from bcd_node.db.models import (
     Role,
     Stage,
     Study,
+    StudyStatus,
     User,
     UserState,
     VerificationState,
@@ -119,7 +120,8 @@ def verify_result(session: Session, result: Result, decision: Decision | str, *,
     if user is None or user.role is not Role.DOCTOR or user.state is not UserState.ACTIVE:
         raise NotADoctorError("Only a doctor can verify results.")
     if result.verification != VerificationState.UNVERIFIED:
-        raise AlreadyVerifiedError("This result has already been verified.")
+        raise AlreadyVerifiedError("This case has already been signed." if result.instance_fk
+                                   is None else "This result has already been verified.")
     instance = session.get(Instance, result.instance_fk) if result.instance_fk else None
     if instance is not None and instance.revision != result.instance_revision:
         raise ImageReplacedError("This image was replaced by a changed version, which is being "
@@ -145,10 +147,64 @@ def verify_result(session: Session, result: Result, decision: Decision | str, *,
     session.flush()
     refresh_study(session, study.id)  # worklist columns: "verified" and the doctors' stage
     audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
-                 action="verify_correct" if corrected else "verify_accept",
+                 action=("sign_case_" if result.instance_fk is None else "verify_")
+                 + ("correct" if corrected else "accept"),
                  patient_id=study.patient.patient_id,
                  study_instance_uid=study.study_instance_uid, object_ref=f"result:{result.id}",
                  details={"ai_stage": result.stage, "verified_stage": result.verified_stage,
                           "comment": result.verified_comment or "",
                           "verified_report": "queued" if report else "none (no AI SR)"})
     return Verified(result.id, corrected, report)
+
+
+class CaseNotReadyError(VerificationRefused):
+    """The case cannot be signed yet (still receiving or analysing, or no summary)."""
+
+
+def sign_case(session: Session, study: Study, decision: Decision | str, *,
+              stage: Stage | str | None, comment: str | None, user_id: int, actor: str,
+              actor_kind: str, source: str = "") -> Verified:
+    """Sign a case: the doctor's verification of its study summary (accept the AI's case
+    stage, or correct it), which queues the VERIFIED summary SR and the signed PDF.
+
+    A case is signed only through its summary: verifying each field does not sign it
+    (:mod:`bcd_node.records.cases`). The fields the doctor did not verify one by one are
+    covered by the signed summary and get no VERIFIED SR of their own.
+
+    Raises
+    ------
+    CaseNotReadyError
+        The case is still receiving or analysing, or has no summary yet.
+    VerificationRefused, ValidationError
+        As :func:`verify_result`.
+    """
+    from bcd_node.records.studies import current_summary, refresh_study
+
+    refresh_study(session, study.id)
+    summary = current_summary(session, study.id)
+    if summary is None or study.summary_done_at is None or study.status in (
+            StudyStatus.ANALYSING,):
+        raise CaseNotReadyError("This case is still receiving or being analysed; it can be "
+                                "signed once its summary is made.")
+    return verify_result(session, summary, decision, stage=stage, comment=comment,
+                         user_id=user_id, actor=actor, actor_kind=actor_kind, source=source)
+
+
+def retry_signed_report(session: Session, study: Study, *, actor: str, actor_kind: str,
+                        source: str = "") -> bool:
+    """Queue the signed report of a signed case again when its job failed for good (a full
+    disk, a bug fixed since); returns whether a job was queued. Audited."""
+    from bcd_node.records.studies import current_summary, refresh_study, report_job_failed
+
+    summary = current_summary(session, study.id)
+    error = report_job_failed(session, summary) if summary is not None else None
+    if summary is None or error is None:
+        return False
+    session.add(Job(kind=JobKind.VERIFIED_REPORT, result_fk=summary.id, study_fk=study.id))
+    session.flush()
+    refresh_study(session, study.id)
+    audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
+                 action="signed_report_retry", patient_id=study.patient.patient_id,
+                 study_instance_uid=study.study_instance_uid,
+                 object_ref=f"result:{summary.id}", details={"error": error[:500]})
+    return True

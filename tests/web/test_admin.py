@@ -128,7 +128,7 @@ def test_api_with_token_and_basic_auth(app: Flask, admin_client: FlaskClient,
         events = session.execute(select(AuditEvent).where(AuditEvent.actor_kind == "api")
                                  ).scalars().all()
     kinds = [e.action for e in events]
-    assert {"api_list_studies", "view_study", "view_result", "view_pdf",
+    assert {"api_list_studies", "view_study", "view_result", "download_pdf",
             "login_failed"} <= set(kinds)
     assert all(e.actor in ("doctor", "?") for e in events)
 
@@ -234,7 +234,7 @@ def test_every_audited_action_names_who_where_and_what(app: Flask, admin_client:
     with ctx.session_factory.begin() as session:
         add_analysed_study(session, ctx.settings.storage.data_dir, uid=UID)
     doctor_client.get(f"/studies/{UID}")
-    doctor_client.get("/results/1/overlay.png")
+    doctor_client.get("/results/1/overlay.png?download=1")
     doctor_client.get("/results/1/report.pdf?version=ai")
     post_form(doctor_client, f"/studies/{UID}", "/results/1/verify", {"r1-decision": "accept"})
     issue(admin_client)
@@ -242,12 +242,12 @@ def test_every_audited_action_names_who_where_and_what(app: Flask, admin_client:
         events = session.execute(select(AuditEvent).where(
             AuditEvent.actor != "cli")).scalars().all()
     by_action = {e.action: e for e in events}
-    for action in ("login", "view_study", "view_image", "view_pdf", "verify_accept",
+    for action in ("login", "view_study", "download_image", "download_pdf", "verify_accept",
                    "token_issue"):
         event = by_action[action]
         assert event.actor in ("doctor", "admin") and event.source == "127.0.0.1", action
         assert event.at is not None and (event.object_ref or event.details), action
-    for action in ("view_study", "view_image", "view_pdf", "verify_accept"):
+    for action in ("view_study", "download_image", "download_pdf", "verify_accept"):
         assert by_action[action].patient_id == "P0001"
         assert by_action[action].study_instance_uid == UID
 
@@ -295,7 +295,7 @@ def test_admin_sees_a_lock_and_lifts_it(app: Flask, admin_client: FlaskClient,
     page = admin_client.get("/admin/users/doctor").get_data(as_text=True)
     assert "sign-in locked until" in page and "Unlock sign-in" in page
     listed = admin_client.get("/admin/users").get_data(as_text=True)
-    assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d UTC</td>", listed)
+    assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d \([^)]*UTC[^)]*\)</td>", listed)
     resp = post_form(admin_client, "/admin/users/doctor", "/admin/users/doctor/unlock",
                      follow_redirects=True)
     assert "doctor can sign in again" in resp.get_data(as_text=True)
