@@ -32,6 +32,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -111,8 +112,17 @@ def burst(args: argparse.Namespace) -> int:
             workers = Workers(context, pipeline.run, 0, on_failed=pipeline.job_failed,
                               run_batch=pipeline.run_batch if args.batch_size > 1 else None)
             started = time.perf_counter()
-            while workers.step("bench"):
-                pass
+
+            def drain(owner: str) -> None:
+                while workers.step(owner):
+                    pass
+
+            threads = [threading.Thread(target=drain, args=(f"bench-{t}",))
+                       for t in range(args.threads)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
             worker_seconds[count] = time.perf_counter() - started
             builders.close()
         with context.session_factory() as s:
@@ -140,7 +150,8 @@ def burst(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"burst of {n} images of {args.size}x{args.size} with {report['model']} on "
-          f"{report['machine']} (workers.batch_size {args.batch_size}, {done} analysed):")
+          f"{report['machine']} (workers.batch_size {args.batch_size}, workers.count "
+          f"{args.threads}, {done} analysed):")
     for count, rate in report["worker_images_per_s"].items():
         where = f"{count} output builder processes" if count else "outputs built in the worker"
         print(f"  through the worker (claim -> publish), {where}: {rate:.2f} images/s; "
@@ -157,7 +168,9 @@ def main() -> int:
                         help="time each stage of one image instead of a burst")
     parser.add_argument("--burst", type=int, default=200, help="images of the burst")
     parser.add_argument("--batch-size", type=int, default=8, help="workers.batch_size")
-    parser.add_argument("--builders", type=int, nargs="+", default=[2],
+    parser.add_argument("--threads", type=int, default=1,
+                        help="workers.count: worker threads draining the queue together")
+    parser.add_argument("--builders", type=int, nargs="+", default=[0],
                         help="workers.output_builders; several values: one burst each")
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
