@@ -269,7 +269,8 @@ def system() -> Any:
     return render_template("admin/system.html", components=node().components,
                            jobs=status.jobs, overview=status.deliveries, disk=status.disk,
                            problems=problems,
-                           configured={d.name: d for d in settings.destinations},
+                           configured={d.name: d for d in (*settings.destinations,
+                                                           *settings.lis)},
                            model=_model_info(), action=ActionForm(), settings=settings)
 
 
@@ -292,10 +293,19 @@ def retry_delivery(delivery_id: int) -> Any:
     except DeliveryRetryError as exc:
         session.rollback()
         flash(str(exc), "error")
-        return redirect(url_for("admin.system"))
+        return redirect(_back_or(url_for("admin.system")))
     session.commit()
     flash(f"Delivery {delivery_id} will be sent again.", "success")
-    return redirect(url_for("admin.system"))
+    return redirect(_back_or(url_for("admin.system")))
+
+
+def _back_or(default: str) -> str:
+    """The form's ``back`` (a page of this console, e.g. the study the retry came from), else
+    ``default``."""
+    back = request.form.get("back", "")
+    if back.startswith("/") and not back.startswith("//") and "\\" not in back:
+        return back
+    return default
 
 
 # --------------------------------------------------------------------------- statistics

@@ -35,6 +35,7 @@ from bcd_node.db.models import (
     Study,
     User,
 )
+from bcd_node.delivery.outbox import case_deliveries
 from bcd_node.errors import ValidationError
 from bcd_node.node.memory_budget import Busy
 from bcd_node.records.cases import STATUS_LABELS, Case, load_case
@@ -187,13 +188,16 @@ def study(uid: str) -> Any:
                 study_instance_uid=st.study_instance_uid, object_ref=f"study:{st.id}")
     session.commit()
     forms = {r.id: VerifyForm(prefix=f"r{r.id}") for r in results}
+    deliveries = case_deliveries(session, node().settings, st.id)
     demonstration, demo_note = results_banner(list(results), configured_manifest())
     return render_template("worklist/study.html", study=st, patient=st.patient,
                            instances=instances, by_instance=by_instance,
                            study_results=by_instance.get(None, []), forms=forms,
                            warnings_for=warnings_for, names=names, stages=STAGES,
                            can_verify=current_user.role == Role.DOCTOR,
-                           demonstration=demonstration, demo_note=demo_note)
+                           demonstration=demonstration, demo_note=demo_note,
+                           deliveries=deliveries, action=ActionForm(),
+                           is_admin=current_user.role == Role.ADMIN)
 
 
 @bp.app_template_global()
@@ -266,7 +270,9 @@ def case(uid: str) -> Any:
                            can_verify=current_user.role == Role.DOCTOR,
                            demonstration=demonstration, demo_note=demo_note,
                            state=case_state(current),
-                           quiet_minutes=node().settings.workers.study_quiet_seconds / 60)
+                           quiet_minutes=node().settings.workers.study_quiet_seconds / 60,
+                           deliveries=case_deliveries(db(), node().settings, st.id),
+                           action=ActionForm(), is_admin=current_user.role == Role.ADMIN)
 
 
 @bp.get("/cases/<uid>/state.json")

@@ -4,9 +4,9 @@
 to its module: ``analyze`` to :mod:`~bcd_node.analysis.image` (decode pixels → predict → PDF
 report → SEG + SR + Encapsulated PDF, built by :mod:`~bcd_node.analysis.findings`),
 ``verified_report`` to :mod:`~bcd_node.analysis.verified`, ``study_summary`` to
-:mod:`~bcd_node.analysis.summary`. Each ends the same way (:mod:`~bcd_node.analysis.publish`):
-result row and one outbox row per output and destination, all in one transaction with the job's
-completion.
+:mod:`~bcd_node.analysis.summary`, ``lis_report`` to :mod:`~bcd_node.analysis.lis`. Each ends
+the same way (:mod:`~bcd_node.analysis.publish`): result row and one outbox row per output and
+destination, all in one transaction with the job's completion.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from bcd_node.analysis.builders import Builders
 from bcd_node.analysis.context import AnalysisContext
 from bcd_node.analysis.findings import Analyzer
 from bcd_node.analysis.image import ImageAnalysis
+from bcd_node.analysis.lis import LisReports
 from bcd_node.analysis.summary import StudySummaries
 from bcd_node.analysis.verified import VerifiedReports
 from bcd_node.db.models import JobKind
@@ -59,6 +60,7 @@ class Pipeline:
         self.images = ImageAnalysis(shared, analyzer, builders)
         self.summaries = StudySummaries(shared)
         self.verified_reports = VerifiedReports(shared, self.summaries)
+        self.lis_reports = LisReports(shared)
 
     def run(self, job: Claimed) -> None:
         """Do ``job`` and complete it in the same transaction as its results.
@@ -100,6 +102,8 @@ class Pipeline:
             self.verified_report(job)
         elif job.kind is JobKind.STUDY_SUMMARY:
             self.study_summary(job)
+        elif job.kind is JobKind.LIS_REPORT:
+            self.lis_reports.make(job)
         else:
             raise PermanentError(f"job kind {job.kind.value} is not handled by this version")
 

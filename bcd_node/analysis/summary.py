@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bcd_node.analysis.context import AnalysisContext
+from bcd_node.analysis.lis import queue_case_messages
 from bcd_node.analysis.publish import Output, complete_or_raise, publish, write_files
 from bcd_node.db.models import (
     ACTIVE_JOB_STATES,
@@ -161,6 +162,7 @@ class StudySummaries:
             result.pdf_sop_instance_uid = str(enc.SOPInstanceUID)
             publish(session, job, result, outputs, settings.destinations, study_id=study.id,
                     update_study=_summary_done_and_refresh)
+            queue_case_messages(session, ctx.store, settings.lis, study.id)
         ctx.node.wake_delivery()
         LOGGER.info("job %d: study %s summarised: %d field(s) analysed, %d non-diagnostic, %d "
                     "failed: %s", job.id, study.study_instance_uid, findings.fields_analysed,

@@ -5,6 +5,11 @@ any other client (an API or command that verifies). In the caller's transaction 
 the result may be verified, records the decision next to the AI's own findings (which stay as
 they were), queues the job that makes the VERIFIED SR and PDF when there is an AI SR for them to
 supersede, refreshes the study's worklist columns and writes the audit event.
+
+:func:`queue_case_report` is where a verification reaches the laboratory information systems:
+when the case was reported to one (its preliminary ORU^R01 queued), a ``lis_report`` job
+sends the final result once the case is signed, or a correction of a signed case
+(:mod:`bcd_node.analysis.lis`).
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bcd_node.db.models import (
+    Delivery,
     Instance,
     Job,
     JobKind,
+    LisMessageKind,
     Result,
     Role,
     Stage,
@@ -57,6 +65,20 @@ class AlreadyVerifiedError(VerificationRefused):
 
 class ImageReplacedError(VerificationRefused):
     """The image changed since the result was made; its new result is verified instead."""
+
+
+def queue_case_report(session: Session, study_id: int, result_id: int) -> bool:
+    """After a verification in ``study_id``: queue the ``lis_report`` job that tells each LIS
+    (F once the case is signed, C for a change to a signed case) when the case was reported to
+    one; returns whether it was queued. The caller commits."""
+    study_results = select(Result.id).where(Result.study_fk == study_id)
+    reported = session.execute(select(Delivery.id).where(
+        Delivery.result_fk.in_(study_results),
+        Delivery.kind.in_([k.value for k in LisMessageKind])).limit(1)).first()
+    if reported is None:
+        return False
+    session.add(Job(kind=JobKind.LIS_REPORT, study_fk=study_id, result_fk=result_id))
+    return True
 
 
 @dataclass(frozen=True)
@@ -146,6 +168,7 @@ def verify_result(session: Session, result: Result, decision: Decision | str, *,
                         instance_fk=result.instance_fk))
     session.flush()
     refresh_study(session, study.id)  # worklist columns: "verified" and the doctors' stage
+    queue_case_report(session, study.id, result.id)
     audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
                  action=("sign_case_" if result.instance_fk is None else "verify_")
                  + ("correct" if corrected else "accept"),

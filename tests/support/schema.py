@@ -122,7 +122,7 @@ def assert_statuses_renamed_through_0006(engine: Engine) -> None:
             "verification, instance_revision, created_at) VALUES ('study', :study, 'm', '1', "
             "'Benign', '{}', 0, 0.0, '{}', false, 'verified', 0, :now)"),
             {**now, "study": ids[4]})
-    assert upgrade(engine) == "0006"
+    assert upgrade(engine, "0006") == "0006"
     with engine.connect() as conn:
         statuses = [conn.execute(text("SELECT status FROM studies WHERE id = :id"),
                                  {"id": i}).scalar_one() for i in ids]
