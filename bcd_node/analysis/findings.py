@@ -262,7 +262,50 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
     command line, without one, numbers them as the source image is numbered).
     """
     images = decode_for_analysis(ds)
-    combined = combine(analyzer.predict(images), images, review_threshold)
+    return build_analysis(ds, images, analyzer.predict(images), algorithm=algorithm,
+                          review_threshold=review_threshold, uid_root=uid_root,
+                          demonstration_model=demonstration_model, revision=revision,
+                          supersedes=supersedes, field_number=field_number, timezone=timezone)
+
+
+def predict_each(analyzer: Analyzer, batch: Sequence[list[np.ndarray]]
+                 ) -> list[Sequence[PredictionLike] | Exception]:
+    """The predictions of several images' frames, in one batched prediction over all of them.
+
+    Each item of ``batch`` is one image's frames (:func:`decode_for_analysis`); the answer is
+    that image's predictions. If the batched prediction fails, each image is predicted alone,
+    so that an image the model cannot take fails alone: its item is then the error.
+    """
+    frames = [frame for images in batch for frame in images]
+    try:
+        predictions = list(analyzer.predict(frames)) if frames else []
+    except Exception:  # noqa: BLE001 - find which image it was, below
+        predictions = None
+    if predictions is not None and len(predictions) == len(frames):
+        out: list[Sequence[PredictionLike] | Exception] = []
+        start = 0
+        for images in batch:
+            out.append(predictions[start:start + len(images)])
+            start += len(images)
+        return out
+    alone: list[Sequence[PredictionLike] | Exception] = []
+    for images in batch:
+        try:
+            alone.append(analyzer.predict(images))
+        except Exception as exc:  # noqa: BLE001 - this image's own error
+            alone.append(exc)
+    return alone
+
+
+def build_analysis(ds: Dataset, images: list[np.ndarray],
+                   predictions: Sequence[PredictionLike], *, algorithm: Algorithm,
+                   review_threshold: float, uid_root: str, demonstration_model: bool = True,
+                   revision: int = 0, supersedes: list[Dataset] | None = None,
+                   field_number: int | None = None,
+                   timezone: dt.tzinfo | None = None) -> Analysis:
+    """What the node sends for image ``ds`` given its decoded ``images`` and their
+    ``predictions`` (the arguments as for :func:`analyze_dataset`)."""
+    combined = combine(predictions, images, review_threshold)
     over = overlay(images[0], combined.masks[0])
     if combined.stage is None or combined.probabilities is None:
         # The quality gate refused it: the sender still gets an answer, saying why.
