@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 
 from bcd_node.db.models import utcnow
 from bcd_node.errors import PermanentError
+from bcd_node.inference.spec import REASON_LOW_CONFIDENCE, REASON_SCALE_UNKNOWN
 from bcd_node.report.pdf import NotAnalysedData, ReportData, render_not_analysed, render_report
 from dicom import describe
 from dicom.algorithm import Algorithm
@@ -33,6 +34,7 @@ from dicom.outputs import (
 )
 from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_dataset
 from dicom.sop import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
+from dicom.spacing import pixel_size
 from dicom.sr import Findings
 
 OVERLAY_COLOUR = np.array([255, 0, 64], np.float32)
@@ -72,7 +74,12 @@ class Analyzer(Protocol):
     @property
     def model_info(self) -> dict[str, Any]: ...
 
-    def predict(self, images: list[np.ndarray]) -> Sequence[PredictionLike]: ...
+    def predict(self, images: list[np.ndarray],
+                um_per_pixel: float | None = None) -> Sequence[PredictionLike]: ...
+
+
+#: ``Combined.scale_source`` when the image stated no pixel size.
+SCALE_DEFAULT = "default"
 
 
 @dataclass(frozen=True)
@@ -86,13 +93,20 @@ class Combined:
     masks: np.ndarray          # (frames, rows, cols) uint8
     quality: dict[str, Any]
     needs_review: bool
+    review_reasons: tuple[str, ...] = ()
+    um_per_pixel: float | None = None
+    scale_source: str | None = None
 
 
 def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
-            review_threshold: float) -> Combined:
+            review_threshold: float, *, um_per_pixel: float | None = None,
+            scale_source: str | None = None) -> Combined:
     """Merge the per-frame predictions of one instance (mean probabilities, summed blasts).
 
-    A frame without a mask (quality insufficient) gets an empty one of its own size.
+    A frame without a mask (quality insufficient) gets an empty one of its own size. The
+    review reasons are the frames' (``review_reasons`` of a prediction, where it has them),
+    "low confidence" when the merged top probability is under ``review_threshold``, and "scale
+    unknown" when ``scale_source`` is :data:`SCALE_DEFAULT`.
     """
     masks = np.stack([p.mask if p.mask is not None else np.zeros(img.shape[:2], np.uint8)
                       for p, img in zip(predictions, images)])
@@ -102,7 +116,7 @@ def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
         "status": "ok" if usable else "insufficient",
         "frames": [p.quality.as_dict() for p in predictions]}
     if not usable:
-        return Combined(None, None, 0, 0.0, masks, quality, True)
+        return Combined(None, None, 0, 0.0, masks, quality, True, (), um_per_pixel, scale_source)
     names = list(usable[0][1])
     probs = {n: float(np.mean([probabilities[n] for _, probabilities in usable]))
              for n in names}
@@ -110,9 +124,18 @@ def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
     probs = {n: v / total for n, v in probs.items()}
     stage = max(probs, key=probs.__getitem__)
     area = float(np.mean([p.blast_area_fraction or 0.0 for p, _ in usable]))
+    reasons: list[str] = []
+    for p in predictions:
+        for reason in getattr(p, "review_reasons", ()):
+            if reason not in reasons:
+                reasons.append(reason)
+    if probs[stage] < review_threshold and REASON_LOW_CONFIDENCE not in reasons:
+        reasons.append(REASON_LOW_CONFIDENCE)
+    if scale_source == SCALE_DEFAULT and REASON_SCALE_UNKNOWN not in reasons:
+        reasons.append(REASON_SCALE_UNKNOWN)
     return Combined(stage, probs, int(sum(p.blast_count or 0 for p, _ in usable)), area, masks,
-                    quality,
-                    any(p.needs_review for p in predictions) or probs[stage] < review_threshold)
+                    quality, any(p.needs_review for p in predictions) or bool(reasons),
+                    tuple(reasons), um_per_pixel, scale_source)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -240,7 +263,8 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
                     review_threshold: float, uid_root: str,
                     demonstration_model: bool = True, revision: int = 0,
                     supersedes: list[Dataset] | None = None,
-                    field_number: int | None = None) -> Analysis:
+                    field_number: int | None = None,
+                    default_um_per_pixel: float | None = None) -> Analysis:
     """Predict on one image and build what the node sends for it (no database, no files).
 
     ``bcd-node analyze --dicom-out`` and the worker both call this, so the files a user makes on
@@ -248,9 +272,23 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
     stored image's revision and the earlier revision's SR documents the new SR replaces;
     ``field_number`` the image's number in its study, the Instance Number of its results (the
     command line, without one, numbers them as the source image is numbered).
+
+    The image's pixel size comes from its own attributes (:func:`dicom.spacing.pixel_size`);
+    without one, ``default_um_per_pixel`` is used (None: the analyzer's default) and the result
+    needs review ("scale unknown").
     """
     images = decode_for_analysis(ds)
-    combined = combine(analyzer.predict(images), images, review_threshold)
+    stated = pixel_size(ds)
+    um: float | None
+    if stated is not None:
+        um, source = stated.um_per_pixel, stated.source
+    else:
+        um, source = default_um_per_pixel, SCALE_DEFAULT
+    predictions = analyzer.predict(images, um_per_pixel=um)
+    if um is None:  # the analyzer's default: read it back from what it used
+        um = getattr(predictions[0], "um_per_pixel", None) if predictions else None
+    combined = combine(predictions, images, review_threshold, um_per_pixel=um,
+                       scale_source=source)
     over = overlay(images[0], combined.masks[0])
     if combined.stage is None or combined.probabilities is None:
         # The quality gate refused it: the sender still gets an answer, saying why.

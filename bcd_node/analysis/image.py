@@ -98,7 +98,8 @@ class ImageAnalysis:
                                    uid_root=settings.uids.root,
                                    demonstration_model=ctx.demonstration_model,
                                    revision=inst.revision, supersedes=supersedes,
-                                   field_number=ctx.field_number(inst, study))
+                                   field_number=ctx.field_number(inst, study),
+                                   default_um_per_pixel=settings.model.default_um_per_pixel)
         combined = analysis.combined
         folder = DataLayout.instance_results(inst.id, ctx.model_version, inst.revision)
         outputs: list[Output] = []
@@ -139,6 +140,9 @@ class ImageAnalysis:
             result.blast_area_fraction = combined.blast_area_fraction
             result.quality = combined.quality
             result.needs_review = combined.needs_review
+            result.review_reasons = list(combined.review_reasons)
+            result.um_per_pixel = combined.um_per_pixel
+            result.scale_source = combined.scale_source
             result.demonstration_model = ctx.demonstration_model
             result.mask_path = f"{folder}/mask.png"
             result.overlay_path = f"{folder}/overlay.png"

@@ -32,6 +32,7 @@ class _PredictorOptions(TypedDict, total=False):
     threads: int
     batch_size: int
     review_threshold: float
+    default_um_per_pixel: float
 
 
 _OptionName = Literal["weights", "precision", "threads", "batch_size", "review_threshold"]
@@ -62,7 +63,8 @@ def _predictor_options(args: argparse.Namespace) -> _PredictorOptions:
     opts: _PredictorOptions = {}
     if model is not None:
         opts = {"weights": model.weights, "precision": model.precision, "threads": model.threads,
-                "batch_size": model.batch_size, "review_threshold": model.review_threshold}
+                "batch_size": model.batch_size, "review_threshold": model.review_threshold,
+                "default_um_per_pixel": model.default_um_per_pixel}
     for key in _OPTION_NAMES:
         value = getattr(args, key, None)
         if value is not None:
@@ -74,7 +76,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     """Write a synthetic data set."""
     from bcd_node.inference.synth import write_dataset
     labels = write_dataset(args.out, args.count, args.seed, size=args.size,
-                           fields_per_patient=args.fields_per_patient)
+                           fields_per_patient=args.fields_per_patient,
+                           um_per_pixel=args.um_per_pixel)
     print(labels)
     return 0
 
@@ -145,7 +148,8 @@ def _analyze_to_dicom(args: argparse.Namespace, predictor: Predictor, name: str)
                 institution_name=(settings.dicom.institution_name or None)
                 if settings is not None else None),
             review_threshold=predictor.review_threshold, uid_root=root,
-            demonstration_model=bool(predictor.manifest.get("demonstration", True)))
+            demonstration_model=bool(predictor.manifest.get("demonstration", True)),
+            default_um_per_pixel=args.um_per_pixel)
         written = write_dicom_outputs(analysis, Path(args.dicom_out), Path(name).stem)
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
         if isinstance(exc, DicomError):
@@ -161,6 +165,8 @@ def _analyze_to_dicom(args: argparse.Namespace, predictor: Predictor, name: str)
     record = {"file": name, "stage": c.stage, "probabilities": c.probabilities,
               "blast_count": c.blast_count, "blast_area_fraction": c.blast_area_fraction,
               "quality": c.quality, "needs_review": c.needs_review,
+              "review_reasons": list(c.review_reasons), "um_per_pixel": c.um_per_pixel,
+              "scale_source": c.scale_source,
               "dicom_outputs": [str(p) for p in written]}
     if args.json:
         print(json.dumps(record))
@@ -197,7 +203,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                   else f"{name}: error: {exc}")
             status = 1
             continue
-        results = predictor.predict(frames)
+        results = predictor.predict(frames, um_per_pixel=args.um_per_pixel)
         for index, (frame, result) in enumerate(zip(frames, results)):
             record = result.to_dict(name)
             if len(frames) > 1:
@@ -241,6 +247,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--seed", required=True, type=int, help="base seed (same seed, same bytes)")
     p.add_argument("--size", type=int, default=256, help="field size in pixels (default 256)")
     p.add_argument("--fields-per-patient", dest="fields_per_patient", type=int, default=8)
+    p.add_argument("--um-per-pixel", dest="um_per_pixel", type=float, default=0.25,
+                   help="physical pixel size to draw at, in µm (default 0.25, the resolution the "
+                        "bundled model was trained at)")
     p.set_defaults(func=cmd_synth)
 
     p = subparsers.add_parser("train", help="train the VGG16 + U-Net model",
@@ -290,6 +299,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="for DICOM inputs: write the SEG, SR and Encapsulated PDF the node would "
                         "send (FILE-seg.dcm, FILE-sr.dcm, FILE-pdf.dcm) here")
     p.add_argument("--review-threshold", dest="review_threshold", type=float, default=None)
+    p.add_argument("--um-per-pixel", dest="um_per_pixel", type=float, default=None,
+                   help="pixel size of PNG/JPEG inputs (and of DICOM inputs that state none), "
+                        "in µm; without it the default is used and results say \"scale "
+                        "unknown\"")
     _predictor_arguments(p)
     p.set_defaults(func=cmd_analyze)
 

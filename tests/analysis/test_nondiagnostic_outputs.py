@@ -37,7 +37,7 @@ class GateAnalyzer:
 
     model_info = {"name": "test-model", "version": "1.0"}
 
-    def predict(self, images: list[np.ndarray]) -> list[Pred]:
+    def predict(self, images: list[np.ndarray], um_per_pixel=None) -> list[Pred]:
         out = []
         for image in images:
             quality = assess_quality(image)

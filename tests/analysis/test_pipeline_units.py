@@ -36,7 +36,7 @@ def test_frames_are_averaged_and_blasts_summed() -> None:
 class InsufficientAnalyzer:
     model_info = {"name": "test", "version": "1"}
 
-    def predict(self, images):
+    def predict(self, images, um_per_pixel=None):
         return [Pred(None, None, None, None, None, Quality(False, ("not_a_smear",)), True)
                 for _ in images]
 

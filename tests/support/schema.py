@@ -80,12 +80,14 @@ def assert_results_keep_their_rows_through_0005(engine: Engine) -> None:
             "verification, instance_revision, created_at) VALUES ('study', :study, 'm', '1', "
             "'Benign', '{}', 0, 0.0, '{}', false, 'unverified', 0, :now) RETURNING id"),
             {**now, "study": study}).scalar_one()
-    assert upgrade(engine) == "0005"
+    assert upgrade(engine) == "0011"
     factory = make_session_factory(engine)
     with factory.begin() as session:
         old = session.get(Result, result)
         assert old is not None and (old.model_name, old.stage) == ("m", "Benign")
         assert old.demonstration_model is None
+        # 0011: earlier results record no review reasons and no scale.
+        assert old.review_reasons == [] and old.um_per_pixel is None and old.scale_source is None
         session.add(Result(scope="study", study_fk=study, model_name="m", model_version="2",
                            demonstration_model=False))
     with factory() as session:
