@@ -87,6 +87,8 @@ def _result_json(r: Result) -> dict[str, Any]:
             "stage": r.stage, "confidence": r.confidence, "probabilities": r.probabilities,
             "blast_count": r.blast_count, "blast_area_fraction": r.blast_area_fraction,
             "quality": r.quality, "needs_review": r.needs_review,
+            "review_reasons": list(r.review_reasons or ()), "um_per_pixel": r.um_per_pixel,
+            "scale_source": r.scale_source,
             "verification": r.verification, "verified_stage": r.verified_stage,
             "corrected": r.verification != VerificationState.UNVERIFIED
             and r.verified_stage != r.stage,

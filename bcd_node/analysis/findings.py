@@ -177,7 +177,23 @@ def report_data(ds: Dataset, image: np.ndarray, over: np.ndarray, c: Combined, *
         accession_number=text("AccessionNumber"), study_date=text("StudyDate"),
         study_instance_uid=text("StudyInstanceUID"), specimen_id=text("ContainerIdentifier"),
         stain=describe.stain(ds), age=describe.patient_age(ds),
-        institution=algorithm.institution_name)
+        institution=algorithm.institution_name, review_reasons=tuple(c.review_reasons),
+        scale=scale_text(c.um_per_pixel, c.scale_source))
+
+
+#: How the console and the reports name where a pixel size came from.
+SCALE_SOURCES = {"PixelSpacing": "Pixel Spacing", "ImagerPixelSpacing": "Imager Pixel Spacing",
+                 "NominalScannedPixelSpacing": "Nominal Scanned Pixel Spacing",
+                 "ImagedVolume": "Imaged Volume over Total Pixel Matrix",
+                 SCALE_DEFAULT: "not stated: the configured default (scale unknown)"}
+
+
+def scale_text(um_per_pixel: float | None, source: str | None) -> str | None:
+    """``"0.25 µm per pixel (Pixel Spacing)"``; None when nothing was recorded."""
+    if um_per_pixel is None:
+        return None
+    where = SCALE_SOURCES.get(source or "", source)
+    return f"{um_per_pixel:.4g} µm per pixel" + (f" ({where})" if where else "")
 
 
 def decode_for_analysis(ds: Dataset) -> list[np.ndarray]:
@@ -301,7 +317,7 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
     findings = Findings(stage=combined.stage, probabilities=combined.probabilities,
                         blast_count=combined.blast_count,
                         blast_area_fraction=min(1.0, combined.blast_area_fraction),
-                        quality_ok=True)
+                        quality_ok=True, review_reasons=combined.review_reasons)
     pdf = render_report(report_data(ds, images[0], over, combined, algorithm=algorithm,
                                     demonstration_model=demonstration_model,
                                     created_at=utcnow()))

@@ -20,6 +20,7 @@ from bcd_node.analysis.findings import Combined, decode_for_analysis, report_dat
 from bcd_node.analysis.publish import Output, complete_or_raise, publish, write_files
 from bcd_node.db.models import Result, User, VerificationState
 from bcd_node.errors import PermanentError
+from bcd_node.inference.spec import REVIEW_REASONS
 from bcd_node.jobs.queue import Claimed
 from bcd_node.report.pdf import render_report
 from bcd_node.store.layout import DataLayout
@@ -75,7 +76,9 @@ class VerifiedReports:
         findings = Findings(stage=result.stage, probabilities=result.probabilities,
                             blast_count=result.blast_count,
                             blast_area_fraction=min(1.0, result.blast_area_fraction),
-                            quality_ok=True)
+                            quality_ok=True,
+                            review_reasons=tuple(r for r in result.review_reasons or ()
+                                                 if r in REVIEW_REASONS))
         field_number = ctx.field_number(inst, study)
         sr = build_sr(ds, seg, findings, algorithm=algorithm, verification=verification,
                       predecessor=predecessor, uid_root=settings.uids.root,
@@ -84,7 +87,9 @@ class VerifiedReports:
         over = np.asarray(Image.open(ctx.store.path(result.overlay_path)).convert("RGB"))
         combined = Combined(result.stage, result.probabilities, result.blast_count,
                             result.blast_area_fraction, np.zeros((1, 1, 1), np.uint8),
-                            result.quality, result.needs_review)
+                            result.quality, result.needs_review,
+                            tuple(result.review_reasons or ()), result.um_per_pixel,
+                            result.scale_source)
         data = report_data(ds, image, over, combined, algorithm=algorithm,
                            demonstration_model=self._demonstration(result),
                            created_at=result.created_at)

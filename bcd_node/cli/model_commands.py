@@ -128,6 +128,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_ood(args: argparse.Namespace) -> int:
+    """Fit the out-of-distribution signal of a model and write its operating point."""
+    from bcd_node.inference.loader import WeightsError
+    from bcd_node.inference.ood_fit import fit_and_write
+    from bcd_node.inference.predictor import Predictor
+    try:
+        predictor = Predictor(weights=args.weights, precision="float32", ood=False,
+                              warm_up=False)
+    except WeightsError as exc:
+        print(f"bcd-node: model error: {exc}", file=sys.stderr)
+        return 1
+    tail = getattr(args, "argv_tail", None)
+    if tail is None and "fit-ood" in sys.argv:
+        tail = sys.argv[sys.argv.index("fit-ood") + 1:]
+    entry = fit_and_write(predictor, fit_seed=args.fit_seed, fit_count=args.fit_count,
+                          val_seed=args.val_seed, val_count=args.val_count,
+                          flag_share=args.flag_share,
+                          command="bcd-node fit-ood " + " ".join(shlex.quote(a)
+                                                                 for a in tail or []))
+    print(json.dumps(entry, indent=2))
+    return 0
+
+
 def _analyze_to_dicom(args: argparse.Namespace, predictor: Predictor, name: str) -> int:
     """Analyse one DICOM file and write the SEG, SR and Encapsulated PDF the node would send."""
     from bcd_node import __version__
@@ -288,6 +311,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("data", type=Path, help="labelled folder")
     _predictor_arguments(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("fit-ood", help="fit the 'unlike the training data' signal",
+                              description="Fit the feature-density model of a model's stage "
+                                          "embedding on generated training-like fields, choose "
+                                          "its threshold on validation fields of another seed, "
+                                          "and write both beside the weights and in the "
+                                          "manifest (the weights are not changed).")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="weights file or manifest.json (default: the bundled model)")
+    p.add_argument("--fit-seed", dest="fit_seed", type=int, default=11)
+    p.add_argument("--fit-count", dest="fit_count", type=int, default=480)
+    p.add_argument("--val-seed", dest="val_seed", type=int, default=12)
+    p.add_argument("--val-count", dest="val_count", type=int, default=240)
+    p.add_argument("--flag-share", dest="flag_share", type=float, default=0.02,
+                   help="share of in-distribution validation fields flagged (default 0.02)")
+    p.set_defaults(func=cmd_fit_ood)
 
     p = subparsers.add_parser("analyze", help="analyse PNG/JPEG/DICOM files",
                               description="Analyse blood-smear images (demonstration model, not "

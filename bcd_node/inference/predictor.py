@@ -25,7 +25,7 @@ from bcd_node.errors import ValidationError
 from bcd_node.inference import preprocess as pp
 from bcd_node.inference.evaluate import apply_temperature
 from bcd_node.inference.loader import LoadedModel, ManifestError, load_model
-from bcd_node.inference.ood import DensityModel, load_density
+from bcd_node.inference.ood import EMBEDDING_LAYER, DensityModel, load_density
 from bcd_node.inference.spec import (
     CLASSES,
     REASON_LOW_CONFIDENCE,
@@ -279,14 +279,16 @@ class Predictor:
         if warm_up:
             self._run(np.zeros((1, self.input_size, self.input_size, 3), np.uint8))
 
-    def _with_features(self) -> Any:
+    def _with_features(self, layer: str | None = None) -> Any:
         """The model with the embedding of :mod:`bcd_node.inference.ood` as a third output."""
-        assert self.density is not None
+        if layer is None:
+            assert self.density is not None
+            layer = self.density.layer
         try:
-            embedding = self.model.get_layer(self.density.layer).output
+            embedding = self.model.get_layer(layer).output
         except ValueError as exc:
-            raise ManifestError(f"manifest ood.layer {self.density.layer!r} is not a layer of "
-                                f"the model") from exc
+            raise ManifestError(f"manifest ood.layer {layer!r} is not a layer of the "
+                                "model") from exc
         outputs = dict(self.model.output)
         outputs["features"] = embedding
         return keras.Model(self.model.input, outputs)
@@ -316,6 +318,24 @@ class Predictor:
                 features.append(np.asarray(out["features"], np.float32)[:n])
         return (np.concatenate(stages), np.concatenate(masks),
                 np.concatenate(features) if features else None)
+
+    def embeddings(self, images: list[Any], um_per_pixel: float | None,
+                   layer: str = EMBEDDING_LAYER) -> np.ndarray:
+        """The embedding of each image (mean over its tiles), as the predictor brings it to the
+        model: resampled from ``um_per_pixel``, tiled. For fitting the density model."""
+        if self._features_model is None or (self.density is not None
+                                            and self.density.layer != layer):
+            self._features_model = self._with_features(layer)
+        out = []
+        for raw in images:
+            img = self._to_model_resolution(pp.to_rgb_uint8(raw),
+                                            self.resample_factor(um_per_pixel))
+            tiles, _, _ = self._tiles_of(pp.prepare(img, self.stain_normalize,
+                                                    self.denoise_strength))
+            _, _, features = self._run(tiles)
+            assert features is not None
+            out.append(features.mean(axis=0))
+        return np.stack(out)
 
     def resample_factor(self, um_per_pixel: float | None) -> float:
         """How much an input of ``um_per_pixel`` is enlarged to reach the model's resolution

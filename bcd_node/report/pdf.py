@@ -104,6 +104,12 @@ stain, institution : str, optional
         The doctor's comment.
     verified_at : datetime.datetime, optional
         When the doctor verified the result.
+    review_reasons : tuple of str
+        Why the result needs review ("low confidence", "unlike the training data", "scale
+        unknown"); printed in the Review section.
+    scale : str, optional
+        The pixel size the analysis used and its source, e.g. "0.25 µm per pixel (Pixel
+        Spacing)".
     """
 
     patient_name: str
@@ -135,6 +141,8 @@ stain, institution : str, optional
     verified_comment: str | None = None
     verified_at: dt.datetime | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    review_reasons: tuple[str, ...] = ()
+    scale: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("patient_name", "patient_id", "model_name", "model_version"):
@@ -379,6 +387,7 @@ def _render(data: ReportData) -> bytes:
         ("Blast cell area", f"{data.blast_area_fraction * 100:.2f} % of the image"),
         ("Image quality", ("adequate" if data.quality_ok else "LIMITED — interpret with care")
          + (f" ({data.quality_notes})" if data.quality_notes else "")),
+        ("Scale", data.scale),
         ("Model", f"{data.model_name} version {data.model_version}"
          + (" (demonstration model)" if data.demonstration_model else "")),
         ("Analysed", _when(data.created_at)),
@@ -398,6 +407,9 @@ def _render(data: ReportData) -> bytes:
         story.append(grid([
             ("Review status", "UNVERIFIED — awaiting review by a doctor"),
         ]))
+    if data.review_reasons:
+        story.append(grid([("Needs review", "; ".join(data.review_reasons)
+                            + " — the finding is less reliable than usual")]))
 
     def decorate(canvas: Any, doc: Any) -> None:  # reportlab's page callback (untyped)
         canvas.saveState()

@@ -87,6 +87,21 @@ def test_quality_insufficient_is_shown(app: Flask, doctor_client: FlaskClient,
     assert "Quality insufficient" in page and "too blurry" in page
 
 
+def test_review_reasons_are_shown(app: Flask, doctor_client: FlaskClient,
+                                  analysed: dict[str, Any]) -> None:
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        result = session.get(Result, analysed["result_id"])
+        result.confidence = 0.97
+        result.needs_review = True
+        result.review_reasons = ["unlike the training data", "scale unknown"]
+        result.um_per_pixel, result.scale_source = 0.25, "default"
+    page = doctor_client.get(f"/studies/{UID}").get_data(as_text=True)
+    assert "Unlike the training data" in page and "Scale unknown" in page
+    assert "taken as 0.25 µm per pixel" in page
+    assert "Flagged for review by the pipeline" not in page and "Low confidence" not in page
+
+
 def test_images_and_pdf_are_served_and_audited(app: Flask, doctor_client: FlaskClient,
                                                analysed: dict[str, Any]) -> None:
     rid, iid = analysed["result_id"], analysed["instance_id"]
