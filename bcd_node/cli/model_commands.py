@@ -105,17 +105,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_shifts(args: argparse.Namespace, predictor: Predictor) -> int:
+    """``evaluate --shifts`` / ``--quality-curves``: tables on a generated held-out set."""
+    from bcd_node.inference import shifts as sh
+    command = (f"bcd-node evaluate {'--shifts' if args.shifts else '--quality-curves'} "
+               f"--count {args.count} --seed {args.seed}")
+    if args.shifts:
+        rows = sh.run_shifts(predictor, args.count, args.seed)
+        table = sh.format_table(rows)
+    else:
+        rows = sh.quality_curves(predictor, args.count, args.seed)
+        table = sh.format_curves(rows)
+    if args.json:
+        print(json.dumps({"command": command, "rows": rows}, indent=2))
+    else:
+        print(f"{predictor.model_info['name']} {predictor.model_info['version']}: "
+              f"{args.count} generated fields (seed {args.seed}, unused in training)")
+        print(table)
+        print(f"\nReproduce: {command}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a model on a labelled folder and print the metrics as JSON."""
     from bcd_node.inference import data as data_mod
     from bcd_node.inference.evaluate import evaluate_model
     from bcd_node.inference.loader import WeightsError
     from bcd_node.inference.predictor import Predictor
+    if not (args.shifts or args.quality_curves) and args.data is None:
+        print("bcd-node evaluate: give a labelled folder, --shifts or --quality-curves",
+              file=sys.stderr)
+        return 2
     try:
         predictor = Predictor(**_predictor_options(args), warm_up=False)
     except WeightsError as exc:
         print(f"bcd-node: model error: {exc}", file=sys.stderr)
         return 1
+    if args.shifts or args.quality_curves:
+        return _evaluate_shifts(args, predictor)
     samples = data_mod.scan_dataset(args.data)
     size = predictor.input_size
     images, labels, masks = data_mod.load_arrays(samples, size)
@@ -308,7 +335,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("evaluate", help="evaluate a model on a labelled folder (JSON)",
                               description="Print accuracy, macro-F1, confusion matrix, mean Dice "
                                           "and ECE as JSON.")
-    p.add_argument("data", type=Path, help="labelled folder")
+    p.add_argument("data", type=Path, nargs="?", default=None,
+                   help="labelled folder (not with --shifts or --quality-curves)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--shifts", action="store_true",
+                       help="run a generated held-out set under the fixed suite of shifts "
+                            "(magnification with and without pixel spacing, stain, gamma, "
+                            "blur, JPEG, noise, darkness, contrast, pairs) and print per shift "
+                            "accuracy answered, refused, flagged, accuracy not flagged and the "
+                            "confidently-wrong rate")
+    group.add_argument("--quality-curves", dest="quality_curves", action="store_true",
+                       help="accuracy against blur, darkness and contrast with the quality "
+                            "gate off, and the gate's measures at each level")
+    p.add_argument("--count", type=int, default=160,
+                   help="generated fields for --shifts / --quality-curves (default 160)")
+    p.add_argument("--seed", type=int, default=3,
+                   help="seed of the generated held-out set (default 3, unused in training)")
+    p.add_argument("--json", action="store_true", help="rows as JSON instead of a table")
     _predictor_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
