@@ -222,6 +222,7 @@ _QUALITY_FLAGS = {
     "too_blurred": _private("Q-BLURRED", "Image out of focus"),
     "too_dark": _private("Q-TOO-DARK", "Image too dark"),
     "too_bright": _private("Q-TOO-BRIGHT", "Image too bright"),
+    "low_contrast": _private("Q-LOW-CONTRAST", "Image contrast too low"),
     "not_a_smear": _private("Q-NOT-SMEAR", "Not a stained blood smear"),
 }
 _QUALITY_OTHER = _private("Q-OTHER", "Other image quality problem")

@@ -213,9 +213,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 #: The levels of :func:`quality_curves`.
 CURVES: dict[str, tuple[Callable[[float], Transform], tuple[float, ...]]] = {
-    "blur sigma": (blur, (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0)),
-    "darkness": (darkness, (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2)),
-    "contrast": (contrast, (1.0, 0.6, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05)),
+    "blur sigma": (blur, (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0)),
+    "darkness": (darkness, (1.0, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3)),
+    "contrast": (contrast, (1.0, 0.7, 0.6, 0.55, 0.5, 0.45, 0.4, 0.3, 0.2)),
 }
 
 
@@ -228,7 +228,7 @@ def quality_curves(predictor: Predictor, count: int,
     gate, predictor.quality = predictor.quality, pp.QualityThresholds(
         min_side=1, min_sharpness=0.0, min_brightness=0.0, max_brightness=256.0,
         min_smear_fraction=0.0, max_foreign_fraction=1.0, min_contrast=0.0,
-        max_sharpness=float("inf"))
+        max_sharpness=float("inf"), min_readable_contrast=0.0)
     rows = []
     try:
         for name, (make, levels) in CURVES.items():
