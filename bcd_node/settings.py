@@ -3,7 +3,7 @@
 The file is ``config/bcd-node.toml`` (or ``--config FILE``); every key and its default is listed
 there with a comment. Environment variables ``BCD_<SECTION>_<KEY>`` override single keys, e.g.
 ``BCD_DICOM_PORT=11113`` or ``BCD_DATABASE_URL=postgresql+psycopg://...``. Destinations are
-configured in the file only.
+configured in the file only (``[[destinations]]``, ``[[lis]]``).
 
 Any unknown key, wrong type or impossible value raises :class:`SettingsError`, whose message names
 the key and the value; the CLI turns it into exit code 2.
@@ -12,10 +12,13 @@ the key and the value; the CLI turns it into exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import functools
 import ipaddress
 import os
 import re
 import tomllib
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,6 +34,8 @@ RESERVED_ENV = frozenset({"BCD_ADMIN_PASSWORD", "BCD_CONFIG", "BCD_INTERNAL_READ
                           "BCD_INTERNAL_LISTEN_FD", "BCD_INTERNAL_LISTENERS"})
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
+#: An HL7 namespace or application name: printable, without the HL7 delimiters.
+_HD_RE = re.compile(r"^[\x20-\x25\x27-\x5b\x5d\x5f-\x7b\x7d]*$")
 _UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -80,12 +85,22 @@ class DicomSettings:
 
 @dataclass(frozen=True)
 class Destination:
-    """A PACS that receives our results; over DICOM TLS when ``tls_ca`` is set."""
+    """A PACS that receives our results: by C-STORE (``type = "dimse"``, over DICOM TLS when
+    ``tls_ca`` is set) or by DICOMweb STOW-RS (``type = "dicomweb"``, at ``url``)."""
 
     name: str
-    ae_title: str
-    host: str
-    port: int
+    #: dimse (C-STORE to ae_title@host:port) or dicomweb (STOW-RS to url).
+    type: str = "dimse"
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    #: DICOMweb: the service's base URL (``https://archive/dicom-web``) and its authentication:
+    #: none, basic (username, password) or bearer (token).
+    url: str = ""
+    auth: str = "none"
+    username: str = ""
+    password: str = ""
+    token: str = ""
     #: CA certificate(s) (PEM) that signed the peer's certificate: set, associations use TLS.
     tls_ca: Path | None = None
     #: Our client certificate and key (PEM), for a peer that requires client certificates.
@@ -95,10 +110,33 @@ class Destination:
     tls_server_name: str = ""
     #: False: any certificate signed by ``tls_ca`` is accepted, whatever name it carries.
     tls_check_hostname: bool = True
+    #: Ask for Storage Commitment (push model) after sending; "delivered" only once committed.
+    storage_commitment: bool = False
 
 
 #: A destination's keys that name TLS files.
 DESTINATION_TLS_FILES = ("tls_ca", "tls_certificate", "tls_private_key")
+
+
+@dataclass(frozen=True)
+class LisDestination:
+    """A laboratory information system that receives each case's result as an HL7 v2.5.1
+    ORU^R01 over MLLP (``docs/hl7.md``); over TLS when ``tls_ca`` is set."""
+
+    name: str
+    host: str
+    port: int
+    #: MSH-5 and MSH-6: the LIS application and its facility.
+    receiving_application: str
+    receiving_facility: str = ""
+    #: MSH-3 and MSH-4: this node and its facility.
+    sending_application: str = "BCD-NODE"
+    sending_facility: str = ""
+    tls_ca: Path | None = None
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_server_name: str = ""
+    tls_check_hostname: bool = True
 
 
 @dataclass(frozen=True)
@@ -127,6 +165,10 @@ class DeliverySettings:
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
+    #: Storage commitment: seconds to wait for the report on the requesting association, and
+    #: seconds after which a request not answered (here or at the listener) is made again.
+    commitment_wait: float = 5.0
+    commitment_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -159,6 +201,46 @@ class ModelSettings:
     default_um_per_pixel: float = 0.25
 
 
+def display_zone(name: str) -> dt.tzinfo:
+    """The time zone named ``name`` (IANA, e.g. ``Europe/Zurich``), or the machine's zone for
+    ``""`` (``TZ``, else ``/etc/localtime``; UTC when neither names one).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not a known zone.
+    """
+    if name:
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("expected an IANA time zone such as Europe/Zurich or UTC") from None
+    return _machine_zone()
+
+
+@functools.cache
+def _machine_zone() -> dt.tzinfo:
+    env = os.environ.get("TZ", "").lstrip(":")
+    candidates = [env] if env else []
+    try:
+        target = os.path.realpath("/etc/localtime")
+        if "zoneinfo/" in target:
+            candidates.append(target.split("zoneinfo/", 1)[1])
+    except OSError:
+        pass
+    try:
+        candidates.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
+    except OSError:
+        pass
+    for name in candidates:
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            continue
+    local = dt.datetime.now().astimezone().tzinfo
+    return local if local is not None else dt.timezone.utc
+
+
 @dataclass(frozen=True)
 class WebSettings:
     """The web console."""
@@ -173,6 +255,14 @@ class WebSettings:
     trusted_proxies: int = 0
     metrics_token: str = ""
     upload_memory: int = 1024**3
+    #: IANA zone the console and the PDF reports show times in ("" = the machine's zone).
+    #: Times are stored in UTC whatever it says.
+    timezone: str = ""
+
+    @property
+    def tzinfo(self) -> dt.tzinfo:
+        """The zone of :attr:`timezone` (checked when the settings are loaded)."""
+        return display_zone(self.timezone)
 
 
 @dataclass(frozen=True)
@@ -205,6 +295,7 @@ class Settings:
 
     dicom: DicomSettings = field(default_factory=DicomSettings)
     destinations: tuple[Destination, ...] = ()
+    lis: tuple[LisDestination, ...] = ()
     storage: StorageSettings = field(default_factory=StorageSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
@@ -390,7 +481,33 @@ def _check_host(key: str, host: str) -> None:
         raise SettingsError(key, host, "expected an IP address or a host name")
 
 
-def _check_destination_tls(key: str, dest: Destination) -> None:
+def _check_dicomweb(key: str, dest: Destination) -> None:
+    """A STOW-RS destination: an http(s) URL and the credentials its ``auth`` needs."""
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", dest.url):
+        raise SettingsError(f"{key}.url", dest.url, "expected the DICOMweb service's base URL, "
+                            "http(s)://HOST[:PORT]/PATH (without ?query or #fragment)")
+    for name in ("ae_title", "host", "port"):
+        if getattr(dest, name):
+            raise SettingsError(f"{key}.{name}", getattr(dest, name),
+                                "not for a DICOMweb destination (it is reached at url)")
+    needed = {"none": (), "basic": ("username", "password"), "bearer": ("token",)}
+    if dest.auth not in needed:
+        raise SettingsError(f"{key}.auth", dest.auth, "must be none, basic or bearer")
+    for name in ("username", "password", "token"):
+        value = getattr(dest, name)
+        shown = "***" if name != "username" else value
+        if name in needed[dest.auth] and not value:
+            raise SettingsError(f"{key}.{name}", "", f"auth = \"{dest.auth}\" needs it")
+        if name not in needed[dest.auth] and value:
+            raise SettingsError(f"{key}.{name}", shown, f"not used with auth = \"{dest.auth}\"")
+        if any(c in value for c in "\r\n") or (name == "username" and ":" in value):
+            raise SettingsError(f"{key}.{name}", shown, "no line breaks (and no ':' in a user "
+                                "name)")
+    if dest.tls_ca is not None and not dest.url.startswith("https:"):
+        raise SettingsError(f"{key}.tls_ca", str(dest.tls_ca), "TLS needs an https:// url")
+
+
+def _check_destination_tls(key: str, dest: Destination | LisDestination) -> None:
     """The files exist and go together; :func:`destination_tls` loads them at start."""
     for name in DESTINATION_TLS_FILES:
         value = getattr(dest, name)
@@ -458,10 +575,47 @@ def _validate(s: Settings) -> None:
         if dest.name in names:
             raise SettingsError(f"{key}.name", dest.name, "destination names must be unique")
         names.add(dest.name)
-        _check_ae(f"{key}.ae_title", dest.ae_title)
-        _check_host(f"{key}.host", dest.host)
-        _check_port(f"{key}.port", dest.port)
+        if dest.type == "dimse":
+            for name in ("ae_title", "host", "port"):
+                if not getattr(dest, name):
+                    raise SettingsError(f"{key}.{name}", None, "missing")
+            _check_ae(f"{key}.ae_title", dest.ae_title)
+            _check_host(f"{key}.host", dest.host)
+            _check_port(f"{key}.port", dest.port)
+            for name in ("url", "username", "password", "token"):
+                if getattr(dest, name):
+                    raise SettingsError(f"{key}.{name}", "***" if name in ("password", "token")
+                                        else getattr(dest, name),
+                                        'only for a DICOMweb destination (type = "dicomweb")')
+        elif dest.type == "dicomweb":
+            _check_dicomweb(key, dest)
+            if dest.storage_commitment:
+                raise SettingsError(f"{key}.storage_commitment", True,
+                                    "storage commitment is a DIMSE service: only for type = "
+                                    '"dimse"')
+        else:
+            raise SettingsError(f"{key}.type", dest.type, "must be dimse or dicomweb")
         _check_destination_tls(key, dest)
+
+    for i, lis in enumerate(s.lis):
+        key = f"lis[{i}]"
+        if not lis.name or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", lis.name):
+            raise SettingsError(f"{key}.name", lis.name, "1-64 letters, digits, '_', '.', '-'")
+        if lis.name in names:
+            raise SettingsError(f"{key}.name", lis.name, "destination names must be unique "
+                                "(across [[destinations]] and [[lis]])")
+        names.add(lis.name)
+        _check_host(f"{key}.host", lis.host)
+        _check_port(f"{key}.port", lis.port)
+        for name in ("sending_application", "sending_facility", "receiving_application",
+                     "receiving_facility"):
+            value = getattr(lis, name)
+            if len(value) > 180 or not _HD_RE.fullmatch(value):
+                raise SettingsError(f"{key}.{name}", value, "at most 180 printable characters, "
+                                    "none of | ^ ~ \\ &")
+            if name in ("sending_application", "receiving_application") and not value:
+                raise SettingsError(f"{key}.{name}", value, "must not be empty")
+        _check_destination_tls(key, lis)
 
     if s.storage.data_dir.exists() and not s.storage.data_dir.is_dir():
         raise SettingsError("storage.data_dir", str(s.storage.data_dir),
@@ -479,7 +633,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError("workers.max_attempts", w.max_attempts, "must be 1-100")
     dl = s.delivery
     for name in ("interval", "lease_seconds", "initial_backoff", "max_backoff", "echo_interval",
-                 "connect_timeout", "acse_timeout", "dimse_timeout", "network_timeout"):
+                 "connect_timeout", "acse_timeout", "dimse_timeout", "network_timeout",
+                 "commitment_wait", "commitment_timeout"):
         value = getattr(dl, name)
         if not 0 < value <= 86400:
             raise SettingsError(f"delivery.{name}", value,
@@ -512,6 +667,10 @@ def _validate(s: Settings) -> None:
 
     _check_host("web.host", s.web.host)
     _check_port("web.port", s.web.port)
+    try:
+        display_zone(s.web.timezone)
+    except ValueError as exc:
+        raise SettingsError("web.timezone", s.web.timezone, str(exc)) from None
     if s.web.secure_cookies not in {"auto", "true", "false"}:
         raise SettingsError("web.secure_cookies", s.web.secure_cookies,
                             "must be auto (secure unless listening on loopback), true or false")
@@ -574,7 +733,7 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
     """
     environ = os.environ if environ is None else environ
     env = _env_overrides(environ)
-    known = set(_SECTIONS) | {"destinations"}
+    known = set(_SECTIONS) | {"destinations", "lis"}
     for key in raw:
         if key not in known:
             raise SettingsError(key, raw[key],
@@ -582,28 +741,9 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
     sections = {name: _build_section(name, cls, raw.get(name, {}), env.get(name, {}))
                 for name, cls in _SECTIONS.items()}
 
-    dests_raw = raw.get("destinations", [])
-    if not isinstance(dests_raw, list):
-        raise SettingsError("destinations", dests_raw, "expected [[destinations]] tables")
-    destinations = []
     base = base_dir or Path.cwd()
-    dest_types = _field_types(Destination)
-    for i, item in enumerate(dests_raw):
-        if not isinstance(item, Mapping):
-            raise SettingsError(f"destinations[{i}]", item, "expected a table")
-        for key in item:
-            if key not in dest_types:
-                raise SettingsError(f"destinations[{i}].{key}", item[key],
-                                    f"unknown key (known: {', '.join(dest_types)})")
-        for f in dataclasses.fields(Destination):
-            if f.default is dataclasses.MISSING and f.name not in item:
-                raise SettingsError(f"destinations[{i}].{f.name}", None, "missing")
-        dest = Destination(**{k: _convert(f"destinations[{i}].{k}", t, item[k], False)
-                              for k, t in dest_types.items() if k in item})
-        files: dict[str, Any] = {name: _absolute(getattr(dest, name), base)
-                                 for name in DESTINATION_TLS_FILES
-                                 if getattr(dest, name) is not None}
-        destinations.append(dataclasses.replace(dest, **files))
+    destinations = _tables(raw, "destinations", Destination, base)
+    lis = _tables(raw, "lis", LisDestination, base)
 
     storage = sections["storage"]
     sections["storage"] = dataclasses.replace(storage, data_dir=_absolute(storage.data_dir, base))
@@ -617,9 +757,36 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
         sections["model"] = dataclasses.replace(model, weights=_absolute(model.weights, base))
     sections["logging"] = dataclasses.replace(sections["logging"],
                                               level=sections["logging"].level.upper())
-    settings = Settings(destinations=tuple(destinations), source=source, **sections)
+    settings = Settings(destinations=tuple(destinations), lis=tuple(lis), source=source,
+                        **sections)
     _validate(settings)
     return settings
+
+
+def _tables(raw: Mapping[str, Any], section: str, cls: Any, base: Path) -> list[Any]:
+    """The ``[[section]]`` tables as ``cls`` (a destination class), TLS files made absolute."""
+    items = raw.get(section, [])
+    if not isinstance(items, list):
+        raise SettingsError(section, items, f"expected [[{section}]] tables")
+    out = []
+    types = _field_types(cls)
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise SettingsError(f"{section}[{i}]", item, "expected a table")
+        for key in item:
+            if key not in types:
+                raise SettingsError(f"{section}[{i}].{key}", item[key],
+                                    f"unknown key (known: {', '.join(types)})")
+        for f in dataclasses.fields(cls):
+            if f.default is dataclasses.MISSING and f.name not in item:
+                raise SettingsError(f"{section}[{i}].{f.name}", None, "missing")
+        dest = cls(**{k: _convert(f"{section}[{i}].{k}", t, item[k], False)
+                      for k, t in types.items() if k in item})
+        files: dict[str, Any] = {name: _absolute(getattr(dest, name), base)
+                                 for name in DESTINATION_TLS_FILES
+                                 if getattr(dest, name) is not None}
+        out.append(dataclasses.replace(dest, **files))
+    return out
 
 
 def _absolute(path: Path, base: Path) -> Path:
@@ -679,6 +846,10 @@ def to_display_dict(settings: Settings) -> dict[str, Any]:
     out["database"]["url"] = mask_url(settings.database_url)
     if settings.web.metrics_token:
         out["web"]["metrics_token"] = "***"
-    out["destinations"] = [{f.name: plain(getattr(d, f.name)) for f in dataclasses.fields(d)}
+    out["destinations"] = [{f.name: ("***" if f.name in ("password", "token")
+                                     and getattr(d, f.name) else plain(getattr(d, f.name)))
+                            for f in dataclasses.fields(d)}
                            for d in settings.destinations]
+    out["lis"] = [{f.name: plain(getattr(d, f.name)) for f in dataclasses.fields(d)}
+                  for d in settings.lis]
     return out

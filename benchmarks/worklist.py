@@ -62,12 +62,13 @@ def main() -> int:
             "first page": "/worklist",
             "page 100": "/worklist?page=100",
             f"last page ({last})": f"/worklist?page={last}",
-            "status=needs_review": "/worklist?status=needs_review",
+            "status=awaiting_review": "/worklist?status=awaiting_review",
             "stage=Malignant-Pro": "/worklist?stage=Malignant-Pro",
             "date range": "/worklist?from=2026-01-01&to=2030-12-31",
             "patient id": "/worklist?patient=P00042",
             "patient name": "/worklist?patient=Patient00042",
-            "all filters": "/worklist?status=done&stage=Benign&from=2026-01-01&patient=P00042",
+            "all filters": "/worklist?status=awaiting_review&stage=Benign&from=2026-01-01"
+                           "&patient=P00042",
         }
         worst = 0.0
         print(f"{'case':28} {'median ms':>10} {'max ms':>8}")

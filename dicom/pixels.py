@@ -60,6 +60,7 @@ from dicom.sop import (
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "MAX_WHOLE_SLIDE_SIDE",
     "MAX_SEQUENCE_DEPTH",
     "ImageInfo",
     "read_dataset",
@@ -74,6 +75,14 @@ LOGGER = logging.getLogger(__name__)
 
 #: Default limit on rows x columns x frames (about 300 MB once decoded to RGB uint8).
 DEFAULT_MAX_PIXELS = 100_000_000
+
+#: Largest side (rows or columns) of a whole-slide image's total pixel matrix that is analysed:
+#: the slide is assembled into one image in memory and analysed as one field.
+MAX_WHOLE_SLIDE_SIDE = 4096
+
+#: Image Type (value 3) of the whole-slide images that show the smear (not its label or an
+#: overview photograph of the slide).
+_WHOLE_SLIDE_SMEAR_FLAVOURS = frozenset({"VOLUME", "THUMBNAIL"})
 
 #: Deepest sequence nesting accepted; real microscopy objects nest fewer than ten levels.
 MAX_SEQUENCE_DEPTH = 32
@@ -424,6 +433,9 @@ def _inspect(ds: Dataset, max_pixels: int, check_sop_class: bool) -> ImageInfo:
     if samples == 3 and _int_attr(ds, "PixelRepresentation", 0) != 0:
         raise UnsupportedDicomError("signed colour samples are not supported")
 
+    if sop_class == str(VL_WHOLE_SLIDE_MICROSCOPY_IMAGE):
+        _check_whole_slide(ds)
+
     if ds["PixelData"].is_undefined_length or ts not in {
         str(u) for u in ACCEPTED_TRANSFER_SYNTAXES[:3]
     }:
@@ -449,6 +461,29 @@ def _inspect(ds: Dataset, max_pixels: int, check_sop_class: bool) -> ImageInfo:
         bits_stored=bits_stored,
         photometric_interpretation=photometric,
     )
+
+
+def _check_whole_slide(ds: Dataset) -> None:
+    """Refuse a whole-slide image the node cannot analyse as one field: larger than
+    :data:`MAX_WHOLE_SLIDE_SIDE` on a side, several focal planes or optical paths (which one
+    shows the smear in focus is not known), or a label or overview image (not the smear)."""
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if len(image_type) > 2 and image_type[2] not in _WHOLE_SLIDE_SMEAR_FLAVOURS:
+        raise UnsupportedDicomError(f"{image_type[2]} image of a slide, not the smear: "
+                                    "not analysed")
+    rows = _int_attr(ds, "TotalPixelMatrixRows")
+    columns = _int_attr(ds, "TotalPixelMatrixColumns")
+    if rows < 1 or columns < 1:
+        raise DicomDecodeError(f"total pixel matrix {rows}x{columns} is not valid")
+    if max(rows, columns) > MAX_WHOLE_SLIDE_SIDE:
+        raise UnsupportedDicomError(
+            f"whole-slide image {rows}x{columns} exceeds {MAX_WHOLE_SLIDE_SIDE}x"
+            f"{MAX_WHOLE_SLIDE_SIDE}: not analysed")
+    for keyword, what in (("TotalPixelMatrixFocalPlanes", "focal planes"),
+                          ("NumberOfOpticalPaths", "optical paths")):
+        count = _int_attr(ds, keyword, 1)
+        if count > 1:
+            raise UnsupportedDicomError(f"{count} {what}: only a slide of one is analysed")
 
 
 def _j2k_size(codestream: bytes) -> tuple[int, int] | None:
@@ -700,7 +735,9 @@ def assemble_total_pixel_matrix(
     """Assemble the tiles of a VL Whole Slide Microscopy Image into one RGB image.
 
     Tiles are placed by their Plane Position (Slide) or, for ``TILED_FULL`` organisation, in
-    row-major order; with several focal planes or optical paths only the first one is used.
+    row-major order. :func:`inspect_image` has refused a slide of several focal planes or
+    optical paths, one larger than :data:`MAX_WHOLE_SLIDE_SIDE` on a side, and a label or
+    overview image.
 
     Parameters
     ----------
@@ -717,7 +754,7 @@ def assemble_total_pixel_matrix(
     Raises
     ------
     UnsupportedDicomError
-        If the input is not a whole-slide image.
+        If the input is not a whole-slide image, or not one that is analysed (above).
     DecompressionBombError
         If the total pixel matrix exceeds ``max_pixels``.
     DicomDecodeError

@@ -47,7 +47,7 @@ from dicom.association import (
     close_socket,
 )
 from dicom.errors import DicomValidationError
-from dicom.sop import VERIFICATION
+from dicom.sop import STORAGE_COMMITMENT_PUSH, VERIFICATION
 
 LOGGER = logging.getLogger(__name__)
 
@@ -135,6 +135,9 @@ def build_ae(policy: ScpPolicy) -> AE:
     ae.require_called_aet = policy.require_called_ae
     ae.require_calling_aet = list(policy.allowed_calling_aes)
     ae.add_supported_context(VERIFICATION)
+    # A destination's storage commitment report (N-EVENT-REPORT) on an association it opens:
+    # it proposes to act as the SCP of Storage Commitment, which we accept.
+    ae.add_supported_context(STORAGE_COMMITMENT_PUSH, scu_role=True, scp_role=True)
     for sop_class, syntaxes in policy.storage_contexts:
         ae.add_supported_context(sop_class, list(syntaxes))
     return ae

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -96,8 +96,9 @@ def _ae(peer: Peer) -> AE:
     return ae
 
 
-def _associate(ae: AE, peer: Peer) -> Association:
-    """An established association with ``peer`` (over TLS when it requires it).
+def _associate(ae: AE, peer: Peer, **kwargs: Any) -> Association:
+    """An established association with ``peer`` (over TLS when it requires it); ``kwargs`` go
+    to :meth:`pynetdicom.AE.associate` (``ext_neg``, ``evt_handlers``).
 
     Raises
     ------
@@ -105,7 +106,7 @@ def _associate(ae: AE, peer: Peer) -> Association:
         When none could be established; the message says why TLS failed, when it did.
     """
     if peer.tls is None:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
         failure = None
     else:
         try:
@@ -114,7 +115,7 @@ def _associate(ae: AE, peer: Peer) -> Association:
             raise PeerUnavailableError(f"cannot load the TLS files for {peer.ae_title}: "
                                        f"{exc}") from None
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
-                             tls_args=(context, peer.tls.server_name or peer.host))
+                             tls_args=(context, peer.tls.server_name or peer.host), **kwargs)
         failure = handshake_failure(context)
     if not assoc.is_established:
         reason = f": {failure}" if failure else ": rejected" if assoc.is_rejected else ""

@@ -47,10 +47,12 @@ def _check_source(source: object) -> Dataset:
         raise DicomValidationError(f"source SOP class {source.SOPClassUID!r} is not an accepted "
                                    "image")
     frames = int(source.get("NumberOfFrames", 1))
-    if frames > 1 and "FrameOfReferenceUID" not in source:
+    if frames > 1 and str(source.SOPClassUID) != str(sop.VL_WHOLE_SLIDE_MICROSCOPY_IMAGE):
+        # A multi-frame Secondary Capture has no coordinate system (with or without a Frame of
+        # Reference), so highdicom cannot place a SEG's frames over its frames.
         raise DicomValidationError(
-            f"source has {frames} frames and no Frame of Reference UID: a SEG can only reference "
-            "the frames of such an image one at a time; segment a single-frame image"
+            f"source has {frames} frames: a SEG is built for a single-frame image or a "
+            "whole-slide image only; segment each frame as an image of its own"
         )
     return source
 
@@ -88,6 +90,22 @@ def _check_mask(mask: object, source: Dataset, fractional: bool) -> np.ndarray:
     )
 
 
+def _segment_per_frame(seg: Dataset) -> None:
+    """Name the segment in each frame's functional groups rather than once in the shared
+    ones (both are valid): highdicom before 0.23 reads it only per frame, and fails on a SEG of
+    one segment as 0.28 writes it. A TILED_FULL SEG has no per-frame items; it keeps it
+    shared."""
+    frames = seg.get("PerFrameFunctionalGroupsSequence")
+    shared = seg.get("SharedFunctionalGroupsSequence")
+    if not frames or not shared or "SegmentIdentificationSequence" not in shared[0]:
+        return
+    for frame in frames:
+        if "SegmentIdentificationSequence" not in frame:
+            frame.SegmentIdentificationSequence = copy.deepcopy(
+                shared[0].SegmentIdentificationSequence)
+    del shared[0].SegmentIdentificationSequence
+
+
 def build_segmentation(
     source: Dataset,
     mask: np.ndarray,
@@ -107,9 +125,8 @@ def build_segmentation(
     source : pydicom.dataset.Dataset
         The analysed image (an accepted SOP class).
     mask : numpy.ndarray
-        ``(rows, columns)``; for a multi-frame source with a Frame of Reference
-        ``(frames, rows, columns)``, and for a whole-slide image also its total pixel matrix
-        ``(total rows, total columns)`` (tiled like the source). Bool or
+        ``(rows, columns)``; for a whole-slide image ``(frames, rows, columns)`` or its
+        total pixel matrix ``(total rows, total columns)`` (tiled like the source). Bool or
         0/1 for BINARY, floating point probabilities in [0, 1] for FRACTIONAL.
     algorithm : Algorithm
         The model that produced the mask.
@@ -206,6 +223,7 @@ def build_segmentation(
         measures = shared.get("PixelMeasuresSequence")
         if measures is not None and all(len(item) == 0 for item in measures):
             del shared.PixelMeasuresSequence
+    _segment_per_frame(seg)
     for keyword in _SPECIMEN_KEYWORDS:
         if keyword in source and keyword not in seg:
             seg[keyword] = copy.deepcopy(source[keyword])

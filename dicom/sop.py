@@ -50,6 +50,9 @@ __all__ = [
 
 #: The Verification SOP class (C-ECHO), offered by the SCP and requested by the SCU.
 VERIFICATION = UID("1.2.840.10008.1.1")
+#: Storage Commitment Push Model SOP Class and its well-known SOP Instance (PS3.4 Annex J).
+STORAGE_COMMITMENT_PUSH = UID("1.2.840.10008.1.20.1")
+STORAGE_COMMITMENT_INSTANCE = UID("1.2.840.10008.1.20.1.1")
 
 #: Storage SOP classes whose pixel data the node decodes and analyses.
 VL_MICROSCOPIC_IMAGE = UID("1.2.840.10008.5.1.4.1.1.77.1.2")

@@ -5,6 +5,8 @@ calibrated probabilities, the total blast count, the blast area fraction across 
 how many fields were analysed, need review, were of insufficient quality (non-diagnostic) or
 could not be analysed. A study without any diagnostic field gets a summary too: no stage, Image
 Quality "Non-diagnostic quality" (RID14) and the counts. Every field is evidence and source.
+A doctor's signature of the case makes the summary's VERIFIED, FINAL successor: the doctor as
+observer, the stage as signed as Reviewed Stage Finding, the comment, the summary as predecessor.
 Codes: :mod:`dicom.codes` plus three private ``99BCD`` codes defined here (see the conformance
 statement).
 """
@@ -20,6 +22,7 @@ from typing import Mapping, Sequence
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as pydicom_codes
+from pydicom.valuerep import PersonName
 
 from dicom import codes, sop, uids
 from dicom.algorithm import Algorithm
@@ -27,7 +30,7 @@ from dicom.codes import Stage
 from dicom.derivation import derivation_source
 from dicom.errors import DicomValidationError
 from dicom.series import SERIES_NUMBERS, ResultKind, result_series
-from dicom.sr import identify_private_codes, percent, separate_containers
+from dicom.sr import Verification, identify_private_codes, percent, separate_containers
 
 __all__ = ["StudyFindings", "build_study_summary_sr", "summary_kind", "FIELDS_ANALYSED",
            "FIELDS_NEEDING_REVIEW", "FIELDS_QUALITY_INSUFFICIENT", "FIELDS_FAILED",
@@ -140,9 +143,12 @@ def summary_kind(sources: Sequence[Dataset],
 def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, *,
                            algorithm: Algorithm, uid_root: str = uids.DEFAULT_ROOT,
                            institution_name: str | None = None,
-                           revisions: Mapping[str, int] | None = None
+                           revisions: Mapping[str, int] | None = None,
+                           verification: Verification | None = None,
+                           predecessor: Dataset | None = None,
                            ) -> hd.sr.Comprehensive3DSR:
-    """Build the study-level TID 1500 report (COMPLETE, UNVERIFIED).
+    """Build the study-level TID 1500 report (COMPLETE, UNVERIFIED), or the doctor's signed
+    successor of one (COMPLETE, VERIFIED, FINAL).
 
     Parameters
     ----------
@@ -157,6 +163,13 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
         and the set of fields, so the same summary is built twice with the same UID.
     revisions : Mapping[str, int], optional
         Revision of each field by SOP Instance UID (absent: 0), see :func:`summary_kind`.
+    verification : dicom.sr.Verification, optional
+        The doctor's signature of the case: the doctor is a person observer, the case's stage
+        as signed is the Reviewed Stage Finding next to the AI's, the comment a Comment, and
+        the document is VERIFIED and FINAL with its own UID (one per signature). Needs
+        ``predecessor`` and a ``findings.stage``.
+    predecessor : pydicom.dataset.Dataset, optional
+        The unverified summary SR the signed one supersedes (Predecessor Documents Sequence).
 
     Returns
     -------
@@ -188,6 +201,24 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
         raise DicomValidationError(f"sources belong to {len(study_uids)} studies: "
                                    f"{sorted(study_uids)}")
     study_uid = study_uids.pop()
+    if verification is not None and not isinstance(verification, Verification):
+        raise TypeError(f"verification must be a Verification, got {type(verification).__name__}")
+    if (verification is None) != (predecessor is None):
+        raise DicomValidationError(
+            "verification and predecessor go together: a signed summary supersedes the "
+            f"unverified one, got verification={verification!r}, "
+            f"predecessor={'a dataset' if predecessor is not None else None}")
+    if predecessor is not None:
+        if not isinstance(predecessor, Dataset):
+            raise TypeError(f"predecessor must be a Dataset, got {type(predecessor).__name__}")
+        if str(predecessor.get("SOPClassUID", "")) != str(sop.COMPREHENSIVE_3D_SR):
+            raise DicomValidationError(f"predecessor has SOP class "
+                                       f"{predecessor.get('SOPClassUID')!r}, not an SR")
+        if str(predecessor.get("StudyInstanceUID", "")) != study_uid:
+            raise DicomValidationError("predecessor belongs to study "
+                                       f"{predecessor.get('StudyInstanceUID')!r}")
+    if verification is not None and findings.stage is None:
+        raise DicomValidationError("a summary without a stage cannot be signed with one")
     sources = [derivation_source(ds) for ds in sources]
     kind = summary_kind(sources, revisions)
     series = result_series(study_uid, algorithm, ResultKind.SUMMARY_SR, root=uid_root)
@@ -195,12 +226,26 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
     def derived(suffix: str) -> str:
         return uids.derive_uid(study_uid, algorithm.version, f"{kind}{suffix}", root=uid_root)
 
+    if verification is not None and predecessor is not None:
+        stamp = verification.datetime.strftime("%Y%m%d%H%M%S%f")
+        sop_instance_uid = uids.derive_uid(str(predecessor.SOPInstanceUID), algorithm.version,
+                                           f"summary-verified-{stamp}", root=uid_root)
+    else:
+        sop_instance_uid = derived("")
+
     device = hd.sr.ObserverContext(
         observer_type=pydicom_codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=algorithm.device_uid(uid_root), name=algorithm.name,
             manufacturer_name=algorithm.manufacturer, model_name=algorithm.model_name))
-    context = hd.sr.ObservationContext(observer_device_context=device)
+    person = None
+    if verification is not None:
+        person = hd.sr.ObserverContext(
+            observer_type=pydicom_codes.DCM.Person,
+            observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+                name=verification.observer_name, organization_name=verification.organization))
+    context = hd.sr.ObservationContext(observer_person_context=person,
+                                       observer_device_context=device)
     algo = algorithm.sr_identification()
 
     def count(name: hd.sr.CodedConcept, value: float, unit: hd.sr.CodedConcept,
@@ -221,6 +266,9 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
                   codes.UNIT_PERCENT)]
         evaluations.append(hd.sr.QualitativeEvaluation(codes.STAGE_FINDING,
                                                        codes.stage_code(findings.stage)))
+        if verification is not None:
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                codes.REVIEWED_STAGE_FINDING, codes.stage_code(verification.stage)))
     else:  # no field could be diagnosed: the study gets an answer that says so
         evaluations.append(hd.sr.QualitativeEvaluation(codes.IMAGE_QUALITY,
                                                        codes.QUALITY_NON_DIAGNOSTIC))
@@ -244,18 +292,33 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
             name=codes.COMMENT, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             value=(f"No field could be diagnosed: {findings.fields_quality_insufficient} of "
                    f"insufficient quality, {findings.fields_failed} could not be analysed.")))
+    if verification is not None and verification.comment:
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=codes.COMMENT, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            value=verification.comment))
     report = hd.sr.MeasurementReport(observation_context=context,
                                      procedure_reported=codes.PROCEDURE,
                                      imaging_measurements=[group], referenced_images=list(sources))
     sr = hd.sr.Comprehensive3DSR(
         evidence=list(sources), content=report[0], series_instance_uid=series.uid,
-        series_number=series.number, sop_instance_uid=derived(""), instance_number=len(sources),
-        manufacturer=algorithm.manufacturer, is_complete=True, is_final=False, is_verified=False,
+        series_number=series.number, sop_instance_uid=sop_instance_uid,
+        instance_number=len(sources), manufacturer=algorithm.manufacturer, is_complete=True,
+        is_final=verification is not None, is_verified=verification is not None,
         institution_name=institution_name or algorithm.institution_name,
+        verifying_observer_name=verification.observer_name if verification else None,
+        verifying_organization=verification.organization if verification else None,
+        previous_versions=[predecessor] if predecessor is not None else None,
         contributing_equipment=[algorithm.contributing_equipment()])
+    if verification is not None:
+        when = verification.datetime
+        observer = sr.VerifyingObserverSequence[0]
+        observer.VerificationDateTime = when.strftime("%Y%m%d%H%M%S") + (
+            when.strftime("%z") if when.tzinfo else "")
+        observer.VerifyingObserverName = PersonName(verification.observer_name)
     sr.SeriesDescription = series.description
     algorithm.write_equipment(sr)
     separate_containers(sr)
     identify_private_codes(sr)
-    LOGGER.info("built study summary SR %s over %d field(s)", sr.SOPInstanceUID, len(sources))
+    LOGGER.info("built %s study summary SR %s over %d field(s)",
+                "VERIFIED" if verification else "UNVERIFIED", sr.SOPInstanceUID, len(sources))
     return sr

@@ -35,8 +35,8 @@ def test_default_config_lists_every_key() -> None:
     raw = tomllib.loads(text)
     shown = to_display_dict(settings_from_mapping({}, environ={}))
     for section, keys in shown.items():
-        if section == "destinations":
-            assert "[[destinations]]" in text  # documented as a commented example
+        if section in ("destinations", "lis"):
+            assert f"[[{section}]]" in text  # documented as a commented example
             continue
         assert set(raw[section]) == set(keys), section
 
@@ -286,3 +286,67 @@ def test_commented_tls_destination_examples_load(tmp_path: Path, name: str) -> N
         dest[key] = str(stand_in)
     s = settings_from_mapping(raw, environ={})
     assert s.destinations[0].tls_ca == tmp_path / "tls_ca.pem"
+
+
+def test_web_timezone_defaults_to_the_machines_zone_and_a_bad_one_names_its_key() -> None:
+    import zoneinfo
+
+    s = settings_from_mapping({"web": {"timezone": "Europe/Zurich"}}, environ={})
+    assert s.web.tzinfo == zoneinfo.ZoneInfo("Europe/Zurich")
+    default = settings_from_mapping({}, environ={})
+    assert default.web.timezone == "" and default.web.tzinfo is not None
+    with pytest.raises(SettingsError, match="web.timezone"):
+        settings_from_mapping({"web": {"timezone": "Mars/Olympus_Mons"}}, environ={})
+    with pytest.raises(SettingsError, match="web.timezone"):
+        settings_from_mapping({}, environ={"BCD_WEB_TIMEZONE": "../../etc/passwd"})
+
+
+def test_lis_destinations_are_read_and_a_bad_value_names_its_key(tmp_path) -> None:
+    from bcd_node.settings import settings_from_mapping
+
+    lis = {"name": "lab", "host": "127.0.0.1", "port": 2575, "receiving_application": "LIS"}
+    settings = settings_from_mapping({"lis": [lis]}, {}, base_dir=tmp_path)
+    (got,) = settings.lis
+    assert (got.name, got.port, got.sending_application, got.tls_ca) == (
+        "lab", 2575, "BCD-NODE", None)
+    for change, key in (({"receiving_application": "A|B"}, "lis[0].receiving_application"),
+                        ({"sending_facility": "X^Y"}, "lis[0].sending_facility"),
+                        ({"port": 0}, "lis[0].port"),
+                        ({"tls_ca": "missing.pem"}, "lis[0].tls_ca"),
+                        ({"colour": "red"}, "lis[0].colour")):
+        with pytest.raises(SettingsError) as caught:
+            settings_from_mapping({"lis": [{**lis, **change}]}, {}, base_dir=tmp_path)
+        assert caught.value.key == key
+    with pytest.raises(SettingsError) as caught:
+        settings_from_mapping({"lis": [{k: v for k, v in lis.items()
+                                        if k != "receiving_application"}]}, {})
+    assert caught.value.key == "lis[0].receiving_application"
+    pacs = {"name": "lab", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}
+    with pytest.raises(SettingsError, match="unique") as caught:
+        settings_from_mapping({"destinations": [pacs], "lis": [lis]}, {})
+    assert caught.value.key == "lis[0].name"
+
+
+def test_dicomweb_destinations_need_a_url_and_their_credentials() -> None:
+    from bcd_node.settings import settings_from_mapping
+
+    web = {"name": "cloud", "type": "dicomweb", "url": "https://archive.example/dicom-web",
+           "auth": "bearer", "token": "s3cret"}
+    (dest,) = settings_from_mapping({"destinations": [web]}, {}).destinations
+    assert (dest.type, dest.url, dest.auth) == ("dicomweb", web["url"], "bearer")
+    shown = to_display_dict(settings_from_mapping({"destinations": [web]}, {}))
+    assert shown["destinations"][0]["token"] == "***"
+    for change, key in (({"url": "archive.example"}, "destinations[0].url"),
+                        ({"auth": "digest"}, "destinations[0].auth"),
+                        ({"token": ""}, "destinations[0].token"),
+                        ({"password": "x"}, "destinations[0].password"),
+                        ({"port": 104}, "destinations[0].port"),
+                        ({"type": "ftp"}, "destinations[0].type")):
+        with pytest.raises(SettingsError) as caught:
+            settings_from_mapping({"destinations": [{**web, **change}]}, {})
+        assert caught.value.key == key
+        assert "s3cret" not in str(caught.value)
+    with pytest.raises(SettingsError) as caught:
+        settings_from_mapping({"destinations": [{"name": "pacs", "host": "127.0.0.1",
+                                                 "port": 104}]}, {})
+    assert caught.value.key == "destinations[0].ae_title"

@@ -14,6 +14,7 @@ from bcd_node.db.models import (
     ApiToken,
     AuthThrottle,
     Delivery,
+    Job,
     Result,
     ResultScope,
     Study,
@@ -268,8 +269,10 @@ def system() -> Any:
     problems = [c for c in readiness(node()) if not c.ok]
     return render_template("admin/system.html", components=node().components,
                            jobs=status.jobs, overview=status.deliveries, disk=status.disk,
+                           failed_jobs=status.recent_failures,
                            problems=problems,
-                           configured={d.name: d for d in settings.destinations},
+                           configured={d.name: d for d in (*settings.destinations,
+                                                           *settings.lis)},
                            model=_model_info(), action=ActionForm(), settings=settings)
 
 
@@ -292,9 +295,41 @@ def retry_delivery(delivery_id: int) -> Any:
     except DeliveryRetryError as exc:
         session.rollback()
         flash(str(exc), "error")
-        return redirect(url_for("admin.system"))
+        return redirect(_back_or(url_for("admin.system")))
     session.commit()
     flash(f"Delivery {delivery_id} will be sent again.", "success")
+    return redirect(_back_or(url_for("admin.system")))
+
+
+def _back_or(default: str) -> str:
+    """The form's ``back`` (a page of this console, e.g. the study the retry came from), else
+    ``default``."""
+    back = request.form.get("back", "")
+    if back.startswith("/") and not back.startswith("//") and "\\" not in back:
+        return back
+    return default
+
+
+@bp.post("/jobs/<int:job_id>/retry")
+def retry_job(job_id: int) -> Any:
+    """Queue a job that failed for good again (the rules of ``bcd-node jobs retry``)."""
+    from bcd_node.jobs.retry import JobRetryError, retry_failed_jobs
+
+    form = ActionForm()
+    if not form.validate_on_submit():
+        abort(400)
+    session = db()
+    if session.get(Job, job_id) is None:
+        abort(404)
+    name, kind = actor()
+    try:
+        retry_failed_jobs(session, [job_id], actor=name, actor_kind=kind, source=client_ip())
+    except JobRetryError as exc:
+        session.rollback()
+        flash(str(exc), "error")
+        return redirect(url_for("admin.system"))
+    session.commit()
+    flash(f"Job {job_id} will run again.", "success")
     return redirect(url_for("admin.system"))
 
 

@@ -162,3 +162,12 @@ class TokenForm(FlaskForm):
 
     name = StringField("Token name", validators=[DataRequired(), Length(max=64)],
                        description="What it is for, e.g. 'PACS reporting script'")
+
+
+class SignCaseForm(VerifyForm):
+    """A doctor's signature of a case: accept the AI's case stage, or correct it."""
+
+    decision = SelectField("Case stage",
+                           choices=_choices((Decision.ACCEPT.value, "Accept the AI's stage"),
+                                            (Decision.CORRECT.value, "Correct the stage")),
+                           validators=[DataRequired()], default=Decision.ACCEPT.value)

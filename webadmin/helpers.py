@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timezone, tzinfo
 from typing import Any
 
 from flask import Flask, request, url_for
 
 from bcd_node.db.models import DeliveryState, StudyStatus, UserState, VerificationState
-
-STATUS_LABELS: dict[str, str] = {
-    StudyStatus.QUEUED: "Queued", StudyStatus.ANALYSING: "Analysing", StudyStatus.DONE: "Done",
-    StudyStatus.FAILED: "Failed", StudyStatus.NEEDS_REVIEW: "Needs review",
-    StudyStatus.VERIFIED: "Verified",
-}
+from bcd_node.records.cases import STATUS_LABELS
+from bcd_node.report.texts import local_time
 
 
 @dataclass(frozen=True)
@@ -88,9 +84,16 @@ def url_with(**changes: Any) -> str:
     return url_for(request.endpoint or "index", **(request.view_args or {}), **args)
 
 
+def display_zone() -> tzinfo:
+    """The zone the console shows times in (``web.timezone``)."""
+    from webadmin.db import node
+
+    return node().settings.web.tzinfo
+
+
 def fmt_dt(value: datetime | None) -> str:
-    """A time as ``YYYY-MM-DD HH:MM`` UTC."""
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M") if value else "—"
+    """A time as ``YYYY-MM-DD HH:MM (zone)`` in the console's zone (stored times are UTC)."""
+    return local_time(value, display_zone())
 
 
 def fmt_da(value: str | None) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+from collections import OrderedDict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    jsonify,
     make_response,
     redirect,
     render_template,
@@ -21,6 +24,7 @@ from flask import (
 )
 from flask_login import current_user
 from sqlalchemy import func, or_, select
+from werkzeug.exceptions import HTTPException
 
 from bcd_node.analysis.findings import scale_text
 from bcd_node.db.models import (
@@ -32,13 +36,21 @@ from bcd_node.db.models import (
     Study,
     User,
 )
+from bcd_node.delivery.outbox import case_deliveries
 from bcd_node.errors import ValidationError
 from bcd_node.node.memory_budget import Busy
-from bcd_node.records.verification import VerificationRefused, verify_result
+from bcd_node.records.cases import STATUS_LABELS, Case, load_case
+from bcd_node.records.studies import report_job_failed
+from bcd_node.records.verification import (
+    VerificationRefused,
+    retry_signed_report,
+    sign_case,
+    verify_result,
+)
 from bcd_node.store.layout import DataLayout
 from webadmin.db import actor, audit_event, client_ip, db, node
-from webadmin.forms import STAGES, STATUSES, VerifyForm
-from webadmin.helpers import Page, clamp_page, day_start, page_number, parse_day
+from webadmin.forms import STAGES, STATUSES, ActionForm, SignCaseForm, VerifyForm
+from webadmin.helpers import Page, clamp_page, day_start, fmt_dt, page_number, parse_day
 from webadmin.model_use import (
     configured_manifest,
     demonstration_note,
@@ -103,10 +115,29 @@ def index() -> Any:
     db().commit()
     manifest = configured_manifest()
     return render_template("worklist/index.html", page=page, args=args, stages=STAGES,
+                           uids=_uids(page),
                            statuses=STATUSES,
                            threshold=node().settings.model.review_threshold,
                            demo_note=demonstration_note(manifest)
                            if manifest_is_demonstration(manifest) else None)
+
+
+def _uids(page: Page) -> str:
+    return ",".join(study.study_instance_uid for study, _ in page.items)
+
+
+@bp.get("/worklist/state.json")
+def state_json() -> Any:
+    """The worklist page's rows as the live refresh reads them: status, stage, confidence
+    (UIDs only, no names; not audited: the page view that polls it is)."""
+    args = request.args.to_dict()
+    page = worklist_page(args, page_number(), current_app.config["PAGE_SIZE"])
+    response = jsonify({"uids": _uids(page), "rows": [
+        {"uid": study.study_instance_uid, "status": str(study.status),
+         "status_label": STATUS_LABELS[study.status], "stage": study.stage,
+         "confidence": study.confidence} for study, _ in page.items]})
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _study_or_404(uid: str) -> Study:
@@ -168,13 +199,147 @@ def study(uid: str) -> Any:
                 study_instance_uid=st.study_instance_uid, object_ref=f"study:{st.id}")
     session.commit()
     forms = {r.id: VerifyForm(prefix=f"r{r.id}") for r in results}
+    deliveries = case_deliveries(session, node().settings, st.id)
     demonstration, demo_note = results_banner(list(results), configured_manifest())
     return render_template("worklist/study.html", study=st, patient=st.patient,
                            instances=instances, by_instance=by_instance,
                            study_results=by_instance.get(None, []), forms=forms,
                            warnings_for=warnings_for, names=names, stages=STAGES,
                            can_verify=current_user.role == Role.DOCTOR,
-                           demonstration=demonstration, demo_note=demo_note)
+                           demonstration=demonstration, demo_note=demo_note,
+                           deliveries=deliveries, action=ActionForm(),
+                           is_admin=current_user.role == Role.ADMIN)
+
+
+@bp.app_template_global()
+def report_error(result: Result) -> str | None:
+    """Why the verified report of ``result`` could not be made (its job failed), or None."""
+    return report_job_failed(db(), result)
+
+
+def _case(st: Study) -> Case:
+    settings = node().settings
+    return load_case(db(), st, quiet_seconds=settings.workers.study_quiet_seconds,
+                     review_threshold=settings.model.review_threshold)
+
+
+def case_state(case: Case) -> dict[str, Any]:
+    """What the case page polls for (no patient data): status, fields, what is due."""
+    summary = case.summary
+    return {
+        "status": str(case.status), "status_label": STATUS_LABELS[case.status],
+        "stage": case.study.stage, "confidence": case.findings.confidence,
+        "signed": case.signed, "can_sign": case.can_sign,
+        "report_ready": bool(summary and summary.verified_pdf_path),
+        "report_error": case.report_error,
+        "summary_due": fmt_dt(case.summary_due) if case.summary_due else None,
+        "analysing_fields": case.analysing_fields,
+        "fields": [{"number": f.number, "stage": f.stage, "flags": f.flags}
+                   for f in case.fields],
+        # Changes whenever something the page shows changes: the page offers a reload.
+        "version": "|".join([str(case.status), str(summary.id if summary else ""),
+                             str(summary.sr_sop_instance_uid if summary else ""),
+                             str(bool(summary and summary.verified_pdf_path)),
+                             str(len(case.fields)),
+                             ",".join(f"{f.number}:{f.stage}:{len(f.flags)}"
+                                      for f in case.fields)]),
+    }
+
+
+@bp.get("/cases/<uid>")
+def case(uid: str) -> Any:
+    """The case: its conclusion, every field as a thumbnail, one field large, Sign case."""
+    session = db()
+    st = _study_or_404(uid)
+    current = _case(st)
+    number = request.args.get("field", "")
+    shown = next((f for f in current.fields if str(f.number) == number), None)
+    if shown is None and current.fields:
+        shown = (current.attention or current.fields)[0]
+    results = session.execute(select(Result).where(
+        Result.study_fk == st.id, Result.instance_fk == shown.instance.id)
+        .order_by(Result.id)).scalars().all() if shown is not None else []
+    verifiers = {r.verified_by_fk for r in [*results, *([current.summary] if current.summary
+                                                        else [])] if r.verified_by_fk}
+    names = dict(session.execute(select(User.id, User.full_name).where(
+        User.id.in_(verifiers))).all()) if verifiers else {}
+    usernames = dict(session.execute(select(User.id, User.username).where(
+        User.id.in_(verifiers))).all()) if verifiers else {}
+    names = {k: v or usernames.get(k, "?") for k, v in names.items()}
+    # One event per view of the case; its pictures are part of this view.
+    audit_event("view_case", patient_id=st.patient.patient_id,
+                study_instance_uid=st.study_instance_uid, object_ref=f"study:{st.id}",
+                details={"field": shown.number} if shown is not None else None)
+    session.commit()
+    forms = {r.id: VerifyForm(prefix=f"r{r.id}") for r in results}
+    demonstration, demo_note = results_banner(
+        [*results, *([current.summary] if current.summary else [])], configured_manifest())
+    return render_template("worklist/case.html", case=current, study=st, patient=st.patient,
+                           shown=shown, results=results, forms=forms, sign_form=SignCaseForm(),
+                           retry_form=ActionForm(),
+                           warnings_for=warnings_for, names=names, stages=STAGES,
+                           can_verify=current_user.role == Role.DOCTOR,
+                           demonstration=demonstration, demo_note=demo_note,
+                           state=case_state(current),
+                           quiet_minutes=node().settings.workers.study_quiet_seconds / 60,
+                           deliveries=case_deliveries(db(), node().settings, st.id),
+                           action=ActionForm(), is_admin=current_user.role == Role.ADMIN)
+
+
+@bp.get("/cases/<uid>/state.json")
+def case_state_json(uid: str) -> Any:
+    """The case's status for the page's live refresh (no patient data; not audited: the page
+    view that polls it is)."""
+    response = jsonify(case_state(_case(_study_or_404(uid))))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/cases/<uid>/sign")
+def sign(uid: str) -> Any:
+    """Sign the case: accept or correct the AI's case stage (``sign_case``'s rules)."""
+    if current_user.role != Role.DOCTOR:
+        abort(403)
+    session = db()
+    st = _study_or_404(uid)
+    form = SignCaseForm()
+    back = redirect(url_for("worklist.case", uid=uid))
+    if not form.validate_on_submit():
+        for errors in form.errors.values():
+            for error in errors:
+                flash(error, "error")
+        return back
+    name, kind = actor()
+    try:
+        done = sign_case(session, st, form.decision.data, stage=form.stage.data or None,
+                         comment=form.comment.data, user_id=current_user.user_id,
+                         actor=name, actor_kind=kind, source=client_ip())
+    except (VerificationRefused, ValidationError) as exc:
+        session.rollback()
+        flash(str(exc), "error")
+        return back
+    session.commit()
+    if done.report_queued:
+        flash("Case signed. The signed report is being made and sent to the PACS.", "success")
+    else:
+        flash("Case signed. No signed report is made: no field could be diagnosed.", "success")
+    return back
+
+
+@bp.post("/cases/<uid>/retry-report")
+def retry_report(uid: str) -> Any:
+    """Make a signed case's report again after its job failed for good."""
+    session = db()
+    st = _study_or_404(uid)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    name, kind = actor()
+    if retry_signed_report(session, st, actor=name, actor_kind=kind, source=client_ip()):
+        session.commit()
+        flash("The signed report is being made again.", "success")
+    else:
+        flash("There is no failed signed report to make again.", "error")
+    return redirect(url_for("worklist.case", uid=uid))
 
 
 @bp.post("/results/<int:result_id>/verify")
@@ -189,7 +354,14 @@ def verify(result_id: int) -> Any:
         abort(404)
     st = session.get(Study, result.study_fk)
     form = VerifyForm(prefix=f"r{result.id}")
-    back = redirect(url_for("worklist.study", uid=st.study_instance_uid) + f"#result-{result.id}")
+    if request.form.get("back") == "case":  # from the case page: back to the same field
+        field_number = request.form.get("field", "")
+        back = redirect(url_for("worklist.case", uid=st.study_instance_uid,
+                                field=field_number if field_number.isdigit() else None)
+                        + "#field")
+    else:
+        back = redirect(url_for("worklist.study", uid=st.study_instance_uid)
+                        + f"#result-{result.id}")
     if not form.validate_on_submit():
         for errors in form.errors.values():
             for error in errors:
@@ -248,9 +420,22 @@ def _audit_view(action: str, st: Study, ref: str) -> None:
     db().commit()
 
 
+def _busy() -> Any:
+    response = make_response("The node is busy decoding other images; try again in a minute.",
+                             503)
+    response.headers["Retry-After"] = "30"
+    return response
+
+
+def _downloading() -> bool:
+    """Whether the request asks for a download (``?download=1``): audited on its own, while a
+    picture shown on a page is part of that page's one audited view."""
+    return request.args.get("download") == "1"
+
+
 @bp.get("/instances/<int:instance_id>/image.png")
 def image(instance_id: int) -> Any:
-    """The received image as PNG."""
+    """The received image as PNG (``?download=1``: as a file, audited)."""
     session = db()
     inst = session.get(Instance, instance_id)
     if inst is None:
@@ -259,36 +444,93 @@ def image(instance_id: int) -> Any:
     try:
         png = _preview_png(inst)
     except Busy:
-        response = make_response("The node is busy decoding other images; try again in a "
-                                 "minute.", 503)
-        response.headers["Retry-After"] = "30"
-        return response
+        return _busy()
     except Exception:  # noqa: BLE001 - an undecodable or too large file must not fail the page
         abort(404)
-    _audit_view("view_image", st, f"instance:{inst.id}")
+    if _downloading():
+        _audit_view("download_image", st, f"instance:{inst.id}")
+        return _image_response(png, "image/png", as_attachment=True,
+                               download_name=f"bcd-image-{inst.id}.png")
+    return _image_response(png, "image/png")
+
+
+#: The longest side of a field's thumbnail on the case page, in pixels.
+THUMB_SIDE = 320
+#: Thumbnails kept in this process (about 100 KB each), so that opening a case again does not
+#: decode its fields' full previews again. Keyed by the image's content hash: a replaced image
+#: gets a new one; a purged image's is never served (its file is checked first).
+THUMB_CACHE_SIZE = 256
+_thumbs: OrderedDict[tuple[int, str], bytes] = OrderedDict()
+_thumbs_lock = threading.Lock()
+
+
+def _thumbnail(inst: Instance) -> bytes:
+    from PIL import Image as PILImage
+
+    key = (inst.id, inst.sha256)
+    with _thumbs_lock:
+        if key in _thumbs:
+            _thumbs.move_to_end(key)
+            return _thumbs[key]
+    with PILImage.open(io.BytesIO(_preview_png(inst))) as picture:
+        picture.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        out = io.BytesIO()
+        picture.convert("RGB").save(out, format="PNG")
+    data = out.getvalue()
+    with _thumbs_lock:
+        _thumbs[key] = data
+        while len(_thumbs) > THUMB_CACHE_SIZE:
+            _thumbs.popitem(last=False)
+    return data
+
+
+@bp.get("/instances/<int:instance_id>/thumb.png")
+def thumb(instance_id: int) -> Any:
+    """A small PNG of the received image, for the case page's grid."""
+    inst = db().get(Instance, instance_id)
+    if inst is None or not inst.path:
+        abort(404)
+    try:
+        if not data_file(inst.path).is_file():  # 404s when the image is no longer kept
+            abort(404)
+        png = _thumbnail(inst)
+    except Busy:
+        return _busy()
+    except HTTPException:
+        raise
+    except Exception:  # noqa: BLE001 - as image()
+        abort(404)
     return _image_response(png, "image/png")
 
 
 @bp.get("/results/<int:result_id>/<any(overlay, mask):kind>.png")
 def result_image(result_id: int, kind: str) -> Any:
-    """The blast overlay or mask of a result as PNG."""
+    """The blast overlay or mask of a result as PNG (``?download=1``: as a file, audited)."""
     result = db().get(Result, result_id)
     if result is None:
         abort(404)
     path = data_file(result.overlay_path if kind == "overlay" else result.mask_path)
-    _audit_view("view_image", db().get(Study, result.study_fk), f"result:{result.id}:{kind}")
+    if _downloading():
+        _audit_view("download_image", db().get(Study, result.study_fk),
+                    f"result:{result.id}:{kind}")
+        return _image_response(path, "image/png", as_attachment=True,
+                               download_name=f"bcd-{kind}-{result.id}.png")
     return _image_response(path, "image/png")
 
 
 @bp.get("/results/<int:result_id>/report.pdf")
 def pdf(result_id: int) -> Any:
-    """Download a result's PDF report (the verified one when it exists, or ?version=ai)."""
+    """Download a result's PDF report: ``?version=ai`` the AI's, ``?version=verified`` the
+    signed one (404 until it is made), else the signed one when it exists."""
     result = db().get(Result, result_id)
     if result is None:
         abort(404)
     st = db().get(Study, result.study_fk)
-    verified = request.args.get("version") != "ai" and result.verified_pdf_path
+    version = request.args.get("version")
+    if version == "verified" and not result.verified_pdf_path:
+        abort(404)  # never the AI's report under the signed report's name
+    verified = version != "ai" and bool(result.verified_pdf_path)
     path = data_file(result.verified_pdf_path if verified else result.pdf_path)
-    _audit_view("view_pdf", st, f"result:{result.id}:{'verified' if verified else 'ai'}")
+    _audit_view("download_pdf", st, f"result:{result.id}:{'verified' if verified else 'ai'}")
     name = f"bcd-report-{result.id}{'-verified' if verified else ''}.pdf"
     return _image_response(path, "application/pdf", as_attachment=True, download_name=name)

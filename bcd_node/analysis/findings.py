@@ -153,7 +153,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndar
 
 def report_data(ds: Dataset, image: np.ndarray, over: np.ndarray, c: Combined, *,
                 algorithm: Algorithm, demonstration_model: bool,
-                created_at: dt.datetime) -> ReportData:
+                created_at: dt.datetime, timezone: dt.tzinfo | None = None) -> ReportData:
     """What the PDF report of ``ds`` shows; identification comes from the image itself.
 
     Raises
@@ -177,7 +177,8 @@ def report_data(ds: Dataset, image: np.ndarray, over: np.ndarray, c: Combined, *
         accession_number=text("AccessionNumber"), study_date=text("StudyDate"),
         study_instance_uid=text("StudyInstanceUID"), specimen_id=text("ContainerIdentifier"),
         stain=describe.stain(ds), age=describe.patient_age(ds),
-        institution=algorithm.institution_name, review_reasons=tuple(c.review_reasons),
+        institution=algorithm.institution_name, timezone=timezone,
+        review_reasons=tuple(c.review_reasons),
         scale=scale_text(c.um_per_pixel, c.scale_source))
 
 
@@ -231,7 +232,8 @@ def quality_flags(quality: dict[str, Any]) -> tuple[str, ...]:
 def non_diagnostic_answer(ds: Dataset, why: NonDiagnostic, *, algorithm: Algorithm,
                           demonstration_model: bool, uid_root: str, image: np.ndarray | None,
                           revision: int = 0, supersedes: list[Dataset] | None = None,
-                          field_number: int | None = None) -> tuple[bytes, ResultObjects]:
+                          field_number: int | None = None,
+                          timezone: dt.tzinfo | None = None) -> tuple[bytes, ResultObjects]:
     """The PDF and the non-diagnostic SR and Encapsulated PDF of an image that gets no
     diagnosis (``why``: the quality gate refused it, or its analysis failed for good)."""
     def text(keyword: str) -> str | None:
@@ -249,7 +251,8 @@ def non_diagnostic_answer(ds: Dataset, why: NonDiagnostic, *, algorithm: Algorit
         sex=text("PatientSex"), accession_number=text("AccessionNumber"),
         study_date=text("StudyDate"), study_instance_uid=text("StudyInstanceUID"),
         specimen_id=text("ContainerIdentifier"), stain=describe.stain(ds),
-        age=describe.patient_age(ds), institution=algorithm.institution_name))
+        age=describe.patient_age(ds), institution=algorithm.institution_name,
+        timezone=timezone))
     objects = build_non_diagnostic_objects(ds, why, pdf, algorithm=algorithm, uid_root=uid_root,
                                            revision=revision, supersedes=supersedes or (),
                                            field_number=field_number)
@@ -280,7 +283,8 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
                     demonstration_model: bool = True, revision: int = 0,
                     supersedes: list[Dataset] | None = None,
                     field_number: int | None = None,
-                    default_um_per_pixel: float | None = None) -> Analysis:
+                    default_um_per_pixel: float | None = None,
+                    timezone: dt.tzinfo | None = None) -> Analysis:
     """Predict on one image and build what the node sends for it (no database, no files).
 
     ``bcd-node analyze --dicom-out`` and the worker both call this, so the files a user makes on
@@ -312,7 +316,7 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
         pdf, objects = non_diagnostic_answer(
             ds, why, algorithm=algorithm, demonstration_model=demonstration_model,
             uid_root=uid_root, image=images[0], revision=revision, supersedes=supersedes,
-            field_number=field_number)
+            field_number=field_number, timezone=timezone)
         return Analysis(images, combined, over, pdf, objects)
     findings = Findings(stage=combined.stage, probabilities=combined.probabilities,
                         blast_count=combined.blast_count,
@@ -320,7 +324,7 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
                         quality_ok=True, review_reasons=combined.review_reasons)
     pdf = render_report(report_data(ds, images[0], over, combined, algorithm=algorithm,
                                     demonstration_model=demonstration_model,
-                                    created_at=utcnow()))
+                                    created_at=utcnow(), timezone=timezone))
     objects = build_result_objects(ds, combined.masks if len(images) > 1 else combined.masks[0],
                                    findings, algorithm=algorithm, pdf=pdf, uid_root=uid_root,
                                    revision=revision, supersedes=supersedes or (),

@@ -47,7 +47,7 @@ from bcd_node.db.models import (
 from bcd_node.errors import PermanentError
 from bcd_node.jobs.queue import Claimed
 from bcd_node.records import audit
-from bcd_node.records.revisions import clear_verification
+from bcd_node.records.revisions import clear_verification, sr_series_uid
 from bcd_node.records.studies import refresh_study
 from bcd_node.store.layout import DataLayout
 from dicom.errors import DicomError
@@ -92,12 +92,14 @@ class ImageAnalysis:
             if self._superseded(job, inst):
                 return None
             raise PermanentError(f"stored file is not readable: {exc}") from exc
+        self._supersede_failure_answer(inst, study)
         supersedes = self._supersedes(inst, study)
         analysis = analyze_dataset(ds, self.analyzer, algorithm=ctx.algorithm,
                                    review_threshold=settings.model.review_threshold,
                                    uid_root=settings.uids.root,
                                    demonstration_model=ctx.demonstration_model,
                                    revision=inst.revision, supersedes=supersedes,
+                                   timezone=settings.web.tzinfo,
                                    field_number=ctx.field_number(inst, study),
                                    default_um_per_pixel=settings.model.default_um_per_pixel)
         combined = analysis.combined
@@ -193,7 +195,7 @@ class ImageAnalysis:
             ds, NonDiagnostic(failure=reason), algorithm=ctx.algorithm,
             demonstration_model=ctx.demonstration_model, uid_root=settings.uids.root,
             image=image, revision=inst.revision, supersedes=self._supersedes(inst, study),
-            field_number=ctx.field_number(inst, study))
+            field_number=ctx.field_number(inst, study), timezone=settings.web.tzinfo)
         folder = DataLayout.instance_results(inst.id, ctx.model_version, inst.revision)
         pdf_rel = f"{folder}/failed-report.pdf"
         outputs = [Output(kind, dataset, f"{folder}/failed-{kind}.dcm")
@@ -249,11 +251,31 @@ class ImageAnalysis:
                     inst.sop_instance_uid)
         return True
 
+    def _supersede_failure_answer(self, inst: Instance, study: Study) -> None:
+        """Record the "could not be analysed" SR of this revision (its job failed for good and
+        was retried) as what the new SR supersedes, so that the PACS is not left with two
+        answers that contradict each other; recorded, so that a re-run builds the same SR."""
+        ctx = self.context
+        with ctx.node.session_factory.begin() as session:
+            result = session.execute(select(Result).where(
+                Result.instance_fk == inst.id, Result.scope == ResultScope.INSTANCE,
+                Result.model_version == ctx.model_version)).scalar_one_or_none()
+            if (result is None or result.instance_revision != inst.revision
+                    or (result.quality or {}).get("status") != "failed"
+                    or not result.sr_sop_instance_uid):
+                return
+            failed = {"series": sr_series_uid(study.study_instance_uid, ctx.model_version,
+                                              ctx.settings.uids.root),
+                      "sop": result.sr_sop_instance_uid}
+            if failed not in (result.supersedes or []):
+                result.supersedes = [*(result.supersedes or []), failed]
+                LOGGER.info("instance %s: its new SR supersedes the 'could not be analysed' SR "
+                            "%s", inst.sop_instance_uid, result.sr_sop_instance_uid)
+
     def _supersedes(self, inst: Instance, study: Study) -> list[Dataset]:
-        """The earlier revision's SR documents that this revision's SR replaces (recorded by
-        the intake when the image changed; kept, so that a re-run builds the same SR)."""
-        if not inst.revision:
-            return []
+        """The SR documents that this revision's SR replaces: the earlier revision's (recorded
+        by the intake when the image changed) and this revision's "could not be analysed" SR
+        (:meth:`_supersede_failure_answer`); kept, so that a re-run builds the same SR."""
         with self.context.node.session_factory() as session:
             recorded = session.execute(select(Result.supersedes).where(
                 Result.instance_fk == inst.id, Result.scope == ResultScope.INSTANCE,

@@ -4,9 +4,9 @@
 to its module: ``analyze`` to :mod:`~bcd_node.analysis.image` (decode pixels → predict → PDF
 report → SEG + SR + Encapsulated PDF, built by :mod:`~bcd_node.analysis.findings`),
 ``verified_report`` to :mod:`~bcd_node.analysis.verified`, ``study_summary`` to
-:mod:`~bcd_node.analysis.summary`. Each ends the same way (:mod:`~bcd_node.analysis.publish`):
-result row and one outbox row per output and destination, all in one transaction with the job's
-completion.
+:mod:`~bcd_node.analysis.summary`, ``lis_report`` to :mod:`~bcd_node.analysis.lis`. Each ends
+the same way (:mod:`~bcd_node.analysis.publish`): result row and one outbox row per output and
+destination, all in one transaction with the job's completion.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from bcd_node import __version__
 from bcd_node.analysis.context import AnalysisContext
 from bcd_node.analysis.findings import Analyzer
 from bcd_node.analysis.image import ImageAnalysis
+from bcd_node.analysis.lis import LisReports
 from bcd_node.analysis.summary import StudySummaries
 from bcd_node.analysis.verified import VerifiedReports
 from bcd_node.db.models import JobKind
@@ -46,8 +47,9 @@ class Pipeline:
             store=Store(context.settings.storage.data_dir,
                         context.settings.storage.min_free_disk))
         self.images = ImageAnalysis(shared, analyzer)
-        self.verified_reports = VerifiedReports(shared)
         self.summaries = StudySummaries(shared)
+        self.verified_reports = VerifiedReports(shared, self.summaries)
+        self.lis_reports = LisReports(shared)
 
     def run(self, job: Claimed) -> None:
         """Do ``job`` and complete it in the same transaction as its results.
@@ -68,6 +70,8 @@ class Pipeline:
             self.verified_report(job)
         elif job.kind is JobKind.STUDY_SUMMARY:
             self.study_summary(job)
+        elif job.kind is JobKind.LIS_REPORT:
+            self.lis_reports.make(job)
         else:
             raise PermanentError(f"job kind {job.kind.value} is not handled by this version")
 

@@ -12,14 +12,17 @@ without any diagnostic field gets a summary too, without a stage.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
 
-import numpy as np
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bcd_node.analysis.context import AnalysisContext
+from bcd_node.analysis.lis import queue_case_messages
 from bcd_node.analysis.publish import Output, complete_or_raise, publish, write_files
 from bcd_node.db.models import (
     ACTIVE_JOB_STATES,
@@ -30,19 +33,26 @@ from bcd_node.db.models import (
     Patient,
     Result,
     ResultScope,
+    Series,
+    Stage,
     Study,
+    VerificationState,
     utcnow,
 )
 from bcd_node.errors import PermanentError
 from bcd_node.jobs.queue import Claimed
-from bcd_node.records.studies import STAGE_ORDER, vote
+from bcd_node.records.cases import case_blast_count, case_findings, field_flags
+from bcd_node.records.names import person_name
+from bcd_node.records.studies import refresh_study
 from bcd_node.report.summary import FieldRow, SummaryData, render_summary
 from bcd_node.runtime import NodeContext
 from bcd_node.store.layout import DataLayout
+from dicom.describe import patient_age, stain
 from dicom.encapsulated import build_encapsulated_pdf
 from dicom.errors import DicomError
 from dicom.pixels import read_dataset
 from dicom.series import ResultKind
+from dicom.sr import Verification
 from dicom.summary import StudyFindings, build_study_summary_sr, summary_kind
 
 LOGGER = logging.getLogger(__name__)
@@ -54,6 +64,24 @@ def _summary_done(session: Session, study_id: int) -> None:
     if study is None:
         raise LookupError(f"study {study_id} does not exist")
     study.summary_done_at = utcnow()
+
+
+def _summary_done_and_refresh(session: Session, study_id: int) -> None:
+    """The summary is made: record it, then the case's status follows (awaiting review)."""
+    _summary_done(session, study_id)
+    session.flush()
+    refresh_study(session, study_id)
+
+
+def _withdraw_signature(result: Result) -> None:
+    """A summary result gets a new summary: the signature of the old one is not carried over."""
+    result.verification = VerificationState.UNVERIFIED
+    result.verified_by_fk = None
+    result.verified_at = None
+    result.verified_stage = None
+    result.verified_comment = None
+    result.verified_sr_sop_instance_uid = None
+    result.verified_pdf_path = None
 
 
 class StudySummaries:
@@ -71,76 +99,26 @@ class StudySummaries:
             patient = session.get(Patient, study.patient_fk) if study is not None else None
             if study is None or patient is None:
                 raise PermanentError(f"job {job.id}: study {job.study_fk} not found")
-            rows = session.execute(
-                select(Result, Instance).join(Instance, Result.instance_fk == Instance.id)
-                .where(Result.study_fk == study.id, Result.scope == ResultScope.INSTANCE,
-                       Result.model_version == ctx.model_version)
-                .order_by(Instance.received_at, Instance.id)).all()
-            # Fields whose analysis failed for good (and that have no result of this model).
-            with_result = {i.id for _, i in rows}
-            failed = [i for i in session.execute(
-                select(Instance).join(Job, Job.instance_fk == Instance.id)
-                .where(Job.study_fk == study.id, Job.kind == JobKind.ANALYZE,
-                       Job.state == JobState.FAILED)
-                .order_by(Instance.received_at, Instance.id)).scalars().unique()
-                if i.id not in with_result]
+            fields = gather_fields(session, study.id, ctx.model_version)
             session.expunge_all()
-        staged = [(r, i) for r, i in rows if r.stage]
-        # A field whose failure was answered "could not be analysed" has a result too.
-        answered_failures = {r.id for r, _ in rows if (r.quality or {}).get("status") == "failed"}
-        stage = vote([r.stage for r, _ in rows if r.stage])
-        # Every field is referenced, the non-diagnostic and failed ones too: the summary speaks
-        # of them (a failed field whose file cannot be read is counted, not referenced).
-        sources = [read_dataset(ctx.store.path(i.path)) for _, i in rows]
-        referenced = [i for _, i in rows]
-        for inst in failed:
-            try:
-                sources.append(read_dataset(ctx.store.path(inst.path)))
-                referenced.append(inst)
-            except (DicomError, OSError) as exc:
-                LOGGER.warning("job %d: failed field %s is not referenced by the summary: %s",
-                               job.id, inst.sop_instance_uid, exc)
+        sources, referenced = self._sources(job, fields)
         if not sources:
             with ctx.node.session_factory.begin() as session:
-                _summary_done(session, study.id)
+                _summary_done_and_refresh(session, study.id)
                 complete_or_raise(session, job)
             LOGGER.info("job %d: study %s has no field that can be referenced; no summary",
                         job.id, study.study_instance_uid)
             return
-        probs: dict[str, float] | None = None
-        fraction = 0.0
-        if stage is not None:
-            names = list(STAGE_ORDER)
-            means = {n: float(np.mean([r.probabilities.get(n, 0.0) for r, _ in staged]))
-                     for n in names}
-            total = sum(means.values()) or 1.0
-            probs = {n: v / total for n, v in means.items()}
-            pixels = [max(1, i.rows * i.columns * i.frames) for _, i in staged]
-            fraction = sum(r.blast_area_fraction * p
-                           for (r, _), p in zip(staged, pixels)) / sum(pixels)
-        findings = StudyFindings(
-            stage=stage, probabilities=probs, fields_analysed=len(staged),
-            fields_needing_review=sum(r.needs_review for r, _ in rows),
-            fields_quality_insufficient=len(rows) - len(staged) - len(answered_failures),
-            total_blasts=int(sum(r.blast_count for r, _ in staged)),
-            blast_area_fraction=min(1.0, fraction),
-            fields_failed=len(answered_failures) + len(failed))
+        findings = fields.findings()
         # A changed field (a new revision) makes a new summary, as a new field does.
         revisions = {i.sop_instance_uid: i.revision for i in referenced}
         sr = build_study_summary_sr(sources, findings, algorithm=ctx.algorithm,
                                     uid_root=settings.uids.root, revisions=revisions)
         kind = summary_kind(sources, revisions)
-        pdf = render_summary(SummaryData(
-            patient_name=patient.name or "(no name)", patient_id=patient.patient_id or "(no id)",
-            study_instance_uid=study.study_instance_uid,
-            accession_number=study.accession_number, study_date=study.study_date, stage=stage,
-            probabilities=probs, total_blasts=findings.total_blasts,
-            blast_area_fraction=findings.blast_area_fraction,
-            fields=[FieldRow(i.sop_instance_uid, r.stage, r.confidence, r.blast_count,
-                             r.needs_review, failed=r.id in answered_failures) for r, i in rows]
-            + [FieldRow(i.sop_instance_uid, None, None, 0, False, failed=True) for i in failed],
-            model_name=ctx.model_name, model_version=ctx.model_version,
-            demonstration_model=ctx.demonstration_model, created_at=utcnow()))
+        pdf = render_summary(summary_data(patient, study, fields, findings, ctx.model_name,
+                                          ctx.model_version, ctx.demonstration_model,
+                                          utcnow(), settings.web.tzinfo, sources[0],
+                                          settings.model.review_threshold))
         enc = build_encapsulated_pdf(sources[0], pdf, algorithm=ctx.algorithm,
                                      further_sources=sources[1:],
                                      title="Blood smear study summary", uid_kind=f"{kind}-pdf",
@@ -151,6 +129,8 @@ class StudySummaries:
         outputs = [Output("summary_sr", sr, f"{folder}/{kind}-sr.dcm"),
                    Output("summary_pdf", enc, f"{folder}/{kind}-pdf.dcm")]
         write_files(ctx.store, folder, (pdf_rel, pdf), outputs)
+        stage = findings.stage
+        probs = findings.probabilities
         with ctx.node.session_factory.begin() as session:
             result = session.execute(select(Result).where(
                 Result.study_fk == study.id, Result.scope == ResultScope.STUDY,
@@ -159,14 +139,21 @@ class StudySummaries:
                 result = Result(study_fk=study.id, scope=ResultScope.STUDY,
                                 model_name=ctx.model_name, model_version=ctx.model_version)
                 session.add(result)
-            result.stage = stage
-            result.probabilities = probs or {}
-            result.confidence = probs[stage] if probs is not None and stage is not None else None
+            if result.sr_sop_instance_uid not in (None, str(sr.SOPInstanceUID)):
+                # A new summary (a field arrived or changed after the last one): a signature
+                # of the earlier one does not sign this one. The earlier signature stays in
+                # the audit log and at the PACS.
+                _withdraw_signature(result)
+            result.stage = Stage(stage) if stage is not None else None
+            result.probabilities = {str(k): v for k, v in (probs or {}).items()}
+            # The case's one confidence (bcd_node.records.cases.case_findings).
+            result.confidence = (result.probabilities.get(str(stage))
+                                 if stage is not None else None)
             result.blast_count = findings.total_blasts
             result.blast_area_fraction = findings.blast_area_fraction
             result.needs_review = findings.fields_needing_review > 0
             result.demonstration_model = ctx.demonstration_model
-            result.quality = {"fields": len(rows) + len(failed),
+            result.quality = {"fields": len(fields.rows) + len(fields.failed),
                               "analysed": findings.fields_analysed,
                               "quality_insufficient": findings.fields_quality_insufficient,
                               "failed": findings.fields_failed}
@@ -174,12 +161,202 @@ class StudySummaries:
             result.sr_sop_instance_uid = str(sr.SOPInstanceUID)
             result.pdf_sop_instance_uid = str(enc.SOPInstanceUID)
             publish(session, job, result, outputs, settings.destinations, study_id=study.id,
-                    update_study=_summary_done)
+                    update_study=_summary_done_and_refresh)
+            queue_case_messages(session, ctx.store, settings.lis, study.id)
         ctx.node.wake_delivery()
         LOGGER.info("job %d: study %s summarised: %d field(s) analysed, %d non-diagnostic, %d "
-                    "failed: %s", job.id, study.study_instance_uid, len(staged),
+                    "failed: %s", job.id, study.study_instance_uid, findings.fields_analysed,
                     findings.fields_quality_insufficient, findings.fields_failed,
                     stage or "no stage")
+
+    def _sources(self, job: Claimed, fields: Fields) -> tuple[list[Dataset], list[Instance]]:
+        """The fields' stored images (every field is referenced, the non-diagnostic and failed
+        ones too: the summary speaks of them; a failed field whose file cannot be read is
+        counted, not referenced), and their rows in the same order."""
+        ctx = self.context
+        sources = [read_dataset(ctx.store.path(i.path)) for _, i in fields.rows]
+        referenced = [i for _, i in fields.rows]
+        for inst in fields.failed:
+            try:
+                sources.append(read_dataset(ctx.store.path(inst.path)))
+                referenced.append(inst)
+            except (DicomError, OSError) as exc:
+                LOGGER.warning("job %d: failed field %s is not referenced by the summary: %s",
+                               job.id, inst.sop_instance_uid, exc)
+        return sources, referenced
+
+    def make_verified(self, job: Claimed, result: Result, doctor_name: str) -> None:
+        """A doctor signed the case: the VERIFIED successor of the study summary SR and the
+        signed summary PDF, queued for the PACS.
+
+        ``result`` is the study's summary result (detached), verified. The signed summary is
+        built over the same fields as the summary it supersedes; a study that changed since
+        (a field arrived or changed) has a new summary to sign instead.
+        """
+        ctx = self.context
+        settings = ctx.settings
+        verified_at = result.verified_at
+        if verified_at is None or result.stage is None or not result.sr_sop_instance_uid \
+                or not result.pdf_path:
+            raise PermanentError(f"job {job.id}: the summary result {result.id} has no stage "
+                                 "or no SR to sign")
+        with ctx.node.session_factory() as session:
+            study = session.get(Study, result.study_fk)
+            patient = session.get(Patient, study.patient_fk) if study is not None else None
+            if study is None or patient is None:
+                raise PermanentError(f"job {job.id}: study {result.study_fk} not found")
+            fields = gather_fields(session, study.id, result.model_version)
+            session.expunge_all()
+        sources, referenced = self._sources(job, fields)
+        revisions = {i.sop_instance_uid: i.revision for i in referenced}
+        kind = summary_kind(sources, revisions) if sources else ""
+        folder = DataLayout.study_results(study.id, result.model_version)
+        if f"{folder}/{kind}.pdf" != result.pdf_path:
+            raise PermanentError(
+                f"job {job.id}: study {study.study_instance_uid} changed since the summary "
+                "that was signed (a field arrived or changed); its new summary is signed "
+                "instead")
+        predecessor = read_dataset(ctx.store.path(f"{folder}/{kind}-sr.dcm"))
+        organization = settings.dicom.institution_name or "bcd-node"
+        verification = Verification(
+            observer_name=person_name(doctor_name), organization=organization,
+            datetime=verified_at, stage=result.verified_stage or result.stage,
+            comment=result.verified_comment or None)
+        # The signed summary is the analysis' own: it names the model that made it.
+        algorithm = dataclasses.replace(ctx.algorithm, name=result.model_name,
+                                        version=result.model_version)
+        findings = fields.findings()
+        sr = build_study_summary_sr(sources, findings, algorithm=algorithm,
+                                    uid_root=settings.uids.root, revisions=revisions,
+                                    verification=verification, predecessor=predecessor)
+        data = summary_data(patient, study, fields, findings, result.model_name,
+                            result.model_version, bool(result.demonstration_model),
+                            result.created_at, settings.web.tzinfo,
+                            sources[0] if sources else None, settings.model.review_threshold)
+        data = dataclasses.replace(
+            data, verified_by=doctor_name, verified_organization=organization,
+            verified_stage=str(verification.stage), verified_comment=result.verified_comment,
+            verified_at=verified_at)
+        pdf = render_summary(data)
+        stamp = verified_at.strftime("%Y%m%dT%H%M%S%f")
+        enc = build_encapsulated_pdf(sources[0], pdf, algorithm=algorithm,
+                                     further_sources=sources[1:], verified_at=verified_at,
+                                     title="Blood smear study summary, signed",
+                                     uid_kind=f"{kind}-pdf-verified-"
+                                     f"{verified_at:%Y%m%d%H%M%S%f}",
+                                     series_kind=ResultKind.SUMMARY_PDF,
+                                     field_number=len(sources), uid_root=settings.uids.root)
+        pdf_rel = f"{folder}/{kind}-verified-{stamp}.pdf"
+        outputs = [Output("verified_summary_sr", sr, f"{folder}/{kind}-sr-verified-{stamp}.dcm"),
+                   Output("verified_summary_pdf", enc,
+                          f"{folder}/{kind}-pdf-verified-{stamp}.dcm")]
+        write_files(ctx.store, folder, (pdf_rel, pdf), outputs)
+        with ctx.node.session_factory.begin() as session:
+            row = session.get(Result, result.id)
+            if (row is None or row.verification != VerificationState.VERIFIED
+                    or row.verified_at != verified_at or row.pdf_path != result.pdf_path):
+                complete_or_raise(session, job)
+                LOGGER.info("job %d: the signature of summary %d was withdrawn meanwhile; no "
+                            "signed summary", job.id, result.id)
+                return
+            row.verified_sr_sop_instance_uid = str(sr.SOPInstanceUID)
+            row.verified_pdf_path = pdf_rel
+            publish(session, job, row, outputs, settings.destinations, study_id=row.study_fk)
+        ctx.node.wake_delivery()
+        LOGGER.info("job %d: signed summary of study %s queued", job.id,
+                    study.study_instance_uid)
+
+
+@dataclass
+class Fields:
+    """A study's fields as one model version saw them: each field's result with its image, in
+    the order received, and the images whose analysis failed for good without a result."""
+
+    rows: list[tuple[Result, Instance]]
+    failed: list[Instance]
+    #: Each image's number in its study (by instance id), from 1, in the order received: the
+    #: Instance Number of its results at the PACS.
+    numbers: dict[int, int]
+
+    @property
+    def staged(self) -> list[tuple[Result, Instance]]:
+        """The diagnostic fields (with a stage)."""
+        return [(r, i) for r, i in self.rows if r.stage]
+
+    @property
+    def answered_failures(self) -> set[int]:
+        """The results that answer a failed analysis ("could not be analysed")."""
+        return {r.id for r, _ in self.rows if (r.quality or {}).get("status") == "failed"}
+
+    def findings(self) -> StudyFindings:
+        """The combined result: the stage by vote, the mean probabilities, the blast count
+        (:func:`~bcd_node.records.cases.case_blast_count`), the blast area over the
+        analysed pixels, and the fields' counts."""
+        staged = self.staged
+        case = case_findings([r for r, _ in staged])
+        fraction = 0.0
+        if case.stage is not None:
+            pixels = [max(1, i.rows * i.columns * i.frames) for _, i in staged]
+            fraction = sum(r.blast_area_fraction * p
+                           for (r, _), p in zip(staged, pixels)) / sum(pixels)
+        failures = self.answered_failures
+        return StudyFindings(
+            stage=case.stage, probabilities=case.probabilities, fields_analysed=len(staged),
+            fields_needing_review=sum(r.needs_review for r, _ in self.rows),
+            fields_quality_insufficient=len(self.rows) - len(staged) - len(failures),
+            total_blasts=case_blast_count([r for r, _ in staged]),
+            blast_area_fraction=min(1.0, fraction),
+            fields_failed=len(failures) + len(self.failed))
+
+
+def gather_fields(session: Session, study_id: int, model_version: str) -> Fields:
+    """The fields of study ``study_id`` with their results of ``model_version``."""
+    rows = [(r, i) for r, i in session.execute(
+        select(Result, Instance).join(Instance, Result.instance_fk == Instance.id)
+        .where(Result.study_fk == study_id, Result.scope == ResultScope.INSTANCE,
+               Result.model_version == model_version)
+        .order_by(Instance.received_at, Instance.id)).all()]
+    # Fields whose analysis failed for good (and that have no result of this model).
+    with_result = {i.id for _, i in rows}
+    failed = [i for i in session.execute(
+        select(Instance).join(Job, Job.instance_fk == Instance.id)
+        .where(Job.study_fk == study_id, Job.kind == JobKind.ANALYZE,
+               Job.state == JobState.FAILED)
+        .order_by(Instance.received_at, Instance.id)).scalars().unique()
+        if i.id not in with_result]
+    ids = session.execute(select(Instance.id).join(Series, Instance.series_fk == Series.id)
+                          .where(Series.study_fk == study_id).order_by(Instance.id)).scalars()
+    return Fields(rows, failed, {inst: n for n, inst in enumerate(ids, 1)})
+
+
+def summary_data(patient: Patient, study: Study, fields: Fields, findings: StudyFindings,
+                 model_name: str, model_version: str, demonstration_model: bool,
+                 created_at: datetime, tz: tzinfo, source: Dataset | None,
+                 review_threshold: float = 0.0) -> SummaryData:
+    """What the summary PDF shows (unverified; a signed summary adds the doctor's verdict).
+    ``source`` is a field's image, for the stain and the patient's age."""
+    failures = fields.answered_failures
+    numbers = fields.numbers
+    rows = [FieldRow(numbers[i.id], r.stage, r.confidence, r.blast_count, r.needs_review,
+                     failed=r.id in failures,
+                     flags=field_flags(r, review_threshold=review_threshold))
+            for r, i in fields.rows]
+    rows += [FieldRow(numbers[i.id], None, None, 0, False, failed=True) for i in fields.failed]
+    rows.sort(key=lambda row: row.number)
+    probs = ({str(k): v for k, v in findings.probabilities.items()}
+             if findings.probabilities is not None else None)
+    return SummaryData(
+        patient_name=patient.name or "(no name)", patient_id=patient.patient_id or "(no id)",
+        study_instance_uid=study.study_instance_uid,
+        accession_number=study.accession_number, study_date=study.study_date,
+        stage=str(findings.stage) if findings.stage is not None else None,
+        probabilities=probs, total_blasts=findings.total_blasts,
+        blast_area_fraction=findings.blast_area_fraction, fields=rows,
+        model_name=model_name, model_version=model_version,
+        demonstration_model=demonstration_model, created_at=created_at,
+        patient_birth_date=patient.birth_date or "", patient_sex=patient.sex or "",
+        patient_age=patient_age(source) if source is not None else None,
+        stain=stain(source) if source is not None else None, timezone=tz)
 
 
 def enqueue_study_summaries(context: NodeContext) -> int:

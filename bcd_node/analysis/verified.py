@@ -1,5 +1,6 @@
 """The verified report: a doctor verified (or corrected) a result, so a VERIFIED SR that
-supersedes the AI's SR and an updated PDF go to PACS.
+supersedes the AI's SR and an updated PDF go to PACS; for a study summary (the doctor signed
+the case), the signed summary SR and PDF (:mod:`bcd_node.analysis.summary`).
 
 The verified objects live in the result's folder, named by the time of the verification; at
 PACS the study's verified SRs and verified PDFs are each a series of their own
@@ -18,10 +19,12 @@ from PIL import Image
 from bcd_node.analysis.context import AnalysisContext
 from bcd_node.analysis.findings import Combined, decode_for_analysis, report_data
 from bcd_node.analysis.publish import Output, complete_or_raise, publish, write_files
-from bcd_node.db.models import Result, User, VerificationState
+from bcd_node.analysis.summary import StudySummaries
+from bcd_node.db.models import Result, ResultScope, User, VerificationState
 from bcd_node.errors import PermanentError
 from bcd_node.inference.spec import REVIEW_REASONS
 from bcd_node.jobs.queue import Claimed
+from bcd_node.records.names import person_name
 from bcd_node.report.pdf import render_report
 from bcd_node.store.layout import DataLayout
 from dicom.encapsulated import build_encapsulated_pdf
@@ -34,24 +37,34 @@ LOGGER = logging.getLogger(__name__)
 class VerifiedReports:
     """The ``verified_report`` job."""
 
-    def __init__(self, context: AnalysisContext) -> None:
+    def __init__(self, context: AnalysisContext, summaries: StudySummaries) -> None:
         self.context = context
+        self.summaries = summaries
 
     def make(self, job: Claimed) -> None:
-        """A doctor verified a result: build the VERIFIED SR and the updated PDF, queue them."""
+        """A doctor verified a result: build the VERIFIED SR and the updated PDF, queue them.
+        A study summary's result (the case signed) goes to
+        :meth:`~bcd_node.analysis.summary.StudySummaries.make_verified`."""
         ctx = self.context
         settings = ctx.settings
         with ctx.node.session_factory() as session:
             result = session.get(Result, job.result_fk) if job.result_fk else None
-            if result is None or result.instance_fk is None:
+            if result is None:
                 raise PermanentError(f"job {job.id}: result {job.result_fk} not found")
             if result.verification != VerificationState.VERIFIED or result.verified_at is None:
                 raise PermanentError(f"job {job.id}: result {result.id} is not verified")
+            doctor = session.get(User, result.verified_by_fk) if result.verified_by_fk else None
+            if result.scope == ResultScope.STUDY:
+                session.expunge_all()
+                name = (doctor.full_name or doctor.username) if doctor else "unknown"
+                self.summaries.make_verified(job, result, name)
+                return
+            if result.instance_fk is None:
+                raise PermanentError(f"job {job.id}: result {result.id} has no image")
             if (not result.sr_sop_instance_uid or result.stage is None
                     or result.overlay_path is None):
                 raise PermanentError(f"job {job.id}: result {result.id} has no SR to supersede "
                                      "(quality insufficient)")
-            doctor = session.get(User, result.verified_by_fk) if result.verified_by_fk else None
             session.expunge_all()
         verified_at = result.verified_at
         inst, _series, study, _patient = ctx.load(job.id, result.instance_fk)
@@ -65,7 +78,7 @@ class VerifiedReports:
         predecessor = read_dataset(ctx.store.path(f"{folder}/sr.dcm"))
         name = (doctor.full_name or doctor.username) if doctor else "unknown"
         verification = Verification(
-            observer_name=_person_name(name),
+            observer_name=person_name(name),
             organization=settings.dicom.institution_name or "bcd-node",
             datetime=verified_at, stage=result.verified_stage or result.stage,
             comment=result.verified_comment or None)
@@ -92,7 +105,7 @@ class VerifiedReports:
                             result.scale_source)
         data = report_data(ds, image, over, combined, algorithm=algorithm,
                            demonstration_model=self._demonstration(result),
-                           created_at=result.created_at)
+                           created_at=result.created_at, timezone=settings.web.tzinfo)
         data = dataclasses.replace(
             data, verified_by=name, verified_organization=verification.organization,
             verified_stage=str(verification.stage), verified_comment=result.verified_comment,
@@ -133,12 +146,3 @@ class VerifiedReports:
         made_here = (result.model_name, result.model_version) == (self.context.model_name,
                                                                   self.context.model_version)
         return self.context.demonstration_model if made_here else True
-
-
-def _person_name(name: str) -> str:
-    """"Gregory House" → "House^Gregory" (DICOM PN); a name with ^ is kept."""
-    name = " ".join(name.replace("\\", " ").split())[:64] or "unknown"
-    if "^" in name or " " not in name:
-        return name
-    given, family = name.rsplit(" ", 1)
-    return f"{family}^{given}"

@@ -117,6 +117,23 @@ def cmd_deliveries_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs_retry(args: argparse.Namespace) -> int:
+    """Queue jobs that failed for good again."""
+    from bcd_node.jobs.retry import JobRetryError, retry_failed_jobs
+
+    ctx = _context(args)
+    try:
+        with ctx.session_factory.begin() as session:
+            done = retry_failed_jobs(session, args.ids or None, actor=_cli_actor(),
+                                     actor_kind="cli")
+    except JobRetryError as exc:
+        raise CommandError(str(exc)) from None
+    n = len(done)
+    print(f"{n} job{'' if n == 1 else 's'} queued again"
+          + (": " + ", ".join(map(str, done)) if done else ""))
+    return 0
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     """Send files to a peer by C-STORE."""
     from dicom.scu import Peer, PeerUnavailableError, send_files
@@ -395,6 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("ids", nargs="*", type=int,
                     help="delivery ids (default: all that need attention); an id that is "
                          "unknown or does not need attention is an error (exit 1)")
+
+    jobs = sub.add_parser("jobs", help="analysis jobs", description="analysis jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
+    jr = _add(jobs_sub, "retry", cmd_jobs_retry,
+              "queue jobs that failed for good again (attempts reset); an image analysed then "
+              "gets an SR that supersedes its 'could not be analysed' SR")
+    jr.add_argument("ids", nargs="*", type=int,
+                    help="job ids (default: every failed job); an id that is unknown or has "
+                         "not failed is an error (exit 1)")
 
     db = sub.add_parser("db", help="database maintenance", description="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)

@@ -95,6 +95,7 @@ class JobKind(enum.StrEnum):
     ANALYZE = "analyze"            # one received image
     STUDY_SUMMARY = "study_summary"  # a quiet study's combined report
     VERIFIED_REPORT = "verified_report"  # a doctor's verification → VERIFIED SR and PDF
+    LIS_REPORT = "lis_report"  # a doctor's verification of a reported case → ORU^R01 F or C
 
 
 class DeliveryState(enum.StrEnum):
@@ -102,19 +103,31 @@ class DeliveryState(enum.StrEnum):
 
     PENDING = "pending"
     SENDING = "sending"
+    # Stored, waiting for the destination's storage commitment (a destination that asks for
+    # it); "done" once committed.
+    COMMITTING = "committing"
     DONE = "done"
     DEAD = "dead"  # needs attention: retries exhausted or refused permanently
 
 
-class StudyStatus(enum.StrEnum):
-    """A study's status on the worklist (see :func:`bcd_node.records.studies.refresh_study`)."""
+class LisMessageKind(enum.StrEnum):
+    """The ``kind`` of an outbox row that carries an HL7 ORU^R01 to a LIS, by its result status
+    (OBX-11)."""
 
-    QUEUED = "queued"
+    PRELIMINARY = "oru_p"
+    FINAL = "oru_f"
+    CORRECTED = "oru_c"
+
+
+class StudyStatus(enum.StrEnum):
+    """A case's (study's) status on the worklist and its page; the rule that derives it is
+    :func:`bcd_node.records.cases.case_status` (migration 0006 renamed the earlier values)."""
+
     ANALYSING = "analysing"
-    DONE = "done"
+    AWAITING_REVIEW = "awaiting_review"
+    SIGNED = "signed"
+    SIGNED_CORRECTED = "signed_corrected"
     FAILED = "failed"
-    NEEDS_REVIEW = "needs_review"
-    VERIFIED = "verified"
 
 
 class VerificationState(enum.StrEnum):
@@ -189,7 +202,7 @@ class Study(Base):
     description: Mapped[str] = mapped_column(String(64), default="")
     referring_physician: Mapped[str] = mapped_column(String(324), default="")
     # Worklist status, kept up to date by the pipeline so the console need not aggregate.
-    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus), default=StudyStatus.QUEUED,
+    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus), default=StudyStatus.ANALYSING,
                                                 index=True)
     stage: Mapped[Stage | None] = mapped_column(_enum(Stage), index=True)
     confidence: Mapped[float | None] = mapped_column(Float)
@@ -332,7 +345,12 @@ class Result(Base):
 
 
 class Delivery(Base):
-    """One output object to send to one destination (the outbox)."""
+    """One output object to send to one destination (the outbox).
+
+    A DICOM object is named by its SOP Class and Instance UIDs; an HL7 message to a LIS (kind
+    :class:`LisMessageKind`) by ``sop_class_uid`` ``"ORU^R01"`` and its message control id
+    (MSH-10) in ``sop_instance_uid``, its ER7 text in the file at ``path``.
+    """
 
     __tablename__ = "deliveries"
     __table_args__ = (
@@ -344,7 +362,8 @@ class Delivery(Base):
     result_fk: Mapped[int | None] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"),
                                                   index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))  # seg | sr | pdf | verified_sr
+    # seg | sr | pdf | verified_sr | ... | oru_p | oru_f | oru_c (LisMessageKind)
+    kind: Mapped[str] = mapped_column(String(16))
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     sop_instance_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(255))
@@ -355,6 +374,10 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column()
+    # Storage commitment: the Transaction UID of the latest N-ACTION that asked for this object,
+    # and when the destination reported it committed.
+    commit_transaction_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    committed_at: Mapped[datetime | None] = mapped_column()
 
 
 class DestinationHealth(Base):

@@ -15,6 +15,12 @@ result file that is missing or unreadable), the row is ``dead`` ("needs attentio
 operator retries it (:func:`retry_deliveries`, used by the CLI and the console alike). Each
 failed attempt is logged with its reason (the DIMSE status or the network error).
 
+A laboratory information system (``[[lis]]``) gets the HL7 ORU^R01 messages the analysis
+queued for it (their ER7 text in the row's file) over MLLP (:mod:`~bcd_node.delivery.mllp`),
+one at a time and in the order they were queued for a case: a message waits while an earlier
+one of the same case is not delivered. Its ACK must answer it (MSA-2 = MSH-10); ``AE``, a
+dropped connection or no ACK in time back off like a DICOM failure, ``AR`` is dead at once.
+
 A destination with ``tls_ca`` is reached over DICOM TLS (:func:`client_tls`); its files are
 loaded when the :class:`Deliverer` is made (at start), so a bad file stops the start with the
 key named. A failed handshake (an unknown CA, a peer that does not speak TLS) is a failed
@@ -29,24 +35,31 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
-from sqlalchemy import and_, case, func, or_, select, true, update
-from sqlalchemy.orm import Session
+from pydicom.uid import generate_uid
+from sqlalchemy import and_, case, exists, func, or_, select, true, update
+from sqlalchemy.orm import Session, aliased
 
 from bcd_node.db.engine import rowcount
 from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, Result, Study, utcnow
+from bcd_node.delivery.commitment import record_report
+from bcd_node.delivery.dicomweb import StowTarget, stow_files, stow_reachable
+from bcd_node.delivery.mllp import AckError, MllpClient, MllpError, parse_ack
+from bcd_node.delivery.outcome import SendOutcome
 from bcd_node.errors import BcdError
 from bcd_node.jobs.leases import LeaseKeeper
 from bcd_node.records import audit
 from bcd_node.runtime import NodeContext
-from bcd_node.settings import Destination, Settings, SettingsError
+from bcd_node.settings import Destination, LisDestination, Settings, SettingsError
 from bcd_node.store.layout import DataLayout
+from dicom.commitment import request_commitment
 from dicom.scu import Peer, PeerUnavailableError, StoreOutcome, echo, send_files
 from dicom.tls import ClientTls, client_context
 
 LOGGER = logging.getLogger(__name__)
 BATCH = 50
 #: The states of a delivery that is not finished.
-WAITING_STATES = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.DEAD)
+WAITING_STATES = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.COMMITTING,
+                  DeliveryState.DEAD)
 
 
 def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
@@ -73,7 +86,7 @@ def _fenced(row: Delivery) -> tuple[Any, ...]:
             Delivery.attempts == row.attempts)
 
 
-def client_tls(dest: Destination) -> ClientTls | None:
+def client_tls(dest: Destination | LisDestination) -> ClientTls | None:
     """How to reach ``dest`` over TLS; None for a plain destination."""
     if dest.tls_ca is None:
         return None
@@ -92,11 +105,13 @@ def check_tls_files(settings: Settings) -> None:
         Naming the key of the file that cannot be loaded (unreadable, not PEM, a key that does
         not match its certificate).
     """
-    for i, dest in enumerate(settings.destinations):
+    tables: list[tuple[str, Destination | LisDestination]] = [
+        (f"destinations[{i}]", d) for i, d in enumerate(settings.destinations)]
+    tables += [(f"lis[{i}]", d) for i, d in enumerate(settings.lis)]
+    for key, dest in tables:
         tls = client_tls(dest)
         if tls is None:
             continue
-        key = f"destinations[{i}]"
         try:
             client_context(ClientTls(tls.ca_file))
         except OSError as exc:  # ssl.SSLError is an OSError
@@ -133,11 +148,30 @@ class Deliverer:
                     acse_timeout=d.acse_timeout, dimse_timeout=d.dimse_timeout,
                     network_timeout=d.network_timeout, tls=client_tls(dest))
 
-    def _claim(self, destination: str) -> list[Delivery]:
+    def stow_target(self, dest: Destination) -> StowTarget:
+        """The STOW-RS parameters for a DICOMweb destination."""
+        return StowTarget(url=dest.url, auth=dest.auth, username=dest.username,
+                          password=dest.password, token=dest.token,
+                          timeout=self.settings.delivery.network_timeout,
+                          tls_ca=str(dest.tls_ca) if dest.tls_ca else None,
+                          tls_certificate=str(dest.tls_certificate) if dest.tls_certificate
+                          else None,
+                          tls_private_key=str(dest.tls_private_key) if dest.tls_private_key
+                          else None)
+
+    def _claim(self, destination: str, in_order: bool = False) -> list[Delivery]:
+        """Claim due rows of ``destination``; ``in_order``: not those that wait for an earlier
+        row of the same result (a case's HL7 messages go one after the other)."""
         now = utcnow()
         due = and_(Delivery.destination == destination, Delivery.next_attempt_at <= now,
                    or_(Delivery.state == DeliveryState.PENDING,
                        Delivery.state == DeliveryState.SENDING))
+        if in_order:
+            earlier = aliased(Delivery)
+            due = and_(due, ~exists().where(
+                earlier.destination == Delivery.destination,
+                earlier.result_fk == Delivery.result_fk, earlier.id < Delivery.id,
+                earlier.state.in_(WAITING_STATES)))
         with self.context.session_factory.begin() as session:
             ids = session.execute(select(Delivery.id).where(due).order_by(Delivery.id)
                                   .limit(BATCH).with_for_update(skip_locked=True)).scalars().all()
@@ -165,17 +199,75 @@ class Deliverer:
     def run_once(self) -> RunSummary:
         """Send what is due to every destination; never raises for a peer's failure."""
         summary = RunSummary()
-        configured = {d.name: d for d in self.settings.destinations}
+        configured: dict[str, Destination | LisDestination] = {
+            d.name: d for d in self.settings.destinations}
+        configured.update((d.name, d) for d in self.settings.lis)
         self._bury_unconfigured(set(configured))
         for name, dest in configured.items():
+            if isinstance(dest, Destination) and dest.type == "dimse":
+                self._recommit(dest)
+            lis = isinstance(dest, LisDestination)
             while True:
-                rows = self._claim(name)
+                rows = self._claim(name, in_order=lis)
                 if not rows:
                     break
-                part = self._send(dest, rows)
+                part = (self._send_hl7(dest, rows) if isinstance(dest, LisDestination)
+                        else self._send(dest, rows))
                 summary = self._merge(summary, part)
                 if part.retried or part.lost:
                     break  # the peer is struggling (or another process is at work): next pass
+        return summary
+
+    def _send_hl7(self, lis: LisDestination, rows: Sequence[Delivery]) -> RunSummary:
+        """Send each row's HL7 message on one MLLP connection and match its ACK."""
+        d = self.settings.delivery
+        tls = client_tls(lis)
+        keeper = LeaseKeeper(lambda: self._renew(rows), d.lease_seconds,
+                             f"{len(rows)} HL7 message(s) to {lis.name}")
+        outcomes: dict[int, SendOutcome] = {}
+        client = MllpClient(lis.host, lis.port, connect_timeout=d.connect_timeout,
+                            ack_timeout=d.network_timeout,
+                            tls=client_context(tls) if tls is not None else None,
+                            server_name=tls.server_name if tls is not None else "")
+        with keeper:
+            for row in rows:
+                try:
+                    # Bytes: a text read would turn the segments' CRs into LFs.
+                    text = self.layout.resolve(row.path).read_bytes().decode("utf-8")
+                except (OSError, ValueError) as exc:
+                    outcomes[row.id] = SendOutcome(False, f"message file {row.path} cannot be "
+                                                   f"read: {exc}", permanent_failure=True)
+                    continue
+                try:
+                    if client.sock is None:
+                        client.connect()
+                    answer = client.send(text)
+                except MllpError as exc:
+                    outcomes[row.id] = SendOutcome(False, str(exc))
+                    break  # the connection is gone: the rest waits for the next pass
+                try:
+                    ack = parse_ack(answer, row.sop_instance_uid)
+                except AckError as exc:
+                    client.close()  # out of step with the LIS: start afresh
+                    outcomes[row.id] = SendOutcome(False, str(exc))
+                    break
+                if ack.accepted:
+                    outcomes[row.id] = SendOutcome(True)
+                else:
+                    reason = f"the LIS answered {ack.code}" + (f": {ack.text}" if ack.text
+                                                              else "")
+                    outcomes[row.id] = SendOutcome(False, reason,
+                                                   permanent_failure=ack.rejected)
+            client.close()
+        sent = [r for r in rows if r.id in outcomes]
+        summary = self._record(lis, sent, [outcomes[r.id] for r in sent])
+        unsent = [r for r in rows if r.id not in outcomes]
+        if unsent:  # after a lost connection: not tried, so not counted as an attempt
+            with self.context.session_factory.begin() as session:
+                for row in unsent:
+                    session.execute(update(Delivery).where(*_fenced(row)).values(
+                        state=DeliveryState.PENDING, attempts=row.attempts - 1,
+                        next_attempt_at=utcnow()))
         return summary
 
     def _send(self, dest: Destination, rows: Sequence[Delivery]) -> RunSummary:
@@ -183,7 +275,7 @@ class Deliverer:
         keeper = LeaseKeeper(lambda: self._renew(rows), lease,
                              f"{len(rows)} deliver{'y' if len(rows) == 1 else 'ies'} to "
                              f"{dest.name}")
-        outcomes: dict[int, StoreOutcome] = {}
+        outcomes: dict[int, StoreOutcome | SendOutcome] = {}
         sendable: list[tuple[Delivery, Path]] = []
         for row in rows:
             # One object that cannot be sent fails alone, with its reason; the others go.
@@ -202,7 +294,10 @@ class Deliverer:
             sendable.append((row, path))
         try:
             with keeper:
-                sent = send_files(self.peer(dest), [path for _, path in sendable])
+                paths = [path for _, path in sendable]
+                sent: Sequence[StoreOutcome | SendOutcome] = (
+                    stow_files(self.stow_target(dest), paths) if dest.type == "dicomweb"
+                    else send_files(self.peer(dest), paths))
         except PeerUnavailableError as exc:
             return self._merge(self._record(dest, [r for r in rows if r.id in outcomes],
                                             list(outcomes.values())),
@@ -214,15 +309,87 @@ class Deliverer:
                                self._record_failures(dest, [r for r, _ in sendable],
                                                      f"{type(exc).__name__}: {exc}"))
         outcomes.update((row.id, outcome) for (row, _), outcome in zip(sendable, sent))
-        return self._record(dest, rows, [outcomes[row.id] for row in rows])
+        transaction = generate_uid(prefix=None) if dest.storage_commitment else None
+        summary = self._record(dest, rows, [outcomes[row.id] for row in rows],
+                               transaction=transaction)
+        if transaction is not None:
+            self._request_commitment(dest, transaction)
+        return summary
+
+    def _request_commitment(self, dest: Destination, transaction: str) -> None:
+        """Ask ``dest`` to commit the rows waiting under ``transaction``; record its report
+        when it comes on the same association."""
+        d = self.settings.delivery
+        with self.context.session_factory() as session:
+            refs = [(str(c), str(u)) for c, u in session.execute(
+                select(Delivery.sop_class_uid, Delivery.sop_instance_uid).where(
+                    Delivery.commit_transaction_uid == transaction,
+                    Delivery.state == DeliveryState.COMMITTING))]
+        if not refs:
+            return
+        try:
+            report = request_commitment(self.peer(dest), transaction, refs, d.commitment_wait)
+        except (PeerUnavailableError, OSError, ValueError) as exc:
+            # Asked again once the backoff passes (as after a timeout), each time an attempt.
+            LOGGER.warning("storage commitment request %s to %s failed: %s", transaction,
+                           dest.name, exc)
+            with self.context.session_factory.begin() as session:
+                session.execute(update(Delivery).where(
+                    Delivery.commit_transaction_uid == transaction,
+                    Delivery.state == DeliveryState.COMMITTING).values(
+                        last_error=f"storage commitment request failed: {exc}",
+                        next_attempt_at=utcnow() + timedelta(seconds=d.initial_backoff)))
+            return
+        if report is not None:
+            with self.context.session_factory.begin() as session:
+                record_report(session, d, report)
+
+    def _recommit(self, dest: Destination) -> None:
+        """Ask again for what ``dest`` has not reported within ``delivery.commitment_timeout``
+        (a new transaction, one more attempt); after ``max_attempts``, it needs attention. A
+        destination no longer asked for commitment has what it stored delivered."""
+        d = self.settings.delivery
+        now = utcnow()
+        transaction = generate_uid(prefix=None)
+        waiting = and_(Delivery.destination == dest.name,
+                       Delivery.state == DeliveryState.COMMITTING)
+        if not dest.storage_commitment:
+            # Commitment is no longer asked of this destination: what it stored is delivered.
+            with self.context.session_factory.begin() as session:
+                session.execute(update(Delivery).where(waiting).values(
+                    state=DeliveryState.DONE, delivered_at=now, next_attempt_at=now,
+                    last_error=None))
+            return
+        with self.context.session_factory.begin() as session:
+            rows = session.execute(select(Delivery).where(
+                waiting, Delivery.next_attempt_at <= now).order_by(Delivery.id).limit(BATCH)
+                .with_for_update(skip_locked=True)).scalars().all()
+            for row in rows:
+                if row.attempts >= d.max_attempts:
+                    row.state, row.next_attempt_at = DeliveryState.DEAD, now
+                    row.last_error = (row.last_error or "no storage commitment report") + \
+                        f" (after {row.attempts} attempts)"
+                    LOGGER.error("delivery %d (%s %s) to %s needs attention: %s", row.id,
+                                 row.kind, row.sop_instance_uid, dest.name, row.last_error)
+                    continue
+                row.attempts += 1
+                row.commit_transaction_uid = transaction
+                row.next_attempt_at = now + timedelta(seconds=d.commitment_timeout)
+                if not row.last_error:
+                    row.last_error = "no storage commitment report in time; asked again"
+        if rows:
+            self._request_commitment(dest, transaction)
 
     @staticmethod
     def _merge(a: RunSummary, b: RunSummary) -> RunSummary:
         return RunSummary(a.sent + b.sent, a.retried + b.retried, a.dead + b.dead,
                           a.lost + b.lost)
 
-    def _record(self, dest: Destination, rows: Sequence[Delivery],
-                outcomes: Sequence[StoreOutcome]) -> RunSummary:
+    def _record(self, dest: Destination | LisDestination, rows: Sequence[Delivery],
+                outcomes: Sequence[StoreOutcome | SendOutcome],
+                transaction: str | None = None) -> RunSummary:
+        """Record each row's outcome; with ``transaction`` (storage commitment), a stored row
+        waits ``committing`` under it instead of being done."""
         if not rows:
             return RunSummary()
         sent = retried = dead = lost = 0
@@ -230,7 +397,11 @@ class Deliverer:
         d = self.settings.delivery
         with self.context.session_factory.begin() as session:
             for row, outcome in zip(rows, outcomes):
-                if outcome.ok:
+                if outcome.ok and transaction is not None:
+                    values = dict(state=DeliveryState.COMMITTING, last_error=None,
+                                  commit_transaction_uid=transaction,
+                                  next_attempt_at=now + timedelta(seconds=d.commitment_timeout))
+                elif outcome.ok:
                     values = dict(state=DeliveryState.DONE, delivered_at=now, last_error=None,
                                   next_attempt_at=now)
                 elif outcome.permanent_failure or row.attempts >= d.max_attempts:
@@ -304,18 +475,22 @@ class Deliverer:
     def _bury_unconfigured(self, names: set[str]) -> None:
         with self.context.session_factory.begin() as session:
             session.execute(update(Delivery).where(
-                Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING]),
+                Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING,
+                                    DeliveryState.COMMITTING]),
                 Delivery.destination.not_in(names) if names else true()).values(
                     state=DeliveryState.DEAD,
                     last_error="destination is no longer configured"))
 
     def echo_all(self) -> dict[str, bool]:
-        """C-ECHO every destination and record its health."""
+        """C-ECHO every destination (a DICOMweb one: a QIDO-RS query) and record its health."""
         health: dict[str, bool] = {}
         for dest in self.settings.destinations:
             error = None
             try:
-                ok = echo(self.peer(dest)) == 0
+                if dest.type == "dicomweb":
+                    ok = stow_reachable(self.stow_target(dest))
+                else:
+                    ok = echo(self.peer(dest)) == 0
                 if not ok:
                     error = "C-ECHO answered with a failure status"
             except (PeerUnavailableError, OSError) as exc:
@@ -435,7 +610,7 @@ def delivery_overview(session: Session, settings: Settings, limit: int = 100
                                           .group_by(Delivery.destination, Delivery.state)):
         per_dest.setdefault(dest, {})[DeliveryState(state).value] = n
     health = {h.name: h for h in session.execute(select(DestinationHealth)).scalars()}
-    names = [d.name for d in settings.destinations]
+    names = [d.name for d in settings.destinations] + [d.name for d in settings.lis]
     names += sorted(set(per_dest) - set(names))  # rows for destinations no longer configured
     destinations = []
     for name in names:
@@ -456,6 +631,53 @@ def delivery_overview(session: Session, settings: Settings, limit: int = 100
                                attempts=r.attempts, next_attempt_at=r.next_attempt_at,
                                last_error=r.last_error) for r in rows]
     return DeliveryOverview(destinations=destinations, counts=counts, waiting=waiting)
+
+
+@dataclass(frozen=True)
+class CaseDestination:
+    """What one destination has of one case (study): acknowledged (stored, or ACKed by the
+    LIS), committed (storage commitment), pending (queued, being sent, or waiting for its
+    commitment) and dead-lettered (needing attention, listed with their reasons)."""
+
+    name: str
+    #: "PACS (DICOM)", "PACS (DICOMweb)" or "LIS (HL7)"; "not configured" for a removed one.
+    protocol: str
+    commitment: bool
+    acknowledged: int
+    committed: int
+    pending: int
+    dead: list[WaitingDelivery] = field(default_factory=list)
+
+
+def case_deliveries(session: Session, settings: Settings, study_id: int
+                    ) -> list[CaseDestination]:
+    """Each destination's deliveries of study ``study_id``'s results, configured destinations
+    first (in the order of the settings), then any other that rows name."""
+    rows = session.execute(select(Delivery).where(Delivery.result_fk.in_(
+        select(Result.id).where(Result.study_fk == study_id))).order_by(Delivery.id)
+    ).scalars().all()
+    protocols: dict[str, tuple[str, bool]] = {
+        d.name: ("PACS (DICOMweb)" if d.type == "dicomweb" else "PACS (DICOM)",
+                 d.storage_commitment) for d in settings.destinations}
+    protocols.update((d.name, ("LIS (HL7)", False)) for d in settings.lis)
+    names = list(protocols) + sorted({r.destination for r in rows} - set(protocols))
+    out = []
+    for name in names:
+        mine = [r for r in rows if r.destination == name]
+        protocol, commitment = protocols.get(name, ("not configured", False))
+        out.append(CaseDestination(
+            name=name, protocol=protocol, commitment=commitment,
+            acknowledged=sum(r.state in (DeliveryState.DONE, DeliveryState.COMMITTING)
+                             for r in mine),
+            committed=sum(r.committed_at is not None for r in mine),
+            pending=sum(r.state in (DeliveryState.PENDING, DeliveryState.SENDING,
+                                    DeliveryState.COMMITTING) for r in mine),
+            dead=[WaitingDelivery(id=r.id, destination=r.destination, kind=r.kind,
+                                  sop_instance_uid=r.sop_instance_uid, state=r.state,
+                                  attempts=r.attempts, next_attempt_at=r.next_attempt_at,
+                                  last_error=r.last_error)
+                  for r in mine if r.state is DeliveryState.DEAD]))
+    return out
 
 
 # --------------------------------------------------------------------------- retry

@@ -180,6 +180,50 @@ def handle_rejected(event: Event, factory: sessionmaker[Session], allowed: tuple
            action=action, outcome="failure", details={"reason": reason})
 
 
+#: Presentation context results of an A-ASSOCIATE-AC that refuse the context (PS3.8 9.3.3.2).
+_CONTEXT_RESULTS = {0x01: "refused by the user", 0x02: "no reason given",
+                    0x03: "SOP class not supported", 0x04: "transfer syntaxes not supported"}
+
+
+def refused_contexts(contexts: Any, accepted: Any = ()) -> list[str]:
+    """Each presentation context refused for its transfer syntaxes, of a SOP class that no
+    ``accepted`` context carries, in words: its SOP class, the transfer syntaxes the peer
+    proposed and why it was refused. (A context of a SOP class the node does not store at
+    all is routine: a sender proposes every class it knows.)"""
+    carried = {str(cx.abstract_syntax) for cx in accepted}
+    out = []
+    for cx in contexts:
+        result = getattr(cx, "result", None)
+        if result != 0x04 or str(cx.abstract_syntax) in carried:
+            continue
+        syntax = cx.abstract_syntax
+        proposed = ", ".join(f"{getattr(ts, 'name', ts)}" for ts in cx.transfer_syntax) \
+            or "none"
+        out.append(f"{getattr(syntax, 'name', syntax)} ({syntax}) proposed in {proposed}: "
+                   f"{_CONTEXT_RESULTS.get(result, f'result {result}')}")
+    return out
+
+
+def handle_accepted(event: Event, factory: sessionmaker[Session]) -> None:
+    """An association was accepted with a SOP class the node stores refused for its transfer
+    syntaxes (a sender that offers only Explicit VR Big Endian, retired, or a compression the
+    node cannot decode): the sender learns it from the context's result ("transfer syntaxes
+    not supported") and cannot send those images; this side logs and audits which, so that
+    the administrator sees why a sender fails."""
+    assoc = event.assoc
+    refused = refused_contexts(assoc.rejected_contexts, assoc.accepted_contexts)
+    if not refused:
+        return
+    calling_ae, peer = _peer(event)
+    accepted = len(assoc.accepted_contexts)
+    reason = (f"{len(refused)} presentation context(s) refused, {accepted} accepted "
+              f"(accepted transfer syntaxes: docs/conformance.md 2.1): " + "; ".join(refused))
+    LOGGER.warning("association from %s (%s): %s", calling_ae, peer, reason)
+    _audit(factory, actor=calling_ae or "unknown", actor_kind="dicom", source=peer,
+           action="presentation_contexts_refused", outcome="failure",
+           details={"reason": reason[:2000], "accepted": accepted})
+
+
 def handle_aborted(event: Event, factory: sessionmaker[Session]) -> None:
     """An association was aborted: audit it when the listener aborted it for a protocol
     violation (a PDU longer than we accept, an invalid PDU); the peer's own aborts are routine."""

@@ -24,7 +24,6 @@ from sqlalchemy import (
     Select,
     Table,
     bindparam,
-    case,
     insert,
     null,
     select,
@@ -129,8 +128,7 @@ _STUDY_OWNER = select(Patient.patient_id, Patient.issuer) \
 _ADD_JOB: ReturningInsert[int] = insert(_JOBS).returning(_JOBS.c.id)
 _TOUCH_STUDY = update(_STUDIES).where(_STUDIES.c.id == bindparam("study_id")) \
     .values(last_received_at=bindparam("now"), summary_done_at=None,
-            status=case((_STUDIES.c.status == StudyStatus.ANALYSING,
-                         StudyStatus.ANALYSING.value), else_=StudyStatus.QUEUED.value))
+            status=StudyStatus.ANALYSING.value)
 
 # Type aliases as strings: SQLAlchemy 2.0 takes one tuple argument where 2.1 takes the columns.
 #: A lookup of a parent row: its id and its own parent's id.
@@ -308,7 +306,7 @@ class Rows:
             {"patient_fk": patient_id, "study_instance_uid": m["study_instance_uid"],
              "accession_number": m["accession_number"], "study_date": m["study_date"],
              "study_time": m["study_time"], "description": m["study_description"],
-             "referring_physician": m["referring_physician"], "status": StudyStatus.QUEUED,
+             "referring_physician": m["referring_physician"], "status": StudyStatus.ANALYSING,
              "last_received_at": now, "created_at": now}, _FIND_STUDY,
             {"uid": m["study_instance_uid"]}, patient_id)
         series_id = series[0] if series is not None else add(

@@ -26,6 +26,8 @@ from dicom.sop import NATIVE_TRANSFER_SYNTAXES, VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
 LOGGER = logging.getLogger(__name__)
 
 _NATIVE = frozenset(str(uid) for uid in NATIVE_TRANSFER_SYNTAXES)
+#: The reason a multi-frame image of several frames (not a whole slide) is refused.
+MULTI_FRAME_REFUSAL = "each field must be sent as an image of its own"
 #: The data set limit counts the data set; a Part 10 file adds its preamble and file meta.
 _PART10_HEADER_ALLOWANCE = 64 * 1024
 
@@ -139,12 +141,12 @@ def validate_image(data: bytes, expected_sop_class: str | None = None, *, max_pi
     as inflated for a deflated transfer syntax), the file structure (every top-level element
     has its declared length, sequences nest at most 32 levels), the SOP class, the
     attributes the node files the image by (:func:`identify`), the image pixel module (with
-    the Pixel Data length), a Frame of Reference for a multi-frame image of several frames
-    (other than a whole-slide image: the results of such frames cannot be built without one)
-    and, unless the image is native RGB, the decoding of its first
-    frame. Other values are converted only when the image is analysed (converting all of
-    them costs more than the rest of the C-STORE handler together); a malformed one fails
-    that job with its reason.
+    the Pixel Data length), a single frame (other than a whole-slide image: the results of
+    several frames of a multi-frame Secondary Capture cannot be built), the whole-slide
+    image's limits (:func:`dicom.pixels.inspect_image`) and, unless the image is native RGB,
+    the decoding of its first frame. Other values are converted only when the image is
+    analysed (converting all of them costs more than the rest of the C-STORE handler
+    together); a malformed one fails that job with its reason.
     """
     limit = format_size(max_dataset_bytes)
     if len(data) > max_dataset_bytes + _PART10_HEADER_ALLOWANCE:
@@ -169,12 +171,13 @@ def validate_image(data: bytes, expected_sop_class: str | None = None, *, max_pi
                                     f"negotiated {expected_sop_class}")
     try:
         info = inspect_image(ds, max_pixels=max_pixels)
-        if (info.frames > 1 and "FrameOfReferenceUID" not in ds
-                and sop_class != str(VL_WHOLE_SLIDE_MICROSCOPY_IMAGE)):
-            # Its results could reference only one frame at a time (docs/conformance.md 3.2):
-            # refused now rather than acknowledged and never answered.
+        if info.frames > 1 and sop_class != str(VL_WHOLE_SLIDE_MICROSCOPY_IMAGE):
+            # A multi-frame Secondary Capture has no coordinate system, with or without a
+            # Frame of Reference: a SEG cannot be built over its frames (highdicom refuses
+            # it), so it is refused now rather than acknowledged and never answered
+            # (docs/conformance.md 2.2).
             raise UnsupportedDicomError(
-                f"{info.frames} frames without a Frame of Reference: not analysed")
+                f"{info.frames} frames: {MULTI_FRAME_REFUSAL}")
         # Decoding the first frame proves the codec and the pixel data before we answer.
         # Native RGB needs no decoding: inspect_image has checked the Pixel Data length.
         if not (info.photometric_interpretation == "RGB"

@@ -141,17 +141,25 @@ def release(session: Session, job: Claimed) -> bool:
     return rowcount(done) == 1
 
 
-def fail_exhausted(session: Session) -> int:
-    """Fail jobs whose lease expired on their last allowed attempt; returns how many."""
+#: The reason recorded for a job whose worker was lost on its last attempt.
+LOST_ON_LAST_ATTEMPT = "worker lost on the last attempt (lease expired)"
+
+
+def fail_exhausted(session: Session) -> list[Claimed]:
+    """Fail jobs whose lease expired on their last allowed attempt; returns them (their
+    ``owner`` is the lost worker), so that each failure is answered like any other."""
     now = utcnow()
-    done = session.execute(update(Job).where(
+    rows = session.execute(update(Job).where(
         Job.state == JobState.RUNNING, Job.lease_expires_at < now,
         Job.attempts >= Job.max_attempts).values(
             state=JobState.FAILED, finished_at=now, updated_at=now, lease_owner=None,
-            lease_expires_at=None,
-            last_error="worker lost on the last attempt (lease expired)").execution_options(
-                synchronize_session=False))
-    return rowcount(done)
+            lease_expires_at=None, last_error=LOST_ON_LAST_ATTEMPT)
+        .returning(Job.id, Job.kind, Job.instance_fk, Job.study_fk, Job.result_fk, Job.attempts,
+                   Job.max_attempts)
+        .execution_options(synchronize_session=False)).all()
+    return [Claimed(id=row.id, kind=JobKind(row.kind), instance_fk=row.instance_fk,
+                    study_fk=row.study_fk, result_fk=row.result_fk, attempts=row.attempts,
+                    max_attempts=row.max_attempts, owner="") for row in rows]
 
 
 @dataclass(frozen=True)

@@ -119,10 +119,14 @@ class Workers:
         s = self.context.settings.workers
         with self.context.session_factory.begin() as session:
             exhausted = queue.fail_exhausted(session)
-            job = queue.claim(session, owner, s.lease_seconds)
         if exhausted:
-            LOGGER.warning("%d job(s) failed: their worker was lost on the last attempt",
-                           exhausted)
+            LOGGER.warning("%d job(s) failed: their worker was lost on the last attempt (%s)",
+                           len(exhausted), ", ".join(str(j.id) for j in exhausted))
+            for lost in exhausted:  # answered like any other failure for good (before a
+                if self.on_failed is not None:  # claim, so no lease of ours waits on it)
+                    self.on_failed(lost)
+        with self.context.session_factory.begin() as session:
+            job = queue.claim(session, owner, s.lease_seconds)
         if job is None:
             return False
         started = time.perf_counter()

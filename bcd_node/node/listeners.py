@@ -47,7 +47,13 @@ def scp_setup(context: NodeContext, share: int = 1
     ``max_associations``."""
     from pynetdicom import evt
 
-    from bcd_node.intake.handlers import handle_aborted, handle_rejected, handle_store
+    from bcd_node.delivery.commitment import handle_report
+    from bcd_node.intake.handlers import (
+        handle_aborted,
+        handle_accepted,
+        handle_rejected,
+        handle_store,
+    )
     from dicom.scp import ScpPolicy, storage_contexts
     from dicom.tls import server_context
 
@@ -66,6 +72,10 @@ def scp_setup(context: NodeContext, share: int = 1
         (evt.EVT_REJECTED, handle_rejected,
          [context.session_factory, tuple(d.allowed_calling_aes), d.ae_title]),
         (evt.EVT_ABORTED, handle_aborted, [context.session_factory]),
+        (evt.EVT_ACCEPTED, handle_accepted, [context.session_factory]),
+        # A destination's storage commitment report, on an association it opened.
+        (evt.EVT_N_EVENT_REPORT, handle_report, [context.session_factory,
+                                                 context.settings.delivery]),
     ]
     ssl_context = None
     if d.tls_certificate and d.tls_private_key:

@@ -53,7 +53,8 @@ def start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
             job.modify(next_run_time=_soon(0))
 
     context.wake_delivery = deliver_now
-    names = ", ".join(x.name for x in context.settings.destinations) or "none configured"
+    names = ", ".join([x.name for x in context.settings.destinations]
+                      + [x.name for x in context.settings.lis]) or "none configured"
     return Component("delivery", True, f"delivery to {names}", lambda: scheduler.running), \
         lambda: scheduler.shutdown(wait=True)
 

@@ -1,13 +1,11 @@
 """The worklist columns of a study (status, stage, confidence), derived from its jobs and results.
 
-One function keeps them current after every change (intake, analysis, failure, verification),
-so the worklist reads plain indexed columns and never aggregates.
+One function keeps them current after every change (intake, analysis, summary, failure,
+verification), so the worklist reads plain indexed columns and never aggregates. What they
+mean is :mod:`bcd_node.records.cases`'s.
 """
 
 from __future__ import annotations
-
-from collections import Counter
-from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,62 +17,67 @@ from bcd_node.db.models import (
     JobState,
     Result,
     ResultScope,
-    Stage,
     Study,
-    StudyStatus,
     VerificationState,
 )
+from bcd_node.records.cases import STAGE_ORDER, case_findings, case_status, vote
 
-#: Stages from least to most advanced (the order of :class:`Stage`); a tied vote goes to the
-#: more advanced one.
-STAGE_ORDER: dict[str, int] = {stage: i for i, stage in enumerate(Stage)}
+__all__ = ["STAGE_ORDER", "vote", "refresh_study", "current_summary", "report_job_failed"]
 
 
-def vote(stages: Sequence[str]) -> Stage | None:
-    """The most frequent stage; ties go to the more advanced stage."""
-    if not stages:
+def current_summary(session: Session, study_id: int) -> Result | None:
+    """The study's summary result of the newest model that summarised it, if any."""
+    return session.execute(select(Result).where(
+        Result.study_fk == study_id, Result.scope == ResultScope.STUDY)
+        .order_by(Result.id.desc()).limit(1)).scalar_one_or_none()
+
+
+def report_job_failed(session: Session, result: Result) -> str | None:
+    """The error of the failed job that was to make ``result``'s signed (verified) report, when
+    it failed for good and no signed report exists; else None."""
+    if result.verification != VerificationState.VERIFIED or result.verified_pdf_path:
         return None
-    votes = Counter(Stage(s) for s in stages)
-    return max(votes, key=lambda s: (votes[s], STAGE_ORDER[s]))
+    job = session.execute(select(Job).where(
+        Job.result_fk == result.id, Job.kind == JobKind.VERIFIED_REPORT)
+        .order_by(Job.id.desc()).limit(1)).scalar_one_or_none()
+    if job is None or job.state != JobState.FAILED:
+        return None
+    return job.last_error or "failed"
 
 
 def refresh_study(session: Session, study_id: int) -> Study:
     """Recompute status, stage and confidence of one study in ``session``.
 
-    status: ``analysing`` while any image is queued or running; else ``failed`` when no image
-    could be analysed; ``verified`` when a doctor verified every result; ``needs_review`` when
-    any result needs review or any image failed; else ``done``. The stage is the doctors' vote
-    once everything is verified, otherwise the model's vote.
+    The status is :func:`~bcd_node.records.cases.case_status`'s. The stage is the signed
+    stage once the case is signed (then without a confidence), otherwise the AI's vote over the
+    fields with the case's one confidence (:func:`~bcd_node.records.cases.case_findings`).
     """
     study = session.get(Study, study_id)
     if study is None:
         raise LookupError(f"study {study_id} does not exist")
     results = session.execute(select(Result).where(
         Result.study_fk == study_id, Result.scope == ResultScope.INSTANCE)).scalars().all()
-    states = session.execute(select(Job.state).where(
-        Job.study_fk == study_id, Job.kind == JobKind.ANALYZE)).scalars().all()
-    pending = any(s in ACTIVE_JOB_STATES for s in states)
-    failed = any(s == JobState.FAILED for s in states)
-    verified = bool(results) and all(r.verification != VerificationState.UNVERIFIED
-                                     for r in results)
-    if verified:
-        study.stage = vote([stage for r in results if (stage := r.verified_stage or r.stage)])
+    summary = current_summary(session, study_id)
+    states = session.execute(select(Job.kind, Job.state).where(
+        Job.study_fk == study_id,
+        Job.kind.in_([JobKind.ANALYZE, JobKind.STUDY_SUMMARY]))).all()
+    analysing = any(state in ACTIVE_JOB_STATES for _, state in states)
+    failed = any(kind == JobKind.ANALYZE and state == JobState.FAILED for kind, state in states)
+    # Fields of the summary's model (an older model's results of a re-analysed image do not
+    # count twice).
+    fields = [r for r in results if summary is None or r.model_version == summary.model_version]
+    findings = case_findings(fields)
+    signed = summary is not None and summary.verification == VerificationState.VERIFIED
+    study.status = case_status(
+        analysing=analysing, summarised=study.summary_done_at is not None, summary=summary,
+        fields=fields, analysis_failed=failed,
+        report_failed=signed and summary is not None
+        and report_job_failed(session, summary) is not None)
+    if signed and summary is not None:
+        # The doctor's stage: the AI's confidence in its own stage would not describe it.
+        study.stage = summary.verified_stage or summary.stage
         study.confidence = None
     else:
-        staged = [(r.stage, r.confidence) for r in results if r.stage]
-        if staged:
-            study.stage = vote([stage for stage, _ in staged])
-            agreeing = [confidence or 0.0 for stage, confidence in staged
-                        if stage == study.stage]
-            study.confidence = sum(agreeing) / max(1, len(agreeing))
-    if pending:
-        study.status = StudyStatus.ANALYSING
-    elif not results and failed:
-        study.status = StudyStatus.FAILED
-    elif verified and not failed:
-        study.status = StudyStatus.VERIFIED
-    elif failed or any(r.needs_review for r in results):
-        study.status = StudyStatus.NEEDS_REVIEW
-    else:
-        study.status = StudyStatus.DONE
+        study.stage = findings.stage
+        study.confidence = findings.confidence
     return study

@@ -5,6 +5,11 @@ any other client (an API or command that verifies). In the caller's transaction 
 the result may be verified, records the decision next to the AI's own findings (which stay as
 they were), queues the job that makes the VERIFIED SR and PDF when there is an AI SR for them to
 supersede, refreshes the study's worklist columns and writes the audit event.
+
+:func:`queue_case_report` is where a verification reaches the laboratory information systems:
+when the case was reported to one (its preliminary ORU^R01 queued), a ``lis_report`` job
+sends the final result once the case is signed, or a correction of a signed case
+(:mod:`bcd_node.analysis.lis`).
 """
 
 from __future__ import annotations
@@ -12,16 +17,20 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bcd_node.db.models import (
+    Delivery,
     Instance,
     Job,
     JobKind,
+    LisMessageKind,
     Result,
     Role,
     Stage,
     Study,
+    StudyStatus,
     User,
     UserState,
     VerificationState,
@@ -56,6 +65,20 @@ class AlreadyVerifiedError(VerificationRefused):
 
 class ImageReplacedError(VerificationRefused):
     """The image changed since the result was made; its new result is verified instead."""
+
+
+def queue_case_report(session: Session, study_id: int, result_id: int) -> bool:
+    """After a verification in ``study_id``: queue the ``lis_report`` job that tells each LIS
+    (F once the case is signed, C for a change to a signed case) when the case was reported to
+    one; returns whether it was queued. The caller commits."""
+    study_results = select(Result.id).where(Result.study_fk == study_id)
+    reported = session.execute(select(Delivery.id).where(
+        Delivery.result_fk.in_(study_results),
+        Delivery.kind.in_([k.value for k in LisMessageKind])).limit(1)).first()
+    if reported is None:
+        return False
+    session.add(Job(kind=JobKind.LIS_REPORT, study_fk=study_id, result_fk=result_id))
+    return True
 
 
 @dataclass(frozen=True)
@@ -119,7 +142,8 @@ def verify_result(session: Session, result: Result, decision: Decision | str, *,
     if user is None or user.role is not Role.DOCTOR or user.state is not UserState.ACTIVE:
         raise NotADoctorError("Only a doctor can verify results.")
     if result.verification != VerificationState.UNVERIFIED:
-        raise AlreadyVerifiedError("This result has already been verified.")
+        raise AlreadyVerifiedError("This case has already been signed." if result.instance_fk
+                                   is None else "This result has already been verified.")
     instance = session.get(Instance, result.instance_fk) if result.instance_fk else None
     if instance is not None and instance.revision != result.instance_revision:
         raise ImageReplacedError("This image was replaced by a changed version, which is being "
@@ -144,11 +168,66 @@ def verify_result(session: Session, result: Result, decision: Decision | str, *,
                         instance_fk=result.instance_fk))
     session.flush()
     refresh_study(session, study.id)  # worklist columns: "verified" and the doctors' stage
+    queue_case_report(session, study.id, result.id)
     audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
-                 action="verify_correct" if corrected else "verify_accept",
+                 action=("sign_case_" if result.instance_fk is None else "verify_")
+                 + ("correct" if corrected else "accept"),
                  patient_id=study.patient.patient_id,
                  study_instance_uid=study.study_instance_uid, object_ref=f"result:{result.id}",
                  details={"ai_stage": result.stage, "verified_stage": result.verified_stage,
                           "comment": result.verified_comment or "",
                           "verified_report": "queued" if report else "none (no AI SR)"})
     return Verified(result.id, corrected, report)
+
+
+class CaseNotReadyError(VerificationRefused):
+    """The case cannot be signed yet (still receiving or analysing, or no summary)."""
+
+
+def sign_case(session: Session, study: Study, decision: Decision | str, *,
+              stage: Stage | str | None, comment: str | None, user_id: int, actor: str,
+              actor_kind: str, source: str = "") -> Verified:
+    """Sign a case: the doctor's verification of its study summary (accept the AI's case
+    stage, or correct it), which queues the VERIFIED summary SR and the signed PDF.
+
+    A case is signed only through its summary: verifying each field does not sign it
+    (:mod:`bcd_node.records.cases`). The fields the doctor did not verify one by one are
+    covered by the signed summary and get no VERIFIED SR of their own.
+
+    Raises
+    ------
+    CaseNotReadyError
+        The case is still receiving or analysing, or has no summary yet.
+    VerificationRefused, ValidationError
+        As :func:`verify_result`.
+    """
+    from bcd_node.records.studies import current_summary, refresh_study
+
+    refresh_study(session, study.id)
+    summary = current_summary(session, study.id)
+    if summary is None or study.summary_done_at is None or study.status in (
+            StudyStatus.ANALYSING,):
+        raise CaseNotReadyError("This case is still receiving or being analysed; it can be "
+                                "signed once its summary is made.")
+    return verify_result(session, summary, decision, stage=stage, comment=comment,
+                         user_id=user_id, actor=actor, actor_kind=actor_kind, source=source)
+
+
+def retry_signed_report(session: Session, study: Study, *, actor: str, actor_kind: str,
+                        source: str = "") -> bool:
+    """Queue the signed report of a signed case again when its job failed for good (a full
+    disk, a bug fixed since); returns whether a job was queued. Audited."""
+    from bcd_node.records.studies import current_summary, refresh_study, report_job_failed
+
+    summary = current_summary(session, study.id)
+    error = report_job_failed(session, summary) if summary is not None else None
+    if summary is None or error is None:
+        return False
+    session.add(Job(kind=JobKind.VERIFIED_REPORT, result_fk=summary.id, study_fk=study.id))
+    session.flush()
+    refresh_study(session, study.id)
+    audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
+                 action="signed_report_retry", patient_id=study.patient.patient_id,
+                 study_instance_uid=study.study_instance_uid,
+                 object_ref=f"result:{summary.id}", details={"error": error[:500]})
+    return True

@@ -34,9 +34,18 @@ from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
-from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+from reportlab.platypus import (
+    Image,
+    KeepTogether,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
 
 from bcd_node.errors import ValidationError
+from bcd_node.report.texts import dicom_date, local_time
 from dicom.stages import Stage
 
 __all__ = ["STAGES", "ReportData", "render_report", "NOT_FOR_CLINICAL_USE", "NotAnalysedData",
@@ -141,6 +150,8 @@ stain, institution : str, optional
     verified_comment: str | None = None
     verified_at: dt.datetime | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: The zone times are shown in (UTC when None); stored times are UTC.
+    timezone: dt.tzinfo | None = None
     review_reasons: tuple[str, ...] = ()
     scale: str | None = None
 
@@ -256,9 +267,9 @@ def _person(name: str) -> str:
     return f"{family.upper()}, {rest}" if rest else family.upper()
 
 
-def _when(value: dt.datetime) -> str:
-    text = value.strftime("%Y-%m-%d %H:%M")
-    return f"{text} {value.tzname()}" if value.tzinfo else text
+def _when(value: dt.datetime, tz: dt.tzinfo | None = None) -> str:
+    """A time in zone ``tz`` (UTC when None) with its zone named (naive values are UTC)."""
+    return local_time(value, tz)
 
 
 def render_report(data: ReportData) -> bytes:
@@ -350,24 +361,48 @@ def _render(data: ReportData) -> bytes:
     story.append(grid2([
         ("Patient", _person(data.patient_name)),
         ("Patient ID", data.patient_id),
-        ("Birth date", data.birth_date),
+        ("Birth date", dicom_date(data.birth_date) if data.birth_date else None),
         ("Age", data.age),
         ("Sex", data.sex),
         ("Accession number", data.accession_number),
-        ("Study date", data.study_date),
-        ("Study UID", data.study_instance_uid),
+        ("Study date", dicom_date(data.study_date) if data.study_date else None),
         ("Specimen (slide)", data.specimen_id),
-        ("Stain", data.stain),
+        ("Stain", data.stain or "not recorded"),
         *data.extra.items(),
     ]))
 
+    # A verified report leads with the doctor's verdict; the AI's finding supports it.
+    if data.is_verified:
+        corrected = data.verified_stage is not None and data.verified_stage != data.stage
+        verdict = [
+            [p("Doctor's verdict (verified)", heading)],
+            [p(f"Stage: {data.verified_stage or data.stage}", ParagraphStyle(
+                "verdict", parent=label, fontSize=15, leading=19))],
+            [p(f"Corrected by the doctor; the AI proposed {data.stage}." if corrected
+               else "The doctor accepted the AI's stage.", label if corrected else body)],
+            [p("Comment: " + (data.verified_comment or "none"))],
+            [p(f"Verified by {_person(data.verified_by or '')}"
+               + (f", {data.verified_organization}" if data.verified_organization else "")
+               + f", on {_when(data.verified_at, data.timezone) if data.verified_at else '—'}")],
+        ]
+        box = Table(verdict, colWidths=[170 * mm], hAlign="LEFT")
+        box.setStyle(TableStyle([
+            ("BOX", (0, 0), (-1, -1), 1.2, colors.HexColor("#1f2d3a")),
+            ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#eef3f7")),
+            ("LEFTPADDING", (0, 0), (-1, -1), 8),
+        ]))
+        story += [Spacer(1, 3 * mm), box]
+
     story.append(p("Image and blast overlay", heading))
-    pictures = Table([[_picture(data.image, 55 * mm), _picture(data.overlay, 55 * mm)],
+    # A verified report's verdict takes room: its pictures are smaller, so it stays one page.
+    side = (45 if data.is_verified else 55) * mm
+    pictures = Table([[_picture(data.image, side), _picture(data.overlay, side)],
                       [p("Image"), p("Blast cells marked")]], colWidths=[85 * mm, 85 * mm])
     pictures.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER")]))
     story.append(pictures)
 
-    story.append(p("Result", heading))
+    story.append(p("AI finding (supporting information)" if data.is_verified else "Result",
+                   heading))
     stage_row = Table([[p("Stage (algorithm)", label), p(data.stage, ParagraphStyle(
         "stage", parent=label, fontSize=13, leading=16))]], colWidths=[45 * mm, 125 * mm])
     story.append(stage_row)
@@ -388,35 +423,40 @@ def _render(data: ReportData) -> bytes:
         ("Image quality", ("adequate" if data.quality_ok else "LIMITED — interpret with care")
          + (f" ({data.quality_notes})" if data.quality_notes else "")),
         ("Scale", data.scale),
+        *([("Needs review", "; ".join(data.review_reasons)
+            + " — the finding is less reliable than usual")] if data.review_reasons else []),
         ("Model", f"{data.model_name} version {data.model_version}"
          + (" (demonstration model)" if data.demonstration_model else "")),
-        ("Analysed", _when(data.created_at)),
+        ("Analysed", _when(data.created_at, data.timezone)),
     ]))
 
-    story.append(p("Review", heading))
+    # The signature block stays on one page.
     if data.is_verified:
-        story.append(grid2([
+        signature = grid([
             ("Review status", "VERIFIED"),
-            ("Verified by", _person(data.verified_by or "")),
-            ("Organisation", data.verified_organization),
-            ("Verified", _when(data.verified_at) if data.verified_at else None),
-            ("Stage (doctor)", data.verified_stage),
-        ]))
-        story.append(grid([("Comment", data.verified_comment)]))
+            ("Signed", f"electronically by {_person(data.verified_by or '')}"
+             + (f", {data.verified_organization}" if data.verified_organization else "")),
+            ("Date and time", _when(data.verified_at, data.timezone)
+             if data.verified_at else None),
+        ])
     else:
-        story.append(grid([
+        signature = grid([
             ("Review status", "UNVERIFIED — awaiting review by a doctor"),
-        ]))
-    if data.review_reasons:
-        story.append(grid([("Needs review", "; ".join(data.review_reasons)
-                            + " — the finding is less reliable than usual")]))
+            ("Signed", "______________________________"),
+            ("Date and time", "______________________________"),
+        ])
+
+    story.append(KeepTogether([p("Signature", heading), signature]))
 
     def decorate(canvas: Any, doc: Any) -> None:  # reportlab's page callback (untyped)
         canvas.saveState()
-        canvas.setFont(regular, 7.5)
+        canvas.setFont(regular, 7)
         footer = (f"{data.model_name} {data.model_version} · patient ID {data.patient_id} · "
                   f"page {doc.page}")
         canvas.drawString(20 * mm, 10 * mm, footer)
+        if data.study_instance_uid:
+            canvas.setFillColor(colors.grey)
+            canvas.drawString(20 * mm, 7 * mm, f"Study {data.study_instance_uid}")
         if data.demonstration_model:
             canvas.setFont(bold, 9)
             canvas.setFillColor(colors.HexColor("#b00020"))
@@ -483,6 +523,7 @@ stain, institution : str, optional
     specimen_id: str | None = None
     stain: str | None = None
     institution: str | None = None
+    timezone: dt.tzinfo | None = None
 
     def __post_init__(self) -> None:
         for name in ("patient_name", "patient_id", "model_name", "model_version", "headline"):
@@ -529,10 +570,11 @@ def _render_not_analysed(data: NotAnalysedData) -> bytes:
         story.append(p(data.institution))
     story.append(p("Patient and study", heading))
     ident = [("Patient", _person(data.patient_name)), ("Patient ID", data.patient_id),
-             ("Birth date", data.birth_date), ("Age", data.age), ("Sex", data.sex),
-             ("Accession number", data.accession_number), ("Study date", data.study_date),
-             ("Study UID", data.study_instance_uid), ("Specimen (slide)", data.specimen_id),
-             ("Stain", data.stain)]
+             ("Birth date", dicom_date(data.birth_date) if data.birth_date else None),
+             ("Age", data.age), ("Sex", data.sex),
+             ("Accession number", data.accession_number),
+             ("Study date", dicom_date(data.study_date) if data.study_date else None),
+             ("Specimen (slide)", data.specimen_id), ("Stain", data.stain or "not recorded")]
     table = Table([[p(k, label), p(v if v not in (None, "") else "—")] for k, v in ident],
                   colWidths=[45 * mm, 125 * mm], hAlign="LEFT")
     table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"),
@@ -550,12 +592,22 @@ def _render_not_analysed(data: NotAnalysedData) -> bytes:
     story += [Spacer(1, 3 * mm), p(
         f"Model {data.model_name} version {data.model_version}"
         + (" (demonstration model)" if data.demonstration_model else "")
-        + f"; produced {_when(data.created_at)}.", body)]
+        + f"; produced {_when(data.created_at, data.timezone)}.", body)]
     buf = io.BytesIO()
     doc = SimpleDocTemplate(buf, pagesize=A4, leftMargin=20 * mm, rightMargin=20 * mm,
                             topMargin=15 * mm, bottomMargin=18 * mm,
                             title="Blood smear screening report: not analysed",
                             author=f"{data.model_name} {data.model_version}",
                             subject=data.headline, invariant=1)
-    doc.build(story)
+
+    def decorate(canvas: Any, doc: Any) -> None:  # reportlab's page callback (untyped)
+        canvas.saveState()
+        canvas.setFont(regular, 7)
+        canvas.setFillColor(colors.grey)
+        canvas.drawString(20 * mm, 10 * mm, f"patient ID {data.patient_id} · page {doc.page}")
+        if data.study_instance_uid:
+            canvas.drawString(20 * mm, 7 * mm, f"Study {data.study_instance_uid}")
+        canvas.restoreState()
+
+    doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
     return buf.getvalue()

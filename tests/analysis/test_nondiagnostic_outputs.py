@@ -209,3 +209,88 @@ def test_a_doctor_s_verification_of_a_non_diagnostic_result_queues_no_verified_r
         assert not done.report_queued
     with ctx.session_factory() as s:
         assert s.execute(select(Job).where(Job.kind == "verified_report")).first() is None
+
+
+def test_a_job_whose_worker_died_on_its_last_attempt_is_answered_as_failed(node) -> None:
+    """The sweep fails it for good (its lease expired on the last attempt) and the workers
+    answer it like any other failure: the "could not be analysed" SR and PDF are queued."""
+    from bcd_node.jobs.queue import LOST_ON_LAST_ATTEMPT
+    from bcd_node.jobs.workers import Workers
+
+    ctx, intake, pipeline = node
+    good, _ = smear(105)
+    ds = _field(good, pydicom.uid.generate_uid(prefix="2.25."))
+    intake.accept(part10_bytes(ds))
+    with ctx.session_factory.begin() as s:
+        s.execute(update(Job).values(max_attempts=1))
+        dead = claim(s, "a-worker-that-dies", 60)
+        assert dead is not None
+        # its worker died: the lease has run out
+        s.execute(update(Job).where(Job.id == dead.id).values(
+            lease_expires_at=utcnow() - timedelta(seconds=1)))
+    workers = Workers(ctx, pipeline.run, 0, on_failed=pipeline.job_failed)
+    assert workers.step("the-sweeping-worker") is False  # nothing left to claim
+    with ctx.session_factory() as s:
+        job = s.get(Job, dead.id)
+        assert (job.state, job.last_error) == (JobState.FAILED, LOST_ON_LAST_ATTEMPT)
+        result = s.execute(select(Result)).scalar_one()
+        kinds = sorted(d.kind for d in s.execute(select(Delivery)).scalars())
+    assert result.stage is None and result.needs_review
+    assert result.quality == {"status": "failed", "reason": LOST_ON_LAST_ATTEMPT}
+    assert kinds == ["pdf", "sr"]
+    data = Path(ctx.settings.storage.data_dir)
+    assert b"Could not be analysed: worker lost on the last attempt" in next(
+        (data / d.path).read_bytes() for d in _deliveries(ctx) if d.kind == "sr")
+
+
+def test_a_retried_failure_that_succeeds_supersedes_its_failed_answer(node) -> None:
+    """Retried (``bcd-node jobs retry``), the field's diagnostic SR names the "could not be
+    analysed" SR as its predecessor, so the PACS is not left with two contradicting answers;
+    the study is summarised again; running the job twice builds the same SR."""
+    from bcd_node.db.models import AuditEvent
+    from bcd_node.jobs.retry import JobRetryError, retry_failed_jobs
+
+    ctx, intake, pipeline = node
+    good, _ = smear(106)
+    ds = _field(good, pydicom.uid.generate_uid(prefix="2.25."))
+    intake.accept(part10_bytes(ds))
+    assert _run_all(ctx, pipeline, fail_sop=str(ds.SOPInstanceUID)) == 1
+    with ctx.session_factory.begin() as s:
+        failed = s.execute(select(Result)).scalar_one()
+        failed_sr = failed.sr_sop_instance_uid
+        [job_id] = s.execute(select(Job.id).where(Job.state == JobState.FAILED)).scalars()
+        s.execute(update(Study).values(summary_done_at=utcnow()))
+    assert failed.quality["status"] == "failed" and failed_sr
+
+    with ctx.session_factory.begin() as s, pytest.raises(JobRetryError, match="no job 999"):
+        retry_failed_jobs(s, [job_id, 999], actor="ops", actor_kind="cli")
+    with ctx.session_factory.begin() as s:
+        assert retry_failed_jobs(s, None, actor="ops", actor_kind="cli") == [job_id]
+    with ctx.session_factory.begin() as s, pytest.raises(JobRetryError, match="has not failed"):
+        retry_failed_jobs(s, [job_id], actor="ops", actor_kind="cli")
+    with ctx.session_factory() as s:
+        assert s.execute(select(Study.summary_done_at)).scalar_one() is None
+        [event] = s.execute(select(AuditEvent).where(
+            AuditEvent.action == "job_retry")).scalars()
+        assert event.object_ref == f"job:{job_id}"
+    assert _run_all(ctx, pipeline) == 1
+
+    with ctx.session_factory() as s:
+        result = s.execute(select(Result)).scalar_one()
+        [sr_row] = [d for d in s.execute(select(Delivery)).scalars()
+                    if d.kind == "sr" and d.sop_instance_uid == result.sr_sop_instance_uid]
+    assert result.stage == "Malignant-Pre" and result.sr_sop_instance_uid != failed_sr
+    data = Path(ctx.settings.storage.data_dir)
+    sr = pydicom.dcmread(data / sr_row.path)
+    [study_ref] = sr.PredecessorDocumentsSequence
+    [series_ref] = study_ref.ReferencedSeriesSequence
+    assert [r.ReferencedSOPInstanceUID for r in series_ref.ReferencedSOPSequence] == [failed_sr]
+    assert series_ref.SeriesInstanceUID == sr.SeriesInstanceUID  # the field's SR series
+    # run again (at least once delivery): the same SR, the same predecessor
+    with ctx.session_factory.begin() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(state=JobState.QUEUED,
+                                                             attempts=0))
+    assert _run_all(ctx, pipeline) == 1
+    again = pydicom.dcmread(data / sr_row.path)
+    assert again.SOPInstanceUID == sr.SOPInstanceUID
+    assert again.PredecessorDocumentsSequence == sr.PredecessorDocumentsSequence

@@ -109,7 +109,7 @@ report = ReportData(patient_name="Doe^Jane", patient_id="P1", image=img, overlay
 summary = SummaryData(patient_name="Roe^Ödön", patient_id="P2", study_instance_uid="1.2.3",
                       accession_number="A", study_date="20260101", stage=STAGES[1],
                       probabilities=probs, total_blasts=3, blast_area_fraction=0.2,
-                      fields=[FieldRow("1.2.3.4", STAGES[1], 0.9, 3, False)],
+                      fields=[FieldRow(1, STAGES[1], 0.9, 3, False)],
                       model_name="m", model_version="1", demonstration_model=False,
                       created_at=when)
 jobs = [(render_report, report), (render_summary, summary)] * 2

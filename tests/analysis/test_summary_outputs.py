@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
 from sqlalchemy import select, update
 
 from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.analysis.summary import enqueue_study_summaries
-from bcd_node.db.models import Result, Study, utcnow
+from bcd_node.db.models import Delivery, Result, Study, utcnow
 from bcd_node.intake.intake import Intake
 from bcd_node.jobs.queue import claim
 from bcd_node.runtime import NodeContext, open_node
@@ -51,7 +53,9 @@ class Analyzer:
 def node(write_config, monkeypatch) -> Any:
     monkeypatch.setenv("BCD_DICOM_INSTITUTION_NAME", INSTITUTION)  # dicom.institution_name
     ctx = open_node(load_settings(write_config(
-        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n')))
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n'
+        '[[lis]]\nname = "lab"\nhost = "127.0.0.1"\nport = 1\nreceiving_application = "LIS"\n'
+    )))
     with Intake(ctx) as intake:
         yield ctx, intake, Pipeline(ctx, Analyzer())
     ctx.engine.dispose()
@@ -102,3 +106,10 @@ def test_summary_references_every_field_and_every_output_names_the_institution(n
         ds = pydicom.dcmread(path)
         assert ds.InstitutionName == INSTITUTION, path.name
         assert (ds.Manufacturer, ds.ManufacturerModelName) == ("bcd-node", "test-model 1.0")
+    # The LIS hears of the case: its preliminary ORU^R01, queued with the summary.
+    with ctx.session_factory() as s:
+        (oru,) = s.execute(select(Delivery).where(Delivery.destination == "lab")).scalars()
+    assert (oru.kind, oru.result_fk, oru.sop_class_uid) == ("oru_p", summary.id, "ORU^R01")
+    text = (data / oru.path).read_bytes().decode()
+    message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+    assert message.validate() and message.msh.msh_10.to_er7() == oru.sop_instance_uid

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pytest
 from sqlalchemy import select
 
-from bcd_node.db.models import Instance, Job, JobKind, Result, Study
+from bcd_node.db.models import Instance, Job, JobKind, Result, Study, utcnow
 from tests.support.browser import fill, navigate, sign_in, sign_out
 from tests.support.console import LiveConsole
 from tests.support.seed import minimal_pdf, overlay_rgba, png_bytes, smear_image
@@ -70,7 +70,8 @@ def seed_analysis(console: LiveConsole, image: Any, mask: Any) -> int:
                         sr_sop_instance_uid=f"{inst.sop_instance_uid}.2")
         session.add(result)
         session.execute(Job.__table__.update().values(state="done"))
-        study.status, study.stage, study.confidence = "needs_review", "Malignant-Early", 0.48
+        study.status, study.stage, study.confidence = "awaiting_review", "Malignant-Early", 0.48
+        study.summary_done_at = utcnow()
         session.flush()
         return result.id
 
@@ -130,7 +131,7 @@ def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: 
     result_id = seed_analysis(live_console, image, mask)
 
     browser.get(url + "/worklist")
-    assert "Lovelace, Ada" in browser.page_source and "Needs review" in browser.page_source
+    assert "Lovelace, Ada" in browser.page_source and "Awaiting review" in browser.page_source
     screenshot("05-worklist")
     navigate(browser, By.LINK_TEXT, "Lovelace, Ada")
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "img.overlay"), what="overlay")
@@ -171,7 +172,8 @@ def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: 
         assert (result.stage, result.verified_stage) == ("Malignant-Early", "Malignant-Pre")
         jobs = session.execute(select(Job.kind).where(Job.result_fk == result_id)).scalars().all()
         assert jobs == [JobKind.VERIFIED_REPORT]
-        assert session.execute(select(Study.status)).scalar_one() == "verified"
+        # A field's verification does not sign the case (only Sign case does).
+        assert session.execute(select(Study.status)).scalar_one() == "awaiting_review"
 
     # Download the AI's PDF report.
     browser.find_element(By.CSS_SELECTOR, "[data-pdf=ai]").click()
@@ -203,7 +205,7 @@ def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: 
     sign_in(browser, url, "admin", ADMIN_PASSWORD)
     browser.get(url + "/admin/audit/?user=hopper")
     page = browser.page_source
-    for action in ("login", "upload", "view_study", "view_image", "verify_correct", "view_pdf",
+    for action in ("login", "upload", "view_case", "verify_correct", "download_pdf",
                    "view_patient", "logout"):
         assert f'<td class="action">{action}</td>' in page, action
     screenshot("09-audit-log")

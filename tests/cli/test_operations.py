@@ -54,3 +54,25 @@ def test_retry_of_an_unknown_or_busy_delivery_says_so_and_exits_1(tmp_path, caps
     assert "1 delivery queued again: 1" in capsys.readouterr().out
     assert main(["--config", str(cfg), "deliveries", "retry", "1"]) == 1  # not dead any more
     assert "does not need attention" in capsys.readouterr().err
+
+
+def test_jobs_retry_queues_failed_jobs_again(tmp_path, capsys, write_config) -> None:
+    from bcd_node.db.models import Job, JobKind, JobState
+
+    cfg = write_config("")
+    ctx = open_node(load_settings(cfg))
+    with ctx.session_factory.begin() as s:
+        for state in (JobState.FAILED, JobState.DONE):
+            s.add(Job(kind=JobKind.STUDY_SUMMARY, state=state, attempts=5,
+                      last_error="model server unreachable"))
+    assert main(["--config", str(cfg), "jobs", "retry", "2"]) == 1
+    assert "job 2 has not failed (it is done)" in capsys.readouterr().err
+    assert main(["--config", str(cfg), "jobs", "retry", "1", "42"]) == 1  # all or nothing
+    assert "no job 42" in capsys.readouterr().err
+    assert main(["--config", str(cfg), "jobs", "retry"]) == 0
+    assert "1 job queued again: 1" in capsys.readouterr().out
+    with ctx.session_factory() as s:
+        job = s.get(Job, 1)
+        assert (job.state, job.attempts) == (JobState.QUEUED, 0)
+    assert main(["--config", str(cfg), "audit", "verify"]) == 0
+    ctx.engine.dispose()

@@ -13,6 +13,7 @@ from bcd_node.db.models import Patient
 from tests.support.schema import (
     assert_results_keep_their_rows_through_0005,
     assert_schema_matches_models,
+    assert_statuses_renamed_through_0006,
     exercise_models,
 )
 
@@ -30,6 +31,14 @@ def test_sqlite_migration_0005_keeps_the_results(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'bcd.db'}")
     try:
         assert_results_keep_their_rows_through_0005(engine)
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_migration_0006_renames_the_statuses(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'bcd.db'}")
+    try:
+        assert_statuses_renamed_through_0006(engine)
     finally:
         engine.dispose()
 

@@ -293,6 +293,36 @@ def test_whole_slide_tiles_are_assembled(tmp_path, smear_rgb, tiled_full):
     np.testing.assert_array_equal(pixels.assemble_total_pixel_matrix(back), total)
 
 
+def test_whole_slide_images_that_are_not_analysed_are_named(tmp_path, smear_rgb):
+    """A slide larger than 4096 on a side, of two focal planes or optical paths, or a label
+    image is refused by the reader with its reason; a small single-plane one is assembled."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from tests.support.dicomizers import highdicom_wsi
+
+    rgb = np.ascontiguousarray(smear_rgb[:96, :96])
+    small = highdicom_wsi(rgb, tmp_path / "small.dcm", tile=32, patient_id="WSI",
+                          transfer_syntax=ExplicitVRLittleEndian)
+    np.testing.assert_array_equal(
+        pixels.assemble_total_pixel_matrix(pixels.read_dataset(small)), rgb)
+    flat = np.full((64, 64, 3), 200, np.uint8)
+    for name, options, reason in (
+            ("large", {"total": (4097, 1000), "tile": 512},
+             "whole-slide image 4097x1000 exceeds 4096x4096: not analysed"),
+            ("planes", {"focal_planes": 2, "tile": 32}, "2 focal planes: only a slide of one"),
+            ("paths", {"optical_paths": 2, "tile": 32}, "2 optical paths: only a slide of one")):
+        path = highdicom_wsi(flat, tmp_path / f"{name}.dcm", patient_id="WSI", **options)
+        ds = pixels.read_dataset(path)
+        with pytest.raises(UnsupportedDicomError, match=reason):
+            pixels.inspect_image(ds)
+        with pytest.raises(UnsupportedDicomError, match=reason):
+            pixels.assemble_total_pixel_matrix(ds)
+    label = pixels.read_dataset(small)
+    label.ImageType = ["ORIGINAL", "PRIMARY", "LABEL", "NONE"]
+    with pytest.raises(UnsupportedDicomError, match="LABEL image of a slide, not the smear"):
+        pixels.inspect_image(label)
+
+
 @pytest.mark.parametrize(
     "sop_class",
     [

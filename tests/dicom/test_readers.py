@@ -158,3 +158,25 @@ def test_dcmtk_prints_each_figure_with_its_name_and_unit(outputs):
     assert re.search(r"Blast cell area fraction: 4\.5 %", page), page
     summary = _html_text(outputs["summary_sr"])
     assert re.search(r"Fields analysed: 2(\.0+)? \{fields\}", summary), summary
+
+
+@pytest.mark.integration
+def test_the_corpus_checker_passes_our_outputs_and_finds_a_damaged_one(outputs, tmp_path):
+    from tests.support.readback import read_back
+
+    found = read_back(outputs.values())
+    assert found.problems == []
+    seg = pydicom.dcmread(outputs["seg"])
+    source = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+    # the field's SEG, SR and PDF, and the verified SR
+    assert sorted(found.sources[source]) == ["DOC", "SEG", "SR", "SR"]
+    # an SR without its image measurement group, a SEG without a required attribute
+    sr = pydicom.dcmread(outputs["sr"])
+    del sr.ContentSequence[-1]
+    del seg.SegmentSequence[0].SegmentAlgorithmType
+    damaged = [tmp_path / "damaged_sr.dcm", tmp_path / "damaged_seg.dcm"]
+    sr.save_as(damaged[0])
+    seg.save_as(damaged[1])
+    found = read_back(damaged)
+    assert any("damaged_sr.dcm" in p for p in found.problems), found.problems
+    assert any("damaged_seg.dcm: dciodvfy" in p for p in found.problems), found.problems

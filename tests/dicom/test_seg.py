@@ -21,6 +21,11 @@ def test_binary_seg_round_trip(tmp_path, source_image, blast_mask, algorithm):
 
     back = hd.seg.segread(path)
     assert back.segmentation_type == hd.seg.SegmentationTypeValues.BINARY
+    # the segment named in each frame's functional groups, not the shared ones: highdicom
+    # before 0.23 (0.22 tried: docs/conformance.md 3.2) reads it only there
+    assert "SegmentIdentificationSequence" not in back.SharedFunctionalGroupsSequence[0]
+    for frame in back.PerFrameFunctionalGroupsSequence:
+        assert frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber == 1
     np.testing.assert_array_equal(back.get_segment_mask(1) if hasattr(back, "get_segment_mask") else
                                   back.get_pixels_by_source_instance(
                                       [source_image.SOPInstanceUID], segment_numbers=[1]
@@ -140,13 +145,19 @@ def test_algorithm_is_validated(kwargs):
         Algorithm(**args)
 
 
-def test_multiframe_source_without_frame_of_reference_is_refused(smear_rgb, algorithm):
+def test_multiframe_source_of_several_frames_is_refused(smear_rgb, algorithm):
+    """With or without a Frame of Reference: a multi-frame SC has no coordinate system."""
+    import pydicom
+
     from dicom import sop
     from tests.support import dicom_inputs as inputs
 
     stack = np.stack([smear_rgb] * 2)
     source = inputs.make_image(stack, "RGB", 8, sop_class=sop.MULTIFRAME_TRUE_COLOR_SC_IMAGE)
-    with pytest.raises(ValueError, match="Frame of Reference"):
+    with pytest.raises(ValueError, match="2 frames: a SEG is built for a single-frame"):
+        build_segmentation(source, np.zeros(stack.shape[:3], bool), algorithm=algorithm)
+    source.FrameOfReferenceUID = pydicom.uid.generate_uid(prefix="2.25.")
+    with pytest.raises(ValueError, match="2 frames: a SEG is built for a single-frame"):
         build_segmentation(source, np.zeros(stack.shape[:3], bool), algorithm=algorithm)
 
 

@@ -217,7 +217,7 @@ def test_changed_image_of_same_patient_is_the_next_revision(ctx: NodeContext) ->
             Job.kind == JobKind.VERIFIED_REPORT)).scalar_one()
         assert cancelled.state == JobState.DONE and "withdrawn" in cancelled.last_error
         study = s.execute(select(Study)).scalar_one()
-        assert study.status == "queued"
+        assert study.status == "analysing"
         events = {e.action: e for e in s.execute(select(AuditEvent)).scalars()}
     assert events["verification_withdrawn"].object_ref == f"result:{result_id}"
     assert events["verification_withdrawn"].details["verified_stage"] == "Benign"

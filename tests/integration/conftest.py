@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from pynetdicom import evt
 
-from bcd_node.intake.handlers import handle_rejected, handle_store
+from bcd_node.intake.handlers import handle_accepted, handle_rejected, handle_store
 from bcd_node.intake.intake import Intake
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
@@ -42,7 +42,8 @@ def scp_factory(write_config) -> Iterator:
         server = start_scp(policy, "127.0.0.1", port, [
             (evt.EVT_C_STORE, handle_store, [ctx.intake, ctx.session_factory]),
             (evt.EVT_REJECTED, handle_rejected,
-             [ctx.session_factory, tuple(d.allowed_calling_aes), d.ae_title])])
+             [ctx.session_factory, tuple(d.allowed_calling_aes), d.ae_title]),
+            (evt.EVT_ACCEPTED, handle_accepted, [ctx.session_factory])])
         started.append((server, ctx))
         return RunningScp(ctx, port)
 

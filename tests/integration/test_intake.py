@@ -53,7 +53,7 @@ def test_storescu_images_become_durable_rows_and_jobs(scp_factory, tmp_path) -> 
             assert inst.calling_ae == "SCANNER" and inst.rows == 128
             # No path component comes from DICOM values.
             assert inst.sop_instance_uid not in inst.path
-        assert s.execute(select(Study.status)).scalar_one() == "queued"
+        assert s.execute(select(Study.status)).scalar_one() == "analysing"
 
     # The same images again (a PACS retry): acknowledged, no second job, no second file.
     again = storescu(scp.port, *files)

@@ -10,6 +10,7 @@ from bcd_node.db.migrate import current_revision, head_revision, upgrade
 from tests.support.schema import (
     assert_results_keep_their_rows_through_0005,
     assert_schema_matches_models,
+    assert_statuses_renamed_through_0006,
     exercise_models,
 )
 
@@ -31,6 +32,7 @@ def test_postgres_migration_0005_keeps_the_results(postgres_url: str) -> None:
     engine = make_engine(postgres_url)
     try:
         assert_results_keep_their_rows_through_0005(engine)
+        assert_statuses_renamed_through_0006(engine)
         assert_schema_matches_models(engine)
     finally:
         engine.dispose()

@@ -64,12 +64,32 @@ def test_status_follows_jobs_results_and_verification(ctx) -> None:
         s.add_all([_result(study, a, "Benign"), _result(study, b, "Malignant-Pro", True)])
         s.flush()
         st = refresh_study(s, study.id)
-        assert (st.status, st.stage) == ("needs_review", "Malignant-Pro")
+        # Still receiving: no summary yet, so not ready for review.
+        assert (st.status, st.stage) == ("analysing", "Malignant-Pro")
+        study.summary_done_at = utcnow()
+        s.flush()
+        st = refresh_study(s, study.id)
+        assert (st.status, st.stage) == ("awaiting_review", "Malignant-Pro")
+        # Every field verified does not sign the case: its summary is not.
         for r in s.execute(select(Result)).scalars():
             r.verification, r.verified_stage, r.verified_at = "verified", "Benign", utcnow()
         s.flush()
+        assert refresh_study(s, study.id).status == "awaiting_review"
+        summary = Result(study_fk=study.id, scope="study", model_name="m", model_version="1",
+                         stage="Malignant-Pro", confidence=0.5, probabilities={})
+        s.add(summary)
+        s.flush()
+        assert refresh_study(s, study.id).status == "awaiting_review"
+        summary.verification, summary.verified_stage = "verified", "Malignant-Pro"
+        summary.verified_at = utcnow()
+        s.flush()
         st = refresh_study(s, study.id)
-        assert (st.status, st.stage) == ("verified", "Benign")
+        # Signed; a field's stage was corrected by the doctor.
+        assert (st.status, st.stage) == ("signed_corrected", "Malignant-Pro")
+        for r in s.execute(select(Result).where(Result.scope == "instance")).scalars():
+            r.verified_stage = r.stage
+        s.flush()
+        assert refresh_study(s, study.id).status == "signed"
 
 
 def test_permanent_failure_fails_at_once_and_marks_the_study(ctx) -> None:

@@ -71,7 +71,8 @@ def test_a_correction_keeps_the_ai_finding_queues_the_report_and_is_audited(
         [job] = session.execute(select(Job)).scalars().all()
         assert (job.kind, job.result_fk) == (JobKind.VERIFIED_REPORT, result.id)
         study = session.execute(select(Study)).scalar_one()
-        assert (study.status, study.stage) == (StudyStatus.VERIFIED, Stage.MALIGNANT_PRO)
+        # A field's verification does not sign the case (its summary does).
+        assert (study.status, study.stage) == (StudyStatus.AWAITING_REVIEW, Stage.MALIGNANT_PRE)
         [event] = session.execute(select(AuditEvent).where(
             AuditEvent.action == "verify_correct")).scalars().all()
     assert (event.actor, event.source, event.object_ref) == ("dr.who", "10.0.0.7",

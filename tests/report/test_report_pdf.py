@@ -96,7 +96,7 @@ def test_verified_report_names_the_doctor(tmp_path, data):
     assert _render(pdf, tmp_path)
     text = _text(pdf, tmp_path)
     for expected in ("VERIFIED", "HOUSE, Gregory", "Princeton-Plainsboro", "Malignant-Pro",
-                     "Numerous blasts, pro-B morphology.", "2026-11-24 10:30 UTC", "LIMITED",
+                     "Numerous blasts, pro-B morphology.", "2026-11-24 10:30 (UTC)", "LIMITED",
                      "out of focus"):
         assert expected in text, expected
     assert NOT_FOR_CLINICAL_USE not in text

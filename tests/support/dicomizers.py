@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from tests.support.listener import ENV
 from tests.support.tools import require_tool
@@ -130,9 +130,10 @@ def _renew(ds: Dataset, patient_id: str) -> Dataset:
 def pydicom_image(arr: np.ndarray, photometric: str, bits_stored: int, out: Path, *,
                   patient_id: str, sop_class: str = "1.2.840.10008.5.1.4.1.1.7",
                   frames: int = 1, charset: str | list[str] | None = None,
-                  patient_name: str = "") -> Path:
+                  patient_name: str = "", frame_of_reference: bool = False) -> Path:
     """A Secondary Capture (or multi-frame SC) written by pydicom's own encoders:
-    ``arr`` holds the stored values in ``photometric`` (``frames`` copies of it)."""
+    ``arr`` holds the stored values in ``photometric`` (``frames`` copies of it), with a Frame
+    of Reference if asked."""
     from pydicom.pixels.utils import set_pixel_data
 
     ds = Dataset()
@@ -158,6 +159,9 @@ def pydicom_image(arr: np.ndarray, photometric: str, bits_stored: int, out: Path
         ds.FrameIncrementPointer = 0x00181063  # Frame Time
         ds.FrameTime = 100
         ds.BurnedInAnnotation = "NO"
+    if frame_of_reference:  # the Frame of Reference module (Type U in the multi-frame SC IODs)
+        ds.FrameOfReferenceUID = generate_uid(prefix="2.25.")
+        ds.PositionReferenceIndicator = ""
     if photometric.startswith("MONOCHROME") and bits_stored > 8:
         ds.WindowCenter, ds.WindowWidth = 1 << (bits_stored - 1), 1 << bits_stored
     ds.save_as(out, enforce_file_format=True)
@@ -200,13 +204,131 @@ _SC = "1.2.840.10008.5.1.4.1.1.7"
 _MF_BYTE = "1.2.840.10008.5.1.4.1.1.7.2"
 _MF_WORD = "1.2.840.10008.5.1.4.1.1.7.3"
 _MF_COLOUR = "1.2.840.10008.5.1.4.1.1.7.4"
-_NO_FOR = "without a Frame of Reference"
+_SEVERAL_FRAMES = "3 frames: each field must be sent as an image of its own"
+
+
+def highdicom_wsi(rgb: np.ndarray, out: Path, *, tile: int, patient_id: str,
+                  transfer_syntax: str = JPEGBaseline8Bit, total: tuple[int, int] | None = None,
+                  focal_planes: int = 1, optical_paths: int = 1) -> Path:
+    """A VL Whole Slide Microscopy Image (one resolution level, ``TILED_FULL``) of ``rgb``
+    made with highdicom's parts: its tiling (``tile_pixel_matrix``), frame encoder
+    (``encode_frame``), pixel measures, plane orientation and specimen description (a
+    Wright-stained blood smear). ``total`` makes a larger total pixel matrix of ``rgb``
+    repeated; ``focal_planes`` and ``optical_paths`` repeat every tile for each."""
+    import highdicom as hd
+    from pydicom.encaps import encapsulate
+    from pydicom.sr.codedict import codes
+
+    rows, columns = total or rgb.shape[:2]
+    reps = (-(-rows // rgb.shape[0]), -(-columns // rgb.shape[1]), 1)
+    matrix = np.tile(rgb, reps)[:rows, :columns]
+    frames: list[bytes] = []
+    cache: dict[bytes, bytes] = {}
+    for across, down in hd.utils.tile_pixel_matrix(rows, columns, tile, tile):
+        block = np.zeros((tile, tile, 3), np.uint8)
+        top, left = (down - 1) * tile, (across - 1) * tile
+        part = matrix[top:top + tile, left:left + tile]
+        block[:part.shape[0], :part.shape[1]] = part
+        key = block.tobytes()
+        if key not in cache:  # a large matrix of repeated content: encode each tile once
+            cache[key] = hd.frame.encode_frame(
+                block, transfer_syntax_uid=transfer_syntax, bits_allocated=8, bits_stored=8,
+                photometric_interpretation="YBR_FULL_422" if transfer_syntax == JPEGBaseline8Bit
+                else "RGB", planar_configuration=0)
+        frames.append(cache[key])
+    frames = frames * (focal_planes * optical_paths)
+    ds = Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    for keyword in ("PatientName", "PatientBirthDate", "PatientSex", "ReferringPhysicianName",
+                    "StudyID", "AccessionNumber", "StudyTime", "AcquisitionDateTime"):
+        setattr(ds, keyword, "")
+    ds.StudyDate = ds.ContentDate = "20261203"
+    ds.ContentTime = "101500"
+    ds.AcquisitionDateTime = "20261203101500"
+    ds.Modality = "SM"
+    ds.Manufacturer = "highdicom test scanner"
+    ds.ManufacturerModelName = "corpus"
+    ds.DeviceSerialNumber = "1"
+    ds.SoftwareVersions = hd.__version__
+    ds.SeriesNumber = ds.InstanceNumber = 1
+    _renew(ds, patient_id)
+    ds.FrameOfReferenceUID = hd.UID()
+    ds.PositionReferenceIndicator = "SLIDE_CORNER"
+    ds.DimensionOrganizationType = "TILED_FULL"
+    dimension = Dataset()
+    dimension.DimensionOrganizationUID = hd.UID()
+    ds.DimensionOrganizationSequence = [dimension]
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    ds.VolumetricProperties = "VOLUME"
+    ds.SpecimenLabelInImage = "NO"
+    ds.BurnedInAnnotation = "NO"
+    ds.FocusMethod = "AUTO"
+    ds.ExtendedDepthOfField = "NO"
+    ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = columns * 0.00025, rows * 0.00025
+    ds.ImagedVolumeDepth = 0.001
+    ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = rows, columns
+    ds.TotalPixelMatrixFocalPlanes = focal_planes
+    ds.NumberOfOpticalPaths = optical_paths
+    origin = Dataset()
+    origin.XOffsetInSlideCoordinateSystem = 20.0
+    origin.YOffsetInSlideCoordinateSystem = 40.0
+    ds.TotalPixelMatrixOriginSequence = [origin]
+    ds.ImageOrientationSlide = [0.0, -1.0, 0.0, -1.0, 0.0, 0.0]
+    shared = Dataset()
+    shared.PixelMeasuresSequence = hd.PixelMeasuresSequence([0.00025, 0.00025], 0.001)
+    frame_type = Dataset()
+    frame_type.FrameType = ds.ImageType
+    shared.WholeSlideMicroscopyImageFrameTypeSequence = [frame_type]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    paths = []
+    for n in range(optical_paths):
+        path = Dataset()
+        path.OpticalPathIdentifier = str(n + 1)
+        path.IlluminationColorCodeSequence = [hd.sr.CodedConcept("11744", "DCM", "Brightfield")]
+        path.IlluminationTypeCodeSequence = [hd.sr.CodedConcept("111744", "DCM",
+                                                                "Brightfield illumination")]
+        path.ICCProfile = (Path(hd.__file__).parent / "_icc_profiles"
+                           / "sRGB_v4_ICC_preference.icc").read_bytes()
+        paths.append(path)
+    ds.OpticalPathSequence = paths
+    ds.ContainerIdentifier = f"SLIDE-{patient_id}"[:16]
+    ds.IssuerOfTheContainerIdentifierSequence = []
+    ds.ContainerTypeCodeSequence = [hd.sr.CodedConcept("433466003", "SCT", "Microscope slide")]
+    ds.AcquisitionContextSequence = []
+    staining = hd.SpecimenPreparationStep(
+        ds.ContainerIdentifier, hd.SpecimenStaining([codes.SCT.WrightStain]))
+    ds.SpecimenDescriptionSequence = [hd.SpecimenDescription(
+        ds.ContainerIdentifier, hd.UID(), specimen_preparation_steps=[staining],
+        specimen_short_description="Peripheral blood smear")]
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "YBR_FULL_422" if transfer_syntax == JPEGBaseline8Bit \
+        else "RGB"
+    ds.PlanarConfiguration = 0
+    ds.Rows = ds.Columns = tile
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.NumberOfFrames = len(frames)
+    if transfer_syntax == JPEGBaseline8Bit:
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionRatio = 10.0
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+        ds.PixelData = encapsulate(frames)
+        ds["PixelData"].VR = "OB"
+    else:
+        ds.LossyImageCompression = "00"
+        ds.PixelData = b"".join(frames)
+    ds.save_as(out, enforce_file_format=True)
+    return out
 
 
 def build_corpus(rgb: np.ndarray, folder: Path) -> list[CorpusInput]:
     """Every kind of input of the corpus, made from the RGB field ``rgb`` (at most 256x256)
     in ``folder``: DCMTK's img2dcm, dcmcjpeg, dcmcjpls, dcmcrle and dcmconv, pydicom's
-    encoders (photometric interpretations, bit depths, character sets, multi-frame SC)."""
+    encoders (photometric interpretations, bit depths, character sets, multi-frame SC),
+    highdicom (whole-slide images)."""
     assert rgb.shape[0] <= 256 and rgb.shape[1] <= 256
     folder.mkdir(parents=True, exist_ok=True)
     out: list[CorpusInput] = []
@@ -272,5 +394,27 @@ def build_corpus(rgb: np.ndarray, folder: Path) -> list[CorpusInput]:
         add(f"{kind}_3_frames", pydicom_image(arr, photometric, bits, folder / f"{kind}_3.dcm",
                                               patient_id=f"{kind[3:]}-3"[:16],
                                               sop_class=sop_class, frames=3),
-            REFUSED, _NO_FOR)
+            REFUSED, _SEVERAL_FRAMES)
+        # with a Frame of Reference: still no coordinate system the frames' SEG could use
+        add(f"{kind}_3_frames_for", pydicom_image(
+            arr, photometric, bits, folder / f"{kind}_3_for.dcm",
+            patient_id=f"{kind[3:]}-3F"[:16], sop_class=sop_class, frames=3,
+            frame_of_reference=True), REFUSED, _SEVERAL_FRAMES)
+    # Whole-slide images made with highdicom's parts: small single-plane slides are analysed
+    # (assembled), others refused with the reason.
+    add("highdicom_wsi_jpeg", highdicom_wsi(rgb, folder / "wsi_jpeg.dcm", tile=96,
+                                            patient_id="WSI-JPEG"))
+    add("highdicom_wsi_native", highdicom_wsi(rgb, folder / "wsi_native.dcm", tile=128,
+                                              patient_id="WSI-NATIVE",
+                                              transfer_syntax=ExplicitVRLittleEndian))
+    flat = np.full((64, 64, 3), (200, 160, 190), np.uint8)
+    add("highdicom_wsi_too_large", highdicom_wsi(flat, folder / "wsi_large.dcm", tile=512,
+                                                 patient_id="WSI-LARGE", total=(5000, 4000)),
+        REFUSED, "whole-slide image 5000x4000 exceeds 4096x4096")
+    add("highdicom_wsi_focal_planes", highdicom_wsi(flat, folder / "wsi_planes.dcm", tile=32,
+                                                    patient_id="WSI-PLANES", focal_planes=3),
+        REFUSED, "3 focal planes: only a slide of one is analysed")
+    add("highdicom_wsi_optical_paths", highdicom_wsi(flat, folder / "wsi_paths.dcm", tile=32,
+                                                     patient_id="WSI-PATHS", optical_paths=2),
+        REFUSED, "2 optical paths: only a slide of one is analysed")
     return out

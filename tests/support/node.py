@@ -82,12 +82,12 @@ def listener_pids(node: Node) -> list[int]:
 
 
 def node_config(write_config, manifest: Path, orthanc_port: int, dicom_port: int,
-                web_port: int) -> Path:
+                web_port: int, *, study_quiet_seconds: float = 3600.0) -> Path:
     return write_config(
         f'[model]\nweights = "{manifest}"\nprecision = "float32"\n\n'
-        # No study summaries during these tests: they count the objects of each field.
+        # No study summaries during these tests, unless asked: they count each field's objects.
         "[workers]\ncount = 2\npoll_interval = 0.1\nlease_seconds = 30.0\n"
-        "study_quiet_seconds = 3600.0\n\n"
+        f"study_quiet_seconds = {study_quiet_seconds}\n\n"
         "[delivery]\ninterval = 0.5\ninitial_backoff = 0.5\nmax_backoff = 1.0\n\n"
         '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
         f"port = {orthanc_port}\n", dicom_port=dicom_port, web_port=web_port)

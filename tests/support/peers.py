@@ -36,8 +36,14 @@ class Orthanc:
     """An Orthanc server with its own storage, DICOM port and REST port."""
 
     def __init__(self, ae_title: str = "ORTHANC", dicom_port: int | None = None,
-                 http_port: int | None = None, root: Path | None = None) -> None:
+                 http_port: int | None = None, root: Path | None = None,
+                 extra: dict[str, Any] | None = None,
+                 credentials: tuple[str, str] | None = None) -> None:
+        """``extra``: configuration keys added to (or replacing) the defaults; ``credentials``:
+        the user and password that :meth:`get` sends (when ``extra`` enables authentication)."""
         self.exe = require_tool("Orthanc")
+        self.extra = extra or {}
+        self.credentials = credentials
         self.ae_title = ae_title
         self.dicom_port = dicom_port or free_port()
         self.http_port = http_port or free_port()
@@ -56,6 +62,7 @@ class Orthanc:
             "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
             "HttpServerEnabled": True, "DicomServerEnabled": True,
             "StorageCompression": False, "Plugins": [], "ConcurrentJobs": 1,
+            **self.extra,
         }
         cfg = self.root / "orthanc.json"
         cfg.write_text(json.dumps(config))
@@ -74,8 +81,27 @@ class Orthanc:
         raise TimeoutError("Orthanc did not start")
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}")
+        if self.credentials is not None:
+            import base64
+            pair = base64.b64encode(":".join(self.credentials).encode()).decode()
+            request.add_header("Authorization", f"Basic {pair}")
+        with urllib.request.urlopen(request, timeout=10) as r:
             return json.load(r)
+
+    def get_bytes(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as r:
+            return r.read()
+
+    def download(self, folder: Path) -> list[Path]:
+        """Every stored instance as the Part 10 file Orthanc holds, written into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i in self.get("/instances"):
+            path = folder / f"{i}.dcm"
+            path.write_bytes(self.get_bytes(f"/instances/{i}/file"))
+            paths.append(path)
+        return paths
 
     def instances(self) -> list[dict[str, Any]]:
         """Every stored instance with its main tags."""
@@ -88,6 +114,26 @@ class Orthanc:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+#: Debian's orthanc-dicomweb plugin (scripts/install-debian-deps installs it).
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def dicomweb_orthanc(user: str, password: str) -> Orthanc:
+    """An Orthanc with the DICOMweb plugin at ``/dicom-web/`` and HTTP basic authentication;
+    skips the test when the plugin is not installed."""
+    import pytest
+
+    if not DICOMWEB_PLUGIN.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{DICOMWEB_PLUGIN} is missing: install orthanc-dicomweb")
+        pytest.skip(f"{DICOMWEB_PLUGIN} is missing: apt-get install orthanc-dicomweb")
+    return Orthanc(extra={"Plugins": [str(DICOMWEB_PLUGIN)],
+                          "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+                          "AuthenticationEnabled": True,
+                          "RegisteredUsers": {user: password}},
+                   credentials=(user, password))
 
 
 class StoreScp:

@@ -80,7 +80,8 @@ def assert_results_keep_their_rows_through_0005(engine: Engine) -> None:
             "verification, instance_revision, created_at) VALUES ('study', :study, 'm', '1', "
             "'Benign', '{}', 0, 0.0, '{}', false, 'unverified', 0, :now) RETURNING id"),
             {**now, "study": study}).scalar_one()
-    assert upgrade(engine) == "0011"
+    # To the head: the model reads the columns later migrations add (0011's).
+    upgrade(engine)
     factory = make_session_factory(engine)
     with factory.begin() as session:
         old = session.get(Result, result)
@@ -93,3 +94,40 @@ def assert_results_keep_their_rows_through_0005(engine: Engine) -> None:
     with factory() as session:
         assert session.execute(select(Result.demonstration_model).order_by(Result.id)
                                ).scalars().all() == [None, False]
+
+
+def assert_statuses_renamed_through_0006(engine: Engine) -> None:
+    """Migration 0006 renames the studies' statuses to what they mean for the doctor: a study
+    whose fields were all verified but whose summary was not is awaiting review, not signed."""
+    from sqlalchemy import text
+
+    from bcd_node.db.migrate import upgrade
+
+    assert upgrade(engine, "0005") == "0005"
+    now = {"now": utcnow()}
+    old = ("queued", "done", "needs_review", "verified", "verified", "failed", "analysing")
+    with engine.begin() as conn:
+        patient = conn.execute(text(
+            "INSERT INTO patients (patient_id, issuer, name, birth_date, sex, created_at) "
+            "VALUES ('P6', '', '', '', '', :now) RETURNING id"), now).scalar_one()
+        ids = []
+        for n, status in enumerate(old):
+            ids.append(conn.execute(text(
+                "INSERT INTO studies (patient_fk, study_instance_uid, accession_number, "
+                "study_date, study_time, description, referring_physician, status, "
+                "last_received_at, created_at) VALUES (:patient, :uid, '', '', '', '', '', "
+                ":status, :now, :now) RETURNING id"),
+                {**now, "patient": patient, "uid": f"1.2.6.{n}", "status": status}).scalar_one())
+        # The second "verified" study's summary is signed.
+        conn.execute(text(
+            "INSERT INTO results (scope, study_fk, model_name, model_version, stage, "
+            "probabilities, blast_count, blast_area_fraction, quality, needs_review, "
+            "verification, instance_revision, created_at) VALUES ('study', :study, 'm', '1', "
+            "'Benign', '{}', 0, 0.0, '{}', false, 'verified', 0, :now)"),
+            {**now, "study": ids[4]})
+    assert upgrade(engine, "0006") == "0006"
+    with engine.connect() as conn:
+        statuses = [conn.execute(text("SELECT status FROM studies WHERE id = :id"),
+                                 {"id": i}).scalar_one() for i in ids]
+    assert statuses == ["analysing", "awaiting_review", "awaiting_review", "awaiting_review",
+                        "signed", "failed", "analysing"]

@@ -52,16 +52,18 @@ def overlay_rgba(mask: np.ndarray) -> np.ndarray:
 
 
 def add_study(session: Session, *, patient_id: str = "P0001", name: str = "Doe^Jane",
-              uid: str = "1.2.826.0.1.3680043.10.1.1", status: str = "queued",
+              uid: str = "1.2.826.0.1.3680043.10.1.1", status: str = "analysing",
               stage: str | None = None, confidence: float | None = None,
-              received: datetime | None = None, patient: Patient | None = None) -> Study:
+              received: datetime | None = None, patient: Patient | None = None,
+              summarised: bool = False) -> Study:
     """A patient (unless given) and a study row, no images."""
     if patient is None:
         patient = Patient(patient_id=patient_id, name=name, birth_date="19700101", sex="F")
         session.add(patient)
     study = Study(patient=patient, study_instance_uid=uid, status=status, stage=stage,
                   confidence=confidence, study_date="20261124",
-                  last_received_at=received or utcnow(), accession_number="A1")
+                  last_received_at=received or utcnow(), accession_number="A1",
+                  summary_done_at=utcnow() if summarised else None)
     session.add(study)
     session.flush()
     return study
@@ -73,8 +75,8 @@ def add_analysed_study(session: Session, data_dir: Path, *, patient_id: str = "P
                        with_pdf: bool = True, seed: int = 0) -> tuple[Study, Instance, Result]:
     """A study with one image, an analysed result, its overlay, mask, preview and PDF files."""
     study = add_study(session, patient_id=patient_id, name=name, uid=uid,
-                      status="needs_review" if confidence < 0.6 else "done", stage=stage,
-                      confidence=confidence)
+                      status="awaiting_review", stage=stage, confidence=confidence,
+                      summarised=True)
     series = Series(study=study, series_instance_uid=uid + ".1", modality="SM", series_number=1)
     image, mask = smear_image(seed=seed)
     inst = Instance(series=series, sop_instance_uid=uid + ".1.1",
@@ -147,11 +149,11 @@ def seed_worklist(session: Session, n: int, *, seed: int = 1) -> None:
                         sex="F" if i % 2 else "M") for i in range(max(1, n // 20))]
     session.add_all(patients)
     session.flush()
-    statuses = ("queued", "analysing", "done", "failed", "needs_review", "verified")
+    statuses = ("analysing", "awaiting_review", "signed", "signed_corrected", "failed")
     rows = []
     for i in range(n):
         status = statuses[int(rng.integers(0, len(statuses)))]
-        analysed = status in ("done", "needs_review", "verified")
+        analysed = status in ("awaiting_review", "signed", "signed_corrected")
         rows.append({
             "patient_fk": patients[i % len(patients)].id,
             "study_instance_uid": f"1.2.826.0.1.3680043.10.9.{i}",
@@ -163,3 +165,58 @@ def seed_worklist(session: Session, n: int, *, seed: int = 1) -> None:
             "created_at": now - timedelta(minutes=int(rng.integers(0, 60 * 24 * 60))),
         })
     session.execute(Study.__table__.insert(), rows)
+
+
+def add_case(session: Session, data_dir: Path, *, fields: int = 3,
+             uid: str = "1.2.826.0.1.3680043.10.7.1",
+             stages: tuple[str, ...] = ("Malignant-Pre",)) -> tuple[Study, Result]:
+    """A case awaiting review: a study of ``fields`` analysed fields (stages taken in turn
+    from ``stages``) with their files, and its study summary result (SR UID and AI PDF)."""
+    from bcd_node.records.cases import case_blast_count, case_findings
+    from bcd_node.records.studies import refresh_study
+
+    study, inst, first = add_analysed_study(session, data_dir, uid=uid, stage=stages[0],
+                                            confidence=0.8)
+    series = inst.series
+    results = [first]
+    image, mask = smear_image(seed=1)
+    for n in range(1, fields):
+        stage = stages[n % len(stages)]
+        other = Instance(series=series, sop_instance_uid=f"{uid}.1.{n + 1}",
+                         sop_class_uid=inst.sop_class_uid,
+                         transfer_syntax_uid=inst.transfer_syntax_uid,
+                         path=f"store/{uid}-{n}.dcm", sha256=f"{n:064d}", size_bytes=1,
+                         rows=image.shape[0], columns=image.shape[1], source="dicom")
+        session.add(other)
+        session.flush()
+        (data_dir / DataLayout.preview_relpath(other.id, other.sha256)).write_bytes(
+            png_bytes(image))
+        (data_dir / other.path).touch()
+        (data_dir / f"results/{other.id}-overlay.png").write_bytes(
+            png_bytes(overlay_rgba(mask)))
+        (data_dir / f"results/{other.id}.pdf").write_bytes(minimal_pdf("AI report " + stage))
+        rest = 0.2 / 3
+        result = Result(scope="instance", instance_fk=other.id, study_fk=study.id,
+                        model_name="bcd-vgg16-unet", model_version="1.0.0", stage=stage,
+                        probabilities={s: 0.8 if s == stage else rest for s in STAGES},
+                        confidence=0.8, blast_count=3, blast_area_fraction=0.01,
+                        quality={"status": "ok", "flags": []}, needs_review=False,
+                        overlay_path=f"results/{other.id}-overlay.png",
+                        pdf_path=f"results/{other.id}.pdf",
+                        sr_sop_instance_uid=f"{uid}.1.{n + 1}.2")
+        session.add(result)
+        results.append(result)
+    session.flush()
+    findings = case_findings(results)
+    (data_dir / "results/summary.pdf").write_bytes(minimal_pdf("AI case report"))
+    summary = Result(scope="study", study_fk=study.id, model_name="bcd-vgg16-unet",
+                     model_version="1.0.0", stage=findings.stage,
+                     probabilities=findings.probabilities or {},
+                     confidence=findings.confidence, blast_count=case_blast_count(results),
+                     blast_area_fraction=0.01, quality={"fields": fields},
+                     pdf_path="results/summary.pdf", sr_sop_instance_uid=f"{uid}.9.1")
+    session.add(summary)
+    study.summary_done_at = utcnow()
+    session.flush()
+    refresh_study(session, study.id)
+    return study, summary

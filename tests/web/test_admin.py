@@ -20,6 +20,7 @@ from bcd_node.db.models import (
     DestinationHealth,
     Job,
     JobKind,
+    JobState,
     Role,
     User,
     UserState,
@@ -128,7 +129,7 @@ def test_api_with_token_and_basic_auth(app: Flask, admin_client: FlaskClient,
         events = session.execute(select(AuditEvent).where(AuditEvent.actor_kind == "api")
                                  ).scalars().all()
     kinds = [e.action for e in events]
-    assert {"api_list_studies", "view_study", "view_result", "view_pdf",
+    assert {"api_list_studies", "view_study", "view_result", "download_pdf",
             "login_failed"} <= set(kinds)
     assert all(e.actor in ("doctor", "?") for e in events)
 
@@ -160,6 +161,31 @@ def test_system_page_and_delivery_retry(app: Flask, admin_client: FlaskClient) -
         event = session.execute(select(AuditEvent).where(
             AuditEvent.action == "delivery_retry")).scalar_one()
         assert event.patient_id == "P0001" and event.details["from"] == "dead"
+
+
+def test_system_page_lists_failed_jobs_and_retries_one(app: Flask,
+                                                       admin_client: FlaskClient) -> None:
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        session.add(Job(kind=JobKind.STUDY_SUMMARY, state=JobState.FAILED, attempts=5,
+                        last_error="model server unreachable"))
+        session.add(Job(kind=JobKind.STUDY_SUMMARY, state=JobState.DONE))
+    page = admin_client.get("/admin/system").get_data(as_text=True)
+    failed = page.split('id="failed-jobs"')[1].split("</table>")[0]
+    assert "model server unreachable" in failed and "Retry" in failed
+    resp = post_form(admin_client, "/admin/system", "/admin/jobs/2/retry")  # not failed
+    assert resp.status_code == 302
+    with ctx.session_factory() as session:
+        assert session.get(Job, 2).state is JobState.DONE
+    resp = post_form(admin_client, "/admin/system", "/admin/jobs/1/retry")
+    assert resp.status_code == 302
+    with ctx.session_factory() as session:
+        job = session.get(Job, 1)
+        assert (job.state, job.attempts) == (JobState.QUEUED, 0)
+        event = session.execute(select(AuditEvent).where(
+            AuditEvent.action == "job_retry")).scalar_one()
+        assert event.object_ref == "job:1" and event.actor_kind == "user"
+    assert "No failed jobs." in admin_client.get("/admin/system").get_data(as_text=True)
 
 
 def test_statistics_page_draws_svg(app: Flask, admin_client: FlaskClient) -> None:
@@ -234,7 +260,7 @@ def test_every_audited_action_names_who_where_and_what(app: Flask, admin_client:
     with ctx.session_factory.begin() as session:
         add_analysed_study(session, ctx.settings.storage.data_dir, uid=UID)
     doctor_client.get(f"/studies/{UID}")
-    doctor_client.get("/results/1/overlay.png")
+    doctor_client.get("/results/1/overlay.png?download=1")
     doctor_client.get("/results/1/report.pdf?version=ai")
     post_form(doctor_client, f"/studies/{UID}", "/results/1/verify", {"r1-decision": "accept"})
     issue(admin_client)
@@ -242,12 +268,12 @@ def test_every_audited_action_names_who_where_and_what(app: Flask, admin_client:
         events = session.execute(select(AuditEvent).where(
             AuditEvent.actor != "cli")).scalars().all()
     by_action = {e.action: e for e in events}
-    for action in ("login", "view_study", "view_image", "view_pdf", "verify_accept",
+    for action in ("login", "view_study", "download_image", "download_pdf", "verify_accept",
                    "token_issue"):
         event = by_action[action]
         assert event.actor in ("doctor", "admin") and event.source == "127.0.0.1", action
         assert event.at is not None and (event.object_ref or event.details), action
-    for action in ("view_study", "view_image", "view_pdf", "verify_accept"):
+    for action in ("view_study", "download_image", "download_pdf", "verify_accept"):
         assert by_action[action].patient_id == "P0001"
         assert by_action[action].study_instance_uid == UID
 
@@ -295,7 +321,7 @@ def test_admin_sees_a_lock_and_lifts_it(app: Flask, admin_client: FlaskClient,
     page = admin_client.get("/admin/users/doctor").get_data(as_text=True)
     assert "sign-in locked until" in page and "Unlock sign-in" in page
     listed = admin_client.get("/admin/users").get_data(as_text=True)
-    assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d UTC</td>", listed)
+    assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d \([^)]*UTC[^)]*\)</td>", listed)
     resp = post_form(admin_client, "/admin/users/doctor", "/admin/users/doctor/unlock",
                      follow_redirects=True)
     assert "doctor can sign in again" in resp.get_data(as_text=True)

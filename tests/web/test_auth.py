@@ -18,7 +18,8 @@ from tests.support.web import ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, login
 
 # Every page of the console with sample arguments; only login and registration are public.
 PAGES = [
-    "/", "/account", "/worklist", "/worklist?status=done", "/studies/1.2.3",
+    "/", "/account", "/worklist", "/worklist?status=awaiting_review", "/worklist/state.json",
+    "/studies/1.2.3", "/cases/1.2.3", "/cases/1.2.3/state.json", "/instances/1/thumb.png",
     "/instances/1/image.png", "/results/1/overlay.png", "/results/1/mask.png",
     "/results/1/report.pdf", "/patients/", "/patients/1", "/upload", "/admin/users",
     "/admin/users/admin", "/admin/system", "/admin/statistics", "/admin/audit/",
@@ -26,11 +27,12 @@ PAGES = [
 ]
 ADMIN_PAGES = [p for p in PAGES if p.startswith("/admin")]
 POSTS = [
-    "/logout", "/account", "/results/1/verify", "/upload", "/admin/users",
+    "/logout", "/account", "/results/1/verify", "/cases/1.2.3/sign", "/cases/1.2.3/retry-report",
+    "/upload", "/admin/users",
     "/admin/users/doctor/approve", "/admin/users/doctor/disable", "/admin/users/doctor/role",
     "/admin/users/doctor/password", "/admin/users/doctor/unlock",
     "/admin/users/doctor/tokens", "/admin/tokens/1/revoke",
-    "/admin/deliveries/1/retry", "/admin/audit/verify",
+    "/admin/deliveries/1/retry", "/admin/jobs/1/retry", "/admin/audit/verify",
 ]
 
 

@@ -54,8 +54,8 @@ def test_worklist_filters_and_pages(app: Flask, doctor_client: FlaskClient) -> N
         assert "page 5 of 5" in page, beyond
     with ctx.session_factory() as session:
         n_verified = len(session.execute(select(Study.id).where(
-            Study.status == "verified")).all())
-    assert f"{n_verified} in all" in doctor_client.get("/worklist?status=verified").get_data(
+            Study.status == "signed")).all())
+    assert f"{n_verified} in all" in doctor_client.get("/worklist?status=signed").get_data(
         as_text=True)
     assert "0 in all" in doctor_client.get("/worklist?from=2000-01-01&to=2000-01-02").get_data(
         as_text=True)
@@ -102,21 +102,30 @@ def test_review_reasons_are_shown(app: Flask, doctor_client: FlaskClient,
     assert "Flagged for review by the pipeline" not in page and "Low confidence" not in page
 
 
-def test_images_and_pdf_are_served_and_audited(app: Flask, doctor_client: FlaskClient,
-                                               analysed: dict[str, Any]) -> None:
+def test_images_and_pdf_are_served_and_downloads_audited(
+        app: Flask, doctor_client: FlaskClient, analysed: dict[str, Any]) -> None:
     rid, iid = analysed["result_id"], analysed["instance_id"]
-    for url in (f"/instances/{iid}/image.png", f"/results/{rid}/overlay.png",
-                f"/results/{rid}/mask.png"):
+    urls = (f"/instances/{iid}/image.png", f"/results/{rid}/overlay.png",
+            f"/results/{rid}/mask.png")
+    for url in (*urls, f"/instances/{iid}/thumb.png"):
         resp = doctor_client.get(url)
         assert resp.status_code == 200 and resp.data.startswith(b"\x89PNG"), url
         assert resp.headers["Cache-Control"] == "no-store"
+    # Pictures shown on a page are part of that page's one audited view...
+    assert audit_rows(app, "download_image") == []
+    # ... a download is an event of its own.
+    for url in urls:
+        resp = doctor_client.get(url + "?download=1")
+        assert "attachment" in resp.headers["Content-Disposition"]
     resp = doctor_client.get(f"/results/{rid}/report.pdf?version=ai")
     assert resp.status_code == 200 and resp.data.startswith(b"%PDF")
     assert "attachment" in resp.headers["Content-Disposition"]
-    assert [r.object_ref for r in audit_rows(app, "view_image")] == [
+    assert [r.object_ref for r in audit_rows(app, "download_image")] == [
         f"instance:{iid}", f"result:{rid}:overlay", f"result:{rid}:mask"]
-    assert audit_rows(app, "view_pdf")[0].patient_id == "P0001"
+    assert audit_rows(app, "download_pdf")[0].patient_id == "P0001"
     assert doctor_client.get("/results/999/report.pdf").status_code == 404
+    # No signed report yet: its link never serves the AI's.
+    assert doctor_client.get(f"/results/{rid}/report.pdf?version=verified").status_code == 404
 
 
 def test_image_is_rendered_from_the_stored_dicom(app: Flask, doctor_client: FlaskClient,
@@ -161,7 +170,8 @@ def test_verify_with_correction_keeps_ai_finding_and_queues_report(
         job = session.execute(select(Job)).scalar_one()
         assert job.kind == JobKind.VERIFIED_REPORT and job.result_fk == rid
         study = session.get(Study, analysed["study_id"])
-        assert study.status == "verified" and study.stage == "Malignant-Pro"
+        # A field's correction does not sign the case: its summary does.
+        assert study.status == "awaiting_review" and study.stage == "Malignant-Pre"
     event = audit_rows(app, "verify_correct")[0]
     assert event.details["ai_stage"] == "Malignant-Pre"
     assert event.details["verified_stage"] == "Malignant-Pro"

@@ -263,7 +263,8 @@ def test_the_system_page_the_api_and_the_cli_show_the_same_status(
         f"admin:{ADMIN_PASSWORD}".encode()).decode()}
     api = client.get("/api/v1/status", headers=basic).get_json()
     assert api["queue_depth"] == status.jobs.active
-    assert api["deliveries"] == {"pending": 1, "sending": 0, "done": 0, "dead": 1}
+    assert api["deliveries"] == {"pending": 1, "sending": 0, "committing": 0, "done": 0,
+                                  "dead": 1}
 
     assert main(["--config", str(ctx.settings.source), "status", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -42,7 +42,7 @@ def test_console_on_postgresql(context: NodeContext) -> None:
     doctor: FlaskClient = app.test_client()
     assert login(doctor, "doctor", DOCTOR_PASSWORD).status_code == 302
     assert "301 in all" in doctor.get("/worklist").get_data(as_text=True)
-    page = doctor.get("/worklist?status=needs_review&stage=Malignant-Pre&patient=doe"
+    page = doctor.get("/worklist?status=awaiting_review&stage=Malignant-Pre&patient=doe"
                       "&from=2020-01-01&to=2100-01-01").get_data(as_text=True)
     assert "Doe, Jane" in page
     assert "Malignant-Pre" in doctor.get(f"/studies/{UID}").get_data(as_text=True)

@@ -218,12 +218,12 @@ def test_hostile_values_in_the_audit_export(doctor_client: FlaskClient,
             assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (name, cell)
     # The Patient ID as DICOM sent it (audited with each view of the patient's data), made
     # inert for spreadsheets by a leading quote.
-    viewed = [r for r in rows if r["action"] in ("view_study", "view_pdf", "view_patient")]
+    viewed = [r for r in rows if r["action"] in ("view_study", "download_pdf", "view_patient")]
     assert len(viewed) >= 3, [r["action"] for r in rows]
     assert {r["patient_id"] for r in viewed} == {"'" + PAYLOADS["PatientID"]}
     resp = admin_client.get("/admin/audit/export.json")
     assert resp.mimetype == "application/json"
     events = json.loads(resp.get_data(as_text=True))
-    assert {e["patient_id"] for e in events if e["action"] in ("view_study", "view_pdf",
+    assert {e["patient_id"] for e in events if e["action"] in ("view_study", "download_pdf",
                                                                "view_patient")} == \
         {PAYLOADS["PatientID"]}

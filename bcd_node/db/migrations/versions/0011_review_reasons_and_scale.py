@@ -1,7 +1,7 @@
 """results: why a result needs review, and the pixel size its analysis used
 
 Revision ID: 0011
-Revises: 0005
+Revises: 0008
 Create Date: 2026-12-03
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '0011'
-down_revision = '0005'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 

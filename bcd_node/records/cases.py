@@ -1,0 +1,266 @@
+"""The case: a study as the doctor reviews and signs it. Its figures are defined here once.
+
+A case's stage is the vote of its diagnostic fields (ties go to the more advanced stage), its
+probabilities the fields' mean, and its one **confidence** the mean probability of that stage
+(:func:`case_findings`). The study summary SR and PDF, the worklist and the case page all show
+this one figure. Its blast count is :func:`case_blast_count`, the one place that a doctor's
+rejected cells will be taken off.
+
+Its **status** (:func:`case_status`, the values of :class:`~bcd_node.db.models.StudyStatus`):
+
+- ``analysing`` while any of its images is queued or being analysed, or while it is still
+  receiving: no summary yet (it comes once no image arrived for ``workers.study_quiet_seconds``
+  and every analysis is done);
+- ``failed`` when no image could be analysed, or when the signed report could not be made;
+- ``signed`` once a doctor signed the case, i.e. verified its *current* study summary, and
+  ``signed_corrected`` when the doctor changed the AI's stage of the case or of any field;
+- ``awaiting_review`` otherwise.
+
+Verifying every field does not sign a case: only the summary's signature does, so a case never
+shows as signed while its summary at the PACS is unverified. A new field after the signature
+makes a new summary, and the case awaits review again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bcd_node.db.models import (
+    ACTIVE_JOB_STATES,
+    Instance,
+    Job,
+    JobKind,
+    JobState,
+    Result,
+    ResultScope,
+    Series,
+    Stage,
+    Study,
+    StudyStatus,
+    VerificationState,
+)
+
+#: Stages from least to most advanced (the order of :class:`Stage`); a tied vote goes to the
+#: more advanced one.
+STAGE_ORDER: dict[str, int] = {stage: i for i, stage in enumerate(Stage)}
+
+#: What each status means, for people (the worklist and the case page show these).
+STATUS_LABELS: dict[StudyStatus, str] = {
+    StudyStatus.ANALYSING: "Analysing",
+    StudyStatus.AWAITING_REVIEW: "Awaiting review",
+    StudyStatus.SIGNED: "Signed",
+    StudyStatus.SIGNED_CORRECTED: "Signed with correction",
+    StudyStatus.FAILED: "Failed",
+}
+
+
+def vote(stages: Sequence[str]) -> Stage | None:
+    """The most frequent stage; ties go to the more advanced stage."""
+    if not stages:
+        return None
+    votes = Counter(Stage(s) for s in stages)
+    return max(votes, key=lambda s: (votes[s], STAGE_ORDER[s]))
+
+
+@dataclass(frozen=True)
+class CaseFindings:
+    """The AI's combined finding over a case's diagnostic fields."""
+
+    stage: Stage | None
+    #: Mean probability of each stage over the diagnostic fields (summing to 1); None without
+    #: a stage.
+    probabilities: dict[str, float] | None
+    #: The case's one confidence: the mean probability of :attr:`stage`.
+    confidence: float | None
+
+
+def case_findings(results: Iterable[Result]) -> CaseFindings:
+    """Stage by vote, mean probabilities and confidence of the fields' ``results`` (those
+    without a stage, non-diagnostic or failed, do not vote)."""
+    staged = [r for r in results if r.stage]
+    stage = vote([r.stage for r in staged if r.stage])
+    if stage is None:
+        return CaseFindings(None, None, None)
+    means = {name: sum(float((r.probabilities or {}).get(name, 0.0)) for r in staged)
+             / len(staged) for name in STAGE_ORDER}
+    total = sum(means.values()) or 1.0
+    probs = {name: value / total for name, value in means.items()}
+    return CaseFindings(stage, probs, probs[stage])
+
+
+def case_blast_count(results: Iterable[Result]) -> int:
+    """The blast cells of a case: the count of each diagnostic field's result, added up.
+
+    The one place the case's count is made; cells a doctor rejected are to be taken off here.
+    """
+    return int(sum(r.blast_count for r in results if r.stage))
+
+
+def is_corrected(result: Result) -> bool:
+    """Whether a doctor verified ``result`` with a stage other than the AI's."""
+    return (result.verification == VerificationState.VERIFIED
+            and result.verified_stage is not None and result.verified_stage != result.stage)
+
+
+def case_status(*, analysing: bool, summarised: bool, summary: Result | None,
+                fields: Sequence[Result], analysis_failed: bool,
+                report_failed: bool) -> StudyStatus:
+    """The case's status (the rule is the module's).
+
+    Parameters
+    ----------
+    analysing
+        An image of the case is queued or being analysed, or its summary is being made.
+    summarised
+        The summary of the case's current fields is made (none is due).
+    summary
+        The case's study summary result, if any.
+    fields
+        The results of the case's fields.
+    analysis_failed
+        An image's analysis failed for good.
+    report_failed
+        The job making the signed report failed for good.
+    """
+    if analysing or not summarised:
+        if not fields and analysis_failed and not analysing:
+            return StudyStatus.FAILED
+        return StudyStatus.ANALYSING
+    if not fields and analysis_failed:
+        return StudyStatus.FAILED
+    if summary is not None and summary.verification == VerificationState.VERIFIED:
+        if report_failed:
+            return StudyStatus.FAILED
+        if is_corrected(summary) or any(is_corrected(r) for r in fields):
+            return StudyStatus.SIGNED_CORRECTED
+        return StudyStatus.SIGNED
+    return StudyStatus.AWAITING_REVIEW
+
+
+def field_flags(result: Result | None, *, review_threshold: float = 0.0) -> list[str]:
+    """What a doctor must know of a field, in words: no result yet, failure, quality, low
+    confidence, the pipeline's review flag."""
+    if result is None:
+        return ["not analysed yet"]
+    quality = result.quality or {}
+    flags: list[str] = []
+    if quality.get("status") == "failed":
+        flags.append("could not be analysed")
+    elif result.stage is None:
+        flags.append("quality insufficient")
+    flags += [str(f).replace("_", " ") for f in quality.get("flags") or []]
+    if result.stage is not None and result.confidence is not None \
+            and result.confidence < review_threshold:
+        flags.append(f"low confidence ({result.confidence:.0%})")
+    elif result.needs_review and result.stage is not None:
+        flags.append("needs review")
+    return flags
+
+
+@dataclass(frozen=True)
+class CaseField:
+    """One field of a case: its number in the study, image, newest result and flags."""
+
+    number: int
+    instance: Instance
+    result: Result | None
+    flags: list[str]
+
+    @property
+    def attention(self) -> bool:
+        """Whether the doctor should look at this field before signing."""
+        return bool(self.flags)
+
+    @property
+    def stage(self) -> Stage | None:
+        """The field's stage: the doctor's once verified, else the AI's."""
+        if self.result is None:
+            return None
+        return self.result.verified_stage or self.result.stage
+
+
+@dataclass(frozen=True)
+class Case:
+    """What the case page shows (:func:`load_case`)."""
+
+    study: Study
+    status: StudyStatus
+    fields: list[CaseField]
+    summary: Result | None
+    findings: CaseFindings
+    blast_count: int
+    #: The job making the signed report failed for good: its error.
+    report_error: str | None
+    #: Images whose analysis failed for good.
+    failed_fields: int
+    #: While the case is still receiving or analysing: when its summary is due at the
+    #: earliest (the last image's arrival plus ``workers.study_quiet_seconds``).
+    summary_due: datetime | None
+    analysing_fields: int
+
+    @property
+    def signed(self) -> bool:
+        """Whether a doctor signed the case (its current summary)."""
+        return self.summary is not None and \
+            self.summary.verification == VerificationState.VERIFIED
+
+    @property
+    def can_sign(self) -> bool:
+        """Whether the case can be signed now: its summary is made and not yet signed."""
+        return (self.summary is not None and not self.signed
+                and self.status == StudyStatus.AWAITING_REVIEW)
+
+    @property
+    def attention(self) -> list[CaseField]:
+        """The fields that need the doctor's attention."""
+        return [f for f in self.fields if f.attention]
+
+
+def load_case(session: Session, study: Study, *, quiet_seconds: float,
+              review_threshold: float) -> Case:
+    """The case of ``study`` with its fields in the order received (their numbers)."""
+    from bcd_node.records.studies import current_summary, report_job_failed
+
+    instances = session.execute(
+        select(Instance).join(Series, Instance.series_fk == Series.id)
+        .where(Series.study_fk == study.id).order_by(Instance.id)).scalars().all()
+    results = session.execute(select(Result).where(
+        Result.study_fk == study.id, Result.scope == ResultScope.INSTANCE)
+        .order_by(Result.id)).scalars().all()
+    summary = current_summary(session, study.id)
+    newest: dict[int, Result] = {}
+    for result in results:
+        if result.instance_fk is not None and (
+                summary is None or result.model_version == summary.model_version
+                or result.instance_fk not in newest):
+            newest[result.instance_fk] = result
+    fields = [CaseField(n, inst, newest.get(inst.id),
+                        field_flags(newest.get(inst.id), review_threshold=review_threshold))
+              for n, inst in enumerate(instances, 1)]
+    states = session.execute(select(Job.kind, Job.state, Job.instance_fk).where(
+        Job.study_fk == study.id, Job.kind == JobKind.ANALYZE)).all()
+    failed = {i for _, state, i in states if state == JobState.FAILED}
+    active = {i for _, state, i in states if state in ACTIVE_JOB_STATES}
+    for f in fields:
+        if f.result is None and f.instance.id in failed:
+            f.flags[:] = ["could not be analysed"]
+        elif f.instance.id in active:
+            f.flags[:] = ["being analysed"]
+    with_stage = [f.result for f in fields if f.result is not None]
+    due = None
+    if study.summary_done_at is None:
+        received = study.last_received_at
+        if received.tzinfo is None:
+            received = received.replace(tzinfo=timezone.utc)
+        due = received + timedelta(seconds=quiet_seconds)
+    return Case(study=study, status=study.status, fields=fields, summary=summary,
+                findings=case_findings(with_stage), blast_count=case_blast_count(with_stage),
+                report_error=report_job_failed(session, summary) if summary else None,
+                failed_fields=len(failed - set(newest)), summary_due=due,
+                analysing_fields=len(active))

@@ -1,0 +1,131 @@
+"""The reports a doctor signs: the verdict first, then the AI's finding as supporting
+information; dates formatted, times with their zone, stain and age shown; the case report lists
+fields by number with stage, blasts and flags; a signature block; UIDs only in the footer.
+
+Each report's pages are rendered with poppler's pdftoppm and kept under
+``test-artifacts/reports/`` (git-ignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import subprocess
+import zoneinfo
+from pathlib import Path
+
+import pytest
+
+from bcd_node.report import ReportData, render_report
+from bcd_node.report.summary import FieldRow, SummaryData, render_summary
+from tests.support.tools import require_tool
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "reports"
+ZURICH = zoneinfo.ZoneInfo("Europe/Zurich")
+STUDY_UID = "2.25.123456789012345678901234567890"
+PROBS = {"Benign": 0.05, "Malignant-Early": 0.15, "Malignant-Pre": 0.7, "Malignant-Pro": 0.1}
+SIGNED_AT = dt.datetime(2026, 12, 2, 14, 5, tzinfo=dt.timezone.utc)
+
+
+def _pages(pdf: bytes, name: str) -> tuple[str, list[Path]]:
+    """The PDF's text (pdftotext, in reading order) and its pages as PNG (pdftoppm)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.pdf"
+    path.write_bytes(pdf)
+    for old in ARTIFACTS.glob(f"{name}-*.png"):
+        old.unlink()
+    subprocess.run([require_tool("pdftoppm"), "-r", "80", "-png", str(path),
+                    str(ARTIFACTS / name)], check=True, timeout=60, capture_output=True)
+    text = subprocess.run([require_tool("pdftotext"), str(path), "-"], check=True, timeout=60,
+                          capture_output=True, text=True).stdout
+    return text, sorted(ARTIFACTS.glob(f"{name}-*.png"))
+
+
+def _body(text: str) -> str:
+    """The text without the page footers (they carry the study UID)."""
+    return "\n".join(line for line in text.splitlines() if not line.startswith("Study 2.25."))
+
+
+@pytest.fixture
+def field_report(smear_rgb, blast_mask) -> ReportData:
+    overlay = smear_rgb.copy()
+    overlay[blast_mask] = (255, 0, 160)
+    return ReportData(
+        patient_name="Müller^Jürgen", patient_id="PAT-001", image=smear_rgb, overlay=overlay,
+        stage="Malignant-Pre", probabilities=PROBS, blast_count=3, blast_area_fraction=0.0451,
+        quality_ok=True, model_name="bcd-vgg16-unet", model_version="0.1.0",
+        demonstration_model=False, created_at=dt.datetime(2026, 12, 2, 9, 15),
+        birth_date="19750309", age="51 years", sex="M", accession_number="ACC-9",
+        study_date="20261202", study_instance_uid=STUDY_UID, specimen_id="SLIDE-12",
+        stain="May-Grünwald Giemsa", institution="St. Example Hospital", timezone=ZURICH)
+
+
+@pytest.fixture
+def case_report() -> SummaryData:
+    stages = ["Malignant-Pre"] * 8 + ["Malignant-Early"] * 2 + [None, None]
+    fields = [FieldRow(n, stage, None if stage is None else 0.6 + n / 100, 4 if stage else 0,
+                       needs_review=n in (3, 11), failed=n == 12,
+                       flags=(["could not be analysed"] if n == 12 else
+                              ["quality insufficient", "blurry"] if n == 11 else
+                              ["low confidence (63 %)"] if n == 3 else []))
+              for n, stage in enumerate(stages, 1)]
+    return SummaryData(
+        patient_name="Müller^Jürgen", patient_id="PAT-001", study_instance_uid=STUDY_UID,
+        accession_number="ACC-9", study_date="20261202", stage="Malignant-Pre",
+        probabilities=PROBS, total_blasts=40, blast_area_fraction=0.031, fields=fields,
+        model_name="bcd-vgg16-unet", model_version="0.1.0", demonstration_model=False,
+        created_at=dt.datetime(2026, 12, 2, 9, 20, tzinfo=dt.timezone.utc),
+        patient_birth_date="19750309", patient_sex="M", patient_age="51 years",
+        stain="May-Grünwald Giemsa", institution="St. Example Hospital", timezone=ZURICH)
+
+
+def _signed(data, **changes):
+    return dataclasses.replace(data, verified_by="Gregory House",
+                               verified_organization="St. Example Hospital",
+                               verified_at=SIGNED_AT, **changes)
+
+
+@pytest.mark.integration  # poppler
+def test_a_verified_field_report_leads_with_the_doctors_verdict(field_report) -> None:
+    data = _signed(field_report, verified_stage="Malignant-Pro",
+                   verified_comment="Numerous blasts, pro-B morphology.")
+    text, pages = _pages(render_report(data), "field-verified")
+    assert pages
+    first = text.split("\f")[0]  # the verdict is on page 1, before the AI's finding
+    assert first.index("Doctor's verdict") < first.index("AI finding (supporting information)")
+    for expected in ("Stage: Malignant-Pro", "the AI proposed Malignant-Pre",
+                     "Numerous blasts, pro-B morphology.", "Gregory House",
+                     "2026-12-02 15:05 (CET, UTC+01:00)", "1975-03-09", "2026-12-02",
+                     "51 years", "May-Grünwald Giemsa", "Signature"):
+        assert expected in text, expected
+    assert "20261202" not in text and STUDY_UID not in _body(text)
+
+
+@pytest.mark.integration  # poppler
+def test_an_unverified_field_report_says_so_and_leaves_the_signature_blank(field_report) -> None:
+    text, pages = _pages(render_report(field_report), "field-unverified")
+    assert pages and "UNVERIFIED" in text and "Doctor's verdict" not in text
+    assert "2026-12-02 10:15 (CET, UTC+01:00)" in text  # the analysis, in the zone
+
+
+@pytest.mark.integration  # poppler
+def test_the_signed_case_report_lists_fields_and_is_signed(case_report) -> None:
+    data = _signed(case_report, verified_stage="Malignant-Pre",
+                   verified_comment="Agree; field 11 unreadable.")
+    text, pages = _pages(render_summary(data), "case-signed")
+    assert pages
+    assert text.index("Doctor's verdict") < text.index("AI finding (supporting information)") \
+        < text.index("Fields") < text.index("Electronically signed by Gregory House")
+    for expected in ("The doctor accepted the AI's stage.", "Agree; field 11 unreadable.",
+                     "2026-12-02 15:05 (CET, UTC+01:00)", "1975-03-09", "51 years",
+                     "May-Grünwald Giemsa", "could not be analysed", "low confidence (63 %)",
+                     "70 % (mean probability of"):
+        assert expected in text, expected
+    assert "20261202" not in text and STUDY_UID not in _body(text)
+
+
+@pytest.mark.integration  # poppler
+def test_the_unsigned_case_report_says_it_is_the_ais_proposal(case_report) -> None:
+    text, pages = _pages(render_summary(case_report), "case-unsigned")
+    assert pages and "UNVERIFIED" in text and "Not signed." in text
+    assert "Doctor's verdict" not in text

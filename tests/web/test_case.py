@@ -1,0 +1,167 @@
+"""The case page: the conclusion, the fields as thumbnails, one field large, Sign case; its
+live state; and an audit log an auditor can read (one view per page, one event per download)."""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from bcd_node.db.models import AuditEvent, Job, JobKind, Result, Study, StudyStatus
+from tests.support.seed import add_case
+from tests.support.web import csrf_token
+
+UID = "1.2.826.0.1.3680043.10.7.1"
+
+
+@pytest.fixture
+def case(app: Flask) -> dict[str, Any]:
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        study, summary = add_case(session, ctx.settings.storage.data_dir, fields=4,
+                                  stages=("Malignant-Pre", "Malignant-Pre", "Benign"))
+        return {"study_id": study.id, "summary_id": summary.id}
+
+
+def _events(app: Flask) -> list[AuditEvent]:
+    with app.extensions["bcd_node"].session_factory() as session:
+        return list(session.execute(select(AuditEvent).order_by(AuditEvent.id)).scalars())
+
+
+def test_the_case_page_leads_with_the_conclusion_and_signs_in_one_click(
+        app: Flask, doctor_client: FlaskClient, case: dict[str, Any]) -> None:
+    page = doctor_client.get(f"/cases/{UID}").get_data(as_text=True)
+    conclusion = page.index("Case conclusion")
+    assert conclusion < page.index("Fields") < page.index('id="field"')
+    assert "Awaiting review" in page and "AI case stage" in page
+    # The one confidence of the case: the mean probability of its stage over the fields.
+    with app.extensions["bcd_node"].session_factory() as session:
+        study = session.get(Study, case["study_id"])
+        summary = session.get(Result, case["summary_id"])
+    assert study.confidence == pytest.approx(summary.confidence)
+    assert f"confidence {study.confidence * 100:.0f} %" in page
+    assert len(re.findall(r'class="thumb[ "]', page)) == 4
+    assert 'id="sign-case"' in page and "live.js" in page
+    # Sign: accept the AI's stage, one click.
+    resp = doctor_client.post(f"/cases/{UID}/sign", data={
+        "csrf_token": csrf_token(doctor_client, f"/cases/{UID}"), "decision": "accept"})
+    assert resp.status_code == 302
+    with app.extensions["bcd_node"].session_factory() as session:
+        study = session.get(Study, case["study_id"])
+        summary = session.get(Result, case["summary_id"])
+        job = session.execute(select(Job)).scalar_one()
+    assert study.status == StudyStatus.SIGNED and summary.verification == "verified"
+    assert (job.kind, job.result_fk) == (JobKind.VERIFIED_REPORT, summary.id)
+    page = doctor_client.get(f"/cases/{UID}").get_data(as_text=True)
+    assert "data-signed" in page and "data-report-pending" in page
+    assert 'id="sign-case"' not in page
+    assert [e.action for e in _events(app) if e.action.startswith("sign_case")] == [
+        "sign_case_accept"]
+
+
+def test_a_correction_of_the_case_stage_needs_a_stage_and_is_signed_with_correction(
+        app: Flask, doctor_client: FlaskClient, case: dict[str, Any]) -> None:
+    token = csrf_token(doctor_client, f"/cases/{UID}")
+    doctor_client.post(f"/cases/{UID}/sign", data={"csrf_token": token, "decision": "correct"})
+    with app.extensions["bcd_node"].session_factory() as session:
+        assert session.get(Study, case["study_id"]).status == StudyStatus.AWAITING_REVIEW
+    doctor_client.post(f"/cases/{UID}/sign", data={
+        "csrf_token": token, "decision": "correct", "stage": "Malignant-Pro",
+        "comment": "Blasts throughout."})
+    with app.extensions["bcd_node"].session_factory() as session:
+        assert session.get(Study, case["study_id"]).status == StudyStatus.SIGNED_CORRECTED
+    state = doctor_client.get(f"/cases/{UID}/state.json").get_json()
+    assert state["status_label"] == "Signed with correction" and state["signed"]
+
+
+def test_a_case_still_receiving_cannot_be_signed_and_says_when_its_summary_comes(
+        app: Flask, doctor_client: FlaskClient, case: dict[str, Any]) -> None:
+    with app.extensions["bcd_node"].session_factory.begin() as session:
+        study = session.get(Study, case["study_id"])
+        study.summary_done_at = None
+        study.status = StudyStatus.ANALYSING
+    page = doctor_client.get(f"/cases/{UID}").get_data(as_text=True)
+    assert "Still receiving" in page and "data-summary-due" in page
+    assert 'id="sign-case"' not in page
+    doctor_client.post(f"/cases/{UID}/sign", data={
+        "csrf_token": csrf_token(doctor_client, f"/cases/{UID}"), "decision": "accept"})
+    with app.extensions["bcd_node"].session_factory() as session:
+        assert session.get(Result, case["summary_id"]).verification == "unverified"
+    assert doctor_client.get(f"/cases/{UID}/state.json").get_json()["summary_due"]
+
+
+def test_one_case_review_is_one_view_event_plus_one_per_download(
+        app: Flask, doctor_client: FlaskClient, case: dict[str, Any]) -> None:
+    before = len(_events(app))
+    page = doctor_client.get(f"/cases/{UID}").get_data(as_text=True)
+    # Everything the page shows: thumbnails, the large field, its overlay; and its polling.
+    pictures = re.findall(r'<img[^>]+src="([^"]+)"', page)
+    assert len(pictures) >= 6
+    for src in pictures:
+        assert doctor_client.get(src.replace("&amp;", "&")).status_code == 200, src
+    for _ in range(3):
+        assert doctor_client.get(f"/cases/{UID}/state.json").status_code == 200
+    # Two downloads.
+    downloads = [f"/results/{case['summary_id']}/report.pdf?version=ai"]
+    downloads += [href.replace("&amp;", "&")
+                  for href in re.findall(r'href="([^"]+download=1)"', page)]
+    assert len(downloads) == 2
+    for url in downloads:
+        assert doctor_client.get(url).status_code == 200, url
+    events = _events(app)[before:]
+    assert [e.action for e in events] == ["view_case", "download_pdf", "download_image"]
+    assert {e.study_instance_uid for e in events} == {UID}
+
+
+def test_thumbnails_are_small_and_gone_with_their_image(app: Flask, doctor_client: FlaskClient,
+                                                        case: dict[str, Any]) -> None:
+    from PIL import Image
+
+    from bcd_node.db.models import Instance
+
+    with app.extensions["bcd_node"].session_factory() as session:
+        inst = session.execute(select(Instance).order_by(Instance.id)).scalars().first()
+        iid = inst.id
+    first = doctor_client.get(f"/instances/{iid}/thumb.png")
+    assert first.status_code == 200
+    assert max(Image.open(io.BytesIO(first.data)).size) <= 320
+    assert doctor_client.get(f"/instances/{iid}/thumb.png").data == first.data
+    with app.extensions["bcd_node"].session_factory.begin() as session:
+        session.get(Instance, iid).path = ""  # purged by retention
+    assert doctor_client.get(f"/instances/{iid}/thumb.png").status_code == 404
+
+
+def test_a_failed_signed_report_is_shown_and_can_be_made_again(
+        app: Flask, doctor_client: FlaskClient, case: dict[str, Any]) -> None:
+    from bcd_node.db.models import JobState
+    from bcd_node.records.studies import refresh_study
+
+    doctor_client.post(f"/cases/{UID}/sign", data={
+        "csrf_token": csrf_token(doctor_client, f"/cases/{UID}"), "decision": "accept"})
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        job = session.execute(select(Job)).scalar_one()
+        job.state, job.last_error = JobState.FAILED, "disk full"
+        session.flush()
+        refresh_study(session, case["study_id"])
+    page = doctor_client.get(f"/cases/{UID}").get_data(as_text=True)
+    assert "data-report-failed" in page and "disk full" in page and "Failed" in page
+    assert "data-report-pending" not in page  # not "being made" forever
+    doctor_client.post(f"/cases/{UID}/retry-report",
+                       data={"csrf_token": csrf_token(doctor_client, f"/cases/{UID}")})
+    with ctx.session_factory() as session:
+        jobs = session.execute(select(Job).order_by(Job.id)).scalars().all()
+        study = session.get(Study, case["study_id"])
+    assert [j.state for j in jobs] == [JobState.FAILED, JobState.QUEUED]
+    assert jobs[1].kind == JobKind.VERIFIED_REPORT and study.status == StudyStatus.SIGNED
+    assert [e.action for e in _events(app)].count("signed_report_retry") == 1
+    # Nothing to make again now.
+    doctor_client.post(f"/cases/{UID}/retry-report",
+                       data={"csrf_token": csrf_token(doctor_client, f"/cases/{UID}")})
+    with ctx.session_factory() as session:
+        assert len(session.execute(select(Job)).all()) == 2
