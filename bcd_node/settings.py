@@ -144,6 +144,9 @@ class WorkerSettings:
     """The analysis workers and their queue."""
 
     count: int = 1
+    batch_size: int = 8
+    niceness: int = 10
+    output_builders: int = 0
     lease_seconds: float = 30.0
     poll_interval: float = 0.5
     max_attempts: int = 5
@@ -625,6 +628,13 @@ def _validate(s: Settings) -> None:
     if not 0 <= w.count <= 64:
         raise SettingsError("workers.count", w.count,
                             "must be 0 (no workers in this process) to 64")
+    if not 0 <= w.niceness <= 19:
+        raise SettingsError("workers.niceness", w.niceness, "must be 0 (as the listener) to 19")
+    if not 0 <= w.output_builders <= 256:
+        raise SettingsError("workers.output_builders", w.output_builders,
+                            "must be 0 (build in the worker process) to 256")
+    if not 1 <= w.batch_size <= 256:
+        raise SettingsError("workers.batch_size", w.batch_size, "must be 1-256")
     for name in ("lease_seconds", "poll_interval", "retry_delay", "study_quiet_seconds"):
         value = getattr(w, name)
         if not 0 < value <= 86400:

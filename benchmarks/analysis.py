@@ -1,15 +1,27 @@
-"""Analysis benchmark: where a worker's time goes for one image, stage by stage.
+"""Analysis benchmark: a burst through the real worker against the model alone, and where a
+worker's time goes for one image, stage by stage.
 
-Runs the worker's own code (:func:`bcd_node.analysis.findings.analyze_dataset`, then the SEG,
-SR and Encapsulated PDF written as the worker writes them) on 512 x 512 RGB VL Microscopic Images
+**Burst** (the default): ``--burst`` images (200) of 512 x 512 are received by a node's intake
+(SQLite in a temporary folder), then drained by the worker's own code in this process
+(:class:`bcd_node.jobs.workers.Workers` with the pipeline: claim up to ``workers.batch_size``
+jobs, decode, one batched prediction, SEG + SR + PDF built, files written, rows published).
+It prints images/s from the first claim to the last publish, and, in the same run, the rate of
+the model alone (:meth:`Predictor.predict` over the same decoded images, in batches of the same
+size): the ratio says how much of the worker's time is not the model.
+
+**Stages** (``--stages``): runs the worker's own code
+(:func:`bcd_node.analysis.findings.analyze_dataset`, then the SEG, SR and Encapsulated PDF
+written as the worker writes them) on 512 x 512 RGB VL Microscopic Images
 with the bundled model (or ``--weights``), after a warm-up, and prints the mean time per image of
 each stage: decoding, prediction, overlay, PDF report, SEG, SR, Encapsulated PDF and the durable
 writes. No database and no network: this is the CPU cost of one analysis.
 
 Reproduce with::
 
-    .venv/bin/python benchmarks/analysis.py                # 10 images after 3 warm-up ones
-    .venv/bin/python benchmarks/analysis.py --images 20 --size 256
+    .venv/bin/python benchmarks/analysis.py                # burst of 200, then the model alone
+    .venv/bin/python benchmarks/analysis.py --burst 50 --batch-size 8
+    .venv/bin/python benchmarks/analysis.py --stages       # 10 images after 3 warm-up ones
+    .venv/bin/python benchmarks/analysis.py --stages --images 20 --size 256
 """
 
 from __future__ import annotations
@@ -20,9 +32,12 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from pydicom.filebase import DicomBytesIO
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,16 +63,126 @@ def timed(spent: dict[str, float], name: str, call: Callable[..., Any]) -> Calla
     return run
 
 
+def burst(args: argparse.Namespace) -> int:
+    """A burst of images through the real worker, then the model alone on the same images."""
+    import numpy as np
+
+    from bcd_node.analysis.findings import decode_for_analysis
+    from bcd_node.analysis.pipeline import Pipeline
+    from bcd_node.inference.predictor import Predictor
+    from bcd_node.inference.synth import generate_field, patient_params
+    from bcd_node.intake.intake import Intake
+    from bcd_node.jobs.workers import Workers
+    from bcd_node.runtime import open_node
+    from bcd_node.settings import load_settings
+    from dicom.dicomize import dicomize
+    from dicom.pixels import read_dataset
+
+    predictor = Predictor(weights=args.weights)
+    info = predictor.model_info
+    with tempfile.TemporaryDirectory(prefix="bcd-analysis-") as work:
+        config = Path(work) / "bcd-node.toml"
+        config.write_text(f'[storage]\ndata_dir = "{work}/data"\nmin_free_disk = "100MB"\n\n'
+                          f"[workers]\nbatch_size = {args.batch_size}\n", encoding="utf-8")
+        context = open_node(load_settings(config))
+        base, _, _ = generate_field(7, "Malignant-Pre",
+                                    patient_params(np.random.default_rng(7)), size=args.size)
+        with Intake(context) as intake:
+            for i in range(args.burst):
+                ds = dicomize(np.roll(base, i * 7, axis=1), patient_id=f"BENCH-{i // 20}",
+                              patient_name="Bench^Mark", specimen_id=f"S{i}",
+                              stain="Wright-Giemsa")
+                buffer = DicomBytesIO()
+                ds.save_as(buffer, enforce_file_format=True)
+                intake.accept(buffer.getvalue(), calling_ae="BENCH")
+        from sqlalchemy import func, select, update
+
+        from bcd_node.analysis.builders import Builders
+        from bcd_node.db.models import Instance, Job, JobKind, JobState
+        with context.session_factory() as s:
+            paths = list(s.execute(select(Instance.path).order_by(Instance.id)).scalars())
+        worker_seconds: dict[int, float] = {}
+        for round_, count in enumerate(args.builders):
+            if round_:  # the same burst again: every job queued anew
+                with context.session_factory.begin() as s:
+                    s.execute(update(Job).values(state=JobState.QUEUED, attempts=0,
+                                                 lease_owner=None, lease_expires_at=None))
+            builders = Builders(count)  # a pool starts with the first batch, timed with it
+            pipeline = Pipeline(context, predictor, builders=builders)
+            workers = Workers(context, pipeline.run, 0, on_failed=pipeline.job_failed,
+                              run_batch=pipeline.run_batch if args.batch_size > 1 else None)
+            started = time.perf_counter()
+
+            def drain(owner: str) -> None:
+                while workers.step(owner):
+                    pass
+
+            threads = [threading.Thread(target=drain, args=(f"bench-{t}",))
+                       for t in range(args.threads)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            worker_seconds[count] = time.perf_counter() - started
+            builders.close()
+        with context.session_factory() as s:
+            done = s.execute(select(func.count(Job.id)).where(
+                Job.kind == JobKind.ANALYZE, Job.state == JobState.DONE)).scalar_one()
+        # The model alone, on the same images decoded, in batches of the same size.
+        images = [decode_for_analysis(read_dataset(Path(work) / "data" / p)) for p in paths]
+        started = time.perf_counter()
+        for start in range(0, len(images), args.batch_size):
+            chunk = [frame for frames in images[start:start + args.batch_size]
+                     for frame in frames]
+            predictor.predict(chunk)
+        model_seconds = time.perf_counter() - started
+        context.engine.dispose()
+    n = args.burst
+    report = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
+              "images": n, "size": args.size, "analysed": done,
+              "batch_size": args.batch_size, "model": f"{info['name']} {info['version']}",
+              "worker_images_per_s": {count: round(n / sec, 2)
+                                      for count, sec in worker_seconds.items()},
+              "model_only_images_per_s": round(n / model_seconds, 2),
+              "ratio": {count: round(model_seconds / sec, 2)
+                        for count, sec in worker_seconds.items()}}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"burst of {n} images of {args.size}x{args.size} with {report['model']} on "
+          f"{report['machine']} (workers.batch_size {args.batch_size}, workers.count "
+          f"{args.threads}, {done} analysed):")
+    for count, rate in report["worker_images_per_s"].items():
+        where = f"{count} output builder processes" if count else "outputs built in the worker"
+        print(f"  through the worker (claim -> publish), {where}: {rate:.2f} images/s; "
+              f"worker / model alone {report['ratio'][count]:.2f}")
+    print(f"  the model alone, same images, batched: {report['model_only_images_per_s']:.2f} "
+          f"images/s")
+    print("reproduce: .venv/bin/python benchmarks/analysis.py " + " ".join(sys.argv[1:]))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stages", action="store_true",
+                        help="time each stage of one image instead of a burst")
+    parser.add_argument("--burst", type=int, default=200, help="images of the burst")
+    parser.add_argument("--batch-size", type=int, default=8, help="workers.batch_size")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="workers.count: worker threads draining the queue together")
+    parser.add_argument("--builders", type=int, nargs="+", default=[0],
+                        help="workers.output_builders; several values: one burst each")
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
     parser.add_argument("--weights", help="model manifest (default: the bundled model)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if args.images < 1 or args.warmup < 0:
-        parser.error("--images must be at least 1 and --warmup at least 0")
+    if args.images < 1 or args.warmup < 0 or args.burst < 1 or args.batch_size < 1:
+        parser.error("--images, --burst and --batch-size must be at least 1, --warmup at "
+                     "least 0")
+    if not args.stages:
+        return burst(args)
 
     import numpy as np
 

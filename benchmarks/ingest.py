@@ -14,9 +14,15 @@ What it measures, in one run on this machine:
    committed before Success; no workers), with the C-STORE handler's p50/p99 time from the
    node's own /metrics histogram, the node's CPU time per image and the CPU steal of the
    machine during the run (a busy host slows everything);
-2. the same files pushed to DCMTK ``storescp`` (writes files, no fsync) for comparison, and
-   written durably by the node's own file code alone (no DICOM, no database) by as many
-   threads as there are associations: the disk's floor under the handler's latency;
+2. the same files pushed to DCMTK ``storescp`` (writes files, no fsync) and to Orthanc (the
+   PACS a hospital would otherwise receive with; started by the benchmark, its own storage and
+   SQLite index) for comparison, with the node's ratio to each, and written durably by the
+   node's own file code alone (no DICOM, no database) by as many threads as there are
+   associations: the disk's floor under the handler's latency;
+2b. (``--analysis``, on by default) four associations again while a worker analyses what
+   arrives (the bundled model, or ``--weights``), once with the worker at the listener's
+   priority (``workers.niceness = 0``) and once at the default niceness, alternating with a
+   run without workers: the C-STORE handler's p99 of each, side by side;
 3. end-to-end latency from C-STORE to the SEG, SR and PDF stored at Orthanc (p50, p95), with the
    bundled model (or ``--weights``), images sent one at a time.
 """
@@ -179,12 +185,14 @@ def stop_node(node: subprocess.Popen) -> None:
 
 
 def node_ingest(files: list[Path], workdir: Path, associations: int,
-                listeners: int | None = None) -> dict:
-    """The real node (``bcd-node serve``, no workers, its listener processes) receiving."""
+                listeners: int | None = None, analysis: str = "") -> dict:
+    """The real node (``bcd-node serve``, its listener processes) receiving; without workers,
+    or with ``analysis``, the ``[workers]``/``[model]`` settings of a worker that analyses
+    what arrives while it arrives."""
     import urllib.request
 
     extra = "" if listeners is None else f"listener_processes = {listeners}\n"
-    node, port, web_port = start_node(workdir, extra + "\n[workers]\ncount = 0\n")
+    node, port, web_port = start_node(workdir, extra + (analysis or "\n[workers]\ncount = 0\n"))
     try:
         cpu0, (steal0, total0) = tree_cpu_seconds(node.pid), cpu_steal()
         seconds = push(port, files, associations=associations)
@@ -224,6 +232,26 @@ def storescp_ingest(files: list[Path], workdir: Path, associations: int) -> dict
         proc.terminate()
         proc.wait(timeout=30)
     return {"images_per_s": len(files) / seconds, "seconds": seconds}
+
+
+def orthanc_ingest(files: list[Path], workdir: Path, associations: int) -> dict:
+    """The same files pushed to Orthanc, as the PACS a hospital would receive with."""
+    from tests.support.peers import Orthanc
+
+    orthanc = Orthanc(root=workdir / "orthanc").start()
+    try:
+        seconds = push(orthanc.dicom_port, files, ae=orthanc.ae_title,
+                       associations=associations)
+    finally:
+        orthanc.cleanup()
+    return {"images_per_s": len(files) / seconds, "seconds": seconds}
+
+
+def analysis_config(weights: str | None, niceness: int | None) -> str:
+    """``[workers]`` and ``[model]`` of a node whose one worker analyses what arrives."""
+    model = f'\n[model]\nweights = "{weights}"\n' if weights else ""
+    nice = "" if niceness is None else f"niceness = {niceness}\n"
+    return f"{model}\n[workers]\ncount = 1\n{nice}"
 
 
 def disk_alone(files: list[Path], workdir: Path, writers: int) -> dict:
@@ -303,6 +331,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each ingest measurement; the median run is reported, "
                              "with the range of images/s (a shared host varies run to run)")
+    parser.add_argument("--no-analysis", dest="analysis", action="store_false",
+                        help="skip the runs with a worker analysing while images arrive")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.repeat < 1:
@@ -321,14 +351,30 @@ def main() -> int:
         report["repeats"] = args.repeat
         for n in (1, 4):
             # Node, storescp and disk runs alternate, so a slow spell of the host hits all.
-            nodes, scps, disks = [], [], []
+            nodes, scps, orthancs, disks = [], [], [], []
             for r in range(args.repeat):
                 nodes.append(node_ingest(files, work / f"n{n}-{r}", n, args.listeners))
                 scps.append(storescp_ingest(files, work / f"s{n}-{r}", n))
+                orthancs.append(orthanc_ingest(files, work / f"o{n}-{r}", n))
                 disks.append(disk_alone(files, work / f"d{n}-{r}", n))
             report[f"node_{n}_assoc"] = median_run(nodes)
             report[f"storescp_{n}_assoc"] = median_run(scps)
+            report[f"orthanc_{n}_assoc"] = median_run(orthancs)
             report[f"disk_{n}_writers"] = median_run(disks)
+        if args.analysis:
+            # The same 4-association push while a worker analyses the images as they arrive:
+            # at the listener's priority, at the default niceness, and without a worker.
+            runs: dict[str, list[dict]] = {"no worker": [], "worker, niceness 0": [],
+                                           "worker, default niceness": []}
+            for r in range(args.repeat):
+                runs["no worker"].append(node_ingest(files, work / f"a0-{r}", 4,
+                                                     args.listeners))
+                runs["worker, niceness 0"].append(node_ingest(
+                    files, work / f"a1-{r}", 4, args.listeners, analysis_config(args.weights, 0)))
+                runs["worker, default niceness"].append(node_ingest(
+                    files, work / f"a2-{r}", 4, args.listeners,
+                    analysis_config(args.weights, None)))
+            report["while_analysing_4_assoc"] = {name: median_run(v) for name, v in runs.items()}
         if args.e2e_images:
             report["end_to_end"] = end_to_end(files[:args.e2e_images], work / "e2e",
                                               args.weights)
@@ -342,9 +388,12 @@ def main() -> int:
           f"(listener processes: {report['listener_processes']}, no workers):")
     for n in (1, 4):
         node, scp = report[f"node_{n}_assoc"], report[f"storescp_{n}_assoc"]
+        orthanc = report[f"orthanc_{n}_assoc"]
         print(f"  {n} association(s): bcd-node {node['images_per_s']:.1f} images/s "
               f"(durable: fsync + commit before Success), storescp {scp['images_per_s']:.1f} "
-              f"images/s (no fsync) -> ratio {node['images_per_s'] / scp['images_per_s']:.2f}")
+              f"images/s (no fsync) -> ratio {node['images_per_s'] / scp['images_per_s']:.2f}, "
+              f"Orthanc {orthanc['images_per_s']:.1f} images/s -> ratio "
+              f"{node['images_per_s'] / orthanc['images_per_s']:.2f}")
         if report["repeats"] > 1:
             print(f"      median of {report['repeats']} runs; bcd-node runs "
                   f"{node['images_per_s_all']} images/s, storescp {scp['images_per_s_all']}, "
@@ -358,6 +407,12 @@ def main() -> int:
         print(f"      disk alone, {n} writer(s) (temporary file, fsync, rename, folder fsync; "
               f"no DICOM, no database): {disk['images_per_s']:.0f} files/s, per file p50 "
               f"{disk['p50_ms']:.1f} ms, p99 {disk['p99_ms']:.1f} ms")
+    if "while_analysing_4_assoc" in report:
+        print("  4 associations while a worker analyses what arrives (runs alternated):")
+        for name, run in report["while_analysing_4_assoc"].items():
+            print(f"      {name:<26} {run['images_per_s']:6.1f} images/s, C-STORE handler "
+                  f"p50 {run['handler_p50_ms']:.1f} ms, p99 {run['handler_p99_ms']:.1f} ms; "
+                  f"CPU steal {run['steal_percent']:.1f}%")
     if "end_to_end" in report:
         e = report["end_to_end"]
         print(f"  end to end (C-STORE -> SEG+SR+PDF stored at Orthanc), {e['complete']}/"

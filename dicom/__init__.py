@@ -28,6 +28,11 @@ seg
     ``build_segmentation``: the blast cell SEG (BINARY or FRACTIONAL).
 sr
     ``Findings``, ``Verification``, ``build_sr``: TID 1500 SR, unverified or verified successor.
+srdocument
+    ``Comprehensive3DSRDocument``: the SR data set highdicom writes, without re-checking the
+    content tree the builders have just built.
+lookups
+    ``install``: highdicom's look-ups in the standard's tables, answered once per question.
 encapsulated
     ``build_encapsulated_pdf``: the PDF report as Encapsulated PDF (Modality DOC).
 series

@@ -36,6 +36,7 @@ from dicom.derivation import derivation_source
 from dicom.errors import DicomValidationError
 from dicom.series import ResultKind, instance_number, result_series
 from dicom.sr import identify_private_codes, separate_containers
+from dicom.srdocument import Comprehensive3DSRDocument
 
 __all__ = ["NonDiagnostic", "build_non_diagnostic_sr", "flag_text", "FLAG_TEXT"]
 
@@ -211,8 +212,8 @@ def build_non_diagnostic_sr(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=codes.PROCEDURE, imaging_measurements=[group],
         referenced_images=[source])
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[source], content=report[0], series_instance_uid=series.uid,
+    sr = Comprehensive3DSRDocument(
+        [source], report[0], series_instance_uid=series.uid,
         series_number=series.number, sop_instance_uid=derived(uid_kind),
         instance_number=instance_number(source, field_number),
         manufacturer=algorithm.manufacturer, is_complete=True, is_final=False,

@@ -49,6 +49,7 @@ from dicom.codes import Stage
 from dicom.derivation import derivation_source
 from dicom.errors import DicomValidationError
 from dicom.series import SERIES_NUMBERS, ResultKind, instance_number, result_series
+from dicom.srdocument import Comprehensive3DSRDocument
 
 __all__ = ["Findings", "Verification", "build_sr", "document_reference", "SR_SERIES_NUMBER",
            "percent", "separate_containers"]
@@ -388,6 +389,9 @@ def build_sr(
         subject_context=_subject_context(source),
     )
 
+    # One TID 4019 identification for the groups and measurements that name the algorithm
+    # (highdicom writes its items into each of them).
+    identification = algorithm.sr_identification()
     evaluations = [
         hd.sr.QualitativeEvaluation(codes.STAGE_FINDING, codes.stage_code(findings.stage)),
         hd.sr.QualitativeEvaluation(
@@ -410,7 +414,7 @@ def build_sr(
             name=codes.probability_code(stage),
             value=percent(findings.probabilities[stage]),
             unit=codes.UNIT_PERCENT,
-            algorithm_id=algorithm.sr_identification(),
+            algorithm_id=identification,
         )
         for stage in Stage
     ]
@@ -419,7 +423,7 @@ def build_sr(
             uid=derived("tracking-classification"), identifier="Blood smear classification"
         ),
         finding_type=codes.CLASSIFICATION_GROUP,
-        algorithm_id=algorithm.sr_identification(),
+        algorithm_id=identification,
         finding_sites=[hd.sr.FindingSite(codes.BLOOD)],
         measurements=probabilities,
         qualitative_evaluations=evaluations,
@@ -447,20 +451,20 @@ def build_sr(
             source_images=[hd.sr.SourceImageForSegmentation.from_source_image(source)],
         ),
         finding_type=codes.BLAST_CELL,
-        algorithm_id=algorithm.sr_identification(),
+        algorithm_id=identification,
         finding_sites=[hd.sr.FindingSite(codes.BLOOD)],
         measurements=[
             hd.sr.Measurement(
                 name=codes.BLAST_COUNT,
                 value=findings.blast_count,
                 unit=codes.UNIT_CELLS,
-                algorithm_id=algorithm.sr_identification(),
+                algorithm_id=identification,
             ),
             hd.sr.Measurement(
                 name=codes.BLAST_AREA_FRACTION,
                 value=percent(findings.blast_area_fraction),
                 unit=codes.UNIT_PERCENT,
-                algorithm_id=algorithm.sr_identification(),
+                algorithm_id=identification,
             ),
         ],
     )
@@ -470,8 +474,8 @@ def build_sr(
         imaging_measurements=[classification, blasts],
         referenced_images=[source],
     )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[source, segmentation],
+    sr = Comprehensive3DSRDocument(
+        [source, segmentation],
         content=report[0],
         series_instance_uid=series.uid,
         series_number=series.number,

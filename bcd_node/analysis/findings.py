@@ -75,7 +75,8 @@ class Analyzer(Protocol):
     def model_info(self) -> dict[str, Any]: ...
 
     def predict(self, images: list[np.ndarray],
-                um_per_pixel: float | None = None) -> Sequence[PredictionLike]: ...
+                um_per_pixel: float | Sequence[float | None] | None = None
+                ) -> Sequence[PredictionLike]: ...
 
 
 #: ``Combined.scale_source`` when the image stated no pixel size.
@@ -298,17 +299,71 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
     needs review ("scale unknown").
     """
     images = decode_for_analysis(ds)
-    stated = pixel_size(ds)
-    um: float | None
-    if stated is not None:
-        um, source = stated.um_per_pixel, stated.source
-    else:
-        um, source = default_um_per_pixel, SCALE_DEFAULT
+    um, source = image_scale(ds, default_um_per_pixel)
     predictions = analyzer.predict(images, um_per_pixel=um)
     if um is None:  # the analyzer's default: read it back from what it used
         um = getattr(predictions[0], "um_per_pixel", None) if predictions else None
-    combined = combine(predictions, images, review_threshold, um_per_pixel=um,
-                       scale_source=source)
+    return build_analysis(ds, images, predictions, algorithm=algorithm,
+                          review_threshold=review_threshold, uid_root=uid_root,
+                          demonstration_model=demonstration_model, revision=revision,
+                          supersedes=supersedes, field_number=field_number, timezone=timezone,
+                          um_per_pixel=um, scale_source=source)
+
+
+def image_scale(ds: Dataset, default_um_per_pixel: float | None) -> tuple[float | None, str]:
+    """The pixel size of image ``ds`` and where it came from (:func:`dicom.spacing.pixel_size`;
+    without one ``default_um_per_pixel``, from :data:`SCALE_DEFAULT`)."""
+    stated = pixel_size(ds)
+    if stated is not None:
+        return stated.um_per_pixel, stated.source
+    return default_um_per_pixel, SCALE_DEFAULT
+
+
+def predict_each(analyzer: Analyzer, batch: Sequence[list[np.ndarray]],
+                 sizes: Sequence[float | None] | None = None
+                 ) -> list[Sequence[PredictionLike] | Exception]:
+    """The predictions of several images' frames, in one batched prediction over all of them.
+
+    Each item of ``batch`` is one image's frames (:func:`decode_for_analysis`); the answer is
+    that image's predictions. ``sizes`` gives each image's pixel size in µm (None: unknown, the
+    analyzer's default). If the batched prediction fails, each image is predicted alone, so
+    that an image the model cannot take fails alone: its item is then the error.
+    """
+    each = list(sizes) if sizes is not None else [None] * len(batch)
+    frames = [frame for images in batch for frame in images]
+    per_frame = [size for images, size in zip(batch, each) for _ in images]
+    try:
+        predictions = list(analyzer.predict(frames, um_per_pixel=per_frame)) if frames else []
+    except Exception:  # noqa: BLE001 - find which image it was, below
+        predictions = None
+    if predictions is not None and len(predictions) == len(frames):
+        out: list[Sequence[PredictionLike] | Exception] = []
+        start = 0
+        for images in batch:
+            out.append(predictions[start:start + len(images)])
+            start += len(images)
+        return out
+    alone: list[Sequence[PredictionLike] | Exception] = []
+    for images, size in zip(batch, each):
+        try:
+            alone.append(analyzer.predict(images, um_per_pixel=size))
+        except Exception as exc:  # noqa: BLE001 - this image's own error
+            alone.append(exc)
+    return alone
+
+
+def build_analysis(ds: Dataset, images: list[np.ndarray],
+                   predictions: Sequence[PredictionLike], *, algorithm: Algorithm,
+                   review_threshold: float, uid_root: str, demonstration_model: bool = True,
+                   revision: int = 0, supersedes: list[Dataset] | None = None,
+                   field_number: int | None = None,
+                   timezone: dt.tzinfo | None = None, um_per_pixel: float | None = None,
+                   scale_source: str | None = None) -> Analysis:
+    """What the node sends for image ``ds`` given its decoded ``images`` and their
+    ``predictions`` (the arguments as for :func:`analyze_dataset`; ``um_per_pixel`` and
+    ``scale_source`` as :func:`image_scale` gives them)."""
+    combined = combine(predictions, images, review_threshold, um_per_pixel=um_per_pixel,
+                       scale_source=scale_source)
     over = overlay(images[0], combined.masks[0])
     if combined.stage is None or combined.probabilities is None:
         # The quality gate refused it: the sender still gets an answer, saying why.

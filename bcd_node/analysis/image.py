@@ -11,21 +11,24 @@ makes them.
 
 from __future__ import annotations
 
-import io
 import logging
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bcd_node.analysis.builders import Builders, BuildRequest, Built, BuiltObject
 from bcd_node.analysis.context import AnalysisContext, Loaded
 from bcd_node.analysis.findings import (
     Analyzer,
-    analyze_dataset,
+    PredictionLike,
     decode_for_analysis,
+    image_scale,
     non_diagnostic_answer,
+    predict_each,
 )
 from bcd_node.analysis.publish import (
     Output,
@@ -59,18 +62,39 @@ from dicom.stages import Stage
 LOGGER = logging.getLogger(__name__)
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, "PNG", optimize=False, compress_level=3)
-    return buffer.getvalue()
+class Prepared(NamedTuple):
+    """An image read and decoded for its analysis, with what its results need."""
+
+    job: Claimed
+    instance: Instance
+    study: Study
+    patient: Patient
+    dataset: Dataset
+    images: list[np.ndarray]
+    supersedes: list[Dataset]
+    field_number: int
+    #: The image's pixel size in µm and where it came from (findings.image_scale).
+    um_per_pixel: float | None = None
+    scale_source: str | None = None
+
+
+def _identity(made: BuiltObject) -> Dataset:
+    """The SOP Class and Instance UIDs of a built object, as the outbox rows take them."""
+    ds = Dataset()
+    ds.SOPClassUID = made.sop_class_uid
+    ds.SOPInstanceUID = made.sop_instance_uid
+    return ds
 
 
 class ImageAnalysis:
     """The ``analyze`` job: one received image through the warm ``analyzer``."""
 
-    def __init__(self, context: AnalysisContext, analyzer: Analyzer) -> None:
+    def __init__(self, context: AnalysisContext, analyzer: Analyzer,
+                 builders: Builders | None = None) -> None:
         self.context = context
         self.analyzer = analyzer
+        #: Where the outputs are built (default: in this process).
+        self.builders = builders or Builders(0)
 
     def _load(self, job: Claimed) -> Loaded:
         return self.context.load(job.id, job.instance_fk)
@@ -78,8 +102,67 @@ class ImageAnalysis:
     def analyze(self, job: Claimed) -> int | None:
         """Analyse one received image; returns the result id (None when a newer version of the
         image arrived meanwhile: its own job makes the result)."""
+        [(result_id, error)] = self._analyze([job])
+        if error is not None:
+            raise error
+        return result_id
+
+    def analyze_many(self, jobs: list[Claimed]) -> list[Exception | None]:
+        """Analyse several received images with one batched prediction over all of them; each
+        job's results are published in a transaction of its own. Returns each job's error
+        (None: done), in order: a job that fails fails alone."""
+        return [error for _result, error in self._analyze(jobs)]
+
+    def _analyze(self, jobs: list[Claimed]) -> list[tuple[int | None, Exception | None]]:
+        """Read and decode each image, predict all of them at once, build their outputs
+        (:attr:`builders`), write every file and sync their folders once, then publish each
+        job on its own. Returns each job's result id and error."""
+        out: list[tuple[int | None, Exception | None]] = [(None, None)] * len(jobs)
+        ready: list[tuple[int, Prepared]] = []
+        for i, job in enumerate(jobs):
+            try:
+                prepared = self.prepare(job)
+            except Exception as exc:  # noqa: BLE001 - this job's own error
+                out[i] = (None, exc)
+                continue
+            if prepared is not None:
+                ready.append((i, prepared))
+        predictions = predict_each(self.analyzer, [p.images for _, p in ready],
+                                   [p.um_per_pixel for _, p in ready])
+        requests: list[tuple[int, Prepared, BuildRequest]] = []
+        for (i, prepared), predicted in zip(ready, predictions):
+            if isinstance(predicted, Exception):
+                out[i] = (None, predicted)
+            else:
+                requests.append((i, prepared, self._request(prepared, predicted)))
+        built = self.builders.build_all([request for _, _, request in requests])
+        written: list[tuple[int, Prepared, Built]] = []
+        for (i, prepared, _request), made in zip(requests, built):
+            try:
+                if isinstance(made, Exception):
+                    raise made
+                self._write(prepared, made)
+            except Exception as exc:  # noqa: BLE001 - this job's own error
+                out[i] = (None, exc)
+                continue
+            written.append((i, prepared, made))
+        try:  # every new name of the batch made durable at once
+            self.context.store.sync_dirs({self.context.store.path(self._folder(p))
+                                          for _, p, _ in written})
+        except OSError as exc:
+            return [(None, exc) if any(i == j for j, _, _ in written) else item
+                    for i, item in enumerate(out)]
+        for i, prepared, made in written:
+            try:
+                out[i] = (self._publish(prepared, made), None)
+            except Exception as exc:  # noqa: BLE001 - this job's own error
+                out[i] = (None, exc)
+        return out
+
+    def prepare(self, job: Claimed) -> Prepared | None:
+        """The image of ``job`` read and decoded, with what its results need from the
+        database; None when a changed version replaced it (the job is then complete)."""
         ctx = self.context
-        settings = ctx.settings
         inst, _series, study, patient = self._load(job)
         try:
             ds = read_dataset(ctx.store.path(inst.path))
@@ -93,26 +176,45 @@ class ImageAnalysis:
                 return None
             raise PermanentError(f"stored file is not readable: {exc}") from exc
         self._supersede_failure_answer(inst, study)
-        supersedes = self._supersedes(inst, study)
-        analysis = analyze_dataset(ds, self.analyzer, algorithm=ctx.algorithm,
-                                   review_threshold=settings.model.review_threshold,
-                                   uid_root=settings.uids.root,
-                                   demonstration_model=ctx.demonstration_model,
-                                   revision=inst.revision, supersedes=supersedes,
-                                   timezone=settings.web.tzinfo,
-                                   field_number=ctx.field_number(inst, study),
-                                   default_um_per_pixel=settings.model.default_um_per_pixel)
-        combined = analysis.combined
-        folder = DataLayout.instance_results(inst.id, ctx.model_version, inst.revision)
-        outputs: list[Output] = []
-        ctx.store.write(f"{folder}/mask.png", _png(combined.masks[0] * 255))
-        ctx.store.write(f"{folder}/overlay.png", _png(analysis.overlay), sync_dir=True)
-        pdf_rel = None
-        if analysis.objects is not None and analysis.pdf is not None:
-            pdf_rel = f"{folder}/report.pdf"
-            outputs = [Output(kind, dataset, f"{folder}/{kind}.dcm") for kind, dataset in
-                       analysis.objects.by_kind()]
-            write_files(ctx.store, folder, (pdf_rel, analysis.pdf), outputs)
+        um, source = image_scale(ds, ctx.settings.model.default_um_per_pixel)
+        return Prepared(job, inst, study, patient, ds, decode_for_analysis(ds),
+                        self._supersedes(inst, study), ctx.field_number(inst, study), um, source)
+
+    def _request(self, prepared: Prepared, predictions: Sequence[PredictionLike]
+                 ) -> BuildRequest:
+        ctx = self.context
+        return BuildRequest(prepared.dataset, prepared.images, list(predictions),
+                            ctx.algorithm, ctx.settings.model.review_threshold,
+                            ctx.settings.uids.root, ctx.demonstration_model,
+                            prepared.instance.revision, prepared.supersedes,
+                            prepared.field_number, ctx.settings.web.tzinfo,
+                            prepared.um_per_pixel, prepared.scale_source)
+
+    def _folder(self, prepared: Prepared) -> str:
+        inst = prepared.instance
+        return DataLayout.instance_results(inst.id, self.context.model_version, inst.revision)
+
+    def _write(self, prepared: Prepared, built: Built) -> None:
+        """Write the files of ``built`` (each synced; their folder is synced by the caller)."""
+        store, folder = self.context.store, self._folder(prepared)
+        store.write(f"{folder}/mask.png", built.mask_png)
+        store.write(f"{folder}/overlay.png", built.overlay_png)
+        if built.pdf is not None:
+            store.write(f"{folder}/report.pdf", built.pdf)
+        for made in built.objects:
+            store.write(f"{folder}/{made.kind}.dcm", made.data)
+
+    def _publish(self, prepared: Prepared, built: Built) -> int | None:
+        """The result row and its outbox rows, with the job's completion, in one transaction."""
+        ctx = self.context
+        settings = ctx.settings
+        job, inst, study, patient = prepared.job, prepared.instance, prepared.study, \
+            prepared.patient
+        combined = built.combined
+        folder = self._folder(prepared)
+        outputs = [Output(made.kind, _identity(made), f"{folder}/{made.kind}.dcm")
+                   for made in built.objects]
+        pdf_rel = f"{folder}/report.pdf" if built.pdf is not None else None
 
         with ctx.node.session_factory.begin() as session:
             current = session.get(Instance, inst.id)

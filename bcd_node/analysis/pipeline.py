@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from bcd_node import __version__
+from bcd_node.analysis.builders import Builders
 from bcd_node.analysis.context import AnalysisContext
 from bcd_node.analysis.findings import Analyzer
 from bcd_node.analysis.image import ImageAnalysis
@@ -32,11 +33,21 @@ from dicom.errors import DicomError
 LOGGER = logging.getLogger(__name__)
 
 
+def _permanent(error: Exception | None) -> Exception | None:
+    """A builder's refusal (:class:`~dicom.errors.DicomError`) fails the job at once, as in
+    :meth:`Pipeline.run`."""
+    if isinstance(error, DicomError):
+        permanent = PermanentError(f"cannot build the results: {error}")
+        permanent.__cause__ = error
+        return permanent
+    return error
+
+
 class Pipeline:
     """Runs the jobs of one worker process with a warm analyzer."""
 
     def __init__(self, context: NodeContext, analyzer: Analyzer,
-                 demonstration_model: bool = True) -> None:
+                 demonstration_model: bool = True, builders: Builders | None = None) -> None:
         self.context = context
         info = analyzer.model_info
         algorithm = Algorithm(name=str(info["name"]), version=str(info["version"]),
@@ -46,7 +57,7 @@ class Pipeline:
             node=context, algorithm=algorithm, demonstration_model=demonstration_model,
             store=Store(context.settings.storage.data_dir,
                         context.settings.storage.min_free_disk))
-        self.images = ImageAnalysis(shared, analyzer)
+        self.images = ImageAnalysis(shared, analyzer, builders)
         self.summaries = StudySummaries(shared)
         self.verified_reports = VerifiedReports(shared, self.summaries)
         self.lis_reports = LisReports(shared)
@@ -62,6 +73,27 @@ class Pipeline:
             self._dispatch(job)
         except DicomError as exc:
             raise PermanentError(f"cannot build the results: {exc}") from exc
+
+    def run_batch(self, jobs: list[Claimed]) -> list[Exception | None]:
+        """Do ``jobs`` together; returns each one's error (None: done), in order.
+
+        The ``analyze`` jobs share one batched prediction
+        (:meth:`ImageAnalysis.analyze_many`); each job is published in its own transaction and
+        fails alone, with the error :meth:`run` would have raised for it.
+        """
+        images = [job for job in jobs if job.kind is JobKind.ANALYZE]
+        errors: dict[int, Exception | None] = dict(zip(
+            (job.id for job in images), self.images.analyze_many(images) if images else []))
+        for job in jobs:
+            if job.kind is JobKind.ANALYZE:
+                continue
+            try:
+                self._dispatch(job)
+            except Exception as exc:  # noqa: BLE001 - this job's own error
+                errors[job.id] = exc
+            else:
+                errors[job.id] = None
+        return [_permanent(errors[job.id]) for job in jobs]
 
     def _dispatch(self, job: Claimed) -> None:
         if job.kind is JobKind.ANALYZE:

@@ -58,9 +58,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_role(args: argparse.Namespace) -> int:
-    """Run one role."""
+    """Run one role (the worker at a lower CPU priority than the listener)."""
     from bcd_node.node.serve import run
-    return run(settings_for(args), (args.command,))
+    settings = settings_for(args)
+    if args.command == "worker":
+        from bcd_node.node.priority import lower_priority
+
+        lower_priority(settings.workers.niceness)
+    return run(settings, (args.command,))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -51,33 +51,50 @@ class Claimed:
     owner: str
 
 
-def claim(session: Session, owner: str, lease_seconds: float,
-          kinds: tuple[JobKind, ...] | None = None) -> Claimed | None:
-    """Claim the next due job for ``owner``; None when nothing is due. The caller commits."""
-    now = utcnow()
-    due = or_(
+def _due(now: datetime) -> ColumnElement[bool]:
+    return or_(
         and_(Job.state == JobState.QUEUED, Job.next_attempt_at <= now),
         and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now),
     )
-    pick = select(Job.id).where(due, Job.attempts < Job.max_attempts)
+
+
+def claim(session: Session, owner: str, lease_seconds: float,
+          kinds: tuple[JobKind, ...] | None = None) -> Claimed | None:
+    """Claim the next due job for ``owner``; None when nothing is due. The caller commits."""
+    claimed = claim_many(session, owner, lease_seconds, 1, kinds)
+    return claimed[0] if claimed else None
+
+
+def claim_many(session: Session, owner: str, lease_seconds: float, limit: int,
+               kinds: tuple[JobKind, ...] | None = None) -> list[Claimed]:
+    """Claim up to ``limit`` due jobs for ``owner`` in one statement, each with its own lease,
+    in the order they are due; empty when nothing is due. The caller commits."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit!r}")
+    now = utcnow()
+    pick = select(Job.id).where(_due(now), Job.attempts < Job.max_attempts)
     if kinds:
         pick = pick.where(Job.kind.in_(kinds))
-    pick = pick.order_by(Job.next_attempt_at, Job.id).limit(1).with_for_update(skip_locked=True)
-    row = session.execute(
-        update(Job).where(Job.id == pick.scalar_subquery())
+    pick = pick.order_by(Job.next_attempt_at, Job.id).limit(limit).with_for_update(
+        skip_locked=True)
+    rows = session.execute(
+        update(Job).where(Job.id.in_(pick.scalar_subquery()))
         .values(state=JobState.RUNNING, lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
                 attempts=Job.attempts + 1, updated_at=now)
         .returning(Job.id, Job.kind, Job.instance_fk, Job.study_fk, Job.result_fk, Job.attempts,
-                   Job.max_attempts)
+                   Job.max_attempts, Job.next_attempt_at)
         .execution_options(synchronize_session=False)
-    ).first()
-    if row is None:
-        return None
-    LOGGER.debug("job %d (%s) claimed by %s, attempt %d", row.id, row.kind, owner, row.attempts)
-    return Claimed(id=row.id, kind=JobKind(row.kind), instance_fk=row.instance_fk,
-                   study_fk=row.study_fk, result_fk=row.result_fk, attempts=row.attempts,
-                   max_attempts=row.max_attempts, owner=owner)
+    ).all()
+    claimed = []
+    for row in sorted(rows, key=lambda r: (r.next_attempt_at, r.id)):
+        LOGGER.debug("job %d (%s) claimed by %s, attempt %d", row.id, row.kind, owner,
+                     row.attempts)
+        claimed.append(Claimed(id=row.id, kind=JobKind(row.kind), instance_fk=row.instance_fk,
+                               study_fk=row.study_fk, result_fk=row.result_fk,
+                               attempts=row.attempts, max_attempts=row.max_attempts,
+                               owner=owner))
+    return claimed
 
 
 def _fenced(job: Claimed) -> tuple[ColumnElement[bool], ...]:

@@ -7,6 +7,11 @@ line without a traceback (the traceback is at DEBUG); a job that fails for good 
 as a warning, with its reason (and the traceback when the error was not one of the node's own,
 i.e. a bug).
 
+A worker given ``run_batch`` claims up to ``workers.batch_size`` due jobs at once
+(:func:`~bcd_node.jobs.queue.claim_many`) and runs them together (the pipeline predicts their
+images in one batch); each job's outcome is recorded as if it had run alone, so a job that
+fails in a batch fails alone.
+
 The lease of the job in hand is renewed while it runs
 (:class:`~bcd_node.jobs.leases.LeaseKeeper`); a job whose lease passed to another worker is left
 to that one: its results are discarded (the pipeline's fenced completion refuses them), its
@@ -38,14 +43,25 @@ from bcd_node.store.storage import DiskStatus, StorageFullError, disk_status
 LOGGER = logging.getLogger(__name__)
 
 
+#: Runs a batch of claimed jobs: one outcome per job, in order (None: done; else its error).
+RunBatch = Callable[[list[Claimed]], list[Exception | None]]
+
+
 class Workers:
-    """``count`` threads that drain the job queue with ``run(job)``."""
+    """``count`` threads that drain the job queue with ``run(job)``.
+
+    With ``run_batch`` and ``workers.batch_size`` above 1, a thread claims up to that many due
+    jobs at once and hands them to ``run_batch`` together; each job's outcome is then recorded
+    as a job run alone would record it.
+    """
 
     def __init__(self, context: NodeContext, run: Callable[[Claimed], Any], count: int,
                  on_done: Callable[[Claimed, float, str], None] | None = None,
-                 on_failed: Callable[[Claimed], None] | None = None) -> None:
+                 on_failed: Callable[[Claimed], None] | None = None,
+                 run_batch: RunBatch | None = None) -> None:
         self.context = context
         self.run_job = run
+        self.run_batch = run_batch
         self.count = count
         self.on_done = on_done
         self.on_failed = on_failed
@@ -111,12 +127,14 @@ class Workers:
             self.paused = reason
 
     def step(self, owner: str) -> bool:
-        """Claim and run one job; False when none was due (or the workers are paused)."""
+        """Claim and run one job, or a batch of them; False when none was due (or the workers
+        are paused)."""
         disk = self.disk()
         self._set_paused(disk.reason)
         if not disk.ok:
             return False
         s = self.context.settings.workers
+        limit = s.batch_size if self.run_batch is not None else 1
         with self.context.session_factory.begin() as session:
             exhausted = queue.fail_exhausted(session)
         if exhausted:
@@ -126,32 +144,66 @@ class Workers:
                 if self.on_failed is not None:  # claim, so no lease of ours waits on it)
                     self.on_failed(lost)
         with self.context.session_factory.begin() as session:
-            job = queue.claim(session, owner, s.lease_seconds)
-        if job is None:
+            jobs = queue.claim_many(session, owner, s.lease_seconds, limit)
+        if not jobs:
             return False
         started = time.perf_counter()
-        outcome = self._run(job)
+        if len(jobs) == 1 or self.run_batch is None:
+            outcomes = [self._run(job) for job in jobs]
+        else:
+            outcomes = self._run_batch(jobs)
         if self.on_done is not None:
-            self.on_done(job, time.perf_counter() - started, outcome)
+            seconds = (time.perf_counter() - started) / len(jobs)
+            for job, outcome in zip(jobs, outcomes):
+                self.on_done(job, seconds, outcome)
         return True
 
-    def _run(self, job: Claimed) -> str:
-        """Run ``job`` with its lease kept; record the outcome. Returns it (for metrics)."""
+    def _keeper(self, jobs: list[Claimed]) -> LeaseKeeper:
+        """Renews the leases of ``jobs`` while they run (one keeper for a batch: a job whose
+        lease was lost stays lost, its fenced completion refuses its results)."""
         s = self.context.settings.workers
+        held = list(jobs)
 
         def renew() -> bool:
             with self.context.session_factory.begin() as session:
-                return queue.renew(session, job, s.lease_seconds)
+                held[:] = [job for job in held if queue.renew(session, job, s.lease_seconds)]
+            return bool(held)
 
-        what = f"job {job.id} ({job.kind.value})"
+        what = f"job {jobs[0].id}" if len(jobs) == 1 else \
+            f"jobs {', '.join(str(job.id) for job in jobs)}"
+        return LeaseKeeper(renew, s.lease_seconds, what)
+
+    def _run(self, job: Claimed) -> str:
+        """Run ``job`` with its lease kept; record the outcome. Returns it (for metrics)."""
         try:
-            with LeaseKeeper(renew, s.lease_seconds, f"job {job.id}"):
+            with self._keeper([job]):
                 self.run_job(job)
-        except LeaseLostError:
+        except Exception as exc:  # noqa: BLE001 - recorded by kind in _record
+            return self._record(job, exc)
+        return "done"
+
+    def _run_batch(self, jobs: list[Claimed]) -> list[str]:
+        """Run ``jobs`` together with their leases kept; record each one's outcome."""
+        assert self.run_batch is not None
+        try:
+            with self._keeper(jobs):
+                errors = self.run_batch(jobs)
+        except Exception as exc:  # noqa: BLE001 - the batch as a whole failed: each job did
+            errors = [exc] * len(jobs)
+        if len(errors) != len(jobs):
+            raise RuntimeError(f"run_batch gave {len(errors)} outcomes for {len(jobs)} jobs")
+        return [self._record(job, error) if isinstance(error, Exception) else "done"
+                for job, error in zip(jobs, errors)]
+
+    def _record(self, job: Claimed, exc: Exception) -> str:
+        """Record that ``job`` raised ``exc``. Returns the outcome (for metrics)."""
+        s = self.context.settings.workers
+        what = f"job {job.id} ({job.kind.value})"
+        if isinstance(exc, LeaseLostError):
             LOGGER.warning("%s: the lease passed to another worker; this worker's results "
                            "are discarded", what)
             return "lost"
-        except StorageFullError as exc:
+        if isinstance(exc, StorageFullError):
             self._set_paused(str(exc))
             with self.context.session_factory.begin() as session:
                 given_back = queue.release(session, job)
@@ -159,7 +211,7 @@ class Workers:
                 return self._lost(what, f"it is not given back to the queue here: {exc}")
             LOGGER.info("%s given back to the queue: %s", what, exc)
             return "paused"
-        except PermanentError as exc:
+        if isinstance(exc, PermanentError):
             with self.context.session_factory.begin() as session:
                 recorded = queue.fail(session, job, str(exc))
             if not recorded:
@@ -168,25 +220,26 @@ class Workers:
             if self.on_failed is not None:
                 self.on_failed(job)
             return "failed"
-        except Exception as exc:  # noqa: BLE001 - unknown errors are retried, bounded
-            reason = f"{type(exc).__name__}: {exc}"
-            retry = queue.will_retry(job)
-            with self.context.session_factory.begin() as session:
-                recorded = queue.retry_later(session, job, reason, s.retry_delay)
-            if not recorded:
-                return self._lost(what, f"its error is not recorded here: {reason}")
-            if retry:
-                LOGGER.info("%s: attempt %d of %d failed: %s; next attempt in %.0f s", what,
-                            job.attempts, job.max_attempts, reason, s.retry_delay)
-                LOGGER.debug("%s: traceback of attempt %d", what, job.attempts, exc_info=True)
-                return "retry"
-            # A bug (not one of the node's own errors) shows its traceback, once.
-            LOGGER.warning("%s failed after %d attempts: %s", what, job.attempts, reason,
-                           exc_info=not isinstance(exc, BcdError))
-            if self.on_failed is not None:
-                self.on_failed(job)
-            return "failed"
-        return "done"
+        # Unknown errors are retried, bounded.
+        reason = f"{type(exc).__name__}: {exc}"
+        retry = queue.will_retry(job)
+        with self.context.session_factory.begin() as session:
+            recorded = queue.retry_later(session, job, reason, s.retry_delay)
+        if not recorded:
+            return self._lost(what, f"its error is not recorded here: {reason}")
+        if retry:
+            LOGGER.info("%s: attempt %d of %d failed: %s; next attempt in %.0f s", what,
+                        job.attempts, job.max_attempts, reason, s.retry_delay)
+            LOGGER.debug("%s: traceback of attempt %d", what, job.attempts,
+                         exc_info=(type(exc), exc, exc.__traceback__))
+            return "retry"
+        # A bug (not one of the node's own errors) shows its traceback, once.
+        LOGGER.warning("%s failed after %d attempts: %s", what, job.attempts, reason,
+                       exc_info=(type(exc), exc, exc.__traceback__)
+                       if not isinstance(exc, BcdError) else None)
+        if self.on_failed is not None:
+            self.on_failed(job)
+        return "failed"
 
     @staticmethod
     def _lost(what: str, consequence: str) -> str:

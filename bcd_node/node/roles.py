@@ -48,6 +48,7 @@ def start_intake(context: NodeContext) -> tuple[Component, Stopper]:
 
 def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
     """The analysis workers in this process, with the model loaded here (its component too)."""
+    from bcd_node.analysis.builders import Builders
     from bcd_node.analysis.pipeline import Pipeline
     from bcd_node.inference.loader import WeightsError
     from bcd_node.inference.predictor import Predictor
@@ -76,7 +77,8 @@ def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
     context.components["model"] = Component(
         "model", True, f"{info['name']} {info['version']} (width {info['width']}, "
                        f"{info['precision']}){note}")
-    pipeline = Pipeline(context, predictor, demonstration_model=demo)
+    builders = Builders(context.settings.workers.output_builders)
+    pipeline = Pipeline(context, predictor, demonstration_model=demo, builders=builders)
     metrics: Metrics = context.metrics
 
     def on_done(_job: Claimed, seconds: float, outcome: str) -> None:
@@ -84,7 +86,7 @@ def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
         metrics.inference_seconds.observe(seconds)
 
     workers = Workers(context, pipeline.run, count, on_done=on_done,
-                      on_failed=pipeline.job_failed).start()
+                      on_failed=pipeline.job_failed, run_batch=pipeline.run_batch).start()
     context.workers = workers
     context.wake_workers = workers.wake
     # Listener processes on this machine wake the workers when they queue jobs.
@@ -101,6 +103,7 @@ def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
         if waker is not None:
             waker.close()
         workers.stop()
+        builders.close()
 
     return Component("workers", True, f"{count} analysis worker(s)", workers.alive), stop
 

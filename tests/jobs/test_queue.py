@@ -110,3 +110,37 @@ def test_a_worker_that_lost_its_lease_does_not_publish(ctx) -> None:
         assert not queue.fail(s, stale, "stale")
     job = job_row(ctx, job_id)
     assert (job.state, job.lease_owner) == (JobState.RUNNING, "fresh-worker")
+
+
+def _claim_many_in_turns(ctx: NodeContext) -> None:
+    ids = [add_job(ctx) for _ in range(5)]
+    with ctx.session_factory.begin() as s:
+        first = queue.claim_many(s, "worker-a", 30, 3)
+    with ctx.session_factory.begin() as s:
+        second = queue.claim_many(s, "worker-b", 30, 3)
+    with ctx.session_factory.begin() as s:
+        assert queue.claim_many(s, "worker-c", 30, 3) == []
+    # In the order they are due; each job to one owner, with a lease of its own.
+    assert [job.id for job in first] == ids[:3] and [job.id for job in second] == ids[3:]
+    assert {job.owner for job in first} == {"worker-a"}
+    assert all(job_row(ctx, job.id).lease_owner == job.owner for job in first + second)
+    with ctx.session_factory.begin() as s:
+        assert queue.complete(s, first[1])
+    assert [job_row(ctx, i).state for i in ids] == [JobState.RUNNING, JobState.DONE] + \
+        [JobState.RUNNING] * 3
+
+
+def test_claim_many_leases_each_due_job_to_one_owner(ctx) -> None:
+    _claim_many_in_turns(ctx)
+
+
+@pytest.mark.integration  # PostgreSQL: FOR UPDATE SKIP LOCKED under a LIMIT
+def test_claim_many_on_postgres(write_config, postgres_url) -> None:
+    from bcd_node.runtime import open_node
+    from bcd_node.settings import load_settings
+
+    context = open_node(load_settings(write_config(database_url=postgres_url)))
+    try:
+        _claim_many_in_turns(context)
+    finally:
+        context.engine.dispose()

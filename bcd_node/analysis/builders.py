@@ -1,0 +1,151 @@
+"""Building an image's outputs, in the worker process or in a pool of processes.
+
+Building what the node sends for an image (the PDF report, the SEG, SR and Encapsulated PDF
+as Part 10 bytes, the console's mask and overlay pictures) is pure CPU work on data the worker
+already holds: it needs no database, no file and no model. :func:`build` does it for one image
+from its decoded pixels and predictions and returns bytes. :class:`Builders` runs it either in
+the calling process (``workers.output_builders = 0``) or in that many processes of a pool, so
+that building scales with the machine's cores while the worker's process keeps the model (on a
+GPU: one process feeds the accelerator, several CPUs build). The bytes are the same either way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+
+from bcd_node.analysis.findings import Combined, build_analysis
+from bcd_node.analysis.publish import dicom_bytes
+from dicom.algorithm import Algorithm
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What :func:`build` needs of one image (all of it picklable)."""
+
+    dataset: Dataset
+    images: list[np.ndarray]
+    predictions: Sequence[Any]
+    algorithm: Algorithm
+    review_threshold: float
+    uid_root: str
+    demonstration_model: bool
+    revision: int
+    supersedes: list[Dataset]
+    field_number: int
+    #: The time zone the PDF report shows times in (``web.timezone``).
+    timezone: dt.tzinfo | None = None
+    #: The image's pixel size in µm and where it came from (findings.image_scale).
+    um_per_pixel: float | None = None
+    scale_source: str | None = None
+
+
+@dataclass(frozen=True)
+class BuiltObject:
+    """One DICOM object for PACS: its kind (``seg``, ``sr``, ``pdf``), identity and file."""
+
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Built:
+    """What was built for one image: its findings, pictures, PDF and DICOM objects (none, or
+    the diagnostic SEG, SR and PDF, or the non-diagnostic SR and PDF)."""
+
+    combined: Combined
+    mask_png: bytes
+    overlay_png: bytes
+    pdf: bytes | None
+    objects: tuple[BuiltObject, ...]
+
+
+def png(array: np.ndarray) -> bytes:
+    """``array`` as a PNG (deflate level 1: the console's pictures, written once per image)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG", optimize=False, compress_level=1)
+    return buffer.getvalue()
+
+
+def build(request: BuildRequest) -> Built:
+    """Build the outputs of one image (:func:`~bcd_node.analysis.findings.build_analysis`)
+    and serialise them."""
+    analysis = build_analysis(request.dataset, request.images, request.predictions,
+                              algorithm=request.algorithm,
+                              review_threshold=request.review_threshold,
+                              uid_root=request.uid_root,
+                              demonstration_model=request.demonstration_model,
+                              revision=request.revision, supersedes=request.supersedes,
+                              field_number=request.field_number, timezone=request.timezone,
+                              um_per_pixel=request.um_per_pixel,
+                              scale_source=request.scale_source)
+    objects: tuple[BuiltObject, ...] = ()
+    if analysis.objects is not None and analysis.pdf is not None:
+        objects = tuple(BuiltObject(kind, str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                                    dicom_bytes(ds)) for kind, ds in analysis.objects.by_kind())
+    combined = analysis.combined
+    return Built(combined, png(combined.masks[0] * 255), png(analysis.overlay),
+                 analysis.pdf if objects else None, objects)
+
+
+class Builders:
+    """Builds outputs in this process (``processes`` 0) or in a pool of that many processes.
+
+    The pool's processes are started (``spawn``: never a fork of a process that holds a model
+    and its threads) when the first image is built, and each imports only what building needs.
+    """
+
+    def __init__(self, processes: int = 0) -> None:
+        if processes < 0:
+            raise ValueError(f"processes must be >= 0, got {processes!r}")
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+
+    def build_all(self, requests: Sequence[BuildRequest]) -> list[Built | Exception]:
+        """Build each request; an image whose building fails gets its error, the others
+        their outputs (in order)."""
+        if not self.processes or len(requests) == 0:
+            return [_attempt(request) for request in requests]
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.processes,
+                                             mp_context=multiprocessing.get_context("spawn"))
+            LOGGER.info("outputs are built in %d processes", self.processes)
+        futures: list[Future[Built]] = [self._pool.submit(build, r) for r in requests]
+        out: list[Built | Exception] = []
+        for future in futures:
+            try:
+                out.append(future.result())
+            except BrokenProcessPool as exc:  # a builder died (killed, out of memory)
+                out.append(exc)
+                self._pool = None  # the next batch gets a new pool
+            except Exception as exc:  # noqa: BLE001 - this image's own error
+                out.append(exc)
+        return out
+
+    def close(self) -> None:
+        """Stop the pool's processes (after the images in hand)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _attempt(request: BuildRequest) -> Built | Exception:
+    try:
+        return build(request)
+    except Exception as exc:  # noqa: BLE001 - this image's own error
+        return exc

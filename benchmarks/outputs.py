@@ -1,0 +1,124 @@
+"""Output-building benchmark: median time to build each result object of one image.
+
+Builds, for 512 x 512 synthetic smears, what the worker builds per image: the PDF report
+(reportlab), the SEG, the SR (TID 1500) and the Encapsulated PDF, and prints the median wall
+and CPU time of each. For the SR it also builds, in the same run and on the same inputs, the
+document with highdicom's own Comprehensive 3D SR constructor (the reference the node's
+document class is tested against, ``tests/dicom/test_srdocument.py``), and prints the ratio:
+on a shared machine the absolute figures move with the load, the ratio much less.
+
+Reproduce with::
+
+    .venv/bin/python benchmarks/outputs.py                 # 30 images after 3 warm-up ones
+    .venv/bin/python benchmarks/outputs.py --images 100 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _timed(call: Callable[[], Any]) -> tuple[Any, float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = call()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.images < 1 or args.warmup < 0:
+        parser.error("--images must be at least 1 and --warmup at least 0")
+
+    import highdicom as hd
+    import numpy as np
+
+    import dicom.sr
+    from bcd_node.analysis import findings as F
+    from bcd_node.db.models import utcnow
+    from bcd_node.inference.spec import CLASSES
+    from bcd_node.inference.synth import generate_field, patient_params
+    from bcd_node.report.pdf import render_report
+    from dicom.algorithm import Algorithm
+    from dicom.derivation import derivation_source
+    from dicom.dicomize import dicomize
+    from dicom.encapsulated import build_encapsulated_pdf
+    from dicom.seg import build_segmentation
+    from dicom.sr import Findings, build_sr
+    from dicom.srdocument import Comprehensive3DSRDocument
+
+    algorithm = Algorithm(name="bcd-vgg16-unet", version="benchmark", software_version="bench")
+    times: dict[str, list[tuple[float, float]]] = {}
+
+    def record(name: str, call: Callable[[], Any], keep: bool) -> Any:
+        out, wall, cpu = _timed(call)
+        if keep:
+            times.setdefault(name, []).append((wall, cpu))
+        return out
+
+    for i in range(args.warmup + args.images):
+        keep = i >= args.warmup
+        stage = CLASSES[i % 4]
+        image, mask, _ = generate_field(100 + i, stage,
+                                        patient_params(np.random.default_rng(i)), size=args.size)
+        ds = dicomize(image, patient_id=f"BENCH-{i}", patient_name="Bench^Mark",
+                      specimen_id=f"S{i}", stain="Wright-Giemsa")
+        mask = np.asarray(mask, dtype=np.uint8)
+        probabilities = {name: (0.7 if name == stage else 0.1) for name in CLASSES}
+        combined = F.Combined(stage, probabilities, 3, float(mask.mean()), mask[None],
+                              {"status": "ok"}, False)
+        over = F.overlay(image, mask)
+        data = F.report_data(ds, image, over, combined, algorithm=algorithm,
+                             demonstration_model=True, created_at=utcnow())
+        pdf = record("PDF report (reportlab)", lambda: render_report(data), keep)
+        source = derivation_source(ds, algorithm.texts)
+        seg = record("SEG", lambda: build_segmentation(source, mask, algorithm=algorithm), keep)
+        findings = Findings(stage=stage, probabilities=probabilities, blast_count=3,
+                            blast_area_fraction=float(mask.mean()), quality_ok=True)
+        record("SR", lambda: build_sr(source, seg, findings, algorithm=algorithm), keep)
+        dicom.sr.Comprehensive3DSRDocument = hd.sr.Comprehensive3DSR  # type: ignore[misc]
+        try:
+            record("SR, highdicom's constructor (reference)",
+                   lambda: build_sr(source, seg, findings, algorithm=algorithm), keep)
+        finally:
+            dicom.sr.Comprehensive3DSRDocument = Comprehensive3DSRDocument  # type: ignore[misc]
+        record("Encapsulated PDF", lambda: build_encapsulated_pdf(source, pdf,
+                                                                  algorithm=algorithm), keep)
+
+    medians = {name: {"wall_ms": round(statistics.median(w for w, _ in v) * 1000, 1),
+                      "cpu_ms": round(statistics.median(c for _, c in v) * 1000, 1)}
+               for name, v in times.items()}
+    ratio = (medians["SR"]["cpu_ms"]
+             / max(medians["SR, highdicom's constructor (reference)"]["cpu_ms"], 1e-9))
+    report = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
+              "images": args.images, "size": args.size, "medians": medians,
+              "sr_cpu_ratio_to_reference": round(ratio, 2),
+              "targets_ms": {"SR": 20, "PDF report (reportlab)": 30}}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"output building, {args.images} images of {args.size}x{args.size}, "
+          f"{report['machine']} (medians per image):")
+    for name, m in medians.items():
+        print(f"  {name:<42} {m['wall_ms']:7.1f} ms wall {m['cpu_ms']:7.1f} ms CPU")
+    print(f"  SR / reference (CPU, same run): {ratio:.2f}")
+    print("reproduce: .venv/bin/python benchmarks/outputs.py " + " ".join(sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

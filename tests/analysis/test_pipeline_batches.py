@@ -1,0 +1,157 @@
+"""A worker's batch of jobs (workers.batch_size): one batched prediction over the images of all
+its jobs, their outputs built in a pool of processes (workers.output_builders), each job
+published in its own transaction; a job that fails in a batch fails alone, and a job's results
+are the same whether it ran alone (built in the worker) or in a batch (built in the pool)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from bcd_node.analysis.builders import Builders
+from bcd_node.analysis.pipeline import Pipeline
+from bcd_node.db.models import Instance, Job, JobKind, JobState, Result
+from bcd_node.intake.intake import Intake
+from bcd_node.jobs.workers import Workers
+from bcd_node.runtime import NodeContext, open_node
+from bcd_node.settings import load_settings
+from tests.support.images import vl_micro_bytes
+from tests.support.jobs import drain
+
+IMAGES = [vl_micro_bytes(seed) for seed in range(4)]
+
+
+class Counting:
+    """The real predictor, counting its calls; it refuses (ValueError) any call that holds an
+    image whose top-left pixel is ``refuse``, as a model that cannot take that image would."""
+
+    def __init__(self, predictor: Any, refuse: tuple[int, int, int] | None = None) -> None:
+        self.predictor = predictor
+        self.refuse = refuse
+        self.calls: list[int] = []
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        return dict(self.predictor.model_info)
+
+    def predict(self, images: list[np.ndarray], um_per_pixel=None) -> list[Any]:
+        self.calls.append(len(images))
+        if self.refuse is not None and any(tuple(img[0, 0]) == self.refuse for img in images):
+            raise ValueError("the model cannot take this image")
+        return list(self.predictor.predict(images, um_per_pixel))
+
+
+def _node(write_config: Callable[..., Path], tmp_path: Path, name: str,
+          batch_size: int) -> NodeContext:
+    config = write_config(f"[workers]\nbatch_size = {batch_size}\nmax_attempts = 2\n"
+                          "retry_delay = 3600\n", data_dir=tmp_path / name,
+                          name=f"{name}.toml")
+    context = open_node(load_settings(config))
+    with Intake(context) as intake:
+        for data in IMAGES:
+            intake.accept(data, calling_ae="SCANNER")
+    return context
+
+
+@pytest.fixture
+def nodes(write_config: Callable[..., Path], tmp_path: Path) -> Iterator[dict[str, NodeContext]]:
+    made = {"alone": _node(write_config, tmp_path, "alone", 1),
+            "batch": _node(write_config, tmp_path, "batch", 8)}
+    yield made
+    for context in made.values():
+        context.engine.dispose()
+
+
+def _workers(context: NodeContext, analyzer: Any, builders: Builders | None = None) -> Workers:
+    pipeline = Pipeline(context, analyzer, builders=builders)
+    return Workers(context, pipeline.run, 0, on_failed=pipeline.job_failed,
+                   run_batch=pipeline.run_batch)
+
+
+def _jobs(context: NodeContext) -> dict[str, Job]:
+    """The analyze jobs by their image's SOP Instance UID."""
+    with context.session_factory() as s:
+        rows = s.execute(select(Instance.sop_instance_uid, Job).join(
+            Job, Job.instance_fk == Instance.id).where(Job.kind == JobKind.ANALYZE)).all()
+    return {uid: job for uid, job in rows}
+
+
+def _uids(path: Path) -> list[str]:
+    """Every UID of a DICOM file, in the order of the file."""
+    ds = pydicom.dcmread(path)
+    return [str(e.value) for e in ds.iterall() if e.VR == "UI"]
+
+
+def _results(context: NodeContext) -> dict[str, dict[str, Any]]:
+    """What each image's results are, by its SOP Instance UID (the moments of building left
+    out): stage, probabilities, mask and every UID of its SEG, SR and Encapsulated PDF."""
+    data = Path(context.settings.storage.data_dir)
+    out = {}
+    with context.session_factory() as s:
+        for uid, result in s.execute(select(Instance.sop_instance_uid, Result).join(
+                Result, Result.instance_fk == Instance.id)).all():
+            folder = data / Path(result.pdf_path or "").parent
+            seg = pydicom.dcmread(folder / "seg.dcm")
+            out[uid] = {
+                "stage": result.stage, "probabilities": result.probabilities,
+                "blasts": (result.blast_count, result.blast_area_fraction),
+                "mask": (data / str(result.mask_path)).read_bytes(),
+                "seg pixels": seg.PixelData,
+                "uids": {kind: _uids(folder / f"{kind}.dcm") for kind in ("seg", "sr", "pdf")},
+                "outputs": (result.seg_sop_instance_uid, result.sr_sop_instance_uid,
+                            result.pdf_sop_instance_uid),
+            }
+    return out
+
+
+@pytest.mark.parametrize("builders", [0, pytest.param(2, marks=pytest.mark.slow)],
+                         ids=["built in the worker", "built in a pool"])
+def test_jobs_in_a_batch_share_one_prediction_and_give_what_they_give_alone(
+        nodes: dict[str, NodeContext], predictor: Any, builders: int) -> None:
+    alone, batch = Counting(predictor), Counting(predictor)
+    assert drain(_workers(nodes["alone"], alone)) == len(IMAGES)
+    pool = Builders(builders)  # 2: the batch's outputs built in two other processes
+    try:
+        assert drain(_workers(nodes["batch"], batch, pool)) == 1
+    finally:
+        pool.close()
+    assert alone.calls == [1] * len(IMAGES)
+    assert batch.calls == [len(IMAGES)]  # one batched prediction over the four images
+
+    for context in nodes.values():
+        assert {job.state for job in _jobs(context).values()} == {JobState.DONE}
+    by_alone, by_batch = _results(nodes["alone"]), _results(nodes["batch"])
+    assert len(by_alone) == len(IMAGES)
+    assert by_batch == by_alone  # UIDs byte for byte, stage, probabilities, masks
+
+
+def test_a_job_that_fails_in_a_batch_fails_alone(nodes: dict[str, NodeContext],
+                                                 predictor: Any) -> None:
+    context = nodes["batch"]
+    jobs = _jobs(context)
+    [broken, refused, *fine] = sorted(jobs)
+    data = Path(context.settings.storage.data_dir)
+    with context.session_factory() as s:
+        paths = dict(s.execute(select(Instance.sop_instance_uid, Instance.path)).all())
+    (data / paths[broken]).write_bytes(b"not DICOM any more")  # its disk went bad
+    refused_pixel = tuple(pydicom.dcmread(data / paths[refused]).pixel_array[0, 0].tolist())
+    analyzer = Counting(predictor, refuse=refused_pixel)
+
+    assert _workers(context, analyzer).step("test-worker")
+
+    after = _jobs(context)
+    assert after[broken].state == JobState.FAILED  # bad input: failed at once
+    assert "stored file is not readable" in str(after[broken].last_error)
+    assert after[refused].state == JobState.QUEUED  # the model's error: tried again later
+    assert after[refused].last_error == "ValueError: the model cannot take this image"
+    assert {after[uid].state for uid in fine} == {JobState.DONE}
+    # The batch was predicted once; when it failed, each image alone, so only one failed.
+    assert analyzer.calls == [3, 1, 1, 1]
+    results = _results(context)
+    assert set(results) == set(fine)
+    assert all(r["stage"] is not None for r in results.values())
