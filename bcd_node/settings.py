@@ -198,6 +198,10 @@ class ModelSettings:
     precision: str = "auto"
     threads: int = 0
     batch_size: int = 8
+    # µm per pixel of an input that states no pixel size (PNG/JPEG without one, DICOM without
+    # Pixel Spacing); results made with it are marked "scale unknown". The bundled model's
+    # training resolution.
+    default_um_per_pixel: float = 0.25
 
 
 def display_zone(name: str) -> dt.tzinfo:
@@ -667,6 +671,9 @@ def _validate(s: Settings) -> None:
         raise SettingsError("model.threads", m.threads, "must be 0 (automatic) to 1024")
     if not 1 <= m.batch_size <= 1024:
         raise SettingsError("model.batch_size", m.batch_size, "must be 1-1024")
+    if not 0.02 <= m.default_um_per_pixel <= 50.0:
+        raise SettingsError("model.default_um_per_pixel", m.default_um_per_pixel,
+                            "must be a pixel size of 0.02-50 µm")
 
     _check_host("web.host", s.web.host)
     _check_port("web.port", s.web.port)

@@ -25,6 +25,9 @@ __all__ = [
     "coding_scheme_identification",
     "STAGE_FINDING",
     "REVIEWED_STAGE_FINDING",
+    "REVIEW_REASON",
+    "REVIEW_REASONS",
+    "review_reason_code",
     "BLAST_CELL",
     "CELL",
     "BLAST_COUNT",
@@ -169,6 +172,32 @@ STAGE_FINDING = _private("BCD-STAGE", "Blood smear acute lymphoblastic leukaemia
 REVIEWED_STAGE_FINDING = _private(
     "BCD-STAGE-REV", "Blood smear acute lymphoblastic leukaemia stage, reviewed"
 )
+#: Concept name of a reason why the algorithm's result needs a doctor's review.
+REVIEW_REASON = _private("BCD-REVIEW", "Reason the result needs review")
+#: The reasons, by the text the node records on a result.
+REVIEW_REASONS = {
+    "low confidence": _private("REVIEW-LOWCONF", "Low confidence"),
+    "unlike the training data": _private("REVIEW-OOD", "Unlike the training data"),
+    "scale unknown": _private("REVIEW-SCALE", "Scale unknown"),
+}
+
+
+def review_reason_code(reason: str) -> CodedConcept:
+    """The coded value of a review reason ("low confidence", "unlike the training data",
+    "scale unknown").
+
+    Raises
+    ------
+    DicomValidationError
+        The reason is none of these.
+    """
+    try:
+        return REVIEW_REASONS[reason]
+    except (KeyError, TypeError):
+        raise DicomValidationError(f"review reason must be one of {sorted(REVIEW_REASONS)}, got "
+                                   f"{reason!r}") from None
+
+
 #: Segmented property type modifier of the SEG segment and finding type of the SR's blast group.
 BLAST_CELL = _private("BLAST-CELL", "Blast cell")
 #: Segmented property type of the SEG segment (SNOMED CT "Cell", CID 8135 Microscopy Annotation
@@ -198,6 +227,7 @@ _QUALITY_FLAGS = {
     "too_blurred": _private("Q-BLURRED", "Image out of focus"),
     "too_dark": _private("Q-TOO-DARK", "Image too dark"),
     "too_bright": _private("Q-TOO-BRIGHT", "Image too bright"),
+    "low_contrast": _private("Q-LOW-CONTRAST", "Image contrast too low"),
     "not_a_smear": _private("Q-NOT-SMEAR", "Not a stained blood smear"),
 }
 _QUALITY_OTHER = _private("Q-OTHER", "Other image quality problem")

@@ -20,6 +20,7 @@ from pydicom.valuerep import PersonName
 
 from dicom import codes, sop, uids
 from dicom.errors import DicomValidationError
+from dicom.spacing import spacing_mm
 
 __all__ = ["dicomize"]
 
@@ -120,6 +121,7 @@ def dicomize(
     manufacturer: str = "bcd-node",
     software_version: str | None = None,
     lossy_source: bool = False,
+    pixel_spacing_um: float | None = None,
     now: dt.datetime | None = None,
 ) -> Dataset:
     """Build a VL Microscopic Image (or Secondary Capture Image) from an RGB array.
@@ -158,6 +160,9 @@ def dicomize(
         Software Versions of the converting equipment.
     lossy_source : bool, optional
         Whether the upload was lossy compressed (JPEG): sets Lossy Image Compression ``01``.
+    pixel_spacing_um : float, optional
+        The physical size of a pixel in the specimen, in µm: written as Pixel Spacing (mm), so
+        that an analysis knows the scale (:func:`dicom.spacing.pixel_size`).
     now : datetime.datetime, optional
         Content date and time (default: now).
 
@@ -194,6 +199,7 @@ def dicomize(
             "(secondary_capture=True, --secondary-capture)"
         )
     root = uids.validate_root(uid_root)
+    spacing = None if pixel_spacing_um is None else spacing_mm(pixel_spacing_um)
     now = now or dt.datetime.now()
 
     sop_class = sop.SECONDARY_CAPTURE_IMAGE if secondary_capture else sop.VL_MICROSCOPIC_IMAGE
@@ -273,6 +279,8 @@ def dicomize(
     ds.HighBit = 7
     ds.PixelRepresentation = 0
     ds.PixelData = pixels.tobytes()
+    if spacing is not None:
+        ds.PixelSpacing = spacing
 
     if not secondary_capture:
         _add_specimen(ds, container, stain_text, root)

@@ -48,6 +48,7 @@ FLAG_TEXT = {
     "too_blurred": "the image is out of focus (too blurred)",
     "too_dark": "the image is too dark",
     "too_bright": "the image is too bright (over-exposed)",
+    "low_contrast": "the image's contrast is too low to read",
     "not_a_smear": "the image does not look like a stained blood smear",
 }
 _MAX_REASON = 1024

@@ -80,6 +80,9 @@ class Findings:
         Fraction of the image area covered by blast cells, in [0, 1].
     quality_ok : bool
         Whether the image passed the quality checks (focus, exposure, stain).
+    review_reasons : Sequence[str], optional
+        Why the result needs review (:data:`dicom.codes.REVIEW_REASONS`): written as coded
+        evaluations (BCD-REVIEW, 99BCD) of the classification.
     """
 
     stage: Stage | str
@@ -87,6 +90,7 @@ class Findings:
     blast_count: int
     blast_area_fraction: float
     quality_ok: bool
+    review_reasons: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         codes.stage_code(self.stage)  # raises on an unknown stage
@@ -121,6 +125,12 @@ class Findings:
             raise DicomValidationError(f"blast_area_fraction must be in [0, 1], got {fraction!r}")
         if not isinstance(self.quality_ok, bool):
             raise TypeError(f"quality_ok must be a bool, got {self.quality_ok!r}")
+        if isinstance(self.review_reasons, str):
+            raise TypeError(f"review_reasons must be a sequence of reasons, got "
+                            f"{self.review_reasons!r}")
+        for reason in self.review_reasons:
+            codes.review_reason_code(reason)  # raises on an unknown reason
+        object.__setattr__(self, "review_reasons", tuple(self.review_reasons))
 
 
 @dataclass(frozen=True)
@@ -419,6 +429,10 @@ def build_sr(
             codes.IMAGE_QUALITY,
             codes.QUALITY_ADEQUATE if findings.quality_ok else codes.QUALITY_LIMITED,
         ),
+    ]
+    evaluations += [
+        hd.sr.QualitativeEvaluation(codes.REVIEW_REASON, codes.review_reason_code(reason))
+        for reason in findings.review_reasons
     ]
     if verification is not None:
         evaluations.append(

@@ -113,6 +113,8 @@ def test_settings_are_frozen() -> None:
     ({"model": {"weights": "/nonexistent/model.json"}}, {}, "model.weights"),
     ({"model": {"precision": "fp8"}}, {}, "model.precision"),
     ({"model": {"review_threshold": 1.5}}, {}, "model.review_threshold"),
+    ({"model": {"default_um_per_pixel": 0.0}}, {}, "model.default_um_per_pixel"),
+    ({"model": {"default_um_per_pixel": "small"}}, {}, "model.default_um_per_pixel"),
     ({"workers": {"batch_size": 0}}, {}, "workers.batch_size"),
     ({"workers": {"niceness": 20}}, {}, "workers.niceness"),
     ({"workers": {"output_builders": -1}}, {}, "workers.output_builders"),

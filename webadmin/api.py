@@ -110,6 +110,8 @@ def _result_json(r: Result, *, numbers: dict[int, int] | None = None) -> dict[st
             "corrected_blast_count": (corrected_blast_count(session, r)
                                       if r.instance_fk is not None else None),
             "quality": r.quality, "needs_review": r.needs_review,
+            "review_reasons": list(r.review_reasons or ()), "um_per_pixel": r.um_per_pixel,
+            "scale_source": r.scale_source,
             "verification": r.verification, "verified_stage": r.verified_stage,
             "corrected": r.verification != VerificationState.UNVERIFIED
             and r.verified_stage != r.stage,

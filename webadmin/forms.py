@@ -8,6 +8,7 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import (
     DateField,
+    FloatField,
     IntegerField,
     PasswordField,
     SelectField,
@@ -132,6 +133,11 @@ class UploadForm(FlaskForm):
                               description="Makes it a VL Microscopic Image")
     stain = StringField("Stain", validators=[Optional(), Length(max=64)],
                         description="e.g. May-Grünwald-Giemsa")
+    # PNG/JPEG only (a DICOM file states its own); prefilled by the view with
+    # [model] default_um_per_pixel. Empty: unknown, and the result says "scale unknown".
+    um_per_pixel = FloatField("Pixel size (µm)", validators=[
+        Optional(), NumberRange(min=0.02, max=50)],
+        description="Of the camera at this objective; empty if unknown")
 
 
 class UserCreateForm(FlaskForm):

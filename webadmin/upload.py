@@ -71,6 +71,8 @@ def _received_message(accepted: Any) -> str:
 def index() -> Any:
     """Upload an image for analysis."""
     form = UploadForm()
+    if not form.is_submitted():
+        form.um_per_pixel.data = node().settings.model.default_um_per_pixel
     if form.validate_on_submit():
         storage = form.image.data
         filename = (storage.filename or "upload").rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
@@ -107,6 +109,8 @@ def index() -> Any:
                 "study_description": (form.description.data or "").strip(),
                 "specimen_id": (form.specimen_id.data or "").strip(),
                 "stain": (form.stain.data or "").strip(),
+                "um_per_pixel": "" if form.um_per_pixel.data is None
+                else f"{form.um_per_pixel.data:g}",
             }
             try:
                 with upload_budget().reserve(upload_memory(data),

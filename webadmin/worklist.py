@@ -26,6 +26,7 @@ from flask_login import current_user
 from sqlalchemy import func, or_, select
 from werkzeug.exceptions import HTTPException
 
+from bcd_node.analysis.findings import scale_text
 from bcd_node.db.models import (
     Instance,
     Patient,
@@ -163,7 +164,17 @@ def warnings_for(result: Result) -> list[str]:
     if quality.get("flags") and quality.get("status") != "insufficient":
         out.append("Quality flags: " + ", ".join(str(f).replace("_", " ")
                                                  for f in quality["flags"]) + ".")
-    if result.needs_review and result.stage is not None and not (
+    reasons = [r for r in result.review_reasons or () if r != "low confidence"]
+    if result.stage is not None and "unlike the training data" in reasons:
+        out.append("Unlike the training data: this image differs from what the model learnt "
+                   "from (another scanner, stain, magnification or focus?); its finding is less "
+                   "reliable than the confidence suggests.")
+    if result.stage is not None and "scale unknown" in reasons:
+        scale = scale_text(result.um_per_pixel, None)
+        out.append("Scale unknown: the image states no pixel size"
+                   + (f"; it was taken as {scale}" if scale else "")
+                   + ". Cells at another magnification are misjudged.")
+    if result.needs_review and result.stage is not None and not reasons and not (
             result.confidence is not None and result.confidence < threshold):
         out.append("Flagged for review by the pipeline.")
     return out

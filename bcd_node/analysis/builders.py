@@ -51,6 +51,9 @@ class BuildRequest:
     field_number: int
     #: The time zone the PDF report shows times in (``web.timezone``).
     timezone: dt.tzinfo | None = None
+    #: The image's pixel size in µm and where it came from (findings.image_scale).
+    um_per_pixel: float | None = None
+    scale_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,9 @@ def build(request: BuildRequest) -> Built:
                               uid_root=request.uid_root,
                               demonstration_model=request.demonstration_model,
                               revision=request.revision, supersedes=request.supersedes,
-                              field_number=request.field_number, timezone=request.timezone)
+                              field_number=request.field_number, timezone=request.timezone,
+                              um_per_pixel=request.um_per_pixel,
+                              scale_source=request.scale_source)
     objects: tuple[BuiltObject, ...] = ()
     if analysis.objects is not None and analysis.pdf is not None:
         objects = tuple(BuiltObject(kind, str(ds.SOPClassUID), str(ds.SOPInstanceUID),

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 
 from bcd_node.db.models import utcnow
 from bcd_node.errors import PermanentError
+from bcd_node.inference.spec import REASON_LOW_CONFIDENCE, REASON_SCALE_UNKNOWN
 from bcd_node.report.pdf import NotAnalysedData, ReportData, render_not_analysed, render_report
 from dicom import describe
 from dicom.algorithm import Algorithm
@@ -33,6 +34,7 @@ from dicom.outputs import (
 )
 from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_dataset
 from dicom.sop import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
+from dicom.spacing import pixel_size
 from dicom.sr import Findings
 
 OVERLAY_COLOUR = np.array([255, 0, 64], np.float32)
@@ -72,7 +74,13 @@ class Analyzer(Protocol):
     @property
     def model_info(self) -> dict[str, Any]: ...
 
-    def predict(self, images: list[np.ndarray]) -> Sequence[PredictionLike]: ...
+    def predict(self, images: list[np.ndarray],
+                um_per_pixel: float | Sequence[float | None] | None = None
+                ) -> Sequence[PredictionLike]: ...
+
+
+#: ``Combined.scale_source`` when the image stated no pixel size.
+SCALE_DEFAULT = "default"
 
 
 @dataclass(frozen=True)
@@ -90,13 +98,20 @@ class Combined:
     #: analyzer gives it, and the fewest pixels of a blast there (for the cells).
     probability: np.ndarray | None = None
     min_blast_area: int = 1
+    review_reasons: tuple[str, ...] = ()
+    um_per_pixel: float | None = None
+    scale_source: str | None = None
 
 
 def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
-            review_threshold: float) -> Combined:
+            review_threshold: float, *, um_per_pixel: float | None = None,
+            scale_source: str | None = None) -> Combined:
     """Merge the per-frame predictions of one instance (mean probabilities, summed blasts).
 
-    A frame without a mask (quality insufficient) gets an empty one of its own size.
+    A frame without a mask (quality insufficient) gets an empty one of its own size. The
+    review reasons are the frames' (``review_reasons`` of a prediction, where it has them),
+    "low confidence" when the merged top probability is under ``review_threshold``, and "scale
+    unknown" when ``scale_source`` is :data:`SCALE_DEFAULT`.
     """
     masks = np.stack([p.mask if p.mask is not None else np.zeros(img.shape[:2], np.uint8)
                       for p, img in zip(predictions, images)])
@@ -109,7 +124,8 @@ def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
     probability = getattr(first, "probability", None)
     min_area = int(getattr(first, "min_blast_area", None) or 1)
     if not usable:
-        return Combined(None, None, 0, 0.0, masks, quality, True, None, min_area)
+        return Combined(None, None, 0, 0.0, masks, quality, True, None, min_area,
+                        (), um_per_pixel, scale_source)
     names = list(usable[0][1])
     probs = {n: float(np.mean([probabilities[n] for _, probabilities in usable]))
              for n in names}
@@ -117,11 +133,20 @@ def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
     probs = {n: v / total for n, v in probs.items()}
     stage = max(probs, key=probs.__getitem__)
     area = float(np.mean([p.blast_area_fraction or 0.0 for p, _ in usable]))
+    reasons: list[str] = []
+    for p in predictions:
+        for reason in getattr(p, "review_reasons", ()):
+            if reason not in reasons:
+                reasons.append(reason)
+    if probs[stage] < review_threshold and REASON_LOW_CONFIDENCE not in reasons:
+        reasons.append(REASON_LOW_CONFIDENCE)
+    if scale_source == SCALE_DEFAULT and REASON_SCALE_UNKNOWN not in reasons:
+        reasons.append(REASON_SCALE_UNKNOWN)
     return Combined(stage, probs, int(sum(p.blast_count or 0 for p, _ in usable)), area, masks,
-                    quality,
-                    any(p.needs_review for p in predictions) or probs[stage] < review_threshold,
+                    quality, any(p.needs_review for p in predictions) or bool(reasons),
                     probability if isinstance(probability, np.ndarray)
-                    and probability.shape == masks[0].shape else None, min_area)
+                    and probability.shape == masks[0].shape else None, min_area,
+                    tuple(reasons), um_per_pixel, scale_source)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -163,7 +188,24 @@ def report_data(ds: Dataset, image: np.ndarray, over: np.ndarray, c: Combined, *
         accession_number=text("AccessionNumber"), study_date=text("StudyDate"),
         study_instance_uid=text("StudyInstanceUID"), specimen_id=text("ContainerIdentifier"),
         stain=describe.stain(ds), age=describe.patient_age(ds),
-        institution=algorithm.institution_name, timezone=timezone)
+        institution=algorithm.institution_name, timezone=timezone,
+        review_reasons=tuple(c.review_reasons),
+        scale=scale_text(c.um_per_pixel, c.scale_source))
+
+
+#: How the console and the reports name where a pixel size came from.
+SCALE_SOURCES = {"PixelSpacing": "Pixel Spacing", "ImagerPixelSpacing": "Imager Pixel Spacing",
+                 "NominalScannedPixelSpacing": "Nominal Scanned Pixel Spacing",
+                 "ImagedVolume": "Imaged Volume over Total Pixel Matrix",
+                 SCALE_DEFAULT: "not stated: the configured default (scale unknown)"}
+
+
+def scale_text(um_per_pixel: float | None, source: str | None) -> str | None:
+    """``"0.25 µm per pixel (Pixel Spacing)"``; None when nothing was recorded."""
+    if um_per_pixel is None:
+        return None
+    where = SCALE_SOURCES.get(source or "", source)
+    return f"{um_per_pixel:.4g} µm per pixel" + (f" ({where})" if where else "")
 
 
 def decode_for_analysis(ds: Dataset) -> list[np.ndarray]:
@@ -252,6 +294,7 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
                     demonstration_model: bool = True, revision: int = 0,
                     supersedes: list[Dataset] | None = None,
                     field_number: int | None = None,
+                    default_um_per_pixel: float | None = None,
                     timezone: dt.tzinfo | None = None) -> Analysis:
     """Predict on one image and build what the node sends for it (no database, no files).
 
@@ -260,25 +303,47 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
     stored image's revision and the earlier revision's SR documents the new SR replaces;
     ``field_number`` the image's number in its study, the Instance Number of its results (the
     command line, without one, numbers them as the source image is numbered).
+
+    The image's pixel size comes from its own attributes (:func:`dicom.spacing.pixel_size`);
+    without one, ``default_um_per_pixel`` is used (None: the analyzer's default) and the result
+    needs review ("scale unknown").
     """
     images = decode_for_analysis(ds)
-    return build_analysis(ds, images, analyzer.predict(images), algorithm=algorithm,
+    um, source = image_scale(ds, default_um_per_pixel)
+    predictions = analyzer.predict(images, um_per_pixel=um)
+    if um is None:  # the analyzer's default: read it back from what it used
+        um = getattr(predictions[0], "um_per_pixel", None) if predictions else None
+    return build_analysis(ds, images, predictions, algorithm=algorithm,
                           review_threshold=review_threshold, uid_root=uid_root,
                           demonstration_model=demonstration_model, revision=revision,
-                          supersedes=supersedes, field_number=field_number, timezone=timezone)
+                          supersedes=supersedes, field_number=field_number, timezone=timezone,
+                          um_per_pixel=um, scale_source=source)
 
 
-def predict_each(analyzer: Analyzer, batch: Sequence[list[np.ndarray]]
+def image_scale(ds: Dataset, default_um_per_pixel: float | None) -> tuple[float | None, str]:
+    """The pixel size of image ``ds`` and where it came from (:func:`dicom.spacing.pixel_size`;
+    without one ``default_um_per_pixel``, from :data:`SCALE_DEFAULT`)."""
+    stated = pixel_size(ds)
+    if stated is not None:
+        return stated.um_per_pixel, stated.source
+    return default_um_per_pixel, SCALE_DEFAULT
+
+
+def predict_each(analyzer: Analyzer, batch: Sequence[list[np.ndarray]],
+                 sizes: Sequence[float | None] | None = None
                  ) -> list[Sequence[PredictionLike] | Exception]:
     """The predictions of several images' frames, in one batched prediction over all of them.
 
     Each item of ``batch`` is one image's frames (:func:`decode_for_analysis`); the answer is
-    that image's predictions. If the batched prediction fails, each image is predicted alone,
-    so that an image the model cannot take fails alone: its item is then the error.
+    that image's predictions. ``sizes`` gives each image's pixel size in µm (None: unknown, the
+    analyzer's default). If the batched prediction fails, each image is predicted alone, so
+    that an image the model cannot take fails alone: its item is then the error.
     """
+    each = list(sizes) if sizes is not None else [None] * len(batch)
     frames = [frame for images in batch for frame in images]
+    per_frame = [size for images, size in zip(batch, each) for _ in images]
     try:
-        predictions = list(analyzer.predict(frames)) if frames else []
+        predictions = list(analyzer.predict(frames, um_per_pixel=per_frame)) if frames else []
     except Exception:  # noqa: BLE001 - find which image it was, below
         predictions = None
     if predictions is not None and len(predictions) == len(frames):
@@ -289,9 +354,9 @@ def predict_each(analyzer: Analyzer, batch: Sequence[list[np.ndarray]]
             start += len(images)
         return out
     alone: list[Sequence[PredictionLike] | Exception] = []
-    for images in batch:
+    for images, size in zip(batch, each):
         try:
-            alone.append(analyzer.predict(images))
+            alone.append(analyzer.predict(images, um_per_pixel=size))
         except Exception as exc:  # noqa: BLE001 - this image's own error
             alone.append(exc)
     return alone
@@ -302,10 +367,13 @@ def build_analysis(ds: Dataset, images: list[np.ndarray],
                    review_threshold: float, uid_root: str, demonstration_model: bool = True,
                    revision: int = 0, supersedes: list[Dataset] | None = None,
                    field_number: int | None = None,
-                   timezone: dt.tzinfo | None = None) -> Analysis:
+                   timezone: dt.tzinfo | None = None, um_per_pixel: float | None = None,
+                   scale_source: str | None = None) -> Analysis:
     """What the node sends for image ``ds`` given its decoded ``images`` and their
-    ``predictions`` (the arguments as for :func:`analyze_dataset`)."""
-    combined = combine(predictions, images, review_threshold)
+    ``predictions`` (the arguments as for :func:`analyze_dataset`; ``um_per_pixel`` and
+    ``scale_source`` as :func:`image_scale` gives them)."""
+    combined = combine(predictions, images, review_threshold, um_per_pixel=um_per_pixel,
+                       scale_source=scale_source)
     over = overlay(images[0], combined.masks[0])
     if combined.stage is None or combined.probabilities is None:
         # The quality gate refused it: the sender still gets an answer, saying why.
@@ -318,7 +386,7 @@ def build_analysis(ds: Dataset, images: list[np.ndarray],
     findings = Findings(stage=combined.stage, probabilities=combined.probabilities,
                         blast_count=combined.blast_count,
                         blast_area_fraction=min(1.0, combined.blast_area_fraction),
-                        quality_ok=True)
+                        quality_ok=True, review_reasons=combined.review_reasons)
     pdf = render_report(report_data(ds, images[0], over, combined, algorithm=algorithm,
                                     demonstration_model=demonstration_model,
                                     created_at=utcnow(), timezone=timezone))

@@ -26,6 +26,7 @@ from bcd_node.analysis.findings import (
     Analyzer,
     PredictionLike,
     decode_for_analysis,
+    image_scale,
     non_diagnostic_answer,
     predict_each,
 )
@@ -73,6 +74,9 @@ class Prepared(NamedTuple):
     images: list[np.ndarray]
     supersedes: list[Dataset]
     field_number: int
+    #: The image's pixel size in µm and where it came from (findings.image_scale).
+    um_per_pixel: float | None = None
+    scale_source: str | None = None
 
 
 def _identity(made: BuiltObject) -> Dataset:
@@ -124,7 +128,8 @@ class ImageAnalysis:
                 continue
             if prepared is not None:
                 ready.append((i, prepared))
-        predictions = predict_each(self.analyzer, [p.images for _, p in ready])
+        predictions = predict_each(self.analyzer, [p.images for _, p in ready],
+                                   [p.um_per_pixel for _, p in ready])
         requests: list[tuple[int, Prepared, BuildRequest]] = []
         for (i, prepared), predicted in zip(ready, predictions):
             if isinstance(predicted, Exception):
@@ -172,8 +177,9 @@ class ImageAnalysis:
                 return None
             raise PermanentError(f"stored file is not readable: {exc}") from exc
         self._supersede_failure_answer(inst, study)
+        um, source = image_scale(ds, ctx.settings.model.default_um_per_pixel)
         return Prepared(job, inst, study, patient, ds, decode_for_analysis(ds),
-                        self._supersedes(inst, study), ctx.field_number(inst, study))
+                        self._supersedes(inst, study), ctx.field_number(inst, study), um, source)
 
     def _request(self, prepared: Prepared, predictions: Sequence[PredictionLike]
                  ) -> BuildRequest:
@@ -182,7 +188,8 @@ class ImageAnalysis:
                             ctx.algorithm, ctx.settings.model.review_threshold,
                             ctx.settings.uids.root, ctx.demonstration_model,
                             prepared.instance.revision, prepared.supersedes,
-                            prepared.field_number, ctx.settings.web.tzinfo)
+                            prepared.field_number, ctx.settings.web.tzinfo,
+                            prepared.um_per_pixel, prepared.scale_source)
 
     def _folder(self, prepared: Prepared) -> str:
         inst = prepared.instance
@@ -243,6 +250,9 @@ class ImageAnalysis:
             result.blast_area_fraction = combined.blast_area_fraction
             result.quality = combined.quality
             result.needs_review = combined.needs_review
+            result.review_reasons = list(combined.review_reasons)
+            result.um_per_pixel = combined.um_per_pixel
+            result.scale_source = combined.scale_source
             result.demonstration_model = ctx.demonstration_model
             result.mask_path = f"{folder}/mask.png"
             result.overlay_path = f"{folder}/overlay.png"

@@ -29,6 +29,7 @@ from bcd_node.analysis.publish import Output, complete_or_raise, publish, write_
 from bcd_node.analysis.summary import StudySummaries
 from bcd_node.db.models import Result, ResultScope, User, VerificationState
 from bcd_node.errors import PermanentError
+from bcd_node.inference.spec import REVIEW_REASONS
 from bcd_node.jobs.queue import Claimed
 from bcd_node.records.cells import (
     CellList,
@@ -123,14 +124,18 @@ class VerifiedReports:
             over = np.asarray(Image.open(ctx.store.path(result.overlay_path)).convert("RGB"))
         findings = Findings(stage=result.stage, probabilities=result.probabilities,
                             blast_count=blast_count,
-                            blast_area_fraction=min(1.0, area_fraction), quality_ok=True)
+                            blast_area_fraction=min(1.0, area_fraction), quality_ok=True,
+                            review_reasons=tuple(r for r in result.review_reasons or ()
+                                                 if r in REVIEW_REASONS))
         sr = build_sr(ds, corrected_seg if corrected_seg is not None else seg, findings,
                       algorithm=algorithm, verification=verification,
                       predecessor=predecessor, uid_root=settings.uids.root,
                       revision=result.instance_revision, field_number=field_number,
                       derived_from=seg if corrected_seg is not None else None)
         combined = Combined(result.stage, result.probabilities, blast_count, area_fraction,
-                            np.zeros((1, 1, 1), np.uint8), result.quality, result.needs_review)
+                            np.zeros((1, 1, 1), np.uint8), result.quality, result.needs_review,
+                            review_reasons=tuple(result.review_reasons or ()),
+                            um_per_pixel=result.um_per_pixel, scale_source=result.scale_source)
         data = report_data(ds, image, over, combined, algorithm=algorithm,
                            demonstration_model=self._demonstration(result),
                            created_at=result.created_at, timezone=settings.web.tzinfo)

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from dicom import uids
 from dicom.dicomize import dicomize
 from dicom.errors import DicomValidationError
 from dicom.outputs import write_dataset
+
+if TYPE_CHECKING:
+    from bcd_node.settings import Settings
 
 __all__ = ["register", "cmd_import", "import_image", "read_picture", "ImportFailed"]
 
@@ -81,6 +85,7 @@ def import_image(
     secondary_capture: bool = False,
     uid_root: str = uids.DEFAULT_ROOT,
     software_version: str | None = None,
+    pixel_spacing_um: float | None = None,
 ) -> str:
     """DICOMize a PNG/JPEG file and write it (temporary name, then rename).
 
@@ -89,7 +94,8 @@ def import_image(
     image_path, out_path : str or os.PathLike
         The picture to read and the DICOM file to write.
     patient_id, patient_name, accession_number, specimen_id, stain, birth_date, sex, \
-study_instance_uid, study_description, secondary_capture, uid_root, software_version
+study_instance_uid, study_description, secondary_capture, uid_root, software_version, \
+pixel_spacing_um
         See :func:`dicom.dicomize.dicomize`.
 
     Returns
@@ -120,19 +126,20 @@ study_instance_uid, study_description, secondary_capture, uid_root, software_ver
         uid_root=uid_root,
         software_version=software_version,
         lossy_source=lossy,
+        pixel_spacing_um=pixel_spacing_um,
     )
     write_dataset(ds, out_path)
     LOGGER.info("imported %s as %s", ds.SOPClassUID.name, ds.SOPInstanceUID)
     return str(ds.SOPInstanceUID)
 
 
-def _uid_root(args: argparse.Namespace) -> str:
-    settings = getattr(args, "_settings", None)  # loaded once by bcd_node.cli.main
+def _settings(args: argparse.Namespace) -> Settings:
+    settings: Settings | None = getattr(args, "_settings", None)  # loaded once by the CLI
     if settings is None:
         from bcd_node.settings import load_settings
 
         settings = load_settings(getattr(args, "config", None))
-    return settings.uids.root
+    return settings
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -140,10 +147,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     from bcd_node import __version__
 
     try:
-        root = _uid_root(args)
+        settings = _settings(args)
     except Exception as exc:  # the settings module reports which key is wrong
         print(f"bcd-node import: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    root = settings.uids.root
+    spacing = (settings.model.default_um_per_pixel if args.um_per_pixel is None
+               else args.um_per_pixel)
     try:
         uid = import_image(
             args.image,
@@ -160,6 +170,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             secondary_capture=args.secondary_capture,
             uid_root=root,
             software_version=__version__,
+            pixel_spacing_um=spacing or None,
         )
     except ImportFailed as exc:
         print(f"bcd-node import: {exc}", file=sys.stderr)
@@ -200,4 +211,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--study-description", metavar="TEXT")
     parser.add_argument("--secondary-capture", action="store_true",
                         help="write a Secondary Capture Image instead of VL Microscopic")
+    parser.add_argument("--um-per-pixel", type=float, metavar="UM", default=None,
+                        help="pixel size in the specimen, in µm, written as Pixel Spacing "
+                             "(default: [model] default_um_per_pixel; 0 writes none, and the "
+                             "analysis then marks the result \"scale unknown\")")
     parser.set_defaults(func=cmd_import)

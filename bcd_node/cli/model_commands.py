@@ -32,6 +32,7 @@ class _PredictorOptions(TypedDict, total=False):
     threads: int
     batch_size: int
     review_threshold: float
+    default_um_per_pixel: float
 
 
 _OptionName = Literal["weights", "precision", "threads", "batch_size", "review_threshold"]
@@ -62,7 +63,8 @@ def _predictor_options(args: argparse.Namespace) -> _PredictorOptions:
     opts: _PredictorOptions = {}
     if model is not None:
         opts = {"weights": model.weights, "precision": model.precision, "threads": model.threads,
-                "batch_size": model.batch_size, "review_threshold": model.review_threshold}
+                "batch_size": model.batch_size, "review_threshold": model.review_threshold,
+                "default_um_per_pixel": model.default_um_per_pixel}
     for key in _OPTION_NAMES:
         value = getattr(args, key, None)
         if value is not None:
@@ -74,7 +76,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     """Write a synthetic data set."""
     from bcd_node.inference.synth import write_dataset
     labels = write_dataset(args.out, args.count, args.seed, size=args.size,
-                           fields_per_patient=args.fields_per_patient)
+                           fields_per_patient=args.fields_per_patient,
+                           um_per_pixel=args.um_per_pixel)
     print(labels)
     return 0
 
@@ -102,17 +105,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_shifts(args: argparse.Namespace, predictor: Predictor) -> int:
+    """``evaluate --shifts`` / ``--quality-curves``: tables on a generated held-out set."""
+    from bcd_node.inference import shifts as sh
+    command = (f"bcd-node evaluate {'--shifts' if args.shifts else '--quality-curves'} "
+               f"--count {args.count} --seed {args.seed}")
+    if args.shifts:
+        rows = sh.run_shifts(predictor, args.count, args.seed)
+        table = sh.format_table(rows)
+    else:
+        rows = sh.quality_curves(predictor, args.count, args.seed)
+        table = sh.format_curves(rows)
+    if args.json:
+        print(json.dumps({"command": command, "rows": rows}, indent=2))
+    else:
+        print(f"{predictor.model_info['name']} {predictor.model_info['version']}: "
+              f"{args.count} generated fields (seed {args.seed}, unused in training)")
+        print(table)
+        print(f"\nReproduce: {command}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a model on a labelled folder and print the metrics as JSON."""
     from bcd_node.inference import data as data_mod
     from bcd_node.inference.evaluate import evaluate_model
     from bcd_node.inference.loader import WeightsError
     from bcd_node.inference.predictor import Predictor
+    if not (args.shifts or args.quality_curves) and args.data is None:
+        print("bcd-node evaluate: give a labelled folder, --shifts or --quality-curves",
+              file=sys.stderr)
+        return 2
     try:
         predictor = Predictor(**_predictor_options(args), warm_up=False)
     except WeightsError as exc:
         print(f"bcd-node: model error: {exc}", file=sys.stderr)
         return 1
+    if args.shifts or args.quality_curves:
+        return _evaluate_shifts(args, predictor)
     samples = data_mod.scan_dataset(args.data)
     size = predictor.input_size
     images, labels, masks = data_mod.load_arrays(samples, size)
@@ -122,6 +152,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report["patients"] = len({s.patient for s in samples})
     report["model"] = predictor.model_info
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_fit_ood(args: argparse.Namespace) -> int:
+    """Fit the out-of-distribution signal of a model and write its operating point."""
+    from bcd_node.inference.loader import WeightsError
+    from bcd_node.inference.ood_fit import fit_and_write
+    from bcd_node.inference.predictor import Predictor
+    try:
+        predictor = Predictor(weights=args.weights, precision="float32", ood=False,
+                              warm_up=False)
+    except WeightsError as exc:
+        print(f"bcd-node: model error: {exc}", file=sys.stderr)
+        return 1
+    tail = getattr(args, "argv_tail", None)
+    if tail is None and "fit-ood" in sys.argv:
+        tail = sys.argv[sys.argv.index("fit-ood") + 1:]
+    entry = fit_and_write(predictor, fit_seed=args.fit_seed, fit_count=args.fit_count,
+                          val_seed=args.val_seed, val_count=args.val_count,
+                          flag_share=args.flag_share,
+                          command="bcd-node fit-ood " + " ".join(shlex.quote(a)
+                                                                 for a in tail or []))
+    print(json.dumps(entry, indent=2))
     return 0
 
 
@@ -145,7 +198,8 @@ def _analyze_to_dicom(args: argparse.Namespace, predictor: Predictor, name: str)
                 institution_name=(settings.dicom.institution_name or None)
                 if settings is not None else None),
             review_threshold=predictor.review_threshold, uid_root=root,
-            demonstration_model=bool(predictor.manifest.get("demonstration", True)))
+            demonstration_model=bool(predictor.manifest.get("demonstration", True)),
+            default_um_per_pixel=args.um_per_pixel)
         written = write_dicom_outputs(analysis, Path(args.dicom_out), Path(name).stem)
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
         if isinstance(exc, DicomError):
@@ -161,6 +215,8 @@ def _analyze_to_dicom(args: argparse.Namespace, predictor: Predictor, name: str)
     record = {"file": name, "stage": c.stage, "probabilities": c.probabilities,
               "blast_count": c.blast_count, "blast_area_fraction": c.blast_area_fraction,
               "quality": c.quality, "needs_review": c.needs_review,
+              "review_reasons": list(c.review_reasons), "um_per_pixel": c.um_per_pixel,
+              "scale_source": c.scale_source,
               "dicom_outputs": [str(p) for p in written]}
     if args.json:
         print(json.dumps(record))
@@ -197,7 +253,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                   else f"{name}: error: {exc}")
             status = 1
             continue
-        results = predictor.predict(frames)
+        results = predictor.predict(frames, um_per_pixel=args.um_per_pixel)
         for index, (frame, result) in enumerate(zip(frames, results)):
             record = result.to_dict(name)
             if len(frames) > 1:
@@ -241,6 +297,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--seed", required=True, type=int, help="base seed (same seed, same bytes)")
     p.add_argument("--size", type=int, default=256, help="field size in pixels (default 256)")
     p.add_argument("--fields-per-patient", dest="fields_per_patient", type=int, default=8)
+    p.add_argument("--um-per-pixel", dest="um_per_pixel", type=float, default=0.25,
+                   help="physical pixel size to draw at, in µm (default 0.25, the resolution the "
+                        "bundled model was trained at)")
     p.set_defaults(func=cmd_synth)
 
     p = subparsers.add_parser("train", help="train the VGG16 + U-Net model",
@@ -276,9 +335,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("evaluate", help="evaluate a model on a labelled folder (JSON)",
                               description="Print accuracy, macro-F1, confusion matrix, mean Dice "
                                           "and ECE as JSON.")
-    p.add_argument("data", type=Path, help="labelled folder")
+    p.add_argument("data", type=Path, nargs="?", default=None,
+                   help="labelled folder (not with --shifts or --quality-curves)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--shifts", action="store_true",
+                       help="run a generated held-out set under the fixed suite of shifts "
+                            "(magnification with and without pixel spacing, stain, gamma, "
+                            "blur, JPEG, noise, darkness, contrast, pairs) and print per shift "
+                            "accuracy answered, refused, flagged, accuracy not flagged and the "
+                            "confidently-wrong rate")
+    group.add_argument("--quality-curves", dest="quality_curves", action="store_true",
+                       help="accuracy against blur, darkness and contrast with the quality "
+                            "gate off, and the gate's measures at each level")
+    p.add_argument("--count", type=int, default=160,
+                   help="generated fields for --shifts / --quality-curves (default 160)")
+    p.add_argument("--seed", type=int, default=3,
+                   help="seed of the generated held-out set (default 3, unused in training)")
+    p.add_argument("--json", action="store_true", help="rows as JSON instead of a table")
     _predictor_arguments(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("fit-ood", help="fit the 'unlike the training data' signal",
+                              description="Fit the feature-density model of a model's stage "
+                                          "embedding on generated training-like fields, choose "
+                                          "its threshold on validation fields of another seed, "
+                                          "and write both beside the weights and in the "
+                                          "manifest (the weights are not changed).")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="weights file or manifest.json (default: the bundled model)")
+    p.add_argument("--fit-seed", dest="fit_seed", type=int, default=11)
+    p.add_argument("--fit-count", dest="fit_count", type=int, default=480)
+    p.add_argument("--val-seed", dest="val_seed", type=int, default=12)
+    p.add_argument("--val-count", dest="val_count", type=int, default=240)
+    p.add_argument("--flag-share", dest="flag_share", type=float, default=0.02,
+                   help="share of in-distribution validation fields flagged (default 0.02)")
+    p.set_defaults(func=cmd_fit_ood)
 
     p = subparsers.add_parser("analyze", help="analyse PNG/JPEG/DICOM files",
                               description="Analyse blood-smear images (demonstration model, not "
@@ -290,6 +381,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="for DICOM inputs: write the SEG, SR and Encapsulated PDF the node would "
                         "send (FILE-seg.dcm, FILE-sr.dcm, FILE-pdf.dcm) here")
     p.add_argument("--review-threshold", dest="review_threshold", type=float, default=None)
+    p.add_argument("--um-per-pixel", dest="um_per_pixel", type=float, default=None,
+                   help="pixel size of PNG/JPEG inputs (and of DICOM inputs that state none), "
+                        "in µm; without it the default is used and results say \"scale "
+                        "unknown\"")
     _predictor_arguments(p)
     p.set_defaults(func=cmd_analyze)
 

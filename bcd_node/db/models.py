@@ -312,6 +312,12 @@ class Result(Base):
     # "demonstration"), recorded by the pipeline; None for results stored before it was kept
     # (migration 0005), which the console judges by the configured model's manifest.
     demonstration_model: Mapped[bool | None] = mapped_column(Boolean)
+    # Why the result needs review (inference.spec.REVIEW_REASONS), the input's pixel size the
+    # analysis used, in µm, and where it came from: the DICOM attribute, or "default" (scale
+    # unknown). Empty / NULL for results stored before they were kept (migration 0011).
+    review_reasons: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    um_per_pixel: Mapped[float | None] = mapped_column(Float)
+    scale_source: Mapped[str | None] = mapped_column(String(32))
     mask_path: Mapped[str | None] = mapped_column(String(255))
     overlay_path: Mapped[str | None] = mapped_column(String(255))
     pdf_path: Mapped[str | None] = mapped_column(String(255))

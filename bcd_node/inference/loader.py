@@ -119,6 +119,11 @@ def validate_manifest(manifest: Any, source: str = "manifest") -> dict[str, Any]
     field = manifest.get("field_size", shape[0])
     if isinstance(field, bool) or not isinstance(field, int) or field < shape[0]:
         raise ManifestError(f"{source}: field_size must be an int >= the input side, got {field!r}")
+    um = manifest.get("um_per_pixel")
+    if um is not None and (isinstance(um, bool) or not isinstance(um, (int, float))
+                           or not 0.02 <= um <= 50):
+        raise ManifestError(f"{source}: um_per_pixel (the training resolution, µm per pixel of "
+                            f"a field) must be a number in 0.02..50, got {um!r}")
     t = manifest["temperature"]
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
         raise ManifestError(f"{source}: temperature must be > 0, got {t!r}")

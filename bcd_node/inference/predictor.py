@@ -10,7 +10,9 @@ back and aggregates tile probabilities into one calibrated stage per image.
 from __future__ import annotations
 
 import logging
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,14 @@ import numpy as np
 from bcd_node.errors import ValidationError
 from bcd_node.inference import preprocess as pp
 from bcd_node.inference.evaluate import apply_temperature
-from bcd_node.inference.loader import LoadedModel, load_model
-from bcd_node.inference.spec import CLASSES
+from bcd_node.inference.loader import LoadedModel, ManifestError, load_model
+from bcd_node.inference.ood import EMBEDDING_LAYER, DensityModel, load_density
+from bcd_node.inference.spec import (
+    CLASSES,
+    REASON_LOW_CONFIDENCE,
+    REASON_SCALE_UNKNOWN,
+    REASON_UNLIKE_TRAINING,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -31,6 +39,12 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 # Smallest blast in the generator is 45 px across (about 1600 px²) at the 256-px field scale;
 # components under a tenth of that are specks, not cells.
 MIN_BLAST_AREA_FRACTION_OF_FIELD = 160 / (256 * 256)
+# An image resampled to the model's resolution is at most this many pixels (a pixel size that
+# would make it larger is refused rather than exhausting memory).
+MAX_RESAMPLED_PIXELS = 120_000_000
+# A field at least this share of a field of view across is stretched to the field (rounding);
+# a smaller one is padded with its plasma colour, so its cells keep their physical size.
+STRETCH_MIN_SHARE = 0.9
 
 
 def cpu_flags() -> set[str]:
@@ -115,7 +129,7 @@ class Prediction:
         ``(H, W)`` uint8 in {0, 1}, same size as the input.
     quality : preprocess.QualityReport
     needs_review : bool
-        True when the top probability is under the review threshold, or the quality is insufficient.
+        True when there is a reason in ``review_reasons``, or the quality is insufficient.
     tiles : int
         Model inputs the image was cut into.
     probability : numpy.ndarray or None
@@ -123,6 +137,14 @@ class Prediction:
         (the cells' scores, :mod:`bcd_node.records.cells`).
     min_blast_area : int or None
         The fewest pixels a region of ``mask`` has to count as a blast.
+    um_per_pixel : float or None
+        The input's pixel size the analysis used (stated, or the default).
+    scale_known : bool
+        Whether the input stated its pixel size (False: the default was used).
+    ood_score : float or None
+        The feature-density score (:mod:`bcd_node.inference.ood`); None without a fit.
+    review_reasons : tuple of str
+        Why the result needs review: any of :data:`~bcd_node.inference.spec.REVIEW_REASONS`.
     """
 
     stage: str | None
@@ -133,6 +155,10 @@ class Prediction:
     quality: pp.QualityReport
     needs_review: bool
     tiles: int = 0
+    um_per_pixel: float | None = None
+    scale_known: bool = True
+    ood_score: float | None = None
+    review_reasons: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     probability: np.ndarray | None = None
     min_blast_area: int | None = None
@@ -149,6 +175,10 @@ class Prediction:
                                     else round(self.blast_area_fraction, 6)),
             "quality": self.quality.as_dict(),
             "needs_review": self.needs_review,
+            "review_reasons": list(self.review_reasons),
+            "um_per_pixel": None if self.um_per_pixel is None else round(self.um_per_pixel, 6),
+            "scale_known": self.scale_known,
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
         })
         out.update(self.extra)
         return out
@@ -187,13 +217,19 @@ class Predictor:
         An already loaded model (tests, benchmark); ``weights`` and ``precision`` are then ignored.
     warm_up : bool
         Run one batch at start so the first real request is not slow.
+    default_um_per_pixel : float, optional
+        Pixel size of an input that states none (default: the model's training resolution);
+        such results carry the review reason "scale unknown".
+    ood : bool
+        Score every field with the manifest's feature-density fit, when it has one.
     """
 
     def __init__(self, weights: str | Path | None = None, precision: str = "auto",
                  threads: int = 0, batch_size: int = 8, review_threshold: float = 0.6,
                  mask_threshold: float = 0.5, tile_overlap: int = 32, aggregate: str = "mean",
                  quality: pp.QualityThresholds | None = None, loaded: LoadedModel | None = None,
-                 warm_up: bool = True) -> None:
+                 warm_up: bool = True, default_um_per_pixel: float | None = None,
+                 ood: bool = True) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValidationError(f"batch_size must be a positive int, got {batch_size!r}")
         if not 0.0 <= review_threshold <= 1.0:
@@ -221,6 +257,23 @@ class Predictor:
         # ``input_size`` (older manifests without the key: the same).
         self.field_size = int(self.manifest.get("field_size", self.input_size))
         self.scale = self.input_size / self.field_size
+        # The physical pixel size of a field at ``field_size`` pixels (older manifests: unknown,
+        # and inputs are not resampled).
+        model_um = self.manifest.get("um_per_pixel")
+        self.model_um_per_pixel: float | None = (
+            float(model_um) if isinstance(model_um, (int, float)) and not isinstance(model_um, bool)
+            and model_um > 0 else None)
+        if default_um_per_pixel is not None and not default_um_per_pixel > 0:
+            raise ValidationError(f"default_um_per_pixel must be > 0, got {default_um_per_pixel!r}")
+        self.default_um_per_pixel = (default_um_per_pixel if default_um_per_pixel is not None
+                                     else self.model_um_per_pixel)
+        self.density: DensityModel | None = None
+        if ood and "ood" in self.manifest:
+            try:
+                self.density = load_density(self.loaded.weights_path.parent, self.manifest["ood"])
+            except ValidationError as exc:
+                raise ManifestError(str(exc)) from exc
+        self._features_model = self._with_features() if self.density is not None else None
         self.batch_size = batch_size
         self.review_threshold = review_threshold
         self.mask_threshold = mask_threshold
@@ -233,6 +286,20 @@ class Predictor:
         if warm_up:
             self._run(np.zeros((1, self.input_size, self.input_size, 3), np.uint8))
 
+    def _with_features(self, layer: str | None = None) -> Any:
+        """The model with the embedding of :mod:`bcd_node.inference.ood` as a third output."""
+        if layer is None:
+            assert self.density is not None
+            layer = self.density.layer
+        try:
+            embedding = self.model.get_layer(layer).output
+        except ValueError as exc:
+            raise ManifestError(f"manifest ood.layer {layer!r} is not a layer of the "
+                                "model") from exc
+        outputs = dict(self.model.output)
+        outputs["features"] = embedding
+        return keras.Model(self.model.input, outputs)
+
     @property
     def model_info(self) -> dict[str, Any]:
         """Name, version, sha256 and width of the loaded model."""
@@ -240,87 +307,206 @@ class Predictor:
         return {"name": m["name"], "version": m["version"], "sha256": m["sha256"],
                 "width": m["width"], "precision": self.precision}
 
-    def _run(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Model over uint8 tiles in fixed-size batches (padded, so the graph is traced once)."""
-        stages, masks = [], []
+    def _run(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Model over uint8 tiles in fixed-size batches (padded, so the graph is traced once):
+        stage probabilities, mask probabilities and, with a density fit, the embeddings."""
+        stages, masks, features = [], [], []
         bs = self.batch_size
+        model = self._features_model if self._features_model is not None else self.model
         for start in range(0, len(tiles), bs):
             chunk = tiles[start:start + bs]
             n = len(chunk)
             if n < bs:
                 chunk = np.concatenate([chunk, np.zeros((bs - n,) + chunk.shape[1:], chunk.dtype)])
-            out = self.model.predict_on_batch(chunk.astype(np.float32))
+            out = model.predict_on_batch(chunk.astype(np.float32))
             stages.append(np.asarray(out["stage"], np.float32)[:n])
             masks.append(np.asarray(out["mask"], np.float32)[:n, ..., 0])
-        return np.concatenate(stages), np.concatenate(masks)
+            if "features" in out:
+                features.append(np.asarray(out["features"], np.float32)[:n])
+        return (np.concatenate(stages), np.concatenate(masks),
+                np.concatenate(features) if features else None)
 
-    def _tiles_of(self, image: np.ndarray) -> tuple[np.ndarray, pp.Tiling | None]:
+    def embeddings(self, images: list[Any], um_per_pixel: float | None,
+                   layer: str = EMBEDDING_LAYER) -> np.ndarray:
+        """The embedding of each image (mean over its tiles), as the predictor brings it to the
+        model: resampled from ``um_per_pixel``, tiled. For fitting the density model."""
+        if self._features_model is None or (self.density is not None
+                                            and self.density.layer != layer):
+            self._features_model = self._with_features(layer)
+        out = []
+        for raw in images:
+            img = self._to_model_resolution(pp.to_rgb_uint8(raw),
+                                            self.resample_factor(um_per_pixel))
+            tiles, _, _ = self._tiles_of(pp.prepare(img, self.stain_normalize,
+                                                    self.denoise_strength))
+            _, _, features = self._run(tiles)
+            assert features is not None
+            out.append(features.mean(axis=0))
+        return np.stack(out)
+
+    def resample_factor(self, um_per_pixel: float | None) -> float:
+        """How much an input of ``um_per_pixel`` is enlarged to reach the model's resolution
+        (1 when either is unknown)."""
+        if um_per_pixel is None or self.model_um_per_pixel is None:
+            return 1.0
+        return float(um_per_pixel) / self.model_um_per_pixel
+
+    def _to_model_resolution(self, image: np.ndarray, factor: float) -> np.ndarray:
+        if abs(factor - 1.0) < 1e-3:
+            return image
+        h, w = image.shape[:2]
+        size = (max(1, round(h * factor)), max(1, round(w * factor)))
+        if size[0] * size[1] > MAX_RESAMPLED_PIXELS:
+            raise ValidationError(f"the image ({w} x {h} pixels) would be {size[1]} x {size[0]} "
+                                  "pixels at the model's resolution: too large to analyse")
+        return pp.resize(image, size)
+
+    def _tiles_of(self, image: np.ndarray) -> tuple[np.ndarray, pp.Tiling | None,
+                                                     tuple[int, int, int] | None]:
+        """The model inputs of an image at the model's resolution, how they were cut, and for
+        a field smaller than a field of view the padding ``(top, left, padded side)``."""
         s = self.input_size
         h, w = image.shape[:2]
-        if h <= self.field_size and w <= self.field_size:
-            # One field of view (e.g. a 224-px public-set image): scale it to the model input.
-            return pp.resize(image, (s, s))[None], None
+        f = self.field_size
+        if h <= f and w <= f:
+            if min(h, w) >= STRETCH_MIN_SHARE * f or self.model_um_per_pixel is None:
+                # One field of view (up to rounding): scale it to the model input.
+                return pp.resize(image, (s, s))[None], None, None
+            # Part of a field: pad with its plasma colour, so the cells keep their size.
+            top, left = (f - h) // 2, (f - w) // 2
+            plasma = np.median(image.reshape(-1, 3), axis=0).astype(np.uint8)
+            canvas = np.empty((f, f, 3), np.uint8)
+            canvas[:] = plasma
+            canvas[top:top + h, left:left + w] = image
+            return pp.resize(canvas, (s, s))[None], None, (top, left, f)
         # Larger images: bring them to the model's pixel scale, then tile with overlap.
         if self.scale != 1.0:
             image = pp.resize(image, (max(1, round(h * self.scale)), max(1, round(w * self.scale))))
-        return pp.make_tiles(image, s, self.tile_overlap)
+        tiles, tiling = pp.make_tiles(image, s, self.tile_overlap)
+        return tiles, tiling, None
 
-    def predict(self, images: list[Any]) -> list[Prediction]:
+    def predict(self, images: list[Any],
+                um_per_pixel: float | Sequence[float | None] | None = None) -> list[Prediction]:
         """Analyse decoded images (any of :func:`preprocess.to_rgb_uint8`'s inputs), batched.
+
+        Parameters
+        ----------
+        images : list
+        um_per_pixel : float or sequence of (float or None), optional
+            Each image's pixel size in µm (one for all, or one per image); None: unknown, the
+            default is used and the result needs review ("scale unknown"). Each image is
+            resampled to the model's resolution before the quality gate and the tiling; the
+            mask comes back on the input's grid.
 
         Returns
         -------
         list of Prediction
             In the order of ``images``.
         """
+        if um_per_pixel is None or isinstance(um_per_pixel, (int, float)):
+            sizes: list[float | None] = [um_per_pixel] * len(images)
+        else:
+            sizes = list(um_per_pixel)
+            if len(sizes) != len(images):
+                raise ValidationError(f"um_per_pixel gives {len(sizes)} sizes for {len(images)} "
+                                      "images")
         results: list[Prediction | None] = [None] * len(images)
         tiles_all: list[np.ndarray] = []
-        plans: list[tuple[int, np.ndarray, pp.Tiling | None, int, int, pp.QualityReport]] = []
+        plans: list[tuple[int, _Plan, int, int]] = []
         for i, raw in enumerate(images):
+            stated = sizes[i]
+            if stated is not None and not (isinstance(stated, (int, float))
+                                           and math.isfinite(stated) and stated > 0):
+                raise ValidationError(f"um_per_pixel must be > 0, got {stated!r}")
+            used = stated if stated is not None else self.default_um_per_pixel
             img = pp.to_rgb_uint8(raw)
+            original = img.shape[:2]
+            img = self._to_model_resolution(img, self.resample_factor(used))
             quality = pp.assess_quality(img, self.quality)
             if not quality.ok:
-                results[i] = Prediction(None, None, None, None, None, quality, True)
+                results[i] = Prediction(None, None, None, None, None, quality, True,
+                                        um_per_pixel=used, scale_known=stated is not None)
                 continue
             img = pp.prepare(img, self.stain_normalize, self.denoise_strength)
-            tiles, tiling = self._tiles_of(img)
-            plans.append((i, img, tiling, sum(len(t) for t in tiles_all), len(tiles), quality))
+            tiles, tiling, padding = self._tiles_of(img)
+            plan = _Plan(img.shape[:2], original, tiling, padding, quality, used,
+                         stated is not None)
+            plans.append((i, plan, sum(len(t) for t in tiles_all), len(tiles)))
             tiles_all.append(tiles)
         if tiles_all:
-            raw_stage, mask_probs = self._run(np.concatenate(tiles_all))
-            for i, img, tiling, start, n, quality in plans:
-                results[i] = self._assemble(img, tiling, raw_stage[start:start + n],
-                                            mask_probs[start:start + n], quality)
+            raw_stage, mask_probs, features = self._run(np.concatenate(tiles_all))
+            for i, plan, start, n in plans:
+                results[i] = self._assemble(
+                    plan, raw_stage[start:start + n], mask_probs[start:start + n],
+                    None if features is None else features[start:start + n])
         return [r for r in results if r is not None]
 
-    def _assemble(self, img: np.ndarray, tiling: pp.Tiling | None, raw_stage: np.ndarray,
-                  mask_probs: np.ndarray, quality: pp.QualityReport) -> Prediction:
-        h, w = img.shape[:2]
+    def _assemble(self, plan: _Plan, raw_stage: np.ndarray, mask_probs: np.ndarray,
+                  features: np.ndarray | None) -> Prediction:
+        h, w = plan.shape
         probs_tiles = apply_temperature(raw_stage, self.temperature)
         probs = pp.aggregate_stage(probs_tiles, self.aggregate)
-        if tiling is None:
+        if plan.tiling is not None:
+            prob_map = pp.stitch(mask_probs, plan.tiling)
+            field_area = float(self.field_size ** 2)
+        elif plan.padding is not None:
+            top, left, side = plan.padding
+            prob_map = cv2.resize(mask_probs[0], (side, side), interpolation=cv2.INTER_LINEAR)
+            prob_map = prob_map[top:top + h, left:left + w]
+            field_area = float(self.field_size ** 2)
+        else:
             prob_map = mask_probs[0]
             field_area = float(h * w)  # the whole image is one field
-        else:
-            prob_map = pp.stitch(mask_probs, tiling)
-            field_area = float(self.field_size ** 2)
         if prob_map.shape != (h, w):
             prob_map = cv2.resize(prob_map, (w, h), interpolation=cv2.INTER_LINEAR)
+        # Blasts are counted at the model's resolution (their physical size); the mask is
+        # returned on the input's grid, for the SEG and the overlay.
+        min_area = max(1, int(MIN_BLAST_AREA_FRACTION_OF_FIELD * field_area))
+        blasts = count_blasts((prob_map >= self.mask_threshold).astype(np.uint8), min_area)
+        oh, ow = plan.original
+        if (oh, ow) != (h, w):
+            prob_map = cv2.resize(prob_map, (ow, oh), interpolation=cv2.INTER_LINEAR)
         mask = (prob_map >= self.mask_threshold).astype(np.uint8)
         top = int(np.argmax(probs))
-        min_area = max(1, int(MIN_BLAST_AREA_FRACTION_OF_FIELD * field_area))
+        reasons: list[str] = []
+        if probs[top] < self.review_threshold:
+            reasons.append(REASON_LOW_CONFIDENCE)
+        ood_score = None
+        if self.density is not None and features is not None:
+            ood_score = float(np.mean(self.density.score(features)))
+            if ood_score > self.density.threshold:
+                reasons.append(REASON_UNLIKE_TRAINING)
+        if not plan.scale_known:
+            reasons.append(REASON_SCALE_UNKNOWN)
         return Prediction(
             stage=CLASSES[top],
             probabilities={c: float(p) for c, p in zip(CLASSES, probs)},
-            blast_count=count_blasts(mask, min_area),
+            blast_count=blasts,
             blast_area_fraction=float(mask.mean()),
             mask=mask,
-            quality=quality,
-            needs_review=bool(probs[top] < self.review_threshold),
+            quality=plan.quality,
+            needs_review=bool(reasons),
             tiles=len(raw_stage),
             probability=prob_map.astype(np.float32, copy=False),
             min_blast_area=min_area,
+            um_per_pixel=plan.um_per_pixel,
+            scale_known=plan.scale_known,
+            ood_score=ood_score,
+            review_reasons=tuple(reasons),
         )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one image was brought to the model (for putting its outputs back together)."""
+
+    shape: tuple[int, int]              # at the model's resolution
+    original: tuple[int, int]           # the input's grid
+    tiling: pp.Tiling | None
+    padding: tuple[int, int, int] | None
+    quality: pp.QualityReport
+    um_per_pixel: float | None
+    scale_known: bool
 
 
 def load_image_frames(path: str | Path) -> list[np.ndarray]:

@@ -7,6 +7,8 @@ consecutive fields that share stain and illumination parameters, so that data se
 patient. Everything is drawn from :class:`numpy.random.Generator` objects seeded from the base seed,
 so the same seed gives the same bytes.
 
+Fields are drawn at :data:`UM_PER_PIXEL` µm per pixel unless another pixel size is asked for.
+
 Public functions
 ----------------
 :func:`generate_field` draws one field (image and mask) from a field seed and patient parameters;
@@ -32,6 +34,11 @@ from dicom.stages import Stage
 LOGGER = logging.getLogger(__name__)
 
 FIELDS_PER_PATIENT = 8
+
+#: The physical pixel size the generator draws at, in µm per pixel: red cells of 28–36 px are
+#: 7–9 µm, lymphocytes of 30–45 px 7.5–11 µm, blasts of 45–80 px 11–20 µm (100× oil, as in
+#: SMEARS.md). :func:`generate_field` can draw the same smear at another pixel size.
+UM_PER_PIXEL = 0.25
 
 # Per-class morphology (SMEARS.md table). Ranges are inclusive.
 _CLASS_SPECS: dict[str, dict[str, tuple[int, int]]] = {
@@ -220,8 +227,8 @@ def _draw_blast(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, x: 
         img[spot & nucleus] = colour
 
 
-def generate_field(seed: int, label: str, params: PatientParams,
-                   size: int = 256) -> tuple[np.ndarray, np.ndarray, int]:
+def generate_field(seed: int, label: str, params: PatientParams, size: int = 256,
+                   um_per_pixel: float = UM_PER_PIXEL) -> tuple[np.ndarray, np.ndarray, int]:
     """Draw one field of view.
 
     Parameters
@@ -234,6 +241,11 @@ def generate_field(seed: int, label: str, params: PatientParams,
         Stain and illumination of the patient the field belongs to.
     size : int
         Width and height in pixels (at least 128).
+    um_per_pixel : float
+        Physical pixel size of the field (default :data:`UM_PER_PIXEL`). At another size the
+        cells are drawn at :data:`UM_PER_PIXEL` over the same physical area and resampled to
+        ``size`` pixels before stain, optics and compression, as another camera or objective
+        would record them; at the default the bytes are those of earlier versions.
 
     Returns
     -------
@@ -248,8 +260,26 @@ def generate_field(seed: int, label: str, params: PatientParams,
         raise ValidationError(f"label must be one of {CLASSES}, got {label!r}")
     if not isinstance(size, int) or size < 128:
         raise ValidationError(f"size must be an int >= 128, got {size!r}")
+    if (isinstance(um_per_pixel, bool) or not isinstance(um_per_pixel, (int, float))
+            or not 0.05 <= um_per_pixel <= 2.0):
+        raise ValidationError(f"um_per_pixel must be a number in [0.05, 2], got {um_per_pixel!r}")
     rng = np.random.default_rng(seed)
     spec = _CLASS_SPECS[label]
+    # The side of the field at the drawing resolution.
+    drawn_size = size if um_per_pixel == UM_PER_PIXEL else max(
+        32, int(round(size * um_per_pixel / UM_PER_PIXEL)))
+    img, mask, drawn = _draw_cells(rng, spec, params, drawn_size)
+    if drawn_size != size:
+        shrink = drawn_size > size
+        img = cv2.resize(img, (size, size),
+                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return _stain_and_optics(rng, img, params, size), mask, drawn
+
+
+def _draw_cells(rng: np.random.Generator, spec: dict[str, tuple[int, int]],
+                params: PatientParams, size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The cells of one field at :data:`UM_PER_PIXEL`, rotated and flipped (no stain yet)."""
     # Draw on a larger canvas so any rotation leaves no empty corners.
     canvas = int(math.ceil(size * 1.45)) + 2
     mid = canvas / 2.0
@@ -306,8 +336,12 @@ def generate_field(seed: int, label: str, params: PatientParams,
         img, mask = img[:, ::-1], mask[:, ::-1]
     if rng.random() < 0.5:
         img, mask = img[::-1], mask[::-1]
-    img, mask = np.ascontiguousarray(img), np.ascontiguousarray(mask)
+    return np.ascontiguousarray(img), np.ascontiguousarray(mask), drawn
 
+
+def _stain_and_optics(rng: np.random.Generator, img: np.ndarray, params: PatientParams,
+                      size: int) -> np.ndarray:
+    """The patient's stain and illumination, then defocus, sensor noise and JPEG."""
     # Stain (hue/saturation), brightness and vignetting of the patient.
     hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.float32)
     hsv[..., 0] = np.mod(hsv[..., 0] + params.hue_shift + rng.normal(0, 1.0), 180.0)
@@ -333,8 +367,8 @@ def generate_field(seed: int, label: str, params: PatientParams,
     decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if decoded is None:  # pragma: no cover - OpenCV decodes what it encoded
         raise RuntimeError("JPEG decoding failed")
-    img = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-    return img, mask, drawn
+    rgb: np.ndarray = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    return rgb
 
 
 def field_seed(seed: int, index: int) -> int:
@@ -353,7 +387,8 @@ def field_label(index: int) -> str:
 
 
 def write_dataset(out: str | Path, count: int, seed: int, size: int = 256,
-                  fields_per_patient: int = FIELDS_PER_PATIENT) -> Path:
+                  fields_per_patient: int = FIELDS_PER_PATIENT,
+                  um_per_pixel: float = UM_PER_PIXEL) -> Path:
     """Write ``count`` synthetic fields under ``out``.
 
     Parameters
@@ -368,6 +403,8 @@ def write_dataset(out: str | Path, count: int, seed: int, size: int = 256,
         Field size in pixels.
     fields_per_patient : int
         Number of consecutive fields sharing one patient's stain and illumination.
+    um_per_pixel : float
+        Physical pixel size to draw at (see :func:`generate_field`); written in ``labels.csv``.
 
     Returns
     -------
@@ -392,15 +429,15 @@ def write_dataset(out: str | Path, count: int, seed: int, size: int = 256,
             params = patient_params(np.random.default_rng(patient_seed(seed, p)))
         label = field_label(i)
         fs = field_seed(seed, i)
-        img, mask, blasts = generate_field(fs, label, params, size)
+        img, mask, blasts = generate_field(fs, label, params, size, um_per_pixel)
         name = f"s{seed}_{i:06d}.png"
         cv2.imwrite(str(out / "images" / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(out / "masks" / name), mask * 255)
-        rows.append((name, label, f"s{seed}-p{p:05d}", blasts, fs))
+        rows.append((name, label, f"s{seed}-p{p:05d}", blasts, fs, f"{um_per_pixel:g}"))
     labels = out / "labels.csv"
     with labels.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["file", "class", "patient", "blast_count", "seed"])
+        writer.writerow(["file", "class", "patient", "blast_count", "seed", "um_per_pixel"])
         writer.writerows(rows)
     LOGGER.info("wrote %d synthetic fields (seed %d) to %s", count, seed, out)
     return labels

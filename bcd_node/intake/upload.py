@@ -122,12 +122,19 @@ def dicomize_upload_bytes(data: bytes, filename: str, fields: dict[str, str], *,
 
     ``fields`` keys: ``patient_id``, ``patient_name`` (required), ``birth_date``, ``age`` (DICOM
     AS, e.g. ``045Y``), ``sex``,
-    ``accession_number``, ``specimen_id``, ``stain``, ``study_description``.
+    ``accession_number``, ``specimen_id``, ``stain``, ``study_description``, ``um_per_pixel``
+    (the pixel size in µm, written as Pixel Spacing; empty: none is written and the analysis
+    uses ``[model] default_um_per_pixel``, marking the result "scale unknown").
     """
     if not (fields.get("patient_id") or "").strip():
         raise UploadError("patient ID is required")
     if not (fields.get("patient_name") or "").strip():
         raise UploadError("patient name is required")
+    spacing_text = (fields.get("um_per_pixel") or "").strip()
+    try:
+        um_per_pixel = float(spacing_text) if spacing_text else None
+    except ValueError:
+        raise UploadError(f"pixel size {spacing_text!r} must be a number of µm") from None
     rgb, lossy = read_image(data, filename)
     try:
         ds = dicomize(rgb, patient_id=fields["patient_id"].strip(),
@@ -140,7 +147,8 @@ def dicomize_upload_bytes(data: bytes, filename: str, fields: dict[str, str], *,
                       study_description=(fields.get("study_description") or None),
                       # Without a slide (container) id a VL Microscopic Image would be invalid.
                       secondary_capture=not (fields.get("specimen_id") or "").strip(),
-                      uid_root=uid_root, software_version=__version__, lossy_source=lossy)
+                      uid_root=uid_root, software_version=__version__, lossy_source=lossy,
+                      pixel_spacing_um=um_per_pixel)
     except DicomValidationError as exc:
         raise UploadError(str(exc)) from None
     del rgb  # the dataset holds its own copy of the pixels

@@ -61,11 +61,17 @@ def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
             lambda: None
     try:
         predictor = Predictor(m.weights, precision=m.precision, threads=m.threads,
-                              batch_size=m.batch_size, review_threshold=m.review_threshold)
+                              batch_size=m.batch_size, review_threshold=m.review_threshold,
+                              default_um_per_pixel=m.default_um_per_pixel)
     except (WeightsError, FileNotFoundError) as exc:
         context.components["model"] = Component("model", False, str(exc))
         return Component("workers", False, f"no model: {exc}"), lambda: None
     info = predictor.model_info
+    LOGGER.info("inputs that state no pixel size are taken as %g µm per pixel "
+                "([model] default_um_per_pixel) and marked \"scale unknown\"; the model was "
+                "trained at %s µm per pixel", m.default_um_per_pixel,
+                "an unstated" if predictor.model_um_per_pixel is None
+                else f"{predictor.model_um_per_pixel:g}")
     demo = bool(predictor.manifest.get("demonstration", True))
     note = " — demonstration model, not for clinical use" if demo else ""
     context.components["model"] = Component(

@@ -114,6 +114,12 @@ stain, institution : str, optional
         The doctor's comment.
     verified_at : datetime.datetime, optional
         When the doctor verified the result.
+    review_reasons : tuple of str
+        Why the result needs review ("low confidence", "unlike the training data", "scale
+        unknown"); printed in the Review section.
+    scale : str, optional
+        The pixel size the analysis used and its source, e.g. "0.25 µm per pixel (Pixel
+        Spacing)".
     """
 
     patient_name: str
@@ -147,6 +153,8 @@ stain, institution : str, optional
     extra: Mapping[str, str] = field(default_factory=dict)
     #: The zone times are shown in (UTC when None); stored times are UTC.
     timezone: dt.tzinfo | None = None
+    review_reasons: tuple[str, ...] = ()
+    scale: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("patient_name", "patient_id", "model_name", "model_version"):
@@ -465,6 +473,9 @@ def _render(data: ReportData) -> bytes:
         ("Blast cell area", f"{data.blast_area_fraction * 100:.2f} % of the image"),
         ("Image quality", ("adequate" if data.quality_ok else "LIMITED — interpret with care")
          + (f" ({data.quality_notes})" if data.quality_notes else "")),
+        ("Scale", data.scale),
+        *([("Needs review", "; ".join(data.review_reasons)
+            + " — the finding is less reliable than usual")] if data.review_reasons else []),
         ("Model", f"{data.model_name} version {data.model_version}"
          + (" (demonstration model)" if data.demonstration_model else "")),
         ("Analysed", _when(data.created_at, data.timezone)),

@@ -37,7 +37,7 @@ class GateAnalyzer:
 
     model_info = {"name": "test-model", "version": "1.0"}
 
-    def predict(self, images: list[np.ndarray]) -> list[Pred]:
+    def predict(self, images: list[np.ndarray], um_per_pixel=None) -> list[Pred]:
         out = []
         for image in images:
             quality = assess_quality(image)
@@ -101,7 +101,7 @@ def test_refused_fields_get_a_non_diagnostic_sr_and_pdf_and_the_summary_counts_t
     ctx, intake, pipeline = node
     study_uid = pydicom.uid.generate_uid(prefix="2.25.")
     good, _ = smear(101)
-    blurred = cv2.GaussianBlur(good, (0, 0), 8)
+    blurred = cv2.GaussianBlur(good, (0, 0), 15)
     tiny = np.ascontiguousarray(good[:40, :40])
     grey = np.repeat(cv2.cvtColor(good, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
     broken, _ = smear(102)
@@ -182,7 +182,7 @@ def test_a_study_without_a_usable_field_gets_a_summary_without_a_stage(node) -> 
     ctx, intake, pipeline = node
     study_uid = pydicom.uid.generate_uid(prefix="2.25.")
     good, _ = smear(103)
-    for image in (good[:30, :30], cv2.GaussianBlur(good, (0, 0), 8)):
+    for image in (good[:30, :30], cv2.GaussianBlur(good, (0, 0), 15)):
         intake.accept(part10_bytes(_field(image, study_uid)))
     assert _run_all(ctx, pipeline) == 2
     summary = _summarise(ctx, pipeline)

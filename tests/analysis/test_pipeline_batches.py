@@ -23,7 +23,19 @@ from bcd_node.settings import load_settings
 from tests.support.images import vl_micro_bytes
 from tests.support.jobs import drain
 
-IMAGES = [vl_micro_bytes(seed) for seed in range(4)]
+
+def _spaced(seed: int, um: float) -> bytes:
+    """:func:`vl_micro_bytes` with a Pixel Spacing of ``um`` µm."""
+    from dicom.spacing import spacing_mm
+    from tests.support.images import part10_bytes, vl_micro
+
+    ds = vl_micro(seed)
+    ds.PixelSpacing = spacing_mm(um)
+    return part10_bytes(ds)
+
+
+# Two images state their pixel size (different ones), two do not: each keeps its own in a batch.
+IMAGES = [vl_micro_bytes(0), _spaced(1, 0.3), vl_micro_bytes(2), _spaced(3, 0.2)]
 
 
 class Counting:
@@ -39,11 +51,11 @@ class Counting:
     def model_info(self) -> dict[str, Any]:
         return dict(self.predictor.model_info)
 
-    def predict(self, images: list[np.ndarray]) -> list[Any]:
+    def predict(self, images: list[np.ndarray], um_per_pixel=None) -> list[Any]:
         self.calls.append(len(images))
         if self.refuse is not None and any(tuple(img[0, 0]) == self.refuse for img in images):
             raise ValueError("the model cannot take this image")
-        return list(self.predictor.predict(images))
+        return list(self.predictor.predict(images, um_per_pixel))
 
 
 def _node(write_config: Callable[..., Path], tmp_path: Path, name: str,
@@ -105,6 +117,8 @@ def _results(context: NodeContext) -> dict[str, dict[str, Any]]:
                 "uids": {kind: _uids(folder / f"{kind}.dcm") for kind in ("seg", "sr", "pdf")},
                 "outputs": (result.seg_sop_instance_uid, result.sr_sop_instance_uid,
                             result.pdf_sop_instance_uid),
+                "scale": (result.um_per_pixel, result.scale_source,
+                          "scale unknown" in result.review_reasons),
             }
     return out
 
@@ -127,7 +141,10 @@ def test_jobs_in_a_batch_share_one_prediction_and_give_what_they_give_alone(
         assert {job.state for job in _jobs(context).values()} == {JobState.DONE}
     by_alone, by_batch = _results(nodes["alone"]), _results(nodes["batch"])
     assert len(by_alone) == len(IMAGES)
-    assert by_batch == by_alone  # UIDs byte for byte, stage, probabilities, masks
+    assert by_batch == by_alone  # UIDs byte for byte, stage, probabilities, masks, scale
+    assert sorted(r["scale"] for r in by_batch.values()) == [
+        (0.2, "PixelSpacing", False), (0.25, "default", True), (0.25, "default", True),
+        (0.3, "PixelSpacing", False)]
 
 
 def test_a_job_that_fails_in_a_batch_fails_alone(nodes: dict[str, NodeContext],

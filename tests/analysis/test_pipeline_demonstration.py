@@ -37,7 +37,7 @@ from tests.support.predictions import PROBS, Pred
 class Analyzer:
     model_info = {"name": "test-model", "version": "1.0"}
 
-    def predict(self, images: list[np.ndarray]) -> list[Pred]:
+    def predict(self, images: list[np.ndarray], um_per_pixel=None) -> list[Pred]:
         return [Pred("Malignant-Pre", PROBS, 1, 0.01, np.zeros(i.shape[:2], np.uint8))
                 for i in images]
 

@@ -27,7 +27,7 @@ class Raising:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def predict(self, images: list[np.ndarray]) -> list[Any]:
+    def predict(self, images: list[np.ndarray], um_per_pixel=None) -> list[Any]:
         raise self.error
 
 

@@ -47,7 +47,7 @@ class Analyzer:
     def __init__(self) -> None:
         self.during: Any = None
 
-    def predict(self, images: list[np.ndarray]) -> list[Pred]:
+    def predict(self, images: list[np.ndarray], um_per_pixel=None) -> list[Pred]:
         if self.during is not None:
             during, self.during = self.during, None
             during()

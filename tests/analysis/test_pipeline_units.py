@@ -3,6 +3,10 @@ images."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -36,7 +40,7 @@ def test_frames_are_averaged_and_blasts_summed() -> None:
 class InsufficientAnalyzer:
     model_info = {"name": "test", "version": "1"}
 
-    def predict(self, images):
+    def predict(self, images, um_per_pixel=None):
         return [Pred(None, None, None, None, None, Quality(False, ("not_a_smear",)), True)
                 for _ in images]
 
@@ -76,6 +80,10 @@ def _pdf_text(pdf: bytes) -> bytes:
 # reportlab, 10 of 10 runs failed on the 2-core test machine.
 _PARALLEL_RENDER = """
 import datetime as dt, random, threading, time
+import os
+import subprocess
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from concurrent.futures import ThreadPoolExecutor
@@ -130,3 +138,48 @@ def test_first_reports_render_in_parallel_threads() -> None:
         runs = list(pool.map(run, range(20)))
     failed = [done.stderr[-1500:] for done in runs if done.returncode != 0]
     assert not failed, f"{len(failed)} of 20 runs failed; the first: {failed[0]}"
+
+
+class UnlikeTrainingAnalyzer:
+    """Answers every frame, sure of it, but unlike its training data (as the predictor's
+    density signal says)."""
+
+    model_info = {"name": "test", "version": "1"}
+
+    def __init__(self) -> None:
+        self.sizes: list = []
+
+    def predict(self, images, um_per_pixel=None):
+        self.sizes.append(um_per_pixel)
+        sure = {"Benign": 0.01, "Malignant-Early": 0.01, "Malignant-Pre": 0.97,
+                "Malignant-Pro": 0.01}
+        return [SimpleNamespace(stage="Malignant-Pre", probabilities=sure, blast_count=1,
+                                blast_area_fraction=0.01,
+                                mask=np.zeros(img.shape[:2], np.uint8), quality=Quality(True),
+                                needs_review=True, review_reasons=("unlike the training data",),
+                                um_per_pixel=um_per_pixel)
+                for img in images]
+
+
+@pytest.mark.integration  # pdftotext, dsrdump, dciodvfy
+def test_review_reasons_and_scale_reach_the_sr_and_the_pdf(tmp_path) -> None:
+    from tests.support.dicomcheck import write_checked
+
+    analyzer = UnlikeTrainingAnalyzer()
+    analysis = analyze_dataset(vl_micro(1), analyzer, algorithm=Algorithm(name="test",
+                                                                          version="1"),
+                               review_threshold=0.6, uid_root="2.25",
+                               default_um_per_pixel=0.25)
+    c = analysis.combined
+    assert analyzer.sizes == [0.25]  # no Pixel Spacing: the configured default is used
+    assert c.needs_review and c.scale_source == "default" and c.um_per_pixel == 0.25
+    assert c.review_reasons == ("unlike the training data", "scale unknown")
+    sr_path = tmp_path / "sr.dcm"
+    write_checked(analysis.objects.sr, sr_path)
+    dump = subprocess.run(["dsrdump", str(sr_path)], capture_output=True, text=True,
+                          check=True, env={**os.environ, "TCP_NODELAY": "1"}).stdout
+    assert "Reason the result needs review" in dump
+    assert "Unlike the training data" in dump and "Scale unknown" in dump
+    text = _pdf_text(analysis.pdf)
+    assert b"Needs review" in text and b"unlike the training data; scale unknown" in text
+    assert b"scale unknown" in text and b"0.25" in text

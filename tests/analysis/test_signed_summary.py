@@ -49,7 +49,7 @@ class Analyzer:
 
     model_info = {"name": "test-model", "version": "1.0"}
 
-    def predict(self, images: list[np.ndarray]) -> list[Pred]:
+    def predict(self, images: list[np.ndarray], um_per_pixel=None) -> list[Pred]:
         out = []
         for image in images:
             mask = np.zeros(image.shape[:2], np.uint8)

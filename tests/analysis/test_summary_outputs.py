@@ -36,7 +36,7 @@ class Analyzer:
     def __init__(self) -> None:
         self.calls = 0
 
-    def predict(self, images: list[np.ndarray]) -> list[Pred]:
+    def predict(self, images: list[np.ndarray], um_per_pixel=None) -> list[Pred]:
         self.calls += 1
         out = []
         for image in images:

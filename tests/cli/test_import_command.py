@@ -118,3 +118,24 @@ def test_cli_main_runs_import(png, tmp_path, config):
                      "--patient-id", "P1", "--patient-name", "Doe^Jane", "--secondary-capture"])
     assert code == 0
     assert pydicom.dcmread(out).SOPInstanceUID.startswith("1.2.3.4.")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("option", "expected"), [
+    ([], 0.25),                                # [model] default_um_per_pixel
+    (["--um-per-pixel", "0.3"], 0.3),
+    (["--um-per-pixel", "0"], None),           # unknown: no Pixel Spacing
+])
+def test_import_writes_pixel_spacing(png, tmp_path, config, option, expected):
+    cli = pytest.importorskip("bcd_node.cli")
+    out = tmp_path / "spaced.dcm"
+    code = cli.main(["--config", str(config), "import", str(png), "--out", str(out),
+                     "--patient-id", "P1", "--patient-name", "Doe^Jane",
+                     "--specimen-id", "S-1", *option])
+    assert code == 0
+    assert_dciodvfy_clean(out)
+    back = pydicom.dcmread(out)
+    if expected is None:
+        assert "PixelSpacing" not in back
+    else:
+        assert [float(v) for v in back.PixelSpacing] == pytest.approx([expected / 1000] * 2)

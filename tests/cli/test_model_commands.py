@@ -112,3 +112,28 @@ def test_analyze_dicom_out_goes_on_after_an_unexpected_error(tmp_path, capsys, m
     assert code == 1
     assert lines[0] == {"file": str(first), "error": "RuntimeError: a builder failed"}
     assert lines[1]["file"] == str(second) and len(lines[1]["dicom_outputs"]) == 3
+
+
+def test_evaluate_shifts_prints_its_table(capsys, no_settings) -> None:
+    from bcd_node.inference.shifts import suite
+
+    assert _run(["evaluate", "--shifts", "--count", "4", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| shift |"))
+    for column in ("accuracy answered", "refused", "flagged", "accuracy not flagged",
+                   "confidently wrong"):
+        assert column in header
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line
+            and line != header]
+    assert [row.split(" | ")[0][2:] for row in rows] == [s.name for s in suite()]
+    assert all(row.split(" | ")[1] == "4" for row in rows)
+    # Without the pixel size stated every answered field needs review ("scale unknown").
+    unstated = next(r for r in rows if r.startswith("| magnification x1.33, no pixel spacing"))
+    cells = unstated.split(" | ")
+    assert float(cells[3]) + float(cells[4]) == 1.0 and cells[7] == "0.000"
+    assert "Reproduce: bcd-node evaluate --shifts --count 4 --seed 3" in out
+
+
+def test_evaluate_needs_data_or_a_suite(capsys, no_settings) -> None:
+    assert _run(["evaluate"]) == 2
+    assert "--shifts" in capsys.readouterr().err

@@ -28,7 +28,10 @@ def fields() -> list[np.ndarray]:
 def test_predict_batched_and_tiled(tiny_predictor: pr.Predictor, fields: list) -> None:
     big = np.concatenate([np.concatenate(fields[:2], 1), np.concatenate(fields[2:], 1)], 0)
     blank = np.full((256, 256, 3), 250, np.uint8)
-    results = tiny_predictor.predict([fields[0][:64, :64], big, blank, fields[1]])
+    # The tiny model's manifest states no training resolution: inputs are not resampled, and a
+    # stated pixel size only spares the "scale unknown" review.
+    results = tiny_predictor.predict([fields[0][:64, :64], big, blank, fields[1]],
+                                     um_per_pixel=synth.UM_PER_PIXEL)
     assert len(results) == 4
     small, tiled, bad, one = results
     assert tiled.tiles > 1 and tiled.mask.shape == big.shape[:2]
@@ -44,7 +47,8 @@ def test_predict_batched_and_tiled(tiny_predictor: pr.Predictor, fields: list) -
     assert not bad.quality.ok and "not_a_smear" in bad.quality.flags
     d = tiled.to_dict("x.png")
     assert set(d) == {"file", "stage", "probabilities", "blast_count", "blast_area_fraction",
-                      "quality", "needs_review"}
+                      "quality", "needs_review", "review_reasons", "um_per_pixel",
+                      "scale_known", "ood_score"}
 
 
 def test_batching_does_not_change_results(tiny_loaded: LoadedModel, fields: list) -> None:

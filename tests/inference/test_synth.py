@@ -37,7 +37,8 @@ def test_labels_csv_and_patients(tmp_path: Path) -> None:
     labels = synth.write_dataset(tmp_path, 20, 3, fields_per_patient=8)
     with labels.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["file", "class", "patient", "blast_count", "seed"]
+    assert list(rows[0]) == ["file", "class", "patient", "blast_count", "seed",
+                            "um_per_pixel"]
     assert [r["class"] for r in rows[:4]] == list(synth.CLASSES)
     assert len({r["patient"] for r in rows}) == 3
     for r in rows:

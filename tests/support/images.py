@@ -17,8 +17,12 @@ def rgb_field(seed: int, size: int = 128) -> np.ndarray:
     img = np.empty((size, size, 3), np.uint8)
     img[:] = (235, 215, 210)
     yy, xx = np.mgrid[:size, :size]
-    for _ in range(4):
+    # Enough cells for the contrast of a readable smear at any size (the quality gate's
+    # min_readable_contrast); the first four as before.
+    for k in range(max(4, size * size // 2500)):
         cy, cx, r = rng.integers(10, size - 10, 2).tolist() + [int(rng.integers(5, 12))]
+        if k >= 4:
+            r = int(rng.integers(8, 14))
         img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (120, 60, 150)
     noise = rng.integers(0, 8, img.shape, dtype=np.uint8)
     return img - noise

@@ -62,7 +62,8 @@ class CellAnalyzer:
     def __init__(self, touching: bool = True) -> None:
         self.touching = touching
 
-    def predict(self, images: list[np.ndarray]) -> list[CellPred]:
+    def predict(self, images: list[np.ndarray], um_per_pixel: float | None = None
+                ) -> list[CellPred]:
         import cv2
 
         out = []
@@ -86,7 +87,8 @@ class KnownMaskAnalyzer:
         self.mask = (mask > 0).astype(np.uint8)
         self.stage = stage
 
-    def predict(self, images: list[np.ndarray]) -> list[CellPred]:
+    def predict(self, images: list[np.ndarray], um_per_pixel: float | None = None
+                ) -> list[CellPred]:
         import cv2
 
         depth = cv2.distanceTransform(self.mask, cv2.DIST_L2, 5)

@@ -87,6 +87,21 @@ def test_quality_insufficient_is_shown(app: Flask, doctor_client: FlaskClient,
     assert "Quality insufficient" in page and "too blurry" in page
 
 
+def test_review_reasons_are_shown(app: Flask, doctor_client: FlaskClient,
+                                  analysed: dict[str, Any]) -> None:
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        result = session.get(Result, analysed["result_id"])
+        result.confidence = 0.97
+        result.needs_review = True
+        result.review_reasons = ["unlike the training data", "scale unknown"]
+        result.um_per_pixel, result.scale_source = 0.25, "default"
+    page = doctor_client.get(f"/studies/{UID}").get_data(as_text=True)
+    assert "Unlike the training data" in page and "Scale unknown" in page
+    assert "taken as 0.25 µm per pixel" in page
+    assert "Flagged for review by the pipeline" not in page and "Low confidence" not in page
+
+
 def test_images_and_pdf_are_served_and_downloads_audited(
         app: Flask, doctor_client: FlaskClient, analysed: dict[str, Any]) -> None:
     rid, iid = analysed["result_id"], analysed["instance_id"]
@@ -317,3 +332,29 @@ def test_upload_size_limit(app: Flask, doctor_client: FlaskClient) -> None:
     app.config["UPLOAD_MAX_BYTES"] = 1000
     resp = _upload(doctor_client, b"\x89PNG\r\n\x1a\n" + b"\0" * 2000, "big.png")
     assert resp.status_code == 400 and "larger than" in resp.get_data(as_text=True)
+
+
+def test_upload_form_offers_the_default_pixel_size_and_writes_it_as_pixel_spacing(
+        app: Flask, doctor_client: FlaskClient) -> None:
+    import pydicom
+
+    from bcd_node.db.models import Instance
+    from dicom.spacing import pixel_size
+
+    node = app.extensions["bcd_node"]
+    default = node.settings.model.default_um_per_pixel
+    page = doctor_client.get("/upload").get_data(as_text=True)
+    assert 'name="um_per_pixel"' in page and f'value="{default:g}"' in page
+    resp = _upload(doctor_client, png_bytes(smear_image(64)[0]), "a.png", um_per_pixel="0.3125")
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    resp = _upload(doctor_client, png_bytes(smear_image(64, seed=2)[0]), "b.png",
+                   patient_id="P-78", um_per_pixel="")
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    with node.session_factory() as session:
+        paths = session.execute(select(Instance.path).order_by(Instance.id)).scalars().all()
+    stated, unknown = (pydicom.dcmread(node.settings.storage.data_dir / p) for p in paths)
+    assert [float(v) for v in stated.PixelSpacing] == [0.0003125, 0.0003125]
+    assert pixel_size(stated).um_per_pixel == pytest.approx(0.3125)
+    assert "PixelSpacing" not in unknown and pixel_size(unknown) is None
+    resp = _upload(doctor_client, png_bytes(smear_image(64)[0]), "c.png", um_per_pixel="900")
+    assert resp.status_code == 200 and "Number must be between" in resp.get_data(as_text=True)

@@ -83,7 +83,7 @@ class StandInAnalyzer:
 
     model_info = {"name": "stand-in", "version": "1.0.0"}
 
-    def predict(self, images: list[np.ndarray]) -> list[Prediction]:
+    def predict(self, images: list[np.ndarray], um_per_pixel=None) -> list[Prediction]:
         out = []
         for image in images:
             mask = np.zeros(image.shape[:2], np.uint8)

@@ -1,0 +1,98 @@
+"""The pixel size of an image, from each attribute that can state it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from dicom.dicomize import dicomize
+from dicom.errors import DicomValidationError
+from dicom.spacing import pixel_size, spacing_mm
+from tests.support.dicomcheck import write_checked
+
+
+def _shared_groups(spacing: list[str]) -> Sequence:
+    measures = Dataset()
+    measures.PixelSpacing = spacing
+    measures.SliceThickness = "0.001"
+    group = Dataset()
+    group.PixelMeasuresSequence = Sequence([measures])
+    return Sequence([group])
+
+
+@pytest.mark.parametrize(("keyword", "value", "um", "source"), [
+    ("PixelSpacing", ["0.00025", "0.00025"], 0.25, "PixelSpacing"),
+    ("PixelSpacing", ["0.0002", "0.0003"], 0.25, "PixelSpacing"),  # anisotropic: the mean
+    ("ImagerPixelSpacing", ["0.0005", "0.0005"], 0.5, "ImagerPixelSpacing"),
+    ("NominalScannedPixelSpacing", ["0.001", "0.001"], 1.0, "NominalScannedPixelSpacing"),
+])
+def test_each_spacing_attribute_is_read(keyword: str, value: list[str], um: float,
+                                        source: str) -> None:
+    ds = Dataset()
+    setattr(ds, keyword, value)
+    found = pixel_size(ds)
+    assert found is not None and found.source == source
+    assert found.um_per_pixel == pytest.approx(um)
+
+
+def test_pixel_measures_of_a_multi_frame_image_are_read() -> None:
+    ds = Dataset()
+    ds.SharedFunctionalGroupsSequence = _shared_groups(["0.000275", "0.000275"])
+    found = pixel_size(ds)
+    assert found is not None and found.source == "PixelSpacing"
+    assert found.um_per_pixel == pytest.approx(0.275)
+
+
+def test_a_whole_slide_image_s_imaged_volume_over_its_total_pixel_matrix() -> None:
+    ds = Dataset()
+    ds.ImagedVolumeWidth = 2.0    # mm
+    ds.ImagedVolumeHeight = 1.0
+    ds.TotalPixelMatrixColumns = 8000
+    ds.TotalPixelMatrixRows = 4000
+    found = pixel_size(ds)
+    assert found is not None and found.source == "ImagedVolume"
+    assert found.um_per_pixel == pytest.approx(0.25)
+
+
+def test_pixel_spacing_comes_first_and_a_broken_one_is_passed_over() -> None:
+    ds = Dataset()
+    ds.PixelSpacing = ["0.0003", "0.0003"]
+    ds.ImagerPixelSpacing = ["0.0005", "0.0005"]
+    assert pixel_size(ds).source == "PixelSpacing"
+    ds.PixelSpacing = ["0", "0"]            # not a size
+    assert pixel_size(ds).source == "ImagerPixelSpacing"
+    ds.ImagerPixelSpacing = ["5", "5"]      # 5 mm per pixel: no microscope image
+    assert pixel_size(ds) is None
+
+
+def test_an_image_without_any_states_none() -> None:
+    assert pixel_size(Dataset()) is None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("secondary_capture", [False, True])
+def test_dicomize_writes_pixel_spacing_that_readers_agree_on(tmp_path: Path,
+                                                             secondary_capture: bool) -> None:
+    ds = dicomize(np.zeros((32, 48, 3), np.uint8), patient_id="P", patient_name="Doe^Jane",
+                  specimen_id=None if secondary_capture else "S1",
+                  secondary_capture=secondary_capture, pixel_spacing_um=0.3125)
+    back = write_checked(ds, tmp_path / "x.dcm")  # dciodvfy: valid with Pixel Spacing
+    assert [float(v) for v in back.PixelSpacing] == [0.0003125, 0.0003125]
+    assert pixel_size(back).um_per_pixel == pytest.approx(0.3125)
+    # DCMTK reads the same value
+    dump = subprocess.run(["dcmdump", "+P", "PixelSpacing", str(tmp_path / "x.dcm")],
+                          capture_output=True, text=True, check=True).stdout
+    assert "0.0003125\\0.0003125" in dump
+
+
+def test_a_spacing_that_no_microscope_has_is_refused() -> None:
+    with pytest.raises(DicomValidationError, match="um_per_pixel"):
+        spacing_mm(0.0)
+    with pytest.raises(DicomValidationError, match="um_per_pixel"):
+        dicomize(np.zeros((8, 8, 3), np.uint8), patient_id="P", patient_name="A^B",
+                 secondary_capture=True, pixel_spacing_um=500.0)

@@ -1,0 +1,83 @@
+"""Physical scale: an input is resampled to the model's resolution before tiling, and its mask
+comes back on the input's grid (bundled model, fields from the generator at other pixel sizes)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from bcd_node.analysis.findings import SCALE_DEFAULT, analyze_dataset
+from bcd_node.inference import synth
+from bcd_node.inference.evaluate import dice_scores
+from bcd_node.inference.loader import bundled_weights_dir, read_manifest
+from bcd_node.inference.predictor import Predictor
+from bcd_node.inference.spec import CLASSES, REASON_SCALE_UNKNOWN
+from dicom.algorithm import Algorithm
+from dicom.dicomize import dicomize
+
+# Same cells, same stage: the mask of a resampled field may differ from the original's only
+# along the cells' borders (one or two pixels of a 45-80 px cell).
+MIN_MASK_DICE = 0.85
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Predictor:
+    if not (bundled_weights_dir() / "manifest.json").is_file():
+        pytest.skip("no bundled weights in this checkout")
+    return Predictor(precision="float32", batch_size=8)
+
+
+def _fields(magnification: float) -> list[np.ndarray]:
+    """One field per class; at ``magnification`` the same field of view (the same cells) in
+    round(256 x magnification) pixels of 0.25 / magnification µm."""
+    params = synth.patient_params(np.random.default_rng(4242))
+    size = round(256 * magnification)
+    return [synth.generate_field(31_000 + k, CLASSES[k], params, size,
+                                 synth.UM_PER_PIXEL / magnification)[0] for k in range(4)]
+
+
+def test_the_manifest_states_the_training_resolution() -> None:
+    manifest = read_manifest(bundled_weights_dir() / "manifest.json")
+    assert manifest["um_per_pixel"] == synth.UM_PER_PIXEL
+
+
+@pytest.mark.parametrize("magnification", [0.85, 1.33])
+def test_a_field_at_another_pixel_size_comes_out_like_the_original(
+        bundled: Predictor, magnification: float) -> None:
+    originals = bundled.predict(_fields(1.0), um_per_pixel=synth.UM_PER_PIXEL)
+    shifted_images = _fields(magnification)
+    shifted = bundled.predict(shifted_images,
+                              um_per_pixel=synth.UM_PER_PIXEL / magnification)
+    for original, result, image in zip(originals, shifted, shifted_images):
+        assert result.stage == original.stage
+        assert result.mask.shape == image.shape[:2]  # the input's grid, for the SEG
+        h, w = image.shape[:2]
+        expected = cv2.resize(original.mask, (w, h), interpolation=cv2.INTER_NEAREST)
+        if expected.any():
+            assert dice_scores(expected[None], result.mask[None])[0] >= MIN_MASK_DICE
+        assert abs(result.blast_count - original.blast_count) <= 1
+        assert result.scale_known and REASON_SCALE_UNKNOWN not in result.review_reasons
+
+
+def test_a_dicom_field_at_1_33_gets_the_stage_of_the_field_at_the_training_resolution(
+        bundled: Predictor) -> None:
+    algorithm = Algorithm(name="bcd-vgg16unet-synthetic", version="1.0.0",
+                          software_version="test")
+
+    def analyse(image: np.ndarray, um: float | None):
+        ds = dicomize(image, patient_id="P1", patient_name="Doe^Jane", specimen_id="S1",
+                      pixel_spacing_um=um)
+        return analyze_dataset(ds, bundled, algorithm=algorithm, review_threshold=0.6,
+                               uid_root="2.25").combined
+
+    for original, magnified in zip(_fields(1.0), _fields(1.33)):
+        at_training = analyse(original, synth.UM_PER_PIXEL)
+        stated = analyse(magnified, synth.UM_PER_PIXEL / 1.33)
+        assert stated.stage == at_training.stage
+        assert stated.scale_source == "PixelSpacing"
+        assert stated.um_per_pixel == pytest.approx(synth.UM_PER_PIXEL / 1.33, rel=1e-6)
+        assert stated.masks.shape[1:] == magnified.shape[:2]
+        unstated = analyse(magnified, None)
+        assert unstated.scale_source == SCALE_DEFAULT and unstated.needs_review
+        assert REASON_SCALE_UNKNOWN in unstated.review_reasons
