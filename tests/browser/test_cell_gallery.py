@@ -1,6 +1,7 @@
 """The cell gallery in Chromium (issue 15): a doctor sorts a field's cells, shows one on the
 zoomable field, rejects one as "not a blast" (the counts follow) and verifies the field; Orthanc
-then holds the corrected SEG and the VERIFIED SR with the corrected count.
+then signs the case; Orthanc then holds the corrected SEG, the field's VERIFIED SR and the signed
+summary SR, both with the corrected count, and the signed PDF.
 
 The field is a synthetic smear; the analysis runs the node's pipeline with a test double of the
 model that marks the smear's true blasts (so the cells are known), in the test's thread;
@@ -11,15 +12,17 @@ from __future__ import annotations
 
 import io
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pydicom
 import pytest
 from argon2 import PasswordHasher
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from bcd_node.db.models import Job, JobState, Result, Role
+from bcd_node.analysis.summary import enqueue_study_summaries
+from bcd_node.db.models import Job, JobState, Result, ResultScope, Role, Study, utcnow
 from bcd_node.records import users as users_module
 from bcd_node.records.cells import split_cells
 from bcd_node.records.users import add_user
@@ -189,26 +192,37 @@ def test_reject_a_cell_in_the_gallery_and_verify(console: LiveConsole, orthanc: 
              what="the rejection after a reload")
     assert counts() == {after}
 
-    navigate(browser, By.ID, f"verify-{rid}")
-    wait_for(lambda: "Verification recorded" in browser.page_source, what="verification")
+    # The study is quiet: its summary is made; the doctor signs the case, accepting its stage.
+    # The field with the rejected cell is verified with it (its corrected SEG and VERIFIED SR),
+    # and the signed summary counts without the rejected cell.
+    with ctx.session_factory.begin() as session:
+        session.execute(update(Study).values(last_received_at=utcnow() - timedelta(hours=1)))
+    assert enqueue_study_summaries(ctx) == 1
+    assert [j.state for j in drain(ctx, analyzer)] == [JobState.DONE] * 2
+    deliver(ctx, orthanc, 5)  # + the summary SR and PDF
+    browser.get(f"{console.url}/cases/{STUDY}")
+    navigate(browser, By.ID, "sign-case")
+    wait_for(lambda: "Case signed" in browser.page_source, what="the case signed")
     assert not browser.find_elements(By.CSS_SELECTOR, "[data-gallery] [data-action]")
     jobs = drain(ctx, analyzer)
-    assert [j.state for j in jobs] == [JobState.DONE] * 2, [j.last_error for j in jobs]
-    found = deliver(ctx, orthanc, 6)  # + the corrected SEG, the VERIFIED SR and its PDF
+    assert all(j.state == JobState.DONE for j in jobs), [j.last_error for j in jobs]
+    # + the corrected SEG, the field's VERIFIED SR and PDF, the signed summary SR and PDF
+    found = deliver(ctx, orthanc, 10)
     with ctx.session_factory() as session:
         result = session.get(Result, rid)
         corrected_uid = result.corrected_seg_sop_instance_uid
         verified_uid = result.verified_sr_sop_instance_uid
-    assert corrected_uid and verified_uid
-    assert {corrected_uid, verified_uid} <= {i["SOPInstanceUID"] for i in found}
+        summary = session.execute(select(Result).where(
+            Result.scope == ResultScope.STUDY)).scalar_one()
+        signed_uid = summary.verified_sr_sop_instance_uid
+    assert corrected_uid and verified_uid and signed_uid
+    assert {corrected_uid, verified_uid, signed_uid} <= {i["SOPInstanceUID"] for i in found}
 
     seg = orthanc_file(orthanc, corrected_uid)
     assert seg.Modality == "SEG" and int(seg.SeriesNumber) == 908
     sr = orthanc_file(orthanc, verified_uid)
     assert sr.VerificationFlag == "VERIFIED"
-    counted = [item for item in _walk(sr) if item.get("ValueType") == "NUM"
-               and item.ConceptNameCodeSequence[0].CodeValue == "BLAST-COUNT"]
-    assert [float(c.MeasuredValueSequence[0].NumericValue) for c in counted] == [len(cells) - 1]
+    assert _counts(sr) == [len(cells) - 1]
     segments = [item for item in _walk(sr) if item.get("ValueType") == "IMAGE"
                 and "ReferencedSOPSequence" in item
                 and item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == corrected_uid]
@@ -217,8 +231,21 @@ def test_reject_a_cell_in_the_gallery_and_verify(console: LiveConsole, orthanc: 
                    if item.get("ValueType") == "CODE"
                    and item.ConceptNameCodeSequence[0].CodeValue == "AI-ASSESSMENT"]
     assert assessments == ["AI-MODIFIED"]
-    browser.refresh()
+    signed = orthanc_file(orthanc, signed_uid)
+    assert (signed.VerificationFlag, signed.CompletionFlag) == ("VERIFIED", "COMPLETE")
+    assert _counts(signed) == [len(cells) - 1]  # the case's total, the rejected cell off
+    signed_pdfs = [i for i in found if i.get("DocumentTitle")
+                   == "Blood smear study summary, signed"]
+    assert len(signed_pdfs) == 1
+    browser.get(f"{console.url}/studies/{STUDY}")
     screenshot("16-cell-gallery-verified")
+
+
+def _counts(sr: pydicom.Dataset) -> list[float]:
+    """The blast counts an SR states."""
+    return [float(item.MeasuredValueSequence[0].NumericValue) for item in _walk(sr)
+            if item.get("ValueType") == "NUM"
+            and item.ConceptNameCodeSequence[0].CodeValue == "BLAST-COUNT"]
 
 
 def _walk(ds: pydicom.Dataset) -> Iterator[pydicom.Dataset]:
