@@ -339,12 +339,12 @@ def retry_job(job_id: int) -> Any:
 def statistics_data(days: int = 30) -> dict[str, Any]:
     """Figures for the statistics page."""
     session = db()
-    today = utcnow().date()
+    from webadmin.helpers import day_start, local_day
+    today = local_day(utcnow())
     since = today - timedelta(days=days - 1)
-    from webadmin.helpers import day_start
     created = session.execute(select(Study.created_at).where(
         Study.created_at >= day_start(since))).scalars().all()
-    per_day = Counter(c.date() for c in created)
+    per_day = Counter(local_day(c) for c in created)
     day_points = [((since + timedelta(days=i)).strftime("%m-%d"),
                    float(per_day.get(since + timedelta(days=i), 0))) for i in range(days)]
     stage_rows = dict(session.execute(select(Result.stage, func.count()).where(

@@ -71,7 +71,7 @@ def filtered(args: dict[str, str]) -> Any:
     if day_from:
         query = query.where(AuditEvent.at >= day_start(day_from))
     if day_to:
-        query = query.where(AuditEvent.at < day_start(day_to) + timedelta(days=1))
+        query = query.where(AuditEvent.at < day_start(day_to + timedelta(days=1)))
     return query
 
 

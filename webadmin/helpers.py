@@ -69,8 +69,14 @@ def parse_day(value: str | None) -> date | None:
 
 
 def day_start(day: date) -> datetime:
-    """Midnight UTC at the start of ``day``."""
-    return datetime.combine(day, time.min, tzinfo=timezone.utc)
+    """The start of ``day`` in the console's zone (``web.timezone``), as a UTC time: the day a
+    doctor or auditor filters by is the day of the times they are shown."""
+    return datetime.combine(day, time.min, tzinfo=display_zone()).astimezone(timezone.utc)
+
+
+def local_day(value: datetime) -> date:
+    """The day of a stored (UTC) time in the console's zone."""
+    return value.astimezone(display_zone()).date()
 
 
 def url_with(**changes: Any) -> str:

@@ -88,7 +88,7 @@ def worklist_query(args: dict[str, str]) -> Any:
     if day_from:
         query = query.where(Study.last_received_at >= day_start(day_from))
     if day_to:
-        query = query.where(Study.last_received_at < day_start(day_to) + timedelta(days=1))
+        query = query.where(Study.last_received_at < day_start(day_to + timedelta(days=1)))
     term = (args.get("patient") or "").strip()
     if term:
         like = f"%{term.replace('%', '').replace('_', '')}%"

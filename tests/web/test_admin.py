@@ -7,10 +7,12 @@ import csv
 import io
 import json
 import re
+from datetime import datetime, timezone
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from bcd_node.db.models import (
     ApiToken,
@@ -328,3 +330,24 @@ def test_admin_sees_a_lock_and_lifts_it(app: Flask, admin_client: FlaskClient,
     assert "sign-in locked until" not in resp.get_data(as_text=True)
     assert login(client, "doctor", DOCTOR_PASSWORD).status_code == 302
     assert "user_unlock" in actions(app)
+
+
+def test_audit_day_filters_are_days_in_the_consoles_zone(
+        app: Flask, admin_client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event at 12:30 UTC on 1 June 2020 is at 00:30 on 2 June in Auckland (UTC+12): an
+    auditor there who filters by 2 June finds it, and not by 1 June."""
+    import dataclasses
+
+    ctx = app.extensions["bcd_node"]
+    web = dataclasses.replace(ctx.settings.web, timezone="Pacific/Auckland")
+    monkeypatch.setattr(ctx, "settings", dataclasses.replace(ctx.settings, web=web))
+    with ctx.session_factory.begin() as session:
+        session.execute(update(AuditEvent).values(
+            at=datetime(2020, 6, 1, 12, 30, tzinfo=timezone.utc)))
+        total = session.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
+
+    def found(day: str) -> str:
+        return admin_client.get(f"/admin/audit/?from={day}&to={day}").get_data(as_text=True)
+
+    assert total and f"{total} in all" in found("2020-06-02")
+    assert "0 in all" in found("2020-06-01")
