@@ -250,6 +250,16 @@ def case_state(case: Case) -> dict[str, Any]:
     }
 
 
+def _valid(form: Any) -> bool:
+    """Whether a posted form is valid; its errors are flashed when not."""
+    if form.validate_on_submit():
+        return True
+    for errors in form.errors.values():
+        for error in errors:
+            flash(error, "error")
+    return False
+
+
 @bp.get("/cases/<uid>")
 def case(uid: str) -> Any:
     """The case: its conclusion, every field as a thumbnail, one field large, Sign case."""
@@ -309,10 +319,7 @@ def sign(uid: str) -> Any:
     st = _study_or_404(uid)
     form = SignCaseForm()
     back = redirect(url_for("worklist.case", uid=uid))
-    if not form.validate_on_submit():
-        for errors in form.errors.values():
-            for error in errors:
-                flash(error, "error")
+    if not _valid(form):
         return back
     name, kind = actor()
     try:
@@ -367,10 +374,7 @@ def verify(result_id: int) -> Any:
     else:
         back = redirect(url_for("worklist.study", uid=st.study_instance_uid)
                         + f"#result-{result.id}")
-    if not form.validate_on_submit():
-        for errors in form.errors.values():
-            for error in errors:
-                flash(error, "error")
+    if not _valid(form):
         return back
     name, kind = actor()
     try:

@@ -45,6 +45,7 @@ from bcd_node.jobs.queue import Claimed
 from bcd_node.records.cases import case_blast_count, case_findings, field_flags
 from bcd_node.records.cells import corrected_counts
 from bcd_node.records.names import person_name
+from bcd_node.records.revisions import clear_verification
 from bcd_node.records.studies import refresh_study
 from bcd_node.report.summary import FieldRow, SummaryData, render_summary
 from bcd_node.runtime import NodeContext
@@ -73,17 +74,6 @@ def _summary_done_and_refresh(session: Session, study_id: int) -> None:
     _summary_done(session, study_id)
     session.flush()
     refresh_study(session, study_id)
-
-
-def _withdraw_signature(result: Result) -> None:
-    """A summary result gets a new summary: the signature of the old one is not carried over."""
-    result.verification = VerificationState.UNVERIFIED
-    result.verified_by_fk = None
-    result.verified_at = None
-    result.verified_stage = None
-    result.verified_comment = None
-    result.verified_sr_sop_instance_uid = None
-    result.verified_pdf_path = None
 
 
 class StudySummaries:
@@ -145,7 +135,7 @@ class StudySummaries:
                 # A new summary (a field arrived or changed after the last one): a signature
                 # of the earlier one does not sign this one. The earlier signature stays in
                 # the audit log and at the PACS.
-                _withdraw_signature(result)
+                clear_verification(result)  # a new summary: the old signature goes
             result.stage = Stage(stage) if stage is not None else None
             result.probabilities = {str(k): v for k, v in (probs or {}).items()}
             # The case's one confidence (bcd_node.records.cases.case_findings).
