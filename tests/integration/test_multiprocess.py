@@ -32,7 +32,10 @@ def test_roles_share_postgres_and_each_image_is_processed_once(write_config, pos
     dicom_port, web_port = free_port(), free_port()
     cfg = write_config(
         f'[model]\nweights = "{manifest}"\nprecision = "float32"\n\n'
-        "[workers]\ncount = 1\npoll_interval = 0.1\n\n[delivery]\ninterval = 0.3\n\n"
+        "[workers]\ncount = 1\npoll_interval = 0.1\n"
+        # One job per claim, so that the burst is shared between the two worker processes
+        # (batched claims are tested in tests/analysis/test_pipeline_batches.py).
+        "batch_size = 1\n\n[delivery]\ninterval = 0.3\n\n"
         '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
         f"port = {orthanc.dicom_port}\n", dicom_port=dicom_port, web_port=web_port,
         database_url=postgres_url)

@@ -93,12 +93,6 @@ def assert_results_keep_their_rows_through_0005(engine: Engine) -> None:
             {**now, "study": study})
         assert conn.execute(text("SELECT demonstration_model FROM results ORDER BY id")
                             ).scalars().all() == [None, False]
-    # 0011: earlier results record no review reasons and no scale.
-    upgrade(engine)
-    with engine.begin() as conn:
-        row = conn.execute(text("SELECT review_reasons, um_per_pixel, scale_source FROM results "
-                                "WHERE id = :id"), {"id": result}).one()
-        assert tuple(row) in (("[]", None, None), ([], None, None))
 
 
 def assert_statuses_renamed_through_0006(engine: Engine) -> None:
