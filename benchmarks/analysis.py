@@ -20,6 +20,7 @@ Reproduce with::
 
     .venv/bin/python benchmarks/analysis.py                # burst of 200, then the model alone
     .venv/bin/python benchmarks/analysis.py --burst 50 --batch-size 8
+    .venv/bin/python benchmarks/analysis.py --burst 32 --repeat 2 --compare-png
     .venv/bin/python benchmarks/analysis.py --stages       # 10 images after 3 warm-up ones
     .venv/bin/python benchmarks/analysis.py --stages --images 20 --size 256
 """
@@ -63,6 +64,16 @@ def timed(spent: dict[str, float], name: str, call: Callable[..., Any]) -> Calla
     return run
 
 
+def pillow_png(array: Any) -> bytes:
+    """The console's PNGs as they were written before issue 17's change (Pillow, level 1)."""
+    import io
+
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG", optimize=False, compress_level=1)
+    return buffer.getvalue()
+
+
 def burst(args: argparse.Namespace) -> int:
     """A burst of images through the real worker, then the model alone on the same images."""
     import numpy as np
@@ -101,8 +112,16 @@ def burst(args: argparse.Namespace) -> int:
         from bcd_node.db.models import Instance, Job, JobKind, JobState
         with context.session_factory() as s:
             paths = list(s.execute(select(Instance.path).order_by(Instance.id)).scalars())
-        worker_seconds: dict[int, float] = {}
-        for round_, count in enumerate(args.builders):
+        from bcd_node.analysis import builders as builders_module
+        worker_seconds: dict[str, list[float]] = {}
+        new_png = builders_module.png
+        # With --compare-png the order turns each repeat (the first burst also pays one-time
+        # loading: highdicom's tables, the PDF's fonts).
+        rounds = [(count, encoder) for r in range(args.repeat) for count in args.builders
+                  for encoder in ((("pillow", "opencv") if r % 2 == 0 else ("opencv", "pillow"))
+                                  if args.compare_png else ("opencv",))]
+        for round_, (count, encoder) in enumerate(rounds):
+            builders_module.png = pillow_png if encoder == "pillow" else new_png
             if round_:  # the same burst again: every job queued anew
                 with context.session_factory.begin() as s:
                     s.execute(update(Job).values(state=JobState.QUEUED, attempts=0,
@@ -123,7 +142,8 @@ def burst(args: argparse.Namespace) -> int:
                 thread.start()
             for thread in threads:
                 thread.join()
-            worker_seconds[count] = time.perf_counter() - started
+            label = f"{count}" + (f" {encoder} PNG" if args.compare_png else "")
+            worker_seconds.setdefault(label, []).append(time.perf_counter() - started)
             builders.close()
         with context.session_factory() as s:
             done = s.execute(select(func.count(Job.id)).where(
@@ -141,21 +161,24 @@ def burst(args: argparse.Namespace) -> int:
     report = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
               "images": n, "size": args.size, "analysed": done,
               "batch_size": args.batch_size, "model": f"{info['name']} {info['version']}",
-              "worker_images_per_s": {count: round(n / sec, 2)
-                                      for count, sec in worker_seconds.items()},
+              "worker_images_per_s": {label: [round(n / sec, 2) for sec in secs]
+                                      for label, secs in worker_seconds.items()},
               "model_only_images_per_s": round(n / model_seconds, 2),
-              "ratio": {count: round(model_seconds / sec, 2)
-                        for count, sec in worker_seconds.items()}}
+              "ratio": {label: [round(model_seconds / sec, 2) for sec in secs]
+                        for label, secs in worker_seconds.items()}}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"burst of {n} images of {args.size}x{args.size} with {report['model']} on "
           f"{report['machine']} (workers.batch_size {args.batch_size}, workers.count "
           f"{args.threads}, {done} analysed):")
-    for count, rate in report["worker_images_per_s"].items():
-        where = f"{count} output builder processes" if count else "outputs built in the worker"
-        print(f"  through the worker (claim -> publish), {where}: {rate:.2f} images/s; "
-              f"worker / model alone {report['ratio'][count]:.2f}")
+    for label, rates in report["worker_images_per_s"].items():
+        count, _, encoder = label.partition(" ")
+        where = (f"{count} output builder processes" if int(count)
+                 else "outputs built in the worker") + (f", {encoder}" if encoder else "")
+        print(f"  through the worker (claim -> publish), {where}: "
+              f"{', '.join(f'{rate:.2f}' for rate in rates)} images/s; worker / model alone "
+              f"{', '.join(f'{ratio:.2f}' for ratio in report['ratio'][label])}")
     print(f"  the model alone, same images, batched: {report['model_only_images_per_s']:.2f} "
           f"images/s")
     print("reproduce: .venv/bin/python benchmarks/analysis.py " + " ".join(sys.argv[1:]))
@@ -172,6 +195,12 @@ def main() -> int:
                         help="workers.count: worker threads draining the queue together")
     parser.add_argument("--builders", type=int, nargs="+", default=[0],
                         help="workers.output_builders; several values: one burst each")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="bursts per --builders value, in turn (the same images again)")
+    parser.add_argument("--compare-png", action="store_true",
+                        help="each burst twice, alternating: the console's PNGs written by "
+                             "Pillow at level 1 (before issue 17's change), then as the node "
+                             "writes them")
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")

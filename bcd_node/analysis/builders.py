@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 import logging
 import multiprocessing
 from collections.abc import Sequence
@@ -22,8 +21,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
-from PIL import Image
 from pydicom.dataset import Dataset
 
 from bcd_node.analysis.findings import Combined, build_analysis
@@ -83,11 +82,23 @@ class Built:
     cells: dict[str, Any] | None = None
 
 
+#: OpenCV's PNG writer at deflate level 1 with run-length matching: lossless like any PNG, and
+#: measured (issue 17) 1.5 times faster than Pillow's level 1 on the 512 x 512 RGB overlay
+#: (16 against 23 ms) and 2 to 4 times on the mask and the probability map, files no larger.
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
+               cv2.IMWRITE_PNG_STRATEGY_RLE]
+
+
 def png(array: np.ndarray) -> bytes:
-    """``array`` as a PNG (deflate level 1: the console's pictures, written once per image)."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, "PNG", optimize=False, compress_level=1)
-    return buffer.getvalue()
+    """``array`` (grey, RGB or RGBA, 8 or 16 bit) as a PNG: the console's pictures, written
+    once per image, so speed matters more than the last percent of size."""
+    if array.ndim == 3:  # OpenCV writes its channels in BGR(A) order
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR if array.shape[2] == 3
+                             else cv2.COLOR_RGBA2BGRA)
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(array), _PNG_PARAMS)
+    if not ok:
+        raise ValueError(f"cannot encode a {array.dtype} array of shape {array.shape} as PNG")
+    return bytes(encoded.tobytes())
 
 
 def build(request: BuildRequest) -> Built:
