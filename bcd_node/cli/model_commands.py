@@ -92,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, learning_rate=args.learning_rate,
                          patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
                          augment="none" if args.no_augment else args.augment,
-                         vgg16_weights=args.vgg16_weights,
+                         vgg16_weights=args.vgg16_weights, um_per_pixel=args.um_per_pixel,
                          name=args.name, version=args.model_version, max_minutes=args.max_minutes)
     tail = getattr(args, "argv_tail", None)
     if tail is None and "train" in sys.argv:
@@ -329,6 +329,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "(default light)")
     p.add_argument("--no-augment", dest="no_augment", action="store_true",
                    help="same as --augment none")
+    p.add_argument("--um-per-pixel", dest="um_per_pixel", type=float, default=None,
+                   help="µm per pixel of the training fields, written in the manifest as the "
+                        "model's resolution (0.25 for `bcd-node synth`'s default)")
     p.add_argument("--vgg16-weights", dest="vgg16_weights", default=None,
                    help="local VGG16 ImageNet notop weights file (width 1.0 only)")
     p.add_argument("--cache", type=Path, default=None, help="folder for cached arrays (.npz)")

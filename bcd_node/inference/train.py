@@ -204,6 +204,7 @@ class TrainConfig:
     vgg16_weights: str | None = None
     name: str = "bcd-vgg16unet-synthetic"
     version: str = "1.0.0"
+    um_per_pixel: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     robust: RobustAugment = field(default_factory=RobustAugment)
 
@@ -213,6 +214,9 @@ class TrainConfig:
         if self.augment not in AUGMENT_MODES:
             raise ValidationError(f"augment must be one of {', '.join(AUGMENT_MODES)}, "
                                   f"got {self.augment!r}")
+        if self.um_per_pixel is not None and not 0.02 <= self.um_per_pixel <= 50:
+            raise ValidationError("um_per_pixel (the training data's µm per pixel of a field) must "
+                                  f"be in 0.02..50, got {self.um_per_pixel!r}")
 
 
 def augment_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
@@ -463,6 +467,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
         },
         "metrics": {"validation": val_report},
     }
+    if cfg.um_per_pixel is not None:
+        manifest["um_per_pixel"] = cfg.um_per_pixel
     if test_dir is not None:
         test_s = data_mod.scan_dataset(test_dir)
         te = data_mod.load_arrays(test_s, load_size, cache / "test.npz" if cache else None)
