@@ -91,7 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          field_size=args.field_size or args.input_size, epochs=args.epochs,
                          batch_size=args.batch_size, learning_rate=args.learning_rate,
                          patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
-                         augment=not args.no_augment, vgg16_weights=args.vgg16_weights,
+                         augment="none" if args.no_augment else args.augment,
+                         vgg16_weights=args.vgg16_weights, um_per_pixel=args.um_per_pixel,
                          name=args.name, version=args.model_version, max_minutes=args.max_minutes)
     tail = getattr(args, "argv_tail", None)
     if tail is None and "train" in sys.argv:
@@ -321,7 +322,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
     p.add_argument("--val-fraction", dest="val_fraction", type=float, default=0.12)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--no-augment", dest="no_augment", action="store_true")
+    p.add_argument("--augment", choices=("none", "light", "robust"), default="light",
+                   help="training augmentation: light (rot90/flips, mild blur and colour jitter; "
+                        "the bundled model's), robust (adds scale ×0.75–1.33, HED stain, hue and "
+                        "saturation, blur σ 0–2.5, JPEG 30–95, gamma and noise) or none "
+                        "(default light)")
+    p.add_argument("--no-augment", dest="no_augment", action="store_true",
+                   help="same as --augment none")
+    p.add_argument("--um-per-pixel", dest="um_per_pixel", type=float, default=None,
+                   help="µm per pixel of the training fields, written in the manifest as the "
+                        "model's resolution (0.25 for `bcd-node synth`'s default)")
     p.add_argument("--vgg16-weights", dest="vgg16_weights", default=None,
                    help="local VGG16 ImageNet notop weights file (width 1.0 only)")
     p.add_argument("--cache", type=Path, default=None, help="folder for cached arrays (.npz)")

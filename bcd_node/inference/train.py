@@ -8,6 +8,7 @@ the weights and their manifest, and (optionally) evaluate on a held-out test fol
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -30,6 +31,154 @@ from bcd_node.inference.spec import ARCHITECTURE, CLASSES
 
 LOGGER = logging.getLogger(__name__)
 
+AUGMENT_MODES = ("none", "light", "robust")
+"""The training augmentations ``TrainConfig.augment`` selects: ``light`` (the bundled model's:
+rot90/flips, mild blur, colour/brightness jitter), ``robust`` (light's geometry plus the shifts of
+another lab or scanner, :class:`RobustAugment`) or ``none``."""
+
+# Ruifrok & Johnston's stain vectors (optical density per RGB channel of one unit of stain):
+# haematoxylin, eosin, DAB. Rows are normalised; the inverse separates an image into the three.
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29],
+                         [0.07, 0.99, 0.11],
+                         [0.27, 0.57, 0.78]], np.float64)
+RGB_FROM_HED = RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+
+
+def rgb_to_hed(image: np.ndarray) -> np.ndarray:
+    """Colour deconvolution: (H, W, 3) RGB 0–255 to (H, W, 3) stain densities (H, E, DAB)."""
+    od = -np.log((image.astype(np.float64) + 1.0) / 256.0)
+    return od @ HED_FROM_RGB
+
+
+def hed_to_rgb(hed: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_hed`: stain densities to float RGB 0–255 (clipped)."""
+    od = hed @ RGB_FROM_HED
+    return np.clip(256.0 * np.exp(-od) - 1.0, 0.0, 255.0)
+
+
+def perturb_hed(image: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Scale and shift each stain's density (``scale``/``shift``: 3 numbers, H, E, DAB); uint8."""
+    hed = rgb_to_hed(image) * scale + shift
+    return np.rint(hed_to_rgb(hed)).astype(np.uint8)  # type: ignore[no-any-return]
+
+
+def background_colour(image: np.ndarray) -> np.ndarray:
+    """The field's background (the plasma between cells): the median colour of its brighter half."""
+    px = image.reshape(-1, 3)
+    lum = px.astype(np.float32).mean(axis=1)
+    bright = px[lum >= np.median(lum)]
+    return np.median(bright, axis=0).astype(np.uint8)  # type: ignore[no-any-return]
+
+
+def rescale_field(image: np.ndarray, mask: np.ndarray, factor: float,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Magnify a field by ``factor`` keeping its size: crop and resize when > 1, resize and pad with
+    the background colour when < 1. The mask follows with nearest-neighbour interpolation."""
+    h, w = mask.shape
+    if factor >= 1.0:
+        ch, cw = max(1, int(round(h / factor))), max(1, int(round(w / factor)))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        img = cv2.resize(np.ascontiguousarray(image[y:y + ch, x:x + cw]), (w, h),
+                         interpolation=cv2.INTER_LINEAR)
+        msk = cv2.resize(np.ascontiguousarray(mask[y:y + ch, x:x + cw]), (w, h),
+                         interpolation=cv2.INTER_NEAREST_EXACT)
+        return img, msk
+    sh, sw = max(1, int(round(h * factor))), max(1, int(round(w * factor)))
+    small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+    small_m = cv2.resize(mask, (sw, sh), interpolation=cv2.INTER_NEAREST_EXACT)
+    y, x = int(rng.integers(0, h - sh + 1)), int(rng.integers(0, w - sw + 1))
+    img = np.empty_like(image)
+    img[:] = background_colour(image)
+    img[y:y + sh, x:x + sw] = small
+    msk = np.zeros_like(mask)
+    msk[y:y + sh, x:x + sw] = small_m
+    return img, msk
+
+
+def jitter_hsv(image: np.ndarray, hue_degrees: float, saturation: float) -> np.ndarray:
+    """Rotate the hue by ``hue_degrees`` and scale the saturation by ``saturation``; uint8 RGB."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.float32)  # OpenCV hue: 0–179, 2° a unit
+    hsv[..., 0] = np.mod(hsv[..., 0] + hue_degrees / 2.0, 180.0)
+    hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
+    out = np.rint(hsv)
+    out[..., 0] = np.mod(out[..., 0], 180.0)
+    return cv2.cvtColor(out.astype(np.uint8), cv2.COLOR_HSV2RGB)
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """Encode as JPEG at ``quality`` and decode (OpenCV); uint8 RGB."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:  # pragma: no cover - OpenCV always encodes a uint8 image
+        raise ValidationError("JPEG encoding failed")
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if decoded is None:  # pragma: no cover - OpenCV decodes what it encoded
+        raise ValidationError("JPEG decoding failed")
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+
+def apply_gamma(image: np.ndarray, gamma: float) -> np.ndarray:
+    """``255 * (x / 255) ** gamma`` through a lookup table; uint8."""
+    lut = np.clip(np.rint(255.0 * (np.arange(256) / 255.0) ** gamma), 0, 255).astype(np.uint8)
+    return lut[image]  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class RobustAugment:
+    """Probabilities and ranges of the ``robust`` augmentation (issue 16: another lab's scanner).
+
+    Each transform is applied with its probability ``p_*`` and a value drawn uniformly from its
+    range, in this order: scale (magnification ×``scale``, i.e. 0.25 µm/px seen as 0.19–0.33),
+    HED stain perturbation (each stain's density × 1±``hed_scale`` + ±``hed_shift``), hue
+    (±``hue_degrees``) and saturation (×``saturation``), gamma, Gaussian blur (σ), Gaussian noise
+    (σ in grey levels), JPEG (quality).
+    """
+
+    p_scale: float = 0.5
+    scale: tuple[float, float] = (0.75, 1.33)
+    p_hed: float = 0.5
+    hed_scale: float = 0.1
+    hed_shift: float = 0.05
+    p_hsv: float = 0.5
+    hue_degrees: float = 12.0
+    saturation: tuple[float, float] = (0.6, 1.4)
+    p_gamma: float = 0.4
+    gamma: tuple[float, float] = (0.7, 1.4)
+    p_blur: float = 0.4
+    blur_sigma: tuple[float, float] = (0.0, 2.5)
+    p_noise: float = 0.3
+    noise_sigma: tuple[float, float] = (0.0, 8.0)
+    p_jpeg: float = 0.3
+    jpeg_quality: tuple[int, int] = (30, 95)
+
+    def apply(self, image: np.ndarray, mask: np.ndarray,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Augment one uint8 RGB field and its mask; returns uint8 arrays of the same shapes."""
+        img, msk = image, mask
+        if rng.random() < self.p_scale:
+            lo, hi = np.log(self.scale[0]), np.log(self.scale[1])
+            img, msk = rescale_field(img, msk, float(np.exp(rng.uniform(lo, hi))), rng)
+        if rng.random() < self.p_hed:
+            img = perturb_hed(img, rng.uniform(1 - self.hed_scale, 1 + self.hed_scale, 3),
+                              rng.uniform(-self.hed_shift, self.hed_shift, 3))
+        if rng.random() < self.p_hsv:
+            img = jitter_hsv(img, float(rng.uniform(-self.hue_degrees, self.hue_degrees)),
+                             float(rng.uniform(*self.saturation)))
+        if rng.random() < self.p_gamma:
+            img = apply_gamma(img, float(rng.uniform(*self.gamma)))
+        if rng.random() < self.p_blur:
+            sigma = float(rng.uniform(*self.blur_sigma))
+            if sigma > 0.05:
+                img = cv2.GaussianBlur(img, (0, 0), sigma)
+        if rng.random() < self.p_noise:
+            noise = rng.normal(0.0, float(rng.uniform(*self.noise_sigma)), img.shape)
+            img = np.clip(np.rint(img + noise), 0, 255).astype(np.uint8)
+        if rng.random() < self.p_jpeg:
+            img = jpeg_roundtrip(img, int(rng.integers(self.jpeg_quality[0],
+                                                       self.jpeg_quality[1] + 1)))
+        return np.ascontiguousarray(img), np.ascontiguousarray(msk)
+
 
 @dataclass
 class TrainConfig:
@@ -49,18 +198,35 @@ class TrainConfig:
     patience: int = 6
     val_fraction: float = 0.12
     seed: int = 1
-    augment: bool = True
+    augment: str = "light"
     steps_per_epoch: int | None = None
     max_minutes: float | None = None
     vgg16_weights: str | None = None
     name: str = "bcd-vgg16unet-synthetic"
     version: str = "1.0.0"
+    um_per_pixel: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    robust: RobustAugment = field(default_factory=RobustAugment)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, bool):  # the former switch: True was today's "light"
+            self.augment = "light" if self.augment else "none"
+        if self.augment not in AUGMENT_MODES:
+            raise ValidationError(f"augment must be one of {', '.join(AUGMENT_MODES)}, "
+                                  f"got {self.augment!r}")
+        if self.um_per_pixel is not None and not 0.02 <= self.um_per_pixel <= 50:
+            raise ValidationError("um_per_pixel (the training data's µm per pixel of a field) must "
+                                  f"be in 0.02..50, got {self.um_per_pixel!r}")
 
 
-def augment_batch(images: np.ndarray, masks: np.ndarray,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
+                  mode: str = "light",
+                  robust: RobustAugment | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Random rot90/flips (image and mask together) and stain/brightness/blur jitter (image only).
+
+    ``mode="light"`` adds mild blur and colour/brightness jitter (the bundled model's training);
+    ``mode="robust"`` adds :class:`RobustAugment` (``robust``, default ranges when None) before the
+    same colour/brightness jitter; ``mode="none"`` returns the batch unchanged as float32.
 
     Parameters
     ----------
@@ -69,6 +235,10 @@ def augment_batch(images: np.ndarray, masks: np.ndarray,
     masks : numpy.ndarray
         (N, H, W) uint8.
     rng : numpy.random.Generator
+        Every random draw comes from it: the same seed gives the same batch.
+    mode : str
+        One of :data:`AUGMENT_MODES`.
+    robust : RobustAugment, optional
 
     Returns
     -------
@@ -77,6 +247,11 @@ def augment_batch(images: np.ndarray, masks: np.ndarray,
     masks : numpy.ndarray
         uint8.
     """
+    if mode not in AUGMENT_MODES:
+        raise ValidationError(f"augment must be one of {', '.join(AUGMENT_MODES)}, got {mode!r}")
+    if mode == "none":
+        return images.astype(np.float32), masks.copy()
+    heavy = robust or RobustAugment()
     out_i = np.empty(images.shape, np.float32)
     out_m = np.empty_like(masks)
     for n in range(len(images)):
@@ -84,8 +259,10 @@ def augment_batch(images: np.ndarray, masks: np.ndarray,
         img, msk = np.rot90(images[n], k), np.rot90(masks[n], k)
         if rng.random() < 0.5:
             img, msk = img[:, ::-1], msk[:, ::-1]
-        img = np.ascontiguousarray(img)
-        if rng.random() < 0.3:
+        img, msk = np.ascontiguousarray(img), np.ascontiguousarray(msk)
+        if mode == "robust":
+            img, msk = heavy.apply(img, msk, rng)
+        elif rng.random() < 0.3:
             img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.3, 1.2)))
         x = img.astype(np.float32)
         gain = rng.uniform(0.92, 1.08, size=3).astype(np.float32)
@@ -115,11 +292,13 @@ class SmearBatches(keras.utils.PyDataset):  # type: ignore[misc]  # Keras is unt
     """Shuffled, augmented batches of cached arrays for ``model.fit``."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, masks: np.ndarray, batch_size: int,
-                 seed: int, augment: bool = True, steps: int | None = None) -> None:
+                 seed: int, augment: str | bool = "light", steps: int | None = None,
+                 robust: RobustAugment | None = None) -> None:
         super().__init__()
         self.images, self.labels, self.masks = images, labels, masks
         self.batch_size = batch_size
-        self.augment = augment
+        self.augment = ("light" if augment else "none") if isinstance(augment, bool) else augment
+        self.robust = robust
         self.rng = np.random.default_rng(seed)
         self.steps = steps or math.ceil(len(images) / batch_size)
         self.order = self.rng.permutation(len(images))
@@ -131,10 +310,7 @@ class SmearBatches(keras.utils.PyDataset):  # type: ignore[misc]  # Keras is unt
         n = len(self.images)
         sel = self.order[np.arange(idx * self.batch_size, (idx + 1) * self.batch_size) % n]
         imgs, msks = self.images[sel], self.masks[sel]
-        if self.augment:
-            x, m = augment_batch(imgs, msks, self.rng)
-        else:
-            x, m = imgs.astype(np.float32), msks
+        x, m = augment_batch(imgs, msks, self.rng, self.augment, self.robust)
         return x, {"stage": self.labels[sel], "mask": m[..., None].astype(np.float32)}
 
     def on_epoch_end(self) -> None:
@@ -224,7 +400,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
                              vgg16_weights=cfg.vgg16_weights)
     compile_model(model, cfg.learning_rate)
     batches = SmearBatches(tr_x, tr_y, tr_m, cfg.batch_size, cfg.seed, cfg.augment,
-                           cfg.steps_per_epoch)
+                           cfg.steps_per_epoch, cfg.robust)
     val_data = (va_x.astype(np.float32),
                 {"stage": va_y, "mask": va_m[..., None].astype(np.float32)})
     callbacks = [
@@ -282,6 +458,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
                         for k, vals in history.history.items()},
             "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
             "augment": cfg.augment, "seconds": round(seconds, 1),
+            **({"augment_robust": dataclasses.asdict(cfg.robust)}
+               if cfg.augment == "robust" else {}),
             "max_minutes": cfg.max_minutes,
             "stopped_by_time_budget": bool(budget is not None and budget.stopped_epoch),
             "vgg16_imagenet": cfg.vgg16_weights is not None, "command": command,
@@ -289,6 +467,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
         },
         "metrics": {"validation": val_report},
     }
+    if cfg.um_per_pixel is not None:
+        manifest["um_per_pixel"] = cfg.um_per_pixel
     if test_dir is not None:
         test_s = data_mod.scan_dataset(test_dir)
         te = data_mod.load_arrays(test_s, load_size, cache / "test.npz" if cache else None)

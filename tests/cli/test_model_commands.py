@@ -137,3 +137,20 @@ def test_evaluate_shifts_prints_its_table(capsys, no_settings) -> None:
 def test_evaluate_needs_data_or_a_suite(capsys, no_settings) -> None:
     assert _run(["evaluate"]) == 2
     assert "--shifts" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_command_with_robust_augmentation(tmp_path: Path, capsys) -> None:
+    from bcd_node.inference import synth
+    from bcd_node.inference.loader import load_model
+    synth.write_dataset(tmp_path / "data", 32, 8, size=128, fields_per_patient=4)
+    out = tmp_path / "out"
+    assert _run(["train", str(tmp_path / "data"), "--out", str(out), "--width", "0.0625",
+                 "--input-size", "64", "--field-size", "128", "--epochs", "1",
+                 "--batch-size", "8", "--val-fraction", "0.25", "--augment", "robust",
+                 "--um-per-pixel", "0.5"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["augment"] == "robust"
+    assert manifest["training"]["augment_robust"]["blur_sigma"] == [0.0, 2.5]
+    assert manifest["um_per_pixel"] == 0.5
+    assert load_model(out / "manifest.json").manifest["sha256"] == manifest["sha256"]
