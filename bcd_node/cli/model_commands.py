@@ -92,7 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, learning_rate=args.learning_rate,
                          patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
                          augment="none" if args.no_augment else args.augment,
-                         vgg16_weights=args.vgg16_weights, um_per_pixel=args.um_per_pixel,
+                         vgg16_weights=args.vgg16_weights, init_weights=args.init_weights,
+                         um_per_pixel=args.um_per_pixel,
                          name=args.name, version=args.model_version, max_minutes=args.max_minutes)
     tail = getattr(args, "argv_tail", None)
     if tail is None and "train" in sys.argv:
@@ -334,6 +335,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "model's resolution (0.25 for `bcd-node synth`'s default)")
     p.add_argument("--vgg16-weights", dest="vgg16_weights", default=None,
                    help="local VGG16 ImageNet notop weights file (width 1.0 only)")
+    p.add_argument("--init-weights", dest="init_weights", default=None,
+                   help="start from these weights (same architecture, width and input size) "
+                        "instead of random ones: fine-tuning, e.g. the bundled model under "
+                        "--augment robust")
     p.add_argument("--cache", type=Path, default=None, help="folder for cached arrays (.npz)")
     p.add_argument("--max-minutes", dest="max_minutes", type=float, default=None,
                    help="stop after the epoch that passes this wall-time budget")

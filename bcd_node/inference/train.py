@@ -202,6 +202,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     max_minutes: float | None = None
     vgg16_weights: str | None = None
+    init_weights: str | None = None
     name: str = "bcd-vgg16unet-synthetic"
     version: str = "1.0.0"
     um_per_pixel: float | None = None
@@ -214,6 +215,8 @@ class TrainConfig:
         if self.augment not in AUGMENT_MODES:
             raise ValidationError(f"augment must be one of {', '.join(AUGMENT_MODES)}, "
                                   f"got {self.augment!r}")
+        if self.init_weights is not None and not Path(self.init_weights).is_file():
+            raise ValidationError(f"init_weights: no such weights file {self.init_weights!r}")
         if self.um_per_pixel is not None and not 0.02 <= self.um_per_pixel <= 50:
             raise ValidationError("um_per_pixel (the training data's µm per pixel of a field) must "
                                   f"be in 0.02..50, got {self.um_per_pixel!r}")
@@ -398,11 +401,26 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
 
     model = build_vgg16_unet((cfg.input_size, cfg.input_size, 3), len(CLASSES), cfg.width,
                              vgg16_weights=cfg.vgg16_weights)
+    if cfg.init_weights is not None:
+        # Fine-tuning: start from trained weights of the same architecture (e.g. the bundled
+        # model, retrained under another augmentation) instead of from random ones.
+        model.load_weights(cfg.init_weights)
+        LOGGER.info("starting from %s", cfg.init_weights)
     compile_model(model, cfg.learning_rate)
     batches = SmearBatches(tr_x, tr_y, tr_m, cfg.batch_size, cfg.seed, cfg.augment,
                            cfg.steps_per_epoch, cfg.robust)
-    val_data = (va_x.astype(np.float32),
-                {"stage": va_y, "mask": va_m[..., None].astype(np.float32)})
+    val_x, val_y, val_m = va_x.astype(np.float32), va_y, va_m
+    if cfg.augment == "robust":
+        # Early stopping and the learning-rate schedule then watch the shifted fields too: on the
+        # unshifted ones alone the best epoch is the one that has learnt least of the shifts.
+        # The fixed seed shows every epoch the same shifted copy. Temperature and the reported
+        # metrics stay on the unshifted validation fields.
+        shifted_x, shifted_m = augment_batch(va_x, va_m, np.random.default_rng(cfg.seed + 1000),
+                                             "robust", cfg.robust)
+        val_x = np.concatenate([val_x, shifted_x])
+        val_y = np.concatenate([va_y, va_y])
+        val_m = np.concatenate([va_m, shifted_m])
+    val_data = (val_x, {"stage": val_y, "mask": val_m[..., None].astype(np.float32)})
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                       restore_best_weights=True),
@@ -463,6 +481,11 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
             "max_minutes": cfg.max_minutes,
             "stopped_by_time_budget": bool(budget is not None and budget.stopped_epoch),
             "vgg16_imagenet": cfg.vgg16_weights is not None, "command": command,
+            **({"initialised_from": {"file": Path(cfg.init_weights).name,
+                                     "sha256": sha256_file(cfg.init_weights)}}
+               if cfg.init_weights is not None else {}),
+            "validation_monitored": ("unshifted fields and one robust-augmented copy of them"
+                                     if cfg.augment == "robust" else "unshifted fields"),
             **cfg.extra,
         },
         "metrics": {"validation": val_report},

@@ -186,5 +186,6 @@ def test_tiny_training_with_robust_augmentation(tmp_path: Path) -> None:
     assert manifest["training"]["augment"] == "robust"
     assert manifest["training"]["augment_robust"]["scale"] == [0.75, 1.33]
     assert manifest["training"]["augment_robust"]["jpeg_quality"] == [30, 95]
+    assert "robust-augmented copy" in manifest["training"]["validation_monitored"]
     loaded = load_model(tmp_path / "out" / "manifest.json")
     assert loaded.manifest["sha256"] == manifest["sha256"]

@@ -72,6 +72,34 @@ def test_train_pipeline_writes_loadable_weights(tiny_set: Path, tmp_path: Path) 
     assert loaded.manifest["sha256"] == manifest["sha256"]
 
 
+@pytest.mark.slow
+def test_fine_tuning_starts_from_the_given_weights(tiny_set: Path, tmp_path: Path) -> None:
+    first = train(tiny_set, tmp_path / "a",
+                  TrainConfig(width=0.0625, input_size=64, epochs=1, batch_size=8,
+                              val_fraction=0.25, steps_per_epoch=2))
+    start = tmp_path / "a" / first["weights_file"]
+    # A learning rate of 0 keeps every trained kernel where it started: the second model's
+    # kernels are the first one's only if training began from them (its own seed differs).
+    tuned = train(tiny_set, tmp_path / "b",
+                  TrainConfig(width=0.0625, input_size=64, epochs=1, batch_size=8,
+                              val_fraction=0.25, steps_per_epoch=2, learning_rate=0.0, seed=7,
+                              init_weights=str(start)))
+    assert tuned["training"]["initialised_from"] == {"file": start.name,
+                                                     "sha256": first["sha256"]}
+    a = load_model(tmp_path / "a" / "manifest.json").model
+    b = load_model(tmp_path / "b" / "manifest.json").model
+    kernels = [(wa, wb) for wa, wb in zip(a.weights, b.weights, strict=True)
+               if "kernel" in wa.path]
+    assert kernels
+    for wa, wb in kernels:
+        np.testing.assert_array_equal(wa.numpy(), wb.numpy())
+
+
+def test_fine_tuning_needs_an_existing_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="init_weights"):
+        TrainConfig(init_weights=str(tmp_path / "missing.weights.h5"))
+
+
 def test_time_budget_stops_training() -> None:
     from bcd_node.inference.train import TimeBudget
     model = build_vgg16_unet((32, 32, 3), 4, 0.0625)
