@@ -180,6 +180,20 @@ class RobustAugment:
         return np.ascontiguousarray(img), np.ascontiguousarray(msk)
 
 
+def at_input_scale(robust: RobustAugment, factor: float) -> RobustAugment:
+    """``robust`` as applied to fields already resized by ``factor`` for the model (128 / 256).
+
+    Its blur and noise ranges are stated in the image's own pixels (σ 2.5 px of a 0.25 µm/px
+    field); on a field halved for the model the same blur is σ 1.25, and the resize's averaging
+    halves the noise too. Scale, stain, colour, gamma and JPEG quality do not depend on it.
+    """
+    if factor == 1.0:
+        return robust
+    return dataclasses.replace(
+        robust, blur_sigma=(robust.blur_sigma[0] * factor, robust.blur_sigma[1] * factor),
+        noise_sigma=(robust.noise_sigma[0] * factor, robust.noise_sigma[1] * factor))
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of :func:`train` (the defaults reproduce the bundled model).
@@ -407,8 +421,9 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
         model.load_weights(cfg.init_weights)
         LOGGER.info("starting from %s", cfg.init_weights)
     compile_model(model, cfg.learning_rate)
+    robust = at_input_scale(cfg.robust, cfg.input_size / cfg.field_size)
     batches = SmearBatches(tr_x, tr_y, tr_m, cfg.batch_size, cfg.seed, cfg.augment,
-                           cfg.steps_per_epoch, cfg.robust)
+                           cfg.steps_per_epoch, robust)
     val_x, val_y, val_m = va_x.astype(np.float32), va_y, va_m
     if cfg.augment == "robust":
         # Early stopping and the learning-rate schedule then watch the shifted fields too: on the
@@ -416,7 +431,7 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
         # The fixed seed shows every epoch the same shifted copy. Temperature and the reported
         # metrics stay on the unshifted validation fields.
         shifted_x, shifted_m = augment_batch(va_x, va_m, np.random.default_rng(cfg.seed + 1000),
-                                             "robust", cfg.robust)
+                                             "robust", robust)
         val_x = np.concatenate([val_x, shifted_x])
         val_y = np.concatenate([va_y, va_y])
         val_m = np.concatenate([va_m, shifted_m])
@@ -476,7 +491,8 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig | None 
                         for k, vals in history.history.items()},
             "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
             "augment": cfg.augment, "seconds": round(seconds, 1),
-            **({"augment_robust": dataclasses.asdict(cfg.robust)}
+            **({"augment_robust": dataclasses.asdict(cfg.robust),
+                "augment_robust_at_input": dataclasses.asdict(robust)}
                if cfg.augment == "robust" else {}),
             "max_minutes": cfg.max_minutes,
             "stopped_by_time_budget": bool(budget is not None and budget.stopped_epoch),

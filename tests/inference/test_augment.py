@@ -18,6 +18,7 @@ from bcd_node.inference.train import (
     RobustAugment,
     TrainConfig,
     apply_gamma,
+    at_input_scale,
     augment_batch,
     jitter_hsv,
     jpeg_roundtrip,
@@ -168,6 +169,15 @@ def test_robust_stays_in_range_and_keeps_mask_values() -> None:
     assert np.array_equal(none_i, images.astype(np.float32)) and np.array_equal(none_m, masks)
 
 
+def test_blur_and_noise_ranges_follow_the_model_input_scale() -> None:
+    # σ 2.5 px of the 256-pixel field is σ 1.25 px once the field is halved for the model.
+    halved = at_input_scale(RobustAugment(), 128 / 256)
+    assert halved.blur_sigma == (0.0, 1.25) and halved.noise_sigma == (0.0, 4.0)
+    assert halved.scale == RobustAugment().scale
+    assert halved.jpeg_quality == RobustAugment().jpeg_quality
+    assert at_input_scale(RobustAugment(), 1.0) == RobustAugment()
+
+
 def test_augment_mode_is_validated() -> None:
     with pytest.raises(ValidationError, match="augment"):
         TrainConfig(augment="heavy")
@@ -187,5 +197,7 @@ def test_tiny_training_with_robust_augmentation(tmp_path: Path) -> None:
     assert manifest["training"]["augment_robust"]["scale"] == [0.75, 1.33]
     assert manifest["training"]["augment_robust"]["jpeg_quality"] == [30, 95]
     assert "robust-augmented copy" in manifest["training"]["validation_monitored"]
+    # 64-pixel input from the generator's 256-pixel fields (field_size defaults to 256)
+    assert manifest["training"]["augment_robust_at_input"]["blur_sigma"] == [0.0, 0.625]
     loaded = load_model(tmp_path / "out" / "manifest.json")
     assert loaded.manifest["sha256"] == manifest["sha256"]
