@@ -21,6 +21,7 @@ Reproduce with::
     .venv/bin/python benchmarks/analysis.py                # burst of 200, then the model alone
     .venv/bin/python benchmarks/analysis.py --burst 50 --batch-size 8
     .venv/bin/python benchmarks/analysis.py --burst 32 --repeat 2 --compare-png
+    .venv/bin/python benchmarks/analysis.py --threads 1 2 --repeat 2   # workers.count side by side
     .venv/bin/python benchmarks/analysis.py --stages       # 10 images after 3 warm-up ones
     .venv/bin/python benchmarks/analysis.py --stages --images 20 --size 256
 """
@@ -117,10 +118,12 @@ def burst(args: argparse.Namespace) -> int:
         new_png = builders_module.png
         # With --compare-png the order turns each repeat (the first burst also pays one-time
         # loading: highdicom's tables, the PDF's fonts).
-        rounds = [(count, encoder) for r in range(args.repeat) for count in args.builders
+        rounds = [(count, threads, encoder) for r in range(args.repeat)
+                  for count in args.builders
+                  for threads in (args.threads if r % 2 == 0 else args.threads[::-1])
                   for encoder in ((("pillow", "opencv") if r % 2 == 0 else ("opencv", "pillow"))
                                   if args.compare_png else ("opencv",))]
-        for round_, (count, encoder) in enumerate(rounds):
+        for round_, (count, n_threads, encoder) in enumerate(rounds):
             builders_module.png = pillow_png if encoder == "pillow" else new_png
             if round_:  # the same burst again: every job queued anew
                 with context.session_factory.begin() as s:
@@ -137,12 +140,12 @@ def burst(args: argparse.Namespace) -> int:
                     pass
 
             threads = [threading.Thread(target=drain, args=(f"bench-{t}",))
-                       for t in range(args.threads)]
+                       for t in range(n_threads)]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-            label = f"{count}" + (f" {encoder} PNG" if args.compare_png else "")
+            label = f"{count} {n_threads}" + (f" {encoder} PNG" if args.compare_png else "")
             worker_seconds.setdefault(label, []).append(time.perf_counter() - started)
             builders.close()
         with context.session_factory() as s:
@@ -170,12 +173,12 @@ def burst(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"burst of {n} images of {args.size}x{args.size} with {report['model']} on "
-          f"{report['machine']} (workers.batch_size {args.batch_size}, workers.count "
-          f"{args.threads}, {done} analysed):")
+          f"{report['machine']} (workers.batch_size {args.batch_size}, {done} analysed):")
     for label, rates in report["worker_images_per_s"].items():
-        count, _, encoder = label.partition(" ")
-        where = (f"{count} output builder processes" if int(count)
-                 else "outputs built in the worker") + (f", {encoder}" if encoder else "")
+        count, threads, *encoder = label.split(" ", 2)
+        where = (f"workers.count {threads}, "
+                 + (f"{count} output builder processes" if int(count)
+                    else "outputs built in the worker") + (f", {encoder[0]}" if encoder else ""))
         print(f"  through the worker (claim -> publish), {where}: "
               f"{', '.join(f'{rate:.2f}' for rate in rates)} images/s; worker / model alone "
               f"{', '.join(f'{ratio:.2f}' for ratio in report['ratio'][label])}")
@@ -191,8 +194,9 @@ def main() -> int:
                         help="time each stage of one image instead of a burst")
     parser.add_argument("--burst", type=int, default=200, help="images of the burst")
     parser.add_argument("--batch-size", type=int, default=8, help="workers.batch_size")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="workers.count: worker threads draining the queue together")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1],
+                        help="workers.count: worker threads draining the queue together; "
+                             "several values: one burst each, side by side")
     parser.add_argument("--builders", type=int, nargs="+", default=[0],
                         help="workers.output_builders; several values: one burst each")
     parser.add_argument("--repeat", type=int, default=1,

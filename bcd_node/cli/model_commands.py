@@ -14,7 +14,9 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+from bcd_node.errors import ValidationError
 
 if TYPE_CHECKING:
     from bcd_node.inference.predictor import Predictor
@@ -82,6 +84,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _robust_augment(args: argparse.Namespace) -> Any:
+    """The robust augmentation's ranges, with ``--robust-scale`` when given."""
+    from bcd_node.inference.train import RobustAugment
+    if args.robust_scale is None:
+        return RobustAugment()
+    low, high = args.robust_scale
+    if not 0.25 <= low <= 1.0 <= high <= 4.0:
+        raise ValidationError(f"--robust-scale must be LOW <= 1 <= HIGH within 0.25..4, got "
+                              f"{low:g} {high:g}")
+    return RobustAugment(scale=(low, high))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model and write weights + manifest."""
     from bcd_node.inference.predictor import configure_threads
@@ -92,6 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, learning_rate=args.learning_rate,
                          patience=args.patience, val_fraction=args.val_fraction, seed=args.seed,
                          augment="none" if args.no_augment else args.augment,
+                         robust=_robust_augment(args),
                          vgg16_weights=args.vgg16_weights, init_weights=args.init_weights,
                          um_per_pixel=args.um_per_pixel,
                          name=args.name, version=args.model_version, max_minutes=args.max_minutes)
@@ -330,6 +345,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "(default light)")
     p.add_argument("--no-augment", dest="no_augment", action="store_true",
                    help="same as --augment none")
+    p.add_argument("--robust-scale", dest="robust_scale", type=float, nargs=2, default=None,
+                   metavar=("LOW", "HIGH"),
+                   help="magnification range of --augment robust (default 0.75 1.33)")
     p.add_argument("--um-per-pixel", dest="um_per_pixel", type=float, default=None,
                    help="µm per pixel of the training fields, written in the manifest as the "
                         "model's resolution (0.25 for `bcd-node synth`'s default)")

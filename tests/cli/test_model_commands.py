@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from bcd_node.cli import model_commands as commands
+from bcd_node.errors import ValidationError
 from tests.support.images import write_smears
 
 
@@ -134,6 +135,12 @@ def test_evaluate_shifts_prints_its_table(capsys, no_settings) -> None:
     assert "Reproduce: bcd-node evaluate --shifts --count 4 --seed 3" in out
 
 
+def test_train_refuses_a_scale_range_without_1(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="--robust-scale"):
+        _run(["train", str(tmp_path), "--out", str(tmp_path / "out"), "--augment", "robust",
+              "--robust-scale", "1.1", "1.3"])
+
+
 def test_evaluate_needs_data_or_a_suite(capsys, no_settings) -> None:
     assert _run(["evaluate"]) == 2
     assert "--shifts" in capsys.readouterr().err
@@ -148,9 +155,10 @@ def test_train_command_with_robust_augmentation(tmp_path: Path, capsys) -> None:
     assert _run(["train", str(tmp_path / "data"), "--out", str(out), "--width", "0.0625",
                  "--input-size", "64", "--field-size", "128", "--epochs", "1",
                  "--batch-size", "8", "--val-fraction", "0.25", "--augment", "robust",
-                 "--um-per-pixel", "0.5"]) == 0
+                 "--um-per-pixel", "0.5", "--robust-scale", "0.9", "1.1"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["augment"] == "robust"
     assert manifest["training"]["augment_robust"]["blur_sigma"] == [0.0, 2.5]
+    assert manifest["training"]["augment_robust"]["scale"] == [0.9, 1.1]
     assert manifest["um_per_pixel"] == 0.5
     assert load_model(out / "manifest.json").manifest["sha256"] == manifest["sha256"]
