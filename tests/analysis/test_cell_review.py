@@ -14,7 +14,6 @@ from sqlalchemy import select
 from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.db.models import AuditEvent, Job, JobKind, Result, Role, User
 from bcd_node.intake.intake import Intake
-from bcd_node.jobs.queue import claim
 from bcd_node.records.cells import (
     CellRefused,
     corrected_blast_count,
@@ -26,20 +25,10 @@ from bcd_node.records.users import hash_password
 from bcd_node.records.verification import verify_result
 from bcd_node.runtime import NodeContext
 from tests.support.images import part10_bytes, vl_micro
+from tests.support.pipeline import run_all
 from tests.support.predictions import CellAnalyzer
 
 STUDY = "2.25.5151515151"
-
-
-def run_all(ctx: NodeContext, pipeline: Pipeline) -> int:
-    n = 0
-    while True:
-        with ctx.session_factory.begin() as s:
-            job = claim(s, "test-worker", 60)
-        if job is None:
-            return n
-        pipeline.run(job)
-        n += 1
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydicom
 import pytest
 from sqlalchemy import select, update
@@ -17,38 +16,15 @@ from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.analysis.summary import enqueue_study_summaries
 from bcd_node.db.models import Instance, Job, JobKind, JobState, Result, Role, Study, User, utcnow
 from bcd_node.intake.intake import Intake
-from bcd_node.jobs.queue import claim
 from bcd_node.records.users import hash_password
 from bcd_node.runtime import NodeContext
 from dicom.series import SERIES_NUMBERS, ResultKind, series_uid
 from tests.support.images import part10_bytes, vl_micro
-from tests.support.predictions import PROBS, Pred
+from tests.support.pipeline import run_all
+from tests.support.predictions import OneBlastAnalyzer
 
 STUDY = "2.25.4242424242"
 FIELDS = 4
-
-
-class Analyzer:
-    model_info = {"name": "test-model", "version": "1.0"}
-
-    def predict(self, images: list[np.ndarray], um_per_pixel=None) -> list[Pred]:
-        out = []
-        for image in images:
-            mask = np.zeros(image.shape[:2], np.uint8)
-            mask[10:20, 10:20] = 1
-            out.append(Pred("Malignant-Pre", PROBS, 1, 0.01, mask))
-        return out
-
-
-def run_all(ctx: NodeContext, pipeline: Pipeline) -> int:
-    n = 0
-    while True:
-        with ctx.session_factory.begin() as s:
-            job = claim(s, "test-worker", 60)
-        if job is None:
-            return n
-        pipeline.run(job)
-        n += 1
 
 
 def objects(data: Path) -> dict[str, pydicom.Dataset]:
@@ -64,7 +40,7 @@ def objects(data: Path) -> dict[str, pydicom.Dataset]:
 def study(ctx: NodeContext) -> Any:
     """A study of four fields, each in a series of its own and numbered 1 by its sender,
     analysed, one field verified, the study summarised."""
-    pipeline = Pipeline(ctx, Analyzer())
+    pipeline = Pipeline(ctx, OneBlastAnalyzer())
     with Intake(ctx) as intake:
         for seed in range(FIELDS):
             ds = vl_micro(seed, patient_id="PAT-S", study_uid=STUDY)

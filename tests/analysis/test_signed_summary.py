@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import highdicom as hd
-import numpy as np
 import pydicom
 import pytest
 from sqlalchemy import select, update
@@ -38,24 +37,11 @@ from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
 from tests.support.dicomcheck import assert_dciodvfy_clean
 from tests.support.images import part10_bytes, vl_micro
-from tests.support.predictions import PROBS, Pred
+from tests.support.pipeline import run_all
+from tests.support.predictions import OneBlastAnalyzer
 from tests.support.tools import require_tool
 
 PASSWORD = "a long enough password"
-
-
-class Analyzer:
-    """Malignant-Pre with one blast for every image."""
-
-    model_info = {"name": "test-model", "version": "1.0"}
-
-    def predict(self, images: list[np.ndarray], um_per_pixel=None) -> list[Pred]:
-        out = []
-        for image in images:
-            mask = np.zeros(image.shape[:2], np.uint8)
-            mask[10:20, 10:20] = 1
-            out.append(Pred("Malignant-Pre", PROBS, 1, 0.01, mask))
-        return out
 
 
 @pytest.fixture
@@ -66,30 +52,19 @@ def node(write_config, monkeypatch) -> Any:
     with ctx.session_factory.begin() as s:
         add_user(s, "dr.house", PASSWORD, Role.DOCTOR, full_name="Gregory House")
     with Intake(ctx) as intake:
-        yield ctx, intake, Pipeline(ctx, Analyzer())
+        yield ctx, intake, Pipeline(ctx, OneBlastAnalyzer())
     ctx.engine.dispose()
-
-
-def _run_all(ctx: NodeContext, pipeline: Pipeline) -> int:
-    n = 0
-    while True:
-        with ctx.session_factory.begin() as s:
-            job = claim(s, "test-worker", 60)
-        if job is None:
-            return n
-        pipeline.run(job)
-        n += 1
 
 
 def _summarised_study(ctx: NodeContext, intake: Intake, pipeline: Pipeline, fields: int) -> str:
     study_uid = pydicom.uid.generate_uid(prefix="2.25.")
     for seed in range(fields):
         intake.accept(part10_bytes(vl_micro(seed + 1, study_uid=study_uid)))
-    assert _run_all(ctx, pipeline) == fields
+    assert run_all(ctx, pipeline) == fields
     with ctx.session_factory.begin() as s:
         s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
     assert enqueue_study_summaries(ctx) == 1
-    assert _run_all(ctx, pipeline) == 1
+    assert run_all(ctx, pipeline) == 1
     return study_uid
 
 
@@ -119,7 +94,7 @@ def test_signing_the_summary_makes_the_verified_summary_sr_and_pdf(node) -> None
     with ctx.session_factory() as s:
         # Signed, but its report is not made yet.
         assert s.execute(select(Study.status)).scalar_one() == StudyStatus.SIGNED_CORRECTED
-    assert _run_all(ctx, pipeline) == 1
+    assert run_all(ctx, pipeline) == 1
     with ctx.session_factory() as s:
         job = s.execute(select(Job).where(Job.kind == JobKind.VERIFIED_REPORT)).scalar_one()
         assert job.state == JobState.DONE, job.last_error
@@ -176,18 +151,18 @@ def test_a_field_after_the_signature_makes_a_new_summary_to_sign(node) -> None:
     ctx, intake, pipeline = node
     study_uid = _summarised_study(ctx, intake, pipeline, 1)
     _sign(ctx, "accept", None, "")
-    assert _run_all(ctx, pipeline) == 1
+    assert run_all(ctx, pipeline) == 1
     with ctx.session_factory() as s:
         assert s.execute(select(Study.status)).scalar_one() == StudyStatus.SIGNED
     # A late field: the case is receiving again, then its new summary awaits a signature.
     intake.accept(part10_bytes(vl_micro(9, study_uid=study_uid)))
     with ctx.session_factory() as s:
         assert s.execute(select(Study.status)).scalar_one() == StudyStatus.ANALYSING
-    assert _run_all(ctx, pipeline) == 1
+    assert run_all(ctx, pipeline) == 1
     with ctx.session_factory.begin() as s:
         s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
     assert enqueue_study_summaries(ctx) == 1
-    assert _run_all(ctx, pipeline) == 1
+    assert run_all(ctx, pipeline) == 1
     with ctx.session_factory() as s:
         summary = s.execute(select(Result).where(Result.scope == ResultScope.STUDY)).scalar_one()
         assert summary.verification == "unverified" and summary.verified_pdf_path is None

@@ -18,11 +18,11 @@ from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.analysis.summary import enqueue_study_summaries
 from bcd_node.db.models import Delivery, Result, Study, utcnow
 from bcd_node.intake.intake import Intake
-from bcd_node.jobs.queue import claim
-from bcd_node.runtime import NodeContext, open_node
+from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from tests.support.dicomcheck import assert_dciodvfy_clean
 from tests.support.images import part10_bytes, vl_micro
+from tests.support.pipeline import run_all
 from tests.support.predictions import PROBS, Pred, Quality
 
 INSTITUTION = "St. Example Hospital"
@@ -61,17 +61,6 @@ def node(write_config, monkeypatch) -> Any:
     ctx.engine.dispose()
 
 
-def _run_all(ctx: NodeContext, pipeline: Pipeline) -> int:
-    n = 0
-    while True:
-        with ctx.session_factory.begin() as s:
-            job = claim(s, "test-worker", 60)
-        if job is None:
-            return n
-        pipeline.run(job)
-        n += 1
-
-
 @pytest.mark.integration
 def test_summary_references_every_field_and_every_output_names_the_institution(node) -> None:
     ctx, intake, pipeline = node
@@ -79,11 +68,11 @@ def test_summary_references_every_field_and_every_output_names_the_institution(n
     fields = [vl_micro(seed, study_uid=study_uid) for seed in (1, 2)]
     for ds in fields:
         intake.accept(part10_bytes(ds))
-    assert _run_all(ctx, pipeline) == 2
+    assert run_all(ctx, pipeline) == 2
     with ctx.session_factory.begin() as s:
         s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
     assert enqueue_study_summaries(ctx) == 1
-    assert _run_all(ctx, pipeline) == 1
+    assert run_all(ctx, pipeline) == 1
     with ctx.session_factory() as s:
         summary = s.execute(select(Result).where(Result.scope == "study")).scalar_one()
         field = s.execute(select(Result).where(Result.scope == "instance",

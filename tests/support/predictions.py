@@ -99,3 +99,17 @@ class KnownMaskAnalyzer:
                          regions, float(self.mask.mean()), self.mask.copy(),
                          probability=probability, min_blast_area=160)
                 for _ in images]
+
+
+class OneBlastAnalyzer:
+    """Malignant-Pre with one small blast (a 10-pixel square near the corner) for every image."""
+
+    model_info = {"name": "test-model", "version": "1.0"}
+
+    def predict(self, images: list[np.ndarray], um_per_pixel: float | None = None) -> list[Pred]:
+        out = []
+        for image in images:
+            mask = np.zeros(image.shape[:2], np.uint8)
+            mask[10:20, 10:20] = 1
+            out.append(Pred("Malignant-Pre", PROBS, 1, 0.01, mask))
+        return out
