@@ -17,6 +17,7 @@ from bcd_node.runtime import open_node
 from bcd_node.settings import PROJECT_ROOT, load_settings
 from tests.support.console import LiveConsole
 from tests.support.net import free_port
+from tests.support.peers import Orthanc
 from tests.support.tools import IN_CI, require_tool
 from tests.support.web import ADMIN_PASSWORD
 
@@ -24,22 +25,47 @@ SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
 
 
 @pytest.fixture
-def live_console(write_config: Callable[..., Path],
-                 monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveConsole]:
-    """A node with an admin, its console on a free port."""
+def start_console(write_config: Callable[..., Path],
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., LiveConsole]]:
+    """Starts a node's console on a free port: ``start_console(extra_config, user=(name,
+    password, role, full_name), seed=callable(session, context))``; each is stopped at the
+    test's end."""
     monkeypatch.setattr(users_module, "_HASHER",
                         PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-    port = free_port()
-    context = open_node(load_settings(write_config(web_port=port)))
-    with context.session_factory.begin() as session:
-        add_user(session, "admin", ADMIN_PASSWORD, Role.ADMIN, full_name="Ada Admin")
-    console = LiveConsole(context, port)
-    console.start()
-    try:
-        yield console
-    finally:
+    started: list[LiveConsole] = []
+
+    def start(extra: str = "", *, user: tuple[str, str, Role, str],
+              seed: Callable[[Any, Any], None] | None = None) -> LiveConsole:
+        port = free_port()
+        context = open_node(load_settings(write_config(extra, web_port=port)))
+        name, password, role, full_name = user
+        with context.session_factory.begin() as session:
+            add_user(session, name, password, role, full_name=full_name)
+            if seed is not None:
+                seed(session, context)
+        console = LiveConsole(context, port)
+        console.start()
+        started.append(console)
+        return console
+
+    yield start
+    for console in started:
         console.stop()
-        context.engine.dispose()
+        console.context.engine.dispose()
+
+
+@pytest.fixture
+def live_console(start_console: Callable[..., LiveConsole]) -> LiveConsole:
+    """A node with an admin, its console on a free port."""
+    return start_console(user=("admin", ADMIN_PASSWORD, Role.ADMIN, "Ada Admin"))
+
+
+@pytest.fixture
+def orthanc() -> Iterator[Orthanc]:
+    """Orthanc on free loopback ports, as the PACS."""
+    server = Orthanc().start()
+    yield server
+    server.cleanup()
 
 
 @pytest.fixture

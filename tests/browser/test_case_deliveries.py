@@ -4,21 +4,14 @@ back with the message pending again."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
-from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from bcd_node.db.models import Delivery, DeliveryState, Role, utcnow
-from bcd_node.records import users as users_module
-from bcd_node.records.users import add_user
-from bcd_node.runtime import open_node
-from bcd_node.settings import load_settings
 from tests.support.browser import navigate, sign_in
 from tests.support.console import LiveConsole
-from tests.support.net import free_port
 from tests.support.seed import add_analysed_study
 from tests.support.web import ADMIN_PASSWORD
 
@@ -26,37 +19,28 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 UID = "1.2.826.0.1.3680043.10.1.88"
 
 
+def _deliveries(session: Any, context: Any) -> None:
+    """An analysed study with a PACS delivery acknowledged, one awaiting commitment and a
+    dead LIS message."""
+    _study, _inst, result = add_analysed_study(session, context.settings.storage.data_dir,
+                                               uid=UID)
+    for i, (dest, state, error) in enumerate((
+            ("pacs", DeliveryState.DONE, None), ("pacs", DeliveryState.COMMITTING, None),
+            ("lab", DeliveryState.DEAD, "the LIS answered AR: unknown patient"))):
+        session.add(Delivery(result_fk=result.id, destination=dest, kind="sr",
+                             sop_class_uid="1.2", sop_instance_uid=f"2.25.{i}",
+                             path=f"results/{i}.dcm", state=state, attempts=1,
+                             last_error=error,
+                             committed_at=utcnow() if state is DeliveryState.DONE else None))
+
+
 @pytest.fixture
-def console(write_config: Callable[..., Path],
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveConsole]:
-    monkeypatch.setattr(users_module, "_HASHER",
-                        PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-    port = free_port()
-    context = open_node(load_settings(write_config(
+def console(start_console: Callable[..., LiveConsole]) -> LiveConsole:
+    return start_console(
         '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n'
         "storage_commitment = true\n"
         '[[lis]]\nname = "lab"\nhost = "127.0.0.1"\nport = 1\nreceiving_application = "LIS"\n',
-        web_port=port)))
-    with context.session_factory.begin() as session:
-        add_user(session, "admin", ADMIN_PASSWORD, Role.ADMIN, full_name="Ada Admin")
-        _study, _inst, result = add_analysed_study(session, context.settings.storage.data_dir,
-                                                   uid=UID)
-        for i, (dest, state, error) in enumerate((
-                ("pacs", DeliveryState.DONE, None), ("pacs", DeliveryState.COMMITTING, None),
-                ("lab", DeliveryState.DEAD, "the LIS answered AR: unknown patient"))):
-            session.add(Delivery(result_fk=result.id, destination=dest, kind="sr",
-                                 sop_class_uid="1.2", sop_instance_uid=f"2.25.{i}",
-                                 path=f"results/{i}.dcm", state=state, attempts=1,
-                                 last_error=error,
-                                 committed_at=utcnow() if state is DeliveryState.DONE
-                                 else None))
-    server = LiveConsole(context, port)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        context.engine.dispose()
+        user=("admin", ADMIN_PASSWORD, Role.ADMIN, "Ada Admin"), seed=_deliveries)
 
 
 def _cells(browser: Any, name: str) -> dict[str, str]:

@@ -18,21 +18,15 @@ from typing import Any, Callable, Iterator
 
 import pydicom
 import pytest
-from argon2 import PasswordHasher
 from sqlalchemy import select, update
 
 from bcd_node.analysis.summary import enqueue_study_summaries
 from bcd_node.db.models import Job, JobState, Result, ResultScope, Role, Study, utcnow
-from bcd_node.records import users as users_module
 from bcd_node.records.cells import split_cells
-from bcd_node.records.users import add_user
-from bcd_node.runtime import open_node
-from bcd_node.settings import load_settings
 from dicom.dicomize import dicomize
 from tests.support.browser import navigate, sign_in
 from tests.support.console import LiveConsole
 from tests.support.images import part10_bytes, smear
-from tests.support.net import free_port
 from tests.support.peers import Orthanc
 from tests.support.predictions import KnownMaskAnalyzer
 from tests.support.waiting import wait_for
@@ -44,32 +38,12 @@ STUDY = "2.25.7070707070707"
 
 
 @pytest.fixture
-def orthanc() -> Iterator[Orthanc]:
-    server = Orthanc().start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
-def console(write_config: Callable[..., Path], orthanc: Orthanc,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveConsole]:
-    """A node whose one destination is the Orthanc, with a doctor, its console on a free
-    port."""
-    monkeypatch.setattr(users_module, "_HASHER",
-                        PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-    port = free_port()
-    context = open_node(load_settings(write_config(
+def console(start_console: Callable[..., LiveConsole], orthanc: Orthanc) -> LiveConsole:
+    """A node whose one destination is the Orthanc, with a doctor."""
+    return start_console(
         f'[[destinations]]\nname = "orthanc"\nae_title = "{orthanc.ae_title}"\n'
-        f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\n', web_port=port)))
-    with context.session_factory.begin() as session:
-        add_user(session, "osler", PASSWORD, Role.DOCTOR, full_name="Dr. William Osler")
-    live = LiveConsole(context, port)
-    live.start()
-    try:
-        yield live
-    finally:
-        live.stop()
-        context.engine.dispose()
+        f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\n',
+        user=("osler", PASSWORD, Role.DOCTOR, "Dr. William Osler"))
 
 
 def drain(context: Any, analyzer: KnownMaskAnalyzer) -> list[Job]:

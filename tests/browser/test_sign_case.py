@@ -12,11 +12,10 @@ import subprocess
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pydicom
 import pytest
-from argon2 import PasswordHasher
 from sqlalchemy import select, update
 
 from bcd_node.analysis.pipeline import Pipeline
@@ -25,16 +24,11 @@ from bcd_node.db.models import Job, JobState, Result, ResultScope, Role, Study, 
 from bcd_node.delivery.outbox import Deliverer
 from bcd_node.intake.intake import Intake
 from bcd_node.jobs.workers import Workers
-from bcd_node.records import users as users_module
-from bcd_node.records.users import add_user
-from bcd_node.runtime import open_node
-from bcd_node.settings import load_settings
 from tests.browser.conftest import SCREENSHOTS
 from tests.support.browser import navigate, sign_in
 from tests.support.console import LiveConsole
 from tests.support.images import write_smears
 from tests.support.jobs import drain
-from tests.support.net import free_port
 from tests.support.peers import Orthanc
 from tests.support.tools import require_tool
 from tests.support.waiting import wait_for
@@ -46,32 +40,18 @@ FIELDS = 12
 
 
 @pytest.fixture
-def pacs() -> Iterator[Orthanc]:
-    server = Orthanc().start()
-    yield server
-    server.cleanup()
+def pacs(orthanc: Orthanc) -> Orthanc:
+    return orthanc
 
 
 @pytest.fixture
-def console(write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
-            pacs: Orthanc) -> Iterator[LiveConsole]:
-    """A node whose destination is Orthanc, its console on a free port."""
-    monkeypatch.setattr(users_module, "_HASHER",
-                        PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+def console(start_console: Callable[..., LiveConsole], monkeypatch: pytest.MonkeyPatch,
+            pacs: Orthanc) -> LiveConsole:
+    """A node whose destination is Orthanc, with a doctor."""
     monkeypatch.setenv("BCD_WEB_TIMEZONE", "Europe/Zurich")
-    port = free_port()
-    context = open_node(load_settings(write_config(
+    return start_console(
         '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
-        f"port = {pacs.dicom_port}\n", web_port=port)))
-    with context.session_factory.begin() as session:
-        add_user(session, "hopper", PASSWORD, Role.DOCTOR, full_name="Grace Hopper")
-    live = LiveConsole(context, port)
-    live.start()
-    try:
-        yield live
-    finally:
-        live.stop()
-        context.engine.dispose()
+        f"port = {pacs.dicom_port}\n", user=("hopper", PASSWORD, Role.DOCTOR, "Grace Hopper"))
 
 
 def _count_clicks(browser: Any) -> None:
