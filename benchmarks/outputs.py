@@ -1,11 +1,12 @@
 """Output-building benchmark: median time to build each result object of one image.
 
 Builds, for 512 x 512 synthetic smears, what the worker builds per image: the PDF report
-(reportlab), the SEG, the SR (TID 1500) and the Encapsulated PDF, and prints the median wall
-and CPU time of each. For the SR it also builds, in the same run and on the same inputs, the
-document with highdicom's own Comprehensive 3D SR constructor (the reference the node's
-document class is tested against, ``tests/dicom/test_srdocument.py``), and prints the ratio:
-on a shared machine the absolute figures move with the load, the ratio much less.
+(reportlab), the SEG, the SR (TID 1500) and the Encapsulated PDF, each serialised to Part 10
+bytes as the worker writes it, and prints the median wall and CPU time of each step. For the
+SR it also builds, in the same run and on the same inputs, the document with highdicom's own
+Comprehensive 3D SR constructor (the reference the node's document class is tested against,
+``tests/dicom/test_srdocument.py``), and prints the ratio: on a shared machine the absolute
+figures move with the load, the ratio much less.
 
 Reproduce with::
 
@@ -16,6 +17,7 @@ Reproduce with::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -49,6 +51,7 @@ def main() -> int:
 
     import dicom.sr
     from bcd_node.analysis import findings as F
+    from bcd_node.analysis.publish import dicom_bytes
     from bcd_node.db.models import utcnow
     from bcd_node.inference.spec import CLASSES
     from bcd_node.inference.synth import generate_field, patient_params
@@ -89,15 +92,19 @@ def main() -> int:
         seg = record("SEG", lambda: build_segmentation(source, mask, algorithm=algorithm), keep)
         findings = Findings(stage=stage, probabilities=probabilities, blast_count=3,
                             blast_area_fraction=float(mask.mean()), quality_ok=True)
-        record("SR", lambda: build_sr(source, seg, findings, algorithm=algorithm), keep)
+        sr = record("SR", lambda: build_sr(source, seg, findings, algorithm=algorithm), keep)
         dicom.sr.Comprehensive3DSRDocument = hd.sr.Comprehensive3DSR  # type: ignore[misc]
         try:
             record("SR, highdicom's constructor (reference)",
                    lambda: build_sr(source, seg, findings, algorithm=algorithm), keep)
         finally:
             dicom.sr.Comprehensive3DSRDocument = Comprehensive3DSRDocument  # type: ignore[misc]
-        record("Encapsulated PDF", lambda: build_encapsulated_pdf(source, pdf,
-                                                                  algorithm=algorithm), keep)
+        encapsulated = record("Encapsulated PDF",
+                              lambda: build_encapsulated_pdf(source, pdf, algorithm=algorithm),
+                              keep)
+        # What the worker writes: each object as Part 10 bytes.
+        for name, obj in (("SEG", seg), ("SR", sr), ("Encapsulated PDF", encapsulated)):
+            record(f"{name} as Part 10 bytes", functools.partial(dicom_bytes, obj), keep)
 
     medians = {name: {"wall_ms": round(statistics.median(w for w, _ in v) * 1000, 1),
                       "cpu_ms": round(statistics.median(c for _, c in v) * 1000, 1)}
