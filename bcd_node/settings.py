@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import functools
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -194,6 +195,8 @@ class ModelSettings:
     """The analysis model."""
 
     weights: Path | None = None
+    # The "low confidence" line: unless set, the model's operating point from its manifest
+    # (model_review_threshold), and 0.6 for a model that states none.
     review_threshold: float = 0.6
     precision: str = "auto"
     threads: int = 0
@@ -726,6 +729,23 @@ def _validate(s: Settings) -> None:
 # --------------------------------------------------------------------------- loading
 
 
+def model_review_threshold(weights: Path | None) -> float | None:
+    """The "low confidence" threshold a model's manifest states as its operating point
+    (``review.confidence_threshold``, chosen on validation data by ``bcd-node fit-ood``), for
+    ``model.weights`` (None: the bundled model); None when it states none or cannot be read
+    (the model's loader reports an unreadable manifest)."""
+    path = weights if weights is not None else PROJECT_ROOT / "weights" / "manifest.json"
+    if path.is_dir():
+        path = path / "manifest.json"
+    elif path.suffix.lower() != ".json":
+        path = path.parent / "manifest.json"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))["review"]["confidence_threshold"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else None
+
+
 def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None,
                           base_dir: Path | None = None, source: Path | None = None) -> Settings:
     """Build validated settings from a parsed TOML mapping and environment overrides.
@@ -764,7 +784,13 @@ def settings_from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | N
         if getattr(dicom, name) is not None})
     model = sections["model"]
     if model.weights is not None:
-        sections["model"] = dataclasses.replace(model, weights=_absolute(model.weights, base))
+        model = sections["model"] = dataclasses.replace(model,
+                                                        weights=_absolute(model.weights, base))
+    if ("review_threshold" not in raw.get("model", {})
+            and "review_threshold" not in env.get("model", {})):
+        point = model_review_threshold(model.weights)
+        if point is not None:
+            sections["model"] = dataclasses.replace(model, review_threshold=point)
     sections["logging"] = dataclasses.replace(sections["logging"],
                                               level=sections["logging"].level.upper())
     settings = Settings(destinations=tuple(destinations), lis=tuple(lis), source=source,

@@ -38,7 +38,30 @@ def test_default_config_lists_every_key() -> None:
         if section in ("destinations", "lis"):
             assert f"[[{section}]]" in text  # documented as a commented example
             continue
-        assert set(raw[section]) == set(keys), section
+        # review_threshold is unset by default (the model's operating point), shown commented
+        commented = {"review_threshold"} if section == "model" else set()
+        assert set(raw[section]) == set(keys) - commented, section
+        for key in commented:
+            assert f"\n# {key} = " in text
+
+
+def test_review_threshold_follows_the_model_unless_set(tmp_path: Path) -> None:
+    from bcd_node.settings import model_review_threshold
+    bundled = model_review_threshold(None)
+    assert bundled is not None and 0.5 <= bundled <= 0.95  # the bundled manifest's review entry
+    assert settings_from_mapping({}, environ={}).model.review_threshold == bundled
+    assert settings_from_mapping({"model": {"review_threshold": 0.6}},
+                                 environ={}).model.review_threshold == 0.6
+    assert settings_from_mapping({}, environ={"BCD_MODEL_REVIEW_THRESHOLD": "0.7"}
+                                 ).model.review_threshold == 0.7
+    # A model whose manifest states no operating point: the code's default.
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "manifest.json").write_text('{"name": "own"}')
+    (own / "own.weights.h5").write_bytes(b"")
+    settings = settings_from_mapping({"model": {"weights": str(own / "own.weights.h5")}},
+                                     environ={})
+    assert settings.model.review_threshold == 0.6
 
 
 def test_production_example_loads(tmp_path: Path) -> None:

@@ -188,7 +188,7 @@ def cmd_fit_ood(args: argparse.Namespace) -> int:
         tail = sys.argv[sys.argv.index("fit-ood") + 1:]
     entry = fit_and_write(predictor, fit_seed=args.fit_seed, fit_count=args.fit_count,
                           val_seed=args.val_seed, val_count=args.val_count,
-                          flag_share=args.flag_share,
+                          flag_share=args.flag_share, augment=args.augment,
                           command="bcd-node fit-ood " + " ".join(shlex.quote(a)
                                                                  for a in tail or []))
     print(json.dumps(entry, indent=2))
@@ -402,6 +402,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--val-count", dest="val_count", type=int, default=240)
     p.add_argument("--flag-share", dest="flag_share", type=float, default=0.02,
                    help="share of in-distribution validation fields flagged (default 0.02)")
+    p.add_argument("--augment", action="store_true",
+                   help="fit and validate on fields under the robust augmentation the model "
+                        "was trained with (its manifest's training.augment_robust): what it "
+                        "was trained to read is not 'unlike the training data'")
     p.set_defaults(func=cmd_fit_ood)
 
     p = subparsers.add_parser("analyze", help="analyse PNG/JPEG/DICOM files",

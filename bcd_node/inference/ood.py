@@ -117,6 +117,22 @@ def choose_threshold(scores: np.ndarray, flag_share: float) -> float:
     return float(np.quantile(np.asarray(scores, np.float64), 1.0 - flag_share))
 
 
+#: Candidate thresholds of the "low confidence" review reason (the top stage probability).
+CONFIDENCE_GRID = tuple(round(0.5 + 0.025 * i, 3) for i in range(19))  # 0.5 ... 0.95
+
+
+def choose_confidence_threshold(top_probability: np.ndarray, wrong: np.ndarray,
+                                unlike: np.ndarray, max_wrong_unflagged: float) -> float:
+    """The lowest top-probability threshold under which "low confidence", together with the
+    "unlike the training data" flags ``unlike``, leaves at most ``max_wrong_unflagged`` of the
+    validation fields wrong and unflagged; the grid's highest when none does."""
+    p, w, u = (np.asarray(a) for a in (top_probability, wrong, unlike))
+    for t in CONFIDENCE_GRID:
+        if float(np.mean(w & ~u & (p >= t))) <= max_wrong_unflagged:
+            return t
+    return CONFIDENCE_GRID[-1]
+
+
 def manifest_entry(model: DensityModel, file_name: str, sha256: str,
                    **extra: Any) -> dict[str, Any]:
     """The manifest's ``ood`` entry for a fit written as ``file_name``."""

@@ -204,22 +204,23 @@ class QualityThresholds:
     The gate refuses only what the model cannot read: ``min_sharpness``, ``min_brightness``
     and ``min_readable_contrast`` sit where the bundled model's accuracy on generated fields
     falls below 0.90 as blur, darkness and contrast grow (``bcd-node evaluate
-    --quality-curves``; the curve is in the model card): blur between sigma 6 (0.900) and 7
-    (0.838) px, darkness between x0.65 (0.944, median brightness 127) and x0.6 (0.856, 117),
-    contrast between x0.6 (0.931, median contrast 22.4) and x0.55 (0.881, 20.5). Under
-    ``min_contrast`` an image is too flat to be a smear at all. Generated fields without a
-    change measure at least 15 (sharpness), 161 (brightness) and 24 (contrast).
+    --quality-curves --count 400``; the curve is in the model card), interpolated between the
+    medians of the two levels around the crossing: blur between sigma 4 (0.955, median
+    sharpness 2.6) and 5 (0.873, 2.3), darkness between x0.6 (0.970, median brightness 116) and
+    x0.5 (0.682, 97), contrast between x0.5 (0.910, median contrast 18.6) and x0.45 (0.815,
+    16.7). Under ``min_contrast`` an image is too flat to be a smear at all. Generated fields
+    without a change measure at least 15 (sharpness), 161 (brightness) and 24 (contrast).
     """
 
     min_side: int = 64
-    min_sharpness: float = 2.15
-    min_brightness: float = 122.0
+    min_sharpness: float = 2.4
+    min_brightness: float = 111.0
     max_brightness: float = 248.0
     min_smear_fraction: float = 0.15
     max_foreign_fraction: float = 0.20
     min_contrast: float = 8.0
     max_sharpness: float = 5000.0
-    min_readable_contrast: float = 21.0
+    min_readable_contrast: float = 18.4
 
 
 def assess_quality(image: np.ndarray,
@@ -230,7 +231,8 @@ def assess_quality(image: np.ndarray,
     short side (so it does not depend on the image size); brightness is the mean HSV value;
     ``smear_fraction`` is the share of pixels stained pink, red, purple or blue (hue outside the
     green–yellow range, saturation ≥ 25), which a blood smear always has and most other images lack;
-    ``foreign_fraction`` is the share of saturated green/yellow/cyan pixels, which it never has.
+    ``foreign_fraction`` is the share of saturated yellow-green/green/cyan pixels, which it never
+    has.
     """
     t = thresholds or QualityThresholds()
     img = to_rgb_uint8(image)
@@ -251,8 +253,10 @@ def assess_quality(image: np.ndarray,
     # which the model reads: `bcd-node evaluate --shifts`); green to cyan stays foreign.
     stained = ((hue >= 103) | (hue <= 24)) & (sat >= 25)
     smear_fraction = float(stained.mean())
-    # Green, yellow and cyan are not colours of a Romanowsky stain.
-    foreign_fraction = float((((hue >= 25) & (hue < 95)) & (sat >= 40)).mean())
+    # Yellow-green, green and cyan are not colours of a Romanowsky stain. The band starts at
+    # 76° (OpenCV 38): a yellowish plasma background under a stain 12° off, or 1.4 times as
+    # saturated, reaches 50–70° (OpenCV 25–35), and the model reads those fields.
+    foreign_fraction = float((((hue >= 38) & (hue < 95)) & (sat >= 40)).mean())
     measures = {"sharpness": sharpness, "brightness": brightness, "contrast": contrast,
                 "smear_fraction": smear_fraction, "foreign_fraction": foreign_fraction}
     if brightness < t.min_brightness:

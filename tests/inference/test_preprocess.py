@@ -95,6 +95,28 @@ def test_quality_gate_passes_what_the_model_can_read(field: np.ndarray, degrade)
     assert report.ok, report.flags
 
 
+def test_a_yellowish_plasma_under_another_stain_batch_is_still_a_smear() -> None:
+    # Field 5 of the shift suite's seed: its plasma is yellowish, and with the stain 12° off
+    # a fifth of its pixels lie at 50–70° hue, which the gate used to count as foreign.
+    from bcd_node.inference.shifts import hue
+    from bcd_node.inference.ood_fit import synthetic_fields
+    images, _ = synthetic_fields(3, 6)
+    shifted = hue(12)(images[5], 5)
+    report = pp.assess_quality(shifted)
+    assert report.ok, report.flags
+    hsv = cv2.cvtColor(shifted, cv2.COLOR_RGB2HSV)
+    yellowish = ((hsv[..., 0] >= 25) & (hsv[..., 0] < 38) & (hsv[..., 1] >= 40)).mean()
+    assert yellowish > 0.2  # the case this test is about
+
+
+def test_green_is_foreign(field: np.ndarray) -> None:
+    hsv = cv2.cvtColor(field, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = 60  # every pixel green (120°), saturation and value kept
+    hsv[..., 1] = np.maximum(hsv[..., 1], 60)
+    report = pp.assess_quality(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB))
+    assert "not_a_smear" in report.flags and report.measures["foreign_fraction"] > 0.9
+
+
 @pytest.mark.parametrize("degrade, flag", [
     (lambda x: cv2.GaussianBlur(x, (0, 0), 12), "too_blurred"),
     (lambda x: (x * 0.2).astype(np.uint8), "too_dark"),
