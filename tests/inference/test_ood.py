@@ -11,8 +11,13 @@ import pytest
 
 from bcd_node.errors import ValidationError
 from bcd_node.inference.loader import ManifestError, bundled_weights_dir, read_manifest
-from bcd_node.inference.ood import choose_threshold, fit_density, load_density
-from bcd_node.inference.ood_fit import synthetic_fields
+from bcd_node.inference.ood import (
+    choose_confidence_threshold,
+    choose_threshold,
+    fit_density,
+    load_density,
+)
+from bcd_node.inference.ood_fit import augmented, synthetic_fields, training_augmentation
 from bcd_node.inference.predictor import Predictor
 from bcd_node.inference.spec import CLASSES, REASON_UNLIKE_TRAINING
 
@@ -76,3 +81,41 @@ def test_fit_and_threshold_on_separable_features() -> None:
     assert np.mean(inside > threshold) <= 0.03 and (far > threshold).all()
     with pytest.raises(ValidationError):
         fit_density(features, np.zeros(200, int), 4)   # classes without fields
+
+
+def test_the_confidence_threshold_is_the_lowest_that_leaves_few_wrong_unflagged() -> None:
+    top = np.array([0.99, 0.95, 0.9, 0.7, 0.65, 0.55, 0.8, 0.99])
+    wrong = np.array([False, False, False, True, True, True, True, False])
+    unlike = np.array([False, False, False, False, False, False, True, False])
+    # Wrong fields at 0.55, 0.65, 0.7 (0.8 is flagged as unlike the training data anyway):
+    # none of the 8 may stay unflagged -> above 0.7; one may (1/8) -> above 0.65.
+    assert choose_confidence_threshold(top, wrong, unlike, 0.0) == 0.725
+    assert choose_confidence_threshold(top, wrong, unlike, 0.125) == 0.675
+    assert choose_confidence_threshold(top, wrong, unlike, 1.0) == 0.5
+    # Never good enough: the grid's highest.
+    assert choose_confidence_threshold(np.ones(3), np.ones(3, bool), np.zeros(3, bool), 0.0) \
+        == 0.95
+
+
+def test_the_manifest_carries_the_confidence_operating_point() -> None:
+    manifest = read_manifest(bundled_weights_dir() / "manifest.json")
+    review = manifest["review"]
+    assert 0.5 <= review["confidence_threshold"] <= 0.95
+    assert review["wrong_unflagged"] <= review["max_wrong_unflagged"]
+    # fitted under the model's training augmentation, chosen on seed 12
+    assert "augmentation" in manifest["ood"]["fit"]["data"]
+    assert "--seed 12" in manifest["ood"]["operating_point"]["data"]
+
+
+def test_augmented_fit_fields_follow_the_training_ranges() -> None:
+    images, _ = synthetic_fields(21, 4)
+    augment = training_augmentation({"training": {"augment_robust": {
+        "scale": [0.9, 1.1], "p_scale": 0.0, "p_hed": 0.0, "p_hsv": 1.0, "hue_degrees": 12.0,
+        "saturation": [1.0, 1.0], "p_gamma": 0.0, "p_blur": 0.0, "p_noise": 0.0,
+        "p_jpeg": 0.0}}})
+    assert augment.scale == (0.9, 1.1)
+    same = augmented(images, augment, 5)
+    assert all(a.shape == b.shape for a, b in zip(images, same))
+    assert any(not np.array_equal(a, b) for a, b in zip(images, same))  # hue moved
+    assert all(np.array_equal(a, b) for a, b in zip(augmented(images, augment, 5), same))
+    assert augmented(images, None, 5) is images

@@ -98,8 +98,8 @@ def test_quality_gate_passes_what_the_model_can_read(field: np.ndarray, degrade)
 def test_a_yellowish_plasma_under_another_stain_batch_is_still_a_smear() -> None:
     # Field 5 of the shift suite's seed: its plasma is yellowish, and with the stain 12° off
     # a fifth of its pixels lie at 50–70° hue, which the gate used to count as foreign.
-    from bcd_node.inference.shifts import hue
     from bcd_node.inference.ood_fit import synthetic_fields
+    from bcd_node.inference.shifts import hue
     images, _ = synthetic_fields(3, 6)
     shifted = hue(12)(images[5], 5)
     report = pp.assess_quality(shifted)
