@@ -45,7 +45,7 @@ def _confidence_point(predictor: Predictor, images: list[np.ndarray], labels: np
     """The manifest's ``review`` entry: the "low confidence" threshold chosen on ``images``."""
     results = predictor.predict(images, um)
     answered = np.array([r.stage is not None for r in results])
-    top = np.array([max(r.probabilities.values()) if r.stage is not None else 1.0
+    top = np.array([max(r.probabilities.values()) if r.probabilities else 1.0
                     for r in results])
     wrong = np.array([r.stage is not None and r.stage != CLASSES[y]
                       for r, y in zip(results, labels)])
@@ -85,8 +85,9 @@ def training_augmentation(manifest: dict[str, Any]) -> RobustAugment:
     ``training.augment_robust``; the defaults when it records none)."""
     recorded = (manifest.get("training") or {}).get("augment_robust") or {}
     known = {f.name for f in dataclasses.fields(RobustAugment)}
-    return RobustAugment(**{k: tuple(v) if isinstance(v, list) else v
-                            for k, v in recorded.items() if k in known})
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                              for k, v in recorded.items() if k in known}
+    return RobustAugment(**values)
 
 
 def augmented(images: list[np.ndarray], augment: RobustAugment | None,
