@@ -87,13 +87,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def _robust_augment(args: argparse.Namespace) -> Any:
     """The robust augmentation's ranges, with ``--robust-scale`` when given."""
     from bcd_node.inference.train import RobustAugment
+    default = RobustAugment()
+    p_scale = default.p_scale if args.robust_scale_p is None else args.robust_scale_p
+    if not 0.0 <= p_scale <= 1.0:
+        raise ValidationError(f"--robust-scale-p must be a probability, got {p_scale:g}")
     if args.robust_scale is None:
-        return RobustAugment()
+        return RobustAugment(p_scale=p_scale)
     low, high = args.robust_scale
     if not 0.25 <= low <= 1.0 <= high <= 4.0:
         raise ValidationError(f"--robust-scale must be LOW <= 1 <= HIGH within 0.25..4, got "
                               f"{low:g} {high:g}")
-    return RobustAugment(scale=(low, high))
+    return RobustAugment(scale=(low, high), p_scale=p_scale)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -348,6 +352,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--robust-scale", dest="robust_scale", type=float, nargs=2, default=None,
                    metavar=("LOW", "HIGH"),
                    help="magnification range of --augment robust (default 0.75 1.33)")
+    p.add_argument("--robust-scale-p", dest="robust_scale_p", type=float, default=None,
+                   help="probability of a field's magnification under --augment robust "
+                        "(default 0.5)")
     p.add_argument("--um-per-pixel", dest="um_per_pixel", type=float, default=None,
                    help="µm per pixel of the training fields, written in the manifest as the "
                         "model's resolution (0.25 for `bcd-node synth`'s default)")

@@ -139,6 +139,9 @@ def test_train_refuses_a_scale_range_without_1(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="--robust-scale"):
         _run(["train", str(tmp_path), "--out", str(tmp_path / "out"), "--augment", "robust",
               "--robust-scale", "1.1", "1.3"])
+    with pytest.raises(ValidationError, match="--robust-scale-p"):
+        _run(["train", str(tmp_path), "--out", str(tmp_path / "out"), "--augment", "robust",
+              "--robust-scale-p", "1.5"])
 
 
 def test_evaluate_needs_data_or_a_suite(capsys, no_settings) -> None:
@@ -155,10 +158,11 @@ def test_train_command_with_robust_augmentation(tmp_path: Path, capsys) -> None:
     assert _run(["train", str(tmp_path / "data"), "--out", str(out), "--width", "0.0625",
                  "--input-size", "64", "--field-size", "128", "--epochs", "1",
                  "--batch-size", "8", "--val-fraction", "0.25", "--augment", "robust",
-                 "--um-per-pixel", "0.5", "--robust-scale", "0.9", "1.1"]) == 0
+                 "--um-per-pixel", "0.5", "--robust-scale", "0.9", "1.1", "--robust-scale-p", "0.2"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["augment"] == "robust"
     assert manifest["training"]["augment_robust"]["blur_sigma"] == [0.0, 2.5]
     assert manifest["training"]["augment_robust"]["scale"] == [0.9, 1.1]
+    assert manifest["training"]["augment_robust"]["p_scale"] == 0.2
     assert manifest["um_per_pixel"] == 0.5
     assert load_model(out / "manifest.json").manifest["sha256"] == manifest["sha256"]
