@@ -71,6 +71,13 @@ def _predictor_options(args: argparse.Namespace) -> _PredictorOptions:
         value = getattr(args, key, None)
         if value is not None:
             opts[key] = value
+    if getattr(args, "weights", None) is not None and getattr(args, "review_threshold",
+                                                              None) is None:
+        # Another model on the command line: its own operating point, when it states one.
+        from bcd_node.settings import model_review_threshold
+        point = model_review_threshold(Path(args.weights))
+        if point is not None:
+            opts["review_threshold"] = point
     return opts
 
 

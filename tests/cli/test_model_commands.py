@@ -158,7 +158,8 @@ def test_train_command_with_robust_augmentation(tmp_path: Path, capsys) -> None:
     assert _run(["train", str(tmp_path / "data"), "--out", str(out), "--width", "0.0625",
                  "--input-size", "64", "--field-size", "128", "--epochs", "1",
                  "--batch-size", "8", "--val-fraction", "0.25", "--augment", "robust",
-                 "--um-per-pixel", "0.5", "--robust-scale", "0.9", "1.1", "--robust-scale-p", "0.2"]) == 0
+                 "--um-per-pixel", "0.5", "--robust-scale", "0.9", "1.1",
+                 "--robust-scale-p", "0.2"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["augment"] == "robust"
     assert manifest["training"]["augment_robust"]["blur_sigma"] == [0.0, 2.5]
@@ -166,3 +167,19 @@ def test_train_command_with_robust_augmentation(tmp_path: Path, capsys) -> None:
     assert manifest["training"]["augment_robust"]["p_scale"] == 0.2
     assert manifest["um_per_pixel"] == 0.5
     assert load_model(out / "manifest.json").manifest["sha256"] == manifest["sha256"]
+
+
+def test_a_model_given_on_the_command_line_brings_its_operating_point(tmp_path: Path,
+                                                                      no_settings) -> None:
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "manifest.json").write_text(json.dumps({"review": {"confidence_threshold": 0.8}}))
+    parser = _parser()
+    args = parser.parse_args(["evaluate", "--shifts", "--weights", str(own / "manifest.json")])
+    assert commands._predictor_options(args)["review_threshold"] == 0.8
+    args = parser.parse_args(["analyze", "x.png", "--weights", str(own / "manifest.json"),
+                              "--review-threshold", "0.5"])
+    assert commands._predictor_options(args)["review_threshold"] == 0.5
+    (own / "manifest.json").write_text("{}")  # a model without one: the settings' value
+    args = parser.parse_args(["evaluate", "--shifts", "--weights", str(own / "manifest.json")])
+    assert "review_threshold" not in commands._predictor_options(args)
