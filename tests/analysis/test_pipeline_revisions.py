@@ -35,14 +35,12 @@ from bcd_node.runtime import NodeContext
 from dicom.series import ResultKind, series_uid
 from tests.support.dicomcheck import assert_dciodvfy_clean
 from tests.support.images import part10_bytes, vl_micro
-from tests.support.predictions import PROBS, Pred
+from tests.support.predictions import OneBlastAnalyzer, Pred
 
 
-class Analyzer:
+class Analyzer(OneBlastAnalyzer):
     """Always Malignant-Pre with a small blast; ``during`` runs inside predict (to let another
     version of the image arrive while the model works)."""
-
-    model_info = {"name": "test-model", "version": "1.0"}
 
     def __init__(self) -> None:
         self.during: Any = None
@@ -51,12 +49,7 @@ class Analyzer:
         if self.during is not None:
             during, self.during = self.during, None
             during()
-        out = []
-        for image in images:
-            mask = np.zeros(image.shape[:2], np.uint8)
-            mask[10:20, 10:20] = 1
-            out.append(Pred("Malignant-Pre", PROBS, 1, 0.01, mask))
-        return out
+        return super().predict(images, um_per_pixel)
 
 
 _FIRST = vl_micro(1, patient_id="PAT-A")
