@@ -148,9 +148,16 @@ def case_status(*, analysing: bool, summarised: bool, summary: Result | None,
     return StudyStatus.AWAITING_REVIEW
 
 
+#: The analysis's "low confidence" review reason (bcd_node.inference.spec.REASON_LOW_CONFIDENCE,
+#: a layer above this module).
+LOW_CONFIDENCE = "low confidence"
+
+
 def field_flags(result: Result | None, *, review_threshold: float = 0.0) -> list[str]:
-    """What a doctor must know of a field, in words: no result yet, failure, quality, low
-    confidence, the pipeline's review flag."""
+    """What a doctor must know of a field, in words: no result yet, failure, quality, and why
+    it needs review (the reasons its analysis stored: low confidence with its figure, unlike
+    the training data, scale unknown; ``review_threshold`` only for results made before
+    reasons were stored)."""
     if result is None:
         return ["not analysed yet"]
     quality = result.quality or {}
@@ -160,11 +167,18 @@ def field_flags(result: Result | None, *, review_threshold: float = 0.0) -> list
     elif result.stage is None:
         flags.append("quality insufficient")
     flags += [str(f).replace("_", " ") for f in quality.get("flags") or []]
-    if result.stage is not None and result.confidence is not None \
-            and result.confidence < review_threshold:
-        flags.append(f"low confidence ({result.confidence:.0%})")
-    elif result.needs_review and result.stage is not None:
-        flags.append("needs review")
+    if result.stage is None:
+        return flags
+    reasons = [str(r) for r in result.review_reasons or []]
+    low = (f"low confidence ({result.confidence:.0%})" if result.confidence is not None
+           else LOW_CONFIDENCE)
+    if reasons:
+        # The reasons the analysis stored (and its SR states), whatever today's threshold is.
+        flags += [low if r == LOW_CONFIDENCE else r for r in reasons]
+    elif result.needs_review:
+        # A result from before the reasons were stored: its flag came from the threshold.
+        flags.append(low if result.confidence is not None
+                     and result.confidence < review_threshold else "needs review")
     return flags
 
 
