@@ -729,18 +729,30 @@ def _validate(s: Settings) -> None:
 # --------------------------------------------------------------------------- loading
 
 
+def manifest_path(weights: str | Path | None = None) -> Path:
+    """The model manifest of a ``model.weights`` setting.
+
+    ``None`` → the bundled manifest; a folder → its ``manifest.json``; a ``.json`` file → itself;
+    a weights file → ``manifest.json`` beside it.
+    """
+    if weights is None:
+        return PROJECT_ROOT / "weights" / "manifest.json"
+    path = Path(weights)
+    if path.is_dir():
+        return path / "manifest.json"
+    if path.suffix.lower() == ".json":
+        return path
+    return path.parent / "manifest.json"
+
+
 def model_review_threshold(weights: Path | None) -> float | None:
     """The "low confidence" threshold a model's manifest states as its operating point
     (``review.confidence_threshold``, chosen on validation data by ``bcd-node fit-ood``), for
     ``model.weights`` (None: the bundled model); None when it states none or cannot be read
     (the model's loader reports an unreadable manifest)."""
-    path = weights if weights is not None else PROJECT_ROOT / "weights" / "manifest.json"
-    if path.is_dir():
-        path = path / "manifest.json"
-    elif path.suffix.lower() != ".json":
-        path = path.parent / "manifest.json"
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))["review"]["confidence_threshold"]
+        value = json.loads(manifest_path(weights).read_text(encoding="utf-8"))[
+            "review"]["confidence_threshold"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else None

@@ -20,6 +20,7 @@ from typing import Any
 import bcd_node
 from bcd_node.errors import PermanentError
 from bcd_node.inference.spec import ARCHITECTURE, CLASSES
+from bcd_node.settings import manifest_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -163,14 +164,7 @@ def resolve_manifest(weights: str | Path | None = None) -> Path:
     ``None`` → the bundled manifest; a folder → its ``manifest.json``; a ``.json`` file → itself;
     a weights file → ``manifest.json`` beside it.
     """
-    if weights is None:
-        return bundled_weights_dir() / MANIFEST_NAME
-    path = Path(weights)
-    if path.is_dir():
-        return path / MANIFEST_NAME
-    if path.suffix.lower() == ".json":
-        return path
-    return path.parent / MANIFEST_NAME
+    return manifest_path(weights)
 
 
 def load_model(weights: str | Path | None = None, dtype: str | None = None) -> LoadedModel:
