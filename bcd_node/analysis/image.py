@@ -54,6 +54,7 @@ from bcd_node.records import audit
 from bcd_node.records.revisions import clear_verification, sr_series_uid
 from bcd_node.records.studies import refresh_study
 from bcd_node.store.layout import DataLayout
+from bcd_node.store.storage import BatchWrite
 from dicom.errors import DicomError
 from dicom.nondiagnostic import NonDiagnostic
 from dicom.pixels import read_dataset
@@ -116,8 +117,9 @@ class ImageAnalysis:
 
     def _analyze(self, jobs: list[Claimed]) -> list[tuple[int | None, Exception | None]]:
         """Read and decode each image, predict all of them at once, build their outputs
-        (:attr:`builders`), write every file and sync their folders once, then publish each
-        job on its own. Returns each job's result id and error."""
+        (:attr:`builders`), write every file and make them durable at once
+        (:meth:`~bcd_node.store.storage.Store.batch`), then publish each job on its own.
+        Returns each job's result id and error."""
         out: list[tuple[int | None, Exception | None]] = [(None, None)] * len(jobs)
         ready: list[tuple[int, Prepared]] = []
         for i, job in enumerate(jobs):
@@ -138,21 +140,21 @@ class ImageAnalysis:
                 requests.append((i, prepared, self._request(prepared, predicted)))
         built = self.builders.build_all([request for _, _, request in requests])
         written: list[tuple[int, Prepared, Built]] = []
-        for (i, prepared, _request), made in zip(requests, built):
-            try:
-                if isinstance(made, Exception):
-                    raise made
-                self._write(prepared, made)
-            except Exception as exc:  # noqa: BLE001 - this job's own error
-                out[i] = (None, exc)
-                continue
-            written.append((i, prepared, made))
-        try:  # every new name of the batch made durable at once
-            self.context.store.sync_dirs({self.context.store.path(self._folder(p))
-                                          for _, p, _ in written})
-        except OSError as exc:
-            return [(None, exc) if any(i == j for j, _, _ in written) else item
-                    for i, item in enumerate(out)]
+        with self.context.store.batch() as batch:
+            for (i, prepared, _request), made in zip(requests, built):
+                try:
+                    if isinstance(made, Exception):
+                        raise made
+                    self._write(batch, prepared, made)
+                except Exception as exc:  # noqa: BLE001 - this job's own error
+                    out[i] = (None, exc)
+                    continue
+                written.append((i, prepared, made))
+            try:  # every file of the batch made durable at once, before any row names it
+                batch.flush()
+            except OSError as exc:
+                return [(None, exc) if any(i == j for j, _, _ in written) else item
+                        for i, item in enumerate(out)]
         for i, prepared, made in written:
             try:
                 out[i] = (self._publish(prepared, made), None)
@@ -195,17 +197,17 @@ class ImageAnalysis:
         inst = prepared.instance
         return DataLayout.instance_results(inst.id, self.context.model_version, inst.revision)
 
-    def _write(self, prepared: Prepared, built: Built) -> None:
-        """Write the files of ``built`` (each synced; their folder is synced by the caller)."""
-        store, folder = self.context.store, self._folder(prepared)
-        store.write(f"{folder}/mask.png", built.mask_png)
+    def _write(self, batch: BatchWrite, prepared: Prepared, built: Built) -> None:
+        """Write the files of ``built`` in ``batch`` (the caller flushes it)."""
+        folder = self._folder(prepared)
+        batch.write(f"{folder}/mask.png", built.mask_png)
         if built.probability_png is not None:
-            store.write(f"{folder}/probability.png", built.probability_png)
-        store.write(f"{folder}/overlay.png", built.overlay_png)
+            batch.write(f"{folder}/probability.png", built.probability_png)
+        batch.write(f"{folder}/overlay.png", built.overlay_png)
         if built.pdf is not None:
-            store.write(f"{folder}/report.pdf", built.pdf)
+            batch.write(f"{folder}/report.pdf", built.pdf)
         for made in built.objects:
-            store.write(f"{folder}/{made.kind}.dcm", made.data)
+            batch.write(f"{folder}/{made.kind}.dcm", made.data)
 
     def _publish(self, prepared: Prepared, built: Built) -> int | None:
         """The result row and its outbox rows, with the job's completion, in one transaction."""
@@ -311,7 +313,7 @@ class ImageAnalysis:
         pdf_rel = f"{folder}/failed-report.pdf"
         outputs = [Output(kind, dataset, f"{folder}/failed-{kind}.dcm")
                    for kind, dataset in objects.by_kind()]
-        write_files(ctx.store, folder, (pdf_rel, pdf), outputs)
+        write_files(ctx.store, (pdf_rel, pdf), outputs)
         with ctx.node.session_factory.begin() as session:
             current = session.get(Instance, inst.id)
             if current is None or current.revision != inst.revision:

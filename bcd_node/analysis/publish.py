@@ -1,7 +1,7 @@
 """Publishing a job's results: the files first, then one transaction with the job's completion.
 
 Every job that makes objects for PACS goes the same way. :func:`write_files` writes the PDF and
-the DICOM objects under the data folder (each file synced, then the folder), before anything
+the DICOM objects under the data folder (made durable together), before anything
 refers to them. :func:`publish` then, in the caller's transaction, queues one outbox row per
 output and destination (an object already queued for a destination is not queued again, so a
 re-run queues nothing twice), completes the job (fenced by its lease) and updates the study.
@@ -42,14 +42,14 @@ def dicom_bytes(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def write_files(store: Store, folder: str, pdf: tuple[str, bytes],
-                outputs: Sequence[Output]) -> None:
-    """Write the PDF report (``(relpath, bytes)``) and the DICOM objects of ``outputs`` under
-    ``folder``, and sync the folder."""
-    store.write(*pdf)
-    for output in outputs:
-        store.write(output.relpath, dicom_bytes(output.dataset))
-    store.sync_dirs([store.path(folder)])
+def write_files(store: Store, pdf: tuple[str, bytes], outputs: Sequence[Output]) -> None:
+    """Write the PDF report (``(relpath, bytes)``) and the DICOM objects of ``outputs``, all
+    made durable at once (:meth:`~bcd_node.store.storage.Store.batch`)."""
+    with store.batch() as batch:
+        batch.write(*pdf)
+        for output in outputs:
+            batch.write(output.relpath, dicom_bytes(output.dataset))
+        batch.flush()
 
 
 def complete_or_raise(session: Session, job: Claimed) -> None:

@@ -120,7 +120,7 @@ class StudySummaries:
         pdf_rel = f"{folder}/{kind}.pdf"
         outputs = [Output("summary_sr", sr, f"{folder}/{kind}-sr.dcm"),
                    Output("summary_pdf", enc, f"{folder}/{kind}-pdf.dcm")]
-        write_files(ctx.store, folder, (pdf_rel, pdf), outputs)
+        write_files(ctx.store, (pdf_rel, pdf), outputs)
         stage = findings.stage
         probs = findings.probabilities
         with ctx.node.session_factory.begin() as session:
@@ -244,7 +244,7 @@ class StudySummaries:
         outputs = [Output("verified_summary_sr", sr, f"{folder}/{kind}-sr-verified-{stamp}.dcm"),
                    Output("verified_summary_pdf", enc,
                           f"{folder}/{kind}-pdf-verified-{stamp}.dcm")]
-        write_files(ctx.store, folder, (pdf_rel, pdf), outputs)
+        write_files(ctx.store, (pdf_rel, pdf), outputs)
         with ctx.node.session_factory.begin() as session:
             row = session.get(Result, result.id)
             if (row is None or row.verification != VerificationState.VERIFIED

@@ -156,7 +156,7 @@ class VerifiedReports:
             # First, so that the PACS holds the SEG before the report that references it.
             outputs.insert(0, Output("corrected_seg", corrected_seg,
                                      f"{folder}/seg-corrected-{stamp}.dcm"))
-        write_files(ctx.store, folder, (pdf_rel, pdf), outputs)
+        write_files(ctx.store, (pdf_rel, pdf), outputs)
         with ctx.node.session_factory.begin() as session:
             row = session.get(Result, result.id)
             if (row is None or row.verification != VerificationState.VERIFIED

@@ -2,7 +2,9 @@
 
 Paths are built only from our own values (a content hash, the date, ids), never from DICOM
 values. A file is written to a temporary name, fsynced and renamed; the directory entry is made
-durable by fsyncing the folder, which the intake does once per batch.
+durable by fsyncing the folder, which the intake does once per batch. Many files written
+together (a worker's batch of results, :meth:`Store.batch`) are made durable at once instead:
+one ``syncfs`` of the data folder's file system for the whole batch.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from bcd_node.store.layout import PREVIEWS, TEMP_SUFFIX, DataLayout
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["TEMP_SUFFIX", "DiskStatus", "PendingWrite", "StorageFullError", "Store",
-           "disk_status"]
+__all__ = ["TEMP_SUFFIX", "BatchWrite", "DiskStatus", "PendingWrite", "StorageFullError",
+           "Store", "disk_status"]
 
 
 class StorageFullError(TransientError):
@@ -91,6 +93,24 @@ _sync_file_range = _load_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux ``syncfs``, where it reports the file system's write-back errors (Linux 5.8 and
+    later: before, it returned 0 even when data could not be written, so it is not used)."""
+    try:
+        major, minor = (int(part) for part in os.uname().release.split(".")[:2])
+        call = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError, ValueError):  # not Linux, or a release we cannot read
+        return None
+    if (major, minor) < (5, 8):
+        return None
+    call.argtypes = [ctypes.c_int]
+    call.restype = ctypes.c_int
+    return call
+
+
+_syncfs = _load_syncfs()
+
+
 def _start_writeback(fd: int) -> None:
     """Ask the kernel to start writing ``fd``'s dirty pages to disk now, without waiting
     (Linux ``sync_file_range``; elsewhere a no-op). Only a head start: the fsync that
@@ -111,14 +131,19 @@ class PendingWrite:
     def __init__(self, path: Path, fd: int, folder: str) -> None:
         self.path, self._fd, self._folder = path, fd, folder
 
-    def finish(self, name: str) -> Path:
+    def finish(self, name: str, *, sync: bool = True) -> Path:
         """fsync and close the file, then rename it to ``name`` in its folder (atomic; the
-        folder still needs an fsync for the name to survive a crash). Returns the new path."""
+        folder still needs an fsync for the name to survive a crash). Returns the new path.
+
+        Without ``sync`` the file is not fsynced unless it replaces one (whose name then never
+        points at data that did not reach the disk): the caller makes the new file durable
+        later (:meth:`BatchWrite.flush`), before anything refers to it."""
         if not name or "/" in name or name in (".", "..") or name.endswith(TEMP_SUFFIX):
             self.abandon()
             raise ValidationError(f"{name!r} is not a file name for {self._folder}")
         try:
-            os.fsync(self._fd)
+            if sync or self.path.with_name(name).exists():
+                os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
             target = self.path.with_name(name)
@@ -215,6 +240,10 @@ class Store:
             raise
         return PendingWrite(tmp, fd, folder)
 
+    def batch(self) -> BatchWrite:
+        """Files to be written together and made durable at once (:class:`BatchWrite`)."""
+        return BatchWrite(self)
+
     def sweep_temporary(self, older_than: float = 3600.0, *, recent_only: bool = False) -> int:
         """Remove temporary files (of writes a crash interrupted) older than ``older_than``
         seconds under every folder with patient data (images, previews, results; see
@@ -255,6 +284,75 @@ class Store:
     def remove(self, relpath: str) -> None:
         """Delete a stored file if it exists."""
         self.path(relpath).unlink(missing_ok=True)
+
+
+class BatchWrite:
+    """Files written together and made durable together: by one ``syncfs`` of the data
+    folder's file system where Linux has it (5.8 and later), else each file and folder fsynced
+    as :meth:`Store.write` does. Use it as a context manager::
+
+        with store.batch() as batch:
+            batch.write("results/1/mask.png", data)   # named now, not yet durable
+            ...
+            batch.flush()                              # all of it durable, or OSError
+
+    A file is named as soon as it is written (a temporary name, then a rename), so that the
+    others of the batch go on if one fails; nothing may refer to it (a database row) before
+    :meth:`flush` returned. One ``syncfs`` writes out the file system's dirty data and names,
+    the new folders' included, which the fsyncs of the files and their folders did not; on a
+    data folder that shares its file system with heavy writers it also waits for theirs.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._folders: set[Path] = set()
+        # Write-back errors are reported to descriptors opened before they happened (and to
+        # the first one after, if nobody saw them): opened first, it sees every error of the
+        # batch's writes.
+        self._fd = (os.open(store.root, os.O_RDONLY | os.O_DIRECTORY)
+                    if _syncfs is not None else -1)
+
+    def __enter__(self) -> BatchWrite:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def write(self, relpath: str, data: bytes) -> Path:
+        """Write ``data`` to ``relpath`` under its name (durable at :meth:`flush`).
+
+        Raises
+        ------
+        StorageFullError
+            As :meth:`Store.write`; nothing is written.
+        """
+        self.store.check_space(len(data))
+        folder, _, name = relpath.rpartition("/")
+        target = self.store.begin_write(folder, data, name).finish(name, sync=self._fd < 0)
+        self._folders.add(target.parent)
+        return target
+
+    def flush(self) -> None:
+        """Make every file written so far durable, with its name.
+
+        Raises
+        ------
+        OSError
+            The file system reported a write error: the batch's files may not be on disk.
+        """
+        if self._fd < 0:
+            Store.sync_dirs(self._folders)
+            return
+        assert _syncfs is not None
+        if _syncfs(self._fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs of {self.store.root}: {os.strerror(err)}")
+
+    def close(self) -> None:
+        """Release the batch (what was not flushed stays written, but may not be durable)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def remove_previews(layout: DataLayout, instance_id: int, keep: str | None = None) -> int:

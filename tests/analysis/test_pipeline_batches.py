@@ -172,3 +172,35 @@ def test_a_job_that_fails_in_a_batch_fails_alone(nodes: dict[str, NodeContext],
     results = _results(context)
     assert set(results) == set(fine)
     assert all(r["stage"] is not None for r in results.values())
+
+
+def test_a_batch_whose_files_cannot_be_made_durable_publishes_nothing(
+        nodes: dict[str, NodeContext], predictor: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch's files are made durable at once (Store.batch), before any row names them: when
+    the disk reports a write error there, no job of the batch is published, and each is tried
+    again (then published from the same files' bytes)."""
+    import errno
+
+    from bcd_node.store.storage import BatchWrite
+
+    context = nodes["batch"]
+    real_flush = BatchWrite.flush
+
+    def failing(self: BatchWrite) -> None:
+        raise OSError(errno.EIO, "syncfs: Input/output error")
+
+    monkeypatch.setattr(BatchWrite, "flush", failing)
+    assert _workers(context, predictor).step("test-worker")
+    after = _jobs(context)
+    assert {job.state for job in after.values()} == {JobState.QUEUED}
+    assert {job.last_error for job in after.values()} == {
+        "OSError: [Errno 5] syncfs: Input/output error"}
+    assert _results(context) == {}
+
+    monkeypatch.setattr(BatchWrite, "flush", real_flush)
+    with context.session_factory.begin() as s:  # due now, not after workers.retry_delay
+        for job in s.execute(select(Job)).scalars():
+            job.next_attempt_at = job.created_at
+    assert _workers(context, predictor).step("test-worker")
+    assert {job.state for job in _jobs(context).values()} == {JobState.DONE}
+    assert len(_results(context)) == len(IMAGES)

@@ -1,0 +1,123 @@
+"""Files written together and made durable at once (Store.batch): one syncfs of the data
+folder's file system for a whole batch where Linux reports its errors, else each file and
+folder fsynced; a failed flush is an error, never a silent success."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from bcd_node.store import storage
+from bcd_node.store.storage import StorageFullError, Store
+
+FILES = {f"results/1.1.0/{job}/0/{name}": f"{job}-{name}".encode() * 100
+         for job in (7, 8, 9) for name in ("mask.png", "overlay.png", "sr.dcm")}
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+class Calls:
+    """Counts the fsyncs and syncfs calls of the storage module (both still done)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, syncfs_result: int | None = None
+                 ) -> None:
+        self.fsyncs: list[int] = []
+        self.syncfs: list[int] = []
+        real_fsync, real_syncfs = os.fsync, storage._syncfs
+
+        def fsync(fd: int) -> None:
+            self.fsyncs.append(fd)
+            real_fsync(fd)
+
+        def syncfs(fd: int) -> int:
+            self.syncfs.append(fd)
+            if syncfs_result is not None:
+                return syncfs_result
+            assert real_syncfs is not None
+            return real_syncfs(fd)
+
+        monkeypatch.setattr(storage.os, "fsync", fsync)
+        if real_syncfs is not None:
+            monkeypatch.setattr(storage, "_syncfs", syncfs)
+
+
+needs_syncfs = pytest.mark.skipif(storage._syncfs is None,
+                                  reason="no syncfs that reports errors (Linux 5.8 or later)")
+
+
+@needs_syncfs
+def test_a_batch_is_made_durable_by_one_syncfs_and_no_fsync(tmp_path, monkeypatch) -> None:
+    calls = Calls(monkeypatch)
+    with Store(tmp_path, 0).batch() as batch:
+        for relpath, data in FILES.items():
+            batch.write(relpath, data)
+        batch.flush()
+    assert len(calls.syncfs) == 1
+    assert calls.fsyncs == []
+    assert files_under(tmp_path) == sorted(FILES)  # no temporary file is left
+    assert all((tmp_path / relpath).read_bytes() == data for relpath, data in FILES.items())
+
+
+@needs_syncfs
+def test_a_file_that_replaces_another_is_fsynced_before_its_rename(tmp_path, monkeypatch) -> None:
+    """The old name never points at data that may not be on disk (a re-run's same file)."""
+    store = Store(tmp_path, 0)
+    store.write("results/1/sr.dcm", b"first")
+    calls = Calls(monkeypatch)
+    with store.batch() as batch:
+        batch.write("results/1/sr.dcm", b"second")
+        batch.write("results/1/new.png", b"new")
+        batch.flush()
+    assert len(calls.fsyncs) == 1  # the replacing file only
+    assert (tmp_path / "results/1/sr.dcm").read_bytes() == b"second"
+
+
+@needs_syncfs
+def test_a_write_error_reported_by_syncfs_fails_the_flush(tmp_path, monkeypatch) -> None:
+    Calls(monkeypatch, syncfs_result=-1)
+    monkeypatch.setattr(storage.ctypes, "get_errno", lambda: errno.EIO)
+    with Store(tmp_path, 0).batch() as batch:
+        batch.write("results/1/sr.dcm", b"data")
+        with pytest.raises(OSError, match="syncfs") as caught:
+            batch.flush()
+    assert caught.value.errno == errno.EIO
+
+
+def test_without_syncfs_each_file_and_folder_is_fsynced(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(storage, "_syncfs", None)
+    calls = Calls(monkeypatch)
+    with Store(tmp_path, 0).batch() as batch:
+        for relpath, data in FILES.items():
+            batch.write(relpath, data)
+        assert len(calls.fsyncs) == len(FILES)  # each file before its rename
+        batch.flush()
+    assert len(calls.fsyncs) == len(FILES) + 3  # and each of the three folders once
+    assert files_under(tmp_path) == sorted(FILES)
+
+
+def test_a_batch_write_that_would_fill_the_disk_writes_nothing(tmp_path) -> None:
+    store = Store(tmp_path, min_free_disk=store_free(tmp_path) + 1)
+    with store.batch() as batch, pytest.raises(StorageFullError):
+        batch.write("results/1/sr.dcm", b"data")
+    assert files_under(tmp_path) == []
+
+
+def store_free(path: Path) -> int:
+    return Store(path, 0).free_bytes()
+
+
+def test_the_release_decides_whether_syncfs_is_used(monkeypatch) -> None:
+    """Before Linux 5.8, syncfs returned 0 even when write-back failed: not trusted there."""
+    class Uname:
+        def __init__(self, release: str) -> None:
+            self.release = release
+
+    for release, used in (("5.4.0-150-generic", False), ("5.8.0", True),
+                          ("6.18.44-fc-v1045", True), ("weird", False)):
+        monkeypatch.setattr(storage.os, "uname", lambda r=release: Uname(r))
+        assert (storage._load_syncfs() is not None) is used, release
