@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -24,6 +23,7 @@ from bcd_node.jobs.queue import Claimed, LeaseLostError, complete
 from bcd_node.records.studies import refresh_study
 from bcd_node.settings import Destination
 from bcd_node.store.storage import Store
+from dicom.encode import part10_bytes
 
 
 class Output(NamedTuple):
@@ -36,10 +36,9 @@ class Output(NamedTuple):
 
 
 def dicom_bytes(ds: Dataset) -> bytes:
-    """``ds`` as a DICOM Part 10 file."""
-    buffer = DicomBytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    """``ds`` as a DICOM Part 10 file (:func:`dicom.encode.part10_bytes`: pydicom's bytes,
+    encoded faster)."""
+    return part10_bytes(ds)
 
 
 def write_files(store: Store, pdf: tuple[str, bytes], outputs: Sequence[Output]) -> None:

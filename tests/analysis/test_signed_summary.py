@@ -85,7 +85,8 @@ def _sign(ctx: NodeContext, decision: str, stage: str | None, comment: str) -> i
 
 
 @pytest.mark.integration
-def test_signing_the_summary_makes_the_verified_summary_sr_and_pdf(node) -> None:
+def test_signing_the_summary_makes_the_verified_summary_sr_and_pdf(node,
+                                                                  encoded_like_pydicom) -> None:
     ctx, intake, pipeline = node
     study_uid = _summarised_study(ctx, intake, pipeline, 2)
     with ctx.session_factory() as s:
@@ -129,6 +130,11 @@ def test_signing_the_summary_makes_the_verified_summary_sr_and_pdf(node) -> None
     assert study_uid not in text.replace("\n", "").split("Study ")[0]  # UID only in the footer
     # The AI's own summary PDF is still the one served as "AI".
     assert "UNVERIFIED" in _text(data / summary.pdf_path)
+    # Every object of the case was written with pydicom's bytes (tests.support.encoding): the
+    # fields' SEG, SR and PDF, the summary's SR and PDF, and the signed ones.
+    assert encoded_like_pydicom == {"1.2.840.10008.5.1.4.1.1.66.4": 2,
+                                    "1.2.840.10008.5.1.4.1.1.88.34": 4,
+                                    "1.2.840.10008.5.1.4.1.1.104.1": 4}
 
 
 @pytest.mark.integration
