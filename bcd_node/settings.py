@@ -144,7 +144,7 @@ class LisDestination:
 class WorkerSettings:
     """The analysis workers and their queue."""
 
-    count: int = 1
+    count: int = 2
     batch_size: int = 8
     niceness: int = 10
     output_builders: int = 0

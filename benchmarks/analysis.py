@@ -20,8 +20,9 @@ Reproduce with::
 
     .venv/bin/python benchmarks/analysis.py                # burst of 200, then the model alone
     .venv/bin/python benchmarks/analysis.py --burst 50 --batch-size 8
-    .venv/bin/python benchmarks/analysis.py --burst 32 --repeat 2 --compare-png
+    .venv/bin/python benchmarks/analysis.py --burst 64 --repeat 2 --compare part10
     .venv/bin/python benchmarks/analysis.py --threads 1 2 --repeat 2   # workers.count side by side
+    .venv/bin/python benchmarks/analysis.py --steps        # where the worker's time goes
     .venv/bin/python benchmarks/analysis.py --stages       # 10 images after 3 warm-up ones
     .venv/bin/python benchmarks/analysis.py --stages --images 20 --size 256
 """
@@ -63,6 +64,48 @@ def timed(spent: dict[str, float], name: str, call: Callable[..., Any]) -> Calla
         finally:
             spent[name] = spent.get(name, 0.0) + time.perf_counter() - started
     return run
+
+
+def time_steps(spent: dict[str, list[float]]) -> None:
+    """Time the worker's steps in place (--steps): wall and thread CPU seconds of each, summed
+    over every call; the steps run as they do without it."""
+    from bcd_node.analysis import builders, image
+    from bcd_node.store import storage
+
+    def wrap(owner: Any, name: str, label: str) -> None:
+        call = getattr(owner, name)
+
+        @functools.wraps(call)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                totals = spent.setdefault(label, [0.0, 0.0])
+                totals[0] += time.perf_counter() - wall
+                totals[1] += time.thread_time() - cpu
+        setattr(owner, name, run)
+
+    for owner, name, label in (
+            (image.ImageAnalysis, "prepare", "reading, decoding, the job's rows"),
+            (image, "predict_each", "prediction (the model and its Python)"),
+            (builders.Builders, "build_all", "building the outputs"),
+            (image.ImageAnalysis, "_write", "writing the files"),
+            (storage.BatchWrite, "flush", "making them durable (the batch's syncfs)"),
+            (image.ImageAnalysis, "_publish", "publishing (result and outbox rows)")):
+        wrap(owner, name, label)
+
+
+#: --compare: the way before issue 17's change, then the node's.
+COMPARE = {"png": ("pillow", "node"), "sync": ("fsync", "syncfs"),
+           "part10": ("pydicom", "node")}
+
+
+def pydicom_part10(ds: Any) -> bytes:
+    """Part 10 bytes as pydicom's writer makes them (before dicom.encode)."""
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return bytes(buffer.getvalue())
 
 
 def pillow_png(array: Any) -> bytes:
@@ -113,18 +156,26 @@ def burst(args: argparse.Namespace) -> int:
         from bcd_node.db.models import Instance, Job, JobKind, JobState
         with context.session_factory() as s:
             paths = list(s.execute(select(Instance.path).order_by(Instance.id)).scalars())
+        steps: dict[str, list[float]] = {}
+        if args.steps:
+            time_steps(steps)
         from bcd_node.analysis import builders as builders_module
+        from bcd_node.analysis import publish
+        from bcd_node.store import storage
         worker_seconds: dict[str, list[float]] = {}
-        new_png = builders_module.png
-        # With --compare-png the order turns each repeat (the first burst also pays one-time
+        node_png, node_syncfs, node_part10 = (builders_module.png, storage._syncfs,
+                                              publish.part10_bytes)
+        # With --compare the order turns each repeat (the first burst also pays one-time
         # loading: highdicom's tables, the PDF's fonts).
-        rounds = [(count, threads, encoder) for r in range(args.repeat)
+        pair = COMPARE[args.compare] if args.compare else ("node",)
+        rounds = [(count, threads, variant) for r in range(args.repeat)
                   for count in args.builders
                   for threads in (args.threads if r % 2 == 0 else args.threads[::-1])
-                  for encoder in ((("pillow", "opencv") if r % 2 == 0 else ("opencv", "pillow"))
-                                  if args.compare_png else ("opencv",))]
-        for round_, (count, n_threads, encoder) in enumerate(rounds):
-            builders_module.png = pillow_png if encoder == "pillow" else new_png
+                  for variant in (pair if r % 2 == 0 else pair[::-1])]
+        for round_, (count, n_threads, variant) in enumerate(rounds):
+            builders_module.png = pillow_png if variant == "pillow" else node_png
+            storage._syncfs = None if variant == "fsync" else node_syncfs
+            publish.part10_bytes = pydicom_part10 if variant == "pydicom" else node_part10
             if round_:  # the same burst again: every job queued anew
                 with context.session_factory.begin() as s:
                     s.execute(update(Job).values(state=JobState.QUEUED, attempts=0,
@@ -145,7 +196,8 @@ def burst(args: argparse.Namespace) -> int:
                 thread.start()
             for thread in threads:
                 thread.join()
-            label = f"{count} {n_threads}" + (f" {encoder} PNG" if args.compare_png else "")
+            label = f"{count} {n_threads}" + (f" {args.compare}: {variant}" if args.compare
+                                               else "")
             worker_seconds.setdefault(label, []).append(time.perf_counter() - started)
             builders.close()
         with context.session_factory() as s:
@@ -168,7 +220,11 @@ def burst(args: argparse.Namespace) -> int:
                                       for label, secs in worker_seconds.items()},
               "model_only_images_per_s": round(n / model_seconds, 2),
               "ratio": {label: [round(model_seconds / sec, 2) for sec in secs]
-                        for label, secs in worker_seconds.items()}}
+                        for label, secs in worker_seconds.items()},
+              "steps_ms_per_image": {name: {"wall": round(wall / (n * len(rounds)) * 1000, 1),
+                                            "thread_cpu": round(cpu / (n * len(rounds)) * 1000,
+                                                                1)}
+                                     for name, (wall, cpu) in steps.items()}}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -184,6 +240,10 @@ def burst(args: argparse.Namespace) -> int:
               f"{', '.join(f'{ratio:.2f}' for ratio in report['ratio'][label])}")
     print(f"  the model alone, same images, batched: {report['model_only_images_per_s']:.2f} "
           f"images/s")
+    if report["steps_ms_per_image"]:
+        print("  the worker's steps, per image, over every burst (wall; CPU of the thread):")
+        for name, step in report["steps_ms_per_image"].items():
+            print(f"    {name:<44} {step['wall']:6.1f} ms; {step['thread_cpu']:6.1f} ms CPU")
     print("reproduce: .venv/bin/python benchmarks/analysis.py " + " ".join(sys.argv[1:]))
     return 0
 
@@ -201,10 +261,13 @@ def main() -> int:
                         help="workers.output_builders; several values: one burst each")
     parser.add_argument("--repeat", type=int, default=1,
                         help="bursts per --builders value, in turn (the same images again)")
-    parser.add_argument("--compare-png", action="store_true",
-                        help="each burst twice, alternating: the console's PNGs written by "
-                             "Pillow at level 1 (before issue 17's change), then as the node "
-                             "writes them")
+    parser.add_argument("--steps", action="store_true",
+                        help="also time the worker's steps in place, per image")
+    parser.add_argument("--compare", choices=sorted(COMPARE),
+                        help="each burst twice, alternating, as before issue 17's change and "
+                             "as the node does it: png (the console's PNGs by Pillow at level "
+                             "1), sync (each file and folder fsynced, not one syncfs per "
+                             "batch), part10 (pydicom's writer, not dicom.encode)")
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")

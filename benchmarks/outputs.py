@@ -7,7 +7,8 @@ SR it also builds, in the same run and on the same inputs, the document with hig
 Comprehensive 3D SR constructor (the reference the node's document class is tested against,
 ``tests/dicom/test_srdocument.py``), and prints the ratio: on a shared machine the absolute
 figures move with the load, the ratio much less. Each object's bytes are also written by
-pydicom's own writer in the same run (the reference of :func:`dicom.encode.part10_bytes`).
+pydicom's own writer in the same run (the reference of :func:`dicom.encode.part10_bytes`),
+and the console's PNGs by OpenCV's writer (the reference of the worker's own encoder).
 
 Reproduce with::
 
@@ -37,6 +38,17 @@ def _timed(call: Callable[[], Any]) -> tuple[Any, float, float]:
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
+def opencv_png(array: Any) -> bytes:
+    """A picture as OpenCV's PNG writer makes it at level 1 (the worker's before issue 17)."""
+    import cv2
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    _ok, encoded = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                                                cv2.IMWRITE_PNG_STRATEGY,
+                                                cv2.IMWRITE_PNG_STRATEGY_RLE])
+    return bytes(encoded.tobytes())
+
+
 def pydicom_bytes(ds: Any) -> bytes:
     """``ds`` as Part 10 bytes by pydicom's own writer (what the worker used before)."""
     from pydicom.filebase import DicomBytesIO
@@ -60,6 +72,7 @@ def main() -> int:
 
     import dicom.sr
     from bcd_node.analysis import findings as F
+    from bcd_node.analysis.builders import png
     from bcd_node.analysis.publish import dicom_bytes
     from bcd_node.db.models import utcnow
     from bcd_node.inference.spec import CLASSES
@@ -94,6 +107,11 @@ def main() -> int:
         combined = F.Combined(stage, probabilities, 3, float(mask.mean()), mask[None],
                               {"status": "ok"}, False)
         over = F.overlay(image, mask)
+        # The console's pictures (overlay and mask), and OpenCV's PNG writer as the worker used
+        # it before (deflate level 1, run-length matching) on the same pictures.
+        record("console PNGs (overlay, mask)", lambda: (png(over), png(mask * 255)), keep)
+        record("console PNGs, OpenCV's writer (reference)",
+               lambda: (opencv_png(over), opencv_png(mask * 255)), keep)
         data = F.report_data(ds, image, over, combined, algorithm=algorithm,
                              demonstration_model=True, created_at=utcnow())
         pdf = record("PDF report (reportlab)", lambda: render_report(data), keep)
