@@ -59,7 +59,8 @@ def part10_bytes(ds: Dataset) -> bytes:
     meta = getattr(ds, "file_meta", None)
     if (meta is None or meta.get("TransferSyntaxUID") != ExplicitVRLittleEndian
             or any(tag >> 16 in (0, 2) for tag in ds._dict)
-            or ds.original_encoding != (None, None)):
+            or ds.original_encoding != (None, None)
+            or len(getattr(ds, "preamble", None) or b"\x00" * 128) != 128):
         return _pydicom_bytes(ds)  # not what the node builds: pydicom writes it all
     out = bytearray(_header(ds))
     correct_ambiguous_vr(ds, True)

@@ -300,23 +300,35 @@ class BatchWrite:
     others of the batch go on if one fails; nothing may refer to it (a database row) before
     :meth:`flush` returned. One ``syncfs`` writes out the file system's dirty data and names,
     the new folders' included, which the fsyncs of the files and their folders did not; on a
-    data folder that shares its file system with heavy writers it also waits for theirs.
+    data folder that shares its file system with heavy writers it also waits for theirs. A
+    folder under the data folder that is another file system (a volume mounted at
+    ``results/``) gets a ``syncfs`` of its own.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._folders: set[Path] = set()
-        # Write-back errors are reported to descriptors opened before they happened (and to
-        # the first one after, if nobody saw them): opened first, it sees every error of the
-        # batch's writes.
-        self._fd = (os.open(store.root, os.O_RDONLY | os.O_DIRECTORY)
-                    if _syncfs is not None else -1)
+        self._syncfs = _syncfs is not None
+        #: One descriptor per file system written to, by device. Write-back errors are
+        #: reported to descriptors opened before they happened (and to the first one after,
+        #: if nobody saw them): the data folder's is opened first.
+        self._fds: dict[int, int] = {}
+        if self._syncfs:
+            self._open(store.root)
 
     def __enter__(self) -> BatchWrite:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _open(self, folder: Path) -> None:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        device = os.fstat(fd).st_dev
+        if device in self._fds:
+            os.close(fd)
+        else:
+            self._fds[device] = fd
 
     def write(self, relpath: str, data: bytes) -> Path:
         """Write ``data`` to ``relpath`` under its name (durable at :meth:`flush`).
@@ -328,7 +340,9 @@ class BatchWrite:
         """
         self.store.check_space(len(data))
         folder, _, name = relpath.rpartition("/")
-        target = self.store.begin_write(folder, data, name).finish(name, sync=self._fd < 0)
+        target = self.store.begin_write(folder, data, name).finish(name, sync=not self._syncfs)
+        if self._syncfs and target.parent not in self._folders:
+            self._open(target.parent)  # kept only if it is another file system
         self._folders.add(target.parent)
         return target
 
@@ -340,19 +354,20 @@ class BatchWrite:
         OSError
             The file system reported a write error: the batch's files may not be on disk.
         """
-        if self._fd < 0:
+        if not self._syncfs:
             Store.sync_dirs(self._folders)
             return
         assert _syncfs is not None
-        if _syncfs(self._fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs of {self.store.root}: {os.strerror(err)}")
+        for fd in self._fds.values():
+            if _syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs under {self.store.root}: {os.strerror(err)}")
 
     def close(self) -> None:
         """Release the batch (what was not flushed stays written, but may not be durable)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def remove_previews(layout: DataLayout, instance_id: int, keep: str | None = None) -> int:

@@ -163,3 +163,9 @@ def test_other_transfer_syntaxes_are_written_by_pydicom() -> None:
     ds.Modality = "SR"
     with pytest.raises(ValueError):  # pydicom's own refusal: no transfer syntax
         part10_bytes(ds)
+    ds = base()
+    ds.preamble = b"short"
+    with pytest.raises(ValueError, match="128"):  # pydicom's own refusal
+        part10_bytes(ds)
+    ds.preamble = b"\x01" * 128  # one of the right length is kept
+    assert part10_bytes(ds)[:128] == b"\x01" * 128 == pydicom_bytes(ds)[:128]

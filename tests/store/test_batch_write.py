@@ -121,3 +121,46 @@ def test_the_release_decides_whether_syncfs_is_used(monkeypatch) -> None:
                           ("6.18.44-fc-v1045", True), ("weird", False)):
         monkeypatch.setattr(storage.os, "uname", lambda r=release: Uname(r))
         assert (storage._load_syncfs() is not None) is used, release
+
+
+MOUNTED = """
+import os, subprocess, sys
+from pathlib import Path
+from bcd_node.store import storage
+from bcd_node.store.storage import Store
+
+root = Path(sys.argv[1])
+(root / "results").mkdir(parents=True)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root / "results")],
+               check=True)
+synced = []
+real = storage._syncfs
+storage._syncfs = lambda fd: synced.append(os.fstat(fd).st_dev) or real(fd)
+with Store(root, 0).batch() as batch:
+    batch.write("instances/a.dcm", b"a")
+    batch.write("results/1/b.png", b"b")
+    batch.write("results/1/c.png", b"c")
+    batch.flush()
+devices = {os.stat(root / "instances").st_dev, os.stat(root / "results").st_dev}
+assert len(devices) == 2 and sorted(synced) == sorted(devices), (synced, devices)
+print("synced", len(synced))
+"""
+
+
+@needs_syncfs
+def test_a_folder_on_another_file_system_gets_its_own_syncfs(tmp_path) -> None:
+    """A volume mounted under the data folder (results/ on a disk of its own) is made durable
+    too: one syncfs per file system written to. Runs in a mount namespace of its own (root)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to mount a file system for the test")
+    run = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,
+                          "-c", MOUNTED, str(tmp_path / "data")], capture_output=True,
+                         text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    if run.returncode != 0 and "unshare failed" in run.stderr:
+        pytest.skip(f"no mount namespace here: {run.stderr.strip()}")
+    assert run.returncode == 0, run.stderr
+    assert "synced 2" in run.stdout
