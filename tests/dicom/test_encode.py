@@ -17,22 +17,15 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pydicom.valuerep import DA, DT, TM, PersonName
 
 from dicom.encode import part10_bytes
-
-
-def pydicom_bytes(ds: Dataset) -> bytes:
-    buffer = DicomBytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return bytes(buffer.getvalue())
+from tests.support.encoding import difference, pydicom_bytes
 
 
 def assert_same_bytes(ds: Dataset) -> bytes:
     """Both writers on copies of ``ds`` (both correct ambiguous VRs in place)."""
-    ours, theirs = part10_bytes(copy.deepcopy(ds)), pydicom_bytes(copy.deepcopy(ds))
-    if ours != theirs:
-        at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b),
-                  min(len(ours), len(theirs)))
-        pytest.fail(f"bytes differ at {at} of {len(ours)}/{len(theirs)}: "
-                    f"{ours[at - 16:at + 16]!r} != {theirs[at - 16:at + 16]!r}")
+    ours = part10_bytes(copy.deepcopy(ds))
+    differ = difference(ours, pydicom_bytes(copy.deepcopy(ds)))
+    if differ:
+        pytest.fail(differ)
     return ours
 
 
