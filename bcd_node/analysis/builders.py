@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from isal import isal_zlib
 from pydicom.dataset import Dataset
 
 from bcd_node.analysis.findings import Combined, build_analysis
 from bcd_node.analysis.publish import dicom_bytes
 from bcd_node.records.cells import split_cells
+from bcd_node.report.pictures import channels, filtered_rows_deflated
 from dicom import describe
 from dicom.algorithm import Algorithm
 
@@ -84,16 +84,9 @@ class Built:
     cells: dict[str, Any] | None = None
 
 
-#: Deflate level of the console's pictures, by ISA-L (``isal``, a zlib stream as PNG wants).
-#: Measured (issue 17, 512 x 512, CPU time per picture): the RGB overlay with the "Up" filter
-#: at ISA-L level 1 takes 3.1 ms and 452 KB, where OpenCV's writer (deflate level 1,
-#: run-length matching) took 15 ms and 417 KB; the mask and the probability map, unfiltered,
-#: 0.1 ms against 2 ms, about the same size. The pixels are the same: PNG is lossless.
-_PNG_DEFLATE_LEVEL = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: PNG colour type by channel count: grey, RGB, RGBA.
 _PNG_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}
-_PNG_FILTER_NONE, _PNG_FILTER_UP = 0, 2
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -103,37 +96,18 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 def png(array: np.ndarray) -> bytes:
     """``array`` (grey, RGB or RGBA, 8 or 16 bit) as a PNG: the console's pictures, written
-    once per image, so speed matters more than the last percent of size.
-
-    Each row is stored with PNG's "Up" filter (its difference from the row above, byte by
-    byte) for colour pictures, unfiltered for grey ones (masks: long runs), and the rows are
-    deflated by ISA-L at :data:`_PNG_DEFLATE_LEVEL`.
+    once per image, so speed matters more than the last percent of size (the rows filtered and
+    deflated by :func:`~bcd_node.report.pictures.filtered_rows_deflated`).
 
     Raises
     ------
     ValueError
         Another shape or sample type.
     """
-    channels = 1 if array.ndim == 2 else array.shape[2] if array.ndim == 3 else 0
-    if channels not in _PNG_COLOUR_TYPES or array.dtype not in (np.uint8, np.uint16) \
-            or 0 in array.shape[:2]:
-        raise ValueError(f"cannot encode a {array.dtype} array of shape {array.shape} as PNG")
-    height, width = array.shape[:2]
-    depth = 8 * array.dtype.itemsize
-    # PNG's samples are big-endian; each row is its bytes, after one filter-type byte.
-    rows = np.ascontiguousarray(array, array.dtype.newbyteorder(">")).view(np.uint8) \
-        .reshape(height, -1)
-    lines = np.empty((height, rows.shape[1] + 1), np.uint8)
-    if channels == 1:
-        lines[:, 0] = _PNG_FILTER_NONE
-        lines[:, 1:] = rows
-    else:
-        lines[:, 0] = _PNG_FILTER_UP
-        lines[0, 1:] = rows[0]
-        np.subtract(rows[1:], rows[:-1], out=lines[1:, 1:])  # modulo 256, as PNG wants
-    header = struct.pack(">IIBBBBB", width, height, depth, _PNG_COLOUR_TYPES[channels], 0, 0, 0)
-    return (_PNG_SIGNATURE + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", isal_zlib.compress(lines.tobytes(), _PNG_DEFLATE_LEVEL))
+    data = filtered_rows_deflated(array)  # refuses what PNG cannot hold
+    header = struct.pack(">IIBBBBB", array.shape[1], array.shape[0], 8 * array.dtype.itemsize,
+                         _PNG_COLOUR_TYPES[channels(array)], 0, 0, 0)
+    return (_PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
             + _png_chunk(b"IEND", b""))
 
 

@@ -26,7 +26,6 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
-from isal import isal_zlib
 from PIL import Image as PILImage
 from reportlab import rl_config
 from reportlab.lib import colors
@@ -46,6 +45,7 @@ from reportlab.platypus import (
 )
 
 from bcd_node.errors import ValidationError
+from bcd_node.report.pictures import filtered_rows_deflated
 from bcd_node.report.texts import dicom_date, local_time
 from dicom.stages import Stage
 
@@ -246,29 +246,46 @@ def _fonts() -> tuple[str, str]:
         return "BcdSans", "BcdSans-Bold"
 
 
-#: Deflate level of the pictures' streams, by ISA-L (``isal``, a zlib-compatible stream):
-#: level 1 deflates a 512 x 512 field in about 3 ms, where reportlab's zlib at its default
-#: level 6 took 26 ms, for a stream about a tenth larger; the pixels are the same.
-_PICTURE_DEFLATE_LEVEL = 1
-
-
 class _PictureXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportlab is untyped
-    """An RGB picture as an image XObject, deflated by ISA-L at :data:`_PICTURE_DEFLATE_LEVEL`.
+    """An RGB picture as an image XObject: its rows filtered as PNG does and deflated by ISA-L
+    (:func:`~bcd_node.report.pictures.filtered_rows_deflated`), with the PNG predictor named
+    in its DecodeParms (PDF 1.2 and later).
 
     reportlab's own (``canvas.drawImage``) hashes the pixels to name the picture and deflates
-    them at zlib's default level: together most of a report's rendering time.
+    them at zlib's default level: together most of a report's rendering time (26 ms against
+    3 ms for a 512 x 512 field). The filter makes the stream about a quarter smaller than the
+    unfiltered rows (issue 17); the pixels are the same.
     """
 
     def __init__(self, name: str, array: np.ndarray) -> None:  # noqa: D107
         # Not the parent's constructor: it loads a canned sample picture first.
+        array = np.ascontiguousarray(array, np.uint8)
         self.name = name
         self.height, self.width = int(array.shape[0]), int(array.shape[1])
         self.bitsPerComponent = 8
         self.colorSpace = "DeviceRGB"
         self.mask = None
         self._filters = ("FlateDecode",)
-        self.streamContent = isal_zlib.compress(
-            np.ascontiguousarray(array, np.uint8).tobytes(), _PICTURE_DEFLATE_LEVEL)
+        self.streamContent = filtered_rows_deflated(array)
+
+    def format(self, document: Any) -> bytes:
+        """The image's stream object (as reportlab's, with the predictor's DecodeParms)."""
+        stream = pdfdoc.PDFStream(content=self.streamContent)
+        entries = stream.dictionary
+        entries["Type"] = pdfdoc.PDFName("XObject")
+        entries["Subtype"] = pdfdoc.PDFName("Image")
+        entries["Width"] = self.width
+        entries["Height"] = self.height
+        entries["BitsPerComponent"] = self.bitsPerComponent
+        entries["ColorSpace"] = pdfdoc.PDFName(self.colorSpace)
+        entries["Filter"] = pdfdoc.PDFArray([pdfdoc.PDFName(f) for f in self._filters])
+        # 15: a PNG filter named at the start of each row; Colors: samples per pixel. One
+        # entry per filter: with an array of filters, readers (poppler) look for an array.
+        entries["DecodeParms"] = pdfdoc.PDFArray([pdfdoc.PDFDictionary({
+            "Predictor": 15, "Colors": 3, "BitsPerComponent": self.bitsPerComponent,
+            "Columns": self.width})])
+        entries["Length"] = len(self.streamContent)
+        return bytes(stream.format(document))
 
 
 class _Picture(Flowable):  # type: ignore[misc]  # reportlab is untyped
