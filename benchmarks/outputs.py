@@ -95,6 +95,7 @@ def main() -> int:
             times.setdefault(name, []).append((wall, cpu))
         return out
 
+    pdf_sizes: list[int] = []
     for i in range(args.warmup + args.images):
         keep = i >= args.warmup
         stage = CLASSES[i % 4]
@@ -115,6 +116,8 @@ def main() -> int:
         data = F.report_data(ds, image, over, combined, algorithm=algorithm,
                              demonstration_model=True, created_at=utcnow())
         pdf = record("PDF report (reportlab)", lambda: render_report(data), keep)
+        if keep:
+            pdf_sizes.append(len(pdf))
         source = derivation_source(ds, algorithm.texts)
         seg = record("SEG", lambda: build_segmentation(source, mask, algorithm=algorithm), keep)
         findings = Findings(stage=stage, probabilities=probabilities, blast_count=3,
@@ -144,6 +147,7 @@ def main() -> int:
     report = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
               "images": args.images, "size": args.size, "medians": medians,
               "sr_cpu_ratio_to_reference": round(ratio, 2),
+              "pdf_report_kb": round(statistics.median(pdf_sizes) / 1000),
               "targets_ms": {"SR": 20, "PDF report (reportlab)": 30}}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -153,6 +157,7 @@ def main() -> int:
     for name, m in medians.items():
         print(f"  {name:<64} {m['wall_ms']:7.1f} ms wall {m['cpu_ms']:7.1f} ms CPU")
     print(f"  SR / reference (CPU, same run): {ratio:.2f}")
+    print(f"  PDF report size, median: {report['pdf_report_kb']} KB")
     print("reproduce: .venv/bin/python benchmarks/outputs.py " + " ".join(sys.argv[1:]))
     return 0
 
