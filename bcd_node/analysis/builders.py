@@ -94,17 +94,20 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
             + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind))))
 
 
-def png(array: np.ndarray) -> bytes:
+def png(array: np.ndarray, rows: bytes | None = None) -> bytes:
     """``array`` (grey, RGB or RGBA, 8 or 16 bit) as a PNG: the console's pictures, written
     once per image, so speed matters more than the last percent of size (the rows filtered and
-    deflated by :func:`~bcd_node.report.pictures.filtered_rows_deflated`).
+    deflated by :func:`~bcd_node.report.pictures.filtered_rows_deflated`, or ``rows`` when
+    the caller has them already).
 
     Raises
     ------
     ValueError
         Another shape or sample type.
     """
-    data = filtered_rows_deflated(array)  # refuses what PNG cannot hold
+    if channels(array) == 0 or array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"cannot encode a {array.dtype} array of shape {array.shape} as PNG")
+    data = rows if rows is not None else filtered_rows_deflated(array)
     header = struct.pack(">IIBBBBB", array.shape[1], array.shape[0], 8 * array.dtype.itemsize,
                          _PNG_COLOUR_TYPES[channels(array)], 0, 0, 0)
     return (_PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
@@ -141,7 +144,8 @@ def build(request: BuildRequest) -> Built:
              if combined.stage is not None and len(request.images) == 1 else None)
     # The map is in the PNG: it does not travel back from a builder process as floats.
     combined = dataclasses.replace(combined, probability=None)
-    return Built(combined, png(combined.masks[0] * 255), png(analysis.overlay),
+    return Built(combined, png(combined.masks[0] * 255),
+                 png(analysis.overlay, analysis.overlay_rows),
                  analysis.pdf if objects else None, objects, probability_png, cells)
 
 

@@ -84,6 +84,10 @@ class ReportData:
         The analysed image, ``(rows, columns, 3)`` RGB ``uint8``.
     overlay : numpy.ndarray
         The image with the blast cells marked, same kind of array.
+    overlay_rows : bytes, optional
+        ``overlay`` as :func:`~bcd_node.report.pictures.filtered_rows_deflated` gives it, when
+        the caller made it already (the worker, for the console's PNG): the report then embeds
+        these bytes instead of deflating the overlay again.
     stage : str
         The algorithm's stage, one of :data:`STAGES`.
     probabilities : Mapping[str, float]
@@ -155,6 +159,7 @@ stain, institution : str, optional
     timezone: dt.tzinfo | None = None
     review_reasons: tuple[str, ...] = ()
     scale: str | None = None
+    overlay_rows: bytes | None = None
 
     def __post_init__(self) -> None:
         for name in ("patient_name", "patient_id", "model_name", "model_version"):
@@ -163,6 +168,8 @@ stain, institution : str, optional
                 raise ValidationError(f"{name} must be a non-empty str, got {value!r}")
         for name in ("image", "overlay"):
             _check_rgb(name, getattr(self, name))
+        if self.overlay_rows is not None and not isinstance(self.overlay_rows, bytes):
+            raise TypeError(f"overlay_rows must be bytes, got {type(self.overlay_rows).__name__}")
         if self.stage not in STAGES:
             raise ValidationError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if not isinstance(self.probabilities, Mapping) or set(self.probabilities) != set(STAGES):
@@ -257,7 +264,8 @@ class _PictureXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportla
     unfiltered rows (issue 17); the pixels are the same.
     """
 
-    def __init__(self, name: str, array: np.ndarray) -> None:  # noqa: D107
+    def __init__(self, name: str, array: np.ndarray,  # noqa: D107
+                 rows: bytes | None = None) -> None:
         # Not the parent's constructor: it loads a canned sample picture first.
         array = np.ascontiguousarray(array, np.uint8)
         self.name = name
@@ -266,7 +274,7 @@ class _PictureXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportla
         self.colorSpace = "DeviceRGB"
         self.mask = None
         self._filters = ("FlateDecode",)
-        self.streamContent = filtered_rows_deflated(array)
+        self.streamContent = rows if rows is not None else filtered_rows_deflated(array)
 
     def format(self, document: Any) -> bytes:
         """The image's stream object (as reportlab's, with the predictor's DecodeParms)."""
@@ -291,9 +299,11 @@ class _PictureXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportla
 class _Picture(Flowable):  # type: ignore[misc]  # reportlab is untyped
     """A picture flowable drawn from a :class:`_PictureXObject` (lossless, pixel for pixel)."""
 
-    def __init__(self, array: np.ndarray, width: float) -> None:
+    def __init__(self, array: np.ndarray, width: float, rows: bytes | None = None) -> None:
         super().__init__()
         self.array = array
+        #: ``array`` as filtered_rows_deflated gives it, when already made.
+        self.rows = rows
         self.drawWidth = width
         self.drawHeight = width * array.shape[0] / array.shape[1]
 
@@ -307,7 +317,7 @@ class _Picture(Flowable):  # type: ignore[misc]  # reportlab is untyped
         doc._bcd_pictures = number
         name = f"BcdPicture{number}"
         registered = doc.getXObjectName(name)
-        picture = _PictureXObject(name, self.array)
+        picture = _PictureXObject(name, self.array, self.rows)
         canvas._setXObjects(picture)
         doc.Reference(picture, registered)
         doc.addForm(name, picture)
@@ -318,12 +328,14 @@ class _Picture(Flowable):  # type: ignore[misc]  # reportlab is untyped
         canvas._formsinuse.append(name)
 
 
-def _picture(array: np.ndarray, width: float) -> Flowable:
+def _picture(array: np.ndarray, width: float, rows: bytes | None = None) -> Flowable:
+    """``array`` drawn ``width`` wide; ``rows``: its stream, when already made (not used for
+    a picture this report makes smaller)."""
     if max(array.shape[:2]) > _MAX_IMAGE_SIDE:
         img = PILImage.fromarray(array, mode="RGB")
         img.thumbnail((_MAX_IMAGE_SIDE, _MAX_IMAGE_SIDE))
-        array = np.asarray(img)
-    return _Picture(array, width)
+        array, rows = np.asarray(img), None
+    return _Picture(array, width, rows)
 
 
 def _person(name: str) -> str:
@@ -464,7 +476,7 @@ def _render(data: ReportData) -> bytes:
     story.append(p("Image and blast overlay", heading))
     # A verified report's verdict takes room: its pictures are smaller, so it stays one page.
     side = (45 if data.is_verified else 55) * mm
-    pictures = Table([[_picture(data.image, side), _picture(data.overlay, side)],
+    pictures = Table([[_picture(data.image, side), _picture(data.overlay, side, data.overlay_rows)],
                       [p("Image"), p("Blast cells marked")]], colWidths=[85 * mm, 85 * mm])
     pictures.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER")]))
     story.append(pictures)

@@ -204,3 +204,45 @@ def test_a_batch_whose_files_cannot_be_made_durable_publishes_nothing(
     assert _workers(context, predictor).step("test-worker")
     assert {job.state for job in _jobs(context).values()} == {JobState.DONE}
     assert len(_results(context)) == len(IMAGES)
+
+
+def _idat(png: bytes) -> bytes:
+    """The data of a PNG's IDAT chunks, joined."""
+    import struct
+
+    out, at = b"", 8
+    while at < len(png):
+        (length,), kind = struct.unpack(">I", png[at:at + 4]), png[at + 4:at + 8]
+        if kind == b"IDAT":
+            out += png[at + 8:at + 8 + length]
+        at += 12 + length
+    return out
+
+
+def test_the_overlay_is_deflated_once_for_the_pdf_and_the_console(
+        nodes: dict[str, NodeContext], predictor: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PDF report embeds the very stream of the console's overlay PNG, deflated once: per
+    image two colour pictures are deflated (the field for the PDF, the overlay for both)."""
+    from bcd_node.analysis import builders, findings
+    from bcd_node.report import pdf, pictures
+
+    colour: list[tuple[int, ...]] = []
+
+    def counted(array: np.ndarray) -> bytes:
+        if array.ndim == 3:
+            colour.append(array.shape)
+        return pictures.filtered_rows_deflated(array)
+
+    for module in (builders, findings, pdf):
+        monkeypatch.setattr(module, "filtered_rows_deflated", counted)
+    context = nodes["batch"]
+    assert drain(_workers(context, predictor)) == 1
+    assert len(colour) == 2 * len(IMAGES)
+    data = Path(context.settings.storage.data_dir)
+    with context.session_factory() as s:
+        results = s.execute(select(Result)).scalars().all()
+    assert len(results) == len(IMAGES)
+    for result in results:
+        rows = _idat((data / str(result.overlay_path)).read_bytes())
+        assert len(rows) > 1000
+        assert rows in (data / str(result.pdf_path)).read_bytes()
