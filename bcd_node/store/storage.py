@@ -354,6 +354,8 @@ class BatchWrite:
         OSError
             The file system reported a write error: the batch's files may not be on disk.
         """
+        if not self._folders:
+            return  # nothing written: nothing to wait for
         if not self._syncfs:
             Store.sync_dirs(self._folders)
             return

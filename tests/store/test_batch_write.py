@@ -64,6 +64,15 @@ def test_a_batch_is_made_durable_by_one_syncfs_and_no_fsync(tmp_path, monkeypatc
 
 
 @needs_syncfs
+def test_a_batch_that_wrote_nothing_syncs_nothing(tmp_path, monkeypatch) -> None:
+    """A batch whose jobs all failed before writing does not flush the file system."""
+    calls = Calls(monkeypatch)
+    with Store(tmp_path, 0).batch() as batch:
+        batch.flush()
+    assert calls.syncfs == [] and calls.fsyncs == []
+
+
+@needs_syncfs
 def test_a_file_that_replaces_another_is_fsynced_before_its_rename(tmp_path, monkeypatch) -> None:
     """The old name never points at data that may not be on disk (a re-run's same file)."""
     store = Store(tmp_path, 0)
