@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from bcd_node.analysis import findings  # noqa: E402
 from bcd_node.inference.spec import CLASSES  # noqa: E402
 from dicom import outputs  # noqa: E402
+from dicom.encode import pydicom_bytes  # noqa: E402
 
 #: (module, function) pairs that analyze_dataset and build_result_objects call, timed in place.
 STAGES = ((findings, "decode_for_analysis"), (findings, "overlay"),
@@ -55,36 +56,27 @@ STAGES = ((findings, "decode_for_analysis"), (findings, "overlay"),
           (outputs, "build_encapsulated_pdf"))
 
 
-def timed(spent: dict[str, float], name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+def timed(spent: dict[str, float], name: str, call: Callable[..., Any],
+          cpu: dict[str, float] | None = None) -> Callable[..., Any]:
+    """``call`` adding its wall seconds to ``spent[name]`` (and its thread's CPU seconds to
+    ``cpu[name]``) at each call."""
     @functools.wraps(call)
     def run(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         try:
             return call(*args, **kwargs)
         finally:
             spent[name] = spent.get(name, 0.0) + time.perf_counter() - started
+            if cpu is not None:
+                cpu[name] = cpu.get(name, 0.0) + time.thread_time() - started_cpu
     return run
 
 
-def time_steps(spent: dict[str, list[float]]) -> None:
+def time_steps(wall: dict[str, float], cpu: dict[str, float]) -> None:
     """Time the worker's steps in place (--steps): wall and thread CPU seconds of each, summed
     over every call; the steps run as they do without it."""
     from bcd_node.analysis import builders, image
     from bcd_node.store import storage
-
-    def wrap(owner: Any, name: str, label: str) -> None:
-        call = getattr(owner, name)
-
-        @functools.wraps(call)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            wall, cpu = time.perf_counter(), time.thread_time()
-            try:
-                return call(*args, **kwargs)
-            finally:
-                totals = spent.setdefault(label, [0.0, 0.0])
-                totals[0] += time.perf_counter() - wall
-                totals[1] += time.thread_time() - cpu
-        setattr(owner, name, run)
 
     for owner, name, label in (
             (image.ImageAnalysis, "prepare", "reading, decoding, the job's rows"),
@@ -93,7 +85,7 @@ def time_steps(spent: dict[str, list[float]]) -> None:
             (image.ImageAnalysis, "_write", "writing the files"),
             (storage.BatchWrite, "flush", "making them durable (the batch's syncfs)"),
             (image.ImageAnalysis, "_publish", "publishing (result and outbox rows)")):
-        wrap(owner, name, label)
+        setattr(owner, name, timed(wall, label, getattr(owner, name), cpu))
 
 
 #: --compare: the way before issue 17's change, then the node's.
@@ -101,15 +93,9 @@ COMPARE = {"png": ("pillow", "node"), "sync": ("fsync", "syncfs"),
            "part10": ("pydicom", "node")}
 
 
-def pydicom_part10(ds: Any) -> bytes:
-    """Part 10 bytes as pydicom's writer makes them (before dicom.encode)."""
-    buffer = DicomBytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return bytes(buffer.getvalue())
-
-
-def pillow_png(array: Any) -> bytes:
-    """The console's PNGs as they were written before issue 17's change (Pillow, level 1)."""
+def pillow_png(array: Any, rows: bytes | None = None) -> bytes:
+    """The console's PNGs as they were written before issue 17's change (Pillow, level 1;
+    ``rows``, the overlay's stream the PDF made too, is not used)."""
     import io
 
     from PIL import Image
@@ -156,9 +142,10 @@ def burst(args: argparse.Namespace) -> int:
         from bcd_node.db.models import Instance, Job, JobKind, JobState
         with context.session_factory() as s:
             paths = list(s.execute(select(Instance.path).order_by(Instance.id)).scalars())
-        steps: dict[str, list[float]] = {}
+        steps_wall: dict[str, float] = {}
+        steps_cpu: dict[str, float] = {}
         if args.steps:
-            time_steps(steps)
+            time_steps(steps_wall, steps_cpu)
         from bcd_node.analysis import builders as builders_module
         from bcd_node.analysis import publish
         from bcd_node.store import storage
@@ -175,7 +162,7 @@ def burst(args: argparse.Namespace) -> int:
         for round_, (count, n_threads, variant) in enumerate(rounds):
             builders_module.png = pillow_png if variant == "pillow" else node_png
             storage._syncfs = None if variant == "fsync" else node_syncfs
-            publish.part10_bytes = pydicom_part10 if variant == "pydicom" else node_part10
+            publish.part10_bytes = pydicom_bytes if variant == "pydicom" else node_part10
             if round_:  # the same burst again: every job queued anew
                 with context.session_factory.begin() as s:
                     s.execute(update(Job).values(state=JobState.QUEUED, attempts=0,
@@ -222,9 +209,9 @@ def burst(args: argparse.Namespace) -> int:
               "ratio": {label: [round(model_seconds / sec, 2) for sec in secs]
                         for label, secs in worker_seconds.items()},
               "steps_ms_per_image": {name: {"wall": round(wall / (n * len(rounds)) * 1000, 1),
-                                            "thread_cpu": round(cpu / (n * len(rounds)) * 1000,
-                                                                1)}
-                                     for name, (wall, cpu) in steps.items()}}
+                                            "thread_cpu": round(steps_cpu[name]
+                                                                / (n * len(rounds)) * 1000, 1)}
+                                     for name, wall in steps_wall.items()}}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -49,14 +49,6 @@ def opencv_png(array: Any) -> bytes:
     return bytes(encoded.tobytes())
 
 
-def pydicom_bytes(ds: Any) -> bytes:
-    """``ds`` as Part 10 bytes by pydicom's own writer (what the worker used before)."""
-    from pydicom.filebase import DicomBytesIO
-    buffer = DicomBytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return bytes(buffer.getvalue())
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=30)
@@ -82,6 +74,7 @@ def main() -> int:
     from dicom.derivation import derivation_source
     from dicom.dicomize import dicomize
     from dicom.encapsulated import build_encapsulated_pdf
+    from dicom.encode import pydicom_bytes
     from dicom.seg import build_segmentation
     from dicom.sr import Findings, build_sr
     from dicom.srdocument import Comprehensive3DSRDocument

@@ -35,7 +35,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-__all__ = ["part10_bytes"]
+__all__ = ["part10_bytes", "pydicom_bytes"]
 
 #: VRs whose explicit length field is 4 bytes (after 2 reserved ones), PS3.5 7.1.2.
 _LONG_LENGTH = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR",
@@ -61,16 +61,18 @@ def part10_bytes(ds: Dataset) -> bytes:
             or any(tag >> 16 in (0, 2) for tag in ds._dict)
             or ds.original_encoding != (None, None)
             or len(getattr(ds, "preamble", None) or b"\x00" * 128) != 128):
-        return _pydicom_bytes(ds)  # not what the node builds: pydicom writes it all
+        return pydicom_bytes(ds)  # not what the node builds: pydicom writes it all
     out = bytearray(_header(ds))
     correct_ambiguous_vr(ds, True)
     if "PixelData" in ds:  # as dcmwrite does for a native transfer syntax
         ds["PixelData"].is_undefined_length = False
-    _dataset(out, ds, ["iso8859"])
+    _dataset(out, ds, [_DEFAULT_ENCODING])
     return bytes(out)
 
 
-def _pydicom_bytes(ds: Dataset) -> bytes:
+def pydicom_bytes(ds: Dataset) -> bytes:
+    """``ds`` as pydicom's own writer makes it (``dcmwrite(..., enforce_file_format=True)``):
+    the reference :func:`part10_bytes` is compared with."""
     buffer = DicomBytesIO()
     dcmwrite(buffer, ds, enforce_file_format=True)
     return bytes(buffer.getvalue())

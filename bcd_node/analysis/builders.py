@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from bcd_node.analysis.findings import Combined, build_analysis
 from bcd_node.analysis.publish import dicom_bytes
 from bcd_node.records.cells import split_cells
-from bcd_node.report.pictures import channels, filtered_rows_deflated
+from bcd_node.report.pictures import channels, check_picture, filtered_rows_deflated
 from dicom import describe
 from dicom.algorithm import Algorithm
 
@@ -105,8 +105,7 @@ def png(array: np.ndarray, rows: bytes | None = None) -> bytes:
     ValueError
         Another shape or sample type.
     """
-    if channels(array) == 0 or array.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"cannot encode a {array.dtype} array of shape {array.shape} as PNG")
+    check_picture(array)
     data = rows if rows is not None else filtered_rows_deflated(array)
     header = struct.pack(">IIBBBBB", array.shape[1], array.shape[0], 8 * array.dtype.itemsize,
                          _PNG_COLOUR_TYPES[channels(array)], 0, 0, 0)

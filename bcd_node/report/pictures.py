@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from isal import isal_zlib
 
-__all__ = ["DEFLATE_LEVEL", "channels", "filtered_rows_deflated"]
+__all__ = ["DEFLATE_LEVEL", "channels", "check_picture", "filtered_rows_deflated"]
 
 #: ISA-L's deflate level for pictures (0-3).
 DEFLATE_LEVEL = 1
@@ -27,6 +27,14 @@ def channels(array: np.ndarray) -> int:
     return int(array.shape[2]) if array.ndim == 3 and array.shape[2] in (1, 3, 4) else 0
 
 
+def check_picture(array: np.ndarray) -> None:
+    """Raise ValueError unless ``array`` is a picture PNG can hold: grey, RGB or RGBA, 8 or
+    16 bit, not empty."""
+    if channels(array) == 0 or array.dtype not in (np.uint8, np.uint16) \
+            or 0 in array.shape[:2]:
+        raise ValueError(f"cannot encode a {array.dtype} array of shape {array.shape} as PNG")
+
+
 def filtered_rows_deflated(array: np.ndarray) -> bytes:
     """``array`` (height x width [x channels], 8 or 16 bit) as a zlib stream of PNG rows: each
     row its filter-type byte, then its bytes (samples big-endian) filtered.
@@ -36,9 +44,7 @@ def filtered_rows_deflated(array: np.ndarray) -> bytes:
     ValueError
         Another shape or sample type.
     """
-    if channels(array) == 0 or array.dtype not in (np.uint8, np.uint16) \
-            or 0 in array.shape[:2]:
-        raise ValueError(f"cannot encode a {array.dtype} array of shape {array.shape} as PNG")
+    check_picture(array)
     height = array.shape[0]
     rows = np.ascontiguousarray(array, array.dtype.newbyteorder(">")).view(np.uint8) \
         .reshape(height, -1)

@@ -287,8 +287,8 @@ class Store:
 
 
 class BatchWrite:
-    """Files written together and made durable together: by one ``syncfs`` of the data
-    folder's file system where Linux has it (5.8 and later), else each file and folder fsynced
+    """Files written together and made durable together: by one ``syncfs`` of each file
+    system written to where Linux has it (5.8 and later), else each file and folder fsynced
     as :meth:`Store.write` does. Use it as a context manager::
 
         with store.batch() as batch:

@@ -110,14 +110,10 @@ def test_without_syncfs_each_file_and_folder_is_fsynced(tmp_path, monkeypatch) -
 
 
 def test_a_batch_write_that_would_fill_the_disk_writes_nothing(tmp_path) -> None:
-    store = Store(tmp_path, min_free_disk=store_free(tmp_path) + 1)
+    store = Store(tmp_path, min_free_disk=Store(tmp_path, 0).free_bytes() + 1)
     with store.batch() as batch, pytest.raises(StorageFullError):
         batch.write("results/1/sr.dcm", b"data")
     assert files_under(tmp_path) == []
-
-
-def store_free(path: Path) -> int:
-    return Store(path, 0).free_bytes()
 
 
 def test_the_release_decides_whether_syncfs_is_used(monkeypatch) -> None:
