@@ -21,6 +21,7 @@ Reproduce with::
     .venv/bin/python benchmarks/analysis.py                # burst of 200, then the model alone
     .venv/bin/python benchmarks/analysis.py --burst 50 --batch-size 8
     .venv/bin/python benchmarks/analysis.py --burst 64 --repeat 2 --compare part10
+    .venv/bin/python benchmarks/analysis.py --burst 200 --repeat 2 --compare sr
     .venv/bin/python benchmarks/analysis.py --threads 1 2 --repeat 2   # workers.count side by side
     .venv/bin/python benchmarks/analysis.py --steps        # where the worker's time goes
     .venv/bin/python benchmarks/analysis.py --stages       # 10 images after 3 warm-up ones
@@ -89,7 +90,7 @@ def time_steps(wall: dict[str, float], cpu: dict[str, float]) -> None:
 
 
 #: --compare: the way before issue 17's change, then the node's.
-COMPARE = {"png": ("pillow", "node"), "sync": ("fsync", "syncfs"),
+COMPARE = {"png": ("pillow", "node"), "sync": ("fsync", "syncfs"), "sr": ("templates", "node"),
            "part10": ("pydicom", "node")}
 
 
@@ -150,8 +151,10 @@ def burst(args: argparse.Namespace) -> int:
         from bcd_node.analysis import publish
         from bcd_node.store import storage
         worker_seconds: dict[str, list[float]] = {}
+        import dicom.srcontent
         node_png, node_syncfs, node_part10 = (builders_module.png, storage._syncfs,
                                               publish.part10_bytes)
+        node_report = dicom.srcontent.measurement_report
         # With --compare the order turns each repeat (the first burst also pays one-time
         # loading: highdicom's tables, the PDF's fonts).
         pair = COMPARE[args.compare] if args.compare else ("node",)
@@ -163,6 +166,9 @@ def burst(args: argparse.Namespace) -> int:
             builders_module.png = pillow_png if variant == "pillow" else node_png
             storage._syncfs = None if variant == "fsync" else node_syncfs
             publish.part10_bytes = pydicom_bytes if variant == "pydicom" else node_part10
+            dicom.srcontent.measurement_report = (  # type: ignore[assignment]
+                dicom.srcontent.measurement_report_with_templates if variant == "templates"
+                else node_report)
             if round_:  # the same burst again: every job queued anew
                 with context.session_factory.begin() as s:
                     s.execute(update(Job).values(state=JobState.QUEUED, attempts=0,
@@ -254,7 +260,9 @@ def main() -> int:
                         help="each burst twice, alternating, as before issue 17's change and "
                              "as the node does it: png (the console's PNGs by Pillow at level "
                              "1), sync (each file and folder fsynced, not one syncfs per "
-                             "batch), part10 (pydicom's writer, not dicom.encode)")
+                             "batch), part10 (pydicom's writer, not dicom.encode), sr (the "
+                             "SR's content tree by highdicom's templates, not "
+                             "dicom.srcontent)")
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")

@@ -44,10 +44,9 @@ from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes as pydicom_codes
 from pydicom.valuerep import PersonName
 
-from dicom import codes, sop, uids
+from dicom import codes, sop, srcontent, uids
 from dicom.algorithm import Algorithm
 from dicom.codes import Stage
 from dicom.derivation import derivation_source
@@ -241,21 +240,6 @@ def document_reference(study_instance_uid: str, series_instance_uid: str,
     return ref
 
 
-def _subject_context(source: Dataset) -> hd.sr.SubjectContext | None:
-    descriptions = source.get("SpecimenDescriptionSequence")
-    if not descriptions:
-        return None
-    item = descriptions[0]
-    return hd.sr.SubjectContext(
-        subject_class=pydicom_codes.DCM.Specimen,
-        subject_class_specific_context=hd.sr.SubjectContextSpecimen(
-            uid=str(item.SpecimenUID),
-            identifier=str(item.SpecimenIdentifier),
-            container_identifier=str(source.get("ContainerIdentifier", "")) or None,
-        ),
-    )
-
-
 def build_sr(
     source: Dataset,
     segmentation: Dataset,
@@ -396,122 +380,15 @@ def build_sr(
     else:
         sop_instance_uid = derived("sr")
 
-    device = hd.sr.ObserverContext(
-        observer_type=pydicom_codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=algorithm.device_uid(uid_root),
-            name=algorithm.name,
-            manufacturer_name=algorithm.manufacturer,
-            model_name=algorithm.model_name,
-        ),
-    )
-    person = None
-    if verification is not None:
-        person = hd.sr.ObserverContext(
-            observer_type=pydicom_codes.DCM.Person,
-            observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
-                name=verification.observer_name,
-                organization_name=verification.organization,
-            ),
-        )
-    observation_context = hd.sr.ObservationContext(
-        observer_person_context=person,
-        observer_device_context=device,
-        subject_context=_subject_context(source),
-    )
-
-    # One TID 4019 identification for the groups and measurements that name the algorithm
-    # (highdicom writes its items into each of them).
-    identification = algorithm.sr_identification()
-    evaluations = [
-        hd.sr.QualitativeEvaluation(codes.STAGE_FINDING, codes.stage_code(findings.stage)),
-        hd.sr.QualitativeEvaluation(
-            codes.IMAGE_QUALITY,
-            codes.QUALITY_ADEQUATE if findings.quality_ok else codes.QUALITY_LIMITED,
-        ),
-    ]
-    evaluations += [
-        hd.sr.QualitativeEvaluation(codes.REVIEW_REASON, codes.review_reason_code(reason))
-        for reason in findings.review_reasons
-    ]
-    if verification is not None:
-        evaluations.append(
-            hd.sr.QualitativeEvaluation(
-                codes.REVIEWED_STAGE_FINDING, codes.stage_code(verification.stage)
-            )
-        )
-        evaluations.append(
-            hd.sr.QualitativeEvaluation(codes.AI_ASSESSMENT,
-                                        verification.assessment(findings.stage))
-        )
-    probabilities = [
-        hd.sr.Measurement(
-            name=codes.probability_code(stage),
-            value=percent(findings.probabilities[stage]),
-            unit=codes.UNIT_PERCENT,
-            algorithm_id=identification,
-        )
-        for stage in Stage
-    ]
-    classification = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived("tracking-classification"), identifier="Blood smear classification"
-        ),
-        finding_type=codes.CLASSIFICATION_GROUP,
-        algorithm_id=identification,
-        finding_sites=[hd.sr.FindingSite(codes.BLOOD)],
-        measurements=probabilities,
-        qualitative_evaluations=evaluations,
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
-    )
-    if verification is not None and verification.comment:
-        classification[0].ContentSequence.append(
-            hd.sr.TextContentItem(
-                name=codes.COMMENT,
-                value=verification.comment,
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
-        )
-
-    # TID 1411 with a segment reference (segment number without frame numbers): a reference
-    # to one SEG frame would put both in one item, which the IMAGE content item forbids.
-    blasts = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived("seg-tracking"), identifier="Blast cells"
-        ),
-        referenced_segment=hd.sr.ReferencedSegment(
-            sop_class_uid=str(segmentation.SOPClassUID),
-            sop_instance_uid=str(segmentation.SOPInstanceUID),
-            segment_number=1,
-            source_images=[hd.sr.SourceImageForSegmentation.from_source_image(source)],
-        ),
-        finding_type=codes.BLAST_CELL,
-        algorithm_id=identification,
-        finding_sites=[hd.sr.FindingSite(codes.BLOOD)],
-        measurements=[
-            hd.sr.Measurement(
-                name=codes.BLAST_COUNT,
-                value=findings.blast_count,
-                unit=codes.UNIT_CELLS,
-                algorithm_id=identification,
-            ),
-            hd.sr.Measurement(
-                name=codes.BLAST_AREA_FRACTION,
-                value=percent(findings.blast_area_fraction),
-                unit=codes.UNIT_PERCENT,
-                algorithm_id=identification,
-            ),
-        ],
-    )
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context,
-        procedure_reported=codes.PROCEDURE,
-        imaging_measurements=[classification, blasts],
-        referenced_images=[source],
+    content = srcontent.ReportContent(
+        source=source, segmentation=segmentation, findings=findings, algorithm=algorithm,
+        device_uid=algorithm.device_uid(uid_root),
+        classification_uid=derived("tracking-classification"),
+        blasts_uid=derived("seg-tracking"), verification=verification,
     )
     sr = Comprehensive3DSRDocument(
         [source, segmentation, *([derived_from] if derived_from is not None else [])],
-        content=report[0],
+        content=srcontent.measurement_report(content),
         series_instance_uid=series.uid,
         series_number=series.number,
         sop_instance_uid=sop_instance_uid,
@@ -536,7 +413,6 @@ def build_sr(
         observer.VerifyingObserverName = PersonName(verification.observer_name)
     sr.SeriesDescription = series.description
     algorithm.write_equipment(sr)
-    separate_containers(sr)
     identify_private_codes(sr)
     LOGGER.info(
         "built %s SR %s for %s",

@@ -1,5 +1,6 @@
-"""The SR documents the node assembles (dicom/srdocument.py) are the ones highdicom's own
-Comprehensive 3D SR constructor writes for the same content, attribute for attribute."""
+"""The SR documents the node assembles (dicom/srdocument.py, with the content trees of
+dicom/srcontent.py) are the ones highdicom's own Comprehensive 3D SR constructor and templates
+write for the same findings, byte for byte."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 import dicom.nondiagnostic
 import dicom.sr
+import dicom.srcontent
 from dicom.nondiagnostic import NonDiagnostic, build_non_diagnostic_sr
 from dicom.seg import build_segmentation
 from dicom.sr import Findings, Verification, build_sr, document_reference
@@ -43,10 +45,13 @@ def _timeless(ds: pydicom.Dataset) -> bytes:
 
 
 def _both(monkeypatch, module, build):
-    """``build()`` with the node's document class, then with highdicom's constructor."""
+    """``build()`` with the node's document class (and content tree), then with highdicom's
+    constructor (and templates)."""
     ours = build()
     assert isinstance(ours, Comprehensive3DSRDocument)
     monkeypatch.setattr(module, "Comprehensive3DSRDocument", hd.sr.Comprehensive3DSR)
+    monkeypatch.setattr(dicom.srcontent, "measurement_report",
+                        dicom.srcontent.measurement_report_with_templates)
     reference = build()
     assert type(reference) is hd.sr.Comprehensive3DSR
     return ours, reference
@@ -59,20 +64,42 @@ def _without_specimen(source: pydicom.Dataset) -> pydicom.Dataset:
     return copy
 
 
-@pytest.mark.parametrize("kind", ["unverified", "verified", "supersedes", "no specimen"])
+REVIEWED = Findings(stage="Benign", quality_ok=False, blast_count=0, blast_area_fraction=0.0,
+                    probabilities={"Benign": 0.4, "Malignant-Early": 0.3,
+                                   "Malignant-Pre": 0.2, "Malignant-Pro": 0.1},
+                    review_reasons=("unlike the training data", "scale unknown"))
+
+
+@pytest.mark.parametrize("kind", ["unverified", "verified", "supersedes", "no specimen",
+                                  "review reasons", "verified, cells rejected",
+                                  "verified, corrected SEG", "frame of reference"])
 def test_report_is_the_one_highdicom_writes(monkeypatch, source_image, blast_mask, algorithm,
                                            kind):
     source = _without_specimen(source_image) if kind == "no specimen" else source_image
+    if kind == "frame of reference":  # one more image library descriptor
+        source = pydicom.Dataset(source_image)
+        source.file_meta = source_image.file_meta
+        source.FrameOfReferenceUID = "2.25.4242"
     seg = build_segmentation(source, blast_mask, algorithm=algorithm)
+    findings = REVIEWED if kind == "review reasons" else FINDINGS
     options: dict[str, object] = {}
-    if kind == "verified":
+    if kind.startswith("verified"):
         predecessor = build_sr(source, seg, FINDINGS, algorithm=algorithm)
-        options = {"verification": VERIFICATION, "predecessor": predecessor}
+        verification = VERIFICATION
+        if kind != "verified":  # the AI's stage stands, two cells rejected, no comment
+            verification = Verification(observer_name="House^Gregory", organization="PPTH",
+                                        datetime=VERIFICATION.datetime,
+                                        stage=FINDINGS.stage, rejected_cells=2)
+        options = {"verification": verification, "predecessor": predecessor}
+        if kind == "verified, corrected SEG":
+            corrected = build_segmentation(source, blast_mask[::-1], algorithm=algorithm,
+                                           revision=1)
+            options["derived_from"], seg = seg, corrected
     elif kind == "supersedes":
         options = {"revision": 1, "supersedes": [document_reference(
             source.StudyInstanceUID, "2.25.1234", "2.25.5678")]}
     ours, reference = _both(monkeypatch, dicom.sr, lambda: build_sr(
-        source, seg, FINDINGS, algorithm=algorithm, **options))
+        source, seg, findings, algorithm=algorithm, **options))
     assert _timeless(ours) == _timeless(reference)
 
 
