@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING
 
 import highdicom as hd
 from highdicom.sr.coding import CodedConcept
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as pydicom_codes
+from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import DS, PersonName
 
-from dicom import codes
+from dicom import codes, sop
 from dicom.algorithm import Algorithm
 from dicom.codes import Stage
 
@@ -67,8 +69,39 @@ _FINDING_SITE = CodedConcept(value="363698007", scheme_designator="SCT", meaning
 _ALGORITHM_NAME = _dcm("111001", "Algorithm Name")
 _ALGORITHM_VERSION = _dcm("111003", "Algorithm Version")
 _REFERENCED_SEGMENT = _code(pydicom_codes.DCM.ReferencedSegment)
+_SOURCE_FOR_SEGMENTATION = _dcm("121233", "Source Image for Segmentation")
+_SOURCE_OF_MEASUREMENT = _dcm("121112", "Source of Measurement")
+_SUBJECT_CLASS = _code(pydicom_codes.DCM.SubjectClass)
+_SPECIMEN = _code(pydicom_codes.DCM.Specimen)
+_SPECIMEN_UID = _code(pydicom_codes.DCM.SpecimenUID)
+_SPECIMEN_IDENTIFIER = _code(pydicom_codes.DCM.SpecimenIdentifier)
+_SPECIMEN_CONTAINER = _code(pydicom_codes.DCM.SpecimenContainerIdentifier)
+_IMAGE_LIBRARY = _code(pydicom_codes.DCM.ImageLibrary)
+_IMAGE_LIBRARY_GROUP = _code(pydicom_codes.DCM.ImageLibraryGroup)
+_SOURCE = CodedConcept(value="260753009", scheme_designator="SCT", meaning="Source")
+_MODALITY = _code(pydicom_codes.DCM.Modality)
+_FRAME_OF_REFERENCE = _code(pydicom_codes.DCM.FrameOfReferenceUID)
+_ROWS = _code(pydicom_codes.DCM.PixelDataRows)
+_COLUMNS = _code(pydicom_codes.DCM.PixelDataColumns)
+_PIXELS = CodedConcept(value="{pixels}", scheme_designator="UCUM", meaning="Pixels")
+_GENERAL_MICROSCOPY = _code(pydicom_codes.cid29.GeneralMicroscopy)
+_SLIDE_MICROSCOPY = _code(pydicom_codes.cid29.SlideMicroscopy)
+_OTHER = _code(pydicom_codes.cid32.Other)
+#: The modality of each SOP class the node accepts, as highdicom codes it (CID 29 / 32; tested
+#: against highdicom's own table).
+_MODALITIES = {
+    str(sop.VL_MICROSCOPIC_IMAGE): _GENERAL_MICROSCOPY,
+    str(sop.VL_SLIDE_COORDINATES_MICROSCOPIC_IMAGE): _SLIDE_MICROSCOPY,
+    str(sop.VL_WHOLE_SLIDE_MICROSCOPY_IMAGE): _SLIDE_MICROSCOPY,
+    str(sop.VL_PHOTOGRAPHIC_IMAGE): _code(pydicom_codes.cid29.ExternalCameraPhotography),
+    **{str(uid): _OTHER for uid in (sop.SECONDARY_CAPTURE_IMAGE,
+                                    sop.MULTIFRAME_GRAYSCALE_BYTE_SC_IMAGE,
+                                    sop.MULTIFRAME_GRAYSCALE_WORD_SC_IMAGE,
+                                    sop.MULTIFRAME_TRUE_COLOR_SC_IMAGE)},
+}
 
-_CONTAINS, _CONCEPT_MOD, _OBS_CONTEXT = "CONTAINS", "HAS CONCEPT MOD", "HAS OBS CONTEXT"
+_CONTAINS, _CONCEPT_MOD, _OBS_CONTEXT, _ACQ_CONTEXT = (
+    "CONTAINS", "HAS CONCEPT MOD", "HAS OBS CONTEXT", "HAS ACQ CONTEXT")
 
 
 @dataclass(frozen=True)
@@ -103,55 +136,77 @@ class ReportContent:
     verification: Verification | None = None
 
 
-def _item(value_type: str, name: Dataset, relationship: str | None = None) -> Dataset:
-    item = Dataset()
+# The elements of a content item (PS3.3 C.17.3).
+_RELATIONSHIP_TYPE, _VALUE_TYPE, _CONCEPT_NAME = Tag(0x0040A010), Tag(0x0040A040), Tag(0x0040A043)
+_CONCEPT_CODE, _TEXT_VALUE, _UID, _PERSON_NAME_VALUE = (Tag(0x0040A168), Tag(0x0040A160),
+                                                      Tag(0x0040A124), Tag(0x0040A123))
+_MEASURED_VALUE, _NUMERIC_VALUE, _FLOATING_POINT_VALUE, _UNITS = (
+    Tag(0x0040A300), Tag(0x0040A30A), Tag(0x0040A161), Tag(0x004008EA))
+_CONTINUITY, _TEMPLATE, _MAPPING_RESOURCE, _TEMPLATE_IDENTIFIER = (
+    Tag(0x0040A050), Tag(0x0040A504), Tag(0x00080105), Tag(0x0040DB00))
+_CONTENT, _REFERENCED_SOP = Tag(0x0040A730), Tag(0x00081199)
+_REFERENCED_CLASS, _REFERENCED_INSTANCE, _REFERENCED_SEGMENT_NUMBER = (
+    Tag(0x00081150), Tag(0x00081155), Tag(0x0062000B))
+
+Element = tuple[BaseTag, str, object]
+
+
+def _dataset(*elements: Element) -> Dataset:
+    """A data set of the given (tag, VR, value) elements, given to pydicom whole: setting them
+    one by one costs pydicom a keyword look-up and, for each sequence, a walk for the Pixel
+    Representation, which no element of a content tree needs."""
+    return Dataset({tag: DataElement(tag, vr, value) for tag, vr, value in elements})
+
+
+def _item(value_type: str, name: Dataset, relationship: str | None,
+          *more: Element) -> Dataset:
+    head: tuple[Element, ...] = (
+        (_VALUE_TYPE, "CS", value_type), (_CONCEPT_NAME, "SQ", [name]))
     if relationship is not None:
-        item.RelationshipType = relationship
-    item.ValueType = value_type
-    item.ConceptNameCodeSequence = [name]
-    return item
+        head = ((_RELATIONSHIP_TYPE, "CS", relationship), *head)
+    return _dataset(*head, *more)
 
 
 def _code_item(name: Dataset, value: Dataset, relationship: str) -> Dataset:
-    item = _item("CODE", name, relationship)
-    item.ConceptCodeSequence = [value]
-    return item
+    return _item("CODE", name, relationship, (_CONCEPT_CODE, "SQ", [value]))
 
 
 def _text_item(name: Dataset, value: str, relationship: str) -> Dataset:
-    item = _item("TEXT", name, relationship)
-    item.TextValue = str(value)
-    return item
+    return _item("TEXT", name, relationship, (_TEXT_VALUE, "UT", str(value)))
 
 
 def _uid_item(name: Dataset, value: str, relationship: str) -> Dataset:
-    item = _item("UIDREF", name, relationship)
-    item.UID = value
-    return item
+    return _item("UIDREF", name, relationship, (_UID, "UI", value))
 
 
-def _num_item(name: Dataset, value: float, unit: Dataset) -> Dataset:
-    item = _item("NUM", name, _CONTAINS)
-    measured = Dataset()
-    measured.NumericValue = DS(value, auto_format=True)
+def _num_item(name: Dataset, value: float, unit: Dataset, relationship: str,
+              *more: Element) -> Dataset:
+    measured: list[Element] = [(_NUMERIC_VALUE, "DS", DS(value, auto_format=True)),
+                               (_UNITS, "SQ", [unit])]
     if isinstance(value, float):
-        measured.FloatingPointValue = value
-    measured.MeasurementUnitsCodeSequence = [unit]
-    item.MeasuredValueSequence = [measured]
-    return item
+        measured.append((_FLOATING_POINT_VALUE, "FD", value))
+    return _item("NUM", name, relationship, (_MEASURED_VALUE, "SQ", [_dataset(*measured)]),
+                 *more)
+
+
+def _image_item(name: Dataset, reference: Dataset, relationship: str,
+                *more: Element) -> Dataset:
+    return _item("IMAGE", name, relationship, (_REFERENCED_SOP, "SQ", [reference]), *more)
+
+
+def _reference(image: Dataset, *more: Element) -> Dataset:
+    return _dataset((_REFERENCED_CLASS, "UI", image.SOPClassUID),
+                    (_REFERENCED_INSTANCE, "UI", image.SOPInstanceUID), *more)
 
 
 def _container(name: Dataset, relationship: str | None, content: list[Dataset],
                template: str | None = None) -> Dataset:
-    item = _item("CONTAINER", name, relationship)
-    item.ContinuityOfContent = "SEPARATE"  # see dicom.sr.separate_containers
+    more: list[Element] = [(_CONTINUITY, "CS", "SEPARATE"),  # dicom.sr.separate_containers
+                           (_CONTENT, "SQ", content)]
     if template is not None:
-        mapping = Dataset()
-        mapping.MappingResource = "DCMR"
-        mapping.TemplateIdentifier = template
-        item.ContentTemplateSequence = [mapping]
-    item.ContentSequence = content
-    return item
+        more.append((_TEMPLATE, "SQ", [_dataset((_MAPPING_RESOURCE, "CS", "DCMR"),
+                                                (_TEMPLATE_IDENTIFIER, "CS", template))]))
+    return _item("CONTAINER", name, relationship, *more)
 
 
 def _group(uid: str, identifier: str, finding: Dataset,
@@ -166,20 +221,18 @@ def _group(uid: str, identifier: str, finding: Dataset,
 
 def _measurement(name: Dataset, value: float, unit: Dataset,
                  algorithm: list[Dataset]) -> Dataset:
-    item = _num_item(name, value, unit)
-    item.ContentSequence = list(algorithm)
-    return item
+    return _num_item(name, value, unit, _CONTAINS, (_CONTENT, "SQ", list(algorithm)))
 
 
 def measurement_report(c: ReportContent) -> Dataset:
     """The root CONTAINER of the report's TID 1500 tree (see :mod:`dicom.sr`)."""
-    from dicom.sr import percent, separate_containers
+    from dicom.sr import percent
 
     findings, verification, algorithm = c.findings, c.verification, c.algorithm
     content = [_code_item(_LANGUAGE, _ENGLISH, _CONCEPT_MOD)]
     if verification is not None:
-        person = _item("PNAME", _PERSON_NAME, _OBS_CONTEXT)
-        person.PersonName = PersonName(verification.observer_name)
+        person = _item("PNAME", _PERSON_NAME, _OBS_CONTEXT,
+                       (_PERSON_NAME_VALUE, "PN", PersonName(verification.observer_name)))
         content += [_code_item(_OBSERVER_TYPE, _PERSON, _OBS_CONTEXT), person,
                     _text_item(_PERSON_ORGANIZATION, verification.organization, _OBS_CONTEXT)]
     content += [_code_item(_OBSERVER_TYPE, _DEVICE, _OBS_CONTEXT),
@@ -187,14 +240,9 @@ def measurement_report(c: ReportContent) -> Dataset:
                 _text_item(_DEVICE_NAME, algorithm.name, _OBS_CONTEXT),
                 _text_item(_DEVICE_MANUFACTURER, algorithm.manufacturer, _OBS_CONTEXT),
                 _text_item(_DEVICE_MODEL, algorithm.model_name, _OBS_CONTEXT)]
-    subject = _subject_context(c.source)
-    if subject is not None:
-        content += list(subject)
+    content += _specimen(c.source)
     content.append(_code_item(_PROCEDURE_REPORTED, codes.PROCEDURE, _CONCEPT_MOD))
-    library = list(hd.sr.ImageLibrary([c.source]))
-    for item in library:
-        separate_containers(item)
-    content += library
+    content.append(_image_library(c.source))
 
     # TID 4019, one pair of items for every place that names the algorithm (as highdicom's
     # templates share one AlgorithmIdentification's items).
@@ -214,7 +262,7 @@ def measurement_report(c: ReportContent) -> Dataset:
         evaluations += [(codes.REVIEWED_STAGE_FINDING, codes.stage_code(verification.stage)),
                         (codes.AI_ASSESSMENT, verification.assessment(findings.stage))]
     classification += [_code_item(name, value, _CONTAINS) for name, value in evaluations]
-    classification.append(hd.sr.SourceImageForMeasurementGroup.from_source_image(c.source))
+    classification.append(_image_item(_SOURCE_OF_MEASUREMENT, _reference(c.source), _CONTAINS))
     if verification is not None and verification.comment:
         classification.append(_text_item(codes.COMMENT, verification.comment, _CONTAINS))
 
@@ -223,18 +271,48 @@ def measurement_report(c: ReportContent) -> Dataset:
                             identification),
                _measurement(codes.BLAST_AREA_FRACTION, percent(findings.blast_area_fraction),
                             codes.UNIT_PERCENT, identification)]
-    segment = _item("IMAGE", _REFERENCED_SEGMENT, _CONTAINS)
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = str(c.segmentation.SOPClassUID)
-    reference.ReferencedSOPInstanceUID = str(c.segmentation.SOPInstanceUID)
-    reference.ReferencedSegmentNumber = 1
-    segment.ReferencedSOPSequence = [reference]
-    blasts += [segment, hd.sr.SourceImageForSegmentation.from_source_image(c.source)]
+    segment = _reference(c.segmentation, (_REFERENCED_SEGMENT_NUMBER, "US", 1))
+    blasts += [_image_item(_REFERENCED_SEGMENT, segment, _CONTAINS),
+               _image_item(_SOURCE_FOR_SEGMENTATION, _reference(c.source), _CONTAINS)]
 
     measurements = [_container(_MEASUREMENT_GROUP, _CONTAINS, classification, "1501"),
                     _container(_MEASUREMENT_GROUP, _CONTAINS, blasts, "1411")]
     content.append(_container(_IMAGING_MEASUREMENTS, _CONTAINS, measurements))
     return _container(_REPORT, None, content, "1500")
+
+
+def _specimen(source: Dataset) -> list[Dataset]:
+    """TID 1009 for the slide the image shows, when the source names it (as highdicom's
+    ``SubjectContext`` of a ``SubjectContextSpecimen`` writes it)."""
+    descriptions = source.get("SpecimenDescriptionSequence")
+    if not descriptions:
+        return []
+    item = descriptions[0]
+    items = [_code_item(_SUBJECT_CLASS, _SPECIMEN, _OBS_CONTEXT),
+             _uid_item(_SPECIMEN_UID, str(item.SpecimenUID), _OBS_CONTEXT),
+             _text_item(_SPECIMEN_IDENTIFIER, str(item.SpecimenIdentifier), _OBS_CONTEXT)]
+    container = str(source.get("ContainerIdentifier", ""))
+    if container:
+        items.append(_text_item(_SPECIMEN_CONTAINER, container, _OBS_CONTEXT))
+    return items
+
+
+def _image_library(source: Dataset) -> Dataset:
+    """The image library of one source image (as highdicom's ``ImageLibrary`` writes it for
+    the microscopy and secondary capture images the node accepts, whose descriptors are the
+    modality, the frame of reference when there is one, and the rows and columns)."""
+    modality = _MODALITIES[str(source.SOPClassUID)]
+    frame: list[Dataset] = []
+    if "FrameOfReferenceUID" in source:
+        frame = [_uid_item(_FRAME_OF_REFERENCE, source.FrameOfReferenceUID, _ACQ_CONTEXT)]
+    descriptors = [_code_item(_MODALITY, modality, _ACQ_CONTEXT), *frame,
+                   _num_item(_ROWS, source.Rows, _PIXELS, _ACQ_CONTEXT),
+                   _num_item(_COLUMNS, source.Columns, _PIXELS, _ACQ_CONTEXT)]
+    image = _image_item(_SOURCE, _reference(source), _CONTAINS, (_CONTENT, "SQ", descriptors))
+    # The frame of reference is the image's descriptor only: highdicom 0.28 looks for it in
+    # the group's first item (an IMAGE item, which has none), so its groups never repeat it.
+    group = _container(_IMAGE_LIBRARY_GROUP, _CONTAINS, [image])
+    return _container(_IMAGE_LIBRARY, _CONTAINS, [group])
 
 
 def _subject_context(source: Dataset) -> hd.sr.SubjectContext | None:

@@ -11,6 +11,7 @@ import pydicom
 import pytest
 
 import dicom.nondiagnostic
+import dicom.sop
 import dicom.sr
 import dicom.srcontent
 from dicom.nondiagnostic import NonDiagnostic, build_non_diagnostic_sr
@@ -130,3 +131,30 @@ def test_document_is_clean_and_its_content_reads_back(tmp_path, source_image, bl
             for s in back.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
             for r in s.ReferencedSOPSequence] == [source_image.SOPInstanceUID,
                                                   seg.SOPInstanceUID]
+
+
+@pytest.mark.parametrize("sop_class", sorted(str(u) for u in dicom.sop.ACCEPTED_SOP_CLASSES))
+@pytest.mark.parametrize("frame_of_reference", [False, True])
+def test_content_tree_is_the_templates_one_for_every_accepted_image(
+        source_image, blast_mask, algorithm, sop_class, frame_of_reference):
+    """The image library (its modality, frame of reference, rows and columns) for each kind of
+    image the node accepts, as highdicom's templates write it."""
+    seg = build_segmentation(source_image, blast_mask, algorithm=algorithm)
+    source = pydicom.Dataset(source_image)
+    source.SOPClassUID = sop_class
+    if frame_of_reference:
+        source.FrameOfReferenceUID = "2.25.4242"
+    content = dicom.srcontent.ReportContent(
+        source=source, segmentation=seg, findings=REVIEWED, algorithm=algorithm,
+        device_uid="2.25.1", classification_uid="2.25.2", blasts_uid="2.25.3",
+        verification=VERIFICATION)
+    ours = dicom.srcontent.measurement_report(content)
+    reference = dicom.srcontent.measurement_report_with_templates(content)
+    assert _dataset_bytes(ours) == _dataset_bytes(reference)
+
+
+def _dataset_bytes(ds: pydicom.Dataset) -> bytes:
+    buffer = pydicom.filebase.DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(buffer, ds)
+    return buffer.getvalue()
