@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -46,6 +47,24 @@ from bcd_node.db.models import (
     VerificationState,
 )
 from bcd_node.records.cells import corrected_counts
+
+
+class FieldFigures(Protocol):
+    """What the case's figures read of a field's result: a :class:`Result`, or a row of
+    those columns alone (:func:`bcd_node.records.studies.refresh_study`)."""
+
+    @property
+    def stage(self) -> Stage | None: ...
+
+    @property
+    def probabilities(self) -> Mapping[str, Any] | None: ...
+
+    @property
+    def verification(self) -> VerificationState: ...
+
+    @property
+    def verified_stage(self) -> Stage | None: ...
+
 
 #: Stages from least to most advanced (the order of :class:`Stage`); a tied vote goes to the
 #: more advanced one.
@@ -81,7 +100,7 @@ class CaseFindings:
     confidence: float | None
 
 
-def case_findings(results: Iterable[Result]) -> CaseFindings:
+def case_findings(results: Iterable[FieldFigures]) -> CaseFindings:
     """Stage by vote, mean probabilities and confidence of the fields' ``results`` (those
     without a stage, non-diagnostic or failed, do not vote)."""
     staged = [r for r in results if r.stage]
@@ -107,14 +126,14 @@ def case_blast_count(results: Iterable[Result],
     return int(sum(corrected.get(r.id, r.blast_count) for r in results if r.stage))
 
 
-def is_corrected(result: Result) -> bool:
+def is_corrected(result: FieldFigures) -> bool:
     """Whether a doctor verified ``result`` with a stage other than the AI's."""
     return (result.verification == VerificationState.VERIFIED
             and result.verified_stage is not None and result.verified_stage != result.stage)
 
 
 def case_status(*, analysing: bool, summarised: bool, summary: Result | None,
-                fields: Sequence[Result], analysis_failed: bool,
+                fields: Sequence[FieldFigures], analysis_failed: bool,
                 report_failed: bool) -> StudyStatus:
     """The case's status (the rule is the module's).
 
