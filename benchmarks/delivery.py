@@ -35,32 +35,22 @@ from dicom import scu  # noqa: E402
 def build_objects(folder: Path, images: int) -> list[Path]:
     """The SEG, SR and Encapsulated PDF of ``images`` fields, written as the worker writes
     them."""
-    import numpy as np
-
     from bcd_node.analysis import findings as F
     from bcd_node.analysis.publish import dicom_bytes
     from bcd_node.db.models import utcnow
-    from bcd_node.inference.spec import CLASSES
-    from bcd_node.inference.synth import generate_field, patient_params
     from bcd_node.report.pdf import render_report
     from dicom.algorithm import Algorithm
     from dicom.derivation import derivation_source
-    from dicom.dicomize import dicomize
     from dicom.encapsulated import build_encapsulated_pdf
     from dicom.seg import build_segmentation
     from dicom.sr import Findings, build_sr
+    from tests.support.images import benchmark_field
 
     algorithm = Algorithm(name="bcd-vgg16-unet", version="benchmark", software_version="bench")
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(images):
-        stage = CLASSES[i % 4]
-        image, mask, _ = generate_field(100 + i, stage,
-                                        patient_params(np.random.default_rng(i)), size=512)
-        ds = dicomize(image, patient_id=f"BENCH-{i // 10}", patient_name="Bench^Mark",
-                      specimen_id=f"S{i}", stain="Wright-Giemsa")
-        mask = np.asarray(mask, dtype=np.uint8)
-        probabilities = {name: (0.7 if name == stage else 0.1) for name in CLASSES}
+        ds, image, mask, stage, probabilities = benchmark_field(i, patient_id=f"BENCH-{i // 10}")
         combined = F.Combined(stage, probabilities, 3, float(mask.mean()), mask[None],
                               {"status": "ok"}, False)
         pdf = render_report(F.report_data(ds, image, F.overlay(image, mask), combined,

@@ -62,7 +62,6 @@ def main() -> int:
         parser.error("--images must be at least 1 and --warmup at least 0")
 
     import highdicom as hd
-    import numpy as np
 
     import dicom.sr
     import dicom.srcontent
@@ -70,17 +69,15 @@ def main() -> int:
     from bcd_node.analysis.builders import png
     from bcd_node.analysis.publish import dicom_bytes
     from bcd_node.db.models import utcnow
-    from bcd_node.inference.spec import CLASSES
-    from bcd_node.inference.synth import generate_field, patient_params
     from bcd_node.report.pdf import render_report
     from dicom.algorithm import Algorithm
     from dicom.derivation import derivation_source
-    from dicom.dicomize import dicomize
     from dicom.encapsulated import build_encapsulated_pdf
     from dicom.encode import pydicom_bytes
     from dicom.seg import build_segmentation
     from dicom.sr import Findings, build_sr
     from dicom.srdocument import Comprehensive3DSRDocument
+    from tests.support.images import benchmark_field
 
     algorithm = Algorithm(name="bcd-vgg16-unet", version="benchmark", software_version="bench")
     direct = dicom.srcontent.measurement_report
@@ -96,13 +93,7 @@ def main() -> int:
     pdf_sizes: list[int] = []
     for i in range(args.warmup + args.images):
         keep = i >= args.warmup
-        stage = CLASSES[i % 4]
-        image, mask, _ = generate_field(100 + i, stage,
-                                        patient_params(np.random.default_rng(i)), size=args.size)
-        ds = dicomize(image, patient_id=f"BENCH-{i}", patient_name="Bench^Mark",
-                      specimen_id=f"S{i}", stain="Wright-Giemsa")
-        mask = np.asarray(mask, dtype=np.uint8)
-        probabilities = {name: (0.7 if name == stage else 0.1) for name in CLASSES}
+        ds, image, mask, stage, probabilities = benchmark_field(i, size=args.size)
         combined = F.Combined(stage, probabilities, 3, float(mask.mean()), mask[None],
                               {"status": "ok"}, False)
         over = F.overlay(image, mask)

@@ -86,3 +86,19 @@ def write_smears(folder: Path, count: int, *, study_uid: str | None = None, size
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def benchmark_field(i: int, *, size: int = 512, patient_id: str | None = None
+                    ) -> tuple[Dataset, np.ndarray, np.ndarray, str, dict[str, float]]:
+    """Field ``i`` of the output benchmarks: its VL Microscopic Image, pixels, blast mask
+    (uint8), stage (the four in turn) and probabilities (0.7 for its stage)."""
+    from bcd_node.inference.spec import CLASSES
+    from bcd_node.inference.synth import generate_field, patient_params
+
+    stage = CLASSES[i % 4]
+    image, mask, _ = generate_field(100 + i, stage, patient_params(np.random.default_rng(i)),
+                                    size=size)
+    ds = dicomize(image, patient_id=patient_id or f"BENCH-{i}", patient_name="Bench^Mark",
+                  specimen_id=f"S{i}", stain="Wright-Giemsa")
+    probabilities = {name: (0.7 if name == stage else 0.1) for name in CLASSES}
+    return ds, image, np.asarray(mask, dtype=np.uint8), stage, probabilities
