@@ -6,8 +6,9 @@ item in classes whose attribute writes are checked again: about two thirds of an
 time, for a tree whose shape never changes. :func:`measurement_report` writes the same tree as
 plain data sets: the codes are constants, the items are written once, and nothing is checked a
 second time (:func:`dicom.sr.build_sr` checked its arguments). The parts that depend on the
-source image (its image library entry, the subject context and the source references) are
-still highdicom's own.
+source image (its image library entry: modality, frame of reference, rows and columns; the
+specimen; the source references) are written as highdicom's classes write them for the
+images the node accepts. Each item's elements are handed to pydicom at once (:func:`_dataset`).
 
 :func:`measurement_report_with_templates` builds the tree with highdicom's templates, as
 :func:`dicom.sr.build_sr` did before. It is the reference: the tests build each kind of report
