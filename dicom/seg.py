@@ -83,7 +83,8 @@ def _check_mask(mask: object, source: Dataset, fractional: bool) -> np.ndarray:
         return mask.astype(np.float32)
     if mask.dtype == np.bool_:
         return mask
-    if mask.dtype.kind in "ui" and set(np.unique(mask).tolist()) <= {0, 1}:
+    if mask.dtype.kind in "ui" and (mask.size == 0
+                                    or (int(mask.min()) >= 0 and int(mask.max()) <= 1)):
         return mask.astype(bool)
     raise TypeError(
         f"a BINARY mask must be bool or 0/1 integers, got dtype {mask.dtype}"

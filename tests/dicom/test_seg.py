@@ -102,6 +102,7 @@ def test_custom_uid_root(source_image, blast_mask, algorithm):
     [
         (np.zeros((10, 10), dtype=bool), ValueError),  # wrong shape
         (np.full((96, 128), 2, dtype=np.uint8), TypeError),  # not 0/1
+        (np.full((96, 128), -1, dtype=np.int16), TypeError),  # not 0/1 either
         (np.zeros((96, 128), dtype=np.float32), TypeError),  # float for BINARY
         ([[0, 1]], TypeError),
     ],
@@ -109,6 +110,12 @@ def test_custom_uid_root(source_image, blast_mask, algorithm):
 def test_bad_masks_are_refused(source_image, algorithm, mask, error):
     with pytest.raises(error):
         build_segmentation(source_image, mask, algorithm=algorithm)
+
+
+def test_a_mask_of_0_and_1_integers_is_the_bool_mask(source_image, blast_mask, algorithm):
+    as_bool = build_segmentation(source_image, blast_mask, algorithm=algorithm)
+    as_int = build_segmentation(source_image, blast_mask.astype(np.int32), algorithm=algorithm)
+    assert as_int.PixelData == as_bool.PixelData
 
 
 def test_bad_fractional_mask_is_refused(source_image, algorithm):
