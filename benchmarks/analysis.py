@@ -94,9 +94,8 @@ COMPARE = {"png": ("pillow", "node"), "sync": ("fsync", "syncfs"), "sr": ("templ
            "part10": ("pydicom", "node")}
 
 
-def pillow_png(array: Any, rows: bytes | None = None) -> bytes:
-    """The console's PNGs as they were written before issue 17's change (Pillow, level 1;
-    ``rows``, the overlay's stream the PDF made too, is not used)."""
+def pillow_png(array: Any) -> bytes:
+    """The console's PNGs as they were written before issue 17's change (Pillow, level 1)."""
     import io
 
     from PIL import Image

@@ -94,11 +94,10 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
             + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind))))
 
 
-def png(array: np.ndarray, rows: bytes | None = None) -> bytes:
+def png(array: np.ndarray) -> bytes:
     """``array`` (grey, RGB or RGBA, 8 or 16 bit) as a PNG: the console's pictures, written
     once per image, so speed matters more than the last percent of size (the rows filtered and
-    deflated by :func:`~bcd_node.report.pictures.filtered_rows_deflated`, or ``rows`` when
-    the caller has them already).
+    deflated by :func:`~bcd_node.report.pictures.filtered_rows_deflated`).
 
     Raises
     ------
@@ -106,7 +105,7 @@ def png(array: np.ndarray, rows: bytes | None = None) -> bytes:
         Another shape or sample type.
     """
     check_picture(array)
-    data = rows if rows is not None else filtered_rows_deflated(array)
+    data = filtered_rows_deflated(array)
     header = struct.pack(">IIBBBBB", array.shape[1], array.shape[0], 8 * array.dtype.itemsize,
                          _PNG_COLOUR_TYPES[channels(array)], 0, 0, 0)
     return (_PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
@@ -144,7 +143,7 @@ def build(request: BuildRequest) -> Built:
     # The map is in the PNG: it does not travel back from a builder process as floats.
     combined = dataclasses.replace(combined, probability=None)
     return Built(combined, png(combined.masks[0] * 255),
-                 png(analysis.overlay, analysis.overlay_rows),
+                 png(analysis.overlay),
                  analysis.pdf if objects else None, objects, probability_png, cells)
 
 

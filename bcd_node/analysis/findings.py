@@ -22,7 +22,6 @@ from bcd_node.db.models import utcnow
 from bcd_node.errors import PermanentError
 from bcd_node.inference.spec import REASON_LOW_CONFIDENCE, REASON_SCALE_UNKNOWN
 from bcd_node.report.pdf import NotAnalysedData, ReportData, render_not_analysed, render_report
-from bcd_node.report.pictures import filtered_rows_deflated
 from dicom import describe
 from dicom.algorithm import Algorithm
 from dicom.errors import DicomError
@@ -165,8 +164,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndar
 
 def report_data(ds: Dataset, image: np.ndarray, over: np.ndarray, c: Combined, *,
                 algorithm: Algorithm, demonstration_model: bool,
-                created_at: dt.datetime, timezone: dt.tzinfo | None = None,
-                overlay_rows: bytes | None = None) -> ReportData:
+                created_at: dt.datetime, timezone: dt.tzinfo | None = None) -> ReportData:
     """What the PDF report of ``ds`` shows; identification comes from the image itself.
 
     Raises
@@ -192,7 +190,7 @@ def report_data(ds: Dataset, image: np.ndarray, over: np.ndarray, c: Combined, *
         stain=describe.stain(ds), age=describe.patient_age(ds),
         institution=algorithm.institution_name, timezone=timezone,
         review_reasons=tuple(c.review_reasons),
-        scale=scale_text(c.um_per_pixel, c.scale_source), overlay_rows=overlay_rows)
+        scale=scale_text(c.um_per_pixel, c.scale_source))
 
 
 #: How the console and the reports name where a pixel size came from.
@@ -284,9 +282,6 @@ class Analysis:
     overlay: np.ndarray
     pdf: bytes | None
     objects: ResultObjects | None
-    #: The overlay as filtered_rows_deflated gives it (made once for the PDF and the PNG),
-    #: when a diagnostic report was made.
-    overlay_rows: bytes | None = None
 
     @property
     def diagnostic(self) -> bool:
@@ -392,16 +387,14 @@ def build_analysis(ds: Dataset, images: list[np.ndarray],
                         blast_count=combined.blast_count,
                         blast_area_fraction=min(1.0, combined.blast_area_fraction),
                         quality_ok=True, review_reasons=combined.review_reasons)
-    over_rows = filtered_rows_deflated(over)  # once, for the PDF and the console's PNG
     pdf = render_report(report_data(ds, images[0], over, combined, algorithm=algorithm,
                                     demonstration_model=demonstration_model,
-                                    created_at=utcnow(), timezone=timezone,
-                                    overlay_rows=over_rows))
+                                    created_at=utcnow(), timezone=timezone))
     objects = build_result_objects(ds, combined.masks if len(images) > 1 else combined.masks[0],
                                    findings, algorithm=algorithm, pdf=pdf, uid_root=uid_root,
                                    revision=revision, supersedes=supersedes or (),
                                    field_number=field_number)
-    return Analysis(images, combined, over, pdf, objects, over_rows)
+    return Analysis(images, combined, over, pdf, objects)
 
 
 def write_dicom_outputs(analysis: Analysis, folder: Path, stem: str) -> list[Path]:

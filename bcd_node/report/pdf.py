@@ -8,8 +8,8 @@ loaded every page carries a "NOT FOR CLINICAL USE" banner.
 
 The output is deterministic for the same input (reportlab's invariant mode), so a job that runs
 twice produces the same document. Rendering is on the path of every analysed image: the pictures
-go in uncompressed for reportlab to deflate once, its streams are binary (no ASCII85), and its C
-accelerator (``rl-accel``) is a dependency.
+go in as JPEG (:func:`~bcd_node.report.pictures.jpeg`), reportlab's streams are binary (no
+ASCII85), and its C accelerator (``rl-accel``) is a dependency.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from reportlab.platypus import (
 )
 
 from bcd_node.errors import ValidationError
-from bcd_node.report.pictures import filtered_rows_deflated
+from bcd_node.report.pictures import jpeg
 from bcd_node.report.texts import dicom_date, local_time
 from dicom.stages import Stage
 
@@ -84,10 +84,6 @@ class ReportData:
         The analysed image, ``(rows, columns, 3)`` RGB ``uint8``.
     overlay : numpy.ndarray
         The image with the blast cells marked, same kind of array.
-    overlay_rows : bytes, optional
-        ``overlay`` as :func:`~bcd_node.report.pictures.filtered_rows_deflated` gives it, when
-        the caller made it already (the worker, for the console's PNG): the report then embeds
-        these bytes instead of deflating the overlay again.
     stage : str
         The algorithm's stage, one of :data:`STAGES`.
     probabilities : Mapping[str, float]
@@ -159,7 +155,6 @@ stain, institution : str, optional
     timezone: dt.tzinfo | None = None
     review_reasons: tuple[str, ...] = ()
     scale: str | None = None
-    overlay_rows: bytes | None = None
 
     def __post_init__(self) -> None:
         for name in ("patient_name", "patient_id", "model_name", "model_version"):
@@ -168,8 +163,6 @@ stain, institution : str, optional
                 raise ValidationError(f"{name} must be a non-empty str, got {value!r}")
         for name in ("image", "overlay"):
             _check_rgb(name, getattr(self, name))
-        if self.overlay_rows is not None and not isinstance(self.overlay_rows, bytes):
-            raise TypeError(f"overlay_rows must be bytes, got {type(self.overlay_rows).__name__}")
         if self.stage not in STAGES:
             raise ValidationError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if not isinstance(self.probabilities, Mapping) or set(self.probabilities) != set(STAGES):
@@ -254,30 +247,27 @@ def _fonts() -> tuple[str, str]:
 
 
 class _PictureXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportlab is untyped
-    """An RGB picture as an image XObject: its rows filtered as PNG does and deflated by ISA-L
-    (:func:`~bcd_node.report.pictures.filtered_rows_deflated`), with the PNG predictor named
-    in its DecodeParms (PDF 1.2 and later).
+    """An RGB picture as a JPEG image XObject (``DCTDecode``,
+    :func:`~bcd_node.report.pictures.jpeg`).
 
     reportlab's own (``canvas.drawImage``) hashes the pixels to name the picture and deflates
     them at zlib's default level: together most of a report's rendering time (26 ms against
-    3 ms for a 512 x 512 field). The filter makes the stream about a quarter smaller than the
-    unfiltered rows (issue 17); the pixels are the same.
+    3 ms for a 512 x 512 field). Deflated pixels made a field's report about 800 KB, every one
+    of them kept at the PACS; as JPEG it is about 220 KB (issue 17).
     """
 
-    def __init__(self, name: str, array: np.ndarray,  # noqa: D107
-                 rows: bytes | None = None) -> None:
+    def __init__(self, name: str, array: np.ndarray) -> None:  # noqa: D107
         # Not the parent's constructor: it loads a canned sample picture first.
-        array = np.ascontiguousarray(array, np.uint8)
         self.name = name
         self.height, self.width = int(array.shape[0]), int(array.shape[1])
         self.bitsPerComponent = 8
         self.colorSpace = "DeviceRGB"
         self.mask = None
-        self._filters = ("FlateDecode",)
-        self.streamContent = rows if rows is not None else filtered_rows_deflated(array)
+        self._filters = ("DCTDecode",)
+        self.streamContent = jpeg(array)
 
     def format(self, document: Any) -> bytes:
-        """The image's stream object (as reportlab's, with the predictor's DecodeParms)."""
+        """The image's stream object, as reportlab writes one."""
         stream = pdfdoc.PDFStream(content=self.streamContent)
         entries = stream.dictionary
         entries["Type"] = pdfdoc.PDFName("XObject")
@@ -287,23 +277,16 @@ class _PictureXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportla
         entries["BitsPerComponent"] = self.bitsPerComponent
         entries["ColorSpace"] = pdfdoc.PDFName(self.colorSpace)
         entries["Filter"] = pdfdoc.PDFArray([pdfdoc.PDFName(f) for f in self._filters])
-        # 15: a PNG filter named at the start of each row; Colors: samples per pixel. One
-        # entry per filter: with an array of filters, readers (poppler) look for an array.
-        entries["DecodeParms"] = pdfdoc.PDFArray([pdfdoc.PDFDictionary({
-            "Predictor": 15, "Colors": 3, "BitsPerComponent": self.bitsPerComponent,
-            "Columns": self.width})])
         entries["Length"] = len(self.streamContent)
         return bytes(stream.format(document))
 
 
 class _Picture(Flowable):  # type: ignore[misc]  # reportlab is untyped
-    """A picture flowable drawn from a :class:`_PictureXObject` (lossless, pixel for pixel)."""
+    """A picture flowable drawn from a :class:`_PictureXObject`."""
 
-    def __init__(self, array: np.ndarray, width: float, rows: bytes | None = None) -> None:
+    def __init__(self, array: np.ndarray, width: float) -> None:
         super().__init__()
         self.array = array
-        #: ``array`` as filtered_rows_deflated gives it, when already made.
-        self.rows = rows
         self.drawWidth = width
         self.drawHeight = width * array.shape[0] / array.shape[1]
 
@@ -317,7 +300,7 @@ class _Picture(Flowable):  # type: ignore[misc]  # reportlab is untyped
         doc._bcd_pictures = number
         name = f"BcdPicture{number}"
         registered = doc.getXObjectName(name)
-        picture = _PictureXObject(name, self.array, self.rows)
+        picture = _PictureXObject(name, self.array)
         canvas._setXObjects(picture)
         doc.Reference(picture, registered)
         doc.addForm(name, picture)
@@ -328,14 +311,13 @@ class _Picture(Flowable):  # type: ignore[misc]  # reportlab is untyped
         canvas._formsinuse.append(name)
 
 
-def _picture(array: np.ndarray, width: float, rows: bytes | None = None) -> Flowable:
-    """``array`` drawn ``width`` wide; ``rows``: its stream, when already made (not used for
-    a picture this report makes smaller)."""
+def _picture(array: np.ndarray, width: float) -> Flowable:
+    """``array`` drawn ``width`` wide (at most :data:`_MAX_IMAGE_SIDE` pixels a side)."""
     if max(array.shape[:2]) > _MAX_IMAGE_SIDE:
         img = PILImage.fromarray(array, mode="RGB")
         img.thumbnail((_MAX_IMAGE_SIDE, _MAX_IMAGE_SIDE))
-        array, rows = np.asarray(img), None
-    return _Picture(array, width, rows)
+        array = np.asarray(img)
+    return _Picture(array, width)
 
 
 def _person(name: str) -> str:
@@ -476,7 +458,7 @@ def _render(data: ReportData) -> bytes:
     story.append(p("Image and blast overlay", heading))
     # A verified report's verdict takes room: its pictures are smaller, so it stays one page.
     side = (45 if data.is_verified else 55) * mm
-    pictures = Table([[_picture(data.image, side), _picture(data.overlay, side, data.overlay_rows)],
+    pictures = Table([[_picture(data.image, side), _picture(data.overlay, side)],
                       [p("Image"), p("Blast cells marked")]], colWidths=[85 * mm, 85 * mm])
     pictures.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER")]))
     story.append(pictures)

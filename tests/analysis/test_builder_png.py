@@ -66,12 +66,3 @@ def test_what_png_cannot_hold_is_refused(array):
     with pytest.raises(ValueError, match="cannot encode"):
         png(array)
 
-
-def test_rows_made_already_give_the_same_png() -> None:
-    """The worker deflates the overlay once, for the PDF and the PNG (findings.Analysis)."""
-    from bcd_node.report.pictures import filtered_rows_deflated
-
-    array = np.random.default_rng(3).integers(0, 255, (40, 30, 3), dtype=np.uint8)
-    assert png(array, filtered_rows_deflated(array)) == png(array)
-    with pytest.raises(ValueError, match="cannot encode"):
-        png(array.astype(np.int64), filtered_rows_deflated(array))
