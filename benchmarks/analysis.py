@@ -154,8 +154,7 @@ def burst(args: argparse.Namespace) -> int:
         node_png, node_syncfs, node_part10 = (builders_module.png, storage._syncfs,
                                               publish.part10_bytes)
         node_report = dicom.srcontent.measurement_report
-        # With --compare the order turns each repeat (the first burst also pays one-time
-        # loading: highdicom's tables, the PDF's fonts).
+        # With --compare the order turns each repeat.
         pair = COMPARE[args.compare] if args.compare else ("node",)
         rounds = [(count, threads, variant) for r in range(args.repeat)
                   for count in args.builders
@@ -172,8 +171,11 @@ def burst(args: argparse.Namespace) -> int:
                 with context.session_factory.begin() as s:
                     s.execute(update(Job).values(state=JobState.QUEUED, attempts=0,
                                                  lease_owner=None, lease_expires_at=None))
-            builders = Builders(count)  # a pool starts with the first batch, timed with it
+            builders = Builders(count)
             pipeline = Pipeline(context, predictor, builders=builders)
+            # As the worker does when it starts (node/roles.py): the pool's processes start
+            # now, and what building loads once is loaded before the burst, not timed with it.
+            pipeline.warm_up()
             workers = Workers(context, pipeline.run, 0, on_failed=pipeline.job_failed,
                               run_batch=pipeline.run_batch if args.batch_size > 1 else None)
             started = time.perf_counter()

@@ -159,17 +159,47 @@ class Builders:
             raise ValueError(f"processes must be >= 0, got {processes!r}")
         self.processes = processes
         self._pool: ProcessPoolExecutor | None = None
+        #: What each new builder process builds once before its first image (warm_up).
+        self._warm_request: BuildRequest | None = None
+
+    def warm_up(self, request: BuildRequest) -> None:
+        """Build ``request`` once and keep nothing of it, so that what building loads on first
+        use (highdicom's tables of the standard: about 0.45 s; the PDF's fonts) is loaded
+        before the first image: here, or in every process of the pool, which starts now, each
+        process building ``request`` before it takes anything else (also a pool started again
+        after a builder died).
+
+        Never raises: a failure is logged, and the first image pays the loading as before.
+        """
+        self._warm_request = request
+        if not self.processes:
+            _warm(request)
+            return
+        try:
+            pool = self._started_pool()
+            # One task per process: a new pool starts a process for each task it cannot give
+            # to an idle one, and each process warms up before its first task.
+            for future in [pool.submit(_nothing) for _ in range(self.processes)]:
+                future.result()
+        except Exception:  # noqa: BLE001 - the first image starts them instead
+            LOGGER.warning("the output builder processes could not be started ahead of the "
+                           "first image", exc_info=True)
+
+    def _started_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.processes,
+                                             mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_warm, initargs=(self._warm_request,))
+            LOGGER.info("outputs are built in %d processes", self.processes)
+        return self._pool
 
     def build_all(self, requests: Sequence[BuildRequest]) -> list[Built | Exception]:
         """Build each request; an image whose building fails gets its error, the others
         their outputs (in order)."""
         if not self.processes or len(requests) == 0:
             return [_attempt(request) for request in requests]
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.processes,
-                                             mp_context=multiprocessing.get_context("spawn"))
-            LOGGER.info("outputs are built in %d processes", self.processes)
-        futures: list[Future[Built]] = [self._pool.submit(build, r) for r in requests]
+        pool = self._started_pool()
+        futures: list[Future[Built]] = [pool.submit(build, r) for r in requests]
         out: list[Built | Exception] = []
         for future in futures:
             try:
@@ -186,6 +216,27 @@ class Builders:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+#: Whether this process built its warm-up request (:meth:`Builders.warm_up`).
+warmed_up = False
+
+
+def _warm(request: BuildRequest | None) -> None:
+    """Build ``request`` and forget it (a builder process's initializer; never raises)."""
+    global warmed_up
+    if request is None:
+        return
+    try:
+        build(request)
+    except Exception:  # noqa: BLE001 - the first image pays the loading instead
+        LOGGER.warning("warming up the output building failed", exc_info=True)
+        return
+    warmed_up = True
+
+
+def _nothing() -> None:
+    """A task that only makes the pool start a process (which warms up first)."""
 
 
 def _attempt(request: BuildRequest) -> Built | Exception:

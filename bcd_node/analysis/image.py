@@ -98,6 +98,35 @@ class ImageAnalysis:
         #: Where the outputs are built (default: in this process).
         self.builders = builders or Builders(0)
 
+    def warm_up(self) -> None:
+        """Predict and build the outputs of one synthetic field, as for a received image, and
+        keep nothing (no row, no file): what building loads on first use is then loaded
+        before the first image arrives (:meth:`Builders.warm_up`). Never raises: the first
+        image pays the loading instead."""
+        from bcd_node.inference.synth import generate_field, patient_params
+        from dicom.dicomize import dicomize
+
+        ctx = self.context
+        try:
+            field, _mask, _blasts = generate_field(
+                0, "Malignant-Pre", patient_params(np.random.default_rng(0)), size=256)
+            ds = dicomize(field, patient_id="WARM-UP", patient_name="Warm^Up",
+                          specimen_id="WARM-UP", stain="Wright-Giemsa",
+                          uid_root=ctx.settings.uids.root)
+            images = decode_for_analysis(ds)
+            um, source = image_scale(ds, ctx.settings.model.default_um_per_pixel)
+            [predicted] = predict_each(self.analyzer, [images], [um])
+            if isinstance(predicted, Exception):
+                raise predicted
+            request = BuildRequest(ds, images, list(predicted), ctx.algorithm,
+                                   ctx.settings.model.review_threshold, ctx.settings.uids.root,
+                                   ctx.demonstration_model, 0, [], 1, ctx.settings.web.tzinfo,
+                                   um, source)
+        except Exception:  # noqa: BLE001 - the first image pays the loading instead
+            LOGGER.warning("no field to warm up the output building with", exc_info=True)
+            return
+        self.builders.warm_up(request)
+
     def _load(self, job: Claimed) -> Loaded:
         return self.context.load(job.id, job.instance_fk)
 

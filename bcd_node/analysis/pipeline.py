@@ -62,6 +62,11 @@ class Pipeline:
         self.verified_reports = VerifiedReports(shared, self.summaries)
         self.lis_reports = LisReports(shared)
 
+    def warm_up(self) -> None:
+        """Load what building an image's outputs loads on first use, before the first image
+        (:meth:`ImageAnalysis.warm_up`; never raises)."""
+        self.images.warm_up()
+
     def run(self, job: Claimed) -> None:
         """Do ``job`` and complete it in the same transaction as its results.
 

@@ -79,6 +79,7 @@ def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
                        f"{info['precision']}){note}")
     builders = Builders(context.settings.workers.output_builders)
     pipeline = Pipeline(context, predictor, demonstration_model=demo, builders=builders)
+    pipeline.warm_up()  # the first image does not wait for what building loads once
     metrics: Metrics = context.metrics
 
     def on_done(_job: Claimed, seconds: float, outcome: str) -> None:
