@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# GPU figures of bcd-node, within 10 minutes, on a machine with an NVIDIA GPU.
+# GPU figures of bcd-node, in under 9 minutes, on a machine with an NVIDIA GPU.
 #
-# Run from the repository root after `make install-test` (TensorFlow with CUDA must see the
-# GPU: `nvidia-smi` and `python -c "import tensorflow as tf; print(tf.config.list_physical_devices('GPU'))"`):
+# Either from the repository root after `make install-test` (TensorFlow with CUDA must see the
+# GPU), or on a machine that has a Python with PyTorch (and CUDA) but neither TensorFlow nor
+# the node's dependencies and no registry to fetch them from (the device machines lent to this
+# project). For the latter, fetch the wheels beforehand where PyPI is reachable, and take the
+# folder .whl/ along with the working tree:
 #
-#     benchmarks/gpu.sh                 # figures in ./gpu-results (or $OUT)
+#     benchmarks/gpu-wheels.sh          # here: .whl/, about 25 MB (git ignores it)
+#     benchmarks/gpu.sh                 # there: installs .whl/ into /tmp/site when its Python
+#                                       # lacks Keras, and runs Keras on PyTorch
 #     BUILDERS="0 4 8" benchmarks/gpu.sh
 #
-# It measures, each step under its own time limit (about 9 minutes in all):
+# Figures go to $OUT (default ./gpu-results). The Keras backend is $KERAS_BACKEND, else
+# TensorFlow where it can be imported, else PyTorch. It measures, each step under its own time
+# limit:
 #   1. the full-width (1.0) and the bundled VGG16-UNet: images/s of the batched predictor, in
 #      float32 and bfloat16 (benchmarks/inference.py);
 #   2. the pipeline: a burst of 200 512x512 images through the real worker (claim -> decode ->
@@ -18,28 +25,48 @@
 # Put the printed figures in docs/operations.md ("Capacity") with the GPU's name.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+if [ -z "${PY:-}" ]; then
+    if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
 OUT=${OUT:-gpu-results}
 BUILDERS=${BUILDERS:-"0 2 4 8"}
 BATCH=${BATCH:-32}
 mkdir -p "$OUT"
-export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2} PYTHONUNBUFFERED=1
+
+if ! "$PY" -c "import keras" 2>/dev/null; then
+    if ! ls .whl/*.whl >/dev/null 2>&1; then
+        echo "gpu.sh: $PY has no Keras and there is no .whl/ (run benchmarks/gpu-wheels.sh" \
+             "where PyPI is reachable, and bring .whl/ along)" >&2
+        exit 2
+    fi
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 2
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ -z "${KERAS_BACKEND:-}" ]; then
+    if "$PY" -c "import tensorflow" 2>/dev/null; then KERAS_BACKEND=tensorflow
+    else KERAS_BACKEND=torch; fi
+fi
+export KERAS_BACKEND
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi"
-  nproc; "$PY" -c "import tensorflow as tf; print(tf.__version__, tf.config.list_physical_devices('GPU'))"
+  echo "cores: $(nproc)"
+  "$PY" -c "import keras, sys; from bcd_node.inference.predictor import gpu_devices
+print(sys.version.split()[0], 'keras', keras.__version__, keras.backend.backend(), gpu_devices())"
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
 echo "== 1. models alone (full width and bundled), float32 and bfloat16"
-timeout 240 "$PY" benchmarks/inference.py --images 512 --full-images 128 --naive 16 \
+timeout 200 "$PY" benchmarks/inference.py --images 512 --full-images 128 --naive 16 \
     --batch-size 64 --json "$OUT/inference.json" 2>&1 | tee "$OUT/inference.txt" | grep -v "^I0000\|^W0000"
 
 echo "== 2. pipeline through the worker, output builders: $BUILDERS"
 # shellcheck disable=SC2086
-timeout 300 "$PY" benchmarks/analysis.py --burst 200 --batch-size "$BATCH" --builders $BUILDERS \
+timeout 240 "$PY" benchmarks/analysis.py --burst 200 --batch-size "$BATCH" --builders $BUILDERS \
     2>&1 | tee "$OUT/analysis.txt" | grep -v "^I0000\|^W0000"
 
 echo "== 3. output building per image on this CPU"
-timeout 60 "$PY" benchmarks/outputs.py --images 20 2>&1 | tee "$OUT/outputs.txt"
+timeout 45 "$PY" benchmarks/outputs.py --images 20 2>&1 | tee "$OUT/outputs.txt"
 
 echo "figures in $OUT/"
