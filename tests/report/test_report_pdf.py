@@ -212,3 +212,73 @@ def test_a_field_report_renders_quickly(data):
         render_report(report)
         times.append(time.perf_counter() - started)
     assert sorted(times)[1] < 0.25, times
+
+
+_CELL_TEXTS = ["", "—", "Patient ID", "ŁUKASIEWICZ, Zoë Ångström", "blurred " * 20, "A" * 80,
+               "x " + "B" * 90 + " y", "a  b   c", "1.2.840.10008.5.1.4.1.1.77.1.2 " * 3,
+               "<b>not markup</b> & co"]
+
+
+def _cell_styles():
+    from bcd_node.report import pdf
+
+    regular, bold = pdf._fonts()
+    body, label, _heading, _title = pdf._text_styles(regular, bold)
+    return body, label
+
+
+def test_a_table_cell_takes_the_room_a_paragraph_takes():
+    """The report's table cells (pdf._Text, plain text drawn without parsing it as markup)
+    take the size a Paragraph of the same text and style takes, for any text and width."""
+    import random
+    from xml.sax.saxutils import escape
+
+    from reportlab.platypus import Paragraph
+
+    from bcd_node.report.pdf import _Text
+
+    styles = _cell_styles()
+    rng = random.Random(1)
+    alphabet = "abcdefghijklmnopqrstuvwxyzÅÖÜłŁéßΩ0123456789.-/()WMiIl<&>"
+    texts = list(_CELL_TEXTS)
+    for _ in range(400):
+        words = ["".join(rng.choice(alphabet) for _ in range(rng.choice([1, 3, 8, 13, 30])))
+                 for _ in range(rng.randint(0, 8))]
+        texts.append((" " * rng.randint(1, 3)).join(words))
+    for i, text in enumerate(texts):
+        style, width = styles[i % 2], rng.uniform(20, 360)
+        assert _Text(text, style).wrap(width, 1e5) == \
+            Paragraph(escape(text), style).wrap(width, 1e5), (text, width)
+
+
+@pytest.mark.integration  # pdftoppm (poppler)
+def test_a_table_cell_draws_the_pixels_a_paragraph_draws(tmp_path):
+    from xml.sax.saxutils import escape
+
+    from PIL import Image
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfgen import canvas
+    from reportlab.platypus import Paragraph
+
+    from bcd_node.report.pdf import _Text
+
+    styles = _cell_styles()
+    pages = {}
+    for name, make in (("paragraph", lambda text, style: Paragraph(escape(text), style)),
+                       ("cell", _Text)):
+        path = tmp_path / f"{name}.pdf"
+        page = canvas.Canvas(str(path), pagesize=A4, invariant=1)
+        y = A4[1] - 20
+        for i, text in enumerate(_CELL_TEXTS):
+            for width in (120, 340):
+                flowable = make(text, styles[i % 2])
+                _w, height = flowable.wrap(width, 1e5)
+                y -= height + 4
+                flowable.drawOn(page, 30 if width == 120 else 200, y)
+        page.save()
+        subprocess.run(["pdftoppm", "-r", "150", "-gray", str(path), str(tmp_path / name)],
+                       check=True, timeout=60, capture_output=True)
+        [picture] = sorted(tmp_path.glob(f"{name}-*.pgm"))
+        pages[name] = np.asarray(Image.open(picture))
+    assert pages["cell"].min() < 128  # something was drawn
+    np.testing.assert_array_equal(pages["cell"], pages["paragraph"])
