@@ -64,6 +64,12 @@ _FONT_CANDIDATES = (
      "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
 )
 _MAX_IMAGE_SIDE = 1200  # pixels kept in the PDF per picture (keeps reports small)
+#: How wide the field report's two pictures are (points), unverified and verified: the
+#: verified report's verdict takes room. When the report would go over one page (a verified
+#: report with a review reason and an institution, say), it is made again with smaller
+#: pictures, so that its signature block stays on the page with the finding.
+_PICTURE_SIDE = {False: 55 * mm, True: 45 * mm}
+_SMALL_PICTURE_SIDE = 38 * mm
 
 # Streams stored as deflated binary, not also ASCII85-encoded: a fifth smaller, and encoding a
 # 512 x 512 picture in ASCII85 took reportlab longer than the rest of the report. Every PDF this
@@ -389,7 +395,12 @@ def render_report(data: ReportData) -> bytes:
     if not isinstance(data, ReportData):
         raise TypeError(f"data must be ReportData, got {type(data).__name__}")
     with REPORTLAB_LOCK:
-        return _render(data)
+        pdf, pages = _render(data, _PICTURE_SIDE[data.is_verified])
+        if pages > 1:  # the signature block went over: smaller pictures, if that is enough
+            smaller, fewer = _render(data, _SMALL_PICTURE_SIDE)
+            if fewer < pages:
+                return smaller
+        return pdf
 
 
 def _text_styles(regular: str, bold: str) -> tuple[ParagraphStyle, ParagraphStyle,
@@ -401,15 +412,18 @@ def _text_styles(regular: str, bold: str) -> tuple[ParagraphStyle, ParagraphStyl
     label = ParagraphStyle("label", parent=body, fontName=bold)
     heading = ParagraphStyle("heading", parent=styles["Heading2"], fontName=bold, fontSize=12,
                              spaceBefore=4, spaceAfter=2)
-    title = ParagraphStyle("title", parent=styles["Title"], fontName=bold, fontSize=14,
+    # 13 pt: the field report's title fits on one line.
+    title = ParagraphStyle("title", parent=styles["Title"], fontName=bold, fontSize=13,
                            spaceAfter=4)
     return body, label, heading, title
 
 
-def _render(data: ReportData) -> bytes:
+def _render(data: ReportData, side: float) -> tuple[bytes, int]:
+    """The report with pictures ``side`` points wide, and its number of pages."""
     regular, bold = _fonts()
     body, label, heading, title = _text_styles(regular, bold)
-    banner = ParagraphStyle("banner", parent=body, fontName=bold, fontSize=13, leading=16,
+    # 10.5 pt: the banner's sentence fits on one line.
+    banner = ParagraphStyle("banner", parent=body, fontName=bold, fontSize=10.5, leading=13.5,
                             textColor=colors.white, alignment=1)
 
     def p(text: object, style: ParagraphStyle = body) -> Paragraph:
@@ -435,7 +449,7 @@ def _render(data: ReportData) -> bytes:
             cells.append([t(""), t("")])
         half = len(cells) // 2
         table = Table([cells[i] + cells[half + i] for i in range(half)],
-                      colWidths=[30 * mm, 55 * mm, 30 * mm, 55 * mm], hAlign="LEFT")
+                      colWidths=[39 * mm, 46 * mm, 39 * mm, 46 * mm], hAlign="LEFT")
         table.setStyle(TableStyle([
             ("VALIGN", (0, 0), (-1, -1), "TOP"),
             ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey),
@@ -456,7 +470,7 @@ def _render(data: ReportData) -> bytes:
             ("TOPPADDING", (0, 0), (-1, -1), 6),
             ("BOTTOMPADDING", (0, 0), (-1, -1), 6),
         ]))
-        story += [warning, Spacer(1, 4 * mm)]
+        story += [warning, Spacer(1, 2 * mm)]
     story.append(p("Blood smear screening report (acute lymphoblastic leukaemia)", title))
     if data.institution:
         story.append(p(data.institution))
@@ -495,11 +509,9 @@ def _render(data: ReportData) -> bytes:
             ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#eef3f7")),
             ("LEFTPADDING", (0, 0), (-1, -1), 8),
         ]))
-        story += [Spacer(1, 3 * mm), box]
+        story += [Spacer(1, 2 * mm), box]
 
     story.append(p("Image and blast overlay", heading))
-    # A verified report's verdict takes room: its pictures are smaller, so it stays one page.
-    side = (45 if data.is_verified else 55) * mm
     pictures = Table([[_picture(data.image, side), _picture(data.overlay, side)],
                       [p("Image"), p("Blast cells marked")]], colWidths=[85 * mm, 85 * mm])
     pictures.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER")]))
@@ -510,17 +522,20 @@ def _render(data: ReportData) -> bytes:
     stage_row = Table([[t("Stage (algorithm)", label), t(data.stage, ParagraphStyle(
         "stage", parent=label, fontSize=13, leading=16))]], colWidths=[45 * mm, 125 * mm])
     story.append(stage_row)
-    prob_rows = [[t("Stage", label), t("Probability", label)]]
+    # Each stage's probability, the stages side by side (the algorithm's in bold).
+    prob_rows: list[list[Any]] = [[t("Stage", label)], [t("Probability", label)]]
     for stage in STAGES:
-        value = float(data.probabilities[stage])
         style = label if stage == data.stage else body
-        prob_rows.append([t(stage, style), t(f"{value * 100:.1f} %", style)])
-    probs = Table(prob_rows, colWidths=[45 * mm, 40 * mm], hAlign="LEFT")
+        prob_rows[0].append(t(stage, style))
+        prob_rows[1].append(t(f"{float(data.probabilities[stage]) * 100:.1f} %", style))
+    probs = Table(prob_rows, colWidths=[45 * mm] + [31.25 * mm] * 4, hAlign="LEFT")
     probs.setStyle(TableStyle([
         ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.black),
         ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.lightgrey),
+        ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
     ]))
-    story += [Spacer(1, 2 * mm), probs, Spacer(1, 2 * mm)]
+    story += [Spacer(1, 1 * mm), probs, Spacer(1, 2 * mm)]
     story.append(grid([
         ("Blast cell count", str(data.blast_count)),
         ("Blast cell area", f"{data.blast_area_fraction * 100:.2f} % of the image"),
@@ -582,8 +597,9 @@ def _render(data: ReportData) -> bytes:
     )
     doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
     pdf = buf.getvalue()
-    LOGGER.debug("rendered report of %d bytes (verified: %s)", len(pdf), data.is_verified)
-    return pdf
+    LOGGER.debug("rendered report of %d bytes, %d page(s) (verified: %s)", len(pdf), doc.page,
+                 data.is_verified)
+    return pdf, int(doc.page)
 
 
 @dataclass(frozen=True)

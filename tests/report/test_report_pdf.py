@@ -282,3 +282,71 @@ def test_a_table_cell_draws_the_pixels_a_paragraph_draws(tmp_path):
         pages[name] = np.asarray(Image.open(picture))
     assert pages["cell"].min() < 128  # something was drawn
     np.testing.assert_array_equal(pages["cell"], pages["paragraph"])
+
+
+def _pages(pdf: bytes) -> int:
+    import re
+
+    return len(re.findall(rb"/Type /Page\b", pdf))
+
+
+_FULL = {"review_reasons": ("low confidence", "scale unknown", "unlike the training data"),
+         "institution": "Hôpital Saint-Louis, Laboratoire d'hématologie",
+         "quality_notes": "slightly blurred", "accession_number": "A-2026-0001",
+         "specimen_id": "S-77", "stain": "Wright-Giemsa", "age": "45 years", "sex": "F",
+         "scale": "0.25 µm per pixel (not stated: the configured default (scale unknown))"}
+_VERIFIED = {"verified_by": "Doe^Jane", "verified_organization": "Haematology",
+             "verified_at": dt.datetime(2026, 12, 3, 13, 0), "verified_stage": "Benign",
+             "verified_comment": "Morphology consistent with reactive lymphocytes."}
+
+
+@pytest.mark.parametrize("verified", [False, True], ids=["unverified", "verified"])
+@pytest.mark.parametrize("extras", [False, True], ids=["plain", "every optional row"])
+@pytest.mark.parametrize("demonstration", [False, True], ids=["clinical", "demonstration"])
+def test_a_field_report_is_one_page_with_its_signature_block(data, verified, extras,
+                                                              demonstration):
+    """The report a doctor signs keeps its signature block on the page with the finding: with
+    the demonstration banner, every optional row and three review reasons (a verified report
+    went over to a second page holding only the signature block, and so did an unverified
+    one with a review reason under the banner)."""
+    changes: dict = {"demonstration_model": demonstration}
+    if extras:
+        changes.update(_FULL)
+    if verified:
+        changes.update(_VERIFIED)
+    assert _pages(render_report(dataclasses.replace(data, **changes))) == 1
+
+
+def test_a_report_that_would_go_over_a_page_is_made_again_with_smaller_pictures(
+        data, monkeypatch):
+    """A longer comment under every optional row: when the first layout takes two pages and
+    smaller pictures make it fit one, the report is made again with them; a comment too long
+    for any one page gives the whole report over two."""
+    from bcd_node.report import pdf
+
+    sentence = "Blasts confirmed on review of the whole smear; "
+    full = dataclasses.replace(data, **{**_FULL, **_VERIFIED, "demonstration_model": True})
+
+    def with_comment(repeat: int) -> ReportData:
+        return dataclasses.replace(full, verified_comment=sentence * repeat)
+
+    def pages_at(report: ReportData, side: float) -> int:
+        return pdf._render(report, side)[1]
+
+    fits_only_smaller = [k for k in range(1, 40)
+                         if pages_at(with_comment(k), pdf._PICTURE_SIDE[True]) == 2
+                         and pages_at(with_comment(k), pdf._SMALL_PICTURE_SIDE) == 1]
+    assert fits_only_smaller, "no comment length for which only smaller pictures fit"
+    sides: list[float] = []
+    real = pdf._render
+
+    def recording(report, side):
+        sides.append(side)
+        return real(report, side)
+
+    monkeypatch.setattr(pdf, "_render", recording)
+    assert _pages(render_report(with_comment(fits_only_smaller[0]))) == 1
+    assert sides == [pdf._PICTURE_SIDE[True], pdf._SMALL_PICTURE_SIDE]
+    sides.clear()
+    assert _pages(render_report(with_comment(60))) == 2
+    assert len(sides) == 2
