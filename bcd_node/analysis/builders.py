@@ -162,7 +162,7 @@ class Builders:
         #: What each new builder process builds once before its first image (warm_up).
         self._warm_request: BuildRequest | None = None
 
-    def warm_up(self, request: BuildRequest) -> None:
+    def warm_up(self, request: BuildRequest) -> bool:
         """Build ``request`` once and keep nothing of it, so that what building loads on first
         use (highdicom's tables of the standard: about 0.45 s; the PDF's fonts) is loaded
         before the first image: here, or in every process of the pool, which starts now, each
@@ -170,11 +170,11 @@ class Builders:
         after a builder died).
 
         Never raises: a failure is logged, and the first image pays the loading as before.
+        Returns whether this process built ``request``, or the pool's processes started.
         """
         self._warm_request = request
         if not self.processes:
-            _warm(request)
-            return
+            return _warm(request)
         try:
             pool = self._started_pool()
             # One task per process: a new pool starts a process for each task it cannot give
@@ -184,6 +184,8 @@ class Builders:
         except Exception:  # noqa: BLE001 - the first image starts them instead
             LOGGER.warning("the output builder processes could not be started ahead of the "
                            "first image", exc_info=True)
+            return False
+        return True
 
     def _started_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -222,17 +224,19 @@ class Builders:
 warmed_up = False
 
 
-def _warm(request: BuildRequest | None) -> None:
-    """Build ``request`` and forget it (a builder process's initializer; never raises)."""
+def _warm(request: BuildRequest | None) -> bool:
+    """Build ``request`` and forget it (a builder process's initializer; never raises);
+    returns whether it was built."""
     global warmed_up
     if request is None:
-        return
+        return False
     try:
         build(request)
     except Exception:  # noqa: BLE001 - the first image pays the loading instead
         LOGGER.warning("warming up the output building failed", exc_info=True)
-        return
+        return False
     warmed_up = True
+    return True
 
 
 def _nothing() -> None:

@@ -12,6 +12,7 @@ makes them.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -107,6 +108,7 @@ class ImageAnalysis:
         from dicom.dicomize import dicomize
 
         ctx = self.context
+        started = time.perf_counter()
         try:
             field, _mask, _blasts = generate_field(
                 0, "Malignant-Pre", patient_params(np.random.default_rng(0)), size=256)
@@ -125,7 +127,11 @@ class ImageAnalysis:
         except Exception:  # noqa: BLE001 - the first image pays the loading instead
             LOGGER.warning("no field to warm up the output building with", exc_info=True)
             return
-        self.builders.warm_up(request)
+        if self.builders.warm_up(request):
+            LOGGER.info("output building warmed up before the first image (%.2f s%s)",
+                        time.perf_counter() - started,
+                        f", {self.builders.processes} builder processes started"
+                        if self.builders.processes else "")
 
     def _load(self, job: Claimed) -> Loaded:
         return self.context.load(job.id, job.instance_fk)

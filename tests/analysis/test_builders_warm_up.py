@@ -47,7 +47,8 @@ def _files(context: NodeContext) -> set[Path]:
 
 
 def test_warm_up_builds_a_diagnostic_field_and_keeps_nothing(
-        context: NodeContext, predictor: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        context: NodeContext, predictor: Any, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     made: list[builders.Built] = []
     real_build = builders.build
 
@@ -59,8 +60,10 @@ def test_warm_up_builds_a_diagnostic_field_and_keeps_nothing(
     monkeypatch.setattr(builders, "build", recording)
     monkeypatch.setattr(builders, "warmed_up", False)
     before = _files(context)
-    Pipeline(context, predictor).warm_up()
+    with caplog.at_level(logging.INFO):
+        Pipeline(context, predictor).warm_up()
     assert builders.warmed_up
+    assert "output building warmed up before the first image" in caplog.text
     [built] = made
     # The whole diagnostic path ran: SEG, SR and Encapsulated PDF, the PDF report, the PNGs.
     assert built.combined.stage is not None
@@ -79,6 +82,7 @@ def test_warm_up_that_fails_does_not_stop_the_worker(
     with caplog.at_level(logging.WARNING):
         Pipeline(context, Refusing(predictor)).warm_up()  # the model refuses the field
     assert "no field to warm up the output building with" in caplog.text
+    assert "warmed up before" not in caplog.text
     assert not builders.warmed_up
 
     def broken(_request: builders.BuildRequest) -> builders.Built:
@@ -89,6 +93,7 @@ def test_warm_up_that_fails_does_not_stop_the_worker(
     with caplog.at_level(logging.WARNING):
         Pipeline(context, predictor).warm_up()  # building fails
     assert "warming up the output building failed" in caplog.text
+    assert "warmed up before" not in caplog.text
     assert not builders.warmed_up
 
 
