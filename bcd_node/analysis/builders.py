@@ -15,7 +15,10 @@ import dataclasses
 import datetime as dt
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
 import struct
+import threading
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -151,7 +154,9 @@ class Builders:
     """Builds outputs in this process (``processes`` 0) or in a pool of that many processes.
 
     The pool's processes are started (``spawn``: never a fork of a process that holds a model
-    and its threads) when the first image is built, and each imports only what building needs.
+    and its threads) at the warm-up or the first image, each imports only what building needs,
+    and each ends when the process that started it ends, even by ``kill -9``
+    (:func:`_start_builder`): a worker that dies leaves no builders behind.
     """
 
     def __init__(self, processes: int = 0) -> None:
@@ -191,7 +196,8 @@ class Builders:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.processes,
                                              mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_warm, initargs=(self._warm_request,))
+                                             initializer=_start_builder,
+                                             initargs=(self._warm_request,))
             LOGGER.info("outputs are built in %d processes", self.processes)
         return self._pool
 
@@ -237,6 +243,32 @@ def _warm(request: BuildRequest | None) -> bool:
         return False
     warmed_up = True
     return True
+
+
+def _start_builder(request: BuildRequest | None) -> None:
+    """A builder process's initializer: end with the worker (:func:`_end_with_parent`), then
+    warm up (:func:`_warm`)."""
+    _end_with_parent()
+    _warm(request)
+
+
+def _end_with_parent() -> None:
+    """End this process as soon as the process that started it has ended.
+
+    A pool's process otherwise outlives a worker killed with ``kill -9`` (or by the kernel's
+    out-of-memory killer): it waits for tasks on a queue whose other end its siblings still
+    hold, forever, with its 150 MB. The parent's sentinel (a pipe only the parent holds open)
+    becomes readable when the parent is gone, whatever ended it; a thread waits for that.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(0)  # nothing of this process's work can be delivered any more
+
+    threading.Thread(target=watch, name="end-with-worker", daemon=True).start()
 
 
 def _nothing() -> None:

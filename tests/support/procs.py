@@ -25,6 +25,12 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def ended(pid: int) -> bool:
+    """Whether ``pid`` runs nothing any more: gone, or a zombie nobody has reaped yet."""
+    fields = _stat(pid)
+    return fields is None or fields[0] == "Z"
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of ``pid`` so far (0 when it is gone)."""
     fields = _stat(pid)
