@@ -147,7 +147,8 @@ class WorkerSettings:
     count: int = 2
     batch_size: int = 8
     niceness: int = 10
-    output_builders: int = 0
+    #: Builder processes; None: "auto" (:func:`output_builder_processes`).
+    output_builders: int | None = None
     lease_seconds: float = 30.0
     poll_interval: float = 0.5
     max_attempts: int = 5
@@ -391,6 +392,33 @@ def _convert(key: str, type_name: str, value: Any, from_env: bool) -> Any:
     raise AssertionError(f"unhandled settings type {type_name} for {key}")  # pragma: no cover
 
 
+def _auto_or_int(key: str, value: Any, from_env: bool) -> int | None:
+    """``"auto"`` (any case) as None, else an integer (:func:`_convert`)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        return _convert(key, "int", value, from_env)
+    except SettingsError:
+        raise SettingsError(key, value, 'expected "auto" or an integer') from None
+
+
+def output_builder_processes(setting: int | None, cores: int | None = None) -> int:
+    """How many output builder processes ``workers.output_builders`` asks for: the number it
+    states, or for ``"auto"`` (None) one per core this process may run on, at most
+    :data:`MAX_AUTO_BUILDERS`, and none on a single core (where a builder process could only
+    take turns with the worker that feeds it). Measured on 2 cores, docs/operations.md."""
+    if setting is not None:
+        return setting
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count() or 1
+    return 0 if cores < 2 else min(cores, MAX_AUTO_BUILDERS)
+
+
+#: The most builder processes "auto" starts (each takes about 150 MB of memory).
+MAX_AUTO_BUILDERS = 8
+
+
 def parse_size(key: str, value: Any) -> int:
     """Parse a byte size: an integer, or a string such as ``"500 MB"`` or ``"2GiB"``."""
     if isinstance(value, bool):
@@ -416,6 +444,9 @@ def format_size(size: int) -> str:
     return f"{size} bytes"
 
 
+#: Keys that take "auto" (stored as None) or an integer.
+_AUTO_KEYS = frozenset({"workers.output_builders"})
+
 #: Keys that take a byte size (an integer or a string such as "256MiB").
 _SIZE_KEYS = frozenset({"storage.min_free_disk", "dicom.max_dataset_bytes",
                         "web.upload_memory"})
@@ -439,6 +470,8 @@ def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[st
             if from_env and isinstance(value, str) and value.strip().isdigit():
                 value = int(value)
             out[key] = parse_size(full, value)
+        elif full in _AUTO_KEYS:
+            out[key] = _auto_or_int(full, value, from_env)
         else:
             out[key] = _convert(full, types[key], value, from_env)
     return cls(**out)
@@ -633,9 +666,9 @@ def _validate(s: Settings) -> None:
                             "must be 0 (no workers in this process) to 64")
     if not 0 <= w.niceness <= 19:
         raise SettingsError("workers.niceness", w.niceness, "must be 0 (as the listener) to 19")
-    if not 0 <= w.output_builders <= 256:
+    if w.output_builders is not None and not 0 <= w.output_builders <= 256:
         raise SettingsError("workers.output_builders", w.output_builders,
-                            "must be 0 (build in the worker process) to 256")
+                            'must be "auto", or 0 (build in the worker process) to 256')
     if not 1 <= w.batch_size <= 256:
         raise SettingsError("workers.batch_size", w.batch_size, "must be 1-256")
     for name in ("lease_seconds", "poll_interval", "retry_delay", "study_quiet_seconds"):
@@ -892,6 +925,8 @@ def to_display_dict(settings: Settings) -> dict[str, Any]:
         section = getattr(settings, name)
         out[name] = {f.name: plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
     out["database"]["url"] = mask_url(settings.database_url)
+    if settings.workers.output_builders is None:
+        out["workers"]["output_builders"] = "auto"
     if settings.web.metrics_token:
         out["web"]["metrics_token"] = "***"
     out["destinations"] = [{f.name: ("***" if f.name in ("password", "token")

@@ -9,10 +9,12 @@ import pytest
 from bcd_node.cli import main
 from bcd_node.settings import (
     DEFAULT_CONFIG,
+    MAX_AUTO_BUILDERS,
     Settings,
     SettingsError,
     load_settings,
     mask_url,
+    output_builder_processes,
     settings_from_mapping,
     to_display_dict,
 )
@@ -104,6 +106,39 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert s.database_url == "postgresql+psycopg://u:pw@db/bcd"
 
 
+def test_output_builders_are_auto_by_default_or_a_number() -> None:
+    assert settings_from_mapping({}, environ={}).workers.output_builders is None
+    assert to_display_dict(settings_from_mapping({}, environ={}))["workers"][
+        "output_builders"] == "auto"
+    for raw, env, expected in [({"output_builders": "Auto"}, {}, None),
+                               ({"output_builders": 3}, {}, 3),
+                               ({"output_builders": 0}, {}, 0),
+                               ({}, {"BCD_WORKERS_OUTPUT_BUILDERS": "0"}, 0),
+                               ({"output_builders": 2}, {"BCD_WORKERS_OUTPUT_BUILDERS": "auto"},
+                                None)]:
+        loaded = settings_from_mapping({"workers": raw}, environ=env).workers.output_builders
+        assert loaded == expected, (raw, env)
+
+
+@pytest.mark.parametrize(("setting", "cores", "processes"), [
+    (None, 1, 0),  # one core: building in the worker, no process to take turns with
+    (None, 2, 2),  # the project's machine: 2 builders beat 0 and 3 (docs/operations.md)
+    (None, 6, 6),
+    (None, 64, MAX_AUTO_BUILDERS),  # about 150 MB each
+    (0, 16, 0),
+    (3, 2, 3),
+])
+def test_auto_output_builders_follow_the_cores(setting: int | None, cores: int,
+                                               processes: int) -> None:
+    assert output_builder_processes(setting, cores) == processes
+
+
+def test_auto_output_builders_count_the_cores_this_process_may_use() -> None:
+    import os
+    cores = len(os.sched_getaffinity(0))
+    assert output_builder_processes(None) == output_builder_processes(None, cores)
+
+
 def test_settings_are_frozen() -> None:
     s = settings_from_mapping({}, environ={})
     with pytest.raises(AttributeError):
@@ -141,6 +176,9 @@ def test_settings_are_frozen() -> None:
     ({"workers": {"batch_size": 0}}, {}, "workers.batch_size"),
     ({"workers": {"niceness": 20}}, {}, "workers.niceness"),
     ({"workers": {"output_builders": -1}}, {}, "workers.output_builders"),
+    ({"workers": {"output_builders": "many"}}, {}, "workers.output_builders"),
+    ({"workers": {"output_builders": 2.5}}, {}, "workers.output_builders"),
+    ({}, {"BCD_WORKERS_OUTPUT_BUILDERS": "some"}, "workers.output_builders"),
     ({}, {"BCD_WORKERS_BATCH_SIZE": "lots"}, "workers.batch_size"),
     ({"web": {"port": 0}}, {}, "web.port"),
     ({"web": {"host": "not a host!"}}, {}, "web.host"),

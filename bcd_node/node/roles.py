@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable
 from bcd_node.errors import BcdError
 from bcd_node.node.processes import Child, ChildGroup, child_argv
 from bcd_node.runtime import Component, NodeContext
-from bcd_node.settings import Settings
+from bcd_node.settings import Settings, output_builder_processes
 
 if TYPE_CHECKING:
     from bcd_node.jobs.queue import Claimed
@@ -77,7 +77,7 @@ def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
     context.components["model"] = Component(
         "model", True, f"{info['name']} {info['version']} (width {info['width']}, "
                        f"{info['precision']}){note}")
-    builders = Builders(context.settings.workers.output_builders)
+    builders = Builders(output_builder_processes(context.settings.workers.output_builders))
     pipeline = Pipeline(context, predictor, demonstration_model=demo, builders=builders)
     pipeline.warm_up()  # the first image does not wait for what building loads once
     metrics: Metrics = context.metrics

@@ -15,11 +15,12 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from bcd_node.db.models import Instance, Job
+from bcd_node.settings import output_builder_processes
 from tests.support.images import write_vl_micro
 from tests.support.listener import ENV
 from tests.support.net import free_port
 from tests.support.node import BCD_NODE, Node, listener_pids
-from tests.support.procs import children
+from tests.support.procs import children, ended
 from tests.support.tools import require_tool
 from tests.support.waiting import wait_for
 
@@ -260,6 +261,19 @@ def worker_pids(node: Node) -> list[int]:
     return pids
 
 
+def builder_pids(worker: int) -> list[int]:
+    """The output builder processes a worker process started (not its resource tracker)."""
+    found = []
+    for pid in children(worker):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in argv and not ended(pid):
+            found.append(pid)
+    return found
+
+
 @pytest.mark.slow
 def test_a_killed_worker_process_is_replaced(write_config, tmp_path) -> None:
     dicom_port, web_port = free_port(), free_port()
@@ -267,6 +281,10 @@ def test_a_killed_worker_process_is_replaced(write_config, tmp_path) -> None:
     try:
         node.start(web_port, timeout=180)
         [before] = worker_pids(node)
+        # workers.output_builders "auto": its builders started with it, at its CPU priority.
+        builders = builder_pids(before)
+        assert len(builders) == output_builder_processes(None), node.output()[-3000:]
+        assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in builders} == {10}
         os.kill(before, 9)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and worker_pids(node) in ([], [before]):
@@ -275,5 +293,9 @@ def test_a_killed_worker_process_is_replaced(write_config, tmp_path) -> None:
         assert len(after) == 1 and after != [before], node.output()[-3000:]
         wait_ready(web_port, timeout=180)  # the new one has loaded the model
         assert "worker process" in node.output() and "starting another" in node.output()
+        # The killed worker's builders ended with it; the new one has its own.
+        wait_for(lambda: all(ended(pid) for pid in builders), timeout=30,
+                 what="the killed worker's builder processes to end")
+        assert len(builder_pids(after[0])) == output_builder_processes(None)
     finally:
         assert node.stop() == 0, node.output()
