@@ -19,10 +19,12 @@ What it measures, in one run on this machine:
    SQLite index) for comparison, with the node's ratio to each, and written durably by the
    node's own file code alone (no DICOM, no database) by as many threads as there are
    associations: the disk's floor under the handler's latency;
-2b. (``--analysis``, on by default) four associations again while a worker analyses what
-   arrives (the bundled model, or ``--weights``), once with the worker at the listener's
-   priority (``workers.niceness = 0``) and once at the default niceness, alternating with a
-   run without workers: the C-STORE handler's p99 of each, side by side;
+2b. (``--analysis``, on by default; alone with ``--analysis-only``) four associations again
+   while a worker analyses what arrives (the bundled model, or ``--weights``), once with the
+   worker at the listener's priority (``workers.niceness = 0``), once at the default niceness
+   and once more so with its outputs built in its own process (``workers.output_builders =
+   0``), alternating with a run without workers: the C-STORE handler's p99 of each, side by
+   side;
 3. end-to-end latency from C-STORE to the SEG, SR and PDF stored at Orthanc (p50, p95), with the
    bundled model (or ``--weights``), images sent one at a time.
 """
@@ -247,11 +249,14 @@ def orthanc_ingest(files: list[Path], workdir: Path, associations: int) -> dict:
     return {"images_per_s": len(files) / seconds, "seconds": seconds}
 
 
-def analysis_config(weights: str | None, niceness: int | None) -> str:
-    """``[workers]`` and ``[model]`` of a node whose one worker analyses what arrives."""
+def analysis_config(weights: str | None, niceness: int | None,
+                    builders: int | None = None) -> str:
+    """``[workers]`` and ``[model]`` of a node whose one worker analyses what arrives
+    (``builders``: ``workers.output_builders``, None: the default)."""
     model = f'\n[model]\nweights = "{weights}"\n' if weights else ""
     nice = "" if niceness is None else f"niceness = {niceness}\n"
-    return f"{model}\n[workers]\ncount = 1\n{nice}"
+    built = "" if builders is None else f"output_builders = {builders}\n"
+    return f"{model}\n[workers]\ncount = 1\n{nice}{built}"
 
 
 def disk_alone(files: list[Path], workdir: Path, writers: int) -> dict:
@@ -333,6 +338,8 @@ def main() -> int:
                              "with the range of images/s (a shared host varies run to run)")
     parser.add_argument("--no-analysis", dest="analysis", action="store_false",
                         help="skip the runs with a worker analysing while images arrive")
+    parser.add_argument("--analysis-only", action="store_true",
+                        help="only the runs with a worker analysing while images arrive")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.repeat < 1:
@@ -349,7 +356,7 @@ def main() -> int:
                         "image_mb": round(size_mb, 2),
                         "listener_processes": args.listeners or "default (one per core, at most 4)"}
         report["repeats"] = args.repeat
-        for n in (1, 4):
+        for n in () if args.analysis_only else (1, 4):
             # Node, storescp and disk runs alternate, so a slow spell of the host hits all.
             nodes, scps, orthancs, disks = [], [], [], []
             for r in range(args.repeat):
@@ -363,9 +370,11 @@ def main() -> int:
             report[f"disk_{n}_writers"] = median_run(disks)
         if args.analysis:
             # The same 4-association push while a worker analyses the images as they arrive:
-            # at the listener's priority, at the default niceness, and without a worker.
+            # at the listener's priority, at the default niceness (with the default output
+            # builder processes, and with the outputs built in the worker), and without one.
             runs: dict[str, list[dict]] = {"no worker": [], "worker, niceness 0": [],
-                                           "worker, default niceness": []}
+                                           "worker, default niceness": [],
+                                           "the same, built in worker": []}
             for r in range(args.repeat):
                 runs["no worker"].append(node_ingest(files, work / f"a0-{r}", 4,
                                                      args.listeners))
@@ -374,6 +383,9 @@ def main() -> int:
                 runs["worker, default niceness"].append(node_ingest(
                     files, work / f"a2-{r}", 4, args.listeners,
                     analysis_config(args.weights, None)))
+                runs["the same, built in worker"].append(node_ingest(
+                    files, work / f"a3-{r}", 4, args.listeners,
+                    analysis_config(args.weights, None, 0)))
             report["while_analysing_4_assoc"] = {name: median_run(v) for name, v in runs.items()}
         if args.e2e_images:
             report["end_to_end"] = end_to_end(files[:args.e2e_images], work / "e2e",
@@ -386,7 +398,7 @@ def main() -> int:
     print(f"ingest of {report['images']} images of {report['image_mb']} MB "
           f"(512x512 RGB VL Microscopic) on {report['machine']}, by `bcd-node serve` "
           f"(listener processes: {report['listener_processes']}, no workers):")
-    for n in (1, 4):
+    for n in (n for n in (1, 4) if f"node_{n}_assoc" in report):
         node, scp = report[f"node_{n}_assoc"], report[f"storescp_{n}_assoc"]
         orthanc = report[f"orthanc_{n}_assoc"]
         print(f"  {n} association(s): bcd-node {node['images_per_s']:.1f} images/s "
