@@ -397,9 +397,10 @@ def _auto_or_int(key: str, value: Any, from_env: bool) -> int | None:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return None
     try:
-        return _convert(key, "int", value, from_env)
+        number: int = _convert(key, "int", value, from_env)
     except SettingsError:
         raise SettingsError(key, value, 'expected "auto" or an integer') from None
+    return number
 
 
 def output_builder_processes(setting: int | None, cores: int | None = None) -> int:

@@ -206,18 +206,40 @@ class Builders:
         their outputs (in order)."""
         if not self.processes or len(requests) == 0:
             return [_attempt(request) for request in requests]
-        pool = self._started_pool()
-        futures: list[Future[Built]] = [pool.submit(build, r) for r in requests]
+        futures: list[Future[Built]] = []
+        for _try in range(2):
+            pool = self._started_pool()
+            try:
+                futures = [pool.submit(build, r) for r in requests]
+                break
+            except BrokenProcessPool as exc:
+                # A builder ended since the last batch (killed, out of memory): nothing of
+                # this batch was lost yet, so it goes to new processes.
+                LOGGER.warning("an output builder process had ended; starting them again")
+                self._discard(pool)
+                error: Exception = exc
+        else:
+            return [error] * len(requests)
         out: list[Built | Exception] = []
         for future in futures:
             try:
                 out.append(future.result())
-            except BrokenProcessPool as exc:  # a builder died (killed, out of memory)
+            except BrokenProcessPool as exc:  # a builder died while building
                 out.append(exc)
-                self._pool = None  # the next batch gets a new pool
+                if self._pool is pool:
+                    LOGGER.warning("an output builder process ended while building (killed, "
+                                   "or out of memory?): its batch's images are tried again, "
+                                   "in new builder processes")
+                    self._discard(pool)
             except Exception as exc:  # noqa: BLE001 - this image's own error
                 out.append(exc)
         return out
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        """Forget a broken pool (its processes are ended); the next batch starts a new one."""
+        pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is pool:
+            self._pool = None
 
     def close(self) -> None:
         """Stop the pool's processes (after the images in hand)."""

@@ -1,0 +1,86 @@
+"""A builder process that ends (killed, out of memory) costs at most the images it was building:
+they get an error and are tried again, and the next batch is built by new processes, warm
+before their first image (the pool's processes are the default, workers.output_builders)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from bcd_node.analysis.builders import Builders, Built
+from bcd_node.analysis.pipeline import Pipeline
+from bcd_node.runtime import NodeContext, open_node
+from bcd_node.settings import load_settings
+from tests.support.procs import cpu_seconds, ended
+from tests.support.waiting import wait_for
+from tests.support.warm import warm_state
+
+pytestmark = pytest.mark.slow  # each test starts builder interpreters
+
+
+@pytest.fixture
+def context(write_config: Callable[..., Path]) -> Any:
+    made = open_node(load_settings(write_config()))
+    yield made
+    made.engine.dispose()
+
+
+@pytest.fixture
+def pool(context: NodeContext, predictor: Any) -> Any:
+    """One builder process, warm (its warm-up request is the tests' image)."""
+    made = Builders(1)
+    try:
+        Pipeline(context, predictor, builders=made).warm_up()
+        assert made._warm_request is not None
+        yield made
+    finally:
+        made.close()
+
+
+def _builder(pool: Builders) -> int:
+    [pid] = list(pool._started_pool()._processes)
+    return int(pid)
+
+
+def test_a_builder_that_ended_between_batches_is_replaced_for_the_next_batch(
+        pool: Builders, caplog: pytest.LogCaptureFixture) -> None:
+    request = pool._warm_request
+    first = _builder(pool)
+    executor = pool._started_pool()
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: ended(first) and executor._broken, timeout=30,
+             what="the pool to see its process end")
+
+    [built] = pool.build_all([request])
+
+    assert isinstance(built, Built), built  # nothing of this batch was lost
+    assert "an output builder process had ended; starting them again" in caplog.text
+    replacement, warm = pool._started_pool().submit(warm_state).result(timeout=120)
+    assert replacement != first and warm
+
+
+def test_a_builder_killed_while_building_fails_those_images_and_the_next_batch_is_built(
+        pool: Builders, caplog: pytest.LogCaptureFixture) -> None:
+    request = pool._warm_request
+    builder = _builder(pool)
+    idle = cpu_seconds(builder)
+    results: list[Any] = []
+    batch = threading.Thread(target=lambda: results.extend(pool.build_all([request] * 8)))
+    batch.start()
+    wait_for(lambda: cpu_seconds(builder) > idle, timeout=60, what="the builder to build")
+    os.kill(builder, signal.SIGKILL)
+    batch.join(timeout=120)
+
+    assert len(results) == 8
+    assert any(isinstance(r, BrokenProcessPool) for r in results)
+    assert all(isinstance(r, (Built, BrokenProcessPool)) for r in results)
+    assert "an output builder process ended while building" in caplog.text
+    [again] = pool.build_all([request])
+    assert isinstance(again, Built)
+    assert _builder(pool) != builder
