@@ -4,8 +4,10 @@ worker's time goes for one image, stage by stage.
 **Burst** (the default): ``--burst`` images (200) of 512 x 512 are received by a node's intake
 (SQLite in a temporary folder), then drained by the worker's own code in this process
 (:class:`bcd_node.jobs.workers.Workers` with the pipeline: claim up to ``workers.batch_size``
-jobs, decode, one batched prediction, SEG + SR + PDF built, files written, rows published).
-It prints images/s from the first claim to the last publish, and, in the same run, the rate of
+jobs, decode, one batched prediction, SEG + SR + PDF built, files written, rows published),
+the outputs built as the node builds them by default (``workers.output_builders`` "auto": one
+process per core; ``--builders`` to choose). It prints images/s from the first claim to the
+last publish, and, in the same run, the rate of
 the model alone (:meth:`Predictor.predict` over the same decoded images, in batches of the same
 size): the ratio says how much of the worker's time is not the model.
 
@@ -119,7 +121,7 @@ def burst(args: argparse.Namespace) -> int:
     from dicom.dicomize import dicomize
     from dicom.pixels import read_dataset
 
-    predictor = Predictor(weights=args.weights)
+    predictor = Predictor(weights=args.weights, threads=args.model_threads)
     info = predictor.model_info
     with tempfile.TemporaryDirectory(prefix="bcd-analysis-") as work:
         config = Path(work) / "bcd-node.toml"
@@ -248,11 +250,12 @@ def main() -> int:
                         help="time each stage of one image instead of a burst")
     parser.add_argument("--burst", type=int, default=200, help="images of the burst")
     parser.add_argument("--batch-size", type=int, default=8, help="workers.batch_size")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1],
-                        help="workers.count: worker threads draining the queue together; "
-                             "several values: one burst each, side by side")
-    parser.add_argument("--builders", type=int, nargs="+", default=[0],
-                        help="workers.output_builders; several values: one burst each")
+    parser.add_argument("--threads", type=int, nargs="+", default=[2],
+                        help="workers.count (default: the node's, 2): worker threads draining "
+                             "the queue together; several values: one burst each, side by side")
+    parser.add_argument("--builders", type=int, nargs="+",
+                        help="workers.output_builders (default: the node's, \"auto\": one per "
+                             "core); several values: one burst each")
     parser.add_argument("--repeat", type=int, default=1,
                         help="bursts per --builders value, in turn (the same images again)")
     parser.add_argument("--steps", action="store_true",
@@ -264,6 +267,8 @@ def main() -> int:
                              "batch), part10 (pydicom's writer, not dicom.encode), sr (the "
                              "SR's content tree by highdicom's templates, not "
                              "dicom.srcontent)")
+    parser.add_argument("--model-threads", type=int, default=0,
+                        help="model.threads (0: all cores); the model alone runs with as many")
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
@@ -274,6 +279,10 @@ def main() -> int:
         parser.error("--images, --burst and --batch-size must be at least 1, --warmup at "
                      "least 0")
     if not args.stages:
+        if args.builders is None:
+            from bcd_node.settings import output_builder_processes
+
+            args.builders = [output_builder_processes(None)]
         return burst(args)
 
     import numpy as np
