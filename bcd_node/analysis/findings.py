@@ -50,7 +50,7 @@ class QualityLike(Protocol):
 
 class PredictionLike(Protocol):
     """What the pipeline needs of a prediction (see
-    :class:`bcd_node.inference.predictor.Prediction`); it only reads them."""
+    :class:`bcd_node.inference.prediction.Prediction`); it only reads them."""
 
     @property
     def stage(self) -> str | None: ...

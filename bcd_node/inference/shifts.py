@@ -24,7 +24,8 @@ import numpy as np
 from bcd_node.inference import preprocess as pp
 from bcd_node.inference import synth
 from bcd_node.inference.ood_fit import synthetic_fields
-from bcd_node.inference.predictor import Prediction, Predictor
+from bcd_node.inference.prediction import Prediction
+from bcd_node.inference.predictor import Predictor
 from bcd_node.inference.spec import CLASSES, REASON_SCALE_UNKNOWN
 
 #: The held-out seed of the suite (unused by training, test, and the density fit).

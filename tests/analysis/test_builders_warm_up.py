@@ -18,7 +18,7 @@ from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.db.models import Job, Result
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
-from tests.support.warm import warm_state
+from tests.support.warm import model_frameworks, warm_state
 
 
 class Refusing:
@@ -108,5 +108,7 @@ def test_a_pool_starts_at_warm_up_and_each_process_is_warm_before_its_first_task
         answers = [started.submit(warm_state).result(timeout=120) for _ in range(8)]
         assert {warm for _pid, warm in answers} == {True}
         assert len({pid for pid, _warm in answers}) <= 2
+        # Building a prediction's outputs needs no model framework (2 s, 500 MB a process).
+        assert started.submit(model_frameworks).result(timeout=120) == set()
     finally:
         pool.close()

@@ -10,3 +10,10 @@ def warm_state() -> tuple[int, bool]:
     from bcd_node.analysis import builders
 
     return os.getpid(), builders.warmed_up
+
+
+def model_frameworks() -> set[str]:
+    """The machine-learning frameworks this process has imported (a builder needs none)."""
+    import sys
+
+    return {name.split(".")[0] for name in sys.modules} & {"keras", "tensorflow", "torch", "jax"}
