@@ -416,7 +416,7 @@ def output_builder_processes(setting: int | None, cores: int | None = None) -> i
     return 0 if cores < 2 else min(cores, MAX_AUTO_BUILDERS)
 
 
-#: The most builder processes "auto" starts (each takes about 150 MB of memory).
+#: The most builder processes "auto" starts (each takes about 250 MB of memory).
 MAX_AUTO_BUILDERS = 8
 
 

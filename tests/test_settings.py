@@ -124,7 +124,7 @@ def test_output_builders_are_auto_by_default_or_a_number() -> None:
     (None, 1, 0),  # one core: building in the worker, no process to take turns with
     (None, 2, 2),  # the project's machine: 2 builders beat 0 and 3 (docs/operations.md)
     (None, 6, 6),
-    (None, 64, MAX_AUTO_BUILDERS),  # about 150 MB each
+    (None, 64, MAX_AUTO_BUILDERS),  # about 250 MB each
     (0, 16, 0),
     (3, 2, 3),
 ])

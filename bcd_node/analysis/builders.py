@@ -279,7 +279,7 @@ def _end_with_parent() -> None:
 
     A pool's process otherwise outlives a worker killed with ``kill -9`` (or by the kernel's
     out-of-memory killer): it waits for tasks on a queue whose other end its siblings still
-    hold, forever, with its 150 MB. The parent's sentinel (a pipe only the parent holds open)
+    hold, forever, with its 250 MB. The parent's sentinel (a pipe only the parent holds open)
     becomes readable when the parent is gone, whatever ended it; a thread waits for that.
     """
     parent = multiprocessing.parent_process()
