@@ -164,6 +164,7 @@ class Builders:
             raise ValueError(f"processes must be >= 0, got {processes!r}")
         self.processes = processes
         self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
         #: What each new builder process builds once before its first image (warm_up).
         self._warm_request: BuildRequest | None = None
 
@@ -193,13 +194,14 @@ class Builders:
         return True
 
     def _started_pool(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.processes,
-                                             mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_builder,
-                                             initargs=(self._warm_request,))
-            LOGGER.info("outputs are built in %d processes", self.processes)
-        return self._pool
+        with self._lock:  # worker threads share the pool: one new pool after a break
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(self.processes,
+                                                 mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_start_builder,
+                                                 initargs=(self._warm_request,))
+                LOGGER.info("outputs are built in %d processes", self.processes)
+            return self._pool
 
     def build_all(self, requests: Sequence[BuildRequest]) -> list[Built | Exception]:
         """Build each request; an image whose building fails gets its error, the others
@@ -238,8 +240,9 @@ class Builders:
     def _discard(self, pool: ProcessPoolExecutor) -> None:
         """Forget a broken pool (its processes are ended); the next batch starts a new one."""
         pool.shutdown(wait=False, cancel_futures=True)
-        if self._pool is pool:
-            self._pool = None
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
 
     def close(self) -> None:
         """Stop the pool's processes (after the images in hand)."""
