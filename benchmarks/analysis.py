@@ -9,7 +9,9 @@ the outputs built as the node builds them by default (``workers.output_builders`
 process per core; ``--builders`` to choose). It prints images/s from the first claim to the
 last publish, and, in the same run, the rate of
 the model alone (:meth:`Predictor.predict` over the same decoded images, in batches of the same
-size): the ratio says how much of the worker's time is not the model.
+size), timed before the first burst and after each one: each burst's ratio is against the model
+alone on either side of it, so that a machine whose speed drifts during the run does not skew
+it. The ratio says how much of the worker's time is not the model.
 
 **Stages** (``--stages``): runs the worker's own code
 (:func:`bcd_node.analysis.findings.analyze_dataset`, then the SEG, SR and Encapsulated PDF
@@ -20,7 +22,7 @@ writes. No database and no network: this is the CPU cost of one analysis.
 
 Reproduce with::
 
-    .venv/bin/python benchmarks/analysis.py                # burst of 200, then the model alone
+    .venv/bin/python benchmarks/analysis.py                # burst of 200, the model alone around it
     .venv/bin/python benchmarks/analysis.py --burst 50 --batch-size 8
     .venv/bin/python benchmarks/analysis.py --burst 64 --repeat 2 --compare part10
     .venv/bin/python benchmarks/analysis.py --burst 200 --repeat 2 --compare sr
@@ -36,6 +38,7 @@ import argparse
 import functools
 import json
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -107,7 +110,8 @@ def pillow_png(array: Any) -> bytes:
 
 
 def burst(args: argparse.Namespace) -> int:
-    """A burst of images through the real worker, then the model alone on the same images."""
+    """Bursts of images through the real worker, and the model alone on the same images before
+    the first burst and after each one."""
     import numpy as np
 
     from bcd_node.analysis.findings import decode_for_analysis
@@ -156,6 +160,20 @@ def burst(args: argparse.Namespace) -> int:
         node_png, node_syncfs, node_part10 = (builders_module.png, storage._syncfs,
                                               publish.part10_bytes)
         node_report = dicom.srcontent.measurement_report
+        # The model alone, on the same images decoded, in batches of the same size: before
+        # the first burst and after each one, so that each burst's ratio has a reference on
+        # either side of it (a shared machine's speed drifts within a run).
+        images = [decode_for_analysis(read_dataset(Path(work) / "data" / p)) for p in paths]
+
+        def model_alone() -> float:
+            started = time.perf_counter()
+            for start in range(0, len(images), args.batch_size):
+                predictor.predict([frame for frames in images[start:start + args.batch_size]
+                                   for frame in frames])
+            return time.perf_counter() - started
+
+        model_runs = [model_alone()]
+        model_reference: dict[str, list[float]] = {}
         # With --compare the order turns each repeat.
         pair = COMPARE[args.compare] if args.compare else ("node",)
         rounds = [(count, threads, variant) for r in range(args.repeat)
@@ -196,17 +214,11 @@ def burst(args: argparse.Namespace) -> int:
                                                else "")
             worker_seconds.setdefault(label, []).append(time.perf_counter() - started)
             builders.close()
+            model_runs.append(model_alone())
+            model_reference.setdefault(label, []).append((model_runs[-2] + model_runs[-1]) / 2)
         with context.session_factory() as s:
             done = s.execute(select(func.count(Job.id)).where(
                 Job.kind == JobKind.ANALYZE, Job.state == JobState.DONE)).scalar_one()
-        # The model alone, on the same images decoded, in batches of the same size.
-        images = [decode_for_analysis(read_dataset(Path(work) / "data" / p)) for p in paths]
-        started = time.perf_counter()
-        for start in range(0, len(images), args.batch_size):
-            chunk = [frame for frames in images[start:start + args.batch_size]
-                     for frame in frames]
-            predictor.predict(chunk)
-        model_seconds = time.perf_counter() - started
         context.engine.dispose()
     n = args.burst
     report = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
@@ -214,8 +226,11 @@ def burst(args: argparse.Namespace) -> int:
               "batch_size": args.batch_size, "model": f"{info['name']} {info['version']}",
               "worker_images_per_s": {label: [round(n / sec, 2) for sec in secs]
                                       for label, secs in worker_seconds.items()},
-              "model_only_images_per_s": round(n / model_seconds, 2),
-              "ratio": {label: [round(model_seconds / sec, 2) for sec in secs]
+              "model_only_images_per_s": round(n / statistics.median(model_runs), 2),
+              "model_only_runs_images_per_s": [round(n / sec, 2) for sec in model_runs],
+              # Each burst against the model alone just before and just after it.
+              "ratio": {label: [round(ref / sec, 2)
+                                for ref, sec in zip(model_reference[label], secs)]
                         for label, secs in worker_seconds.items()},
               "steps_ms_per_image": {name: {"wall": round(wall / (n * len(rounds)) * 1000, 1),
                                             "thread_cpu": round(steps_cpu[name]
@@ -235,7 +250,9 @@ def burst(args: argparse.Namespace) -> int:
               f"{', '.join(f'{rate:.2f}' for rate in rates)} images/s; worker / model alone "
               f"{', '.join(f'{ratio:.2f}' for ratio in report['ratio'][label])}")
     print(f"  the model alone, same images, batched: {report['model_only_images_per_s']:.2f} "
-          f"images/s")
+          f"images/s (median; before the first burst and after each: "
+          f"{', '.join(f'{rate:.2f}' for rate in report['model_only_runs_images_per_s'])}; "
+          f"each burst's ratio is against the runs on either side of it)")
     if report["steps_ms_per_image"]:
         print("  the worker's steps, per image, over every burst (wall; CPU of the thread):")
         for name, step in report["steps_ms_per_image"].items():
