@@ -130,7 +130,35 @@ def _associate(ae: AE, peer: Peer, **kwargs: Any) -> Association:
         raise PeerUnavailableError(f"cannot associate with {peer.ae_title}@{peer.host}:"
                                    f"{peer.port}{' (TLS)' if peer.tls else ''}{reason}")
     no_delay(assoc)
+    keep_responses_for_the_sender(assoc)
     return assoc
+
+
+def keep_responses_for_the_sender(assoc: Association) -> None:
+    """Hand a response that the association's reactor thread took back to the thread that
+    waits for it.
+
+    pynetdicom pauses its reactor thread while ``send_c_store`` (and the other ``send_*``)
+    wait for their response, but trusts a flag that the reactor set before its last pause:
+    when the reactor thread is late to run after one exchange (a busy CPU, the interpreter
+    lock held elsewhere), the next request goes out while that flag is stale, the reactor
+    then wakes and takes the next response off the queue, logs "Received unexpected C-STORE
+    service message" and drops it, and the sender waits for the whole ``dimse_timeout``
+    (60 s by default) for a response that came at once. Seen in a delivery to a PACS while
+    the worker's builders kept both cores busy. A response is never a request the reactor
+    could serve: while a sender waits (the reactor is told to pause), it goes back on the
+    queue, where the sender finds it. Any other time pynetdicom handles it as before.
+    """
+    serve = assoc._serve_request  # noqa: SLF001 - pynetdicom's own dispatch, wrapped
+
+    def serve_or_give_back(msg: Any, context_id: int) -> None:
+        sender_waits = not assoc._reactor_checkpoint.is_set()  # noqa: SLF001 - an exchange
+        if not msg.is_valid_request and msg.is_valid_response and sender_waits:
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_give_back  # type: ignore[method-assign]  # noqa: SLF001
 
 
 def no_delay(assoc: Association) -> None:

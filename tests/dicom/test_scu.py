@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 
 import pytest
 
@@ -36,3 +38,65 @@ def test_every_association_sends_without_nagles_delay(tmp_path, monkeypatch) -> 
     finally:
         pacs.stop()
     assert len(seen) == 2 and all(seen), seen
+
+
+class LateReactor(threading.Event):
+    """An association's reactor checkpoint as a reactor thread meets it when it runs late: it
+    was woken at the end of one exchange, but runs again only once the next exchange has begun
+    (the checkpoint cleared again) and the peer's response is already in (or after 2 s)."""
+
+    def __init__(self, assoc) -> None:
+        super().__init__()
+        self.assoc = assoc
+        self.set()
+
+    def wait(self, timeout=None) -> bool:
+        woke = super().wait(timeout)
+        deadline = time.monotonic() + 2
+        while (self.is_set() or self.assoc.dimse.msg_queue.empty()) \
+                and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return woke
+
+
+def slow_sender(assoc) -> None:
+    """The sending thread, late to read its response: it reads it once the reactor thread has
+    had it in hand (or after 0.5 s)."""
+    send = assoc.dimse.send_msg
+
+    def late(primitive, context_id) -> None:
+        send(primitive, context_id)
+        queue = assoc.dimse.msg_queue
+        deadline = time.monotonic() + 0.5
+        while queue.empty() and time.monotonic() < deadline:  # the response comes in
+            time.sleep(0.001)
+        while not queue.empty() and time.monotonic() < deadline:  # the reactor takes it
+            time.sleep(0.001)
+
+    assoc.dimse.send_msg = late
+
+
+def test_a_late_reactor_thread_does_not_take_the_senders_response(tmp_path, monkeypatch) -> None:
+    """pynetdicom's reactor thread, late to run after an exchange, took the C-STORE response
+    the sender was waiting for ("Received unexpected C-STORE service message") and dropped it,
+    and the sender waited the whole DIMSE timeout: a delivery stalled for a minute while the
+    builders kept the cores busy. The response goes back to the sender
+    (scu.keep_responses_for_the_sender)."""
+    pacs = StoreScp(tmp_path / "pacs").start()
+    set_no_delay = scu.no_delay
+
+    def late_threads(assoc) -> None:
+        set_no_delay(assoc)
+        assoc._reactor_checkpoint = LateReactor(assoc)
+        slow_sender(assoc)
+
+    monkeypatch.setattr(scu, "no_delay", late_threads)
+    try:
+        peer = scu.Peer(ae_title="PACS", host="127.0.0.1", port=pacs.port, dimse_timeout=5)
+        files = write_smears(tmp_path / "images", 3)
+        outcomes = scu.send_files(peer, files)
+        assert [o.error for o in outcomes] == [""] * 3
+        assert [o.ok for o in outcomes] == [True] * 3
+        assert len(pacs.files()) == 3
+    finally:
+        pacs.stop()
