@@ -272,6 +272,23 @@ class _DropLog:
         self.last, self.count, self.serious = now, 0, False
 
 
+def _describe_associations(associations: list[Any]) -> str:
+    """Running acceptor associations, for the log when a listener stops: the calling AE, the
+    peer's address and the association's state (no patient data)."""
+    parts = []
+    for assoc in associations:
+        try:
+            requestor = assoc.requestor
+            state = ("established" if assoc.is_established else "released" if assoc.is_released
+                     else "aborted" if assoc.is_aborted else "negotiating")
+            dul = getattr(getattr(assoc.dul, "state_machine", None), "current_state", "?")
+            parts.append(f"{requestor.ae_title or '?'} from {requestor.address}:"
+                         f"{requestor.port} ({state}, {dul})")
+        except Exception:  # noqa: BLE001 - only for the log
+            parts.append(repr(assoc))
+    return f"{len(parts)} association(s): " + "; ".join(parts)
+
+
 class SharedSocketListener:
     """Serves associations on a listening socket, possibly shared with other processes.
 
@@ -368,8 +385,14 @@ class SharedSocketListener:
             pass
         self._thread.join(timeout=5)
         deadline = time.monotonic() + timeout
+        if self.server.active_associations:
+            LOGGER.info("waiting up to %.0f s for %s", timeout,
+                        _describe_associations(self.server.active_associations))
         while self.server.active_associations and time.monotonic() < deadline:
             time.sleep(0.1)
+        if self.server.active_associations:
+            LOGGER.warning("aborting what did not finish within %.0f s: %s", timeout,
+                           _describe_associations(self.server.active_associations))
         for assoc in self.server.active_associations:
             assoc.abort()
         self.sock.close()

@@ -97,3 +97,33 @@ def test_pynetdicom_logging_handlers_are_bound_only_when_their_lines_are_kept(
         assert bool(server._handlers.get(evt.EVT_PDU_RECV)) is bound
     finally:
         server.shutdown()
+
+
+def test_an_association_still_open_when_the_listener_stops_is_named_and_aborted(caplog) -> None:
+    """A listener that stops waits for running associations, then aborts the rest and says
+    which they were (calling AE, address, state): a stop that takes the whole grace period
+    can then be traced to the peer that kept it."""
+    from pynetdicom import AE
+
+    from dicom.scp import start_scp
+
+    listener = start_scp(policy(), "127.0.0.1", 0, [])
+    port = listener.sock.getsockname()[1]
+    ae = AE(ae_title="LINGERER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="BCD_NODE")
+    try:
+        assert assoc.is_established
+        with caplog.at_level(logging.INFO, logger="dicom.scp"):
+            listener.shutdown(timeout=0.5)
+        assert "waiting up to 0 s for 1 association(s): LINGERER from 127.0.0.1:" in caplog.text
+        assert "aborting what did not finish within 0 s: 1 association(s): LINGERER" \
+            in caplog.text
+        assert "(established, Sta6)" in caplog.text
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:  # the abort reaches it
+            time.sleep(0.05)
+        assert assoc.is_aborted
+    finally:
+        if assoc.is_established:
+            assoc.abort()
