@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 from typing import Iterable, TextIO
 
@@ -176,7 +177,7 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
         tell_parent_ready()
         threading.Thread(target=notify_when_healthy, args=(context, stop),
                          name="notify-ready", daemon=True).start()
-        stop.wait()
+        wait_for_stop(stop)
     finally:
         for stopper in reversed(stoppers):
             try:
@@ -186,6 +187,20 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
         context.engine.dispose()
         LOGGER.info("stopped")
     return 0
+
+
+def wait_for_stop(stop: threading.Event, interval: float = 0.2) -> None:
+    """Wait in the main thread until ``stop`` is set, without taking its lock.
+
+    The SIGTERM handler sets ``stop``, and a handler runs in the main thread between two of
+    its steps: had the main thread been inside ``stop.wait()`` just then, holding the event's
+    lock to go back to sleep, ``stop.set()`` in the handler would wait for that lock forever.
+    A listener process of a CI run hung so on SIGTERM (py-spy: ``Event.set`` in the handler
+    over ``Condition._acquire_restore`` in ``Event.wait``). ``is_set`` takes no lock; the loop
+    sees the stop within ``interval`` seconds.
+    """
+    while not stop.is_set():
+        time.sleep(interval)
 
 
 def serve(settings: Settings, stop: threading.Event | None = None) -> int:
