@@ -14,15 +14,16 @@ import pytest
 from tests.support.procs import ended
 from tests.support.waiting import wait_for
 
-#: A stand-in worker: starts two builder processes, prints their PIDs, then waits.
+#: A stand-in worker: starts two builder processes, prints their PIDs, then waits until it is
+#: killed (or its standard input closes).
 WORKER = """
-import sys, time
+import sys
 from bcd_node.analysis.builders import Builders, _nothing
 pool = Builders(2)._started_pool()
 for future in [pool.submit(_nothing) for _ in range(2)]:
     future.result()
 print(*pool._processes, flush=True)
-time.sleep(600)
+sys.stdin.read()
 """
 
 
@@ -30,7 +31,7 @@ time.sleep(600)
 def test_builder_processes_end_when_their_worker_is_killed(sig: int) -> None:
     root = Path(__file__).resolve().parents[2]
     worker = subprocess.Popen([sys.executable, "-c", WORKER], cwd=root, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     builders: list[int] = []
     try:
         line = worker.stdout.readline()  # type: ignore[union-attr]

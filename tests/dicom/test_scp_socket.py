@@ -12,6 +12,7 @@ from pynetdicom import _config, evt
 
 from dicom.association import _QuietSocket
 from dicom.scp import ScpPolicy, build_ae, storage_contexts
+from tests.support.waiting import wait_for
 
 
 def quiet_socket(sock: socket.socket) -> _QuietSocket:
@@ -120,10 +121,7 @@ def test_an_association_still_open_when_the_listener_stops_is_named_and_aborted(
         assert "aborting what did not finish within 0 s: 1 association(s): LINGERER" \
             in caplog.text
         assert "(established, Sta6)" in caplog.text
-        deadline = time.monotonic() + 10
-        while assoc.is_established and time.monotonic() < deadline:  # the abort reaches it
-            time.sleep(0.05)
-        assert assoc.is_aborted
+        wait_for(lambda: assoc.is_aborted, timeout=10, what="the abort to reach the peer")
     finally:
         if assoc.is_established:
             assoc.abort()

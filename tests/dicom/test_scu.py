@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 
 import pytest
 
@@ -52,10 +51,9 @@ class LateReactor(threading.Event):
 
     def wait(self, timeout=None) -> bool:
         woke = super().wait(timeout)
-        deadline = time.monotonic() + 2
-        while (self.is_set() or self.assoc.dimse.msg_queue.empty()) \
-                and time.monotonic() < deadline:
-            time.sleep(0.001)
+        queue = self.assoc.dimse.msg_queue
+        with queue.not_empty:  # notified by each message the peer's answers put in
+            queue.not_empty.wait_for(lambda: not self.is_set() and queue.queue, timeout=2)
         return woke
 
 
@@ -67,11 +65,10 @@ def slow_sender(assoc) -> None:
     def late(primitive, context_id) -> None:
         send(primitive, context_id)
         queue = assoc.dimse.msg_queue
-        deadline = time.monotonic() + 0.5
-        while queue.empty() and time.monotonic() < deadline:  # the response comes in
-            time.sleep(0.001)
-        while not queue.empty() and time.monotonic() < deadline:  # the reactor takes it
-            time.sleep(0.001)
+        with queue.not_empty:  # the response comes in
+            queue.not_empty.wait_for(lambda: queue.queue, timeout=0.5)
+        with queue.not_full:  # the reactor takes it (a get notifies not_full)
+            queue.not_full.wait_for(lambda: not queue.queue, timeout=0.5)
 
     assoc.dimse.send_msg = late
 
