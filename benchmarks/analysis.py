@@ -87,11 +87,32 @@ def time_steps(wall: dict[str, float], cpu: dict[str, float]) -> None:
     for owner, name, label in (
             (image.ImageAnalysis, "prepare", "reading, decoding, the job's rows"),
             (image, "predict_each", "prediction (the model and its Python)"),
-            (builders.Builders, "build_all", "building the outputs"),
-            (image.ImageAnalysis, "_write", "writing the files"),
+            (builders.Builders, "build_all", "building and writing the outputs"),
             (storage.BatchWrite, "flush", "making them durable (the batch's syncfs)"),
             (image.ImageAnalysis, "_publish", "publishing (result and outbox rows)")):
         setattr(owner, name, timed(wall, label, getattr(owner, name), cpu))
+
+
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds the processes ``pids`` (and all their threads) have used so
+    far, from ``/proc``; a process that has ended counts 0."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    user = system = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        user += int(fields[11]) / ticks
+        system += int(fields[12]) / ticks
+    return user, system
+
+
+def builder_pids(builders: Any) -> list[int]:
+    """The pids of a :class:`~bcd_node.analysis.builders.Builders` pool's processes."""
+    pool = builders._pool  # noqa: SLF001 - a benchmark looks inside
+    return list(pool._processes) if pool is not None else []  # noqa: SLF001
 
 
 #: --compare: the way before issue 17's change, then the node's.
@@ -165,12 +186,24 @@ def burst(args: argparse.Namespace) -> int:
         # either side of it (a shared machine's speed drifts within a run).
         images = [decode_for_analysis(read_dataset(Path(work) / "data" / p)) for p in paths]
 
+        #: CPU seconds (user, system) per image: of the model alone; of each burst, this
+        #: process's and its builder processes'.
+        cpu_use: dict[str, list[tuple[float, float]]] = {}
+
+        def used_since(before: tuple[float, float], pids: list[int]) -> tuple[float, float]:
+            user, system = cpu_seconds(pids)
+            return (user - before[0]) / len(images), (system - before[1]) / len(images)
+
         def model_alone() -> float:
+            cpu_before = cpu_seconds([os.getpid()])
             started = time.perf_counter()
             for start in range(0, len(images), args.batch_size):
                 predictor.predict([frame for frames in images[start:start + args.batch_size]
                                    for frame in frames])
-            return time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            cpu_use.setdefault("the model alone", []).append(
+                used_since(cpu_before, [os.getpid()]))
+            return elapsed
 
         model_runs = [model_alone()]
         model_reference: dict[str, list[float]] = {}
@@ -198,6 +231,8 @@ def burst(args: argparse.Namespace) -> int:
             pipeline.warm_up()
             workers = Workers(context, pipeline.run, 0, on_failed=pipeline.job_failed,
                               run_batch=pipeline.run_batch if args.batch_size > 1 else None)
+            pids = builder_pids(builders)
+            cpu_before = cpu_seconds([os.getpid()]), cpu_seconds(pids)
             started = time.perf_counter()
 
             def drain(owner: str) -> None:
@@ -213,6 +248,11 @@ def burst(args: argparse.Namespace) -> int:
             label = f"{count} {n_threads}" + (f" {args.compare}: {variant}" if args.compare
                                                else "")
             worker_seconds.setdefault(label, []).append(time.perf_counter() - started)
+            cpu_use.setdefault(f"{label}: worker process", []).append(
+                used_since(cpu_before[0], [os.getpid()]))
+            if count:
+                cpu_use.setdefault(f"{label}: builder processes", []).append(
+                    used_since(cpu_before[1], pids))
             builders.close()
             model_runs.append(model_alone())
             model_reference.setdefault(label, []).append((model_runs[-2] + model_runs[-1]) / 2)
@@ -232,6 +272,12 @@ def burst(args: argparse.Namespace) -> int:
               "ratio": {label: [round(ref / sec, 2)
                                 for ref, sec in zip(model_reference[label], secs)]
                         for label, secs in worker_seconds.items()},
+              # CPU per image (median of the runs), so that the ratio can be read as where the
+              # cores went: the model's share of what the burst used.
+              "cpu_ms_per_image": {name: {
+                  "user": round(statistics.median(u for u, _ in runs) * 1000, 1),
+                  "system": round(statistics.median(s for _, s in runs) * 1000, 1)}
+                  for name, runs in cpu_use.items()},
               "steps_ms_per_image": {name: {"wall": round(wall / (n * len(rounds)) * 1000, 1),
                                             "thread_cpu": round(steps_cpu[name]
                                                                 / (n * len(rounds)) * 1000, 1)}
@@ -253,6 +299,12 @@ def burst(args: argparse.Namespace) -> int:
           f"images/s (median; before the first burst and after each: "
           f"{', '.join(f'{rate:.2f}' for rate in report['model_only_runs_images_per_s'])}; "
           f"each burst's ratio is against the runs on either side of it)")
+    print("  CPU per image (median of the runs; user + system, all threads of the processes):")
+    for name, use in report["cpu_ms_per_image"].items():
+        count, threads, *rest = name.split(" ", 2) if name[0].isdigit() else ("", "", name)
+        label = (f"builders {count}, workers.count {threads}, {rest[0].lstrip(': ')}" if count
+                 else rest[0])
+        print(f"    {label:<56} {use['user']:6.1f} + {use['system']:5.1f} ms")
     if report["steps_ms_per_image"]:
         print("  the worker's steps, per image, over every burst (wall; CPU of the thread):")
         for name, step in report["steps_ms_per_image"].items():

@@ -788,3 +788,23 @@ def assemble_total_pixel_matrix(
         width = min(info.columns, total_cols - col)
         out[row : row + height, col : col + width] = frame[:height, :width]
     return out
+
+
+#: The elements that hold an image's pixels: Pixel Data, Float and Double Float Pixel Data.
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+
+
+def without_pixels(ds: Dataset) -> Dataset:
+    """``ds``'s attributes and file meta information without its pixels (nor the decoded array
+    pydicom keeps with them): what describes the image, for work that has the pixels decoded
+    already. The elements are ``ds``'s own (not copies, not converted), so this is quick; the
+    result is meant to be read, as ``ds`` would be.
+    """
+    header = Dataset()
+    for tag in ds.keys():
+        if tag not in _PIXEL_TAGS:
+            header[tag] = ds.get_item(tag)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        header.file_meta = meta
+    return header

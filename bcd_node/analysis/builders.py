@@ -2,11 +2,13 @@
 
 Building what the node sends for an image (the PDF report, the SEG, SR and Encapsulated PDF
 as Part 10 bytes, the console's mask and overlay pictures) is pure CPU work on data the worker
-already holds: it needs no database, no file and no model. :func:`build` does it for one image
-from its decoded pixels and predictions and returns bytes. :class:`Builders` runs it either in
-the calling process (``workers.output_builders = 0``) or in that many processes of a pool, so
-that building scales with the machine's cores while the worker's process keeps the model (on a
-GPU: one process feeds the accelerator, several CPUs build). The bytes are the same either way.
+already holds: it needs no database and no model. :func:`build` does it for one image from its
+decoded pixels and predictions, and writes the files into the image's results folder (the
+worker's batch then makes them durable at once, and publishes). :class:`Builders` runs it
+either in the calling process (``workers.output_builders = 0``) or in that many processes of a
+pool, so that building and writing scale with the machine's cores while the worker's process
+keeps the model (on a GPU: one process feeds the accelerator, several CPUs build). Only the
+findings go back to the worker, not the files' bytes. The files are the same either way.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from bcd_node.analysis.findings import Combined, build_analysis
 from bcd_node.analysis.publish import dicom_bytes
 from bcd_node.records.cells import split_cells
 from bcd_node.report.pictures import channels, check_picture, filtered_rows_deflated
+from bcd_node.store.storage import Store, write_for_batch
 from dicom import describe
 from dicom.algorithm import Algorithm
 
@@ -43,6 +46,7 @@ LOGGER = logging.getLogger(__name__)
 class BuildRequest:
     """What :func:`build` needs of one image (all of it picklable)."""
 
+    #: The image's attributes (:func:`dicom.pixels.without_pixels`: its pixels are ``images``).
     dataset: Dataset
     images: list[np.ndarray]
     predictions: Sequence[Any]
@@ -58,6 +62,12 @@ class BuildRequest:
     #: The image's pixel size in µm and where it came from (findings.image_scale).
     um_per_pixel: float | None = None
     scale_source: str | None = None
+    #: Where the files go: with ``folder`` (under the data folder), :func:`build` writes them
+    #: there as a :class:`~bcd_node.store.storage.BatchWrite` of the caller would, fsyncing
+    #: each one if ``sync_files``, and returns no bytes; the caller's batch adopts the folder.
+    store: Store | None = None
+    folder: str | None = None
+    sync_files: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,30 @@ class Built:
     #: The field's cells (:meth:`bcd_node.records.cells.CellList.as_json`), for a diagnosed
     #: one-image field.
     cells: dict[str, Any] | None = None
+    #: Whether the files are written (the request's ``folder``): the bytes above are then
+    #: empty, and only say which files there are.
+    written: bool = False
+
+    def files(self) -> dict[str, bytes]:
+        """The files of the image's results folder, by name."""
+        files = {"mask.png": self.mask_png}
+        if self.probability_png is not None:
+            files["probability.png"] = self.probability_png
+        files["overlay.png"] = self.overlay_png
+        if self.pdf is not None:
+            files["report.pdf"] = self.pdf
+        for made in self.objects:
+            files[f"{made.kind}.dcm"] = made.data
+        return files
+
+    def emptied(self) -> Built:
+        """This, written: the same files named, without their bytes (what goes back from a
+        builder process)."""
+        return dataclasses.replace(
+            self, mask_png=b"", overlay_png=b"", written=True,
+            pdf=None if self.pdf is None else b"",
+            probability_png=None if self.probability_png is None else b"",
+            objects=tuple(dataclasses.replace(made, data=b"") for made in self.objects))
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -117,7 +151,15 @@ def png(array: np.ndarray) -> bytes:
 
 def build(request: BuildRequest) -> Built:
     """Build the outputs of one image (:func:`~bcd_node.analysis.findings.build_analysis`)
-    and serialise them."""
+    and serialise them; write them when the request has a ``folder`` (then, in a builder
+    process, the files' bytes never go back to the worker).
+
+    Raises
+    ------
+    StorageFullError
+        Writing would leave less than ``storage.min_free_disk`` free: the files written before
+        stay (named, not referred to), as a :class:`~bcd_node.store.storage.BatchWrite`'s do.
+    """
     analysis = build_analysis(request.dataset, request.images, request.predictions,
                               algorithm=request.algorithm,
                               review_threshold=request.review_threshold,
@@ -145,9 +187,15 @@ def build(request: BuildRequest) -> Built:
              if combined.stage is not None and len(request.images) == 1 else None)
     # The map is in the PNG: it does not travel back from a builder process as floats.
     combined = dataclasses.replace(combined, probability=None)
-    return Built(combined, png(combined.masks[0] * 255),
-                 png(analysis.overlay),
-                 analysis.pdf if objects else None, objects, probability_png, cells)
+    built = Built(combined, png(combined.masks[0] * 255),
+                  png(analysis.overlay),
+                  analysis.pdf if objects else None, objects, probability_png, cells)
+    if request.store is None or request.folder is None:
+        return built
+    for name, data in built.files().items():
+        write_for_batch(request.store, f"{request.folder}/{name}", data,
+                        sync=request.sync_files)
+    return built.emptied()
 
 
 class Builders:

@@ -58,7 +58,7 @@ from bcd_node.store.layout import DataLayout
 from bcd_node.store.storage import BatchWrite
 from dicom.errors import DicomError
 from dicom.nondiagnostic import NonDiagnostic
-from dicom.pixels import read_dataset
+from dicom.pixels import read_dataset, without_pixels
 from dicom.sr import document_reference
 from dicom.stages import Stage
 
@@ -167,23 +167,22 @@ class ImageAnalysis:
                 ready.append((i, prepared))
         predictions = predict_each(self.analyzer, [p.images for _, p in ready],
                                    [p.um_per_pixel for _, p in ready])
-        requests: list[tuple[int, Prepared, BuildRequest]] = []
-        for (i, prepared), predicted in zip(ready, predictions):
-            if isinstance(predicted, Exception):
-                out[i] = (None, predicted)
-            else:
-                requests.append((i, prepared, self._request(prepared, predicted)))
-        built = self.builders.build_all([request for _, _, request in requests])
         written: list[tuple[int, Prepared, Built]] = []
+        # The batch is open before the builders write into it: a write-back error of theirs
+        # is then reported to its syncfs.
         with self.context.store.batch() as batch:
+            requests: list[tuple[int, Prepared, BuildRequest]] = []
+            for (i, prepared), predicted in zip(ready, predictions):
+                if isinstance(predicted, Exception):
+                    out[i] = (None, predicted)
+                else:
+                    requests.append((i, prepared, self._request(prepared, predicted, batch)))
+            built = self.builders.build_all([request for _, _, request in requests])
             for (i, prepared, _request), made in zip(requests, built):
-                try:
-                    if isinstance(made, Exception):
-                        raise made
-                    self._write(batch, prepared, made)
-                except Exception as exc:  # noqa: BLE001 - this job's own error
-                    out[i] = (None, exc)
+                if isinstance(made, Exception):  # this job's own error
+                    out[i] = (None, made)
                     continue
+                batch.adopt(self.context.store.path(self._folder(prepared)))
                 written.append((i, prepared, made))
             try:  # every file of the batch made durable at once, before any row names it
                 batch.flush()
@@ -218,31 +217,24 @@ class ImageAnalysis:
         return Prepared(job, inst, study, patient, ds, decode_for_analysis(ds),
                         self._supersedes(inst, study), ctx.field_number(inst, study), um, source)
 
-    def _request(self, prepared: Prepared, predictions: Sequence[PredictionLike]
-                 ) -> BuildRequest:
+    def _request(self, prepared: Prepared, predictions: Sequence[PredictionLike],
+                 batch: BatchWrite) -> BuildRequest:
+        """What building ``prepared``'s outputs needs; its files go into ``batch``."""
         ctx = self.context
-        return BuildRequest(prepared.dataset, prepared.images, list(predictions),
+        # Without its pixels: the builders have them decoded (images), and a builder process
+        # would otherwise be sent them twice more (the Pixel Data and pydicom's decoded array).
+        return BuildRequest(without_pixels(prepared.dataset), prepared.images, list(predictions),
                             ctx.algorithm, ctx.settings.model.review_threshold,
                             ctx.settings.uids.root, ctx.demonstration_model,
                             prepared.instance.revision, prepared.supersedes,
                             prepared.field_number, ctx.settings.web.tzinfo,
-                            prepared.um_per_pixel, prepared.scale_source)
+                            prepared.um_per_pixel, prepared.scale_source,
+                            store=ctx.store, folder=self._folder(prepared),
+                            sync_files=batch.sync_files)
 
     def _folder(self, prepared: Prepared) -> str:
         inst = prepared.instance
         return DataLayout.instance_results(inst.id, self.context.model_version, inst.revision)
-
-    def _write(self, batch: BatchWrite, prepared: Prepared, built: Built) -> None:
-        """Write the files of ``built`` in ``batch`` (the caller flushes it)."""
-        folder = self._folder(prepared)
-        batch.write(f"{folder}/mask.png", built.mask_png)
-        if built.probability_png is not None:
-            batch.write(f"{folder}/probability.png", built.probability_png)
-        batch.write(f"{folder}/overlay.png", built.overlay_png)
-        if built.pdf is not None:
-            batch.write(f"{folder}/report.pdf", built.pdf)
-        for made in built.objects:
-            batch.write(f"{folder}/{made.kind}.dcm", made.data)
 
     def _publish(self, prepared: Prepared, built: Built) -> int | None:
         """The result row and its outbox rows, with the job's completion, in one transaction."""

@@ -303,6 +303,11 @@ class BatchWrite:
     data folder that shares its file system with heavy writers it also waits for theirs. A
     folder under the data folder that is another file system (a volume mounted at
     ``results/``) gets a ``syncfs`` of its own.
+
+    Another process may write files of the batch (the output builders): it writes each with
+    :func:`write_for_batch` (given :attr:`sync_files`), and the batch adopts their folder
+    (:meth:`adopt`). The batch must be open before they write, so that a write-back error of
+    theirs is reported to its ``syncfs``.
     """
 
     def __init__(self, store: Store) -> None:
@@ -330,6 +335,11 @@ class BatchWrite:
         else:
             self._fds[device] = fd
 
+    @property
+    def sync_files(self) -> bool:
+        """Whether each file must be fsynced as it is written (no ``syncfs`` here)."""
+        return not self._syncfs
+
     def write(self, relpath: str, data: bytes) -> Path:
         """Write ``data`` to ``relpath`` under its name (durable at :meth:`flush`).
 
@@ -338,13 +348,16 @@ class BatchWrite:
         StorageFullError
             As :meth:`Store.write`; nothing is written.
         """
-        self.store.check_space(len(data))
-        folder, _, name = relpath.rpartition("/")
-        target = self.store.begin_write(folder, data, name).finish(name, sync=not self._syncfs)
-        if self._syncfs and target.parent not in self._folders:
-            self._open(target.parent)  # kept only if it is another file system
-        self._folders.add(target.parent)
+        target = write_for_batch(self.store, relpath, data, sync=self.sync_files)
+        self.adopt(target.parent)
         return target
+
+    def adopt(self, folder: Path) -> None:
+        """Make the files written into ``folder`` (by :func:`write_for_batch`, in any process)
+        durable at :meth:`flush` with this batch's."""
+        if self._syncfs and folder not in self._folders:
+            self._open(folder)  # kept only if it is another file system
+        self._folders.add(folder)
 
     def flush(self) -> None:
         """Make every file written so far durable, with its name.
@@ -370,6 +383,21 @@ class BatchWrite:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def write_for_batch(store: Store, relpath: str, data: bytes, *, sync: bool) -> Path:
+    """Write ``data`` to ``relpath`` under its name, as :meth:`BatchWrite.write` does, from
+    any process: ``sync`` is the batch's :attr:`~BatchWrite.sync_files`, and the file is
+    durable once the batch has adopted its folder (:meth:`~BatchWrite.adopt`) and flushed.
+
+    Raises
+    ------
+    StorageFullError
+        As :meth:`Store.write`; nothing is written.
+    """
+    store.check_space(len(data))
+    folder, _, name = relpath.rpartition("/")
+    return store.begin_write(folder, data, name).finish(name, sync=sync)
 
 
 def remove_previews(layout: DataLayout, instance_id: int, keep: str | None = None) -> int:

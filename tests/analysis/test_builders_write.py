@@ -1,0 +1,146 @@
+"""The builders write an image's files themselves (BuildRequest.folder): only the findings go
+back to the worker, whose batch makes the files durable with its own (BatchWrite.adopt), and
+the builders are sent the image's attributes without its pixels (dicom.pixels.without_pixels)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+import pydicom
+import pytest
+
+from bcd_node.analysis import builders
+from bcd_node.analysis.builders import Builders, BuildRequest
+from bcd_node.analysis.pipeline import Pipeline
+from bcd_node.runtime import NodeContext, open_node
+from bcd_node.settings import load_settings
+from bcd_node.store import storage
+from bcd_node.store.storage import StorageFullError, Store
+from dicom.pixels import without_pixels
+from tests.support.images import vl_micro
+
+
+@pytest.fixture
+def context(write_config: Callable[..., Path]) -> Any:
+    made = open_node(load_settings(write_config()))
+    yield made
+    made.engine.dispose()
+
+
+@pytest.fixture
+def store(context: NodeContext) -> Store:
+    return Store(Path(context.settings.storage.data_dir), 0)
+
+
+@pytest.fixture
+def request_(context: NodeContext, predictor: Any) -> BuildRequest:
+    """The warm-up's request: a diagnostic synthetic field, with its predictions."""
+    pool = Builders(0)
+    Pipeline(context, predictor, builders=pool).warm_up()
+    assert pool._warm_request is not None
+    return pool._warm_request
+
+
+def _written(request: BuildRequest, store: Store, folder: str, *, sync: bool = True
+             ) -> BuildRequest:
+    return dataclasses.replace(request, store=store, folder=folder, sync_files=sync)
+
+
+def test_a_request_with_a_folder_writes_the_files_and_returns_no_bytes(
+        store: Store, request_: BuildRequest) -> None:
+    kept = builders.build(request_)
+    assert not kept.written and all(kept.files().values())
+
+    written = builders.build(_written(request_, store, "results/7/v1"))
+    folder = store.path("results/7/v1")
+    assert written.written
+    assert sorted(p.name for p in folder.iterdir()) == sorted(kept.files()) == [
+        "mask.png", "overlay.png", "pdf.dcm", "probability.png", "report.pdf", "seg.dcm",
+        "sr.dcm"]
+    assert set(written.files()) == set(kept.files())
+    assert all(data == b"" for data in written.files().values())
+    # The pictures are the same bytes; the objects are the ones named in the findings.
+    for name in ("mask.png", "overlay.png", "probability.png"):
+        assert (folder / name).read_bytes() == kept.files()[name]
+    for made in written.objects:
+        ds = pydicom.dcmread(folder / f"{made.kind}.dcm")
+        assert (str(ds.SOPClassUID), str(ds.SOPInstanceUID)) == (made.sop_class_uid,
+                                                                 made.sop_instance_uid)
+    assert (folder / "report.pdf").read_bytes().startswith(b"%PDF-")
+    assert (written.combined.stage, written.combined.probabilities, written.cells) == (
+        kept.combined.stage, kept.combined.probabilities, kept.cells)
+    # What a builder process sends back is the findings, not the files.
+    assert len(pickle.dumps(written)) < len(pickle.dumps(kept)) / 2
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_each_file_is_fsynced_only_when_the_batch_has_no_syncfs(
+        store: Store, request_: BuildRequest, monkeypatch: pytest.MonkeyPatch,
+        sync: bool) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    builders.build(_written(request_, store, "results/8/v1", sync=sync))
+    assert len(synced) == (7 if sync else 0)
+
+
+def test_the_batch_adopts_what_another_process_wrote(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without syncfs, the adopted folder is fsynced at the flush (its files were fsynced by
+    their writer); with syncfs, the flush syncs the file system once."""
+    store = Store(tmp_path, 0)
+    monkeypatch.setattr(storage, "_syncfs", None)
+    folders: list[set[Path]] = []
+    monkeypatch.setattr(Store, "sync_dirs", staticmethod(lambda f: folders.append(set(f))))
+    with store.batch() as batch:
+        assert batch.sync_files
+        target = storage.write_for_batch(store, "results/1/v1/sr.dcm", b"data",
+                                         sync=batch.sync_files)
+        batch.adopt(target.parent)
+        batch.flush()
+    assert folders == [{store.path("results/1/v1")}]
+    assert target.read_bytes() == b"data"
+
+
+def test_a_full_disk_fails_the_image_that_would_fill_it(
+        store: Store, request_: BuildRequest) -> None:
+    full = Store(store.root, min_free_disk=1 << 62)
+    with pytest.raises(StorageFullError):
+        builders.build(_written(request_, full, "results/9/v1"))
+    assert not full.path("results/9/v1/report.pdf").exists()
+
+
+def test_the_image_goes_to_the_builders_without_its_pixels() -> None:
+    ds = vl_micro(3)
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    _ = ds.pixel_array  # pydicom keeps the decoded array with the data set
+    header = without_pixels(ds)
+    assert "PixelData" not in header and "PixelData" in ds
+    assert [e.tag for e in header] == [e.tag for e in ds if e.keyword != "PixelData"]
+    assert header.file_meta is ds.file_meta
+    assert len(pickle.dumps(header)) < 10_000 < len(pickle.dumps(ds))
+
+
+@pytest.mark.slow  # starts a builder interpreter
+def test_a_builder_process_writes_the_files_and_sends_back_no_bytes(
+        store: Store, request_: BuildRequest) -> None:
+    pool = Builders(1)
+    try:
+        [made] = pool.build_all([_written(request_, store, "results/10/v1")])
+    finally:
+        pool.close()
+    assert isinstance(made, builders.Built) and made.written
+    assert all(data == b"" for data in made.files().values())
+    folder = store.path("results/10/v1")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(made.files())
+    assert (folder / "mask.png").read_bytes() == builders.build(request_).mask_png
