@@ -26,6 +26,7 @@ Reproduce with::
     .venv/bin/python benchmarks/analysis.py --burst 50 --batch-size 8
     .venv/bin/python benchmarks/analysis.py --burst 64 --repeat 2 --compare part10
     .venv/bin/python benchmarks/analysis.py --burst 200 --repeat 2 --compare sr
+    .venv/bin/python benchmarks/analysis.py --burst 200 --repeat 3 --compare files
     .venv/bin/python benchmarks/analysis.py --threads 1 2 --repeat 2   # workers.count side by side
     .venv/bin/python benchmarks/analysis.py --steps        # where the worker's time goes
     .venv/bin/python benchmarks/analysis.py --stages       # 10 images after 3 warm-up ones
@@ -117,7 +118,51 @@ def builder_pids(builders: Any) -> list[int]:
 
 #: --compare: the way before issue 17's change, then the node's.
 COMPARE = {"png": ("pillow", "node"), "sync": ("fsync", "syncfs"), "sr": ("templates", "node"),
+           "files": ("worker-writes", "node"),
            "part10": ("pydicom", "node")}
+
+
+class WorkerWrites:
+    """--compare files: the way before the builders wrote the files. The request carries the
+    image with its pixels and no folder, the files' bytes come back, and the worker's thread
+    writes them into the batch (the batch adopts the folder afterwards, as it does now)."""
+
+    def __init__(self) -> None:
+        from bcd_node.analysis import image
+        from bcd_node.analysis.builders import Builders
+        self.image, self.builders = image, Builders
+        self.node_request = image.ImageAnalysis._request
+        self.node_build_all = Builders.build_all
+
+    def use(self, old: bool) -> None:
+        import dataclasses
+
+        from bcd_node.store.storage import write_for_batch
+        if not old:
+            self.image.ImageAnalysis._request = self.node_request  # type: ignore[method-assign]
+            self.builders.build_all = self.node_build_all  # type: ignore[method-assign]
+            return
+        node_request, node_build_all = self.node_request, self.node_build_all
+        where: dict[int, tuple[Any, str, bool]] = {}  # by the request's id
+
+        def request(analysis: Any, prepared: Any, predictions: Any, batch: Any) -> Any:
+            made = node_request(analysis, prepared, predictions, batch)
+            old_way = dataclasses.replace(made, dataset=prepared.dataset, store=None,
+                                          folder=None)
+            where[id(old_way)] = (made.store, made.folder, made.sync_files)
+            return old_way
+
+        def build_all(pool: Any, requests: Any) -> Any:
+            out = node_build_all(pool, requests)
+            for r, built in zip(requests, out):
+                store, folder, sync = where.pop(id(r))
+                if not isinstance(built, Exception):
+                    for name, data in built.files().items():
+                        write_for_batch(store, f"{folder}/{name}", data, sync=sync)
+            return out
+
+        self.image.ImageAnalysis._request = request  # type: ignore[method-assign]
+        self.builders.build_all = build_all  # type: ignore[method-assign]
 
 
 def pillow_png(array: Any) -> bytes:
@@ -181,6 +226,7 @@ def burst(args: argparse.Namespace) -> int:
         node_png, node_syncfs, node_part10 = (builders_module.png, storage._syncfs,
                                               publish.part10_bytes)
         node_report = dicom.srcontent.measurement_report
+        worker_writes = WorkerWrites()
         # The model alone, on the same images decoded, in batches of the same size: before
         # the first burst and after each one, so that each burst's ratio has a reference on
         # either side of it (a shared machine's speed drifts within a run).
@@ -217,6 +263,7 @@ def burst(args: argparse.Namespace) -> int:
             builders_module.png = pillow_png if variant == "pillow" else node_png
             storage._syncfs = None if variant == "fsync" else node_syncfs
             publish.part10_bytes = pydicom_bytes if variant == "pydicom" else node_part10
+            worker_writes.use(variant == "worker-writes")
             dicom.srcontent.measurement_report = (  # type: ignore[assignment]
                 dicom.srcontent.measurement_report_with_templates if variant == "templates"
                 else node_report)
@@ -301,10 +348,13 @@ def burst(args: argparse.Namespace) -> int:
           f"each burst's ratio is against the runs on either side of it)")
     print("  CPU per image (median of the runs; user + system, all threads of the processes):")
     for name, use in report["cpu_ms_per_image"].items():
-        count, threads, *rest = name.split(" ", 2) if name[0].isdigit() else ("", "", name)
-        label = (f"builders {count}, workers.count {threads}, {rest[0].lstrip(': ')}" if count
-                 else rest[0])
-        print(f"    {label:<56} {use['user']:6.1f} + {use['system']:5.1f} ms")
+        label = name
+        if name[0].isdigit():  # "<builders> <threads>[ <compare>: <variant>]: <processes>"
+            burst_label, _, processes = name.rpartition(": ")
+            count, threads, *variant = burst_label.split(" ", 2)
+            label = (f"builders {count}, workers.count {threads}"
+                     + (f", {variant[0]}" if variant else "") + f": {processes}")
+        print(f"    {label:<64} {use['user']:6.1f} + {use['system']:5.1f} ms")
     if report["steps_ms_per_image"]:
         print("  the worker's steps, per image, over every burst (wall; CPU of the thread):")
         for name, step in report["steps_ms_per_image"].items():
@@ -335,7 +385,9 @@ def main() -> int:
                              "1), sync (each file and folder fsynced, not one syncfs per "
                              "batch), part10 (pydicom's writer, not dicom.encode), sr (the "
                              "SR's content tree by highdicom's templates, not "
-                             "dicom.srcontent)")
+                             "dicom.srcontent), files (the files' bytes sent back by the "
+                             "builders and written by the worker's thread, the image sent "
+                             "with its pixels, not written by the builders)")
     parser.add_argument("--model-threads", type=int, default=0,
                         help="model.threads (0: all cores); the model alone runs with as many")
     parser.add_argument("--images", type=int, default=10)
