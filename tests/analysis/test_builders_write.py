@@ -144,3 +144,37 @@ def test_a_builder_process_writes_the_files_and_sends_back_no_bytes(
     folder = store.path("results/10/v1")
     assert sorted(p.name for p in folder.iterdir()) == sorted(made.files())
     assert (folder / "mask.png").read_bytes() == builders.build(request_).mask_png
+
+
+def test_the_worker_sends_the_image_without_pixels_and_its_folder(
+        context: NodeContext, store: Store, predictor: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import select
+
+    from bcd_node.db.models import Result
+    from bcd_node.intake.intake import Intake
+    from bcd_node.jobs.workers import Workers
+    from tests.support.images import vl_micro_bytes
+    from tests.support.jobs import drain
+
+    sent: list[BuildRequest] = []
+    real_build = builders.build
+
+    def recording(request: BuildRequest) -> builders.Built:
+        sent.append(request)
+        return real_build(request)
+
+    monkeypatch.setattr(builders, "build", recording)
+    with Intake(context) as intake:
+        intake.accept(vl_micro_bytes(5), calling_ae="SCANNER")
+    pipeline = Pipeline(context, predictor)
+    assert drain(Workers(context, pipeline.run, 0, on_failed=pipeline.job_failed,
+                         run_batch=pipeline.run_batch)) == 1
+    [request] = sent
+    assert "PixelData" not in request.dataset and request.images[0].shape == (128, 128, 3)
+    with context.session_factory() as s:
+        result = s.execute(select(Result)).scalar_one()
+    assert request.folder == str(Path(result.pdf_path).parent)
+    assert store.path(str(result.mask_path)).is_file()
+    assert pydicom.dcmread(store.path(f"{request.folder}/seg.dcm")).SOPInstanceUID == \
+        result.seg_sop_instance_uid
