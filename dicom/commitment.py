@@ -118,8 +118,17 @@ def request_commitment(peer: Peer, transaction_uid: str,
     action = action_dataset(transaction_uid, instances)
     reports: list[CommitmentReport] = []
     arrived = threading.Event()
+    # Reports received and responses to them sent: the association is released only once the
+    # peer has been answered. Our handler runs before pynetdicom queues its response, so a
+    # release right after the report came used to be queued first: the response then never
+    # went out (pynetdicom refuses P-DATA once A-RELEASE-RQ is sent), and the peer was left
+    # without an answer to its report.
+    exchanges = threading.Condition()
+    counts = {"reports": 0, "responses": 0, "closed": 0}
 
     def on_report(event: Any) -> tuple[int, None]:
+        with exchanges:
+            counts["reports"] += 1
         try:
             report = report_from_event(event)
         except DicomValidationError:
@@ -129,11 +138,24 @@ def request_commitment(peer: Peer, transaction_uid: str,
             arrived.set()
         return 0x0000, None
 
+    def on_pdu_sent(event: Any) -> None:
+        if _is_report_response(event.pdu):
+            with exchanges:
+                counts["responses"] += 1
+                exchanges.notify_all()
+
+    def on_closed(_event: Any) -> None:
+        with exchanges:
+            counts["closed"] = 1
+            exchanges.notify_all()
+
     ae = _ae(peer)
     ae.add_requested_context(STORAGE_COMMITMENT_PUSH)
     role = build_role(STORAGE_COMMITMENT_PUSH, scu_role=True, scp_role=True)
     assoc = _associate(ae, peer, ext_neg=[role],
-                       evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+                       evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report),
+                                     (evt.EVT_PDU_SENT, on_pdu_sent),
+                                     (evt.EVT_CONN_CLOSE, on_closed)])
     try:
         status, _reply = assoc.send_n_action(action, 1, STORAGE_COMMITMENT_PUSH,
                                              STORAGE_COMMITMENT_INSTANCE)
@@ -144,7 +166,28 @@ def request_commitment(peer: Peer, transaction_uid: str,
             raise PeerUnavailableError(f"storage commitment request refused: status "
                                        f"0x{code:04X}")
         arrived.wait(wait)
+        with exchanges:  # every report answered before the release
+            exchanges.wait_for(lambda: counts["responses"] >= counts["reports"]
+                               or counts["closed"] > 0, timeout=_ANSWER_TIMEOUT)
     finally:
         if assoc.is_established:
             assoc.release()
     return reports[0] if reports else None
+
+
+#: How long the release waits for the responses to the reports that came (seconds): they are
+#: queued as soon as the handler returns, so only a stuck association takes this long.
+_ANSWER_TIMEOUT = 10.0
+#: The Command Field (0000,0100) of an N-EVENT-REPORT-RSP (0x8100), as the command set encodes
+#: it (implicit VR little endian: tag, length 2, value).
+_REPORT_RESPONSE_FIELD = b"\x00\x00\x00\x01\x02\x00\x00\x00\x00\x81"
+
+
+def _is_report_response(pdu: Any) -> bool:
+    """Whether a P-DATA-TF PDU that we sent carries the command of an N-EVENT-REPORT
+    response (a command fragment: bit 0 of its message control header)."""
+    for item in getattr(pdu, "presentation_data_value_items", None) or []:
+        value = item.presentation_data_value or b""
+        if value[:1] and value[0] & 0x01 and _REPORT_RESPONSE_FIELD in value[1:]:
+            return True
+    return False
