@@ -8,7 +8,7 @@ import dataclasses
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pydicom
 import pytest
@@ -16,8 +16,7 @@ import pytest
 from bcd_node.analysis import builders
 from bcd_node.analysis.builders import Builders, BuildRequest
 from bcd_node.analysis.pipeline import Pipeline
-from bcd_node.runtime import NodeContext, open_node
-from bcd_node.settings import load_settings
+from bcd_node.runtime import NodeContext
 from bcd_node.store import storage
 from bcd_node.store.storage import StorageFullError, Store
 from dicom.pixels import without_pixels
@@ -25,22 +24,15 @@ from tests.support.images import vl_micro
 
 
 @pytest.fixture
-def context(write_config: Callable[..., Path]) -> Any:
-    made = open_node(load_settings(write_config()))
-    yield made
-    made.engine.dispose()
+def store(ctx: NodeContext) -> Store:
+    return Store(Path(ctx.settings.storage.data_dir), 0)
 
 
 @pytest.fixture
-def store(context: NodeContext) -> Store:
-    return Store(Path(context.settings.storage.data_dir), 0)
-
-
-@pytest.fixture
-def request_(context: NodeContext, predictor: Any) -> BuildRequest:
+def request_(ctx: NodeContext, predictor: Any) -> BuildRequest:
     """The warm-up's request: a diagnostic synthetic field, with its predictions."""
     pool = Builders(0)
-    Pipeline(context, predictor, builders=pool).warm_up()
+    Pipeline(ctx, predictor, builders=pool).warm_up()
     assert pool._warm_request is not None
     return pool._warm_request
 
@@ -147,7 +139,7 @@ def test_a_builder_process_writes_the_files_and_sends_back_no_bytes(
 
 
 def test_the_worker_sends_the_image_without_pixels_and_its_folder(
-        context: NodeContext, store: Store, predictor: Any,
+        ctx: NodeContext, store: Store, predictor: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy import select
 
@@ -165,14 +157,14 @@ def test_the_worker_sends_the_image_without_pixels_and_its_folder(
         return real_build(request)
 
     monkeypatch.setattr(builders, "build", recording)
-    with Intake(context) as intake:
+    with Intake(ctx) as intake:
         intake.accept(vl_micro_bytes(5), calling_ae="SCANNER")
-    pipeline = Pipeline(context, predictor)
-    assert drain(Workers(context, pipeline.run, 0, on_failed=pipeline.job_failed,
+    pipeline = Pipeline(ctx, predictor)
+    assert drain(Workers(ctx, pipeline.run, 0, on_failed=pipeline.job_failed,
                          run_batch=pipeline.run_batch)) == 1
     [request] = sent
     assert "PixelData" not in request.dataset and request.images[0].shape == (128, 128, 3)
-    with context.session_factory() as s:
+    with ctx.session_factory() as s:
         result = s.execute(select(Result)).scalar_one()
     assert request.folder == str(Path(result.pdf_path).parent)
     assert store.path(str(result.mask_path)).is_file()
