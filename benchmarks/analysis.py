@@ -96,18 +96,11 @@ def time_steps(wall: dict[str, float], cpu: dict[str, float]) -> None:
 
 def cpu_seconds(pids: list[int]) -> tuple[float, float]:
     """User and system CPU seconds the processes ``pids`` (and all their threads) have used so
-    far, from ``/proc``; a process that has ended counts 0."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    user = system = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-                fields = stat.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        user += int(fields[11]) / ticks
-        system += int(fields[12]) / ticks
-    return user, system
+    far (:func:`tests.support.procs.cpu_times`); a process that has ended counts 0."""
+    from tests.support.procs import cpu_times
+
+    times = [cpu_times(pid) for pid in pids]
+    return sum(user for user, _ in times), sum(system for _, system in times)
 
 
 def builder_pids(builders: Any) -> list[int]:
@@ -137,7 +130,7 @@ class WorkerWrites:
     def use(self, old: bool) -> None:
         import dataclasses
 
-        from bcd_node.store.storage import write_for_batch
+        from bcd_node.store.storage import write_named
         if not old:
             self.image.ImageAnalysis._request = self.node_request  # type: ignore[method-assign]
             self.builders.build_all = self.node_build_all  # type: ignore[method-assign]
@@ -158,7 +151,7 @@ class WorkerWrites:
                 store, folder, sync = where.pop(id(r))
                 if not isinstance(built, Exception):
                     for name, data in built.files().items():
-                        write_for_batch(store, f"{folder}/{name}", data, sync=sync)
+                        write_named(store, f"{folder}/{name}", data, sync=sync)
             return out
 
         self.image.ImageAnalysis._request = request  # type: ignore[method-assign]
@@ -295,6 +288,12 @@ def burst(args: argparse.Namespace) -> int:
             label = f"{count} {n_threads}" + (f" {args.compare}: {variant}" if args.compare
                                                else "")
             worker_seconds.setdefault(label, []).append(time.perf_counter() - started)
+            with context.session_factory() as s:
+                analysed = s.execute(select(func.count(Job.id)).where(
+                    Job.kind == JobKind.ANALYZE, Job.state == JobState.DONE)).scalar_one()
+            if analysed != args.burst:  # a rate of failed jobs would mean nothing
+                raise SystemExit(f"burst {label}: {analysed} of {args.burst} images analysed "
+                                 "(the log says why)")
             cpu_use.setdefault(f"{label}: worker process", []).append(
                 used_since(cpu_before[0], [os.getpid()]))
             if count:

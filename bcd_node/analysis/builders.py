@@ -35,7 +35,7 @@ from bcd_node.analysis.findings import Combined, build_analysis
 from bcd_node.analysis.publish import dicom_bytes
 from bcd_node.records.cells import split_cells
 from bcd_node.report.pictures import channels, check_picture, filtered_rows_deflated
-from bcd_node.store.storage import Store, write_for_batch
+from bcd_node.store.storage import Store, write_named
 from dicom import describe
 from dicom.algorithm import Algorithm
 
@@ -95,9 +95,6 @@ class Built:
     #: The field's cells (:meth:`bcd_node.records.cells.CellList.as_json`), for a diagnosed
     #: one-image field.
     cells: dict[str, Any] | None = None
-    #: Whether the files are written (the request's ``folder``): the bytes above are then
-    #: empty, and only say which files there are.
-    written: bool = False
 
     def files(self) -> dict[str, bytes]:
         """The files of the image's results folder, by name."""
@@ -112,10 +109,10 @@ class Built:
         return files
 
     def emptied(self) -> Built:
-        """This, written: the same files named, without their bytes (what goes back from a
-        builder process)."""
+        """This, once written (the request's ``folder``): the same files named, without their
+        bytes (what goes back from a builder process)."""
         return dataclasses.replace(
-            self, mask_png=b"", overlay_png=b"", written=True,
+            self, mask_png=b"", overlay_png=b"",
             pdf=None if self.pdf is None else b"",
             probability_png=None if self.probability_png is None else b"",
             objects=tuple(dataclasses.replace(made, data=b"") for made in self.objects))
@@ -193,7 +190,7 @@ def build(request: BuildRequest) -> Built:
     if request.store is None or request.folder is None:
         return built
     for name, data in built.files().items():
-        write_for_batch(request.store, f"{request.folder}/{name}", data,
+        write_named(request.store, f"{request.folder}/{name}", data,
                         sync=request.sync_files)
     return built.emptied()
 

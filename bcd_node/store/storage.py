@@ -209,9 +209,7 @@ class Store:
             Writing would leave less than ``storage.min_free_disk`` free, or the disk is full;
             nothing is written.
         """
-        self.check_space(len(data))
-        folder, _, name = relpath.rpartition("/")
-        target = self.begin_write(folder, data, name).finish(name)
+        target = write_named(self, relpath, data, sync=True)
         if sync_dir:
             self.sync_dirs([target.parent])
         return target
@@ -305,7 +303,7 @@ class BatchWrite:
     ``results/``) gets a ``syncfs`` of its own.
 
     Another process may write files of the batch (the output builders): it writes each with
-    :func:`write_for_batch` (given :attr:`sync_files`), and the batch adopts their folder
+    :func:`write_named` (given :attr:`sync_files`), and the batch adopts their folder
     (:meth:`adopt`). The batch must be open before they write, so that a write-back error of
     theirs is reported to its ``syncfs``.
     """
@@ -348,12 +346,12 @@ class BatchWrite:
         StorageFullError
             As :meth:`Store.write`; nothing is written.
         """
-        target = write_for_batch(self.store, relpath, data, sync=self.sync_files)
+        target = write_named(self.store, relpath, data, sync=self.sync_files)
         self.adopt(target.parent)
         return target
 
     def adopt(self, folder: Path) -> None:
-        """Make the files written into ``folder`` (by :func:`write_for_batch`, in any process)
+        """Make the files written into ``folder`` (by :func:`write_named`, in any process)
         durable at :meth:`flush` with this batch's."""
         if self._syncfs and folder not in self._folders:
             self._open(folder)  # kept only if it is another file system
@@ -385,10 +383,11 @@ class BatchWrite:
         self._fds.clear()
 
 
-def write_for_batch(store: Store, relpath: str, data: bytes, *, sync: bool) -> Path:
-    """Write ``data`` to ``relpath`` under its name, as :meth:`BatchWrite.write` does, from
-    any process: ``sync`` is the batch's :attr:`~BatchWrite.sync_files`, and the file is
-    durable once the batch has adopted its folder (:meth:`~BatchWrite.adopt`) and flushed.
+def write_named(store: Store, relpath: str, data: bytes, *, sync: bool) -> Path:
+    """Write ``data`` to a temporary file, fsync it if ``sync``, and rename it to ``relpath``
+    (:meth:`Store.write`, :meth:`BatchWrite.write`). From another process than a batch's,
+    ``sync`` is the batch's :attr:`~BatchWrite.sync_files`, and the file is durable once the
+    batch has adopted its folder (:meth:`~BatchWrite.adopt`) and flushed.
 
     Raises
     ------

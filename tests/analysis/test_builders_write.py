@@ -45,11 +45,10 @@ def _written(request: BuildRequest, store: Store, folder: str, *, sync: bool = T
 def test_a_request_with_a_folder_writes_the_files_and_returns_no_bytes(
         store: Store, request_: BuildRequest) -> None:
     kept = builders.build(request_)
-    assert not kept.written and all(kept.files().values())
+    assert all(kept.files().values())
 
     written = builders.build(_written(request_, store, "results/7/v1"))
     folder = store.path("results/7/v1")
-    assert written.written
     assert sorted(p.name for p in folder.iterdir()) == sorted(kept.files()) == [
         "mask.png", "overlay.png", "pdf.dcm", "probability.png", "report.pdf", "seg.dcm",
         "sr.dcm"]
@@ -95,7 +94,7 @@ def test_the_batch_adopts_what_another_process_wrote(tmp_path: Path,
     monkeypatch.setattr(Store, "sync_dirs", staticmethod(lambda f: folders.append(set(f))))
     with store.batch() as batch:
         assert batch.sync_files
-        target = storage.write_for_batch(store, "results/1/v1/sr.dcm", b"data",
+        target = storage.write_named(store, "results/1/v1/sr.dcm", b"data",
                                          sync=batch.sync_files)
         batch.adopt(target.parent)
         batch.flush()
@@ -131,7 +130,7 @@ def test_a_builder_process_writes_the_files_and_sends_back_no_bytes(
         [made] = pool.build_all([_written(request_, store, "results/10/v1")])
     finally:
         pool.close()
-    assert isinstance(made, builders.Built) and made.written
+    assert isinstance(made, builders.Built)
     assert all(data == b"" for data in made.files().values())
     folder = store.path("results/10/v1")
     assert sorted(p.name for p in folder.iterdir()) == sorted(made.files())

@@ -31,9 +31,16 @@ def ended(pid: int) -> bool:
     return fields is None or fields[0] == "Z"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of ``pid`` so far (0 when it is gone)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time of ``pid`` (all its threads) so far, in seconds (0 when it is
+    gone)."""
     fields = _stat(pid)
     if fields is None:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` so far (0 when it is gone)."""
+    return sum(cpu_times(pid))
