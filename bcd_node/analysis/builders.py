@@ -28,6 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 
@@ -316,9 +317,15 @@ def _warm(request: BuildRequest | None) -> bool:
 
 
 def _start_builder(request: BuildRequest | None) -> None:
-    """A builder process's initializer: end with the worker (:func:`_end_with_parent`), then
-    warm up (:func:`_warm`)."""
+    """A builder process's initializer: end with the worker (:func:`_end_with_parent`), build
+    with one OpenCV thread, then warm up (:func:`_warm`).
+
+    The pool has a process per core already: OpenCV's own threads (one per core by default)
+    would only contend with the other builders and the model, and handing each small picture
+    operation to them costs more CPU than it saves (an image's building took about 2 ms of
+    CPU less with one thread, ``benchmarks/outputs.py``)."""
     _end_with_parent()
+    cv2.setNumThreads(1)
     _warm(request)
 
 

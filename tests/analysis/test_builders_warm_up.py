@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import pytest
 from sqlalchemy import func, select
 
@@ -110,5 +111,7 @@ def test_a_pool_starts_at_warm_up_and_each_process_is_warm_before_its_first_task
         assert len({pid for pid, _warm in answers}) <= 2
         # Building a prediction's outputs needs no model framework (2 s, 500 MB a process).
         assert started.submit(model_frameworks).result(timeout=120) == set()
+        # One OpenCV thread each: the pool's processes are the parallelism.
+        assert started.submit(cv2.getNumThreads).result(timeout=120) == 1
     finally:
         pool.close()
