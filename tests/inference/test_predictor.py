@@ -81,6 +81,22 @@ def test_count_blasts() -> None:
     mask[30:50, 30:50] = 1
     mask[60, 60] = 1
     assert pr.count_blasts(mask, 50) == 2
+    assert pr.count_blasts(mask, 1) == 3
+    assert pr.count_blasts(np.zeros((16, 16), np.uint8), 1) == 0
+    assert pr.count_blasts(np.ones((16, 16), np.uint8), 256) == 1
+    assert pr.count_blasts(np.ones((16, 16), np.uint8), 257) == 0
+
+
+def test_count_blasts_agrees_with_opencvs_component_statistics() -> None:
+    import cv2
+
+    rng = np.random.default_rng(3)
+    for density in (0.05, 0.3, 0.6):
+        mask = (rng.random((96, 128)) < density).astype(np.uint8)
+        _n, _labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        for min_area in (1, 3, 20):
+            expected = int((stats[1:, cv2.CC_STAT_AREA] >= min_area).sum())
+            assert pr.count_blasts(mask, min_area) == expected, (density, min_area)
 
 
 def test_precision_and_arguments(tiny_loaded: LoadedModel, monkeypatch) -> None:
