@@ -146,6 +146,41 @@ def test_ambiguous_vrs_are_resolved_as_pydicom_resolves_them() -> None:
     assert back[0x00280106].VR == "SS" and back.SmallestImagePixelValue == -2
 
 
+def test_ambiguous_vrs_in_items_are_resolved_from_the_data_sets_they_are_nested_in() -> None:
+    """An item's US-or-SS value takes its VR from the Pixel Representation of the data set
+    the sequence is in (pydicom looks through the ancestors), in items made here and in items
+    read from a file."""
+    ds = base()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    ds.PixelRepresentation = 1
+    made = Dataset()
+    made.add_new(0x00280106, "US or SS", -2)
+    ds.ContentSequence = [item(ContentSequence=[made])]
+    data = assert_same_bytes(ds)
+    back = pydicom.dcmread(io.BytesIO(data))
+    nested = back.ContentSequence[0].ContentSequence[0]
+    assert nested[0x00280106].VR == "SS" and nested.SmallestImagePixelValue == -2
+    ds.ContentSequence = [read_from_a_file(base()), item(ContentSequence=[made])]
+    assert_same_bytes(ds)
+
+
+def test_the_file_meta_information_is_pydicoms_and_the_data_sets_own_is_left_alone() -> None:
+    """Missing and empty elements of the File Meta Information are filled in as pydicom fills
+    them, on a copy: the data set's ``file_meta`` stays as it was."""
+    ds = base()
+    ds.file_meta.FileMetaInformationVersion = b""
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.3"  # not the data set's: replaced
+    ds.file_meta.SourceApplicationEntityTitle = "BCD_NODE"
+    before = copy.deepcopy(ds.file_meta)
+    data = assert_same_bytes(ds)
+    assert part10_bytes(ds) == data
+    assert ds.file_meta == before
+    assert ds.file_meta.FileMetaInformationVersion == b""
+    back = pydicom.dcmread(io.BytesIO(data))
+    assert back.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
+    assert back.file_meta.FileMetaInformationVersion == b"\x00\x01"
+
+
 def test_other_transfer_syntaxes_are_written_by_pydicom() -> None:
     ds = base(ImplicitVRLittleEndian)
     ds.Modality = "SR"
