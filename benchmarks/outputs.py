@@ -10,7 +10,10 @@ constructor (the references the node's content tree and document class are teste
 the absolute figures move with the load, the ratio much less. Each object's bytes are also
 written by pydicom's own writer in the same run (the reference of
 :func:`dicom.encode.part10_bytes`), and the console's PNGs by OpenCV's writer (the reference of
-the worker's own encoder).
+the worker's own encoder). The overlay, the field's cells and the PDF report are also made the
+ways before issue 17's later changes (``tests/support/references.py``: the whole image blended,
+the cells listed over every pixel; the PDF's streams deflated by zlib at its default level),
+with one OpenCV thread, as the builder processes make them.
 
 Reproduce with::
 
@@ -61,7 +64,10 @@ def main() -> int:
     if args.images < 1 or args.warmup < 0:
         parser.error("--images must be at least 1 and --warmup at least 0")
 
+    import cv2
     import highdicom as hd
+    import numpy as np
+    from reportlab.pdfbase import pdfdoc
 
     import dicom.sr
     import dicom.srcontent
@@ -69,6 +75,7 @@ def main() -> int:
     from bcd_node.analysis.builders import png
     from bcd_node.analysis.publish import dicom_bytes
     from bcd_node.db.models import utcnow
+    from bcd_node.records.cells import split_cells
     from bcd_node.report.pdf import render_report
     from dicom.algorithm import Algorithm
     from dicom.derivation import derivation_source
@@ -78,6 +85,9 @@ def main() -> int:
     from dicom.sr import Findings, build_sr
     from dicom.srdocument import Comprehensive3DSRDocument
     from tests.support.images import benchmark_field
+    from tests.support.references import whole_image_cells, whole_image_overlay
+
+    cv2.setNumThreads(1)  # as in the builder processes (bcd_node.analysis.builders)
 
     algorithm = Algorithm(name="bcd-vgg16-unet", version="benchmark", software_version="bench")
     direct = dicom.srcontent.measurement_report
@@ -96,7 +106,14 @@ def main() -> int:
         ds, image, mask, stage, probabilities = benchmark_field(i, size=args.size)
         combined = F.Combined(stage, probabilities, 3, float(mask.mean()), mask[None],
                               {"status": "ok"}, False)
-        over = F.overlay(image, mask)
+        over = record("overlay", lambda: F.overlay(image, mask), keep)
+        record("overlay, the whole image blended (reference)",
+               lambda: whole_image_overlay(image, mask), keep)
+        # The field's cells, with a probability map (the mask, blurred) for their scores.
+        probability = cv2.GaussianBlur(mask.astype(np.float32), (9, 9), 3)
+        record("cells", lambda: split_cells(mask, probability, min_area=20), keep)
+        record("cells, listed over the whole image (reference)",
+               lambda: whole_image_cells(mask, probability, 20), keep)
         # The console's pictures (overlay and mask), and OpenCV's PNG writer as the worker used
         # it before (deflate level 1, run-length matching) on the same pictures.
         record("console PNGs (overlay, mask)", lambda: (png(over), png(mask * 255)), keep)
@@ -105,6 +122,13 @@ def main() -> int:
         data = F.report_data(ds, image, over, combined, algorithm=algorithm,
                              demonstration_model=True, created_at=utcnow())
         pdf = record("PDF report (reportlab)", lambda: render_report(data), keep)
+        quick_deflate = pdfdoc.PDFZCompress
+        pdfdoc.PDFZCompress = pdfdoc.PDFStreamFilterZCompress()
+        try:
+            record("PDF report, streams deflated at zlib's level 6 (reference)",
+                   lambda: render_report(data), keep)
+        finally:
+            pdfdoc.PDFZCompress = quick_deflate
         if keep:
             pdf_sizes.append(len(pdf))
         source = derivation_source(ds, algorithm.texts)

@@ -6,20 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from bcd_node.analysis.findings import OVERLAY_COLOUR, overlay
-
-
-def whole_image_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45
-                        ) -> np.ndarray:
-    """The overlay as it was made before issue 17: the whole image blended in float32."""
-    out = image.astype(np.float32)
-    sel = mask.astype(bool)
-    out[sel] = (1 - alpha) * out[sel] + alpha * OVERLAY_COLOUR
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    result = np.ascontiguousarray(out.clip(0, 255).astype(np.uint8))
-    cv2.drawContours(result, contours, -1, (255, 0, 64), 1)
-    return result
+from bcd_node.analysis.findings import overlay
+from tests.support.references import whole_image_overlay
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])

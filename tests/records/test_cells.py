@@ -8,6 +8,7 @@ import pytest
 
 from bcd_node.errors import ValidationError
 from bcd_node.records.cells import CellList, label_cells, split_cells
+from tests.support.references import whole_image_cells
 
 
 def disc(mask: np.ndarray, centre: tuple[int, int], radius: int) -> None:
@@ -113,45 +114,6 @@ def test_cells_are_numbered_in_raster_order_of_their_first_pixel_on_smear_masks(
     assert split > 0  # some touching blasts were split: the pieces' numbering was exercised
 
 
-def _reference_cells(mask: np.ndarray, probability: np.ndarray | None, min_area: int
-                     ) -> tuple[np.ndarray, list[tuple[int, ...]], list[float | None]]:
-    """The cells as they were listed before issue 17 (OpenCV's statistics over every pixel,
-    boxes and first pixels found over the whole label image): the labels, each cell's (x, y,
-    width, height, area) and its score. The faster listing must give the same, exactly."""
-    from bcd_node.records.cells import _split_component
-
-    binary = (mask > 0).astype(np.uint8)
-    n, components, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    out = np.zeros(mask.shape, np.int32)
-    next_label = 1
-    for comp in range(1, n):
-        x, y, w, h, area = (int(v) for v in stats[comp])
-        if area < min_area:
-            continue
-        y0, x0 = max(0, y - 1), max(0, x - 1)
-        y1, x1 = min(mask.shape[0], y + h + 1), min(mask.shape[1], x + w + 1)
-        pieces = _split_component((components[y0:y1, x0:x1] == comp).astype(np.uint8),
-                                  min_area)
-        region = out[y0:y1, x0:x1]
-        region[pieces > 0] = pieces[pieces > 0] + (next_label - 1)
-        next_label += int(pieces.max())
-    present, first = np.unique(out.ravel(), return_index=True)
-    order = present[present > 0][np.argsort(first[present > 0], kind="stable")]
-    lookup = np.zeros(next_label, np.int32)
-    lookup[order] = np.arange(1, len(order) + 1, dtype=np.int32)
-    labels = lookup[out]
-    boxes, scores = [], []
-    prob = None if probability is None else probability.astype(np.float64) / (
-        255.0 if probability.dtype == np.uint8 else 1.0)
-    for index in range(1, len(order) + 1):
-        rows, cols = np.nonzero(labels == index)
-        boxes.append((int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1),
-                      int(rows.max() - rows.min() + 1), len(rows)))
-        scores.append(None if prob is None
-                      else round(float(np.add.reduce(prob[rows, cols])) / len(rows), 4))
-    return labels, boxes, scores
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8])
 def test_the_cells_are_the_same_as_the_whole_image_listing_gave(dtype: type) -> None:
     """Labels, boxes, areas and scores equal the reference's (the listing over every pixel)
@@ -177,7 +139,7 @@ def test_the_cells_are_the_same_as_the_whole_image_listing_gave(dtype: type) -> 
         if dtype is np.uint8:
             probability = np.round(probability * 255).astype(np.uint8)
         for min_area in (1, 40):
-            expected_labels, boxes, scores = _reference_cells(mask, probability, min_area)
+            expected_labels, boxes, scores = whole_image_cells(mask, probability, min_area)
             labels, n = label_cells(mask, min_area)
             assert np.array_equal(labels, expected_labels)
             listed = split_cells(mask, probability, min_area=min_area)
