@@ -81,8 +81,9 @@ rl_config.useA85 = 0
 class _QuickDeflate(pdfdoc.PDFStreamFilterZCompress):  # type: ignore[misc]  # untyped
     """reportlab's FlateDecode filter, deflating at ISA-L's level 1 (a zlib stream, as
     reportlab's) rather than zlib's default level 6: a field's report (its page content,
-    fonts and their maps) took about 1.2 ms less to make, and is about 1 % larger (its JPEG
-    pictures are not deflated; the text and fonts alone are about 10 % larger); issue 17."""
+    fonts and their maps) took 0.6–1.3 ms less to make (``benchmarks/outputs.py``), and is
+    about 1 % larger (its JPEG pictures are not deflated; the text and fonts alone are about
+    10 % larger); issue 17."""
 
     def encode(self, text: str | bytes) -> bytes:
         """``text`` deflated (a str as UTF-8, as reportlab's own filter)."""
