@@ -117,11 +117,11 @@ def _dataset(out: bytearray, ds: Dataset, parent_encodings: list[str],
         elem = ds._dict[tag]
         if isinstance(elem, RawDataElement):
             elem = ds[tag]
-            if elem.VR in AMBIGUOUS_VR:
+            if elem.VR in AMBIGUOUS_VR:  # corrected in place (a DataElement now)
                 correct_ambiguous_vr_element(elem, ds, True, ancestors)
             _pydicom_element(out, elem, encodings)
             continue
-        if elem.VR in AMBIGUOUS_VR:
+        if elem.VR in AMBIGUOUS_VR:  # corrected in place
             correct_ambiguous_vr_element(elem, ds, True, ancestors)
         if not _element(out, elem, encodings, ancestors):
             _pydicom_element(out, elem, encodings)
