@@ -23,7 +23,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
@@ -268,6 +268,7 @@ class Builders:
                 error: Exception = exc
         else:
             return [error] * len(requests)
+        _await(pool, futures)
         out: list[Built | Exception] = []
         for future in futures:
             try:
@@ -295,6 +296,49 @@ class Builders:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+#: How often a worker waiting for its builders checks that none of them has died unnoticed.
+LIVENESS_CHECK_SECONDS = 1.0
+
+
+def _await(pool: ProcessPoolExecutor, futures: Sequence[Future[Built]]) -> None:
+    """Wait until every future is done, also when a builder died while sending its result.
+
+    The pool notices a builder's end and fails the futures it had (BrokenProcessPool), except
+    in one case: CPython's pool reads each result whole, so when a builder dies in the middle
+    of sending one (the kernel's out-of-memory killer, say), its manager thread waits for the
+    rest of it for ever, and so would the worker, renewing its jobs' leases with nothing
+    answered. A builder found ended at two checks in a row, with futures still pending, is
+    that case: :func:`_unjam` ends the wait.
+    """
+    pending = set(futures)
+    ended_before = False
+    while pending:
+        _done, pending = wait(pending, timeout=LIVENESS_CHECK_SECONDS)
+        processes = getattr(pool, "_processes", None) or {}
+        ended_now = bool(pending) and any(
+            process.exitcode is not None for process in list(processes.values()))
+        if ended_now and ended_before:
+            _unjam(pool)
+        ended_before = ended_now
+
+
+def _unjam(pool: ProcessPoolExecutor) -> None:
+    """End a pool whose manager waits for the rest of a dead builder's result: its other
+    processes are killed and this process closes its own end of the results pipe, so that no
+    writer is left, the manager's read ends (end of file) and the pool breaks as it does when
+    a builder dies (every pending future failed). Never raises."""
+    LOGGER.warning("an output builder process ended while sending its result; ending the "
+                   "pool's other processes")
+    try:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.kill()
+        results = getattr(pool, "_result_queue", None)
+        if results is not None:
+            results._writer.close()
+    except (AttributeError, OSError):  # another Python's pool: the futures stay pending
+        LOGGER.exception("could not end the output builder pool")
 
 
 #: Whether this process built its warm-up request (:meth:`Builders.warm_up`).
