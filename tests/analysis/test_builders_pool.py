@@ -77,8 +77,10 @@ def test_a_builder_killed_while_building_fails_those_images_and_the_next_batch_i
     results: list[Any] = []
     batch = threading.Thread(target=lambda: results.extend(pool.build_all([held] * 8)))
     batch.start()
-    wait_for(marker.exists, timeout=60, what="the builder to be building")
-    os.kill(builder, signal.SIGKILL)
+    try:
+        wait_for(marker.exists, timeout=60, what="the builder to be building")
+    finally:
+        os.kill(builder, signal.SIGKILL)  # held for good otherwise: the pool could not close
     batch.join(timeout=120)
 
     assert len(results) == 8
@@ -102,8 +104,15 @@ def test_a_builder_that_dies_while_sending_its_result_does_not_hold_the_worker(
     batch = threading.Thread(target=lambda: results.extend(pool.build_all([dying, request])))
     batch.start()
     batch.join(timeout=120)
+    stuck = batch.is_alive()
+    if stuck:  # end the pool from here, so that the test fails instead of hanging the suite
+        executor = pool._started_pool()
+        for process in executor._processes.values():
+            process.kill()
+        executor._result_queue._writer.close()
+        batch.join(timeout=60)
 
-    assert not batch.is_alive(), "the worker waits for a result that never comes"
+    assert not stuck, "the worker waits for a result that never comes"
     assert len(results) == 2 and all(isinstance(r, BrokenProcessPool) for r in results), results
     assert ended(builder)
     assert "an output builder process ended while building" in caplog.text
