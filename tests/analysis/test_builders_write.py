@@ -64,8 +64,10 @@ def test_a_request_with_a_folder_writes_the_files_and_returns_no_bytes(
     assert (folder / "report.pdf").read_bytes().startswith(b"%PDF-")
     assert (written.combined.stage, written.combined.probabilities, written.cells) == (
         kept.combined.stage, kept.combined.probabilities, kept.cells)
-    # What a builder process sends back is the findings, not the files.
-    assert len(pickle.dumps(written)) < len(pickle.dumps(kept)) / 2
+    # What a builder process sends back is the findings, not the files, nor the masks (the
+    # mask is mask.png): a few KB.
+    assert written.combined.masks.shape == (len(kept.combined.masks), 0, 0)
+    assert len(pickle.dumps(written)) < 16_000 < len(pickle.dumps(kept)) / 2
 
 
 @pytest.mark.parametrize("sync", [True, False])
