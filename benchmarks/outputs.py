@@ -10,10 +10,9 @@ constructor (the references the node's content tree and document class are teste
 the absolute figures move with the load, the ratio much less. Each object's bytes are also
 written by pydicom's own writer in the same run (the reference of
 :func:`dicom.encode.part10_bytes`), and the console's PNGs by OpenCV's writer (the reference of
-the worker's own encoder). The overlay, the field's cells and the PDF report are also made the
-ways before issue 17's later changes (``tests/support/references.py``: the whole image blended,
-the cells listed over every pixel; the PDF's streams deflated by zlib at its default level),
-with one OpenCV thread, as the builder processes make them.
+the worker's own encoder). The overlay and the field's cells are also made the ways before
+issue 17's later changes (``tests/support/references.py``: the whole image blended, the cells
+listed over every pixel), with one OpenCV thread, as the builder processes make them.
 
 Reproduce with::
 
@@ -67,7 +66,6 @@ def main() -> int:
     import cv2
     import highdicom as hd
     import numpy as np
-    from reportlab.pdfbase import pdfdoc
 
     import dicom.sr
     import dicom.srcontent
@@ -122,13 +120,6 @@ def main() -> int:
         data = F.report_data(ds, image, over, combined, algorithm=algorithm,
                              demonstration_model=True, created_at=utcnow())
         pdf = record("PDF report (reportlab)", lambda: render_report(data), keep)
-        quick_deflate = pdfdoc.PDFZCompress
-        pdfdoc.PDFZCompress = pdfdoc.PDFStreamFilterZCompress()
-        try:
-            record("PDF report, streams deflated at zlib's level 6 (reference)",
-                   lambda: render_report(data), keep)
-        finally:
-            pdfdoc.PDFZCompress = quick_deflate
         if keep:
             pdf_sizes.append(len(pdf))
         source = derivation_source(ds, algorithm.texts)

@@ -26,7 +26,6 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
-from isal import isal_zlib
 from PIL import Image as PILImage
 from reportlab import rl_config
 from reportlab.lib import colors
@@ -47,7 +46,7 @@ from reportlab.platypus import (
 )
 
 from bcd_node.errors import ValidationError
-from bcd_node.report.pictures import DEFLATE_LEVEL, jpeg
+from bcd_node.report.pictures import jpeg
 from bcd_node.report.texts import dicom_date, local_time
 from dicom.stages import Stage
 
@@ -76,24 +75,6 @@ _SMALL_PICTURE_SIDE = 38 * mm
 # 512 x 512 picture in ASCII85 took reportlab longer than the rest of the report. Every PDF this
 # process makes is one of ours (field reports and study summaries), so the setting is global.
 rl_config.useA85 = 0
-
-
-class _QuickDeflate(pdfdoc.PDFStreamFilterZCompress):  # type: ignore[misc]  # untyped
-    """reportlab's FlateDecode filter, deflating at ISA-L's level 1 (a zlib stream, as
-    reportlab's) rather than zlib's default level 6: a field's report (its page content,
-    fonts and their maps) took 0.6–1.3 ms less to make (``benchmarks/outputs.py``), and is
-    about 1 % larger (its JPEG pictures are not deflated; the text and fonts alone are about
-    10 % larger); issue 17."""
-
-    def encode(self, text: str | bytes) -> bytes:
-        """``text`` deflated (a str as UTF-8, as reportlab's own filter)."""
-        data = text.encode("utf8") if isinstance(text, str) else text
-        return bytes(isal_zlib.compress(data, DEFLATE_LEVEL))
-
-
-# reportlab looks its filter up (pdfdoc.PDFZCompress) each time it writes a stream; every PDF
-# this process makes is one of ours, so this too is global.
-pdfdoc.PDFZCompress = _QuickDeflate()
 
 
 @dataclass(frozen=True)

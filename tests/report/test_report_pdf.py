@@ -177,40 +177,6 @@ def test_pictures_are_jpeg_as_poppler_reads_them_and_streams_have_no_ascii85(tmp
     assert marked[:, 0].mean() > 240 and marked[:, 1].mean() < 15
 
 
-def _inflated_streams(pdf: bytes) -> list[bytes]:
-    """Every FlateDecode stream of ``pdf``, inflated by Python's zlib."""
-    import re
-    import zlib
-
-    streams = []
-    for match in re.finditer(rb"<<(.*?)>>\s*stream\r?\n", pdf, re.S):
-        if b"/FlateDecode" not in match.group(1):
-            continue
-        length = int(re.search(rb"/Length (\d+)", match.group(1)).group(1))
-        streams.append(zlib.decompress(pdf[match.end():match.end() + length]))
-    return streams
-
-
-def test_streams_are_deflated_quickly_with_the_same_content(data, monkeypatch):
-    """The report's streams (page content, fonts, their maps) are deflated at ISA-L's level 1:
-    each inflates (Python's zlib) to what reportlab's own filter deflated. A report of small
-    pictures, mostly text and fonts, is about 5 % larger for it (a 512 x 512 field's, about
-    1 %: its JPEG pictures are not deflated)."""
-    from reportlab.pdfbase import pdfdoc
-
-    from bcd_node.report import pdf as pdf_module
-
-    assert isinstance(pdfdoc.PDFZCompress, pdf_module._QuickDeflate)
-    quick = render_report(data)
-    monkeypatch.setattr(pdfdoc, "PDFZCompress", pdfdoc.PDFStreamFilterZCompress())
-    reportlabs = render_report(data)
-    assert quick != reportlabs
-    streams = _inflated_streams(quick)
-    assert len(streams) >= 4  # the page, two fonts and their maps at least
-    assert streams == _inflated_streams(reportlabs)
-    assert len(quick) < 1.1 * len(reportlabs)
-
-
 def test_jpeg_refuses_what_is_not_an_rgb_picture():
     from bcd_node.report.pictures import jpeg
 
