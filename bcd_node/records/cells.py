@@ -130,6 +130,20 @@ def _split_component(component: np.ndarray, min_area: int) -> np.ndarray:
     return markers
 
 
+def _boxes(owner: np.ndarray, rows: np.ndarray, cols: np.ndarray, count: int,
+           shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The bounding box (top, left, bottom, right rows and columns, inclusive) of each label
+    0..count-1, from its pixels' rows and columns (``owner``: each pixel's label); a label
+    without pixels keeps the whole image's far corner and 0."""
+    top, left = np.full(count, shape[0], np.int64), np.full(count, shape[1], np.int64)
+    bottom, right = np.zeros(count, np.int64), np.zeros(count, np.int64)
+    np.minimum.at(top, owner, rows)
+    np.minimum.at(left, owner, cols)
+    np.maximum.at(bottom, owner, rows)
+    np.maximum.at(right, owner, cols)
+    return top, left, bottom, right
+
+
 def _labelled(mask: np.ndarray, min_area: int
               ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`label_cells`'s labels and count, with the mask's pixels in raster order (their
@@ -151,12 +165,7 @@ def _labelled(mask: np.ndarray, min_area: int
     n, components = cv2.connectedComponents(binary, connectivity=8)
     component = components[rows, cols]
     areas = np.bincount(component, minlength=n)
-    top, left = np.full(n, mask.shape[0], np.int64), np.full(n, mask.shape[1], np.int64)
-    bottom, right = np.zeros(n, np.int64), np.zeros(n, np.int64)
-    np.minimum.at(top, component, rows)
-    np.minimum.at(left, component, cols)
-    np.maximum.at(bottom, component, rows)
-    np.maximum.at(right, component, cols)
+    top, left, bottom, right = _boxes(component, rows, cols, n, mask.shape)
     out = np.zeros(mask.shape, np.int32)
     next_label = 1
     for comp in range(1, n):
@@ -235,14 +244,7 @@ def split_cells(mask: np.ndarray, probability: np.ndarray | None = None, *, min_
     if n:
         keep = owner > 0  # not a speck's pixel
         rows, cols, owner = rows[keep], cols[keep], owner[keep]
-        top = np.full(n + 1, labels.shape[0], np.int64)
-        left = np.full(n + 1, labels.shape[1], np.int64)
-        bottom = np.zeros(n + 1, np.int64)
-        right = np.zeros(n + 1, np.int64)
-        np.minimum.at(top, owner, rows)
-        np.minimum.at(left, owner, cols)
-        np.maximum.at(bottom, owner, rows)
-        np.maximum.at(right, owner, cols)
+        top, left, bottom, right = _boxes(owner, rows, cols, n + 1, labels.shape)
         areas = np.bincount(owner, minlength=n + 1)
         sums = None
         if probability is not None:
