@@ -5,7 +5,10 @@ Each row gets PNG's "Up" filter (its difference from the row above, byte by byte
 colour, none when it is grey (a mask: long runs), and the rows are deflated by ISA-L (``isal``,
 a zlib stream). Measured (issue 17, 512 x 512 RGB overlay): 3.1 ms of one core and 452 KB at
 level 1, where unfiltered rows took 2.2 ms and 614 KB, and OpenCV's PNG writer 15 ms and
-417 KB. The pixels are the same: both formats are lossless.
+417 KB. The pixels are the same: both formats are lossless. The bytes may not be: ISA-L's
+deflate can choose other bytes for the same rows from one call to the next (seen in its PDF
+streams, issue 17), so two PNGs of one picture are compared by their pixels. Nothing that must
+be the same bytes each time it is made (a PDF report, a DICOM object) is deflated here.
 
 The PDF reports show their pictures as JPEG (:func:`jpeg`): quality 95 without chroma
 subsampling, so that the red outlines of the blasts keep their edges. Measured on 512 x 512
