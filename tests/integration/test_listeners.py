@@ -19,8 +19,8 @@ from bcd_node.settings import output_builder_processes
 from tests.support.images import write_vl_micro
 from tests.support.listener import ENV
 from tests.support.net import free_port
-from tests.support.node import BCD_NODE, Node, listener_pids
-from tests.support.procs import children, ended
+from tests.support.node import BCD_NODE, Node, builder_pids, listener_pids, worker_pids
+from tests.support.procs import ended
 from tests.support.tools import require_tool
 from tests.support.waiting import wait_for
 
@@ -247,31 +247,6 @@ def test_a_listener_process_wakes_the_worker_process(write_config, tmp_path) -> 
             engine.dispose()
     finally:
         assert node.stop() == 0, node.output()
-
-
-def worker_pids(node: Node) -> list[int]:
-    pids = []
-    for pid in children(node.proc.pid):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"worker" in argv:
-            pids.append(pid)
-    return pids
-
-
-def builder_pids(worker: int) -> list[int]:
-    """The output builder processes a worker process started (not its resource tracker)."""
-    found = []
-    for pid in children(worker):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"spawn_main" in argv and not ended(pid):
-            found.append(pid)
-    return found
 
 
 @pytest.mark.slow

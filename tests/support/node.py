@@ -15,7 +15,7 @@ from pathlib import Path
 from dicom.series import SERIES_NUMBERS, ResultKind
 from tests.support.listener import ENV
 from tests.support.peers import Orthanc
-from tests.support.procs import children
+from tests.support.procs import children, ended
 from tests.support.tools import require_tool
 from tests.support.waiting import wait_for as _wait_for
 
@@ -79,6 +79,32 @@ def listener_pids(node: Node) -> list[int]:
         if b"BCD_INTERNAL_LISTEN_FD=" in environ:
             pids.append(pid)
     return sorted(pids)
+
+
+def worker_pids(node: Node) -> list[int]:
+    """The worker role's process of ``serve`` (its child started with the ``worker`` command)."""
+    pids = []
+    for pid in children(node.proc.pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"worker" in argv:
+            pids.append(pid)
+    return pids
+
+
+def builder_pids(worker: int) -> list[int]:
+    """The output builder processes a worker process started (not its resource tracker)."""
+    found = []
+    for pid in children(worker):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in argv and not ended(pid):
+            found.append(pid)
+    return found
 
 
 def node_config(write_config, manifest: Path, orthanc_port: int, dicom_port: int,
