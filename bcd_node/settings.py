@@ -149,6 +149,10 @@ class WorkerSettings:
     niceness: int = 10
     #: Builder processes; None: "auto" (:func:`output_builder_processes`).
     output_builders: int | None = None
+    #: Which of a batch's images the builder processes read and decode, rather than the
+    #: worker process beside the model: "compressed" (encapsulated pixel data: JPEG, JPEG-LS,
+    #: JPEG 2000, RLE), "always" or "never" (:data:`DECODE_IN_BUILDERS`).
+    decode_in_builders: str = "compressed"
     lease_seconds: float = 30.0
     poll_interval: float = 0.5
     max_attempts: int = 5
@@ -419,6 +423,9 @@ def output_builder_processes(setting: int | None, cores: int | None = None) -> i
 #: The most builder processes "auto" starts (each takes about 250 MB of memory).
 MAX_AUTO_BUILDERS = 8
 
+#: The values of ``workers.decode_in_builders``.
+DECODE_IN_BUILDERS = ("compressed", "always", "never")
+
 
 def parse_size(key: str, value: Any) -> int:
     """Parse a byte size: an integer, or a string such as ``"500 MB"`` or ``"2GiB"``."""
@@ -672,6 +679,9 @@ def _validate(s: Settings) -> None:
                             'must be "auto", or 0 (build in the worker process) to 256')
     if not 1 <= w.batch_size <= 256:
         raise SettingsError("workers.batch_size", w.batch_size, "must be 1-256")
+    if w.decode_in_builders not in DECODE_IN_BUILDERS:
+        raise SettingsError("workers.decode_in_builders", w.decode_in_builders,
+                            "must be compressed, always or never")
     for name in ("lease_seconds", "poll_interval", "retry_delay", "study_quiet_seconds"):
         value = getattr(w, name)
         if not 0 < value <= 86400:

@@ -27,6 +27,8 @@ Reproduce with::
     .venv/bin/python benchmarks/analysis.py --burst 64 --repeat 2 --compare part10
     .venv/bin/python benchmarks/analysis.py --burst 200 --repeat 2 --compare sr
     .venv/bin/python benchmarks/analysis.py --burst 200 --repeat 3 --compare files
+    .venv/bin/python benchmarks/analysis.py --burst 200 --repeat 2 --compare decode
+    .venv/bin/python benchmarks/analysis.py --burst 100 --compress jpeg2000 --compare decode
     .venv/bin/python benchmarks/analysis.py --threads 1 2 --repeat 2   # workers.count side by side
     .venv/bin/python benchmarks/analysis.py --steps        # where the worker's time goes
     .venv/bin/python benchmarks/analysis.py --stages       # 10 images after 3 warm-up ones
@@ -86,7 +88,10 @@ def time_steps(wall: dict[str, float], cpu: dict[str, float]) -> None:
     from bcd_node.store import storage
 
     for owner, name, label in (
-            (image.ImageAnalysis, "prepare", "reading, decoding, the job's rows"),
+            (image.ImageAnalysis, "_load", "the job's rows"),
+            (image, "read_image", "reading and decoding the images"),
+            (builders.Builders, "read_all", "reading and decoding the images"),
+            (image.ImageAnalysis, "_prepared", "the job's rows"),
             (image, "predict_each", "prediction (the model and its Python)"),
             (builders.Builders, "build_all", "building and writing the outputs"),
             (storage.BatchWrite, "flush", "making them durable (the batch's syncfs)"),
@@ -112,7 +117,8 @@ def builder_pids(builders: Any) -> list[int]:
 #: --compare: the way before issue 17's change, then the node's.
 COMPARE = {"png": ("pillow", "node"), "sync": ("fsync", "syncfs"), "sr": ("templates", "node"),
            "files": ("worker-writes", "node"),
-           "part10": ("pydicom", "node")}
+           "part10": ("pydicom", "node"),
+           "decode": ("decode-in-worker", "decode-in-builders")}
 
 
 class WorkerWrites:
@@ -198,6 +204,9 @@ def burst(args: argparse.Namespace) -> int:
                 ds = dicomize(np.roll(base, i * 7, axis=1), patient_id=f"BENCH-{i // 20}",
                               patient_name="Bench^Mark", specimen_id=f"S{i}",
                               stain="Wright-Giemsa")
+                if args.compress == "jpeg2000":  # as a scanner that sends JPEG 2000 would
+                    from pydicom.uid import JPEG2000Lossless
+                    ds.compress(JPEG2000Lossless)
                 buffer = DicomBytesIO()
                 ds.save_as(buffer, enforce_file_format=True)
                 intake.accept(buffer.getvalue(), calling_ae="BENCH")
@@ -266,6 +275,9 @@ def burst(args: argparse.Namespace) -> int:
                                                  lease_owner=None, lease_expires_at=None))
             builders = Builders(count)
             pipeline = Pipeline(context, predictor, builders=builders)
+            if args.compare == "decode":  # workers.decode_in_builders
+                pipeline.images.decode_in_builders = ("always" if variant == "decode-in-builders"
+                                                      else "never")
             # As the worker does when it starts (node/roles.py): the pool's processes start
             # now, and what building loads once is loaded before the burst, not timed with it.
             pipeline.warm_up()
@@ -308,7 +320,7 @@ def burst(args: argparse.Namespace) -> int:
         context.engine.dispose()
     n = args.burst
     report = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
-              "images": n, "size": args.size, "analysed": done,
+              "images": n, "size": args.size, "compress": args.compress, "analysed": done,
               "batch_size": args.batch_size, "model": f"{info['name']} {info['version']}",
               "worker_images_per_s": {label: [round(n / sec, 2) for sec in secs]
                                       for label, secs in worker_seconds.items()},
@@ -331,7 +343,9 @@ def burst(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"burst of {n} images of {args.size}x{args.size} with {report['model']} on "
+    print(f"burst of {n} images of {args.size}x{args.size}"
+          + (" (JPEG 2000 lossless)" if args.compress == "jpeg2000" else "")
+          + f" with {report['model']} on "
           f"{report['machine']} (workers.batch_size {args.batch_size}, {done} analysed):")
     for label, rates in report["worker_images_per_s"].items():
         count, threads, *encoder = label.split(" ", 2)
@@ -386,7 +400,12 @@ def main() -> int:
                              "SR's content tree by highdicom's templates, not "
                              "dicom.srcontent), files (the files' bytes sent back by the "
                              "builders and written by the worker's thread, the image sent "
-                             "with its pixels, not written by the builders)")
+                             "with its pixels, not written by the builders); decode: every "
+                             "image read and decoded by the worker process, and every one by "
+                             "the builders (workers.decode_in_builders never and always)")
+    parser.add_argument("--compress", choices=["none", "jpeg2000"], default="none",
+                        help="the burst's images as received: uncompressed (default) or JPEG "
+                             "2000 lossless, whose decoding costs far more")
     parser.add_argument("--model-threads", type=int, default=0,
                         help="model.threads (0: all cores); the model alone runs with as many")
     parser.add_argument("--images", type=int, default=10)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU figures of bcd-node, in under 9 minutes, on a machine with an NVIDIA GPU.
+# GPU figures of bcd-node, in under 10 minutes, on a machine with an NVIDIA GPU.
 #
 # Either from the repository root after `make install-test` (TensorFlow with CUDA must see the
 # GPU), or on a machine that has a Python with PyTorch (and CUDA) but neither TensorFlow nor
@@ -21,7 +21,9 @@
 #      one batched prediction -> SEG, SR, PDF -> files -> publish) with N CPU output builder
 #      processes for each N in $BUILDERS, against the model alone on the same images in the
 #      same run (benchmarks/analysis.py);
-#   3. the output builders' cost per image on this CPU (benchmarks/outputs.py).
+#   3. the output builders' cost per image on this CPU (benchmarks/outputs.py);
+#   4. the images decoded by the worker process or by the builders (workers.decode_in_builders
+#      never and always), uncompressed and JPEG 2000, with the most builders of $BUILDERS.
 # Put the printed figures in docs/operations.md ("Capacity") with the GPU's name.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,5 +70,13 @@ timeout 240 "$PY" benchmarks/analysis.py --burst 200 --batch-size "$BATCH" --bui
 
 echo "== 3. output building per image on this CPU"
 timeout 45 "$PY" benchmarks/outputs.py --images 20 2>&1 | tee "$OUT/outputs.txt"
+
+MOST=$(echo "$BUILDERS" | tr ' ' '\n' | sort -n | tail -1)
+echo "== 4. decoding by the worker process or by the $MOST builders (workers.decode_in_builders)"
+timeout 60 "$PY" benchmarks/analysis.py --burst 200 --batch-size "$BATCH" --builders "$MOST" \
+    --compare decode 2>&1 | tee "$OUT/decode.txt" | grep -v "^I0000\|^W0000"
+timeout 60 "$PY" benchmarks/analysis.py --burst 100 --batch-size "$BATCH" --builders "$MOST" \
+    --compress jpeg2000 --compare decode 2>&1 | tee "$OUT/decode-jpeg2000.txt" \
+    | grep -v "^I0000\|^W0000"
 
 echo "figures in $OUT/"

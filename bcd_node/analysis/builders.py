@@ -9,6 +9,11 @@ either in the calling process (``workers.output_builders = 0``) or in that many 
 pool, so that building and writing scale with the machine's cores while the worker's process
 keeps the model (on a GPU: one process feeds the accelerator, several CPUs build). Only the
 findings go back to the worker, not the files' bytes. The files are the same either way.
+
+The pool also reads and decodes stored images for the worker (:func:`read_image`,
+:meth:`Builders.read_all`) when ``workers.decode_in_builders`` says so (by default an image
+whose pixels are compressed: decoding one takes tens of milliseconds of CPU, which would
+otherwise run in the worker's process beside the model).
 """
 
 from __future__ import annotations
@@ -22,25 +27,29 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 
-from bcd_node.analysis.findings import Combined, build_analysis
+from bcd_node.analysis.findings import Combined, build_analysis, decode_for_analysis
 from bcd_node.analysis.publish import dicom_bytes
 from bcd_node.records.cells import split_cells
 from bcd_node.report.pictures import channels, check_picture, filtered_rows_deflated
 from bcd_node.store.storage import Store, write_named
 from dicom import describe
 from dicom.algorithm import Algorithm
+from dicom.pixels import read_dataset, without_pixels
 
 LOGGER = logging.getLogger(__name__)
+
+_Item = TypeVar("_Item")
+_Out = TypeVar("_Out")
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,35 @@ class Built:
             pdf=None if self.pdf is None else b"",
             probability_png=None if self.probability_png is None else b"",
             objects=tuple(dataclasses.replace(made, data=b"") for made in self.objects))
+
+
+@dataclass(frozen=True)
+class ReadImage:
+    """A stored image read and decoded for its analysis (:func:`read_image`): its attributes
+    without its pixels (:func:`~dicom.pixels.without_pixels`) and its decoded frames, or the
+    error of the step that failed."""
+
+    #: None when the file could not be read (``error`` says why).
+    dataset: Dataset | None
+    #: None when the file could not be read or decoded (``error`` says why).
+    images: list[np.ndarray] | None
+    error: Exception | None = None
+
+
+def read_image(path: str) -> ReadImage:
+    """Read the stored image at ``path`` and decode it for its analysis
+    (:func:`~bcd_node.analysis.findings.decode_for_analysis`); never raises: an error is
+    returned with what was done before it (a file that cannot be read has no ``dataset``, one
+    that cannot be decoded no ``images``), so that the worker handles it as it would its own."""
+    try:
+        ds = read_dataset(path)
+    except Exception as exc:  # noqa: BLE001 - the worker's to handle (missing, unreadable)
+        return ReadImage(None, None, exc)
+    try:
+        images = decode_for_analysis(ds)
+    except Exception as exc:  # noqa: BLE001 - the worker's to handle (cannot be decoded)
+        return ReadImage(without_pixels(ds), None, exc)
+    return ReadImage(without_pixels(ds), images)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -257,13 +295,26 @@ class Builders:
     def build_all(self, requests: Sequence[BuildRequest]) -> list[Built | Exception]:
         """Build each request; an image whose building fails gets its error, the others
         their outputs (in order)."""
-        if not self.processes or len(requests) == 0:
-            return [_attempt(request) for request in requests]
-        futures: list[Future[Built]] = []
+        return self._run_all(build, requests, "building")
+
+    def read_all(self, paths: Sequence[str]) -> list[ReadImage | Exception]:
+        """Read and decode each stored image (:func:`read_image`), in the pool's processes
+        when there is a pool (``workers.decode_in_builders``), in order. An item is an
+        exception only when the process reading it ended (``BrokenProcessPool``): the image is
+        then tried again, as an image whose builder ended."""
+        return self._run_all(read_image, paths, "reading images")
+
+    def _run_all(self, task: Callable[[_Item], _Out], items: Sequence[_Item],
+                 doing: str) -> list[_Out | Exception]:
+        """``task`` of each item, here or in the pool's processes; an item whose task fails
+        gets its error, the others their answers (in order)."""
+        if not self.processes or len(items) == 0:
+            return [_attempt(task, item) for item in items]
+        futures: list[Future[_Out]] = []
         for _try in range(2):
             pool = self._started_pool()
             try:
-                futures = [pool.submit(build, r) for r in requests]
+                futures = [pool.submit(task, item) for item in items]
                 break
             except BrokenProcessPool as exc:
                 # A builder ended since the last batch (killed, out of memory): nothing of
@@ -272,18 +323,18 @@ class Builders:
                 self._discard(pool)
                 error: Exception = exc
         else:
-            return [error] * len(requests)
+            return [error] * len(items)
         _await(pool, futures)
-        out: list[Built | Exception] = []
+        out: list[_Out | Exception] = []
         for future in futures:
             try:
                 out.append(future.result())
-            except BrokenProcessPool as exc:  # a builder died while building
+            except BrokenProcessPool as exc:  # a builder died while working on this batch
                 out.append(exc)
                 if self._pool is pool:
-                    LOGGER.warning("an output builder process ended while building (killed, "
-                                   "or out of memory?): its batch's images are tried again, "
-                                   "in new builder processes")
+                    LOGGER.warning("an output builder process ended while %s (killed, or out "
+                                   "of memory?): its batch's images are tried again, in new "
+                                   "builder processes", doing)
                     self._discard(pool)
             except Exception as exc:  # noqa: BLE001 - this image's own error
                 out.append(exc)
@@ -307,7 +358,7 @@ class Builders:
 LIVENESS_CHECK_SECONDS = 1.0
 
 
-def _await(pool: ProcessPoolExecutor, futures: Sequence[Future[Built]]) -> None:
+def _await(pool: ProcessPoolExecutor, futures: Sequence[Future[Any]]) -> None:
     """Wait until every future is done, also when a builder died while sending its result.
 
     The pool notices a builder's end and fails the futures it had (BrokenProcessPool), except
@@ -401,8 +452,8 @@ def _nothing() -> None:
     """A task that only makes the pool start a process (which warms up first)."""
 
 
-def _attempt(request: BuildRequest) -> Built | Exception:
+def _attempt(task: Callable[[_Item], _Out], item: _Item) -> _Out | Exception:
     try:
-        return build(request)
+        return task(item)
     except Exception as exc:  # noqa: BLE001 - this image's own error
         return exc

@@ -1,7 +1,8 @@
 """A worker's batch of jobs (workers.batch_size): one batched prediction over the images of all
 its jobs, their outputs built in a pool of processes (workers.output_builders), each job
 published in its own transaction; a job that fails in a batch fails alone, and a job's results
-are the same whether it ran alone (built in the worker) or in a batch (built in the pool)."""
+are the same whether it ran alone (built in the worker) or in a batch (built in the pool, its
+image read and decoded there too as workers.decode_in_builders says)."""
 
 from __future__ import annotations
 
@@ -59,13 +60,15 @@ class Counting:
 
 
 def _node(write_config: Callable[..., Path], tmp_path: Path, name: str,
-          batch_size: int) -> NodeContext:
+          batch_size: int, decode_in_builders: str = "compressed",
+          images: list[bytes] = IMAGES) -> NodeContext:
     config = write_config(f"[workers]\nbatch_size = {batch_size}\nmax_attempts = 2\n"
-                          "retry_delay = 3600\n", data_dir=tmp_path / name,
-                          name=f"{name}.toml")
+                          "retry_delay = 3600\n"
+                          f'decode_in_builders = "{decode_in_builders}"\n',
+                          data_dir=tmp_path / name, name=f"{name}.toml")
     context = open_node(load_settings(config))
     with Intake(context) as intake:
-        for data in IMAGES:
+        for data in images:
             intake.accept(data, calling_ae="SCANNER")
     return context
 
@@ -147,6 +150,102 @@ def test_jobs_in_a_batch_share_one_prediction_and_give_what_they_give_alone(
         (0.3, "PixelSpacing", False)]
 
 
+def _compressed(seed: int) -> bytes:
+    """:func:`vl_micro_bytes` with its pixels compressed (RLE Lossless), as a scanner that
+    compresses would send it."""
+    from pydicom.uid import RLELossless
+
+    from tests.support.images import part10_bytes, vl_micro
+
+    ds = vl_micro(seed)
+    ds.compress(RLELossless)
+    return part10_bytes(ds)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decode_in_builders", ["always", "compressed"])
+def test_images_read_and_decoded_by_the_builders_give_what_they_give_alone(
+        write_config: Callable[..., Path], tmp_path: Path, predictor: Any,
+        monkeypatch: pytest.MonkeyPatch, decode_in_builders: str) -> None:
+    """workers.decode_in_builders: "always", every image is read and decoded by a builder;
+    "compressed" (the default), those with compressed pixels (here two of four), the others
+    by the worker process. The results are those of each image alone, read by the worker."""
+    from bcd_node.analysis import image
+
+    images = [*IMAGES[:2], _compressed(2), _compressed(3)]
+    alone = _node(write_config, tmp_path, "alone", 1, "never", images)
+    pooled = _node(write_config, tmp_path, "pooled", 8, decode_in_builders, images)
+    try:
+        read_here: list[str] = []
+        real = image.read_image
+
+        def recorded(path: str) -> Any:
+            read_here.append(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            return real(path)
+
+        monkeypatch.setattr(image, "read_image", recorded)
+        pool = Builders(2)
+        try:
+            assert drain(_workers(pooled, Counting(predictor), pool)) == 1
+        finally:
+            pool.close()
+        uncompressed = {pydicom.dcmread(pydicom.filebase.DicomBytesIO(data)).SOPInstanceUID
+                        for data in IMAGES[:2]}
+        assert set(read_here) == (set() if decode_in_builders == "always" else uncompressed)
+        monkeypatch.undo()
+        assert drain(_workers(alone, Counting(predictor))) == len(images)
+        assert {job.state for job in _jobs(pooled).values()} == {JobState.DONE}
+        by_alone, by_pooled = _results(alone), _results(pooled)
+        assert len(by_alone) == len(images)
+        assert by_pooled == by_alone  # UIDs byte for byte, stage, probabilities, masks, scale
+    finally:
+        alone.engine.dispose()
+        pooled.engine.dispose()
+
+
+@pytest.mark.parametrize("decode_in_builders",
+                         ["never", pytest.param("always", marks=pytest.mark.slow)])
+def test_an_image_that_cannot_be_read_or_decoded_fails_alone(
+        write_config: Callable[..., Path], tmp_path: Path, predictor: Any,
+        decode_in_builders: str) -> None:
+    """The same errors, whichever process reads the images: a stored file that is not DICOM
+    any more, and one whose pixel data is cut short, fail at once with their reasons; the
+    others of the batch are analysed."""
+    context = _node(write_config, tmp_path, "broken", 8, decode_in_builders)
+    pool = Builders(2 if decode_in_builders == "always" else 0)
+    try:
+        jobs = _jobs(context)
+        [unreadable, cut, *fine] = sorted(jobs)
+        data = Path(context.settings.storage.data_dir)
+        with context.session_factory() as s:
+            paths = dict(s.execute(select(Instance.sop_instance_uid, Instance.path)).all())
+        (data / paths[unreadable]).write_bytes(b"not DICOM any more")
+        ds = pydicom.dcmread(data / paths[cut])
+        ds.PixelData = ds.PixelData[:1000]
+        ds.save_as(data / paths[cut], enforce_file_format=True)
+
+        assert _workers(context, predictor, pool).step("test-worker")
+
+        after = _jobs(context)
+        assert (after[unreadable].state, after[cut].state) == (JobState.FAILED,
+                                                              JobState.FAILED)
+        assert str(after[unreadable].last_error).startswith(
+            "stored file is not readable: not a readable DICOM file"), after[unreadable].last_error
+        assert after[cut].last_error == ("cannot decode the image: Pixel Data has 1000 bytes, "
+                                         "the image attributes need 49152")
+        assert {after[uid].state for uid in fine} == {JobState.DONE}
+        with context.session_factory() as s:
+            stages = dict(s.execute(select(Instance.sop_instance_uid, Result.stage).join(
+                Result, Result.instance_fk == Instance.id)).all())
+        # The fine images diagnosed; the one cut short answered "could not be analysed" (no
+        # stage); the unreadable one has nothing to reference, so no answer.
+        assert set(stages) == {cut, *fine}
+        assert stages[cut] is None and all(stages[uid] is not None for uid in fine)
+    finally:
+        pool.close()
+        context.engine.dispose()
+
+
 def test_a_job_that_fails_in_a_batch_fails_alone(nodes: dict[str, NodeContext],
                                                  predictor: Any) -> None:
     context = nodes["batch"]
@@ -205,3 +304,15 @@ def test_a_batch_whose_files_cannot_be_made_durable_publishes_nothing(
     assert {job.state for job in _jobs(context).values()} == {JobState.DONE}
     assert len(_results(context)) == len(IMAGES)
 
+
+
+def test_only_encapsulated_pixels_count_as_compressed() -> None:
+    """workers.decode_in_builders "compressed": the builders decode JPEG, JPEG 2000, RLE...;
+    the worker decodes native pixels, and what names no transfer syntax (its reading says
+    what is wrong)."""
+    from bcd_node.analysis.image import _compressed
+
+    assert _compressed("1.2.840.10008.1.2.4.50") and _compressed("1.2.840.10008.1.2.4.90")
+    assert _compressed("1.2.840.10008.1.2.5") and _compressed("1.2.840.10008.1.2.4.80")
+    assert not _compressed("1.2.840.10008.1.2.1") and not _compressed("1.2.840.10008.1.2")
+    assert not _compressed("") and not _compressed("1.2.3.4")
