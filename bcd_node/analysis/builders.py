@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import struct
 import threading
 import zlib
@@ -154,12 +155,23 @@ def read_image(path: str) -> ReadImage:
     try:
         ds = read_dataset(path)
     except Exception as exc:  # noqa: BLE001 - the worker's to handle (missing, unreadable)
-        return ReadImage(None, None, exc)
+        return ReadImage(None, None, _portable(exc))
     try:
         images = decode_for_analysis(ds)
     except Exception as exc:  # noqa: BLE001 - the worker's to handle (cannot be decoded)
-        return ReadImage(without_pixels(ds), None, exc)
+        return ReadImage(without_pixels(ds), None, _portable(exc))
     return ReadImage(without_pixels(ds), images)
+
+
+def _portable(error: Exception) -> Exception:
+    """``error``, or when it would not survive the trip back from a builder process (an
+    exception whose class wants other arguments to be made again: the worker's pool would
+    break on it), a RuntimeError that names its type and says its message."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # noqa: BLE001 - any failure to make it again
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
