@@ -11,7 +11,10 @@ last publish, and, in the same run, the rate of
 the model alone (:meth:`Predictor.predict` over the same decoded images, in batches of the same
 size), timed before the first burst and after each one: each burst's ratio is against the model
 alone on either side of it, so that a machine whose speed drifts during the run does not skew
-it. The ratio says how much of the worker's time is not the model.
+it. The ratio says how much of the worker's time is not the model. The model alone runs in a
+process of its own with every core (its best batched rate), idle while the bursts run, so that
+``--model-threads`` changes only the worker's model (TensorFlow's thread pools are one per
+process: in the worker's process the reference would have had the worker's threads).
 
 **Stages** (``--stages``): runs the worker's own code
 (:func:`bcd_node.analysis.findings.analyze_dataset`, then the SEG, SR and Encapsulated PDF
@@ -108,6 +111,82 @@ def cpu_seconds(pids: list[int]) -> tuple[float, float]:
     return sum(user for user, _ in times), sum(system for _, system in times)
 
 
+def model_alone_process(conn: Any, weights: str | None, images_file: str,
+                        batch_size: int) -> None:
+    """The model alone, in a process of its own (:class:`ModelAlone`): loads the model with
+    all cores (``model.threads`` 0, the backend's choice: its best batched rate), the burst's
+    decoded images from ``images_file``, warms up, then times one pass over the images in
+    batches of ``batch_size`` at each ``"run"`` it receives, and sends back the wall seconds
+    and its own CPU seconds (user, system)."""
+    import pickle
+
+    from bcd_node.inference.predictor import Predictor
+
+    predictor = Predictor(weights=weights)
+    with open(images_file, "rb") as f:
+        images = pickle.load(f)
+
+    def one_pass() -> None:
+        for start in range(0, len(images), batch_size):
+            predictor.predict([frame for frames in images[start:start + batch_size]
+                               for frame in frames])
+
+    predictor.predict(images[0])  # the first call's tracing is not timed
+    conn.send("ready")
+    while conn.recv() == "run":
+        before, started = os.times(), time.perf_counter()
+        one_pass()
+        elapsed, after = time.perf_counter() - started, os.times()
+        conn.send((elapsed, after.user - before.user, after.system - before.system))
+
+
+class ModelAlone:
+    """The reference: the model alone on the burst's images, in a process of its own, so that
+    it has every core (its best batched rate) whatever ``model.threads`` the worker under test
+    runs with (TensorFlow's thread pools are one per process); idle between its runs."""
+
+    def __init__(self, weights: str | None, images: list[Any], batch_size: int,
+                 folder: str) -> None:
+        import multiprocessing
+        import pickle
+
+        images_file = os.path.join(folder, "model-alone-images.pickle")
+        with open(images_file, "wb") as f:
+            pickle.dump(images, f, protocol=pickle.HIGHEST_PROTOCOL)
+        context = multiprocessing.get_context("spawn")  # never a fork of a process with a model
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=model_alone_process, name="model-alone",
+                                       args=(child, weights, images_file, batch_size),
+                                       daemon=True)
+        # Not the worker's thread count (configure_threads sets it for this process): the
+        # spawned process takes this environment.
+        omp = os.environ.pop("OMP_NUM_THREADS", None)
+        try:
+            self.process.start()
+        finally:
+            if omp is not None:
+                os.environ["OMP_NUM_THREADS"] = omp
+        child.close()
+        if not self.conn.poll(600) or self.conn.recv() != "ready":
+            raise SystemExit("the model-alone process did not start")
+
+    def run(self) -> tuple[float, float, float]:
+        """One timed pass: wall seconds, and the CPU seconds (user, system) it used."""
+        self.conn.send("run")
+        elapsed, user, system = self.conn.recv()
+        return elapsed, user, system
+
+    def close(self) -> None:
+        try:
+            self.conn.send("stop")
+        except OSError:
+            pass
+        self.process.join(30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
 def builder_pids(builders: Any) -> list[int]:
     """The pids of a :class:`~bcd_node.analysis.builders.Builders` pool's processes."""
     pool = builders._pool  # noqa: SLF001 - a benchmark looks inside
@@ -192,6 +271,7 @@ def burst(args: argparse.Namespace) -> int:
 
     predictor = Predictor(weights=args.weights, threads=args.model_threads)
     info = predictor.model_info
+    model_threads = f"model.threads {args.model_threads}"
     with tempfile.TemporaryDirectory(prefix="bcd-analysis-") as work:
         config = Path(work) / "bcd-node.toml"
         config.write_text(f'[storage]\ndata_dir = "{work}/data"\nmin_free_disk = "100MB"\n\n'
@@ -242,15 +322,12 @@ def burst(args: argparse.Namespace) -> int:
             user, system = cpu_seconds(pids)
             return (user - before[0]) / len(images), (system - before[1]) / len(images)
 
+        reference = ModelAlone(args.weights, images, args.batch_size, work)
+
         def model_alone() -> float:
-            cpu_before = cpu_seconds([os.getpid()])
-            started = time.perf_counter()
-            for start in range(0, len(images), args.batch_size):
-                predictor.predict([frame for frames in images[start:start + args.batch_size]
-                                   for frame in frames])
-            elapsed = time.perf_counter() - started
+            elapsed, user, system = reference.run()
             cpu_use.setdefault("the model alone", []).append(
-                used_since(cpu_before, [os.getpid()]))
+                (user / len(images), system / len(images)))
             return elapsed
 
         model_runs = [model_alone()]
@@ -314,6 +391,7 @@ def burst(args: argparse.Namespace) -> int:
             builders.close()
             model_runs.append(model_alone())
             model_reference.setdefault(label, []).append((model_runs[-2] + model_runs[-1]) / 2)
+        reference.close()
         with context.session_factory() as s:
             done = s.execute(select(func.count(Job.id)).where(
                 Job.kind == JobKind.ANALYZE, Job.state == JobState.DONE)).scalar_one()
@@ -322,6 +400,7 @@ def burst(args: argparse.Namespace) -> int:
     report = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
               "images": n, "size": args.size, "compress": args.compress, "analysed": done,
               "batch_size": args.batch_size, "model": f"{info['name']} {info['version']}",
+              "model_threads": args.model_threads,
               "worker_images_per_s": {label: [round(n / sec, 2) for sec in secs]
                                       for label, secs in worker_seconds.items()},
               "model_only_images_per_s": round(n / statistics.median(model_runs), 2),
@@ -346,7 +425,8 @@ def burst(args: argparse.Namespace) -> int:
     print(f"burst of {n} images of {args.size}x{args.size}"
           + (" (JPEG 2000 lossless)" if args.compress == "jpeg2000" else "")
           + f" with {report['model']} on "
-          f"{report['machine']} (workers.batch_size {args.batch_size}, {done} analysed):")
+          f"{report['machine']} (workers.batch_size {args.batch_size}, {model_threads}, "
+          f"{done} analysed):")
     for label, rates in report["worker_images_per_s"].items():
         count, threads, *encoder = label.split(" ", 2)
         where = (f"workers.count {threads}, "
@@ -407,7 +487,8 @@ def main() -> int:
                         help="the burst's images as received: uncompressed (default) or JPEG "
                              "2000 lossless, whose decoding costs far more")
     parser.add_argument("--model-threads", type=int, default=0,
-                        help="model.threads (0: all cores); the model alone runs with as many")
+                        help="the worker's model.threads (0: every core); the model alone "
+                             "always has every core, in a process of its own")
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")

@@ -35,6 +35,9 @@ BUILDERS=${BUILDERS:-"0 2 4 8"}
 BATCH=${BATCH:-32}
 mkdir -p "$OUT"
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2} PYTHONUNBUFFERED=1
+# analysis.py runs the model alone in a second process beside the worker's: with TensorFlow,
+# neither may take the whole GPU's memory at its start.
+export TF_FORCE_GPU_ALLOW_GROWTH=${TF_FORCE_GPU_ALLOW_GROWTH:-true}
 
 if ! "$PY" -c "import keras" 2>/dev/null; then
     if ! ls .whl/*.whl >/dev/null 2>&1; then
