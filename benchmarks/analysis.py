@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from bcd_node.analysis import findings  # noqa: E402
 from bcd_node.inference.spec import CLASSES  # noqa: E402
+from bcd_node.settings import ModelSettings  # noqa: E402
 from dicom import outputs  # noqa: E402
 from dicom.encode import pydicom_bytes  # noqa: E402
 
@@ -112,17 +113,18 @@ def cpu_seconds(pids: list[int]) -> tuple[float, float]:
 
 
 def model_alone_process(conn: Any, weights: str | None, images_file: str,
-                        batch_size: int) -> None:
+                        batch_size: int, model_batch_size: int) -> None:
     """The model alone, in a process of its own (:class:`ModelAlone`): loads the model with
     all cores (``model.threads`` 0, the backend's choice: its best batched rate), the burst's
     decoded images from ``images_file``, warms up, then times one pass over the images in
-    batches of ``batch_size`` at each ``"run"`` it receives, and sends back the wall seconds
+    batches of ``batch_size`` (``model_batch_size`` tiles per call of the model, as the
+    worker's) at each ``"run"`` it receives, and sends back the wall seconds
     and its own CPU seconds (user, system)."""
     import pickle
 
     from bcd_node.inference.predictor import Predictor
 
-    predictor = Predictor(weights=weights)
+    predictor = Predictor(weights=weights, batch_size=model_batch_size)
     with open(images_file, "rb") as f:
         images = pickle.load(f)
 
@@ -146,7 +148,7 @@ class ModelAlone:
     runs with (TensorFlow's thread pools are one per process); idle between its runs."""
 
     def __init__(self, weights: str | None, images: list[Any], batch_size: int,
-                 folder: str) -> None:
+                 model_batch_size: int, folder: str) -> None:
         import multiprocessing
         import pickle
 
@@ -156,7 +158,8 @@ class ModelAlone:
         context = multiprocessing.get_context("spawn")  # never a fork of a process with a model
         self.conn, child = context.Pipe()
         self.process = context.Process(target=model_alone_process, name="model-alone",
-                                       args=(child, weights, images_file, batch_size),
+                                       args=(child, weights, images_file, batch_size,
+                                             model_batch_size),
                                        daemon=True)
         # Not the worker's thread count (configure_threads sets it for this process): the
         # spawned process takes this environment.
@@ -269,9 +272,11 @@ def burst(args: argparse.Namespace) -> int:
     from dicom.dicomize import dicomize
     from dicom.pixels import read_dataset
 
-    predictor = Predictor(weights=args.weights, threads=args.model_threads)
+    predictor = Predictor(weights=args.weights, threads=args.model_threads,
+                          batch_size=args.model_batch_size)
     info = predictor.model_info
-    model_threads = f"model.threads {args.model_threads}"
+    model_threads = (f"model.threads {args.model_threads}, "
+                     f"model.batch_size {args.model_batch_size}")
     with tempfile.TemporaryDirectory(prefix="bcd-analysis-") as work:
         config = Path(work) / "bcd-node.toml"
         config.write_text(f'[storage]\ndata_dir = "{work}/data"\nmin_free_disk = "100MB"\n\n'
@@ -322,7 +327,8 @@ def burst(args: argparse.Namespace) -> int:
             user, system = cpu_seconds(pids)
             return (user - before[0]) / len(images), (system - before[1]) / len(images)
 
-        reference = ModelAlone(args.weights, images, args.batch_size, work)
+        reference = ModelAlone(args.weights, images, args.batch_size, args.model_batch_size,
+                               work)
 
         def model_alone() -> float:
             elapsed, user, system = reference.run()
@@ -400,7 +406,7 @@ def burst(args: argparse.Namespace) -> int:
     report = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
               "images": n, "size": args.size, "compress": args.compress, "analysed": done,
               "batch_size": args.batch_size, "model": f"{info['name']} {info['version']}",
-              "model_threads": args.model_threads,
+              "model_threads": args.model_threads, "model_batch_size": args.model_batch_size,
               "worker_images_per_s": {label: [round(n / sec, 2) for sec in secs]
                                       for label, secs in worker_seconds.items()},
               "model_only_images_per_s": round(n / statistics.median(model_runs), 2),
@@ -486,6 +492,9 @@ def main() -> int:
     parser.add_argument("--compress", choices=["none", "jpeg2000"], default="none",
                         help="the burst's images as received: uncompressed (default) or JPEG "
                              "2000 lossless, whose decoding costs far more")
+    parser.add_argument("--model-batch-size", type=int, default=ModelSettings.batch_size,
+                        help="model.batch_size: tiles per call of the model, the worker's and "
+                             "the model alone's (default: the node's)")
     parser.add_argument("--model-threads", type=int, default=0,
                         help="the worker's model.threads (0: every core); the model alone "
                              "always has every core, in a process of its own")
@@ -495,9 +504,10 @@ def main() -> int:
     parser.add_argument("--weights", help="model manifest (default: the bundled model)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if args.images < 1 or args.warmup < 0 or args.burst < 1 or args.batch_size < 1:
-        parser.error("--images, --burst and --batch-size must be at least 1, --warmup at "
-                     "least 0")
+    if (args.images < 1 or args.warmup < 0 or args.burst < 1 or args.batch_size < 1
+            or args.model_batch_size < 1):
+        parser.error("--images, --burst, --batch-size and --model-batch-size must be at least "
+                     "1, --warmup at least 0")
     if not args.stages:
         if args.builders is None:
             from bcd_node.settings import output_builder_processes

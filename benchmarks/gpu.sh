@@ -11,6 +11,7 @@
 #     benchmarks/gpu.sh                 # there: installs .whl/ into /tmp/site when its Python
 #                                       # lacks Keras, and runs Keras on PyTorch
 #     BUILDERS="0 4 8" benchmarks/gpu.sh
+#     BATCH=64 MODEL_BATCH=192 benchmarks/gpu.sh   # images per worker batch, tiles per call
 #
 # Figures go to $OUT (default ./gpu-results). The Keras backend is $KERAS_BACKEND, else
 # TensorFlow where it can be imported, else PyTorch. It measures, each step under its own time
@@ -33,6 +34,9 @@ fi
 OUT=${OUT:-gpu-results}
 BUILDERS=${BUILDERS:-"0 2 4 8"}
 BATCH=${BATCH:-32}
+# Tiles per call of the model in the pipeline (model.batch_size; the node's default, 8, is for
+# CPUs): a worker batch of $BATCH 512x512 images is 9 x $BATCH tiles.
+MODEL_BATCH=${MODEL_BATCH:-96}
 mkdir -p "$OUT"
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2} PYTHONUNBUFFERED=1
 # analysis.py runs the model alone in a second process beside the worker's: with TensorFlow,
@@ -69,6 +73,7 @@ timeout 200 "$PY" benchmarks/inference.py --images 512 --full-images 128 --naive
 echo "== 2. pipeline through the worker, output builders: $BUILDERS"
 # shellcheck disable=SC2086
 timeout 240 "$PY" benchmarks/analysis.py --burst 200 --batch-size "$BATCH" --builders $BUILDERS \
+    --model-batch-size "$MODEL_BATCH" \
     2>&1 | tee "$OUT/analysis.txt" | grep -v "^I0000\|^W0000"
 
 echo "== 3. output building per image on this CPU"
@@ -77,9 +82,9 @@ timeout 45 "$PY" benchmarks/outputs.py --images 20 2>&1 | tee "$OUT/outputs.txt"
 MOST=$(echo "$BUILDERS" | tr ' ' '\n' | sort -n | tail -1)
 echo "== 4. decoding by the worker process or by the $MOST builders (workers.decode_in_builders)"
 timeout 60 "$PY" benchmarks/analysis.py --burst 200 --batch-size "$BATCH" --builders "$MOST" \
-    --compare decode 2>&1 | tee "$OUT/decode.txt" | grep -v "^I0000\|^W0000"
+    --model-batch-size "$MODEL_BATCH" --compare decode 2>&1 | tee "$OUT/decode.txt" | grep -v "^I0000\|^W0000"
 timeout 60 "$PY" benchmarks/analysis.py --burst 100 --batch-size "$BATCH" --builders "$MOST" \
-    --compress jpeg2000 --compare decode 2>&1 | tee "$OUT/decode-jpeg2000.txt" \
+    --model-batch-size "$MODEL_BATCH" --compress jpeg2000 --compare decode 2>&1 | tee "$OUT/decode-jpeg2000.txt" \
     | grep -v "^I0000\|^W0000"
 
 echo "figures in $OUT/"
