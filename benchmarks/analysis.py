@@ -33,6 +33,7 @@ Reproduce with::
     .venv/bin/python benchmarks/analysis.py --burst 200 --repeat 2 --compare decode
     .venv/bin/python benchmarks/analysis.py --burst 100 --compress jpeg2000 --compare decode
     .venv/bin/python benchmarks/analysis.py --threads 1 2 --repeat 2   # workers.count side by side
+    .venv/bin/python benchmarks/analysis.py --model free --steps   # the network free, as on a GPU
     .venv/bin/python benchmarks/analysis.py --steps        # where the worker's time goes
     .venv/bin/python benchmarks/analysis.py --stages       # 10 images after 3 warm-up ones
     .venv/bin/python benchmarks/analysis.py --stages --images 20 --size 256
@@ -190,6 +191,51 @@ class ModelAlone:
             self.process.join()
 
 
+class FreeModel:
+    """``--model free``: the worker's predictor with a network that costs nothing, as a
+    GPU's nearly does. Each tile's outputs are computed once by the real network (:meth:`learn`,
+    before the bursts) and then looked up by a sample of the tile's pixels: everything else
+    (the predictor's own Python, decoding, building, writing, publishing) runs as it does, so
+    a burst shows what the CPUs can do when the model is no longer the limit."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor = predictor
+        self.network = predictor._run  # noqa: SLF001 - a benchmark swaps the network
+        self.outputs: dict[bytes, tuple[Any, Any, Any]] = {}
+
+    @staticmethod
+    def _key(tile: Any) -> bytes:
+        return bytes(tile[::16, ::16].tobytes()) + str(tile.shape).encode()
+
+    def _learning_run(self, tiles: Any) -> Any:
+        stage, mask, features = self.network(tiles)
+        for i, tile in enumerate(tiles):
+            self.outputs[self._key(tile)] = (stage[i], mask[i],
+                                             None if features is None else features[i])
+        return stage, mask, features
+
+    def _free_run(self, tiles: Any) -> Any:
+        import numpy as np
+
+        found = [self.outputs.get(self._key(tile)) for tile in tiles]
+        if any(f is None for f in found):  # not a burst's tile (the warm-up's field)
+            return self._learning_run(tiles)
+        return (np.stack([f[0] for f in found]), np.stack([f[1] for f in found]),
+                None if found[0][2] is None else np.stack([f[2] for f in found]))
+
+    def learn(self, images: list[Any], sizes: list[float | None], batch_size: int) -> None:
+        """Run the real network over ``images`` (each a list of frames, of ``sizes`` µm per
+        pixel as the worker takes them), recording each tile's outputs; from then on the
+        predictor's network is the free one."""
+        self.predictor._run = self._learning_run  # noqa: SLF001
+        for start in range(0, len(images), batch_size):
+            batch = range(start, min(start + batch_size, len(images)))
+            self.predictor.predict([frame for i in batch for frame in images[i]],
+                                   um_per_pixel=[sizes[i] for i in batch
+                                                 for _ in images[i]])
+        self.predictor._run = self._free_run  # noqa: SLF001
+
+
 def builder_pids(builders: Any) -> list[int]:
     """The pids of a :class:`~bcd_node.analysis.builders.Builders` pool's processes."""
     pool = builders._pool  # noqa: SLF001 - a benchmark looks inside
@@ -276,7 +322,9 @@ def burst(args: argparse.Namespace) -> int:
                           batch_size=args.model_batch_size)
     info = predictor.model_info
     model_threads = (f"model.threads {args.model_threads}, "
-                     f"model.batch_size {args.model_batch_size}")
+                     f"model.batch_size {args.model_batch_size}"
+                     + (", the worker's network free (--model free)" if args.model == "free"
+                        else ""))
     with tempfile.TemporaryDirectory(prefix="bcd-analysis-") as work:
         config = Path(work) / "bcd-node.toml"
         config.write_text(f'[storage]\ndata_dir = "{work}/data"\nmin_free_disk = "100MB"\n\n'
@@ -337,6 +385,12 @@ def burst(args: argparse.Namespace) -> int:
             return elapsed
 
         model_runs = [model_alone()]
+        if args.model == "free":  # the sizes as the worker takes them (findings.image_scale)
+            from bcd_node.analysis.findings import image_scale
+            default = context.settings.model.default_um_per_pixel
+            FreeModel(predictor).learn(
+                images, [image_scale(read_dataset(Path(work) / "data" / p), default)[0]
+                         for p in paths], args.batch_size)
         model_reference: dict[str, list[float]] = {}
         # With --compare the order turns each repeat.
         pair = COMPARE[args.compare] if args.compare else ("node",)
@@ -407,6 +461,7 @@ def burst(args: argparse.Namespace) -> int:
               "images": n, "size": args.size, "compress": args.compress, "analysed": done,
               "batch_size": args.batch_size, "model": f"{info['name']} {info['version']}",
               "model_threads": args.model_threads, "model_batch_size": args.model_batch_size,
+              "worker_model": args.model,
               "worker_images_per_s": {label: [round(n / sec, 2) for sec in secs]
                                       for label, secs in worker_seconds.items()},
               "model_only_images_per_s": round(n / statistics.median(model_runs), 2),
@@ -492,6 +547,11 @@ def main() -> int:
     parser.add_argument("--compress", choices=["none", "jpeg2000"], default="none",
                         help="the burst's images as received: uncompressed (default) or JPEG "
                              "2000 lossless, whose decoding costs far more")
+    parser.add_argument("--model", choices=["real", "free"], default="real",
+                        help="free: the worker's network costs nothing (each tile's outputs "
+                             "computed once before the bursts and looked up), as on a fast "
+                             "GPU: what the CPUs can do when the model is not the limit; the "
+                             "model alone is still the real one")
     parser.add_argument("--model-batch-size", type=int, default=ModelSettings.batch_size,
                         help="model.batch_size: tiles per call of the model, the worker's and "
                              "the model alone's (default: the node's)")
