@@ -285,8 +285,9 @@ def dicomize(
     if not secondary_capture:
         _add_specimen(ds, container, stain_text, root)
 
-    LOGGER.info(
-        "dicomized upload as %s %s (%dx%d)",
+    # DEBUG: the callers say what it was for (an upload, an import, the worker's warm-up field).
+    LOGGER.debug(
+        "dicomized as %s %s (%dx%d)",
         "Secondary Capture" if secondary_capture else "VL Microscopic Image",
         ds.SOPInstanceUID,
         ds.Rows,

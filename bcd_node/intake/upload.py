@@ -151,6 +151,8 @@ def dicomize_upload_bytes(data: bytes, filename: str, fields: dict[str, str], *,
                       pixel_spacing_um=um_per_pixel)
     except DicomValidationError as exc:
         raise UploadError(str(exc)) from None
+    LOGGER.info("dicomized upload as %s %s (%dx%d)", ds.SOPClassUID.name, ds.SOPInstanceUID,
+                ds.Rows, ds.Columns)
     del rgb  # the dataset holds its own copy of the pixels
     age = (fields.get("age") or "").strip()
     if age:

@@ -65,6 +65,7 @@ def test_warm_up_builds_a_diagnostic_field_and_keeps_nothing(
         Pipeline(context, predictor).warm_up()
     assert builders.warmed_up
     assert "output building warmed up before the first image" in caplog.text
+    assert "upload" not in caplog.text  # its synthetic field is no upload, and says none
     [built] = made
     # The whole diagnostic path ran: SEG, SR and Encapsulated PDF, the PDF report, the PNGs.
     assert built.combined.stage is not None

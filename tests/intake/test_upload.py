@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 import pydicom
@@ -26,10 +27,15 @@ def encoded(fmt: str, size: int = 64) -> bytes:
     ("PNG", {}, "1.2.840.10008.5.1.4.1.1.7"),
     ("JPEG", {"specimen_id": "SLIDE-9", "stain": "Wright"}, "1.2.840.10008.5.1.4.1.1.77.1.2"),
 ])
-def test_png_and_jpeg_become_dicom(fmt, extra, sop_class) -> None:
-    data = dicomize_upload_bytes(encoded(fmt), f"x.{fmt.lower()}", {**FIELDS, **extra},
-                                 uid_root="2.25")
+def test_png_and_jpeg_become_dicom(fmt, extra, sop_class, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="bcd_node.intake.upload"):
+        data = dicomize_upload_bytes(encoded(fmt), f"x.{fmt.lower()}", {**FIELDS, **extra},
+                                     uid_root="2.25")
     ds = pydicom.dcmread(io.BytesIO(data))
+    # The log says what became of the upload, by UID only (no patient data).
+    assert f"dicomized upload as {ds.SOPClassUID.name} {ds.SOPInstanceUID} (64x64)" \
+        in caplog.text
+    assert "P-7" not in caplog.text and "Doe" not in caplog.text
     assert ds.SOPClassUID == sop_class
     assert ds.PatientID == "P-7" and str(ds.PatientName) == "Doe^Jane"
     assert ds.PatientBirthDate == "19700203" and ds.PatientSex == "F"
