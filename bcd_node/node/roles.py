@@ -106,7 +106,21 @@ def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
         workers.stop()
         builders.close()
 
-    return Component("workers", True, f"{count} analysis worker(s)", workers.alive), stop
+    return Component("workers", True, f"{count} analysis worker(s), "
+                     + building_text(builders.processes,
+                                     context.settings.workers.decode_in_builders),
+                     workers.alive), stop
+
+
+def building_text(processes: int, decode_in_builders: str) -> str:
+    """Where a worker process builds its outputs and decodes its images, for its start-up
+    line (``workers.output_builders``, ``workers.decode_in_builders``)."""
+    if not processes:
+        return "outputs built and images decoded in the worker process"
+    decoding = {"compressed": "they decode the compressed images",
+                "always": "they decode every image",
+                "never": "images decoded in the worker process"}[decode_in_builders]
+    return f"{processes} output builder processes ({decoding})"
 
 
 def start_worker_process(context: NodeContext) -> tuple[Component, Stopper]:

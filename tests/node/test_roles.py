@@ -1,0 +1,25 @@
+"""The worker process's start-up line says where it builds outputs and decodes images."""
+
+from __future__ import annotations
+
+import pytest
+
+from bcd_node.node.roles import building_text
+from bcd_node.settings import DECODE_IN_BUILDERS
+
+
+@pytest.mark.parametrize(("processes", "mode", "text"), [
+    (2, "compressed", "2 output builder processes (they decode the compressed images)"),
+    (4, "always", "4 output builder processes (they decode every image)"),
+    (2, "never", "2 output builder processes (images decoded in the worker process)"),
+    (0, "compressed", "outputs built and images decoded in the worker process"),
+    (0, "always", "outputs built and images decoded in the worker process"),
+])
+def test_building_text_names_the_builders_and_what_they_decode(processes: int, mode: str,
+                                                               text: str) -> None:
+    assert building_text(processes, mode) == text
+
+
+def test_every_decoding_setting_has_its_words() -> None:
+    for mode in DECODE_IN_BUILDERS:
+        assert building_text(1, mode).startswith("1 output builder processes (")
