@@ -171,7 +171,12 @@ class ModelAlone:
             if omp is not None:
                 os.environ["OMP_NUM_THREADS"] = omp
         child.close()
-        if not self.conn.poll(600) or self.conn.recv() != "ready":
+        try:
+            ready = self.conn.poll(600) and self.conn.recv() == "ready"
+        except EOFError:  # it ended: its traceback is above
+            ready = False
+        if not ready:
+            self.close()
             raise SystemExit("the model-alone process did not start")
 
     def run(self) -> tuple[float, float, float]:
@@ -321,10 +326,10 @@ def burst(args: argparse.Namespace) -> int:
     predictor = Predictor(weights=args.weights, threads=args.model_threads,
                           batch_size=args.model_batch_size)
     info = predictor.model_info
-    model_threads = (f"model.threads {args.model_threads}, "
-                     f"model.batch_size {args.model_batch_size}"
-                     + (", the worker's network free (--model free)" if args.model == "free"
-                        else ""))
+    model_settings = (f"model.threads {args.model_threads}, "
+                      f"model.batch_size {args.model_batch_size}"
+                      + (", the worker's network free (--model free)" if args.model == "free"
+                         else ""))
     with tempfile.TemporaryDirectory(prefix="bcd-analysis-") as work:
         config = Path(work) / "bcd-node.toml"
         config.write_text(f'[storage]\ndata_dir = "{work}/data"\nmin_free_disk = "100MB"\n\n'
@@ -486,7 +491,7 @@ def burst(args: argparse.Namespace) -> int:
     print(f"burst of {n} images of {args.size}x{args.size}"
           + (" (JPEG 2000 lossless)" if args.compress == "jpeg2000" else "")
           + f" with {report['model']} on "
-          f"{report['machine']} (workers.batch_size {args.batch_size}, {model_threads}, "
+          f"{report['machine']} (workers.batch_size {args.batch_size}, {model_settings}, "
           f"{done} analysed):")
     for label, rates in report["worker_images_per_s"].items():
         count, threads, *encoder = label.split(" ", 2)
@@ -494,8 +499,10 @@ def burst(args: argparse.Namespace) -> int:
                  + (f"{count} output builder processes" if int(count)
                     else "outputs built in the worker") + (f", {encoder[0]}" if encoder else ""))
         print(f"  through the worker (claim -> publish), {where}: "
-              f"{', '.join(f'{rate:.2f}' for rate in rates)} images/s; worker / model alone "
-              f"{', '.join(f'{ratio:.2f}' for ratio in report['ratio'][label])}")
+              f"{', '.join(f'{rate:.2f}' for rate in rates)} images/s; "
+              + ("worker with its network free / the real model alone " if args.model == "free"
+                 else "worker / model alone ")
+              + f"{', '.join(f'{ratio:.2f}' for ratio in report['ratio'][label])}")
     print(f"  the model alone, same images, batched: {report['model_only_images_per_s']:.2f} "
           f"images/s (median; before the first burst and after each: "
           f"{', '.join(f'{rate:.2f}' for rate in report['model_only_runs_images_per_s'])}; "
