@@ -151,8 +151,6 @@ def dicomize_upload_bytes(data: bytes, filename: str, fields: dict[str, str], *,
                       pixel_spacing_um=um_per_pixel)
     except DicomValidationError as exc:
         raise UploadError(str(exc)) from None
-    LOGGER.info("dicomized upload as %s %s (%dx%d)", ds.SOPClassUID.name, ds.SOPInstanceUID,
-                ds.Rows, ds.Columns)
     del rgb  # the dataset holds its own copy of the pixels
     age = (fields.get("age") or "").strip()
     if age:
@@ -161,4 +159,6 @@ def dicomize_upload_bytes(data: bytes, filename: str, fields: dict[str, str], *,
         ds.PatientAge = age
     buffer = DicomBytesIO()
     ds.save_as(buffer, enforce_file_format=True)
+    LOGGER.info("dicomized upload as %s %s (%dx%d)", ds.SOPClassUID.name, ds.SOPInstanceUID,
+                ds.Rows, ds.Columns)
     return buffer.getvalue()

@@ -120,7 +120,7 @@ def building_text(processes: int, decode_in_builders: str) -> str:
     decoding = {"compressed": "they decode the compressed images",
                 "always": "they decode every image",
                 "never": "images decoded in the worker process"}[decode_in_builders]
-    return f"{processes} output builder processes ({decoding})"
+    return f"{processes} output builder process{'es' if processes != 1 else ''} ({decoding})"
 
 
 def start_worker_process(context: NodeContext) -> tuple[Component, Stopper]:

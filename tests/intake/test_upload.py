@@ -52,9 +52,11 @@ def test_png_and_jpeg_become_dicom(fmt, extra, sop_class, caplog) -> None:
     (None, {**FIELDS, "birth_date": "31/02/1970"}, "birth"),
     (None, {**FIELDS, "age": "56 years"}, "age"),
 ])
-def test_bad_uploads_get_readable_messages(data, fields, message) -> None:
-    with pytest.raises(UploadError, match=message):
+def test_bad_uploads_get_readable_messages(data, fields, message, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="bcd_node.intake.upload"), \
+            pytest.raises(UploadError, match=message):
         dicomize_upload_bytes(data or encoded("PNG"), "upload.png", fields, uid_root="2.25")
+    assert "dicomized upload" not in caplog.text  # a refused upload made nothing
 
 
 def test_oversized_image_is_refused_before_decoding() -> None:

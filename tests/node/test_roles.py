@@ -22,4 +22,5 @@ def test_building_text_names_the_builders_and_what_they_decode(processes: int, m
 
 def test_every_decoding_setting_has_its_words() -> None:
     for mode in DECODE_IN_BUILDERS:
-        assert building_text(1, mode).startswith("1 output builder processes (")
+        assert building_text(1, mode).startswith("1 output builder process (")
+        assert building_text(3, mode).startswith("3 output builder processes (")
