@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from bcd_node.db.models import Instance, Job, JobKind, Result, Study, utcnow
-from tests.support.browser import fill, navigate, sign_in, sign_out
+from tests.support.browser import downloaded, fill, navigate, sign_in, sign_out
 from tests.support.console import LiveConsole
 from tests.support.seed import minimal_pdf, overlay_rgba, png_bytes, smear_image
 from tests.support.waiting import wait_for
@@ -176,7 +176,7 @@ def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: 
 
     # Download the AI's PDF report.
     browser.find_element(By.CSS_SELECTOR, "[data-pdf=ai]").click()
-    pdf = wait_for(lambda: list(browser.downloads.glob("*.pdf")), what="PDF download")[0]
+    pdf = downloaded(browser, "*.pdf", what="PDF download")
     assert pdf.read_bytes().startswith(b"%PDF")
 
     # The worker's VERIFIED_REPORT job (the lead's handler) writes the verified PDF; simulated.
@@ -188,8 +188,7 @@ def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: 
         result.verified_pdf_path = rel
     browser.refresh()
     browser.find_element(By.CSS_SELECTOR, "[data-pdf=verified]").click()
-    verified = wait_for(lambda: list(browser.downloads.glob("*-verified.pdf")),
-                        what="verified PDF download")[0]
+    verified = downloaded(browser, "*-verified.pdf", what="verified PDF download")
     assert b"VERIFIED Malignant-Pre" in verified.read_bytes()
 
     navigate(browser, By.LINK_TEXT, "Patients")

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from bcd_node.db.models import Job, JobState, Result, Role, Study
 from bcd_node.records.users import add_user
-from tests.support.browser import fill, navigate, sign_in
+from tests.support.browser import downloaded, fill, navigate, sign_in
 from tests.support.console import LiveConsole
 from tests.support.seed import png_bytes
 from tests.support.waiting import wait_for
@@ -91,7 +91,7 @@ def test_upload_analyse_review_verify_with_the_real_pipeline(
         status = session.execute(select(Study.status)).scalar_one()
     browser.refresh()
     browser.find_element(By.CSS_SELECTOR, "[data-pdf=verified]").click()
-    pdf = wait_for(lambda: list(browser.downloads.glob("*-verified.pdf")), what="verified PDF")[0]
+    pdf = downloaded(browser, "*-verified.pdf", what="verified PDF")
     assert pdf.read_bytes().startswith(b"%PDF")
     screenshot("14-verified-real-pipeline")
     # A field's verification does not sign the case: it stays as it was (no summary yet here).

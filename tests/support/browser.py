@@ -8,6 +8,7 @@ being replaced ("stale element", "Node with given id does not belong to the docu
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 from tests.support.waiting import wait_for
@@ -60,3 +61,29 @@ def sign_out(driver: Any) -> None:
     from selenium.webdriver.common.by import By
     navigate(driver, By.ID, "logout")
     wait_for(lambda: "/login" in driver.current_url, what="login page")
+
+
+def downloaded(driver: Any, pattern: str, what: str, timeout: float = 15) -> Path:
+    """The file matching ``pattern`` in the browser's download folder (``driver.downloads``),
+    once Chromium has finished it.
+
+    Chromium writes a download into a hidden temporary file or a ``.crdownload`` one and gives
+    it its name at the end; in CI a test nevertheless read a file of the final name empty, just
+    after it appeared. So a download is finished when no ``.crdownload`` file is left and the
+    file has bytes (an empty download then fails by the deadline, naming ``what``).
+    """
+    folder: Path = driver.downloads
+
+    def finished() -> Path | None:
+        if any(folder.glob("*.crdownload")):
+            return None
+        for path in sorted(folder.glob(pattern)):
+            try:
+                if path.stat().st_size > 0:
+                    return path
+            except FileNotFoundError:  # renamed meanwhile: look again
+                return None
+        return None
+
+    found: Path = wait_for(finished, timeout, what=what)
+    return found
