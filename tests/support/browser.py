@@ -70,19 +70,23 @@ def downloaded(driver: Any, pattern: str, what: str, timeout: float = 15) -> Pat
     Chromium writes a download into a hidden temporary file or a ``.crdownload`` one and gives
     it its name at the end; in CI a test nevertheless read a file of the final name empty, just
     after it appeared. So a download is finished when no ``.crdownload`` file is left and the
-    file has bytes (an empty download then fails by the deadline, naming ``what``).
+    file has bytes, the same number at two looks in a row (an empty download then fails by the
+    deadline, naming ``what``).
     """
     folder: Path = driver.downloads
+    sizes: dict[Path, int] = {}
 
     def finished() -> Path | None:
         if any(folder.glob("*.crdownload")):
             return None
         for path in sorted(folder.glob(pattern)):
             try:
-                if path.stat().st_size > 0:
-                    return path
+                size = path.stat().st_size
             except FileNotFoundError:  # renamed meanwhile: look again
                 return None
+            if size > 0 and sizes.get(path) == size:
+                return path
+            sizes[path] = size
         return None
 
     found: Path = wait_for(finished, timeout, what=what)
