@@ -311,9 +311,10 @@ class Builders:
 
     def read_all(self, paths: Sequence[str]) -> list[ReadImage | Exception]:
         """Read and decode each stored image (:func:`read_image`), in the pool's processes
-        when there is a pool (``workers.decode_in_builders``), in order. An item is an
-        exception only when the process reading it ended (``BrokenProcessPool``): the image is
-        then tried again, as an image whose builder ended."""
+        when there is a pool (``workers.decode_in_builders``), in order. :func:`read_image`
+        never raises, so an item is an exception only when its answer did not come back: the
+        process reading it ended (``BrokenProcessPool``: the image is then tried again, as an
+        image whose builder ended), or the answer could not be sent."""
         return self._run_all(read_image, paths, "reading images")
 
     def _run_all(self, task: Callable[[_Item], _Out], items: Sequence[_Item],

@@ -305,7 +305,6 @@ def test_a_batch_whose_files_cannot_be_made_durable_publishes_nothing(
     assert len(_results(context)) == len(IMAGES)
 
 
-
 def test_only_encapsulated_pixels_count_as_compressed() -> None:
     """workers.decode_in_builders "compressed": the builders decode JPEG, JPEG 2000, RLE...;
     the worker decodes native pixels, and what names no transfer syntax (its reading says
