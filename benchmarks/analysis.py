@@ -93,7 +93,8 @@ def time_steps(wall: dict[str, float], cpu: dict[str, float]) -> None:
     from bcd_node.store import storage
 
     for owner, name, label in (
-            (image.ImageAnalysis, "_load", "the job's rows"),
+            (image.ImageAnalysis, "_load_many", "the job's rows"),
+            (image.ImageAnalysis, "_recorded", "the job's rows"),
             (image, "read_image", "reading and decoding the images"),
             (builders.Builders, "read_all", "reading and decoding the images"),
             (image.ImageAnalysis, "_prepared", "the job's rows"),

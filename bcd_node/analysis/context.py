@@ -3,10 +3,12 @@ an image."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased
 
 from bcd_node.db.models import Instance, Patient, Series, Study
 from bcd_node.errors import PermanentError
@@ -58,17 +60,34 @@ class AnalysisContext:
         PermanentError
             The image no longer exists (purged or deleted).
         """
-        with self.node.session_factory() as session:
-            inst = session.get(Instance, instance_id) if instance_id else None
-            series = session.get(Series, inst.series_fk) if inst is not None else None
-            study = session.get(Study, series.study_fk) if series is not None else None
-            patient = session.get(Patient, study.patient_fk) if study is not None else None
-            if inst is None or series is None or study is None or patient is None:
-                raise PermanentError(f"job {job_id}: instance {instance_id} no longer exists")
-            session.expunge_all()
-        return Loaded(inst, series, study, patient)
+        [loaded] = self.load_many([(job_id, instance_id)])
+        if isinstance(loaded, PermanentError):
+            raise loaded
+        return loaded
 
-    def field_number(self, instance: Instance, study: Study) -> int:
+    def load_many(self, jobs: Sequence[tuple[int, int | None]]
+                  ) -> list[Loaded | PermanentError]:
+        """The rows of the images that jobs ``(job id, instance id)`` are about, in one query
+        (a worker's batch); in order, each the rows or, for an image that no longer exists
+        (purged or deleted), the :class:`PermanentError` that fails its job alone."""
+        wanted = {instance_id for _, instance_id in jobs if instance_id}
+        found: dict[int, Loaded] = {}
+        if wanted:
+            with self.node.session_factory() as session:
+                rows = session.execute(
+                    select(Instance, Series, Study, Patient)
+                    .join(Series, Instance.series_fk == Series.id)
+                    .join(Study, Series.study_fk == Study.id)
+                    .join(Patient, Study.patient_fk == Patient.id)
+                    .where(Instance.id.in_(wanted))).all()
+                session.expunge_all()
+            found = {inst.id: Loaded(inst, series, study, patient)
+                     for inst, series, study, patient in rows}
+        return [found[instance_id] if instance_id in found else PermanentError(
+                    f"job {job_id}: instance {instance_id} no longer exists")
+                for job_id, instance_id in jobs]
+
+    def field_number(self, instance: Instance) -> int:
         """The number of image ``instance`` among its study's images, from 1, in the order the
         node received them (by row id): the Instance Number of its results in their series
         (:mod:`dicom.series`).
@@ -77,7 +96,21 @@ class AnalysisContext:
         revision) keeps its row and so its number, so a re-run gives the same number.
         """
         with self.node.session_factory() as session:
-            earlier = session.execute(
-                select(func.count(Instance.id)).join(Series, Instance.series_fk == Series.id)
-                .where(Series.study_fk == study.id, Instance.id < instance.id)).scalar_one()
-        return int(earlier) + 1
+            numbers = field_numbers(session, [instance.id])
+        if instance.id not in numbers:
+            raise PermanentError(f"instance {instance.id} no longer exists")
+        return numbers[instance.id]
+
+
+def field_numbers(session: Session, instance_ids: Collection[int]) -> dict[int, int]:
+    """:meth:`AnalysisContext.field_number` of each image in ``instance_ids`` that exists, by
+    its id, in one query."""
+    if not instance_ids:
+        return {}
+    earlier, its_series = aliased(Instance), aliased(Series)
+    count = (select(func.count(earlier.id)).join(its_series, earlier.series_fk == its_series.id)
+             .where(its_series.study_fk == Series.study_fk, earlier.id < Instance.id)
+             .scalar_subquery())
+    rows = session.execute(select(Instance.id, count).join(
+        Series, Instance.series_fk == Series.id).where(Instance.id.in_(instance_ids))).all()
+    return {int(instance_id): int(n) + 1 for instance_id, n in rows}

@@ -30,7 +30,7 @@ from bcd_node.analysis.builders import (
     ReadImage,
     read_image,
 )
-from bcd_node.analysis.context import AnalysisContext, Loaded
+from bcd_node.analysis.context import AnalysisContext, Loaded, field_numbers
 from bcd_node.analysis.findings import (
     Analyzer,
     PredictionLike,
@@ -87,6 +87,17 @@ class Prepared(NamedTuple):
     #: The image's pixel size in µm and where it came from (findings.image_scale).
     um_per_pixel: float | None = None
     scale_source: str | None = None
+
+
+class Recorded(NamedTuple):
+    """What the database records for an image's result (:meth:`ImageAnalysis._recorded`)."""
+
+    #: Its number in its study (:meth:`AnalysisContext.field_number`).
+    field_number: int
+    #: The SR documents its result records as superseded (``Result.supersedes``).
+    supersedes: list[dict[str, str]]
+    #: Whether its result of this revision is a "could not be analysed" answer that was sent.
+    failed_answer: bool
 
 
 def _identity(made: BuiltObject) -> Dataset:
@@ -157,6 +168,46 @@ class ImageAnalysis:
     def _load(self, job: Claimed) -> Loaded:
         return self.context.load(job.id, job.instance_fk)
 
+    def _load_many(self, jobs: Sequence[Claimed]) -> list[Loaded | Exception]:
+        """Each job's rows (:meth:`AnalysisContext.load_many`: one query for the batch), or
+        the error that fails it alone; the database's own error fails them all."""
+        try:
+            return list(self.context.load_many([(job.id, job.instance_fk) for job in jobs]))
+        except Exception as exc:  # noqa: BLE001 - every job's error
+            return [exc] * len(jobs)
+
+    def _recorded(self, loaded: Sequence[Loaded]) -> dict[int, Recorded] | Exception:
+        """What the results of the images ``loaded`` need from the database, by instance id,
+        in one session for the batch: each image's number in its study and what its result
+        of this model records (or the database's error, which fails those jobs)."""
+        ctx = self.context
+        ids = [rows.instance.id for rows in loaded]
+        if not ids:
+            return {}
+        try:
+            with ctx.node.session_factory() as session:
+                results = {row.instance_fk: row for row in session.execute(select(
+                    Result.instance_fk, Result.instance_revision, Result.quality,
+                    Result.sr_sop_instance_uid, Result.supersedes).where(
+                    Result.instance_fk.in_(ids), Result.scope == ResultScope.INSTANCE,
+                    Result.model_version == ctx.model_version))}
+                numbers = field_numbers(session, ids)
+        except Exception as exc:  # noqa: BLE001 - the jobs' error
+            return exc
+        out: dict[int, Recorded] = {}
+        for rows in loaded:
+            inst = rows.instance
+            if inst.id not in numbers:
+                continue  # deleted since its rows were read: its job fails (_prepared)
+            result = results.get(inst.id)
+            failed = (result is not None and result.instance_revision == inst.revision
+                      and (result.quality or {}).get("status") == "failed"
+                      and bool(result.sr_sop_instance_uid))
+            out[inst.id] = Recorded(numbers[inst.id],
+                                    list(result.supersedes or []) if result is not None else [],
+                                    failed)
+        return out
+
     def analyze(self, job: Claimed) -> int | None:
         """Analyse one received image; returns the result id (None when a newer version of the
         image arrived meanwhile: its own job makes the result)."""
@@ -179,18 +230,23 @@ class ImageAnalysis:
         out: list[tuple[int | None, Exception | None]] = [(None, None)] * len(jobs)
         ready: list[tuple[int, Prepared]] = []
         loaded: list[tuple[int, Loaded, str]] = []
-        for i, job in enumerate(jobs):
+        for i, (job, rows) in enumerate(zip(jobs, self._load_many(jobs))):
             try:
-                rows = self._load(job)
+                if isinstance(rows, Exception):
+                    raise rows
                 loaded.append((i, rows, str(self.context.store.path(rows.instance.path))))
             except Exception as exc:  # noqa: BLE001 - this job's own error
                 out[i] = (None, exc)
         reads = self._read([(rows.instance, path) for _, rows, path in loaded])
+        recorded = self._recorded([rows for (_, rows, _), read in zip(loaded, reads)
+                                   if isinstance(read, ReadImage) and read.dataset is not None])
         for (i, rows, _path), read in zip(loaded, reads):
             try:
                 if isinstance(read, Exception):  # the process reading it ended
                     raise read
-                prepared = self._prepared(jobs[i], rows, read)
+                if isinstance(recorded, Exception):
+                    raise recorded
+                prepared = self._prepared(jobs[i], rows, read, recorded)
             except Exception as exc:  # noqa: BLE001 - this job's own error
                 out[i] = (None, exc)
                 continue
@@ -244,10 +300,11 @@ class ImageAnalysis:
         return [read if read is not None else read_image(path)
                 for read, (_inst, path) in zip(reads, images)]
 
-    def _prepared(self, job: Claimed, rows: Loaded, read: ReadImage) -> Prepared | None:
+    def _prepared(self, job: Claimed, rows: Loaded, read: ReadImage,
+                  recorded: dict[int, Recorded]) -> Prepared | None:
         """``job``'s image as :func:`~bcd_node.analysis.builders.read_image` read and decoded
-        it, with what its results need from the database; None when a changed version
-        replaced it (the job is then complete)."""
+        it, with what its results need from the database (``recorded``, by :meth:`_recorded`);
+        None when a changed version replaced it (the job is then complete)."""
         ctx = self.context
         inst, _series, study, patient = rows
         if read.dataset is None:
@@ -260,12 +317,20 @@ class ImageAnalysis:
             if isinstance(error, FileNotFoundError):
                 raise PermanentError(f"stored file {inst.path} is missing") from error
             raise PermanentError(f"stored file is not readable: {error}") from error
-        self._supersede_failure_answer(inst, study)
+        facts = recorded.get(inst.id)
+        if facts is None:
+            raise PermanentError(f"job {job.id}: instance {inst.id} no longer exists")
+        if facts.failed_answer:  # rare: its "could not be analysed" SR was sent
+            self._supersede_failure_answer(inst, study)
+            supersedes = self._supersedes(inst, study)
+        else:
+            supersedes = [document_reference(study.study_instance_uid, ref["series"],
+                                             ref["sop"]) for ref in facts.supersedes]
         um, source = image_scale(read.dataset, ctx.settings.model.default_um_per_pixel)
         if read.images is None:
             raise read.error if read.error is not None else RuntimeError("nothing decoded")
-        return Prepared(job, inst, study, patient, read.dataset, read.images,
-                        self._supersedes(inst, study), ctx.field_number(inst, study), um, source)
+        return Prepared(job, inst, study, patient, read.dataset, read.images, supersedes,
+                        facts.field_number, um, source)
 
     def _request(self, prepared: Prepared, predictions: Sequence[PredictionLike],
                  batch: BatchWrite) -> BuildRequest:
@@ -385,7 +450,7 @@ class ImageAnalysis:
             ds, NonDiagnostic(failure=reason), algorithm=ctx.algorithm,
             demonstration_model=ctx.demonstration_model, uid_root=settings.uids.root,
             image=image, revision=inst.revision, supersedes=self._supersedes(inst, study),
-            field_number=ctx.field_number(inst, study), timezone=settings.web.tzinfo)
+            field_number=ctx.field_number(inst), timezone=settings.web.tzinfo)
         folder = DataLayout.instance_results(inst.id, ctx.model_version, inst.revision)
         pdf_rel = f"{folder}/failed-report.pdf"
         outputs = [Output(kind, dataset, f"{folder}/failed-{kind}.dcm")

@@ -67,13 +67,16 @@ def queue_deliveries(session: Session, result_id: int, outputs: Sequence[Output]
                      destinations: Sequence[Destination]) -> None:
     """One outbox row per output and destination, unless that object is already queued or
     delivered there (a re-run)."""
+    # One query for them all, by the (destination, SOP Instance UID) unique index.
+    names = {dest.name for dest in destinations}
+    uids = {str(dataset.SOPInstanceUID) for _, dataset, _ in outputs}
+    queued = set(session.execute(select(Delivery.destination, Delivery.sop_instance_uid).where(
+        Delivery.destination.in_(names), Delivery.sop_instance_uid.in_(uids))).tuples()
+    ) if names and uids else set()
     for dest in destinations:
         for kind, dataset, rel in outputs:
             uid = str(dataset.SOPInstanceUID)
-            exists = session.execute(select(Delivery.id).where(
-                Delivery.destination == dest.name,
-                Delivery.sop_instance_uid == uid)).first()
-            if exists:
+            if (dest.name, uid) in queued:
                 continue  # a re-run: the same object is already queued or delivered
             session.add(Delivery(result_fk=result_id, destination=dest.name, kind=kind,
                                  sop_class_uid=str(dataset.SOPClassUID),

@@ -103,7 +103,7 @@ class VerifiedReports:
         # not be the model that runs now.
         algorithm = dataclasses.replace(ctx.algorithm, name=result.model_name,
                                         version=result.model_version)
-        field_number = ctx.field_number(inst, study)
+        field_number = ctx.field_number(inst)
         stamp = verified_at.strftime("%Y%m%dT%H%M%S%f")
         image = decode_for_analysis(ds)[0]
         blast_count, area_fraction = result.blast_count, result.blast_area_fraction

@@ -130,14 +130,14 @@ def test_job_whose_file_was_replaced_under_it_completes_without_results(node,
                                                                         monkeypatch) -> None:
     ctx, intake, _analyzer, pipeline = node
     intake.accept(version(1))
-    load = pipeline.images._load
+    load = pipeline.images._load_many
 
-    def load_then_replace(job: Any) -> Any:
-        loaded = load(job)
+    def load_then_replace(jobs: Any) -> Any:
+        loaded = load(jobs)
         intake.accept(version(2))  # removes the file just loaded
         return loaded
 
-    monkeypatch.setattr(pipeline.images, "_load", load_then_replace)
+    monkeypatch.setattr(pipeline.images, "_load_many", load_then_replace)
     assert pipeline.analyze(next_job(ctx)) is None
     monkeypatch.undo()
     assert result_row(ctx) is None and delivered_kinds(ctx) == []
