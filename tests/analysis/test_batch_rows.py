@@ -17,9 +17,9 @@ from bcd_node.db.models import Instance, Job, JobKind, Result
 from bcd_node.errors import PermanentError
 from bcd_node.intake.intake import Intake
 from bcd_node.jobs.workers import Workers
-from bcd_node.runtime import NodeContext, open_node
-from bcd_node.settings import load_settings
+from bcd_node.runtime import NodeContext
 from tests.support.images import part10_bytes, vl_micro
+from tests.support.pipeline import alone_and_batch
 from tests.support.predictions import OneBlastAnalyzer
 
 STUDY_A, STUDY_B = "2.25.7100", "2.25.7200"
@@ -27,24 +27,11 @@ STUDY_A, STUDY_B = "2.25.7100", "2.25.7200"
 RECEIVED = [STUDY_A, STUDY_B, STUDY_A, STUDY_B, STUDY_A]
 
 
-def _node(write_config: Callable[..., Path], tmp_path: Path, name: str,
-          batch_size: int) -> NodeContext:
-    config = write_config(f"[workers]\nbatch_size = {batch_size}\n",
-                          data_dir=tmp_path / name, name=f"{name}.toml")
-    context = open_node(load_settings(config))
-    with Intake(context) as intake:
-        for seed, study in enumerate(RECEIVED):
-            intake.accept(part10_bytes(vl_micro(seed, study_uid=study)))
-    return context
-
-
 @pytest.fixture
 def nodes(write_config: Callable[..., Path], tmp_path: Path) -> Iterator[dict[str, NodeContext]]:
-    made = {"alone": _node(write_config, tmp_path, "alone", 1),
-            "batch": _node(write_config, tmp_path, "batch", 8)}
-    yield made
-    for context in made.values():
-        context.engine.dispose()
+    images = [part10_bytes(vl_micro(seed, study_uid=study)) for seed, study in enumerate(RECEIVED)]
+    with alone_and_batch(write_config, tmp_path, images) as made:
+        yield made
 
 
 class QueriesUntilPrediction(OneBlastAnalyzer):

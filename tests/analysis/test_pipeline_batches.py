@@ -17,12 +17,11 @@ from sqlalchemy import select
 from bcd_node.analysis.builders import Builders
 from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.db.models import Instance, Job, JobKind, JobState, Result
-from bcd_node.intake.intake import Intake
 from bcd_node.jobs.workers import Workers
-from bcd_node.runtime import NodeContext, open_node
-from bcd_node.settings import load_settings
+from bcd_node.runtime import NodeContext
 from tests.support.images import vl_micro_bytes
 from tests.support.jobs import drain
+from tests.support.pipeline import alone_and_batch, received_node
 
 
 def _spaced(seed: int, um: float) -> bytes:
@@ -62,24 +61,19 @@ class Counting:
 def _node(write_config: Callable[..., Path], tmp_path: Path, name: str,
           batch_size: int, decode_in_builders: str = "compressed",
           images: list[bytes] = IMAGES) -> NodeContext:
-    config = write_config(f"[workers]\nbatch_size = {batch_size}\nmax_attempts = 2\n"
-                          "retry_delay = 3600\n"
-                          f'decode_in_builders = "{decode_in_builders}"\n',
-                          data_dir=tmp_path / name, name=f"{name}.toml")
-    context = open_node(load_settings(config))
-    with Intake(context) as intake:
-        for data in images:
-            intake.accept(data, calling_ae="SCANNER")
-    return context
+    return received_node(write_config, tmp_path, name, images, batch_size=batch_size,
+                         workers=_workers_config(decode_in_builders))
+
+
+def _workers_config(decode_in_builders: str = "compressed") -> str:
+    return ("max_attempts = 2\nretry_delay = 3600\n"
+            f'decode_in_builders = "{decode_in_builders}"\n')
 
 
 @pytest.fixture
 def nodes(write_config: Callable[..., Path], tmp_path: Path) -> Iterator[dict[str, NodeContext]]:
-    made = {"alone": _node(write_config, tmp_path, "alone", 1),
-            "batch": _node(write_config, tmp_path, "batch", 8)}
-    yield made
-    for context in made.values():
-        context.engine.dispose()
+    with alone_and_batch(write_config, tmp_path, IMAGES, _workers_config()) as made:
+        yield made
 
 
 def _workers(context: NodeContext, analyzer: Any, builders: Builders | None = None) -> Workers:
