@@ -94,6 +94,11 @@ class AnalysisContext:
 
         A later image never changes an earlier one's number, and a changed image (a new
         revision) keeps its row and so its number, so a re-run gives the same number.
+
+        Raises
+        ------
+        PermanentError
+            The image no longer exists (purged or deleted).
         """
         with self.node.session_factory() as session:
             numbers = field_numbers(session, [instance.id])
