@@ -125,13 +125,14 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
     # while the intake, the workers and the scheduler drain.
     roles = tuple(r for r in ("web", "worker", "scp") if r in set(roles))
     separate_worker = len(roles) > 1 and "worker" in roles and "scp" in roles
+    who = speaker(roles)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         stopping = stop
 
         # Installed first, so a SIGTERM during start-up also ends in an orderly stop.
         def on_signal(signum: int, _frame: FrameType | None) -> None:
-            LOGGER.info("received %s, shutting down", signal.Signals(signum).name)
+            LOGGER.info("%sreceived %s, shutting down", who, signal.Signals(signum).name)
             stopping.set()
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
@@ -172,7 +173,7 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
                 context.components[component.name] = component
                 stoppers.append(stopper)
         for component in context.components.values():
-            LOGGER.info("%s: %s", component.name, component.describe())
+            LOGGER.info("%s%s: %s", who, component.name, component.describe())
         context.started.set()
         tell_parent_ready()
         threading.Thread(target=notify_when_healthy, args=(context, stop),
@@ -185,8 +186,23 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
             except Exception:  # noqa: BLE001 - keep stopping the others
                 LOGGER.exception("error while stopping a component")
         context.engine.dispose()
-        LOGGER.info("stopped")
+        LOGGER.info("%sstopped", who)
     return 0
+
+
+#: A child process of ``serve`` by the roles it runs, in its log lines.
+_CHILD_NAMES = {"scp": "listener", "worker": "worker", "web": "console"}
+
+
+def speaker(roles: Iterable[str]) -> str:
+    """What this process's start and stop lines begin with: nothing in the process a command
+    started (``serve``, or a role command such as ``bcd-node worker``); in a child process of
+    ``serve`` (its listeners, its worker), whose lines go to its parent's log, its role and
+    PID, so that the reader knows which process says what, e.g. ``worker process 4242: ``."""
+    if READY_FD_ENV not in os.environ:
+        return ""
+    names = " and ".join(_CHILD_NAMES.get(role, role) for role in roles)
+    return f"{names} process {os.getpid()}: "
 
 
 def wait_for_stop(stop: threading.Event, interval: float = 0.2) -> None:

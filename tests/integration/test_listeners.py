@@ -260,8 +260,10 @@ def test_a_killed_worker_process_is_replaced(write_config, tmp_path) -> None:
         builders = builder_pids(before)
         assert len(builders) == output_builder_processes(None), node.output()[-3000:]
         # Its start-up line says so, and what they decode (workers.decode_in_builders).
-        assert (f"workers: 2 analysis worker(s), {output_builder_processes(None)} output "
-                "builder processes (they decode the compressed images)") in node.output()
+        # ... named by its process, whose lines share the node's log.
+        assert (f"worker process {before}: workers: 2 analysis worker(s), "
+                f"{output_builder_processes(None)} output builder processes (they decode the "
+                "compressed images)") in node.output()
         niceness = os.getpriority(os.PRIO_PROCESS, before)
         assert niceness >= 10  # workers.niceness
         assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in builders} == {niceness}

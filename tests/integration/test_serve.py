@@ -12,7 +12,7 @@ import pytest
 
 from bcd_node.settings import load_settings
 from tests.support.net import free_port
-from tests.support.node import BCD_NODE, Node
+from tests.support.node import BCD_NODE, Node, listener_pids, worker_pids
 from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.integration
@@ -53,13 +53,20 @@ def test_serve_answers_dicom_and_http_and_stops_on_sigterm(write_config) -> None
             page = resp.read().decode()
             assert "nosniff" == resp.headers["X-Content-Type-Options"]
         assert "BCD_NODE" in page and "dicom" in page
+        children = [f"listener process {pid}" for pid in listener_pids(node)] + [
+            f"worker process {pid}" for pid in worker_pids(node)]
     finally:
         code = node.stop()
     assert code == 0
     out = node.output()
     assert "one-time password" in out
     assert "dicom: listening on" in out and "model:" in out  # says what runs
-    assert "stopped" in out
+    lines = out.splitlines()
+    # The node's own lines, and each child process's, named by it (they share this log).
+    assert any(line.endswith("bcd_node.node.serve: stopped") for line in lines), out[-3000:]
+    assert children  # the worker's, and the listeners' where there are several
+    for child in children:
+        assert any(line.endswith(f"{child}: stopped") for line in lines), (child, out[-3000:])
 
     # Second start: users exist, so no new password is printed.
     node2 = Node(node.config)

@@ -24,3 +24,18 @@ def test_every_decoding_setting_has_its_words() -> None:
     for mode in DECODE_IN_BUILDERS:
         assert building_text(1, mode).startswith("1 output builder process (")
         assert building_text(3, mode).startswith("3 output builder processes (")
+
+
+def test_a_child_of_serve_names_itself_in_its_start_and_stop_lines(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its lines go to its parent's log, beside the parent's own and its siblings'."""
+    import os
+
+    from bcd_node.node.processes import READY_FD_ENV
+    from bcd_node.node.serve import speaker
+
+    monkeypatch.delenv(READY_FD_ENV, raising=False)
+    assert speaker(["worker"]) == speaker(["web", "worker", "scp"]) == ""  # a command's own
+    monkeypatch.setenv(READY_FD_ENV, "7")
+    assert speaker(["worker"]) == f"worker process {os.getpid()}: "
+    assert speaker(["scp"]) == f"listener process {os.getpid()}: "
