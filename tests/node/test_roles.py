@@ -1,4 +1,5 @@
-"""The worker process's start-up line says where it builds outputs and decodes images."""
+"""The start-up and stop lines of the node's processes: the worker process says where it builds
+outputs and decodes images, and a child process of serve names itself."""
 
 from __future__ import annotations
 
