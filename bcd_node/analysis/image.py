@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -98,6 +98,22 @@ class Recorded(NamedTuple):
     supersedes: list[dict[str, str]]
     #: Whether its result of this revision is a "could not be analysed" answer that was sent.
     failed_answer: bool
+
+
+def _failure_answer_sr(result: Any, inst: Instance) -> str | None:
+    """The SR's SOP Instance UID when ``result`` (a :class:`Result` or a row of its columns;
+    None: no result) of image ``inst`` is a "could not be analysed" answer of its revision
+    that was sent; else None."""
+    if (result is None or result.instance_revision != inst.revision
+            or (result.quality or {}).get("status") != "failed"):
+        return None
+    return str(result.sr_sop_instance_uid) if result.sr_sop_instance_uid else None
+
+
+def _references(study: Study, recorded: Sequence[dict[str, str]]) -> list[Dataset]:
+    """The SR documents of ``study`` that ``Result.supersedes`` records, as references."""
+    return [document_reference(study.study_instance_uid, ref["series"], ref["sop"])
+            for ref in recorded]
 
 
 def _identity(made: BuiltObject) -> Dataset:
@@ -200,12 +216,9 @@ class ImageAnalysis:
             if inst.id not in numbers:
                 continue  # deleted since its rows were read: its job fails (_prepared)
             result = results.get(inst.id)
-            failed = (result is not None and result.instance_revision == inst.revision
-                      and (result.quality or {}).get("status") == "failed"
-                      and bool(result.sr_sop_instance_uid))
             out[inst.id] = Recorded(numbers[inst.id],
                                     list(result.supersedes or []) if result is not None else [],
-                                    failed)
+                                    _failure_answer_sr(result, inst) is not None)
         return out
 
     def analyze(self, job: Claimed) -> int | None:
@@ -324,8 +337,7 @@ class ImageAnalysis:
             self._supersede_failure_answer(inst, study)
             supersedes = self._supersedes(inst, study)
         else:
-            supersedes = [document_reference(study.study_instance_uid, ref["series"],
-                                             ref["sop"]) for ref in facts.supersedes]
+            supersedes = _references(study, facts.supersedes)
         um, source = image_scale(read.dataset, ctx.settings.model.default_um_per_pixel)
         if read.images is None:
             raise read.error if read.error is not None else RuntimeError("nothing decoded")
@@ -516,17 +528,16 @@ class ImageAnalysis:
             result = session.execute(select(Result).where(
                 Result.instance_fk == inst.id, Result.scope == ResultScope.INSTANCE,
                 Result.model_version == ctx.model_version)).scalar_one_or_none()
-            if (result is None or result.instance_revision != inst.revision
-                    or (result.quality or {}).get("status") != "failed"
-                    or not result.sr_sop_instance_uid):
+            sop = _failure_answer_sr(result, inst)
+            if result is None or sop is None:
                 return
             failed = {"series": sr_series_uid(study.study_instance_uid, ctx.model_version,
                                               ctx.settings.uids.root),
-                      "sop": result.sr_sop_instance_uid}
+                      "sop": sop}
             if failed not in (result.supersedes or []):
                 result.supersedes = [*(result.supersedes or []), failed]
                 LOGGER.info("instance %s: its new SR supersedes the 'could not be analysed' SR "
-                            "%s", inst.sop_instance_uid, result.sr_sop_instance_uid)
+                            "%s", inst.sop_instance_uid, sop)
 
     def _supersedes(self, inst: Instance, study: Study) -> list[Dataset]:
         """The SR documents that this revision's SR replaces: the earlier revision's (recorded
@@ -536,8 +547,7 @@ class ImageAnalysis:
             recorded = session.execute(select(Result.supersedes).where(
                 Result.instance_fk == inst.id, Result.scope == ResultScope.INSTANCE,
                 Result.model_version == self.context.model_version)).scalar_one_or_none()
-        return [document_reference(study.study_instance_uid, ref["series"], ref["sop"])
-                for ref in recorded or []]
+        return _references(study, recorded or [])
 
     def _withdraw_stale_verification(self, session: Session, result: Result, inst: Instance,
                                      study: Study, patient: Patient) -> None:

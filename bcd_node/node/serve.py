@@ -190,8 +190,8 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
     return 0
 
 
-#: A child process of ``serve`` by the roles it runs, in its log lines.
-_CHILD_NAMES = {"scp": "listener", "worker": "worker", "web": "console"}
+#: A role's name for its child process of ``serve``, where it is not the role's own.
+_CHILD_NAMES = {"scp": "listener"}
 
 
 def speaker(roles: Iterable[str]) -> str:

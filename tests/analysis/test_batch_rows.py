@@ -162,14 +162,15 @@ def test_an_object_is_queued_once_for_each_destination(ctx: NodeContext) -> None
             return sorted(s.execute(select(Delivery.destination, Delivery.kind)).tuples())
 
     assert queued() == [("pacs", "pdf"), ("pacs", "seg"), ("pacs", "sr")]
+    def identity(delivery: Delivery) -> pydicom.Dataset:
+        ds = pydicom.Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = delivery.sop_class_uid, delivery.sop_instance_uid
+        return ds
+
     with ctx.session_factory.begin() as s:
         result = s.execute(select(Result)).scalar_one()
-        outputs = [Output(d.kind, pydicom.Dataset(), d.path) for d in s.execute(
-            select(Delivery).order_by(Delivery.id)).scalars()]
-        for output, d in zip(outputs, s.execute(select(Delivery).order_by(Delivery.id))
-                             .scalars()):
-            output.dataset.SOPClassUID = d.sop_class_uid
-            output.dataset.SOPInstanceUID = d.sop_instance_uid
+        outputs = [Output(d.kind, identity(d), d.path)
+                   for d in s.execute(select(Delivery).order_by(Delivery.id)).scalars()]
         queue_deliveries(s, result.id, outputs, [pacs, other])
     assert queued() == [("other", "pdf"), ("other", "seg"), ("other", "sr"),
                         ("pacs", "pdf"), ("pacs", "seg"), ("pacs", "sr")]
