@@ -26,7 +26,7 @@ from flask_login import current_user
 from sqlalchemy import func, or_, select
 from werkzeug.exceptions import HTTPException
 
-from bcd_node.analysis.findings import scale_text
+from bcd_node.analysis.findings import laid_over, scale_text
 from bcd_node.db.models import (
     Instance,
     Patient,
@@ -520,11 +520,51 @@ def result_image(result_id: int, kind: str) -> Any:
         abort(404)
     path = data_file(result.overlay_path if kind == "overlay" else result.mask_path)
     if _downloading():
+        data: Path | bytes = path
+        if kind == "overlay":
+            try:
+                data = _overlay_picture(result, path)
+            except Busy:
+                return _busy()
         _audit_view("download_image", db().get(Study, result.study_fk),
                     f"result:{result.id}:{kind}")
-        return _image_response(path, "image/png", as_attachment=True,
+        return _image_response(data, "image/png", as_attachment=True,
                                download_name=f"bcd-{kind}-{result.id}.png")
     return _image_response(path, "image/png")
+
+
+def _overlay_picture(result: Result, path: Path) -> Path | bytes:
+    """The overlay a doctor downloads: the field with the blasts tinted and outlined, as the
+    report shows it. The stored overlay is a layer the viewer lays over the field
+    (:func:`~bcd_node.analysis.findings.overlay_layer`), so it is laid over the field's
+    preview here; an earlier version's overlay, the picture itself (no alpha), is as it is.
+
+    Raises
+    ------
+    Busy
+        The field's preview has to be made, and the decoding budget is taken.
+    """
+    import numpy as np
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as stored:
+        if stored.mode != "RGBA":
+            return path
+        layer = stored.copy()
+    inst = db().get(Instance, result.instance_fk) if result.instance_fk else None
+    if inst is None:
+        abort(404)
+    try:
+        field = PILImage.open(io.BytesIO(_preview_png(inst))).convert("RGB")
+    except (Busy, HTTPException):
+        raise
+    except Exception:  # noqa: BLE001 - as image(): an undecodable field has no picture
+        abort(404)
+    if layer.size != field.size:  # a preview is at most PREVIEW_MAX_SIDE pixels a side
+        layer = layer.resize(field.size, PILImage.Resampling.BOX)
+    out = io.BytesIO()
+    PILImage.fromarray(laid_over(np.asarray(field), np.asarray(layer))).save(out, format="PNG")
+    return out.getvalue()
 
 
 @bp.get("/results/<int:result_id>/report.pdf")

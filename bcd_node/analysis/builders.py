@@ -38,7 +38,12 @@ import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 
-from bcd_node.analysis.findings import Combined, build_analysis, decode_for_analysis
+from bcd_node.analysis.findings import (
+    Combined,
+    build_analysis,
+    decode_for_analysis,
+    overlay_layer,
+)
 from bcd_node.analysis.publish import dicom_bytes
 from bcd_node.records.cells import split_cells
 from bcd_node.report.pictures import channels, check_picture, filtered_rows_deflated
@@ -98,6 +103,8 @@ class Built:
 
     combined: Combined
     mask_png: bytes
+    #: The overlay as an RGBA layer to lay over the field
+    #: (:func:`~bcd_node.analysis.findings.overlay_layer`).
     overlay_png: bytes
     pdf: bytes | None
     objects: tuple[BuiltObject, ...]
@@ -240,8 +247,10 @@ def build(request: BuildRequest) -> Built:
              if combined.stage is not None and len(request.images) == 1 else None)
     # The map is in the PNG: it does not travel back from a builder process as floats.
     combined = dataclasses.replace(combined, probability=None)
+    # The console lays the overlay over the field it shows: it keeps the layer, not a copy of
+    # the field (the report's picture, analysis.overlay, is the field with the layer over it).
     built = Built(combined, png(combined.masks[0] * 255),
-                  png(analysis.overlay),
+                  png(overlay_layer(combined.masks[0])),
                   analysis.pdf if objects else None, objects, probability_png, cells)
     if request.store is None or request.folder is None:
         return built

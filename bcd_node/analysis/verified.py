@@ -119,9 +119,12 @@ class VerifiedReports:
                 field_number=field_number, revision=result.instance_revision,
                 verified_stamp=stamp)
             blast_count, area_fraction = corrected_count, float(mask.mean())
-            over = overlay(image, mask)
         else:
-            over = np.asarray(Image.open(ctx.store.path(result.overlay_path)).convert("RGB"))
+            mask = stored_mask(ctx.store.path(result.mask_path or ""))
+        # The AI report's picture, made again from the field and its (corrected) mask: the
+        # console keeps the overlay as a layer, not as a picture (an earlier version's
+        # overlay.png was this very picture).
+        over = overlay(image, mask)
         findings = Findings(stage=result.stage, probabilities=result.probabilities,
                             blast_count=blast_count,
                             blast_area_fraction=min(1.0, area_fraction), quality_ok=True,
@@ -186,6 +189,21 @@ class VerifiedReports:
         return self.context.demonstration_model if made_here else True
 
 
+def stored_mask(mask_path: Path) -> np.ndarray:
+    """A field's mask as the builders stored it (``mask.png``), 0/1 uint8.
+
+    Raises
+    ------
+    PermanentError
+        It cannot be read.
+    """
+    try:
+        with Image.open(mask_path) as picture:
+            return (np.asarray(picture.convert("L")) > 0).astype(np.uint8)
+    except OSError as exc:
+        raise PermanentError(f"the field's mask cannot be read: {exc}") from exc
+
+
 def corrected_mask(mask_path: Path, listed: CellList, rejected: list[int]) -> np.ndarray:
     """The field's mask without the ``rejected`` cells (0/1 uint8).
 
@@ -194,10 +212,7 @@ def corrected_mask(mask_path: Path, listed: CellList, rejected: list[int]) -> np
     PermanentError
         The stored mask does not give the cells the doctor saw (it changed, or is missing).
     """
-    try:
-        mask = (np.asarray(Image.open(mask_path).convert("L")) > 0).astype(np.uint8)
-    except OSError as exc:
-        raise PermanentError(f"the field's mask cannot be read: {exc}") from exc
+    mask = stored_mask(mask_path)
     labels, n = label_cells(mask, listed.min_area)
     if n != len(listed.cells) or (listed.shape and tuple(listed.shape) != mask.shape):
         raise PermanentError(f"the field's mask gives {n} cells, the doctor reviewed "

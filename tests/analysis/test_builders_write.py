@@ -11,6 +11,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -18,6 +19,7 @@ from PIL import Image
 
 from bcd_node.analysis import builders
 from bcd_node.analysis.builders import Builders, BuildRequest
+from bcd_node.analysis.findings import laid_over, overlay
 from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.runtime import NodeContext
 from bcd_node.store import storage
@@ -47,6 +49,26 @@ def _pixels(data: bytes) -> np.ndarray:
 def _written(request: BuildRequest, store: Store, folder: str, *, sync: bool = True
              ) -> BuildRequest:
     return dataclasses.replace(request, store=store, folder=folder, sync_files=sync)
+
+
+def test_the_overlay_file_is_a_layer_that_laid_over_the_field_is_the_reports_picture(
+        request_: BuildRequest) -> None:
+    drawn = np.zeros(request_.images[0].shape[:2], np.uint8)
+    cv2.circle(drawn, (60, 80), 15, 1, -1)
+    cv2.circle(drawn, (170, 150), 22, 1, -1)
+    request_ = dataclasses.replace(request_, predictions=[
+        dataclasses.replace(request_.predictions[0], mask=drawn)])
+    built = builders.build(request_)
+    mask = _pixels(built.mask_png) > 0
+    assert np.array_equal(mask, drawn > 0)
+    layer = _pixels(built.overlay_png)
+    assert layer.shape == mask.shape + (4,)
+    assert np.array_equal(layer[..., 3] > 0, mask)  # transparent wherever there is no blast
+    field = request_.images[0]
+    picture = overlay(field, mask.astype(np.uint8))  # the report's picture of the field
+    assert np.abs(laid_over(field, layer).astype(int) - picture.astype(int)).max() <= 1
+    # A layer, not a copy of the field: a few KB.
+    assert len(built.overlay_png) * 20 < len(builders.png(picture))
 
 
 def test_a_request_with_a_folder_writes_the_files_and_returns_no_bytes(

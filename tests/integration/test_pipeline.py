@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pydicom
 import pytest
 from sqlalchemy import select, update
@@ -118,11 +121,26 @@ def test_verification_produces_a_verified_sr_and_pdf(write_config, predictor, tm
     predecessor = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0] \
         .ReferencedSOPSequence[0].ReferencedSOPInstanceUID
     assert predecessor == result.sr_sop_instance_uid
-    import subprocess
     text = subprocess.run(["pdftotext", str(ctx.settings.storage.data_dir /
                                              result.verified_pdf_path), "-"],
                           capture_output=True, text=True, check=True).stdout
     assert "Blasts with cleft nuclei." in text and corrected in text
+    # The signed report shows the AI report's pictures, the field and its overlay (made again
+    # from the field and its mask: the console keeps the overlay as a layer), as poppler
+    # extracts them: the same JPEG bytes.
+    data_dir = ctx.settings.storage.data_dir
+    assert _pictures(data_dir / result.verified_pdf_path, tmp_path / "signed") == _pictures(
+        data_dir / result.pdf_path, tmp_path / "ai")
+
+
+def _pictures(pdf: Path, where: Path) -> list[bytes]:
+    """The JPEG pictures of a PDF, in order, as ``pdfimages -j`` (poppler) writes them."""
+    where.mkdir()
+    subprocess.run(["pdfimages", "-j", str(pdf), str(where / "img")], check=True,
+                   capture_output=True, timeout=60)
+    pictures = [path.read_bytes() for path in sorted(where.glob("img-*.jpg"))]
+    assert len(pictures) == 2
+    return pictures
 
 
 def test_quiet_study_gets_one_summary_sr_and_pdf(write_config, predictor, tmp_path) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session
 
+from bcd_node.analysis.findings import overlay_layer
 from bcd_node.db.models import Instance, Patient, Result, Series, Study, utcnow
 from bcd_node.store.layout import DataLayout
 
@@ -95,7 +96,7 @@ def add_analysed_study(session: Session, data_dir: Path, *, patient_id: str = "P
     (data_dir / "store").mkdir(parents=True, exist_ok=True)
     (data_dir / inst.path).touch()
     (results_dir / f"{inst.id}-mask.png").write_bytes(png_bytes(mask.astype(np.uint8) * 255))
-    (results_dir / f"{inst.id}-overlay.png").write_bytes(png_bytes(overlay_rgba(mask)))
+    (results_dir / f"{inst.id}-overlay.png").write_bytes(png_bytes(overlay_layer(mask)))
     if with_pdf:
         (results_dir / f"{inst.id}.pdf").write_bytes(minimal_pdf("AI report " + stage))
     others = [s for s in STAGES if s != stage]
@@ -193,7 +194,7 @@ def add_case(session: Session, data_dir: Path, *, fields: int = 3,
             png_bytes(image))
         (data_dir / other.path).touch()
         (data_dir / f"results/{other.id}-overlay.png").write_bytes(
-            png_bytes(overlay_rgba(mask)))
+            png_bytes(overlay_layer(mask)))
         (data_dir / f"results/{other.id}.pdf").write_bytes(minimal_pdf("AI report " + stage))
         rest = 0.2 / 3
         result = Result(scope="instance", instance_fk=other.id, study_fk=study.id,

@@ -6,11 +6,14 @@ import io
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from PIL import Image
 from sqlalchemy import select
 
+from bcd_node.analysis.findings import laid_over
 from bcd_node.db.models import AuditEvent, Job, JobKind, Result, Study
 from bcd_node.errors import PermanentError
 from tests.support.seed import add_analysed_study, add_study, png_bytes, seed_worklist, smear_image
@@ -100,6 +103,34 @@ def test_review_reasons_are_shown(app: Flask, doctor_client: FlaskClient,
     assert "Unlike the training data" in page and "Scale unknown" in page
     assert "taken as 0.25 µm per pixel" in page
     assert "Flagged for review by the pipeline" not in page and "Low confidence" not in page
+
+
+def test_a_downloaded_overlay_is_the_field_with_the_blasts_marked(
+        app: Flask, doctor_client: FlaskClient, analysed: dict[str, Any]) -> None:
+    rid, iid = analysed["result_id"], analysed["instance_id"]
+
+    def picture(url: str) -> Image.Image:
+        resp = doctor_client.get(url)
+        assert resp.status_code == 200, url
+        return Image.open(io.BytesIO(resp.data))
+
+    # The viewer lays the stored layer over the field; a download is the picture itself.
+    layer = picture(f"/results/{rid}/overlay.png")
+    assert layer.mode == "RGBA"
+    field = np.asarray(picture(f"/instances/{iid}/image.png").convert("RGB"))
+    downloaded = picture(f"/results/{rid}/overlay.png?download=1")
+    assert downloaded.mode == "RGB"
+    assert np.array_equal(np.asarray(downloaded), laid_over(field, np.asarray(layer)))
+    blasts = np.asarray(layer)[..., 3] > 0
+    assert blasts.any() and not np.array_equal(np.asarray(downloaded)[blasts], field[blasts])
+    assert np.array_equal(np.asarray(downloaded)[~blasts], field[~blasts])
+    # An overlay stored by an earlier version is that picture already: downloaded as it is.
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory() as session:
+        stored = ctx.settings.storage.data_dir / session.get(Result, rid).overlay_path
+    earlier = png_bytes(np.asarray(downloaded)[::-1].copy())
+    stored.write_bytes(earlier)
+    assert doctor_client.get(f"/results/{rid}/overlay.png?download=1").data == earlier
 
 
 def test_images_and_pdf_are_served_and_downloads_audited(
