@@ -2,7 +2,9 @@
 
 Builds, for 512 x 512 synthetic smears, what the worker builds per image: the PDF report
 (reportlab), the SEG, the SR (TID 1500) and the Encapsulated PDF, each serialised to Part 10
-bytes as the worker writes it, and prints the median wall and CPU time of each step. For the
+bytes as the worker writes it, and the console's PNGs (the overlay as the layer the console lays
+over the field; also as the picture of the field it was before, with its size), and prints the
+median wall and CPU time of each step. For the
 SR it also builds, in the same run and on the same inputs, the content tree with highdicom's
 templates, then the document with highdicom's templates and its own Comprehensive 3D SR
 constructor (the references the node's content tree and document class are tested against,
@@ -99,6 +101,7 @@ def main() -> int:
         return out
 
     pdf_sizes: list[int] = []
+    overlay_sizes: list[tuple[int, int]] = []
     for i in range(args.warmup + args.images):
         keep = i >= args.warmup
         ds, image, mask, stage, probabilities = benchmark_field(i, size=args.size)
@@ -112,11 +115,18 @@ def main() -> int:
         record("cells", lambda: split_cells(mask, probability, min_area=20), keep)
         record("cells, listed over the whole image (reference)",
                lambda: whole_image_cells(mask, probability, 20), keep)
-        # The console's pictures (overlay and mask), and OpenCV's PNG writer as the worker used
-        # it before (deflate level 1, run-length matching) on the same pictures.
-        record("console PNGs (overlay, mask)", lambda: (png(over), png(mask * 255)), keep)
+        # The console's pictures (the overlay as a layer over the field, and the mask); the
+        # overlay as the picture of the field it was before issue 17's fifth session; and
+        # OpenCV's PNG writer as the worker used it before (deflate level 1, run-length
+        # matching) on those pictures.
+        layer = record("console PNGs (overlay layer, mask)",
+                       lambda: (png(F.overlay_layer(mask)), png(mask * 255)), keep)[0]
+        picture = record("console PNGs, the overlay as a picture of the field (reference)",
+                         lambda: (png(over), png(mask * 255)), keep)[0]
         record("console PNGs, OpenCV's writer (reference)",
                lambda: (opencv_png(over), opencv_png(mask * 255)), keep)
+        if keep:
+            overlay_sizes.append((len(layer), len(picture)))
         data = F.report_data(ds, image, over, combined, algorithm=algorithm,
                              demonstration_model=True, created_at=utcnow())
         pdf = record("PDF report (reportlab)", lambda: render_report(data), keep)
@@ -158,6 +168,9 @@ def main() -> int:
               "images": args.images, "size": args.size, "medians": medians,
               "sr_cpu_ratio_to_reference": round(ratio, 2),
               "pdf_report_kb": round(statistics.median(pdf_sizes) / 1000),
+              "overlay_png_kb": round(statistics.median(a for a, _ in overlay_sizes) / 1000, 1),
+              "overlay_picture_png_kb": round(
+                  statistics.median(b for _, b in overlay_sizes) / 1000, 1),
               "targets_ms": {"SR": 20, "PDF report (reportlab)": 30}}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -168,6 +181,8 @@ def main() -> int:
         print(f"  {name:<64} {m['wall_ms']:7.1f} ms wall {m['cpu_ms']:7.1f} ms CPU")
     print(f"  SR / reference (CPU, same run): {ratio:.2f}")
     print(f"  PDF report size, median: {report['pdf_report_kb']} KB")
+    print(f"  overlay PNG size, median: {report['overlay_png_kb']} KB as a layer, "
+          f"{report['overlay_picture_png_kb']} KB as a picture of the field (reference)")
     print("reproduce: .venv/bin/python benchmarks/outputs.py " + " ".join(sys.argv[1:]))
     return 0
 
