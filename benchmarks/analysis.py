@@ -32,6 +32,7 @@ Reproduce with::
     .venv/bin/python benchmarks/analysis.py --burst 200 --repeat 3 --compare files
     .venv/bin/python benchmarks/analysis.py --burst 200 --repeat 2 --compare decode
     .venv/bin/python benchmarks/analysis.py --burst 100 --compress jpeg2000 --compare decode
+    .venv/bin/python benchmarks/analysis.py --burst 200 --repeat 3 --model free --compare shared
     .venv/bin/python benchmarks/analysis.py --threads 1 2 --repeat 2   # workers.count side by side
     .venv/bin/python benchmarks/analysis.py --model free --steps   # the network free, as on a GPU
     .venv/bin/python benchmarks/analysis.py --steps        # where the worker's time goes
@@ -252,7 +253,8 @@ def builder_pids(builders: Any) -> list[int]:
 COMPARE = {"png": ("pillow", "node"), "sync": ("fsync", "syncfs"), "sr": ("templates", "node"),
            "files": ("worker-writes", "node"),
            "part10": ("pydicom", "node"),
-           "decode": ("decode-in-worker", "decode-in-builders")}
+           "decode": ("decode-in-worker", "decode-in-builders"),
+           "shared": ("pipe", "shared-memory")}
 
 
 class WorkerWrites:
@@ -417,6 +419,8 @@ def burst(args: argparse.Namespace) -> int:
                     s.execute(update(Job).values(state=JobState.QUEUED, attempts=0,
                                                  lease_owner=None, lease_expires_at=None))
             builders = Builders(count)
+            if variant == "pipe":  # the requests' arrays pickled into the pool's pipe
+                builders._shared.share = lambda requests: None  # type: ignore[method-assign]
             pipeline = Pipeline(context, predictor, builders=builders)
             if args.compare == "decode":  # workers.decode_in_builders
                 pipeline.images.decode_in_builders = ("always" if variant == "decode-in-builders"
@@ -551,7 +555,9 @@ def main() -> int:
                              "builders and written by the worker's thread, the image sent "
                              "with its pixels, not written by the builders); decode: every "
                              "image read and decoded by the worker process, and every one by "
-                             "the builders (workers.decode_in_builders never and always)")
+                             "the builders (workers.decode_in_builders never and always); "
+                             "shared: the requests' arrays pickled into the builder pool's "
+                             "pipe, not sent through shared memory")
     parser.add_argument("--compress", choices=["none", "jpeg2000"], default="none",
                         help="the burst's images as received: uncompressed (default) or JPEG "
                              "2000 lossless, whose decoding costs far more")

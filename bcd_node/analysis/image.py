@@ -168,7 +168,8 @@ class ImageAnalysis:
             [predicted] = predict_each(self.analyzer, [images], [um])
             if isinstance(predicted, Exception):
                 raise predicted
-            request = BuildRequest(ds, images, list(predicted), ctx.algorithm,
+            # As an image's request: its attributes, its pixels decoded beside them.
+            request = BuildRequest(without_pixels(ds), images, list(predicted), ctx.algorithm,
                                    ctx.settings.model.review_threshold, ctx.settings.uids.root,
                                    ctx.demonstration_model, 0, [], 1, ctx.settings.web.tzinfo,
                                    um, source)

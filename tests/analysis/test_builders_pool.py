@@ -74,6 +74,15 @@ def test_a_builder_killed_while_building_fails_those_images_and_the_next_batch_i
     # zone), so that it is killed while building, however quickly it builds.
     marker = tmp_path / "building"
     held = dataclasses.replace(request, timezone=BlockingZone(str(marker)))
+    segments: list[str] = []
+    share = pool._shared.share
+
+    def recording(requests: Any) -> Any:
+        made = share(requests)
+        segments.append(made[1].name)
+        return made
+
+    pool._shared.share = recording  # type: ignore[method-assign]
     results: list[Any] = []
     batch = threading.Thread(target=lambda: results.extend(pool.build_all([held] * 8)))
     batch.start()
@@ -86,9 +95,12 @@ def test_a_builder_killed_while_building_fails_those_images_and_the_next_batch_i
     assert len(results) == 8
     assert all(isinstance(r, BrokenProcessPool) for r in results), results
     assert "an output builder process ended while building" in caplog.text
+    # The batch's shared memory is removed, not kept for the next batch.
+    assert pool._shared._free == [] and not Path("/dev/shm", segments[0].lstrip("/")).exists()
     [again] = pool.build_all([request])
     assert isinstance(again, Built)
     assert _builder(pool) != builder
+    assert segments[1] != segments[0]
 
 
 def test_a_builder_that_dies_while_sending_its_result_does_not_hold_the_worker(

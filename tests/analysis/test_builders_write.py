@@ -11,7 +11,6 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -26,20 +25,12 @@ from bcd_node.store import storage
 from bcd_node.store.storage import StorageFullError, Store
 from dicom.pixels import without_pixels
 from tests.support.images import vl_micro
+from tests.support.pipeline import with_blasts
 
 
 @pytest.fixture
 def store(ctx: NodeContext) -> Store:
     return Store(Path(ctx.settings.storage.data_dir), 0)
-
-
-@pytest.fixture
-def request_(ctx: NodeContext, predictor: Any) -> BuildRequest:
-    """The warm-up's request: a diagnostic synthetic field, with its predictions."""
-    pool = Builders(0)
-    Pipeline(ctx, predictor, builders=pool).warm_up()
-    assert pool._warm_request is not None
-    return pool._warm_request
 
 
 def _pixels(data: bytes) -> np.ndarray:
@@ -53,11 +44,8 @@ def _written(request: BuildRequest, store: Store, folder: str, *, sync: bool = T
 
 def test_the_overlay_file_is_a_layer_that_laid_over_the_field_is_the_reports_picture(
         request_: BuildRequest) -> None:
-    drawn = np.zeros(request_.images[0].shape[:2], np.uint8)
-    cv2.circle(drawn, (60, 80), 15, 1, -1)
-    cv2.circle(drawn, (170, 150), 22, 1, -1)
-    request_ = dataclasses.replace(request_, predictions=[
-        dataclasses.replace(request_.predictions[0], mask=drawn)])
+    request_ = with_blasts(request_)
+    drawn = request_.predictions[0].mask
     built = builders.build(request_)
     mask = _pixels(built.mask_png) > 0
     assert np.array_equal(mask, drawn > 0)

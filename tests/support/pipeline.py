@@ -1,12 +1,17 @@
 """Running a node's queued jobs in the test's own thread, one at a time, as a worker would; nodes
-that have received images, for the worker's batch tests."""
+that have received images, for the worker's batch tests; a build request with blasts in it."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
+import numpy as np
+
+from bcd_node.analysis.builders import BuildRequest
 from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.intake.intake import Intake
 from bcd_node.jobs.queue import claim
@@ -53,3 +58,12 @@ def alone_and_batch(write_config: Callable[..., Path], tmp_path: Path, images: l
     finally:
         for context in made.values():
             context.engine.dispose()
+
+
+def with_blasts(request: BuildRequest) -> BuildRequest:
+    """``request`` with two round blasts in its mask (the tests' model finds none in it)."""
+    drawn = np.zeros(request.images[0].shape[:2], np.uint8)
+    cv2.circle(drawn, (60, 80), 15, 1, -1)
+    cv2.circle(drawn, (170, 150), 22, 1, -1)
+    return dataclasses.replace(request, predictions=[
+        dataclasses.replace(request.predictions[0], mask=drawn)])
