@@ -11,13 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
+from bcd_node.analysis.findings import overlay_layer
 from bcd_node.db.models import Instance, Job, JobKind, Result, Study, utcnow
 from tests.support.browser import downloaded, fill, navigate, sign_in, sign_out
 from tests.support.console import LiveConsole
-from tests.support.seed import minimal_pdf, overlay_rgba, png_bytes, smear_image
+from tests.support.seed import minimal_pdf, png_bytes, smear_image
 from tests.support.waiting import wait_for
 from tests.support.web import ADMIN_PASSWORD
 
@@ -40,6 +42,25 @@ def _events(console: LiveConsole, action: str) -> list[dict[str, str]]:
             select(AuditEvent).where(AuditEvent.action == action)).scalars()]
 
 
+def _shot(browser: Any, viewer: Any, slider: Any, opacity: int) -> Any:
+    """The field viewer's pixels (RGB) with the overlay at ``opacity`` percent, once drawn."""
+    import io
+
+    from PIL import Image
+    before = viewer.screenshot_as_png
+    browser.execute_script("arguments[0].value = arguments[1]; arguments[0].dispatchEvent("
+                           "new Event('input'))", slider, opacity)
+    wait_for(lambda: float(viewer.get_attribute("data-overlay-opacity")) == opacity / 100,
+             what="the overlay's opacity")
+
+    def drawn() -> Any:  # changed, and two shots alike: the viewer has drawn the new opacity
+        first = viewer.screenshot_as_png
+        return first if first != before and first == viewer.screenshot_as_png else None
+
+    shot = wait_for(drawn, what="the viewer drawn")
+    return np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"))
+
+
 def seed_analysis(console: LiveConsole, image: Any, mask: Any) -> int:
     """What the worker would write for the uploaded image: result, mask, overlay and PDF."""
     ctx = console.context
@@ -50,10 +71,8 @@ def seed_analysis(console: LiveConsole, image: Any, mask: Any) -> int:
         folder = data_dir / "results" / str(inst.id) / "test"
         folder.mkdir(parents=True)
         (folder / "mask.png").write_bytes(png_bytes(mask.astype("uint8") * 255))
-        tinted = image.copy()
-        tint = overlay_rgba(mask)[mask][:, :3]
-        tinted[mask] = (0.55 * tinted[mask] + 0.45 * tint).astype("uint8")
-        (folder / "overlay.png").write_bytes(png_bytes(tinted))
+        # The overlay as the builders write it: a layer the viewer lays over the field.
+        (folder / "overlay.png").write_bytes(png_bytes(overlay_layer(mask)))
         (folder / "report.pdf").write_bytes(minimal_pdf("AI report Malignant-Early"))
         rel = f"results/{inst.id}/test"
         result = Result(scope="instance", instance_fk=inst.id, study_fk=study.id,
@@ -146,6 +165,15 @@ def test_doctor_flow_from_approval_to_audit(live_console: LiveConsole, browser: 
 
     assert opacity() == "0.6"
     slider = browser.find_element(By.CSS_SELECTOR, "[data-opacity]")
+    # The layer marks the blasts and leaves the rest of the field as it is: between the
+    # overlay at full opacity and hidden, only the blasts' pixels change, to the tint.
+    shown = _shot(browser, viewer, slider, 100)
+    hidden = _shot(browser, viewer, slider, 0)
+    changed = np.abs(shown.astype(int) - hidden.astype(int)).max(axis=2) > 24
+    assert 0 < changed.mean() < 2 * mask.mean() + 0.01, (changed.mean(), mask.mean())
+    redder = shown[changed][:, 0].astype(int) - shown[changed][:, 1].astype(int)
+    assert np.median(redder) > np.median(hidden[changed][:, 0].astype(int)
+                                          - hidden[changed][:, 1].astype(int))
     browser.execute_script("arguments[0].value = 25; arguments[0].dispatchEvent("
                            "new Event('input'))", slider)
     assert opacity() == "0.25"

@@ -45,13 +45,6 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def overlay_rgba(mask: np.ndarray) -> np.ndarray:
-    """A transparent RGBA overlay that colours the mask."""
-    out = np.zeros(mask.shape + (4,), dtype=np.uint8)
-    out[mask] = (255, 210, 0, 200)
-    return out
-
-
 def add_study(session: Session, *, patient_id: str = "P0001", name: str = "Doe^Jane",
               uid: str = "1.2.826.0.1.3680043.10.1.1", status: str = "analysing",
               stage: str | None = None, confidence: float | None = None,
