@@ -175,7 +175,7 @@ def overlay_layer(mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     :func:`overlay`'s picture, each sample within one level of it.
 
     What the console keeps of a field's overlay: a few KB of PNG, where the picture itself, a
-    copy of the field, was about 450 KB (and 3.5 ms of CPU more to compress, issue 17).
+    copy of the field, was about 450 KB (and 1.5–3 ms of CPU more to compress, issue 17).
     """
     layer = np.zeros(mask.shape[:2] + (4,), np.uint8)
     layer[mask.astype(bool)] = (*OVERLAY_COLOUR.astype(np.uint8).tolist(), round(alpha * 255))
