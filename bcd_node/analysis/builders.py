@@ -232,6 +232,8 @@ class SharedArrays:
         self._free: list[shared_memory.SharedMemory] = []
         self._lock = threading.Lock()
         self._warned = False
+        self._made = 0
+        remove_stale_segments()
 
     def share(self, requests: Sequence[BuildRequest]
               ) -> tuple[list[SharedRequest], shared_memory.SharedMemory] | None:
@@ -274,7 +276,7 @@ class SharedArrays:
                 self._free.remove(memory)
                 return memory
         try:
-            memory = shared_memory.SharedMemory(create=True, size=-(-size // (1 << 20)) << 20)
+            memory = self._new(-(-size // (1 << 20)) << 20)
         except OSError as exc:
             self._cannot(exc)
             return None
@@ -287,6 +289,18 @@ class SharedArrays:
             self._cannot(exc)
             return None
         return memory
+
+    def _new(self, size: int) -> shared_memory.SharedMemory:
+        """A new segment named after this process (:func:`remove_stale_segments`)."""
+        for _try in range(100):
+            with self._lock:
+                self._made += 1
+                name = f"{SEGMENT_PREFIX}{os.getpid()}-{self._made}"
+            try:
+                return shared_memory.SharedMemory(name, create=True, size=size)
+            except FileExistsError:  # left by an earlier process of this PID: a fresh name
+                continue
+        raise FileExistsError(f"no free shared memory name for {SEGMENT_PREFIX}{os.getpid()}")
 
     def _cannot(self, error: OSError) -> None:
         if not self._warned:
@@ -317,6 +331,46 @@ class SharedArrays:
             free, self._free = self._free, []
         for memory in free:
             _remove(memory)
+
+
+#: The names of the segments: this prefix, the PID of the worker process that made them, and
+#: a number.
+SEGMENT_PREFIX = "bcd-node-builders-"
+_SHM_FOLDER = "/dev/shm"
+
+
+def remove_stale_segments() -> int:
+    """Remove the segments that worker processes no longer running left in ``/dev/shm``
+    (a worker and its resource tracker killed together, say by ``kill -9`` of their process
+    group: nothing was left to remove them). Returns how many; never raises."""
+    removed = 0
+    try:
+        names = [name for name in os.listdir(_SHM_FOLDER) if name.startswith(SEGMENT_PREFIX)]
+    except OSError:  # no /dev/shm here
+        return 0
+    for name in names:
+        pid = name[len(SEGMENT_PREFIX):].partition("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(_SHM_FOLDER, name))
+            removed += 1
+        except OSError:  # removed meanwhile, or not ours to remove
+            continue
+    if removed:
+        LOGGER.info("removed %d shared memory segment(s) left by a worker process that was "
+                    "killed", removed)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _array_fields(prediction: Any) -> list[tuple[str, np.ndarray]]:

@@ -1,7 +1,8 @@
 """A batch's arrays (the fields' pixels, masks, probability maps) go to the builder processes
 through a shared memory segment, not through the pool's pipe: what is pickled is a few KB a
 request. The segment is kept for the next batch, removed at close, and not reused after a
-builder died; where no shared memory can be had, the arrays go through the pipe as before."""
+builder died; where no shared memory can be had, the arrays go through the pipe as before.
+Segments that a killed worker left are removed when a worker starts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import dataclasses
 import errno
 import io
 import logging
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +181,27 @@ def test_without_shared_memory_a_pool_builds_through_its_pipe(
         assert pool._shared._free == []
     finally:
         pool.close()
+
+
+def test_segments_left_by_a_killed_worker_are_removed_when_a_worker_starts(
+        request_: BuildRequest, caplog: pytest.LogCaptureFixture) -> None:
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    left = {pid: SHM / f"{builders.SEGMENT_PREFIX}{pid}-1" for pid in (ended.pid, 1)}
+    for path in left.values():
+        path.write_bytes(b"\0" * 4096)
+    try:
+        with caplog.at_level(logging.INFO):
+            shared = SharedArrays()  # what a worker makes when it starts its builders
+        assert not left[ended.pid].exists()  # its process is gone
+        assert left[1].exists()  # a process with that PID runs: not touched
+        assert "removed 1 shared memory segment(s) left by a worker process" in caplog.text
+        made = shared.share([request_])
+        assert made is not None
+        assert made[1].name.startswith(f"{builders.SEGMENT_PREFIX}{os.getpid()}-")
+        shared.give_back(made[1])
+        shared.close()
+        assert not _exists(made[1].name)
+    finally:
+        for path in left.values():
+            path.unlink(missing_ok=True)
