@@ -563,9 +563,11 @@ class Builders:
         try:
             out = self._run_all(build_shared, items, "building")
         finally:
-            # A builder that died may have left a task half read: that segment is not reused.
+            # A builder that died may have left a task half read, and a builder that could not
+            # open the segment (removed from /dev/shm under the worker) would fail again: that
+            # segment is not reused.
             self._shared.give_back(memory, reuse=len(out) == len(items) and not any(
-                isinstance(item, BrokenProcessPool) for item in out))
+                isinstance(item, (BrokenProcessPool, FileNotFoundError)) for item in out))
         return out
 
     def read_all(self, paths: Sequence[str]) -> list[ReadImage | Exception]:

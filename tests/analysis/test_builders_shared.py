@@ -205,3 +205,26 @@ def test_segments_left_by_a_killed_worker_are_removed_when_a_worker_starts(
     finally:
         for path in left.values():
             path.unlink(missing_ok=True)
+
+
+@pytest.mark.slow  # starts a builder interpreter
+def test_a_segment_removed_under_the_worker_fails_its_batch_once(
+        request_: BuildRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = Builders(1)
+    share = pool._shared.share
+
+    def then_removed(requests: Any) -> Any:  # someone removes the segment from /dev/shm
+        made = share(requests)
+        (SHM / made[1].name).unlink()
+        return made
+
+    try:
+        monkeypatch.setattr(pool._shared, "share", then_removed)
+        [failed] = pool.build_all([request_])
+        assert isinstance(failed, FileNotFoundError)
+        assert pool._shared._free == []  # not reused: the next batch has a segment of its own
+        monkeypatch.setattr(pool._shared, "share", share)
+        [built] = pool.build_all([request_])
+        assert isinstance(built, Built)
+    finally:
+        pool.close()
