@@ -220,7 +220,9 @@ class SharedArrays:
     processes: one segment per batch in hand, kept for the next batch once its batch is built
     (its pages stay mapped: a new segment per batch cost as much again to fault its pages in),
     removed at :meth:`close`. If the worker process is killed, multiprocessing's resource
-    tracker removes them.
+    tracker removes them; those that no tracker was left to remove (a worker killed with its
+    whole process group) go when a worker makes its first segment
+    (:func:`remove_stale_segments`).
 
     Where no segment can be had (no ``/dev/shm``, or too little room in it: a container's
     default is 64 MB), :meth:`share` says so, and the arrays go through the pipe as before.
@@ -233,7 +235,6 @@ class SharedArrays:
         self._lock = threading.Lock()
         self._warned = False
         self._made = 0
-        remove_stale_segments()
 
     def share(self, requests: Sequence[BuildRequest]
               ) -> tuple[list[SharedRequest], shared_memory.SharedMemory] | None:
@@ -256,7 +257,7 @@ class SharedArrays:
             fields = [tuple((name, place(value)) for name, value in _array_fields(prediction))
                       for prediction in request.predictions]
             bare = dataclasses.replace(request, images=[], predictions=[
-                dataclasses.replace(prediction, **dict.fromkeys(dict(arrays)))
+                dataclasses.replace(prediction, **{name: None for name, _ in arrays})
                 if arrays else prediction
                 for prediction, arrays in zip(request.predictions, fields)])
             shared.append(SharedRequest(bare, "", images, tuple(fields)))
@@ -291,7 +292,10 @@ class SharedArrays:
         return memory
 
     def _new(self, size: int) -> shared_memory.SharedMemory:
-        """A new segment named after this process (:func:`remove_stale_segments`)."""
+        """A new segment named after this process; before this object's first one, those
+        that processes no longer running left are removed (:func:`remove_stale_segments`)."""
+        if not self._made:
+            remove_stale_segments()
         for _try in range(100):
             with self._lock:
                 self._made += 1

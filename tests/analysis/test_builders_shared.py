@@ -79,6 +79,19 @@ def test_a_requests_arrays_travel_in_shared_memory_and_come_back_the_same(
     assert not _exists(memory.name)
 
 
+def test_a_segment_over_the_size_kept_is_removed_after_its_batch(
+        request_: BuildRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builders, "KEEP_SEGMENT_BYTES", 512 * 1024)  # under this batch's 1 MB
+    shared = SharedArrays()
+    try:
+        made = shared.share([request_])
+        assert made is not None and made[1].size > builders.KEEP_SEGMENT_BYTES
+        shared.give_back(made[1])
+        assert shared._free == [] and not _exists(made[1].name)
+    finally:
+        shared.close()
+
+
 def test_a_segment_not_to_be_reused_is_removed_at_once(request_: BuildRequest) -> None:
     shared = SharedArrays()
     try:
@@ -183,7 +196,7 @@ def test_without_shared_memory_a_pool_builds_through_its_pipe(
         pool.close()
 
 
-def test_segments_left_by_a_killed_worker_are_removed_when_a_worker_starts(
+def test_segments_left_by_a_killed_worker_are_removed_before_a_worker_makes_its_first(
         request_: BuildRequest, caplog: pytest.LogCaptureFixture) -> None:
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
@@ -191,13 +204,14 @@ def test_segments_left_by_a_killed_worker_are_removed_when_a_worker_starts(
     for path in left.values():
         path.write_bytes(b"\0" * 4096)
     try:
+        shared = SharedArrays()
+        assert left[ended.pid].exists()  # nothing is done before a segment is wanted
         with caplog.at_level(logging.INFO):
-            shared = SharedArrays()  # what a worker makes when it starts its builders
+            made = shared.share([request_])
+        assert made is not None
         assert not left[ended.pid].exists()  # its process is gone
         assert left[1].exists()  # a process with that PID runs: not touched
         assert "removed 1 shared memory segment(s) left by a worker process" in caplog.text
-        made = shared.share([request_])
-        assert made is not None
         assert made[1].name.startswith(f"{builders.SEGMENT_PREFIX}{os.getpid()}-")
         shared.give_back(made[1])
         shared.close()
