@@ -53,7 +53,7 @@ def build_objects(folder: Path, images: int) -> list[Path]:
         ds, image, mask, stage, probabilities = benchmark_field(i, patient_id=f"BENCH-{i // 10}")
         combined = F.Combined(stage, probabilities, 3, float(mask.mean()), mask[None],
                               {"status": "ok"}, False)
-        pdf = render_report(F.report_data(ds, image, F.overlay(image, mask), combined,
+        pdf = render_report(F.report_data(ds, image, F.overlay_layer(mask), combined,
                                           algorithm=algorithm, demonstration_model=True,
                                           created_at=utcnow()))
         source = derivation_source(ds, algorithm.texts)

@@ -26,7 +26,7 @@ from flask_login import current_user
 from sqlalchemy import func, or_, select
 from werkzeug.exceptions import HTTPException
 
-from bcd_node.analysis.findings import laid_over, scale_text
+from bcd_node.analysis.findings import scale_text
 from bcd_node.db.models import (
     Instance,
     Patient,
@@ -48,6 +48,7 @@ from bcd_node.records.verification import (
     sign_case,
     verify_result,
 )
+from bcd_node.report.pictures import laid_over
 from bcd_node.store.layout import DataLayout
 from webadmin.db import actor, audit_event, client_ip, db, node
 from webadmin.forms import STAGES, STATUSES, ActionForm, SignCaseForm, VerifyForm

@@ -48,7 +48,6 @@ from bcd_node.analysis.findings import (
     Combined,
     build_analysis,
     decode_for_analysis,
-    overlay_layer,
 )
 from bcd_node.analysis.publish import dicom_bytes
 from bcd_node.records.cells import split_cells
@@ -489,9 +488,8 @@ def build(request: BuildRequest) -> Built:
     # The map is in the PNG: it does not travel back from a builder process as floats.
     combined = dataclasses.replace(combined, probability=None)
     # The console lays the overlay over the field it shows: it keeps the layer, not a copy of
-    # the field (the report's picture, analysis.overlay, is the field with the layer over it).
-    built = Built(combined, png(combined.masks[0] * 255),
-                  png(overlay_layer(combined.masks[0])),
+    # the field (the report draws the same layer over the field's picture).
+    built = Built(combined, png(combined.masks[0] * 255), png(analysis.overlay),
                   analysis.pdf if objects else None, objects, probability_png, cells)
     if request.store is None or request.folder is None:
         return built

@@ -171,8 +171,9 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -
 def overlay_layer(mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """The overlay as a layer to lay over the image (``(rows, columns, 4)`` RGBA ``uint8``):
     the blast pixels :data:`OVERLAY_COLOUR` at ``alpha``, their outlines opaque, every other
-    pixel transparent. Over the image (:func:`laid_over`, or the console's viewer) it gives
-    :func:`overlay`'s picture, each sample within one level of it.
+    pixel transparent. Over the image (:func:`~bcd_node.report.pictures.laid_over`, the
+    console's viewer, or the PDF report) it gives :func:`overlay`'s picture, each sample within
+    one level of it.
 
     What the console keeps of a field's overlay: a few KB of PNG, where the picture itself, a
     copy of the field, was about 450 KB (and 1.5–3 ms of CPU more to compress, issue 17).
@@ -181,14 +182,6 @@ def overlay_layer(mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     layer[mask.astype(bool)] = (*OVERLAY_COLOUR.astype(np.uint8).tolist(), round(alpha * 255))
     _outline(layer, mask, (*OUTLINE_COLOUR, 255))
     return layer
-
-
-def laid_over(image: np.ndarray, layer: np.ndarray) -> np.ndarray:
-    """``image`` (RGB ``uint8``) with an RGBA ``layer`` of its size over it (each pixel
-    blended by the layer's alpha), as RGB ``uint8``."""
-    alpha = layer[..., 3:4].astype(np.float32) / 255
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * layer[..., :3].astype(np.float32)
-    return np.rint(blended).clip(0, 255).astype(np.uint8)
 
 
 def _outline(picture: np.ndarray, mask: np.ndarray, colour: tuple[int, ...]) -> None:
@@ -316,6 +309,8 @@ class Analysis:
 
     images: list[np.ndarray]
     combined: Combined
+    #: The first image's overlay as a layer (:func:`overlay_layer`): the console keeps it, and
+    #: the PDF report draws it over the field's picture.
     overlay: np.ndarray
     pdf: bytes | None
     objects: ResultObjects | None
@@ -411,7 +406,7 @@ def build_analysis(ds: Dataset, images: list[np.ndarray],
     ``scale_source`` as :func:`image_scale` gives them)."""
     combined = combine(predictions, images, review_threshold, um_per_pixel=um_per_pixel,
                        scale_source=scale_source)
-    over = overlay(images[0], combined.masks[0])
+    over = overlay_layer(combined.masks[0])
     if combined.stage is None or combined.probabilities is None:
         # The quality gate refused it: the sender still gets an answer, saying why.
         why = NonDiagnostic(flags=quality_flags(combined.quality))

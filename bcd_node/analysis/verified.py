@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from bcd_node.analysis.context import AnalysisContext
-from bcd_node.analysis.findings import Combined, decode_for_analysis, overlay, report_data
+from bcd_node.analysis.findings import Combined, decode_for_analysis, overlay_layer, report_data
 from bcd_node.analysis.publish import Output, complete_or_raise, publish, write_files
 from bcd_node.analysis.summary import StudySummaries
 from bcd_node.db.models import Result, ResultScope, User, VerificationState
@@ -121,10 +121,10 @@ class VerifiedReports:
             blast_count, area_fraction = corrected_count, float(mask.mean())
         else:
             mask = stored_mask(ctx.store.path(result.mask_path or ""))
-        # The AI report's picture, made again from the field and its (corrected) mask: the
-        # console keeps the overlay as a layer, not as a picture (an earlier version's
-        # overlay.png was this very picture).
-        over = overlay(image, mask)
+        # The overlay as the AI report draws it, made again from the (corrected) mask: a
+        # layer over the field's picture (an earlier version's overlay.png was the field with
+        # the overlay laid over it, not a layer).
+        over = overlay_layer(mask)
         findings = Findings(stage=result.stage, probabilities=result.probabilities,
                             blast_count=blast_count,
                             blast_area_fraction=min(1.0, area_fraction), quality_ok=True,

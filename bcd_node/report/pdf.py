@@ -19,6 +19,7 @@ import io
 import logging
 import math
 import threading
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ from reportlab.platypus import (
 )
 
 from bcd_node.errors import ValidationError
-from bcd_node.report.pictures import jpeg
+from bcd_node.report.pictures import jpeg, laid_over
 from bcd_node.report.texts import dicom_date, local_time
 from dicom.stages import Stage
 
@@ -90,7 +91,10 @@ class ReportData:
     image : numpy.ndarray
         The analysed image, ``(rows, columns, 3)`` RGB ``uint8``.
     overlay : numpy.ndarray
-        The image with the blast cells marked, same kind of array.
+        The image with the blast cells marked, same kind of array; or the layer that marks
+        them (``(rows, columns, 4)`` RGBA ``uint8``, the image's size, as
+        :func:`bcd_node.analysis.findings.overlay_layer` makes it), which the report draws
+        over the image's own picture: the PDF then holds one JPEG of the field, not two.
     stage : str
         The algorithm's stage, one of :data:`STAGES`.
     probabilities : Mapping[str, float]
@@ -168,8 +172,15 @@ stain, institution : str, optional
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ValidationError(f"{name} must be a non-empty str, got {value!r}")
-        for name in ("image", "overlay"):
-            _check_rgb(name, getattr(self, name))
+        _check_rgb("image", self.image)
+        if isinstance(self.overlay, np.ndarray) and self.overlay.ndim == 3 \
+                and self.overlay.shape[2:] == (4,):
+            if self.overlay.dtype != np.uint8 or self.overlay.shape[:2] != self.image.shape[:2]:
+                raise ValidationError(
+                    f"overlay as a layer must be (rows, columns, 4) uint8 of the image's size "
+                    f"{self.image.shape[:2]}, got {self.overlay.shape} {self.overlay.dtype}")
+        else:
+            _check_rgb("overlay", self.overlay)
         if self.stage not in STAGES:
             raise ValidationError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if not isinstance(self.probabilities, Mapping) or set(self.probabilities) != set(STAGES):
@@ -260,7 +271,9 @@ class _PictureXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportla
     reportlab's own (``canvas.drawImage``) hashes the pixels to name the picture and deflates
     them at zlib's default level: together most of a report's rendering time (26 ms against
     3 ms for a 512 x 512 field). Deflated pixels made a field's report about 800 KB, every one
-    of them kept at the PACS; as JPEG it is about 220 KB (issue 17).
+    of them kept at the PACS; with two JPEGs (the field, and the field marked) it was about
+    230 KB, and with the field's one JPEG under the overlay's masks it is about 135 KB
+    (issue 17).
     """
 
     def __init__(self, name: str, array: np.ndarray) -> None:  # noqa: D107
@@ -288,43 +301,136 @@ class _PictureXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportla
         return bytes(stream.format(document))
 
 
-class _Picture(Flowable):  # type: ignore[misc]  # reportlab is untyped
-    """A picture flowable drawn from a :class:`_PictureXObject`."""
+class _StencilXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportlab is untyped
+    """Where a picture is painted in one colour: an image mask (``ImageMask``, one bit a pixel,
+    1 where it paints), deflated by zlib (the same bits give the same bytes)."""
 
-    def __init__(self, array: np.ndarray, width: float) -> None:
+    def __init__(self, name: str, bits: np.ndarray) -> None:  # noqa: D107
+        # Not the parent's constructor: it loads a canned sample picture first.
+        self.name = name
+        self.height, self.width = int(bits.shape[0]), int(bits.shape[1])
+        self.bitsPerComponent = 1
+        self.colorSpace = None
+        self.mask = None
+        self._filters = ("FlateDecode",)
+        self.streamContent = zlib.compress(np.packbits(bits, axis=1).tobytes(), 6)
+
+    def format(self, document: Any) -> bytes:
+        """The mask's stream object."""
+        stream = pdfdoc.PDFStream(content=self.streamContent)
+        entries = stream.dictionary
+        entries["Type"] = pdfdoc.PDFName("XObject")
+        entries["Subtype"] = pdfdoc.PDFName("Image")
+        entries["Width"] = self.width
+        entries["Height"] = self.height
+        entries["ImageMask"] = pdfdoc.PDFtrue
+        entries["BitsPerComponent"] = 1
+        entries["Decode"] = pdfdoc.PDFArray([1, 0])
+        entries["Filter"] = pdfdoc.PDFName("FlateDecode")
+        entries["Length"] = len(self.streamContent)
+        return bytes(stream.format(document))
+
+
+#: At most this many colours (and opacities) of a layer are drawn as masks over the picture
+#: below it (the overlay's layer has two: the blasts' tint and their outlines); a layer of
+#: more is drawn laid over the picture, as a JPEG of its own.
+_MAX_LAYER_COLOURS = 8
+
+
+def _layer_colours(layer: np.ndarray) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """Each colour and opacity of ``layer``'s visible pixels (RGBA), with where it is."""
+    packed = np.ascontiguousarray(layer).view(np.uint32)[..., 0]
+    visible = layer[..., 3] > 0
+    values = np.unique(packed[visible])
+    colours = []
+    for value in values.tolist():
+        rgba = tuple(int(v) for v in np.array([value], np.uint32).view(np.uint8))
+        colours.append((rgba, packed == value))
+    return colours  # type: ignore[return-value]
+
+
+class _Picture(Flowable):  # type: ignore[misc]  # reportlab is untyped
+    """A picture flowable drawn from a :class:`_PictureXObject`; with a ``layer`` (RGBA, the
+    picture's size), that layer drawn over it, each of its colours as a
+    :class:`_StencilXObject` painted at its opacity.
+
+    A picture drawn twice in one document (the field, and the field under its overlay) is
+    one JPEG, referred to twice."""
+
+    def __init__(self, array: np.ndarray, width: float,
+                 layer: list[tuple[tuple[int, int, int, int], np.ndarray]] | None = None
+                 ) -> None:
         super().__init__()
         self.array = array
+        self.layer = layer or []
         self.drawWidth = width
         self.drawHeight = width * array.shape[0] / array.shape[1]
 
     def wrap(self, _avail_width: float, _avail_height: float) -> tuple[float, float]:
         return self.drawWidth, self.drawHeight
 
-    def draw(self) -> None:
+    def _xobject(self, make: Any, keep: np.ndarray | None = None) -> str:
+        """The name of the XObject ``make(name)`` makes: once per document for the array
+        ``keep`` (kept with it, so that its id names no other array meanwhile), or each time."""
         canvas = self.canv
         doc = canvas._doc
-        number = getattr(doc, "_bcd_pictures", 0) + 1
-        doc._bcd_pictures = number
-        name = f"BcdPicture{number}"
-        registered = doc.getXObjectName(name)
-        picture = _PictureXObject(name, self.array)
-        canvas._setXObjects(picture)
-        doc.Reference(picture, registered)
-        doc.addForm(name, picture)
+        made: dict[Any, tuple[np.ndarray | None, str]] = \
+            doc.__dict__.setdefault("_bcd_xobjects", {})
+        key = id(keep) if keep is not None else ("once", len(made))
+        if key in made:
+            return made[key][1]
+        name = f"BcdPicture{len(made) + 1}"
+        registered = str(doc.getXObjectName(name))
+        xobject = make(name)
+        canvas._setXObjects(xobject)
+        doc.Reference(xobject, registered)
+        doc.addForm(name, xobject)
+        canvas._formsinuse.append(name)
+        made[key] = (keep, registered)
+        return registered
+
+    def draw(self) -> None:
+        canvas = self.canv
+        picture = self._xobject(lambda name: _PictureXObject(name, self.array), self.array)
         canvas.saveState()
         canvas.scale(self.drawWidth, self.drawHeight)
-        canvas._code.append(f"/{registered} Do")
+        canvas._code.append(f"/{picture} Do")
+        for (red, green, blue, alpha), where in self.layer:
+            mask = self._xobject(lambda name, bits=where: _StencilXObject(name, bits))
+            canvas.setFillColorRGB(red / 255, green / 255, blue / 255)
+            canvas.setFillAlpha(alpha / 255)
+            canvas._code.append(f"/{mask} Do")
         canvas.restoreState()
-        canvas._formsinuse.append(name)
 
 
 def _picture(array: np.ndarray, width: float) -> Flowable:
     """``array`` drawn ``width`` wide (at most :data:`_MAX_IMAGE_SIDE` pixels a side)."""
+    return _Picture(_smaller(array), width)
+
+
+def _smaller(array: np.ndarray) -> np.ndarray:
+    """``array`` (RGB), at most :data:`_MAX_IMAGE_SIDE` pixels a side."""
     if max(array.shape[:2]) > _MAX_IMAGE_SIDE:
         img = PILImage.fromarray(array, mode="RGB")
         img.thumbnail((_MAX_IMAGE_SIDE, _MAX_IMAGE_SIDE))
         array = np.asarray(img)
-    return _Picture(array, width)
+    return array
+
+
+def _pictures(image: np.ndarray, overlay: np.ndarray, width: float) -> tuple[Flowable, Flowable]:
+    """The field and its overlay (an RGB picture, or an RGBA layer drawn over the field's
+    own picture, :class:`ReportData`), each ``width`` wide."""
+    picture = _smaller(image)
+    if overlay.shape[2] == 3:
+        return _Picture(picture, width), _picture(overlay, width)
+    if picture.shape != image.shape:
+        # The field was made smaller: so is its layer, each pixel one of the layer's own.
+        overlay = np.asarray(PILImage.fromarray(overlay, mode="RGBA").resize(
+            (picture.shape[1], picture.shape[0]), PILImage.Resampling.NEAREST))
+    colours = _layer_colours(overlay)
+    if len(colours) > _MAX_LAYER_COLOURS:
+        return _Picture(picture, width), _Picture(laid_over(picture, overlay), width)
+    return _Picture(picture, width), _Picture(picture, width, colours)
 
 
 class _Text(Flowable):  # type: ignore[misc]  # reportlab is untyped
@@ -512,7 +618,7 @@ def _render(data: ReportData, side: float) -> tuple[bytes, int]:
         story += [Spacer(1, 2 * mm), box]
 
     story.append(p("Image and blast overlay", heading))
-    pictures = Table([[_picture(data.image, side), _picture(data.overlay, side)],
+    pictures = Table([[*_pictures(data.image, data.overlay, side)],
                       [p("Image"), p("Blast cells marked")]], colWidths=[85 * mm, 85 * mm])
     pictures.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER")]))
     story.append(pictures)

@@ -27,7 +27,7 @@ from isal import isal_zlib
 from PIL import Image
 
 __all__ = ["DEFLATE_LEVEL", "JPEG_QUALITY", "channels", "check_picture",
-           "filtered_rows_deflated", "jpeg"]
+           "filtered_rows_deflated", "jpeg", "laid_over"]
 
 #: ISA-L's deflate level for pictures (0-3).
 DEFLATE_LEVEL = 1
@@ -92,3 +92,11 @@ def jpeg(array: np.ndarray) -> bytes:
     Image.fromarray(np.ascontiguousarray(array)).save(
         buffer, "JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=False)
     return buffer.getvalue()
+
+
+def laid_over(image: np.ndarray, layer: np.ndarray) -> np.ndarray:
+    """``image`` (RGB ``uint8``) with an RGBA ``layer`` of its size over it (each pixel
+    blended by the layer's alpha), as RGB ``uint8``."""
+    alpha = layer[..., 3:4].astype(np.float32) / 255
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * layer[..., :3].astype(np.float32)
+    return np.rint(blended).clip(0, 255).astype(np.uint8)

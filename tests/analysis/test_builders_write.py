@@ -18,8 +18,9 @@ from PIL import Image
 
 from bcd_node.analysis import builders
 from bcd_node.analysis.builders import Builders, BuildRequest
-from bcd_node.analysis.findings import laid_over, overlay
+from bcd_node.analysis.findings import overlay
 from bcd_node.analysis.pipeline import Pipeline
+from bcd_node.report.pictures import laid_over
 from bcd_node.runtime import NodeContext
 from bcd_node.store import storage
 from bcd_node.store.storage import StorageFullError, Store

@@ -27,6 +27,7 @@ from bcd_node.runtime import NodeContext
 from tests.support.images import part10_bytes, vl_micro
 from tests.support.pipeline import run_all
 from tests.support.predictions import CellAnalyzer
+from tests.support.readback import report_pictures
 
 STUDY = "2.25.5151515151"
 
@@ -185,6 +186,14 @@ def test_a_rejected_cell_gives_a_corrected_seg_and_a_modified_verified_sr(field)
     assert '"Blast cell count")="1"' in dump.replace(".0\"", "\""), dump
     # The blast group references the corrected SEG.
     assert f'(SG image,"{corrected.SOPInstanceUID}",1)' in dump, dump
+    # The signed report marks the cell kept, over the same picture of the field as the AI's
+    # report, which marks all three (as poppler extracts them: the masks over the field).
+    signed = report_pictures(data / result.verified_pdf_path, folder / "signed-pictures")
+    ai = report_pictures(data / result.pdf_path, folder / "ai-pictures")
+    assert signed.jpegs == ai.jpegs
+    assert len(ai.masks) == len(signed.masks) == 2  # the tint and the outlines
+    assert np.array_equal(ai.marked(), ai_pixels)
+    assert np.array_equal(signed.marked(), kept)
 
 
 @pytest.mark.integration

@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from bcd_node.analysis.findings import OUTLINE_COLOUR, laid_over, overlay, overlay_layer
+from bcd_node.analysis.findings import OUTLINE_COLOUR, overlay, overlay_layer
+from bcd_node.report.pictures import laid_over
 from tests.support.references import whole_image_overlay
 
 

@@ -51,7 +51,9 @@ def test_quality_insufficient_image_makes_no_diagnosis_but_a_non_diagnostic_answ
                                algorithm=Algorithm(name="test", version="1"),
                                review_threshold=0.6, uid_root="2.25", field_number=2)
     assert analysis.combined.stage is None and not analysis.diagnostic
-    assert analysis.overlay.shape == analysis.images[0].shape
+    # the overlay is a layer of the field's size, with nothing marked
+    assert analysis.overlay.shape == analysis.images[0].shape[:2] + (4,)
+    assert not analysis.overlay[..., 3].any()
     # issue 14: the sender hears why: a non-diagnostic SR and a PDF, no SEG (no mask)
     assert analysis.objects is not None and analysis.pdf is not None
     assert [kind for kind, _ in analysis.objects.by_kind()] == ["sr", "pdf"]

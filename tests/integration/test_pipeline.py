@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -19,6 +18,7 @@ from bcd_node.settings import load_settings
 from tests.support.dicomcheck import assert_dciodvfy_clean
 from tests.support.images import write_smears
 from tests.support.jobs import drain
+from tests.support.readback import report_pictures
 
 pytestmark = pytest.mark.integration
 
@@ -125,22 +125,12 @@ def test_verification_produces_a_verified_sr_and_pdf(write_config, predictor, tm
                                              result.verified_pdf_path), "-"],
                           capture_output=True, text=True, check=True).stdout
     assert "Blasts with cleft nuclei." in text and corrected in text
-    # The signed report shows the AI report's pictures, the field and its overlay (made again
-    # from the field and its mask: the console keeps the overlay as a layer), as poppler
-    # extracts them: the same JPEG bytes.
+    # The signed report shows the AI report's pictures, as poppler extracts them: the field
+    # (the same JPEG bytes) and, over it, the overlay's tint and outlines (made again from the
+    # stored mask: the same bits; tests/analysis/test_cell_review.py, with blasts for sure).
     data_dir = ctx.settings.storage.data_dir
-    assert _pictures(data_dir / result.verified_pdf_path, tmp_path / "signed") == _pictures(
-        data_dir / result.pdf_path, tmp_path / "ai")
-
-
-def _pictures(pdf: Path, where: Path) -> list[bytes]:
-    """The JPEG pictures of a PDF, in order, as ``pdfimages -j`` (poppler) writes them."""
-    where.mkdir()
-    subprocess.run(["pdfimages", "-j", str(pdf), str(where / "img")], check=True,
-                   capture_output=True, timeout=60)
-    pictures = [path.read_bytes() for path in sorted(where.glob("img-*.jpg"))]
-    assert len(pictures) == 2
-    return pictures
+    assert report_pictures(data_dir / result.verified_pdf_path, tmp_path / "signed") == \
+        report_pictures(data_dir / result.pdf_path, tmp_path / "ai")
 
 
 def test_quiet_study_gets_one_summary_sr_and_pdf(write_config, predictor, tmp_path) -> None:

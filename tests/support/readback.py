@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 
 from dicom.series import SERIES_NUMBERS, ResultKind
 from tests.support.dicomcheck import dciodvfy_errors
 from tests.support.tools import require_tool
 
-__all__ = ["ReadBack", "read_back"]
+__all__ = ["ReadBack", "ReportPictures", "read_back", "report_pictures"]
 
 _KIND_OF_SERIES = {number: kind for kind, number in SERIES_NUMBERS.items()}
 
@@ -172,3 +173,39 @@ def read_back(paths: Iterable[Path]) -> ReadBack:
         if missing:
             found.problems.append(f"{path.name}: dsrdump lacks {missing}")
     return found
+
+
+@dataclass
+class ReportPictures:
+    """A field's PDF report's pictures as poppler's ``pdfimages -j`` extracts them."""
+
+    #: The JPEGs' bytes, in the order drawn: the field, under each of its two captions.
+    jpegs: list[bytes]
+    #: The overlay's masks over the field's second drawing (PBM bytes), one per colour: none
+    #: when no blast is marked, else the tint and the outlines.
+    masks: list[bytes]
+
+    def marked(self) -> np.ndarray:
+        """Where the masks paint, together (``bool``, the field's size)."""
+        from io import BytesIO
+
+        from PIL import Image
+
+        painted = [~np.asarray(Image.open(BytesIO(data))) for data in self.masks]  # PBM: 1 paints
+        return np.logical_or.reduce(painted)
+
+
+def report_pictures(pdf: Path, where: Path) -> ReportPictures:
+    """The pictures of the field's PDF report ``pdf`` (extracted into the new folder ``where``):
+    the field's one JPEG, drawn twice, then the overlay's masks."""
+    where.mkdir()
+    subprocess.run([require_tool("pdfimages"), "-j", os.fspath(pdf), os.fspath(where / "img")],
+                   check=True, capture_output=True, timeout=60)
+    paths = sorted(where.glob("img-*"))
+    kinds = [path.suffix for path in paths]
+    assert kinds[:2] == [".jpg", ".jpg"] and set(kinds[2:]) <= {".pbm"} and len(kinds) in (2, 4), \
+        paths
+    pictures = ReportPictures([p.read_bytes() for p in paths[:2]],
+                              [p.read_bytes() for p in paths[2:]])
+    assert pictures.jpegs[0] == pictures.jpegs[1], "the field is drawn twice, as one JPEG"
+    return pictures

@@ -13,9 +13,9 @@ from flask.testing import FlaskClient
 from PIL import Image
 from sqlalchemy import select
 
-from bcd_node.analysis.findings import laid_over
 from bcd_node.db.models import AuditEvent, Job, JobKind, Result, Study
 from bcd_node.errors import PermanentError
+from bcd_node.report.pictures import laid_over
 from tests.support.seed import add_analysed_study, add_study, png_bytes, seed_worklist, smear_image
 from tests.support.web import post_form
 
