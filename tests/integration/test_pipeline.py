@@ -126,8 +126,8 @@ def test_verification_produces_a_verified_sr_and_pdf(write_config, predictor, tm
                           capture_output=True, text=True, check=True).stdout
     assert "Blasts with cleft nuclei." in text and corrected in text
     # The signed report shows the AI report's pictures, as poppler extracts them: the field
-    # (the same JPEG bytes) and, over it, the overlay's tint and outlines (made again from the
-    # stored mask: the same bits; tests/analysis/test_cell_review.py, with blasts for sure).
+    # (the same JPEG bytes) and, over it, the overlay's layer (made again from the stored mask:
+    # the same pixels; tests/analysis/test_cell_review.py, with blasts for sure).
     data_dir = ctx.settings.storage.data_dir
     assert report_pictures(data_dir / result.verified_pdf_path, tmp_path / "signed") == \
         report_pictures(data_dir / result.pdf_path, tmp_path / "ai")

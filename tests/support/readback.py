@@ -177,34 +177,36 @@ def read_back(paths: Iterable[Path]) -> ReadBack:
 
 @dataclass
 class ReportPictures:
-    """A field's PDF report's pictures as poppler's ``pdfimages -j`` extracts them."""
+    """A field's PDF report's pictures as poppler's ``pdfimages -all`` extracts them."""
 
     #: The JPEGs' bytes, in the order drawn: the field, under each of its two captions.
     jpegs: list[bytes]
-    #: The overlay's masks over the field's second drawing (PBM bytes), one per colour: none
-    #: when no blast is marked, else the tint and the outlines.
-    masks: list[bytes]
+    #: The overlay's layer over the field's second drawing, as PNGs: its colours' indices and
+    #: its soft mask (alpha); none when no blast is marked.
+    layer: list[bytes]
 
-    def marked(self) -> np.ndarray:
-        """Where the masks paint, together (``bool``, the field's size)."""
+    def alpha(self) -> np.ndarray:
+        """The layer's alpha (``uint8``, the field's size)."""
         from io import BytesIO
 
         from PIL import Image
 
-        painted = [~np.asarray(Image.open(BytesIO(data))) for data in self.masks]  # PBM: 1 paints
-        return np.logical_or.reduce(painted)
+        return np.asarray(Image.open(BytesIO(self.layer[1])))
+
+    def marked(self) -> np.ndarray:
+        """Where the layer shows (``bool``, the field's size)."""
+        return self.alpha() > 0
 
 
 def report_pictures(pdf: Path, where: Path) -> ReportPictures:
     """The pictures of the field's PDF report ``pdf`` (extracted into the new folder ``where``):
-    the field's one JPEG, drawn twice, then the overlay's masks."""
+    the field's one JPEG, drawn twice, then the overlay's layer and its soft mask."""
     where.mkdir()
-    subprocess.run([require_tool("pdfimages"), "-j", os.fspath(pdf), os.fspath(where / "img")],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run([require_tool("pdfimages"), "-all", os.fspath(pdf),
+                    os.fspath(where / "img")], check=True, capture_output=True, timeout=60)
     paths = sorted(where.glob("img-*"))
     kinds = [path.suffix for path in paths]
-    assert kinds[:2] == [".jpg", ".jpg"] and set(kinds[2:]) <= {".pbm"} and len(kinds) in (2, 4), \
-        paths
+    assert kinds in ([".jpg", ".jpg"], [".jpg", ".jpg", ".png", ".png"]), paths
     pictures = ReportPictures([p.read_bytes() for p in paths[:2]],
                               [p.read_bytes() for p in paths[2:]])
     assert pictures.jpegs[0] == pictures.jpegs[1], "the field is drawn twice, as one JPEG"
