@@ -272,7 +272,7 @@ class _PictureXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportla
     them at zlib's default level: together most of a report's rendering time (26 ms against
     3 ms for a 512 x 512 field). Deflated pixels made a field's report about 800 KB, every one
     of them kept at the PACS; with two JPEGs (the field, and the field marked) it was about
-    230 KB, and with the field's one JPEG under the overlay's masks it is about 135 KB
+    230 KB, and with the field's one JPEG under the overlay's layer it is about 135 KB
     (issue 17).
     """
 

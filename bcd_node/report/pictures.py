@@ -1,5 +1,5 @@
-"""Pictures as PNG's filtered, deflated rows (the data of a PNG: its IDAT chunks), and as JPEG
-for the PDF reports.
+"""Pictures as PNG's filtered, deflated rows (the data of a PNG: its IDAT chunks), as JPEG
+for the PDF reports, and an RGBA layer laid over a picture.
 
 Each row gets PNG's "Up" filter (its difference from the row above, byte by byte) when it has
 colour, none when it is grey (a mask: long runs), and the rows are deflated by ISA-L (``isal``,
@@ -16,6 +16,9 @@ synthetic fields: about 100 KB per picture against 310-430 KB deflated, 1.5 ms o
 against 2.5-3, and a peak signal-to-noise ratio of 48-52 dB against the pixels (a difference an
 eye does not see). The report is what a doctor reads and signs, and what PACS keeps for every
 field; the pixels themselves stay lossless in the console's PNGs and in the image at the PACS.
+A field's report holds its JPEG once: the overlay is a layer drawn over it (``report/pdf.py``),
+as the console lays the same layer over the field; :func:`laid_over` makes the picture both
+show.
 """
 
 from __future__ import annotations

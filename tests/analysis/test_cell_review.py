@@ -187,7 +187,7 @@ def test_a_rejected_cell_gives_a_corrected_seg_and_a_modified_verified_sr(field)
     # The blast group references the corrected SEG.
     assert f'(SG image,"{corrected.SOPInstanceUID}",1)' in dump, dump
     # The signed report marks the cell kept, over the same picture of the field as the AI's
-    # report, which marks all three (as poppler extracts them: the masks over the field).
+    # report, which marks all three (as poppler extracts them: the layer over the field).
     signed = report_pictures(data / result.verified_pdf_path, folder / "signed-pictures")
     ai = report_pictures(data / result.pdf_path, folder / "ai-pictures")
     assert signed.jpegs == ai.jpegs
