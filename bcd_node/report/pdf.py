@@ -288,17 +288,25 @@ class _PictureXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportla
 
     def format(self, document: Any) -> bytes:
         """The image's stream object, as reportlab writes one."""
-        stream = pdfdoc.PDFStream(content=self.streamContent)
-        entries = stream.dictionary
-        entries["Type"] = pdfdoc.PDFName("XObject")
-        entries["Subtype"] = pdfdoc.PDFName("Image")
-        entries["Width"] = self.width
-        entries["Height"] = self.height
-        entries["BitsPerComponent"] = self.bitsPerComponent
-        entries["ColorSpace"] = pdfdoc.PDFName(self.colorSpace)
-        entries["Filter"] = pdfdoc.PDFArray([pdfdoc.PDFName(f) for f in self._filters])
-        entries["Length"] = len(self.streamContent)
-        return bytes(stream.format(document))
+        return bytes(_image_stream(self.streamContent, self.width, self.height, {
+            "BitsPerComponent": self.bitsPerComponent,
+            "ColorSpace": pdfdoc.PDFName(self.colorSpace),
+            "Filter": pdfdoc.PDFArray([pdfdoc.PDFName(f) for f in self._filters])})
+            .format(document))
+
+
+def _image_stream(content: bytes, width: int, height: int, entries: dict[str, Any]) -> Any:
+    """An image XObject's stream of ``content`` (already encoded, its ``Filter`` among
+    ``entries``), ``width`` x ``height`` pixels."""
+    stream = pdfdoc.PDFStream(content=content)
+    stream.dictionary["Type"] = pdfdoc.PDFName("XObject")
+    stream.dictionary["Subtype"] = pdfdoc.PDFName("Image")
+    stream.dictionary["Width"] = width
+    stream.dictionary["Height"] = height
+    for key, value in entries.items():
+        stream.dictionary[key] = value
+    stream.dictionary["Length"] = len(content)
+    return stream
 
 
 class _LayerXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportlab is untyped
@@ -318,9 +326,6 @@ class _LayerXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportlab 
         self.name = name
         self.height, self.width = int(indices.shape[0]), int(indices.shape[1])
         self.bitsPerComponent = 1 if len(colours) <= 2 else 8
-        self.colorSpace = "Indexed"
-        self.mask = None
-        self._filters = ("FlateDecode",)
         self.colours = colours
         packed = np.packbits(indices.astype(bool), axis=1) if self.bitsPerComponent == 1 \
             else np.ascontiguousarray(indices, np.uint8)
@@ -328,28 +333,18 @@ class _LayerXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportlab 
         # Level 1: the alpha is mostly zeros, and level 6 took twice as long for 1 KB less.
         self.alphaContent = zlib.compress(np.ascontiguousarray(alpha, np.uint8).tobytes(), 1)
 
-    def _image(self, content: bytes, entries: dict[str, Any]) -> Any:
-        stream = pdfdoc.PDFStream(content=content)
-        stream.dictionary["Type"] = pdfdoc.PDFName("XObject")
-        stream.dictionary["Subtype"] = pdfdoc.PDFName("Image")
-        stream.dictionary["Width"] = self.width
-        stream.dictionary["Height"] = self.height
-        for key, value in entries.items():
-            stream.dictionary[key] = value
-        stream.dictionary["Filter"] = pdfdoc.PDFName("FlateDecode")
-        stream.dictionary["Length"] = len(content)
-        return stream
-
     def format(self, document: Any) -> bytes:
         """The layer's stream object, its soft mask another object it refers to."""
         palette = "".join(f"{r:02X}{g:02X}{b:02X}" for r, g, b in self.colours)
         colour_space = pdfdoc.PDFArray([pdfdoc.PDFName("Indexed"), pdfdoc.PDFName("DeviceRGB"),
                                         len(self.colours) - 1, f"<{palette}>".encode()])
-        alpha = self._image(self.alphaContent, {"ColorSpace": pdfdoc.PDFName("DeviceGray"),
-                                                "BitsPerComponent": 8})
-        layer = self._image(self.streamContent, {"ColorSpace": colour_space,
-                                                 "BitsPerComponent": self.bitsPerComponent,
-                                                 "SMask": alpha})
+        deflated = pdfdoc.PDFName("FlateDecode")
+        alpha = _image_stream(self.alphaContent, self.width, self.height, {
+            "ColorSpace": pdfdoc.PDFName("DeviceGray"), "BitsPerComponent": 8,
+            "Filter": deflated})
+        layer = _image_stream(self.streamContent, self.width, self.height, {
+            "ColorSpace": colour_space, "BitsPerComponent": self.bitsPerComponent,
+            "SMask": alpha, "Filter": deflated})
         return bytes(layer.format(document))
 
 
