@@ -317,6 +317,7 @@ def burst(args: argparse.Namespace) -> int:
 
     from bcd_node.analysis.findings import decode_for_analysis
     from bcd_node.analysis.pipeline import Pipeline
+    from bcd_node.heap import freeze_loaded
     from bcd_node.inference.predictor import Predictor
     from bcd_node.inference.synth import generate_field, patient_params
     from bcd_node.intake.intake import Intake
@@ -426,8 +427,10 @@ def burst(args: argparse.Namespace) -> int:
                 pipeline.images.decode_in_builders = ("always" if variant == "decode-in-builders"
                                                       else "never")
             # As the worker does when it starts (node/roles.py): the pool's processes start
-            # now, and what building loads once is loaded before the burst, not timed with it.
+            # now, and what building loads once is loaded before the burst, not timed with it;
+            # then what the process loaded is left out of garbage collection.
             pipeline.warm_up()
+            freeze_loaded()
             workers = Workers(context, pipeline.run, 0, on_failed=pipeline.job_failed,
                               run_batch=pipeline.run_batch if args.batch_size > 1 else None)
             pids = builder_pids(builders)

@@ -50,6 +50,7 @@ from bcd_node.analysis.findings import (
     decode_for_analysis,
 )
 from bcd_node.analysis.publish import dicom_bytes
+from bcd_node.heap import freeze_loaded
 from bcd_node.records.cells import split_cells
 from bcd_node.report.pictures import channels, check_picture, filtered_rows_deflated
 from bcd_node.store.storage import Store, write_named
@@ -695,7 +696,8 @@ def _warm(request: BuildRequest | None) -> bool:
 
 def _start_builder(request: BuildRequest | None) -> None:
     """A builder process's initializer: end with the worker (:func:`_end_with_parent`), build
-    with one OpenCV thread, then warm up (:func:`_warm`).
+    with one OpenCV thread, warm up (:func:`_warm`), then leave what it loaded out of garbage
+    collection (:func:`~bcd_node.heap.freeze_loaded`).
 
     The pool has a process per core already: OpenCV's own threads (one per core by default)
     would only contend with the other builders and the model, and handing each small picture
@@ -704,6 +706,7 @@ def _start_builder(request: BuildRequest | None) -> None:
     _end_with_parent()
     cv2.setNumThreads(1)
     _warm(request)
+    freeze_loaded()
 
 
 def _end_with_parent() -> None:

@@ -50,6 +50,7 @@ def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
     """The analysis workers in this process, with the model loaded here (its component too)."""
     from bcd_node.analysis.builders import Builders
     from bcd_node.analysis.pipeline import Pipeline
+    from bcd_node.heap import freeze_loaded
     from bcd_node.inference.loader import WeightsError
     from bcd_node.inference.predictor import Predictor
     from bcd_node.jobs.workers import Workers
@@ -80,6 +81,7 @@ def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
     builders = Builders(output_builder_processes(context.settings.workers.output_builders))
     pipeline = Pipeline(context, predictor, demonstration_model=demo, builders=builders)
     pipeline.warm_up()  # the first image does not wait for what building loads once
+    freeze_loaded()  # the model's objects are not walked by every full garbage collection
     metrics: Metrics = context.metrics
 
     def on_done(_job: Claimed, seconds: float, outcome: str) -> None:

@@ -5,6 +5,7 @@ image."""
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -114,5 +115,8 @@ def test_a_pool_starts_at_warm_up_and_each_process_is_warm_before_its_first_task
         assert started.submit(model_frameworks).result(timeout=120) == set()
         # One OpenCV thread each: the pool's processes are the parallelism.
         assert started.submit(cv2.getNumThreads).result(timeout=120) == 1
+        # What a builder loaded and warmed up is out of the garbage collector's walks (about
+        # 400,000 objects: each full collection took 100 ms and more).
+        assert started.submit(gc.get_freeze_count).result(timeout=120) > 100_000
     finally:
         pool.close()
