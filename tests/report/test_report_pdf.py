@@ -455,3 +455,46 @@ def test_a_report_that_would_go_over_a_page_is_made_again_with_smaller_pictures(
     sides.clear()
     assert _pages(render_report(with_comment(60))) == 2
     assert len(sides) == 2
+
+
+_NAMES = ["Müller^Jürgen", "ŁUKASIEWICZ^Zoë", "Иванов^Пётр", "Smith^John", "Müller^Jürgen"]
+
+
+def test_the_fonts_kept_subsets_make_the_pdf_reportlab_makes(data, monkeypatch):
+    """The report's fonts keep their glyph subsets, deflated, for the next report: each report
+    is still byte for byte the PDF that reportlab's own font makes, whatever came before."""
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFontFace
+
+    from bcd_node.report import pdf
+
+    fonts = [pdfmetrics.getFont(name) for name in pdf._fonts()]
+    keeping = [font.face for font in fonts]
+    for font in fonts:  # reportlab's own face of the same file
+        monkeypatch.setattr(font, "face", TTFontFace(font.face.filename))
+    reports = [dataclasses.replace(data, patient_name=name, patient_id=f"P{i}")
+               for i, name in enumerate(_NAMES)]
+    expected = [render_report(report) for report in reports]
+    for font, face in zip(fonts, keeping):
+        monkeypatch.setattr(font, "face", face)
+    assert [render_report(report) for report in reports] == expected
+    assert [render_report(report) for report in reversed(reports)] == expected[::-1]
+
+
+def test_a_report_of_the_same_characters_makes_no_font_subset_again(data, monkeypatch):
+    from reportlab.pdfbase.ttfonts import TTFontFace
+
+    render_report(data)
+    made: list[int] = []
+    make = TTFontFace.makeSubset
+
+    def counting(face, subset):
+        made.append(len(subset))
+        return make(face, subset)
+
+    monkeypatch.setattr(TTFontFace, "makeSubset", counting)
+    again = dataclasses.replace(data, patient_id="PAT-002")  # characters the report has
+    render_report(again)
+    assert made == []
+    render_report(dataclasses.replace(data, patient_name="Ωmega^Quincy"))  # new characters
+    assert made  # a subset of its own, made as before
