@@ -6,7 +6,9 @@ import copy
 import datetime as dt
 import logging
 from collections.abc import Sequence as SequenceOf
+from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
@@ -17,7 +19,7 @@ from dicom.derivation import derivation_source
 from dicom.errors import DicomValidationError
 from dicom.series import SERIES_NUMBERS, ResultKind, instance_number, result_series
 
-__all__ = ["build_encapsulated_pdf", "PDF_SERIES_NUMBER"]
+__all__ = ["build_encapsulated_pdf", "encapsulated_document", "PDF_SERIES_NUMBER"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -196,3 +198,27 @@ def build_encapsulated_pdf(
     ds.ContributingEquipmentSequence = Sequence([algorithm.contributing_equipment(now)])
     LOGGER.info("built Encapsulated PDF %s for %s", ds.SOPInstanceUID, source_uid)
     return ds
+
+
+def encapsulated_document(path: Path) -> bytes:
+    """The document that the Encapsulated PDF file at ``path`` holds, as it was given to
+    :func:`build_encapsulated_pdf` (without the padding byte of an odd length).
+
+    Raises
+    ------
+    DicomValidationError
+        The file holds no Encapsulated PDF, or a length that its document does not have.
+    """
+    ds = dcmread(path, specific_tags=["SOPClassUID", "EncapsulatedDocument",
+                                      "EncapsulatedDocumentLength"])
+    if str(ds.get("SOPClassUID", "")) != sop.ENCAPSULATED_PDF or \
+            "EncapsulatedDocument" not in ds:
+        raise DicomValidationError(f"{path.name} holds no Encapsulated PDF")
+    document = bytes(ds.EncapsulatedDocument)
+    length = ds.get("EncapsulatedDocumentLength")
+    if length is None:
+        return document
+    if not len(document) - 1 <= int(length) <= len(document):
+        raise DicomValidationError(f"{path.name}: Encapsulated Document Length {length} for a "
+                                   f"document of {len(document)} bytes")
+    return document[:int(length)]

@@ -120,13 +120,23 @@ class Built:
     #: one-image field.
     cells: dict[str, Any] | None = None
 
+    @property
+    def report_file(self) -> str | None:
+        """The results folder's file that holds the PDF report: the Encapsulated PDF sent to
+        the PACS (``pdf.dcm``, whose document the console serves), else ``report.pdf``, else
+        none. The report is not written twice: it was 40 % of a folder's bytes, and about
+        1 ms of a builder's CPU per image (writing 136 KB), the same PDF in both files."""
+        if any(made.kind == "pdf" for made in self.objects):
+            return "pdf.dcm"
+        return None if self.pdf is None else "report.pdf"
+
     def files(self) -> dict[str, bytes]:
         """The files of the image's results folder, by name."""
         files = {"mask.png": self.mask_png}
         if self.probability_png is not None:
             files["probability.png"] = self.probability_png
         files["overlay.png"] = self.overlay_png
-        if self.pdf is not None:
+        if self.pdf is not None and self.report_file == "report.pdf":
             files["report.pdf"] = self.pdf
         for made in self.objects:
             files[f"{made.kind}.dcm"] = made.data

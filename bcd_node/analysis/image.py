@@ -374,7 +374,7 @@ class ImageAnalysis:
         folder = self._folder(prepared)
         outputs = [Output(made.kind, _identity(made), f"{folder}/{made.kind}.dcm")
                    for made in built.objects]
-        pdf_rel = f"{folder}/report.pdf" if built.pdf is not None else None
+        pdf_rel = None if built.report_file is None else f"{folder}/{built.report_file}"
 
         with ctx.node.session_factory.begin() as session:
             current = session.get(Instance, inst.id)

@@ -24,6 +24,7 @@ from bcd_node.report.pictures import laid_over
 from bcd_node.runtime import NodeContext
 from bcd_node.store import storage
 from bcd_node.store.storage import StorageFullError, Store
+from dicom.encapsulated import encapsulated_document
 from dicom.pixels import without_pixels
 from tests.support.images import vl_micro
 from tests.support.pipeline import with_blasts
@@ -67,9 +68,10 @@ def test_a_request_with_a_folder_writes_the_files_and_returns_no_bytes(
 
     written = builders.build(_written(request_, store, "results/7/v1"))
     folder = store.path("results/7/v1")
+    # The report once: in the Encapsulated PDF (pdf.dcm), not also as report.pdf.
     assert sorted(p.name for p in folder.iterdir()) == sorted(kept.files()) == [
-        "mask.png", "overlay.png", "pdf.dcm", "probability.png", "report.pdf", "seg.dcm",
-        "sr.dcm"]
+        "mask.png", "overlay.png", "pdf.dcm", "probability.png", "seg.dcm", "sr.dcm"]
+    assert written.report_file == kept.report_file == "pdf.dcm"
     assert set(written.files()) == set(kept.files())
     assert all(data == b"" for data in written.files().values())
     # The pictures are the same pixels (ISA-L's deflate may choose other bytes for the same
@@ -81,7 +83,8 @@ def test_a_request_with_a_folder_writes_the_files_and_returns_no_bytes(
         ds = pydicom.dcmread(folder / f"{made.kind}.dcm")
         assert (str(ds.SOPClassUID), str(ds.SOPInstanceUID)) == (made.sop_class_uid,
                                                                  made.sop_instance_uid)
-    assert (folder / "report.pdf").read_bytes().startswith(b"%PDF-")
+    assert encapsulated_document(folder / "pdf.dcm") == kept.pdf
+    assert kept.pdf is not None and kept.pdf.startswith(b"%PDF-")
     assert (written.combined.stage, written.combined.probabilities, written.cells) == (
         kept.combined.stage, kept.combined.probabilities, kept.cells)
     # What a builder process sends back is the findings, not the files, nor the masks (the
@@ -103,7 +106,7 @@ def test_each_file_is_fsynced_only_when_the_batch_has_no_syncfs(
 
     monkeypatch.setattr(os, "fsync", fsync)
     builders.build(_written(request_, store, "results/8/v1", sync=sync))
-    assert len(synced) == (7 if sync else 0)
+    assert len(synced) == (6 if sync else 0)  # mask, probability, overlay, SEG, SR, PDF
 
 
 def test_the_batch_adopts_what_another_process_wrote(tmp_path: Path,
@@ -129,7 +132,7 @@ def test_a_full_disk_fails_the_image_that_would_fill_it(
     full = Store(store.root, min_free_disk=1 << 62)
     with pytest.raises(StorageFullError):
         builders.build(_written(request_, full, "results/9/v1"))
-    assert not full.path("results/9/v1/report.pdf").exists()
+    assert not any(full.path(f"results/9/v1/{name}").exists() for name in ("mask.png", "pdf.dcm"))
 
 
 def test_the_image_goes_to_the_builders_without_its_pixels() -> None:

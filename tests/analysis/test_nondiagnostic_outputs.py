@@ -30,6 +30,7 @@ from dicom.dicomize import dicomize
 from dicom.series import SERIES_NUMBERS, ResultKind
 from tests.support.images import part10_bytes, smear
 from tests.support.predictions import PROBS, Pred
+from tests.support.readback import stored_report
 
 
 class GateAnalyzer:
@@ -128,7 +129,7 @@ def test_refused_fields_get_a_non_diagnostic_sr_and_pdf_and_the_summary_counts_t
         assert result.seg_sop_instance_uid is None
         assert result.sr_sop_instance_uid and result.pdf_sop_instance_uid and result.pdf_path
         assert by_result[result.id] == {"sr", "pdf"}  # queued for the PACS; no SEG
-        assert (data / result.pdf_path).read_bytes().startswith(b"%PDF-")
+        assert stored_report(data / result.pdf_path).startswith(b"%PDF-")
         [sr_row] = [d for d in deliveries if d.result_fk == result.id and d.kind == "sr"]
         assert sr_row.sop_instance_uid == result.sr_sop_instance_uid
         sr = hd.sr.srread(data / sr_row.path)

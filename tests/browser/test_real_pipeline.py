@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from bcd_node.db.models import Job, JobState, Result, Role, Study
 from bcd_node.records.users import add_user
+from dicom.encapsulated import encapsulated_document
 from tests.support.browser import downloaded, fill, navigate, sign_in
 from tests.support.console import LiveConsole
 from tests.support.seed import png_bytes
@@ -64,7 +65,7 @@ def test_upload_analyse_review_verify_with_the_real_pipeline(
     with ctx.session_factory() as session:
         result = session.execute(select(Result)).scalar_one()
         assert result.overlay_path and result.pdf_path
-        ai_stage, rid = result.stage, result.id
+        ai_stage, rid, ai_report = result.stage, result.id, result.pdf_path
     assert ai_stage is not None, "the synthetic smear should pass the quality gate"
 
     browser.refresh()
@@ -74,6 +75,10 @@ def test_upload_analyse_review_verify_with_the_real_pipeline(
     assert viewer.get_attribute("data-image-width") == "256"
     assert "Stage probabilities" in browser.page_source
     screenshot("13-review-real-pipeline")
+    # The AI's report, kept once in the Encapsulated PDF sent to the PACS, downloads as a PDF.
+    browser.find_element(By.CSS_SELECTOR, "[data-pdf=ai]").click()
+    pdf = downloaded(browser, f"bcd-report-{rid}.pdf", what="the AI's PDF report")
+    assert pdf.read_bytes() == encapsulated_document(ctx.settings.storage.data_dir / ai_report)
 
     corrected = "Benign" if ai_stage != "Benign" else "Malignant-Pro"
     Select(browser.find_element(By.CSS_SELECTOR, "[data-decision]")).select_by_value("correct")

@@ -7,7 +7,8 @@ import datetime as dt
 import pytest
 
 from dicom import sop, uids
-from dicom.encapsulated import build_encapsulated_pdf
+from dicom.encapsulated import build_encapsulated_pdf, encapsulated_document
+from dicom.errors import DicomValidationError
 from dicom.series import ResultKind, series_uid
 from tests.support.dicomcheck import write_checked
 
@@ -65,3 +66,23 @@ def test_arguments_are_validated(source_image, algorithm, pdf, kwargs, error):
     args = {"algorithm": algorithm} | kwargs
     with pytest.raises(error):
         build_encapsulated_pdf(source_image, pdf, **args)
+
+
+@pytest.mark.parametrize("pdf", [PDF, PDF + b"\n"], ids=["odd length", "even length"])
+def test_the_document_is_read_back_as_it_was_given(tmp_path, source_image, algorithm, pdf):
+    path = tmp_path / "pdf.dcm"
+    build_encapsulated_pdf(source_image, pdf, algorithm=algorithm).save_as(
+        path, enforce_file_format=True)
+    assert encapsulated_document(path) == pdf
+
+
+def test_reading_a_file_that_holds_no_pdf_says_so(tmp_path, source_image, algorithm):
+    path = tmp_path / "image.dcm"
+    source_image.save_as(path, enforce_file_format=True)
+    with pytest.raises(DicomValidationError, match="image.dcm holds no Encapsulated PDF"):
+        encapsulated_document(path)
+    ds = build_encapsulated_pdf(source_image, PDF, algorithm=algorithm)
+    ds.EncapsulatedDocumentLength = len(PDF) + 10
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(DicomValidationError, match="Encapsulated Document Length"):
+        encapsulated_document(path)

@@ -16,6 +16,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
+from dicom.encapsulated import encapsulated_document
 from dicom.series import SERIES_NUMBERS, ResultKind
 from tests.support.dicomcheck import dciodvfy_errors
 from tests.support.tools import require_tool
@@ -198,10 +199,20 @@ class ReportPictures:
         return self.alpha() > 0
 
 
+def stored_report(path: Path) -> bytes:
+    """The PDF report stored at ``path``: a PDF file, or the Encapsulated PDF that holds it
+    (an analysed image's ``pdf.dcm``)."""
+    return encapsulated_document(path) if path.suffix == ".dcm" else path.read_bytes()
+
+
 def report_pictures(pdf: Path, where: Path) -> ReportPictures:
     """The pictures of the field's PDF report ``pdf`` (extracted into the new folder ``where``):
-    the field's one JPEG, drawn twice, then the overlay's layer and its soft mask."""
+    the field's one JPEG, drawn twice, then the overlay's layer and its soft mask. ``pdf`` may
+    be the Encapsulated PDF that holds the report (:func:`stored_report`)."""
     where.mkdir()
+    if pdf.suffix != ".pdf":
+        (where / "report.pdf").write_bytes(stored_report(pdf))
+        pdf = where / "report.pdf"
     subprocess.run([require_tool("pdfimages"), "-all", os.fspath(pdf),
                     os.fspath(where / "img")], check=True, capture_output=True, timeout=60)
     paths = sorted(where.glob("img-*"))

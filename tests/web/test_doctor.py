@@ -389,3 +389,34 @@ def test_upload_form_offers_the_default_pixel_size_and_writes_it_as_pixel_spacin
     assert "PixelSpacing" not in unknown and pixel_size(unknown) is None
     resp = _upload(doctor_client, png_bytes(smear_image(64)[0]), "c.png", um_per_pixel="900")
     assert resp.status_code == 200 and "Number must be between" in resp.get_data(as_text=True)
+
+
+def test_an_analysed_images_report_is_served_from_its_encapsulated_pdf(
+        app: Flask, doctor_client: FlaskClient, predictor: Any) -> None:
+    """The pipeline keeps an image's PDF report once, in the Encapsulated PDF it sends to the
+    PACS (pdf.dcm), not also as report.pdf: the console serves the document it holds."""
+    from bcd_node.analysis.pipeline import Pipeline
+    from bcd_node.intake.intake import Intake
+    from dicom.dicomize import dicomize
+    from dicom.encapsulated import encapsulated_document
+    from tests.support.images import rgb_field
+    from tests.support.pipeline import run_all
+
+    ctx = app.extensions["bcd_node"]
+    ds = dicomize(rgb_field(3), patient_id="P-ENC", patient_name="Doe^Jane", specimen_id="S-1")
+    received = io.BytesIO()
+    ds.save_as(received, enforce_file_format=True)
+    with Intake(ctx) as intake:
+        intake.accept(received.getvalue(), calling_ae="SCANNER")
+    assert run_all(ctx, Pipeline(ctx, predictor)) == 1
+    with ctx.session_factory() as session:
+        result = session.execute(select(Result)).scalar_one()
+    stored = ctx.settings.storage.data_dir / str(result.pdf_path)
+    assert stored.name == "pdf.dcm"
+    assert not (stored.parent / "report.pdf").exists()
+    report = encapsulated_document(stored)
+    assert report.startswith(b"%PDF-") and report.rstrip().endswith(b"%%EOF")
+    resp = doctor_client.get(f"/results/{result.id}/report.pdf?version=ai")
+    assert resp.status_code == 200 and resp.mimetype == "application/pdf"
+    assert resp.data == report
+    assert "attachment" in resp.headers["Content-Disposition"]
