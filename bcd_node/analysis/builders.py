@@ -53,7 +53,7 @@ from bcd_node.analysis.publish import dicom_bytes
 from bcd_node.heap import freeze_loaded
 from bcd_node.records.cells import split_cells
 from bcd_node.report.pictures import channels, check_picture, filtered_rows_deflated
-from bcd_node.store.storage import Store, write_named
+from bcd_node.store.storage import Store, write_folder
 from dicom import describe
 from dicom.algorithm import Algorithm
 from dicom.pixels import read_dataset, without_pixels
@@ -504,9 +504,7 @@ def build(request: BuildRequest) -> Built:
                   analysis.pdf if objects else None, objects, probability_png, cells)
     if request.store is None or request.folder is None:
         return built
-    for name, data in built.files().items():
-        write_named(request.store, f"{request.folder}/{name}", data,
-                        sync=request.sync_files)
+    write_folder(request.store, request.folder, built.files(), sync=request.sync_files)
     return built.emptied()
 
 

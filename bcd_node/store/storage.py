@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -221,6 +222,10 @@ class Store:
         dot and end with ``TEMP_SUFFIX``; :meth:`sweep_temporary` removes those a crash left."""
         directory = self.path(folder)
         directory.mkdir(parents=True, exist_ok=True)
+        return self._begin_in(directory, folder, data, name)
+
+    def _begin_in(self, directory: Path, folder: str, data: bytes, name: str) -> PendingWrite:
+        """:meth:`begin_write` into ``directory``, the existing folder ``folder`` resolved."""
         tmp = directory / f".{name or 'incoming'}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
         fd = -1
         try:
@@ -397,6 +402,25 @@ def write_named(store: Store, relpath: str, data: bytes, *, sync: bool) -> Path:
     store.check_space(len(data))
     folder, _, name = relpath.rpartition("/")
     return store.begin_write(folder, data, name).finish(name, sync=sync)
+
+
+def write_folder(store: Store, folder: str, files: Mapping[str, bytes], *,
+                 sync: bool) -> list[Path]:
+    """:func:`write_named` of each of ``files`` (by name) into ``folder``, with the free space
+    checked once for them all and the folder made and resolved once (an image's results: six
+    files, each of which checked the disk, resolved its path and made its folder again).
+
+    Raises
+    ------
+    StorageFullError
+        Writing them all would leave less than ``storage.min_free_disk`` free (nothing is
+        written), or the disk filled while writing (the files written before stay, named).
+    """
+    store.check_space(sum(len(data) for data in files.values()))
+    directory = store.path(folder)
+    directory.mkdir(parents=True, exist_ok=True)
+    return [store._begin_in(directory, folder, data, name).finish(name, sync=sync)
+            for name, data in files.items()]
 
 
 def remove_previews(layout: DataLayout, instance_id: int, keep: str | None = None) -> int:

@@ -81,6 +81,31 @@ def test_other_write_errors_are_not_called_a_full_disk(tmp_path, monkeypatch) ->
     assert caught.value.errno == errno.EIO
 
 
+def test_a_folders_files_are_written_with_one_look_at_the_disk_and_the_folder(
+        tmp_path, monkeypatch) -> None:
+    store = Store(tmp_path, 0)
+    looks: list[str] = []
+    free, resolve = Store.free_bytes, Store.path
+    monkeypatch.setattr(Store, "free_bytes", lambda self: looks.append("disk") or free(self))
+    monkeypatch.setattr(Store, "path", lambda self, rel: looks.append(rel) or resolve(self, rel))
+    files = {"mask.png": b"m", "seg.dcm": b"s" * 3, "pdf.dcm": b"p" * 5}
+    written = storage.write_folder(store, "results/4/1.0", files, sync=False)
+    assert looks == ["disk", "results/4/1.0"]
+    assert written == [tmp_path / "results/4/1.0" / name for name in files]
+    assert files_under(tmp_path) == sorted(f"results/4/1.0/{name}" for name in files)
+    assert [path.read_bytes() for path in written] == list(files.values())
+
+
+def test_a_folder_that_would_not_fit_is_not_begun(tmp_path, monkeypatch) -> None:
+    """Each file would fit; all of them would not: none is written."""
+    store = Store(tmp_path, min_free_disk=100)
+    monkeypatch.setattr(Store, "free_bytes", lambda self: 110)
+    with pytest.raises(StorageFullError, match="storage.min_free_disk"):
+        storage.write_folder(store, "results/5/1.0", {"a.png": b"a" * 6, "b.dcm": b"b" * 6},
+                             sync=True)
+    assert files_under(tmp_path) == []
+
+
 def test_sweep_removes_only_old_temporary_files(tmp_path) -> None:
     store = Store(tmp_path, 0)
     old_image = store.begin_write("instances/2026/01/01", b"cut short").path
