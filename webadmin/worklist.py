@@ -48,9 +48,9 @@ from bcd_node.records.verification import (
     sign_case,
     verify_result,
 )
+from bcd_node.report.pdf import read_stored
 from bcd_node.report.pictures import laid_over
 from bcd_node.store.layout import DataLayout
-from dicom.encapsulated import encapsulated_document
 from webadmin.db import actor, audit_event, client_ip, db, node
 from webadmin.forms import STAGES, STATUSES, ActionForm, SignCaseForm, VerifyForm
 from webadmin.helpers import Page, clamp_page, day_start, fmt_dt, page_number, parse_day
@@ -584,7 +584,7 @@ def pdf(result_id: int) -> Any:
     path = data_file(result.verified_pdf_path if verified else result.pdf_path)
     # An image's report is kept once, in the Encapsulated PDF sent to the PACS (pdf.dcm);
     # results of earlier versions, and other reports, have their own report.pdf.
-    report = encapsulated_document(path) if path.suffix == ".dcm" else path
+    report = read_stored(path)
     _audit_view("download_pdf", st, f"result:{result.id}:{'verified' if verified else 'ai'}")
     name = f"bcd-report-{result.id}{'-verified' if verified else ''}.pdf"
     return _image_response(report, "application/pdf", as_attachment=True, download_name=name)

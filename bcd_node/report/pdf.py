@@ -50,6 +50,7 @@ from reportlab.platypus import (
 from bcd_node.errors import ValidationError
 from bcd_node.report.pictures import jpeg, laid_over
 from bcd_node.report.texts import dicom_date, local_time
+from dicom.encapsulated import encapsulated_document
 from dicom.stages import Stage
 
 __all__ = ["STAGES", "ReportData", "render_report", "NOT_FOR_CLINICAL_USE", "NotAnalysedData",
@@ -577,6 +578,21 @@ def _person(name: str) -> str:
 def _when(value: dt.datetime, tz: dt.tzinfo | None = None) -> str:
     """A time in zone ``tz`` (UTC when None) with its zone named (naive values are UTC)."""
     return local_time(value, tz)
+
+
+def read_stored(path: Path) -> bytes:
+    """A PDF report as the node keeps it under its data folder: a PDF file, or the
+    Encapsulated PDF that holds it (an analysed image's ``pdf.dcm``: its document,
+    :func:`dicom.encapsulated.encapsulated_document`).
+
+    Raises
+    ------
+    DicomValidationError
+        A ``.dcm`` file that holds no Encapsulated PDF.
+    """
+    if path.suffix == ".dcm":
+        return encapsulated_document(path)
+    return path.read_bytes()
 
 
 def render_report(data: ReportData) -> bytes:

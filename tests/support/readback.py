@@ -16,7 +16,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
-from dicom.encapsulated import encapsulated_document
+from bcd_node.report.pdf import read_stored
 from dicom.series import SERIES_NUMBERS, ResultKind
 from tests.support.dicomcheck import dciodvfy_errors
 from tests.support.tools import require_tool
@@ -201,8 +201,8 @@ class ReportPictures:
 
 def stored_report(path: Path) -> bytes:
     """The PDF report stored at ``path``: a PDF file, or the Encapsulated PDF that holds it
-    (an analysed image's ``pdf.dcm``)."""
-    return encapsulated_document(path) if path.suffix == ".dcm" else path.read_bytes()
+    (an analysed image's ``pdf.dcm``; :func:`bcd_node.report.pdf.read_stored`)."""
+    return read_stored(path)
 
 
 def report_pictures(pdf: Path, where: Path) -> ReportPictures:
