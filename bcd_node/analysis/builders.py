@@ -23,6 +23,7 @@ cost about 12 ms of CPU per image between the two processes, the shared memory a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -31,6 +32,7 @@ import multiprocessing.connection
 import os
 import pickle
 import struct
+import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Sequence
@@ -526,6 +528,7 @@ class Builders:
         self._lock = threading.Lock()
         #: What each new builder process builds once before its first image (warm_up).
         self._warm_request: BuildRequest | None = None
+        self._warm_path: str | None = None
 
     def warm_up(self, request: BuildRequest) -> bool:
         """Build ``request`` once and keep nothing of it, so that what building loads on first
@@ -537,6 +540,8 @@ class Builders:
         Never raises: a failure is logged, and the first image pays the loading as before.
         Returns whether this process built ``request``, or the pool's processes started.
         """
+        if request is not self._warm_request:
+            self._forget_warm_file()
         self._warm_request = request
         if not self.processes:
             return _warm(request)
@@ -558,9 +563,38 @@ class Builders:
                 self._pool = ProcessPoolExecutor(self.processes,
                                                  mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_start_builder,
-                                                 initargs=(self._warm_request,))
+                                                 initargs=(self._warm_file(),))
                 LOGGER.info("outputs are built in %d processes", self.processes)
             return self._pool
+
+    def _warm_file(self) -> str | None:
+        """The warm-up request, pickled into a file that each new builder process reads
+        (:func:`_start_builder`); None without one.
+
+        Not the request itself as the pool's ``initargs``: multiprocessing writes a new
+        process's arguments into a pipe that the process reads as it starts, and the parent
+        keeps the pipe's reading end open until it has written them all. A request with its
+        arrays (several hundred KB) does not fit in the pipe, so a process that died before it
+        had read them (killed while starting, by the kernel's out-of-memory killer say) left
+        the worker waiting to write the rest for ever: no image analysed, and no stop on
+        SIGTERM. The file's name is a few bytes. The request is the synthetic warm-up field,
+        never an image received."""
+        if self._warm_request is None:
+            return None
+        if self._warm_path is None:
+            remove_stale_warm_files()
+            fd, path = tempfile.mkstemp(prefix=f"{WARM_FILE_PREFIX}{os.getpid()}-",
+                                        suffix=".pickle")
+            with os.fdopen(fd, "wb") as file:
+                pickle.dump(self._warm_request, file, protocol=pickle.HIGHEST_PROTOCOL)
+            self._warm_path = path
+        return self._warm_path
+
+    def _forget_warm_file(self) -> None:
+        path, self._warm_path = self._warm_path, None
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def build_all(self, requests: Sequence[BuildRequest]) -> list[Built | Exception]:
         """Build each request; an image whose building fails gets its error, the others
@@ -638,6 +672,7 @@ class Builders:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._shared.close()
+        self._forget_warm_file()
 
 
 #: How often a worker waiting for its builders checks that none of them has died unnoticed.
@@ -702,10 +737,11 @@ def _warm(request: BuildRequest | None) -> bool:
     return True
 
 
-def _start_builder(request: BuildRequest | None) -> None:
+def _start_builder(warm_file: str | None) -> None:
     """A builder process's initializer: end with the worker (:func:`_end_with_parent`), build
-    with one OpenCV thread, warm up (:func:`_warm`), then leave what it loaded out of garbage
-    collection (:func:`~bcd_node.heap.freeze_loaded`).
+    with one OpenCV thread, warm up with the request in ``warm_file`` (:func:`_warm`,
+    :meth:`Builders._warm_file`), then leave what it loaded out of garbage collection
+    (:func:`~bcd_node.heap.freeze_loaded`).
 
     The pool has a process per core already: OpenCV's own threads (one per core by default)
     would only contend with the other builders and the model, and handing each small picture
@@ -713,8 +749,46 @@ def _start_builder(request: BuildRequest | None) -> None:
     CPU less with one thread, ``benchmarks/outputs.py``)."""
     _end_with_parent()
     cv2.setNumThreads(1)
-    _warm(request)
+    _warm(_read_warm_file(warm_file))
     freeze_loaded()
+
+
+def _read_warm_file(path: str | None) -> BuildRequest | None:
+    """The warm-up request in ``path`` (:meth:`Builders._warm_file`), else None (logged: the
+    first image pays the loading instead)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            request = pickle.load(file)
+    except Exception:  # noqa: BLE001 - removed meanwhile, or unreadable: no warm-up
+        LOGGER.warning("no warm-up request for this output builder process", exc_info=True)
+        return None
+    return request if isinstance(request, BuildRequest) else None
+
+
+#: The names of the warm-up files: this prefix, the PID of the worker process, a random part.
+WARM_FILE_PREFIX = "bcd-node-warm-up-"
+
+
+def remove_stale_warm_files() -> int:
+    """Remove the warm-up files (:meth:`Builders._warm_file`) that worker processes no longer
+    running left in the temporary folder (killed before they closed their builders). Returns
+    how many; never raises."""
+    removed = 0
+    folder = tempfile.gettempdir()
+    try:
+        names = [name for name in os.listdir(folder) if name.startswith(WARM_FILE_PREFIX)]
+    except OSError:
+        return 0
+    for name in names:
+        pid = name[len(WARM_FILE_PREFIX):].partition("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
+            removed += 1
+    return removed
 
 
 def _end_with_parent() -> None:

@@ -18,6 +18,7 @@ from bcd_node.analysis.builders import Builders, Built
 from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
+from tests.support.node import builder_pids
 from tests.support.procs import ended
 from tests.support.waiting import wait_for
 from tests.support.warm import BlockingZone, DyingMidResult, warm_state
@@ -64,6 +65,36 @@ def test_a_builder_that_ended_between_batches_is_replaced_for_the_next_batch(
     assert "an output builder process had ended; starting them again" in caplog.text
     replacement, warm = pool._started_pool().submit(warm_state).result(timeout=120)
     assert replacement != first and warm
+
+
+def test_a_builder_killed_while_it_starts_does_not_hold_the_worker(
+        pool: Builders, caplog: pytest.LogCaptureFixture) -> None:
+    """A new builder killed before it has read what it starts with (the kernel's out-of-memory
+    killer, say): its batch's images get an error (they are tried again), and the worker goes
+    on. When the warm-up request itself was what a new process is started with, the worker
+    waited for ever to write the rest of it into the dead process's pipe."""
+    request = pool._warm_request
+    first = _builder(pool)
+    executor = pool._started_pool()
+    os.kill(first, signal.SIGKILL)  # the next batch starts a new pool
+    wait_for(lambda: ended(first) and executor._broken, timeout=30,
+             what="the pool to see its process end")
+    answers: list[list[Built | Exception]] = []
+    batch = threading.Thread(target=lambda: answers.append(pool.build_all([request] * 2)),
+                             daemon=True)
+    batch.start()
+    starting = wait_for(lambda: builder_pids(os.getpid()), timeout=60,
+                        what="a new builder process", interval=0.001)
+    for pid in starting:
+        os.kill(pid, signal.SIGKILL)
+    batch.join(timeout=60)
+    assert not batch.is_alive(), "the worker still waits for the builder killed as it started"
+    [answer] = answers
+    assert all(isinstance(item, (Built, BrokenProcessPool)) for item in answer), answer
+    [built] = pool.build_all([request])  # the next batch: new builders, warm
+    assert isinstance(built, Built), built
+    replacement, warm = pool._started_pool().submit(warm_state).result(timeout=120)
+    assert replacement not in starting and warm
 
 
 def test_a_builder_killed_while_building_fails_those_images_and_the_next_batch_is_built(
