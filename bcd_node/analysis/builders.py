@@ -583,10 +583,16 @@ class Builders:
             return None
         if self._warm_path is None:
             remove_stale_warm_files()
-            fd, path = tempfile.mkstemp(prefix=f"{WARM_FILE_PREFIX}{os.getpid()}-",
-                                        suffix=".pickle")
-            with os.fdopen(fd, "wb") as file:
-                pickle.dump(self._warm_request, file, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                fd, path = tempfile.mkstemp(prefix=f"{WARM_FILE_PREFIX}{os.getpid()}-",
+                                            suffix=".pickle")
+                with os.fdopen(fd, "wb") as file:
+                    pickle.dump(self._warm_request, file, protocol=pickle.HIGHEST_PROTOCOL)
+            except OSError as exc:  # no writable temporary folder: builders start cold
+                LOGGER.warning("output builder processes start without their warm-up (the "
+                               "first image pays the loading): cannot write into the temporary "
+                               "folder %s: %s", tempfile.gettempdir(), exc.strerror or exc)
+                return None
             self._warm_path = path
         return self._warm_path
 

@@ -162,3 +162,22 @@ def test_a_builder_that_dies_while_sending_its_result_does_not_hold_the_worker(
     [again] = pool.build_all([request])
     assert isinstance(again, Built)
     assert _builder(pool) != builder
+
+
+def test_without_a_writable_temporary_folder_the_builders_start_cold(
+        context: NodeContext, predictor: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The warm-up file cannot be written (a read-only /tmp in a container): the builders start
+    without their warm-up, and build."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "absent"))
+    made = Builders(1)
+    try:
+        Pipeline(context, predictor, builders=made).warm_up()
+        assert "start without their warm-up" in caplog.text
+        [built] = made.build_all([made._warm_request])
+        assert isinstance(built, Built), built
+        assert made._started_pool().submit(warm_state).result(timeout=120)[1] is False
+    finally:
+        made.close()
