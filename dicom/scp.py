@@ -222,6 +222,9 @@ _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 _GONE_ERRORS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ETIMEDOUT,
                           errno.ECONNRESET})
 _WAKE = object()
+#: Seconds a stopping listener still gives the connections it accepted to send their
+#: A-ASSOCIATE-RQ (within :meth:`SharedSocketListener.stop`'s wait for its loop).
+_CLOSING_GRACE = 2.0
 
 
 class _Pending:
@@ -370,8 +373,9 @@ class SharedSocketListener:
             return len(self._pending) + self._associations
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop accepting in this process (at once), let its running associations finish for
-        up to ``timeout`` seconds, then abort the rest.
+        """Stop accepting in this process (at once), serve the connections it had accepted (their
+        A-ASSOCIATE-RQ within a short grace), let its running associations finish for up to
+        ``timeout`` seconds, then abort the rest.
 
         The shared socket itself stays open: the other processes go on accepting. The process
         that made it stops them all with :func:`stop_accepting`.
@@ -427,19 +431,31 @@ class SharedSocketListener:
         listening = False
         listen_after = 0.0  # the listening socket is left out until then (turn, back-off)
         waiting_since: float | None = None  # a connection waits for a less busy process
-        while not self._stopped.is_set():
+        closing = False  # stopped, or the shared socket shut down: serve what was accepted
+        while True:
             now = time.monotonic()
-            if not listening and now >= listen_after:
+            if not closing and self._stopped.is_set():
+                closing = True
+            if closing:
+                if listening:
+                    selector.unregister(self.sock)
+                    listening = False
+                if not self._pending:
+                    # Connections still queued are left to the processes that go on.
+                    return
+                # Those accepted here are served: their A-ASSOCIATE-RQ is on its way (a peer
+                # sends it at once), within a short grace, then the stop waits for them.
+                for pending in self._pending.values():
+                    pending.deadline = min(pending.deadline, now + _CLOSING_GRACE)
+            elif not listening and now >= listen_after:
                 selector.register(self.sock, selectors.EVENT_READ, None)
                 listening = True
             timeout = 1.0
             if self._pending:
                 timeout = min(timeout, next(iter(self._pending.values())).deadline - now)
-            if not listening:
+            if not listening and not closing:
                 timeout = min(timeout, listen_after - now)
             events = selector.select(max(timeout, 0.0))
-            if self._stopped.is_set():
-                return  # connections still queued are left to the processes that go on
             acceptable = False
             for key, mask in events:
                 if key.data is None:
@@ -459,13 +475,16 @@ class SharedSocketListener:
             now = time.monotonic()
             if listening and not acceptable:
                 waiting_since = None
+            if acceptable and self._stopped.is_set():
+                acceptable = False  # stopped while waiting: nothing more is accepted here
             if acceptable:
                 waiting_since = waiting_since or now
                 outcome = self._accept_some(selector, waiting_since)
                 if outcome == "ended":
                     if not self._stopped.is_set():
                         LOGGER.info("the shared DICOM socket stopped accepting")
-                    return
+                    closing = True
+                    continue
                 if outcome != "accepted":
                     # Not our turn (another process may take it) or no resources: look again
                     # a little later rather than spin on the readable socket.

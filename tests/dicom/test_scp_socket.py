@@ -125,3 +125,34 @@ def test_an_association_still_open_when_the_listener_stops_is_named_and_aborted(
     finally:
         if assoc.is_established:
             assoc.abort()
+
+
+def test_a_connection_accepted_before_the_listener_stops_is_served() -> None:
+    """A listener that stops (SIGTERM to one of the node's listener processes) no longer
+    accepts, but serves what it had accepted: a connection whose A-ASSOCIATE-RQ was still on
+    its way was closed, and the scanner saw "peer aborted" (tests/integration/test_listeners.py
+    in CI)."""
+    from dicom.scp import start_scp
+    from tests.support.dul import associate_rq, pdu_header, read_pdu
+
+    listener = start_scp(policy(), "127.0.0.1", 0, [])
+    port = listener.sock.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    stopping = threading.Thread(target=listener.stop, kwargs={"timeout": 10})
+    try:
+        wait_for(lambda: listener._pending, timeout=10, what="the connection accepted")
+        stopping.start()
+        wait_for(listener._stopped.is_set, timeout=10, what="the stop begun")
+        client.sendall(associate_rq(called_ae="BCD_NODE"))
+        assert read_pdu(client)[0] == 0x02  # A-ASSOCIATE-AC
+        client.sendall(pdu_header(0x05, 4) + bytes(4))  # A-RELEASE-RQ
+        assert read_pdu(client)[0] == 0x06  # A-RELEASE-RP
+        stopping.join(timeout=20)
+        assert not stopping.is_alive()
+        # Nothing new is accepted meanwhile, nor after.
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).recv(1)
+    finally:
+        client.close()
+        if not stopping.is_alive() and listener.sock.fileno() >= 0:
+            listener.shutdown(timeout=1)
