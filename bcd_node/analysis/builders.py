@@ -359,23 +359,29 @@ def remove_stale_segments() -> int:
     """Remove the segments that worker processes no longer running left in ``/dev/shm``
     (a worker and its resource tracker killed together, say by ``kill -9`` of their process
     group: nothing was left to remove them). Returns how many; never raises."""
-    removed = 0
-    try:
-        names = [name for name in os.listdir(_SHM_FOLDER) if name.startswith(SEGMENT_PREFIX)]
-    except OSError:  # no /dev/shm here
-        return 0
-    for name in names:
-        pid = name[len(SEGMENT_PREFIX):].partition("-")[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
-            continue
-        try:
-            os.unlink(os.path.join(_SHM_FOLDER, name))
-            removed += 1
-        except OSError:  # removed meanwhile, or not ours to remove
-            continue
+    removed = _remove_left_by_ended_workers(_SHM_FOLDER, SEGMENT_PREFIX)
     if removed:
         LOGGER.info("removed %d shared memory segment(s) left by a worker process that was "
                     "killed", removed)
+    return removed
+
+
+def _remove_left_by_ended_workers(folder: str, prefix: str) -> int:
+    """Remove the files of ``folder`` named ``<prefix><PID>-...`` whose worker process no
+    longer runs; returns how many. Never raises: a folder that cannot be read, or a file
+    removed meanwhile or not ours to remove, is left as it is."""
+    try:
+        names = [name for name in os.listdir(folder) if name.startswith(prefix)]
+    except OSError:  # no such folder here
+        return 0
+    removed = 0
+    for name in names:
+        pid = name[len(prefix):].partition("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
+            removed += 1
     return removed
 
 
@@ -781,20 +787,7 @@ def remove_stale_warm_files() -> int:
     """Remove the warm-up files (:meth:`Builders._warm_file`) that worker processes no longer
     running left in the temporary folder (killed before they closed their builders). Returns
     how many; never raises."""
-    removed = 0
-    folder = tempfile.gettempdir()
-    try:
-        names = [name for name in os.listdir(folder) if name.startswith(WARM_FILE_PREFIX)]
-    except OSError:
-        return 0
-    for name in names:
-        pid = name[len(WARM_FILE_PREFIX):].partition("-")[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
-            continue
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(folder, name))
-            removed += 1
-    return removed
+    return _remove_left_by_ended_workers(tempfile.gettempdir(), WARM_FILE_PREFIX)
 
 
 def _end_with_parent() -> None:

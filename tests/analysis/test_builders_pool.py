@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
+from bcd_node.analysis import builders
 from bcd_node.analysis.builders import Builders, Built
 from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.runtime import NodeContext, open_node
@@ -181,3 +182,31 @@ def test_without_a_writable_temporary_folder_the_builders_start_cold(
         assert made._started_pool().submit(warm_state).result(timeout=120)[1] is False
     finally:
         made.close()
+
+
+def test_the_warm_up_file_is_the_pools_and_goes_with_it_and_a_killed_workers_is_removed(
+        context: NodeContext, predictor: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm-up request reaches new builders as a file of the worker's (its PID in the
+    name), removed when the builders close; one that a killed worker left is removed when a
+    worker writes its own, and one of a running process is not touched."""
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = {pid: tmp_path / f"{builders.WARM_FILE_PREFIX}{pid}-x.pickle" for pid in (gone.pid, 1)}
+    for path in left.values():
+        path.write_bytes(b"old")
+    made = Builders(1)
+    try:
+        Pipeline(context, predictor, builders=made).warm_up()
+        [mine] = tmp_path.glob(f"{builders.WARM_FILE_PREFIX}{os.getpid()}-*.pickle")
+        assert oct(mine.stat().st_mode & 0o777) == "0o600"
+        assert not left[gone.pid].exists() and left[1].exists()
+        assert made._started_pool().submit(warm_state).result(timeout=120)[1] is True
+    finally:
+        made.close()
+    assert not mine.exists()
