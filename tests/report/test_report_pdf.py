@@ -389,6 +389,99 @@ def test_a_table_cell_draws_the_pixels_a_paragraph_draws(tmp_path):
     np.testing.assert_array_equal(pages["cell"], pages["paragraph"])
 
 
+def _grid_and_table(layout: str, rows: list[list[str]], styles):
+    """The report's grid of ``layout`` (as ``pdf._render`` makes it) and the reportlab Table
+    of the same cells and style that it stands for."""
+    from reportlab.lib import colors
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Table, TableStyle
+
+    from bcd_node.report.pdf import _Grid, _Rule, _Text
+
+    def cells():
+        return [[_Text(text, styles[(i + j) % 2]) for j, text in enumerate(row)]
+                for i, row in enumerate(rows)]
+
+    widths = {"fields": [39 * mm, 46 * mm, 39 * mm, 46 * mm],
+              "probabilities": [45 * mm, 31.25 * mm, 31.25 * mm, 31.25 * mm, 31.25 * mm],
+              "stage": [45 * mm, 125 * mm]}[layout]
+    widths = widths[:len(rows[0])]
+    if layout == "fields":
+        grid = _Grid(cells(), widths, valign="TOP", padding=1.5,
+                     rules=(_Rule(0, -1, 0.25, colors.lightgrey),), h_align="LEFT")
+        style = [("VALIGN", (0, 0), (-1, -1), "TOP"),
+                 ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey),
+                 ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]
+        table = Table(cells(), colWidths=widths, hAlign="LEFT")
+    elif layout == "probabilities":
+        grid = _Grid(cells(), widths, padding=1.5, h_align="LEFT",
+                     rules=(_Rule(0, 0, 0.5, colors.black),
+                            _Rule(1, -1, 0.25, colors.lightgrey)))
+        style = [("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.black),
+                 ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.lightgrey),
+                 ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]
+        table = Table(cells(), colWidths=widths, hAlign="LEFT")
+    else:
+        grid, style = _Grid(cells(), widths), []
+        table = Table(cells(), colWidths=widths)
+    table.setStyle(TableStyle(style))
+    return grid, table
+
+
+@pytest.mark.integration  # pdftoppm (poppler)
+@pytest.mark.parametrize("layout", ["fields", "probabilities", "stage"])
+def test_a_grid_draws_the_pixels_its_table_draws(tmp_path, layout):
+    """The report's grids of plain-text cells (pdf._Grid, drawn without reportlab's Table)
+    take the room and draw the pixels of the Table they stand for, page for page: cells of
+    one line and of several, empty ones, long ones, and the grid split over pages between rows,
+    its rule drawn again over the rows after each split."""
+    import random
+
+    from PIL import Image
+    from reportlab.lib.pagesizes import A4
+    from reportlab.platypus import SimpleDocTemplate, Spacer
+
+    styles = _cell_styles()
+    rng = random.Random(layout)
+    columns = {"fields": 4, "probabilities": 5, "stage": 2}[layout]
+    rows = [[rng.choice(_CELL_TEXTS) for _ in range(columns)] for _ in range(14)]
+    grid, table = _grid_and_table(layout, rows, styles)
+    assert grid.wrap(480, 700) == table.wrap(480, 700)
+    first = table.split(480, 90)
+    assert [part.wrap(480, 700) for part in grid.split(480, 90)] == \
+        [part.wrap(480, 700) for part in first]
+    assert len(first) == 2  # the split below is between rows
+    pages = {}
+    for name in ("grid", "table"):
+        path = tmp_path / f"{name}.pdf"
+        flowable = _grid_and_table(layout, rows, styles)[name == "table"]
+        # Room for a few rows on the first page: the rest go over to the second.
+        SimpleDocTemplate(str(path), pagesize=A4, invariant=1).build(
+            [Spacer(1, A4[1] - 2 * 72 - 12 - 110), flowable])
+        subprocess.run(["pdftoppm", "-r", "150", "-gray", str(path), str(tmp_path / name)],
+                       check=True, timeout=60, capture_output=True)
+        pages[name] = [np.asarray(Image.open(page))
+                       for page in sorted(tmp_path.glob(f"{name}-*.pgm"))]
+    assert len(pages["grid"]) == len(pages["table"]) >= 2
+    for grid_page, table_page in zip(pages["grid"], pages["table"]):
+        assert grid_page.min() < 128  # something was drawn
+        np.testing.assert_array_equal(grid_page, table_page)
+
+
+def test_a_grid_splits_only_between_rows():
+    """A grid splits where a Table of its rows splits; not at all when its first row does not
+    fit, and into itself when all of it fits."""
+    styles = _cell_styles()
+    rows = [["Patient", "DOE, Jane"], ["Notes", "blurred " * 40], ["Stage", "Benign"]]
+    grid, table = _grid_and_table("stage", rows, styles)
+    _w, height = grid.wrap(480, 700)
+    assert grid.split(480, 5) == table.split(480, 5) == []
+    assert grid.split(480, height) == [grid]
+    for room in (20, 40, 60, 80):
+        parts, table_parts = grid.split(480, room), table.split(480, room)
+        assert [p.wrap(480, 700) for p in parts] == [p.wrap(480, 700) for p in table_parts]
+
+
 def _pages(pdf: bytes) -> int:
     import re
 
