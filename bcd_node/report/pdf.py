@@ -589,7 +589,7 @@ class _Grid(Flowable):  # type: ignore[misc]  # reportlab is untyped
     splits.
 
     Without the Table's machinery (a style and a geometry per cell, each cell measured again
-    as it is drawn), which took about 40 % of a field report's rendering (issue 17).
+    as it is drawn): about 1 ms of a field report's 8.7 (issue 17).
     """
 
     def __init__(self, rows: list[list[_Text]], widths: list[float], *, valign: str = "BOTTOM",
