@@ -127,12 +127,16 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
     separate_worker = len(roles) > 1 and "worker" in roles and "scp" in roles
     who = speaker(roles)
     stop = stop or threading.Event()
+    # A child of ``serve`` (read now: telling the parent that it runs takes the variable away).
+    child = READY_FD_ENV in os.environ
     if threading.current_thread() is threading.main_thread():
         stopping = stop
 
         # Installed first, so a SIGTERM during start-up also ends in an orderly stop.
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             LOGGER.info("%sreceived %s, shutting down", who, signal.Signals(signum).name)
+            if child and not stopping.is_set():
+                end_child_if_stuck()
             stopping.set()
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
@@ -188,6 +192,28 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
         context.engine.dispose()
         LOGGER.info("%sstopped", who)
     return 0
+
+
+#: Seconds a child process of ``serve`` has to stop after its SIGTERM before it ends itself
+#: (:func:`end_child_if_stuck`): longer than ``serve`` waits for it before killing it
+#: (:meth:`~bcd_node.node.processes.Child.stop`, 120 s).
+CHILD_STOP_DEADLINE = 150
+
+
+def end_child_if_stuck(deadline: int | None = None) -> None:
+    """Have the kernel end this process (SIGALRM, whose default action ends a process) if it
+    is still running ``deadline`` seconds from now.
+
+    A child of ``serve`` is told to stop by SIGTERM: from ``serve``, which kills it after
+    120 s, or from the kernel when ``serve`` is gone (``PR_SET_PDEATHSIG``), and then nobody
+    else would. A worker process whose thread was stuck in a system call (a builder killed
+    while it started, issue 17) stayed for good after its ``serve`` had been killed, its
+    shared memory and its database connections with it. The alarm needs no thread of the
+    process to run: a stuck thread, or one holding the interpreter lock, cannot stop it.
+    ``deadline``: :data:`CHILD_STOP_DEADLINE` by default.
+    """
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(CHILD_STOP_DEADLINE if deadline is None else deadline)
 
 
 #: A role's name for its child process of ``serve``, where it is not the role's own.
