@@ -192,10 +192,33 @@ def validate_image(data: bytes, expected_sop_class: str | None = None, *, max_pi
     return ds
 
 
-def _extract(ds: Dataset) -> ImageMeta:
-    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        if not _text(ds, keyword, 64):
+#: The UIDs an image is filed by, with their names for an Error Comment.
+_FILED_BY = (("SOPInstanceUID", "SOP Instance UID"), ("StudyInstanceUID", "Study Instance UID"),
+             ("SeriesInstanceUID", "Series Instance UID"))
+_UID_CHARACTERS = frozenset("0123456789.")
+
+
+def _check_uids(ds: Dataset) -> None:
+    """The UIDs the image is filed by are there, at most 64 characters, of digits and dots.
+
+    The node files an image by them and copies them into its results' references. A longer
+    one was cut to 64 characters in the rows (two images whose UIDs began alike were then one
+    image, the second a revision of the first), and went whole into the SEG and the SR, which
+    ``dciodvfy`` then found invalid. A component with a leading zero (also not valid, PS3.5
+    9.1) is accepted: it is filed and referenced as it is, and older devices write them.
+    """
+    for keyword, name in _FILED_BY:
+        uid = _text(ds, keyword, 1000)
+        if not uid:
             raise InvalidImageError(f"{keyword} is missing")
+        if len(uid) > 64:
+            raise InvalidImageError(f"{name} longer than 64 characters ({len(uid)})")
+        if not _UID_CHARACTERS.issuperset(uid):
+            raise InvalidImageError(f"{name} has characters other than digits and dots")
+
+
+def _extract(ds: Dataset) -> ImageMeta:
+    _check_uids(ds)
     series_number = ds.get("SeriesNumber")
     return {
         "sop_instance_uid": _text(ds, "SOPInstanceUID", 64),
@@ -229,8 +252,9 @@ def identify(ds: Dataset, data: bytes) -> tuple[ImageMeta, str]:
     Raises
     ------
     InvalidImageError
-        A SOP Instance, Study or Series Instance UID is missing, or an attribute the rows
-        hold cannot be read.
+        A SOP Instance, Study or Series Instance UID is missing, longer than 64 characters
+        or has characters other than digits and dots (:func:`_check_uids`), or an attribute
+        the rows hold cannot be read.
     """
     try:
         meta = _extract(ds)

@@ -43,3 +43,45 @@ def test_whole_slide_images_are_accepted_or_refused_with_the_reason(tmp_path, sm
                            focal_planes=2)
     with pytest.raises(UnsupportedImageError, match="2 focal planes: only a slide of one"):
         validate_image(planes.read_bytes(), wsi, **LIMITS)
+
+
+@pytest.mark.parametrize("keyword,name", [("SOPInstanceUID", "SOP Instance UID"),
+                                          ("StudyInstanceUID", "Study Instance UID"),
+                                          ("SeriesInstanceUID", "Series Instance UID")])
+def test_an_image_is_refused_for_a_uid_it_is_filed_by_that_is_not_valid(keyword, name,
+                                                                         monkeypatch):
+    """The UIDs an image is filed by and its results refer to: at most 64 characters, of
+    digits and dots. A longer one was cut to 64 in the rows (two images could become one)
+    and went whole into the SEG and SR, which dciodvfy then refused; a leading zero in a
+    component is accepted as older devices write it. Read as the node reads (pydicom's
+    default: an invalid value is a warning; the suite's own setting raises)."""
+    import pydicom
+
+    from bcd_node.intake.validate import InvalidImageError, identify
+    from tests.support.images import part10_bytes, vl_micro
+
+    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode", pydicom.config.WARN)
+
+    def identified(uid: str) -> str:
+        ds = vl_micro(3)
+        with pydicom.config.disable_value_validation():  # an invalid input, on purpose
+            setattr(ds, keyword, uid)
+            if keyword == "SOPInstanceUID":
+                ds.file_meta.MediaStorageSOPInstanceUID = uid
+            data = part10_bytes(ds)
+        meta, _digest = identify(validate_image(data, str(ds.SOPClassUID), **LIMITS), data)
+        return {"SOPInstanceUID": meta["sop_instance_uid"],
+                "StudyInstanceUID": meta["study_instance_uid"],
+                "SeriesInstanceUID": meta["series_instance_uid"]}[keyword]
+
+    longest = "1.2." + "3" * 60
+    assert identified(longest) == longest  # 64: filed whole
+    with pytest.warns(UserWarning):  # pydicom's warning, as in the node's log
+        assert identified("1.2.840.0012.5") == "1.2.840.0012.5"  # a leading zero
+    with pytest.raises(InvalidImageError, match=f"^{name} longer than 64 characters \\(65\\)$"), \
+            pytest.warns(UserWarning):
+        identified(longest + "4")
+    with pytest.raises(InvalidImageError,
+                       match=f"^{name} has characters other than digits and dots$"), \
+            pytest.warns(UserWarning):
+        identified("1.2.840.abc")

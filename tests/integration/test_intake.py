@@ -265,3 +265,35 @@ def test_new_image_of_another_patient_in_a_known_study_is_refused(scp_factory) -
     assert count(scp.context, Instance) == 1 and count(scp.context, Patient) == 1
     assert len(instance_files(scp.context)) == 1
     assert "security_alert" in audit_actions(scp.context)
+
+
+def test_an_image_with_a_uid_longer_than_64_characters_is_refused_c210_with_comment(
+        scp_factory, tmp_path, monkeypatch) -> None:
+    """DCMTK's img2dcm writes the Series Instance UID it is given (here 65 characters: the
+    study's UID and ".1", as in a walk of the whole flow). The node read it (pydicom, as the
+    node runs it, warns of an invalid value), cut it to 64 characters in its rows, and copied
+    it whole into its SEG and SR, which dciodvfy refused. It is now refused before it is
+    stored, with the reason in the Error Comment; an image whose UID has 64 is accepted."""
+    from tests.support.dicomizers import img2dcm
+    from tests.support.images import smear
+
+    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode", pydicom.config.WARN)
+    scp = scp_factory()
+    field, _ = smear(9)
+    study = "1.2.826.0.1.3680043.10.1234." + "5" * 35  # 63 characters
+    long_series = img2dcm(field, tmp_path / "long", "long", "-k", f"StudyInstanceUID={study}",
+                          "-k", f"SeriesInstanceUID={study}.1", image_format="BMP")
+    assert len(str(pydicom.dcmread(long_series).SeriesInstanceUID)) == 65
+    done = subprocess.run([require_tool("storescu"), "-d", "-aet", "SCANNER", "-aec",
+                           "BCD_NODE", "127.0.0.1", str(scp.port), str(long_series)],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    report = done.stdout + done.stderr
+    assert "0xc210" in report.lower(), report
+    assert "Series Instance UID longer than 64 characters (65)" in report  # Error Comment
+    assert count(scp.context, Instance) == 0 and instance_files(scp.context) == []
+    assert audit_actions(scp.context) == ["store_refused"]
+    fits = img2dcm(field, tmp_path / "fits", "fits", "-k", f"StudyInstanceUID={study}",
+                   "-k", f"SeriesInstanceUID={study[:-1]}.1", image_format="BMP")
+    assert storescu(scp.port, fits).returncode == 0
+    with scp.context.session_factory() as s:
+        assert s.execute(select(Instance.path)).scalars().all()
