@@ -604,8 +604,10 @@ class _Grid(Flowable):  # type: ignore[misc]  # reportlab is untyped
         self.padding = padding
         self.hAlign = h_align
         count = len(rows)
-        # Each rule as the rows it is under, counted in this grid.
-        self.rules = [(range(r.first % count, r.last % count + 1) if count else range(0),
+        # Each rule as the rows it is under (a negative row counted from the end, as a Table
+        # counts it; rows outside the grid are none).
+        self.rules = [(range(max(0, r.first + count if r.first < 0 else r.first),
+                             min(r.last + count if r.last < 0 else r.last, count - 1) + 1),
                        r.weight, r.colour) for r in rules]
         #: Rules drawn over the first row: a part after a split (:meth:`split`).
         self.above: list[tuple[float, colors.Color]] = []

@@ -482,6 +482,23 @@ def test_a_grid_splits_only_between_rows():
         assert [p.wrap(480, 700) for p in parts] == [p.wrap(480, 700) for p in table_parts]
 
 
+def test_a_grids_rules_count_rows_as_a_table_counts_them():
+    """A rule's rows: a negative row counted from the end, as a Table's LINEBELOW counts it,
+    and rows outside the grid none (the probabilities' second rule on a grid of one row rules
+    nothing)."""
+    from reportlab.lib import colors
+
+    from bcd_node.report.pdf import _Grid, _Rule, _Text
+
+    body, _label = _cell_styles()
+    rules = (_Rule(0, -1, 0.25, colors.grey), _Rule(1, -1, 0.5, colors.black),
+             _Rule(-2, -1, 1, colors.black), _Rule(0, 0, 1, colors.black))
+    for count, expected in ((1, [[0], [], [0], [0]]),
+                            (4, [[0, 1, 2, 3], [1, 2, 3], [2, 3], [0]])):
+        grid = _Grid([[_Text("a", body), _Text("b", body)]] * count, [100, 100], rules=rules)
+        assert [list(rows) for rows, _weight, _colour in grid.rules] == expected
+
+
 def _pages(pdf: bytes) -> int:
     import re
 
