@@ -179,12 +179,14 @@ REVIEW_REASONS = {
     "low confidence": _private("REVIEW-LOWCONF", "Low confidence"),
     "unlike the training data": _private("REVIEW-OOD", "Unlike the training data"),
     "scale unknown": _private("REVIEW-SCALE", "Scale unknown"),
+    "blast cells found, stage Benign": _private("REVIEW-BLASTS",
+                                                "Blast cells found in a result staged Benign"),
 }
 
 
 def review_reason_code(reason: str) -> CodedConcept:
     """The coded value of a review reason ("low confidence", "unlike the training data",
-    "scale unknown").
+    "scale unknown", "blast cells found, stage Benign").
 
     Raises
     ------

@@ -38,6 +38,7 @@ from bcd_node.db.models import (
 )
 from bcd_node.delivery.outbox import case_deliveries
 from bcd_node.errors import ValidationError
+from bcd_node.inference.spec import REASON_BLASTS_IN_BENIGN
 from bcd_node.node.memory_budget import Busy
 from bcd_node.records.cases import STATUS_LABELS, Case, load_case
 from bcd_node.records.cells import corrected_blast_count
@@ -176,6 +177,11 @@ def warnings_for(result: Result) -> list[str]:
         out.append("Scale unknown: the image states no pixel size"
                    + (f"; it was taken as {scale}" if scale else "")
                    + ". Cells at another magnification are misjudged.")
+    if result.stage is not None and REASON_BLASTS_IN_BENIGN in reasons:
+        out.append(f"Blast cells found, stage Benign: {result.blast_count or 0} blast cell(s) "
+                   "were segmented in an image staged Benign. The stage averages the image's "
+                   "tiles, so a few blasts in a large image can be outweighed: look at the "
+                   "marked cells.")
     if result.needs_review and result.stage is not None and not reasons and not (
             result.confidence is not None and result.confidence < threshold):
         out.append("Flagged for review by the pipeline.")

@@ -20,7 +20,12 @@ from pydicom.dataset import Dataset
 
 from bcd_node.db.models import utcnow
 from bcd_node.errors import PermanentError
-from bcd_node.inference.spec import REASON_LOW_CONFIDENCE, REASON_SCALE_UNKNOWN
+from bcd_node.inference.spec import (
+    REASON_BLASTS_IN_BENIGN,
+    REASON_LOW_CONFIDENCE,
+    REASON_SCALE_UNKNOWN,
+    blasts_contradict_stage,
+)
 from bcd_node.report.pdf import NotAnalysedData, ReportData, render_not_analysed, render_report
 from dicom import describe
 from dicom.algorithm import Algorithm
@@ -114,8 +119,10 @@ def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
 
     A frame without a mask (quality insufficient) gets an empty one of its own size. The
     review reasons are the frames' (``review_reasons`` of a prediction, where it has them),
-    "low confidence" when the merged top probability is under ``review_threshold``, and "scale
-    unknown" when ``scale_source`` is :data:`SCALE_DEFAULT`.
+    "low confidence" when the merged top probability is under ``review_threshold``, "scale
+    unknown" when ``scale_source`` is :data:`SCALE_DEFAULT`, and "blast cells found, stage
+    Benign" when the merged stage is Benign and the frames' blasts are not none
+    (:func:`~bcd_node.inference.spec.blasts_contradict_stage`).
     """
     masks = np.stack([p.mask if p.mask is not None else np.zeros(img.shape[:2], np.uint8)
                       for p, img in zip(predictions, images)])
@@ -146,7 +153,10 @@ def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
         reasons.append(REASON_LOW_CONFIDENCE)
     if scale_source == SCALE_DEFAULT and REASON_SCALE_UNKNOWN not in reasons:
         reasons.append(REASON_SCALE_UNKNOWN)
-    return Combined(stage, probs, int(sum(p.blast_count or 0 for p, _ in usable)), area, masks,
+    blasts = int(sum(p.blast_count or 0 for p, _ in usable))
+    if blasts_contradict_stage(stage, blasts) and REASON_BLASTS_IN_BENIGN not in reasons:
+        reasons.append(REASON_BLASTS_IN_BENIGN)
+    return Combined(stage, probs, blasts, area, masks,
                     quality, any(p.needs_review for p in predictions) or bool(reasons),
                     probability if isinstance(probability, np.ndarray)
                     and probability.shape == masks[0].shape else None, min_area,

@@ -29,9 +29,11 @@ from bcd_node.inference.ood import EMBEDDING_LAYER, DensityModel, load_density
 from bcd_node.inference.prediction import Prediction
 from bcd_node.inference.spec import (
     CLASSES,
+    REASON_BLASTS_IN_BENIGN,
     REASON_LOW_CONFIDENCE,
     REASON_SCALE_UNKNOWN,
     REASON_UNLIKE_TRAINING,
+    blasts_contradict_stage,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -416,6 +418,8 @@ class Predictor:
                 reasons.append(REASON_UNLIKE_TRAINING)
         if not plan.scale_known:
             reasons.append(REASON_SCALE_UNKNOWN)
+        if blasts_contradict_stage(CLASSES[top], blasts):
+            reasons.append(REASON_BLASTS_IN_BENIGN)
         return Prediction(
             stage=CLASSES[top],
             probabilities={c: float(p) for c, p in zip(CLASSES, probs)},

@@ -128,8 +128,8 @@ stain, institution : str, optional
     verified_at : datetime.datetime, optional
         When the doctor verified the result.
     review_reasons : tuple of str
-        Why the result needs review ("low confidence", "unlike the training data", "scale
-        unknown"); printed in the Review section.
+        Why the result needs review (:data:`~bcd_node.inference.spec.REVIEW_REASONS`);
+        printed in the Review section.
     scale : str, optional
         The pixel size the analysis used and its source, e.g. "0.25 µm per pixel (Pixel
         Spacing)".

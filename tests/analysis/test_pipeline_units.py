@@ -37,6 +37,23 @@ def test_frames_are_averaged_and_blasts_summed() -> None:
     assert c.masks.shape == (2, 8, 8)
 
 
+def test_blasts_in_frames_merged_to_benign_need_review() -> None:
+    """Frames whose merged stage is Benign while their blasts add up to some: the result needs
+    review with its reason (each frame on its own may have been another stage); Benign with no
+    blast does not."""
+    images = [np.zeros((8, 8, 3), np.uint8)] * 2
+    mask = np.zeros((8, 8), np.uint8)
+    benign = {"Benign": 0.9, "Malignant-Early": 0.05, "Malignant-Pre": 0.03,
+              "Malignant-Pro": 0.02}
+    early = {"Benign": 0.45, "Malignant-Early": 0.5, "Malignant-Pre": 0.03, "Malignant-Pro": 0.02}
+    c = combine([Pred("Benign", benign, 0, 0.0, mask), Pred("Malignant-Early", early, 1, 0.01,
+                                                            mask)], images, 0.6)
+    assert c.stage == "Benign" and c.blast_count == 1
+    assert c.review_reasons == ("blast cells found, stage Benign",) and c.needs_review
+    c = combine([Pred("Benign", benign, 0, 0.0, mask)] * 2, images, 0.6)
+    assert c.stage == "Benign" and c.review_reasons == () and not c.needs_review
+
+
 class InsufficientAnalyzer:
     model_info = {"name": "test", "version": "1"}
 

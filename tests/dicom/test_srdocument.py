@@ -65,10 +65,11 @@ def _without_specimen(source: pydicom.Dataset) -> pydicom.Dataset:
     return copy
 
 
-REVIEWED = Findings(stage="Benign", quality_ok=False, blast_count=0, blast_area_fraction=0.0,
+REVIEWED = Findings(stage="Benign", quality_ok=False, blast_count=2, blast_area_fraction=0.01,
                     probabilities={"Benign": 0.4, "Malignant-Early": 0.3,
                                    "Malignant-Pre": 0.2, "Malignant-Pro": 0.1},
-                    review_reasons=("unlike the training data", "scale unknown"))
+                    review_reasons=("unlike the training data", "scale unknown",
+                                    "blast cells found, stage Benign"))
 
 
 @pytest.mark.parametrize("kind", ["unverified", "verified", "supersedes", "no specimen",

@@ -147,6 +147,33 @@ def test_bundled_model_on_fresh_synthetic_fields() -> None:
     assert all(r.blast_area_fraction < 0.02 for r in benign)
 
 
+@pytest.mark.slow
+def test_the_bundled_model_flags_blasts_in_a_large_image_staged_benign() -> None:
+    """The stage of an image larger than the model's field is the mean of its tiles': on
+    generated 512-pixel fields (the blasts of one 256-pixel field over four fields' area) the
+    bundled model stages most Malignant-Early fields Benign, with their blasts segmented. Each
+    such result needs review, "blast cells found, stage Benign"; the benign fields have no
+    blast and no such reason."""
+    if not (bundled_weights_dir() / "manifest.json").is_file():
+        pytest.skip("no bundled weights in this checkout")
+    predictor = pr.Predictor(precision="float32", batch_size=8)
+    early = [synth.generate_field(200 + k, "Malignant-Early",
+                                  synth.patient_params(np.random.default_rng(200 + k)),
+                                  size=512)[0] for k in range(6)]
+    benign = [synth.generate_field(300 + k, "Benign",
+                                   synth.patient_params(np.random.default_rng(300 + k)),
+                                   size=512)[0] for k in range(4)]
+    results = predictor.predict(early + benign)
+    missed = [r for r in results[:6] if r.stage == "Benign"]
+    assert missed, "no Malignant-Early field was staged Benign: the test needs other fields"
+    for r in missed:
+        assert r.blast_count > 0 and r.needs_review
+        assert "blast cells found, stage Benign" in r.review_reasons
+    for r in results[6:]:
+        assert r.stage == "Benign" and r.blast_count == 0
+        assert "blast cells found, stage Benign" not in r.review_reasons
+
+
 @pytest.mark.gpu
 def test_predictor_uses_the_gpu(tiny_loaded: LoadedModel) -> None:
     if not pr.gpu_devices():

@@ -97,11 +97,14 @@ def test_review_reasons_are_shown(app: Flask, doctor_client: FlaskClient,
         result = session.get(Result, analysed["result_id"])
         result.confidence = 0.97
         result.needs_review = True
-        result.review_reasons = ["unlike the training data", "scale unknown"]
+        result.review_reasons = ["unlike the training data", "scale unknown",
+                                 "blast cells found, stage Benign"]
         result.um_per_pixel, result.scale_source = 0.25, "default"
+        result.stage, result.blast_count = "Benign", 3
     page = doctor_client.get(f"/studies/{UID}").get_data(as_text=True)
     assert "Unlike the training data" in page and "Scale unknown" in page
     assert "taken as 0.25 µm per pixel" in page
+    assert "Blast cells found, stage Benign: 3 blast cell(s) were segmented" in page
     assert "Flagged for review by the pipeline" not in page and "Low confidence" not in page
 
 
