@@ -198,8 +198,9 @@ _FILED_BY = (("SOPInstanceUID", "SOP Instance UID"), ("StudyInstanceUID", "Study
 _UID_CHARACTERS = frozenset("0123456789.")
 
 
-def _check_uids(ds: Dataset) -> None:
-    """The UIDs the image is filed by are there, at most 64 characters, of digits and dots.
+def _filed_uids(ds: Dataset) -> dict[str, str]:
+    """The UIDs the image is filed by, by keyword: each there, at most 64 characters, of
+    digits and dots.
 
     The node files an image by them and copies them into its results' references. A longer
     one was cut to 64 characters in the rows (two images whose UIDs began alike were then one
@@ -207,6 +208,7 @@ def _check_uids(ds: Dataset) -> None:
     ``dciodvfy`` then found invalid. A component with a leading zero (also not valid, PS3.5
     9.1) is accepted: it is filed and referenced as it is, and older devices write them.
     """
+    uids = {}
     for keyword, name in _FILED_BY:
         uid = _text(ds, keyword, 1000)
         if not uid:
@@ -215,17 +217,19 @@ def _check_uids(ds: Dataset) -> None:
             raise InvalidImageError(f"{name} longer than 64 characters ({len(uid)})")
         if not _UID_CHARACTERS.issuperset(uid):
             raise InvalidImageError(f"{name} has characters other than digits and dots")
+        uids[keyword] = uid
+    return uids
 
 
 def _extract(ds: Dataset) -> ImageMeta:
-    _check_uids(ds)
+    uids = _filed_uids(ds)
     series_number = ds.get("SeriesNumber")
     return {
-        "sop_instance_uid": _text(ds, "SOPInstanceUID", 64),
+        "sop_instance_uid": uids["SOPInstanceUID"],
         "sop_class_uid": _text(ds, "SOPClassUID", 64),
         "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID),
-        "study_instance_uid": _text(ds, "StudyInstanceUID", 64),
-        "series_instance_uid": _text(ds, "SeriesInstanceUID", 64),
+        "study_instance_uid": uids["StudyInstanceUID"],
+        "series_instance_uid": uids["SeriesInstanceUID"],
         "patient_id": _text(ds, "PatientID", 64),
         "issuer": _text(ds, "IssuerOfPatientID", 64),
         "patient_name": _text(ds, "PatientName", 324),
@@ -253,7 +257,7 @@ def identify(ds: Dataset, data: bytes) -> tuple[ImageMeta, str]:
     ------
     InvalidImageError
         A SOP Instance, Study or Series Instance UID is missing, longer than 64 characters
-        or has characters other than digits and dots (:func:`_check_uids`), or an attribute
+        or has characters other than digits and dots (:func:`_filed_uids`), or an attribute
         the rows hold cannot be read.
     """
     try:

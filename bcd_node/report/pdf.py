@@ -680,20 +680,20 @@ class _Grid(Flowable):  # type: ignore[misc]  # reportlab is untyped
                 y = (bottom + height - self.padding - size if self.valign == "TOP"
                      else bottom + self.padding)
                 cell.drawOn(canvas, left + _CELL_SIDE_PADDING, y)
-        if self.rules or self.above:
-            width, height = self._size
+        width, height = self._size
+        # The rules over the first row (after a split), then those under rows.
+        lines = [(weight, colour, [height]) for weight, colour in self.above] + [
+            (weight, colour, [self._bottoms[i] for i in rows])
+            for rows, weight, colour in self.rules]
+        if lines:
             canvas.saveState()
             canvas.setLineCap(1)  # a Table's lines: round caps and joins
             canvas.setLineJoin(1)
-            for weight, colour in self.above:
+            for weight, colour, heights_at in lines:
                 canvas.setStrokeColor(colour)
                 canvas.setLineWidth(weight)
-                canvas.line(0, height, width, height)
-            for rows, weight, colour in self.rules:
-                canvas.setStrokeColor(colour)
-                canvas.setLineWidth(weight)
-                for index in rows:
-                    canvas.line(0, self._bottoms[index], width, self._bottoms[index])
+                for y in heights_at:
+                    canvas.line(0, y, width, y)
             canvas.restoreState()
 
 
