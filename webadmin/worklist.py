@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections import OrderedDict
 from datetime import timedelta
@@ -62,6 +63,7 @@ from webadmin.model_use import (
     results_banner,
 )
 
+LOGGER = logging.getLogger(__name__)
 bp = Blueprint("worklist", __name__)
 
 
@@ -587,10 +589,20 @@ def pdf(result_id: int) -> Any:
     if version == "verified" and not result.verified_pdf_path:
         abort(404)  # never the AI's report under the signed report's name
     verified = version != "ai" and bool(result.verified_pdf_path)
-    path = data_file(result.verified_pdf_path if verified else result.pdf_path)
+    relpath = result.verified_pdf_path if verified else result.pdf_path
+    path = data_file(relpath)
     # An image's report is kept once, in the Encapsulated PDF sent to the PACS (pdf.dcm);
     # results of earlier versions, and other reports, have their own report.pdf.
-    report = read_stored(path)
+    try:
+        report = read_stored(path)
+    except Exception:  # noqa: BLE001 - whatever the damage, the file cannot be served
+        LOGGER.exception("result %d: its %s report cannot be read (%s under the data folder)",
+                         result.id, "signed" if verified else "AI", relpath)
+        return render_template(
+            "errors/error.html", code=500, title="Report cannot be read",
+            message="The file that holds this report is damaged, so it cannot be shown. The "
+                    "result itself is unchanged. This has been logged: tell your "
+                    "administrator, who can restore the file from a backup."), 500
     _audit_view("download_pdf", st, f"result:{result.id}:{'verified' if verified else 'ai'}")
     name = f"bcd-report-{result.id}{'-verified' if verified else ''}.pdf"
     return _image_response(report, "application/pdf", as_attachment=True, download_name=name)

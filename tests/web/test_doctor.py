@@ -423,3 +423,42 @@ def test_an_analysed_images_report_is_served_from_its_encapsulated_pdf(
     assert resp.status_code == 200 and resp.mimetype == "application/pdf"
     assert resp.data == report
     assert "attachment" in resp.headers["Content-Disposition"]
+
+
+@pytest.mark.parametrize("damage", ["not DICOM", "another object", "cut short"])
+def test_a_damaged_stored_report_gets_a_page_that_says_so(
+        app: Flask, doctor_client: FlaskClient, analysed: dict[str, Any],
+        caplog: pytest.LogCaptureFixture, damage: str) -> None:
+    """The Encapsulated PDF that holds a field's report (pdf.dcm) damaged on disk: the
+    download says the report cannot be read, and the log names the result, not the patient
+    (it was the generic 'Something went wrong' page)."""
+    from dicom.dicomize import dicomize
+    from tests.support.images import rgb_field
+
+    ctx = app.extensions["bcd_node"]
+    rid = analysed["result_id"]
+    image = io.BytesIO()
+    dicomize(rgb_field(3), patient_id="P-DMG", patient_name="Damaged^Doris",
+             specimen_id="S-DMG").save_as(
+        image, enforce_file_format=True)
+    content = {"not DICOM": b"%PDF-1.4 this is not a DICOM file" * 10,
+               "another object": image.getvalue(),
+               "cut short": image.getvalue()[:400]}[damage]
+    relpath = f"results/{analysed['instance_id']}/pdf.dcm"
+    stored = ctx.settings.storage.data_dir / relpath
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_bytes(content)
+    with ctx.session_factory.begin() as session:
+        session.get(Result, rid).pdf_path = relpath
+    with caplog.at_level("ERROR", logger="webadmin.worklist"):
+        resp = doctor_client.get(f"/results/{rid}/report.pdf?version=ai")
+    assert resp.status_code == 500 and resp.mimetype == "text/html"
+    page = resp.get_data(as_text=True)
+    assert "Report cannot be read" in page and "damaged" in page
+    assert "Traceback" not in page
+    logged = [r for r in caplog.records if r.name == "webadmin.worklist"]
+    assert len(logged) == 1 and logged[0].getMessage() == (
+        f"result {rid}: its AI report cannot be read ({relpath} under the data folder)")
+    assert "Damaged" not in caplog.text and "P-DMG" not in caplog.text
+    # The other pages of the result still answer.
+    assert doctor_client.get(f"/studies/{UID}").status_code == 200
