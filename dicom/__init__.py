@@ -49,4 +49,15 @@ scp
 association
     The associations it serves: pynetdicom's acceptor waiting for events, reading within the
     advertised PDU and data set limits (``dataset_overflow``), closing every file it holds.
+
+Importing the package sets pydicom's reading validation to WARN, as the node reads every file:
+a value that is not valid for its VR is read with a warning (logged without the value,
+:class:`bcd_node.node.logs.WithoutDicomValues`), and an image is refused only for what the
+intake checks itself (docs/conformance.md, 2.3). WARN is pydicom 3's default; it is set here
+so that another default in a later pydicom does not change what the node accepts. Writing
+validation is left as it is.
 """
+
+import pydicom.config as _pydicom_config
+
+_pydicom_config.settings.reading_validation_mode = _pydicom_config.WARN
