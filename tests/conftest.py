@@ -15,6 +15,7 @@ import pytest
 
 import dicom  # noqa: F401 - importing it sets pydicom's reading mode, the node's (below)
 from tests.support.net import free_port
+from tests.support.schema import enforce_string_lengths
 from tests.support.tools import IN_CI
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 # and was read and cut in the node. The tests in tests/dicom/ read back the node's own objects
 # strictly (their conftest). Writing stays strict: every value the node sets must be valid.
 pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
+# A string longer than its column fails on SQLite as it would on PostgreSQL.
+enforce_string_lengths()
 
 
 @pytest.fixture

@@ -386,9 +386,10 @@ class Delivery(Base):
     result_fk: Mapped[int | None] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"),
                                                   index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    # seg | sr | pdf | verified_sr | verified_pdf | corrected_seg | ... | oru_p | oru_f | oru_c
-    # (LisMessageKind)
-    kind: Mapped[str] = mapped_column(String(16))
+    # seg | sr | pdf | verified_sr | verified_pdf | corrected_seg | summary_sr | summary_pdf |
+    # verified_summary_sr | verified_summary_pdf | oru_p | oru_f | oru_c (LisMessageKind);
+    # 16 characters until migration 0012, which PostgreSQL enforced and SQLite did not
+    kind: Mapped[str] = mapped_column(String(32))
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     sop_instance_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(255))

@@ -45,10 +45,15 @@ PASSWORD = "a long enough password"
 
 
 @pytest.fixture
-def node(write_config, monkeypatch) -> Any:
+def node(request, write_config, monkeypatch) -> Any:
+    """A node with a PACS destination, on SQLite, or (``indirect`` parameter "postgresql") on
+    the suite's PostgreSQL."""
     monkeypatch.setenv("BCD_WEB_TIMEZONE", "Europe/Zurich")  # web.timezone
+    database = {} if getattr(request, "param", "sqlite") == "sqlite" else {
+        "database_url": request.getfixturevalue("postgres_url")}
     ctx = open_node(load_settings(write_config(
-        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n')))
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n',
+        **database)))
     with ctx.session_factory.begin() as s:
         add_user(s, "dr.house", PASSWORD, Role.DOCTOR, full_name="Gregory House")
     with Intake(ctx) as intake:
@@ -85,8 +90,11 @@ def _sign(ctx: NodeContext, decision: str, stage: str | None, comment: str) -> i
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("node", ["sqlite", "postgresql"], indirect=True)
 def test_signing_the_summary_makes_the_verified_summary_sr_and_pdf(node,
                                                                   encoded_like_pydicom) -> None:
+    """On PostgreSQL too: there, the signed case's objects did not fit the outbox's 16
+    characters of ``kind`` ("verified_summary_pdf"), and every signed report failed."""
     ctx, intake, pipeline = node
     study_uid = _summarised_study(ctx, intake, pipeline, 2)
     with ctx.session_factory() as s:

@@ -1,14 +1,17 @@
 """Checks of the database that run on SQLite and on PostgreSQL: the migrated schema is the
-models' schema, and the models store and read back a job chain with aware UTC times."""
+models' schema, the models store and read back a job chain with aware UTC times, and (on
+SQLite too) no string is longer than its column."""
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, String, event, select
 from sqlalchemy.exc import StatementError
 
 from bcd_node.db.engine import make_session_factory
@@ -130,3 +133,35 @@ def assert_statuses_renamed_through_0006(engine: Engine) -> None:
                                  {"id": i}).scalar_one() for i in ids]
     assert statuses == ["analysing", "awaiting_review", "awaiting_review", "awaiting_review",
                         "signed", "failed", "analysing"]
+
+
+class ValueTooLongError(AssertionError):
+    """A string longer than its column's ``VARCHAR(n)``, which PostgreSQL would refuse."""
+
+
+def _check_string_lengths(mapper: Any, _connection: Any, target: Any) -> None:
+    for prop in mapper.column_attrs:
+        for column in prop.columns:
+            length = getattr(column.type, "length", None)
+            if not isinstance(column.type, String) or not length:
+                continue
+            value = getattr(target, prop.key, None)
+            text = value.value if isinstance(value, enum.Enum) else value
+            if isinstance(text, str) and len(text) > length:
+                raise ValueTooLongError(
+                    f"{column.table.name}.{column.name}: {len(text)} characters "
+                    f"({text[:40]!r}) for VARCHAR({length}); PostgreSQL refuses it")
+
+
+def enforce_string_lengths() -> None:
+    """Make every ORM insert and update in this process check its strings' lengths.
+
+    SQLite stores a string longer than its column's ``VARCHAR(n)`` as it is, PostgreSQL
+    refuses it: most tests run on SQLite, and a kind of 20 characters in a 16-character column
+    once passed them all and failed every signed case on PostgreSQL. With this, such a value
+    fails a test on SQLite as it would fail on PostgreSQL. (Core inserts and updates are not
+    checked: the node writes its rows through the ORM.)"""
+    if event.contains(Base, "before_insert", _check_string_lengths):
+        return
+    event.listen(Base, "before_insert", _check_string_lengths, propagate=True)
+    event.listen(Base, "before_update", _check_string_lengths, propagate=True)
