@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from typing import TypedDict
 
 from pydicom.dataset import Dataset
@@ -133,6 +134,23 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str:
     return ("" if value is None else str(value)).strip()[:limit]
 
 
+#: A date written with separators, as some devices write it (ACR-NEMA: YYYY.MM.DD; others
+#: YYYY-MM-DD); a DICOM date is YYYYMMDD (PS3.5 6.2).
+_SEPARATED_DATE = re.compile(r"(\d{4})([.-])(\d{2})\2(\d{2})")
+
+
+def _date_text(ds: Dataset, keyword: str) -> str:
+    """A date for the rows (8 characters): a date written with separators as YYYYMMDD, any
+    other value longer than a date left out (cut, it would read as another date: "1961-07-"),
+    a shorter one as it is."""
+    text = _text(ds, keyword, 64)
+    separated = _SEPARATED_DATE.fullmatch(text)
+    if separated:
+        year, _separator, month, day = separated.groups()
+        return year + month + day
+    return text if len(text) <= 8 else ""
+
+
 def validate_image(data: bytes, expected_sop_class: str | None = None, *, max_pixels: int,
                    max_dataset_bytes: int) -> Dataset:
     """Read, check and partly decode ``data``; raise the typed error when it is unusable.
@@ -233,10 +251,10 @@ def _extract(ds: Dataset) -> ImageMeta:
         "patient_id": _text(ds, "PatientID", 64),
         "issuer": _text(ds, "IssuerOfPatientID", 64),
         "patient_name": _text(ds, "PatientName", 324),
-        "birth_date": _text(ds, "PatientBirthDate", 8),
+        "birth_date": _date_text(ds, "PatientBirthDate"),
         "sex": _text(ds, "PatientSex", 16),
         "accession_number": _text(ds, "AccessionNumber", 16),
-        "study_date": _text(ds, "StudyDate", 8),
+        "study_date": _date_text(ds, "StudyDate"),
         "study_time": _text(ds, "StudyTime", 16),
         "study_description": _text(ds, "StudyDescription", 64),
         "referring_physician": _text(ds, "ReferringPhysicianName", 324),

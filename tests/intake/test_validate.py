@@ -82,3 +82,31 @@ def test_an_image_is_refused_for_a_uid_it_is_filed_by_that_is_not_valid(keyword,
                        match=f"^{name} has characters other than digits and dots$"), \
             pytest.warns(UserWarning):
         identified("1.2.840.abc")
+
+
+@pytest.mark.parametrize("written,filed", [
+    ("19610707", "19610707"),
+    ("1961-07-07", "19610707"),   # as some DICOMizers write it
+    ("1961.07.07", "19610707"),   # ACR-NEMA
+    ("07/07/1961", ""),           # cut to 8, it read "07/07/19"
+    ("1961-07.07", ""),           # mixed separators: not a date written another way
+    ("1961", "1961"),             # invalid, short: as it was
+    ("", ""),
+])
+def test_a_date_is_filed_as_a_date_or_not_at_all(written, filed):
+    """The rows keep 8 characters of a date. A date written with separators was cut to
+    "1961-07-", which the console showed as the patient's birth date, while the PDF report
+    showed the whole value. It is filed as YYYYMMDD; another value too long to be a date is
+    filed empty (unknown), not cut."""
+    import pydicom
+
+    from bcd_node.intake.validate import identify
+    from tests.support.images import part10_bytes, vl_micro
+
+    ds = vl_micro(3)
+    with pydicom.config.disable_value_validation():  # an invalid input, on purpose
+        ds.PatientBirthDate = written
+        ds.StudyDate = written
+        data = part10_bytes(ds)
+    meta, _digest = identify(validate_image(data, str(ds.SOPClassUID), **LIMITS), data)
+    assert (meta["birth_date"], meta["study_date"]) == (filed, filed)
