@@ -11,6 +11,7 @@ from bcd_node.db.engine import make_engine, make_session_factory
 from bcd_node.db.migrate import current_revision, head_revision, upgrade
 from bcd_node.db.models import Patient
 from tests.support.schema import (
+    assert_outbox_kept_and_widened_through_0012,
     assert_results_keep_their_rows_through_0005,
     assert_schema_matches_models,
     assert_statuses_renamed_through_0006,
@@ -39,6 +40,14 @@ def test_sqlite_migration_0006_renames_the_statuses(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'bcd.db'}")
     try:
         assert_statuses_renamed_through_0006(engine)
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_migration_0012_keeps_the_outbox(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'bcd.db'}")
+    try:
+        assert_outbox_kept_and_widened_through_0012(engine)
     finally:
         engine.dispose()
 

@@ -8,6 +8,7 @@ from bcd_node.cli import main
 from bcd_node.db.engine import make_engine
 from bcd_node.db.migrate import current_revision, head_revision, upgrade
 from tests.support.schema import (
+    assert_outbox_kept_and_widened_through_0012,
     assert_results_keep_their_rows_through_0005,
     assert_schema_matches_models,
     assert_statuses_renamed_through_0006,
@@ -33,6 +34,7 @@ def test_postgres_migration_0005_keeps_the_results(postgres_url: str) -> None:
     try:
         assert_results_keep_their_rows_through_0005(engine)
         assert_statuses_renamed_through_0006(engine)
+        assert_outbox_kept_and_widened_through_0012(engine)
         assert upgrade(engine) == head_revision()  # the later migrations
         assert_schema_matches_models(engine)
     finally:

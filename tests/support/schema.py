@@ -135,6 +135,30 @@ def assert_statuses_renamed_through_0006(engine: Engine) -> None:
                         "signed", "failed", "analysing"]
 
 
+def assert_outbox_kept_and_widened_through_0012(engine: Engine) -> None:
+    """Migration 0012 widens ``deliveries.kind`` to 32 characters and keeps the outbox's rows:
+    after it a signed summary's "verified_summary_pdf" (20) fits, which PostgreSQL refused."""
+    from sqlalchemy import text
+
+    from bcd_node.db.migrate import upgrade
+
+    assert upgrade(engine, "0011") == "0011"
+    row = {"now": utcnow(), "kind": "verified_pdf", "uid": "1.2.12.1"}
+    insert = text(
+        "INSERT INTO deliveries (destination, kind, sop_class_uid, sop_instance_uid, path, "
+        "state, attempts, next_attempt_at, created_at) VALUES ('pacs', :kind, '1.2', :uid, "
+        "'results/1/sr.dcm', 'pending', 0, :now, :now)")
+    with engine.begin() as conn:
+        conn.execute(insert, row)
+    assert upgrade(engine, "0012") == "0012"
+    with engine.begin() as conn:
+        conn.execute(insert, {**row, "kind": "verified_summary_pdf", "uid": "1.2.12.2"})
+        kept = conn.execute(text("SELECT sop_instance_uid, kind, state FROM deliveries "
+                                 "ORDER BY id")).all()
+    assert [tuple(r) for r in kept] == [("1.2.12.1", "verified_pdf", "pending"),
+                                        ("1.2.12.2", "verified_summary_pdf", "pending")]
+
+
 class ValueTooLongError(AssertionError):
     """A string longer than its column's ``VARCHAR(n)``, which PostgreSQL would refuse."""
 
