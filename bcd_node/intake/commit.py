@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from bcd_node.errors import PermanentError, TransientError
 from bcd_node.intake.rows import Accepted, Ids, Outcome, Raced, Received, Rows
@@ -32,6 +32,15 @@ from bcd_node.store.storage import Store
 LOGGER = logging.getLogger(__name__)
 
 __all__ = ["Committer"]
+
+
+def database_error(exc: BaseException) -> str:
+    """What a failed commit says, for the log, the audit and the C-STORE's Error Comment: the
+    database driver's first line ("integer out of range"), without SQLAlchemy's statement and
+    its parameters, which hold the image's patient data."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
 
 
 @dataclass
@@ -135,10 +144,19 @@ class Committer:
             for pending in batch:
                 self._commit_single(pending)
             return
-        except Exception as exc:  # noqa: BLE001 - every waiting caller must hear about it
-            LOGGER.exception("intake batch of %d failed", len(batch))
+        except DataError:
+            # A value the database refuses (PostgreSQL checks lengths and ranges, SQLite does
+            # not): one by one, so that only the image that holds it fails.
+            LOGGER.warning("intake batch of %d has a value the database refuses; committing "
+                           "items singly", len(batch))
             for pending in batch:
-                pending.future.set_exception(TransientError(f"database error: {exc}"))
+                self._commit_single(pending)
+            return
+        except Exception as exc:  # noqa: BLE001 - every waiting caller must hear about it
+            LOGGER.error("intake batch of %d failed: %s", len(batch), database_error(exc))
+            for pending in batch:
+                pending.future.set_exception(TransientError(
+                    f"database error: {database_error(exc)}"))
             return
         self.rows.remember(fresh)
         for pending, outcome in zip(batch, outcomes):
@@ -189,7 +207,8 @@ class Committer:
                     return
                 continue
             except Exception as exc:  # noqa: BLE001
-                pending.future.set_exception(TransientError(f"database error: {exc}"))
+                pending.future.set_exception(TransientError(
+                    f"database error: {database_error(exc)}"))
                 return
             self.rows.remember(fresh)
             self._after_commit(pending, outcome)

@@ -239,9 +239,23 @@ def _filed_uids(ds: Dataset) -> dict[str, str]:
     return uids
 
 
+#: The values of an Integer String (PS3.5 6.2), as PostgreSQL's integer column holds them.
+_IS_RANGE = range(-2**31, 2**31)
+
+
+def _series_number(ds: Dataset) -> int | None:
+    value = ds.get("SeriesNumber")
+    if value in (None, ""):
+        return None
+    number = int(value)
+    if number not in _IS_RANGE:
+        # SQLite would store it, PostgreSQL refuses it: refused on either, as invalid.
+        raise InvalidImageError(f"Series Number out of the range of an IS value ({number})")
+    return number
+
+
 def _extract(ds: Dataset) -> ImageMeta:
     uids = _filed_uids(ds)
-    series_number = ds.get("SeriesNumber")
     return {
         "sop_instance_uid": uids["SOPInstanceUID"],
         "sop_class_uid": _text(ds, "SOPClassUID", 64),
@@ -259,7 +273,7 @@ def _extract(ds: Dataset) -> ImageMeta:
         "study_description": _text(ds, "StudyDescription", 64),
         "referring_physician": _text(ds, "ReferringPhysicianName", 324),
         "modality": _text(ds, "Modality", 16),
-        "series_number": int(series_number) if series_number not in (None, "") else None,
+        "series_number": _series_number(ds),
         "series_description": _text(ds, "SeriesDescription", 64),
         "rows": int(ds.get("Rows", 0) or 0),
         "columns": int(ds.get("Columns", 0) or 0),
