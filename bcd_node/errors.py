@@ -34,3 +34,21 @@ class ValidationError(PermanentError, ValueError):
 
 class TransientError(BcdError):
     """An error that may go away on its own (peer unreachable, timeout, storage busy)."""
+
+
+def carries_statement(exc: BaseException) -> bool:
+    """Whether ``exc`` is a database error that carries its statement and parameters: its
+    message, and so the last line of its traceback, would put a patient's data in the log."""
+    return hasattr(exc, "statement") and hasattr(exc, "params")
+
+
+def error_text(exc: BaseException) -> str:
+    """``"Type: message"`` of ``exc``, for the log, a job's recorded error and a C-STORE's
+    Error Comment. A database error (SQLAlchemy's, which carry their statement and its
+    parameters: a patient's data) is told by its driver's error and first line ("DataError:
+    integer out of range"), without them."""
+    if carries_statement(exc):
+        orig = getattr(exc, "orig", None) or exc
+        lines = str(orig).strip().splitlines()
+        return f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
+    return f"{type(exc).__name__}: {exc}"

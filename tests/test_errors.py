@@ -72,3 +72,25 @@ def test_dicom_builders_raise_their_validation_error(build: Callable[[], object]
 def test_the_nodes_builders_raise_its_validation_error(build: Callable[[], object]) -> None:
     with pytest.raises(ValidationError):
         build()
+
+
+def test_a_database_error_is_told_without_its_statement_and_parameters() -> None:
+    """SQLAlchemy's errors carry the statement and its parameters, here a patient's name: the
+    text that goes to the log, a job's recorded error and a C-STORE's Error Comment leaves
+    them out (it was ``f"{type(exc).__name__}: {exc}"``, all of them)."""
+    import sqlalchemy as sa
+
+    from bcd_node.errors import carries_statement, error_text
+
+    engine = sa.create_engine("sqlite://")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE p (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.exec_driver_sql("INSERT INTO p VALUES (1, 'Doe^Jane')")
+    with pytest.raises(sa.exc.IntegrityError) as caught, engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO p VALUES (:id, :name)"), {"id": 1, "name": "Roe^Richard"})
+    engine.dispose()
+    exc = caught.value
+    assert carries_statement(exc) and "Roe^Richard" in str(exc)  # what it was before
+    assert error_text(exc) == "IntegrityError: UNIQUE constraint failed: p.id"
+    assert not carries_statement(ValueError("bad")) and error_text(ValueError("bad")) == \
+        "ValueError: bad"

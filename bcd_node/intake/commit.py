@@ -24,7 +24,7 @@ from typing import Iterator
 
 from sqlalchemy.exc import DataError, IntegrityError
 
-from bcd_node.errors import PermanentError, TransientError
+from bcd_node.errors import PermanentError, TransientError, error_text
 from bcd_node.intake.rows import Accepted, Ids, Outcome, Raced, Received, Rows
 from bcd_node.runtime import NodeContext
 from bcd_node.store.storage import Store
@@ -32,15 +32,6 @@ from bcd_node.store.storage import Store
 LOGGER = logging.getLogger(__name__)
 
 __all__ = ["Committer"]
-
-
-def database_error(exc: BaseException) -> str:
-    """What a failed commit says, for the log, the audit and the C-STORE's Error Comment: the
-    database driver's first line ("integer out of range"), without SQLAlchemy's statement and
-    its parameters, which hold the image's patient data."""
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    return f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
 
 
 @dataclass
@@ -153,10 +144,10 @@ class Committer:
                 self._commit_single(pending)
             return
         except Exception as exc:  # noqa: BLE001 - every waiting caller must hear about it
-            LOGGER.error("intake batch of %d failed: %s", len(batch), database_error(exc))
+            LOGGER.error("intake batch of %d failed: %s", len(batch), error_text(exc))
             for pending in batch:
                 pending.future.set_exception(TransientError(
-                    f"database error: {database_error(exc)}"))
+                    f"database error: {error_text(exc)}"))
             return
         self.rows.remember(fresh)
         for pending, outcome in zip(batch, outcomes):
@@ -208,7 +199,7 @@ class Committer:
                 continue
             except Exception as exc:  # noqa: BLE001
                 pending.future.set_exception(TransientError(
-                    f"database error: {database_error(exc)}"))
+                    f"database error: {error_text(exc)}"))
                 return
             self.rows.remember(fresh)
             self._after_commit(pending, outcome)

@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from bcd_node.errors import BcdError, PermanentError
+from bcd_node.errors import BcdError, PermanentError, carries_statement, error_text
 from bcd_node.jobs import queue
 from bcd_node.jobs.leases import LeaseKeeper
 from bcd_node.jobs.queue import Claimed, LeaseLostError
@@ -221,7 +221,7 @@ class Workers:
                 self.on_failed(job)
             return "failed"
         # Unknown errors are retried, bounded.
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = error_text(exc)  # a database error without its statement's parameters
         retry = queue.will_retry(job)
         with self.context.session_factory.begin() as session:
             recorded = queue.retry_later(session, job, reason, s.retry_delay)
@@ -230,13 +230,15 @@ class Workers:
         if retry:
             LOGGER.info("%s: attempt %d of %d failed: %s; next attempt in %.0f s", what,
                         job.attempts, job.max_attempts, reason, s.retry_delay)
-            LOGGER.debug("%s: traceback of attempt %d", what, job.attempts,
-                         exc_info=(type(exc), exc, exc.__traceback__))
+            if not carries_statement(exc):
+                LOGGER.debug("%s: traceback of attempt %d", what, job.attempts,
+                             exc_info=(type(exc), exc, exc.__traceback__))
             return "retry"
         # A bug (not one of the node's own errors) shows its traceback, once.
         LOGGER.warning("%s failed after %d attempts: %s", what, job.attempts, reason,
                        exc_info=(type(exc), exc, exc.__traceback__)
-                       if not isinstance(exc, BcdError) else None)
+                       if not isinstance(exc, BcdError) and not carries_statement(exc)
+                       else None)
         if self.on_failed is not None:
             self.on_failed(job)
         return "failed"
