@@ -33,6 +33,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         Passed to :func:`sqlalchemy.create_engine`.
     """
     parsed = make_url(url)
+    # A statement's parameters are patients' data: an error's message (logged, recorded with
+    # a job, shown in a traceback) gives the statement without them.
+    kwargs.setdefault("hide_parameters", True)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":

@@ -18,7 +18,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from sqlalchemy.orm import Session, sessionmaker
 
-from bcd_node.errors import TransientError, carries_statement, error_text
+from bcd_node.errors import TransientError, error_text
 from bcd_node.intake.intake import Intake
 from bcd_node.intake.validate import (
     DatasetTooLargeError,
@@ -137,8 +137,7 @@ def handle_store(event: Event, intake: Intake, factory: sessionmaker[Session],
     except TransientError as exc:
         return refuse(OUT_OF_RESOURCES_BUSY, str(exc))
     except Exception as exc:  # noqa: BLE001 - never crash the association thread
-        LOGGER.error("C-STORE %s from %s: unexpected error", sop_uid, calling_ae,
-                     exc_info=None if carries_statement(exc) else exc)
+        LOGGER.exception("C-STORE %s from %s: unexpected error", sop_uid, calling_ae)
         return refuse(PROCESSING_FAILURE, error_text(exc))
     if accepted.replaced:
         LOGGER.info("instance %s replaced with new content; re-analysing", sop_uid)

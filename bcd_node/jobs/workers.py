@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from bcd_node.errors import BcdError, PermanentError, carries_statement, error_text
+from bcd_node.errors import BcdError, PermanentError, error_text
 from bcd_node.jobs import queue
 from bcd_node.jobs.leases import LeaseKeeper
 from bcd_node.jobs.queue import Claimed, LeaseLostError
@@ -230,15 +230,13 @@ class Workers:
         if retry:
             LOGGER.info("%s: attempt %d of %d failed: %s; next attempt in %.0f s", what,
                         job.attempts, job.max_attempts, reason, s.retry_delay)
-            if not carries_statement(exc):
-                LOGGER.debug("%s: traceback of attempt %d", what, job.attempts,
-                             exc_info=(type(exc), exc, exc.__traceback__))
+            LOGGER.debug("%s: traceback of attempt %d", what, job.attempts,
+                         exc_info=(type(exc), exc, exc.__traceback__))
             return "retry"
         # A bug (not one of the node's own errors) shows its traceback, once.
         LOGGER.warning("%s failed after %d attempts: %s", what, job.attempts, reason,
                        exc_info=(type(exc), exc, exc.__traceback__)
-                       if not isinstance(exc, BcdError) and not carries_statement(exc)
-                       else None)
+                       if not isinstance(exc, BcdError) else None)
         if self.on_failed is not None:
             self.on_failed(job)
         return "failed"

@@ -69,3 +69,22 @@ def test_aware_times_survive_sqlite(tmp_path: Path) -> None:
         session.add(Patient(patient_id="X", created_at=when))
     with factory() as session:
         assert session.execute(select(Patient.created_at)).scalar_one() == when
+
+
+def test_a_database_error_does_not_carry_the_statements_parameters(tmp_path: Path) -> None:
+    """A statement's parameters are patients' data; SQLAlchemy puts them in an error's
+    message, which tracebacks, logs and jobs' recorded errors show. The node's engines leave
+    them out."""
+    import pytest
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'bcd.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE p (id INTEGER PRIMARY KEY, name TEXT)"))
+        conn.execute(text("INSERT INTO p VALUES (1, 'Doe^Jane')"))
+    with pytest.raises(IntegrityError) as caught, engine.begin() as conn:
+        conn.execute(text("INSERT INTO p VALUES (:id, :name)"), {"id": 1, "name": "Roe^Richard"})
+    engine.dispose()
+    assert "Roe^Richard" not in str(caught.value)
+    assert "INSERT INTO p" in str(caught.value)  # the statement itself stays
