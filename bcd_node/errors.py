@@ -37,16 +37,16 @@ class TransientError(BcdError):
 
 
 def carries_statement(exc: BaseException) -> bool:
-    """Whether ``exc`` is a database error that carries its statement and parameters: its
-    message, and so the last line of its traceback, would put a patient's data in the log."""
+    """Whether ``exc`` is a database error (SQLAlchemy's) that carries its statement, and its
+    parameters unless the engine hides them (the node's do: ``db.engine.make_engine``)."""
     return hasattr(exc, "statement") and hasattr(exc, "params")
 
 
 def error_text(exc: BaseException) -> str:
     """``"Type: message"`` of ``exc``, for the log, a job's recorded error and a C-STORE's
-    Error Comment. A database error (SQLAlchemy's, which carry their statement and its
-    parameters: a patient's data) is told by its driver's error and first line ("DataError:
-    integer out of range"), without them."""
+    Error Comment. A database error is told by the driver's error and its first line
+    ("NumericValueOutOfRange: integer out of range"), without SQLAlchemy's statement and
+    parameters (a patient's data, where an engine does not hide them)."""
     if carries_statement(exc):
         orig = getattr(exc, "orig", None) or exc
         lines = str(orig).strip().splitlines()

@@ -144,7 +144,7 @@ class Committer:
                 self._commit_single(pending)
             return
         except Exception as exc:  # noqa: BLE001 - every waiting caller must hear about it
-            LOGGER.error("intake batch of %d failed: %s", len(batch), error_text(exc))
+            LOGGER.exception("intake batch of %d failed: %s", len(batch), error_text(exc))
             for pending in batch:
                 pending.future.set_exception(TransientError(
                     f"database error: {error_text(exc)}"))

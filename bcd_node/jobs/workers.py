@@ -221,7 +221,7 @@ class Workers:
                 self.on_failed(job)
             return "failed"
         # Unknown errors are retried, bounded.
-        reason = error_text(exc)  # a database error without its statement's parameters
+        reason = error_text(exc)  # a database error by its driver's first line
         retry = queue.will_retry(job)
         with self.context.session_factory.begin() as session:
             recorded = queue.retry_later(session, job, reason, s.retry_delay)
