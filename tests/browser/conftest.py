@@ -28,16 +28,18 @@ SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "screenshots"
 def start_console(write_config: Callable[..., Path],
                   monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., LiveConsole]]:
     """Starts a node's console on a free port: ``start_console(extra_config, user=(name,
-    password, role, full_name), seed=callable(session, context))``; each is stopped at the
-    test's end."""
+    password, role, full_name), seed=callable(session, context), database_url=...)`` (SQLite
+    in the test's folder by default); each is stopped at the test's end."""
     monkeypatch.setattr(users_module, "_HASHER",
                         PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
     started: list[LiveConsole] = []
 
     def start(extra: str = "", *, user: tuple[str, str, Role, str],
-              seed: Callable[[Any, Any], None] | None = None) -> LiveConsole:
+              seed: Callable[[Any, Any], None] | None = None,
+              database_url: str = "") -> LiveConsole:
         port = free_port()
-        context = open_node(load_settings(write_config(extra, web_port=port)))
+        context = open_node(load_settings(write_config(extra, web_port=port,
+                                                       database_url=database_url)))
         name, password, role, full_name = user
         with context.session_factory.begin() as session:
             add_user(session, name, password, role, full_name=full_name)
