@@ -12,6 +12,11 @@ from bcd_node.inference import predictor as pr
 from bcd_node.inference import synth
 from bcd_node.inference.loader import LoadedModel, bundled_weights_dir
 from bcd_node.inference.model import CLASSES
+from bcd_node.inference.spec import (
+    REASON_BLASTS_IN_BENIGN,
+    REASON_LOW_CONFIDENCE,
+    blasts_contradict_stage,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +47,15 @@ def test_predict_batched_and_tiled(tiny_predictor: pr.Predictor, fields: list) -
         assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
         assert 0.0 <= r.blast_area_fraction <= 1.0 and r.blast_count >= 0
         assert r.quality.ok
-        assert r.needs_review == (max(r.probabilities.values()) < 0.9)
+        # The tiny model's reasons: its confidence, and blasts segmented in a field it stages
+        # Benign (which its untrained mask can give; this assertion once left that out, and
+        # failed whenever training made such a field).
+        expected = set()
+        if max(r.probabilities.values()) < 0.9:
+            expected.add(REASON_LOW_CONFIDENCE)
+        if blasts_contradict_stage(r.stage, r.blast_count):
+            expected.add(REASON_BLASTS_IN_BENIGN)
+        assert set(r.review_reasons) == expected and r.needs_review == bool(expected)
     assert bad.stage is None and bad.probabilities is None and bad.needs_review
     assert not bad.quality.ok and "not_a_smear" in bad.quality.flags
     d = tiled.to_dict("x.png")
