@@ -129,17 +129,14 @@ class Committer:
         try:
             with self.context.session_factory.begin() as session:
                 outcomes = [self.rows.record(session, pending.item, fresh) for pending in batch]
-        except (IntegrityError, Raced):
-            # A concurrent process created the same patient/study/series: redo one by one.
-            LOGGER.info("intake batch of %d conflicted; committing items singly", len(batch))
-            for pending in batch:
-                self._commit_single(pending)
-            return
-        except DataError:
-            # A value the database refuses (PostgreSQL checks lengths and ranges, SQLite does
-            # not): one by one, so that only the image that holds it fails.
-            LOGGER.warning("intake batch of %d has a value the database refuses; committing "
-                           "items singly", len(batch))
+        except (IntegrityError, Raced, DataError) as exc:
+            # A concurrent process created the same patient/study/series, or a value the
+            # database refuses (PostgreSQL checks lengths and ranges, SQLite does not): one by
+            # one, so that a conflict is redone and only the image holding such a value fails.
+            LOGGER.log(logging.WARNING if isinstance(exc, DataError) else logging.INFO,
+                       "intake batch of %d %s; committing items singly", len(batch),
+                       "has a value the database refuses" if isinstance(exc, DataError)
+                       else "conflicted")
             for pending in batch:
                 self._commit_single(pending)
             return
