@@ -15,6 +15,7 @@ ASCII85), and its C accelerator (``rl-accel``) is a dependency.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import logging
 import math
@@ -37,6 +38,7 @@ from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfdoc, pdfmetrics
 from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfbase.ttfonts import TTFont, TTFontFace
+from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import (
     Flowable,
     KeepTogether,
@@ -706,6 +708,62 @@ def _person(name: str) -> str:
     return f"{family.upper()}, {rest}" if rest else family.upper()
 
 
+#: Draws one page's footer: ``(canvas, page number, number of pages)``.
+Footer = Callable[[Any, int, int], None]
+
+
+class PagedCanvas(Canvas):  # type: ignore[misc]  # reportlab is untyped
+    """A canvas that holds its pages until the document ends, then draws each one's footer
+    (``footer``) knowing how many pages there are, so that every page can say "page N of M": a
+    page missing from a printed report shows. Give :func:`paged` as a document's
+    ``canvasmaker``."""
+
+    def __init__(self, *args: Any, footer: Footer, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._footer = footer
+        self._held: list[dict[str, Any]] = []
+
+    def showPage(self) -> None:  # noqa: N802 - reportlab's name
+        """Hold the page's state instead of writing the page out (:meth:`save` does)."""
+        self._held.append(dict(self.__dict__))
+        self._startPage()
+
+    def save(self) -> None:
+        """Write each held page with its footer, then the document."""
+        total = len(self._held)
+        for state in self._held:
+            self.__dict__.update(state)
+            self._footer(self, self.getPageNumber(), total)
+            super().showPage()
+        super().save()
+
+
+def paged(footer: Footer) -> Callable[..., PagedCanvas]:
+    """A ``canvasmaker`` for :meth:`SimpleDocTemplate.build` whose pages get ``footer``
+    (:class:`PagedCanvas`)."""
+    return functools.partial(PagedCanvas, footer=footer)
+
+
+def patient_footer(name: str, patient_id: str, page: int, pages: int, *, font: str,
+                   size: float, width: float) -> str:
+    """A page's footer that names the patient: the patient (:func:`_person`), the patient ID
+    and "page N of M", in ``width`` points of ``font`` at ``size``. A name too long for that is
+    shortened (…); the ID and the page count are never cut (an ID of 64 digits and its page
+    count take about 140 mm at 7 points: give at least that)."""
+    person = _person(name)
+
+    def text(shown: str) -> str:
+        return f"{shown} · patient ID {patient_id} · page {page} of {pages}"
+
+    if stringWidth(text(person), font, size) <= width:
+        return text(person)
+    for keep in range(len(person) - 1, 0, -1):
+        shortened = person[:keep].rstrip(" ,^") + "…"
+        if stringWidth(text(shortened), font, size) <= width:
+            return text(shortened)
+    return text("…")
+
+
 def _when(value: dt.datetime, tz: dt.tzinfo | None = None) -> str:
     """A time in zone ``tz`` (UTC when None) with its zone named (naive values are UTC)."""
     return local_time(value, tz)
@@ -900,19 +958,23 @@ def _render(data: ReportData, side: float) -> tuple[bytes, int]:
 
     story.append(KeepTogether([p("Signature", heading), signature]))
 
-    def decorate(canvas: Any, doc: Any) -> None:  # reportlab's page callback (untyped)
+    model = f"{data.model_name} {data.model_version}"
+
+    def decorate(canvas: Any, page: int, pages: int) -> None:
+        # As the case report's: the banner, the patient and the page, the study and the model.
         canvas.saveState()
-        canvas.setFont(regular, 7)
-        footer = (f"{data.model_name} {data.model_version} · patient ID {data.patient_id} · "
-                  f"page {doc.page}")
-        canvas.drawString(20 * mm, 10 * mm, footer)
-        if data.study_instance_uid:
-            canvas.setFillColor(colors.grey)
-            canvas.drawString(20 * mm, 7 * mm, f"Study {data.study_instance_uid}")
         if data.demonstration_model:
             canvas.setFont(bold, 9)
             canvas.setFillColor(colors.HexColor("#b00020"))
-            canvas.drawRightString(190 * mm, 10 * mm, NOT_FOR_CLINICAL_USE)
+            canvas.drawCentredString(105 * mm, 13 * mm, NOT_FOR_CLINICAL_USE)
+        canvas.setFont(regular, 7)
+        canvas.setFillColor(colors.black)
+        canvas.drawString(20 * mm, 9.5 * mm, patient_footer(
+            data.patient_name, data.patient_id, page, pages, font=regular, size=7,
+            width=170 * mm))
+        canvas.setFillColor(colors.grey)
+        canvas.drawString(20 * mm, 6 * mm, f"Study {data.study_instance_uid} · {model}"
+                          if data.study_instance_uid else model)
         canvas.restoreState()
 
     buf = io.BytesIO()
@@ -928,7 +990,7 @@ def _render(data: ReportData, side: float) -> tuple[bytes, int]:
         subject=NOT_FOR_CLINICAL_USE if data.demonstration_model else "Screening report",
         invariant=1,
     )
-    doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
+    doc.build(story, canvasmaker=paged(decorate))
     pdf = buf.getvalue()
     LOGGER.debug("rendered report of %d bytes, %d page(s) (verified: %s)", len(pdf), doc.page,
                  data.is_verified)
@@ -1053,14 +1115,16 @@ def _render_not_analysed(data: NotAnalysedData) -> bytes:
                             author=f"{data.model_name} {data.model_version}",
                             subject=data.headline, invariant=1)
 
-    def decorate(canvas: Any, doc: Any) -> None:  # reportlab's page callback (untyped)
+    def decorate(canvas: Any, page: int, pages: int) -> None:
         canvas.saveState()
         canvas.setFont(regular, 7)
         canvas.setFillColor(colors.grey)
-        canvas.drawString(20 * mm, 10 * mm, f"patient ID {data.patient_id} · page {doc.page}")
+        canvas.drawString(20 * mm, 10 * mm, patient_footer(
+            data.patient_name, data.patient_id, page, pages, font=regular, size=7,
+            width=170 * mm))
         if data.study_instance_uid:
             canvas.drawString(20 * mm, 7 * mm, f"Study {data.study_instance_uid}")
         canvas.restoreState()
 
-    doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
+    doc.build(story, canvasmaker=paged(decorate))
     return buf.getvalue()

@@ -22,7 +22,15 @@ from reportlab.lib.units import mm
 from reportlab.platypus import KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from bcd_node.errors import ValidationError
-from bcd_node.report.pdf import NOT_FOR_CLINICAL_USE, REPORTLAB_LOCK, STAGES, _fonts, _person
+from bcd_node.report.pdf import (
+    NOT_FOR_CLINICAL_USE,
+    REPORTLAB_LOCK,
+    STAGES,
+    _fonts,
+    _person,
+    paged,
+    patient_footer,
+)
 from bcd_node.report.texts import dicom_date, local_time
 
 __all__ = ["FieldRow", "SummaryData", "render_summary"]
@@ -258,13 +266,14 @@ def _render(data: SummaryData) -> bytes:
     table.setStyle(TableStyle([("LINEABOVE", (0, 0), (-1, 0), 0.8, _INK)]))
     story += [Spacer(1, 5 * mm), KeepTogether(table)]
 
-    def decorate(canvas: Any, doc: Any) -> None:  # reportlab's page callback (untyped)
+    def decorate(canvas: Any, page: int, pages: int) -> None:
         canvas.saveState()
         canvas.setFont(regular, 7)
         canvas.setFillColor(colors.grey)
-        canvas.drawString(18 * mm, 9 * mm, f"Study {data.study_instance_uid}")
-        canvas.drawRightString(192 * mm, 9 * mm, f"patient ID {data.patient_id} · page "
-                                                 f"{doc.page}")
+        canvas.drawRightString(192 * mm, 9 * mm, patient_footer(
+            data.patient_name, data.patient_id, page, pages, font=regular, size=7,
+            width=174 * mm))
+        canvas.drawString(18 * mm, 5.5 * mm, f"Study {data.study_instance_uid}")
         if data.demonstration_model:
             canvas.setFont(bold, 9)
             canvas.setFillColor(_RED)
@@ -276,5 +285,5 @@ def _render(data: SummaryData) -> bytes:
                             topMargin=15 * mm, bottomMargin=20 * mm,
                             title="Case report" + (" (signed)" if data.is_verified else ""),
                             author="bcd-node", invariant=1)
-    doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
+    doc.build(story, canvasmaker=paged(decorate))
     return buffer.getvalue()

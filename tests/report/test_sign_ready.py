@@ -15,8 +15,11 @@ import zoneinfo
 from pathlib import Path
 
 import pytest
+from reportlab.lib.units import mm
+from reportlab.pdfbase.pdfmetrics import stringWidth
 
 from bcd_node.report import ReportData, render_report
+from bcd_node.report.pdf import NotAnalysedData, _fonts, patient_footer, render_not_analysed
 from bcd_node.report.summary import FieldRow, SummaryData, render_summary
 from tests.support.tools import require_tool
 
@@ -129,3 +132,68 @@ def test_the_unsigned_case_report_says_it_is_the_ais_proposal(case_report) -> No
     text, pages = _pages(render_summary(case_report), "case-unsigned")
     assert pages and "UNVERIFIED" in text and "Not signed." in text
     assert "Doctor's verdict" not in text
+
+
+def _page_texts(text: str) -> list[str]:
+    """pdftotext's text page by page (it ends each page with a form feed)."""
+    return text.split("\f")[:-1]
+
+
+@pytest.mark.integration  # poppler
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_every_page_of_a_long_case_report_names_the_patient_and_counts_the_pages(
+        case_report, signed) -> None:
+    fields = [FieldRow(n, "Malignant-Pre", 0.8, 4, needs_review=False, failed=False,
+                       flags=[]) for n in range(1, 61)]
+    data = dataclasses.replace(case_report, fields=fields)
+    if signed:
+        data = _signed(data, verified_stage="Malignant-Pre")
+    name = f"case-60-fields-{'signed' if signed else 'unsigned'}"
+    text, pictures = _pages(render_summary(data), name)
+    pages = _page_texts(text)
+    assert len(pages) == len(pictures) >= 3
+    for number, page in enumerate(pages, 1):
+        assert f"MÜLLER, Jürgen · patient ID PAT-001 · page {number} of {len(pages)}" in page
+
+
+@pytest.mark.integration  # poppler
+def test_a_field_report_of_several_pages_names_the_patient_on_each(field_report) -> None:
+    single, _ = _pages(render_report(field_report), "field-one-page")
+    assert _page_texts(single)[0].count("page 1 of 1") == 1
+    assert "MÜLLER, Jürgen · patient ID PAT-001 · page 1 of 1" in single
+    comment = "\n\n".join(f"Paragraph {n}: " + "the blasts are large, with fine chromatin and "
+                          "prominent nucleoli; " * 6 for n in range(1, 13))
+    text, pictures = _pages(render_report(_signed(field_report, verified_comment=comment)),
+                            "field-several-pages")
+    pages = _page_texts(text)
+    assert len(pages) == len(pictures) >= 2
+    for number, page in enumerate(pages, 1):
+        assert f"MÜLLER, Jürgen · patient ID PAT-001 · page {number} of {len(pages)}" in page
+
+
+@pytest.mark.integration  # poppler
+def test_a_not_analysed_report_names_the_patient_and_counts_its_page() -> None:
+    data = NotAnalysedData(patient_name="Müller^Jürgen", patient_id="PAT-001",
+                           headline="Not analysed: quality insufficient",
+                           reasons=("the image is blurred",), model_name="bcd-vgg16-unet",
+                           model_version="0.1.0", demonstration_model=True,
+                           created_at=dt.datetime(2026, 12, 2, 9, 15),
+                           study_instance_uid=STUDY_UID)
+    text, pictures = _pages(render_not_analysed(data), "not-analysed")
+    assert len(pictures) == 1
+    assert "MÜLLER, Jürgen · patient ID PAT-001 · page 1 of 1" in _page_texts(text)[0]
+
+
+@pytest.mark.parametrize("name", ["Müller^Jürgen", "^".join(["W" * 64] * 5)],
+                         ids=["short", "five components of 64 characters"])
+def test_a_footer_keeps_the_id_and_the_page_and_shortens_only_a_long_name(name) -> None:
+    regular, _bold = _fonts()
+    width = 170 * mm  # the field report's
+    patient_id = "ID-" + "9" * 61
+    footer = patient_footer(name, patient_id, 12, 12, font=regular, size=7, width=width)
+    assert footer.endswith(f" · patient ID {patient_id} · page 12 of 12")
+    assert stringWidth(footer, regular, 7) <= width
+    if name == "Müller^Jürgen":
+        assert footer.startswith("MÜLLER, Jürgen · ")
+    else:
+        assert footer.startswith("WWW") and "…" in footer
