@@ -124,6 +124,19 @@ def postgres_url(postgres) -> Iterator[str]:
     yield postgres.url
 
 
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The database of the test's node: "" (SQLite in the test's folder), or with the indirect
+    parameter "postgresql" (:data:`tests.support.postgres.ON_BOTH_DATABASES`) a freshly emptied
+    database on the session's PostgreSQL."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        return ""
+    if kind == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    raise ValueError(f"database_url: unknown database {kind!r}")
+
+
 # The images of the DICOM library tests, shared with the tests of what the node builds from them
 # (report, analysis, the import command).
 @pytest.fixture

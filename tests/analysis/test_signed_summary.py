@@ -38,6 +38,7 @@ from bcd_node.settings import load_settings
 from tests.support.dicomcheck import assert_dciodvfy_clean
 from tests.support.images import part10_bytes, vl_micro
 from tests.support.pipeline import run_all
+from tests.support.postgres import ON_BOTH_DATABASES
 from tests.support.predictions import OneBlastAnalyzer
 from tests.support.tools import require_tool
 
@@ -45,15 +46,12 @@ PASSWORD = "a long enough password"
 
 
 @pytest.fixture
-def node(request, write_config, monkeypatch) -> Any:
-    """A node with a PACS destination, on SQLite, or (``indirect`` parameter "postgresql") on
-    the suite's PostgreSQL."""
+def node(database_url, write_config, monkeypatch) -> Any:
+    """A node with a PACS destination, on SQLite, or on PostgreSQL (``ON_BOTH_DATABASES``)."""
     monkeypatch.setenv("BCD_WEB_TIMEZONE", "Europe/Zurich")  # web.timezone
-    database = {} if getattr(request, "param", "sqlite") == "sqlite" else {
-        "database_url": request.getfixturevalue("postgres_url")}
     ctx = open_node(load_settings(write_config(
         '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n',
-        **database)))
+        database_url=database_url)))
     with ctx.session_factory.begin() as s:
         add_user(s, "dr.house", PASSWORD, Role.DOCTOR, full_name="Gregory House")
     with Intake(ctx) as intake:
@@ -90,7 +88,7 @@ def _sign(ctx: NodeContext, decision: str, stage: str | None, comment: str) -> i
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("node", ["sqlite", "postgresql"], indirect=True)
+@ON_BOTH_DATABASES
 def test_signing_the_summary_makes_the_verified_summary_sr_and_pdf(node,
                                                                   encoded_like_pydicom) -> None:
     """On PostgreSQL too: there, the signed case's objects did not fit the outbox's 16

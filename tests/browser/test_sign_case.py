@@ -30,6 +30,7 @@ from tests.support.console import LiveConsole
 from tests.support.images import write_smears
 from tests.support.jobs import drain
 from tests.support.peers import Orthanc
+from tests.support.postgres import ON_BOTH_DATABASES
 from tests.support.tools import require_tool
 from tests.support.waiting import wait_for
 
@@ -44,14 +45,13 @@ def pacs(orthanc: Orthanc) -> Orthanc:
     return orthanc
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def console(request: pytest.FixtureRequest, start_console: Callable[..., LiveConsole],
+@pytest.fixture
+def console(database_url: str, start_console: Callable[..., LiveConsole],
             monkeypatch: pytest.MonkeyPatch, pacs: Orthanc) -> LiveConsole:
     """A node whose destination is Orthanc, with a doctor; on SQLite, and on PostgreSQL
     (where signing once failed for good: the signed summary's objects did not fit the
     outbox's ``kind``, which SQLite does not check)."""
     monkeypatch.setenv("BCD_WEB_TIMEZONE", "Europe/Zurich")
-    database_url = "" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     return start_console(
         '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
         f"port = {pacs.dicom_port}\n", user=("hopper", PASSWORD, Role.DOCTOR, "Grace Hopper"),
@@ -88,6 +88,7 @@ def _clicks(browser: Any) -> int:
     return int(browser.execute_script("return sessionStorage.getItem('bcdClicks')"))
 
 
+@ON_BOTH_DATABASES
 def test_a_doctor_signs_a_12_field_case_in_at_most_3_clicks(
         console: LiveConsole, pacs: Orthanc, browser: Any, predictor: Any,
         screenshot: Callable[[str], Path], tmp_path: Path) -> None:

@@ -13,15 +13,14 @@ from bcd_node.intake.validate import InvalidImageError
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from tests.support.images import part10_bytes, vl_micro
+from tests.support.postgres import ON_BOTH_DATABASES
 
 pytestmark = [pytest.mark.integration]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def intake(request, write_config) -> Any:
-    database = {} if request.param == "sqlite" else {
-        "database_url": request.getfixturevalue("postgres_url")}
-    ctx = open_node(load_settings(write_config(**database)))
+@pytest.fixture
+def intake(database_url, write_config) -> Any:
+    ctx = open_node(load_settings(write_config(database_url=database_url)))
     with Intake(ctx) as running:
         yield running
     ctx.engine.dispose()
@@ -34,6 +33,7 @@ def _image(seed: int, series_number: str) -> bytes:
         return part10_bytes(ds)
 
 
+@ON_BOTH_DATABASES
 def test_a_series_number_out_of_range_is_refused_on_either_database(intake) -> None:
     """An IS value is at most 2^31 - 1 (PS3.5 6.2). A Series Number of 99999999999 was filed as
     it is on SQLite, and on PostgreSQL ("integer out of range") failed the image's commit."""

@@ -13,6 +13,12 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
+
+#: Runs a test on SQLite and on PostgreSQL: the test's ``database_url`` fixture
+#: (``tests/conftest.py``), which the fixtures that open its node take.
+ON_BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"],
+                                            indirect=True)
 
 
 def _bin_dir() -> Path | None:
