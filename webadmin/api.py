@@ -120,6 +120,10 @@ def _result_json(r: Result, *, numbers: dict[int, int] | None = None) -> dict[st
             "verified_by": ({"username": verifier.username,
                              "full_name": verifier.full_name or None}
                             if verifier is not None else None),
+            "amendment": ({"reason": r.amends.get("reason"),
+                           "replaces_verified_at": r.amends.get("at"),
+                           "replaces_verified_stage": r.amends.get("stage")}
+                          if r.amends else None),
             "pdf": bool(r.pdf_path), "verified_pdf": bool(r.verified_pdf_path)}
 
 

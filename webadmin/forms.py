@@ -28,7 +28,7 @@ from wtforms.validators import (
 
 from bcd_node.db.models import Role, Stage, StudyStatus
 from bcd_node.records.users import MIN_PASSWORD_LENGTH
-from bcd_node.records.verification import MAX_COMMENT, Decision
+from bcd_node.records.verification import MAX_AMENDMENT_REASON, MAX_COMMENT, Decision
 
 #: The values of the worklist's filters and the verification's stage (the node's enums).
 STAGES: tuple[str, ...] = tuple(stage.value for stage in Stage)
@@ -171,3 +171,11 @@ class SignCaseForm(VerifyForm):
                            choices=_choices((Decision.ACCEPT.value, "Accept the AI's stage"),
                                             (Decision.CORRECT.value, "Correct the stage")),
                            validators=[DataRequired()], default=Decision.ACCEPT.value)
+
+
+class AmendCaseForm(SignCaseForm):
+    """A doctor's amendment of a signed case: the stage, a comment and why it is amended."""
+
+    reason = TextAreaField("Reason for the amendment",
+                           validators=[DataRequired("Give the reason for the amendment."),
+                                       Length(max=MAX_AMENDMENT_REASON)])

@@ -102,6 +102,16 @@ def fmt_dt(value: datetime | None) -> str:
     return local_time(value, display_zone())
 
 
+def fmt_iso_dt(value: str | None) -> str:
+    """A time kept as ISO text (a JSON column's) as :func:`fmt_dt` shows it."""
+    if not value:
+        return "—"
+    try:
+        return fmt_dt(datetime.fromisoformat(value))
+    except ValueError:
+        return value
+
+
 def fmt_da(value: str | None) -> str:
     """A DICOM date ``YYYYMMDD`` as ``YYYY-MM-DD``."""
     if value and len(value) == 8 and value.isdigit():
@@ -136,7 +146,8 @@ def fmt_bytes(value: int | None) -> str:
 
 def register_template_helpers(app: Flask) -> None:
     """Make the filters and helpers available to every template."""
-    app.jinja_env.filters.update(dt=fmt_dt, da=fmt_da, pn=fmt_pn, pct=fmt_pct, bytes=fmt_bytes)
+    app.jinja_env.filters.update(dt=fmt_dt, isodt=fmt_iso_dt, da=fmt_da, pn=fmt_pn, pct=fmt_pct,
+                                 bytes=fmt_bytes)
     # The node's enums, so that templates compare with their values, not with spelled-out
     # strings.
     app.jinja_env.globals.update(url_with=url_with, STATUS_LABELS=STATUS_LABELS,

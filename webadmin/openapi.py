@@ -134,6 +134,13 @@ def _schemas() -> dict[str, Any]:
                 "verified_comment": _nullable({"type": "string"}),
                 "verified_at": _nullable({"type": "string", "format": "date-time"}),
                 "verified_by": _nullable(_ref("Verifier")),
+                "amendment": _nullable({
+                    "type": "object", "description": "a signed case amended: why, and the "
+                    "signature it replaced (its time and stage)",
+                    "properties": {
+                        "reason": {"type": "string"},
+                        "replaces_verified_at": {"type": "string", "format": "date-time"},
+                        "replaces_verified_stage": _nullable(stage)}}),
                 "pdf": {"type": "boolean"},
                 "verified_pdf": {"type": "boolean"},
             },

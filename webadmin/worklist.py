@@ -46,6 +46,7 @@ from bcd_node.records.cells import corrected_blast_count
 from bcd_node.records.studies import report_job_failed
 from bcd_node.records.verification import (
     VerificationRefused,
+    amend_case,
     retry_signed_report,
     sign_case,
     verify_result,
@@ -54,7 +55,14 @@ from bcd_node.report.pdf import read_stored
 from bcd_node.report.pictures import laid_over
 from bcd_node.store.layout import DataLayout
 from webadmin.db import actor, audit_event, client_ip, db, node
-from webadmin.forms import STAGES, STATUSES, ActionForm, SignCaseForm, VerifyForm
+from webadmin.forms import (
+    STAGES,
+    STATUSES,
+    ActionForm,
+    AmendCaseForm,
+    SignCaseForm,
+    VerifyForm,
+)
 from webadmin.helpers import Page, clamp_page, day_start, fmt_dt, page_number, parse_day
 from webadmin.model_use import (
     configured_manifest,
@@ -301,6 +309,7 @@ def case(uid: str) -> Any:
         [*results, *([current.summary] if current.summary else [])], configured_manifest())
     return render_template("worklist/case.html", case=current, study=st, patient=st.patient,
                            shown=shown, results=results, forms=forms, sign_form=SignCaseForm(),
+                           amend_form=AmendCaseForm(prefix="amend"),
                            retry_form=ActionForm(),
                            warnings_for=warnings_for, names=names, stages=STAGES,
                            can_verify=current_user.role == Role.DOCTOR,
@@ -309,6 +318,33 @@ def case(uid: str) -> Any:
                            quiet_minutes=node().settings.workers.study_quiet_seconds / 60,
                            deliveries=case_deliveries(db(), node().settings, st.id),
                            action=ActionForm(), is_admin=current_user.role == Role.ADMIN)
+
+
+@bp.post("/cases/<uid>/amend")
+def amend(uid: str) -> Any:
+    """Amend the signed case: sign it again, with the reason (``amend_case``'s rules)."""
+    if current_user.role != Role.DOCTOR:
+        abort(403)
+    session = db()
+    st = _study_or_404(uid)
+    form = AmendCaseForm(prefix="amend")
+    back = redirect(url_for("worklist.case", uid=uid))
+    if not _valid(form):
+        return back
+    name, kind = actor()
+    try:
+        amend_case(session, st, form.decision.data, stage=form.stage.data or None,
+                   comment=form.comment.data, reason=form.reason.data,
+                   user_id=current_user.user_id, actor=name, actor_kind=kind,
+                   source=client_ip())
+    except (VerificationRefused, ValidationError) as exc:
+        session.rollback()
+        flash(str(exc), "error")
+        return back
+    session.commit()
+    flash("Amendment signed. The amended report is being made and sent to the PACS; it "
+          "replaces the earlier signed report there and at the laboratory system.", "success")
+    return back
 
 
 @bp.get("/cases/<uid>/state.json")

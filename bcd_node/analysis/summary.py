@@ -37,6 +37,7 @@ from bcd_node.db.models import (
     Series,
     Stage,
     Study,
+    User,
     VerificationState,
     utcnow,
 )
@@ -47,7 +48,8 @@ from bcd_node.records.cells import corrected_counts
 from bcd_node.records.names import person_name
 from bcd_node.records.revisions import clear_verification
 from bcd_node.records.studies import refresh_study
-from bcd_node.report.summary import FieldRow, SummaryData, render_summary
+from bcd_node.report.summary import Amendment, FieldRow, SummaryData, render_summary
+from bcd_node.report.texts import local_time
 from bcd_node.runtime import NodeContext
 from bcd_node.store.layout import DataLayout
 from dicom.describe import patient_age, stain
@@ -200,6 +202,7 @@ class StudySummaries:
             fields = gather_fields(session, study.id, result.model_version)
             # The signed case counts the blasts as the doctor left them (rejected cells off).
             corrected = corrected_counts(session, [r for r, _ in fields.rows])
+            amendment = _amendment(session, result)
             session.expunge_all()
         sources, referenced = self._sources(job, fields)
         revisions = {i.sop_instance_uid: i.revision for i in referenced}
@@ -210,12 +213,22 @@ class StudySummaries:
                 f"job {job.id}: study {study.study_instance_uid} changed since the summary "
                 "that was signed (a field arrived or changed); its new summary is signed "
                 "instead")
-        predecessor = read_dataset(ctx.store.path(f"{folder}/{kind}-sr.dcm"))
+        # The SR this one succeeds: the AI's summary SR, or for an amendment the signed SR it
+        # replaces (itself the AI's summary SR's successor).
+        predecessor = read_dataset(ctx.store.path(
+            f"{folder}/{kind}-sr.dcm" if amendment is None
+            else _signed_sr_path(folder, kind, amendment.replaced_at)))
         organization = settings.dicom.institution_name or "bcd-node"
+        comment = result.verified_comment or None
+        if amendment is not None:
+            replaced_at = local_time(amendment.replaced_at, settings.web.tzinfo)
+            said = (f"Amended report: it replaces the report signed by {amendment.replaced_by} "
+                    f"on {replaced_at}. Reason: {amendment.reason}")
+            comment = f"{said} Comment: {comment}" if comment else said
         verification = Verification(
             observer_name=person_name(doctor_name), organization=organization,
             datetime=verified_at, stage=result.verified_stage or result.stage,
-            comment=result.verified_comment or None)
+            comment=comment)
         # The signed summary is the analysis' own: it names the model that made it.
         algorithm = dataclasses.replace(ctx.algorithm, name=result.model_name,
                                         version=result.model_version)
@@ -230,18 +243,19 @@ class StudySummaries:
         data = dataclasses.replace(
             data, verified_by=doctor_name, verified_organization=organization,
             verified_stage=str(verification.stage), verified_comment=result.verified_comment,
-            verified_at=verified_at)
+            verified_at=verified_at, amendment=amendment)
         pdf = render_summary(data)
         stamp = verified_at.strftime("%Y%m%dT%H%M%S%f")
         enc = build_encapsulated_pdf(sources[0], pdf, algorithm=algorithm,
                                      further_sources=sources[1:], verified_at=verified_at,
-                                     title="Blood smear study summary, signed",
+                                     title="Blood smear study summary, signed"
+                                     + (" (amended)" if amendment else ""),
                                      uid_kind=f"{kind}-pdf-verified-"
                                      f"{verified_at:%Y%m%d%H%M%S%f}",
                                      series_kind=ResultKind.SUMMARY_PDF,
                                      field_number=len(sources), uid_root=settings.uids.root)
         pdf_rel = f"{folder}/{kind}-verified-{stamp}.pdf"
-        outputs = [Output("verified_summary_sr", sr, f"{folder}/{kind}-sr-verified-{stamp}.dcm"),
+        outputs = [Output("verified_summary_sr", sr, _signed_sr_path(folder, kind, verified_at)),
                    Output("verified_summary_pdf", enc,
                           f"{folder}/{kind}-pdf-verified-{stamp}.dcm")]
         write_files(ctx.store, (pdf_rel, pdf), outputs)
@@ -259,6 +273,21 @@ class StudySummaries:
         ctx.node.wake_delivery()
         LOGGER.info("job %d: signed summary of study %s queued", job.id,
                     study.study_instance_uid)
+
+
+def _signed_sr_path(folder: str, kind: str, verified_at: datetime) -> str:
+    """Where the signed summary SR of a signature made at ``verified_at`` is kept."""
+    return f"{folder}/{kind}-sr-verified-{verified_at:%Y%m%dT%H%M%S%f}.dcm"
+
+
+def _amendment(session: Session, result: Result) -> Amendment | None:
+    """What the signature of ``result`` (a summary) amends, when it amends one."""
+    amends = result.amends
+    if not amends:
+        return None
+    doctor = session.get(User, amends["by_fk"]) if amends.get("by_fk") else None
+    return Amendment(replaced_by=(doctor.full_name or doctor.username) if doctor else "unknown",
+                     replaced_at=datetime.fromisoformat(amends["at"]), reason=amends["reason"])
 
 
 @dataclass

@@ -333,6 +333,10 @@ class Result(Base):
     verified_comment: Mapped[str | None] = mapped_column(Text)
     verified_sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     verified_pdf_path: Mapped[str | None] = mapped_column(String(255))
+    # A signed case amended by a doctor (bcd_node/records/verification.py::amend_case): the
+    # reason, and the signature this one replaces, {"reason", "by_fk", "at" (ISO, UTC),
+    # "stage", "comment", "sr" (its signed SR's SOP Instance UID)}; None when never amended.
+    amends: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The instance revision these findings and objects were made from; lower than the
     # instance's while a changed version waits for its analysis.
     instance_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -1,4 +1,5 @@
-"""A doctor's verification of a result: accept the AI's stage, or correct it.
+"""A doctor's verification of a result: accept the AI's stage, or correct it; signing a case
+(:func:`sign_case`) and amending a signed case (:func:`amend_case`).
 
 :func:`verify_result` is the one implementation; the console's review page calls it, and so must
 any other client (an API or command that verifies). In the caller's transaction it checks that
@@ -122,6 +123,15 @@ def verify_result(session: Session, result: Result, decision: Decision | str, *,
     ValidationError
         For a decision, stage or comment that is not valid.
     """
+    return _verify(session, result, decision, stage=stage, comment=comment, user_id=user_id,
+                   actor=actor, actor_kind=actor_kind, source=source)
+
+
+def _verify(session: Session, result: Result, decision: Decision | str, *,
+            stage: Stage | str | None, comment: str | None, user_id: int, actor: str,
+            actor_kind: str, source: str, amendment: str | None = None) -> Verified:
+    """:func:`verify_result`; with ``amendment`` (its reason), the new signature of a signed
+    case's summary that replaces its signature (:func:`amend_case`, which checks the rest)."""
     try:
         decision = Decision(decision)
     except ValueError:
@@ -141,7 +151,7 @@ def verify_result(session: Session, result: Result, decision: Decision | str, *,
     user = session.get(User, user_id)
     if user is None or user.role is not Role.DOCTOR or user.state is not UserState.ACTIVE:
         raise NotADoctorError("Only a doctor can verify results.")
-    if result.verification != VerificationState.UNVERIFIED:
+    if amendment is None and result.verification != VerificationState.UNVERIFIED:
         raise AlreadyVerifiedError("This case has already been signed." if result.instance_fk
                                    is None else "This result has already been verified.")
     instance = session.get(Instance, result.instance_fk) if result.instance_fk else None
@@ -153,6 +163,18 @@ def verify_result(session: Session, result: Result, decision: Decision | str, *,
         raise LookupError(f"result {result.id}: study {result.study_fk} does not exist")
 
     corrected = corrected_stage is not None and corrected_stage != result.stage
+    replaced = None
+    if amendment is not None:
+        # The signature this one replaces, for the amended report to name (its SR is the new
+        # signed SR's predecessor); its own files stay where they are.
+        replaced = {"reason": amendment, "by_fk": result.verified_by_fk,
+                    "at": result.verified_at.isoformat() if result.verified_at else None,
+                    "stage": None if result.verified_stage is None else str(result.verified_stage),
+                    "comment": result.verified_comment,
+                    "sr": result.verified_sr_sop_instance_uid}
+        result.amends = replaced
+        result.verified_sr_sop_instance_uid = None
+        result.verified_pdf_path = None
     # One state, "verified"; a correction is a verified stage that differs from the AI's.
     result.verification = VerificationState.VERIFIED
     result.verified_stage = corrected_stage if corrected else result.stage
@@ -170,13 +192,18 @@ def verify_result(session: Session, result: Result, decision: Decision | str, *,
     refresh_study(session, study.id)  # worklist columns: "verified" and the doctors' stage
     queue_case_report(session, study.id, result.id)
     audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
-                 action=("sign_case_" if result.instance_fk is None else "verify_")
+                 action=("amend_case_" if amendment is not None else
+                         "sign_case_" if result.instance_fk is None else "verify_")
                  + ("correct" if corrected else "accept"),
                  patient_id=study.patient.patient_id,
                  study_instance_uid=study.study_instance_uid, object_ref=f"result:{result.id}",
                  details={"ai_stage": result.stage, "verified_stage": result.verified_stage,
                           "comment": result.verified_comment or "",
-                          "verified_report": "queued" if report else "none (no AI SR)"})
+                          "verified_report": "queued" if report else "none (no AI SR)",
+                          **({} if replaced is None else {
+                              "amendment_reason": amendment,
+                              "replaces": {key: replaced[key] for key in
+                                           ("by_fk", "at", "stage", "comment", "sr")}})})
     return Verified(result.id, corrected, report)
 
 
@@ -216,6 +243,56 @@ def sign_case(session: Session, study: Study, decision: Decision | str, *,
     _verify_fields_with_rejected_cells(session, study, user_id=user_id, actor=actor,
                                        actor_kind=actor_kind, source=source)
     return signed
+
+
+#: The longest reason a doctor may give for amending a signed case.
+MAX_AMENDMENT_REASON = 500
+
+
+class NotSignedError(VerificationRefused):
+    """A case that is not signed (or whose signed report is not made yet) cannot be amended."""
+
+
+def amend_case(session: Session, study: Study, decision: Decision | str, *,
+               stage: Stage | str | None, comment: str | None, reason: str, user_id: int,
+               actor: str, actor_kind: str, source: str = "") -> Verified:
+    """Amend a signed case: the doctor signs its summary again, with a stage (accepted or
+    corrected), a comment and the reason for the amendment.
+
+    The amended signature replaces the earlier one: the case shows it, and a new VERIFIED
+    summary SR (whose Predecessor Documents Sequence names the replaced signed SR) and a new
+    signed PDF, which says what it amends and why, are made and sent to the PACS; a LIS that
+    had the case's ``F`` gets a ``C``. The replaced signature stays in the audit log, and its
+    objects at the PACS. Audited as ``amend_case_accept`` or ``amend_case_correct``.
+
+    Raises
+    ------
+    NotSignedError
+        The case is not signed, or its signed report is not made yet (amend it once it is; a
+        report that failed is made again first).
+    VerificationRefused, ValidationError
+        As :func:`verify_result`; also a missing or too long reason.
+    """
+    from bcd_node.records.studies import current_summary
+
+    refresh_study(session, study.id)
+    summary = current_summary(session, study.id)
+    if summary is None or summary.verification != VerificationState.VERIFIED:
+        raise NotSignedError("This case is not signed: sign it instead of amending it.")
+    if summary.stage is None or not summary.sr_sop_instance_uid:
+        raise NotSignedError("No field of this case could be diagnosed: its signature made no "
+                             "report to amend.")
+    if not summary.verified_sr_sop_instance_uid or not summary.verified_pdf_path:
+        raise NotSignedError("The signed report is not made yet: amend it once it is shown "
+                             "(a report that could not be made is made again first).")
+    text = (reason or "").strip()
+    if not text:
+        raise ValidationError("Give the reason for the amendment.")
+    if len(text) > MAX_AMENDMENT_REASON:
+        raise ValidationError(f"the reason has {len(text)} characters; at most "
+                              f"{MAX_AMENDMENT_REASON}")
+    return _verify(session, summary, decision, stage=stage, comment=comment, user_id=user_id,
+                   actor=actor, actor_kind=actor_kind, source=source, amendment=text)
 
 
 def _verify_fields_with_rejected_cells(session: Session, study: Study, *, user_id: int,

@@ -33,7 +33,7 @@ from bcd_node.report.pdf import (
 )
 from bcd_node.report.texts import dicom_date, local_time
 
-__all__ = ["FieldRow", "SummaryData", "render_summary"]
+__all__ = ["Amendment", "FieldRow", "SummaryData", "render_summary"]
 
 _RED = colors.HexColor("#b00020")
 _INK = colors.HexColor("#1f2d3a")
@@ -51,6 +51,16 @@ class FieldRow:
     needs_review: bool
     failed: bool = False       # its analysis failed for good
     flags: Sequence[str] = ()  # what a doctor must know, in words
+
+
+@dataclass(frozen=True)
+class Amendment:
+    """What an amended signature replaces: the earlier signature's doctor and time, and the
+    reason for the amendment."""
+
+    replaced_by: str
+    replaced_at: dt.datetime
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,9 @@ class SummaryData:
     verified_stage: str | None = None
     verified_comment: str | None = None
     verified_at: dt.datetime | None = None
+    #: A signed case amended: what the signature replaces and why, as the report says it
+    #: (:class:`Amendment`); None for a first signature.
+    amendment: Amendment | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -184,10 +197,17 @@ def _render(data: SummaryData) -> bytes:
     if data.is_verified:
         signed_stage = data.verified_stage or data.stage or "—"
         corrected = data.verified_stage is not None and data.verified_stage != data.stage
+        amendment = data.amendment
         rows: list[list[Any]] = [
-            [p("Doctor's verdict (signed)", sub)],
+            [p("Doctor's verdict (signed, amended)" if amendment else "Doctor's verdict (signed)",
+               sub)],
             [p(f"Stage: {signed_stage}", verdict)],
         ]
+        if amendment is not None:
+            rows.append([p(f"Amended report: it replaces the report signed by "
+                           f"{_person(amendment.replaced_by)} on "
+                           f"{local_time(amendment.replaced_at, tz)}. Reason: "
+                           f"{amendment.reason}", label)])
         if corrected:
             rows.append([p(f"Corrected by the doctor; the AI proposed {data.stage or 'no stage'}.",
                            label)])
@@ -283,7 +303,8 @@ def _render(data: SummaryData) -> bytes:
     buffer = io.BytesIO()
     doc = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm,
                             topMargin=15 * mm, bottomMargin=20 * mm,
-                            title="Case report" + (" (signed)" if data.is_verified else ""),
+                            title="Case report" + ((" (signed, amended)" if data.amendment else
+                                                   " (signed)") if data.is_verified else ""),
                             author="bcd-node", invariant=1)
     doc.build(story, canvasmaker=paged(decorate))
     return buffer.getvalue()

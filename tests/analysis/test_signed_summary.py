@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.analysis.summary import enqueue_study_summaries
 from bcd_node.db.models import (
+    AuditEvent,
     Delivery,
     Job,
     JobKind,
@@ -29,10 +30,11 @@ from bcd_node.db.models import (
     User,
     utcnow,
 )
+from bcd_node.errors import ValidationError
 from bcd_node.intake.intake import Intake
 from bcd_node.jobs.queue import claim, fail
 from bcd_node.records.users import add_user
-from bcd_node.records.verification import verify_result
+from bcd_node.records.verification import NotSignedError, amend_case, verify_result
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
 from tests.support.dicomcheck import assert_dciodvfy_clean
@@ -180,3 +182,102 @@ def test_a_field_after_the_signature_makes_a_new_summary_to_sign(node) -> None:
         assert summary.verification == "unverified" and summary.verified_pdf_path is None
         assert summary.quality["fields"] == 2
         assert s.execute(select(Study.status)).scalar_one() == StudyStatus.AWAITING_REVIEW
+
+
+def _amend(ctx: NodeContext, decision: str, stage: str | None, comment: str,
+           reason: str) -> None:
+    with ctx.session_factory.begin() as s:
+        study = s.execute(select(Study)).scalar_one()
+        doctor = s.execute(select(User).where(User.username == "dr.house")).scalar_one()
+        amend_case(s, study, decision, stage=stage, comment=comment, reason=reason,
+                   user_id=doctor.id, actor="dr.house", actor_kind="user")
+
+
+@pytest.mark.integration
+@ON_BOTH_DATABASES
+def test_an_amended_case_gets_a_signed_sr_and_pdf_that_replace_the_signed_ones(node) -> None:
+    ctx, intake, pipeline = node
+    study_uid = _summarised_study(ctx, intake, pipeline, 2)
+    summary_id = _sign(ctx, "accept", None, "Looks pre-B.")
+    assert run_all(ctx, pipeline) == 1
+    with ctx.session_factory() as s:
+        first = s.get(Result, summary_id)
+        first_sr, first_pdf = first.verified_sr_sop_instance_uid, first.verified_pdf_path
+    assert first_sr and first_pdf
+    _amend(ctx, "correct", "Malignant-Pro", "Pro-B on second look.",
+           "Wrong stage chosen when signing.")
+    with ctx.session_factory() as s:
+        amended = s.get(Result, summary_id)
+        # The amended signature shows at once; its report is being made.
+        assert (amended.verified_stage, amended.verified_sr_sop_instance_uid,
+                amended.verified_pdf_path) == ("Malignant-Pro", None, None)
+        assert amended.amends["reason"] == "Wrong stage chosen when signing."
+        assert (amended.amends["sr"], amended.amends["stage"]) == (first_sr, "Malignant-Pre")
+        assert s.execute(select(Study.status)).scalar_one() == StudyStatus.SIGNED_CORRECTED
+    assert run_all(ctx, pipeline) == 1
+    with ctx.session_factory() as s:
+        jobs = s.execute(select(Job).where(Job.kind == JobKind.VERIFIED_REPORT)).scalars().all()
+        assert [job.state for job in jobs] == [JobState.DONE] * 2, [j.last_error for j in jobs]
+        amended = s.get(Result, summary_id)
+        deliveries = s.execute(select(Delivery).where(
+            Delivery.result_fk == summary_id,
+            Delivery.kind.in_(["verified_summary_sr", "verified_summary_pdf"]))).scalars().all()
+    # The earlier signed objects stay queued; the amended ones are new objects beside them.
+    assert len(deliveries) == 4
+    assert amended.verified_sr_sop_instance_uid not in (None, first_sr)
+    assert amended.verified_pdf_path not in (None, first_pdf)
+    data = Path(ctx.settings.storage.data_dir)
+    new_sr, new_pdf = (data / max((d for d in deliveries if d.kind == kind),
+                                  key=lambda d: d.id).path
+                       for kind in ("verified_summary_sr", "verified_summary_pdf"))
+    assert pydicom.dcmread(new_sr).SOPInstanceUID == amended.verified_sr_sop_instance_uid
+    assert_dciodvfy_clean(new_sr)
+    assert_dciodvfy_clean(new_pdf)
+    sr = hd.sr.srread(new_sr)
+    assert (sr.VerificationFlag, str(sr.StudyInstanceUID)) == ("VERIFIED", study_uid)
+    # Its predecessor is the signed SR it replaces, not the AI's summary.
+    predecessor = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0] \
+        .ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert predecessor == first_sr
+    dump = subprocess.run([require_tool("dsrdump"), "+Pl", str(new_sr)], capture_output=True,
+                          text=True, check=True).stdout
+    assert "Malignant-Pro" in dump and "Wrong stage chosen when signing." in dump
+    assert "Amended report: it replaces the report signed by Gregory House" in dump
+    assert "Pro-B on second look." in dump
+    assert pydicom.dcmread(new_pdf).DocumentTitle == "Blood smear study summary, signed (amended)"
+    text = " ".join(_text(data / amended.verified_pdf_path).split())
+    assert "Doctor's verdict (signed, amended)" in text
+    assert "it replaces the report signed by Gregory House on" in text
+    assert "Reason: Wrong stage chosen when signing." in text
+    assert "Stage: Malignant-Pro" in text and "Comment: Pro-B on second look." in text
+    # The first signed report is kept as it was.
+    assert "amended" not in _text(data / first_pdf)
+
+
+@pytest.mark.integration
+def test_a_case_is_amended_only_once_signed_and_its_report_made_and_with_a_reason(
+        node) -> None:
+    ctx, intake, pipeline = node
+    _summarised_study(ctx, intake, pipeline, 1)
+    with pytest.raises(NotSignedError, match="not signed"):
+        _amend(ctx, "accept", None, "", "Typo.")
+    _sign(ctx, "accept", None, "")
+    with pytest.raises(NotSignedError, match="not made yet"):
+        _amend(ctx, "accept", None, "", "Typo.")
+    assert run_all(ctx, pipeline) == 1
+    for reason in ("", "   ", "x" * 501):
+        with pytest.raises(ValidationError, match="reason"):
+            _amend(ctx, "accept", None, "", reason)
+    with pytest.raises(ValidationError, match="corrected stage"):
+        _amend(ctx, "correct", None, "", "Typo.")
+    with ctx.session_factory() as s:
+        summary = s.execute(select(Result).where(Result.scope == ResultScope.STUDY)).scalar_one()
+        assert summary.amends is None and summary.verified_pdf_path
+        assert s.execute(select(Job).where(Job.state != JobState.DONE)).first() is None
+    _amend(ctx, "accept", None, "Comment corrected.", "Typo in the comment.")
+    with ctx.session_factory() as s:
+        events = s.execute(select(AuditEvent).where(
+            AuditEvent.action == "amend_case_accept")).scalars().all()
+    assert len(events) == 1
+    assert events[0].details["amendment_reason"] == "Typo in the comment."
+    assert events[0].details["replaces"]["comment"] is None

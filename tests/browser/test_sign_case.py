@@ -25,7 +25,7 @@ from bcd_node.delivery.outbox import Deliverer
 from bcd_node.intake.intake import Intake
 from bcd_node.jobs.workers import Workers
 from tests.browser.conftest import SCREENSHOTS
-from tests.support.browser import navigate, sign_in
+from tests.support.browser import fill, navigate, sign_in
 from tests.support.console import LiveConsole
 from tests.support.images import write_smears
 from tests.support.jobs import drain
@@ -56,6 +56,13 @@ def console(database_url: str, start_console: Callable[..., LiveConsole],
         '[[destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
         f"port = {pacs.dicom_port}\n", user=("hopper", PASSWORD, Role.DOCTOR, "Grace Hopper"),
         database_url=database_url)
+
+
+def _instance_file(pacs: Orthanc, instance: str) -> pydicom.Dataset:
+    """An instance as Orthanc stores it, read back with pydicom."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{pacs.http_port}/instances/{instance}/file",
+                                timeout=30) as response:
+        return pydicom.dcmread(io.BytesIO(response.read()))
 
 
 def _count_clicks(browser: Any) -> None:
@@ -166,3 +173,34 @@ def test_a_doctor_signs_a_12_field_case_in_at_most_3_clicks(
              timeout=40, what="the signed report's link")
     _thumbnails_loaded(browser)
     screenshot("case-03-signed-report-ready")
+
+    # A wrong stage was signed: the doctor amends the signed case. The PACS then holds the
+    # amended SR and PDF beside the signed ones; they name the report they replace, and why.
+    from selenium.webdriver.support.ui import Select
+
+    first_signed = summary.verified_sr_sop_instance_uid
+    browser.find_element(By.CSS_SELECTOR, "[data-amend] summary").click()
+    Select(browser.find_element(By.NAME, "amend-decision")).select_by_value("correct")
+    Select(browser.find_element(By.NAME, "amend-stage")).select_by_value("Malignant-Pro")
+    fill(browser, "amend-reason", "Wrong stage signed.")
+    navigate(browser, By.ID, "amend-case")
+    wait_for(lambda: "Amendment signed" in browser.page_source, what="the amendment signed")
+    screenshot("case-04-amended")
+    assert drain(workers) == 1
+    Deliverer(ctx).run_once()
+    with ctx.session_factory() as session:
+        jobs = session.execute(select(Job)).scalars().all()
+        assert all(j.state == JobState.DONE for j in jobs), [j.last_error for j in jobs]
+        summary = session.execute(select(Result).where(
+            Result.scope == ResultScope.STUDY)).scalar_one()
+    assert summary.verified_sr_sop_instance_uid not in (None, first_signed)
+    at_pacs = {tags["SOPInstanceUID"]: i for i in pacs.get("/instances")
+               for tags in [pacs.get(f"/instances/{i}/simplified-tags")]}
+    assert first_signed in at_pacs
+    amended = _instance_file(pacs, at_pacs[summary.verified_sr_sop_instance_uid])
+    assert amended.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0] \
+        .ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first_signed
+    titles = [pacs.get(f"/instances/{i}/simplified-tags").get("DocumentTitle")
+              for i in at_pacs.values()]
+    assert titles.count("Blood smear study summary, signed (amended)") == 1
+    assert titles.count("Blood smear study summary, signed") == 1

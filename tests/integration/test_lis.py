@@ -18,12 +18,13 @@ from bcd_node.db.models import (
     JobKind,
     Result,
     Role,
+    Study,
     User,
 )
 from bcd_node.delivery.outbox import Deliverer, retry_deliveries
 from bcd_node.jobs.queue import claim
 from bcd_node.records.users import add_user
-from bcd_node.records.verification import Decision, verify_result
+from bcd_node.records.verification import Decision, amend_case, verify_result
 from bcd_node.runtime import NodeContext, open_node
 from bcd_node.settings import load_settings
 from bcd_node.store.storage import Store
@@ -189,6 +190,33 @@ def test_a_case_goes_preliminary_then_final_then_corrected(node: NodeContext,
     # The message on file is the one sent.
     text = (node.settings.storage.data_dir / rows[0].path).read_bytes().decode()
     assert text == got[0].text and "|BCD-NODE|BCD LAB|TEST-LIS|HAEM|" in text
+
+
+def test_an_amended_signature_is_sent_as_a_correction(node: NodeContext,
+                                                     peer: MllpPeer) -> None:
+    study_id = _study(node, "1.2.826.0.1.3680043.10.1.3")
+    assert len(_summarised(node, study_id)) == 1
+    _verify(node, study_id, "study", Decision.ACCEPT)
+    assert _run_lis_jobs(node) == 1
+    with node.session_factory.begin() as session:
+        # The signed report was made (as the worker's verified-report job records it).
+        summary = session.execute(select(Result).where(Result.study_fk == study_id,
+                                                       Result.scope == "study")).scalar_one()
+        summary.verified_sr_sop_instance_uid = summary.sr_sop_instance_uid + ".1"
+        summary.verified_pdf_path = "signed.pdf"
+    with node.session_factory.begin() as session:
+        user_id = session.execute(select(User.id).where(User.username == "dr.who")).scalar_one()
+        amend_case(session, session.get(Study, study_id), Decision.CORRECT,
+                   stage="Malignant-Pro", comment="", reason="Wrong stage signed.",
+                   user_id=user_id, actor="dr.who", actor_kind="user")
+    assert _run_lis_jobs(node) == 1
+    _deliver_all(node)
+    got = peer.messages()
+    assert [m.valid for m in got] == [True] * 3, [m.error for m in got]
+    assert [m.fields["OBR-25"] for m in got] == ["P", "F", "C"]
+    assert got[1].fields["BCD-STAGE/OBX-5"].startswith("Malignant-Pre^")
+    assert got[2].fields["BCD-STAGE/OBX-5"].startswith("Malignant-Pro^")
+    assert got[2].fields["BCD-STAGE/OBX-16"] == "dr.who^Smith^John"
 
 
 def test_ae_and_a_dropped_connection_are_retried(node: NodeContext, peer: MllpPeer) -> None:

@@ -29,7 +29,8 @@ PAGES = [
 ADMIN_PAGES = [p for p in PAGES if p.startswith("/admin")]
 POSTS = [
     "/logout", "/account", "/results/1/verify", "/results/1/cells/1/reject",
-    "/results/1/cells/1/restore", "/cases/1.2.3/sign", "/cases/1.2.3/retry-report",
+    "/results/1/cells/1/restore", "/cases/1.2.3/sign", "/cases/1.2.3/amend",
+    "/cases/1.2.3/retry-report",
     "/upload", "/admin/users",
     "/admin/users/doctor/approve", "/admin/users/doctor/disable", "/admin/users/doctor/role",
     "/admin/users/doctor/password", "/admin/users/doctor/unlock",

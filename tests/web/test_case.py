@@ -168,3 +168,49 @@ def test_a_failed_signed_report_is_shown_and_can_be_made_again(
                        data={"csrf_token": csrf_token(doctor_client, f"/cases/{UID}")})
     with ctx.session_factory() as session:
         assert len(session.execute(select(Job)).all()) == 2
+
+
+def test_a_signed_case_is_amended_with_a_reason_and_shows_the_amendment(
+        app: Flask, doctor_client: FlaskClient, admin_client: FlaskClient,
+        case: dict[str, Any]) -> None:
+    ctx = app.extensions["bcd_node"]
+    token = csrf_token(doctor_client, f"/cases/{UID}")
+    doctor_client.post(f"/cases/{UID}/sign", data={"csrf_token": token, "decision": "accept"})
+    # Not while the signed report is being made.
+    assert 'id="amend-case"' not in doctor_client.get(f"/cases/{UID}").get_data(as_text=True)
+    with ctx.session_factory.begin() as session:  # made, as the worker's job records it
+        summary = session.get(Result, case["summary_id"])
+        summary.verified_sr_sop_instance_uid = "1.2.826.0.1.3680043.10.7.9"
+        summary.verified_pdf_path = "signed.pdf"
+    page = doctor_client.get(f"/cases/{UID}").get_data(as_text=True)
+    assert 'id="amend-case"' in page and "Amend the signed report" in page
+    amend = {"amend-csrf_token": token, "amend-decision": "correct",
+             "amend-stage": "Malignant-Pro", "amend-comment": "Pro-B on second look."}
+    # Without a reason: a message that says so, and nothing changed.
+    page = doctor_client.post(f"/cases/{UID}/amend", data=amend,
+                              follow_redirects=True).get_data(as_text=True)
+    assert "Give the reason for the amendment." in page
+    with ctx.session_factory() as session:
+        summary = session.get(Result, case["summary_id"])
+        assert (summary.amends, summary.verified_stage) == (None, "Malignant-Pre")
+    # An administrator cannot amend.
+    assert admin_client.post(f"/cases/{UID}/amend", data={
+        **amend, "amend-csrf_token": csrf_token(admin_client, f"/cases/{UID}"),
+        "amend-reason": "x"}).status_code == 403
+    page = doctor_client.post(f"/cases/{UID}/amend", data={
+        **amend, "amend-reason": "Wrong stage signed."},
+        follow_redirects=True).get_data(as_text=True)
+    assert "Amendment signed." in page
+    with ctx.session_factory() as session:
+        summary = session.get(Result, case["summary_id"])
+        study = session.get(Study, case["study_id"])
+        jobs = session.execute(select(Job).where(Job.kind == JobKind.VERIFIED_REPORT)).all()
+    assert (summary.verified_stage, summary.verified_comment) == ("Malignant-Pro",
+                                                                  "Pro-B on second look.")
+    assert summary.amends["reason"] == "Wrong stage signed."
+    assert summary.amends["sr"] == "1.2.826.0.1.3680043.10.7.9"
+    assert study.status == StudyStatus.SIGNED_CORRECTED and len(jobs) == 2
+    assert "data-amended" in page and "Wrong stage signed." in page
+    assert "data-report-pending" in page and 'id="amend-case"' not in page
+    assert [e.action for e in _events(app) if e.action.startswith("amend_case")] == [
+        "amend_case_correct"]

@@ -69,6 +69,15 @@ def test_results_carry_their_image_and_verifier(app: Flask, client: FlaskClient)
     assert one["image"] == {"sop_instance_uid": sop, "field_number": 1}
     assert one["verified_by"] == {"username": "doctor", "full_name": "Dr. Grace Hopper"}
     assert one["corrected_blast_count"] == one["blast_count"] == 5
+    assert one["amendment"] is None
+    with ctx.session_factory.begin() as session:  # as amend_case records it
+        session.get(Result, rid).amends = {"reason": "Wrong stage signed.", "by_fk": 1,
+                                           "at": "2026-12-05T09:03:00", "stage": "Benign",
+                                           "comment": None, "sr": "1.2.3"}
+    [one] = client.get(f"{BASE}/studies/{uid}", headers=BASIC).get_json()["results"]
+    assert one["amendment"] == {"reason": "Wrong stage signed.",
+                                "replaces_verified_at": "2026-12-05T09:03:00",
+                                "replaces_verified_stage": "Benign"}
     single = client.get(f"{BASE}/results/{rid}", headers=BASIC).get_json()
     assert single["image"] == one["image"] and single["study_instance_uid"] == uid
     with ctx.session_factory() as session:
