@@ -18,8 +18,9 @@ What real DICOMizers write is prepared the same way in that copy:
   instance applies to all its frames, here the one frame, so no frame number is needed;
 * the Specific Character Set is kept when highdicom can write it and it can represent every
   value of the source's text attributes, with an empty first value (the usual form of
-  ``\\ISO 2022 IR 87``) written as the ``ISO 2022 IR 6`` it stands for; otherwise the derived
-  objects use UTF-8 (``ISO_IR 192``).
+  ``\\ISO 2022 IR 87``) written as the ``ISO 2022 IR 6`` it stands for; otherwise (also for
+  several values that are not all ISO 2022 code extensions, such as ``ISO_IR 100\\ISO_IR 192``)
+  the derived objects use UTF-8 (``ISO_IR 192``).
 """
 
 from __future__ import annotations
@@ -164,6 +165,10 @@ def output_character_set(source: Dataset, texts: Iterable[str] = ()) -> str | li
         for term in terms:
             hd.SpecificCharacterSetValues(term)
     except ValueError:
+        codecs = None
+    if len(terms) > 1 and not all(term.startswith("ISO 2022") for term in terms):
+        # Several values are code extensions (PS3.3 C.12.1.1.2); "ISO_IR 100\ISO_IR 192" is
+        # no character set a derived object can be written in.
         codecs = None
     if codecs is not None and all(_representable(text, codecs)
                                   for text in (*_texts(source), *texts)):

@@ -387,20 +387,27 @@ def enqueue_study_summaries(context: NodeContext) -> int:
     """Queue a summary for each study quiet for ``workers.study_quiet_seconds``; returns how many.
 
     A study qualifies when it has no summary since its last image, none of its analyses is
-    still queued or running, and no summary job is already waiting.
+    still queued or running, and no summary job is already waiting, nor failed for good since
+    its last image: such a study waits for its next image, or for the failed job to be run
+    again (``bcd-node jobs retry``, the System page), instead of a new job failing the same way
+    at every schedule.
     """
     quiet = context.settings.workers.study_quiet_seconds
     cutoff = utcnow() - timedelta(seconds=quiet)
     busy = select(Job.study_fk).where(
         Job.kind.in_([JobKind.ANALYZE, JobKind.STUDY_SUMMARY]),
         Job.state.in_(ACTIVE_JOB_STATES), Job.study_fk.is_not(None))
+    failed_since = select(Job.id).where(
+        Job.kind == JobKind.STUDY_SUMMARY, Job.state == JobState.FAILED,
+        Job.study_fk == Study.id, Job.created_at >= Study.last_received_at).exists()
     with context.session_factory.begin() as session:
         # Every worker process runs this on the same schedule. On PostgreSQL a study that
         # another one is queueing right now is locked: skip it. Looking again once the rows
         # are locked (a fresh snapshot) catches a job committed in between.
         ids = list(session.execute(select(Study.id).where(
             Study.summary_done_at.is_(None), Study.last_received_at < cutoff,
-            Study.id.not_in(busy)).limit(100).with_for_update(skip_locked=True)).scalars())
+            Study.id.not_in(busy), ~failed_since).limit(100)
+            .with_for_update(skip_locked=True)).scalars())
         if ids:
             taken = set(session.execute(busy.where(Job.study_fk.in_(ids))).scalars())
             ids = [i for i in ids if i not in taken]

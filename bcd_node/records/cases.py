@@ -11,7 +11,8 @@ Its **status** (:func:`case_status`, the values of :class:`~bcd_node.db.models.S
 - ``analysing`` while any of its images is queued or being analysed, or while it is still
   receiving: no summary yet (it comes once no image arrived for ``workers.study_quiet_seconds``
   and every analysis is done);
-- ``failed`` when no image could be analysed, or when the signed report could not be made;
+- ``failed`` when no image could be analysed, when the summary of its fields or the signed report
+  could not be made;
 - ``signed`` once a doctor signed the case, i.e. verified its *current* study summary, and
   ``signed_corrected`` when the doctor changed the AI's stage of the case or of any field;
 - ``awaiting_review`` otherwise.
@@ -134,7 +135,7 @@ def is_corrected(result: FieldFigures) -> bool:
 
 def case_status(*, analysing: bool, summarised: bool, summary: Result | None,
                 fields: Sequence[FieldFigures], analysis_failed: bool,
-                report_failed: bool) -> StudyStatus:
+                report_failed: bool, summary_failed: bool = False) -> StudyStatus:
     """The case's status (the rule is the module's).
 
     Parameters
@@ -151,9 +152,11 @@ def case_status(*, analysing: bool, summarised: bool, summary: Result | None,
         An image's analysis failed for good.
     report_failed
         The job making the signed report failed for good.
+    summary_failed
+        The job making the summary of the case's current fields failed for good.
     """
     if analysing or not summarised:
-        if not fields and analysis_failed and not analysing:
+        if not analysing and (summary_failed or not fields and analysis_failed):
             return StudyStatus.FAILED
         return StudyStatus.ANALYSING
     if not fields and analysis_failed:

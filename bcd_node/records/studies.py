@@ -66,11 +66,15 @@ def refresh_study(session: Session, study_id: int) -> Study:
     results = session.execute(select(*FIELD_COLUMNS).where(
         Result.study_fk == study_id, Result.scope == ResultScope.INSTANCE)).all()
     summary = current_summary(session, study_id)
-    states = session.execute(select(Job.kind, Job.state).where(
+    states = session.execute(select(Job.kind, Job.state, Job.created_at).where(
         Job.study_fk == study_id,
         Job.kind.in_([JobKind.ANALYZE, JobKind.STUDY_SUMMARY]))).all()
-    analysing = any(state in ACTIVE_JOB_STATES for _, state in states)
-    failed = any(kind == JobKind.ANALYZE and state == JobState.FAILED for kind, state in states)
+    analysing = any(state in ACTIVE_JOB_STATES for _, state, _ in states)
+    failed = any(kind == JobKind.ANALYZE and state == JobState.FAILED for kind, state, _ in states)
+    # A summary that failed for good since the last image: none is made until the next image
+    # or a retry (bcd_node.analysis.summary.enqueue_study_summaries).
+    summary_failed = any(kind == JobKind.STUDY_SUMMARY and state == JobState.FAILED
+                         and created >= study.last_received_at for kind, state, created in states)
     # Fields of the summary's model (an older model's results of a re-analysed image do not
     # count twice).
     fields = [r for r in results if summary is None or r.model_version == summary.model_version]
@@ -78,7 +82,7 @@ def refresh_study(session: Session, study_id: int) -> Study:
     signed = summary is not None and summary.verification == VerificationState.VERIFIED
     study.status = case_status(
         analysing=analysing, summarised=study.summary_done_at is not None, summary=summary,
-        fields=fields, analysis_failed=failed,
+        fields=fields, analysis_failed=failed, summary_failed=summary_failed,
         report_failed=signed and summary is not None
         and report_job_failed(session, summary) is not None)
     if signed and summary is not None:

@@ -16,8 +16,18 @@ from sqlalchemy import select, update
 
 from bcd_node.analysis.pipeline import Pipeline
 from bcd_node.analysis.summary import enqueue_study_summaries
-from bcd_node.db.models import Delivery, Result, Study, utcnow
+from bcd_node.db.models import (
+    Delivery,
+    Job,
+    JobKind,
+    JobState,
+    Result,
+    Study,
+    StudyStatus,
+    utcnow,
+)
 from bcd_node.intake.intake import Intake
+from bcd_node.records.studies import refresh_study
 from bcd_node.runtime import open_node
 from bcd_node.settings import load_settings
 from tests.support.dicomcheck import assert_dciodvfy_clean
@@ -102,3 +112,45 @@ def test_summary_references_every_field_and_every_output_names_the_institution(n
     text = (data / oru.path).read_bytes().decode()
     message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
     assert message.validate() and message.msh.msh_10.to_er7() == oru.sop_instance_uid
+
+
+def test_a_summary_that_failed_for_good_is_not_queued_again_until_an_image_arrives(
+        node) -> None:
+    """A summary job that fails for good (an input no object could be built from) was queued
+    anew at every schedule, about every two minutes, and failed again, without end."""
+    ctx, intake, pipeline = node
+    study_uid = pydicom.uid.generate_uid(prefix="2.25.")
+    intake.accept(part10_bytes(vl_micro(1, study_uid=study_uid)))
+    assert run_all(ctx, pipeline) == 1
+
+    def quiet() -> None:
+        with ctx.session_factory.begin() as s:
+            s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
+
+    quiet()
+    assert enqueue_study_summaries(ctx) == 1
+    with ctx.session_factory.begin() as s:  # as the worker leaves it after its last attempt
+        job = s.execute(select(Job).where(Job.kind == JobKind.STUDY_SUMMARY)).scalar_one()
+        job.state, job.last_error = JobState.FAILED, "ValueError: cannot be built"
+        s.flush()
+        refresh_study(s, job.study_fk)  # as the worker does (Pipeline.job_failed)
+    assert enqueue_study_summaries(ctx) == 0
+    assert enqueue_study_summaries(ctx) == 0
+    with ctx.session_factory() as s:  # the case says so, instead of "analysing" for ever
+        assert s.execute(select(Study.status)).scalar_one() == StudyStatus.FAILED
+    # Run again by hand (bcd-node jobs retry): it is the one job, not a second one.
+    with ctx.session_factory.begin() as s:
+        s.execute(update(Job).where(Job.kind == JobKind.STUDY_SUMMARY)
+                  .values(state=JobState.QUEUED))
+    assert enqueue_study_summaries(ctx) == 0
+    assert run_all(ctx, pipeline) == 1
+    with ctx.session_factory() as s:
+        assert s.execute(select(Study.summary_done_at)).scalar_one() is not None
+    # A study whose summary failed is summarised again once a further image arrives.
+    with ctx.session_factory.begin() as s:  # failed before the image (quiet() backdates it)
+        s.execute(update(Job).where(Job.kind == JobKind.STUDY_SUMMARY).values(
+            state=JobState.FAILED, created_at=utcnow() - timedelta(days=2)))
+    intake.accept(part10_bytes(vl_micro(2, study_uid=study_uid)))
+    assert run_all(ctx, pipeline) == 1
+    quiet()
+    assert enqueue_study_summaries(ctx) == 1

@@ -110,3 +110,21 @@ def test_a_character_set_the_outputs_cannot_keep_becomes_utf8(tmp_path, smear_rg
     back, _, _ = build_and_check(latin, blast_mask, kyiv, tmp_path / "kyiv")
     for ds in back.values():
         assert ds.SpecificCharacterSet == UTF8 and str(ds.PatientName) == "Müller^Jürgen"
+
+
+def test_several_character_sets_without_code_extensions_become_utf8(tmp_path, smear_rgb,
+                                                                   blast_mask,
+                                                                   algorithm) -> None:
+    """``ISO_IR 100\\ISO_IR 192`` is not valid (several values must be ISO 2022 code
+    extensions): highdicom refused to build any object from it, so the image got no answer
+    at all, not even "could not be analysed"."""
+    path = img2dcm(smear_rgb, tmp_path, "mixed")
+    source = pydicom.dcmread(path)
+    source.SpecificCharacterSet = ["ISO_IR 100", "ISO_IR 192"]
+    source.PatientName = "Müller^Jürgen"
+    source.save_as(path, enforce_file_format=True)
+    source = pydicom.dcmread(path)
+    assert output_character_set(source) == UTF8
+    back, _, _ = build_and_check(source, blast_mask, algorithm, tmp_path / "out")
+    for ds in back.values():
+        assert ds.SpecificCharacterSet == UTF8 and str(ds.PatientName) == "Müller^Jürgen"
