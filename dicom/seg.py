@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 
 import highdicom as hd
 import numpy as np
@@ -55,6 +56,73 @@ def _check_source(source: object) -> Dataset:
             "whole-slide image only; segment each frame as an image of its own"
         )
     return source
+
+
+def _pixel_spacing_usable(value: object) -> bool:
+    """Whether a Pixel Spacing is what highdicom reads it as: two positive finite numbers."""
+    try:
+        values = [float(v) for v in value]  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return False
+    return len(values) == 2 and all(math.isfinite(v) and v > 0 for v in values)
+
+
+def _spatial_source(source: Dataset) -> Dataset:
+    """``source``, or a copy without what highdicom cannot read of its spatial attributes (it
+    failed on them, and the image got "could not be analysed" for a SEG it could have had):
+
+    * a Pixel Spacing that is not two positive numbers (one value, text): the node took the
+      image's scale from another attribute or none already (:mod:`dicom.spacing`);
+    * a container whose specimens are not described (an empty Specimen Description
+      Sequence, Type 1): highdicom copies it, and the SEG's Specimen module would be invalid;
+    * the Frame of Reference of a VL Slide-Coordinates Microscopic Image: highdicom places a
+      SEG's frames on the slide by the orientation and thickness of a whole-slide image,
+      which such an image does not have (its place on the slide is its Image Center Point
+      Coordinates), and it requires a Frame of Reference of every image of that class. The
+      copy is shown to highdicom as the VL Microscopic Image it is otherwise, and its SEG is a
+      2-D segmentation of the image, which it derives from and references under its own
+      class (:func:`_reference_own_class`).
+
+    The keywords are logged, never values."""
+    spacing = "PixelSpacing" in source and not _pixel_spacing_usable(source.PixelSpacing)
+    slide_coordinates = str(sop.VL_SLIDE_COORDINATES_MICROSCOPIC_IMAGE)
+    unplaced = (str(source.get("SOPClassUID", "")) == slide_coordinates
+                and "FrameOfReferenceUID" in source and "ImageOrientationSlide" not in source)
+    specimen = any(keyword in source for keyword in _SPECIMEN_KEYWORDS) \
+        and not source.get("SpecimenDescriptionSequence")
+    if not spacing and not unplaced and not specimen:
+        return source
+    derived = copy.deepcopy(source)
+    dropped = []
+    if specimen:
+        for keyword in _SPECIMEN_KEYWORDS:
+            if keyword in derived:
+                del derived[keyword]
+                dropped.append(keyword)
+    if spacing:
+        del derived.PixelSpacing
+        dropped.append("PixelSpacing")
+    if unplaced:
+        for keyword in ("FrameOfReferenceUID", "PositionReferenceIndicator"):
+            if keyword in derived:
+                del derived[keyword]
+                dropped.append(keyword)
+        derived.SOPClassUID = sop.VL_MICROSCOPIC_IMAGE
+    LOGGER.info("%s: the SEG is built without the source's %s", source.get("SOPInstanceUID", "?"),
+                ", ".join(dropped))
+    return derived
+
+
+def _reference_own_class(seg: Dataset, source_uid: str, source_class: str) -> None:
+    """Name ``source_class`` in every reference of ``seg`` to the source ``source_uid``
+    (:func:`_spatial_source` showed it to highdicom under another class)."""
+    for element in list(seg.iterall()):
+        if element.VR != "SQ":
+            continue
+        for item in element.value:
+            if str(item.get("ReferencedSOPInstanceUID", "")) == source_uid \
+                    and "ReferencedSOPClassUID" in item:
+                item.ReferencedSOPClassUID = source_class
 
 
 def _is_total_pixel_matrix(mask: np.ndarray, source: Dataset) -> bool:
@@ -174,7 +242,8 @@ def _segmentation(source: Dataset, mask: np.ndarray, *, algorithm: Algorithm, fr
     source = _check_source(source)
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"algorithm must be an Algorithm, got {type(algorithm).__name__}")
-    source = derivation_source(source, algorithm.texts)
+    given = derivation_source(source, algorithm.texts)
+    source = _spatial_source(given)
     if not isinstance(fractional, bool):
         raise TypeError(f"fractional must be a bool, got {fractional!r}")
     series = result_series(str(source.StudyInstanceUID), algorithm, kind,
@@ -244,9 +313,14 @@ def _segmentation(source: Dataset, mask: np.ndarray, *, algorithm: Algorithm, fr
                     and all("SliceThickness" not in item for item in measures))):
             del shared.PixelMeasuresSequence
     _segment_per_frame(seg)
-    for keyword in _SPECIMEN_KEYWORDS:
-        if keyword in source and keyword not in seg:
-            seg[keyword] = copy.deepcopy(source[keyword])
+    if str(source.SOPClassUID) != str(given.SOPClassUID):
+        _reference_own_class(seg, source_uid, str(given.SOPClassUID))
+    # The slide's specimen, when the source describes it (a container and its specimens: an
+    # empty description would make the SEG's Specimen module invalid, so none is copied then).
+    if source.get("ContainerIdentifier") and source.get("SpecimenDescriptionSequence"):
+        for keyword in _SPECIMEN_KEYWORDS:
+            if keyword in source and keyword not in seg:
+                seg[keyword] = copy.deepcopy(source[keyword])
     # highdicom names the dimension organisation under its own prefix; name it under ours.
     organisation = derived("seg-dimensions")
     for item in seg.get("DimensionOrganizationSequence", []):

@@ -14,7 +14,7 @@ from dicom.derivation import UTF8, output_character_set
 from dicom.outputs import build_result_objects
 from dicom.sr import Findings
 from tests.support.dicomcheck import write_checked
-from tests.support.dicomizers import JAPANESE_NAME, img2dcm, japanese_name
+from tests.support.dicomizers import JAPANESE_NAME, _rarely_written, img2dcm, japanese_name
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +128,27 @@ def test_several_character_sets_without_code_extensions_become_utf8(tmp_path, sm
     back, _, _ = build_and_check(source, blast_mask, algorithm, tmp_path / "out")
     for ds in back.values():
         assert ds.SpecificCharacterSet == UTF8 and str(ds.PatientName) == "Müller^Jürgen"
+
+
+@pytest.mark.parametrize("kind", ["slide_coordinates", "pixel_spacing_one_value",
+                                  "pixel_spacing_text", "specimen_not_described",
+                                  "charset_not_iso_2022"])
+def test_rarely_written_sources_get_valid_result_objects(kind, tmp_path, smear_rgb, blast_mask,
+                                                         algorithm, monkeypatch) -> None:
+    """Each made the SEG builder fail (highdicom: a slide-coordinates image without a
+    whole-slide orientation, a Pixel Spacing of one value or of text), made the SEG invalid (an
+    empty Specimen Description Sequence copied), or made every object fail (the character
+    set): the image was answered "could not be analysed", or not at all."""
+    if kind == "pixel_spacing_text":  # read as the node reads it (strict reading refuses it)
+        monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode",
+                            pydicom.config.WARN)
+    source = pydicom.dcmread(_rarely_written(smear_rgb, tmp_path)[kind])
+    back, seg, _ = build_and_check(source, blast_mask, algorithm, tmp_path / "out")
+    # The SEG derives from and references the source under its own class (build_and_check),
+    # without a frame of reference it cannot place itself in.
+    assert "FrameOfReferenceUID" not in seg
+    assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
+    if kind == "specimen_not_described":
+        assert "ContainerIdentifier" not in back["seg"]
+    else:
+        assert back["seg"].ContainerIdentifier == source.ContainerIdentifier

@@ -119,6 +119,47 @@ def dcmtk(tool: str, source: Path, out: Path, *options: str) -> Path:
     return out
 
 
+def _rarely_written(rgb: np.ndarray, folder: Path) -> dict[str, Path]:
+    """VL Microscopic Images (the node's own DICOMizer's, then changed): a VL Slide-Coordinates
+    Microscopic Image (a Frame of Reference and a place on the slide, no whole-slide
+    orientation); a Pixel Spacing of one value, and one of text (DCMTK's dcmodify writes it);
+    a container without a described specimen; the Specific Character Set
+    ``ISO_IR 100\\ISO_IR 192`` (several values that are not ISO 2022 code extensions)."""
+    from dicom.dicomize import dicomize
+
+    def vl(kind: str, **values: object) -> Path:
+        ds = dicomize(rgb, patient_id=kind.upper()[:16], patient_name="Müller^Jürgen",
+                      specimen_id=f"SLIDE-{kind}"[:16], stain="Wright-Giemsa")
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        path = folder / f"{kind}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        return path
+
+    centre = Dataset()
+    centre.XOffsetInSlideCoordinateSystem = 12.5
+    centre.YOffsetInSlideCoordinateSystem = 40.0
+    centre.ZOffsetInSlideCoordinateSystem = 0.0
+    made = {
+        "slide_coordinates": vl("slide_coordinates",
+                                SOPClassUID="1.2.840.10008.5.1.4.1.1.77.1.3",
+                                FrameOfReferenceUID=generate_uid(prefix="2.25."),
+                                PositionReferenceIndicator="SLIDE_CORNER",
+                                ImageCenterPointCoordinatesSequence=[centre],
+                                PixelSpacing=[0.00025, 0.00025]),
+        "pixel_spacing_one_value": vl("pixel_spacing_one_value", PixelSpacing=0.00025),
+        "specimen_not_described": vl("specimen_not_described", SpecimenDescriptionSequence=[]),
+        "charset_not_iso_2022": vl("charset_not_iso_2022",
+                                   SpecificCharacterSet=["ISO_IR 100", "ISO_IR 192"]),
+    }
+    text = vl("pixel_spacing_text")
+    subprocess.run([require_tool("dcmodify"), "-nb", "-i", "(0028,0030)=abc\\def", str(text)],
+                   check=True, timeout=60, capture_output=True, env=ENV)
+    made["pixel_spacing_text"] = text
+    return made
+
+
 def _renew(ds: Dataset, patient_id: str) -> Dataset:
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(prefix="2.25.")
     ds.SeriesInstanceUID = generate_uid(prefix="2.25.")
@@ -383,6 +424,10 @@ def build_corpus(rgb: np.ndarray, folder: Path) -> list[CorpusInput]:
     for kind, (charset, name) in CHARSET_NAMES.items():
         add(kind, pydicom_image(rgb, "RGB", 8, folder / f"{kind}.dcm", patient_id=kind[8:24],
                                 charset=charset, patient_name=name))
+    # What other writers get wrong or write rarely, found by a walk from outside: each got "could
+    # not be analysed" (the SEG builder failed on it), or no answer at all (the character set).
+    for kind, path in _rarely_written(rgb, folder).items():
+        add(kind, path)
     # Multi-frame SC: True Colour, Grayscale Byte, Grayscale Word, with one frame or several.
     for kind, sop_class, photometric, bits, arr, expected in (
             ("mf_true_colour", _MF_COLOUR, "RGB", 8, rgb, DIAGNOSTIC),
