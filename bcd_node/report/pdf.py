@@ -73,8 +73,12 @@ _MAX_IMAGE_SIDE = 1200  # pixels kept in the PDF per picture (keeps reports smal
 #: verified report's verdict takes room. When the report would go over one page (a verified
 #: report with a review reason and an institution, say), it is made again with smaller
 #: pictures, so that its signature block stays on the page with the finding.
+#: Each picture fits a square of that side, whatever its shape (:class:`_Picture`): a tall field
+#: is drawn that high, narrower, and takes no more of the page than a square one.
 _PICTURE_SIDE = {False: 55 * mm, True: 45 * mm}
 _SMALL_PICTURE_SIDE = 38 * mm
+#: The side of the square the "not analysed" report's picture fits.
+_NOT_ANALYSED_PICTURE_SIDE = 70 * mm
 
 # Streams stored as deflated binary, not also ASCII85-encoded: a fifth smaller, and encoding a
 # 512 x 512 picture in ASCII85 took reportlab longer than the rest of the report. Every PDF this
@@ -449,17 +453,27 @@ class _Picture(Flowable):  # type: ignore[misc]  # reportlab is untyped
     picture's size, as :func:`_layer_parts` gives it with its alpha), that layer drawn over it
     (:class:`_LayerXObject`).
 
+    The picture is drawn as large as fits ``width`` x ``height`` points, its aspect ratio kept:
+    ``width`` wide unless that would make it taller than ``height`` (a tall, narrow field),
+    then ``height`` high. Drawn ``width`` wide only, a field of 513 x 97 pixels was taller
+    than the page and no report of it could be made.
+
     A picture drawn twice in one document (the field, and the field under its overlay) is
     one JPEG, referred to twice."""
 
-    def __init__(self, array: np.ndarray, width: float,
+    def __init__(self, array: np.ndarray, width: float, height: float,
                  layer: tuple[np.ndarray, list[tuple[int, int, int]], np.ndarray] | None = None
                  ) -> None:
         super().__init__()
         self.array = array
         self.layer = layer
-        self.drawWidth = width
-        self.drawHeight = width * array.shape[0] / array.shape[1]
+        rows, columns = array.shape[0], array.shape[1]
+        if height * columns >= width * rows:  # as wide as the box
+            self.drawWidth = width
+            self.drawHeight = width * rows / columns
+        else:  # as high as the box
+            self.drawWidth = height * columns / rows
+            self.drawHeight = height
 
     def wrap(self, _avail_width: float, _avail_height: float) -> tuple[float, float]:
         return self.drawWidth, self.drawHeight
@@ -498,9 +512,10 @@ class _Picture(Flowable):  # type: ignore[misc]  # reportlab is untyped
         canvas.restoreState()
 
 
-def _picture(array: np.ndarray, width: float) -> Flowable:
-    """``array`` drawn ``width`` wide (at most :data:`_MAX_IMAGE_SIDE` pixels a side)."""
-    return _Picture(_smaller(array), width)
+def _picture(array: np.ndarray, width: float, height: float) -> Flowable:
+    """``array`` drawn to fit ``width`` x ``height`` (at most :data:`_MAX_IMAGE_SIDE` pixels a
+    side; :class:`_Picture`)."""
+    return _Picture(_smaller(array), width, height)
 
 
 def _smaller(array: np.ndarray) -> np.ndarray:
@@ -512,22 +527,23 @@ def _smaller(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _pictures(image: np.ndarray, overlay: np.ndarray, width: float) -> tuple[Flowable, Flowable]:
+def _pictures(image: np.ndarray, overlay: np.ndarray, side: float) -> tuple[Flowable, Flowable]:
     """The field and its overlay (an RGB picture, or an RGBA layer drawn over the field's
-    own picture, :class:`ReportData`), each ``width`` wide."""
+    own picture, :class:`ReportData`), each drawn to fit a square of ``side`` points."""
     picture = _smaller(image)
     if overlay.shape[2] == 3:
-        return _Picture(picture, width), _picture(overlay, width)
+        return _Picture(picture, side, side), _picture(overlay, side, side)
     if picture.shape != image.shape:
         # The field was made smaller: so is its layer, each pixel one of the layer's own.
         overlay = np.asarray(PILImage.fromarray(overlay, mode="RGBA").resize(
             (picture.shape[1], picture.shape[0]), PILImage.Resampling.NEAREST))
     if not overlay[..., 3].any():  # nothing marked: the field, twice
-        return _Picture(picture, width), _Picture(picture, width)
+        return _Picture(picture, side, side), _Picture(picture, side, side)
     parts = _layer_parts(overlay)
     if parts is None:
-        return _Picture(picture, width), _Picture(laid_over(picture, overlay), width)
-    return _Picture(picture, width), _Picture(picture, width, (*parts, overlay[..., 3]))
+        return _Picture(picture, side, side), _Picture(laid_over(picture, overlay), side, side)
+    return _Picture(picture, side, side), _Picture(picture, side, side,
+                                                   (*parts, overlay[..., 3]))
 
 
 class _Text(Flowable):  # type: ignore[misc]  # reportlab is untyped
@@ -824,7 +840,8 @@ def _text_styles(regular: str, bold: str) -> tuple[ParagraphStyle, ParagraphStyl
 
 
 def _render(data: ReportData, side: float) -> tuple[bytes, int]:
-    """The report with pictures ``side`` points wide, and its number of pages."""
+    """The report with pictures that fit a square of ``side`` points, and its number of
+    pages."""
     regular, bold = _fonts()
     body, label, heading, title = _text_styles(regular, bold)
     # 10.5 pt: the banner's sentence fits on one line.
@@ -1103,7 +1120,8 @@ def _render_not_analysed(data: NotAnalysedData) -> bytes:
     story.append(Spacer(1, 2 * mm))
     story.append(p("Please check the image and send a better one if a result is needed.", body))
     if data.image is not None:
-        story += [p("Image", heading), _picture(data.image, 70 * mm)]
+        story += [p("Image", heading), _picture(data.image, _NOT_ANALYSED_PICTURE_SIDE,
+                                                _NOT_ANALYSED_PICTURE_SIDE)]
     story += [Spacer(1, 3 * mm), p(
         f"Model {data.model_name} version {data.model_version}"
         + (" (demonstration model)" if data.demonstration_model else "")
