@@ -525,10 +525,15 @@ class Builders:
     (:func:`_start_builder`): a worker that dies leaves no builders behind.
     """
 
-    def __init__(self, processes: int = 0) -> None:
+    def __init__(self, processes: int = 0,
+                 process_setup: Callable[[], None] | None = None) -> None:
+        """``process_setup`` (picklable: a module's function, or a ``functools.partial`` of
+        one) runs first in each builder process: the worker's logging, so that what a builder
+        logs goes through the same filters (no value of a received data set in the log)."""
         if processes < 0:
             raise ValueError(f"processes must be >= 0, got {processes!r}")
         self.processes = processes
+        self._process_setup = process_setup
         self._pool: ProcessPoolExecutor | None = None
         self._shared = SharedArrays()
         self._lock = threading.Lock()
@@ -569,7 +574,8 @@ class Builders:
                 self._pool = ProcessPoolExecutor(self.processes,
                                                  mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_start_builder,
-                                                 initargs=(self._warm_file(),))
+                                                 initargs=(self._warm_file(),
+                                                           self._process_setup))
                 LOGGER.info("outputs are built in %d processes", self.processes)
             return self._pool
 
@@ -749,8 +755,10 @@ def _warm(request: BuildRequest | None) -> bool:
     return True
 
 
-def _start_builder(warm_file: str | None) -> None:
-    """A builder process's initializer: end with the worker (:func:`_end_with_parent`), build
+def _start_builder(warm_file: str | None, setup: Callable[[], None] | None = None) -> None:
+    """A builder process's initializer: ``setup`` (:class:`Builders`: the worker's logging; a
+    process given none logs as Python does without a configuration, every value as it is), end
+    with the worker (:func:`_end_with_parent`), build
     with one OpenCV thread, warm up with the request in ``warm_file`` (:func:`_warm`,
     :meth:`Builders._warm_file`), then leave what it loaded out of garbage collection
     (:func:`~bcd_node.heap.freeze_loaded`).
@@ -759,6 +767,8 @@ def _start_builder(warm_file: str | None) -> None:
     would only contend with the other builders and the model, and handing each small picture
     operation to them costs more CPU than it saves (an image's building took about 2 ms of
     CPU less with one thread, ``benchmarks/outputs.py``)."""
+    if setup is not None:
+        setup()
     _end_with_parent()
     cv2.setNumThreads(1)
     _warm(_read_warm_file(warm_file))

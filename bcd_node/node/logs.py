@@ -12,12 +12,14 @@ one summary line per :data:`SKIP_SUMMARY_SECONDS`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -112,8 +114,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+#: The (level, format) :func:`configure_logging` last set in this process; None before.
+_configured: tuple[str, str] | None = None
+
+
+def same_logging() -> Callable[[], None] | None:
+    """:func:`configure_logging` as this process last made it, for a process this one starts
+    (a builder process: :class:`~bcd_node.analysis.builders.Builders`); None when this process
+    never configured its logging."""
+    return None if _configured is None else functools.partial(configure_logging, *_configured)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Send log records to stderr in ``fmt`` ("text" or "json") at ``level``."""
+    global _configured
+    _configured = (level, fmt)
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

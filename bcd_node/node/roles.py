@@ -17,6 +17,7 @@ import os
 from typing import TYPE_CHECKING, Callable
 
 from bcd_node.errors import BcdError
+from bcd_node.node.logs import same_logging
 from bcd_node.node.processes import Child, ChildGroup, child_argv
 from bcd_node.runtime import Component, NodeContext
 from bcd_node.settings import Settings, output_builder_processes
@@ -78,7 +79,8 @@ def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
     context.components["model"] = Component(
         "model", True, f"{info['name']} {info['version']} (width {info['width']}, "
                        f"{info['precision']}){note}")
-    builders = Builders(output_builder_processes(context.settings.workers.output_builders))
+    builders = Builders(output_builder_processes(context.settings.workers.output_builders),
+                        process_setup=same_logging())
     pipeline = Pipeline(context, predictor, demonstration_model=demo, builders=builders)
     pipeline.warm_up()  # the first image does not wait for what building loads once
     freeze_loaded()  # the model's objects are not walked by every full garbage collection

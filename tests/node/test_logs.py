@@ -72,3 +72,33 @@ def test_skipped_scheduler_runs_are_summarised_not_warned_each_time() -> None:
     lines = [line for line in done.stderr.strip().splitlines() if "apscheduler" in line]
     assert len(lines) == 1, done.stderr
     assert "INFO" in lines[0] and '"deliver' in lines[0] and "summarised every" in lines[0]
+
+
+_BUILDER_PROCESS_LOGS = """
+import sys
+from bcd_node.analysis.builders import Builders
+from bcd_node.node.logs import configure_logging, same_logging
+from tests.support.procs import log_like_pydicom
+
+configure_logging("INFO", "text")
+builders = Builders(1, process_setup=same_logging() if sys.argv[1] == "same" else None)
+print(builders._run_all(log_like_pydicom, ["19610707"], "logging")[0])
+builders.close()
+"""
+
+
+def test_a_builder_process_logs_through_the_workers_filters() -> None:
+    """A builder process logged as Python does unconfigured: pydicom's messages and warnings,
+    which quote the value they find invalid (a birth date, a name), reached the log whole."""
+    def run(setup: str) -> str:
+        done = subprocess.run([sys.executable, "-c", _BUILDER_PROCESS_LOGS, setup],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 0 and done.stdout.split() == ["logged"], done.stderr
+        return done.stderr
+
+    unconfigured = run("none")
+    assert "19610707" in unconfigured  # what the builders did before
+    logged = run("same")
+    assert "19610707" not in logged
+    assert "pydicom: Invalid value for VR DA: '…'" in logged
+    assert "UserWarning: Invalid value for VR DA: '…'" in logged

@@ -44,3 +44,14 @@ def cpu_times(pid: int) -> tuple[float, float]:
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of ``pid`` so far (0 when it is gone)."""
     return sum(cpu_times(pid))
+
+
+def log_like_pydicom(value: str) -> str:
+    """What pydicom says of an invalid value it reads, its value quoted: through its logger and
+    as a Python warning (a task for a builder process: ``tests/node/test_logs.py``)."""
+    import logging
+    import warnings
+
+    logging.getLogger("pydicom").warning("Invalid value for VR DA: %r", value)
+    warnings.warn(f"Invalid value for VR DA: {value!r}", UserWarning, stacklevel=1)
+    return "logged"
