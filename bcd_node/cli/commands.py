@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 import re
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -499,7 +500,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level or settings.logging.level,
                       args.log_format or settings.logging.format)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader gone away is the next except's
+        return code
+    except BrokenPipeError:
+        # What reads the output went away (``bcd-node status | head -1``): not an error of the
+        # command, and no traceback. Python would fail flushing stdout again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a command ended by SIGPIPE
     except SettingsError as exc:
         print(f"bcd-node: configuration error: {exc}", file=sys.stderr)
         return 2

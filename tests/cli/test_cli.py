@@ -118,3 +118,17 @@ def test_dependency_direction() -> None:
     assert not {"webadmin", "flask", "flask_login", "flask_wtf"} & _imports(
         "bcd_node", allow=("bcd_node/node/serve.py",))
     assert "dicom" not in _imports("webadmin")
+
+
+def test_output_read_only_in_part_ends_quietly(write_config) -> None:
+    """``bcd-node config show | head -1``: the reader goes away; the command printed a
+    BrokenPipeError traceback."""
+    config = write_config()
+    proc = subprocess.Popen([sys.executable, "-m", "bcd_node.cli", "--config", str(config),
+                             "config", "show"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=ROOT, text=True)
+    assert proc.stdout is not None
+    proc.stdout.close()  # gone before the command writes
+    _, errors = proc.communicate(timeout=60)
+    assert proc.returncode == 141, errors
+    assert "Traceback" not in errors and "BrokenPipeError" not in errors, errors
