@@ -65,6 +65,7 @@ __all__ = [
     "ImageInfo",
     "read_dataset",
     "inspect_image",
+    "check_frame_ends",
     "iter_frames",
     "decode_frames",
     "decode_file",
@@ -97,6 +98,18 @@ _ENCAPSULATED_JPEG_FAMILY = frozenset(
     str(u) for u in (*JPEG_TRANSFER_SYNTAXES, *JPEG_LS_TRANSFER_SYNTAXES)
 )
 _J2K = frozenset(str(u) for u in JPEG_2000_TRANSFER_SYNTAXES)
+
+#: The marker a complete codestream ends with: EOI for JPEG and JPEG-LS, EOC for JPEG 2000.
+_END_MARKER = b"\xff\xd9"
+#: Bytes of padding accepted after the end marker: the pad byte of an odd-length fragment
+#: (PS3.5 A.4) and the few 0x00 or 0xFF bytes some writers leave after it.
+MAX_END_PADDING = 16
+#: Each codestream kind by transfer syntax: its name and its end marker's, for the refusal.
+_CODESTREAM_ENDS = {
+    **{str(u): ("JPEG", "EOI") for u in JPEG_TRANSFER_SYNTAXES},
+    **{str(u): ("JPEG-LS", "EOI") for u in JPEG_LS_TRANSFER_SYNTAXES},
+    **{str(u): ("JPEG 2000", "EOC") for u in JPEG_2000_TRANSFER_SYNTAXES},
+}
 
 
 @dataclass(frozen=True)
@@ -495,8 +508,70 @@ def _j2k_size(codestream: bytes) -> tuple[int, int] | None:
     return ysiz - yosiz, xsiz - xosiz
 
 
+def _check_end(transfer_syntax_uid: str, tail: bytes, index: int) -> None:
+    """Refuse a codestream cut short: ``tail`` (the last bytes of the frame, at least
+    ``MAX_END_PADDING + 2`` of them where the frame has them) must end with the end marker,
+    followed at most by :data:`MAX_END_PADDING` bytes of 0x00 or 0xFF. Nothing else is
+    looked at: a decoder fills the rows of a JPEG cut short with grey without an error."""
+    kind = _CODESTREAM_ENDS.get(transfer_syntax_uid)
+    if kind is None:  # RLE, native: no end marker
+        return
+    # Stripping stops at the marker's D9; more padding than allowed leaves it outside tail.
+    if not tail[-(MAX_END_PADDING + len(_END_MARKER)):].rstrip(b"\x00\xff").endswith(
+            _END_MARKER):
+        name, marker = kind
+        raise DicomDecodeError(f"frame {index}: {name} codestream cut short "
+                               f"(no {marker} marker FFD9)")
+
+
+def check_frame_ends(ds: Dataset, info: ImageInfo) -> None:
+    """Refuse an encapsulated JPEG, JPEG-LS or JPEG 2000 frame that does not end with its end
+    marker (a frame cut short), without decoding: only the last bytes of each frame are read
+    (the end of a frame split over several fragments is the end of its last fragment).
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The input.
+    info : ImageInfo
+        What :func:`inspect_image` found out about it.
+
+    Raises
+    ------
+    DicomDecodeError
+        Naming the frame (from 0) and the marker it lacks, or the frames that are missing.
+    """
+    if info.transfer_syntax_uid not in _CODESTREAM_ENDS or (
+            not ds["PixelData"].is_undefined_length):
+        return
+    from pydicom.encaps import generate_fragmented_frames
+
+    want = MAX_END_PADDING + len(_END_MARKER)
+    found = 0
+    try:
+        for index, fragments in enumerate(generate_fragmented_frames(
+                ds.PixelData, number_of_frames=info.frames)):
+            if index == info.frames:
+                break
+            tail = b""
+            for fragment in reversed(fragments):
+                tail = fragment[-(want - len(tail)):] + tail
+                if len(tail) >= want:
+                    break
+            _check_end(info.transfer_syntax_uid, tail, index)
+            found += 1
+    except DicomError:
+        raise
+    except Exception as exc:
+        raise DicomDecodeError(f"encapsulated Pixel Data: {type(exc).__name__}: {exc}") from exc
+    if found < info.frames:
+        raise DicomDecodeError(f"encapsulated Pixel Data has fewer than {info.frames} frames")
+
+
 def _check_codestream(info: ImageInfo, fragment_frame: bytes, index: int) -> None:
-    """Refuse a codestream whose own header declares another size than the dataset."""
+    """Refuse a codestream whose own header declares another size than the dataset, or that
+    is cut short (:func:`_check_end`)."""
+    _check_end(info.transfer_syntax_uid, fragment_frame[-(MAX_END_PADDING + 2):], index)
     if info.transfer_syntax_uid in _ENCAPSULATED_JPEG_FAMILY:
         params = _get_jpg_parameters(fragment_frame)
         size = (params.get("height"), params.get("width")) if params else None

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from bcd_node.errors import PermanentError
 from bcd_node.settings import format_size
 from dicom.errors import DicomError, InflationLimitError, UnsupportedDicomError
-from dicom.pixels import inspect_image, iter_frames, read_dataset
+from dicom.pixels import check_frame_ends, inspect_image, iter_frames, read_dataset
 from dicom.sop import NATIVE_TRANSFER_SYNTAXES, VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
 
 LOGGER = logging.getLogger(__name__)
@@ -161,10 +161,11 @@ def validate_image(data: bytes, expected_sop_class: str | None = None, *, max_pi
     attributes the node files the image by (:func:`identify`), the image pixel module (with
     the Pixel Data length), a single frame (other than a whole-slide image: the results of
     several frames of a multi-frame Secondary Capture cannot be built), the whole-slide
-    image's limits (:func:`dicom.pixels.inspect_image`) and, unless the image is native RGB,
-    the decoding of its first frame. Other values are converted only when the image is
-    analysed (converting all of them costs more than the rest of the C-STORE handler
-    together); a malformed one fails that job with its reason.
+    image's limits (:func:`dicom.pixels.inspect_image`), the end marker of every compressed
+    frame (:func:`dicom.pixels.check_frame_ends`: none cut short) and, unless the image is
+    native RGB, the decoding of its first frame. Other values are converted only when the
+    image is analysed (converting all of them costs more than the rest of the C-STORE
+    handler together); a malformed one fails that job with its reason.
     """
     limit = format_size(max_dataset_bytes)
     if len(data) > max_dataset_bytes + _PART10_HEADER_ALLOWANCE:
@@ -196,6 +197,9 @@ def validate_image(data: bytes, expected_sop_class: str | None = None, *, max_pi
             # (docs/conformance.md 2.2).
             raise UnsupportedDicomError(
                 f"{info.frames} frames: {MULTI_FRAME_REFUSAL}")
+        # Every compressed frame ends with its end marker (not cut short): the decoders fill
+        # the rows of a JPEG cut short with grey without an error. Only its last bytes read.
+        check_frame_ends(ds, info)
         # Decoding the first frame proves the codec and the pixel data before we answer.
         # Native RGB needs no decoding: inspect_image has checked the Pixel Data length.
         if not (info.photometric_interpretation == "RGB"
