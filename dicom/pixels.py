@@ -26,7 +26,7 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -508,20 +508,36 @@ def _j2k_size(codestream: bytes) -> tuple[int, int] | None:
     return ysiz - yosiz, xsiz - xosiz
 
 
-def _check_end(transfer_syntax_uid: str, tail: bytes, index: int) -> None:
-    """Refuse a codestream cut short: ``tail`` (the last bytes of the frame, at least
-    ``MAX_END_PADDING + 2`` of them where the frame has them) must end with the end marker,
-    followed at most by :data:`MAX_END_PADDING` bytes of 0x00 or 0xFF. Nothing else is
-    looked at: a decoder fills the rows of a JPEG cut short with grey without an error."""
+#: The marker each codestream kind's end marker comes after: the last Start of Scan (JPEG,
+#: JPEG-LS) or Start of Tile-part (JPEG 2000). Neither marker, nor the end marker, can occur in
+#: coded data (JPEG's byte stuffing, JPEG-LS's bit stuffing, JPEG 2000's reserved range), so an
+#: end marker after the last of them ends the codestream; one before it is another's (the
+#: thumbnail a camera's JPEG carries in its APP1 segment).
+_LAST_SEGMENT = {"JPEG": b"\xff\xda", "JPEG-LS": b"\xff\xda", "JPEG 2000": b"\xff\x90"}
+
+
+def _check_end(transfer_syntax_uid: str, tail: bytes, index: int,
+               whole: Callable[[], bytes]) -> None:
+    """Refuse a codestream cut short. ``tail`` (the last bytes of the frame, at least
+    ``MAX_END_PADDING + 2`` of them where the frame has them) ending with the end marker,
+    followed at most by :data:`MAX_END_PADDING` bytes of 0x00 or 0xFF, is the usual case;
+    otherwise the frame (``whole()``) must hold the end marker after its last scan or tile-part
+    (:data:`_LAST_SEGMENT`): a complete codestream followed by more (a trailer a DICOMizer kept,
+    the boxes of a JP2 file) is not cut short. A decoder fills the rows of a JPEG cut short with
+    grey without an error."""
     kind = _CODESTREAM_ENDS.get(transfer_syntax_uid)
     if kind is None:  # RLE, native: no end marker
         return
     # Stripping stops at the marker's D9; more padding than allowed leaves it outside tail.
-    if not tail[-(MAX_END_PADDING + len(_END_MARKER)):].rstrip(b"\x00\xff").endswith(
-            _END_MARKER):
-        name, marker = kind
-        raise DicomDecodeError(f"frame {index}: {name} codestream cut short "
-                               f"(no {marker} marker FFD9)")
+    if tail[-(MAX_END_PADDING + len(_END_MARKER)):].rstrip(b"\x00\xff").endswith(_END_MARKER):
+        return
+    name, marker = kind
+    frame = whole()
+    last = frame.rfind(_LAST_SEGMENT[name])
+    if last >= 0 and frame.find(_END_MARKER, last) >= 0:
+        return
+    raise DicomDecodeError(f"frame {index}: {name} codestream cut short "
+                           f"(no {marker} marker FFD9)")
 
 
 def check_frame_ends(ds: Dataset, info: ImageInfo) -> None:
@@ -558,7 +574,8 @@ def check_frame_ends(ds: Dataset, info: ImageInfo) -> None:
                 tail = fragment[-(want - len(tail)):] + tail
                 if len(tail) >= want:
                     break
-            _check_end(info.transfer_syntax_uid, tail, index)
+            _check_end(info.transfer_syntax_uid, tail, index,
+                       lambda parts=fragments: b"".join(parts))
             found += 1
     except DicomError:
         raise
@@ -571,7 +588,8 @@ def check_frame_ends(ds: Dataset, info: ImageInfo) -> None:
 def _check_codestream(info: ImageInfo, fragment_frame: bytes, index: int) -> None:
     """Refuse a codestream whose own header declares another size than the dataset, or that
     is cut short (:func:`_check_end`)."""
-    _check_end(info.transfer_syntax_uid, fragment_frame[-(MAX_END_PADDING + 2):], index)
+    _check_end(info.transfer_syntax_uid, fragment_frame[-(MAX_END_PADDING + 2):], index,
+               lambda: fragment_frame)
     if info.transfer_syntax_uid in _ENCAPSULATED_JPEG_FAMILY:
         params = _get_jpg_parameters(fragment_frame)
         size = (params.get("height"), params.get("width")) if params else None

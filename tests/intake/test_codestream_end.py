@@ -1,6 +1,7 @@
 """A compressed frame cut short is refused before the image is acknowledged (docs/conformance.md
 2.3): a JPEG or JPEG-LS codestream ends with its EOI marker, a JPEG 2000 codestream with its EOC
-marker (both FFD9), followed at most by a few bytes of padding (0x00, 0xFF). The decoders fill a
+marker (both FFD9), usually followed at most by a few bytes of padding (0x00, 0xFF), else by
+more after its last scan or tile-part (a trailer a DICOMizer kept). The decoders fill a
 cut JPEG's missing rows with flat grey without an error, so the intake checks the end marker
 itself, without decoding; the end of a frame split over several fragments is the end of its last
 fragment. RLE has no end marker: the length checks are its own."""
@@ -135,10 +136,31 @@ def test_a_complete_codestream_is_accepted_with_its_padding(smear_rgb, tmp_path,
     assert pixels.decode_file(data).shape == (1, 96, 128, 3)
 
 
-def test_more_than_a_few_bytes_after_the_end_marker_are_not_padding(smear_rgb, tmp_path):
+def test_data_after_a_complete_codestream_is_not_taken_for_a_cut(smear_rgb, tmp_path, kind):
+    """A trailer a DICOMizer kept after the end marker (a camera's maker data, the boxes of a
+    JP2 file, more padding): the codestream is whole; the same bytes after a cut one are not."""
+    ds = _compressed(smear_rgb, kind, tmp_path)
+    codestream = _codestream(ds)
+    for after in (b"\x00" * 18, b"maker trailer\x01\x02\x03" * 4):
+        data = _with_frame(ds, codestream + after)
+        assert validate_image(data, **LIMITS).SOPInstanceUID == ds.SOPInstanceUID
+        _refused(_with_frame(ds, codestream[: len(codestream) * 2 // 3] + after),
+                 KINDS[kind][1])
+
+
+def test_a_thumbnails_end_marker_does_not_complete_a_cut_jpeg(smear_rgb, tmp_path):
+    """A camera's JPEG carries a whole JPEG, its thumbnail, in its APP1 segment, before the
+    image's own scan: that end marker is not the image's."""
     ds = _compressed(smear_rgb, "jpeg_baseline", tmp_path)
-    _refused(_with_frame(ds, _codestream(ds) + b"\x00" * 18), KINDS["jpeg_baseline"][1])
-    _refused(_with_frame(ds, _codestream(ds) + b"trailer\x00"), KINDS["jpeg_baseline"][1])
+    codestream = _codestream(ds)
+    thumbnail = codestream  # any complete JPEG
+    app1 = b"Exif\x00\x00" + thumbnail
+    with_thumbnail = (codestream[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1
+                      + codestream[2:])
+    whole = _with_frame(ds, with_thumbnail)
+    assert validate_image(whole, **LIMITS).SOPInstanceUID == ds.SOPInstanceUID
+    cut = with_thumbnail[: len(with_thumbnail) - len(codestream) // 3]
+    _refused(_with_frame(ds, cut), KINDS["jpeg_baseline"][1])
 
 
 @pytest.mark.parametrize("fragments", [2, 5])
