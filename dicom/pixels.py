@@ -20,6 +20,7 @@ Colour handling
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -575,7 +576,7 @@ def check_frame_ends(ds: Dataset, info: ImageInfo) -> None:
                 if len(tail) >= want:
                     break
             _check_end(info.transfer_syntax_uid, tail, index,
-                       lambda parts=fragments: b"".join(parts))
+                       functools.partial(b"".join, fragments))
             found += 1
     except DicomError:
         raise
