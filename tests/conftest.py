@@ -34,6 +34,19 @@ pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
 enforce_string_lengths()
 
 
+@pytest.fixture(autouse=True)
+def _pydicom_modes_kept() -> Iterator[None]:
+    """A test that changes pydicom's validation modes sets them back. One that did not (a
+    monkeypatch undone after tests/dicom's strict-mode fixture had restored the suite's modes)
+    left strict reading behind, and tests far from it failed. Set up before every other
+    fixture, so that it checks after all of them have ended."""
+    yield
+    modes = (pydicom.config.settings.reading_validation_mode,
+             pydicom.config.settings.writing_validation_mode)
+    assert modes == (pydicom.config.WARN, pydicom.config.RAISE), \
+        f"this test left pydicom's validation modes changed: {modes}"
+
+
 @pytest.fixture
 def port_factory() -> Callable[[], int]:
     """Hands out free loopback ports."""

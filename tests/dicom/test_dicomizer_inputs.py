@@ -134,16 +134,21 @@ def test_several_character_sets_without_code_extensions_become_utf8(tmp_path, sm
                                   "pixel_spacing_text", "specimen_not_described",
                                   "charset_not_iso_2022"])
 def test_rarely_written_sources_get_valid_result_objects(kind, tmp_path, smear_rgb, blast_mask,
-                                                         algorithm, monkeypatch) -> None:
+                                                         algorithm) -> None:
     """Each made the SEG builder fail (highdicom: a slide-coordinates image without a
     whole-slide orientation, a Pixel Spacing of one value or of text), made the SEG invalid (an
     empty Specimen Description Sequence copied), or made every object fail (the character
     set): the image was answered "could not be analysed", or not at all."""
+    strict = pydicom.config.settings.reading_validation_mode
     if kind == "pixel_spacing_text":  # read as the node reads it (strict reading refuses it)
-        monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode",
-                            pydicom.config.WARN)
-    source = pydicom.dcmread(_rarely_written(smear_rgb, tmp_path)[kind])
-    back, seg, _ = build_and_check(source, blast_mask, algorithm, tmp_path / "out")
+        # Set back here, not by monkeypatch: its undo could come after this package's
+        # strict-mode fixture has restored the suite's mode, and leave strict reading behind.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.WARN
+    try:
+        source = pydicom.dcmread(_rarely_written(smear_rgb, tmp_path)[kind])
+        back, seg, _ = build_and_check(source, blast_mask, algorithm, tmp_path / "out")
+    finally:
+        pydicom.config.settings.reading_validation_mode = strict
     # The SEG derives from and references the source under its own class (build_and_check),
     # without a frame of reference it cannot place itself in.
     assert "FrameOfReferenceUID" not in seg
