@@ -6,6 +6,7 @@ import io
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -323,27 +324,39 @@ def case(uid: str) -> Any:
 @bp.post("/cases/<uid>/amend")
 def amend(uid: str) -> Any:
     """Amend the signed case: sign it again, with the reason (``amend_case``'s rules)."""
+    form = AmendCaseForm(prefix="amend")
+
+    def act(session: Any, st: Study, name: str, kind: str) -> str:
+        amend_case(session, st, form.decision.data, stage=form.stage.data or None,
+                   comment=form.comment.data, reason=form.reason.data,
+                   user_id=current_user.user_id, actor=name, actor_kind=kind,
+                   source=client_ip())
+        return ("Amendment signed. The amended report is being made and sent to the PACS; it "
+                "replaces the earlier signed report there and at the laboratory system.")
+
+    return _signing(uid, form, act)
+
+
+def _signing(uid: str, form: Any, act: Callable[[Any, Study, str, str], str]) -> Any:
+    """A doctor's signature of the case (signing it, amending it): the form checked, then
+    ``act`` in the request's transaction, its message flashed, or its refusal; back to the
+    case."""
     if current_user.role != Role.DOCTOR:
         abort(403)
     session = db()
     st = _study_or_404(uid)
-    form = AmendCaseForm(prefix="amend")
     back = redirect(url_for("worklist.case", uid=uid))
     if not _valid(form):
         return back
     name, kind = actor()
     try:
-        amend_case(session, st, form.decision.data, stage=form.stage.data or None,
-                   comment=form.comment.data, reason=form.reason.data,
-                   user_id=current_user.user_id, actor=name, actor_kind=kind,
-                   source=client_ip())
+        message = act(session, st, name, kind)
     except (VerificationRefused, ValidationError) as exc:
         session.rollback()
         flash(str(exc), "error")
         return back
     session.commit()
-    flash("Amendment signed. The amended report is being made and sent to the PACS; it "
-          "replaces the earlier signed report there and at the laboratory system.", "success")
+    flash(message, "success")
     return back
 
 
@@ -359,29 +372,17 @@ def case_state_json(uid: str) -> Any:
 @bp.post("/cases/<uid>/sign")
 def sign(uid: str) -> Any:
     """Sign the case: accept or correct the AI's case stage (``sign_case``'s rules)."""
-    if current_user.role != Role.DOCTOR:
-        abort(403)
-    session = db()
-    st = _study_or_404(uid)
     form = SignCaseForm()
-    back = redirect(url_for("worklist.case", uid=uid))
-    if not _valid(form):
-        return back
-    name, kind = actor()
-    try:
+
+    def act(session: Any, st: Study, name: str, kind: str) -> str:
         done = sign_case(session, st, form.decision.data, stage=form.stage.data or None,
                          comment=form.comment.data, user_id=current_user.user_id,
                          actor=name, actor_kind=kind, source=client_ip())
-    except (VerificationRefused, ValidationError) as exc:
-        session.rollback()
-        flash(str(exc), "error")
-        return back
-    session.commit()
-    if done.report_queued:
-        flash("Case signed. The signed report is being made and sent to the PACS.", "success")
-    else:
-        flash("Case signed. No signed report is made: no field could be diagnosed.", "success")
-    return back
+        if done.report_queued:
+            return "Case signed. The signed report is being made and sent to the PACS."
+        return "Case signed. No signed report is made: no field could be diagnosed."
+
+    return _signing(uid, form, act)
 
 
 @bp.post("/cases/<uid>/retry-report")

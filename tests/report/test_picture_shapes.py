@@ -22,6 +22,7 @@ from reportlab.lib.units import mm
 
 from bcd_node.report import pdf
 from bcd_node.report.pdf import NotAnalysedData, ReportData, render_not_analysed, render_report
+from tests.support.reports import FULL_ROWS, VERIFIED
 from tests.support.tools import require_tool
 
 PROBABILITIES = {"Benign": 0.05, "Malignant-Early": 0.15, "Malignant-Pre": 0.7,
@@ -33,15 +34,7 @@ SHAPES = [(513, 97), (2000, 300), (1500, 500), (4000, 16), (16, 4000), (97, 513)
 NOT_ANALYSED_SIDE = 70 * mm
 #: Both reports' frame on the A4 page (points): 20 mm side margins, 15 mm top, 18 mm bottom.
 FRAME = (20 * mm, 18 * mm, 190 * mm, 282 * mm)
-_FULL = {"review_reasons": ("low confidence", "scale unknown", "unlike the training data"),
-         "institution": "Hôpital Saint-Louis, Laboratoire d'hématologie",
-         "quality_notes": "slightly blurred", "accession_number": "A-2026-0001",
-         "specimen_id": "S-77", "stain": "Wright-Giemsa", "age": "45 years", "sex": "F",
-         "scale": "0.25 µm per pixel (not stated: the configured default (scale unknown))"}
-_VERIFIED = {"verified_by": "Doe^Jane", "verified_organization": "Haematology",
-             "verified_at": dt.datetime(2026, 12, 3, 13, 0), "verified_stage": "Benign",
-             "verified_comment": "Morphology consistent with reactive lymphocytes."}
-_FULL_IDENTIFICATION = {key: _FULL[key] for key in (
+_FULL_IDENTIFICATION = {key: FULL_ROWS[key] for key in (
     "institution", "accession_number", "specimen_id", "stain", "age", "sex")}
 
 
@@ -166,9 +159,9 @@ def _check_pictures(document: bytes, side: float, count: int) -> list[Box]:
 def test_a_field_of_any_shape_gets_its_one_page_report(shape, verified, demonstration):
     """Every optional row and three review reasons: the two pictures side by side, each in the
     square a square field's picture takes, and the signature block on the one page."""
-    changes: dict = {**_FULL, "demonstration_model": demonstration}
+    changes: dict = {**FULL_ROWS, "demonstration_model": demonstration}
     if verified:
-        changes.update(_VERIFIED)
+        changes.update(VERIFIED)
     data = _report(shape, **changes)
     document = render_report(data)
     # The field drawn twice, its overlay's layer over the second drawing.
@@ -191,7 +184,7 @@ def test_a_tall_report_that_would_go_over_a_page_is_made_again_with_smaller_pict
     """A comment long enough that only the smaller pictures keep the report on one page: a
     tall field's pictures are made smaller as a square field's are."""
     sentence = "Blasts confirmed on review of the whole smear; "
-    full = _report((2000, 300), **{**_FULL, **_VERIFIED, "demonstration_model": True})
+    full = _report((2000, 300), **{**FULL_ROWS, **VERIFIED, "demonstration_model": True})
     for repeat in range(1, 40):
         data = dataclasses.replace(full, verified_comment=sentence * repeat)
         if pdf._render(data, pdf._PICTURE_SIDE[True])[1] == 2 \

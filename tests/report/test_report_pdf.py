@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bcd_node.report import NOT_FOR_CLINICAL_USE, ReportData, render_report
+from tests.support.reports import FULL_ROWS, VERIFIED
 
 pytestmark = pytest.mark.skipif(
     shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None,
@@ -505,16 +506,6 @@ def _pages(pdf: bytes) -> int:
     return len(re.findall(rb"/Type /Page\b", pdf))
 
 
-_FULL = {"review_reasons": ("low confidence", "scale unknown", "unlike the training data"),
-         "institution": "Hôpital Saint-Louis, Laboratoire d'hématologie",
-         "quality_notes": "slightly blurred", "accession_number": "A-2026-0001",
-         "specimen_id": "S-77", "stain": "Wright-Giemsa", "age": "45 years", "sex": "F",
-         "scale": "0.25 µm per pixel (not stated: the configured default (scale unknown))"}
-_VERIFIED = {"verified_by": "Doe^Jane", "verified_organization": "Haematology",
-             "verified_at": dt.datetime(2026, 12, 3, 13, 0), "verified_stage": "Benign",
-             "verified_comment": "Morphology consistent with reactive lymphocytes."}
-
-
 @pytest.mark.parametrize("verified", [False, True], ids=["unverified", "verified"])
 @pytest.mark.parametrize("extras", [False, True], ids=["plain", "every optional row"])
 @pytest.mark.parametrize("demonstration", [False, True], ids=["clinical", "demonstration"])
@@ -526,9 +517,9 @@ def test_a_field_report_is_one_page_with_its_signature_block(data, verified, ext
     one with a review reason under the banner)."""
     changes: dict = {"demonstration_model": demonstration}
     if extras:
-        changes.update(_FULL)
+        changes.update(FULL_ROWS)
     if verified:
-        changes.update(_VERIFIED)
+        changes.update(VERIFIED)
     assert _pages(render_report(dataclasses.replace(data, **changes))) == 1
 
 
@@ -540,7 +531,7 @@ def test_a_report_that_would_go_over_a_page_is_made_again_with_smaller_pictures(
     from bcd_node.report import pdf
 
     sentence = "Blasts confirmed on review of the whole smear; "
-    full = dataclasses.replace(data, **{**_FULL, **_VERIFIED, "demonstration_model": True})
+    full = dataclasses.replace(data, **{**FULL_ROWS, **VERIFIED, "demonstration_model": True})
 
     def with_comment(repeat: int) -> ReportData:
         return dataclasses.replace(full, verified_comment=sentence * repeat)
