@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 
 import highdicom as hd
 import numpy as np
@@ -22,6 +21,7 @@ from dicom.algorithm import Algorithm
 from dicom.derivation import derivation_source
 from dicom.errors import DicomValidationError
 from dicom.series import ResultKind, instance_number, result_series
+from dicom.spacing import spacing_pair
 
 __all__ = ["SEGMENT_LABEL", "build_segmentation", "build_corrected_segmentation"]
 
@@ -58,15 +58,6 @@ def _check_source(source: object) -> Dataset:
     return source
 
 
-def _pixel_spacing_usable(value: object) -> bool:
-    """Whether a Pixel Spacing is what highdicom reads it as: two positive finite numbers."""
-    try:
-        values = [float(v) for v in value]  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        return False
-    return len(values) == 2 and all(math.isfinite(v) and v > 0 for v in values)
-
-
 def _spatial_source(source: Dataset) -> Dataset:
     """``source``, or a copy without what highdicom cannot read of its spatial attributes (it
     failed on them, and the image got "could not be analysed" for a SEG it could have had):
@@ -84,7 +75,7 @@ def _spatial_source(source: Dataset) -> Dataset:
       class (:func:`_reference_own_class`).
 
     The keywords are logged, never values."""
-    spacing = "PixelSpacing" in source and not _pixel_spacing_usable(source.PixelSpacing)
+    spacing = "PixelSpacing" in source and spacing_pair(source.PixelSpacing) is None
     slide_coordinates = str(sop.VL_SLIDE_COORDINATES_MICROSCOPIC_IMAGE)
     unplaced = (str(source.get("SOPClassUID", "")) == slide_coordinates
                 and "FrameOfReferenceUID" in source and "ImageOrientationSlide" not in source)

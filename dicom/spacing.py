@@ -29,7 +29,7 @@ from dicom.errors import DicomValidationError
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["PLAUSIBLE_UM", "PixelSize", "SOURCES", "pixel_size", "spacing_mm"]
+__all__ = ["PLAUSIBLE_UM", "PixelSize", "SOURCES", "pixel_size", "spacing_mm", "spacing_pair"]
 
 #: Pixel sizes a light-microscope image of a blood smear can have, in µm (from a 100× oil
 #: objective's sub-micron pixels to a low-power overview).
@@ -56,15 +56,24 @@ class PixelSize:
     source: str
 
 
-def _pair_um(value: Any) -> float | None:
-    """Mean of a two-valued spacing in mm, in µm; None when it is not a plausible pair."""
+def spacing_pair(value: Any) -> tuple[float, float] | None:
+    """A spacing value as the two positive finite numbers it must be (row, column); None for
+    anything else (one value, text, zero)."""
     try:
         values = [float(v) for v in value]
     except (TypeError, ValueError):
         return None
     if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
         return None
-    um = 1000.0 * (values[0] + values[1]) / 2.0
+    return values[0], values[1]
+
+
+def _pair_um(value: Any) -> float | None:
+    """Mean of a two-valued spacing in mm, in µm; None when it is not a plausible pair."""
+    pair = spacing_pair(value)
+    if pair is None:
+        return None
+    um = 1000.0 * (pair[0] + pair[1]) / 2.0
     return um if PLAUSIBLE_UM[0] <= um <= PLAUSIBLE_UM[1] else None
 
 
