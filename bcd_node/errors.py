@@ -13,7 +13,9 @@ The :mod:`dicom` library has its own, as it imports nothing of the service:
 
 Anything else (a bare ``ValueError``, ``TypeError`` or ``KeyError``) is a bug, not bad input:
 the workers retry it a bounded number of times and log its traceback, and the command line
-shows it as the crash it is instead of as a user's mistake.
+shows it as the crash it is instead of as a user's mistake. Where a step is a function of its
+input alone (building an image's outputs), such a bug comes back on every attempt: that step
+raises it as a :class:`RepeatableError`, which fails the job at once with its traceback logged.
 """
 
 
@@ -23,6 +25,13 @@ class BcdError(Exception):
 
 class PermanentError(BcdError):
     """An error that a retry cannot fix (invalid input, unsupported data)."""
+
+
+class RepeatableError(PermanentError):
+    """A bug (not one of the node's own errors) in a step that depends on its input alone, so
+    that a retry would raise it again: the job fails at once, its image is answered "could not
+    be analysed" without waiting for every attempt, and the log shows the traceback of its
+    cause (its ``__cause__``)."""
 
 
 class ValidationError(PermanentError, ValueError):

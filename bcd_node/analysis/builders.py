@@ -52,12 +52,14 @@ from bcd_node.analysis.findings import (
     decode_for_analysis,
 )
 from bcd_node.analysis.publish import dicom_bytes
+from bcd_node.errors import BcdError, RepeatableError, error_text
 from bcd_node.heap import freeze_loaded
 from bcd_node.records.cells import split_cells
 from bcd_node.report.pictures import channels, check_picture, filtered_rows_deflated
 from bcd_node.store.storage import Store, write_folder
 from dicom import describe
 from dicom.algorithm import Algorithm
+from dicom.errors import DicomError
 from dicom.pixels import read_dataset, without_pixels
 
 LOGGER = logging.getLogger(__name__)
@@ -478,7 +480,24 @@ def build(request: BuildRequest) -> Built:
     StorageFullError
         Writing would leave less than ``storage.min_free_disk`` free: the files written before
         stay (named, not referred to), as a :class:`~bcd_node.store.storage.BatchWrite`'s do.
+    OSError, MemoryError
+        The machine's fault (the disk, the memory): the job is tried again.
+    dicom.errors.DicomError, bcd_node.errors.BcdError
+        As raised: a builder refused its input (the job fails at once), or the node's own.
+    bcd_node.errors.RepeatableError
+        Any other error (a bug, e.g. a library refusing a value that the node passed on): the
+        outputs depend on the request alone, so a retry would raise it again, and the image is
+        answered "could not be analysed" at once. Its cause is the error.
     """
+    try:
+        return _build(request)
+    except (OSError, MemoryError, BcdError, DicomError):
+        raise
+    except Exception as exc:
+        raise RepeatableError(f"cannot build the results: {error_text(exc)}") from exc
+
+
+def _build(request: BuildRequest) -> Built:
     analysis = build_analysis(request.dataset, request.images, request.predictions,
                               algorithm=request.algorithm,
                               review_threshold=request.review_threshold,

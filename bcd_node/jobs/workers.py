@@ -1,7 +1,9 @@
 """Worker threads: claim a job, run it through the pipeline, record the outcome.
 
 Errors decide what happens to a job: a :class:`~bcd_node.errors.PermanentError` (bad input, a
-builder refusing invalid data) fails it at once with its reason; anything else is retried after
+builder refusing invalid data, a :class:`~bcd_node.errors.RepeatableError`: a bug that a retry
+would meet again, logged with its traceback) fails it at once with its reason; anything else is
+retried after
 ``workers.retry_delay`` until ``workers.max_attempts``. Each failed attempt is logged in one
 line without a traceback (the traceback is at DEBUG); a job that fails for good is logged once,
 as a warning, with its reason (and the traceback when the error was not one of the node's own,
@@ -33,7 +35,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from bcd_node.errors import BcdError, PermanentError, error_text
+from bcd_node.errors import BcdError, PermanentError, RepeatableError, error_text
 from bcd_node.jobs import queue
 from bcd_node.jobs.leases import LeaseKeeper
 from bcd_node.jobs.queue import Claimed, LeaseLostError
@@ -216,7 +218,9 @@ class Workers:
                 recorded = queue.fail(session, job, str(exc))
             if not recorded:
                 return self._lost(what, f"its failure is not recorded here: {exc}")
-            LOGGER.warning("%s failed: %s", what, exc)
+            LOGGER.warning("%s failed: %s", what, exc,
+                           exc_info=(type(exc), exc, exc.__traceback__)
+                           if isinstance(exc, RepeatableError) else None)
             if self.on_failed is not None:
                 self.on_failed(job)
             return "failed"

@@ -6,6 +6,7 @@ image read and decoded there too as workers.decode_in_builders says)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -265,6 +266,61 @@ def test_a_job_that_fails_in_a_batch_fails_alone(nodes: dict[str, NodeContext],
     results = _results(context)
     assert set(results) == set(fine)
     assert all(r["stage"] is not None for r in results.values())
+
+
+class Unbuildable(Counting):
+    """The real predictor, whose prediction of the image whose top-left pixel is ``broken``
+    has no quality: building its outputs then raises an AttributeError, as a bug that meets
+    one input would, every time."""
+
+    def __init__(self, predictor: Any, broken: tuple[int, int, int]) -> None:
+        super().__init__(predictor)
+        self.broken = broken
+
+    def predict(self, images: list[np.ndarray], um_per_pixel=None) -> list[Any]:
+        out = super().predict(images, um_per_pixel)
+        return [dataclasses.replace(p, quality=None) if tuple(img[0, 0]) == self.broken else p
+                for img, p in zip(images, out)]
+
+
+@pytest.mark.parametrize("builders", [0, pytest.param(2, marks=pytest.mark.slow)],
+                         ids=["built in the worker", "built in a pool"])
+def test_an_error_in_building_an_images_outputs_fails_its_job_at_once(
+        nodes: dict[str, NodeContext], predictor: Any, builders: int,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Building an image's outputs depends on its request alone, so an error there (a bug:
+    here an AttributeError) would come back on every attempt: the job fails at once, its image
+    is answered "could not be analysed" now rather than after workers.max_attempts, the log
+    shows the error's traceback, and the batch's other jobs are done."""
+    context = nodes["batch"]
+    jobs = _jobs(context)
+    [broken, *fine] = sorted(jobs)
+    data = Path(context.settings.storage.data_dir)
+    with context.session_factory() as s:
+        path = s.execute(select(Instance.path).where(
+            Instance.sop_instance_uid == broken)).scalar_one()
+    pixel = tuple(pydicom.dcmread(data / path).pixel_array[0, 0].tolist())
+    pool = Builders(builders)
+    try:
+        with caplog.at_level("WARNING", logger="bcd_node.jobs.workers"):
+            assert _workers(context, Unbuildable(predictor, pixel), pool).step("test-worker")
+    finally:
+        pool.close()
+
+    after = _jobs(context)
+    assert (after[broken].state, after[broken].attempts) == (JobState.FAILED, 1)
+    assert str(after[broken].last_error).startswith(
+        "cannot build the results: AttributeError: 'NoneType' object has no attribute"), \
+        after[broken].last_error
+    assert {after[uid].state for uid in fine} == {JobState.DONE}
+    with context.session_factory() as s:
+        stages = dict(s.execute(select(Instance.sop_instance_uid, Result.stage).join(
+            Result, Result.instance_fk == Instance.id)).all())
+    assert set(stages) == set(jobs)  # the broken one answered "could not be analysed"
+    assert stages[broken] is None and all(stages[uid] is not None for uid in fine)
+    [failed] = [r for r in caplog.records if "failed: cannot build the results" in r.message]
+    assert failed.exc_info is not None
+    assert "AttributeError" in caplog.text and "Traceback" in caplog.text
 
 
 def test_a_batch_whose_files_cannot_be_made_durable_publishes_nothing(
