@@ -14,6 +14,10 @@ pixel, from (in this order):
 The spacing attributes are in mm, row spacing first; a value that is missing, not two positive
 numbers, or outside :data:`PLAUSIBLE_UM` is passed over (the next source is tried), so a broken
 attribute never scales an image absurdly.
+
+A pixel need not be square (a row spacing other than the column spacing): its size is then the
+pair (:attr:`PixelSize.size`), so that an image is resampled along each axis by its own spacing
+and its cells keep their shape; what is recorded and reported is the mean of the two.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from dicom.errors import DicomValidationError
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["PLAUSIBLE_UM", "PixelSize", "SOURCES", "pixel_size", "spacing_mm", "spacing_pair"]
+__all__ = ["PLAUSIBLE_UM", "PixelSize", "PixelUm", "SOURCES", "mean_um", "pixel_size",
+           "spacing_mm", "spacing_pair"]
 
 #: Pixel sizes a light-microscope image of a blood smear can have, in µm (from a 100× oil
 #: objective's sub-micron pixels to a low-power overview).
@@ -38,6 +43,18 @@ PLAUSIBLE_UM = (0.02, 50.0)
 #: The sources, by the name :class:`PixelSize` reports.
 SOURCES = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing",
            "ImagedVolume")
+
+
+#: A pixel's size in µm: one number for a square pixel, or (row spacing, column spacing) for one
+#: that is not square (Pixel Spacing's order).
+PixelUm = float | tuple[float, float]
+
+
+def mean_um(size: PixelUm | None) -> float | None:
+    """The mean of a pixel size's two spacings (the size of a square pixel as it is)."""
+    if size is None or not isinstance(size, tuple):
+        return size
+    return (size[0] + size[1]) / 2.0
 
 
 @dataclass(frozen=True)
@@ -50,10 +67,22 @@ class PixelSize:
         The mean of the row and column spacing, in µm.
     source : str
         One of :data:`SOURCES`: the attribute it was read from.
+    spacing_um : tuple of float, optional
+        The row spacing (a pixel's height) and column spacing (its width), in µm; None: a
+        square pixel of ``um_per_pixel``.
     """
 
     um_per_pixel: float
     source: str
+    spacing_um: tuple[float, float] | None = None
+
+    @property
+    def size(self) -> PixelUm:
+        """The size to resample the image by: ``um_per_pixel`` for a square pixel, else
+        ``spacing_um``."""
+        if self.spacing_um is None or self.spacing_um[0] == self.spacing_um[1]:
+            return self.um_per_pixel
+        return self.spacing_um
 
 
 def spacing_pair(value: Any) -> tuple[float, float] | None:
@@ -68,13 +97,16 @@ def spacing_pair(value: Any) -> tuple[float, float] | None:
     return values[0], values[1]
 
 
-def _pair_um(value: Any) -> float | None:
-    """Mean of a two-valued spacing in mm, in µm; None when it is not a plausible pair."""
+def _pair_um(value: Any, source: str) -> PixelSize | None:
+    """The pixel size of a two-valued spacing in mm; None when it is not a plausible pair
+    (either spacing outside :data:`PLAUSIBLE_UM`)."""
     pair = spacing_pair(value)
     if pair is None:
         return None
-    um = 1000.0 * (pair[0] + pair[1]) / 2.0
-    return um if PLAUSIBLE_UM[0] <= um <= PLAUSIBLE_UM[1] else None
+    if not all(PLAUSIBLE_UM[0] <= 1000.0 * v <= PLAUSIBLE_UM[1] for v in pair):
+        return None
+    return PixelSize(1000.0 * (pair[0] + pair[1]) / 2.0, source,
+                     (1000.0 * pair[0], 1000.0 * pair[1]))
 
 
 def _functional_groups_spacing(ds: Dataset) -> Any:
@@ -86,7 +118,7 @@ def _functional_groups_spacing(ds: Dataset) -> Any:
     return None
 
 
-def _imaged_volume_um(ds: Dataset) -> float | None:
+def _imaged_volume_um(ds: Dataset) -> PixelSize | None:
     try:
         width, height = float(ds.ImagedVolumeWidth), float(ds.ImagedVolumeHeight)
         columns, rows = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
@@ -94,7 +126,7 @@ def _imaged_volume_um(ds: Dataset) -> float | None:
         return None
     if not (columns > 0 and rows > 0):
         return None
-    return _pair_um([height / rows, width / columns])
+    return _pair_um([height / rows, width / columns], "ImagedVolume")
 
 
 def pixel_size(ds: Dataset) -> PixelSize | None:
@@ -119,13 +151,12 @@ def pixel_size(ds: Dataset) -> PixelSize | None:
     for source, value in candidates:
         if value is None:
             continue
-        um = _pair_um(value)
-        if um is not None:
-            return PixelSize(um, source)
+        size = _pair_um(value, source)
+        if size is not None:
+            return size
         LOGGER.warning("%s of %s is not a plausible pixel spacing (%r); passed over", source,
                        ds.get("SOPInstanceUID", "?"), value)
-    um = _imaged_volume_um(ds)
-    return PixelSize(um, "ImagedVolume") if um is not None else None
+    return _imaged_volume_um(ds)
 
 
 def spacing_mm(um_per_pixel: float) -> list[str]:

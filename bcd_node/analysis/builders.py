@@ -61,6 +61,7 @@ from dicom import describe
 from dicom.algorithm import Algorithm
 from dicom.errors import DicomError
 from dicom.pixels import read_dataset, without_pixels
+from dicom.spacing import PixelUm
 
 LOGGER = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class BuildRequest:
     #: The time zone the PDF report shows times in (``web.timezone``).
     timezone: dt.tzinfo | None = None
     #: The image's pixel size in µm and where it came from (findings.image_scale).
-    um_per_pixel: float | None = None
+    um_per_pixel: PixelUm | None = None
     scale_source: str | None = None
     #: Where the files go: with ``folder`` (under the data folder), :func:`build` writes them
     #: there as a :class:`~bcd_node.store.storage.BatchWrite` of the caller would, fsyncing

@@ -39,7 +39,7 @@ from dicom.outputs import (
 )
 from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_dataset
 from dicom.sop import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
-from dicom.spacing import pixel_size
+from dicom.spacing import PixelUm, mean_um, pixel_size
 from dicom.sr import Findings
 
 OVERLAY_COLOUR = np.array([255, 0, 64], np.float32)
@@ -84,7 +84,7 @@ class Analyzer(Protocol):
     def model_info(self) -> dict[str, Any]: ...
 
     def predict(self, images: list[np.ndarray],
-                um_per_pixel: float | Sequence[float | None] | None = None
+                um_per_pixel: PixelUm | Sequence[PixelUm | None] | None = None
                 ) -> Sequence[PredictionLike]: ...
 
 
@@ -362,17 +362,19 @@ def analyze_dataset(ds: Dataset, analyzer: Analyzer, *, algorithm: Algorithm,
                           um_per_pixel=um, scale_source=source)
 
 
-def image_scale(ds: Dataset, default_um_per_pixel: float | None) -> tuple[float | None, str]:
-    """The pixel size of image ``ds`` and where it came from (:func:`dicom.spacing.pixel_size`;
+def image_scale(ds: Dataset, default_um_per_pixel: float | None
+                ) -> tuple[PixelUm | None, str]:
+    """The pixel size of image ``ds`` and where it came from (:func:`dicom.spacing.pixel_size`,
+    as the predictor resamples by it: its (row, column) spacings when the pixel is not square;
     without one ``default_um_per_pixel``, from :data:`SCALE_DEFAULT`)."""
     stated = pixel_size(ds)
     if stated is not None:
-        return stated.um_per_pixel, stated.source
+        return stated.size, stated.source
     return default_um_per_pixel, SCALE_DEFAULT
 
 
 def predict_each(analyzer: Analyzer, batch: Sequence[list[np.ndarray]],
-                 sizes: Sequence[float | None] | None = None
+                 sizes: Sequence[PixelUm | None] | None = None
                  ) -> list[Sequence[PredictionLike] | Exception]:
     """The predictions of several images' frames, in one batched prediction over all of them.
 
@@ -409,13 +411,14 @@ def build_analysis(ds: Dataset, images: list[np.ndarray],
                    review_threshold: float, uid_root: str, demonstration_model: bool = True,
                    revision: int = 0, supersedes: list[Dataset] | None = None,
                    field_number: int | None = None,
-                   timezone: dt.tzinfo | None = None, um_per_pixel: float | None = None,
+                   timezone: dt.tzinfo | None = None, um_per_pixel: PixelUm | None = None,
                    scale_source: str | None = None) -> Analysis:
     """What the node sends for image ``ds`` given its decoded ``images`` and their
     ``predictions`` (the arguments as for :func:`analyze_dataset`; ``um_per_pixel`` and
-    ``scale_source`` as :func:`image_scale` gives them)."""
-    combined = combine(predictions, images, review_threshold, um_per_pixel=um_per_pixel,
-                       scale_source=scale_source)
+    ``scale_source`` as :func:`image_scale` gives them; a pixel that is not square is recorded
+    and reported by the mean of its two spacings)."""
+    combined = combine(predictions, images, review_threshold,
+                       um_per_pixel=mean_um(um_per_pixel), scale_source=scale_source)
     over = overlay_layer(combined.masks[0])
     if combined.stage is None or combined.probabilities is None:
         # The quality gate refused it: the sender still gets an answer, saying why.

@@ -67,6 +67,7 @@ from bcd_node.store.storage import BatchWrite
 from dicom.errors import DicomError
 from dicom.nondiagnostic import NonDiagnostic
 from dicom.pixels import read_dataset, without_pixels
+from dicom.spacing import PixelUm
 from dicom.sr import document_reference
 from dicom.stages import Stage
 
@@ -85,7 +86,7 @@ class Prepared(NamedTuple):
     supersedes: list[Dataset]
     field_number: int
     #: The image's pixel size in µm and where it came from (findings.image_scale).
-    um_per_pixel: float | None = None
+    um_per_pixel: PixelUm | None = None
     scale_source: str | None = None
 
 

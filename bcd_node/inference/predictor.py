@@ -35,6 +35,7 @@ from bcd_node.inference.spec import (
     REASON_UNLIKE_TRAINING,
     blasts_contradict_stage,
 )
+from dicom.spacing import PixelUm
 
 LOGGER = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ class Predictor:
         return (np.concatenate(stages), np.concatenate(masks),
                 np.concatenate(features) if features else None)
 
-    def embeddings(self, images: list[Any], um_per_pixel: float | None,
+    def embeddings(self, images: list[Any], um_per_pixel: PixelUm | None,
                    layer: str = EMBEDDING_LAYER) -> np.ndarray:
         """The embedding of each image (mean over its tiles), as the predictor brings it to the
         model: resampled from ``um_per_pixel``, tiled. For fitting the density model."""
@@ -276,7 +277,7 @@ class Predictor:
         out = []
         for raw in images:
             img = self._to_model_resolution(pp.to_rgb_uint8(raw),
-                                            self.resample_factor(um_per_pixel))
+                                            self.resample_factors(um_per_pixel))
             tiles, _, _ = self._tiles_of(pp.prepare(img, self.stain_normalize,
                                                     self.denoise_strength))
             _, _, features = self._run(tiles)
@@ -284,18 +285,20 @@ class Predictor:
             out.append(features.mean(axis=0))
         return np.stack(out)
 
-    def resample_factor(self, um_per_pixel: float | None) -> float:
-        """How much an input of ``um_per_pixel`` is enlarged to reach the model's resolution
-        (1 when either is unknown)."""
+    def resample_factors(self, um_per_pixel: PixelUm | None) -> tuple[float, float]:
+        """How much an input of ``um_per_pixel`` is enlarged to reach the model's resolution,
+        down its rows and across its columns (1 when either size is unknown)."""
         if um_per_pixel is None or self.model_um_per_pixel is None:
-            return 1.0
-        return float(um_per_pixel) / self.model_um_per_pixel
+            return 1.0, 1.0
+        rows, columns = _row_column(um_per_pixel)
+        return rows / self.model_um_per_pixel, columns / self.model_um_per_pixel
 
-    def _to_model_resolution(self, image: np.ndarray, factor: float) -> np.ndarray:
-        if abs(factor - 1.0) < 1e-3:
+    def _to_model_resolution(self, image: np.ndarray,
+                             factors: tuple[float, float]) -> np.ndarray:
+        if all(abs(f - 1.0) < 1e-3 for f in factors):
             return image
         h, w = image.shape[:2]
-        size = (max(1, round(h * factor)), max(1, round(w * factor)))
+        size = (max(1, round(h * factors[0])), max(1, round(w * factors[1])))
         if size[0] * size[1] > MAX_RESAMPLED_PIXELS:
             raise ValidationError(f"the image ({w} x {h} pixels) would be {size[1]} x {size[0]} "
                                   "pixels at the model's resolution: too large to analyse")
@@ -326,25 +329,29 @@ class Predictor:
         return tiles, tiling, None
 
     def predict(self, images: list[Any],
-                um_per_pixel: float | Sequence[float | None] | None = None) -> list[Prediction]:
+                um_per_pixel: PixelUm | Sequence[PixelUm | None] | None = None
+                ) -> list[Prediction]:
         """Analyse decoded images (any of :func:`preprocess.to_rgb_uint8`'s inputs), batched.
 
         Parameters
         ----------
         images : list
-        um_per_pixel : float or sequence of (float or None), optional
-            Each image's pixel size in µm (one for all, or one per image); None: unknown, the
-            default is used and the result needs review ("scale unknown"). Each image is
-            resampled to the model's resolution before the quality gate and the tiling; the
-            mask comes back on the input's grid.
+        um_per_pixel : float, (float, float) or sequence of those or None, optional
+            Each image's pixel size in µm (one for all, or a list of one per image), or for
+            pixels that are not square a tuple (row spacing, column spacing) in µm, as a Pixel
+            Spacing gives them; None: unknown, the default is used and the result needs
+            review ("scale unknown"). Each image is resampled to the model's resolution
+            before the quality gate and the tiling, each axis by its own spacing (so that a
+            cell keeps its shape); the mask comes back on the input's grid. A prediction's
+            ``um_per_pixel`` is the mean of the two spacings.
 
         Returns
         -------
         list of Prediction
             In the order of ``images``.
         """
-        if um_per_pixel is None or isinstance(um_per_pixel, (int, float)):
-            sizes: list[float | None] = [um_per_pixel] * len(images)
+        if um_per_pixel is None or isinstance(um_per_pixel, (int, float, tuple)):
+            sizes: list[PixelUm | None] = [um_per_pixel] * len(images)
         else:
             sizes = list(um_per_pixel)
             if len(sizes) != len(images):
@@ -355,21 +362,21 @@ class Predictor:
         plans: list[tuple[int, _Plan, int, int]] = []
         for i, raw in enumerate(images):
             stated = sizes[i]
-            if stated is not None and not (isinstance(stated, (int, float))
-                                           and math.isfinite(stated) and stated > 0):
-                raise ValidationError(f"um_per_pixel must be > 0, got {stated!r}")
+            if stated is not None:
+                _row_column(stated)  # refuses what is not a size
             used = stated if stated is not None else self.default_um_per_pixel
+            mean_um = None if used is None else sum(_row_column(used)) / 2.0
             img = pp.to_rgb_uint8(raw)
             original = img.shape[:2]
-            img = self._to_model_resolution(img, self.resample_factor(used))
+            img = self._to_model_resolution(img, self.resample_factors(used))
             quality = pp.assess_quality(img, self.quality)
             if not quality.ok:
                 results[i] = Prediction(None, None, None, None, None, quality, True,
-                                        um_per_pixel=used, scale_known=stated is not None)
+                                        um_per_pixel=mean_um, scale_known=stated is not None)
                 continue
             img = pp.prepare(img, self.stain_normalize, self.denoise_strength)
             tiles, tiling, padding = self._tiles_of(img)
-            plan = _Plan(img.shape[:2], original, tiling, padding, quality, used,
+            plan = _Plan(img.shape[:2], original, tiling, padding, quality, mean_um,
                          stated is not None)
             plans.append((i, plan, sum(len(t) for t in tiles_all), len(tiles)))
             tiles_all.append(tiles)
@@ -436,6 +443,22 @@ class Predictor:
             ood_score=ood_score,
             review_reasons=tuple(reasons),
         )
+
+
+def _row_column(size: PixelUm) -> tuple[float, float]:
+    """A pixel size as (row spacing, column spacing) in µm.
+
+    Raises
+    ------
+    ValidationError
+        ``size`` is not a positive finite number, or a pair of them.
+    """
+    values = size if isinstance(size, tuple) else (size, size)
+    if len(values) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v > 0 for v in values):
+        raise ValidationError(f"um_per_pixel must be > 0, or a pair of sizes > 0, got {size!r}")
+    return float(values[0]), float(values[1])
 
 
 @dataclass(frozen=True)

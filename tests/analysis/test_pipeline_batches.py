@@ -25,18 +25,20 @@ from tests.support.jobs import drain
 from tests.support.pipeline import alone_and_batch, received_node
 
 
-def _spaced(seed: int, um: float) -> bytes:
-    """:func:`vl_micro_bytes` with a Pixel Spacing of ``um`` µm."""
+def _spaced(seed: int, um: float | tuple[float, float]) -> bytes:
+    """:func:`vl_micro_bytes` with a Pixel Spacing of ``um`` µm, or of (row, column) µm."""
     from dicom.spacing import spacing_mm
     from tests.support.images import part10_bytes, vl_micro
 
     ds = vl_micro(seed)
-    ds.PixelSpacing = spacing_mm(um)
+    ds.PixelSpacing = (spacing_mm(um) if not isinstance(um, tuple)
+                       else [spacing_mm(um[0])[0], spacing_mm(um[1])[0]])
     return part10_bytes(ds)
 
 
-# Two images state their pixel size (different ones), two do not: each keeps its own in a batch.
-IMAGES = [vl_micro_bytes(0), _spaced(1, 0.3), vl_micro_bytes(2), _spaced(3, 0.2)]
+# Two images state their pixel size (different ones; one of pixels that are not square, 0.16 µm
+# high and 0.24 µm wide), two do not: each keeps its own in a batch.
+IMAGES = [vl_micro_bytes(0), _spaced(1, 0.3), vl_micro_bytes(2), _spaced(3, (0.16, 0.24))]
 
 
 class Counting:
@@ -140,7 +142,7 @@ def test_jobs_in_a_batch_share_one_prediction_and_give_what_they_give_alone(
     by_alone, by_batch = _results(nodes["alone"]), _results(nodes["batch"])
     assert len(by_alone) == len(IMAGES)
     assert by_batch == by_alone  # UIDs byte for byte, stage, probabilities, masks, scale
-    assert sorted(r["scale"] for r in by_batch.values()) == [
+    assert sorted(r["scale"] for r in by_batch.values()) == [  # a mean for 0.16 x 0.24
         (0.2, "PixelSpacing", False), (0.25, "default", True), (0.25, "default", True),
         (0.3, "PixelSpacing", False)]
 

@@ -12,7 +12,7 @@ from pydicom.sequence import Sequence
 
 from dicom.dicomize import dicomize
 from dicom.errors import DicomValidationError
-from dicom.spacing import pixel_size, spacing_mm
+from dicom.spacing import mean_um, pixel_size, spacing_mm
 from tests.support.dicomcheck import write_checked
 
 
@@ -38,6 +38,44 @@ def test_each_spacing_attribute_is_read(keyword: str, value: list[str], um: floa
     found = pixel_size(ds)
     assert found is not None and found.source == source
     assert found.um_per_pixel == pytest.approx(um)
+
+
+@pytest.mark.parametrize(("keyword", "value", "size"), [
+    ("PixelSpacing", ["0.00025", "0.00025"], 0.25),                  # square: one number
+    ("PixelSpacing", ["0.0002", "0.0003"], (0.2, 0.3)),              # row, column
+    ("NominalScannedPixelSpacing", ["0.0005", "0.00025"], (0.5, 0.25)),
+])
+def test_a_pixel_that_is_not_square_is_resampled_by_each_spacing(
+        keyword: str, value: list[str], size: float | tuple[float, float]) -> None:
+    """What the predictor resamples by (PixelSize.size): one size for a square pixel, its
+    (row, column) spacings for one that is not; the mean stays what is recorded."""
+    ds = Dataset()
+    setattr(ds, keyword, value)
+    found = pixel_size(ds)
+    assert found is not None
+    assert found.size == pytest.approx(size)
+    assert isinstance(found.size, tuple) == isinstance(size, tuple)
+    assert mean_um(found.size) == pytest.approx(found.um_per_pixel)
+
+
+def test_a_whole_slide_image_of_pixels_that_are_not_square() -> None:
+    ds = Dataset()
+    ds.ImagedVolumeWidth = 2.0    # mm, over 8000 columns: 0.25 µm wide
+    ds.ImagedVolumeHeight = 2.0   # over 4000 rows: 0.5 µm high
+    ds.TotalPixelMatrixColumns = 8000
+    ds.TotalPixelMatrixRows = 4000
+    found = pixel_size(ds)
+    assert found is not None and found.source == "ImagedVolume"
+    assert found.size == pytest.approx((0.5, 0.25))
+
+
+def test_a_pair_with_one_spacing_no_microscope_has_is_passed_over() -> None:
+    """Each spacing must be plausible, not only their mean: 0.01 µm by 10 µm (a mean of
+    5 µm) is a broken attribute, not a pixel 1000 times wider than high."""
+    ds = Dataset()
+    ds.PixelSpacing = ["0.00001", "0.01"]
+    ds.ImagerPixelSpacing = ["0.0005", "0.0005"]
+    assert pixel_size(ds).source == "ImagerPixelSpacing"
 
 
 def test_pixel_measures_of_a_multi_frame_image_are_read() -> None:

@@ -60,6 +60,33 @@ def test_a_field_at_another_pixel_size_comes_out_like_the_original(
         assert result.scale_known and REASON_SCALE_UNKNOWN not in result.review_reasons
 
 
+@pytest.mark.parametrize(("rows", "columns"), [(2.0, 1.0), (1.0, 1.6)],
+                         ids=["twice as many rows", "columns 1.6 times"])
+def test_a_field_of_pixels_that_are_not_square_comes_out_like_the_original(
+        bundled: Predictor, rows: float, columns: float) -> None:
+    """The same field of view recorded with pixels that are not square (``rows`` times as many
+    rows, ``columns`` times as many columns): resampled along each axis by its own spacing,
+    its cells are round again, and its stage, mask and blasts are the original's. (Resampled
+    by the mean spacing, as before, its cells stayed stretched: the "twice as many rows" field
+    lost its stage or its mask.)"""
+    originals = bundled.predict(_fields(1.0), um_per_pixel=synth.UM_PER_PIXEL)
+    for original, image in zip(originals, _fields(1.0)):
+        h, w = image.shape[:2]
+        stretched = cv2.resize(image, (round(w * columns), round(h * rows)),
+                               interpolation=cv2.INTER_LINEAR)
+        size = (synth.UM_PER_PIXEL / rows, synth.UM_PER_PIXEL / columns)
+        [result] = bundled.predict([stretched], um_per_pixel=size)
+        assert result.stage == original.stage
+        assert result.mask.shape == stretched.shape[:2]  # the input's grid, for the SEG
+        expected = cv2.resize(original.mask, stretched.shape[1::-1],
+                              interpolation=cv2.INTER_NEAREST)
+        if expected.any():
+            assert dice_scores(expected[None], result.mask[None])[0] >= MIN_MASK_DICE
+        assert abs(result.blast_count - original.blast_count) <= 1
+        assert result.um_per_pixel == pytest.approx(sum(size) / 2)
+        assert result.scale_known and REASON_SCALE_UNKNOWN not in result.review_reasons
+
+
 def test_a_dicom_field_at_1_33_gets_the_stage_of_the_field_at_the_training_resolution(
         bundled: Predictor) -> None:
     algorithm = Algorithm(name="bcd-vgg16unet-synthetic", version="1.0.0",
@@ -81,3 +108,26 @@ def test_a_dicom_field_at_1_33_gets_the_stage_of_the_field_at_the_training_resol
         unstated = analyse(magnified, None)
         assert unstated.scale_source == SCALE_DEFAULT and unstated.needs_review
         assert REASON_SCALE_UNKNOWN in unstated.review_reasons
+
+
+def test_a_dicom_field_of_pixels_that_are_not_square_gets_the_original_stage(
+        bundled: Predictor) -> None:
+    """From the image's own Pixel Spacing (row spacing half the column spacing) to the
+    predictor: each field gets the stage of its original, the mask is on the image's grid, and
+    the pixel size recorded is the mean of the two spacings."""
+    algorithm = Algorithm(name="bcd-vgg16unet-synthetic", version="1.0.0",
+                          software_version="test")
+    row_um, column_um = synth.UM_PER_PIXEL / 2, synth.UM_PER_PIXEL
+    for original, image in zip(bundled.predict(_fields(1.0), um_per_pixel=synth.UM_PER_PIXEL),
+                               _fields(1.0)):
+        h, w = image.shape[:2]
+        stretched = cv2.resize(image, (w, 2 * h), interpolation=cv2.INTER_LINEAR)
+        ds = dicomize(stretched, patient_id="P1", patient_name="Doe^Jane", specimen_id="S1",
+                      pixel_spacing_um=synth.UM_PER_PIXEL)
+        ds.PixelSpacing = [f"{row_um / 1000:.10g}", f"{column_um / 1000:.10g}"]
+        combined = analyze_dataset(ds, bundled, algorithm=algorithm, review_threshold=0.6,
+                                   uid_root="2.25").combined
+        assert combined.stage == original.stage
+        assert combined.masks.shape[1:] == stretched.shape[:2]
+        assert combined.scale_source == "PixelSpacing"
+        assert combined.um_per_pixel == pytest.approx((row_um + column_um) / 2, rel=1e-6)
