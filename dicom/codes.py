@@ -231,6 +231,7 @@ _QUALITY_FLAGS = {
     "too_bright": _private("Q-TOO-BRIGHT", "Image too bright"),
     "low_contrast": _private("Q-LOW-CONTRAST", "Image contrast too low"),
     "not_a_smear": _private("Q-NOT-SMEAR", "Not a stained blood smear"),
+    "unexpected_colours": _private("Q-COLOURS", "Colours unlike a stained smear"),
 }
 _QUALITY_OTHER = _private("Q-OTHER", "Other image quality problem")
 

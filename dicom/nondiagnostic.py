@@ -50,6 +50,8 @@ FLAG_TEXT = {
     "too_bright": "the image is too bright (over-exposed)",
     "low_contrast": "the image's contrast is too low to read",
     "not_a_smear": "the image does not look like a stained blood smear",
+    "unexpected_colours": ("the image's colours are not those of a stained smear: its red cells "
+                           "are not red (are its red and blue channels swapped?)"),
 }
 _MAX_REASON = 1024
 
@@ -67,7 +69,8 @@ class NonDiagnostic:
     ----------
     flags : Sequence[str]
         The quality gate's flags (``too_small``, ``too_blurred``, ``too_dark``, ``too_bright``,
-        ``not_a_smear``; another is coded ``Q-OTHER``).
+        ``low_contrast``, ``not_a_smear``, ``unexpected_colours``; another is coded
+        ``Q-OTHER``).
     failure : str, optional
         The reason a failed analysis gave; the image is then "could not be analysed" (coded
         ``ANALYSIS-FAILED``), not "quality insufficient".

@@ -182,9 +182,10 @@ class QualityReport:
         False means "quality insufficient": no diagnosis is made.
     flags : tuple of str
         Any of ``too_small``, ``too_blurred``, ``too_dark``, ``too_bright``, ``low_contrast``,
-        ``not_a_smear``.
+        ``not_a_smear``, ``unexpected_colours``.
     measures : dict
-        The numbers behind the flags (sharpness, brightness, smear_fraction, contrast).
+        The numbers behind the flags (sharpness, brightness, contrast, smear_fraction,
+        foreign_fraction, red_fraction).
     """
 
     ok: bool
@@ -221,18 +222,27 @@ class QualityThresholds:
     min_contrast: float = 8.0
     max_sharpness: float = 5000.0
     min_readable_contrast: float = 18.4
+    #: Under this share of red, pink or orange among a smear's coloured pixels, its red cells
+    #: are not red: its red and blue channels are swapped (a DICOMizer that wrote OpenCV's BGR
+    #: as RGB), or its stain is one the model never saw. The model was confidently wrong on 53 %
+    #: of swapped generated fields; 400 fields under every change of the shift suite measure
+    #: at least 0.33, and 87.5 % of the swapped ones less than 0.30 (``bcd-node evaluate
+    #: --shifts``; the model card).
+    min_red_fraction: float = 0.30
 
 
 def assess_quality(image: np.ndarray,
                    thresholds: QualityThresholds | None = None) -> QualityReport:
-    """The input-quality gate: too small, blurred, dark, bright, or not a blood smear.
+    """The input-quality gate: too small, blurred, dark, bright, not a blood smear, or in
+    colours unlike a stained smear's.
 
     Sharpness is the variance of the Laplacian of the grey image after resizing to a 256-pixel
     short side (so it does not depend on the image size); brightness is the mean HSV value;
     ``smear_fraction`` is the share of pixels stained pink, red, purple or blue (hue outside the
     green–yellow range, saturation ≥ 25), which a blood smear always has and most other images lack;
     ``foreign_fraction`` is the share of saturated yellow-green/green/cyan pixels, which it never
-    has.
+    has; ``red_fraction`` the share of red, pink or orange among its coloured pixels (saturation
+    ≥ 25, not green–yellow), which its red cells make the most of.
     """
     t = thresholds or QualityThresholds()
     img = to_rgb_uint8(image)
@@ -257,8 +267,15 @@ def assess_quality(image: np.ndarray,
     # 76° (OpenCV 38): a yellowish plasma background under a stain 12° off, or 1.4 times as
     # saturated, reaches 50–70° (OpenCV 25–35), and the model reads those fields.
     foreign_fraction = float((((hue >= 38) & (hue < 95)) & (sat >= 40)).mean())
+    # Eosin makes red cells, the most of a smear's coloured area, red to pink or orange; the
+    # nuclei are violet, the blasts' cytoplasm blue. With red and blue swapped, the red cells
+    # turn blue-violet.
+    coloured = (sat >= 25) & ((hue < 38) | (hue >= 95))
+    reds = int((coloured & ((hue < 38) | (hue >= 150))).sum())
+    red_fraction = reds / max(1, int(coloured.sum()))
     measures = {"sharpness": sharpness, "brightness": brightness, "contrast": contrast,
-                "smear_fraction": smear_fraction, "foreign_fraction": foreign_fraction}
+                "smear_fraction": smear_fraction, "foreign_fraction": foreign_fraction,
+                "red_fraction": red_fraction}
     if brightness < t.min_brightness:
         flags.append("too_dark")
     if brightness > t.max_brightness:
@@ -267,6 +284,8 @@ def assess_quality(image: np.ndarray,
             or foreign_fraction > t.max_foreign_fraction or sharpness > t.max_sharpness):
         # Sharpness beyond any optics means pixel noise, not a specimen.
         flags.append("not_a_smear")
+    if red_fraction < t.min_red_fraction and "not_a_smear" not in flags:
+        flags.append("unexpected_colours")
     if sharpness < t.min_sharpness and "not_a_smear" not in flags:
         flags.append("too_blurred")
     if contrast < t.min_readable_contrast and "not_a_smear" not in flags:

@@ -3,13 +3,13 @@ gate's curves.
 
 :func:`run_shifts` draws a held-out set from the generator (a seed unused in training), changes
 it the way a second lab or scanner would (magnification with and without the pixel size stated,
-stain hue and saturation, gamma, defocus, JPEG, sensor noise, darkness, contrast, and pairs of
-them), runs the predictor exactly as the node does (quality gate, resampling, review reasons) and
-reports per shift: accuracy on the fields answered, the share refused by the quality gate, the
-share flagged for review, accuracy on the fields not flagged, and the confidently-wrong rate
-(wrong, neither refused nor flagged). :func:`quality_curves` measures accuracy against blur,
-darkness and contrast with the gate off, with the gate's measures at each level, to place the
-gate's thresholds where accuracy falls below a target.
+stain hue and saturation, gamma, defocus, JPEG, sensor noise, darkness, contrast, colours read
+wrongly, and pairs of them), runs the predictor exactly as the node does (quality gate,
+resampling, review reasons) and reports per shift: accuracy on the fields answered, the share
+refused by the quality gate, the share flagged for review, accuracy on the fields not flagged,
+and the confidently-wrong rate (wrong, neither refused nor flagged). :func:`quality_curves`
+measures accuracy against blur, darkness and contrast with the gate off, with the gate's
+measures at each level, to place the gate's thresholds where accuracy falls below a target.
 """
 
 from __future__ import annotations
@@ -97,6 +97,19 @@ def contrast(factor: float) -> Transform:
     return apply
 
 
+def red_blue_swapped(img: np.ndarray, _i: int) -> np.ndarray:
+    """Red and blue channels swapped: OpenCV's BGR written as RGB (a DICOMizer's mistake)."""
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def rgb_read_as_ybr(img: np.ndarray, _i: int) -> np.ndarray:
+    """RGB pixels whose Photometric Interpretation says YBR_FULL: the reader converts them as
+    Y, Cb, Cr (OpenCV's order is Y, Cr, Cb)."""
+    out: np.ndarray = cv2.cvtColor(np.ascontiguousarray(img[..., [0, 2, 1]]),
+                                   cv2.COLOR_YCrCb2RGB)
+    return out
+
+
 def chain(*steps: Transform) -> Transform:
     """Several transforms, in order."""
     def apply(img: np.ndarray, i: int) -> np.ndarray:
@@ -130,7 +143,8 @@ class Shift:
 def suite() -> list[Shift]:
     """The fixed suite: none; magnification x0.75, x0.85, x1.2, x1.33 with and without the
     pixel size stated; hue +-12; saturation x0.6, x1.4; gamma 0.75, 1.3; blur sigma 1, 2, 2.5,
-    3; JPEG 30; noise sigma 8; darkness x0.7; contrast x0.6; and pairs of them."""
+    3; JPEG 30; noise sigma 8; darkness x0.7; contrast x0.6; red and blue swapped; RGB read as
+    YBR_FULL; and pairs of them."""
     shifts = [Shift("none")]
     for m in (0.75, 0.85, 1.2, 1.33):
         shifts.append(Shift(f"magnification x{m}", m, True))
@@ -141,7 +155,9 @@ def suite() -> list[Shift]:
                     ("blur sigma 1", blur(1)), ("blur sigma 2", blur(2)),
                     ("blur sigma 2.5", blur(2.5)), ("blur sigma 3", blur(3)),
                     ("JPEG 30", jpeg(30)), ("noise sigma 8", noise(8)),
-                    ("darkness x0.7", darkness(0.7)), ("contrast x0.6", contrast(0.6))):
+                    ("darkness x0.7", darkness(0.7)), ("contrast x0.6", contrast(0.6)),
+                    ("red and blue swapped", red_blue_swapped),
+                    ("RGB read as YBR_FULL", rgb_read_as_ybr)):
         shifts.append(Shift(name, transform=t))
     shifts += [
         Shift("x1.2 + hue +12", 1.2, True, hue(12)),
@@ -229,7 +245,7 @@ def quality_curves(predictor: Predictor, count: int,
     gate, predictor.quality = predictor.quality, pp.QualityThresholds(
         min_side=1, min_sharpness=0.0, min_brightness=0.0, max_brightness=256.0,
         min_smear_fraction=0.0, max_foreign_fraction=1.0, min_contrast=0.0,
-        max_sharpness=float("inf"), min_readable_contrast=0.0)
+        max_sharpness=float("inf"), min_readable_contrast=0.0, min_red_fraction=0.0)
     rows = []
     try:
         for name, (make, levels) in CURVES.items():

@@ -117,6 +117,28 @@ def test_green_is_foreign(field: np.ndarray) -> None:
     assert "not_a_smear" in report.flags and report.measures["foreign_fraction"] > 0.9
 
 
+def test_a_smear_whose_red_and_blue_are_swapped_is_refused_for_its_colours() -> None:
+    """A DICOMizer that writes OpenCV's BGR as RGB makes red cells blue-violet; the model was
+    confidently wrong on half such fields. The gate refuses such a field ("unexpected_colours")
+    and passes the same fields under the shift suite's changes of stain (hue, saturation,
+    gamma), which the model reads."""
+    from bcd_node.inference.ood_fit import synthetic_fields
+    from bcd_node.inference.shifts import chain, gamma, hue, red_blue_swapped, saturation
+
+    images, _ = synthetic_fields(3, 40)
+    refused = 0
+    for i, image in enumerate(images):
+        for change in (hue(12), hue(-12), chain(hue(-12), saturation(0.6)), gamma(0.75)):
+            report = pp.assess_quality(change(image, i))
+            assert report.ok, (i, report.flags, report.measures)
+        swapped = pp.assess_quality(red_blue_swapped(image, i))
+        if "unexpected_colours" in swapped.flags:
+            refused += 1
+            assert not swapped.ok
+            assert swapped.measures["red_fraction"] < pp.QualityThresholds().min_red_fraction
+    assert refused >= 30  # 87.5 % of the suite's 400 fields
+
+
 @pytest.mark.parametrize("degrade, flag", [
     (lambda x: cv2.GaussianBlur(x, (0, 0), 12), "too_blurred"),
     (lambda x: (x * 0.2).astype(np.uint8), "too_dark"),

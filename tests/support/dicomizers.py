@@ -386,6 +386,12 @@ def build_corpus(rgb: np.ndarray, folder: Path) -> list[CorpusInput]:
     add("img2dcm_nsc_jpeg", img2dcm(rgb, folder, "img2dcm_nsc_jpeg", "-nsc"))
     add("img2dcm_keep_appn", img2dcm(rgb, folder, "img2dcm_keep_appn", "--keep-appn"))
     add("img2dcm_vlp_jpeg", img2dcm(rgb, folder, "img2dcm_vlp_jpeg", "-vlp"))
+    # A picture saved from OpenCV's BGR array as if it were RGB: its red cells are blue. The
+    # model was confidently wrong on half such fields; the quality gate refuses them for their
+    # colours ("unexpected_colours").
+    add("img2dcm_red_blue_swapped",
+        img2dcm(np.ascontiguousarray(rgb[..., ::-1]), folder, "img2dcm_red_blue_swapped",
+                image_format="BMP"), NON_DIAGNOSTIC)
     # DCMTK codecs and transfer syntaxes, from the native SC.
     for kind, tool, options in (
             ("dcmcjpeg_baseline", "dcmcjpeg", ("+eb",)),
