@@ -51,7 +51,8 @@ FLAG_TEXT = {
     "low_contrast": "the image's contrast is too low to read",
     "not_a_smear": "the image does not look like a stained blood smear",
     "unexpected_colours": ("the image's colours are not those of a stained smear: its red cells "
-                           "are not red (are its red and blue channels swapped?)"),
+                           "are not red, or its background is not pale (are its pixels read "
+                           "wrongly: red and blue swapped, or RGB read as YBR?)"),
 }
 _MAX_REASON = 1024
 

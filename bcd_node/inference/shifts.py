@@ -245,7 +245,8 @@ def quality_curves(predictor: Predictor, count: int,
     gate, predictor.quality = predictor.quality, pp.QualityThresholds(
         min_side=1, min_sharpness=0.0, min_brightness=0.0, max_brightness=256.0,
         min_smear_fraction=0.0, max_foreign_fraction=1.0, min_contrast=0.0,
-        max_sharpness=float("inf"), min_readable_contrast=0.0, min_red_fraction=0.0)
+        max_sharpness=float("inf"), min_readable_contrast=0.0, min_red_fraction=0.0,
+        max_background_saturation=256.0)
     rows = []
     try:
         for name, (make, levels) in CURVES.items():

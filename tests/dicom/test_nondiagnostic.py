@@ -54,7 +54,7 @@ def test_reasons_are_coded_and_said_in_words() -> None:
     why = NonDiagnostic(flags=("too_blurred", "not_a_smear", "something_new",
                                "unexpected_colours"))
     assert [c.value for c in why.codes] == ["Q-BLURRED", "Q-NOT-SMEAR", "Q-OTHER", "Q-COLOURS"]
-    assert "its red cells are not red (are its red and blue channels swapped?)" in why.text
+    assert "its red cells are not red, or its background is not pale" in why.text
     assert why.text.startswith("Not analysed: quality insufficient: the image is out of focus")
     assert "something new" in why.text
     failed = NonDiagnostic(failure="cannot decode the image: bad JPEG")

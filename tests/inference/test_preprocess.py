@@ -128,7 +128,8 @@ def test_a_smear_whose_red_and_blue_are_swapped_is_refused_for_its_colours() -> 
     images, _ = synthetic_fields(3, 40)
     refused = 0
     for i, image in enumerate(images):
-        for change in (hue(12), hue(-12), chain(hue(-12), saturation(0.6)), gamma(0.75)):
+        for change in (hue(12), hue(-12), chain(hue(-12), saturation(0.6)), gamma(0.75),
+                       saturation(1.4), chain(gamma(1.3), saturation(1.4))):
             report = pp.assess_quality(change(image, i))
             assert report.ok, (i, report.flags, report.measures)
         swapped = pp.assess_quality(red_blue_swapped(image, i))
@@ -137,6 +138,25 @@ def test_a_smear_whose_red_and_blue_are_swapped_is_refused_for_its_colours() -> 
             assert not swapped.ok
             assert swapped.measures["red_fraction"] < pp.QualityThresholds().min_red_fraction
     assert refused >= 30  # 87.5 % of the suite's 400 fields
+
+
+def test_rgb_pixels_read_as_ybr_are_refused_for_their_colours() -> None:
+    """RGB pixels whose Photometric Interpretation says YBR_FULL, converted by the reader as
+    such, turn the pale plasma magenta; the model was confidently wrong on 14 % of such
+    fields. The gate refuses every one, for its colours where nothing else refused it."""
+    from bcd_node.inference.ood_fit import synthetic_fields
+    from bcd_node.inference.shifts import rgb_read_as_ybr
+
+    images, _ = synthetic_fields(3, 40)
+    limit = pp.QualityThresholds().max_background_saturation
+    for i, image in enumerate(images):
+        original = pp.assess_quality(image)
+        assert original.measures["background_saturation"] < limit - 20
+        report = pp.assess_quality(rgb_read_as_ybr(image, i))
+        assert not report.ok
+        assert report.flags == ("not_a_smear",) or "unexpected_colours" in report.flags, \
+            report.flags
+        assert report.measures["background_saturation"] > limit
 
 
 @pytest.mark.parametrize("degrade, flag", [

@@ -416,6 +416,12 @@ def build_corpus(rgb: np.ndarray, folder: Path) -> list[CorpusInput]:
                                           patient_id="YBR-FULL"))
     add("pydicom_rgb_native", pydicom_image(rgb, "RGB", 8, folder / "rgb.dcm",
                                             patient_id="RGB"))
+    # RGB pixels labelled YBR_FULL (a writer's mistake): read as YBR, the plasma turns magenta;
+    # the quality gate refuses it for its colours.
+    add("pydicom_rgb_labelled_ybr_full", pydicom_image(rgb, "YBR_FULL", 8,
+                                                       folder / "rgb_as_ybr.dcm",
+                                                       patient_id="RGB-AS-YBR"),
+        NON_DIAGNOSTIC)
     add("pydicom_palette", _palette(rgb, folder / "palette.dcm", "PALETTE"))
     for photometric in ("MONOCHROME1", "MONOCHROME2"):
         for bits in (8, 12):  # 12 bits stored in 16 allocated
