@@ -176,7 +176,7 @@ def build_non_diagnostic_sr(
         raise TypeError(f"why must be NonDiagnostic, got {type(why).__name__}")
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"algorithm must be an Algorithm, got {type(algorithm).__name__}")
-    source = derivation_source(source, algorithm.texts)
+    source = derivation_source(source, (*algorithm.texts, why.text))
     uids.validate_revision(revision)
     supersedes = list(supersedes)
     for i, earlier in enumerate(supersedes):

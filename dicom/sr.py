@@ -160,6 +160,12 @@ class Verification:
     comment: str | None = None
     rejected_cells: int = 0
 
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """The text values the verification adds to a report (the Specific Character Set of
+        the report must represent them: a doctor's name or comment in Polish or Japanese)."""
+        return (self.observer_name, self.organization, self.comment or "")
+
     def assessment(self, ai_stage: Stage | str) -> hd.sr.CodedConcept:
         """The doctor's decision about the AI's result: rejected (another stage), modified
         (the stage stands, cells were rejected) or accepted."""
@@ -310,7 +316,8 @@ def build_sr(
         raise TypeError(f"findings must be Findings, got {type(findings).__name__}")
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"algorithm must be an Algorithm, got {type(algorithm).__name__}")
-    source = derivation_source(source, algorithm.texts)
+    source = derivation_source(source, (*algorithm.texts,
+                                        *(verification.texts if verification else ())))
     if segmentation.StudyInstanceUID != source.StudyInstanceUID:
         raise DicomValidationError(
             f"segmentation belongs to study {segmentation.StudyInstanceUID!r}, "

@@ -219,7 +219,8 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
                                        f"{predecessor.get('StudyInstanceUID')!r}")
     if verification is not None and findings.stage is None:
         raise DicomValidationError("a summary without a stage cannot be signed with one")
-    sources = [derivation_source(ds) for ds in sources]
+    added = (*algorithm.texts, *(verification.texts if verification is not None else ()))
+    sources = [derivation_source(ds, added) for ds in sources]
     kind = summary_kind(sources, revisions)
     series = result_series(study_uid, algorithm, ResultKind.SUMMARY_SR, root=uid_root)
 

@@ -125,6 +125,28 @@ def test_non_diagnostic_sr_and_pdf_are_clean_and_readable(tmp_path, source_image
 
 
 @pytest.mark.integration
+def test_a_reason_in_letters_the_sources_character_set_lacks_is_written_in_utf8(
+        tmp_path, source_image) -> None:
+    """The reason is the node's text (an error's message may quote a value): on a source
+    without a Specific Character Set, a reason outside the default repertoire makes the SR
+    UTF-8 rather than "?" in place of its letters."""
+    import copy
+
+    source = copy.deepcopy(source_image)
+    if "SpecificCharacterSet" in source:
+        del source.SpecificCharacterSet
+    why = NonDiagnostic(failure="cannot read 'Łódź 東京'")
+    objects = build_non_diagnostic_objects(source, why, PDF, algorithm=ALGORITHM,
+                                           uid_root="2.25")
+    path = write_dataset(objects.sr, tmp_path / "sr.dcm")
+    assert_dciodvfy_clean(path)
+    sr = pydicom.dcmread(path)
+    assert sr.SpecificCharacterSet == "ISO_IR 192"
+    assert "Could not be analysed: cannot read 'Łódź 東京'." in [
+        item.TextValue for item in _items(sr) if item.get("ValueType") == "TEXT"]
+
+
+@pytest.mark.integration
 def test_a_study_without_a_diagnostic_field_gets_a_summary(tmp_path, source_image) -> None:
     second = source_image.copy()
     second.SOPInstanceUID = pydicom.uid.generate_uid(prefix="2.25.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import highdicom as hd
@@ -208,6 +209,29 @@ def test_verified_successor_round_trip(
     # Issue 14: the same field's later verification is in the same series, with its number.
     assert (other.SeriesInstanceUID, other.InstanceNumber) == (ds.SeriesInstanceUID,
                                                                ds.InstanceNumber)
+
+
+@pytest.mark.integration
+def test_a_verification_in_letters_the_sources_character_set_lacks_is_written_in_utf8(
+        tmp_path, source_image, segmentation, findings, algorithm, verification):
+    """A source without a Specific Character Set (img2dcm's): the doctor's name and comment in
+    Polish and Japanese make the verified SR UTF-8, read back as written (they were written as
+    "?" in the default repertoire, which dciodvfy refuses)."""
+    import copy
+
+    source = copy.deepcopy(source_image)
+    if "SpecificCharacterSet" in source:
+        del source.SpecificCharacterSet
+    first = build_sr(source, segmentation, findings, algorithm=algorithm)
+    predecessor, _ = _write_read(first, tmp_path / "sr1.dcm")
+    signed = dataclasses.replace(verification, observer_name="Łódź-Müller^Ärztin",
+                                 comment="Ärztin Łódź 東京")
+    ds, _back = _write_read(build_sr(source, segmentation, findings, algorithm=algorithm,
+                                     verification=signed, predecessor=predecessor),
+                            tmp_path / "sr2.dcm")
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert str(ds.VerifyingObserverSequence[0].VerifyingObserverName) == "Łódź-Müller^Ärztin"
+    assert "Ärztin Łódź 東京" in [i.TextValue for i in _code_items(ds) if i.ValueType == "TEXT"]
 
 
 def test_poor_quality_is_coded(source_image, segmentation, algorithm):

@@ -84,3 +84,42 @@ def test_a_signed_summary_needs_its_predecessor_and_a_stage(source_image, algori
         build_study_summary_sr(fields, no_stage, algorithm=algorithm, verification=SIGNED,
                                predecessor=build_study_summary_sr(fields, no_stage,
                                                                   algorithm=algorithm))
+
+
+@pytest.mark.integration  # dciodvfy
+def test_a_signature_in_letters_the_sources_character_set_lacks_is_written_in_utf8(
+        source_image, tmp_path) -> None:
+    """An image without a Specific Character Set (img2dcm writes none): the doctor's name, the
+    organisation, the comment and the institution name in Polish and Japanese make the signed
+    summary (and the unsigned one, for the institution) UTF-8, read back as written. They were
+    written in the default repertoire as "?" (pydicom's replacement), which dciodvfy refuses."""
+    from dicom.algorithm import Algorithm
+
+    source = copy.deepcopy(source_image)
+    if "SpecificCharacterSet" in source:
+        del source.SpecificCharacterSet
+    fields = _fields(source, 2)
+    algorithm = Algorithm("bcd-vgg16-unet", "0.1.0-demo", software_version="0.1.0",
+                          institution_name="Szpital Łódź")
+    findings = StudyFindings("Malignant-Pre", PROBS, 2, 0, 0, 3, 0.01)
+    summary = write_checked(build_study_summary_sr(fields, findings, algorithm=algorithm),
+                            tmp_path / "summary.dcm")
+    assert summary.SpecificCharacterSet == "ISO_IR 192"
+    assert summary.InstitutionName == "Szpital Łódź"
+    signature = Verification("Łódź-Müller^Ärztin", "病院 Łódź",
+                             dt.datetime(2026, 12, 5, 9, 30, tzinfo=dt.timezone.utc),
+                             "Malignant-Pro", "Ärztin Łódź 東京: case corrected")
+    signed = write_checked(build_study_summary_sr(fields, findings, algorithm=algorithm,
+                                                  verification=signature,
+                                                  predecessor=summary),
+                           tmp_path / "signed.dcm")
+    assert signed.SpecificCharacterSet == "ISO_IR 192"
+    observer = signed.VerifyingObserverSequence[0]
+    assert str(observer.VerifyingObserverName) == "Łódź-Müller^Ärztin"
+    assert observer.VerifyingOrganization == "病院 Łódź"
+
+    def texts(item: pydicom.Dataset) -> list[str]:
+        own = [item.TextValue] if item.get("ValueType") == "TEXT" else []
+        return own + [t for child in item.get("ContentSequence", []) for t in texts(child)]
+
+    assert "Ärztin Łódź 東京: case corrected" in texts(hd.sr.srread(tmp_path / "signed.dcm"))
