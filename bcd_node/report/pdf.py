@@ -19,14 +19,11 @@ import functools
 import io
 import logging
 import math
-import threading
 import zlib
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
-from xml.sax.saxutils import escape
+from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
@@ -35,9 +32,8 @@ from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
-from reportlab.pdfbase import pdfdoc, pdfmetrics
+from reportlab.pdfbase import pdfdoc
 from reportlab.pdfbase.pdfmetrics import stringWidth
-from reportlab.pdfbase.ttfonts import TTFont, TTFontFace
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import (
     Flowable,
@@ -52,6 +48,14 @@ from reportlab.platypus import (
 from bcd_node.errors import ValidationError
 from bcd_node.report.pictures import jpeg, laid_over
 from bcd_node.report.texts import dicom_date, local_time
+from bcd_node.report.typefaces import (
+    REPORTLAB_LOCK,
+    draw_text,
+    markup,
+    register_fonts,
+    runs,
+    text_width,
+)
 from dicom.encapsulated import encapsulated_document
 from dicom.stages import Stage
 
@@ -64,10 +68,6 @@ LOGGER = logging.getLogger(__name__)
 STAGES: tuple[str, ...] = tuple(stage.value for stage in Stage)
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
 
-_FONT_CANDIDATES = (
-    ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-     "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
-)
 _MAX_IMAGE_SIDE = 1200  # pixels kept in the PDF per picture (keeps reports small)
 #: How wide the field report's two pictures are (points), unverified and verified: the
 #: verified report's verdict takes room. When the report would go over one page (a verified
@@ -238,109 +238,8 @@ def _check_rgb(name: str, value: object) -> None:
         )
 
 
-#: reportlab is not thread-safe. It keeps process-wide state that it fills in lazily (the table
-#: of named colours: a thread that looks up "black" while another fills the table is told the
-#: colour does not exist) and shares each registered TrueType face between documents (subsetting
-#: a font reads it through one shared cursor, so two documents embedding glyphs at once get
-#: IndexErrors or wrong glyphs). Every use of reportlab in the node therefore holds this lock:
-#: one document at a time per process. Rendering is pure Python, so under the interpreter lock
-#: threads gain nothing from rendering at once; processes render in parallel.
-REPORTLAB_LOCK = threading.RLock()
-_V = TypeVar("_V")
-
-
-def _fonts() -> tuple[str, str]:
-    """Register a Unicode TrueType font (DejaVu, else reportlab's Vera); return (regular, bold).
-
-    Registration happens once, under :data:`REPORTLAB_LOCK`, and the bold face is registered
-    before anyone can see the family.
-    """
-    with REPORTLAB_LOCK:
-        if "BcdSans-Bold" in pdfmetrics.getRegisteredFontNames():
-            return "BcdSans", "BcdSans-Bold"
-        for regular, bold in _FONT_CANDIDATES:
-            if Path(regular).is_file() and Path(bold).is_file():
-                break
-        else:
-            import reportlab
-
-            base = Path(reportlab.__file__).parent / "fonts"
-            regular, bold = str(base / "Vera.ttf"), str(base / "VeraBd.ttf")
-        pdfmetrics.registerFont(_SubsetKeepingFont("BcdSans", regular))
-        pdfmetrics.registerFont(_SubsetKeepingFont("BcdSans-Bold", bold))
-        pdfmetrics.registerFontFamily("BcdSans", normal="BcdSans", bold="BcdSans-Bold",
-                                      italic="BcdSans", boldItalic="BcdSans-Bold")
-        return "BcdSans", "BcdSans-Bold"
-
-
-class _Kept(Generic[_V]):
-    """The last ``size`` values made, by key (least recently used first out)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._values: OrderedDict[Hashable, _V] = OrderedDict()
-
-    def get(self, key: Hashable, make: Callable[[], _V]) -> _V:
-        """The value kept for ``key``, else ``make()``'s, kept."""
-        if key in self._values:
-            self._values.move_to_end(key)
-            return self._values[key]
-        value = self._values[key] = make()
-        if len(self._values) > self.size:
-            self._values.popitem(last=False)
-        return value
-
-
-class _FontFileDeflate(pdfdoc.PDFStreamFilterZCompress):  # type: ignore[misc]  # untyped
-    """reportlab's deflate filter (zlib's default level), keeping what it deflated: the same
-    font subset, in every report of the same characters, is deflated once."""
-
-    def __init__(self) -> None:
-        self._deflated: _Kept[bytes] = _Kept(32)
-
-    def encode(self, text: bytes) -> bytes:
-        return self._deflated.get(text, lambda: super(_FontFileDeflate, self).encode(text))
-
-
-class _SubsetKeepingFace(TTFontFace):  # type: ignore[misc]  # reportlab is untyped
-    """A TrueType face that makes each subset of its glyphs once and hands the same bytes to
-    the next report of the same subset, deflated once (:class:`_FontFileDeflate`).
-
-    reportlab embeds in each PDF the subset of the font's glyphs that the PDF shows, made and
-    deflated again for every report: 1.7 ms of a report's 9 here, for about 35 KB of the
-    same glyphs (the labels, digits, the usual letters), report after report. A subset is
-    the characters in the order the report first draws them, so a report whose names or
-    values bring other characters (or bring them earlier) has a subset of its own, made as
-    before. The PDF's bytes are the same either way."""
-
-    def __init__(self, filename: str) -> None:
-        super().__init__(filename)
-        self._subsets: _Kept[bytes] = _Kept(32)
-        self._deflate = _FontFileDeflate()
-
-    def makeSubset(self, subset: list[int]) -> bytes:  # noqa: N802 - reportlab's name
-        return self._subsets.get(tuple(subset),
-                                 lambda: super(_SubsetKeepingFace, self).makeSubset(subset))
-
-    def addSubsetObjects(self, doc: Any, fontname: str, subset: list[int]) -> Any:  # noqa: N802
-        reference = super().addSubsetObjects(doc, fontname, subset)
-        try:  # the font file of the descriptor just made (PDF's FontFile2)
-            descriptor = doc.idToObject[reference.name]
-            font_file = doc.idToObject[descriptor.dict["FontFile2"].name]
-        except (AttributeError, KeyError, TypeError):  # made otherwise by another reportlab
-            return reference
-        if font_file.filters:  # the document is deflated: the subset once only
-            font_file.filters = [self._deflate]
-        return reference
-
-
-class _SubsetKeepingFont(TTFont):  # type: ignore[misc]  # reportlab is untyped
-    """A TrueType font of the report (:func:`_fonts`) whose subsets are kept
-    (:class:`_SubsetKeepingFace`)."""
-
-    def __init__(self, name: str, filename: str) -> None:
-        super().__init__(name, filename)
-        self.face = _SubsetKeepingFace(filename)
+#: The report's fonts, registered once: (regular, bold) (:func:`register_fonts`).
+_fonts = register_fonts
 
 
 class _PictureXObject(pdfdoc.PDFImageXObject):  # type: ignore[misc]  # reportlab is untyped
@@ -565,8 +464,11 @@ class _Text(Flowable):  # type: ignore[misc]  # reportlab is untyped
 
     def wrap(self, avail_width: float, avail_height: float) -> tuple[float, float]:
         style = self.style
-        if stringWidth(self.line, style.fontName, style.fontSize) > avail_width:
-            self._paragraph = Paragraph(escape(self.text), style)
+        if (not self.line.isascii() and runs(self.line, style.fontName) != [
+                (self.line, style.fontName)]) or stringWidth(
+                    self.line, style.fontName, style.fontSize) > avail_width:
+            # Too long for a line, or characters of the fallback font: the Paragraph's way.
+            self._paragraph = Paragraph(markup(self.text, style.fontName), style)
             self.width, self.height = self._paragraph.wrap(avail_width, avail_height)
         else:
             self._paragraph = None
@@ -771,11 +673,11 @@ def patient_footer(name: str, patient_id: str, page: int, pages: int, *, font: s
     def text(shown: str) -> str:
         return f"{shown} · patient ID {patient_id} · page {page} of {pages}"
 
-    if stringWidth(text(person), font, size) <= width:
+    if text_width(text(person), font, size) <= width:
         return text(person)
     for keep in range(len(person) - 1, 0, -1):
         shortened = person[:keep].rstrip(" ,^") + "…"
-        if stringWidth(text(shortened), font, size) <= width:
+        if text_width(text(shortened), font, size) <= width:
             return text(shortened)
     return text("…")
 
@@ -849,7 +751,7 @@ def _render(data: ReportData, side: float) -> tuple[bytes, int]:
                             textColor=colors.white, alignment=1)
 
     def p(text: object, style: ParagraphStyle = body) -> Paragraph:
-        return Paragraph(escape(str(text)), style)
+        return Paragraph(markup(str(text), style.fontName), style)
 
     def t(text: object, style: ParagraphStyle = body) -> _Text:
         return _Text(str(text), style)
@@ -986,9 +888,9 @@ def _render(data: ReportData, side: float) -> tuple[bytes, int]:
             canvas.drawCentredString(105 * mm, 13 * mm, NOT_FOR_CLINICAL_USE)
         canvas.setFont(regular, 7)
         canvas.setFillColor(colors.black)
-        canvas.drawString(20 * mm, 9.5 * mm, patient_footer(
+        draw_text(canvas, 20 * mm, 9.5 * mm, patient_footer(
             data.patient_name, data.patient_id, page, pages, font=regular, size=7,
-            width=170 * mm))
+            width=170 * mm), regular, 7)
         canvas.setFillColor(colors.grey)
         canvas.drawString(20 * mm, 6 * mm, f"Study {data.study_instance_uid} · {model}"
                           if data.study_instance_uid else model)
@@ -1092,7 +994,7 @@ def _render_not_analysed(data: NotAnalysedData) -> bytes:
     big = ParagraphStyle("big", parent=label, fontSize=13, leading=16)
 
     def p(text: object, style: ParagraphStyle = body) -> Paragraph:
-        return Paragraph(escape(str(text)), style)
+        return Paragraph(markup(str(text), style.fontName), style)
 
     story: list[Any] = []  # reportlab's flowables (the library has no type information)
     if data.demonstration_model:
@@ -1137,9 +1039,9 @@ def _render_not_analysed(data: NotAnalysedData) -> bytes:
         canvas.saveState()
         canvas.setFont(regular, 7)
         canvas.setFillColor(colors.grey)
-        canvas.drawString(20 * mm, 10 * mm, patient_footer(
+        draw_text(canvas, 20 * mm, 10 * mm, patient_footer(
             data.patient_name, data.patient_id, page, pages, font=regular, size=7,
-            width=170 * mm))
+            width=170 * mm), regular, 7)
         if data.study_instance_uid:
             canvas.drawString(20 * mm, 7 * mm, f"Study {data.study_instance_uid}")
         canvas.restoreState()

@@ -13,7 +13,6 @@ import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from xml.sax.saxutils import escape
 
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
@@ -24,7 +23,6 @@ from reportlab.platypus import KeepTogether, Paragraph, SimpleDocTemplate, Space
 from bcd_node.errors import ValidationError
 from bcd_node.report.pdf import (
     NOT_FOR_CLINICAL_USE,
-    REPORTLAB_LOCK,
     STAGES,
     _fonts,
     _person,
@@ -32,6 +30,7 @@ from bcd_node.report.pdf import (
     patient_footer,
 )
 from bcd_node.report.texts import dicom_date, local_time
+from bcd_node.report.typefaces import REPORTLAB_LOCK, draw_text, markup
 
 __all__ = ["Amendment", "FieldRow", "SummaryData", "render_summary"]
 
@@ -128,7 +127,7 @@ class SummaryData:
 
 def render_summary(data: SummaryData) -> bytes:
     """The case report as PDF bytes (one document at a time per process: reportlab is not
-    thread-safe, see :data:`bcd_node.report.pdf.REPORTLAB_LOCK`)."""
+    thread-safe, see :data:`bcd_node.report.typefaces.REPORTLAB_LOCK`)."""
     with REPORTLAB_LOCK:
         return _render(data)
 
@@ -150,7 +149,7 @@ def _render(data: SummaryData) -> bytes:
     tz = data.timezone
 
     def p(text: object, style: ParagraphStyle = body) -> Paragraph:
-        return Paragraph(escape(str(text)), style)
+        return Paragraph(markup(str(text), style.fontName), style)
 
     def facts(rows: list[tuple[str, object]]) -> Table:
         cells = [[p(k, label), p(v if v not in (None, "") else "—")] for k, v in rows]
@@ -290,9 +289,9 @@ def _render(data: SummaryData) -> bytes:
         canvas.saveState()
         canvas.setFont(regular, 7)
         canvas.setFillColor(colors.grey)
-        canvas.drawRightString(192 * mm, 9 * mm, patient_footer(
+        draw_text(canvas, 192 * mm, 9 * mm, patient_footer(
             data.patient_name, data.patient_id, page, pages, font=regular, size=7,
-            width=174 * mm))
+            width=174 * mm), regular, 7, anchor="end")
         canvas.drawString(18 * mm, 5.5 * mm, f"Study {data.study_instance_uid}")
         if data.demonstration_model:
             canvas.setFont(bold, 9)

@@ -197,3 +197,35 @@ def test_a_footer_keeps_the_id_and_the_page_and_shortens_only_a_long_name(name) 
         assert footer.startswith("MÜLLER, Jürgen · ")
     else:
         assert footer.startswith("WWW") and "…" in footer
+
+
+@pytest.mark.integration  # poppler
+def test_names_and_comments_in_chinese_japanese_or_korean_are_printed(field_report,
+                                                                      case_report) -> None:
+    """DejaVu has no Chinese, Japanese or Korean characters, and reportlab drew them as
+    nothing: a patient named 山田^太郎 was blank on a signed report, and a comment lost its
+    Japanese words. They are drawn by the bundled fallback font now, in the text and in every
+    page's footer, and Latin text around them stays in DejaVu."""
+    name, comment = "山田^太郎", "Ärztin Łódź: 東京 검토 完了."
+    field = dataclasses.replace(
+        _signed(field_report, patient_name=name, verified_stage="Malignant-Pro",
+                verified_comment=comment), verified_by="김민준")
+    case = _signed(dataclasses.replace(case_report, patient_name=name),
+                   verified_stage="Malignant-Pre", verified_comment=comment)
+    not_analysed = NotAnalysedData(
+        patient_name=name, patient_id="PAT-001", headline="Not analysed: quality insufficient",
+        reasons=("the image is too dark",),
+        model_name="bcd-vgg16-unet", model_version="0.1.0", demonstration_model=True,
+        created_at=dt.datetime(2026, 12, 2, 9, 15))
+    for label, pdf in (("field-cjk", render_report(field)), ("case-cjk", render_summary(case)),
+                       ("not-analysed-cjk", render_not_analysed(not_analysed))):
+        text, pages = _pages(pdf, label)
+        assert pages
+        for page in _page_texts(text):  # the footer of each page names the patient
+            assert "山田, 太郎 · patient ID PAT-001 · page" in page, (label, page)
+        if label != "not-analysed-cjk":
+            assert "Ärztin Łódź: 東京 검토 完了." in text, label
+        fonts = subprocess.run([require_tool("pdffonts"), str(ARTIFACTS / f"{label}.pdf")],
+                               check=True, timeout=60, capture_output=True, text=True).stdout
+        assert "+DroidSansFallback " in fonts and "+DejaVuSans " in fonts, fonts
+    assert "김민준" in _pages(render_report(field), "field-cjk")[0]
