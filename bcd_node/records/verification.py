@@ -56,6 +56,11 @@ class VerificationRefused(PermanentError):
     """The result cannot be verified now; the message says why, for the doctor."""
 
 
+class NoStageToCorrectError(VerificationRefused):
+    """A stage given to a result that has none: no field (or not this field) could be
+    diagnosed, so no report would carry the doctor's stage."""
+
+
 class NotADoctorError(VerificationRefused):
     """Only an active doctor verifies results."""
 
@@ -162,6 +167,15 @@ def _verify(session: Session, result: Result, decision: Decision | str, *,
     if study is None:  # the foreign key cascades: a result has its study
         raise LookupError(f"result {result.id}: study {result.study_fk} does not exist")
 
+    if corrected_stage is not None and result.stage is None:
+        # Nothing would carry it: no report is made without the AI's (there is no diagnostic
+        # SR to supersede, no analysed field to show), so the stage would stay here alone.
+        raise NoStageToCorrectError(
+            ("No field of this case could be diagnosed, so it cannot be given a stage here: "
+             "sign it to record that you reviewed it (no report is made), and ask for new "
+             "images.") if result.instance_fk is None else
+            ("This field could not be diagnosed, so it cannot be given a stage here: verify it "
+             "to record that you reviewed it, or ask for a new image."))
     corrected = corrected_stage is not None and corrected_stage != result.stage
     replaced = None
     if amendment is not None:

@@ -120,3 +120,47 @@ def test_a_bad_decision_stage_or_comment_is_refused(ctx: NodeContext, decision: 
     with ctx.session_factory() as session:
         assert session.execute(select(Result.verification)).scalar_one() \
             is VerificationState.UNVERIFIED
+
+
+def test_a_case_that_no_field_could_diagnose_is_signed_without_a_stage(
+        write_config: Callable[..., Path]) -> None:
+    """No field of the case could be diagnosed: its summary has no stage and no report is made
+    when it is signed. A stage the doctor chose was recorded and went nowhere (the console said
+    "Signed with correction: Malignant-Pro" and the PACS got nothing). Now a stage is refused
+    with the reason; signing it as reviewed is recorded, and queues nothing."""
+    from bcd_node.db.models import User
+    from bcd_node.records.verification import NoStageToCorrectError, sign_case
+    from tests.support.seed import add_case
+
+    context = open_node(load_settings(write_config()))
+    try:
+        with context.session_factory.begin() as session:
+            add_user(session, "dr.who", PASSWORD, Role.DOCTOR)
+            study, summary = add_case(session, context.settings.storage.data_dir, fields=2)
+            for result in session.execute(select(Result)).scalars():
+                result.stage, result.probabilities, result.confidence = None, None, None
+                result.sr_sop_instance_uid = None
+            study_id, summary_id = study.id, summary.id
+
+        def sign(decision: str, stage: str | None) -> Any:
+            with context.session_factory.begin() as session:
+                user_id = session.execute(select(User.id)).scalar_one()
+                return sign_case(session, session.get(Study, study_id), decision, stage=stage,
+                                 comment="Reviewed.", user_id=user_id, actor="dr.who",
+                                 actor_kind="user", source="10.0.0.7")
+
+        with pytest.raises(NoStageToCorrectError, match="No field of this case could be "
+                                                        "diagnosed, so it cannot be given a"):
+            sign("correct", "Malignant-Pro")
+        with context.session_factory() as session:
+            assert session.get(Result, summary_id).verification == VerificationState.UNVERIFIED
+        done = sign("accept", None)
+        assert not done.report_queued and not done.corrected
+        with context.session_factory() as session:
+            summary = session.get(Result, summary_id)
+            assert (summary.verification, summary.verified_stage) == (
+                VerificationState.VERIFIED, None)
+            assert session.execute(select(Job).where(
+                Job.kind == JobKind.VERIFIED_REPORT)).first() is None
+    finally:
+        context.engine.dispose()

@@ -238,14 +238,24 @@ def test_verify_without_ai_report_queues_nothing(app: Flask, doctor_client: Flas
         result = session.get(Result, rid)
         result.stage, result.confidence, result.sr_sop_instance_uid = None, None, None
         result.quality = {"status": "insufficient", "flags": ["too_dark"], "measures": {}}
+    # A stage for a field that could not be diagnosed would go nowhere: no report carries it.
     resp = post_form(doctor_client, f"/studies/{UID}", f"/results/{rid}/verify",
                      {f"r{rid}-decision": "correct", f"r{rid}-stage": "Benign"},
                      follow_redirects=True)
+    assert "This field could not be diagnosed, so it cannot be given a stage here" in \
+        resp.get_data(as_text=True)
+    with ctx.session_factory() as session:
+        assert session.get(Result, rid).verification == "unverified"
+    assert audit_rows(app, "verify_correct") == []
+    # Verified as reviewed, it is recorded; nothing is made.
+    resp = post_form(doctor_client, f"/studies/{UID}", f"/results/{rid}/verify",
+                     {f"r{rid}-decision": "accept"}, follow_redirects=True)
     assert "No verified report is produced" in resp.get_data(as_text=True)
     with ctx.session_factory() as session:
-        assert session.get(Result, rid).verified_stage == "Benign"
+        result = session.get(Result, rid)
+        assert (result.verification, result.verified_stage) == ("verified", None)
         assert session.execute(select(Job)).first() is None
-    assert audit_rows(app, "verify_correct")[0].details["verified_report"] == "none (no AI SR)"
+    assert audit_rows(app, "verify_accept")[0].details["verified_report"] == "none (no AI SR)"
 
 
 def test_correction_needs_a_stage(app: Flask, doctor_client: FlaskClient,
