@@ -107,9 +107,17 @@ class ResultSeries:
 
 
 def _description(label: str, algorithm: Algorithm) -> str:
-    # The label is kept whole, so that descriptions stay distinct: the model's name is cut.
+    # The label is kept whole, so that descriptions stay distinct; the model's name is cut, and
+    # its version kept whole where it fits (cut at the end, "bcd-vgg16unet-synthetic 1.1.0"
+    # read as version 1.1).
     room = _MAX_DESCRIPTION - len(label) - len(" ()")
-    return f"{label} ({algorithm.model_name[:room]})"
+    model = algorithm.model_name
+    if len(model) > room:
+        version = f" {algorithm.version}"
+        keep = room - len(version) - len("...")
+        model = (algorithm.name[:keep].rstrip() + "..." + version if keep > 0
+                 else algorithm.version[:room])
+    return f"{label} ({model})"
 
 
 def _kind(kind: ResultKind | str) -> ResultKind:

@@ -164,6 +164,17 @@ def test_descriptions_stay_distinct_with_a_long_model_name():
     assert all(len(d) <= 64 for d in descriptions)
 
 
+def test_a_cut_model_name_keeps_its_version_whole():
+    """The bundled model's name is too long for the longest labels: its name is cut, not its
+    version ("(bcd-vgg16unet-synthetic 1.1" read as version 1.1, found by a walk)."""
+    bundled = Algorithm("bcd-vgg16unet-synthetic", "1.1.0")
+    for kind in ResultKind:
+        description = result_series("1.2.3", bundled, kind).description
+        assert len(description) <= 64 and description.endswith(" 1.1.0)"), description
+    assert result_series("1.2.3", bundled, ResultKind.VERIFIED_PDF).description == (
+        "ALL screening verified reports PDF (bcd-vgg16unet-synt... 1.1.0)")
+
+
 def test_instance_number_default_is_the_source_own(source_image):
     ds = copy.deepcopy(source_image)
     ds.InstanceNumber = 7
