@@ -53,12 +53,15 @@ def _text(name: str, value: object, max_len: int, *, required: bool = False) -> 
 
 
 def _person_name(value: object) -> PersonName:
-    text = _text("patient_name", value, 64 * 5, required=True)
-    components = text.split("^")
-    if len(components) > 5 or any(len(c) > 64 for c in components) or "=" in text:
+    """A PN: up to three component groups (alphabetic, ideographic, phonetic: ``Yamada^Tarou=
+    山田^太郎=やまだ^たろう``), each of up to five components of up to 64 characters."""
+    text = _text("patient_name", value, 3 * (64 * 5 + 4) + 2, required=True)
+    groups = text.split("=")
+    if len(groups) > 3 or any(len(group.split("^")) > 5 or any(
+            len(component) > 64 for component in group.split("^")) for group in groups):
         raise DicomValidationError(
-            f"patient_name must be a DICOM PN (Family^Given^Middle^Prefix^Suffix), got {value!r}"
-        )
+            "patient_name must be a DICOM PN (Family^Given^Middle^Prefix^Suffix, and up to two "
+            f"more groups after '=': ideographic, phonetic), got {value!r}")
     return PersonName(text)
 
 

@@ -11,6 +11,7 @@ from flask import Flask, request, url_for
 
 from bcd_node.db.models import DeliveryState, StudyStatus, UserState, VerificationState
 from bcd_node.records.cases import STATUS_LABELS
+from bcd_node.records.names import display_name
 from bcd_node.report.texts import local_time
 
 
@@ -120,11 +121,9 @@ def fmt_da(value: str | None) -> str:
 
 
 def fmt_pn(value: str | None) -> str:
-    """A DICOM person name ``Family^Given`` as ``Family, Given``."""
-    if not value:
-        return "—"
-    parts = [p for p in value.split("^") if p]
-    return ", ".join(parts[:2]) + (" " + " ".join(parts[2:]) if len(parts) > 2 else "")
+    """A DICOM person name ``Family^Given^Middle^Prefix^Suffix`` as ``Family, Prefix Given
+    Middle Suffix`` (:func:`~bcd_node.records.names.display_name`)."""
+    return (display_name(value) or "—") if value else "—"
 
 
 def fmt_pct(value: float | None) -> str:

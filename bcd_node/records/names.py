@@ -10,3 +10,32 @@ def person_name(name: str) -> str:
         return name
     given, family = name.rsplit(" ", 1)
     return f"{family}^{given}"
+
+
+def display_name(name: str, *, upper_family: bool = False) -> str:
+    """A DICOM PN as people read it: ``Family, Prefix Given Middle Suffix`` ("Ñúñez García,
+    Prof. José Ángel III"), the family name in capitals with ``upper_family`` (the reports').
+    A name of several component groups (alphabetic=ideographic=phonetic, PS3.5 6.2.1.2) is
+    shown by its alphabetic group with the ideographic one in brackets ("Yamada, Tarou (山田,
+    太郎)"), or by the first group it has. A name without ``^`` is shown as it is; one of
+    separators only is empty."""
+    groups = [group for group in name.split("=")[:3]]
+    shown = [_group(group, upper_family) for group in groups[:2]]
+    if len(shown) == 2 and shown[0] and shown[1]:
+        return f"{shown[0]} ({shown[1]})"
+    return next((text for text in (*shown, *(_group(g, upper_family) for g in groups[2:]))
+                 if text), "")
+
+
+def _group(group: str, upper_family: bool) -> str:
+    """One component group of a PN (:func:`display_name`)."""
+    if "^" not in group:
+        return group.strip()
+    family, given, middle, prefix, suffix = (part.strip() for part in
+                                             (group.split("^") + [""] * 5)[:5])
+    if upper_family:
+        family = family.upper()
+    first = " ".join(part for part in (prefix, given, middle) if part)
+    text = f"{family}, {first}" if family and first else family or first
+    return f"{text} {suffix}" if suffix and text else text or suffix
+

@@ -46,6 +46,7 @@ from reportlab.platypus import (
 )
 
 from bcd_node.errors import ValidationError
+from bcd_node.records.names import display_name
 from bcd_node.report.pictures import jpeg, laid_over
 from bcd_node.report.texts import dicom_date, local_time
 from bcd_node.report.typefaces import (
@@ -618,12 +619,8 @@ class _Grid(Flowable):  # type: ignore[misc]  # reportlab is untyped
 
 
 def _person(name: str) -> str:
-    """Show a DICOM PN (Family^Given^Middle^Prefix^Suffix) as 'FAMILY, Given Middle'."""
-    parts = name.split("^")
-    if len(parts) == 1:
-        return name
-    family, rest = parts[0], " ".join(p for p in parts[1:3] if p)
-    return f"{family.upper()}, {rest}" if rest else family.upper()
+    """Show a DICOM PN as 'FAMILY, Prefix Given Middle Suffix' (:func:`display_name`)."""
+    return display_name(name, upper_family=True)
 
 
 #: Draws one page's footer: ``(canvas, page number, number of pages)``.

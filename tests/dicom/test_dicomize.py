@@ -48,6 +48,17 @@ def test_vl_microscopic_round_trip(tmp_path, smear_rgb):
     np.testing.assert_array_equal(pixels.decode_file(path)[0], smear_rgb)
 
 
+@pytest.mark.parametrize("name", ["山田^太郎=ヤマダ^タロウ", "Yamada^Tarou=山田^太郎=やまだ^たろう",
+                                  "Hong^Gildong=洪^吉洞=홍^길동"])
+def test_a_name_of_several_component_groups_is_kept(tmp_path, smear_rgb, name):
+    """A PN's alphabetic, ideographic and phonetic groups (PS3.5 6.2.1.2), as a Japanese or
+    Korean hospital writes a name: `bcd-node import` and the console's upload refused them."""
+    ds = dicomize(smear_rgb, **{**FIELDS, "patient_name": name})
+    back = write_checked(ds, tmp_path / "name.dcm")
+    assert str(back.PatientName) == name
+    assert back.SpecificCharacterSet == "ISO_IR 192"
+
+
 @pytest.mark.parametrize(("stain", "substance"), [
     ("Wright", hd.sr.CodedConcept("373682001", "SCT", "wright stain")),
     ("giemsa stain", hd.sr.CodedConcept("373646006", "SCT", "giemsa stain")),
@@ -87,6 +98,8 @@ def test_secondary_capture_round_trip(tmp_path, smear_rgb):
         ({"patient_id": ""}, ValueError, "patient_id"),
         ({"patient_id": "x" * 65}, ValueError, "patient_id"),
         ({"patient_name": "A^B^C^D^E^F"}, ValueError, "patient_name"),
+        ({"patient_name": "A=B=C=D"}, ValueError, "patient_name"),
+        ({"patient_name": "A=B^C^D^E^F^G"}, ValueError, "patient_name"),
         ({"patient_name": None}, ValueError, "patient_name"),
         ({"birth_date": "1975-13-40"}, ValueError, "birth_date"),
         ({"birth_date": "09/03/1975"}, ValueError, "birth_date"),
