@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, abort, current_app, render_template, request
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 
 from bcd_node.db.models import Patient, Result, Study
+from bcd_node.records.names import patient_matches
 from webadmin.db import audit_event, db
 from webadmin.helpers import Page, clamp_page, page_number
 
@@ -21,8 +22,7 @@ def search() -> Any:
     session = db()
     query = select(Patient)
     if term:
-        like = f"%{term.replace('%', '').replace('_', '')}%"
-        query = query.where(or_(Patient.patient_id.ilike(like), Patient.name.ilike(like)))
+        query = query.where(patient_matches(term))
     per_page = current_app.config["PAGE_SIZE"]
     total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     page_no = clamp_page(page_number(), per_page, total)

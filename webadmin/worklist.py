@@ -25,7 +25,7 @@ from flask import (
     url_for,
 )
 from flask_login import current_user
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 
 from bcd_node.analysis.findings import scale_text
@@ -44,6 +44,7 @@ from bcd_node.inference.spec import REASON_BLASTS_IN_BENIGN
 from bcd_node.node.memory_budget import Busy
 from bcd_node.records.cases import STATUS_LABELS, Case, load_case
 from bcd_node.records.cells import corrected_blast_count
+from bcd_node.records.names import patient_matches
 from bcd_node.records.studies import report_job_failed
 from bcd_node.records.verification import (
     VerificationRefused,
@@ -105,8 +106,7 @@ def worklist_query(args: dict[str, str]) -> Any:
         query = query.where(Study.last_received_at < day_start(day_to + timedelta(days=1)))
     term = (args.get("patient") or "").strip()
     if term:
-        like = f"%{term.replace('%', '').replace('_', '')}%"
-        query = query.where(or_(Patient.patient_id == term, Patient.name.ilike(like)))
+        query = query.where(patient_matches(term))
     return query
 
 

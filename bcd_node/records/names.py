@@ -1,6 +1,12 @@
-"""People's names as DICOM writes them."""
+"""People's names as DICOM writes them, as people read them, and as they search for them."""
 
 from __future__ import annotations
+
+import re
+
+from sqlalchemy import ColumnElement, and_, or_
+
+from bcd_node.db.models import Patient
 
 
 def person_name(name: str) -> str:
@@ -38,4 +44,26 @@ def _group(group: str, upper_family: bool) -> str:
     first = " ".join(part for part in (prefix, given, middle) if part)
     text = f"{family}, {first}" if family and first else family or first
     return f"{text} {suffix}" if suffix and text else text or suffix
+
+
+def _like(text: str) -> str:
+    """``text`` inside a LIKE pattern, its wildcards and the escape character (a backslash)
+    escaped."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def patient_matches(term: str) -> ColumnElement[bool]:
+    """Whether a patient is the one a search ``term`` names, as a person types it: the patient
+    ID containing it, or the name containing each of its words in any order and case ("Müller,
+    Anna", "anna müller" and "MÜLLER" all find ``Müller^Anna``; "山田 太郎" finds
+    ``Yamada^Tarou=山田^太郎``). The databases' ILIKE ignores case in ASCII only (SQLite), so
+    each word is also tried in lower case, upper case and capitalised."""
+    words = [word for word in re.split(r"[\s,^=]+", term) if word]
+
+    def has(word: str) -> ColumnElement[bool]:
+        variants = sorted({word, word.lower(), word.upper(), word.capitalize()})
+        return or_(*(Patient.name.ilike(_like(v), escape="\\") for v in variants))
+
+    by_id = Patient.patient_id.ilike(_like(term.strip()), escape="\\")
+    return or_(by_id, and_(*(has(word) for word in words))) if words else by_id
 
