@@ -20,6 +20,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    jsonify,
     make_response,
     redirect,
     render_template,
@@ -56,6 +57,22 @@ login_manager.session_protection = None
 #: Endpoints reachable without signing in.
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.register", "healthz", "readyz", "metrics",
                               "static"})
+
+#: The live pages' polls (``static/live.js``): they are not the user's activity, so they keep no
+#: session from its idle end; signed out, they are answered 401, which the page turns into the
+#: sign-in page.
+BACKGROUND_ENDPOINTS = frozenset({"worklist.state_json", "worklist.case_state_json"})
+
+#: Set by ``live.js`` just before it reloads a page on its own (a case's status changed, cases
+#: arrived) and removed at the user's first click or key press there (or after 60 s): that
+#: page's requests are not the user's activity either.
+LIVE_RELOAD_COOKIE = "bcd_live_reload"
+
+
+def background_request() -> bool:
+    """Whether the request is the console's own refresh rather than the user's activity."""
+    return request.endpoint in BACKGROUND_ENDPOINTS or \
+        request.cookies.get(LIVE_RELOAD_COOKIE) == "1"
 
 
 class ConsoleUser(UserMixin):
@@ -123,7 +140,10 @@ def load_user(session_id: str) -> ConsoleUser | None:
                             details={"reason": reason})
             session_db.commit()
             return None
-    if (now - ws.last_seen_at).total_seconds() > 15:  # keep writes rare
+    # The live refresh's polls and reloads are checked above like any request, but only the
+    # user's own requests count as activity: a page left open must still end when idle. (At
+    # most one write per 15 s.)
+    if not background_request() and (now - ws.last_seen_at).total_seconds() > 15:
         ws.last_seen_at = now
         session_db.commit()
     return ConsoleUser(user, session_id)
@@ -155,6 +175,9 @@ def require_login() -> Any:
             request.path.startswith("/api/"):
         return None
     if not current_user.is_authenticated:
+        if request.endpoint in BACKGROUND_ENDPOINTS:
+            # A poll cannot follow a redirect to the sign-in page; the page reloads on 401.
+            return jsonify(error="unauthorized", message="Signed out; sign in again."), 401
         return login_manager.unauthorized()
     return None
 

@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from bcd_node.db.models import AuditEvent, AuthThrottle, User, UserState, WebSession, utcnow
+from tests.support.seed import add_case
 from tests.support.web import ADMIN_PASSWORD, DOCTOR_PASSWORD, csrf_token, login, post_form
 
 # Every page of the console with sample arguments; only login and registration are public.
@@ -26,6 +27,7 @@ PAGES = [
     "/admin/users/admin", "/admin/system", "/admin/statistics", "/admin/audit/",
     "/admin/audit/export.csv", "/admin/audit/export.json",
 ]
+CASE_UID = "1.2.826.0.1.3680043.10.7.1"
 ADMIN_PAGES = [p for p in PAGES if p.startswith("/admin")]
 POSTS = [
     "/logout", "/account", "/results/1/verify", "/results/1/cells/1/reject",
@@ -62,6 +64,9 @@ def test_every_page_is_listed(app: Flask) -> None:
 @pytest.mark.parametrize("page", PAGES)
 def test_anonymous_is_sent_to_login(shared_app: Flask, page: str) -> None:
     resp = shared_app.test_client().get(page)
+    if page.endswith("/state.json"):  # the live pages' polls: the page reloads on 401
+        assert resp.status_code == 401 and resp.json["error"] == "unauthorized"
+        return
     assert resp.status_code == 302
     assert resp.headers["Location"].startswith("/login?next=")
 
@@ -243,6 +248,50 @@ def test_idle_session_expires(app: Flask, doctor_client: FlaskClient) -> None:
     with ctx.session_factory() as session:
         assert session.execute(select(WebSession.end_reason)).scalar_one() == "idle"
         assert "session_expired" in session.execute(select(AuditEvent.action)).scalars().all()
+
+
+def _minutes_pass(app: Flask, minutes: float) -> None:
+    """The clock moves on: the doctor's session was last seen ``minutes`` earlier than it was."""
+    with app.extensions["bcd_node"].session_factory.begin() as session:
+        ws = session.execute(select(WebSession)).scalar_one()
+        ws.last_seen_at -= timedelta(minutes=minutes)
+        ws.created_at -= timedelta(minutes=minutes)
+
+
+def test_live_refresh_polls_do_not_keep_an_idle_session_alive(app: Flask,
+                                                              doctor_client: FlaskClient) -> None:
+    """A case page left open polls its state every 10 s; that is not the doctor's activity."""
+    idle = app.config["IDLE_TIMEOUT_SECONDS"] / 60
+    with app.extensions["bcd_node"].session_factory.begin() as session:
+        add_case(session, app.extensions["bcd_node"].settings.storage.data_dir, uid=CASE_UID)
+    assert doctor_client.get(f"/cases/{CASE_UID}").status_code == 200
+    for poll in (f"/cases/{CASE_UID}/state.json", "/worklist/state.json"):
+        _minutes_pass(app, idle * 0.4)
+        assert doctor_client.get(poll).status_code == 200  # still in time
+    # A page that live.js reloads on its own (the case's status changed) is no activity either.
+    doctor_client.set_cookie("bcd_live_reload", "1")
+    assert doctor_client.get(f"/cases/{CASE_UID}").status_code == 200
+    doctor_client.delete_cookie("bcd_live_reload")  # live.js does, at the doctor's first click
+    _minutes_pass(app, idle * 0.4)
+    # 1.2 idle periods since the last page view: the next poll finds the session ended and
+    # says so in a way a poll can read (no redirect to the sign-in page's HTML).
+    resp = doctor_client.get(f"/cases/{CASE_UID}/state.json")
+    assert resp.status_code == 401 and resp.json["error"] == "unauthorized"
+    with app.extensions["bcd_node"].session_factory() as session:
+        assert session.execute(select(WebSession.end_reason)).scalar_one() == "idle"
+    assert doctor_client.get(f"/cases/{CASE_UID}").status_code == 302
+
+
+def test_a_page_view_keeps_the_session_alive(app: Flask, doctor_client: FlaskClient) -> None:
+    idle = app.config["IDLE_TIMEOUT_SECONDS"] / 60
+    _minutes_pass(app, idle * 0.6)
+    assert doctor_client.get("/worklist").status_code == 200  # the doctor's own request
+    _minutes_pass(app, idle * 0.6)
+    assert doctor_client.get("/worklist/state.json").status_code == 200
+    _minutes_pass(app, idle * 0.6)
+    assert doctor_client.get("/worklist/state.json").status_code == 401
+    with app.extensions["bcd_node"].session_factory() as session:
+        assert session.execute(select(WebSession.end_reason)).scalar_one() == "idle"
 
 
 def test_disabling_a_user_ends_their_sessions(app: Flask, doctor_client: FlaskClient,

@@ -1,7 +1,10 @@
 /* Live pages: the worklist and an open case poll a small JSON endpoint and refresh on their
    own. A case reloads when its status changes (e.g. its summary arrived, its signed report is
    made) unless the doctor is filling in a form; other changes are offered as a link. The
-   worklist updates status, stage and confidence in place and reloads when cases arrive. */
+   worklist updates status, stage and confidence in place and reloads when cases arrive.
+   Neither the polls nor these reloads count as the doctor's activity (webadmin/auth.py): a page
+   left open still signs out when idle, and a poll answered 401 (signed out) reloads the page,
+   which then shows the sign-in page. */
 (function () {
   "use strict";
   var PERIOD = 10000;
@@ -16,10 +19,36 @@
     });
   }
 
+  var RELOAD_COOKIE = "bcd_live_reload";
+
+  function reload() {
+    // Marks this page view, and the pictures it loads, as the refresh's own rather than the
+    // doctor's: removed at the doctor's first click or key press on the reloaded page, or
+    // after 60 s.
+    document.cookie = RELOAD_COOKIE + "=1; path=/; max-age=60; samesite=strict";
+    window.location.reload();
+  }
+
+  if (document.cookie.split("; ").indexOf(RELOAD_COOKIE + "=1") !== -1) {
+    var forget = function () {
+      document.cookie = RELOAD_COOKIE + "=; path=/; max-age=0; samesite=strict";
+      document.removeEventListener("pointerdown", forget, true);
+      document.removeEventListener("keydown", forget, true);
+    };
+    document.addEventListener("pointerdown", forget, true);
+    document.addEventListener("keydown", forget, true);
+  }
+
   function poll(url, handle) {
     function tick() {
       fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } })
         .then(function (response) {
+          if (response.status === 401) {
+            // Signed out: reloaded, the page is the sign-in page; not while the doctor has
+            // typed something, which stays on the screen to be copied.
+            if (!busy(document.body)) { window.location.reload(); }
+            throw new Error("signed out");
+          }
           if (!response.ok) { throw new Error(String(response.status)); }
           return response.json();
         })
@@ -51,7 +80,7 @@
       });
       var changed = state.status !== status || state.report_ready !== ready;
       if (changed && !busy(page)) {
-        window.location.reload();
+        reload();
       } else if (state.version !== page.getAttribute("data-version")) {
         var note = page.querySelector("[data-live-note]");
         if (note) { note.hidden = false; }
@@ -76,7 +105,7 @@
         if (conf) { conf.textContent = row.confidence === null ? "—" : Math.round(row.confidence * 100) + " %"; }
       });
       if (state.uids !== known && !busy(document.querySelector("form.filters") || list)) {
-        window.location.reload();
+        reload();
       }
     });
   }
