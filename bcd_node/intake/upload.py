@@ -36,6 +36,13 @@ def _rgb_in_bands(img: Image.Image) -> np.ndarray:
     rows = max(1, _BAND_BYTES // (width * 4))
     for top in range(0, height, rows):
         band = img.crop((0, top, width, min(height, top + rows)))
+        if band.mode.startswith("I"):
+            # 16-bit greyscale (a PNG's I;16; I: 32-bit integers). convert("RGB") would clip
+            # every value over 255 to white; the top 8 of 16 bits are kept instead, as Pillow
+            # itself does for 16-bit RGB and grey-with-alpha PNGs.
+            grey = np.clip(np.asarray(band), 0, 65535).astype(np.uint16) >> 8
+            out[top:top + band.height] = grey.astype(np.uint8)[:, :, None]
+            continue
         if band.mode != "RGB":
             band = band.convert("RGB")
         out[top:top + band.height] = np.frombuffer(band.tobytes(), dtype=np.uint8).reshape(

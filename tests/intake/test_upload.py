@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
+import zlib
 
 import numpy as np
 import pydicom
@@ -67,3 +69,49 @@ def test_oversized_image_is_refused_before_decoding() -> None:
         read_image(buf.getvalue(), "big.png", max_pixels=1_000_000)
     rgb, lossy = read_image(buf.getvalue(), "big.png", max_pixels=10_000_000)
     assert rgb.shape == (3000, 3000, 3) and not lossy and rgb.dtype == np.uint8
+
+
+def _png(pixels: np.ndarray, colour_type: int) -> bytes:
+    """A 16-bit PNG written by hand (colour type 0: grey, 4: grey and alpha), big-endian
+    samples as the format says; Pillow cannot write grey with a 16-bit alpha."""
+    height, width = pixels.shape[:2]
+    rows = pixels.astype(">u2").reshape(height, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_a_16_bit_greyscale_png_is_scaled_to_8_bits(alpha: bool) -> None:
+    """Not clipped to 255 (all white): each value keeps its place in the 16-bit range."""
+    grey = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    pixels = np.dstack([grey, np.full_like(grey, 65535)]) if alpha else grey
+    png = _png(pixels, 4 if alpha else 0)
+    with Image.open(io.BytesIO(png)) as img:
+        # What Pillow makes of them: I;16, and 8-bit RGBA (LA in some versions) from grey+alpha.
+        assert img.mode in (("LA", "RGBA") if alpha else ("I;16", "I"))
+    data = dicomize_upload_bytes(png, "grey16.png", FIELDS, uid_root="2.25")
+    ds = pydicom.dcmread(io.BytesIO(data))
+    stored = ds.pixel_array
+    assert stored.shape == (64, 64, 3) and stored.dtype == np.uint8
+    expected = (grey >> 8).astype(np.uint8)
+    for channel in range(3):
+        assert np.array_equal(stored[:, :, channel], expected)
+    assert stored.min() == 0 and stored.max() == 255 and len(np.unique(stored)) == 256
+
+
+def test_a_16_bit_greyscale_png_written_by_opencv_is_not_white() -> None:
+    cv2 = pytest.importorskip("cv2")
+    grey = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (64, 1))
+    ok, png = cv2.imencode(".png", grey)
+    assert ok
+    rgb, lossy = read_image(png.tobytes(), "grey16.png")
+    assert not lossy
+    assert np.array_equal(rgb[:, :, 0], (grey >> 8).astype(np.uint8))
+    assert rgb[:, 0].max() == 0 and rgb[:, -1].min() == 255

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 from sqlalchemy import select
 
-from bcd_node.db.models import AuditEvent, Job, JobKind, Result, Study
+from bcd_node.db.models import AuditEvent, Instance, Job, JobKind, Result, Study
 from bcd_node.errors import PermanentError
 from bcd_node.report.pictures import laid_over
 from tests.support.seed import add_analysed_study, add_study, png_bytes, seed_worklist, smear_image
@@ -328,6 +328,26 @@ def test_upload_for_real_queues_an_analysis(app: Flask, doctor_client: FlaskClie
     assert "Not analysed yet" in page
 
 
+def test_a_16_bit_greyscale_png_upload_keeps_its_picture(app: Flask,
+                                                          doctor_client: FlaskClient) -> None:
+    """Not all white: the stored image is the upload's greys scaled from 16 to 8 bits."""
+    import cv2
+    import pydicom
+
+    grey = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (64, 1))
+    ok, png = cv2.imencode(".png", grey)
+    assert ok
+    resp = _upload(doctor_client, png.tobytes(), "grey16.png")
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory() as session:
+        path = ctx.settings.storage.data_dir / session.execute(select(Instance.path)).scalar_one()
+    stored = pydicom.dcmread(path).pixel_array
+    assert stored.shape == (64, 64, 3)
+    for channel in range(3):
+        assert np.array_equal(stored[:, :, channel], (grey >> 8).astype(np.uint8))
+
+
 @pytest.mark.parametrize("data,name,message", [
     (b"GIF89a" + b"\0" * 100, "x.gif", "Only PNG, JPEG or DICOM"),
     (b"\x89PNG\r\n\x1a\n" + b"\0" * 50, "x.jpg", "content is PNG"),
@@ -382,7 +402,6 @@ def test_upload_form_offers_the_default_pixel_size_and_writes_it_as_pixel_spacin
         app: Flask, doctor_client: FlaskClient) -> None:
     import pydicom
 
-    from bcd_node.db.models import Instance
     from dicom.spacing import pixel_size
 
     node = app.extensions["bcd_node"]
