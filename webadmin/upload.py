@@ -15,7 +15,7 @@ from flask_login import current_user
 
 from bcd_node.errors import BcdError, PermanentError
 from bcd_node.intake import intake
-from bcd_node.intake.upload import upload_memory
+from bcd_node.intake.upload import stated_patient_id, upload_memory
 from bcd_node.node.memory_budget import Busy, MemoryBudget, TooLarge
 from webadmin.db import audit_event, db, node
 from webadmin.forms import UploadForm
@@ -129,7 +129,9 @@ def index() -> Any:
             except BcdError as exc:
                 error = f"The node could not store the image right now ({exc}). Try again later."
             else:
-                audit_event("upload", patient_id=fields["patient_id"],
+                # The patient the stored image is filed under: a DICOM file keeps its own, and
+                # the form's fields are not used for it.
+                audit_event("upload", patient_id=accepted.patient_id,
                             study_instance_uid=accepted.study_instance_uid,
                             object_ref=f"sop:{accepted.sop_instance_uid}",
                             details={"filename": filename[:128], "kind": kind,
@@ -138,7 +140,8 @@ def index() -> Any:
                 flash(_received_message(accepted), "success")
                 return redirect(url_for("worklist.study", uid=accepted.study_instance_uid))
         audit_event("upload", outcome="failure",
-                    patient_id=(form.patient_id.data or "").strip()[:64],
+                    patient_id=stated_patient_id(data) if kind == "dicom"
+                    else (form.patient_id.data or "").strip()[:64],
                     details={"filename": filename[:128], "error": error[:255]})
         db().commit()
         form.image.errors = list(form.image.errors) + [error]

@@ -67,6 +67,7 @@ class Accepted:
     replaced: bool = False    # same UID, different content: re-analysed
     revision: int = 0         # of the stored content (see Instance.revision)
     verifications_withdrawn: int = 0  # of the results of the content it replaced
+    patient_id: str = ""      # the image's own Patient ID, which it is filed under
 
 
 @dataclass(frozen=True)
@@ -222,8 +223,8 @@ class Rows:
         job_id = self._add_job(conn, instance_id, study_id, now)
         if not new_study:  # a new study row already says queued, received now
             conn.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now})
-        return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], instance_id, job_id),
-                None)
+        return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], instance_id, job_id,
+                         patient_id=m["patient_id"]), None)
 
     def _find_parents(self, conn: Connection, m: ImageMeta, fresh: Ids) -> _Parents:
         """The stored series, study and patient of ``m`` as (id, parent id), None when new.
@@ -384,7 +385,8 @@ class Rows:
             # Same image again (a PACS retry, or from another sender): acknowledge, keep the
             # first copy, no job.
             return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], known.id, None,
-                             duplicate=True, revision=known.revision), spare)
+                             duplicate=True, revision=known.revision,
+                             patient_id=m["patient_id"]), spare)
         now = utcnow()
         revision = known.revision + 1
         conn.execute(update(_INSTANCES).where(_INSTANCES.c.id == known.id)
@@ -410,5 +412,6 @@ class Rows:
                     m["sop_instance_uid"], revision)
         return (Accepted(m["sop_instance_uid"], m["study_instance_uid"], known.id, job_id,
                          replaced=True, revision=revision,
-                         verifications_withdrawn=superseded.verifications_withdrawn),
+                         verifications_withdrawn=superseded.verifications_withdrawn,
+                         patient_id=m["patient_id"]),
                 known.path)

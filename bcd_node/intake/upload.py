@@ -115,6 +115,18 @@ def decoded_size(data: bytes) -> int:
     return width * height * 3
 
 
+def stated_patient_id(data: bytes) -> str:
+    """The Patient ID in a DICOM file's header ("" when there is none or it cannot be read):
+    whom a DICOM upload that was refused concerns (its form's patient fields are not used)."""
+    from pydicom import dcmread
+    try:
+        ds = dcmread(io.BytesIO(data), stop_before_pixels=True, force=False,
+                     specific_tags=["PatientID"])
+        return str(ds.get("PatientID", "") or "").strip()[:64]
+    except Exception:  # noqa: BLE001 - pydicom raises many kinds on malformed headers
+        return ""
+
+
 def upload_memory(data: bytes) -> int:
     """The memory that accepting ``data`` as an upload will take at its peak (an estimate made
     from the header, to reserve before decoding)."""

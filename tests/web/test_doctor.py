@@ -304,7 +304,8 @@ def test_upload_goes_through_the_intake(app: Flask, doctor_client: FlaskClient,
     def fake(context: Any, data: bytes, filename: str, fields: dict[str, str],
              uploaded_by: str) -> Any:
         calls.append((filename, fields, uploaded_by, len(data)))
-        return SimpleNamespace(study_instance_uid="1.2.3.4", sop_instance_uid="1.2.3.4.5")
+        return SimpleNamespace(study_instance_uid="1.2.3.4", sop_instance_uid="1.2.3.4.5",
+                               patient_id=fields["patient_id"])
 
     monkeypatch.setattr("bcd_node.intake.intake.accept_upload", fake)
     resp = _upload(doctor_client, png_bytes(smear_image(64)[0]), "smear.png")

@@ -135,3 +135,30 @@ def test_verification_works_again_once_the_changed_image_is_analysed(
     assert resp.status_code == 302
     with app.extensions["bcd_node"].session_factory() as s:
         assert s.get(Result, result_id).verification == "verified"
+
+
+def upload_events(app: Flask) -> list[tuple[str, str]]:
+    with app.extensions["bcd_node"].session_factory() as s:
+        return [(e.outcome, e.patient_id) for e in s.execute(
+            select(AuditEvent).where(AuditEvent.action == "upload")
+            .order_by(AuditEvent.id)).scalars()]
+
+
+def test_a_dicom_upload_is_audited_under_its_own_patient(app: Flask,
+                                                         doctor_client: FlaskClient) -> None:
+    """The form's patient fields are not used for a DICOM file: the audit names the patient the
+    stored image belongs to, whatever the form said (new, again, changed, refused)."""
+    typed = {"patient_name": "Typed, Someone", "patient_id": "FORM-1"}
+    first, ds = dicom_bytes(8, "DCM-A")
+    changed, _ = dicom_bytes(9, "DCM-A", like=ds)
+    other, _ = dicom_bytes(10, "DCM-B", like=ds)
+    for data, status in ((first, 302), (first, 302), (changed, 302), (other, 400)):
+        form = {**FIELDS, **typed, "image": (io.BytesIO(data), "image.dcm")}
+        resp = post_form(doctor_client, "/upload", "/upload", form,
+                         content_type="multipart/form-data")
+        assert resp.status_code == status
+    with app.extensions["bcd_node"].session_factory() as s:
+        assert s.execute(select(Patient.patient_id)).scalars().all() == ["DCM-A"]
+    # The refused file names its own patient too (nothing was stored for it).
+    assert upload_events(app) == [("success", "DCM-A"), ("success", "DCM-A"),
+                                  ("success", "DCM-A"), ("failure", "DCM-B")]
