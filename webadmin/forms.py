@@ -87,6 +87,12 @@ class ActionForm(FlaskForm):
     """A button that only needs its CSRF token (approve, disable, revoke, retry...)."""
 
 
+def one_line_break(text: str | None) -> str | None:
+    """Line breaks as LF: browsers send a textarea's as CRLF, which its ``maxlength`` counts as
+    one character; so does the length check, and LF is stored."""
+    return None if text is None else text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 class VerifyForm(FlaskForm):
     """A doctor's verification of one result."""
 
@@ -96,7 +102,8 @@ class VerifyForm(FlaskForm):
                            validators=[DataRequired()])
     stage = SelectField("Corrected stage", choices=_choices(("", "—"), *((s, s) for s in STAGES)),
                         validators=[Optional()])
-    comment = TextAreaField("Comment", validators=[Length(max=MAX_COMMENT)])
+    comment = TextAreaField("Comment", validators=[Length(max=MAX_COMMENT)],
+                            filters=[one_line_break])
 
     def validate(self, extra_validators: Any = None) -> bool:
         """A correction names a stage (checked here: the field itself is optional)."""
@@ -178,4 +185,5 @@ class AmendCaseForm(SignCaseForm):
 
     reason = TextAreaField("Reason for the amendment",
                            validators=[DataRequired("Give the reason for the amendment."),
-                                       Length(max=MAX_AMENDMENT_REASON)])
+                                       Length(max=MAX_AMENDMENT_REASON)],
+                           filters=[one_line_break])

@@ -282,10 +282,17 @@ def _valid(form: Any) -> bool:
 @bp.get("/cases/<uid>")
 def case(uid: str) -> Any:
     """The case: its conclusion, every field as a thumbnail, one field large, Sign case."""
+    return _case_page(_study_or_404(uid))
+
+
+def _case_page(st: Study, *, status: int = 200, sign_form: SignCaseForm | None = None,
+               amend_form: AmendCaseForm | None = None) -> Any:
+    """The case page; with a posted form that was refused, that form as the doctor filled it
+    in, its errors next to its fields."""
     session = db()
-    st = _study_or_404(uid)
     current = _case(st)
-    number = request.args.get("field", "")
+    # A signing form posts the field it was shown with; a page view names it in its URL.
+    number = request.values.get("field", "")
     shown = next((f for f in current.fields if str(f.number) == number), None)
     if shown is None and current.fields:
         shown = (current.attention or current.fields)[0]
@@ -309,8 +316,9 @@ def case(uid: str) -> Any:
     demonstration, demo_note = results_banner(
         [*results, *([current.summary] if current.summary else [])], configured_manifest())
     return render_template("worklist/case.html", case=current, study=st, patient=st.patient,
-                           shown=shown, results=results, forms=forms, sign_form=SignCaseForm(),
-                           amend_form=AmendCaseForm(prefix="amend"),
+                           shown=shown, results=results, forms=forms,
+                           sign_form=sign_form or SignCaseForm(),
+                           amend_form=amend_form or AmendCaseForm(prefix="amend"),
                            retry_form=ActionForm(),
                            warnings_for=warnings_for, names=names, stages=STAGES,
                            can_verify=current_user.role == Role.DOCTOR,
@@ -318,7 +326,7 @@ def case(uid: str) -> Any:
                            state=case_state(current), field_counts=field_counts,
                            quiet_minutes=node().settings.workers.study_quiet_seconds / 60,
                            deliveries=case_deliveries(db(), node().settings, st.id),
-                           action=ActionForm(), is_admin=current_user.role == Role.ADMIN)
+                           action=ActionForm(), is_admin=current_user.role == Role.ADMIN), status
 
 
 @bp.post("/cases/<uid>/amend")
@@ -334,30 +342,33 @@ def amend(uid: str) -> Any:
         return ("Amendment signed. The amended report is being made and sent to the PACS; it "
                 "replaces the earlier signed report there and at the laboratory system.")
 
-    return _signing(uid, form, act)
+    return _signing(uid, form, act, amend_form=form)
 
 
-def _signing(uid: str, form: Any, act: Callable[[Any, Study, str, str], str]) -> Any:
+def _signing(uid: str, form: Any, act: Callable[[Any, Study, str, str], str],
+             **as_posted: Any) -> Any:
     """A doctor's signature of the case (signing it, amending it): the form checked, then
-    ``act`` in the request's transaction, its message flashed, or its refusal; back to the
-    case."""
+    ``act`` in the request's transaction, its message flashed and back to the case; or, when
+    the form or ``act`` refuses it, the case page again (400) with the form as the doctor
+    filled it in (``as_posted``: ``sign_form=`` or ``amend_form=``), so nothing typed is lost."""
     if current_user.role != Role.DOCTOR:
         abort(403)
     session = db()
     st = _study_or_404(uid)
-    back = redirect(url_for("worklist.case", uid=uid))
-    if not _valid(form):
-        return back
+    if not form.validate_on_submit():
+        flash("The case was not signed: see the form." if "sign_form" in as_posted
+              else "The amendment was not signed: see the form.", "error")
+        return _case_page(st, status=400, **as_posted)
     name, kind = actor()
     try:
         message = act(session, st, name, kind)
     except (VerificationRefused, ValidationError) as exc:
         session.rollback()
         flash(str(exc), "error")
-        return back
+        return _case_page(st, status=400, **as_posted)
     session.commit()
     flash(message, "success")
-    return back
+    return redirect(url_for("worklist.case", uid=uid))
 
 
 @bp.get("/cases/<uid>/state.json")
@@ -382,7 +393,7 @@ def sign(uid: str) -> Any:
             return "Case signed. The signed report is being made and sent to the PACS."
         return "Case signed. No signed report is made: no field could be diagnosed."
 
-    return _signing(uid, form, act)
+    return _signing(uid, form, act, sign_form=form)
 
 
 @bp.post("/cases/<uid>/retry-report")

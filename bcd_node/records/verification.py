@@ -132,6 +132,11 @@ def verify_result(session: Session, result: Result, decision: Decision | str, *,
                    actor=actor, actor_kind=actor_kind, source=source)
 
 
+def _lf(text: str | None) -> str:
+    """A doctor's text, stripped, its line breaks as LF (a browser's form sends CRLF)."""
+    return (text or "").replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
 def _verify(session: Session, result: Result, decision: Decision | str, *,
             stage: Stage | str | None, comment: str | None, user_id: int, actor: str,
             actor_kind: str, source: str, amendment: str | None = None) -> Verified:
@@ -150,7 +155,7 @@ def _verify(session: Session, result: Result, decision: Decision | str, *,
                                   f"{stage!r}") from None
         if corrected_stage is None:
             raise ValidationError("Choose the corrected stage.")
-    text = (comment or "").strip()
+    text = _lf(comment)
     if len(text) > MAX_COMMENT:
         raise ValidationError(f"the comment has {len(text)} characters; at most {MAX_COMMENT}")
     user = session.get(User, user_id)
@@ -299,7 +304,7 @@ def amend_case(session: Session, study: Study, decision: Decision | str, *,
     if not summary.verified_sr_sop_instance_uid or not summary.verified_pdf_path:
         raise NotSignedError("The signed report is not made yet: amend it once it is shown "
                              "(a report that could not be made is made again first).")
-    text = (reason or "").strip()
+    text = _lf(reason)
     if not text:
         raise ValidationError("Give the reason for the amendment.")
     if len(text) > MAX_AMENDMENT_REASON:

@@ -3,6 +3,7 @@ live state; and an audit log an auditor can read (one view per page, one event p
 
 from __future__ import annotations
 
+import html
 import io
 import re
 from typing import Any
@@ -77,6 +78,60 @@ def test_a_correction_of_the_case_stage_needs_a_stage_and_is_signed_with_correct
         assert session.get(Study, case["study_id"]).status == StudyStatus.SIGNED_CORRECTED
     state = doctor_client.get(f"/cases/{UID}/state.json").get_json()
     assert state["status_label"] == "Signed with correction" and state["signed"]
+
+
+def test_a_comment_with_line_breaks_as_browsers_send_them_fits_its_maxlength(
+        app: Flask, doctor_client: FlaskClient, case: dict[str, Any]) -> None:
+    """The textarea's maxlength counts a line break as one character, the browser sends it as
+    CRLF: 1961 characters on 40 lines are 2000 typed, 2039 sent; accepted, stored with LF."""
+    page = doctor_client.get(f"/cases/{UID}").get_data(as_text=True)
+    assert re.search(r'<textarea[^>]*maxlength="2000"[^>]*name="comment"', page)
+    lines = [f"{n:02d}" + "x" * 47 for n in range(39)] + ["y" * 50]
+    typed = "\n".join(lines)
+    assert len(typed) == 2000
+    resp = doctor_client.post(f"/cases/{UID}/sign", data={
+        "csrf_token": csrf_token(doctor_client, f"/cases/{UID}"), "decision": "accept",
+        "comment": typed.replace("\n", "\r\n")})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    with app.extensions["bcd_node"].session_factory() as session:
+        summary = session.get(Result, case["summary_id"])
+    assert summary.verification == "verified" and summary.verified_comment == typed
+
+
+def _textarea(page: str, name: str) -> str:
+    match = re.search(rf'<textarea[^>]*name="{name}"[^>]*>(.*?)</textarea>', page, re.S)
+    assert match, f"no textarea {name}"
+    return html.unescape(match.group(1)).lstrip("\r\n")
+
+
+def test_a_refused_signature_comes_back_as_typed_with_the_error_at_its_field(
+        app: Flask, doctor_client: FlaskClient, case: dict[str, Any]) -> None:
+    """"Correct" without a stage: the case page again (400), the comment and the decision as
+    the doctor left them, the error next to the stage; nothing signed."""
+    comment = "Blasts in fields 2 and 3;\r\nsee <b>field 3</b> & repeat."
+    resp = doctor_client.post(f"/cases/{UID}/sign", data={
+        "csrf_token": csrf_token(doctor_client, f"/cases/{UID}?field=2"), "decision": "correct",
+        "comment": comment, "field": "2"})
+    assert resp.status_code == 400
+    page = resp.get_data(as_text=True)
+    assert _textarea(page, "comment") == comment.replace("\r\n", "\n")
+    assert re.search(r'<option selected value="correct">|<option value="correct" selected',
+                     page)
+    stage_field = re.search(r'<div class="field has-error">\s*<label for="stage".*?</div>', page,
+                            re.S)
+    assert stage_field and "Choose the corrected stage." in stage_field.group(0)
+    assert "The case was not signed" in page
+    assert re.search(r'class="thumb [^"]*current[^"]*" data-field="2"', page)  # as shown
+    with app.extensions["bcd_node"].session_factory() as session:
+        assert session.get(Result, case["summary_id"]).verification == "unverified"
+    # Corrected and sent again from that page: signed, then Post/Redirect/Get.
+    resp = doctor_client.post(f"/cases/{UID}/sign", data={
+        "csrf_token": csrf_token(doctor_client, f"/cases/{UID}"), "decision": "correct",
+        "stage": "Malignant-Pro", "comment": comment})
+    assert resp.status_code == 302 and resp.headers["Location"] == f"/cases/{UID}"
+    with app.extensions["bcd_node"].session_factory() as session:
+        assert session.get(Result, case["summary_id"]).verified_comment == \
+            comment.replace("\r\n", "\n")
 
 
 def test_a_case_still_receiving_cannot_be_signed_and_says_when_its_summary_comes(
@@ -186,10 +241,15 @@ def test_a_signed_case_is_amended_with_a_reason_and_shows_the_amendment(
     assert 'id="amend-case"' in page and "Amend the signed report" in page
     amend = {"amend-csrf_token": token, "amend-decision": "correct",
              "amend-stage": "Malignant-Pro", "amend-comment": "Pro-B on second look."}
-    # Without a reason: a message that says so, and nothing changed.
-    page = doctor_client.post(f"/cases/{UID}/amend", data=amend,
-                              follow_redirects=True).get_data(as_text=True)
-    assert "Give the reason for the amendment." in page
+    # Without a reason: a message that says so, the form open as the doctor filled it in,
+    # and nothing changed.
+    resp = doctor_client.post(f"/cases/{UID}/amend", data=amend)
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 400 and "Give the reason for the amendment." in page
+    assert "<details class=\"amend\" data-amend open>" in page
+    assert _textarea(page, "amend-comment") == "Pro-B on second look."
+    assert re.search(r'<option selected value="Malignant-Pro">|'
+                     r'<option value="Malignant-Pro" selected', page)
     with ctx.session_factory() as session:
         summary = session.get(Result, case["summary_id"])
         assert (summary.amends, summary.verified_stage) == (None, "Malignant-Pre")

@@ -10,6 +10,7 @@
   var PERIOD = 10000;
 
   function busy(root) {
+    if (root.querySelector(".has-error")) { return true; }  // a refused form, as typed
     var active = document.activeElement;
     if (active && root.contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName)) {
       return true;
