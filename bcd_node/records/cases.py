@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from bcd_node.db.models import (
     ACTIVE_JOB_STATES,
+    AuditEvent,
     Instance,
     Job,
     JobKind,
@@ -226,6 +227,33 @@ class CaseField:
         return self.result.verified_stage or self.result.stage
 
 
+#: The audit actions of a case's signature (signing it, amending it).
+SIGNATURE_ACTIONS = ("sign_case_accept", "sign_case_correct", "amend_case_accept",
+                     "amend_case_correct")
+
+
+@dataclass(frozen=True)
+class EarlierSignature:
+    """A signature of an earlier summary of a case that is unsigned now (a field arrived or
+    changed since), as the audit log keeps it."""
+
+    by: str
+    at: datetime
+    stage: str | None
+
+
+def earlier_signature(session: Session, study: Study) -> EarlierSignature | None:
+    """The last signature of ``study``'s case in the audit log (the case's summary keeps only
+    its current signature: a new summary clears it)."""
+    event = session.execute(select(AuditEvent).where(
+        AuditEvent.action.in_(SIGNATURE_ACTIONS),
+        AuditEvent.study_instance_uid == study.study_instance_uid)
+        .order_by(AuditEvent.id.desc()).limit(1)).scalar_one_or_none()
+    if event is None:
+        return None
+    return EarlierSignature(event.actor, event.at, (event.details or {}).get("verified_stage"))
+
+
 @dataclass(frozen=True)
 class Case:
     """What the case page shows (:func:`load_case`)."""
@@ -244,6 +272,17 @@ class Case:
     #: earliest (the last image's arrival plus ``workers.study_quiet_seconds``).
     summary_due: datetime | None
     analysing_fields: int
+    #: When the case is not signed: its last signature of an earlier summary, if any (a field
+    #: arrived or changed after it was signed).
+    signed_before: EarlierSignature | None = None
+
+    @property
+    def stage_votes(self) -> list[tuple[Stage, int]]:
+        """How many diagnostic fields have each stage, the most first (ties: the more advanced
+        stage first, as :func:`vote` breaks them)."""
+        votes = Counter(Stage(f.result.stage) for f in self.fields
+                        if f.result is not None and f.result.stage)
+        return sorted(votes.items(), key=lambda kv: (-kv[1], -STAGE_ORDER[kv[0]]))
 
     @property
     def signed(self) -> bool:
@@ -305,4 +344,6 @@ def load_case(session: Session, study: Study, *, quiet_seconds: float,
                 blast_count=case_blast_count(with_stage, corrected_counts(session, with_stage)),
                 report_error=report_job_failed(session, summary) if summary else None,
                 failed_fields=len(failed - set(newest)), summary_due=due,
-                analysing_fields=len(active))
+                analysing_fields=len(active),
+                signed_before=earlier_signature(session, study) if summary is not None
+                and summary.verification != VerificationState.VERIFIED else None)

@@ -274,3 +274,51 @@ def test_a_signed_case_is_amended_with_a_reason_and_shows_the_amendment(
     assert "data-report-pending" in page and 'id="amend-case"' not in page
     assert [e.action for e in _events(app) if e.action.startswith("amend_case")] == [
         "amend_case_correct"]
+
+
+def test_fields_that_disagree_are_counted_by_stage_on_the_case_page(
+        doctor_client: FlaskClient, case: dict[str, Any]) -> None:
+    """The AI's case stage is a vote of the fields; when they disagree, the page says how
+    (a tie went to the more advanced stage, with a low mean probability and no word why)."""
+    page = doctor_client.get(f"/cases/{UID}").get_data(as_text=True)
+    votes = re.search(r"data-stage-votes[^>]*>([^<]*)<", page)
+    assert votes is not None and votes.group(1) == "3 Malignant-Pre, 1 Benign (fields disagree)"
+
+
+def test_a_case_signed_before_a_field_arrived_says_so(
+        app: Flask, doctor_client: FlaskClient, case: dict[str, Any]) -> None:
+    """A field that arrives after signing makes a new summary, which clears the signature: the
+    case page said nothing of the earlier one. It shows it now, from the audit log."""
+    from bcd_node.records.revisions import clear_verification
+    from bcd_node.records.studies import refresh_study
+
+    doctor_client.post(f"/cases/{UID}/sign", data={
+        "csrf_token": csrf_token(doctor_client, f"/cases/{UID}"), "decision": "correct",
+        "stage": "Malignant-Pro"})
+    assert 'data-signed-before' not in doctor_client.get(f"/cases/{UID}").get_data(as_text=True)
+    with app.extensions["bcd_node"].session_factory.begin() as session:  # a new summary
+        clear_verification(session.get(Result, case["summary_id"]))
+        session.flush()
+        refresh_study(session, case["study_id"])
+    page = doctor_client.get(f"/cases/{UID}").get_data(as_text=True)
+    assert 'id="sign-case"' in page
+    note = re.search(r"data-signed-before>([^<]*)<", page)
+    assert note is not None and note.group(1).startswith("Signed before by doctor, ")
+    assert ", as Malignant-Pro. A field arrived or changed since" in note.group(1)
+
+
+def test_a_case_no_field_could_diagnose_is_signed_as_reviewed_without_a_stage(
+        app: Flask, doctor_client: FlaskClient, case: dict[str, Any]) -> None:
+    with app.extensions["bcd_node"].session_factory.begin() as session:
+        for result in session.execute(select(Result)).scalars():
+            result.stage, result.probabilities, result.confidence = None, None, None
+            result.sr_sop_instance_uid = None
+    page = doctor_client.get(f"/cases/{UID}").get_data(as_text=True)
+    assert "data-no-stage" in page and "Sign as reviewed" in page
+    assert 'name="stage"' not in page.split('id="sign-case"')[0].split("Sign case</h3>")[1]
+    resp = doctor_client.post(f"/cases/{UID}/sign", data={
+        "csrf_token": csrf_token(doctor_client, f"/cases/{UID}"), "decision": "accept"})
+    assert resp.status_code == 302
+    with app.extensions["bcd_node"].session_factory() as session:
+        summary = session.get(Result, case["summary_id"])
+        assert (summary.verification, summary.verified_stage) == ("verified", None)
