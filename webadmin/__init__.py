@@ -189,8 +189,10 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc: CSRFError) -> Any:
-        return error_page(400, "Form expired", "The form was missing its security token or it "
-                          "had expired. Go back, reload the page and try again.")
+        return error_page(400, "Form expired", "The form could not be sent: its security "
+                          "token is missing or no longer valid, as after signing out or signing "
+                          "in again since the page was opened. Nothing was done. Go back, reload "
+                          "the page and send it again.")
 
     @app.errorhandler(403)
     def forbidden(_exc: Any) -> Any:

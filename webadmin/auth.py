@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import wraps
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -178,8 +179,23 @@ def require_login() -> Any:
         if request.endpoint in BACKGROUND_ENDPOINTS:
             # A poll cannot follow a redirect to the sign-in page; the page reloads on 401.
             return jsonify(error="unauthorized", message="Signed out; sign in again."), 401
+        if request.method != "GET":
+            # A form sent after the session ended (idle, signed out elsewhere): back to the
+            # page it was sent from once signed in, not to its address, which takes POST only.
+            flash("You were signed out, so that was not done: sign in, then do it again.",
+                  "error")
+            return redirect(url_for("auth.login", next=_referrer_page() or "/"))
         return login_manager.unauthorized()
     return None
+
+
+def _referrer_page() -> str | None:
+    """The console page the request was sent from (its Referer, on this host), when it is one
+    to return to (:func:`safe_next`)."""
+    referrer = urlsplit(request.referrer or "")
+    if not referrer.path or referrer.netloc != request.host:
+        return None
+    return safe_next(referrer.path + (f"?{referrer.query}" if referrer.query else ""))
 
 
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._~-]*(?:/[A-Za-z0-9._~-]+)*/?$")

@@ -250,6 +250,38 @@ def test_idle_session_expires(app: Flask, doctor_client: FlaskClient) -> None:
         assert "session_expired" in session.execute(select(AuditEvent.action)).scalars().all()
 
 
+def test_a_form_sent_after_the_session_ended_returns_to_its_page(
+        app: Flask, doctor_client: FlaskClient) -> None:
+    """Signed out by idleness while a case was open, the doctor clicks Sign: the sign-in page
+    says why nothing was done, and signing in leads back to the case page. The form's address
+    (POST only) was kept as where to go next, so the doctor landed on the worklist."""
+    uid = "1.2.826.0.1.3680043.10.7.1"
+    with app.extensions["bcd_node"].session_factory.begin() as session:
+        add_case(session, app.extensions["bcd_node"].settings.storage.data_dir, uid=uid)
+    token = csrf_token(doctor_client, f"/cases/{uid}")
+    _minutes_pass(app, 120)
+    resp = doctor_client.post(f"/cases/{uid}/sign", data={"csrf_token": token,
+                                                         "decision": "accept"},
+                              headers={"Referer": f"http://localhost/cases/{uid}?field=2"})
+    assert resp.status_code == 302
+    assert resp.headers["Location"] == f"/login?next=/cases/{uid}?field%3D2"
+    page = doctor_client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert "You were signed out, so that was not done" in page
+    resp = doctor_client.post(f"/login?next=/cases/{uid}?field%3D2", data={
+        "csrf_token": csrf_token(doctor_client, "/login"), "username": "doctor",
+        "password": DOCTOR_PASSWORD})
+    assert resp.headers["Location"] == f"/cases/{uid}?field=2"
+    # A Referer from elsewhere is not followed.
+    token = csrf_token(doctor_client, f"/cases/{uid}")
+    with app.extensions["bcd_node"].session_factory.begin() as session:
+        for ws in session.execute(select(WebSession)).scalars():
+            ws.last_seen_at -= timedelta(minutes=120)
+    resp = doctor_client.post(f"/cases/{uid}/sign", data={"csrf_token": token,
+                                                         "decision": "accept"},
+                              headers={"Referer": "https://evil.example/cases/x"})
+    assert resp.headers["Location"] == "/login?next=/"
+
+
 def _minutes_pass(app: Flask, minutes: float) -> None:
     """The clock moves on: the doctor's session was last seen ``minutes`` earlier than it was."""
     with app.extensions["bcd_node"].session_factory.begin() as session:
