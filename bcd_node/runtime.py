@@ -88,6 +88,9 @@ class NodeContext:
     started: threading.Event = field(default_factory=threading.Event)
     #: Set to ask the process to stop (SIGTERM does; so does a component that cannot go on).
     stop_requested: threading.Event = field(default_factory=threading.Event)
+    #: Why the process stops with a configuration error (a child process's), if it does: the
+    #: process then ends with exit code 2.
+    configuration_error: str | None = None
     #: The database's integrity.
     database_health: DatabaseHealth | None = None
 

@@ -167,19 +167,10 @@ def resolve_manifest(weights: str | Path | None = None) -> Path:
     return manifest_path(weights)
 
 
-def load_model(weights: str | Path | None = None, dtype: str | None = None) -> LoadedModel:
-    """Build the model of a manifest and load its verified weights.
-
-    Parameters
-    ----------
-    weights : str or pathlib.Path, optional
-        See :func:`resolve_manifest`; None means the bundled model.
-    dtype : str, optional
-        Keras dtype policy for the hidden layers (e.g. ``"mixed_bfloat16"``).
-
-    Returns
-    -------
-    LoadedModel
+def verify_weights(weights: str | Path | None = None) -> tuple[Path, dict[str, Any], Path]:
+    """The manifest of a ``weights`` setting (:func:`resolve_manifest`), read and checked, and
+    its weights file, whose sha256 is the manifest's; without loading the model (a few
+    milliseconds for the bundled weights). Returns (manifest path, manifest, weights path).
 
     Raises
     ------
@@ -198,6 +189,28 @@ def load_model(weights: str | Path | None = None, dtype: str | None = None) -> L
     if digest != manifest["sha256"]:
         raise ChecksumError(f"{weights_path}: sha256 {digest} differs from the manifest's "
                             f"{manifest['sha256']}")
+    return manifest_path, manifest, weights_path
+
+
+def load_model(weights: str | Path | None = None, dtype: str | None = None) -> LoadedModel:
+    """Build the model of a manifest and load its verified weights.
+
+    Parameters
+    ----------
+    weights : str or pathlib.Path, optional
+        See :func:`resolve_manifest`; None means the bundled model.
+    dtype : str, optional
+        Keras dtype policy for the hidden layers (e.g. ``"mixed_bfloat16"``).
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    WeightsNotFoundError, ChecksumError, ManifestError
+    """
+    manifest_path, manifest, weights_path = verify_weights(weights)
     from bcd_node.inference.model import build_vgg16_unet  # Keras: only when a model is built
 
     model = build_vgg16_unet(tuple(manifest["input_shape"]), len(manifest["classes"]),
@@ -208,5 +221,5 @@ def load_model(weights: str | Path | None = None, dtype: str | None = None) -> L
         raise ManifestError(f"{weights_path} does not match the architecture of {manifest_path} "
                             f"(width {manifest['width']}): {exc}") from exc
     LOGGER.info("loaded model %s %s (width %s, sha256 %s…)", manifest["name"], manifest["version"],
-                manifest["width"], digest[:12])
+                manifest["width"], manifest["sha256"][:12])
     return LoadedModel(model, manifest, float(manifest["temperature"]), weights_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bcd_node.node.processes import Child, ChildGroup, child_argv
-from bcd_node.node.roles import StartupError, Stopper
+from bcd_node.node.roles import StartupError, Stopper, stop_on_configuration_error
 from bcd_node.runtime import Component, NodeContext
 from bcd_node.settings import Settings
 from bcd_node.store.layout import DataLayout
@@ -157,7 +157,8 @@ def start_listener_processes(context: NodeContext) -> tuple[Component, Stopper]:
         return Child(f"listener-{i}", argv, {**env, LISTENERS_ENV: f"{i}:{count}"},
                      (sock.fileno(),))
 
-    group = ChildGroup("DICOM listener", start_child, count)
+    group = ChildGroup("DICOM listener", start_child, count,
+                       on_configuration_error=stop_on_configuration_error(context))
 
     def stop() -> None:
         group.stopping.set()

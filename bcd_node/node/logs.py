@@ -118,6 +118,15 @@ class JsonFormatter(logging.Formatter):
 _configured: tuple[str, str] | None = None
 
 
+def logging_arguments() -> list[str]:
+    """The command line options that configure a child process's logging as this process's
+    is (``--log-level``, ``--log-format``: the command line's, which win over the settings');
+    none when this process never configured its logging."""
+    if _configured is None:
+        return []
+    return ["--log-level", _configured[0], "--log-format", _configured[1]]
+
+
 def same_logging() -> Callable[[], None] | None:
     """:func:`configure_logging` as this process last made it, for a process this one starts
     (a builder process: :class:`~bcd_node.analysis.builders.Builders`); None when this process

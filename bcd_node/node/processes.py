@@ -73,13 +73,26 @@ class Child:
                 self.process.wait(timeout=10)
 
 
+#: A child's exit code for a configuration error (``bcd-node``'s, as for any command).
+EXIT_CONFIGURATION = 2
+
+
 class ChildGroup:
     """Child processes started by ``start(i)`` and started again when one ends (at once when it
-    had come up, else at most every 30 s), until :meth:`stop`."""
+    had come up, else at most every 30 s), until :meth:`stop`.
 
-    def __init__(self, what: str, start: Callable[[int], Child], count: int) -> None:
+    A child that ends with a configuration error (:data:`EXIT_CONFIGURATION`: its own check of
+    the settings failed, say a destination's CA file it cannot load) is not started again: it
+    would fail the same way every 30 s for ever, while the node went on acknowledging images it
+    could not analyse. ``on_configuration_error`` is told instead (``serve`` then stops, with
+    exit code 2).
+    """
+
+    def __init__(self, what: str, start: Callable[[int], Child], count: int,
+                 on_configuration_error: Callable[[str], None] | None = None) -> None:
         self.what = what
         self.start = start
+        self.on_configuration_error = on_configuration_error
         self.stopping = threading.Event()
         self.children = [start(i) for i in range(count)]
         self.started_at = [time.monotonic()] * count
@@ -90,8 +103,15 @@ class ChildGroup:
         while not self.stopping.wait(1.0):
             for i, child in enumerate(self.children):
                 code = child.process.poll()
-                if code is None or self.stopping.is_set() or (
-                        time.monotonic() - self.started_at[i] < 30 and not child.ready.is_set()):
+                if code is None or self.stopping.is_set():
+                    continue
+                if code == EXIT_CONFIGURATION and self.on_configuration_error is not None:
+                    what = (f"{self.what} process {child.process.pid} ended with a "
+                            "configuration error (its message is above)")
+                    LOGGER.error("%s; it is not started again", what)
+                    self.on_configuration_error(what)
+                    return
+                if time.monotonic() - self.started_at[i] < 30 and not child.ready.is_set():
                     continue
                 LOGGER.error("%s process %d ended (exit code %s); starting another", self.what,
                              child.process.pid, code)
@@ -108,11 +128,15 @@ class ChildGroup:
 
 
 def child_argv(settings: Settings, role: str) -> list[str]:
-    """The command line of a child process that runs ``role`` with this node's settings."""
+    """The command line of a child process that runs ``role`` with this node's settings and
+    logging (its level and format as this process's, the command line's included: a child
+    logged text at INFO under ``serve --log-format json --log-level WARNING``)."""
+    from bcd_node.node.logs import logging_arguments
+
     argv = [sys.executable, "-m", "bcd_node.cli"]
     if settings.source is not None:
         argv += ["--config", str(settings.source)]
-    return argv + ["--log-format", settings.logging.format, role]
+    return argv + (logging_arguments() or ["--log-format", settings.logging.format]) + [role]
 
 
 def tell_parent_ready() -> None:

@@ -20,7 +20,7 @@ from bcd_node.errors import BcdError
 from bcd_node.node.logs import same_logging
 from bcd_node.node.processes import Child, ChildGroup, child_argv
 from bcd_node.runtime import Component, NodeContext
-from bcd_node.settings import Settings, output_builder_processes
+from bcd_node.settings import Settings, SettingsError, output_builder_processes
 
 if TYPE_CHECKING:
     from bcd_node.jobs.queue import Claimed
@@ -36,6 +36,38 @@ Starter = Callable[[NodeContext], tuple[Component, Stopper]]
 
 class StartupError(BcdError):
     """A component could not start (e.g. its port is in use)."""
+
+
+def check_worker_files(settings: Settings) -> None:
+    """What the worker role reads beyond the settings' own checks, checked before anything of
+    the node starts: the model's weights against their manifest (its sha256, without loading
+    the model) and every destination's TLS files. A node whose weights were damaged answered
+    images Success and reported itself ready while it could analyse nothing; one whose PACS's
+    CA file was damaged started a worker process that failed every 30 s for ever.
+
+    Raises
+    ------
+    SettingsError
+        Naming the key (``model.weights``, ``destinations[0].tls_ca``...).
+    """
+    from bcd_node.delivery.outbox import check_tls_files
+    from bcd_node.inference.loader import WeightsError, verify_weights
+
+    try:
+        verify_weights(settings.model.weights)
+    except WeightsError as exc:
+        raise SettingsError("model.weights", str(settings.model.weights or "(the bundled model)"),
+                            f"cannot use the model: {exc}") from None
+    check_tls_files(settings)
+
+
+def stop_on_configuration_error(context: NodeContext) -> Callable[[str], None]:
+    """What a group of child processes calls when one of them ends with a configuration error:
+    the process stops, and ends with exit code 2 (:func:`bcd_node.node.serve.run`)."""
+    def stop(why: str) -> None:
+        context.configuration_error = why
+        context.stop_requested.set()
+    return stop
 
 
 def start_intake(context: NodeContext) -> tuple[Component, Stopper]:
@@ -66,8 +98,9 @@ def start_workers(context: NodeContext) -> tuple[Component, Stopper]:
                               batch_size=m.batch_size, review_threshold=m.review_threshold,
                               default_um_per_pixel=m.default_um_per_pixel)
     except (WeightsError, FileNotFoundError) as exc:
-        context.components["model"] = Component("model", False, str(exc))
-        return Component("workers", False, f"no model: {exc}"), lambda: None
+        # Checked at start (check_worker_files); changed since: the process cannot work.
+        raise SettingsError("model.weights", str(m.weights or "(the bundled model)"),
+                            f"cannot use the model: {exc}") from None
     info = predictor.model_info
     LOGGER.info("inputs that state no pixel size are taken as %g µm per pixel "
                 "([model] default_um_per_pixel) and marked \"scale unknown\"; the model was "
@@ -138,7 +171,8 @@ def start_worker_process(context: NodeContext) -> tuple[Component, Stopper]:
     # The child reports "started" (model loaded, threads running) on a pipe; until then the
     # workers component is not healthy and /readyz answers 503.
     argv = child_argv(settings, "worker")
-    group = ChildGroup("worker", lambda _i: Child("worker", argv, dict(os.environ)), 1)
+    group = ChildGroup("worker", lambda _i: Child("worker", argv, dict(os.environ)), 1,
+                       on_configuration_error=stop_on_configuration_error(context))
     return Component("workers", True, f"{settings.workers.count} analysis worker(s) and the "
                                       f"delivery scheduler in a child process (started again "
                                       f"if it ends)", group.running), group.stop

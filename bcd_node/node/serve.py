@@ -35,6 +35,7 @@ from bcd_node.node.roles import (
     Starter,
     StartupError,
     Stopper,
+    check_worker_files,
     model_component,
     start_intake,
     start_worker_process,
@@ -140,6 +141,8 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
             stopping.set()
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+    if "worker" in roles:
+        check_worker_files(settings)  # SettingsError: exit 2 before anything starts
     # The integrity check runs once per node start, in the process that starts the others.
     context = open_node(settings, migrate=True, check_integrity=READY_FD_ENV not in os.environ)
     context.stop_requested = stop
@@ -191,6 +194,9 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
                 LOGGER.exception("error while stopping a component")
         context.engine.dispose()
         LOGGER.info("%sstopped", who)
+    if context.configuration_error is not None:
+        LOGGER.error("%sstopped because %s", who, context.configuration_error)
+        return 2
     return 0
 
 

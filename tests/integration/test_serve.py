@@ -102,6 +102,43 @@ def test_bad_config_exits_2_naming_the_key(write_config) -> None:
     assert done.returncode == 2 and "dicom.port" in done.stderr
 
 
+@pytest.mark.parametrize("damage", ["weights changed", "weights missing", "CA file garbage"])
+def test_a_node_that_could_not_analyse_or_deliver_does_not_start(write_config, tmp_path,
+                                                                  damage) -> None:
+    """Weights that are not their manifest's, or a destination's CA file that cannot be
+    loaded: serve exits 2 naming the key, before it listens. It started before, reported
+    itself ready and answered images Success: with damaged weights it analysed none of them;
+    with a damaged CA file its worker process failed every 30 s for ever (a walk found both)."""
+    import shutil
+
+    from bcd_node.inference.loader import bundled_weights_dir
+
+    weights = tmp_path / "weights"
+    shutil.copytree(bundled_weights_dir(), weights)
+    h5 = next(weights.glob("*.weights.h5"))
+    extra, key = "", "model.weights"
+    if damage == "weights changed":
+        data = bytearray(h5.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        h5.write_bytes(bytes(data))
+    elif damage == "weights missing":
+        h5.unlink()
+    else:
+        ca = tmp_path / "ca.pem"
+        ca.write_text("garbage\n")
+        extra, key = f'tls_ca = "{ca}"\n', "destinations[0].tls_ca"
+    dicom_port = free_port()
+    cfg = write_config(f'[model]\nweights = "{weights / "manifest.json"}"\n'
+                       f'[[destinations]]\nname = "pacs"\nae_title = "PACS"\n'
+                       f'host = "127.0.0.1"\nport = {free_port()}\n{extra}',
+                       dicom_port=dicom_port)
+    done = subprocess.run([str(BCD_NODE), "--config", str(cfg), "serve"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"configuration error: invalid setting {key} =" in done.stderr, done.stderr[-2000:]
+    assert "listening" not in done.stderr
+
+
 def test_metrics_count_received_images(write_config, tmp_path) -> None:
     storescu = require_tool("storescu")
     from tests.support.images import write_vl_micro
