@@ -9,8 +9,10 @@ processes that open it (:func:`open_node`): a stage must not import the composit
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import Engine
@@ -20,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from bcd_node.db.engine import make_engine, make_session_factory
 from bcd_node.db.integrity import DatabaseHealth, quick_check
 from bcd_node.db.migrate import current_revision, head_revision, upgrade
-from bcd_node.errors import BcdError
-from bcd_node.settings import Settings, mask_url
+from bcd_node.errors import BcdError, PermanentError
+from bcd_node.settings import Settings, SettingsError, mask_url
 from bcd_node.store.layout import DataLayout
 from bcd_node.store.secrets import NodeSecrets, ensure_secrets
 
@@ -95,8 +97,35 @@ class NodeContext:
     database_health: DatabaseHealth | None = None
 
 
+class NoNodeError(PermanentError):
+    """A command that reads a node's records was pointed at a place that holds none."""
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    """Make the data folder (and its parents) when missing, and keep it to its owner and group:
+    no permission for others, no writing for the group (a folder already stricter stays so).
+
+    Raises
+    ------
+    SettingsError
+        Naming ``storage.data_dir`` when the folder cannot be made or used (a read-only file
+        system, a path below a file, no permission).
+    """
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        mode = stat.S_IMODE(data_dir.stat().st_mode)
+        if mode & 0o027:
+            os.chmod(data_dir, mode & ~0o027)
+        probe = data_dir / f".write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SettingsError("storage.data_dir", str(data_dir),
+                            f"cannot be used: {exc.strerror or exc}") from None
+
+
 def open_node(settings: Settings, *, migrate: bool = True,
-              check_integrity: bool = False) -> NodeContext:
+              check_integrity: bool = False, create: bool = True) -> NodeContext:
     """Prepare the data folder, the database and the secrets.
 
     Parameters
@@ -110,20 +139,38 @@ def open_node(settings: Settings, *, migrate: bool = True,
         when its schema can be read, so that the console and ``/readyz`` can say why it is
         not ready.
 
+    create
+        Without it (the commands that read a node's records: ``status``, the retries, the
+        lists), a data folder or database that holds no node is refused rather than made: a
+        typo in ``storage.data_dir``, or a forgotten ``--config``, made a new empty node and
+        reported it as fine.
+
     Raises
     ------
     DatabaseUnusableError
         When the database cannot be opened or its schema cannot be read.
+    NoNodeError
+        Without ``create``, when there is no node's database to open.
+    SettingsError
+        When the data folder cannot be made or written (``storage.data_dir``).
     """
     data_dir = settings.storage.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(data_dir, 0o750)
     layout = DataLayout(data_dir)
+    if not create and (not data_dir.is_dir() or (
+            not settings.database.url and not layout.database.is_file())):
+        raise NoNodeError(f"no node's database in {data_dir} (storage.data_dir): a node keeps "
+                          "its records there once it has started; is this its configuration "
+                          "(--config)?")
+    _check_data_dir(data_dir)
     engine = make_engine(settings.database_url)
     health = DatabaseHealth(engine, layout.database_health).watch()
     problems = health.check() if check_integrity else []
     try:
         current = current_revision(engine)
+        if current is None and not create:
+            engine.dispose()
+            raise NoNodeError(f"the database {mask_url(settings.database_url)} holds no node "
+                              "(no schema): is this the node's configuration (--config)?")
         if migrate or current is None:
             upgrade(engine)
         elif current != head_revision():

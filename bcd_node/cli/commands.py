@@ -44,9 +44,11 @@ def settings_for(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _context(args: argparse.Namespace) -> NodeContext:
+def _context(args: argparse.Namespace, *, create: bool = False) -> NodeContext:
+    """The node the command works on; only ``create`` (``users add``, before the first start)
+    makes one where there is none (:func:`~bcd_node.runtime.open_node`)."""
     from bcd_node.runtime import open_node
-    return open_node(settings_for(args), migrate=False)
+    return open_node(settings_for(args), migrate=False, create=create)
 
 
 # --------------------------------------------------------------------------- commands
@@ -213,7 +215,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     from bcd_node.records.users import add_user
 
     password = _read_password(args)
-    ctx = _context(args)
+    ctx = _context(args, create=True)  # an administrator may come before the first start
     with ctx.session_factory.begin() as session:
         add_user(session, args.username, password, args.role, full_name=args.full_name,
                  email=args.email, actor=_cli_actor(), actor_kind="cli")

@@ -83,6 +83,7 @@ def test_users_add_list_disable_set_password(cfg, capsys, monkeypatch) -> None:
      "no user 'ghost'"),
 ])
 def test_user_command_errors(cfg, capsys, monkeypatch, args, stdin, message) -> None:
+    open_node(load_settings(cfg)).engine.dispose()  # the node has started once
     assert run(cfg, *args, stdin=stdin, monkeypatch=monkeypatch) == 1
     assert message in capsys.readouterr().err
 
@@ -273,3 +274,38 @@ def test_too_weak_admin_password_from_environment_is_refused(cfg, monkeypatch) -
         bootstrap_admin(ctx, io.StringIO())
     with ctx.session_factory() as session:
         assert session.execute(select(User)).first() is None
+
+
+@pytest.mark.parametrize("args", [["status"], ["users", "list"], ["users", "disable", "x"],
+                                  ["jobs", "retry"], ["deliveries", "retry"], ["audit", "verify"]])
+def test_a_command_pointed_where_no_node_is_makes_none(cfg, capsys, args) -> None:
+    """A typo in storage.data_dir, or a forgotten --config: status made a new empty node (a
+    database, secrets) and reported it fine. Now the commands that read a node's records say
+    there is none, and make nothing; `users add` may come before the first start."""
+    data = load_settings(cfg).storage.data_dir
+    assert run(cfg, *args) == 1
+    assert "no node's database in" in capsys.readouterr().err
+    assert not data.exists()
+
+
+def test_an_unusable_data_folder_is_named(write_config, tmp_path, capsys, monkeypatch) -> None:
+    """A data folder below a file (or on a read-only file system): a message naming
+    storage.data_dir and exit 2, not a traceback."""
+    (tmp_path / "file").write_text("")
+    cfg = write_config(data_dir=tmp_path / "file" / "data")
+    assert run(cfg, "users", "add", "dr.x", "--role", "doctor", "--password-stdin",
+               stdin="long-enough-pass\n", monkeypatch=monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: invalid setting storage.data_dir" in err and "Traceback" not in err
+
+
+def test_the_data_folder_is_closed_to_others_and_a_stricter_one_stays_so(cfg) -> None:
+    data = load_settings(cfg).storage.data_dir
+    data.mkdir(parents=True)
+    data.chmod(0o777)
+    open_node(load_settings(cfg)).engine.dispose()
+    assert stat.S_IMODE(data.stat().st_mode) == 0o750
+    data.chmod(0o700)
+    open_node(load_settings(cfg)).engine.dispose()
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700  # was opened up to 0750
+
