@@ -88,9 +88,11 @@ def test_a_request_with_a_folder_writes_the_files_and_returns_no_bytes(
     assert (written.combined.stage, written.combined.probabilities, written.cells) == (
         kept.combined.stage, kept.combined.probabilities, kept.cells)
     # What a builder process sends back is the findings, not the files, nor the masks (the
-    # mask is mask.png): a few KB.
+    # mask is mask.png): a few KB, and the cells' outlines (the tests' untrained model is not
+    # seeded: a CI run's found cells enough for 17.7 KB).
     assert written.combined.masks.shape == (len(kept.combined.masks), 0, 0)
-    assert len(pickle.dumps(written)) < 16_000 < len(pickle.dumps(kept)) / 2
+    assert len(pickle.dumps(written)) < len(pickle.dumps(kept)) / 2
+    assert len(pickle.dumps(dataclasses.replace(written, cells=None))) < 16_000
 
 
 @pytest.mark.parametrize("sync", [True, False])
