@@ -11,6 +11,7 @@ makes them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -54,6 +55,7 @@ from bcd_node.db.models import (
     Patient,
     Result,
     ResultScope,
+    Series,
     Study,
     VerificationState,
 )
@@ -435,10 +437,10 @@ class ImageAnalysis:
         """After ``job`` failed for good: send "could not be analysed" and its reason.
 
         The non-diagnostic SR and PDF (:func:`~bcd_node.analysis.findings.non_diagnostic_answer`)
-        are built from the stored image, recorded on the image's result (no stage, quality
+        are built from the stored image (from its records, :func:`recorded_image`, when its
+        file cannot be read any more), recorded on the image's result (no stage, quality
         ``failed`` with the reason, needing review) and queued for every destination. Nothing
-        is sent when the stored file cannot be read (there is nothing to reference: the study
-        summary counts the field as failed), when the image changed meanwhile (its newer
+        is sent when the image is no longer on record, when it changed meanwhile (its newer
         version has its own job) or when the image already has a result of this revision.
         Returns the result id, or None.
         """
@@ -450,16 +452,23 @@ class ImageAnalysis:
                 return None
             reason = (row.last_error or "the analysis failed").strip()
         try:
-            inst, _series, study, _patient = self._load(job)
+            inst, series, study, patient = self._load(job)
+        except (PermanentError, DicomError, OSError) as exc:
+            LOGGER.warning("job %d: the failed image is not on record, so no answer is sent "
+                           "for it: %s", job.id, exc)
+            return None
+        image: np.ndarray | None = None  # without one, the PDF shows no picture
+        try:
             ds = read_dataset(ctx.store.path(inst.path))
         except (PermanentError, DicomError, OSError) as exc:
-            LOGGER.warning("job %d: the failed image cannot be read, so no answer is sent for "
-                           "it: %s", job.id, exc)
-            return None
-        try:
-            image: np.ndarray | None = decode_for_analysis(ds)[0]
-        except (PermanentError, DicomError, ValueError):
-            image = None  # the PDF then shows no picture
+            # The image was acknowledged, so it is answered all the same: from what the node
+            # recorded of it when it arrived (its UIDs, its patient and study).
+            LOGGER.warning("job %d: the failed image cannot be read (%s); its answer is made "
+                           "from its records", job.id, exc)
+            ds = recorded_image(inst, series, study, patient)
+        else:
+            with contextlib.suppress(PermanentError, DicomError, ValueError):
+                image = decode_for_analysis(ds)[0]
         pdf, objects = non_diagnostic_answer(
             ds, NonDiagnostic(failure=reason), algorithm=ctx.algorithm,
             demonstration_model=ctx.demonstration_model, uid_root=settings.uids.root,
@@ -566,3 +575,32 @@ class ImageAnalysis:
             LOGGER.warning("result %d: verification of an earlier version of instance %s "
                            "withdrawn", result.id, inst.sop_instance_uid)
         clear_verification(result)
+
+
+def recorded_image(instance: Instance, series: Series, study: Study,
+                   patient: Patient) -> Dataset:
+    """An image's attributes as the node recorded them when it arrived (its UIDs, SOP class,
+    size, patient, study and series), without its pixels: what the "could not be analysed"
+    answer of an image whose stored file cannot be read any more is made from (its file lost,
+    damaged, or on a file system that failed)."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"  # the records are Unicode
+    ds.SOPClassUID = instance.sop_class_uid
+    ds.SOPInstanceUID = instance.sop_instance_uid
+    ds.Rows, ds.Columns = instance.rows, instance.columns
+    ds.PatientID = patient.patient_id
+    ds.PatientName = patient.name
+    ds.PatientBirthDate = patient.birth_date
+    ds.PatientSex = patient.sex if patient.sex in ("M", "F", "O") else ""
+    ds.StudyInstanceUID = study.study_instance_uid
+    ds.StudyDate, ds.StudyTime = study.study_date, study.study_time
+    ds.AccessionNumber = study.accession_number
+    ds.ReferringPhysicianName = study.referring_physician
+    ds.StudyDescription = study.description
+    ds.StudyID = ""
+    ds.SeriesInstanceUID = series.series_instance_uid
+    ds.Modality = series.modality or "OT"
+    if series.series_number is not None:
+        ds.SeriesNumber = series.series_number
+    return ds
+

@@ -295,3 +295,40 @@ def test_a_retried_failure_that_succeeds_supersedes_its_failed_answer(node) -> N
     again = pydicom.dcmread(data / sr_row.path)
     assert again.SOPInstanceUID == sr.SOPInstanceUID
     assert again.PredecessorDocumentsSequence == sr.PredecessorDocumentsSequence
+
+
+@pytest.mark.integration  # dciodvfy
+def test_an_image_whose_file_is_lost_is_answered_from_its_records(node, tmp_path) -> None:
+    """The image was acknowledged, then its stored file went (a disk, a file system that
+    failed): its job fails for good, and its "could not be analysed" answer is made from what
+    the node recorded when it arrived. It had no answer at all before, though every
+    acknowledged image must get one (a walk found it)."""
+    from bcd_node.jobs.workers import Workers
+    from tests.support.dicomcheck import assert_dciodvfy_clean
+
+    ctx, intake, pipeline = node
+    ds = _field(smear(103)[0], pydicom.uid.generate_uid(prefix="2.25."))
+    ds.PatientName = "Łódź^Zofia"
+    intake.accept(part10_bytes(ds))
+    data = Path(ctx.settings.storage.data_dir)
+    with ctx.session_factory() as s:
+        inst = s.execute(select(Instance)).scalar_one()
+    (data / inst.path).unlink()
+    workers = Workers(ctx, pipeline.run, 0, on_failed=pipeline.job_failed,
+                      run_batch=pipeline.run_batch)
+    assert workers.step("test-worker")  # a missing file fails for good at once
+    with ctx.session_factory() as s:
+        job = s.execute(select(Job)).scalar_one()
+        result = s.execute(select(Result)).scalar_one()
+        [sr_row] = s.execute(select(Delivery).where(Delivery.kind == "sr")).scalars().all()
+    assert job.state == JobState.FAILED and "stored file" in str(job.last_error)
+    assert result.stage is None and result.quality["status"] == "failed"
+    assert_dciodvfy_clean(data / sr_row.path)
+    sr = pydicom.dcmread(data / sr_row.path)
+    assert (sr.PatientID, str(sr.PatientName), sr.StudyInstanceUID, sr.AccessionNumber) == (
+        "PAT-1", "Łódź^Zofia", ds.StudyInstanceUID, "ACC1")
+    evidence = {r.ReferencedSOPInstanceUID
+                for e in sr.CurrentRequestedProcedureEvidenceSequence
+                for se in e.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
+    assert evidence == {ds.SOPInstanceUID}
+    assert b"Could not be analysed: stored file" in (data / sr_row.path).read_bytes()

@@ -100,13 +100,15 @@ def _uids(path: Path) -> list[str]:
 
 
 def _results(context: NodeContext) -> dict[str, dict[str, Any]]:
-    """What each image's results are, by its SOP Instance UID (the moments of building left
-    out): stage, probabilities, mask and every UID of its SEG, SR and Encapsulated PDF."""
+    """What each diagnosed image's results are, by its SOP Instance UID (the moments of
+    building left out): stage, probabilities, mask and every UID of its SEG, SR and
+    Encapsulated PDF. ("Could not be analysed" answers have no SEG: left out.)"""
     data = Path(context.settings.storage.data_dir)
     out = {}
     with context.session_factory() as s:
         for uid, result in s.execute(select(Instance.sop_instance_uid, Result).join(
-                Result, Result.instance_fk == Instance.id)).all():
+                Result, Result.instance_fk == Instance.id).where(
+                Result.seg_sop_instance_uid.is_not(None))).all():
             folder = data / Path(result.pdf_path or "").parent
             seg = pydicom.dcmread(folder / "seg.dcm")
             out[uid] = {
@@ -234,10 +236,12 @@ def test_an_image_that_cannot_be_read_or_decoded_fails_alone(
         with context.session_factory() as s:
             stages = dict(s.execute(select(Instance.sop_instance_uid, Result.stage).join(
                 Result, Result.instance_fk == Instance.id)).all())
-        # The fine images diagnosed; the one cut short answered "could not be analysed" (no
-        # stage); the unreadable one has nothing to reference, so no answer.
-        assert set(stages) == {cut, *fine}
-        assert stages[cut] is None and all(stages[uid] is not None for uid in fine)
+        # The fine images diagnosed; the one cut short and the unreadable one answered "could
+        # not be analysed" (no stage); the unreadable one's answer is made from its records
+        # (it had none: a walk found an acknowledged image left without any answer).
+        assert set(stages) == {unreadable, cut, *fine}
+        assert stages[cut] is None and stages[unreadable] is None
+        assert all(stages[uid] is not None for uid in fine)
     finally:
         pool.close()
         context.engine.dispose()
