@@ -328,7 +328,7 @@ def _segmentation(source: Dataset, mask: np.ndarray, *, algorithm: Algorithm, fr
     seg.SeriesDescription = series.description
     seg.file_meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
     seg.file_meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
-    LOGGER.info("built SEG %s for %s", seg.SOPInstanceUID, source_uid)
+    LOGGER.debug("built SEG %s for %s", seg.SOPInstanceUID, source_uid)
     return seg
 
 

@@ -120,12 +120,14 @@ class Workers:
     def _set_paused(self, reason: str) -> None:
         """Log a change between paused and working once, whichever thread sees it first."""
         with self._pause_lock:
-            if reason == self.paused:
-                return
-            if reason:
-                LOGGER.warning("workers paused, jobs stay queued: %s", reason)
-            else:
-                LOGGER.info("workers resumed: free disk space is above storage.min_free_disk")
+            # Logged when the state changes, not when the free space in the reason does (it
+            # was logged again at every figure while the disk stayed full).
+            if bool(reason) != bool(self.paused):
+                if reason:
+                    LOGGER.warning("workers paused, jobs stay queued: %s", reason)
+                else:
+                    LOGGER.info("workers resumed: free disk space is above "
+                                "storage.min_free_disk")
             self.paused = reason
 
     def step(self, owner: str) -> bool:

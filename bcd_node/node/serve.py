@@ -183,7 +183,7 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
             LOGGER.info("%s%s: %s", who, component.name, component.describe())
         context.started.set()
         tell_parent_ready()
-        threading.Thread(target=notify_when_healthy, args=(context, stop),
+        threading.Thread(target=notify_when_healthy, args=(context, stop, who),
                          name="notify-ready", daemon=True).start()
         wait_for_stop(stop)
     finally:

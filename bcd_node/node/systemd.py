@@ -17,12 +17,13 @@ from bcd_node.runtime import NodeContext
 LOGGER = logging.getLogger(__name__)
 
 
-def notify_when_healthy(context: NodeContext, stop: threading.Event) -> None:
+def notify_when_healthy(context: NodeContext, stop: threading.Event, who: str = "") -> None:
     """Tell systemd READY=1 once every available component is healthy (child processes
-    included: the model is loaded, every listener accepts)."""
+    included: the model is loaded, every listener accepts); ``who`` begins the log line (a
+    child process's role and PID: each process says so once)."""
     while not stop.is_set():
         if all(c.healthy() for c in context.components.values() if c.available):
-            LOGGER.info("ready")
+            LOGGER.info("%sready", who)
             notify_ready()
             return
         stop.wait(0.2)

@@ -52,8 +52,11 @@ class DiskStatus:
         """Why the node pauses (empty when it does not)."""
         if self.ok:
             return ""
-        return (f"free disk space {_size(self.free)} is under storage.min_free_disk "
-                f"({_size(self.min_free)}): new images are refused and analysis is paused")
+        free, mark = _size(self.free), _size(self.min_free)
+        if free == mark:  # "14.3 MiB is under (14.3 MiB)": the bytes say how far under
+            free, mark = f"{self.free} bytes", f"{self.min_free} bytes"
+        return (f"free disk space {free} is under storage.min_free_disk ({mark}): new images "
+                "are refused and analysis is paused")
 
     def describe(self) -> str:
         """One line for ``bcd-node status``."""

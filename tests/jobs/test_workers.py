@@ -152,3 +152,27 @@ def test_a_lost_lease_is_not_a_permanent_failure() -> None:
     # Code that fails a job for good on a PermanentError must not fail another worker's job.
     assert not issubclass(LeaseLostError, PermanentError)
     assert issubclass(LeaseLostError, BcdError)
+
+
+def test_a_pause_is_logged_once_while_the_free_space_changes(ctx, caplog) -> None:
+    """The reason names the free space, which moves while the disk stays full: the pause was
+    logged again at every new figure (six times in one episode of a walk)."""
+    from bcd_node.store.storage import DiskStatus
+
+    workers = Workers(ctx, lambda job: None, 1)
+    with caplog.at_level(logging.INFO, logger="bcd_node.jobs.workers"):
+        for free in (9_000_000, 8_000_000, 7_000_000):
+            workers._set_paused(DiskStatus(free, 10**9, 15_000_000).reason)
+        assert "7.0 MB" in workers.paused or "6.7 MiB" in workers.paused, workers.paused
+        workers._set_paused("")
+        workers._set_paused("")
+    lines = [r.getMessage() for r in caplog.records if r.name == "bcd_node.jobs.workers"]
+    assert sum("paused" in m for m in lines) == 1 and sum("resumed" in m for m in lines) == 1
+
+
+def test_a_free_space_just_under_the_mark_is_told_in_bytes() -> None:
+    from bcd_node.store.storage import DiskStatus
+
+    reason = DiskStatus(14_999_000, 10**9, 15_000_000).reason
+    assert "free disk space 14999000 bytes is under storage.min_free_disk (15000000 bytes)" \
+        in reason

@@ -17,7 +17,7 @@ from dicom.outputs import build_result_objects
 from dicom.sr import Findings
 from tests.support.images import vl_micro
 
-configure_logging("INFO", "text")
+configure_logging("DEBUG", "text")  # the SEG's line is at DEBUG (one line per image at INFO)
 buf = io.BytesIO()
 vl_micro(3).save_as(buf, enforce_file_format=True)
 source = pydicom.dcmread(io.BytesIO(buf.getvalue()))
