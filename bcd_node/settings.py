@@ -625,7 +625,9 @@ def _validate(s: Settings) -> None:
         if dest.type == "dimse":
             for name in ("ae_title", "host", "port"):
                 if not getattr(dest, name):
-                    raise SettingsError(f"{key}.{name}", None, "missing")
+                    raise SettingsError(f"{key}.{name}", getattr(dest, name),
+                                        "missing: a DICOM destination needs its AE title, host "
+                                        "and port")
             _check_ae(f"{key}.ae_title", dest.ae_title)
             _check_host(f"{key}.host", dest.host)
             _check_port(f"{key}.port", dest.port)
@@ -724,6 +726,11 @@ def _validate(s: Settings) -> None:
 
     _check_host("web.host", s.web.host)
     _check_port("web.port", s.web.port)
+    if s.web.port == s.dicom.port:
+        # Both bind on their hosts; on one machine, one port cannot take both ("address
+        # already in use" named neither).
+        raise SettingsError("web.port", s.web.port, "the same port as dicom.port: the console "
+                            "and the DICOM listener each need their own")
     try:
         display_zone(s.web.timezone)
     except ValueError as exc:

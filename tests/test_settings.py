@@ -415,3 +415,18 @@ def test_dicomweb_destinations_need_a_url_and_their_credentials() -> None:
         settings_from_mapping({"destinations": [{"name": "pacs", "host": "127.0.0.1",
                                                  "port": 104}]}, {})
     assert caught.value.key == "destinations[0].ae_title"
+
+
+def test_one_port_for_the_console_and_the_listener_is_refused_naming_web_port() -> None:
+    with pytest.raises(SettingsError) as info:
+        settings_from_mapping({"dicom": {"port": 11112}, "web": {"port": 11112}}, environ={})
+    assert info.value.key == "web.port" and "the same port as dicom.port" in str(info.value)
+
+
+def test_an_empty_destination_ae_title_says_what_is_missing() -> None:
+    with pytest.raises(SettingsError) as info:
+        settings_from_mapping({"destinations": [{"name": "pacs", "ae_title": "",
+                                                 "host": "127.0.0.1", "port": 104}]},
+                              environ={})
+    assert info.value.key == "destinations[0].ae_title"
+    assert "= '': missing: a DICOM destination needs its AE title" in str(info.value)

@@ -12,6 +12,7 @@ open connections (a :class:`dicom.scp.LoadBoard` file), from which the parent, w
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 from bcd_node.node.processes import Child, ChildGroup, child_argv
 from bcd_node.node.roles import StartupError, Stopper, stop_on_configuration_error
 from bcd_node.runtime import Component, NodeContext
-from bcd_node.settings import Settings
+from bcd_node.settings import Settings, SettingsError
 from bcd_node.store.layout import DataLayout
 
 if TYPE_CHECKING:  # dicom.scp (pynetdicom) is imported only where a listener starts
@@ -32,6 +33,8 @@ if TYPE_CHECKING:  # dicom.scp (pynetdicom) is imported only where a listener st
 LISTEN_FD_ENV = "BCD_INTERNAL_LISTEN_FD"
 #: A listener process's slot and the number of listener processes, as ``"slot:count"``.
 LISTENERS_ENV = "BCD_INTERNAL_LISTENERS"
+
+LOGGER = logging.getLogger(__name__)
 
 
 def listener_process_count(settings: Settings) -> int:
@@ -58,6 +61,16 @@ def scp_setup(context: NodeContext, share: int = 1
     from dicom.tls import server_context
 
     d = context.settings.dicom
+    for i, dest in enumerate(context.settings.destinations):
+        if dest.storage_commitment and d.allowed_calling_aes and \
+                dest.ae_title not in d.allowed_calling_aes:
+            # Its reports come on an association the destination opens (PS3.4 J.3.3): refused,
+            # the deliveries waited for them and then needed attention, saying nothing of why.
+            LOGGER.warning("destinations[%d] (%s) asks for storage commitment, but "
+                           "dicom.allowed_calling_aes does not list its AE title %s: its "
+                           "commitment reports will be refused, and its deliveries will wait "
+                           "for them until they need attention; list it (or the AE title its "
+                           "reports come from)", i, dest.name, dest.ae_title)
     policy = ScpPolicy(ae_title=d.ae_title, allowed_calling_aes=d.allowed_calling_aes,
                        require_called_ae=d.require_called_ae,
                        max_associations=-(-d.max_associations // share),
@@ -82,9 +95,10 @@ def scp_setup(context: NodeContext, share: int = 1
         try:
             ssl_context = server_context(str(d.tls_certificate), str(d.tls_private_key),
                                          str(d.tls_client_ca) if d.tls_client_ca else None)
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"cannot load the TLS certificate/key (dicom.tls_certificate, "
-                               f"dicom.tls_private_key): {exc}") from None
+        except (OSError, ValueError) as exc:  # a configuration error: exit 2, as for others
+            raise SettingsError("dicom.tls_certificate, dicom.tls_private_key",
+                                f"{d.tls_certificate}, {d.tls_private_key}",
+                                f"cannot load the TLS certificate and key: {exc}") from None
     return policy, handlers, ssl_context
 
 
