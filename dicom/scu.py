@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE
+from pydicom.uid import UID
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS
+from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from dicom import sop
 from dicom.errors import DicomValidationError
@@ -33,8 +38,20 @@ class PeerUnavailableError(ConnectionError):
     """The peer could not be reached or refused the association (worth retrying).
 
     A :class:`ConnectionError`, not a :class:`~dicom.errors.DicomError`: nothing is wrong with
-    the input, and a later attempt may succeed.
+    the input, and a later attempt may succeed, unless ``permanent`` says otherwise.
     """
+
+    #: The peer said that a retry will not change its answer (an A-ASSOCIATE-RJ with result
+    #: "rejected-permanent", e.g. our called AE title is not its own).
+    permanent: bool = False
+
+
+class AssociationRejectedError(PeerUnavailableError):
+    """The peer answered the association request with an A-ASSOCIATE-RJ."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -95,8 +112,48 @@ class StoreOutcome:
         return (self.status >> 8) in (0xA9, 0xC0) or self.status in (0x0122, 0x0124, 0x0211)
 
 
+class _RecordingTcp(socket.socket):
+    """A plain TCP socket that keeps the error of its ``connect`` (pynetdicom only logs it)."""
+
+    __slots__ = ("failures",)
+    failures: list[OSError]
+
+    def connect(self, address: Any) -> None:
+        try:
+            super().connect(address)
+        except OSError as exc:
+            self.failures.append(exc)
+            raise
+
+
+class _RecordingAssociationSocket(AssociationSocket):
+    """An association's socket whose connection error :func:`_associate` can name."""
+
+    failures: list[OSError]
+
+    def _create_socket(self, address: AddressInformation) -> socket.socket:
+        plain = super()._create_socket(address)
+        timeout = plain.gettimeout()
+        sock = _RecordingTcp(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        if not hasattr(self, "failures"):
+            self.failures = []
+        sock.failures = self.failures
+        sock.settimeout(timeout)
+        return sock
+
+
+class _RecordingAE(AE):
+    """An AE whose requested associations keep the error of their TCP connection."""
+
+    def _create_socket(self, assoc: Association, address: AddressInformation,
+                       tls_args: tuple[ssl.SSLContext, str] | None) -> AssociationSocket:
+        sock = _RecordingAssociationSocket(assoc, address=address)
+        sock.tls_args = tls_args
+        return sock
+
+
 def _ae(peer: Peer) -> AE:
-    ae = AE(ae_title=peer.calling_ae)
+    ae = _RecordingAE(ae_title=peer.calling_ae)
     ae.connection_timeout = peer.connect_timeout
     ae.acse_timeout = peer.acse_timeout
     ae.dimse_timeout = peer.dimse_timeout
@@ -111,10 +168,23 @@ def _associate(ae: AE, peer: Peer, **kwargs: Any) -> Association:
     Raises
     ------
     PeerUnavailableError
-        When none could be established; the message says why TLS failed, when it did.
+        When none could be established; the message names the cause: the TCP connection's
+        error ("Connection refused", no answer in time), why TLS failed, an A-ASSOCIATE-RJ's
+        result, source and reason (an :class:`AssociationRejectedError`, ``permanent`` for
+        "rejected-permanent"), the presentation contexts the peer accepted none of, or an
+        A-ABORT's source and reason.
     """
+    aborts: list[Any] = []
+
+    def on_pdu(event: Any) -> None:  # an A-ABORT that answers our request: its source, reason
+        if isinstance(event.pdu, A_ABORT_RQ):
+            aborts.append(event.pdu)
+
+    handlers = [(evt.EVT_PDU_RECV, on_pdu), *kwargs.pop("evt_handlers", [])]
+    started = time.monotonic()
     if peer.tls is None:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
+                             evt_handlers=handlers, **kwargs)
         failure = None
     else:
         try:
@@ -123,15 +193,72 @@ def _associate(ae: AE, peer: Peer, **kwargs: Any) -> Association:
             raise PeerUnavailableError(f"cannot load the TLS files for {peer.ae_title}: "
                                        f"{exc}") from None
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
-                             tls_args=(context, peer.tls.server_name or peer.host), **kwargs)
+                             tls_args=(context, peer.tls.server_name or peer.host),
+                             evt_handlers=handlers, **kwargs)
         failure = handshake_failure(context)
+    assoc.unbind(evt.EVT_PDU_RECV, on_pdu)
     if not assoc.is_established:
-        reason = f": {failure}" if failure else ": rejected" if assoc.is_rejected else ""
-        raise PeerUnavailableError(f"cannot associate with {peer.ae_title}@{peer.host}:"
-                                   f"{peer.port}{' (TLS)' if peer.tls else ''}{reason}")
+        where = f"{peer.ae_title}@{peer.host}:{peer.port}{' (TLS)' if peer.tls else ''}"
+        if failure:
+            raise PeerUnavailableError(f"cannot associate with {where}: {failure}")
+        sock = assoc.dul.socket
+        errors = sock.failures if isinstance(sock, _RecordingAssociationSocket) else []
+        if errors:
+            raise PeerUnavailableError(f"cannot connect to {where}: "
+                                       f"{_connect_error(errors[0], peer.connect_timeout)}")
+        answer = assoc.acceptor.primitive
+        if assoc.is_rejected and answer is not None:
+            raise AssociationRejectedError(f"{where} rejected the association: "
+                                           f"{_rejection(answer)}",
+                                           permanent=answer.result == 0x01)
+        if answer is not None and answer.result == 0x00 and not assoc.accepted_contexts:
+            raise PeerUnavailableError(f"{where} accepted the association but none of its "
+                                       f"presentation contexts: "
+                                       f"{_refused_contexts(assoc.rejected_contexts)}")
+        if aborts:
+            pdu = aborts[0]
+            raise PeerUnavailableError(f"{where} aborted the association request (A-ABORT, "
+                                       f"source: {pdu.source_str}, reason: {pdu.reason_str})")
+        if answer is None and time.monotonic() - started >= peer.acse_timeout:
+            raise PeerUnavailableError(f"cannot associate with {where}: no answer to the "
+                                       f"association request within {peer.acse_timeout:g} s "
+                                       "(acse_timeout)")
+        if assoc.is_aborted:
+            raise PeerUnavailableError(f"cannot associate with {where}: the association "
+                                       "request was aborted (the peer closed the connection "
+                                       "or answered with something else than DICOM)")
+        raise PeerUnavailableError(f"cannot associate with {where}")
     no_delay(assoc)
     keep_responses_for_the_sender(assoc)
     return assoc
+
+
+def _connect_error(exc: OSError, timeout: float) -> str:
+    """A failed TCP connection in words: the OS error's text ("Connection refused")."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s (connect_timeout)"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+#: A-ASSOCIATE-RJ results (PS3.8 9.3.4) in the standard's words.
+_RJ_RESULTS = {0x01: "rejected-permanent", 0x02: "rejected-transient"}
+
+
+def _rejection(answer: Any) -> str:
+    """An A-ASSOCIATE-RJ's result, source and reason in words."""
+    result = _RJ_RESULTS.get(answer.result, f"result 0x{answer.result:02X}")
+    return f"{result}, source: {answer.source_str.lower()}, reason: {answer.reason_str}"
+
+
+def _refused_contexts(contexts: Sequence[Any]) -> str:
+    """The presentation contexts a peer did not accept, with its answer to each:
+    ``Segmentation Storage in Explicit VR Little Endian (abstract syntax not supported)``."""
+    parts = []
+    for cx in contexts:
+        syntaxes = ", ".join(UID(t).name for t in cx.transfer_syntax)
+        parts.append(f"{UID(cx.abstract_syntax).name} in {syntaxes} "
+                     f"({cx.status.lower()})")
+    return "; ".join(parts) or "none was answered"
 
 
 def keep_responses_for_the_sender(assoc: Association) -> None:

@@ -10,8 +10,9 @@ mid-send are due again within one lease. Every update after the claim is fenced 
 cannot overwrite that one's outcome.
 
 A failed send backs off exponentially (``initial_backoff`` doubling to ``max_backoff``); after
-``max_attempts``, or at once for a refusal a retry cannot change (a permanent DIMSE status, a
-result file that is missing or unreadable), the row is ``dead`` ("needs attention") until an
+``max_attempts``, or at once for a refusal a retry cannot change (a permanent DIMSE status, an
+association rejected "rejected-permanent", a result file that is missing or unreadable), the row
+is ``dead`` ("needs attention") until an
 operator retries it (:func:`retry_deliveries`, used by the CLI and the console alike). Each
 failed attempt is logged with its reason (the DIMSE status or the network error).
 
@@ -301,7 +302,8 @@ class Deliverer:
         except PeerUnavailableError as exc:
             return self._merge(self._record(dest, [r for r in rows if r.id in outcomes],
                                             list(outcomes.values())),
-                               self._record_failures(dest, [r for r, _ in sendable], str(exc)))
+                               self._record_failures(dest, [r for r, _ in sendable], str(exc),
+                                                     permanent=exc.permanent))
         except (OSError, ValueError) as exc:
             LOGGER.exception("cannot send to %s", dest.name)
             return self._merge(self._record(dest, [r for r in rows if r.id in outcomes],
@@ -437,8 +439,9 @@ class Deliverer:
         return RunSummary(sent, retried, dead, lost)
 
     def _record_failures(self, dest: Destination, rows: Sequence[Delivery],
-                         error: str) -> RunSummary:
-        """The whole batch failed (no association): one reason for every row."""
+                         error: str, permanent: bool = False) -> RunSummary:
+        """The whole batch failed (no association): one reason for every row; ``permanent``
+        (the peer rejected the association for good): every row needs attention at once."""
         d = self.settings.delivery
         now = utcnow()
         retried: list[Delivery] = []
@@ -446,7 +449,7 @@ class Deliverer:
         lost = 0
         with self.context.session_factory.begin() as session:
             for row in rows:
-                if row.attempts >= d.max_attempts:
+                if permanent or row.attempts >= d.max_attempts:
                     values = dict(state=DeliveryState.DEAD, last_error=error, next_attempt_at=now)
                 else:
                     delay = backoff_seconds(row.attempts, d.initial_backoff, d.max_backoff)
@@ -465,9 +468,11 @@ class Deliverer:
                            str(low) if low == high else f"{low}-{high}", d.max_attempts, error,
                            backoff_seconds(low, d.initial_backoff, d.max_backoff))
         if dead:
-            LOGGER.error("%d deliver%s to %s need%s attention after %d attempts: %s (ids %s)",
+            LOGGER.error("%d deliver%s to %s need%s attention %s: %s (ids %s)",
                          len(dead), "y" if len(dead) == 1 else "ies", dest.name,
-                         "s" if len(dead) == 1 else "", d.max_attempts, error,
+                         "s" if len(dead) == 1 else "",
+                         "at once (a retry would be refused alike)" if permanent
+                         else f"after {d.max_attempts} attempts", error,
                          ", ".join(str(r.id) for r in dead[:20]) + (" …" if len(dead) > 20
                                                                     else ""))
         return RunSummary(0, len(retried), len(dead), lost)

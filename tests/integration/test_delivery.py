@@ -44,7 +44,7 @@ def test_pacs_down_backs_off_then_delivers_when_back(write_config, tmp_path) -> 
     assert first.sent == 0 and first.retried == 2
     with ctx.session_factory() as s:
         row = s.execute(select(Delivery)).scalars().first()
-        assert row.attempts == 1 and "cannot associate" in row.last_error
+        assert row.attempts == 1 and "Connection refused" in row.last_error
     assert Deliverer(ctx).echo_all() == {"pacs": False}
     server = Orthanc(dicom_port=port).start()
     try:
@@ -120,7 +120,7 @@ def test_each_failed_attempt_is_logged_with_its_reason(write_config, tmp_path, c
                   if r.levelno >= logging.WARNING and r.name == "bcd_node.delivery.outbox"]
     message = failure.getMessage()
     assert "2 object(s) to pacs failed (attempt 1 of 10)" in message
-    assert "cannot associate" in message
+    assert "cannot connect to ORTHANC@127.0.0.1" in message and "Connection refused" in message
 
 
 def test_a_slow_send_keeps_its_lease_and_is_sent_once(write_config, tmp_path) -> None:
