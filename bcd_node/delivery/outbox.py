@@ -1,6 +1,9 @@
 """Delivery of results to the configured destinations (the outbox).
 
-Retry state lives in the ``deliveries`` table; the scheduler only calls :meth:`Deliverer.run_once`.
+Retry state lives in the ``deliveries`` table; the scheduler only calls
+:meth:`Deliverer.run_destination`, in a job of each destination's own, so that a slow or absent
+peer holds up no other destination (:meth:`Deliverer.run_once` does every destination at once,
+each in a thread).
 Rows are claimed by setting them ``sending`` with a lease in ``next_attempt_at`` (``FOR UPDATE
 SKIP LOCKED`` on PostgreSQL), so two processes never send the same row at the same time. The
 lease (``delivery.lease_seconds``) is renewed while the association runs
@@ -31,6 +34,7 @@ attempt like any other, its reason in ``last_error``.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -197,27 +201,56 @@ class Deliverer:
                     next_attempt_at=until)))
         return kept > 0
 
-    def run_once(self) -> RunSummary:
-        """Send what is due to every destination; never raises for a peer's failure."""
-        summary = RunSummary()
+    def configured(self) -> dict[str, Destination | LisDestination]:
+        """Every destination (PACS and LIS) by name, in the order of the settings."""
         configured: dict[str, Destination | LisDestination] = {
             d.name: d for d in self.settings.destinations}
         configured.update((d.name, d) for d in self.settings.lis)
-        self._bury_unconfigured(set(configured))
-        for name, dest in configured.items():
-            if isinstance(dest, Destination) and dest.type == "dimse":
-                self._recommit(dest)
-            lis = isinstance(dest, LisDestination)
-            while True:
-                rows = self._claim(name, in_order=lis)
-                if not rows:
-                    break
-                part = (self._send_hl7(dest, rows) if isinstance(dest, LisDestination)
-                        else self._send(dest, rows))
+        return configured
+
+    def run_once(self) -> RunSummary:
+        """Send what is due to every destination, each destination in a thread of its own (one
+        that is slow or down holds up no other); never raises for a peer's failure."""
+        configured = self.configured()
+        self.bury_unconfigured()
+        if not configured:
+            return RunSummary()
+        summary = RunSummary()
+        with ThreadPoolExecutor(len(configured), thread_name_prefix="deliver") as pool:
+            for part in pool.map(self.run_destination, configured):
                 summary = self._merge(summary, part)
-                if part.retried or part.lost:
-                    break  # the peer is struggling (or another process is at work): next pass
         return summary
+
+    def run_destination(self, name: str) -> RunSummary:
+        """Send what is due to destination ``name``, batch after batch, until nothing is due
+        or the destination fails."""
+        dest = self.configured().get(name)
+        if dest is None:
+            return RunSummary()
+        summary = RunSummary()
+        if isinstance(dest, Destination) and dest.type == "dimse":
+            self._recommit(dest)
+        lis = isinstance(dest, LisDestination)
+        while True:
+            rows = self._claim(name, in_order=lis)
+            if not rows:
+                break
+            part = (self._send_hl7(dest, rows) if isinstance(dest, LisDestination)
+                    else self._send(dest, rows))
+            summary = self._merge(summary, part)
+            if part.retried or part.lost:
+                break  # the peer is struggling (or another process is at work): next pass
+        return summary
+
+    def _release(self, rows: Sequence[Delivery]) -> None:
+        """Give back claimed rows that were not tried (not counted as an attempt): due now."""
+        if not rows:
+            return
+        with self.context.session_factory.begin() as session:
+            for row in rows:
+                session.execute(update(Delivery).where(*_fenced(row)).values(
+                    state=DeliveryState.PENDING, attempts=row.attempts - 1,
+                    next_attempt_at=utcnow()))
 
     def _send_hl7(self, lis: LisDestination, rows: Sequence[Delivery]) -> RunSummary:
         """Send each row's HL7 message on one MLLP connection and match its ACK."""
@@ -262,13 +295,8 @@ class Deliverer:
             client.close()
         sent = [r for r in rows if r.id in outcomes]
         summary = self._record(lis, sent, [outcomes[r.id] for r in sent])
-        unsent = [r for r in rows if r.id not in outcomes]
-        if unsent:  # after a lost connection: not tried, so not counted as an attempt
-            with self.context.session_factory.begin() as session:
-                for row in unsent:
-                    session.execute(update(Delivery).where(*_fenced(row)).values(
-                        state=DeliveryState.PENDING, attempts=row.attempts - 1,
-                        next_attempt_at=utcnow()))
+        # After a lost connection: not tried, so not counted as an attempt.
+        self._release([r for r in rows if r.id not in outcomes])
         return summary
 
     def _send(self, dest: Destination, rows: Sequence[Delivery]) -> RunSummary:
@@ -477,7 +505,9 @@ class Deliverer:
                                                                     else ""))
         return RunSummary(0, len(retried), len(dead), lost)
 
-    def _bury_unconfigured(self, names: set[str]) -> None:
+    def bury_unconfigured(self) -> None:
+        """Rows waiting for a destination that is no longer configured need attention."""
+        names = set(self.configured())
         with self.context.session_factory.begin() as session:
             session.execute(update(Delivery).where(
                 Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING,

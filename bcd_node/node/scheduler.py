@@ -1,9 +1,10 @@
 """The worker role's scheduler: delivery, C-ECHO health, study summaries, retention and sweeps
 of temporary files, each an APScheduler job in a thread of the process that runs the workers.
 
-Every job coalesces and runs one instance at a time. :func:`start_scheduler` hooks
-``NodeContext.wake_delivery`` so that outputs queued in this process are sent at once rather
-than at the next poll.
+Every job coalesces and runs one instance at a time. Each destination has a delivery job of its
+own (:meth:`~bcd_node.delivery.outbox.Deliverer.run_destination`), so that a slow or absent PACS
+holds up no other destination. :func:`start_scheduler` hooks ``NodeContext.wake_delivery`` so that
+outputs queued in this process are sent at once rather than at the next poll.
 """
 
 from __future__ import annotations
@@ -13,20 +14,33 @@ from datetime import datetime, timedelta, timezone
 from bcd_node.node.roles import Stopper
 from bcd_node.runtime import Component, NodeContext
 
+#: The id of a destination's delivery job is this and the destination's name.
+DELIVER = "deliver:"
+
 
 def start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
     """Start the scheduler's jobs; its component is healthy while the scheduler runs."""
+    from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from bcd_node.delivery.outbox import Deliverer
 
     deliverer = Deliverer(context)
     d = context.settings.delivery
-    scheduler = BackgroundScheduler(timezone="UTC", job_defaults={
-        "coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
+    destinations = list(deliverer.configured())
+    # A thread for each destination's delivery job, and enough for the other jobs beside them.
+    scheduler = BackgroundScheduler(
+        timezone="UTC", executors={"default": ThreadPoolExecutor(len(destinations) + 8)},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
     from bcd_node.analysis.summary import enqueue_study_summaries
 
-    scheduler.add_job(deliverer.run_once, "interval", seconds=d.interval, id="deliver")
+    # One delivery job per destination: a destination that is slow or down (each of its
+    # batches waits for the PACS) holds up no other one.
+    for name in destinations:
+        scheduler.add_job(deliverer.run_destination, "interval", args=[name],
+                          seconds=d.interval, id=f"{DELIVER}{name}")
+    scheduler.add_job(deliverer.bury_unconfigured, "interval", seconds=d.interval,
+                      id="deliver-unconfigured", next_run_time=_soon())
     scheduler.add_job(enqueue_study_summaries, "interval", args=[context],
                       seconds=min(10.0, context.settings.workers.study_quiet_seconds),
                       id="study-summaries")
@@ -48,13 +62,13 @@ def start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
     scheduler.start()
 
     def deliver_now() -> None:
-        job = scheduler.get_job("deliver")
-        if job is not None:
-            job.modify(next_run_time=_soon(0))
+        for name in destinations:
+            job = scheduler.get_job(f"{DELIVER}{name}")
+            if job is not None:
+                job.modify(next_run_time=_soon(0))
 
     context.wake_delivery = deliver_now
-    names = ", ".join([x.name for x in context.settings.destinations]
-                      + [x.name for x in context.settings.lis]) or "none configured"
+    names = ", ".join(destinations) or "none configured"
     return Component("delivery", True, f"delivery to {names}", lambda: scheduler.running), \
         lambda: scheduler.shutdown(wait=True)
 

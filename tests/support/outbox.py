@@ -32,8 +32,9 @@ def states(ctx: NodeContext) -> list[DeliveryState]:
         return list(s.execute(select(Delivery.state).order_by(Delivery.id)).scalars())
 
 
-def queue_files(ctx, paths: list[Path]) -> None:
-    """Copy ``paths`` into the data folder and queue each as a pending delivery to "pacs"."""
+def queue_files(ctx, paths: list[Path], destination: str = "pacs") -> None:
+    """Copy ``paths`` into the data folder and queue each as a pending delivery to
+    ``destination``."""
     data_dir = ctx.settings.storage.data_dir
     with ctx.session_factory.begin() as session:
         for p in paths:
@@ -41,6 +42,6 @@ def queue_files(ctx, paths: list[Path]) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(p.read_bytes())
             ds = pydicom.dcmread(p)
-            session.add(Delivery(destination="pacs", kind="seg", sop_class_uid=ds.SOPClassUID,
+            session.add(Delivery(destination=destination, kind="seg", sop_class_uid=ds.SOPClassUID,
                                  sop_instance_uid=ds.SOPInstanceUID,
                                  path=f"outputs/{p.name}"))

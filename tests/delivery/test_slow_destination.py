@@ -1,0 +1,118 @@
+"""A slow PACS holds up no other destination, and a stop ends its delivery after the object in
+flight. Peers are pynetdicom AEs in this process: "slow" answers each C-STORE late (its
+handler waits), "fast" at once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+from sqlalchemy import select
+
+from bcd_node.db.models import Delivery, DeliveryState
+from bcd_node.delivery.outbox import Deliverer
+from bcd_node.node.scheduler import start_scheduler
+from bcd_node.runtime import NodeContext, open_node
+from bcd_node.settings import load_settings
+from tests.support.images import write_vl_micro
+from tests.support.net import free_port
+from tests.support.outbox import queue_files
+from tests.support.waiting import wait_for
+
+
+class Pacs:
+    """A storage SCP on loopback that keeps the SOP Instance UIDs it stored; ``before_store``
+    runs in its C-STORE handler before it answers."""
+
+    def __init__(self, before_store: Callable[[], Any] = lambda: None) -> None:
+        self.before_store = before_store
+        self.stored: list[str] = []
+        self.port = free_port()
+
+    def _store(self, event: Any) -> int:
+        self.before_store()
+        self.stored.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    @contextmanager
+    def running(self) -> Iterator[Pacs]:
+        ae = AE(ae_title="PACS")
+        ae.supported_contexts = StoragePresentationContexts
+        ae.add_supported_context(Verification)
+        server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                 evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        try:
+            yield self
+        finally:
+            server.shutdown()
+
+
+def two_destinations(write_config, slow: Pacs, fast: Pacs) -> NodeContext:
+    """A node with the slow destination first, then the fast one."""
+    text = "[delivery]\ninitial_backoff = 0.2\nmax_backoff = 0.4\nconnect_timeout = 2.0\n\n"
+    for name, pacs in (("slow", slow), ("fast", fast)):
+        text += (f'[[destinations]]\nname = "{name}"\nae_title = "PACS"\nhost = "127.0.0.1"\n'
+                 f"port = {pacs.port}\n\n")
+    return open_node(load_settings(write_config(text)))
+
+
+def states(ctx: NodeContext, destination: str) -> list[DeliveryState]:
+    with ctx.session_factory() as s:
+        return list(s.execute(select(Delivery.state).where(
+            Delivery.destination == destination).order_by(Delivery.id)).scalars())
+
+
+def test_a_pacs_that_does_not_answer_holds_up_no_other_destination(write_config,
+                                                                   tmp_path) -> None:
+    """The slow PACS answers no C-STORE until the test lets it: the fast destination gets
+    its objects meanwhile, in the same pass."""
+    answer = threading.Event()
+    with Pacs(lambda: answer.wait(30)).running() as slow, Pacs().running() as fast:
+        ctx = two_destinations(write_config, slow, fast)
+        queue_files(ctx, write_vl_micro(tmp_path / "slow", 3), destination="slow")
+        queue_files(ctx, write_vl_micro(tmp_path / "fast", 3), destination="fast")
+        summaries = []
+        passing = threading.Thread(target=lambda: summaries.append(Deliverer(ctx).run_once()))
+        passing.start()
+        try:
+            wait_for(lambda: states(ctx, "fast") == [DeliveryState.DONE] * 3, 20,
+                     "the fast destination's objects, while the slow one holds its first")
+            assert len(fast.stored) == 3
+            assert slow.stored == [] and DeliveryState.DONE not in states(ctx, "slow")
+        finally:
+            answer.set()
+            passing.join(30)
+        assert not passing.is_alive()
+        assert summaries[0].sent == 6
+        assert states(ctx, "slow") == [DeliveryState.DONE] * 3
+
+
+def test_the_schedulers_deliveries_to_a_fast_destination_go_on_while_a_slow_one_waits(
+        write_config, tmp_path) -> None:
+    """Each destination has a delivery job of its own: what is queued for the fast one later
+    is sent while the slow one still waits for its first answer."""
+    answer = threading.Event()
+    with Pacs(lambda: answer.wait(30)).running() as slow, Pacs().running() as fast:
+        ctx = two_destinations(write_config, slow, fast)
+        queue_files(ctx, write_vl_micro(tmp_path / "slow", 3), destination="slow")
+        queue_files(ctx, write_vl_micro(tmp_path / "fast", 2), destination="fast")
+        _, stop = start_scheduler(ctx)
+        try:
+            ctx.wake_delivery()
+            wait_for(lambda: states(ctx, "fast") == [DeliveryState.DONE] * 2, 15,
+                     "the fast destination's first objects")
+            queue_files(ctx, write_vl_micro(tmp_path / "fast-later", 2), destination="fast")
+            ctx.wake_delivery()
+            wait_for(lambda: states(ctx, "fast") == [DeliveryState.DONE] * 4, 15,
+                     "the fast destination's later objects")
+            assert slow.stored == []
+            answer.set()
+            wait_for(lambda: states(ctx, "slow") == [DeliveryState.DONE] * 3, 15,
+                     "the slow destination's objects, once it answers")
+        finally:
+            answer.set()
+            stop()
