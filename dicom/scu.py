@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,8 @@ class StoreOutcome:
     error: str = ""
     #: False when the file could not be read (missing, not DICOM): it was not sent.
     readable: bool = True
+    #: False when the object was not sent because a stop was asked for first (not a failure).
+    attempted: bool = True
 
     @property
     def ok(self) -> bool:
@@ -324,11 +327,14 @@ def status_text(code: int) -> str:
     return f"status 0x{code:04X}" + (f" ({meaning[1]})" if meaning and meaning[1] else "")
 
 
-def send_files(peer: Peer, paths: Sequence[str | Path]) -> list[StoreOutcome]:
+def send_files(peer: Peer, paths: Sequence[str | Path],
+               stop: threading.Event | None = None) -> list[StoreOutcome]:
     """C-STORE each file on one association, in their own transfer syntax.
 
     Returns one outcome per path, in order. A file that cannot be read (missing, not DICOM)
-    is not sent and gets an outcome with ``readable`` False; the others are sent.
+    is not sent and gets an outcome with ``readable`` False; the others are sent, until
+    ``stop`` is set: the object in flight then gets its answer, and each one after it an
+    outcome with ``attempted`` False (it was not sent).
 
     Raises
     ------
@@ -361,6 +367,10 @@ def send_files(peer: Peer, paths: Sequence[str | Path]) -> list[StoreOutcome]:
     try:
         for index, path, ds in datasets:
             uid = str(ds.SOPInstanceUID)
+            if stop is not None and stop.is_set():
+                outcomes[index] = StoreOutcome(path, uid, None, "not sent: stopping",
+                                               attempted=False)
+                continue
             if not assoc.is_established:
                 outcomes[index] = StoreOutcome(path, uid, None, "association lost")
                 continue

@@ -34,6 +34,7 @@ attempt like any other, its reason in ``last_error``.
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -143,6 +144,7 @@ class Deliverer:
         self.context = context
         self.settings = context.settings
         self.layout = DataLayout(context.settings.storage.data_dir)
+        self._stopping = threading.Event()
         check_tls_files(self.settings)
 
     def peer(self, dest: Destination) -> Peer:
@@ -208,6 +210,17 @@ class Deliverer:
         configured.update((d.name, d) for d in self.settings.lis)
         return configured
 
+    def stop(self) -> None:
+        """Ask every delivery in progress to end: no further batch is claimed and no further
+        object sent (the one in flight gets its answer); what a batch did not send is due
+        again at once, for the next start (or another process) to send."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        """:meth:`stop` was called."""
+        return self._stopping.is_set()
+
     def run_once(self) -> RunSummary:
         """Send what is due to every destination, each destination in a thread of its own (one
         that is slow or down holds up no other); never raises for a peer's failure."""
@@ -222,16 +235,16 @@ class Deliverer:
         return summary
 
     def run_destination(self, name: str) -> RunSummary:
-        """Send what is due to destination ``name``, batch after batch, until nothing is due
-        or the destination fails."""
+        """Send what is due to destination ``name``, batch after batch, until nothing is due,
+        the destination fails, or :meth:`stop` is called."""
         dest = self.configured().get(name)
         if dest is None:
             return RunSummary()
         summary = RunSummary()
-        if isinstance(dest, Destination) and dest.type == "dimse":
+        if isinstance(dest, Destination) and dest.type == "dimse" and not self.stopping:
             self._recommit(dest)
         lis = isinstance(dest, LisDestination)
-        while True:
+        while not self.stopping:
             rows = self._claim(name, in_order=lis)
             if not rows:
                 break
@@ -265,6 +278,8 @@ class Deliverer:
                             server_name=tls.server_name if tls is not None else "")
         with keeper:
             for row in rows:
+                if self.stopping:
+                    break  # the rest is sent after the restart
                 try:
                     # Bytes: a text read would turn the segments' CRs into LFs.
                     text = self.layout.resolve(row.path).read_bytes().decode("utf-8")
@@ -295,7 +310,7 @@ class Deliverer:
             client.close()
         sent = [r for r in rows if r.id in outcomes]
         summary = self._record(lis, sent, [outcomes[r.id] for r in sent])
-        # After a lost connection: not tried, so not counted as an attempt.
+        # After a lost connection, or a stop: not tried, so not counted as an attempt.
         self._release([r for r in rows if r.id not in outcomes])
         return summary
 
@@ -326,7 +341,7 @@ class Deliverer:
                 paths = [path for _, path in sendable]
                 sent: Sequence[StoreOutcome | SendOutcome] = (
                     stow_files(self.stow_target(dest), paths) if dest.type == "dicomweb"
-                    else send_files(self.peer(dest), paths))
+                    else send_files(self.peer(dest), paths, stop=self._stopping))
         except PeerUnavailableError as exc:
             return self._merge(self._record(dest, [r for r in rows if r.id in outcomes],
                                             list(outcomes.values())),
@@ -338,12 +353,15 @@ class Deliverer:
                                             list(outcomes.values())),
                                self._record_failures(dest, [r for r, _ in sendable],
                                                      f"{type(exc).__name__}: {exc}"))
-        outcomes.update((row.id, outcome) for (row, _), outcome in zip(sendable, sent))
+        outcomes.update((row.id, outcome) for (row, _), outcome in zip(sendable, sent)
+                        if not (isinstance(outcome, StoreOutcome) and not outcome.attempted))
+        tried = [row for row in rows if row.id in outcomes]
         transaction = generate_uid(prefix=None) if dest.storage_commitment else None
-        summary = self._record(dest, rows, [outcomes[row.id] for row in rows],
+        summary = self._record(dest, tried, [outcomes[row.id] for row in tried],
                                transaction=transaction)
-        if transaction is not None:
-            self._request_commitment(dest, transaction)
+        self._release([row for row in rows if row.id not in outcomes])  # a stop came first
+        if transaction is not None and not self.stopping:
+            self._request_commitment(dest, transaction)  # else asked after commitment_timeout
         return summary
 
     def _request_commitment(self, dest: Destination, transaction: str) -> None:

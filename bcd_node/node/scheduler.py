@@ -4,7 +4,9 @@ of temporary files, each an APScheduler job in a thread of the process that runs
 Every job coalesces and runs one instance at a time. Each destination has a delivery job of its
 own (:meth:`~bcd_node.delivery.outbox.Deliverer.run_destination`), so that a slow or absent PACS
 holds up no other destination. :func:`start_scheduler` hooks ``NodeContext.wake_delivery`` so that
-outputs queued in this process are sent at once rather than at the next poll.
+outputs queued in this process are sent at once rather than at the next poll; its stopper asks the
+deliveries in progress to end (after the object in flight) before the scheduler waits for its
+jobs.
 """
 
 from __future__ import annotations
@@ -67,10 +69,14 @@ def start_scheduler(context: NodeContext) -> tuple[Component, Stopper]:
             if job is not None:
                 job.modify(next_run_time=_soon(0))
 
+    def stop() -> None:
+        # Deliveries in progress end after the object in flight; unsent rows are due again.
+        deliverer.stop()
+        scheduler.shutdown(wait=True)
+
     context.wake_delivery = deliver_now
     names = ", ".join(destinations) or "none configured"
-    return Component("delivery", True, f"delivery to {names}", lambda: scheduler.running), \
-        lambda: scheduler.shutdown(wait=True)
+    return Component("delivery", True, f"delivery to {names}", lambda: scheduler.running), stop
 
 
 def _soon(seconds: float = 1.0) -> datetime:

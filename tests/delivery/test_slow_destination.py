@@ -5,6 +5,7 @@ handler waits), "fast" at once."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -116,3 +117,36 @@ def test_the_schedulers_deliveries_to_a_fast_destination_go_on_while_a_slow_one_
         finally:
             answer.set()
             stop()
+
+
+def test_a_stop_ends_the_delivery_to_a_slow_pacs_after_the_object_in_flight(write_config,
+                                                                            tmp_path) -> None:
+    """The slow PACS takes 0.5 s an object, 40 objects (one batch): 20 s. A stop while they go
+    returns after the object in flight, well within systemd's TimeoutStopSec (60 s); the
+    objects not sent are due again, not counted as an attempt, for the next start."""
+    with Pacs(lambda: time.sleep(0.5)).running() as slow, Pacs().running() as fast:
+        ctx = two_destinations(write_config, slow, fast)
+        queue_files(ctx, write_vl_micro(tmp_path / "slow", 40), destination="slow")
+        _, stop = start_scheduler(ctx)
+        stopped = False
+        try:
+            ctx.wake_delivery()
+            wait_for(lambda: len(slow.stored) >= 2, 15, "the slow destination's delivery")
+            started = time.monotonic()
+            stop()
+            stopped = True
+            took = time.monotonic() - started
+        finally:
+            if not stopped:
+                stop()
+        stored = len(slow.stored)
+    print(f"the stop took {took:.2f} s, {stored} of 40 objects stored")
+    assert took < 10, f"the stop took {took:.1f} s"
+    assert stored < 40
+    with ctx.session_factory() as s:
+        rows = s.execute(select(Delivery).where(Delivery.destination == "slow")).scalars().all()
+    done = [r for r in rows if r.state is DeliveryState.DONE]
+    waiting = [r for r in rows if r.state is not DeliveryState.DONE]
+    assert len(done) == stored and len(waiting) == 40 - stored
+    assert all(r.state is DeliveryState.PENDING and r.attempts == 0 and not r.last_error
+               for r in waiting), [(r.state, r.attempts, r.last_error) for r in waiting[:3]]
