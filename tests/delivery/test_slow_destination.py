@@ -22,6 +22,7 @@ from bcd_node.settings import load_settings
 from tests.support.images import write_vl_micro
 from tests.support.net import free_port
 from tests.support.outbox import queue_files
+from tests.support.postgres import ON_BOTH_DATABASES
 from tests.support.waiting import wait_for
 
 
@@ -52,13 +53,13 @@ class Pacs:
             server.shutdown()
 
 
-def two_destinations(write_config, slow: Pacs, fast: Pacs) -> NodeContext:
+def two_destinations(write_config, slow: Pacs, fast: Pacs, database_url: str = "") -> NodeContext:
     """A node with the slow destination first, then the fast one."""
     text = "[delivery]\ninitial_backoff = 0.2\nmax_backoff = 0.4\nconnect_timeout = 2.0\n\n"
     for name, pacs in (("slow", slow), ("fast", fast)):
         text += (f'[[destinations]]\nname = "{name}"\nae_title = "PACS"\nhost = "127.0.0.1"\n'
                  f"port = {pacs.port}\n\n")
-    return open_node(load_settings(write_config(text)))
+    return open_node(load_settings(write_config(text, database_url=database_url)))
 
 
 def states(ctx: NodeContext, destination: str) -> list[DeliveryState]:
@@ -67,13 +68,14 @@ def states(ctx: NodeContext, destination: str) -> list[DeliveryState]:
             Delivery.destination == destination).order_by(Delivery.id)).scalars())
 
 
-def test_a_pacs_that_does_not_answer_holds_up_no_other_destination(write_config,
+@ON_BOTH_DATABASES
+def test_a_pacs_that_does_not_answer_holds_up_no_other_destination(write_config, database_url,
                                                                    tmp_path) -> None:
     """The slow PACS answers no C-STORE until the test lets it: the fast destination gets
     its objects meanwhile, in the same pass."""
     answer = threading.Event()
     with Pacs(lambda: answer.wait(30)).running() as slow, Pacs().running() as fast:
-        ctx = two_destinations(write_config, slow, fast)
+        ctx = two_destinations(write_config, slow, fast, database_url)
         queue_files(ctx, write_vl_micro(tmp_path / "slow", 3), destination="slow")
         queue_files(ctx, write_vl_micro(tmp_path / "fast", 3), destination="fast")
         summaries = []
@@ -92,13 +94,14 @@ def test_a_pacs_that_does_not_answer_holds_up_no_other_destination(write_config,
         assert states(ctx, "slow") == [DeliveryState.DONE] * 3
 
 
+@ON_BOTH_DATABASES
 def test_the_schedulers_deliveries_to_a_fast_destination_go_on_while_a_slow_one_waits(
-        write_config, tmp_path) -> None:
+        write_config, database_url, tmp_path) -> None:
     """Each destination has a delivery job of its own: what is queued for the fast one later
     is sent while the slow one still waits for its first answer."""
     answer = threading.Event()
     with Pacs(lambda: answer.wait(30)).running() as slow, Pacs().running() as fast:
-        ctx = two_destinations(write_config, slow, fast)
+        ctx = two_destinations(write_config, slow, fast, database_url)
         queue_files(ctx, write_vl_micro(tmp_path / "slow", 3), destination="slow")
         queue_files(ctx, write_vl_micro(tmp_path / "fast", 2), destination="fast")
         _, stop = start_scheduler(ctx)
@@ -119,13 +122,14 @@ def test_the_schedulers_deliveries_to_a_fast_destination_go_on_while_a_slow_one_
             stop()
 
 
-def test_a_stop_ends_the_delivery_to_a_slow_pacs_after_the_object_in_flight(write_config,
-                                                                            tmp_path) -> None:
+@ON_BOTH_DATABASES
+def test_a_stop_ends_the_delivery_to_a_slow_pacs_after_the_object_in_flight(
+        write_config, database_url, tmp_path) -> None:
     """The slow PACS takes 0.5 s an object, 40 objects (one batch): 20 s. A stop while they go
     returns after the object in flight, well within systemd's TimeoutStopSec (60 s); the
     objects not sent are due again, not counted as an attempt, for the next start."""
     with Pacs(lambda: time.sleep(0.5)).running() as slow, Pacs().running() as fast:
-        ctx = two_destinations(write_config, slow, fast)
+        ctx = two_destinations(write_config, slow, fast, database_url)
         queue_files(ctx, write_vl_micro(tmp_path / "slow", 40), destination="slow")
         _, stop = start_scheduler(ctx)
         stopped = False
