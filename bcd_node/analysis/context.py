@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
@@ -119,3 +120,31 @@ def field_numbers(session: Session, instance_ids: Collection[int]) -> dict[int, 
     rows = session.execute(select(Instance.id, count).join(
         Series, Instance.series_fk == Series.id).where(Instance.id.in_(instance_ids))).all()
     return {int(instance_id): int(n) + 1 for instance_id, n in rows}
+
+
+def recorded_image(instance: Instance, series: Series, study: Study,
+                   patient: Patient) -> Dataset:
+    """An image's attributes as the node recorded them when it arrived (its UIDs, SOP class,
+    size, patient, study and series), without its pixels: what the "could not be analysed"
+    answer of an image whose stored file cannot be read any more is made from (its file lost,
+    damaged, or on a file system that failed)."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"  # the records are Unicode
+    ds.SOPClassUID = instance.sop_class_uid
+    ds.SOPInstanceUID = instance.sop_instance_uid
+    ds.Rows, ds.Columns = instance.rows, instance.columns
+    ds.PatientID = patient.patient_id
+    ds.PatientName = patient.name
+    ds.PatientBirthDate = patient.birth_date
+    ds.PatientSex = patient.sex if patient.sex in ("M", "F", "O") else ""
+    ds.StudyInstanceUID = study.study_instance_uid
+    ds.StudyDate, ds.StudyTime = study.study_date, study.study_time
+    ds.AccessionNumber = study.accession_number
+    ds.ReferringPhysicianName = study.referring_physician
+    ds.StudyDescription = study.description
+    ds.StudyID = ""
+    ds.SeriesInstanceUID = series.series_instance_uid
+    ds.Modality = series.modality or "OT"
+    if series.series_number is not None:
+        ds.SeriesNumber = series.series_number
+    return ds

@@ -31,7 +31,7 @@ from bcd_node.analysis.builders import (
     ReadImage,
     read_image,
 )
-from bcd_node.analysis.context import AnalysisContext, Loaded, field_numbers
+from bcd_node.analysis.context import AnalysisContext, Loaded, field_numbers, recorded_image
 from bcd_node.analysis.findings import (
     Analyzer,
     PredictionLike,
@@ -55,7 +55,6 @@ from bcd_node.db.models import (
     Patient,
     Result,
     ResultScope,
-    Series,
     Study,
     VerificationState,
 )
@@ -333,7 +332,10 @@ class ImageAnalysis:
                 return None
             if isinstance(error, FileNotFoundError):
                 raise PermanentError(f"stored file {inst.path} is missing") from error
-            raise PermanentError(f"stored file is not readable: {error}") from error
+            # Named under the data folder: the reason goes into the answer to the PACS, which
+            # has no business with the node's own paths.
+            reason = str(error).replace(str(ctx.store.path(inst.path)), inst.path)
+            raise PermanentError(f"stored file is not readable: {reason}") from error
         facts = recorded.get(inst.id)
         if facts is None:
             raise PermanentError(f"job {job.id}: instance {inst.id} no longer exists")
@@ -575,32 +577,3 @@ class ImageAnalysis:
             LOGGER.warning("result %d: verification of an earlier version of instance %s "
                            "withdrawn", result.id, inst.sop_instance_uid)
         clear_verification(result)
-
-
-def recorded_image(instance: Instance, series: Series, study: Study,
-                   patient: Patient) -> Dataset:
-    """An image's attributes as the node recorded them when it arrived (its UIDs, SOP class,
-    size, patient, study and series), without its pixels: what the "could not be analysed"
-    answer of an image whose stored file cannot be read any more is made from (its file lost,
-    damaged, or on a file system that failed)."""
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"  # the records are Unicode
-    ds.SOPClassUID = instance.sop_class_uid
-    ds.SOPInstanceUID = instance.sop_instance_uid
-    ds.Rows, ds.Columns = instance.rows, instance.columns
-    ds.PatientID = patient.patient_id
-    ds.PatientName = patient.name
-    ds.PatientBirthDate = patient.birth_date
-    ds.PatientSex = patient.sex if patient.sex in ("M", "F", "O") else ""
-    ds.StudyInstanceUID = study.study_instance_uid
-    ds.StudyDate, ds.StudyTime = study.study_date, study.study_time
-    ds.AccessionNumber = study.accession_number
-    ds.ReferringPhysicianName = study.referring_physician
-    ds.StudyDescription = study.description
-    ds.StudyID = ""
-    ds.SeriesInstanceUID = series.series_instance_uid
-    ds.Modality = series.modality or "OT"
-    if series.series_number is not None:
-        ds.SeriesNumber = series.series_number
-    return ds
-

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bcd_node.analysis.context import AnalysisContext
+from bcd_node.analysis.context import AnalysisContext, recorded_image
 from bcd_node.analysis.lis import queue_case_messages
 from bcd_node.analysis.publish import Output, complete_or_raise, publish, write_files
 from bcd_node.db.models import (
@@ -168,7 +168,7 @@ class StudySummaries:
         ones too: the summary speaks of them; a failed field whose file cannot be read is
         counted, not referenced), and their rows in the same order."""
         ctx = self.context
-        sources = [read_dataset(ctx.store.path(i.path)) for _, i in fields.rows]
+        sources = [self._source(job, i) for _, i in fields.rows]
         referenced = [i for _, i in fields.rows]
         for inst in fields.failed:
             try:
@@ -178,6 +178,24 @@ class StudySummaries:
                 LOGGER.warning("job %d: failed field %s is not referenced by the summary: %s",
                                job.id, inst.sop_instance_uid, exc)
         return sources, referenced
+
+    def _source(self, job: Claimed, inst: Instance) -> Dataset:
+        """A field's stored image; from its records (:func:`recorded_image`) when its file
+        cannot be read any more, as its own "could not be analysed" answer was: the summary
+        failed for good on such a field, and its study got none."""
+        ctx = self.context
+        try:
+            return read_dataset(ctx.store.path(inst.path))
+        except (DicomError, OSError) as exc:
+            LOGGER.warning("job %d: field %s cannot be read (%s); the summary refers to it "
+                           "from its records", job.id, inst.sop_instance_uid, exc)
+        with ctx.node.session_factory() as session:
+            series = session.get(Series, inst.series_fk)
+            study = session.get(Study, series.study_fk) if series is not None else None
+            patient = session.get(Patient, study.patient_fk) if study is not None else None
+            if series is None or study is None or patient is None:
+                raise PermanentError(f"job {job.id}: field {inst.id} is no longer on record")
+            return recorded_image(inst, series, study, patient)
 
     def make_verified(self, job: Claimed, result: Result, doctor_name: str) -> None:
         """A doctor signed the case: the VERIFIED successor of the study summary SR and the

@@ -91,7 +91,9 @@ class SkippedRunsSummary(logging.Filter):
                     f"the previous one was still going: {listed}")
         record.msg, record.args = text, None
         record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
+        # Made an INFO line after the warning passed the level: shown only where INFO is (it
+        # came out under --log-level WARNING).
+        return logging.getLogger().isEnabledFor(logging.INFO)
 
 
 class JsonFormatter(logging.Formatter):

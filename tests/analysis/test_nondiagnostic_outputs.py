@@ -322,6 +322,7 @@ def test_an_image_whose_file_is_lost_is_answered_from_its_records(node, tmp_path
         result = s.execute(select(Result)).scalar_one()
         [sr_row] = s.execute(select(Delivery).where(Delivery.kind == "sr")).scalars().all()
     assert job.state == JobState.FAILED and "stored file" in str(job.last_error)
+    assert str(data) not in str(job.last_error)  # the answer names no path of the node's
     assert result.stage is None and result.quality["status"] == "failed"
     assert_dciodvfy_clean(data / sr_row.path)
     sr = pydicom.dcmread(data / sr_row.path)
@@ -332,3 +333,14 @@ def test_an_image_whose_file_is_lost_is_answered_from_its_records(node, tmp_path
                 for se in e.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
     assert evidence == {ds.SOPInstanceUID}
     assert b"Could not be analysed: stored file" in (data / sr_row.path).read_bytes()
+    # The study's summary refers to it from its records too (it failed for good on the
+    # unreadable file, and the study got none).
+    summary = _summarise(ctx, pipeline)
+    assert summary.quality == {"fields": 1, "analysed": 0, "quality_insufficient": 0,
+                               "failed": 1}
+    summary_sr = pydicom.dcmread(data / next(
+        d.path for d in _deliveries(ctx) if d.kind == "summary_sr"))
+    assert {r.ReferencedSOPInstanceUID
+            for e in summary_sr.CurrentRequestedProcedureEvidenceSequence
+            for se in e.ReferencedSeriesSequence for r in se.ReferencedSOPSequence} == {
+        ds.SOPInstanceUID}

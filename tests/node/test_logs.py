@@ -102,3 +102,28 @@ def test_a_builder_process_logs_through_the_workers_filters() -> None:
     assert "19610707" not in logged
     assert "pydicom: Invalid value for VR DA: '…'" in logged
     assert "UserWarning: Invalid value for VR DA: '…'" in logged
+
+
+def test_the_skipped_runs_summary_keeps_to_the_configured_level() -> None:
+    """The summary is an INFO line made from APScheduler's warning: under --log-level WARNING
+    it came out all the same (a walk saw it in a JSON log at WARNING)."""
+    import logging
+
+    from bcd_node.node.logs import _SKIPPED, SkippedRunsSummary
+
+    root = logging.getLogger()
+    before = root.level
+
+    def record() -> logging.LogRecord:
+        return logging.LogRecord("apscheduler.scheduler", logging.WARNING, __file__, 1,
+                                 _SKIPPED[0] + ": maximum number of running instances reached",
+                                 ("deliver",), None)
+
+    try:
+        root.setLevel(logging.WARNING)
+        assert not SkippedRunsSummary().filter(record())
+        root.setLevel(logging.INFO)
+        shown = record()
+        assert SkippedRunsSummary().filter(shown) and shown.levelname == "INFO"
+    finally:
+        root.setLevel(before)
