@@ -25,7 +25,7 @@ def display_name(name: str, *, upper_family: bool = False) -> str:
     shown by its alphabetic group with the ideographic one in brackets ("Yamada, Tarou (山田,
     太郎)"), or by the first group it has. A name without ``^`` is shown as it is; one of
     separators only is empty."""
-    groups = [group for group in name.split("=")[:3]]
+    groups = name.split("=")[:3]
     shown = [_group(group, upper_family) for group in groups[:2]]
     if len(shown) == 2 and shown[0] and shown[1]:
         return f"{shown[0]} ({shown[1]})"

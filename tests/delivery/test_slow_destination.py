@@ -124,29 +124,51 @@ def test_the_schedulers_deliveries_to_a_fast_destination_go_on_while_a_slow_one_
 
 @ON_BOTH_DATABASES
 def test_a_stop_ends_the_delivery_to_a_slow_pacs_after_the_object_in_flight(
-        write_config, database_url, tmp_path) -> None:
-    """The slow PACS takes 0.5 s an object, 40 objects (one batch): 20 s. A stop while they go
-    returns after the object in flight, well within systemd's TimeoutStopSec (60 s); the
-    objects not sent are due again, not counted as an attempt, for the next start."""
-    with Pacs(lambda: time.sleep(0.5)).running() as slow, Pacs().running() as fast:
+        write_config, database_url, tmp_path, monkeypatch) -> None:
+    """A PACS that answers its first two objects, then holds the third until the test lets
+    it go; 40 objects (one batch). A stop asked while the third is in flight returns once it
+    is answered, without sending a fourth (it went on through all 40 before); the objects not
+    sent are due again, not counted as an attempt, for the next start."""
+    from bcd_node.delivery.outbox import Deliverer
+
+    holding, release, stop_asked = threading.Event(), threading.Event(), threading.Event()
+    answered = [0]
+
+    def slow_after_two() -> None:
+        answered[0] += 1
+        if answered[0] > 2:
+            holding.set()
+            release.wait(60)
+
+    real_stop = Deliverer.stop
+
+    def recorded_stop(self: Deliverer) -> None:
+        real_stop(self)
+        stop_asked.set()
+
+    monkeypatch.setattr(Deliverer, "stop", recorded_stop)
+    with Pacs(slow_after_two).running() as slow, Pacs().running() as fast:
         ctx = two_destinations(write_config, slow, fast, database_url)
         queue_files(ctx, write_vl_micro(tmp_path / "slow", 40), destination="slow")
         _, stop = start_scheduler(ctx)
-        stopped = False
+        stopping = threading.Thread(target=stop, name="stop")
         try:
             ctx.wake_delivery()
-            wait_for(lambda: len(slow.stored) >= 2, 15, "the slow destination's delivery")
+            assert holding.wait(15), "the slow destination's third object never came"
             started = time.monotonic()
-            stop()
-            stopped = True
+            stopping.start()
+            assert stop_asked.wait(15), "the deliverer was not asked to stop"
+            release.set()  # the object in flight is answered
+            stopping.join(60)
             took = time.monotonic() - started
         finally:
-            if not stopped:
+            release.set()
+            if not stopping.is_alive() and not stop_asked.is_set():
                 stop()
         stored = len(slow.stored)
     print(f"the stop took {took:.2f} s, {stored} of 40 objects stored")
-    assert took < 10, f"the stop took {took:.1f} s"
-    assert stored < 40
+    assert not stopping.is_alive() and took < 10, f"the stop took {took:.1f} s"
+    assert stored == 3  # the two answered, and the one in flight: none after the stop
     with ctx.session_factory() as s:
         rows = s.execute(select(Delivery).where(Delivery.destination == "slow")).scalars().all()
     done = [r for r in rows if r.state is DeliveryState.DONE]
