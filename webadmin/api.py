@@ -129,7 +129,8 @@ def _result_json(r: Result, *, numbers: dict[int, int] | None = None) -> dict[st
 
 @bp.get("/status")
 def status() -> Any:
-    """Node status: components, queue depth, deliveries (the figures of ``bcd-node status``)."""
+    """Node status: components, queue depth, deliveries by state, and each destination's
+    deliveries and last C-ECHO (the figures of ``bcd-node status``)."""
     from bcd_node.delivery.status import node_status
 
     status = node_status(db(), node().settings, waiting=0, failures=0)
@@ -138,7 +139,15 @@ def status() -> Any:
                    components={n: {"available": c.available, "detail": c.describe()}
                                for n, c in node().components.items()},
                    queue_depth=status.jobs.active,
-                   deliveries={s.value: counts.get(s.value, 0) for s in DeliveryState})
+                   deliveries={s.value: counts.get(s.value, 0) for s in DeliveryState},
+                   destinations={d.name: {"ok": d.ok, "waiting": d.waiting,
+                                          "deliveries": {s.value: d.counts.get(s.value, 0)
+                                                         for s in DeliveryState},
+                                          "echo": {"ok": d.echo_ok,
+                                                   "at": (d.echo_at.isoformat()
+                                                          if d.echo_at else None),
+                                                   "error": d.echo_error}}
+                                 for d in status.deliveries.destinations})
 
 
 @bp.get("/studies")

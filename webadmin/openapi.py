@@ -48,6 +48,8 @@ _NOT_FOUND = {"404": _json(_ref("Error"), "Nothing with this identifier")}
 def _schemas() -> dict[str, Any]:
     stage = {"type": "string", "enum": [s.value for s in Stage]}
     number = {"type": "number"}
+    by_state = {"type": "object", "description": "outbox rows by state",
+                "properties": {s.value: {"type": "integer"} for s in DeliveryState}}
     return {
         "Error": {
             "type": "object", "required": ["error"],
@@ -61,9 +63,20 @@ def _schemas() -> dict[str, Any]:
                     "type": "object", "properties": {"available": {"type": "boolean"},
                                                      "detail": {"type": "string"}}}},
                 "queue_depth": {"type": "integer", "description": "jobs queued or running"},
-                "deliveries": {"type": "object", "description": "outbox rows by state",
-                               "properties": {s.value: {"type": "integer"}
-                                              for s in DeliveryState}},
+                "deliveries": by_state,
+                "destinations": {
+                    "type": "object", "description": "each destination (PACS or LIS) by name",
+                    "additionalProperties": {"type": "object", "properties": {
+                        "ok": {"type": "boolean",
+                               "description": "nothing waits for it and its last C-ECHO (if "
+                                              "any) succeeded"},
+                        "waiting": {"type": "integer",
+                                    "description": "its outbox rows not done, dead included"},
+                        "deliveries": by_state,
+                        "echo": {"type": "object", "properties": {
+                            "ok": _nullable({"type": "boolean"}),
+                            "at": _nullable({"type": "string", "format": "date-time"}),
+                            "error": _nullable({"type": "string"})}}}}},
             },
         },
         "Study": {

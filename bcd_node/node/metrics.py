@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 from sqlalchemy import func, select
 
-from bcd_node.db.models import Delivery
+from bcd_node.db.models import Delivery, DeliveryState, DestinationHealth, utcnow
 from bcd_node.jobs.queue import counts
 from bcd_node.runtime import NodeContext
 
@@ -47,6 +47,8 @@ _SUFFIXES = {"counter": ("_total", "_created"),
              "histogram": ("_bucket", "_count", "_sum", "_created"),
              "summary": ("", "_count", "_sum", "_created"),
              "gaugehistogram": ("_bucket", "_gcount", "_gsum")}
+#: Outbox states of a row not yet delivered that is still being worked on (not dead).
+_PENDING = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.COMMITTING)
 _LabelKey = tuple[tuple[str, str], ...]
 #: A number as the text format spells it (prometheus_client's function has no annotations).
 _float_to_go_string: Callable[[float], str] = _untyped_float_to_go_string
@@ -58,18 +60,45 @@ class _DatabaseCollector:
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         jobs = GaugeMetricFamily("bcd_jobs", "Jobs in the queue by state", labels=["state"])
-        backlog = GaugeMetricFamily("bcd_deliveries", "Outbox rows by state", labels=["state"])
+        backlog = GaugeMetricFamily("bcd_deliveries", "Outbox rows by destination and state",
+                                    labels=["destination", "state"])
+        oldest = GaugeMetricFamily(
+            "bcd_delivery_oldest_pending_seconds",
+            "Age of the oldest outbox row not yet delivered (queued, being sent or awaiting its "
+            "storage commitment) per destination; 0 when none waits", labels=["destination"])
+        echo = GaugeMetricFamily(
+            "bcd_destination_echo_ok",
+            "1 if the PACS destination's last C-ECHO (a DICOMweb one: its QIDO-RS query) "
+            "succeeded, else 0; absent until it was checked (a LIS is not)",
+            labels=["destination"])
         try:
             with self.context.session_factory() as session:
                 for job_state, n in counts(session).by_state.items():
                     jobs.add_metric([job_state.value], n)
-                for state, n in session.execute(select(Delivery.state, func.count())
-                                                .group_by(Delivery.state)):
-                    backlog.add_metric([getattr(state, "value", state)], n)
+                for destination, state, n in session.execute(
+                        select(Delivery.destination, Delivery.state, func.count())
+                        .group_by(Delivery.destination, Delivery.state)):
+                    backlog.add_metric([destination, getattr(state, "value", state)], n)
+                now = utcnow()
+                settings = self.context.settings
+                ages = {name: 0.0 for name in [d.name for d in settings.destinations]
+                        + [d.name for d in settings.lis]}
+                for destination, first in session.execute(
+                        select(Delivery.destination, func.min(Delivery.created_at))
+                        .where(Delivery.state.in_(_PENDING))
+                        .group_by(Delivery.destination)):
+                    ages[destination] = max(0.0, (now - first).total_seconds())
+                for destination, age in ages.items():
+                    oldest.add_metric([destination], age)
+                for health in session.execute(select(DestinationHealth)).scalars():
+                    if health.last_echo_ok is not None:
+                        echo.add_metric([health.name], 1.0 if health.last_echo_ok else 0.0)
         except Exception:  # noqa: BLE001 - a scrape must not fail because the DB is down
             LOGGER.exception("metrics: cannot read the queue")
         yield jobs
         yield backlog
+        yield oldest
+        yield echo
 
 
 class _Families:

@@ -140,6 +140,25 @@ def test_api_post_needs_no_csrf_but_auth(client: FlaskClient) -> None:
     assert client.post("/api/v1/status").status_code in (401, 405)
 
 
+def test_api_status_gives_each_destination(app: Flask, client: FlaskClient) -> None:
+    from tests.node.test_metrics_destinations import seed_destinations
+
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        seed_destinations(session)
+    basic = {"Authorization": "Basic " + base64.b64encode(
+        f"doctor:{DOCTOR_PASSWORD}".encode()).decode()}
+    body = client.get("/api/v1/status", headers=basic).get_json()
+    pacs, archive = body["destinations"]["pacs"], body["destinations"]["archive"]
+    assert (pacs["ok"], pacs["waiting"]) == (False, 3)
+    assert pacs["deliveries"]["pending"] == 2 and pacs["deliveries"]["dead"] == 1
+    assert pacs["echo"]["ok"] is False and pacs["echo"]["error"] == "connection refused"
+    assert (archive["ok"], archive["waiting"], archive["echo"]["ok"]) == (True, 0, True)
+    assert archive["deliveries"]["done"] == 1 and archive["echo"]["error"] is None
+    # The node-wide figures stay as they were.
+    assert body["deliveries"]["pending"] == 2 and body["deliveries"]["done"] == 3
+
+
 def test_system_page_and_delivery_retry(app: Flask, admin_client: FlaskClient) -> None:
     ctx = app.extensions["bcd_node"]
     with ctx.session_factory.begin() as session:
