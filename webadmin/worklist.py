@@ -202,8 +202,13 @@ def warnings_for(result: Result) -> list[str]:
 @bp.get("/studies/<uid>")
 def study(uid: str) -> Any:
     """Review a study: each image with overlay, mask, probabilities and findings."""
+    return _study_page(_study_or_404(uid))
+
+
+def _study_page(st: Study, *, status: int = 200,
+                verify_forms: dict[int, VerifyForm] | None = None) -> Any:
+    """The study page; ``verify_forms``: a result's form as the doctor posted it (refused)."""
     session = db()
-    st = _study_or_404(uid)
     instances = session.execute(
         select(Instance).join(Series).where(Series.study_fk == st.id)
         .order_by(Series.series_number, Instance.id)).scalars().all()
@@ -218,7 +223,7 @@ def study(uid: str) -> Any:
     audit_event("view_study", patient_id=st.patient.patient_id,
                 study_instance_uid=st.study_instance_uid, object_ref=f"study:{st.id}")
     session.commit()
-    forms = {r.id: VerifyForm(prefix=f"r{r.id}") for r in results}
+    forms = {r.id: VerifyForm(prefix=f"r{r.id}") for r in results} | (verify_forms or {})
     field_counts = {r.id: corrected_blast_count(session, r) for r in results
                     if r.instance_fk is not None}
     deliveries = case_deliveries(session, node().settings, st.id)
@@ -231,7 +236,7 @@ def study(uid: str) -> Any:
                            demonstration=demonstration, demo_note=demo_note,
                            field_counts=field_counts, case_count=_case(st).blast_count,
                            deliveries=deliveries, action=ActionForm(),
-                           is_admin=current_user.role == Role.ADMIN)
+                           is_admin=current_user.role == Role.ADMIN), status
 
 
 @bp.app_template_global()
@@ -286,9 +291,11 @@ def case(uid: str) -> Any:
 
 
 def _case_page(st: Study, *, status: int = 200, sign_form: SignCaseForm | None = None,
-               amend_form: AmendCaseForm | None = None) -> Any:
-    """The case page; with a posted form that was refused, that form as the doctor filled it
-    in, its errors next to its fields."""
+               amend_form: AmendCaseForm | None = None,
+               verify_forms: dict[int, VerifyForm] | None = None) -> Any:
+    """The case page; with a posted form that was refused (signing, amending, or a field's
+    ``verify_forms`` by result), that form as the doctor filled it in, its errors next to its
+    fields."""
     session = db()
     current = _case(st)
     # A signing form posts the field it was shown with; a page view names it in its URL.
@@ -311,7 +318,7 @@ def _case_page(st: Study, *, status: int = 200, sign_form: SignCaseForm | None =
                 study_instance_uid=st.study_instance_uid, object_ref=f"study:{st.id}",
                 details={"field": shown.number} if shown is not None else None)
     session.commit()
-    forms = {r.id: VerifyForm(prefix=f"r{r.id}") for r in results}
+    forms = {r.id: VerifyForm(prefix=f"r{r.id}") for r in results} | (verify_forms or {})
     field_counts = {r.id: corrected_blast_count(session, r) for r in results}
     demonstration, demo_note = results_banner(
         [*results, *([current.summary] if current.summary else [])], configured_manifest())
@@ -424,7 +431,8 @@ def verify(result_id: int) -> Any:
         abort(404)
     st = session.get(Study, result.study_fk)
     form = VerifyForm(prefix=f"r{result.id}")
-    if request.form.get("back") == "case":  # from the case page: back to the same field
+    from_case = request.form.get("back") == "case"
+    if from_case:  # from the case page: back to the same field
         field_number = request.form.get("field", "")
         back = redirect(url_for("worklist.case", uid=st.study_instance_uid,
                                 field=field_number if field_number.isdigit() else None)
@@ -432,8 +440,16 @@ def verify(result_id: int) -> Any:
     else:
         back = redirect(url_for("worklist.study", uid=st.study_instance_uid)
                         + f"#result-{result.id}")
+
+    def refused() -> Any:
+        # The page the form was on again (400), the form as the doctor filled it in: a
+        # comment typed is not lost to a refusal.
+        if from_case:
+            return _case_page(st, status=400, verify_forms={result.id: form})
+        return _study_page(st, status=400, verify_forms={result.id: form})
+
     if not _valid(form):
-        return back
+        return refused()
     name, kind = actor()
     try:
         done = verify_result(session, result, form.decision.data, stage=form.stage.data or None,
@@ -442,7 +458,7 @@ def verify(result_id: int) -> Any:
     except (VerificationRefused, ValidationError) as exc:
         session.rollback()
         flash(str(exc), "error")
-        return back
+        return refused()
     session.commit()
     if done.report_queued:
         flash("Verification recorded. The verified report is being produced and sent to PACS.",

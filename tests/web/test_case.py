@@ -104,6 +104,36 @@ def _textarea(page: str, name: str) -> str:
     return html.unescape(match.group(1)).lstrip("\r\n")
 
 
+def test_a_refused_field_verification_comes_back_as_typed_on_the_case_page(
+        app: Flask, doctor_client: FlaskClient, case: dict[str, Any]) -> None:
+    """A field's "Correct" without a stage, sent from the case page: that page again (400), on
+    the same field, the comment as typed and the error at the stage; nothing verified."""
+    with app.extensions["bcd_node"].session_factory() as session:
+        field_results = session.execute(select(Result.id).where(
+            Result.study_fk == case["study_id"], Result.scope == "instance")
+            .order_by(Result.id)).scalars().all()
+    rid = field_results[1]  # field 2
+    comment = "Two blasts at the edge;\r\nsee the <i>lower</i> left & repeat."
+    resp = doctor_client.post(f"/results/{rid}/verify", data={
+        "csrf_token": csrf_token(doctor_client, f"/cases/{UID}?field=2"), "back": "case",
+        "field": "2", f"r{rid}-decision": "correct", f"r{rid}-comment": comment})
+    assert resp.status_code == 400
+    page = resp.get_data(as_text=True)
+    assert _textarea(page, f"r{rid}-comment") == comment.replace("\r\n", "\n")
+    assert re.search(r'class="thumb [^"]*current[^"]*" data-field="2"', page)
+    assert "Choose the corrected stage." in page
+    with app.extensions["bcd_node"].session_factory() as session:
+        assert session.get(Result, rid).verification == "unverified"
+    # Sent again with the stage: verified, back to the same field (Post/Redirect/Get).
+    resp = doctor_client.post(f"/results/{rid}/verify", data={
+        "csrf_token": csrf_token(doctor_client, f"/cases/{UID}?field=2"), "back": "case",
+        "field": "2", f"r{rid}-decision": "correct", f"r{rid}-stage": "Malignant-Pro",
+        f"r{rid}-comment": comment})
+    assert resp.status_code == 302 and resp.headers["Location"] == f"/cases/{UID}?field=2#field"
+    with app.extensions["bcd_node"].session_factory() as session:
+        assert session.get(Result, rid).verified_stage == "Malignant-Pro"
+
+
 def test_a_refused_signature_comes_back_as_typed_with_the_error_at_its_field(
         app: Flask, doctor_client: FlaskClient, case: dict[str, Any]) -> None:
     """"Correct" without a stage: the case page again (400), the comment and the decision as

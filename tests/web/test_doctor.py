@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 from types import SimpleNamespace
 from typing import Any
@@ -261,9 +262,14 @@ def test_verify_without_ai_report_queues_nothing(app: Flask, doctor_client: Flas
 def test_correction_needs_a_stage(app: Flask, doctor_client: FlaskClient,
                                   analysed: dict[str, Any]) -> None:
     rid = analysed["result_id"]
+    comment = "Three blasts & a smudge cell <not counted>."
     resp = post_form(doctor_client, f"/studies/{UID}", f"/results/{rid}/verify",
-                     {f"r{rid}-decision": "correct"}, follow_redirects=True)
-    assert "Choose the corrected stage" in resp.get_data(as_text=True)
+                     {f"r{rid}-decision": "correct", f"r{rid}-comment": comment})
+    # The study page again, the comment as typed: a refusal loses nothing the doctor wrote.
+    assert resp.status_code == 400
+    page = resp.get_data(as_text=True)
+    assert "Choose the corrected stage" in page
+    assert html.escape(comment, quote=False) in page
     with app.extensions["bcd_node"].session_factory() as session:
         assert session.get(Result, rid).verification == "unverified"
 
