@@ -59,10 +59,11 @@ login_manager.session_protection = None
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.register", "healthz", "readyz", "metrics",
                               "static"})
 
-#: The live pages' polls (``static/live.js``): they are not the user's activity, so they keep no
-#: session from its idle end; signed out, they are answered 401, which the page turns into the
-#: sign-in page.
-BACKGROUND_ENDPOINTS = frozenset({"worklist.state_json", "worklist.case_state_json"})
+#: The live pages' polls (``static/live.js``) and the idle warning's question (``static/app.js``):
+#: they are not the user's activity, so they keep no session from its idle end; signed out, they
+#: are answered 401, which the page turns into the sign-in page.
+BACKGROUND_ENDPOINTS = frozenset({"worklist.state_json", "worklist.case_state_json",
+                                  "auth.session_state"})
 
 #: Set by ``live.js`` just before it reloads a page on its own (a case's status changed, cases
 #: arrived) and removed at the user's first click or key press there (or after 60 s): that
@@ -176,7 +177,7 @@ def require_login() -> Any:
             request.path.startswith("/api/"):
         return None
     if not current_user.is_authenticated:
-        if request.endpoint in BACKGROUND_ENDPOINTS:
+        if request.endpoint in BACKGROUND_ENDPOINTS or request.endpoint == "auth.keepalive":
             # A poll cannot follow a redirect to the sign-in page; the page reloads on 401.
             return jsonify(error="unauthorized", message="Signed out; sign in again."), 401
         if request.method != "GET":
@@ -337,6 +338,45 @@ def logout() -> Any:
     session.clear()
     flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))
+
+
+def _session_left(ws: WebSession) -> dict[str, Any]:
+    """How long ``ws`` has left, and what ends it first: ``idle`` (the user's activity keeps
+    it) or ``lifetime`` (nothing does)."""
+    now = utcnow()
+    idle = (ws.last_seen_at + timedelta(seconds=current_app.config["IDLE_TIMEOUT_SECONDS"])
+            - now).total_seconds()
+    lifetime = (ws.created_at + timedelta(
+        seconds=current_app.config["SESSION_LIFETIME_SECONDS"]) - now).total_seconds()
+    return {"seconds_left": max(0, int(min(idle, lifetime))),
+            "ends_by": "lifetime" if lifetime < idle else "idle",
+            "idle_timeout_seconds": current_app.config["IDLE_TIMEOUT_SECONDS"]}
+
+
+@bp.get("/session/state.json")
+def session_state() -> Any:
+    """How long the signed-in session has left (``static/app.js`` asks before it warns). Not
+    the user's activity (BACKGROUND_ENDPOINTS): asking keeps no session open."""
+    ws = db().get(WebSession, current_user.session_key)
+    if ws is None:  # ended between the user loader and here: as signed out
+        return jsonify(error="unauthorized", message="Signed out; sign in again."), 401
+    response = jsonify(_session_left(ws))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/session/keepalive")
+def keepalive() -> Any:
+    """The user is there ("Stay signed in", or typing into a form): the session's idle time
+    starts again. Its lifetime does not."""
+    ws = db().get(WebSession, current_user.session_key)
+    if ws is None:
+        return jsonify(error="unauthorized", message="Signed out; sign in again."), 401
+    ws.last_seen_at = utcnow()
+    db().commit()
+    response = jsonify(_session_left(ws))
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 REGISTERED = "Thank you. Your account is waiting for an administrator's approval."

@@ -92,3 +92,70 @@ def test_an_open_case_page_signs_out_when_idle(live_console: LiveConsole, browse
              what="the sign-in page after the idle timeout")
     with ctx.session_factory() as session:
         assert session.execute(select(WebSession.end_reason)).scalar_one() == "idle"
+
+
+def test_the_idle_sign_out_is_announced_and_typing_keeps_the_session(
+        live_console: LiveConsole, browser: Any) -> None:
+    """Two minutes before the idle sign-out, the page says so with a countdown and "Stay
+    signed in"; typing into the comment keeps the session; signed out with a comment typed,
+    the page keeps it on the screen and says why."""
+    from datetime import timedelta
+
+    from selenium.webdriver.common.by import By
+    from sqlalchemy import select
+
+    from bcd_node.db.models import WebSession, utcnow
+
+    ctx = live_console.context
+    idle = timedelta(minutes=ctx.settings.web.idle_timeout_minutes)
+    with ctx.session_factory.begin() as session:
+        add_user(session, "hopper", PASSWORD, Role.DOCTOR, full_name="Grace Hopper")
+        add_case(session, ctx.settings.storage.data_dir, fields=3, uid=UID)
+    sign_in(browser, live_console.url, "hopper", PASSWORD)
+    browser.get(live_console.url + f"/cases/{UID}")
+    banner = browser.find_element(By.CSS_SELECTOR, "[data-idle-warning]")
+    assert not banner.is_displayed()
+
+    def last_seen() -> Any:
+        with ctx.session_factory() as session:
+            return session.execute(select(WebSession.last_seen_at).where(
+                WebSession.ended_at.is_(None))).scalar_one()
+
+    def leave(seconds_left: int) -> None:
+        """The doctor's last request was long ago: ``seconds_left`` before the idle end. The
+        tab is shown again, so the page asks how long is left."""
+        with ctx.session_factory.begin() as session:
+            session.execute(update(WebSession).values(
+                last_seen_at=utcnow() - idle + timedelta(seconds=seconds_left)))
+        browser.execute_script("window.dispatchEvent(new Event('focus'))")
+
+    leave(90)
+    wait_for(lambda: banner.is_displayed(), timeout=20, what="the idle warning")
+    assert "You will be signed out in 1:" in banner.text
+    earlier = last_seen()
+    banner.find_element(By.CSS_SELECTOR, "[data-idle-stay]").click()
+    wait_for(lambda: last_seen() > earlier + timedelta(minutes=1), timeout=20,
+             what="Stay signed in kept the session")
+    wait_for(lambda: not banner.is_displayed(), timeout=20, what="the warning gone")
+
+    # Warned again, the doctor types a comment: that keeps the session too.
+    leave(90)
+    wait_for(lambda: banner.is_displayed(), timeout=20, what="the idle warning again")
+    earlier = last_seen()
+    comment = browser.find_element(By.CSS_SELECTOR, "form.sign textarea")
+    comment.send_keys("Blasts in field 2")
+    wait_for(lambda: last_seen() > earlier + timedelta(minutes=1), timeout=20,
+             what="typing kept the session")
+    wait_for(lambda: not banner.is_displayed(), timeout=20, what="the warning gone")
+    # One keep-alive at a time, not one per key pressed (the first one was "Stay signed in").
+    assert browser.execute_script(
+        "return performance.getEntriesByType('resource').filter(function (e) {"
+        " return e.name.endsWith('/session/keepalive'); }).length") <= 3
+
+    # Signed out while the comment is on the screen: it stays, and the page says what happened.
+    leave(-60)
+    wait_for(lambda: banner.is_displayed() and "You were signed out" in banner.text,
+             timeout=20, what="the signed-out notice")
+    assert "/cases/" in browser.current_url
+    assert comment.get_attribute("value") == "Blasts in field 2"
+    assert not banner.find_element(By.CSS_SELECTOR, "[data-idle-stay]").is_displayed()

@@ -26,6 +26,7 @@ ACCESS = {
     "static": "public", "healthz": "public", "readyz": "public", "metrics": "public",
     "auth.login": "public", "auth.register": "public",
     "index": "user", "auth.logout": "user", "auth.account": "user",
+    "auth.session_state": "user", "auth.keepalive": "user",
     "worklist.index": "user", "worklist.study": "user", "worklist.image": "user",
     "worklist.result_image": "user", "worklist.pdf": "user", "patients.search": "user",
     "patients.history": "user", "upload.index": "user",

@@ -25,7 +25,7 @@ PAGES = [
     "/results/1/report.pdf", "/results/1/cells", "/patients/", "/patients/1", "/upload",
     "/admin/users",
     "/admin/users/admin", "/admin/system", "/admin/statistics", "/admin/audit/",
-    "/admin/audit/export.csv", "/admin/audit/export.json",
+    "/admin/audit/export.csv", "/admin/audit/export.json", "/session/state.json",
 ]
 CASE_UID = "1.2.826.0.1.3680043.10.7.1"
 ADMIN_PAGES = [p for p in PAGES if p.startswith("/admin")]
@@ -64,7 +64,7 @@ def test_every_page_is_listed(app: Flask) -> None:
 @pytest.mark.parametrize("page", PAGES)
 def test_anonymous_is_sent_to_login(shared_app: Flask, page: str) -> None:
     resp = shared_app.test_client().get(page)
-    if page.endswith("/state.json"):  # the live pages' polls: the page reloads on 401
+    if page.endswith("/state.json"):  # the pages' polls: the page reloads on 401
         assert resp.status_code == 401 and resp.json["error"] == "unauthorized"
         return
     assert resp.status_code == 302
@@ -324,6 +324,42 @@ def test_a_page_view_keeps_the_session_alive(app: Flask, doctor_client: FlaskCli
     assert doctor_client.get("/worklist/state.json").status_code == 401
     with app.extensions["bcd_node"].session_factory() as session:
         assert session.execute(select(WebSession.end_reason)).scalar_one() == "idle"
+
+
+def _last_seen(app: Flask) -> datetime:
+    with app.extensions["bcd_node"].session_factory() as session:
+        return session.execute(select(WebSession.last_seen_at)).scalar_one()
+
+
+def test_the_idle_warning_asks_without_keeping_and_stay_keeps(
+        app: Flask, doctor_client: FlaskClient) -> None:
+    """The page asks how long its session has left (static/app.js warns 2 minutes before the
+    end): asking is not activity; "Stay signed in" (or typing) is, and needs the CSRF token."""
+    idle = app.config["IDLE_TIMEOUT_SECONDS"]
+    _minutes_pass(app, idle / 60 - 1.5)  # 90 s left
+    before = _last_seen(app)
+    state = doctor_client.get("/session/state.json")
+    assert state.status_code == 200 and state.headers["Cache-Control"] == "no-store"
+    assert state.json["ends_by"] == "idle" and 80 <= state.json["seconds_left"] <= 90
+    assert _last_seen(app) == before  # asking kept nothing
+    # Without the page's token: refused.
+    assert doctor_client.post("/session/keepalive").status_code == 400
+    token = csrf_token(doctor_client, "/worklist")  # a page view: activity itself
+    _minutes_pass(app, idle / 60 - 1.5)
+    kept = doctor_client.post("/session/keepalive", headers={"X-CSRFToken": token})
+    assert kept.status_code == 200 and kept.json["seconds_left"] >= idle - 2
+    assert _last_seen(app) > before
+    # Near its lifetime, the session says so: staying does not lengthen that.
+    with app.extensions["bcd_node"].session_factory.begin() as session:
+        ws = session.execute(select(WebSession)).scalar_one()
+        ws.created_at = utcnow() - timedelta(seconds=app.config["SESSION_LIFETIME_SECONDS"] - 60)
+    kept = doctor_client.post("/session/keepalive", headers={"X-CSRFToken": token})
+    assert kept.json["ends_by"] == "lifetime" and kept.json["seconds_left"] <= 60
+    # Signed out: both say so in a way a script can read.
+    _minutes_pass(app, idle / 60 + 1)
+    for answer in (doctor_client.get("/session/state.json"),
+                   doctor_client.post("/session/keepalive", headers={"X-CSRFToken": token})):
+        assert answer.status_code == 401 and answer.json["error"] == "unauthorized"
 
 
 def test_disabling_a_user_ends_their_sessions(app: Flask, doctor_client: FlaskClient,
