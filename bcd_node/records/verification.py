@@ -18,9 +18,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from bcd_node.db.engine import rowcount
 from bcd_node.db.models import (
     Delivery,
     Instance,
@@ -194,6 +195,22 @@ def _verify(session: Session, result: Result, decision: Decision | str, *,
         result.amends = replaced
         result.verified_sr_sop_instance_uid = None
         result.verified_pdf_path = None
+    if amendment is None:
+        # Claim the verification in the database, not only on the loaded object: two doctors
+        # who opened the same case or field both loaded it unverified, and the second to
+        # commit would silently replace the first one's signature (and stage) with their own.
+        claimed = session.execute(
+            update(Result)
+            .where(Result.id == result.id,
+                   Result.verification == VerificationState.UNVERIFIED)
+            .values(verification=VerificationState.VERIFIED)
+            .execution_options(synchronize_session=False))
+        if rowcount(claimed) != 1:
+            raise AlreadyVerifiedError(
+                "This case has just been signed by another doctor: reload it to see their "
+                "signature (amend it if you disagree)." if result.instance_fk is None else
+                "This result has just been verified by another doctor: reload it to see "
+                "their verification.")
     # One state, "verified"; a correction is a verified stage that differs from the AI's.
     result.verification = VerificationState.VERIFIED
     result.verified_stage = corrected_stage if corrected else result.stage

@@ -98,6 +98,32 @@ def test_a_verification_is_final(ctx: NodeContext) -> None:
         assert session.execute(select(Result.verified_stage)).scalar_one() is Stage.MALIGNANT_PRE
 
 
+def test_two_doctors_verifying_at_once_do_not_overwrite_each_other(
+        ctx: NodeContext) -> None:
+    """Both doctors opened the result while it was unverified; the one who submits second
+    is refused, and the first one's verification stays (it was overwritten before)."""
+    from bcd_node.db.models import User
+
+    with ctx.session_factory.begin() as session:
+        add_user(session, "dr.grey", PASSWORD, Role.DOCTOR)
+    with ctx.session_factory() as late:
+        stale = late.execute(select(Result)).scalar_one()  # loaded unverified
+        assert stale.verification is VerificationState.UNVERIFIED
+        _verify(ctx, Decision.CORRECT, "Malignant-Pro", user="dr.grey", comment="Grey")
+        late_id = late.execute(select(User.id).where(User.username == "dr.who")).scalar_one()
+        with pytest.raises(AlreadyVerifiedError, match="another doctor"):
+            verify_result(late, stale, Decision.ACCEPT, stage=None, comment="Who",
+                          user_id=late_id, actor="dr.who", actor_kind="user")
+        late.rollback()
+    with ctx.session_factory() as session:
+        result = session.execute(select(Result)).scalar_one()
+        assert (result.verified_stage, result.verified_comment) == (Stage.MALIGNANT_PRO,
+                                                                    "Grey")
+        assert len(session.execute(select(Job)).all()) == 1
+        assert [e.actor for e in session.execute(select(AuditEvent)).scalars()
+                if e.action.startswith("verify")] == ["dr.grey"]
+
+
 def test_only_a_doctor_verifies(ctx: NodeContext) -> None:
     with pytest.raises(NotADoctorError):
         _verify(ctx, "accept", user="ada")
