@@ -257,7 +257,8 @@ class StudySummaries:
         data = summary_data(patient, study, fields, findings, result.model_name,
                             result.model_version, bool(result.demonstration_model),
                             result.created_at, settings.web.tzinfo,
-                            sources[0] if sources else None, settings.model.review_threshold)
+                            sources[0] if sources else None, settings.model.review_threshold,
+                            corrected)
         data = dataclasses.replace(
             data, verified_by=doctor_name, verified_organization=organization,
             verified_stage=str(verification.stage), verified_comment=result.verified_comment,
@@ -374,14 +375,24 @@ def gather_fields(session: Session, study_id: int, model_version: str) -> Fields
 def summary_data(patient: Patient, study: Study, fields: Fields, findings: StudyFindings,
                  model_name: str, model_version: str, demonstration_model: bool,
                  created_at: datetime, tz: tzinfo, source: Dataset | None,
-                 review_threshold: float = 0.0) -> SummaryData:
+                 review_threshold: float = 0.0,
+                 corrected: Mapping[int, int] | None = None) -> SummaryData:
     """What the summary PDF shows (unverified; a signed summary adds the doctor's verdict).
-    ``source`` is a field's image, for the stain and the patient's age."""
+    ``source`` is a field's image, for the stain and the patient's age; ``corrected`` the
+    doctor's blast counts by result id (a signed case whose cells the doctor rejected), which
+    the fields' rows show beside the AI's, as the case's total (``findings``) counts them."""
     failures = fields.answered_failures
     numbers = fields.numbers
-    rows = [FieldRow(numbers[i.id], r.stage, r.confidence, r.blast_count, r.needs_review,
-                     failed=r.id in failures,
-                     flags=field_flags(r, review_threshold=review_threshold))
+    corrected = corrected or {}
+
+    def ai_count(r: Result) -> int | None:
+        count = corrected.get(r.id, r.blast_count)
+        return r.blast_count if count != r.blast_count else None
+
+    rows = [FieldRow(numbers[i.id], r.stage, r.confidence, corrected.get(r.id, r.blast_count),
+                     r.needs_review, failed=r.id in failures,
+                     flags=field_flags(r, review_threshold=review_threshold),
+                     ai_blast_count=ai_count(r))
             for r, i in fields.rows]
     rows += [FieldRow(numbers[i.id], None, None, 0, False, failed=True) for i in fields.failed]
     rows.sort(key=lambda row: row.number)

@@ -50,6 +50,7 @@ class FieldRow:
     needs_review: bool
     failed: bool = False       # its analysis failed for good
     flags: Sequence[str] = ()  # what a doctor must know, in words
+    ai_blast_count: int | None = None  # the AI's count, where the doctor rejected cells
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,8 @@ def _render(data: SummaryData) -> bytes:
                    sub))
     counts = (f"{len(data.fields)} field(s): {analysed} analysed, {insufficient} of insufficient "
               f"quality, {failed} could not be analysed; {reviewing} need(s) attention.")
+    ai_total = sum(f.blast_count if f.ai_blast_count is None else f.ai_blast_count
+                   for f in data.fields if f.stage)
     if data.stage is None or data.probabilities is None:
         story.append(p(f"No stage: no field could be diagnosed. {counts}", body))
     else:
@@ -236,7 +239,9 @@ def _render(data: SummaryData) -> bytes:
             ("AI stage", f"{data.stage} (vote of the fields)"),
             ("Confidence", f"{(data.confidence or 0) * 100:.0f} % (mean probability of the "
                            "stage)"),
-            ("Blast cells", f"{data.total_blasts} in all fields"),
+            ("Blast cells", f"{data.total_blasts} in all fields"
+             + (f" (AI: {ai_total}; cells rejected by the doctor)" if ai_total != data.total_blasts
+                else "")),
             ("Blast area", f"{data.blast_area_fraction:.1%} of the analysed area")]))
         story.append(Spacer(1, 1.5 * mm))
         story.append(p(counts, body))
@@ -255,9 +260,11 @@ def _render(data: SummaryData) -> bytes:
         stage = "could not be analysed" if f.failed else f.stage or "quality insufficient"
         rows.append([p(str(f.number)), p(stage),
                      p("—" if f.confidence is None else f"{f.confidence * 100:.0f} %"),
-                     p(str(f.blast_count) if f.stage else "—"),
+                     p((str(f.blast_count) + ("" if f.ai_blast_count is None
+                                              else f" (AI: {f.ai_blast_count})"))
+                       if f.stage else "—"),
                      p(", ".join(f.flags) or "—", small)])
-    ft = Table(rows, colWidths=[14 * mm, 38 * mm, 27 * mm, 16 * mm, 79 * mm], repeatRows=1,
+    ft = Table(rows, colWidths=[14 * mm, 38 * mm, 27 * mm, 22 * mm, 73 * mm], repeatRows=1,
                hAlign="LEFT")
     ft.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.3, colors.grey),
                             ("BACKGROUND", (0, 0), (-1, 0), _PALE),

@@ -278,3 +278,45 @@ def test_signing_the_case_sends_the_corrected_field_and_counts_without_rejected_
               if i.get("ValueType") == "NUM"
               and i.ConceptNameCodeSequence[0].CodeValue == "BLAST-COUNT"]
     assert counts == [1.0]  # three cells, two rejected (the AI counted 2 regions)
+
+
+def test_the_signed_case_report_shows_each_field_s_count_as_the_doctor_left_it(field) -> None:
+    """The signed case PDF's total counts without the rejected cells; its fields' rows must
+    too (they showed the AI's count, so the rows no longer added up to the total), each with
+    the AI's count beside it."""
+    import re
+    import subprocess
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from bcd_node.analysis.summary import enqueue_study_summaries
+    from bcd_node.db.models import ResultScope, Study, utcnow
+    from bcd_node.records.verification import sign_case
+    from tests.support.tools import require_tool
+
+    ctx, pipeline, result_id, doctor = field
+    with ctx.session_factory.begin() as s:
+        s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
+    assert enqueue_study_summaries(ctx) == 1
+    assert run_all(ctx, pipeline) == 1
+    with ctx.session_factory.begin() as s:
+        ai_count = s.get(Result, result_id).blast_count
+        for index in (1, 3):
+            reject_cell(s, s.get(Result, result_id), index, user_id=doctor, actor="dr.c",
+                        actor_kind="user")
+        sign_case(s, s.execute(select(Study)).scalar_one(), "accept", stage=None,
+                  comment=None, user_id=doctor, actor="dr.c", actor_kind="user")
+    assert run_all(ctx, pipeline) == 2
+    with ctx.session_factory() as s:
+        summary = s.execute(select(Result).where(Result.scope == ResultScope.STUDY)
+                            ).scalar_one()
+        signed_pdf = ctx.settings.storage.data_dir / summary.verified_pdf_path
+        left = corrected_blast_count(s, s.get(Result, result_id))
+    assert left < ai_count
+    text = subprocess.run([require_tool("pdftotext"), str(signed_pdf), "-"], check=True,
+                          capture_output=True, text=True, timeout=60).stdout
+    text = re.sub(r"\s+", " ", text)
+    assert f"Blast cells {left} in all fields (AI: {ai_count}; cells rejected by the doctor)" \
+        in text, text
+    assert f" {left} (AI: {ai_count}) " in text, text  # field 1's row
