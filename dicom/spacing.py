@@ -34,7 +34,7 @@ from dicom.errors import DicomValidationError
 LOGGER = logging.getLogger(__name__)
 
 __all__ = ["PLAUSIBLE_UM", "PixelSize", "PixelUm", "SOURCES", "mean_um", "pixel_size",
-           "spacing_mm", "spacing_pair"]
+           "spacing_mm", "spacing_pair", "states_pixel_size"]
 
 #: Pixel sizes a light-microscope image of a blood smear can have, in µm (from a 100× oil
 #: objective's sub-micron pixels to a low-power overview).
@@ -129,6 +129,22 @@ def _imaged_volume_um(ds: Dataset) -> PixelSize | None:
     return _pair_um([height / rows, width / columns], "ImagedVolume")
 
 
+def _candidates(ds: Dataset) -> list[tuple[str, Any]]:
+    return [
+        ("PixelSpacing", ds.get("PixelSpacing", None)),
+        ("PixelSpacing", _functional_groups_spacing(ds)),
+        ("ImagerPixelSpacing", ds.get("ImagerPixelSpacing", None)),
+        ("NominalScannedPixelSpacing", ds.get("NominalScannedPixelSpacing", None)),
+    ]
+
+
+def states_pixel_size(ds: Dataset) -> bool:
+    """Whether ``ds`` has any attribute :func:`pixel_size` reads, plausible or not (so that an
+    image whose stated size was passed over is not said to state none)."""
+    return (any(value is not None for _, value in _candidates(ds))
+            or ds.get("ImagedVolumeWidth", None) is not None)
+
+
 def pixel_size(ds: Dataset) -> PixelSize | None:
     """The pixel size of ``ds``, from the first source that gives a plausible one.
 
@@ -142,13 +158,7 @@ def pixel_size(ds: Dataset) -> PixelSize | None:
     PixelSize or None
         None when the image states none.
     """
-    candidates: list[tuple[str, Any]] = [
-        ("PixelSpacing", ds.get("PixelSpacing", None)),
-        ("PixelSpacing", _functional_groups_spacing(ds)),
-        ("ImagerPixelSpacing", ds.get("ImagerPixelSpacing", None)),
-        ("NominalScannedPixelSpacing", ds.get("NominalScannedPixelSpacing", None)),
-    ]
-    for source, value in candidates:
+    for source, value in _candidates(ds):
         if value is None:
             continue
         size = _pair_um(value, source)

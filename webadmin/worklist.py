@@ -28,7 +28,7 @@ from flask_login import current_user
 from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 
-from bcd_node.analysis.findings import scale_text
+from bcd_node.analysis.findings import SCALE_IMPLAUSIBLE, scale_text
 from bcd_node.db.models import (
     Instance,
     Patient,
@@ -185,7 +185,10 @@ def warnings_for(result: Result) -> list[str]:
                    "reliable than the confidence suggests.")
     if result.stage is not None and "scale unknown" in reasons:
         scale = scale_text(result.um_per_pixel, None)
-        out.append("Scale unknown: the image states no pixel size"
+        out.append(("Scale unknown: the image's pixel size is not plausible for a blood smear "
+                    "(Pixel Spacing is in mm) and was passed over"
+                    if result.scale_source == SCALE_IMPLAUSIBLE else
+                    "Scale unknown: the image states no pixel size")
                    + (f"; it was taken as {scale}" if scale else "")
                    + ". Cells at another magnification are misjudged.")
     if result.stage is not None and REASON_BLASTS_IN_BENIGN in reasons:

@@ -39,7 +39,7 @@ from dicom.outputs import (
 )
 from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_dataset
 from dicom.sop import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
-from dicom.spacing import PixelUm, mean_um, pixel_size
+from dicom.spacing import PixelUm, mean_um, pixel_size, states_pixel_size
 from dicom.sr import Findings
 
 OVERLAY_COLOUR = np.array([255, 0, 64], np.float32)
@@ -90,6 +90,12 @@ class Analyzer(Protocol):
 
 #: ``Combined.scale_source`` when the image stated no pixel size.
 SCALE_DEFAULT = "default"
+#: ``Combined.scale_source`` when the image stated a pixel size that no blood smear has (e.g.
+#: Pixel Spacing written in µm where DICOM wants mm): passed over, and analysed at the default
+#: as if it stated none ("scale unknown"), but not said to state none.
+SCALE_IMPLAUSIBLE = "implausible"
+#: The scale sources of an image analysed at the configured default ("scale unknown").
+SCALE_UNKNOWN_SOURCES = (SCALE_DEFAULT, SCALE_IMPLAUSIBLE)
 
 
 @dataclass(frozen=True)
@@ -120,8 +126,9 @@ def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
     A frame without a mask (quality insufficient) gets an empty one of its own size. The
     review reasons are the frames' (``review_reasons`` of a prediction, where it has them),
     "low confidence" when the merged top probability is under ``review_threshold``, "scale
-    unknown" when ``scale_source`` is :data:`SCALE_DEFAULT`, and "blast cells found, stage
-    Benign" when the merged stage is Benign and the frames' blasts are not none
+    unknown" when ``scale_source`` is :data:`SCALE_DEFAULT` or :data:`SCALE_IMPLAUSIBLE`, and
+    "blast cells found, stage Benign" when the merged stage is Benign and the frames' blasts
+    are not none
     (:func:`~bcd_node.inference.spec.blasts_contradict_stage`).
     """
     masks = np.stack([p.mask if p.mask is not None else np.zeros(img.shape[:2], np.uint8)
@@ -151,7 +158,7 @@ def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
                 reasons.append(reason)
     if probs[stage] < review_threshold and REASON_LOW_CONFIDENCE not in reasons:
         reasons.append(REASON_LOW_CONFIDENCE)
-    if scale_source == SCALE_DEFAULT and REASON_SCALE_UNKNOWN not in reasons:
+    if scale_source in SCALE_UNKNOWN_SOURCES and REASON_SCALE_UNKNOWN not in reasons:
         reasons.append(REASON_SCALE_UNKNOWN)
     blasts = int(sum(p.blast_count or 0 for p, _ in usable))
     if blasts_contradict_stage(stage, blasts) and REASON_BLASTS_IN_BENIGN not in reasons:
@@ -237,7 +244,10 @@ def report_data(ds: Dataset, image: np.ndarray, over: np.ndarray, c: Combined, *
 SCALE_SOURCES = {"PixelSpacing": "Pixel Spacing", "ImagerPixelSpacing": "Imager Pixel Spacing",
                  "NominalScannedPixelSpacing": "Nominal Scanned Pixel Spacing",
                  "ImagedVolume": "Imaged Volume over Total Pixel Matrix",
-                 SCALE_DEFAULT: "not stated: the configured default (scale unknown)"}
+                 SCALE_DEFAULT: "not stated: the configured default (scale unknown)",
+                 SCALE_IMPLAUSIBLE: "the stated pixel size is not plausible for a blood smear "
+                                    "and was passed over: the configured default (scale "
+                                    "unknown)"}
 
 
 def scale_text(um_per_pixel: float | None, source: str | None) -> str | None:
@@ -366,11 +376,12 @@ def image_scale(ds: Dataset, default_um_per_pixel: float | None
                 ) -> tuple[PixelUm | None, str]:
     """The pixel size of image ``ds`` and where it came from (:func:`dicom.spacing.pixel_size`,
     as the predictor resamples by it: its (row, column) spacings when the pixel is not square;
-    without one ``default_um_per_pixel``, from :data:`SCALE_DEFAULT`)."""
+    without one ``default_um_per_pixel``, from :data:`SCALE_DEFAULT`, or from
+    :data:`SCALE_IMPLAUSIBLE` when the size it states was passed over as implausible)."""
     stated = pixel_size(ds)
     if stated is not None:
         return stated.size, stated.source
-    return default_um_per_pixel, SCALE_DEFAULT
+    return default_um_per_pixel, SCALE_IMPLAUSIBLE if states_pixel_size(ds) else SCALE_DEFAULT
 
 
 def predict_each(analyzer: Analyzer, batch: Sequence[list[np.ndarray]],

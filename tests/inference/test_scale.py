@@ -131,3 +131,34 @@ def test_a_dicom_field_of_pixels_that_are_not_square_gets_the_original_stage(
         assert combined.masks.shape[1:] == stretched.shape[:2]
         assert combined.scale_source == "PixelSpacing"
         assert combined.um_per_pixel == pytest.approx((row_um + column_um) / 2, rel=1e-6)
+
+
+def test_a_stated_but_implausible_pixel_size_is_not_called_unstated() -> None:
+    """Pixel Spacing written in µm where DICOM wants mm (0.25 mm: 250 µm per pixel) is passed
+    over like a missing one, and the image is analysed at the default with "scale unknown";
+    but the report must not say the image states no pixel size."""
+    from bcd_node.analysis.findings import SCALE_IMPLAUSIBLE, image_scale, scale_text
+
+    image = np.full((64, 64, 3), 200, np.uint8)
+    ds = dicomize(image, patient_id="P1", patient_name="Doe^Jane", specimen_id="S1",
+                  pixel_spacing_um=None)
+    assert image_scale(ds, 0.25) == (0.25, SCALE_DEFAULT)
+    ds.PixelSpacing = ["0.25", "0.25"]  # mm: 250 µm per pixel
+    um, source = image_scale(ds, 0.25)
+    assert (um, source) == (0.25, SCALE_IMPLAUSIBLE)
+    text = scale_text(um, source) or ""
+    assert "not stated" not in text and "not plausible" in text and "scale unknown" in text
+
+
+def test_a_field_of_implausible_pixel_size_needs_review_as_scale_unknown(
+        bundled: Predictor) -> None:
+    from bcd_node.analysis.findings import SCALE_IMPLAUSIBLE
+
+    ds = dicomize(_fields(1.0)[2], patient_id="P1", patient_name="Doe^Jane", specimen_id="S1",
+                  pixel_spacing_um=None)
+    ds.PixelSpacing = ["0.25", "0.25"]
+    combined = analyze_dataset(ds, bundled, algorithm=Algorithm(
+        name="bcd-vgg16unet-synthetic", version="1.0.0", software_version="test"),
+        review_threshold=0.6, uid_root="2.25").combined
+    assert combined.scale_source == SCALE_IMPLAUSIBLE and combined.needs_review
+    assert REASON_SCALE_UNKNOWN in combined.review_reasons
