@@ -8,7 +8,7 @@ import re
 
 from pydicom.dataset import Dataset
 
-__all__ = ["stain", "patient_age", "pixel_spacing_mm"]
+__all__ = ["stain", "patient_age"]
 
 #: Concept names of a Specimen Preparation Step (TID 8004 / 8005).
 _PROCESSING_TYPE = ("111701", "DCM")
@@ -95,32 +95,3 @@ def patient_age(ds: Dataset) -> str | None:
     if months >= 1:
         return _words(months, "M")
     return _words((at - born).days, "D")
-
-
-def _spacing(value: object) -> tuple[float, float] | None:
-    try:
-        row, col = (float(v) for v in value)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        return None
-    if not (0 < row < 10 and 0 < col < 10):  # mm per pixel; anything else is not a spacing
-        return None
-    return row, col
-
-
-def pixel_spacing_mm(ds: Dataset) -> tuple[float, float] | None:
-    """The physical size of a pixel (row spacing, column spacing) in mm, or None.
-
-    Read from the shared functional groups' Pixel Measures (whole-slide and other enhanced
-    images), else Pixel Spacing, else Imager Pixel Spacing. A value that is not two positive
-    numbers under 10 mm counts as absent.
-    """
-    for shared in ds.get("SharedFunctionalGroupsSequence", []) or []:
-        for measures in shared.get("PixelMeasuresSequence", []) or []:
-            found = _spacing(measures.get("PixelSpacing"))
-            if found:
-                return found
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        found = _spacing(ds.get(keyword))
-        if found:
-            return found
-    return None

@@ -6,10 +6,15 @@ pixel, from (in this order):
 
 1. Pixel Spacing (0028,0030), at the top level or in a multi-frame image's Shared Functional
    Groups Sequence > Pixel Measures Sequence (the specimen plane, calibrated);
-2. Imager Pixel Spacing (0018,1164) (the detector plane);
-3. Nominal Scanned Pixel Spacing (0018,2010) (a scanned or captured picture);
-4. for a whole-slide image, Imaged Volume Width (0048,0001) and Height (0048,0002) over Total
+2. Nominal Scanned Pixel Spacing (0018,2010) (a scanned or captured picture);
+3. for a whole-slide image, Imaged Volume Width (0048,0001) and Height (0048,0002) over Total
    Pixel Matrix Columns (0048,0006) and Rows (0048,0007).
+
+Imager Pixel Spacing (0018,1164) is not one: it is the pitch of the camera's sensor (the
+detector plane), and a pixel on the smear is that divided by the microscope's magnification,
+which the image does not state. A sensor pitch of 3.45 µm read as the size on the smear made a
+field 14 times too large for the model; :func:`states_detector_pitch_only` tells an image that
+states nothing else, so that its "scale unknown" can say why.
 
 The spacing attributes are in mm, row spacing first; a value that is missing, not two positive
 numbers, or outside :data:`PLAUSIBLE_UM` is passed over (the next source is tried), so a broken
@@ -34,15 +39,14 @@ from dicom.errors import DicomValidationError
 LOGGER = logging.getLogger(__name__)
 
 __all__ = ["PLAUSIBLE_UM", "PixelSize", "PixelUm", "SOURCES", "mean_um", "pixel_size",
-           "spacing_mm", "spacing_pair", "states_pixel_size"]
+           "spacing_mm", "spacing_pair", "states_detector_pitch_only", "states_pixel_size"]
 
 #: Pixel sizes a light-microscope image of a blood smear can have, in µm (from a 100× oil
 #: objective's sub-micron pixels to a low-power overview).
 PLAUSIBLE_UM = (0.02, 50.0)
 
 #: The sources, by the name :class:`PixelSize` reports.
-SOURCES = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing",
-           "ImagedVolume")
+SOURCES = ("PixelSpacing", "NominalScannedPixelSpacing", "ImagedVolume")
 
 
 #: A pixel's size in µm: one number for a square pixel, or (row spacing, column spacing) for one
@@ -133,7 +137,6 @@ def _candidates(ds: Dataset) -> list[tuple[str, Any]]:
     return [
         ("PixelSpacing", ds.get("PixelSpacing", None)),
         ("PixelSpacing", _functional_groups_spacing(ds)),
-        ("ImagerPixelSpacing", ds.get("ImagerPixelSpacing", None)),
         ("NominalScannedPixelSpacing", ds.get("NominalScannedPixelSpacing", None)),
     ]
 
@@ -143,6 +146,12 @@ def states_pixel_size(ds: Dataset) -> bool:
     image whose stated size was passed over is not said to state none)."""
     return (any(value is not None for _, value in _candidates(ds))
             or ds.get("ImagedVolumeWidth", None) is not None)
+
+
+def states_detector_pitch_only(ds: Dataset) -> bool:
+    """Whether ``ds`` states its camera sensor's pixel pitch (Imager Pixel Spacing) and no
+    pixel size on the specimen (module docstring)."""
+    return ds.get("ImagerPixelSpacing", None) is not None and not states_pixel_size(ds)
 
 
 def pixel_size(ds: Dataset) -> PixelSize | None:

@@ -28,7 +28,7 @@ from flask_login import current_user
 from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 
-from bcd_node.analysis.findings import SCALE_IMPLAUSIBLE, scale_text
+from bcd_node.analysis.findings import SCALE_DETECTOR, SCALE_IMPLAUSIBLE, scale_text
 from bcd_node.db.models import (
     Instance,
     Patient,
@@ -188,6 +188,9 @@ def warnings_for(result: Result) -> list[str]:
         out.append(("Scale unknown: the image's pixel size is not plausible for a blood smear "
                     "(Pixel Spacing is in mm) and was passed over"
                     if result.scale_source == SCALE_IMPLAUSIBLE else
+                    "Scale unknown: the image states only its camera sensor's pixel pitch "
+                    "(Imager Pixel Spacing), not the pixel size on the smear (Pixel Spacing)"
+                    if result.scale_source == SCALE_DETECTOR else
                     "Scale unknown: the image states no pixel size")
                    + (f"; it was taken as {scale}" if scale else "")
                    + ". Cells at another magnification are misjudged.")

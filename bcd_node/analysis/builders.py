@@ -47,6 +47,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from bcd_node.analysis.findings import (
+    SCALE_UNKNOWN_SOURCES,
     Combined,
     build_analysis,
     decode_for_analysis,
@@ -57,7 +58,6 @@ from bcd_node.heap import freeze_loaded
 from bcd_node.records.cells import split_cells
 from bcd_node.report.pictures import channels, check_picture, filtered_rows_deflated
 from bcd_node.store.storage import Store, write_folder
-from dicom import describe
 from dicom.algorithm import Algorithm
 from dicom.errors import DicomError
 from dicom.pixels import read_dataset, without_pixels
@@ -522,7 +522,7 @@ def _build(request: BuildRequest) -> Built:
     # one; a multi-frame image's other frames have no stored mask to correct.
     cells = (split_cells(combined.masks[0], combined.probability,
                          min_area=combined.min_blast_area,
-                         spacing_mm=describe.pixel_spacing_mm(request.dataset)).as_json()
+                         spacing_mm=_spacing_mm(request)).as_json()
              if combined.stage is not None and len(request.images) == 1 else None)
     # The map is in the PNG: it does not travel back from a builder process as floats.
     combined = dataclasses.replace(combined, probability=None)
@@ -534,6 +534,16 @@ def _build(request: BuildRequest) -> Built:
         return built
     write_folder(request.store, request.folder, built.files(), sync=request.sync_files)
     return built.emptied()
+
+
+def _spacing_mm(request: BuildRequest) -> tuple[float, float] | None:
+    """The pixel size (row, column) in mm that the analysis used, for the cells' areas in µm²;
+    None when the image stated none it could use (the default was taken: "scale unknown")."""
+    if request.um_per_pixel is None or request.scale_source in (None, *SCALE_UNKNOWN_SOURCES):
+        return None
+    size = request.um_per_pixel
+    rows, columns = size if isinstance(size, tuple) else (size, size)
+    return rows / 1000.0, columns / 1000.0
 
 
 class Builders:

@@ -39,7 +39,13 @@ from dicom.outputs import (
 )
 from dicom.pixels import assemble_total_pixel_matrix, decode_frames, read_dataset
 from dicom.sop import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE
-from dicom.spacing import PixelUm, mean_um, pixel_size, states_pixel_size
+from dicom.spacing import (
+    PixelUm,
+    mean_um,
+    pixel_size,
+    states_detector_pitch_only,
+    states_pixel_size,
+)
 from dicom.sr import Findings
 
 OVERLAY_COLOUR = np.array([255, 0, 64], np.float32)
@@ -94,8 +100,11 @@ SCALE_DEFAULT = "default"
 #: Pixel Spacing written in µm where DICOM wants mm): passed over, and analysed at the default
 #: as if it stated none ("scale unknown"), but not said to state none.
 SCALE_IMPLAUSIBLE = "implausible"
+#: ``Combined.scale_source`` when the image stated only its camera sensor's pixel pitch
+#: (Imager Pixel Spacing), not the size of a pixel on the smear (:mod:`dicom.spacing`).
+SCALE_DETECTOR = "detector"
 #: The scale sources of an image analysed at the configured default ("scale unknown").
-SCALE_UNKNOWN_SOURCES = (SCALE_DEFAULT, SCALE_IMPLAUSIBLE)
+SCALE_UNKNOWN_SOURCES = (SCALE_DEFAULT, SCALE_IMPLAUSIBLE, SCALE_DETECTOR)
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,7 @@ def combine(predictions: Sequence[PredictionLike], images: list[np.ndarray],
     A frame without a mask (quality insufficient) gets an empty one of its own size. The
     review reasons are the frames' (``review_reasons`` of a prediction, where it has them),
     "low confidence" when the merged top probability is under ``review_threshold``, "scale
-    unknown" when ``scale_source`` is :data:`SCALE_DEFAULT` or :data:`SCALE_IMPLAUSIBLE`, and
+    unknown" when ``scale_source`` is one of :data:`SCALE_UNKNOWN_SOURCES`, and
     "blast cells found, stage Benign" when the merged stage is Benign and the frames' blasts
     are not none
     (:func:`~bcd_node.inference.spec.blasts_contradict_stage`).
@@ -247,7 +256,10 @@ SCALE_SOURCES = {"PixelSpacing": "Pixel Spacing", "ImagerPixelSpacing": "Imager 
                  SCALE_DEFAULT: "not stated: the configured default (scale unknown)",
                  SCALE_IMPLAUSIBLE: "the stated pixel size is not plausible for a blood smear "
                                     "and was passed over: the configured default (scale "
-                                    "unknown)"}
+                                    "unknown)",
+                 SCALE_DETECTOR: "only the camera sensor's pixel pitch is stated (Imager Pixel "
+                                 "Spacing), not the size on the smear: the configured default "
+                                 "(scale unknown)"}
 
 
 def scale_text(um_per_pixel: float | None, source: str | None) -> str | None:
@@ -377,11 +389,14 @@ def image_scale(ds: Dataset, default_um_per_pixel: float | None
     """The pixel size of image ``ds`` and where it came from (:func:`dicom.spacing.pixel_size`,
     as the predictor resamples by it: its (row, column) spacings when the pixel is not square;
     without one ``default_um_per_pixel``, from :data:`SCALE_DEFAULT`, or from
-    :data:`SCALE_IMPLAUSIBLE` when the size it states was passed over as implausible)."""
+    :data:`SCALE_IMPLAUSIBLE` when the size it states was passed over as implausible, or from
+    :data:`SCALE_DETECTOR` when it states only its camera sensor's pitch)."""
     stated = pixel_size(ds)
     if stated is not None:
         return stated.size, stated.source
-    return default_um_per_pixel, SCALE_IMPLAUSIBLE if states_pixel_size(ds) else SCALE_DEFAULT
+    source = (SCALE_IMPLAUSIBLE if states_pixel_size(ds) else
+              SCALE_DETECTOR if states_detector_pitch_only(ds) else SCALE_DEFAULT)
+    return default_um_per_pixel, source
 
 
 def predict_each(analyzer: Analyzer, batch: Sequence[list[np.ndarray]],

@@ -12,7 +12,13 @@ from pydicom.sequence import Sequence
 
 from dicom.dicomize import dicomize
 from dicom.errors import DicomValidationError
-from dicom.spacing import mean_um, pixel_size, spacing_mm
+from dicom.spacing import (
+    mean_um,
+    pixel_size,
+    spacing_mm,
+    states_detector_pitch_only,
+    states_pixel_size,
+)
 from tests.support.dicomcheck import write_checked
 
 
@@ -28,7 +34,6 @@ def _shared_groups(spacing: list[str]) -> Sequence:
 @pytest.mark.parametrize(("keyword", "value", "um", "source"), [
     ("PixelSpacing", ["0.00025", "0.00025"], 0.25, "PixelSpacing"),
     ("PixelSpacing", ["0.0002", "0.0003"], 0.25, "PixelSpacing"),  # anisotropic: the mean
-    ("ImagerPixelSpacing", ["0.0005", "0.0005"], 0.5, "ImagerPixelSpacing"),
     ("NominalScannedPixelSpacing", ["0.001", "0.001"], 1.0, "NominalScannedPixelSpacing"),
 ])
 def test_each_spacing_attribute_is_read(keyword: str, value: list[str], um: float,
@@ -74,8 +79,8 @@ def test_a_pair_with_one_spacing_no_microscope_has_is_passed_over() -> None:
     5 µm) is a broken attribute, not a pixel 1000 times wider than high."""
     ds = Dataset()
     ds.PixelSpacing = ["0.00001", "0.01"]
-    ds.ImagerPixelSpacing = ["0.0005", "0.0005"]
-    assert pixel_size(ds).source == "ImagerPixelSpacing"
+    ds.NominalScannedPixelSpacing = ["0.0005", "0.0005"]
+    assert pixel_size(ds).source == "NominalScannedPixelSpacing"
 
 
 def test_pixel_measures_of_a_multi_frame_image_are_read() -> None:
@@ -100,12 +105,26 @@ def test_a_whole_slide_image_s_imaged_volume_over_its_total_pixel_matrix() -> No
 def test_pixel_spacing_comes_first_and_a_broken_one_is_passed_over() -> None:
     ds = Dataset()
     ds.PixelSpacing = ["0.0003", "0.0003"]
-    ds.ImagerPixelSpacing = ["0.0005", "0.0005"]
+    ds.NominalScannedPixelSpacing = ["0.0005", "0.0005"]
     assert pixel_size(ds).source == "PixelSpacing"
     ds.PixelSpacing = ["0", "0"]            # not a size
-    assert pixel_size(ds).source == "ImagerPixelSpacing"
-    ds.ImagerPixelSpacing = ["5", "5"]      # 5 mm per pixel: no microscope image
+    assert pixel_size(ds).source == "NominalScannedPixelSpacing"
+    ds.NominalScannedPixelSpacing = ["5", "5"]      # 5 mm per pixel: no microscope image
     assert pixel_size(ds) is None
+
+
+def test_the_camera_sensor_s_pitch_is_not_the_size_on_the_smear() -> None:
+    """Imager Pixel Spacing is at the detector: a camera's 3.45 µm sensor pitch is some 14
+    times the size of a pixel on the smear under a 40x objective. It never scales the image;
+    an image that states nothing else is told apart from one that states nothing."""
+    ds = Dataset()
+    ds.ImagerPixelSpacing = ["0.00345", "0.00345"]
+    assert pixel_size(ds) is None
+    assert states_detector_pitch_only(ds) and not states_pixel_size(ds)
+    ds.PixelSpacing = ["0.00025", "0.00025"]  # the calibrated size on the smear: it is used
+    assert pixel_size(ds).source == "PixelSpacing"
+    assert not states_detector_pitch_only(ds)
+    assert not states_detector_pitch_only(Dataset())
 
 
 def test_an_image_without_any_states_none() -> None:

@@ -162,3 +162,27 @@ def test_a_field_of_implausible_pixel_size_needs_review_as_scale_unknown(
         review_threshold=0.6, uid_root="2.25").combined
     assert combined.scale_source == SCALE_IMPLAUSIBLE and combined.needs_review
     assert REASON_SCALE_UNKNOWN in combined.review_reasons
+
+
+def test_a_field_stating_only_its_camera_s_sensor_pitch_is_analysed_at_the_default(
+        bundled: Predictor) -> None:
+    """A Malignant field drawn at the model's resolution, stating only Imager Pixel Spacing
+    3.45 µm (a camera's sensor pitch): it was enlarged 14 times and came out Benign with no
+    "scale unknown". Now it is analysed at the default pixel size, as the original, and needs
+    review as "scale unknown", and the report says why."""
+    from bcd_node.analysis.findings import SCALE_DETECTOR, scale_text
+
+    field = _fields(1.0)[3]
+    [original] = bundled.predict([field], um_per_pixel=synth.UM_PER_PIXEL)
+    ds = dicomize(field, patient_id="P1", patient_name="Doe^Jane", specimen_id="S1",
+                  pixel_spacing_um=None)
+    ds.ImagerPixelSpacing = ["0.00345", "0.00345"]
+    result = analyze_dataset(ds, bundled, algorithm=Algorithm(
+        name="bcd-vgg16unet-synthetic", version="1.0.0", software_version="test"),
+        review_threshold=0.6, uid_root="2.25").combined
+    assert result.scale_source == SCALE_DETECTOR
+    assert result.um_per_pixel == pytest.approx(synth.UM_PER_PIXEL)
+    assert result.stage == original.stage and result.needs_review
+    assert REASON_SCALE_UNKNOWN in result.review_reasons
+    text = scale_text(result.um_per_pixel, result.scale_source) or ""
+    assert "Imager Pixel Spacing" in text and "scale unknown" in text
