@@ -144,8 +144,11 @@ class Verification:
         The doctor's organisation (hospital).
     datetime : datetime.datetime
         When the doctor verified the result (timezone-aware preferred).
-    stage : Stage or str
-        The stage the doctor assigns (may differ from the algorithm's).
+    stage : Stage or str or None
+        The stage the doctor assigns (may differ from the algorithm's); None when the doctor
+        reviewed the cells only (rejected some as not blasts) and not the stage, as when a
+        field is verified with the signature of its case: the report then states no reviewed
+        stage.
     comment : str, optional
         Free text comment of the doctor.
     rejected_cells : int, optional
@@ -156,7 +159,7 @@ class Verification:
     observer_name: str
     organization: str
     datetime: dt.datetime
-    stage: Stage | str
+    stage: Stage | str | None
     comment: str | None = None
     rejected_cells: int = 0
 
@@ -169,7 +172,7 @@ class Verification:
     def assessment(self, ai_stage: Stage | str) -> hd.sr.CodedConcept:
         """The doctor's decision about the AI's result: rejected (another stage), modified
         (the stage stands, cells were rejected) or accepted."""
-        if Stage(self.stage) != Stage(ai_stage):
+        if self.stage is not None and Stage(self.stage) != Stage(ai_stage):
             return codes.AI_REJECTED
         return codes.AI_MODIFIED if self.rejected_cells else codes.AI_ACCEPTED
 
@@ -191,8 +194,13 @@ class Verification:
                                        f"{self.organization!r}")
         if not isinstance(self.datetime, dt.datetime):
             raise TypeError(f"datetime must be a datetime.datetime, got {self.datetime!r}")
-        codes.stage_code(self.stage)
-        object.__setattr__(self, "stage", Stage(self.stage))
+        if self.stage is None:
+            if not self.rejected_cells:
+                raise DicomValidationError("a verification without a stage reviews cells: "
+                                           "rejected_cells must be at least 1")
+        else:
+            codes.stage_code(self.stage)
+            object.__setattr__(self, "stage", Stage(self.stage))
         if isinstance(self.rejected_cells, bool) or not isinstance(self.rejected_cells, int) \
                 or self.rejected_cells < 0:
             raise DicomValidationError(f"rejected_cells must be an int >= 0, got "

@@ -260,8 +260,10 @@ def measurement_report(c: ReportContent) -> Dataset:
     evaluations += [(codes.REVIEW_REASON, codes.review_reason_code(reason))
                     for reason in findings.review_reasons]
     if verification is not None:
-        evaluations += [(codes.REVIEWED_STAGE_FINDING, codes.stage_code(verification.stage)),
-                        (codes.AI_ASSESSMENT, verification.assessment(findings.stage))]
+        if verification.stage is not None:
+            evaluations.append((codes.REVIEWED_STAGE_FINDING,
+                                codes.stage_code(verification.stage)))
+        evaluations.append((codes.AI_ASSESSMENT, verification.assessment(findings.stage)))
     classification += [_code_item(name, value, _CONTAINS) for name, value in evaluations]
     classification.append(_image_item(_SOURCE_OF_MEASUREMENT, _reference(c.source), _CONTAINS))
     if verification is not None and verification.comment:
@@ -370,12 +372,11 @@ def measurement_report_with_templates(c: ReportContent) -> Dataset:
         for reason in findings.review_reasons
     ]
     if verification is not None:
-        evaluations += [
-            hd.sr.QualitativeEvaluation(codes.REVIEWED_STAGE_FINDING,
-                                        codes.stage_code(verification.stage)),
-            hd.sr.QualitativeEvaluation(codes.AI_ASSESSMENT,
-                                        verification.assessment(findings.stage)),
-        ]
+        if verification.stage is not None:
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                codes.REVIEWED_STAGE_FINDING, codes.stage_code(verification.stage)))
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            codes.AI_ASSESSMENT, verification.assessment(findings.stage)))
     probabilities = [
         hd.sr.Measurement(name=codes.probability_code(stage),
                           value=percent(findings.probabilities[stage]),

@@ -267,7 +267,7 @@ def build_study_summary_sr(sources: Sequence[Dataset], findings: StudyFindings, 
                   codes.UNIT_PERCENT)]
         evaluations.append(hd.sr.QualitativeEvaluation(codes.STAGE_FINDING,
                                                        codes.stage_code(findings.stage)))
-        if verification is not None:
+        if verification is not None and verification.stage is not None:
             evaluations.append(hd.sr.QualitativeEvaluation(
                 codes.REVIEWED_STAGE_FINDING, codes.stage_code(verification.stage)))
     else:  # no field could be diagnosed: the study gets an answer that says so

@@ -354,8 +354,10 @@ def statistics_data(days: int = 30) -> dict[str, Any]:
     total_results = sum(stage_rows.values())
     needs_review = session.execute(select(func.count()).select_from(Result).where(
         Result.needs_review.is_(True))).scalar_one()
+    # A field verified with its case had its cells reviewed, not its stage: not a verdict.
     verified = session.execute(select(Result.stage, Result.verified_stage).where(
-        Result.verification != VerificationState.UNVERIFIED)).all()
+        Result.verification != VerificationState.UNVERIFIED,
+        Result.verified_with.is_(None))).all()
     agree = sum(1 for ai, doc in verified if ai == doc)
     matrix = {ai: {doc: 0 for doc in STAGES} for ai in list(STAGES) + [None]}
     for ai, doc in verified:

@@ -19,6 +19,7 @@ from bcd_node.db.models import (
 from bcd_node.records.cells import corrected_blast_count
 from bcd_node.records.studies import field_numbers
 from bcd_node.records.users import find_token
+from bcd_node.records.verification import VERIFIED_WITH_CASE
 from webadmin.db import audit_event, client_ip, db, node
 from webadmin.helpers import page_number
 
@@ -113,8 +114,9 @@ def _result_json(r: Result, *, numbers: dict[int, int] | None = None) -> dict[st
             "review_reasons": list(r.review_reasons or ()), "um_per_pixel": r.um_per_pixel,
             "scale_source": r.scale_source,
             "verification": r.verification, "verified_stage": r.verified_stage,
+            "verified_with_case": r.verified_with == VERIFIED_WITH_CASE,
             "corrected": r.verification != VerificationState.UNVERIFIED
-            and r.verified_stage != r.stage,
+            and r.verified_stage is not None and r.verified_stage != r.stage,
             "verified_comment": r.verified_comment,
             "verified_at": r.verified_at.isoformat() if r.verified_at else None,
             "verified_by": ({"username": verifier.username,

@@ -142,6 +142,11 @@ def _schemas() -> dict[str, Any]:
                 "verification": {"type": "string",
                                  "enum": [s.value for s in VerificationState]},
                 "verified_stage": _nullable(stage),
+                "verified_with_case": {
+                    "type": "boolean",
+                    "description": "a field verified with the signature of its case because "
+                                   "the doctor rejected some of its cells: its cells were "
+                                   "reviewed, its stage was not (verified_stage is null)"},
                 "corrected": {"type": "boolean",
                               "description": "the doctor's stage differs from the AI's"},
                 "verified_comment": _nullable({"type": "string"}),

@@ -39,6 +39,8 @@ from bcd_node.records.cells import (
     result_cells,
 )
 from bcd_node.records.names import person_name
+from bcd_node.records.studies import current_summary
+from bcd_node.records.verification import VERIFIED_WITH_CASE
 from bcd_node.report.pdf import render_report
 from bcd_node.store.layout import DataLayout
 from dicom.encapsulated import build_encapsulated_pdf
@@ -82,6 +84,12 @@ class VerifiedReports:
                                      "(quality insufficient)")
             rejected = sorted(rejected_indices(session, result.id))
             corrected_count = corrected_blast_count(session, result)
+            # Verified with the signature of its case: what the case was signed as.
+            case_stage = None
+            if result.verified_with == VERIFIED_WITH_CASE:
+                summary = current_summary(session, result.study_fk)
+                signed = (summary.verified_stage or summary.stage) if summary else None
+                case_stage = str(signed) if signed is not None else "no stage"
             session.expunge_all()
         verified_at = result.verified_at
         inst, _series, study, _patient = ctx.load(job.id, result.instance_fk)
@@ -97,7 +105,8 @@ class VerifiedReports:
         verification = Verification(
             observer_name=person_name(name),
             organization=settings.dicom.institution_name or "bcd-node",
-            datetime=verified_at, stage=result.verified_stage or result.stage,
+            datetime=verified_at,
+            stage=None if case_stage is not None else result.verified_stage or result.stage,
             comment=result.verified_comment or None, rejected_cells=len(rejected))
         # The report is the analysis' own, signed: it names the model that made it, which may
         # not be the model that runs now.
@@ -144,8 +153,10 @@ class VerifiedReports:
                            created_at=result.created_at, timezone=settings.web.tzinfo)
         data = dataclasses.replace(
             data, verified_by=name, verified_organization=verification.organization,
-            verified_stage=str(verification.stage), verified_comment=result.verified_comment,
-            verified_at=verified_at)
+            verified_stage=None if verification.stage is None else str(verification.stage),
+            verified_comment=result.verified_comment, verified_at=verified_at,
+            cells_reviewed_with_case=case_stage, rejected_cells=len(rejected),
+            ai_blast_count=result.blast_count)
         pdf = render_report(data)
         enc = build_encapsulated_pdf(ds, pdf, algorithm=algorithm,
                                      verified_at=verified_at,

@@ -333,6 +333,10 @@ class Result(Base):
     verified_comment: Mapped[str | None] = mapped_column(Text)
     verified_sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     verified_pdf_path: Mapped[str | None] = mapped_column(String(255))
+    # How a field was verified when not on its own: "case" (VERIFIED_WITH_CASE), with the
+    # signature of its case because the doctor rejected some of its cells: its cells were
+    # reviewed, its stage was not (verified_stage None). None: on its own, or a summary.
+    verified_with: Mapped[str | None] = mapped_column(String(16))
     # A signed case amended by a doctor (bcd_node/records/verification.py::amend_case): the
     # reason, and the signature this one replaces, {"reason", "by_fk", "at" (ISO, UTC),
     # "stage", "comment", "sr" (its signed SR's SOP Instance UID)}; None when never amended.

@@ -140,6 +140,7 @@ def clear_verification(result: Result) -> None:
     result.verified_by_fk = None
     result.verified_at = None
     result.verified_stage = None
+    result.verified_with = None
     result.verified_comment = None
     result.verified_sr_sop_instance_uid = None
     result.verified_pdf_path = None

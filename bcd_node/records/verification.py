@@ -140,9 +140,13 @@ def _lf(text: str | None) -> str:
 
 def _verify(session: Session, result: Result, decision: Decision | str, *,
             stage: Stage | str | None, comment: str | None, user_id: int, actor: str,
-            actor_kind: str, source: str, amendment: str | None = None) -> Verified:
+            actor_kind: str, source: str, amendment: str | None = None,
+            with_case: bool = False) -> Verified:
     """:func:`verify_result`; with ``amendment`` (its reason), the new signature of a signed
-    case's summary that replaces its signature (:func:`amend_case`, which checks the rest)."""
+    case's summary that replaces its signature (:func:`amend_case`, which checks the rest);
+    ``with_case``: a field whose cells the doctor reviewed, verified with the signature of its
+    case (:func:`_verify_fields_with_rejected_cells`): no stage of the doctor's is recorded
+    for it (``verified_stage`` None, ``verified_with`` :data:`VERIFIED_WITH_CASE`)."""
     try:
         decision = Decision(decision)
     except ValueError:
@@ -213,7 +217,9 @@ def _verify(session: Session, result: Result, decision: Decision | str, *,
                 "their verification.")
     # One state, "verified"; a correction is a verified stage that differs from the AI's.
     result.verification = VerificationState.VERIFIED
-    result.verified_stage = corrected_stage if corrected else result.stage
+    result.verified_stage = (None if with_case else
+                             corrected_stage if corrected else result.stage)
+    result.verified_with = VERIFIED_WITH_CASE if with_case else None
     result.verified_comment = text or None
     result.verified_by_fk = user.id
     result.verified_at = utcnow()
@@ -228,9 +234,10 @@ def _verify(session: Session, result: Result, decision: Decision | str, *,
     refresh_study(session, study.id)  # worklist columns: "verified" and the doctors' stage
     queue_case_report(session, study.id, result.id)
     audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
-                 action=("amend_case_" if amendment is not None else
-                         "sign_case_" if result.instance_fk is None else "verify_")
-                 + ("correct" if corrected else "accept"),
+                 action=("verify_cells_with_case" if with_case else
+                         ("amend_case_" if amendment is not None else
+                          "sign_case_" if result.instance_fk is None else "verify_")
+                         + ("correct" if corrected else "accept")),
                  patient_id=study.patient.patient_id,
                  study_instance_uid=study.study_instance_uid, object_ref=f"result:{result.id}",
                  details={"ai_stage": result.stage, "verified_stage": result.verified_stage,
@@ -280,6 +287,9 @@ def sign_case(session: Session, study: Study, decision: Decision | str, *,
                                        actor_kind=actor_kind, source=source)
     return signed
 
+
+#: ``Result.verified_with`` of a field verified with the signature of its case.
+VERIFIED_WITH_CASE = "case"
 
 #: The longest reason a doctor may give for amending a signed case.
 MAX_AMENDMENT_REASON = 500
@@ -334,8 +344,10 @@ def amend_case(session: Session, study: Study, decision: Decision | str, *,
 def _verify_fields_with_rejected_cells(session: Session, study: Study, *, user_id: int,
                                        actor: str, actor_kind: str, source: str) -> None:
     """The fields whose cells the doctor rejected and did not verify one by one are verified
-    with the case (their stage accepted): each gets its VERIFIED SR with the corrected count
-    and its corrected SEG, which the signed summary alone cannot carry."""
+    with the case: each gets its corrected SEG and a VERIFIED SR with the corrected count,
+    which the signed summary alone cannot carry. Their cells were reviewed, their stage was
+    not: no stage and no comment are put in the doctor's name (their reports say the field's
+    stage was not reviewed on its own, and what the case was signed as)."""
     from bcd_node.db.models import CellRejection, ResultScope
 
     rows = session.execute(select(Result).where(
@@ -344,9 +356,9 @@ def _verify_fields_with_rejected_cells(session: Session, study: Study, *, user_i
         Result.id.in_(select(CellRejection.result_fk))).order_by(Result.id)).scalars().all()
     for field in rows:
         try:
-            verify_result(session, field, Decision.ACCEPT, stage=None,
-                          comment="Cells corrected; verified with the signed case.",
-                          user_id=user_id, actor=actor, actor_kind=actor_kind, source=source)
+            _verify(session, field, Decision.ACCEPT, stage=None, comment=None,
+                    user_id=user_id, actor=actor, actor_kind=actor_kind, source=source,
+                    with_case=True)
         except ImageReplacedError:
             continue  # its new version, analysed again, has no rejected cells
 

@@ -140,6 +140,13 @@ stain, institution : str, optional
     scale : str, optional
         The pixel size the analysis used and its source, e.g. "0.25 µm per pixel (Pixel
         Spacing)".
+    cells_reviewed_with_case : str, optional
+        A field verified with the signature of its case (its cells reviewed, not its stage):
+        the stage the case was signed as. The verdict then says what the doctor did (rejected
+        ``rejected_cells`` of ``ai_blast_count`` cells) and that the field's stage was not
+        reviewed on its own; ``verified_stage`` is None.
+    rejected_cells, ai_blast_count : int
+        The cells the doctor rejected as not blasts, and the AI's count before.
     """
 
     patient_name: str
@@ -175,6 +182,9 @@ stain, institution : str, optional
     timezone: dt.tzinfo | None = None
     review_reasons: tuple[str, ...] = ()
     scale: str | None = None
+    cells_reviewed_with_case: str | None = None
+    rejected_cells: int = 0
+    ai_blast_count: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("patient_name", "patient_id", "model_name", "model_version"):
@@ -803,17 +813,33 @@ def _render(data: ReportData, side: float) -> tuple[bytes, int]:
     # A verified report leads with the doctor's verdict; the AI's finding supports it.
     if data.is_verified:
         corrected = data.verified_stage is not None and data.verified_stage != data.stage
-        verdict = [
-            [p("Doctor's verdict (verified)", heading)],
-            [p(f"Stage: {data.verified_stage or data.stage}", ParagraphStyle(
-                "verdict", parent=label, fontSize=15, leading=19))],
-            [p(f"Corrected by the doctor; the AI proposed {data.stage}." if corrected
-               else "The doctor accepted the AI's stage.", label if corrected else body)],
-            [p("Comment: " + (data.verified_comment or "none"))],
-            [p(f"Verified by {_person(data.verified_by or '')}"
-               + (f", {data.verified_organization}" if data.verified_organization else "")
-               + f", on {_when(data.verified_at, data.timezone) if data.verified_at else '—'}")],
-        ]
+        by = (f"{_person(data.verified_by or '')}"
+              + (f", {data.verified_organization}" if data.verified_organization else "")
+              + f", on {_when(data.verified_at, data.timezone) if data.verified_at else '—'}")
+        if data.cells_reviewed_with_case is not None:
+            # The doctor reviewed this field's cells and signed its case: no stage of theirs
+            # for the field, and no words they did not write.
+            verdict = [
+                [p("Doctor's review of the cells (with the signed case)", heading)],
+                [p(f"The doctor rejected {data.rejected_cells} of the AI's "
+                   f"{data.ai_blast_count if data.ai_blast_count is not None else '?'} blast "
+                   "cells as not blasts; the blast count and the cells marked below are as the "
+                   "doctor left them.", body)],
+                [p("This field's stage was not reviewed on its own: the case was signed as "
+                   f"{data.cells_reviewed_with_case} (see the signed case report). The stage "
+                   "below is the AI's.", label)],
+                [p(f"Cells reviewed by {by}")],
+            ]
+        else:
+            verdict = [
+                [p("Doctor's verdict (verified)", heading)],
+                [p(f"Stage: {data.verified_stage or data.stage}", ParagraphStyle(
+                    "verdict", parent=label, fontSize=15, leading=19))],
+                [p(f"Corrected by the doctor; the AI proposed {data.stage}." if corrected
+                   else "The doctor accepted the AI's stage.", label if corrected else body)],
+                [p("Comment: " + (data.verified_comment or "none"))],
+                [p(f"Verified by {by}")],
+            ]
         box = Table(verdict, colWidths=[170 * mm], hAlign="LEFT")
         box.setStyle(TableStyle([
             ("BOX", (0, 0), (-1, -1), 1.2, colors.HexColor("#1f2d3a")),

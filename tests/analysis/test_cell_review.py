@@ -320,3 +320,70 @@ def test_the_signed_case_report_shows_each_field_s_count_as_the_doctor_left_it(f
     assert f"Blast cells {left} in all fields (AI: {ai_count}; cells rejected by the doctor)" \
         in text, text
     assert f" {left} (AI: {ai_count}) " in text, text  # field 1's row
+
+
+def test_a_field_verified_with_its_case_states_no_stage_or_words_of_the_doctor(field) -> None:
+    """The doctor rejects cells of a field, then signs the case with another stage without
+    verifying the field on its own. The field's corrected SEG and counts go out, but its
+    report must not say the doctor accepted its stage, nor carry a comment they did not write:
+    the SR states no reviewed stage (the AI's result "modified"), the PDF says the field's stage
+    was not reviewed on its own and what the case was signed as."""
+    import re
+    import subprocess
+    from datetime import timedelta
+
+    import pydicom
+    from sqlalchemy import update
+
+    from bcd_node.analysis.summary import enqueue_study_summaries
+    from bcd_node.db.models import Study, utcnow
+    from bcd_node.records.verification import sign_case
+    from dicom import codes
+    from tests.support.dicomcheck import assert_dciodvfy_clean
+    from tests.support.tools import require_tool
+
+    ctx, pipeline, result_id, doctor = field
+    with ctx.session_factory.begin() as s:
+        s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
+    assert enqueue_study_summaries(ctx) == 1
+    assert run_all(ctx, pipeline) == 1
+    with ctx.session_factory.begin() as s:
+        ai_stage = s.get(Result, result_id).stage
+        case_stage = next(st for st in ("Malignant-Pro", "Benign") if st != ai_stage)
+        reject_cell(s, s.get(Result, result_id), 1, user_id=doctor, actor="dr.c",
+                    actor_kind="user")
+        sign_case(s, s.execute(select(Study)).scalar_one(), "correct", stage=case_stage,
+                  comment="Case comment.", user_id=doctor, actor="dr.c", actor_kind="user")
+    assert run_all(ctx, pipeline) == 2
+    with ctx.session_factory() as s:
+        result = s.get(Result, result_id)
+        assert (result.verification, result.verified_stage, result.verified_with,
+                result.verified_comment) == ("verified", None, "case", None)
+        assert s.execute(select(AuditEvent.action).where(
+            AuditEvent.object_ref == f"result:{result_id}",
+            AuditEvent.action.like("verify%"))).scalars().all() == ["verify_cells_with_case"]
+        folder = ctx.settings.storage.data_dir / Path(result.verified_pdf_path).parent
+        field_pdf = ctx.settings.storage.data_dir / result.verified_pdf_path
+    [sr_path] = folder.glob("sr-verified-*.dcm")
+    assert_dciodvfy_clean(sr_path)
+    sr = pydicom.dcmread(sr_path)
+
+    def walk(ds):
+        for item in ds.get("ContentSequence", []):
+            yield item
+            yield from walk(item)
+
+    names = {(i.ConceptNameCodeSequence[0].CodeValue,
+              i.ConceptCodeSequence[0].CodeValue if "ConceptCodeSequence" in i else None)
+             for i in walk(sr) if i.get("ValueType") == "CODE"}
+    assert (codes.AI_ASSESSMENT.value, codes.AI_MODIFIED.value) in names
+    assert not any(name == codes.REVIEWED_STAGE_FINDING.value for name, _ in names)
+    assert not any(i.get("ValueType") == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue
+                   == codes.COMMENT.value for i in walk(sr))
+    assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Doctor^Cara"
+    text = subprocess.run([require_tool("pdftotext"), str(field_pdf), "-"], check=True,
+                          capture_output=True, text=True, timeout=60).stdout
+    text = re.sub(r"\s+", " ", text)
+    assert "accepted the AI's stage" not in text and "Cells corrected" not in text
+    assert "Doctor's review of the cells (with the signed case)" in text
+    assert f"not reviewed on its own: the case was signed as {case_stage}" in text

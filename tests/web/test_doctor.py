@@ -18,7 +18,7 @@ from bcd_node.db.models import AuditEvent, Instance, Job, JobKind, Result, Study
 from bcd_node.errors import PermanentError
 from bcd_node.report.pictures import laid_over
 from tests.support.seed import add_analysed_study, add_study, png_bytes, seed_worklist, smear_image
-from tests.support.web import post_form
+from tests.support.web import DOCTOR_PASSWORD, post_form
 
 UID = "1.2.826.0.1.3680043.10.1.1"
 
@@ -218,6 +218,32 @@ def test_verify_with_correction_keeps_ai_finding_and_queues_report(
               {f"r{rid}-decision": "accept"})
     with ctx.session_factory() as session:
         assert len(session.execute(select(Job)).all()) == 1
+
+
+def test_a_field_verified_with_its_case_is_not_shown_as_accepted(
+        app: Flask, doctor_client: FlaskClient, analysed: dict[str, Any]) -> None:
+    """Its cells were reviewed with the case, its stage was not: the page says so, the API
+    gives no doctor's stage and no correction, and the statistics count no verdict."""
+    import base64
+
+    from bcd_node.db.models import User, utcnow
+
+    ctx = app.extensions["bcd_node"]
+    rid = analysed["result_id"]
+    with ctx.session_factory.begin() as session:
+        result = session.get(Result, rid)
+        doctor = session.execute(select(User).where(User.username == "doctor")).scalar_one()
+        result.verification, result.verified_by_fk = "verified", doctor.id
+        result.verified_at, result.verified_with = utcnow(), "case"
+    page = doctor_client.get(f"/studies/{UID}").get_data(as_text=True)
+    assert "Cells reviewed with the signed case" in page and "data-verified-with-case" in page
+    assert "not reviewed on its own" in page
+    assert "<strong>Accepted</strong>" not in page and "<strong>Corrected</strong>" not in page
+    basic = {"Authorization": "Basic " + base64.b64encode(
+        f"doctor:{DOCTOR_PASSWORD}".encode()).decode()}
+    one = doctor_client.get(f"/api/v1/results/{rid}", headers=basic).get_json()
+    assert (one["verified_with_case"], one["verified_stage"], one["corrected"]) == \
+        (True, None, False)
 
 
 def test_verify_accept(app: Flask, doctor_client: FlaskClient, analysed: dict[str, Any]) -> None:
