@@ -137,6 +137,17 @@ def index() -> Any:
                            if manifest_is_demonstration(manifest) else None)
 
 
+@bp.app_template_global()
+def attention(study: Study, threshold: float) -> list[str]:
+    """Why the worklist marks a case: its low confidence, and what else needs the doctor's
+    attention (``Study.attention``)."""
+    why = list(study.attention or [])
+    if study.confidence is not None and study.confidence < threshold \
+            and "low confidence" not in why:
+        why.insert(0, "low confidence")
+    return why
+
+
 def _uids(page: Page) -> str:
     return ",".join(study.study_instance_uid for study, _ in page.items)
 
@@ -147,10 +158,12 @@ def state_json() -> Any:
     (UIDs only, no names; not audited: the page view that polls it is)."""
     args = request.args.to_dict()
     page = worklist_page(args, page_number(), current_app.config["PAGE_SIZE"])
+    threshold = node().settings.model.review_threshold
     response = jsonify({"uids": _uids(page), "rows": [
         {"uid": study.study_instance_uid, "status": str(study.status),
          "status_label": STATUS_LABELS[study.status], "stage": study.stage,
-         "confidence": study.confidence} for study, _ in page.items]})
+         "confidence": study.confidence, "attention": attention(study, threshold)}
+        for study, _ in page.items]})
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -206,6 +206,10 @@ class Study(Base):
                                                 index=True)
     stage: Mapped[Stage | None] = mapped_column(_enum(Stage), index=True)
     confidence: Mapped[float | None] = mapped_column(Float)
+    # Why the unsigned case needs the doctor's attention, in words (its fields' review reasons,
+    # malignant fields in a case voted Benign, no field analysable): the worklist marks it.
+    # None or [] when nothing does, and once signed (bcd_node/records/studies.py).
+    attention: Mapped[list[str] | None] = mapped_column(JSON)
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     summary_done_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

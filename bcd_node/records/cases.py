@@ -116,6 +116,48 @@ def case_findings(results: Iterable[FieldFigures]) -> CaseFindings:
     return CaseFindings(stage, probs, probs[stage])
 
 
+class AttentionFigures(FieldFigures, Protocol):
+    """What :func:`case_attention` reads of a field's result besides its figures."""
+
+    @property
+    def needs_review(self) -> bool: ...
+
+    @property
+    def review_reasons(self) -> Sequence[str] | None: ...
+
+
+def _fields_text(n: int) -> str:
+    return f"{n} field" + ("" if n == 1 else "s")
+
+
+def case_attention(fields: Sequence[AttentionFigures], stage: Stage | str | None, *,
+                   analysing: bool) -> list[str]:
+    """Why an unsigned case needs the doctor's attention, in words, for the worklist: the
+    review reasons of its fields not verified one by one ("needs review" for a result made
+    before reasons were stored), malignant fields in a case whose vote (``stage``) is Benign
+    (the vote can outnumber them), and fields that could not be analysed (none at all, once
+    nothing is being analysed). Empty when nothing does."""
+    reasons: list[str] = []
+    for r in fields:
+        if r.stage is None or r.verification != VerificationState.UNVERIFIED:
+            continue
+        for reason in r.review_reasons or (["needs review"] if r.needs_review else []):
+            if reason not in reasons:
+                reasons.append(str(reason))
+    staged = [r.stage for r in fields if r.stage is not None]
+    if stage is not None and Stage(stage) is Stage.BENIGN:
+        malignant = len([s for s in staged if Stage(s) is not Stage.BENIGN])
+        if malignant:
+            reasons.append(f"{_fields_text(malignant)} of {len(staged)} staged malignant, "
+                           "the case Benign by vote")
+    unstaged = len(fields) - len(staged)
+    if fields and not staged and not analysing:
+        reasons.append("no field could be analysed")
+    elif unstaged and staged:
+        reasons.append(f"{_fields_text(unstaged)} not analysable")
+    return reasons
+
+
 def case_blast_count(results: Iterable[Result],
                      corrected: Mapping[int, int] | None = None) -> int:
     """The blast cells of a case: the count of each diagnostic field's result, added up.

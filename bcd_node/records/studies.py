@@ -20,7 +20,13 @@ from bcd_node.db.models import (
     Study,
     VerificationState,
 )
-from bcd_node.records.cases import STAGE_ORDER, case_findings, case_status, vote
+from bcd_node.records.cases import (
+    STAGE_ORDER,
+    case_attention,
+    case_findings,
+    case_status,
+    vote,
+)
 
 __all__ = ["STAGE_ORDER", "vote", "refresh_study", "current_summary", "report_job_failed"]
 
@@ -48,7 +54,7 @@ def report_job_failed(session: Session, result: Result) -> str | None:
 #: The columns of a field's result that the case's status, stage and confidence depend on
 #: (:class:`~bcd_node.records.cases.FieldFigures`, and the model that made it).
 FIELD_COLUMNS = (Result.stage, Result.probabilities, Result.model_version, Result.verification,
-                 Result.verified_stage)
+                 Result.verified_stage, Result.needs_review, Result.review_reasons)
 
 
 def refresh_study(session: Session, study_id: int) -> Study:
@@ -89,9 +95,11 @@ def refresh_study(session: Session, study_id: int) -> Study:
         # The doctor's stage: the AI's confidence in its own stage would not describe it.
         study.stage = summary.verified_stage or summary.stage
         study.confidence = None
+        study.attention = None
     else:
         study.stage = findings.stage
         study.confidence = findings.confidence
+        study.attention = case_attention(fields, findings.stage, analysing=analysing) or None
     return study
 
 

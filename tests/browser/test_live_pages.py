@@ -33,11 +33,24 @@ def test_the_worklist_and_an_open_case_refresh_on_their_own(live_console: LiveCo
     badge = f'tr[data-uid="{UID}"] [data-status] .badge'
     assert browser.find_element(By.CSS_SELECTOR, badge).text == "Awaiting review"
     browser.execute_script("window.__notReloaded = true")
+    mark = f'tr[data-uid="{UID}"] [data-attention]'
     with ctx.session_factory.begin() as session:
-        session.execute(update(Study).values(status=StudyStatus.FAILED))
+        session.execute(update(Study).values(status=StudyStatus.FAILED,
+                                             attention=["unlike the training data"]))
     wait_for(lambda: browser.find_element(By.CSS_SELECTOR, badge).text == "Failed",
              timeout=30, what="the worklist's status updated in place")
     assert browser.execute_script("return window.__notReloaded") is True
+    # The mark of a case that needs review comes with the refresh, and stays through it.
+    assert browser.find_element(By.CSS_SELECTOR, mark).get_attribute("title") == \
+        "Needs review: unlike the training data"
+    polls = browser.execute_script(
+        "return performance.getEntriesByType('resource').filter(function (e) {"
+        " return e.name.indexOf('/worklist/state.json') !== -1; }).length")
+    wait_for(lambda: browser.execute_script(
+        "return performance.getEntriesByType('resource').filter(function (e) {"
+        " return e.name.indexOf('/worklist/state.json') !== -1; }).length") > polls,
+        timeout=30, what="another refresh")
+    assert browser.find_elements(By.CSS_SELECTOR, mark)
 
     # An open case: a new image arrives (the case is receiving again); the page says so.
     with ctx.session_factory.begin() as session:

@@ -92,6 +92,55 @@ def test_status_follows_jobs_results_and_verification(ctx) -> None:
         assert refresh_study(s, study.id).status == "signed"
 
 
+def test_the_worklist_learns_why_an_unsigned_case_needs_attention(ctx) -> None:
+    """A case voted Benign with a malignant field, a field unlike the training data and one
+    that could not be analysed: each is a reason the worklist marks it; a field verified on
+    its own no longer counts; signing clears them all."""
+    from bcd_node.db.models import ResultScope, VerificationState
+
+    with ctx.session_factory.begin() as s:
+        study, (a, b, c, d) = _study(s, 4)
+        s.add_all([_result(study, a, "Benign"), _result(study, b, "Benign"),
+                   _result(study, c, "Malignant-Pro", needs_review=True,
+                           review_reasons=["unlike the training data"]),
+                   _result(study, d, None, quality={"status": "insufficient"})])
+        s.flush()
+        refresh_study(s, study.id)
+        assert study.stage == "Benign"
+        assert study.attention == ["unlike the training data",
+                                   "1 field of 3 staged malignant, the case Benign by vote",
+                                   "1 field not analysable"]
+        field = s.execute(select(Result).where(Result.instance_fk == c.id)).scalar_one()
+        field.verification, field.verified_stage = VerificationState.VERIFIED, "Malignant-Pro"
+        refresh_study(s, study.id)
+        assert "unlike the training data" not in study.attention
+        summary = Result(study_fk=study.id, scope=ResultScope.STUDY, model_name="m",
+                         model_version="1", stage="Benign", probabilities={},
+                         sr_sop_instance_uid="1.2.9", verification=VerificationState.VERIFIED,
+                         verified_stage="Malignant-Pro")
+        s.add(summary)
+        s.flush()
+        refresh_study(s, study.id)
+        assert study.attention is None and study.stage == "Malignant-Pro"
+    with ctx.session_factory.begin() as s:
+        study, insts = _study_named(s, "1.2.4")
+        s.add_all([_result(study, i, None, quality={"status": "insufficient"}) for i in insts])
+        s.flush()
+        refresh_study(s, study.id)
+        assert study.attention == ["no field could be analysed"]
+
+
+def _study_named(session, uid: str) -> tuple[Study, list[Instance]]:
+    study = Study(patient=Patient(patient_id="Q"), study_instance_uid=uid)
+    series = Series(study=study, series_instance_uid=f"{uid}.1")
+    insts = [Instance(series=series, sop_instance_uid=f"{uid}.1.{i}", sop_class_uid="1.2",
+                      transfer_syntax_uid="1.2", path=f"q{i}", sha256="0" * 64, size_bytes=1,
+                      rows=1, columns=1) for i in range(2)]
+    session.add_all([study, series, *insts])
+    session.flush()
+    return study, insts
+
+
 def test_permanent_failure_fails_at_once_and_marks_the_study(ctx) -> None:
     with ctx.session_factory.begin() as s:
         study, (a,) = _study(s, 1)

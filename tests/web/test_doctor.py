@@ -246,6 +246,36 @@ def test_a_field_verified_with_its_case_is_not_shown_as_accepted(
         (True, None, False)
 
 
+def test_the_worklist_marks_every_case_that_needs_review_with_its_reasons(
+        app: Flask, doctor_client: FlaskClient, analysed: dict[str, Any]) -> None:
+    """Not only a low confidence: a case whose field is unlike the training data is marked
+    too, its reasons in the mark's title, and the live refresh gets them."""
+    import re
+
+    ctx = app.extensions["bcd_node"]
+    with ctx.session_factory.begin() as session:
+        study = session.get(Study, analysed["study_id"])
+        study.confidence = 0.95
+        study.attention = ["unlike the training data", "scale unknown"]
+    page = doctor_client.get("/worklist").get_data(as_text=True)
+    row = re.search(rf'<tr class="([^"]*)" data-uid="{UID}">(.*?)</tr>', page, re.S)
+    assert row and "attention" in row.group(1)
+    assert 'title="Needs review: unlike the training data; scale unknown"' in row.group(2)
+    state = doctor_client.get("/worklist/state.json").get_json()
+    [one] = [r for r in state["rows"] if r["uid"] == UID]
+    assert one["attention"] == ["unlike the training data", "scale unknown"]
+    with ctx.session_factory.begin() as session:  # nothing to review, a good confidence
+        session.get(Study, analysed["study_id"]).attention = None
+    page = doctor_client.get("/worklist").get_data(as_text=True)
+    row = re.search(rf'<tr class="([^"]*)" data-uid="{UID}">(.*?)</tr>', page, re.S)
+    assert row and "attention" not in row.group(1) and "data-attention" not in row.group(2)
+    with ctx.session_factory.begin() as session:  # a low confidence alone, as before
+        session.get(Study, analysed["study_id"]).confidence = 0.3
+    [one] = [r for r in doctor_client.get("/worklist/state.json").get_json()["rows"]
+             if r["uid"] == UID]
+    assert one["attention"] == ["low confidence"]
+
+
 def test_verify_accept(app: Flask, doctor_client: FlaskClient, analysed: dict[str, Any]) -> None:
     rid = analysed["result_id"]
     post_form(doctor_client, f"/studies/{UID}", f"/results/{rid}/verify",

@@ -103,7 +103,22 @@
           stage.textContent = row.stage || "—";
         }
         var conf = tr.querySelector("[data-confidence]");
-        if (conf) { conf.textContent = row.confidence === null ? "—" : Math.round(row.confidence * 100) + " %"; }
+        if (conf) {
+          // The figure, and the mark of a case that needs review with its reasons (it was
+          // wiped by the first refresh when the figure alone was written).
+          conf.textContent = row.confidence === null ? "—" : Math.round(row.confidence * 100) + " %";
+          if (row.attention.length) {
+            var mark = document.createElement("span");
+            mark.className = "warnicon";
+            mark.setAttribute("data-attention", "");
+            mark.title = "Needs review: " + row.attention.join("; ");
+            mark.setAttribute("aria-label", mark.title);
+            mark.textContent = "▲";
+            conf.appendChild(document.createTextNode(" "));
+            conf.appendChild(mark);
+          }
+        }
+        tr.classList.toggle("attention", row.attention.length > 0 || row.status === "failed");
       });
       if (state.uids !== known && !busy(document.querySelector("form.filters") || list)) {
         reload();
