@@ -167,8 +167,10 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Apply migrations."""
+    from alembic.util import CommandError as AlembicCommandError
+
     from bcd_node.db.engine import make_engine
-    from bcd_node.db.migrate import upgrade
+    from bcd_node.db.migrate import head_revision, upgrade
     from bcd_node.settings import mask_url
 
     settings = settings_for(args)
@@ -176,6 +178,10 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     engine = make_engine(settings.database_url)
     try:
         revision = upgrade(engine, args.revision)
+    except AlembicCommandError as exc:
+        # An unknown or impossible target revision (a typo): the user's mistake, one line.
+        raise CommandError(f"cannot upgrade to revision {args.revision!r}: {exc} (this "
+                           f"version's newest is {head_revision()})") from None
     finally:
         engine.dispose()
     print(f"database {mask_url(settings.database_url)} at revision {revision}")

@@ -47,3 +47,12 @@ def test_send_to_a_bad_port_is_a_users_mistake(write_config: Callable[..., objec
     assert commands.main(["--config", str(write_config()), "send", "x.dcm",
                           "--to", "PACS@127.0.0.1:70000"]) == 1
     assert "port must be 1-65535" in capsys.readouterr().err
+
+
+def test_db_upgrade_to_an_unknown_revision_is_a_users_mistake(
+        write_config: Callable[..., object], capsys: pytest.CaptureFixture[str]) -> None:
+    # A typo in the target revision gave alembic's traceback (found by a walk).
+    assert commands.main(["--config", str(write_config()), "db", "upgrade", "9999"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("bcd-node: error: cannot upgrade to revision '9999': ")
+    assert "Traceback" not in err and err.count("\n") == 1
