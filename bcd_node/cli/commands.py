@@ -85,8 +85,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     overview = status.deliveries
     print("jobs:        " + ", ".join(f"{state.value} {n}"
                                       for state, n in status.jobs.by_state.items()))
+    lis = {system.name for system in settings_for(args).lis}
     for dest in overview.destinations or []:
-        echo = ("C-ECHO never checked" if dest.echo_ok is None else
+        # An LIS (HL7 over MLLP) gets no C-ECHO: its health is its deliveries' alone.
+        echo = ("no C-ECHO (HL7 over MLLP)" if dest.name in lis and dest.echo_ok is None else
+                "C-ECHO never checked" if dest.echo_ok is None else
                 "C-ECHO ok" if dest.echo_ok else f"C-ECHO failing: {dest.echo_error}")
         verdict = "OK" if dest.ok else (f"{dest.waiting} waiting" if dest.waiting
                                         else "not answering")

@@ -76,3 +76,16 @@ def test_jobs_retry_queues_failed_jobs_again(tmp_path, capsys, write_config) -> 
         assert (job.state, job.attempts) == (JobState.QUEUED, 0)
     assert main(["--config", str(cfg), "audit", "verify"]) == 0
     ctx.engine.dispose()
+
+
+def test_status_does_not_wait_for_a_c_echo_of_an_lis(capsys, write_config) -> None:
+    # An LIS gets no C-ECHO; status said "C-ECHO never checked" for it for ever (found by a
+    # walk), as if a check were due.
+    cfg = write_config('[[destinations]]\nname = "pacs"\nae_title = "PACS"\n'
+                       'host = "127.0.0.1"\nport = 104\n\n[[lis]]\nname = "lab"\n'
+                       'host = "127.0.0.1"\nport = 2575\nreceiving_application = "LIS"\n')
+    open_node(load_settings(cfg))
+    assert main(["--config", str(cfg), "status"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["lab"].endswith("; no C-ECHO (HL7 over MLLP)")
+    assert lines["pacs"].endswith("; C-ECHO never checked")

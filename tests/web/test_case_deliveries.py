@@ -105,3 +105,13 @@ def test_the_system_page_names_each_kind_of_destination(app) -> None:
     assert "DICOMweb" in page and "http://127.0.0.1:1/dicom-web" in page
     assert "HL7 <code>LIS</code>" in page
     assert "no longer configured" not in page
+
+
+def test_the_system_page_expects_no_c_echo_of_an_lis(app) -> None:
+    # An LIS gets no C-ECHO: its "Last C-ECHO" said "never" for ever (found by a walk).
+    client = app.test_client()
+    assert login(client, "admin", ADMIN_PASSWORD).status_code == 302
+    page = client.get("/admin/system").get_data(as_text=True)
+    cells = {name: row for name, row in re.findall(r"<tr><td>(\w+)</td>(.*?)</tr>", page, re.S)}
+    assert "none (HL7 over MLLP)" in cells["lab"] and "never" not in cells["lab"]
+    assert "never" in cells["pacs"] and "HL7 over MLLP" not in cells["pacs"]
