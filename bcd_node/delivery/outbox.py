@@ -359,6 +359,10 @@ class Deliverer:
         transaction = generate_uid(prefix=None) if dest.storage_commitment else None
         summary = self._record(dest, tried, [outcomes[row.id] for row in tried],
                                transaction=transaction)
+        if summary.sent and self._echo_failing(dest.name):
+            # It stores again: its health, failing since it was down, is checked now rather
+            # than shown as failing until the next delivery.echo_interval.
+            self.echo_one(dest)
         self._release([row for row in rows if row.id not in outcomes])  # a stop came first
         if transaction is not None and not self.stopping:
             self._request_commitment(dest, transaction)  # else asked after commitment_timeout
@@ -536,26 +540,33 @@ class Deliverer:
 
     def echo_all(self) -> dict[str, bool]:
         """C-ECHO every destination (a DICOMweb one: a QIDO-RS query) and record its health."""
-        health: dict[str, bool] = {}
-        for dest in self.settings.destinations:
-            error = None
-            try:
-                if dest.type == "dicomweb":
-                    ok = stow_reachable(self.stow_target(dest))
-                else:
-                    ok = echo(self.peer(dest)) == 0
-                if not ok:
-                    error = "C-ECHO answered with a failure status"
-            except (PeerUnavailableError, OSError) as exc:
-                ok, error = False, str(exc)
-            health[dest.name] = ok
-            with self.context.session_factory.begin() as session:
-                row = session.get(DestinationHealth, dest.name) or DestinationHealth(name=dest.name)
-                row.last_echo_at, row.last_echo_ok, row.last_error = utcnow(), ok, error
-                session.add(row)
+        return {dest.name: self.echo_one(dest) for dest in self.settings.destinations}
+
+    def echo_one(self, dest: Destination) -> bool:
+        """C-ECHO ``dest`` (a DICOMweb one: a QIDO-RS query) and record its health."""
+        error = None
+        try:
+            if dest.type == "dicomweb":
+                ok = stow_reachable(self.stow_target(dest))
+            else:
+                ok = echo(self.peer(dest)) == 0
             if not ok:
-                LOGGER.warning("destination %s does not answer C-ECHO: %s", dest.name, error)
-        return health
+                error = "C-ECHO answered with a failure status"
+        except (PeerUnavailableError, OSError) as exc:
+            ok, error = False, str(exc)
+        with self.context.session_factory.begin() as session:
+            row = session.get(DestinationHealth, dest.name) or DestinationHealth(name=dest.name)
+            row.last_echo_at, row.last_echo_ok, row.last_error = utcnow(), ok, error
+            session.add(row)
+        if not ok:
+            LOGGER.warning("destination %s does not answer C-ECHO: %s", dest.name, error)
+        return ok
+
+    def _echo_failing(self, name: str) -> bool:
+        """Whether the last C-ECHO of destination ``name`` failed."""
+        with self.context.session_factory() as session:
+            row = session.get(DestinationHealth, name)
+            return row is not None and row.last_echo_ok is False
 
 
 # --------------------------------------------------------------------------- status

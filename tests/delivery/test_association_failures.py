@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pynetdicom import AE
+from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
 
@@ -166,3 +166,26 @@ def test_a_connection_closed_at_the_request_says_so(write_config, tmp_path) -> N
     [row] = rows(ctx)
     assert "the association request was aborted (the peer closed the connection" \
         in row.last_error, row.last_error
+
+
+def test_a_pacs_that_stores_again_is_no_longer_shown_as_failing_its_c_echo(write_config,
+                                                                          tmp_path) -> None:
+    """A PACS that was down and is back: once it stores a batch, its C-ECHO health is checked
+    again at once (it said "not answering" for up to delivery.echo_interval after the objects
+    had all gone out; found by a walk)."""
+    port = free_port()
+    ctx = node_for(write_config, port)
+    queue_files(ctx, write_vl_micro(tmp_path / "out", 2))
+    assert Deliverer(ctx).echo_all() == {"pacs": False}
+    ae = AE(ae_title="ORTHANC")
+    ae.supported_contexts = StoragePresentationContexts
+    ae.add_supported_context(Verification)
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, lambda _event: 0x0000)])
+    try:
+        assert Deliverer(ctx).run_once().sent == 2
+    finally:
+        server.shutdown()
+    with ctx.session_factory() as s:
+        health = s.get(DestinationHealth, "pacs")
+        assert (health.last_echo_ok, health.last_error) == (True, None)
