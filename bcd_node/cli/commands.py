@@ -386,6 +386,17 @@ class CommandError(BcdError):
 # --------------------------------------------------------------------------- parser
 
 
+def _count(text: str) -> int:
+    """An argument that counts something: a whole number, 0 or more (argparse's type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def _add(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
          func: Callable[[argparse.Namespace], int], help_: str,
          **kwargs: Any) -> argparse.ArgumentParser:
@@ -417,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = _add(sub, "status", cmd_status, "print queue and delivery state, and the deliveries "
               "waiting (attempts, next attempt, last error)")
     st.add_argument("--json", action="store_true", help="print JSON")
-    st.add_argument("--limit", type=int, default=50, metavar="N",
+    st.add_argument("--limit", type=_count, default=50, metavar="N",
                     help="list at most N waiting deliveries (default 50)")
     snd = _add(sub, "send", cmd_send, "send DICOM files to a peer by C-STORE")
     snd.add_argument("files", nargs="+", metavar="FILE")

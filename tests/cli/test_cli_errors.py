@@ -56,3 +56,15 @@ def test_db_upgrade_to_an_unknown_revision_is_a_users_mistake(
     err = capsys.readouterr().err
     assert err.startswith("bcd-node: error: cannot upgrade to revision '9999': ")
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("limit", ["-3", "abc"])
+def test_status_with_a_limit_that_is_no_count_is_invalid_usage(
+        write_config: Callable[..., object], capsys: pytest.CaptureFixture[str],
+        limit: str) -> None:
+    # A negative --limit reached the database: on PostgreSQL "the database cannot be used:
+    # LIMIT must not be negative" (exit 1), on SQLite no limit at all (found by a walk).
+    with pytest.raises(SystemExit) as exc:
+        commands.main(["--config", str(write_config()), "status", "--limit", limit])
+    assert exc.value.code == 2
+    assert "argument --limit" in capsys.readouterr().err
