@@ -95,6 +95,10 @@ class NodeContext:
     configuration_error: str | None = None
     #: The database's integrity.
     database_health: DatabaseHealth | None = None
+    #: The roles this process runs, itself or in its child processes (``scp``, ``worker``,
+    #: ``web``): the console checks that the others are alive elsewhere
+    #: (:mod:`bcd_node.node.heartbeat`).
+    roles: tuple[str, ...] = ()
 
 
 class NoNodeError(PermanentError):

@@ -73,7 +73,7 @@ def cmd_role(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print queue and delivery state (the console's System page shows the same)."""
-    from bcd_node.db.models import DeliveryState
+    from bcd_node.db.models import DeliveryState, utcnow
     from bcd_node.delivery.status import node_status
 
     ctx = _context(args)
@@ -108,6 +108,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for f in status.recent_failures:
         print(f"failed job {f.id} ({f.kind.value}): {f.error}")
     print(f"disk:        {status.disk.describe()}")
+    now = utcnow()
+    for process in status.processes:
+        print(f"process:     {process.describe(now)}")
+    if not status.processes:
+        print("process:     none has run on this database")
     return 0
 
 

@@ -515,6 +515,26 @@ class AuthThrottle(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class NodeProcess(Base):
+    """A running process of the node and its roles: its heartbeat
+    (:mod:`bcd_node.node.heartbeat`), so that the console of one process knows whether the
+    roles it does not run (a ``bcd-node worker`` on another machine) are alive."""
+
+    __tablename__ = "node_processes"
+
+    #: ``host:pid``.
+    id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    #: The roles it runs, comma-separated (``scp``, ``worker``, ``web``).
+    roles: Mapped[str] = mapped_column(String(32))
+    host: Mapped[str] = mapped_column(String(64))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(32), default="")
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    #: When it stopped (SIGTERM); None while it runs, or if it died.
+    stopped_at: Mapped[datetime | None] = mapped_column()
+
+
 class WebSession(Base):
     """A console login; the browser's cookie names it, so logout and idle expiry end it here."""
 

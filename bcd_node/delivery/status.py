@@ -8,13 +8,14 @@ knows (its components, its readiness) comes from :mod:`bcd_node.node.health`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bcd_node.db.models import Job, JobKind, JobState
+from bcd_node.db.models import Job, JobKind, JobState, NodeProcess
 from bcd_node.delivery.outbox import DeliveryOverview, delivery_overview
 from bcd_node.jobs.queue import JobCounts, counts
 from bcd_node.settings import Settings
@@ -35,6 +36,31 @@ class FailedJob:
 
 
 @dataclass(frozen=True)
+class ProcessSeen:
+    """A process of the node as its heartbeat left it (:mod:`bcd_node.node.heartbeat`)."""
+
+    host: str
+    pid: int
+    roles: str
+    last_seen_at: datetime
+    stopped_at: datetime | None
+
+    def describe(self, now: datetime) -> str:
+        """``worker on host (PID 42): running, heard from 3 s ago`` and the like."""
+        where = f"{self.roles} on {self.host} (PID {self.pid})"
+        if self.stopped_at is not None:
+            return f"{where}: stopped at {self.stopped_at:%Y-%m-%d %H:%M:%S} UTC"
+        ago = max(0, int((now - self.last_seen_at).total_seconds()))
+        return f"{where}: heard from {ago} s ago"
+
+    def as_dict(self) -> dict[str, Any]:
+        """For ``bcd-node status --json``."""
+        return {"host": self.host, "pid": self.pid, "roles": self.roles.split(","),
+                "last_seen_at": self.last_seen_at.isoformat(),
+                "stopped_at": self.stopped_at.isoformat() if self.stopped_at else None}
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     """What the node's database and data folder say about its work."""
 
@@ -43,6 +69,8 @@ class NodeStatus:
     recent_failures: list[FailedJob]
     deliveries: DeliveryOverview
     disk: DiskStatus
+    #: The node's processes by their heartbeats, the one heard from last first.
+    processes: list[ProcessSeen] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON of ``bcd-node status --json``."""
@@ -59,6 +87,7 @@ class NodeStatus:
             "waiting": [w.as_dict() for w in overview.waiting],
             "recent_failures": [f.as_dict() for f in self.recent_failures],
             "disk": self.disk.as_dict(),
+            "processes": [p.as_dict() for p in self.processes],
         }
 
 
@@ -73,4 +102,7 @@ def node_status(session: Session, settings: Settings, *, waiting: int = 100,
         jobs=counts(session),
         recent_failures=[FailedJob(job_id, JobKind(kind), error) for job_id, kind, error in failed],
         deliveries=delivery_overview(session, settings, limit=waiting),
-        disk=disk_status(settings.storage.data_dir, settings.storage.min_free_disk))
+        disk=disk_status(settings.storage.data_dir, settings.storage.min_free_disk),
+        processes=[ProcessSeen(p.host, p.pid, p.roles, p.last_seen_at, p.stopped_at)
+                   for p in session.execute(select(NodeProcess).order_by(
+                       NodeProcess.last_seen_at.desc())).scalars()])

@@ -1,9 +1,11 @@
 """Readiness: named checks, each with the reason when it fails (``/readyz``, the console).
 
 A node is ready when it has started, its database can be read and passed its integrity check,
-the data folder's disk is above ``storage.min_free_disk``, and every component it runs is
-healthy. A component says why it is not (:meth:`bcd_node.runtime.Component.problem`), so a part
-of the node adds a check by registering a component in ``context.components``.
+the data folder's disk is above ``storage.min_free_disk``, every component it runs is healthy,
+and, for a console whose node runs its roles apart, a process of each role it does not run is
+alive (:func:`peers_checks`). A component says why it is not
+(:meth:`bcd_node.runtime.Component.problem`), so a part of the node adds a check by registering
+a component in ``context.components``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,26 @@ def disk_check(context: NodeContext) -> Check:
     return Check("disk", disk.ok, disk.reason)
 
 
+def peers_checks(context: NodeContext) -> list[Check]:
+    """For a process that serves the console: a check per role it does not run itself
+    (``worker``, ``scp``), passed while a process of that role elsewhere sends its heartbeat
+    (:mod:`bcd_node.node.heartbeat`). None for ``serve``, which runs them all."""
+    from bcd_node.node.heartbeat import WATCHED, peers_problem
+
+    if "web" not in context.roles:
+        return []
+    checks = []
+    for role in WATCHED:
+        if role in context.roles:
+            continue
+        try:
+            problem = peers_problem(context, role)
+        except Exception as exc:  # noqa: BLE001 - the database check says why
+            problem = f"cannot read the node's processes: {exc}"
+        checks.append(Check(f"{role} (elsewhere)", problem is None, problem or ""))
+    return checks
+
+
 def readiness(context: NodeContext) -> list[Check]:
     """Every readiness check of this process, in a stable order."""
     started = context.started.is_set()
@@ -70,4 +92,4 @@ def readiness(context: NodeContext) -> list[Check]:
         if component.available:
             ok = component.healthy()
             checks.append(Check(name, ok, "" if ok else component.problem()))
-    return checks
+    return checks + peers_checks(context)

@@ -23,6 +23,7 @@ import time
 from types import FrameType
 from typing import Iterable, TextIO
 
+from bcd_node.node.heartbeat import start_heartbeat
 from bcd_node.node.listeners import (
     LISTEN_FD_ENV,
     listener_process_count,
@@ -146,6 +147,9 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
     # The integrity check runs once per node start, in the process that starts the others.
     context = open_node(settings, migrate=True, check_integrity=READY_FD_ENV not in os.environ)
     context.stop_requested = stop
+    # The roles this process runs (itself or in its children); workers.count = 0 leaves the
+    # analysis to `bcd-node worker` processes elsewhere.
+    context.roles = tuple(r for r in roles if r != "worker" or settings.workers.count > 0)
     # Jobs queued here wake a worker process on this machine; in-process workers replace this.
     from bcd_node.node.wake import Notifier, workers_address
 
@@ -181,6 +185,9 @@ def run(settings: Settings, roles: Iterable[str] = ROLES,
                 stoppers.append(stopper)
         for component in context.components.values():
             LOGGER.info("%s%s: %s", who, component.name, component.describe())
+        # This process's roles (a worker or listener child process beats for itself).
+        beating = tuple(r for r in context.roles if not (r == "worker" and separate_worker))
+        stoppers.append(start_heartbeat(context, beating).stop)
         context.started.set()
         tell_parent_ready()
         threading.Thread(target=notify_when_healthy, args=(context, stop, who),

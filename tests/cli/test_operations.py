@@ -89,3 +89,39 @@ def test_status_does_not_wait_for_a_c_echo_of_an_lis(capsys, write_config) -> No
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert lines["lab"].endswith("; no C-ECHO (HL7 over MLLP)")
     assert lines["pacs"].endswith("; C-ECHO never checked")
+
+
+def test_status_lists_the_node_s_processes_by_their_heartbeats(capsys, write_config) -> None:
+    """Which process runs which role, and which stopped or went silent: in multi-process
+    mode a dead worker was visible nowhere (found by a walk)."""
+    import json
+    from datetime import timedelta
+
+    from bcd_node.db.models import NodeProcess, utcnow
+
+    cfg = write_config()
+    ctx = open_node(load_settings(cfg))
+    assert main(["--config", str(cfg), "status"]) == 0
+    assert "process:     none has run on this database" in capsys.readouterr().out
+    now = utcnow()
+    with ctx.session_factory.begin() as session:
+        session.add_all([
+            NodeProcess(id="a:1", roles="worker", host="a", pid=1, version="0",
+                        started_at=now, last_seen_at=now - timedelta(seconds=300)),
+            NodeProcess(id="b:2", roles="scp,web", host="b", pid=2, version="0",
+                        started_at=now, last_seen_at=now - timedelta(seconds=3)),
+            NodeProcess(id="c:3", roles="worker", host="c", pid=3, version="0",
+                        started_at=now, last_seen_at=now - timedelta(seconds=60),
+                        stopped_at=now - timedelta(seconds=60))])
+    ctx.engine.dispose()
+    assert main(["--config", str(cfg), "status"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("process:")]
+    assert len(lines) == 3
+    assert lines[0].startswith("process:     scp,web on b (PID 2): heard from ")
+    assert "worker on c (PID 3): stopped at" in lines[1]
+    assert "worker on a (PID 1): heard from 30" in lines[2]
+    assert main(["--config", str(cfg), "status", "--json"]) == 0
+    processes = json.loads(capsys.readouterr().out)["processes"]
+    assert [(p["host"], p["roles"], p["stopped_at"] is not None) for p in processes] == \
+        [("b", ["scp", "web"], False), ("c", ["worker"], True), ("a", ["worker"], False)]

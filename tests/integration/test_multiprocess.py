@@ -60,6 +60,15 @@ def test_roles_share_postgres_and_each_image_is_processed_once(write_config, pos
         by_source = outputs_by_source(orthanc, sources)
         assert set(by_source) == sources
         assert all(sorted(v) == ["DOC", "SEG", "SR"] for v in by_source.values())
+        # The workers stop (the admin stopped them, or they died): the console, which runs
+        # apart, is no longer ready and says why (it said "ready" while nothing was analysed).
+        for p in procs[1:3]:
+            os.kill(p.pid, signal.SIGTERM)
+        for p in procs[1:3]:
+            p.wait(timeout=60)
+        reasons = _readyz(web_port)
+        assert reasons is not None and "no bcd-node worker process is running" in \
+            reasons.get("worker (elsewhere)", ""), reasons
     finally:
         for p in procs:
             if p.poll() is None:
@@ -86,6 +95,18 @@ def test_roles_share_postgres_and_each_image_is_processed_once(write_config, pos
     # Both workers took part (claims are spread by SKIP LOCKED).
     worked = [log for log in logs if "analysed" in log.read_text()]
     assert len([log for log in worked if "worker" in log.name]) == 2, owners
+
+
+def _readyz(port: int) -> dict[str, str] | None:
+    """The reasons /readyz gives for not being ready (None: it is ready)."""
+    import json
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5):
+            return None
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())["reasons"]
 
 
 def _ready(port: int) -> bool:

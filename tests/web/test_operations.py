@@ -122,6 +122,27 @@ def _with_min_free(app: Flask, min_free: int) -> None:
         ctx.settings.storage, min_free_disk=min_free))
 
 
+def test_a_console_running_apart_says_when_no_worker_runs(
+        app: Flask, admin_client: FlaskClient, doctor_client: FlaskClient,
+        client: FlaskClient) -> None:
+    """`bcd-node web` alone: /readyz, the System page and a banner on every page say that no
+    `bcd-node worker` (nor `scp`) runs, until one beats."""
+    from bcd_node.node.heartbeat import beat
+
+    ctx = app.extensions["bcd_node"]
+    ctx.started.set()
+    ctx.roles = ("web", "scp")
+    resp = client.get("/readyz")
+    assert resp.status_code == 503
+    assert "no bcd-node worker process has run" in resp.get_json()["reasons"]["worker (elsewhere)"]
+    assert "No bcd-node worker process has run on this database: images are received but " \
+        "not analysed" in doctor_client.get("/worklist").get_data(as_text=True)
+    assert "worker (elsewhere)" in admin_client.get("/admin/system").get_data(as_text=True)
+    beat(ctx, ("worker",))  # a worker process starts somewhere
+    assert client.get("/readyz").status_code == 200
+    assert "bcd-node worker" not in doctor_client.get("/worklist").get_data(as_text=True)
+
+
 def test_disk_under_the_mark_makes_readyz_503_and_the_console_say_why(
         app: Flask, admin_client: FlaskClient, client: FlaskClient) -> None:
     ctx = app.extensions["bcd_node"]
