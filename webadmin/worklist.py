@@ -366,7 +366,8 @@ def amend(uid: str) -> Any:
                    user_id=current_user.user_id, actor=name, actor_kind=kind,
                    source=client_ip())
         return ("Amendment signed. The amended report is being made and sent to the PACS; it "
-                "replaces the earlier signed report there and at the laboratory system.")
+                "replaces the earlier signed report there"
+                + (" and at the laboratory system." if node().settings.lis else "."))
 
     return _signing(uid, form, act, amend_form=form)
 

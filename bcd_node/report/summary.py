@@ -228,8 +228,10 @@ def _render(data: SummaryData) -> bytes:
 
     story.append(p("AI finding" + (" (supporting information)" if data.is_verified else ""),
                    sub))
-    counts = (f"{len(data.fields)} field(s): {analysed} analysed, {insufficient} of insufficient "
-              f"quality, {failed} could not be analysed; {reviewing} need(s) attention.")
+    n = len(data.fields)
+    counts = (f"{n} field{'' if n == 1 else 's'}: {analysed} analysed, {insufficient} of "
+              f"insufficient quality, {failed} could not be analysed; {reviewing} "
+              f"{'needs' if reviewing == 1 else 'need'} attention.")
     ai_total = sum(f.blast_count if f.ai_blast_count is None else f.ai_blast_count
                    for f in data.fields if f.stage)
     if data.stage is None or data.probabilities is None:

@@ -172,3 +172,25 @@ def test_the_idle_sign_out_is_announced_and_typing_keeps_the_session(
     assert "/cases/" in browser.current_url
     assert comment.get_attribute("value") == "Blasts in field 2"
     assert not banner.find_element(By.CSS_SELECTOR, "[data-idle-stay]").is_displayed()
+
+
+def test_a_long_patient_name_does_not_push_the_worklist_off_a_small_screen(
+        live_console: LiveConsole, browser: Any) -> None:
+    """A 112-character name in one word made the worklist wider than a 1280 x 720 screen, and
+    the Confidence column with its review mark went off it."""
+    from selenium.webdriver.common.by import By
+
+    from bcd_node.db.models import Patient
+
+    ctx = live_console.context
+    with ctx.session_factory.begin() as session:
+        add_user(session, "hopper", PASSWORD, Role.DOCTOR, full_name="Grace Hopper")
+        add_case(session, ctx.settings.storage.data_dir, fields=1, uid=UID)
+        session.execute(update(Patient).values(name="Averyveryverylongfamilyname" * 4 + "^X"))
+    browser.set_window_size(1280, 720)
+    sign_in(browser, live_console.url, "hopper", PASSWORD)
+    browser.get(live_console.url + "/worklist")
+    assert browser.find_element(By.CSS_SELECTOR, f'tr[data-uid="{UID}"] td.patient')
+    width, viewport = browser.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert width <= viewport, (width, viewport)

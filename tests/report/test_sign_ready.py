@@ -132,6 +132,8 @@ def test_the_unsigned_case_report_says_it_is_the_ais_proposal(case_report) -> No
     text, pages = _pages(render_summary(case_report), "case-unsigned")
     assert pages and "UNVERIFIED" in text and "Not signed." in text
     assert "Doctor's verdict" not in text
+    flat = " ".join(text.split())
+    assert "12 fields: " in flat and " need attention." in flat and "(s)" not in flat
 
 
 def _page_texts(text: str) -> list[str]:

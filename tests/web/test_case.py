@@ -291,6 +291,9 @@ def test_a_signed_case_is_amended_with_a_reason_and_shows_the_amendment(
         **amend, "amend-reason": "Wrong stage signed."},
         follow_redirects=True).get_data(as_text=True)
     assert "Amendment signed." in page
+    # No LIS is configured: the message names none.
+    assert "replaces the earlier signed report there." in page
+    assert "laboratory system" not in page
     with ctx.session_factory() as session:
         summary = session.get(Result, case["summary_id"])
         study = session.get(Study, case["study_id"])
