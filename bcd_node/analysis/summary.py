@@ -49,7 +49,6 @@ from bcd_node.records.names import person_name
 from bcd_node.records.revisions import clear_verification
 from bcd_node.records.studies import refresh_study
 from bcd_node.report.summary import Amendment, FieldRow, SummaryData, render_summary
-from bcd_node.report.texts import local_time
 from bcd_node.runtime import NodeContext
 from bcd_node.store.layout import DataLayout
 from dicom.describe import patient_age, stain
@@ -239,9 +238,7 @@ class StudySummaries:
         organization = settings.dicom.institution_name or "bcd-node"
         comment = result.verified_comment or None
         if amendment is not None:
-            replaced_at = local_time(amendment.replaced_at, settings.web.tzinfo)
-            said = (f"Amended report: it replaces the report signed by {amendment.replaced_by} "
-                    f"on {replaced_at}. Reason: {amendment.reason}")
+            said = amendment.said(settings.web.tzinfo)
             comment = f"{said} Comment: {comment}" if comment else said
         verification = Verification(
             observer_name=person_name(doctor_name), organization=organization,
@@ -306,7 +303,8 @@ def _amendment(session: Session, result: Result) -> Amendment | None:
         return None
     doctor = session.get(User, amends["by_fk"]) if amends.get("by_fk") else None
     return Amendment(replaced_by=(doctor.full_name or doctor.username) if doctor else "unknown",
-                     replaced_at=datetime.fromisoformat(amends["at"]), reason=amends["reason"])
+                     replaced_at=datetime.fromisoformat(amends["at"]), reason=amends["reason"],
+                     replaced_stage=amends.get("stage"), replaced_comment=amends.get("comment"))
 
 
 @dataclass

@@ -55,12 +55,23 @@ class FieldRow:
 
 @dataclass(frozen=True)
 class Amendment:
-    """What an amended signature replaces: the earlier signature's doctor and time, and the
-    reason for the amendment."""
+    """What an amended signature replaces: the earlier signature's doctor, time, stage and
+    comment, and the reason for the amendment."""
 
     replaced_by: str
     replaced_at: dt.datetime
     reason: str
+    replaced_stage: str | None = None
+    replaced_comment: str | None = None
+
+    def said(self, tz: dt.tzinfo | None, by: str | None = None) -> str:
+        """The sentence the amended report (PDF and SR) begins with: what it replaces (signed
+        by ``by``, as the report writes the name; else as stored), what that said, and why."""
+        was = (f" (stage {self.replaced_stage}"
+               + (f"; comment: {self.replaced_comment}" if self.replaced_comment else "")
+               + ")") if self.replaced_stage else ""
+        return (f"Amended report: it replaces the report signed by {by or self.replaced_by} on "
+                f"{local_time(self.replaced_at, tz)}{was}. Reason: {self.reason}")
 
 
 @dataclass(frozen=True)
@@ -204,10 +215,7 @@ def _render(data: SummaryData) -> bytes:
             [p(f"Stage: {signed_stage}", verdict)],
         ]
         if amendment is not None:
-            rows.append([p(f"Amended report: it replaces the report signed by "
-                           f"{_person(amendment.replaced_by)} on "
-                           f"{local_time(amendment.replaced_at, tz)}. Reason: "
-                           f"{amendment.reason}", label)])
+            rows.append([p(amendment.said(tz, _person(amendment.replaced_by)), label)])
         if corrected:
             rows.append([p(f"Corrected by the doctor; the AI proposed {data.stage or 'no stage'}.",
                            label)])

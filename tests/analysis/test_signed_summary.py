@@ -249,6 +249,9 @@ def test_an_amended_case_gets_a_signed_sr_and_pdf_that_replace_the_signed_ones(n
     assert "Doctor's verdict (signed, amended)" in text
     assert "it replaces the report signed by Gregory House on" in text
     assert "Reason: Wrong stage chosen when signing." in text
+    # What the replaced report said, so that a reader need not open it to compare.
+    assert "(stage Malignant-Pre; comment: Looks pre-B.). Reason:" in text
+    assert "(stage Malignant-Pre; comment: Looks pre-B.)" in " ".join(dump.split())
     assert "Stage: Malignant-Pro" in text and "Comment: Pro-B on second look." in text
     # The first signed report is kept as it was.
     assert "amended" not in _text(data / first_pdf)
