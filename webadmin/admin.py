@@ -33,13 +33,21 @@ from bcd_node.records.users import (
     issue_token,
     reset_password,
     revoke_token,
+    set_full_name,
     set_role,
     unlock_user,
 )
 from webadmin.auth import admin_required, end_sessions
 from webadmin.charts import bar_chart
 from webadmin.db import actor, client_ip, db, node
-from webadmin.forms import STAGES, ActionForm, RoleForm, TokenForm, UserCreateForm
+from webadmin.forms import (
+    STAGES,
+    ActionForm,
+    FullNameForm,
+    RoleForm,
+    TokenForm,
+    UserCreateForm,
+)
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -109,6 +117,7 @@ def _user_page(u: User, *, new_password: str | None = None,
         AuthThrottle.kind == throttle.NAME, AuthThrottle.key == u.username)).scalar_one_or_none()
     return render_template("admin/user.html", user=u, tokens=tokens, action=ActionForm(),
                            role_form=RoleForm(role=u.role.value), token_form=TokenForm(),
+                           name_form=FullNameForm(full_name=u.full_name),
                            new_password=new_password, new_token=new_token,
                            failures=lock.failures if lock else 0,
                            locked_until=lock.locked_until if lock and lock.locked_until
@@ -170,6 +179,26 @@ def role(username: str) -> Any:
     else:
         session.commit()
         flash(f"{username} is now {form.role.data}.", "success")
+    return redirect(url_for("admin.user", username=username))
+
+
+@bp.post("/users/<username>/name")
+def full_name(username: str) -> Any:
+    """Change a user's full name."""
+    form = FullNameForm()
+    if not form.validate_on_submit():
+        abort(400)
+    session = db()
+    _user_or_404(username)
+    try:
+        set_full_name(session, username, form.full_name.data or "", actor=_me(),
+                      source=client_ip())
+    except UserError as exc:
+        session.rollback()
+        flash(str(exc), "error")
+    else:
+        session.commit()
+        flash(f"{username}'s full name is saved.", "success")
     return redirect(url_for("admin.user", username=username))
 
 

@@ -164,6 +164,12 @@ class RoleForm(FlaskForm):
     role = SelectField("Role", choices=ROLES)
 
 
+class FullNameForm(FlaskForm):
+    """Change a user's full name (the name on the reports a doctor signs)."""
+
+    full_name = StringField("Full name", validators=[Length(max=128)])
+
+
 class TokenForm(FlaskForm):
     """Issue an API token."""
 

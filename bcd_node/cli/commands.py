@@ -314,6 +314,18 @@ def cmd_users_role(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users_set_name(args: argparse.Namespace) -> int:
+    """Change a user's full name (the name the reports they sign give)."""
+    from bcd_node.records.users import set_full_name
+
+    ctx = _context(args)
+    with ctx.session_factory.begin() as session:
+        set_full_name(session, args.username, args.full_name, actor=_cli_actor(),
+                      actor_kind="cli")
+    print(f"user {args.username} is now named {' '.join(args.full_name.split())!r}")
+    return 0
+
+
 def cmd_tokens_issue(args: argparse.Namespace) -> int:
     """Issue an API token."""
     from bcd_node.records.users import issue_token
@@ -471,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     add = _add(users_sub, "add", cmd_users_add, "add a user")
     add.add_argument("username")
     add.add_argument("--role", choices=("admin", "doctor"), required=True)
-    add.add_argument("--full-name", default="")
+    add.add_argument("--full-name", default="",
+                     help="the name printed on the reports a doctor signs (needed for a doctor)")
     add.add_argument("--email", default="")
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from the first line of standard input")
@@ -491,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _add(users_sub, "approve", cmd_users_approve,
               "activate a self-registered (pending) or disabled user")
     ap.add_argument("username")
+    sn = _add(users_sub, "set-name", cmd_users_set_name,
+              "change a user's full name (the name on the reports a doctor signs)")
+    sn.add_argument("username")
+    sn.add_argument("--full-name", required=True)
     rl = _add(users_sub, "role", cmd_users_role, "change a user's role (never the last admin's)")
     rl.add_argument("username")
     rl.add_argument("--role", choices=("admin", "doctor"), required=True)

@@ -90,6 +90,7 @@ def add_user(session: Session, username: str, password: str, role: str | Role, *
                         "'.', '_' or '-', starting with a letter or digit")
     check_password_strength(password, username)
     role = _role(role)
+    full_name = _full_name(full_name, role)
     exists = session.execute(select(User.id).where(User.username == username)).first()
     if exists:
         raise NameTaken(f"user {username!r} already exists")
@@ -297,13 +298,45 @@ def approve_user(session: Session, username: str, *, actor: str, actor_kind: str
     return user
 
 
+#: The longest full name (``users.full_name``).
+MAX_FULL_NAME = 128
+NO_FULL_NAME = ("a doctor needs a full name: it is printed on the reports they sign, as their "
+                "signature (a login name is not one)")
+
+
+def _full_name(full_name: str | None, role: Role) -> str:
+    """A full name as stored (stripped); refused when too long, or empty for a doctor."""
+    text = " ".join((full_name or "").split())
+    if len(text) > MAX_FULL_NAME:
+        raise UserError(f"the full name has {len(text)} characters; at most {MAX_FULL_NAME}")
+    if role == Role.DOCTOR and not text:
+        raise UserError(NO_FULL_NAME)
+    return text
+
+
+def set_full_name(session: Session, username: str, full_name: str, *, actor: str,
+                  actor_kind: str = "user", source: str = "") -> User:
+    """Change a user's full name (audited): the name the reports they sign give."""
+    user = get_user(session, username)
+    text = _full_name(full_name, user.role)
+    if text != user.full_name:
+        audit.record(session, actor=actor, actor_kind=actor_kind, source=source,
+                     action="user_full_name", object_ref=f"user:{username}",
+                     details={"from": user.full_name or "", "to": text})
+        user.full_name = text
+    return user
+
+
 def set_role(session: Session, username: str, role: str | Role, *, actor: str,
              actor_kind: str = "user", source: str = "") -> User:
-    """Change a user's role (audited); refuses to demote the last active admin."""
+    """Change a user's role (audited); refuses to demote the last active admin, and to make a
+    doctor of a user without a full name."""
     user = get_user(session, username)
     new = _role(role)
     if user.role == new:
         return user
+    if new == Role.DOCTOR and not (user.full_name or "").strip():
+        raise UserError(f"{username!r} has no full name; {NO_FULL_NAME}. Set it first.")
     if user.role == Role.ADMIN and user.state == UserState.ACTIVE and _active_admins(session) <= 1:
         raise UserError(f"{username!r} is the last active admin; add another admin first")
     old = user.role

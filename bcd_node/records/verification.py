@@ -166,6 +166,12 @@ def _verify(session: Session, result: Result, decision: Decision | str, *,
     user = session.get(User, user_id)
     if user is None or user.role is not Role.DOCTOR or user.state is not UserState.ACTIVE:
         raise NotADoctorError("Only a doctor can verify results.")
+    if not (user.full_name or "").strip():
+        # The signed report names its signer; a login name is not a name (an account made
+        # before doctors needed one).
+        raise NotADoctorError("Your account has no full name, which a signed report must give: "
+                              "ask an administrator to add it (Users page, or bcd-node users "
+                              "set-name).")
     if amendment is None and result.verification != VerificationState.UNVERIFIED:
         raise AlreadyVerifiedError("This case has already been signed." if result.instance_fk
                                    is None else "This result has already been verified.")

@@ -202,7 +202,7 @@ def test_a_doctor_s_verification_of_a_non_diagnostic_result_queues_no_verified_r
     intake.accept(part10_bytes(_field(good[:30, :30], pydicom.uid.generate_uid())))
     assert _run_all(ctx, pipeline) == 1
     with ctx.session_factory.begin() as s:
-        user = add_user(s, "doc", "Long-enough-pass-42", "doctor")
+        user = add_user(s, "doc", "Long-enough-pass-42", "doctor", full_name="Ann Doc")
         result = s.execute(select(Result)).scalar_one()
         assert result.sr_sop_instance_uid  # it now has the non-diagnostic SR
         done = verify_result(s, result, "accept", stage=None, comment=None, user_id=user.id,

@@ -80,7 +80,8 @@ def verified_result(ctx: NodeContext, accepted: Accepted) -> int:
     """The first image analysed, verified by a doctor, its objects partly sent; a verified
     report still waiting to be made. Returns the result id."""
     with ctx.session_factory.begin() as s:
-        doctor = User(username="dr.a", password_hash=hash_password("x" * 12), role=Role.DOCTOR)
+        doctor = User(username="dr.a", password_hash=hash_password("x" * 12), role=Role.DOCTOR,
+                      full_name="Ada Doctor")
         s.add(doctor)
         s.flush()
         study_id = s.execute(select(Study.id)).scalar_one()

@@ -51,7 +51,7 @@ def test_cli_against_postgres(postgres_url: str, write_config, capsys) -> None:
     sys.stdin = io.StringIO("correct horse battery staple\n")
     try:
         assert main(["--config", str(cfg), "users", "add", "dr.who", "--role", "doctor",
-                     "--password-stdin"]) == 0
+                     "--full-name", "John Smith", "--password-stdin"]) == 0
     finally:
         sys.stdin = old
     assert main(["--config", str(cfg), "users", "list", "--json"]) == 0

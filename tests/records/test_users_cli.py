@@ -91,8 +91,8 @@ def test_user_command_errors(cfg, capsys, monkeypatch, args, stdin, message) -> 
 def test_duplicate_user_and_last_admin(cfg, capsys, monkeypatch) -> None:
     assert run(cfg, "users", "add", "boss", "--role", "admin", "--password-stdin",
                stdin="a-strong-password\n", monkeypatch=monkeypatch) == 0
-    assert run(cfg, "users", "add", "boss", "--role", "doctor", "--password-stdin",
-               stdin="a-strong-password\n", monkeypatch=monkeypatch) == 1
+    assert run(cfg, "users", "add", "boss", "--role", "doctor", "--full-name", "B. Oss",
+               "--password-stdin", stdin="a-strong-password\n", monkeypatch=monkeypatch) == 1
     assert "already exists" in capsys.readouterr().err
     assert run(cfg, "users", "disable", "boss") == 1
     assert "last active admin" in capsys.readouterr().err
@@ -153,8 +153,9 @@ def test_loose_secret_permissions_are_tightened(tmp_path: Path) -> None:
 @pytest.mark.parametrize("tamper", ["edit", "delete"])
 def test_tampered_audit_row_fails_verify(cfg, capsys, monkeypatch, tamper) -> None:
     for name in ("dr.a", "dr.b", "dr.c"):
-        assert run(cfg, "users", "add", name, "--role", "doctor", "--password-stdin",
-                   stdin="long-enough-password\n", monkeypatch=monkeypatch) == 0
+        assert run(cfg, "users", "add", name, "--role", "doctor", "--full-name",
+                   f"Dr {name}", "--password-stdin", stdin="long-enough-password\n",
+                   monkeypatch=monkeypatch) == 0
     ctx = open_node(load_settings(cfg), migrate=False)
     with ctx.session_factory.begin() as session:
         assert verify_chain(session).ok
@@ -178,7 +179,7 @@ def test_approve_role_and_tokens_from_the_command_line(cfg, capsys, monkeypatch)
                stdin="a-strong-password\n", monkeypatch=monkeypatch) == 0
     ctx = open_node(load_settings(cfg), migrate=False)
     with ctx.session_factory.begin() as s:
-        register_doctor(s, "dr.new", "another-long-password")
+        register_doctor(s, "dr.new", "another-long-password", full_name="Dr New")
     assert users(cfg)["dr.new"].state is UserState.PENDING
     assert run(cfg, "users", "approve", "dr.new") == 0
     assert users(cfg)["dr.new"].state is UserState.ACTIVE
@@ -196,6 +197,45 @@ def test_approve_role_and_tokens_from_the_command_line(cfg, capsys, monkeypatch)
     assert run(cfg, "users", "tokens", "revoke", str(token_id)) == 0
     with ctx.session_factory() as s:
         assert find_token(s, ctx.secrets.api_token_salt, text) is None
+
+
+def test_a_doctor_has_a_full_name_to_sign_with(cfg, capsys, monkeypatch) -> None:
+    """The reports a doctor signs name them: a doctor without a full name is refused at
+    `users add` and as a new role, and one made before this rule cannot sign until an admin
+    names them (`users set-name`, audited). A walk found "Signed by drgrey" on a report, and
+    drgrey^drgrey in the HL7 message."""
+    from bcd_node.db.models import AuditEvent, Role, Study, User
+    from bcd_node.records.verification import NotADoctorError, sign_case
+    from tests.support.seed import add_case
+
+    assert run(cfg, "users", "add", "drgrey", "--role", "doctor", "--password-stdin",
+               stdin="a-strong-password\n", monkeypatch=monkeypatch) == 1
+    assert "a doctor needs a full name" in capsys.readouterr().err
+    assert run(cfg, "users", "add", "boss", "--role", "admin", "--password-stdin",
+               stdin="a-strong-password\n", monkeypatch=monkeypatch) == 0
+    assert run(cfg, "users", "role", "boss", "--role", "doctor") == 1
+    assert "has no full name" in capsys.readouterr().err
+    ctx = open_node(load_settings(cfg), migrate=False)
+    with ctx.session_factory.begin() as s:  # a doctor from before the rule
+        s.add(User(username="drold", password_hash="x", role=Role.DOCTOR, full_name=""))
+        study, _summary = add_case(s, ctx.settings.storage.data_dir, fields=1)
+        study_id = study.id
+    with ctx.session_factory.begin() as s:
+        doctor = s.query(User).filter_by(username="drold").one()
+        with pytest.raises(NotADoctorError, match="no full name"):
+            sign_case(s, s.get(Study, study_id), "accept", stage=None, comment=None,
+                      user_id=doctor.id, actor="drold", actor_kind="user")
+    assert run(cfg, "users", "set-name", "drold", "--full-name", "  Meredith   Grey ") == 0
+    assert users(cfg)["drold"].full_name == "Meredith Grey"
+    assert run(cfg, "users", "set-name", "drold", "--full-name", " ") == 1
+    assert "a doctor needs a full name" in capsys.readouterr().err
+    with ctx.session_factory.begin() as s:
+        doctor = s.query(User).filter_by(username="drold").one()
+        sign_case(s, s.get(Study, study_id), "accept", stage=None, comment=None,
+                  user_id=doctor.id, actor="drold", actor_kind="user")
+        event = s.query(AuditEvent).filter_by(action="user_full_name").one()
+        assert event.details == {"from": "", "to": "Meredith Grey"}
+    ctx.engine.dispose()
 
 
 def test_roles_started_together_agree_on_the_secrets(tmp_path: Path, monkeypatch) -> None:

@@ -41,7 +41,7 @@ PASSWORD = "a long enough password"
 def ctx(write_config: Callable[..., Path]) -> Iterator[NodeContext]:
     context = open_node(load_settings(write_config()))
     with context.session_factory.begin() as session:
-        add_user(session, "dr.who", PASSWORD, Role.DOCTOR)
+        add_user(session, "dr.who", PASSWORD, Role.DOCTOR, full_name="John Smith")
         add_user(session, "ada", PASSWORD, Role.ADMIN)
         add_analysed_study(session, context.settings.storage.data_dir, confidence=0.9)
     yield context
@@ -105,7 +105,7 @@ def test_two_doctors_verifying_at_once_do_not_overwrite_each_other(
     from bcd_node.db.models import User
 
     with ctx.session_factory.begin() as session:
-        add_user(session, "dr.grey", PASSWORD, Role.DOCTOR)
+        add_user(session, "dr.grey", PASSWORD, Role.DOCTOR, full_name="Meredith Grey")
     with ctx.session_factory() as late:
         stale = late.execute(select(Result)).scalar_one()  # loaded unverified
         assert stale.verification is VerificationState.UNVERIFIED
@@ -161,7 +161,7 @@ def test_a_case_that_no_field_could_diagnose_is_signed_without_a_stage(
     context = open_node(load_settings(write_config()))
     try:
         with context.session_factory.begin() as session:
-            add_user(session, "dr.who", PASSWORD, Role.DOCTOR)
+            add_user(session, "dr.who", PASSWORD, Role.DOCTOR, full_name="John Smith")
             study, summary = add_case(session, context.settings.storage.data_dir, fields=2)
             for result in session.execute(select(Result)).scalars():
                 result.stage, result.probabilities, result.confidence = None, None, None

@@ -38,6 +38,7 @@ ACCESS = {
     "admin.users": "admin", "admin.create_user": "admin", "admin.user": "admin",
     "admin.approve": "admin", "admin.disable": "admin", "admin.role": "admin",
     "admin.password": "admin", "admin.unlock": "admin", "admin.token_issue": "admin",
+    "admin.full_name": "admin",
     "admin.token_revoke": "admin",
     "admin.system": "admin", "admin.retry_delivery": "admin",
     "admin.retry_job": "admin", "admin.statistics": "admin",

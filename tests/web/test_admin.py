@@ -67,11 +67,27 @@ def test_create_user_change_role_reset_password_disable(app: Flask,
 
 def test_create_user_errors_are_shown(admin_client: FlaskClient) -> None:
     resp = post_form(admin_client, "/admin/users", "/admin/users", {
-        "username": "doctor", "role": "doctor", "password": "another-password-1"})
+        "username": "doctor", "role": "doctor", "full_name": "Dr Two",
+        "password": "another-password-1"})
     assert resp.status_code == 400 and "already exists" in resp.get_data(as_text=True)
+    resp = post_form(admin_client, "/admin/users", "/admin/users", {
+        "username": "drgrey", "role": "doctor", "password": "another-password-1"})
+    assert resp.status_code == 400 and "a doctor needs a full name" in \
+        resp.get_data(as_text=True)
     resp = post_form(admin_client, "/admin/users", "/admin/users", {
         "username": "x y", "role": "doctor", "password": "short"})
     assert resp.status_code == 400 and "between 12 and 256" in resp.get_data(as_text=True)
+
+
+def test_an_admin_names_a_user(app: Flask, admin_client: FlaskClient) -> None:
+    resp = post_form(admin_client, "/admin/users/doctor", "/admin/users/doctor/name",
+                     {"full_name": "Dr. Grace B. Hopper"}, follow_redirects=True)
+    assert "full name is saved" in resp.get_data(as_text=True)
+    assert get_user(app, "doctor").full_name == "Dr. Grace B. Hopper"
+    resp = post_form(admin_client, "/admin/users/doctor", "/admin/users/doctor/name",
+                     {"full_name": ""}, follow_redirects=True)
+    assert "a doctor needs a full name" in resp.get_data(as_text=True)
+    assert get_user(app, "doctor").full_name == "Dr. Grace B. Hopper"
 
 
 def test_last_admin_cannot_be_demoted(app: Flask, admin_client: FlaskClient) -> None:

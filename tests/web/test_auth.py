@@ -35,7 +35,7 @@ POSTS = [
     "/cases/1.2.3/retry-report",
     "/upload", "/admin/users",
     "/admin/users/doctor/approve", "/admin/users/doctor/disable", "/admin/users/doctor/role",
-    "/admin/users/doctor/password", "/admin/users/doctor/unlock",
+    "/admin/users/doctor/password", "/admin/users/doctor/unlock", "/admin/users/doctor/name",
     "/admin/users/doctor/tokens", "/admin/tokens/1/revoke",
     "/admin/deliveries/1/retry", "/admin/jobs/1/retry", "/admin/audit/verify",
 ]

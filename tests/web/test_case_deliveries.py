@@ -36,7 +36,7 @@ def context(write_config: Callable[..., Any], migrated_db: Path) -> Iterator[Nod
     now = utcnow()
     with ctx.session_factory.begin() as session:
         add_user(session, "admin", ADMIN_PASSWORD, Role.ADMIN)
-        add_user(session, "doctor", DOCTOR_PASSWORD, Role.DOCTOR)
+        add_user(session, "doctor", DOCTOR_PASSWORD, Role.DOCTOR, full_name="Grace Hopper")
         _study, _inst, result = add_analysed_study(session, settings.storage.data_dir, uid=UID)
         rows = [("pacs", DeliveryState.DONE, now, None), ("pacs", DeliveryState.COMMITTING,
                                                           None, None),

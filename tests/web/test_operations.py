@@ -229,7 +229,7 @@ def test_a_purged_image_is_no_longer_served(write_config, tmp_path) -> None:
 
     ctx = open_node(load_settings(write_config("[retention]\nimages_days = 30\n")))
     with ctx.session_factory.begin() as session:
-        add_user(session, "doctor", DOCTOR_PASSWORD, Role.DOCTOR)
+        add_user(session, "doctor", DOCTOR_PASSWORD, Role.DOCTOR, full_name="Grace Hopper")
     buf = DicomBytesIO()
     vl_micro(5).save_as(buf, enforce_file_format=True)
     with Intake(ctx) as intake:

@@ -27,7 +27,7 @@ def context(postgres_url: str, write_config) -> Iterator[NodeContext]:
     ctx = open_node(load_settings(write_config(database_url=postgres_url)))
     with ctx.session_factory.begin() as session:
         add_user(session, "admin", ADMIN_PASSWORD, Role.ADMIN)
-        add_user(session, "doctor", DOCTOR_PASSWORD, Role.DOCTOR)
+        add_user(session, "doctor", DOCTOR_PASSWORD, Role.DOCTOR, full_name="Grace Hopper")
     yield ctx
     ctx.engine.dispose()
 
