@@ -38,7 +38,8 @@ from pydicom.valuerep import DA, TM, PersonName
 
 from dicom import sop
 
-__all__ = ["UTF8", "derivation_source", "output_character_set", "unusable_values"]
+__all__ = ["UTF8", "derivation_source", "output_character_set", "overlong_names",
+           "unusable_values"]
 
 UTF8 = "ISO_IR 192"
 #: The default repertoire: the first value of a Specific Character Set with code extensions,
@@ -90,6 +91,24 @@ def unusable_values(source: Dataset) -> list[str]:
         except (ValueError, TypeError):
             unusable.append(keyword)
     return unusable
+
+
+#: Person names the derived objects copy from the source. A component group of a PN holds at
+#: most 64 characters (PS3.5 6.2): a longer one is cut there, or the node's own objects would
+#: fail validation at the PACS (the source keeps it as it came).
+_NAMES = ("PatientName", "ReferringPhysicianName")
+_PN_GROUP_MAX = 64
+
+
+def overlong_names(source: Dataset) -> list[str]:
+    """Keywords of the person names of ``source`` with a component group over 64 characters."""
+    return [keyword for keyword in _NAMES
+            if any(len(group) > _PN_GROUP_MAX
+                   for group in str(source.get(keyword, "") or "").split("="))]
+
+
+def _cut_name(value: object) -> str:
+    return "=".join(group[:_PN_GROUP_MAX] for group in str(value).split("="))
 
 
 def _terms(value: object) -> list[str]:
@@ -187,7 +206,8 @@ def _single_frame_view(source: Dataset) -> bool:
 
 def derivation_source(source: Dataset, texts: Iterable[str] = ()) -> Dataset:
     """``source`` itself, or a copy with the values of :func:`unusable_values` emptied, the
-    absent Type 2 attributes highdicom needs added empty, ``OT`` for an absent Modality, a
+    names of :func:`overlong_names` cut to 64 characters a component group, the absent Type 2
+    attributes highdicom needs added empty, ``OT`` for an absent Modality, a
     multi-frame image of one frame shown as a single frame, and the Specific Character Set of
     :func:`output_character_set` (given the ``texts`` the node adds).
 
@@ -195,14 +215,22 @@ def derivation_source(source: Dataset, texts: Iterable[str] = ()) -> Dataset:
     only for an image that needs it. The keywords are logged, never the values (patient data).
     """
     unusable = unusable_values(source)
+    overlong = overlong_names(source)
     absent = [keyword for keyword in _REQUIRED if keyword not in source]
     modality = str(source.get("Modality", "") or "").strip()
     single_frame = _single_frame_view(source)
     charset = output_character_set(source, texts)
     keep_charset = _terms(source.get("SpecificCharacterSet")) == _terms(charset)
-    if not unusable and not absent and modality and not single_frame and keep_charset:
+    if (not unusable and not overlong and not absent and modality and not single_frame
+            and keep_charset):
         return source
     derived = copy.deepcopy(source)
+    for keyword in overlong:
+        derived[keyword].value = _cut_name(derived[keyword].value)
+    if overlong:
+        LOGGER.warning("%s: a name longer than DICOM allows (64 characters a component group), "
+                       "cut there in the derived objects: %s", source.get("SOPInstanceUID", "?"),
+                       ", ".join(overlong))
     if not modality:
         derived.Modality = "OT"
     if single_frame:

@@ -91,3 +91,30 @@ def test_results_of_an_image_without_type_2_attributes(source_image, blast_mask,
         read = pydicom.dcmread(path)
         for keyword in ABSENT:
             assert keyword in read and read.get(keyword) == "", (name, keyword)
+
+
+@pytest.mark.integration
+def test_a_name_longer_than_dicom_allows_is_cut_in_the_results(source_image, blast_mask,
+                                                               tmp_path, caplog) -> None:
+    """A Patient's Name of 112 characters in one component group (at most 64): the node's SEG,
+    SR and PDF failed dciodvfy at the PACS. Now they carry it cut at 64 characters; the image
+    keeps it as it came, and the log names the attribute, not the name."""
+    long_family = "Averyveryverylongfamilyname" * 4 + "abcd"  # 112 characters
+    modes = config.settings.reading_validation_mode, config.settings.writing_validation_mode
+    config.settings.reading_validation_mode = config.settings.writing_validation_mode = \
+        config.IGNORE  # as a scanner writes it
+    try:
+        source_image.PatientName = f"{long_family}^Jane"
+    finally:
+        config.settings.reading_validation_mode, config.settings.writing_validation_mode = modes
+    with caplog.at_level(logging.WARNING, "dicom.derivation"):
+        objects = build_result_objects(source_image, blast_mask, FINDINGS, algorithm=ALGORITHM,
+                                       pdf=b"%PDF-1.4\n%%EOF\n")
+    assert "PatientName" in caplog.text and long_family not in caplog.text
+    assert str(source_image.PatientName) == f"{long_family}^Jane"  # the received image
+    for name, ds in objects.named():
+        path = write_dataset(ds, tmp_path / name)
+        assert_dciodvfy_clean(path)
+        read = pydicom.dcmread(path)
+        assert str(read.PatientName) == f"{long_family}^Jane"[:64], name
+        assert read.PatientID == "PAT-001"
