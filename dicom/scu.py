@@ -45,6 +45,16 @@ class PeerUnavailableError(ConnectionError):
     #: The peer said that a retry will not change its answer (an A-ASSOCIATE-RJ with result
     #: "rejected-permanent", e.g. our called AE title is not its own).
     permanent: bool = False
+    #: The peer is down or busy: no TCP connection, no answer in time, or an A-ASSOCIATE-RJ
+    #: "rejected-transient" (at its limit of associations). Waiting is the cure, unlike a TLS
+    #: failure or presentation contexts it accepts none of, which need a person.
+    down: bool = False
+
+
+class PeerDownError(PeerUnavailableError):
+    """The peer could not be reached, or did not answer in time (:attr:`down`)."""
+
+    down = True
 
 
 class AssociationRejectedError(PeerUnavailableError):
@@ -53,6 +63,7 @@ class AssociationRejectedError(PeerUnavailableError):
     def __init__(self, message: str, *, permanent: bool) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.down = not permanent  # rejected-transient: busy
 
 
 @dataclass(frozen=True)
@@ -207,8 +218,8 @@ def _associate(ae: AE, peer: Peer, **kwargs: Any) -> Association:
         sock = assoc.dul.socket
         errors = sock.failures if isinstance(sock, _RecordingAssociationSocket) else []
         if errors:
-            raise PeerUnavailableError(f"cannot connect to {where}: "
-                                       f"{_connect_error(errors[0], peer.connect_timeout)}")
+            raise PeerDownError(f"cannot connect to {where}: "
+                                f"{_connect_error(errors[0], peer.connect_timeout)}")
         answer = assoc.acceptor.primitive
         if assoc.is_rejected and answer is not None:
             raise AssociationRejectedError(f"{where} rejected the association: "
@@ -223,9 +234,9 @@ def _associate(ae: AE, peer: Peer, **kwargs: Any) -> Association:
             raise PeerUnavailableError(f"{where} aborted the association request (A-ABORT, "
                                        f"source: {pdu.source_str}, reason: {pdu.reason_str})")
         if answer is None and time.monotonic() - started >= peer.acse_timeout:
-            raise PeerUnavailableError(f"cannot associate with {where}: no answer to the "
-                                       f"association request within {peer.acse_timeout:g} s "
-                                       "(acse_timeout)")
+            raise PeerDownError(f"cannot associate with {where}: no answer to the "
+                                f"association request within {peer.acse_timeout:g} s "
+                                "(acse_timeout)")
         if assoc.is_aborted:
             raise PeerUnavailableError(f"cannot associate with {where}: the association "
                                        "request was aborted (the peer closed the connection "

@@ -29,7 +29,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from bcd_node.delivery.outcome import SendOutcome
-from dicom.scu import PeerUnavailableError
+from dicom.scu import PeerDownError, PeerUnavailableError
 
 #: Tags of the STOW-RS response (PS3.18 table 10.5.3-1).
 REFERENCED_SOP = "00081199"
@@ -131,9 +131,9 @@ def stow_files(target: StowTarget, paths: Sequence[str | Path]) -> list[SendOutc
         status, raw = exc.code, exc.read()
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise PeerUnavailableError(f"cannot reach {target.url}: {why}") from None
+        raise PeerDownError(f"cannot reach {target.url}: {why}") from None
     if status >= 500 or status in TRANSIENT_HTTP:
-        raise PeerUnavailableError(f"{target.url} answered HTTP {status}")
+        raise PeerDownError(f"{target.url} answered HTTP {status}")
     stored: set[str] = set()
     failed: dict[str, int | None] = {}
     try:

@@ -72,7 +72,9 @@ def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
     """Delay before the next try after ``attempts`` failed ones: initial × 2^(n-1), capped."""
     if attempts < 1:
         return 0.0
-    return min(initial * 2.0 ** (attempts - 1), maximum)
+    # The exponent is bounded: a delivery waiting through a week-long outage has a thousand
+    # attempts, and 2.0 ** 1024 overflows.
+    return min(initial * 2.0 ** min(attempts - 1, 64), maximum)
 
 
 @dataclass(frozen=True)
@@ -346,7 +348,8 @@ class Deliverer:
             return self._merge(self._record(dest, [r for r in rows if r.id in outcomes],
                                             list(outcomes.values())),
                                self._record_failures(dest, [r for r, _ in sendable], str(exc),
-                                                     permanent=exc.permanent))
+                                                     permanent=exc.permanent,
+                                                     unreachable=exc.down))
         except (OSError, ValueError) as exc:
             LOGGER.exception("cannot send to %s", dest.name)
             return self._merge(self._record(dest, [r for r in rows if r.id in outcomes],
@@ -489,9 +492,14 @@ class Deliverer:
         return RunSummary(sent, retried, dead, lost)
 
     def _record_failures(self, dest: Destination, rows: Sequence[Delivery],
-                         error: str, permanent: bool = False) -> RunSummary:
+                         error: str, permanent: bool = False,
+                         unreachable: bool = False) -> RunSummary:
         """The whole batch failed (no association): one reason for every row; ``permanent``
-        (the peer rejected the association for good): every row needs attention at once."""
+        (the peer rejected the association for good): every row needs attention at once;
+        ``unreachable`` (the PACS is down, or busy: ``PeerUnavailableError.down``): no object
+        was tried, so none runs out of attempts: they wait for it, tried again every
+        ``delivery.max_backoff`` at most, and go out once it answers, with nobody to click
+        "Retry" (an outage of an hour left them all needing attention)."""
         d = self.settings.delivery
         now = utcnow()
         retried: list[Delivery] = []
@@ -499,7 +507,7 @@ class Deliverer:
         lost = 0
         with self.context.session_factory.begin() as session:
             for row in rows:
-                if permanent or row.attempts >= d.max_attempts:
+                if permanent or (row.attempts >= d.max_attempts and not unreachable):
                     values = dict(state=DeliveryState.DEAD, last_error=error, next_attempt_at=now)
                 else:
                     delay = backoff_seconds(row.attempts, d.initial_backoff, d.max_backoff)
@@ -513,9 +521,11 @@ class Deliverer:
         if retried:
             low = min(r.attempts for r in retried)
             high = max(r.attempts for r in retried)
-            LOGGER.warning("delivery of %d object(s) to %s failed (attempt %s of %d): %s; next "
-                           "attempt in %.0f s", len(retried), dest.name,
-                           str(low) if low == high else f"{low}-{high}", d.max_attempts, error,
+            attempts = str(low) if low == high else f"{low}-{high}"
+            LOGGER.warning("delivery of %d object(s) to %s failed (attempt %s%s): %s; next "
+                           "attempt in %.0f s", len(retried), dest.name, attempts,
+                           "; they wait until it can be reached" if unreachable
+                           else f" of {d.max_attempts}", error,
                            backoff_seconds(low, d.initial_backoff, d.max_backoff))
         if dead:
             LOGGER.error("%d deliver%s to %s need%s attention %s: %s (ids %s)",
