@@ -59,7 +59,7 @@ def test_status_shows_a_failing_delivery_as_pending_with_its_reason(tmp_path, ca
         pacs.stop()
     assert main(["--config", str(cfg), "status"]) == 0
     out = capsys.readouterr().out
-    assert "OK" not in out and "none" not in out
+    assert "OK" not in out and "deliveries waiting: none" not in out
     line = next(x for x in out.splitlines() if x.strip().startswith("delivery 1 "))
     assert "pending, 1 attempt(s) so far, next attempt 20" in line
     assert "last error: status 0xA700 (Refused: Out of Resources)" in line
