@@ -594,6 +594,18 @@ class WaitingDelivery:
     attempts: int
     next_attempt_at: datetime | None
     last_error: str | None
+    #: An earlier delivery of the same result to the same LIS that this one waits for (a case's
+    #: HL7 messages go one after the other), and whether that one needs attention.
+    waits_for: int | None = None
+    waits_for_dead: bool = False
+
+    @property
+    def waiting_text(self) -> str | None:
+        """Why it is not sent though due, in words; None when it is not held back."""
+        if self.waits_for is None:
+            return None
+        return (f"waits for delivery {self.waits_for}, the earlier message of the same case to "
+                "this system" + (", which needs attention" if self.waits_for_dead else ""))
 
     @property
     def needs_attention(self) -> bool:
@@ -613,6 +625,8 @@ class WaitingDelivery:
             text = f"needs attention after {self.attempts} attempt(s)"
         elif self.state is DeliveryState.SENDING:
             text = f"{self.state.value}, attempt {self.attempts}"
+        elif self.waits_for is not None:
+            text = f"{self.state.value}, {self.waiting_text}"
         else:
             when = (self.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S UTC")
                     if self.next_attempt_at else "now")
@@ -630,7 +644,7 @@ class WaitingDelivery:
                 "next_attempt_at": (self.next_attempt_at.isoformat()
                                     if self.next_attempt_at and not self.needs_attention
                                     else None),
-                "last_error": self.last_error}
+                "last_error": self.last_error, "waits_for": self.waits_for}
 
 
 @dataclass(frozen=True)
@@ -700,11 +714,30 @@ def delivery_overview(session: Session, settings: Settings, limit: int = 100
     rows = session.execute(select(Delivery).where(Delivery.state.in_(WAITING_STATES))
                            .order_by(first_dead, Delivery.next_attempt_at, Delivery.id)
                            .limit(limit)).scalars().all()
+    held = _held_back(session, [r for r in rows if r.destination in
+                                {lis.name for lis in settings.lis}
+                                and r.state is DeliveryState.PENDING and r.result_fk])
     waiting = [WaitingDelivery(id=r.id, destination=r.destination, kind=r.kind,
                                sop_instance_uid=r.sop_instance_uid, state=r.state,
                                attempts=r.attempts, next_attempt_at=r.next_attempt_at,
-                               last_error=r.last_error) for r in rows]
+                               last_error=r.last_error, **held.get(r.id, {})) for r in rows]
     return DeliveryOverview(destinations=destinations, counts=counts, waiting=waiting)
+
+
+def _held_back(session: Session, rows: Sequence[Delivery]) -> dict[int, dict[str, Any]]:
+    """For each of ``rows`` (pending, to a LIS) that an earlier delivery of the same result to
+    the same destination holds back (:meth:`Deliverer._claim`, ``in_order``): the first such
+    delivery and whether it needs attention."""
+    held: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        earlier = session.execute(select(Delivery.id, Delivery.state).where(
+            Delivery.destination == row.destination, Delivery.result_fk == row.result_fk,
+            Delivery.id < row.id, Delivery.state.in_(WAITING_STATES))
+            .order_by(Delivery.id).limit(1)).first()
+        if earlier is not None:
+            held[row.id] = {"waits_for": earlier.id,
+                            "waits_for_dead": earlier.state is DeliveryState.DEAD}
+    return held
 
 
 @dataclass(frozen=True)

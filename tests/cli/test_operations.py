@@ -125,3 +125,33 @@ def test_status_lists_the_node_s_processes_by_their_heartbeats(capsys, write_con
     processes = json.loads(capsys.readouterr().out)["processes"]
     assert [(p["host"], p["roles"], p["stopped_at"] is not None) for p in processes] == \
         [("b", ["scp", "web"], False), ("c", ["worker"], True), ("a", ["worker"], False)]
+
+
+def test_status_says_why_a_due_hl7_message_is_not_sent(capsys, write_config) -> None:
+    """A case's final result to the LIS waits behind its preliminary one, which the LIS
+    refused: it showed as 'pending, 0 attempts, next attempt' at a time already past, with no
+    reason (found by a walk)."""
+    from bcd_node.db.models import Delivery, DeliveryState, utcnow
+    from tests.support.seed import add_analysed_study
+
+    cfg = write_config('[[lis]]\nname = "lab"\nhost = "127.0.0.1"\nport = 2575\n'
+                       'receiving_application = "LIS"\n')
+    ctx = open_node(load_settings(cfg))
+    with ctx.session_factory.begin() as session:
+        _study, _inst, result = add_analysed_study(session, ctx.settings.storage.data_dir)
+        for state, kind in ((DeliveryState.DEAD, "hl7_p"), (DeliveryState.PENDING, "hl7_f")):
+            session.add(Delivery(result_fk=result.id, destination="lab", kind=kind,
+                                 sop_class_uid="", sop_instance_uid=f"MSG-{kind}",
+                                 path=f"{kind}.hl7",
+                                 state=state, attempts=3 if state is DeliveryState.DEAD else 0,
+                                 next_attempt_at=utcnow(),
+                                 last_error="AE: unknown patient" if kind == "hl7_p" else None))
+    ctx.engine.dispose()
+    assert main(["--config", str(cfg), "status"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines()
+                if x.strip().startswith("delivery 2 "))
+    assert "waits for delivery 1, the earlier message of the same case to this system, which " \
+           "needs attention" in line, line
+    assert main(["--config", str(cfg), "status", "--json"]) == 0
+    waiting = json.loads(capsys.readouterr().out)["waiting"]
+    assert [w["waits_for"] for w in waiting] == [None, 1]
