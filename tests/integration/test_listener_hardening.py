@@ -371,11 +371,17 @@ def node(write_config) -> Iterator[tuple[Node, int, int]]:
 
 
 def readyz(web_port: int) -> tuple[int, dict[str, Any]]:
+    """/readyz's status and body, as for a node with its workers: the node here has none
+    (``workers.count = 0``), and says so ("worker (elsewhere)"), which is not what these
+    tests are about (a 503 for that reason alone reads as 200)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=5) as r:
             return r.status, json.load(r)
     except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
+        body = json.load(exc)
+        reasons = body.get("reasons", {})
+        reasons.pop("worker (elsewhere)", None)
+        return (exc.code if reasons else 200), body
 
 
 def connect_and_close(port: int, count: int) -> None:

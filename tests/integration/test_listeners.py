@@ -19,7 +19,7 @@ from bcd_node.settings import output_builder_processes
 from tests.support.images import write_vl_micro
 from tests.support.listener import ENV
 from tests.support.net import free_port
-from tests.support.node import BCD_NODE, Node, builder_pids, listener_pids, worker_pids
+from tests.support.node import BCD_NODE, Node, builder_pids, listener_pids, ready, worker_pids
 from tests.support.procs import ended
 from tests.support.tools import require_tool
 from tests.support.waiting import wait_for
@@ -53,14 +53,10 @@ def db_counts(data_dir: Path) -> tuple[int, int]:
 
 def wait_ready(web_port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError("not ready again") from None
-            time.sleep(0.2)
+    while not ready(web_port):
+        if time.monotonic() > deadline:
+            raise AssertionError("not ready again")
+        time.sleep(0.2)
 
 
 def test_listener_processes_share_the_port_and_each_commits(write_config, tmp_path) -> None:
