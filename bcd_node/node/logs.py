@@ -54,6 +54,20 @@ SKIP_SUMMARY_SECONDS = 600.0
 _SKIPPED = ('Execution of job "%s" skipped', 'Run time of job "%s" was missed')
 
 
+class SaidByTheNode(logging.Filter):
+    """Drops pynetdicom's two ERROR lines for a connection that could not be made ("Association
+    request failed: unable to connect to remote", "TCP Initialisation Error: ..."): the node
+    says the same in its own line, with the peer's name and what follows (a delivery to be
+    retried, a C-ECHO that failed), so an outage of the PACS doubled every message of it."""
+
+    _SAID = ("Association request failed: unable to connect to remote",
+             "TCP Initialisation Error:")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.ERROR
+                    and str(record.msg).startswith(self._SAID))
+
+
 class SkippedRunsSummary(logging.Filter):
     """APScheduler warns each time a periodic job's run is skipped (the previous run still
     going) or missed (the scheduler was late). Both are expected under load and say nothing an
@@ -155,6 +169,11 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # pynetdicom logs every PDU at INFO; its DEBUG dumps would include dataset contents.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    transport = logging.getLogger("pynetdicom.transport")
+    for old_filter in list(transport.filters):
+        if isinstance(old_filter, SaidByTheNode):
+            transport.removeFilter(old_filter)
+    transport.addFilter(SaidByTheNode())
     # highdicom logs a line per module it copies; its warnings stay.
     for noisy in ("waitress", "apscheduler", "alembic", "tensorflow", "absl", "highdicom"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

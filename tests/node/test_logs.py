@@ -127,3 +127,29 @@ def test_the_skipped_runs_summary_keeps_to_the_configured_level() -> None:
         assert SkippedRunsSummary().filter(shown) and shown.levelname == "INFO"
     finally:
         root.setLevel(before)
+
+
+_ECHO_NOBODY = """
+from bcd_node.node.logs import configure_logging
+from dicom.scu import Peer, PeerUnavailableError, echo
+from tests.support.net import free_port
+
+configure_logging("INFO", "text")
+try:
+    echo(Peer("PACS", "127.0.0.1", free_port(), connect_timeout=2))
+except PeerUnavailableError as exc:
+    print(exc)
+"""
+
+
+def test_a_pacs_that_is_down_is_said_once_not_with_pynetdicom_s_two_errors() -> None:
+    """Nobody listens: the node's own error names the peer and the cause; pynetdicom's two
+    ERROR lines ("Association request failed...", "TCP Initialisation Error") repeated it for
+    every attempt during an outage (found by a walk)."""
+    done = subprocess.run([sys.executable, "-c", _ECHO_NOBODY], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "cannot connect to PACS@127.0.0.1" in done.stdout
+    assert "Connection refused" in done.stdout
+    assert "Association request failed" not in done.stderr, done.stderr
+    assert "TCP Initialisation Error" not in done.stderr, done.stderr
