@@ -154,11 +154,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     """Send files to a peer by C-STORE."""
     from dicom.scu import Peer, PeerUnavailableError, send_files
 
-    match = re.fullmatch(r"([^@]{1,16})@([^:]+):(\d{1,5})", args.to)
-    if not match:
-        raise CommandError(f"--to {args.to!r}: expected AE@HOST:PORT")
+    ae_title, host, port = args.to
     d = settings_for(args).delivery
-    peer = Peer(ae_title=match[1], host=match[2], port=int(match[3]),
+    peer = Peer(ae_title=ae_title, host=host, port=port,
                 calling_ae=settings_for(args).dicom.ae_title, connect_timeout=d.connect_timeout,
                 acse_timeout=d.acse_timeout, dimse_timeout=d.dimse_timeout,
                 network_timeout=d.network_timeout)
@@ -403,6 +401,16 @@ class CommandError(BcdError):
 # --------------------------------------------------------------------------- parser
 
 
+def _peer_address(text: str) -> tuple[str, str, int]:
+    """``AE@HOST:PORT`` (argparse's type: anything else is invalid usage, exit 2)."""
+    match = re.fullmatch(r"([^@]{1,16})@([^:]+):(\d{1,5})", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected AE@HOST:PORT")
+    if not 0 < int(match[3]) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be 1-65535")
+    return match[1], match[2], int(match[3])
+
+
 def _count(text: str) -> int:
     """An argument that counts something: a whole number, 0 or more (argparse's type)."""
     try:
@@ -449,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="list at most N waiting deliveries (default 50)")
     snd = _add(sub, "send", cmd_send, "send DICOM files to a peer by C-STORE")
     snd.add_argument("files", nargs="+", metavar="FILE")
-    snd.add_argument("--to", required=True, metavar="AE@HOST:PORT")
+    snd.add_argument("--to", required=True, metavar="AE@HOST:PORT", type=_peer_address)
     dl = sub.add_parser("deliveries", help="deliveries to PACS", description="deliveries to PACS")
     dl_sub = dl.add_subparsers(dest="deliveries_command", metavar="COMMAND", required=True)
     rt = _add(dl_sub, "retry", cmd_deliveries_retry,

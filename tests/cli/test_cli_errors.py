@@ -44,8 +44,10 @@ def test_send_to_a_bad_port_is_a_users_mistake(write_config: Callable[..., objec
     # network traffic.
     with pytest.raises(DicomValidationError):
         Peer(ae_title="PACS", host="127.0.0.1", port=70000)
-    assert commands.main(["--config", str(write_config()), "send", "x.dcm",
-                          "--to", "PACS@127.0.0.1:70000"]) == 1
+    with pytest.raises(SystemExit) as exc:  # invalid usage
+        commands.main(["--config", str(write_config()), "send", "x.dcm",
+                       "--to", "PACS@127.0.0.1:70000"])
+    assert exc.value.code == 2
     assert "port must be 1-65535" in capsys.readouterr().err
 
 
@@ -68,3 +70,15 @@ def test_status_with_a_limit_that_is_no_count_is_invalid_usage(
         commands.main(["--config", str(write_config()), "status", "--limit", limit])
     assert exc.value.code == 2
     assert "argument --limit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("to", ["PACS@127.0.0.1", "PACS127.0.0.1:104", "PACS@host:0",
+                                "PACS@host:99999"])
+def test_send_to_an_address_that_is_not_one_is_invalid_usage(
+        write_config: Callable[..., object], capsys: pytest.CaptureFixture[str],
+        to: str) -> None:
+    # It was exit 1, as if sending had failed; the README says invalid usage exits 2.
+    with pytest.raises(SystemExit) as exc:
+        commands.main(["--config", str(write_config()), "send", "--to", to, "x.dcm"])
+    assert exc.value.code == 2
+    assert "argument --to" in capsys.readouterr().err

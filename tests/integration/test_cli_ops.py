@@ -33,7 +33,9 @@ def test_send_files_to_a_pacs(tmp_path, capsys, write_config) -> None:
     assert main(["--config", str(cfg), "send", str(files[0]),
                  "--to", f"PACS@127.0.0.1:{free_port()}"]) == 1
     assert "Connection refused" in capsys.readouterr().err
-    assert main(["--config", str(cfg), "send", str(files[0]), "--to", "nonsense"]) == 1
+    with pytest.raises(SystemExit) as exc:  # invalid usage
+        main(["--config", str(cfg), "send", str(files[0]), "--to", "nonsense"])
+    assert exc.value.code == 2
 
 
 def test_status_shows_a_failing_delivery_as_pending_with_its_reason(tmp_path, capsys,
