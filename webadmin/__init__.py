@@ -252,10 +252,11 @@ def create_app(context: NodeContext, test_config: dict[str, Any] | None = None) 
                    if context.database_health is not None else None)
         if problem:
             alerts.append(f"The database is {problem}: restore it from a backup.")
-        # A role this console's node runs elsewhere is not running (bcd-node worker, scp).
-        from bcd_node.node.health import peers_checks
+        # Received images missing from the data folder; a role this console's node runs
+        # elsewhere that is not running (bcd-node worker, scp).
+        from bcd_node.node.health import files_check, peers_checks
         alerts += [check.reason[0].upper() + check.reason[1:] + "."
-                   for check in peers_checks(context) if not check.ok]
+                   for check in [files_check(context), *peers_checks(context)] if not check.ok]
         return {"node_alerts": alerts}
 
     @app.errorhandler(413)

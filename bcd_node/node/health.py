@@ -11,7 +11,9 @@ a component in ``context.components``.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
@@ -63,6 +65,42 @@ def disk_check(context: NodeContext) -> Check:
     return Check("disk", disk.ok, disk.reason)
 
 
+#: How many of the newest received images the files check looks for, and how long its answer
+#: stands (a /readyz poll every few seconds costs no file system walk).
+FILES_SAMPLE = 20
+FILES_RECHECK_SECONDS = 60.0
+_files_seen: dict[str, tuple[float, Check]] = {}
+
+
+def files_check(context: NodeContext) -> Check:
+    """The files of the newest received images are in the data folder: a node restored from a
+    database without its files started "ready", and every image and report then failed. An
+    image purged by retention (empty path) is not looked for."""
+    from bcd_node.db.models import Instance
+
+    key = str(context.settings.storage.data_dir)
+    now = time.monotonic()
+    seen = _files_seen.get(key)
+    if seen is not None and now - seen[0] < FILES_RECHECK_SECONDS:
+        return seen[1]
+    root = Path(key)
+    try:
+        with context.session_factory() as session:
+            paths = list(session.execute(select(Instance.path).where(Instance.path != "")
+                                         .order_by(Instance.id.desc()).limit(FILES_SAMPLE))
+                         .scalars())
+    except Exception:  # noqa: BLE001 - the database check says why
+        return Check("files", True)
+    missing = [path for path in paths if not (root / path).is_file()]
+    check = Check("files", True) if not missing else Check(
+        "files", False,
+        f"{len(missing)} of the {len(paths)} newest received images are not in the data folder "
+        f"({root}), e.g. {missing[0]}: was it restored without its files, or is another folder "
+        "mounted there? (storage.data_dir)")
+    _files_seen[key] = (now, check)
+    return check
+
+
 def peers_checks(context: NodeContext) -> list[Check]:
     """For a process that serves the console: a check per role it does not run itself
     (``worker``, ``scp``), passed while a process of that role elsewhere sends its heartbeat
@@ -87,7 +125,7 @@ def readiness(context: NodeContext) -> list[Check]:
     """Every readiness check of this process, in a stable order."""
     started = context.started.is_set()
     checks = [Check("started", started, "" if started else "the node is still starting"),
-              database_check(context), disk_check(context)]
+              database_check(context), disk_check(context), files_check(context)]
     for name, component in list(context.components.items()):
         if component.available:
             ok = component.healthy()

@@ -122,6 +122,32 @@ def _with_min_free(app: Flask, min_free: int) -> None:
         ctx.settings.storage, min_free_disk=min_free))
 
 
+def test_images_missing_from_the_data_folder_make_readyz_503_and_say_why(
+        app: Flask, doctor_client: FlaskClient, client: FlaskClient) -> None:
+    """A node restored from its database without its files started "ready" and every image
+    and report failed (found by a walk): now /readyz and a banner say that the newest
+    received images are not in the data folder."""
+    from bcd_node.node import health
+
+    ctx = app.extensions["bcd_node"]
+    ctx.started.set()
+    with ctx.session_factory.begin() as session:
+        _study, inst, _result = add_analysed_study(session, ctx.settings.storage.data_dir)
+        stored = ctx.settings.storage.data_dir / inst.path
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_bytes(b"DICM")
+    health._files_seen.clear()
+    assert client.get("/readyz").status_code == 200
+    stored.unlink()  # as after a restore of the database alone
+    health._files_seen.clear()  # the answer stands a minute; a new one is asked for here
+    resp = client.get("/readyz")
+    assert resp.status_code == 503
+    reason = resp.get_json()["reasons"]["files"]
+    assert "1 of the 1 newest received images are not in the data folder" in reason
+    assert "restored without its files" in reason and inst.path in reason
+    assert "restored without its files" in doctor_client.get("/worklist").get_data(as_text=True)
+
+
 def test_a_console_running_apart_says_when_no_worker_runs(
         app: Flask, admin_client: FlaskClient, doctor_client: FlaskClient,
         client: FlaskClient) -> None:
