@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
@@ -130,8 +130,11 @@ def user(username: str) -> Any:
     return _user_page(_user_or_404(username))
 
 
-def _user_action(username: str, do: Any, done: str) -> Any:
-    form = ActionForm()
+def _user_action(username: str, do: Any, done: str | Callable[[], str],
+                 form: Any = None) -> Any:
+    """Check ``form`` (an :class:`ActionForm` by default), do ``do(session)`` to the user,
+    flash ``done`` (or what it returns, once done) or the refusal, and go back to the user."""
+    form = form or ActionForm()
     if not form.validate_on_submit():
         abort(400)
     session = db()
@@ -143,7 +146,7 @@ def _user_action(username: str, do: Any, done: str) -> Any:
         flash(str(exc), "error")
     else:
         session.commit()
-        flash(done, "success")
+        flash(done if isinstance(done, str) else done(), "success")
     return redirect(request.form.get("back") == "list" and url_for("admin.users")
                     or url_for("admin.user", username=username))
 
@@ -168,38 +171,18 @@ def disable(username: str) -> Any:
 def role(username: str) -> Any:
     """Change a user's role."""
     form = RoleForm()
-    if not form.validate_on_submit():
-        abort(400)
-    session = db()
-    try:
-        set_role(session, username, form.role.data, actor=_me(), source=client_ip())
-    except UserError as exc:
-        session.rollback()
-        flash(str(exc), "error")
-    else:
-        session.commit()
-        flash(f"{username} is now {form.role.data}.", "success")
-    return redirect(url_for("admin.user", username=username))
+    return _user_action(username, lambda s: set_role(s, username, form.role.data, actor=_me(),
+                                                     source=client_ip()),
+                        lambda: f"{username} is now {form.role.data}.", form)
 
 
 @bp.post("/users/<username>/name")
 def full_name(username: str) -> Any:
     """Change a user's full name."""
     form = FullNameForm()
-    if not form.validate_on_submit():
-        abort(400)
-    session = db()
-    _user_or_404(username)
-    try:
-        set_full_name(session, username, form.full_name.data or "", actor=_me(),
-                      source=client_ip())
-    except UserError as exc:
-        session.rollback()
-        flash(str(exc), "error")
-    else:
-        session.commit()
-        flash(f"{username}'s full name is saved.", "success")
-    return redirect(url_for("admin.user", username=username))
+    return _user_action(username, lambda s: set_full_name(s, username, form.full_name.data or "",
+                                                          actor=_me(), source=client_ip()),
+                        f"{username}'s full name is saved.", form)
 
 
 @bp.post("/users/<username>/password")

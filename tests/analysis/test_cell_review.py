@@ -51,6 +51,21 @@ def field(ctx: NodeContext) -> Any:
     return ctx, pipeline, result_id, doctor_id
 
 
+def _summarised(ctx: NodeContext, pipeline: Pipeline) -> None:
+    """The study gone quiet and its summary made: the case can be signed."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from bcd_node.analysis.summary import enqueue_study_summaries
+    from bcd_node.db.models import Study, utcnow
+
+    with ctx.session_factory.begin() as s:
+        s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
+    assert enqueue_study_summaries(ctx) == 1
+    assert run_all(ctx, pipeline) == 1
+
+
 def test_the_pipeline_lists_the_cells_with_scores_and_keeps_the_probability_map(field) -> None:
     ctx, _pipeline, result_id, _doctor = field
     with ctx.session_factory() as s:
@@ -236,20 +251,13 @@ def test_cells_are_final_once_the_case_is_signed(field) -> None:
 
 def test_signing_the_case_sends_the_corrected_field_and_counts_without_rejected_cells(
         field) -> None:
-    from datetime import timedelta
-
     import pydicom
-    from sqlalchemy import update
 
-    from bcd_node.analysis.summary import enqueue_study_summaries
-    from bcd_node.db.models import ResultScope, Study, utcnow
+    from bcd_node.db.models import ResultScope, Study
     from bcd_node.records.verification import sign_case
 
     ctx, pipeline, result_id, doctor = field
-    with ctx.session_factory.begin() as s:
-        s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
-    assert enqueue_study_summaries(ctx) == 1
-    assert run_all(ctx, pipeline) == 1
+    _summarised(ctx, pipeline)
     with ctx.session_factory.begin() as s:
         for index in (1, 3):
             reject_cell(s, s.get(Result, result_id), index, user_id=doctor, actor="dr.c",
@@ -286,20 +294,13 @@ def test_the_signed_case_report_shows_each_field_s_count_as_the_doctor_left_it(f
     the AI's count beside it."""
     import re
     import subprocess
-    from datetime import timedelta
 
-    from sqlalchemy import update
-
-    from bcd_node.analysis.summary import enqueue_study_summaries
-    from bcd_node.db.models import ResultScope, Study, utcnow
+    from bcd_node.db.models import ResultScope, Study
     from bcd_node.records.verification import sign_case
     from tests.support.tools import require_tool
 
     ctx, pipeline, result_id, doctor = field
-    with ctx.session_factory.begin() as s:
-        s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
-    assert enqueue_study_summaries(ctx) == 1
-    assert run_all(ctx, pipeline) == 1
+    _summarised(ctx, pipeline)
     with ctx.session_factory.begin() as s:
         ai_count = s.get(Result, result_id).blast_count
         for index in (1, 3):
@@ -330,23 +331,17 @@ def test_a_field_verified_with_its_case_states_no_stage_or_words_of_the_doctor(f
     was not reviewed on its own and what the case was signed as."""
     import re
     import subprocess
-    from datetime import timedelta
 
     import pydicom
-    from sqlalchemy import update
 
-    from bcd_node.analysis.summary import enqueue_study_summaries
-    from bcd_node.db.models import Study, utcnow
+    from bcd_node.db.models import Study
     from bcd_node.records.verification import sign_case
     from dicom import codes
     from tests.support.dicomcheck import assert_dciodvfy_clean
     from tests.support.tools import require_tool
 
     ctx, pipeline, result_id, doctor = field
-    with ctx.session_factory.begin() as s:
-        s.execute(update(Study).values(last_received_at=utcnow() - timedelta(days=1)))
-    assert enqueue_study_summaries(ctx) == 1
-    assert run_all(ctx, pipeline) == 1
+    _summarised(ctx, pipeline)
     with ctx.session_factory.begin() as s:
         ai_stage = s.get(Result, result_id).stage
         case_stage = next(st for st in ("Malignant-Pro", "Benign") if st != ai_stage)
