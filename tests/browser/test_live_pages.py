@@ -20,6 +20,16 @@ PASSWORD = "doctor-password-123"
 UID = "1.2.826.0.1.3680043.10.7.1"
 
 
+def _open_case(live_console: LiveConsole, browser: Any) -> None:
+    """A doctor and a case of three fields; the doctor signed in, on the case's page."""
+    ctx = live_console.context
+    with ctx.session_factory.begin() as session:
+        add_user(session, "hopper", PASSWORD, Role.DOCTOR, full_name="Grace Hopper")
+        add_case(session, ctx.settings.storage.data_dir, fields=3, uid=UID)
+    sign_in(browser, live_console.url, "hopper", PASSWORD)
+    browser.get(live_console.url + f"/cases/{UID}")
+
+
 def test_the_worklist_and_an_open_case_refresh_on_their_own(live_console: LiveConsole,
                                                             browser: Any) -> None:
     from selenium.webdriver.common.by import By
@@ -78,11 +88,7 @@ def test_an_open_case_page_signs_out_when_idle(live_console: LiveConsole, browse
 
     ctx = live_console.context
     idle = timedelta(minutes=ctx.settings.web.idle_timeout_minutes)
-    with ctx.session_factory.begin() as session:
-        add_user(session, "hopper", PASSWORD, Role.DOCTOR, full_name="Grace Hopper")
-        add_case(session, ctx.settings.storage.data_dir, fields=3, uid=UID)
-    sign_in(browser, live_console.url, "hopper", PASSWORD)
-    browser.get(live_console.url + f"/cases/{UID}")
+    _open_case(live_console, browser)
     assert browser.find_elements(By.ID, "sign-case")
     with ctx.session_factory.begin() as session:  # the doctor's last request: a while ago
         ws = session.execute(select(WebSession).where(WebSession.ended_at.is_(None))) \
@@ -121,11 +127,7 @@ def test_the_idle_sign_out_is_announced_and_typing_keeps_the_session(
 
     ctx = live_console.context
     idle = timedelta(minutes=ctx.settings.web.idle_timeout_minutes)
-    with ctx.session_factory.begin() as session:
-        add_user(session, "hopper", PASSWORD, Role.DOCTOR, full_name="Grace Hopper")
-        add_case(session, ctx.settings.storage.data_dir, fields=3, uid=UID)
-    sign_in(browser, live_console.url, "hopper", PASSWORD)
-    browser.get(live_console.url + f"/cases/{UID}")
+    _open_case(live_console, browser)
     banner = browser.find_element(By.CSS_SELECTOR, "[data-idle-warning]")
     assert not banner.is_displayed()
 
