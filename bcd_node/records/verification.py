@@ -367,6 +367,8 @@ def _verify_fields_with_rejected_cells(session: Session, study: Study, *, user_i
                     with_case=True)
         except ImageReplacedError:
             continue  # its new version, analysed again, has no rejected cells
+        except AlreadyVerifiedError:
+            continue  # another doctor verified it on its own meanwhile: theirs stands
 
 
 def retry_signed_report(session: Session, study: Study, *, actor: str, actor_kind: str,
