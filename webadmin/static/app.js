@@ -13,9 +13,8 @@
    one otherwise); typing into a form counts as being there (at most one keep-alive a minute),
    so a long comment is not cut off by the idle sign-out. The page asks the server how long is
    left (at load, before it warns, when the tab is shown again: another tab's activity counts
-   too); asking is not activity. At the
-   end, the page shows the sign-in page, unless something typed is on it, which stays to be
-   copied. */
+   too); asking is not activity. At the end, the page shows the sign-in page, unless something
+   typed is on it, which stays to be copied. */
 (function () {
   "use strict";
   var body = document.body;
