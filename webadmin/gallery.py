@@ -17,6 +17,7 @@ from bcd_node.errors import ValidationError
 from bcd_node.records.cases import load_case
 from bcd_node.records.cells import (
     CellRefused,
+    area_without,
     cells_final,
     corrected_blast_count,
     reject_cell,
@@ -25,6 +26,7 @@ from bcd_node.records.cells import (
     result_cells,
 )
 from webadmin.db import actor, client_ip, db, node
+from webadmin.helpers import fmt_pct
 
 bp = Blueprint("gallery", __name__)
 
@@ -36,14 +38,15 @@ def _field_result(result_id: int) -> Result:
     return result
 
 
-def _case_count(result: Result) -> int:
-    """The case's blast count as the case page shows it (:func:`load_case`)."""
+def _case_figures(result: Result) -> tuple[int, float | None]:
+    """The case's blast count and area as the case page shows them (:func:`load_case`)."""
     settings = node().settings
     study = db().get(Study, result.study_fk)
     if study is None:
         abort(404)
-    return load_case(db(), study, quiet_seconds=settings.workers.study_quiet_seconds,
-                     review_threshold=settings.model.review_threshold).blast_count
+    case = load_case(db(), study, quiet_seconds=settings.workers.study_quiet_seconds,
+                     review_threshold=settings.model.review_threshold)
+    return case.blast_count, case.blast_area
 
 
 def cells_payload(result: Result) -> dict[str, Any]:
@@ -51,6 +54,7 @@ def cells_payload(result: Result) -> dict[str, Any]:
     session = db()
     listed = result_cells(result)
     rejected = rejected_indices(session, result.id)
+    case_count, case_area = _case_figures(result)
     return {
         "result_id": result.id,
         "study_id": result.study_fk,
@@ -60,7 +64,10 @@ def cells_payload(result: Result) -> dict[str, Any]:
         "shape": list(listed.shape) if listed.shape else None,
         "ai_count": result.blast_count,
         "field_count": corrected_blast_count(session, result),
-        "case_count": _case_count(result),
+        # The areas follow the rejected cells as the counts do; as the page writes them.
+        "field_area": fmt_pct(area_without(result, rejected)),
+        "case_count": case_count,
+        "case_area": None if case_area is None else fmt_pct(case_area),
         "cells": [{**cell.as_dict(), "rejected": cell.index in rejected}
                   for cell in listed.cells],
     }

@@ -43,7 +43,7 @@ from bcd_node.errors import ValidationError
 from bcd_node.inference.spec import REASON_BLASTS_IN_BENIGN
 from bcd_node.node.memory_budget import Busy
 from bcd_node.records.cases import STATUS_LABELS, Case, load_case
-from bcd_node.records.cells import corrected_blast_count
+from bcd_node.records.cells import corrected_areas, corrected_blast_count
 from bcd_node.records.names import patient_matches
 from bcd_node.records.studies import report_job_failed
 from bcd_node.records.verification import (
@@ -245,6 +245,7 @@ def _study_page(st: Study, *, status: int = 200,
     forms = {r.id: VerifyForm(prefix=f"r{r.id}") for r in results} | (verify_forms or {})
     field_counts = {r.id: corrected_blast_count(session, r) for r in results
                     if r.instance_fk is not None}
+    field_areas = corrected_areas(session, [r for r in results if r.instance_fk is not None])
     deliveries = case_deliveries(session, node().settings, st.id)
     demonstration, demo_note = results_banner(list(results), configured_manifest())
     return render_template("worklist/study.html", study=st, patient=st.patient,
@@ -253,7 +254,8 @@ def _study_page(st: Study, *, status: int = 200,
                            warnings_for=warnings_for, names=names, stages=STAGES,
                            can_verify=current_user.role == Role.DOCTOR,
                            demonstration=demonstration, demo_note=demo_note,
-                           field_counts=field_counts, case_count=_case(st).blast_count,
+                           field_counts=field_counts, field_areas=field_areas,
+                           case_count=_case(st).blast_count,
                            deliveries=deliveries, action=ActionForm(),
                            is_admin=current_user.role == Role.ADMIN), status
 
@@ -339,6 +341,7 @@ def _case_page(st: Study, *, status: int = 200, sign_form: SignCaseForm | None =
     session.commit()
     forms = {r.id: VerifyForm(prefix=f"r{r.id}") for r in results} | (verify_forms or {})
     field_counts = {r.id: corrected_blast_count(session, r) for r in results}
+    field_areas = corrected_areas(session, results)
     demonstration, demo_note = results_banner(
         [*results, *([current.summary] if current.summary else [])], configured_manifest())
     return render_template("worklist/case.html", case=current, study=st, patient=st.patient,
@@ -350,6 +353,7 @@ def _case_page(st: Study, *, status: int = 200, sign_form: SignCaseForm | None =
                            can_verify=current_user.role == Role.DOCTOR,
                            demonstration=demonstration, demo_note=demo_note,
                            state=case_state(current), field_counts=field_counts,
+                           field_areas=field_areas,
                            quiet_minutes=node().settings.workers.study_quiet_seconds / 60,
                            deliveries=case_deliveries(db(), node().settings, st.id),
                            action=ActionForm(), is_admin=current_user.role == Role.ADMIN), status

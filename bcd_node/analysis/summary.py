@@ -43,8 +43,8 @@ from bcd_node.db.models import (
 )
 from bcd_node.errors import PermanentError
 from bcd_node.jobs.queue import Claimed
-from bcd_node.records.cases import case_blast_count, case_findings, field_flags
-from bcd_node.records.cells import corrected_counts
+from bcd_node.records.cases import case_blast_area, case_blast_count, case_findings, field_flags
+from bcd_node.records.cells import corrected_areas, corrected_counts
 from bcd_node.records.names import person_name
 from bcd_node.records.revisions import clear_verification
 from bcd_node.records.studies import refresh_study
@@ -219,6 +219,7 @@ class StudySummaries:
             fields = gather_fields(session, study.id, result.model_version)
             # The signed case counts the blasts as the doctor left them (rejected cells off).
             corrected = corrected_counts(session, [r for r, _ in fields.rows])
+            areas = corrected_areas(session, [r for r, _ in fields.rows])
             amendment = _amendment(session, result)
             session.expunge_all()
         sources, referenced = self._sources(job, fields)
@@ -247,7 +248,7 @@ class StudySummaries:
         # The signed summary is the analysis' own: it names the model that made it.
         algorithm = dataclasses.replace(ctx.algorithm, name=result.model_name,
                                         version=result.model_version)
-        findings = fields.findings(corrected)
+        findings = fields.findings(corrected, areas)
         sr = build_study_summary_sr(sources, findings, algorithm=algorithm,
                                     uid_root=settings.uids.root, revisions=revisions,
                                     verification=verification, predecessor=predecessor)
@@ -328,18 +329,16 @@ class Fields:
         """The results that answer a failed analysis ("could not be analysed")."""
         return {r.id for r, _ in self.rows if (r.quality or {}).get("status") == "failed"}
 
-    def findings(self, corrected: Mapping[int, int] | None = None) -> StudyFindings:
+    def findings(self, corrected: Mapping[int, int] | None = None,
+                 areas: Mapping[int, float] | None = None) -> StudyFindings:
         """The combined result: the stage by vote, the mean probabilities, the blast count
         (:func:`~bcd_node.records.cases.case_blast_count`, with the doctor's ``corrected``
-        counts by result id for a signed case), the blast area over the analysed pixels, and
-        the fields' counts."""
+        counts by result id for a signed case), the blast area over the analysed pixels (with
+        the doctor's ``areas`` by result id: :func:`~bcd_node.records.cells.corrected_areas`),
+        and the fields' counts."""
         staged = self.staged
         case = case_findings([r for r, _ in staged])
-        fraction = 0.0
-        if case.stage is not None:
-            pixels = [max(1, i.rows * i.columns * i.frames) for _, i in staged]
-            fraction = sum(r.blast_area_fraction * p
-                           for (r, _), p in zip(staged, pixels)) / sum(pixels)
+        fraction = (case_blast_area(staged, areas) or 0.0) if case.stage is not None else 0.0
         failures = self.answered_failures
         return StudyFindings(
             stage=case.stage, probabilities=case.probabilities, fields_analysed=len(staged),

@@ -33,6 +33,7 @@ from bcd_node.inference.spec import REVIEW_REASONS
 from bcd_node.jobs.queue import Claimed
 from bcd_node.records.cells import (
     CellList,
+    area_without,
     corrected_blast_count,
     label_cells,
     rejected_indices,
@@ -127,7 +128,8 @@ class VerifiedReports:
                 rejected_cells=len(rejected), uid_root=settings.uids.root,
                 field_number=field_number, revision=result.instance_revision,
                 verified_stamp=stamp)
-            blast_count, area_fraction = corrected_count, float(mask.mean())
+            # The area as the console and the signed case report give it (area_without).
+            blast_count, area_fraction = corrected_count, area_without(result, set(rejected))
         else:
             mask = stored_mask(ctx.store.path(result.mask_path or ""))
         # The overlay as the AI report draws it, made again from the (corrected) mask: a

@@ -48,7 +48,7 @@ from bcd_node.db.models import (
     StudyStatus,
     VerificationState,
 )
-from bcd_node.records.cells import corrected_counts
+from bcd_node.records.cells import corrected_areas, corrected_counts
 
 
 class FieldFigures(Protocol):
@@ -156,6 +156,20 @@ def case_attention(fields: Sequence[AttentionFigures], stage: Stage | str | None
     elif unstaged and staged:
         reasons.append(f"{_fields_text(unstaged)} not analysable")
     return reasons
+
+
+def case_blast_area(fields: Sequence[tuple[Result, Instance]],
+                    corrected: Mapping[int, float] | None = None) -> float | None:
+    """The blast area of a case: each diagnostic field's fraction (the doctor's from
+    ``corrected`` by result id, :func:`~bcd_node.records.cells.corrected_areas`, else the AI's)
+    weighted by its pixels, as the case report computes it; None without a diagnostic field."""
+    corrected = corrected or {}
+    staged = [(r, i) for r, i in fields if r.stage]
+    if not staged:
+        return None
+    pixels = [max(1, (i.rows or 0) * (i.columns or 0) * (i.frames or 1)) for _, i in staged]
+    return min(1.0, sum(corrected.get(r.id, r.blast_area_fraction or 0.0) * p
+                        for (r, _), p in zip(staged, pixels)) / sum(pixels))
 
 
 def case_blast_count(results: Iterable[Result],
@@ -317,6 +331,9 @@ class Case:
     #: When the case is not signed: its last signature of an earlier summary, if any (a field
     #: arrived or changed after it was signed).
     signed_before: EarlierSignature | None = None
+    #: The blast area over the diagnostic fields' pixels, without the cells the doctor
+    #: rejected (:func:`case_blast_area`); None without a diagnostic field.
+    blast_area: float | None = None
 
     @property
     def stage_votes(self) -> list[tuple[Stage, int]]:
@@ -381,7 +398,9 @@ def load_case(session: Session, study: Study, *, quiet_seconds: float,
         if received.tzinfo is None:
             received = received.replace(tzinfo=timezone.utc)
         due = received + timedelta(seconds=quiet_seconds)
+    staged_fields = [(f.result, f.instance) for f in fields if f.result is not None]
     return Case(study=study, status=study.status, fields=fields, summary=summary,
+                blast_area=case_blast_area(staged_fields, corrected_areas(session, with_stage)),
                 findings=case_findings(with_stage),
                 blast_count=case_blast_count(with_stage, corrected_counts(session, with_stage)),
                 report_error=report_job_failed(session, summary) if summary else None,

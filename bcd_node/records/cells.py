@@ -296,6 +296,38 @@ def corrected_blast_count(session: Session, result: Result) -> int:
     return sum(1 for c in cells if c.index not in rejected)
 
 
+def area_without(result: Result, rejected: set[int]) -> float:
+    """The field's blast area fraction without the ``rejected`` cells: the AI's fraction less
+    their pixels over the field's (the one figure the console, the verified field report and
+    the signed case report give, so that the area follows the count)."""
+    fraction = float(result.blast_area_fraction or 0.0)
+    listed = result_cells(result)
+    if not rejected or not listed.shape:
+        return fraction
+    rows, columns = listed.shape
+    removed = sum(c.area_px for c in listed.cells if c.index in rejected)
+    return max(0.0, fraction - removed / float(rows * columns))
+
+
+def corrected_blast_area(session: Session, result: Result) -> float:
+    """The field's blast area fraction after the doctor's review (:func:`area_without`)."""
+    return area_without(result, rejected_indices(session, result.id))
+
+
+def corrected_areas(session: Session, results: Iterable[Result]) -> dict[int, float]:
+    """The corrected area (:func:`corrected_blast_area`) of each of ``results`` whose cells a
+    doctor rejected, by result id (the others keep the AI's)."""
+    by_id = {r.id: r for r in results}
+    if not by_id:
+        return {}
+    rejected: dict[int, set[int]] = {}
+    for result_id, index in session.execute(select(
+            CellRejection.result_fk, CellRejection.cell_index).where(
+            CellRejection.result_fk.in_(by_id))).all():
+        rejected.setdefault(result_id, set()).add(index)
+    return {rid: area_without(by_id[rid], indices) for rid, indices in rejected.items()}
+
+
 def cells_final(session: Session, result: Result) -> str | None:
     """Why the cells of ``result`` can no longer be changed, or None while they can: once the
     field, or its case (the study's summary), is verified, its cells are part of the record."""

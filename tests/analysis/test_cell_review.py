@@ -16,6 +16,7 @@ from bcd_node.db.models import AuditEvent, Job, JobKind, Result, Role, User
 from bcd_node.intake.intake import Intake
 from bcd_node.records.cells import (
     CellRefused,
+    corrected_blast_area,
     corrected_blast_count,
     reject_cell,
     restore_cell,
@@ -314,6 +315,8 @@ def test_the_signed_case_report_shows_each_field_s_count_as_the_doctor_left_it(f
                             ).scalar_one()
         signed_pdf = ctx.settings.storage.data_dir / summary.verified_pdf_path
         left = corrected_blast_count(s, s.get(Result, result_id))
+        area = corrected_blast_area(s, s.get(Result, result_id))
+        ai_area = s.get(Result, result_id).blast_area_fraction
     assert left < ai_count
     text = subprocess.run([require_tool("pdftotext"), str(signed_pdf), "-"], check=True,
                           capture_output=True, text=True, timeout=60).stdout
@@ -321,6 +324,8 @@ def test_the_signed_case_report_shows_each_field_s_count_as_the_doctor_left_it(f
     assert f"Blast cells {left} in all fields (AI: {ai_count}; cells rejected by the doctor)" \
         in text, text
     assert f" {left} (AI: {ai_count}) " in text, text  # field 1's row
+    # The area follows the cells as the count does (one field: the case's is the field's).
+    assert area < ai_area and f"Blast area {area:.1%} of the analysed area" in text, text
 
 
 def test_a_field_verified_with_its_case_states_no_stage_or_words_of_the_doctor(field) -> None:

@@ -139,6 +139,8 @@ def test_reject_a_cell_in_the_gallery_and_verify(console: LiveConsole, orthanc: 
     assert browser.find_elements(By.CSS_SELECTOR, f".viewer .cell-mark[data-cell='{target}']")
 
     # Not a blast: the field's and the case's counts follow, and it can be taken back.
+    area = browser.find_element(By.CSS_SELECTOR, f"[data-field-area='{rid}']")
+    area_before = area.text
     browser.find_element(By.CSS_SELECTOR,
                          f"li.cell[data-cell='{target}'] [data-action=reject]").click()
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR,
@@ -151,6 +153,7 @@ def test_reject_a_cell_in_the_gallery_and_verify(console: LiveConsole, orthanc: 
 
     after = str(len(cells) - 1)
     wait_for(lambda: counts() == {after}, what="the counts after the rejection")
+    wait_for(lambda: area.text != area_before, what="the field's area after the rejection")
     browser.find_element(By.CSS_SELECTOR,
                          f"li.cell[data-cell='{target}'] [data-action=restore]").click()
     wait_for(lambda: counts() == {str(ai_count)}, what="the counts after the undo")

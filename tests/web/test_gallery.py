@@ -54,13 +54,28 @@ def test_cells_are_listed_and_a_rejection_changes_the_counts(app: Flask,
     assert len(listed["cells"]) == field["cells"] and listed["editable"] is True
     assert listed["field_count"] == listed["case_count"] == 5  # the AI's, nothing rejected
     assert [c["index"] for c in listed["cells"]] == list(range(1, field["cells"] + 1))
+    ai_area = listed["field_area"]
+    assert listed["case_area"] == ai_area  # one field: the case's area is its area
     answer = change(doctor_client, field, 2, "reject")
     assert answer.status_code == 200
     body = answer.get_json()
     assert body["field_count"] == body["case_count"] == field["cells"] - 1
     assert [c["index"] for c in body["cells"] if c["rejected"]] == [2]
+    # The areas follow the cells as the counts do: less the rejected cell's pixels.
+    cell = next(c for c in body["cells"] if c["index"] == 2)
+    rows, columns = body["shape"]
+    with app.extensions["bcd_node"].session_factory() as s:
+        ai_fraction = s.get(Result, field["result"]).blast_area_fraction
+    expected = f"{(ai_fraction - cell['area_px'] / (rows * columns)) * 100:.1f} %"
+    assert body["field_area"] == body["case_area"] == expected != ai_area
+    page = doctor_client.get(f"/studies/{field['study']}").get_data(as_text=True)
+    assert f'<span data-field-area="{field["result"]}">{expected}</span>' in page
+    assert f"(AI: {ai_area})" in page
+    case_page = doctor_client.get(f"/cases/{field['study']}").get_data(as_text=True)
+    assert f'data-case-area="{field["study_id"]}">{expected}<' in case_page
     body = change(doctor_client, field, 2, "restore").get_json()
     assert body["field_count"] == 5 and not any(c["rejected"] for c in body["cells"])
+    assert body["field_area"] == ai_area
     assert change(doctor_client, field, 999, "reject").status_code == 404
     with app.extensions["bcd_node"].session_factory() as s:
         actions = s.execute(select(AuditEvent.action).where(

@@ -1,8 +1,8 @@
 /* Cell gallery (templates/worklist/_gallery.html): one crop per blast cell of a field, drawn
    from the field's image; sort by position, size or score; click a crop to show it on the
    field (a "bcd:show-cell" event that the field viewer answers); "Not a blast" / "Undo" post to
-   the node and update the field's and the case's counts wherever the page shows them
-   ([data-field-count=<result id>], [data-case-count=<study id>]). */
+   the node and update the field's and the case's counts and areas wherever the page shows them
+   ([data-field-count|area=<result id>], [data-case-count|area=<study id>]). */
 (function () {
   "use strict";
   var CROP = 112;      // crop side in CSS pixels
@@ -15,6 +15,15 @@
     document.querySelectorAll('[data-case-count="' + data.study_id + '"]').forEach(function (el) {
       el.textContent = String(data.case_count);
     });
+    // The areas follow the cells as the counts do (written by the node, as the page does).
+    document.querySelectorAll('[data-field-area="' + data.result_id + '"]').forEach(function (el) {
+      el.textContent = data.field_area;
+    });
+    if (data.case_area !== null) {
+      document.querySelectorAll('[data-case-area="' + data.study_id + '"]').forEach(function (el) {
+        el.textContent = data.case_area;
+      });
+    }
   }
 
   function ownImage(gallery) {
