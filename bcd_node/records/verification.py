@@ -195,6 +195,18 @@ def _verify(session: Session, result: Result, decision: Decision | str, *,
     corrected = corrected_stage is not None and corrected_stage != result.stage
     replaced = None
     if amendment is not None:
+        # Claimed in the database as a first signature is (below): two doctors amending at
+        # once both loaded the same signature; the second must not silently replace the
+        # first one's amendment.
+        claimed = session.execute(
+            update(Result)
+            .where(Result.id == result.id, Result.verified_at == result.verified_at,
+                   Result.verified_sr_sop_instance_uid.is_not(None))
+            .values(verified_sr_sop_instance_uid=None)
+            .execution_options(synchronize_session=False))
+        if rowcount(claimed) != 1:
+            raise AlreadyVerifiedError("This case has just been amended by another doctor: "
+                                       "reload it to see their amendment.")
         # The signature this one replaces, for the amended report to name (its SR is the new
         # signed SR's predecessor); its own files stay where they are.
         replaced = {"reason": amendment, "by_fk": result.verified_by_fk,

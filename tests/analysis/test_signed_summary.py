@@ -258,6 +258,34 @@ def test_an_amended_case_gets_a_signed_sr_and_pdf_that_replace_the_signed_ones(n
 
 
 @pytest.mark.integration
+def test_two_doctors_amending_at_once_do_not_overwrite_each_other(node) -> None:
+    """Both loaded the signed case; the second amendment to be submitted is refused, and the
+    first one stands (amendments were not claimed in the database)."""
+    from bcd_node.records.verification import AlreadyVerifiedError, _verify
+
+    ctx, intake, pipeline = node
+    _summarised_study(ctx, intake, pipeline, 1)
+    summary_id = _sign(ctx, "accept", None, "Looks pre-B.")
+    assert run_all(ctx, pipeline) == 1  # the signed report: now it can be amended
+    with ctx.session_factory() as late:
+        # The second doctor's request has checked the case (signed, its report made) and
+        # holds it as it was, when the first doctor's amendment is committed.
+        stale = late.get(Result, summary_id)
+        assert stale.verified_sr_sop_instance_uid
+        doctor = late.execute(select(User).where(User.username == "dr.house")).scalar_one()
+        _amend(ctx, "correct", "Malignant-Pro", "Pro-B.", "First amendment.")
+        with pytest.raises(AlreadyVerifiedError, match="amended by another doctor"):
+            _verify(late, stale, "correct", stage="Malignant-Early", comment="Early.",
+                    user_id=doctor.id, actor="dr.house", actor_kind="user", source="",
+                    amendment="Second amendment.")
+        late.rollback()
+    with ctx.session_factory() as s:
+        summary = s.get(Result, summary_id)
+        assert (summary.verified_stage, summary.amends["reason"]) == ("Malignant-Pro",
+                                                                      "First amendment.")
+
+
+@pytest.mark.integration
 def test_a_case_is_amended_only_once_signed_and_its_report_made_and_with_a_reason(
         node) -> None:
     ctx, intake, pipeline = node
