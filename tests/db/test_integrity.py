@@ -41,7 +41,7 @@ def _readyz(ctx):
 def test_a_healthy_database_is_ready(settings) -> None:
     ctx = open_node(settings, check_integrity=True)
     assert _readyz(ctx) == (200, {"status": "ready", "reasons": {}, "checks": {
-        "started": True, "database": True, "disk": True}})
+        "started": True, "database": True, "disk": True, "files": True}})
     ctx.engine.dispose()
 
 
