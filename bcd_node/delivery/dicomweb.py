@@ -131,6 +131,8 @@ def stow_files(target: StowTarget, paths: Sequence[str | Path]) -> list[SendOutc
         status, raw = exc.code, exc.read()
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(why, ssl.SSLError):  # TLS: a person must look, waiting will not do
+            raise PeerUnavailableError(f"cannot reach {target.url}: {why}") from None
         raise PeerDownError(f"cannot reach {target.url}: {why}") from None
     if status >= 500 or status in TRANSIENT_HTTP:
         raise PeerDownError(f"{target.url} answered HTTP {status}")
