@@ -318,14 +318,21 @@ def corrected_areas(session: Session, results: Iterable[Result]) -> dict[int, fl
     """The corrected area (:func:`corrected_blast_area`) of each of ``results`` whose cells a
     doctor rejected, by result id (the others keep the AI's)."""
     by_id = {r.id: r for r in results}
-    if not by_id:
-        return {}
+    return {rid: area_without(by_id[rid], indices)
+            for rid, indices in _rejections(session, by_id).items()}
+
+
+def _rejections(session: Session, result_ids: Iterable[int]) -> dict[int, set[int]]:
+    """The rejected cells' numbers of each of ``result_ids`` that has any, in one query."""
+    ids = list(result_ids)
     rejected: dict[int, set[int]] = {}
+    if not ids:
+        return rejected
     for result_id, index in session.execute(select(
             CellRejection.result_fk, CellRejection.cell_index).where(
-            CellRejection.result_fk.in_(by_id))).all():
+            CellRejection.result_fk.in_(ids))).all():
         rejected.setdefault(result_id, set()).add(index)
-    return {rid: area_without(by_id[rid], indices) for rid, indices in rejected.items()}
+    return rejected
 
 
 def cells_final(session: Session, result: Result) -> str | None:
@@ -405,12 +412,5 @@ def corrected_counts(session: Session, results: Iterable[Result]) -> dict[int, i
     """The corrected count (:func:`corrected_blast_count`) of each of ``results`` whose cells a
     doctor rejected, by result id (the others keep the AI's count)."""
     by_id = {r.id: r for r in results}
-    if not by_id:
-        return {}
-    rejected: dict[int, set[int]] = {}
-    for result_id, index in session.execute(select(
-            CellRejection.result_fk, CellRejection.cell_index).where(
-            CellRejection.result_fk.in_(by_id))).all():
-        rejected.setdefault(result_id, set()).add(index)
     return {rid: sum(1 for c in result_cells(by_id[rid]).cells if c.index not in indices)
-            for rid, indices in rejected.items()}
+            for rid, indices in _rejections(session, by_id).items()}
