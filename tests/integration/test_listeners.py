@@ -52,11 +52,7 @@ def db_counts(data_dir: Path) -> tuple[int, int]:
 
 
 def wait_ready(web_port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready(web_port):
-        if time.monotonic() > deadline:
-            raise AssertionError("not ready again")
-        time.sleep(0.2)
+    wait_for(lambda: ready(web_port), timeout, "ready again", interval=0.2)
 
 
 def test_listener_processes_share_the_port_and_each_commits(write_config, tmp_path) -> None:

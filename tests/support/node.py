@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -52,15 +51,20 @@ class Node:
         self.proc = subprocess.Popen([str(BCD_NODE), "--config", str(self.config), "serve"],
                                      stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
                                      env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited {self.proc.returncode}: {self.output()}")
-            if ready(web_port):
-                return
-            time.sleep(0.2)
-        self.kill()
-        raise AssertionError(f"serve did not answer in {timeout}s: {self.output()}")
+        proc = self.proc
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"serve exited {proc.returncode}: {self.output()}")
+            return ready(web_port)
+
+        try:
+            _wait_for(up, timeout, "serve ready", interval=0.2)
+        except AssertionError as exc:
+            if proc.poll() is not None:
+                raise
+            self.kill()
+            raise AssertionError(f"serve did not answer in {timeout}s: {self.output()}") from exc
 
     def kill(self) -> None:
         """SIGKILL the process (a test that gives up must leave nothing running)."""
